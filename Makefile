@@ -1,0 +1,18 @@
+# Everyday commands; CMake does the real work.
+BUILD ?= build
+.PHONY: all test sanitize fuzz bench clean install
+all:
+	bash scripts/bootstrap.sh
+test: all
+	ctest --test-dir $(BUILD) --output-on-failure -j2
+sanitize:
+	BUILD_DIR=build-asan BUILD_TYPE=RelWithDebInfo CMAKE_ARGS="-DXATTN_SANITIZE=ON -DXATTN_BUILD_BENCH=OFF" bash scripts/bootstrap.sh
+	ctest --test-dir build-asan --output-on-failure -j2
+fuzz:
+	bash scripts/fuzz.sh
+bench: all
+	bash bench/run.sh
+clean:
+	rm -rf build build-asan build-fuzz
+install: all
+	cmake --install $(BUILD)

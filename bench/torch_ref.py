@@ -1,0 +1,67 @@
+"""PyTorch side of the benchmarks: the same work as bench_attention / bench_gemm, timed with the
+same thread count, printed as JSON lines {"name", "seconds", "gflops", "peak_rss_mb"}.
+
+    python bench/torch_ref.py --threads 2 [--reps 7] [--only sdpa|gemm]
+"""
+import argparse
+import json
+import resource
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def med_time(fn, reps):
+    fn()  # warm-up
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--only", default="")
+    ap.add_argument("--seq", type=int, default=4096)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    res = []
+    if a.only in ("", "sdpa"):
+        B, H, N, dh = 1, 8, a.seq, 64
+        q, k, v = (torch.randn(B, H, N, dh) for _ in range(3))
+        with torch.inference_mode():
+            t = med_time(lambda: F.scaled_dot_product_attention(q, k, v), a.reps)
+        res.append({"name": f"sdpa B={B} H={H} I={N} J={N} dh={dh}", "seconds": t,
+                    "gflops": 4.0 * B * H * N * N * dh / t / 1e9})
+        with torch.inference_mode():
+            t = med_time(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), a.reps)
+        res.append({"name": f"sdpa causal B={B} H={H} I={N} J={N} dh={dh}", "seconds": t,
+                    "gflops": 2.0 * B * H * N * N * dh / t / 1e9})
+        q1 = torch.randn(B, H, 1, dh)
+        with torch.inference_mode():
+            t = med_time(lambda: F.scaled_dot_product_attention(q1, k, v), a.reps * 5)
+        res.append({"name": f"sdpa decode I=1 B={B} H={H} I=1 J={N} dh={dh}", "seconds": t,
+                    "gflops": 4.0 * B * H * N * dh / t / 1e9})
+    if a.only in ("", "gemm"):
+        n = 1024
+        x, y = torch.randn(n, n), torch.randn(n, n)
+        with torch.inference_mode():
+            t = med_time(lambda: x @ y, a.reps)
+        res.append({"name": f"sgemm {n}^3", "seconds": t, "gflops": 2.0 * n ** 3 / t / 1e9})
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    for r in res:
+        r["peak_rss_mb"] = rss
+        r["threads"] = a.threads
+        r["torch"] = torch.__version__
+        print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    main()

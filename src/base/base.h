@@ -1,0 +1,37 @@
+/* Internal base layer: errors, allocation, threads. Not installed. */
+#ifndef XATTN_BASE_H
+#define XATTN_BASE_H
+
+#include "xattn.h"
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(__GNUC__)
+#define XA_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#define XA_LIKELY(x) __builtin_expect(!!(x), 1)
+#define XA_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#else
+#define XA_PRINTF(a, b)
+#define XA_LIKELY(x) (x)
+#define XA_UNLIKELY(x) (x)
+#endif
+
+/* Records a one-line message for xattn_last_error() and returns `s`. */
+xattn_status xa_error(xattn_status s, const char *fmt, ...) XA_PRINTF(2, 3);
+/* Clears the message (on success paths of public entry points). */
+void xa_clear_error(void);
+
+/* 64-byte aligned allocation; NULL on failure (also sets the error message). */
+void *xa_alloc(size_t bytes);
+void *xa_calloc(size_t bytes);
+void xa_free(void *p);
+/* a*b with overflow check; returns 0 and sets *r on success, -1 on overflow or negative. */
+int xa_mul_ok(int64_t a, int64_t b, int64_t *r);
+
+/* Threads in use by parallel regions (>= 1). */
+int xa_threads(void);
+
+#define XA_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define XA_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+#endif

@@ -1,0 +1,42 @@
+#include "base.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+
+static _Thread_local char xa_msg[512];
+
+xattn_status xa_error(xattn_status s, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(xa_msg, sizeof xa_msg, fmt, ap);
+    va_end(ap);
+    return s;
+}
+
+void xa_clear_error(void) { xa_msg[0] = '\0'; }
+
+const char *xattn_last_error(void) { return xa_msg; }
+
+const char *xattn_status_string(xattn_status s)
+{
+    switch (s) {
+    case XATTN_OK: return "ok";
+    case XATTN_ERR_ARG: return "invalid argument";
+    case XATTN_ERR_NOMEM: return "out of memory";
+    case XATTN_ERR_IO: return "i/o error";
+    case XATTN_ERR_FORMAT: return "malformed file";
+    case XATTN_ERR_SHAPE: return "shape mismatch";
+    case XATTN_ERR_UNSUPPORTED: return "unsupported";
+    case XATTN_ERR_NOT_FOUND: return "not found";
+    }
+    return "unknown status";
+}
+
+#define XA_STR2(x) #x
+#define XA_STR(x) XA_STR2(x)
+const char *xattn_version(void)
+{
+    return XA_STR(XATTN_VERSION_MAJOR) "." XA_STR(XATTN_VERSION_MINOR) "." XA_STR(
+        XATTN_VERSION_PATCH);
+}

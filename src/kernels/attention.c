@@ -1,0 +1,401 @@
+/*
+ * Fused scaled-dot-product attention with a tiled online softmax.
+ *
+ * The work is cut into tasks (b, h, query tile [, key range]). A task keeps everything transposed
+ * so that the softmax runs along vector lanes with no horizontal reductions:
+ *
+ *   Qt  (dh, ITP)   = scale * q[i0 .. i0+IT)^T            packed once per task
+ *   Kt  (dh, JTP)   = k[j0 .. j0+JT)^T                    packed per key tile
+ *   St  (JTP, ITP)  = Kt^T-panel x Qt  = (q k^T)^T        micro-kernel, k = dh
+ *   column c of St holds the logits of query i0+c against the tile's keys; the running max m[c]
+ *   and sum l[c] are per lane; St is turned into Pt = exp(St - m) in place and
+ *   Ot  (dv, ITP)  += V^T x Pt                            micro-kernel, A = v rows read in place
+ *   out[i0+c, :]    = Ot[:, c] / l[c]
+ *
+ * Nothing of size I x J is allocated unless the caller asks for the probabilities, which are then
+ * written by a second pass that recomputes the logit tiles with the final statistics.
+ * When there are fewer (b, h, query tile) tasks than threads, the keys are split across threads
+ * and the partial (m, l, O) states are merged (log-sum-exp merge).
+ */
+#include "kernels.h"
+#include "../base/base.h"
+
+#include <float.h>
+#include <math.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+typedef struct att_ctx {
+    const xattn_sdpa_params *p;
+    const xa_kernels *kt;
+    float scale, fill;
+    int64_t IT, JT;   /* tile sizes: IT multiple of nr, JT multiple of mr */
+    int64_t ITP, JTP; /* padded (== IT, JT) */
+    int64_t DVP;      /* dv rounded up to mr */
+    int skip_causal;  /* tiles entirely above the diagonal contribute nothing */
+} att_ctx;
+
+/* Per-thread scratch. */
+typedef struct att_scratch {
+    float *Qt;    /* (dh, ITP)  */
+    float *Kt;    /* (dh, JTP)  */
+    float *St;    /* (JTP, ITP) */
+    float *Vtail; /* (JT, mr)   */
+    float *mnew;  /* (ITP) */
+    float *msafe; /* (ITP) */
+    float *alpha; /* (ITP) */
+} att_scratch;
+
+static size_t scratch_floats(const att_ctx *c)
+{
+    const xattn_sdpa_params *p = c->p;
+    return (size_t)(p->dh * c->ITP + p->dh * c->JTP + c->JTP * c->ITP + c->JT * c->kt->mr +
+                    3 * c->ITP) + 7 * 16;
+}
+
+/* Carves n floats (rounded up to a 64-byte multiple) off *base. */
+static float *take(float **base, int64_t n)
+{
+    float *r = *base;
+    *base += (n + 15) / 16 * 16;
+    return r;
+}
+
+static void scratch_bind(const att_ctx *c, float *base, att_scratch *s)
+{
+    const xattn_sdpa_params *p = c->p;
+    s->Qt = take(&base, p->dh * c->ITP);
+    s->Kt = take(&base, p->dh * c->JTP);
+    s->St = take(&base, c->JTP * c->ITP);
+    s->Vtail = take(&base, c->JT * c->kt->mr);
+    s->mnew = take(&base, c->ITP);
+    s->msafe = take(&base, c->ITP);
+    s->alpha = take(&base, c->ITP);
+}
+
+/* Qt (dh, ITP) = scale * q[b, h, i0 + c, :]^T for c < it, zero for it <= c < ITP */
+static void pack_q(const att_ctx *c, int64_t b, int64_t h, int64_t i0, int64_t it, float *Qt)
+{
+    const xattn_sdpa_params *p = c->p;
+    const float *q = p->q + b * p->q_sb + h * p->q_sh + i0 * p->q_si;
+    if (it < c->ITP) memset(Qt, 0, sizeof(float) * (size_t)(p->dh * c->ITP));
+    for (int64_t i = 0; i < it; i++) {
+        const float *row = q + i * p->q_si;
+        for (int64_t d = 0; d < p->dh; d++) Qt[d * c->ITP + i] = c->scale * row[d];
+    }
+}
+
+/* Kt (dh, JTP) = k[b, h, j0 + r, :]^T for r < jt, zero beyond */
+static void pack_k(const att_ctx *c, int64_t b, int64_t h, int64_t j0, int64_t jt, float *Kt)
+{
+    const xattn_sdpa_params *p = c->p;
+    const float *k = p->k + b * p->k_sb + h * p->k_sh + j0 * p->k_sj;
+    int64_t jtp = (jt + c->kt->mr - 1) / c->kt->mr * c->kt->mr;
+    for (int64_t r = 0; r < jt; r++) {
+        const float *row = k + r * p->k_sj;
+        for (int64_t d = 0; d < p->dh; d++) Kt[d * c->JTP + r] = row[d];
+    }
+    for (int64_t d = 0; d < p->dh; d++)
+        for (int64_t r = jt; r < jtp; r++) Kt[d * c->JTP + r] = 0.0f;
+}
+
+/* St (jtp, ITP) = logits^T of the tile: St[r][col] for key j0 + r and query i0 + col, with
+ * bias, mask and causal applied to the valid (r < jt, col < it) entries. */
+static void logits_tile(const att_ctx *c, int64_t b, int64_t h, int64_t i0, int64_t it, int64_t j0,
+                        int64_t jt, const float *Qt, float *Kt, float *St)
+{
+    const xattn_sdpa_params *p = c->p;
+    const xa_kernels *kt = c->kt;
+    const int64_t mr = kt->mr, nr = kt->nr, ITP = c->ITP;
+    int64_t jtp = (jt + mr - 1) / mr * mr;
+    int64_t itp = (it + nr - 1) / nr * nr;
+    pack_k(c, b, h, j0, jt, Kt);
+    for (int64_t c0 = 0; c0 < itp; c0 += nr)
+        for (int64_t r0 = 0; r0 < jtp; r0 += mr)
+            kt->ukr(p->dh, Kt + r0, c->JTP, Qt + c0, ITP, St + r0 * ITP + c0, ITP, 0);
+
+    if (p->bias) {
+        const float *bb = p->bias + b * p->bias_sb + h * p->bias_sh;
+        for (int64_t col = 0; col < it; col++) {
+            const float *brow = bb + (i0 + col) * p->bias_si + j0;
+            for (int64_t r = 0; r < jt; r++) St[r * ITP + col] += brow[r];
+        }
+    }
+    if (p->mask) {
+        const uint8_t *mb = p->mask + b * p->mask_sb + h * p->mask_sh;
+        const float fill = c->fill;
+        for (int64_t col = 0; col < it; col++) {
+            const uint8_t *mrow = mb + (i0 + col) * p->mask_si + j0;
+            for (int64_t r = 0; r < jt; r++)
+                if (!mrow[r]) St[r * ITP + col] = fill;
+        }
+    }
+    if (p->causal && j0 + jt - 1 > i0) {
+        const float fill = c->fill;
+        for (int64_t col = 0; col < it; col++) {
+            int64_t first = i0 + col + 1 - j0; /* first masked row */
+            for (int64_t r = first < 0 ? 0 : first; r < jt; r++) St[r * ITP + col] = fill;
+        }
+    }
+}
+
+/* Accumulates keys [jb, je) into the running state (m, l, Ot) of query tile (b, h, i0, it).
+ * m, l: (ITP); Ot: (DVP, ITP). The caller initialises m = -inf, l = 0, Ot = 0. */
+static void attend_range(const att_ctx *c, att_scratch *s, int64_t b, int64_t h, int64_t i0,
+                         int64_t it, int64_t jb, int64_t je, float *m, float *l, float *Ot)
+{
+    const xattn_sdpa_params *p = c->p;
+    const xa_kernels *kt = c->kt;
+    const int64_t mr = kt->mr, nr = kt->nr, ITP = c->ITP;
+    const int64_t itp = (it + nr - 1) / nr * nr;
+    const float *vbase = p->v + b * p->v_sb + h * p->v_sh;
+
+    pack_q(c, b, h, i0, it, s->Qt);
+    for (int64_t j0 = jb; j0 < je; j0 += c->JT) {
+        int64_t jt = XA_MIN(c->JT, je - j0);
+        if (c->skip_causal && j0 > i0 + it - 1) break; /* every later tile is masked too */
+        logits_tile(c, b, h, i0, it, j0, jt, s->Qt, s->Kt, s->St);
+
+        /* new running max and the rescale factor of the old state */
+        memcpy(s->mnew, m, sizeof(float) * (size_t)it);
+        kt->colmax(s->St, jt, it, ITP, s->mnew);
+        int rescale = 0;
+        for (int64_t col = 0; col < it; col++) {
+            float mn = s->mnew[col];
+            s->msafe[col] = mn == -INFINITY ? 0.0f : mn;
+            float a = (m[col] == mn) ? 1.0f : expf(m[col] - s->msafe[col]);
+            s->alpha[col] = a;
+            rescale |= a != 1.0f;
+            l[col] *= a;
+            m[col] = mn;
+        }
+        if (rescale) {
+            for (int64_t d = 0; d < p->dv; d++) {
+                float *o = Ot + d * ITP;
+                for (int64_t col = 0; col < it; col++) o[col] *= s->alpha[col];
+            }
+        }
+        kt->expsub(s->St, jt, it, ITP, s->msafe, l);
+        /* columns it..itp of St hold q = 0 padding: logits 0, never exponentiated, so the
+         * padded columns of Ot stay 0 */
+
+        /* Ot (DVP, ITP) += V^T (dv, jt) x Pt (jt, ITP) */
+        const float *vt = vbase + j0 * p->v_sj;
+        for (int64_t d0 = 0; d0 < p->dv; d0 += mr) {
+            const float *A = vt + d0;
+            int64_t lda = p->v_sj;
+            if (d0 + mr > p->dv) { /* tail columns of v: copy into a zero-padded panel */
+                int64_t w = p->dv - d0;
+                for (int64_t r = 0; r < jt; r++) {
+                    for (int64_t x = 0; x < w; x++) s->Vtail[r * mr + x] = vt[r * p->v_sj + d0 + x];
+                    for (int64_t x = w; x < mr; x++) s->Vtail[r * mr + x] = 0.0f;
+                }
+                A = s->Vtail;
+                lda = mr;
+            }
+            for (int64_t c0 = 0; c0 < itp; c0 += nr)
+                kt->ukr(jt, A, lda, s->St + c0, ITP, Ot + d0 * ITP + c0, ITP, 1);
+        }
+    }
+}
+
+/* out[b,h,i0+col,:] = Ot[:,col] / l[col]; lse likewise. */
+static void finish_tile(const att_ctx *c, int64_t b, int64_t h, int64_t i0, int64_t it,
+                        const float *m, const float *l, const float *Ot)
+{
+    const xattn_sdpa_params *p = c->p;
+    float *o = p->out + b * p->o_sb + h * p->o_sh + i0 * p->o_si;
+    for (int64_t col = 0; col < it; col++) {
+        float inv = l[col] > 0.0f ? 1.0f / l[col] : 0.0f;
+        float *orow = o + col * p->o_si;
+        for (int64_t d = 0; d < p->dv; d++) orow[d] = Ot[d * c->ITP + col] * inv;
+    }
+    if (p->lse) {
+        float *lse = p->lse + (b * p->H + h) * p->I + i0;
+        for (int64_t col = 0; col < it; col++)
+            lse[col] = l[col] > 0.0f ? m[col] + logf(l[col]) : -INFINITY;
+    }
+}
+
+/* probs[b,h,i0+col, :] = exp(logit - m) / l with the final statistics (second pass). */
+static void probs_tile(const att_ctx *c, att_scratch *s, int64_t b, int64_t h, int64_t i0, int64_t it,
+                       const float *m, const float *l)
+{
+    const xattn_sdpa_params *p = c->p;
+    const int64_t ITP = c->ITP, J = p->J;
+    float *P = p->probs + ((b * p->H + h) * p->I + i0) * J;
+    for (int64_t col = 0; col < it; col++) {
+        s->msafe[col] = m[col] == -INFINITY ? 0.0f : m[col];
+        s->alpha[col] = l[col] > 0.0f ? 1.0f / l[col] : 0.0f;
+    }
+    pack_q(c, b, h, i0, it, s->Qt);
+    for (int64_t j0 = 0; j0 < J; j0 += c->JT) {
+        int64_t jt = XA_MIN(c->JT, J - j0);
+        if (c->skip_causal && j0 > i0 + it - 1) {
+            for (int64_t col = 0; col < it; col++) {
+                int64_t from = XA_MAX(j0, i0 + col + 1);
+                if (from < J) memset(P + col * J + from, 0, sizeof(float) * (size_t)(J - from));
+            }
+            break;
+        }
+        logits_tile(c, b, h, i0, it, j0, jt, s->Qt, s->Kt, s->St);
+        for (int64_t col = 0; col < it; col++) {
+            float *prow = P + col * J + j0;
+            for (int64_t r = 0; r < jt; r++) prow[r] = s->St[r * ITP + col] - s->msafe[col];
+            c->kt->vexp(prow, jt);
+            for (int64_t r = 0; r < jt; r++) prow[r] *= s->alpha[col];
+        }
+    }
+}
+
+static xattn_status check_params(const xattn_sdpa_params *p)
+{
+    if (!p) return xa_error(XATTN_ERR_ARG, "xattn_sdpa: params is NULL");
+    if (p->B < 0 || p->H < 0 || p->I < 0 || p->J < 0)
+        return xa_error(XATTN_ERR_ARG, "xattn_sdpa: negative size (B=%lld H=%lld I=%lld J=%lld)",
+                        (long long)p->B, (long long)p->H, (long long)p->I, (long long)p->J);
+    if (p->dh < 1 || p->dv < 1)
+        return xa_error(XATTN_ERR_ARG, "xattn_sdpa: head sizes must be >= 1 (dh=%lld dv=%lld)",
+                        (long long)p->dh, (long long)p->dv);
+    if (!p->q || !p->k || !p->v || !p->out)
+        return xa_error(XATTN_ERR_ARG, "xattn_sdpa: q, k, v and out must not be NULL");
+    const int64_t st[] = {p->q_sb, p->q_sh, p->q_si, p->k_sb, p->k_sh, p->k_sj, p->v_sb, p->v_sh,
+                          p->v_sj, p->o_sb, p->o_sh, p->o_si, p->mask_sb, p->mask_sh, p->mask_si,
+                          p->bias_sb, p->bias_sh, p->bias_si};
+    for (size_t i = 0; i < sizeof st / sizeof st[0]; i++)
+        if (st[i] < 0) return xa_error(XATTN_ERR_ARG, "xattn_sdpa: negative stride");
+    if (p->fill != XATTN_FILL_NEG_INF && p->fill != XATTN_FILL_MIN_FLOAT)
+        return xa_error(XATTN_ERR_ARG, "xattn_sdpa: unknown fill mode %d", (int)p->fill);
+    if (p->has_scale && !isfinite(p->scale))
+        return xa_error(XATTN_ERR_ARG, "xattn_sdpa: scale is not finite");
+    int64_t t;
+    if (xa_mul_ok(p->B, p->H, &t) || xa_mul_ok(t, p->I, &t) || xa_mul_ok(t, p->J, &t) ||
+        xa_mul_ok(t, (int64_t)sizeof(float), &t))
+        return xa_error(XATTN_ERR_NOMEM, "xattn_sdpa: B*H*I*J overflows");
+    return XATTN_OK;
+}
+
+void xattn_sdpa_init(xattn_sdpa_params *p)
+{
+    if (p) memset(p, 0, sizeof *p);
+}
+
+xattn_status xattn_sdpa(const xattn_sdpa_params *p)
+{
+    xattn_status st = check_params(p);
+    if (st != XATTN_OK) return st;
+    if (p->B == 0 || p->H == 0 || p->I == 0) return XATTN_OK;
+
+    att_ctx c;
+    c.p = p;
+    c.kt = xa_kern();
+    const int64_t mr = c.kt->mr, nr = c.kt->nr;
+    c.scale = p->has_scale ? p->scale : (float)(1.0 / sqrt((double)p->dh));
+    c.fill = p->fill == XATTN_FILL_NEG_INF ? -INFINITY : -FLT_MAX;
+    c.IT = XA_MAX(nr, 64 / nr * nr);
+    int64_t ipad = (p->I + nr - 1) / nr * nr;
+    if (ipad < c.IT) c.IT = ipad;
+    c.JT = XA_MAX(mr, 256 / mr * mr);
+    c.ITP = c.IT;
+    c.JTP = c.JT;
+    c.DVP = (p->dv + mr - 1) / mr * mr;
+    c.skip_causal = p->causal && p->fill == XATTN_FILL_NEG_INF;
+
+    const int64_t ntile = (p->I + c.IT - 1) / c.IT;
+    const int64_t ntask = p->B * p->H * ntile;
+    const int nth = xa_threads();
+    /* split the keys when there are too few query tasks to feed the threads */
+    int64_t nsplit = 1;
+    if (ntask < 2 * nth && p->J > c.JT) {
+        nsplit = (2 * nth + ntask - 1) / ntask;
+        int64_t maxsplit = (p->J + c.JT - 1) / c.JT;
+        if (nsplit > maxsplit) nsplit = maxsplit;
+    }
+    const int64_t chunk = ((p->J + nsplit - 1) / nsplit + c.JT - 1) / c.JT * c.JT;
+    if (nsplit > 1) nsplit = (p->J + chunk - 1) / chunk;
+
+    /* per-task state: m (ITP), l (ITP), Ot (DVP, ITP) for each (task, split) */
+    const int64_t state = (c.ITP * (2 + c.DVP) + 15) / 16 * 16;
+    const size_t sfl = scratch_floats(&c);
+    int64_t nstate_tasks = nsplit > 1 ? ntask * nsplit : 0;
+    float *states = NULL;
+    if (nstate_tasks) {
+        states = xa_alloc(sizeof(float) * (size_t)(nstate_tasks * state));
+        if (!states) return XATTN_ERR_NOMEM;
+    }
+    int failed = 0;
+
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nth)
+#endif
+    {
+        float *mem = xa_alloc(sizeof(float) * (sfl + (size_t)state));
+        if (!mem) {
+#ifdef _OPENMP
+#pragma omp atomic write
+#endif
+            failed = 1;
+        }
+        att_scratch s;
+        float *own = mem;
+        if (mem) scratch_bind(&c, mem + state, &s);
+
+        const int64_t nwork = ntask * nsplit;
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+        for (int64_t w = 0; w < nwork; w++) {
+            if (!mem) continue;
+            int64_t task = w / nsplit, sp = w % nsplit;
+            int64_t bh = task / ntile, ti = task % ntile;
+            int64_t b = bh / p->H, h = bh % p->H;
+            int64_t i0 = ti * c.IT, it = XA_MIN(c.IT, p->I - i0);
+            float *stt = nsplit > 1 ? states + w * state : own;
+            float *m = stt, *l = stt + c.ITP, *Ot = stt + 2 * c.ITP;
+            for (int64_t x = 0; x < c.ITP; x++) { m[x] = -INFINITY; l[x] = 0.0f; }
+            memset(Ot, 0, sizeof(float) * (size_t)(c.DVP * c.ITP));
+            int64_t jb = sp * chunk, je = XA_MIN(p->J, jb + chunk);
+            if (jb < je) attend_range(&c, &s, b, h, i0, it, jb, je, m, l, Ot);
+            if (nsplit == 1) {
+                finish_tile(&c, b, h, i0, it, m, l, Ot);
+                if (p->probs) probs_tile(&c, &s, b, h, i0, it, m, l);
+            }
+        }
+
+        if (nsplit > 1) {
+            /* merge the partial states of each task into its first split, then finish */
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+            for (int64_t task = 0; task < ntask; task++) {
+                if (!mem) continue;
+                int64_t bh = task / ntile, ti = task % ntile;
+                int64_t b = bh / p->H, h = bh % p->H;
+                int64_t i0 = ti * c.IT, it = XA_MIN(c.IT, p->I - i0);
+                float *m0 = states + task * nsplit * state, *l0 = m0 + c.ITP, *O0 = m0 + 2 * c.ITP;
+                for (int64_t sp = 1; sp < nsplit; sp++) {
+                    float *m1 = m0 + sp * state, *l1 = m1 + c.ITP, *O1 = m1 + 2 * c.ITP;
+                    for (int64_t col = 0; col < it; col++) {
+                        float mx = XA_MAX(m0[col], m1[col]);
+                        if (mx == -INFINITY) continue;
+                        float a0 = m0[col] == mx ? 1.0f : expf(m0[col] - mx);
+                        float a1 = m1[col] == mx ? 1.0f : expf(m1[col] - mx);
+                        l0[col] = l0[col] * a0 + l1[col] * a1;
+                        m0[col] = mx;
+                        for (int64_t d = 0; d < p->dv; d++)
+                            O0[d * c.ITP + col] = O0[d * c.ITP + col] * a0 + O1[d * c.ITP + col] * a1;
+                    }
+                }
+                finish_tile(&c, b, h, i0, it, m0, l0, O0);
+                if (p->probs) probs_tile(&c, &s, b, h, i0, it, m0, l0);
+            }
+        }
+        xa_free(mem);
+    }
+    xa_free(states);
+    if (failed) return xa_error(XATTN_ERR_NOMEM, "xattn_sdpa: out of memory for scratch");
+    return XATTN_OK;
+}

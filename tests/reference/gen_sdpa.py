@@ -1,0 +1,116 @@
+"""Fixtures for the fused attention kernel, computed by
+torch.nn.functional.scaled_dot_product_attention in float64.
+
+Run from the repository root with the pinned versions of requirements.txt:
+    python tests/reference/gen_sdpa.py
+Writes tests/fixtures/sdpa_*.safetensors and tests/fixtures/sdpa_list.inc.
+
+Each file holds q (B,H,I,dh), k (B,H,J,dh), v (B,H,J,dv) as float32, the expected `out`
+(B,H,I,dv) computed in float64 from those float32 values, and optionally `mask` (bool, True =
+keep, 4-D with broadcast dims of size 1) or `bias` (float, 4-D broadcastable); metadata gives
+causal, scale and fill.
+
+fill = "neg_inf": SDPA semantics (PyTorch >= 2.5: a fully masked row gives zeros).
+fill = "min_float": masked logits are -finfo.max as lucidrains' packages do (a fully masked row
+gives the uniform average); computed here explicitly with masked_fill + softmax, because SDPA
+has no such mode.
+"""
+import os
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+torch.manual_seed(0)
+OUT = os.path.join(os.path.dirname(__file__), "..", "fixtures")
+names = []
+
+
+def ref_min_float(q, k, v, mask, bias, causal, scale):
+    s = (q @ k.transpose(-1, -2)) * scale
+    if bias is not None:
+        s = s + bias
+    keep = torch.ones(s.shape, dtype=torch.bool)
+    if mask is not None:
+        keep = keep & mask
+    if causal:
+        I, J = s.shape[-2:]
+        keep = keep & torch.ones(I, J, dtype=torch.bool).tril()
+    s = s.masked_fill(~keep, -torch.finfo(s.dtype).max)
+    return s.softmax(-1) @ v
+
+
+def case(name, B, H, I, J, dh, dv=None, mask=None, bias=None, causal=False, scale=None,
+         fill="neg_inf", fully_masked=False):
+    dv = dv or dh
+    q = torch.randn(B, H, I, dh).float()
+    k = torch.randn(B, H, J, dh).float()
+    v = torch.randn(B, H, J, dv).float()
+    m = None
+    if mask is not None:
+        m = torch.rand(*mask) > 0.3
+        if fully_masked:
+            m[0, ..., 0, :] = False  # a query row (or every row, if broadcast) sees no key
+    b = None
+    if bias is not None:
+        b = (torch.randn(*bias) * 2).float()
+    qd, kd, vd = q.double(), k.double(), v.double()
+    sc = scale if scale is not None else dh ** -0.5
+    if fill == "neg_inf":
+        am = m if m is not None else (b.double() if b is not None else None)
+        if m is not None and b is not None:
+            raise ValueError("SDPA takes one mask")
+        if causal and am is not None:
+            # SDPA refuses attn_mask + is_causal: fold the causal mask in explicitly
+            tri = torch.ones(I, J, dtype=torch.bool).tril()
+            am = (am & tri) if am.dtype == torch.bool else am.masked_fill(~tri, float("-inf"))
+            out = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=am, scale=scale)
+        else:
+            out = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=am, is_causal=causal,
+                                                 scale=scale)
+        # PyTorch >= 2.5 gives zeros for fully masked rows on the math path; make sure
+        out = torch.nan_to_num(out, nan=0.0)
+    else:
+        out = ref_min_float(qd, kd, vd, m, b.double() if b is not None else None, causal, sc)
+    t = {"q": q, "k": k, "v": v, "out": out.float()}
+    if m is not None:
+        t["mask"] = m
+    if b is not None:
+        t["bias"] = b
+    meta = {"causal": "1" if causal else "0", "scale": "none" if scale is None else repr(scale),
+            "fill": fill}
+    fname = f"sdpa_{name}.safetensors"
+    save_file({k_: v_.contiguous() for k_, v_ in t.items()}, os.path.join(OUT, fname), metadata=meta)
+    names.append(fname)
+
+
+case("plain_dh64", 2, 1, 33, 65, 64)
+case("len1", 2, 3, 1, 1, 8)
+case("q1_k300", 2, 1, 1, 300, 16)
+case("k1_q300", 2, 1, 300, 1, 16)
+case("dh1", 2, 4, 17, 29, 1)
+case("dh80", 2, 1, 40, 70, 80)
+case("dh128_dv64", 2, 1, 20, 37, 128, 64)
+case("dh256", 2, 1, 9, 21, 256)
+case("heads16", 2, 16, 9, 11, 8)
+case("causal_square", 2, 2, 100, 100, 32, causal=True)
+case("causal_wide", 2, 2, 40, 130, 32, causal=True)
+case("causal_tall", 2, 2, 130, 40, 32, causal=True)
+case("scale", 2, 2, 20, 30, 16, scale=0.3)
+case("mask_keypad", 2, 4, 37, 70, 8, mask=(2, 1, 1, 70), fully_masked=True)
+case("mask_full", 2, 3, 25, 44, 16, mask=(2, 3, 25, 44), fully_masked=True)
+case("mask_ij", 2, 2, 31, 57, 8, mask=(1, 1, 31, 57))
+case("mask_causal", 2, 2, 48, 48, 16, mask=(2, 1, 48, 48), causal=True)
+case("bias_full", 2, 2, 19, 23, 64, bias=(2, 2, 19, 23))
+case("bias_bcast", 2, 2, 33, 66, 16, bias=(1, 2, 33, 66))
+case("bias_causal", 2, 2, 40, 40, 32, bias=(2, 2, 40, 40), causal=True)
+case("minf_keypad", 2, 2, 33, 47, 64, mask=(2, 1, 1, 47), fill="min_float", fully_masked=True)
+case("minf_full", 2, 2, 20, 30, 8, mask=(2, 2, 20, 30), fill="min_float", fully_masked=True)
+case("minf_bias_mask", 2, 2, 20, 30, 8, mask=(2, 1, 20, 30), bias=(1, 2, 20, 30), fill="min_float",
+     fully_masked=True)
+case("long", 1, 2, 257, 300, 8)
+
+with open(os.path.join(OUT, "sdpa_list.inc"), "w") as f:
+    f.write("/* generated by tests/reference/gen_sdpa.py */\n")
+    for n in names:
+        f.write(f'"{n}",\n')
+print(f"wrote {len(names)} fixtures")

@@ -1,0 +1,64 @@
+/* Tiny test harness shared by the C tests. */
+#ifndef XATTN_TESTUTIL_H
+#define XATTN_TESTUTIL_H
+
+#include "xattn.h"
+#include <stdint.h>
+#include <stdio.h>
+
+extern int tu_failures;
+extern int tu_checks;
+
+#define CHECK(cond)                                                                              \
+    do {                                                                                         \
+        tu_checks++;                                                                             \
+        if (!(cond)) {                                                                           \
+            tu_failures++;                                                                       \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);             \
+        }                                                                                        \
+    } while (0)
+
+/* Checks a call returned XATTN_OK, printing xattn_last_error() if not. */
+#define CHECK_OK(call)                                                                           \
+    do {                                                                                         \
+        tu_checks++;                                                                             \
+        xattn_status s_ = (call);                                                                \
+        if (s_ != XATTN_OK) {                                                                    \
+            tu_failures++;                                                                       \
+            fprintf(stderr, "%s:%d: %s -> %s: %s\n", __FILE__, __LINE__, #call,                  \
+                    xattn_status_string(s_), xattn_last_error());                                \
+        }                                                                                        \
+    } while (0)
+
+/* Checks a call failed with `want` status and left a non-empty message. */
+#define CHECK_FAIL(call, want)                                                                   \
+    do {                                                                                         \
+        tu_checks++;                                                                             \
+        xattn_status s_ = (call);                                                                \
+        if (s_ != (want) || xattn_last_error()[0] == '\0') {                                     \
+            tu_failures++;                                                                       \
+            fprintf(stderr, "%s:%d: %s -> %s (%s), wanted %s\n", __FILE__, __LINE__, #call,      \
+                    xattn_status_string(s_), xattn_last_error(), xattn_status_string(want));     \
+        }                                                                                        \
+    } while (0)
+
+/* Returns the process exit code and prints a summary. */
+int tu_finish(const char *name);
+
+/* Max over i of |got-ref| / (1 + |ref|); NaN in got counts as infinity. */
+double tu_rel_err(const float *got, const float *ref, int64_t n);
+/* Records a check that tu_rel_err(...) <= tol, printing `what` on failure. Returns the error. */
+double tu_check_close(const char *what, const float *got, const float *ref, int64_t n, double tol);
+
+/* Deterministic uniform floats in [lo, hi). */
+void tu_fill_uniform(float *x, int64_t n, float lo, float hi, uint64_t *state);
+
+/* Path of a fixture file (static buffer). */
+const char *tu_fixture(const char *name);
+
+/* Loads tensor `name` of an open fixture as F32 (aborts the test with a message if missing). */
+float *tu_get_f32(const xattn_safetensors *st, const char *name, xattn_array *arr);
+
+#define TU_TOL 2e-5
+
+#endif
