@@ -6,7 +6,7 @@ build=$1 src=$2
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 cmake --install "$build" --prefix "$tmp/prefix" >/dev/null
-libdir=$(find "$tmp/prefix" -name xattn.pc -printf '%h\n' | head -n1)
+libdir=$(find "$tmp/prefix" -name xattn.pc -printf "%h\n" | head -n1)
 export PKG_CONFIG_PATH="$libdir"
 cc -o "$tmp/pc_shared" "$src/tests/install/consumer.c" $(pkg-config --cflags --libs xattn) -lm
 LD_LIBRARY_PATH="$tmp/prefix/lib:$(dirname "$libdir")" "$tmp/pc_shared"

@@ -5,8 +5,8 @@
  * so that the softmax runs along vector lanes with no horizontal reductions:
  *
  *   Qt  (dh, ITP)   = scale * q[i0 .. i0+IT)^T            packed once per task
- *   Kt  (dh, JTP)   = k[j0 .. j0+JT)^T                    packed per key tile
- *   St  (JTP, ITP)  = Kt^T-panel x Qt  = (q k^T)^T        micro-kernel, k = dh
+ *   Kt  (dh, JP)    = k[b, h]^T, J padded to mr           packed once per (b, h), shared
+ *   St  (JTP, ITP)  = Kt^T-panel x Qt  = (q k^T)^T        micro-kernel, k = dh, per key tile
  *   column c of St holds the logits of query i0+c against the tile's keys; the running max m[c]
  *   and sum l[c] are per lane; St is turned into Pt = exp(St - m) in place and
  *   Ot  (dv, ITP)  += V^T x Pt                            micro-kernel, A = v rows read in place
@@ -36,12 +36,13 @@ typedef struct att_ctx {
     int64_t ITP, JTP; /* padded (== IT, JT) */
     int64_t DVP;      /* dv rounded up to mr */
     int skip_causal;  /* tiles entirely above the diagonal contribute nothing */
+    int64_t JP;       /* J rounded up to mr: row stride of the packed keys */
+    float *Kt;        /* (B, H, dh, JP): every head's keys, transposed */
 } att_ctx;
 
 /* Per-thread scratch. */
 typedef struct att_scratch {
     float *Qt;    /* (dh, ITP)  */
-    float *Kt;    /* (dh, JTP)  */
     float *St;    /* (JTP, ITP) */
     float *Vtail; /* (JT, mr)   */
     float *mnew;  /* (ITP) */
@@ -52,8 +53,7 @@ typedef struct att_scratch {
 static size_t scratch_floats(const att_ctx *c)
 {
     const xattn_sdpa_params *p = c->p;
-    return (size_t)(p->dh * c->ITP + p->dh * c->JTP + c->JTP * c->ITP + c->JT * c->kt->mr +
-                    3 * c->ITP) + 7 * 16;
+    return (size_t)(p->dh * c->ITP + c->JTP * c->ITP + c->JT * c->kt->mr + 3 * c->ITP) + 6 * 16;
 }
 
 /* Carves n floats (rounded up to a 64-byte multiple) off *base. */
@@ -68,7 +68,6 @@ static void scratch_bind(const att_ctx *c, float *base, att_scratch *s)
 {
     const xattn_sdpa_params *p = c->p;
     s->Qt = take(&base, p->dh * c->ITP);
-    s->Kt = take(&base, p->dh * c->JTP);
     s->St = take(&base, c->JTP * c->ITP);
     s->Vtail = take(&base, c->JT * c->kt->mr);
     s->mnew = take(&base, c->ITP);
@@ -88,34 +87,39 @@ static void pack_q(const att_ctx *c, int64_t b, int64_t h, int64_t i0, int64_t i
     }
 }
 
-/* Kt (dh, JTP) = k[b, h, j0 + r, :]^T for r < jt, zero beyond */
-static void pack_k(const att_ctx *c, int64_t b, int64_t h, int64_t j0, int64_t jt, float *Kt)
+/* Kt (dh, JP) = k[b, h, :, :]^T for keys [jb, je), zero for J <= r < JP. Reads 16 key rows
+ * at a time so that both the reads and the writes stay on a few cache lines. */
+static void pack_k(const att_ctx *c, int64_t b, int64_t h, int64_t jb, int64_t je)
 {
     const xattn_sdpa_params *p = c->p;
-    const float *k = p->k + b * p->k_sb + h * p->k_sh + j0 * p->k_sj;
-    int64_t jtp = (jt + c->kt->mr - 1) / c->kt->mr * c->kt->mr;
-    for (int64_t r = 0; r < jt; r++) {
-        const float *row = k + r * p->k_sj;
-        for (int64_t d = 0; d < p->dh; d++) Kt[d * c->JTP + r] = row[d];
+    const float *k = p->k + b * p->k_sb + h * p->k_sh;
+    float *Kt = c->Kt + (b * p->H + h) * p->dh * c->JP;
+    for (int64_t j0 = jb; j0 < je; j0 += 16) {
+        int64_t n = XA_MIN(16, je - j0);
+        for (int64_t d = 0; d < p->dh; d++) {
+            float *dst = Kt + d * c->JP + j0;
+            for (int64_t r = 0; r < n; r++) dst[r] = k[(j0 + r) * p->k_sj + d];
+        }
     }
-    for (int64_t d = 0; d < p->dh; d++)
-        for (int64_t r = jt; r < jtp; r++) Kt[d * c->JTP + r] = 0.0f;
+    if (je == p->J)
+        for (int64_t d = 0; d < p->dh; d++)
+            for (int64_t r = p->J; r < c->JP; r++) Kt[d * c->JP + r] = 0.0f;
 }
 
 /* St (jtp, ITP) = logits^T of the tile: St[r][col] for key j0 + r and query i0 + col, with
  * bias, mask and causal applied to the valid (r < jt, col < it) entries. */
 static void logits_tile(const att_ctx *c, int64_t b, int64_t h, int64_t i0, int64_t it, int64_t j0,
-                        int64_t jt, const float *Qt, float *Kt, float *St)
+                        int64_t jt, const float *Qt, float *St)
 {
     const xattn_sdpa_params *p = c->p;
     const xa_kernels *kt = c->kt;
     const int64_t mr = kt->mr, nr = kt->nr, ITP = c->ITP;
     int64_t jtp = (jt + mr - 1) / mr * mr;
     int64_t itp = (it + nr - 1) / nr * nr;
-    pack_k(c, b, h, j0, jt, Kt);
+    const float *Kt = c->Kt + (b * p->H + h) * p->dh * c->JP + j0;
     for (int64_t c0 = 0; c0 < itp; c0 += nr)
         for (int64_t r0 = 0; r0 < jtp; r0 += mr)
-            kt->ukr(p->dh, Kt + r0, c->JTP, Qt + c0, ITP, St + r0 * ITP + c0, ITP, 0);
+            kt->ukr(p->dh, Kt + r0, c->JP, Qt + c0, ITP, St + r0 * ITP + c0, ITP, 0);
 
     if (p->bias) {
         const float *bb = p->bias + b * p->bias_sb + h * p->bias_sh;
@@ -157,7 +161,7 @@ static void attend_range(const att_ctx *c, att_scratch *s, int64_t b, int64_t h,
     for (int64_t j0 = jb; j0 < je; j0 += c->JT) {
         int64_t jt = XA_MIN(c->JT, je - j0);
         if (c->skip_causal && j0 > i0 + it - 1) break; /* every later tile is masked too */
-        logits_tile(c, b, h, i0, it, j0, jt, s->Qt, s->Kt, s->St);
+        logits_tile(c, b, h, i0, it, j0, jt, s->Qt, s->St);
 
         /* new running max and the rescale factor of the old state */
         memcpy(s->mnew, m, sizeof(float) * (size_t)it);
@@ -241,7 +245,7 @@ static void probs_tile(const att_ctx *c, att_scratch *s, int64_t b, int64_t h, i
             }
             break;
         }
-        logits_tile(c, b, h, i0, it, j0, jt, s->Qt, s->Kt, s->St);
+        logits_tile(c, b, h, i0, it, j0, jt, s->Qt, s->St);
         for (int64_t col = 0; col < it; col++) {
             float *prow = P + col * J + j0;
             for (int64_t r = 0; r < jt; r++) prow[r] = s->St[r * ITP + col] - s->msafe[col];
@@ -303,6 +307,12 @@ xattn_status xattn_sdpa(const xattn_sdpa_params *p)
     c.JTP = c.JT;
     c.DVP = (p->dv + mr - 1) / mr * mr;
     c.skip_causal = p->causal && p->fill == XATTN_FILL_NEG_INF;
+    c.JP = (p->J + mr - 1) / mr * mr;
+    int64_t ktn;
+    if (xa_mul_ok(p->B * p->H, p->dh, &ktn) || xa_mul_ok(ktn, XA_MAX(c.JP, 1), &ktn))
+        return xa_error(XATTN_ERR_NOMEM, "xattn_sdpa: B*H*dh*J overflows");
+    c.Kt = xa_alloc(sizeof(float) * (size_t)ktn);
+    if (!c.Kt) return XATTN_ERR_NOMEM;
 
     const int64_t ntile = (p->I + c.IT - 1) / c.IT;
     const int64_t ntask = p->B * p->H * ntile;
@@ -324,7 +334,10 @@ xattn_status xattn_sdpa(const xattn_sdpa_params *p)
     float *states = NULL;
     if (nstate_tasks) {
         states = xa_alloc(sizeof(float) * (size_t)(nstate_tasks * state));
-        if (!states) return XATTN_ERR_NOMEM;
+        if (!states) {
+            xa_free(c.Kt);
+            return XATTN_ERR_NOMEM;
+        }
     }
     int failed = 0;
 
@@ -342,6 +355,16 @@ xattn_status xattn_sdpa(const xattn_sdpa_params *p)
         att_scratch s;
         float *own = mem;
         if (mem) scratch_bind(&c, mem + state, &s);
+
+        /* transpose every head's keys once: (B*H) x key blocks of 256 */
+        const int64_t kblocks = (p->J + 255) / 256, npack = p->B * p->H * XA_MAX(kblocks, 1);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t w = 0; w < npack; w++) {
+            int64_t bh = w / XA_MAX(kblocks, 1), kb = w % XA_MAX(kblocks, 1);
+            pack_k(&c, bh / p->H, bh % p->H, kb * 256, XA_MIN(p->J, kb * 256 + 256));
+        }
 
         const int64_t nwork = ntask * nsplit;
 #ifdef _OPENMP
@@ -396,6 +419,7 @@ xattn_status xattn_sdpa(const xattn_sdpa_params *p)
         xa_free(mem);
     }
     xa_free(states);
+    xa_free(c.Kt);
     if (failed) return xa_error(XATTN_ERR_NOMEM, "xattn_sdpa: out of memory for scratch");
     return XATTN_OK;
 }

@@ -1,0 +1,355 @@
+/*
+ * AVX2 + FMA kernels (compiled with -mavx2 -mfma). Only called after dispatch.c has checked
+ * the CPU supports them.
+ *
+ * Micro-kernel: 6 x 16 tile (two ymm per row of C): 12 accumulators, 2 right-operand vectors
+ * and 1 broadcast fill 15 of the 16 ymm registers.
+ */
+#include "kernels.h"
+
+#include <immintrin.h>
+#include <math.h>
+
+#define XA2_MR 6
+#define XA2_NR 16
+
+/* ---- micro-kernel ----------------------------------------------------------------------- */
+
+/* C (6, 16) = or += A (k, lda>=6)^T-panel * B (k, ldb>=16) */
+static void ukr_avx2(int64_t k, const float *A, int64_t lda, const float *B, int64_t ldb,
+                     float *C, int64_t ldc, int accumulate)
+{
+    __m256 c0[XA2_MR], c1[XA2_MR];
+#pragma GCC unroll 8
+    for (int i = 0; i < XA2_MR; i++) {
+        c0[i] = _mm256_setzero_ps();
+        c1[i] = _mm256_setzero_ps();
+        _mm_prefetch((const char *)(C + i * ldc), _MM_HINT_T0);
+        _mm_prefetch((const char *)(C + i * ldc + XA2_NR - 1), _MM_HINT_T0);
+    }
+#pragma GCC unroll 4
+    for (int64_t p = 0; p < k; p++) {
+        __m256 b0 = _mm256_loadu_ps(B), b1 = _mm256_loadu_ps(B + 8);
+#pragma GCC unroll 8
+        for (int i = 0; i < XA2_MR; i++) {
+            __m256 a = _mm256_broadcast_ss(A + i);
+            c0[i] = _mm256_fmadd_ps(a, b0, c0[i]);
+            c1[i] = _mm256_fmadd_ps(a, b1, c1[i]);
+        }
+        A += lda;
+        B += ldb;
+    }
+    if (accumulate) {
+#pragma GCC unroll 8
+        for (int i = 0; i < XA2_MR; i++) {
+            float *c = C + i * ldc;
+            _mm256_storeu_ps(c, _mm256_add_ps(_mm256_loadu_ps(c), c0[i]));
+            _mm256_storeu_ps(c + 8, _mm256_add_ps(_mm256_loadu_ps(c + 8), c1[i]));
+        }
+    } else {
+#pragma GCC unroll 8
+        for (int i = 0; i < XA2_MR; i++) {
+            _mm256_storeu_ps(C + i * ldc, c0[i]);
+            _mm256_storeu_ps(C + i * ldc + 8, c1[i]);
+        }
+    }
+}
+
+/* ---- helpers ---------------------------------------------------------------------------- */
+
+/* Lanes [0, rem) set (rem clamped to 8). */
+static inline __m256i tail_mask(int64_t rem)
+{
+    int r = rem >= 8 ? 8 : (int)rem;
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(r), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+static inline __m256 load_m(const float *p, __m256i k) { return _mm256_maskload_ps(p, k); }
+static inline void store_m(float *p, __m256i k, __m256 v) { _mm256_maskstore_ps(p, k, v); }
+
+static inline float hmax8(__m256 v)
+{
+    __m128 a = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    a = _mm_max_ps(a, _mm_movehl_ps(a, a));
+    a = _mm_max_ss(a, _mm_shuffle_ps(a, a, 1));
+    return _mm_cvtss_f32(a);
+}
+
+static inline double hsum4d(__m256d v)
+{
+    __m128d a = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    a = _mm_add_sd(a, _mm_unpackhi_pd(a, a));
+    return _mm_cvtsd_f64(a);
+}
+
+/* ---- exp -------------------------------------------------------------------------------- */
+
+/*
+ * Same reduction and polynomial as the AVX-512 version (see there). Without vscalefps, 2^n
+ * (n in [-150, 128]) is applied as two exact powers of two 2^(n>>1) and 2^(n - (n>>1)), each a
+ * normal float, so the product rounds once: overflow gives +inf and the subnormal range is
+ * handled. NaN survives the clamps and the polynomial.
+ */
+static inline __m256 exp256(__m256 x)
+{
+    x = _mm256_max_ps(_mm256_set1_ps(-104.0f), x); /* NaN (second operand) is kept */
+    x = _mm256_min_ps(_mm256_set1_ps(89.0f), x);
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.989098087e-04f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.393364103e-03f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.333310934e-03f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.166646501e-02f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.666666668e-01f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.000000013e-01f));
+    __m256 y = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
+    y = _mm256_add_ps(y, _mm256_set1_ps(1.0f));
+    __m256i ni = _mm256_cvtps_epi32(n);
+    __m256i n1 = _mm256_srai_epi32(ni, 1);
+    __m256i n2 = _mm256_sub_epi32(ni, n1);
+    __m256i bias = _mm256_set1_epi32(127);
+    __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, bias), 23));
+    __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, bias), 23));
+    return _mm256_mul_ps(_mm256_mul_ps(y, s1), s2);
+}
+
+static void vexp_avx2(float *x, int64_t n)
+{
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256 a = exp256(_mm256_loadu_ps(x + i)), b = exp256(_mm256_loadu_ps(x + i + 8));
+        _mm256_storeu_ps(x + i, a);
+        _mm256_storeu_ps(x + i + 8, b);
+    }
+    for (; i < n; i += 8) {
+        __m256i k = tail_mask(n - i);
+        store_m(x + i, k, exp256(load_m(x + i, k)));
+    }
+}
+
+/* ---- column-wise online-softmax helpers ------------------------------------------------- */
+
+static void colmax_avx2(const float *S, int64_t rows, int64_t cols, int64_t ld, float *m)
+{
+    int64_t c = 0;
+    for (; c + 32 <= cols; c += 32) {
+        __m256 m0 = _mm256_loadu_ps(m + c), m1 = _mm256_loadu_ps(m + c + 8);
+        __m256 m2 = _mm256_loadu_ps(m + c + 16), m3 = _mm256_loadu_ps(m + c + 24);
+        for (int64_t r = 0; r < rows; r++) {
+            const float *s = S + r * ld + c;
+            /* max(s, m) returns m (the second operand) when either is NaN */
+            m0 = _mm256_max_ps(_mm256_loadu_ps(s), m0);
+            m1 = _mm256_max_ps(_mm256_loadu_ps(s + 8), m1);
+            m2 = _mm256_max_ps(_mm256_loadu_ps(s + 16), m2);
+            m3 = _mm256_max_ps(_mm256_loadu_ps(s + 24), m3);
+        }
+        _mm256_storeu_ps(m + c, m0);
+        _mm256_storeu_ps(m + c + 8, m1);
+        _mm256_storeu_ps(m + c + 16, m2);
+        _mm256_storeu_ps(m + c + 24, m3);
+    }
+    for (; c < cols; c += 8) {
+        __m256i k = tail_mask(cols - c);
+        __m256 mv = load_m(m + c, k);
+        for (int64_t r = 0; r < rows; r++) mv = _mm256_max_ps(load_m(S + r * ld + c, k), mv);
+        store_m(m + c, k, mv);
+    }
+}
+
+static void expsub_avx2(float *S, int64_t rows, int64_t cols, int64_t ld, const float *m,
+                        float *sum)
+{
+    int64_t c = 0;
+    for (; c + 16 <= cols; c += 16) {
+        __m256 m0 = _mm256_loadu_ps(m + c), m1 = _mm256_loadu_ps(m + c + 8);
+        __m256 s0 = _mm256_loadu_ps(sum + c), s1 = _mm256_loadu_ps(sum + c + 8);
+        for (int64_t r = 0; r < rows; r++) {
+            float *s = S + r * ld + c;
+            __m256 e0 = exp256(_mm256_sub_ps(_mm256_loadu_ps(s), m0));
+            __m256 e1 = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + 8), m1));
+            _mm256_storeu_ps(s, e0);
+            _mm256_storeu_ps(s + 8, e1);
+            s0 = _mm256_add_ps(s0, e0);
+            s1 = _mm256_add_ps(s1, e1);
+        }
+        _mm256_storeu_ps(sum + c, s0);
+        _mm256_storeu_ps(sum + c + 8, s1);
+    }
+    for (; c < cols; c += 8) {
+        __m256i k = tail_mask(cols - c);
+        __m256 mv = load_m(m + c, k), sv = load_m(sum + c, k);
+        for (int64_t r = 0; r < rows; r++) {
+            float *s = S + r * ld + c;
+            __m256 e = exp256(_mm256_sub_ps(load_m(s, k), mv));
+            store_m(s, k, e);
+            sv = _mm256_add_ps(sv, e);
+        }
+        store_m(sum + c, k, sv);
+    }
+}
+
+/* ---- row-wise softmax and norms --------------------------------------------------------- */
+
+static inline void acc_pd(__m256 v, __m256d *lo, __m256d *hi)
+{
+    *lo = _mm256_add_pd(*lo, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+    *hi = _mm256_add_pd(*hi, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+}
+
+static void softmax_avx2(float *x, int64_t n)
+{
+    if (n <= 0) return;
+    __m256 mx0 = _mm256_set1_ps(x[0]), mx1 = mx0;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        mx0 = _mm256_max_ps(_mm256_loadu_ps(x + i), mx0);
+        mx1 = _mm256_max_ps(_mm256_loadu_ps(x + i + 8), mx1);
+    }
+    for (; i < n; i += 8) {
+        __m256i k = tail_mask(n - i);
+        /* masked-off lanes load 0: replace them by the running max before comparing */
+        __m256 v = _mm256_blendv_ps(mx0, load_m(x + i, k), _mm256_castsi256_ps(k));
+        mx0 = _mm256_max_ps(v, mx0);
+    }
+    __m256 mv = _mm256_set1_ps(hmax8(_mm256_max_ps(mx0, mx1)));
+    __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+    for (i = 0; i < n; i += 8) {
+        __m256i k = tail_mask(n - i);
+        __m256 e = exp256(_mm256_sub_ps(load_m(x + i, k), mv));
+        e = _mm256_and_ps(e, _mm256_castsi256_ps(k));
+        store_m(x + i, k, e);
+        acc_pd(e, &s0, &s1);
+    }
+    __m256 inv = _mm256_set1_ps((float)(1.0 / hsum4d(_mm256_add_pd(s0, s1))));
+    for (i = 0; i < n; i += 8) {
+        __m256i k = tail_mask(n - i);
+        store_m(x + i, k, _mm256_mul_ps(load_m(x + i, k), inv));
+    }
+}
+
+static void rmsnorm_avx2(const float *x, const float *w, float eps, int64_t n, float *y)
+{
+    __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
+    int64_t i;
+    for (i = 0; i < n; i += 8) {
+        __m256i k = tail_mask(n - i);
+        __m256 v = load_m(x + i, k);
+        __m256d v0 = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+        __m256d v1 = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+        a0 = _mm256_fmadd_pd(v0, v0, a0);
+        a1 = _mm256_fmadd_pd(v1, v1, a1);
+    }
+    double ss = hsum4d(_mm256_add_pd(a0, a1));
+    __m256 r = _mm256_set1_ps((float)(1.0 / sqrt(ss / (double)n + eps)));
+    for (i = 0; i < n; i += 8) {
+        __m256i k = tail_mask(n - i);
+        __m256 v = _mm256_mul_ps(load_m(x + i, k), r);
+        if (w) v = _mm256_mul_ps(v, load_m(w + i, k));
+        store_m(y + i, k, v);
+    }
+}
+
+static void layernorm_avx2(const float *x, const float *w, const float *b, float eps, int64_t n,
+                           float *y)
+{
+    __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
+    int64_t i;
+    for (i = 0; i < n; i += 8) acc_pd(load_m(x + i, tail_mask(n - i)), &a0, &a1);
+    double mean = hsum4d(_mm256_add_pd(a0, a1)) / (double)n;
+    __m256d md = _mm256_set1_pd(mean);
+    a0 = a1 = _mm256_setzero_pd();
+    for (i = 0; i < n; i += 8) {
+        __m256i k = tail_mask(n - i);
+        __m256 v = load_m(x + i, k);
+        __m256d d0 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), md);
+        __m256d d1 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), md);
+        /* zero the deviation of masked-off lanes (their v is 0, not the mean) */
+        __m256i klo = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(k));
+        __m256i khi = _mm256_cvtepi32_epi64(_mm256_extracti128_si256(k, 1));
+        d0 = _mm256_and_pd(d0, _mm256_castsi256_pd(klo));
+        d1 = _mm256_and_pd(d1, _mm256_castsi256_pd(khi));
+        a0 = _mm256_fmadd_pd(d0, d0, a0);
+        a1 = _mm256_fmadd_pd(d1, d1, a1);
+    }
+    double var = hsum4d(_mm256_add_pd(a0, a1)) / (double)n;
+    __m256 r = _mm256_set1_ps((float)(1.0 / sqrt(var + eps)));
+    __m256 mf = _mm256_set1_ps((float)mean);
+    for (i = 0; i < n; i += 8) {
+        __m256i k = tail_mask(n - i);
+        __m256 v = _mm256_mul_ps(_mm256_sub_ps(load_m(x + i, k), mf), r);
+        if (w) v = _mm256_mul_ps(v, load_m(w + i, k));
+        if (b) v = _mm256_add_ps(v, load_m(b + i, k));
+        store_m(y + i, k, v);
+    }
+}
+
+/* ---- GELU ------------------------------------------------------------------------------- */
+
+/* erfc(|x| / sqrt2), |x| <= 28: exp(-x^2/2) t Q(t), t = 1/(1 + 0.4a); see kernels_avx512.c. */
+static inline __m256 erfc_half256(__m256 ax)
+{
+    __m256 a = _mm256_mul_ps(ax, _mm256_set1_ps(0.7071067811865476f));
+    __m256 t = _mm256_div_ps(_mm256_set1_ps(1.0f),
+                             _mm256_fmadd_ps(a, _mm256_set1_ps(0.4f), _mm256_set1_ps(1.0f)));
+    __m256 q = _mm256_set1_ps(-2.986862849e-02f);
+    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(1.438410693e-01f));
+    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(-2.430417318e-01f));
+    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(1.468032457e-01f));
+    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(-5.379316633e-02f));
+    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(8.712064164e-02f));
+    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(1.180951230e-01f));
+    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(1.718905719e-01f));
+    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(2.076007204e-01f));
+    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(2.256763169e-01f));
+    q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(2.256758315e-01f));
+    __m256 h = _mm256_set1_ps(-0.5f);
+    __m256 x2 = _mm256_mul_ps(ax, ax);
+    __m256 x2lo = _mm256_mul_ps(_mm256_fmsub_ps(ax, ax, x2), h);
+    __m256 e = exp256(_mm256_mul_ps(x2, h));
+    e = _mm256_fmadd_ps(e, x2lo, e);
+    return _mm256_mul_ps(_mm256_mul_ps(e, t), q);
+}
+
+static inline __m256 gelu_erf256(__m256 x)
+{
+    __m256 ax = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x);
+    ax = _mm256_min_ps(_mm256_set1_ps(28.0f), ax); /* keeps NaN */
+    __m256 ec = erfc_half256(ax);
+    __m256 pos = _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GT_OQ);
+    __m256 onep = _mm256_blendv_ps(ec, _mm256_sub_ps(_mm256_set1_ps(2.0f), ec), pos);
+    return _mm256_mul_ps(_mm256_mul_ps(x, _mm256_set1_ps(0.5f)), onep);
+}
+
+static inline __m256 gelu_tanh256(__m256 x)
+{
+    __m256 x3 = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
+    __m256 u = _mm256_fmadd_ps(x3, _mm256_set1_ps(0.044715f), x);
+    __m256 e = exp256(_mm256_mul_ps(u, _mm256_set1_ps(-2.0f * 0.7978845608028654f)));
+    return _mm256_div_ps(x, _mm256_add_ps(e, _mm256_set1_ps(1.0f)));
+}
+
+static void gelu_avx2(float *x, int64_t n, int tanh_form)
+{
+    for (int64_t i = 0; i < n; i += 8) {
+        __m256i k = tail_mask(n - i);
+        __m256 v = load_m(x + i, k);
+        v = tanh_form ? gelu_tanh256(v) : gelu_erf256(v);
+        store_m(x + i, k, v);
+    }
+}
+
+const xa_kernels xa_kernels_avx2 = {
+    .name = "avx2",
+    .mr = XA2_MR,
+    .nr = XA2_NR,
+    .ukr = ukr_avx2,
+    .vexp = vexp_avx2,
+    .colmax = colmax_avx2,
+    .expsub = expsub_avx2,
+    .softmax = softmax_avx2,
+    .rmsnorm = rmsnorm_avx2,
+    .layernorm = layernorm_avx2,
+    .gelu = gelu_avx2,
+};

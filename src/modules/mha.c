@@ -1,0 +1,737 @@
+/*
+ * M1: multi-head cross-attention modules.
+ *
+ *   torch.nn.MultiheadAttention (batch_first=True)   in_proj_weight (3E, E) [+ in_proj_bias (3E)]
+ *                                                    or q_proj_weight (E, E), k_proj_weight
+ *                                                    (E, kdim), v_proj_weight (E, vdim);
+ *                                                    out_proj.weight (E, E) [+ out_proj.bias (E)]
+ *   diffusers Attention                              to_q.weight (inner, query_dim), to_k.weight
+ *                                                    (inner, cross_dim), to_v.weight (inner,
+ *                                                    cross_dim) [+ to_{q,k,v}.bias (inner)],
+ *                                                    to_out.0.weight (out_dim, inner)
+ *                                                    [+ to_out.0.bias (out_dim)]
+ *
+ * forward: three projections with xattn_linear into scratch (B*I*inner, B*J*inner, B*J*inner),
+ * ONE xattn_sdpa call that reads the heads in place through strides ((h d) channel split, no
+ * transposes), then the output projection. Masks are turned into what xattn_sdpa takes: a keep
+ * mask (uint8, nonzero = keep) for bool masks and -inf entries, an additive bias for float masks,
+ * each with the smallest broadcast shape (B|1, H|1, I|1, J) that holds its sources.
+ */
+#include "base/base.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct xattn_mha {
+    xattn_mha_config cfg;
+    const float *wq, *wk, *wv; /* (inner, embed_dim), (inner, kdim), (inner, vdim) */
+    const float *bq, *bk, *bv; /* (inner) each, or NULL                           */
+    const float *wo, *bo;      /* (out_dim, inner), (out_dim) or NULL              */
+    float *block;              /* every weight, one allocation                      */
+};
+
+/* ---------------------------------------------------------------------------------------- */
+/* Loading                                                                                  */
+/* ---------------------------------------------------------------------------------------- */
+
+#define NAME_MAX_LEN 512
+
+typedef struct tensor_ref {
+    char name[NAME_MAX_LEN]; /* full name (prefix included) */
+    int present;
+    xattn_dtype dtype;
+    int ndim;
+    int64_t shape[XATTN_MAX_DIMS];
+    float *dst; /* where its data goes inside the block */
+} tensor_ref;
+
+static void shape_str(const tensor_ref *t, char *buf, size_t n)
+{
+    size_t off = 0;
+    off += (size_t)snprintf(buf + off, n - off, "(");
+    for (int d = 0; d < t->ndim && off < n; d++)
+        off += (size_t)snprintf(buf + off, n - off, "%s%lld", d ? ", " : "", (long long)t->shape[d]);
+    if (t->ndim == 1 && off < n) off += (size_t)snprintf(buf + off, n - off, ",");
+    if (off < n) snprintf(buf + off, n - off, ")");
+}
+
+/* Looks a tensor up; returns XATTN_OK (present or not) or an error for a too-long name. */
+static xattn_status find_tensor(const xattn_safetensors *st, const char *prefix, const char *name,
+                                tensor_ref *t)
+{
+    memset(t, 0, sizeof *t);
+    int n = snprintf(t->name, sizeof t->name, "%s%s", prefix, name);
+    if (n < 0 || (size_t)n >= sizeof t->name)
+        return xa_error(XATTN_ERR_ARG, "xattn_mha_load: prefix '%.64s...' is too long", prefix);
+    long idx = xattn_st_find(st, t->name);
+    if (idx < 0) return XATTN_OK;
+    xattn_status s = xattn_st_info(st, (size_t)idx, &t->dtype, &t->ndim, t->shape);
+    if (s != XATTN_OK) return s;
+    t->present = 1;
+    return XATTN_OK;
+}
+
+static int has_tensor(const xattn_safetensors *st, const char *prefix, const char *name)
+{
+    char full[NAME_MAX_LEN];
+    int n = snprintf(full, sizeof full, "%s%s", prefix, name);
+    if (n < 0 || (size_t)n >= sizeof full) return 0;
+    return xattn_st_find(st, full) >= 0;
+}
+
+static xattn_status missing(const tensor_ref *t, const char *why)
+{
+    return xa_error(XATTN_ERR_NOT_FOUND, "tensor '%s' is missing (%s)", t->name, why);
+}
+
+/* Checks t is a float tensor of rank 2 (rows, cols); a dimension < 0 in `want` is free.
+ * `implied` names what fixes the expected shape, for the message. */
+static xattn_status check_2d(const tensor_ref *t, int64_t rows, int64_t cols, const char *implied,
+                             const char *want_text)
+{
+    char got[128];
+    shape_str(t, got, sizeof got);
+    if (t->dtype != XATTN_F32 && t->dtype != XATTN_F16 && t->dtype != XATTN_BF16 &&
+        t->dtype != XATTN_F64)
+        return xa_error(XATTN_ERR_UNSUPPORTED, "tensor '%s' has dtype %s; expected F32, F16, BF16 or F64",
+                        t->name, xattn_dtype_name(t->dtype));
+    if (t->ndim != 2)
+        return xa_error(XATTN_ERR_SHAPE, "tensor '%s' has shape %s but %s implies %s", t->name, got,
+                        implied, want_text);
+    if (t->shape[0] <= 0 || t->shape[1] <= 0)
+        return xa_error(XATTN_ERR_SHAPE, "tensor '%s' has an empty shape %s", t->name, got);
+    if ((rows >= 0 && t->shape[0] != rows) || (cols >= 0 && t->shape[1] != cols))
+        return xa_error(XATTN_ERR_SHAPE, "tensor '%s' has shape %s but %s implies %s", t->name, got,
+                        implied, want_text);
+    return XATTN_OK;
+}
+
+static xattn_status check_1d(const tensor_ref *t, int64_t n, const char *implied)
+{
+    char got[128];
+    shape_str(t, got, sizeof got);
+    if (t->dtype != XATTN_F32 && t->dtype != XATTN_F16 && t->dtype != XATTN_BF16 &&
+        t->dtype != XATTN_F64)
+        return xa_error(XATTN_ERR_UNSUPPORTED, "tensor '%s' has dtype %s; expected F32, F16, BF16 or F64",
+                        t->name, xattn_dtype_name(t->dtype));
+    if (t->ndim != 1 || t->shape[0] != n)
+        return xa_error(XATTN_ERR_SHAPE, "tensor '%s' has shape %s but %s implies (%lld,)", t->name,
+                        got, implied, (long long)n);
+    return XATTN_OK;
+}
+
+static int64_t numel_of(const tensor_ref *t)
+{
+    int64_t n = 1;
+    for (int d = 0; d < t->ndim; d++) n *= t->shape[d];
+    return n;
+}
+
+/* Copies the (already shape-checked) tensor into t->dst, converted to fp32. */
+static xattn_status fetch(const xattn_safetensors *st, const tensor_ref *t)
+{
+    xattn_array a;
+    memset(&a, 0, sizeof a);
+    xattn_status s = xattn_st_get(st, t->name, XATTN_F32, &a);
+    if (s != XATTN_OK) return s;
+    int64_t n = numel_of(t);
+    if (a.dtype != XATTN_F32 || xattn_array_numel(&a) != n) {
+        xattn_array_free(&a);
+        return xa_error(XATTN_ERR_FORMAT, "tensor '%s': converted data does not match its header",
+                        t->name);
+    }
+    memcpy(t->dst, a.data, (size_t)n * sizeof(float));
+    xattn_array_free(&a);
+    return XATTN_OK;
+}
+
+/* Parses a positive decimal integer; 0 on failure. */
+static int64_t parse_positive(const char *s)
+{
+    if (!s) return 0;
+    while (*s == ' ' || *s == '\t') s++;
+    if (*s < '0' || *s > '9') return 0;
+    int64_t v = 0;
+    for (; *s >= '0' && *s <= '9'; s++) {
+        v = v * 10 + (*s - '0');
+        if (v > ((int64_t)1 << 40)) return 0;
+    }
+    while (*s == ' ' || *s == '\t') s++;
+    return *s ? 0 : v;
+}
+
+static int meta_true(const xattn_safetensors *st, const char *key)
+{
+    const char *v = xattn_st_meta_get(st, key);
+    if (!v) return 0;
+    return !strcmp(v, "True") || !strcmp(v, "true") || !strcmp(v, "1");
+}
+
+/* Rejects state_dict entries of diffusers Attention features this module does not compute. */
+static xattn_status diffusers_reject_extras(const xattn_safetensors *st, const char *prefix)
+{
+    static const char *const extras[] = {"norm_q.", "norm_k.", "norm_cross.", "group_norm.",
+                                         "spatial_norm.", "add_q_proj.", "add_k_proj.",
+                                         "add_v_proj.", "to_add_out.", "norm_added_q.",
+                                         "norm_added_k."};
+    size_t plen = strlen(prefix);
+    size_t n = xattn_st_count(st);
+    for (size_t i = 0; i < n; i++) {
+        const char *name = xattn_st_name(st, i);
+        if (!name || strncmp(name, prefix, plen) != 0) continue;
+        const char *rest = name + plen;
+        for (size_t e = 0; e < sizeof extras / sizeof extras[0]; e++)
+            if (!strncmp(rest, extras[e], strlen(extras[e])))
+                return xa_error(XATTN_ERR_UNSUPPORTED,
+                                "tensor '%s': diffusers Attention with %.*s is not supported "
+                                "(only to_q/to_k/to_v/to_out.0)",
+                                name, (int)(strlen(extras[e]) - 1), extras[e]);
+    }
+    return XATTN_OK;
+}
+
+static xattn_status resolve_heads(const xattn_safetensors *st, int64_t heads, int64_t deflt,
+                                  int64_t *out)
+{
+    if (heads > 0) {
+        *out = heads;
+        return XATTN_OK;
+    }
+    const char *mv = xattn_st_meta_get(st, "heads");
+    if (mv) {
+        int64_t h = parse_positive(mv);
+        if (h <= 0)
+            return xa_error(XATTN_ERR_FORMAT, "__metadata__ 'heads' is \"%.40s\", not a positive integer",
+                            mv);
+        *out = h;
+        return XATTN_OK;
+    }
+    if (deflt > 0) {
+        *out = deflt;
+        return XATTN_OK;
+    }
+    return xa_error(XATTN_ERR_ARG, "the number of heads is not known: pass heads > 0 or store "
+                                   "__metadata__ {\"heads\": \"N\"} in the file");
+}
+
+/* Assigns 64-byte aligned slots inside one block for every present tensor, allocates it and
+ * copies the tensors in. */
+static xattn_status alloc_and_fetch(const xattn_safetensors *st, tensor_ref **refs, int n,
+                                    float **block_out)
+{
+    int64_t total = 0;
+    for (int i = 0; i < n; i++) {
+        if (!refs[i]->present) continue;
+        int64_t e = numel_of(refs[i]);
+        total += (e + 15) & ~(int64_t)15;
+    }
+    float *block = xa_alloc((size_t)total * sizeof(float));
+    if (!block) return XATTN_ERR_NOMEM;
+    int64_t off = 0;
+    for (int i = 0; i < n; i++) {
+        if (!refs[i]->present) continue;
+        refs[i]->dst = block + off;
+        off += (numel_of(refs[i]) + 15) & ~(int64_t)15;
+    }
+    for (int i = 0; i < n; i++) {
+        if (!refs[i]->present) continue;
+        xattn_status s = fetch(st, refs[i]);
+        if (s != XATTN_OK) {
+            xa_free(block);
+            return s;
+        }
+    }
+    *block_out = block;
+    return XATTN_OK;
+}
+
+static xattn_status load_torch(const xattn_safetensors *st, const char *prefix, int64_t heads_arg,
+                               xattn_mha *m)
+{
+    xattn_status s;
+    tensor_ref inw, inb, qw, kw, vw, ow, ob, bk, bv;
+    if ((s = find_tensor(st, prefix, "in_proj_weight", &inw)) ||
+        (s = find_tensor(st, prefix, "in_proj_bias", &inb)) ||
+        (s = find_tensor(st, prefix, "q_proj_weight", &qw)) ||
+        (s = find_tensor(st, prefix, "k_proj_weight", &kw)) ||
+        (s = find_tensor(st, prefix, "v_proj_weight", &vw)) ||
+        (s = find_tensor(st, prefix, "out_proj.weight", &ow)) ||
+        (s = find_tensor(st, prefix, "out_proj.bias", &ob)) ||
+        (s = find_tensor(st, prefix, "bias_k", &bk)) ||
+        (s = find_tensor(st, prefix, "bias_v", &bv)))
+        return s;
+
+    if (bk.present || bv.present)
+        return xa_error(XATTN_ERR_UNSUPPORTED,
+                        "tensor '%s' present: nn.MultiheadAttention(add_bias_kv=True) is not supported",
+                        bk.present ? bk.name : bv.name);
+    if (meta_true(st, "add_zero_attn"))
+        return xa_error(XATTN_ERR_UNSUPPORTED,
+                        "__metadata__ add_zero_attn=True: nn.MultiheadAttention(add_zero_attn=True) "
+                        "is not supported");
+
+    xattn_mha_config *c = &m->cfg;
+    c->layout = XATTN_LAYOUT_TORCH_MHA;
+    int64_t E;
+    int packed = inw.present;
+    if (packed) {
+        if (inw.ndim == 2 && inw.shape[1] > 0 && inw.shape[0] == 3 * inw.shape[1]) {
+            E = inw.shape[1];
+        } else {
+            char got[128];
+            shape_str(&inw, got, sizeof got);
+            return xa_error(XATTN_ERR_SHAPE,
+                            "tensor '%s' has shape %s; expected (3*embed_dim, embed_dim)", inw.name,
+                            got);
+        }
+        if ((s = check_2d(&inw, 3 * E, E, "embed_dim", "(3*embed_dim, embed_dim)"))) return s;
+        c->kdim = c->vdim = E;
+    } else {
+        if (!qw.present)
+            return xa_error(XATTN_ERR_NOT_FOUND,
+                            "tensor '%sin_proj_weight' (or '%sq_proj_weight') is missing", prefix,
+                            prefix);
+        if (!kw.present) return missing(&kw, "q_proj_weight is present, so kdim/vdim differ from embed_dim");
+        if (!vw.present) return missing(&vw, "q_proj_weight is present, so kdim/vdim differ from embed_dim");
+        if (qw.ndim == 2 && qw.shape[0] > 0 && qw.shape[0] == qw.shape[1]) {
+            E = qw.shape[0];
+        } else {
+            char got[128];
+            shape_str(&qw, got, sizeof got);
+            return xa_error(XATTN_ERR_SHAPE, "tensor '%s' has shape %s; expected (embed_dim, embed_dim)",
+                            qw.name, got);
+        }
+        if ((s = check_2d(&qw, E, E, "embed_dim", "(embed_dim, embed_dim)"))) return s;
+        char want[96];
+        snprintf(want, sizeof want, "(%lld, kdim)", (long long)E);
+        if ((s = check_2d(&kw, E, -1, "q_proj_weight", want))) return s;
+        snprintf(want, sizeof want, "(%lld, vdim)", (long long)E);
+        if ((s = check_2d(&vw, E, -1, "q_proj_weight", want))) return s;
+        c->kdim = kw.shape[1];
+        c->vdim = vw.shape[1];
+    }
+    const char *src = packed ? "in_proj_weight" : "q_proj_weight";
+    if (inb.present && (s = check_1d(&inb, 3 * E, src))) return s;
+    if (!ow.present) return missing(&ow, "the output projection of nn.MultiheadAttention");
+    {
+        char want[96];
+        snprintf(want, sizeof want, "(%lld, %lld)", (long long)E, (long long)E);
+        if ((s = check_2d(&ow, E, E, src, want))) return s;
+    }
+    if (ob.present && (s = check_1d(&ob, E, src))) return s;
+
+    int64_t H;
+    if ((s = resolve_heads(st, heads_arg, 0, &H))) return s;
+    if (E % H != 0)
+        return xa_error(XATTN_ERR_SHAPE, "embed_dim %lld (from %s) is not divisible by heads %lld",
+                        (long long)E, src, (long long)H);
+
+    c->embed_dim = E;
+    c->heads = H;
+    c->head_dim = E / H;
+    c->inner_dim = E;
+    c->out_dim = E;
+    c->has_in_bias = inb.present;
+    c->has_out_bias = ob.present;
+
+    tensor_ref *refs[] = {&inw, &qw, &kw, &vw, &inb, &ow, &ob};
+    if (packed) qw.present = kw.present = vw.present = 0; /* ignore stray unpacked copies */
+    if ((s = alloc_and_fetch(st, refs, 7, &m->block))) return s;
+    if (packed) {
+        m->wq = inw.dst;
+        m->wk = inw.dst + E * E;
+        m->wv = inw.dst + 2 * E * E;
+    } else {
+        m->wq = qw.dst;
+        m->wk = kw.dst;
+        m->wv = vw.dst;
+    }
+    if (inb.present) {
+        m->bq = inb.dst;
+        m->bk = inb.dst + E;
+        m->bv = inb.dst + 2 * E;
+    }
+    m->wo = ow.dst;
+    m->bo = ob.present ? ob.dst : NULL;
+    return XATTN_OK;
+}
+
+static xattn_status load_diffusers(const xattn_safetensors *st, const char *prefix,
+                                   int64_t heads_arg, xattn_mha *m)
+{
+    xattn_status s;
+    tensor_ref qw, kw, vw, qb, kb, vb, ow, ob;
+    if ((s = find_tensor(st, prefix, "to_q.weight", &qw)) ||
+        (s = find_tensor(st, prefix, "to_k.weight", &kw)) ||
+        (s = find_tensor(st, prefix, "to_v.weight", &vw)) ||
+        (s = find_tensor(st, prefix, "to_q.bias", &qb)) ||
+        (s = find_tensor(st, prefix, "to_k.bias", &kb)) ||
+        (s = find_tensor(st, prefix, "to_v.bias", &vb)) ||
+        (s = find_tensor(st, prefix, "to_out.0.weight", &ow)) ||
+        (s = find_tensor(st, prefix, "to_out.0.bias", &ob)))
+        return s;
+    if ((s = diffusers_reject_extras(st, prefix))) return s;
+    if (!kw.present) return missing(&kw, "diffusers Attention key projection");
+    if (!vw.present) return missing(&vw, "diffusers Attention value projection");
+    if (!ow.present) return missing(&ow, "diffusers Attention output projection");
+
+    if ((s = check_2d(&qw, -1, -1, "diffusers Attention", "(inner_dim, query_dim)"))) return s;
+    int64_t inner = qw.shape[0], qdim = qw.shape[1];
+    char want[128];
+    snprintf(want, sizeof want, "(%lld, cross_attention_dim)", (long long)inner);
+    if ((s = check_2d(&kw, inner, -1, "to_q.weight", want))) return s;
+    if ((s = check_2d(&vw, inner, -1, "to_q.weight", want))) return s;
+    snprintf(want, sizeof want, "(out_dim, %lld)", (long long)inner);
+    if ((s = check_2d(&ow, -1, inner, "to_q.weight", want))) return s;
+    int64_t odim = ow.shape[0];
+    if (qb.present && (s = check_1d(&qb, inner, "to_q.weight"))) return s;
+    if (kb.present && (s = check_1d(&kb, inner, "to_k.weight"))) return s;
+    if (vb.present && (s = check_1d(&vb, inner, "to_v.weight"))) return s;
+    if (ob.present && (s = check_1d(&ob, odim, "to_out.0.weight"))) return s;
+
+    int64_t H;
+    if ((s = resolve_heads(st, heads_arg, 8, &H))) return s;
+    if (inner % H != 0)
+        return xa_error(XATTN_ERR_SHAPE,
+                        "inner dim %lld (rows of to_q.weight) is not divisible by heads %lld",
+                        (long long)inner, (long long)H);
+
+    xattn_mha_config *c = &m->cfg;
+    c->layout = XATTN_LAYOUT_DIFFUSERS;
+    c->embed_dim = qdim;
+    c->kdim = kw.shape[1];
+    c->vdim = vw.shape[1];
+    c->heads = H;
+    c->head_dim = inner / H;
+    c->inner_dim = inner;
+    c->out_dim = odim;
+    c->has_in_bias = qb.present || kb.present || vb.present;
+    c->has_out_bias = ob.present;
+
+    tensor_ref *refs[] = {&qw, &kw, &vw, &qb, &kb, &vb, &ow, &ob};
+    if ((s = alloc_and_fetch(st, refs, 8, &m->block))) return s;
+    m->wq = qw.dst;
+    m->wk = kw.dst;
+    m->wv = vw.dst;
+    m->bq = qb.present ? qb.dst : NULL;
+    m->bk = kb.present ? kb.dst : NULL;
+    m->bv = vb.present ? vb.dst : NULL;
+    m->wo = ow.dst;
+    m->bo = ob.present ? ob.dst : NULL;
+    return XATTN_OK;
+}
+
+xattn_status xattn_mha_load(const xattn_safetensors *st, const char *prefix, int64_t heads,
+                            xattn_mha **out)
+{
+    if (!out) return xa_error(XATTN_ERR_ARG, "xattn_mha_load: out is NULL");
+    *out = NULL;
+    if (!st) return xa_error(XATTN_ERR_ARG, "xattn_mha_load: safetensors handle is NULL");
+    if (!prefix) prefix = "";
+
+    int torch_names = has_tensor(st, prefix, "in_proj_weight") ||
+                      has_tensor(st, prefix, "q_proj_weight");
+    int diff_names = has_tensor(st, prefix, "to_q.weight");
+    if (torch_names && diff_names)
+        return xa_error(XATTN_ERR_FORMAT,
+                        "ambiguous module: both '%sin_proj_weight'/'%sq_proj_weight' "
+                        "(nn.MultiheadAttention) and '%sto_q.weight' (diffusers Attention) present",
+                        prefix, prefix, prefix);
+    if (!torch_names && !diff_names)
+        return xa_error(XATTN_ERR_NOT_FOUND,
+                        "no attention module found: expected '%sin_proj_weight' or "
+                        "'%sq_proj_weight' (nn.MultiheadAttention) or '%sto_q.weight' "
+                        "(diffusers Attention)",
+                        prefix, prefix, prefix);
+
+    xattn_mha *m = calloc(1, sizeof *m);
+    if (!m) return xa_error(XATTN_ERR_NOMEM, "xattn_mha_load: out of memory");
+    xattn_status s = torch_names ? load_torch(st, prefix, heads, m)
+                                 : load_diffusers(st, prefix, heads, m);
+    if (s != XATTN_OK) {
+        xa_free(m->block);
+        free(m);
+        return s;
+    }
+    xa_clear_error();
+    *out = m;
+    return XATTN_OK;
+}
+
+void xattn_mha_free(xattn_mha *m)
+{
+    if (!m) return;
+    xa_free(m->block);
+    free(m);
+}
+
+void xattn_mha_get_config(const xattn_mha *m, xattn_mha_config *cfg)
+{
+    if (!cfg) return;
+    if (!m) {
+        memset(cfg, 0, sizeof *cfg);
+        return;
+    }
+    *cfg = m->cfg;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Masks                                                                                    */
+/* ---------------------------------------------------------------------------------------- */
+
+/* One mask source as a (B|1, H|1, I|1, J) view: element (b,h,i,j) at b*sb + h*sh + i*si + j. */
+typedef struct mask_src {
+    const uint8_t *u8;  /* bool mask, or NULL */
+    const float *f32;   /* float mask, or NULL */
+    int64_t sb, sh, si;
+    int keep_if_true;   /* bool polarity: 1 = True keeps (SDPA), 0 = True masks (torch MHA) */
+} mask_src;
+
+static int src_has_neg_inf(const mask_src *s, int64_t n)
+{
+    for (int64_t t = 0; t < n; t++)
+        if (s->f32[t] == -INFINITY) return 1;
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Forward                                                                                  */
+/* ---------------------------------------------------------------------------------------- */
+
+xattn_status xattn_mha_forward(const xattn_mha *m, const xattn_mha_inputs *in, float *out,
+                               float *attn_weights, int average_weights)
+{
+    if (!m) return xa_error(XATTN_ERR_ARG, "xattn_mha_forward: module is NULL");
+    if (!in) return xa_error(XATTN_ERR_ARG, "xattn_mha_forward: inputs is NULL");
+    if (!out) return xa_error(XATTN_ERR_ARG, "xattn_mha_forward: out is NULL");
+    const xattn_mha_config *c = &m->cfg;
+    const int64_t B = in->B, I = in->I, J = in->J, H = c->heads, dh = c->head_dim;
+    const int64_t inner = c->inner_dim;
+    if (B <= 0 || I <= 0 || J <= 0)
+        return xa_error(XATTN_ERR_ARG, "xattn_mha_forward: sizes must be positive (B=%lld, I=%lld, J=%lld)",
+                        (long long)B, (long long)I, (long long)J);
+    if (!in->query) return xa_error(XATTN_ERR_ARG, "xattn_mha_forward: query is NULL");
+    if (!in->key) return xa_error(XATTN_ERR_ARG, "xattn_mha_forward: key is NULL");
+    const float *value = in->value ? in->value : in->key;
+    if (!in->value && c->kdim != c->vdim)
+        return xa_error(XATTN_ERR_SHAPE,
+                        "xattn_mha_forward: value is NULL (= key) but kdim %lld != vdim %lld",
+                        (long long)c->kdim, (long long)c->vdim);
+    if (in->key_padding_mask && in->key_padding_mask_float)
+        return xa_error(XATTN_ERR_ARG,
+                        "xattn_mha_forward: give key_padding_mask as bool or as float, not both");
+    if (in->attn_mask && in->attn_mask_float)
+        return xa_error(XATTN_ERR_ARG,
+                        "xattn_mha_forward: give attn_mask as bool or as float, not both");
+    if (in->attn_mask_per_head != 0 && in->attn_mask_per_head != 1)
+        return xa_error(XATTN_ERR_ARG, "xattn_mha_forward: attn_mask_per_head must be 0 or 1, got %d",
+                        in->attn_mask_per_head);
+    if (in->attn_mask_per_head && !in->attn_mask && !in->attn_mask_float)
+        return xa_error(XATTN_ERR_ARG,
+                        "xattn_mha_forward: attn_mask_per_head is set but no attn_mask is given");
+
+    /* sizes, with overflow checks */
+    int64_t nq, nk, nbhij = 0, t;
+    if (xa_mul_ok(B, I, &t) || xa_mul_ok(t, inner, &nq) || xa_mul_ok(B, J, &t) ||
+        xa_mul_ok(t, inner, &nk) || xa_mul_ok(B * I, H, &t) || xa_mul_ok(t, J, &nbhij) ||
+        xa_mul_ok(B * I, c->out_dim, &t) || xa_mul_ok(B * I, c->embed_dim, &t) ||
+        xa_mul_ok(B * J, XA_MAX(c->kdim, c->vdim), &t) || nbhij > (INT64_MAX / 8))
+        return xa_error(XATTN_ERR_NOMEM, "xattn_mha_forward: sizes overflow (B=%lld, I=%lld, J=%lld)",
+                        (long long)B, (long long)I, (long long)J);
+
+    /* ---- mask plan ---- */
+    const int keep_true = c->layout == XATTN_LAYOUT_DIFFUSERS;
+    mask_src srcs[2];
+    int nsrc = 0;
+    if (in->key_padding_mask || in->key_padding_mask_float) {
+        mask_src *s = &srcs[nsrc++];
+        s->u8 = in->key_padding_mask;
+        s->f32 = in->key_padding_mask_float;
+        s->sb = J;
+        s->sh = 0;
+        s->si = 0;
+        s->keep_if_true = keep_true;
+    }
+    if (in->attn_mask || in->attn_mask_float) {
+        mask_src *s = &srcs[nsrc++];
+        s->u8 = in->attn_mask;
+        s->f32 = in->attn_mask_float;
+        s->si = J;
+        if (in->attn_mask_per_head) {
+            s->sb = H * I * J;
+            s->sh = I * J;
+        } else {
+            s->sb = 0;
+            s->sh = 0;
+        }
+        s->keep_if_true = keep_true;
+    }
+    /* keep mask: from bool sources and from -inf entries of float sources (so that a row whose
+     * every logit is -inf counts as fully masked); bias: the sum of the float sources. */
+    int need_keep = 0, n_float = 0;
+    int src_in_keep[2] = {0, 0};
+    for (int q = 0; q < nsrc; q++) {
+        if (srcs[q].u8) {
+            src_in_keep[q] = 1;
+        } else {
+            n_float++;
+            int64_t n = (srcs[q].sb ? B : 1) * (srcs[q].sh ? H : 1) * (srcs[q].si ? I : 1) * J;
+            src_in_keep[q] = src_has_neg_inf(&srcs[q], n);
+        }
+        need_keep |= src_in_keep[q];
+    }
+    int64_t kB = 1, kH = 1, kI = 1, bB = 1, bH = 1, bI = 1;
+    for (int q = 0; q < nsrc; q++) {
+        if (src_in_keep[q]) {
+            if (srcs[q].sb) kB = B;
+            if (srcs[q].sh) kH = H;
+            if (srcs[q].si) kI = I;
+        }
+        if (srcs[q].f32) {
+            if (srcs[q].sb) bB = B;
+            if (srcs[q].sh) bH = H;
+            if (srcs[q].si) bI = I;
+        }
+    }
+    const int64_t n_keep = need_keep ? kB * kH * kI * J : 0;
+    const int64_t n_bias = n_float >= 2 ? bB * bH * bI * J : 0; /* built only when combining */
+
+    const int avg = attn_weights && average_weights;
+    const int64_t n_probs = avg ? nbhij : 0;
+
+    /* ---- scratch: q, k, v, o projections, probs for averaging, mask buffers ---- */
+    if ((2.0 * (double)nq + 2.0 * (double)nk + (double)n_probs + (double)n_bias + 64.0) * 4.0 +
+            (double)n_keep > (double)(SIZE_MAX / 2))
+        return xa_error(XATTN_ERR_NOMEM, "xattn_mha_forward: scratch for B=%lld, I=%lld, J=%lld "
+                                         "overflows", (long long)B, (long long)I, (long long)J);
+    size_t off_q = 0;
+    size_t off_k = off_q + (((size_t)nq + 15) & ~(size_t)15);
+    size_t off_v = off_k + (((size_t)nk + 15) & ~(size_t)15);
+    size_t off_o = off_v + (((size_t)nk + 15) & ~(size_t)15);
+    size_t off_p = off_o + (((size_t)nq + 15) & ~(size_t)15);
+    size_t off_b = off_p + (((size_t)n_probs + 15) & ~(size_t)15);
+    size_t n_f = off_b + (size_t)n_bias;
+    size_t bytes = n_f * sizeof(float) + (size_t)n_keep;
+    float *scratch = xa_alloc(bytes);
+    if (!scratch) return XATTN_ERR_NOMEM;
+    float *qp = scratch + off_q, *kp = scratch + off_k, *vp = scratch + off_v;
+    float *op = scratch + off_o;
+    float *probs = avg ? scratch + off_p : attn_weights;
+    float *bias_buf = n_bias ? scratch + off_b : NULL;
+    uint8_t *keep = n_keep ? (uint8_t *)(scratch + n_f) : NULL;
+
+    xattn_sdpa_params p;
+    xattn_sdpa_init(&p);
+
+    if (keep) {
+        for (int64_t b = 0; b < kB; b++)
+            for (int64_t h = 0; h < kH; h++)
+                for (int64_t i = 0; i < kI; i++) {
+                    uint8_t *row = keep + ((b * kH + h) * kI + i) * J;
+                    memset(row, 1, (size_t)J);
+                    for (int q = 0; q < nsrc; q++) {
+                        if (!src_in_keep[q]) continue;
+                        const mask_src *s = &srcs[q];
+                        int64_t base = b * s->sb + h * s->sh + i * s->si;
+                        if (s->u8) {
+                            const uint8_t *src = s->u8 + base;
+                            if (s->keep_if_true) {
+                                for (int64_t j = 0; j < J; j++)
+                                    if (!src[j]) row[j] = 0;
+                            } else {
+                                for (int64_t j = 0; j < J; j++)
+                                    if (src[j]) row[j] = 0;
+                            }
+                        } else {
+                            const float *src = s->f32 + base;
+                            for (int64_t j = 0; j < J; j++)
+                                if (src[j] == -INFINITY) row[j] = 0;
+                        }
+                    }
+                }
+        p.mask = keep;
+        p.mask_sb = kB > 1 ? kH * kI * J : 0;
+        p.mask_sh = kH > 1 ? kI * J : 0;
+        p.mask_si = kI > 1 ? J : 0;
+    }
+    if (n_float == 1) {
+        for (int q = 0; q < nsrc; q++)
+            if (srcs[q].f32) {
+                p.bias = srcs[q].f32;
+                p.bias_sb = srcs[q].sb;
+                p.bias_sh = srcs[q].sh;
+                p.bias_si = srcs[q].si;
+            }
+    } else if (n_float == 2) {
+        for (int64_t b = 0; b < bB; b++)
+            for (int64_t h = 0; h < bH; h++)
+                for (int64_t i = 0; i < bI; i++) {
+                    float *row = bias_buf + ((b * bH + h) * bI + i) * J;
+                    const float *a0 = srcs[0].f32 + b * srcs[0].sb + h * srcs[0].sh + i * srcs[0].si;
+                    const float *a1 = srcs[1].f32 + b * srcs[1].sb + h * srcs[1].sh + i * srcs[1].si;
+                    for (int64_t j = 0; j < J; j++) row[j] = a0[j] + a1[j];
+                }
+        p.bias = bias_buf;
+        p.bias_sb = bB > 1 ? bH * bI * J : 0;
+        p.bias_sh = bH > 1 ? bI * J : 0;
+        p.bias_si = bI > 1 ? J : 0;
+    }
+
+    /* ---- projections ---- */
+    xattn_status s;
+    if ((s = xattn_linear(in->query, B * I, c->embed_dim, m->wq, m->bq, inner, qp)) ||
+        (s = xattn_linear(in->key, B * J, c->kdim, m->wk, m->bk, inner, kp)) ||
+        (s = xattn_linear(value, B * J, c->vdim, m->wv, m->bv, inner, vp)))
+        goto done;
+
+    /* ---- attention: heads read in place, (B, N, H*dh) with strides (N*inner, dh, inner) ---- */
+    p.B = B;
+    p.H = H;
+    p.I = I;
+    p.J = J;
+    p.dh = dh;
+    p.dv = dh;
+    p.q = qp;
+    p.q_sb = I * inner;
+    p.q_sh = dh;
+    p.q_si = inner;
+    p.k = kp;
+    p.k_sb = J * inner;
+    p.k_sh = dh;
+    p.k_sj = inner;
+    p.v = vp;
+    p.v_sb = J * inner;
+    p.v_sh = dh;
+    p.v_sj = inner;
+    p.out = op;
+    p.o_sb = I * inner;
+    p.o_sh = dh;
+    p.o_si = inner;
+    p.causal = in->is_causal ? 1 : 0;
+    p.fill = XATTN_FILL_NEG_INF;
+    p.probs = probs;
+    if ((s = xattn_sdpa(&p))) goto done;
+
+    /* ---- output projection ---- */
+    if ((s = xattn_linear(op, B * I, inner, m->wo, m->bo, c->out_dim, out))) goto done;
+
+    if (avg) {
+        const float inv_h = 1.0f / (float)H;
+        for (int64_t b = 0; b < B; b++) {
+            float *dst = attn_weights + b * I * J;
+            const float *src = probs + b * H * I * J;
+            for (int64_t e = 0; e < I * J; e++) {
+                float acc = 0;
+                for (int64_t h = 0; h < H; h++) acc += src[h * I * J + e];
+                dst[e] = acc * inv_h;
+            }
+        }
+    }
+    xa_clear_error();
+done:
+    xa_free(scratch);
+    return s;
+}

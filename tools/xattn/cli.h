@@ -1,0 +1,104 @@
+/*
+ * Shared helpers of the xattn command-line tool: option parsing, one-line error reporting,
+ * loading .npy inputs with checks, and module detection from state_dict names.
+ *
+ * Error convention: every failure prints exactly ONE line to stderr,
+ *     xattn CMD: FILE: problem
+ * (or "xattn CMD: problem" when no file is at fault) and the command returns CLI_EXIT_ERROR;
+ * usage errors (unknown option, missing argument, bad number) return CLI_EXIT_USAGE.
+ */
+#ifndef XATTN_CLI_H
+#define XATTN_CLI_H
+
+#include "xattn.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define CLI_EXIT_OK 0
+#define CLI_EXIT_ERROR 1
+#define CLI_EXIT_USAGE 2
+
+#if defined(__GNUC__)
+#define CLI_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define CLI_PRINTF(a, b)
+#endif
+
+/* ---- errors ---- */
+
+/* "xattn CMD: FILE: message" (FILE may be NULL); returns CLI_EXIT_ERROR. */
+int cli_error(const char *cmd, const char *file, const char *fmt, ...) CLI_PRINTF(3, 4);
+/* "xattn CMD: message (see 'xattn CMD --help')"; returns CLI_EXIT_USAGE. */
+int cli_usage(const char *cmd, const char *fmt, ...) CLI_PRINTF(2, 3);
+/* Reports xattn_last_error() for `file`, without repeating the file name when the library's
+ * message already starts with it; returns CLI_EXIT_ERROR. */
+int cli_lib_error(const char *cmd, const char *file);
+
+/* ---- options ---- */
+
+typedef enum cli_kind {
+    CLI_FLAG,   /* int *: set to 1                         */
+    CLI_STRING, /* const char **                           */
+    CLI_INT,    /* long long *: in [min, max]              */
+    CLI_DOUBLE  /* double *: finite, >= 0                  */
+} cli_kind;
+
+typedef struct cli_option {
+    const char *name; /* "--threads" */
+    cli_kind kind;
+    void *dst;
+    long long min, max; /* CLI_INT only */
+} cli_option;
+
+typedef enum cli_parse_result { CLI_PARSED = 0, CLI_HELP = 1, CLI_BAD_USAGE = 2 } cli_parse_result;
+
+/* Parses argv[1 .. argc) (argv[0] is the subcommand). "--name value" and "--name=value";
+ * "-h"/"--help" -> CLI_HELP; "--" ends options. Positionals go to pos[0 .. max_pos); more is a
+ * usage error. A usage error has already been reported when CLI_BAD_USAGE is returned. */
+cli_parse_result cli_parse(const char *cmd, int argc, char **argv, const cli_option *opts,
+                           size_t n_opts, const char **pos, int max_pos, int *n_pos);
+
+/* ---- arrays ---- */
+
+/* numpy's name of a dtype ("float32", "bool", "int64", ...). */
+const char *cli_np_dtype(xattn_dtype t);
+/* "(2, 5, 8)" into buf. */
+const char *cli_shape_str(const xattn_array *a, char *buf, size_t cap);
+const char *cli_dims_str(int ndim, const int64_t *shape, char *buf, size_t cap);
+
+/* Loads a float .npy (float32 or float64, converted to float32) with rank in [min_rank,
+ * max_rank] and no zero-sized dimension. Errors are reported; returns 0 or CLI_EXIT_ERROR. */
+int cli_load_float(const char *cmd, const char *path, int min_rank, int max_rank, xattn_array *a);
+/* Loads a mask .npy: bool (kept as BOOL) or float32/float64 (converted to F32). */
+int cli_load_mask(const char *cmd, const char *path, xattn_array *a);
+
+/* ---- module detection from state_dict names ---- */
+
+typedef enum cli_module_kind {
+    CLI_MODULE_UNKNOWN = 0,
+    CLI_MODULE_MHA,      /* torch.nn.MultiheadAttention: in_proj_weight / q_proj_weight */
+    CLI_MODULE_ATTENTION /* diffusers Attention: to_q.weight                          */
+} cli_module_kind;
+
+typedef struct cli_module {
+    cli_module_kind kind;
+    char prefix[256]; /* "" or e.g. "blk.attn."           */
+    int n_found;      /* attention modules found (> 1: ambiguous, prefix is the first) */
+} cli_module;
+
+void cli_detect_module(const xattn_safetensors *st, cli_module *mod);
+const char *cli_module_name(cli_module_kind k); /* "torch.nn.MultiheadAttention", ... */
+
+/* Monotonic wall clock in seconds. */
+double cli_now(void);
+/* Peak resident set size of this process in bytes (getrusage), 0 if unknown. */
+double cli_peak_rss_bytes(void);
+
+/* Subcommands. argv[0] is the subcommand name. */
+int cmd_run(int argc, char **argv);
+int cmd_inspect(int argc, char **argv);
+int cmd_demo(int argc, char **argv);
+int cmd_compare(int argc, char **argv);
+
+#endif

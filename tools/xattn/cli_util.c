@@ -1,0 +1,331 @@
+/* Shared helpers of the xattn CLI: see cli.h. */
+#include "cli.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+/* ---------------------------------------------------------------------------------------- */
+/* Errors                                                                                   */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Writes s to stderr with control characters (newlines included) shown as spaces, so that
+ * every message stays on one line whatever a file name or library message holds. */
+static void put_clean(const char *s)
+{
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        fputc(ch < 0x20 || ch == 0x7f ? ' ' : ch, stderr);
+    }
+}
+
+static void vreport(const char *cmd, const char *file, const char *fmt, va_list ap)
+{
+    char msg[1024];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    fputs("xattn ", stderr);
+    put_clean(cmd);
+    fputs(": ", stderr);
+    if (file) {
+        put_clean(file);
+        fputs(": ", stderr);
+    }
+    put_clean(msg);
+    fputc('\n', stderr);
+    fflush(stderr);
+}
+
+int cli_error(const char *cmd, const char *file, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vreport(cmd, file, fmt, ap);
+    va_end(ap);
+    return CLI_EXIT_ERROR;
+}
+
+int cli_usage(const char *cmd, const char *fmt, ...)
+{
+    char msg[768];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    cli_error(cmd, NULL, "%s (see 'xattn %s --help')", msg, cmd);
+    return CLI_EXIT_USAGE;
+}
+
+int cli_lib_error(const char *cmd, const char *file)
+{
+    const char *msg = xattn_last_error();
+    if (!msg || !msg[0]) msg = "failed (no details)";
+    if (file) {
+        size_t n = strlen(file);
+        if (!strncmp(msg, file, n) && msg[n] == ':' && msg[n + 1] == ' ') msg += n + 2;
+    }
+    return cli_error(cmd, file, "%s", msg);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Options                                                                                  */
+/* ---------------------------------------------------------------------------------------- */
+
+static int set_value(const char *cmd, const cli_option *o, const char *val)
+{
+    char *end = NULL;
+    switch (o->kind) {
+    case CLI_STRING:
+        if (!val[0]) {
+            cli_usage(cmd, "%s needs a non-empty value", o->name);
+            return -1;
+        }
+        *(const char **)o->dst = val;
+        return 0;
+    case CLI_INT: {
+        errno = 0;
+        long long v = strtoll(val, &end, 10);
+        if (errno || end == val || *end || v < o->min || v > o->max) {
+            cli_usage(cmd, "%s: '%s' is not an integer in [%lld, %lld]", o->name, val, o->min,
+                      o->max);
+            return -1;
+        }
+        *(long long *)o->dst = v;
+        return 0;
+    }
+    case CLI_DOUBLE: {
+        errno = 0;
+        double v = strtod(val, &end);
+        if (errno || end == val || *end || !isfinite(v) || v < 0) {
+            cli_usage(cmd, "%s: '%s' is not a non-negative number", o->name, val);
+            return -1;
+        }
+        *(double *)o->dst = v;
+        return 0;
+    }
+    case CLI_FLAG: break;
+    }
+    return -1;
+}
+
+cli_parse_result cli_parse(const char *cmd, int argc, char **argv, const cli_option *opts,
+                           size_t n_opts, const char **pos, int max_pos, int *n_pos)
+{
+    *n_pos = 0;
+    int only_pos = 0;
+    for (int a = 1; a < argc; a++) {
+        const char *arg = argv[a];
+        if (!only_pos && (!strcmp(arg, "-h") || !strcmp(arg, "--help"))) return CLI_HELP;
+        if (!only_pos && !strcmp(arg, "--")) {
+            only_pos = 1;
+            continue;
+        }
+        if (!only_pos && arg[0] == '-' && arg[1] != '\0') {
+            const char *eq = strchr(arg, '=');
+            size_t len = eq ? (size_t)(eq - arg) : strlen(arg);
+            const cli_option *o = NULL;
+            for (size_t i = 0; i < n_opts; i++)
+                if (strlen(opts[i].name) == len && !strncmp(opts[i].name, arg, len)) o = &opts[i];
+            if (!o) {
+                cli_usage(cmd, "unknown option '%.*s'", (int)len, arg);
+                return CLI_BAD_USAGE;
+            }
+            if (o->kind == CLI_FLAG) {
+                if (eq) {
+                    cli_usage(cmd, "%s takes no value", o->name);
+                    return CLI_BAD_USAGE;
+                }
+                *(int *)o->dst = 1;
+                continue;
+            }
+            const char *val;
+            if (eq) {
+                val = eq + 1;
+            } else {
+                if (a + 1 >= argc) {
+                    cli_usage(cmd, "%s needs a value", o->name);
+                    return CLI_BAD_USAGE;
+                }
+                val = argv[++a];
+            }
+            if (set_value(cmd, o, val)) return CLI_BAD_USAGE;
+            continue;
+        }
+        if (*n_pos >= max_pos) {
+            if (max_pos == 0)
+                cli_usage(cmd, "unexpected argument '%s'", arg);
+            else
+                cli_usage(cmd, "too many arguments ('%s')", arg);
+            return CLI_BAD_USAGE;
+        }
+        pos[(*n_pos)++] = arg;
+    }
+    return CLI_PARSED;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Arrays                                                                                   */
+/* ---------------------------------------------------------------------------------------- */
+
+const char *cli_np_dtype(xattn_dtype t)
+{
+    switch (t) {
+    case XATTN_F32: return "float32";
+    case XATTN_F64: return "float64";
+    case XATTN_F16: return "float16";
+    case XATTN_BF16: return "bfloat16";
+    case XATTN_BOOL: return "bool";
+    case XATTN_U8: return "uint8";
+    case XATTN_I8: return "int8";
+    case XATTN_I16: return "int16";
+    case XATTN_I32: return "int32";
+    case XATTN_I64: return "int64";
+    default: return "unknown";
+    }
+}
+
+const char *cli_dims_str(int ndim, const int64_t *shape, char *buf, size_t cap)
+{
+    size_t off = 0;
+    buf[0] = '\0';
+    off += (size_t)snprintf(buf, cap, "(");
+    for (int d = 0; d < ndim && off < cap; d++)
+        off += (size_t)snprintf(buf + off, cap - off, "%s%lld", d ? ", " : "",
+                                (long long)shape[d]);
+    if (ndim == 1 && off < cap) off += (size_t)snprintf(buf + off, cap - off, ",");
+    if (off < cap) snprintf(buf + off, cap - off, ")");
+    return buf;
+}
+
+const char *cli_shape_str(const xattn_array *a, char *buf, size_t cap)
+{
+    return cli_dims_str(a->ndim, a->shape, buf, cap);
+}
+
+static int check_nonempty(const char *cmd, const char *path, const xattn_array *a)
+{
+    for (int d = 0; d < a->ndim; d++)
+        if (a->shape[d] <= 0) {
+            char s[160];
+            return cli_error(cmd, path, "has an empty shape %s", cli_shape_str(a, s, sizeof s));
+        }
+    return 0;
+}
+
+int cli_load_float(const char *cmd, const char *path, int min_rank, int max_rank, xattn_array *a)
+{
+    memset(a, 0, sizeof *a);
+    if (xattn_npy_load(path, a) != XATTN_OK) return cli_lib_error(cmd, path);
+    char s[160];
+    int rc = 0;
+    if (a->dtype != XATTN_F32 && a->dtype != XATTN_F64) {
+        rc = cli_error(cmd, path, "dtype %s is not supported: expected float32 or float64",
+                       cli_np_dtype(a->dtype));
+    } else if (a->ndim < min_rank || a->ndim > max_rank) {
+        if (min_rank == max_rank)
+            rc = cli_error(cmd, path, "has shape %s (rank %d); expected rank %d",
+                           cli_shape_str(a, s, sizeof s), a->ndim, min_rank);
+        else
+            rc = cli_error(cmd, path, "has shape %s (rank %d); expected rank %d to %d",
+                           cli_shape_str(a, s, sizeof s), a->ndim, min_rank, max_rank);
+    } else if ((rc = check_nonempty(cmd, path, a)) != 0) {
+        /* reported */
+    } else if (a->dtype != XATTN_F32 && xattn_array_convert(a, XATTN_F32) != XATTN_OK) {
+        rc = cli_lib_error(cmd, path);
+    }
+    if (rc) xattn_array_free(a);
+    return rc;
+}
+
+int cli_load_mask(const char *cmd, const char *path, xattn_array *a)
+{
+    memset(a, 0, sizeof *a);
+    if (xattn_npy_load(path, a) != XATTN_OK) return cli_lib_error(cmd, path);
+    int rc = 0;
+    if (a->dtype == XATTN_BOOL) {
+        if (xattn_array_convert(a, XATTN_BOOL) != XATTN_OK) rc = cli_lib_error(cmd, path);
+    } else if (a->dtype == XATTN_F32 || a->dtype == XATTN_F64) {
+        if (xattn_array_convert(a, XATTN_F32) != XATTN_OK) rc = cli_lib_error(cmd, path);
+    } else {
+        rc = cli_error(cmd, path,
+                       "dtype %s is not supported for a mask: expected bool or float32/float64",
+                       cli_np_dtype(a->dtype));
+    }
+    if (!rc) rc = check_nonempty(cmd, path, a);
+    if (rc) xattn_array_free(a);
+    return rc;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Module detection                                                                         */
+/* ---------------------------------------------------------------------------------------- */
+
+static int ends_with(const char *s, const char *suffix, size_t *prefix_len)
+{
+    size_t n = strlen(s), m = strlen(suffix);
+    if (n < m || strcmp(s + n - m, suffix)) return 0;
+    /* the suffix must start a name component: "" or a prefix ending in '.' */
+    if (n > m && s[n - m - 1] != '.') return 0;
+    *prefix_len = n - m;
+    return 1;
+}
+
+void cli_detect_module(const xattn_safetensors *st, cli_module *mod)
+{
+    static const struct {
+        const char *suffix;
+        cli_module_kind kind;
+    } keys[] = {{"in_proj_weight", CLI_MODULE_MHA},
+                {"q_proj_weight", CLI_MODULE_MHA},
+                {"to_q.weight", CLI_MODULE_ATTENTION}};
+    memset(mod, 0, sizeof *mod);
+    size_t n = xattn_st_count(st);
+    for (size_t i = 0; i < n; i++) {
+        const char *name = xattn_st_name(st, i);
+        if (!name) continue;
+        for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) {
+            size_t plen;
+            if (!ends_with(name, keys[k].suffix, &plen)) continue;
+            if (plen >= sizeof mod->prefix) continue;
+            if (mod->n_found > 0 && mod->kind == keys[k].kind && strlen(mod->prefix) == plen &&
+                !strncmp(mod->prefix, name, plen))
+                continue; /* same module (in_proj_weight and q_proj_weight both present) */
+            if (mod->n_found++ == 0) {
+                mod->kind = keys[k].kind;
+                memcpy(mod->prefix, name, plen);
+                mod->prefix[plen] = '\0';
+            }
+        }
+    }
+}
+
+const char *cli_module_name(cli_module_kind k)
+{
+    switch (k) {
+    case CLI_MODULE_MHA: return "torch.nn.MultiheadAttention";
+    case CLI_MODULE_ATTENTION: return "diffusers Attention";
+    default: return "unknown";
+    }
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Time and memory                                                                          */
+/* ---------------------------------------------------------------------------------------- */
+
+double cli_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+double cli_peak_rss_bytes(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0) return 0;
+    return (double)ru.ru_maxrss * 1024.0; /* kilobytes on Linux */
+}

@@ -1,0 +1,136 @@
+/* xattn inspect: tensors, metadata and the detected module of a safetensors file. */
+#include "cli.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static const char *CMD = "inspect";
+
+static void help(void)
+{
+    printf("usage: xattn inspect MODEL.safetensors\n"
+           "\n"
+           "Lists the tensors of a safetensors file (name, dtype, shape, size in MB), its\n"
+           "__metadata__, and the attention module its names describe:\n"
+           "  torch.nn.MultiheadAttention   in_proj_weight or q/k/v_proj_weight, out_proj.*\n"
+           "  diffusers Attention           to_q.weight, to_k.weight, to_v.weight, to_out.0.*\n"
+           "with the sizes read from the shapes, or 'unknown'.\n"
+           "\n"
+           "options:\n"
+           "  -h, --help   this help\n");
+}
+
+static const char *tf(int b) { return b ? "True" : "False"; }
+
+/* Prints the "module: ..." line. */
+static void print_module(const xattn_safetensors *st)
+{
+    cli_module mod;
+    cli_detect_module(st, &mod);
+    if (mod.n_found == 0) {
+        printf("module: unknown (no in_proj_weight, q_proj_weight or to_q.weight tensor)\n");
+        return;
+    }
+    char at[300] = "";
+    if (mod.prefix[0]) snprintf(at, sizeof at, " at prefix '%s'", mod.prefix);
+    if (mod.n_found > 1) printf("note: %d attention modules found; showing the first\n", mod.n_found);
+
+    const char *meta_heads = xattn_st_meta_get(st, "heads");
+    /* torch's module has no default head count: without metadata, check the shapes with one
+     * head and report the count as unknown */
+    int heads_known = meta_heads || mod.kind == CLI_MODULE_ATTENTION;
+    xattn_mha *m = NULL;
+    if (xattn_mha_load(st, mod.prefix, heads_known ? 0 : 1, &m) != XATTN_OK) {
+        printf("module: unknown (%s names%s, but: %s)\n", cli_module_name(mod.kind), at,
+               xattn_last_error());
+        return;
+    }
+    xattn_mha_config c;
+    xattn_mha_get_config(m, &c);
+    xattn_mha_free(m);
+    char heads[96];
+    if (!heads_known)
+        snprintf(heads, sizeof heads, "? (not in __metadata__: pass --heads to run)");
+    else
+        snprintf(heads, sizeof heads, "%lld%s", (long long)c.heads,
+                 meta_heads ? "" : " (default)");
+    if (c.layout == XATTN_LAYOUT_TORCH_MHA) {
+        char bias[64];
+        if (c.has_in_bias == c.has_out_bias)
+            snprintf(bias, sizeof bias, "bias=%s", tf(c.has_in_bias));
+        else
+            snprintf(bias, sizeof bias, "in_proj_bias=%s, out_proj.bias=%s", tf(c.has_in_bias),
+                     tf(c.has_out_bias));
+        printf("module: %s%s (embed_dim=%lld, heads=%s, kdim=%lld, vdim=%lld, %s)\n",
+               cli_module_name(mod.kind), at, (long long)c.embed_dim, heads, (long long)c.kdim,
+               (long long)c.vdim, bias);
+    } else {
+        char vd[64] = "";
+        if (c.vdim != c.kdim) snprintf(vd, sizeof vd, ", value_dim=%lld", (long long)c.vdim);
+        printf("module: %s%s (query_dim=%lld, cross_attention_dim=%lld%s, heads=%s, "
+               "dim_head=%lld, inner_dim=%lld, out_dim=%lld, bias=%s, out_bias=%s)\n",
+               cli_module_name(mod.kind), at, (long long)c.embed_dim, (long long)c.kdim, vd,
+               heads, (long long)c.head_dim, (long long)c.inner_dim, (long long)c.out_dim,
+               tf(c.has_in_bias), tf(c.has_out_bias));
+    }
+}
+
+int cmd_inspect(int argc, char **argv)
+{
+    const char *pos[1];
+    int n_pos;
+    cli_parse_result pr = cli_parse(CMD, argc, argv, NULL, 0, pos, 1, &n_pos);
+    if (pr == CLI_HELP) {
+        help();
+        return CLI_EXIT_OK;
+    }
+    if (pr != CLI_PARSED) return CLI_EXIT_USAGE;
+    if (n_pos != 1) return cli_usage(CMD, "missing MODEL.safetensors");
+    const char *path = pos[0];
+
+    xattn_safetensors *st = NULL;
+    if (xattn_st_open(path, &st) != XATTN_OK) return cli_lib_error(CMD, path);
+
+    size_t n = xattn_st_count(st);
+    size_t wname = 4;
+    double total_mb = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *name = xattn_st_name(st, i);
+        if (name && strlen(name) > wname) wname = strlen(name);
+    }
+    if (wname > 60) wname = 60;
+    printf("file: %s\n", path);
+    printf("tensors: %zu\n", n);
+    printf("  %-*s  %-5s  %-22s  %10s\n", (int)wname, "name", "dtype", "shape", "MB");
+    for (size_t i = 0; i < n; i++) {
+        const char *name = xattn_st_name(st, i);
+        xattn_dtype dt;
+        int nd;
+        int64_t shape[XATTN_MAX_DIMS];
+        if (xattn_st_info(st, i, &dt, &nd, shape) != XATTN_OK) {
+            int rc = cli_lib_error(CMD, path);
+            xattn_st_close(st);
+            return rc;
+        }
+        double numel = 1;
+        for (int d = 0; d < nd; d++) numel *= (double)shape[d];
+        double mb = numel * (double)xattn_dtype_size(dt) / (1024.0 * 1024.0);
+        total_mb += mb;
+        char sh[160];
+        printf("  %-*s  %-5s  %-22s  %10.4f\n", (int)wname, name ? name : "?", xattn_dtype_name(dt),
+               cli_dims_str(nd, shape, sh, sizeof sh), mb);
+    }
+    printf("  %-*s  %-5s  %-22s  %10.4f\n", (int)wname, "total", "", "", total_mb);
+
+    size_t nm = xattn_st_meta_count(st);
+    if (nm == 0) {
+        printf("metadata: none\n");
+    } else {
+        printf("metadata:\n");
+        for (size_t i = 0; i < nm; i++)
+            printf("  %s = %s\n", xattn_st_meta_key(st, i), xattn_st_meta_value(st, i));
+    }
+    print_module(st);
+    xattn_st_close(st);
+    return CLI_EXIT_OK;
+}

@@ -1,0 +1,77 @@
+/* xattn: command-line tool of the xattn library. Subcommand dispatch; see cli.h. */
+#include "cli.h"
+
+#include <stdio.h>
+#include <string.h>
+
+typedef struct command {
+    const char *name;
+    int (*fn)(int argc, char **argv);
+    const char *summary;
+} command;
+
+static const command COMMANDS[] = {
+    {"run", cmd_run, "run a saved attention module on .npy inputs, write out.npy [attn.npy]"},
+    {"inspect", cmd_inspect, "list a safetensors file's tensors and metadata, detect the module"},
+    {"demo", cmd_demo, "fused attention on generated inputs: time, GFLOP/s, memory, accuracy"},
+    {"compare", cmd_compare, "compare two .npy arrays: max |a-b|/(1+|b|) against a tolerance"},
+};
+#define N_COMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: xattn COMMAND [OPTIONS]\n"
+            "\n"
+            "Cross-attention modules saved from PyTorch, run from C (xattn %s).\n"
+            "\n"
+            "commands:\n",
+            xattn_version());
+    for (size_t i = 0; i < N_COMMANDS; i++)
+        fprintf(f, "  %-9s %s\n", COMMANDS[i].name, COMMANDS[i].summary);
+    fprintf(f, "\n"
+               "options:\n"
+               "  -h, --help     this help; 'xattn COMMAND --help' for a command's own\n"
+               "  --version      print the version and the kernel set in use\n"
+               "\n"
+               "Errors are one line on stderr naming the file at fault; the exit code is 1\n"
+               "(2 for a usage error).\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fputs("xattn: missing command: run, inspect, demo or compare (see 'xattn --help')\n",
+              stderr);
+        return CLI_EXIT_USAGE;
+    }
+    const char *c = argv[1];
+    if (!strcmp(c, "-h") || !strcmp(c, "--help")) {
+        usage(stdout);
+        return CLI_EXIT_OK;
+    }
+    if (!strcmp(c, "--version") || !strcmp(c, "-V")) {
+        printf("xattn %s (kernels: %s)\n", xattn_version(), xattn_isa());
+        return CLI_EXIT_OK;
+    }
+    if (!strcmp(c, "help")) {
+        if (argc < 3) {
+            usage(stdout);
+            return CLI_EXIT_OK;
+        }
+        for (size_t i = 0; i < N_COMMANDS; i++)
+            if (!strcmp(argv[2], COMMANDS[i].name)) {
+                static char help_flag[] = "--help";
+                char *hargv[] = {argv[2], help_flag, NULL};
+                return COMMANDS[i].fn(2, hargv);
+            }
+        c = argv[2];
+    } else {
+        for (size_t i = 0; i < N_COMMANDS; i++)
+            if (!strcmp(c, COMMANDS[i].name)) return COMMANDS[i].fn(argc - 1, argv + 1);
+    }
+    fputs("xattn: unknown command '", stderr);
+    for (const char *p = c; *p; p++) fputc((unsigned char)*p < 0x20 ? '?' : *p, stderr);
+    fputs("' (see 'xattn --help')\n", stderr);
+    return CLI_EXIT_USAGE;
+}
