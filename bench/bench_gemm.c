@@ -86,12 +86,24 @@ int main(int argc, char **argv)
 
     int tcounts[2] = {1, threads};
     int ntc = threads > 1 ? 2 : 1;
-    double peak[2];
+    /* The clock of a shared or virtual machine drifts with the load around it: the peak is
+     * measured again after the GEMM runs and the larger value is used, so "% of peak" is not
+     * flattered by a slow first measurement. */
+    double peak[2], peak_end[2];
     for (int t = 0; t < ntc; t++) {
         peak[t] = xa_bench_fma_peak(tcounts[t]);
         printf("measured fp32 FMA peak, %d thread%s: %.1f GFLOP/s\n", tcounts[t],
                tcounts[t] > 1 ? "s" : "", peak[t]);
     }
+    typedef struct row {
+        char label[40];
+        const char *isa;
+        int t;
+        int64_t M, N, K;
+        double sec, gf;
+    } row;
+    row rows[64];
+    int nrows = 0;
 
     const gcase all[] = {
         {"sgemm 1024^3", 1024, 1024, 1024},
@@ -122,6 +134,13 @@ int main(int argc, char **argv)
             continue;
         }
         int is_scalar = !strcmp(isas[s], "scalar");
+        if (!is_scalar) { /* warm-up (clocks, page faults, thread pool): ~0.2 s untimed */
+            const gcase *w = &all[0];
+            xattn_set_threads(threads);
+            double t0 = now_seconds();
+            while (now_seconds() - t0 < 0.2)
+                xattn_sgemm(0, 0, w->M, w->N, w->K, 1.0f, A, w->K, B, w->N, 0.0f, C, w->N);
+        }
         for (int i = 0; i < ncase; i++) {
             const gcase *c = &all[i];
             if (is_scalar && !only && c->M * c->N * c->K > 256 * 256 * 256) continue;
@@ -129,24 +148,47 @@ int main(int argc, char **argv)
                 xattn_set_threads(tcounts[t]);
                 double sec = time_gemm(c, A, B, C, reps);
                 double gf = 2.0 * (double)c->M * (double)c->N * (double)c->K / sec / 1e9;
-                double pct = 100.0 * gf / peak[t];
                 printf("%-20s %-7s %3d %12.3f %10.1f %7.1f%%\n", c->label, isas[s], tcounts[t],
-                       sec * 1e3, gf, pct);
+                       sec * 1e3, gf, 100.0 * gf / peak[t]);
                 fflush(stdout);
-                if (jf) {
-                    char name[96];
-                    snprintf(name, sizeof name, "%s %s %dt", c->label, isas[s], tcounts[t]);
-                    const char *fmt = "{\"name\": \"%s\", \"isa\": \"%s\", \"threads\": %d, "
-                                      "\"M\": %lld, \"N\": %lld, \"K\": %lld, \"seconds\": %.6g, "
-                                      "\"gflops\": %.4g, \"peak_gflops\": %.4g, "
-                                      "\"pct_peak\": %.2f}\n";
-                    fprintf(jf, fmt, name, isas[s], tcounts[t], (long long)c->M,
-                            (long long)c->N, (long long)c->K, sec, gf, peak[t], pct);
-                    if (!strcmp(isas[s], best) && t == ntc - 1)
-                        fprintf(jf, fmt, c->label, isas[s], tcounts[t], (long long)c->M,
-                                (long long)c->N, (long long)c->K, sec, gf, peak[t], pct);
+                if (nrows < 64) {
+                    row *r = &rows[nrows++];
+                    snprintf(r->label, sizeof r->label, "%s", c->label);
+                    r->isa = isas[s];
+                    r->t = t;
+                    r->M = c->M;
+                    r->N = c->N;
+                    r->K = c->K;
+                    r->sec = sec;
+                    r->gf = gf;
                 }
             }
+        }
+    }
+    for (int t = 0; t < ntc; t++) {
+        peak_end[t] = xa_bench_fma_peak(tcounts[t]);
+        printf("measured fp32 FMA peak again, %d thread%s: %.1f GFLOP/s", tcounts[t],
+               tcounts[t] > 1 ? "s" : "", peak_end[t]);
+        if (peak_end[t] > peak[t]) peak[t] = peak_end[t];
+        printf(" (using %.1f)\n", peak[t]);
+    }
+    printf("\nsummary (%% of the larger peak measurement):\n");
+    for (int i = 0; i < nrows; i++) {
+        row *r = &rows[i];
+        int tc = tcounts[r->t];
+        double pct = 100.0 * r->gf / peak[r->t];
+        printf("%-20s %-7s %3d %10.1f GFLOP/s %7.1f%%\n", r->label, r->isa, tc, r->gf, pct);
+        if (jf) {
+            char name[96];
+            snprintf(name, sizeof name, "%s %s %dt", r->label, r->isa, tc);
+            const char *fmt = "{\"name\": \"%s\", \"isa\": \"%s\", \"threads\": %d, "
+                              "\"M\": %lld, \"N\": %lld, \"K\": %lld, \"seconds\": %.6g, "
+                              "\"gflops\": %.4g, \"peak_gflops\": %.4g, \"pct_peak\": %.2f}\n";
+            fprintf(jf, fmt, name, r->isa, tc, (long long)r->M, (long long)r->N,
+                    (long long)r->K, r->sec, r->gf, peak[r->t], pct);
+            if (!strcmp(r->isa, best) && r->t == ntc - 1)
+                fprintf(jf, fmt, r->label, r->isa, tc, (long long)r->M, (long long)r->N,
+                        (long long)r->K, r->sec, r->gf, peak[r->t], pct);
         }
     }
     xattn_set_isa("auto");

@@ -28,11 +28,12 @@ for name, tr in t.items():
     peak = xr.get("peak_gflops")
     rows.append((name, xr["gflops"], 100 * xr["gflops"] / peak if peak else float("nan"),
                  tr["gflops"], tr["seconds"] / xr["seconds"]))
-lines = ["| work (fp32, %d threads) | xattn GFLOP/s | % of measured peak | PyTorch %s GFLOP/s | speed-up |" % (
-    next(iter(t.values()))["threads"], next(iter(t.values()))["torch"]),
+first = next(iter(t.values()))
+lines = [f"| work (fp32, {first['threads']} threads) | xattn GFLOP/s | % of measured peak | PyTorch {first['torch']} GFLOP/s | speed-up |",
          "|---|---:|---:|---:|---:|"]
 for n, g, pct, tg, sp in rows:
     lines.append(f"| {n} | {g:.0f} | {pct:.0f}% | {tg:.0f} | {sp:.2f}x |")
 open(os.path.join(d, "summary.md"), "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY
+"$py" bench/plot.py "$out"

@@ -37,7 +37,8 @@ typedef struct att_ctx {
     int64_t DVP;      /* dv rounded up to mr */
     int skip_causal;  /* tiles entirely above the diagonal contribute nothing */
     int64_t JP;       /* J rounded up to mr: row stride of the packed keys */
-    float *Kt;        /* (B, H, dh, JP): every head's keys, transposed */
+    float *Kt;        /* (B, H, dh, JP): every head's keys, transposed; NULL when direct */
+    int direct;       /* few queries (decoding): logits by dot products, keys not packed */
 } att_ctx;
 
 /* Per-thread scratch. */
@@ -48,12 +49,14 @@ typedef struct att_scratch {
     float *mnew;  /* (ITP) */
     float *msafe; /* (ITP) */
     float *alpha; /* (ITP) */
+    float *orow;  /* (dv): direct mode accumulator */
 } att_scratch;
 
 static size_t scratch_floats(const att_ctx *c)
 {
     const xattn_sdpa_params *p = c->p;
-    return (size_t)(p->dh * c->ITP + c->JTP * c->ITP + c->JT * c->kt->mr + 3 * c->ITP) + 6 * 16;
+    return (size_t)(p->dh * c->ITP + c->JTP * c->ITP + c->JT * c->kt->mr + 3 * c->ITP + p->dv) +
+           7 * 16;
 }
 
 /* Carves n floats (rounded up to a 64-byte multiple) off *base. */
@@ -73,6 +76,7 @@ static void scratch_bind(const att_ctx *c, float *base, att_scratch *s)
     s->mnew = take(&base, c->ITP);
     s->msafe = take(&base, c->ITP);
     s->alpha = take(&base, c->ITP);
+    s->orow = take(&base, p->dv);
 }
 
 /* Qt (dh, ITP) = scale * q[b, h, i0 + c, :]^T for c < it, zero for it <= c < ITP */
@@ -116,10 +120,22 @@ static void logits_tile(const att_ctx *c, int64_t b, int64_t h, int64_t i0, int6
     const int64_t mr = kt->mr, nr = kt->nr, ITP = c->ITP;
     int64_t jtp = (jt + mr - 1) / mr * mr;
     int64_t itp = (it + nr - 1) / nr * nr;
-    const float *Kt = c->Kt + (b * p->H + h) * p->dh * c->JP + j0;
-    for (int64_t c0 = 0; c0 < itp; c0 += nr)
-        for (int64_t r0 = 0; r0 < jtp; r0 += mr)
-            kt->ukr(p->dh, Kt + r0, c->JP, Qt + c0, ITP, St + r0 * ITP + c0, ITP, 0);
+    if (c->direct) {
+        /* St[r][col] = scale * <q_col, k_r>: no packing, one pass over the keys */
+        const float *q = p->q + b * p->q_sb + h * p->q_sh + i0 * p->q_si;
+        const float *k = p->k + b * p->k_sb + h * p->k_sh + j0 * p->k_sj;
+        for (int64_t r = 0; r < jt; r++) {
+            float *srow = St + r * ITP;
+            for (int64_t col = 0; col < it; col++)
+                srow[col] = c->scale * kt->dot(q + col * p->q_si, k + r * p->k_sj, p->dh);
+            for (int64_t col = it; col < itp; col++) srow[col] = 0.0f;
+        }
+    } else {
+        const float *Kt = c->Kt + (b * p->H + h) * p->dh * c->JP + j0;
+        for (int64_t c0 = 0; c0 < itp; c0 += nr)
+            for (int64_t r0 = 0; r0 < jtp; r0 += mr)
+                kt->ukr(p->dh, Kt + r0, c->JP, Qt + c0, ITP, St + r0 * ITP + c0, ITP, 0);
+    }
 
     if (p->bias) {
         const float *bb = p->bias + b * p->bias_sb + h * p->bias_sh;
@@ -157,7 +173,7 @@ static void attend_range(const att_ctx *c, att_scratch *s, int64_t b, int64_t h,
     const int64_t itp = (it + nr - 1) / nr * nr;
     const float *vbase = p->v + b * p->v_sb + h * p->v_sh;
 
-    pack_q(c, b, h, i0, it, s->Qt);
+    if (!c->direct) pack_q(c, b, h, i0, it, s->Qt);
     for (int64_t j0 = jb; j0 < je; j0 += c->JT) {
         int64_t jt = XA_MIN(c->JT, je - j0);
         if (c->skip_causal && j0 > i0 + it - 1) break; /* every later tile is masked too */
@@ -188,6 +204,16 @@ static void attend_range(const att_ctx *c, att_scratch *s, int64_t b, int64_t h,
 
         /* Ot (DVP, ITP) += V^T (dv, jt) x Pt (jt, ITP) */
         const float *vt = vbase + j0 * p->v_sj;
+        if (c->direct) { /* few queries: one pass of axpy over the value rows per query */
+            for (int64_t col = 0; col < it; col++) {
+                memset(s->orow, 0, sizeof(float) * (size_t)p->dv);
+                for (int64_t r = 0; r < jt; r++) {
+                    kt->axpy(s->St[r * ITP + col], vt + r * p->v_sj, s->orow, p->dv);
+                }
+                for (int64_t d = 0; d < p->dv; d++) Ot[d * ITP + col] += s->orow[d];
+            }
+            continue;
+        }
         for (int64_t d0 = 0; d0 < p->dv; d0 += mr) {
             const float *A = vt + d0;
             int64_t lda = p->v_sj;
@@ -235,7 +261,7 @@ static void probs_tile(const att_ctx *c, att_scratch *s, int64_t b, int64_t h, i
         s->msafe[col] = m[col] == -INFINITY ? 0.0f : m[col];
         s->alpha[col] = l[col] > 0.0f ? 1.0f / l[col] : 0.0f;
     }
-    pack_q(c, b, h, i0, it, s->Qt);
+    if (!c->direct) pack_q(c, b, h, i0, it, s->Qt);
     for (int64_t j0 = 0; j0 < J; j0 += c->JT) {
         int64_t jt = XA_MIN(c->JT, J - j0);
         if (c->skip_causal && j0 > i0 + it - 1) {
@@ -308,11 +334,15 @@ xattn_status xattn_sdpa(const xattn_sdpa_params *p)
     c.DVP = (p->dv + mr - 1) / mr * mr;
     c.skip_causal = p->causal && p->fill == XATTN_FILL_NEG_INF;
     c.JP = (p->J + mr - 1) / mr * mr;
-    int64_t ktn;
-    if (xa_mul_ok(p->B * p->H, p->dh, &ktn) || xa_mul_ok(ktn, XA_MAX(c.JP, 1), &ktn))
-        return xa_error(XATTN_ERR_NOMEM, "xattn_sdpa: B*H*dh*J overflows");
-    c.Kt = xa_alloc(sizeof(float) * (size_t)ktn);
-    if (!c.Kt) return XATTN_ERR_NOMEM;
+    c.direct = p->I <= 4;
+    c.Kt = NULL;
+    if (!c.direct) {
+        int64_t ktn;
+        if (xa_mul_ok(p->B * p->H, p->dh, &ktn) || xa_mul_ok(ktn, XA_MAX(c.JP, 1), &ktn))
+            return xa_error(XATTN_ERR_NOMEM, "xattn_sdpa: B*H*dh*J overflows");
+        c.Kt = xa_alloc(sizeof(float) * (size_t)ktn);
+        if (!c.Kt) return XATTN_ERR_NOMEM;
+    }
 
     const int64_t ntile = (p->I + c.IT - 1) / c.IT;
     const int64_t ntask = p->B * p->H * ntile;
@@ -357,7 +387,8 @@ xattn_status xattn_sdpa(const xattn_sdpa_params *p)
         if (mem) scratch_bind(&c, mem + state, &s);
 
         /* transpose every head's keys once: (B*H) x key blocks of 256 */
-        const int64_t kblocks = (p->J + 255) / 256, npack = p->B * p->H * XA_MAX(kblocks, 1);
+        const int64_t kblocks = (p->J + 255) / 256,
+                      npack = c.direct ? 0 : p->B * p->H * XA_MAX(kblocks, 1);
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif

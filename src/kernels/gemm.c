@@ -2,24 +2,30 @@
  * SGEMM framework over the kernel table (BLIS-style): packing, cache blocking and threads
  * around the table's mr x nr micro-kernel.
  *
- *   for ic in M step MC:                      A block (MC x KC), shared by the threads
+ * Threads: C is cut into a tm x tn grid of rectangles (tm * tn = threads, edges on mr / nr tile
+ * boundaries, the grid chosen for balance and least packing); each thread computes its
+ * rectangle alone with its own packing buffers, so there are no barriers and no cache lines
+ * shared between cores. Within a rectangle:
+ *
+ *   for ic in rows step MC:
  *     for pc in K step KC:
- *       pack A block into mr-row panels       (threads split the panels)      -- barrier
- *       for each work item (jc block of NC columns, chunk of A panels)     (threads split)
- *         pack B block (KC x NC) into nr-col panels, private to the thread (L2 resident)
+ *       pack A block (MC x KC) into mr-row panels
+ *       for jc in columns step NC:
+ *         pack B block (KC x NC) into nr-column panels                 (L2 resident)
  *         for each A panel (mr x KC, L1 resident):
- *           for each B panel (KC x nr, streamed from L2): micro-kernel    -- barrier
+ *           for each B panel (KC x nr, streamed from L2): micro-kernel
  *
  * Every C element is summed in the same order whatever the thread count (K is never split
- * across threads: each C tile is owned by one thread per K block, K blocks run in order), so
- * results do not depend on the number of threads. alpha is folded into the packed A; beta (or
- * the bias of xattn_linear) is applied to a C tile just before its first K block is added.
- * Tiles that overhang M or N are computed into a small temporary tile (panels are zero
- * padded) and the valid part is merged into C.
+ * across threads: K blocks always start at 0 and run in order, and the micro-kernel's sum of a
+ * K block does not depend on the tile's position), so results do not depend on the number of
+ * threads. alpha is folded into the packed A; beta (or the bias of xattn_linear) is applied to
+ * a C tile just before its first K block is added. Tiles that overhang M or N are computed into
+ * a small temporary tile (panels are zero padded) and the valid part is merged into C.
  */
 #include "kernels.h"
 #include "../base/base.h"
 
+#include <stdatomic.h>
 #include <string.h>
 
 #ifdef _OPENMP
@@ -32,6 +38,8 @@
 
 /* Problems with M*N*K below this skip packing and threads (direct loops). */
 #define XA_GEMM_SMALL 32768
+/* Problems with at most this many rows or columns skip packing (direct loops, threaded). */
+#define XA_GEMM_SKINNY 4
 /* Work per thread (multiply-adds) below which fewer threads are used. */
 #define XA_GEMM_PER_THREAD (1 << 19)
 /* Largest micro-tile any table uses (temporary edge tile). */
@@ -46,14 +54,60 @@ typedef struct gemm_job {
     int64_t lda, ldb, ldc;
     float *C;
     int64_t MC, KC, NC;
-    float *Ap;        /* MC x KC, packed in mr-row panels (shared)            */
-    float *Bp;        /* nt blocks of KC x NC, packed in nr-column panels     */
-    int64_t bp_size;  /* floats per thread block                              */
+    int tm, tn;       /* thread grid over (M, N)                                */
+    float *ws;        /* per thread: A block (MC x KC) then B block (KC x NC)   */
+    int64_t ap_size, bp_size; /* floats of each, multiples of 16 (64 bytes)     */
 } gemm_job;
+
+/* ---- workspace cache -------------------------------------------------------------------- */
+
+/*
+ * Packing buffers are a few MB: allocating them per call costs page faults (the allocator
+ * returns large blocks to the system on free), which is a large share of a 256^3 product. A
+ * few freed workspaces are kept in lock-free slots and reused; concurrent callers that find no
+ * cached block big enough allocate their own. Cached blocks stay reachable from the slots.
+ */
+#define XA_WS_SLOTS 4
+#define XA_WS_MAX_CACHED ((size_t)64 << 20)
+
+typedef struct ws_block {
+    size_t floats; /* usable floats after the 64-byte header */
+} ws_block;
+
+static _Atomic(ws_block *) ws_slots[XA_WS_SLOTS];
+
+static inline float *ws_data(ws_block *b) { return (float *)((char *)b + 64); }
+
+static ws_block *ws_get(size_t floats)
+{
+    for (int i = 0; i < XA_WS_SLOTS; i++) {
+        ws_block *b = atomic_exchange(&ws_slots[i], NULL);
+        if (!b) continue;
+        if (b->floats >= floats) return b;
+        xa_free(b); /* too small for this and probably later calls */
+    }
+    if (floats > (SIZE_MAX - 64) / sizeof(float)) return NULL;
+    ws_block *b = xa_alloc(64 + floats * sizeof(float));
+    if (b) b->floats = floats;
+    return b;
+}
+
+static void ws_put(ws_block *b)
+{
+    if (!b) return;
+    if (b->floats * sizeof(float) <= XA_WS_MAX_CACHED)
+        for (int i = 0; i < XA_WS_SLOTS; i++) {
+            ws_block *expect = NULL;
+            if (atomic_compare_exchange_strong(&ws_slots[i], &expect, b)) return;
+        }
+    xa_free(b);
+}
 
 /* ---- packing ---------------------------------------------------------------------------- */
 
-/* dst[p*w + i] = alpha * src[i*ld + p] for i < rows, p < kc; zero for rows <= i < w. */
+/* dst[p*w + i] = alpha * src[i*ld + p] for i < rows, p < kc; zero for rows <= i < w.
+ * (Transposing: source rows are contiguous along p. 4x4 blocks go through SSE registers; the
+ * next four source rows are prefetched while the current four are transposed.) */
 static void pack_t(float *dst, int64_t w, const float *src, int64_t ld, int64_t rows, int64_t kc,
                    float alpha)
 {
@@ -62,9 +116,16 @@ static void pack_t(float *dst, int64_t w, const float *src, int64_t ld, int64_t 
     const __m128 va = _mm_set1_ps(alpha);
     for (; i + 4 <= rows; i += 4) {
         const float *s0 = src + i * ld, *s1 = s0 + ld, *s2 = s1 + ld, *s3 = s2 + ld;
+        const float *n0 = s3 + ld; /* next rows (prefetch only; may lie past the matrix) */
         float *d = dst + i;
         int64_t p = 0;
         for (; p + 4 <= kc; p += 4) {
+            if ((p & 15) == 0) {
+                _mm_prefetch((const char *)(n0 + p), _MM_HINT_T0);
+                _mm_prefetch((const char *)(n0 + ld + p), _MM_HINT_T0);
+                _mm_prefetch((const char *)(n0 + 2 * ld + p), _MM_HINT_T0);
+                _mm_prefetch((const char *)(n0 + 3 * ld + p), _MM_HINT_T0);
+            }
             __m128 r0 = _mm_loadu_ps(s0 + p), r1 = _mm_loadu_ps(s1 + p);
             __m128 r2 = _mm_loadu_ps(s2 + p), r3 = _mm_loadu_ps(s3 + p);
             _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
@@ -96,41 +157,73 @@ static void pack_t(float *dst, int64_t w, const float *src, int64_t ld, int64_t 
             for (int64_t r = rows; r < w; r++) dst[p * w + r] = 0.0f;
 }
 
-/* dst[p*w + i] = alpha * src[p*ld + i] for i < rows, p < kc; zero for rows <= i < w. */
-static void pack_n(float *dst, int64_t w, const float *src, int64_t ld, int64_t rows, int64_t kc,
-                   float alpha)
+/* Block of n lanes in w-wide panels (panel q at dst + q*w*kc):
+ *   panel[q][p*w + i] = alpha * src[p*ld + q*w + i], zero past n.
+ * (Not transposing. Panels are filled in groups about 128 floats wide: each source row segment
+ * is read once, contiguously, and the stores go to a few panels (pages) at a time.) */
+static void pack_block_n(float *dst, int64_t w, const float *src, int64_t ld, int64_t n,
+                         int64_t kc, float alpha)
 {
-    for (int64_t p = 0; p < kc; p++) {
-        const float *s = src + p * ld;
-        float *d = dst + p * w;
-        if (alpha == 1.0f)
-            memcpy(d, s, (size_t)rows * sizeof(float));
-        else
-            for (int64_t i = 0; i < rows; i++) d[i] = alpha * s[i];
-        for (int64_t i = rows; i < w; i++) d[i] = 0.0f;
+    const int64_t np = (n + w - 1) / w, G = w >= 128 ? 1 : 128 / w;
+    for (int64_t q0 = 0; q0 < np; q0 += G) {
+        const int64_t q1 = XA_MIN(np, q0 + G), seg = XA_MIN(n, q1 * w) - q0 * w;
+        for (int64_t p = 0; p < kc; p++) {
+            const float *s = src + p * ld + q0 * w;
+            float *d = dst + q0 * w * kc + p * w;
+#ifdef XA_GEMM_SSE
+            /* rows are short runs in different pages, which the hardware prefetchers pick up
+             * late: fetch the segment 4 rows ahead (prefetches never fault) */
+            for (int64_t off = 0; off < seg; off += 16)
+                _mm_prefetch((const char *)(s + 4 * ld + off), _MM_HINT_T0);
+#endif
+            for (int64_t q = q0; q < q1; q++, s += w, d += w * kc) {
+                const int64_t cnt = XA_MIN(w, n - q * w);
+                if (alpha == 1.0f && cnt == w && (w == 8 || w == 16 || w == 32)) {
+                    /* constant sizes: inlined as a few vector moves */
+                    if (w == 32)
+                        memcpy(d, s, 32 * sizeof(float));
+                    else if (w == 16)
+                        memcpy(d, s, 16 * sizeof(float));
+                    else
+                        memcpy(d, s, 8 * sizeof(float));
+                    continue;
+                }
+                if (alpha == 1.0f)
+                    for (int64_t i = 0; i < cnt; i++) d[i] = s[i];
+                else
+                    for (int64_t i = 0; i < cnt; i++) d[i] = alpha * s[i];
+                for (int64_t i = cnt; i < w; i++) d[i] = 0.0f;
+            }
+        }
     }
 }
 
-/* Panel of op(A): rows [i0, i0+rows), columns [p0, p0+kc), into mr-wide panel. */
-static void pack_a_panel(const gemm_job *g, float *dst, int64_t i0, int64_t rows, int64_t p0,
+/* op(A) rows [i0, i0+mc), columns [p0, p0+kc) into mr-row panels at dst. */
+static void pack_a_block(const gemm_job *g, float *dst, int64_t i0, int64_t mc, int64_t p0,
                          int64_t kc)
 {
-    int64_t mr = g->kt->mr;
-    if (!g->ta)
-        pack_t(dst, mr, g->A + i0 * g->lda + p0, g->lda, rows, kc, g->alpha);
-    else
-        pack_n(dst, mr, g->A + p0 * g->lda + i0, g->lda, rows, kc, g->alpha);
+    const int64_t mr = g->kt->mr;
+    if (g->ta) {
+        pack_block_n(dst, mr, g->A + p0 * g->lda + i0, g->lda, mc, kc, g->alpha);
+        return;
+    }
+    for (int64_t ir = 0; ir < mc; ir += mr)
+        pack_t(dst + ir * kc, mr, g->A + (i0 + ir) * g->lda + p0, g->lda, XA_MIN(mr, mc - ir), kc,
+               g->alpha);
 }
 
-/* Panel of op(B): rows [p0, p0+kc), columns [j0, j0+cols), into nr-wide panel. */
-static void pack_b_panel(const gemm_job *g, float *dst, int64_t j0, int64_t cols, int64_t p0,
+/* op(B) rows [p0, p0+kc), columns [j0, j0+nc) into nr-column panels at dst. */
+static void pack_b_block(const gemm_job *g, float *dst, int64_t j0, int64_t nc, int64_t p0,
                          int64_t kc)
 {
-    int64_t nr = g->kt->nr;
-    if (!g->tb)
-        pack_n(dst, nr, g->B + p0 * g->ldb + j0, g->ldb, cols, kc, 1.0f);
-    else
-        pack_t(dst, nr, g->B + j0 * g->ldb + p0, g->ldb, cols, kc, 1.0f);
+    const int64_t nr = g->kt->nr;
+    if (!g->tb) {
+        pack_block_n(dst, nr, g->B + p0 * g->ldb + j0, g->ldb, nc, kc, 1.0f);
+        return;
+    }
+    for (int64_t jr = 0; jr < nc; jr += nr)
+        pack_t(dst + jr * kc, nr, g->B + (j0 + jr) * g->ldb + p0, g->ldb, XA_MIN(nr, nc - jr), kc,
+               1.0f);
 }
 
 /* ---- C tile initialisation (before the first K block) ----------------------------------- */
@@ -145,28 +238,28 @@ static inline float c_init(const gemm_job *g, const float *c, int64_t j)
 
 /* ---- macro kernel ----------------------------------------------------------------------- */
 
-/* A panels [pa0, pa1) of the packed A block (rows from ic) against the packed B block
- * (columns [jc, jc+nc)), K block [pc, pc+kc). */
-static void macro_kernel(const gemm_job *g, const float *Bp, int64_t ic, int64_t mc, int64_t pa0,
-                         int64_t pa1, int64_t jc, int64_t nc, int64_t pc, int64_t kc)
+/* Rows [i0, i0 + mc) of C (packed A block Ap) times columns [j0, j0 + nc) (packed B block
+ * Bp), K block [pc, pc + kc). */
+static void macro_kernel(const gemm_job *g, const float *Ap, const float *Bp, int64_t i0,
+                         int64_t mc, int64_t j0, int64_t nc, int64_t pc, int64_t kc)
 {
     const xa_kernels *kt = g->kt;
     const int64_t mr = kt->mr, nr = kt->nr, ldc = g->ldc;
     const int first = pc == 0;
     float tmp[XA_MAX_TILE];
-    for (int64_t ip = pa0; ip < pa1; ip++) {
-        const int64_t i0 = ic + ip * mr, mrows = XA_MIN(mr, ic + mc - i0);
-        const float *a = g->Ap + ip * mr * kc;
-        for (int64_t j0 = jc; j0 < jc + nc; j0 += nr) {
-            const int64_t ncols = XA_MIN(nr, jc + nc - j0);
-            const float *b = Bp + (j0 - jc) * kc;
-            float *c = g->C + i0 * ldc + j0;
+    for (int64_t ir = 0; ir < mc; ir += mr) {
+        const int64_t mrows = XA_MIN(mr, mc - ir);
+        const float *a = Ap + ir * kc;
+        for (int64_t jr = 0; jr < nc; jr += nr) {
+            const int64_t ncols = XA_MIN(nr, nc - jr);
+            const float *b = Bp + jr * kc;
+            float *c = g->C + (i0 + ir) * ldc + j0 + jr;
             if (mrows == mr && ncols == nr) {
                 int acc = 1;
                 if (first) {
                     if (g->bias) {
                         for (int64_t i = 0; i < mr; i++)
-                            memcpy(c + i * ldc, g->bias + j0, (size_t)nr * sizeof(float));
+                            memcpy(c + i * ldc, g->bias + j0 + jr, (size_t)nr * sizeof(float));
                     } else if (g->beta == 0.0f) {
                         acc = 0;
                     } else if (g->beta != 1.0f) {
@@ -180,7 +273,7 @@ static void macro_kernel(const gemm_job *g, const float *Bp, int64_t ic, int64_t
                 for (int64_t i = 0; i < mrows; i++)
                     for (int64_t j = 0; j < ncols; j++) {
                         float *cij = c + i * ldc + j;
-                        float base = first ? c_init(g, cij, j0 + j) : *cij;
+                        float base = first ? c_init(g, cij, j0 + jr + j) : *cij;
                         *cij = base + tmp[i * nr + j];
                     }
             }
@@ -188,79 +281,215 @@ static void macro_kernel(const gemm_job *g, const float *Bp, int64_t ic, int64_t
     }
 }
 
-/* ---- the blocked loops, run by every thread of the team ---------------------------------- */
-
-static void gemm_thread(const gemm_job *g, int tid, int nth)
+/* The blocked loops over C rows [m0, m1) x columns [n0, n1), with this thread's buffers. */
+static void gemm_rect(const gemm_job *g, float *Ap, float *Bp, int64_t m0, int64_t m1, int64_t n0,
+                      int64_t n1)
 {
-    const int64_t mr = g->kt->mr, nr = g->kt->nr;
-    float *Bp = g->Bp + (int64_t)tid * g->bp_size;
-    const int64_t nbj = (g->N + g->NC - 1) / g->NC; /* column blocks */
-    (void)nr;
-    for (int64_t ic = 0; ic < g->M; ic += g->MC) {
-        const int64_t mc = XA_MIN(g->MC, g->M - ic);
-        const int64_t npa = (mc + mr - 1) / mr; /* A panels in this block */
-        /* Row chunks per column block so that there is work for every thread. */
-        int64_t nrc = nbj >= nth ? 1 : (nth + nbj - 1) / nbj;
-        if (nrc > npa) nrc = npa;
-        const int64_t items = nbj * nrc;
+    for (int64_t ic = m0; ic < m1; ic += g->MC) {
+        const int64_t mc = XA_MIN(g->MC, m1 - ic);
         for (int64_t pc = 0; pc < g->K; pc += g->KC) {
             const int64_t kc = XA_MIN(g->KC, g->K - pc);
-            /* pack the A block, panels split over the team */
-            for (int64_t ip = tid; ip < npa; ip += nth)
-                pack_a_panel(g, g->Ap + ip * mr * kc, ic + ip * mr, XA_MIN(mr, mc - ip * mr), pc,
-                             kc);
-#ifdef _OPENMP
-            if (nth > 1) {
-#pragma omp barrier
+            pack_a_block(g, Ap, ic, mc, pc, kc);
+            for (int64_t jc = n0; jc < n1; jc += g->NC) {
+                const int64_t nc = XA_MIN(g->NC, n1 - jc);
+                pack_b_block(g, Bp, jc, nc, pc, kc);
+                macro_kernel(g, Ap, Bp, ic, mc, jc, nc, pc, kc);
             }
-#endif
-            /* contiguous ranges of items per thread, so a thread's items share B blocks */
-            const int64_t it0 = items * tid / nth, it1 = items * (tid + 1) / nth;
-            int64_t packed = -1;
-            for (int64_t it = it0; it < it1; it++) {
-                const int64_t jb = it / nrc, rc = it % nrc;
-                const int64_t jc = jb * g->NC, nc = XA_MIN(g->NC, g->N - jc);
-                if (packed != jb) {
-                    for (int64_t j0 = 0; j0 < nc; j0 += nr)
-                        pack_b_panel(g, Bp + j0 * kc, jc + j0, XA_MIN(nr, nc - j0), pc, kc);
-                    packed = jb;
-                }
-                const int64_t pa0 = npa * rc / nrc, pa1 = npa * (rc + 1) / nrc;
-                macro_kernel(g, Bp, ic, mc, pa0, pa1, jc, nc, pc, kc);
-            }
-#ifdef _OPENMP
-            if (nth > 1) {
-#pragma omp barrier
-            }
-#endif
+        }
+    }
+}
+
+/* Rectangle r (of tm * tn) of C, on tile boundaries. */
+static void gemm_part(const gemm_job *g, float *ws, int r)
+{
+    const int64_t mr = g->kt->mr, nr = g->kt->nr;
+    const int64_t tiles_m = (g->M + mr - 1) / mr, tiles_n = (g->N + nr - 1) / nr;
+    const int64_t ti = r / g->tn, tj = r % g->tn;
+    const int64_t m0 = tiles_m * ti / g->tm * mr, m1 = XA_MIN(g->M, tiles_m * (ti + 1) / g->tm * mr);
+    const int64_t n0 = tiles_n * tj / g->tn * nr, n1 = XA_MIN(g->N, tiles_n * (tj + 1) / g->tn * nr);
+    if (m0 < m1 && n0 < n1) gemm_rect(g, ws, ws + g->ap_size, m0, m1, n0, n1);
+}
+
+/* Thread grid tm x tn (tm * tn = nt, each at most the tile count of its side) minimising the
+ * largest rectangle's multiply-adds plus its packing (weighted as 8 multiply-adds a float). */
+static void thread_grid(int64_t M, int64_t N, int64_t mr, int64_t nr, int nt, int *tm, int *tn)
+{
+    const int64_t tiles_m = (M + mr - 1) / mr, tiles_n = (N + nr - 1) / nr;
+    double best = -1;
+    *tm = *tn = 1;
+    for (int a = 1; a <= nt; a++) {
+        if (nt % a) continue;
+        int b = nt / a;
+        if (a > tiles_m || b > tiles_n) continue;
+        double rm = (double)((tiles_m + a - 1) / a * mr), rn = (double)((tiles_n + b - 1) / b * nr);
+        double cost = rm * rn + 8.0 * (rm + rn);
+        if (best < 0 || cost < best) {
+            best = cost;
+            *tm = a;
+            *tn = b;
         }
     }
 }
 
 /* ---- small problems and fallbacks ------------------------------------------------------- */
 
-/* Direct loops: no packing, no threads. C = alpha * op(A) op(B) + (beta C | bias). */
+/* sum_p a[p] * b[p] in a fixed order (16 partial sums, then the tail). */
+static float dot(const float *a, const float *b, int64_t n)
+{
+    int64_t p = 0;
+    float s = 0.0f;
+#ifdef XA_GEMM_SSE
+    __m128 s0 = _mm_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    for (; p + 16 <= n; p += 16) {
+        s0 = _mm_add_ps(s0, _mm_mul_ps(_mm_loadu_ps(a + p), _mm_loadu_ps(b + p)));
+        s1 = _mm_add_ps(s1, _mm_mul_ps(_mm_loadu_ps(a + p + 4), _mm_loadu_ps(b + p + 4)));
+        s2 = _mm_add_ps(s2, _mm_mul_ps(_mm_loadu_ps(a + p + 8), _mm_loadu_ps(b + p + 8)));
+        s3 = _mm_add_ps(s3, _mm_mul_ps(_mm_loadu_ps(a + p + 12), _mm_loadu_ps(b + p + 12)));
+    }
+    float t[4];
+    _mm_storeu_ps(t, _mm_add_ps(_mm_add_ps(s0, s1), _mm_add_ps(s2, s3)));
+    s = (t[0] + t[1]) + (t[2] + t[3]);
+#endif
+    for (; p < n; p++) s += a[p] * b[p];
+    return s;
+}
+
+/* Direct loops, no packing, no threads: small problems. */
 static void gemm_direct(const gemm_job *g)
 {
-    enum { JB = 64 };
-    float acc[JB];
+    enum { JB = 64, PC = 256 };
+    float acc[JB], arow[PC];
     for (int64_t i = 0; i < g->M; i++)
         for (int64_t j0 = 0; j0 < g->N; j0 += JB) {
             const int64_t nb = XA_MIN((int64_t)JB, g->N - j0);
             for (int64_t j = 0; j < nb; j++) acc[j] = 0.0f;
-            for (int64_t p = 0; p < g->K; p++) {
-                const float a = g->ta ? g->A[p * g->lda + i] : g->A[i * g->lda + p];
-                if (!g->tb) {
+            if (!g->tb) {
+                for (int64_t p = 0; p < g->K; p++) {
+                    const float a = g->ta ? g->A[p * g->lda + i] : g->A[i * g->lda + p];
                     const float *b = g->B + p * g->ldb + j0;
                     for (int64_t j = 0; j < nb; j++) acc[j] += a * b[j];
-                } else {
-                    const float *b = g->B + j0 * g->ldb + p;
-                    for (int64_t j = 0; j < nb; j++) acc[j] += a * b[j * g->ldb];
+                }
+            } else {
+                for (int64_t p0 = 0; p0 < g->K; p0 += PC) {
+                    const int64_t len = XA_MIN((int64_t)PC, g->K - p0);
+                    const float *a = g->A + i * g->lda + p0;
+                    if (g->ta) {
+                        for (int64_t p = 0; p < len; p++) arow[p] = g->A[(p0 + p) * g->lda + i];
+                        a = arow;
+                    }
+                    for (int64_t j = 0; j < nb; j++)
+                        acc[j] += dot(a, g->B + (j0 + j) * g->ldb + p0, len);
                 }
             }
             float *c = g->C + i * g->ldc + j0;
             for (int64_t j = 0; j < nb; j++) c[j] = c_init(g, c + j, j0 + j) + g->alpha * acc[j];
         }
+}
+
+/*
+ * Skinny products: C (or C^T) has at most XA_GEMM_SKINNY rows, so the work is a pass over the
+ * big operand and packing it would cost as much as the arithmetic. Written for
+ *   R (ms x nb) = X (ms x K) * Y (K x nb),  ms <= XA_GEMM_SKINNY,
+ * with element strides, so that C^T = op(B)^T op(A)^T is the same case for few columns.
+ * Y is read once, along its contiguous direction: by rows (ys_n == 1: rows of R accumulate
+ * scaled rows of Y) or by columns (ys_k == 1: dot products). Columns [n0, n1) of R only.
+ */
+typedef struct skinny {
+    int64_t ms, nb;
+    const float *X;
+    int64_t xs_r, xs_k;
+    const float *Y;
+    int64_t ys_k, ys_n;
+    float *R;
+    int64_t rs_r, rs_n;
+    int r_is_row; /* R = C (the bias index is the column n), else R = C^T (the row r) */
+} skinny;
+
+static void skinny_range(const gemm_job *g, const skinny *k, int64_t n0, int64_t n1)
+{
+    enum { JR = 1024 };
+    const int64_t K = g->K;
+    if (k->ys_n == 1) {
+        /* rows of Y in runs of up to JR floats (one page), accumulated for all rows of R */
+        float acc[XA_GEMM_SKINNY][JR];
+        for (int64_t j0 = n0; j0 < n1; j0 += JR) {
+            const int64_t nb = XA_MIN((int64_t)JR, n1 - j0);
+            for (int64_t r = 0; r < k->ms; r++)
+                for (int64_t j = 0; j < nb; j++) acc[r][j] = 0.0f;
+            for (int64_t p = 0; p < K; p++) {
+                const float *y = k->Y + p * k->ys_k + j0;
+#ifdef XA_GEMM_SSE
+                /* each run starts a new page: fetch the run 4 rows ahead (never faults) */
+                for (int64_t off = 0; off < nb; off += 16)
+                    _mm_prefetch((const char *)(y + 4 * k->ys_k + off), _MM_HINT_T0);
+#endif
+                for (int64_t r = 0; r < k->ms; r++) {
+                    const float x = k->X[r * k->xs_r + p * k->xs_k];
+                    float *a = acc[r];
+                    for (int64_t j = 0; j < nb; j++) a[j] += x * y[j];
+                }
+            }
+            for (int64_t r = 0; r < k->ms; r++)
+                for (int64_t j = 0; j < nb; j++) {
+                    float *c = k->R + r * k->rs_r + (j0 + j) * k->rs_n;
+                    *c = c_init(g, c, k->r_is_row ? j0 + j : r) + g->alpha * acc[r][j];
+                }
+        }
+    } else {
+        /* columns of Y are contiguous: one dot product over all of K per element (X rows are
+         * contiguous here, gathered by the caller if they were not) */
+        for (int64_t j = n0; j < n1; j++) {
+            const float *y = k->Y + j * k->ys_n;
+            for (int64_t r = 0; r < k->ms; r++) {
+                float *c = k->R + r * k->rs_r + j * k->rs_n;
+                float d = dot(k->X + r * k->xs_r, y, K);
+                *c = c_init(g, c, k->r_is_row ? j : r) + g->alpha * d;
+            }
+        }
+    }
+}
+
+static void gemm_skinny(const gemm_job *g, int nt)
+{
+    (void)nt; /* without OpenMP */
+    skinny k;
+    if (g->M <= XA_GEMM_SKINNY) { /* C = op(A) op(B) */
+        k = (skinny){.ms = g->M, .nb = g->N, .X = g->A, .xs_r = g->ta ? 1 : g->lda,
+                     .xs_k = g->ta ? g->lda : 1, .Y = g->B, .ys_k = g->tb ? 1 : g->ldb,
+                     .ys_n = g->tb ? g->ldb : 1, .R = g->C, .rs_r = g->ldc, .rs_n = 1,
+                     .r_is_row = 1};
+    } else { /* C^T = op(B)^T op(A)^T */
+        k = (skinny){.ms = g->N, .nb = g->M, .X = g->B, .xs_r = g->tb ? g->ldb : 1,
+                     .xs_k = g->tb ? 1 : g->ldb, .Y = g->A, .ys_k = g->ta ? g->lda : 1,
+                     .ys_n = g->ta ? 1 : g->lda, .R = g->C, .rs_r = 1, .rs_n = g->ldc,
+                     .r_is_row = 0};
+    }
+    ws_block *ws = NULL;
+    if (k.ys_n != 1 && k.xs_k != 1) { /* dot products need contiguous X rows: gather them */
+        if (!(ws = ws_get((size_t)(k.ms * g->K)))) {
+            xa_clear_error();
+            gemm_direct(g);
+            return;
+        }
+        float *x = ws_data(ws);
+        for (int64_t p = 0; p < g->K; p++)
+            for (int64_t r = 0; r < k.ms; r++) x[r * g->K + p] = k.X[r * k.xs_r + p * k.xs_k];
+        k.X = x;
+        k.xs_r = g->K;
+        k.xs_k = 1;
+    }
+#ifdef _OPENMP
+    if (nt > 1) {
+#pragma omp parallel num_threads(nt)
+        {
+            int64_t t = omp_get_thread_num(), n = omp_get_num_threads();
+            int64_t q = (k.nb + 15) / 16; /* 16-column units */
+            skinny_range(g, &k, XA_MIN(k.nb, q * t / n * 16), XA_MIN(k.nb, q * (t + 1) / n * 16));
+        }
+    } else
+#endif
+        skinny_range(g, &k, 0, k.nb);
+    ws_put(ws);
 }
 
 /* C = beta*C (or bias): K == 0 or alpha == 0, A and B not referenced. */
@@ -272,17 +501,27 @@ static void gemm_scale_only(const gemm_job *g)
     }
 }
 
-/* Block sizes for a table: the A panel (mr x KC) fits well inside L1, the B block
- * (KC x NC) in about half of L2, the A block (MC x KC) in L3. */
-static void block_sizes(const xa_kernels *kt, int64_t *MC, int64_t *KC, int64_t *NC)
+/*
+ * Block sizes for a table and K (tuned on a 32 KB L1d / 1 MB L2 per core machine; also sound
+ * for 48 KB / 2 MB):
+ *   KC: K is cut into equal blocks of at most 512 (an mr = 8 A panel is then 16 KB, half of
+ *       L1), so there is no thin last block; a K of up to 512 is one block, and with beta = 0
+ *       C is then written once and never read;
+ *   NC: the B block KC x NC is about 512 KB, half of L2, leaving room for the A and C streams;
+ *   MC: bounds the A block (MC x KC, streamed from L3); B blocks are packed once per MC rows.
+ * Only the shape decides these (never the thread count), so results do not depend on it.
+ */
+static void block_sizes(const xa_kernels *kt, int64_t K, int64_t *MC, int64_t *KC, int64_t *NC)
 {
-    int64_t mr = kt->mr, nr = kt->nr;
-    int64_t kc = 384;
-    int64_t nc = 512;
-    if (mr * kc * 4 > 20 * 1024) kc = (20 * 1024 / (mr * 4)) & ~(int64_t)7;
-    nc = (nc + nr - 1) / nr * nr;
+    const int64_t mr = kt->mr, nr = kt->nr;
+    int64_t kmax = 512;
+    if (mr * kmax * 4 > 20 * 1024) kmax = XA_MAX((int64_t)64, (20 * 1024 / (mr * 4)) & ~(int64_t)7);
+    const int64_t nkb = (K + kmax - 1) / kmax;
+    int64_t kc = (K + nkb - 1) / nkb;
+    kc = XA_MIN(kmax, (kc + 7) & ~(int64_t)7);
+    int64_t nc = (512 * 1024 / 4) / kc / nr * nr;
     *KC = kc;
-    *NC = nc;
+    *NC = XA_MAX(nr, nc);
     *MC = (2048 + mr - 1) / mr * mr;
 }
 
@@ -305,11 +544,6 @@ static void gemm_run(const xa_kernels *kt, int ta, int tb, int64_t M, int64_t N,
         gemm_direct(&g);
         return;
     }
-    block_sizes(kt, &g.MC, &g.KC, &g.NC);
-    const int64_t mc = XA_MIN(g.MC, (M + kt->mr - 1) / kt->mr * kt->mr);
-    const int64_t kc = XA_MIN(g.KC, K);
-    const int64_t nc = XA_MIN(g.NC, (N + kt->nr - 1) / kt->nr * kt->nr);
-
     int nt = 1;
 #ifdef _OPENMP
     if (!omp_in_parallel()) {
@@ -318,25 +552,45 @@ static void gemm_run(const xa_kernels *kt, int ta, int tb, int64_t M, int64_t N,
         if (cap < nt) nt = cap < 1 ? 1 : (int)cap;
     }
 #endif
-    g.bp_size = (kc * nc + 15) & ~(int64_t)15; /* keep each thread's block 64-byte aligned */
-    g.Ap = xa_alloc((size_t)(mc * kc) * sizeof(float));
-    g.Bp = xa_alloc((size_t)(g.bp_size * nt) * sizeof(float));
-    if (!g.Ap || !g.Bp) { /* out of memory: slow but correct */
-        xa_free(g.Ap);
-        xa_free(g.Bp);
+    if (M <= XA_GEMM_SKINNY || N <= XA_GEMM_SKINNY) {
+        /* a few rows (e.g. one token through a linear layer) or columns: memory bound */
+        gemm_skinny(&g, nt);
+        return;
+    }
+    block_sizes(kt, K, &g.MC, &g.KC, &g.NC);
+    const int64_t mc = XA_MIN(g.MC, (M + kt->mr - 1) / kt->mr * kt->mr);
+    const int64_t kc = XA_MIN(g.KC, K);
+    const int64_t nc = XA_MIN(g.NC, (N + kt->nr - 1) / kt->nr * kt->nr);
+
+    /* largest thread count <= nt with a usable grid (a prime nt larger than both tile counts
+     * would otherwise leave threads idle) */
+    for (; nt > 1; nt--) {
+        thread_grid(M, N, kt->mr, kt->nr, nt, &g.tm, &g.tn);
+        if (g.tm * g.tn == nt) break;
+    }
+    if (nt == 1) g.tm = g.tn = 1;
+    g.ap_size = (mc * kc + 15) & ~(int64_t)15; /* keeps every block 64-byte aligned */
+    g.bp_size = (kc * nc + 15) & ~(int64_t)15;
+    const int64_t per_thread = g.ap_size + g.bp_size;
+    ws_block *ws = ws_get((size_t)(per_thread * nt));
+    if (!ws) { /* out of memory: slow but correct */
         xa_clear_error();
         gemm_direct(&g);
         return;
     }
+    g.ws = ws_data(ws);
 #ifdef _OPENMP
     if (nt > 1) {
 #pragma omp parallel num_threads(nt)
-        gemm_thread(&g, omp_get_thread_num(), omp_get_num_threads());
+        {
+            /* a smaller team than asked (OMP_DYNAMIC, limits) takes several rectangles each */
+            int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+            for (int r = tid; r < nt; r += nth) gemm_part(&g, g.ws + (int64_t)tid * per_thread, r);
+        }
     } else
 #endif
-        gemm_thread(&g, 0, 1);
-    xa_free(g.Ap);
-    xa_free(g.Bp);
+        gemm_part(&g, g.ws, 0);
+    ws_put(ws);
 }
 
 void xa_sgemm(const xa_kernels *kt, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,

@@ -25,6 +25,12 @@ typedef struct xa_kernels {
     int mr, nr;       /* micro-tile of ukr */
     xa_ukr_fn ukr;
 
+    /* sum_i a[i] * b[i] over n values (fp32 accumulation in any order). */
+    float (*dot)(const float *a, const float *b, int64_t n);
+
+    /* y[i] += a * x[i] over n values. */
+    void (*axpy)(float a, const float *x, float *y, int64_t n);
+
     /* x[i] = exp(x[i]) in place, n >= 0. exp(-inf) = 0, exp of very negative = 0. */
     void (*vexp)(float *x, int64_t n);
 

@@ -340,11 +340,54 @@ static void gelu_avx2(float *x, int64_t n, int tanh_form)
     }
 }
 
+/* a (n), b (n): four independent accumulators, masked tail */
+static float dot_avx2(const float *a, const float *b, int64_t n)
+{
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(),
+           s3 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);
+        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
+    }
+    for (; i + 8 <= n; i += 8)
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    if (i < n) {
+        __m256i k = tail_mask(n - i);
+        s1 = _mm256_fmadd_ps(load_m(a + i, k), load_m(b + i, k), s1);
+    }
+    __m256 s = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+}
+
+/* y (n) += a * x (n) */
+static void axpy_avx2(float a, const float *x, float *y, int64_t n)
+{
+    const __m256 va = _mm256_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+        _mm256_storeu_ps(y + i + 8,
+                         _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i + 8), _mm256_loadu_ps(y + i + 8)));
+    }
+    for (; i < n; i += 8) {
+        __m256i k = tail_mask(n - i >= 8 ? 8 : n - i);
+        store_m(y + i, k, _mm256_fmadd_ps(va, load_m(x + i, k), load_m(y + i, k)));
+    }
+}
+
 const xa_kernels xa_kernels_avx2 = {
     .name = "avx2",
     .mr = XA2_MR,
     .nr = XA2_NR,
     .ukr = ukr_avx2,
+    .dot = dot_avx2,
+    .axpy = axpy_avx2,
     .vexp = vexp_avx2,
     .colmax = colmax_avx2,
     .expsub = expsub_avx2,

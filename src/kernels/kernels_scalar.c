@@ -21,6 +21,18 @@ static void ukr_scalar(int64_t k, const float *A, int64_t lda, const float *B, i
             C[i * ldc + j] = accumulate ? C[i * ldc + j] + acc[i][j] : acc[i][j];
 }
 
+static float dot_scalar(const float *a, const float *b, int64_t n)
+{
+    float s = 0.0f;
+    for (int64_t i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+static void axpy_scalar(float a, const float *x, float *y, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
+}
+
 static void vexp_scalar(float *x, int64_t n)
 {
     for (int64_t i = 0; i < n; i++) x[i] = expf(x[i]);
@@ -97,6 +109,8 @@ const xa_kernels xa_kernels_scalar = {
     .mr = SC_MR,
     .nr = SC_NR,
     .ukr = ukr_scalar,
+    .dot = dot_scalar,
+    .axpy = axpy_scalar,
     .vexp = vexp_scalar,
     .colmax = colmax_scalar,
     .expsub = expsub_scalar,
