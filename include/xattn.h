@@ -206,6 +206,19 @@ XATTN_API xattn_status xattn_sgemm(int trans_a, int trans_b, int64_t M, int64_t 
 XATTN_API xattn_status xattn_linear(const float *x, int64_t M, int64_t K, const float *W,
                                     const float *b, int64_t N, float *y);
 
+/* Row-wise operations on x (rows, n), row-major, threaded over rows; y may be x (in place). */
+/* softmax over each row: x = exp(x - max) / sum */
+XATTN_API xattn_status xattn_softmax(float *x, int64_t rows, int64_t n);
+/* y = x / sqrt(mean(x^2) + eps) * w        (torch.nn.RMSNorm; w may be NULL) */
+XATTN_API xattn_status xattn_rmsnorm(const float *x, int64_t rows, int64_t n, const float *w,
+                                     float eps, float *y);
+/* y = (x - mean) / sqrt(var + eps) * w + b (torch.nn.LayerNorm; w, b may be NULL) */
+XATTN_API xattn_status xattn_layernorm(const float *x, int64_t rows, int64_t n, const float *w,
+                                       const float *b, float eps, float *y);
+/* x = gelu(x) in place over n values: exact erf form, or the tanh approximation
+ * (torch.nn.GELU(approximate="tanh")) when tanh_form != 0 */
+XATTN_API xattn_status xattn_gelu(float *x, int64_t n, int tanh_form);
+
 /* ------------------------------------------------------------------------------------------ */
 /* M1: multi-head cross-attention modules                                                       */
 /* ------------------------------------------------------------------------------------------ */
