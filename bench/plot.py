@@ -20,7 +20,7 @@ def load(d, f):
 
 def main():
     d = sys.argv[1] if len(sys.argv) > 1 else "bench/results"
-    x = {r["name"]: r for r in load(d, "attention.json") + load(d, "gemm.json")}
+    x = {r["name"]: r for r in load(d, "attention.json") + load(d, "mha.json") + load(d, "gemm.json")}
     t = {r["name"]: r for r in load(d, "torch.json")}
     names = [n for n in t if n in x]
     if not names:

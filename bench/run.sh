@@ -12,6 +12,7 @@ out=bench/results
 mkdir -p "$out"
 "$build/bench_gemm" --threads "$threads" --json "$out/gemm.json"
 "$build/bench_attention" --threads "$threads" --json "$out/attention.json"
+"$build/bench_mha" --threads "$threads" --json "$out/mha.json"
 "$py" bench/torch_ref.py --threads "$threads" > "$out/torch.json"
 "$py" - "$out" <<'PY'
 import json, sys, os
@@ -19,7 +20,7 @@ d = sys.argv[1]
 def load(f):
     p = os.path.join(d, f)
     return [json.loads(l) for l in open(p) if l.strip()] if os.path.exists(p) else []
-x = {r["name"]: r for r in load("attention.json") + load("gemm.json")}
+x = {r["name"]: r for r in load("attention.json") + load("mha.json") + load("gemm.json")}
 t = {r["name"]: r for r in load("torch.json")}
 rows = []
 for name, tr in t.items():

@@ -49,6 +49,15 @@ def main():
             t = med_time(lambda: F.scaled_dot_product_attention(q1, k, v), a.reps * 5)
         res.append({"name": f"sdpa decode I=1 B={B} H={H} I=1 J={N} dh={dh}", "seconds": t,
                     "gflops": 4.0 * B * H * N * dh / t / 1e9})
+    if a.only in ("", "mha"):
+        B, I, J, E, H = 1, 1024, 2048, 512, 8
+        m = torch.nn.MultiheadAttention(E, H, batch_first=True).eval()
+        x, c = torch.randn(B, I, E), torch.randn(B, J, E)
+        with torch.inference_mode():
+            t = med_time(lambda: m(x, c, c, need_weights=False), a.reps)
+        flop = 2.0 * B * (2 * I * E * E + 2 * J * E * E) + 4.0 * B * I * J * E
+        res.append({"name": f"mha B={B} I={I} J={J} E={E} heads={H}", "seconds": t,
+                    "gflops": flop / t / 1e9})
     if a.only in ("", "gemm"):
         n = 1024
         x, y = torch.randn(n, n), torch.randn(n, n)

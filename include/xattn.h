@@ -9,8 +9,8 @@
  *   - Strides are in elements, not bytes. A stride of 0 broadcasts along that axis.
  *   - Outputs are written into caller-provided buffers; the library never keeps pointers to them.
  *
- * Threads: xattn_set_threads(n) sets the OpenMP thread count used by every kernel (default: the
- * number of cores). Results do not depend on the thread count beyond float rounding.
+ * Threads: xattn_set_threads(n) sets the OpenMP thread count used by every kernel (default:
+ * OMP_NUM_THREADS, else the number of cores). Results do not depend on the thread count beyond float rounding.
  */
 #ifndef XATTN_H
 #define XATTN_H
@@ -60,7 +60,8 @@ XATTN_API const char *xattn_version(void);
 /* Threads and CPU dispatch                                                                     */
 /* ------------------------------------------------------------------------------------------ */
 
-/* n <= 0 restores the default (all cores). Without OpenMP at build time this is a no-op. */
+/* n <= 0 restores the default (OMP_NUM_THREADS if set, else all cores). Without OpenMP at
+ * build time this is a no-op and everything runs on the calling thread. */
 XATTN_API void xattn_set_threads(int n);
 XATTN_API int xattn_get_threads(void);
 /* Name of the kernel set in use: "avx512", "avx2" or "scalar". */

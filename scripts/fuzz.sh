@@ -13,8 +13,10 @@ for f in build-fuzz/fuzz_*; do
   corpus=$(mktemp -d)
   seeds="fuzz/corpus/${name#fuzz_}"
   [ -d "$seeds" ] && cp -r "$seeds/." "$corpus/"
+  dict=()
+  [ -f "fuzz/${name#fuzz_}.dict" ] && dict=("-dict=fuzz/${name#fuzz_}.dict")
   echo "-- $name (${FUZZ_SECONDS}s)"
-  if ! "$f" -max_total_time="$FUZZ_SECONDS" -max_len=4096 -rss_limit_mb=1024 "$corpus" >"$corpus.log" 2>&1; then
+  if ! "$f" -max_total_time="$FUZZ_SECONDS" -max_len=4096 -rss_limit_mb=1024 "${dict[@]}" "$corpus" >"$corpus.log" 2>&1; then
     tail -n 40 "$corpus.log"
     status=1
   else

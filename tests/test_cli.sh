@@ -6,6 +6,7 @@
 # and checks every bad-input case: non-zero exit, exactly one line on stderr naming the file
 # (or option) at fault, and nothing written.
 set -u
+export LC_ALL=C # byte semantics for ${#string} in the file forgers below
 
 if [ $# -ne 2 ]; then
     echo "usage: bash $0 PATH/TO/xattn FIXTURES_DIR" >&2
@@ -54,6 +55,7 @@ bad() {
     n=$((n + 1))
     local d="$TMP/bad$n"
     mkdir -p "$d"
+    BAD_ERR="$d.err"
     (cd "$d" && "$@") >"$d.out" 2>"$d.err"
     local rc=$?
     local lines
@@ -101,6 +103,19 @@ for c in "" run inspect demo compare; do
     if ok "help $c" "$X" $c --help; then has "help $c" "$D.out" "usage: xattn"; fi
 done
 if ok "help run via 'help'" "$X" help run; then has "help run" "$D.out" "--key-padding-mask"; fi
+# every option of a usage synopsis is accepted, and described in the help's body
+for c in run inspect demo compare; do
+    "$X" $c --help >"$TMP/help_$c" 2>&1
+    for o in $(sed -n '/^usage:/,/^$/p' "$TMP/help_$c" | grep -o -- '--[a-z][a-z-]*' | sort -u); do
+        if "$X" $c "$o" 2>&1 | grep -q "unknown option"; then
+            fail "xattn $c --help names $o, which $c does not accept"
+        elif [ "$(grep -c -- "$o" "$TMP/help_$c")" -lt 2 ]; then
+            fail "xattn $c --help names $o in the synopsis only"
+        else
+            pass
+        fi
+    done
+done
 if ok "version" "$X" --version; then has "version" "$D.out" "xattn 0."; fi
 bad "no command" 2 "missing command" "$X"
 bad "unknown command" 2 "frobnicate" "$X" frobnicate
@@ -215,6 +230,209 @@ bad "inspect missing" 1 "missing.safetensors" "$X" inspect "$B/missing.safetenso
 bad "inspect unknown option" 2 "--all" "$X" inspect --all "$MHA"
 bad "demo unknown option" 2 "--size" "$X" demo --size 3
 bad "demo bad len" 2 "--len" "$X" demo --len 0
+
+# ---- file forgers (bash only) ---------------------------------------------------------------
+# le N W: W little-endian bytes of N as printf escapes (N is a signed 64-bit bash integer)
+le() {
+    local n=$1 w=$2 i s=""
+    for ((i = 0; i < w; i++)); do s+=$(printf '\\x%02x' $(((n >> (8 * i)) & 255))); done
+    printf '%s' "$s"
+}
+# rep S N: S repeated N times
+rep() {
+    local out="" i
+    for ((i = 0; i < $2; i++)); do out+=$1; done
+    printf '%s' "$out"
+}
+# mk_npy FILE DICT [DATA]: a version 1.0 .npy file; DATA is printf escapes
+mk_npy() {
+    { printf '\x93NUMPY\x01\x00'; printf "$(le $((${#2} + 1)) 2)"; printf '%s\n' "$2"; printf "${3:-}"; } >"$1"
+}
+# mk_st FILE HEADER [DATA]: a safetensors file
+mk_st() {
+    { printf "$(le ${#2} 8)"; printf '%s' "$2"; printf "${3:-}"; } >"$1"
+}
+# tiny_attn FILE DATA [PREFIX] [DTYPE] [ESIZE]: a diffusers Attention with query_dim =
+# cross_attention_dim = inner = out = 2 and one head; DATA holds its 16 values
+tiny_attn() {
+    local p=${3:-} t=${4:-F32} e=${5:-4} h="" k=0 name
+    for name in to_q.weight to_k.weight to_v.weight to_out.0.weight; do
+        h+="\"$p$name\":{\"dtype\":\"$t\",\"shape\":[2,2],\"data_offsets\":[$((k * 4 * e)),$(((k + 1) * 4 * e))]},"
+        k=$((k + 1))
+    done
+    mk_st "$1" "{${h}\"__metadata__\":{\"heads\":\"1\"}}" "$2"
+}
+HALF='\x00\x00\x00\x3f' NAN='\x00\x00\xc0\x7f' INF='\x00\x00\x80\x7f' NINF='\x00\x00\x80\xff'
+ZERO='\x00\x00\x00\x00'
+G=$TMP/forged
+mkdir -p "$G"
+X32="{'descr': '<f4', 'fortran_order': False, 'shape':"
+tiny_attn "$G/tiny.safetensors" "$(rep "$HALF" 16)"
+mk_npy "$G/xs.npy" "$X32 (3, 2), }" "$(rep "$HALF" 6)"
+mk_npy "$G/cs.npy" "$X32 (5, 2), }" "$(rep "$HALF" 10)"
+TINY=(--x "$G/xs.npy" --context "$G/cs.npy")
+ok "forged tiny model runs" "$X" run "$G/tiny.safetensors" "${TINY[@]}"
+
+# ---- NaN policy ----------------------------------------------------------------------------
+if ok "help run names --allow-nonfinite" "$X" run --help; then
+    has "help --allow-nonfinite" "$D.out" "--allow-nonfinite"
+fi
+mk_npy "$G/x_nan.npy" "$X32 (2, 4, 9), }" "$(rep "$HALF" 40)$NAN$(rep "$HALF" 31)"
+mk_npy "$G/ctx_inf.npy" "$X32 (2, 6, 4), }" "$(rep "$HALF" 47)$INF"
+mk_npy "$G/val_ninf.npy" "$X32 (2, 6, 5), }" "$NINF$(rep "$HALF" 59)"
+mk_npy "$G/x_f64_big.npy" "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 4, 9), }" \
+    "$(rep '\x00\x00\x00\x00\x00\x00\xe0\x3f' 5)\x9c\x75\x00\x88\x3c\xe4\x37\x7e$(rep '\x00\x00\x00\x00\x00\x00\xe0\x3f' 66)"
+bad "NaN in x" 1 "x_nan.npy: holds a non-finite value (nan) at index [1, 0, 4]" \
+    "$X" run "$MHA" --x "$G/x_nan.npy" --context "$F/context.npy" --value "$F/value.npy"
+bad "inf in context" 1 "ctx_inf.npy: holds a non-finite value (inf) at index [1, 5, 3]" \
+    "$X" run "$MHA" --x "$F/x.npy" --context "$G/ctx_inf.npy" --value "$F/value.npy"
+bad "-inf in value" 1 "val_ninf.npy: holds a non-finite value (-inf) at index [0, 0, 0]" \
+    "$X" run "$MHA" --x "$F/x.npy" --context "$F/context.npy" --value "$G/val_ninf.npy"
+bad "float64 beyond float32" 1 "x_f64_big.npy: holds a non-finite value (1e+300" \
+    "$X" run "$MHA" --x "$G/x_f64_big.npy" --context "$F/context.npy" --value "$F/value.npy"
+mk_npy "$G/xs_nan.npy" "$X32 (3, 2), }" "$(rep "$HALF" 5)$NAN"
+bad "NaN in rank-2 x" 1 "xs_nan.npy: holds a non-finite value (nan) at index [2, 1]" \
+    "$X" run "$G/tiny.safetensors" --x "$G/xs_nan.npy" --context "$G/cs.npy"
+"$X" run "$G/tiny.safetensors" "${TINY[@]}" --out-dir "$G/clean" >/dev/null
+if ok "--allow-nonfinite passes NaN through" "$X" run "$G/tiny.safetensors" --x "$G/xs_nan.npy" \
+    --context "$G/cs.npy" --allow-nonfinite --return-attn; then
+    # the NaN query row (i = 2) makes that output row NaN: "infinitely far" from a clean run
+    if "$X" compare "$D/out.npy" "$G/clean/out.npy" 2>&1 | grep -q "max error inf"; then
+        pass
+    else
+        fail "--allow-nonfinite: out.npy holds no NaN"
+    fi
+fi
+ok "--allow-nonfinite with NaN in x, context, value" "$X" run "$MHA" --x "$G/x_nan.npy" \
+    --context "$G/ctx_inf.npy" --value "$G/val_ninf.npy" --allow-nonfinite --per-head-attn
+
+tiny_attn "$G/w_nan.safetensors" "$(rep "$HALF" 7)$NAN$(rep "$HALF" 8)"
+tiny_attn "$G/w_ninf.safetensors" "$(rep "$HALF" 13)$NINF$(rep "$HALF" 2)"
+tiny_attn "$G/w_inf_f16.safetensors" "$(rep '\x00\x38' 10)\x00\x7c$(rep '\x00\x38' 5)" "" F16 2
+tiny_attn "$G/w_nan_ctrl.safetensors" "$NAN$(rep "$HALF" 15)" 'blk\n\u001b[2J.'
+bad "NaN weight" 1 "w_nan.safetensors: tensor 'to_k.weight' holds a non-finite value (nan) at index [1, 1]" \
+    "$X" run "$G/w_nan.safetensors" "${TINY[@]}"
+bad "-inf weight" 1 "tensor 'to_out.0.weight' holds a non-finite value (-inf) at index [0, 1]" \
+    "$X" run "$G/w_ninf.safetensors" "${TINY[@]}"
+bad "inf F16 weight" 1 "tensor 'to_v.weight' holds a non-finite value (inf) at index [1, 0]" \
+    "$X" run "$G/w_inf_f16.safetensors" "${TINY[@]}"
+bad "NaN weight, control characters in the name" 1 "to_q.weight' holds a non-finite value (nan)" \
+    "$X" run "$G/w_nan_ctrl.safetensors" "${TINY[@]}"
+ok "--allow-nonfinite passes NaN weights" "$X" run "$G/w_nan.safetensors" "${TINY[@]}" --allow-nonfinite
+
+# float masks: -inf marks a masked key (same result as the bool mask), NaN and +inf do not
+kpm_hl=$(od -An -tu2 -j8 -N2 "$F/kpm.npy" | tr -d ' ')
+kpm_f="" kpm_nan="" kpm_pinf=""
+k=0
+for b in $(od -An -tu1 -v -j$((10 + kpm_hl)) "$F/kpm.npy"); do
+    if [ "$b" -ne 0 ]; then kpm_f+=$NINF; else kpm_f+=$ZERO; fi
+    if [ $k -eq 7 ]; then kpm_nan+=$NAN; else kpm_nan+=$ZERO; fi
+    if [ $k -eq 11 ]; then kpm_pinf+=$INF; else kpm_pinf+=$ZERO; fi
+    k=$((k + 1))
+done
+mk_npy "$G/kpm_ninf.npy" "$X32 (2, 6), }" "$kpm_f"
+mk_npy "$G/kpm_nan.npy" "$X32 (2, 6), }" "$kpm_nan"
+mk_npy "$G/kpm_pinf.npy" "$X32 (2, 6), }" "$kpm_pinf"
+if ok "float mask with -inf" "$X" run "$MHA" "${INPUTS[@]}" --key-padding-mask "$G/kpm_ninf.npy" \
+    --return-attn; then
+    same "float -inf mask = bool mask (out)" "$D/out.npy" "$F/expected_out.npy"
+    same "float -inf mask = bool mask (attn)" "$D/attn.npy" "$F/expected_attn.npy"
+fi
+bad "NaN in a float mask" 1 "kpm_nan.npy: float mask holds nan at index [1, 1]" \
+    "$X" run "$MHA" "${INPUTS[@]}" --key-padding-mask "$G/kpm_nan.npy"
+bad "+inf in a float mask" 1 "kpm_pinf.npy: float mask holds inf at index [1, 5]" \
+    "$X" run "$MHA" "${INPUTS[@]}" --key-padding-mask "$G/kpm_pinf.npy"
+ok "--allow-nonfinite passes a NaN mask" "$X" run "$MHA" "${INPUTS[@]}" --key-padding-mask \
+    "$G/kpm_nan.npy" --allow-nonfinite
+
+# ---- hostile files -------------------------------------------------------------------------
+printf "$(le -1 8){}" >"$G/hlen_max.safetensors"
+printf "$(le $((1 << 63)) 8){}" >"$G/hlen_2_63.safetensors"
+mk_st "$G/huge_shape.safetensors" '{"to_q.weight":{"dtype":"F32","shape":[1000000000000,1000000000000],"data_offsets":[0,16]}}' "$(rep "$ZERO" 4)"
+mk_st "$G/off_max.safetensors" '{"to_q.weight":{"dtype":"F32","shape":[2,2],"data_offsets":[9223372036854775791,9223372036854775807]}}' "$(rep "$ZERO" 4)"
+mk_st "$G/off_2_53.safetensors" '{"to_q.weight":{"dtype":"F32","shape":[2,2],"data_offsets":[9007199254740976,9007199254740992]}}' "$(rep "$ZERO" 4)"
+bomb=$(printf '%*s' 100000 '' | tr ' ' '[')
+mk_st "$G/bomb.safetensors" "$bomb"
+longname=$(printf '%*s' 200000 '' | tr ' ' 'x')
+mk_st "$G/longname.safetensors" "{\"$longname\":{\"dtype\":\"F99\",\"shape\":[1],\"data_offsets\":[0,4]}}" "$ZERO"
+mk_st "$G/ctrlname.safetensors" '{"a\nb\r\u001b[2J.to_q.weight":{"dtype":"F32","shape":[2,2],"data_offsets":[0,17]}}' "$(rep "$ZERO" 4)\x00"
+bad "header length 2^64-1" 1 "hlen_max.safetensors: header length 18446744073709551615 past end of file" \
+    "$X" run "$G/hlen_max.safetensors" "${INPUTS[@]}"
+bad "header length 2^63" 1 "hlen_2_63.safetensors: header length" "$X" run "$G/hlen_2_63.safetensors" "${INPUTS[@]}"
+bad "huge shape" 1 "huge_shape.safetensors: tensor 'to_q.weight': shape [1000000000000, 1000000000000] overflows" \
+    "$X" run "$G/huge_shape.safetensors" "${INPUTS[@]}"
+bad "offsets near INT64_MAX" 1 "off_max.safetensors: tensor 'to_q.weight': data_offsets[0]" \
+    "$X" run "$G/off_max.safetensors" "${INPUTS[@]}"
+bad "offsets near 2^53" 1 "past end of data" "$X" run "$G/off_2_53.safetensors" "${INPUTS[@]}"
+bad "JSON nesting bomb" 1 "bomb.safetensors: header is not valid JSON" "$X" run "$G/bomb.safetensors" "${INPUTS[@]}"
+bad "inspect JSON nesting bomb" 1 "bomb.safetensors" "$X" inspect "$G/bomb.safetensors"
+bad "200 KB tensor name" 1 "longname.safetensors: tensor 'xxxx" "$X" run "$G/longname.safetensors" "${INPUTS[@]}"
+[ "$(wc -c <"$BAD_ERR")" -lt 600 ] && pass || fail "200 KB tensor name: message of $(wc -c <"$BAD_ERR") bytes"
+bad "control characters in a tensor name" 1 "hold 17 bytes" "$X" run "$G/ctrlname.safetensors" "${INPUTS[@]}"
+tiny_attn "$G/longprefix.safetensors" "$(rep "$HALF" 16)" "$(printf '%*s' 300 '' | tr ' ' 'p')."
+bad "prefix of 300 bytes" 1 "longprefix.safetensors: the attention module's tensor names have a prefix longer than 255 bytes" \
+    "$X" run "$G/longprefix.safetensors" "${TINY[@]}"
+if ok "inspect control characters in names" "$X" inspect "$G/w_nan_ctrl.safetensors"; then
+    [ "$(grep -c '^  blk??\[2J\.to_' "$D.out")" -eq 4 ] && pass || fail "inspect: names break lines: $(cat "$D.out")"
+fi
+
+mk_npy "$G/n_huge.npy" "$X32 (1000000000000,), }"
+mk_npy "$G/n_neg.npy" "$X32 (2, -4, 9), }" "$(rep "$ZERO" 72)"
+{ printf '\x93NUMPY\x01\x00\x60\xea'; printf '%s\n' "$X32 (2,), }"; } >"$G/n_hlen.npy"
+mk_npy "$G/n_be.npy" "{'descr': '>f4', 'fortran_order': False, 'shape': (2, 4, 9), }" "$(rep "$ZERO" 72)"
+mk_npy "$G/n_str.npy" "{'descr': '<U10', 'fortran_order': False, 'shape': (2, 4, 9), }" "$(rep "$ZERO" 720)"
+mk_npy "$G/n_obj.npy" "{'descr': '|O', 'fortran_order': False, 'shape': (2, 4, 9), }" "$(rep "$ZERO" 144)"
+mk_npy "$G/n_rank1.npy" "$X32 (9,), }" "$(rep "$HALF" 9)"
+mk_npy "$G/n_f16.npy" "{'descr': '<f2', 'fortran_order': False, 'shape': (2, 4, 9), }" "$(rep '\x00\x38' 72)"
+mk_npy "$G/n_b0.npy" "$X32 (0, 4, 9), }"
+mk_npy "$G/n_i0.npy" "$X32 (2, 0, 9), }"
+mk_npy "$G/n_w0.npy" "$X32 (2, 4, 0), }"
+mk_npy "$G/n_j0.npy" "$X32 (2, 0, 4), }"
+mk_npy "$G/n_kpm_f16.npy" "{'descr': '<f2', 'fortran_order': False, 'shape': (2, 6), }" "$(rep '\x00\x00' 12)"
+CV=(--context "$F/context.npy" --value "$F/value.npy")
+bad "npy shape (10**12,)" 1 "n_huge.npy: truncated: expected 4000000000000 data bytes" "$X" run "$MHA" --x "$G/n_huge.npy" "${CV[@]}"
+bad "npy negative dimension" 1 "n_neg.npy: .npy header: negative dimension" "$X" run "$MHA" --x "$G/n_neg.npy" "${CV[@]}"
+bad "npy header length past EOF" 1 "n_hlen.npy: .npy header length 60000 past end of file" "$X" run "$MHA" --x "$G/n_hlen.npy" "${CV[@]}"
+bad "npy big-endian" 1 "n_be.npy: big-endian" "$X" run "$MHA" --x "$G/n_be.npy" "${CV[@]}"
+bad "npy unicode strings" 1 "n_str.npy: dtype '<U10' is not supported" "$X" run "$MHA" --x "$G/n_str.npy" "${CV[@]}"
+bad "npy object array" 1 "n_obj.npy: object arrays" "$X" run "$MHA" --x "$G/n_obj.npy" "${CV[@]}"
+bad "x of rank 1" 1 "n_rank1.npy: has shape (9,) (rank 1); expected rank 2 to 3" "$X" run "$MHA" --x "$G/n_rank1.npy" "${CV[@]}"
+bad "x float16" 1 "n_f16.npy: dtype float16 is not supported" "$X" run "$MHA" --x "$G/n_f16.npy" "${CV[@]}"
+bad "B = 0" 1 "n_b0.npy: has an empty shape (0, 4, 9)" "$X" run "$MHA" --x "$G/n_b0.npy" "${CV[@]}"
+bad "I = 0" 1 "n_i0.npy: has an empty shape (2, 0, 9)" "$X" run "$MHA" --x "$G/n_i0.npy" "${CV[@]}"
+bad "width 0" 1 "n_w0.npy: has an empty shape (2, 4, 0)" "$X" run "$MHA" --x "$G/n_w0.npy" "${CV[@]}"
+bad "J = 0" 1 "n_j0.npy: has an empty shape (2, 0, 4)" "$X" run "$MHA" --x "$F/x.npy" --context "$G/n_j0.npy" --value "$F/value.npy"
+bad "float16 mask" 1 "n_kpm_f16.npy: dtype float16 is not supported for a mask" "$X" run "$MHA" "${INPUTS[@]}" --key-padding-mask "$G/n_kpm_f16.npy"
+
+# ---- options -------------------------------------------------------------------------------
+bad "--heads 0" 2 "--heads: '0'" "$X" run "$MHA" "${INPUTS[@]}" --heads 0
+bad "--heads negative" 2 "--heads: '-3'" "$X" run "$MHA" "${INPUTS[@]}" --heads -3
+bad "--heads non-numeric" 2 "--heads: 'three'" "$X" run "$MHA" "${INPUTS[@]}" --heads three
+bad "--heads trailing junk" 2 "--heads: '3x'" "$X" run "$MHA" "${INPUTS[@]}" --heads 3x
+bad "--heads huge" 2 "--heads" "$X" run "$MHA" "${INPUTS[@]}" --heads 99999999999999999999999
+bad "--threads 0" 2 "--threads: '0'" "$X" run "$MHA" "${INPUTS[@]}" --threads 0
+bad "--threads=" 2 "--threads" "$X" run "$MHA" "${INPUTS[@]}" --threads=
+bad "empty model argument" 2 "empty argument" "$X" run "" "${INPUTS[@]}"
+
+# ---- output directory ----------------------------------------------------------------------
+bad "out-dir parent missing" 1 "cannot create the output directory" \
+    "$X" run "$MHA" "${INPUTS[@]}" --out-dir "$G/no/such/dir"
+[ ! -e "$G/no" ] && pass || fail "out-dir parent missing: created $G/no"
+bad "out-dir not writable (/proc/self)" 1 "/proc/self" "$X" run "$MHA" "${INPUTS[@]}" --out-dir /proc/self
+mkdir -p "$G/ro"
+chmod 555 "$G/ro"
+if [ ! -w "$G/ro" ]; then # (root writes anywhere)
+    bad "out-dir not writable" 1 "ro: output directory is not writable" \
+        "$X" run "$MHA" "${INPUTS[@]}" --out-dir "$G/ro"
+fi
+chmod 755 "$G/ro"
+# a late failure (attn.npy cannot be written) keeps an earlier out.npy and leaves no partial file
+mkdir -p "$G/keep/attn.npy"
+printf 'earlier result' >"$G/keep/out.npy"
+bad "attn.npy not writable" 1 "attn.npy" "$X" run "$MHA" "${INPUTS[@]}" --return-attn --out-dir "$G/keep"
+[ "$(cat "$G/keep/out.npy")" = "earlier result" ] && pass || fail "failed run replaced an earlier out.npy"
+[ "$(ls -A "$G/keep")" = "attn.npy
+out.npy" ] && pass || fail "failed run left files: $(ls -A "$G/keep")"
 
 # ---- demo (small) ------------------------------------------------------------------------
 if ok "demo" "$X" demo --len 96 --threads 2 --seed 3; then

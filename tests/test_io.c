@@ -772,6 +772,90 @@ static void test_npy_broken(void)
     CHECK_FAIL(xattn_npy_load(NULL, &a), XATTN_ERR_ARG);
 }
 
+/* Headers built to exhaust the parser: deep nesting, huge numbers, huge names. */
+static void test_hostile(void)
+{
+    const size_t deep = 200000;
+    char *json = malloc(2 * deep + 64);
+    /* [[[[...]]]] and {"a":{"a":...}} far past any sane nesting */
+    memset(json, '[', deep);
+    memset(json + deep, ']', deep);
+    json[2 * deep] = '\0';
+    const char *p = st_file("bomb.st", json, 0);
+    CHECK_FAIL_MSG(st_open_close(p), XATTN_ERR_FORMAT, "bomb.st: header is not valid JSON");
+    size_t k = 0;
+    for (size_t i = 0; i < deep / 8; i++, k += 5) memcpy(json + k, "{\"a\":", 5);
+    json[k++] = '1';
+    memset(json + k, '}', deep / 8);
+    json[k + deep / 8] = '\0';
+    p = st_file("bomb2.st", json, 0);
+    CHECK_FAIL_MSG(st_open_close(p), XATTN_ERR_FORMAT, "bomb2.st");
+    /* nesting inside a tensor's shape */
+    k = (size_t)sprintf(json, "{\"w\": {\"dtype\": \"F32\", \"shape\": ");
+    memset(json + k, '[', 5000);
+    memset(json + k + 5000, ']', 5000);
+    sprintf(json + k + 10000, ", \"data_offsets\": [0, 0]}}");
+    p = st_file("bomb3.st", json, 0);
+    CHECK_FAIL_MSG(st_open_close(p), XATTN_ERR_FORMAT, "bomb3.st");
+
+    /* offsets at and past 2^53 and near INT64_MAX, as exact integers */
+    p = st_file("i64.st",
+                "{\"w\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": "
+                "[9223372036854775799, 9223372036854775807]}}",
+                8);
+    CHECK_FAIL_MSG(st_open_close(p), XATTN_ERR_FORMAT, "data_offsets[0] is too large");
+    p = st_file("u64.st",
+                "{\"w\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": "
+                "[0, 18446744073709551615]}}",
+                8);
+    CHECK_FAIL_MSG(st_open_close(p), XATTN_ERR_FORMAT, "data_offsets[1] is too large");
+    p = st_file("p53.st",
+                "{\"w\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": "
+                "[9007199254740984, 9007199254740992]}}",
+                8);
+    CHECK_FAIL_MSG(st_open_close(p), XATTN_ERR_FORMAT, "past end of data");
+    p = st_file("shape53.st",
+                "{\"w\": {\"dtype\": \"F64\", \"shape\": [9007199254740992], \"data_offsets\": "
+                "[0, 8]}}",
+                8);
+    CHECK_FAIL(st_open_close(p), XATTN_ERR_FORMAT);
+    p = write_bytes("hlen63.st", "\0\0\0\0\0\0\0\x80{}", 10);
+    CHECK_FAIL_MSG(st_open_close(p), XATTN_ERR_FORMAT, "header length 9223372036854775808");
+
+    /* a 100 KB tensor name with control characters: the message stays short and one line */
+    const size_t nl = 100000;
+    k = (size_t)sprintf(json, "{\"");
+    for (size_t i = 0; i < nl; i++) {
+        if (i % 7 == 3) { /* JSON "\n": a newline in the name */
+            json[k++] = '\\';
+            json[k++] = 'n';
+        } else {
+            json[k++] = 'x';
+        }
+    }
+    sprintf(json + k, "\": {\"dtype\": \"F99\", \"shape\": [1], \"data_offsets\": [0, 4]}}");
+    p = st_file("longname.st", json, 4);
+    CHECK_FAIL_MSG(st_open_close(p), XATTN_ERR_UNSUPPORTED, "xxx?xxx");
+    CHECK(strlen(xattn_last_error()) < 400);
+
+    /* .npy: a shape far beyond the file, and a version-2 header length past the end */
+    p = npy_file("tera.npy", 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000000,), }",
+                 16);
+    CHECK_FAIL_MSG(npy_load_free(p), XATTN_ERR_FORMAT,
+                   "tera.npy: truncated: expected 4000000000000 data bytes, found 16");
+    p = npy_file("tera2.npy", 2,
+                 "{'descr': '<f8', 'fortran_order': False, 'shape': (4294967296, 4294967296), }", 8);
+    CHECK_FAIL_MSG(npy_load_free(p), XATTN_ERR_FORMAT, "tera2.npy");
+    p = npy_file("zero_huge.npy", 1,
+                 "{'descr': '<f4', 'fortran_order': False, 'shape': (4611686018427387904, 0), }", 0);
+    xattn_array a;
+    CHECK_OK(xattn_npy_load(p, &a)); /* an empty array of a huge nominal shape is valid */
+    CHECK(xattn_array_numel(&a) == 0 && a.shape[0] == 4611686018427387904LL);
+    CHECK_OK(xattn_array_convert(&a, XATTN_F32));
+    xattn_array_free(&a);
+    free(json);
+}
+
 int main(void)
 {
     const char *base = getenv("TMPDIR");
@@ -787,6 +871,7 @@ int main(void)
     test_npy_variants();
     test_st_broken();
     test_npy_broken();
+    test_hostile();
     for (int i = 0; i < g_nmade; i++) remove(g_made[i]);
     if (rmdir(g_dir) != 0) fprintf(stderr, "note: could not remove %s\n", g_dir);
     return tu_finish("test_io");

@@ -210,6 +210,10 @@ static void expect_load_fail(const spec *s, const char *prefix, int64_t heads, x
         fprintf(stderr, "message '%s' does not mention '%s'\n", xattn_last_error(), needle);
     }
     tu_checks++;
+    /* one line, of bounded length, whatever names the file holds */
+    CHECK(strchr(xattn_last_error(), '\n') == NULL && strchr(xattn_last_error(), '\r') == NULL &&
+          strchr(xattn_last_error(), '\x1b') == NULL);
+    CHECK(strlen(xattn_last_error()) < 400);
     xattn_st_close(st);
 }
 
@@ -471,6 +475,53 @@ static void test_load_errors(void)
     expect_load_fail(&s, "", 0, XATTN_ERR_UNSUPPORTED, "norm_q");
 }
 
+/* Tensor names and metadata from a hostile file (newlines, escape sequences, long prefixes)
+ * never break the one-line message of a load error. */
+static void test_hostile_names(void)
+{
+    spec s;
+#define P "a\nb\x1b[2J."
+    memset(&s, 0, sizeof s);
+    add(&s, P "to_q.weight", 32, 16);
+    add(&s, P "to_k.weight", 16, 6); /* 16 rows, but to_q.weight says inner = 32 */
+    add(&s, P "to_v.weight", 32, 6);
+    add(&s, P "to_out.0.weight", 16, 32);
+    expect_load_fail(&s, P, 0, XATTN_ERR_SHAPE, "'a?b?[2J.to_k.weight' has shape (16, 6)");
+    entry(&s, P "to_k.weight")->shape[0] = 32;
+    entry(&s, P "to_k.weight")->dtype = XATTN_I32;
+    expect_load_fail(&s, P, 0, XATTN_ERR_UNSUPPORTED, "a?b?[2J.to_k.weight' has dtype I32");
+    entry(&s, P "to_k.weight")->dtype = XATTN_F32;
+    remove_entry(&s, P "to_v.weight");
+    expect_load_fail(&s, P, 0, XATTN_ERR_NOT_FOUND, "a?b?[2J.to_v.weight' is missing");
+    add(&s, P "to_v.weight", 32, 6);
+    add(&s, P "norm_q.weight", 4, 0);
+    expect_load_fail(&s, P, 0, XATTN_ERR_UNSUPPORTED, "a?b?[2J.norm_q.weight");
+    remove_entry(&s, P "norm_q.weight");
+    s.meta[0] = "heads";
+    s.meta[1] = "4\n\x1b[2J";
+    s.n_meta = 1;
+    expect_load_fail(&s, P, 0, XATTN_ERR_FORMAT, "\"4??[2J\", not a positive integer");
+    s.n_meta = 0;
+    expect_load_fail(&s, "x\ny.", 0, XATTN_ERR_NOT_FOUND, "x?y.to_q.weight");
+    add(&s, P "in_proj_weight", 48, 16);
+    expect_load_fail(&s, P, 0, XATTN_ERR_FORMAT, "ambiguous");
+    memset(&s, 0, sizeof s);
+    add(&s, P "in_proj_weight", 24, 8);
+    add(&s, P "out_proj.weight", 8, 8);
+    add(&s, P "bias_k", 8, 0);
+    expect_load_fail(&s, P, 2, XATTN_ERR_UNSUPPORTED, "a?b?[2J.bias_k");
+    entry(&s, P "in_proj_weight")->shape[0] = 25;
+    remove_entry(&s, P "bias_k");
+    expect_load_fail(&s, P, 2, XATTN_ERR_SHAPE, "a?b?[2J.in_proj_weight");
+#undef P
+    /* a prefix longer than any name: nothing found, and a bounded message */
+    char longp[700];
+    memset(longp, '\n', sizeof longp - 1);
+    longp[sizeof longp - 1] = '\0';
+    diff_base(&s, 16, 6, 32);
+    expect_load_fail(&s, longp, 0, XATTN_ERR_NOT_FOUND, "...");
+}
+
 int main(void)
 {
     printf("kernel set: %s\n", xattn_isa());
@@ -478,5 +529,6 @@ int main(void)
     printf("max rel error over all fixtures: out %.3g, weights %.3g (tolerance %.1g)\n",
            g_worst_out, g_worst_w, TU_TOL);
     test_load_errors();
+    test_hostile_names();
     return tu_finish("test_mha");
 }

@@ -3,7 +3,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 
-static _Thread_local char xa_msg[512];
+static _Thread_local char xa_msg[1024];
 
 xattn_status xa_error(xattn_status s, const char *fmt, ...)
 {
@@ -11,6 +11,9 @@ xattn_status xa_error(xattn_status s, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(xa_msg, sizeof xa_msg, fmt, ap);
     va_end(ap);
+    /* one line, whatever a file name or tensor name holds */
+    for (char *c = xa_msg; *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7f) *c = '?';
     return s;
 }
 

@@ -14,8 +14,15 @@ int xa_threads(void)
 {
 #ifdef _OPENMP
     if (xa_nthreads > 0) return xa_nthreads;
-    int n = omp_get_num_procs();
-    return n > 0 ? n : 1;
+    /* default: OMP_NUM_THREADS if set, else the number of cores */
+    static int dflt = 0;
+    int n = __atomic_load_n(&dflt, __ATOMIC_RELAXED);
+    if (n <= 0) {
+        n = omp_in_parallel() ? omp_get_num_procs() : omp_get_max_threads();
+        if (n <= 0) n = 1;
+        __atomic_store_n(&dflt, n, __ATOMIC_RELAXED);
+    }
+    return n;
 #else
     return 1;
 #endif

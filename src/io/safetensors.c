@@ -124,7 +124,7 @@ static int st_read_uint(const cJSON *v, uint64_t *out, char *why, size_t cap)
         return -1;
     }
     if (d > ST_MAX_INT) {
-        snprintf(why, cap, "too large (%g; limit 2^53)", d);
+        snprintf(why, cap, "too large (%.17g; the limit is 2^53)", d);
         return -1;
     }
     uint64_t u = (uint64_t)d;
@@ -175,9 +175,8 @@ static xattn_status st_read_tensor(xattn_safetensors *st, const char *name, cons
         }
         uint64_t u;
         if (st_read_uint(e, &u, why, sizeof why) != 0)
-            return xa_error(XATTN_ERR_FORMAT,
-                            "%s: tensor '%s': shape[%d] is %s, not a non-negative integer", L, pn,
-                            ndim, why);
+            return xa_error(XATTN_ERR_FORMAT, "%s: tensor '%s': shape[%d] is %s", L, pn, ndim,
+                            why);
         t->shape[ndim++] = (int64_t)u;
     }
     t->ndim = ndim;
@@ -197,9 +196,8 @@ static xattn_status st_read_tensor(xattn_safetensors *st, const char *name, cons
     const cJSON *e = off->child;
     for (int i = 0; i < 2; i++, e = e->next) {
         if (st_read_uint(e, &be[i], why, sizeof why) != 0)
-            return xa_error(XATTN_ERR_FORMAT,
-                            "%s: tensor '%s': data_offsets[%d] is %s, not a non-negative integer",
-                            L, pn, i, why);
+            return xa_error(XATTN_ERR_FORMAT, "%s: tensor '%s': data_offsets[%d] is %s", L, pn,
+                            i, why);
     }
     if (be[0] > be[1])
         return xa_error(XATTN_ERR_FORMAT,

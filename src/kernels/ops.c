@@ -16,11 +16,13 @@ static xattn_status check_rows(const char *fn, const void *x, const void *y, int
     return XATTN_OK;
 }
 
+#ifdef _OPENMP
 /* threads only when there is enough work to pay for them */
 static int row_threads(int64_t rows, int64_t n)
 {
     return (double)rows * (double)n < 65536.0 ? 1 : xa_threads();
 }
+#endif
 
 xattn_status xattn_softmax(float *x, int64_t rows, int64_t n)
 {

@@ -18,6 +18,7 @@
  * each with the smallest broadcast shape (B|1, H|1, I|1, J) that holds its sources.
  */
 #include "base/base.h"
+#include "io/io_internal.h" /* xa_io_printable: names from a file, shown on one line */
 
 #include <math.h>
 #include <stdint.h>
@@ -41,6 +42,7 @@ struct xattn_mha {
 
 typedef struct tensor_ref {
     char name[NAME_MAX_LEN]; /* full name (prefix included) */
+    char shown[XA_IO_NAME_CAP]; /* the name for messages: control characters replaced, cut */
     int present;
     xattn_dtype dtype;
     int ndim;
@@ -64,8 +66,12 @@ static xattn_status find_tensor(const xattn_safetensors *st, const char *prefix,
 {
     memset(t, 0, sizeof *t);
     int n = snprintf(t->name, sizeof t->name, "%s%s", prefix, name);
-    if (n < 0 || (size_t)n >= sizeof t->name)
-        return xa_error(XATTN_ERR_ARG, "xattn_mha_load: prefix '%.64s...' is too long", prefix);
+    if (n < 0 || (size_t)n >= sizeof t->name) {
+        char pp[XA_IO_NAME_CAP];
+        return xa_error(XATTN_ERR_ARG, "xattn_mha_load: prefix '%s' is too long",
+                        xa_io_printable(prefix, pp, sizeof pp));
+    }
+    xa_io_printable(t->name, t->shown, sizeof t->shown);
     long idx = xattn_st_find(st, t->name);
     if (idx < 0) return XATTN_OK;
     xattn_status s = xattn_st_info(st, (size_t)idx, &t->dtype, &t->ndim, t->shape);
@@ -84,7 +90,7 @@ static int has_tensor(const xattn_safetensors *st, const char *prefix, const cha
 
 static xattn_status missing(const tensor_ref *t, const char *why)
 {
-    return xa_error(XATTN_ERR_NOT_FOUND, "tensor '%s' is missing (%s)", t->name, why);
+    return xa_error(XATTN_ERR_NOT_FOUND, "tensor '%s' is missing (%s)", t->shown, why);
 }
 
 /* Checks t is a float tensor of rank 2 (rows, cols); a dimension < 0 in `want` is free.
@@ -97,14 +103,14 @@ static xattn_status check_2d(const tensor_ref *t, int64_t rows, int64_t cols, co
     if (t->dtype != XATTN_F32 && t->dtype != XATTN_F16 && t->dtype != XATTN_BF16 &&
         t->dtype != XATTN_F64)
         return xa_error(XATTN_ERR_UNSUPPORTED, "tensor '%s' has dtype %s; expected F32, F16, BF16 or F64",
-                        t->name, xattn_dtype_name(t->dtype));
+                        t->shown, xattn_dtype_name(t->dtype));
     if (t->ndim != 2)
-        return xa_error(XATTN_ERR_SHAPE, "tensor '%s' has shape %s but %s implies %s", t->name, got,
+        return xa_error(XATTN_ERR_SHAPE, "tensor '%s' has shape %s but %s implies %s", t->shown, got,
                         implied, want_text);
     if (t->shape[0] <= 0 || t->shape[1] <= 0)
-        return xa_error(XATTN_ERR_SHAPE, "tensor '%s' has an empty shape %s", t->name, got);
+        return xa_error(XATTN_ERR_SHAPE, "tensor '%s' has an empty shape %s", t->shown, got);
     if ((rows >= 0 && t->shape[0] != rows) || (cols >= 0 && t->shape[1] != cols))
-        return xa_error(XATTN_ERR_SHAPE, "tensor '%s' has shape %s but %s implies %s", t->name, got,
+        return xa_error(XATTN_ERR_SHAPE, "tensor '%s' has shape %s but %s implies %s", t->shown, got,
                         implied, want_text);
     return XATTN_OK;
 }
@@ -116,9 +122,9 @@ static xattn_status check_1d(const tensor_ref *t, int64_t n, const char *implied
     if (t->dtype != XATTN_F32 && t->dtype != XATTN_F16 && t->dtype != XATTN_BF16 &&
         t->dtype != XATTN_F64)
         return xa_error(XATTN_ERR_UNSUPPORTED, "tensor '%s' has dtype %s; expected F32, F16, BF16 or F64",
-                        t->name, xattn_dtype_name(t->dtype));
+                        t->shown, xattn_dtype_name(t->dtype));
     if (t->ndim != 1 || t->shape[0] != n)
-        return xa_error(XATTN_ERR_SHAPE, "tensor '%s' has shape %s but %s implies (%lld,)", t->name,
+        return xa_error(XATTN_ERR_SHAPE, "tensor '%s' has shape %s but %s implies (%lld,)", t->shown,
                         got, implied, (long long)n);
     return XATTN_OK;
 }
@@ -141,7 +147,7 @@ static xattn_status fetch(const xattn_safetensors *st, const tensor_ref *t)
     if (a.dtype != XATTN_F32 || xattn_array_numel(&a) != n) {
         xattn_array_free(&a);
         return xa_error(XATTN_ERR_FORMAT, "tensor '%s': converted data does not match its header",
-                        t->name);
+                        t->shown);
     }
     memcpy(t->dst, a.data, (size_t)n * sizeof(float));
     xattn_array_free(&a);
@@ -183,12 +189,14 @@ static xattn_status diffusers_reject_extras(const xattn_safetensors *st, const c
         const char *name = xattn_st_name(st, i);
         if (!name || strncmp(name, prefix, plen) != 0) continue;
         const char *rest = name + plen;
+        char shown[XA_IO_NAME_CAP];
         for (size_t e = 0; e < sizeof extras / sizeof extras[0]; e++)
             if (!strncmp(rest, extras[e], strlen(extras[e])))
                 return xa_error(XATTN_ERR_UNSUPPORTED,
                                 "tensor '%s': diffusers Attention with %.*s is not supported "
                                 "(only to_q/to_k/to_v/to_out.0)",
-                                name, (int)(strlen(extras[e]) - 1), extras[e]);
+                                xa_io_printable(name, shown, sizeof shown),
+                                (int)(strlen(extras[e]) - 1), extras[e]);
     }
     return XATTN_OK;
 }
@@ -203,9 +211,12 @@ static xattn_status resolve_heads(const xattn_safetensors *st, int64_t heads, in
     const char *mv = xattn_st_meta_get(st, "heads");
     if (mv) {
         int64_t h = parse_positive(mv);
-        if (h <= 0)
-            return xa_error(XATTN_ERR_FORMAT, "__metadata__ 'heads' is \"%.40s\", not a positive integer",
-                            mv);
+        if (h <= 0) {
+            char shown[48];
+            return xa_error(XATTN_ERR_FORMAT,
+                            "__metadata__ 'heads' is \"%s\", not a positive integer",
+                            xa_io_printable(mv, shown, sizeof shown));
+        }
         *out = h;
         return XATTN_OK;
     }
@@ -267,7 +278,7 @@ static xattn_status load_torch(const xattn_safetensors *st, const char *prefix, 
     if (bk.present || bv.present)
         return xa_error(XATTN_ERR_UNSUPPORTED,
                         "tensor '%s' present: nn.MultiheadAttention(add_bias_kv=True) is not supported",
-                        bk.present ? bk.name : bv.name);
+                        bk.present ? bk.shown : bv.shown);
     if (meta_true(st, "add_zero_attn"))
         return xa_error(XATTN_ERR_UNSUPPORTED,
                         "__metadata__ add_zero_attn=True: nn.MultiheadAttention(add_zero_attn=True) "
@@ -284,7 +295,7 @@ static xattn_status load_torch(const xattn_safetensors *st, const char *prefix, 
             char got[128];
             shape_str(&inw, got, sizeof got);
             return xa_error(XATTN_ERR_SHAPE,
-                            "tensor '%s' has shape %s; expected (3*embed_dim, embed_dim)", inw.name,
+                            "tensor '%s' has shape %s; expected (3*embed_dim, embed_dim)", inw.shown,
                             got);
         }
         if ((s = check_2d(&inw, 3 * E, E, "embed_dim", "(3*embed_dim, embed_dim)"))) return s;
@@ -292,8 +303,7 @@ static xattn_status load_torch(const xattn_safetensors *st, const char *prefix, 
     } else {
         if (!qw.present)
             return xa_error(XATTN_ERR_NOT_FOUND,
-                            "tensor '%sin_proj_weight' (or '%sq_proj_weight') is missing", prefix,
-                            prefix);
+                            "tensor '%s' (or '%s') is missing", inw.shown, qw.shown);
         if (!kw.present) return missing(&kw, "q_proj_weight is present, so kdim/vdim differ from embed_dim");
         if (!vw.present) return missing(&vw, "q_proj_weight is present, so kdim/vdim differ from embed_dim");
         if (qw.ndim == 2 && qw.shape[0] > 0 && qw.shape[0] == qw.shape[1]) {
@@ -302,7 +312,7 @@ static xattn_status load_torch(const xattn_safetensors *st, const char *prefix, 
             char got[128];
             shape_str(&qw, got, sizeof got);
             return xa_error(XATTN_ERR_SHAPE, "tensor '%s' has shape %s; expected (embed_dim, embed_dim)",
-                            qw.name, got);
+                            qw.shown, got);
         }
         if ((s = check_2d(&qw, E, E, "embed_dim", "(embed_dim, embed_dim)"))) return s;
         char want[96];
@@ -431,6 +441,8 @@ xattn_status xattn_mha_load(const xattn_safetensors *st, const char *prefix, int
     *out = NULL;
     if (!st) return xa_error(XATTN_ERR_ARG, "xattn_mha_load: safetensors handle is NULL");
     if (!prefix) prefix = "";
+    char pp[XA_IO_NAME_CAP];
+    xa_io_printable(prefix, pp, sizeof pp);
 
     int torch_names = has_tensor(st, prefix, "in_proj_weight") ||
                       has_tensor(st, prefix, "q_proj_weight");
@@ -439,13 +451,13 @@ xattn_status xattn_mha_load(const xattn_safetensors *st, const char *prefix, int
         return xa_error(XATTN_ERR_FORMAT,
                         "ambiguous module: both '%sin_proj_weight'/'%sq_proj_weight' "
                         "(nn.MultiheadAttention) and '%sto_q.weight' (diffusers Attention) present",
-                        prefix, prefix, prefix);
+                        pp, pp, pp);
     if (!torch_names && !diff_names)
         return xa_error(XATTN_ERR_NOT_FOUND,
                         "no attention module found: expected '%sin_proj_weight' or "
                         "'%sq_proj_weight' (nn.MultiheadAttention) or '%sto_q.weight' "
                         "(diffusers Attention)",
-                        prefix, prefix, prefix);
+                        pp, pp, pp);
 
     xattn_mha *m = calloc(1, sizeof *m);
     if (!m) return xa_error(XATTN_ERR_NOMEM, "xattn_mha_load: out of memory");

@@ -35,6 +35,10 @@ int cli_usage(const char *cmd, const char *fmt, ...) CLI_PRINTF(2, 3);
  * message already starts with it; returns CLI_EXIT_ERROR. */
 int cli_lib_error(const char *cmd, const char *file);
 
+/* Copies s into buf (capacity cap >= 8) for display on one line: control characters become '?',
+ * and a string too long for buf is cut with "...". Returns buf. */
+const char *cli_printable(const char *s, char *buf, size_t cap);
+
 /* ---- options ---- */
 
 typedef enum cli_kind {
@@ -67,11 +71,30 @@ const char *cli_np_dtype(xattn_dtype t);
 const char *cli_shape_str(const xattn_array *a, char *buf, size_t cap);
 const char *cli_dims_str(int ndim, const int64_t *shape, char *buf, size_t cap);
 
+/* NaN policy. Non-finite values are rejected unless the user passes --allow-nonfinite;
+ * float masks may hold -inf (a masked position) but not NaN or +inf. */
+typedef enum cli_finite_rule {
+    CLI_FINITE_ANY = 0,    /* no check (--allow-nonfinite)                 */
+    CLI_FINITE_STRICT = 1, /* every value finite                           */
+    CLI_FINITE_MASK = 2    /* finite or -inf (additive masks)              */
+} cli_finite_rule;
+
+/* Index of the first element of `a` (F32 or F64; F64 values are judged after rounding to
+ * float32) that breaks `rule`, or -1 if none does (or `a` is of another dtype). `what`
+ * (capacity cap) receives a description of that value: "nan", "inf", "1e+300 (beyond
+ * float32 range)". */
+int64_t cli_first_nonfinite(const xattn_array *a, cli_finite_rule rule, char *what, size_t cap);
+/* Formats a flat index of an array of shape (ndim, shape) as "[i, j, k]". */
+const char *cli_index_str(int ndim, const int64_t *shape, int64_t flat, char *buf, size_t cap);
+
 /* Loads a float .npy (float32 or float64, converted to float32) with rank in [min_rank,
- * max_rank] and no zero-sized dimension. Errors are reported; returns 0 or CLI_EXIT_ERROR. */
-int cli_load_float(const char *cmd, const char *path, int min_rank, int max_rank, xattn_array *a);
-/* Loads a mask .npy: bool (kept as BOOL) or float32/float64 (converted to F32). */
-int cli_load_mask(const char *cmd, const char *path, xattn_array *a);
+ * max_rank] and no zero-sized dimension, checked against `rule` (CLI_FINITE_STRICT or
+ * CLI_FINITE_ANY). Errors are reported; returns 0 or CLI_EXIT_ERROR. */
+int cli_load_float(const char *cmd, const char *path, int min_rank, int max_rank,
+                   cli_finite_rule rule, xattn_array *a);
+/* Loads a mask .npy: bool (kept as BOOL) or float32/float64 (converted to F32; checked
+ * against `rule`, CLI_FINITE_MASK or CLI_FINITE_ANY). */
+int cli_load_mask(const char *cmd, const char *path, cli_finite_rule rule, xattn_array *a);
 
 /* ---- module detection from state_dict names ---- */
 
@@ -85,6 +108,7 @@ typedef struct cli_module {
     cli_module_kind kind;
     char prefix[256]; /* "" or e.g. "blk.attn."           */
     int n_found;      /* attention modules found (> 1: ambiguous, prefix is the first) */
+    int n_long;       /* names that would be a module but have a prefix too long for `prefix` */
 } cli_module;
 
 void cli_detect_module(const xattn_safetensors *st, cli_module *mod);

@@ -14,13 +14,14 @@
 /* Errors                                                                                   */
 /* ---------------------------------------------------------------------------------------- */
 
-/* Writes s to stderr with control characters (newlines included) shown as spaces, so that
- * every message stays on one line whatever a file name or library message holds. */
+/* Writes s to stderr with control characters (newlines included) shown as '?', as the
+ * library shows them, so that every message stays on one line whatever a file name or
+ * library message holds. */
 static void put_clean(const char *s)
 {
     for (; *s; s++) {
         unsigned char ch = (unsigned char)*s;
-        fputc(ch < 0x20 || ch == 0x7f ? ' ' : ch, stderr);
+        fputc(ch < 0x20 || ch == 0x7f ? '?' : ch, stderr);
     }
 }
 
@@ -38,6 +39,27 @@ static void vreport(const char *cmd, const char *file, const char *fmt, va_list 
     put_clean(msg);
     fputc('\n', stderr);
     fflush(stderr);
+}
+
+const char *cli_printable(const char *s, char *buf, size_t cap)
+{
+    if (!s) s = "(null)";
+    const size_t n = strlen(s);
+    const int cut = n >= cap;
+    const size_t keep = cut ? cap - 4 : n; /* room for "..." and the NUL */
+    size_t i = 0;
+    for (; i < keep; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        buf[i] = ch < 0x20 || ch == 0x7f ? '?' : (char)ch;
+    }
+    if (cut) { /* do not end inside a UTF-8 sequence */
+        while (i > 0 && ((unsigned char)buf[i - 1] & 0xc0) == 0x80) i--;
+        if (i > 0 && ((unsigned char)buf[i - 1] & 0xc0) == 0xc0) i--;
+        memcpy(buf + i, "...", 3);
+        i += 3;
+    }
+    buf[i] = '\0';
+    return buf;
 }
 
 int cli_error(const char *cmd, const char *file, const char *fmt, ...)
@@ -155,6 +177,10 @@ cli_parse_result cli_parse(const char *cmd, int argc, char **argv, const cli_opt
             if (set_value(cmd, o, val)) return CLI_BAD_USAGE;
             continue;
         }
+        if (!arg[0]) {
+            cli_usage(cmd, "empty argument ''");
+            return CLI_BAD_USAGE;
+        }
         if (*n_pos >= max_pos) {
             if (max_pos == 0)
                 cli_usage(cmd, "unexpected argument '%s'", arg);
@@ -216,7 +242,83 @@ static int check_nonempty(const char *cmd, const char *path, const xattn_array *
     return 0;
 }
 
-int cli_load_float(const char *cmd, const char *path, int min_rank, int max_rank, xattn_array *a)
+/* 1 if the float32 value v breaks `rule`. */
+static int breaks(float v, cli_finite_rule rule)
+{
+    if (rule == CLI_FINITE_ANY || isfinite(v)) return 0;
+    if (rule == CLI_FINITE_MASK && isinf(v) && v < 0) return 0;
+    return 1;
+}
+
+static void describe(float v, char *what, size_t cap)
+{
+    snprintf(what, cap, "%s", isnan(v) ? "nan" : v > 0 ? "inf" : "-inf");
+}
+
+int64_t cli_first_nonfinite(const xattn_array *a, cli_finite_rule rule, char *what, size_t cap)
+{
+    if (cap) what[0] = '\0';
+    if (rule == CLI_FINITE_ANY || !a || !a->data) return -1;
+    int64_t n = xattn_array_numel(a);
+    if (a->dtype == XATTN_F32) {
+        const float *x = (const float *)a->data;
+        for (int64_t i = 0; i < n; i++)
+            if (breaks(x[i], rule)) {
+                describe(x[i], what, cap);
+                return i;
+            }
+    } else if (a->dtype == XATTN_F64) {
+        const double *x = (const double *)a->data;
+        for (int64_t i = 0; i < n; i++) {
+            float f = (float)x[i]; /* IEEE: out of range rounds to +-inf */
+            if (!breaks(f, rule)) continue;
+            if (isfinite(x[i]))
+                snprintf(what, cap, "%g, beyond the float32 range", x[i]);
+            else
+                describe(f, what, cap);
+            return i;
+        }
+    }
+    return -1;
+}
+
+const char *cli_index_str(int ndim, const int64_t *shape, int64_t flat, char *buf, size_t cap)
+{
+    int64_t idx[XATTN_MAX_DIMS];
+    if (ndim < 0 || ndim > XATTN_MAX_DIMS) ndim = 0;
+    for (int d = ndim - 1; d >= 0; d--) {
+        int64_t n = shape[d] > 0 ? shape[d] : 1;
+        idx[d] = flat % n;
+        flat /= n;
+    }
+    size_t off = (size_t)snprintf(buf, cap, "[");
+    for (int d = 0; d < ndim && off < cap; d++)
+        off += (size_t)snprintf(buf + off, cap - off, "%s%lld", d ? ", " : "", (long long)idx[d]);
+    if (off < cap) snprintf(buf + off, cap - off, "]");
+    return buf;
+}
+
+/* Checks `a` against `rule`; reports the first offending value. */
+static int check_finite(const char *cmd, const char *path, const xattn_array *a,
+                        cli_finite_rule rule)
+{
+    char what[64], at[200];
+    int64_t bad = cli_first_nonfinite(a, rule, what, sizeof what);
+    if (bad < 0) return 0;
+    cli_index_str(a->ndim, a->shape, bad, at, sizeof at);
+    if (rule == CLI_FINITE_MASK)
+        return cli_error(cmd, path,
+                         "float mask holds %s at index %s (only finite values and -inf are "
+                         "allowed); pass --allow-nonfinite to accept it",
+                         what, at);
+    return cli_error(cmd, path,
+                     "holds a non-finite value (%s) at index %s; pass --allow-nonfinite to "
+                     "accept it",
+                     what, at);
+}
+
+int cli_load_float(const char *cmd, const char *path, int min_rank, int max_rank,
+                   cli_finite_rule rule, xattn_array *a)
 {
     memset(a, 0, sizeof *a);
     if (xattn_npy_load(path, a) != XATTN_OK) return cli_lib_error(cmd, path);
@@ -234,6 +336,8 @@ int cli_load_float(const char *cmd, const char *path, int min_rank, int max_rank
                            cli_shape_str(a, s, sizeof s), a->ndim, min_rank, max_rank);
     } else if ((rc = check_nonempty(cmd, path, a)) != 0) {
         /* reported */
+    } else if ((rc = check_finite(cmd, path, a, rule)) != 0) {
+        /* reported */
     } else if (a->dtype != XATTN_F32 && xattn_array_convert(a, XATTN_F32) != XATTN_OK) {
         rc = cli_lib_error(cmd, path);
     }
@@ -241,7 +345,7 @@ int cli_load_float(const char *cmd, const char *path, int min_rank, int max_rank
     return rc;
 }
 
-int cli_load_mask(const char *cmd, const char *path, xattn_array *a)
+int cli_load_mask(const char *cmd, const char *path, cli_finite_rule rule, xattn_array *a)
 {
     memset(a, 0, sizeof *a);
     if (xattn_npy_load(path, a) != XATTN_OK) return cli_lib_error(cmd, path);
@@ -249,7 +353,8 @@ int cli_load_mask(const char *cmd, const char *path, xattn_array *a)
     if (a->dtype == XATTN_BOOL) {
         if (xattn_array_convert(a, XATTN_BOOL) != XATTN_OK) rc = cli_lib_error(cmd, path);
     } else if (a->dtype == XATTN_F32 || a->dtype == XATTN_F64) {
-        if (xattn_array_convert(a, XATTN_F32) != XATTN_OK) rc = cli_lib_error(cmd, path);
+        rc = check_finite(cmd, path, a, rule);
+        if (!rc && xattn_array_convert(a, XATTN_F32) != XATTN_OK) rc = cli_lib_error(cmd, path);
     } else {
         rc = cli_error(cmd, path,
                        "dtype %s is not supported for a mask: expected bool or float32/float64",
@@ -290,7 +395,10 @@ void cli_detect_module(const xattn_safetensors *st, cli_module *mod)
         for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) {
             size_t plen;
             if (!ends_with(name, keys[k].suffix, &plen)) continue;
-            if (plen >= sizeof mod->prefix) continue;
+            if (plen >= sizeof mod->prefix) {
+                mod->n_long++;
+                continue;
+            }
             if (mod->n_found > 0 && mod->kind == keys[k].kind && strlen(mod->prefix) == plen &&
                 !strncmp(mod->prefix, name, plen))
                 continue; /* same module (in_proj_weight and q_proj_weight both present) */

@@ -27,12 +27,19 @@ static void print_module(const xattn_safetensors *st)
 {
     cli_module mod;
     cli_detect_module(st, &mod);
+    if (mod.n_found == 0 && mod.n_long > 0) {
+        printf("module: unknown (attention tensor names with a prefix longer than %d bytes are "
+               "not supported)\n",
+               (int)sizeof mod.prefix - 1);
+        return;
+    }
     if (mod.n_found == 0) {
         printf("module: unknown (no in_proj_weight, q_proj_weight or to_q.weight tensor)\n");
         return;
     }
-    char at[300] = "";
-    if (mod.prefix[0]) snprintf(at, sizeof at, " at prefix '%s'", mod.prefix);
+    char at[300] = "", pp[128];
+    if (mod.prefix[0])
+        snprintf(at, sizeof at, " at prefix '%s'", cli_printable(mod.prefix, pp, sizeof pp));
     if (mod.n_found > 1) printf("note: %d attention modules found; showing the first\n", mod.n_found);
 
     const char *meta_heads = xattn_st_meta_get(st, "heads");
@@ -41,8 +48,9 @@ static void print_module(const xattn_safetensors *st)
     int heads_known = meta_heads || mod.kind == CLI_MODULE_ATTENTION;
     xattn_mha *m = NULL;
     if (xattn_mha_load(st, mod.prefix, heads_known ? 0 : 1, &m) != XATTN_OK) {
+        char why[512];
         printf("module: unknown (%s names%s, but: %s)\n", cli_module_name(mod.kind), at,
-               xattn_last_error());
+               cli_printable(xattn_last_error(), why, sizeof why));
         return;
     }
     xattn_mha_config c;
@@ -91,15 +99,19 @@ int cmd_inspect(int argc, char **argv)
     xattn_safetensors *st = NULL;
     if (xattn_st_open(path, &st) != XATTN_OK) return cli_lib_error(CMD, path);
 
+    /* names and metadata come from the file: shown with control characters replaced and cut
+     * to NAME_SHOWN bytes, so that every entry stays on its line */
+    enum { NAME_SHOWN = 160 };
+    char shown[NAME_SHOWN], shown2[NAME_SHOWN * 2];
     size_t n = xattn_st_count(st);
     size_t wname = 4;
     double total_mb = 0;
     for (size_t i = 0; i < n; i++) {
-        const char *name = xattn_st_name(st, i);
-        if (name && strlen(name) > wname) wname = strlen(name);
+        size_t len = strlen(cli_printable(xattn_st_name(st, i), shown, sizeof shown));
+        if (len > wname) wname = len;
     }
     if (wname > 60) wname = 60;
-    printf("file: %s\n", path);
+    printf("file: %s\n", cli_printable(path, shown2, sizeof shown2));
     printf("tensors: %zu\n", n);
     printf("  %-*s  %-5s  %-22s  %10s\n", (int)wname, "name", "dtype", "shape", "MB");
     for (size_t i = 0; i < n; i++) {
@@ -117,7 +129,8 @@ int cmd_inspect(int argc, char **argv)
         double mb = numel * (double)xattn_dtype_size(dt) / (1024.0 * 1024.0);
         total_mb += mb;
         char sh[160];
-        printf("  %-*s  %-5s  %-22s  %10.4f\n", (int)wname, name ? name : "?", xattn_dtype_name(dt),
+        printf("  %-*s  %-5s  %-22s  %10.4f\n", (int)wname,
+               cli_printable(name ? name : "?", shown, sizeof shown), xattn_dtype_name(dt),
                cli_dims_str(nd, shape, sh, sizeof sh), mb);
     }
     printf("  %-*s  %-5s  %-22s  %10.4f\n", (int)wname, "total", "", "", total_mb);
@@ -128,7 +141,8 @@ int cmd_inspect(int argc, char **argv)
     } else {
         printf("metadata:\n");
         for (size_t i = 0; i < nm; i++)
-            printf("  %s = %s\n", xattn_st_meta_key(st, i), xattn_st_meta_value(st, i));
+            printf("  %s = %s\n", cli_printable(xattn_st_meta_key(st, i), shown, sizeof shown),
+                   cli_printable(xattn_st_meta_value(st, i), shown2, sizeof shown2));
     }
     print_module(st);
     xattn_st_close(st);

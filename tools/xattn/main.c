@@ -31,8 +31,9 @@ static void usage(FILE *f)
         fprintf(f, "  %-9s %s\n", COMMANDS[i].name, COMMANDS[i].summary);
     fprintf(f, "\n"
                "options:\n"
-               "  -h, --help     this help; 'xattn COMMAND --help' for a command's own\n"
-               "  --version      print the version and the kernel set in use\n"
+               "  -h, --help     this help; 'xattn COMMAND --help' (or 'xattn help COMMAND')\n"
+               "                 for a command's own\n"
+               "  -V, --version  print the version and the kernel set in use\n"
                "\n"
                "Errors are one line on stderr naming the file at fault; the exit code is 1\n"
                "(2 for a usage error).\n");
