@@ -6,6 +6,7 @@ xattn vs PyTorch GFLOP/s for each piece of work, with the measured FMA peak as a
 import json
 import os
 import sys
+import textwrap
 
 import matplotlib
 
@@ -27,7 +28,7 @@ def main():
         sys.exit("plot: no matching results")
     peak = max(x[n].get("peak_gflops", 0) for n in names)
     thr = t[names[0]]["threads"]
-    fig, ax = plt.subplots(figsize=(9, 4.2), dpi=110)
+    fig, ax = plt.subplots(figsize=(9.5, 4.6), dpi=110)
     w = 0.38
     idx = range(len(names))
     xb = ax.bar([i - w / 2 for i in idx], [x[n]["gflops"] for n in names], w, label="xattn",
@@ -43,7 +44,7 @@ def main():
         ax.text(len(names) - 0.5, peak, f"measured fp32 FMA peak {peak:.0f}", ha="right",
                 va="bottom", fontsize=8, color="gray")
     ax.set_xticks(list(idx))
-    ax.set_xticklabels([n.replace(" B=", "\nB=") for n in names], fontsize=8)
+    ax.set_xticklabels([textwrap.fill(n, 22) for n in names], fontsize=8)
     ax.set_ylabel("GFLOP/s (higher is better)")
     ax.set_title(f"fp32 on {thr} threads, same machine, same run")
     ax.legend(loc="upper left", fontsize=9)

@@ -152,6 +152,44 @@ static void test_axpy(const xa_kernels *kt)
     }
 }
 
+/* gemv / gemv_t against float64 on odd sizes with a row stride larger than n */
+static void test_gemv(const xa_kernels *kt)
+{
+    static const int64_t rs[] = {1, 3, 4, 5, 17, 64};
+    static const int64_t ns[] = {1, 7, 16, 33, 64, 80, 100, 256};
+    uint64_t st = 5;
+    static float A[64 * 260], x[260], y[260], y0[260];
+    tu_fill_uniform(A, 64 * 260, -1.0f, 1.0f, &st);
+    tu_fill_uniform(x, 260, -1.0f, 1.0f, &st);
+    tu_fill_uniform(y0, 260, -1.0f, 1.0f, &st);
+    for (size_t a = 0; a < sizeof rs / sizeof rs[0]; a++)
+        for (size_t b = 0; b < sizeof ns / sizeof ns[0]; b++) {
+            int64_t rows = rs[a], n = ns[b], lda = n + 3;
+            int bad = 0;
+            kt->gemv(A, lda, rows, x, n, y);
+            for (int64_t r = 0; r < rows; r++) {
+                double ref = 0, mag = 0;
+                for (int64_t d = 0; d < n; d++) {
+                    ref += (double)A[r * lda + d] * x[d];
+                    mag += fabs((double)A[r * lda + d] * x[d]);
+                }
+                if (fabs(y[r] - ref) > (double)(n + 2) * 0x1p-24 * mag + 1e-30) bad++;
+            }
+            memcpy(y, y0, sizeof y);
+            kt->gemv_t(A, lda, rows, x, n, y);
+            for (int64_t d = 0; d < 260; d++) {
+                double ref = y0[d], mag = fabs((double)y0[d]);
+                if (d < n)
+                    for (int64_t r = 0; r < rows; r++) {
+                        ref += (double)x[r] * A[r * lda + d];
+                        mag += fabs((double)x[r] * A[r * lda + d]);
+                    }
+                if (fabs(y[d] - ref) > (double)(rows + 2) * 0x1p-24 * mag + 1e-30) bad++;
+            }
+            CHECK(bad == 0);
+        }
+}
+
 static void test_vexp(const xa_kernels *kt)
 {
     const float special[] = {-INFINITY, -1000.0f, -104.0f, -103.9f, -100.0f, -88.0f, -87.5f,
@@ -547,12 +585,13 @@ int main(void)
             continue;
         }
         printf("%s: mr=%d nr=%d\n", kt->name, kt->mr, kt->nr);
-        CHECK(kt->ukr && kt->dot && kt->axpy && kt->vexp && kt->colmax && kt->expsub && kt->softmax && kt->rmsnorm &&
+        CHECK(kt->ukr && kt->dot && kt->axpy && kt->gemv && kt->gemv_t && kt->vexp && kt->colmax && kt->expsub && kt->softmax && kt->rmsnorm &&
               kt->layernorm && kt->gelu);
         CHECK(kt->mr > 0 && kt->nr > 0);
         test_ukr(kt);
         test_dot(kt);
         test_axpy(kt);
+        test_gemv(kt);
         test_vexp(kt);
         test_colmax_expsub(kt, sc);
         test_rows(kt, sc);

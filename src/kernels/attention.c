@@ -173,7 +173,7 @@ static void attend_range(const att_ctx *c, att_scratch *s, int64_t b, int64_t h,
     const int64_t itp = (it + nr - 1) / nr * nr;
     const float *vbase = p->v + b * p->v_sb + h * p->v_sh;
 
-    if (!c->direct) pack_q(c, b, h, i0, it, s->Qt);
+    pack_q(c, b, h, i0, it, s->Qt);
     for (int64_t j0 = jb; j0 < je; j0 += c->JT) {
         int64_t jt = XA_MIN(c->JT, je - j0);
         if (c->skip_causal && j0 > i0 + it - 1) break; /* every later tile is masked too */
@@ -204,16 +204,6 @@ static void attend_range(const att_ctx *c, att_scratch *s, int64_t b, int64_t h,
 
         /* Ot (DVP, ITP) += V^T (dv, jt) x Pt (jt, ITP) */
         const float *vt = vbase + j0 * p->v_sj;
-        if (c->direct) { /* few queries: one pass of axpy over the value rows per query */
-            for (int64_t col = 0; col < it; col++) {
-                memset(s->orow, 0, sizeof(float) * (size_t)p->dv);
-                for (int64_t r = 0; r < jt; r++) {
-                    kt->axpy(s->St[r * ITP + col], vt + r * p->v_sj, s->orow, p->dv);
-                }
-                for (int64_t d = 0; d < p->dv; d++) Ot[d * ITP + col] += s->orow[d];
-            }
-            continue;
-        }
         for (int64_t d0 = 0; d0 < p->dv; d0 += mr) {
             const float *A = vt + d0;
             int64_t lda = p->v_sj;
@@ -229,6 +219,57 @@ static void attend_range(const att_ctx *c, att_scratch *s, int64_t b, int64_t h,
             for (int64_t c0 = 0; c0 < itp; c0 += nr)
                 kt->ukr(jt, A, lda, s->St + c0, ITP, Ot + d0 * ITP + c0, ITP, 1);
         }
+    }
+}
+
+/* The same for few queries (decoding): the logits of each query are kept as a contiguous row
+ * over the keys (gemv against the key rows read in place, no packing), the max/exp/sum run
+ * along that row, and the value rows are summed by gemv_t with the output held in registers. */
+static void attend_range_direct(const att_ctx *c, att_scratch *s, int64_t b, int64_t h,
+                                int64_t i0, int64_t it, int64_t jb, int64_t je, float *m,
+                                float *l, float *Ot)
+{
+    const xattn_sdpa_params *p = c->p;
+    const xa_kernels *kt = c->kt;
+    const int64_t ITP = c->ITP;
+    const float *q = p->q + b * p->q_sb + h * p->q_sh + i0 * p->q_si;
+    const float *kb = p->k + b * p->k_sb + h * p->k_sh;
+    const float *vb = p->v + b * p->v_sb + h * p->v_sh;
+    const float fill = c->fill;
+    float *qs = s->Qt; /* (dh) scaled query */
+    float *srow = s->St; /* (JT) */
+    for (int64_t col = 0; col < it; col++) {
+        const int64_t i = i0 + col;
+        for (int64_t d = 0; d < p->dh; d++) qs[d] = c->scale * q[col * p->q_si + d];
+        const float *brow = p->bias ? p->bias + b * p->bias_sb + h * p->bias_sh + i * p->bias_si : NULL;
+        const uint8_t *mrow = p->mask ? p->mask + b * p->mask_sb + h * p->mask_sh + i * p->mask_si : NULL;
+        for (int64_t x = 0; x < p->dv; x++) s->orow[x] = Ot[x * ITP + col];
+        for (int64_t j0 = jb; j0 < je; j0 += c->JT) {
+            int64_t jt = XA_MIN(c->JT, je - j0);
+            if (c->skip_causal && j0 > i) break;
+            kt->gemv(kb + j0 * p->k_sj, p->k_sj, jt, qs, p->dh, srow);
+            if (brow)
+                for (int64_t r = 0; r < jt; r++) srow[r] += brow[j0 + r];
+            if (mrow)
+                for (int64_t r = 0; r < jt; r++)
+                    if (!mrow[j0 + r]) srow[r] = fill;
+            if (p->causal)
+                for (int64_t r = XA_MAX(0, i + 1 - j0); r < jt; r++) srow[r] = fill;
+            float mx = m[col];
+            for (int64_t r = 0; r < jt; r++) mx = srow[r] > mx ? srow[r] : mx;
+            float msafe = mx == -INFINITY ? 0.0f : mx;
+            float a = m[col] == mx ? 1.0f : expf(m[col] - msafe);
+            for (int64_t r = 0; r < jt; r++) srow[r] -= msafe;
+            kt->vexp(srow, jt);
+            float sum = 0.0f;
+            for (int64_t r = 0; r < jt; r++) sum += srow[r];
+            l[col] = l[col] * a + sum;
+            m[col] = mx;
+            if (a != 1.0f)
+                for (int64_t x = 0; x < p->dv; x++) s->orow[x] *= a;
+            kt->gemv_t(vb + j0 * p->v_sj, p->v_sj, jt, srow, p->dv, s->orow);
+        }
+        for (int64_t x = 0; x < p->dv; x++) Ot[x * ITP + col] = s->orow[x];
     }
 }
 
@@ -412,7 +453,12 @@ xattn_status xattn_sdpa(const xattn_sdpa_params *p)
             for (int64_t x = 0; x < c.ITP; x++) { m[x] = -INFINITY; l[x] = 0.0f; }
             memset(Ot, 0, sizeof(float) * (size_t)(c.DVP * c.ITP));
             int64_t jb = sp * chunk, je = XA_MIN(p->J, jb + chunk);
-            if (jb < je) attend_range(&c, &s, b, h, i0, it, jb, je, m, l, Ot);
+            if (jb < je) {
+                if (c.direct)
+                    attend_range_direct(&c, &s, b, h, i0, it, jb, je, m, l, Ot);
+                else
+                    attend_range(&c, &s, b, h, i0, it, jb, je, m, l, Ot);
+            }
             if (nsplit == 1) {
                 finish_tile(&c, b, h, i0, it, m, l, Ot);
                 if (p->probs) probs_tile(&c, &s, b, h, i0, it, m, l);

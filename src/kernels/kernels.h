@@ -30,6 +30,10 @@ typedef struct xa_kernels {
 
     /* y[i] += a * x[i] over n values. */
     void (*axpy)(float a, const float *x, float *y, int64_t n);
+    /* y[r] = sum_d A[r*lda + d] * x[d]  for r < rows, d < n      (A rows, e.g. keys) */
+    void (*gemv)(const float *A, int64_t lda, int64_t rows, const float *x, int64_t n, float *y);
+    /* y[d] += sum_r p[r] * A[r*lda + d]  for d < n, r < rows     (weighted sum of rows) */
+    void (*gemv_t)(const float *A, int64_t lda, int64_t rows, const float *p, int64_t n, float *y);
 
     /* x[i] = exp(x[i]) in place, n >= 0. exp(-inf) = 0, exp of very negative = 0. */
     void (*vexp)(float *x, int64_t n);

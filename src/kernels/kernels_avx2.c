@@ -381,6 +381,69 @@ static void axpy_avx2(float a, const float *x, float *y, int64_t n)
     }
 }
 
+static inline float hsum8(__m256 s)
+{
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+}
+
+/* y (rows) = A (rows, lda) x (n): four rows at a time for independent reductions */
+static void gemv_avx2(const float *A, int64_t lda, int64_t rows, const float *x, int64_t n,
+                      float *y)
+{
+    int64_t r = 0;
+    for (; r + 4 <= rows; r += 4) {
+        const float *a0 = A + r * lda, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
+        __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(),
+               s3 = _mm256_setzero_ps();
+        for (int64_t i = 0; i < n; i += 8) {
+            __m256i k = tail_mask(n - i >= 8 ? 8 : n - i);
+            __m256 xv = load_m(x + i, k);
+            s0 = _mm256_fmadd_ps(load_m(a0 + i, k), xv, s0);
+            s1 = _mm256_fmadd_ps(load_m(a1 + i, k), xv, s1);
+            s2 = _mm256_fmadd_ps(load_m(a2 + i, k), xv, s2);
+            s3 = _mm256_fmadd_ps(load_m(a3 + i, k), xv, s3);
+        }
+        y[r] = hsum8(s0);
+        y[r + 1] = hsum8(s1);
+        y[r + 2] = hsum8(s2);
+        y[r + 3] = hsum8(s3);
+    }
+    for (; r < rows; r++) y[r] = dot_avx2(A + r * lda, x, n);
+}
+
+/* y (n) += p (rows) A (rows, lda): y kept in registers 32 columns at a time */
+static void gemv_t_avx2(const float *A, int64_t lda, int64_t rows, const float *p, int64_t n,
+                        float *y)
+{
+    int64_t d = 0;
+    for (; d + 32 <= n; d += 32) {
+        __m256 y0 = _mm256_loadu_ps(y + d), y1 = _mm256_loadu_ps(y + d + 8),
+               y2 = _mm256_loadu_ps(y + d + 16), y3 = _mm256_loadu_ps(y + d + 24);
+        for (int64_t r = 0; r < rows; r++) {
+            const float *a = A + r * lda + d;
+            __m256 pv = _mm256_set1_ps(p[r]);
+            y0 = _mm256_fmadd_ps(pv, _mm256_loadu_ps(a), y0);
+            y1 = _mm256_fmadd_ps(pv, _mm256_loadu_ps(a + 8), y1);
+            y2 = _mm256_fmadd_ps(pv, _mm256_loadu_ps(a + 16), y2);
+            y3 = _mm256_fmadd_ps(pv, _mm256_loadu_ps(a + 24), y3);
+        }
+        _mm256_storeu_ps(y + d, y0);
+        _mm256_storeu_ps(y + d + 8, y1);
+        _mm256_storeu_ps(y + d + 16, y2);
+        _mm256_storeu_ps(y + d + 24, y3);
+    }
+    for (; d < n; d += 8) {
+        __m256i k = tail_mask(n - d >= 8 ? 8 : n - d);
+        __m256 y0 = load_m(y + d, k);
+        for (int64_t r = 0; r < rows; r++)
+            y0 = _mm256_fmadd_ps(_mm256_set1_ps(p[r]), load_m(A + r * lda + d, k), y0);
+        store_m(y + d, k, y0);
+    }
+}
+
 const xa_kernels xa_kernels_avx2 = {
     .name = "avx2",
     .mr = XA2_MR,
@@ -388,6 +451,8 @@ const xa_kernels xa_kernels_avx2 = {
     .ukr = ukr_avx2,
     .dot = dot_avx2,
     .axpy = axpy_avx2,
+    .gemv = gemv_avx2,
+    .gemv_t = gemv_t_avx2,
     .vexp = vexp_avx2,
     .colmax = colmax_avx2,
     .expsub = expsub_avx2,

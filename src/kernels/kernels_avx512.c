@@ -380,6 +380,61 @@ static void axpy_avx512(float a, const float *x, float *y, int64_t n)
     }
 }
 
+/* y (rows) = A (rows, lda) x (n): four rows at a time for independent reductions */
+static void gemv_avx512(const float *A, int64_t lda, int64_t rows, const float *x, int64_t n,
+                        float *y)
+{
+    int64_t r = 0;
+    for (; r + 4 <= rows; r += 4) {
+        const float *a0 = A + r * lda, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
+        __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(), s2 = _mm512_setzero_ps(),
+               s3 = _mm512_setzero_ps();
+        for (int64_t i = 0; i < n; i += 16) {
+            __mmask16 k = n - i >= 16 ? (__mmask16)0xffff : tail_mask(n - i);
+            __m512 xv = _mm512_maskz_loadu_ps(k, x + i);
+            s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, a0 + i), xv, s0);
+            s1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, a1 + i), xv, s1);
+            s2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, a2 + i), xv, s2);
+            s3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, a3 + i), xv, s3);
+        }
+        y[r] = _mm512_reduce_add_ps(s0);
+        y[r + 1] = _mm512_reduce_add_ps(s1);
+        y[r + 2] = _mm512_reduce_add_ps(s2);
+        y[r + 3] = _mm512_reduce_add_ps(s3);
+    }
+    for (; r < rows; r++) y[r] = dot_avx512(A + r * lda, x, n);
+}
+
+/* y (n) += p (rows) A (rows, lda): y kept in registers 64 columns at a time */
+static void gemv_t_avx512(const float *A, int64_t lda, int64_t rows, const float *p, int64_t n,
+                          float *y)
+{
+    int64_t d = 0;
+    for (; d + 64 <= n; d += 64) {
+        __m512 y0 = _mm512_loadu_ps(y + d), y1 = _mm512_loadu_ps(y + d + 16),
+               y2 = _mm512_loadu_ps(y + d + 32), y3 = _mm512_loadu_ps(y + d + 48);
+        for (int64_t r = 0; r < rows; r++) {
+            const float *a = A + r * lda + d;
+            __m512 pv = _mm512_set1_ps(p[r]);
+            y0 = _mm512_fmadd_ps(pv, _mm512_loadu_ps(a), y0);
+            y1 = _mm512_fmadd_ps(pv, _mm512_loadu_ps(a + 16), y1);
+            y2 = _mm512_fmadd_ps(pv, _mm512_loadu_ps(a + 32), y2);
+            y3 = _mm512_fmadd_ps(pv, _mm512_loadu_ps(a + 48), y3);
+        }
+        _mm512_storeu_ps(y + d, y0);
+        _mm512_storeu_ps(y + d + 16, y1);
+        _mm512_storeu_ps(y + d + 32, y2);
+        _mm512_storeu_ps(y + d + 48, y3);
+    }
+    for (; d < n; d += 16) {
+        __mmask16 k = n - d >= 16 ? (__mmask16)0xffff : tail_mask(n - d);
+        __m512 y0 = _mm512_maskz_loadu_ps(k, y + d);
+        for (int64_t r = 0; r < rows; r++)
+            y0 = _mm512_fmadd_ps(_mm512_set1_ps(p[r]), _mm512_maskz_loadu_ps(k, A + r * lda + d), y0);
+        _mm512_mask_storeu_ps(y + d, k, y0);
+    }
+}
+
 const xa_kernels xa_kernels_avx512 = {
     .name = "avx512",
     .mr = XA512_MR,
@@ -387,6 +442,8 @@ const xa_kernels xa_kernels_avx512 = {
     .ukr = ukr_avx512,
     .dot = dot_avx512,
     .axpy = axpy_avx512,
+    .gemv = gemv_avx512,
+    .gemv_t = gemv_t_avx512,
     .vexp = vexp_avx512,
     .colmax = colmax_avx512,
     .expsub = expsub_avx512,

@@ -33,6 +33,18 @@ static void axpy_scalar(float a, const float *x, float *y, int64_t n)
     for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
 }
 
+static void gemv_scalar(const float *A, int64_t lda, int64_t rows, const float *x, int64_t n,
+                        float *y)
+{
+    for (int64_t r = 0; r < rows; r++) y[r] = dot_scalar(A + r * lda, x, n);
+}
+
+static void gemv_t_scalar(const float *A, int64_t lda, int64_t rows, const float *p, int64_t n,
+                          float *y)
+{
+    for (int64_t r = 0; r < rows; r++) axpy_scalar(p[r], A + r * lda, y, n);
+}
+
 static void vexp_scalar(float *x, int64_t n)
 {
     for (int64_t i = 0; i < n; i++) x[i] = expf(x[i]);
@@ -111,6 +123,8 @@ const xa_kernels xa_kernels_scalar = {
     .ukr = ukr_scalar,
     .dot = dot_scalar,
     .axpy = axpy_scalar,
+    .gemv = gemv_scalar,
+    .gemv_t = gemv_t_scalar,
     .vexp = vexp_scalar,
     .colmax = colmax_scalar,
     .expsub = expsub_scalar,
