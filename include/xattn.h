@@ -150,6 +150,21 @@ typedef struct xattn_st_entry {
 XATTN_API xattn_status xattn_st_save(const char *path, const xattn_st_entry *entries, size_t n,
                                      const char *const *meta_kv, size_t n_meta);
 
+/* ---- PNG heat-maps (libpng; XATTN_ERR_UNSUPPORTED in a build without it) */
+typedef struct xattn_heatmap_opts {
+    const char *title;           /* drawn above the map, or NULL                         */
+    const char *x_label;         /* under the x axis (columns), or NULL                  */
+    const char *y_label;         /* beside the y axis (rows), or NULL                    */
+    int max_side;                /* longest side of the map area in pixels (0 = 768)     */
+    int fixed_range;             /* 1: colours span [vmin, vmax]; 0: the data's range    */
+    float vmin, vmax;
+} xattn_heatmap_opts;
+
+/* Writes map (rows, cols), row 0 at the top, as a heat-map with axes, tick labels and a
+ * colour bar. Rows and columns are averaged down (box filter) when larger than the picture. */
+XATTN_API xattn_status xattn_png_heatmap(const char *path, const float *map, int64_t rows,
+                                         int64_t cols, const xattn_heatmap_opts *opts);
+
 /* ------------------------------------------------------------------------------------------ */
 /* Fused attention (like torch.nn.functional.scaled_dot_product_attention)                      */
 /* ------------------------------------------------------------------------------------------ */
@@ -275,6 +290,66 @@ typedef struct xattn_mha_inputs {
  * (B, heads, I, J) (as need_weights=True, average_attn_weights=... in torch). */
 XATTN_API xattn_status xattn_mha_forward(const xattn_mha *m, const xattn_mha_inputs *in,
                                          float *out, float *attn_weights, int average_weights);
+
+/* ------------------------------------------------------------------------------------------ */
+/* M2: bidirectional cross-attention (PyPI bidirectional-cross-attention 0.1.0 and 0.0.x)       */
+/* ------------------------------------------------------------------------------------------ */
+
+/*
+ * BidirectionalCrossAttention(dim, heads, dim_head, context_dim, talking_heads, prenorm) and
+ * BidirectionalCrossAttentionTransformer(dim, depth, context_dim, ff_expansion_factor,
+ * final_norms, heads, dim_head, talking_heads), loaded from their state_dict names:
+ *   attention:   [norm.weight [norm.bias], context_norm.weight [...]] to_qk.weight,
+ *                context_to_qk.weight, to_v.weight, context_to_v.weight, to_out.{weight,bias},
+ *                context_to_out.{weight,bias} [talking_heads.weight, context_talking_heads.weight]
+ *   transformer: layers.L.0.<attention names>, layers.L.1.{0.weight,1.weight,1.bias,3.weight,
+ *                3.bias} (feed-forward of x), layers.L.2.* (of the context)
+ *                [norm.weight, context_norm.weight]
+ * Masks are True = keep; masked similarities are -FLT_MAX, so a fully masked row or column
+ * gives a uniform average, exactly as the package. Neither B*H*I*J map is materialised unless
+ * attn / context_attn are requested.
+ */
+typedef enum xattn_bidir_norm {
+    XATTN_NORM_NONE = 0,
+    XATTN_NORM_RMS = 1,      /* nn.RMSNorm(eps=None): weight only, eps = FLT_EPSILON      */
+    XATTN_NORM_LAYER = 2     /* nn.LayerNorm (0.0.x prenorm): weight and bias, eps 1e-5   */
+} xattn_bidir_norm;
+
+typedef struct xattn_bidir_config {
+    int is_transformer;      /* BidirectionalCrossAttentionTransformer                    */
+    int64_t dim, context_dim, heads, dim_head, inner_dim;
+    xattn_bidir_norm prenorm;
+    int talking_heads;
+    int64_t depth;           /* transformer: layers (1 for the attention module)          */
+    int64_t ff_hidden, context_ff_hidden; /* transformer: int(dim * ff_expansion_factor)   */
+    int final_norms;         /* transformer: norm / context_norm present                   */
+    int64_t context_norm_dim; /* transformer: size of context_norm.weight (dim or context_dim) */
+} xattn_bidir_config;
+
+typedef struct xattn_bidir xattn_bidir;
+
+/* Detects attention vs transformer from the names (after `prefix`); heads <= 0 takes the
+ * talking-heads weight's size, else __metadata__ "heads", else 8 (the package default). */
+XATTN_API xattn_status xattn_bidir_load(const xattn_safetensors *st, const char *prefix,
+                                        int64_t heads, xattn_bidir **out);
+XATTN_API void xattn_bidir_free(xattn_bidir *m);
+XATTN_API void xattn_bidir_get_config(const xattn_bidir *m, xattn_bidir_config *cfg);
+
+typedef struct xattn_bidir_inputs {
+    int64_t B, I, J;
+    const float *x;             /* (B, I, dim)                                        */
+    const float *context;       /* (B, J, context_dim)                                */
+    const uint8_t *mask;        /* (B, I) nonzero = keep, or NULL                     */
+    const uint8_t *context_mask; /* (B, J) nonzero = keep, or NULL                    */
+    const float *rel_pos_bias;  /* (bias_b, bias_h, I, J) added to the similarities   */
+    int64_t bias_b, bias_h;     /* 1 or B, 1 or heads                                 */
+} xattn_bidir_inputs;
+
+/* out (B, I, dim), context_out (B, J, context_dim); attn and context_attn (B, heads, I, J)
+ * optional (attention module only, as the package's return_attn: after talking heads). */
+XATTN_API xattn_status xattn_bidir_forward(const xattn_bidir *m, const xattn_bidir_inputs *in,
+                                           float *out, float *context_out, float *attn,
+                                           float *context_attn);
 
 #ifdef __cplusplus
 }

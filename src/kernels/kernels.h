@@ -6,6 +6,8 @@
 #ifndef XATTN_KERNELS_H
 #define XATTN_KERNELS_H
 
+#include "xattn.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -67,6 +69,35 @@ extern const xa_kernels xa_kernels_avx512;
 const xa_kernels *xa_kern(void);
 /* The table for a name if compiled in and supported by this CPU, else NULL. */
 const xa_kernels *xa_kern_by_name(const char *name);
+
+/* ---- Bidirectional attention (bidir.c): both directions of one shared similarity, without
+ * materialising it.
+ *   sim[b,h,i,j] = scale * <qk[b,h,i], cqk[b,h,j]> + bias[b,h,i,j]
+ *   where mask[b,i] == 0 or cmask[b,j] == 0: sim = -FLT_MAX (lucidrains semantics: a fully
+ *   masked row or column becomes a uniform average)
+ *   attn = softmax over j, cattn = softmax over i;  with talking heads
+ *   attn'[g] = sum_h talk[g][h] attn[h], cattn'[g] = sum_h ctalk[g][h] cattn[h]
+ *   out[b,h,i]  = sum_j attn'[b,h,i,j] cv[b,h,j]
+ *   cout[b,h,j] = sum_i cattn'[b,h,i,j] v[b,h,i]
+ * All per-head tensors are given by base pointer and strides (elements) over (b, h, row), last
+ * axis contiguous, so heads are read in place from (B, N, H*dh) projections. */
+typedef struct xa_bidir {
+    int64_t B, H, I, J, dh;
+    const float *qk; int64_t qk_sb, qk_sh, qk_si;   /* (B, H, I, dh) shared query/key of x   */
+    const float *cqk; int64_t cqk_sb, cqk_sh, cqk_sj; /* (B, H, J, dh) of the context      */
+    const float *v; int64_t v_sb, v_sh, v_si;       /* (B, H, I, dh) values of x            */
+    const float *cv; int64_t cv_sb, cv_sh, cv_sj;   /* (B, H, J, dh) values of the context  */
+    float *out; int64_t o_sb, o_sh, o_si;           /* (B, H, I, dh)                         */
+    float *cout; int64_t co_sb, co_sh, co_sj;       /* (B, H, J, dh)                         */
+    float scale;
+    const uint8_t *mask; int64_t mask_sb;           /* (B|1, I) nonzero = keep, or NULL      */
+    const uint8_t *cmask; int64_t cmask_sb;         /* (B|1, J) nonzero = keep, or NULL      */
+    const float *bias; int64_t bias_sb, bias_sh;    /* (B|1, H|1, I, J), row stride J, or NULL */
+    const float *talk, *ctalk;                      /* (H, H) [g][h] each, or both NULL      */
+    float *attn, *cattn;                            /* (B, H, I, J) contiguous, or NULL      */
+} xa_bidir;
+
+xattn_status xa_bidir_attention(const xa_bidir *p);
 
 /* ---- GEMM framework (gemm.c): packing, cache blocking, threads over the kernel table. ---- */
 /* C (M,N) = alpha * op(A) * op(B) + beta * C using table `kt` (NULL = current). */
