@@ -1,5 +1,6 @@
 /*
- * Fused scaled-dot-product attention with a tiled online softmax.
+ * Fused scaled-dot-product attention with a tiled online softmax (xa_attention), and the
+ * public xattn_sdpa on top of it.
  *
  * The work is cut into tasks (b, h, query tile [, key range]). A task keeps everything transposed
  * so that the softmax runs along vector lanes with no horizontal reductions:
@@ -15,7 +16,12 @@
  * Nothing of size I x J is allocated unless the caller asks for the probabilities, which are then
  * written by a second pass that recomputes the logit tiles with the final statistics.
  * When there are fewer (b, h, query tile) tasks than threads, the keys are split across threads
- * and the partial (m, l, O) states are merged (log-sum-exp merge).
+ * and the partial (m, l, O) states are merged (log-sum-exp merge). A few queries (decoding) take
+ * a direct path: logits by dot products against the key rows in place, no packing.
+ *
+ * Mixing mode (talking heads) runs one task per (b, query tile) over all heads: with the final
+ * max and sum of every row known, each head's probability tile is formed, the heads are mixed
+ * tile by tile, and each mixed tile is multiplied into its head's values.
  */
 #include "kernels.h"
 #include "../base/base.h"
@@ -29,9 +35,9 @@
 #endif
 
 typedef struct att_ctx {
-    const xattn_sdpa_params *p;
+    const xa_attn *p;
     const xa_kernels *kt;
-    float scale, fill;
+    float fill;
     int64_t IT, JT;   /* tile sizes: IT multiple of nr, JT multiple of mr */
     int64_t ITP, JTP; /* padded (== IT, JT) */
     int64_t DVP;      /* dv rounded up to mr */
@@ -39,24 +45,27 @@ typedef struct att_ctx {
     int64_t JP;       /* J rounded up to mr: row stride of the packed keys */
     float *Kt;        /* (B, H, dh, JP): every head's keys, transposed; NULL when direct */
     int direct;       /* few queries (decoding): logits by dot products, keys not packed */
+    int64_t nmix;     /* heads held at once by a task: H in mixing mode, else 1 */
 } att_ctx;
 
 /* Per-thread scratch. */
 typedef struct att_scratch {
-    float *Qt;    /* (dh, ITP)  */
-    float *St;    /* (JTP, ITP) */
+    float *Qt;    /* (nmix, dh, ITP)  */
+    float *St;    /* (nmix, JTP, ITP) */
+    float *Pm;    /* (JTP, ITP) mixed probabilities (mixing mode) */
     float *Vtail; /* (JT, mr)   */
     float *mnew;  /* (ITP) */
-    float *msafe; /* (ITP) */
+    float *msafe; /* (nmix, ITP) */
     float *alpha; /* (ITP) */
     float *orow;  /* (dv): direct mode accumulator */
 } att_scratch;
 
 static size_t scratch_floats(const att_ctx *c)
 {
-    const xattn_sdpa_params *p = c->p;
-    return (size_t)(p->dh * c->ITP + c->JTP * c->ITP + c->JT * c->kt->mr + 3 * c->ITP + p->dv) +
-           7 * 16;
+    const xa_attn *p = c->p;
+    return (size_t)(c->nmix * p->dh * c->ITP + (c->nmix + 1) * c->JTP * c->ITP +
+                    c->JT * c->kt->mr + (2 * c->nmix + 2) * c->ITP + p->dv) +
+           9 * 16;
 }
 
 /* Carves n floats (rounded up to a 64-byte multiple) off *base. */
@@ -69,25 +78,26 @@ static float *take(float **base, int64_t n)
 
 static void scratch_bind(const att_ctx *c, float *base, att_scratch *s)
 {
-    const xattn_sdpa_params *p = c->p;
-    s->Qt = take(&base, p->dh * c->ITP);
-    s->St = take(&base, c->JTP * c->ITP);
+    const xa_attn *p = c->p;
+    s->Qt = take(&base, c->nmix * p->dh * c->ITP);
+    s->St = take(&base, c->nmix * c->JTP * c->ITP);
+    s->Pm = take(&base, c->JTP * c->ITP);
     s->Vtail = take(&base, c->JT * c->kt->mr);
     s->mnew = take(&base, c->ITP);
-    s->msafe = take(&base, c->ITP);
-    s->alpha = take(&base, c->ITP);
+    s->msafe = take(&base, c->nmix * c->ITP);
+    s->alpha = take(&base, c->nmix * c->ITP);
     s->orow = take(&base, p->dv);
 }
 
 /* Qt (dh, ITP) = scale * q[b, h, i0 + c, :]^T for c < it, zero for it <= c < ITP */
 static void pack_q(const att_ctx *c, int64_t b, int64_t h, int64_t i0, int64_t it, float *Qt)
 {
-    const xattn_sdpa_params *p = c->p;
+    const xa_attn *p = c->p;
     const float *q = p->q + b * p->q_sb + h * p->q_sh + i0 * p->q_si;
     if (it < c->ITP) memset(Qt, 0, sizeof(float) * (size_t)(p->dh * c->ITP));
     for (int64_t i = 0; i < it; i++) {
         const float *row = q + i * p->q_si;
-        for (int64_t d = 0; d < p->dh; d++) Qt[d * c->ITP + i] = c->scale * row[d];
+        for (int64_t d = 0; d < p->dh; d++) Qt[d * c->ITP + i] = p->scale * row[d];
     }
 }
 
@@ -95,7 +105,7 @@ static void pack_q(const att_ctx *c, int64_t b, int64_t h, int64_t i0, int64_t i
  * at a time so that both the reads and the writes stay on a few cache lines. */
 static void pack_k(const att_ctx *c, int64_t b, int64_t h, int64_t jb, int64_t je)
 {
-    const xattn_sdpa_params *p = c->p;
+    const xa_attn *p = c->p;
     const float *k = p->k + b * p->k_sb + h * p->k_sh;
     float *Kt = c->Kt + (b * p->H + h) * p->dh * c->JP;
     for (int64_t j0 = jb; j0 < je; j0 += 16) {
@@ -110,12 +120,59 @@ static void pack_k(const att_ctx *c, int64_t b, int64_t h, int64_t jb, int64_t j
             for (int64_t r = p->J; r < c->JP; r++) Kt[d * c->JP + r] = 0.0f;
 }
 
+/* Applies bias and masks to logits laid out as S[r * rs + col * cs] for key j0 + r (r < jt)
+ * and query i0 + col (col < it). */
+static void bias_and_masks(const att_ctx *c, int64_t b, int64_t h, int64_t i0, int64_t it,
+                           int64_t j0, int64_t jt, float *S, int64_t rs, int64_t cs)
+{
+    const xa_attn *p = c->p;
+    const float fill = c->fill;
+    if (p->bias) {
+        const float *bb = p->bias + b * p->bias_sb + h * p->bias_sh + j0 * p->bias_sj;
+        for (int64_t col = 0; col < it; col++) {
+            const float *brow = bb + (i0 + col) * p->bias_si;
+            float *sc = S + col * cs;
+            if (p->bias_sj == 1)
+                for (int64_t r = 0; r < jt; r++) sc[r * rs] += brow[r];
+            else
+                for (int64_t r = 0; r < jt; r++) sc[r * rs] += brow[r * p->bias_sj];
+        }
+    }
+    if (p->mask) {
+        const uint8_t *mb = p->mask + b * p->mask_sb + h * p->mask_sh + j0;
+        for (int64_t col = 0; col < it; col++) {
+            const uint8_t *mrow = mb + (i0 + col) * p->mask_si;
+            float *sc = S + col * cs;
+            for (int64_t r = 0; r < jt; r++)
+                if (!mrow[r]) sc[r * rs] = fill;
+        }
+    }
+    if (p->kkeep) {
+        const uint8_t *kk = p->kkeep + b * p->kkeep_sb + j0;
+        for (int64_t r = 0; r < jt; r++)
+            if (!kk[r])
+                for (int64_t col = 0; col < it; col++) S[r * rs + col * cs] = fill;
+    }
+    if (p->qkeep) {
+        const uint8_t *qk = p->qkeep + b * p->qkeep_sb + i0;
+        for (int64_t col = 0; col < it; col++)
+            if (!qk[col])
+                for (int64_t r = 0; r < jt; r++) S[r * rs + col * cs] = fill;
+    }
+    if (p->causal && j0 + jt - 1 > i0) {
+        for (int64_t col = 0; col < it; col++) {
+            int64_t first = i0 + col + 1 - j0; /* first masked key */
+            for (int64_t r = first < 0 ? 0 : first; r < jt; r++) S[r * rs + col * cs] = fill;
+        }
+    }
+}
+
 /* St (jtp, ITP) = logits^T of the tile: St[r][col] for key j0 + r and query i0 + col, with
- * bias, mask and causal applied to the valid (r < jt, col < it) entries. */
+ * bias and masks applied to the valid (r < jt, col < it) entries. */
 static void logits_tile(const att_ctx *c, int64_t b, int64_t h, int64_t i0, int64_t it, int64_t j0,
                         int64_t jt, const float *Qt, float *St)
 {
-    const xattn_sdpa_params *p = c->p;
+    const xa_attn *p = c->p;
     const xa_kernels *kt = c->kt;
     const int64_t mr = kt->mr, nr = kt->nr, ITP = c->ITP;
     int64_t jtp = (jt + mr - 1) / mr * mr;
@@ -127,7 +184,7 @@ static void logits_tile(const att_ctx *c, int64_t b, int64_t h, int64_t i0, int6
         for (int64_t r = 0; r < jt; r++) {
             float *srow = St + r * ITP;
             for (int64_t col = 0; col < it; col++)
-                srow[col] = c->scale * kt->dot(q + col * p->q_si, k + r * p->k_sj, p->dh);
+                srow[col] = p->scale * kt->dot(q + col * p->q_si, k + r * p->k_sj, p->dh);
             for (int64_t col = it; col < itp; col++) srow[col] = 0.0f;
         }
     } else {
@@ -136,29 +193,31 @@ static void logits_tile(const att_ctx *c, int64_t b, int64_t h, int64_t i0, int6
             for (int64_t r0 = 0; r0 < jtp; r0 += mr)
                 kt->ukr(p->dh, Kt + r0, c->JP, Qt + c0, ITP, St + r0 * ITP + c0, ITP, 0);
     }
+    bias_and_masks(c, b, h, i0, it, j0, jt, St, ITP, 1);
+}
 
-    if (p->bias) {
-        const float *bb = p->bias + b * p->bias_sb + h * p->bias_sh;
-        for (int64_t col = 0; col < it; col++) {
-            const float *brow = bb + (i0 + col) * p->bias_si + j0;
-            for (int64_t r = 0; r < jt; r++) St[r * ITP + col] += brow[r];
+/* Ot (DVP, ITP) += V^T (dv, jt) x Pt (jt, ITP), v rows j0.. of head (b, h) read in place. */
+static void accumulate_pv(const att_ctx *c, att_scratch *s, int64_t b, int64_t h, int64_t j0,
+                          int64_t jt, int64_t itp, const float *Pt, float *Ot)
+{
+    const xa_attn *p = c->p;
+    const xa_kernels *kt = c->kt;
+    const int64_t mr = kt->mr, nr = kt->nr, ITP = c->ITP;
+    const float *vt = p->v + b * p->v_sb + h * p->v_sh + j0 * p->v_sj;
+    for (int64_t d0 = 0; d0 < p->dv; d0 += mr) {
+        const float *A = vt + d0;
+        int64_t lda = p->v_sj;
+        if (d0 + mr > p->dv) { /* tail columns of v: copy into a zero-padded panel */
+            int64_t w = p->dv - d0;
+            for (int64_t r = 0; r < jt; r++) {
+                for (int64_t x = 0; x < w; x++) s->Vtail[r * mr + x] = vt[r * p->v_sj + d0 + x];
+                for (int64_t x = w; x < mr; x++) s->Vtail[r * mr + x] = 0.0f;
+            }
+            A = s->Vtail;
+            lda = mr;
         }
-    }
-    if (p->mask) {
-        const uint8_t *mb = p->mask + b * p->mask_sb + h * p->mask_sh;
-        const float fill = c->fill;
-        for (int64_t col = 0; col < it; col++) {
-            const uint8_t *mrow = mb + (i0 + col) * p->mask_si + j0;
-            for (int64_t r = 0; r < jt; r++)
-                if (!mrow[r]) St[r * ITP + col] = fill;
-        }
-    }
-    if (p->causal && j0 + jt - 1 > i0) {
-        const float fill = c->fill;
-        for (int64_t col = 0; col < it; col++) {
-            int64_t first = i0 + col + 1 - j0; /* first masked row */
-            for (int64_t r = first < 0 ? 0 : first; r < jt; r++) St[r * ITP + col] = fill;
-        }
+        for (int64_t c0 = 0; c0 < itp; c0 += nr)
+            kt->ukr(jt, A, lda, Pt + c0, ITP, Ot + d0 * ITP + c0, ITP, 1);
     }
 }
 
@@ -167,11 +226,10 @@ static void logits_tile(const att_ctx *c, int64_t b, int64_t h, int64_t i0, int6
 static void attend_range(const att_ctx *c, att_scratch *s, int64_t b, int64_t h, int64_t i0,
                          int64_t it, int64_t jb, int64_t je, float *m, float *l, float *Ot)
 {
-    const xattn_sdpa_params *p = c->p;
+    const xa_attn *p = c->p;
     const xa_kernels *kt = c->kt;
-    const int64_t mr = kt->mr, nr = kt->nr, ITP = c->ITP;
+    const int64_t nr = kt->nr, ITP = c->ITP;
     const int64_t itp = (it + nr - 1) / nr * nr;
-    const float *vbase = p->v + b * p->v_sb + h * p->v_sh;
 
     pack_q(c, b, h, i0, it, s->Qt);
     for (int64_t j0 = jb; j0 < je; j0 += c->JT) {
@@ -192,6 +250,11 @@ static void attend_range(const att_ctx *c, att_scratch *s, int64_t b, int64_t h,
             l[col] *= a;
             m[col] = mn;
         }
+        if (p->stats_only) {
+            /* only the sums are needed: exp in place, St is scratch */
+            kt->expsub(s->St, jt, it, ITP, s->msafe, l);
+            continue;
+        }
         if (rescale) {
             for (int64_t d = 0; d < p->dv; d++) {
                 float *o = Ot + d * ITP;
@@ -201,24 +264,7 @@ static void attend_range(const att_ctx *c, att_scratch *s, int64_t b, int64_t h,
         kt->expsub(s->St, jt, it, ITP, s->msafe, l);
         /* columns it..itp of St hold q = 0 padding: logits 0, never exponentiated, so the
          * padded columns of Ot stay 0 */
-
-        /* Ot (DVP, ITP) += V^T (dv, jt) x Pt (jt, ITP) */
-        const float *vt = vbase + j0 * p->v_sj;
-        for (int64_t d0 = 0; d0 < p->dv; d0 += mr) {
-            const float *A = vt + d0;
-            int64_t lda = p->v_sj;
-            if (d0 + mr > p->dv) { /* tail columns of v: copy into a zero-padded panel */
-                int64_t w = p->dv - d0;
-                for (int64_t r = 0; r < jt; r++) {
-                    for (int64_t x = 0; x < w; x++) s->Vtail[r * mr + x] = vt[r * p->v_sj + d0 + x];
-                    for (int64_t x = w; x < mr; x++) s->Vtail[r * mr + x] = 0.0f;
-                }
-                A = s->Vtail;
-                lda = mr;
-            }
-            for (int64_t c0 = 0; c0 < itp; c0 += nr)
-                kt->ukr(jt, A, lda, s->St + c0, ITP, Ot + d0 * ITP + c0, ITP, 1);
-        }
+        accumulate_pv(c, s, b, h, j0, jt, itp, s->St, Ot);
     }
 }
 
@@ -229,32 +275,24 @@ static void attend_range_direct(const att_ctx *c, att_scratch *s, int64_t b, int
                                 int64_t i0, int64_t it, int64_t jb, int64_t je, float *m,
                                 float *l, float *Ot)
 {
-    const xattn_sdpa_params *p = c->p;
+    const xa_attn *p = c->p;
     const xa_kernels *kt = c->kt;
     const int64_t ITP = c->ITP;
     const float *q = p->q + b * p->q_sb + h * p->q_sh + i0 * p->q_si;
     const float *kb = p->k + b * p->k_sb + h * p->k_sh;
-    const float *vb = p->v + b * p->v_sb + h * p->v_sh;
-    const float fill = c->fill;
-    float *qs = s->Qt; /* (dh) scaled query */
+    const float *vb = p->v ? p->v + b * p->v_sb + h * p->v_sh : NULL;
+    float *qs = s->Qt;   /* (dh) scaled query */
     float *srow = s->St; /* (JT) */
     for (int64_t col = 0; col < it; col++) {
         const int64_t i = i0 + col;
-        for (int64_t d = 0; d < p->dh; d++) qs[d] = c->scale * q[col * p->q_si + d];
-        const float *brow = p->bias ? p->bias + b * p->bias_sb + h * p->bias_sh + i * p->bias_si : NULL;
-        const uint8_t *mrow = p->mask ? p->mask + b * p->mask_sb + h * p->mask_sh + i * p->mask_si : NULL;
-        for (int64_t x = 0; x < p->dv; x++) s->orow[x] = Ot[x * ITP + col];
+        for (int64_t d = 0; d < p->dh; d++) qs[d] = p->scale * q[col * p->q_si + d];
+        if (!p->stats_only)
+            for (int64_t x = 0; x < p->dv; x++) s->orow[x] = Ot[x * ITP + col];
         for (int64_t j0 = jb; j0 < je; j0 += c->JT) {
             int64_t jt = XA_MIN(c->JT, je - j0);
             if (c->skip_causal && j0 > i) break;
             kt->gemv(kb + j0 * p->k_sj, p->k_sj, jt, qs, p->dh, srow);
-            if (brow)
-                for (int64_t r = 0; r < jt; r++) srow[r] += brow[j0 + r];
-            if (mrow)
-                for (int64_t r = 0; r < jt; r++)
-                    if (!mrow[j0 + r]) srow[r] = fill;
-            if (p->causal)
-                for (int64_t r = XA_MAX(0, i + 1 - j0); r < jt; r++) srow[r] = fill;
+            bias_and_masks(c, b, h, i, 1, j0, jt, srow, 1, 0);
             float mx = m[col];
             for (int64_t r = 0; r < jt; r++) mx = srow[r] > mx ? srow[r] : mx;
             float msafe = mx == -INFINITY ? 0.0f : mx;
@@ -265,11 +303,13 @@ static void attend_range_direct(const att_ctx *c, att_scratch *s, int64_t b, int
             for (int64_t r = 0; r < jt; r++) sum += srow[r];
             l[col] = l[col] * a + sum;
             m[col] = mx;
+            if (p->stats_only) continue;
             if (a != 1.0f)
                 for (int64_t x = 0; x < p->dv; x++) s->orow[x] *= a;
             kt->gemv_t(vb + j0 * p->v_sj, p->v_sj, jt, srow, p->dv, s->orow);
         }
-        for (int64_t x = 0; x < p->dv; x++) Ot[x * ITP + col] = s->orow[x];
+        if (!p->stats_only)
+            for (int64_t x = 0; x < p->dv; x++) Ot[x * ITP + col] = s->orow[x];
     }
 }
 
@@ -277,27 +317,33 @@ static void attend_range_direct(const att_ctx *c, att_scratch *s, int64_t b, int
 static void finish_tile(const att_ctx *c, int64_t b, int64_t h, int64_t i0, int64_t it,
                         const float *m, const float *l, const float *Ot)
 {
-    const xattn_sdpa_params *p = c->p;
-    float *o = p->out + b * p->o_sb + h * p->o_sh + i0 * p->o_si;
-    for (int64_t col = 0; col < it; col++) {
-        float inv = l[col] > 0.0f ? 1.0f / l[col] : 0.0f;
-        float *orow = o + col * p->o_si;
-        for (int64_t d = 0; d < p->dv; d++) orow[d] = Ot[d * c->ITP + col] * inv;
+    const xa_attn *p = c->p;
+    if (!p->stats_only) {
+        float *o = p->out + b * p->o_sb + h * p->o_sh + i0 * p->o_si;
+        for (int64_t col = 0; col < it; col++) {
+            float inv = l[col] > 0.0f ? 1.0f / l[col] : 0.0f;
+            float *orow = o + col * p->o_si;
+            for (int64_t d = 0; d < p->dv; d++) orow[d] = Ot[d * c->ITP + col] * inv;
+        }
     }
     if (p->lse) {
         float *lse = p->lse + (b * p->H + h) * p->I + i0;
         for (int64_t col = 0; col < it; col++)
             lse[col] = l[col] > 0.0f ? m[col] + logf(l[col]) : -INFINITY;
     }
+    if (p->stat_m) {
+        memcpy(p->stat_m + (b * p->H + h) * p->I + i0, m, sizeof(float) * (size_t)it);
+        memcpy(p->stat_l + (b * p->H + h) * p->I + i0, l, sizeof(float) * (size_t)it);
+    }
 }
 
-/* probs[b,h,i0+col, :] = exp(logit - m) / l with the final statistics (second pass). */
+/* probs[b,h,i0+col, j] = exp(logit - m) / l with the final statistics (second pass). */
 static void probs_tile(const att_ctx *c, att_scratch *s, int64_t b, int64_t h, int64_t i0, int64_t it,
                        const float *m, const float *l)
 {
-    const xattn_sdpa_params *p = c->p;
+    const xa_attn *p = c->p;
     const int64_t ITP = c->ITP, J = p->J;
-    float *P = p->probs + ((b * p->H + h) * p->I + i0) * J;
+    float *P = p->probs + b * p->p_sb + h * p->p_sh + i0 * p->p_si;
     for (int64_t col = 0; col < it; col++) {
         s->msafe[col] = m[col] == -INFINITY ? 0.0f : m[col];
         s->alpha[col] = l[col] > 0.0f ? 1.0f / l[col] : 0.0f;
@@ -306,57 +352,117 @@ static void probs_tile(const att_ctx *c, att_scratch *s, int64_t b, int64_t h, i
     for (int64_t j0 = 0; j0 < J; j0 += c->JT) {
         int64_t jt = XA_MIN(c->JT, J - j0);
         if (c->skip_causal && j0 > i0 + it - 1) {
-            for (int64_t col = 0; col < it; col++) {
-                int64_t from = XA_MAX(j0, i0 + col + 1);
-                if (from < J) memset(P + col * J + from, 0, sizeof(float) * (size_t)(J - from));
-            }
+            for (int64_t col = 0; col < it; col++)
+                for (int64_t j = XA_MAX(j0, i0 + col + 1); j < J; j++)
+                    P[col * p->p_si + j * p->p_sj] = 0.0f;
             break;
         }
         logits_tile(c, b, h, i0, it, j0, jt, s->Qt, s->St);
-        for (int64_t col = 0; col < it; col++) {
-            float *prow = P + col * J + j0;
-            for (int64_t r = 0; r < jt; r++) prow[r] = s->St[r * ITP + col] - s->msafe[col];
-            c->kt->vexp(prow, jt);
-            for (int64_t r = 0; r < jt; r++) prow[r] *= s->alpha[col];
+        /* exp by rows of St (all queries of one key at once), then scatter */
+        for (int64_t r = 0; r < jt; r++) {
+            float *srow = s->St + r * ITP;
+            for (int64_t col = 0; col < it; col++) srow[col] -= s->msafe[col];
+            c->kt->vexp(srow, it);
+            for (int64_t col = 0; col < it; col++)
+                P[col * p->p_si + (j0 + r) * p->p_sj] = srow[col] * s->alpha[col];
         }
     }
 }
 
-static xattn_status check_params(const xattn_sdpa_params *p)
+/* Mixing mode: all heads of batch b, query tile i0. Ot: (H, DVP, ITP). */
+static void mixed_tile(const att_ctx *c, att_scratch *s, int64_t b, int64_t i0, int64_t it,
+                       float *Ot)
 {
-    if (!p) return xa_error(XATTN_ERR_ARG, "xattn_sdpa: params is NULL");
+    const xa_attn *p = c->p;
+    const xa_kernels *kt = c->kt;
+    const int64_t H = p->H, nr = kt->nr, ITP = c->ITP, tile = c->JTP * ITP;
+    const int64_t itp = (it + nr - 1) / nr * nr;
+    float *dummy = s->mnew; /* expsub's sums, unused */
+    memset(Ot, 0, sizeof(float) * (size_t)(H * c->DVP * ITP));
+    /* per head: the final row max (0 for a row without mass) and 1 / sum (0 without mass) */
+    for (int64_t h = 0; h < H; h++) {
+        const float *m = p->row_m + (b * H + h) * p->I + i0;
+        const float *l = p->row_l + (b * H + h) * p->I + i0;
+        for (int64_t col = 0; col < it; col++) {
+            s->msafe[h * ITP + col] = m[col] == -INFINITY ? 0.0f : m[col];
+            s->alpha[h * ITP + col] = l[col] > 0.0f ? 1.0f / l[col] : 0.0f;
+        }
+        pack_q(c, b, h, i0, it, s->Qt + h * p->dh * ITP);
+    }
+    for (int64_t j0 = 0; j0 < p->J; j0 += c->JT) {
+        int64_t jt = XA_MIN(c->JT, p->J - j0);
+        if (c->skip_causal && j0 > i0 + it - 1) break;
+        for (int64_t h = 0; h < H; h++) {
+            float *St = s->St + h * tile;
+            const float *inv = s->alpha + h * ITP;
+            logits_tile(c, b, h, i0, it, j0, jt, s->Qt + h * p->dh * ITP, St);
+            kt->expsub(St, jt, it, ITP, s->msafe + h * ITP, dummy);
+            for (int64_t r = 0; r < jt; r++)
+                for (int64_t col = 0; col < it; col++) St[r * ITP + col] *= inv[col];
+        }
+        for (int64_t g = 0; g < H; g++) {
+            /* Pm = sum_h mix[g][h] * P[h] over the valid part of the tile */
+            const float *w = p->mix + g * H;
+            for (int64_t r = 0; r < jt; r++) {
+                float *pm = s->Pm + r * ITP;
+                for (int64_t col = 0; col < itp; col++) pm[col] = 0.0f;
+                for (int64_t h = 0; h < H; h++)
+                    if (w[h] != 0.0f) kt->axpy(w[h], s->St + h * tile + r * ITP, pm, it);
+            }
+            if (p->probs) {
+                float *P = p->probs + b * p->p_sb + g * p->p_sh + i0 * p->p_si + j0 * p->p_sj;
+                for (int64_t r = 0; r < jt; r++)
+                    for (int64_t col = 0; col < it; col++)
+                        P[col * p->p_si + r * p->p_sj] = s->Pm[r * ITP + col];
+            }
+            accumulate_pv(c, s, b, g, j0, jt, itp, s->Pm, Ot + g * c->DVP * ITP);
+        }
+    }
+    for (int64_t g = 0; g < H; g++) {
+        float *o = p->out + b * p->o_sb + g * p->o_sh + i0 * p->o_si;
+        const float *og = Ot + g * c->DVP * ITP;
+        for (int64_t col = 0; col < it; col++)
+            for (int64_t d = 0; d < p->dv; d++) o[col * p->o_si + d] = og[d * ITP + col];
+    }
+}
+
+static xattn_status check_attn(const xa_attn *p)
+{
+    const char *fn = p->fn ? p->fn : "attention";
     if (p->B < 0 || p->H < 0 || p->I < 0 || p->J < 0)
-        return xa_error(XATTN_ERR_ARG, "xattn_sdpa: negative size (B=%lld H=%lld I=%lld J=%lld)",
+        return xa_error(XATTN_ERR_ARG, "%s: negative size (B=%lld H=%lld I=%lld J=%lld)", fn,
                         (long long)p->B, (long long)p->H, (long long)p->I, (long long)p->J);
     if (p->dh < 1 || p->dv < 1)
-        return xa_error(XATTN_ERR_ARG, "xattn_sdpa: head sizes must be >= 1 (dh=%lld dv=%lld)",
+        return xa_error(XATTN_ERR_ARG, "%s: head sizes must be >= 1 (dh=%lld dv=%lld)", fn,
                         (long long)p->dh, (long long)p->dv);
-    if (!p->q || !p->k || !p->v || !p->out)
-        return xa_error(XATTN_ERR_ARG, "xattn_sdpa: q, k, v and out must not be NULL");
-    const int64_t st[] = {p->q_sb, p->q_sh, p->q_si, p->k_sb, p->k_sh, p->k_sj, p->v_sb, p->v_sh,
-                          p->v_sj, p->o_sb, p->o_sh, p->o_si, p->mask_sb, p->mask_sh, p->mask_si,
-                          p->bias_sb, p->bias_sh, p->bias_si};
+    if (!p->q || !p->k || (!p->stats_only && (!p->v || !p->out)))
+        return xa_error(XATTN_ERR_ARG, "%s: q, k, v and out must not be NULL", fn);
+    if (p->stats_only && !p->lse && !p->stat_m)
+        return xa_error(XATTN_ERR_ARG, "%s: stats pass without an output", fn);
+    if ((p->stat_m == NULL) != (p->stat_l == NULL))
+        return xa_error(XATTN_ERR_ARG, "%s: stat_m and stat_l go together", fn);
+    if (p->mix && (!p->row_m || !p->row_l))
+        return xa_error(XATTN_ERR_ARG, "%s: head mixing needs the row statistics", fn);
+    const int64_t st[] = {p->q_sb, p->q_sh, p->q_si, p->k_sb, p->k_sh, p->k_sj, p->v_sb,
+                          p->v_sh, p->v_sj, p->o_sb, p->o_sh, p->o_si, p->mask_sb, p->mask_sh,
+                          p->mask_si, p->bias_sb, p->bias_sh, p->bias_si, p->bias_sj,
+                          p->qkeep_sb, p->kkeep_sb, p->p_sb, p->p_sh, p->p_si, p->p_sj};
     for (size_t i = 0; i < sizeof st / sizeof st[0]; i++)
-        if (st[i] < 0) return xa_error(XATTN_ERR_ARG, "xattn_sdpa: negative stride");
+        if (st[i] < 0) return xa_error(XATTN_ERR_ARG, "%s: negative stride", fn);
     if (p->fill != XATTN_FILL_NEG_INF && p->fill != XATTN_FILL_MIN_FLOAT)
-        return xa_error(XATTN_ERR_ARG, "xattn_sdpa: unknown fill mode %d", (int)p->fill);
-    if (p->has_scale && !isfinite(p->scale))
-        return xa_error(XATTN_ERR_ARG, "xattn_sdpa: scale is not finite");
+        return xa_error(XATTN_ERR_ARG, "%s: unknown fill mode %d", fn, (int)p->fill);
+    if (!isfinite(p->scale)) return xa_error(XATTN_ERR_ARG, "%s: scale is not finite", fn);
     int64_t t;
     if (xa_mul_ok(p->B, p->H, &t) || xa_mul_ok(t, p->I, &t) || xa_mul_ok(t, p->J, &t) ||
-        xa_mul_ok(t, (int64_t)sizeof(float), &t))
-        return xa_error(XATTN_ERR_NOMEM, "xattn_sdpa: B*H*I*J overflows");
+        xa_mul_ok(t, (int64_t)sizeof(float), &t) || xa_mul_ok(p->B * p->H, p->dh, &t) ||
+        xa_mul_ok(t, p->J + 64, &t) || xa_mul_ok(t, (int64_t)sizeof(float), &t))
+        return xa_error(XATTN_ERR_NOMEM, "%s: B*H*I*J overflows", fn);
     return XATTN_OK;
 }
 
-void xattn_sdpa_init(xattn_sdpa_params *p)
+xattn_status xa_attention(const xa_attn *p)
 {
-    if (p) memset(p, 0, sizeof *p);
-}
-
-xattn_status xattn_sdpa(const xattn_sdpa_params *p)
-{
-    xattn_status st = check_params(p);
+    xattn_status st = check_attn(p);
     if (st != XATTN_OK) return st;
     if (p->B == 0 || p->H == 0 || p->I == 0) return XATTN_OK;
 
@@ -364,7 +470,6 @@ xattn_status xattn_sdpa(const xattn_sdpa_params *p)
     c.p = p;
     c.kt = xa_kern();
     const int64_t mr = c.kt->mr, nr = c.kt->nr;
-    c.scale = p->has_scale ? p->scale : (float)(1.0 / sqrt((double)p->dh));
     c.fill = p->fill == XATTN_FILL_NEG_INF ? -INFINITY : -FLT_MAX;
     c.IT = XA_MAX(nr, 64 / nr * nr);
     int64_t ipad = (p->I + nr - 1) / nr * nr;
@@ -375,22 +480,21 @@ xattn_status xattn_sdpa(const xattn_sdpa_params *p)
     c.DVP = (p->dv + mr - 1) / mr * mr;
     c.skip_causal = p->causal && p->fill == XATTN_FILL_NEG_INF;
     c.JP = (p->J + mr - 1) / mr * mr;
-    c.direct = p->I <= 4;
+    c.direct = p->I <= 4 && !p->mix;
+    c.nmix = p->mix ? p->H : 1;
     c.Kt = NULL;
     if (!c.direct) {
-        int64_t ktn;
-        if (xa_mul_ok(p->B * p->H, p->dh, &ktn) || xa_mul_ok(ktn, XA_MAX(c.JP, 1), &ktn))
-            return xa_error(XATTN_ERR_NOMEM, "xattn_sdpa: B*H*dh*J overflows");
+        int64_t ktn = p->B * p->H * p->dh * XA_MAX(c.JP, 1); /* bounded by check_attn */
         c.Kt = xa_alloc(sizeof(float) * (size_t)ktn);
         if (!c.Kt) return XATTN_ERR_NOMEM;
     }
 
     const int64_t ntile = (p->I + c.IT - 1) / c.IT;
-    const int64_t ntask = p->B * p->H * ntile;
+    const int64_t ntask = p->B * (p->mix ? 1 : p->H) * ntile;
     const int nth = xa_threads();
     /* split the keys when there are too few query tasks to feed the threads */
     int64_t nsplit = 1;
-    if (ntask < 2 * nth && p->J > c.JT) {
+    if (!p->mix && ntask < 2 * nth && p->J > c.JT) {
         nsplit = (2 * nth + ntask - 1) / ntask;
         int64_t maxsplit = (p->J + c.JT - 1) / c.JT;
         if (nsplit > maxsplit) nsplit = maxsplit;
@@ -398,8 +502,8 @@ xattn_status xattn_sdpa(const xattn_sdpa_params *p)
     const int64_t chunk = ((p->J + nsplit - 1) / nsplit + c.JT - 1) / c.JT * c.JT;
     if (nsplit > 1) nsplit = (p->J + chunk - 1) / chunk;
 
-    /* per-task state: m (ITP), l (ITP), Ot (DVP, ITP) for each (task, split) */
-    const int64_t state = (c.ITP * (2 + c.DVP) + 15) / 16 * 16;
+    /* per-task state: m (ITP), l (ITP), Ot (DVP, ITP) per head held, for each (task, split) */
+    const int64_t state = (c.ITP * (2 + c.nmix * c.DVP) + 15) / 16 * 16;
     const size_t sfl = scratch_floats(&c);
     int64_t nstate_tasks = nsplit > 1 ? ntask * nsplit : 0;
     float *states = NULL;
@@ -445,13 +549,18 @@ xattn_status xattn_sdpa(const xattn_sdpa_params *p)
         for (int64_t w = 0; w < nwork; w++) {
             if (!mem) continue;
             int64_t task = w / nsplit, sp = w % nsplit;
+            if (p->mix) {
+                int64_t b = task / ntile, i0 = (task % ntile) * c.IT;
+                mixed_tile(&c, &s, b, i0, XA_MIN(c.IT, p->I - i0), own + 2 * c.ITP);
+                continue;
+            }
             int64_t bh = task / ntile, ti = task % ntile;
             int64_t b = bh / p->H, h = bh % p->H;
             int64_t i0 = ti * c.IT, it = XA_MIN(c.IT, p->I - i0);
             float *stt = nsplit > 1 ? states + w * state : own;
             float *m = stt, *l = stt + c.ITP, *Ot = stt + 2 * c.ITP;
             for (int64_t x = 0; x < c.ITP; x++) { m[x] = -INFINITY; l[x] = 0.0f; }
-            memset(Ot, 0, sizeof(float) * (size_t)(c.DVP * c.ITP));
+            if (!p->stats_only) memset(Ot, 0, sizeof(float) * (size_t)(c.DVP * c.ITP));
             int64_t jb = sp * chunk, je = XA_MIN(p->J, jb + chunk);
             if (jb < je) {
                 if (c.direct)
@@ -485,8 +594,9 @@ xattn_status xattn_sdpa(const xattn_sdpa_params *p)
                         float a1 = m1[col] == mx ? 1.0f : expf(m1[col] - mx);
                         l0[col] = l0[col] * a0 + l1[col] * a1;
                         m0[col] = mx;
-                        for (int64_t d = 0; d < p->dv; d++)
-                            O0[d * c.ITP + col] = O0[d * c.ITP + col] * a0 + O1[d * c.ITP + col] * a1;
+                        if (!p->stats_only)
+                            for (int64_t d = 0; d < p->dv; d++)
+                                O0[d * c.ITP + col] = O0[d * c.ITP + col] * a0 + O1[d * c.ITP + col] * a1;
                     }
                 }
                 finish_tile(&c, b, h, i0, it, m0, l0, O0);
@@ -497,6 +607,42 @@ xattn_status xattn_sdpa(const xattn_sdpa_params *p)
     }
     xa_free(states);
     xa_free(c.Kt);
-    if (failed) return xa_error(XATTN_ERR_NOMEM, "xattn_sdpa: out of memory for scratch");
+    if (failed) return xa_error(XATTN_ERR_NOMEM, "%s: out of memory for scratch", p->fn ? p->fn : "attention");
     return XATTN_OK;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Public SDPA                                                                              */
+
+void xattn_sdpa_init(xattn_sdpa_params *p)
+{
+    if (p) memset(p, 0, sizeof *p);
+}
+
+xattn_status xattn_sdpa(const xattn_sdpa_params *p)
+{
+    if (!p) return xa_error(XATTN_ERR_ARG, "xattn_sdpa: params is NULL");
+    if (p->has_scale && !isfinite(p->scale))
+        return xa_error(XATTN_ERR_ARG, "xattn_sdpa: scale is not finite");
+    if (p->dh < 1)
+        return xa_error(XATTN_ERR_ARG, "xattn_sdpa: head sizes must be >= 1 (dh=%lld dv=%lld)",
+                        (long long)p->dh, (long long)p->dv);
+    xa_attn a;
+    memset(&a, 0, sizeof a);
+    a.fn = "xattn_sdpa";
+    a.B = p->B; a.H = p->H; a.I = p->I; a.J = p->J; a.dh = p->dh; a.dv = p->dv;
+    a.q = p->q; a.q_sb = p->q_sb; a.q_sh = p->q_sh; a.q_si = p->q_si;
+    a.k = p->k; a.k_sb = p->k_sb; a.k_sh = p->k_sh; a.k_sj = p->k_sj;
+    a.v = p->v; a.v_sb = p->v_sb; a.v_sh = p->v_sh; a.v_sj = p->v_sj;
+    a.out = p->out; a.o_sb = p->o_sb; a.o_sh = p->o_sh; a.o_si = p->o_si;
+    a.scale = p->has_scale ? p->scale : (float)(1.0 / sqrt((double)p->dh));
+    a.fill = p->fill;
+    a.causal = p->causal;
+    a.mask = p->mask; a.mask_sb = p->mask_sb; a.mask_sh = p->mask_sh; a.mask_si = p->mask_si;
+    a.bias = p->bias; a.bias_sb = p->bias_sb; a.bias_sh = p->bias_sh; a.bias_si = p->bias_si;
+    a.bias_sj = 1;
+    a.lse = p->lse;
+    a.probs = p->probs;
+    a.p_sj = 1; a.p_si = p->J; a.p_sh = p->I * p->J; a.p_sb = p->H * p->I * p->J;
+    return xa_attention(&a);
 }

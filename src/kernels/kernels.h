@@ -70,6 +70,42 @@ const xa_kernels *xa_kern(void);
 /* The table for a name if compiled in and supported by this CPU, else NULL. */
 const xa_kernels *xa_kern_by_name(const char *name);
 
+/* ---- Generalised fused attention (attention.c); xattn_sdpa and the bidirectional kernel are
+ * built on it. Per-head tensors by base pointer and strides (b, h, row), last axis contiguous.
+ *   logit[b,h,i,j] = scale * <q[b,h,i], k[b,h,j]> + bias[b,h,i,j]
+ *   masked (mask == 0, qkeep[b,i] == 0, kkeep[b,j] == 0, causal j > i) -> fill
+ * Modes:
+ *   normal      out = softmax_j(logit) v, online over key tiles; lse and probs optional.
+ *   stats_only  only the row statistics (stat_m, stat_l: max and sum of exp(logit - max)) and
+ *               lse are written: no values are read.
+ *   mix         heads mixed after the softmax (talking heads): P[h] = exp(logit - m[h]) / l[h],
+ *               P'[g] = sum_h mix[g][h] P[h], out[g] = P'[g] v[g]; probs get P'. Needs the
+ *               row statistics (row_m, row_l) of a stats_only pass.
+ * bias and probs take a key stride too (bias_sj, p_sj), so a problem can be run transposed. */
+typedef struct xa_attn {
+    int64_t B, H, I, J, dh, dv;
+    const float *q; int64_t q_sb, q_sh, q_si;   /* (B, H, I, dh) */
+    const float *k; int64_t k_sb, k_sh, k_sj;   /* (B, H, J, dh) */
+    const float *v; int64_t v_sb, v_sh, v_sj;   /* (B, H, J, dv) */
+    float *out; int64_t o_sb, o_sh, o_si;       /* (B, H, I, dv) */
+    float scale;
+    xattn_fill fill;
+    int causal;
+    const uint8_t *mask; int64_t mask_sb, mask_sh, mask_si;       /* (B|1,H|1,I|1,J) keep */
+    const uint8_t *qkeep; int64_t qkeep_sb;                       /* (B|1, I) keep        */
+    const uint8_t *kkeep; int64_t kkeep_sb;                       /* (B|1, J) keep        */
+    const float *bias; int64_t bias_sb, bias_sh, bias_si, bias_sj; /* (B|1,H|1,I|1,J)      */
+    float *lse;                                                   /* (B, H, I) contiguous */
+    float *stat_m, *stat_l;                                       /* (B, H, I) contiguous */
+    float *probs; int64_t p_sb, p_sh, p_si, p_sj;                 /* (B, H, I, J)         */
+    int stats_only;
+    const float *mix;    /* (H, H) [g][h] */
+    const float *row_m, *row_l; /* (B, H, I) contiguous */
+    const char *fn;      /* name for error messages */
+} xa_attn;
+
+xattn_status xa_attention(const xa_attn *a);
+
 /* ---- Bidirectional attention (bidir.c): both directions of one shared similarity, without
  * materialising it.
  *   sim[b,h,i,j] = scale * <qk[b,h,i], cqk[b,h,j]> + bias[b,h,i,j]
