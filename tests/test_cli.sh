@@ -434,6 +434,152 @@ bad "attn.npy not writable" 1 "attn.npy" "$X" run "$MHA" "${INPUTS[@]}" --return
 [ "$(ls -A "$G/keep")" = "attn.npy
 out.npy" ] && pass || fail "failed run left files: $(ls -A "$G/keep")"
 
+# ---- bidirectional cross-attention (M2; fixtures by tests/reference/gen_cli_bidir.py) -------
+BA=$F/bidir_attn.safetensors
+BT=$F/bidir_tr.safetensors
+BP=$F/bidir_plain_bf16.safetensors
+BIN=(--x "$F/bidir_x.npy" --context "$F/bidir_context.npy")
+BMASKS=(--mask "$F/bidir_mask.npy" --context-mask "$F/bidir_context_mask.npy")
+PIN=(--x "$F/bidir_plain_x.npy" --context "$F/bidir_plain_context.npy")
+if ok "help run describes the bidirectional modules" "$X" run --help; then
+    has "help bidir" "$D.out" "BidirectionalCrossAttentionTransformer"
+    has "help bidir mask polarity" "$D.out" "True = KEEP"
+    has "help mha mask polarity" "$D.out" "bool True = masked out"
+fi
+if ok "run bidir" "$X" run "$BA" "${BIN[@]}" --out-dir res; then
+    same "bidir out" "$D/res/out.npy" "$F/bidir_expected_out.npy"
+    same "bidir context_out" "$D/res/context_out.npy" "$F/bidir_expected_context_out.npy"
+    [ ! -e "$D/res/attn.npy" ] && [ ! -e "$D/res/context_attn.npy" ] && pass ||
+        fail "bidir: attention maps written without --return-attn"
+fi
+if ok "run bidir masks + rel_pos_bias + maps" "$X" run "$BA" "${BIN[@]}" "${BMASKS[@]}" \
+    --rel-pos-bias "$F/bidir_bias.npy" --return-attn --module bidir; then
+    for o in out context_out attn context_attn; do
+        same "bidir masked $o" "$D/$o.npy" "$F/bidir_expected_masked_$o.npy"
+    done
+    has "bidir context_attn shape" "$D.out" "context_attn.npy (2, 4, 5, 7)"
+fi
+if ok "run bidir float64 x, 1 thread" "$X" run "$BA" --x "$F/bidir_x_f64.npy" --context \
+    "$F/bidir_context.npy" --threads 1; then
+    same "bidir out (float64 x)" "$D/out.npy" "$F/bidir_expected_out.npy"
+fi
+if ok "run bidir rank 2, BF16 weights, 1-D masks, (I, J) bias" "$X" run "$BP" "${PIN[@]}" \
+    --mask "$F/bidir_plain_mask.npy" --context-mask "$F/bidir_plain_context_mask.npy" \
+    --rel-pos-bias "$F/bidir_plain_bias.npy" --return-attn; then
+    for o in out context_out attn context_attn; do
+        same "bidir rank-2 $o" "$D/$o.npy" "$F/bidir_plain_expected_$o.npy"
+    done
+    has "bidir rank-2 attn shape" "$D.out" "attn.npy (2, 6, 4)"
+fi
+if ok "run bidir 0.0.x LayerNorm prenorm, F16 weights, --heads" "$X" run \
+    "$F/bidir_ln_f16.safetensors" --heads 2 --x "$F/bidir_ln_x.npy" --context "$F/bidir_ln_context.npy"; then
+    same "bidir layernorm out" "$D/out.npy" "$F/bidir_ln_expected_out.npy"
+    same "bidir layernorm context_out" "$D/context_out.npy" "$F/bidir_ln_expected_context_out.npy"
+fi
+if ok "run bidir transformer" "$X" run "$BT" "${BIN[@]}" "${BMASKS[@]}" --rel-pos-bias \
+    "$F/bidir_tr_bias.npy" --module bidir-transformer --threads 2; then
+    same "bidir transformer out" "$D/out.npy" "$F/bidir_tr_expected_out.npy"
+    same "bidir transformer context_out" "$D/context_out.npy" "$F/bidir_tr_expected_context_out.npy"
+fi
+if ok "inspect bidir" "$X" inspect "$BA"; then
+    has "inspect bidir" "$D.out" "module: BidirectionalCrossAttention (dim=16, context_dim=12, heads=4 (from talking_heads.weight), dim_head=8, inner_dim=32, prenorm=RMSNorm, talking_heads=True)"
+fi
+if ok "inspect bidir transformer" "$X" inspect "$BT"; then
+    has "inspect bidir transformer" "$D.out" "module: BidirectionalCrossAttentionTransformer (dim=16, context_dim=12, depth=2, heads=2, dim_head=8, inner_dim=16, prenorm=RMSNorm, talking_heads=False, ff_hidden=32, context_ff_hidden=24, final_norms=True (context_norm of size 12))"
+fi
+if ok "inspect bidir BF16" "$X" inspect "$BP"; then
+    has "inspect bidir plain" "$D.out" "heads=2, dim_head=4, inner_dim=8, prenorm=none, talking_heads=False"
+    has "inspect bidir BF16" "$D.out" "BF16"
+fi
+if ok "inspect bidir without heads" "$X" inspect "$F/bidir_ln_f16.safetensors"; then
+    has "inspect bidir heads unknown" "$D.out" "heads=? ("
+    has "inspect bidir layernorm" "$D.out" "prenorm=LayerNorm (0.0.x)"
+fi
+if ok "inspect bidir missing tensor" "$X" inspect "$F/bidir_missing.safetensors"; then
+    has "inspect bidir missing" "$D.out" "module: unknown (BidirectionalCrossAttention names, but: tensor 'context_to_v.weight' is missing"
+fi
+
+bad "bidir x of rank 4" 1 "bad_rank4.npy" "$X" run "$BA" --x "$F/bad_rank4.npy" --context "$F/bidir_context.npy"
+bad "bidir x of rank 1" 1 "n_rank1.npy" "$X" run "$BA" --x "$G/n_rank1.npy" --context "$F/bidir_context.npy"
+bad "bidir x width vs dim" 1 "bidir_context.npy: last dimension 12 does not match the model's dim 16" \
+    "$X" run "$BA" --x "$F/bidir_context.npy" --context "$F/bidir_context.npy"
+bad "bidir context width vs context_dim" 1 "bidir_x.npy: last dimension 16 does not match the model's context_dim 12" \
+    "$X" run "$BA" --x "$F/bidir_x.npy" --context "$F/bidir_x.npy"
+bad "bidir context batch" 1 "bidir_context_b1.npy: batch 1 does not match" \
+    "$X" run "$BA" --x "$F/bidir_x.npy" --context "$F/bidir_context_b1.npy"
+bad "bidir context rank vs x" 1 "bidir_plain_context.npy: has shape (4, 8) (rank 2)" \
+    "$X" run "$BA" --x "$F/bidir_x.npy" --context "$F/bidir_plain_context.npy"
+bad "bidir without --context" 1 "--context" "$X" run "$BA" --x "$F/bidir_x.npy"
+bad "bidir mask shape" 1 "bidir_bad_mask_shape.npy: has shape (2, 6); --mask needs (B, I) = (2, 5)" \
+    "$X" run "$BA" "${BIN[@]}" --mask "$F/bidir_bad_mask_shape.npy"
+bad "bidir context mask shape" 1 "bidir_mask.npy: has shape (2, 5); --context-mask needs (B, J) = (2, 7)" \
+    "$X" run "$BA" "${BIN[@]}" --context-mask "$F/bidir_mask.npy"
+bad "bidir rank-2 mask shape" 1 "--mask needs (I,) = (6,)" \
+    "$X" run "$BP" "${PIN[@]}" --mask "$F/bidir_mask.npy"
+bad "bidir float mask" 1 "bidir_mask_float.npy: dtype float32 is not supported for --mask: expected bool" \
+    "$X" run "$BA" "${BIN[@]}" --mask "$F/bidir_mask_float.npy"
+bad "bidir uint8 context mask" 1 "bidir_mask_u8.npy: dtype uint8 is not supported for --context-mask" \
+    "$X" run "$BA" "${BIN[@]}" --context-mask "$F/bidir_mask_u8.npy"
+bad "bidir bias heads" 1 "bidir_bad_bias_heads.npy: has shape (2, 3, 5, 7); expected" \
+    "$X" run "$BA" "${BIN[@]}" --rel-pos-bias "$F/bidir_bad_bias_heads.npy"
+bad "bidir bias of rank 1" 1 "bidir_bias_rank1.npy: has shape (7,) (rank 1)" \
+    "$X" run "$BA" "${BIN[@]}" --rel-pos-bias "$F/bidir_bias_rank1.npy"
+bad "bidir bool bias" 1 "bidir_mask.npy: dtype bool is not supported" \
+    "$X" run "$BA" "${BIN[@]}" --rel-pos-bias "$F/bidir_mask.npy"
+bad "bidir missing mask file" 1 "nomask.npy" "$X" run "$BA" "${BIN[@]}" --mask "$B/nomask.npy"
+bad "bidir missing tensor" 1 "bidir_missing.safetensors: tensor 'context_to_v.weight' is missing" \
+    "$X" run "$F/bidir_missing.safetensors" "${BIN[@]}"
+bad "bidir transformer missing tensor" 1 "tensor 'layers.1.2.3.bias' is missing" \
+    "$X" run "$F/bidir_tr_missing.safetensors" "${BIN[@]}"
+bad "bidir NaN weight" 1 "bidir_w_nan.safetensors: tensor 'context_to_out.bias' holds a non-finite value (nan) at index [3]" \
+    "$X" run "$F/bidir_w_nan.safetensors" "${BIN[@]}"
+ok "bidir --allow-nonfinite passes a NaN weight" "$X" run "$F/bidir_w_nan.safetensors" "${BIN[@]}" --allow-nonfinite
+mk_npy "$G/bx_nan.npy" "$X32 (2, 5, 16), }" "$(rep "$HALF" 100)$NAN$(rep "$HALF" 59)"
+mk_npy "$G/bbias_inf.npy" "$X32 (2, 4, 5, 7), }" "$(rep "$HALF" 279)$NINF"
+bad "bidir NaN in x" 1 "bx_nan.npy: holds a non-finite value (nan) at index [1, 1, 4]" \
+    "$X" run "$BA" --x "$G/bx_nan.npy" --context "$F/bidir_context.npy"
+bad "bidir -inf in rel_pos_bias" 1 "bbias_inf.npy: holds a non-finite value (-inf) at index [1, 3, 4, 6]" \
+    "$X" run "$BA" "${BIN[@]}" --rel-pos-bias "$G/bbias_inf.npy"
+for o in "--key-padding-mask $F/bidir_mask.npy" "--attn-mask $F/bidir_mask.npy" "--causal" \
+    "--value $F/bidir_context.npy" "--per-head-attn"; do
+    # shellcheck disable=SC2086
+    bad "bidir with ${o%% *}" 1 "${o%% *} is an option of the multi-head modules" "$X" run "$BA" "${BIN[@]}" $o
+done
+bad "mha with --mask" 1 "--mask is an option of the bidirectional modules" \
+    "$X" run "$MHA" "${INPUTS[@]}" --mask "$F/kpm.npy"
+bad "mha with --rel-pos-bias" 1 "--rel-pos-bias is an option of the bidirectional modules" \
+    "$X" run "$MHA" "${INPUTS[@]}" --rel-pos-bias "$F/attn_mask.npy"
+bad "diffusers with --context-mask" 1 "--context-mask is an option of the bidirectional modules" \
+    "$X" run "$ATT" --x "$F/attention_x.npy" --context "$F/attention_context.npy" --context-mask "$F/kpm.npy"
+bad "bidir transformer --return-attn" 1 "returns no attention maps" "$X" run "$BT" "${BIN[@]}" --return-attn
+bad "bidir --module mha" 1 "--module mha, but the tensors are a BidirectionalCrossAttention" \
+    "$X" run "$BA" "${BIN[@]}" --module mha
+bad "bidir transformer --module bidir" 1 "--module bidir, but the tensors are a BidirectionalCrossAttentionTransformer" \
+    "$X" run "$BT" "${BIN[@]}" --module bidir
+bad "mha --module bidir" 1 "--module bidir, but the tensors are a torch.nn.MultiheadAttention" \
+    "$X" run "$MHA" "${INPUTS[@]}" --module bidir
+bad "bidir --heads vs talking heads" 1 "heads argument 3 disagrees with tensor 'talking_heads.weight' of shape (4, 4, 1, 1)" \
+    "$X" run "$BA" "${BIN[@]}" --heads 3
+bad "bidir --heads not dividing" 1 "inner dim 8 (rows of 'to_qk.weight') is not divisible by heads 3" \
+    "$X" run "$BP" "${PIN[@]}" --heads 3
+bad "bidir default heads not dividing" 1 "is not divisible by heads 8" \
+    "$X" run "$F/bidir_ln_f16.safetensors" --x "$F/bidir_ln_x.npy" --context "$F/bidir_ln_context.npy"
+# hostile transformer names: a layer index far beyond the layers present, one too long to parse
+tqk() { printf '{"dtype":"F32","shape":[2,2],"data_offsets":[%d,%d]}' $(($1 * 16)) $(($1 * 16 + 16)); }
+mk_st "$G/bidir_deep.safetensors" "{\"layers.0.0.to_qk.weight\":$(tqk 0),\"layers.0.1.1.weight\":$(tqk 1),\"layers.99999.0.to_qk.weight\":$(tqk 2)}" "$(rep "$HALF" 12)"
+mk_st "$G/bidir_idx.safetensors" "{\"layers.0.0.to_qk.weight\":$(tqk 0),\"layers.0.1.1.weight\":$(tqk 1),\"layers.123456789012345678901234567890.0.to_qk.weight\":$(tqk 2)}" "$(rep "$HALF" 12)"
+bad "bidir layer index far away" 1 "tensor 'layers.1.0.to_qk.weight' is missing (the file names layers up to 99999)" \
+    "$X" run "$G/bidir_deep.safetensors" "${BIN[@]}"
+bad "bidir layer index overflow" 1 "layer index is not a plain integer" \
+    "$X" run "$G/bidir_idx.safetensors" "${BIN[@]}"
+# a late failure (context_attn.npy cannot be written) writes nothing and keeps earlier results
+mkdir -p "$G/bkeep/context_attn.npy"
+printf 'earlier result' >"$G/bkeep/out.npy"
+bad "bidir context_attn.npy not writable" 1 "context_attn.npy" "$X" run "$BA" "${BIN[@]}" --return-attn --out-dir "$G/bkeep"
+[ "$(cat "$G/bkeep/out.npy")" = "earlier result" ] && pass || fail "failed bidir run replaced an earlier out.npy"
+[ "$(ls -A "$G/bkeep")" = "context_attn.npy
+out.npy" ] && pass || fail "failed bidir run left files: $(ls -A "$G/bkeep")"
+
 # ---- demo (small) ------------------------------------------------------------------------
 if ok "demo" "$X" demo --len 96 --threads 2 --seed 3; then
     has "demo GFLOP/s" "$D.out" "GFLOP/s"

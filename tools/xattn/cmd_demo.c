@@ -1,14 +1,21 @@
 /*
- * xattn demo: the fused attention kernel (xattn_sdpa) on generated inputs. Prints the shapes,
- * the time, GFLOP/s, the peak resident memory and the max error of a few rows against a naive
- * float64 reference.
+ * xattn demo: bidirectional cross-attention between a video and an audio stream at the shapes
+ * of the reference package's README (video (1, 4096, 512), audio (1, 8192, 386), heads 8,
+ * dim_head 64), on built-in deterministic weights and inputs made so that the attention has to
+ * recover a known alignment: audio runs at twice the video frame rate and starts `offset` audio
+ * frames early, so video frame i belongs with audio frame 2 i + offset.
  *
- * Structure (kept separate so the demo's subject can change without touching the rest):
- *   demo_parse  -> demo_config       options
- *   demo_alloc / demo_fill           inputs
- *   demo_time                        timed runs of the kernel
- *   demo_check                       accuracy of sampled rows against float64
- *   demo_report                      what is printed
+ * How the inputs carry time: the first 64 channels of both streams hold a sinusoidal code of the
+ * frame's time on a common clock (32 frequencies, periods 6 .. 12000 video frames); the other
+ * channels hold deterministic noise. to_qk and context_to_qk read the code into every head, so
+ * the similarity of (i, j) is a sum of cosines of the time difference: largest where the times
+ * agree. Nothing in the module knows the rate or the offset; the demo reads them back from the
+ * attention map.
+ *
+ * Steps: build the state_dict in memory -> load it as any saved model -> one timed forward at
+ * full size (no I x J map) -> the attention rows of every 16th video frame (rows of a softmax
+ * over j do not depend on other rows, so a forward on those frames gives them exactly) ->
+ * recovered alignment vs truth -> PNG heat-map.
  */
 #include "cli.h"
 
@@ -16,216 +23,294 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static const char *CMD = "demo";
 
+#define XA_DEMO_MIN(a, b) ((a) < (b) ? (a) : (b))
+
 static void help(void)
 {
-    printf("usage: xattn demo [--len N] [--threads N] [--seed S]\n"
+    printf("usage: xattn demo [--video-len N] [--audio-len N] [--offset N] [--threads N]\n"
+           "                  [--out FILE.png] [--no-png]\n"
            "\n"
-           "Runs the fused attention kernel (like F.scaled_dot_product_attention) on random\n"
-           "inputs q, k, v of shape (B=1, H=8, N, 64) and prints the time, GFLOP/s (counting\n"
-           "4*B*H*I*J*dh flops), the peak resident memory, and the max relative error of sampled\n"
-           "rows against a naive float64 reference. The I x J score matrix is never stored.\n"
+           "Bidirectional cross-attention (BidirectionalCrossAttention(dim=512, context_dim=386,\n"
+           "heads=8, dim_head=64)) between a video stream (1, 4096, 512) and an audio stream\n"
+           "(1, 8192, 386) on built-in weights and inputs. Audio runs at twice the video frame\n"
+           "rate and starts OFFSET audio frames early; the demo checks that the attention finds\n"
+           "that alignment, prints the forward time, GFLOP/s and peak memory, and draws the\n"
+           "video->audio attention of every 16th video frame as a PNG heat-map (log scale).\n"
            "\n"
            "options:\n"
-           "  --len N       sequence length I = J (default 4096)\n"
-           "  --threads N   threads (default: all cores)\n"
-           "  --seed S      random seed (default 1)\n"
-           "  -h, --help    this help\n"
+           "  --video-len N   video frames I (default 4096)\n"
+           "  --audio-len N   audio frames J (default 8192)\n"
+           "  --offset N      audio frames before video frame 0 (default 24)\n"
+           "  --threads N     threads (default: all cores)\n"
+           "  --out FILE.png  the heat-map (default demo_attention.png)\n"
+           "  --no-png        skip the picture\n"
+           "  -h, --help      this help\n"
            "\n"
-           "Exit code 1 if the sampled rows differ from the reference by more than 2e-5*(1+|ref|).\n");
+           "Exit code 1 if fewer than 95%% of the sampled video frames find their audio frame\n"
+           "within one audio frame.\n");
 }
 
-typedef struct demo_config {
-    int64_t B, H, I, J, dh;
-    long long seed, threads, reps;
-} demo_config;
+enum { DIM = 512, CDIM = 386, HEADS = 8, DH = 64, INNER = HEADS * DH, CODE = 64, STRIDE = 16, POOL = 8 };
 
-typedef struct demo_data {
-    float *q, *k, *v, *out; /* (B, H, I|J, dh), contiguous */
-} demo_data;
-
-typedef struct demo_result {
-    double best_s, gflops, peak_rss, max_err;
-    int rows_checked;
-} demo_result;
-
-/* ---- inputs ---- */
-
-static int demo_alloc(const demo_config *c, demo_data *d)
+/* deterministic noise in [-0.5, 0.5) */
+static float noise(uint64_t a, uint64_t b)
 {
-    size_t nq = (size_t)(c->B * c->H * c->I * c->dh), nk = (size_t)(c->B * c->H * c->J * c->dh);
-    d->q = malloc(nq * sizeof(float));
-    d->k = malloc(nk * sizeof(float));
-    d->v = malloc(nk * sizeof(float));
-    d->out = malloc(nq * sizeof(float));
-    return d->q && d->k && d->v && d->out ? 0 : -1;
+    uint64_t z = a * 0x9E3779B97F4A7C15ULL + b * 0xBF58476D1CE4E5B9ULL + 0x94D049BB133111EBULL;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    z ^= z >> 31;
+    return (float)(z >> 40) / 16777216.0f - 0.5f;
 }
 
-static void demo_free(demo_data *d)
+/* the time code of time t (in video frames) into c[0 .. CODE) */
+static void time_code(double t, float *c)
 {
-    free(d->q);
-    free(d->k);
-    free(d->v);
-    free(d->out);
-}
-
-/* Uniform [-1, 1) from a 64-bit LCG (deterministic for a seed). */
-static void fill(float *x, size_t n, uint64_t *state)
-{
-    for (size_t i = 0; i < n; i++) {
-        *state = *state * 6364136223846793005ULL + 1442695040888963407ULL;
-        x[i] = (float)((double)(*state >> 11) / 4503599627370496.0 - 1.0);
+    for (int k = 0; k < CODE / 2; k++) {
+        double period = 6.0 * pow(2000.0, (double)k / (CODE / 2 - 1)); /* 6 .. 12000 */
+        double w = 6.283185307179586 / period;
+        c[2 * k] = (float)cos(w * t);
+        c[2 * k + 1] = (float)sin(w * t);
     }
 }
 
-static void demo_fill(const demo_config *c, demo_data *d)
+static void progress(const char *what)
 {
-    uint64_t st = (uint64_t)c->seed * 0x9E3779B97F4A7C15ULL + 1;
-    fill(d->q, (size_t)(c->B * c->H * c->I * c->dh), &st);
-    fill(d->k, (size_t)(c->B * c->H * c->J * c->dh), &st);
-    fill(d->v, (size_t)(c->B * c->H * c->J * c->dh), &st);
-}
-
-/* ---- kernel ---- */
-
-static void demo_params(const demo_config *c, const demo_data *d, xattn_sdpa_params *p)
-{
-    xattn_sdpa_init(p);
-    p->B = c->B, p->H = c->H, p->I = c->I, p->J = c->J, p->dh = c->dh, p->dv = c->dh;
-    p->q = d->q, p->q_sb = c->H * c->I * c->dh, p->q_sh = c->I * c->dh, p->q_si = c->dh;
-    p->k = d->k, p->k_sb = c->H * c->J * c->dh, p->k_sh = c->J * c->dh, p->k_sj = c->dh;
-    p->v = d->v, p->v_sb = c->H * c->J * c->dh, p->v_sh = c->J * c->dh, p->v_sj = c->dh;
-    p->out = d->out, p->o_sb = c->H * c->I * c->dh, p->o_sh = c->I * c->dh, p->o_si = c->dh;
-}
-
-static int demo_time(const demo_config *c, demo_data *d, demo_result *r)
-{
-    xattn_sdpa_params p;
-    demo_params(c, d, &p);
-    r->best_s = INFINITY;
-    for (long long rep = 0; rep < c->reps; rep++) {
-        double t0 = cli_now();
-        if (xattn_sdpa(&p) != XATTN_OK) return cli_lib_error(CMD, NULL);
-        double t = cli_now() - t0;
-        if (t < r->best_s) r->best_s = t;
+    if (isatty(STDERR_FILENO)) {
+        fprintf(stderr, "\r\033[K  %s ...", what);
+        fflush(stderr);
     }
-    double flops = 4.0 * (double)c->B * (double)c->H * (double)c->I * (double)c->J * (double)c->dh;
-    r->gflops = flops / r->best_s * 1e-9;
-    r->peak_rss = cli_peak_rss_bytes();
-    return 0;
 }
 
-/* ---- accuracy ---- */
-
-/* Naive float64 attention for one (b, h, i) row; returns max |got - ref| / (1 + |ref|). */
-static double check_row(const demo_config *c, const demo_data *d, int64_t b, int64_t h, int64_t i,
-                        double *s)
+static void progress_done(void)
 {
-    const int64_t dh = c->dh, J = c->J;
-    const float *q = d->q + ((b * c->H + h) * c->I + i) * dh;
-    const float *k = d->k + (b * c->H + h) * J * dh;
-    const float *v = d->v + (b * c->H + h) * J * dh;
-    const float *got = d->out + ((b * c->H + h) * c->I + i) * dh;
-    const double scale = 1.0 / sqrt((double)dh);
-    double mx = -INFINITY;
+    if (isatty(STDERR_FILENO)) fprintf(stderr, "\r\033[K");
+}
+
+/* Builds the module's state_dict, saves it to a temporary file and loads it back, so the demo
+ * runs the same loader as a model saved from PyTorch. */
+static int build_model(xattn_safetensors **st, xattn_bidir **m)
+{
+    const float alpha = 2.0f; /* logits = alpha^2 * scale * sum of cosines */
+    float *wqk = calloc((size_t)INNER * DIM, sizeof(float));
+    float *wcqk = calloc((size_t)INNER * CDIM, sizeof(float));
+    float *wv = malloc(sizeof(float) * INNER * DIM), *wcv = malloc(sizeof(float) * INNER * CDIM);
+    float *wo = malloc(sizeof(float) * DIM * INNER), *bo = malloc(sizeof(float) * DIM);
+    float *wco = malloc(sizeof(float) * CDIM * INNER), *bco = malloc(sizeof(float) * CDIM);
+    int rc = CLI_EXIT_ERROR;
+    if (!wqk || !wcqk || !wv || !wcv || !wo || !bo || !wco || !bco) {
+        cli_error(CMD, NULL, "out of memory building the demo model");
+        goto out;
+    }
+    for (int h = 0; h < HEADS; h++) /* every head reads the time code */
+        for (int d = 0; d < DH; d++) {
+            wqk[(size_t)(h * DH + d) * DIM + d] = alpha;
+            wcqk[(size_t)(h * DH + d) * CDIM + d] = alpha;
+        }
+    for (size_t e = 0; e < (size_t)INNER * DIM; e++) wv[e] = 0.09f * noise(1, e);
+    for (size_t e = 0; e < (size_t)INNER * CDIM; e++) wcv[e] = 0.1f * noise(2, e);
+    for (size_t e = 0; e < (size_t)DIM * INNER; e++) wo[e] = 0.088f * noise(3, e);
+    for (size_t e = 0; e < (size_t)CDIM * INNER; e++) wco[e] = 0.088f * noise(4, e);
+    for (size_t e = 0; e < DIM; e++) bo[e] = 0.01f * noise(5, e);
+    for (size_t e = 0; e < CDIM; e++) bco[e] = 0.01f * noise(6, e);
+    xattn_st_entry ents[] = {
+        {"to_qk.weight", XATTN_F32, 2, {INNER, DIM}, wqk},
+        {"context_to_qk.weight", XATTN_F32, 2, {INNER, CDIM}, wcqk},
+        {"to_v.weight", XATTN_F32, 2, {INNER, DIM}, wv},
+        {"context_to_v.weight", XATTN_F32, 2, {INNER, CDIM}, wcv},
+        {"to_out.weight", XATTN_F32, 2, {DIM, INNER}, wo},
+        {"to_out.bias", XATTN_F32, 1, {DIM}, bo},
+        {"context_to_out.weight", XATTN_F32, 2, {CDIM, INNER}, wco},
+        {"context_to_out.bias", XATTN_F32, 1, {CDIM}, bco},
+    };
+    const char *meta[] = {"heads", "8"};
+    char path[] = "/tmp/xattn_demo_XXXXXX";
+    int fd = mkstemp(path);
+    if (fd < 0) {
+        cli_error(CMD, "/tmp", "cannot create a temporary file for the demo model");
+        goto out;
+    }
+    close(fd);
+    if (xattn_st_save(path, ents, sizeof ents / sizeof ents[0], meta, 1) != XATTN_OK ||
+        xattn_st_open(path, st) != XATTN_OK || xattn_bidir_load(*st, "", 0, m) != XATTN_OK) {
+        cli_lib_error(CMD, path);
+        remove(path);
+        goto out;
+    }
+    remove(path);
+    rc = CLI_EXIT_OK;
+out:
+    free(wqk); free(wcqk); free(wv); free(wcv); free(wo); free(bo); free(wco); free(bco);
+    return rc;
+}
+
+/* x (I, DIM): code of video time i; ctx (J, CDIM): code of time (j - offset) / 2 */
+static void build_inputs(int64_t I, int64_t J, int64_t offset, float *x, float *ctx)
+{
+    for (int64_t i = 0; i < I; i++) {
+        float *row = x + i * DIM;
+        time_code((double)i, row);
+        for (int c = CODE; c < DIM; c++) row[c] = noise(7, (uint64_t)(i * DIM + c));
+    }
     for (int64_t j = 0; j < J; j++) {
-        double acc = 0;
-        for (int64_t e = 0; e < dh; e++) acc += (double)q[e] * (double)k[j * dh + e];
-        s[j] = acc * scale;
-        if (s[j] > mx) mx = s[j];
+        float *row = ctx + j * CDIM;
+        time_code((double)(j - offset) / 2.0, row);
+        for (int c = CODE; c < CDIM; c++) row[c] = noise(8, (uint64_t)(j * CDIM + c));
     }
-    double sum = 0;
-    for (int64_t j = 0; j < J; j++) sum += (s[j] = exp(s[j] - mx));
-    double worst = 0;
-    for (int64_t e = 0; e < dh; e++) {
-        double ref = 0;
-        for (int64_t j = 0; j < J; j++) ref += s[j] * (double)v[j * dh + e];
-        ref /= sum;
-        double err = fabs((double)got[e] - ref) / (1.0 + fabs(ref));
-        if (!(err <= worst)) worst = isnan(err) ? INFINITY : err;
-    }
-    return worst;
-}
-
-static int demo_check(const demo_config *c, const demo_data *d, demo_result *r)
-{
-    double *s = malloc((size_t)c->J * sizeof(double));
-    if (!s) return cli_error(CMD, NULL, "out of memory for the reference check");
-    r->max_err = 0;
-    r->rows_checked = 0;
-    const int n_rows = 16;
-    for (int t = 0; t < n_rows; t++) {
-        int64_t b = t % c->B, h = t % c->H;
-        int64_t i = t == 0 ? 0 : t == 1 ? c->I - 1 : ((int64_t)t * 7919 + 13) % c->I;
-        double e = check_row(c, d, b, h, i, s);
-        if (e > r->max_err) r->max_err = e;
-        r->rows_checked++;
-    }
-    free(s);
-    return 0;
-}
-
-/* ---- report ---- */
-
-static void demo_report(const demo_config *c, const demo_result *r)
-{
-    const double mb = 1024.0 * 1024.0;
-    printf("xattn demo: fused attention (xattn_sdpa), kernels %s, threads %d\n", xattn_isa(),
-           xattn_get_threads());
-    printf("  q (%lld, %lld, %lld, %lld)  k, v (%lld, %lld, %lld, %lld)  ->  out (%lld, %lld, "
-           "%lld, %lld)\n",
-           (long long)c->B, (long long)c->H, (long long)c->I, (long long)c->dh, (long long)c->B,
-           (long long)c->H, (long long)c->J, (long long)c->dh, (long long)c->B, (long long)c->H,
-           (long long)c->I, (long long)c->dh);
-    printf("  time %.3f ms (best of %lld), %.1f GFLOP/s\n", r->best_s * 1e3, c->reps, r->gflops);
-    double inputs = 4.0 * (double)c->B * (double)c->H * (double)(c->I + c->J) * (double)c->dh;
-    double scores = 4.0 * (double)c->B * (double)c->H * (double)c->I * (double)c->J;
-    printf("  peak RSS %.1f MB (q, k, v, out %.1f MB; a materialised score matrix would add "
-           "%.1f MB)\n",
-           r->peak_rss / mb, inputs / mb, scores / mb);
-    printf("  check: %d rows against a float64 reference, max rel error %.3g (%s)\n",
-           r->rows_checked, r->max_err, r->max_err <= 2e-5 ? "ok" : "TOO LARGE");
 }
 
 int cmd_demo(int argc, char **argv)
 {
-    demo_config c = {1, 8, 4096, 4096, 64, 1, 0, 3};
-    long long len = 4096;
-    const cli_option opts[] = {
-        {"--len", CLI_INT, &len, 1, 65536},
-        {"--threads", CLI_INT, &c.threads, 1, 4096},
-        {"--seed", CLI_INT, &c.seed, 0, (long long)1 << 62},
+    long long I = 4096, J = 8192, offset = 24, threads = 0;
+    const char *png = "demo_attention.png";
+    int no_png = 0;
+    cli_option opts[] = {
+        {"--video-len", CLI_INT, &I, 2 * STRIDE, 1 << 20},
+        {"--audio-len", CLI_INT, &J, 16, 1 << 21},
+        {"--offset", CLI_INT, &offset, 0, 1 << 20},
+        {"--threads", CLI_INT, &threads, 1, 1024},
+        {"--out", CLI_STRING, &png, 0, 0},
+        {"--no-png", CLI_FLAG, &no_png, 0, 0},
     };
-    int n_pos;
-    cli_parse_result pr = cli_parse(CMD, argc, argv, opts, sizeof opts / sizeof opts[0], NULL, 0,
-                                    &n_pos);
+    int npos = 0;
+    cli_parse_result pr = cli_parse(CMD, argc, argv, opts, sizeof opts / sizeof opts[0], NULL, 0, &npos);
     if (pr == CLI_HELP) {
         help();
         return CLI_EXIT_OK;
     }
     if (pr != CLI_PARSED) return CLI_EXIT_USAGE;
-    c.I = c.J = len;
-    if (c.threads > 0) xattn_set_threads((int)c.threads);
+    if (threads > 0) xattn_set_threads((int)threads);
 
-    demo_data d;
-    memset(&d, 0, sizeof d);
-    demo_result r;
-    memset(&r, 0, sizeof r);
-    int rc = 0;
-    if (demo_alloc(&c, &d) != 0)
-        rc = cli_error(CMD, NULL, "out of memory for inputs of length %lld", len);
-    if (!rc) {
-        demo_fill(&c, &d);
-        rc = demo_time(&c, &d, &r);
+    xattn_safetensors *st = NULL;
+    xattn_bidir *m = NULL;
+    float *x = NULL, *ctx = NULL, *out = NULL, *cout = NULL, *xs = NULL, *so = NULL, *sco = NULL;
+    float *attn = NULL, *map = NULL;
+    int rc = CLI_EXIT_ERROR;
+    progress("building the model");
+    if (build_model(&st, &m)) goto done;
+    const int64_t S = (I + STRIDE - 1) / STRIDE; /* sampled video frames */
+    x = malloc(sizeof(float) * (size_t)(I * DIM));
+    ctx = malloc(sizeof(float) * (size_t)(J * CDIM));
+    out = malloc(sizeof(float) * (size_t)(I * DIM));
+    cout = malloc(sizeof(float) * (size_t)(J * CDIM));
+    xs = malloc(sizeof(float) * (size_t)(S * DIM));
+    so = malloc(sizeof(float) * (size_t)(S * DIM));
+    sco = malloc(sizeof(float) * (size_t)(J * CDIM));
+    const int64_t JP = (J + POOL - 1) / POOL; /* picture columns */
+    attn = malloc(sizeof(float) * (size_t)(HEADS * S * J));
+    map = malloc(sizeof(float) * (size_t)(S * J + S * JP));
+    if (!x || !ctx || !out || !cout || !xs || !so || !sco || !attn || !map) {
+        cli_error(CMD, NULL, "out of memory for the demo inputs");
+        goto done;
     }
-    if (!rc) rc = demo_check(&c, &d, &r);
-    if (!rc) {
-        demo_report(&c, &r);
-        if (!(r.max_err <= 2e-5))
-            rc = cli_error(CMD, NULL, "max rel error %.3g exceeds 2e-5", r.max_err);
+    progress("building the inputs");
+    build_inputs(I, J, offset, x, ctx);
+
+    printf("xattn demo: bidirectional cross-attention, video <-> audio (kernels %s, %d threads)\n",
+           xattn_isa(), xattn_get_threads());
+    printf("  video x (1, %lld, %d)   audio context (1, %lld, %d)   heads %d, dim_head %d\n", I,
+           DIM, J, CDIM, HEADS, DH);
+
+    /* one timed forward at full size: no map requested, none materialised */
+    xattn_bidir_inputs in = {.B = 1, .I = I, .J = J, .x = x, .context = ctx};
+    progress("forward (warm-up)");
+    if (xattn_bidir_forward(m, &in, out, cout, NULL, NULL) != XATTN_OK) {
+        cli_lib_error(CMD, NULL);
+        goto done;
     }
-    demo_free(&d);
+    double best = 1e30;
+    for (int r = 0; r < 3; r++) {
+        char what[64];
+        snprintf(what, sizeof what, "forward %d/3", r + 1);
+        progress(what);
+        double t0 = cli_now();
+        xattn_bidir_forward(m, &in, out, cout, NULL, NULL);
+        double t = cli_now() - t0;
+        if (t < best) best = t;
+    }
+    progress_done();
+    /* the package's math: 4 projections, one similarity, two weighted sums, 2 output layers */
+    double flop = 2.0 * ((double)I * DIM * 2 * INNER + (double)J * CDIM * 2 * INNER) +
+                  2.0 * (double)I * J * INNER * 3 + 2.0 * ((double)I * INNER * DIM + (double)J * INNER * CDIM);
+    printf("  out (1, %lld, %d)   context_out (1, %lld, %d)\n", I, DIM, J, CDIM);
+    printf("  forward %.1f ms (best of 3), %.1f GFLOP/s\n", best * 1e3, flop / best / 1e9);
+    printf("  peak memory %.1f MB (one attention map would take %.1f MB; the reference keeps three)\n",
+           cli_peak_rss_bytes() / 1048576.0, (double)HEADS * I * J * 4 / 1048576.0);
+
+    /* the attention rows of every STRIDE-th video frame */
+    progress("attention of sampled video frames");
+    for (int64_t s = 0; s < S; s++) memcpy(xs + s * DIM, x + s * STRIDE * DIM, sizeof(float) * DIM);
+    xattn_bidir_inputs ins = {.B = 1, .I = S, .J = J, .x = xs, .context = ctx};
+    if (xattn_bidir_forward(m, &ins, so, sco, attn, NULL) != XATTN_OK) {
+        progress_done();
+        cli_lib_error(CMD, NULL);
+        goto done;
+    }
+    progress_done();
+    for (int64_t e = 0; e < S * J; e++) {
+        float acc = 0;
+        for (int h = 0; h < HEADS; h++) acc += attn[h * S * J + e];
+        map[e] = acc / HEADS;
+    }
+    int64_t scored = 0, hit = 0;
+    double abs_err = 0;
+    for (int64_t s = 0; s < S; s++) {
+        int64_t truth = 2 * s * STRIDE + offset;
+        if (truth >= J) continue; /* that video frame has no audio */
+        const float *row = map + s * J;
+        int64_t best_j = 0;
+        for (int64_t j = 1; j < J; j++)
+            if (row[j] > row[best_j]) best_j = j;
+        int64_t d = best_j > truth ? best_j - truth : truth - best_j;
+        abs_err += (double)d;
+        hit += d <= 1;
+        scored++;
+    }
+    double frac = scored ? (double)hit / (double)scored : 0.0;
+    printf("  alignment: %lld sampled video frames, %.1f%% matched within one audio frame, mean "
+           "|error| %.2f audio frames (truth: audio = 2 x video + %lld)\n",
+           (long long)scored, 100.0 * frac, scored ? abs_err / (double)scored : 0.0, offset);
+
+    if (!no_png) {
+        /* log10 of the head-mean attention, max-pooled over POOL audio frames so that the
+         * narrow band survives the picture's resolution */
+        float *pic = map + S * J, top = -12.0f;
+        for (int64_t s = 0; s < S; s++)
+            for (int64_t c = 0; c < JP; c++) {
+                float mx = 0.0f;
+                for (int64_t j = c * POOL; j < XA_DEMO_MIN((c + 1) * POOL, J); j++)
+                    mx = map[s * J + j] > mx ? map[s * J + j] : mx;
+                float v = log10f(mx > 1e-12f ? mx : 1e-12f);
+                pic[s * JP + c] = v;
+                top = v > top ? v : top;
+            }
+        char title[160], xl[64], yl[64];
+        snprintf(title, sizeof title, "log10 attention video -> audio, mean over %d heads", HEADS);
+        snprintf(xl, sizeof xl, "audio frame j / %d", POOL);
+        snprintf(yl, sizeof yl, "video frame i / %d", STRIDE);
+        xattn_heatmap_opts ho = {.title = title, .x_label = xl, .y_label = yl, .max_side = 1024,
+                                 .fixed_range = 1, .vmin = top - 6.0f, .vmax = top};
+        progress("writing the heat-map");
+        xattn_status ps = xattn_png_heatmap(png, pic, S, JP, &ho);
+        progress_done();
+        if (ps == XATTN_ERR_UNSUPPORTED) {
+            printf("  heat-map skipped: %s\n", xattn_last_error());
+        } else if (ps != XATTN_OK) {
+            cli_lib_error(CMD, png);
+            goto done;
+        } else {
+            printf("  heat-map: %s\n", png);
+        }
+    }
+    rc = frac >= 0.95 ? CLI_EXIT_OK : CLI_EXIT_ERROR;
+    if (rc) fprintf(stderr, "xattn demo: the attention did not recover the alignment\n");
+done:
+    progress_done();
+    xattn_bidir_free(m);
+    xattn_st_close(st);
+    free(x); free(ctx); free(out); free(cout); free(xs); free(so); free(sco); free(attn); free(map);
     return rc;
 }

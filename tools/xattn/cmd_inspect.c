@@ -14,7 +14,12 @@ static void help(void)
            "__metadata__, and the attention module its names describe:\n"
            "  torch.nn.MultiheadAttention   in_proj_weight or q/k/v_proj_weight, out_proj.*\n"
            "  diffusers Attention           to_q.weight, to_k.weight, to_v.weight, to_out.0.*\n"
-           "with the sizes read from the shapes, or 'unknown'.\n"
+           "  BidirectionalCrossAttention   to_qk.weight, context_to_qk.weight, to_v.weight, ...\n"
+           "  BidirectionalCrossAttentionTransformer\n"
+           "                                layers.L.0.to_qk.weight, ..., layers.L.{1,2}.*\n"
+           "with the sizes read from the shapes (for the bidirectional modules also the heads,\n"
+           "dim_head, prenorm, talking heads, depth, feed-forward widths and final norms), or\n"
+           "'unknown'.\n"
            "\n"
            "options:\n"
            "  -h, --help   this help\n");
@@ -22,25 +27,171 @@ static void help(void)
 
 static const char *tf(int b) { return b ? "True" : "False"; }
 
+/* ---- bidirectional modules (PyPI bidirectional-cross-attention) ---- */
+
+typedef struct bidir_found {
+    int n_found, n_long;
+    int transformer; /* of the first */
+    char prefix[256];
+} bidir_found;
+
+/* 1 if `name` ends with the name component(s) `suffix`; *plen = length of what precedes it. */
+static int ends_with_component(const char *name, const char *suffix, size_t *plen)
+{
+    size_t n = strlen(name), m = strlen(suffix);
+    if (n < m || strcmp(name + n - m, suffix)) return 0;
+    if (n > m && name[n - m - 1] != '.') return 0;
+    *plen = n - m;
+    return 1;
+}
+
+/* If prefix P (length plen) of `name` is Q + "layers.L.0." (L decimal), returns 1 with
+ * *qlen = length of Q and *layer0 = (L == "0"). */
+static int layer_attn_prefix(const char *name, size_t plen, size_t *qlen, int *layer0)
+{
+    if (plen < 11 || strncmp(name + plen - 3, ".0.", 3)) return 0;
+    size_t e = plen - 3, b = e;
+    while (b > 0 && name[b - 1] >= '0' && name[b - 1] <= '9') b--;
+    if (b == e || b < 7 || strncmp(name + b - 7, "layers.", 7)) return 0;
+    if (b > 7 && name[b - 8] != '.') return 0;
+    *qlen = b - 7;
+    *layer0 = e - b == 1 && name[b] == '0';
+    return 1;
+}
+
+/* Same detection as xattn run: to_qk.weight (attention) or Q + layers.0.0.to_qk.weight with
+ * Q + layers.0.1.1.weight beside it (transformer, counted once). */
+static void detect_bidir(const xattn_safetensors *st, bidir_found *bf)
+{
+    memset(bf, 0, sizeof *bf);
+    const size_t n = xattn_st_count(st);
+    for (size_t i = 0; i < n; i++) {
+        const char *name = xattn_st_name(st, i);
+        size_t plen, qlen;
+        int layer0, transformer = 0;
+        if (!name || !ends_with_component(name, "to_qk.weight", &plen)) continue;
+        if (layer_attn_prefix(name, plen, &qlen, &layer0)) {
+            char t0[600], f0[600];
+            if ((size_t)snprintf(t0, sizeof t0, "%.*slayers.0.0.to_qk.weight", (int)qlen, name) <
+                    sizeof t0 &&
+                (size_t)snprintf(f0, sizeof f0, "%.*slayers.0.1.1.weight", (int)qlen, name) <
+                    sizeof f0 &&
+                xattn_st_find(st, t0) >= 0 && xattn_st_find(st, f0) >= 0) {
+                if (!layer0) continue;
+                transformer = 1;
+                plen = qlen;
+            }
+        }
+        if (plen >= sizeof bf->prefix) {
+            bf->n_long++;
+            continue;
+        }
+        if (bf->n_found++ == 0) {
+            bf->transformer = transformer;
+            memcpy(bf->prefix, name, plen);
+            bf->prefix[plen] = '\0';
+        }
+    }
+}
+
+static const char *norm_name(xattn_bidir_norm k)
+{
+    switch (k) {
+    case XATTN_NORM_RMS: return "RMSNorm";
+    case XATTN_NORM_LAYER: return "LayerNorm (0.0.x)";
+    default: return "none";
+    }
+}
+
+static void print_bidir(const xattn_safetensors *st, const bidir_found *bf, int n_total)
+{
+    const char *kind = bf->transformer ? "BidirectionalCrossAttentionTransformer"
+                                       : "BidirectionalCrossAttention";
+    char at[300] = "", pp[128];
+    if (bf->prefix[0])
+        snprintf(at, sizeof at, " at prefix '%s'", cli_printable(bf->prefix, pp, sizeof pp));
+    if (n_total > 1) printf("note: %d attention modules found; showing the first\n", n_total);
+    xattn_bidir *m = NULL;
+    int heads_known = 1;
+    if (xattn_bidir_load(st, bf->prefix, 0, &m) != XATTN_OK) {
+        char why[512];
+        cli_printable(xattn_last_error(), why, sizeof why);
+        /* the default 8 heads may not divide inner_dim: without talking heads and metadata,
+         * check the shapes with one head and report the count as unknown */
+        char talk[600];
+        snprintf(talk, sizeof talk, "%s%stalking_heads.weight", bf->prefix,
+                 bf->transformer ? "layers.0.0." : "");
+        if (xattn_st_meta_get(st, "heads") || xattn_st_find(st, talk) >= 0 ||
+            xattn_bidir_load(st, bf->prefix, 1, &m) != XATTN_OK) {
+            printf("module: unknown (%s names%s, but: %s)\n", kind, at, why);
+            return;
+        }
+        heads_known = 0;
+    }
+    xattn_bidir_config c;
+    xattn_bidir_get_config(m, &c);
+    xattn_bidir_free(m);
+    char heads[160], dim_head[32];
+    if (!heads_known) {
+        snprintf(heads, sizeof heads,
+                 "? (the default 8 does not divide inner_dim %lld: pass --heads to run)",
+                 (long long)c.inner_dim);
+        snprintf(dim_head, sizeof dim_head, "?");
+    } else {
+        snprintf(heads, sizeof heads, "%lld%s", (long long)c.heads,
+                 c.talking_heads                   ? " (from talking_heads.weight)"
+                 : xattn_st_meta_get(st, "heads") ? ""
+                                                   : " (default)");
+        snprintf(dim_head, sizeof dim_head, "%lld", (long long)c.dim_head);
+    }
+    if (!c.is_transformer) {
+        printf("module: %s%s (dim=%lld, context_dim=%lld, heads=%s, dim_head=%s, "
+               "inner_dim=%lld, prenorm=%s, talking_heads=%s)\n",
+               kind, at, (long long)c.dim, (long long)c.context_dim, heads, dim_head,
+               (long long)c.inner_dim, norm_name(c.prenorm), tf(c.talking_heads));
+        return;
+    }
+    char fin[96];
+    if (c.final_norms)
+        snprintf(fin, sizeof fin, "True (context_norm of size %lld)",
+                 (long long)c.context_norm_dim);
+    else
+        snprintf(fin, sizeof fin, "False");
+    printf("module: %s%s (dim=%lld, context_dim=%lld, depth=%lld, heads=%s, dim_head=%s, "
+           "inner_dim=%lld, prenorm=%s, talking_heads=%s, ff_hidden=%lld, "
+           "context_ff_hidden=%lld, final_norms=%s)\n",
+           kind, at, (long long)c.dim, (long long)c.context_dim, (long long)c.depth, heads,
+           dim_head, (long long)c.inner_dim, norm_name(c.prenorm),
+           tf(c.talking_heads), (long long)c.ff_hidden, (long long)c.context_ff_hidden, fin);
+}
+
 /* Prints the "module: ..." line. */
 static void print_module(const xattn_safetensors *st)
 {
     cli_module mod;
     cli_detect_module(st, &mod);
-    if (mod.n_found == 0 && mod.n_long > 0) {
+    bidir_found bf;
+    detect_bidir(st, &bf);
+    if (mod.n_found == 0 && bf.n_found > 0) {
+        print_bidir(st, &bf, bf.n_found);
+        return;
+    }
+    if (mod.n_found == 0 && (mod.n_long > 0 || bf.n_long > 0)) {
         printf("module: unknown (attention tensor names with a prefix longer than %d bytes are "
                "not supported)\n",
                (int)sizeof mod.prefix - 1);
         return;
     }
     if (mod.n_found == 0) {
-        printf("module: unknown (no in_proj_weight, q_proj_weight or to_q.weight tensor)\n");
+        printf("module: unknown (no in_proj_weight, q_proj_weight, to_q.weight or to_qk.weight "
+               "tensor)\n");
         return;
     }
     char at[300] = "", pp[128];
     if (mod.prefix[0])
         snprintf(at, sizeof at, " at prefix '%s'", cli_printable(mod.prefix, pp, sizeof pp));
-    if (mod.n_found > 1) printf("note: %d attention modules found; showing the first\n", mod.n_found);
+    if (mod.n_found + bf.n_found > 1)
+        printf("note: %d attention modules found; showing the first\n", mod.n_found + bf.n_found);
 
     const char *meta_heads = xattn_st_meta_get(st, "heads");
     /* torch's module has no default head count: without metadata, check the shapes with one

@@ -1,4 +1,4 @@
-/* xattn run: runs a saved attention module (M1) on .npy inputs. */
+/* xattn run: runs a saved attention module (M1 multi-head, M2 bidirectional) on .npy inputs. */
 #include "cli.h"
 
 #include <errno.h>
@@ -15,77 +15,243 @@ static void help(void)
     printf(
         "usage: xattn run MODEL.safetensors --x X.npy [--context C.npy] [--value V.npy]\n"
         "                 [--key-padding-mask M.npy] [--attn-mask A.npy] [--causal]\n"
+        "                 [--mask M.npy] [--context-mask CM.npy] [--rel-pos-bias B.npy]\n"
         "                 [--heads N] [--return-attn] [--per-head-attn] [--out-dir DIR]\n"
-        "                 [--threads N] [--module mha|attention] [--allow-nonfinite]\n"
+        "                 [--threads N] [--module KIND] [--allow-nonfinite]\n"
         "\n"
-        "Runs a multi-head (cross-)attention module saved from PyTorch with\n"
-        "safetensors.torch.save_file(module.state_dict(), ...). The module kind is detected from\n"
-        "the tensor names (a common name prefix such as 'blk.attn.' is allowed):\n"
-        "  torch.nn.MultiheadAttention   in_proj_weight or q/k/v_proj_weight, out_proj.*\n"
-        "  diffusers Attention           to_q.weight, to_k.weight, to_v.weight, to_out.0.*\n"
-        "Every size comes from the tensor shapes; the number of heads from --heads, else the\n"
-        "file's __metadata__ {\"heads\": \"N\"}, else 8 for diffusers Attention (torch's module\n"
-        "has no default: give --heads).\n"
+        "Runs an attention module saved from PyTorch with\n"
+        "safetensors.torch.save_file(module.state_dict(), ...). The module kind (KIND) is\n"
+        "detected from the tensor names (a common name prefix such as 'blk.attn.' is allowed):\n"
+        "  mha                torch.nn.MultiheadAttention: in_proj_weight or q/k/v_proj_weight,\n"
+        "                     out_proj.*\n"
+        "  attention          diffusers Attention: to_q.weight, to_k.weight, to_v.weight,\n"
+        "                     to_out.0.*\n"
+        "  bidir              BidirectionalCrossAttention (PyPI bidirectional-cross-attention\n"
+        "                     0.1.0, also the LayerNorm prenorm of 0.0.x): to_qk.weight,\n"
+        "                     context_to_qk.weight, to_v.weight, context_to_v.weight, to_out.*,\n"
+        "                     context_to_out.*, [norm.*, context_norm.*, talking_heads.weight,\n"
+        "                     context_talking_heads.weight]\n"
+        "  bidir-transformer  BidirectionalCrossAttentionTransformer: layers.L.0.<bidir names>,\n"
+        "                     layers.L.1.* / layers.L.2.* (feed-forwards), [norm.weight,\n"
+        "                     context_norm.weight]\n"
+        "Every size comes from the tensor shapes; the number of heads from the talking-heads\n"
+        "weights of a bidirectional module when it has them, else --heads, else the file's\n"
+        "__metadata__ {\"heads\": \"N\"}, else 8 (the default of diffusers Attention and of the\n"
+        "bidirectional modules; torch's module has no default: give --heads).\n"
         "\n"
-        "inputs (.npy, float32 or float64):\n"
+        "multi-head attention (mha, attention): X queries the context.\n"
+        "  inputs (.npy, float32 or float64):\n"
         "  --x X.npy                 queries (B, I, embed_dim), or (I, embed_dim) for one sequence\n"
         "  --context C.npy           keys (B, J, kdim); default: X (self-attention)\n"
         "  --value V.npy             values (B, J, vdim); default: the context\n"
-        "masks (.npy, bool or float32/float64; float masks are added to the logits):\n"
+        "  masks (.npy, bool or float32/float64; float masks are added to the logits):\n"
         "  --key-padding-mask M.npy  (B, J), or (J,) for a rank-2 X\n"
         "  --attn-mask A.npy         (I, J), or (B*heads, I, J) per head\n"
         "      torch.nn.MultiheadAttention: bool True = masked out (as torch).\n"
         "      diffusers Attention: bool True = keep (as F.scaled_dot_product_attention).\n"
         "  --causal                  also mask keys j > i (upper-left aligned)\n"
-        "A query row whose every key is masked gives a zero attention row (output = output\n"
-        "projection bias), not NaN.\n"
-        "\n"
-        "outputs (float32 .npy in --out-dir DIR, default '.', created if missing (its parent\n"
-        "must exist); nothing is written, and no earlier output replaced, if anything fails):\n"
+        "  A query row whose every key is masked gives a zero attention row (output = output\n"
+        "  projection bias), not NaN.\n"
+        "  outputs:\n"
         "  out.npy                   (B, I, out_dim), or (I, out_dim) for a rank-2 X\n"
         "  attn.npy                  with --return-attn: weights averaged over heads (B, I, J)\n"
         "                            (as need_weights=True); with --per-head-attn (B, heads, I, J)\n"
         "                            (the batch axis is dropped for a rank-2 X, as torch does)\n"
         "\n"
-        "NaN policy: by default a NaN or an infinity in X, the context, the values or the\n"
-        "model's weights is an error naming the file (and tensor) and the first bad index;\n"
-        "a float mask may hold -inf (a masked position) but not NaN or +inf. float64 values\n"
-        "beyond the float32 range count as infinite.\n"
+        "bidirectional cross-attention (bidir, bidir-transformer): X and the context attend to\n"
+        "each other through one shared similarity, softmax-normalised over j for X and over i\n"
+        "for the context.\n"
+        "  --x X.npy                 (B, I, dim), or (I, dim) for one sequence\n"
+        "  --context C.npy           (B, J, context_dim), or (J, context_dim); required\n"
+        "  --mask M.npy              bool (B, I), or (I,) for a rank-2 X: True = KEEP\n"
+        "  --context-mask CM.npy     bool (B, J), or (J,) for a rank-2 X: True = KEEP\n"
+        "      (as the package: a position (i, j) is kept when both are True; masked\n"
+        "      similarities are -FLT_MAX, so a fully masked row or column becomes a uniform\n"
+        "      average, not NaN)\n"
+        "  --rel-pos-bias B.npy      float, added to the similarities before masking:\n"
+        "                            (B or 1, heads or 1, I, J), (heads or 1, I, J) or (I, J)\n"
+        "  outputs:\n"
+        "  out.npy                   (B, I, dim)\n"
+        "  context_out.npy           (B, J, context_dim)\n"
+        "  attn.npy, context_attn.npy  with --return-attn (bidir only: the transformer returns\n"
+        "                            none): (B, heads, I, J), softmax over j and over i, after\n"
+        "                            talking heads (the batch axis is dropped for a rank-2 X)\n"
+        "\n"
+        "Outputs are float32 .npy files in --out-dir DIR, default '.', created if missing (its\n"
+        "parent must exist); nothing is written, and no earlier output replaced, if anything\n"
+        "fails. Options of one module family are an error with the other.\n"
+        "\n"
+        "NaN policy: by default a NaN or an infinity in X, the context, the values, the\n"
+        "relative position bias or the model's weights is an error naming the file (and tensor)\n"
+        "and the first bad index; a float mask may hold -inf (a masked position) but not NaN\n"
+        "or +inf. float64 values beyond the float32 range count as infinite.\n"
         "  --allow-nonfinite         pass NaN and infinities through instead (results may\n"
         "                            then hold NaN)\n"
         "\n"
         "other options:\n"
-        "  --heads N                 number of heads (wins over the file's metadata)\n"
-        "  --module mha|attention    insist on a module kind (error if the tensors disagree)\n"
+        "  --heads N                 number of heads (wins over the file's metadata; must agree\n"
+        "                            with talking-heads weights)\n"
+        "  --module KIND             insist on a module kind: mha, attention, bidir or\n"
+        "                            bidir-transformer (error if the tensors disagree)\n"
         "  --threads N               threads (default: all cores)\n"
         "  -h, --help                this help\n");
 }
 
 typedef struct run_args {
     const char *model, *x, *context, *value, *kpm, *attn_mask, *out_dir, *module;
+    const char *mask, *cmask, *rel_bias;
     long long heads, threads;
     int causal, return_attn, per_head, allow_nonfinite;
 } run_args;
 
+/* Bidirectional modules found by name: to_qk.weight (attention) or layers.0.0.to_qk.weight
+ * with a layers.0.1.* feed-forward beside it (transformer). */
+typedef struct bidir_found {
+    int n_found, n_long;
+    int transformer; /* of the first */
+    char prefix[256];
+} bidir_found;
+
 typedef struct run_state {
     xattn_safetensors *st;
     cli_module mod;
+    bidir_found bf;
+    int is_bidir;
     xattn_mha *m;
-    xattn_array x, ctx, val, kpm, am;
-    float *out, *attn;
+    xattn_bidir *bm;
+    xattn_array x, ctx, val, kpm, am, mask, cmask, bias;
+    float *out, *attn, *cout, *cattn;
 } run_state;
 
 static void run_free(run_state *s)
 {
     xattn_mha_free(s->m);
+    xattn_bidir_free(s->bm);
     xattn_st_close(s->st);
     xattn_array_free(&s->x);
     xattn_array_free(&s->ctx);
     xattn_array_free(&s->val);
     xattn_array_free(&s->kpm);
     xattn_array_free(&s->am);
+    xattn_array_free(&s->mask);
+    xattn_array_free(&s->cmask);
+    xattn_array_free(&s->bias);
     free(s->out);
     free(s->attn);
+    free(s->cout);
+    free(s->cattn);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Model                                                                                    */
+/* ---------------------------------------------------------------------------------------- */
+
+/* 1 if `name` ends with the name component(s) `suffix`; *plen = length of what precedes it. */
+static int ends_with_component(const char *name, const char *suffix, size_t *plen)
+{
+    size_t n = strlen(name), m = strlen(suffix);
+    if (n < m || strcmp(name + n - m, suffix)) return 0;
+    if (n > m && name[n - m - 1] != '.') return 0;
+    *plen = n - m;
+    return 1;
+}
+
+/* If prefix P (length plen) of `name` is Q + "layers.L.0." (L decimal), returns 1 with
+ * *qlen = length of Q and *layer0 = (L == "0"). */
+static int layer_attn_prefix(const char *name, size_t plen, size_t *qlen, int *layer0)
+{
+    if (plen < 11 || strncmp(name + plen - 3, ".0.", 3)) return 0;
+    size_t e = plen - 3, b = e;
+    while (b > 0 && name[b - 1] >= '0' && name[b - 1] <= '9') b--;
+    if (b == e || b < 7 || strncmp(name + b - 7, "layers.", 7)) return 0;
+    if (b > 7 && name[b - 8] != '.') return 0;
+    *qlen = b - 7;
+    *layer0 = e - b == 1 && name[b] == '0';
+    return 1;
+}
+
+static void detect_bidir(const xattn_safetensors *st, bidir_found *bf)
+{
+    memset(bf, 0, sizeof *bf);
+    const size_t n = xattn_st_count(st);
+    for (size_t i = 0; i < n; i++) {
+        const char *name = xattn_st_name(st, i);
+        size_t plen, qlen;
+        int layer0, transformer = 0;
+        if (!name || !ends_with_component(name, "to_qk.weight", &plen)) continue;
+        if (layer_attn_prefix(name, plen, &qlen, &layer0)) {
+            /* a transformer layer when the transformer's first layer is complete enough to
+             * tell: Q + layers.0.0.to_qk.weight and Q + layers.0.1.1.weight */
+            char t0[600], f0[600];
+            if ((size_t)snprintf(t0, sizeof t0, "%.*slayers.0.0.to_qk.weight", (int)qlen, name) <
+                    sizeof t0 &&
+                (size_t)snprintf(f0, sizeof f0, "%.*slayers.0.1.1.weight", (int)qlen, name) <
+                    sizeof f0 &&
+                xattn_st_find(st, t0) >= 0 && xattn_st_find(st, f0) >= 0) {
+                if (!layer0) continue; /* counted with layer 0 */
+                transformer = 1;
+                plen = qlen;
+            }
+        }
+        if (plen >= sizeof bf->prefix) {
+            bf->n_long++;
+            continue;
+        }
+        if (bf->n_found++ == 0) {
+            bf->transformer = transformer;
+            memcpy(bf->prefix, name, plen);
+            bf->prefix[plen] = '\0';
+        }
+    }
+}
+
+static const char *bidir_name(int transformer)
+{
+    return transformer ? "BidirectionalCrossAttentionTransformer" : "BidirectionalCrossAttention";
+}
+
+static const char *kind_option(const run_state *s)
+{
+    if (s->is_bidir) return s->bf.transformer ? "bidir-transformer" : "bidir";
+    return s->mod.kind == CLI_MODULE_MHA ? "mha" : "attention";
+}
+
+/* Options of the other module family are errors: returns 0 or an exit code (reported). */
+static int check_family_options(const run_args *a, const run_state *s)
+{
+    char kind[128];
+    if (s->is_bidir) {
+        snprintf(kind, sizeof kind, "%s", bidir_name(s->bf.transformer));
+        const char *opt = a->value ? "--value"
+                          : a->kpm ? "--key-padding-mask"
+                          : a->attn_mask ? "--attn-mask"
+                          : a->causal ? "--causal"
+                          : a->per_head ? "--per-head-attn"
+                                        : NULL;
+        if (opt)
+            return cli_error(CMD, a->model,
+                             "%s is an option of the multi-head modules, but the model is a %s "
+                             "(masks: --mask / --context-mask, bool True = keep)",
+                             opt, kind);
+        if (!a->context)
+            return cli_error(CMD, a->model, "the model is a %s: give the context with --context",
+                             kind);
+        if (a->return_attn && s->bf.transformer)
+            return cli_error(CMD, a->model,
+                             "--return-attn: a BidirectionalCrossAttentionTransformer returns no "
+                             "attention maps (the package ignores return_attn)");
+    } else {
+        const char *opt = a->mask ? "--mask"
+                          : a->cmask ? "--context-mask"
+                          : a->rel_bias ? "--rel-pos-bias"
+                                        : NULL;
+        if (opt)
+            return cli_error(CMD, a->model,
+                             "%s is an option of the bidirectional modules, but the model is a %s "
+                             "(masks: --key-padding-mask / --attn-mask)",
+                             opt, cli_module_name(s->mod.kind));
+    }
+    return 0;
 }
 
 /* Loads and checks the model: returns 0 or an exit code (reported). */
@@ -94,26 +260,42 @@ static int load_model(const run_args *a, run_state *s)
     if (xattn_st_open(a->model, &s->st) != XATTN_OK) return cli_lib_error(CMD, a->model);
     cli_module *mod = &s->mod;
     cli_detect_module(s->st, mod);
-    if (mod->n_found == 0 && mod->n_long > 0)
+    detect_bidir(s->st, &s->bf);
+    const int n_found = mod->n_found + s->bf.n_found;
+    if (n_found == 0 && (mod->n_long > 0 || s->bf.n_long > 0))
         return cli_error(CMD, a->model,
                          "the attention module's tensor names have a prefix longer than %d bytes, "
                          "which is not supported",
                          (int)sizeof mod->prefix - 1);
-    if (mod->n_found == 0)
+    if (n_found == 0)
         return cli_error(CMD, a->model,
                          "no attention module found: expected tensors named in_proj_weight or "
-                         "q_proj_weight (torch.nn.MultiheadAttention) or to_q.weight (diffusers "
-                         "Attention)");
-    if (mod->n_found > 1)
+                         "q_proj_weight (torch.nn.MultiheadAttention), to_q.weight (diffusers "
+                         "Attention), to_qk.weight (BidirectionalCrossAttention) or "
+                         "layers.0.0.to_qk.weight (BidirectionalCrossAttentionTransformer)");
+    if (n_found > 1) {
+        char pp[160];
         return cli_error(CMD, a->model,
                          "holds %d attention modules (the first at prefix '%s'); run takes a file "
                          "with one",
-                         mod->n_found, mod->prefix);
-    if (a->module) {
-        cli_module_kind want = !strcmp(a->module, "mha") ? CLI_MODULE_MHA : CLI_MODULE_ATTENTION;
-        if (want != mod->kind)
-            return cli_error(CMD, a->model, "--module %s, but the tensors are a %s", a->module,
-                             cli_module_name(mod->kind));
+                         n_found,
+                         cli_printable(mod->n_found ? mod->prefix : s->bf.prefix, pp, sizeof pp));
+    }
+    s->is_bidir = s->bf.n_found == 1;
+    if (a->module && strcmp(a->module, kind_option(s))) {
+        char kind[64];
+        snprintf(kind, sizeof kind, "%s",
+                 s->is_bidir ? bidir_name(s->bf.transformer) : cli_module_name(mod->kind));
+        return cli_error(CMD, a->model, "--module %s, but the tensors are a %s (%s)", a->module,
+                         kind, kind_option(s));
+    }
+    int rc;
+    if ((rc = check_family_options(a, s))) return rc;
+    if (s->is_bidir) {
+        if (xattn_bidir_load(s->st, s->bf.prefix, a->heads > 0 ? a->heads : 0, &s->bm) !=
+            XATTN_OK)
+            return cli_lib_error(CMD, a->model);
+        return 0;
     }
     if (a->heads <= 0 && mod->kind == CLI_MODULE_MHA && !xattn_st_meta_get(s->st, "heads"))
         return cli_error(CMD, a->model,
@@ -121,6 +303,32 @@ static int load_model(const run_args *a, run_state *s)
                          "(__metadata__ 'heads'): pass --heads N");
     if (xattn_mha_load(s->st, mod->prefix, a->heads > 0 ? a->heads : 0, &s->m) != XATTN_OK)
         return cli_lib_error(CMD, a->model);
+    return 0;
+}
+
+/* NaN policy for one weight tensor prefix + name (skipped when absent): 0 or an exit code. */
+static int check_weight(const run_args *a, const run_state *s, const char *prefix,
+                        const char *name)
+{
+    char full[768];
+    if ((size_t)snprintf(full, sizeof full, "%s%s", prefix, name) >= sizeof full) return 0;
+    long idx = xattn_st_find(s->st, full);
+    if (idx < 0) return 0;
+    xattn_dtype dt = XATTN_F32;
+    xattn_array w;
+    if (xattn_st_info(s->st, (size_t)idx, &dt, NULL, NULL) != XATTN_OK ||
+        xattn_st_get(s->st, full, XATTN_F32, &w) != XATTN_OK)
+        return cli_lib_error(CMD, a->model);
+    char what[64], at[200], shown[200];
+    int64_t bad = cli_first_nonfinite(&w, CLI_FINITE_STRICT, what, sizeof what);
+    if (bad >= 0) cli_index_str(w.ndim, w.shape, bad, at, sizeof at);
+    xattn_array_free(&w);
+    if (bad >= 0)
+        return cli_error(CMD, a->model,
+                         "tensor '%s' holds a non-finite value (%s%s) at index %s; pass "
+                         "--allow-nonfinite to accept it",
+                         cli_printable(full, shown, sizeof shown), what,
+                         dt == XATTN_F64 ? " as float32" : "", at);
     return 0;
 }
 
@@ -133,7 +341,40 @@ static int check_weights(const run_args *a, const run_state *s)
     static const char *const att_names[] = {"to_q.weight", "to_k.weight",     "to_v.weight",
                                             "to_q.bias",   "to_k.bias",       "to_v.bias",
                                             "to_out.0.weight", "to_out.0.bias"};
+    static const char *const bidir_names[] = {
+        "norm.weight", "norm.bias", "context_norm.weight", "context_norm.bias",
+        "to_qk.weight", "to_v.weight", "context_to_qk.weight", "context_to_v.weight",
+        "to_out.weight", "to_out.bias", "context_to_out.weight", "context_to_out.bias",
+        "talking_heads.weight", "context_talking_heads.weight"};
+    static const char *const ff_names[] = {"0.weight", "1.weight", "1.bias", "3.weight",
+                                           "3.bias"};
     if (a->allow_nonfinite) return 0;
+    int rc;
+    if (s->is_bidir) {
+        xattn_bidir_config c;
+        xattn_bidir_get_config(s->bm, &c);
+        const size_t nb = sizeof bidir_names / sizeof bidir_names[0];
+        if (!c.is_transformer) {
+            for (size_t k = 0; k < nb; k++)
+                if ((rc = check_weight(a, s, s->bf.prefix, bidir_names[k]))) return rc;
+            return 0;
+        }
+        char p[400];
+        for (int64_t l = 0; l < c.depth; l++) {
+            snprintf(p, sizeof p, "%slayers.%lld.0.", s->bf.prefix, (long long)l);
+            for (size_t k = 0; k < nb; k++)
+                if ((rc = check_weight(a, s, p, bidir_names[k]))) return rc;
+            for (int side = 1; side <= 2; side++) {
+                snprintf(p, sizeof p, "%slayers.%lld.%d.", s->bf.prefix, (long long)l, side);
+                for (size_t k = 0; k < sizeof ff_names / sizeof ff_names[0]; k++)
+                    if ((rc = check_weight(a, s, p, ff_names[k]))) return rc;
+            }
+        }
+        if ((rc = check_weight(a, s, s->bf.prefix, "norm.weight")) ||
+            (rc = check_weight(a, s, s->bf.prefix, "context_norm.weight")))
+            return rc;
+        return 0;
+    }
     const int is_mha = s->mod.kind == CLI_MODULE_MHA;
     const char *const *names = is_mha ? mha_names : att_names;
     const size_t n = is_mha ? sizeof mha_names / sizeof mha_names[0]
@@ -144,28 +385,14 @@ static int check_weights(const run_args *a, const run_state *s)
     for (size_t k = 0; k < n; k++) {
         /* a packed module ignores stray q/k/v_proj_weight copies, as xattn_mha_load does */
         if (packed && k >= 1 && k <= 3) continue;
-        if ((size_t)snprintf(full, sizeof full, "%s%s", s->mod.prefix, names[k]) >= sizeof full)
-            continue;
-        long idx = xattn_st_find(s->st, full);
-        if (idx < 0) continue;
-        xattn_dtype dt = XATTN_F32;
-        xattn_array w;
-        if (xattn_st_info(s->st, (size_t)idx, &dt, NULL, NULL) != XATTN_OK ||
-            xattn_st_get(s->st, full, XATTN_F32, &w) != XATTN_OK)
-            return cli_lib_error(CMD, a->model);
-        char what[64], at[200], shown[200];
-        int64_t bad = cli_first_nonfinite(&w, CLI_FINITE_STRICT, what, sizeof what);
-        if (bad >= 0) cli_index_str(w.ndim, w.shape, bad, at, sizeof at);
-        xattn_array_free(&w);
-        if (bad >= 0)
-            return cli_error(CMD, a->model,
-                             "tensor '%s' holds a non-finite value (%s%s) at index %s; pass "
-                             "--allow-nonfinite to accept it",
-                             cli_printable(full, shown, sizeof shown), what,
-                             dt == XATTN_F64 ? " as float32" : "", at);
+        if ((rc = check_weight(a, s, s->mod.prefix, names[k]))) return rc;
     }
     return 0;
 }
+
+/* ---------------------------------------------------------------------------------------- */
+/* Inputs                                                                                   */
+/* ---------------------------------------------------------------------------------------- */
 
 /* Checks an input's last dimension against the model. */
 static int check_width(const char *path, const xattn_array *arr, int64_t want, const char *what,
@@ -176,6 +403,23 @@ static int check_width(const char *path, const xattn_array *arr, int64_t want, c
         return cli_error(CMD, path, "last dimension %lld does not match the model's %s %lld (%s)",
                          (long long)got, what, (long long)want, model);
     return 0;
+}
+
+/* Loads the context (rank and batch of X, width `want`). */
+static int load_context(const run_args *a, run_state *s, cli_finite_rule rule, int64_t B,
+                        int64_t want, const char *what)
+{
+    char s1[160];
+    int rc;
+    const int rank = s->x.ndim;
+    if ((rc = cli_load_float(CMD, a->context, 2, 3, rule, &s->ctx))) return rc;
+    if (s->ctx.ndim != rank)
+        return cli_error(CMD, a->context, "has shape %s (rank %d) but %s has rank %d",
+                         cli_shape_str(&s->ctx, s1, sizeof s1), s->ctx.ndim, a->x, rank);
+    if (rank == 3 && s->ctx.shape[0] != B)
+        return cli_error(CMD, a->context, "batch %lld does not match the batch %lld of %s",
+                         (long long)s->ctx.shape[0], (long long)B, a->x);
+    return check_width(a->context, &s->ctx, want, what, a->model);
 }
 
 static int load_inputs(const run_args *a, run_state *s, const xattn_mha_config *c, int64_t *B,
@@ -193,14 +437,7 @@ static int load_inputs(const run_args *a, run_state *s, const xattn_mha_config *
 
     const char *cpath = a->context ? a->context : a->x;
     if (a->context) {
-        if ((rc = cli_load_float(CMD, a->context, 2, 3, data_rule, &s->ctx))) return rc;
-        if (s->ctx.ndim != rank)
-            return cli_error(CMD, a->context, "has shape %s (rank %d) but %s has rank %d",
-                             cli_shape_str(&s->ctx, s1, sizeof s1), s->ctx.ndim, a->x, rank);
-        if (rank == 3 && s->ctx.shape[0] != *B)
-            return cli_error(CMD, a->context, "batch %lld does not match the batch %lld of %s",
-                             (long long)s->ctx.shape[0], (long long)*B, a->x);
-        if ((rc = check_width(a->context, &s->ctx, c->kdim, "kdim", a->model))) return rc;
+        if ((rc = load_context(a, s, data_rule, *B, c->kdim, "kdim"))) return rc;
     } else if (c->kdim != c->embed_dim) {
         return cli_error(CMD, a->model,
                          "kdim %lld differs from embed_dim %lld: give the keys with --context",
@@ -255,6 +492,72 @@ static int load_inputs(const run_args *a, run_state *s, const xattn_mha_config *
     return 0;
 }
 
+/* A bidirectional mask: bool (B, N), or (N,) for a rank-2 X. `axis` is "I" or "J". */
+static int load_bool_mask(const char *path, const char *opt, int rank, int64_t B, int64_t N,
+                          const char *axis, const char *from, xattn_array *m)
+{
+    char s1[160];
+    memset(m, 0, sizeof *m);
+    if (xattn_npy_load(path, m) != XATTN_OK) return cli_lib_error(CMD, path);
+    if (m->dtype != XATTN_BOOL)
+        return cli_error(CMD, path,
+                         "dtype %s is not supported for %s: expected bool (True = keep, as the "
+                         "package)",
+                         cli_np_dtype(m->dtype), opt);
+    int ok = (m->ndim == 2 && m->shape[0] == B && m->shape[1] == N) ||
+             (rank == 2 && m->ndim == 1 && m->shape[0] == N);
+    if (!ok) {
+        if (rank == 2)
+            return cli_error(CMD, path, "has shape %s; %s needs (%s,) = (%lld,) for %s",
+                             cli_shape_str(m, s1, sizeof s1), opt, axis, (long long)N, from);
+        return cli_error(CMD, path, "has shape %s; %s needs (B, %s) = (%lld, %lld) for %s",
+                         cli_shape_str(m, s1, sizeof s1), opt, axis, (long long)B, (long long)N,
+                         from);
+    }
+    return 0;
+}
+
+static int load_bidir_inputs(const run_args *a, run_state *s, const xattn_bidir_config *c,
+                             int64_t *B, int64_t *I, int64_t *J)
+{
+    char s1[160];
+    int rc;
+    const cli_finite_rule data_rule = a->allow_nonfinite ? CLI_FINITE_ANY : CLI_FINITE_STRICT;
+    if ((rc = cli_load_float(CMD, a->x, 2, 3, data_rule, &s->x))) return rc;
+    const int rank = s->x.ndim;
+    *B = rank == 3 ? s->x.shape[0] : 1;
+    *I = s->x.shape[rank - 2];
+    if ((rc = check_width(a->x, &s->x, c->dim, "dim", a->model))) return rc;
+    if ((rc = load_context(a, s, data_rule, *B, c->context_dim, "context_dim"))) return rc;
+    *J = s->ctx.shape[rank - 2];
+
+    if (a->mask &&
+        (rc = load_bool_mask(a->mask, "--mask", rank, *B, *I, "I", a->x, &s->mask)))
+        return rc;
+    if (a->cmask && (rc = load_bool_mask(a->cmask, "--context-mask", rank, *B, *J, "J",
+                                         a->context, &s->cmask)))
+        return rc;
+    if (a->rel_bias) {
+        if ((rc = cli_load_float(CMD, a->rel_bias, 2, 4, data_rule, &s->bias))) return rc;
+        const xattn_array *b = &s->bias;
+        const int nd = b->ndim;
+        int ok = b->shape[nd - 2] == *I && b->shape[nd - 1] == *J;
+        if (nd >= 3) ok = ok && (b->shape[nd - 3] == 1 || b->shape[nd - 3] == c->heads);
+        if (nd == 4) ok = ok && (b->shape[0] == 1 || b->shape[0] == *B);
+        if (!ok)
+            return cli_error(CMD, a->rel_bias,
+                             "has shape %s; expected (I, J) = (%lld, %lld), (heads or 1, I, J) or "
+                             "(B or 1, heads or 1, I, J) for B = %lld, heads = %lld",
+                             cli_shape_str(b, s1, sizeof s1), (long long)*I, (long long)*J,
+                             (long long)*B, (long long)c->heads);
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Outputs                                                                                  */
+/* ---------------------------------------------------------------------------------------- */
+
 /* Checks before any work that the output directory exists and is writable, or can be made:
  * returns 0 or an exit code (reported). */
 static int check_out_dir(const char *dir)
@@ -291,19 +594,38 @@ static int check_out_dir(const char *dir)
     return 0;
 }
 
+#define MAX_OUTPUTS 4
+
+typedef struct out_file {
+    const char *name; /* "out", "attn", ... */
+    xattn_array arr;  /* F32, data borrowed */
+    const char *note; /* printed after the shape, or NULL */
+} out_file;
+
+static void out_set(out_file *o, const char *name, float *data, const char *note, int ndim,
+                    const int64_t *shape)
+{
+    memset(o, 0, sizeof *o);
+    o->name = name;
+    o->note = note;
+    o->arr.dtype = XATTN_F32;
+    o->arr.data = data;
+    o->arr.ndim = ndim;
+    for (int d = 0; d < ndim; d++) o->arr.shape[d] = shape[d];
+}
+
 /* Writes the outputs: each first as NAME.npy.part, then all renamed into place, so that a
  * failure leaves neither a partial set nor a clobbered earlier result. On failure removes what
  * it wrote (and the output directory if it made it). */
-static int write_outputs(const run_args *a, const run_state *s, const xattn_mha_config *c,
-                         int rank, int64_t B, int64_t I, int64_t J)
+static int write_outputs(const char *dir, const out_file *outs, int n)
 {
-    const char *dir = a->out_dir ? a->out_dir : ".";
-    char out_path[4096], attn_path[4096], out_part[4200], attn_part[4200];
-    if ((size_t)snprintf(out_path, sizeof out_path, "%s/out.npy", dir) >= sizeof out_path ||
-        (size_t)snprintf(attn_path, sizeof attn_path, "%s/attn.npy", dir) >= sizeof attn_path)
-        return cli_error(CMD, dir, "output directory name is too long");
-    snprintf(out_part, sizeof out_part, "%s.part", out_path);
-    snprintf(attn_part, sizeof attn_part, "%s.part", attn_path);
+    char path[MAX_OUTPUTS][4096], part[MAX_OUTPUTS][4200];
+    for (int k = 0; k < n; k++) {
+        if ((size_t)snprintf(path[k], sizeof path[k], "%s/%s.npy", dir, outs[k].name) >=
+                sizeof path[k] ||
+            (size_t)snprintf(part[k], sizeof part[k], "%s.part", path[k]) >= sizeof part[k])
+            return cli_error(CMD, dir, "output directory name is too long");
+    }
 
     int made_dir = 0;
     struct stat sb;
@@ -313,59 +635,40 @@ static int write_outputs(const run_args *a, const run_state *s, const xattn_mha_
         made_dir = 1;
     }
 
-    xattn_array o, w;
-    memset(&o, 0, sizeof o);
-    memset(&w, 0, sizeof w);
-    o.dtype = XATTN_F32;
-    o.data = s->out;
-    if (rank == 3) o.shape[o.ndim++] = B;
-    o.shape[o.ndim++] = I;
-    o.shape[o.ndim++] = c->out_dim;
-    if (a->return_attn) {
-        w.dtype = XATTN_F32;
-        w.data = s->attn;
-        if (rank == 3) w.shape[w.ndim++] = B;
-        if (a->per_head) w.shape[w.ndim++] = c->heads;
-        w.shape[w.ndim++] = I;
-        w.shape[w.ndim++] = J;
-    }
-
     /* what could make a rename fail is checked first, so that the renames do not fail half way */
-    int rc = 0;
-    if (stat(out_path, &sb) == 0 && S_ISDIR(sb.st_mode))
-        rc = cli_error(CMD, out_path, "cannot write: is a directory");
-    else if (a->return_attn && stat(attn_path, &sb) == 0 && S_ISDIR(sb.st_mode))
-        rc = cli_error(CMD, attn_path, "cannot write: is a directory");
-    else if (xattn_npy_save(out_part, &o) != XATTN_OK)
-        rc = cli_lib_error(CMD, out_part);
-    else if (a->return_attn && xattn_npy_save(attn_part, &w) != XATTN_OK)
-        rc = cli_lib_error(CMD, attn_part);
-    else if (rename(out_part, out_path) != 0)
-        rc = cli_error(CMD, out_path, "cannot write: %s", strerror(errno));
-    else if (a->return_attn && rename(attn_part, attn_path) != 0) {
-        rc = cli_error(CMD, attn_path, "cannot write: %s", strerror(errno));
-        unlink(out_path);
-    }
+    int rc = 0, written = 0, renamed = 0;
+    for (int k = 0; k < n && !rc; k++)
+        if (stat(path[k], &sb) == 0 && S_ISDIR(sb.st_mode))
+            rc = cli_error(CMD, path[k], "cannot write: is a directory");
+    for (int k = 0; k < n && !rc; k++, written++)
+        if (xattn_npy_save(part[k], &outs[k].arr) != XATTN_OK) rc = cli_lib_error(CMD, part[k]);
+    for (int k = 0; k < n && !rc; k++, renamed++)
+        if (rename(part[k], path[k]) != 0)
+            rc = cli_error(CMD, path[k], "cannot write: %s", strerror(errno));
     if (rc) {
-        unlink(out_part);
-        if (a->return_attn) unlink(attn_part);
+        for (int k = 0; k < renamed; k++) unlink(path[k]);
+        for (int k = renamed; k < written; k++) unlink(part[k]);
         if (made_dir) rmdir(dir);
         return rc;
     }
     char sh[160];
-    printf("wrote %s %s\n", out_path, cli_shape_str(&o, sh, sizeof sh));
-    if (a->return_attn)
-        printf("wrote %s %s (%s)\n", attn_path, cli_shape_str(&w, sh, sizeof sh),
-               a->per_head ? "per head" : "averaged over heads");
+    for (int k = 0; k < n; k++) {
+        if (outs[k].note)
+            printf("wrote %s %s (%s)\n", path[k], cli_shape_str(&outs[k].arr, sh, sizeof sh),
+                   outs[k].note);
+        else
+            printf("wrote %s %s\n", path[k], cli_shape_str(&outs[k].arr, sh, sizeof sh));
+    }
     return 0;
 }
 
-static int run(const run_args *a, run_state *s)
+/* ---------------------------------------------------------------------------------------- */
+/* Running                                                                                  */
+/* ---------------------------------------------------------------------------------------- */
+
+static int run_mha(const run_args *a, run_state *s)
 {
     int rc;
-    if ((rc = check_out_dir(a->out_dir ? a->out_dir : "."))) return rc;
-    if ((rc = load_model(a, s))) return rc;
-    if ((rc = check_weights(a, s))) return rc;
     xattn_mha_config c;
     xattn_mha_get_config(s->m, &c);
     int64_t B = 0, I = 0, J = 0;
@@ -408,7 +711,101 @@ static int run(const run_args *a, run_state *s)
     in.is_causal = a->causal;
     if (xattn_mha_forward(s->m, &in, s->out, s->attn, !a->per_head) != XATTN_OK)
         return cli_lib_error(CMD, a->model);
-    return write_outputs(a, s, &c, s->x.ndim, B, I, J);
+
+    const int rank3 = s->x.ndim == 3;
+    out_file outs[2];
+    int64_t sh[4];
+    int nd = 0;
+    if (rank3) sh[nd++] = B;
+    sh[nd++] = I;
+    sh[nd++] = c.out_dim;
+    out_set(&outs[0], "out", s->out, NULL, nd, sh);
+    if (a->return_attn) {
+        nd = 0;
+        if (rank3) sh[nd++] = B;
+        if (a->per_head) sh[nd++] = c.heads;
+        sh[nd++] = I;
+        sh[nd++] = J;
+        out_set(&outs[1], "attn", s->attn, a->per_head ? "per head" : "averaged over heads", nd,
+                sh);
+    }
+    return write_outputs(a->out_dir ? a->out_dir : ".", outs, a->return_attn ? 2 : 1);
+}
+
+static int run_bidir(const run_args *a, run_state *s)
+{
+    int rc;
+    xattn_bidir_config c;
+    xattn_bidir_get_config(s->bm, &c);
+    int64_t B = 0, I = 0, J = 0;
+    if ((rc = load_bidir_inputs(a, s, &c, &B, &I, &J))) return rc;
+
+    /* sizes, with overflow checks (each factor is bounded by a file that was read) */
+    const double n_out = (double)B * (double)I * (double)c.dim;
+    const double n_cout = (double)B * (double)J * (double)c.context_dim;
+    const double n_attn = (double)B * (double)c.heads * (double)I * (double)J;
+    if (n_out * 4 > 1e12 || n_cout * 4 > 1e12 || (a->return_attn && n_attn * 4 > 1e12))
+        return cli_error(CMD, a->x, "outputs for B=%lld, I=%lld, J=%lld, %lld heads are too large",
+                         (long long)B, (long long)I, (long long)J, (long long)c.heads);
+    s->out = malloc((size_t)n_out * sizeof(float));
+    s->cout = malloc((size_t)n_cout * sizeof(float));
+    if (a->return_attn) {
+        s->attn = malloc((size_t)n_attn * sizeof(float));
+        s->cattn = malloc((size_t)n_attn * sizeof(float));
+    }
+    if (!s->out || !s->cout || (a->return_attn && (!s->attn || !s->cattn)))
+        return cli_error(CMD, a->x, "out of memory for the outputs");
+
+    xattn_bidir_inputs in;
+    memset(&in, 0, sizeof in);
+    in.B = B;
+    in.I = I;
+    in.J = J;
+    in.x = s->x.data;
+    in.context = s->ctx.data;
+    in.mask = a->mask ? s->mask.data : NULL;
+    in.context_mask = a->cmask ? s->cmask.data : NULL;
+    if (a->rel_bias) {
+        const int nd = s->bias.ndim;
+        in.rel_pos_bias = s->bias.data;
+        in.bias_h = nd >= 3 ? s->bias.shape[nd - 3] : 1;
+        in.bias_b = nd == 4 ? s->bias.shape[0] : 1;
+    }
+    if (xattn_bidir_forward(s->bm, &in, s->out, s->cout, s->attn, s->cattn) != XATTN_OK)
+        return cli_lib_error(CMD, a->model);
+
+    const int rank3 = s->x.ndim == 3;
+    out_file outs[4];
+    int64_t sh[4];
+    int nd = 0;
+    if (rank3) sh[nd++] = B;
+    sh[nd++] = I;
+    sh[nd++] = c.dim;
+    out_set(&outs[0], "out", s->out, NULL, nd, sh);
+    nd = 0;
+    if (rank3) sh[nd++] = B;
+    sh[nd++] = J;
+    sh[nd++] = c.context_dim;
+    out_set(&outs[1], "context_out", s->cout, NULL, nd, sh);
+    if (a->return_attn) {
+        nd = 0;
+        if (rank3) sh[nd++] = B;
+        sh[nd++] = c.heads;
+        sh[nd++] = I;
+        sh[nd++] = J;
+        out_set(&outs[2], "attn", s->attn, "softmax over j, per head", nd, sh);
+        out_set(&outs[3], "context_attn", s->cattn, "softmax over i, per head", nd, sh);
+    }
+    return write_outputs(a->out_dir ? a->out_dir : ".", outs, a->return_attn ? 4 : 2);
+}
+
+static int run(const run_args *a, run_state *s)
+{
+    int rc;
+    if ((rc = check_out_dir(a->out_dir ? a->out_dir : "."))) return rc;
+    if ((rc = load_model(a, s))) return rc;
+    if ((rc = check_weights(a, s))) return rc;
+    return s->is_bidir ? run_bidir(a, s) : run_mha(a, s);
 }
 
 int cmd_run(int argc, char **argv)
@@ -422,6 +819,9 @@ int cmd_run(int argc, char **argv)
         {"--key-padding-mask", CLI_STRING, &a.kpm, 0, 0},
         {"--attn-mask", CLI_STRING, &a.attn_mask, 0, 0},
         {"--causal", CLI_FLAG, &a.causal, 0, 0},
+        {"--mask", CLI_STRING, &a.mask, 0, 0},
+        {"--context-mask", CLI_STRING, &a.cmask, 0, 0},
+        {"--rel-pos-bias", CLI_STRING, &a.rel_bias, 0, 0},
         {"--heads", CLI_INT, &a.heads, 1, 1 << 20},
         {"--return-attn", CLI_FLAG, &a.return_attn, 0, 0},
         {"--per-head-attn", CLI_FLAG, &a.per_head, 0, 0},
@@ -442,8 +842,12 @@ int cmd_run(int argc, char **argv)
     if (n_pos != 1) return cli_usage(CMD, "missing MODEL.safetensors");
     a.model = pos[0];
     if (!a.x) return cli_usage(CMD, "missing --x X.npy");
-    if (a.module && strcmp(a.module, "mha") && strcmp(a.module, "attention"))
-        return cli_usage(CMD, "--module must be 'mha' or 'attention', not '%s'", a.module);
+    if (a.module && strcmp(a.module, "mha") && strcmp(a.module, "attention") &&
+        strcmp(a.module, "bidir") && strcmp(a.module, "bidir-transformer"))
+        return cli_usage(CMD,
+                         "--module must be 'mha', 'attention', 'bidir' or 'bidir-transformer', "
+                         "not '%s'",
+                         a.module);
     if (a.per_head) a.return_attn = 1;
     if (a.threads > 0) xattn_set_threads((int)a.threads);
 

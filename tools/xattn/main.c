@@ -4,6 +4,8 @@
 #include <stdio.h>
 #include <string.h>
 
+int cmd_attn_png(int argc, char **argv); /* cmd_attn_png.c */
+
 typedef struct command {
     const char *name;
     int (*fn)(int argc, char **argv);
@@ -15,6 +17,7 @@ static const command COMMANDS[] = {
     {"inspect", cmd_inspect, "list a safetensors file's tensors and metadata, detect the module"},
     {"demo", cmd_demo, "fused attention on generated inputs: time, GFLOP/s, memory, accuracy"},
     {"compare", cmd_compare, "compare two .npy arrays: max |a-b|/(1+|b|) against a tolerance"},
+    {"attn-png", cmd_attn_png, "draw an attention map .npy as a PNG heat-map (axes, colour bar)"},
 };
 #define N_COMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])
 
@@ -42,7 +45,8 @@ static void usage(FILE *f)
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fputs("xattn: missing command: run, inspect, demo or compare (see 'xattn --help')\n",
+        fputs("xattn: missing command: run, inspect, demo, compare or attn-png (see 'xattn "
+              "--help')\n",
               stderr);
         return CLI_EXIT_USAGE;
     }
