@@ -1,6 +1,6 @@
 # Everyday commands; CMake does the real work.
 BUILD ?= build
-.PHONY: all test sanitize fuzz bench clean install
+.PHONY: all test sanitize fuzz bench bench-bidir clean install
 all:
 	bash scripts/bootstrap.sh
 test: all
@@ -16,3 +16,5 @@ clean:
 	rm -rf build build-asan build-fuzz
 install: all
 	cmake --install $(BUILD)
+bench-bidir: all
+	$(HOME)/.venvs/ref/bin/python bench/bidir_bench.py

@@ -982,13 +982,14 @@ static void test_random(void)
 /* 3. errors                                                                                 */
 /* ---------------------------------------------------------------------------------------- */
 
-static void check_message(const char *needle)
+static void check_message(const char *needle, int line)
 {
     const char *msg = xattn_last_error();
     tu_checks++;
     if (needle && !strstr(msg, needle)) {
         tu_failures++;
-        fprintf(stderr, "message '%s' does not mention '%s'\n", msg, needle);
+        fprintf(stderr, "%s:%d: load error message '%s' does not mention '%s'\n", __FILE__, line,
+                msg, needle);
     }
     CHECK(strchr(msg, '\n') == NULL && strlen(msg) < 400);
 }
@@ -1011,7 +1012,7 @@ static void expect_load_fail(const wlist *w, const char *prefix, int64_t heads, 
         if (s == XATTN_OK) xattn_bidir_free(m);
     } else {
         CHECK(m == NULL);
-        check_message(needle);
+        check_message(needle, line);
     }
     xattn_st_close(st);
 }
@@ -1313,6 +1314,12 @@ static void test_errors(void)
     }
     wl_remove(w, "layers.1.2.3.bias");
     LOAD_FAIL(w, "", 2, XATTN_ERR_NOT_FOUND, "layers.1.2.3.bias");
+    /* a whole feed-forward missing from the last layer: the message still names a tensor */
+    wl_remove(w, "layers.1.2.0.weight");
+    wl_remove(w, "layers.1.2.1.weight");
+    wl_remove(w, "layers.1.2.1.bias");
+    wl_remove(w, "layers.1.2.3.weight");
+    LOAD_FAIL(w, "", 2, XATTN_OK, "layers.1.2.");
     wl_init(w);
     add_transformer(w, 0, "", 2, 8, 6, 2, 4, 0, 32, 24, 0);
     wl_remove(w, "layers.0.0.norm.weight"); /* the transformer's attention is prenorm */
@@ -1376,6 +1383,7 @@ static void test_errors(void)
 
 int main(void)
 {
+    setvbuf(stdout, NULL, _IOLBF, 0); /* progress lines and failure messages in order */
     printf("kernel set: %s\n", xattn_isa());
     const size_t nfix = sizeof FIXTURES / sizeof FIXTURES[0];
     for (size_t i = 0; i < nfix; i++) run_fixture(FIXTURES[i]);

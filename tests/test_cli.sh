@@ -2,9 +2,9 @@
 # Tests of the xattn command-line tool: bash tests/test_cli.sh PATH/TO/xattn FIXTURES_DIR
 #
 # Runs run / inspect / compare / --help on the fixtures of tests/fixtures/cli (made by
-# tests/reference/gen_mha.py) in a temporary directory, compares outputs with `xattn compare`,
-# and checks every bad-input case: non-zero exit, exactly one line on stderr naming the file
-# (or option) at fault, and nothing written.
+# tests/reference/gen_mha.py and gen_cli_bidir.py) in a temporary directory, compares outputs
+# with `xattn compare`, and checks every bad-input case: non-zero exit, exactly one line on
+# stderr naming the file (or option) at fault, and nothing written.
 set -u
 export LC_ALL=C # byte semantics for ${#string} in the file forgers below
 
@@ -107,7 +107,7 @@ if ok "help run via 'help'" "$X" help run; then has "help run" "$D.out" "--key-p
 for c in run inspect demo compare; do
     "$X" $c --help >"$TMP/help_$c" 2>&1
     for o in $(sed -n '/^usage:/,/^$/p' "$TMP/help_$c" | grep -o -- '--[a-z][a-z-]*' | sort -u); do
-        if "$X" $c "$o" 2>&1 | grep -q "unknown option"; then
+        if "$X" $c "$o" --help 2>&1 | grep -q "unknown option"; then
             fail "xattn $c --help names $o, which $c does not accept"
         elif [ "$(grep -c -- "$o" "$TMP/help_$c")" -lt 2 ]; then
             fail "xattn $c --help names $o in the synopsis only"
@@ -229,7 +229,8 @@ bad "inspect truncated" 1 "trunc.safetensors" "$X" inspect "$B/trunc.safetensors
 bad "inspect missing" 1 "missing.safetensors" "$X" inspect "$B/missing.safetensors"
 bad "inspect unknown option" 2 "--all" "$X" inspect --all "$MHA"
 bad "demo unknown option" 2 "--size" "$X" demo --size 3
-bad "demo bad len" 2 "--len" "$X" demo --len 0
+bad "demo bad video length" 2 "--video-len" "$X" demo --video-len 0
+bad "demo bad audio length" 2 "--audio-len" "$X" demo --audio-len x
 
 # ---- file forgers (bash only) ---------------------------------------------------------------
 # le N W: W little-endian bytes of N as printf escapes (N is a signed 64-bit bash integer)
@@ -581,9 +582,15 @@ bad "bidir context_attn.npy not writable" 1 "context_attn.npy" "$X" run "$BA" "$
 out.npy" ] && pass || fail "failed bidir run left files: $(ls -A "$G/bkeep")"
 
 # ---- demo (small) ------------------------------------------------------------------------
-if ok "demo" "$X" demo --len 96 --threads 2 --seed 3; then
+if ok "demo" "$X" demo --video-len 256 --audio-len 512 --offset 5 --threads 2 --out demo.png; then
     has "demo GFLOP/s" "$D.out" "GFLOP/s"
-    has "demo check" "$D.out" "(ok)"
+    has "demo alignment" "$D.out" "100.0% matched within one audio frame"
+    has "demo truth" "$D.out" "audio = 2 x video + 5"
+    if [ "$(head -c 8 "$D/demo.png" | od -An -tx1 | tr -d ' \n')" = "89504e470d0a1a0a" ]; then
+        pass
+    else
+        fail "demo: demo.png is not a PNG"
+    fi
 fi
 
 echo "test_cli: $passed passed, $failed failed"

@@ -19,8 +19,14 @@
  *                                        package builds it, or context_dim)]
  *
  * Prenorm: nn.RMSNorm(eps=None) (weight only; eps = FLT_EPSILON for fp32) in 0.1.0, nn.LayerNorm
- * (weight and bias, eps 1e-5) in 0.0.x. Heads: the talking-heads weight's size, else the caller's
- * heads, else __metadata__ "heads", else 8 (the package default); dim_head = inner / heads.
+ * (weight and bias, eps 1e-5) in 0.0.x. FeedForward: RMSNorm (FLT_EPSILON), Linear, exact erf
+ * GELU, Linear. Heads: the talking-heads weight's size (a caller's heads or __metadata__
+ * "heads" must agree with it), else the caller's heads, else __metadata__ "heads", else 8 (the
+ * package default); dim_head = inner / heads.
+ *
+ * Loading checks every tensor (dtype, shape, presence, the same prenorm / talking heads / widths
+ * in every layer) before it allocates anything that grows with the depth, so a forged file
+ * naming a huge layer index costs nothing; then all weights go into one allocation.
  *
  * forward of one attention: prenorm into scratch; ONE xattn_linear for x against to_qk and
  * to_v stored back to back ((2*inner, dim), so each row of the result holds qk then v), one for
@@ -247,39 +253,25 @@ static xattn_status fetch(const xattn_safetensors *st, const tref *t)
     return XATTN_OK;
 }
 
-/* One 64-byte aligned block for every present ref (a glued ref directly follows the previous
- * one), filled from the file. */
-static xattn_status alloc_and_fetch(const xattn_safetensors *st, tref *refs, int64_t n,
-                                    float **block_out)
+/* Lays out the present refs of r[0..n) in the weight block from *off on (64-byte aligned slots;
+ * a glued ref directly follows the previous one) and advances *off; with a block, sets each
+ * ref's dst and copies its data in. */
+static xattn_status place(const xattn_safetensors *st, tref *r, int n, int64_t *off,
+                          float *block)
 {
-    int64_t total = 0;
-    for (int64_t i = 0; i < n; i++) {
-        if (!refs[i].present) continue;
-        int64_t e = numel_of(&refs[i]);
-        if (!refs[i].glue && total % 16) total += 16 - total % 16;
-        if (e > INT64_MAX / 8 - total) return xa_error(XATTN_ERR_NOMEM, "xattn_bidir_load: weights overflow");
-        total += e;
-    }
-    if ((uint64_t)total > SIZE_MAX / sizeof(float))
-        return xa_error(XATTN_ERR_NOMEM, "xattn_bidir_load: weights overflow");
-    float *block = xa_alloc((size_t)total * sizeof(float));
-    if (!block) return XATTN_ERR_NOMEM;
-    int64_t off = 0;
-    for (int64_t i = 0; i < n; i++) {
-        if (!refs[i].present) continue;
-        if (!refs[i].glue && off % 16) off += 16 - off % 16;
-        refs[i].dst = block + off;
-        off += numel_of(&refs[i]);
-    }
-    for (int64_t i = 0; i < n; i++) {
-        if (!refs[i].present) continue;
-        xattn_status s = fetch(st, &refs[i]);
-        if (s != XATTN_OK) {
-            xa_free(block);
-            return s;
+    for (int k = 0; k < n; k++) {
+        if (!r[k].present) continue;
+        if (!r[k].glue && *off % 16) *off += 16 - *off % 16;
+        const int64_t e = numel_of(&r[k]);
+        if (e > INT64_MAX / 8 - *off)
+            return xa_error(XATTN_ERR_NOMEM, "xattn_bidir_load: weights overflow");
+        if (block) {
+            r[k].dst = block + *off;
+            xattn_status s = fetch(st, &r[k]);
+            if (s != XATTN_OK) return s;
         }
+        *off += e;
     }
-    *block_out = block;
     return XATTN_OK;
 }
 
@@ -309,9 +301,7 @@ static xattn_status find_depth(const xattn_safetensors *st, const char *prefix, 
                             xa_io_printable(name, shown, sizeof shown), BD_MAX_DEPTH);
         if (l > maxl) maxl = l;
     }
-    /* every layer up to the last one named must be there (a gap is a missing tensor), and the
-     * file must hold enough tensors for them (a layer has at least 20), so that a forged file
-     * with a huge layer index cannot make the loader allocate much */
+    /* every layer up to the last one named must be there (a gap is a missing tensor) */
     char mid[64];
     for (int64_t l = 0; l <= maxl; l++) {
         snprintf(mid, sizeof mid, "layers.%lld.0.to_qk.weight", (long long)l);
@@ -322,10 +312,6 @@ static xattn_status find_depth(const xattn_safetensors *st, const char *prefix, 
                             xa_io_printable(prefix, pp, sizeof pp), mid, (long long)maxl);
         }
     }
-    if (maxl + 1 > (int64_t)(n / 20))
-        return xa_error(XATTN_ERR_FORMAT,
-                        "%zu tensors are too few for %lld transformer layers (each has at least 20)",
-                        n, (long long)(maxl + 1));
     *depth = maxl + 1;
     return XATTN_OK;
 }
@@ -574,94 +560,113 @@ static void wire_ff(bd_ff *f, const tref *r)
     f->b2 = r[F_B2].dst;
 }
 
+/* Finds the refs of layer l: the attention, and for a transformer the two feed-forwards. */
+static xattn_status find_layer(const xattn_safetensors *st, const char *prefix, int transformer,
+                               int64_t l, tref *r)
+{
+    xattn_status s;
+    char mid[64];
+    if (!transformer) return find_attn(st, prefix, "", r);
+    snprintf(mid, sizeof mid, "layers.%lld.0.", (long long)l);
+    if ((s = find_attn(st, prefix, mid, r))) return s;
+    for (int side = 0; side < 2; side++) {
+        snprintf(mid, sizeof mid, "layers.%lld.%d.", (long long)l, side + 1);
+        for (int k = 0; k < F_N; k++)
+            if ((s = tref_find(st, prefix, mid, ff_names[k], &r[A_N + side * F_N + k]))) return s;
+    }
+    return XATTN_OK;
+}
+
+/* Checks the final norms of a transformer. */
+static xattn_status check_final(tref *fin, const bd_dims *d, const tref *first)
+{
+    xattn_status s;
+    if (fin[N_NORM_B].present || fin[N_CNORM_B].present)
+        return xa_error(XATTN_ERR_FORMAT,
+                        "tensor '%s' present: the transformer's final norms are nn.RMSNorm (no "
+                        "bias)",
+                        fin[N_NORM_B].present ? fin[N_NORM_B].shown : fin[N_CNORM_B].shown);
+    if (fin[N_NORM_W].present != fin[N_CNORM_W].present) {
+        const tref *have = fin[N_NORM_W].present ? &fin[N_NORM_W] : &fin[N_CNORM_W];
+        const tref *lack = fin[N_NORM_W].present ? &fin[N_CNORM_W] : &fin[N_NORM_W];
+        char why[160];
+        snprintf(why, sizeof why, "'%s' is present: final_norms=True builds both", have->shown);
+        return missing(lack, why);
+    }
+    if (!fin[N_NORM_W].present) return XATTN_OK;
+    char why[256];
+    snprintf(why, sizeof why, "dim from '%s'", first[A_QK].shown);
+    if ((s = check_1d(&fin[N_NORM_W], d->dim, why))) return s;
+    /* the package builds context_norm with size dim, which only runs when context_dim == dim;
+     * a context_norm of size context_dim is accepted too */
+    snprintf(why, sizeof why, "context_dim from '%s'", first[A_CQK].shown);
+    return check_1d(&fin[N_CNORM_W], d->cdim, why);
+}
+
+/* Two passes over the layers with constant memory: the first checks every layer and sizes the
+ * weight block (so that nothing proportional to the depth is allocated before the file is
+ * known to hold every layer), the second copies the weights in. `refs` holds 2 * LAYER_REFS +
+ * N_N entries: the first layer's (kept: messages cite it), the current one's, the final norms. */
 static xattn_status load_module(const xattn_safetensors *st, const char *prefix, int64_t heads_arg,
-                                int transformer, xattn_bidir *m, tref **refs_out)
+                                int transformer, xattn_bidir *m, tref *refs)
 {
     xattn_status s;
     int64_t depth = 1;
     if (transformer && (s = find_depth(st, prefix, &depth))) return s;
-    const int64_t per = transformer ? LAYER_REFS : A_N;
-    const int64_t nrefs = depth * per + (transformer ? N_N : 0);
-    tref *refs = calloc((size_t)nrefs, sizeof *refs);
-    if (!refs) return xa_error(XATTN_ERR_NOMEM, "xattn_bidir_load: out of memory");
-    *refs_out = refs;
+    const int per = transformer ? LAYER_REFS : A_N;
+    tref *first = refs, *cur = refs + LAYER_REFS, *fin = refs + 2 * LAYER_REFS;
 
-    char mid[64];
-    for (int64_t l = 0; l < depth; l++) {
-        tref *r = refs + l * per;
-        if (transformer) snprintf(mid, sizeof mid, "layers.%lld.0.", (long long)l);
-        else mid[0] = '\0';
-        if ((s = find_attn(st, prefix, mid, r))) return s;
-        if (transformer) {
-            for (int side = 0; side < 2; side++)
-                for (int k = 0; k < F_N; k++) {
-                    snprintf(mid, sizeof mid, "layers.%lld.%d.", (long long)l, side + 1);
-                    if ((s = tref_find(st, prefix, mid, ff_names[k], &r[A_N + side * F_N + k])))
-                        return s;
-                }
-        }
-    }
-    tref *fin = refs + depth * per;
-    if (transformer)
-        for (int k = 0; k < N_N; k++)
-            if ((s = tref_find(st, prefix, "", final_names[k], &fin[k]))) return s;
-
-    /* sizes from the first attention, heads, then every attention against them */
+    /* sizes from the first attention, then the heads */
     bd_dims d;
     memset(&d, 0, sizeof d);
-    if ((s = first_dims(refs, &d))) return s;
+    if ((s = find_layer(st, prefix, transformer, 0, first)) || (s = first_dims(first, &d)))
+        return s;
     if (transformer && d.norm == XATTN_NORM_NONE)
-        return missing(&refs[A_NORM_W], "BidirectionalCrossAttentionTransformer layers use prenorm");
-    if ((s = resolve_heads(st, &refs[A_TALK], &refs[A_QK], heads_arg, &d))) return s;
-    for (int64_t l = 0; l < depth; l++)
-        if ((s = check_attn(refs + l * per, &d, refs))) return s;
+        return missing(&first[A_NORM_W], "BidirectionalCrossAttentionTransformer layers use prenorm");
+    if ((s = resolve_heads(st, &first[A_TALK], &first[A_QK], heads_arg, &d))) return s;
 
+    /* pass 1: check every layer, size the block */
+    int64_t total = 0;
+    for (int64_t l = 0; l < depth; l++) {
+        tref *r = l == 0 ? first : cur;
+        if (l > 0 && (s = find_layer(st, prefix, transformer, l, r))) return s;
+        if ((s = check_attn(r, &d, first))) return s;
+        if (transformer &&
+            ((s = check_ff(r + A_N, d.dim, &d.hidden, "dim", &first[A_QK])) ||
+             (s = check_ff(r + A_N + F_N, d.cdim, &d.chidden, "context_dim", &first[A_CQK]))))
+            return s;
+        if ((s = place(st, r, per, &total, NULL))) return s;
+    }
     if (transformer) {
-        for (int64_t l = 0; l < depth; l++) {
-            tref *r = refs + l * per + A_N;
-            if ((s = check_ff(r, d.dim, &d.hidden, "dim", &refs[A_QK])) ||
-                (s = check_ff(r + F_N, d.cdim, &d.chidden, "context_dim", &refs[A_CQK])))
-                return s;
-        }
-        if (fin[N_NORM_B].present || fin[N_CNORM_B].present)
-            return xa_error(XATTN_ERR_FORMAT,
-                            "tensor '%s' present: the transformer's final norms are nn.RMSNorm "
-                            "(no bias)",
-                            fin[N_NORM_B].present ? fin[N_NORM_B].shown : fin[N_CNORM_B].shown);
-        if (fin[N_NORM_W].present != fin[N_CNORM_W].present) {
-            const tref *have = fin[N_NORM_W].present ? &fin[N_NORM_W] : &fin[N_CNORM_W];
-            const tref *lack = fin[N_NORM_W].present ? &fin[N_CNORM_W] : &fin[N_NORM_W];
-            char why[160];
-            snprintf(why, sizeof why, "'%s' is present: final_norms=True builds both",
-                     have->shown);
-            return missing(lack, why);
-        }
-        if (fin[N_NORM_W].present) {
-            char why[256];
-            snprintf(why, sizeof why, "dim from '%s'", refs[A_QK].shown);
-            if ((s = check_1d(&fin[N_NORM_W], d.dim, why))) return s;
-            /* the package builds context_norm with size dim, which only runs when
-             * context_dim == dim; a context_norm of size context_dim is accepted too */
-            snprintf(why, sizeof why, "context_dim from '%s'", refs[A_CQK].shown);
-            if ((s = check_1d(&fin[N_CNORM_W], d.cdim, why))) return s;
-        }
+        for (int k = 0; k < N_N; k++)
+            if ((s = tref_find(st, prefix, "", final_names[k], &fin[k]))) return s;
+        if ((s = check_final(fin, &d, first)) || (s = place(st, fin, N_N, &total, NULL)))
+            return s;
     }
 
-    /* weights: one block; drop refs that are not used */
-    if ((s = alloc_and_fetch(st, refs, nrefs, &m->block))) return s;
+    /* pass 2: one block for every weight */
+    if ((uint64_t)total > SIZE_MAX / sizeof(float))
+        return xa_error(XATTN_ERR_NOMEM, "xattn_bidir_load: weights overflow");
+    m->block = xa_alloc((size_t)total * sizeof(float));
     m->layers = calloc((size_t)depth, sizeof *m->layers);
-    if (!m->layers) return xa_error(XATTN_ERR_NOMEM, "xattn_bidir_load: out of memory");
+    if (!m->block || !m->layers) return xa_error(XATTN_ERR_NOMEM, "xattn_bidir_load: out of memory");
+    int64_t off = 0;
     for (int64_t l = 0; l < depth; l++) {
-        const tref *r = refs + l * per;
+        tref *r = l == 0 ? first : cur;
+        if (l > 0 && (s = find_layer(st, prefix, transformer, l, r))) return s;
+        if ((s = place(st, r, per, &off, m->block))) return s;
         wire_attn(&m->layers[l].attn, r);
         if (transformer) {
             wire_ff(&m->layers[l].ff, r + A_N);
             wire_ff(&m->layers[l].cff, r + A_N + F_N);
         }
     }
-    if (transformer && fin[N_NORM_W].present) {
-        m->fnorm_w = fin[N_NORM_W].dst;
-        m->fcnorm_w = fin[N_CNORM_W].dst;
+    if (transformer) {
+        if ((s = place(st, fin, N_N, &off, m->block))) return s;
+        if (fin[N_NORM_W].present) {
+            m->fnorm_w = fin[N_NORM_W].dst;
+            m->fcnorm_w = fin[N_CNORM_W].dst;
+        }
     }
 
     xattn_bidir_config *c = &m->cfg;
@@ -708,8 +713,12 @@ xattn_status xattn_bidir_load(const xattn_safetensors *st, const char *prefix, i
 
     xattn_bidir *m = calloc(1, sizeof *m);
     if (!m) return xa_error(XATTN_ERR_NOMEM, "xattn_bidir_load: out of memory");
-    tref *refs = NULL;
-    xattn_status s = load_module(st, prefix, heads, tr_names, m, &refs);
+    tref *refs = calloc(2 * LAYER_REFS + N_N, sizeof *refs);
+    if (!refs) {
+        free(m);
+        return xa_error(XATTN_ERR_NOMEM, "xattn_bidir_load: out of memory");
+    }
+    xattn_status s = load_module(st, prefix, heads, tr_names, m, refs);
     free(refs);
     if (s != XATTN_OK) {
         xattn_bidir_free(m);

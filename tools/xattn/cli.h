@@ -114,6 +114,16 @@ typedef struct cli_module {
 void cli_detect_module(const xattn_safetensors *st, cli_module *mod);
 const char *cli_module_name(cli_module_kind k); /* "torch.nn.MultiheadAttention", ... */
 
+/* Bidirectional modules: to_qk.weight (BidirectionalCrossAttention) or Q + layers.0.0.to_qk.weight
+ * with Q + layers.0.1.1.weight beside it (BidirectionalCrossAttentionTransformer, counted once). */
+typedef struct cli_bidir {
+    int n_found, n_long;
+    int transformer;  /* of the first found */
+    char prefix[256];
+} cli_bidir;
+
+void cli_detect_bidir(const xattn_safetensors *st, cli_bidir *bf);
+
 /* Monotonic wall clock in seconds. */
 double cli_now(void);
 /* Peak resident set size of this process in bytes (getrusage), 0 if unknown. */
@@ -124,5 +134,7 @@ int cmd_run(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
 int cmd_compare(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+int cmd_attn_png(int argc, char **argv);
 
 #endif

@@ -29,70 +29,6 @@ static const char *tf(int b) { return b ? "True" : "False"; }
 
 /* ---- bidirectional modules (PyPI bidirectional-cross-attention) ---- */
 
-typedef struct bidir_found {
-    int n_found, n_long;
-    int transformer; /* of the first */
-    char prefix[256];
-} bidir_found;
-
-/* 1 if `name` ends with the name component(s) `suffix`; *plen = length of what precedes it. */
-static int ends_with_component(const char *name, const char *suffix, size_t *plen)
-{
-    size_t n = strlen(name), m = strlen(suffix);
-    if (n < m || strcmp(name + n - m, suffix)) return 0;
-    if (n > m && name[n - m - 1] != '.') return 0;
-    *plen = n - m;
-    return 1;
-}
-
-/* If prefix P (length plen) of `name` is Q + "layers.L.0." (L decimal), returns 1 with
- * *qlen = length of Q and *layer0 = (L == "0"). */
-static int layer_attn_prefix(const char *name, size_t plen, size_t *qlen, int *layer0)
-{
-    if (plen < 11 || strncmp(name + plen - 3, ".0.", 3)) return 0;
-    size_t e = plen - 3, b = e;
-    while (b > 0 && name[b - 1] >= '0' && name[b - 1] <= '9') b--;
-    if (b == e || b < 7 || strncmp(name + b - 7, "layers.", 7)) return 0;
-    if (b > 7 && name[b - 8] != '.') return 0;
-    *qlen = b - 7;
-    *layer0 = e - b == 1 && name[b] == '0';
-    return 1;
-}
-
-/* Same detection as xattn run: to_qk.weight (attention) or Q + layers.0.0.to_qk.weight with
- * Q + layers.0.1.1.weight beside it (transformer, counted once). */
-static void detect_bidir(const xattn_safetensors *st, bidir_found *bf)
-{
-    memset(bf, 0, sizeof *bf);
-    const size_t n = xattn_st_count(st);
-    for (size_t i = 0; i < n; i++) {
-        const char *name = xattn_st_name(st, i);
-        size_t plen, qlen;
-        int layer0, transformer = 0;
-        if (!name || !ends_with_component(name, "to_qk.weight", &plen)) continue;
-        if (layer_attn_prefix(name, plen, &qlen, &layer0)) {
-            char t0[600], f0[600];
-            if ((size_t)snprintf(t0, sizeof t0, "%.*slayers.0.0.to_qk.weight", (int)qlen, name) <
-                    sizeof t0 &&
-                (size_t)snprintf(f0, sizeof f0, "%.*slayers.0.1.1.weight", (int)qlen, name) <
-                    sizeof f0 &&
-                xattn_st_find(st, t0) >= 0 && xattn_st_find(st, f0) >= 0) {
-                if (!layer0) continue;
-                transformer = 1;
-                plen = qlen;
-            }
-        }
-        if (plen >= sizeof bf->prefix) {
-            bf->n_long++;
-            continue;
-        }
-        if (bf->n_found++ == 0) {
-            bf->transformer = transformer;
-            memcpy(bf->prefix, name, plen);
-            bf->prefix[plen] = '\0';
-        }
-    }
-}
 
 static const char *norm_name(xattn_bidir_norm k)
 {
@@ -103,7 +39,7 @@ static const char *norm_name(xattn_bidir_norm k)
     }
 }
 
-static void print_bidir(const xattn_safetensors *st, const bidir_found *bf, int n_total)
+static void print_bidir(const xattn_safetensors *st, const cli_bidir *bf, int n_total)
 {
     const char *kind = bf->transformer ? "BidirectionalCrossAttentionTransformer"
                                        : "BidirectionalCrossAttention";
@@ -170,8 +106,8 @@ static void print_module(const xattn_safetensors *st)
 {
     cli_module mod;
     cli_detect_module(st, &mod);
-    bidir_found bf;
-    detect_bidir(st, &bf);
+    cli_bidir bf;
+    cli_detect_bidir(st, &bf);
     if (mod.n_found == 0 && bf.n_found > 0) {
         print_bidir(st, &bf, bf.n_found);
         return;

@@ -57,7 +57,9 @@ static void help(void)
         "  attn.npy                  with --return-attn: weights averaged over heads (B, I, J)\n"
         "                            (as need_weights=True); with --per-head-attn (B, heads, I, J)\n"
         "                            (the batch axis is dropped for a rank-2 X, as torch does)\n"
-        "\n"
+        "\n");
+    /* (split: ISO C only promises string literals of 4095 bytes) */
+    printf(
         "bidirectional cross-attention (bidir, bidir-transformer): X and the context attend to\n"
         "each other through one shared similarity, softmax-normalised over j for X and over i\n"
         "for the context.\n"
@@ -106,16 +108,11 @@ typedef struct run_args {
 
 /* Bidirectional modules found by name: to_qk.weight (attention) or layers.0.0.to_qk.weight
  * with a layers.0.1.* feed-forward beside it (transformer). */
-typedef struct bidir_found {
-    int n_found, n_long;
-    int transformer; /* of the first */
-    char prefix[256];
-} bidir_found;
 
 typedef struct run_state {
     xattn_safetensors *st;
     cli_module mod;
-    bidir_found bf;
+    cli_bidir bf;
     int is_bidir;
     xattn_mha *m;
     xattn_bidir *bm;
@@ -145,65 +142,6 @@ static void run_free(run_state *s)
 /* ---------------------------------------------------------------------------------------- */
 /* Model                                                                                    */
 /* ---------------------------------------------------------------------------------------- */
-
-/* 1 if `name` ends with the name component(s) `suffix`; *plen = length of what precedes it. */
-static int ends_with_component(const char *name, const char *suffix, size_t *plen)
-{
-    size_t n = strlen(name), m = strlen(suffix);
-    if (n < m || strcmp(name + n - m, suffix)) return 0;
-    if (n > m && name[n - m - 1] != '.') return 0;
-    *plen = n - m;
-    return 1;
-}
-
-/* If prefix P (length plen) of `name` is Q + "layers.L.0." (L decimal), returns 1 with
- * *qlen = length of Q and *layer0 = (L == "0"). */
-static int layer_attn_prefix(const char *name, size_t plen, size_t *qlen, int *layer0)
-{
-    if (plen < 11 || strncmp(name + plen - 3, ".0.", 3)) return 0;
-    size_t e = plen - 3, b = e;
-    while (b > 0 && name[b - 1] >= '0' && name[b - 1] <= '9') b--;
-    if (b == e || b < 7 || strncmp(name + b - 7, "layers.", 7)) return 0;
-    if (b > 7 && name[b - 8] != '.') return 0;
-    *qlen = b - 7;
-    *layer0 = e - b == 1 && name[b] == '0';
-    return 1;
-}
-
-static void detect_bidir(const xattn_safetensors *st, bidir_found *bf)
-{
-    memset(bf, 0, sizeof *bf);
-    const size_t n = xattn_st_count(st);
-    for (size_t i = 0; i < n; i++) {
-        const char *name = xattn_st_name(st, i);
-        size_t plen, qlen;
-        int layer0, transformer = 0;
-        if (!name || !ends_with_component(name, "to_qk.weight", &plen)) continue;
-        if (layer_attn_prefix(name, plen, &qlen, &layer0)) {
-            /* a transformer layer when the transformer's first layer is complete enough to
-             * tell: Q + layers.0.0.to_qk.weight and Q + layers.0.1.1.weight */
-            char t0[600], f0[600];
-            if ((size_t)snprintf(t0, sizeof t0, "%.*slayers.0.0.to_qk.weight", (int)qlen, name) <
-                    sizeof t0 &&
-                (size_t)snprintf(f0, sizeof f0, "%.*slayers.0.1.1.weight", (int)qlen, name) <
-                    sizeof f0 &&
-                xattn_st_find(st, t0) >= 0 && xattn_st_find(st, f0) >= 0) {
-                if (!layer0) continue; /* counted with layer 0 */
-                transformer = 1;
-                plen = qlen;
-            }
-        }
-        if (plen >= sizeof bf->prefix) {
-            bf->n_long++;
-            continue;
-        }
-        if (bf->n_found++ == 0) {
-            bf->transformer = transformer;
-            memcpy(bf->prefix, name, plen);
-            bf->prefix[plen] = '\0';
-        }
-    }
-}
 
 static const char *bidir_name(int transformer)
 {
@@ -260,7 +198,7 @@ static int load_model(const run_args *a, run_state *s)
     if (xattn_st_open(a->model, &s->st) != XATTN_OK) return cli_lib_error(CMD, a->model);
     cli_module *mod = &s->mod;
     cli_detect_module(s->st, mod);
-    detect_bidir(s->st, &s->bf);
+    cli_detect_bidir(s->st, &s->bf);
     const int n_found = mod->n_found + s->bf.n_found;
     if (n_found == 0 && (mod->n_long > 0 || s->bf.n_long > 0))
         return cli_error(CMD, a->model,

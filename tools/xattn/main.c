@@ -4,7 +4,6 @@
 #include <stdio.h>
 #include <string.h>
 
-int cmd_attn_png(int argc, char **argv); /* cmd_attn_png.c */
 
 typedef struct command {
     const char *name;
@@ -13,10 +12,11 @@ typedef struct command {
 } command;
 
 static const command COMMANDS[] = {
-    {"run", cmd_run, "run a saved attention module on .npy inputs, write out.npy [attn.npy]"},
+    {"run", cmd_run, "run a saved module on .npy inputs: out.npy [context_out.npy, attention maps]"},
     {"inspect", cmd_inspect, "list a safetensors file's tensors and metadata, detect the module"},
-    {"demo", cmd_demo, "fused attention on generated inputs: time, GFLOP/s, memory, accuracy"},
+    {"demo", cmd_demo, "video/audio bidirectional cross-attention recovering a known alignment"},
     {"compare", cmd_compare, "compare two .npy arrays: max |a-b|/(1+|b|) against a tolerance"},
+    {"bench", cmd_bench, "time a saved module's forward: median time and peak memory"},
     {"attn-png", cmd_attn_png, "draw an attention map .npy as a PNG heat-map (axes, colour bar)"},
 };
 #define N_COMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])
@@ -45,7 +45,7 @@ static void usage(FILE *f)
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fputs("xattn: missing command: run, inspect, demo, compare or attn-png (see 'xattn "
+        fputs("xattn: missing command: run, inspect, demo, bench, compare or attn-png (see 'xattn "
               "--help')\n",
               stderr);
         return CLI_EXIT_USAGE;
