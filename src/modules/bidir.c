@@ -36,7 +36,7 @@
  * the caller's out / context_out buffers) and runs the feed-forwards the same way.
  */
 #include "base/base.h"
-#include "io/io_internal.h" /* xa_io_printable */
+#include "modules/weights.h"
 #include "kernels/kernels.h"
 
 #include <float.h>
@@ -82,19 +82,8 @@ struct xattn_bidir {
 /* Tensor lookup and checks                                                                 */
 /* ---------------------------------------------------------------------------------------- */
 
-#define BD_NAME_MAX 512
+#define XA_WREF_NAME_MAX 512
 #define BD_MAX_DEPTH 100000
-
-typedef struct tref {
-    char name[BD_NAME_MAX];     /* full name (prefix included) */
-    char shown[XA_IO_NAME_CAP]; /* for messages: control characters replaced, cut */
-    int present;
-    int glue;                   /* placed right after the previous ref, without padding */
-    xattn_dtype dtype;
-    int ndim;
-    int64_t shape[XATTN_MAX_DIMS];
-    float *dst;                 /* where its data goes inside the block */
-} tref;
 
 /* Attention names, in block order: to_v right after to_qk, context_to_v after context_to_qk. */
 enum {
@@ -119,155 +108,57 @@ static const char *const final_names[N_N] = {"norm.weight", "norm.bias", "contex
 
 #define LAYER_REFS (A_N + 2 * F_N)
 
-static const char *dims_str(int ndim, const int64_t *shape, char *buf, size_t n)
-{
-    size_t off = (size_t)snprintf(buf, n, "(");
-    for (int d = 0; d < ndim && off < n; d++)
-        off += (size_t)snprintf(buf + off, n - off, "%s%lld", d ? ", " : "", (long long)shape[d]);
-    if (ndim == 1 && off < n) off += (size_t)snprintf(buf + off, n - off, ",");
-    if (off < n) snprintf(buf + off, n - off, ")");
-    return buf;
-}
-
-static const char *shape_of(const tref *t, char *buf, size_t n)
-{
-    return dims_str(t->ndim, t->shape, buf, n);
-}
-
-/* Looks up prefix + mid + name; XATTN_OK whether present or not (error only for a name too long). */
-static xattn_status tref_find(const xattn_safetensors *st, const char *prefix, const char *mid,
-                              const char *name, tref *t)
-{
-    memset(t, 0, sizeof *t);
-    int n = snprintf(t->name, sizeof t->name, "%s%s%s", prefix, mid, name);
-    if (n < 0 || (size_t)n >= sizeof t->name) {
-        char pp[XA_IO_NAME_CAP];
-        return xa_error(XATTN_ERR_ARG, "xattn_bidir_load: prefix '%s' is too long",
-                        xa_io_printable(prefix, pp, sizeof pp));
-    }
-    xa_io_printable(t->name, t->shown, sizeof t->shown);
-    long idx = xattn_st_find(st, t->name);
-    if (idx < 0) return XATTN_OK;
-    xattn_status s = xattn_st_info(st, (size_t)idx, &t->dtype, &t->ndim, t->shape);
-    if (s != XATTN_OK) return s;
-    t->present = 1;
-    return XATTN_OK;
-}
-
-static int has_name(const xattn_safetensors *st, const char *prefix, const char *name)
-{
-    char full[BD_NAME_MAX];
-    int n = snprintf(full, sizeof full, "%s%s", prefix, name);
-    if (n < 0 || (size_t)n >= sizeof full) return 0;
-    return xattn_st_find(st, full) >= 0;
-}
-
-static xattn_status missing(const tref *t, const char *why)
-{
-    return xa_error(XATTN_ERR_NOT_FOUND, "tensor '%s' is missing (%s)", t->shown, why);
-}
-
-static xattn_status check_float(const tref *t)
-{
-    if (t->dtype != XATTN_F32 && t->dtype != XATTN_F16 && t->dtype != XATTN_BF16 &&
-        t->dtype != XATTN_F64)
-        return xa_error(XATTN_ERR_UNSUPPORTED,
-                        "tensor '%s' has dtype %s; expected F32, F16, BF16 or F64", t->shown,
-                        xattn_dtype_name(t->dtype));
-    return XATTN_OK;
-}
-
 /* A float rank-2 tensor with no empty dimension (sizes still free). */
-static xattn_status check_matrix(const tref *t, const char *what)
+static xattn_status check_matrix(const xa_wref *t, const char *what)
 {
-    xattn_status s = check_float(t);
+    xattn_status s = xa_wref_check_float(t);
     if (s) return s;
     char got[128];
     if (t->ndim != 2 || t->shape[0] <= 0 || t->shape[1] <= 0)
         return xa_error(XATTN_ERR_SHAPE, "tensor '%s' has shape %s; expected %s", t->shown,
-                        shape_of(t, got, sizeof got), what);
+                        xa_wref_shape(t, got, sizeof got), what);
     return XATTN_OK;
 }
 
 /* A float tensor of exactly `ndim` dims `want`; `why` says where the sizes come from. */
-static xattn_status check_shape(const tref *t, int ndim, const int64_t *want, const char *why)
+static xattn_status check_shape(const xa_wref *t, int ndim, const int64_t *want, const char *why)
 {
-    xattn_status s = check_float(t);
+    xattn_status s = xa_wref_check_float(t);
     if (s) return s;
     int ok = t->ndim == ndim;
     for (int d = 0; ok && d < ndim; d++) ok = t->shape[d] == want[d];
     if (ok) return XATTN_OK;
     char got[128], exp[128];
     return xa_error(XATTN_ERR_SHAPE, "tensor '%s' has shape %s; expected %s (%s)", t->shown,
-                    shape_of(t, got, sizeof got), dims_str(ndim, want, exp, sizeof exp), why);
+                    xa_wref_shape(t, got, sizeof got), xa_dims_str(ndim, want, exp, sizeof exp), why);
 }
 
-static xattn_status check_1d(const tref *t, int64_t n, const char *why)
+static xattn_status check_1d(const xa_wref *t, int64_t n, const char *why)
 {
     return check_shape(t, 1, &n, why);
 }
 
-static xattn_status check_2d(const tref *t, int64_t r, int64_t c, const char *why)
+static xattn_status check_2d(const xa_wref *t, int64_t r, int64_t c, const char *why)
 {
     const int64_t w[2] = {r, c};
     return check_shape(t, 2, w, why);
 }
 
-static int64_t numel_of(const tref *t)
-{
-    int64_t n = 1;
-    for (int d = 0; d < t->ndim; d++) n *= t->shape[d];
-    return n;
-}
-
-/* Parses a positive decimal integer; 0 on failure. */
-static int64_t parse_positive(const char *s)
-{
-    if (!s) return 0;
-    while (*s == ' ' || *s == '\t') s++;
-    if (*s < '0' || *s > '9') return 0;
-    int64_t v = 0;
-    for (; *s >= '0' && *s <= '9'; s++) {
-        v = v * 10 + (*s - '0');
-        if (v > ((int64_t)1 << 40)) return 0;
-    }
-    while (*s == ' ' || *s == '\t') s++;
-    return *s ? 0 : v;
-}
-
-/* Copies the (already checked) tensor into t->dst, converted to fp32. */
-static xattn_status fetch(const xattn_safetensors *st, const tref *t)
-{
-    xattn_array a;
-    memset(&a, 0, sizeof a);
-    xattn_status s = xattn_st_get(st, t->name, XATTN_F32, &a);
-    if (s != XATTN_OK) return s;
-    const int64_t n = numel_of(t);
-    if (a.dtype != XATTN_F32 || xattn_array_numel(&a) != n) {
-        xattn_array_free(&a);
-        return xa_error(XATTN_ERR_FORMAT, "tensor '%s': converted data does not match its header",
-                        t->shown);
-    }
-    memcpy(t->dst, a.data, (size_t)n * sizeof(float));
-    xattn_array_free(&a);
-    return XATTN_OK;
-}
-
 /* Lays out the present refs of r[0..n) in the weight block from *off on (64-byte aligned slots;
  * a glued ref directly follows the previous one) and advances *off; with a block, sets each
  * ref's dst and copies its data in. */
-static xattn_status place(const xattn_safetensors *st, tref *r, int n, int64_t *off,
+static xattn_status place(const xattn_safetensors *st, xa_wref *r, int n, int64_t *off,
                           float *block)
 {
     for (int k = 0; k < n; k++) {
         if (!r[k].present) continue;
         if (!r[k].glue && *off % 16) *off += 16 - *off % 16;
-        const int64_t e = numel_of(&r[k]);
+        const int64_t e = xa_wref_numel(&r[k]);
         if (e > INT64_MAX / 8 - *off)
             return xa_error(XATTN_ERR_NOMEM, "xattn_bidir_load: weights overflow");
         if (block) {
             r[k].dst = block + *off;
-            xattn_status s = fetch(st, &r[k]);
+            xattn_status s = xa_wref_fetch(st, &r[k]);
             if (s != XATTN_OK) return s;
         }
         *off += e;
@@ -305,7 +196,7 @@ static xattn_status find_depth(const xattn_safetensors *st, const char *prefix, 
     char mid[64];
     for (int64_t l = 0; l <= maxl; l++) {
         snprintf(mid, sizeof mid, "layers.%lld.0.to_qk.weight", (long long)l);
-        if (!has_name(st, prefix, mid)) {
+        if (!xa_wref_has(st, prefix, mid)) {
             char pp[XA_IO_NAME_CAP];
             return xa_error(XATTN_ERR_NOT_FOUND,
                             "tensor '%s%s' is missing (the file names layers up to %lld)",
@@ -324,33 +215,33 @@ typedef struct bd_dims {
 
 /* Finds the refs of one attention (names prefix + mid + attn_names). */
 static xattn_status find_attn(const xattn_safetensors *st, const char *prefix, const char *mid,
-                              tref *r)
+                              xa_wref *r)
 {
     xattn_status s;
     for (int k = 0; k < A_N; k++)
-        if ((s = tref_find(st, prefix, mid, attn_names[k], &r[k]))) return s;
+        if ((s = xa_wref_find(st, "xattn_bidir_load", prefix, mid, attn_names[k], &r[k]))) return s;
     r[A_V].glue = 1;
     r[A_CV].glue = 1;
     return XATTN_OK;
 }
 
 /* Sizes fixed by the first attention: dim, context_dim, inner (not heads). */
-static xattn_status first_dims(tref *r, bd_dims *d)
+static xattn_status first_dims(xa_wref *r, bd_dims *d)
 {
     xattn_status s;
-    if (!r[A_QK].present) return missing(&r[A_QK], "the shared query/key projection of x");
+    if (!r[A_QK].present) return xa_wref_missing(&r[A_QK], "the shared query/key projection of x");
     if ((s = check_matrix(&r[A_QK], "(inner_dim, dim)"))) return s;
     d->inner = r[A_QK].shape[0];
     d->dim = r[A_QK].shape[1];
     if (!r[A_CQK].present)
-        return missing(&r[A_CQK], "the shared query/key projection of the context");
+        return xa_wref_missing(&r[A_CQK], "the shared query/key projection of the context");
     if ((s = check_matrix(&r[A_CQK], "(inner_dim, context_dim)"))) return s;
     if (r[A_CQK].shape[0] != d->inner) {
         char got[128];
         return xa_error(XATTN_ERR_SHAPE,
                         "tensor '%s' has shape %s; expected (%lld, context_dim) (inner_dim from "
                         "'%s')",
-                        r[A_CQK].shown, shape_of(&r[A_CQK], got, sizeof got),
+                        r[A_CQK].shown, xa_wref_shape(&r[A_CQK], got, sizeof got),
                         (long long)d->inner, r[A_QK].shown);
     }
     d->cdim = r[A_CQK].shape[1];
@@ -361,7 +252,7 @@ static xattn_status first_dims(tref *r, bd_dims *d)
 }
 
 /* Heads: talking-heads size, else heads_arg, else metadata, else 8; disagreements are errors. */
-static xattn_status resolve_heads(const xattn_safetensors *st, const tref *talk, const tref *qk,
+static xattn_status resolve_heads(const xattn_safetensors *st, const xa_wref *talk, const xa_wref *qk,
                                   int64_t heads_arg, bd_dims *d)
 {
     int64_t want = 0;
@@ -374,7 +265,7 @@ static xattn_status resolve_heads(const xattn_safetensors *st, const tref *talk,
     } else {
         const char *mv = xattn_st_meta_get(st, "heads");
         if (mv) {
-            want = parse_positive(mv);
+            want = xa_parse_positive(mv);
             if (want <= 0) {
                 char shown[48];
                 return xa_error(XATTN_ERR_FORMAT,
@@ -386,10 +277,10 @@ static xattn_status resolve_heads(const xattn_safetensors *st, const tref *talk,
         }
     }
     if (talk->present) {
-        xattn_status s = check_float(talk);
+        xattn_status s = xa_wref_check_float(talk);
         if (s) return s;
         char got[128];
-        shape_of(talk, got, sizeof got);
+        xa_wref_shape(talk, got, sizeof got);
         if (talk->ndim != 4 || talk->shape[0] <= 0 || talk->shape[1] != talk->shape[0] ||
             talk->shape[2] != 1 || talk->shape[3] != 1)
             return xa_error(XATTN_ERR_SHAPE,
@@ -417,7 +308,7 @@ static xattn_status resolve_heads(const xattn_safetensors *st, const tref *talk,
 
 /* Checks one attention's refs against the sizes taken from the first attention `first` (whose
  * names the messages cite). */
-static xattn_status check_attn(tref *r, const bd_dims *d, const tref *first)
+static xattn_status check_attn(xa_wref *r, const bd_dims *d, const xa_wref *first)
 {
     xattn_status s;
     char why[256], why_c[256], why_i[256];
@@ -433,7 +324,7 @@ static xattn_status check_attn(tref *r, const bd_dims *d, const tref *first)
         "the output projection of the context", "the output projection of the context",
         "talking heads of x", "talking heads of the context"};
     for (int k = A_QK; k <= A_COUT_B; k++)
-        if (!r[k].present) return missing(&r[k], what[k]);
+        if (!r[k].present) return xa_wref_missing(&r[k], what[k]);
     if ((s = check_2d(&r[A_QK], d->inner, d->dim, why)) ||
         (s = check_2d(&r[A_V], d->inner, d->dim, why)) ||
         (s = check_2d(&r[A_CQK], d->inner, d->cdim, why_c)) ||
@@ -461,15 +352,15 @@ static xattn_status check_attn(tref *r, const bd_dims *d, const tref *first)
                                 r[k].shown, first_kind);
     } else {
         if (!r[A_NORM_W].present)
-            return missing(&r[A_NORM_W], "prenorm of x, as in the first attention");
+            return xa_wref_missing(&r[A_NORM_W], "prenorm of x, as in the first attention");
         if (!r[A_CNORM_W].present)
-            return missing(&r[A_CNORM_W], "prenorm of the context: prenorm normalises both inputs");
+            return xa_wref_missing(&r[A_CNORM_W], "prenorm of the context: prenorm normalises both inputs");
         const int layer = d->norm == XATTN_NORM_LAYER;
         if (layer) {
             if (!r[A_NORM_B].present)
-                return missing(&r[A_NORM_B], "nn.LayerNorm prenorm (0.0.x), as in the first attention");
+                return xa_wref_missing(&r[A_NORM_B], "nn.LayerNorm prenorm (0.0.x), as in the first attention");
             if (!r[A_CNORM_B].present)
-                return missing(&r[A_CNORM_B], "nn.LayerNorm prenorm (0.0.x) of the context");
+                return xa_wref_missing(&r[A_CNORM_B], "nn.LayerNorm prenorm (0.0.x) of the context");
         } else {
             if (r[A_NORM_B].present || r[A_CNORM_B].present)
                 return xa_error(XATTN_ERR_FORMAT,
@@ -489,13 +380,13 @@ static xattn_status check_attn(tref *r, const bd_dims *d, const tref *first)
 
     /* talking heads: both or neither, (H, H, 1, 1), as the first attention */
     if (r[A_TALK].present != d->talking || r[A_CTALK].present != d->talking) {
-        const tref *t = r[A_TALK].present != d->talking ? &r[A_TALK] : &r[A_CTALK];
+        const xa_wref *t = r[A_TALK].present != d->talking ? &r[A_TALK] : &r[A_CTALK];
         if (t->present)
             return xa_error(XATTN_ERR_FORMAT,
                             "tensor '%s' present but '%s' is absent: talking heads come in pairs "
                             "and in every attention",
                             t->shown, first[A_TALK].shown);
-        return missing(t, "talking heads come in pairs and in every attention");
+        return xa_wref_missing(t, "talking heads come in pairs and in every attention");
     }
     if (d->talking) {
         const int64_t w[4] = {d->H, d->H, 1, 1};
@@ -508,8 +399,8 @@ static xattn_status check_attn(tref *r, const bd_dims *d, const tref *first)
 }
 
 /* Checks one FeedForward (d, hidden); hidden <= 0: taken from this one. */
-static xattn_status check_ff(tref *r, int64_t dsize, int64_t *hidden, const char *dname,
-                             const tref *dsrc)
+static xattn_status check_ff(xa_wref *r, int64_t dsize, int64_t *hidden, const char *dname,
+                             const xa_wref *dsrc)
 {
     xattn_status s;
     static const char *const what = "FeedForward: RMSNorm, Linear, GELU, Linear";
@@ -518,7 +409,7 @@ static xattn_status check_ff(tref *r, int64_t dsize, int64_t *hidden, const char
                         "tensor '%s' present: the FeedForward's norm is an nn.RMSNorm (no bias)",
                         r[F_NORM_B].shown);
     for (int k = F_NORM; k <= F_B2; k++)
-        if (!r[k].present) return missing(&r[k], what);
+        if (!r[k].present) return xa_wref_missing(&r[k], what);
     char why[256];
     snprintf(why, sizeof why, "%s from '%s'", dname, dsrc->shown);
     if ((s = check_1d(&r[F_NORM], dsize, why))) return s;
@@ -535,7 +426,7 @@ static xattn_status check_ff(tref *r, int64_t dsize, int64_t *hidden, const char
     return XATTN_OK;
 }
 
-static void wire_attn(bd_attn *a, const tref *r)
+static void wire_attn(bd_attn *a, const xa_wref *r)
 {
     a->norm_w = r[A_NORM_W].present ? r[A_NORM_W].dst : NULL;
     a->norm_b = r[A_NORM_B].present ? r[A_NORM_B].dst : NULL;
@@ -551,7 +442,7 @@ static void wire_attn(bd_attn *a, const tref *r)
     a->ctalk = r[A_CTALK].present ? r[A_CTALK].dst : NULL;
 }
 
-static void wire_ff(bd_ff *f, const tref *r)
+static void wire_ff(bd_ff *f, const xa_wref *r)
 {
     f->norm_w = r[F_NORM].dst;
     f->w1 = r[F_W1].dst;
@@ -562,7 +453,7 @@ static void wire_ff(bd_ff *f, const tref *r)
 
 /* Finds the refs of layer l: the attention, and for a transformer the two feed-forwards. */
 static xattn_status find_layer(const xattn_safetensors *st, const char *prefix, int transformer,
-                               int64_t l, tref *r)
+                               int64_t l, xa_wref *r)
 {
     xattn_status s;
     char mid[64];
@@ -572,13 +463,13 @@ static xattn_status find_layer(const xattn_safetensors *st, const char *prefix, 
     for (int side = 0; side < 2; side++) {
         snprintf(mid, sizeof mid, "layers.%lld.%d.", (long long)l, side + 1);
         for (int k = 0; k < F_N; k++)
-            if ((s = tref_find(st, prefix, mid, ff_names[k], &r[A_N + side * F_N + k]))) return s;
+            if ((s = xa_wref_find(st, "xattn_bidir_load", prefix, mid, ff_names[k], &r[A_N + side * F_N + k]))) return s;
     }
     return XATTN_OK;
 }
 
 /* Checks the final norms of a transformer. */
-static xattn_status check_final(tref *fin, const bd_dims *d, const tref *first)
+static xattn_status check_final(xa_wref *fin, const bd_dims *d, const xa_wref *first)
 {
     xattn_status s;
     if (fin[N_NORM_B].present || fin[N_CNORM_B].present)
@@ -587,11 +478,11 @@ static xattn_status check_final(tref *fin, const bd_dims *d, const tref *first)
                         "bias)",
                         fin[N_NORM_B].present ? fin[N_NORM_B].shown : fin[N_CNORM_B].shown);
     if (fin[N_NORM_W].present != fin[N_CNORM_W].present) {
-        const tref *have = fin[N_NORM_W].present ? &fin[N_NORM_W] : &fin[N_CNORM_W];
-        const tref *lack = fin[N_NORM_W].present ? &fin[N_CNORM_W] : &fin[N_NORM_W];
+        const xa_wref *have = fin[N_NORM_W].present ? &fin[N_NORM_W] : &fin[N_CNORM_W];
+        const xa_wref *lack = fin[N_NORM_W].present ? &fin[N_CNORM_W] : &fin[N_NORM_W];
         char why[160];
         snprintf(why, sizeof why, "'%s' is present: final_norms=True builds both", have->shown);
-        return missing(lack, why);
+        return xa_wref_missing(lack, why);
     }
     if (!fin[N_NORM_W].present) return XATTN_OK;
     char why[256];
@@ -608,13 +499,13 @@ static xattn_status check_final(tref *fin, const bd_dims *d, const tref *first)
  * known to hold every layer), the second copies the weights in. `refs` holds 2 * LAYER_REFS +
  * N_N entries: the first layer's (kept: messages cite it), the current one's, the final norms. */
 static xattn_status load_module(const xattn_safetensors *st, const char *prefix, int64_t heads_arg,
-                                int transformer, xattn_bidir *m, tref *refs)
+                                int transformer, xattn_bidir *m, xa_wref *refs)
 {
     xattn_status s;
     int64_t depth = 1;
     if (transformer && (s = find_depth(st, prefix, &depth))) return s;
     const int per = transformer ? LAYER_REFS : A_N;
-    tref *first = refs, *cur = refs + LAYER_REFS, *fin = refs + 2 * LAYER_REFS;
+    xa_wref *first = refs, *cur = refs + LAYER_REFS, *fin = refs + 2 * LAYER_REFS;
 
     /* sizes from the first attention, then the heads */
     bd_dims d;
@@ -622,13 +513,13 @@ static xattn_status load_module(const xattn_safetensors *st, const char *prefix,
     if ((s = find_layer(st, prefix, transformer, 0, first)) || (s = first_dims(first, &d)))
         return s;
     if (transformer && d.norm == XATTN_NORM_NONE)
-        return missing(&first[A_NORM_W], "BidirectionalCrossAttentionTransformer layers use prenorm");
+        return xa_wref_missing(&first[A_NORM_W], "BidirectionalCrossAttentionTransformer layers use prenorm");
     if ((s = resolve_heads(st, &first[A_TALK], &first[A_QK], heads_arg, &d))) return s;
 
     /* pass 1: check every layer, size the block */
     int64_t total = 0;
     for (int64_t l = 0; l < depth; l++) {
-        tref *r = l == 0 ? first : cur;
+        xa_wref *r = l == 0 ? first : cur;
         if (l > 0 && (s = find_layer(st, prefix, transformer, l, r))) return s;
         if ((s = check_attn(r, &d, first))) return s;
         if (transformer &&
@@ -639,7 +530,7 @@ static xattn_status load_module(const xattn_safetensors *st, const char *prefix,
     }
     if (transformer) {
         for (int k = 0; k < N_N; k++)
-            if ((s = tref_find(st, prefix, "", final_names[k], &fin[k]))) return s;
+            if ((s = xa_wref_find(st, "xattn_bidir_load", prefix, "", final_names[k], &fin[k]))) return s;
         if ((s = check_final(fin, &d, first)) || (s = place(st, fin, N_N, &total, NULL)))
             return s;
     }
@@ -652,7 +543,7 @@ static xattn_status load_module(const xattn_safetensors *st, const char *prefix,
     if (!m->block || !m->layers) return xa_error(XATTN_ERR_NOMEM, "xattn_bidir_load: out of memory");
     int64_t off = 0;
     for (int64_t l = 0; l < depth; l++) {
-        tref *r = l == 0 ? first : cur;
+        xa_wref *r = l == 0 ? first : cur;
         if (l > 0 && (s = find_layer(st, prefix, transformer, l, r))) return s;
         if ((s = place(st, r, per, &off, m->block))) return s;
         wire_attn(&m->layers[l].attn, r);
@@ -697,8 +588,8 @@ xattn_status xattn_bidir_load(const xattn_safetensors *st, const char *prefix, i
     char pp[XA_IO_NAME_CAP];
     xa_io_printable(prefix, pp, sizeof pp);
 
-    const int attn_names_found = has_name(st, prefix, "to_qk.weight");
-    const int tr_names = has_name(st, prefix, "layers.0.0.to_qk.weight");
+    const int attn_names_found = xa_wref_has(st, prefix, "to_qk.weight");
+    const int tr_names = xa_wref_has(st, prefix, "layers.0.0.to_qk.weight");
     if (attn_names_found && tr_names)
         return xa_error(XATTN_ERR_FORMAT,
                         "ambiguous module: both '%sto_qk.weight' (BidirectionalCrossAttention) and "
@@ -713,7 +604,7 @@ xattn_status xattn_bidir_load(const xattn_safetensors *st, const char *prefix, i
 
     xattn_bidir *m = calloc(1, sizeof *m);
     if (!m) return xa_error(XATTN_ERR_NOMEM, "xattn_bidir_load: out of memory");
-    tref *refs = calloc(2 * LAYER_REFS + N_N, sizeof *refs);
+    xa_wref *refs = calloc(2 * LAYER_REFS + N_N, sizeof *refs);
     if (!refs) {
         free(m);
         return xa_error(XATTN_ERR_NOMEM, "xattn_bidir_load: out of memory");

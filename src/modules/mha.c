@@ -18,7 +18,7 @@
  * each with the smallest broadcast shape (B|1, H|1, I|1, J) that holds its sources.
  */
 #include "base/base.h"
-#include "io/io_internal.h" /* xa_io_printable: names from a file, shown on one line */
+#include "modules/weights.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -38,72 +38,15 @@ struct xattn_mha {
 /* Loading                                                                                  */
 /* ---------------------------------------------------------------------------------------- */
 
-#define NAME_MAX_LEN 512
-
-typedef struct tensor_ref {
-    char name[NAME_MAX_LEN]; /* full name (prefix included) */
-    char shown[XA_IO_NAME_CAP]; /* the name for messages: control characters replaced, cut */
-    int present;
-    xattn_dtype dtype;
-    int ndim;
-    int64_t shape[XATTN_MAX_DIMS];
-    float *dst; /* where its data goes inside the block */
-} tensor_ref;
-
-static void shape_str(const tensor_ref *t, char *buf, size_t n)
-{
-    size_t off = 0;
-    off += (size_t)snprintf(buf + off, n - off, "(");
-    for (int d = 0; d < t->ndim && off < n; d++)
-        off += (size_t)snprintf(buf + off, n - off, "%s%lld", d ? ", " : "", (long long)t->shape[d]);
-    if (t->ndim == 1 && off < n) off += (size_t)snprintf(buf + off, n - off, ",");
-    if (off < n) snprintf(buf + off, n - off, ")");
-}
-
-/* Looks a tensor up; returns XATTN_OK (present or not) or an error for a too-long name. */
-static xattn_status find_tensor(const xattn_safetensors *st, const char *prefix, const char *name,
-                                tensor_ref *t)
-{
-    memset(t, 0, sizeof *t);
-    int n = snprintf(t->name, sizeof t->name, "%s%s", prefix, name);
-    if (n < 0 || (size_t)n >= sizeof t->name) {
-        char pp[XA_IO_NAME_CAP];
-        return xa_error(XATTN_ERR_ARG, "xattn_mha_load: prefix '%s' is too long",
-                        xa_io_printable(prefix, pp, sizeof pp));
-    }
-    xa_io_printable(t->name, t->shown, sizeof t->shown);
-    long idx = xattn_st_find(st, t->name);
-    if (idx < 0) return XATTN_OK;
-    xattn_status s = xattn_st_info(st, (size_t)idx, &t->dtype, &t->ndim, t->shape);
-    if (s != XATTN_OK) return s;
-    t->present = 1;
-    return XATTN_OK;
-}
-
-static int has_tensor(const xattn_safetensors *st, const char *prefix, const char *name)
-{
-    char full[NAME_MAX_LEN];
-    int n = snprintf(full, sizeof full, "%s%s", prefix, name);
-    if (n < 0 || (size_t)n >= sizeof full) return 0;
-    return xattn_st_find(st, full) >= 0;
-}
-
-static xattn_status missing(const tensor_ref *t, const char *why)
-{
-    return xa_error(XATTN_ERR_NOT_FOUND, "tensor '%s' is missing (%s)", t->shown, why);
-}
-
 /* Checks t is a float tensor of rank 2 (rows, cols); a dimension < 0 in `want` is free.
  * `implied` names what fixes the expected shape, for the message. */
-static xattn_status check_2d(const tensor_ref *t, int64_t rows, int64_t cols, const char *implied,
+static xattn_status check_2d(const xa_wref *t, int64_t rows, int64_t cols, const char *implied,
                              const char *want_text)
 {
     char got[128];
-    shape_str(t, got, sizeof got);
-    if (t->dtype != XATTN_F32 && t->dtype != XATTN_F16 && t->dtype != XATTN_BF16 &&
-        t->dtype != XATTN_F64)
-        return xa_error(XATTN_ERR_UNSUPPORTED, "tensor '%s' has dtype %s; expected F32, F16, BF16 or F64",
-                        t->shown, xattn_dtype_name(t->dtype));
+    xa_wref_shape(t, got, sizeof got);
+    xattn_status s = xa_wref_check_float(t);
+    if (s != XATTN_OK) return s;
     if (t->ndim != 2)
         return xa_error(XATTN_ERR_SHAPE, "tensor '%s' has shape %s but %s implies %s", t->shown, got,
                         implied, want_text);
@@ -115,58 +58,16 @@ static xattn_status check_2d(const tensor_ref *t, int64_t rows, int64_t cols, co
     return XATTN_OK;
 }
 
-static xattn_status check_1d(const tensor_ref *t, int64_t n, const char *implied)
+static xattn_status check_1d(const xa_wref *t, int64_t n, const char *implied)
 {
     char got[128];
-    shape_str(t, got, sizeof got);
-    if (t->dtype != XATTN_F32 && t->dtype != XATTN_F16 && t->dtype != XATTN_BF16 &&
-        t->dtype != XATTN_F64)
-        return xa_error(XATTN_ERR_UNSUPPORTED, "tensor '%s' has dtype %s; expected F32, F16, BF16 or F64",
-                        t->shown, xattn_dtype_name(t->dtype));
+    xa_wref_shape(t, got, sizeof got);
+    xattn_status s = xa_wref_check_float(t);
+    if (s != XATTN_OK) return s;
     if (t->ndim != 1 || t->shape[0] != n)
         return xa_error(XATTN_ERR_SHAPE, "tensor '%s' has shape %s but %s implies (%lld,)", t->shown,
                         got, implied, (long long)n);
     return XATTN_OK;
-}
-
-static int64_t numel_of(const tensor_ref *t)
-{
-    int64_t n = 1;
-    for (int d = 0; d < t->ndim; d++) n *= t->shape[d];
-    return n;
-}
-
-/* Copies the (already shape-checked) tensor into t->dst, converted to fp32. */
-static xattn_status fetch(const xattn_safetensors *st, const tensor_ref *t)
-{
-    xattn_array a;
-    memset(&a, 0, sizeof a);
-    xattn_status s = xattn_st_get(st, t->name, XATTN_F32, &a);
-    if (s != XATTN_OK) return s;
-    int64_t n = numel_of(t);
-    if (a.dtype != XATTN_F32 || xattn_array_numel(&a) != n) {
-        xattn_array_free(&a);
-        return xa_error(XATTN_ERR_FORMAT, "tensor '%s': converted data does not match its header",
-                        t->shown);
-    }
-    memcpy(t->dst, a.data, (size_t)n * sizeof(float));
-    xattn_array_free(&a);
-    return XATTN_OK;
-}
-
-/* Parses a positive decimal integer; 0 on failure. */
-static int64_t parse_positive(const char *s)
-{
-    if (!s) return 0;
-    while (*s == ' ' || *s == '\t') s++;
-    if (*s < '0' || *s > '9') return 0;
-    int64_t v = 0;
-    for (; *s >= '0' && *s <= '9'; s++) {
-        v = v * 10 + (*s - '0');
-        if (v > ((int64_t)1 << 40)) return 0;
-    }
-    while (*s == ' ' || *s == '\t') s++;
-    return *s ? 0 : v;
 }
 
 static int meta_true(const xattn_safetensors *st, const char *key)
@@ -210,7 +111,7 @@ static xattn_status resolve_heads(const xattn_safetensors *st, int64_t heads, in
     }
     const char *mv = xattn_st_meta_get(st, "heads");
     if (mv) {
-        int64_t h = parse_positive(mv);
+        int64_t h = xa_parse_positive(mv);
         if (h <= 0) {
             char shown[48];
             return xa_error(XATTN_ERR_FORMAT,
@@ -230,13 +131,13 @@ static xattn_status resolve_heads(const xattn_safetensors *st, int64_t heads, in
 
 /* Assigns 64-byte aligned slots inside one block for every present tensor, allocates it and
  * copies the tensors in. */
-static xattn_status alloc_and_fetch(const xattn_safetensors *st, tensor_ref **refs, int n,
+static xattn_status alloc_and_fetch(const xattn_safetensors *st, xa_wref **refs, int n,
                                     float **block_out)
 {
     int64_t total = 0;
     for (int i = 0; i < n; i++) {
         if (!refs[i]->present) continue;
-        int64_t e = numel_of(refs[i]);
+        int64_t e = xa_wref_numel(refs[i]);
         total += (e + 15) & ~(int64_t)15;
     }
     float *block = xa_alloc((size_t)total * sizeof(float));
@@ -245,11 +146,11 @@ static xattn_status alloc_and_fetch(const xattn_safetensors *st, tensor_ref **re
     for (int i = 0; i < n; i++) {
         if (!refs[i]->present) continue;
         refs[i]->dst = block + off;
-        off += (numel_of(refs[i]) + 15) & ~(int64_t)15;
+        off += (xa_wref_numel(refs[i]) + 15) & ~(int64_t)15;
     }
     for (int i = 0; i < n; i++) {
         if (!refs[i]->present) continue;
-        xattn_status s = fetch(st, refs[i]);
+        xattn_status s = xa_wref_fetch(st, refs[i]);
         if (s != XATTN_OK) {
             xa_free(block);
             return s;
@@ -263,16 +164,16 @@ static xattn_status load_torch(const xattn_safetensors *st, const char *prefix, 
                                xattn_mha *m)
 {
     xattn_status s;
-    tensor_ref inw, inb, qw, kw, vw, ow, ob, bk, bv;
-    if ((s = find_tensor(st, prefix, "in_proj_weight", &inw)) ||
-        (s = find_tensor(st, prefix, "in_proj_bias", &inb)) ||
-        (s = find_tensor(st, prefix, "q_proj_weight", &qw)) ||
-        (s = find_tensor(st, prefix, "k_proj_weight", &kw)) ||
-        (s = find_tensor(st, prefix, "v_proj_weight", &vw)) ||
-        (s = find_tensor(st, prefix, "out_proj.weight", &ow)) ||
-        (s = find_tensor(st, prefix, "out_proj.bias", &ob)) ||
-        (s = find_tensor(st, prefix, "bias_k", &bk)) ||
-        (s = find_tensor(st, prefix, "bias_v", &bv)))
+    xa_wref inw, inb, qw, kw, vw, ow, ob, bk, bv;
+    if ((s = xa_wref_find(st, "xattn_mha_load", prefix, "", "in_proj_weight", &inw)) ||
+        (s = xa_wref_find(st, "xattn_mha_load", prefix, "", "in_proj_bias", &inb)) ||
+        (s = xa_wref_find(st, "xattn_mha_load", prefix, "", "q_proj_weight", &qw)) ||
+        (s = xa_wref_find(st, "xattn_mha_load", prefix, "", "k_proj_weight", &kw)) ||
+        (s = xa_wref_find(st, "xattn_mha_load", prefix, "", "v_proj_weight", &vw)) ||
+        (s = xa_wref_find(st, "xattn_mha_load", prefix, "", "out_proj.weight", &ow)) ||
+        (s = xa_wref_find(st, "xattn_mha_load", prefix, "", "out_proj.bias", &ob)) ||
+        (s = xa_wref_find(st, "xattn_mha_load", prefix, "", "bias_k", &bk)) ||
+        (s = xa_wref_find(st, "xattn_mha_load", prefix, "", "bias_v", &bv)))
         return s;
 
     if (bk.present || bv.present)
@@ -293,7 +194,7 @@ static xattn_status load_torch(const xattn_safetensors *st, const char *prefix, 
             E = inw.shape[1];
         } else {
             char got[128];
-            shape_str(&inw, got, sizeof got);
+            xa_wref_shape(&inw, got, sizeof got);
             return xa_error(XATTN_ERR_SHAPE,
                             "tensor '%s' has shape %s; expected (3*embed_dim, embed_dim)", inw.shown,
                             got);
@@ -304,13 +205,13 @@ static xattn_status load_torch(const xattn_safetensors *st, const char *prefix, 
         if (!qw.present)
             return xa_error(XATTN_ERR_NOT_FOUND,
                             "tensor '%s' (or '%s') is missing", inw.shown, qw.shown);
-        if (!kw.present) return missing(&kw, "q_proj_weight is present, so kdim/vdim differ from embed_dim");
-        if (!vw.present) return missing(&vw, "q_proj_weight is present, so kdim/vdim differ from embed_dim");
+        if (!kw.present) return xa_wref_missing(&kw, "q_proj_weight is present, so kdim/vdim differ from embed_dim");
+        if (!vw.present) return xa_wref_missing(&vw, "q_proj_weight is present, so kdim/vdim differ from embed_dim");
         if (qw.ndim == 2 && qw.shape[0] > 0 && qw.shape[0] == qw.shape[1]) {
             E = qw.shape[0];
         } else {
             char got[128];
-            shape_str(&qw, got, sizeof got);
+            xa_wref_shape(&qw, got, sizeof got);
             return xa_error(XATTN_ERR_SHAPE, "tensor '%s' has shape %s; expected (embed_dim, embed_dim)",
                             qw.shown, got);
         }
@@ -325,7 +226,7 @@ static xattn_status load_torch(const xattn_safetensors *st, const char *prefix, 
     }
     const char *src = packed ? "in_proj_weight" : "q_proj_weight";
     if (inb.present && (s = check_1d(&inb, 3 * E, src))) return s;
-    if (!ow.present) return missing(&ow, "the output projection of nn.MultiheadAttention");
+    if (!ow.present) return xa_wref_missing(&ow, "the output projection of nn.MultiheadAttention");
     {
         char want[96];
         snprintf(want, sizeof want, "(%lld, %lld)", (long long)E, (long long)E);
@@ -347,7 +248,7 @@ static xattn_status load_torch(const xattn_safetensors *st, const char *prefix, 
     c->has_in_bias = inb.present;
     c->has_out_bias = ob.present;
 
-    tensor_ref *refs[] = {&inw, &qw, &kw, &vw, &inb, &ow, &ob};
+    xa_wref *refs[] = {&inw, &qw, &kw, &vw, &inb, &ow, &ob};
     if (packed) qw.present = kw.present = vw.present = 0; /* ignore stray unpacked copies */
     if ((s = alloc_and_fetch(st, refs, 7, &m->block))) return s;
     if (packed) {
@@ -373,20 +274,20 @@ static xattn_status load_diffusers(const xattn_safetensors *st, const char *pref
                                    int64_t heads_arg, xattn_mha *m)
 {
     xattn_status s;
-    tensor_ref qw, kw, vw, qb, kb, vb, ow, ob;
-    if ((s = find_tensor(st, prefix, "to_q.weight", &qw)) ||
-        (s = find_tensor(st, prefix, "to_k.weight", &kw)) ||
-        (s = find_tensor(st, prefix, "to_v.weight", &vw)) ||
-        (s = find_tensor(st, prefix, "to_q.bias", &qb)) ||
-        (s = find_tensor(st, prefix, "to_k.bias", &kb)) ||
-        (s = find_tensor(st, prefix, "to_v.bias", &vb)) ||
-        (s = find_tensor(st, prefix, "to_out.0.weight", &ow)) ||
-        (s = find_tensor(st, prefix, "to_out.0.bias", &ob)))
+    xa_wref qw, kw, vw, qb, kb, vb, ow, ob;
+    if ((s = xa_wref_find(st, "xattn_mha_load", prefix, "", "to_q.weight", &qw)) ||
+        (s = xa_wref_find(st, "xattn_mha_load", prefix, "", "to_k.weight", &kw)) ||
+        (s = xa_wref_find(st, "xattn_mha_load", prefix, "", "to_v.weight", &vw)) ||
+        (s = xa_wref_find(st, "xattn_mha_load", prefix, "", "to_q.bias", &qb)) ||
+        (s = xa_wref_find(st, "xattn_mha_load", prefix, "", "to_k.bias", &kb)) ||
+        (s = xa_wref_find(st, "xattn_mha_load", prefix, "", "to_v.bias", &vb)) ||
+        (s = xa_wref_find(st, "xattn_mha_load", prefix, "", "to_out.0.weight", &ow)) ||
+        (s = xa_wref_find(st, "xattn_mha_load", prefix, "", "to_out.0.bias", &ob)))
         return s;
     if ((s = diffusers_reject_extras(st, prefix))) return s;
-    if (!kw.present) return missing(&kw, "diffusers Attention key projection");
-    if (!vw.present) return missing(&vw, "diffusers Attention value projection");
-    if (!ow.present) return missing(&ow, "diffusers Attention output projection");
+    if (!kw.present) return xa_wref_missing(&kw, "diffusers Attention key projection");
+    if (!vw.present) return xa_wref_missing(&vw, "diffusers Attention value projection");
+    if (!ow.present) return xa_wref_missing(&ow, "diffusers Attention output projection");
 
     if ((s = check_2d(&qw, -1, -1, "diffusers Attention", "(inner_dim, query_dim)"))) return s;
     int64_t inner = qw.shape[0], qdim = qw.shape[1];
@@ -421,7 +322,7 @@ static xattn_status load_diffusers(const xattn_safetensors *st, const char *pref
     c->has_in_bias = qb.present || kb.present || vb.present;
     c->has_out_bias = ob.present;
 
-    tensor_ref *refs[] = {&qw, &kw, &vw, &qb, &kb, &vb, &ow, &ob};
+    xa_wref *refs[] = {&qw, &kw, &vw, &qb, &kb, &vb, &ow, &ob};
     if ((s = alloc_and_fetch(st, refs, 8, &m->block))) return s;
     m->wq = qw.dst;
     m->wk = kw.dst;
@@ -444,9 +345,9 @@ xattn_status xattn_mha_load(const xattn_safetensors *st, const char *prefix, int
     char pp[XA_IO_NAME_CAP];
     xa_io_printable(prefix, pp, sizeof pp);
 
-    int torch_names = has_tensor(st, prefix, "in_proj_weight") ||
-                      has_tensor(st, prefix, "q_proj_weight");
-    int diff_names = has_tensor(st, prefix, "to_q.weight");
+    int torch_names = xa_wref_has(st, prefix, "in_proj_weight") ||
+                      xa_wref_has(st, prefix, "q_proj_weight");
+    int diff_names = xa_wref_has(st, prefix, "to_q.weight");
     if (torch_names && diff_names)
         return xa_error(XATTN_ERR_FORMAT,
                         "ambiguous module: both '%sin_proj_weight'/'%sq_proj_weight' "
