@@ -351,6 +351,26 @@ XATTN_API xattn_status xattn_bidir_forward(const xattn_bidir *m, const xattn_bid
                                            float *out, float *context_out, float *attn,
                                            float *context_attn);
 
+/* ------------------------------------------------------------------------------------------ */
+/* M3: mutual cross-attention (parameter-free); M9: cross-attention over 2-D feature maps       */
+/* ------------------------------------------------------------------------------------------ */
+/* (M3/M9 declarations) */
+
+/* ------------------------------------------------------------------------------------------ */
+/* M4: joint (stacked) cross-attention: nn.TransformerEncoder layers over [x; context]          */
+/* ------------------------------------------------------------------------------------------ */
+/* (M4 declarations) */
+
+/* ------------------------------------------------------------------------------------------ */
+/* M5: interlaced two-stream cross-attention decoder (2D-3D MIT)                                */
+/* ------------------------------------------------------------------------------------------ */
+/* (M5 declarations) */
+
+/* ------------------------------------------------------------------------------------------ */
+/* M6: multiscale multiview cross-attention                                                     */
+/* ------------------------------------------------------------------------------------------ */
+/* (M6 declarations) */
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,5 +1,6 @@
 /* xattn inspect: tensors, metadata and the detected module of a safetensors file. */
 #include "cli.h"
+#include "modules_ext.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -119,6 +120,11 @@ static void print_module(const xattn_safetensors *st)
         return;
     }
     if (mod.n_found == 0) {
+        const cli_ext_module *ext = cli_ext_detect(st);
+        if (ext && ext->describe) {
+            ext->describe(st);
+            return;
+        }
         printf("module: unknown (no in_proj_weight, q_proj_weight, to_q.weight or to_qk.weight "
                "tensor)\n");
         return;

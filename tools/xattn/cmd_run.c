@@ -1,5 +1,6 @@
 /* xattn run: runs a saved attention module (M1 multi-head, M2 bidirectional) on .npy inputs. */
 #include "cli.h"
+#include "modules_ext.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -97,6 +98,9 @@ static void help(void)
         "                            bidir-transformer (error if the tensors disagree)\n"
         "  --threads N               threads (default: all cores)\n"
         "  -h, --help                this help\n");
+    const cli_ext_module *m = cli_ext_at(0);
+    if (m) printf("\nmore modules, each with its own options ('xattn run --module KIND --help'):\n");
+    for (int i = 0; (m = cli_ext_at(i)); i++) printf("  %-24s  %s\n", m->kind, m->summary);
 }
 
 typedef struct run_args {
@@ -748,6 +752,8 @@ static int run(const run_args *a, run_state *s)
 
 int cmd_run(int argc, char **argv)
 {
+    int ext_rc;
+    if (cli_ext_dispatch(argc, argv, &ext_rc)) return ext_rc; /* modules with their own runner */
     run_args a;
     memset(&a, 0, sizeof a);
     const cli_option opts[] = {
