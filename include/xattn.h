@@ -354,22 +354,236 @@ XATTN_API xattn_status xattn_bidir_forward(const xattn_bidir *m, const xattn_bid
 /* ------------------------------------------------------------------------------------------ */
 /* M3: mutual cross-attention (parameter-free); M9: cross-attention over 2-D feature maps       */
 /* ------------------------------------------------------------------------------------------ */
-/* (M3/M9 declarations) */
+/*
+ * M3: mutual cross-attention (Zhao & Gu 2024, ztony0712/MCA; parameter-free, dropout = identity
+ * at inference). For a (B, Na, D) and b (B, Nb, D):
+ *   A  = softmax(a b^T / sqrt(D)) b      (B, Na, D)   a queries b
+ *   Bm = softmax(b a^T / sqrt(D)) a      (B, Nb, D)   b queries a
+ *   out = A + Bm
+ * The sum needs A and Bm of one shape, so xattn_mutual accepts exactly equal shapes
+ * a, b (B, N, D) (N >= 1, D >= 1); xattn_mutual_terms returns the two terms separately and
+ * accepts Na != Nb (same B and D). Both terms run on the fused attention kernel: no N x N
+ * buffer; scratch is one (B, N, D) array.
+ */
+XATTN_API xattn_status xattn_mutual(const float *a, const float *b, int64_t B, int64_t N,
+                                    int64_t D, float *out);
+XATTN_API xattn_status xattn_mutual_terms(const float *a, int64_t Na, const float *b, int64_t Nb,
+                                          int64_t B, int64_t D, float *a_out, float *b_out);
+/* EEG helper: a, b of one shape (rank 3..8) with a band axis; each band is fused on its own:
+ * the slice of a band (the other axes, in order) is read as (batch..., N, D) with its last two
+ * axes as N and D. out has the input's shape and layout. For (trials, bands, channels, time)
+ * and band_axis 1 this is N = channels, D = time for each (trial, band). band_axis may be
+ * negative (from the end). */
+XATTN_API xattn_status xattn_mutual_bands(const float *a, const float *b, int ndim,
+                                          const int64_t *shape, int band_axis, float *out);
+
+/*
+ * M9: cross-attention over 2-D feature maps (seed 004 CrossAttention), loaded from its
+ * state_dict names (optional prefix): conv_query.{weight,bias} (Ck, C1, 1, 1), (Ck);
+ * conv_key.{weight,bias} (Ck, C2, 1, 1), (Ck); conv_value.{weight,bias} (Cv, C2, 1, 1), (Cv)
+ * (1x1 nn.Conv2d; biases optional). For x1 (B, C1, H1, W1), x2 (B, C2, H2, W2), positions
+ * flattened row-major (p = h*W + w):
+ *   Q = conv_query(x1), K = conv_key(x2), V = conv_value(x2)
+ *   out[b, :, p] = sum_q softmax_q(scale * Q[b,:,p] . K[b,:,q]) V[b, :, q]   (B, Cv, H1, W1)
+ * scale is 1 (no scaling, as the seed) unless has_scale is set. x1 and x2 may differ in
+ * spatial size. (The seed's snippet computes bmm(value, attention) with the attention
+ * untransposed, which only runs when H1*W1 == H2*W2 and sums over the wrong axis; xattn
+ * implements the formula above.)
+ */
+typedef struct xattn_conv2d_cross xattn_conv2d_cross;
+typedef struct xattn_conv2d_cross_config {
+    int64_t in1, in2;      /* C1 (x1 channels), C2 (x2 channels) */
+    int64_t qk_channels;   /* Ck */
+    int64_t out_channels;  /* Cv */
+    int has_bias_q, has_bias_k, has_bias_v;
+} xattn_conv2d_cross_config;
+
+XATTN_API xattn_status xattn_conv2d_cross_load(const xattn_safetensors *st, const char *prefix,
+                                               xattn_conv2d_cross **out);
+XATTN_API void xattn_conv2d_cross_free(xattn_conv2d_cross *m);
+XATTN_API void xattn_conv2d_cross_get_config(const xattn_conv2d_cross *m,
+                                             xattn_conv2d_cross_config *cfg);
+typedef struct xattn_conv2d_cross_inputs {
+    int64_t B, H1, W1, H2, W2;
+    const float *x1;   /* (B, C1, H1, W1) */
+    const float *x2;   /* (B, C2, H2, W2) */
+    int has_scale;     /* 0: scale 1 (the seed) */
+    float scale;
+} xattn_conv2d_cross_inputs;
+/* out (B, Cv, H1, W1) */
+XATTN_API xattn_status xattn_conv2d_cross_forward(const xattn_conv2d_cross *m,
+                                                  const xattn_conv2d_cross_inputs *in,
+                                                  float *out);
 
 /* ------------------------------------------------------------------------------------------ */
 /* M4: joint (stacked) cross-attention: nn.TransformerEncoder layers over [x; context]          */
 /* ------------------------------------------------------------------------------------------ */
-/* (M4 declarations) */
+/*
+ * MMCA-style joint attention: x (B, K, d) and context (B, N, d) are stacked into Y = [x; context]
+ * (B, K+N, d) and run through torch.nn.TransformerEncoderLayer(d, nhead, dim_feedforward,
+ * activation, layer_norm_eps, batch_first=True, norm_first) layers, then split back. Every row's
+ * softmax spans all K+N keys. State dict names (after `prefix`):
+ *   one layer:  self_attn.in_proj_weight (3d, d), self_attn.in_proj_bias (3d),
+ *               self_attn.out_proj.{weight (d, d), bias (d)}, linear1.{weight (ff, d), bias (ff)},
+ *               linear2.{weight (d, ff), bias (d)}, norm1.{weight, bias}, norm2.{weight, bias}
+ *   stack:      layers.L.<the names above> (nn.TransformerEncoder), optional norm.{weight, bias}
+ *               (its final LayerNorm, eps = layer_norm_eps).
+ * Options the tensors cannot tell come from `opts`, else the file's __metadata__ ("heads",
+ * "norm_first", "activation" = relu|gelu, "layer_norm_eps"), else torch's defaults (norm_first
+ * False, relu, 1e-5; heads has no default).
+ * Padding masks follow src_key_padding_mask: True = ignore that position as a key. A row whose
+ * every key is ignored (a batch item with both sequences fully padded) gets a ZERO attention
+ * output (before out_proj), never NaN.
+ */
+typedef struct xattn_joint_options {
+    int64_t heads;         /* <= 0: __metadata__ "heads" (required there if not here)         */
+    int norm_first;        /* -1: metadata / False; 0 or 1                                    */
+    int activation;        /* -1: metadata / relu; 0 = relu, 1 = gelu (erf form)              */
+    double layer_norm_eps; /* <= 0: metadata / 1e-5                                           */
+} xattn_joint_options;
+
+typedef struct xattn_joint_config {
+    int64_t d_model, heads, head_dim, ff_dim, layers;
+    int norm_first, activation; /* activation: 0 relu, 1 gelu */
+    float layer_norm_eps;
+    int final_norm;             /* norm.weight present */
+} xattn_joint_config;
+
+typedef struct xattn_joint xattn_joint;
+
+/* Sets every option to "from the file, else torch's default". */
+XATTN_API void xattn_joint_options_init(xattn_joint_options *o);
+/* opts may be NULL (all defaults). */
+XATTN_API xattn_status xattn_joint_load(const xattn_safetensors *st, const char *prefix,
+                                        const xattn_joint_options *opts, xattn_joint **out);
+XATTN_API void xattn_joint_free(xattn_joint *m);
+XATTN_API void xattn_joint_get_config(const xattn_joint *m, xattn_joint_config *cfg);
+
+typedef struct xattn_joint_inputs {
+    int64_t B, K, N;                      /* K >= 0, N >= 0, K + N >= 1                     */
+    const float *x;                       /* (B, K, d)                                      */
+    const float *context;                 /* (B, N, d)                                      */
+    const uint8_t *x_padding_mask;        /* (B, K) nonzero = ignore, or NULL               */
+    const uint8_t *context_padding_mask;  /* (B, N) nonzero = ignore, or NULL               */
+} xattn_joint_inputs;
+
+/* out (B, K, d), context_out (B, N, d) (either may be NULL when its length is 0). */
+XATTN_API xattn_status xattn_joint_forward(const xattn_joint *m, const xattn_joint_inputs *in,
+                                           float *out, float *context_out);
 
 /* ------------------------------------------------------------------------------------------ */
 /* M5: interlaced two-stream cross-attention decoder (2D-3D MIT)                                */
 /* ------------------------------------------------------------------------------------------ */
-/* (M5 declarations) */
+/*
+ * InterlanceDecoder(embed_dim, depth, num_classes=20, num_heads=6, mlp_ratio, qkv_bias=False,
+ * qk_scale=None) of jimmy15923/mit (models/sem_transformer.py), loaded from its state_dict names
+ * (each block a SkipClsDecoderBlock; LayerNorm eps 1e-5, nn.LayerNorm's default):
+ *   blocks.L.norm1.{weight,bias}, blocks.L.self_attn.qkv.weight [.bias],
+ *   blocks.L.self_attn.proj.{weight,bias}, blocks.L.norm_q.*, blocks.L.norm_v.*,
+ *   blocks.L.attn.{q_map,k_map,v_map}.weight [.bias], blocks.L.attn.proj.{weight,bias},
+ *   blocks.L.norm2.*, blocks.L.mlp.fc1.{weight,bias}, blocks.L.mlp.fc2.{weight,bias}
+ * Block (q stream queries the other stream v):
+ *   q += SelfAttn(LN1 q);  q += CrossAttn(LN_q q, LN_v v[n_cls:]);  q += MLP(LN2 q)  (GELU erf)
+ * The cross-attention's keys/values skip the first n_cls tokens of the other stream (a stream
+ * of <= n_cls tokens gives a zero attention output, as the reference's empty softmax).
+ * Direction: forward(voxel, view) of the reference updates voxel (= x here) in even layers
+ * (0, 2, ...) and view (= context) in odd layers; `context_first` swaps that.
+ */
+typedef struct xattn_interlaced_opts {
+    int64_t heads;      /* <= 0: __metadata__ "heads", else 6 (num_heads default)            */
+    int64_t n_cls;      /* < 0: __metadata__ "n_cls" (or "num_classes"), else 20              */
+    int context_first;  /* < 0: __metadata__ "first" ("x" | "context"), else 0 (x first)     */
+} xattn_interlaced_opts;
+
+typedef struct xattn_interlaced_config {
+    int64_t dim, heads, head_dim, depth, mlp_hidden, n_cls;
+    int context_first;
+    int qkv_bias;       /* self_attn.qkv.bias present                                         */
+    int map_bias;       /* attn.{q,k,v}_map.bias present                                      */
+    float eps;          /* LayerNorm eps (1e-5)                                               */
+    float scale;        /* head_dim^-0.5 (or __metadata__ "qk_scale")                         */
+} xattn_interlaced_config;
+
+typedef struct xattn_interlaced xattn_interlaced;
+
+/* Sets heads = 0, n_cls = -1, context_first = -1 (everything from the file or the default). */
+XATTN_API void xattn_interlaced_opts_init(xattn_interlaced_opts *o);
+/* Loads blocks.0 .. blocks.(depth-1) (names after `prefix`); opts may be NULL. */
+XATTN_API xattn_status xattn_interlaced_load(const xattn_safetensors *st, const char *prefix,
+                                             const xattn_interlaced_opts *opts,
+                                             xattn_interlaced **out);
+XATTN_API void xattn_interlaced_free(xattn_interlaced *m);
+XATTN_API void xattn_interlaced_get_config(const xattn_interlaced *m, xattn_interlaced_config *c);
+
+/* x (B, I, dim) (the reference's voxel), context (B, J, dim) (view) -> out (B, I, dim),
+ * context_out (B, J, dim). logits: NULL, or an array of depth pointers (each may be NULL);
+ * logits[L] receives layer L's pre-softmax cross-attention logits (scale * q k^T over ALL keys,
+ * class tokens included, as the reference's returned weights): (B, heads, I, J) in layers where
+ * x queries, (B, heads, J, I) where context queries. */
+XATTN_API xattn_status xattn_interlaced_forward(const xattn_interlaced *m, int64_t B, int64_t I,
+                                                int64_t J, const float *x, const float *context,
+                                                float *out, float *context_out,
+                                                float *const *logits);
 
 /* ------------------------------------------------------------------------------------------ */
 /* M6: multiscale multiview cross-attention                                                     */
 /* ------------------------------------------------------------------------------------------ */
-/* (M6 declarations) */
+/*
+ * A documented composition (docs/multiview.md; the PyTorch reference is the class
+ * MultiscaleMultiview in tests/reference/gen_multiview.py). V >= 2 views x_v (B, N_v, C_0) of
+ * one input pass S >= 1 stages of widths C_s. Per stage s and view v (prefix stages.s.views.v.):
+ *   s > 0:  x_v = expand(AvgPool1d(2, stride 2) over tokens of x_v)    N -> floor(N / 2)
+ *           (an odd last token is dropped; a view of 1 token cannot be pooled: error)
+ *   self:   y_v = x_v + self_attn(norm1(x_v));  y_v += mlp(norm2(y_v))
+ *   cross:  kv = concat over u != v (increasing u) of y_u along tokens (every view reads the
+ *           self-block outputs of this stage: a simultaneous update)
+ *           z_v = y_v + cross_attn(cross_norm_q(y_v), cross_norm_kv(kv), same);
+ *           z_v += cross_mlp(cross_norm2(z_v))
+ * State dict names (after `prefix`), all under stages.S.views.V.:
+ *   expand.{weight,bias} (s > 0 only; (C_s, C_{s-1})), norm1, norm2, cross_norm_q, cross_norm_kv,
+ *   cross_norm2 .{weight,bias} (nn.LayerNorm), self_attn., cross_attn. {in_proj_weight,
+ *   in_proj_bias, out_proj.weight, out_proj.bias} (nn.MultiheadAttention(C_s, heads_s,
+ *   batch_first=True)), mlp., cross_mlp. {0.weight, 0.bias, 2.weight, 2.bias} (Linear, GELU,
+ *   Linear). No masks: every token attends to every token of the other views.
+ */
+#define XATTN_MULTIVIEW_MAX_STAGES 16
+#define XATTN_MULTIVIEW_MAX_VIEWS 64
+
+typedef struct xattn_multiview_opts {
+    const int64_t *heads; /* heads per stage: n_heads = stages, or 1 value for all stages;     */
+    int64_t n_heads;      /* n_heads = 0: __metadata__ "heads" ("4" or "2,4,8"), else an error */
+    double eps;           /* > 0: LayerNorm eps; else __metadata__ "eps", else 1e-5             */
+    int gelu;             /* 0: erf, 1: tanh, -1: __metadata__ "gelu" ("erf"/"none"/"tanh"), else erf */
+} xattn_multiview_opts;
+
+typedef struct xattn_multiview_config {
+    int64_t views, stages;
+    int64_t dim[XATTN_MULTIVIEW_MAX_STAGES];        /* C_s                              */
+    int64_t heads[XATTN_MULTIVIEW_MAX_STAGES];
+    int64_t mlp_hidden[XATTN_MULTIVIEW_MAX_STAGES]; /* rows of mlp.0.weight (same for all
+                                                       views and cross_mlp)             */
+    float eps;
+    int gelu_tanh;
+} xattn_multiview_config;
+
+typedef struct xattn_multiview xattn_multiview;
+
+/* opts may be NULL (everything from __metadata__ / defaults). Views and stages are counted
+ * from the names; every size comes from the shapes. */
+XATTN_API xattn_status xattn_multiview_load(const xattn_safetensors *st, const char *prefix,
+                                            const xattn_multiview_opts *opts,
+                                            xattn_multiview **out);
+XATTN_API void xattn_multiview_free(xattn_multiview *m);
+XATTN_API void xattn_multiview_get_config(const xattn_multiview *m, xattn_multiview_config *cfg);
+/* Final-stage token count of a view of n tokens (floor(n / 2) per pooling); fails when a
+ * pooling would see fewer than 2 tokens. */
+XATTN_API xattn_status xattn_multiview_out_tokens(const xattn_multiview *m, int64_t n,
+                                                  int64_t *out_n);
+/* x[v] (B, tokens[v], C_0) for v < n_views (= config views); out[v] (B, out_tokens(tokens[v]),
+ * C_{S-1}). Views may have different token counts. */
+XATTN_API xattn_status xattn_multiview_forward(const xattn_multiview *m, int64_t B,
+                                               int64_t n_views, const int64_t *tokens,
+                                               const float *const *x, float *const *out);
 
 #ifdef __cplusplus
 }

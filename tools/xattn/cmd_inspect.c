@@ -105,6 +105,12 @@ static void print_bidir(const xattn_safetensors *st, const cli_bidir *bf, int n_
 /* Prints the "module: ..." line. */
 static void print_module(const xattn_safetensors *st)
 {
+    /* modules with their own runner first: their blocks hold attention names of their own */
+    const cli_ext_module *ext = cli_ext_detect(st);
+    if (ext && ext->describe) {
+        ext->describe(st);
+        return;
+    }
     cli_module mod;
     cli_detect_module(st, &mod);
     cli_bidir bf;
@@ -120,11 +126,6 @@ static void print_module(const xattn_safetensors *st)
         return;
     }
     if (mod.n_found == 0) {
-        const cli_ext_module *ext = cli_ext_detect(st);
-        if (ext && ext->describe) {
-            ext->describe(st);
-            return;
-        }
         printf("module: unknown (no in_proj_weight, q_proj_weight, to_q.weight or to_qk.weight "
                "tensor)\n");
         return;

@@ -1,0 +1,178 @@
+/*
+ * M3: mutual cross-attention (parameter-free; Zhao & Gu 2024, ztony0712/MCA).
+ *
+ *   A  = softmax(a b^T / sqrt(D)) b,   Bm = softmax(b a^T / sqrt(D)) a,   out = A + Bm
+ *
+ * Each term is one call of the fused attention kernel (xa_attention, H = 1): no Na x Nb matrix
+ * is ever formed. xattn_mutual writes A straight into out, Bm into a (B, N, D) scratch, then adds.
+ */
+#include "base/base.h"
+#include "kernels/kernels.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* One direction: out (B, Nq, D) = softmax(q k^T / sqrt(D)) k, with k (B, Nk, D). */
+static xattn_status one_way(const char *fn, const float *q, int64_t Nq, const float *k, int64_t Nk,
+                            int64_t B, int64_t D, float *out)
+{
+    xa_attn p;
+    memset(&p, 0, sizeof p);
+    p.B = B;
+    p.H = 1;
+    p.I = Nq;
+    p.J = Nk;
+    p.dh = D;
+    p.dv = D;
+    p.q = q;
+    p.q_sb = Nq * D;
+    p.q_si = D;
+    p.k = k;
+    p.k_sb = Nk * D;
+    p.k_sj = D;
+    p.v = k;
+    p.v_sb = Nk * D;
+    p.v_sj = D;
+    p.out = out;
+    p.o_sb = Nq * D;
+    p.o_si = D;
+    p.scale = (float)(1.0 / sqrt((double)D));
+    p.fill = XATTN_FILL_NEG_INF;
+    p.fn = fn;
+    return xa_attention(&p);
+}
+
+static xattn_status check_sizes(const char *fn, int64_t B, int64_t Na, int64_t Nb, int64_t D)
+{
+    if (B < 1 || Na < 1 || Nb < 1 || D < 1)
+        return xa_error(XATTN_ERR_SHAPE,
+                        "%s: sizes must be >= 1 (got B=%lld, N=%lld/%lld, D=%lld)", fn,
+                        (long long)B, (long long)Na, (long long)Nb, (long long)D);
+    int64_t big = INT64_MAX / 8 / D;
+    if (Na > big / B || Nb > big / B)
+        return xa_error(XATTN_ERR_NOMEM, "%s: sizes overflow (B=%lld, N=%lld/%lld, D=%lld)", fn,
+                        (long long)B, (long long)Na, (long long)Nb, (long long)D);
+    return XATTN_OK;
+}
+
+xattn_status xattn_mutual_terms(const float *a, int64_t Na, const float *b, int64_t Nb, int64_t B,
+                                int64_t D, float *a_out, float *b_out)
+{
+    const char *fn = "xattn_mutual_terms";
+    if (!a || !b || !a_out || !b_out)
+        return xa_error(XATTN_ERR_ARG, "%s: a, b, a_out and b_out must not be NULL", fn);
+    xattn_status s = check_sizes(fn, B, Na, Nb, D);
+    if (s != XATTN_OK) return s;
+    if ((s = one_way(fn, a, Na, b, Nb, B, D, a_out))) return s;
+    return one_way(fn, b, Nb, a, Na, B, D, b_out);
+}
+
+xattn_status xattn_mutual(const float *a, const float *b, int64_t B, int64_t N, int64_t D,
+                          float *out)
+{
+    const char *fn = "xattn_mutual";
+    if (!a || !b || !out) return xa_error(XATTN_ERR_ARG, "%s: a, b and out must not be NULL", fn);
+    xattn_status s = check_sizes(fn, B, N, N, D);
+    if (s != XATTN_OK) return s;
+    const int64_t n = B * N * D;
+    float *tmp = xa_alloc((size_t)n * sizeof(float));
+    if (!tmp) return xa_error(XATTN_ERR_NOMEM, "%s: out of memory (%lld floats)", fn, (long long)n);
+    if ((s = one_way(fn, a, N, b, N, B, D, out)) == XATTN_OK &&
+        (s = one_way(fn, b, N, a, N, B, D, tmp)) == XATTN_OK) {
+        const xa_kernels *kt = xa_kern();
+        const int64_t chunk = 1 << 14;
+        const int64_t nchunk = (n + chunk - 1) / chunk;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(xa_threads()) if (nchunk > 4) schedule(static)
+#endif
+        for (int64_t c = 0; c < nchunk; c++) {
+            int64_t lo = c * chunk, len = XA_MIN(chunk, n - lo);
+            kt->axpy(1.0f, tmp + lo, out + lo, len);
+        }
+    }
+    xa_free(tmp);
+    return s;
+}
+
+/* Moves the band axis next to the (N, D) pair: src viewed as (pre, X, Y, Z) with the band axis
+ * at position 1 (band_axis = R-2: (pre, N, F, D)) or 2 (band_axis = R-1: (pre, N, D, F)),
+ * dst (pre, F, N, D). inverse != 0 goes back. */
+static void band_permute(const float *src, float *dst, int64_t pre, int64_t F, int64_t N,
+                         int64_t D, int last, int inverse)
+{
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(xa_threads()) if (pre * F * N * D > (1 << 16)) schedule(static)
+#endif
+    for (int64_t pf = 0; pf < pre * F; pf++) {
+        int64_t p = pf / F, f = pf % F;
+        for (int64_t n = 0; n < N; n++) {
+            float *row_c = (float *)(inverse ? src : dst) + ((p * F + f) * N + n) * D;
+            if (!last) {
+                float *row_s = (float *)(inverse ? dst : src) + ((p * N + n) * F + f) * D;
+                if (inverse)
+                    memcpy(row_s, row_c, (size_t)D * sizeof(float));
+                else
+                    memcpy(row_c, row_s, (size_t)D * sizeof(float));
+            } else {
+                float *base = (float *)(inverse ? dst : src) + (p * N + n) * D * F + f;
+                if (inverse)
+                    for (int64_t d = 0; d < D; d++) base[d * F] = row_c[d];
+                else
+                    for (int64_t d = 0; d < D; d++) row_c[d] = base[d * F];
+            }
+        }
+    }
+}
+
+xattn_status xattn_mutual_bands(const float *a, const float *b, int ndim, const int64_t *shape,
+                                int band_axis, float *out)
+{
+    const char *fn = "xattn_mutual_bands";
+    if (!a || !b || !out || !shape)
+        return xa_error(XATTN_ERR_ARG, "%s: a, b, shape and out must not be NULL", fn);
+    if (ndim < 3 || ndim > XATTN_MAX_DIMS)
+        return xa_error(XATTN_ERR_SHAPE,
+                        "%s: inputs of rank %d; a band axis needs rank 3..%d (bands plus "
+                        "(N, D) plus any batch axes)",
+                        fn, ndim, XATTN_MAX_DIMS);
+    int ax = band_axis < 0 ? band_axis + ndim : band_axis;
+    if (ax < 0 || ax >= ndim)
+        return xa_error(XATTN_ERR_ARG, "%s: band axis %d is out of range for rank %d", fn,
+                        band_axis, ndim);
+    for (int i = 0; i < ndim; i++)
+        if (shape[i] < 1)
+            return xa_error(XATTN_ERR_SHAPE, "%s: dimension %d is %lld (must be >= 1)", fn, i,
+                            (long long)shape[i]);
+    /* the band slice: the other axes; its last two are N and D */
+    int64_t rest[XATTN_MAX_DIMS];
+    int nr = 0;
+    for (int i = 0; i < ndim; i++)
+        if (i != ax) rest[nr++] = shape[i];
+    const int64_t N = rest[nr - 2], D = rest[nr - 1];
+    int64_t total = 1;
+    for (int i = 0; i < ndim; i++) {
+        if (total > INT64_MAX / 8 / shape[i])
+            return xa_error(XATTN_ERR_NOMEM, "%s: sizes overflow", fn);
+        total *= shape[i];
+    }
+    const int64_t batch = total / (N * D);
+    if (ax < ndim - 2) /* bands are a batch axis: every (batch..., band) slice is one problem */
+        return xattn_mutual(a, b, batch, N, D, out);
+
+    const int64_t F = shape[ax];
+    const int64_t pre = batch / F;
+    const int last = ax == ndim - 1;
+    float *buf = xa_alloc((size_t)total * 3 * sizeof(float));
+    if (!buf)
+        return xa_error(XATTN_ERR_NOMEM, "%s: out of memory (%lld floats)", fn,
+                        (long long)(3 * total));
+    float *pa = buf, *pb = buf + total, *po = buf + 2 * total;
+    band_permute(a, pa, pre, F, N, D, last, 0);
+    band_permute(b, pb, pre, F, N, D, last, 0);
+    xattn_status s = xattn_mutual(pa, pb, batch, N, D, po);
+    if (s == XATTN_OK) band_permute(po, out, pre, F, N, D, last, 1);
+    xa_free(buf);
+    return s;
+}

@@ -1,0 +1,307 @@
+/*
+ * xattn run --module interlaced: the M5 interlaced two-stream decoder (InterlanceDecoder of
+ * jimmy15923/mit). Detected by blocks.0.attn.q_map.weight beside blocks.0.self_attn.qkv.weight
+ * (after any prefix). Writes out.npy (x, the reference's voxel stream), context_out.npy (view) and,
+ * with --return-attn, attn_weights_L.npy per layer (pre-softmax logits, as the reference returns).
+ */
+#include "cli.h"
+#include "modules_ext.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const char *CMD = "run";
+static const char SUFFIX[] = "blocks.0.attn.q_map.weight";
+
+static void help(void)
+{
+    printf(
+        "usage: xattn run --module interlaced MODEL.safetensors --x X.npy --context C.npy\n"
+        "                 [--n-cls N] [--heads N] [--first x|context] [--return-attn]\n"
+        "                 [--out-dir DIR] [--threads N] [--allow-nonfinite]\n"
+        "\n"
+        "Runs InterlanceDecoder (2D-3D MIT, jimmy15923/mit models/sem_transformer.py) saved with\n"
+        "safetensors.torch.save_file(decoder.state_dict(), ...): blocks.L.{norm1, self_attn.qkv,\n"
+        "self_attn.proj, norm_q, norm_v, attn.q_map/k_map/v_map/proj, norm2, mlp.fc1/fc2}.\n"
+        "X is the reference's voxel stream (B, I, dim) or (I, dim); C its view stream (B, J, dim).\n"
+        "Layer 0 updates X querying C, layer 1 updates C querying X, and so on (the reference's\n"
+        "forward(voxel, view)); each cross-attention skips the first n_cls tokens of the other\n"
+        "stream as keys/values. LayerNorm eps 1e-5, GELU exact.\n"
+        "\n"
+        "Outputs (float32 .npy in --out-dir DIR, default '.'; written only if everything succeeded):\n"
+        "  out.npy               X after the decoder\n"
+        "  context_out.npy       C after the decoder\n"
+        "  attn_weights_L.npy    with --return-attn: layer L's pre-softmax cross-attention logits,\n"
+        "                        (B, heads, I, J) in layers where X queries, (B, heads, J, I) else\n"
+        "\n"
+        "Options (what the state dict cannot tell; default: the file's __metadata__, else the\n"
+        "reference default):\n"
+        "  --n-cls N             class tokens to skip (__metadata__ n_cls or num_classes; 20)\n"
+        "  --heads N             attention heads (__metadata__ heads; 6)\n"
+        "  --first x|context     which stream layer 0 updates (__metadata__ first; x)\n"
+        "  --allow-nonfinite     accept NaN / infinities in the inputs (rejected by default)\n"
+        "  --threads N           threads (default: all cores)\n"
+        "  -h, --help            this help\n");
+}
+
+/* prefix of the first name ending in SUFFIX that has a self_attn.qkv beside it, or -1 */
+static int find_prefix(const xattn_safetensors *st, char *prefix, size_t cap)
+{
+    const size_t ls = sizeof SUFFIX - 1;
+    for (size_t i = 0; i < xattn_st_count(st); i++) {
+        const char *n = xattn_st_name(st, i);
+        size_t len = n ? strlen(n) : 0;
+        if (len < ls || strcmp(n + len - ls, SUFFIX)) continue;
+        size_t pl = len - ls;
+        if (pl >= cap) continue;
+        char qkv[600];
+        if (pl + 40 >= sizeof qkv) continue;
+        memcpy(prefix, n, pl);
+        prefix[pl] = '\0';
+        snprintf(qkv, sizeof qkv, "%sblocks.0.self_attn.qkv.weight", prefix);
+        if (xattn_st_find(st, qkv) >= 0) return 0;
+    }
+    return -1;
+}
+
+static int detect(const xattn_safetensors *st)
+{
+    char p[512];
+    return find_prefix(st, p, sizeof p) == 0;
+}
+
+static void describe(const xattn_safetensors *st)
+{
+    char p[512], pp[160];
+    if (find_prefix(st, p, sizeof p)) return;
+    xattn_interlaced *m = NULL;
+    if (xattn_interlaced_load(st, p, NULL, &m) != XATTN_OK) {
+        printf("module: unknown (interlaced decoder names, but: %s)\n", xattn_last_error());
+        return;
+    }
+    xattn_interlaced_config c;
+    xattn_interlaced_get_config(m, &c);
+    printf("module: InterlanceDecoder (interlaced two-stream decoder)%s%s%s (dim=%lld, depth=%lld, "
+           "heads=%lld, mlp_hidden=%lld, n_cls=%lld, first=%s, qkv_bias=%s)\n",
+           p[0] ? " at '" : "", p[0] ? cli_printable(p, pp, sizeof pp) : "", p[0] ? "'" : "",
+           (long long)c.dim, (long long)c.depth, (long long)c.heads, (long long)c.mlp_hidden,
+           (long long)c.n_cls, c.context_first ? "context" : "x", c.qkv_bias ? "True" : "False");
+    xattn_interlaced_free(m);
+}
+
+static int check_out_dir(const char *dir)
+{
+    struct stat sb;
+    if (stat(dir, &sb) == 0) {
+        if (!S_ISDIR(sb.st_mode)) return cli_error(CMD, dir, "exists and is not a directory");
+        if (access(dir, W_OK | X_OK) != 0)
+            return cli_error(CMD, dir, "output directory is not writable: %s", strerror(errno));
+        return 0;
+    }
+    if (errno != ENOENT)
+        return cli_error(CMD, dir, "cannot use as the output directory: %s", strerror(errno));
+    return 0; /* created when writing; a missing parent is reported then */
+}
+
+/* Writes every output as NAME.npy.part, then renames all into place; removes what it wrote on
+ * failure. */
+static int write_all(const char *dir, char (*names)[64], const xattn_array *arrs, int n)
+{
+    char(*path)[4200] = calloc((size_t)n, sizeof *path);
+    char(*part)[4300] = calloc((size_t)n, sizeof *part);
+    if (!path || !part) {
+        free(path);
+        free(part);
+        return cli_error(CMD, dir, "out of memory");
+    }
+    int rc = 0, made = 0, written = 0, renamed = 0;
+    for (int k = 0; k < n && !rc; k++)
+        if ((size_t)snprintf(path[k], sizeof path[k], "%s/%s.npy", dir, names[k]) >= sizeof path[k])
+            rc = cli_error(CMD, dir, "output directory name is too long");
+    for (int k = 0; k < n; k++) snprintf(part[k], sizeof part[k], "%s.part", path[k]);
+    struct stat sb;
+    if (!rc && stat(dir, &sb) != 0) {
+        if (mkdir(dir, 0777) != 0)
+            rc = cli_error(CMD, dir, "cannot create the output directory: %s", strerror(errno));
+        else
+            made = 1;
+    }
+    for (int k = 0; k < n && !rc; k++)
+        if (stat(path[k], &sb) == 0 && S_ISDIR(sb.st_mode))
+            rc = cli_error(CMD, path[k], "cannot write: is a directory");
+    for (int k = 0; k < n && !rc; k++, written++)
+        if (xattn_npy_save(part[k], &arrs[k]) != XATTN_OK) rc = cli_lib_error(CMD, part[k]);
+    for (int k = 0; k < n && !rc; k++, renamed++)
+        if (rename(part[k], path[k]) != 0)
+            rc = cli_error(CMD, path[k], "cannot write: %s", strerror(errno));
+    if (rc) {
+        for (int k = 0; k < renamed; k++) unlink(path[k]);
+        for (int k = renamed; k < written; k++) unlink(part[k]);
+        if (made) rmdir(dir);
+    } else {
+        char sh[160];
+        for (int k = 0; k < n; k++) printf("wrote %s %s\n", path[k], cli_shape_str(&arrs[k], sh, sizeof sh));
+    }
+    free(path);
+    free(part);
+    return rc;
+}
+
+typedef struct il_args {
+    const char *model, *x, *context, *first, *out_dir, *module;
+    long long n_cls, heads, threads;
+    int return_attn, allow_nonfinite;
+} il_args;
+
+typedef struct il_state {
+    xattn_safetensors *st;
+    xattn_interlaced *m;
+    xattn_array x, ctx;
+    float *out, *cout, *lg_block;
+    float **lg;
+    char (*names)[64];
+    xattn_array *arrs;
+} il_state;
+
+static int run_il(const il_args *a, il_state *s)
+{
+    int rc;
+    const char *dir = a->out_dir ? a->out_dir : ".";
+    if ((rc = check_out_dir(dir))) return rc;
+    if (xattn_st_open(a->model, &s->st) != XATTN_OK) return cli_lib_error(CMD, a->model);
+    char prefix[512];
+    if (find_prefix(s->st, prefix, sizeof prefix))
+        return cli_error(CMD, a->model,
+                         "not an interlaced decoder: no tensor named [PREFIX]%s with "
+                         "[PREFIX]blocks.0.self_attn.qkv.weight beside it",
+                         SUFFIX);
+    xattn_interlaced_opts o;
+    xattn_interlaced_opts_init(&o);
+    o.heads = a->heads;
+    o.n_cls = a->n_cls;
+    if (a->first) o.context_first = !strcmp(a->first, "context");
+    if (xattn_interlaced_load(s->st, prefix, &o, &s->m) != XATTN_OK)
+        return cli_lib_error(CMD, a->model);
+    xattn_interlaced_config c;
+    xattn_interlaced_get_config(s->m, &c);
+
+    cli_finite_rule rule = a->allow_nonfinite ? CLI_FINITE_ANY : CLI_FINITE_STRICT;
+    if ((rc = cli_load_float(CMD, a->x, 2, 3, rule, &s->x))) return rc;
+    if ((rc = cli_load_float(CMD, a->context, 2, 3, rule, &s->ctx))) return rc;
+    char sx[128], sc[128];
+    cli_shape_str(&s->x, sx, sizeof sx);
+    cli_shape_str(&s->ctx, sc, sizeof sc);
+    const int nd = s->x.ndim;
+    if (s->x.shape[nd - 1] != c.dim)
+        return cli_error(CMD, a->x, "has shape %s but the model's dim is %lld", sx, (long long)c.dim);
+    if (s->ctx.ndim != nd)
+        return cli_error(CMD, a->context, "has shape %s but --x has shape %s (ranks differ)", sc, sx);
+    if (s->ctx.shape[nd - 1] != c.dim)
+        return cli_error(CMD, a->context, "has shape %s but the model's dim is %lld", sc,
+                         (long long)c.dim);
+    const int64_t B = nd == 3 ? s->x.shape[0] : 1, I = s->x.shape[nd - 2], J = s->ctx.shape[nd - 2];
+    if (nd == 3 && s->ctx.shape[0] != B)
+        return cli_error(CMD, a->context, "has shape %s but --x has shape %s (batch sizes differ)",
+                         sc, sx);
+    const double n_lg = (double)B * (double)c.heads * (double)I * (double)J;
+    if (a->return_attn && n_lg * 4.0 * (double)c.depth > 1e12)
+        return cli_error(CMD, a->x, "attention logits for B=%lld, I=%lld, J=%lld are too large",
+                         (long long)B, (long long)I, (long long)J);
+    const int n_out = 2 + (a->return_attn ? (int)c.depth : 0);
+    s->out = malloc((size_t)xattn_array_numel(&s->x) * sizeof(float));
+    s->cout = malloc((size_t)xattn_array_numel(&s->ctx) * sizeof(float));
+    s->names = calloc((size_t)n_out, sizeof *s->names);
+    s->arrs = calloc((size_t)n_out, sizeof *s->arrs);
+    if (a->return_attn) {
+        s->lg = calloc((size_t)c.depth, sizeof *s->lg);
+        s->lg_block = malloc((size_t)n_lg * (size_t)c.depth * sizeof(float));
+    }
+    if (!s->out || !s->cout || !s->names || !s->arrs ||
+        (a->return_attn && (!s->lg || !s->lg_block)))
+        return cli_error(CMD, a->x, "out of memory for the outputs");
+    for (int64_t L = 0; a->return_attn && L < c.depth; L++) s->lg[L] = s->lg_block + L * (int64_t)n_lg;
+    if (xattn_interlaced_forward(s->m, B, I, J, s->x.data, s->ctx.data, s->out, s->cout, s->lg) !=
+        XATTN_OK)
+        return cli_lib_error(CMD, a->model);
+
+    snprintf(s->names[0], 64, "out");
+    s->arrs[0] = s->x;
+    s->arrs[0].dtype = XATTN_F32;
+    s->arrs[0].data = s->out;
+    snprintf(s->names[1], 64, "context_out");
+    s->arrs[1] = s->ctx;
+    s->arrs[1].dtype = XATTN_F32;
+    s->arrs[1].data = s->cout;
+    for (int64_t L = 0; a->return_attn && L < c.depth; L++) {
+        xattn_array *ar = &s->arrs[2 + L];
+        int x_q = ((L & 1) == 0) != (c.context_first != 0);
+        snprintf(s->names[2 + L], 64, "attn_weights_%lld", (long long)L);
+        ar->dtype = XATTN_F32;
+        ar->data = s->lg[L];
+        int k = 0;
+        if (nd == 3) ar->shape[k++] = B;
+        ar->shape[k++] = c.heads;
+        ar->shape[k++] = x_q ? I : J;
+        ar->shape[k++] = x_q ? J : I;
+        ar->ndim = k;
+    }
+    return write_all(dir, s->names, s->arrs, n_out);
+}
+
+static int run(int argc, char **argv)
+{
+    il_args a;
+    memset(&a, 0, sizeof a);
+    a.n_cls = -1;
+    const cli_option opts[] = {
+        {"--x", CLI_STRING, &a.x, 0, 0},
+        {"--context", CLI_STRING, &a.context, 0, 0},
+        {"--n-cls", CLI_INT, &a.n_cls, 0, 1LL << 40},
+        {"--heads", CLI_INT, &a.heads, 1, 1 << 20},
+        {"--first", CLI_STRING, &a.first, 0, 0},
+        {"--return-attn", CLI_FLAG, &a.return_attn, 0, 0},
+        {"--out-dir", CLI_STRING, &a.out_dir, 0, 0},
+        {"--threads", CLI_INT, &a.threads, 1, 4096},
+        {"--module", CLI_STRING, &a.module, 0, 0},
+        {"--allow-nonfinite", CLI_FLAG, &a.allow_nonfinite, 0, 0},
+    };
+    const char *pos[1];
+    int n_pos;
+    cli_parse_result pr =
+        cli_parse(CMD, argc, argv, opts, sizeof opts / sizeof opts[0], pos, 1, &n_pos);
+    if (pr == CLI_HELP) {
+        help();
+        return CLI_EXIT_OK;
+    }
+    if (pr != CLI_PARSED) return CLI_EXIT_USAGE;
+    if (n_pos != 1) return cli_usage(CMD, "missing MODEL.safetensors");
+    a.model = pos[0];
+    if (!a.x) return cli_usage(CMD, "missing --x X.npy");
+    if (!a.context) return cli_usage(CMD, "missing --context C.npy (the interlaced decoder has two streams)");
+    if (a.first && strcmp(a.first, "x") && strcmp(a.first, "context"))
+        return cli_usage(CMD, "--first must be 'x' or 'context', not '%s'", a.first);
+    if (a.threads > 0) xattn_set_threads((int)a.threads);
+    il_state s;
+    memset(&s, 0, sizeof s);
+    int rc = run_il(&a, &s);
+    xattn_interlaced_free(s.m);
+    xattn_st_close(s.st);
+    xattn_array_free(&s.x);
+    xattn_array_free(&s.ctx);
+    free(s.out);
+    free(s.cout);
+    free(s.lg);
+    free(s.lg_block);
+    free(s.names);
+    free(s.arrs);
+    return rc;
+}
+
+const cli_ext_module cli_ext_interlaced = {
+    "interlaced",
+    "InterlanceDecoder of 2D-3D MIT: two streams, layers alternate which one queries the other",
+    detect, run, describe};
