@@ -7,7 +7,7 @@ MultiscaleMultiview below; docs/multiview.md documents the same composition and 
 names), and xattn's module (src/modules/multiview.c) must match it.
 
 Pinned versions (run by hand, the outputs are committed):
-    torch==2.9.1  numpy  safetensors
+    torch==2.9.1  numpy==2.4.6  safetensors==0.8.0
 
     python tests/reference/gen_multiview.py [--out tests/fixtures]
 
