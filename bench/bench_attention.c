@@ -16,19 +16,6 @@
 #include <sys/resource.h>
 #include <time.h>
 
-static double ba_now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static int ba_cmp(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 typedef struct shape {
     const char *name;
     int64_t B, H, I, J, dh;
@@ -58,11 +45,11 @@ static double run(const shape *s, int reps)
         exit(1);
     }
     for (int i = 0; i < reps; i++) {
-        double t0 = ba_now();
+        double t0 = now_seconds();
         xattn_sdpa(&p);
-        ts[i] = ba_now() - t0;
+        ts[i] = now_seconds() - t0;
     }
-    qsort(ts, (size_t)reps, sizeof(double), ba_cmp);
+    qsort(ts, (size_t)reps, sizeof(double), xa_bench_cmp_double);
     double med = ts[reps / 2];
     free(ts); free(q); free(k); free(v); free(o);
     return med;

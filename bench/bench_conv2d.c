@@ -15,29 +15,6 @@
 #include <time.h>
 #include <unistd.h>
 
-static double bm_now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static int bm_cmp(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static float *randu(size_t n, uint64_t seed, float scale)
-{
-    float *x = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) {
-        seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
-        x[i] = scale * ((float)(seed >> 40) / 16777216.0f - 0.5f);
-    }
-    return x;
-}
-
 int main(int argc, char **argv)
 {
     int threads = 2, reps = 7;
@@ -67,8 +44,8 @@ int main(int argc, char **argv)
         const int64_t P1 = H1 * W1, P2 = H2 * W2;
         float *w[3], *bias[3];
         for (int k = 0; k < 3; k++) {
-            w[k] = randu((size_t)(C * C), 10 + k, 0.25f);
-            bias[k] = randu((size_t)C, 20 + k, 0.2f);
+            w[k] = xa_bench_rand((size_t)(C * C), 10 + k, 0.25f, 0.0f);
+            bias[k] = xa_bench_rand((size_t)C, 20 + k, 0.2f, 0.0f);
         }
         xattn_st_entry e[6] = {
             {"conv_query.weight", XATTN_F32, 4, {C, C, 1, 1}, w[0]},
@@ -91,7 +68,7 @@ int main(int argc, char **argv)
             return 1;
         }
         remove(path);
-        float *x1 = randu((size_t)(B * C * P1), 1, 2.0f), *x2 = randu((size_t)(B * C * P2), 2, 2.0f);
+        float *x1 = xa_bench_rand((size_t)(B * C * P1), 1, 2.0f, 0.0f), *x2 = xa_bench_rand((size_t)(B * C * P2), 2, 2.0f, 0.0f);
         float *o = malloc(sizeof(float) * (size_t)(B * C * P1));
         xattn_conv2d_cross_inputs in = {.B = B, .H1 = H1, .W1 = W1, .H2 = H2, .W2 = W2,
                                         .x1 = x1, .x2 = x2};
@@ -101,11 +78,11 @@ int main(int argc, char **argv)
             return 1;
         }
         for (int r = 0; r < reps; r++) {
-            double t0 = bm_now();
+            double t0 = now_seconds();
             xattn_conv2d_cross_forward(m, &in, o);
-            ts[r] = bm_now() - t0;
+            ts[r] = now_seconds() - t0;
         }
-        qsort(ts, (size_t)reps, sizeof(double), bm_cmp);
+        qsort(ts, (size_t)reps, sizeof(double), xa_bench_cmp_double);
         double t = ts[reps / 2];
         double flop = 2.0 * B * (P1 + 2.0 * P2) * C * C + 4.0 * B * P1 * P2 * C;
         double gf = flop / t / 1e9;

@@ -4,6 +4,7 @@
  *
  *   bench_interlaced [--threads N] [--reps N] [--json FILE]
  */
+#include "peak.h"
 #include "xattn.h"
 
 #include <stdio.h>
@@ -11,29 +12,6 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-
-static double bm_now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static int bm_cmp(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static float *randu(size_t n, uint64_t seed, float scale, float offset)
-{
-    float *x = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) {
-        seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
-        x[i] = offset + scale * ((float)(seed >> 40) / 16777216.0f - 0.5f);
-    }
-    return x;
-}
 
 typedef struct cfg {
     int64_t depth, D, H, n_cls, B, I, J;
@@ -66,7 +44,7 @@ static xattn_interlaced *make_model(const cfg *c, float **bufs, int *nbuf)
             snprintf(full[k], sizeof full[k], "blocks.%lld.%s", (long long)L, nm);
             size_t numel = (size_t)(s0 * (s1 ? s1 : 1));
             int is_norm_w = strstr(nm, "norm") && strstr(nm, "weight");
-            bufs[*nbuf] = randu(numel, (uint64_t)(k + 11), is_norm_w ? 0.2f : 0.2f,
+            bufs[*nbuf] = xa_bench_rand(numel, (uint64_t)(k + 11), is_norm_w ? 0.2f : 0.2f,
                                 is_norm_w ? 1.0f : 0.0f);
             e[k].name = full[k];
             e[k].dtype = XATTN_F32;
@@ -124,21 +102,21 @@ int main(int argc, char **argv)
         float *bufs[512];
         int nbuf = 0;
         xattn_interlaced *m = make_model(c, bufs, &nbuf);
-        float *x = randu((size_t)(c->B * c->I * c->D), 5, 4.0f, 0.0f);
-        float *ctx = randu((size_t)(c->B * c->J * c->D), 6, 4.0f, 0.0f);
+        float *x = xa_bench_rand((size_t)(c->B * c->I * c->D), 5, 4.0f, 0.0f);
+        float *ctx = xa_bench_rand((size_t)(c->B * c->J * c->D), 6, 4.0f, 0.0f);
         float *o = malloc(sizeof(float) * (size_t)(c->B * c->I * c->D));
         float *co = malloc(sizeof(float) * (size_t)(c->B * c->J * c->D));
         double *ts = malloc(sizeof(double) * (size_t)reps);
         xattn_interlaced_forward(m, c->B, c->I, c->J, x, ctx, o, co, NULL);
         for (int r = 0; r < reps; r++) {
-            double t0 = bm_now();
+            double t0 = now_seconds();
             if (xattn_interlaced_forward(m, c->B, c->I, c->J, x, ctx, o, co, NULL)) {
                 fprintf(stderr, "bench_interlaced: %s\n", xattn_last_error());
                 return 1;
             }
-            ts[r] = bm_now() - t0;
+            ts[r] = now_seconds() - t0;
         }
-        qsort(ts, (size_t)reps, sizeof(double), bm_cmp);
+        qsort(ts, (size_t)reps, sizeof(double), xa_bench_cmp_double);
         double t = ts[reps / 2];
         char name[160];
         snprintf(name, sizeof name, "interlaced depth=%lld D=%lld heads=%lld n_cls=%lld B=%lld "

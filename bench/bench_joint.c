@@ -17,29 +17,6 @@
 #include <time.h>
 #include <unistd.h>
 
-static double bm_now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static int bm_cmp(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static float *randu(size_t n, uint64_t seed, float scale, float offset)
-{
-    float *x = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) {
-        seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
-        x[i] = offset + scale * ((float)(seed >> 40) / 16777216.0f - 0.5f);
-    }
-    return x;
-}
-
 typedef struct cfg {
     const char *name;
     int64_t B, K, N, d, H, ff, layers;
@@ -65,7 +42,7 @@ static int run_cfg(const cfg *c, int threads, int reps, FILE *json, double peak)
             snprintf(names[n], 64, "layers.%lld.%s", (long long)l, nm[k]);
             int64_t numel = shp[k][0] * (shp[k][1] ? shp[k][1] : 1);
             int is_norm_w = k == 8 || k == 10;
-            bufs[n] = randu((size_t)numel, (uint64_t)(n + 1), shp[k][1] ? 0.1f : 0.05f,
+            bufs[n] = xa_bench_rand((size_t)numel, (uint64_t)(n + 1), shp[k][1] ? 0.1f : 0.05f,
                             is_norm_w ? 1.0f : 0.0f);
             e[n].name = names[n];
             e[n].dtype = XATTN_F32;
@@ -92,7 +69,7 @@ static int run_cfg(const cfg *c, int threads, int reps, FILE *json, double peak)
     }
     remove(path);
     const int64_t B = c->B, K = c->K, N = c->N, L = K + N;
-    float *x = randu((size_t)(B * K * d), 101, 2.0f, 0), *ctx = randu((size_t)(B * N * d), 102, 2.0f, 0);
+    float *x = xa_bench_rand((size_t)(B * K * d), 101, 2.0f, 0), *ctx = xa_bench_rand((size_t)(B * N * d), 102, 2.0f, 0);
     float *out = malloc(sizeof(float) * (size_t)(B * K * d));
     float *cout = malloc(sizeof(float) * (size_t)(B * N * d));
     uint8_t *xm = calloc((size_t)(B * K), 1), *cm = calloc((size_t)(B * N), 1);
@@ -106,14 +83,14 @@ static int run_cfg(const cfg *c, int threads, int reps, FILE *json, double peak)
     double *ts = malloc(sizeof(double) * (size_t)reps);
     xattn_joint_forward(m, &in, out, cout);
     for (int r = 0; r < reps; r++) {
-        double t0 = bm_now();
+        double t0 = now_seconds();
         if (xattn_joint_forward(m, &in, out, cout)) {
             fprintf(stderr, "bench_joint: %s\n", xattn_last_error());
             return 1;
         }
-        ts[r] = bm_now() - t0;
+        ts[r] = now_seconds() - t0;
     }
-    qsort(ts, (size_t)reps, sizeof(double), bm_cmp);
+    qsort(ts, (size_t)reps, sizeof(double), xa_bench_cmp_double);
     double t = ts[reps / 2];
     double R = (double)B * L;
     double flop = c->layers * (2.0 * R * (4.0 * d * d + 2.0 * d * ff) + 4.0 * B * (double)L * L * d);

@@ -14,29 +14,6 @@
 #include <time.h>
 #include <unistd.h>
 
-static double bm_now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static int bm_cmp(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static float *randn(size_t n, uint64_t seed, float scale)
-{
-    float *x = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) {
-        seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
-        x[i] = scale * ((float)(seed >> 40) / 16777216.0f - 0.5f);
-    }
-    return x;
-}
-
 int main(int argc, char **argv)
 {
     int threads = 2, reps = 7;
@@ -55,8 +32,8 @@ int main(int argc, char **argv)
     xattn_set_threads(threads);
     double peak = xa_bench_fma_peak(threads);
 
-    float *w_in = randn((size_t)(3 * E * E), 1, 0.1f), *b_in = randn((size_t)(3 * E), 2, 0.1f);
-    float *w_out = randn((size_t)(E * E), 3, 0.1f), *b_out = randn((size_t)E, 4, 0.1f);
+    float *w_in = xa_bench_rand((size_t)(3 * E * E), 1, 0.1f, 0.0f), *b_in = xa_bench_rand((size_t)(3 * E), 2, 0.1f, 0.0f);
+    float *w_out = xa_bench_rand((size_t)(E * E), 3, 0.1f, 0.0f), *b_out = xa_bench_rand((size_t)E, 4, 0.1f, 0.0f);
     xattn_st_entry e[4] = {
         {"in_proj_weight", XATTN_F32, 2, {3 * E, E}, w_in},
         {"in_proj_bias", XATTN_F32, 1, {3 * E}, b_in},
@@ -77,20 +54,20 @@ int main(int argc, char **argv)
         return 1;
     }
     remove(path);
-    float *x = randn((size_t)(B * I * E), 5, 2.0f), *c = randn((size_t)(B * J * E), 6, 2.0f);
+    float *x = xa_bench_rand((size_t)(B * I * E), 5, 2.0f, 0.0f), *c = xa_bench_rand((size_t)(B * J * E), 6, 2.0f, 0.0f);
     float *out = malloc(sizeof(float) * (size_t)(B * I * E));
     xattn_mha_inputs in = {.B = B, .I = I, .J = J, .query = x, .key = c, .value = c};
     double *ts = malloc(sizeof(double) * (size_t)reps);
     xattn_mha_forward(m, &in, out, NULL, 0);
     for (int r = 0; r < reps; r++) {
-        double t0 = bm_now();
+        double t0 = now_seconds();
         if (xattn_mha_forward(m, &in, out, NULL, 0)) {
             fprintf(stderr, "bench_mha: %s\n", xattn_last_error());
             return 1;
         }
-        ts[r] = bm_now() - t0;
+        ts[r] = now_seconds() - t0;
     }
-    qsort(ts, (size_t)reps, sizeof(double), bm_cmp);
+    qsort(ts, (size_t)reps, sizeof(double), xa_bench_cmp_double);
     double t = ts[reps / 2];
     double flop = 2.0 * B * (2.0 * I * E * E + 2.0 * J * E * E) + 4.0 * B * I * J * E;
     double gf = flop / t / 1e9;

@@ -6,6 +6,7 @@
  *
  *   bench_multiview [--threads N] [--reps N] [--json FILE]
  */
+#include "peak.h"
 #include "xattn.h"
 
 #include <stdio.h>
@@ -16,29 +17,6 @@
 
 #define V 3
 #define S 3
-
-static double bm_now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static int bm_cmp(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static float *randu(size_t n, uint64_t seed, float scale)
-{
-    float *x = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) {
-        seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
-        x[i] = scale * ((float)(seed >> 40) / 16777216.0f - 0.5f);
-    }
-    return x;
-}
 
 int main(int argc, char **argv)
 {
@@ -84,7 +62,7 @@ int main(int argc, char **argv)
                     snprintf(names[n], 96, "stages.%d.views.%d.%s%s", s, v, lin[k],
                              packed ? (wb ? "_bias" : "_weight") : (wb ? ".bias" : ".weight"));
                     size_t cnt = (size_t)(wb ? rows : rows * cols);
-                    bufs[n] = randu(cnt, seed++, wb ? 0.1f : 2.0f / (float)cols);
+                    bufs[n] = xa_bench_rand(cnt, seed++, wb ? 0.1f : 2.0f / (float)cols, 0.0f);
                     e[n].name = names[n];
                     e[n].dtype = XATTN_F32;
                     e[n].ndim = wb ? 1 : 2;
@@ -98,7 +76,7 @@ int main(int argc, char **argv)
                 for (int wb = 0; wb < 2; wb++) {
                     snprintf(names[n], 96, "stages.%d.views.%d.%s.%s", s, v, norms[k],
                              wb ? "bias" : "weight");
-                    bufs[n] = randu((size_t)C, seed++, 0.2f);
+                    bufs[n] = xa_bench_rand((size_t)C, seed++, 0.2f, 0.0f);
                     if (!wb)
                         for (int64_t i = 0; i < C; i++) bufs[n][i] += 1.0f;
                     e[n].name = names[n];
@@ -128,7 +106,7 @@ int main(int argc, char **argv)
     for (int v = 0; v < V; v++) {
         int64_t on = 0;
         xattn_multiview_out_tokens(m, tokens[v], &on);
-        x[v] = randu((size_t)(B * tokens[v] * dims[0]), 100 + (uint64_t)v, 2.0f);
+        x[v] = xa_bench_rand((size_t)(B * tokens[v] * dims[0]), 100 + (uint64_t)v, 2.0f, 0.0f);
         out[v] = malloc(sizeof(float) * (size_t)(B * on * dims[S - 1]));
     }
     double *ts = malloc(sizeof(double) * (size_t)reps);
@@ -137,14 +115,14 @@ int main(int argc, char **argv)
         return 1;
     }
     for (int r = 0; r < reps; r++) {
-        double t0 = bm_now();
+        double t0 = now_seconds();
         if (xattn_multiview_forward(m, B, V, tokens, x, out)) {
             fprintf(stderr, "bench_multiview: %s\n", xattn_last_error());
             return 1;
         }
-        ts[r] = bm_now() - t0;
+        ts[r] = now_seconds() - t0;
     }
-    qsort(ts, (size_t)reps, sizeof(double), bm_cmp);
+    qsort(ts, (size_t)reps, sizeof(double), xa_bench_cmp_double);
     double t = ts[reps / 2];
     const char *name = "multiview V=3 B=2 N=1024,512,768 C=96,192,384 heads=2,4,8 mlp=4";
     printf("%s: %.3f ms (median of %d, %s, %d threads)\n", name, t * 1e3, reps, xattn_isa(),

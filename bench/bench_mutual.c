@@ -13,29 +13,6 @@
 #include <string.h>
 #include <time.h>
 
-static double bm_now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static int bm_cmp(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static float *randu(size_t n, uint64_t seed, float scale)
-{
-    float *x = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) {
-        seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
-        x[i] = scale * ((float)(seed >> 40) / 16777216.0f - 0.5f);
-    }
-    return x;
-}
-
 int main(int argc, char **argv)
 {
     int threads = 2, reps = 7;
@@ -62,7 +39,7 @@ int main(int argc, char **argv)
     for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
         const int64_t B = cfg[c][0], N = cfg[c][1], D = cfg[c][2];
         size_t n = (size_t)(B * N * D);
-        float *a = randu(n, 1 + c, 3.0f), *b = randu(n, 7 + c, 3.0f);
+        float *a = xa_bench_rand(n, 1 + c, 3.0f, 0.0f), *b = xa_bench_rand(n, 7 + c, 3.0f, 0.0f);
         float *o = malloc(n * sizeof(float));
         double *ts = malloc(sizeof(double) * (size_t)reps);
         if (xattn_mutual(a, b, B, N, D, o)) {
@@ -70,11 +47,11 @@ int main(int argc, char **argv)
             return 1;
         }
         for (int r = 0; r < reps; r++) {
-            double t0 = bm_now();
+            double t0 = now_seconds();
             xattn_mutual(a, b, B, N, D, o);
-            ts[r] = bm_now() - t0;
+            ts[r] = now_seconds() - t0;
         }
-        qsort(ts, (size_t)reps, sizeof(double), bm_cmp);
+        qsort(ts, (size_t)reps, sizeof(double), xa_bench_cmp_double);
         double t = ts[reps / 2];
         double gf = 8.0 * B * N * N * D / t / 1e9;
         char name[128];

@@ -1,5 +1,5 @@
 /*
- * Benchmark helpers: a monotonic clock, a median, and a measurement of this machine's fp32 FMA
+ * Benchmark helpers: a monotonic clock, a median, deterministic inputs, and a measurement of this machine's fp32 FMA
  * peak (so "% of peak" needs no table of CPU models). Header-only; include in one file.
  *
  * xa_bench_fma_peak(threads): every thread runs a register-only loop of independent FMA chains
@@ -12,6 +12,7 @@
 #define XATTN_BENCH_PEAK_H
 
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -52,6 +53,21 @@ static inline double xa_bench_median(double *v, int n)
     if (n <= 0) return 0.0;
     qsort(v, (size_t)n, sizeof(double), xa_bench_cmp_double);
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* x (n) = offset + scale * (u - 0.5), u uniform in [0, 1), deterministic from seed */
+XA_BENCH_UNUSED static float *xa_bench_rand(size_t n, uint64_t seed, float scale, float offset)
+{
+    float *x = malloc(n * sizeof(float));
+    if (!x) {
+        fprintf(stderr, "benchmark: out of memory for %zu floats\n", n);
+        exit(1);
+    }
+    for (size_t i = 0; i < n; i++) {
+        seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+        x[i] = offset + scale * ((float)(seed >> 40) / 16777216.0f - 0.5f);
+    }
+    return x;
 }
 
 #define XA_PEAK_ITERS 4000000L /* per thread and run: 4M x 24 zmm FMAs ~ 0.1 s at 3 GHz */
