@@ -96,6 +96,35 @@ int cli_load_float(const char *cmd, const char *path, int min_rank, int max_rank
  * against `rule`, CLI_FINITE_MASK or CLI_FINITE_ANY). */
 int cli_load_mask(const char *cmd, const char *path, cli_finite_rule rule, xattn_array *a);
 
+/* NaN policy for weights: checks the float tensors of `st` named in names[0 .. n_names)
+ * (absent ones are skipped), or every float tensor of the file when names is NULL. The first
+ * non-finite value (as float32) is reported as "xattn CMD: MODEL: tensor 'NAME' holds a
+ * non-finite value (nan) at index [i, j]; pass --allow-nonfinite to accept it". Returns 0 or
+ * CLI_EXIT_ERROR. */
+int cli_check_weights_finite(const char *cmd, const char *model, const xattn_safetensors *st,
+                             const char *const *names, size_t n_names);
+
+/* ---- outputs ---- */
+
+/* Checks before any work that the output directory exists and is writable, or can be made
+ * (its parent exists and is writable): returns 0 or CLI_EXIT_ERROR (reported). */
+int cli_check_out_dir(const char *cmd, const char *dir);
+
+typedef struct cli_output {
+    const char *name; /* "out" -> DIR/out.npy */
+    xattn_array arr;  /* data borrowed */
+    const char *note; /* printed after the shape, or NULL */
+} cli_output;
+
+/* Sets *o to a float32 output of shape (ndim, shape) over `data` (borrowed). */
+void cli_output_set(cli_output *o, const char *name, float *data, const char *note, int ndim,
+                    const int64_t *shape);
+/* Writes outs[0 .. n) into dir (created if missing): each first as NAME.npy.part, then all
+ * renamed into place, so that a failure leaves neither a partial set nor a clobbered earlier
+ * result; on failure removes what it wrote (and dir if it made it). Prints
+ * "wrote PATH SHAPE [(note)]" per output. Returns 0 or CLI_EXIT_ERROR (reported). */
+int cli_write_outputs(const char *cmd, const char *dir, const cli_output *outs, int n);
+
 /* ---- module detection from state_dict names ---- */
 
 typedef enum cli_module_kind {

@@ -8,7 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 /* ---------------------------------------------------------------------------------------- */
 /* Errors                                                                                   */
@@ -499,3 +501,155 @@ void cli_detect_bidir(const xattn_safetensors *st, cli_bidir *bf)
     }
 }
 
+
+/* ---------------------------------------------------------------------------------------- */
+/* Weights                                                                                  */
+/* ---------------------------------------------------------------------------------------- */
+
+static int is_float_dtype(xattn_dtype t)
+{
+    return t == XATTN_F32 || t == XATTN_F64 || t == XATTN_F16 || t == XATTN_BF16;
+}
+
+/* NaN policy for tensor `idx` (named `name`) of st: 0 or CLI_EXIT_ERROR (reported). */
+static int check_weight_at(const char *cmd, const char *model, const xattn_safetensors *st,
+                           size_t idx, const char *name)
+{
+    xattn_dtype dt = XATTN_F32;
+    if (xattn_st_info(st, idx, &dt, NULL, NULL) != XATTN_OK) return cli_lib_error(cmd, model);
+    if (!is_float_dtype(dt)) return 0;
+    xattn_array w;
+    if (xattn_st_get(st, name, XATTN_F32, &w) != XATTN_OK) return cli_lib_error(cmd, model);
+    char what[64], at[200], shown[200];
+    int64_t bad = cli_first_nonfinite(&w, CLI_FINITE_STRICT, what, sizeof what);
+    if (bad >= 0) cli_index_str(w.ndim, w.shape, bad, at, sizeof at);
+    xattn_array_free(&w);
+    if (bad >= 0)
+        return cli_error(cmd, model,
+                         "tensor '%s' holds a non-finite value (%s%s) at index %s; pass "
+                         "--allow-nonfinite to accept it",
+                         cli_printable(name, shown, sizeof shown), what,
+                         dt == XATTN_F64 ? " as float32" : "", at);
+    return 0;
+}
+
+int cli_check_weights_finite(const char *cmd, const char *model, const xattn_safetensors *st,
+                             const char *const *names, size_t n_names)
+{
+    int rc;
+    if (!names) {
+        for (size_t i = 0; i < xattn_st_count(st); i++) {
+            const char *name = xattn_st_name(st, i);
+            if (name && (rc = check_weight_at(cmd, model, st, i, name))) return rc;
+        }
+        return 0;
+    }
+    for (size_t k = 0; k < n_names; k++) {
+        long idx = xattn_st_find(st, names[k]);
+        if (idx >= 0 && (rc = check_weight_at(cmd, model, st, (size_t)idx, names[k]))) return rc;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Outputs                                                                                  */
+/* ---------------------------------------------------------------------------------------- */
+
+#define CLI_PATH_CAP 4096
+
+int cli_check_out_dir(const char *cmd, const char *dir)
+{
+    struct stat sb;
+    if (stat(dir, &sb) == 0) {
+        if (!S_ISDIR(sb.st_mode)) return cli_error(cmd, dir, "exists and is not a directory");
+        if (access(dir, W_OK | X_OK) != 0)
+            return cli_error(cmd, dir, "output directory is not writable: %s", strerror(errno));
+        return 0;
+    }
+    if (errno != ENOENT)
+        return cli_error(cmd, dir, "cannot use as the output directory: %s", strerror(errno));
+    /* the parent must exist: only the last component is created */
+    char parent[CLI_PATH_CAP];
+    size_t n = strlen(dir);
+    if (n >= sizeof parent) return cli_error(cmd, dir, "output directory name is too long");
+    memcpy(parent, dir, n + 1);
+    while (n > 1 && parent[n - 1] == '/') parent[--n] = '\0';
+    char *slash = strrchr(parent, '/');
+    if (!slash)
+        snprintf(parent, sizeof parent, ".");
+    else if (slash == parent)
+        parent[1] = '\0';
+    else
+        *slash = '\0';
+    if (stat(parent, &sb) != 0)
+        return cli_error(cmd, dir, "cannot create the output directory: %s", strerror(errno));
+    if (!S_ISDIR(sb.st_mode))
+        return cli_error(cmd, dir, "cannot create the output directory: %s is not a directory",
+                         parent);
+    if (access(parent, W_OK | X_OK) != 0)
+        return cli_error(cmd, dir, "cannot create the output directory: %s", strerror(errno));
+    return 0;
+}
+
+void cli_output_set(cli_output *o, const char *name, float *data, const char *note, int ndim,
+                    const int64_t *shape)
+{
+    memset(o, 0, sizeof *o);
+    o->name = name;
+    o->note = note;
+    o->arr.dtype = XATTN_F32;
+    o->arr.data = data;
+    o->arr.ndim = ndim;
+    for (int d = 0; d < ndim; d++) o->arr.shape[d] = shape[d];
+}
+
+int cli_write_outputs(const char *cmd, const char *dir, const cli_output *outs, int n)
+{
+    if (n <= 0) return 0;
+    char(*path)[CLI_PATH_CAP] = calloc((size_t)n, sizeof *path);
+    char(*part)[CLI_PATH_CAP + 8] = calloc((size_t)n, sizeof *part);
+    int rc = 0, made_dir = 0, written = 0, renamed = 0;
+    if (!path || !part) rc = cli_error(cmd, dir, "out of memory");
+    for (int k = 0; k < n && !rc; k++)
+        if ((size_t)snprintf(path[k], sizeof path[k], "%s/%s.npy", dir, outs[k].name) >=
+                sizeof path[k] ||
+            (size_t)snprintf(part[k], sizeof part[k], "%s.part", path[k]) >= sizeof part[k])
+            rc = cli_error(cmd, dir, "output directory name is too long");
+
+    struct stat sb;
+    if (!rc && stat(dir, &sb) != 0) {
+        if (mkdir(dir, 0777) != 0)
+            rc = cli_error(cmd, dir, "cannot create the output directory: %s", strerror(errno));
+        else
+            made_dir = 1;
+    } else if (!rc && !S_ISDIR(sb.st_mode)) {
+        rc = cli_error(cmd, dir, "exists and is not a directory");
+    }
+
+    /* what could make a rename fail is checked first, so that the renames do not fail half way */
+    for (int k = 0; k < n && !rc; k++)
+        if (stat(path[k], &sb) == 0 && S_ISDIR(sb.st_mode))
+            rc = cli_error(cmd, path[k], "cannot write: is a directory");
+    for (int k = 0; k < n && !rc; k++, written++)
+        if (xattn_npy_save(part[k], &outs[k].arr) != XATTN_OK) rc = cli_lib_error(cmd, part[k]);
+    for (int k = 0; k < n && !rc; k++, renamed++)
+        if (rename(part[k], path[k]) != 0)
+            rc = cli_error(cmd, path[k], "cannot write: %s", strerror(errno));
+    if (rc) {
+        for (int k = 0; k < renamed; k++) unlink(path[k]);
+        for (int k = renamed; k < written; k++) unlink(part[k]);
+        if (made_dir) rmdir(dir);
+    } else {
+        char sh[160];
+        for (int k = 0; k < n; k++) {
+            cli_shape_str(&outs[k].arr, sh, sizeof sh);
+            if (outs[k].note)
+                printf("wrote %s %s (%s)\n", path[k], sh, outs[k].note);
+            else
+                printf("wrote %s %s\n", path[k], sh);
+        }
+    }
+    free(path);
+    free(part);
+    return rc;
+}

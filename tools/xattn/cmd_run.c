@@ -2,12 +2,9 @@
 #include "cli.h"
 #include "modules_ext.h"
 
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 static const char *CMD = "run";
 
@@ -254,24 +251,8 @@ static int check_weight(const run_args *a, const run_state *s, const char *prefi
 {
     char full[768];
     if ((size_t)snprintf(full, sizeof full, "%s%s", prefix, name) >= sizeof full) return 0;
-    long idx = xattn_st_find(s->st, full);
-    if (idx < 0) return 0;
-    xattn_dtype dt = XATTN_F32;
-    xattn_array w;
-    if (xattn_st_info(s->st, (size_t)idx, &dt, NULL, NULL) != XATTN_OK ||
-        xattn_st_get(s->st, full, XATTN_F32, &w) != XATTN_OK)
-        return cli_lib_error(CMD, a->model);
-    char what[64], at[200], shown[200];
-    int64_t bad = cli_first_nonfinite(&w, CLI_FINITE_STRICT, what, sizeof what);
-    if (bad >= 0) cli_index_str(w.ndim, w.shape, bad, at, sizeof at);
-    xattn_array_free(&w);
-    if (bad >= 0)
-        return cli_error(CMD, a->model,
-                         "tensor '%s' holds a non-finite value (%s%s) at index %s; pass "
-                         "--allow-nonfinite to accept it",
-                         cli_printable(full, shown, sizeof shown), what,
-                         dt == XATTN_F64 ? " as float32" : "", at);
-    return 0;
+    const char *names[1] = {full};
+    return cli_check_weights_finite(CMD, a->model, s->st, names, 1);
 }
 
 /* NaN policy for the weights: every tensor the module reads must be finite (as float32). */
@@ -497,114 +478,6 @@ static int load_bidir_inputs(const run_args *a, run_state *s, const xattn_bidir_
 }
 
 /* ---------------------------------------------------------------------------------------- */
-/* Outputs                                                                                  */
-/* ---------------------------------------------------------------------------------------- */
-
-/* Checks before any work that the output directory exists and is writable, or can be made:
- * returns 0 or an exit code (reported). */
-static int check_out_dir(const char *dir)
-{
-    struct stat sb;
-    if (stat(dir, &sb) == 0) {
-        if (!S_ISDIR(sb.st_mode)) return cli_error(CMD, dir, "exists and is not a directory");
-        if (access(dir, W_OK | X_OK) != 0)
-            return cli_error(CMD, dir, "output directory is not writable: %s", strerror(errno));
-        return 0;
-    }
-    if (errno != ENOENT)
-        return cli_error(CMD, dir, "cannot use as the output directory: %s", strerror(errno));
-    /* the parent must exist: only the last component is created */
-    char parent[4096];
-    size_t n = strlen(dir);
-    if (n >= sizeof parent) return cli_error(CMD, dir, "output directory name is too long");
-    memcpy(parent, dir, n + 1);
-    while (n > 1 && parent[n - 1] == '/') parent[--n] = '\0';
-    char *slash = strrchr(parent, '/');
-    if (!slash)
-        snprintf(parent, sizeof parent, ".");
-    else if (slash == parent)
-        parent[1] = '\0';
-    else
-        *slash = '\0';
-    if (stat(parent, &sb) != 0)
-        return cli_error(CMD, dir, "cannot create the output directory: %s", strerror(errno));
-    if (!S_ISDIR(sb.st_mode))
-        return cli_error(CMD, dir, "cannot create the output directory: %s is not a directory",
-                         parent);
-    if (access(parent, W_OK | X_OK) != 0)
-        return cli_error(CMD, dir, "cannot create the output directory: %s", strerror(errno));
-    return 0;
-}
-
-#define MAX_OUTPUTS 4
-
-typedef struct out_file {
-    const char *name; /* "out", "attn", ... */
-    xattn_array arr;  /* F32, data borrowed */
-    const char *note; /* printed after the shape, or NULL */
-} out_file;
-
-static void out_set(out_file *o, const char *name, float *data, const char *note, int ndim,
-                    const int64_t *shape)
-{
-    memset(o, 0, sizeof *o);
-    o->name = name;
-    o->note = note;
-    o->arr.dtype = XATTN_F32;
-    o->arr.data = data;
-    o->arr.ndim = ndim;
-    for (int d = 0; d < ndim; d++) o->arr.shape[d] = shape[d];
-}
-
-/* Writes the outputs: each first as NAME.npy.part, then all renamed into place, so that a
- * failure leaves neither a partial set nor a clobbered earlier result. On failure removes what
- * it wrote (and the output directory if it made it). */
-static int write_outputs(const char *dir, const out_file *outs, int n)
-{
-    char path[MAX_OUTPUTS][4096], part[MAX_OUTPUTS][4200];
-    for (int k = 0; k < n; k++) {
-        if ((size_t)snprintf(path[k], sizeof path[k], "%s/%s.npy", dir, outs[k].name) >=
-                sizeof path[k] ||
-            (size_t)snprintf(part[k], sizeof part[k], "%s.part", path[k]) >= sizeof part[k])
-            return cli_error(CMD, dir, "output directory name is too long");
-    }
-
-    int made_dir = 0;
-    struct stat sb;
-    if (stat(dir, &sb) != 0) {
-        if (mkdir(dir, 0777) != 0)
-            return cli_error(CMD, dir, "cannot create the output directory: %s", strerror(errno));
-        made_dir = 1;
-    }
-
-    /* what could make a rename fail is checked first, so that the renames do not fail half way */
-    int rc = 0, written = 0, renamed = 0;
-    for (int k = 0; k < n && !rc; k++)
-        if (stat(path[k], &sb) == 0 && S_ISDIR(sb.st_mode))
-            rc = cli_error(CMD, path[k], "cannot write: is a directory");
-    for (int k = 0; k < n && !rc; k++, written++)
-        if (xattn_npy_save(part[k], &outs[k].arr) != XATTN_OK) rc = cli_lib_error(CMD, part[k]);
-    for (int k = 0; k < n && !rc; k++, renamed++)
-        if (rename(part[k], path[k]) != 0)
-            rc = cli_error(CMD, path[k], "cannot write: %s", strerror(errno));
-    if (rc) {
-        for (int k = 0; k < renamed; k++) unlink(path[k]);
-        for (int k = renamed; k < written; k++) unlink(part[k]);
-        if (made_dir) rmdir(dir);
-        return rc;
-    }
-    char sh[160];
-    for (int k = 0; k < n; k++) {
-        if (outs[k].note)
-            printf("wrote %s %s (%s)\n", path[k], cli_shape_str(&outs[k].arr, sh, sizeof sh),
-                   outs[k].note);
-        else
-            printf("wrote %s %s\n", path[k], cli_shape_str(&outs[k].arr, sh, sizeof sh));
-    }
-    return 0;
-}
-
-/* ---------------------------------------------------------------------------------------- */
 /* Running                                                                                  */
 /* ---------------------------------------------------------------------------------------- */
 
@@ -655,23 +528,23 @@ static int run_mha(const run_args *a, run_state *s)
         return cli_lib_error(CMD, a->model);
 
     const int rank3 = s->x.ndim == 3;
-    out_file outs[2];
+    cli_output outs[2];
     int64_t sh[4];
     int nd = 0;
     if (rank3) sh[nd++] = B;
     sh[nd++] = I;
     sh[nd++] = c.out_dim;
-    out_set(&outs[0], "out", s->out, NULL, nd, sh);
+    cli_output_set(&outs[0], "out", s->out, NULL, nd, sh);
     if (a->return_attn) {
         nd = 0;
         if (rank3) sh[nd++] = B;
         if (a->per_head) sh[nd++] = c.heads;
         sh[nd++] = I;
         sh[nd++] = J;
-        out_set(&outs[1], "attn", s->attn, a->per_head ? "per head" : "averaged over heads", nd,
+        cli_output_set(&outs[1], "attn", s->attn, a->per_head ? "per head" : "averaged over heads", nd,
                 sh);
     }
-    return write_outputs(a->out_dir ? a->out_dir : ".", outs, a->return_attn ? 2 : 1);
+    return cli_write_outputs(CMD, a->out_dir ? a->out_dir : ".", outs, a->return_attn ? 2 : 1);
 }
 
 static int run_bidir(const run_args *a, run_state *s)
@@ -717,34 +590,34 @@ static int run_bidir(const run_args *a, run_state *s)
         return cli_lib_error(CMD, a->model);
 
     const int rank3 = s->x.ndim == 3;
-    out_file outs[4];
+    cli_output outs[4];
     int64_t sh[4];
     int nd = 0;
     if (rank3) sh[nd++] = B;
     sh[nd++] = I;
     sh[nd++] = c.dim;
-    out_set(&outs[0], "out", s->out, NULL, nd, sh);
+    cli_output_set(&outs[0], "out", s->out, NULL, nd, sh);
     nd = 0;
     if (rank3) sh[nd++] = B;
     sh[nd++] = J;
     sh[nd++] = c.context_dim;
-    out_set(&outs[1], "context_out", s->cout, NULL, nd, sh);
+    cli_output_set(&outs[1], "context_out", s->cout, NULL, nd, sh);
     if (a->return_attn) {
         nd = 0;
         if (rank3) sh[nd++] = B;
         sh[nd++] = c.heads;
         sh[nd++] = I;
         sh[nd++] = J;
-        out_set(&outs[2], "attn", s->attn, "softmax over j, per head", nd, sh);
-        out_set(&outs[3], "context_attn", s->cattn, "softmax over i, per head", nd, sh);
+        cli_output_set(&outs[2], "attn", s->attn, "softmax over j, per head", nd, sh);
+        cli_output_set(&outs[3], "context_attn", s->cattn, "softmax over i, per head", nd, sh);
     }
-    return write_outputs(a->out_dir ? a->out_dir : ".", outs, a->return_attn ? 4 : 2);
+    return cli_write_outputs(CMD, a->out_dir ? a->out_dir : ".", outs, a->return_attn ? 4 : 2);
 }
 
 static int run(const run_args *a, run_state *s)
 {
     int rc;
-    if ((rc = check_out_dir(a->out_dir ? a->out_dir : "."))) return rc;
+    if ((rc = cli_check_out_dir(CMD, a->out_dir ? a->out_dir : "."))) return rc;
     if ((rc = load_model(a, s))) return rc;
     if ((rc = check_weights(a, s))) return rc;
     return s->is_bidir ? run_bidir(a, s) : run_mha(a, s);

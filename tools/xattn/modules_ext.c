@@ -9,11 +9,14 @@ extern const cli_ext_module cli_ext_conv2d_cross __attribute__((weak));
 extern const cli_ext_module cli_ext_joint __attribute__((weak));
 extern const cli_ext_module cli_ext_interlaced __attribute__((weak));
 extern const cli_ext_module cli_ext_multiview __attribute__((weak));
+extern const cli_ext_module cli_ext_hallo_audio __attribute__((weak));
+extern const cli_ext_module cli_ext_bert_decoder __attribute__((weak));
 
 const cli_ext_module *cli_ext_at(int i)
 {
     const cli_ext_module *all[] = {&cli_ext_mutual, &cli_ext_conv2d_cross, &cli_ext_joint,
-                                   &cli_ext_interlaced, &cli_ext_multiview};
+                                   &cli_ext_interlaced, &cli_ext_multiview, &cli_ext_hallo_audio,
+                                   &cli_ext_bert_decoder};
     for (size_t k = 0, seen = 0; k < sizeof all / sizeof all[0]; k++) {
         if (!all[k]) continue;
         if ((int)seen++ == i) return all[k];

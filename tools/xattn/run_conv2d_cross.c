@@ -10,8 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #define CMD "run"
 
@@ -43,36 +41,6 @@ static void help(void)
         "  -h, --help                this help\n");
 }
 
-static int write_one(const char *dir, const char *name, const xattn_array *arr)
-{
-    char path[4096], part[4200];
-    if ((size_t)snprintf(path, sizeof path, "%s/%s.npy", dir, name) >= sizeof path ||
-        (size_t)snprintf(part, sizeof part, "%s.part", path) >= sizeof part)
-        return cli_error(CMD, dir, "output directory name is too long");
-    int made_dir = 0;
-    struct stat sb;
-    if (stat(dir, &sb) != 0) {
-        if (mkdir(dir, 0777) != 0)
-            return cli_error(CMD, dir, "cannot create the output directory: %s", strerror(errno));
-        made_dir = 1;
-    }
-    int rc = 0;
-    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
-        rc = cli_error(CMD, path, "cannot write: is a directory");
-    else if (xattn_npy_save(part, arr) != XATTN_OK)
-        rc = cli_lib_error(CMD, part);
-    else if (rename(part, path) != 0)
-        rc = cli_error(CMD, path, "cannot write: %s", strerror(errno));
-    if (rc) {
-        unlink(part);
-        if (made_dir) rmdir(dir);
-        return rc;
-    }
-    char sh[160];
-    printf("wrote %s %s\n", path, cli_shape_str(arr, sh, sizeof sh));
-    return 0;
-}
-
 static int detect(const xattn_safetensors *st)
 {
     return xattn_st_find(st, "conv_query.weight") >= 0 && xattn_st_find(st, "conv_key.weight") >= 0 &&
@@ -82,25 +50,6 @@ static int detect(const xattn_safetensors *st)
 static void describe(const xattn_safetensors *st)
 {
     printf("module: conv2d-cross (cross-attention over 2-D feature maps, seed 004 CrossAttention)\n");
-}
-
-/* NaN policy for the weights */
-static int check_weights(const char *model, const xattn_safetensors *st)
-{
-    for (size_t i = 0; i < sizeof NAMES / sizeof NAMES[0]; i++) {
-        if (xattn_st_find(st, NAMES[i]) < 0) continue;
-        xattn_array w;
-        if (xattn_st_get(st, NAMES[i], XATTN_F32, &w) != XATTN_OK) return cli_lib_error(CMD, model);
-        char what[96], idx[160];
-        int64_t bad = cli_first_nonfinite(&w, CLI_FINITE_STRICT, what, sizeof what);
-        int rc = 0;
-        if (bad >= 0)
-            rc = cli_error(CMD, model, "tensor '%s' holds %s at %s (pass --allow-nonfinite to accept it)",
-                           NAMES[i], what, cli_index_str(w.ndim, w.shape, bad, idx, sizeof idx));
-        xattn_array_free(&w);
-        if (rc) return rc;
-    }
-    return 0;
 }
 
 static int run_conv2d(int argc, char **argv)
@@ -153,7 +102,9 @@ static int run_conv2d(int argc, char **argv)
         rc = cli_lib_error(CMD, model);
         goto done;
     }
-    if (!allow && (rc = check_weights(model, st))) goto done;
+    if (!allow &&
+        (rc = cli_check_weights_finite(CMD, model, st, NAMES, sizeof NAMES / sizeof NAMES[0])))
+        goto done;
     xattn_conv2d_cross_config c;
     xattn_conv2d_cross_get_config(m, &c);
     if ((rc = cli_load_float(CMD, x, 3, 4, rule, &a1))) goto done;
@@ -208,7 +159,8 @@ static int run_conv2d(int argc, char **argv)
         rc = cli_lib_error(CMD, model);
         goto done;
     }
-    rc = write_one(out_dir, "out", &o);
+    cli_output out = {"out", o, NULL};
+    rc = cli_write_outputs(CMD, out_dir, &out, 1);
 done:
     xattn_conv2d_cross_free(m);
     xattn_st_close(st);

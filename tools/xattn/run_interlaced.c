@@ -7,12 +7,9 @@
 #include "cli.h"
 #include "modules_ext.h"
 
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 static const char *CMD = "run";
 static const char SUFFIX[] = "blocks.0.attn.q_map.weight";
@@ -93,64 +90,6 @@ static void describe(const xattn_safetensors *st)
     xattn_interlaced_free(m);
 }
 
-static int check_out_dir(const char *dir)
-{
-    struct stat sb;
-    if (stat(dir, &sb) == 0) {
-        if (!S_ISDIR(sb.st_mode)) return cli_error(CMD, dir, "exists and is not a directory");
-        if (access(dir, W_OK | X_OK) != 0)
-            return cli_error(CMD, dir, "output directory is not writable: %s", strerror(errno));
-        return 0;
-    }
-    if (errno != ENOENT)
-        return cli_error(CMD, dir, "cannot use as the output directory: %s", strerror(errno));
-    return 0; /* created when writing; a missing parent is reported then */
-}
-
-/* Writes every output as NAME.npy.part, then renames all into place; removes what it wrote on
- * failure. */
-static int write_all(const char *dir, char (*names)[64], const xattn_array *arrs, int n)
-{
-    char(*path)[4200] = calloc((size_t)n, sizeof *path);
-    char(*part)[4300] = calloc((size_t)n, sizeof *part);
-    if (!path || !part) {
-        free(path);
-        free(part);
-        return cli_error(CMD, dir, "out of memory");
-    }
-    int rc = 0, made = 0, written = 0, renamed = 0;
-    for (int k = 0; k < n && !rc; k++)
-        if ((size_t)snprintf(path[k], sizeof path[k], "%s/%s.npy", dir, names[k]) >= sizeof path[k])
-            rc = cli_error(CMD, dir, "output directory name is too long");
-    for (int k = 0; k < n; k++) snprintf(part[k], sizeof part[k], "%s.part", path[k]);
-    struct stat sb;
-    if (!rc && stat(dir, &sb) != 0) {
-        if (mkdir(dir, 0777) != 0)
-            rc = cli_error(CMD, dir, "cannot create the output directory: %s", strerror(errno));
-        else
-            made = 1;
-    }
-    for (int k = 0; k < n && !rc; k++)
-        if (stat(path[k], &sb) == 0 && S_ISDIR(sb.st_mode))
-            rc = cli_error(CMD, path[k], "cannot write: is a directory");
-    for (int k = 0; k < n && !rc; k++, written++)
-        if (xattn_npy_save(part[k], &arrs[k]) != XATTN_OK) rc = cli_lib_error(CMD, part[k]);
-    for (int k = 0; k < n && !rc; k++, renamed++)
-        if (rename(part[k], path[k]) != 0)
-            rc = cli_error(CMD, path[k], "cannot write: %s", strerror(errno));
-    if (rc) {
-        for (int k = 0; k < renamed; k++) unlink(path[k]);
-        for (int k = renamed; k < written; k++) unlink(part[k]);
-        if (made) rmdir(dir);
-    } else {
-        char sh[160];
-        for (int k = 0; k < n; k++) printf("wrote %s %s\n", path[k], cli_shape_str(&arrs[k], sh, sizeof sh));
-    }
-    free(path);
-    free(part);
-    return rc;
-}
-
 typedef struct il_args {
     const char *model, *x, *context, *first, *out_dir, *module;
     long long n_cls, heads, threads;
@@ -164,14 +103,14 @@ typedef struct il_state {
     float *out, *cout, *lg_block;
     float **lg;
     char (*names)[64];
-    xattn_array *arrs;
+    cli_output *outs;
 } il_state;
 
 static int run_il(const il_args *a, il_state *s)
 {
     int rc;
     const char *dir = a->out_dir ? a->out_dir : ".";
-    if ((rc = check_out_dir(dir))) return rc;
+    if ((rc = cli_check_out_dir(CMD, dir))) return rc;
     if (xattn_st_open(a->model, &s->st) != XATTN_OK) return cli_lib_error(CMD, a->model);
     char prefix[512];
     if (find_prefix(s->st, prefix, sizeof prefix))
@@ -215,12 +154,12 @@ static int run_il(const il_args *a, il_state *s)
     s->out = malloc((size_t)xattn_array_numel(&s->x) * sizeof(float));
     s->cout = malloc((size_t)xattn_array_numel(&s->ctx) * sizeof(float));
     s->names = calloc((size_t)n_out, sizeof *s->names);
-    s->arrs = calloc((size_t)n_out, sizeof *s->arrs);
+    s->outs = calloc((size_t)n_out, sizeof *s->outs);
     if (a->return_attn) {
         s->lg = calloc((size_t)c.depth, sizeof *s->lg);
         s->lg_block = malloc((size_t)n_lg * (size_t)c.depth * sizeof(float));
     }
-    if (!s->out || !s->cout || !s->names || !s->arrs ||
+    if (!s->out || !s->cout || !s->names || !s->outs ||
         (a->return_attn && (!s->lg || !s->lg_block)))
         return cli_error(CMD, a->x, "out of memory for the outputs");
     for (int64_t L = 0; a->return_attn && L < c.depth; L++) s->lg[L] = s->lg_block + L * (int64_t)n_lg;
@@ -228,28 +167,20 @@ static int run_il(const il_args *a, il_state *s)
         XATTN_OK)
         return cli_lib_error(CMD, a->model);
 
-    snprintf(s->names[0], 64, "out");
-    s->arrs[0] = s->x;
-    s->arrs[0].dtype = XATTN_F32;
-    s->arrs[0].data = s->out;
-    snprintf(s->names[1], 64, "context_out");
-    s->arrs[1] = s->ctx;
-    s->arrs[1].dtype = XATTN_F32;
-    s->arrs[1].data = s->cout;
+    cli_output_set(&s->outs[0], "out", s->out, NULL, nd, s->x.shape);
+    cli_output_set(&s->outs[1], "context_out", s->cout, NULL, nd, s->ctx.shape);
     for (int64_t L = 0; a->return_attn && L < c.depth; L++) {
-        xattn_array *ar = &s->arrs[2 + L];
         int x_q = ((L & 1) == 0) != (c.context_first != 0);
-        snprintf(s->names[2 + L], 64, "attn_weights_%lld", (long long)L);
-        ar->dtype = XATTN_F32;
-        ar->data = s->lg[L];
+        int64_t sh[4];
         int k = 0;
-        if (nd == 3) ar->shape[k++] = B;
-        ar->shape[k++] = c.heads;
-        ar->shape[k++] = x_q ? I : J;
-        ar->shape[k++] = x_q ? J : I;
-        ar->ndim = k;
+        if (nd == 3) sh[k++] = B;
+        sh[k++] = c.heads;
+        sh[k++] = x_q ? I : J;
+        sh[k++] = x_q ? J : I;
+        snprintf(s->names[2 + L], 64, "attn_weights_%lld", (long long)L);
+        cli_output_set(&s->outs[2 + L], s->names[2 + L], s->lg[L], NULL, k, sh);
     }
-    return write_all(dir, s->names, s->arrs, n_out);
+    return cli_write_outputs(CMD, dir, s->outs, n_out);
 }
 
 static int run(int argc, char **argv)
@@ -297,7 +228,7 @@ static int run(int argc, char **argv)
     free(s.lg);
     free(s.lg_block);
     free(s.names);
-    free(s.arrs);
+    free(s.outs);
     return rc;
 }
 

@@ -2,12 +2,9 @@
 #include "cli.h"
 #include "modules_ext.h"
 
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 static const char *CMD = "run";
 
@@ -101,70 +98,6 @@ static int load_pad_mask(const char *path, const char *opt, int rank3, int64_t B
     return 0;
 }
 
-static int check_weights_finite(const char *model, const xattn_safetensors *st)
-{
-    size_t n = xattn_st_count(st);
-    for (size_t i = 0; i < n; i++) {
-        const char *name = xattn_st_name(st, i);
-        xattn_dtype dt;
-        int nd;
-        int64_t shape[XATTN_MAX_DIMS];
-        if (xattn_st_info(st, i, &dt, &nd, shape) != XATTN_OK) continue;
-        if (dt != XATTN_F32 && dt != XATTN_F64 && dt != XATTN_F16 && dt != XATTN_BF16) continue;
-        xattn_array a;
-        if (xattn_st_get(st, name, XATTN_F32, &a) != XATTN_OK) return cli_lib_error(CMD, model);
-        char what[64], idx[128], nm[160];
-        int64_t bad = cli_first_nonfinite(&a, CLI_FINITE_STRICT, what, sizeof what);
-        if (bad >= 0) {
-            cli_index_str(a.ndim, a.shape, bad, idx, sizeof idx);
-            xattn_array_free(&a);
-            return cli_error(CMD, model,
-                             "tensor '%s' holds %s at %s (pass --allow-nonfinite to run anyway)",
-                             cli_printable(name, nm, sizeof nm), what, idx);
-        }
-        xattn_array_free(&a);
-    }
-    return 0;
-}
-
-static int write_two(const char *dir, const xattn_array *arrs, const char *const *names, int n)
-{
-    char path[2][4096], part[2][4200];
-    for (int k = 0; k < n; k++)
-        if ((size_t)snprintf(path[k], sizeof path[k], "%s/%s.npy", dir, names[k]) >=
-                sizeof path[k] ||
-            (size_t)snprintf(part[k], sizeof part[k], "%s.part", path[k]) >= sizeof part[k])
-            return cli_error(CMD, dir, "output directory name is too long");
-    int made_dir = 0;
-    struct stat sb;
-    if (stat(dir, &sb) != 0) {
-        if (mkdir(dir, 0777) != 0)
-            return cli_error(CMD, dir, "cannot create the output directory: %s", strerror(errno));
-        made_dir = 1;
-    } else if (!S_ISDIR(sb.st_mode)) {
-        return cli_error(CMD, dir, "the output directory is not a directory");
-    }
-    int rc = 0, written = 0, renamed = 0;
-    for (int k = 0; k < n && !rc; k++)
-        if (stat(path[k], &sb) == 0 && S_ISDIR(sb.st_mode))
-            rc = cli_error(CMD, path[k], "cannot write: is a directory");
-    for (int k = 0; k < n && !rc; k++, written++)
-        if (xattn_npy_save(part[k], &arrs[k]) != XATTN_OK) rc = cli_lib_error(CMD, part[k]);
-    for (int k = 0; k < n && !rc; k++, renamed++)
-        if (rename(part[k], path[k]) != 0)
-            rc = cli_error(CMD, path[k], "cannot write: %s", strerror(errno));
-    if (rc) {
-        for (int k = 0; k < renamed; k++) unlink(path[k]);
-        for (int k = renamed; k < written; k++) unlink(part[k]);
-        if (made_dir) rmdir(dir);
-        return rc;
-    }
-    char sh[160];
-    for (int k = 0; k < n; k++)
-        printf("wrote %s %s\n", path[k], cli_shape_str(&arrs[k], sh, sizeof sh));
-    return 0;
-}
-
 typedef struct jargs {
     const char *model, *x, *c, *xm, *cm, *out_dir, *module, *norm_first, *activation;
     long long heads, threads;
@@ -176,17 +109,8 @@ typedef struct jargs {
 static int joint_go(const jargs *a, jstate *s)
 {
     int rc;
-    if (a->out_dir) {
-        struct stat sb;
-        char parent[4096];
-        snprintf(parent, sizeof parent, "%s", a->out_dir);
-        char *slash = strrchr(parent, '/');
-        if (slash && slash != parent) *slash = '\0';
-        else if (slash) parent[1] = '\0';
-        else snprintf(parent, sizeof parent, ".");
-        if (stat(a->out_dir, &sb) != 0 && (stat(parent, &sb) != 0 || !S_ISDIR(sb.st_mode)))
-            return cli_error(CMD, a->out_dir, "the parent of the output directory does not exist");
-    }
+    const char *dir = a->out_dir ? a->out_dir : ".";
+    if ((rc = cli_check_out_dir(CMD, dir))) return rc;
     if (xattn_st_open(a->model, &s->st) != XATTN_OK) return cli_lib_error(CMD, a->model);
     if (!joint_detect(s->st))
         return cli_error(CMD, a->model,
@@ -220,7 +144,7 @@ static int joint_go(const jargs *a, jstate *s)
                          "the number of heads (nhead) is not in the file (__metadata__ 'heads'): "
                          "pass --heads N");
     if (xattn_joint_load(s->st, "", &o, &s->m) != XATTN_OK) return cli_lib_error(CMD, a->model);
-    if (!a->allow_nonfinite && (rc = check_weights_finite(a->model, s->st))) return rc;
+    if (!a->allow_nonfinite && (rc = cli_check_weights_finite(CMD, a->model, s->st, NULL, 0))) return rc;
     xattn_joint_config cfg;
     xattn_joint_get_config(s->m, &cfg);
     const int64_t d = cfg.d_model;
@@ -260,20 +184,16 @@ static int joint_go(const jargs *a, jstate *s)
     in.context_padding_mask = a->cm ? s->cm.data : NULL;
     if (xattn_joint_forward(s->m, &in, s->out, s->cout) != XATTN_OK)
         return cli_lib_error(CMD, a->model);
-    xattn_array outs[2];
-    memset(outs, 0, sizeof outs);
-    const int64_t *lens[2] = {&K, &N};
-    for (int k = 0; k < 2; k++) {
-        outs[k].dtype = XATTN_F32;
-        int nd = 0;
-        if (rank3) outs[k].shape[nd++] = B;
-        outs[k].shape[nd++] = *lens[k];
-        outs[k].shape[nd++] = d;
-        outs[k].ndim = nd;
-        outs[k].data = k ? s->cout : s->out;
-    }
-    const char *names[2] = {"out", "context_out"};
-    return write_two(a->out_dir ? a->out_dir : ".", outs, names, 2);
+    cli_output outs[2];
+    int64_t sh_out[3];
+    int nd = 0;
+    if (rank3) sh_out[nd++] = B;
+    sh_out[nd++] = K;
+    sh_out[nd++] = d;
+    cli_output_set(&outs[0], "out", s->out, NULL, nd, sh_out);
+    sh_out[nd - 2] = N;
+    cli_output_set(&outs[1], "context_out", s->cout, NULL, nd, sh_out);
+    return cli_write_outputs(CMD, dir, outs, 2);
 }
 
 static int joint_run(int argc, char **argv)

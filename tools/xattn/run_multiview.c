@@ -10,8 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #define CMD "run"
 #define MV_MAX XATTN_MULTIVIEW_MAX_VIEWS
@@ -50,61 +48,6 @@ static void mv_help(void)
         "weight is an error naming the file and index unless --allow-nonfinite is given.\n"
         "  --threads N               threads (default: all cores)\n"
         "  -h, --help                this help\n");
-}
-
-static int mv_write(const char *dir, xattn_array *outs, int n)
-{
-    char path[MV_MAX][4096], part[MV_MAX][4200];
-    for (int k = 0; k < n; k++)
-        if ((size_t)snprintf(path[k], sizeof path[k], "%s/out_%d.npy", dir, k) >= sizeof path[k] ||
-            (size_t)snprintf(part[k], sizeof part[k], "%s.part", path[k]) >= sizeof part[k])
-            return cli_error(CMD, dir, "output directory name is too long");
-    int made_dir = 0;
-    struct stat sb;
-    if (stat(dir, &sb) != 0) {
-        if (mkdir(dir, 0777) != 0)
-            return cli_error(CMD, dir, "cannot create the output directory: %s", strerror(errno));
-        made_dir = 1;
-    }
-    int rc = 0, written = 0, renamed = 0;
-    for (int k = 0; k < n && !rc; k++)
-        if (stat(path[k], &sb) == 0 && S_ISDIR(sb.st_mode))
-            rc = cli_error(CMD, path[k], "cannot write: is a directory");
-    for (int k = 0; k < n && !rc; k++, written++)
-        if (xattn_npy_save(part[k], &outs[k]) != XATTN_OK) rc = cli_lib_error(CMD, part[k]);
-    for (int k = 0; k < n && !rc; k++, renamed++)
-        if (rename(part[k], path[k]) != 0)
-            rc = cli_error(CMD, path[k], "cannot write: %s", strerror(errno));
-    if (rc) {
-        for (int k = 0; k < renamed; k++) unlink(path[k]);
-        for (int k = renamed; k < written; k++) unlink(part[k]);
-        if (made_dir) rmdir(dir);
-        return rc;
-    }
-    char sh[160];
-    for (int k = 0; k < n; k++) printf("wrote %s %s\n", path[k], cli_shape_str(&outs[k], sh, sizeof sh));
-    return 0;
-}
-
-static int mv_check_weights(const char *model, const xattn_safetensors *st)
-{
-    for (size_t i = 0; i < xattn_st_count(st); i++) {
-        const char *nm = xattn_st_name(st, i);
-        xattn_dtype dt;
-        if (xattn_st_info(st, i, &dt, NULL, NULL) != XATTN_OK) return cli_lib_error(CMD, model);
-        if (dt != XATTN_F32 && dt != XATTN_F64 && dt != XATTN_F16 && dt != XATTN_BF16) continue;
-        xattn_array w;
-        if (xattn_st_get(st, nm, XATTN_F32, &w) != XATTN_OK) return cli_lib_error(CMD, model);
-        char what[64], at[200], shown[200];
-        int64_t bad = cli_first_nonfinite(&w, CLI_FINITE_STRICT, what, sizeof what);
-        if (bad >= 0) cli_index_str(w.ndim, w.shape, bad, at, sizeof at);
-        xattn_array_free(&w);
-        if (bad >= 0)
-            return cli_error(CMD, model, "tensor '%s' holds a non-finite value (%s) at index %s; "
-                             "pass --allow-nonfinite to accept it",
-                             cli_printable(nm, shown, sizeof shown), what, at);
-    }
-    return 0;
 }
 
 static int mv_run(int argc, char **argv)
@@ -208,10 +151,12 @@ static int mv_run(int argc, char **argv)
     int rc = 0;
     xattn_multiview *m = NULL;
     xattn_array in[MV_MAX], outs[MV_MAX];
+    cli_output files[MV_MAX];
+    char names[MV_MAX][16];
     memset(in, 0, sizeof in);
     memset(outs, 0, sizeof outs);
     xattn_multiview_opts o = {nh ? hl : NULL, nh, eps, g};
-    if (!allow && (rc = mv_check_weights(model, st))) goto end;
+    if (!allow && (rc = cli_check_weights_finite(CMD, model, st, NULL, 0))) goto end;
     if (xattn_multiview_load(st, "", &o, &m) != XATTN_OK) {
         rc = cli_lib_error(CMD, model);
         goto end;
@@ -280,7 +225,11 @@ static int mv_run(int argc, char **argv)
             goto end;
         }
     }
-    rc = mv_write(out_dir, outs, V);
+    for (int v = 0; v < V; v++) {
+        snprintf(names[v], sizeof names[v], "out_%d", v);
+        files[v] = (cli_output){names[v], outs[v], NULL};
+    }
+    rc = cli_write_outputs(CMD, out_dir, files, V);
 end:
     for (int v = 0; v < MV_MAX; v++) {
         xattn_array_free(&in[v]);

@@ -9,8 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #define CMD "run"
 
@@ -37,36 +35,6 @@ static void help(void)
         "unless --allow-nonfinite.\n"
         "  --threads N               threads (default: all cores)\n"
         "  -h, --help                this help\n");
-}
-
-static int write_one(const char *dir, const char *name, const xattn_array *arr)
-{
-    char path[4096], part[4200];
-    if ((size_t)snprintf(path, sizeof path, "%s/%s.npy", dir, name) >= sizeof path ||
-        (size_t)snprintf(part, sizeof part, "%s.part", path) >= sizeof part)
-        return cli_error(CMD, dir, "output directory name is too long");
-    int made_dir = 0;
-    struct stat sb;
-    if (stat(dir, &sb) != 0) {
-        if (mkdir(dir, 0777) != 0)
-            return cli_error(CMD, dir, "cannot create the output directory: %s", strerror(errno));
-        made_dir = 1;
-    }
-    int rc = 0;
-    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
-        rc = cli_error(CMD, path, "cannot write: is a directory");
-    else if (xattn_npy_save(part, arr) != XATTN_OK)
-        rc = cli_lib_error(CMD, part);
-    else if (rename(part, path) != 0)
-        rc = cli_error(CMD, path, "cannot write: %s", strerror(errno));
-    if (rc) {
-        unlink(part);
-        if (made_dir) rmdir(dir);
-        return rc;
-    }
-    char sh[160];
-    printf("wrote %s %s\n", path, cli_shape_str(arr, sh, sizeof sh));
-    return 0;
 }
 
 static int run_mutual(int argc, char **argv)
@@ -148,7 +116,8 @@ static int run_mutual(int argc, char **argv)
         rc = cli_lib_error(CMD, x);
         goto done;
     }
-    rc = write_one(out_dir, "out", &o);
+    cli_output out = {"out", o, NULL};
+    rc = cli_write_outputs(CMD, out_dir, &out, 1);
 done:
     xattn_array_free(&a);
     xattn_array_free(&b);
