@@ -155,6 +155,7 @@ static int run_conv2d(int argc, char **argv)
     in.x2 = a2.data;
     in.has_scale = scale_s != NULL;
     in.scale = (float)scale;
+    if ((rc = cli_check_out_dir(CMD, out_dir))) goto done; /* before the work */
     if (xattn_conv2d_cross_forward(m, &in, o.data) != XATTN_OK) {
         rc = cli_lib_error(CMD, model);
         goto done;

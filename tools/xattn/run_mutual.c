@@ -105,6 +105,7 @@ static int run_mutual(int argc, char **argv)
         rc = cli_error(CMD, NULL, "out of memory");
         goto done;
     }
+    if ((rc = cli_check_out_dir(CMD, out_dir))) goto done; /* before the work */
     xattn_status s;
     if (has_band) {
         s = xattn_mutual_bands(a.data, b.data, a.ndim, a.shape, (int)band_axis, o.data);
