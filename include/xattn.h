@@ -585,6 +585,153 @@ XATTN_API xattn_status xattn_multiview_forward(const xattn_multiview *m, int64_t
                                                int64_t n_views, const int64_t *tokens,
                                                const float *const *x, float *const *out);
 
+/* ------------------------------------------------------------------------------------------ */
+/* M7: HALLO region-masked hierarchical audio-visual cross-attention                            */
+/* ------------------------------------------------------------------------------------------ */
+/*
+ * Mask pyramid: resizes n soft masks (n, Hm, Wm) to (n, h, w) exactly as
+ * torch.nn.functional.interpolate(mode="bilinear", align_corners=False, antialias=True)
+ * (a triangle filter widened by the scale factor when shrinking; plain bilinear when
+ * enlarging) and writes them flattened row-major, out (n, h*w): the token order of a latent
+ * (B, h*w, C). in and out must not overlap.
+ */
+XATTN_API xattn_status xattn_resize_masks(const float *in, int64_t n, int64_t Hm, int64_t Wm,
+                                          int64_t h, int64_t w, float *out);
+
+/*
+ * The audio path of HALLO's AudioTemporalBasicTransformerBlock (fudan-generative-vision/hallo,
+ * hallo/models/attention.py, the branch with attn2_0/1/2), loaded by its state_dict names
+ * (after `prefix`):
+ *   norm2.{weight,bias}, norm3.{weight,bias}         nn.LayerNorm(dim), eps 1e-5
+ *   attn2_0., attn2_1., attn2_2. {to_q.weight, to_k.weight, to_v.weight, to_out.0.weight,
+ *                                 to_out.0.bias}      diffusers Attention (bias=False)
+ *   zero_conv_full., zero_conv_face., zero_conv_lip. {weight (dim, dim, 1, 1), bias}
+ *   ff.net.0.proj.{weight (2*inner, dim), bias}, ff.net.2.{weight (dim, inner), bias}
+ *                                                    diffusers FeedForward, GEGLU (exact GELU)
+ * forward:  n = norm2(x);  o_k = zero_conv_k(attn2_k(n, audio) * M_k)  (k = full, face, lip;
+ *           the mask multiplies every channel of a token);  h = x + s_0 o_0 + s_1 o_1 + s_2 o_2;
+ *           out = h + ff(norm3(h)),  ff(y) = (a * gelu(g)) W2^T + b2,  [a | g] = y W0^T + b0.
+ * The self-attention part (norm1, attn1) of the HALLO block is not part of this module.
+ * heads <= 0 takes __metadata__ "heads", else diffusers' default 8.
+ */
+typedef struct xattn_hallo_config {
+    int64_t dim;        /* channels of the latent tokens                         */
+    int64_t audio_dim;  /* cross_attention_dim                                  */
+    int64_t heads, head_dim, inner_dim; /* of each attention                     */
+    int64_t ff_inner;   /* rows of ff.net.0.proj.weight / 2                      */
+} xattn_hallo_config;
+
+typedef struct xattn_hallo xattn_hallo;
+
+XATTN_API xattn_status xattn_hallo_load(const xattn_safetensors *st, const char *prefix,
+                                        int64_t heads, xattn_hallo **out);
+XATTN_API void xattn_hallo_free(xattn_hallo *m);
+XATTN_API void xattn_hallo_get_config(const xattn_hallo *m, xattn_hallo_config *cfg);
+
+typedef struct xattn_hallo_inputs {
+    int64_t B, N, T;
+    const float *x;        /* (B, N, dim) latent tokens (N = h*w, row-major)              */
+    const float *audio;    /* (B, T, audio_dim)                                           */
+    const float *masks;    /* (mask_batch, 3, N): full/pose, face, lip at this level      */
+    int64_t mask_batch;    /* 1 (shared by the batch) or B                                */
+    const float *motion_scale; /* 3 weights (pose, face, lip), or NULL = 1, 1, 1           */
+} xattn_hallo_inputs;
+
+/* out (B, N, dim); regions optional: (3, B, N, dim), the unscaled o_k of each region.
+ * out may not alias x. */
+XATTN_API xattn_status xattn_hallo_forward(const xattn_hallo *m, const xattn_hallo_inputs *in,
+                                           float *out, float *regions);
+
+/* ------------------------------------------------------------------------------------------ */
+/* M8: decoder layers with causal self-attention, cross-attention and a KV cache               */
+/* ------------------------------------------------------------------------------------------ */
+/*
+ * Hugging Face transformers BertLayer / BertEncoder as a decoder (BertConfig(is_decoder=True,
+ * add_cross_attention=True)), post-LN, GELU (exact erf), scale head_dim^-0.5:
+ *   h = LN(x + SelfAttn(x; causal AND attention_mask))
+ *   h = LN(h + CrossAttn(h, memory; memory_mask))
+ *   h = LN(h + output.dense(gelu(intermediate.dense(h))))
+ * State dict names (after `prefix`): one BertLayer ("attention.self.query.weight", ...) or a
+ * stack "layer.N.<name>" (BertEncoder), N = 0, 1, ...:
+ *   attention.self.{query,key,value}.{weight,bias}, attention.output.dense.{weight,bias},
+ *   attention.output.LayerNorm.{weight,bias}, crossattention.self.{query,key,value}.{weight,bias}
+ *   (key/value weights (hidden, memory_dim): memory_dim may differ from hidden),
+ *   crossattention.output.dense.*, crossattention.output.LayerNorm.*, intermediate.dense.*,
+ *   output.dense.*, output.LayerNorm.*
+ * Options: heads from opts, else __metadata__ "heads" (or "num_attention_heads"), else 12
+ * (BertConfig's default); layer_norm_eps from opts, else __metadata__ "layer_norm_eps", else 1e-12.
+ *
+ * Masks follow transformers' attention_mask / encoder_attention_mask: 1 (nonzero) = keep. Masked
+ * logits take -FLT_MAX as transformers' finfo.min additive mask, so a row with every key masked
+ * is the uniform average over the row's keys (never NaN): for the self-attention of a full
+ * forward that is all T positions, as transformers. (Incremental decoding agrees with the full
+ * forward everywhere except on such fully masked rows, i.e. left-padded leading positions,
+ * where only the keys decoded so far exist.)
+ *
+ * Modality projector (optional, our design, for the T-V / T-A / T-AV groups): tensors
+ *   proj.video.weight (memory_dim, Dv), proj.video.bias (memory_dim),
+ *   proj.audio.weight (memory_dim, Da), proj.audio.bias (memory_dim),
+ *   type_embedding.video (memory_dim), type_embedding.audio (memory_dim)  (each optional).
+ * A modality's features (B, F, N, D) (F frames of N tokens) are mean-pooled over frames, then
+ * projected: m = mean_f(x[:, f]) W^T + b (+ type_embedding). The memory is the concatenation
+ * [video; audio] along the sequence axis (either may be absent): (B, Nv + Na, memory_dim).
+ */
+typedef struct xattn_decoder_opts {
+    int64_t heads;         /* <= 0: metadata, else 12                                        */
+    double layer_norm_eps; /* <= 0: metadata, else 1e-12                                     */
+} xattn_decoder_opts;
+
+typedef struct xattn_decoder_config {
+    int64_t hidden, heads, head_dim, intermediate, layers, memory_dim;
+    int64_t video_dim, audio_dim; /* input widths of proj.video / proj.audio, 0 if absent     */
+    int video_type, audio_type;   /* type_embedding.video / .audio present                    */
+    float layer_norm_eps;
+} xattn_decoder_config;
+
+typedef struct xattn_decoder xattn_decoder;
+typedef struct xattn_decoder_state xattn_decoder_state;
+
+XATTN_API void xattn_decoder_opts_init(xattn_decoder_opts *o);
+/* opts may be NULL. */
+XATTN_API xattn_status xattn_decoder_load(const xattn_safetensors *st, const char *prefix,
+                                          const xattn_decoder_opts *opts, xattn_decoder **out);
+XATTN_API void xattn_decoder_free(xattn_decoder *m);
+XATTN_API void xattn_decoder_get_config(const xattn_decoder *m, xattn_decoder_config *cfg);
+
+/* Builds the memory (B, Nv + Na, memory_dim) from video (B, Fv, Nv, Dv) and/or audio
+ * (B, Fa, Na, Da) (NULL or N = 0: absent; at least one present; F >= 1). */
+XATTN_API xattn_status xattn_decoder_project(const xattn_decoder *m, int64_t B,
+                                             const float *video, int64_t Fv, int64_t Nv,
+                                             const float *audio, int64_t Fa, int64_t Na,
+                                             float *memory);
+
+/* Full-sequence forward: x (B, T, hidden), attention_mask (B, T) or NULL, memory (B, M,
+ * memory_dim) with M >= 1, memory_mask (B, M) or NULL -> out (B, T, hidden). */
+XATTN_API xattn_status xattn_decoder_forward(const xattn_decoder *m, int64_t B, int64_t T,
+                                             const float *x, const uint8_t *attention_mask,
+                                             int64_t M, const float *memory,
+                                             const uint8_t *memory_mask, float *out);
+
+/* Incremental decoding. A state holds, per layer, the self-attention K/V cache for up to
+ * max_len positions, the cross-attention K/V of the current memory, and scratch for steps of up
+ * to max_step tokens; everything is allocated here (set_memory reallocates only when M grows),
+ * so steps allocate nothing. The state keeps a pointer to m (m must outlive it). */
+XATTN_API xattn_status xattn_decoder_state_new(const xattn_decoder *m, int64_t B, int64_t max_len,
+                                               int64_t max_step, xattn_decoder_state **out);
+XATTN_API void xattn_decoder_state_free(xattn_decoder_state *s);
+/* Computes the cross-attention K/V of every layer once and resets the position to 0. */
+XATTN_API xattn_status xattn_decoder_set_memory(xattn_decoder_state *s, int64_t M,
+                                                const float *memory, const uint8_t *memory_mask);
+/* Forgets the decoded tokens (keeps the memory). */
+XATTN_API void xattn_decoder_reset(xattn_decoder_state *s);
+/* Tokens decoded so far. */
+XATTN_API int64_t xattn_decoder_position(const xattn_decoder_state *s);
+/* Decodes n (1 .. max_step) more tokens: x (B, n, hidden), attention_mask (B, n) for these
+ * positions (or NULL = all kept) -> out (B, n, hidden), equal to rows pos .. pos+n-1 of the
+ * full forward over everything decoded so far. */
+XATTN_API xattn_status xattn_decoder_step(xattn_decoder_state *s, int64_t n, const float *x,
+                                          const uint8_t *attention_mask, float *out);
+
 #ifdef __cplusplus
 }
 #endif
