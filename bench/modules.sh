@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The fusion modules (M3 mutual, M4 joint, M5 interlaced, M6 multiview, M9 conv2d-cross) against
+# The fusion modules (M3 mutual, M4 joint, M5 interlaced, M6 multiview, M7 hallo, M8 decoder,
+# M9 conv2d-cross) against
 # their PyTorch references: for each, the C benchmark and the PyTorch script run one after the
 # other on the same work and thread count; prints the ratios and writes
 # bench/results/modules_summary.md.
@@ -13,7 +14,7 @@ build=${BUILD_DIR:-build}
 out=bench/results
 mkdir -p "$out"
 mods=()
-for m in mutual conv2d joint interlaced multiview; do
+for m in mutual conv2d joint interlaced multiview hallo decoder; do
   [ -x "$build/bench_$m" ] && [ -f "bench/torch_$m.py" ] || continue
   "$build/bench_$m" --threads "$threads" --json "$out/mod_$m.json" >/dev/null
   "$py" "bench/torch_$m.py" --threads "$threads" >"$out/mod_torch_$m.json"

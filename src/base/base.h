@@ -25,6 +25,13 @@ void xa_clear_error(void);
 void *xa_alloc(size_t bytes);
 void *xa_calloc(size_t bytes);
 void xa_free(void *p);
+/* Reusable scratch (see workspace.c): a block of at least `bytes` whose data is 64-byte
+ * aligned, or NULL (error message set). Give it back with xa_ws_put. Thread-safe. */
+typedef struct xa_ws xa_ws;
+xa_ws *xa_ws_get(size_t bytes);
+void *xa_ws_data(xa_ws *w);
+void xa_ws_put(xa_ws *w);
+
 /* a*b with overflow check; returns 0 and sets *r on success, -1 on overflow or negative. */
 int xa_mul_ok(int64_t a, int64_t b, int64_t *r);
 

@@ -483,10 +483,11 @@ xattn_status xa_attention(const xa_attn *p)
     c.direct = p->I <= 4 && !p->mix;
     c.nmix = p->mix ? p->H : 1;
     c.Kt = NULL;
+    xa_ws *kt_ws = NULL;
     if (!c.direct) {
         int64_t ktn = p->B * p->H * p->dh * XA_MAX(c.JP, 1); /* bounded by check_attn */
-        c.Kt = xa_alloc(sizeof(float) * (size_t)ktn);
-        if (!c.Kt) return XATTN_ERR_NOMEM;
+        if (!(kt_ws = xa_ws_get(sizeof(float) * (size_t)ktn))) return XATTN_ERR_NOMEM;
+        c.Kt = xa_ws_data(kt_ws);
     }
 
     const int64_t ntile = (p->I + c.IT - 1) / c.IT;
@@ -507,12 +508,13 @@ xattn_status xa_attention(const xa_attn *p)
     const size_t sfl = scratch_floats(&c);
     int64_t nstate_tasks = nsplit > 1 ? ntask * nsplit : 0;
     float *states = NULL;
+    xa_ws *states_ws = NULL;
     if (nstate_tasks) {
-        states = xa_alloc(sizeof(float) * (size_t)(nstate_tasks * state));
-        if (!states) {
-            xa_free(c.Kt);
+        if (!(states_ws = xa_ws_get(sizeof(float) * (size_t)(nstate_tasks * state)))) {
+            xa_ws_put(kt_ws);
             return XATTN_ERR_NOMEM;
         }
+        states = xa_ws_data(states_ws);
     }
     int failed = 0;
 
@@ -520,7 +522,8 @@ xattn_status xa_attention(const xa_attn *p)
 #pragma omp parallel num_threads(nth)
 #endif
     {
-        float *mem = xa_alloc(sizeof(float) * (sfl + (size_t)state));
+        xa_ws *mem_ws = xa_ws_get(sizeof(float) * (sfl + (size_t)state));
+        float *mem = mem_ws ? xa_ws_data(mem_ws) : NULL;
         if (!mem) {
 #ifdef _OPENMP
 #pragma omp atomic write
@@ -603,10 +606,10 @@ xattn_status xa_attention(const xa_attn *p)
                 if (p->probs) probs_tile(&c, &s, b, h, i0, it, m0, l0);
             }
         }
-        xa_free(mem);
+        xa_ws_put(mem_ws);
     }
-    xa_free(states);
-    xa_free(c.Kt);
+    xa_ws_put(states_ws);
+    xa_ws_put(kt_ws);
     if (failed) return xa_error(XATTN_ERR_NOMEM, "%s: out of memory for scratch", p->fn ? p->fn : "attention");
     return XATTN_OK;
 }

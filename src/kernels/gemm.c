@@ -25,7 +25,6 @@
 #include "kernels.h"
 #include "../base/base.h"
 
-#include <stdatomic.h>
 #include <string.h>
 
 #ifdef _OPENMP
@@ -58,50 +57,6 @@ typedef struct gemm_job {
     float *ws;        /* per thread: A block (MC x KC) then B block (KC x NC)   */
     int64_t ap_size, bp_size; /* floats of each, multiples of 16 (64 bytes)     */
 } gemm_job;
-
-/* ---- workspace cache -------------------------------------------------------------------- */
-
-/*
- * Packing buffers are a few MB: allocating them per call costs page faults (the allocator
- * returns large blocks to the system on free), which is a large share of a 256^3 product. A
- * few freed workspaces are kept in lock-free slots and reused; concurrent callers that find no
- * cached block big enough allocate their own. Cached blocks stay reachable from the slots.
- */
-#define XA_WS_SLOTS 4
-#define XA_WS_MAX_CACHED ((size_t)64 << 20)
-
-typedef struct ws_block {
-    size_t floats; /* usable floats after the 64-byte header */
-} ws_block;
-
-static _Atomic(ws_block *) ws_slots[XA_WS_SLOTS];
-
-static inline float *ws_data(ws_block *b) { return (float *)((char *)b + 64); }
-
-static ws_block *ws_get(size_t floats)
-{
-    for (int i = 0; i < XA_WS_SLOTS; i++) {
-        ws_block *b = atomic_exchange(&ws_slots[i], NULL);
-        if (!b) continue;
-        if (b->floats >= floats) return b;
-        xa_free(b); /* too small for this and probably later calls */
-    }
-    if (floats > (SIZE_MAX - 64) / sizeof(float)) return NULL;
-    ws_block *b = xa_alloc(64 + floats * sizeof(float));
-    if (b) b->floats = floats;
-    return b;
-}
-
-static void ws_put(ws_block *b)
-{
-    if (!b) return;
-    if (b->floats * sizeof(float) <= XA_WS_MAX_CACHED)
-        for (int i = 0; i < XA_WS_SLOTS; i++) {
-            ws_block *expect = NULL;
-            if (atomic_compare_exchange_strong(&ws_slots[i], &expect, b)) return;
-        }
-    xa_free(b);
-}
 
 /* ---- packing ---------------------------------------------------------------------------- */
 
@@ -464,14 +419,14 @@ static void gemm_skinny(const gemm_job *g, int nt)
                      .ys_n = g->ta ? 1 : g->lda, .R = g->C, .rs_r = 1, .rs_n = g->ldc,
                      .r_is_row = 0};
     }
-    ws_block *ws = NULL;
+    xa_ws *ws = NULL;
     if (k.ys_n != 1 && k.xs_k != 1) { /* dot products need contiguous X rows: gather them */
-        if (!(ws = ws_get((size_t)(k.ms * g->K)))) {
+        if (!(ws = xa_ws_get(sizeof(float) * (size_t)(k.ms * g->K)))) {
             xa_clear_error();
             gemm_direct(g);
             return;
         }
-        float *x = ws_data(ws);
+        float *x = xa_ws_data(ws);
         for (int64_t p = 0; p < g->K; p++)
             for (int64_t r = 0; r < k.ms; r++) x[r * g->K + p] = k.X[r * k.xs_r + p * k.xs_k];
         k.X = x;
@@ -489,7 +444,7 @@ static void gemm_skinny(const gemm_job *g, int nt)
     } else
 #endif
         skinny_range(g, &k, 0, k.nb);
-    ws_put(ws);
+    xa_ws_put(ws);
 }
 
 /* C = beta*C (or bias): K == 0 or alpha == 0, A and B not referenced. */
@@ -572,13 +527,13 @@ static void gemm_run(const xa_kernels *kt, int ta, int tb, int64_t M, int64_t N,
     g.ap_size = (mc * kc + 15) & ~(int64_t)15; /* keeps every block 64-byte aligned */
     g.bp_size = (kc * nc + 15) & ~(int64_t)15;
     const int64_t per_thread = g.ap_size + g.bp_size;
-    ws_block *ws = ws_get((size_t)(per_thread * nt));
+    xa_ws *ws = xa_ws_get(sizeof(float) * (size_t)(per_thread * nt));
     if (!ws) { /* out of memory: slow but correct */
         xa_clear_error();
         gemm_direct(&g);
         return;
     }
-    g.ws = ws_data(ws);
+    g.ws = xa_ws_data(ws);
 #ifdef _OPENMP
     if (nt > 1) {
 #pragma omp parallel num_threads(nt)
@@ -590,7 +545,7 @@ static void gemm_run(const xa_kernels *kt, int ta, int tb, int64_t M, int64_t N,
     } else
 #endif
         gemm_part(&g, g.ws, 0);
-    ws_put(ws);
+    xa_ws_put(ws);
 }
 
 void xa_sgemm(const xa_kernels *kt, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
