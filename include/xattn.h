@@ -254,6 +254,8 @@ typedef struct xattn_mha_config {
     int64_t out_dim;     /* output width                                                 */
     int has_in_bias;     /* in_proj_bias / to_q.bias present                             */
     int has_out_bias;
+    int add_bias_kv;     /* bias_k, bias_v present: one learned key/value appended          */
+    int add_zero_attn;   /* a zero key/value appended (__metadata__ "add_zero_attn", or set) */
 } xattn_mha_config;
 
 typedef struct xattn_mha xattn_mha;
@@ -265,6 +267,9 @@ XATTN_API xattn_status xattn_mha_load(const xattn_safetensors *st, const char *p
                                       int64_t heads, xattn_mha **out);
 XATTN_API void xattn_mha_free(xattn_mha *m);
 XATTN_API void xattn_mha_get_config(const xattn_mha *m, xattn_mha_config *cfg);
+/* nn.MultiheadAttention(add_zero_attn=True) leaves no trace in the state_dict: say so here
+ * (or with __metadata__ {"add_zero_attn": "True"}). */
+XATTN_API xattn_status xattn_mha_set_add_zero_attn(xattn_mha *m, int on);
 
 /*
  * Masks follow the reference module of the layout:
@@ -286,8 +291,9 @@ typedef struct xattn_mha_inputs {
     int is_causal;            /* adds a causal mask (upper-left aligned)           */
 } xattn_mha_inputs;
 
-/* out (B, I, out_dim). attn_weights optional: (B, I, J) if average_weights, else
- * (B, heads, I, J) (as need_weights=True, average_attn_weights=... in torch). */
+/* out (B, I, out_dim). attn_weights optional: (B, I, J') if average_weights, else
+ * (B, heads, I, J') (as need_weights=True, average_attn_weights=... in torch), where
+ * J' = J + add_bias_kv + add_zero_attn: the appended keys come last and are never masked. */
 XATTN_API xattn_status xattn_mha_forward(const xattn_mha *m, const xattn_mha_inputs *in,
                                          float *out, float *attn_weights, int average_weights);
 

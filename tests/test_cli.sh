@@ -510,5 +510,21 @@ if ok "demo" "$X" demo --video-len 256 --audio-len 512 --offset 5 --threads 2 --
     fi
 fi
 
+# ---- nn.MultiheadAttention(add_bias_kv=True, add_zero_attn=True) --------------------------------
+EXTRA=(--x "$F/extra_cli_both_x.npy" --context "$F/extra_cli_both_k.npy" --value "$F/extra_cli_both_v.npy")
+if ok "add_bias_kv + add_zero_attn" "$X" run "$F/extra_cli_both.safetensors" "${EXTRA[@]}" \
+    --add-zero-attn --return-attn; then
+    same "add_zero_attn out" "$D/out.npy" "$F/extra_cli_both_out.npy"
+    same "add_zero_attn attn (J + 2 columns)" "$D/attn.npy" "$F/extra_cli_both_attn.npy"
+fi
+# without the flag the zero key is missing: the result must differ from torch's
+if ok "add_bias_kv only" "$X" run "$F/extra_cli_both.safetensors" "${EXTRA[@]}"; then
+    if "$X" compare "$D/out.npy" "$F/extra_cli_both_out.npy" >/dev/null 2>&1; then
+        fail "without --add-zero-attn the output should differ from torch's"
+    else
+        pass
+    fi
+fi
+
 echo "test_cli: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -17,6 +17,9 @@ static const char *const FIXTURES[] = {
     "mha_bool3d_dead_head_row", "mha_float3d_kpm_float", "mha_causal_square_sdpa",
     "mha_causal_wide_kpm", "mha_causal_tall", "mha_noweights_full_row", "mha_dh128",
     "mha_dh3_masks", "mha_weights_f16", "mha_weights_bf16", "mha_value_is_key", "mha_heads_arg",
+    /* add_bias_kv / add_zero_attn (tests/reference/gen_mha_extra.py) */
+    "mha_extra_bias_kv", "mha_extra_zero_attn", "mha_extra_both_masks",
+    "mha_extra_both_bool_nobias",
     /* diffusers Attention */
     "mha_diff_basic", "mha_diff_bias_kpm_full_row", "mha_diff_default_heads",
     "mha_diff_kpm_float", "mha_diff_perhead_float", "mha_diff_2d_bool", "mha_diff_causal",
@@ -107,7 +110,9 @@ static void run_fixture(const char *name)
     xattn_st_close(st); /* the module keeps no pointer into the file */
 
     const int64_t n_out = in.B * in.I * cfg.out_dim;
-    const int64_t n_wa = in.B * in.I * in.J, n_wp = n_wa * cfg.heads;
+    /* keys appended by add_bias_kv / add_zero_attn come last in the weights */
+    const int64_t n_wa = in.B * in.I * (in.J + cfg.add_bias_kv + cfg.add_zero_attn),
+                  n_wp = n_wa * cfg.heads;
     float *out = malloc((size_t)n_out * sizeof(float));
     float *wa = malloc((size_t)n_wa * sizeof(float));
     float *wp = malloc((size_t)n_wp * sizeof(float));
@@ -360,9 +365,22 @@ static void test_load_errors(void)
     expect_load_fail(&s, "", 0, XATTN_ERR_FORMAT, "heads");
     s.meta[1] = "3";
     expect_load_fail(&s, "", 0, XATTN_ERR_SHAPE, "divisible");
-    s.meta[0] = "add_zero_attn";
+    s.meta[0] = "add_zero_attn"; /* no trace in the state_dict: read from the metadata */
     s.meta[1] = "True";
-    expect_load_fail(&s, "", 2, XATTN_ERR_UNSUPPORTED, "add_zero_attn");
+    {
+        xattn_safetensors *st = open_spec(&s);
+        xattn_mha *m = NULL;
+        xattn_mha_config c;
+        CHECK_OK(xattn_mha_load(st, "", 2, &m));
+        xattn_mha_get_config(m, &c);
+        CHECK(c.add_zero_attn == 1 && c.add_bias_kv == 0);
+        CHECK_OK(xattn_mha_set_add_zero_attn(m, 0));
+        xattn_mha_get_config(m, &c);
+        CHECK(c.add_zero_attn == 0);
+        CHECK_FAIL(xattn_mha_set_add_zero_attn(NULL, 1), XATTN_ERR_ARG);
+        xattn_mha_free(m);
+        xattn_st_close(st);
+    }
 
     /* missing and misshapen tensors */
     torch_base(&s, 8, 5, 3);
@@ -395,7 +413,9 @@ static void test_load_errors(void)
     expect_load_fail(&s, "", 2, XATTN_ERR_UNSUPPORTED, "k_proj_weight");
     torch_base(&s, 8, 5, 3);
     add(&s, "bias_k", 1, 0);
-    expect_load_fail(&s, "", 2, XATTN_ERR_UNSUPPORTED, "bias_k");
+    expect_load_fail(&s, "", 2, XATTN_ERR_NOT_FOUND, "'bias_v' is missing");
+    add(&s, "bias_v", 1, 0); /* (1,) instead of (1, 1, embed_dim) */
+    expect_load_fail(&s, "", 2, XATTN_ERR_SHAPE, "bias_k");
     /* packed layout */
     memset(&s, 0, sizeof s);
     add(&s, "in_proj_weight", 25, 8);
@@ -509,7 +529,7 @@ static void test_hostile_names(void)
     add(&s, P "in_proj_weight", 24, 8);
     add(&s, P "out_proj.weight", 8, 8);
     add(&s, P "bias_k", 8, 0);
-    expect_load_fail(&s, P, 2, XATTN_ERR_UNSUPPORTED, "a?b?[2J.bias_k");
+    expect_load_fail(&s, P, 2, XATTN_ERR_NOT_FOUND, "a?b?[2J.bias_v");
     entry(&s, P "in_proj_weight")->shape[0] = 25;
     remove_entry(&s, P "bias_k");
     expect_load_fail(&s, P, 2, XATTN_ERR_SHAPE, "a?b?[2J.in_proj_weight");

@@ -31,6 +31,7 @@ struct xattn_mha {
     const float *wq, *wk, *wv; /* (inner, embed_dim), (inner, kdim), (inner, vdim) */
     const float *bq, *bk, *bv; /* (inner) each, or NULL                           */
     const float *wo, *bo;      /* (out_dim, inner), (out_dim) or NULL              */
+    const float *bias_k, *bias_v; /* (inner) each: add_bias_kv, or NULL              */
     float *block;              /* every weight, one allocation                      */
 };
 
@@ -160,6 +161,11 @@ static xattn_status alloc_and_fetch(const xattn_safetensors *st, xa_wref **refs,
     return XATTN_OK;
 }
 
+static xattn_status xa_missing_pair(const xa_wref *t)
+{
+    return xa_wref_missing(t, "bias_k and bias_v come together (add_bias_kv=True)");
+}
+
 static xattn_status load_torch(const xattn_safetensors *st, const char *prefix, int64_t heads_arg,
                                xattn_mha *m)
 {
@@ -176,14 +182,8 @@ static xattn_status load_torch(const xattn_safetensors *st, const char *prefix, 
         (s = xa_wref_find(st, "xattn_mha_load", prefix, "", "bias_v", &bv)))
         return s;
 
-    if (bk.present || bv.present)
-        return xa_error(XATTN_ERR_UNSUPPORTED,
-                        "tensor '%s' present: nn.MultiheadAttention(add_bias_kv=True) is not supported",
-                        bk.present ? bk.shown : bv.shown);
-    if (meta_true(st, "add_zero_attn"))
-        return xa_error(XATTN_ERR_UNSUPPORTED,
-                        "__metadata__ add_zero_attn=True: nn.MultiheadAttention(add_zero_attn=True) "
-                        "is not supported");
+    if (bk.present != bv.present)
+        return xa_missing_pair(bk.present ? &bv : &bk);
 
     xattn_mha_config *c = &m->cfg;
     c->layout = XATTN_LAYOUT_TORCH_MHA;
@@ -233,6 +233,20 @@ static xattn_status load_torch(const xattn_safetensors *st, const char *prefix, 
         if ((s = check_2d(&ow, E, E, src, want))) return s;
     }
     if (ob.present && (s = check_1d(&ob, E, src))) return s;
+    if (bk.present) { /* add_bias_kv: (1, 1, embed_dim) each */
+        int64_t want[3] = {1, 1, E};
+        for (int t = 0; t < 2; t++) {
+            const xa_wref *r = t ? &bv : &bk;
+            if ((s = xa_wref_check_float(r))) return s;
+            if (r->ndim != 3 || memcmp(r->shape, want, sizeof want)) {
+                char got[128];
+                return xa_error(XATTN_ERR_SHAPE, "tensor '%s' has shape %s but %s implies (1, 1, %lld)",
+                                r->shown, xa_wref_shape(r, got, sizeof got), src, (long long)E);
+            }
+        }
+    }
+    c->add_bias_kv = bk.present;
+    c->add_zero_attn = meta_true(st, "add_zero_attn");
 
     int64_t H;
     if ((s = resolve_heads(st, heads_arg, 0, &H))) return s;
@@ -248,9 +262,9 @@ static xattn_status load_torch(const xattn_safetensors *st, const char *prefix, 
     c->has_in_bias = inb.present;
     c->has_out_bias = ob.present;
 
-    xa_wref *refs[] = {&inw, &qw, &kw, &vw, &inb, &ow, &ob};
+    xa_wref *refs[] = {&inw, &qw, &kw, &vw, &inb, &ow, &ob, &bk, &bv};
     if (packed) qw.present = kw.present = vw.present = 0; /* ignore stray unpacked copies */
-    if ((s = alloc_and_fetch(st, refs, 7, &m->block))) return s;
+    if ((s = alloc_and_fetch(st, refs, 9, &m->block))) return s;
     if (packed) {
         m->wq = inw.dst;
         m->wk = inw.dst + E * E;
@@ -267,6 +281,8 @@ static xattn_status load_torch(const xattn_safetensors *st, const char *prefix, 
     }
     m->wo = ow.dst;
     m->bo = ob.present ? ob.dst : NULL;
+    m->bias_k = bk.present ? bk.dst : NULL;
+    m->bias_v = bv.present ? bv.dst : NULL;
     return XATTN_OK;
 }
 
@@ -381,6 +397,16 @@ void xattn_mha_free(xattn_mha *m)
     free(m);
 }
 
+xattn_status xattn_mha_set_add_zero_attn(xattn_mha *m, int on)
+{
+    if (!m) return xa_error(XATTN_ERR_ARG, "xattn_mha_set_add_zero_attn: module is NULL");
+    if (m->cfg.layout != XATTN_LAYOUT_TORCH_MHA && on)
+        return xa_error(XATTN_ERR_ARG, "xattn_mha_set_add_zero_attn: only nn.MultiheadAttention "
+                                       "has add_zero_attn");
+    m->cfg.add_zero_attn = on != 0;
+    return XATTN_OK;
+}
+
 void xattn_mha_get_config(const xattn_mha *m, xattn_mha_config *cfg)
 {
     if (!cfg) return;
@@ -446,10 +472,12 @@ xattn_status xattn_mha_forward(const xattn_mha *m, const xattn_mha_inputs *in, f
         return xa_error(XATTN_ERR_ARG,
                         "xattn_mha_forward: attn_mask_per_head is set but no attn_mask is given");
 
+    /* keys after add_bias_kv (bias_k / bias_v appended) and add_zero_attn (a zero key/value) */
+    const int64_t X = c->add_bias_kv + c->add_zero_attn, Jx = J + X;
     /* sizes, with overflow checks */
     int64_t nq, nk, nbhij = 0, t;
-    if (xa_mul_ok(B, I, &t) || xa_mul_ok(t, inner, &nq) || xa_mul_ok(B, J, &t) ||
-        xa_mul_ok(t, inner, &nk) || xa_mul_ok(B * I, H, &t) || xa_mul_ok(t, J, &nbhij) ||
+    if (xa_mul_ok(B, I, &t) || xa_mul_ok(t, inner, &nq) || xa_mul_ok(B, Jx, &t) ||
+        xa_mul_ok(t, inner, &nk) || xa_mul_ok(B * I, H, &t) || xa_mul_ok(t, Jx, &nbhij) ||
         xa_mul_ok(B * I, c->out_dim, &t) || xa_mul_ok(B * I, c->embed_dim, &t) ||
         xa_mul_ok(B * J, XA_MAX(c->kdim, c->vdim), &t) || nbhij > (INT64_MAX / 8))
         return xa_error(XATTN_ERR_NOMEM, "xattn_mha_forward: sizes overflow (B=%lld, I=%lld, J=%lld)",
@@ -509,8 +537,10 @@ xattn_status xattn_mha_forward(const xattn_mha *m, const xattn_mha_inputs *in, f
             if (srcs[q].si) bI = I;
         }
     }
-    const int64_t n_keep = need_keep ? kB * kH * kI * J : 0;
-    const int64_t n_bias = n_float >= 2 ? bB * bH * bI * J : 0; /* built only when combining */
+    const int64_t n_keep = need_keep ? kB * kH * kI * Jx : 0;
+    /* the float masks are read in place, unless two must be summed or extra keys widen them */
+    const int copy_bias = n_float >= 2 || (n_float == 1 && X > 0);
+    const int64_t n_bias = copy_bias ? bB * bH * bI * Jx : 0;
 
     const int avg = attn_weights && average_weights;
     const int64_t n_probs = avg ? nbhij : 0;
@@ -543,8 +573,8 @@ xattn_status xattn_mha_forward(const xattn_mha *m, const xattn_mha_inputs *in, f
         for (int64_t b = 0; b < kB; b++)
             for (int64_t h = 0; h < kH; h++)
                 for (int64_t i = 0; i < kI; i++) {
-                    uint8_t *row = keep + ((b * kH + h) * kI + i) * J;
-                    memset(row, 1, (size_t)J);
+                    uint8_t *row = keep + ((b * kH + h) * kI + i) * Jx;
+                    memset(row, 1, (size_t)Jx); /* the extra keys are never masked, as torch */
                     for (int q = 0; q < nsrc; q++) {
                         if (!src_in_keep[q]) continue;
                         const mask_src *s = &srcs[q];
@@ -566,11 +596,11 @@ xattn_status xattn_mha_forward(const xattn_mha *m, const xattn_mha_inputs *in, f
                     }
                 }
         p.mask = keep;
-        p.mask_sb = kB > 1 ? kH * kI * J : 0;
-        p.mask_sh = kH > 1 ? kI * J : 0;
-        p.mask_si = kI > 1 ? J : 0;
+        p.mask_sb = kB > 1 ? kH * kI * Jx : 0;
+        p.mask_sh = kH > 1 ? kI * Jx : 0;
+        p.mask_si = kI > 1 ? Jx : 0;
     }
-    if (n_float == 1) {
+    if (n_float == 1 && !copy_bias) {
         for (int q = 0; q < nsrc; q++)
             if (srcs[q].f32) {
                 p.bias = srcs[q].f32;
@@ -578,33 +608,57 @@ xattn_status xattn_mha_forward(const xattn_mha *m, const xattn_mha_inputs *in, f
                 p.bias_sh = srcs[q].sh;
                 p.bias_si = srcs[q].si;
             }
-    } else if (n_float == 2) {
+    } else if (copy_bias) {
+        /* the sum of the float masks, the extra keys' columns 0 (F.pad in torch) */
         for (int64_t b = 0; b < bB; b++)
             for (int64_t h = 0; h < bH; h++)
                 for (int64_t i = 0; i < bI; i++) {
-                    float *row = bias_buf + ((b * bH + h) * bI + i) * J;
-                    const float *a0 = srcs[0].f32 + b * srcs[0].sb + h * srcs[0].sh + i * srcs[0].si;
-                    const float *a1 = srcs[1].f32 + b * srcs[1].sb + h * srcs[1].sh + i * srcs[1].si;
-                    for (int64_t j = 0; j < J; j++) row[j] = a0[j] + a1[j];
+                    float *row = bias_buf + ((b * bH + h) * bI + i) * Jx;
+                    memset(row, 0, sizeof(float) * (size_t)Jx);
+                    for (int q = 0; q < nsrc; q++) {
+                        if (!srcs[q].f32) continue;
+                        const float *a = srcs[q].f32 + b * srcs[q].sb + h * srcs[q].sh + i * srcs[q].si;
+                        for (int64_t j = 0; j < J; j++) row[j] += a[j];
+                    }
                 }
         p.bias = bias_buf;
-        p.bias_sb = bB > 1 ? bH * bI * J : 0;
-        p.bias_sh = bH > 1 ? bI * J : 0;
-        p.bias_si = bI > 1 ? J : 0;
+        p.bias_sb = bB > 1 ? bH * bI * Jx : 0;
+        p.bias_sh = bH > 1 ? bI * Jx : 0;
+        p.bias_si = bI > 1 ? Jx : 0;
     }
 
     /* ---- projections ---- */
     xattn_status s;
-    if ((s = xattn_linear(in->query, B * I, c->embed_dim, m->wq, m->bq, inner, qp)) ||
-        (s = xattn_linear(in->key, B * J, c->kdim, m->wk, m->bk, inner, kp)) ||
-        (s = xattn_linear(value, B * J, c->vdim, m->wv, m->bv, inner, vp)))
-        goto done;
+    if ((s = xattn_linear(in->query, B * I, c->embed_dim, m->wq, m->bq, inner, qp))) goto done;
+    if (X == 0) {
+        if ((s = xattn_linear(in->key, B * J, c->kdim, m->wk, m->bk, inner, kp)) ||
+            (s = xattn_linear(value, B * J, c->vdim, m->wv, m->bv, inner, vp)))
+            goto done;
+    } else {
+        /* per batch item: J projected keys/values, then bias_k/bias_v, then a zero row */
+        for (int64_t b = 0; b < B; b++) {
+            float *kb = kp + b * Jx * inner, *vb = vp + b * Jx * inner;
+            if ((s = xattn_linear(in->key + b * J * c->kdim, J, c->kdim, m->wk, m->bk, inner, kb)) ||
+                (s = xattn_linear(value + b * J * c->vdim, J, c->vdim, m->wv, m->bv, inner, vb)))
+                goto done;
+            int64_t r = J;
+            if (c->add_bias_kv) {
+                memcpy(kb + r * inner, m->bias_k, sizeof(float) * (size_t)inner);
+                memcpy(vb + r * inner, m->bias_v, sizeof(float) * (size_t)inner);
+                r++;
+            }
+            if (c->add_zero_attn) {
+                memset(kb + r * inner, 0, sizeof(float) * (size_t)inner);
+                memset(vb + r * inner, 0, sizeof(float) * (size_t)inner);
+            }
+        }
+    }
 
     /* ---- attention: heads read in place, (B, N, H*dh) with strides (N*inner, dh, inner) ---- */
     p.B = B;
     p.H = H;
     p.I = I;
-    p.J = J;
+    p.J = Jx;
     p.dh = dh;
     p.dv = dh;
     p.q = qp;
@@ -612,11 +666,11 @@ xattn_status xattn_mha_forward(const xattn_mha *m, const xattn_mha_inputs *in, f
     p.q_sh = dh;
     p.q_si = inner;
     p.k = kp;
-    p.k_sb = J * inner;
+    p.k_sb = Jx * inner;
     p.k_sh = dh;
     p.k_sj = inner;
     p.v = vp;
-    p.v_sb = J * inner;
+    p.v_sb = Jx * inner;
     p.v_sh = dh;
     p.v_sj = inner;
     p.out = op;
@@ -634,11 +688,11 @@ xattn_status xattn_mha_forward(const xattn_mha *m, const xattn_mha_inputs *in, f
     if (avg) {
         const float inv_h = 1.0f / (float)H;
         for (int64_t b = 0; b < B; b++) {
-            float *dst = attn_weights + b * I * J;
-            const float *src = probs + b * H * I * J;
-            for (int64_t e = 0; e < I * J; e++) {
+            float *dst = attn_weights + b * I * Jx;
+            const float *src = probs + b * H * I * Jx;
+            for (int64_t e = 0; e < I * Jx; e++) {
                 float acc = 0;
-                for (int64_t h = 0; h < H; h++) acc += src[h * I * J + e];
+                for (int64_t h = 0; h < H; h++) acc += src[h * I * Jx + e];
                 dst[e] = acc * inv_h;
             }
         }

@@ -15,7 +15,7 @@ static void help(void)
         "                 [--key-padding-mask M.npy] [--attn-mask A.npy] [--causal]\n"
         "                 [--mask M.npy] [--context-mask CM.npy] [--rel-pos-bias B.npy]\n"
         "                 [--heads N] [--return-attn] [--per-head-attn] [--out-dir DIR]\n"
-        "                 [--threads N] [--module KIND] [--allow-nonfinite]\n"
+        "                 [--threads N] [--module KIND] [--allow-nonfinite] [--add-zero-attn]\n"
         "\n"
         "Runs an attention module saved from PyTorch with\n"
         "safetensors.torch.save_file(module.state_dict(), ...). The module kind (KIND) is\n"
@@ -48,6 +48,11 @@ static void help(void)
         "      torch.nn.MultiheadAttention: bool True = masked out (as torch).\n"
         "      diffusers Attention: bool True = keep (as F.scaled_dot_product_attention).\n"
         "  --causal                  also mask keys j > i (upper-left aligned)\n"
+        "  --add-zero-attn           nn.MultiheadAttention(add_zero_attn=True), which leaves no\n"
+        "                            trace in the state_dict (or __metadata__ add_zero_attn);\n"
+        "                            add_bias_kv is detected from bias_k / bias_v. The appended\n"
+        "                            keys are never masked and come last in attn.npy (J + 1 or\n"
+        "                            J + 2 columns, as torch returns them)\n"
         "  A query row whose every key is masked gives a zero attention row (output = output\n"
         "  projection bias), not NaN.\n"
         "  outputs:\n"
@@ -104,7 +109,7 @@ typedef struct run_args {
     const char *model, *x, *context, *value, *kpm, *attn_mask, *out_dir, *module;
     const char *mask, *cmask, *rel_bias;
     long long heads, threads;
-    int causal, return_attn, per_head, allow_nonfinite;
+    int causal, return_attn, per_head, allow_nonfinite, add_zero_attn;
 } run_args;
 
 /* Bidirectional modules found by name: to_qk.weight (attention) or layers.0.0.to_qk.weight
@@ -166,6 +171,7 @@ static int check_family_options(const run_args *a, const run_state *s)
                           : a->attn_mask ? "--attn-mask"
                           : a->causal ? "--causal"
                           : a->per_head ? "--per-head-attn"
+                          : a->add_zero_attn ? "--add-zero-attn"
                                         : NULL;
         if (opt)
             return cli_error(CMD, a->model,
@@ -241,6 +247,8 @@ static int load_model(const run_args *a, run_state *s)
                          "the number of heads of torch.nn.MultiheadAttention is not in the file "
                          "(__metadata__ 'heads'): pass --heads N");
     if (xattn_mha_load(s->st, mod->prefix, a->heads > 0 ? a->heads : 0, &s->m) != XATTN_OK)
+        return cli_lib_error(CMD, a->model);
+    if (a->add_zero_attn && xattn_mha_set_add_zero_attn(s->m, 1) != XATTN_OK)
         return cli_lib_error(CMD, a->model);
     return 0;
 }
@@ -488,11 +496,12 @@ static int run_mha(const run_args *a, run_state *s)
     xattn_mha_get_config(s->m, &c);
     int64_t B = 0, I = 0, J = 0;
     if ((rc = load_inputs(a, s, &c, &B, &I, &J))) return rc;
+    const int64_t Jw = J + c.add_bias_kv + c.add_zero_attn; /* keys in the weights */
 
     /* sizes, with overflow checks (each factor is bounded by a file that was read) */
     const double n_out = (double)B * (double)I * (double)c.out_dim;
-    const double n_attn = (double)B * (double)I * (double)J * (a->per_head ? (double)c.heads : 1);
-    const double n_scratch = (double)B * (double)I * (double)J * (double)c.heads;
+    const double n_attn = (double)B * (double)I * (double)Jw * (a->per_head ? (double)c.heads : 1);
+    const double n_scratch = (double)B * (double)I * (double)Jw * (double)c.heads;
     if (n_out * 4 > 1e12 || (a->return_attn && (n_attn * 4 > 1e12 || n_scratch * 4 > 1e12)))
         return cli_error(CMD, a->x, "outputs for B=%lld, I=%lld, J=%lld, %lld heads are too large",
                          (long long)B, (long long)I, (long long)J, (long long)c.heads);
@@ -540,7 +549,7 @@ static int run_mha(const run_args *a, run_state *s)
         if (rank3) sh[nd++] = B;
         if (a->per_head) sh[nd++] = c.heads;
         sh[nd++] = I;
-        sh[nd++] = J;
+        sh[nd++] = Jw;
         cli_output_set(&outs[1], "attn", s->attn, a->per_head ? "per head" : "averaged over heads", nd,
                 sh);
     }
@@ -646,6 +655,7 @@ int cmd_run(int argc, char **argv)
         {"--threads", CLI_INT, &a.threads, 1, 4096},
         {"--module", CLI_STRING, &a.module, 0, 0},
         {"--allow-nonfinite", CLI_FLAG, &a.allow_nonfinite, 0, 0},
+        {"--add-zero-attn", CLI_FLAG, &a.add_zero_attn, 0, 0},
     };
     const char *pos[1];
     int n_pos;
