@@ -434,6 +434,7 @@ XATTN_API xattn_status xattn_conv2d_cross_forward(const xattn_conv2d_cross *m,
  *               linear2.{weight (d, ff), bias (d)}, norm1.{weight, bias}, norm2.{weight, bias}
  *   stack:      layers.L.<the names above> (nn.TransformerEncoder), optional norm.{weight, bias}
  *               (its final LayerNorm, eps = layer_norm_eps).
+ *   bias=False layers (torch >= 2.1) have none of the *.bias tensors; that is detected.
  * Options the tensors cannot tell come from `opts`, else the file's __metadata__ ("heads",
  * "norm_first", "activation" = relu|gelu, "layer_norm_eps"), else torch's defaults (norm_first
  * False, relu, 1e-5; heads has no default).
@@ -453,6 +454,7 @@ typedef struct xattn_joint_config {
     int norm_first, activation; /* activation: 0 relu, 1 gelu */
     float layer_norm_eps;
     int final_norm;             /* norm.weight present */
+    int bias;                   /* the layers have biases (TransformerEncoderLayer(bias=...)) */
 } xattn_joint_config;
 
 typedef struct xattn_joint xattn_joint;

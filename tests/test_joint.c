@@ -14,7 +14,7 @@
 static const char *const FIXTURES[] = {
     "joint_layer_post_relu", "joint_layer_pre_gelu", "joint_enc2_post_gelu_masks",
     "joint_enc3_pre_relu_final", "joint_enc1_defaults", "joint_enc2_long", "joint_len1",
-    "joint_full_row", "joint_full_row_pre"};
+    "joint_full_row", "joint_full_row_pre", "joint_nobias_post_relu", "joint_nobias_pre_gelu_final"};
 
 static double g_worst;
 

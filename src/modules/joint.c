@@ -211,12 +211,26 @@ xattn_status xattn_joint_load(const xattn_safetensors *st, const char *prefix,
                          r[12].present ? r[12].shown : r[13].shown);
             break;
         }
+        /* weights always; biases (odd indices) all or none: TransformerEncoderLayer(bias=False) */
+        const int has_bias = r[1].present;
         for (int k = 0; k < 12; k++)
-            if (!r[k].present) {
-                s = xa_wref_missing(&r[k], "part of nn.TransformerEncoderLayer (bias=True)");
+            if (r[k].present != ((k % 2 == 0) || has_bias)) {
+                s = r[k].present
+                        ? xa_error(XATTN_ERR_FORMAT,
+                                   "tensor '%s' present but '%s' absent: the layer's biases come "
+                                   "all together (bias=True) or not at all (bias=False)",
+                                   r[k].shown, r[1].shown)
+                        : xa_wref_missing(&r[k], k % 2 ? "the layer has biases (bias=True)"
+                                                       : "part of nn.TransformerEncoderLayer");
                 break;
             }
         if (s) break;
+        if (l == 0) c->bias = has_bias;
+        else if (has_bias != c->bias) {
+            s = xa_error(XATTN_ERR_FORMAT, "layer %lld has %s biases but layer 0 %s", (long long)l,
+                         has_bias ? "" : "no", c->bias ? "has" : "has none");
+            break;
+        }
         if (l == 0) {
             if (r[0].ndim != 2 || r[0].shape[1] <= 0 || r[0].shape[0] != 3 * r[0].shape[1]) {
                 char got[128];
@@ -237,28 +251,28 @@ xattn_status xattn_joint_load(const xattn_safetensors *st, const char *prefix,
         }
         const int64_t d = c->d_model, ff = c->ff_dim;
         if ((s = check_shape(&r[0], 2, 3 * d, d, "d_model of the first layer")) ||
-            (s = check_shape(&r[1], 1, 3 * d, 0, "d_model")) ||
+            (has_bias && (s = check_shape(&r[1], 1, 3 * d, 0, "d_model"))) ||
             (s = check_shape(&r[2], 2, d, d, "d_model")) ||
-            (s = check_shape(&r[3], 1, d, 0, "d_model")) ||
+            (has_bias && (s = check_shape(&r[3], 1, d, 0, "d_model"))) ||
             (s = check_shape(&r[4], 2, ff, d, "linear1.weight of the first layer")) ||
-            (s = check_shape(&r[5], 1, ff, 0, "dim_feedforward")) ||
+            (has_bias && (s = check_shape(&r[5], 1, ff, 0, "dim_feedforward"))) ||
             (s = check_shape(&r[6], 2, d, ff, "dim_feedforward and d_model")) ||
-            (s = check_shape(&r[7], 1, d, 0, "d_model")) ||
+            (has_bias && (s = check_shape(&r[7], 1, d, 0, "d_model"))) ||
             (s = check_shape(&r[8], 1, d, 0, "d_model")) ||
-            (s = check_shape(&r[9], 1, d, 0, "d_model")) ||
+            (has_bias && (s = check_shape(&r[9], 1, d, 0, "d_model"))) ||
             (s = check_shape(&r[10], 1, d, 0, "d_model")) ||
-            (s = check_shape(&r[11], 1, d, 0, "d_model")))
+            (has_bias && (s = check_shape(&r[11], 1, d, 0, "d_model"))))
             break;
     }
     xa_wref *fnw = &refs[L * NW], *fnb = &refs[L * NW + 1];
     if (!s && !single) {
         if (!(s = xa_wref_find(st, FN, prefix, "", "norm.weight", fnw)))
             s = xa_wref_find(st, FN, prefix, "", "norm.bias", fnb);
-        if (!s && fnw->present != fnb->present)
+        if (!s && fnw->present != fnb->present && (c->bias || fnb->present))
             s = xa_wref_missing(fnw->present ? fnb : fnw,
                                 "the final LayerNorm of nn.TransformerEncoder has weight and bias");
-        if (!s && fnw->present &&
-            !(s = check_shape(fnw, 1, c->d_model, 0, "d_model")))
+        if (!s && fnw->present && !(s = check_shape(fnw, 1, c->d_model, 0, "d_model")) &&
+            fnb->present)
             s = check_shape(fnb, 1, c->d_model, 0, "d_model");
     }
     if (!s) s = resolve_options(st, opts, c);
