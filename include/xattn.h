@@ -256,6 +256,11 @@ typedef struct xattn_mha_config {
     int has_out_bias;
     int add_bias_kv;     /* bias_k, bias_v present: one learned key/value appended          */
     int add_zero_attn;   /* a zero key/value appended (__metadata__ "add_zero_attn", or set) */
+    /* diffusers Attention constructor options, from __metadata__ ("scale_qk",
+     * "residual_connection", "rescale_output_factor"); torch MHA: head_dim^-0.5, 0, 1 */
+    float scale;         /* logits scale: head_dim^-0.5, or 1 if scale_qk is False          */
+    int residual_connection;     /* out += query                                            */
+    float rescale_output_factor; /* out /= rescale_output_factor (after the residual)       */
 } xattn_mha_config;
 
 typedef struct xattn_mha xattn_mha;

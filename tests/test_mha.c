@@ -19,7 +19,7 @@ static const char *const FIXTURES[] = {
     "mha_dh3_masks", "mha_weights_f16", "mha_weights_bf16", "mha_value_is_key", "mha_heads_arg",
     /* add_bias_kv / add_zero_attn (tests/reference/gen_mha_extra.py) */
     "mha_extra_bias_kv", "mha_extra_zero_attn", "mha_extra_both_masks",
-    "mha_extra_both_bool_nobias",
+    "mha_extra_both_bool_nobias", "mha_extra_diff_noscale_residual", "mha_extra_diff_scale_rescale",
     /* diffusers Attention */
     "mha_diff_basic", "mha_diff_bias_kpm_full_row", "mha_diff_default_heads",
     "mha_diff_kpm_float", "mha_diff_perhead_float", "mha_diff_2d_bool", "mha_diff_causal",

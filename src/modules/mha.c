@@ -161,6 +161,21 @@ static xattn_status alloc_and_fetch(const xattn_safetensors *st, xa_wref **refs,
     return XATTN_OK;
 }
 
+/* A finite float from a metadata value. */
+static xattn_status meta_float(const char *v, const char *key, float *out)
+{
+    char *end = NULL;
+    double d = strtod(v, &end);
+    while (end && (*end == ' ' || *end == '\t')) end++;
+    if (!end || end == v || *end || !isfinite(d) || fabs(d) > 3.0e38) {
+        char shown[XA_IO_NAME_CAP];
+        return xa_error(XATTN_ERR_FORMAT, "__metadata__ %s is \"%s\", not a finite number", key,
+                        xa_io_printable(v, shown, sizeof shown));
+    }
+    *out = (float)d;
+    return XATTN_OK;
+}
+
 static xattn_status xa_missing_pair(const xa_wref *t)
 {
     return xa_wref_missing(t, "bias_k and bias_v come together (add_bias_kv=True)");
@@ -246,6 +261,7 @@ static xattn_status load_torch(const xattn_safetensors *st, const char *prefix, 
         }
     }
     c->add_bias_kv = bk.present;
+    c->rescale_output_factor = 1.0f;
     c->add_zero_attn = meta_true(st, "add_zero_attn");
 
     int64_t H;
@@ -257,6 +273,7 @@ static xattn_status load_torch(const xattn_safetensors *st, const char *prefix, 
     c->embed_dim = E;
     c->heads = H;
     c->head_dim = E / H;
+    c->scale = (float)(1.0 / sqrt((double)c->head_dim));
     c->inner_dim = E;
     c->out_dim = E;
     c->has_in_bias = inb.present;
@@ -337,6 +354,22 @@ static xattn_status load_diffusers(const xattn_safetensors *st, const char *pref
     c->out_dim = odim;
     c->has_in_bias = qb.present || kb.present || vb.present;
     c->has_out_bias = ob.present;
+    /* constructor options that leave no trace in the state_dict, from __metadata__ */
+    c->scale = (float)(1.0 / sqrt((double)c->head_dim));
+    const char *v;
+    /* scale_qk=False: logits unscaled (diffusers then runs AttnProcessor with attn.scale = 1) */
+    if ((v = xattn_st_meta_get(st, "scale_qk")) && !meta_true(st, "scale_qk")) c->scale = 1.0f;
+    c->residual_connection = meta_true(st, "residual_connection");
+    c->rescale_output_factor = 1.0f;
+    if ((v = xattn_st_meta_get(st, "rescale_output_factor")) &&
+        (s = meta_float(v, "rescale_output_factor", &c->rescale_output_factor)))
+        return s;
+    if (c->rescale_output_factor == 0.0f)
+        return xa_error(XATTN_ERR_FORMAT, "__metadata__ rescale_output_factor is 0");
+    if (c->residual_connection && c->out_dim != c->embed_dim)
+        return xa_error(XATTN_ERR_SHAPE, "residual_connection needs out_dim (%lld, rows of "
+                        "to_out.0.weight) == query_dim (%lld)", (long long)c->out_dim,
+                        (long long)c->embed_dim);
 
     xa_wref *refs[] = {&qw, &kw, &vw, &qb, &kb, &vb, &ow, &ob};
     if ((s = alloc_and_fetch(st, refs, 8, &m->block))) return s;
@@ -679,11 +712,20 @@ xattn_status xattn_mha_forward(const xattn_mha *m, const xattn_mha_inputs *in, f
     p.o_si = inner;
     p.causal = in->is_causal ? 1 : 0;
     p.fill = XATTN_FILL_NEG_INF;
+    p.has_scale = 1;
+    p.scale = c->scale;
     p.probs = probs;
     if ((s = xattn_sdpa(&p))) goto done;
 
     /* ---- output projection ---- */
     if ((s = xattn_linear(op, B * I, inner, m->wo, m->bo, c->out_dim, out))) goto done;
+    if (c->residual_connection || c->rescale_output_factor != 1.0f) {
+        /* diffusers: out = (out + query) / rescale_output_factor */
+        const float inv = 1.0f / c->rescale_output_factor;
+        const int64_t n = B * I * c->out_dim;
+        for (int64_t e = 0; e < n; e++)
+            out[e] = ((c->residual_connection ? out[e] + in->query[e] : out[e])) * inv;
+    }
 
     if (avg) {
         const float inv_h = 1.0f / (float)H;

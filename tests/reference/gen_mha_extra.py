@@ -77,4 +77,33 @@ case("zero_attn", 16, 2, False, True, I=3, J=65)
 case("both_masks", 12, 3, True, True, kdim=5, vdim=7, kpm=True, am="float3d")
 case("both_bool_nobias", 8, 2, True, True, kpm=True, am="bool2d", bias=False, J=1)
 case("cli_both", 8, 2, True, True, J=6, cli=True)
-print("wrote 5 fixtures and the CLI files of cli_both")
+
+
+def diffusers_case(name, qdim, cdim, heads, dim_head, scale_qk=True, residual=False,
+                   rescale=1.0, bias=False, B=2, I=6, J=9):
+    """diffusers Attention options that leave no trace in the state_dict: in __metadata__."""
+    from diffusers.models.attention_processor import Attention
+    kw = dict(query_dim=qdim, cross_attention_dim=cdim, heads=heads, dim_head=dim_head, bias=bias,
+              scale_qk=scale_qk, residual_connection=residual, rescale_output_factor=rescale)
+    att = Attention(**kw).double()
+    with torch.no_grad():
+        for p in att.parameters():
+            p.copy_(torch.randn_like(p).float().double() * 0.4)
+    att.eval()
+    x = torch.randn(B, I, qdim).float().double()
+    c = torch.randn(B, J, cdim).float().double()
+    with torch.no_grad():
+        out = att(x, encoder_hidden_states=c)
+    t = {k: v.float() for k, v in att.state_dict().items()}
+    t.update({"input.query": x.float(), "input.key": c.float(), "expected.out": out.float()})
+    meta = {"layout": "diffusers", "heads": str(heads), "expected_heads": str(heads),
+            "scale_qk": str(scale_qk), "residual_connection": str(residual),
+            "rescale_output_factor": repr(rescale), "attn_mask_per_head": "False",
+            "is_causal": "False"}
+    save_file({k: v.contiguous() for k, v in t.items()},
+              os.path.join(OUT, f"mha_extra_{name}.safetensors"), metadata=meta)
+
+
+diffusers_case("diff_noscale_residual", 16, 10, 2, 8, scale_qk=False, residual=True, rescale=2.0)
+diffusers_case("diff_scale_rescale", 12, 7, 3, 4, rescale=0.7, bias=True)
+print("wrote 7 fixtures and the CLI files of cli_both")
