@@ -4,24 +4,20 @@
 #include <string.h>
 
 /* one definition per tools/xattn/run_<kind>.c */
-extern const cli_ext_module cli_ext_mutual __attribute__((weak));
-extern const cli_ext_module cli_ext_conv2d_cross __attribute__((weak));
-extern const cli_ext_module cli_ext_joint __attribute__((weak));
-extern const cli_ext_module cli_ext_interlaced __attribute__((weak));
-extern const cli_ext_module cli_ext_multiview __attribute__((weak));
-extern const cli_ext_module cli_ext_hallo_audio __attribute__((weak));
-extern const cli_ext_module cli_ext_bert_decoder __attribute__((weak));
+extern const cli_ext_module cli_ext_mutual;
+extern const cli_ext_module cli_ext_conv2d_cross;
+extern const cli_ext_module cli_ext_joint;
+extern const cli_ext_module cli_ext_interlaced;
+extern const cli_ext_module cli_ext_multiview;
+extern const cli_ext_module cli_ext_hallo_audio;
+extern const cli_ext_module cli_ext_bert_decoder;
 
 const cli_ext_module *cli_ext_at(int i)
 {
     const cli_ext_module *all[] = {&cli_ext_mutual, &cli_ext_conv2d_cross, &cli_ext_joint,
                                    &cli_ext_interlaced, &cli_ext_multiview, &cli_ext_hallo_audio,
                                    &cli_ext_bert_decoder};
-    for (size_t k = 0, seen = 0; k < sizeof all / sizeof all[0]; k++) {
-        if (!all[k]) continue;
-        if ((int)seen++ == i) return all[k];
-    }
-    return NULL;
+    return i >= 0 && (size_t)i < sizeof all / sizeof all[0] ? all[i] : NULL;
 }
 
 const cli_ext_module *cli_ext_find(const char *kind)
