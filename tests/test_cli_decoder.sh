@@ -62,5 +62,28 @@ printf '\x00\x00\xc0\x7f' | dd of="$TMP/nan.npy" bs=1 seek=132 conv=notrunc 2>/d
 bad "nan input" 1 "nan.npy" "$X" run "$MOD" --x "$TMP/nan.npy" --memory "$J/memory.npy"
 ok "nan allowed" "$X" run "$MOD" --x "$TMP/nan.npy" --memory "$J/memory.npy" --allow-nonfinite
 
+# mkst FILE NAME...: a safetensors file of float32 tensors of shape (1,), all 1.0, with the
+# given names and __metadata__ heads 1
+mkst() {
+    local f=$1 hdr='{"__metadata__":{"heads":"1"}' off=0 nm
+    shift
+    for nm in "$@"; do
+        hdr="$hdr,\"$nm\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[$off,$((off + 4))]}"
+        off=$((off + 4))
+    done
+    hdr="$hdr}"
+    while [ $((${#hdr} % 8)) -ne 0 ]; do hdr="$hdr "; done
+    local l=${#hdr} i
+    {
+        for i in 0 1 2 3 4 5 6 7; do printf "\\x$(printf %02x $(((l >> (8 * i)) & 255)))"; done
+        printf '%s' "$hdr"
+        for nm in "$@"; do printf '\x00\x00\x80\x3f'; done
+    } >"$f"
+}
+
+# ---- hostile state dicts: a layer index past the contiguous run is refused, not ignored ----
+mkst "$TMP/gap.safetensors" layer.0.attention.self.query.weight layer.0.crossattention.self.query.weight layer.5.output.dense.weight
+bad "layer gap" 1 "layer.5.output.dense.weight" "$X" run "$TMP/gap.safetensors" --x "$J/x.npy" --memory "$J/memory.npy"
+
 echo "test_cli_decoder: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

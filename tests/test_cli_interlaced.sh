@@ -71,5 +71,33 @@ bad "batch differs" 1 "batch sizes differ" "$X" run "$M" --x "$I/x.npy" --contex
 bad "NaN input" 1 "nan.npy" "$X" run "$M" --x "$I/x.npy" --context "$NAN"
 bad "out-dir is a file" 1 "not a directory" "$X" run "$M" --x "$I/x.npy" --context "$I/context.npy" --out-dir "$M"
 
+# mkst FILE NAME...: a safetensors file of float32 tensors of shape (1,), all 1.0, with the
+# given names and __metadata__ heads 1
+mkst() {
+    local f=$1 hdr='{"__metadata__":{"heads":"1"}' off=0 nm
+    shift
+    for nm in "$@"; do
+        hdr="$hdr,\"$nm\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[$off,$((off + 4))]}"
+        off=$((off + 4))
+    done
+    hdr="$hdr}"
+    while [ $((${#hdr} % 8)) -ne 0 ]; do hdr="$hdr "; done
+    local l=${#hdr} i
+    {
+        for i in 0 1 2 3 4 5 6 7; do printf "\\x$(printf %02x $(((l >> (8 * i)) & 255)))"; done
+        printf '%s' "$hdr"
+        for nm in "$@"; do printf '\x00\x00\x80\x3f'; done
+    } >"$f"
+}
+
+# ---- hostile state dicts: non-finite weights, a block index past the contiguous run ----------
+cp "$M" "$TMP/nanw.safetensors"
+HL=$(od -An -tu4 -N4 "$M" | tr -d ' ')
+printf '\xff\xff\xff\xff\xff\xff\xff\xff' | dd of="$TMP/nanw.safetensors" bs=1 seek=$((8 + HL)) conv=notrunc 2>/dev/null
+bad "NaN weight" 1 "non-finite" "$X" run "$TMP/nanw.safetensors" --x "$I/x.npy" --context "$I/context.npy"
+ok "NaN weight allowed" "$X" run "$TMP/nanw.safetensors" --x "$I/x.npy" --context "$I/context.npy" --allow-nonfinite
+mkst "$TMP/gap.safetensors" blocks.0.attn.q_map.weight blocks.0.self_attn.qkv.weight blocks.0.norm1.weight blocks.2.norm1.weight
+bad "block gap" 1 "blocks.2.norm1.weight" "$X" run "$TMP/gap.safetensors" --x "$I/x.npy" --context "$I/context.npy"
+
 echo "test_cli_interlaced: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -68,5 +68,30 @@ printf '\x00\x00\xc0\x7f' | dd of="$TMP/nan.npy" bs=1 seek=132 conv=notrunc 2>/d
 bad "nan input" 1 "nan.npy" "$X" run "$ENC" --x "$TMP/nan.npy" --context "$J/context.npy"
 ok "nan allowed" "$X" run "$ENC" --x "$TMP/nan.npy" --context "$J/context.npy" --allow-nonfinite
 
+# mkst FILE NAME...: a safetensors file of float32 tensors of shape (1,), all 1.0, with the
+# given names and __metadata__ heads 1
+mkst() {
+    local f=$1 hdr='{"__metadata__":{"heads":"1"}' off=0 nm
+    shift
+    for nm in "$@"; do
+        hdr="$hdr,\"$nm\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[$off,$((off + 4))]}"
+        off=$((off + 4))
+    done
+    hdr="$hdr}"
+    while [ $((${#hdr} % 8)) -ne 0 ]; do hdr="$hdr "; done
+    local l=${#hdr} i
+    {
+        for i in 0 1 2 3 4 5 6 7; do printf "\\x$(printf %02x $(((l >> (8 * i)) & 255)))"; done
+        printf '%s' "$hdr"
+        for nm in "$@"; do printf '\x00\x00\x80\x3f'; done
+    } >"$f"
+}
+
+# ---- hostile state dicts: a layer index past the contiguous run is refused, not ignored ----
+mkst "$TMP/gap.safetensors" layers.0.self_attn.in_proj_weight layers.3.linear1.weight
+bad "layer gap" 1 "layers.3.linear1.weight" "$X" run "$TMP/gap.safetensors" --x "$J/x.npy" --context "$J/context.npy" --heads 1
+mkst "$TMP/huge_layer.safetensors" layers.0.self_attn.in_proj_weight layers.99999999999999999999.norm1.weight
+bad "huge layer index" 1 "outside the 1 layer" "$X" run "$TMP/huge_layer.safetensors" --x "$J/x.npy" --context "$J/context.npy" --heads 1
+
 echo "test_cli_joint: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -40,7 +40,8 @@ static void help(void)
         "  --n-cls N             class tokens to skip (__metadata__ n_cls or num_classes; 20)\n"
         "  --heads N             attention heads (__metadata__ heads; 6)\n"
         "  --first x|context     which stream layer 0 updates (__metadata__ first; x)\n"
-        "  --allow-nonfinite     accept NaN / infinities in the inputs (rejected by default)\n"
+        "  --allow-nonfinite     accept NaN / infinities in the inputs and weights (rejected by\n"
+        "                        default)\n"
         "  --threads N           threads (default: all cores)\n"
         "  -h, --help            this help\n");
 }
@@ -125,6 +126,8 @@ static int run_il(const il_args *a, il_state *s)
     if (a->first) o.context_first = !strcmp(a->first, "context");
     if (xattn_interlaced_load(s->st, prefix, &o, &s->m) != XATTN_OK)
         return cli_lib_error(CMD, a->model);
+    if (!a->allow_nonfinite && (rc = cli_check_weights_finite(CMD, a->model, s->st, NULL, 0)))
+        return rc;
     xattn_interlaced_config c;
     xattn_interlaced_get_config(s->m, &c);
 
