@@ -25,37 +25,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* A tensor PREFIX STEM N.* with N >= the number of layers found (counted while STEM N.KEY
- * exists) would be silently ignored: a gap or a partial layer. Refuse it instead. */
-static xattn_status stray_layer(const xattn_safetensors *st, const char *prefix, const char *stem,
-                                int64_t L, const char *key)
-{
-    const size_t pl = strlen(prefix), sl = strlen(stem);
-    for (size_t i = 0; i < xattn_st_count(st); i++) {
-        const char *n = xattn_st_name(st, i);
-        if (!n || strncmp(n, prefix, pl) || strncmp(n + pl, stem, sl)) continue;
-        const char *p = n + pl + sl;
-        if (*p < '0' || *p > '9') continue;
-        int64_t idx = 0;
-        int big = 0;
-        for (; *p >= '0' && *p <= '9'; p++) {
-            if (idx > (INT64_MAX - 9) / 10)
-                big = 1;
-            else
-                idx = idx * 10 + (*p - '0');
-        }
-        if (*p != '.' || (!big && idx < L)) continue;
-        char shown[XA_IO_NAME_CAP], pp[XA_IO_NAME_CAP];
-        xa_io_printable(n, shown, sizeof shown);
-        xa_io_printable(prefix, pp, sizeof pp);
-        return xa_error(XATTN_ERR_NOT_FOUND,
-                        "tensor '%s' lies outside the %lld layer%s found: '%s%s%lld.%s' is "
-                        "missing (layers must be numbered 0..N-1, each complete)",
-                        shown, (long long)L, L == 1 ? "" : "s", pp, stem, (long long)L, key);
-    }
-    return XATTN_OK;
-}
-
 #define FN_LOAD "xattn_interlaced_load"
 #define FN_FWD "xattn_interlaced_forward"
 
@@ -213,7 +182,7 @@ xattn_status xattn_interlaced_load(const xattn_safetensors *st, const char *pref
         return xa_error(XATTN_ERR_NOT_FOUND,
                         "no interlaced decoder found: tensor '%sblocks.0.norm1.weight' is missing", pp);
     {
-        xattn_status s0 = stray_layer(st, prefix, "blocks.", depth, "norm1.weight");
+        xattn_status s0 = xa_stray_layer(st, prefix, "blocks.", depth, "norm1.weight");
         if (s0) return s0;
     }
 

@@ -38,6 +38,11 @@ const char *xa_wref_shape(const xa_wref *t, char *buf, size_t n);
 int64_t xa_wref_numel(const xa_wref *t);
 /* Copies the (already checked) tensor into t->dst, converted to fp32. */
 xattn_status xa_wref_fetch(const xattn_safetensors *st, const xa_wref *t);
+/* Layer stacks are counted while PREFIX STEM N.KEY exists (N = 0, 1, ...). A tensor PREFIX STEM
+ * N.* with N >= L (the count found) would be silently ignored — a gap or a partial layer — so it
+ * is refused: XATTN_ERR_NOT_FOUND naming it and the missing PREFIX STEM L.KEY. */
+xattn_status xa_stray_layer(const xattn_safetensors *st, const char *prefix, const char *stem,
+                            int64_t L, const char *key);
 /* Parses a positive decimal integer (metadata values); 0 on failure. */
 int64_t xa_parse_positive(const char *s);
 
