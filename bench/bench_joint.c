@@ -112,16 +112,7 @@ int main(int argc, char **argv)
 {
     int threads = 2, reps = 7;
     const char *json = NULL;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--json") && i + 1 < argc) json = argv[++i];
-        else {
-            fprintf(stderr, "usage: bench_joint [--threads N] [--reps N] [--json FILE]\n");
-            return 2;
-        }
-    }
-    if (reps < 1) reps = 1;
+    if (xa_bench_args(argc, argv, "bench_joint", &threads, &reps, &json)) return 2;
     xattn_set_threads(threads);
     double peak = xa_bench_fma_peak(threads);
     const cfg cfgs[] = {

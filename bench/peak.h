@@ -70,6 +70,24 @@ XA_BENCH_UNUSED static float *xa_bench_rand(size_t n, uint64_t seed, float scale
     return x;
 }
 
+/* The common options of the module benchmarks: --threads N --reps N --json FILE (reps >= 1).
+ * Returns 0, or 2 after printing the usage line of benchmark `name`. */
+XA_BENCH_UNUSED static int xa_bench_args(int argc, char **argv, const char *name, int *threads,
+                                         int *reps, const char **json)
+{
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--threads") && i + 1 < argc) *threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--reps") && i + 1 < argc) *reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--json") && i + 1 < argc) *json = argv[++i];
+        else {
+            fprintf(stderr, "usage: %s [--threads N] [--reps N] [--json FILE]\n", name);
+            return 2;
+        }
+    }
+    if (*reps < 1) *reps = 1;
+    return 0;
+}
+
 #define XA_PEAK_ITERS 4000000L /* per thread and run: 4M x 24 zmm FMAs ~ 0.1 s at 3 GHz */
 
 #ifdef XA_BENCH_X86
