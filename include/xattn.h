@@ -9,7 +9,8 @@
  *   - Strides are in elements, not bytes. A stride of 0 broadcasts along that axis.
  *   - Outputs are written into caller-provided buffers; the library never keeps pointers to them.
  *
- * Threads: xattn_set_threads(n) sets the OpenMP thread count used by every kernel (default:
+ * Threads: each call runs on an execution context (xattn_ctx; see below) that holds its thread
+ * count and kernel set; xattn_set_threads(n) sets the default context's count (default:
  * OMP_NUM_THREADS, else the number of cores). Results do not depend on the thread count beyond float rounding.
  */
 #ifndef XATTN_H
@@ -21,6 +22,8 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+typedef struct xattn_ctx xattn_ctx;
 
 #if defined(_WIN32) && defined(XATTN_SHARED_BUILD)
 #define XATTN_API __declspec(dllexport)
@@ -60,8 +63,44 @@ XATTN_API const char *xattn_version(void);
 /* Threads and CPU dispatch                                                                     */
 /* ------------------------------------------------------------------------------------------ */
 
-/* n <= 0 restores the default (OMP_NUM_THREADS if set, else all cores). Without OpenMP at
- * build time this is a no-op and everything runs on the calling thread. */
+/* Most threads a context may use. */
+#define XATTN_MAX_THREADS 1024
+
+/*
+ * Execution context: the thread count, the kernel set and a cache of scratch memory (the
+ * workspace), and later a communicator and a device. Every module forward and every registry
+ * call takes one; NULL means the default context. Entry points without a context argument
+ * (xattn_sdpa, xattn_sgemm, xattn_linear, the row operations, ...) run on the default context,
+ * which xattn_set_threads / xattn_set_isa configure; a new context starts as a copy of the
+ * default context's settings.
+ *
+ * Contexts are independent: a server may run calls with different thread counts at the same
+ * time, each on its own context. One context may also be shared by threads calling at once
+ * (its workspace cache is lock-free).
+ *
+ * Workspace: scratch blocks (a few MB for packing panels and attention tiles) are kept after a
+ * call and reused, so small calls do not pay page faults; at most `limit` bytes are kept
+ * (default 128 MiB); xattn_ctx_trim frees what is kept.
+ */
+XATTN_API xattn_status xattn_ctx_new(xattn_ctx **out);
+XATTN_API void xattn_ctx_free(xattn_ctx *ctx); /* NULL-safe; the default context is not freed */
+/* The default context (never NULL). */
+XATTN_API xattn_ctx *xattn_ctx_default(void);
+/* n = 0: the default (OMP_NUM_THREADS if it is a valid count, else all cores); else 1 ..
+ * XATTN_MAX_THREADS. Without OpenMP at build time every call runs on the calling thread. */
+XATTN_API xattn_status xattn_ctx_set_threads(xattn_ctx *ctx, int n);
+XATTN_API int xattn_ctx_get_threads(const xattn_ctx *ctx);
+/* "auto", "avx512", "avx2" or "scalar"; XATTN_ERR_UNSUPPORTED if the CPU lacks it. */
+XATTN_API xattn_status xattn_ctx_set_isa(xattn_ctx *ctx, const char *name);
+XATTN_API const char *xattn_ctx_get_isa(const xattn_ctx *ctx);
+/* Most bytes of scratch kept between calls (0: keep nothing). */
+XATTN_API xattn_status xattn_ctx_set_workspace_limit(xattn_ctx *ctx, size_t bytes);
+/* Bytes of scratch kept now. */
+XATTN_API size_t xattn_ctx_workspace_cached(const xattn_ctx *ctx);
+/* Frees the scratch kept. */
+XATTN_API void xattn_ctx_trim(xattn_ctx *ctx);
+
+/* The default context's settings (see above). n <= 0 restores the default count. */
 XATTN_API void xattn_set_threads(int n);
 XATTN_API int xattn_get_threads(void);
 /* Name of the kernel set in use: "avx512", "avx2" or "scalar". */

@@ -29,14 +29,25 @@ void xa_free(void *p);
  * aligned, or NULL (error message set). Give it back with xa_ws_put. Thread-safe. */
 typedef struct xa_ws xa_ws;
 xa_ws *xa_ws_get(size_t bytes);
+/* The same from context c's cache (for use inside parallel regions, where the current context
+ * of the worker threads is not set). */
+xa_ws *xa_ws_get_from(const xattn_ctx *c, size_t bytes);
 void *xa_ws_data(xa_ws *w);
 void xa_ws_put(xa_ws *w);
 
 /* a*b with overflow check; returns 0 and sets *r on success, -1 on overflow or negative. */
 int xa_mul_ok(int64_t a, int64_t b, int64_t *r);
 
-/* Threads in use by parallel regions (>= 1). */
+/* Threads of the calling thread's current context (>= 1). */
 int xa_threads(void);
+/* Context in force on this thread (the default context unless an entry point set one). */
+const xattn_ctx *xa_ctx_cur(void);
+/* Makes c (NULL = default) current on this thread; returns the previous one for xa_ctx_leave. */
+const xattn_ctx *xa_ctx_enter(const xattn_ctx *c);
+void xa_ctx_leave(const xattn_ctx *prev);
+int xa_ctx_threads(const xattn_ctx *c);
+/* Strict thread count ("8", or "8,2" as OMP_NUM_THREADS allows): 1..XATTN_MAX_THREADS, else 0. */
+int xa_parse_threads(const char *s);
 
 #define XA_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define XA_MAX(a, b) ((a) > (b) ? (a) : (b))

@@ -524,12 +524,13 @@ xattn_status xa_attention(const xa_attn *p)
         states = xa_ws_data(states_ws);
     }
     int failed = 0;
+    const xattn_ctx *ctx = xa_ctx_cur();
 
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nth)
 #endif
     {
-        xa_ws *mem_ws = xa_ws_get(sizeof(float) * (sfl + (size_t)state));
+        xa_ws *mem_ws = xa_ws_get_from(ctx, sizeof(float) * (sfl + (size_t)state));
         float *mem = mem_ws ? xa_ws_data(mem_ws) : NULL;
         if (!mem) {
 #ifdef _OPENMP

@@ -28,40 +28,13 @@ const xa_kernels *xa_kern_by_name(const char *name)
     return NULL;
 }
 
-static const xa_kernels *best(void)
+const xa_kernels *xa_kern_best(void)
 {
-    const xa_kernels *k;
-    if ((k = xa_kern_by_name("avx512"))) return k;
-    if ((k = xa_kern_by_name("avx2"))) return k;
-    return &xa_kernels_scalar;
-}
-
-static const xa_kernels *xa_current;
-
-const xa_kernels *xa_kern(void)
-{
-    const xa_kernels *k = __atomic_load_n(&xa_current, __ATOMIC_ACQUIRE);
-    if (!k) {
-        k = best();
-        __atomic_store_n(&xa_current, k, __ATOMIC_RELEASE);
-    }
+    static const xa_kernels *best;
+    const xa_kernels *k = __atomic_load_n(&best, __ATOMIC_ACQUIRE);
+    if (k) return k;
+    if (!(k = xa_kern_by_name("avx512")) && !(k = xa_kern_by_name("avx2")))
+        k = &xa_kernels_scalar;
+    __atomic_store_n(&best, k, __ATOMIC_RELEASE);
     return k;
-}
-
-const char *xattn_isa(void) { return xa_kern()->name; }
-
-xattn_status xattn_set_isa(const char *name)
-{
-    if (!name) return xa_error(XATTN_ERR_ARG, "xattn_set_isa: name is NULL");
-    const xa_kernels *k;
-    if (!strcmp(name, "auto"))
-        k = best();
-    else if (strcmp(name, "scalar") && strcmp(name, "avx2") && strcmp(name, "avx512"))
-        return xa_error(XATTN_ERR_ARG, "xattn_set_isa: unknown kernel set '%s' "
-                                       "(auto, avx512, avx2, scalar)", name);
-    else if (!(k = xa_kern_by_name(name)))
-        return xa_error(XATTN_ERR_UNSUPPORTED,
-                        "xattn_set_isa: kernel set '%s' is not available on this CPU/build", name);
-    __atomic_store_n(&xa_current, k, __ATOMIC_RELEASE);
-    return XATTN_OK;
 }

@@ -65,8 +65,12 @@ extern const xa_kernels xa_kernels_avx2;
 extern const xa_kernels xa_kernels_avx512;
 #endif
 
-/* The table in use (never NULL). */
+/* The table of the calling thread's current context (never NULL). */
 const xa_kernels *xa_kern(void);
+/* The table of context c (NULL = the default context). */
+const xa_kernels *xa_ctx_kern(const xattn_ctx *c);
+/* The fastest table this CPU supports. */
+const xa_kernels *xa_kern_best(void);
 /* The table for a name if compiled in and supported by this CPU, else NULL. */
 const xa_kernels *xa_kern_by_name(const char *name);
 
