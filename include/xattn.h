@@ -784,6 +784,147 @@ XATTN_API int64_t xattn_decoder_position(const xattn_decoder_state *s);
 XATTN_API xattn_status xattn_decoder_step(xattn_decoder_state *s, int64_t n, const float *x,
                                           const uint8_t *attention_mask, float *out);
 
+
+/* ------------------------------------------------------------------------------------------ */
+/* Modules through the registry: one interface for every kind                                   */
+/* ------------------------------------------------------------------------------------------ */
+/*
+ * Every module kind (multi-head attention, bidirectional, mutual, joint, interlaced, multiview,
+ * HALLO audio, BERT decoder, 2-D feature maps, ...) can be opened from a state dict, created
+ * with the reference's default initialisation, saved, described and run through these calls,
+ * by names alone: bindings for other languages need no per-kind code.
+ *
+ * Conventions of the public structs: every options struct is valid when zero-initialised, and
+ * zero means the reference's default for every field (booleans use xattn_choice so that 0 can
+ * mean "the default"). Structs end with reserved words that must be zero: new fields are taken
+ * from that space, so a struct's size never changes and a caller compiled against an older
+ * header keeps its behaviour (its zero-initialisation already zeroes the reserved words).
+ *
+ * Configuration values are resolved in one order everywhere: the tensor shapes (and which
+ * tensors exist), then options, then the file's __metadata__, then the reference's default;
+ * options or metadata that contradict the shapes are errors. A default assumed for an option
+ * that leaves no trace in the state dict is reported by xattn_module_warnings().
+ */
+typedef enum xattn_choice {
+    XATTN_DEFAULT = 0, /* the reference's default (or the file's metadata) */
+    XATTN_NO = 1,
+    XATTN_YES = 2
+} xattn_choice;
+
+typedef struct xattn_module xattn_module;
+
+/* An option as text, named as the reference constructor's keyword argument ("heads", "8"). */
+typedef struct xattn_option {
+    const char *name;
+    const char *value;
+} xattn_option;
+
+typedef struct xattn_open_opts {
+    const char *kind;   /* NULL: detected from the tensor names                          */
+    const char *prefix; /* NULL: the file must hold exactly one module (of `kind`)        */
+    const xattn_option *options;
+    size_t n_options;
+    uint64_t reserved_[4];
+} xattn_open_opts;
+
+/* A module found in a file: its kind and the prefix of its tensor names. */
+typedef struct xattn_found {
+    const char *kind;
+    char prefix[256];
+} xattn_found;
+
+/* Lists the modules of a file (up to cap of them; returns how many there are). */
+XATTN_API size_t xattn_module_scan(const xattn_safetensors *st, xattn_found *found, size_t cap);
+/* Opens a module; o may be NULL (detect the kind; the file must hold one module). */
+XATTN_API xattn_status xattn_module_open(const xattn_safetensors *st, const xattn_open_opts *o,
+                                         xattn_module **out);
+/* A new module of `kind` with the reference's default initialisation: options are the
+ * reference constructor's keyword arguments; parameters are drawn from a generator seeded by
+ * `seed` (SplitMix64 streams keyed by the seed and each parameter's name). */
+XATTN_API xattn_status xattn_module_create(const char *kind, const xattn_option *options,
+                                           size_t n_options, uint64_t seed, xattn_module **out);
+/* Saves the parameters under the reference's state_dict names (with the module's prefix), each
+ * in the dtype it was loaded from (F64 sources are written as F32), and a __metadata__ holding
+ * every option the names cannot tell plus "xattn_kind". */
+XATTN_API xattn_status xattn_module_save(const xattn_module *m, const char *path);
+XATTN_API void xattn_module_free(xattn_module *m);
+XATTN_API const char *xattn_module_kind(const xattn_module *m);
+XATTN_API const char *xattn_module_prefix(const xattn_module *m);
+/* Assumed defaults, one line each ("" if none). */
+XATTN_API const char *xattn_module_warnings(const xattn_module *m);
+
+/* The resolved configuration. */
+typedef struct xattn_config_entry {
+    const char *name;   /* the reference constructor's argument                      */
+    const char *value;  /* "8", "True", "gelu", "1e-05", "None"                       */
+    const char *source; /* "shape", "option", "metadata", "default", "derived"         */
+    const char *detail; /* e.g. "shape of 'to_qk.weight'", "__metadata__ 'heads'"        */
+    const char *doc;
+} xattn_config_entry;
+XATTN_API size_t xattn_module_config_count(const xattn_module *m);
+XATTN_API xattn_status xattn_module_config(const xattn_module *m, size_t i, xattn_config_entry *e);
+
+/* The parameters, in state_dict order, under their names relative to the prefix; data is the
+ * module's own fp32 copy (NULL for an optional parameter the module does not have). */
+typedef struct xattn_param_desc {
+    const char *name;
+    int ndim;
+    int64_t shape[XATTN_MAX_DIMS];
+    float *data;
+    xattn_dtype stored_dtype; /* as it was in the file */
+} xattn_param_desc;
+XATTN_API size_t xattn_module_param_count(const xattn_module *m);
+XATTN_API xattn_status xattn_module_param(const xattn_module *m, size_t i, xattn_param_desc *p);
+
+/* Named inputs and outputs. shape is symbolic: comma-separated dims, each a size symbol
+ * (capitalised: B, I, J ... bound by the inputs), a config name (dim, heads ...), a number, or
+ * N*name; "B/1" means B or 1 (broadcast). Masks are BOOL or U8 (nonzero = true; doc gives the
+ * polarity); additive masks may also be F32; every other input is F32. */
+typedef struct xattn_io_desc {
+    const char *name;
+    const char *shape;
+    int optional;
+    int mask;
+    int additive;
+    const char *doc;
+} xattn_io_desc;
+XATTN_API size_t xattn_module_input_count(const xattn_module *m);
+XATTN_API xattn_status xattn_module_input(const xattn_module *m, size_t i, xattn_io_desc *d);
+XATTN_API size_t xattn_module_output_count(const xattn_module *m);
+XATTN_API xattn_status xattn_module_output(const xattn_module *m, size_t i, xattn_io_desc *d);
+
+/* A named array (borrowed data, row-major, contiguous). */
+typedef struct xattn_tensor {
+    const char *name;
+    xattn_dtype dtype;
+    int ndim;
+    int64_t shape[XATTN_MAX_DIMS];
+    void *data;
+} xattn_tensor;
+
+/* Fills dtype, ndim and shape of the outputs named in out[].name for the given inputs. */
+XATTN_API xattn_status xattn_module_plan(const xattn_module *m, const xattn_tensor *in,
+                                         size_t n_in, xattn_tensor *out, size_t n_out);
+/* Runs the module: in[] by name, out[] by name with data and the shapes xattn_module_plan
+ * gives. Optional outputs are produced only when asked. ctx may be NULL (default context).
+ * A loaded module is read-only during forward: several threads may run one module at once. */
+XATTN_API xattn_status xattn_module_forward(xattn_ctx *ctx, const xattn_module *m,
+                                            const xattn_tensor *in, size_t n_in,
+                                            xattn_tensor *out, size_t n_out);
+
+/* The kinds and the arguments their constructors take (for `xattn init --help`). */
+typedef struct xattn_kind_desc {
+    const char *name, *reference, *summary;
+    size_t n_args;
+} xattn_kind_desc;
+typedef struct xattn_arg_desc {
+    const char *name, *type, *doc, *default_value, *choices;
+    int required, from_shapes, derived;
+} xattn_arg_desc;
+XATTN_API size_t xattn_kind_count(void);
+XATTN_API xattn_status xattn_kind_info(size_t i, xattn_kind_desc *d);
+XATTN_API xattn_status xattn_kind_arg(const char *kind, size_t j, xattn_arg_desc *a);
+
 #ifdef __cplusplus
 }
 #endif

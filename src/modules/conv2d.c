@@ -12,9 +12,8 @@
  * position's vector contiguously. The kernel output O (P1, Cv) is transposed into
  * out[b] (Cv, P1) by a blocked copy.
  */
-#include "base/base.h"
+#include "core/registry.h"
 #include "kernels/kernels.h"
-#include "modules/weights.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -22,47 +21,118 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* CrossAttention(in_channels, out_channels, in_channels2=None, qk_channels=None, bias=True,
+ * scale=None) of tests/reference/gen_conv2d.py */
+static const xa_field fields[] = {
+    {"in_channels", XA_T_INT, XA_F_SHAPE | XA_F_REQUIRED, 0, 1, 1e15, NULL, NULL,
+     "channels of x1"},
+    {"out_channels", XA_T_INT, XA_F_SHAPE | XA_F_REQUIRED, 0, 1, 1e15, NULL, NULL,
+     "channels of the values and the output"},
+    {"in_channels2", XA_T_INT, XA_F_SHAPE | XA_F_OPTIONAL, 0, 1, 1e15, NULL, NULL,
+     "channels of x2 (None: in_channels)"},
+    {"qk_channels", XA_T_INT, XA_F_SHAPE | XA_F_OPTIONAL, 0, 1, 1e15, NULL, NULL,
+     "channels of the queries and keys (None: out_channels)"},
+    {"bias", XA_T_BOOL, XA_F_PRESENCE, 1, 0, 1, NULL, NULL, "the 1x1 convolutions have biases"},
+    {"scale", XA_T_REAL, XA_F_OPTIONAL | XA_F_TRACELESS, 0, -1e300, 1e300, NULL, NULL,
+     "logits scale (None: 1, no scaling, as the seed)"},
+};
+
+enum { P_WQ, P_WK, P_WV, P_BQ, P_BK, P_BV, P_N };
+static const xa_pspec table[P_N] = {
+    {"conv_query.weight", "qk_channels,in_channels,1,1", NULL, 0, XA_INIT_LINEAR, NULL,
+     "the query 1x1 Conv2d weight (out, in, 1, 1)"},
+    {"conv_key.weight", "qk_channels,in_channels2,1,1", NULL, 0, XA_INIT_LINEAR, NULL,
+     "the key 1x1 Conv2d weight (out, in, 1, 1)"},
+    {"conv_value.weight", "out_channels,in_channels2,1,1", NULL, 0, XA_INIT_LINEAR, NULL,
+     "the value 1x1 Conv2d weight (out, in, 1, 1)"},
+    {"conv_query.bias", "qk_channels", "bias", XA_P_OPT, XA_INIT_BIAS, "in_channels",
+     "the query bias"},
+    {"conv_key.bias", "qk_channels", "bias", XA_P_OPT, XA_INIT_BIAS, "in_channels2",
+     "the key bias"},
+    {"conv_value.bias", "out_channels", "bias", XA_P_OPT, XA_INIT_BIAS, "in_channels2",
+     "the value bias"},
+};
+
+static const xa_io inputs[] = {
+    {"x1", "B,in_channels,H1,W1", 0, "the map that queries"},
+    {"x2", "B,in_channels2,H2,W2", 0, "the map that is attended"},
+};
+static const xa_io outputs[] = {
+    {"out", "B,out_channels,H1,W1", 0, "attention over x2's positions for each of x1's"},
+};
+
 struct xattn_conv2d_cross {
+    xa_mod core;
     xattn_conv2d_cross_config cfg;
     const float *wq, *wk, *wv; /* (Ck, C1), (Ck, C2), (Cv, C2) */
     const float *bq, *bk, *bv; /* or NULL */
-    float *block;
 };
 
 static const char *FN_LOAD = "xattn_conv2d_cross_load";
 
-/* weight of shape (rows, cols, 1, 1); rows/cols < 0 are free */
-static xattn_status check_w(const xa_wref *t, int64_t rows, int64_t cols, const char *implied)
+/* in_channels2 and qk_channels default to in_channels and out_channels (creation). */
+static void fill_defaults(xa_cfg *c)
 {
-    char got[128];
-    xa_wref_shape(t, got, sizeof got);
-    xattn_status s = xa_wref_check_float(t);
-    if (s != XATTN_OK) return s;
-    if (t->ndim != 4 || t->shape[2] != 1 || t->shape[3] != 1 || t->shape[0] <= 0 ||
-        t->shape[1] <= 0)
-        return xa_error(XATTN_ERR_SHAPE,
-                        "tensor '%s' has shape %s; expected a 1x1 Conv2d weight (out, in, 1, 1)",
-                        t->shown, got);
-    if (rows >= 0 && t->shape[0] != rows)
-        return xa_error(XATTN_ERR_SHAPE, "tensor '%s' has shape %s but %s implies %lld output channels",
-                        t->shown, got, implied, (long long)rows);
-    if (cols >= 0 && t->shape[1] != cols)
-        return xa_error(XATTN_ERR_SHAPE, "tensor '%s' has shape %s but %s implies %lld input channels",
-                        t->shown, got, implied, (long long)cols);
+    static const char *const pairs[2][2] = {{"in_channels2", "in_channels"},
+                                            {"qk_channels", "out_channels"}};
+    for (int k = 0; k < 2; k++) {
+        int i = xa_cfg_find(c, pairs[k][0]);
+        if (c->from[i] == XA_FROM_UNSET)
+            xa_cfg_set(c, i, xa_cfg_get(c, pairs[k][1]), XA_FROM_DEFAULT, "default (%s)",
+                       pairs[k][1]);
+    }
+}
+
+static xattn_status build(xa_mod *m, const xattn_safetensors *st, const char *prefix,
+                          const xa_kv *opts, size_t n_opts)
+{
+    xattn_status s;
+    if (st && ((s = xa_cfg_bind_shapes(&m->cfg, table, P_N, st, prefix, "")) ||
+               (s = xa_cfg_require_shapes(&m->cfg, table, P_N, st, prefix, ""))))
+        return s;
+    if ((s = xa_cfg_resolve(&m->cfg, opts, n_opts, st, FN_LOAD))) return s;
+    fill_defaults(&m->cfg);
+    return xa_params_add_table(&m->params, table, P_N, &m->cfg, "", NULL);
+}
+
+static xattn_status bind(xa_mod *core)
+{
+    xattn_conv2d_cross *m = (xattn_conv2d_cross *)core;
+    const xa_params *ps = &core->params;
+    m->wq = xa_param_data(ps, P_WQ);
+    m->wk = xa_param_data(ps, P_WK);
+    m->wv = xa_param_data(ps, P_WV);
+    m->bq = xa_param_data(ps, P_BQ);
+    m->bk = xa_param_data(ps, P_BK);
+    m->bv = xa_param_data(ps, P_BV);
+    m->cfg.in1 = xa_cfg_int(&core->cfg, "in_channels");
+    m->cfg.in2 = xa_cfg_int(&core->cfg, "in_channels2");
+    m->cfg.qk_channels = xa_cfg_int(&core->cfg, "qk_channels");
+    m->cfg.out_channels = xa_cfg_int(&core->cfg, "out_channels");
+    m->cfg.has_bias_q = m->bq != NULL;
+    m->cfg.has_bias_k = m->bk != NULL;
+    m->cfg.has_bias_v = m->bv != NULL;
     return XATTN_OK;
 }
 
-static xattn_status check_b(const xa_wref *t, int64_t n, const char *implied)
-{
-    char got[128];
-    xa_wref_shape(t, got, sizeof got);
-    xattn_status s = xa_wref_check_float(t);
-    if (s != XATTN_OK) return s;
-    if (t->ndim != 1 || t->shape[0] != n)
-        return xa_error(XATTN_ERR_SHAPE, "tensor '%s' has shape %s but %s implies (%lld,)", t->shown,
-                        got, implied, (long long)n);
-    return XATTN_OK;
-}
+static xattn_status forward_named(const xa_mod *core, const xa_run *r);
+
+const xa_kind xa_kind_conv2d_cross = {
+    .name = "conv2d-cross",
+    .reference = "CrossAttention over 2-D feature maps (seed 004, corrected)",
+    .summary = "cross-attention between two feature maps through 1x1 convolutions",
+    .fields = fields,
+    .n_fields = sizeof fields / sizeof fields[0],
+    .inputs = inputs,
+    .n_in = 2,
+    .outputs = outputs,
+    .n_out = 1,
+    .anchor = "conv_query.weight",
+    .size = sizeof(xattn_conv2d_cross),
+    .build = build,
+    .bind = bind,
+    .forward = forward_named,
+};
 
 xattn_status xattn_conv2d_cross_load(const xattn_safetensors *st, const char *prefix,
                                      xattn_conv2d_cross **out)
@@ -70,74 +140,15 @@ xattn_status xattn_conv2d_cross_load(const xattn_safetensors *st, const char *pr
     if (!out) return xa_error(XATTN_ERR_ARG, "%s: out is NULL", FN_LOAD);
     *out = NULL;
     if (!st) return xa_error(XATTN_ERR_ARG, "%s: safetensors handle is NULL", FN_LOAD);
-    if (!prefix) prefix = "";
-    xattn_status s;
-    xa_wref wq, wk, wv, bq, bk, bv;
-    if ((s = xa_wref_find(st, FN_LOAD, prefix, "", "conv_query.weight", &wq)) ||
-        (s = xa_wref_find(st, FN_LOAD, prefix, "", "conv_key.weight", &wk)) ||
-        (s = xa_wref_find(st, FN_LOAD, prefix, "", "conv_value.weight", &wv)) ||
-        (s = xa_wref_find(st, FN_LOAD, prefix, "", "conv_query.bias", &bq)) ||
-        (s = xa_wref_find(st, FN_LOAD, prefix, "", "conv_key.bias", &bk)) ||
-        (s = xa_wref_find(st, FN_LOAD, prefix, "", "conv_value.bias", &bv)))
-        return s;
-    if (!wq.present) return xa_wref_missing(&wq, "the query 1x1 convolution");
-    if (!wk.present) return xa_wref_missing(&wk, "the key 1x1 convolution");
-    if (!wv.present) return xa_wref_missing(&wv, "the value 1x1 convolution");
-    if ((s = check_w(&wq, -1, -1, ""))) return s;
-    const int64_t Ck = wq.shape[0], C1 = wq.shape[1];
-    if ((s = check_w(&wk, Ck, -1, "conv_query.weight"))) return s;
-    const int64_t C2 = wk.shape[1];
-    if ((s = check_w(&wv, -1, C2, "conv_key.weight"))) return s;
-    const int64_t Cv = wv.shape[0];
-    if (bq.present && (s = check_b(&bq, Ck, "conv_query.weight"))) return s;
-    if (bk.present && (s = check_b(&bk, Ck, "conv_key.weight"))) return s;
-    if (bv.present && (s = check_b(&bv, Cv, "conv_value.weight"))) return s;
-
-    xattn_conv2d_cross *m = calloc(1, sizeof *m);
-    if (!m) return xa_error(XATTN_ERR_NOMEM, "%s: out of memory", FN_LOAD);
-    xa_wref *refs[] = {&wq, &wk, &wv, &bq, &bk, &bv};
-    int64_t total = 0;
-    for (int i = 0; i < 6; i++)
-        if (refs[i]->present) total += (xa_wref_numel(refs[i]) + 15) & ~(int64_t)15;
-    m->block = xa_alloc((size_t)total * sizeof(float));
-    if (!m->block) {
-        free(m);
-        return XATTN_ERR_NOMEM;
-    }
-    int64_t off = 0;
-    for (int i = 0; i < 6; i++) {
-        if (!refs[i]->present) continue;
-        refs[i]->dst = m->block + off;
-        off += (xa_wref_numel(refs[i]) + 15) & ~(int64_t)15;
-        if ((s = xa_wref_fetch(st, refs[i]))) {
-            xattn_conv2d_cross_free(m);
-            return s;
-        }
-    }
-    m->wq = wq.dst;
-    m->wk = wk.dst;
-    m->wv = wv.dst;
-    m->bq = bq.present ? bq.dst : NULL;
-    m->bk = bk.present ? bk.dst : NULL;
-    m->bv = bv.present ? bv.dst : NULL;
-    m->cfg.in1 = C1;
-    m->cfg.in2 = C2;
-    m->cfg.qk_channels = Ck;
-    m->cfg.out_channels = Cv;
-    m->cfg.has_bias_q = bq.present;
-    m->cfg.has_bias_k = bk.present;
-    m->cfg.has_bias_v = bv.present;
+    xa_mod *m;
+    xattn_status s = xa_mod_open(&xa_kind_conv2d_cross, st, prefix, NULL, 0, &m);
+    if (s) return s;
+    *out = (xattn_conv2d_cross *)m;
     xa_clear_error();
-    *out = m;
     return XATTN_OK;
 }
 
-void xattn_conv2d_cross_free(xattn_conv2d_cross *m)
-{
-    if (!m) return;
-    xa_free(m->block);
-    free(m);
-}
+void xattn_conv2d_cross_free(xattn_conv2d_cross *m) { xa_mod_free(m ? &m->core : NULL); }
 
 void xattn_conv2d_cross_get_config(const xattn_conv2d_cross *m, xattn_conv2d_cross_config *cfg)
 {
@@ -251,4 +262,22 @@ xattn_status xattn_conv2d_cross_forward(const xattn_conv2d_cross *m,
 done:
     xa_free(buf);
     return s;
+}
+
+static xattn_status forward_named(const xa_mod *core, const xa_run *r)
+{
+    const xattn_conv2d_cross *m = (const xattn_conv2d_cross *)core;
+    xattn_conv2d_cross_inputs in;
+    memset(&in, 0, sizeof in);
+    in.B = xa_run_sym(r, "B");
+    in.H1 = xa_run_sym(r, "H1");
+    in.W1 = xa_run_sym(r, "W1");
+    in.H2 = xa_run_sym(r, "H2");
+    in.W2 = xa_run_sym(r, "W2");
+    in.x1 = r->in[0];
+    in.x2 = r->in[1];
+    const int si = xa_cfg_find(&core->cfg, "scale");
+    in.has_scale = core->cfg.from[si] != XA_FROM_UNSET;
+    in.scale = (float)core->cfg.v[si];
+    return xattn_conv2d_cross_forward(m, &in, r->out[0]);
 }

@@ -6,7 +6,7 @@
  * Each term is one call of the fused attention kernel (xa_attention, H = 1): no Na x Nb matrix
  * is ever formed. xattn_mutual writes A straight into out, Bm into a (B, N, D) scratch, then adds.
  */
-#include "base/base.h"
+#include "core/registry.h"
 #include "kernels/kernels.h"
 
 #include <math.h>
@@ -176,3 +176,40 @@ xattn_status xattn_mutual_bands(const float *a, const float *b, int ndim, const 
     xa_free(buf);
     return s;
 }
+
+/* ---- registry ---------------------------------------------------------------------------- */
+
+static const xa_io mutual_inputs[] = {
+    {"a", "B,N,D", 0, "first feature set"},
+    {"b", "B,N,D", 0, "second feature set, the same shape"},
+};
+static const xa_io mutual_outputs[] = {
+    {"out", "B,N,D", 0, "softmax(a b^T / sqrt(D)) b + softmax(b a^T / sqrt(D)) a"},
+};
+
+static xattn_status mutual_build(xa_mod *m, const xattn_safetensors *st, const char *prefix,
+                                 const xa_kv *opts, size_t n_opts)
+{
+    (void)prefix;
+    return xa_cfg_resolve(&m->cfg, opts, n_opts, st, "mutual");
+}
+
+static xattn_status mutual_forward(const xa_mod *m, const xa_run *r)
+{
+    (void)m;
+    return xattn_mutual(r->in[0], r->in[1], xa_run_sym(r, "B"), xa_run_sym(r, "N"),
+                        xa_run_sym(r, "D"), r->out[0]);
+}
+
+const xa_kind xa_kind_mutual = {
+    .name = "mutual",
+    .reference = "mutual cross-attention (Zhao & Gu 2024, ztony0712/MCA)",
+    .summary = "parameter-free mutual cross-attention of two same-shape feature sets",
+    .inputs = mutual_inputs,
+    .n_in = 2,
+    .outputs = mutual_outputs,
+    .n_out = 1,
+    .size = sizeof(xa_mod),
+    .build = mutual_build,
+    .forward = mutual_forward,
+};

@@ -1,0 +1,406 @@
+/*
+ * The module registry: detection of kinds and prefixes from tensor names, open / create / save,
+ * description of config, parameters, inputs and outputs, and forward by named arrays with every
+ * shape checked against the kind's symbolic shapes.
+ */
+#include "core/registry.h"
+#include "io/io_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern const xa_kind xa_kind_conv2d_cross;
+extern const xa_kind xa_kind_mutual;
+
+const xa_kind *const xa_kinds[] = {&xa_kind_conv2d_cross, &xa_kind_mutual, NULL};
+
+const xa_kind *xa_kind_find(const char *name)
+{
+    for (int i = 0; name && xa_kinds[i]; i++)
+        if (!strcmp(xa_kinds[i]->name, name)) return xa_kinds[i];
+    return NULL;
+}
+
+/* ---- options helpers ------------------------------------------------------------------------ */
+
+static void kv_add(xa_kvbuf *b, const char *key, const char *fmt, double v)
+{
+    if (b->n >= XA_MAX_FIELDS) return;
+    snprintf(b->text[b->n], sizeof b->text[b->n], fmt, v);
+    b->kv[b->n].key = key;
+    b->kv[b->n].value = b->text[b->n];
+    b->n++;
+}
+
+void xa_kv_int(xa_kvbuf *b, const char *key, int64_t v)
+{
+    if (v) kv_add(b, key, "%.0f", (double)v);
+}
+
+void xa_kv_real(xa_kvbuf *b, const char *key, double v)
+{
+    if (v != 0) kv_add(b, key, "%.17g", v);
+}
+
+void xa_kv_bool(xa_kvbuf *b, const char *key, int v)
+{
+    if (v == XATTN_NO || v == XATTN_YES) {
+        kv_add(b, key, "%.0f", v == XATTN_YES ? 1.0 : 0.0);
+        return;
+    }
+    if (v) kv_add(b, key, "bad", 0); /* parsed as an error naming the option */
+}
+
+void xa_kv_enum(xa_kvbuf *b, const char *key, const char *const *names, int v)
+{
+    if (!v || b->n >= XA_MAX_FIELDS) return;
+    int n = 0;
+    while (names[n]) n++;
+    snprintf(b->text[b->n], sizeof b->text[b->n], "%s", v >= 1 && v <= n ? names[v - 1] : "?");
+    b->kv[b->n].key = key;
+    b->kv[b->n].value = b->text[b->n];
+    b->n++;
+}
+
+/* ---- open / create / free ------------------------------------------------------------------- */
+
+static xa_mod *mod_alloc(const xa_kind *k, const char *prefix)
+{
+    xa_mod *m = calloc(1, k->size);
+    if (!m) {
+        xa_error(XATTN_ERR_NOMEM, "out of memory");
+        return NULL;
+    }
+    m->kind = k;
+    snprintf(m->prefix, sizeof m->prefix, "%s", prefix ? prefix : "");
+    xa_cfg_init(&m->cfg, k->fields, k->n_fields);
+    return m;
+}
+
+void xa_mod_free(xa_mod *m)
+{
+    if (!m) return;
+    if (m->kind->destroy) m->kind->destroy(m);
+    xa_params_free(&m->params);
+    free(m);
+}
+
+xattn_status xa_mod_open(const xa_kind *k, const xattn_safetensors *st, const char *prefix,
+                         const xa_kv *opts, size_t n_opts, xa_mod **out)
+{
+    *out = NULL;
+    if (!prefix) prefix = "";
+    if (strlen(prefix) >= sizeof((xa_mod *)0)->prefix) {
+        char pp[XA_IO_NAME_CAP];
+        return xa_error(XATTN_ERR_ARG, "prefix '%s' is too long",
+                        xa_io_printable(prefix, pp, sizeof pp));
+    }
+    xa_mod *m = mod_alloc(k, prefix);
+    if (!m) return XATTN_ERR_NOMEM;
+    xattn_status s = k->build(m, st, prefix, opts, n_opts);
+    if (!s) s = xa_params_load(&m->params, st, prefix, k->name);
+    if (!s && k->bind) s = k->bind(m);
+    if (s) {
+        xa_mod_free(m);
+        return s;
+    }
+    *out = m;
+    return XATTN_OK;
+}
+
+xattn_status xa_mod_create(const xa_kind *k, const xa_kv *opts, size_t n_opts, uint64_t seed,
+                           xa_mod **out)
+{
+    *out = NULL;
+    xa_mod *m = mod_alloc(k, "");
+    if (!m) return XATTN_ERR_NOMEM;
+    xattn_status s = k->build(m, NULL, "", opts, n_opts);
+    if (!s) s = xa_params_create(&m->params, seed);
+    if (!s && k->bind) s = k->bind(m);
+    if (s) {
+        xa_mod_free(m);
+        return s;
+    }
+    *out = m;
+    return XATTN_OK;
+}
+
+/* ---- the public registry -------------------------------------------------------------------- */
+
+struct xattn_module {
+    xa_mod *m;
+    char text[XA_MAX_FIELDS][64]; /* config values as text */
+};
+
+static xattn_module *wrap(xa_mod *m)
+{
+    xattn_module *w = calloc(1, sizeof *w);
+    if (!w) {
+        xa_mod_free(m);
+        xa_error(XATTN_ERR_NOMEM, "out of memory");
+        return NULL;
+    }
+    w->m = m;
+    for (int i = 0; i < m->cfg.n; i++) xa_cfg_text(&m->cfg, i, w->text[i], sizeof w->text[i]);
+    return w;
+}
+
+size_t xattn_kind_count(void)
+{
+    size_t n = 0;
+    while (xa_kinds[n]) n++;
+    return n;
+}
+
+xattn_status xattn_kind_info(size_t i, xattn_kind_desc *d)
+{
+    if (!d || i >= xattn_kind_count())
+        return xa_error(XATTN_ERR_ARG, "xattn_kind_info: index %zu out of range", i);
+    const xa_kind *k = xa_kinds[i];
+    memset(d, 0, sizeof *d);
+    d->name = k->name;
+    d->reference = k->reference;
+    d->summary = k->summary;
+    d->n_args = (size_t)k->n_fields;
+    xa_clear_error();
+    return XATTN_OK;
+}
+
+static const xa_field *field_of(const char *kind, size_t j)
+{
+    const xa_kind *k = xa_kind_find(kind);
+    return k && j < (size_t)k->n_fields ? &k->fields[j] : NULL;
+}
+
+xattn_status xattn_kind_arg(const char *kind, size_t j, xattn_arg_desc *a)
+{
+    const xa_field *f = field_of(kind, j);
+    if (!f || !a) return xa_error(XATTN_ERR_ARG, "xattn_kind_arg: no argument %zu of '%s'", j,
+                                  kind ? kind : "(null)");
+    static const char *const types[] = {"int", "float", "bool", "choice"};
+    static _Thread_local char dflt[64], choices[256];
+    memset(a, 0, sizeof *a);
+    a->name = f->name;
+    a->type = types[f->type];
+    a->doc = f->doc ? f->doc : "";
+    a->required = (f->flags & XA_F_REQUIRED) != 0;
+    a->from_shapes = (f->flags & (XA_F_SHAPE | XA_F_PRESENCE)) != 0;
+    a->derived = (f->flags & XA_F_DERIVED) != 0;
+    xa_cfg c;
+    xa_cfg_init(&c, f, 1);
+    c.v[0] = f->dflt;
+    if (f->flags & (XA_F_REQUIRED | XA_F_DERIVED)) snprintf(dflt, sizeof dflt, "-");
+    else if (f->flags & XA_F_OPTIONAL) snprintf(dflt, sizeof dflt, "None");
+    else xa_cfg_text(&c, 0, dflt, sizeof dflt);
+    a->default_value = dflt;
+    choices[0] = '\0';
+    for (size_t off = 0, e = 0; f->type == XA_T_ENUM && f->enums[e]; e++)
+        off += (size_t)snprintf(choices + off, sizeof choices - off, "%s%s", e ? "|" : "",
+                                f->enums[e]);
+    a->choices = choices;
+    xa_clear_error();
+    return XATTN_OK;
+}
+
+static xattn_status find_kind(const char *name, const xa_kind **k)
+{
+    if ((*k = xa_kind_find(name))) return XATTN_OK;
+    char list[512];
+    size_t off = 0;
+    for (int i = 0; xa_kinds[i]; i++)
+        off += (size_t)snprintf(list + off, sizeof list - off, "%s%s", i ? ", " : "",
+                                xa_kinds[i]->name);
+    char shown[64];
+    return xa_error(XATTN_ERR_ARG, "unknown module kind '%s' (kinds: %s)",
+                    xa_io_printable(name ? name : "", shown, sizeof shown), list);
+}
+
+/* Every (kind, prefix) of the file: a tensor PREFIX + anchor marks one. */
+size_t xattn_module_scan(const xattn_safetensors *st, xattn_found *found, size_t cap)
+{
+    size_t n = 0;
+    for (size_t t = 0; st && t < xattn_st_count(st); t++) {
+        const char *name = xattn_st_name(st, t);
+        for (int i = 0; name && xa_kinds[i]; i++) {
+            const xa_kind *k = xa_kinds[i];
+            if (!k->anchor) continue;
+            size_t nl = strlen(name), al = strlen(k->anchor);
+            if (nl < al || strcmp(name + nl - al, k->anchor)) continue;
+            size_t pl = nl - al;
+            if (pl && name[pl - 1] != '.') continue;
+            if (pl >= sizeof found[0].prefix) continue;
+            char prefix[sizeof found[0].prefix];
+            memcpy(prefix, name, pl);
+            prefix[pl] = '\0';
+            if (k->claims && !k->claims(st, prefix)) continue;
+            if (n < cap) {
+                found[n].kind = k->name;
+                memcpy(found[n].prefix, prefix, pl + 1);
+            }
+            n++;
+        }
+    }
+    xa_clear_error();
+    return n;
+}
+
+static xattn_status detect(const xattn_safetensors *st, const xattn_open_opts *o,
+                           const xa_kind **k, const char **prefix)
+{
+    static _Thread_local xattn_found f[64];
+    size_t n = xattn_module_scan(st, f, 64), match = 0, pick = 0;
+    const char *want_prefix = o ? o->prefix : NULL;
+    const char *want_kind = o ? o->kind : NULL;
+    for (size_t i = 0; i < n && i < 64; i++) {
+        if (want_prefix && strcmp(f[i].prefix, want_prefix)) continue;
+        if (want_kind && strcmp(f[i].kind, want_kind)) continue;
+        if (!match++) pick = i;
+    }
+    char pp[XA_IO_NAME_CAP];
+    if (match == 0) {
+        if (want_kind) {
+            if ((*k = xa_kind_find(want_kind)) && !(*k)->anchor) {
+                *prefix = want_prefix ? want_prefix : "";
+                return XATTN_OK;
+            }
+            return xa_error(XATTN_ERR_NOT_FOUND, "no %s module found%s%s%s", want_kind,
+                            want_prefix ? " at prefix '" : "",
+                            want_prefix ? xa_io_printable(want_prefix, pp, sizeof pp) : "",
+                            want_prefix ? "'" : "");
+        }
+        return xa_error(XATTN_ERR_NOT_FOUND, "no module found%s%s%s (see 'xattn inspect')",
+                        want_prefix ? " at prefix '" : "",
+                        want_prefix ? xa_io_printable(want_prefix, pp, sizeof pp) : "",
+                        want_prefix ? "'" : "");
+    }
+    if (match > 1)
+        return xa_error(XATTN_ERR_ARG, "the file holds %zu modules (the first: %s at prefix "
+                        "'%s'): choose one with a prefix", match, f[pick].kind,
+                        xa_io_printable(f[pick].prefix, pp, sizeof pp));
+    *k = xa_kind_find(f[pick].kind);
+    *prefix = f[pick].prefix;
+    return XATTN_OK;
+}
+
+xattn_status xattn_module_open(const xattn_safetensors *st, const xattn_open_opts *o,
+                               xattn_module **out)
+{
+    if (!out) return xa_error(XATTN_ERR_ARG, "xattn_module_open: out is NULL");
+    *out = NULL;
+    if (!st) return xa_error(XATTN_ERR_ARG, "xattn_module_open: safetensors handle is NULL");
+    const xa_kind *k = NULL;
+    const char *prefix = "";
+    xattn_status s;
+    if (o && o->kind && (s = find_kind(o->kind, &k))) return s;
+    if ((s = detect(st, o, &k, &prefix))) return s;
+    char pfx[256];
+    snprintf(pfx, sizeof pfx, "%s", prefix);
+    xa_mod *m;
+    if ((s = xa_mod_open(k, st, pfx, (const xa_kv *)(o ? o->options : NULL),
+                         o ? o->n_options : 0, &m)))
+        return s;
+    if (!(*out = wrap(m))) return XATTN_ERR_NOMEM;
+    xa_clear_error();
+    return XATTN_OK;
+}
+
+xattn_status xattn_module_create(const char *kind, const xattn_option *opts, size_t n_opts,
+                                 uint64_t seed, xattn_module **out)
+{
+    if (!out) return xa_error(XATTN_ERR_ARG, "xattn_module_create: out is NULL");
+    *out = NULL;
+    const xa_kind *k;
+    xattn_status s = find_kind(kind, &k);
+    if (s) return s;
+    xa_mod *m;
+    if ((s = xa_mod_create(k, (const xa_kv *)opts, n_opts, seed, &m))) return s;
+    if (!(*out = wrap(m))) return XATTN_ERR_NOMEM;
+    xa_clear_error();
+    return XATTN_OK;
+}
+
+void xattn_module_free(xattn_module *m)
+{
+    if (!m) return;
+    xa_mod_free(m->m);
+    free(m);
+}
+
+xattn_status xattn_module_save(const xattn_module *m, const char *path)
+{
+    if (!m || !path) return xa_error(XATTN_ERR_ARG, "xattn_module_save: module and path are required");
+    xattn_status s = xa_params_save(&m->m->params, &m->m->cfg, m->m->kind->name, m->m->prefix, path);
+    if (!s) xa_clear_error();
+    return s;
+}
+
+const char *xattn_module_kind(const xattn_module *m) { return m ? m->m->kind->name : ""; }
+const char *xattn_module_prefix(const xattn_module *m) { return m ? m->m->prefix : ""; }
+const char *xattn_module_warnings(const xattn_module *m) { return m ? m->m->cfg.warn : ""; }
+size_t xattn_module_config_count(const xattn_module *m) { return m ? (size_t)m->m->cfg.n : 0; }
+
+xattn_status xattn_module_config(const xattn_module *m, size_t i, xattn_config_entry *e)
+{
+    if (!m || !e || i >= (size_t)m->m->cfg.n)
+        return xa_error(XATTN_ERR_ARG, "xattn_module_config: index %zu out of range", i);
+    const xa_cfg *c = &m->m->cfg;
+    e->name = c->f[i].name;
+    e->value = c->from[i] == XA_FROM_UNSET ? "None" : m->text[i];
+    e->source = xa_from_name(c->from[i]);
+    e->detail = c->how[i];
+    e->doc = c->f[i].doc ? c->f[i].doc : "";
+    xa_clear_error();
+    return XATTN_OK;
+}
+
+size_t xattn_module_param_count(const xattn_module *m) { return m ? (size_t)m->m->params.n : 0; }
+
+xattn_status xattn_module_param(const xattn_module *m, size_t i, xattn_param_desc *p)
+{
+    if (!m || !p || i >= (size_t)m->m->params.n)
+        return xa_error(XATTN_ERR_ARG, "xattn_module_param: index %zu out of range", i);
+    const xa_param *q = &m->m->params.p[i];
+    memset(p, 0, sizeof *p);
+    p->name = q->name;
+    p->ndim = q->ndim;
+    memcpy(p->shape, q->shape, sizeof q->shape);
+    p->data = q->data;
+    p->stored_dtype = q->src_dtype;
+    xa_clear_error();
+    return XATTN_OK;
+}
+
+static const xa_io *io_of(const xattn_module *m, int output, size_t i, size_t *n)
+{
+    const xa_kind *k = m->m->kind;
+    *n = (size_t)(output ? k->n_out : k->n_in);
+    return i < *n ? &(output ? k->outputs : k->inputs)[i] : NULL;
+}
+
+static xattn_status io_desc(const xattn_module *m, int output, size_t i, xattn_io_desc *d)
+{
+    size_t n;
+    const xa_io *io = m && d ? io_of(m, output, i, &n) : NULL;
+    if (!io) return xa_error(XATTN_ERR_ARG, "module %s %zu out of range", output ? "output" : "input", i);
+    memset(d, 0, sizeof *d);
+    d->name = io->name;
+    d->shape = io->shape;
+    d->optional = (io->flags & XA_IO_OPT) != 0;
+    d->mask = (io->flags & XA_IO_MASK) != 0;
+    d->additive = (io->flags & XA_IO_ADDITIVE) != 0;
+    d->doc = io->doc ? io->doc : "";
+    xa_clear_error();
+    return XATTN_OK;
+}
+
+size_t xattn_module_input_count(const xattn_module *m) { return m ? (size_t)m->m->kind->n_in : 0; }
+size_t xattn_module_output_count(const xattn_module *m) { return m ? (size_t)m->m->kind->n_out : 0; }
+xattn_status xattn_module_input(const xattn_module *m, size_t i, xattn_io_desc *d)
+{
+    return io_desc(m, 0, i, d);
+}
+xattn_status xattn_module_output(const xattn_module *m, size_t i, xattn_io_desc *d)
+{
+    return io_desc(m, 1, i, d);
+}

@@ -1,0 +1,102 @@
+/*
+ * The registry of module kinds. A kind is a table of config fields, a table of named inputs and
+ * outputs with symbolic shapes, and four hooks: build (resolve the config and instantiate the
+ * parameter table), bind (take pointers into the loaded parameters), destroy and forward. The
+ * registry opens, creates, saves, describes and runs every kind the same way; bindings and the
+ * CLI need no per-kind code.
+ */
+#ifndef XATTN_REGISTRY_H
+#define XATTN_REGISTRY_H
+
+#include "core/core.h"
+
+/* Inputs and outputs. A shape is comma-separated dims: an integer, a config field, a size
+ * symbol (a name starting with a capital letter: B, I, J, H1 ...) bound by the inputs, or N*name;
+ * "B/1" accepts the symbol's value or 1 (broadcast). */
+#define XA_IO_OPT 0x01u      /* optional input / output produced only when asked          */
+#define XA_IO_MASK 0x02u     /* bool (or integer, nonzero = true) mask                    */
+#define XA_IO_ADDITIVE 0x04u /* a mask that may also be float (added to the logits)       */
+#define XA_MAX_IO 12
+#define XA_MAX_SYMS 12
+
+typedef struct xa_io {
+    const char *name;
+    const char *shape;
+    unsigned flags;
+    const char *doc; /* meaning and mask polarity ("True = keep") */
+} xa_io;
+
+typedef struct xa_run {
+    const void *in[XA_MAX_IO];   /* in input-table order; NULL when not given */
+    xattn_dtype in_dtype[XA_MAX_IO];
+    int in_ndim[XA_MAX_IO];
+    int64_t in_shape[XA_MAX_IO][XATTN_MAX_DIMS];
+    float *out[XA_MAX_IO];       /* in output-table order; NULL when not asked (optional ones) */
+    const char *sym_name[XA_MAX_SYMS];
+    int64_t sym[XA_MAX_SYMS];
+    int n_sym;
+} xa_run;
+
+/* Value of size symbol `name` in r (0 if unbound). */
+int64_t xa_run_sym(const xa_run *r, const char *name);
+
+struct xa_kind;
+
+/* Every module struct starts with this. */
+typedef struct xa_mod {
+    const struct xa_kind *kind;
+    xa_cfg cfg;
+    xa_params params;
+    char prefix[256];
+} xa_mod;
+
+typedef struct xa_kind {
+    const char *name;      /* "conv2d-cross"                                                 */
+    const char *reference; /* the PyTorch module it mirrors                                  */
+    const char *summary;   /* one line                                                       */
+    const xa_field *fields;
+    int n_fields;
+    const xa_io *inputs;
+    int n_in;
+    const xa_io *outputs;
+    int n_out;
+    const char *anchor;    /* a tensor name (relative to a prefix) that marks the kind; NULL
+                              for kinds without weights                                      */
+    /* 1 if the tensors at prefix are this kind (anchor present); NULL: the anchor decides   */
+    int (*claims)(const xattn_safetensors *st, const char *prefix);
+    size_t size;           /* of the module struct                                            */
+    /* Resolves m->cfg (from st at prefix, or from options alone when st is NULL: creating)
+     * and fills m->params with the parameter table. */
+    xattn_status (*build)(xa_mod *m, const xattn_safetensors *st, const char *prefix,
+                          const xa_kv *opts, size_t n_opts);
+    xattn_status (*bind)(xa_mod *m);  /* after the parameters have data; may be NULL      */
+    void (*destroy)(xa_mod *m);       /* frees what bind allocated; may be NULL           */
+    /* Checks that the bound sizes suit the module beyond the shapes (may be NULL). */
+    xattn_status (*check)(const xa_mod *m, const xa_run *r);
+    xattn_status (*forward)(const xa_mod *m, const xa_run *r);
+} xa_kind;
+
+/* Every kind, NULL-terminated (registry.c). */
+extern const xa_kind *const xa_kinds[];
+const xa_kind *xa_kind_find(const char *name);
+
+/* Opens / creates a module of kind k (typed loaders of the public API use these too). */
+xattn_status xa_mod_open(const xa_kind *k, const xattn_safetensors *st, const char *prefix,
+                         const xa_kv *opts, size_t n_opts, xa_mod **out);
+xattn_status xa_mod_create(const xa_kind *k, const xa_kv *opts, size_t n_opts, uint64_t seed,
+                           xa_mod **out);
+void xa_mod_free(xa_mod *m);
+
+/* Typed options of the public API become string options: helpers for the kinds. */
+typedef struct xa_kvbuf {
+    xa_kv kv[XA_MAX_FIELDS];
+    char text[XA_MAX_FIELDS][48];
+    size_t n;
+} xa_kvbuf;
+void xa_kv_int(xa_kvbuf *b, const char *key, int64_t v);  /* added only when v != 0 */
+void xa_kv_real(xa_kvbuf *b, const char *key, double v);  /* added only when v != 0 */
+void xa_kv_bool(xa_kvbuf *b, const char *key, int v);     /* v: 0 default, 1 False, 2 True */
+void xa_kv_enum(xa_kvbuf *b, const char *key, const char *const *names, int v); /* v: 0 default,
+                                                                                  i+1 = names[i] */
+
+#endif

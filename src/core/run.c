@@ -1,0 +1,262 @@
+/*
+ * Forward by named arrays: inputs are matched to the kind's input table by name, their shapes
+ * checked against the symbolic shapes (size symbols bound by the first input naming them), the
+ * output shapes computed, and the kind's forward called with plain pointers.
+ */
+#include "core/registry.h"
+#include "io/io_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int64_t xa_run_sym(const xa_run *r, const char *name)
+{
+    for (int i = 0; i < r->n_sym; i++)
+        if (!strcmp(r->sym_name[i], name)) return r->sym[i];
+    return 0;
+}
+
+static int is_sym(const char *tok) { return tok[0] >= 'A' && tok[0] <= 'Z'; }
+
+/* One dim token into tok (capacity 64); returns the rest after the separator. */
+static const char *next_dim(const char *p, char *tok)
+{
+    size_t n = strcspn(p, ",");
+    if (n > 63) n = 63;
+    memcpy(tok, p, n);
+    tok[n] = '\0';
+    return p[n] ? p + n + 1 : p + n;
+}
+
+static int count_dims(const char *shape)
+{
+    if (!*shape) return 0;
+    int n = 1;
+    for (const char *p = shape; *p; p++) n += *p == ',';
+    return n;
+}
+
+/* Value of a dim expression with the symbols bound so far: 1 and *v, or 0 if unbound. */
+static int dim_value(const xa_mod *m, const xa_run *r, const char *tok, int64_t *v)
+{
+    int64_t mul = 1;
+    const char *name = tok;
+    const char *star = strchr(tok, '*');
+    char buf[64];
+    if (star) {
+        snprintf(buf, sizeof buf, "%.*s", (int)(star - tok), tok);
+        if (!xa_parse_int(buf, &mul)) return 0;
+        name = star + 1;
+    }
+    if (xa_parse_int(name, v)) return 1;
+    if (is_sym(name)) {
+        for (int i = 0; i < r->n_sym; i++)
+            if (!strcmp(r->sym_name[i], name)) return *v = mul * r->sym[i], 1;
+        return 0;
+    }
+    int i = xa_cfg_find(&m->cfg, name);
+    if (i < 0) return 0;
+    *v = mul * (int64_t)m->cfg.v[i];
+    return 1;
+}
+
+static const char *shape_text(int nd, const int64_t *s, char *buf, size_t cap)
+{
+    size_t off = (size_t)snprintf(buf, cap, "(");
+    for (int k = 0; k < nd && off < cap; k++)
+        off += (size_t)snprintf(buf + off, cap - off, "%s%lld", k ? ", " : "", (long long)s[k]);
+    if (nd == 1 && off < cap) off += (size_t)snprintf(buf + off, cap - off, ",");
+    if (off < cap) snprintf(buf + off, cap - off, ")");
+    return buf;
+}
+
+static xattn_status bind_input(const xa_mod *m, const xa_io *io, const xattn_tensor *t, xa_run *r)
+{
+    char got[128];
+    shape_text(t->ndim, t->shape, got, sizeof got);
+    if (t->ndim != count_dims(io->shape))
+        return xa_error(XATTN_ERR_SHAPE, "input '%s' has shape %s; expected (%s)", io->name, got,
+                        io->shape);
+    const char *p = io->shape;
+    for (int d = 0; d < t->ndim; d++) {
+        char tok[64];
+        p = next_dim(p, tok);
+        char *alt = strchr(tok, '/');
+        int may_be_one = alt && !strcmp(alt + 1, "1");
+        if (alt) *alt = '\0';
+        if (may_be_one && t->shape[d] == 1) continue;
+        int64_t v;
+        if (dim_value(m, r, tok, &v)) {
+            if (t->shape[d] != v)
+                return xa_error(XATTN_ERR_SHAPE,
+                                "input '%s' has shape %s; dim %d must be %s = %lld%s", io->name,
+                                got, d, tok, (long long)v, may_be_one ? " or 1" : "");
+            continue;
+        }
+        if (!is_sym(tok) || strchr(tok, '*') || r->n_sym >= XA_MAX_SYMS)
+            return xa_error(XATTN_ERR_ARG, "input '%s': cannot bind '%s'", io->name, tok);
+        if (t->shape[d] < 1)
+            return xa_error(XATTN_ERR_SHAPE, "input '%s' has an empty shape %s", io->name, got);
+        static _Thread_local char names[XA_MAX_SYMS][64];
+        snprintf(names[r->n_sym], sizeof names[r->n_sym], "%s", tok);
+        r->sym_name[r->n_sym] = names[r->n_sym];
+        r->sym[r->n_sym++] = t->shape[d];
+    }
+    return XATTN_OK;
+}
+
+static xattn_status check_dtype(const xa_io *io, const xattn_tensor *t)
+{
+    int ok = t->dtype == XATTN_F32;
+    if (io->flags & XA_IO_MASK) {
+        ok = t->dtype == XATTN_BOOL || t->dtype == XATTN_U8 ||
+             ((io->flags & XA_IO_ADDITIVE) && t->dtype == XATTN_F32);
+    }
+    if (ok) return XATTN_OK;
+    return xa_error(XATTN_ERR_UNSUPPORTED, "input '%s' has dtype %s; expected %s", io->name,
+                    xattn_dtype_name(t->dtype),
+                    (io->flags & XA_IO_MASK)
+                        ? ((io->flags & XA_IO_ADDITIVE) ? "BOOL, U8 or F32 (additive)" : "BOOL or U8")
+                        : "F32");
+}
+
+static int io_index(const xa_io *ios, int n, const char *name)
+{
+    for (int i = 0; name && i < n; i++)
+        if (!strcmp(ios[i].name, name)) return i;
+    return -1;
+}
+
+static xattn_status unknown_io(const xa_kind *k, int output, const char *name)
+{
+    char list[512], shown[64];
+    size_t off = 0;
+    const xa_io *ios = output ? k->outputs : k->inputs;
+    int n = output ? k->n_out : k->n_in;
+    list[0] = '\0';
+    for (int i = 0; i < n && off < sizeof list; i++)
+        off += (size_t)snprintf(list + off, sizeof list - off, "%s%s", i ? ", " : "", ios[i].name);
+    return xa_error(XATTN_ERR_ARG, "%s has no %s '%s' (%ss: %s)", k->name,
+                    output ? "output" : "input", xa_io_printable(name ? name : "", shown, sizeof shown),
+                    output ? "output" : "input", list);
+}
+
+/* Binds the inputs into r and fills the output shapes (out may be NULL). */
+static xattn_status plan(const xa_mod *m, const xattn_tensor *in, size_t n_in, xattn_tensor *out,
+                         size_t n_out, xa_run *r)
+{
+    const xa_kind *k = m->kind;
+    xattn_status s;
+    memset(r, 0, sizeof *r);
+    for (size_t a = 0; a < n_in; a++) {
+        int i = io_index(k->inputs, k->n_in, in[a].name);
+        if (i < 0) return unknown_io(k, 0, in[a].name);
+        if (r->in[i] || !in[a].data)
+            return xa_error(XATTN_ERR_ARG, "input '%s' is given twice or without data",
+                            in[a].name);
+        if ((s = check_dtype(&k->inputs[i], &in[a]))) return s;
+        r->in[i] = in[a].data;
+        r->in_dtype[i] = in[a].dtype;
+        r->in_ndim[i] = in[a].ndim;
+        memcpy(r->in_shape[i], in[a].shape, sizeof in[a].shape);
+    }
+    for (int i = 0; i < k->n_in; i++)
+        if (!r->in[i] && !(k->inputs[i].flags & XA_IO_OPT))
+            return xa_error(XATTN_ERR_ARG, "%s needs the input '%s' %s", k->name,
+                            k->inputs[i].name, k->inputs[i].doc ? k->inputs[i].doc : "");
+    for (int pass = 0; pass < 2; pass++) /* symbols bound by later inputs */
+        for (size_t a = 0; a < n_in; a++) {
+            int i = io_index(k->inputs, k->n_in, in[a].name);
+            xa_run save = *r;
+            s = bind_input(m, &k->inputs[i], &in[a], r);
+            if (s && pass == 0) {
+                *r = save;
+                continue;
+            }
+            if (s) return s;
+        }
+    for (size_t a = 0; out && a < n_out; a++) {
+        int o = io_index(k->outputs, k->n_out, out[a].name);
+        if (o < 0) return unknown_io(k, 1, out[a].name);
+        const char *p = k->outputs[o].shape;
+        out[a].dtype = XATTN_F32;
+        out[a].ndim = count_dims(p);
+        for (int d = 0; d < out[a].ndim; d++) {
+            char tok[64];
+            p = next_dim(p, tok);
+            if (!dim_value(m, r, tok, &out[a].shape[d]))
+                return xa_error(XATTN_ERR_ARG, "output '%s': size '%s' is unknown",
+                                out[a].name, tok);
+        }
+    }
+    return k->check ? k->check(m, r) : XATTN_OK;
+}
+
+xattn_status xattn_module_plan(const xattn_module *mod, const xattn_tensor *in, size_t n_in,
+                               xattn_tensor *out, size_t n_out)
+{
+    if (!mod || (n_in && !in) || (n_out && !out))
+        return xa_error(XATTN_ERR_ARG, "xattn_module_plan: NULL argument");
+    xa_run r;
+    xattn_status s = plan(*(xa_mod *const *)mod, in, n_in, out, n_out, &r);
+    if (!s) xa_clear_error();
+    return s;
+}
+
+static int64_t numel_of(const xattn_tensor *t)
+{
+    int64_t n = 1;
+    for (int d = 0; d < t->ndim; d++) n *= t->shape[d];
+    return n;
+}
+
+xattn_status xattn_module_forward(xattn_ctx *ctx, const xattn_module *mod, const xattn_tensor *in,
+                                  size_t n_in, xattn_tensor *out, size_t n_out)
+{
+    if (!mod || (n_in && !in) || (n_out && !out))
+        return xa_error(XATTN_ERR_ARG, "xattn_module_forward: NULL argument");
+    const xa_mod *m = *(xa_mod *const *)mod;
+    const xa_kind *k = m->kind;
+    xa_run r;
+    xattn_tensor plan_out[XA_MAX_IO];
+    if (n_out > XA_MAX_IO) return xa_error(XATTN_ERR_ARG, "too many outputs");
+    memcpy(plan_out, out, n_out * sizeof *out);
+    xattn_status s = plan(m, in, n_in, plan_out, n_out, &r);
+    if (s) return s;
+    for (size_t a = 0; a < n_out; a++) {
+        int o = io_index(k->outputs, k->n_out, out[a].name);
+        int same = out[a].ndim == plan_out[a].ndim && out[a].data;
+        for (int d = 0; same && d < out[a].ndim; d++) same = out[a].shape[d] == plan_out[a].shape[d];
+        char want[128], got[128];
+        if (!same)
+            return xa_error(XATTN_ERR_SHAPE, "output '%s' has shape %s%s; expected %s",
+                            out[a].name, shape_text(out[a].ndim, out[a].shape, got, sizeof got),
+                            out[a].data ? "" : " and no data",
+                            shape_text(plan_out[a].ndim, plan_out[a].shape, want, sizeof want));
+        if (r.out[o]) return xa_error(XATTN_ERR_ARG, "output '%s' is asked twice", out[a].name);
+        r.out[o] = out[a].data;
+    }
+    /* required outputs the caller did not ask for go to scratch */
+    float *scratch[XA_MAX_IO] = {0};
+    for (int o = 0; !s && o < k->n_out; o++) {
+        if (r.out[o] || (k->outputs[o].flags & XA_IO_OPT)) continue;
+        xattn_tensor t;
+        memset(&t, 0, sizeof t);
+        t.name = k->outputs[o].name;
+        xa_run tmp;
+        if ((s = plan(m, in, n_in, &t, 1, &tmp))) break;
+        double n = (double)numel_of(&t);
+        if (n * 4 > 1e12) s = xa_error(XATTN_ERR_NOMEM, "output '%s' is too large", t.name);
+        else if (!(scratch[o] = xa_alloc((size_t)n * sizeof(float)))) s = XATTN_ERR_NOMEM;
+        r.out[o] = scratch[o];
+    }
+    if (!s) {
+        const xattn_ctx *prev = xa_ctx_enter(ctx);
+        s = k->forward(m, &r);
+        xa_ctx_leave(prev);
+    }
+    for (int o = 0; o < k->n_out; o++) xa_free(scratch[o]);
+    if (!s) xa_clear_error();
+    return s;
+}
