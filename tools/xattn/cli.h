@@ -165,5 +165,6 @@ int cmd_demo(int argc, char **argv);
 int cmd_compare(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_attn_png(int argc, char **argv);
+int cmd_init(int argc, char **argv);
 
 #endif

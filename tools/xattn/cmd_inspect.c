@@ -102,6 +102,36 @@ static void print_bidir(const xattn_safetensors *st, const cli_bidir *bf, int n_
            tf(c.talking_heads), (long long)c.ff_hidden, (long long)c.context_ff_hidden, fin);
 }
 
+/* Every module the registry finds, with each resolved option and where it came from. */
+static void print_registry(const xattn_safetensors *st)
+{
+    xattn_found found[32];
+    size_t n = xattn_module_scan(st, found, 32);
+    char shown[256];
+    for (size_t i = 0; i < n && i < 32; i++) {
+        xattn_open_opts o;
+        memset(&o, 0, sizeof o);
+        o.kind = found[i].kind;
+        o.prefix = found[i].prefix;
+        xattn_module *m = NULL;
+        printf("%s at prefix '%s'", found[i].kind, cli_printable(found[i].prefix, shown, sizeof shown));
+        if (xattn_module_open(st, &o, &m)) {
+            printf(": does not load: %s\n", xattn_last_error());
+            continue;
+        }
+        printf(":\n");
+        for (size_t c = 0; c < xattn_module_config_count(m); c++) {
+            xattn_config_entry e;
+            if (xattn_module_config(m, c, &e)) continue;
+            printf("  %-16s = %-10s (%s%s%s)\n", e.name, e.value, e.source, e.detail[0] ? ": " : "",
+                   cli_printable(e.detail, shown, sizeof shown));
+        }
+        const char *w = xattn_module_warnings(m);
+        if (w[0]) printf("  warning: %s\n", w);
+        xattn_module_free(m);
+    }
+}
+
 /* Prints the "module: ..." line. */
 static void print_module(const xattn_safetensors *st)
 {
@@ -239,6 +269,7 @@ int cmd_inspect(int argc, char **argv)
                    cli_printable(xattn_st_meta_value(st, i), shown2, sizeof shown2));
     }
     print_module(st);
+    print_registry(st);
     xattn_st_close(st);
     return CLI_EXIT_OK;
 }
