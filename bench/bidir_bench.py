@@ -7,9 +7,10 @@ heads=8, dim_head=64) (the package README's example), saves its state_dict and i
     reports its own peak resident memory;
   - `xattn bench` loads the same files and does the same;
 and the two outputs are compared. Writes bench/results/bidir.json, bidir_summary.md and
-bidir_chart.png (time and peak memory against sequence length).
+bidir_chart.png (time and peak memory against sequence length); --quick (smaller sizes) writes
+them to bench/results/quick/ instead, never over the committed results.
 
-    python bench/bidir_bench.py [--threads 2] [--xattn build/xattn] [--quick]
+    python bench/bidir_bench.py [--threads 2] [--xattn build/xattn] [--quick] [--out DIR]
 """
 import argparse
 import json
@@ -75,12 +76,20 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--xattn", default=os.path.join(HERE, "..", "build", "xattn"))
     ap.add_argument("--quick", action="store_true", help="smaller sizes, fewer repetitions")
-    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--out", help="where to write (default bench/results, or bench/results/quick "
+                    "with --quick)")
     a = ap.parse_args()
     py = sys.executable
+    committed = os.path.join(HERE, "results")
     sizes = [(512, 1024), (1024, 2048), (2048, 4096), (4096, 8192)]
     if a.quick:
         sizes = [(256, 512), (512, 1024)]
+        a.out = a.out or os.path.join(committed, "quick")
+        if os.path.realpath(a.out) == os.path.realpath(committed):
+            sys.exit(f"bidir_bench: --quick does not write to {committed} (the committed results)")
+        print(f"quick run: results go to {a.out} (the committed results in {committed} stay as "
+              "they are)", flush=True)
+    a.out = a.out or committed
     os.makedirs(a.out, exist_ok=True)
     rows = []
     for I, J in sizes:
@@ -118,6 +127,7 @@ def main():
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
     plot(rows, os.path.join(a.out, "bidir_chart.png"), a.threads)
+    print(f"wrote bidir.json, bidir_summary.md and bidir_chart.png to {a.out}")
 
 
 def plot(rows, path, threads):
