@@ -155,8 +155,10 @@ void cli_detect_bidir(const xattn_safetensors *st, cli_bidir *bf);
 
 /* Monotonic wall clock in seconds. */
 double cli_now(void);
-/* Peak resident set size of this process in bytes (getrusage), 0 if unknown. */
-double cli_peak_rss_bytes(void);
+/* Peak resident set size of this process in bytes, 0 if unknown: VmHWM of /proc/self/status
+ * (*note = ""); where /proc is missing, getrusage's ru_maxrss, which Linux carries across exec
+ * from the parent (*note = a label to print after the number). note may be NULL. */
+double cli_peak_rss_bytes(const char **note);
 
 /* Subcommands. argv[0] is the subcommand name. */
 int cmd_run(int argc, char **argv);

@@ -433,10 +433,32 @@ double cli_now(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-double cli_peak_rss_bytes(void)
+/* VmHWM of /proc/self/status in bytes: the high-water mark of this process's own memory,
+ * which exec starts afresh; -1 where /proc cannot be read. */
+static double proc_vmhwm_bytes(void)
 {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return -1;
+    char line[256];
+    double kb = -1;
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmHWM:", 6)) {
+            kb = strtod(line + 6, NULL);
+            break;
+        }
+    fclose(f);
+    return kb < 0 ? -1 : kb * 1024.0;
+}
+
+double cli_peak_rss_bytes(const char **note)
+{
+    double hwm = proc_vmhwm_bytes();
+    if (note) *note = "";
+    if (hwm >= 0) return hwm;
+    /* Linux keeps ru_maxrss across exec, so this one may be the parent's peak */
     struct rusage ru;
     if (getrusage(RUSAGE_SELF, &ru) != 0) return 0;
+    if (note) *note = " (ru_maxrss: may be the parent process's peak)";
     return (double)ru.ru_maxrss * 1024.0; /* kilobytes on Linux */
 }
 

@@ -237,8 +237,10 @@ int cmd_demo(int argc, char **argv)
                   2.0 * (double)I * J * INNER * 3 + 2.0 * ((double)I * INNER * DIM + (double)J * INNER * CDIM);
     printf("  out (1, %lld, %d)   context_out (1, %lld, %d)\n", I, DIM, J, CDIM);
     printf("  forward %.1f ms (best of 3), %.1f GFLOP/s\n", best * 1e3, flop / best / 1e9);
-    printf("  peak memory %.1f MB (one attention map would take %.1f MB; the reference keeps three)\n",
-           cli_peak_rss_bytes() / 1048576.0, (double)HEADS * I * J * 4 / 1048576.0);
+    const char *rss_note;
+    double rss = cli_peak_rss_bytes(&rss_note) / 1048576.0;
+    printf("  peak memory %.1f MB%s (one attention map would take %.1f MB; the reference keeps "
+           "three)\n", rss, rss_note, (double)HEADS * I * J * 4 / 1048576.0);
 
     /* the attention rows of every STRIDE-th video frame */
     progress("attention of sampled video frames");
