@@ -107,12 +107,26 @@ head -c 300 "$F/x.npy" >"$B/trunc_data.npy"
 printf 'this is not a safetensors file at all, just text\n' >"$B/garbage.safetensors"
 mkdir -p "$B/dir.npy"
 : >"$B/file_not_dir"
+# torch.save checkpoints: a zip archive whose first entry is archive/data.pkl, and the legacy
+# pickle (protocol 2, the magic number first)
+{
+    printf 'PK\x03\x04\x14\x00\x00\x00\x08\x00'
+    printf '\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x10\x00\x00\x00'
+    printf 'archive/data.pkl\x80\x02}q\x00.'
+} >"$B/model.pt"
+printf '\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19\x2e\x80\x02\x4d\xe9\x03.' >"$B/legacy.pth"
 
 bad "missing model" 1 "missing.safetensors" "$X" run "$B/missing.safetensors" "${INPUTS[@]}"
 bad "truncated safetensors" 1 "trunc.safetensors" "$X" run "$B/trunc.safetensors" "${INPUTS[@]}"
 bad "truncated safetensors data" 1 "trunc_data.safetensors" "$X" run "$B/trunc_data.safetensors" "${INPUTS[@]}"
 bad "garbage safetensors" 1 "garbage.safetensors" "$X" run "$B/garbage.safetensors" "${INPUTS[@]}"
 bad "model is a .npy" 1 "x.npy" "$X" run "$F/x.npy" "${INPUTS[@]}"
+PT_MSG="this is a PyTorch pickle checkpoint (torch.save), not safetensors: save it with safetensors.torch.save_file(model.state_dict(), 'model.safetensors')"
+bad "model is a torch.save zip" 1 "model.pt: $PT_MSG" "$X" run "$B/model.pt" "${INPUTS[@]}"
+bad "model is a legacy torch.save pickle" 1 "legacy.pth: $PT_MSG" "$X" run "$B/legacy.pth" "${INPUTS[@]}"
+bad "inspect a torch.save zip" 1 "model.pt: $PT_MSG" "$X" inspect "$B/model.pt"
+bad "bench a legacy torch.save pickle" 1 "legacy.pth: $PT_MSG" "$X" bench "$B/legacy.pth"
+bad "decoder weights from torch.save" 1 "model.pt: $PT_MSG" "$X" run --module bert-decoder "$B/model.pt" --x "$F/x.npy" --memory "$F/x.npy"
 bad "missing x" 1 "missing_x.npy" "$X" run "$MHA" --x "$B/missing_x.npy" --context "$F/context.npy" --value "$F/value.npy"
 bad "x is a directory" 1 "dir.npy" "$X" run "$MHA" --x "$B/dir.npy" --context "$F/context.npy" --value "$F/value.npy"
 bad "empty npy" 1 "empty.npy" "$X" run "$MHA" --x "$B/empty.npy" --context "$F/context.npy" --value "$F/value.npy"
