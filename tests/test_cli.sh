@@ -152,6 +152,10 @@ bad "wrong --module" 1 "mha.safetensors" "$X" run "$MHA" "${INPUTS[@]}" --module
 bad "out-dir is a file" 1 "file_not_dir" "$X" run "$MHA" "${INPUTS[@]}" --out-dir "$B/file_not_dir"
 bad "unknown option" 2 "--bogus" "$X" run "$MHA" "${INPUTS[@]}" --bogus
 bad "option without value" 2 "--x" "$X" run "$MHA" --x
+bad "repeated option" 2 "--x given twice" "$X" run "$MHA" "${INPUTS[@]}" --x "$F/x.npy"
+bad "repeated option with =" 2 "--threads given twice" "$X" run "$MHA" "${INPUTS[@]}" --threads=1 --threads 2
+bad "repeated flag" 2 "--causal given twice" "$X" run "$MHA" "${INPUTS[@]}" --causal --causal
+bad "compare repeated option" 2 "--tol given twice" "$X" compare "$F/x.npy" "$F/x.npy" --tol 1 --tol 2
 bad "bad --threads" 2 "--threads" "$X" run "$MHA" "${INPUTS[@]}" --threads two
 bad "bad --module" 2 "--module" "$X" run "$MHA" "${INPUTS[@]}" --module conv
 bad "missing --x" 2 "--x" "$X" run "$MHA"

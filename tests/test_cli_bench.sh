@@ -44,6 +44,7 @@ if [ -r /proc/self/status ]; then
 fi
 
 bad "bench missing model" 2 "MODEL" "$X" bench
+bad "bench repeated option" 2 "--len given twice" "$X" bench "$M" --len 4 --len 8
 
 echo "test_cli_bench: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -141,6 +141,7 @@ cli_parse_result cli_parse(const char *cmd, int argc, char **argv, const cli_opt
 {
     *n_pos = 0;
     int only_pos = 0;
+    uint64_t seen[4] = {0}; /* options given so far, by index (the first 256) */
     for (int a = 1; a < argc; a++) {
         const char *arg = argv[a];
         if (!only_pos && (!strcmp(arg, "-h") || !strcmp(arg, "--help"))) return CLI_HELP;
@@ -158,6 +159,12 @@ cli_parse_result cli_parse(const char *cmd, int argc, char **argv, const cli_opt
                 cli_usage(cmd, "unknown option '%.*s'", (int)len, arg);
                 return CLI_BAD_USAGE;
             }
+            size_t k = (size_t)(o - opts);
+            if (k < 256 && (seen[k / 64] >> (k % 64) & 1)) {
+                cli_usage(cmd, "%s given twice", o->name);
+                return CLI_BAD_USAGE;
+            }
+            if (k < 256) seen[k / 64] |= (uint64_t)1 << (k % 64);
             if (o->kind == CLI_FLAG) {
                 if (eq) {
                     cli_usage(cmd, "%s takes no value", o->name);
