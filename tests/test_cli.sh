@@ -209,6 +209,16 @@ mk_npy "$G/cs.npy" "$X32 (5, 2), }" "$(rep "$HALF" 10)"
 TINY=(--x "$G/xs.npy" --context "$G/cs.npy")
 ok "forged tiny model runs" "$X" run "$G/tiny.safetensors" "${TINY[@]}"
 
+# compare names the position of the largest difference as an index, not a flat offset
+ONE='\x00\x00\x80\x3f'
+mk_npy "$G/cmp_a.npy" "$X32 (2, 3, 4), }" "$(rep "$HALF" 24)"
+mk_npy "$G/cmp_b.npy" "$X32 (2, 3, 4), }" "$(rep "$HALF" 5)$ONE$(rep "$HALF" 11)$ONE$ZERO$(rep "$HALF" 5)"
+bad "compare index" 1 "cmp_a.npy: differs from $G/cmp_b.npy: max error 0.5 > tol 2e-05 at index [1, 1, 2]" \
+    "$X" compare "$G/cmp_a.npy" "$G/cmp_b.npy"
+if ok "compare index within tol" "$X" compare "$G/cmp_a.npy" "$G/cmp_b.npy" --tol 1; then
+    has "compare index printed" "$D.out" "max error 0.5 over 24 values (tol 1) at index [1, 1, 2]: ok"
+fi
+
 # ---- NaN policy ----------------------------------------------------------------------------
 if ok "help run names --allow-nonfinite" "$X" run --help; then
     has "help --allow-nonfinite" "$D.out" "--allow-nonfinite"
