@@ -333,8 +333,8 @@ int cli_load_float(const char *cmd, const char *path, int min_rank, int max_rank
     if (xattn_npy_load(path, a) != XATTN_OK) return cli_lib_error(cmd, path);
     char s[160];
     int rc = 0;
-    if (a->dtype != XATTN_F32 && a->dtype != XATTN_F64) {
-        rc = cli_error(cmd, path, "dtype %s is not supported: expected float32 or float64",
+    if (a->dtype != XATTN_F32 && a->dtype != XATTN_F64 && a->dtype != XATTN_F16) {
+        rc = cli_error(cmd, path, "dtype %s is not supported: expected float32, float64 or float16",
                        cli_np_dtype(a->dtype));
     } else if (a->ndim < min_rank || a->ndim > max_rank) {
         if (min_rank == max_rank)
@@ -345,6 +345,8 @@ int cli_load_float(const char *cmd, const char *path, int min_rank, int max_rank
                            cli_shape_str(a, s, sizeof s), a->ndim, min_rank, max_rank);
     } else if ((rc = check_nonempty(cmd, path, a)) != 0) {
         /* reported */
+    } else if (a->dtype == XATTN_F16 && xattn_array_convert(a, XATTN_F32) != XATTN_OK) {
+        rc = cli_lib_error(cmd, path); /* float16 -> float32 is exact, infinities and NaN too */
     } else if ((rc = check_finite(cmd, path, a, rule)) != 0) {
         /* reported */
     } else if (a->dtype != XATTN_F32 && xattn_array_convert(a, XATTN_F32) != XATTN_OK) {
@@ -361,12 +363,14 @@ int cli_load_mask(const char *cmd, const char *path, cli_finite_rule rule, xattn
     int rc = 0;
     if (a->dtype == XATTN_BOOL) {
         if (xattn_array_convert(a, XATTN_BOOL) != XATTN_OK) rc = cli_lib_error(cmd, path);
-    } else if (a->dtype == XATTN_F32 || a->dtype == XATTN_F64) {
-        rc = check_finite(cmd, path, a, rule);
+    } else if (a->dtype == XATTN_F32 || a->dtype == XATTN_F64 || a->dtype == XATTN_F16) {
+        if (a->dtype == XATTN_F16 && xattn_array_convert(a, XATTN_F32) != XATTN_OK)
+            rc = cli_lib_error(cmd, path);
+        if (!rc) rc = check_finite(cmd, path, a, rule);
         if (!rc && xattn_array_convert(a, XATTN_F32) != XATTN_OK) rc = cli_lib_error(cmd, path);
     } else {
         rc = cli_error(cmd, path,
-                       "dtype %s is not supported for a mask: expected bool or float32/float64",
+                       "dtype %s is not supported for a mask: expected bool or float32/float64/float16",
                        cli_np_dtype(a->dtype));
     }
     if (!rc) rc = check_nonempty(cmd, path, a);
