@@ -17,6 +17,7 @@ sequence length); --quick (smaller sizes) writes them to bench/results/quick/ in
 the committed results.
 
     python bench/bidir_bench.py [--threads 2] [--xattn build/xattn] [--quick] [--out DIR]
+    python bench/bidir_bench.py --report DIR      (redraws DIR's table and chart)
 """
 import argparse
 import json
@@ -104,7 +105,16 @@ def main():
     ap.add_argument("--quick", action="store_true", help="smaller sizes, fewer repetitions")
     ap.add_argument("--out", help="where to write (default bench/results, or bench/results/quick "
                     "with --quick)")
+    ap.add_argument("--report", metavar="DIR", help="only redraw DIR's bidir_summary.md and "
+                    "bidir_chart.png from its bidir.json (machine from DIR/machine.json)")
     a = ap.parse_args()
+    if a.report:
+        sys.path.insert(0, HERE)
+        import machine
+        with open(os.path.join(a.report, "bidir.json")) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        report(rows, a.report, rows[0].get("machine") or machine.load(a.report))
+        return
     py = sys.executable
     committed = os.path.join(HERE, "results")
     sizes = [(512, 1024), (1024, 2048), (2048, 4096), (4096, 8192)]
@@ -154,22 +164,35 @@ def main():
     with open(os.path.join(a.out, "bidir.json"), "w") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
+    report(rows, a.out, mach)
+
+
+def report(rows, out, mach):
+    """Writes out/bidir_summary.md and out/bidir_chart.png from the rows of bidir.json."""
+    import machine
     tv = rows[0]["torch"].split("+")[0]
-    lines = [f"Measured on {machine.describe(mach)}; PyTorch {rows[0]['torch']} (CPU capability "
-             f"{rows[0]['torch_cpu_capability']}), fp32, {a.threads} threads, medians.",
+    cap = rows[0].get("torch_cpu_capability")
+    src = rows[0].get("torch_peak_rss_source", "ru_maxrss")
+    threads = rows[0]["threads"]
+    lines = [f"Measured on {machine.describe(mach)}; PyTorch {rows[0]['torch']}"
+             + (f" (CPU capability {cap})" if cap else "") + f", fp32, {threads} threads, medians.",
              "",
-             "Peak resident memory (VmHWM): *whole process* counts everything the process holds "
+             f"Peak resident memory ({src}): *whole process* counts everything the process holds "
              "(for PyTorch the Python interpreter, torch and the model included); *net* is "
              "PyTorch's peak minus its resident size after `import torch` and building the model "
              "with its weights, before reading the inputs and running the forward. xattn's "
-             "figure is always its whole process.",
+             "figure is always its whole process."
+             + (" These figures come from ru_maxrss, which for a process started by fork and "
+                "exec begins at its parent's resident size (here the benchmark's Python process), "
+                "so a small figure may be the parent's size; no net figure was taken."
+                if src == "ru_maxrss" else ""),
              "",
              f"| I (video) | J (audio) | PyTorch {tv} | xattn ({mach.get('isa', '?')}) | speed-up "
              "| PyTorch peak, whole process | PyTorch peak, net of baseline | xattn peak, whole "
              "process | xattn / PyTorch (whole) | xattn / PyTorch (net) | max rel. difference |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        net = r["torch_net_peak_mb"]
+        net = r.get("torch_net_peak_mb")
         lines.append(f"| {r['I']} | {r['J']} | {r['torch_seconds']*1e3:.0f} ms | "
                      f"{r['xattn_seconds']*1e3:.0f} ms | {r['speedup']:.1f}x | "
                      f"{r['torch_peak_rss_mb']:.0f} MB | "
@@ -177,11 +200,11 @@ def main():
                      f"{r['xattn_peak_rss_mb']:.0f} MB | "
                      f"{ratio(r['xattn_peak_rss_mb'], r['torch_peak_rss_mb'])} | "
                      f"{ratio(r['xattn_peak_rss_mb'], net)} | {r['max_rel_err_vs_torch']:.1g} |")
-    with open(os.path.join(a.out, "bidir_summary.md"), "w") as f:
+    with open(os.path.join(out, "bidir_summary.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
-    plot(rows, os.path.join(a.out, "bidir_chart.png"), a.threads, machine.describe(mach))
-    print(f"wrote bidir.json, bidir_summary.md and bidir_chart.png to {a.out}")
+    plot(rows, os.path.join(out, "bidir_chart.png"), threads, machine.describe(mach))
+    print(f"wrote bidir_summary.md and bidir_chart.png to {out}")
 
 
 def plot(rows, path, threads, where):

@@ -3,7 +3,9 @@ the kernel set xattn picks and the fp32 FMA peak that xattn's own benchmark prog
 (bench/peak.h), the date; and the resident-memory counters of /proc/self/status that the PyTorch
 scripts use to tell the interpreter's baseline from what the work itself needs.
 
-    python bench/machine.py [--build build] [--threads 2]     # prints the record as JSON
+    python bench/machine.py [--build build] [--threads 2] [--json FILE]
+prints the record (JSON, then one line of text); --json also writes it to FILE (e.g.
+bench/results/machine.json, which bench/report.py and bench/plot.py read).
 """
 import argparse
 import datetime
@@ -64,10 +66,21 @@ def record(build=os.path.join(HERE, "..", "build"), threads=2):
     return rec
 
 
+def load(d):
+    """The record in d/machine.json, or {}."""
+    p = os.path.join(d, "machine.json")
+    if not os.path.exists(p):
+        return {}
+    with open(p) as f:
+        return json.loads(f.read())
+
+
 def describe(rec):
     """One line for a table's caption, e.g. 'AMD EPYC (2 cores, AVX2), xattn kernels avx2,
     measured fp32 FMA peak 190 GFLOP/s on 2 threads, 2026-12-01'."""
-    s = f"{rec.get('cpu', '?')} ({rec.get('cores', '?')} cores, {rec.get('vector', '?').upper()})"
+    vec = {"avx512": "AVX-512", "avx2": "AVX2 (no AVX-512)"}.get(rec.get("vector"),
+                                                              str(rec.get("vector", "?")).upper())
+    s = f"{rec.get('cpu', '?')} ({rec.get('cores', '?')} cores, {vec})"
     if rec.get("isa"):
         s += f", xattn kernels {rec['isa']}"
     if rec.get("peak_gflops"):
@@ -106,7 +119,11 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default=os.path.join(HERE, "..", "build"))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", help="also write the record to this file")
     a = ap.parse_args()
     rec = record(a.build, a.threads)
+    if a.json:
+        with open(a.json, "w") as f:
+            f.write(json.dumps(rec) + "\n")
     print(json.dumps(rec))
     print(describe(rec))
