@@ -1,5 +1,8 @@
 # Everyday commands; CMake does the real work.
 BUILD ?= build
+PYTHON ?= $(HOME)/.venvs/ref/bin/python
+# e.g. make bench-bidir BENCH_ARGS=--quick (reduced sizes, written to bench/results/quick/)
+BENCH_ARGS ?=
 .PHONY: all test sanitize fuzz bench bench-bidir clean install
 all:
 	bash scripts/bootstrap.sh
@@ -11,10 +14,10 @@ sanitize:
 fuzz:
 	bash scripts/fuzz.sh
 bench: all
-	bash bench/run.sh
+	PYTHON="$(PYTHON)" bash bench/run.sh $(BENCH_ARGS)
 clean:
 	rm -rf build build-asan build-fuzz
 install: all
 	cmake --install $(BUILD)
 bench-bidir: all
-	$(HOME)/.venvs/ref/bin/python bench/bidir_bench.py
+	"$(PYTHON)" bench/bidir_bench.py $(BENCH_ARGS)

@@ -13,7 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <time.h>
 
 typedef struct shape {
@@ -99,9 +98,9 @@ int main(int argc, char **argv)
                     s->name, (long long)s->B, (long long)s->H, (long long)s->I, (long long)s->J,
                     (long long)s->dh, t, gf, peak, threads, xattn_isa());
     }
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    printf("peak RSS %.1f MB\n", (double)ru.ru_maxrss / 1024.0);
+    const char *src;
+    double rss = xa_bench_peak_rss_mb(&src);
+    printf("peak RSS %.1f MB (%s)\n", rss, src);
     if (jf) fclose(jf);
     return 0;
 }

@@ -1,19 +1,31 @@
 #!/usr/bin/env bash
 # Runs xattn's benchmarks and PyTorch's on the same work and thread count, in one run, and
 # prints the ratios. Needs a Python with torch (PYTHON, default ~/.venvs/ref/bin/python).
-#   bash bench/run.sh [--threads N]
+#   bash bench/run.sh [--threads N] [--quick]
+# --quick: reduced sizes (one GEMM, attention at length 1024), written to bench/results/quick/,
+# never over the committed results in bench/results/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-threads=2
-[ "${1:-}" = "--threads" ] && threads=$2
+threads=2 quick=0
+while [ $# -gt 0 ]; do
+  case $1 in
+    --threads) threads=$2; shift 2 ;;
+    --quick) quick=1; shift ;;
+    *) echo "usage: bash bench/run.sh [--threads N] [--quick]" >&2; exit 2 ;;
+  esac
+done
 py=${PYTHON:-$HOME/.venvs/ref/bin/python}
 build=${BUILD_DIR:-build}
-out=bench/results
+out=bench/results gemm_args=() seq_args=()
+if [ "$quick" = 1 ]; then
+  out=bench/results/quick gemm_args=(--quick) seq_args=(--seq 1024)
+  echo "quick run: results go to $out/ (the committed results in bench/results/ stay as they are)"
+fi
 mkdir -p "$out"
-"$build/bench_gemm" --threads "$threads" --json "$out/gemm.json"
-"$build/bench_attention" --threads "$threads" --json "$out/attention.json"
+"$build/bench_gemm" --threads "$threads" "${gemm_args[@]}" --json "$out/gemm.json"
+"$build/bench_attention" --threads "$threads" "${seq_args[@]}" --json "$out/attention.json"
 "$build/bench_mha" --threads "$threads" --json "$out/mha.json"
-"$py" bench/torch_ref.py --threads "$threads" > "$out/torch.json"
+"$py" bench/torch_ref.py --threads "$threads" "${seq_args[@]}" > "$out/torch.json"
 "$py" - "$out" <<'PY'
 import json, sys, os
 d = sys.argv[1]
@@ -38,3 +50,4 @@ open(os.path.join(d, "summary.md"), "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY
 "$py" bench/plot.py "$out"
+echo "results in $out/"

@@ -154,10 +154,15 @@ int main(int argc, char **argv)
                 }
             char path[4096], title[128];
             snprintf(path, sizeof path, "%s/hallo_level_%lld.png", dir, (long long)h);
-            snprintf(title, sizeof title, "latent %lldx%lld, width %lld: full | face | lip",
+            snprintf(title, sizeof title,
+                     "latent %lldx%lld, width %lld: each region's output, RMS over channels",
                      (long long)h, (long long)h, (long long)C);
-            xattn_heatmap_opts ho = {.title = title, .x_label = "x (three regions side by side)",
-                                     .y_label = "y", .max_side = 768};
+            char xl[96];
+            snprintf(xl, sizeof xl, "x: full 0-%lld | face %lld-%lld | lip %lld-%lld",
+                     (long long)h - 1, (long long)h, 2 * (long long)h - 1, 2 * (long long)h,
+                     3 * (long long)h - 1);
+            xattn_heatmap_opts ho = {.title = title, .x_label = xl, .y_label = "y", .max_side = 768,
+                                     .bar_label = "RMS of region output"};
             double mean[3] = {0, 0, 0};
             for (int k = 0; k < 3; k++) {
                 for (int64_t p = 0; p < N; p++) mean[k] += m[k * N + p];

@@ -197,10 +197,16 @@ typedef struct xattn_heatmap_opts {
     int max_side;                /* longest side of the map area in pixels (0 = 768)     */
     int fixed_range;             /* 1: colours span [vmin, vmax]; 0: the data's range    */
     float vmin, vmax;
+    const char *bar_label;       /* beside the colour bar (what a colour means), or NULL */
+    double x_tick_scale;         /* tick label of column k is k * x_tick_scale (0 = 1)   */
+    double y_tick_scale;         /* tick label of row k is k * y_tick_scale (0 = 1)      */
 } xattn_heatmap_opts;
 
 /* Writes map (rows, cols), row 0 at the top, as a heat-map with axes, tick labels and a
- * colour bar. Rows and columns are averaged down (box filter) when larger than the picture. */
+ * colour bar (ticks at vmax, the middle and vmin; bar_label, rotated, beside them). Rows and
+ * columns are averaged down (box filter) when larger than the picture. The tick scales (finite,
+ * >= 0) label an axis in the units of the data the cells stand for, e.g. 16 when row k is
+ * frame 16 k. */
 XATTN_API xattn_status xattn_png_heatmap(const char *path, const float *map, int64_t rows,
                                          int64_t cols, const xattn_heatmap_opts *opts);
 

@@ -107,12 +107,26 @@ head -c 300 "$F/x.npy" >"$B/trunc_data.npy"
 printf 'this is not a safetensors file at all, just text\n' >"$B/garbage.safetensors"
 mkdir -p "$B/dir.npy"
 : >"$B/file_not_dir"
+# torch.save checkpoints: a zip archive whose first entry is archive/data.pkl, and the legacy
+# pickle (protocol 2, the magic number first)
+{
+    printf 'PK\x03\x04\x14\x00\x00\x00\x08\x00'
+    printf '\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x10\x00\x00\x00'
+    printf 'archive/data.pkl\x80\x02}q\x00.'
+} >"$B/model.pt"
+printf '\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19\x2e\x80\x02\x4d\xe9\x03.' >"$B/legacy.pth"
 
 bad "missing model" 1 "missing.safetensors" "$X" run "$B/missing.safetensors" "${INPUTS[@]}"
 bad "truncated safetensors" 1 "trunc.safetensors" "$X" run "$B/trunc.safetensors" "${INPUTS[@]}"
 bad "truncated safetensors data" 1 "trunc_data.safetensors" "$X" run "$B/trunc_data.safetensors" "${INPUTS[@]}"
 bad "garbage safetensors" 1 "garbage.safetensors" "$X" run "$B/garbage.safetensors" "${INPUTS[@]}"
 bad "model is a .npy" 1 "x.npy" "$X" run "$F/x.npy" "${INPUTS[@]}"
+PT_MSG="this is a PyTorch pickle checkpoint (torch.save), not safetensors: save it with safetensors.torch.save_file(model.state_dict(), 'model.safetensors')"
+bad "model is a torch.save zip" 1 "model.pt: $PT_MSG" "$X" run "$B/model.pt" "${INPUTS[@]}"
+bad "model is a legacy torch.save pickle" 1 "legacy.pth: $PT_MSG" "$X" run "$B/legacy.pth" "${INPUTS[@]}"
+bad "inspect a torch.save zip" 1 "model.pt: $PT_MSG" "$X" inspect "$B/model.pt"
+bad "bench a legacy torch.save pickle" 1 "legacy.pth: $PT_MSG" "$X" bench "$B/legacy.pth"
+bad "decoder weights from torch.save" 1 "model.pt: $PT_MSG" "$X" run --module bert-decoder "$B/model.pt" --x "$F/x.npy" --memory "$F/x.npy"
 bad "missing x" 1 "missing_x.npy" "$X" run "$MHA" --x "$B/missing_x.npy" --context "$F/context.npy" --value "$F/value.npy"
 bad "x is a directory" 1 "dir.npy" "$X" run "$MHA" --x "$B/dir.npy" --context "$F/context.npy" --value "$F/value.npy"
 bad "empty npy" 1 "empty.npy" "$X" run "$MHA" --x "$B/empty.npy" --context "$F/context.npy" --value "$F/value.npy"
@@ -138,6 +152,10 @@ bad "wrong --module" 1 "mha.safetensors" "$X" run "$MHA" "${INPUTS[@]}" --module
 bad "out-dir is a file" 1 "file_not_dir" "$X" run "$MHA" "${INPUTS[@]}" --out-dir "$B/file_not_dir"
 bad "unknown option" 2 "--bogus" "$X" run "$MHA" "${INPUTS[@]}" --bogus
 bad "option without value" 2 "--x" "$X" run "$MHA" --x
+bad "repeated option" 2 "--x given twice" "$X" run "$MHA" "${INPUTS[@]}" --x "$F/x.npy"
+bad "repeated option with =" 2 "--threads given twice" "$X" run "$MHA" "${INPUTS[@]}" --threads=1 --threads 2
+bad "repeated flag" 2 "--causal given twice" "$X" run "$MHA" "${INPUTS[@]}" --causal --causal
+bad "compare repeated option" 2 "--tol given twice" "$X" compare "$F/x.npy" "$F/x.npy" --tol 1 --tol 2
 bad "bad --threads" 2 "--threads" "$X" run "$MHA" "${INPUTS[@]}" --threads two
 bad "bad --module" 2 "--module" "$X" run "$MHA" "${INPUTS[@]}" --module conv
 bad "missing --x" 2 "--x" "$X" run "$MHA"
@@ -191,6 +209,16 @@ mk_npy "$G/cs.npy" "$X32 (5, 2), }" "$(rep "$HALF" 10)"
 TINY=(--x "$G/xs.npy" --context "$G/cs.npy")
 ok "forged tiny model runs" "$X" run "$G/tiny.safetensors" "${TINY[@]}"
 
+# compare names the position of the largest difference as an index, not a flat offset
+ONE='\x00\x00\x80\x3f'
+mk_npy "$G/cmp_a.npy" "$X32 (2, 3, 4), }" "$(rep "$HALF" 24)"
+mk_npy "$G/cmp_b.npy" "$X32 (2, 3, 4), }" "$(rep "$HALF" 5)$ONE$(rep "$HALF" 11)$ONE$ZERO$(rep "$HALF" 5)"
+bad "compare index" 1 "cmp_a.npy: differs from $G/cmp_b.npy: max error 0.5 > tol 2e-05 at index [1, 1, 2]" \
+    "$X" compare "$G/cmp_a.npy" "$G/cmp_b.npy"
+if ok "compare index within tol" "$X" compare "$G/cmp_a.npy" "$G/cmp_b.npy" --tol 1; then
+    has "compare index printed" "$D.out" "max error 0.5 over 24 values (tol 1) at index [1, 1, 2]: ok"
+fi
+
 # ---- NaN policy ----------------------------------------------------------------------------
 if ok "help run names --allow-nonfinite" "$X" run --help; then
     has "help --allow-nonfinite" "$D.out" "--allow-nonfinite"
@@ -240,10 +268,10 @@ ok "--allow-nonfinite passes NaN weights" "$X" run "$G/w_nan.safetensors" "${TIN
 
 # float masks: -inf marks a masked key (same result as the bool mask), NaN and +inf do not
 kpm_hl=$(od -An -tu2 -j8 -N2 "$F/kpm.npy" | tr -d ' ')
-kpm_f="" kpm_nan="" kpm_pinf=""
+kpm_f="" kpm_f16="" kpm_nan="" kpm_pinf=""
 k=0
 for b in $(od -An -tu1 -v -j$((10 + kpm_hl)) "$F/kpm.npy"); do
-    if [ "$b" -ne 0 ]; then kpm_f+=$NINF; else kpm_f+=$ZERO; fi
+    if [ "$b" -ne 0 ]; then kpm_f+=$NINF kpm_f16+='\x00\xfc'; else kpm_f+=$ZERO kpm_f16+='\x00\x00'; fi
     if [ $k -eq 7 ]; then kpm_nan+=$NAN; else kpm_nan+=$ZERO; fi
     if [ $k -eq 11 ]; then kpm_pinf+=$INF; else kpm_pinf+=$ZERO; fi
     k=$((k + 1))
@@ -255,6 +283,13 @@ if ok "float mask with -inf" "$X" run "$MHA" "${INPUTS[@]}" --key-padding-mask "
     --return-attn; then
     same "float -inf mask = bool mask (out)" "$D/out.npy" "$F/expected_out.npy"
     same "float -inf mask = bool mask (attn)" "$D/attn.npy" "$F/expected_attn.npy"
+fi
+# float16 float masks are accepted too (float16 -inf = 0xfc00)
+mk_npy "$G/kpm_ninf_f16.npy" "{'descr': '<f2', 'fortran_order': False, 'shape': (2, 6), }" "$kpm_f16"
+if ok "float16 mask with -inf" "$X" run "$MHA" "${INPUTS[@]}" --key-padding-mask "$G/kpm_ninf_f16.npy" \
+    --return-attn; then
+    same "float16 -inf mask = bool mask (out)" "$D/out.npy" "$F/expected_out.npy"
+    same "float16 -inf mask = bool mask (attn)" "$D/attn.npy" "$F/expected_attn.npy"
 fi
 bad "NaN in a float mask" 1 "kpm_nan.npy: float mask holds nan at index [1, 1]" \
     "$X" run "$MHA" "${INPUTS[@]}" --key-padding-mask "$G/kpm_nan.npy"
@@ -315,12 +350,29 @@ bad "npy big-endian" 1 "n_be.npy: big-endian" "$X" run "$MHA" --x "$G/n_be.npy" 
 bad "npy unicode strings" 1 "n_str.npy: dtype '<U10' is not supported" "$X" run "$MHA" --x "$G/n_str.npy" "${CV[@]}"
 bad "npy object array" 1 "n_obj.npy: object arrays" "$X" run "$MHA" --x "$G/n_obj.npy" "${CV[@]}"
 bad "x of rank 1" 1 "n_rank1.npy: has shape (9,) (rank 1); expected rank 2 to 3" "$X" run "$MHA" --x "$G/n_rank1.npy" "${CV[@]}"
-bad "x float16" 1 "n_f16.npy: dtype float16 is not supported" "$X" run "$MHA" --x "$G/n_f16.npy" "${CV[@]}"
+# float16 inputs are read as float32 (exactly): the same values as float16 and as float32
+F16V='\x00\x38\x00\xbd\x00\x40\x00\x00\x00\xb6\x00\x43\x00\x2c\x80\xc1'
+F32V='\x00\x00\x00\x3f\x00\x00\xa0\xbf\x00\x00\x00\x40\x00\x00\x00\x00\x00\x00\xc0\xbe\x00\x00\x60\x40\x00\x00\x80\x3d\x00\x00\x30\xc0'
+mk_npy "$G/x_vals_f16.npy" "{'descr': '<f2', 'fortran_order': False, 'shape': (2, 4, 9), }" "$(rep "$F16V" 9)"
+mk_npy "$G/x_vals_f32.npy" "$X32 (2, 4, 9), }" "$(rep "$F32V" 9)"
+if ok "x float32 values" "$X" run "$MHA" --x "$G/x_vals_f32.npy" "${CV[@]}"; then
+    d32=$D
+    ok "x float16" "$X" run "$MHA" --x "$G/x_vals_f16.npy" "${CV[@]}" &&
+        same "x float16 = float32 (out)" "$D/out.npy" "$d32/out.npy" 0
+fi
+same "float16 file = float32 file" "$G/x_vals_f16.npy" "$G/x_vals_f32.npy" 0
+mk_npy "$G/x_inf_f16.npy" "{'descr': '<f2', 'fortran_order': False, 'shape': (2, 4, 9), }" \
+    "$(rep '\x00\x38' 50)\x00\x7c$(rep '\x00\x38' 21)"
+bad "inf in float16 x" 1 "x_inf_f16.npy: holds a non-finite value (inf) at index [1, 1, 5]" \
+    "$X" run "$MHA" --x "$G/x_inf_f16.npy" "${CV[@]}"
 bad "B = 0" 1 "n_b0.npy: has an empty shape (0, 4, 9)" "$X" run "$MHA" --x "$G/n_b0.npy" "${CV[@]}"
 bad "I = 0" 1 "n_i0.npy: has an empty shape (2, 0, 9)" "$X" run "$MHA" --x "$G/n_i0.npy" "${CV[@]}"
 bad "width 0" 1 "n_w0.npy: has an empty shape (2, 4, 0)" "$X" run "$MHA" --x "$G/n_w0.npy" "${CV[@]}"
 bad "J = 0" 1 "n_j0.npy: has an empty shape (2, 0, 4)" "$X" run "$MHA" --x "$F/x.npy" --context "$G/n_j0.npy" --value "$F/value.npy"
-bad "float16 mask" 1 "n_kpm_f16.npy: dtype float16 is not supported for a mask" "$X" run "$MHA" "${INPUTS[@]}" --key-padding-mask "$G/n_kpm_f16.npy"
+if ok "float16 zero mask" "$X" run "$MHA" "${INPUTS[@]}" --key-padding-mask "$G/n_kpm_f16.npy"; then
+    d16=$D
+    ok "no mask" "$X" run "$MHA" "${INPUTS[@]}" && same "float16 zero mask = no mask" "$d16/out.npy" "$D/out.npy" 0
+fi
 
 # ---- options -------------------------------------------------------------------------------
 bad "--heads 0" 2 "--heads: '0'" "$X" run "$MHA" "${INPUTS[@]}" --heads 0

@@ -25,6 +25,7 @@ bad "model file given" 2 "no model file" "$X" run --module mutual "$M/conv2d_cli
 bad "rank 4 without band axis" 1 "mutual_cli_bands_a.npy" "$X" run --module mutual --x "$M/mutual_cli_bands_a.npy" --context "$M/mutual_cli_bands_b.npy"
 bad "band axis out of range" 1 "--band-axis 4" "$X" run --module mutual --x "$M/mutual_cli_bands_a.npy" --context "$M/mutual_cli_bands_b.npy" --band-axis 4
 bad "band axis not a number" 2 "--band-axis" "$X" run --module mutual --x "$M/mutual_cli_bands_a.npy" --context "$M/mutual_cli_bands_b.npy" --band-axis one
+bad "repeated --x" 2 "--x given twice" "$X" run --module mutual --x "$M/mutual_cli_a.npy" --context "$M/mutual_cli_b.npy" --x "$M/mutual_cli_b.npy"
 bad "missing file" 1 "nope.npy" "$X" run --module mutual --x "$M/nope.npy" --context "$M/mutual_cli_b.npy"
 printf '\x93NUMPY\x01\x00\x76\x00{' >"$TMP/trunc.npy"
 bad "truncated npy" 1 "trunc.npy" "$X" run --module mutual --x "$TMP/trunc.npy" --context "$M/mutual_cli_b.npy"

@@ -7,9 +7,18 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 cmake --install "$build" --prefix "$tmp/prefix" >/dev/null
 libdir=$(find "$tmp/prefix" -name xattn.pc -printf "%h\n" | head -n1)
-export PKG_CONFIG_PATH="$libdir"
+# the shared library's flags need no other .pc file (no libcjson.pc, no libpng.pc): search only a
+# directory that holds xattn.pc and nothing else
+mkdir "$tmp/pc_only"
+cp "$libdir/xattn.pc" "$tmp/pc_only/"
+PKG_CONFIG_LIBDIR="$tmp/pc_only" PKG_CONFIG_PATH="" pkg-config --cflags --libs xattn >/dev/null || {
+  echo "install: pkg-config --cflags --libs xattn needs more than xattn.pc" >&2; exit 1; }
+export PKG_CONFIG_LIBDIR="$libdir" PKG_CONFIG_PATH=""
+[ "$(ls "$libdir")" = xattn.pc ] || { echo "install: $libdir holds more than xattn.pc" >&2; exit 1; }
 cc -o "$tmp/pc_shared" "$src/tests/install/consumer.c" $(pkg-config --cflags --libs xattn) -lm
 LD_LIBRARY_PATH="$tmp/prefix/lib:$(dirname "$libdir")" "$tmp/pc_shared"
+unset PKG_CONFIG_LIBDIR
+export PKG_CONFIG_PATH="$libdir"
 cc -o "$tmp/pc_static" "$src/tests/install/consumer.c" -static-libgcc \
    $(pkg-config --cflags xattn) "$(dirname "$libdir")/libxattn.a" $(pkg-config --libs --static xattn | sed 's/-lxattn//') -lm
 "$tmp/pc_static"

@@ -685,6 +685,52 @@ static void test_st_broken(void)
     CHECK_FAIL_MSG(xattn_st_parse("", 0, NULL, &o), XATTN_ERR_FORMAT, "<memory>");
 }
 
+/* The first local header of a zip archive whose first entry is `entry`, then a few bytes. */
+static size_t zip_start(unsigned char *b, const char *entry)
+{
+    size_t n = strlen(entry);
+    memset(b, 0, 30);
+    memcpy(b, "PK\3\4", 4);
+    b[26] = (unsigned char)n;
+    memcpy(b + 30, entry, n);
+    memcpy(b + 30 + n, "\x80\x02}q\0.", 6);
+    return 30 + n + 6;
+}
+
+/* Another format's checkpoint given as safetensors: one line naming the format. */
+static void test_st_foreign(void)
+{
+    const char *torch_msg = "this is a PyTorch pickle checkpoint (torch.save), not safetensors: save "
+                            "it with safetensors.torch.save_file(model.state_dict(), "
+                            "'model.safetensors')";
+    unsigned char b[128];
+    xattn_safetensors *o = (xattn_safetensors *)1;
+    size_t n = zip_start(b, "archive/data.pkl");
+    const char *p = write_bytes("model.pt", b, n);
+    CHECK_FAIL_MSG(st_open_close(p), XATTN_ERR_FORMAT, torch_msg);
+    CHECK_FAIL_MSG(st_open_close(p), XATTN_ERR_FORMAT, "model.pt: this is");
+    CHECK_FAIL_MSG(xattn_st_parse(b, n, "mem.pth", &o), XATTN_ERR_FORMAT, "mem.pth: this is a PyTorch");
+    CHECK(o == NULL);
+    CHECK_FAIL_MSG(xattn_st_parse(b, 4, "cut.pt", &o), XATTN_ERR_FORMAT, torch_msg);
+    /* legacy torch.save: pickle protocol 2, the magic number first */
+    p = write_bytes("legacy.pt", "\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.", 15);
+    CHECK_FAIL_MSG(st_open_close(p), XATTN_ERR_FORMAT, torch_msg);
+    CHECK_FAIL_MSG(xattn_st_parse("\x80\x04\x95", 3, "p4.pkl", &o), XATTN_ERR_FORMAT, torch_msg);
+    n = zip_start(b, "a.npy");
+    CHECK_FAIL_MSG(xattn_st_parse(b, n, "a.npz", &o), XATTN_ERR_FORMAT, "a.npz: this is a NumPy .npz");
+    n = zip_start(b, "notes.txt");
+    CHECK_FAIL_MSG(xattn_st_parse(b, n, "x.zip", &o), XATTN_ERR_FORMAT, "x.zip: this is a zip archive");
+    /* not a pickle: 0x80 0x02 also starts a valid header of 640 bytes */
+    char json[641];
+    memset(json, ' ', 640);
+    memcpy(json, "{}", 2);
+    json[640] = '\0';
+    p = st_file("hlen640.st", json, 0);
+    CHECK_OK(st_open_close(p));
+    CHECK_FAIL_MSG(xattn_st_parse("\x80\x01\0\0\0\0\0\0", 8, "p1.st", &o), XATTN_ERR_FORMAT,
+                   "past end of file");
+}
+
 static void test_npy_broken(void)
 {
     const char *p;
@@ -870,6 +916,7 @@ int main(void)
     test_npy_roundtrip();
     test_npy_variants();
     test_st_broken();
+    test_st_foreign();
     test_npy_broken();
     test_hostile();
     for (int i = 0; i < g_nmade; i++) remove(g_made[i]);

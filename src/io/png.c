@@ -8,9 +8,9 @@
  * Layout (s = text scale: 2 when max_side >= 512, else 1):
  *
  *            title (centred over the map)
- *   y   ticks +-------------------------+   +--+ - vmax
- *   l   0   - |                         |   |  |
- *   a   5   - |   map: W x H pixels     |   |  | - mid
+ *   y   ticks +-------------------------+   +--+ - vmax    b
+ *   l   0   - |                         |   |  |           a
+ *   a   5   - |   map: W x H pixels     |   |  | - mid     r label (rotated)
  *   b         |                         |   |  |
  *   e         +-------------------------+   +--+ - vmin
  *   l           |    |    |    |    |        [] NaN   (grey swatch, only if a cell is NaN)
@@ -18,9 +18,10 @@
  *                      x label
  *
  * W x H: the longer side is max_side; the shorter follows the map's aspect ratio but is at least
- * min(128, max_side). Row 0 is at the top. Tick k sits at the centre of cell k. The y label is
- * drawn rotated (bottom to top) beside the tick labels, or horizontally above the map when it is
- * longer than the map is tall.
+ * min(128, max_side). Row 0 is at the top. Tick k sits at the centre of cell k and reads
+ * k * tick scale. The y label is drawn rotated (bottom to top) beside the tick labels, or
+ * horizontally above the map when it is longer than the map is tall; the bar label is drawn
+ * rotated to the right of the bar's tick labels, cut to the map's height.
  */
 #include "io/io_internal.h"
 
@@ -298,14 +299,18 @@ static void draw_text_up(canvas *cv, int x, int y_bottom, const char *s, int sca
 /* Ticks                                                                                    */
 /* ---------------------------------------------------------------------------------------- */
 
-static int digits(int64_t v)
+/* The label of tick k on an axis whose cells stand for k * scale (scale 0: 1). */
+static void tick_label(char *buf, size_t cap, int64_t k, double scale)
 {
-    int d = 1;
-    while (v >= 10) {
-        v /= 10;
-        d++;
+    if (scale == 0 || scale == 1) {
+        snprintf(buf, cap, "%lld", (long long)k);
+        return;
     }
-    return d;
+    double v = (double)k * scale;
+    if (fabs(v) < 1e15 && v == nearbyint(v))
+        snprintf(buf, cap, "%lld", (long long)v);
+    else
+        snprintf(buf, cap, "%.4g", v);
 }
 
 /* Smallest step in {1, 2, 5} x 10^k whose ticks are at least min_gap pixels apart on an axis
@@ -351,6 +356,26 @@ static int64_t tick_at(const axis_ticks *t, int64_t k)
     if (k < t->n_mult) return k * t->step;
     if (k == t->n_mult && t->last != (t->n_mult - 1) * t->step) return t->last;
     return -1;
+}
+
+/* Width in pixels of the label of cell k. */
+static int label_width(int64_t k, double scale, int s)
+{
+    char buf[32];
+    tick_label(buf, sizeof buf, k, scale);
+    return text_width(buf, s);
+}
+
+/* Width of the widest label of an axis's ticks. */
+static int ticks_width(const axis_ticks *t, double scale, int s)
+{
+    int w = 0;
+    for (int64_t k = 0;; k++) {
+        int64_t i = tick_at(t, k);
+        if (i < 0) break;
+        w = XA_MAX(w, label_width(i, scale, s));
+    }
+    return w;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -508,7 +533,10 @@ typedef struct layout {
     int xtick_lab_y;       /* top of the x tick labels                     */
     int ytick_lab_right;   /* right edge of the y tick labels              */
     axis_ticks xt, yt;
-    char title[256], xlab[256], ylab[256];
+    double xscale, yscale; /* tick label of cell k: k * scale (0: k)        */
+    int blab_x, blab_y;    /* bar label: column and bottom end (rotated)    */
+    int blab_s;            /* bar label's text scale                        */
+    char title[256], xlab[256], ylab[256], blab[256];
     char bar_lab[3][32];   /* vmax, mid, vmin ("" when vmin == vmax except mid) */
 } layout;
 
@@ -538,9 +566,17 @@ static void plan(layout *L, int64_t rows, int64_t cols, int side, const xattn_he
     const int W = L->W, H = L->H;
 
     /* ticks: x labels need their width plus two glyphs of room; y labels three line heights */
-    const int xlw = digits(cols - 1) * cw - s, ylw = digits(rows - 1) * cw - s;
-    L->xt = make_ticks(cols, W, xlw + 2 * cw);
+    L->xscale = o ? o->x_tick_scale : 0;
+    L->yscale = o ? o->y_tick_scale : 0;
+    int xlw = label_width(cols - 1, L->xscale, s);
+    for (int it = 0; it < 4; it++) { /* the widest label of the chosen ticks sets the gap */
+        L->xt = make_ticks(cols, W, xlw + 2 * cw);
+        int w = ticks_width(&L->xt, L->xscale, s);
+        if (w <= xlw) break;
+        xlw = w;
+    }
     L->yt = make_ticks(rows, H, 3 * gh);
+    const int ylw = ticks_width(&L->yt, L->yscale, s);
 
     /* colour bar labels */
     if (vmin == vmax) {
@@ -564,6 +600,7 @@ static void plan(layout *L, int64_t rows, int64_t cols, int side, const xattn_he
     const char *ylab = o && o->y_label ? o->y_label : "";
     const char *xlab = o && o->x_label ? o->x_label : "";
     const char *title = o && o->title ? o->title : "";
+    const char *blab = o && o->bar_label ? o->bar_label : "";
     L->ylab_mode = 0;
     if (ylab[0]) {
         L->ylab_mode = text_width(ylab, s) <= H ? 1 : 2;
@@ -575,11 +612,14 @@ static void plan(layout *L, int64_t rows, int64_t cols, int side, const xattn_he
     left += ylw + 3 * s + L->tick + 1;
     int x0 = left; /* map interior */
     /* the last x tick label may hang past the map's right edge */
-    int hang = cell_centre(L->xt.last, cols, W) + (digits(L->xt.last) * cw - s + 1) / 2 - W;
+    int hang = cell_centre(L->xt.last, cols, W) + (label_width(L->xt.last, L->xscale, s) + 1) / 2 - W;
     int gap = XA_MAX(8 * s, hang + pad + 1);
     int bx = x0 + W + 1 + gap + 1;
     L->bw = 12 * s;
     int right_bar = L->bw + 1 + 4 * s + 3 * s + blw;
+    /* a bar label longer than the bar is drawn at half size if that fits, else cut */
+    L->blab_s = s > 1 && text_width(blab, s) > H && text_width(blab, 1) <= H ? 1 : s;
+    if (blab[0]) right_bar += pad + GLYPH_ROWS * L->blab_s;
     int right_nan = gh + 1 + 2 * s + text_width("NaN", s);
     int content_w = bx - 1 + XA_MAX(right_bar, right_nan) + 1 + M;
 
@@ -595,6 +635,8 @@ static void plan(layout *L, int64_t rows, int64_t cols, int side, const xattn_he
     fit_text(title, img_w - 2 * M, s, L->title, sizeof L->title);
     fit_text(xlab, img_w - 2 * M, s, L->xlab, sizeof L->xlab);
     fit_text(ylab, L->ylab_mode == 2 ? img_w - 2 * M : H, s, L->ylab, sizeof L->ylab);
+    fit_text(blab, H, L->blab_s, L->blab, sizeof L->blab);
+    L->blab_x = L->bx + L->bw + 1 + 4 * s + 3 * s + blw + pad;
 
     /* vertical extents */
     int y = M;
@@ -610,6 +652,7 @@ static void plan(layout *L, int64_t rows, int64_t cols, int side, const xattn_he
         y += lh + 2 * pad;
     }
     L->y0 = y + 1;
+    L->blab_y = L->y0 + (H + text_width(L->blab, L->blab_s)) / 2; /* bottom end */
     L->ytick_lab_right = L->x0 - 1 - L->tick - 3 * s;
     if (L->ylab_mode == 1) {
         L->ylab_x = L->ytick_lab_right - ylw - pad - GLYPH_ROWS * s;
@@ -648,7 +691,7 @@ static void draw_decorations(canvas *cv, const layout *L, int64_t rows, int64_t 
         if (i < 0) break;
         int px = L->x0 + cell_centre(i, cols, L->W);
         fill_rect(cv, px, L->y0 + L->H + 1, 1, L->tick, HM_INK);
-        snprintf(buf, sizeof buf, "%lld", (long long)i);
+        tick_label(buf, sizeof buf, i, L->xscale);
         int tw = text_width(buf, s);
         draw_text(cv, px - tw / 2, L->xtick_lab_y, buf, s, HM_INK);
     }
@@ -658,7 +701,7 @@ static void draw_decorations(canvas *cv, const layout *L, int64_t rows, int64_t 
         if (i < 0) break;
         int py = L->y0 + cell_centre(i, rows, L->H);
         fill_rect(cv, L->x0 - 1 - L->tick, py, L->tick, 1, HM_INK);
-        snprintf(buf, sizeof buf, "%lld", (long long)i);
+        tick_label(buf, sizeof buf, i, L->yscale);
         int tw = text_width(buf, s);
         draw_text(cv, L->ytick_lab_right - tw, py - gh / 2, buf, s, HM_INK);
     }
@@ -686,6 +729,7 @@ static void draw_decorations(canvas *cv, const layout *L, int64_t rows, int64_t 
         fill_rect(cv, L->bx + L->bw + 1, ty[i], 4 * s, 1, HM_INK);
         draw_text(cv, L->bx + L->bw + 1 + 4 * s + 3 * s, ty[i] - gh / 2, L->bar_lab[i], s, HM_INK);
     }
+    if (L->blab[0]) draw_text_up(cv, L->blab_x, L->blab_y, L->blab, L->blab_s, HM_INK);
     if (any_nan) { /* grey swatch under the bar */
         int sy = L->xtick_lab_y;
         fill_rect(cv, L->bx, sy, gh, gh, HM_NAN);
@@ -710,6 +754,10 @@ xattn_status xattn_png_heatmap(const char *path, const float *map, int64_t rows,
     if (side < HM_MIN_SIDE_ARG || side > HM_MAX_SIDE_ARG)
         return xa_error(XATTN_ERR_ARG, "%s: heat-map max_side %d is out of range [%d, %d]", path,
                         side, HM_MIN_SIDE_ARG, HM_MAX_SIDE_ARG);
+    if (opts && (!(opts->x_tick_scale >= 0) || !(opts->y_tick_scale >= 0) ||
+                 !isfinite(opts->x_tick_scale) || !isfinite(opts->y_tick_scale)))
+        return xa_error(XATTN_ERR_ARG, "%s: heat-map tick scales (%g, %g) must be finite and >= 0",
+                        path, opts->x_tick_scale, opts->y_tick_scale);
     double vmin, vmax;
     if (opts && opts->fixed_range) {
         vmin = opts->vmin;

@@ -263,10 +263,46 @@ static xattn_status st_read_meta(xattn_safetensors *st, const cJSON *m)
 
 static int st_is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
 
+/* 1 if the first entry of the zip archive in b (len bytes, starting "PK\3\4") is named
+ * "...suffix"; 0 if it is named otherwise; -1 if the name cannot be read. */
+static int st_zip_first_ends(const uint8_t *b, size_t len, const char *suffix)
+{
+    if (len < 30) return -1;
+    size_t n = xa_le16(b + 26), m = strlen(suffix);
+    if (len - 30 < n) return -1;
+    return n >= m && memcmp(b + 30 + n - m, suffix, m) == 0;
+}
+
+/* Files that are not safetensors at all but another format's checkpoint (called when the
+ * first 8 bytes are no usable header length): an error naming the format, else XATTN_OK.
+ * torch.save writes a zip archive whose first entry is ".../data.pkl", or (legacy) a pickle:
+ * 0x80 then the protocol byte. */
+static xattn_status st_foreign_format(const xattn_safetensors *st)
+{
+    const char *L = st->label;
+    const uint8_t *b = st->buf;
+    int zip = st->len >= 4 && memcmp(b, "PK\3\4", 4) == 0;
+    if (zip && st_zip_first_ends(b, st->len, ".npy") == 1)
+        return xa_error(XATTN_ERR_FORMAT, "%s: this is a NumPy .npz archive, not safetensors", L);
+    if (zip && st_zip_first_ends(b, st->len, "data.pkl") == 0)
+        return xa_error(XATTN_ERR_FORMAT, "%s: this is a zip archive, not safetensors", L);
+    if (zip || (st->len >= 2 && b[0] == 0x80 && b[1] >= 2 && b[1] <= 5))
+        return xa_error(XATTN_ERR_FORMAT,
+                        "%s: this is a PyTorch pickle checkpoint (torch.save), not safetensors: "
+                        "save it with safetensors.torch.save_file(model.state_dict(), "
+                        "'model.safetensors')",
+                        L);
+    return XATTN_OK;
+}
+
 static xattn_status st_parse_header(xattn_safetensors *st)
 {
     const char *L = st->label;
     char pn[XA_IO_NAME_CAP];
+    if (st->len < 8 || xa_le64(st->buf) > (uint64_t)(st->len - 8)) {
+        xattn_status f = st_foreign_format(st);
+        if (f != XATTN_OK) return f;
+    }
     if (st->len < 8)
         return xa_error(XATTN_ERR_FORMAT,
                         "%s: file is %zu bytes, too short for a safetensors header (need 8)", L,

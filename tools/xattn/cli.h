@@ -59,7 +59,7 @@ typedef enum cli_parse_result { CLI_PARSED = 0, CLI_HELP = 1, CLI_BAD_USAGE = 2 
 
 /* Parses argv[1 .. argc) (argv[0] is the subcommand). "--name value" and "--name=value";
  * "-h"/"--help" -> CLI_HELP; "--" ends options. Positionals go to pos[0 .. max_pos); more is a
- * usage error. A usage error has already been reported when CLI_BAD_USAGE is returned. */
+ * usage error, and so is an option given twice. A usage error has already been reported when CLI_BAD_USAGE is returned. */
 cli_parse_result cli_parse(const char *cmd, int argc, char **argv, const cli_option *opts,
                            size_t n_opts, const char **pos, int max_pos, int *n_pos);
 
@@ -155,8 +155,10 @@ void cli_detect_bidir(const xattn_safetensors *st, cli_bidir *bf);
 
 /* Monotonic wall clock in seconds. */
 double cli_now(void);
-/* Peak resident set size of this process in bytes (getrusage), 0 if unknown. */
-double cli_peak_rss_bytes(void);
+/* Peak resident set size of this process in bytes, 0 if unknown: VmHWM of /proc/self/status
+ * (*note = ""); where /proc is missing, getrusage's ru_maxrss, which Linux carries across exec
+ * from the parent (*note = a label to print after the number). note may be NULL. */
+double cli_peak_rss_bytes(const char **note);
 
 /* Subcommands. argv[0] is the subcommand name. */
 int cmd_run(int argc, char **argv);

@@ -141,6 +141,7 @@ cli_parse_result cli_parse(const char *cmd, int argc, char **argv, const cli_opt
 {
     *n_pos = 0;
     int only_pos = 0;
+    uint64_t seen[4] = {0}; /* options given so far, by index (the first 256) */
     for (int a = 1; a < argc; a++) {
         const char *arg = argv[a];
         if (!only_pos && (!strcmp(arg, "-h") || !strcmp(arg, "--help"))) return CLI_HELP;
@@ -158,6 +159,12 @@ cli_parse_result cli_parse(const char *cmd, int argc, char **argv, const cli_opt
                 cli_usage(cmd, "unknown option '%.*s'", (int)len, arg);
                 return CLI_BAD_USAGE;
             }
+            size_t k = (size_t)(o - opts);
+            if (k < 256 && (seen[k / 64] >> (k % 64) & 1)) {
+                cli_usage(cmd, "%s given twice", o->name);
+                return CLI_BAD_USAGE;
+            }
+            if (k < 256) seen[k / 64] |= (uint64_t)1 << (k % 64);
             if (o->kind == CLI_FLAG) {
                 if (eq) {
                     cli_usage(cmd, "%s takes no value", o->name);
@@ -326,8 +333,8 @@ int cli_load_float(const char *cmd, const char *path, int min_rank, int max_rank
     if (xattn_npy_load(path, a) != XATTN_OK) return cli_lib_error(cmd, path);
     char s[160];
     int rc = 0;
-    if (a->dtype != XATTN_F32 && a->dtype != XATTN_F64) {
-        rc = cli_error(cmd, path, "dtype %s is not supported: expected float32 or float64",
+    if (a->dtype != XATTN_F32 && a->dtype != XATTN_F64 && a->dtype != XATTN_F16) {
+        rc = cli_error(cmd, path, "dtype %s is not supported: expected float32, float64 or float16",
                        cli_np_dtype(a->dtype));
     } else if (a->ndim < min_rank || a->ndim > max_rank) {
         if (min_rank == max_rank)
@@ -338,6 +345,8 @@ int cli_load_float(const char *cmd, const char *path, int min_rank, int max_rank
                            cli_shape_str(a, s, sizeof s), a->ndim, min_rank, max_rank);
     } else if ((rc = check_nonempty(cmd, path, a)) != 0) {
         /* reported */
+    } else if (a->dtype == XATTN_F16 && xattn_array_convert(a, XATTN_F32) != XATTN_OK) {
+        rc = cli_lib_error(cmd, path); /* float16 -> float32 is exact, infinities and NaN too */
     } else if ((rc = check_finite(cmd, path, a, rule)) != 0) {
         /* reported */
     } else if (a->dtype != XATTN_F32 && xattn_array_convert(a, XATTN_F32) != XATTN_OK) {
@@ -354,12 +363,14 @@ int cli_load_mask(const char *cmd, const char *path, cli_finite_rule rule, xattn
     int rc = 0;
     if (a->dtype == XATTN_BOOL) {
         if (xattn_array_convert(a, XATTN_BOOL) != XATTN_OK) rc = cli_lib_error(cmd, path);
-    } else if (a->dtype == XATTN_F32 || a->dtype == XATTN_F64) {
-        rc = check_finite(cmd, path, a, rule);
+    } else if (a->dtype == XATTN_F32 || a->dtype == XATTN_F64 || a->dtype == XATTN_F16) {
+        if (a->dtype == XATTN_F16 && xattn_array_convert(a, XATTN_F32) != XATTN_OK)
+            rc = cli_lib_error(cmd, path);
+        if (!rc) rc = check_finite(cmd, path, a, rule);
         if (!rc && xattn_array_convert(a, XATTN_F32) != XATTN_OK) rc = cli_lib_error(cmd, path);
     } else {
         rc = cli_error(cmd, path,
-                       "dtype %s is not supported for a mask: expected bool or float32/float64",
+                       "dtype %s is not supported for a mask: expected bool or float32/float64/float16",
                        cli_np_dtype(a->dtype));
     }
     if (!rc) rc = check_nonempty(cmd, path, a);
@@ -433,10 +444,32 @@ double cli_now(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-double cli_peak_rss_bytes(void)
+/* VmHWM of /proc/self/status in bytes: the high-water mark of this process's own memory,
+ * which exec starts afresh; -1 where /proc cannot be read. */
+static double proc_vmhwm_bytes(void)
 {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return -1;
+    char line[256];
+    double kb = -1;
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmHWM:", 6)) {
+            kb = strtod(line + 6, NULL);
+            break;
+        }
+    fclose(f);
+    return kb < 0 ? -1 : kb * 1024.0;
+}
+
+double cli_peak_rss_bytes(const char **note)
+{
+    double hwm = proc_vmhwm_bytes();
+    if (note) *note = "";
+    if (hwm >= 0) return hwm;
+    /* Linux keeps ru_maxrss across exec, so this one may be the parent's peak */
     struct rusage ru;
     if (getrusage(RUSAGE_SELF, &ru) != 0) return 0;
+    if (note) *note = " (ru_maxrss: may be the parent process's peak)";
     return (double)ru.ru_maxrss * 1024.0; /* kilobytes on Linux */
 }
 

@@ -20,7 +20,7 @@ static void help(void)
            "(viridis over the map's own min..max). NaN values are drawn grey. Maps larger\n"
            "than the picture are averaged down (box filter); smaller ones are enlarged.\n"
            "\n"
-           "ATTN.npy (float32 or float64) holds one of\n"
+           "ATTN.npy (float32, float64 or float16) holds one of\n"
            "  (I, J)        one map\n"
            "  (B, I, J)     a batch of maps, e.g. nn.MultiheadAttention's averaged weights\n"
            "  (B, H, I, J)  per-head maps (average_attn_weights=False; xattn run\n"

@@ -1,7 +1,7 @@
 /*
  * xattn bench: times a saved module's forward on given or generated inputs and reports the
- * median time and the process's peak resident memory (what bench/bidir_bench.py compares with
- * the reference package under PyTorch).
+ * median time and the process's peak resident memory, VmHWM of /proc/self/status (what
+ * bench/bidir_bench.py compares with the reference package under PyTorch).
  */
 #include "cli.h"
 
@@ -197,21 +197,22 @@ int cmd_bench(int argc, char **argv)
         if (r >= 0) ts[r] = t;
     }
     qsort(ts, (size_t)reps, sizeof(double), cmp_double);
-    double med = ts[reps / 2], rss = cli_peak_rss_bytes() / 1048576.0;
+    const char *rss_note;
+    double med = ts[reps / 2], rss = cli_peak_rss_bytes(&rss_note) / 1048576.0;
     if (out_dir && (save_out(out_dir, "out.npy", out, B, I, wo) ||
                     (bm && save_out(out_dir, "context_out.npy", cout, B, J, wco))))
         goto done;
     if (json)
         printf("{\"module\": \"%s\", \"B\": %lld, \"I\": %lld, \"J\": %lld, \"seconds\": %.6g, "
                "\"min_seconds\": %.6g, \"reps\": %lld, \"threads\": %d, \"isa\": \"%s\", "
-               "\"peak_rss_mb\": %.1f}\n",
+               "\"peak_rss_mb\": %.1f, \"peak_rss_source\": \"%s\"}\n",
                kind, (long long)B, (long long)I, (long long)J, med, ts[0], reps,
-               xattn_get_threads(), xattn_isa(), rss);
+               xattn_get_threads(), xattn_isa(), rss, *rss_note ? "ru_maxrss" : "VmHWM");
     else
         printf("%s  B=%lld I=%lld J=%lld  forward %.3f ms (median of %lld, best %.3f ms)  "
-               "peak RSS %.1f MB  [%s, %d threads]\n",
+               "peak RSS %.1f MB%s  [%s, %d threads]\n",
                kind, (long long)B, (long long)I, (long long)J, med * 1e3, reps, ts[0] * 1e3, rss,
-               xattn_isa(), xattn_get_threads());
+               rss_note, xattn_isa(), xattn_get_threads());
     rc = CLI_EXIT_OK;
 done:
     xattn_mha_free(mha);

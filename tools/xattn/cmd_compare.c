@@ -13,7 +13,8 @@ static void help(void)
            "\n"
            "Compares two arrays of the same shape (any numeric or bool dtype, compared as float32)\n"
            "element by element and prints max |a - b| / (1 + |b|): B is the reference. NaN in\n"
-           "both at the same place counts as equal, NaN in one only as infinitely far.\n"
+           "both at the same place counts as equal, NaN in one only as infinitely far. The\n"
+           "position of the largest difference is printed as an index [i, j, ...].\n"
            "\n"
            "options:\n"
            "  --tol T      tolerance (default 2e-5)\n"
@@ -79,11 +80,13 @@ int cmd_compare(int argc, char **argv)
                 worst_at = i;
             }
         }
-        printf("max error %.3g over %lld values (tol %.3g): %s\n", worst, (long long)n, tol,
-               worst <= tol ? "ok" : "DIFFERENT");
+        char at[200];
+        cli_index_str(a.ndim, a.shape, worst_at, at, sizeof at);
+        printf("max error %.3g over %lld values (tol %.3g)%s%s: %s\n", worst, (long long)n, tol,
+               worst > 0 ? " at index " : "", worst > 0 ? at : "", worst <= tol ? "ok" : "DIFFERENT");
         if (!(worst <= tol))
-            rc = cli_error(CMD, pos[0], "differs from %s: max error %.3g > tol %.3g at element %lld",
-                           pos[1], worst, tol, (long long)worst_at);
+            rc = cli_error(CMD, pos[0], "differs from %s: max error %.3g > tol %.3g at index %s",
+                           pos[1], worst, tol, at);
     }
     xattn_array_free(&a);
     xattn_array_free(&b);

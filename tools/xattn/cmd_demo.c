@@ -237,8 +237,10 @@ int cmd_demo(int argc, char **argv)
                   2.0 * (double)I * J * INNER * 3 + 2.0 * ((double)I * INNER * DIM + (double)J * INNER * CDIM);
     printf("  out (1, %lld, %d)   context_out (1, %lld, %d)\n", I, DIM, J, CDIM);
     printf("  forward %.1f ms (best of 3), %.1f GFLOP/s\n", best * 1e3, flop / best / 1e9);
-    printf("  peak memory %.1f MB (one attention map would take %.1f MB; the reference keeps three)\n",
-           cli_peak_rss_bytes() / 1048576.0, (double)HEADS * I * J * 4 / 1048576.0);
+    const char *rss_note;
+    double rss = cli_peak_rss_bytes(&rss_note) / 1048576.0;
+    printf("  peak memory %.1f MB%s (one attention map would take %.1f MB; the reference keeps "
+           "three)\n", rss, rss_note, (double)HEADS * I * J * 4 / 1048576.0);
 
     /* the attention rows of every STRIDE-th video frame */
     progress("attention of sampled video frames");
@@ -287,12 +289,18 @@ int cmd_demo(int argc, char **argv)
                 pic[s * JP + c] = v;
                 top = v > top ? v : top;
             }
-        char title[160], xl[64], yl[64];
-        snprintf(title, sizeof title, "log10 attention video -> audio, mean over %d heads", HEADS);
-        snprintf(xl, sizeof xl, "audio frame j / %d", POOL);
-        snprintf(yl, sizeof yl, "video frame i / %d", STRIDE);
-        xattn_heatmap_opts ho = {.title = title, .x_label = xl, .y_label = yl, .max_side = 1024,
-                                 .fixed_range = 1, .vmin = top - 6.0f, .vmax = top};
+        /* rows: video frames 0, STRIDE, 2 STRIDE, ...; columns: audio frames in blocks of POOL
+         * (max-pooled); ticks in frames, so that the band reads audio = 2 x video + offset off
+         * the axes */
+        char title[160], xl[80];
+        snprintf(title, sizeof title,
+                 "video -> audio attention, mean over %d heads (band: audio = 2 x video + %lld)",
+                 HEADS, offset);
+        snprintf(xl, sizeof xl, "audio frame j (max over blocks of %d frames)", POOL);
+        xattn_heatmap_opts ho = {.title = title, .x_label = xl, .y_label = "video frame i", .max_side = 1024,
+                                 .fixed_range = 1, .vmin = top - 6.0f, .vmax = top,
+                                 .bar_label = "log10 attention",
+                                 .x_tick_scale = POOL, .y_tick_scale = STRIDE};
         progress("writing the heat-map");
         xattn_status ps = xattn_png_heatmap(png, pic, S, JP, &ho);
         progress_done();

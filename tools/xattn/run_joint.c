@@ -23,7 +23,7 @@ static void joint_help(void)
         "self_attn.in_proj_bias, self_attn.out_proj.*, linear1.*, linear2.*, norm1.*, norm2.*)\n"
         "or of an nn.TransformerEncoder (layers.N.<those names>, optional final norm.*); it is\n"
         "detected from those names.\n"
-        "  --x R.npy                   (B, K, d), or (K, d) for one pair; float32/float64\n"
+        "  --x R.npy                   (B, K, d), or (K, d) for one pair; float32/64/16\n"
         "  --context X.npy             (B, N, d), or (N, d)\n"
         "  --x-padding-mask M.npy      bool (B, K), or (K,): True = IGNORE that position as a key\n"
         "  --context-padding-mask M.npy  bool (B, N), or (N,): True = ignore\n"
