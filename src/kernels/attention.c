@@ -162,9 +162,9 @@ static void bias_and_masks(const att_ctx *c, int64_t b, int64_t h, int64_t i0, i
             if (!qk[col])
                 for (int64_t r = 0; r < jt; r++) S[r * rs + col * cs] = fill;
     }
-    if (p->causal && j0 + jt - 1 > i0) {
+    if (p->causal && j0 + jt - 1 > i0 + p->causal_offset) {
         for (int64_t col = 0; col < it; col++) {
-            int64_t first = i0 + col + 1 - j0; /* first masked key */
+            int64_t first = i0 + col + p->causal_offset + 1 - j0; /* first masked key */
             for (int64_t r = first < 0 ? 0 : first; r < jt; r++) S[r * rs + col * cs] = fill;
         }
     }
@@ -237,7 +237,7 @@ static void attend_range(const att_ctx *c, att_scratch *s, int64_t b, int64_t h,
     pack_q(c, b, h, i0, it, s->Qt);
     for (int64_t j0 = jb; j0 < je; j0 += c->JT) {
         int64_t jt = XA_MIN(c->JT, je - j0);
-        if (c->skip_causal && j0 > i0 + it - 1) break; /* every later tile is masked too */
+        if (c->skip_causal && j0 > i0 + it - 1 + p->causal_offset) break; /* all later masked */
         logits_tile(c, b, h, i0, it, j0, jt, s->Qt, s->St);
 
         /* new running max and the rescale factor of the old state */
@@ -293,7 +293,7 @@ static void attend_range_direct(const att_ctx *c, att_scratch *s, int64_t b, int
             for (int64_t x = 0; x < p->dv; x++) s->orow[x] = Ot[x * ITP + col];
         for (int64_t j0 = jb; j0 < je; j0 += c->JT) {
             int64_t jt = XA_MIN(c->JT, je - j0);
-            if (c->skip_causal && j0 > i) break;
+            if (c->skip_causal && j0 > i + p->causal_offset) break;
             kt->gemv(kb + j0 * p->k_sj, p->k_sj, jt, qs, p->dh, srow);
             bias_and_masks(c, b, h, i, 1, j0, jt, srow, 1, 0);
             float mx = m[col];
@@ -358,9 +358,9 @@ static void probs_tile(const att_ctx *c, att_scratch *s, int64_t b, int64_t h, i
     if (!c->direct) pack_q(c, b, h, i0, it, s->Qt);
     for (int64_t j0 = 0; j0 < J; j0 += c->JT) {
         int64_t jt = XA_MIN(c->JT, J - j0);
-        if (c->skip_causal && j0 > i0 + it - 1) {
+        if (c->skip_causal && j0 > i0 + it - 1 + p->causal_offset) {
             for (int64_t col = 0; col < it; col++)
-                for (int64_t j = XA_MAX(j0, i0 + col + 1); j < J; j++)
+                for (int64_t j = XA_MAX(j0, i0 + col + p->causal_offset + 1); j < J; j++)
                     P[col * p->p_si + j * p->p_sj] = 0.0f;
             break;
         }
@@ -398,7 +398,7 @@ static void mixed_tile(const att_ctx *c, att_scratch *s, int64_t b, int64_t i0, 
     }
     for (int64_t j0 = 0; j0 < p->J; j0 += c->JT) {
         int64_t jt = XA_MIN(c->JT, p->J - j0);
-        if (c->skip_causal && j0 > i0 + it - 1) break;
+        if (c->skip_causal && j0 > i0 + it - 1 + p->causal_offset) break;
         for (int64_t h = 0; h < H; h++) {
             float *St = s->St + h * tile;
             const float *inv = s->alpha + h * ITP;

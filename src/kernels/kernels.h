@@ -95,6 +95,9 @@ typedef struct xa_attn {
     float scale;
     xattn_fill fill;
     int causal;
+    /* causal keeps key j for query i when j <= i + causal_offset: on a shard whose queries
+     * start at global position q0 and keys at k0, causal_offset = q0 - k0 */
+    int64_t causal_offset;
     const uint8_t *mask; int64_t mask_sb, mask_sh, mask_si;       /* (B|1,H|1,I|1,J) keep */
     const uint8_t *qkeep; int64_t qkeep_sb;                       /* (B|1, I) keep        */
     const uint8_t *kkeep; int64_t kkeep_sb;                       /* (B|1, J) keep        */

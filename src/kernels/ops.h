@@ -1,0 +1,62 @@
+/*
+ * The op layer: every computation of a module goes through these (src/modules/ holds no compute
+ * loops and no OpenMP pragmas). Ops take raw pointers and sizes, shapes in comments; they run on
+ * the calling thread's current context (threads, kernel set, workspace) and are the seam where a
+ * GPU backend plugs in. Elementwise ops are threaded over fixed chunks, so results do not depend
+ * on the thread count.
+ */
+#ifndef XATTN_OPS_H
+#define XATTN_OPS_H
+
+#include "kernels/kernels.h"
+
+/* y (M, N) = x (M, K) W^T + b, W (N, K) as nn.Linear stores it, b (N) or NULL;
+ * accumulate = 1 adds the result to y instead (a residual add fused into the GEMM). */
+xattn_status xa_op_linear(const float *x, int64_t M, int64_t K, const float *W, const float *b,
+                          int64_t N, float *y, int accumulate);
+/* y (M, N) = x^T-stored input: x (K, M) channel-major (a 1x1 convolution over positions:
+ * x[c * M + p]) times W^T + b -> y (M, N) position-major. */
+xattn_status xa_op_linear_cm(const float *x, int64_t M, int64_t K, const float *W,
+                             const float *b, int64_t N, float *y);
+/* Norms over the last axis of x (rows, n); y may be x. w, b may be NULL. */
+xattn_status xa_op_layernorm(const float *x, int64_t rows, int64_t n, const float *w,
+                             const float *b, float eps, float *y);
+xattn_status xa_op_rmsnorm(const float *x, int64_t rows, int64_t n, const float *w, float eps,
+                           float *y);
+/* In place over n values. */
+xattn_status xa_op_gelu(float *x, int64_t n, int tanh_form);
+void xa_op_relu(float *x, int64_t n);
+/* y (rows, h) = a * gelu(g) for in (rows, 2h) = [a | g] (diffusers GEGLU; erf GELU). */
+void xa_op_geglu(const float *in, int64_t rows, int64_t h, float *y);
+/* y += x; y += a * x; y *= a (n values). */
+void xa_op_add(float *y, const float *x, int64_t n);
+void xa_op_axpy(float a, const float *x, float *y, int64_t n);
+void xa_op_scale(float *y, float a, int64_t n);
+/* y[r, :] += alpha * b (y (rows, n), b (n)). */
+void xa_op_add_rows(float *y, int64_t rows, int64_t n, const float *b, float alpha);
+/* y[r, :] *= s[r] (y (rows, n), s (rows)). */
+void xa_op_scale_rows(float *y, int64_t rows, int64_t n, const float *s);
+/* dst (B, C, P) = src (B, P, C) transposed per batch item. */
+void xa_op_transpose(const float *src, float *dst, int64_t B, int64_t P, int64_t C);
+/* y (B, R) = mean over f of x (B, F, R). */
+void xa_op_mean(const float *x, int64_t B, int64_t F, int64_t R, float *y);
+/* y (B, R) = mean over pairs: x (B, 2 * Rout ... ) token pooling: y[b, t, :] = (x[b, 2t, :] +
+ * x[b, 2t + 1, :]) / 2 for t < N / 2, x (B, N, C), y (B, N / 2, C) (AvgPool1d(2, 2) over tokens). */
+void xa_op_pool2(const float *x, int64_t B, int64_t N, int64_t C, float *y);
+/* y[b, n] = max over t of x[b, t, n] (x (B, T, N)). */
+void xa_op_max_over(const float *x, int64_t B, int64_t T, int64_t N, float *y);
+
+/* Fused attention (softmax(scale q k^T + bias, masked) v) with every option of xa_attn:
+ * strided heads, masks, bias, causal with an offset (query and key position origins), both
+ * fill semantics, log-sum-exp and probabilities out, talking-heads mixing. */
+xattn_status xa_op_attention(const xa_attn *p);
+/* Bidirectional attention (both softmaxes of one similarity). */
+xattn_status xa_op_bidir_attention(const xa_bidir *p);
+/* Merges partial attention results over disjoint key sets (ring attention):
+ *   L = log(e^L1 + e^L2), o = e^(L1 - L) o1 + e^(L2 - L) o2
+ * o1, o2, o (rows, dv), l1, l2, l (rows); o may be o1, l may be l1. A row with L1 = L2 = -inf
+ * (no key at all) stays zero with L = -inf. */
+void xa_op_lse_merge(const float *o1, const float *l1, const float *o2, const float *l2,
+                     int64_t rows, int64_t dv, float *o, float *l);
+
+#endif
