@@ -437,6 +437,11 @@ if ok "run bidir masks + rel_pos_bias + maps" "$X" run "$BA" "${BIN[@]}" "${BMAS
         same "bidir masked $o" "$D/$o.npy" "$F/bidir_expected_masked_$o.npy"
     done
     has "bidir context_attn shape" "$D.out" "context_attn.npy (2, 4, 5, 7)"
+    # with talking heads the maps are the head-mixed ones, not one softmax per head
+    has "bidir talking-heads attn label" "$D.out" \
+        "attn.npy (2, 4, 5, 7) (softmax over j, mixed across heads by talking heads)"
+    has "bidir talking-heads context_attn label" "$D.out" \
+        "context_attn.npy (2, 4, 5, 7) (softmax over i, mixed across heads by talking heads)"
 fi
 if ok "run bidir float64 x, 1 thread" "$X" run "$BA" --x "$F/bidir_x_f64.npy" --context \
     "$F/bidir_context.npy" --threads 1; then
@@ -448,6 +453,9 @@ if ok "run bidir rank 2, BF16 weights, 1-D masks, (I, J) bias" "$X" run "$BP" "$
     for o in out context_out attn context_attn; do
         same "bidir rank-2 $o" "$D/$o.npy" "$F/bidir_plain_expected_$o.npy"
     done
+    has "bidir attn label without talking heads" "$D.out" "attn.npy (2, 6, 4) (softmax over j, per head)"
+    has "bidir context_attn label without talking heads" "$D.out" \
+        "context_attn.npy (2, 6, 4) (softmax over i, per head)"
     has "bidir rank-2 attn shape" "$D.out" "attn.npy (2, 6, 4)"
 fi
 if ok "run bidir 0.0.x LayerNorm prenorm, F16 weights, --heads" "$X" run \

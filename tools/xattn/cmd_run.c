@@ -618,8 +618,16 @@ static int run_bidir(const run_args *a, run_state *s)
         sh[nd++] = c.heads;
         sh[nd++] = I;
         sh[nd++] = J;
-        cli_output_set(&outs[2], "attn", s->attn, "softmax over j, per head", nd, sh);
-        cli_output_set(&outs[3], "context_attn", s->cattn, "softmax over i, per head", nd, sh);
+        /* talking heads mix the heads' probabilities after the softmax */
+        const int th = c.talking_heads;
+        cli_output_set(&outs[2], "attn", s->attn,
+                       th ? "softmax over j, mixed across heads by talking heads"
+                          : "softmax over j, per head",
+                       nd, sh);
+        cli_output_set(&outs[3], "context_attn", s->cattn,
+                       th ? "softmax over i, mixed across heads by talking heads"
+                          : "softmax over i, per head",
+                       nd, sh);
     }
     return cli_write_outputs(CMD, a->out_dir ? a->out_dir : ".", outs, a->return_attn ? 4 : 2);
 }
