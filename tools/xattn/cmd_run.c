@@ -647,29 +647,9 @@ static int run(const run_args *a, run_state *s)
     return s->is_bidir ? run_bidir(a, s) : run_mha(a, s);
 }
 
-/* The kind this command line runs when the registry runner handles it, else NULL. */
-static int registry_route(int argc, char **argv)
-{
-    const char *model = NULL, *kind = NULL;
-    for (int i = 1; i < argc; i++) {
-        if (!strncmp(argv[i], "--module=", 9)) kind = argv[i] + 9;
-        else if (!strcmp(argv[i], "--module") && i + 1 < argc) kind = argv[++i];
-        else if (argv[i][0] != '-' && !model && i > 0 && strncmp(argv[i - 1], "--", 2)) model = argv[i];
-    }
-    if (kind) return reg_cli_handles(kind);
-    if (!model) return 0;
-    xattn_safetensors *st = NULL;
-    if (xattn_st_open(model, &st)) return 0; /* reported by the runner that takes it */
-    xattn_found f[2];
-    size_t n = xattn_module_scan(st, f, 2);
-    int yes = n == 1 && reg_cli_handles(f[0].kind);
-    xattn_st_close(st);
-    return yes;
-}
-
 int cmd_run(int argc, char **argv)
 {
-    if (registry_route(argc, argv)) return reg_cmd_run(CMD, argc, argv);
+    if (reg_route(argc, argv, 0)) return reg_cmd_run(CMD, argc, argv);
     int ext_rc;
     if (cli_ext_dispatch(argc, argv, &ext_rc)) return ext_rc; /* modules with their own runner */
     run_args a;

@@ -71,5 +71,10 @@ void reg_help_kind(const char *kind);
 int reg_cli_handles(const char *kind);
 /* `xattn run` through the registry. */
 int reg_cmd_run(const char *cmd, int argc, char **argv);
+/* 1 if argv (of run or bench) names a kind (--module, or the one module of its file) that goes
+ * through the registry: the kinds the CLI runs this way, or with any_kind every registry kind. */
+int reg_route(int argc, char **argv, int any_kind);
+/* `xattn bench` through the registry. */
+int reg_cmd_bench(const char *cmd, int argc, char **argv);
 
 #endif

@@ -294,12 +294,11 @@ static int generate(const char *cmd, const reg_args *a, reg_state *s, int i)
         dim_tok(dims, k, tok, sizeof tok);
         int known;
         int64_t v = tok_value(s, tok, &known);
-        if (!known) {
-            int nsym = 0;
-            for (int j = 0; j < s->n_sym; j++) nsym += strcmp(s->sym[j], "B") != 0;
+        if (!known) { /* sizes of the first input: --len; of the second: --context-len */
+            const long long len = a->len ? a->len : 1024;
             v = !strcmp(tok, "B") ? (a->batch ? a->batch : 1)
-                : nsym == 1     ? (a->context_len ? a->context_len : 2 * (a->len ? a->len : 1024))
-                                : (a->len ? a->len : 1024);
+                : i == 1          ? (a->context_len ? a->context_len : 2 * len)
+                                  : len;
             snprintf(s->sym[s->n_sym], sizeof s->sym[0], "%s", tok);
             s->sym_val[s->n_sym] = v;
             s->sym_file[s->n_sym++] = "generated inputs";
