@@ -172,6 +172,20 @@ static int collect_options(const char *cmd, reg_state *s, const reg_args *a)
     return 0;
 }
 
+/* A library error about an option value: a usage error naming the flag; else 0. */
+static int option_error(const char *cmd, const char *model)
+{
+    const char *e = xattn_last_error();
+    const char *q = strstr(e, "option '");
+    if (q && strstr(q, "disagrees")) return cli_error(cmd, model, "%s", q);
+    if (!q) return 0;
+    char flag[96];
+    snprintf(flag, sizeof flag, "--%.*s", (int)strcspn(q + 8, "'"), q + 8);
+    for (char *c = flag + 2; *c; c++)
+        if (*c == '_') *c = '-';
+    return cli_usage(cmd, "%s: %s", flag, q);
+}
+
 int reg_open(const char *cmd, const reg_args *a, reg_state *s)
 {
     memset(s, 0, sizeof *s);
@@ -184,9 +198,17 @@ int reg_open(const char *cmd, const reg_args *a, reg_state *s)
         }
         int rc = collect_options(cmd, s, a);
         if (rc) return rc;
-        if (xattn_module_create(s->kind, s->opts, (size_t)s->n_opts, 0, &s->m))
-            return cli_usage(cmd, "%s", xattn_last_error());
+        if (xattn_module_create(s->kind, s->opts, (size_t)s->n_opts, 0, &s->m)) {
+            int orc = option_error(cmd, NULL);
+            return orc ? orc : cli_usage(cmd, "%s", xattn_last_error());
+        }
         return 0;
+    }
+    for (size_t i = 0; a->kind && i < xattn_kind_count(); i++) {
+        xattn_kind_desc k;
+        if (!xattn_kind_info(i, &k) && !strcmp(k.name, a->kind) && !k.state_dict[0])
+            return cli_usage(cmd, "%s has no weights: no model file is needed (got '%s')",
+                             a->kind, a->model);
     }
     if (xattn_st_open(a->model, &s->st) != XATTN_OK) return cli_lib_error(cmd, a->model);
     int rc = pick(cmd, a, s->st, s->kind, s->prefix);
@@ -199,18 +221,8 @@ int reg_open(const char *cmd, const reg_args *a, reg_state *s)
     o.options = s->opts;
     o.n_options = (size_t)s->n_opts;
     if (xattn_module_open(s->st, &o, &s->m) != XATTN_OK) {
-        const char *e = xattn_last_error();
-        /* "option 'heads' ..." is about a flag: say which */
-        const char *q = strstr(e, "option '");
-        if (q && strstr(q, "disagrees")) return cli_error(cmd, a->model, "%s", q);
-        if (q) { /* a bad value of a flag: a usage error naming the flag */
-            char flag[96];
-            snprintf(flag, sizeof flag, "--%.*s", (int)strcspn(q + 8, "'"), q + 8);
-            for (char *c = flag + 2; *c; c++)
-                if (*c == '_') *c = '-';
-            return cli_usage(cmd, "%s: %s", flag, q);
-        }
-        return cli_lib_error(cmd, a->model);
+        int orc = option_error(cmd, a->model);
+        return orc ? orc : cli_lib_error(cmd, a->model);
     }
     const char *w = xattn_module_warnings(s->m);
     while (*w) { /* one line each; options are flags here */
