@@ -342,30 +342,33 @@ static void zero_opts(void)
 /* Initialisation                                                                           */
 /* ---------------------------------------------------------------------------------------- */
 
-static void moments(const xattn_param_desc *p, double *mean, double *var, double *mx)
+/* Size, mean, sample variance and largest |x| of parameter `name` of m; 0 if it has none. */
+static int64_t moments(const xattn_module *m, const char *name, double *mean, double *var,
+                       double *mx)
 {
-    const int64_t n = numel(p);
+    xattn_param_desc p;
     *mean = *var = *mx = 0;
+    if (!param(m, name, &p)) {
+        CHECK(0);
+        return 0;
+    }
+    const int64_t n = numel(&p);
     for (int64_t i = 0; i < n; i++) {
-        *mean += p->data[i];
-        if (fabs(p->data[i]) > *mx) *mx = fabs(p->data[i]);
+        *mean += p.data[i];
+        if (fabs(p.data[i]) > *mx) *mx = fabs(p.data[i]);
     }
     *mean /= (double)n;
-    for (int64_t i = 0; i < n; i++) *var += (p->data[i] - *mean) * (p->data[i] - *mean);
+    for (int64_t i = 0; i < n; i++) *var += (p.data[i] - *mean) * (p.data[i] - *mean);
     *var /= (double)(n - 1);
+    return n;
 }
 
 /* U(-b, b): |x| <= b, close to b, mean 0, variance b^2 / 3, each within 5 standard errors. */
 static void check_uniform(const xattn_module *m, const char *name, double b)
 {
-    xattn_param_desc p;
-    if (!param(m, name, &p)) {
-        CHECK(0);
-        return;
-    }
-    const int64_t n = numel(&p);
     double mean, var, mx;
-    moments(&p, &mean, &var, &mx);
+    const int64_t n = moments(m, name, &mean, &var, &mx);
+    if (!n) return;
     const double se_mean = b / sqrt(3.0 * (double)n), want_var = b * b / 3;
     const double tol_var = 5 * sqrt(0.8 / (double)n), low = b * (1 - 10.0 / (double)n);
     tu_checks++;
@@ -379,14 +382,9 @@ static void check_uniform(const xattn_module *m, const char *name, double b)
 /* N(0, sd^2): mean and variance within 5 standard errors (var: relative sd sqrt(2 / n)). */
 static void check_normal(const xattn_module *m, const char *name, double sd)
 {
-    xattn_param_desc p;
-    if (!param(m, name, &p)) {
-        CHECK(0);
-        return;
-    }
-    const int64_t n = numel(&p);
     double mean, var, mx;
-    moments(&p, &mean, &var, &mx);
+    const int64_t n = moments(m, name, &mean, &var, &mx);
+    if (!n) return;
     tu_checks++;
     if (fabs(mean) > 5 * sd / sqrt((double)n) ||
         fabs(var / (sd * sd) - 1) > 5 * sqrt(2.0 / (double)n)) {

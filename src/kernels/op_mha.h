@@ -32,6 +32,12 @@ void xa_op_mask_bias(const xa_mask_src *src, int n_src, int64_t bB, int64_t bH, 
                      int64_t J, int64_t Jx, float *bias);
 /* 1 if any of the n values of x is -inf. */
 int xa_op_has_neg_inf(const float *x, int64_t n);
+/* Points the fused attention a at heads read in place from projections laid out (B, N, H*dh)
+ * ((h d) channel split, no transposes): q (B, I, q_ld), k and v (B, J, kv_ld), out (B, I, o_ld),
+ * head h at channel h*dh of each row; sets B, H, I, J and dh = dv as well. */
+void xa_op_attn_heads(xa_attn *a, int64_t B, int64_t H, int64_t I, int64_t J, int64_t dh,
+                      const float *q, int64_t q_ld, const float *k, const float *v, int64_t kv_ld,
+                      float *out, int64_t o_ld);
 /* Rows J .. Jx-1 of every batch item of kv (B, Jx, n): first `row` (n values) if not NULL,
  * then zero rows up to Jx. */
 void xa_op_append_rows(float *kv, int64_t B, int64_t J, int64_t Jx, int64_t n, const float *row);

@@ -684,28 +684,8 @@ static void attn_call(const xattn_mha *m, const xattn_mha_inputs *in, int64_t Jx
                       const float *qp, const float *kp, const float *vp, float *op, float *probs,
                       xa_attn *a)
 {
-    const int64_t I = in->I, H = m->cfg.heads, dh = m->cfg.head_dim, inner = m->cfg.inner_dim;
-    a->B = in->B;
-    a->H = H;
-    a->I = I;
-    a->J = Jx;
-    a->dh = a->dv = dh;
-    a->q = qp;
-    a->q_sb = I * inner;
-    a->q_sh = dh;
-    a->q_si = inner;
-    a->k = kp;
-    a->k_sb = Jx * inner;
-    a->k_sh = dh;
-    a->k_sj = inner;
-    a->v = vp;
-    a->v_sb = Jx * inner;
-    a->v_sh = dh;
-    a->v_sj = inner;
-    a->out = op;
-    a->o_sb = I * inner;
-    a->o_sh = dh;
-    a->o_si = inner;
+    const int64_t I = in->I, H = m->cfg.heads, inner = m->cfg.inner_dim;
+    xa_op_attn_heads(a, in->B, H, I, Jx, m->cfg.head_dim, qp, inner, kp, vp, inner, op, inner);
     a->causal = in->is_causal ? 1 : 0;
     a->fill = XATTN_FILL_NEG_INF;
     a->scale = m->cfg.scale;
