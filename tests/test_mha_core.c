@@ -655,7 +655,8 @@ static void scan_prefixes(void)
     xattn_module_free(m);
     xattn_st_close(st);
 
-    /* nn.MultiheadAttention inside a conv2d-cross file: one module, the outer one */
+    /* an nn.MultiheadAttention beside a conv2d-cross whose tensors it does not use: two modules
+     * (a block is left out only when the other module's parameters include it) */
     const xattn_st_entry nested[] = {{"conv_query.weight", XATTN_F32, 4, {4, 3, 1, 1}, w},
                                      {"conv_key.weight", XATTN_F32, 4, {4, 3, 1, 1}, w},
                                      {"conv_value.weight", XATTN_F32, 4, {4, 3, 1, 1}, w},
@@ -667,7 +668,8 @@ static void scan_prefixes(void)
     CHECK_OK(xattn_st_save(f, nested, 8, NULL, 0));
     CHECK_OK(xattn_st_open(f, &st));
     unlink(f);
-    CHECK(xattn_module_scan(st, found, 8) == 1 && !strcmp(found[0].kind, "conv2d-cross"));
+    CHECK(xattn_module_scan(st, found, 8) == 2 && !strcmp(found[0].kind, "conv2d-cross") &&
+          !strcmp(found[1].kind, "mha") && !strcmp(found[1].prefix, "extra."));
     xattn_st_close(st);
 }
 

@@ -383,41 +383,11 @@ static xattn_status diff_bind(xa_mod *core)
 /* The kinds                                                                                */
 /* ---------------------------------------------------------------------------------------- */
 
-/* Whether the module at prefix lies inside a module of another kind found by its anchor at a
- * shorter prefix (nn.MultiheadAttention inside a transformer layer, the region attentions of
- * HALLO, ...): such a block is part of that module, not a module of its own. */
-static int inside_other_kind(const xattn_safetensors *st, const char *prefix)
-{
-    const size_t pl = strlen(prefix);
-    for (size_t t = 0; t < xattn_st_count(st); t++) {
-        const char *name = xattn_st_name(st, t);
-        for (int i = 0; name && xa_kinds[i]; i++) {
-            const xa_kind *k = xa_kinds[i];
-            if (k == &xa_kind_mha || k == &xa_kind_attention || !k->anchor) continue;
-            const size_t nl = strlen(name), al = strlen(k->anchor);
-            if (nl < al || strcmp(name + nl - al, k->anchor)) continue;
-            const size_t ol = nl - al;
-            char other[256];
-            if (ol >= pl || ol >= sizeof other || strncmp(name, prefix, ol) ||
-                (ol && name[ol - 1] != '.'))
-                continue;
-            memcpy(other, name, ol);
-            other[ol] = '\0';
-            if (!k->claims || k->claims(st, other)) return 1;
-        }
-    }
-    return 0;
-}
-
+/* in_proj_weight (packed) or q_proj_weight (separate) marks nn.MultiheadAttention; a block
+ * inside another module (a transformer layer's self_attn.) is left out by the registry's scan. */
 static int torch_claims(const xattn_safetensors *st, const char *prefix)
 {
-    return (xa_has(st, prefix, "in_proj_weight") || xa_has(st, prefix, "q_proj_weight")) &&
-           !inside_other_kind(st, prefix);
-}
-
-static int diff_claims(const xattn_safetensors *st, const char *prefix)
-{
-    return !inside_other_kind(st, prefix);
+    return xa_has(st, prefix, "in_proj_weight") || xa_has(st, prefix, "q_proj_weight");
 }
 
 static xattn_status torch_forward_named(const xa_mod *core, const xa_run *r);
@@ -453,7 +423,6 @@ const xa_kind xa_kind_attention = {
     .outputs = diff_outputs,
     .n_out = sizeof diff_outputs / sizeof diff_outputs[0],
     .anchor = "to_q.weight",
-    .claims = diff_claims,
     .size = sizeof(xattn_mha),
     .build = diff_build,
     .bind = diff_bind,
