@@ -63,6 +63,14 @@ XATTN_API const char *xattn_version(void);
 /* Threads and CPU dispatch                                                                     */
 /* ------------------------------------------------------------------------------------------ */
 
+/* A yes/no option whose zero value means "the reference's default": options structs are valid
+ * when zero-initialised, so their booleans need a third value. */
+typedef enum xattn_choice {
+    XATTN_DEFAULT = 0, /* the reference's default (or the file's metadata) */
+    XATTN_NO = 1,
+    XATTN_YES = 2
+} xattn_choice;
+
 /* Most threads a context may use. */
 #define XATTN_MAX_THREADS 1024
 
@@ -845,11 +853,6 @@ XATTN_API xattn_status xattn_decoder_step(xattn_decoder_state *s, int64_t n, con
  * options or metadata that contradict the shapes are errors. A default assumed for an option
  * that leaves no trace in the state dict is reported by xattn_module_warnings().
  */
-typedef enum xattn_choice {
-    XATTN_DEFAULT = 0, /* the reference's default (or the file's metadata) */
-    XATTN_NO = 1,
-    XATTN_YES = 2
-} xattn_choice;
 
 typedef struct xattn_module xattn_module;
 
