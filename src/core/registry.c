@@ -236,6 +236,21 @@ static int owns(const xa_kind *k, const xattn_safetensors *st, const char *prefi
     return yes;
 }
 
+/* The anchor alternative of kind k that `name` ends with ('|'-separated alternatives: a bare
+ * layer's tensor, or a stack's first layer's), as its length; 0 if none. */
+static size_t anchor_match(const xa_kind *k, const char *name)
+{
+    const size_t nl = strlen(name);
+    for (const char *a = k->anchor; *a;) {
+        size_t al = strcspn(a, "|");
+        if (nl >= al && !strncmp(name + nl - al, a, al) &&
+            (nl == al || name[nl - al - 1] == '.'))
+            return al;
+        a += al + (a[al] == '|');
+    }
+    return 0;
+}
+
 /* Candidates: a tensor PREFIX + anchor marks one. */
 static size_t candidates(const xattn_safetensors *st, xattn_found *c, size_t cap)
 {
@@ -245,14 +260,17 @@ static size_t candidates(const xattn_safetensors *st, xattn_found *c, size_t cap
         for (int i = 0; name && xa_kinds[i] && n < cap; i++) {
             const xa_kind *k = xa_kinds[i];
             if (!k->anchor) continue;
-            size_t nl = strlen(name), al = strlen(k->anchor);
-            if (nl < al || strcmp(name + nl - al, k->anchor)) continue;
-            size_t pl = nl - al;
-            if ((pl && name[pl - 1] != '.') || pl >= sizeof c[0].prefix) continue;
+            size_t al = anchor_match(k, name);
+            if (!al) continue;
+            size_t pl = strlen(name) - al;
+            if (pl >= sizeof c[0].prefix) continue;
             memcpy(c[n].prefix, name, pl);
             c[n].prefix[pl] = '\0';
             if (k->claims && !k->claims(st, c[n].prefix)) continue;
-            c[n++].kind = k->name;
+            int dup = 0; /* two alternatives of one kind at one prefix */
+            for (size_t j = 0; j < n && !dup; j++)
+                dup = c[j].kind == k->name && !strcmp(c[j].prefix, c[n].prefix);
+            if (!dup) c[n++].kind = k->name;
         }
     }
     return n;
@@ -268,8 +286,15 @@ size_t xattn_module_scan(const xattn_safetensors *st, xattn_found *found, size_t
     size_t nc = candidates(st, c, MAXC), n = 0;
     char full[600];
     for (size_t d = 0; d < nc; d++) {
+        /* the tensor that made d a candidate: its prefix + the anchor alternative present */
         const xa_kind *kd = xa_kind_find(c[d].kind);
-        snprintf(full, sizeof full, "%s%s", c[d].prefix, kd->anchor);
+        full[0] = '\0';
+        for (const char *a = kd->anchor; *a && !full[0];) {
+            size_t al = strcspn(a, "|");
+            snprintf(full, sizeof full, "%s%.*s", c[d].prefix, (int)al, a);
+            if (xattn_st_find(st, full) < 0) full[0] = '\0';
+            a += al + (a[al] == '|');
+        }
         int inner = 0;
         for (size_t o = 0; o < nc && !inner; o++) {
             if (o == d || strncmp(c[d].prefix, c[o].prefix, strlen(c[o].prefix))) continue;
