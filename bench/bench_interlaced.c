@@ -60,9 +60,10 @@ static xattn_interlaced *make_model(const cfg *c, float **bufs, int *nbuf)
     xattn_safetensors *st = NULL;
     xattn_interlaced *m = NULL;
     xattn_interlaced_opts o;
-    xattn_interlaced_opts_init(&o);
+    memset(&o, 0, sizeof o);
     o.heads = c->H;
     o.n_cls = c->n_cls;
+    o.has_n_cls = 1;
     if (xattn_st_save(path, e, (size_t)n, NULL, 0) || xattn_st_open(path, &st) ||
         xattn_interlaced_load(st, "", &o, &m)) {
         fprintf(stderr, "bench_interlaced: %s\n", xattn_last_error());
@@ -98,10 +99,12 @@ int main(int argc, char **argv)
         float *o = malloc(sizeof(float) * (size_t)(c->B * c->I * c->D));
         float *co = malloc(sizeof(float) * (size_t)(c->B * c->J * c->D));
         double *ts = malloc(sizeof(double) * (size_t)reps);
-        xattn_interlaced_forward(m, c->B, c->I, c->J, x, ctx, o, co, NULL);
+        xattn_interlaced_inputs in = {.B = c->B, .I = c->I, .J = c->J, .x = x, .context = ctx};
+        xattn_interlaced_outputs outs = {.out = o, .context_out = co};
+        xattn_interlaced_forward(NULL, m, &in, &outs);
         for (int r = 0; r < reps; r++) {
             double t0 = now_seconds();
-            if (xattn_interlaced_forward(m, c->B, c->I, c->J, x, ctx, o, co, NULL)) {
+            if (xattn_interlaced_forward(NULL, m, &in, &outs)) {
                 fprintf(stderr, "bench_interlaced: %s\n", xattn_last_error());
                 return 1;
             }

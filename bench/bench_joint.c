@@ -76,15 +76,16 @@ static int run_cfg(const cfg *c, int threads, int reps, FILE *json, double peak)
     for (int64_t b = 0; b < B; b++)
         for (int64_t j = N - b % 4; j < N; j++) cm[b * N + j] = 1;
     xattn_joint_inputs in = {.B = B, .K = K, .N = N, .x = x, .context = ctx};
+    xattn_joint_outputs outs = {.out = out, .context_out = cout};
     if (c->masks) {
         in.x_padding_mask = xm;
         in.context_padding_mask = cm;
     }
     double *ts = malloc(sizeof(double) * (size_t)reps);
-    xattn_joint_forward(m, &in, out, cout);
+    xattn_joint_forward(NULL, m, &in, &outs);
     for (int r = 0; r < reps; r++) {
         double t0 = now_seconds();
-        if (xattn_joint_forward(m, &in, out, cout)) {
+        if (xattn_joint_forward(NULL, m, &in, &outs)) {
             fprintf(stderr, "bench_joint: %s\n", xattn_last_error());
             return 1;
         }

@@ -203,7 +203,11 @@ static int mmca_match(const xattn_joint *jm, const mmca_head *h, const float *R,
     in.N = N;
     in.x = R;
     in.context = X;
-    if (!rc && xattn_joint_forward(jm, &in, rs, xs) != XATTN_OK) {
+    xattn_joint_outputs out;
+    memset(&out, 0, sizeof out);
+    out.out = rs;
+    out.context_out = xs;
+    if (!rc && xattn_joint_forward(NULL, jm, &in, &out) != XATTN_OK) {
         fprintf(stderr, "mmca: %s\n", xattn_last_error());
         rc = -1;
     }

@@ -120,14 +120,23 @@ static int run_il(const il_args *a, il_state *s)
                          "[PREFIX]blocks.0.self_attn.qkv.weight beside it",
                          SUFFIX);
     xattn_interlaced_opts o;
-    xattn_interlaced_opts_init(&o);
+    memset(&o, 0, sizeof o);
     o.heads = a->heads;
-    o.n_cls = a->n_cls;
-    if (a->first) o.context_first = !strcmp(a->first, "context");
+    if (a->n_cls >= 0) {
+        o.n_cls = a->n_cls;
+        o.has_n_cls = 1;
+    }
+    if (a->first) o.context_first = !strcmp(a->first, "context") ? XATTN_YES : XATTN_NO;
     if (xattn_interlaced_load(s->st, prefix, &o, &s->m) != XATTN_OK)
         return cli_lib_error(CMD, a->model);
     if (!a->allow_nonfinite && (rc = cli_check_weights_finite(CMD, a->model, s->st, NULL, 0)))
         return rc;
+    /* defaults assumed for what the file cannot tell (heads, n_cls, first) */
+    for (const char *w = xattn_interlaced_warnings(s->m); *w;) {
+        size_t n = strcspn(w, "\n");
+        printf("warning: %.*s\n", (int)n, w);
+        w += n + (w[n] == '\n');
+    }
     xattn_interlaced_config c;
     xattn_interlaced_get_config(s->m, &c);
 
@@ -166,8 +175,19 @@ static int run_il(const il_args *a, il_state *s)
         (a->return_attn && (!s->lg || !s->lg_block)))
         return cli_error(CMD, a->x, "out of memory for the outputs");
     for (int64_t L = 0; a->return_attn && L < c.depth; L++) s->lg[L] = s->lg_block + L * (int64_t)n_lg;
-    if (xattn_interlaced_forward(s->m, B, I, J, s->x.data, s->ctx.data, s->out, s->cout, s->lg) !=
-        XATTN_OK)
+    xattn_interlaced_inputs in;
+    memset(&in, 0, sizeof in);
+    in.B = B;
+    in.I = I;
+    in.J = J;
+    in.x = s->x.data;
+    in.context = s->ctx.data;
+    xattn_interlaced_outputs out;
+    memset(&out, 0, sizeof out);
+    out.out = s->out;
+    out.context_out = s->cout;
+    out.attn_weights = s->lg;
+    if (xattn_interlaced_forward(NULL, s->m, &in, &out) != XATTN_OK)
         return cli_lib_error(CMD, a->model);
 
     cli_output_set(&s->outs[0], "out", s->out, NULL, nd, s->x.shape);

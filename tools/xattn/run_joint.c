@@ -117,25 +117,25 @@ static int joint_go(const jargs *a, jstate *s)
                          "--module joint: no nn.TransformerEncoderLayer found (expected "
                          "self_attn.in_proj_weight with linear1.weight, or "
                          "layers.0.self_attn.in_proj_weight)");
-    xattn_joint_options o;
-    xattn_joint_options_init(&o);
+    xattn_joint_opts o;
+    memset(&o, 0, sizeof o);
     o.heads = a->heads > 0 ? a->heads : 0;
     o.layer_norm_eps = a->eps;
     if (a->norm_first) {
         if (!strcmp(a->norm_first, "true") || !strcmp(a->norm_first, "True") ||
             !strcmp(a->norm_first, "1"))
-            o.norm_first = 1;
+            o.norm_first = XATTN_YES;
         else if (!strcmp(a->norm_first, "false") || !strcmp(a->norm_first, "False") ||
                  !strcmp(a->norm_first, "0"))
-            o.norm_first = 0;
+            o.norm_first = XATTN_NO;
         else
             return cli_usage(CMD, "--norm-first must be true or false");
     }
     if (a->activation) {
         if (!strcmp(a->activation, "relu"))
-            o.activation = 0;
+            o.activation = XATTN_JOINT_ACT_RELU;
         else if (!strcmp(a->activation, "gelu"))
-            o.activation = 1;
+            o.activation = XATTN_JOINT_ACT_GELU;
         else
             return cli_usage(CMD, "--activation must be relu or gelu");
     }
@@ -145,6 +145,12 @@ static int joint_go(const jargs *a, jstate *s)
                          "pass --heads N");
     if (xattn_joint_load(s->st, "", &o, &s->m) != XATTN_OK) return cli_lib_error(CMD, a->model);
     if (!a->allow_nonfinite && (rc = cli_check_weights_finite(CMD, a->model, s->st, NULL, 0))) return rc;
+    /* defaults assumed for what the file cannot tell (norm_first, activation, eps) */
+    for (const char *w = xattn_joint_warnings(s->m); *w;) {
+        size_t n = strcspn(w, "\n");
+        printf("warning: %.*s\n", (int)n, w);
+        w += n + (w[n] == '\n');
+    }
     xattn_joint_config cfg;
     xattn_joint_get_config(s->m, &cfg);
     const int64_t d = cfg.d_model;
@@ -182,7 +188,11 @@ static int joint_go(const jargs *a, jstate *s)
     in.context = s->c.data;
     in.x_padding_mask = a->xm ? s->xm.data : NULL;
     in.context_padding_mask = a->cm ? s->cm.data : NULL;
-    if (xattn_joint_forward(s->m, &in, s->out, s->cout) != XATTN_OK)
+    xattn_joint_outputs out;
+    memset(&out, 0, sizeof out);
+    out.out = s->out;
+    out.context_out = s->cout;
+    if (xattn_joint_forward(NULL, s->m, &in, &out) != XATTN_OK)
         return cli_lib_error(CMD, a->model);
     cli_output outs[2];
     int64_t sh_out[3];
