@@ -233,6 +233,9 @@ const xa_kind xa_kind_interlaced = {
     .build = build,
     .bind = bind,
     .forward = forward_named,
+    .state_dict = "blocks.N.{norm1, self_attn.qkv, self_attn.proj, norm_q, norm_v, attn.q_map, "
+                  "attn.k_map, attn.v_map, attn.proj, norm2, mlp.fc1, mlp.fc2}.{weight, bias} "
+                  "(qkv_bias=False: no self_attn.qkv.bias, attn.{q,k,v}_map.bias)",
 };
 
 /* Typed options as the registry's string options (n_cls 0 needs has_n_cls). */

@@ -323,6 +323,11 @@ const xa_kind xa_kind_joint = {
     .build = build,
     .bind = bind,
     .forward = forward_named,
+    .state_dict = "self_attn.in_proj_weight (3d, d), self_attn.in_proj_bias, "
+                  "self_attn.out_proj.{weight, bias}, linear1.{weight (ff, d), bias}, "
+                  "linear2.{weight, bias}, norm1.{weight, bias}, norm2.{weight, bias} "
+                  "(nn.TransformerEncoderLayer; bias=False: no *.bias); nn.TransformerEncoder: "
+                  "layers.N.<the same>, norm.{weight, bias} (its final norm, optional)",
 };
 
 /* A bare nn.TransformerEncoderLayer at the prefix (linear1 beside self_attn), not a layer of a
