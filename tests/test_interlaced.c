@@ -11,9 +11,9 @@
 #include <string.h>
 #include <unistd.h>
 
-static const char *const FIXTURES[] = {"basic",         "d1_ncls0_len1",  "d3_ncls1_defaults",
-                                       "default_ncls20", "empty_keys",     "context_first",
-                                       "long"};
+static const char *const FIXTURES[] = {
+    "basic",         "d1_ncls0_len1", "d3_ncls1_defaults", "default_ncls20", "empty_keys",
+    "context_first", "long"};
 
 static double g_worst_out, g_worst_lg;
 
@@ -125,8 +125,8 @@ static void run_fixture(const char *name)
         CHECK_OK(il_fwd(m, B, I, J, xo, xc, xo, xc, some));
         wo = fmax(wo, tu_check_close("in place out", xo, ref_o, B * I * D, TU_TOL));
         wo = fmax(wo, tu_check_close("in place context_out", xc, ref_co, B * J * D, TU_TOL));
-        wl = fmax(wl, tu_check_close("last logits", lg[c.depth - 1], ref_lg[c.depth - 1], nlg,
-                                     TU_TOL));
+        wl = fmax(wl,
+                  tu_check_close("last logits", lg[c.depth - 1], ref_lg[c.depth - 1], nlg, TU_TOL));
         free(xo);
         free(xc);
     }
@@ -190,8 +190,7 @@ static void test_opts(void)
     CHECK_FAIL(il_fwd(m, B, I, -1, x, ctx, out, co, NULL), XATTN_ERR_ARG);
     CHECK_FAIL(il_fwd(m, B, I, J, NULL, ctx, out, co, NULL), XATTN_ERR_ARG);
     CHECK_FAIL(il_fwd(m, B, I, J, x, ctx, out, NULL, NULL), XATTN_ERR_ARG);
-    CHECK_FAIL(il_fwd(m, (int64_t)1 << 40, (int64_t)1 << 40, J, x, ctx, out, co,
-                                        NULL),
+    CHECK_FAIL(il_fwd(m, (int64_t)1 << 40, (int64_t)1 << 40, J, x, ctx, out, co, NULL),
                XATTN_ERR_NOMEM);
     CHECK_FAIL(xattn_interlaced_load(st, "", NULL, NULL), XATTN_ERR_ARG);
     xattn_interlaced *bad = (xattn_interlaced *)1;
@@ -284,7 +283,8 @@ static void test_errors(void)
             "blocks.1.self_attn.proj.bias");
     derived("", NULL, "blocks.1.attn.proj.weight", NULL, NULL, XATTN_ERR_SHAPE,
             "'blocks.1.attn.proj.weight' has shape (15, 16)");
-    derived("", NULL, "blocks.0.mlp.fc2.bias", NULL, NULL, XATTN_ERR_SHAPE, "blocks.0.mlp.fc2.bias");
+    derived("", NULL, "blocks.0.mlp.fc2.bias", NULL, NULL, XATTN_ERR_SHAPE,
+            "blocks.0.mlp.fc2.bias");
     derived("", NULL, NULL, "heads", "zero", XATTN_ERR_FORMAT, "heads");
     derived("", NULL, NULL, "n_cls", "-1", XATTN_ERR_FORMAT, "n_cls");
     derived("", NULL, NULL, "first", "sideways", XATTN_ERR_FORMAT, "first");

@@ -131,9 +131,9 @@ static void zero_opts(void)
 }
 
 /* Runs m by names on x (B, I, D), context (B, J, D): out, context_out and both logits. */
-static void run_named(const xattn_module *m, int64_t B, int64_t I, int64_t J, int64_t D,
-                      int64_t H, int64_t xl, int64_t cl, const float *x, const float *c, float *o,
-                      float *co, float *lx, float *lc)
+static void run_named(const xattn_module *m, int64_t B, int64_t I, int64_t J, int64_t D, int64_t H,
+                      int64_t xl, int64_t cl, const float *x, const float *c, float *o, float *co,
+                      float *lx, float *lc)
 {
     xattn_tensor in[2] = {{"x", XATTN_F32, 3, {B, I, D}, (void *)x},
                           {"context", XATTN_F32, 3, {B, J, D}, (void *)c}};
@@ -165,7 +165,7 @@ static void run_typed(const xattn_interlaced *m, int64_t B, int64_t I, int64_t J
 /* create -> save -> reload (registry and typed): the same tensors, config and forward */
 static void round_trip(void)
 {
-    xattn_option opt[7] = {{"embed_dim", "16"}, {"depth", "3"},        {"num_heads", "2"},
+    xattn_option opt[7] = {{"embed_dim", "16"},  {"depth", "3"},       {"num_heads", "2"},
                            {"num_classes", "3"}, {"qkv_bias", "True"}, {"first", "context"},
                            {"mlp_ratio", "1.5"}};
     xattn_module *m = NULL, *r = NULL;
@@ -249,8 +249,8 @@ static void check_uniform(const xattn_param_desc *p, double b)
  * reference has no init of its own */
 static void init_distribution(void)
 {
-    xattn_option opt[4] = {{"embed_dim", "96"}, {"depth", "2"}, {"mlp_ratio", "2"},
-                           {"qkv_bias", "True"}};
+    xattn_option opt[4] = {
+        {"embed_dim", "96"}, {"depth", "2"}, {"mlp_ratio", "2"}, {"qkv_bias", "True"}};
     xattn_module *m = NULL;
     CHECK_OK(xattn_module_create("interlaced", opt, 4, 4, &m));
     if (!m) return;

@@ -11,10 +11,17 @@
 #include <string.h>
 #include <unistd.h>
 
-static const char *const FIXTURES[] = {
-    "joint_layer_post_relu", "joint_layer_pre_gelu", "joint_enc2_post_gelu_masks",
-    "joint_enc3_pre_relu_final", "joint_enc1_defaults", "joint_enc2_long", "joint_len1",
-    "joint_full_row", "joint_full_row_pre", "joint_nobias_post_relu", "joint_nobias_pre_gelu_final"};
+static const char *const FIXTURES[] = {"joint_layer_post_relu",
+                                       "joint_layer_pre_gelu",
+                                       "joint_enc2_post_gelu_masks",
+                                       "joint_enc3_pre_relu_final",
+                                       "joint_enc1_defaults",
+                                       "joint_enc2_long",
+                                       "joint_len1",
+                                       "joint_full_row",
+                                       "joint_full_row_pre",
+                                       "joint_nobias_post_relu",
+                                       "joint_nobias_pre_gelu_final"};
 
 static double g_worst;
 
@@ -105,7 +112,8 @@ static void run_fixture(const char *name)
 
     /* all-False masks == no masks */
     if (!in.x_padding_mask && !in.context_padding_mask) {
-        uint8_t *zx = calloc((size_t)(in.B * in.K + 1), 1), *zc = calloc((size_t)(in.B * in.N + 1), 1);
+        uint8_t *zx = calloc((size_t)(in.B * in.K + 1), 1),
+                *zc = calloc((size_t)(in.B * in.N + 1), 1);
         xattn_joint_inputs in2 = in;
         in2.x_padding_mask = zx;
         in2.context_padding_mask = zc;

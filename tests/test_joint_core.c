@@ -216,12 +216,12 @@ static void round_trips(void)
 {
     xattn_option bare[3] = {{"d_model", "16"}, {"nhead", "4"}, {"dim_feedforward", "24"}};
     round_trip(bare, 3, 16, 1);
-    xattn_option stack[7] = {{"d_model", "12"}, {"nhead", "3"},         {"dim_feedforward", "20"},
-                             {"num_layers", "3"}, {"norm", "True"},     {"norm_first", "True"},
+    xattn_option stack[7] = {{"d_model", "12"},     {"nhead", "3"},   {"dim_feedforward", "20"},
+                             {"num_layers", "3"},   {"norm", "True"}, {"norm_first", "True"},
                              {"activation", "gelu"}};
     round_trip(stack, 7, 12, 3);
-    xattn_option nobias[5] = {{"d_model", "8"}, {"nhead", "2"}, {"num_layers", "2"},
-                              {"norm", "True"}, {"bias", "False"}};
+    xattn_option nobias[5] = {
+        {"d_model", "8"}, {"nhead", "2"}, {"num_layers", "2"}, {"norm", "True"}, {"bias", "False"}};
     round_trip(nobias, 5, 8, 2);
     /* bias=False: no bias tensors at all, the final norm included */
     xattn_module *m = create(nobias, 5, 1);
@@ -236,8 +236,8 @@ static void round_trips(void)
 static void init_distribution(void)
 {
     const int64_t d = 96, ff = 160;
-    xattn_option o[4] = {{"d_model", "96"}, {"nhead", "8"}, {"dim_feedforward", "160"},
-                         {"num_layers", "2"}};
+    xattn_option o[4] = {
+        {"d_model", "96"}, {"nhead", "8"}, {"dim_feedforward", "160"}, {"num_layers", "2"}};
     xattn_module *m = create(o, 4, 5), *m2 = create(o, 4, 6);
     if (!m || !m2) return;
     xattn_param_desc p, q;
@@ -302,8 +302,13 @@ static void named_forward(void)
         CHECK_OK(xattn_ctx_new(&one));
         CHECK_OK(xattn_ctx_set_threads(one, 1));
         CHECK_OK(xattn_module_forward(one, r, in, 4, out, 2));
-        xattn_joint_inputs ti = {.B = B, .K = K, .N = N, .x = x, .context = c,
-                                 .x_padding_mask = am.data, .context_padding_mask = cm.data};
+        xattn_joint_inputs ti = {.B = B,
+                                 .K = K,
+                                 .N = N,
+                                 .x = x,
+                                 .context = c,
+                                 .x_padding_mask = am.data,
+                                 .context_padding_mask = cm.data};
         xattn_joint_outputs to = {.out = o2, .context_out = c2};
         CHECK_OK(xattn_joint_forward(one, t, &ti, &to));
         CHECK(!memcmp(o1, o2, 4 * (size_t)(B * K * d)) && !memcmp(c1, c2, 4 * (size_t)(B * N * d)));

@@ -10,8 +10,8 @@
 /* logits[b, h, i, j] = scale * q[b, i, h*dh : (h+1)*dh] . k[b, j, h*dh : (h+1)*dh]
  * q (B, I, H*dh) with row stride ldq, k (B, J, H*dh) with row stride ldk (batch strides I*ldq
  * and J*ldk), logits (B, H, I, J). */
-xattn_status xa_op_head_logits(const float *q, int64_t ldq, const float *k, int64_t ldk,
-                               int64_t B, int64_t H, int64_t I, int64_t J, int64_t dh,
-                               float scale, float *logits);
+xattn_status xa_op_head_logits(const float *q, int64_t ldq, const float *k, int64_t ldk, int64_t B,
+                               int64_t H, int64_t I, int64_t J, int64_t dh, float scale,
+                               float *logits);
 
 #endif

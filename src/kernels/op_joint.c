@@ -3,8 +3,8 @@
 
 #include <string.h>
 
-void xa_op_concat_seq(const float *a, int64_t Na, const float *b, int64_t Nb, int64_t B,
-                      int64_t d, float *y)
+void xa_op_concat_seq(const float *a, int64_t Na, const float *b, int64_t Nb, int64_t B, int64_t d,
+                      float *y)
 {
     const int64_t L = Na + Nb;
     for (int64_t i = 0; i < B; i++) {

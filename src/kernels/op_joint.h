@@ -9,8 +9,8 @@
 
 /* y (B, Na + Nb, d) = [a (B, Na, d); b (B, Nb, d)] along the sequence axis; a (b) is not read
  * when Na (Nb) is 0. */
-void xa_op_concat_seq(const float *a, int64_t Na, const float *b, int64_t Nb, int64_t B,
-                      int64_t d, float *y);
+void xa_op_concat_seq(const float *a, int64_t Na, const float *b, int64_t Nb, int64_t B, int64_t d,
+                      float *y);
 /* The inverse: a (B, Na, d), b (B, Nb, d) from y (B, Na + Nb, d); a (b) is not written when Na
  * (Nb) is 0. */
 void xa_op_split_seq(const float *y, int64_t B, int64_t Na, int64_t Nb, int64_t d, float *a,

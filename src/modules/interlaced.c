@@ -28,8 +28,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define FN_LOAD "xattn_interlaced_load"
-#define FN_FWD "xattn_interlaced_forward"
+#define FN_LOAD      "xattn_interlaced_load"
+#define FN_FWD       "xattn_interlaced_forward"
 #define IL_MAX_DEPTH 100000
 
 /* the stream layer 0 updates (voxel and view: the reference's names of x and context) */
@@ -38,8 +38,18 @@ static const char *const FIRST[] = {"x", "context", "voxel", "view", NULL};
 /* InterlanceDecoder(embed_dim=384, depth=4, num_classes=20, num_heads=6, mlp_ratio=0.2,
  * qkv_bias=False, qk_scale=None) and the direction of its forward */
 enum {
-    F_DIM, F_DEPTH, F_NCLS, F_HEADS, F_RATIO, F_QKV_BIAS, F_QK_SCALE, F_FIRST, F_HIDDEN, F_XL,
-    F_CL, F_N
+    F_DIM,
+    F_DEPTH,
+    F_NCLS,
+    F_HEADS,
+    F_RATIO,
+    F_QKV_BIAS,
+    F_QK_SCALE,
+    F_FIRST,
+    F_HIDDEN,
+    F_XL,
+    F_CL,
+    F_N
 };
 static const xa_field fields[F_N] = {
     [F_DIM] = {"embed_dim", XA_T_INT, XA_F_SHAPE, 384, 1, 1e15, NULL, NULL,
@@ -58,8 +68,8 @@ static const xa_field fields[F_N] = {
                     "attention scale (None or 0: head_dim ** -0.5)"},
     [F_FIRST] = {"first", XA_T_ENUM, XA_F_TRACELESS, 0, 0, 0, FIRST, NULL,
                  "the stream layer 0 updates: x (the reference's voxel) or context (view)"},
-    [F_HIDDEN] = {"mlp_hidden", XA_T_INT, XA_F_SHAPE | XA_F_DERIVED | XA_F_NOMETA, 0, 1, 1e15,
-                  NULL, NULL, "MLP width"},
+    [F_HIDDEN] = {"mlp_hidden", XA_T_INT, XA_F_SHAPE | XA_F_DERIVED | XA_F_NOMETA, 0, 1, 1e15, NULL,
+                  NULL, "MLP width"},
     [F_XL] = {"x_layers", XA_T_INT, XA_F_DERIVED | XA_F_NOMETA, 0, 0, 1e15, NULL, NULL,
               "layers where x queries the context"},
     [F_CL] = {"context_layers", XA_T_INT, XA_F_DERIVED | XA_F_NOMETA, 0, 0, 1e15, NULL, NULL,
@@ -68,8 +78,31 @@ static const xa_field fields[F_N] = {
 
 /* One SkipClsDecoderBlock in state_dict order: nn.LayerNorm (ones, zeros), nn.Linear. */
 enum {
-    P_N1W, P_N1B, P_QKVW, P_QKVB, P_SPW, P_SPB, P_NQW, P_NQB, P_NVW, P_NVB, P_QMW, P_QMB, P_KMW,
-    P_KMB, P_VMW, P_VMB, P_CPW, P_CPB, P_N2W, P_N2B, P_F1W, P_F1B, P_F2W, P_F2B, P_N
+    P_N1W,
+    P_N1B,
+    P_QKVW,
+    P_QKVB,
+    P_SPW,
+    P_SPB,
+    P_NQW,
+    P_NQB,
+    P_NVW,
+    P_NVB,
+    P_QMW,
+    P_QMB,
+    P_KMW,
+    P_KMB,
+    P_VMW,
+    P_VMB,
+    P_CPW,
+    P_CPB,
+    P_N2W,
+    P_N2B,
+    P_F1W,
+    P_F1B,
+    P_F2W,
+    P_F2B,
+    P_N
 };
 #define IL_W "a SkipClsDecoderBlock weight"
 #define IL_B "qkv_bias=True: blocks.0 has this bias"
@@ -144,20 +177,23 @@ static xattn_status derive(xa_cfg *c, const xattn_safetensors *st)
 {
     const int64_t D = (int64_t)c->v[F_DIM], H = (int64_t)c->v[F_HEADS];
     if (D % H)
-        return xa_error(XATTN_ERR_SHAPE, "%s: embed_dim %lld (from the %s) is not divisible by "
-                                         "heads %lld",
+        return xa_error(XATTN_ERR_SHAPE,
+                        "%s: embed_dim %lld (from the %s) is not divisible by "
+                        "heads %lld",
                         FN_LOAD, (long long)D, c->how[F_DIM], (long long)H);
     const int64_t from_ratio = (int64_t)((double)D * c->v[F_RATIO]);
     if (!st) {
         if (from_ratio < 1)
-            return xa_error(XATTN_ERR_ARG, "%s: int(embed_dim * mlp_ratio) = %lld: the MLP needs "
-                                           "a width >= 1",
+            return xa_error(XATTN_ERR_ARG,
+                            "%s: int(embed_dim * mlp_ratio) = %lld: the MLP needs "
+                            "a width >= 1",
                             FN_LOAD, (long long)from_ratio);
         xa_cfg_set(c, F_HIDDEN, (double)from_ratio, XA_FROM_DERIVED, "int(embed_dim * mlp_ratio)");
     } else if (c->from[F_RATIO] == XA_FROM_OPTION) {
         if (from_ratio != (int64_t)c->v[F_HIDDEN])
-            return xa_error(XATTN_ERR_SHAPE, "option mlp_ratio = %g gives an MLP of width %lld, "
-                                             "but the %s gives %lld",
+            return xa_error(XATTN_ERR_SHAPE,
+                            "option mlp_ratio = %g gives an MLP of width %lld, "
+                            "but the %s gives %lld",
                             c->v[F_RATIO], (long long)from_ratio, c->how[F_HIDDEN],
                             (long long)c->v[F_HIDDEN]);
     } else {
@@ -243,8 +279,9 @@ static xattn_status opts_to_kv(const xattn_interlaced_opts *o, xa_kvbuf *kv)
 {
     memset(kv, 0, sizeof *kv);
     if (o->context_first < XATTN_DEFAULT || o->context_first > XATTN_YES)
-        return xa_error(XATTN_ERR_ARG, "%s: context_first is %d; expected XATTN_DEFAULT, "
-                                       "XATTN_NO or XATTN_YES",
+        return xa_error(XATTN_ERR_ARG,
+                        "%s: context_first is %d; expected XATTN_DEFAULT, "
+                        "XATTN_NO or XATTN_YES",
                         FN_LOAD, o->context_first);
     xa_kv_int(kv, "num_heads", o->heads);
     if (o->n_cls || o->has_n_cls) {
@@ -314,8 +351,8 @@ static const float *bw(const xattn_interlaced *m, int64_t l, int k)
 /* Attention of B items, heads read in place: q (B, I, H*dh) row stride ldq, k and v (B, J,
  * H*dh) row stride ldk with batch stride sbk, out (B, I, H*dh). */
 static xattn_status attend(const xattn_interlaced_config *c, int64_t B, int64_t I, int64_t J,
-                          const float *q, int64_t ldq, const float *k, const float *v,
-                          int64_t ldk, int64_t sbk, float *o)
+                           const float *q, int64_t ldq, const float *k, const float *v, int64_t ldk,
+                           int64_t sbk, float *o)
 {
     const int64_t D = c->dim, dh = c->head_dim;
     xa_attn a;
@@ -357,8 +394,8 @@ static xattn_status block_forward(const xattn_interlaced *m, int64_t l, int64_t 
     /* ---- self-attention ---- */
     if ((s = xa_op_layernorm(q, Mq, D, bw(m, l, P_N1W), bw(m, l, P_N1B), eps, sc->t)) ||
         (s = xa_op_linear(sc->t, Mq, D, bw(m, l, P_QKVW), bw(m, l, P_QKVB), 3 * D, sc->big, 0)) ||
-        (s = attend(c, B, Nq, Nq, sc->big, 3 * D, sc->big + D, sc->big + 2 * D, 3 * D,
-                    Nq * 3 * D, sc->o)) ||
+        (s = attend(c, B, Nq, Nq, sc->big, 3 * D, sc->big + D, sc->big + 2 * D, 3 * D, Nq * 3 * D,
+                    sc->o)) ||
         (s = xa_op_linear(sc->o, Mq, D, bw(m, l, P_SPW), bw(m, l, P_SPB), D, q, 1)))
         return s;
     /* ---- cross-attention, keys/values from token n_cls on ---- */
@@ -391,7 +428,8 @@ static xattn_status check_call(const xattn_interlaced *m, const xattn_interlaced
                                const xattn_interlaced_outputs *out)
 {
     if (!m) return xa_error(XATTN_ERR_ARG, "%s: module is NULL", FN_FWD);
-    if (!in || !out) return xa_error(XATTN_ERR_ARG, "%s: inputs and outputs must not be NULL", FN_FWD);
+    if (!in || !out)
+        return xa_error(XATTN_ERR_ARG, "%s: inputs and outputs must not be NULL", FN_FWD);
     if (!in->x || !in->context)
         return xa_error(XATTN_ERR_ARG, "%s: x and context must not be NULL", FN_FWD);
     if (!out->out || !out->context_out)

@@ -26,8 +26,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#define FN_LOAD "xattn_joint_load"
-#define FN_FWD "xattn_joint_forward"
+#define FN_LOAD          "xattn_joint_load"
+#define FN_FWD           "xattn_joint_forward"
 #define JOINT_MAX_LAYERS 4096
 
 static const char *const ACTIVATIONS[] = {"relu", "gelu", NULL};
@@ -36,8 +36,18 @@ static const char *const ACTIVATIONS[] = {"relu", "gelu", NULL};
  * layer_norm_eps=1e-5, batch_first=True, norm_first=False, bias=True), stacked by
  * TransformerEncoder(layer, num_layers, norm=None) */
 enum {
-    F_D, F_NHEAD, F_FF, F_DROPOUT, F_ACT, F_EPS, F_NORM_FIRST, F_BIAS, F_LAYERS, F_NORM,
-    F_NORM_BIAS, F_N
+    F_D,
+    F_NHEAD,
+    F_FF,
+    F_DROPOUT,
+    F_ACT,
+    F_EPS,
+    F_NORM_FIRST,
+    F_BIAS,
+    F_LAYERS,
+    F_NORM,
+    F_NORM_BIAS,
+    F_N
 };
 static const xa_field fields[F_N] = {
     [F_D] = {"d_model", XA_T_INT, XA_F_SHAPE | XA_F_REQUIRED, 0, 1, 1e15, NULL, NULL,
@@ -96,8 +106,7 @@ enum { Q_NW, Q_NB, Q_N };
 static const xa_pspec final_table[Q_N] = {
     {"norm.weight", "d_model", "norm", 0, XA_INIT_ONES, NULL,
      "the final LayerNorm of nn.TransformerEncoder"},
-    {"norm.bias", "d_model", "norm_bias", 0, XA_INIT_ZEROS, NULL,
-     "the final LayerNorm's bias"},
+    {"norm.bias", "d_model", "norm_bias", 0, XA_INIT_ZEROS, NULL, "the final LayerNorm's bias"},
 };
 
 static const xa_io inputs[] = {
@@ -129,8 +138,8 @@ static xattn_status find_layers(xa_cfg *c, const xattn_safetensors *st, const ch
 {
     *L = 0;
     if (xa_has(st, prefix, "self_attn.in_proj_weight")) return XATTN_OK;
-    xattn_status s = xa_count_layers(st, prefix, "layers.", "self_attn.in_proj_weight",
-                                     JOINT_MAX_LAYERS - 1, L);
+    xattn_status s =
+        xa_count_layers(st, prefix, "layers.", "self_attn.in_proj_weight", JOINT_MAX_LAYERS - 1, L);
     if (s) return s;
     char pp[XA_IO_NAME_CAP];
     xa_io_printable(prefix, pp, sizeof pp);
@@ -170,8 +179,7 @@ static xattn_status refuse_variants(const xattn_safetensors *st, const char *pre
 
 /* torch takes other activations (any callable); a name this module does not implement is
  * unsupported rather than malformed (an option, when given, wins over the metadata). */
-static xattn_status check_activation(const xattn_safetensors *st, const xa_kv *opts,
-                                     size_t n_opts)
+static xattn_status check_activation(const xattn_safetensors *st, const xa_kv *opts, size_t n_opts)
 {
     for (size_t k = 0; k < n_opts; k++)
         if (opts[k].key && !strcmp(opts[k].key, "activation")) return XATTN_OK;
@@ -220,8 +228,9 @@ static xattn_status check_config(xa_cfg *c, const xattn_safetensors *st, const c
     char pp[XA_IO_NAME_CAP];
     xa_io_printable(prefix, pp, sizeof pp);
     if (d % H)
-        return xa_error(XATTN_ERR_SHAPE, "d_model %lld (from the %s) is not divisible by heads %lld",
-                        (long long)d, c->how[F_D], (long long)H);
+        return xa_error(XATTN_ERR_SHAPE,
+                        "d_model %lld (from the %s) is not divisible by heads %lld", (long long)d,
+                        c->how[F_D], (long long)H);
     const int stack = c->from[F_LAYERS] != XA_FROM_UNSET;
     if (st && c->from[F_LAYERS] == XA_FROM_OPTION)
         return xa_error(XATTN_ERR_SHAPE,
@@ -263,8 +272,7 @@ static xattn_status build(xa_mod *core, const xattn_safetensors *st, const char 
     xattn_status s;
     ((xattn_joint *)core)->created = st == NULL;
     if ((st && (s = bind_file(&core->cfg, st, prefix, opts, n_opts))) ||
-        (s = resolve(&core->cfg, opts, n_opts, st)) ||
-        (s = check_config(&core->cfg, st, prefix)))
+        (s = resolve(&core->cfg, opts, n_opts, st)) || (s = check_config(&core->cfg, st, prefix)))
         return s;
     return add_tables(core);
 }
@@ -402,8 +410,8 @@ static const float *lw(const xattn_joint *m, int64_t l, int k)
     return xa_param_data(&m->core.params, (int)(l * P_N + k));
 }
 
-static xattn_status layer_forward(const xattn_joint *m, int64_t l, int64_t R,
-                                  const xa_attn *at, const joint_scratch *sc)
+static xattn_status layer_forward(const xattn_joint *m, int64_t l, int64_t R, const xa_attn *at,
+                                  const joint_scratch *sc)
 {
     const xattn_joint_config *c = &m->cfg;
     const int64_t d = c->d_model, ff = c->ff_dim;
@@ -420,8 +428,7 @@ static xattn_status layer_forward(const xattn_joint *m, int64_t l, int64_t R,
         (s = xa_op_attention(at)) ||
         (s = xa_op_linear(sc->A, R, d, lw(m, l, P_WOUT), lw(m, l, P_BOUT), d, Y, 1)))
         return s;
-    if (!c->norm_first &&
-        (s = xa_op_layernorm(Y, R, d, lw(m, l, P_N1W), lw(m, l, P_N1B), eps, Y)))
+    if (!c->norm_first && (s = xa_op_layernorm(Y, R, d, lw(m, l, P_N1W), lw(m, l, P_N1B), eps, Y)))
         return s;
     /* ---- feed-forward block ---- */
     src = Y;
@@ -477,18 +484,20 @@ static xattn_status check_call(const xattn_joint *m, const xattn_joint_inputs *i
     if (!out) return xa_error(XATTN_ERR_ARG, "%s: outputs are NULL", FN_FWD);
     const int64_t B = in->B, K = in->K, N = in->N;
     if (B <= 0 || K < 0 || N < 0 || K + N <= 0)
-        return xa_error(XATTN_ERR_SHAPE, "%s: bad sizes B=%lld, K=%lld, N=%lld (need B >= 1 and "
-                                         "K + N >= 1)",
+        return xa_error(XATTN_ERR_SHAPE,
+                        "%s: bad sizes B=%lld, K=%lld, N=%lld (need B >= 1 and "
+                        "K + N >= 1)",
                         FN_FWD, (long long)B, (long long)K, (long long)N);
     if ((K > 0 && (!in->x || !out->out)) || (N > 0 && (!in->context || !out->context_out)))
-        return xa_error(XATTN_ERR_ARG, "%s: x/out (K > 0) and context/context_out (N > 0) must "
-                                       "not be NULL",
+        return xa_error(XATTN_ERR_ARG,
+                        "%s: x/out (K > 0) and context/context_out (N > 0) must "
+                        "not be NULL",
                         FN_FWD);
     const int64_t d = m->cfg.d_model, ff = m->cfg.ff_dim, L = K + N;
     const int64_t lim = INT64_MAX / 16, wide = ff > 3 * d ? ff : 3 * d;
     if (B > lim / L || B * L > lim / (wide + 3 * d + 64))
-        return xa_error(XATTN_ERR_NOMEM, "%s: scratch for B=%lld, K=%lld, N=%lld overflows",
-                        FN_FWD, (long long)B, (long long)K, (long long)N);
+        return xa_error(XATTN_ERR_NOMEM, "%s: scratch for B=%lld, K=%lld, N=%lld overflows", FN_FWD,
+                        (long long)B, (long long)K, (long long)N);
     return XATTN_OK;
 }
 
@@ -527,8 +536,8 @@ static xattn_status joint_run(const xattn_joint *m, const xattn_joint_inputs *in
     return s;
 }
 
-xattn_status xattn_joint_forward(xattn_ctx *ctx, const xattn_joint *m,
-                                 const xattn_joint_inputs *in, const xattn_joint_outputs *out)
+xattn_status xattn_joint_forward(xattn_ctx *ctx, const xattn_joint *m, const xattn_joint_inputs *in,
+                                 const xattn_joint_outputs *out)
 {
     xattn_status s = check_call(m, in, out);
     if (s) return s;

@@ -24,16 +24,20 @@ static void help(void)
         "Runs InterlanceDecoder (2D-3D MIT, jimmy15923/mit models/sem_transformer.py) saved with\n"
         "safetensors.torch.save_file(decoder.state_dict(), ...): blocks.L.{norm1, self_attn.qkv,\n"
         "self_attn.proj, norm_q, norm_v, attn.q_map/k_map/v_map/proj, norm2, mlp.fc1/fc2}.\n"
-        "X is the reference's voxel stream (B, I, dim) or (I, dim); C its view stream (B, J, dim).\n"
+        "X is the reference's voxel stream (B, I, dim) or (I, dim); C its view stream (B, J, "
+        "dim).\n"
         "Layer 0 updates X querying C, layer 1 updates C querying X, and so on (the reference's\n"
         "forward(voxel, view)); each cross-attention skips the first n_cls tokens of the other\n"
         "stream as keys/values. LayerNorm eps 1e-5, GELU exact.\n"
         "\n"
-        "Outputs (float32 .npy in --out-dir DIR, default '.'; written only if everything succeeded):\n"
+        "Outputs (float32 .npy in --out-dir DIR, default '.'; written only if everything "
+        "succeeded):\n"
         "  out.npy               X after the decoder\n"
         "  context_out.npy       C after the decoder\n"
-        "  attn_weights_L.npy    with --return-attn: layer L's pre-softmax cross-attention logits,\n"
-        "                        (B, heads, I, J) in layers where X queries, (B, heads, J, I) else\n"
+        "  attn_weights_L.npy    with --return-attn: layer L's pre-softmax cross-attention "
+        "logits,\n"
+        "                        (B, heads, I, J) in layers where X queries, (B, heads, J, I) "
+        "else\n"
         "\n"
         "Options (what the state dict cannot tell; default: the file's __metadata__, else the\n"
         "reference default):\n"
@@ -148,9 +152,11 @@ static int run_il(const il_args *a, il_state *s)
     cli_shape_str(&s->ctx, sc, sizeof sc);
     const int nd = s->x.ndim;
     if (s->x.shape[nd - 1] != c.dim)
-        return cli_error(CMD, a->x, "has shape %s but the model's dim is %lld", sx, (long long)c.dim);
+        return cli_error(CMD, a->x, "has shape %s but the model's dim is %lld", sx,
+                         (long long)c.dim);
     if (s->ctx.ndim != nd)
-        return cli_error(CMD, a->context, "has shape %s but --x has shape %s (ranks differ)", sc, sx);
+        return cli_error(CMD, a->context, "has shape %s but --x has shape %s (ranks differ)", sc,
+                         sx);
     if (s->ctx.shape[nd - 1] != c.dim)
         return cli_error(CMD, a->context, "has shape %s but the model's dim is %lld", sc,
                          (long long)c.dim);
@@ -174,7 +180,8 @@ static int run_il(const il_args *a, il_state *s)
     if (!s->out || !s->cout || !s->names || !s->outs ||
         (a->return_attn && (!s->lg || !s->lg_block)))
         return cli_error(CMD, a->x, "out of memory for the outputs");
-    for (int64_t L = 0; a->return_attn && L < c.depth; L++) s->lg[L] = s->lg_block + L * (int64_t)n_lg;
+    for (int64_t L = 0; a->return_attn && L < c.depth; L++)
+        s->lg[L] = s->lg_block + L * (int64_t)n_lg;
     xattn_interlaced_inputs in;
     memset(&in, 0, sizeof in);
     in.B = B;
@@ -235,7 +242,8 @@ static int run(int argc, char **argv)
     if (n_pos != 1) return cli_usage(CMD, "missing MODEL.safetensors");
     a.model = pos[0];
     if (!a.x) return cli_usage(CMD, "missing --x X.npy");
-    if (!a.context) return cli_usage(CMD, "missing --context C.npy (the interlaced decoder has two streams)");
+    if (!a.context)
+        return cli_usage(CMD, "missing --context C.npy (the interlaced decoder has two streams)");
     if (a.first && strcmp(a.first, "x") && strcmp(a.first, "context"))
         return cli_usage(CMD, "--first must be 'x' or 'context', not '%s'", a.first);
     if (a.threads > 0) xattn_set_threads((int)a.threads);

@@ -142,7 +142,8 @@ static int joint_go(const jargs *a, jstate *s)
                          "the number of heads (nhead) is not in the file (__metadata__ 'heads'): "
                          "pass --heads N");
     if (xattn_joint_load(s->st, "", &o, &s->m) != XATTN_OK) return cli_lib_error(CMD, a->model);
-    if (!a->allow_nonfinite && (rc = cli_check_weights_finite(CMD, a->model, s->st, NULL, 0))) return rc;
+    if (!a->allow_nonfinite && (rc = cli_check_weights_finite(CMD, a->model, s->st, NULL, 0)))
+        return rc;
     /* defaults assumed for what the file cannot tell (norm_first, activation, eps) */
     for (const char *w = xattn_joint_warnings(s->m); *w;) {
         size_t n = strcspn(w, "\n");
@@ -159,9 +160,11 @@ static int joint_go(const jargs *a, jstate *s)
     const int rank3 = s->x.ndim == 3;
     char sh[128], sh2[128];
     if (s->c.ndim != s->x.ndim)
-        return cli_error(CMD, a->c, "the context has shape %s but R has shape %s (same rank "
-                                    "needed)",
-                         cli_shape_str(&s->c, sh, sizeof sh), cli_shape_str(&s->x, sh2, sizeof sh2));
+        return cli_error(CMD, a->c,
+                         "the context has shape %s but R has shape %s (same rank "
+                         "needed)",
+                         cli_shape_str(&s->c, sh, sizeof sh),
+                         cli_shape_str(&s->x, sh2, sizeof sh2));
     const int64_t B = rank3 ? s->x.shape[0] : 1;
     const int64_t K = s->x.shape[rank3], N = s->c.shape[rank3];
     if (s->x.shape[s->x.ndim - 1] != d)
@@ -190,8 +193,7 @@ static int joint_go(const jargs *a, jstate *s)
     memset(&out, 0, sizeof out);
     out.out = s->out;
     out.context_out = s->cout;
-    if (xattn_joint_forward(NULL, s->m, &in, &out) != XATTN_OK)
-        return cli_lib_error(CMD, a->model);
+    if (xattn_joint_forward(NULL, s->m, &in, &out) != XATTN_OK) return cli_lib_error(CMD, a->model);
     cli_output outs[2];
     int64_t sh_out[3];
     int nd = 0;
@@ -232,8 +234,9 @@ static int joint_run(int argc, char **argv)
     }
     if (pr != CLI_PARSED) return CLI_EXIT_USAGE;
     if (a.module && strcmp(a.module, "joint"))
-        return cli_usage(CMD, "--module %s given, but the model is a joint (TransformerEncoder) "
-                              "module",
+        return cli_usage(CMD,
+                         "--module %s given, but the model is a joint (TransformerEncoder) "
+                         "module",
                          a.module);
     if (n_pos != 1) return cli_usage(CMD, "missing MODEL.safetensors");
     a.model = pos[0];
