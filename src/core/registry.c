@@ -12,10 +12,12 @@
 
 extern const xa_kind xa_kind_conv2d_cross;
 extern const xa_kind xa_kind_mutual;
+extern const xa_kind xa_kind_mha, xa_kind_attention;
 extern const xa_kind xa_kind_joint, xa_kind_interlaced;
 
-const xa_kind *const xa_kinds[] = {&xa_kind_conv2d_cross, &xa_kind_mutual, &xa_kind_joint,
-                                   &xa_kind_interlaced, NULL};
+const xa_kind *const xa_kinds[] = {&xa_kind_conv2d_cross, &xa_kind_mutual, &xa_kind_mha,
+                                   &xa_kind_attention, &xa_kind_joint, &xa_kind_interlaced,
+                                   NULL};
 
 const xa_kind *xa_kind_find(const char *name)
 {
@@ -418,11 +420,8 @@ static const xa_io *io_of(const xattn_module *m, int output, size_t i, size_t *n
     return i < *n ? &(output ? k->outputs : k->inputs)[i] : NULL;
 }
 
-static xattn_status io_desc(const xattn_module *m, int output, size_t i, xattn_io_desc *d)
+static void fill_io(const xa_io *io, xattn_io_desc *d)
 {
-    size_t n;
-    const xa_io *io = m && d ? io_of(m, output, i, &n) : NULL;
-    if (!io) return xa_error(XATTN_ERR_ARG, "module %s %zu out of range", output ? "output" : "input", i);
     memset(d, 0, sizeof *d);
     d->name = io->name;
     d->shape = io->shape;
@@ -430,6 +429,14 @@ static xattn_status io_desc(const xattn_module *m, int output, size_t i, xattn_i
     d->mask = (io->flags & XA_IO_MASK) != 0;
     d->additive = (io->flags & XA_IO_ADDITIVE) != 0;
     d->doc = io->doc ? io->doc : "";
+}
+
+static xattn_status io_desc(const xattn_module *m, int output, size_t i, xattn_io_desc *d)
+{
+    size_t n;
+    const xa_io *io = m && d ? io_of(m, output, i, &n) : NULL;
+    if (!io) return xa_error(XATTN_ERR_ARG, "module %s %zu out of range", output ? "output" : "input", i);
+    fill_io(io, d);
     xa_clear_error();
     return XATTN_OK;
 }
@@ -452,14 +459,7 @@ xattn_status xattn_kind_io(const char *kind, int output, size_t i, xattn_io_desc
     if (!k || !d || i >= n)
         return xa_error(XATTN_ERR_ARG, "xattn_kind_io: no %s %zu of '%s'",
                         output ? "output" : "input", i, kind ? kind : "(null)");
-    const xa_io *io = &(output ? k->outputs : k->inputs)[i];
-    memset(d, 0, sizeof *d);
-    d->name = io->name;
-    d->shape = io->shape;
-    d->optional = (io->flags & XA_IO_OPT) != 0;
-    d->mask = (io->flags & XA_IO_MASK) != 0;
-    d->additive = (io->flags & XA_IO_ADDITIVE) != 0;
-    d->doc = io->doc ? io->doc : "";
+    fill_io(&(output ? k->outputs : k->inputs)[i], d);
     xa_clear_error();
     return XATTN_OK;
 }

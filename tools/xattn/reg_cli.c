@@ -55,8 +55,7 @@ int reg_parse(const char *cmd, int argc, char **argv, reg_args *a, int *help)
 {
     memset(a, 0, sizeof *a);
     *help = 0;
-    const char *seen[128];
-    int n_seen = 0;
+    int n_seen = 0; /* flags seen so far, kept in a->flags */
     for (int i = 1; i < argc; i++) {
         const char *arg = argv[i];
         if (!strcmp(arg, "-h") || !strcmp(arg, "--help")) {
@@ -73,8 +72,9 @@ int reg_parse(const char *cmd, int argc, char **argv, reg_args *a, int *help)
         const char *eq = strchr(arg, '=');
         snprintf(flag, sizeof flag, "%.*s", (int)(eq ? (size_t)(eq - arg) : strlen(arg)), arg);
         for (int k = 0; k < n_seen; k++)
-            if (!strcmp(seen[k], flag)) return cli_usage(cmd, "%s given twice", flag);
-        if (n_seen < 128) seen[n_seen++] = strdup(flag);
+            if (!strcmp(a->flags[k], flag)) return cli_usage(cmd, "%s given twice", flag);
+        if (n_seen >= REG_MAX_FLAGS) return cli_usage(cmd, "too many options");
+        snprintf(a->flags[n_seen++], sizeof a->flags[0], "%s", flag);
         const char *val = eq ? eq + 1 : NULL;
         if (in_list(FIXED_FLAG, flag)) {
             if (val) return cli_usage(cmd, "%s takes no value", flag);
@@ -91,7 +91,7 @@ int reg_parse(const char *cmd, int argc, char **argv, reg_args *a, int *help)
             continue;
         }
         if (a->n_rest >= REG_MAX_ARGS) return cli_usage(cmd, "too many options");
-        a->rest[a->n_rest].flag = seen[n_seen - 1];
+        a->rest[a->n_rest].flag = a->flags[n_seen - 1];
         a->rest[a->n_rest].value = val;
         a->n_rest++;
     }

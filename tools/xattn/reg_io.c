@@ -268,13 +268,20 @@ static int map_inputs(const char *cmd, const reg_args *a, reg_state *s)
             char list[1024];
             size_t off = 0;
             for (int i = 0; i < s->n_in; i++)
-                off += (size_t)snprintf(list + off, sizeof list - off, "%s--%s", i ? ", " : "",
-                                        s->in_desc[i].name);
+            {
+                off += (size_t)snprintf(list + off, sizeof list - off, "%s--", i ? ", " : "");
+                for (const char *c = s->in_desc[i].name; *c && off + 1 < sizeof list; c++)
+                    list[off++] = *c == '_' ? '-' : *c;
+                list[off] = '\0';
+            }
             for (size_t j = 0;; j++) {
                 xattn_arg_desc d;
                 if (xattn_kind_arg(s->kind, j, &d)) break;
-                if (!d.derived)
-                    off += (size_t)snprintf(list + off, sizeof list - off, ", --%s", d.name);
+                if (d.derived) continue;
+                off += (size_t)snprintf(list + off, sizeof list - off, ", --");
+                for (const char *c = d.name; *c && off + 1 < sizeof list; c++)
+                    list[off++] = *c == '_' ? '-' : *c;
+                list[off] = '\0';
             }
             return cli_usage(cmd, "%s is not an input or option of %s (%s)", a->rest[r].flag,
                              s->kind, list);
