@@ -543,7 +543,7 @@ XATTN_API xattn_status xattn_conv2d_cross_forward(const xattn_conv2d_cross *m,
 /* All zero: everything from the file, else torch's defaults. */
 typedef struct xattn_joint_opts {
     int64_t heads;         /* nhead; 0: __metadata__ "heads" (required there if not here)    */
-    int norm_first;        /* xattn_choice: XATTN_DEFAULT (metadata, else False), _NO, _YES  */
+    xattn_choice norm_first; /* XATTN_DEFAULT (metadata, else False), XATTN_NO, XATTN_YES  */
     int activation;        /* XATTN_JOINT_ACT_*                                               */
     double layer_norm_eps; /* 0: metadata, else 1e-5                                          */
     uint64_t reserved_[4]; /* zero                                                            */
@@ -616,8 +616,8 @@ typedef struct xattn_interlaced_opts {
     int64_t n_cls;         /* num_classes, the class tokens skipped as keys; used when nonzero */
     int has_n_cls;         /* nonzero: n_cls is used as given, 0 included (n_cls = 0 alone
                               means "metadata n_cls / num_classes, else 20")                   */
-    int context_first;     /* xattn_choice: XATTN_DEFAULT (metadata "first", else x first),
-                              XATTN_NO (x first), XATTN_YES (context first)                    */
+    xattn_choice context_first; /* XATTN_DEFAULT (metadata "first", else x first),
+                                   XATTN_NO (x first), XATTN_YES (context first)               */
     double qk_scale;       /* 0: __metadata__ "qk_scale", else None (head_dim^-0.5), as the
                               reference's `qk_scale or head_dim ** -0.5`                       */
     uint64_t reserved_[4]; /* zero                                                            */

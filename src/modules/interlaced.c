@@ -278,11 +278,12 @@ const xa_kind xa_kind_interlaced = {
 static xattn_status opts_to_kv(const xattn_interlaced_opts *o, xa_kvbuf *kv)
 {
     memset(kv, 0, sizeof *kv);
-    if (o->context_first < XATTN_DEFAULT || o->context_first > XATTN_YES)
+    const int first = (int)o->context_first;
+    if (first < XATTN_DEFAULT || first > XATTN_YES)
         return xa_error(XATTN_ERR_ARG,
                         "%s: context_first is %d; expected XATTN_DEFAULT, "
                         "XATTN_NO or XATTN_YES",
-                        FN_LOAD, o->context_first);
+                        FN_LOAD, first);
     xa_kv_int(kv, "num_heads", o->heads);
     if (o->n_cls || o->has_n_cls) {
         snprintf(kv->text[kv->n], sizeof kv->text[kv->n], "%lld", (long long)o->n_cls);
@@ -290,7 +291,7 @@ static xattn_status opts_to_kv(const xattn_interlaced_opts *o, xa_kvbuf *kv)
         kv->kv[kv->n].value = kv->text[kv->n];
         kv->n++;
     }
-    xa_kv_enum(kv, "first", FIRST, o->context_first); /* XATTN_NO: x, XATTN_YES: context */
+    xa_kv_enum(kv, "first", FIRST, first); /* XATTN_NO: x, XATTN_YES: context */
     xa_kv_real(kv, "qk_scale", o->qk_scale);
     return XATTN_OK;
 }
@@ -354,28 +355,11 @@ static xattn_status attend(const xattn_interlaced_config *c, int64_t B, int64_t 
                            const float *q, int64_t ldq, const float *k, const float *v, int64_t ldk,
                            int64_t sbk, float *o)
 {
-    const int64_t D = c->dim, dh = c->head_dim;
     xa_attn a;
     memset(&a, 0, sizeof a);
-    a.B = B;
-    a.H = c->heads;
-    a.I = I;
-    a.J = J;
-    a.dh = dh;
-    a.dv = dh;
-    a.q = q;
-    a.q_sb = I * ldq;
-    a.q_sh = dh;
-    a.q_si = ldq;
-    a.k = k;
-    a.v = v;
-    a.k_sb = a.v_sb = sbk;
-    a.k_sh = a.v_sh = dh;
-    a.k_sj = a.v_sj = ldk;
-    a.out = o;
-    a.o_sb = I * D;
-    a.o_sh = dh;
-    a.o_si = D;
+    xa_attn_heads(&a, B, c->heads, I, J, c->head_dim, c->head_dim, q, ldq, k, ldk, v, ldk, o,
+                  c->dim);
+    a.k_sb = a.v_sb = sbk; /* the keys may start past the class tokens of longer rows */
     a.scale = c->scale;
     a.fill = XATTN_FILL_NEG_INF;
     a.fn = FN_FWD;

@@ -368,7 +368,7 @@ xattn_status xattn_joint_load(const xattn_safetensors *st, const char *prefix,
     xa_kvbuf kv;
     memset(&kv, 0, sizeof kv);
     xa_kv_int(&kv, "nhead", opts->heads);
-    xa_kv_bool(&kv, "norm_first", opts->norm_first);
+    xa_kv_bool(&kv, "norm_first", (int)opts->norm_first);
     xa_kv_enum(&kv, "activation", ACTIVATIONS, opts->activation);
     xa_kv_real(&kv, "layer_norm_eps", opts->layer_norm_eps);
     xa_mod *m;
@@ -453,22 +453,8 @@ static void joint_attn(const xattn_joint_config *c, int64_t B, int64_t L, const 
 {
     const int64_t d = c->d_model, dh = c->head_dim;
     memset(at, 0, sizeof *at);
-    at->B = B;
-    at->H = c->heads;
-    at->I = L;
-    at->J = L;
-    at->dh = dh;
-    at->dv = dh;
-    at->q = sc->T;
-    at->k = sc->T + d;
-    at->v = sc->T + 2 * d;
-    at->q_sb = at->k_sb = at->v_sb = L * 3 * d;
-    at->q_sh = at->k_sh = at->v_sh = dh;
-    at->q_si = at->k_sj = at->v_sj = 3 * d;
-    at->out = sc->A;
-    at->o_sb = L * d;
-    at->o_sh = dh;
-    at->o_si = d;
+    xa_attn_heads(at, B, c->heads, L, L, dh, dh, sc->T, 3 * d, sc->T + d, 3 * d, sc->T + 2 * d,
+                  3 * d, sc->A, d);
     at->scale = xa_head_scale(dh);
     at->fill = XATTN_FILL_NEG_INF;
     at->kkeep = keep;
