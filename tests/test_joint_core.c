@@ -335,11 +335,14 @@ static void named_forward(void)
     xattn_module_free(r);
     xattn_joint_free(t);
     xattn_st_close(st);
-    /* a stack is one module: its layers are not found as bare layers */
+    /* a stack is one module: found at its prefix, its layers (and their attentions) not listed */
     CHECK_OK(xattn_st_open(tu_fixture("joint_enc2_long.safetensors"), &st));
     xattn_found found[8];
     size_t n = xattn_module_scan(st, found, 8);
-    for (size_t i = 0; i < n && i < 8; i++) CHECK(strcmp(found[i].kind, "joint") != 0);
+    CHECK(n == 1 && !strcmp(found[0].kind, "joint") && !strcmp(found[0].prefix, ""));
+    xattn_module *whole = NULL;
+    CHECK_OK(xattn_module_open(st, NULL, &whole));
+    xattn_module_free(whole);
     xattn_st_close(st);
 }
 

@@ -238,41 +238,35 @@ static int owns(const xa_kind *k, const xattn_safetensors *st, const char *prefi
     return yes;
 }
 
-/* The anchor alternative of kind k that `name` ends with ('|'-separated alternatives: a bare
- * layer's tensor, or a stack's first layer's), as its length; 0 if none. */
-static size_t anchor_match(const xa_kind *k, const char *name)
+/* Adds the candidate (k, prefix) unless it is there already. */
+static void add_candidate(xattn_found *c, size_t *n, size_t cap, const xa_kind *k,
+                          const xattn_safetensors *st, const char *name, size_t pl)
 {
-    const size_t nl = strlen(name);
-    for (const char *a = k->anchor; *a;) {
-        size_t al = strcspn(a, "|");
-        if (nl >= al && !strncmp(name + nl - al, a, al) &&
-            (nl == al || name[nl - al - 1] == '.'))
-            return al;
-        a += al + (a[al] == '|');
-    }
-    return 0;
+    if (*n >= cap || pl >= sizeof c[0].prefix) return;
+    memcpy(c[*n].prefix, name, pl);
+    c[*n].prefix[pl] = '\0';
+    if (k->claims && !k->claims(st, c[*n].prefix)) return;
+    for (size_t j = 0; j < *n; j++)
+        if (c[j].kind == k->name && !strcmp(c[j].prefix, c[*n].prefix)) return;
+    c[(*n)++].kind = k->name;
 }
 
-/* Candidates: a tensor PREFIX + anchor marks one. */
+/* Candidates: a tensor PREFIX + an anchor alternative marks one. */
 static size_t candidates(const xattn_safetensors *st, xattn_found *c, size_t cap)
 {
     size_t n = 0;
     for (size_t t = 0; st && t < xattn_st_count(st); t++) {
         const char *name = xattn_st_name(st, t);
-        for (int i = 0; name && xa_kinds[i] && n < cap; i++) {
+        const size_t nl = name ? strlen(name) : 0;
+        for (int i = 0; name && xa_kinds[i]; i++) {
             const xa_kind *k = xa_kinds[i];
-            if (!k->anchor) continue;
-            size_t al = anchor_match(k, name);
-            if (!al) continue;
-            size_t pl = strlen(name) - al;
-            if (pl >= sizeof c[0].prefix) continue;
-            memcpy(c[n].prefix, name, pl);
-            c[n].prefix[pl] = '\0';
-            if (k->claims && !k->claims(st, c[n].prefix)) continue;
-            int dup = 0; /* two alternatives of one kind at one prefix */
-            for (size_t j = 0; j < n && !dup; j++)
-                dup = c[j].kind == k->name && !strcmp(c[j].prefix, c[n].prefix);
-            if (!dup) c[n++].kind = k->name;
+            for (const char *a = k->anchor; a && *a;) {
+                size_t al = strcspn(a, "|");
+                if (nl >= al && !strncmp(name + nl - al, a, al) &&
+                    (nl == al || name[nl - al - 1] == '.'))
+                    add_candidate(c, &n, cap, k, st, name, nl - al);
+                a += al + (a[al] == '|');
+            }
         }
     }
     return n;

@@ -325,7 +325,7 @@ const xa_kind xa_kind_joint = {
     .n_in = 4,
     .outputs = outputs,
     .n_out = 2,
-    .anchor = "self_attn.in_proj_weight",
+    .anchor = "self_attn.in_proj_weight|layers.0.self_attn.in_proj_weight",
     .claims = claims,
     .size = sizeof(xattn_joint),
     .build = build,
@@ -341,19 +341,11 @@ const xa_kind xa_kind_joint = {
 /* A bare nn.TransformerEncoderLayer at the prefix (linear1 beside self_attn), not a layer of a
  * stack (PREFIX = P + "layers.N." with P + "layers.0." a layer too). A stack at P has no tensor
  * P + anchor, so the scan (one anchor per kind) finds stacks only by their typed load. */
+/* A layer (self_attn. with linear1. beside it) or a stack of them (layers.0.); the layers of a
+ * stack are left out of the registry's scan as parts of the stack. */
 static int claims(const xattn_safetensors *st, const char *prefix)
 {
-    if (!xa_has(st, prefix, "linear1.weight")) return 0;
-    size_t n = strlen(prefix);
-    if (n < 2 || prefix[n - 1] != '.') return 1;
-    size_t i = n - 1;
-    while (i > 0 && prefix[i - 1] >= '0' && prefix[i - 1] <= '9') i--;
-    if (i == n - 1 || i < 7 || strncmp(prefix + i - 7, "layers.", 7)) return 1;
-    char parent[512];
-    if (i >= sizeof parent - 40) return 1;
-    memcpy(parent, prefix, i);
-    snprintf(parent + i, sizeof parent - i, "0.self_attn.in_proj_weight");
-    return xattn_st_find(st, parent) < 0;
+    return xa_has(st, prefix, "linear1.weight") || xa_has(st, prefix, "layers.0.linear1.weight");
 }
 
 xattn_status xattn_joint_load(const xattn_safetensors *st, const char *prefix,
