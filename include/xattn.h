@@ -33,9 +33,9 @@ typedef struct xattn_ctx xattn_ctx;
 #define XATTN_API
 #endif
 
-#define XATTN_VERSION_MAJOR 0
-#define XATTN_VERSION_MINOR 1
-#define XATTN_VERSION_PATCH 0
+/* XATTN_VERSION_MAJOR, _MINOR, _PATCH and XATTN_VERSION_STRING, generated from the CMake
+ * project version (the only place the version is written). */
+#include "xattn_version.h"
 
 /* ------------------------------------------------------------------------------------------ */
 /* Status and errors                                                                            */
