@@ -156,14 +156,15 @@ static void run_fixture(const char *name)
         const float *audio = tu_get_f32(st, "input.audio", &aa);
         const float *em = tu_get_f32(st, "expected.memory", &aem);
         float *pm = malloc((size_t)(B * M * cfg.memory_dim) * sizeof(float));
-        CHECK_OK(xattn_decoder_project(NULL, m, B, video, av.shape[1], av.shape[2], audio, aa.shape[1],
-                                       aa.shape[2], pm));
+        CHECK_OK(xattn_decoder_project(NULL, m, B, video, av.shape[1], av.shape[2], audio,
+                                       aa.shape[1], aa.shape[2], pm));
         tu_check_close("projected memory", pm, em, B * M * cfg.memory_dim, TU_TOL);
         CHECK_OK(fwd(m, B, T, x, am, M, pm, mm, out));
         tu_check_close("out from the projected memory", out, ref, no, TU_TOL);
         /* video only: the first Nv rows of the T-AV memory */
         float *pv = malloc((size_t)(B * av.shape[2] * cfg.memory_dim) * sizeof(float));
-        CHECK_OK(xattn_decoder_project(NULL, m, B, video, av.shape[1], av.shape[2], NULL, 0, 0, pv));
+        CHECK_OK(
+            xattn_decoder_project(NULL, m, B, video, av.shape[1], av.shape[2], NULL, 0, 0, pv));
         for (int64_t b = 0; b < B; b++)
             tu_check_close("video-only memory", pv + b * av.shape[2] * cfg.memory_dim,
                            em + b * M * cfg.memory_dim, av.shape[2] * cfg.memory_dim, TU_TOL);

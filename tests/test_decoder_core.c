@@ -322,8 +322,8 @@ static void init_distribution(void)
                                       "attention.self.value", "attention.output.dense",
                                       "crossattention.self.query", "crossattention.output.dense",
                                       "intermediate.dense"};
-    static const char *const ln[] = {"attention.output.LayerNorm", "crossattention.output.LayerNorm",
-                                     "output.LayerNorm"};
+    static const char *const ln[] = {"attention.output.LayerNorm",
+                                     "crossattention.output.LayerNorm", "output.LayerNorm"};
     char nm[128];
     for (int l = 0; l < 2; l++) {
         for (int k = 0; k < 7; k++)
@@ -439,7 +439,8 @@ static void named_memory(void)
     both[1] = both[2]; /* video, but the module has no projector */
     CHECK_FAIL(xattn_module_forward(NULL, mod, both, 2, out, 1), XATTN_ERR_NOT_FOUND);
     has("no video projector");
-    xattn_tensor badm[3] = {in[0], in[1], {"encoder_attention_mask", XATTN_BOOL, 2, {B, M - 1}, amm.data}};
+    xattn_tensor badm[3] = {in[0], in[1], in[3]};
+    badm[2].shape[1] = M - 1;
     CHECK_FAIL(xattn_module_forward(NULL, mod, badm, 3, out, 1), XATTN_ERR_SHAPE);
     free(xs);
     free(ys);

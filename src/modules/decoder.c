@@ -73,61 +73,48 @@ enum {
 };
 
 #define BERT "of a BertLayer(is_decoder=True, add_cross_attention=True)"
+#define P_(name, shape, flags, init, fan, what)                                                  \
+    {name, shape, NULL, flags, init, fan, what " " BERT}
+/* The ten tensors of a BertAttention (BertSelfAttention or BertCrossAttention + BertSelfOutput)
+ * named pre.*, its keys and values projected from width kv. */
+#define BERT_ATTENTION(pre, kv, who)                                                             \
+    P_(pre ".self.query.weight", "hidden_size,hidden_size", 0, XA_INIT_LINEAR, NULL,             \
+       "the " who " query weight"),                                                              \
+    P_(pre ".self.key.weight", "hidden_size," kv, XA_P_GLUE, XA_INIT_LINEAR, NULL,               \
+       "the " who " key weight"),                                                                \
+    P_(pre ".self.value.weight", "hidden_size," kv, XA_P_GLUE, XA_INIT_LINEAR, NULL,             \
+       "the " who " value weight"),                                                              \
+    P_(pre ".self.query.bias", "hidden_size", 0, XA_INIT_BIAS, "hidden_size",                    \
+       "the " who " query bias"),                                                                \
+    P_(pre ".self.key.bias", "hidden_size", XA_P_GLUE, XA_INIT_BIAS, kv, "the " who " key bias"), \
+    P_(pre ".self.value.bias", "hidden_size", XA_P_GLUE, XA_INIT_BIAS, kv,                       \
+       "the " who " value bias"),                                                                \
+    P_(pre ".output.dense.weight", "hidden_size,hidden_size", 0, XA_INIT_LINEAR, NULL,           \
+       "the " who " output weight"),                                                             \
+    P_(pre ".output.dense.bias", "hidden_size", 0, XA_INIT_BIAS, "hidden_size",                  \
+       "the " who " output bias"),                                                               \
+    P_(pre ".output.LayerNorm.weight", "hidden_size", 0, XA_INIT_ONES, NULL,                     \
+       "the " who " LayerNorm weight"),                                                          \
+    P_(pre ".output.LayerNorm.bias", "hidden_size", 0, XA_INIT_ZEROS, NULL,                      \
+       "the " who " LayerNorm bias")
+
 /* One BertLayer; nn.Linear and nn.LayerNorm keep torch's default initialisation when the layer
- * is built directly (no PreTrainedModel.post_init). */
+ * is built directly (no PreTrainedModel.post_init). Query, key and value are stored back to
+ * back: one q|k|v projection for the self-attention, one k|v for the cross-attention. */
 static const xa_pspec layer_table[NW] = {
-    {"attention.self.query.weight", "hidden_size,hidden_size", NULL, 0, XA_INIT_LINEAR, NULL,
-     "the self-attention query weight " BERT},
-    {"attention.self.key.weight", "hidden_size,hidden_size", NULL, XA_P_GLUE, XA_INIT_LINEAR,
-     NULL, "the self-attention key weight " BERT},
-    {"attention.self.value.weight", "hidden_size,hidden_size", NULL, XA_P_GLUE, XA_INIT_LINEAR,
-     NULL, "the self-attention value weight " BERT},
-    {"attention.self.query.bias", "hidden_size", NULL, 0, XA_INIT_BIAS, "hidden_size",
-     "the self-attention query bias " BERT},
-    {"attention.self.key.bias", "hidden_size", NULL, XA_P_GLUE, XA_INIT_BIAS, "hidden_size",
-     "the self-attention key bias " BERT},
-    {"attention.self.value.bias", "hidden_size", NULL, XA_P_GLUE, XA_INIT_BIAS, "hidden_size",
-     "the self-attention value bias " BERT},
-    {"attention.output.dense.weight", "hidden_size,hidden_size", NULL, 0, XA_INIT_LINEAR, NULL,
-     "the self-attention output weight " BERT},
-    {"attention.output.dense.bias", "hidden_size", NULL, 0, XA_INIT_BIAS, "hidden_size",
-     "the self-attention output bias " BERT},
-    {"attention.output.LayerNorm.weight", "hidden_size", NULL, 0, XA_INIT_ONES, NULL,
-     "the self-attention LayerNorm weight " BERT},
-    {"attention.output.LayerNorm.bias", "hidden_size", NULL, 0, XA_INIT_ZEROS, NULL,
-     "the self-attention LayerNorm bias " BERT},
-    {"crossattention.self.query.weight", "hidden_size,hidden_size", NULL, 0, XA_INIT_LINEAR,
-     NULL, "the cross-attention query weight " BERT},
-    {"crossattention.self.key.weight", "hidden_size,encoder_width", NULL, 0, XA_INIT_LINEAR,
-     NULL, "the cross-attention key weight " BERT},
-    {"crossattention.self.value.weight", "hidden_size,encoder_width", NULL, XA_P_GLUE,
-     XA_INIT_LINEAR, NULL, "the cross-attention value weight " BERT},
-    {"crossattention.self.query.bias", "hidden_size", NULL, 0, XA_INIT_BIAS, "hidden_size",
-     "the cross-attention query bias " BERT},
-    {"crossattention.self.key.bias", "hidden_size", NULL, 0, XA_INIT_BIAS, "encoder_width",
-     "the cross-attention key bias " BERT},
-    {"crossattention.self.value.bias", "hidden_size", NULL, XA_P_GLUE, XA_INIT_BIAS,
-     "encoder_width", "the cross-attention value bias " BERT},
-    {"crossattention.output.dense.weight", "hidden_size,hidden_size", NULL, 0, XA_INIT_LINEAR,
-     NULL, "the cross-attention output weight " BERT},
-    {"crossattention.output.dense.bias", "hidden_size", NULL, 0, XA_INIT_BIAS, "hidden_size",
-     "the cross-attention output bias " BERT},
-    {"crossattention.output.LayerNorm.weight", "hidden_size", NULL, 0, XA_INIT_ONES, NULL,
-     "the cross-attention LayerNorm weight " BERT},
-    {"crossattention.output.LayerNorm.bias", "hidden_size", NULL, 0, XA_INIT_ZEROS, NULL,
-     "the cross-attention LayerNorm bias " BERT},
-    {"intermediate.dense.weight", "intermediate_size,hidden_size", NULL, 0, XA_INIT_LINEAR, NULL,
-     "the feed-forward input weight " BERT},
-    {"intermediate.dense.bias", "intermediate_size", NULL, 0, XA_INIT_BIAS, "hidden_size",
-     "the feed-forward input bias " BERT},
-    {"output.dense.weight", "hidden_size,intermediate_size", NULL, 0, XA_INIT_LINEAR, NULL,
-     "the feed-forward output weight " BERT},
-    {"output.dense.bias", "hidden_size", NULL, 0, XA_INIT_BIAS, "intermediate_size",
-     "the feed-forward output bias " BERT},
-    {"output.LayerNorm.weight", "hidden_size", NULL, 0, XA_INIT_ONES, NULL,
-     "the output LayerNorm weight " BERT},
-    {"output.LayerNorm.bias", "hidden_size", NULL, 0, XA_INIT_ZEROS, NULL,
-     "the output LayerNorm bias " BERT},
+    BERT_ATTENTION("attention", "hidden_size", "self-attention"),
+    BERT_ATTENTION("crossattention", "encoder_width", "cross-attention"),
+    P_("intermediate.dense.weight", "intermediate_size,hidden_size", 0, XA_INIT_LINEAR, NULL,
+       "the feed-forward input weight"),
+    P_("intermediate.dense.bias", "intermediate_size", 0, XA_INIT_BIAS, "hidden_size",
+       "the feed-forward input bias"),
+    P_("output.dense.weight", "hidden_size,intermediate_size", 0, XA_INIT_LINEAR, NULL,
+       "the feed-forward output weight"),
+    P_("output.dense.bias", "hidden_size", 0, XA_INIT_BIAS, "intermediate_size",
+       "the feed-forward output bias"),
+    P_("output.LayerNorm.weight", "hidden_size", 0, XA_INIT_ONES, NULL,
+       "the output LayerNorm weight"),
+    P_("output.LayerNorm.bias", "hidden_size", 0, XA_INIT_ZEROS, NULL, "the output LayerNorm bias"),
 };
 
 /* The projector (our design): nn.Linear defaults for proj.*; the type embeddings are drawn
@@ -327,16 +314,16 @@ static xattn_status project(const xattn_decoder *m, int64_t B, const float *vide
     const char *fn = "xattn_decoder_project";
     const xattn_decoder_config *c = &m->cfg;
     if (Nv && !m->p[PVW])
-        return xa_error(XATTN_ERR_NOT_FOUND, "%s: video given but the file has no proj.video.weight", fn);
+        return xa_error(XATTN_ERR_NOT_FOUND,
+                        "%s: video given but the file has no proj.video.weight", fn);
     if (Na && !m->p[PAW])
-        return xa_error(XATTN_ERR_NOT_FOUND, "%s: audio given but the file has no proj.audio.weight", fn);
-    int64_t nv = 0, na = 0, big, t;
-    if (Nv > INT64_MAX / 4 || Na > INT64_MAX / 4 ||
-        (Nv && (xa_mul_ok(Nv, c->video_dim, &nv) || xa_mul_ok(nv, Fv, &t) || xa_mul_ok(t, B, &t))) ||
-        (Na && (xa_mul_ok(Na, c->audio_dim, &na) || xa_mul_ok(na, Fa, &t) || xa_mul_ok(t, B, &t))) ||
-        xa_mul_ok(B, nv > na ? nv : na, &big) || xa_mul_ok(Nv + Na, c->memory_dim, &t) || xa_mul_ok(t, B, &t) ||
-        big > INT64_MAX / 64)
-        return xa_error(XATTN_ERR_NOMEM, "%s: sizes overflow", fn);
+        return xa_error(XATTN_ERR_NOT_FOUND,
+                        "%s: audio given but the file has no proj.audio.weight", fn);
+    const double nv = (double)Nv * (double)c->video_dim, na = (double)Na * (double)c->audio_dim;
+    const double tot = (double)B * (nv * (double)Fv + na * (double)Fa +
+                                    ((double)Nv + (double)Na) * (double)c->memory_dim);
+    if (!(tot < 0x1p50)) return xa_error(XATTN_ERR_NOMEM, "%s: sizes overflow", fn);
+    const int64_t big = B * (int64_t)(nv > na ? nv : na);
     float *pool = xa_alloc((size_t)big * sizeof(float));
     if (!pool) return xa_error(XATTN_ERR_NOMEM, "%s: out of memory", fn);
     xattn_status s = XATTN_OK;
@@ -532,7 +519,8 @@ xattn_status xattn_decoder_set_memory(xattn_ctx *ctx, xattn_decoder_state *s, in
 {
     const char *fn = "xattn_decoder_set_memory";
     if (!s || !memory) return xa_error(XATTN_ERR_ARG, "%s: state or memory is NULL", fn);
-    if (M <= 0) return xa_error(XATTN_ERR_SHAPE, "%s: memory length %lld (need >= 1)", fn, (long long)M);
+    if (M <= 0)
+        return xa_error(XATTN_ERR_SHAPE, "%s: memory length %lld (need >= 1)", fn, (long long)M);
     xattn_status st = memory_room(s, M, fn);
     if (st) return st;
     const xattn_decoder_config *c = &s->m->cfg;
@@ -690,7 +678,8 @@ xattn_status xattn_decoder_step(xattn_ctx *ctx, xattn_decoder_state *s, int64_t 
     const char *fn = "xattn_decoder_step";
     if (!s || !x || !out) return xa_error(XATTN_ERR_ARG, "%s: state, x or out is NULL", fn);
     if (s->M <= 0)
-        return xa_error(XATTN_ERR_ARG, "%s: no memory set (call xattn_decoder_set_memory first)", fn);
+        return xa_error(XATTN_ERR_ARG, "%s: no memory set (call xattn_decoder_set_memory first)",
+                        fn);
     if (n <= 0 || n > s->max_step)
         return xa_error(XATTN_ERR_SHAPE, "%s: %lld tokens per step (need 1 .. max_step = %lld)",
                         fn, (long long)n, (long long)s->max_step);
@@ -748,7 +737,8 @@ xattn_status xattn_decoder_forward(xattn_ctx *ctx, const xattn_decoder *m,
     if (!m || !in || !out || !in->x || !in->memory || !out->out)
         return xa_error(XATTN_ERR_ARG, "%s: module, inputs, x, memory or out is NULL", fn);
     if (!reserved_zero(in->reserved_) || !reserved_zero(out->reserved_))
-        return xa_error(XATTN_ERR_ARG, "%s: reserved_ words of the inputs/outputs must be zero", fn);
+        return xa_error(XATTN_ERR_ARG, "%s: the reserved_ words of inputs and outputs must be zero",
+                        fn);
     if (in->B <= 0 || in->T <= 0 || in->M <= 0)
         return xa_error(XATTN_ERR_SHAPE, "%s: bad sizes B=%lld, T=%lld, M=%lld (need all >= 1)", fn,
                         (long long)in->B, (long long)in->T, (long long)in->M);
