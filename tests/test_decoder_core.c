@@ -395,6 +395,9 @@ static void named_memory(void)
     CHECK_OK(xattn_ctx_set_threads(ctx, 1));
     CHECK_OK(fwd(ctx, d, B, T, x, aam.data, M, mem, amm.data, o1));
     tu_check_close("typed forward (1-thread context)", o1, ref, B * T * h, TU_TOL);
+    memcpy(o2, x, (size_t)(B * T * h) * 4); /* in place: out = x */
+    CHECK_OK(fwd(ctx, d, B, T, o2, aam.data, M, mem, amm.data, o2));
+    CHECK(!memcmp(o1, o2, (size_t)(B * T * h) * 4));
     xattn_tensor in[4] = {{"hidden_states", XATTN_F32, 3, {B, T, h}, (void *)x},
                           {"encoder_hidden_states", XATTN_F32, 3, {B, M, h}, (void *)mem},
                           {"attention_mask", XATTN_BOOL, 2, {B, T}, aam.data},
