@@ -1,6 +1,7 @@
 /* xattn run: runs a saved attention module (M1 multi-head, M2 bidirectional) on .npy inputs. */
 #include "cli.h"
 #include "modules_ext.h"
+#include "reg_cli.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -105,6 +106,11 @@ static void help(void)
     const cli_ext_module *m = cli_ext_at(0);
     if (m) printf("\nmore modules, each with its own options ('xattn run --module KIND --help'):\n");
     for (int i = 0; (m = cli_ext_at(i)); i++) printf("  %-24s  %s\n", m->kind, m->summary);
+    for (size_t i = 0; i < xattn_kind_count(); i++) {
+        xattn_kind_desc k;
+        if (!xattn_kind_info(i, &k) && reg_cli_handles(k.name))
+            printf("  %-24s  %s\n", k.name, k.summary);
+    }
 }
 
 typedef struct run_args {
@@ -248,9 +254,9 @@ static int load_model(const run_args *a, run_state *s)
         return cli_error(CMD, a->model,
                          "the number of heads of torch.nn.MultiheadAttention is not in the file "
                          "(__metadata__ 'heads'): pass --heads N");
-    if (xattn_mha_load(s->st, mod->prefix, a->heads > 0 ? a->heads : 0, &s->m) != XATTN_OK)
-        return cli_lib_error(CMD, a->model);
-    if (a->add_zero_attn && xattn_mha_set_add_zero_attn(s->m, 1) != XATTN_OK)
+    const xattn_mha_opts mo = {.heads = a->heads > 0 ? a->heads : 0,
+                               .add_zero_attn = a->add_zero_attn ? XATTN_YES : XATTN_DEFAULT};
+    if (xattn_mha_load(s->st, mod->prefix, &mo, &s->m) != XATTN_OK)
         return cli_lib_error(CMD, a->model);
     return 0;
 }
@@ -534,7 +540,12 @@ static int run_mha(const run_args *a, run_state *s)
         in.attn_mask_per_head = s->am.ndim == 3;
     }
     in.is_causal = a->causal;
-    if (xattn_mha_forward(s->m, &in, s->out, s->attn, !a->per_head) != XATTN_OK)
+    xattn_mha_outputs o;
+    memset(&o, 0, sizeof o);
+    o.out = s->out;
+    if (a->per_head) o.attn_per_head = s->attn;
+    else o.attn = s->attn;
+    if (xattn_mha_forward(NULL, s->m, &in, &o) != XATTN_OK)
         return cli_lib_error(CMD, a->model);
 
     const int rank3 = s->x.ndim == 3;
@@ -643,6 +654,7 @@ static int run(const run_args *a, run_state *s)
 
 int cmd_run(int argc, char **argv)
 {
+    if (reg_route(argc, argv, 0)) return reg_cmd_run(CMD, argc, argv);
     int ext_rc;
     if (cli_ext_dispatch(argc, argv, &ext_rc)) return ext_rc; /* modules with their own runner */
     run_args a;
