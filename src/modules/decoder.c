@@ -543,62 +543,44 @@ xattn_status xattn_decoder_set_memory(xattn_ctx *ctx, xattn_decoder_state *s, in
 /* Step                                                                                     */
 /* ---------------------------------------------------------------------------------------- */
 
-/* What the self- and cross-attention of a step of n tokens share. */
-static void attn_common(xa_attn *at, const xattn_decoder_state *s, int64_t n)
+/* Attention of n query rows q (B, n, q_ld) over J keys, k|v rows kv (B, J, kv_ld) (v at
+ * kv + hidden), heads read in place, into s->A (B, n, hidden). */
+static void attn_common(xa_attn *at, const xattn_decoder_state *s, int64_t n, int64_t J,
+                        const float *q, int64_t q_ld, const float *kv, int64_t kv_ld)
 {
     const xattn_decoder_config *c = &s->m->cfg;
-    const int64_t h = c->hidden, dh = c->head_dim;
     memset(at, 0, sizeof *at);
-    at->B = s->B;
-    at->H = c->heads;
-    at->I = n;
-    at->dh = dh;
-    at->dv = dh;
-    at->q_sh = at->k_sh = at->v_sh = dh;
-    at->out = s->A;
-    at->o_sb = n * h;
-    at->o_sh = dh;
-    at->o_si = h;
-    at->scale = xa_head_scale(dh);
+    xa_attn_heads(at, s->B, c->heads, n, J, c->head_dim, c->head_dim, q, q_ld, kv, kv_ld,
+                  kv + c->hidden, kv_ld, s->A, c->hidden);
+    at->scale = xa_head_scale(c->head_dim);
     at->fill = XATTN_FILL_MIN_FLOAT;
     at->fn = "xattn_decoder_step";
 }
 
 /* Causal self-attention of n tokens at s->pos: queries at positions pos .. pos+n-1 over keys
- * 0 .. pos+n-1 (causal_offset = pos), padding from the keep vector of every position. */
+ * 0 .. pos+n-1 (causal_offset = pos), padding from the keep vector of every position. Full
+ * forward: q|k|v rows (B*n, 3h); incremental: q (B*n, h) and the cache's k|v rows (B, max_len,
+ * 2h) of the layer (k and v set per layer). */
 static void self_setup(xa_attn *sa, const xattn_decoder_state *s, int64_t n)
 {
     const int64_t h = s->m->cfg.hidden;
-    attn_common(sa, s, n);
-    sa->J = s->pos + n;
+    if (s->full) {
+        attn_common(sa, s, n, s->pos + n, s->Q, 3 * h, s->Q + h, 3 * h);
+    } else {
+        attn_common(sa, s, n, s->pos + n, s->Q, h, s->kv, 2 * h);
+        sa->k_sb = sa->v_sb = s->max_len * 2 * h;
+    }
     sa->causal = 1;
     sa->causal_offset = s->pos;
     sa->kkeep = s->keep;
     sa->kkeep_sb = s->max_len;
-    sa->q = s->Q;
-    if (s->full) { /* q|k|v rows (B*n, 3h) */
-        sa->q_si = sa->k_sj = sa->v_sj = 3 * h;
-        sa->q_sb = sa->k_sb = sa->v_sb = n * 3 * h;
-        sa->k = s->Q + h;
-        sa->v = s->Q + 2 * h;
-    } else { /* q (B*n, h); k|v rows of the cache (B, max_len, 2h), pointers set per layer */
-        sa->q_si = h;
-        sa->q_sb = n * h;
-        sa->k_sj = sa->v_sj = 2 * h;
-        sa->k_sb = sa->v_sb = s->max_len * 2 * h;
-    }
 }
 
+/* Cross-attention over the memory's k|v rows (B, M, 2h) (k and v set per layer). */
 static void cross_setup(xa_attn *ca, const xattn_decoder_state *s, int64_t n)
 {
     const int64_t h = s->m->cfg.hidden;
-    attn_common(ca, s, n);
-    ca->J = s->M;
-    ca->q = s->Q;
-    ca->q_si = h;
-    ca->q_sb = n * h;
-    ca->k_sj = ca->v_sj = 2 * h;
-    ca->k_sb = ca->v_sb = s->M * 2 * h;
+    attn_common(ca, s, n, s->M, s->Q, h, s->ckv, 2 * h);
     ca->kkeep = s->ckeep;
     ca->kkeep_sb = s->M;
 }
