@@ -16,7 +16,10 @@ the reference's own fresh initialisation:
 Checks: the same names and shapes (strict load), constant tensors equal, uniform tensors within
 the reference's bound and reaching near it (max |x| >= 0.9 b for 100+ values), mean and standard
 deviation within 5 standard errors of the reference's law, and the reference's own draw within
-the same bound. Exits 1 on any failure.
+the same bound. For the transformers layouts (a BertEncoder with encoder_width = hidden_size)
+also the forward: `xattn run` on random hidden states and memory against BertModel's encoder
+with the same weights (float64, its own causal mask), within 1e-4 (1 + |ref|). Exits 1 on any
+failure.
 """
 import math
 import os
@@ -24,10 +27,11 @@ import subprocess
 import sys
 import tempfile
 
+import numpy as np
 import torch
 from safetensors.torch import load_file
 from torch import nn
-from transformers import BertConfig
+from transformers import BertConfig, BertModel
 from transformers.models.bert.modeling_bert import BertEncoder, BertLayer
 
 XATTN = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "..",
@@ -118,7 +122,33 @@ def check_param(name, x, ref, b):
     return errs
 
 
+def forward_error(a, sd, path, d):
+    """Max |xattn - ref| / (1 + |ref|) of the decoder layers on random inputs."""
+    cfg = BertConfig(hidden_size=a["hidden_size"], num_attention_heads=a["num_attention_heads"],
+                     intermediate_size=a["intermediate_size"],
+                     num_hidden_layers=a["num_hidden_layers"], is_decoder=True,
+                     add_cross_attention=True, attn_implementation="eager")
+    model = BertModel(cfg, add_pooling_layer=False)
+    model.encoder.load_state_dict(sd, strict=True)
+    model = model.double().eval()
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 7, a["hidden_size"], generator=g, dtype=torch.float64).float()
+    mem = torch.randn(2, 4, a["hidden_size"], generator=g, dtype=torch.float64).float()
+    with torch.no_grad():
+        am, em = model._create_attention_masks(None, None, x.double(), mem.double(), None)
+        ref = model.encoder(x.double(), attention_mask=am, encoder_hidden_states=mem.double(),
+                            encoder_attention_mask=em).last_hidden_state
+    np.save(os.path.join(d, "x.npy"), x.numpy())
+    np.save(os.path.join(d, "mem.npy"), mem.numpy())
+    subprocess.run([XATTN, "run", "--module", "bert-decoder", path, "--x",
+                    os.path.join(d, "x.npy"), "--memory", os.path.join(d, "mem.npy"), "--out-dir",
+                    d], check=True, stdout=subprocess.DEVNULL)
+    out = torch.from_numpy(np.load(os.path.join(d, "out.npy"))).double()
+    return ((out - ref).abs() / (1 + ref.abs())).max().item()
+
+
 def run_case(a, seed):
+    err = None
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "init.safetensors")
         args = [XATTN, "init", "bert-decoder", "--out", path, "--seed", str(seed)]
@@ -126,6 +156,10 @@ def run_case(a, seed):
             args += ["--" + k.replace("_", "-"), str(v)]
         subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
         sd = load_file(path)
+        plain = a.get("bert_encoder", True) and a.get("encoder_width", a["hidden_size"]) == \
+            a["hidden_size"] and not any(k.startswith(("proj.", "type_")) for k in sd)
+        if plain:
+            err = forward_error(a, sd, path, d)
     torch.manual_seed(seed)
     model = Decoder(a)
     fresh = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -141,8 +175,11 @@ def run_case(a, seed):
         if errs:
             failures += 1
             print(f"  FAIL {name}: {'; '.join(errs)}")
+    if err is not None and not err <= 1e-4:
+        failures += 1
+    fw = "" if err is None else f", forward error {err:.2e}"
     print(f"{'ok  ' if not failures else 'FAIL'} {a}: {len(sd)} tensors loaded strictly, "
-          f"{failures} off the reference's init")
+          f"{failures} off the reference's init{fw}")
     return failures
 
 
@@ -156,6 +193,7 @@ def main():
              audio_type_embedding=True),
         dict(hidden_size=128, num_attention_heads=2, intermediate_size=512, num_hidden_layers=1,
              audio_dim=300, audio_type_embedding=True),
+        dict(hidden_size=96, num_attention_heads=12, intermediate_size=384, num_hidden_layers=3),
     ]
     fails = sum(run_case(a, seed) for seed, a in enumerate(cases))
     sys.exit(1 if fails else 0)
