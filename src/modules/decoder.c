@@ -554,7 +554,7 @@ static void attn_common(xa_attn *at, const xattn_decoder_state *s, int64_t n, in
                   kv + c->hidden, kv_ld, s->A, c->hidden);
     at->scale = xa_head_scale(c->head_dim);
     at->fill = XATTN_FILL_MIN_FLOAT;
-    at->fn = "xattn_decoder_step";
+    at->fn = s->full ? "xattn_decoder_forward" : "xattn_decoder_step";
 }
 
 /* Causal self-attention of n tokens at s->pos: queries at positions pos .. pos+n-1 over keys
