@@ -760,9 +760,12 @@ XATTN_API xattn_status xattn_hallo_forward(const xattn_hallo *m, const xattn_hal
  *   intermediate.dense.*, output.dense.*, output.LayerNorm.*
  * Registry kind "bert-decoder" (options named as BertConfig's arguments: hidden_size,
  * num_attention_heads, intermediate_size, num_hidden_layers, layer_norm_eps, plus encoder_width,
- * bert_encoder and the projector's video_dim / audio_dim / *_projector / *_type_embedding). The
- * registry finds a BertEncoder stack (layer.0.crossattention.self.query.weight); a single
- * BertLayer state dict loads with xattn_decoder_load.
+ * bert_encoder and the projector's video_dim / audio_dim / *_projector / *_type_embedding), run
+ * by name as BertEncoder.forward: hidden_states, encoder_hidden_states, attention_mask and
+ * encoder_attention_mask (BertModel's (B, T) / (B, M) keep masks) -> last_hidden_state; the
+ * projector is xattn_decoder_project's. The registry finds a BertEncoder stack
+ * (layer.0.crossattention.self.query.weight); a single BertLayer state dict loads with
+ * xattn_decoder_load.
  * Options: heads (num_attention_heads) from opts, else __metadata__ "heads" (or
  * "num_attention_heads"), else 12 (BertConfig's default); layer_norm_eps from opts, else
  * __metadata__ "layer_norm_eps", else 1e-12. Both leave no trace in the tensors: an assumed

@@ -735,73 +735,33 @@ xattn_status xattn_decoder_forward(xattn_ctx *ctx, const xattn_decoder *m,
 /* Registry                                                                                 */
 /* ---------------------------------------------------------------------------------------- */
 
-enum { IN_X, IN_MEM, IN_AM, IN_MM, IN_VIDEO, IN_AUDIO, N_IN };
+/* BertEncoder.forward's arguments (the masks as BertModel takes them); the projector is
+ * xattn_decoder_project's. */
+enum { IN_X, IN_MEM, IN_AM, IN_MM, N_IN };
 static const xa_io inputs[N_IN] = {
     {"hidden_states", "B,T,hidden_size", 0, "the decoder's input embeddings"},
-    {"encoder_hidden_states", "B,M,encoder_width", XA_IO_OPT,
-     "the memory cross-attention reads (or give video / audio for the projector)"},
+    {"encoder_hidden_states", "B,M,encoder_width", 0, "the memory cross-attention reads"},
     {"attention_mask", "B,T", XA_IO_OPT | XA_IO_MASK,
      "True / nonzero = keep (BertModel's attention_mask), combined with the causal mask"},
     {"encoder_attention_mask", "B,M", XA_IO_OPT | XA_IO_MASK,
      "True / nonzero = keep; a row with no kept key is the uniform average, as transformers"},
-    {"video", "B,Fv,Nv,video_dim", XA_IO_OPT,
-     "video features: mean over the Fv frames, projected by proj.video (memory rows 0 .. Nv)"},
-    {"audio", "B,Fa,Na,audio_dim", XA_IO_OPT,
-     "audio features: mean over the Fa frames, projected by proj.audio (memory rows after video)"},
 };
 static const xa_io outputs[] = {
     {"last_hidden_state", "B,T,hidden_size", 0, "the output of the last layer"},
 };
 
-static xattn_status check_named(const xa_mod *core, const xa_run *r)
-{
-    const int mem = r->in[IN_MEM] != NULL, av = r->in[IN_VIDEO] || r->in[IN_AUDIO];
-    if (mem == av)
-        return xa_error(XATTN_ERR_ARG, "bert-decoder takes either encoder_hidden_states or the "
-                                       "projector's inputs video / audio (one of the two)");
-    static const char *const mod[2] = {"video", "audio"};
-    for (int k = 0; k < 2; k++)
-        if (r->in[IN_VIDEO + k] &&
-            xa_cfg_get(&core->cfg, k ? "audio_projector" : "video_projector") == 0)
-            return xa_error(XATTN_ERR_NOT_FOUND, "input '%s' given but the module has no %s "
-                            "projector (proj.%s.weight)", mod[k], mod[k], mod[k]);
-    const int64_t Mp = xa_run_sym(r, "Nv") + xa_run_sym(r, "Na");
-    if (av && r->in[IN_MM] && xa_run_sym(r, "M") != Mp)
-        return xa_error(XATTN_ERR_SHAPE, "input 'encoder_attention_mask' has %lld keys but the "
-                        "projected memory has Nv + Na = %lld", (long long)xa_run_sym(r, "M"),
-                        (long long)Mp);
-    return XATTN_OK;
-}
-
 static xattn_status forward_named(const xa_mod *core, const xa_run *r)
 {
-    const xattn_decoder *m = (const xattn_decoder *)core;
     xattn_decoder_inputs in;
     memset(&in, 0, sizeof in);
     in.B = xa_run_sym(r, "B");
     in.T = xa_run_sym(r, "T");
+    in.M = xa_run_sym(r, "M");
     in.x = r->in[IN_X];
+    in.memory = r->in[IN_MEM];
     in.attention_mask = r->in[IN_AM];
     in.memory_mask = r->in[IN_MM];
-    if (r->in[IN_MEM]) {
-        in.M = xa_run_sym(r, "M");
-        in.memory = r->in[IN_MEM];
-        return forward_core(m, &in, r->out[0]);
-    }
-    const int64_t Nv = r->in[IN_VIDEO] ? xa_run_sym(r, "Nv") : 0;
-    const int64_t Na = r->in[IN_AUDIO] ? xa_run_sym(r, "Na") : 0;
-    in.M = Nv + Na;
-    int64_t n;
-    if (xa_mul_ok(in.B * in.M, m->cfg.memory_dim, &n))
-        return xa_error(XATTN_ERR_NOMEM, "bert-decoder: memory size overflows");
-    float *memory = xa_alloc((size_t)n * sizeof(float));
-    if (!memory) return XATTN_ERR_NOMEM;
-    xattn_status s = project(m, in.B, r->in[IN_VIDEO], xa_run_sym(r, "Fv"), Nv, r->in[IN_AUDIO],
-                             xa_run_sym(r, "Fa"), Na, memory);
-    in.memory = memory;
-    if (!s) s = forward_core(m, &in, r->out[0]);
-    xa_free(memory);
-    return s;
+    return forward_core((const xattn_decoder *)core, &in, r->out[0]);
 }
 
 const xa_kind xa_kind_bert_decoder = {
@@ -820,7 +780,6 @@ const xa_kind xa_kind_bert_decoder = {
     .build = build,
     .bind = bind,
     .destroy = destroy,
-    .check = check_named,
     .forward = forward_named,
 };
 
