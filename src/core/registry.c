@@ -13,11 +13,11 @@
 extern const xa_kind xa_kind_conv2d_cross;
 extern const xa_kind xa_kind_mutual;
 extern const xa_kind xa_kind_mha, xa_kind_attention;
-extern const xa_kind xa_kind_joint, xa_kind_interlaced;
+extern const xa_kind xa_kind_joint, xa_kind_interlaced, xa_kind_bert_decoder;
 
-const xa_kind *const xa_kinds[] = {&xa_kind_conv2d_cross, &xa_kind_mutual, &xa_kind_mha,
-                                   &xa_kind_attention, &xa_kind_joint, &xa_kind_interlaced,
-                                   NULL};
+const xa_kind *const xa_kinds[] = {&xa_kind_conv2d_cross, &xa_kind_mutual,   &xa_kind_mha,
+                                   &xa_kind_attention,    &xa_kind_joint,    &xa_kind_interlaced,
+                                   &xa_kind_bert_decoder, NULL};
 
 const xa_kind *xa_kind_find(const char *name)
 {
