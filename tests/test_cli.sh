@@ -144,7 +144,8 @@ bad "no context, kdim != embed_dim" 1 "--context" "$X" run "$MHA" --x "$F/x.npy"
 bad "kpm wrong shape" 1 "bad_kpm_shape.npy" "$X" run "$MHA" "${INPUTS[@]}" --key-padding-mask "$F/bad_kpm_shape.npy"
 bad "attn mask wrong shape" 1 "bad_attn_mask_shape.npy" "$X" run "$MHA" "${INPUTS[@]}" --attn-mask "$F/bad_attn_mask_shape.npy"
 bad "x bad dtype" 1 "bad_dtype.npy" "$X" run "$MHA" --x "$F/bad_dtype.npy" --context "$F/context.npy" --value "$F/value.npy"
-bad "mask bad dtype" 1 "bad_dtype.npy" "$X" run "$MHA" "${INPUTS[@]}" --key-padding-mask "$F/bad_dtype.npy"
+bad "int32 mask, wrong shape" 1 "bad_dtype.npy: has shape (2, 4, 9); expected (B, J) = (2, 6)" \
+    "$X" run "$MHA" "${INPUTS[@]}" --key-padding-mask "$F/bad_dtype.npy"
 bad "missing mask" 1 "nomask.npy" "$X" run "$MHA" "${INPUTS[@]}" --attn-mask "$B/nomask.npy"
 bad "mha without heads" 1 "--heads" "$X" run "$F/mha_noheads.safetensors" "${INPUTS[@]}"
 bad "heads not dividing" 1 "divisible" "$X" run "$MHA" "${INPUTS[@]}" --heads 2
@@ -268,10 +269,11 @@ ok "--allow-nonfinite passes NaN weights" "$X" run "$G/w_nan.safetensors" "${TIN
 
 # float masks: -inf marks a masked key (same result as the bool mask), NaN and +inf do not
 kpm_hl=$(od -An -tu2 -j8 -N2 "$F/kpm.npy" | tr -d ' ')
-kpm_f="" kpm_f16="" kpm_nan="" kpm_pinf=""
+kpm_f="" kpm_f16="" kpm_i32="" kpm_nan="" kpm_pinf=""
 k=0
 for b in $(od -An -tu1 -v -j$((10 + kpm_hl)) "$F/kpm.npy"); do
-    if [ "$b" -ne 0 ]; then kpm_f+=$NINF kpm_f16+='\x00\xfc'; else kpm_f+=$ZERO kpm_f16+='\x00\x00'; fi
+    if [ "$b" -ne 0 ]; then kpm_f+=$NINF kpm_f16+='\x00\xfc' kpm_i32+='\x03\x00\x00\x00'
+    else kpm_f+=$ZERO kpm_f16+='\x00\x00' kpm_i32+=$ZERO; fi
     if [ $k -eq 7 ]; then kpm_nan+=$NAN; else kpm_nan+=$ZERO; fi
     if [ $k -eq 11 ]; then kpm_pinf+=$INF; else kpm_pinf+=$ZERO; fi
     k=$((k + 1))
@@ -290,6 +292,13 @@ if ok "float16 mask with -inf" "$X" run "$MHA" "${INPUTS[@]}" --key-padding-mask
     --return-attn; then
     same "float16 -inf mask = bool mask (out)" "$D/out.npy" "$F/expected_out.npy"
     same "float16 -inf mask = bool mask (attn)" "$D/attn.npy" "$F/expected_attn.npy"
+fi
+# integer masks are bool masks: nonzero = True (here: masked out, as torch)
+mk_npy "$G/kpm_i32.npy" "{'descr': '<i4', 'fortran_order': False, 'shape': (2, 6), }" "$kpm_i32"
+if ok "int32 key padding mask" "$X" run "$MHA" "${INPUTS[@]}" --key-padding-mask "$G/kpm_i32.npy" \
+    --return-attn; then
+    same "int32 mask = bool mask (out)" "$D/out.npy" "$F/expected_out.npy"
+    same "int32 mask = bool mask (attn)" "$D/attn.npy" "$F/expected_attn.npy"
 fi
 bad "NaN in a float mask" 1 "kpm_nan.npy: float mask holds nan at index [1, 1]" \
     "$X" run "$MHA" "${INPUTS[@]}" --key-padding-mask "$G/kpm_nan.npy"
@@ -428,6 +437,11 @@ if ok "run bidir masks + rel_pos_bias + maps" "$X" run "$BA" "${BIN[@]}" "${BMAS
         same "bidir masked $o" "$D/$o.npy" "$F/bidir_expected_masked_$o.npy"
     done
     has "bidir context_attn shape" "$D.out" "context_attn.npy (2, 4, 5, 7)"
+    # with talking heads the maps are the head-mixed ones, not one softmax per head
+    has "bidir talking-heads attn label" "$D.out" \
+        "attn.npy (2, 4, 5, 7) (softmax over j, mixed across heads by talking heads)"
+    has "bidir talking-heads context_attn label" "$D.out" \
+        "context_attn.npy (2, 4, 5, 7) (softmax over i, mixed across heads by talking heads)"
 fi
 if ok "run bidir float64 x, 1 thread" "$X" run "$BA" --x "$F/bidir_x_f64.npy" --context \
     "$F/bidir_context.npy" --threads 1; then
@@ -439,6 +453,9 @@ if ok "run bidir rank 2, BF16 weights, 1-D masks, (I, J) bias" "$X" run "$BP" "$
     for o in out context_out attn context_attn; do
         same "bidir rank-2 $o" "$D/$o.npy" "$F/bidir_plain_expected_$o.npy"
     done
+    has "bidir attn label without talking heads" "$D.out" "attn.npy (2, 6, 4) (softmax over j, per head)"
+    has "bidir context_attn label without talking heads" "$D.out" \
+        "context_attn.npy (2, 6, 4) (softmax over i, per head)"
     has "bidir rank-2 attn shape" "$D.out" "attn.npy (2, 6, 4)"
 fi
 if ok "run bidir 0.0.x LayerNorm prenorm, F16 weights, --heads" "$X" run \
@@ -486,10 +503,24 @@ bad "bidir context mask shape" 1 "bidir_mask.npy: has shape (2, 5); --context-ma
     "$X" run "$BA" "${BIN[@]}" --context-mask "$F/bidir_mask.npy"
 bad "bidir rank-2 mask shape" 1 "--mask needs (I,) = (6,)" \
     "$X" run "$BP" "${PIN[@]}" --mask "$F/bidir_mask.npy"
-bad "bidir float mask" 1 "bidir_mask_float.npy: dtype float32 is not supported for --mask: expected bool" \
+bad "bidir float mask" 1 "bidir_mask_float.npy: dtype float32 is not supported for --mask: expected bool or integer (True / nonzero = keep)" \
     "$X" run "$BA" "${BIN[@]}" --mask "$F/bidir_mask_float.npy"
-bad "bidir uint8 context mask" 1 "bidir_mask_u8.npy: dtype uint8 is not supported for --context-mask" \
-    "$X" run "$BA" "${BIN[@]}" --context-mask "$F/bidir_mask_u8.npy"
+# integer masks are bool masks: nonzero = True = keep
+C64=''
+for b in $(od -An -tu1 -v -j$(($(od -An -tu2 -j8 -N2 "$F/bidir_context_mask.npy" | tr -d ' ') + 10)) \
+    "$F/bidir_context_mask.npy"); do
+    if [ "$b" -ne 0 ]; then C64+='\xfe\xff\xff\xff\xff\xff\xff\xff'; else C64+="$ZERO$ZERO"; fi
+done
+mk_npy "$G/bidir_context_mask_i64.npy" "{'descr': '<i8', 'fortran_order': False, 'shape': (2, 7), }" "$C64"
+if ok "bidir bool masks" "$X" run "$BA" "${BIN[@]}" "${BMASKS[@]}" --return-attn; then
+    dbool=$D
+    if ok "bidir uint8 mask, int64 context mask" "$X" run "$BA" "${BIN[@]}" --return-attn \
+        --mask "$F/bidir_mask_u8.npy" --context-mask "$G/bidir_context_mask_i64.npy"; then
+        for o in out context_out attn context_attn; do
+            same "bidir integer masks = bool masks ($o)" "$D/$o.npy" "$dbool/$o.npy" 0
+        done
+    fi
+fi
 bad "bidir bias heads" 1 "bidir_bad_bias_heads.npy: has shape (2, 3, 5, 7); expected" \
     "$X" run "$BA" "${BIN[@]}" --rel-pos-bias "$F/bidir_bad_bias_heads.npy"
 bad "bidir bias of rank 1" 1 "bidir_bias_rank1.npy: has shape (7,) (rank 1)" \

@@ -42,6 +42,18 @@ if ok "eps flag" "$X" run "$MOD" "${IN[@]}" --layer-norm-eps 0.5; then
 fi
 ok "help" "$X" run --module bert-decoder --help && has "help text" "$D.out" "1 = KEEP"
 ok "inspect" "$X" inspect "$MOD" && has "inspect names it" "$D.out" "bert-decoder"
+# integer masks: nonzero = keep (memory_mask.npy as uint8 with 7 for True)
+mm_hl=$(od -An -tu2 -j8 -N2 "$J/memory_mask.npy" | tr -d ' ')
+{
+    head -c $((10 + mm_hl)) "$J/memory_mask.npy" | sed "s/'|b1'/'|u1'/"
+    for b in $(od -An -tu1 -v -j$((10 + mm_hl)) "$J/memory_mask.npy"); do
+        if [ "$b" -ne 0 ]; then printf '\x07'; else printf '\x00'; fi
+    done
+} >"$TMP/memory_mask_u8.npy"
+if ok "uint8 memory mask" "$X" run "$MOD" --x "$J/x.npy" --memory "$J/memory.npy" \
+    --attention-mask "$J/attention_mask.npy" --memory-mask "$TMP/memory_mask_u8.npy"; then
+    same "uint8 memory mask out" "$D/out.npy" "$J/expected_out.npy"
+fi
 ok "run help lists bert-decoder" "$X" run --help && has "run help" "$D.out" "bert-decoder"
 
 # ---- errors ----------------------------------------------------------------------------------

@@ -56,7 +56,24 @@ bad "bad norm-first" 2 "--norm-first" "$X" run "$ENC" --x "$J/x.npy" --context "
 bad "bad eps" 2 "--layer-norm-eps" "$X" run "$ENC" --x "$J/x.npy" --context "$J/context.npy" --layer-norm-eps 0
 bad "heads not dividing" 1 "divisible" "$X" run "$ENC" --x "$J/x.npy" --context "$J/context.npy" --heads 5
 bad "mask shape" 1 "x_mask.npy" "$X" run "$ENC" --x "$J/x.npy" --context "$J/context.npy" --context-padding-mask "$J/x_mask.npy"
-bad "mask not bool" 1 "bool" "$X" run "$ENC" --x "$J/x.npy" --context "$J/context.npy" --x-padding-mask "$J/x.npy"
+bad "mask not bool" 1 "x.npy: dtype float32 is not supported for --x-padding-mask: expected bool or integer (True / nonzero = ignore)" \
+    "$X" run "$ENC" --x "$J/x.npy" --context "$J/context.npy" --x-padding-mask "$J/x.npy"
+# integer masks are bool masks: nonzero = True = ignore (x_mask.npy and context_mask.npy as uint8
+# and int16, True as 1 and 5)
+npy_head() { printf '\x93NUMPY\x01\x00\x76\x00%s%*s\n' "$1" $((128 - 10 - ${#1} - 1)) ''; }
+{
+    npy_head "{'descr': '|u1', 'fortran_order': False, 'shape': (2, 5), }"
+    printf '\x00\x00\x00\x01\x01\x00\x00\x00\x00\x00'
+} >"$TMP/x_mask_u8.npy"
+{
+    npy_head "{'descr': '<i2', 'fortran_order': False, 'shape': (2, 3), }"
+    printf '\x00\x00\x00\x00\x05\x00\x05\x00\x00\x00\x00\x00'
+} >"$TMP/context_mask_i16.npy"
+if ok "integer masks" "$X" run "$ENC" --x "$J/x.npy" --context "$J/context.npy" \
+    --x-padding-mask "$TMP/x_mask_u8.npy" --context-padding-mask "$TMP/context_mask_i16.npy" "${FLAGS[@]}"; then
+    same "integer masks out" "$D/out.npy" "$J/expected_out.npy"
+    same "integer masks context_out" "$D/context_out.npy" "$J/expected_context_out.npy"
+fi
 bad "width mismatch" 1 "x1.npy" "$X" run "$ENC" --x "$J/x1.npy" --context "$J/context1.npy"
 bad "rank mismatch" 1 "context1.npy" "$X" run "$ENC" --x "$J/x.npy" --context "$J/context1.npy"
 bad "missing input" 1 "nope.npy" "$X" run "$ENC" --x "$J/nope.npy" --context "$J/context.npy"

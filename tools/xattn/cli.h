@@ -92,9 +92,20 @@ const char *cli_index_str(int ndim, const int64_t *shape, int64_t flat, char *bu
  * CLI_FINITE_ANY). Errors are reported; returns 0 or CLI_EXIT_ERROR. */
 int cli_load_float(const char *cmd, const char *path, int min_rank, int max_rank,
                    cli_finite_rule rule, xattn_array *a);
-/* Loads a mask .npy: bool (kept as BOOL) or float32/float64 (converted to F32; checked
- * against `rule`, CLI_FINITE_MASK or CLI_FINITE_ANY). */
-int cli_load_mask(const char *cmd, const char *path, cli_finite_rule rule, xattn_array *a);
+/* Masks. A bool mask is a bool or integer array (nonzero = True), made XATTN_BOOL; a float
+ * array is refused with one message for every option of every module: "dtype D is not
+ * supported for OPT: expected bool or integer (True / nonzero = MEANING)". `opt` names the
+ * option ("--mask"), `true_means` what True means ("keep", "ignore", "masked out"). */
+int cli_mask_to_bool(const char *cmd, const char *path, const char *opt, const char *true_means,
+                     xattn_array *a);
+/* Loads a bool mask .npy (see cli_mask_to_bool); frees `a` on failure. */
+int cli_load_bool_mask(const char *cmd, const char *path, const char *opt, const char *true_means,
+                       xattn_array *a);
+/* Loads a mask .npy of a module with additive masks: bool or integer (made XATTN_BOOL, as
+ * cli_mask_to_bool), or float32/float64/float16 (converted to F32, checked against `rule`,
+ * CLI_FINITE_MASK or CLI_FINITE_ANY); no zero-sized dimension. */
+int cli_load_mask(const char *cmd, const char *path, const char *opt, const char *true_means,
+                  cli_finite_rule rule, xattn_array *a);
 
 /* NaN policy for weights: checks the float tensors of `st` named in names[0 .. n_names)
  * (absent ones are skipped), or every float tensor of the file when names is NULL. The first

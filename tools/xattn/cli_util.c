@@ -356,22 +356,47 @@ int cli_load_float(const char *cmd, const char *path, int min_rank, int max_rank
     return rc;
 }
 
-int cli_load_mask(const char *cmd, const char *path, cli_finite_rule rule, xattn_array *a)
+static int is_int_dtype(xattn_dtype t)
+{
+    return t == XATTN_U8 || t == XATTN_I8 || t == XATTN_I16 || t == XATTN_I32 || t == XATTN_I64;
+}
+
+int cli_mask_to_bool(const char *cmd, const char *path, const char *opt, const char *true_means,
+                     xattn_array *a)
+{
+    if (a->dtype != XATTN_BOOL && !is_int_dtype(a->dtype))
+        return cli_error(cmd, path,
+                         "dtype %s is not supported for %s: expected bool or integer (True / "
+                         "nonzero = %s)",
+                         cli_np_dtype(a->dtype), opt, true_means);
+    /* bool too: a .npy bool byte may hold any nonzero value */
+    if (xattn_array_convert(a, XATTN_BOOL) != XATTN_OK) return cli_lib_error(cmd, path);
+    return 0;
+}
+
+int cli_load_bool_mask(const char *cmd, const char *path, const char *opt, const char *true_means,
+                       xattn_array *a)
+{
+    memset(a, 0, sizeof *a);
+    if (xattn_npy_load(path, a) != XATTN_OK) return cli_lib_error(cmd, path);
+    int rc = cli_mask_to_bool(cmd, path, opt, true_means, a);
+    if (rc) xattn_array_free(a);
+    return rc;
+}
+
+int cli_load_mask(const char *cmd, const char *path, const char *opt, const char *true_means,
+                  cli_finite_rule rule, xattn_array *a)
 {
     memset(a, 0, sizeof *a);
     if (xattn_npy_load(path, a) != XATTN_OK) return cli_lib_error(cmd, path);
     int rc = 0;
-    if (a->dtype == XATTN_BOOL) {
-        if (xattn_array_convert(a, XATTN_BOOL) != XATTN_OK) rc = cli_lib_error(cmd, path);
-    } else if (a->dtype == XATTN_F32 || a->dtype == XATTN_F64 || a->dtype == XATTN_F16) {
+    if (a->dtype == XATTN_F32 || a->dtype == XATTN_F64 || a->dtype == XATTN_F16) {
         if (a->dtype == XATTN_F16 && xattn_array_convert(a, XATTN_F32) != XATTN_OK)
             rc = cli_lib_error(cmd, path);
         if (!rc) rc = check_finite(cmd, path, a, rule);
         if (!rc && xattn_array_convert(a, XATTN_F32) != XATTN_OK) rc = cli_lib_error(cmd, path);
     } else {
-        rc = cli_error(cmd, path,
-                       "dtype %s is not supported for a mask: expected bool or float32/float64/float16",
-                       cli_np_dtype(a->dtype));
+        rc = cli_mask_to_bool(cmd, path, opt, true_means, a);
     }
     if (!rc) rc = check_nonempty(cmd, path, a);
     if (rc) xattn_array_free(a);

@@ -42,7 +42,8 @@ static void help(void)
         "  --x X.npy                 queries (B, I, embed_dim), or (I, embed_dim) for one sequence\n"
         "  --context C.npy           keys (B, J, kdim); default: X (self-attention)\n"
         "  --value V.npy             values (B, J, vdim); default: the context\n"
-        "  masks (.npy, bool or float32/float64/float16; float masks are added to the logits):\n"
+        "  masks (.npy, bool or integer (nonzero = True), or float32/float64/float16 added to\n"
+        "  the logits):\n"
         "  --key-padding-mask M.npy  (B, J), or (J,) for a rank-2 X\n"
         "  --attn-mask A.npy         (I, J), or (B*heads, I, J) per head\n"
         "      torch.nn.MultiheadAttention: bool True = masked out (as torch).\n"
@@ -70,6 +71,7 @@ static void help(void)
         "  --context C.npy           (B, J, context_dim), or (J, context_dim); required\n"
         "  --mask M.npy              bool (B, I), or (I,) for a rank-2 X: True = KEEP\n"
         "  --context-mask CM.npy     bool (B, J), or (J,) for a rank-2 X: True = KEEP\n"
+        "      (integer masks too: nonzero = True)\n"
         "      (as the package: a position (i, j) is kept when both are True; masked\n"
         "      similarities are -FLT_MAX, so a fully masked row or column becomes a uniform\n"
         "      average, not NaN)\n"
@@ -395,8 +397,11 @@ static int load_inputs(const run_args *a, run_state *s, const xattn_mha_config *
                          (long long)c->vdim, (long long)c->kdim);
     }
 
+    /* what a bool True means: torch's polarity, or SDPA's for diffusers */
+    const char *true_means = s->mod.kind == CLI_MODULE_ATTENTION ? "keep" : "masked out";
     if (a->kpm) {
-        if ((rc = cli_load_mask(CMD, a->kpm, mask_rule, &s->kpm))) return rc;
+        if ((rc = cli_load_mask(CMD, a->kpm, "--key-padding-mask", true_means, mask_rule, &s->kpm)))
+            return rc;
         const xattn_array *k = &s->kpm;
         int ok = (k->ndim == 2 && k->shape[0] == *B && k->shape[1] == *J) ||
                  (rank == 2 && k->ndim == 1 && k->shape[0] == *J);
@@ -407,7 +412,8 @@ static int load_inputs(const run_args *a, run_state *s, const xattn_mha_config *
                              cpath);
     }
     if (a->attn_mask) {
-        if ((rc = cli_load_mask(CMD, a->attn_mask, mask_rule, &s->am))) return rc;
+        if ((rc = cli_load_mask(CMD, a->attn_mask, "--attn-mask", true_means, mask_rule, &s->am)))
+            return rc;
         const xattn_array *m = &s->am;
         int ok2 = m->ndim == 2 && m->shape[0] == *I && m->shape[1] == *J;
         int ok3 = m->ndim == 3 && m->shape[0] == *B * c->heads && m->shape[1] == *I &&
@@ -423,18 +429,13 @@ static int load_inputs(const run_args *a, run_state *s, const xattn_mha_config *
     return 0;
 }
 
-/* A bidirectional mask: bool (B, N), or (N,) for a rank-2 X. `axis` is "I" or "J". */
+/* A bidirectional mask: bool or integer (B, N), or (N,) for a rank-2 X; True / nonzero = keep,
+ * as the package. `axis` is "I" or "J". */
 static int load_bool_mask(const char *path, const char *opt, int rank, int64_t B, int64_t N,
                           const char *axis, const char *from, xattn_array *m)
 {
     char s1[160];
-    memset(m, 0, sizeof *m);
-    if (xattn_npy_load(path, m) != XATTN_OK) return cli_lib_error(CMD, path);
-    if (m->dtype != XATTN_BOOL)
-        return cli_error(CMD, path,
-                         "dtype %s is not supported for %s: expected bool (True = keep, as the "
-                         "package)",
-                         cli_np_dtype(m->dtype), opt);
+    if (cli_load_bool_mask(CMD, path, opt, "keep", m)) return CLI_EXIT_ERROR;
     int ok = (m->ndim == 2 && m->shape[0] == B && m->shape[1] == N) ||
              (rank == 2 && m->ndim == 1 && m->shape[0] == N);
     if (!ok) {
@@ -617,8 +618,16 @@ static int run_bidir(const run_args *a, run_state *s)
         sh[nd++] = c.heads;
         sh[nd++] = I;
         sh[nd++] = J;
-        cli_output_set(&outs[2], "attn", s->attn, "softmax over j, per head", nd, sh);
-        cli_output_set(&outs[3], "context_attn", s->cattn, "softmax over i, per head", nd, sh);
+        /* talking heads mix the heads' probabilities after the softmax */
+        const int th = c.talking_heads;
+        cli_output_set(&outs[2], "attn", s->attn,
+                       th ? "softmax over j, mixed across heads by talking heads"
+                          : "softmax over j, per head",
+                       nd, sh);
+        cli_output_set(&outs[3], "context_attn", s->cattn,
+                       th ? "softmax over i, mixed across heads by talking heads"
+                          : "softmax over i, per head",
+                       nd, sh);
     }
     return cli_write_outputs(CMD, a->out_dir ? a->out_dir : ".", outs, a->return_attn ? 4 : 2);
 }

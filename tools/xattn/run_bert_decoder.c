@@ -87,7 +87,8 @@ typedef struct dstate {
     float *pmem, *out;
 } dstate;
 
-/* A keep mask: bool or integer (any nonzero = keep), or float holding only 0 and 1. */
+/* A keep mask: bool or integer (any nonzero = keep), or float holding only 0 and 1 (as
+ * transformers reads a float attention_mask). */
 static int load_keep(const char *path, const char *opt, int rank3, int64_t B, int64_t n,
                      xattn_array *a)
 {
@@ -119,8 +120,7 @@ static int load_keep(const char *path, const char *opt, int rank3, int64_t B, in
         a->dtype = XATTN_BOOL;
         return 0;
     }
-    if (xattn_array_convert(a, XATTN_BOOL) != XATTN_OK) return cli_lib_error(CMD, path);
-    return 0;
+    return cli_mask_to_bool(CMD, path, opt, "keep", a);
 }
 
 static int dec_go(const dargs *a, dstate *s)

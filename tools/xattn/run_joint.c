@@ -27,6 +27,7 @@ static void joint_help(void)
         "  --context X.npy             (B, N, d), or (N, d)\n"
         "  --x-padding-mask M.npy      bool (B, K), or (K,): True = IGNORE that position as a key\n"
         "  --context-padding-mask M.npy  bool (B, N), or (N,): True = ignore\n"
+        "      (integer masks too: nonzero = True)\n"
         "      (the two make torch's src_key_padding_mask of the stacked sequence; a batch item\n"
         "      with every position ignored gets zero attention outputs, not NaN as in torch)\n"
         "Options the tensors cannot tell; a flag wins over the file's __metadata__ key of the\n"
@@ -81,11 +82,8 @@ typedef struct jstate {
 static int load_pad_mask(const char *path, const char *opt, int rank3, int64_t B, int64_t n,
                          xattn_array *a)
 {
-    if (cli_load_mask(CMD, path, CLI_FINITE_ANY, a)) return CLI_EXIT_ERROR;
+    if (cli_load_bool_mask(CMD, path, opt, "ignore", a)) return CLI_EXIT_ERROR;
     char sh[128];
-    if (a->dtype != XATTN_BOOL)
-        return cli_error(CMD, path, "%s must be a bool array (True = ignore), not %s", opt,
-                         cli_np_dtype(a->dtype));
     int ok = rank3 ? (a->ndim == 2 && a->shape[0] == B && a->shape[1] == n)
                    : (a->ndim == 1 && a->shape[0] == n);
     if (!ok) {
