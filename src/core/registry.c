@@ -12,8 +12,10 @@
 
 extern const xa_kind xa_kind_conv2d_cross;
 extern const xa_kind xa_kind_mutual;
+extern const xa_kind xa_kind_bidir, xa_kind_bidir_transformer;
 
-const xa_kind *const xa_kinds[] = {&xa_kind_conv2d_cross, &xa_kind_mutual, NULL};
+const xa_kind *const xa_kinds[] = {&xa_kind_conv2d_cross, &xa_kind_mutual, &xa_kind_bidir,
+                                   &xa_kind_bidir_transformer, NULL};
 
 const xa_kind *xa_kind_find(const char *name)
 {
