@@ -33,9 +33,9 @@ typedef struct xattn_ctx xattn_ctx;
 #define XATTN_API
 #endif
 
-#define XATTN_VERSION_MAJOR 0
-#define XATTN_VERSION_MINOR 1
-#define XATTN_VERSION_PATCH 0
+/* XATTN_VERSION_MAJOR, _MINOR, _PATCH and XATTN_VERSION_STRING, generated from the CMake
+ * project version (the only place the version is written). */
+#include "xattn_version.h"
 
 /* ------------------------------------------------------------------------------------------ */
 /* Status and errors                                                                            */
@@ -947,6 +947,7 @@ XATTN_API xattn_status xattn_module_forward(xattn_ctx *ctx, const xattn_module *
 typedef struct xattn_kind_desc {
     const char *name, *reference, *summary;
     size_t n_args;
+    const char *state_dict; /* its tensor names ("" for a kind without weights) */
 } xattn_kind_desc;
 typedef struct xattn_arg_desc {
     const char *name, *type, *doc, *default_value, *choices;
@@ -955,6 +956,9 @@ typedef struct xattn_arg_desc {
 XATTN_API size_t xattn_kind_count(void);
 XATTN_API xattn_status xattn_kind_info(size_t i, xattn_kind_desc *d);
 XATTN_API xattn_status xattn_kind_arg(const char *kind, size_t j, xattn_arg_desc *a);
+/* Input (output = 0) or output (output = 1) i of a kind, as xattn_module_input describes it;
+ * XATTN_ERR_ARG past the last one. */
+XATTN_API xattn_status xattn_kind_io(const char *kind, int output, size_t i, xattn_io_desc *d);
 
 #ifdef __cplusplus
 }

@@ -36,10 +36,4 @@ const char *xattn_status_string(xattn_status s)
     return "unknown status";
 }
 
-#define XA_STR2(x) #x
-#define XA_STR(x) XA_STR2(x)
-const char *xattn_version(void)
-{
-    return XA_STR(XATTN_VERSION_MAJOR) "." XA_STR(XATTN_VERSION_MINOR) "." XA_STR(
-        XATTN_VERSION_PATCH);
-}
+const char *xattn_version(void) { return XATTN_VERSION_STRING; }

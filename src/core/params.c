@@ -408,9 +408,10 @@ static xattn_status meta_pairs(const xa_cfg *cfg, const char *kind, const char *
 xattn_status xa_params_save(const xa_params *ps, const xa_cfg *cfg, const char *kind,
                             const char *prefix, const char *path)
 {
-    xattn_st_entry *e = calloc((size_t)(ps->n ? ps->n : 1), sizeof *e);
-    char **names = calloc((size_t)(ps->n ? ps->n : 1), sizeof *names);
-    void **conv = calloc((size_t)(ps->n ? ps->n : 1), sizeof *conv);
+    /* one spare slot: the cleanup below walks n + 1 entries */
+    xattn_st_entry *e = calloc((size_t)ps->n + 1, sizeof *e);
+    char **names = calloc((size_t)ps->n + 1, sizeof *names);
+    void **conv = calloc((size_t)ps->n + 1, sizeof *conv);
     const char *kv[2 * (XA_MAX_FIELDS + 1)];
     char text[4096];
     size_t n = 0, n_meta = 0;

@@ -165,6 +165,7 @@ xattn_status xattn_kind_info(size_t i, xattn_kind_desc *d)
     d->reference = k->reference;
     d->summary = k->summary;
     d->n_args = (size_t)k->n_fields;
+    d->state_dict = k->state_dict ? k->state_dict : k->anchor ? k->anchor : "";
     xa_clear_error();
     return XATTN_OK;
 }
@@ -405,4 +406,23 @@ xattn_status xattn_module_input(const xattn_module *m, size_t i, xattn_io_desc *
 xattn_status xattn_module_output(const xattn_module *m, size_t i, xattn_io_desc *d)
 {
     return io_desc(m, 1, i, d);
+}
+
+xattn_status xattn_kind_io(const char *kind, int output, size_t i, xattn_io_desc *d)
+{
+    const xa_kind *k = xa_kind_find(kind);
+    size_t n = k ? (size_t)(output ? k->n_out : k->n_in) : 0;
+    if (!k || !d || i >= n)
+        return xa_error(XATTN_ERR_ARG, "xattn_kind_io: no %s %zu of '%s'",
+                        output ? "output" : "input", i, kind ? kind : "(null)");
+    const xa_io *io = &(output ? k->outputs : k->inputs)[i];
+    memset(d, 0, sizeof *d);
+    d->name = io->name;
+    d->shape = io->shape;
+    d->optional = (io->flags & XA_IO_OPT) != 0;
+    d->mask = (io->flags & XA_IO_MASK) != 0;
+    d->additive = (io->flags & XA_IO_ADDITIVE) != 0;
+    d->doc = io->doc ? io->doc : "";
+    xa_clear_error();
+    return XATTN_OK;
 }

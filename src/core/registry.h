@@ -74,6 +74,7 @@ typedef struct xa_kind {
     /* Checks that the bound sizes suit the module beyond the shapes (may be NULL). */
     xattn_status (*check)(const xa_mod *m, const xa_run *r);
     xattn_status (*forward)(const xa_mod *m, const xa_run *r);
+    const char *state_dict; /* the tensor names, for --help ("conv_query.{weight,bias}, ...") */
 } xa_kind;
 
 /* Every kind, NULL-terminated (registry.c). */

@@ -40,8 +40,8 @@ void xa_op_scale_rows(float *y, int64_t rows, int64_t n, const float *s);
 void xa_op_transpose(const float *src, float *dst, int64_t B, int64_t P, int64_t C);
 /* y (B, R) = mean over f of x (B, F, R). */
 void xa_op_mean(const float *x, int64_t B, int64_t F, int64_t R, float *y);
-/* y (B, R) = mean over pairs: x (B, 2 * Rout ... ) token pooling: y[b, t, :] = (x[b, 2t, :] +
- * x[b, 2t + 1, :]) / 2 for t < N / 2, x (B, N, C), y (B, N / 2, C) (AvgPool1d(2, 2) over tokens). */
+/* Token pooling AvgPool1d(2, stride 2): y[b, t, :] = (x[b, 2t, :] + x[b, 2t + 1, :]) / 2 for
+ * t < N / 2, x (B, N, C), y (B, N / 2, C) (an odd last token is dropped). */
 void xa_op_pool2(const float *x, int64_t B, int64_t N, int64_t C, float *y);
 /* y[b, n] = max over t of x[b, t, n] (x (B, T, N)). */
 void xa_op_max_over(const float *x, int64_t B, int64_t T, int64_t N, float *y);

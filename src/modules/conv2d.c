@@ -132,6 +132,8 @@ const xa_kind xa_kind_conv2d_cross = {
     .build = build,
     .bind = bind,
     .forward = forward_named,
+    .state_dict = "conv_query.{weight (Ck, C1, 1, 1), bias}, conv_key.{weight (Ck, C2, 1, 1), "
+                  "bias}, conv_value.{weight (Cv, C2, 1, 1), bias} (1x1 nn.Conv2d)",
 };
 
 xattn_status xattn_conv2d_cross_load(const xattn_safetensors *st, const char *prefix,

@@ -4,6 +4,7 @@
  * bench/bidir_bench.py compares with the reference package under PyTorch).
  */
 #include "cli.h"
+#include "reg_cli.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -94,6 +95,7 @@ static int save_out(const char *dir, const char *name, const float *data, int64_
 
 int cmd_bench(int argc, char **argv)
 {
+    if (reg_route(argc, argv, 1)) return reg_cmd_bench(CMD, argc, argv);
     const char *xpath = NULL, *cpath = NULL, *out_dir = NULL;
     long long len = 1024, clen = 0, batch = 1, heads = 0, reps = 5, threads = 0;
     int json = 0;

@@ -1,6 +1,7 @@
 /* xattn run: runs a saved attention module (M1 multi-head, M2 bidirectional) on .npy inputs. */
 #include "cli.h"
 #include "modules_ext.h"
+#include "reg_cli.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -105,6 +106,11 @@ static void help(void)
     const cli_ext_module *m = cli_ext_at(0);
     if (m) printf("\nmore modules, each with its own options ('xattn run --module KIND --help'):\n");
     for (int i = 0; (m = cli_ext_at(i)); i++) printf("  %-24s  %s\n", m->kind, m->summary);
+    for (size_t i = 0; i < xattn_kind_count(); i++) {
+        xattn_kind_desc k;
+        if (!xattn_kind_info(i, &k) && reg_cli_handles(k.name))
+            printf("  %-24s  %s\n", k.name, k.summary);
+    }
 }
 
 typedef struct run_args {
@@ -645,6 +651,7 @@ static int run(const run_args *a, run_state *s)
 
 int cmd_run(int argc, char **argv)
 {
+    if (reg_route(argc, argv, 0)) return reg_cmd_run(CMD, argc, argv);
     int ext_rc;
     if (cli_ext_dispatch(argc, argv, &ext_rc)) return ext_rc; /* modules with their own runner */
     run_args a;

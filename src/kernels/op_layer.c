@@ -1,0 +1,183 @@
+/* The op layer (ops.h): the computations modules are made of, over the kernel tables. */
+#include "kernels/ops.h"
+#include "base/base.h"
+
+#include <math.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#define XA_CHUNK ((int64_t)16384)
+/* threads over fixed chunks only when there is enough work to pay for them */
+static int chunk_threads(int64_t n) { return n >= 8 * XA_CHUNK ? xa_threads() : 1; }
+#endif
+
+xattn_status xa_op_linear(const float *x, int64_t M, int64_t K, const float *W, const float *b,
+                          int64_t N, float *y, int accumulate)
+{
+    if (!accumulate) return xattn_linear(x, M, K, W, b, N, y);
+    if (b) xa_op_add_rows(y, M, N, b, 1.0f);
+    if (M == 0 || N == 0 || K == 0) return XATTN_OK;
+    return xattn_sgemm(0, 1, M, N, K, 1.0f, x, K, W, K, 1.0f, y, N);
+}
+
+xattn_status xa_op_linear_cm(const float *x, int64_t M, int64_t K, const float *W,
+                             const float *b, int64_t N, float *y)
+{
+    float beta = 0.0f;
+    if (b) {
+        for (int64_t p = 0; p < M; p++) memcpy(y + p * N, b, (size_t)N * sizeof(float));
+        beta = 1.0f;
+    }
+    return xattn_sgemm(1, 1, M, N, K, 1.0f, x, M, W, K, beta, y, N);
+}
+
+xattn_status xa_op_layernorm(const float *x, int64_t rows, int64_t n, const float *w,
+                             const float *b, float eps, float *y)
+{
+    return xattn_layernorm(x, rows, n, w, b, eps, y);
+}
+
+xattn_status xa_op_rmsnorm(const float *x, int64_t rows, int64_t n, const float *w, float eps,
+                           float *y)
+{
+    return xattn_rmsnorm(x, rows, n, w, eps, y);
+}
+
+xattn_status xa_op_gelu(float *x, int64_t n, int tanh_form) { return xattn_gelu(x, n, tanh_form); }
+
+/* Runs the statement given over [c0, c1) ranges covering [0, n) in fixed chunks, threaded
+ * when large (the chunks do not depend on the thread count). */
+#ifdef _OPENMP
+#define XA_CHUNKED(n, ...)                                                                       \
+    do {                                                                                         \
+        const int64_t n_ = (n), nch_ = (n_ + XA_CHUNK - 1) / XA_CHUNK;                           \
+        const int nt_ = chunk_threads(n_);                                                       \
+        _Pragma("omp parallel for schedule(static) num_threads(nt_)")                            \
+        for (int64_t ch_ = 0; ch_ < nch_; ch_++) {                                               \
+            const int64_t c0 = ch_ * XA_CHUNK, c1 = XA_MIN(n_, c0 + XA_CHUNK);                   \
+            __VA_ARGS__;                                                                         \
+        }                                                                                        \
+    } while (0)
+#else
+#define XA_CHUNKED(n, ...)                                                                       \
+    do {                                                                                         \
+        const int64_t c0 = 0, c1 = (n);                                                          \
+        __VA_ARGS__;                                                                             \
+    } while (0)
+#endif
+
+void xa_op_relu(float *x, int64_t n)
+{
+    XA_CHUNKED(n, for (int64_t i = c0; i < c1; i++) x[i] = x[i] > 0.0f ? x[i] : 0.0f);
+}
+
+void xa_op_add(float *y, const float *x, int64_t n) { xa_op_axpy(1.0f, x, y, n); }
+
+void xa_op_axpy(float a, const float *x, float *y, int64_t n)
+{
+    const xa_kernels *kt = xa_kern();
+    XA_CHUNKED(n, kt->axpy(a, x + c0, y + c0, c1 - c0));
+}
+
+void xa_op_scale(float *y, float a, int64_t n)
+{
+    XA_CHUNKED(n, for (int64_t i = c0; i < c1; i++) y[i] *= a);
+}
+
+void xa_op_add_rows(float *y, int64_t rows, int64_t n, const float *b, float alpha)
+{
+    const xa_kernels *kt = xa_kern();
+    XA_CHUNKED(rows, for (int64_t r = c0; r < c1; r++) kt->axpy(alpha, b, y + r * n, n));
+}
+
+void xa_op_scale_rows(float *y, int64_t rows, int64_t n, const float *s)
+{
+    XA_CHUNKED(rows, for (int64_t r = c0; r < c1; r++) for (int64_t i = 0; i < n; i++)
+                         y[r * n + i] *= s[r]);
+}
+
+void xa_op_geglu(const float *in, int64_t rows, int64_t h, float *y)
+{
+    const xa_kernels *kt = xa_kern();
+    XA_CHUNKED(rows, for (int64_t r = c0; r < c1; r++) {
+        float *yr = y + r * h;
+        memcpy(yr, in + r * 2 * h + h, (size_t)h * sizeof(float));
+        kt->gelu(yr, h, 0);
+        for (int64_t i = 0; i < h; i++) yr[i] *= in[r * 2 * h + i];
+    });
+}
+
+void xa_op_transpose(const float *src, float *dst, int64_t B, int64_t P, int64_t C)
+{
+    const int64_t T = 32;
+    const int64_t np = (P + T - 1) / T, nc = (C + T - 1) / T;
+    const int64_t ntask = B * np * nc;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(xa_threads()) if (B * P * C > (1 << 15)) schedule(static)
+#endif
+    for (int64_t t = 0; t < ntask; t++) {
+        int64_t b = t / (np * nc), r = t % (np * nc);
+        int64_t p0 = (r / nc) * T, c0 = (r % nc) * T;
+        int64_t p1 = XA_MIN(p0 + T, P), c1 = XA_MIN(c0 + T, C);
+        const float *s = src + b * P * C;
+        float *d = dst + b * P * C;
+        for (int64_t c = c0; c < c1; c++)
+            for (int64_t p = p0; p < p1; p++) d[c * P + p] = s[p * C + c];
+    }
+}
+
+void xa_op_mean(const float *x, int64_t B, int64_t F, int64_t R, float *y)
+{
+    const xa_kernels *kt = xa_kern();
+    const float inv = 1.0f / (float)F;
+    for (int64_t b = 0; b < B; b++) {
+        float *yb = y + b * R;
+        memcpy(yb, x + b * F * R, (size_t)R * sizeof(float));
+        for (int64_t f = 1; f < F; f++) kt->axpy(1.0f, x + (b * F + f) * R, yb, R);
+        xa_op_scale(yb, inv, R);
+    }
+}
+
+void xa_op_pool2(const float *x, int64_t B, int64_t N, int64_t C, float *y)
+{
+    const int64_t No = N / 2;
+    XA_CHUNKED(B * No, for (int64_t r = c0; r < c1; r++) {
+        const int64_t b = r / No, t = r % No;
+        const float *a = x + (b * N + 2 * t) * C;
+        for (int64_t c = 0; c < C; c++) y[r * C + c] = (a[c] + a[C + c]) * 0.5f;
+    });
+}
+
+void xa_op_max_over(const float *x, int64_t B, int64_t T, int64_t N, float *y)
+{
+    for (int64_t b = 0; b < B; b++) {
+        float *yb = y + b * N;
+        memcpy(yb, x + b * T * N, (size_t)N * sizeof(float));
+        for (int64_t t = 1; t < T; t++) {
+            const float *xt = x + (b * T + t) * N;
+            for (int64_t n = 0; n < N; n++) yb[n] = xt[n] > yb[n] ? xt[n] : yb[n];
+        }
+    }
+}
+
+xattn_status xa_op_attention(const xa_attn *p) { return xa_attention(p); }
+
+xattn_status xa_op_bidir_attention(const xa_bidir *p) { return xa_bidir_attention(p); }
+
+void xa_op_lse_merge(const float *o1, const float *l1, const float *o2, const float *l2,
+                     int64_t rows, int64_t dv, float *o, float *l)
+{
+    for (int64_t r = 0; r < rows; r++) {
+        const float a = l1[r], b = l2[r];
+        const float m = a > b ? a : b;
+        if (m == -INFINITY) { /* neither part saw a key */
+            for (int64_t d = 0; d < dv; d++) o[r * dv + d] = 0.0f;
+            l[r] = -INFINITY;
+            continue;
+        }
+        const double L = (double)m + log(exp((double)a - m) + exp((double)b - m));
+        const float w1 = (float)exp((double)a - L), w2 = (float)exp((double)b - L);
+        for (int64_t d = 0; d < dv; d++) o[r * dv + d] = w1 * o1[r * dv + d] + w2 * o2[r * dv + d];
+        l[r] = (float)L;
+    }
+}

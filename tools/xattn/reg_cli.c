@@ -1,0 +1,246 @@
+/*
+ * Running any module kind through the library's registry, for `xattn run` and `xattn bench`:
+ * the kind's named inputs become options (--NAME FILE.npy, dashes for underscores; --x and
+ * --context also name its first and second input), its constructor arguments become options
+ * (--heads 8), its optional outputs are written with --return-attn. Shapes are checked against
+ * the kind's symbolic shapes here, so that every message names the file at fault; nothing in
+ * this file knows any particular kind.
+ */
+#include "reg_cli.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- parsing ---------------------------------------------------------------------------- */
+
+static const char *const FIXED_VALUE[] = {"--module", "--prefix", "--out-dir", "--threads",
+                                          "--reps",   "--len",    "--context-len", "--batch",
+                                          NULL};
+static const char *const FIXED_FLAG[] = {"--return-attn", "--allow-nonfinite", "--json", NULL};
+
+static int in_list(const char *const *l, const char *s)
+{
+    for (int i = 0; l[i]; i++)
+        if (!strcmp(l[i], s)) return 1;
+    return 0;
+}
+
+static int set_fixed(const char *cmd, reg_args *a, const char *flag, const char *val)
+{
+    const char **dst = !strcmp(flag, "--module")    ? &a->kind
+                       : !strcmp(flag, "--prefix")  ? &a->prefix
+                       : !strcmp(flag, "--out-dir") ? &a->out_dir
+                                                    : NULL;
+    if (dst) {
+        if (!*val && dst != &a->prefix) return cli_usage(cmd, "%s: empty value", flag);
+        *dst = val;
+        return 0;
+    }
+    long long *n = !strcmp(flag, "--threads")       ? &a->threads
+                   : !strcmp(flag, "--reps")        ? &a->reps
+                   : !strcmp(flag, "--len")         ? &a->len
+                   : !strcmp(flag, "--context-len") ? &a->context_len
+                                                    : &a->batch;
+    long long max = !strcmp(flag, "--threads") ? XATTN_MAX_THREADS : 1LL << 40;
+    char *end = NULL;
+    long long v = strtoll(val, &end, 10);
+    if (!*val || *end || v < 1 || v > max)
+        return cli_usage(cmd, "%s: '%s' is not an integer in [1, %lld]", flag, val, max);
+    *n = v;
+    return 0;
+}
+
+int reg_parse(const char *cmd, int argc, char **argv, reg_args *a, int *help)
+{
+    memset(a, 0, sizeof *a);
+    *help = 0;
+    const char *seen[128];
+    int n_seen = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *arg = argv[i];
+        if (!strcmp(arg, "-h") || !strcmp(arg, "--help")) {
+            *help = 1;
+            continue;
+        }
+        if (strncmp(arg, "--", 2) || !arg[2]) {
+            if (!*arg) return cli_usage(cmd, "empty argument");
+            if (a->model) return cli_usage(cmd, "unexpected argument '%s'", arg);
+            a->model = arg;
+            continue;
+        }
+        char flag[128];
+        const char *eq = strchr(arg, '=');
+        snprintf(flag, sizeof flag, "%.*s", (int)(eq ? (size_t)(eq - arg) : strlen(arg)), arg);
+        for (int k = 0; k < n_seen; k++)
+            if (!strcmp(seen[k], flag)) return cli_usage(cmd, "%s given twice", flag);
+        if (n_seen < 128) seen[n_seen++] = strdup(flag);
+        const char *val = eq ? eq + 1 : NULL;
+        if (in_list(FIXED_FLAG, flag)) {
+            if (val) return cli_usage(cmd, "%s takes no value", flag);
+            if (!strcmp(flag, "--return-attn")) a->return_all = 1;
+            else if (!strcmp(flag, "--json")) a->json = 1;
+            else a->allow_nonfinite = 1;
+            continue;
+        }
+        if (!val && i + 1 < argc && strncmp(argv[i + 1], "--", 2)) val = argv[++i];
+        if (in_list(FIXED_VALUE, flag)) {
+            if (!val) return cli_usage(cmd, "%s needs a value", flag);
+            int rc = set_fixed(cmd, a, flag, val);
+            if (rc) return rc;
+            continue;
+        }
+        if (a->n_rest >= REG_MAX_ARGS) return cli_usage(cmd, "too many options");
+        a->rest[a->n_rest].flag = seen[n_seen - 1];
+        a->rest[a->n_rest].value = val;
+        a->n_rest++;
+    }
+    return 0;
+}
+
+/* "--context-mask" -> "context_mask" */
+static void flag_to_name(const char *flag, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "%s", flag + 2);
+    for (char *c = buf; *c; c++)
+        if (*c == '-') *c = '_';
+}
+
+/* ---- the module --------------------------------------------------------------------------- */
+
+/* Finds the module of the file (one, or the one --module / --prefix select). */
+static int pick(const char *cmd, const reg_args *a, const xattn_safetensors *st, char *kind,
+                char *prefix)
+{
+    xattn_found f[64];
+    size_t n = xattn_module_scan(st, f, 64), match = 0, first = 0;
+    for (size_t i = 0; i < n && i < 64; i++) {
+        if ((a->kind && strcmp(f[i].kind, a->kind)) || (a->prefix && strcmp(f[i].prefix, a->prefix)))
+            continue;
+        if (!match++) first = i;
+    }
+    char pp[256];
+    if (match == 1) {
+        snprintf(kind, 64, "%s", f[first].kind);
+        snprintf(prefix, 256, "%s", f[first].prefix);
+        return 0;
+    }
+    if (match > 1) {
+        char list[1024];
+        size_t off = 0;
+        for (size_t i = 0; i < n && i < 64 && off < sizeof list; i++)
+            off += (size_t)snprintf(list + off, sizeof list - off, "%s%s at '%s'", i ? ", " : "",
+                                    f[i].kind, cli_printable(f[i].prefix, pp, 64));
+        return cli_error(cmd, a->model, "holds %zu modules (%s): choose one with --prefix P%s",
+                         match, list, a->kind ? "" : " or --module KIND");
+    }
+    if (a->kind) { /* kinds without weights are named, not found */
+        for (size_t i = 0; i < xattn_kind_count(); i++) {
+            xattn_kind_desc d;
+            if (!xattn_kind_info(i, &d) && !strcmp(d.name, a->kind)) {
+                snprintf(kind, 64, "%s", a->kind);
+                snprintf(prefix, 256, "%s", a->prefix ? a->prefix : "");
+                return -1; /* found by name: the caller opens it by kind */
+            }
+        }
+    }
+    return cli_error(cmd, a->model, "no %s module found%s%s%s (see 'xattn inspect')",
+                     a->kind ? a->kind : "", a->prefix ? " at prefix '" : "",
+                     a->prefix ? cli_printable(a->prefix, pp, sizeof pp) : "",
+                     a->prefix ? "'" : "");
+}
+
+/* The constructor arguments among the options. */
+static int collect_options(const char *cmd, reg_state *s, const reg_args *a)
+{
+    for (int r = 0; r < a->n_rest; r++) {
+        char name[128];
+        flag_to_name(a->rest[r].flag, name, sizeof name);
+        for (size_t j = 0;; j++) {
+            xattn_arg_desc d;
+            if (xattn_kind_arg(s->kind, j, &d)) break;
+            if (strcmp(d.name, name) || d.derived) continue;
+            if (!a->rest[r].value) return cli_usage(cmd, "%s needs a value", a->rest[r].flag);
+            s->opt_names[s->n_opts] = a->rest[r].flag;
+            s->opts[s->n_opts].name = d.name;
+            s->opts[s->n_opts].value = a->rest[r].value;
+            s->n_opts++;
+            s->used[r] = 1;
+            break;
+        }
+    }
+    return 0;
+}
+
+int reg_open(const char *cmd, const reg_args *a, reg_state *s)
+{
+    memset(s, 0, sizeof *s);
+    if (!a->model) { /* a kind without weights, named by --module */
+        snprintf(s->kind, sizeof s->kind, "%s", a->kind ? a->kind : "");
+        int rc = collect_options(cmd, s, a);
+        if (rc) return rc;
+        if (xattn_module_create(s->kind, s->opts, (size_t)s->n_opts, 0, &s->m))
+            return cli_usage(cmd, "%s", xattn_last_error());
+        if (xattn_module_param_count(s->m))
+            return cli_usage(cmd, "missing MODEL.safetensors (%s has weights)", s->kind);
+        return 0;
+    }
+    if (xattn_st_open(a->model, &s->st) != XATTN_OK) return cli_lib_error(cmd, a->model);
+    int rc = pick(cmd, a, s->st, s->kind, s->prefix);
+    if (rc > 0) return rc;
+    if ((rc = collect_options(cmd, s, a))) return rc;
+    xattn_open_opts o;
+    memset(&o, 0, sizeof o);
+    o.kind = s->kind;
+    o.prefix = s->prefix;
+    o.options = s->opts;
+    o.n_options = (size_t)s->n_opts;
+    if (xattn_module_open(s->st, &o, &s->m) != XATTN_OK) {
+        const char *e = xattn_last_error();
+        /* "option 'heads' ..." is about a flag: say which */
+        const char *q = strstr(e, "option '");
+        if (q && strstr(q, "disagrees")) return cli_error(cmd, a->model, "%s", q);
+        if (q) { /* a bad value of a flag: a usage error naming the flag */
+            char flag[96];
+            snprintf(flag, sizeof flag, "--%.*s", (int)strcspn(q + 8, "'"), q + 8);
+            for (char *c = flag + 2; *c; c++)
+                if (*c == '_') *c = '-';
+            return cli_usage(cmd, "%s: %s", flag, q);
+        }
+        return cli_lib_error(cmd, a->model);
+    }
+    const char *w = xattn_module_warnings(s->m);
+    while (*w) { /* one line each; options are flags here */
+        size_t l = strcspn(w, "\n");
+        fprintf(stderr, "xattn %s: %s: warning: %.*s\n", cmd, a->model, (int)l, w);
+        w += l + (w[l] == '\n');
+    }
+    return 0;
+}
+
+void reg_free(reg_state *s)
+{
+    xattn_module_free(s->m);
+    xattn_st_close(s->st);
+    for (int i = 0; i < REG_MAX_IO; i++) {
+        xattn_array_free(&s->arr[i]);
+        free(s->outbuf[i]);
+    }
+    memset(s, 0, sizeof *s);
+}
+
+/* NaN policy for the weights the module holds. */
+int reg_check_weights(const char *cmd, const reg_args *a, const reg_state *s)
+{
+    if (a->allow_nonfinite) return 0;
+    for (size_t i = 0; i < xattn_module_param_count(s->m); i++) {
+        xattn_param_desc p;
+        if (xattn_module_param(s->m, i, &p) || !p.data) continue;
+        char full[768];
+        snprintf(full, sizeof full, "%s%s", s->prefix, p.name);
+        const char *names[1] = {full};
+        int rc = cli_check_weights_finite(cmd, a->model, s->st, names, 1);
+        if (rc) return rc;
+    }
+    return 0;
+}

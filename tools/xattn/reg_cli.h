@@ -1,0 +1,80 @@
+/*
+ * Any module kind through the registry (reg_cli.c, reg_io.c): option parsing, the module, its
+ * inputs (files checked against the kind's symbolic shapes, messages naming the file), outputs.
+ * Used by `xattn run` and `xattn bench`.
+ */
+#ifndef XATTN_REG_CLI_H
+#define XATTN_REG_CLI_H
+
+#include "cli.h"
+
+#define REG_MAX_ARGS 48
+#define REG_MAX_IO 12
+
+typedef struct reg_args {
+    const char *model, *kind, *prefix, *out_dir;
+    long long threads, reps, len, context_len, batch;
+    int return_all, allow_nonfinite, json;
+    struct {
+        const char *flag, *value; /* value NULL: a flag without one */
+    } rest[REG_MAX_ARGS];          /* inputs and constructor arguments of the kind */
+    int n_rest;
+} reg_args;
+
+typedef struct reg_state {
+    xattn_safetensors *st;
+    xattn_module *m;
+    char kind[64], prefix[256];
+    xattn_option opts[REG_MAX_ARGS];
+    const char *opt_names[REG_MAX_ARGS];
+    int n_opts;
+    int used[REG_MAX_ARGS];      /* rest[r] consumed                          */
+    /* inputs, in the kind's input order */
+    int n_in;
+    xattn_io_desc in_desc[REG_MAX_IO];
+    const char *in_file[REG_MAX_IO]; /* NULL: not given (or generated)        */
+    const char *in_flag[REG_MAX_IO];
+    xattn_array arr[REG_MAX_IO];
+    int unbatched;               /* inputs given without their leading B      */
+    /* size symbols bound by the inputs */
+    char sym[16][64];
+    int64_t sym_val[16];
+    const char *sym_file[16];
+    int n_sym;
+    /* outputs */
+    int n_out;
+    xattn_tensor out[REG_MAX_IO];
+    float *outbuf[REG_MAX_IO];
+} reg_state;
+
+/* Parses argv (argv[0] is the command); reports usage errors. */
+int reg_parse(const char *cmd, int argc, char **argv, reg_args *a, int *help);
+/* Opens the file and the module (--module / --prefix select), prints assumed defaults as
+ * warnings. Returns 0 or an exit code (reported). */
+int reg_open(const char *cmd, const reg_args *a, reg_state *s);
+void reg_free(reg_state *s);
+int reg_check_weights(const char *cmd, const reg_args *a, const reg_state *s);
+/* Loads the inputs given as options and checks them; `generate` (bench) makes the missing
+ * required ones from --batch / --len / --context-len. Unknown options are usage errors. */
+int reg_inputs(const char *cmd, const reg_args *a, reg_state *s, int generate);
+/* Plans and allocates the outputs (the required ones, and the optional ones with
+ * --return-attn). */
+int reg_outputs(const char *cmd, const reg_args *a, reg_state *s);
+/* Runs the forward on ctx (NULL: default). */
+int reg_forward(const char *cmd, const reg_args *a, reg_state *s, xattn_ctx *ctx);
+/* Writes the outputs into --out-dir (without the leading batch axis for unbatched inputs). */
+int reg_write(const char *cmd, const reg_args *a, const reg_state *s);
+/* The kinds' inputs and options for --help. */
+void reg_help_kinds(void);
+void reg_help_kind(const char *kind);
+/* 1 if the command line runs `kind` through the registry. */
+int reg_cli_handles(const char *kind);
+/* `xattn run` through the registry. */
+int reg_cmd_run(const char *cmd, int argc, char **argv);
+/* 1 if argv (of run or bench) names a kind (--module, or the one module of its file) that goes
+ * through the registry: the kinds the CLI runs this way, or with any_kind every registry kind. */
+int reg_route(int argc, char **argv, int any_kind);
+/* `xattn bench` through the registry. */
+int reg_cmd_bench(const char *cmd, int argc, char **argv);
+
+#endif

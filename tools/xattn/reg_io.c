@@ -1,0 +1,441 @@
+/* Inputs and outputs of a registry module on the command line (see reg_cli.h). */
+#include "reg_cli.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- symbolic shapes ----------------------------------------------------------------------- */
+
+/* The alternative of `shape` ('|'-separated) with `rank` dims into buf, or NULL. */
+static const char *alternative(const char *shape, int rank, char *buf, size_t cap)
+{
+    const char *p = shape;
+    for (;;) {
+        size_t l = strcspn(p, "|");
+        int nd = l ? 1 : 0;
+        for (size_t k = 0; k < l; k++) nd += p[k] == ',';
+        if (nd == rank && l < cap) {
+            memcpy(buf, p, l);
+            buf[l] = '\0';
+            return buf;
+        }
+        if (!p[l]) return NULL;
+        p += l + 1;
+    }
+}
+
+static int ranks_of(const char *shape, int *lo, int *hi)
+{
+    *lo = 99, *hi = -1;
+    const char *p = shape;
+    for (;;) {
+        size_t l = strcspn(p, "|");
+        int nd = l ? 1 : 0;
+        for (size_t k = 0; k < l; k++) nd += p[k] == ',';
+        if (nd < *lo) *lo = nd;
+        if (nd > *hi) *hi = nd;
+        if (!p[l]) return 0;
+        p += l + 1;
+    }
+}
+
+/* dim token k of a ','-separated list into tok. */
+static void dim_tok(const char *dims, int k, char *tok, size_t cap)
+{
+    const char *p = dims;
+    for (int i = 0; i < k && p; i++) p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL;
+    size_t l = p ? strcspn(p, ",") : 0;
+    if (l >= cap) l = cap - 1;
+    memcpy(tok, p ? p : "", l);
+    tok[l] = '\0';
+}
+
+static int is_sym(const char *t) { return t[0] >= 'A' && t[0] <= 'Z'; }
+
+static int64_t config_value(const reg_state *s, const char *name, int *ok)
+{
+    for (size_t i = 0; i < xattn_module_config_count(s->m); i++) {
+        xattn_config_entry e;
+        if (!xattn_module_config(s->m, i, &e) && !strcmp(e.name, name)) {
+            *ok = 1;
+            return atoll(e.value);
+        }
+    }
+    *ok = 0;
+    return 0;
+}
+
+static int sym_index(const reg_state *s, const char *name)
+{
+    for (int i = 0; i < s->n_sym; i++)
+        if (!strcmp(s->sym[i], name)) return i;
+    return -1;
+}
+
+/* Value of a dim token ("B", "dim", "2*inner", "8"); *known = 0 when unbound. */
+static int64_t tok_value(const reg_state *s, const char *tok, int *known)
+{
+    char t[64];
+    snprintf(t, sizeof t, "%s", tok);
+    char *slash = strchr(t, '/');
+    if (slash) *slash = '\0';
+    int64_t mul = 1;
+    char *name = t, *star = strchr(t, '*');
+    if (star) {
+        *star = '\0';
+        mul = atoll(t);
+        name = star + 1;
+    }
+    *known = 1;
+    if (name[0] >= '0' && name[0] <= '9') return atoll(name);
+    if (is_sym(name)) {
+        int i = sym_index(s, name);
+        if (i < 0) return *known = 0, 0;
+        return mul * s->sym_val[i];
+    }
+    int ok;
+    int64_t v = config_value(s, name, &ok);
+    if (!ok) *known = 0;
+    return mul * v;
+}
+
+/* ---- checks with messages naming the file ---------------------------------------------------- */
+
+static const char *first_file(const reg_state *s)
+{
+    for (int i = 0; i < s->n_in; i++)
+        if (s->in_file[i]) return s->in_file[i];
+    return "the inputs";
+}
+
+/* "(B, I) = (2, 5)" of a dims list with the values known so far. */
+static void expected_text(const reg_state *s, const char *dims, char *buf, size_t cap)
+{
+    char syms[256] = "", vals[256] = "";
+    size_t o1 = 0, o2 = 0;
+    int nd = dims[0] ? 1 : 0;
+    for (const char *p = dims; *p; p++) nd += *p == ',';
+    for (int k = 0; k < nd; k++) {
+        char tok[64];
+        dim_tok(dims, k, tok, sizeof tok);
+        int known;
+        int64_t v = tok_value(s, tok, &known);
+        o1 += (size_t)snprintf(syms + o1, sizeof syms - o1, "%s%s", k ? ", " : "", tok);
+        if (known) o2 += (size_t)snprintf(vals + o2, sizeof vals - o2, "%s%lld", k ? ", " : "", (long long)v);
+        else o2 += (size_t)snprintf(vals + o2, sizeof vals - o2, "%s?", k ? ", " : "");
+    }
+    snprintf(buf, cap, "(%s%s) = (%s%s)", syms, nd == 1 ? "," : "", vals, nd == 1 ? "," : "");
+}
+
+static int check_dim(const char *cmd, const reg_args *a, reg_state *s, int i, const char *dims,
+                     int k, int64_t got, int last)
+{
+    char tok[64];
+    dim_tok(dims, k, tok, sizeof tok);
+    const char *file = s->in_file[i];
+    int known;
+    int64_t want = tok_value(s, tok, &known);
+    if (strstr(tok, "/1") && got == 1) return 0;
+    if (!known) { /* bind the symbol */
+        if (is_sym(tok) && !strchr(tok, '*') && s->n_sym < 16) {
+            snprintf(s->sym[s->n_sym], sizeof s->sym[0], "%.*s", (int)strcspn(tok, "/"), tok);
+            s->sym_val[s->n_sym] = got;
+            s->sym_file[s->n_sym++] = file;
+        }
+        return 0;
+    }
+    if (want == got) return 0;
+    char exp[512], sh[160];
+    if (!strcmp(tok, "B") || !strcmp(tok, "B/1")) {
+        int j = sym_index(s, "B");
+        return cli_error(cmd, file, "batch %lld does not match the batch %lld of %s",
+                         (long long)got, (long long)want, j >= 0 ? s->sym_file[j] : first_file(s));
+    }
+    if (last && !is_sym(tok) && !strchr(tok, '*') && !(tok[0] >= '0' && tok[0] <= '9') &&
+        s->in_desc[i].shape[0] == 'B')
+        return cli_error(cmd, file, "last dimension %lld does not match the model's %s %lld (%s)",
+                         (long long)got, tok, (long long)want, a->model);
+    expected_text(s, dims, exp, sizeof exp);
+    char why[320] = "";
+    if (!is_sym(tok)) { /* a config value: say where it came from */
+        char name[64];
+        snprintf(name, sizeof name, "%s", strchr(tok, '*') ? strchr(tok, '*') + 1 : tok);
+        for (size_t c = 0; c < xattn_module_config_count(s->m); c++) {
+            xattn_config_entry e;
+            if (!xattn_module_config(s->m, c, &e) && !strcmp(e.name, name) && e.detail[0])
+                snprintf(why, sizeof why, " (%s = %s from the %s)", e.name, e.value, e.detail);
+        }
+    }
+    return cli_error(cmd, file, "has shape %s; %s needs %s%s", cli_shape_str(&s->arr[i], sh, sizeof sh),
+                     s->in_flag[i], exp, why);
+}
+
+/* Checks input i's shape (after the batch axis was added for unbatched inputs). */
+static int check_shape(const char *cmd, const reg_args *a, reg_state *s, int i)
+{
+    const xattn_io_desc *d = &s->in_desc[i];
+    xattn_array *x = &s->arr[i];
+    char alt[256], sh[160];
+    const char *dims = alternative(d->shape, x->ndim, alt, sizeof alt);
+    if (!dims) {
+        int lo, hi;
+        ranks_of(d->shape, &lo, &hi);
+        const int drop = s->unbatched && d->shape[0] == 'B' ? 1 : 0;
+        if (i > 0 && s->in_file[0] && s->arr[0].ndim - drop != hi - drop && lo == hi &&
+            s->in_desc[0].shape[0] == d->shape[0])
+            return cli_error(cmd, s->in_file[i], "has shape %s (rank %d) but %s has rank %d",
+                             cli_shape_str(x, sh, sizeof sh), x->ndim - drop, s->in_file[0],
+                             s->arr[0].ndim - drop);
+        if (i == 0 && d->shape[0] == 'B' && lo == hi)
+            return cli_error(cmd, s->in_file[i], "has shape %s (rank %d); expected rank %d to %d (%s)",
+                             cli_shape_str(x, sh, sizeof sh), x->ndim, hi - 1, hi, d->shape);
+        return cli_error(cmd, s->in_file[i], "has shape %s (rank %d); %s needs (%s)",
+                         cli_shape_str(x, sh, sizeof sh), x->ndim - drop, s->in_flag[i], d->shape);
+    }
+    for (int k = 0; k < x->ndim; k++) {
+        int rc = check_dim(cmd, a, s, i, dims, k, x->shape[k], k == x->ndim - 1);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+/* ---- loading ------------------------------------------------------------------------------- */
+
+/* What True means for a mask, from its doc ("True = keep ..."). */
+static void true_means(const char *doc, char *buf, size_t cap)
+{
+    const char *p = strstr(doc, "True = ");
+    snprintf(buf, cap, "%.*s", p ? (int)strcspn(p + 7, ",;)") : 4, p ? p + 7 : "true");
+}
+
+static int load_one(const char *cmd, const reg_args *a, reg_state *s, int i)
+{
+    const xattn_io_desc *d = &s->in_desc[i];
+    const cli_finite_rule data = a->allow_nonfinite ? CLI_FINITE_ANY : CLI_FINITE_STRICT;
+    const cli_finite_rule mask = a->allow_nonfinite ? CLI_FINITE_ANY : CLI_FINITE_MASK;
+    if (!d->shape[0]) { /* a switch: the option alone sets it */
+        if (s->in_file[i]) return cli_usage(cmd, "%s takes no value", s->in_flag[i]);
+        xattn_array *x = &s->arr[i];
+        x->dtype = XATTN_BOOL;
+        x->ndim = 0;
+        x->data = calloc(1, 1);
+        if (!x->data) return cli_error(cmd, NULL, "out of memory");
+        *(uint8_t *)x->data = 1;
+        return 0;
+    }
+    if (!s->in_file[i]) return cli_usage(cmd, "%s needs a FILE.npy", s->in_flag[i]);
+    char tm[64];
+    true_means(d->doc, tm, sizeof tm);
+    if (d->mask && d->additive) return cli_load_mask(cmd, s->in_file[i], s->in_flag[i], tm, mask, &s->arr[i]);
+    if (d->mask) return cli_load_bool_mask(cmd, s->in_file[i], s->in_flag[i], tm, &s->arr[i]);
+    return cli_load_float(cmd, s->in_file[i], 1, XATTN_MAX_DIMS - 1, data, &s->arr[i]);
+}
+
+/* Maps the remaining options to inputs: --NAME, or --x / --context for the first / second. */
+static int map_inputs(const char *cmd, const reg_args *a, reg_state *s)
+{
+    for (int r = 0; r < a->n_rest; r++) {
+        if (s->used[r]) continue;
+        char name[128];
+        snprintf(name, sizeof name, "%s", a->rest[r].flag + 2);
+        for (char *c = name; *c; c++)
+            if (*c == '-') *c = '_';
+        int hit = -1;
+        for (int i = 0; i < s->n_in && hit < 0; i++)
+            if (!strcmp(s->in_desc[i].name, name)) hit = i;
+        if (hit < 0 && !strcmp(name, "x") && s->n_in > 0) hit = 0;
+        if (hit < 0 && !strcmp(name, "context") && s->n_in > 1) hit = 1;
+        if (hit < 0) {
+            char list[1024];
+            size_t off = 0;
+            for (int i = 0; i < s->n_in; i++)
+                off += (size_t)snprintf(list + off, sizeof list - off, "%s--%s", i ? ", " : "",
+                                        s->in_desc[i].name);
+            for (size_t j = 0;; j++) {
+                xattn_arg_desc d;
+                if (xattn_kind_arg(s->kind, j, &d)) break;
+                if (!d.derived)
+                    off += (size_t)snprintf(list + off, sizeof list - off, ", --%s", d.name);
+            }
+            return cli_usage(cmd, "%s is not an input or option of %s (%s)", a->rest[r].flag,
+                             s->kind, list);
+        }
+        if (s->in_flag[hit]) return cli_usage(cmd, "%s and %s name the same input", s->in_flag[hit], a->rest[r].flag);
+        s->in_flag[hit] = a->rest[r].flag;
+        s->in_file[hit] = a->rest[r].value;
+        s->used[r] = 1;
+    }
+    return 0;
+}
+
+/* Deterministic uniform [-1, 1) values. */
+static void fill(float *x, int64_t n, uint64_t seed)
+{
+    for (int64_t i = 0; i < n; i++) {
+        seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+        x[i] = (float)(seed >> 40) / 8388608.0f - 1.0f;
+    }
+}
+
+/* bench: a required input not given, made from the sizes known and --batch/--len/--context-len */
+static int generate(const char *cmd, const reg_args *a, reg_state *s, int i)
+{
+    const char *dims = s->in_desc[i].shape;
+    char alt[256];
+    if (strchr(dims, '|')) dims = strncpy(alt, dims, strcspn(dims, "|")), alt[strcspn(dims, "|")] = '\0', alt;
+    xattn_array *x = &s->arr[i];
+    x->dtype = XATTN_F32;
+    x->ndim = dims[0] ? 1 : 0;
+    for (const char *p = dims; *p; p++) x->ndim += *p == ',';
+    int64_t n = 1;
+    for (int k = 0; k < x->ndim; k++) {
+        char tok[64];
+        dim_tok(dims, k, tok, sizeof tok);
+        int known;
+        int64_t v = tok_value(s, tok, &known);
+        if (!known) { /* sizes of the first input: --len; of the second: --context-len */
+            const long long len = a->len ? a->len : 1024;
+            v = !strcmp(tok, "B") ? (a->batch ? a->batch : 1)
+                : i == 1          ? (a->context_len ? a->context_len : 2 * len)
+                                  : len;
+            snprintf(s->sym[s->n_sym], sizeof s->sym[0], "%s", tok);
+            s->sym_val[s->n_sym] = v;
+            s->sym_file[s->n_sym++] = "generated inputs";
+        }
+        x->shape[k] = v;
+        if ((double)n * (double)v > 4e9) return cli_error(cmd, NULL, "generated input '%s' is too large", s->in_desc[i].name);
+        n *= v;
+    }
+    if (!(x->data = malloc((size_t)(n ? n : 1) * sizeof(float)))) return cli_error(cmd, NULL, "out of memory");
+    fill(x->data, n, 0x9e3779b97f4a7c15ull + (uint64_t)i);
+    return 0;
+}
+
+int reg_inputs(const char *cmd, const reg_args *a, reg_state *s, int gen)
+{
+    s->n_in = (int)xattn_module_input_count(s->m);
+    if (s->n_in > REG_MAX_IO) return cli_error(cmd, a->model, "too many inputs");
+    for (int i = 0; i < s->n_in; i++) xattn_module_input(s->m, (size_t)i, &s->in_desc[i]);
+    int rc = map_inputs(cmd, a, s);
+    if (rc) return rc;
+    for (int i = 0; i < s->n_in; i++) {
+        if (!s->in_flag[i]) continue;
+        if ((rc = load_one(cmd, a, s, i))) return rc;
+    }
+    /* inputs given without the batch axis (one sequence): the first decides */
+    if (s->in_flag[0] && s->in_desc[0].shape[0] == 'B') {
+        int lo, hi;
+        ranks_of(s->in_desc[0].shape, &lo, &hi);
+        s->unbatched = lo == hi && s->arr[0].ndim == hi - 1;
+    }
+    for (int i = 0; i < s->n_in; i++) {
+        xattn_array *x = &s->arr[i];
+        if (!s->in_flag[i] || !s->unbatched || s->in_desc[i].shape[0] != 'B' || !x->ndim) continue;
+        int lo, hi;
+        ranks_of(s->in_desc[i].shape, &lo, &hi);
+        if (x->ndim != hi - 1) continue; /* reported by the shape check */
+        memmove(x->shape + 1, x->shape, sizeof(int64_t) * (size_t)x->ndim);
+        x->shape[0] = 1;
+        x->ndim++;
+    }
+    for (int i = 0; i < s->n_in; i++)
+        if (s->in_flag[i] && s->in_desc[i].shape[0] && (rc = check_shape(cmd, a, s, i))) return rc;
+    for (int i = 0; i < s->n_in; i++) {
+        if (s->in_flag[i] || s->in_desc[i].optional) continue;
+        if (!gen) {
+            const char *doc = s->in_desc[i].doc;
+            return cli_usage(cmd, "missing --%s FILE.npy%s%s%s", s->in_desc[i].name,
+                             i < 2 ? (i ? " (or --context)" : " (or --x)") : "", doc[0] ? ": " : "", doc);
+        }
+        if ((rc = generate(cmd, a, s, i))) return rc;
+    }
+    return 0;
+}
+
+/* ---- outputs --------------------------------------------------------------------------------- */
+
+static void tensors(const reg_state *s, xattn_tensor *t, size_t *n)
+{
+    *n = 0;
+    for (int i = 0; i < s->n_in; i++) {
+        if (!s->arr[i].data) continue;
+        xattn_tensor *x = &t[(*n)++];
+        memset(x, 0, sizeof *x);
+        x->name = s->in_desc[i].name;
+        x->dtype = s->arr[i].dtype;
+        x->ndim = s->arr[i].ndim;
+        memcpy(x->shape, s->arr[i].shape, sizeof x->shape);
+        x->data = s->arr[i].data;
+    }
+}
+
+int reg_outputs(const char *cmd, const reg_args *a, reg_state *s)
+{
+    xattn_tensor in[REG_MAX_IO];
+    size_t n_in;
+    tensors(s, in, &n_in);
+    s->n_out = 0;
+    for (size_t o = 0; o < xattn_module_output_count(s->m) && o < REG_MAX_IO; o++) {
+        xattn_io_desc d;
+        xattn_module_output(s->m, o, &d);
+        if (d.optional && !a->return_all) continue;
+        memset(&s->out[s->n_out], 0, sizeof s->out[0]);
+        s->out[s->n_out++].name = d.name;
+    }
+    if (a->return_all && s->n_out == (int)xattn_module_output_count(s->m) - 0) {
+        int any_opt = 0;
+        for (size_t o = 0; o < xattn_module_output_count(s->m); o++) {
+            xattn_io_desc d;
+            xattn_module_output(s->m, o, &d);
+            any_opt |= d.optional;
+        }
+        if (!any_opt)
+            return cli_error(cmd, a->model, "--return-attn: %s returns no attention maps", s->kind);
+    }
+    if (xattn_module_plan(s->m, in, n_in, s->out, (size_t)s->n_out))
+        return cli_lib_error(cmd, a->model);
+    for (int o = 0; o < s->n_out; o++) {
+        double n = 1;
+        for (int k = 0; k < s->out[o].ndim; k++) n *= (double)s->out[o].shape[k];
+        if (n * 4 > 1e12)
+            return cli_error(cmd, first_file(s), "output '%s' would take %.3g GB", s->out[o].name, n * 4e-9);
+        if (!(s->outbuf[o] = malloc((size_t)(n ? n : 1) * sizeof(float))))
+            return cli_error(cmd, first_file(s), "out of memory for the outputs");
+        s->out[o].data = s->outbuf[o];
+    }
+    return 0;
+}
+
+int reg_forward(const char *cmd, const reg_args *a, reg_state *s, xattn_ctx *ctx)
+{
+    xattn_tensor in[REG_MAX_IO];
+    size_t n_in;
+    tensors(s, in, &n_in);
+    if (xattn_module_forward(ctx, s->m, in, n_in, s->out, (size_t)s->n_out))
+        return cli_lib_error(cmd, a->model);
+    return 0;
+}
+
+int reg_write(const char *cmd, const reg_args *a, const reg_state *s)
+{
+    cli_output outs[REG_MAX_IO];
+    for (int o = 0; o < s->n_out; o++) {
+        xattn_io_desc d;
+        for (size_t k = 0; k < xattn_module_output_count(s->m); k++)
+            if (!xattn_module_output(s->m, k, &d) && !strcmp(d.name, s->out[o].name)) break;
+        const int drop = s->unbatched && d.shape[0] == 'B';
+        cli_output_set(&outs[o], s->out[o].name, s->out[o].data, d.optional ? d.doc : NULL,
+                       s->out[o].ndim - drop, s->out[o].shape + drop);
+    }
+    return cli_write_outputs(cmd, a->out_dir ? a->out_dir : ".", outs, s->n_out);
+}
+
+void reg_help_kinds(void)
+{
+    for (size_t i = 0; i < xattn_kind_count(); i++) {
+        xattn_kind_desc k;
+        if (xattn_kind_info(i, &k)) continue;
+        printf("  %-18s %s\n", k.name, k.reference);
+    }
+}

@@ -1,0 +1,215 @@
+/* `xattn run` and `xattn bench` for the kinds the CLI runs through the registry. */
+#include "reg_cli.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Kinds whose command-line runs go through the registry. */
+static const char *const REGISTRY_KINDS[] = {"conv2d-cross", NULL};
+
+int reg_cli_handles(const char *kind)
+{
+    for (int i = 0; kind && REGISTRY_KINDS[i]; i++)
+        if (!strcmp(REGISTRY_KINDS[i], kind)) return 1;
+    return 0;
+}
+
+static int registry_kind(const char *kind)
+{
+    for (size_t i = 0; kind && i < xattn_kind_count(); i++) {
+        xattn_kind_desc k;
+        if (!xattn_kind_info(i, &k) && !strcmp(k.name, kind)) return 1;
+    }
+    return 0;
+}
+
+int reg_route(int argc, char **argv, int any_kind)
+{
+    const char *model = NULL, *kind = NULL, *prefix = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (!strncmp(argv[i], "--module=", 9)) kind = argv[i] + 9;
+        else if (!strcmp(argv[i], "--module") && i + 1 < argc) kind = argv[++i];
+        else if (!strncmp(argv[i], "--prefix=", 9)) prefix = argv[i] + 9;
+        else if (!strcmp(argv[i], "--prefix") && i + 1 < argc) prefix = argv[++i];
+        else if (argv[i][0] != '-' && !model && strncmp(argv[i - 1], "--", 2)) model = argv[i];
+    }
+    int (*handles)(const char *) = any_kind ? registry_kind : reg_cli_handles;
+    if (kind) return handles(kind);
+    if (!model) return 0;
+    xattn_safetensors *st = NULL;
+    if (xattn_st_open(model, &st)) return 0; /* reported by the runner that takes it */
+    xattn_found f[16];
+    size_t n = xattn_module_scan(st, f, 16), mine = 0, match = 0;
+    for (size_t i = 0; i < n && i < 16; i++) {
+        if (prefix && strcmp(f[i].prefix, prefix)) continue;
+        match++;
+        mine += handles(f[i].kind) != 0;
+    }
+    xattn_st_close(st);
+    /* every module the command could mean is ours (several: the runner says which to pick) */
+    return match ? mine == match : prefix != NULL && n > 0;
+}
+
+static void flag_of(const char *name, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "--%s", name);
+    for (char *c = buf + 2; *c; c++)
+        if (*c == '_') *c = '-';
+}
+
+/* The inputs, options and outputs of one kind. */
+void reg_help_kind(const char *kind)
+{
+    char flag[96];
+    for (size_t i = 0; i < xattn_kind_count(); i++) {
+        xattn_kind_desc k;
+        if (!xattn_kind_info(i, &k) && !strcmp(k.name, kind))
+            printf("%s: %s\n  state dict: %s\n", kind, k.reference, k.state_dict);
+    }
+    printf("%s inputs (.npy; float32/float64/float16, masks bool or integer):\n", kind);
+    for (size_t i = 0;; i++) {
+        xattn_io_desc d;
+        if (xattn_kind_io(kind, 0, i, &d)) break;
+        flag_of(d.name, flag, sizeof flag);
+        printf("  %-22s (%s)%s%s %s%s\n", flag, d.shape, d.optional ? " optional" : "",
+               d.additive ? ", bool or float (added)" : d.mask ? ", bool" : "", d.doc,
+               i < 2 ? (i ? " [also --context]" : " [also --x]") : "");
+    }
+    printf("%s options (the reference constructor's arguments; default in brackets, - = from the file):\n", kind);
+    for (size_t j = 0;; j++) {
+        xattn_arg_desc a;
+        if (xattn_kind_arg(kind, j, &a)) break;
+        if (a.derived) continue;
+        flag_of(a.name, flag, sizeof flag);
+        printf("  %-22s %-6s [%s] %s%s%s\n", flag, a.type, a.from_shapes ? "-" : a.default_value,
+               a.doc, a.choices[0] ? ": " : "", a.choices);
+    }
+    printf("%s outputs (DIR/NAME.npy):\n", kind);
+    for (size_t i = 0;; i++) {
+        xattn_io_desc d;
+        if (xattn_kind_io(kind, 1, i, &d)) break;
+        printf("  %-22s (%s)%s %s\n", d.name, d.shape, d.optional ? " with --return-attn" : "",
+               d.doc);
+    }
+}
+
+int reg_cmd_run(const char *cmd, int argc, char **argv)
+{
+    reg_args a;
+    int help, rc;
+    if ((rc = reg_parse(cmd, argc, argv, &a, &help))) return rc;
+    if (help) {
+        printf("usage: xattn run MODEL.safetensors [--module KIND] [--prefix P] --INPUT FILE.npy ...\n"
+               "                 [--OPTION VALUE ...] [--return-attn] [--out-dir DIR] [--threads N]\n"
+               "                 [--allow-nonfinite]\n\n");
+        reg_help_kind(a.kind);
+        return CLI_EXIT_OK;
+    }
+    if (!a.model && !a.kind) return cli_usage(cmd, "missing MODEL.safetensors");
+    if ((rc = cli_check_out_dir(cmd, a.out_dir ? a.out_dir : "."))) return rc;
+    reg_state s;
+    if (!(rc = reg_open(cmd, &a, &s)) && !(rc = reg_check_weights(cmd, &a, &s)) &&
+        !(rc = reg_inputs(cmd, &a, &s, 0)) && !(rc = reg_outputs(cmd, &a, &s))) {
+        xattn_ctx *ctx = NULL;
+        if (a.threads && (xattn_ctx_new(&ctx) || xattn_ctx_set_threads(ctx, (int)a.threads)))
+            rc = cli_lib_error(cmd, NULL);
+        if (!rc) rc = reg_forward(cmd, &a, &s, ctx);
+        if (!rc) rc = reg_write(cmd, &a, &s);
+        xattn_ctx_free(ctx);
+    }
+    reg_free(&s);
+    return rc;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* The reference's class name: its description up to " (". */
+static void reference_name(const char *kind, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "%s", kind);
+    for (size_t i = 0; i < xattn_kind_count(); i++) {
+        xattn_kind_desc k;
+        if (!xattn_kind_info(i, &k) && !strcmp(k.name, kind))
+            snprintf(buf, cap, "%.*s", (int)strcspn(k.reference, "("), k.reference);
+    }
+    size_t n = strlen(buf);
+    while (n && buf[n - 1] == ' ') buf[--n] = '\0';
+}
+
+static void report(const reg_args *a, const reg_state *s, const double *ts, long long reps,
+                   xattn_ctx *ctx)
+{
+    const char *note;
+    const double rss = cli_peak_rss_bytes(&note) / 1048576.0;
+    char ref[160], sizes[256];
+    reference_name(s->kind, ref, sizeof ref);
+    size_t off = 0;
+    sizes[0] = '\0';
+    for (int i = 0; i < s->n_sym && off < sizeof sizes; i++)
+        off += (size_t)snprintf(sizes + off, sizeof sizes - off, a->json ? "%s\"%s\": %lld" : "%s%s=%lld",
+                                a->json ? ", " : (i ? " " : ""), s->sym[i], (long long)s->sym_val[i]);
+    if (a->json)
+        printf("{\"module\": \"%s\", \"kind\": \"%s\"%s, \"seconds\": %.6g, \"min_seconds\": %.6g, "
+               "\"reps\": %lld, \"threads\": %d, \"isa\": \"%s\", \"peak_rss_mb\": %.1f, "
+               "\"peak_rss_source\": \"%s\"}\n",
+               ref, s->kind, sizes, ts[reps / 2], ts[0], reps, xattn_ctx_get_threads(ctx),
+               xattn_ctx_get_isa(ctx), rss, *note ? "ru_maxrss" : "VmHWM");
+    else
+        printf("%s (%s)  %s  forward %.3f ms (median of %lld, best %.3f ms)  peak RSS %.1f MB%s  "
+               "[%s, %d threads]\n",
+               ref, s->kind, sizes, ts[reps / 2] * 1e3, reps, ts[0] * 1e3, rss, note,
+               xattn_ctx_get_isa(ctx), xattn_ctx_get_threads(ctx));
+}
+
+int reg_cmd_bench(const char *cmd, int argc, char **argv)
+{
+    reg_args a;
+    int help, rc;
+    if ((rc = reg_parse(cmd, argc, argv, &a, &help))) return rc;
+    if (help) {
+        printf("usage: xattn bench MODEL.safetensors [--module KIND] [--prefix P] [--INPUT FILE.npy ...]\n"
+               "                   [--OPTION VALUE ...] [--batch B] [--len I] [--context-len J]\n"
+               "                   [--reps N] [--threads N] [--return-attn] [--out-dir DIR] [--json]\n"
+               "\n"
+               "Times the forward of a module (any kind 'xattn run' takes, with the same inputs and\n"
+               "options) after one warm-up run: the median of --reps runs (default 5) and the peak\n"
+               "resident memory of this process (VmHWM). Inputs not given are generated: the batch\n"
+               "of the given inputs (else --batch, default 1), the first other size --len (default\n"
+               "1024), the next --context-len (default 2 * --len). --out-dir also writes the outputs\n"
+               "of the last run.\n\n");
+        if (a.kind) reg_help_kind(a.kind);
+        else reg_help_kinds();
+        return CLI_EXIT_OK;
+    }
+    if (!a.model && !a.kind) return cli_usage(cmd, "missing MODEL.safetensors");
+    if (a.out_dir && (rc = cli_check_out_dir(cmd, a.out_dir))) return rc;
+    const long long reps = a.reps ? a.reps : 5;
+    reg_state s;
+    xattn_ctx *ctx = NULL;
+    double *ts = calloc((size_t)reps, sizeof *ts);
+    if (!ts) return cli_error(cmd, NULL, "out of memory");
+    if (!(rc = reg_open(cmd, &a, &s)) && !(rc = reg_check_weights(cmd, &a, &s)) &&
+        !(rc = reg_inputs(cmd, &a, &s, 1)) && !(rc = reg_outputs(cmd, &a, &s))) {
+        if (xattn_ctx_new(&ctx) || (a.threads && xattn_ctx_set_threads(ctx, (int)a.threads)))
+            rc = cli_lib_error(cmd, NULL);
+        for (long long r = -1; !rc && r < reps; r++) {
+            double t = cli_now();
+            rc = reg_forward(cmd, &a, &s, ctx);
+            if (r >= 0) ts[r] = cli_now() - t;
+        }
+        if (!rc) {
+            qsort(ts, (size_t)reps, sizeof *ts, cmp_double);
+            if (a.out_dir) rc = reg_write(cmd, &a, &s);
+            if (!rc) report(&a, &s, ts, reps, ctx);
+        }
+    }
+    xattn_ctx_free(ctx);
+    free(ts);
+    reg_free(&s);
+    return rc;
+}
