@@ -177,12 +177,15 @@ int reg_open(const char *cmd, const reg_args *a, reg_state *s)
     memset(s, 0, sizeof *s);
     if (!a->model) { /* a kind without weights, named by --module */
         snprintf(s->kind, sizeof s->kind, "%s", a->kind ? a->kind : "");
+        for (size_t i = 0; i < xattn_kind_count(); i++) {
+            xattn_kind_desc k;
+            if (!xattn_kind_info(i, &k) && !strcmp(k.name, s->kind) && k.state_dict[0])
+                return cli_usage(cmd, "missing MODEL.safetensors (%s has weights)", s->kind);
+        }
         int rc = collect_options(cmd, s, a);
         if (rc) return rc;
         if (xattn_module_create(s->kind, s->opts, (size_t)s->n_opts, 0, &s->m))
             return cli_usage(cmd, "%s", xattn_last_error());
-        if (xattn_module_param_count(s->m))
-            return cli_usage(cmd, "missing MODEL.safetensors (%s has weights)", s->kind);
         return 0;
     }
     if (xattn_st_open(a->model, &s->st) != XATTN_OK) return cli_lib_error(cmd, a->model);
