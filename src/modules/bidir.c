@@ -643,6 +643,10 @@ const xa_kind xa_kind_bidir = {
     .bind = bind,
     .destroy = destroy,
     .forward = forward_named,
+    .state_dict = "to_qk.weight (inner_dim, dim), to_v.weight, context_to_qk.weight (inner_dim, "
+                  "context_dim), context_to_v.weight, to_out.{weight, bias}, context_to_out."
+                  "{weight, bias}, [norm.weight [norm.bias], context_norm.weight [.bias]], "
+                  "[talking_heads.weight, context_talking_heads.weight (heads, heads, 1, 1)]",
 };
 
 const xa_kind xa_kind_bidir_transformer = {
@@ -663,6 +667,9 @@ const xa_kind xa_kind_bidir_transformer = {
     .bind = bind,
     .destroy = destroy,
     .forward = forward_named,
+    .state_dict = "layers.L.0.<the bidir names, with prenorm>, layers.L.1.{0.weight, 1.weight, "
+                  "1.bias, 3.weight, 3.bias} (feed-forward of x), layers.L.2.* (of the context), "
+                  "[norm.weight, context_norm.weight]",
 };
 
 /* ---------------------------------------------------------------------------------------- */
