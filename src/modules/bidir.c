@@ -274,6 +274,14 @@ static void pend_heads(xa_cfg *c, const xattn_safetensors *st, const char *prefi
     pend(c, "dim_head", 0);
 }
 
+/* Creating: a parameter of a x b values stays far below what could overflow a size. */
+static xattn_status sizes_fit(double a, double b, const char *what)
+{
+    if (a * b <= 1e12) return XATTN_OK;
+    return xa_error(XATTN_ERR_ARG, "%s: %s of %.0f x %.0f values is too large", FN_LOAD, what, a,
+                    b);
+}
+
 /* After the resolver: heads, dim_head and inner_dim agree; context_dim defaults to dim; a
  * LayerNorm prenorm has weights. */
 static xattn_status settle_attn(xa_cfg *c, const xattn_safetensors *st, const char *prefix,
@@ -291,7 +299,14 @@ static xattn_status settle_attn(xa_cfg *c, const xattn_safetensors *st, const ch
                   : xa_error(XATTN_ERR_ARG, "%s: layernorm=True is a kind of prenorm: it needs "
                              "prenorm=True", FN_LOAD);
     if (!st) {
-        xa_cfg_set(c, ii, c->v[hi] * c->v[di], XA_FROM_DERIVED, "heads * dim_head");
+        const double inner = c->v[hi] * c->v[di];
+        xattn_status s;
+        if ((s = sizes_fit(inner, xa_cfg_get(c, "dim"), "to_qk.weight")) ||
+            (s = sizes_fit(inner, c->v[ci], "context_to_qk.weight")) ||
+            (xa_cfg_get(c, "talking_heads") != 0 &&
+             (s = sizes_fit(c->v[hi], c->v[hi], "talking_heads.weight"))))
+            return s;
+        xa_cfg_set(c, ii, inner, XA_FROM_DERIVED, "heads * dim_head");
         return XATTN_OK;
     }
     int64_t sh[XATTN_MAX_DIMS];
@@ -312,7 +327,7 @@ static xattn_status settle_attn(xa_cfg *c, const xattn_safetensors *st, const ch
     if (c->from[di] == XA_FROM_DERIVED) {
         xa_cfg_set(c, di, (double)(inner / H), XA_FROM_SHAPE, "shape of '%s' (inner_dim %lld / "
                    "heads %lld)", full, (long long)inner, (long long)H);
-    } else if ((int64_t)c->v[di] * H != inner) {
+    } else if (c->v[di] * (double)H != (double)inner) {
         return xa_error(XATTN_ERR_SHAPE, "%s disagrees with the shape of '%s' (inner_dim %lld = "
                         "heads %lld * dim_head %lld)", given(c, di, src, sizeof src), full,
                         (long long)inner, (long long)H, (long long)(inner / H));
@@ -351,6 +366,10 @@ static xattn_status settle_ff(xa_cfg *c, const xattn_safetensors *st, const char
     const double f = c->v[fi];
     char src[128];
     if (!st) {
+        xattn_status s;
+        if ((s = sizes_fit((double)d * f, (double)d, "the feed-forward of x")) ||
+            (s = sizes_fit((double)cd * f, (double)cd, "the feed-forward of the context")))
+            return s;
         const int64_t h = ff_width(d, f), ch = ff_width(cd, f);
         if (h < 1 || ch < 1)
             return xa_error(XATTN_ERR_ARG, "%s: ff_expansion_factor %g gives a feed-forward "
