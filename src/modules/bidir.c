@@ -237,18 +237,19 @@ static int pending(const xa_cfg *c, const char *name)
     return c->from[field(c, name)] == XA_FROM_DERIVED;
 }
 
-/* "heads argument 3" / "__metadata__ 'heads' = 3" */
+/* "heads argument 3" / "__metadata__ 'heads' = 3" / "the default heads 8" */
 static const char *given(const xa_cfg *c, int i, char *buf, size_t cap)
 {
     char v[64];
     xa_cfg_text(c, i, v, sizeof v);
     if (c->from[i] == XA_FROM_OPTION) snprintf(buf, cap, "%s argument %s", c->f[i].name, v);
-    else snprintf(buf, cap, "__metadata__ '%s' = %s", c->f[i].name, v);
+    else if (c->from[i] == XA_FROM_META) snprintf(buf, cap, "__metadata__ '%s' = %s", c->f[i].name, v);
+    else snprintf(buf, cap, "the default %s %s", c->f[i].name, v);
     return buf;
 }
 
-/* Shape of prefix + stem + name: its rank (0 when absent), dims into sh, the full name into
- * full (printable). */
+/* Shape of prefix + stem + name: its rank (0 when absent), dims into sh (may be NULL), the full
+ * name into full (printable). */
 static int tensor_shape(const xattn_safetensors *st, const char *prefix, const char *stem,
                         const char *name, int64_t *sh, char *full, size_t cap)
 {
@@ -258,7 +259,8 @@ static int tensor_shape(const xattn_safetensors *st, const char *prefix, const c
     long idx = xattn_st_find(st, raw);
     xattn_dtype dt;
     int nd = 0;
-    if (idx < 0 || xattn_st_info(st, (size_t)idx, &dt, &nd, sh)) return 0;
+    int64_t dims[XATTN_MAX_DIMS];
+    if (idx < 0 || xattn_st_info(st, (size_t)idx, &dt, &nd, sh ? sh : dims)) return 0;
     return nd;
 }
 
@@ -292,12 +294,15 @@ static xattn_status settle_attn(xa_cfg *c, const xattn_safetensors *st, const ch
     char full[XA_IO_NAME_CAP], src[128];
     if (c->from[ci] == XA_FROM_UNSET)
         xa_cfg_set(c, ci, c->v[field(c, "dim")], XA_FROM_DEFAULT, "default (dim)");
-    if (xa_cfg_get(c, "layernorm") != 0 && xa_cfg_get(c, "prenorm") == 0)
-        return st ? xa_error(XATTN_ERR_FORMAT, "tensor '%s%snorm.bias' is present but '%s%snorm."
-                             "weight' is absent (an nn.LayerNorm prenorm has both)",
-                             prefix, stem, prefix, stem)
-                  : xa_error(XATTN_ERR_ARG, "%s: layernorm=True is a kind of prenorm: it needs "
-                             "prenorm=True", FN_LOAD);
+    if (xa_cfg_get(c, "layernorm") != 0 && xa_cfg_get(c, "prenorm") == 0) {
+        if (!st)
+            return xa_error(XATTN_ERR_ARG, "%s: layernorm=True is a kind of prenorm: it needs "
+                            "prenorm=True", FN_LOAD);
+        char w[XA_IO_NAME_CAP];
+        tensor_shape(st, prefix, stem, "norm.weight", NULL, w, sizeof w);
+        return xa_error(XATTN_ERR_FORMAT, "tensor '%s' is missing (the nn.LayerNorm prenorm "
+                        "that norm.bias belongs to)", w);
+    }
     if (!st) {
         const double inner = c->v[hi] * c->v[di];
         xattn_status s;
