@@ -201,8 +201,8 @@ static void defaults(void)
 
 /* Runs a module by names: x (B, I, dim), context (B, J, cdim) -> out, context_out. */
 static xattn_status run_named(xattn_ctx *ctx, const xattn_module *m, int64_t B, int64_t I,
-                              int64_t J, int64_t dim, int64_t cdim, const float *x,
-                              const float *c, float *out, float *cout)
+                              int64_t J, int64_t dim, int64_t cdim, const float *x, const float *c,
+                              float *out, float *cout)
 {
     xattn_tensor in[2] = {{"x", XATTN_F32, 3, {B, I, dim}, (void *)x},
                           {"context", XATTN_F32, 3, {B, J, cdim}, (void *)c}};
@@ -300,17 +300,28 @@ done:
 
 static void round_trip(void)
 {
-    const char *a1[] = {"dim", "12", "context_dim", "10", "heads", "3", "dim_head", "5",
-                        "talking_heads", "True", "prenorm", "True"};
+    const char *a1[] = {"dim",      "12", "context_dim",   "10",   "heads",   "3",
+                        "dim_head", "5",  "talking_heads", "True", "prenorm", "True"};
     round_trip_one("bidir", a1, 6, 12, 10);
-    const char *a2[] = {"dim", "8", "context_dim", "6", "heads", "2", "dim_head", "4",
-                        "prenorm", "True", "layernorm", "True", "dropout", "0.1"};
+    const char *a2[] = {"dim",     "8",    "context_dim", "6",    "heads",   "2",  "dim_head", "4",
+                        "prenorm", "True", "layernorm",   "True", "dropout", "0.1"};
     round_trip_one("bidir", a2, 7, 8, 6);
-    const char *a3[] = {"dim", "7", "context_dim", "5", "depth", "3", "heads", "2",
-                        "dim_head", "3", "ff_expansion_factor", "1.5", "talking_heads", "True"};
+    const char *a3[] = {
+        "dim",      "7", "context_dim",         "5",   "depth",         "3",   "heads", "2",
+        "dim_head", "3", "ff_expansion_factor", "1.5", "talking_heads", "True"};
     round_trip_one("bidir-transformer", a3, 7, 7, 5);
-    const char *a4[] = {"dim", "6", "depth", "1", "heads", "1", "dim_head", "6",
-                        "final_norms", "True", "ff_expansion_factor", "0.3333333333333333"};
+    const char *a4[] = {"dim",
+                        "6",
+                        "depth",
+                        "1",
+                        "heads",
+                        "1",
+                        "dim_head",
+                        "6",
+                        "final_norms",
+                        "True",
+                        "ff_expansion_factor",
+                        "0.3333333333333333"};
     round_trip_one("bidir-transformer", a4, 6, 6, 6);
 }
 
@@ -361,8 +372,9 @@ static void check_const(const xattn_module *m, const char *name, float v)
 
 static void init_distribution(void)
 {
-    const char *a[] = {"dim", "96", "context_dim", "64", "heads", "16", "dim_head", "8",
-                       "talking_heads", "True", "prenorm", "True", "layernorm", "True"};
+    const char *a[] = {"dim",       "96",  "context_dim",   "64",   "heads",   "16",
+                       "dim_head",  "8",   "talking_heads", "True", "prenorm", "True",
+                       "layernorm", "True"};
     xattn_module *m = create("bidir", 5, a, 7), *m2 = create("bidir", 6, a, 7);
     xattn_module *m3 = create("bidir", 5, a, 7);
     if (!m || !m2 || !m3) return;
@@ -393,8 +405,9 @@ static void init_distribution(void)
     xattn_module_free(m2);
     xattn_module_free(m3);
 
-    const char *t[] = {"dim", "48", "context_dim", "40", "depth", "2", "heads", "4",
-                       "dim_head", "16", "ff_expansion_factor", "2.5", "final_norms", "False"};
+    const char *t[] = {
+        "dim",      "48", "context_dim",         "40",  "depth",       "2",    "heads", "4",
+        "dim_head", "16", "ff_expansion_factor", "2.5", "final_norms", "False"};
     m = create("bidir-transformer", 7, t, 7);
     if (!m) return;
     check_uniform(m, "layers.1.0.to_qk.weight", 1 / sqrt(48.0));
@@ -442,11 +455,12 @@ static void named_vs_typed(const char *file, int maps)
     tu_get_f32(st, "input.context", &ac);
     xattn_tensor in[5];
     size_t n_in = 0;
-    in[n_in++] = (xattn_tensor){"x", XATTN_F32, 3, {ax.shape[0], ax.shape[1], ax.shape[2]}, ax.data};
-    in[n_in++] = (xattn_tensor){"context", XATTN_F32, 3, {ac.shape[0], ac.shape[1], ac.shape[2]},
-                                ac.data};
-    xattn_bidir_inputs ti = {.B = ax.shape[0], .I = ax.shape[1], .J = ac.shape[1], .x = ax.data,
-                             .context = ac.data};
+    in[n_in++] =
+        (xattn_tensor){"x", XATTN_F32, 3, {ax.shape[0], ax.shape[1], ax.shape[2]}, ax.data};
+    in[n_in++] =
+        (xattn_tensor){"context", XATTN_F32, 3, {ac.shape[0], ac.shape[1], ac.shape[2]}, ac.data};
+    xattn_bidir_inputs ti = {
+        .B = ax.shape[0], .I = ax.shape[1], .J = ac.shape[1], .x = ax.data, .context = ac.data};
     if (xattn_st_find(st, "input.mask") >= 0) {
         CHECK_OK(xattn_st_get(st, "input.mask", XATTN_BOOL, &am));
         in[n_in++] = (xattn_tensor){"mask", XATTN_BOOL, 2, {am.shape[0], am.shape[1]}, am.data};
@@ -454,14 +468,17 @@ static void named_vs_typed(const char *file, int maps)
     }
     if (xattn_st_find(st, "input.context_mask") >= 0) {
         CHECK_OK(xattn_st_get(st, "input.context_mask", XATTN_BOOL, &acm));
-        in[n_in++] = (xattn_tensor){"context_mask", XATTN_BOOL, 2, {acm.shape[0], acm.shape[1]},
-                                    acm.data};
+        in[n_in++] =
+            (xattn_tensor){"context_mask", XATTN_BOOL, 2, {acm.shape[0], acm.shape[1]}, acm.data};
         ti.context_mask = acm.data;
     }
     if (xattn_st_find(st, "input.rel_pos_bias") >= 0) {
         tu_get_f32(st, "input.rel_pos_bias", &ab);
-        in[n_in++] = (xattn_tensor){"rel_pos_bias", XATTN_F32, 4,
-                                    {ab.shape[0], ab.shape[1], ab.shape[2], ab.shape[3]}, ab.data};
+        in[n_in++] = (xattn_tensor){"rel_pos_bias",
+                                    XATTN_F32,
+                                    4,
+                                    {ab.shape[0], ab.shape[1], ab.shape[2], ab.shape[3]},
+                                    ab.data};
         ti.rel_pos_bias = ab.data;
         ti.bias_b = ab.shape[0];
         ti.bias_h = ab.shape[1];
@@ -489,7 +506,8 @@ static void named_vs_typed(const char *file, int maps)
     for (int threads = 1; threads <= 2; threads++) {
         CHECK_OK(xattn_ctx_set_threads(ctx, threads));
         CHECK_OK(xattn_module_forward(ctx, m, in, n_in, out, n_out));
-        xattn_bidir_outputs to = {.out = buf[1][0], .context_out = buf[1][1],
+        xattn_bidir_outputs to = {.out = buf[1][0],
+                                  .context_out = buf[1][1],
                                   .attn = maps ? buf[1][2] : NULL,
                                   .context_attn = maps ? buf[1][3] : NULL};
         CHECK_OK(xattn_bidir_forward(ctx, t, &ti, &to));
@@ -559,7 +577,7 @@ static void settled(void)
     CHECK(m == NULL);
 
     /* a transformer with factor 1.5 (dim 7 -> 10, context 5 -> 7), saved without metadata */
-    const char *t[] = {"dim", "7", "context_dim", "5", "depth", "2", "heads", "2",
+    const char *t[] = {"dim",      "7", "context_dim",         "5",  "depth", "2", "heads", "2",
                        "dim_head", "3", "ff_expansion_factor", "1.5"};
     xattn_module *c = create("bidir-transformer", 3, t, 6);
     if (!c) return;

@@ -57,27 +57,46 @@ static const char *const FN_FWD = "xattn_bidir_forward";
 /* Fields: the constructors' keyword arguments                                              */
 /* ---------------------------------------------------------------------------------------- */
 
-#define FLD_DIM {"dim", XA_T_INT, XA_F_SHAPE | XA_F_REQUIRED, 0, 1, 1e15, NULL, NULL, "width of x"}
-#define FLD_CONTEXT_DIM                                                                        \
-    {"context_dim", XA_T_INT, XA_F_SHAPE | XA_F_OPTIONAL, 0, 1, 1e15, NULL, NULL,               \
-     "width of the context (None: dim)"}
-#define FLD_HEADS                                                                              \
-    {"heads", XA_T_INT, XA_F_TRACELESS, 8, 1, 1e15, NULL, NULL,                                 \
-     "attention heads (told by the talking-heads weight when there is one)"}
-#define FLD_DIM_HEAD                                                                           \
-    {"dim_head", XA_T_INT, 0, 64, 1, 1e15, NULL, NULL,                                          \
-     "width of a head (inner_dim = heads * dim_head)"}
-#define FLD_DROPOUT                                                                            \
-    {"dropout", XA_T_REAL, 0, 0, 0, 1, NULL, NULL, "attention dropout (the identity at inference)"}
-#define FLD_TALKING                                                                            \
-    {"talking_heads", XA_T_BOOL, XA_F_PRESENCE | XA_F_NOMETA, 0, 0, 1, NULL, NULL,              \
-     "a 1x1 Conv2d mixes the heads of each attention map"}
-#define FLD_LAYERNORM                                                                          \
-    {"layernorm", XA_T_BOOL, XA_F_PRESENCE | XA_F_NOMETA, 0, 0, 1, NULL, NULL,                  \
-     "version 0.0.x: the prenorm is nn.LayerNorm (weight and bias, eps 1e-5), not nn.RMSNorm"}
-#define FLD_INNER                                                                              \
-    {"inner_dim", XA_T_INT, XA_F_SHAPE | XA_F_REQUIRED | XA_F_DERIVED, 0, 1, 1e15, NULL, NULL, \
-     "heads * dim_head"}
+#define FLD_DIM                                                                                    \
+    {                                                                                              \
+        "dim", XA_T_INT, XA_F_SHAPE | XA_F_REQUIRED, 0, 1, 1e15, NULL, NULL, "width of x"          \
+    }
+#define FLD_CONTEXT_DIM                                                                            \
+    {                                                                                              \
+        "context_dim", XA_T_INT, XA_F_SHAPE | XA_F_OPTIONAL, 0, 1, 1e15, NULL, NULL,               \
+            "width of the context (None: dim)"                                                     \
+    }
+#define FLD_HEADS                                                                                  \
+    {                                                                                              \
+        "heads", XA_T_INT, XA_F_TRACELESS, 8, 1, 1e15, NULL, NULL,                                 \
+            "attention heads (told by the talking-heads weight when there is one)"                 \
+    }
+#define FLD_DIM_HEAD                                                                               \
+    {                                                                                              \
+        "dim_head", XA_T_INT, 0, 64, 1, 1e15, NULL, NULL,                                          \
+            "width of a head (inner_dim = heads * dim_head)"                                       \
+    }
+#define FLD_DROPOUT                                                                                \
+    {                                                                                              \
+        "dropout", XA_T_REAL, 0, 0, 0, 1, NULL, NULL,                                              \
+            "attention dropout (the identity at inference)"                                        \
+    }
+#define FLD_TALKING                                                                                \
+    {                                                                                              \
+        "talking_heads", XA_T_BOOL, XA_F_PRESENCE | XA_F_NOMETA, 0, 0, 1, NULL, NULL,              \
+            "a 1x1 Conv2d mixes the heads of each attention map"                                   \
+    }
+#define FLD_LAYERNORM                                                                              \
+    {                                                                                              \
+        "layernorm", XA_T_BOOL, XA_F_PRESENCE | XA_F_NOMETA, 0, 0, 1, NULL, NULL,                  \
+            "version 0.0.x: the prenorm is nn.LayerNorm (weight and bias, eps 1e-5), not "         \
+            "nn.RMSNorm"                                                                           \
+    }
+#define FLD_INNER                                                                                  \
+    {                                                                                              \
+        "inner_dim", XA_T_INT, XA_F_SHAPE | XA_F_REQUIRED | XA_F_DERIVED, 0, 1, 1e15, NULL, NULL,  \
+            "heads * dim_head"                                                                     \
+    }
 
 /* BidirectionalCrossAttention(dim, heads=8, dim_head=64, context_dim=None, dropout=0.,
  * talking_heads=False, prenorm=False) */
@@ -126,8 +145,21 @@ static const xa_field tf_fields[] = {
  * (one GEMM each side); the projections first, so that they bind dim, context_dim and
  * inner_dim. */
 enum {
-    A_QK, A_V, A_CQK, A_CV, A_OUT_W, A_OUT_B, A_COUT_W, A_COUT_B,
-    A_NORM_W, A_NORM_B, A_CNORM_W, A_CNORM_B, A_TALK, A_CTALK, A_N
+    A_QK,
+    A_V,
+    A_CQK,
+    A_CV,
+    A_OUT_W,
+    A_OUT_B,
+    A_COUT_W,
+    A_COUT_B,
+    A_NORM_W,
+    A_NORM_B,
+    A_CNORM_W,
+    A_CNORM_B,
+    A_TALK,
+    A_CTALK,
+    A_N
 };
 static const xa_pspec attn_table[A_N] = {
     {"to_qk.weight", "inner_dim,dim", NULL, 0, XA_INIT_LINEAR, NULL,
@@ -138,8 +170,7 @@ static const xa_pspec attn_table[A_N] = {
      "the shared query/key projection of the context"},
     {"context_to_v.weight", "inner_dim,context_dim", NULL, XA_P_GLUE, XA_INIT_LINEAR, NULL,
      "the value projection of the context"},
-    {"to_out.weight", "dim,inner_dim", NULL, 0, XA_INIT_LINEAR, NULL,
-     "the output projection of x"},
+    {"to_out.weight", "dim,inner_dim", NULL, 0, XA_INIT_LINEAR, NULL, "the output projection of x"},
     {"to_out.bias", "dim", NULL, 0, XA_INIT_BIAS, "inner_dim", "the output projection of x"},
     {"context_to_out.weight", "context_dim,inner_dim", NULL, 0, XA_INIT_LINEAR, NULL,
      "the output projection of the context"},
@@ -160,18 +191,19 @@ static const xa_pspec attn_table[A_N] = {
 
 /* FeedForward(d, mult) = Sequential(RMSNorm(d), Linear(d, hidden), GELU(), Linear(hidden, d)) */
 enum { F_NORM, F_W1, F_B1, F_W2, F_B2, F_N };
-#define FF_TABLE(D, HID, WHAT)                                                                 \
-    {                                                                                          \
-        {"0.weight", D, NULL, 0, XA_INIT_ONES, NULL, WHAT},                                    \
-            {"1.weight", HID "," D, NULL, 0, XA_INIT_LINEAR, NULL, WHAT},                      \
-            {"1.bias", HID, NULL, 0, XA_INIT_BIAS, D, WHAT},                                   \
-            {"3.weight", D "," HID, NULL, 0, XA_INIT_LINEAR, NULL, WHAT},                      \
-            {"3.bias", D, NULL, 0, XA_INIT_BIAS, HID, WHAT},                                   \
+#define FF_TABLE(D, HID, WHAT)                                                                     \
+    {                                                                                              \
+        {"0.weight", D, NULL, 0, XA_INIT_ONES, NULL, WHAT},                                        \
+            {"1.weight", HID "," D, NULL, 0, XA_INIT_LINEAR, NULL, WHAT},                          \
+            {"1.bias", HID, NULL, 0, XA_INIT_BIAS, D, WHAT},                                       \
+            {"3.weight", D "," HID, NULL, 0, XA_INIT_LINEAR, NULL, WHAT},                          \
+            {"3.bias", D, NULL, 0, XA_INIT_BIAS, HID, WHAT},                                       \
     }
 static const xa_pspec ff_table[F_N] =
     FF_TABLE("dim", "ff_hidden", "the FeedForward of x: RMSNorm, Linear, GELU, Linear");
-static const xa_pspec cff_table[F_N] = FF_TABLE(
-    "context_dim", "context_ff_hidden", "the FeedForward of the context: RMSNorm, Linear, GELU, Linear");
+static const xa_pspec cff_table[F_N] =
+    FF_TABLE("context_dim", "context_ff_hidden",
+             "the FeedForward of the context: RMSNorm, Linear, GELU, Linear");
 
 /* The transformer's final norms (the package builds context_norm with size dim, which only
  * runs when context_dim == dim). */
@@ -242,9 +274,12 @@ static const char *given(const xa_cfg *c, int i, char *buf, size_t cap)
 {
     char v[64];
     xa_cfg_text(c, i, v, sizeof v);
-    if (c->from[i] == XA_FROM_OPTION) snprintf(buf, cap, "%s argument %s", c->f[i].name, v);
-    else if (c->from[i] == XA_FROM_META) snprintf(buf, cap, "__metadata__ '%s' = %s", c->f[i].name, v);
-    else snprintf(buf, cap, "the default %s %s", c->f[i].name, v);
+    if (c->from[i] == XA_FROM_OPTION)
+        snprintf(buf, cap, "%s argument %s", c->f[i].name, v);
+    else if (c->from[i] == XA_FROM_META)
+        snprintf(buf, cap, "__metadata__ '%s' = %s", c->f[i].name, v);
+    else
+        snprintf(buf, cap, "the default %s %s", c->f[i].name, v);
     return buf;
 }
 
@@ -265,8 +300,7 @@ static int tensor_shape(const xattn_safetensors *st, const char *prefix, const c
 }
 
 /* Before the resolver (loading): heads from the talking-heads weight, dim_head from the shapes. */
-static void pend_heads(xa_cfg *c, const xattn_safetensors *st, const char *prefix,
-                       const char *stem)
+static void pend_heads(xa_cfg *c, const xattn_safetensors *st, const char *prefix, const char *stem)
 {
     int64_t sh[XATTN_MAX_DIMS];
     char full[XA_IO_NAME_CAP];
@@ -296,12 +330,16 @@ static xattn_status settle_attn(xa_cfg *c, const xattn_safetensors *st, const ch
         xa_cfg_set(c, ci, c->v[field(c, "dim")], XA_FROM_DEFAULT, "default (dim)");
     if (xa_cfg_get(c, "layernorm") != 0 && xa_cfg_get(c, "prenorm") == 0) {
         if (!st)
-            return xa_error(XATTN_ERR_ARG, "%s: layernorm=True is a kind of prenorm: it needs "
-                            "prenorm=True", FN_LOAD);
+            return xa_error(XATTN_ERR_ARG,
+                            "%s: layernorm=True is a kind of prenorm: it needs "
+                            "prenorm=True",
+                            FN_LOAD);
         char w[XA_IO_NAME_CAP];
         tensor_shape(st, prefix, stem, "norm.weight", NULL, w, sizeof w);
-        return xa_error(XATTN_ERR_FORMAT, "tensor '%s' is missing (the nn.LayerNorm prenorm "
-                        "that norm.bias belongs to)", w);
+        return xa_error(XATTN_ERR_FORMAT,
+                        "tensor '%s' is missing (the nn.LayerNorm prenorm "
+                        "that norm.bias belongs to)",
+                        w);
     }
     if (!st) {
         const double inner = c->v[hi] * c->v[di];
@@ -317,25 +355,34 @@ static xattn_status settle_attn(xa_cfg *c, const xattn_safetensors *st, const ch
     int64_t sh[XATTN_MAX_DIMS];
     if (tensor_shape(st, prefix, stem, "talking_heads.weight", sh, full, sizeof full) == 4) {
         if (c->from[hi] != XA_FROM_DERIVED && c->v[hi] != (double)sh[0])
-            return xa_error(XATTN_ERR_SHAPE, "%s disagrees with tensor '%s' of shape (%lld, %lld, "
-                            "%lld, %lld)", given(c, hi, src, sizeof src), full, (long long)sh[0],
-                            (long long)sh[1], (long long)sh[2], (long long)sh[3]);
+            return xa_error(XATTN_ERR_SHAPE,
+                            "%s disagrees with tensor '%s' of shape (%lld, %lld, "
+                            "%lld, %lld)",
+                            given(c, hi, src, sizeof src), full, (long long)sh[0], (long long)sh[1],
+                            (long long)sh[2], (long long)sh[3]);
         xa_cfg_set(c, hi, (double)sh[0], XA_FROM_SHAPE, "shape of '%s'", full);
     }
     const int64_t inner = (int64_t)c->v[ii], H = (int64_t)c->v[hi];
     tensor_shape(st, prefix, stem, "to_qk.weight", sh, full, sizeof full);
     if (inner % H)
-        return xa_error(XATTN_ERR_SHAPE, "inner dim %lld (rows of '%s') is not divisible by heads "
-                        "%lld%s", (long long)inner, full, (long long)H,
+        return xa_error(XATTN_ERR_SHAPE,
+                        "inner dim %lld (rows of '%s') is not divisible by heads "
+                        "%lld%s",
+                        (long long)inner, full, (long long)H,
                         c->from[hi] == XA_FROM_DEFAULT ? " (the package default: give the heads, "
-                        "or store __metadata__ {\"heads\": \"N\"})" : "");
+                                                         "or store __metadata__ {\"heads\": \"N\"})"
+                                                       : "");
     if (c->from[di] == XA_FROM_DERIVED) {
-        xa_cfg_set(c, di, (double)(inner / H), XA_FROM_SHAPE, "shape of '%s' (inner_dim %lld / "
-                   "heads %lld)", full, (long long)inner, (long long)H);
+        xa_cfg_set(c, di, (double)(inner / H), XA_FROM_SHAPE,
+                   "shape of '%s' (inner_dim %lld / "
+                   "heads %lld)",
+                   full, (long long)inner, (long long)H);
     } else if (c->v[di] * (double)H != (double)inner) {
-        return xa_error(XATTN_ERR_SHAPE, "%s disagrees with the shape of '%s' (inner_dim %lld = "
-                        "heads %lld * dim_head %lld)", given(c, di, src, sizeof src), full,
-                        (long long)inner, (long long)H, (long long)(inner / H));
+        return xa_error(XATTN_ERR_SHAPE,
+                        "%s disagrees with the shape of '%s' (inner_dim %lld = "
+                        "heads %lld * dim_head %lld)",
+                        given(c, di, src, sizeof src), full, (long long)inner, (long long)H,
+                        (long long)(inner / H));
     }
     return XATTN_OK;
 }
@@ -377,13 +424,17 @@ static xattn_status settle_ff(xa_cfg *c, const xattn_safetensors *st, const char
             return s;
         const int64_t h = ff_width(d, f), ch = ff_width(cd, f);
         if (h < 1 || ch < 1)
-            return xa_error(XATTN_ERR_ARG, "%s: ff_expansion_factor %g gives a feed-forward "
-                            "width int(%lld * %g) = %lld", FN_LOAD, f, (long long)(h < 1 ? d : cd),
-                            f, (long long)(h < 1 ? h : ch));
+            return xa_error(XATTN_ERR_ARG,
+                            "%s: ff_expansion_factor %g gives a feed-forward "
+                            "width int(%lld * %g) = %lld",
+                            FN_LOAD, f, (long long)(h < 1 ? d : cd), f,
+                            (long long)(h < 1 ? h : ch));
         if (xa_cfg_get(c, "final_norms") != 0 && d != cd)
-            return xa_error(XATTN_ERR_ARG, "%s: final_norms=True with context_dim %lld != dim "
+            return xa_error(XATTN_ERR_ARG,
+                            "%s: final_norms=True with context_dim %lld != dim "
                             "%lld: the package builds context_norm with size dim, so its forward "
-                            "fails", FN_LOAD, (long long)cd, (long long)d);
+                            "fails",
+                            FN_LOAD, (long long)cd, (long long)d);
         xa_cfg_set(c, hi, (double)h, XA_FROM_DERIVED, "int(dim * ff_expansion_factor)");
         xa_cfg_set(c, chi, (double)ch, XA_FROM_DERIVED, "int(context_dim * ff_expansion_factor)");
         return XATTN_OK;
@@ -396,16 +447,18 @@ static xattn_status settle_ff(xa_cfg *c, const xattn_safetensors *st, const char
     if (pending(c, "ff_expansion_factor")) {
         const double g = implied_factor(d, h, cd, ch);
         if (g <= 0)
-            return xa_error(XATTN_ERR_SHAPE, "the feed-forward widths %lld ('%s') and %lld ('%s') "
+            return xa_error(XATTN_ERR_SHAPE,
+                            "the feed-forward widths %lld ('%s') and %lld ('%s') "
                             "come from no one ff_expansion_factor f (int(dim %lld * f), "
-                            "int(context_dim %lld * f))", (long long)h, w1, (long long)ch, cw1,
-                            (long long)d, (long long)cd);
+                            "int(context_dim %lld * f))",
+                            (long long)h, w1, (long long)ch, cw1, (long long)d, (long long)cd);
         xa_cfg_set(c, fi, g, XA_FROM_SHAPE, "shapes of '%s' and '%s'", w1, cw1);
         return XATTN_OK;
     }
     /* __metadata__ keeps 9 significant digits: a factor rounded down by that still fits */
     if (!ff_fits(d, h, cd, ch, f) && !ff_fits(d, h, cd, ch, f * (1 + 5e-9)))
-        return xa_error(XATTN_ERR_SHAPE, "%s disagrees with the shapes of '%s' (%lld) and '%s' "
+        return xa_error(XATTN_ERR_SHAPE,
+                        "%s disagrees with the shapes of '%s' (%lld) and '%s' "
                         "(%lld): int(dim %lld * f) and int(context_dim %lld * f)",
                         given(c, fi, src, sizeof src), w1, (long long)h, cw1, (long long)ch,
                         (long long)d, (long long)cd);
@@ -443,8 +496,10 @@ static xattn_status tf_depth(const xattn_safetensors *st, const char *prefix, in
     }
     xa_io_printable(prefix, pp, sizeof pp);
     if (l > maxl) return s ? s : xa_error(XATTN_ERR_FORMAT, "layers of '%s' do not add up", pp);
-    return xa_error(XATTN_ERR_NOT_FOUND, "tensor '%s%s' is missing (the file names layers up to "
-                    "%lld)", pp, rel, (long long)maxl);
+    return xa_error(XATTN_ERR_NOT_FOUND,
+                    "tensor '%s%s' is missing (the file names layers up to "
+                    "%lld)",
+                    pp, rel, (long long)maxl);
 }
 
 static xattn_status attn_build(xa_mod *m, const xattn_safetensors *st, const char *prefix,
@@ -458,8 +513,7 @@ static xattn_status attn_build(xa_mod *m, const xattn_safetensors *st, const cha
             return s;
         pend_heads(c, st, prefix, "");
     }
-    if ((s = xa_cfg_resolve(c, opts, n_opts, st, FN_LOAD)) ||
-        (s = settle_attn(c, st, prefix, "")))
+    if ((s = xa_cfg_resolve(c, opts, n_opts, st, FN_LOAD)) || (s = settle_attn(c, st, prefix, "")))
         return s;
     return xa_params_add_table(&m->params, attn_table, A_N, c, "", NULL);
 }
@@ -554,7 +608,7 @@ static void fill_config(xattn_bidir *m, int tf)
     o->heads = xa_cfg_int(c, "heads");
     o->dim_head = xa_cfg_int(c, "dim_head");
     o->inner_dim = xa_cfg_int(c, "inner_dim");
-    o->prenorm = xa_cfg_get(c, "prenorm") == 0   ? XATTN_NORM_NONE
+    o->prenorm = xa_cfg_get(c, "prenorm") == 0     ? XATTN_NORM_NONE
                  : xa_cfg_get(c, "layernorm") != 0 ? XATTN_NORM_LAYER
                                                    : XATTN_NORM_RMS;
     o->talking_heads = xa_cfg_get(c, "talking_heads") != 0;
@@ -618,7 +672,8 @@ static int layer_attn_prefix(const char *prefix, size_t *qlen)
 /* A transformer: its first layer's attention and feed-forward (as the CLI detects it). */
 static int tf_claims(const xattn_safetensors *st, const char *prefix)
 {
-    return xa_has(st, prefix, "layers.0.0.to_qk.weight") && xa_has(st, prefix, "layers.0.1.1.weight");
+    return xa_has(st, prefix, "layers.0.0.to_qk.weight") &&
+           xa_has(st, prefix, "layers.0.1.1.weight");
 }
 
 /* The attentions inside a transformer belong to the transformer. */
@@ -635,7 +690,8 @@ static int attn_claims(const xattn_safetensors *st, const char *prefix)
 static const xa_io bd_inputs[] = {
     {"x", "B,I,dim", 0, "the sequence"},
     {"context", "B,J,context_dim", 0, "the context"},
-    {"mask", "B,I", XA_IO_OPT | XA_IO_MASK, "True = keep (a masked x position is neither a query "
+    {"mask", "B,I", XA_IO_OPT | XA_IO_MASK,
+     "True = keep (a masked x position is neither a query "
      "nor a key)"},
     {"context_mask", "B,J", XA_IO_OPT | XA_IO_MASK, "True = keep"},
     {"rel_pos_bias", "B/1,heads/1,I,J", XA_IO_OPT, "added to the shared similarities"},
@@ -716,10 +772,11 @@ xattn_status xattn_bidir_load(const xattn_safetensors *st, const char *prefix,
     const int attn_names = xa_has(st, prefix, "to_qk.weight");
     const int tf_names = xa_has(st, prefix, "layers.0.0.to_qk.weight");
     if (attn_names && tf_names)
-        return xa_error(XATTN_ERR_FORMAT,
-                        "ambiguous module: both '%sto_qk.weight' (BidirectionalCrossAttention) and "
-                        "'%slayers.0.0.to_qk.weight' (BidirectionalCrossAttentionTransformer) present",
-                        pp, pp);
+        return xa_error(
+            XATTN_ERR_FORMAT,
+            "ambiguous module: both '%sto_qk.weight' (BidirectionalCrossAttention) and "
+            "'%slayers.0.0.to_qk.weight' (BidirectionalCrossAttentionTransformer) present",
+            pp, pp);
     if (!attn_names && !tf_names)
         return xa_error(XATTN_ERR_NOT_FOUND,
                         "no bidirectional cross-attention found: expected '%sto_qk.weight' "
@@ -735,8 +792,8 @@ xattn_status xattn_bidir_load(const xattn_safetensors *st, const char *prefix,
         xa_kv_real(&kv, "dropout", opts->dropout);
     }
     xa_mod *m;
-    xattn_status s = xa_mod_open(tf_names ? &xa_kind_bidir_transformer : &xa_kind_bidir, st,
-                                 prefix, kv.kv, kv.n, &m);
+    xattn_status s = xa_mod_open(tf_names ? &xa_kind_bidir_transformer : &xa_kind_bidir, st, prefix,
+                                 kv.kv, kv.n, &m);
     if (s) return s;
     *out = (xattn_bidir *)m;
     xa_clear_error();
@@ -848,23 +905,23 @@ static xattn_status run_transformer(const xattn_bidir *m, const xattn_bidir_inpu
     float *x = o->out, *ctx = o->context_out;
     xattn_status s;
     if (x != in->x) memmove(x, in->x, (size_t)(nI * c->dim) * sizeof(float));
-    if (ctx != in->context) memmove(ctx, in->context, (size_t)(nJ * c->context_dim) * sizeof(float));
+    if (ctx != in->context)
+        memmove(ctx, in->context, (size_t)(nJ * c->context_dim) * sizeof(float));
     for (int64_t l = 0; l < c->depth; l++) {
         const bd_layer *L = &m->layers[l];
         /* xo, co = attn(x, ctx); x += xo; ctx += co (both from the old x and ctx) */
         if ((s = attn_core(m, &L->attn, in, x, ctx, sc, NULL, NULL)) ||
             (s = xa_op_linear(sc->oh, nI, c->inner_dim, L->attn.wo, L->attn.bo, c->dim, x, 1)) ||
-            (s = xa_op_linear(sc->coh, nJ, c->inner_dim, L->attn.cwo, L->attn.cbo,
-                              c->context_dim, ctx, 1)))
+            (s = xa_op_linear(sc->coh, nJ, c->inner_dim, L->attn.cwo, L->attn.cbo, c->context_dim,
+                              ctx, 1)))
             return s;
         /* x = ff(x) + x; ctx = cff(ctx) + ctx */
         if ((s = ff_add(&L->ff, x, nI, c->dim, c->ff_hidden, sc->xn, sc->hid)) ||
             (s = ff_add(&L->cff, ctx, nJ, c->context_dim, c->context_ff_hidden, sc->cn, sc->hid)))
             return s;
     }
-    if (m->fnorm_w &&
-        ((s = xa_op_rmsnorm(x, nI, c->dim, m->fnorm_w, FLT_EPSILON, x)) ||
-         (s = xa_op_rmsnorm(ctx, nJ, c->context_dim, m->fcnorm_w, FLT_EPSILON, ctx))))
+    if (m->fnorm_w && ((s = xa_op_rmsnorm(x, nI, c->dim, m->fnorm_w, FLT_EPSILON, x)) ||
+                       (s = xa_op_rmsnorm(ctx, nJ, c->context_dim, m->fcnorm_w, FLT_EPSILON, ctx))))
         return s;
     return XATTN_OK;
 }
@@ -897,8 +954,9 @@ static xattn_status check_call(const xattn_bidir *m, const xattn_bidir_inputs *i
             return xa_error(XATTN_ERR_SHAPE, "%s: rel_pos_bias batch %lld must be 1 or B = %lld",
                             fn, (long long)in->bias_b, (long long)B);
         if (in->bias_h != 1 && in->bias_h != H)
-            return xa_error(XATTN_ERR_SHAPE, "%s: rel_pos_bias heads %lld must be 1 or heads = %lld",
-                            fn, (long long)in->bias_h, (long long)H);
+            return xa_error(XATTN_ERR_SHAPE,
+                            "%s: rel_pos_bias heads %lld must be 1 or heads = %lld", fn,
+                            (long long)in->bias_h, (long long)H);
     }
     return XATTN_OK;
 }
@@ -925,20 +983,25 @@ static xattn_status scratch_plan(const xattn_bidir_config *c, const xattn_bidir_
         xa_mul_ok(nJ, inner, &n_coh) || xa_mul_ok(nI, c->dim, &t) ||
         xa_mul_ok(nJ, c->context_dim, &t) || xa_mul_ok(nI, J, &t) || xa_mul_ok(t, c->heads, &t) ||
         xa_mul_ok(nI, c->ff_hidden, &hI) || xa_mul_ok(nJ, c->context_ff_hidden, &hJ) ||
-        (in->rel_pos_bias && (xa_mul_ok(in->bias_b, in->bias_h, &t) || xa_mul_ok(t, I, &t) ||
-                              xa_mul_ok(t, J, &t))))
+        (in->rel_pos_bias &&
+         (xa_mul_ok(in->bias_b, in->bias_h, &t) || xa_mul_ok(t, I, &t) || xa_mul_ok(t, J, &t))))
         return xa_error(XATTN_ERR_NOMEM, "%s: sizes overflow (B=%lld, I=%lld, J=%lld)", FN_FWD,
                         (long long)B, (long long)I, (long long)J);
-    const int64_t n[7] = {need_norm ? nI * c->dim : 0, need_norm ? nJ * c->context_dim : 0,
-                          n_pqv, n_cpqv, n_oh, n_coh, c->is_transformer ? XA_MAX(hI, hJ) : 0};
+    const int64_t n[7] = {need_norm ? nI * c->dim : 0,
+                          need_norm ? nJ * c->context_dim : 0,
+                          n_pqv,
+                          n_cpqv,
+                          n_oh,
+                          n_coh,
+                          c->is_transformer ? XA_MAX(hI, hJ) : 0};
     *total = 0;
     for (int k = 0; k < 7; k++)
         if (slot(n[k], total, &o[k]))
             return xa_error(XATTN_ERR_NOMEM, "%s: scratch for B=%lld, I=%lld, J=%lld overflows",
                             FN_FWD, (long long)B, (long long)I, (long long)J);
     if ((uint64_t)*total > SIZE_MAX / sizeof(float) / 2)
-        return xa_error(XATTN_ERR_NOMEM, "%s: scratch for B=%lld, I=%lld, J=%lld overflows",
-                        FN_FWD, (long long)B, (long long)I, (long long)J);
+        return xa_error(XATTN_ERR_NOMEM, "%s: scratch for B=%lld, I=%lld, J=%lld overflows", FN_FWD,
+                        (long long)B, (long long)I, (long long)J);
     return XATTN_OK;
 }
 
@@ -955,8 +1018,12 @@ static xattn_status bidir_run(const xattn_bidir *m, const xattn_bidir_inputs *in
     if (!ws) return XATTN_ERR_NOMEM;
     float *base = xa_ws_data(ws);
     const int need_norm = c->is_transformer || c->prenorm != XATTN_NORM_NONE;
-    const bd_scratch sc = {need_norm ? base + off[0] : NULL, need_norm ? base + off[1] : NULL,
-                           base + off[2], base + off[3], base + off[4], base + off[5],
+    const bd_scratch sc = {need_norm ? base + off[0] : NULL,
+                           need_norm ? base + off[1] : NULL,
+                           base + off[2],
+                           base + off[3],
+                           base + off[4],
+                           base + off[5],
                            c->is_transformer ? base + off[6] : NULL};
     const int64_t nI = in->B * in->I, nJ = in->B * in->J;
     if (c->is_transformer) {
@@ -973,8 +1040,8 @@ static xattn_status bidir_run(const xattn_bidir *m, const xattn_bidir_inputs *in
     return s;
 }
 
-xattn_status xattn_bidir_forward(xattn_ctx *ctx, const xattn_bidir *m,
-                                 const xattn_bidir_inputs *in, const xattn_bidir_outputs *out)
+xattn_status xattn_bidir_forward(xattn_ctx *ctx, const xattn_bidir *m, const xattn_bidir_inputs *in,
+                                 const xattn_bidir_outputs *out)
 {
     const xattn_ctx *prev = xa_ctx_enter(ctx);
     xattn_status s = bidir_run(m, in, out);
