@@ -66,7 +66,7 @@ ok "bench generated" "$X" bench "$TMP/a.safetensors" --len 4 --context-len 3 --r
 ok "bench with x's batch" "$X" bench "$TMP/a.safetensors" --x "$X1" --context-len 3 --reps 1 --out-dir res &&
     has "bench batch" "$D.out" "B=2" && has "bench out-dir" <(ls "$D/res") out.npy
 ok "bench prefix" "$X" bench "$TMP/two.safetensors" --prefix a. --len 3 --reps 1
-ok "bench weightless kind" "$X" bench --module mutual --len 8 --reps 1 && has "bench mutual" "$D.out" "N=8"
+ok "bench weightless kind" "$X" bench --module mutual --len 8 --reps 1 && has "bench mutual" "$D.out" "L=8"
 bad "bench bad input" 1 "conv2d_cli_x2.npy: has shape (2, 4, 3, 4); --x needs" "$X" bench "$TMP/a.safetensors" --x "$X2"
 
 # OMP_NUM_THREADS is validated like --threads (a huge value crashed inside the OpenMP runtime)
