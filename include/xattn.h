@@ -390,22 +390,24 @@ XATTN_API xattn_status xattn_mha_forward(xattn_ctx *ctx, const xattn_mha *m,
                                          const xattn_mha_outputs *out);
 
 /* ------------------------------------------------------------------------------------------ */
-/* M2: bidirectional cross-attention (PyPI bidirectional-cross-attention 0.1.0 and 0.0.x)       */
+/* Bidirectional cross-attention (PyPI bidirectional-cross-attention 0.1.0 and 0.0.x)           */
 /* ------------------------------------------------------------------------------------------ */
 
 /*
- * BidirectionalCrossAttention(dim, heads, dim_head, context_dim, talking_heads, prenorm) and
- * BidirectionalCrossAttentionTransformer(dim, depth, context_dim, ff_expansion_factor,
- * final_norms, heads, dim_head, talking_heads), loaded from their state_dict names:
+ * BidirectionalCrossAttention(dim, heads, dim_head, context_dim, dropout, talking_heads,
+ * prenorm) and BidirectionalCrossAttentionTransformer(dim, depth, context_dim,
+ * ff_expansion_factor, final_norms, heads, dim_head, dropout, talking_heads), loaded from
+ * their state_dict names (registry kinds "bidir" and "bidir-transformer"):
  *   attention:   [norm.weight [norm.bias], context_norm.weight [...]] to_qk.weight,
  *                context_to_qk.weight, to_v.weight, context_to_v.weight, to_out.{weight,bias},
  *                context_to_out.{weight,bias} [talking_heads.weight, context_talking_heads.weight]
  *   transformer: layers.L.0.<attention names>, layers.L.1.{0.weight,1.weight,1.bias,3.weight,
  *                3.bias} (feed-forward of x), layers.L.2.* (of the context)
  *                [norm.weight, context_norm.weight]
- * Masks are True = keep; masked similarities are -FLT_MAX, so a fully masked row or column
- * gives a uniform average, exactly as the package. Neither B*H*I*J map is materialised unless
- * attn / context_attn are requested.
+ * The prenorm is nn.RMSNorm (0.1.0: weight only, eps FLT_EPSILON) or nn.LayerNorm (0.0.x:
+ * weight and bias, eps 1e-5), told by the names. Masks are True = keep; masked similarities
+ * are -FLT_MAX, so a fully masked row or column gives a uniform average, exactly as the
+ * package. Neither B*H*I*J map is materialised unless attn / context_attn are requested.
  */
 typedef enum xattn_bidir_norm {
     XATTN_NORM_NONE = 0,
@@ -420,16 +422,29 @@ typedef struct xattn_bidir_config {
     int talking_heads;
     int64_t depth;           /* transformer: layers (1 for the attention module)          */
     int64_t ff_hidden, context_ff_hidden; /* transformer: int(dim * ff_expansion_factor)   */
+    double ff_expansion_factor; /* transformer: the factor (given, or implied by the widths) */
     int final_norms;         /* transformer: norm / context_norm present                   */
-    int64_t context_norm_dim; /* transformer: size of context_norm.weight (dim or context_dim) */
+    int64_t context_norm_dim; /* transformer: size of context_norm.weight (= context_dim)    */
 } xattn_bidir_config;
 
 typedef struct xattn_bidir xattn_bidir;
 
-/* Detects attention vs transformer from the names (after `prefix`); heads <= 0 takes the
- * talking-heads weight's size, else __metadata__ "heads", else 8 (the package default). */
+/* Options of the loader; all zero = what the file tells, else the package's defaults. Values
+ * given must agree with the tensor shapes. */
+typedef struct xattn_bidir_opts {
+    int64_t heads;              /* 0: the talking-heads weight's size, else __metadata__
+                                   "heads", else 8 (the package default, announced)         */
+    int64_t dim_head;           /* 0: inner_dim / heads                                     */
+    double ff_expansion_factor; /* transformer; 0: __metadata__, else the factor the feed-
+                                   forward widths imply                                     */
+    double dropout;             /* 0 (dropout is the identity at inference)                 */
+    uint64_t reserved_[4];      /* must be zero                                             */
+} xattn_bidir_opts;
+
+/* Detects attention vs transformer from the names after `prefix` ("" or e.g. "enc.");
+ * opts may be NULL (all defaults). */
 XATTN_API xattn_status xattn_bidir_load(const xattn_safetensors *st, const char *prefix,
-                                        int64_t heads, xattn_bidir **out);
+                                        const xattn_bidir_opts *opts, xattn_bidir **out);
 XATTN_API void xattn_bidir_free(xattn_bidir *m);
 XATTN_API void xattn_bidir_get_config(const xattn_bidir *m, xattn_bidir_config *cfg);
 
@@ -441,13 +456,23 @@ typedef struct xattn_bidir_inputs {
     const uint8_t *context_mask; /* (B, J) nonzero = keep, or NULL                    */
     const float *rel_pos_bias;  /* (bias_b, bias_h, I, J) added to the similarities   */
     int64_t bias_b, bias_h;     /* 1 or B, 1 or heads                                 */
+    uint64_t reserved_[4];      /* must be zero                                       */
 } xattn_bidir_inputs;
 
-/* out (B, I, dim), context_out (B, J, context_dim); attn and context_attn (B, heads, I, J)
- * optional (attention module only, as the package's return_attn: after talking heads). */
-XATTN_API xattn_status xattn_bidir_forward(const xattn_bidir *m, const xattn_bidir_inputs *in,
-                                           float *out, float *context_out, float *attn,
-                                           float *context_attn);
+typedef struct xattn_bidir_outputs {
+    float *out;                 /* (B, I, dim), required                              */
+    float *context_out;         /* (B, J, context_dim), required                      */
+    float *attn;                /* (B, heads, I, J) or NULL: softmax over j, after talking
+                                   heads (attention module only, as return_attn)      */
+    float *context_attn;        /* (B, heads, I, J) or NULL: softmax over i, likewise  */
+    uint64_t reserved_[4];      /* must be zero                                       */
+} xattn_bidir_outputs;
+
+/* Runs the module on ctx (NULL: the default context). The transformer returns no maps (the
+ * package ignores return_attn): asking it for attn or context_attn is an error. */
+XATTN_API xattn_status xattn_bidir_forward(xattn_ctx *ctx, const xattn_bidir *m,
+                                           const xattn_bidir_inputs *in,
+                                           const xattn_bidir_outputs *out);
 
 /* ------------------------------------------------------------------------------------------ */
 /* M3: mutual cross-attention (parameter-free); M9: cross-attention over 2-D feature maps       */
