@@ -12,8 +12,11 @@
 
 extern const xa_kind xa_kind_conv2d_cross;
 extern const xa_kind xa_kind_mutual;
+extern const xa_kind xa_kind_multiview;
+extern const xa_kind xa_kind_hallo_audio;
 
-const xa_kind *const xa_kinds[] = {&xa_kind_conv2d_cross, &xa_kind_mutual, NULL};
+const xa_kind *const xa_kinds[] = {&xa_kind_conv2d_cross, &xa_kind_mutual, &xa_kind_multiview,
+                                   &xa_kind_hallo_audio, NULL};
 
 const xa_kind *xa_kind_find(const char *name)
 {
