@@ -48,7 +48,6 @@ static const char *FN_FWD = "xattn_multiview_forward";
 
 static const char *const GELU[] = {"erf", "tanh", "none", NULL};
 
-#define LIST_DOC " (a list \"8,16\", one per stage"
 #define STAGE_HEADS(s)                                                                          \
     {"heads." #s, XA_T_INT, XA_F_OPTIONAL, 0, 1, 1e15, NULL, NULL,                               \
      "heads of stage " #s " (as saved; give heads)"}
@@ -59,12 +58,12 @@ enum { F_VIEWS, F_DIMS, F_HEADS, F_HIDDENS, F_EPS, F_GELU, F_STAGES, F_IN, F_OUT
 static const xa_field fields[F_N] = {
     {"views", XA_T_INT, XA_F_SHAPE | XA_F_REQUIRED, 0, 2, MAX_V, NULL, NULL,
      "number of views (counted from the names)"},
-    {"dims", XA_T_INT, XA_F_SHAPE | XA_F_OPTIONAL | XA_F_NOMETA, 0, 1, 1e15, NULL, NULL,
-     "widths of the stages" LIST_DOC "; from the shapes when loading)"},
+    {"dims", XA_T_INT, XA_F_SHAPE | XA_F_REQUIRED | XA_F_NOMETA, 0, 1, 1e15, NULL, NULL,
+     "widths of the stages, a list (\"96,192,384\"; from the shapes when loading)"},
     {"heads", XA_T_INT, XA_F_OPTIONAL | XA_F_NOMETA, 0, 1, 1e15, NULL, NULL,
-     "heads per stage" LIST_DOC ", or one for all; __metadata__ 'heads')"},
-    {"hiddens", XA_T_INT, XA_F_SHAPE | XA_F_OPTIONAL | XA_F_NOMETA, 0, 1, 1e15, NULL, NULL,
-     "MLP hidden widths" LIST_DOC "; from the shapes when loading)"},
+     "heads per stage (\"2,4,8\", or one for all), required: here or __metadata__ 'heads'"},
+    {"hiddens", XA_T_INT, XA_F_SHAPE | XA_F_REQUIRED | XA_F_NOMETA, 0, 1, 1e15, NULL, NULL,
+     "MLP hidden widths, a list (\"384,768,1536\"; from the shapes when loading)"},
     {"eps", XA_T_REAL, XA_F_TRACELESS, 1e-5, 1e-30, 1e300, NULL, NULL, "LayerNorm eps"},
     {"gelu", XA_T_ENUM, XA_F_TRACELESS, 0, 0, 0, GELU, NULL,
      "GELU form of the MLPs (none: nn.GELU's name for erf)"},
@@ -266,31 +265,35 @@ static xattn_status count_layout(xattn_multiview *m, const xattn_safetensors *st
     return XATTN_OK;
 }
 
-/* Stages and views of a new module (creating): from dims and views. */
-static xattn_status create_layout(xattn_multiview *m, const mv_list *L)
+/* Stages, widths and MLP widths of a new module (creating): from the options dims and
+ * hiddens (when not given, the resolution that follows says so). */
+static xattn_status list_dims(xattn_multiview *m, const mv_list *L)
 {
     const mv_list *d = &L[L_DIMS], *h = &L[L_HIDDENS];
-    for (int l = L_DIMS; l <= L_HIDDENS; l += 2)
-        if (!L[l].text)
-            return xa_error(XATTN_ERR_NOT_FOUND, "%s: %s is not given: the reference has no "
-                            "default; state it with the option '%s'", FN_LOAD,
-                            fields[LIST_FIELD[l]].name, fields[LIST_FIELD[l]].name);
+    if (!d->text) return XATTN_OK;
+    m->cfg.stages = d->n;
+    memcpy(m->cfg.dim, d->v, (size_t)d->n * sizeof(int64_t));
+    for (int k = 0; k < d->n; k++) snprintf(m->dim_src[k], sizeof m->dim_src[k], "option 'dims'");
+    xa_cfg_set(&m->core.cfg, F_DIMS, (double)d->v[0], XA_FROM_OPTION, "option");
+    if (!h->text) return XATTN_OK;
     if (h->n != d->n)
         return xa_error(XATTN_ERR_ARG, "%s: option 'hiddens' has %d values but 'dims' %d (one "
                         "per stage)", FN_LOAD, h->n, d->n);
-    m->cfg.stages = d->n;
-    m->cfg.views = xa_cfg_int(&m->core.cfg, "views");
+    memcpy(m->cfg.mlp_hidden, h->v, (size_t)h->n * sizeof(int64_t));
+    xa_cfg_set(&m->core.cfg, F_HIDDENS, (double)h->v[0], XA_FROM_OPTION, "option");
     return XATTN_OK;
 }
 
-/* Each stage's width: bound from view 0's self_attn.in_proj_weight, or the option dims. */
+/* Each stage's width and view 0's MLP width: bound from view 0's tensors (loading; the options
+ * dims and hiddens must agree), or the options (creating). */
 static xattn_status stage_dims(xattn_multiview *m, const xattn_safetensors *st,
                                const char *prefix, const mv_list *L)
 {
+    if (!st) return list_dims(m, L);
     const int64_t S = m->cfg.stages;
     char stem[64], txt[XA_HOW_CAP], want[XA_HOW_CAP];
     xattn_status s;
-    for (int64_t k = 0; k < S && st; k++) {
+    for (int64_t k = 0; k < S; k++) {
         xa_cfg sc;
         xa_cfg_init(&sc, sv_fields, SV_N);
         snprintf(stem, sizeof stem, "stages.%lld.views.0.", (long long)k);
@@ -298,19 +301,19 @@ static xattn_status stage_dims(xattn_multiview *m, const xattn_safetensors *st,
             (s = xa_cfg_require_shapes(&sc, anchors, 3, st, prefix, stem)))
             return s;
         m->cfg.dim[k] = (int64_t)sc.v[SV_DIM];
+        m->cfg.mlp_hidden[k] = (int64_t)sc.v[SV_HIDDEN];
         snprintf(m->dim_src[k], sizeof m->dim_src[k], "%s", sc.how[SV_DIM]);
     }
     const mv_list *d = &L[L_DIMS];
-    if (st && d->text && (d->n != S || memcmp(d->v, m->cfg.dim, (size_t)S * sizeof(int64_t))))
+    if (d->text && (d->n != S || memcmp(d->v, m->cfg.dim, (size_t)S * sizeof(int64_t))))
         return xa_error(XATTN_ERR_SHAPE, "option dims = %s disagrees with the shapes (dims = "
                         "%s)", d->text, list_text(m->cfg.dim, S, want, sizeof want));
-    for (int64_t k = 0; k < S && !st; k++) {
-        m->cfg.dim[k] = d->v[k];
-        snprintf(m->dim_src[k], sizeof m->dim_src[k], "option 'dims'");
-    }
-    list_text(m->cfg.dim, S, txt, sizeof txt);
-    xa_cfg_set(&m->core.cfg, F_DIMS, (double)m->cfg.dim[0], st ? XA_FROM_SHAPE : XA_FROM_OPTION,
-               "%s: %s", txt, st ? "shapes of 'stages.S.views.0.self_attn.in_proj_weight'" : "option");
+    xa_cfg_set(&m->core.cfg, F_DIMS, (double)m->cfg.dim[0], XA_FROM_SHAPE,
+               "%s: shapes of 'stages.S.views.0.self_attn.in_proj_weight'",
+               list_text(m->cfg.dim, S, txt, sizeof txt));
+    xa_cfg_set(&m->core.cfg, F_HIDDENS, (double)m->cfg.mlp_hidden[0], XA_FROM_SHAPE,
+               "%s: shapes of 'stages.S.views.0.mlp.0.weight'",
+               list_text(m->cfg.mlp_hidden, S, txt, sizeof txt));
     return XATTN_OK;
 }
 
@@ -337,7 +340,7 @@ static xattn_status meta_heads(const xattn_safetensors *st, int64_t S, int64_t *
 /* Heads of stage k: option 'heads', option 'heads.k', metadata 'heads', metadata 'heads.k', in
  * that order; a list and a per-stage value of the same source must agree. */
 static xattn_status stage_heads(xattn_multiview *m, int64_t k, const int64_t *opt,
-                                const int64_t *meta)
+                                const int64_t *meta, const xattn_safetensors *st)
 {
     xa_cfg *c = &m->core.cfg;
     const int f = F_HEADS0 + (int)k;
@@ -357,6 +360,9 @@ static xattn_status stage_heads(xattn_multiview *m, int64_t k, const int64_t *op
             return XATTN_OK;
         }
     }
+    if (!st)
+        return xa_error(XATTN_ERR_ARG, "%s: heads is not given: the reference has no default; "
+                        "state it with the option 'heads'", FN_LOAD);
     return xa_error(XATTN_ERR_ARG, "the number of heads is not known: pass heads or store "
                     "__metadata__ {\"heads\": \"H\"} or {\"heads\": \"H0,H1,...\"} (one per "
                     "stage) in the file");
@@ -379,7 +385,7 @@ static xattn_status resolve_heads(xattn_multiview *m, const xattn_safetensors *s
             s = xa_error(XATTN_ERR_ARG, "heads.%lld is given (%s) but the module has %lld "
                          "stages", (long long)k, m->core.cfg.how[F_HEADS0 + k], (long long)S);
     for (int64_t k = 0; !s && k < S; k++) {
-        s = stage_heads(m, k, o->text ? opt : NULL, has_meta ? meta : NULL);
+        s = stage_heads(m, k, o->text ? opt : NULL, has_meta ? meta : NULL, st);
         if (!s && m->cfg.dim[k] % m->cfg.heads[k])
             s = xa_error(XATTN_ERR_SHAPE, "stage %lld: width %lld (from the %s) is not divisible "
                          "by heads %lld", (long long)k, (long long)m->cfg.dim[k], m->dim_src[k],
@@ -432,23 +438,18 @@ static xattn_status add_tables(xattn_multiview *m, const xattn_safetensors *st,
                                const char *prefix, const mv_list *L)
 {
     xa_params *ps = &m->core.params;
-    char stem[128], txt[XA_HOW_CAP];
+    char stem[128];
     xattn_status s = XATTN_OK;
     for (int64_t k = 0; k < m->cfg.stages; k++)
         for (int64_t v = 0; v < m->cfg.views; v++) {
             xa_cfg sc;
             if ((s = view_config(m, k, v, st, prefix, L, &sc, stem, sizeof stem))) return s;
-            if (v == 0) m->cfg.mlp_hidden[k] = (int64_t)sc.v[SV_HIDDEN];
             if ((k && (s = xa_params_add_table(ps, expand_table, E_N, &sc, stem, NULL))) ||
                 (s = xa_params_add_table(ps, view_table, P_N, &sc, stem, NULL)))
                 return s;
         }
     /* the shapes are instantiated; messages of the load name the module's own fields */
     ps->cfg = &m->core.cfg;
-    list_text(m->cfg.mlp_hidden, m->cfg.stages, txt, sizeof txt);
-    xa_cfg_set(&m->core.cfg, F_HIDDENS, (double)m->cfg.mlp_hidden[0],
-               st ? XA_FROM_SHAPE : XA_FROM_OPTION, "%s: %s", txt,
-               st ? "shapes of 'stages.S.views.0.mlp.0.weight'" : "option");
     return s;
 }
 
@@ -463,10 +464,10 @@ static xattn_status build(xa_mod *core, const xattn_safetensors *st, const char 
     size_t n_rest = 0;
     xattn_status s = take_lists(opts, n_opts, L, rest, &n_rest);
     if (!s && st) s = count_layout(m, st, prefix);
+    if (!s) s = stage_dims(m, st, prefix, L);
     if (!s) s = xa_cfg_resolve(&core->cfg, rest, n_rest, st, FN_LOAD);
     free(rest);
-    if (!s && !st) s = create_layout(m, L);
-    if (!s) s = stage_dims(m, st, prefix, L);
+    if (!s && !st) m->cfg.views = xa_cfg_int(&core->cfg, "views");
     if (!s) s = resolve_heads(m, st, L);
     if (!s) s = add_tables(m, st, prefix, L);
     if (s) return s;
@@ -477,6 +478,8 @@ static xattn_status build(xa_mod *core, const xattn_safetensors *st, const char 
                "dims of the last stage");
     m->cfg.eps = (float)xa_cfg_get(&core->cfg, "eps");
     m->cfg.gelu_tanh = xa_cfg_int(&core->cfg, "gelu") == 1;
+    /* the config lists the heads of the stages the module has (inspect, save) */
+    core->cfg.n = F_HEADS0 + (int)S;
     return XATTN_OK;
 }
 
