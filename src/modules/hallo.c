@@ -14,6 +14,7 @@
 #include "core/registry.h"
 #include "io/io_internal.h"
 #include "kernels/op_hallo.h"
+#include "kernels/op_heads.h"
 #include "kernels/ops.h"
 
 #include <stdint.h>
@@ -320,26 +321,8 @@ static xattn_status region(const xattn_hallo *m, int k, const xattn_hallo_inputs
         (s = xa_op_linear(in->audio, B * T, Ca, a[A_KW], a[A_KB], inner, w->k, 0)) ||
         (s = xa_op_linear(in->audio, B * T, Ca, a[A_VW], a[A_VB], inner, w->v, 0)))
         return s;
-    xa_attn p;
-    memset(&p, 0, sizeof p);
-    p.B = B;
-    p.H = H;
-    p.I = N;
-    p.J = T;
-    p.dh = p.dv = dh;
-    p.q = w->q;
-    p.q_sb = N * inner;
-    p.q_sh = p.k_sh = p.v_sh = p.o_sh = dh;
-    p.q_si = p.k_sj = p.v_sj = p.o_si = inner;
-    p.k = w->k;
-    p.v = w->v;
-    p.k_sb = p.v_sb = T * inner;
-    p.out = w->o;
-    p.o_sb = N * inner;
-    p.scale = xa_head_scale(dh);
-    p.fill = XATTN_FILL_NEG_INF;
-    p.fn = FN_FWD;
-    if ((s = xa_op_attention(&p)) ||
+    if ((s = xa_op_attention_rows(B, H, N, T, dh, w->q, inner, w->k, w->v, inner, w->o, inner,
+                                  xa_head_scale(dh), FN_FWD)) ||
         (s = xa_op_linear(w->o, w->M, inner, a[A_OW], a[A_OB], C, w->att, 0)))
         return s;
     const float *mk = in->masks + (int64_t)k * N;

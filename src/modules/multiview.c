@@ -25,6 +25,7 @@
  */
 #include "core/registry.h"
 #include "io/io_internal.h"
+#include "kernels/op_heads.h"
 #include "kernels/op_multiview.h"
 #include "kernels/ops.h"
 
@@ -741,34 +742,8 @@ static xattn_status take_scratch(const xattn_multiview *m, mv_work *w, xa_ws **w
 static xattn_status attend(int64_t B, int64_t H, int64_t I, int64_t J, int64_t C, const float *q,
                            int64_t q_ld, const float *k, const float *v, int64_t kv_ld, float *o)
 {
-    const int64_t dh = C / H;
-    xa_attn p;
-    memset(&p, 0, sizeof p);
-    p.B = B;
-    p.H = H;
-    p.I = I;
-    p.J = J;
-    p.dh = p.dv = dh;
-    p.q = q;
-    p.q_sb = I * q_ld;
-    p.q_sh = dh;
-    p.q_si = q_ld;
-    p.k = k;
-    p.k_sb = J * kv_ld;
-    p.k_sh = dh;
-    p.k_sj = kv_ld;
-    p.v = v;
-    p.v_sb = J * kv_ld;
-    p.v_sh = dh;
-    p.v_sj = kv_ld;
-    p.out = o;
-    p.o_sb = I * C;
-    p.o_sh = dh;
-    p.o_si = C;
-    p.scale = xa_head_scale(dh);
-    p.fill = XATTN_FILL_NEG_INF;
-    p.fn = FN_FWD;
-    return xa_op_attention(&p);
+    return xa_op_attention_rows(B, H, I, J, C / H, q, q_ld, k, v, kv_ld, o, C,
+                                xa_head_scale(C / H), FN_FWD);
 }
 
 /* x (rows, C) += mlp(LN(x)) with the norm at w[nw], the layers at w[l0], w[l0 + 2]. */
