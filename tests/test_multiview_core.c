@@ -122,7 +122,8 @@ static void round_trip(void)
     CHECK(xattn_module_warnings(r)[0] == '\0'); /* everything was saved */
     CHECK_OK(xattn_module_save(r, f2));
     /* the typed loader on both files: the same configuration and the same forward, bitwise */
-    xattn_multiview *t1 = typed_load(f1, &st), *t2 = typed_load(f2, &st2);
+    xattn_safetensors *st1 = NULL;
+    xattn_multiview *t1 = typed_load(f1, &st1), *t2 = typed_load(f2, &st2);
     if (t1 && t2) {
         xattn_multiview_config c1, c2;
         xattn_multiview_get_config(t1, &c1);
@@ -149,6 +150,7 @@ static void round_trip(void)
     xattn_multiview_free(t1);
     xattn_multiview_free(t2);
     xattn_st_close(st);
+    xattn_st_close(st1);
     xattn_st_close(st2);
     unlink(f1);
     unlink(f2);
