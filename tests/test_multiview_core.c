@@ -400,8 +400,18 @@ static void named_forward(void)
     tu_check_close("named out.1", r1, e1.data, n1, TU_TOL);
     /* every view must be given */
     CHECK_FAIL(xattn_module_forward(ctx, r, in, 1, out, 1), XATTN_ERR_ARG);
-    has("give xs.0 .. xs.1");
+    has("needs the input 'xs.1'");
     xattn_ctx_free(ctx);
+    xattn_safetensors *st3 = NULL;
+    xattn_module *r3 = NULL;
+    CHECK_OK(xattn_st_open(tu_fixture("multiview_v3_len1.safetensors"), &st3));
+    if (st3) CHECK_OK(xattn_module_open(st3, &oo, &r3));
+    xattn_tensor in3[2] = {{"xs.0", XATTN_F32, 3, {B, 1, 12}, r0},
+                           {"xs.1", XATTN_F32, 3, {B, 1, 12}, r1}};
+    CHECK_FAIL(xattn_module_forward(NULL, r3, in3, 2, out, 1), XATTN_ERR_ARG);
+    has("the module has 3 views: give xs.0 .. xs.2 (xs.2 is missing)");
+    xattn_module_free(r3);
+    xattn_st_close(st3);
     /* a module of several stages is refused by name (its token counts halve) */
     xattn_module *m2 = create(2, "2", "16,32", "2", "16,16", NULL, NULL);
     CHECK_FAIL(xattn_module_forward(NULL, m2, in, 2, out, 2), XATTN_ERR_UNSUPPORTED);

@@ -527,12 +527,17 @@ static void destroy(xa_mod *core)
 /* Registry entry and the typed API                                                         */
 /* ---------------------------------------------------------------------------------------- */
 
-#define XS(v) {"xs." #v, "B,N" #v ",in_dim", XA_IO_OPT, "view " #v " (B, N_v, C_0); views 0 .. V-1"}
-#define OUT(v) {"out." #v, "B,N" #v ",out_dim", XA_IO_OPT, "view " #v " after the last stage"}
-static const xa_io inputs[NAMED_VIEWS] = {XS(0), XS(1), XS(2), XS(3), XS(4), XS(5),
-                                          XS(6), XS(7), XS(8), XS(9), XS(10)};
-static const xa_io outputs[NAMED_VIEWS] = {OUT(0), OUT(1), OUT(2), OUT(3), OUT(4), OUT(5),
-                                           OUT(6), OUT(7), OUT(8), OUT(9), OUT(10)};
+/* Views 0 and 1 exist in every module; the others up to its view count. */
+#define XS(v, f) {"xs." #v, "B,N" #v ",in_dim", f, "view " #v " (B, N_v, C_0); views 0 .. V-1"}
+#define OUT(v, f) {"out." #v, "B,N" #v ",out_dim", f, "view " #v " after the last stage"}
+static const xa_io inputs[NAMED_VIEWS] = {
+    XS(0, 0),          XS(1, 0),          XS(2, XA_IO_OPT), XS(3, XA_IO_OPT),
+    XS(4, XA_IO_OPT),  XS(5, XA_IO_OPT),  XS(6, XA_IO_OPT), XS(7, XA_IO_OPT),
+    XS(8, XA_IO_OPT),  XS(9, XA_IO_OPT),  XS(10, XA_IO_OPT)};
+static const xa_io outputs[NAMED_VIEWS] = {
+    OUT(0, 0),         OUT(1, 0),         OUT(2, XA_IO_OPT), OUT(3, XA_IO_OPT),
+    OUT(4, XA_IO_OPT), OUT(5, XA_IO_OPT), OUT(6, XA_IO_OPT), OUT(7, XA_IO_OPT),
+    OUT(8, XA_IO_OPT), OUT(9, XA_IO_OPT), OUT(10, XA_IO_OPT)};
 
 /* Exactly the module's views are given, and the outputs keep the token counts (one stage). */
 static xattn_status check_named(const xa_mod *core, const xa_run *r)
