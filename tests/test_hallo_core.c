@@ -285,6 +285,15 @@ static void zero_options(void)
     has("option dim_head = 4 disagrees");
     xattn_hallo_free(h1);
     xattn_hallo_free(h2);
+    xattn_st_close(st);
+    /* a diffusers Attention with a feature the block does not compute (qk norm) is refused */
+    float ones[8] = {1, 1, 1, 1, 1, 1, 1, 1};
+    e[k] = (xattn_st_entry){"attn2_1.norm_q.weight", XATTN_F32, 1, {8}, ones};
+    CHECK_OK(xattn_st_save(f, e, k + 1, NULL, 0));
+    CHECK_OK(xattn_st_open(f, &st));
+    unlink(f);
+    CHECK_FAIL(xattn_hallo_load(st, "", NULL, &h1), XATTN_ERR_UNSUPPORTED);
+    has("tensor 'attn2_1.norm_q.weight': a diffusers Attention with more than to_q");
     for (size_t i = 0; i < k; i++) xattn_array_free(&a[i]);
     free(a);
     free(e);

@@ -118,6 +118,27 @@ static xattn_status bind_all(xa_cfg *c, const xattn_safetensors *st, const char 
     return xa_cfg_require_shapes(c, tail_table, T_N, st, prefix, "");
 }
 
+/* Tensors under attn2_k. that the table does not name belong to diffusers Attention features
+ * this module does not compute (qk norms, added projections, ...): refused. */
+static xattn_status refuse_extras(const xattn_safetensors *st, const char *prefix)
+{
+    char stem[320], shown[XA_IO_NAME_CAP];
+    for (size_t i = 0; i < xattn_st_count(st); i++) {
+        const char *name = xattn_st_name(st, i);
+        for (int k = 0; k < 3 && name; k++) {
+            const size_t sl = (size_t)snprintf(stem, sizeof stem, "%s%s", prefix, REGION[k]);
+            if (strncmp(name, stem, sl)) continue;
+            int known = 0;
+            for (int p = 0; p < A_N; p++) known |= !strcmp(name + sl, attn_table[p].name);
+            if (!known)
+                return xa_error(XATTN_ERR_UNSUPPORTED, "tensor '%s': a diffusers Attention with "
+                                "more than to_q, to_k, to_v and to_out.0 is not supported",
+                                xa_io_printable(name, shown, sizeof shown));
+        }
+    }
+    return XATTN_OK;
+}
+
 /* dim_head and inner: from the shapes and heads (loading), or heads * dim_head (creating). */
 static xattn_status head_sizes(xa_cfg *c, const xattn_safetensors *st, const char *prefix)
 {
@@ -152,7 +173,7 @@ static xattn_status build(xa_mod *m, const xattn_safetensors *st, const char *pr
 {
     xa_cfg *c = &m->cfg;
     xattn_status s;
-    if ((st && (s = bind_all(c, st, prefix))) ||
+    if ((st && ((s = refuse_extras(st, prefix)) || (s = bind_all(c, st, prefix)))) ||
         (s = xa_cfg_resolve(c, opts, n_opts, st, FN_LOAD)) || (s = head_sizes(c, st, prefix)) ||
         (s = xa_params_add_table(&m->params, zero_table, 6, c, "", NULL)))
         return s;
