@@ -218,6 +218,9 @@ xattn_status xa_count_layers(const xattn_safetensors *st, const char *prefix, co
 /* Whether prefix + name exists. */
 int xa_has(const xattn_safetensors *st, const char *prefix, const char *name);
 
+/* "(2, 3)" / "(5,)" into buf; returns buf. */
+const char *xa_dims_text(int ndim, const int64_t *shape, char *buf, size_t cap);
+
 /* The attention scale PyTorch uses for head size dh: dh ** -0.5 in double, rounded to float. */
 float xa_head_scale(int64_t dh);
 

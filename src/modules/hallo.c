@@ -14,7 +14,6 @@
 #include "core/registry.h"
 #include "io/io_internal.h"
 #include "kernels/op_hallo.h"
-#include "kernels/op_heads.h"
 #include "kernels/ops.h"
 
 #include <stdint.h>
@@ -342,8 +341,9 @@ static xattn_status region(const xattn_hallo *m, int k, const xattn_hallo_inputs
         (s = xa_op_linear(in->audio, B * T, Ca, a[A_KW], a[A_KB], inner, w->k, 0)) ||
         (s = xa_op_linear(in->audio, B * T, Ca, a[A_VW], a[A_VB], inner, w->v, 0)))
         return s;
-    if ((s = xa_op_attention_rows(B, H, N, T, dh, w->q, inner, w->k, w->v, inner, w->o, inner,
-                                  xa_head_scale(dh), FN_FWD)) ||
+    xa_attn p = {.scale = xa_head_scale(dh), .fill = XATTN_FILL_NEG_INF, .fn = FN_FWD};
+    xa_attn_heads(&p, B, H, N, T, dh, dh, w->q, inner, w->k, inner, w->v, inner, w->o, inner);
+    if ((s = xa_op_attention(&p)) ||
         (s = xa_op_linear(w->o, w->M, inner, a[A_OW], a[A_OB], C, w->att, 0)))
         return s;
     const float *mk = in->masks + (int64_t)k * N;

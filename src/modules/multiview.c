@@ -25,7 +25,6 @@
  */
 #include "core/registry.h"
 #include "io/io_internal.h"
-#include "kernels/op_heads.h"
 #include "kernels/op_multiview.h"
 #include "kernels/ops.h"
 
@@ -747,8 +746,9 @@ static xattn_status take_scratch(const xattn_multiview *m, mv_work *w, xa_ws **w
 static xattn_status attend(int64_t B, int64_t H, int64_t I, int64_t J, int64_t C, const float *q,
                            int64_t q_ld, const float *k, const float *v, int64_t kv_ld, float *o)
 {
-    return xa_op_attention_rows(B, H, I, J, C / H, q, q_ld, k, v, kv_ld, o, C,
-                                xa_head_scale(C / H), FN_FWD);
+    xa_attn p = {.scale = xa_head_scale(C / H), .fill = XATTN_FILL_NEG_INF, .fn = FN_FWD};
+    xa_attn_heads(&p, B, H, I, J, C / H, C / H, q, q_ld, k, kv_ld, v, kv_ld, o, C);
+    return xa_op_attention(&p);
 }
 
 /* x (rows, C) += mlp(LN(x)) with the norm at w[nw], the layers at w[l0], w[l0 + 2]. */
