@@ -648,9 +648,10 @@ XATTN_API xattn_status xattn_interlaced_forward(const xattn_interlaced *m, int64
  *   Linear). No masks: every token attends to every token of the other views.
  * Views and stages are counted from the names and every width from the shapes; the heads per
  * stage leave no trace and must be given (option or __metadata__ "heads": "4" or "2,4,8").
- * Registry kind "multiview": options views, dims, heads, hiddens (lists "8,16"), eps, gelu;
- * inputs xs.0 .. xs.{V-1}, outputs out.0 .. out.{V-1} (up to 11 views; single-stage modules
- * only there, since a pooled token count floor(N / 2^(S-1)) has no symbolic shape).
+ * Registry kind "multiview": options views, dims, heads, hiddens (lists such as "8,16"), eps,
+ * gelu, and heads.0, heads.1, ... (each stage's heads, which a saved file's __metadata__
+ * holds); inputs xs.0 .. xs.{V-1}, outputs out.0 .. out.{V-1} (up to 11 views; single-stage
+ * modules only there, since a pooled token count floor(N / 2^(S-1)) has no symbolic shape).
  */
 #define XATTN_MULTIVIEW_MAX_STAGES 16
 #define XATTN_MULTIVIEW_MAX_VIEWS 64
