@@ -514,32 +514,40 @@ XATTN_API xattn_status xattn_conv2d_cross_forward(const xattn_conv2d_cross *m,
                                                   float *out);
 
 /* ------------------------------------------------------------------------------------------ */
-/* M4: joint (stacked) cross-attention: nn.TransformerEncoder layers over [x; context]          */
+/* Joint (stacked) cross-attention: nn.TransformerEncoder layers over [x; context]              */
 /* ------------------------------------------------------------------------------------------ */
 /*
  * MMCA-style joint attention: x (B, K, d) and context (B, N, d) are stacked into Y = [x; context]
- * (B, K+N, d) and run through torch.nn.TransformerEncoderLayer(d, nhead, dim_feedforward,
- * activation, layer_norm_eps, batch_first=True, norm_first) layers, then split back. Every row's
- * softmax spans all K+N keys. State dict names (after `prefix`):
+ * (B, K+N, d) and run through torch.nn.TransformerEncoderLayer(d_model, nhead, dim_feedforward,
+ * dropout, activation, layer_norm_eps, batch_first=True, norm_first, bias) layers, then split
+ * back. Every row's softmax spans all K+N keys. State dict names (after `prefix`):
  *   one layer:  self_attn.in_proj_weight (3d, d), self_attn.in_proj_bias (3d),
  *               self_attn.out_proj.{weight (d, d), bias (d)}, linear1.{weight (ff, d), bias (ff)},
  *               linear2.{weight (d, ff), bias (d)}, norm1.{weight, bias}, norm2.{weight, bias}
  *   stack:      layers.L.<the names above> (nn.TransformerEncoder), optional norm.{weight, bias}
  *               (its final LayerNorm, eps = layer_norm_eps).
  *   bias=False layers (torch >= 2.1) have none of the *.bias tensors; that is detected.
- * Options the tensors cannot tell come from `opts`, else the file's __metadata__ ("heads",
+ * What the tensors cannot tell comes from `opts`, else the file's __metadata__ ("heads",
  * "norm_first", "activation" = relu|gelu, "layer_norm_eps"), else torch's defaults (norm_first
- * False, relu, 1e-5; heads has no default).
+ * False, relu, 1e-5; heads has no default). A default assumed for norm_first, activation or
+ * layer_norm_eps is announced by xattn_joint_warnings (and xattn_module_warnings).
  * Padding masks follow src_key_padding_mask: True = ignore that position as a key. A row whose
  * every key is ignored (a batch item with both sequences fully padded) gets a ZERO attention
  * output (before out_proj), never NaN.
  */
-typedef struct xattn_joint_options {
-    int64_t heads;         /* <= 0: __metadata__ "heads" (required there if not here)         */
-    int norm_first;        /* -1: metadata / False; 0 or 1                                    */
-    int activation;        /* -1: metadata / relu; 0 = relu, 1 = gelu (erf form)              */
-    double layer_norm_eps; /* <= 0: metadata / 1e-5                                           */
-} xattn_joint_options;
+/* activation choices of xattn_joint_opts */
+#define XATTN_JOINT_ACT_DEFAULT 0 /* the file's __metadata__, else relu */
+#define XATTN_JOINT_ACT_RELU 1
+#define XATTN_JOINT_ACT_GELU 2 /* exact (erf) form */
+
+/* All zero: everything from the file, else torch's defaults. */
+typedef struct xattn_joint_opts {
+    int64_t heads;         /* nhead; 0: __metadata__ "heads" (required there if not here)    */
+    xattn_choice norm_first; /* XATTN_DEFAULT (metadata, else False), XATTN_NO, XATTN_YES  */
+    int activation;        /* XATTN_JOINT_ACT_*                                               */
+    double layer_norm_eps; /* 0: metadata, else 1e-5                                          */
+    uint64_t reserved_[4]; /* zero                                                            */
+} xattn_joint_opts;
 
 typedef struct xattn_joint_config {
     int64_t d_model, heads, head_dim, ff_dim, layers;
@@ -551,13 +559,13 @@ typedef struct xattn_joint_config {
 
 typedef struct xattn_joint xattn_joint;
 
-/* Sets every option to "from the file, else torch's default". */
-XATTN_API void xattn_joint_options_init(xattn_joint_options *o);
 /* opts may be NULL (all defaults). */
 XATTN_API xattn_status xattn_joint_load(const xattn_safetensors *st, const char *prefix,
-                                        const xattn_joint_options *opts, xattn_joint **out);
+                                        const xattn_joint_opts *opts, xattn_joint **out);
 XATTN_API void xattn_joint_free(xattn_joint *m);
 XATTN_API void xattn_joint_get_config(const xattn_joint *m, xattn_joint_config *cfg);
+/* Defaults assumed for options the file cannot tell, one line each ("" if none). */
+XATTN_API const char *xattn_joint_warnings(const xattn_joint *m);
 
 typedef struct xattn_joint_inputs {
     int64_t B, K, N;                      /* K >= 0, N >= 0, K + N >= 1                     */
@@ -565,14 +573,22 @@ typedef struct xattn_joint_inputs {
     const float *context;                 /* (B, N, d)                                      */
     const uint8_t *x_padding_mask;        /* (B, K) nonzero = ignore, or NULL               */
     const uint8_t *context_padding_mask;  /* (B, N) nonzero = ignore, or NULL               */
+    uint64_t reserved_[4];                /* zero                                           */
 } xattn_joint_inputs;
 
-/* out (B, K, d), context_out (B, N, d) (either may be NULL when its length is 0). */
-XATTN_API xattn_status xattn_joint_forward(const xattn_joint *m, const xattn_joint_inputs *in,
-                                           float *out, float *context_out);
+typedef struct xattn_joint_outputs {
+    float *out;            /* (B, K, d); may be NULL when K = 0                               */
+    float *context_out;    /* (B, N, d); may be NULL when N = 0                               */
+    uint64_t reserved_[4]; /* zero                                                            */
+} xattn_joint_outputs;
+
+/* ctx may be NULL (the default context). */
+XATTN_API xattn_status xattn_joint_forward(xattn_ctx *ctx, const xattn_joint *m,
+                                           const xattn_joint_inputs *in,
+                                           const xattn_joint_outputs *out);
 
 /* ------------------------------------------------------------------------------------------ */
-/* M5: interlaced two-stream cross-attention decoder (2D-3D MIT)                                */
+/* Interlaced two-stream cross-attention decoder (2D-3D MIT)                                     */
 /* ------------------------------------------------------------------------------------------ */
 /*
  * InterlanceDecoder(embed_dim, depth, num_classes=20, num_heads=6, mlp_ratio, qkv_bias=False,
@@ -582,48 +598,73 @@ XATTN_API xattn_status xattn_joint_forward(const xattn_joint *m, const xattn_joi
  *   blocks.L.self_attn.proj.{weight,bias}, blocks.L.norm_q.*, blocks.L.norm_v.*,
  *   blocks.L.attn.{q_map,k_map,v_map}.weight [.bias], blocks.L.attn.proj.{weight,bias},
  *   blocks.L.norm2.*, blocks.L.mlp.fc1.{weight,bias}, blocks.L.mlp.fc2.{weight,bias}
+ * (the optional biases all present with qkv_bias=True, all absent without).
  * Block (q stream queries the other stream v):
  *   q += SelfAttn(LN1 q);  q += CrossAttn(LN_q q, LN_v v[n_cls:]);  q += MLP(LN2 q)  (GELU erf)
  * The cross-attention's keys/values skip the first n_cls tokens of the other stream (a stream
  * of <= n_cls tokens gives a zero attention output, as the reference's empty softmax).
  * Direction: forward(voxel, view) of the reference updates voxel (= x here) in even layers
  * (0, 2, ...) and view (= context) in odd layers; `context_first` swaps that.
+ * What the tensors cannot tell comes from `opts`, else the file's __metadata__ ("heads",
+ * "n_cls" or "num_classes", "first" = x|context, "qk_scale"), else the reference's defaults;
+ * defaults assumed for heads, n_cls and first are announced by xattn_interlaced_warnings.
  */
+/* All zero: everything from the file, else the reference's defaults (heads 6, n_cls 20, x first,
+ * qk_scale None). */
 typedef struct xattn_interlaced_opts {
-    int64_t heads;      /* <= 0: __metadata__ "heads", else 6 (num_heads default)            */
-    int64_t n_cls;      /* < 0: __metadata__ "n_cls" (or "num_classes"), else 20              */
-    int context_first;  /* < 0: __metadata__ "first" ("x" | "context"), else 0 (x first)     */
+    int64_t heads;         /* num_heads; 0: __metadata__ "heads", else 6                      */
+    int64_t n_cls;         /* num_classes, the class tokens skipped as keys; used when nonzero */
+    int has_n_cls;         /* nonzero: n_cls is used as given, 0 included (n_cls = 0 alone
+                              means "metadata n_cls / num_classes, else 20")                   */
+    xattn_choice context_first; /* XATTN_DEFAULT (metadata "first", else x first),
+                                   XATTN_NO (x first), XATTN_YES (context first)               */
+    double qk_scale;       /* 0: __metadata__ "qk_scale", else None (head_dim^-0.5), as the
+                              reference's `qk_scale or head_dim ** -0.5`                       */
+    uint64_t reserved_[4]; /* zero                                                            */
 } xattn_interlaced_opts;
 
 typedef struct xattn_interlaced_config {
     int64_t dim, heads, head_dim, depth, mlp_hidden, n_cls;
     int context_first;
     int qkv_bias;       /* self_attn.qkv.bias present                                         */
-    int map_bias;       /* attn.{q,k,v}_map.bias present                                      */
+    int map_bias;       /* attn.{q,k,v}_map.bias present (= qkv_bias)                         */
     float eps;          /* LayerNorm eps (1e-5)                                               */
-    float scale;        /* head_dim^-0.5 (or __metadata__ "qk_scale")                         */
+    float scale;        /* head_dim^-0.5 (or qk_scale)                                        */
 } xattn_interlaced_config;
 
 typedef struct xattn_interlaced xattn_interlaced;
 
-/* Sets heads = 0, n_cls = -1, context_first = -1 (everything from the file or the default). */
-XATTN_API void xattn_interlaced_opts_init(xattn_interlaced_opts *o);
 /* Loads blocks.0 .. blocks.(depth-1) (names after `prefix`); opts may be NULL. */
 XATTN_API xattn_status xattn_interlaced_load(const xattn_safetensors *st, const char *prefix,
                                              const xattn_interlaced_opts *opts,
                                              xattn_interlaced **out);
 XATTN_API void xattn_interlaced_free(xattn_interlaced *m);
 XATTN_API void xattn_interlaced_get_config(const xattn_interlaced *m, xattn_interlaced_config *c);
+/* Defaults assumed for options the file cannot tell, one line each ("" if none). */
+XATTN_API const char *xattn_interlaced_warnings(const xattn_interlaced *m);
 
-/* x (B, I, dim) (the reference's voxel), context (B, J, dim) (view) -> out (B, I, dim),
- * context_out (B, J, dim). logits: NULL, or an array of depth pointers (each may be NULL);
- * logits[L] receives layer L's pre-softmax cross-attention logits (scale * q k^T over ALL keys,
- * class tokens included, as the reference's returned weights): (B, heads, I, J) in layers where
- * x queries, (B, heads, J, I) where context queries. */
-XATTN_API xattn_status xattn_interlaced_forward(const xattn_interlaced *m, int64_t B, int64_t I,
-                                                int64_t J, const float *x, const float *context,
-                                                float *out, float *context_out,
-                                                float *const *logits);
+typedef struct xattn_interlaced_inputs {
+    int64_t B, I, J;
+    const float *x;        /* (B, I, dim): the reference's voxel stream                       */
+    const float *context;  /* (B, J, dim): the reference's view stream                        */
+    uint64_t reserved_[4]; /* zero                                                            */
+} xattn_interlaced_inputs;
+
+typedef struct xattn_interlaced_outputs {
+    float *out;            /* (B, I, dim); may be x (in place)                                */
+    float *context_out;    /* (B, J, dim); may be context                                     */
+    /* NULL, or depth pointers (each may be NULL): attn_weights[L] receives layer L's
+     * pre-softmax cross-attention logits (scale * q k^T over ALL keys, class tokens included,
+     * as the reference's returned weights): (B, heads, I, J) in layers where x queries,
+     * (B, heads, J, I) where context queries. */
+    float *const *attn_weights;
+    uint64_t reserved_[4]; /* zero                                                            */
+} xattn_interlaced_outputs;
+
+/* ctx may be NULL (the default context). */
+XATTN_API xattn_status xattn_interlaced_forward(xattn_ctx *ctx, const xattn_interlaced *m,
+                                                const xattn_interlaced_inputs *in,
+                                                const xattn_interlaced_outputs *out);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Multiscale multiview cross-attention                                                         */
