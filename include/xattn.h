@@ -475,10 +475,10 @@ XATTN_API xattn_status xattn_bidir_forward(xattn_ctx *ctx, const xattn_bidir *m,
                                            const xattn_bidir_outputs *out);
 
 /* ------------------------------------------------------------------------------------------ */
-/* M3: mutual cross-attention (parameter-free); M9: cross-attention over 2-D feature maps       */
+/* Mutual cross-attention (parameter-free); cross-attention over 2-D feature maps              */
 /* ------------------------------------------------------------------------------------------ */
 /*
- * M3: mutual cross-attention (Zhao & Gu 2024, ztony0712/MCA; parameter-free, dropout = identity
+ * Mutual cross-attention (Zhao & Gu 2024, ztony0712/MCA; parameter-free, dropout = identity
  * at inference). For a (B, Na, D) and b (B, Nb, D):
  *   A  = softmax(a b^T / sqrt(D)) b      (B, Na, D)   a queries b
  *   Bm = softmax(b a^T / sqrt(D)) a      (B, Nb, D)   b queries a
@@ -501,7 +501,7 @@ XATTN_API xattn_status xattn_mutual_bands(const float *a, const float *b, int nd
                                           const int64_t *shape, int band_axis, float *out);
 
 /*
- * M9: cross-attention over 2-D feature maps (seed 004 CrossAttention), loaded from its
+ * Cross-attention over 2-D feature maps (a CrossAttention of 1x1 convolutions), loaded from its
  * state_dict names (optional prefix): conv_query.{weight,bias} (Ck, C1, 1, 1), (Ck);
  * conv_key.{weight,bias} (Ck, C2, 1, 1), (Ck); conv_value.{weight,bias} (Cv, C2, 1, 1), (Cv)
  * (1x1 nn.Conv2d; biases optional). For x1 (B, C1, H1, W1), x2 (B, C2, H2, W2), positions
