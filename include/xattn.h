@@ -971,6 +971,16 @@ XATTN_API xattn_status xattn_kind_arg(const char *kind, size_t j, xattn_arg_desc
 /* Input (output = 0) or output (output = 1) i of a kind, as xattn_module_input describes it;
  * XATTN_ERR_ARG past the last one. */
 XATTN_API xattn_status xattn_kind_io(const char *kind, int output, size_t i, xattn_io_desc *d);
+/* Other names a front end accepts (older flags, short names): alias i of a kind stands for its
+ * input, option or output `name`; for an optional output, asking for it by the alias writes it
+ * in place of the output `as` ("" when under its own name). XATTN_ERR_ARG past the last one. */
+typedef struct xattn_alias_desc {
+    const char *alias, *name, *as;
+} xattn_alias_desc;
+XATTN_API xattn_status xattn_kind_alias(const char *kind, size_t i, xattn_alias_desc *d);
+/* The options (names or aliases, comma-separated) of a kind's one-line description, as
+ * `xattn inspect` shows it ("embed_dim,heads,kdim,vdim,bias"); "": every option. */
+XATTN_API const char *xattn_kind_brief(const char *kind);
 
 #ifdef __cplusplus
 }
