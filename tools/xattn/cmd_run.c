@@ -469,9 +469,11 @@ const char *reg_foreign_module(const xattn_safetensors *st)
 
 int cmd_run(int argc, char **argv)
 {
-    if (reg_route(argc, argv, 0)) return reg_cmd_run(CMD, argc, argv);
+    /* modules with their own runner first: their blocks (an nn.MultiheadAttention inside a
+     * layer) are registry modules of their own */
     int ext_rc;
-    if (cli_ext_dispatch(argc, argv, &ext_rc)) return ext_rc; /* modules with their own runner */
+    if (cli_ext_dispatch(argc, argv, &ext_rc)) return ext_rc;
+    if (reg_route(argc, argv, 0)) return reg_cmd_run(CMD, argc, argv);
     run_args a;
     memset(&a, 0, sizeof a);
     const cli_option opts[] = {

@@ -311,10 +311,19 @@ int reg_open(const char *cmd, const reg_args *a, reg_state *s)
 void reg_warn(const char *cmd, const reg_args *a, const reg_state *s)
 {
     const char *w = s->m ? xattn_module_warnings(s->m) : "";
-    while (*w) { /* one line each */
-        size_t l = strcspn(w, "\n");
-        fprintf(stderr, "xattn %s: %s: warning: %.*s\n", cmd, a->model ? a->model : s->kind,
-                (int)l, w);
+    while (*w) { /* one line each, "option 'NAME'" as its flag */
+        const size_t l = strcspn(w, "\n");
+        char line[1024], flag[160];
+        snprintf(line, sizeof line, "%.*s", (int)l, w);
+        char *q = strstr(line, "option '");
+        if (q && strchr(q + 8, '\'')) {
+            char name[96], rest[512];
+            snprintf(name, sizeof name, "%.*s", (int)strcspn(q + 8, "'"), q + 8);
+            snprintf(rest, sizeof rest, "%s", strchr(q + 8, '\'') + 1);
+            reg_flag_of(s->kind, name, -1, flag, sizeof flag);
+            snprintf(q, sizeof line - (size_t)(q - line), "option %s%s", flag, rest);
+        }
+        fprintf(stderr, "xattn %s: %s: warning: %s\n", cmd, a->model ? a->model : s->kind, line);
         w += l + (w[l] == '\n');
     }
 }

@@ -203,12 +203,12 @@ static int check_shape(const char *cmd, const reg_args *a, reg_state *s, int i)
                          cli_shape_str(&s->arr[j], sh2, sizeof sh2), s->in_flag[i], s->in_flag[j]);
     }
     const char *dims = alternative(d->shape, x->ndim, alt, sizeof alt);
+    int lo0, hi0;
+    ranks_of(s->in_desc[0].shape, &lo0, &hi0);
     if (!dims) {
         int lo, hi;
         ranks_of(d->shape, &lo, &hi);
         const int drop = s->unbatched && d->shape[0] == 'B' ? 1 : 0;
-        int lo0, hi0;
-        ranks_of(s->in_desc[0].shape, &lo0, &hi0);
         if (i > 0 && s->in_file[0] && s->arr[0].ndim - drop != hi - drop && lo == hi &&
             s->in_desc[0].shape[0] == d->shape[0] && hi0 == hi)
             return cli_error(cmd, s->in_file[i], "has shape %s (rank %d) but %s has rank %d",
@@ -416,8 +416,14 @@ int reg_inputs(const char *cmd, const reg_args *a, reg_state *s, int gen)
     for (int i = 0; i < s->n_in; i++) {
         xattn_array *x = &s->arr[i];
         if (!s->in_flag[i] || !s->unbatched || s->in_desc[i].shape[0] != 'B' || !x->ndim) continue;
-        int lo, hi;
+        int lo, hi, lo0, hi0;
         ranks_of(s->in_desc[i].shape, &lo, &hi);
+        ranks_of(s->in_desc[0].shape, &lo0, &hi0);
+        if (i > 0 && lo == hi && hi == hi0 && x->ndim == hi) { /* batched beside one sequence */
+            char sh[160];
+            return cli_error(cmd, s->in_file[i], "has shape %s (rank %d) but %s has rank %d",
+                             cli_shape_str(x, sh, sizeof sh), x->ndim, s->in_file[0], hi0 - 1);
+        }
         if (x->ndim != hi - 1) continue; /* reported by the shape check */
         memmove(x->shape + 1, x->shape, sizeof(int64_t) * (size_t)x->ndim);
         x->shape[0] = 1;
