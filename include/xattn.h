@@ -920,9 +920,12 @@ XATTN_API size_t xattn_module_param_count(const xattn_module *m);
 XATTN_API xattn_status xattn_module_param(const xattn_module *m, size_t i, xattn_param_desc *p);
 
 /* Named inputs and outputs. shape is symbolic: comma-separated dims, each a size symbol
- * (capitalised: B, I, J ... bound by the inputs), a config name (dim, heads ...), a number, or
- * N*name; "B/1" means B or 1 (broadcast). Masks are BOOL or U8 (nonzero = true; doc gives the
- * polarity); additive masks may also be F32; every other input is F32. */
+ * (capitalised: B, I, J ... bound by the inputs), a config name (dim, heads ...), a number, or a
+ * sum of products of these ("2*dim", "B*num_heads", "J+add_bias_kv+add_zero_attn", a bool
+ * counting 0 or 1); "B/1" means B or 1 (broadcast); '|' separates alternatives by rank; "" is a
+ * 0-dim switch. Masks are BOOL or U8 (nonzero = true; doc gives the polarity); additive masks
+ * may also be F32; every other input is F32. Some optional inputs have a stand-in (torch's key:
+ * the query) used in their place when not given, as their doc says. */
 typedef struct xattn_io_desc {
     const char *name;
     const char *shape;

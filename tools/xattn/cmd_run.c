@@ -24,7 +24,7 @@ static void help(void)
     for (size_t i = 0; i < xattn_kind_count(); i++) {
         xattn_kind_desc k;
         if (!xattn_kind_info(i, &k) && reg_cli_handles(k.name))
-            printf("  %-18s %s: %s\n", k.name, k.reference, k.state_dict);
+            printf("  %-18s %s%s%s\n", k.name, k.reference, k.state_dict[0] ? ": " : "", k.state_dict);
     }
     printf(
         "  bidir              BidirectionalCrossAttention (PyPI bidirectional-cross-attention\n"

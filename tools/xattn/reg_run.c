@@ -107,7 +107,7 @@ void reg_help_kind(const char *kind)
         flag_of(a.name, flag, sizeof flag);
         also(kind, a.name, -1, al, sizeof al);
         printf("  %-22s %-6s [%s] %s%s%s%s%s\n", flag, a.type, a.from_shapes ? "-" : a.default_value,
-               a.doc, a.choices[0] ? ": " : "", a.choices, !strcmp(a.type, "bool") ?
+               a.doc, a.choices[0] ? ": " : "", a.choices, !strcmp(a.type, "bool") && !a.from_shapes ?
                " (the flag alone: True)" : "", al);
     }
     printf("%s outputs (DIR/NAME.npy):\n", kind);
