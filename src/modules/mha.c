@@ -145,9 +145,9 @@ static xattn_status torch_heads_known(const xattn_safetensors *st, const xa_kv *
     for (size_t k = 0; k < n_opts; k++)
         if (opts[k].key && !strcmp(opts[k].key, "num_heads")) return XATTN_OK;
     if (xattn_st_meta_get(st, "heads") || xattn_st_meta_get(st, "num_heads")) return XATTN_OK;
-    return xa_error(XATTN_ERR_ARG, "%s: the number of heads is not known: pass heads > 0 "
-                                   "(option 'num_heads') or store __metadata__ {\"heads\": \"N\"} "
-                                   "in the file", FN_LOAD);
+    return xa_error(XATTN_ERR_ARG, "%s: the number of heads is not known (torch's module has no "
+                                   "default): give the option 'num_heads' or store __metadata__ "
+                                   "{\"heads\": \"N\"} in the file", FN_LOAD);
 }
 
 static xattn_status torch_build(xa_mod *m, const xattn_safetensors *st, const char *prefix,

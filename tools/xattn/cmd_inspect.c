@@ -232,7 +232,9 @@ static void print_module(const xattn_safetensors *st)
         print_bidir(st, &bf, bf.n_found);
         return;
     }
-    if (bf.n_long > 0) {
+    cli_module mod;
+    cli_detect_module(st, &mod);
+    if (bf.n_long > 0 || mod.n_long > 0) {
         printf("module: unknown (attention tensor names with a prefix longer than %d bytes are "
                "not supported)\n",
                (int)sizeof bf.prefix - 1);

@@ -248,7 +248,8 @@ static void option_flag(const reg_state *s, const char *name, char *buf, size_t 
  * flag. 0 when the error names no option. */
 static int option_error(const char *cmd, const char *model, const reg_state *s)
 {
-    const char *e = xattn_last_error();
+    char e[1024]; /* a copy: the calls below clear the library's last error */
+    snprintf(e, sizeof e, "%s", xattn_last_error());
     const char *q = strstr(e, "option '");
     if (!q) return 0;
     char name[96], flag[160];
@@ -262,7 +263,7 @@ static int option_error(const char *cmd, const char *model, const reg_state *s)
         return cli_usage(cmd, "%s: '%.*s' is not %s", flag, (int)vl, val, exp ? exp + 6 : "valid");
     }
     char msg[1024];
-    snprintf(msg, sizeof msg, "%.*s%s%s", (int)(q - e), e, flag, val + 1);
+    snprintf(msg, sizeof msg, "%.*soption %s%s", (int)(q - e), e, flag, val + 1);
     if (!model) return cli_usage(cmd, "%s", msg);
     return cli_error(cmd, model, "%s", msg);
 }

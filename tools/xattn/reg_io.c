@@ -495,7 +495,7 @@ int reg_lib_error(const char *cmd, const reg_args *a, const reg_state *s)
             else if (is_opt && k < s->n_opts) snprintf(flag, sizeof flag, "%s", s->opt_names[k]);
             else reg_flag_of(s->kind, name, idx, flag, sizeof flag);
             if (q[l] == '\'' && (idx >= 0 || is_opt)) {
-                o += (size_t)snprintf(out + o, sizeof out - o, "%s", flag);
+                o += (size_t)snprintf(out + o, sizeof out - o, "%s%s", is_opt ? "option " : "", flag);
                 p = q + l + 1;
                 continue;
             }
