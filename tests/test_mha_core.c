@@ -625,6 +625,60 @@ static void named_self_attention(void)
     xattn_module_free(m);
 }
 
+/* torch's key and value default to the query and the key (stand-ins), is_causal is a 0-dim
+ * switch equal to the causal (I, J) attn_mask, a (B*heads, I, J) attn_mask is one mask per
+ * batch item and head; the kind's aliases and one-line description. */
+static void named_torch_inputs(void)
+{
+    const xattn_option o[] = {{"embed_dim", "8"}, {"num_heads", "2"}};
+    xattn_module *m = create("mha", o, 2, 4);
+    if (!m) return;
+    float x[NB * NI * 8], o1[NB * NI * 8], o2[NB * NI * 8];
+    uint8_t yes = 1, causal[NI * NI], causal3[NB * 2 * NI * NI];
+    uint64_t rng = 11;
+    tu_fill_uniform(x, NB * NI * 8, -1, 1, &rng);
+    for (int i = 0; i < NI; i++)
+        for (int j = 0; j < NI; j++) causal[i * NI + j] = j > i; /* True = masked out */
+    for (int bh = 0; bh < NB * 2; bh++) memcpy(causal3 + bh * NI * NI, causal, sizeof causal);
+    xattn_tensor full[4] = {{"query", XATTN_F32, 3, {NB, NI, 8}, x},
+                            {"key", XATTN_F32, 3, {NB, NI, 8}, x},
+                            {"value", XATTN_F32, 3, {NB, NI, 8}, x},
+                            {"attn_mask", XATTN_BOOL, 2, {NI, NI}, causal}};
+    xattn_tensor out = {"out", XATTN_F32, 3, {NB, NI, 8}, o1};
+    CHECK_OK(xattn_module_forward(NULL, m, full, 4, &out, 1));
+    xattn_tensor self[2] = {{"query", XATTN_F32, 3, {NB, NI, 8}, x},
+                            {"is_causal", XATTN_BOOL, 0, {0}, &yes}};
+    out.data = o2;
+    CHECK_OK(xattn_module_forward(NULL, m, self, 2, &out, 1));
+    CHECK(!memcmp(o1, o2, sizeof o1));
+    full[3] = (xattn_tensor){"attn_mask", XATTN_BOOL, 3, {NB * 2, NI, NI}, causal3};
+    CHECK_OK(xattn_module_forward(NULL, m, full, 4, &out, 1));
+    CHECK(!memcmp(o1, o2, sizeof o1));
+    full[3].shape[0] = NB * 2 + 1; /* not B*num_heads */
+    CHECK_FAIL(xattn_module_forward(NULL, m, full, 4, &out, 1), XATTN_ERR_SHAPE);
+    has("dim 0 must be B*num_heads = 4");
+    xattn_module_free(m);
+    /* kdim != embed_dim: the query cannot stand in for the keys */
+    const xattn_option ok[] = {{"embed_dim", "8"}, {"num_heads", "2"}, {"kdim", "3"}};
+    if (!(m = create("mha", ok, 3, 4))) return;
+    CHECK_FAIL(xattn_module_forward(NULL, m, self, 1, &out, 1), XATTN_ERR_SHAPE);
+    has("input 'key' is not given, and input 'query' in its place has shape (2, 5, 8): dim 2 "
+        "must be kdim = 3");
+    xattn_module_free(m);
+
+    xattn_alias_desc d;
+    int per_head = 0, heads = 0;
+    for (size_t i = 0; !xattn_kind_alias("mha", i, &d); i++) {
+        heads |= !strcmp(d.alias, "heads") && !strcmp(d.name, "num_heads") && !d.as[0];
+        per_head |= !strcmp(d.alias, "per_head_attn") && !strcmp(d.name, "attn_per_head") &&
+                    !strcmp(d.as, "attn");
+    }
+    CHECK(heads && per_head);
+    CHECK_FAIL(xattn_kind_alias("mha", 99, &d), XATTN_ERR_ARG);
+    CHECK(!strcmp(xattn_kind_brief("mha"), "embed_dim,heads,kdim,vdim,bias"));
+    CHECK(!strcmp(xattn_kind_brief("no-such-kind"), ""));
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* What the registry lists                                                                  */
 /* ---------------------------------------------------------------------------------------- */
@@ -690,6 +744,7 @@ int main(void)
     for (size_t i = 0; i < sizeof fixtures / sizeof fixtures[0]; i++) named_vs_typed(fixtures[i]);
     named_extra_keys();
     named_self_attention();
+    named_torch_inputs();
     scan_prefixes();
     return tu_finish("test_mha_core");
 }
