@@ -433,9 +433,10 @@ int reg_inputs(const char *cmd, const reg_args *a, reg_state *s, int gen)
         if (s->in_flag[i] && s->in_desc[i].shape[0] && (rc = check_shape(cmd, a, s, i))) return rc;
     for (int i = 0; i < s->n_in; i++) {
         const xattn_io_desc *d = &s->in_desc[i];
-        /* bench: an optional input of data (not a mask or switch) is made for --context-len */
+        /* bench: an optional input of data (not a mask or switch: the keys of a cross-attention)
+         * is made too, of --context-len */
         const int data = !d->mask && d->shape[0];
-        if (s->in_flag[i] || (d->optional && !(gen && a->context_len && data))) continue;
+        if (s->in_flag[i] || (d->optional && !(gen && data))) continue;
         if (!gen) {
             const char *doc = s->in_desc[i].doc;
             return cli_usage(cmd, "missing --%s FILE.npy%s%s%s", s->in_desc[i].name,
