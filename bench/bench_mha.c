@@ -39,7 +39,7 @@ int main(int argc, char **argv)
     xattn_safetensors *st = NULL;
     xattn_mha *m = NULL;
     if (xattn_st_save(path, e, 4, meta, 1) || xattn_st_open(path, &st) ||
-        xattn_mha_load(st, "", H, &m)) {
+        xattn_mha_load(st, "", &(xattn_mha_opts){.heads = H}, &m)) {
         fprintf(stderr, "bench_mha: %s\n", xattn_last_error());
         remove(path);
         return 1;
@@ -49,10 +49,11 @@ int main(int argc, char **argv)
     float *out = malloc(sizeof(float) * (size_t)(B * I * E));
     xattn_mha_inputs in = {.B = B, .I = I, .J = J, .query = x, .key = c, .value = c};
     double *ts = malloc(sizeof(double) * (size_t)reps);
-    xattn_mha_forward(m, &in, out, NULL, 0);
+    xattn_mha_outputs o = {.out = out};
+    xattn_mha_forward(NULL, m, &in, &o);
     for (int r = 0; r < reps; r++) {
         double t0 = now_seconds();
-        if (xattn_mha_forward(m, &in, out, NULL, 0)) {
+        if (xattn_mha_forward(NULL, m, &in, &o)) {
             fprintf(stderr, "bench_mha: %s\n", xattn_last_error());
             return 1;
         }

@@ -15,7 +15,8 @@ int main(int argc, char **argv)
     xattn_safetensors *st = NULL;
     xattn_mha *mha = NULL;
     if (xattn_st_open(argv[1], &st) != XATTN_OK ||
-        xattn_mha_load(st, "", argc > 2 ? atoi(argv[2]) : 0, &mha) != XATTN_OK) {
+        xattn_mha_load(st, "", &(xattn_mha_opts){.heads = argc > 2 ? atoi(argv[2]) : 0}, &mha) !=
+            XATTN_OK) {
         fprintf(stderr, "%s\n", xattn_last_error());
         xattn_st_close(st);
         return 1;
@@ -38,7 +39,8 @@ int main(int argc, char **argv)
     xattn_mha_inputs in = {.B = B, .I = I, .J = J, .query = x, .key = ctx, .value = val,
                            .key_padding_mask = pad};
     int rc = 0;
-    if (xattn_mha_forward(mha, &in, out, attn, /*average_weights=*/1) != XATTN_OK) {
+    xattn_mha_outputs o = {.out = out, .attn = attn}; /* weights averaged over heads */
+    if (xattn_mha_forward(NULL, mha, &in, &o) != XATTN_OK) {
         fprintf(stderr, "%s\n", xattn_last_error());
         rc = 1;
     } else {

@@ -1,6 +1,6 @@
 /* libFuzzer harness: xattn_st_parse on arbitrary bytes; on success every tensor and metadata
  * entry is read back and checked against what the header promised, and the file is loaded as
- * an M1 attention module (xattn_mha_load, which checks names and shapes) and, when that
+ * a multi-head attention module (xattn_mha_load, which checks names and shapes) and, when that
  * succeeds with small sizes, run once (xattn_mha_forward). */
 #include "xattn.h"
 
@@ -20,7 +20,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 static void try_module(const xattn_safetensors *st, int64_t heads)
 {
     xattn_mha *m = (xattn_mha *)1;
-    xattn_status s = xattn_mha_load(st, "", heads, &m);
+    const xattn_mha_opts o = {.heads = heads};
+    xattn_status s = xattn_mha_load(st, "", &o, &m);
     if (s != XATTN_OK) {
         FUZZ_ASSERT(m == NULL);
         FUZZ_ASSERT(xattn_last_error()[0] != '\0');
@@ -33,19 +34,20 @@ static void try_module(const xattn_safetensors *st, int64_t heads)
     FUZZ_ASSERT(c.embed_dim > 0 && c.kdim > 0 && c.vdim > 0 && c.out_dim > 0);
     if (c.embed_dim <= 4096 && c.kdim <= 4096 && c.vdim <= 4096 && c.out_dim <= 4096 &&
         c.heads <= 64) {
-        const int64_t I = 2, J = 3;
+        const int64_t I = 2, J = 3, Jw = J + c.add_bias_kv + c.add_zero_attn;
         float *q = calloc((size_t)(I * c.embed_dim), sizeof(float));
         float *k = calloc((size_t)(J * c.kdim), sizeof(float));
         float *v = calloc((size_t)(J * c.vdim), sizeof(float));
         float *o = calloc((size_t)(I * c.out_dim), sizeof(float));
-        float *w = calloc((size_t)(c.heads * I * J), sizeof(float));
+        float *w = calloc((size_t)(c.heads * I * Jw), sizeof(float));
         uint8_t kpm[3] = {0, 1, 0};
         if (q && k && v && o && w) {
             xattn_mha_inputs in;
             memset(&in, 0, sizeof in);
             in.B = 1, in.I = I, in.J = J, in.query = q, in.key = k, in.value = v;
             in.key_padding_mask = kpm;
-            FUZZ_ASSERT(xattn_mha_forward(m, &in, o, w, 0) == XATTN_OK);
+            const xattn_mha_outputs out = {.out = o, .attn_per_head = w};
+            FUZZ_ASSERT(xattn_mha_forward(NULL, m, &in, &out) == XATTN_OK);
         }
         free(q);
         free(k);

@@ -63,6 +63,14 @@ XATTN_API const char *xattn_version(void);
 /* Threads and CPU dispatch                                                                     */
 /* ------------------------------------------------------------------------------------------ */
 
+/* A yes/no option whose zero value means "the reference's default": options structs are valid
+ * when zero-initialised, so their booleans need a third value. */
+typedef enum xattn_choice {
+    XATTN_DEFAULT = 0, /* the reference's default (or the file's metadata) */
+    XATTN_NO = 1,
+    XATTN_YES = 2
+} xattn_choice;
+
 /* Most threads a context may use. */
 #define XATTN_MAX_THREADS 1024
 
@@ -281,9 +289,27 @@ XATTN_API xattn_status xattn_layernorm(const float *x, int64_t rows, int64_t n, 
 XATTN_API xattn_status xattn_gelu(float *x, int64_t n, int tanh_form);
 
 /* ------------------------------------------------------------------------------------------ */
-/* M1: multi-head cross-attention modules                                                       */
+/* Multi-head cross-attention modules                                                           */
 /* ------------------------------------------------------------------------------------------ */
 
+/*
+ * Two references, told apart by their state_dict names (registry kinds "mha" and "attention"):
+ *   torch.nn.MultiheadAttention(embed_dim, num_heads, bias=True, add_bias_kv=False,
+ *       add_zero_attn=False, kdim=None, vdim=None, batch_first=True):
+ *       in_proj_weight (3*embed_dim, embed_dim) when kdim = vdim = embed_dim, else
+ *       q_proj_weight (embed_dim, embed_dim), k_proj_weight (embed_dim, kdim), v_proj_weight
+ *       (embed_dim, vdim); [in_proj_bias (3*embed_dim)], out_proj.weight (embed_dim, embed_dim),
+ *       [out_proj.bias (embed_dim)], [bias_k, bias_v (1, 1, embed_dim)];
+ *   diffusers Attention(query_dim, cross_attention_dim=None, heads=8, dim_head=64, bias=False,
+ *       out_bias=True, out_dim=None, scale_qk=True, residual_connection=False,
+ *       rescale_output_factor=1.0): to_q.weight (inner, query_dim), to_k.weight and to_v.weight
+ *       (inner, cross_attention_dim), [to_q/to_k/to_v.bias (inner)], to_out.0.weight (out_dim,
+ *       inner), [to_out.0.bias (out_dim)], where inner = heads * dim_head (out_dim when given).
+ * Sizes come from the shapes; what the shapes cannot tell (the number of heads, add_zero_attn,
+ * scale_qk, residual_connection, rescale_output_factor) comes from the options, else the file's
+ * __metadata__ ("heads", "add_zero_attn", ...), else the reference's default (nn.MultiheadAttention
+ * has none for num_heads: it must be given).
+ */
 typedef enum xattn_mha_layout {
     XATTN_LAYOUT_TORCH_MHA = 0, /* torch.nn.MultiheadAttention (batch_first=True)            */
     XATTN_LAYOUT_DIFFUSERS = 1  /* diffusers Attention: to_q, to_k, to_v, to_out.0           */
@@ -294,15 +320,13 @@ typedef struct xattn_mha_config {
     int64_t embed_dim;   /* query input width (query_dim for diffusers)                  */
     int64_t kdim, vdim;  /* key / value input widths (cross_attention_dim for diffusers)   */
     int64_t heads;
-    int64_t head_dim;    /* q/k per-head width (embed_dim / heads, or dim_head)          */
+    int64_t head_dim;    /* q/k per-head width (embed_dim / heads, or inner / heads)      */
     int64_t inner_dim;   /* heads * head_dim                                             */
     int64_t out_dim;     /* output width                                                 */
     int has_in_bias;     /* in_proj_bias / to_q.bias present                             */
     int has_out_bias;
     int add_bias_kv;     /* bias_k, bias_v present: one learned key/value appended          */
-    int add_zero_attn;   /* a zero key/value appended (__metadata__ "add_zero_attn", or set) */
-    /* diffusers Attention constructor options, from __metadata__ ("scale_qk",
-     * "residual_connection", "rescale_output_factor"); torch MHA: head_dim^-0.5, 0, 1 */
+    int add_zero_attn;   /* a zero key/value appended                                      */
     float scale;         /* logits scale: head_dim^-0.5, or 1 if scale_qk is False          */
     int residual_connection;     /* out += query                                            */
     float rescale_output_factor; /* out /= rescale_output_factor (after the residual)       */
@@ -310,19 +334,28 @@ typedef struct xattn_mha_config {
 
 typedef struct xattn_mha xattn_mha;
 
+/* Options of xattn_mha_load; all zero = the file's __metadata__, else the reference's
+ * defaults. An option of the other reference is an error. */
+typedef struct xattn_mha_opts {
+    int64_t heads;       /* num_heads / heads (wins over __metadata__ "heads"); 0: the file's
+                            metadata, else 8 for diffusers (nn.MultiheadAttention has no default) */
+    int add_zero_attn;   /* xattn_choice (nn.MultiheadAttention): leaves no trace in the
+                            state_dict; XATTN_DEFAULT: __metadata__ "add_zero_attn", else False */
+    int scale_qk;        /* xattn_choice (diffusers): XATTN_DEFAULT: metadata, else True      */
+    int residual_connection; /* xattn_choice (diffusers): XATTN_DEFAULT: metadata, else False */
+    double rescale_output_factor; /* diffusers; 0: metadata, else 1.0                        */
+    uint64_t reserved_[4];
+} xattn_mha_opts;
+
 /* Loads a module from state_dict tensors named with an optional `prefix` ("" or e.g.
- * "attn."). The layout is detected from the names; heads <= 0 takes the `heads` entry of
- * the file's __metadata__, else the reference default (diffusers: 8; torch MHA: required). */
+ * "attn."); the reference is detected from the names. opts may be NULL (defaults). */
 XATTN_API xattn_status xattn_mha_load(const xattn_safetensors *st, const char *prefix,
-                                      int64_t heads, xattn_mha **out);
+                                      const xattn_mha_opts *opts, xattn_mha **out);
 XATTN_API void xattn_mha_free(xattn_mha *m);
 XATTN_API void xattn_mha_get_config(const xattn_mha *m, xattn_mha_config *cfg);
-/* nn.MultiheadAttention(add_zero_attn=True) leaves no trace in the state_dict: say so here
- * (or with __metadata__ {"add_zero_attn": "True"}). */
-XATTN_API xattn_status xattn_mha_set_add_zero_attn(xattn_mha *m, int on);
 
 /*
- * Masks follow the reference module of the layout:
+ * Masks follow the reference module:
  *   torch MHA:  key_padding_mask (B, J): bool True = ignore, or float added;
  *               attn_mask (I, J) or (B*heads, I, J): bool True = not allowed, or float added.
  *   diffusers:  the same arrays with SDPA polarity: bool True = keep, float added.
@@ -339,13 +372,22 @@ typedef struct xattn_mha_inputs {
     const float *attn_mask_float;         /* additive, or NULL                     */
     int attn_mask_per_head;   /* 0: attn_mask is (I, J); 1: (B*heads, I, J)        */
     int is_causal;            /* adds a causal mask (upper-left aligned)           */
+    uint64_t reserved_[4];
 } xattn_mha_inputs;
 
-/* out (B, I, out_dim). attn_weights optional: (B, I, J') if average_weights, else
- * (B, heads, I, J') (as need_weights=True, average_attn_weights=... in torch), where
- * J' = J + add_bias_kv + add_zero_attn: the appended keys come last and are never masked. */
-XATTN_API xattn_status xattn_mha_forward(const xattn_mha *m, const xattn_mha_inputs *in,
-                                         float *out, float *attn_weights, int average_weights);
+/* Where J' = J + add_bias_kv + add_zero_attn (the appended keys come last and are never
+ * masked), as torch returns the weights (need_weights=True). */
+typedef struct xattn_mha_outputs {
+    float *out;           /* (B, I, out_dim), required                                     */
+    float *attn;          /* (B, I, J') weights averaged over heads, or NULL                */
+    float *attn_per_head; /* (B, heads, I, J') weights per head, or NULL                    */
+    uint64_t reserved_[4];
+} xattn_mha_outputs;
+
+/* ctx may be NULL (the default context). */
+XATTN_API xattn_status xattn_mha_forward(xattn_ctx *ctx, const xattn_mha *m,
+                                         const xattn_mha_inputs *in,
+                                         const xattn_mha_outputs *out);
 
 /* ------------------------------------------------------------------------------------------ */
 /* M2: bidirectional cross-attention (PyPI bidirectional-cross-attention 0.1.0 and 0.0.x)       */
@@ -811,11 +853,6 @@ XATTN_API xattn_status xattn_decoder_step(xattn_decoder_state *s, int64_t n, con
  * options or metadata that contradict the shapes are errors. A default assumed for an option
  * that leaves no trace in the state dict is reported by xattn_module_warnings().
  */
-typedef enum xattn_choice {
-    XATTN_DEFAULT = 0, /* the reference's default (or the file's metadata) */
-    XATTN_NO = 1,
-    XATTN_YES = 2
-} xattn_choice;
 
 typedef struct xattn_module xattn_module;
 

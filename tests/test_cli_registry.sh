@@ -66,8 +66,13 @@ ok "bench generated" "$X" bench "$TMP/a.safetensors" --len 4 --context-len 3 --r
 ok "bench with x's batch" "$X" bench "$TMP/a.safetensors" --x "$X1" --context-len 3 --reps 1 --out-dir res &&
     has "bench batch" "$D.out" "B=2" && has "bench out-dir" <(ls "$D/res") out.npy
 ok "bench prefix" "$X" bench "$TMP/two.safetensors" --prefix a. --len 3 --reps 1
-ok "bench weightless kind" "$X" bench --module mutual --len 8 --reps 1 && has "bench mutual" "$D.out" "N=8"
+ok "bench weightless kind" "$X" bench --module mutual --len 8 --reps 1 && has "bench mutual" "$D.out" "L=8"
 bad "bench bad input" 1 "conv2d_cli_x2.npy: has shape (2, 4, 3, 4); --x needs" "$X" bench "$TMP/a.safetensors" --x "$X2"
+
+# OMP_NUM_THREADS is validated like --threads (a huge value crashed inside the OpenMP runtime)
+bad "OMP_NUM_THREADS huge" 2 "OMP_NUM_THREADS: '100000000' is not a thread count" env OMP_NUM_THREADS=100000000 "$X" run "$TMP/a.safetensors" --x "$X1" --x2 "$X2"
+bad "OMP_NUM_THREADS above the cap" 2 "OMP_NUM_THREADS: '5000'" env OMP_NUM_THREADS=5000 "$X" bench --module mutual --len 4 --reps 1
+ok "OMP_NUM_THREADS nested list" env OMP_NUM_THREADS=2,1 "$X" bench --module mutual --len 4 --reps 1
 
 echo "test_cli_registry: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -27,6 +27,25 @@ static const char *const FIXTURES[] = {
 
 static double g_worst_out, g_worst_w;
 
+/* xattn_mha_load with the number of heads as the only option (0: the file's metadata). */
+static xattn_status load_heads(const xattn_safetensors *st, const char *prefix, int64_t heads,
+                               xattn_mha **out)
+{
+    const xattn_mha_opts o = {.heads = heads};
+    return xattn_mha_load(st, prefix, &o, out);
+}
+
+/* xattn_mha_forward on the default context with out and optional weights: averaged when
+ * average_weights, else per head. */
+static xattn_status fwd(const xattn_mha *m, const xattn_mha_inputs *in, float *out,
+                        float *weights, int average_weights)
+{
+    xattn_mha_outputs o = {.out = out};
+    if (average_weights) o.attn = weights;
+    else o.attn_per_head = weights;
+    return xattn_mha_forward(NULL, m, in, &o);
+}
+
 static int meta_is_true(const xattn_safetensors *st, const char *key)
 {
     const char *v = xattn_st_meta_get(st, key);
@@ -69,7 +88,7 @@ static void run_fixture(const char *name)
 
     xattn_mha *m = NULL;
     int64_t heads_arg = meta_int(st, "heads_arg");
-    CHECK_OK(xattn_mha_load(st, "", heads_arg, &m));
+    CHECK_OK(load_heads(st, "", heads_arg, &m));
     if (!m) {
         xattn_st_close(st);
         return;
@@ -125,16 +144,16 @@ static void run_fixture(const char *name)
             char what[320];
             snprintf(what, sizeof what, "%s out (isa %s, threads %d)", name, isas[ii], threads);
             for (int64_t t = 0; t < n_out; t++) out[t] = NAN;
-            CHECK_OK(xattn_mha_forward(m, &in, out, NULL, 0));
+            CHECK_OK(fwd(m, &in, out, NULL, 0));
             worst_out = fmax(worst_out, tu_check_close(what, out, ref_out, n_out, TU_TOL));
             if (!ref_wa) continue;
             for (int64_t t = 0; t < n_out; t++) out[t] = NAN;
-            CHECK_OK(xattn_mha_forward(m, &in, out, wa, 1));
+            CHECK_OK(fwd(m, &in, out, wa, 1));
             worst_out = fmax(worst_out, tu_check_close(what, out, ref_out, n_out, TU_TOL));
             snprintf(what, sizeof what, "%s averaged weights (isa %s, threads %d)", name, isas[ii],
                      threads);
             worst_w = fmax(worst_w, tu_check_close(what, wa, ref_wa, n_wa, TU_TOL));
-            CHECK_OK(xattn_mha_forward(m, &in, out, wp, 0));
+            CHECK_OK(fwd(m, &in, out, wp, 0));
             snprintf(what, sizeof what, "%s per-head weights (isa %s, threads %d)", name, isas[ii],
                      threads);
             worst_w = fmax(worst_w, tu_check_close(what, wp, ref_wp, n_wp, TU_TOL));
@@ -208,7 +227,7 @@ static void expect_load_fail(const spec *s, const char *prefix, int64_t heads, x
     xattn_safetensors *st = open_spec(s);
     if (!st) return;
     xattn_mha *m = (xattn_mha *)&g_buf; /* must be reset to NULL */
-    CHECK_FAIL(xattn_mha_load(st, prefix, heads, &m), want);
+    CHECK_FAIL(load_heads(st, prefix, heads, &m), want);
     CHECK(m == NULL);
     if (needle && !strstr(xattn_last_error(), needle)) {
         tu_failures++;
@@ -271,7 +290,7 @@ static void test_load_errors(void)
     {
         xattn_safetensors *st = open_spec(&s);
         xattn_mha *m = NULL;
-        CHECK_OK(xattn_mha_load(st, "", 2, &m));
+        CHECK_OK(load_heads(st, "", 2, &m));
         xattn_mha_config c;
         xattn_mha_get_config(m, &c);
         CHECK(c.layout == XATTN_LAYOUT_TORCH_MHA && c.embed_dim == 8 && c.kdim == 5 &&
@@ -285,50 +304,51 @@ static void test_load_errors(void)
         xattn_mha_inputs in;
         memset(&in, 0, sizeof in);
         in.B = 2, in.I = 3, in.J = 4, in.query = q, in.key = k, in.value = v;
-        CHECK_OK(xattn_mha_forward(m, &in, out, NULL, 0));
-        CHECK_FAIL(xattn_mha_forward(NULL, &in, out, NULL, 0), XATTN_ERR_ARG);
-        CHECK_FAIL(xattn_mha_forward(m, NULL, out, NULL, 0), XATTN_ERR_ARG);
-        CHECK_FAIL(xattn_mha_forward(m, &in, NULL, NULL, 0), XATTN_ERR_ARG);
+        CHECK_OK(fwd(m, &in, out, NULL, 0));
+        CHECK_FAIL(fwd(NULL, &in, out, NULL, 0), XATTN_ERR_ARG);
+        CHECK_FAIL(fwd(m, NULL, out, NULL, 0), XATTN_ERR_ARG);
+        CHECK_FAIL(fwd(m, &in, NULL, NULL, 0), XATTN_ERR_ARG);
+        CHECK_FAIL(xattn_mha_forward(NULL, m, &in, NULL), XATTN_ERR_ARG);
         xattn_mha_inputs bad = in;
         bad.query = NULL;
-        CHECK_FAIL(xattn_mha_forward(m, &bad, out, NULL, 0), XATTN_ERR_ARG);
+        CHECK_FAIL(fwd(m, &bad, out, NULL, 0), XATTN_ERR_ARG);
         bad = in;
         bad.key = NULL;
-        CHECK_FAIL(xattn_mha_forward(m, &bad, out, NULL, 0), XATTN_ERR_ARG);
+        CHECK_FAIL(fwd(m, &bad, out, NULL, 0), XATTN_ERR_ARG);
         bad = in;
         bad.value = NULL; /* value = key needs kdim == vdim */
-        CHECK_FAIL(xattn_mha_forward(m, &bad, out, NULL, 0), XATTN_ERR_SHAPE);
+        CHECK_FAIL(fwd(m, &bad, out, NULL, 0), XATTN_ERR_SHAPE);
         bad = in;
         bad.J = 0;
-        CHECK_FAIL(xattn_mha_forward(m, &bad, out, NULL, 0), XATTN_ERR_ARG);
+        CHECK_FAIL(fwd(m, &bad, out, NULL, 0), XATTN_ERR_ARG);
         bad = in;
         bad.B = -1;
-        CHECK_FAIL(xattn_mha_forward(m, &bad, out, NULL, 0), XATTN_ERR_ARG);
+        CHECK_FAIL(fwd(m, &bad, out, NULL, 0), XATTN_ERR_ARG);
         bad = in;
         bad.I = INT64_MAX / 2;
-        CHECK(xattn_mha_forward(m, &bad, out, NULL, 0) != XATTN_OK);
+        CHECK(fwd(m, &bad, out, NULL, 0) != XATTN_OK);
         /* mask arguments that cannot be right */
         uint8_t kpm[8] = {0};
         float kpmf[8] = {0};
         bad = in;
         bad.key_padding_mask = kpm;
         bad.key_padding_mask_float = kpmf;
-        CHECK_FAIL(xattn_mha_forward(m, &bad, out, NULL, 0), XATTN_ERR_ARG);
+        CHECK_FAIL(fwd(m, &bad, out, NULL, 0), XATTN_ERR_ARG);
         bad = in;
         bad.attn_mask_per_head = 1; /* per-head flag without a mask */
-        CHECK_FAIL(xattn_mha_forward(m, &bad, out, NULL, 0), XATTN_ERR_ARG);
+        CHECK_FAIL(fwd(m, &bad, out, NULL, 0), XATTN_ERR_ARG);
         bad = in;
         bad.attn_mask = kpm;
         bad.attn_mask_per_head = 2;
-        CHECK_FAIL(xattn_mha_forward(m, &bad, out, NULL, 0), XATTN_ERR_ARG);
+        CHECK_FAIL(fwd(m, &bad, out, NULL, 0), XATTN_ERR_ARG);
         bad = in;
         bad.attn_mask = kpm;
         bad.attn_mask_float = kpmf;
-        CHECK_FAIL(xattn_mha_forward(m, &bad, out, NULL, 0), XATTN_ERR_ARG);
+        CHECK_FAIL(fwd(m, &bad, out, NULL, 0), XATTN_ERR_ARG);
 
         /* non-finite inputs pass through: a NaN in query row (b=1, i=2) poisons that row only */
         q[(1 * 3 + 2) * 8 + 5] = NAN;
-        CHECK_OK(xattn_mha_forward(m, &in, out, NULL, 0));
+        CHECK_OK(fwd(m, &in, out, NULL, 0));
         int nan_ok = 1;
         for (int64_t r = 0; r < 6; r++)
             for (int64_t c2 = 0; c2 < 8; c2++)
@@ -341,7 +361,7 @@ static void test_load_errors(void)
         memset(all, 1, sizeof all);
         in.key_padding_mask = all;
         float w[2 * 3 * 4];
-        CHECK_OK(xattn_mha_forward(m, &in, out, w, 1));
+        CHECK_OK(fwd(m, &in, out, w, 1));
         const float *bo = g_buf; /* every synthetic tensor holds g_buf's leading values */
         int zero_ok = 1;
         for (int t = 0; t < 24; t++)
@@ -371,14 +391,21 @@ static void test_load_errors(void)
         xattn_safetensors *st = open_spec(&s);
         xattn_mha *m = NULL;
         xattn_mha_config c;
-        CHECK_OK(xattn_mha_load(st, "", 2, &m));
+        CHECK_OK(load_heads(st, "", 2, &m));
         xattn_mha_get_config(m, &c);
         CHECK(c.add_zero_attn == 1 && c.add_bias_kv == 0);
-        CHECK_OK(xattn_mha_set_add_zero_attn(m, 0));
+        xattn_mha_free(m);
+        /* the option wins over the metadata */
+        xattn_mha_opts o = {.heads = 2, .add_zero_attn = XATTN_NO};
+        CHECK_OK(xattn_mha_load(st, "", &o, &m));
         xattn_mha_get_config(m, &c);
         CHECK(c.add_zero_attn == 0);
-        CHECK_FAIL(xattn_mha_set_add_zero_attn(NULL, 1), XATTN_ERR_ARG);
         xattn_mha_free(m);
+        o.add_zero_attn = 3; /* not an xattn_choice */
+        CHECK_FAIL(xattn_mha_load(st, "", &o, &m), XATTN_ERR_ARG);
+        o.add_zero_attn = XATTN_DEFAULT;
+        o.reserved_[2] = 1;
+        CHECK_FAIL(xattn_mha_load(st, "", &o, &m), XATTN_ERR_ARG);
         xattn_st_close(st);
     }
 
@@ -425,7 +452,7 @@ static void test_load_errors(void)
     {
         xattn_safetensors *st = open_spec(&s);
         xattn_mha *m = NULL;
-        CHECK_OK(xattn_mha_load(st, "", 4, &m));
+        CHECK_OK(load_heads(st, "", 4, &m));
         xattn_mha_config c;
         xattn_mha_get_config(m, &c);
         CHECK(c.embed_dim == 8 && c.kdim == 8 && c.vdim == 8 && c.head_dim == 2 &&
@@ -448,11 +475,11 @@ static void test_load_errors(void)
     {
         xattn_safetensors *st = open_spec(&s);
         xattn_mha *m = NULL;
-        CHECK_OK(xattn_mha_load(st, "blk.attn.", 2, &m));
+        CHECK_OK(load_heads(st, "blk.attn.", 2, &m));
         CHECK(m != NULL);
         xattn_mha_free(m);
-        CHECK_FAIL(xattn_mha_load(NULL, "", 2, &m), XATTN_ERR_ARG);
-        CHECK_FAIL(xattn_mha_load(st, "", 2, NULL), XATTN_ERR_ARG);
+        CHECK_FAIL(load_heads(NULL, "", 2, &m), XATTN_ERR_ARG);
+        CHECK_FAIL(load_heads(st, "", 2, NULL), XATTN_ERR_ARG);
         xattn_st_close(st);
     }
 
@@ -461,7 +488,7 @@ static void test_load_errors(void)
     {
         xattn_safetensors *st = open_spec(&s);
         xattn_mha *m = NULL;
-        CHECK_OK(xattn_mha_load(st, "", 0, &m)); /* default heads 8 */
+        CHECK_OK(load_heads(st, "", 0, &m)); /* default heads 8 */
         xattn_mha_config c;
         xattn_mha_get_config(m, &c);
         CHECK(c.layout == XATTN_LAYOUT_DIFFUSERS && c.heads == 8 && c.head_dim == 4 &&

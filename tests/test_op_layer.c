@@ -163,10 +163,38 @@ static void shards(void)
     free(o1), free(o2), free(l1), free(l2);
 }
 
+/* The same bits for every thread count, including the key splits of short query blocks. */
+static void thread_independence(void)
+{
+    uint64_t st = 5;
+    const int64_t cases[][4] = {{1, 1, 1, 3000}, {1, 2, 3, 2000}, {2, 3, 70, 513}, {1, 1, 300, 40}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const int64_t B = cases[c][0], H = cases[c][1], I = cases[c][2], J = cases[c][3], d = 32;
+        float *q = rnd(B * I * H * d, &st), *k = rnd(B * J * H * d, &st), *v = rnd(B * J * H * d, &st);
+        float *o[4], *l[4];
+        for (int t = 0; t < 4; t++) {
+            o[t] = malloc(B * I * H * d * 4);
+            l[t] = malloc(B * H * I * 4);
+            xattn_set_threads(t + 1);
+            xa_attn p;
+            set_attn(&p, B, H, I, J, d, q, k, v, o[t], l[t]);
+            CHECK_OK(xa_op_attention(&p));
+        }
+        for (int t = 1; t < 4; t++) {
+            CHECK(!memcmp(o[0], o[t], (size_t)(B * I * H * d) * 4));
+            CHECK(!memcmp(l[0], l[t], (size_t)(B * H * I) * 4));
+        }
+        for (int t = 0; t < 4; t++) free(o[t]), free(l[t]);
+        free(q), free(k), free(v);
+    }
+    xattn_set_threads(0);
+}
+
 int main(void)
 {
     printf("test_op_layer:\n");
     elementwise();
     shards();
+    thread_independence();
     return tu_finish("test_op_layer");
 }

@@ -12,8 +12,10 @@
 
 extern const xa_kind xa_kind_conv2d_cross;
 extern const xa_kind xa_kind_mutual;
+extern const xa_kind xa_kind_mha, xa_kind_attention;
 
-const xa_kind *const xa_kinds[] = {&xa_kind_conv2d_cross, &xa_kind_mutual, NULL};
+const xa_kind *const xa_kinds[] = {&xa_kind_conv2d_cross, &xa_kind_mutual, &xa_kind_mha,
+                                    &xa_kind_attention, NULL};
 
 const xa_kind *xa_kind_find(const char *name)
 {
@@ -217,31 +219,68 @@ static xattn_status find_kind(const char *name, const xa_kind **k)
                     xa_io_printable(name ? name : "", shown, sizeof shown), list);
 }
 
-/* Every (kind, prefix) of the file: a tensor PREFIX + anchor marks one. */
-size_t xattn_module_scan(const xattn_safetensors *st, xattn_found *found, size_t cap)
+/* Whether the module of kind k at `prefix` (its parameter table built from the file's shapes,
+ * nothing loaded) reads the tensor `full`. */
+static int owns(const xa_kind *k, const xattn_safetensors *st, const char *prefix,
+                const char *full)
+{
+    xa_mod *m = mod_alloc(k, prefix);
+    if (!m) return 0;
+    int yes = 0;
+    if (k->build(m, st, prefix, NULL, 0) == XATTN_OK) {
+        const size_t pl = strlen(prefix);
+        for (int i = 0; i < m->params.n && !yes; i++)
+            yes = !strncmp(full, prefix, pl) && !strcmp(full + pl, m->params.p[i].name);
+    }
+    xa_mod_free(m);
+    return yes;
+}
+
+/* Candidates: a tensor PREFIX + anchor marks one. */
+static size_t candidates(const xattn_safetensors *st, xattn_found *c, size_t cap)
 {
     size_t n = 0;
     for (size_t t = 0; st && t < xattn_st_count(st); t++) {
         const char *name = xattn_st_name(st, t);
-        for (int i = 0; name && xa_kinds[i]; i++) {
+        for (int i = 0; name && xa_kinds[i] && n < cap; i++) {
             const xa_kind *k = xa_kinds[i];
             if (!k->anchor) continue;
             size_t nl = strlen(name), al = strlen(k->anchor);
             if (nl < al || strcmp(name + nl - al, k->anchor)) continue;
             size_t pl = nl - al;
-            if (pl && name[pl - 1] != '.') continue;
-            if (pl >= sizeof found[0].prefix) continue;
-            char prefix[sizeof found[0].prefix];
-            memcpy(prefix, name, pl);
-            prefix[pl] = '\0';
-            if (k->claims && !k->claims(st, prefix)) continue;
-            if (n < cap) {
-                found[n].kind = k->name;
-                memcpy(found[n].prefix, prefix, pl + 1);
-            }
-            n++;
+            if ((pl && name[pl - 1] != '.') || pl >= sizeof c[0].prefix) continue;
+            memcpy(c[n].prefix, name, pl);
+            c[n].prefix[pl] = '\0';
+            if (k->claims && !k->claims(st, c[n].prefix)) continue;
+            c[n++].kind = k->name;
         }
     }
+    return n;
+}
+
+/* Every module of the file: the candidates, less those that are part of another candidate
+ * (a layer of a stack, the attention inside a block: its anchor is one of the other's tensors). */
+size_t xattn_module_scan(const xattn_safetensors *st, xattn_found *found, size_t cap)
+{
+    enum { MAXC = 256 };
+    xattn_found *c = calloc(MAXC, sizeof *c);
+    if (!c) return 0;
+    size_t nc = candidates(st, c, MAXC), n = 0;
+    char full[600];
+    for (size_t d = 0; d < nc; d++) {
+        const xa_kind *kd = xa_kind_find(c[d].kind);
+        snprintf(full, sizeof full, "%s%s", c[d].prefix, kd->anchor);
+        int inner = 0;
+        for (size_t o = 0; o < nc && !inner; o++) {
+            if (o == d || strncmp(c[d].prefix, c[o].prefix, strlen(c[o].prefix))) continue;
+            if (!strcmp(c[o].prefix, c[d].prefix) && o > d) continue; /* same prefix: keep one */
+            inner = owns(xa_kind_find(c[o].kind), st, c[o].prefix, full);
+        }
+        if (inner) continue;
+        if (n < cap) found[n] = c[d];
+        n++;
+    }
+    free(c);
     xa_clear_error();
     return n;
 }

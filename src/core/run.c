@@ -71,20 +71,54 @@ static const char *shape_text(int nd, const int64_t *s, char *buf, size_t cap)
     return buf;
 }
 
+/* The alternative of a '|'-separated shape with `rank` dims, into buf (NULL if none). */
+static const char *pick_alternative(const char *shape, int rank, char *buf, size_t cap)
+{
+    for (const char *p = shape;;) {
+        size_t l = strcspn(p, "|");
+        if (l < cap) {
+            memcpy(buf, p, l);
+            buf[l] = '\0';
+            if (count_dims(buf) == rank) return buf;
+        }
+        if (!p[l]) return NULL;
+        p += l + 1;
+    }
+}
+
+static int io_index(const xa_io *ios, int n, const char *name);
+
+/* "=name": the shape of input `name`. */
+static xattn_status same_as(const xa_mod *m, const xa_io *io, const xattn_tensor *t,
+                            const xa_run *r, const char *got)
+{
+    int j = io_index(m->kind->inputs, m->kind->n_in, io->shape + 1);
+    int same = j >= 0 && r->in[j] && r->in_ndim[j] == t->ndim;
+    for (int d = 0; same && d < t->ndim; d++) same = r->in_shape[j][d] == t->shape[d];
+    if (same) return XATTN_OK;
+    char want[128];
+    return xa_error(XATTN_ERR_SHAPE, "input '%s' has shape %s; expected the shape of input '%s' %s",
+                    io->name, got, io->shape + 1,
+                    j >= 0 && r->in[j] ? shape_text(r->in_ndim[j], r->in_shape[j], want, sizeof want)
+                                       : "");
+}
+
 static xattn_status bind_input(const xa_mod *m, const xa_io *io, const xattn_tensor *t, xa_run *r)
 {
-    char got[128];
+    char got[128], alt[256];
     shape_text(t->ndim, t->shape, got, sizeof got);
-    if (t->ndim != count_dims(io->shape))
+    if (!strcmp(io->shape, "...")) return XATTN_OK; /* any shape; the kind's check decides */
+    if (io->shape[0] == '=') return same_as(m, io, t, r, got);
+    const char *p = pick_alternative(io->shape, t->ndim, alt, sizeof alt);
+    if (!p)
         return xa_error(XATTN_ERR_SHAPE, "input '%s' has shape %s; expected (%s)", io->name, got,
                         io->shape);
-    const char *p = io->shape;
     for (int d = 0; d < t->ndim; d++) {
         char tok[64];
         p = next_dim(p, tok);
-        char *alt = strchr(tok, '/');
-        int may_be_one = alt && !strcmp(alt + 1, "1");
-        if (alt) *alt = '\0';
+        char *slash = strchr(tok, '/');
+        int may_be_one = slash && !strcmp(slash + 1, "1");
+        if (slash) *slash = '\0';
         if (may_be_one && t->shape[d] == 1) continue;
         int64_t v;
         if (dim_value(m, r, tok, &v)) {
@@ -181,6 +215,14 @@ static xattn_status plan(const xa_mod *m, const xattn_tensor *in, size_t n_in, x
         if (o < 0) return unknown_io(k, 1, out[a].name);
         const char *p = k->outputs[o].shape;
         out[a].dtype = XATTN_F32;
+        if (p[0] == '=') { /* the shape of an input */
+            int j = io_index(k->inputs, k->n_in, p + 1);
+            if (j < 0 || !r->in[j])
+                return xa_error(XATTN_ERR_ARG, "output '%s' needs input '%s'", out[a].name, p + 1);
+            out[a].ndim = r->in_ndim[j];
+            memcpy(out[a].shape, r->in_shape[j], sizeof out[a].shape);
+            continue;
+        }
         out[a].ndim = count_dims(p);
         for (int d = 0; d < out[a].ndim; d++) {
             char tok[64];

@@ -467,65 +467,149 @@ static xattn_status check_attn(const xa_attn *p)
     return XATTN_OK;
 }
 
+/* Tile sizes and layout of one call. */
+static void att_setup(att_ctx *c, const xa_attn *p)
+{
+    c->p = p;
+    c->kt = xa_kern();
+    const int64_t mr = c->kt->mr, nr = c->kt->nr;
+    c->fill = p->fill == XATTN_FILL_NEG_INF ? -INFINITY : -FLT_MAX;
+    c->IT = XA_MAX(nr, 64 / nr * nr);
+    int64_t ipad = (p->I + nr - 1) / nr * nr;
+    if (ipad < c->IT) c->IT = ipad;
+    c->JT = XA_MAX(mr, 256 / mr * mr);
+    c->ITP = c->IT;
+    c->JTP = c->JT;
+    c->DVP = (p->dv + mr - 1) / mr * mr;
+    c->skip_causal = p->causal && p->fill == XATTN_FILL_NEG_INF;
+    c->JP = (p->J + mr - 1) / mr * mr;
+    c->direct = p->I <= 4 && !p->mix;
+    c->nmix = p->mix ? p->H : 1;
+    c->Kt = NULL;
+}
+
+/* Key splits of each query task when the tasks are too few to feed many threads: chosen from
+ * the problem alone (never from the thread count), so results are the same for any count. */
+#define ATT_MIN_TASKS 32
+static int64_t att_splits(const att_ctx *c, int64_t ntask, int64_t *chunk)
+{
+    const xa_attn *p = c->p;
+    int64_t nsplit = 1;
+    if (!p->mix && ntask < ATT_MIN_TASKS && p->J > c->JT) {
+        nsplit = (ATT_MIN_TASKS + ntask - 1) / ntask;
+        int64_t maxsplit = (p->J + c->JT - 1) / c->JT;
+        if (nsplit > maxsplit) nsplit = maxsplit;
+    }
+    *chunk = ((p->J + nsplit - 1) / nsplit + c->JT - 1) / c->JT * c->JT;
+    if (nsplit > 1) nsplit = (p->J + *chunk - 1) / *chunk;
+    return nsplit;
+}
+
+/* One (query tile, key split) work item; finishes the tile when the keys are not split. */
+static void att_work(const att_ctx *c, att_scratch *s, int64_t w, int64_t ntile, int64_t nsplit,
+                     int64_t chunk, int64_t state, float *states, float *own)
+{
+    const xa_attn *p = c->p;
+    int64_t task = w / nsplit, sp = w % nsplit;
+    if (p->mix) {
+        int64_t b = task / ntile, i0 = (task % ntile) * c->IT;
+        mixed_tile(c, s, b, i0, XA_MIN(c->IT, p->I - i0), own + 2 * c->ITP);
+        return;
+    }
+    int64_t bh = task / ntile, ti = task % ntile;
+    int64_t b = bh / p->H, h = bh % p->H;
+    int64_t i0 = ti * c->IT, it = XA_MIN(c->IT, p->I - i0);
+    float *stt = nsplit > 1 ? states + w * state : own;
+    float *m = stt, *l = stt + c->ITP, *Ot = stt + 2 * c->ITP;
+    for (int64_t x = 0; x < c->ITP; x++) {
+        m[x] = -INFINITY;
+        l[x] = 0.0f;
+    }
+    if (!p->stats_only) memset(Ot, 0, sizeof(float) * (size_t)(c->DVP * c->ITP));
+    int64_t jb = sp * chunk, je = XA_MIN(p->J, jb + chunk);
+    if (jb < je) {
+        if (c->direct)
+            attend_range_direct(c, s, b, h, i0, it, jb, je, m, l, Ot);
+        else
+            attend_range(c, s, b, h, i0, it, jb, je, m, l, Ot);
+    }
+    if (nsplit == 1) {
+        finish_tile(c, b, h, i0, it, m, l, Ot);
+        if (p->probs) probs_tile(c, s, b, h, i0, it, m, l);
+    }
+}
+
+/* Merges the split states of one task into its first split (in split order), then finishes. */
+static void att_merge(const att_ctx *c, att_scratch *s, int64_t task, int64_t ntile,
+                      int64_t nsplit, int64_t state, float *states)
+{
+    const xa_attn *p = c->p;
+    int64_t bh = task / ntile, ti = task % ntile;
+    int64_t b = bh / p->H, h = bh % p->H;
+    int64_t i0 = ti * c->IT, it = XA_MIN(c->IT, p->I - i0);
+    float *m0 = states + task * nsplit * state, *l0 = m0 + c->ITP, *O0 = m0 + 2 * c->ITP;
+    for (int64_t sp = 1; sp < nsplit; sp++) {
+        float *m1 = m0 + sp * state, *l1 = m1 + c->ITP, *O1 = m1 + 2 * c->ITP;
+        for (int64_t col = 0; col < it; col++) {
+            float mx = XA_MAX(m0[col], m1[col]);
+            if (mx == -INFINITY) continue;
+            float a0 = m0[col] == mx ? 1.0f : expf(m0[col] - mx);
+            float a1 = m1[col] == mx ? 1.0f : expf(m1[col] - mx);
+            l0[col] = l0[col] * a0 + l1[col] * a1;
+            m0[col] = mx;
+            if (!p->stats_only)
+                for (int64_t d = 0; d < p->dv; d++)
+                    O0[d * c->ITP + col] = O0[d * c->ITP + col] * a0 + O1[d * c->ITP + col] * a1;
+        }
+    }
+    finish_tile(c, b, h, i0, it, m0, l0, O0);
+    if (p->probs) probs_tile(c, s, b, h, i0, it, m0, l0);
+}
+
+/* Scratch shared by the threads of one call: transposed keys and split states. */
+typedef struct att_shared {
+    xa_ws *kt_ws, *states_ws;
+    float *states;
+} att_shared;
+
+static xattn_status att_shared_get(att_ctx *c, int64_t nstate_floats, att_shared *sh)
+{
+    const xa_attn *p = c->p;
+    memset(sh, 0, sizeof *sh);
+    if (!c->direct) {
+        int64_t ktn = p->B * p->H * p->dh * XA_MAX(c->JP, 1); /* bounded by check_attn */
+        if (!(sh->kt_ws = xa_ws_get(sizeof(float) * (size_t)ktn))) return XATTN_ERR_NOMEM;
+        c->Kt = xa_ws_data(sh->kt_ws);
+    }
+    if (nstate_floats) {
+        if (!(sh->states_ws = xa_ws_get(sizeof(float) * (size_t)nstate_floats))) {
+            xa_ws_put(sh->kt_ws);
+            return XATTN_ERR_NOMEM;
+        }
+        sh->states = xa_ws_data(sh->states_ws);
+    }
+    return XATTN_OK;
+}
+
 xattn_status xa_attention(const xa_attn *p)
 {
     xattn_status st = check_attn(p);
     if (st != XATTN_OK) return st;
     if (p->B == 0 || p->H == 0 || p->I == 0) return XATTN_OK;
-
     att_ctx c;
-    c.p = p;
-    c.kt = xa_kern();
-    const int64_t mr = c.kt->mr, nr = c.kt->nr;
-    c.fill = p->fill == XATTN_FILL_NEG_INF ? -INFINITY : -FLT_MAX;
-    c.IT = XA_MAX(nr, 64 / nr * nr);
-    int64_t ipad = (p->I + nr - 1) / nr * nr;
-    if (ipad < c.IT) c.IT = ipad;
-    c.JT = XA_MAX(mr, 256 / mr * mr);
-    c.ITP = c.IT;
-    c.JTP = c.JT;
-    c.DVP = (p->dv + mr - 1) / mr * mr;
-    c.skip_causal = p->causal && p->fill == XATTN_FILL_NEG_INF;
-    c.JP = (p->J + mr - 1) / mr * mr;
-    c.direct = p->I <= 4 && !p->mix;
-    c.nmix = p->mix ? p->H : 1;
-    c.Kt = NULL;
-    xa_ws *kt_ws = NULL;
-    if (!c.direct) {
-        int64_t ktn = p->B * p->H * p->dh * XA_MAX(c.JP, 1); /* bounded by check_attn */
-        if (!(kt_ws = xa_ws_get(sizeof(float) * (size_t)ktn))) return XATTN_ERR_NOMEM;
-        c.Kt = xa_ws_data(kt_ws);
-    }
-
+    att_setup(&c, p);
     const int64_t ntile = (p->I + c.IT - 1) / c.IT;
     const int64_t ntask = p->B * (p->mix ? 1 : p->H) * ntile;
-    const int nth = xa_threads();
-    /* split the keys when there are too few query tasks to feed the threads */
-    int64_t nsplit = 1;
-    if (!p->mix && ntask < 2 * nth && p->J > c.JT) {
-        nsplit = (2 * nth + ntask - 1) / ntask;
-        int64_t maxsplit = (p->J + c.JT - 1) / c.JT;
-        if (nsplit > maxsplit) nsplit = maxsplit;
-    }
-    const int64_t chunk = ((p->J + nsplit - 1) / nsplit + c.JT - 1) / c.JT * c.JT;
-    if (nsplit > 1) nsplit = (p->J + chunk - 1) / chunk;
-
+    int64_t chunk;
+    const int64_t nsplit = att_splits(&c, ntask, &chunk);
     /* per-task state: m (ITP), l (ITP), Ot (DVP, ITP) per head held, for each (task, split) */
     const int64_t state = (c.ITP * (2 + c.nmix * c.DVP) + 15) / 16 * 16;
     const size_t sfl = scratch_floats(&c);
-    int64_t nstate_tasks = nsplit > 1 ? ntask * nsplit : 0;
-    float *states = NULL;
-    xa_ws *states_ws = NULL;
-    if (nstate_tasks) {
-        if (!(states_ws = xa_ws_get(sizeof(float) * (size_t)(nstate_tasks * state)))) {
-            xa_ws_put(kt_ws);
-            return XATTN_ERR_NOMEM;
-        }
-        states = xa_ws_data(states_ws);
-    }
+    att_shared sh;
+    if (att_shared_get(&c, nsplit > 1 ? ntask * nsplit * state : 0, &sh)) return XATTN_ERR_NOMEM;
     int failed = 0;
     const xattn_ctx *ctx = xa_ctx_cur();
-
+    const int nth = xa_threads();
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nth)
 #endif
@@ -539,86 +623,34 @@ xattn_status xa_attention(const xa_attn *p)
             failed = 1;
         }
         att_scratch s;
-        float *own = mem;
         if (mem) scratch_bind(&c, mem + state, &s);
-
         /* transpose every head's keys once: (B*H) x key blocks of 256 */
-        const int64_t kblocks = (p->J + 255) / 256,
-                      npack = c.direct ? 0 : p->B * p->H * XA_MAX(kblocks, 1);
+        const int64_t kblocks = XA_MAX((p->J + 255) / 256, 1),
+                      npack = c.direct ? 0 : p->B * p->H * kblocks;
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-        for (int64_t w = 0; w < npack; w++) {
-            int64_t bh = w / XA_MAX(kblocks, 1), kb = w % XA_MAX(kblocks, 1);
-            pack_k(&c, bh / p->H, bh % p->H, kb * 256, XA_MIN(p->J, kb * 256 + 256));
-        }
-
-        const int64_t nwork = ntask * nsplit;
+        for (int64_t w = 0; w < npack; w++)
+            pack_k(&c, w / kblocks / p->H, w / kblocks % p->H, w % kblocks * 256,
+                   XA_MIN(p->J, w % kblocks * 256 + 256));
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
-        for (int64_t w = 0; w < nwork; w++) {
-            if (!mem) continue;
-            int64_t task = w / nsplit, sp = w % nsplit;
-            if (p->mix) {
-                int64_t b = task / ntile, i0 = (task % ntile) * c.IT;
-                mixed_tile(&c, &s, b, i0, XA_MIN(c.IT, p->I - i0), own + 2 * c.ITP);
-                continue;
-            }
-            int64_t bh = task / ntile, ti = task % ntile;
-            int64_t b = bh / p->H, h = bh % p->H;
-            int64_t i0 = ti * c.IT, it = XA_MIN(c.IT, p->I - i0);
-            float *stt = nsplit > 1 ? states + w * state : own;
-            float *m = stt, *l = stt + c.ITP, *Ot = stt + 2 * c.ITP;
-            for (int64_t x = 0; x < c.ITP; x++) { m[x] = -INFINITY; l[x] = 0.0f; }
-            if (!p->stats_only) memset(Ot, 0, sizeof(float) * (size_t)(c.DVP * c.ITP));
-            int64_t jb = sp * chunk, je = XA_MIN(p->J, jb + chunk);
-            if (jb < je) {
-                if (c.direct)
-                    attend_range_direct(&c, &s, b, h, i0, it, jb, je, m, l, Ot);
-                else
-                    attend_range(&c, &s, b, h, i0, it, jb, je, m, l, Ot);
-            }
-            if (nsplit == 1) {
-                finish_tile(&c, b, h, i0, it, m, l, Ot);
-                if (p->probs) probs_tile(&c, &s, b, h, i0, it, m, l);
-            }
-        }
-
+        for (int64_t w = 0; w < ntask * nsplit; w++)
+            if (mem) att_work(&c, &s, w, ntile, nsplit, chunk, state, sh.states, mem);
         if (nsplit > 1) {
-            /* merge the partial states of each task into its first split, then finish */
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
-            for (int64_t task = 0; task < ntask; task++) {
-                if (!mem) continue;
-                int64_t bh = task / ntile, ti = task % ntile;
-                int64_t b = bh / p->H, h = bh % p->H;
-                int64_t i0 = ti * c.IT, it = XA_MIN(c.IT, p->I - i0);
-                float *m0 = states + task * nsplit * state, *l0 = m0 + c.ITP, *O0 = m0 + 2 * c.ITP;
-                for (int64_t sp = 1; sp < nsplit; sp++) {
-                    float *m1 = m0 + sp * state, *l1 = m1 + c.ITP, *O1 = m1 + 2 * c.ITP;
-                    for (int64_t col = 0; col < it; col++) {
-                        float mx = XA_MAX(m0[col], m1[col]);
-                        if (mx == -INFINITY) continue;
-                        float a0 = m0[col] == mx ? 1.0f : expf(m0[col] - mx);
-                        float a1 = m1[col] == mx ? 1.0f : expf(m1[col] - mx);
-                        l0[col] = l0[col] * a0 + l1[col] * a1;
-                        m0[col] = mx;
-                        if (!p->stats_only)
-                            for (int64_t d = 0; d < p->dv; d++)
-                                O0[d * c.ITP + col] = O0[d * c.ITP + col] * a0 + O1[d * c.ITP + col] * a1;
-                    }
-                }
-                finish_tile(&c, b, h, i0, it, m0, l0, O0);
-                if (p->probs) probs_tile(&c, &s, b, h, i0, it, m0, l0);
-            }
+            for (int64_t task = 0; task < ntask; task++)
+                if (mem) att_merge(&c, &s, task, ntile, nsplit, state, sh.states);
         }
         xa_ws_put(mem_ws);
     }
-    xa_ws_put(states_ws);
-    xa_ws_put(kt_ws);
-    if (failed) return xa_error(XATTN_ERR_NOMEM, "%s: out of memory for scratch", p->fn ? p->fn : "attention");
+    xa_ws_put(sh.states_ws);
+    xa_ws_put(sh.kt_ws);
+    if (failed)
+        return xa_error(XATTN_ERR_NOMEM, "%s: out of memory for scratch", p->fn ? p->fn : "attention");
     return XATTN_OK;
 }
 

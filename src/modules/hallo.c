@@ -12,6 +12,7 @@
  */
 #include "base/base.h"
 #include "kernels/kernels.h"
+#include "modules/mha.h"
 #include "modules/weights.h"
 
 #include <math.h>
@@ -186,7 +187,8 @@ static xattn_status load(const xattn_safetensors *st, const char *prefix, int64_
             if ((s = xa_wref_find(st, FN, pre, "", "to_q.weight", &t)) != XATTN_OK) return s;
             return xa_wref_missing(&t, "HALLO's region attention (diffusers Attention)");
         }
-        if ((s = xattn_mha_load(st, pre, heads, &m->attn[k])) != XATTN_OK) return s;
+        const xattn_mha_opts ao = {.heads = heads > 0 ? heads : 0};
+        if ((s = xattn_mha_load(st, pre, &ao, &m->attn[k])) != XATTN_OK) return s;
         xattn_mha_get_config(m->attn[k], &ac[k]);
         if (ac[k].layout != XATTN_LAYOUT_DIFFUSERS)
             return xa_error(XATTN_ERR_FORMAT, "%s: '%s' is not a diffusers Attention", FN, pre);
@@ -294,7 +296,7 @@ xattn_status xattn_hallo_forward(const xattn_hallo *m, const xattn_hallo_inputs 
     ai.value = in->audio;
     const int64_t msb = in->mask_batch == 1 ? 0 : 3 * N;
     for (int k = 0; k < 3 && s == XATTN_OK; k++) {
-        s = xattn_mha_forward(m->attn[k], &ai, att, NULL, 0);
+        s = xa_mha_run(m->attn[k], &ai, &(xattn_mha_outputs){.out = att});
         if (s != XATTN_OK) break;
         const float *mk = in->masks + (int64_t)k * N;
 #pragma omp parallel for num_threads(xa_threads()) if (MC > (1 << 16)) schedule(static)

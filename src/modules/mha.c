@@ -1,24 +1,29 @@
 /*
- * M1: multi-head cross-attention modules.
+ * Multi-head cross-attention modules: torch.nn.MultiheadAttention (kind "mha") and diffusers
+ * Attention (kind "attention").
  *
  *   torch.nn.MultiheadAttention (batch_first=True)   in_proj_weight (3E, E) [+ in_proj_bias (3E)]
  *                                                    or q_proj_weight (E, E), k_proj_weight
  *                                                    (E, kdim), v_proj_weight (E, vdim);
  *                                                    out_proj.weight (E, E) [+ out_proj.bias (E)]
+ *                                                    [+ bias_k, bias_v (1, 1, E)]
  *   diffusers Attention                              to_q.weight (inner, query_dim), to_k.weight
  *                                                    (inner, cross_dim), to_v.weight (inner,
  *                                                    cross_dim) [+ to_{q,k,v}.bias (inner)],
  *                                                    to_out.0.weight (out_dim, inner)
  *                                                    [+ to_out.0.bias (out_dim)]
  *
- * forward: three projections with xattn_linear into scratch (B*I*inner, B*J*inner, B*J*inner),
- * ONE xattn_sdpa call that reads the heads in place through strides ((h d) channel split, no
- * transposes), then the output projection. Masks are turned into what xattn_sdpa takes: a keep
- * mask (uint8, nonzero = keep) for bool masks and -inf entries, an additive bias for float masks,
- * each with the smallest broadcast shape (B|1, H|1, I|1, J) that holds its sources.
+ * forward: three projections into scratch (B*I*inner, B*J'*inner, B*J'*inner), ONE fused
+ * attention that reads the heads in place through strides ((h d) channel split, no transposes),
+ * then the output projection (diffusers' residual accumulated into it). Masks are turned into
+ * what the fused attention takes: a keep mask (uint8, nonzero = keep) for bool masks and -inf
+ * entries, an additive bias for float masks, each with the smallest broadcast shape
+ * (B|1, H|1, I|1, J') that holds its sources.
  */
-#include "base/base.h"
-#include "modules/weights.h"
+#include "modules/mha.h"
+#include "kernels/op_mha.h"
+#include "io/io_internal.h"
+#include "kernels/ops.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -27,73 +32,256 @@
 #include <string.h>
 
 struct xattn_mha {
+    xa_mod core;
     xattn_mha_config cfg;
-    const float *wq, *wk, *wv; /* (inner, embed_dim), (inner, kdim), (inner, vdim) */
-    const float *bq, *bk, *bv; /* (inner) each, or NULL                           */
-    const float *wo, *bo;      /* (out_dim, inner), (out_dim) or NULL              */
+    const float *wq, *wk, *wv;    /* (inner, embed_dim), (inner, kdim), (inner, vdim) */
+    const float *bq, *bk, *bv;    /* (inner) each, or NULL                           */
+    const float *wo, *bo;         /* (out_dim, inner), (out_dim) or NULL              */
     const float *bias_k, *bias_v; /* (inner) each: add_bias_kv, or NULL              */
-    float *block;              /* every weight, one allocation                      */
 };
 
+static const char *FN_LOAD = "xattn_mha_load";
+static const char *FN_FWD = "xattn_mha_forward";
+
 /* ---------------------------------------------------------------------------------------- */
-/* Loading                                                                                  */
+/* torch.nn.MultiheadAttention                                                              */
 /* ---------------------------------------------------------------------------------------- */
 
-/* Checks t is a float tensor of rank 2 (rows, cols); a dimension < 0 in `want` is free.
- * `implied` names what fixes the expected shape, for the message. */
-static xattn_status check_2d(const xa_wref *t, int64_t rows, int64_t cols, const char *implied,
-                             const char *want_text)
+/* MultiheadAttention(embed_dim, num_heads, dropout=0.0, bias=True, add_bias_kv=False,
+ * add_zero_attn=False, kdim=None, vdim=None, batch_first=True); dropout does nothing at
+ * inference. */
+static const xa_field torch_fields[] = {
+    {"embed_dim", XA_T_INT, XA_F_SHAPE | XA_F_REQUIRED, 0, 1, 1e15, NULL, NULL,
+     "width of the queries and of the output"},
+    {"num_heads", XA_T_INT, XA_F_REQUIRED, 0, 1, 1e15, NULL, "heads|num_heads",
+     "attention heads (no default; must divide embed_dim)"},
+    {"bias", XA_T_BOOL, XA_F_PRESENCE, 1, 0, 1, NULL, NULL, "in_proj_bias and out_proj.bias"},
+    {"add_bias_kv", XA_T_BOOL, XA_F_PRESENCE, 0, 0, 1, NULL, NULL,
+     "a learned key and value (bias_k, bias_v) appended to the keys"},
+    {"add_zero_attn", XA_T_BOOL, XA_F_TRACELESS, 0, 0, 1, NULL, NULL,
+     "a zero key and value appended to the keys"},
+    {"kdim", XA_T_INT, XA_F_SHAPE | XA_F_OPTIONAL, 0, 1, 1e15, NULL, NULL,
+     "width of the keys (None: embed_dim)"},
+    {"vdim", XA_T_INT, XA_F_SHAPE | XA_F_OPTIONAL, 0, 1, 1e15, NULL, NULL,
+     "width of the values (None: embed_dim)"},
+    {"_qkv_same_embed_dim", XA_T_BOOL, XA_F_PRESENCE | XA_F_DERIVED, 1, 0, 1, NULL, NULL,
+     "one packed in_proj_weight (kdim == vdim == embed_dim)"},
+};
+
+#define SEPARATE_WHY "q_proj_weight is present, so kdim/vdim differ from embed_dim"
+#define PAIR_WHY "bias_k and bias_v come together (add_bias_kv=True)"
+
+enum { T_INW, T_QW, T_KW, T_VW, T_INB, T_OW, T_OB, T_BK, T_BV, T_N };
+static const xa_pspec torch_table[T_N] = {
+    {"in_proj_weight", "3*embed_dim,embed_dim", "_qkv_same_embed_dim", 0, XA_INIT_XAVIER, NULL,
+     "the packed query/key/value projection of nn.MultiheadAttention, or q_proj_weight"},
+    {"q_proj_weight", "embed_dim,embed_dim", "!_qkv_same_embed_dim", 0, XA_INIT_XAVIER, NULL,
+     "the query projection when kdim or vdim differ from embed_dim"},
+    {"k_proj_weight", "embed_dim,kdim", "!_qkv_same_embed_dim", 0, XA_INIT_XAVIER, NULL,
+     SEPARATE_WHY},
+    {"v_proj_weight", "embed_dim,vdim", "!_qkv_same_embed_dim", 0, XA_INIT_XAVIER, NULL,
+     SEPARATE_WHY},
+    {"in_proj_bias", "3*embed_dim", "bias", 0, XA_INIT_ZEROS, NULL,
+     "the query/key/value biases (bias=True)"},
+    {"out_proj.weight", "embed_dim,embed_dim", NULL, 0, XA_INIT_LINEAR, NULL,
+     "the output projection of nn.MultiheadAttention"},
+    {"out_proj.bias", "embed_dim", "bias", 0, XA_INIT_ZEROS, NULL,
+     "the output bias: bias=True gives in_proj_bias and out_proj.bias"},
+    {"bias_k", "1,1,embed_dim", "add_bias_kv", 0, XA_INIT_XAVIER_NORMAL, NULL, PAIR_WHY},
+    {"bias_v", "1,1,embed_dim", "add_bias_kv", 0, XA_INIT_XAVIER_NORMAL, NULL, PAIR_WHY},
+};
+
+static const xa_io torch_inputs[] = {
+    {"query", "B,I,embed_dim", 0, "the sequence that queries"},
+    {"key", "B,J,kdim", 0, "the keys"},
+    {"value", "B,J,vdim", XA_IO_OPT, "the values (default: key, when kdim == vdim)"},
+    {"key_padding_mask", "B,J", XA_IO_OPT | XA_IO_MASK | XA_IO_ADDITIVE,
+     "bool True = ignore that key (as torch); float: added to the logits"},
+    {"attn_mask", "I,J", XA_IO_OPT | XA_IO_MASK | XA_IO_ADDITIVE,
+     "bool True = not allowed to attend (as torch); float: added to the logits"},
+    {"attn_mask_per_head", "B,num_heads,I,J", XA_IO_OPT | XA_IO_MASK | XA_IO_ADDITIVE,
+     "torch's (B*num_heads, I, J) attn_mask, same polarity (not with attn_mask)"},
+};
+static const xa_io torch_outputs[] = {
+    {"out", "B,I,embed_dim", 0, "attn_output"},
+    {"attn", "B,I,J", XA_IO_OPT,
+     "attention weights averaged over heads (need_weights=True); not with add_bias_kv or "
+     "add_zero_attn (J + 1 or J + 2 columns: use xattn_mha_forward)"},
+    {"attn_per_head", "B,num_heads,I,J", XA_IO_OPT,
+     "attention weights per head (average_attn_weights=False); the same restriction"},
+};
+
+/* Field name gets the value of field `from` when nothing gave it (None in the reference). */
+static void default_to(xa_cfg *c, const char *name, const char *from)
 {
-    char got[128];
-    xa_wref_shape(t, got, sizeof got);
-    xattn_status s = xa_wref_check_float(t);
-    if (s != XATTN_OK) return s;
-    if (t->ndim != 2)
-        return xa_error(XATTN_ERR_SHAPE, "tensor '%s' has shape %s but %s implies %s", t->shown, got,
-                        implied, want_text);
-    if (t->shape[0] <= 0 || t->shape[1] <= 0)
-        return xa_error(XATTN_ERR_SHAPE, "tensor '%s' has an empty shape %s", t->shown, got);
-    if ((rows >= 0 && t->shape[0] != rows) || (cols >= 0 && t->shape[1] != cols))
-        return xa_error(XATTN_ERR_SHAPE, "tensor '%s' has shape %s but %s implies %s", t->shown, got,
-                        implied, want_text);
+    int i = xa_cfg_find(c, name);
+    if (c->from[i] == XA_FROM_UNSET)
+        xa_cfg_set(c, i, xa_cfg_get(c, from), XA_FROM_DEFAULT, "default (%s)", from);
+}
+
+/* bias_k and bias_v exist together (the message names the missing one). */
+static xattn_status torch_pair_check(const xattn_safetensors *st, const char *prefix)
+{
+    const int k = xa_has(st, prefix, "bias_k"), v = xa_has(st, prefix, "bias_v");
+    if (k == v) return XATTN_OK;
+    char full[600], shown[XA_IO_NAME_CAP];
+    snprintf(full, sizeof full, "%s%s", prefix, k ? "bias_v" : "bias_k");
+    return xa_error(XATTN_ERR_NOT_FOUND, "tensor '%s' is missing (%s)",
+                    xa_io_printable(full, shown, sizeof shown), PAIR_WHY);
+}
+
+/* nn.MultiheadAttention has no default head count: an option or the metadata must give it. */
+static xattn_status torch_heads_known(const xattn_safetensors *st, const xa_kv *opts,
+                                      size_t n_opts)
+{
+    for (size_t k = 0; k < n_opts; k++)
+        if (opts[k].key && !strcmp(opts[k].key, "num_heads")) return XATTN_OK;
+    if (xattn_st_meta_get(st, "heads") || xattn_st_meta_get(st, "num_heads")) return XATTN_OK;
+    return xa_error(XATTN_ERR_ARG, "%s: the number of heads is not known: pass heads > 0 "
+                                   "(option 'num_heads') or store __metadata__ {\"heads\": \"N\"} "
+                                   "in the file", FN_LOAD);
+}
+
+static xattn_status torch_build(xa_mod *m, const xattn_safetensors *st, const char *prefix,
+                                const xa_kv *opts, size_t n_opts)
+{
+    xa_cfg *c = &m->cfg;
+    xattn_status s;
+    if (st && ((s = xa_cfg_bind_shapes(c, torch_table, T_N, st, prefix, "")) ||
+               (s = xa_cfg_require_shapes(c, torch_table, T_N, st, prefix, "")) ||
+               (s = torch_pair_check(st, prefix)) || (s = torch_heads_known(st, opts, n_opts))))
+        return s;
+    if ((s = xa_cfg_resolve(c, opts, n_opts, st, FN_LOAD))) return s;
+    default_to(c, "kdim", "embed_dim");
+    default_to(c, "vdim", "embed_dim");
+    const int64_t E = xa_cfg_int(c, "embed_dim"), H = xa_cfg_int(c, "num_heads");
+    const int64_t kdim = xa_cfg_int(c, "kdim"), vdim = xa_cfg_int(c, "vdim");
+    const int same = kdim == E && vdim == E, ip = xa_cfg_find(c, "_qkv_same_embed_dim");
+    if (c->from[ip] == XA_FROM_UNSET) /* creating: torch packs exactly when the widths agree */
+        xa_cfg_set(c, ip, same, XA_FROM_DERIVED, "kdim == vdim == embed_dim");
+    else if (c->v[ip] != 0 && !same)
+        return xa_error(XATTN_ERR_SHAPE,
+                        "%s: in_proj_weight packs the projections of kdim = vdim = embed_dim = "
+                        "%lld, but kdim = %lld (%s) and vdim = %lld (%s)",
+                        FN_LOAD, (long long)E, (long long)kdim, c->how[xa_cfg_find(c, "kdim")],
+                        (long long)vdim, c->how[xa_cfg_find(c, "vdim")]);
+    if (E % H)
+        return xa_error(XATTN_ERR_SHAPE, "embed_dim %lld (from %s) is not divisible by heads %lld",
+                        (long long)E, c->how[xa_cfg_find(c, "embed_dim")], (long long)H);
+    return xa_params_add_table(&m->params, torch_table, T_N, c, "", NULL);
+}
+
+static xattn_status torch_bind(xa_mod *core)
+{
+    xattn_mha *m = (xattn_mha *)core;
+    const xa_params *ps = &core->params;
+    const xa_cfg *cf = &core->cfg;
+    xattn_mha_config *c = &m->cfg;
+    const int64_t E = xa_cfg_int(cf, "embed_dim"), H = xa_cfg_int(cf, "num_heads");
+    c->layout = XATTN_LAYOUT_TORCH_MHA;
+    c->embed_dim = c->inner_dim = c->out_dim = E;
+    c->kdim = xa_cfg_int(cf, "kdim");
+    c->vdim = xa_cfg_int(cf, "vdim");
+    c->heads = H;
+    c->head_dim = E / H;
+    const float *inw = xa_param_data(ps, T_INW), *inb = xa_param_data(ps, T_INB);
+    m->wq = inw ? inw : xa_param_data(ps, T_QW);
+    m->wk = inw ? inw + E * E : xa_param_data(ps, T_KW);
+    m->wv = inw ? inw + 2 * E * E : xa_param_data(ps, T_VW);
+    m->bq = inb;
+    m->bk = inb ? inb + E : NULL;
+    m->bv = inb ? inb + 2 * E : NULL;
+    m->wo = xa_param_data(ps, T_OW);
+    m->bo = xa_param_data(ps, T_OB);
+    m->bias_k = xa_param_data(ps, T_BK);
+    m->bias_v = xa_param_data(ps, T_BV);
+    c->has_in_bias = inb != NULL;
+    c->has_out_bias = m->bo != NULL;
+    c->add_bias_kv = m->bias_k != NULL;
+    c->add_zero_attn = xa_cfg_get(cf, "add_zero_attn") != 0;
+    c->scale = xa_head_scale(c->head_dim);
+    c->residual_connection = 0;
+    c->rescale_output_factor = 1.0f;
     return XATTN_OK;
 }
 
-static xattn_status check_1d(const xa_wref *t, int64_t n, const char *implied)
-{
-    char got[128];
-    xa_wref_shape(t, got, sizeof got);
-    xattn_status s = xa_wref_check_float(t);
-    if (s != XATTN_OK) return s;
-    if (t->ndim != 1 || t->shape[0] != n)
-        return xa_error(XATTN_ERR_SHAPE, "tensor '%s' has shape %s but %s implies (%lld,)", t->shown,
-                        got, implied, (long long)n);
-    return XATTN_OK;
-}
+/* ---------------------------------------------------------------------------------------- */
+/* diffusers Attention                                                                      */
+/* ---------------------------------------------------------------------------------------- */
 
-static int meta_true(const xattn_safetensors *st, const char *key)
-{
-    const char *v = xattn_st_meta_get(st, key);
-    if (!v) return 0;
-    return !strcmp(v, "True") || !strcmp(v, "true") || !strcmp(v, "1");
-}
+/* Attention(query_dim, cross_attention_dim=None, heads=8, dim_head=64, bias=False,
+ * out_bias=True, scale_qk=True, rescale_output_factor=1.0, residual_connection=False,
+ * out_dim=None), the arguments that change the state_dict or the forward of AttnProcessor2_0. */
+static const xa_field diff_fields[] = {
+    {"query_dim", XA_T_INT, XA_F_SHAPE | XA_F_REQUIRED, 0, 1, 1e15, NULL, NULL,
+     "width of hidden_states"},
+    {"cross_attention_dim", XA_T_INT, XA_F_SHAPE | XA_F_OPTIONAL, 0, 1, 1e15, NULL, NULL,
+     "width of encoder_hidden_states (None: query_dim)"},
+    {"heads", XA_T_INT, XA_F_TRACELESS, 8, 1, 1e15, NULL, NULL, "attention heads"},
+    {"dim_head", XA_T_INT, 0, 64, 1, 1e15, NULL, NULL,
+     "width of a head (loading: the rows of to_q.weight / heads)"},
+    {"bias", XA_T_BOOL, XA_F_PRESENCE, 0, 0, 1, NULL, NULL, "to_q, to_k and to_v have biases"},
+    {"out_bias", XA_T_BOOL, XA_F_PRESENCE, 1, 0, 1, NULL, NULL, "to_out.0 has a bias"},
+    {"out_dim", XA_T_INT, XA_F_SHAPE | XA_F_OPTIONAL, 0, 1, 1e15, NULL, NULL,
+     "output width (None: query_dim; when given it is also the inner width and heads = "
+     "out_dim // dim_head)"},
+    {"scale_qk", XA_T_BOOL, XA_F_TRACELESS, 1, 0, 1, NULL, NULL,
+     "logits scaled by head width ** -0.5 (False: unscaled)"},
+    {"residual_connection", XA_T_BOOL, XA_F_TRACELESS, 0, 0, 1, NULL, NULL,
+     "hidden_states added to the output"},
+    {"rescale_output_factor", XA_T_REAL, XA_F_TRACELESS, 1.0, -3.4e38, 3.4e38, NULL, NULL,
+     "the output divided by it (after the residual)"},
+    {"inner_dim", XA_T_INT, XA_F_SHAPE | XA_F_DERIVED, 0, 1, 1e15, NULL, NULL,
+     "heads * dim_head, or out_dim when given"},
+};
 
-/* Rejects state_dict entries of diffusers Attention features this module does not compute. */
-static xattn_status diffusers_reject_extras(const xattn_safetensors *st, const char *prefix)
+enum { D_QW, D_QB, D_KW, D_KB, D_VW, D_VB, D_OW, D_OB, D_N };
+static const xa_pspec diff_table[D_N] = {
+    {"to_q.weight", "inner_dim,query_dim", NULL, 0, XA_INIT_LINEAR, NULL,
+     "diffusers Attention query projection"},
+    {"to_q.bias", "inner_dim", "bias", 0, XA_INIT_BIAS, "query_dim",
+     "bias=True gives to_q, to_k and to_v biases"},
+    {"to_k.weight", "inner_dim,cross_attention_dim", NULL, 0, XA_INIT_LINEAR, NULL,
+     "diffusers Attention key projection"},
+    {"to_k.bias", "inner_dim", "bias", 0, XA_INIT_BIAS, "cross_attention_dim",
+     "bias=True gives to_q, to_k and to_v biases"},
+    {"to_v.weight", "inner_dim,cross_attention_dim", NULL, 0, XA_INIT_LINEAR, NULL,
+     "diffusers Attention value projection"},
+    {"to_v.bias", "inner_dim", "bias", 0, XA_INIT_BIAS, "cross_attention_dim",
+     "bias=True gives to_q, to_k and to_v biases"},
+    {"to_out.0.weight", "out_dim,inner_dim", NULL, 0, XA_INIT_LINEAR, NULL,
+     "diffusers Attention output projection"},
+    {"to_out.0.bias", "out_dim", "out_bias", 0, XA_INIT_BIAS, "inner_dim",
+     "the output bias (out_bias=True)"},
+};
+
+static const xa_io diff_inputs[] = {
+    {"hidden_states", "B,I,query_dim", 0, "the sequence that queries"},
+    {"encoder_hidden_states", "B,J,cross_attention_dim", XA_IO_OPT,
+     "the sequence attended to (None: hidden_states, self-attention)"},
+    {"attention_mask", "B,J", XA_IO_OPT | XA_IO_MASK | XA_IO_ADDITIVE,
+     "per batch item and key: bool True = attend (as F.scaled_dot_product_attention); float: "
+     "added to the logits"},
+};
+static const xa_io diff_outputs[] = {
+    {"out", "B,I,out_dim", 0, "the attention output"},
+    {"attention_probs", "B,heads,I,J", XA_IO_OPT, "attention weights per head"},
+};
+
+/* State_dict entries of diffusers Attention features this module does not compute. */
+static xattn_status diff_reject_extras(const xattn_safetensors *st, const char *prefix)
 {
     static const char *const extras[] = {"norm_q.", "norm_k.", "norm_cross.", "group_norm.",
                                          "spatial_norm.", "add_q_proj.", "add_k_proj.",
                                          "add_v_proj.", "to_add_out.", "norm_added_q.",
                                          "norm_added_k."};
-    size_t plen = strlen(prefix);
-    size_t n = xattn_st_count(st);
+    const size_t plen = strlen(prefix), n = xattn_st_count(st);
     for (size_t i = 0; i < n; i++) {
         const char *name = xattn_st_name(st, i);
         if (!name || strncmp(name, prefix, plen) != 0) continue;
-        const char *rest = name + plen;
         char shown[XA_IO_NAME_CAP];
         for (size_t e = 0; e < sizeof extras / sizeof extras[0]; e++)
-            if (!strncmp(rest, extras[e], strlen(extras[e])))
+            if (!strncmp(name + plen, extras[e], strlen(extras[e])))
                 return xa_error(XATTN_ERR_UNSUPPORTED,
                                 "tensor '%s': diffusers Attention with %.*s is not supported "
                                 "(only to_q/to_k/to_v/to_out.0)",
@@ -103,300 +291,181 @@ static xattn_status diffusers_reject_extras(const xattn_safetensors *st, const c
     return XATTN_OK;
 }
 
-static xattn_status resolve_heads(const xattn_safetensors *st, int64_t heads, int64_t deflt,
-                                  int64_t *out)
+/* heads, dim_head and the inner width as diffusers relates them: inner = heads * dim_head, or
+ * inner = out_dim and heads = out_dim // dim_head when out_dim is given. Loading, the inner
+ * width comes from the shapes and dim_head, unless given, from inner / heads. */
+static xattn_status diff_heads(xa_cfg *c, int loading)
 {
-    if (heads > 0) {
-        *out = heads;
-        return XATTN_OK;
+    const int ih = xa_cfg_find(c, "heads"), id = xa_cfg_find(c, "dim_head");
+    const int ii = xa_cfg_find(c, "inner_dim"), io = xa_cfg_find(c, "out_dim");
+    if (!loading && c->from[io] != XA_FROM_UNSET) {
+        if (c->v[io] < c->v[id])
+            return xa_error(XATTN_ERR_ARG, "%s: out_dim %.0f is smaller than dim_head %.0f "
+                            "(heads = out_dim // dim_head would be 0)", FN_LOAD, c->v[io], c->v[id]);
+        xa_cfg_set(c, ih, floor(c->v[io] / c->v[id]), XA_FROM_DERIVED,
+                   "out_dim // dim_head (diffusers ignores heads when out_dim is given)");
+        xa_cfg_set(c, ii, c->v[io], XA_FROM_DERIVED, "out_dim");
+    } else if (!loading) {
+        xa_cfg_set(c, ii, c->v[ih] * c->v[id], XA_FROM_DERIVED, "heads * dim_head");
     }
-    const char *mv = xattn_st_meta_get(st, "heads");
-    if (mv) {
-        int64_t h = xa_parse_positive(mv);
-        if (h <= 0) {
-            char shown[48];
-            return xa_error(XATTN_ERR_FORMAT,
-                            "__metadata__ 'heads' is \"%s\", not a positive integer",
-                            xa_io_printable(mv, shown, sizeof shown));
-        }
-        *out = h;
-        return XATTN_OK;
+    const int64_t inner = (int64_t)c->v[ii], H = (int64_t)c->v[ih];
+    if (inner % H)
+        return xa_error(XATTN_ERR_SHAPE, "inner dim %lld (%s) is not divisible by heads %lld",
+                        (long long)inner, c->how[ii], (long long)H);
+    if (loading && c->from[id] == XA_FROM_DEFAULT) {
+        xa_cfg_set(c, id, (double)(inner / H), XA_FROM_DERIVED, "inner_dim / heads");
+    } else if (loading && inner / (int64_t)c->v[id] != H) {
+        return xa_error(XATTN_ERR_SHAPE, "%s: dim_head %lld (%s) does not fit heads %lld (%s) "
+                        "and inner dim %lld (%s)", FN_LOAD, (long long)c->v[id], c->how[id],
+                        (long long)H, c->how[ih], (long long)inner, c->how[ii]);
     }
-    if (deflt > 0) {
-        *out = deflt;
-        return XATTN_OK;
-    }
-    return xa_error(XATTN_ERR_ARG, "the number of heads is not known: pass heads > 0 or store "
-                                   "__metadata__ {\"heads\": \"N\"} in the file");
-}
-
-/* Assigns 64-byte aligned slots inside one block for every present tensor, allocates it and
- * copies the tensors in. */
-static xattn_status alloc_and_fetch(const xattn_safetensors *st, xa_wref **refs, int n,
-                                    float **block_out)
-{
-    int64_t total = 0;
-    for (int i = 0; i < n; i++) {
-        if (!refs[i]->present) continue;
-        int64_t e = xa_wref_numel(refs[i]);
-        total += (e + 15) & ~(int64_t)15;
-    }
-    float *block = xa_alloc((size_t)total * sizeof(float));
-    if (!block) return XATTN_ERR_NOMEM;
-    int64_t off = 0;
-    for (int i = 0; i < n; i++) {
-        if (!refs[i]->present) continue;
-        refs[i]->dst = block + off;
-        off += (xa_wref_numel(refs[i]) + 15) & ~(int64_t)15;
-    }
-    for (int i = 0; i < n; i++) {
-        if (!refs[i]->present) continue;
-        xattn_status s = xa_wref_fetch(st, refs[i]);
-        if (s != XATTN_OK) {
-            xa_free(block);
-            return s;
-        }
-    }
-    *block_out = block;
     return XATTN_OK;
 }
 
-/* A finite float from a metadata value. */
-static xattn_status meta_float(const char *v, const char *key, float *out)
+static xattn_status diff_build(xa_mod *m, const xattn_safetensors *st, const char *prefix,
+                               const xa_kv *opts, size_t n_opts)
 {
-    char *end = NULL;
-    double d = strtod(v, &end);
-    while (end && (*end == ' ' || *end == '\t')) end++;
-    if (!end || end == v || *end || !isfinite(d) || fabs(d) > 3.0e38) {
-        char shown[XA_IO_NAME_CAP];
-        return xa_error(XATTN_ERR_FORMAT, "__metadata__ %s is \"%s\", not a finite number", key,
-                        xa_io_printable(v, shown, sizeof shown));
-    }
-    *out = (float)d;
-    return XATTN_OK;
-}
-
-static xattn_status xa_missing_pair(const xa_wref *t)
-{
-    return xa_wref_missing(t, "bias_k and bias_v come together (add_bias_kv=True)");
-}
-
-static xattn_status load_torch(const xattn_safetensors *st, const char *prefix, int64_t heads_arg,
-                               xattn_mha *m)
-{
+    xa_cfg *c = &m->cfg;
     xattn_status s;
-    xa_wref inw, inb, qw, kw, vw, ow, ob, bk, bv;
-    if ((s = xa_wref_find(st, "xattn_mha_load", prefix, "", "in_proj_weight", &inw)) ||
-        (s = xa_wref_find(st, "xattn_mha_load", prefix, "", "in_proj_bias", &inb)) ||
-        (s = xa_wref_find(st, "xattn_mha_load", prefix, "", "q_proj_weight", &qw)) ||
-        (s = xa_wref_find(st, "xattn_mha_load", prefix, "", "k_proj_weight", &kw)) ||
-        (s = xa_wref_find(st, "xattn_mha_load", prefix, "", "v_proj_weight", &vw)) ||
-        (s = xa_wref_find(st, "xattn_mha_load", prefix, "", "out_proj.weight", &ow)) ||
-        (s = xa_wref_find(st, "xattn_mha_load", prefix, "", "out_proj.bias", &ob)) ||
-        (s = xa_wref_find(st, "xattn_mha_load", prefix, "", "bias_k", &bk)) ||
-        (s = xa_wref_find(st, "xattn_mha_load", prefix, "", "bias_v", &bv)))
+    if (st && ((s = diff_reject_extras(st, prefix)) ||
+               (s = xa_cfg_bind_shapes(c, diff_table, D_N, st, prefix, "")) ||
+               (s = xa_cfg_require_shapes(c, diff_table, D_N, st, prefix, ""))))
         return s;
-
-    if (bk.present != bv.present)
-        return xa_missing_pair(bk.present ? &bv : &bk);
-
-    xattn_mha_config *c = &m->cfg;
-    c->layout = XATTN_LAYOUT_TORCH_MHA;
-    int64_t E;
-    int packed = inw.present;
-    if (packed) {
-        if (inw.ndim == 2 && inw.shape[1] > 0 && inw.shape[0] == 3 * inw.shape[1]) {
-            E = inw.shape[1];
-        } else {
-            char got[128];
-            xa_wref_shape(&inw, got, sizeof got);
-            return xa_error(XATTN_ERR_SHAPE,
-                            "tensor '%s' has shape %s; expected (3*embed_dim, embed_dim)", inw.shown,
-                            got);
-        }
-        if ((s = check_2d(&inw, 3 * E, E, "embed_dim", "(3*embed_dim, embed_dim)"))) return s;
-        c->kdim = c->vdim = E;
-    } else {
-        if (!qw.present)
-            return xa_error(XATTN_ERR_NOT_FOUND,
-                            "tensor '%s' (or '%s') is missing", inw.shown, qw.shown);
-        if (!kw.present) return xa_wref_missing(&kw, "q_proj_weight is present, so kdim/vdim differ from embed_dim");
-        if (!vw.present) return xa_wref_missing(&vw, "q_proj_weight is present, so kdim/vdim differ from embed_dim");
-        if (qw.ndim == 2 && qw.shape[0] > 0 && qw.shape[0] == qw.shape[1]) {
-            E = qw.shape[0];
-        } else {
-            char got[128];
-            xa_wref_shape(&qw, got, sizeof got);
-            return xa_error(XATTN_ERR_SHAPE, "tensor '%s' has shape %s; expected (embed_dim, embed_dim)",
-                            qw.shown, got);
-        }
-        if ((s = check_2d(&qw, E, E, "embed_dim", "(embed_dim, embed_dim)"))) return s;
-        char want[96];
-        snprintf(want, sizeof want, "(%lld, kdim)", (long long)E);
-        if ((s = check_2d(&kw, E, -1, "q_proj_weight", want))) return s;
-        snprintf(want, sizeof want, "(%lld, vdim)", (long long)E);
-        if ((s = check_2d(&vw, E, -1, "q_proj_weight", want))) return s;
-        c->kdim = kw.shape[1];
-        c->vdim = vw.shape[1];
-    }
-    const char *src = packed ? "in_proj_weight" : "q_proj_weight";
-    if (inb.present && (s = check_1d(&inb, 3 * E, src))) return s;
-    if (!ow.present) return xa_wref_missing(&ow, "the output projection of nn.MultiheadAttention");
-    {
-        char want[96];
-        snprintf(want, sizeof want, "(%lld, %lld)", (long long)E, (long long)E);
-        if ((s = check_2d(&ow, E, E, src, want))) return s;
-    }
-    if (ob.present && (s = check_1d(&ob, E, src))) return s;
-    if (bk.present) { /* add_bias_kv: (1, 1, embed_dim) each */
-        int64_t want[3] = {1, 1, E};
-        for (int t = 0; t < 2; t++) {
-            const xa_wref *r = t ? &bv : &bk;
-            if ((s = xa_wref_check_float(r))) return s;
-            if (r->ndim != 3 || memcmp(r->shape, want, sizeof want)) {
-                char got[128];
-                return xa_error(XATTN_ERR_SHAPE, "tensor '%s' has shape %s but %s implies (1, 1, %lld)",
-                                r->shown, xa_wref_shape(r, got, sizeof got), src, (long long)E);
-            }
-        }
-    }
-    c->add_bias_kv = bk.present;
-    c->rescale_output_factor = 1.0f;
-    c->add_zero_attn = meta_true(st, "add_zero_attn");
-
-    int64_t H;
-    if ((s = resolve_heads(st, heads_arg, 0, &H))) return s;
-    if (E % H != 0)
-        return xa_error(XATTN_ERR_SHAPE, "embed_dim %lld (from %s) is not divisible by heads %lld",
-                        (long long)E, src, (long long)H);
-
-    c->embed_dim = E;
-    c->heads = H;
-    c->head_dim = E / H;
-    c->scale = (float)(1.0 / sqrt((double)c->head_dim));
-    c->inner_dim = E;
-    c->out_dim = E;
-    c->has_in_bias = inb.present;
-    c->has_out_bias = ob.present;
-
-    xa_wref *refs[] = {&inw, &qw, &kw, &vw, &inb, &ow, &ob, &bk, &bv};
-    if (packed) qw.present = kw.present = vw.present = 0; /* ignore stray unpacked copies */
-    if ((s = alloc_and_fetch(st, refs, 9, &m->block))) return s;
-    if (packed) {
-        m->wq = inw.dst;
-        m->wk = inw.dst + E * E;
-        m->wv = inw.dst + 2 * E * E;
-    } else {
-        m->wq = qw.dst;
-        m->wk = kw.dst;
-        m->wv = vw.dst;
-    }
-    if (inb.present) {
-        m->bq = inb.dst;
-        m->bk = inb.dst + E;
-        m->bv = inb.dst + 2 * E;
-    }
-    m->wo = ow.dst;
-    m->bo = ob.present ? ob.dst : NULL;
-    m->bias_k = bk.present ? bk.dst : NULL;
-    m->bias_v = bv.present ? bv.dst : NULL;
-    return XATTN_OK;
+    if ((s = xa_cfg_resolve(c, opts, n_opts, st, FN_LOAD))) return s;
+    default_to(c, "cross_attention_dim", "query_dim");
+    if ((s = diff_heads(c, st != NULL))) return s;
+    default_to(c, "out_dim", "query_dim");
+    const int ir = xa_cfg_find(c, "rescale_output_factor");
+    if (c->v[ir] == 0)
+        return xa_error(c->from[ir] == XA_FROM_META ? XATTN_ERR_FORMAT : XATTN_ERR_ARG,
+                        "%s: rescale_output_factor is 0 (%s)", FN_LOAD, c->how[ir]);
+    const int64_t qd = xa_cfg_int(c, "query_dim"), od = xa_cfg_int(c, "out_dim");
+    if (xa_cfg_get(c, "residual_connection") != 0 && od != qd)
+        return xa_error(XATTN_ERR_SHAPE, "residual_connection needs out_dim (%lld, %s) == "
+                        "query_dim (%lld)", (long long)od,
+                        c->how[xa_cfg_find(c, "out_dim")], (long long)qd);
+    return xa_params_add_table(&m->params, diff_table, D_N, c, "", NULL);
 }
 
-static xattn_status load_diffusers(const xattn_safetensors *st, const char *prefix,
-                                   int64_t heads_arg, xattn_mha *m)
+static xattn_status diff_bind(xa_mod *core)
 {
-    xattn_status s;
-    xa_wref qw, kw, vw, qb, kb, vb, ow, ob;
-    if ((s = xa_wref_find(st, "xattn_mha_load", prefix, "", "to_q.weight", &qw)) ||
-        (s = xa_wref_find(st, "xattn_mha_load", prefix, "", "to_k.weight", &kw)) ||
-        (s = xa_wref_find(st, "xattn_mha_load", prefix, "", "to_v.weight", &vw)) ||
-        (s = xa_wref_find(st, "xattn_mha_load", prefix, "", "to_q.bias", &qb)) ||
-        (s = xa_wref_find(st, "xattn_mha_load", prefix, "", "to_k.bias", &kb)) ||
-        (s = xa_wref_find(st, "xattn_mha_load", prefix, "", "to_v.bias", &vb)) ||
-        (s = xa_wref_find(st, "xattn_mha_load", prefix, "", "to_out.0.weight", &ow)) ||
-        (s = xa_wref_find(st, "xattn_mha_load", prefix, "", "to_out.0.bias", &ob)))
-        return s;
-    if ((s = diffusers_reject_extras(st, prefix))) return s;
-    if (!kw.present) return xa_wref_missing(&kw, "diffusers Attention key projection");
-    if (!vw.present) return xa_wref_missing(&vw, "diffusers Attention value projection");
-    if (!ow.present) return xa_wref_missing(&ow, "diffusers Attention output projection");
-
-    if ((s = check_2d(&qw, -1, -1, "diffusers Attention", "(inner_dim, query_dim)"))) return s;
-    int64_t inner = qw.shape[0], qdim = qw.shape[1];
-    char want[128];
-    snprintf(want, sizeof want, "(%lld, cross_attention_dim)", (long long)inner);
-    if ((s = check_2d(&kw, inner, -1, "to_q.weight", want))) return s;
-    if ((s = check_2d(&vw, inner, -1, "to_q.weight", want))) return s;
-    snprintf(want, sizeof want, "(out_dim, %lld)", (long long)inner);
-    if ((s = check_2d(&ow, -1, inner, "to_q.weight", want))) return s;
-    int64_t odim = ow.shape[0];
-    if (qb.present && (s = check_1d(&qb, inner, "to_q.weight"))) return s;
-    if (kb.present && (s = check_1d(&kb, inner, "to_k.weight"))) return s;
-    if (vb.present && (s = check_1d(&vb, inner, "to_v.weight"))) return s;
-    if (ob.present && (s = check_1d(&ob, odim, "to_out.0.weight"))) return s;
-
-    int64_t H;
-    if ((s = resolve_heads(st, heads_arg, 8, &H))) return s;
-    if (inner % H != 0)
-        return xa_error(XATTN_ERR_SHAPE,
-                        "inner dim %lld (rows of to_q.weight) is not divisible by heads %lld",
-                        (long long)inner, (long long)H);
-
+    xattn_mha *m = (xattn_mha *)core;
+    const xa_params *ps = &core->params;
+    const xa_cfg *cf = &core->cfg;
     xattn_mha_config *c = &m->cfg;
     c->layout = XATTN_LAYOUT_DIFFUSERS;
-    c->embed_dim = qdim;
-    c->kdim = kw.shape[1];
-    c->vdim = vw.shape[1];
-    c->heads = H;
-    c->head_dim = inner / H;
-    c->inner_dim = inner;
-    c->out_dim = odim;
-    c->has_in_bias = qb.present || kb.present || vb.present;
-    c->has_out_bias = ob.present;
-    /* constructor options that leave no trace in the state_dict, from __metadata__ */
-    c->scale = (float)(1.0 / sqrt((double)c->head_dim));
-    const char *v;
+    c->embed_dim = xa_cfg_int(cf, "query_dim");
+    c->kdim = c->vdim = xa_cfg_int(cf, "cross_attention_dim");
+    c->heads = xa_cfg_int(cf, "heads");
+    c->inner_dim = xa_cfg_int(cf, "inner_dim");
+    c->head_dim = c->inner_dim / c->heads;
+    c->out_dim = xa_cfg_int(cf, "out_dim");
+    m->wq = xa_param_data(ps, D_QW);
+    m->wk = xa_param_data(ps, D_KW);
+    m->wv = xa_param_data(ps, D_VW);
+    m->bq = xa_param_data(ps, D_QB);
+    m->bk = xa_param_data(ps, D_KB);
+    m->bv = xa_param_data(ps, D_VB);
+    m->wo = xa_param_data(ps, D_OW);
+    m->bo = xa_param_data(ps, D_OB);
+    m->bias_k = m->bias_v = NULL;
+    c->has_in_bias = m->bq || m->bk || m->bv;
+    c->has_out_bias = m->bo != NULL;
+    c->add_bias_kv = c->add_zero_attn = 0;
     /* scale_qk=False: logits unscaled (diffusers then runs AttnProcessor with attn.scale = 1) */
-    if ((v = xattn_st_meta_get(st, "scale_qk")) && !meta_true(st, "scale_qk")) c->scale = 1.0f;
-    c->residual_connection = meta_true(st, "residual_connection");
-    c->rescale_output_factor = 1.0f;
-    if ((v = xattn_st_meta_get(st, "rescale_output_factor")) &&
-        (s = meta_float(v, "rescale_output_factor", &c->rescale_output_factor)))
-        return s;
-    if (c->rescale_output_factor == 0.0f)
-        return xa_error(XATTN_ERR_FORMAT, "__metadata__ rescale_output_factor is 0");
-    if (c->residual_connection && c->out_dim != c->embed_dim)
-        return xa_error(XATTN_ERR_SHAPE, "residual_connection needs out_dim (%lld, rows of "
-                        "to_out.0.weight) == query_dim (%lld)", (long long)c->out_dim,
-                        (long long)c->embed_dim);
-
-    xa_wref *refs[] = {&qw, &kw, &vw, &qb, &kb, &vb, &ow, &ob};
-    if ((s = alloc_and_fetch(st, refs, 8, &m->block))) return s;
-    m->wq = qw.dst;
-    m->wk = kw.dst;
-    m->wv = vw.dst;
-    m->bq = qb.present ? qb.dst : NULL;
-    m->bk = kb.present ? kb.dst : NULL;
-    m->bv = vb.present ? vb.dst : NULL;
-    m->wo = ow.dst;
-    m->bo = ob.present ? ob.dst : NULL;
+    c->scale = xa_cfg_get(cf, "scale_qk") != 0 ? xa_head_scale(c->head_dim) : 1.0f;
+    c->residual_connection = xa_cfg_get(cf, "residual_connection") != 0;
+    c->rescale_output_factor = (float)xa_cfg_get(cf, "rescale_output_factor");
     return XATTN_OK;
 }
 
-xattn_status xattn_mha_load(const xattn_safetensors *st, const char *prefix, int64_t heads,
-                            xattn_mha **out)
+/* ---------------------------------------------------------------------------------------- */
+/* The kinds                                                                                */
+/* ---------------------------------------------------------------------------------------- */
+
+/* in_proj_weight (packed) or q_proj_weight (separate) marks nn.MultiheadAttention; a block
+ * inside another module (a transformer layer's self_attn.) is left out by the registry's scan. */
+static int torch_claims(const xattn_safetensors *st, const char *prefix)
 {
-    if (!out) return xa_error(XATTN_ERR_ARG, "xattn_mha_load: out is NULL");
+    return xa_has(st, prefix, "in_proj_weight") || xa_has(st, prefix, "q_proj_weight");
+}
+
+static xattn_status torch_forward_named(const xa_mod *core, const xa_run *r);
+static xattn_status diff_forward_named(const xa_mod *core, const xa_run *r);
+static xattn_status diff_check(const xa_mod *core, const xa_run *r);
+
+const xa_kind xa_kind_mha = {
+    .name = "mha",
+    .reference = "torch.nn.MultiheadAttention (batch_first=True)",
+    .summary = "multi-head attention with packed or separate q/k/v projections",
+    .fields = torch_fields,
+    .n_fields = sizeof torch_fields / sizeof torch_fields[0],
+    .inputs = torch_inputs,
+    .n_in = sizeof torch_inputs / sizeof torch_inputs[0],
+    .outputs = torch_outputs,
+    .n_out = sizeof torch_outputs / sizeof torch_outputs[0],
+    .anchor = "out_proj.weight",
+    .claims = torch_claims,
+    .size = sizeof(xattn_mha),
+    .build = torch_build,
+    .bind = torch_bind,
+    .forward = torch_forward_named,
+};
+
+const xa_kind xa_kind_attention = {
+    .name = "attention",
+    .reference = "diffusers Attention (AttnProcessor2_0)",
+    .summary = "diffusers' attention block: to_q, to_k, to_v, to_out.0",
+    .fields = diff_fields,
+    .n_fields = sizeof diff_fields / sizeof diff_fields[0],
+    .inputs = diff_inputs,
+    .n_in = sizeof diff_inputs / sizeof diff_inputs[0],
+    .outputs = diff_outputs,
+    .n_out = sizeof diff_outputs / sizeof diff_outputs[0],
+    .anchor = "to_q.weight",
+    .size = sizeof(xattn_mha),
+    .build = diff_build,
+    .bind = diff_bind,
+    .check = diff_check,
+    .forward = diff_forward_named,
+};
+
+/* ---------------------------------------------------------------------------------------- */
+/* Typed API                                                                                */
+/* ---------------------------------------------------------------------------------------- */
+
+static int reserved_zero(const uint64_t *r)
+{
+    return !r[0] && !r[1] && !r[2] && !r[3];
+}
+
+/* The typed options as the kind's string options. */
+static xattn_status opts_to_kv(const xattn_mha_opts *o, int torch, xa_kvbuf *b)
+{
+    memset(b, 0, sizeof *b);
+    if (!o) return XATTN_OK;
+    if (!reserved_zero(o->reserved_))
+        return xa_error(XATTN_ERR_ARG, "%s: opts->reserved_ must be zero", FN_LOAD);
+    xa_kv_int(b, torch ? "num_heads" : "heads", o->heads);
+    xa_kv_bool(b, "add_zero_attn", o->add_zero_attn);
+    xa_kv_bool(b, "scale_qk", o->scale_qk);
+    xa_kv_bool(b, "residual_connection", o->residual_connection);
+    xa_kv_real(b, "rescale_output_factor", o->rescale_output_factor);
+    return XATTN_OK;
+}
+
+xattn_status xattn_mha_load(const xattn_safetensors *st, const char *prefix,
+                            const xattn_mha_opts *opts, xattn_mha **out)
+{
+    if (!out) return xa_error(XATTN_ERR_ARG, "%s: out is NULL", FN_LOAD);
     *out = NULL;
-    if (!st) return xa_error(XATTN_ERR_ARG, "xattn_mha_load: safetensors handle is NULL");
+    if (!st) return xa_error(XATTN_ERR_ARG, "%s: safetensors handle is NULL", FN_LOAD);
     if (!prefix) prefix = "";
     char pp[XA_IO_NAME_CAP];
     xa_io_printable(prefix, pp, sizeof pp);
-
-    int torch_names = xa_wref_has(st, prefix, "in_proj_weight") ||
-                      xa_wref_has(st, prefix, "q_proj_weight");
-    int diff_names = xa_wref_has(st, prefix, "to_q.weight");
+    const int torch_names = xa_has(st, prefix, "in_proj_weight") ||
+                            xa_has(st, prefix, "q_proj_weight");
+    const int diff_names = xa_has(st, prefix, "to_q.weight");
     if (torch_names && diff_names)
         return xa_error(XATTN_ERR_FORMAT,
                         "ambiguous module: both '%sin_proj_weight'/'%sq_proj_weight' "
@@ -408,37 +477,18 @@ xattn_status xattn_mha_load(const xattn_safetensors *st, const char *prefix, int
                         "'%sq_proj_weight' (nn.MultiheadAttention) or '%sto_q.weight' "
                         "(diffusers Attention)",
                         pp, pp, pp);
-
-    xattn_mha *m = calloc(1, sizeof *m);
-    if (!m) return xa_error(XATTN_ERR_NOMEM, "xattn_mha_load: out of memory");
-    xattn_status s = torch_names ? load_torch(st, prefix, heads, m)
-                                 : load_diffusers(st, prefix, heads, m);
-    if (s != XATTN_OK) {
-        xa_free(m->block);
-        free(m);
-        return s;
-    }
+    xa_kvbuf kv;
+    xattn_status s = opts_to_kv(opts, torch_names, &kv);
+    if (s) return s;
+    xa_mod *m;
+    s = xa_mod_open(torch_names ? &xa_kind_mha : &xa_kind_attention, st, prefix, kv.kv, kv.n, &m);
+    if (s) return s;
+    *out = (xattn_mha *)m;
     xa_clear_error();
-    *out = m;
     return XATTN_OK;
 }
 
-void xattn_mha_free(xattn_mha *m)
-{
-    if (!m) return;
-    xa_free(m->block);
-    free(m);
-}
-
-xattn_status xattn_mha_set_add_zero_attn(xattn_mha *m, int on)
-{
-    if (!m) return xa_error(XATTN_ERR_ARG, "xattn_mha_set_add_zero_attn: module is NULL");
-    if (m->cfg.layout != XATTN_LAYOUT_TORCH_MHA && on)
-        return xa_error(XATTN_ERR_ARG, "xattn_mha_set_add_zero_attn: only nn.MultiheadAttention "
-                                       "has add_zero_attn");
-    m->cfg.add_zero_attn = on != 0;
-    return XATTN_OK;
-}
+void xattn_mha_free(xattn_mha *m) { xa_mod_free(m ? &m->core : NULL); }
 
 void xattn_mha_get_config(const xattn_mha *m, xattn_mha_config *cfg)
 {
@@ -451,296 +501,319 @@ void xattn_mha_get_config(const xattn_mha *m, xattn_mha_config *cfg)
 }
 
 /* ---------------------------------------------------------------------------------------- */
-/* Masks                                                                                    */
-/* ---------------------------------------------------------------------------------------- */
-
-/* One mask source as a (B|1, H|1, I|1, J) view: element (b,h,i,j) at b*sb + h*sh + i*si + j. */
-typedef struct mask_src {
-    const uint8_t *u8;  /* bool mask, or NULL */
-    const float *f32;   /* float mask, or NULL */
-    int64_t sb, sh, si;
-    int keep_if_true;   /* bool polarity: 1 = True keeps (SDPA), 0 = True masks (torch MHA) */
-} mask_src;
-
-static int src_has_neg_inf(const mask_src *s, int64_t n)
-{
-    for (int64_t t = 0; t < n; t++)
-        if (s->f32[t] == -INFINITY) return 1;
-    return 0;
-}
-
-/* ---------------------------------------------------------------------------------------- */
 /* Forward                                                                                  */
 /* ---------------------------------------------------------------------------------------- */
 
-xattn_status xattn_mha_forward(const xattn_mha *m, const xattn_mha_inputs *in, float *out,
-                               float *attn_weights, int average_weights)
+static xattn_status check_args(const xattn_mha *m, const xattn_mha_inputs *in,
+                               const xattn_mha_outputs *out)
 {
-    if (!m) return xa_error(XATTN_ERR_ARG, "xattn_mha_forward: module is NULL");
-    if (!in) return xa_error(XATTN_ERR_ARG, "xattn_mha_forward: inputs is NULL");
-    if (!out) return xa_error(XATTN_ERR_ARG, "xattn_mha_forward: out is NULL");
+    if (!m) return xa_error(XATTN_ERR_ARG, "%s: module is NULL", FN_FWD);
+    if (!in) return xa_error(XATTN_ERR_ARG, "%s: inputs is NULL", FN_FWD);
+    if (!out || !out->out) return xa_error(XATTN_ERR_ARG, "%s: out is NULL", FN_FWD);
+    if (!reserved_zero(in->reserved_) || !reserved_zero(out->reserved_))
+        return xa_error(XATTN_ERR_ARG, "%s: reserved_ of the inputs and outputs must be zero",
+                        FN_FWD);
     const xattn_mha_config *c = &m->cfg;
-    const int64_t B = in->B, I = in->I, J = in->J, H = c->heads, dh = c->head_dim;
-    const int64_t inner = c->inner_dim;
-    if (B <= 0 || I <= 0 || J <= 0)
-        return xa_error(XATTN_ERR_ARG, "xattn_mha_forward: sizes must be positive (B=%lld, I=%lld, J=%lld)",
-                        (long long)B, (long long)I, (long long)J);
-    if (!in->query) return xa_error(XATTN_ERR_ARG, "xattn_mha_forward: query is NULL");
-    if (!in->key) return xa_error(XATTN_ERR_ARG, "xattn_mha_forward: key is NULL");
-    const float *value = in->value ? in->value : in->key;
+    if (in->B <= 0 || in->I <= 0 || in->J <= 0)
+        return xa_error(XATTN_ERR_ARG, "%s: sizes must be positive (B=%lld, I=%lld, J=%lld)",
+                        FN_FWD, (long long)in->B, (long long)in->I, (long long)in->J);
+    if (!in->query) return xa_error(XATTN_ERR_ARG, "%s: query is NULL", FN_FWD);
+    if (!in->key) return xa_error(XATTN_ERR_ARG, "%s: key is NULL", FN_FWD);
     if (!in->value && c->kdim != c->vdim)
-        return xa_error(XATTN_ERR_SHAPE,
-                        "xattn_mha_forward: value is NULL (= key) but kdim %lld != vdim %lld",
-                        (long long)c->kdim, (long long)c->vdim);
+        return xa_error(XATTN_ERR_SHAPE, "%s: value is NULL (= key) but kdim %lld != vdim %lld",
+                        FN_FWD, (long long)c->kdim, (long long)c->vdim);
     if (in->key_padding_mask && in->key_padding_mask_float)
         return xa_error(XATTN_ERR_ARG,
-                        "xattn_mha_forward: give key_padding_mask as bool or as float, not both");
+                        "%s: give key_padding_mask as bool or as float, not both", FN_FWD);
     if (in->attn_mask && in->attn_mask_float)
-        return xa_error(XATTN_ERR_ARG,
-                        "xattn_mha_forward: give attn_mask as bool or as float, not both");
+        return xa_error(XATTN_ERR_ARG, "%s: give attn_mask as bool or as float, not both", FN_FWD);
     if (in->attn_mask_per_head != 0 && in->attn_mask_per_head != 1)
-        return xa_error(XATTN_ERR_ARG, "xattn_mha_forward: attn_mask_per_head must be 0 or 1, got %d",
+        return xa_error(XATTN_ERR_ARG, "%s: attn_mask_per_head must be 0 or 1, got %d", FN_FWD,
                         in->attn_mask_per_head);
     if (in->attn_mask_per_head && !in->attn_mask && !in->attn_mask_float)
-        return xa_error(XATTN_ERR_ARG,
-                        "xattn_mha_forward: attn_mask_per_head is set but no attn_mask is given");
+        return xa_error(XATTN_ERR_ARG, "%s: attn_mask_per_head is set but no attn_mask is given",
+                        FN_FWD);
+    return XATTN_OK;
+}
 
+/* The masks of one call as the fused attention takes them. */
+typedef struct mask_plan {
+    xa_mask_src src[2];
+    int n_src;
+    int in_keep[2];          /* source q feeds the keep mask (bool, or float holding -inf) */
+    int64_t kB, kH, kI;      /* keep mask (kB, kH, kI, Jx), or n_keep = 0 */
+    int64_t bB, bH, bI;      /* bias (bB, bH, bI, Jx) when copy_bias */
+    int64_t n_keep, n_bias;
+    int copy_bias;           /* the float masks are summed (or widened) into scratch */
+    const xa_mask_src *bias_src; /* the one float mask read in place, or NULL */
+} mask_plan;
+
+static void plan_masks(const xattn_mha *m, const xattn_mha_inputs *in, int64_t Jx, mask_plan *p)
+{
+    const int64_t B = in->B, H = m->cfg.heads, I = in->I, J = in->J;
+    const int keep_true = m->cfg.layout == XATTN_LAYOUT_DIFFUSERS;
+    memset(p, 0, sizeof *p);
+    if (in->key_padding_mask || in->key_padding_mask_float)
+        p->src[p->n_src++] = (xa_mask_src){in->key_padding_mask, in->key_padding_mask_float, J, 0,
+                                           0, keep_true};
+    if (in->attn_mask || in->attn_mask_float) {
+        const int ph = in->attn_mask_per_head;
+        p->src[p->n_src++] = (xa_mask_src){in->attn_mask, in->attn_mask_float,
+                                           ph ? H * I * J : 0, ph ? I * J : 0, J, keep_true};
+    }
+    int need_keep = 0, n_float = 0;
+    p->kB = p->kH = p->kI = p->bB = p->bH = p->bI = 1;
+    for (int q = 0; q < p->n_src; q++) {
+        const xa_mask_src *s = &p->src[q];
+        if (s->f32) {
+            n_float++;
+            p->bias_src = s;
+            const int64_t n = (s->sb ? B : 1) * (s->sh ? H : 1) * (s->si ? I : 1) * J;
+            p->in_keep[q] = xa_op_has_neg_inf(s->f32, n);
+        } else {
+            p->in_keep[q] = 1;
+        }
+        need_keep |= p->in_keep[q];
+        if (p->in_keep[q]) {
+            if (s->sb) p->kB = B;
+            if (s->sh) p->kH = H;
+            if (s->si) p->kI = I;
+        }
+        if (s->f32) {
+            if (s->sb) p->bB = B;
+            if (s->sh) p->bH = H;
+            if (s->si) p->bI = I;
+        }
+    }
+    p->n_keep = need_keep ? p->kB * p->kH * p->kI * Jx : 0;
+    /* the float masks are read in place, unless two must be summed or extra keys widen them */
+    p->copy_bias = n_float >= 2 || (n_float == 1 && Jx > J);
+    p->n_bias = p->copy_bias ? p->bB * p->bH * p->bI * Jx : 0;
+    if (p->copy_bias) p->bias_src = NULL;
+}
+
+/* Fills the mask fields of the attention call from the plan (keep and bias in scratch). */
+static void apply_masks(const mask_plan *p, int64_t J, int64_t Jx, uint8_t *keep, float *bias,
+                        xa_attn *a)
+{
+    xa_mask_src ks[2];
+    int nk = 0;
+    for (int q = 0; q < p->n_src; q++)
+        if (p->in_keep[q]) ks[nk++] = p->src[q];
+    if (p->n_keep) {
+        xa_op_mask_keep(ks, nk, p->kB, p->kH, p->kI, J, Jx, keep);
+        a->mask = keep;
+        a->mask_sb = p->kB > 1 ? p->kH * p->kI * Jx : 0;
+        a->mask_sh = p->kH > 1 ? p->kI * Jx : 0;
+        a->mask_si = p->kI > 1 ? Jx : 0;
+    }
+    if (p->copy_bias) {
+        xa_op_mask_bias(p->src, p->n_src, p->bB, p->bH, p->bI, J, Jx, bias);
+        a->bias = bias;
+        a->bias_sb = p->bB > 1 ? p->bH * p->bI * Jx : 0;
+        a->bias_sh = p->bH > 1 ? p->bI * Jx : 0;
+        a->bias_si = p->bI > 1 ? Jx : 0;
+    } else if (p->bias_src) {
+        a->bias = p->bias_src->f32;
+        a->bias_sb = p->bias_src->sb;
+        a->bias_sh = p->bias_src->sh;
+        a->bias_si = p->bias_src->si;
+    }
+    a->bias_sj = 1;
+}
+
+/* Projects the keys and values into kp, vp (B, Jx, inner); the keys nn.MultiheadAttention
+ * appends (bias_k / bias_v, then a zero key) fill rows J .. Jx-1 of each batch item. */
+static xattn_status project_kv(const xattn_mha *m, const xattn_mha_inputs *in, int64_t Jx,
+                               float *kp, float *vp)
+{
+    const xattn_mha_config *c = &m->cfg;
+    const float *value = in->value ? in->value : in->key;
+    const int64_t B = in->B, J = in->J, inner = c->inner_dim;
+    xattn_status s;
+    if (Jx == J)
+        return (s = xa_op_linear(in->key, B * J, c->kdim, m->wk, m->bk, inner, kp, 0))
+                   ? s
+                   : xa_op_linear(value, B * J, c->vdim, m->wv, m->bv, inner, vp, 0);
+    for (int64_t b = 0; b < B; b++) {
+        if ((s = xa_op_linear(in->key + b * J * c->kdim, J, c->kdim, m->wk, m->bk, inner,
+                              kp + b * Jx * inner, 0)) ||
+            (s = xa_op_linear(value + b * J * c->vdim, J, c->vdim, m->wv, m->bv, inner,
+                              vp + b * Jx * inner, 0)))
+            return s;
+    }
+    xa_op_append_rows(kp, B, J, Jx, inner, m->bias_k);
+    xa_op_append_rows(vp, B, J, Jx, inner, m->bias_v);
+    return XATTN_OK;
+}
+
+/* The fused attention over the projections: heads read in place, (B, N, H*dh) with strides
+ * (N*inner, dh, inner); probabilities (B, H, I, Jx) into probs when not NULL. */
+static void attn_call(const xattn_mha *m, const xattn_mha_inputs *in, int64_t Jx,
+                      const float *qp, const float *kp, const float *vp, float *op, float *probs,
+                      xa_attn *a)
+{
+    const int64_t I = in->I, H = m->cfg.heads, inner = m->cfg.inner_dim;
+    xa_op_attn_heads(a, in->B, H, I, Jx, m->cfg.head_dim, qp, inner, kp, vp, inner, op, inner);
+    a->causal = in->is_causal ? 1 : 0;
+    a->fill = XATTN_FILL_NEG_INF;
+    a->scale = m->cfg.scale;
+    a->probs = probs;
+    a->p_sb = H * I * Jx;
+    a->p_sh = I * Jx;
+    a->p_si = Jx;
+    a->p_sj = 1;
+    a->fn = FN_FWD;
+}
+
+/* out = to_out(op) [+ query] [/ rescale_output_factor] (diffusers' order). */
+static xattn_status project_out(const xattn_mha *m, const xattn_mha_inputs *in, const float *op,
+                                float *out)
+{
+    const xattn_mha_config *c = &m->cfg;
+    const int64_t M = in->B * in->I;
+    xattn_status s;
+    if (c->residual_connection) {
+        memcpy(out, in->query, sizeof(float) * (size_t)(M * c->out_dim));
+        s = xa_op_linear(op, M, c->inner_dim, m->wo, m->bo, c->out_dim, out, 1);
+    } else {
+        s = xa_op_linear(op, M, c->inner_dim, m->wo, m->bo, c->out_dim, out, 0);
+    }
+    if (!s && c->rescale_output_factor != 1.0f)
+        xa_op_scale(out, 1.0f / c->rescale_output_factor, M * c->out_dim);
+    return s;
+}
+
+xattn_status xa_mha_run(const xattn_mha *m, const xattn_mha_inputs *in,
+                        const xattn_mha_outputs *out)
+{
+    xattn_status s = check_args(m, in, out);
+    if (s) return s;
+    const xattn_mha_config *c = &m->cfg;
+    const int64_t B = in->B, I = in->I, J = in->J, H = c->heads, inner = c->inner_dim;
     /* keys after add_bias_kv (bias_k / bias_v appended) and add_zero_attn (a zero key/value) */
-    const int64_t X = c->add_bias_kv + c->add_zero_attn, Jx = J + X;
-    /* sizes, with overflow checks */
+    const int64_t Jx = J + c->add_bias_kv + c->add_zero_attn;
     int64_t nq, nk, nbhij = 0, t;
     if (xa_mul_ok(B, I, &t) || xa_mul_ok(t, inner, &nq) || xa_mul_ok(B, Jx, &t) ||
         xa_mul_ok(t, inner, &nk) || xa_mul_ok(B * I, H, &t) || xa_mul_ok(t, Jx, &nbhij) ||
         xa_mul_ok(B * I, c->out_dim, &t) || xa_mul_ok(B * I, c->embed_dim, &t) ||
         xa_mul_ok(B * J, XA_MAX(c->kdim, c->vdim), &t) || nbhij > (INT64_MAX / 8))
-        return xa_error(XATTN_ERR_NOMEM, "xattn_mha_forward: sizes overflow (B=%lld, I=%lld, J=%lld)",
+        return xa_error(XATTN_ERR_NOMEM, "%s: sizes overflow (B=%lld, I=%lld, J=%lld)", FN_FWD,
                         (long long)B, (long long)I, (long long)J);
+    mask_plan mp;
+    plan_masks(m, in, Jx, &mp);
+    /* probabilities in scratch when only the average is asked */
+    const int64_t n_probs = out->attn && !out->attn_per_head ? nbhij : 0;
+    if ((2.0 * (double)nq + 2.0 * (double)nk + (double)n_probs + (double)mp.n_bias + 64.0) * 4.0 +
+            (double)mp.n_keep > (double)(SIZE_MAX / 2))
+        return xa_error(XATTN_ERR_NOMEM, "%s: scratch for B=%lld, I=%lld, J=%lld overflows",
+                        FN_FWD, (long long)B, (long long)I, (long long)J);
+    const size_t off_k = ((size_t)nq + 15) & ~(size_t)15;
+    const size_t off_v = off_k + (((size_t)nk + 15) & ~(size_t)15);
+    const size_t off_o = off_v + (((size_t)nk + 15) & ~(size_t)15);
+    const size_t off_p = off_o + (((size_t)nq + 15) & ~(size_t)15);
+    const size_t off_b = off_p + (((size_t)n_probs + 15) & ~(size_t)15);
+    const size_t n_f = off_b + (size_t)mp.n_bias;
+    float *scratch = xa_alloc(n_f * sizeof(float) + (size_t)mp.n_keep);
+    if (!scratch) return xa_error(XATTN_ERR_NOMEM, "%s: out of memory for scratch", FN_FWD);
+    float *qp = scratch, *kp = scratch + off_k, *vp = scratch + off_v, *op = scratch + off_o;
+    float *probs = out->attn_per_head ? out->attn_per_head : n_probs ? scratch + off_p : NULL;
 
-    /* ---- mask plan ---- */
-    const int keep_true = c->layout == XATTN_LAYOUT_DIFFUSERS;
-    mask_src srcs[2];
-    int nsrc = 0;
-    if (in->key_padding_mask || in->key_padding_mask_float) {
-        mask_src *s = &srcs[nsrc++];
-        s->u8 = in->key_padding_mask;
-        s->f32 = in->key_padding_mask_float;
-        s->sb = J;
-        s->sh = 0;
-        s->si = 0;
-        s->keep_if_true = keep_true;
+    xa_attn a;
+    memset(&a, 0, sizeof a);
+    apply_masks(&mp, J, Jx, (uint8_t *)(scratch + n_f), scratch + off_b, &a);
+    attn_call(m, in, Jx, qp, kp, vp, op, probs, &a);
+    if (!(s = xa_op_linear(in->query, B * I, c->embed_dim, m->wq, m->bq, inner, qp, 0)) &&
+        !(s = project_kv(m, in, Jx, kp, vp)) && !(s = xa_op_attention(&a)) &&
+        !(s = project_out(m, in, op, out->out))) {
+        if (out->attn) xa_op_mean(probs, B, H, I * Jx, out->attn);
+        xa_clear_error();
     }
-    if (in->attn_mask || in->attn_mask_float) {
-        mask_src *s = &srcs[nsrc++];
-        s->u8 = in->attn_mask;
-        s->f32 = in->attn_mask_float;
-        s->si = J;
-        if (in->attn_mask_per_head) {
-            s->sb = H * I * J;
-            s->sh = I * J;
-        } else {
-            s->sb = 0;
-            s->sh = 0;
-        }
-        s->keep_if_true = keep_true;
-    }
-    /* keep mask: from bool sources and from -inf entries of float sources (so that a row whose
-     * every logit is -inf counts as fully masked); bias: the sum of the float sources. */
-    int need_keep = 0, n_float = 0;
-    int src_in_keep[2] = {0, 0};
-    for (int q = 0; q < nsrc; q++) {
-        if (srcs[q].u8) {
-            src_in_keep[q] = 1;
-        } else {
-            n_float++;
-            int64_t n = (srcs[q].sb ? B : 1) * (srcs[q].sh ? H : 1) * (srcs[q].si ? I : 1) * J;
-            src_in_keep[q] = src_has_neg_inf(&srcs[q], n);
-        }
-        need_keep |= src_in_keep[q];
-    }
-    int64_t kB = 1, kH = 1, kI = 1, bB = 1, bH = 1, bI = 1;
-    for (int q = 0; q < nsrc; q++) {
-        if (src_in_keep[q]) {
-            if (srcs[q].sb) kB = B;
-            if (srcs[q].sh) kH = H;
-            if (srcs[q].si) kI = I;
-        }
-        if (srcs[q].f32) {
-            if (srcs[q].sb) bB = B;
-            if (srcs[q].sh) bH = H;
-            if (srcs[q].si) bI = I;
-        }
-    }
-    const int64_t n_keep = need_keep ? kB * kH * kI * Jx : 0;
-    /* the float masks are read in place, unless two must be summed or extra keys widen them */
-    const int copy_bias = n_float >= 2 || (n_float == 1 && X > 0);
-    const int64_t n_bias = copy_bias ? bB * bH * bI * Jx : 0;
-
-    const int avg = attn_weights && average_weights;
-    const int64_t n_probs = avg ? nbhij : 0;
-
-    /* ---- scratch: q, k, v, o projections, probs for averaging, mask buffers ---- */
-    if ((2.0 * (double)nq + 2.0 * (double)nk + (double)n_probs + (double)n_bias + 64.0) * 4.0 +
-            (double)n_keep > (double)(SIZE_MAX / 2))
-        return xa_error(XATTN_ERR_NOMEM, "xattn_mha_forward: scratch for B=%lld, I=%lld, J=%lld "
-                                         "overflows", (long long)B, (long long)I, (long long)J);
-    size_t off_q = 0;
-    size_t off_k = off_q + (((size_t)nq + 15) & ~(size_t)15);
-    size_t off_v = off_k + (((size_t)nk + 15) & ~(size_t)15);
-    size_t off_o = off_v + (((size_t)nk + 15) & ~(size_t)15);
-    size_t off_p = off_o + (((size_t)nq + 15) & ~(size_t)15);
-    size_t off_b = off_p + (((size_t)n_probs + 15) & ~(size_t)15);
-    size_t n_f = off_b + (size_t)n_bias;
-    size_t bytes = n_f * sizeof(float) + (size_t)n_keep;
-    float *scratch = xa_alloc(bytes);
-    if (!scratch) return XATTN_ERR_NOMEM;
-    float *qp = scratch + off_q, *kp = scratch + off_k, *vp = scratch + off_v;
-    float *op = scratch + off_o;
-    float *probs = avg ? scratch + off_p : attn_weights;
-    float *bias_buf = n_bias ? scratch + off_b : NULL;
-    uint8_t *keep = n_keep ? (uint8_t *)(scratch + n_f) : NULL;
-
-    xattn_sdpa_params p;
-    xattn_sdpa_init(&p);
-
-    if (keep) {
-        for (int64_t b = 0; b < kB; b++)
-            for (int64_t h = 0; h < kH; h++)
-                for (int64_t i = 0; i < kI; i++) {
-                    uint8_t *row = keep + ((b * kH + h) * kI + i) * Jx;
-                    memset(row, 1, (size_t)Jx); /* the extra keys are never masked, as torch */
-                    for (int q = 0; q < nsrc; q++) {
-                        if (!src_in_keep[q]) continue;
-                        const mask_src *s = &srcs[q];
-                        int64_t base = b * s->sb + h * s->sh + i * s->si;
-                        if (s->u8) {
-                            const uint8_t *src = s->u8 + base;
-                            if (s->keep_if_true) {
-                                for (int64_t j = 0; j < J; j++)
-                                    if (!src[j]) row[j] = 0;
-                            } else {
-                                for (int64_t j = 0; j < J; j++)
-                                    if (src[j]) row[j] = 0;
-                            }
-                        } else {
-                            const float *src = s->f32 + base;
-                            for (int64_t j = 0; j < J; j++)
-                                if (src[j] == -INFINITY) row[j] = 0;
-                        }
-                    }
-                }
-        p.mask = keep;
-        p.mask_sb = kB > 1 ? kH * kI * Jx : 0;
-        p.mask_sh = kH > 1 ? kI * Jx : 0;
-        p.mask_si = kI > 1 ? Jx : 0;
-    }
-    if (n_float == 1 && !copy_bias) {
-        for (int q = 0; q < nsrc; q++)
-            if (srcs[q].f32) {
-                p.bias = srcs[q].f32;
-                p.bias_sb = srcs[q].sb;
-                p.bias_sh = srcs[q].sh;
-                p.bias_si = srcs[q].si;
-            }
-    } else if (copy_bias) {
-        /* the sum of the float masks, the extra keys' columns 0 (F.pad in torch) */
-        for (int64_t b = 0; b < bB; b++)
-            for (int64_t h = 0; h < bH; h++)
-                for (int64_t i = 0; i < bI; i++) {
-                    float *row = bias_buf + ((b * bH + h) * bI + i) * Jx;
-                    memset(row, 0, sizeof(float) * (size_t)Jx);
-                    for (int q = 0; q < nsrc; q++) {
-                        if (!srcs[q].f32) continue;
-                        const float *a = srcs[q].f32 + b * srcs[q].sb + h * srcs[q].sh + i * srcs[q].si;
-                        for (int64_t j = 0; j < J; j++) row[j] += a[j];
-                    }
-                }
-        p.bias = bias_buf;
-        p.bias_sb = bB > 1 ? bH * bI * Jx : 0;
-        p.bias_sh = bH > 1 ? bI * Jx : 0;
-        p.bias_si = bI > 1 ? Jx : 0;
-    }
-
-    /* ---- projections ---- */
-    xattn_status s;
-    if ((s = xattn_linear(in->query, B * I, c->embed_dim, m->wq, m->bq, inner, qp))) goto done;
-    if (X == 0) {
-        if ((s = xattn_linear(in->key, B * J, c->kdim, m->wk, m->bk, inner, kp)) ||
-            (s = xattn_linear(value, B * J, c->vdim, m->wv, m->bv, inner, vp)))
-            goto done;
-    } else {
-        /* per batch item: J projected keys/values, then bias_k/bias_v, then a zero row */
-        for (int64_t b = 0; b < B; b++) {
-            float *kb = kp + b * Jx * inner, *vb = vp + b * Jx * inner;
-            if ((s = xattn_linear(in->key + b * J * c->kdim, J, c->kdim, m->wk, m->bk, inner, kb)) ||
-                (s = xattn_linear(value + b * J * c->vdim, J, c->vdim, m->wv, m->bv, inner, vb)))
-                goto done;
-            int64_t r = J;
-            if (c->add_bias_kv) {
-                memcpy(kb + r * inner, m->bias_k, sizeof(float) * (size_t)inner);
-                memcpy(vb + r * inner, m->bias_v, sizeof(float) * (size_t)inner);
-                r++;
-            }
-            if (c->add_zero_attn) {
-                memset(kb + r * inner, 0, sizeof(float) * (size_t)inner);
-                memset(vb + r * inner, 0, sizeof(float) * (size_t)inner);
-            }
-        }
-    }
-
-    /* ---- attention: heads read in place, (B, N, H*dh) with strides (N*inner, dh, inner) ---- */
-    p.B = B;
-    p.H = H;
-    p.I = I;
-    p.J = Jx;
-    p.dh = dh;
-    p.dv = dh;
-    p.q = qp;
-    p.q_sb = I * inner;
-    p.q_sh = dh;
-    p.q_si = inner;
-    p.k = kp;
-    p.k_sb = Jx * inner;
-    p.k_sh = dh;
-    p.k_sj = inner;
-    p.v = vp;
-    p.v_sb = Jx * inner;
-    p.v_sh = dh;
-    p.v_sj = inner;
-    p.out = op;
-    p.o_sb = I * inner;
-    p.o_sh = dh;
-    p.o_si = inner;
-    p.causal = in->is_causal ? 1 : 0;
-    p.fill = XATTN_FILL_NEG_INF;
-    p.has_scale = 1;
-    p.scale = c->scale;
-    p.probs = probs;
-    if ((s = xattn_sdpa(&p))) goto done;
-
-    /* ---- output projection ---- */
-    if ((s = xattn_linear(op, B * I, inner, m->wo, m->bo, c->out_dim, out))) goto done;
-    if (c->residual_connection || c->rescale_output_factor != 1.0f) {
-        /* diffusers: out = (out + query) / rescale_output_factor */
-        const float inv = 1.0f / c->rescale_output_factor;
-        const int64_t n = B * I * c->out_dim;
-        for (int64_t e = 0; e < n; e++)
-            out[e] = ((c->residual_connection ? out[e] + in->query[e] : out[e])) * inv;
-    }
-
-    if (avg) {
-        const float inv_h = 1.0f / (float)H;
-        for (int64_t b = 0; b < B; b++) {
-            float *dst = attn_weights + b * I * Jx;
-            const float *src = probs + b * H * I * Jx;
-            for (int64_t e = 0; e < I * Jx; e++) {
-                float acc = 0;
-                for (int64_t h = 0; h < H; h++) acc += src[h * I * Jx + e];
-                dst[e] = acc * inv_h;
-            }
-        }
-    }
-    xa_clear_error();
-done:
     xa_free(scratch);
     return s;
+}
+
+xattn_status xattn_mha_forward(xattn_ctx *ctx, const xattn_mha *m, const xattn_mha_inputs *in,
+                               const xattn_mha_outputs *out)
+{
+    const xattn_ctx *prev = xa_ctx_enter(ctx);
+    xattn_status s = xa_mha_run(m, in, out);
+    xa_ctx_leave(prev);
+    return s;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Forward by named arrays                                                                  */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Input i of r as a bool or a float mask (by its dtype), or neither when not given. */
+static void named_mask(const xa_run *r, int i, const uint8_t **u8, const float **f32)
+{
+    if (!r->in[i]) return;
+    if (r->in_dtype[i] == XATTN_F32) *f32 = r->in[i];
+    else *u8 = r->in[i];
+}
+
+static xattn_status torch_forward_named(const xa_mod *core, const xa_run *r)
+{
+    const xattn_mha *m = (const xattn_mha *)core;
+    xattn_mha_inputs in;
+    memset(&in, 0, sizeof in);
+    in.B = xa_run_sym(r, "B");
+    in.I = xa_run_sym(r, "I");
+    in.J = xa_run_sym(r, "J");
+    in.query = r->in[0];
+    in.key = r->in[1];
+    in.value = r->in[2];
+    named_mask(r, 3, &in.key_padding_mask, &in.key_padding_mask_float);
+    if (r->in[4] && r->in[5])
+        return xa_error(XATTN_ERR_ARG, "mha: give attn_mask or attn_mask_per_head, not both");
+    named_mask(r, r->in[5] ? 5 : 4, &in.attn_mask, &in.attn_mask_float);
+    in.attn_mask_per_head = r->in[5] != NULL;
+    xattn_mha_outputs o;
+    memset(&o, 0, sizeof o);
+    o.out = r->out[0];
+    o.attn = r->out[1];
+    o.attn_per_head = r->out[2];
+    if ((o.attn || o.attn_per_head) && (m->cfg.add_bias_kv || m->cfg.add_zero_attn))
+        return xa_error(XATTN_ERR_ARG,
+                        "mha: with add_bias_kv or add_zero_attn the attention weights have J + %d "
+                        "columns, which the named outputs cannot hold: use xattn_mha_forward",
+                        m->cfg.add_bias_kv + m->cfg.add_zero_attn);
+    return xa_mha_run(m, &in, &o);
+}
+
+/* Without encoder_hidden_states the module attends over hidden_states. */
+static xattn_status diff_check(const xa_mod *core, const xa_run *r)
+{
+    const xattn_mha *m = (const xattn_mha *)core;
+    if (r->in[1]) return XATTN_OK;
+    if (m->cfg.kdim != m->cfg.embed_dim)
+        return xa_error(XATTN_ERR_SHAPE,
+                        "attention: without encoder_hidden_states the keys are hidden_states, but "
+                        "cross_attention_dim %lld != query_dim %lld", (long long)m->cfg.kdim,
+                        (long long)m->cfg.embed_dim);
+    const int64_t J = xa_run_sym(r, "J"), I = xa_run_sym(r, "I");
+    if (J && J != I)
+        return xa_error(XATTN_ERR_SHAPE, "attention: without encoder_hidden_states J must be I "
+                        "= %lld (the mask says J = %lld)", (long long)I, (long long)J);
+    return XATTN_OK;
+}
+
+static xattn_status diff_forward_named(const xa_mod *core, const xa_run *r)
+{
+    const xattn_mha *m = (const xattn_mha *)core;
+    xattn_mha_inputs in;
+    memset(&in, 0, sizeof in);
+    in.B = xa_run_sym(r, "B");
+    in.I = xa_run_sym(r, "I");
+    in.query = r->in[0];
+    in.key = r->in[1] ? r->in[1] : r->in[0];
+    in.J = r->in[1] ? xa_run_sym(r, "J") : in.I;
+    named_mask(r, 2, &in.key_padding_mask, &in.key_padding_mask_float);
+    xattn_mha_outputs o;
+    memset(&o, 0, sizeof o);
+    o.out = r->out[0];
+    o.attn_per_head = r->out[1];
+    return xa_mha_run(m, &in, &o);
 }

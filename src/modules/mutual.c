@@ -179,12 +179,19 @@ xattn_status xattn_mutual_bands(const float *a, const float *b, int ndim, const 
 
 /* ---- registry ---------------------------------------------------------------------------- */
 
+static const xa_field mutual_fields[] = {
+    {"band_axis", XA_T_INT, XA_F_OPTIONAL | XA_F_NOMETA, 0, -XATTN_MAX_DIMS, XATTN_MAX_DIMS - 1,
+     NULL, NULL,
+     "fuse each band of this axis on its own (a and b of rank 3..8; negative counts from the "
+     "end); None: a and b are (B, N, D) or (N, D)"},
+};
+
 static const xa_io mutual_inputs[] = {
-    {"a", "B,N,D", 0, "first feature set"},
-    {"b", "B,N,D", 0, "second feature set, the same shape"},
+    {"a", "...", 0, "first feature set (B, N, D) or (N, D); with band_axis any rank 3..8"},
+    {"b", "=a", 0, "second feature set, the same shape as a"},
 };
 static const xa_io mutual_outputs[] = {
-    {"out", "B,N,D", 0, "softmax(a b^T / sqrt(D)) b + softmax(b a^T / sqrt(D)) a"},
+    {"out", "=a", 0, "softmax(a b^T / sqrt(D)) b + softmax(b a^T / sqrt(D)) a"},
 };
 
 static xattn_status mutual_build(xa_mod *m, const xattn_safetensors *st, const char *prefix,
@@ -194,22 +201,45 @@ static xattn_status mutual_build(xa_mod *m, const xattn_safetensors *st, const c
     return xa_cfg_resolve(&m->cfg, opts, n_opts, st, "mutual");
 }
 
+static int band_given(const xa_mod *m) { return m->cfg.from[0] != XA_FROM_UNSET; }
+
+static xattn_status mutual_check(const xa_mod *m, const xa_run *r)
+{
+    const int nd = r->in_ndim[0];
+    if (!band_given(m) && (nd < 2 || nd > 3))
+        return xa_error(XATTN_ERR_SHAPE, "input 'a' has rank %d; expected (B, N, D) or (N, D), or "
+                        "give band_axis for inputs with a band axis", nd);
+    if (band_given(m)) {
+        const int64_t ax = (int64_t)m->cfg.v[0];
+        if (nd < 3 || ax < -nd || ax >= nd)
+            return xa_error(XATTN_ERR_SHAPE, "input 'a' has rank %d: band_axis %lld is out of "
+                            "range", nd, (long long)ax);
+    }
+    return XATTN_OK;
+}
+
 static xattn_status mutual_forward(const xa_mod *m, const xa_run *r)
 {
-    (void)m;
-    return xattn_mutual(r->in[0], r->in[1], xa_run_sym(r, "B"), xa_run_sym(r, "N"),
-                        xa_run_sym(r, "D"), r->out[0]);
+    const int nd = r->in_ndim[0];
+    const int64_t *sh = r->in_shape[0];
+    if (band_given(m))
+        return xattn_mutual_bands(r->in[0], r->in[1], nd, sh, (int)m->cfg.v[0], r->out[0]);
+    return xattn_mutual(r->in[0], r->in[1], nd == 3 ? sh[0] : 1, sh[nd - 2], sh[nd - 1],
+                        r->out[0]);
 }
 
 const xa_kind xa_kind_mutual = {
     .name = "mutual",
     .reference = "mutual cross-attention (Zhao & Gu 2024, ztony0712/MCA)",
     .summary = "parameter-free mutual cross-attention of two same-shape feature sets",
+    .fields = mutual_fields,
+    .n_fields = 1,
     .inputs = mutual_inputs,
     .n_in = 2,
     .outputs = mutual_outputs,
     .n_out = 1,
     .size = sizeof(xa_mod),
     .build = mutual_build,
+    .check = mutual_check,
     .forward = mutual_forward,
 };

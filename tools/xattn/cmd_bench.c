@@ -155,7 +155,8 @@ int cmd_bench(int argc, char **argv)
         wc = wco = cfg.context_dim;
         kind = cfg.is_transformer ? "BidirectionalCrossAttentionTransformer" : "BidirectionalCrossAttention";
     } else {
-        if (xattn_mha_load(st, mod.prefix, heads, &mha) != XATTN_OK) {
+        const xattn_mha_opts mo = {.heads = heads > 0 ? heads : 0};
+        if (xattn_mha_load(st, mod.prefix, &mo, &mha) != XATTN_OK) {
             rc = cli_lib_error(CMD, model);
             goto done;
         }
@@ -187,10 +188,11 @@ int cmd_bench(int argc, char **argv)
     }
     xattn_bidir_inputs bin = {.B = B, .I = I, .J = J, .x = x.data, .context = c.data};
     xattn_mha_inputs min = {.B = B, .I = I, .J = J, .query = x.data, .key = c.data};
+    xattn_mha_outputs mout = {.out = out};
     for (long long r = -1; r < reps; r++) { /* r = -1: warm-up */
         double t0 = cli_now();
         xattn_status s = bm ? xattn_bidir_forward(bm, &bin, out, cout, NULL, NULL)
-                            : xattn_mha_forward(mha, &min, out, NULL, 0);
+                            : xattn_mha_forward(NULL, mha, &min, &mout);
         double t = cli_now() - t0;
         if (s != XATTN_OK) {
             rc = cli_lib_error(CMD, model);

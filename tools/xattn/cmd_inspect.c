@@ -171,7 +171,8 @@ static void print_module(const xattn_safetensors *st)
      * head and report the count as unknown */
     int heads_known = meta_heads || mod.kind == CLI_MODULE_ATTENTION;
     xattn_mha *m = NULL;
-    if (xattn_mha_load(st, mod.prefix, heads_known ? 0 : 1, &m) != XATTN_OK) {
+    const xattn_mha_opts mo = {.heads = heads_known ? 0 : 1};
+    if (xattn_mha_load(st, mod.prefix, &mo, &m) != XATTN_OK) {
         char why[512];
         printf("module: unknown (%s names%s, but: %s)\n", cli_module_name(mod.kind), at,
                cli_printable(xattn_last_error(), why, sizeof why));

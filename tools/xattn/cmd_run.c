@@ -254,9 +254,9 @@ static int load_model(const run_args *a, run_state *s)
         return cli_error(CMD, a->model,
                          "the number of heads of torch.nn.MultiheadAttention is not in the file "
                          "(__metadata__ 'heads'): pass --heads N");
-    if (xattn_mha_load(s->st, mod->prefix, a->heads > 0 ? a->heads : 0, &s->m) != XATTN_OK)
-        return cli_lib_error(CMD, a->model);
-    if (a->add_zero_attn && xattn_mha_set_add_zero_attn(s->m, 1) != XATTN_OK)
+    const xattn_mha_opts mo = {.heads = a->heads > 0 ? a->heads : 0,
+                               .add_zero_attn = a->add_zero_attn ? XATTN_YES : XATTN_DEFAULT};
+    if (xattn_mha_load(s->st, mod->prefix, &mo, &s->m) != XATTN_OK)
         return cli_lib_error(CMD, a->model);
     return 0;
 }
@@ -540,7 +540,12 @@ static int run_mha(const run_args *a, run_state *s)
         in.attn_mask_per_head = s->am.ndim == 3;
     }
     in.is_causal = a->causal;
-    if (xattn_mha_forward(s->m, &in, s->out, s->attn, !a->per_head) != XATTN_OK)
+    xattn_mha_outputs o;
+    memset(&o, 0, sizeof o);
+    o.out = s->out;
+    if (a->per_head) o.attn_per_head = s->attn;
+    else o.attn = s->attn;
+    if (xattn_mha_forward(NULL, s->m, &in, &o) != XATTN_OK)
         return cli_lib_error(CMD, a->model);
 
     const int rank3 = s->x.ndim == 3;

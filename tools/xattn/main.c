@@ -2,6 +2,7 @@
 #include "cli.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 
@@ -43,10 +44,27 @@ static void usage(FILE *f)
                "(2 for a usage error).\n");
 }
 
+/* OMP_NUM_THREADS is validated as --threads is: a count in [1, XATTN_MAX_THREADS] (or a
+ * nested-levels list such as "4,2", whose first level is ours). */
+static int check_omp_env(void)
+{
+    const char *v = getenv("OMP_NUM_THREADS");
+    if (!v) return 0;
+    long long n = 0;
+    const char *p = v;
+    for (; *p >= '0' && *p <= '9' && n <= XATTN_MAX_THREADS; p++) n = n * 10 + (*p - '0');
+    if (p != v && (!*p || *p == ',') && n >= 1 && n <= XATTN_MAX_THREADS) return 0;
+    fputs("xattn: OMP_NUM_THREADS: '", stderr);
+    for (const char *q = v; *q && q - v < 40; q++) fputc((unsigned char)*q < 0x20 ? '?' : *q, stderr);
+    fprintf(stderr, "' is not a thread count in [1, %d]\n", XATTN_MAX_THREADS);
+    return CLI_EXIT_USAGE;
+}
+
 int main(int argc, char **argv)
 {
+    if (check_omp_env()) return CLI_EXIT_USAGE;
     if (argc < 2) {
-        fputs("xattn: missing command: run, inspect, demo, bench, compare or attn-png (see 'xattn "
+        fputs("xattn: missing command: run, inspect, init, demo, bench, compare or attn-png (see 'xattn "
               "--help')\n",
               stderr);
         return CLI_EXIT_USAGE;

@@ -55,8 +55,7 @@ int reg_parse(const char *cmd, int argc, char **argv, reg_args *a, int *help)
 {
     memset(a, 0, sizeof *a);
     *help = 0;
-    const char *seen[128];
-    int n_seen = 0;
+    int n_seen = 0; /* flags seen so far, kept in a->flags */
     for (int i = 1; i < argc; i++) {
         const char *arg = argv[i];
         if (!strcmp(arg, "-h") || !strcmp(arg, "--help")) {
@@ -73,8 +72,9 @@ int reg_parse(const char *cmd, int argc, char **argv, reg_args *a, int *help)
         const char *eq = strchr(arg, '=');
         snprintf(flag, sizeof flag, "%.*s", (int)(eq ? (size_t)(eq - arg) : strlen(arg)), arg);
         for (int k = 0; k < n_seen; k++)
-            if (!strcmp(seen[k], flag)) return cli_usage(cmd, "%s given twice", flag);
-        if (n_seen < 128) seen[n_seen++] = strdup(flag);
+            if (!strcmp(a->flags[k], flag)) return cli_usage(cmd, "%s given twice", flag);
+        if (n_seen >= REG_MAX_FLAGS) return cli_usage(cmd, "too many options");
+        snprintf(a->flags[n_seen++], sizeof a->flags[0], "%s", flag);
         const char *val = eq ? eq + 1 : NULL;
         if (in_list(FIXED_FLAG, flag)) {
             if (val) return cli_usage(cmd, "%s takes no value", flag);
@@ -91,7 +91,7 @@ int reg_parse(const char *cmd, int argc, char **argv, reg_args *a, int *help)
             continue;
         }
         if (a->n_rest >= REG_MAX_ARGS) return cli_usage(cmd, "too many options");
-        a->rest[a->n_rest].flag = seen[n_seen - 1];
+        a->rest[a->n_rest].flag = a->flags[n_seen - 1];
         a->rest[a->n_rest].value = val;
         a->n_rest++;
     }
@@ -172,6 +172,20 @@ static int collect_options(const char *cmd, reg_state *s, const reg_args *a)
     return 0;
 }
 
+/* A library error about an option value: a usage error naming the flag; else 0. */
+static int option_error(const char *cmd, const char *model)
+{
+    const char *e = xattn_last_error();
+    const char *q = strstr(e, "option '");
+    if (q && strstr(q, "disagrees")) return cli_error(cmd, model, "%s", q);
+    if (!q) return 0;
+    char flag[96];
+    snprintf(flag, sizeof flag, "--%.*s", (int)strcspn(q + 8, "'"), q + 8);
+    for (char *c = flag + 2; *c; c++)
+        if (*c == '_') *c = '-';
+    return cli_usage(cmd, "%s: %s", flag, q);
+}
+
 int reg_open(const char *cmd, const reg_args *a, reg_state *s)
 {
     memset(s, 0, sizeof *s);
@@ -184,9 +198,17 @@ int reg_open(const char *cmd, const reg_args *a, reg_state *s)
         }
         int rc = collect_options(cmd, s, a);
         if (rc) return rc;
-        if (xattn_module_create(s->kind, s->opts, (size_t)s->n_opts, 0, &s->m))
-            return cli_usage(cmd, "%s", xattn_last_error());
+        if (xattn_module_create(s->kind, s->opts, (size_t)s->n_opts, 0, &s->m)) {
+            int orc = option_error(cmd, NULL);
+            return orc ? orc : cli_usage(cmd, "%s", xattn_last_error());
+        }
         return 0;
+    }
+    for (size_t i = 0; a->kind && i < xattn_kind_count(); i++) {
+        xattn_kind_desc k;
+        if (!xattn_kind_info(i, &k) && !strcmp(k.name, a->kind) && !k.state_dict[0])
+            return cli_usage(cmd, "%s has no weights: no model file is needed (got '%s')",
+                             a->kind, a->model);
     }
     if (xattn_st_open(a->model, &s->st) != XATTN_OK) return cli_lib_error(cmd, a->model);
     int rc = pick(cmd, a, s->st, s->kind, s->prefix);
@@ -199,18 +221,8 @@ int reg_open(const char *cmd, const reg_args *a, reg_state *s)
     o.options = s->opts;
     o.n_options = (size_t)s->n_opts;
     if (xattn_module_open(s->st, &o, &s->m) != XATTN_OK) {
-        const char *e = xattn_last_error();
-        /* "option 'heads' ..." is about a flag: say which */
-        const char *q = strstr(e, "option '");
-        if (q && strstr(q, "disagrees")) return cli_error(cmd, a->model, "%s", q);
-        if (q) { /* a bad value of a flag: a usage error naming the flag */
-            char flag[96];
-            snprintf(flag, sizeof flag, "--%.*s", (int)strcspn(q + 8, "'"), q + 8);
-            for (char *c = flag + 2; *c; c++)
-                if (*c == '_') *c = '-';
-            return cli_usage(cmd, "%s: %s", flag, q);
-        }
-        return cli_lib_error(cmd, a->model);
+        int orc = option_error(cmd, a->model);
+        return orc ? orc : cli_lib_error(cmd, a->model);
     }
     const char *w = xattn_module_warnings(s->m);
     while (*w) { /* one line each; options are flags here */

@@ -10,6 +10,7 @@
 
 #define REG_MAX_ARGS 48
 #define REG_MAX_IO 12
+#define REG_MAX_FLAGS 64
 
 typedef struct reg_args {
     const char *model, *kind, *prefix, *out_dir;
@@ -19,6 +20,7 @@ typedef struct reg_args {
         const char *flag, *value; /* value NULL: a flag without one */
     } rest[REG_MAX_ARGS];          /* inputs and constructor arguments of the kind */
     int n_rest;
+    char flags[REG_MAX_FLAGS][128]; /* every flag given, to refuse repeats */
 } reg_args;
 
 typedef struct reg_state {

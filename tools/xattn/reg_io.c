@@ -172,11 +172,29 @@ static int check_dim(const char *cmd, const reg_args *a, reg_state *s, int i, co
 }
 
 /* Checks input i's shape (after the batch axis was added for unbatched inputs). */
+static int input_named(const reg_state *s, const char *name)
+{
+    for (int j = 0; j < s->n_in; j++)
+        if (!strcmp(s->in_desc[j].name, name)) return j;
+    return -1;
+}
+
 static int check_shape(const char *cmd, const reg_args *a, reg_state *s, int i)
 {
     const xattn_io_desc *d = &s->in_desc[i];
     xattn_array *x = &s->arr[i];
-    char alt[256], sh[160];
+    char alt[256], sh[160], sh2[160];
+    if (!strcmp(d->shape, "...")) return 0; /* any shape: the module decides */
+    if (d->shape[0] == '=') {
+        int j = input_named(s, d->shape + 1);
+        if (j < 0 || !s->arr[j].data) return 0; /* reported by the library */
+        int same = s->arr[j].ndim == x->ndim;
+        for (int k = 0; same && k < x->ndim; k++) same = s->arr[j].shape[k] == x->shape[k];
+        if (same) return 0;
+        return cli_error(cmd, s->in_file[i], "has shape %s but %s has shape %s: %s needs the same "
+                         "shape as %s", cli_shape_str(x, sh, sizeof sh), s->in_file[j],
+                         cli_shape_str(&s->arr[j], sh2, sizeof sh2), s->in_flag[i], s->in_flag[j]);
+    }
     const char *dims = alternative(d->shape, x->ndim, alt, sizeof alt);
     if (!dims) {
         int lo, hi;
@@ -250,13 +268,20 @@ static int map_inputs(const char *cmd, const reg_args *a, reg_state *s)
             char list[1024];
             size_t off = 0;
             for (int i = 0; i < s->n_in; i++)
-                off += (size_t)snprintf(list + off, sizeof list - off, "%s--%s", i ? ", " : "",
-                                        s->in_desc[i].name);
+            {
+                off += (size_t)snprintf(list + off, sizeof list - off, "%s--", i ? ", " : "");
+                for (const char *c = s->in_desc[i].name; *c && off + 1 < sizeof list; c++)
+                    list[off++] = *c == '_' ? '-' : *c;
+                list[off] = '\0';
+            }
             for (size_t j = 0;; j++) {
                 xattn_arg_desc d;
                 if (xattn_kind_arg(s->kind, j, &d)) break;
-                if (!d.derived)
-                    off += (size_t)snprintf(list + off, sizeof list - off, ", --%s", d.name);
+                if (d.derived) continue;
+                off += (size_t)snprintf(list + off, sizeof list - off, ", --");
+                for (const char *c = d.name; *c && off + 1 < sizeof list; c++)
+                    list[off++] = *c == '_' ? '-' : *c;
+                list[off] = '\0';
             }
             return cli_usage(cmd, "%s is not an input or option of %s (%s)", a->rest[r].flag,
                              s->kind, list);
@@ -282,7 +307,21 @@ static void fill(float *x, int64_t n, uint64_t seed)
 static int generate(const char *cmd, const reg_args *a, reg_state *s, int i)
 {
     const char *dims = s->in_desc[i].shape;
-    char alt[256];
+    char alt[256], any[32];
+    if (dims[0] == '=') { /* the shape of another input */
+        int j = input_named(s, dims + 1);
+        if (j < 0 || !s->arr[j].data) return cli_error(cmd, NULL, "cannot make input '%s'", s->in_desc[i].name);
+        xattn_array *x = &s->arr[i];
+        *x = s->arr[j];
+        const int64_t n = xattn_array_numel(x);
+        if (!(x->data = malloc((size_t)(n ? n : 1) * sizeof(float)))) return cli_error(cmd, NULL, "out of memory");
+        fill(x->data, n, 0x9e3779b97f4a7c15ull + (uint64_t)i);
+        return 0;
+    }
+    if (!strcmp(dims, "...")) { /* any shape: (B, --len, --len) */
+        snprintf(any, sizeof any, "B,L,L");
+        dims = any;
+    }
     if (strchr(dims, '|')) dims = strncpy(alt, dims, strcspn(dims, "|")), alt[strcspn(dims, "|")] = '\0', alt;
     xattn_array *x = &s->arr[i];
     x->dtype = XATTN_F32;
@@ -370,6 +409,39 @@ static void tensors(const reg_state *s, xattn_tensor *t, size_t *n)
     }
 }
 
+/* Reports the library's last error in the command line's terms: "input 'a' ..." becomes
+ * "FILE: ...", a constructor argument's name becomes its flag. */
+int reg_lib_error(const char *cmd, const reg_args *a, const reg_state *s)
+{
+    char msg[1024], out[1400];
+    snprintf(msg, sizeof msg, "%s", xattn_last_error());
+    const char *file = a->model, *body = msg;
+    for (int i = 0; i < s->n_in; i++) {
+        char head[96];
+        snprintf(head, sizeof head, "input '%s' ", s->in_desc[i].name);
+        if (s->in_file[i] && !strncmp(msg, head, strlen(head))) {
+            file = s->in_file[i];
+            body = msg + strlen(head);
+        }
+    }
+    size_t o = 0;
+    for (const char *p = body; *p && o + 1 < sizeof out;) {
+        int hit = 0;
+        for (int k = 0; k < s->n_opts && !hit; k++) {
+            size_t l = strlen(s->opts[k].name);
+            if (!strncmp(p, s->opts[k].name, l) && p[l] == ' ' &&
+                (p == body || p[-1] == ' ' || p[-1] == '(')) {
+                o += (size_t)snprintf(out + o, sizeof out - o, "%s", s->opt_names[k]);
+                p += l;
+                hit = 1;
+            }
+        }
+        if (!hit) out[o++] = *p++;
+    }
+    out[o < sizeof out ? o : sizeof out - 1] = '\0';
+    return cli_error(cmd, file, "%s", out);
+}
+
 int reg_outputs(const char *cmd, const reg_args *a, reg_state *s)
 {
     xattn_tensor in[REG_MAX_IO];
@@ -394,7 +466,7 @@ int reg_outputs(const char *cmd, const reg_args *a, reg_state *s)
             return cli_error(cmd, a->model, "--return-attn: %s returns no attention maps", s->kind);
     }
     if (xattn_module_plan(s->m, in, n_in, s->out, (size_t)s->n_out))
-        return cli_lib_error(cmd, a->model);
+        return reg_lib_error(cmd, a, s);
     for (int o = 0; o < s->n_out; o++) {
         double n = 1;
         for (int k = 0; k < s->out[o].ndim; k++) n *= (double)s->out[o].shape[k];
@@ -413,7 +485,7 @@ int reg_forward(const char *cmd, const reg_args *a, reg_state *s, xattn_ctx *ctx
     size_t n_in;
     tensors(s, in, &n_in);
     if (xattn_module_forward(ctx, s->m, in, n_in, s->out, (size_t)s->n_out))
-        return cli_lib_error(cmd, a->model);
+        return reg_lib_error(cmd, a, s);
     return 0;
 }
 
