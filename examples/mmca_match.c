@@ -15,7 +15,8 @@
  *   score:  S = <i0, c0> + alpha <i1, c1>,  (i0, c0) from (R, X), (i1, c1) from (R*, X*)
  *
  * The conv1d of window w is w accumulated GEMMs, one per tap s: rows s .. s+T of X (read in
- * place) times that tap's (C, d) weight slice (the torch weight (C, d, w) permuted to (w, C, d)). tests/test_mmca.c checks every embedding and S against a PyTorch transcription
+ * place) times that tap's (C, d) weight slice (the torch weight (C, d, w) permuted to (w, C, d)).
+ * tests/test_mmca.c checks every embedding and S against a PyTorch transcription
  * (tests/reference/gen_joint.py, joint_mmca.safetensors).
  */
 #include "xattn.h"
@@ -27,8 +28,8 @@
 
 typedef struct mmca_head {
     int64_t d, C;
-    float *conv_w[3]; /* (w, C, d): [t][c][i] = torch weight[c][i][t] */
-    float *conv_b[3]; /* (C) */
+    float *conv_w[3];       /* (w, C, d): [t][c][i] = torch weight[c][i][t] */
+    float *conv_b[3];       /* (C) */
     float *proj_w, *proj_b; /* (d, 3C), (d) */
 } mmca_head;
 
@@ -189,8 +190,8 @@ static int mmca_text_embed(const mmca_head *h, const float *X, int64_t B, int64_
 
 /* All of it: embeddings i0, c0, i1, c1 (B, d) each and scores S (B). */
 static int mmca_match(const xattn_joint *jm, const mmca_head *h, const float *R, const float *X,
-                      int64_t B, int64_t K, int64_t N, float alpha, float *i0, float *c0,
-                      float *i1, float *c1, float *S)
+                      int64_t B, int64_t K, int64_t N, float alpha, float *i0, float *c0, float *i1,
+                      float *c1, float *S)
 {
     const int64_t d = h->d;
     float *rs = malloc((size_t)(B * K * d) * sizeof(float));
@@ -203,7 +204,11 @@ static int mmca_match(const xattn_joint *jm, const mmca_head *h, const float *R,
     in.N = N;
     in.x = R;
     in.context = X;
-    if (!rc && xattn_joint_forward(jm, &in, rs, xs) != XATTN_OK) {
+    xattn_joint_outputs out;
+    memset(&out, 0, sizeof out);
+    out.out = rs;
+    out.context_out = xs;
+    if (!rc && xattn_joint_forward(NULL, jm, &in, &out) != XATTN_OK) {
         fprintf(stderr, "mmca: %s\n", xattn_last_error());
         rc = -1;
     }

@@ -390,22 +390,24 @@ XATTN_API xattn_status xattn_mha_forward(xattn_ctx *ctx, const xattn_mha *m,
                                          const xattn_mha_outputs *out);
 
 /* ------------------------------------------------------------------------------------------ */
-/* M2: bidirectional cross-attention (PyPI bidirectional-cross-attention 0.1.0 and 0.0.x)       */
+/* Bidirectional cross-attention (PyPI bidirectional-cross-attention 0.1.0 and 0.0.x)           */
 /* ------------------------------------------------------------------------------------------ */
 
 /*
- * BidirectionalCrossAttention(dim, heads, dim_head, context_dim, talking_heads, prenorm) and
- * BidirectionalCrossAttentionTransformer(dim, depth, context_dim, ff_expansion_factor,
- * final_norms, heads, dim_head, talking_heads), loaded from their state_dict names:
+ * BidirectionalCrossAttention(dim, heads, dim_head, context_dim, dropout, talking_heads,
+ * prenorm) and BidirectionalCrossAttentionTransformer(dim, depth, context_dim,
+ * ff_expansion_factor, final_norms, heads, dim_head, dropout, talking_heads), loaded from
+ * their state_dict names (registry kinds "bidir" and "bidir-transformer"):
  *   attention:   [norm.weight [norm.bias], context_norm.weight [...]] to_qk.weight,
  *                context_to_qk.weight, to_v.weight, context_to_v.weight, to_out.{weight,bias},
  *                context_to_out.{weight,bias} [talking_heads.weight, context_talking_heads.weight]
  *   transformer: layers.L.0.<attention names>, layers.L.1.{0.weight,1.weight,1.bias,3.weight,
  *                3.bias} (feed-forward of x), layers.L.2.* (of the context)
  *                [norm.weight, context_norm.weight]
- * Masks are True = keep; masked similarities are -FLT_MAX, so a fully masked row or column
- * gives a uniform average, exactly as the package. Neither B*H*I*J map is materialised unless
- * attn / context_attn are requested.
+ * The prenorm is nn.RMSNorm (0.1.0: weight only, eps FLT_EPSILON) or nn.LayerNorm (0.0.x:
+ * weight and bias, eps 1e-5), told by the names. Masks are True = keep; masked similarities
+ * are -FLT_MAX, so a fully masked row or column gives a uniform average, exactly as the
+ * package. Neither B*H*I*J map is materialised unless attn / context_attn are requested.
  */
 typedef enum xattn_bidir_norm {
     XATTN_NORM_NONE = 0,
@@ -420,16 +422,29 @@ typedef struct xattn_bidir_config {
     int talking_heads;
     int64_t depth;           /* transformer: layers (1 for the attention module)          */
     int64_t ff_hidden, context_ff_hidden; /* transformer: int(dim * ff_expansion_factor)   */
+    double ff_expansion_factor; /* transformer: the factor (given, or implied by the widths) */
     int final_norms;         /* transformer: norm / context_norm present                   */
-    int64_t context_norm_dim; /* transformer: size of context_norm.weight (dim or context_dim) */
+    int64_t context_norm_dim; /* transformer: size of context_norm.weight (= context_dim)    */
 } xattn_bidir_config;
 
 typedef struct xattn_bidir xattn_bidir;
 
-/* Detects attention vs transformer from the names (after `prefix`); heads <= 0 takes the
- * talking-heads weight's size, else __metadata__ "heads", else 8 (the package default). */
+/* Options of the loader; all zero = what the file tells, else the package's defaults. Values
+ * given must agree with the tensor shapes. */
+typedef struct xattn_bidir_opts {
+    int64_t heads;              /* 0: the talking-heads weight's size, else __metadata__
+                                   "heads", else 8 (the package default, announced)         */
+    int64_t dim_head;           /* 0: inner_dim / heads                                     */
+    double ff_expansion_factor; /* transformer; 0: __metadata__, else the factor the feed-
+                                   forward widths imply                                     */
+    double dropout;             /* 0 (dropout is the identity at inference)                 */
+    uint64_t reserved_[4];      /* must be zero                                             */
+} xattn_bidir_opts;
+
+/* Detects attention vs transformer from the names after `prefix` ("" or e.g. "enc.");
+ * opts may be NULL (all defaults). */
 XATTN_API xattn_status xattn_bidir_load(const xattn_safetensors *st, const char *prefix,
-                                        int64_t heads, xattn_bidir **out);
+                                        const xattn_bidir_opts *opts, xattn_bidir **out);
 XATTN_API void xattn_bidir_free(xattn_bidir *m);
 XATTN_API void xattn_bidir_get_config(const xattn_bidir *m, xattn_bidir_config *cfg);
 
@@ -441,13 +456,23 @@ typedef struct xattn_bidir_inputs {
     const uint8_t *context_mask; /* (B, J) nonzero = keep, or NULL                    */
     const float *rel_pos_bias;  /* (bias_b, bias_h, I, J) added to the similarities   */
     int64_t bias_b, bias_h;     /* 1 or B, 1 or heads                                 */
+    uint64_t reserved_[4];      /* must be zero                                       */
 } xattn_bidir_inputs;
 
-/* out (B, I, dim), context_out (B, J, context_dim); attn and context_attn (B, heads, I, J)
- * optional (attention module only, as the package's return_attn: after talking heads). */
-XATTN_API xattn_status xattn_bidir_forward(const xattn_bidir *m, const xattn_bidir_inputs *in,
-                                           float *out, float *context_out, float *attn,
-                                           float *context_attn);
+typedef struct xattn_bidir_outputs {
+    float *out;                 /* (B, I, dim), required                              */
+    float *context_out;         /* (B, J, context_dim), required                      */
+    float *attn;                /* (B, heads, I, J) or NULL: softmax over j, after talking
+                                   heads (attention module only, as return_attn)      */
+    float *context_attn;        /* (B, heads, I, J) or NULL: softmax over i, likewise  */
+    uint64_t reserved_[4];      /* must be zero                                       */
+} xattn_bidir_outputs;
+
+/* Runs the module on ctx (NULL: the default context). The transformer returns no maps (the
+ * package ignores return_attn): asking it for attn or context_attn is an error. */
+XATTN_API xattn_status xattn_bidir_forward(xattn_ctx *ctx, const xattn_bidir *m,
+                                           const xattn_bidir_inputs *in,
+                                           const xattn_bidir_outputs *out);
 
 /* ------------------------------------------------------------------------------------------ */
 /* M3: mutual cross-attention (parameter-free); M9: cross-attention over 2-D feature maps       */
@@ -514,32 +539,40 @@ XATTN_API xattn_status xattn_conv2d_cross_forward(const xattn_conv2d_cross *m,
                                                   float *out);
 
 /* ------------------------------------------------------------------------------------------ */
-/* M4: joint (stacked) cross-attention: nn.TransformerEncoder layers over [x; context]          */
+/* Joint (stacked) cross-attention: nn.TransformerEncoder layers over [x; context]              */
 /* ------------------------------------------------------------------------------------------ */
 /*
  * MMCA-style joint attention: x (B, K, d) and context (B, N, d) are stacked into Y = [x; context]
- * (B, K+N, d) and run through torch.nn.TransformerEncoderLayer(d, nhead, dim_feedforward,
- * activation, layer_norm_eps, batch_first=True, norm_first) layers, then split back. Every row's
- * softmax spans all K+N keys. State dict names (after `prefix`):
+ * (B, K+N, d) and run through torch.nn.TransformerEncoderLayer(d_model, nhead, dim_feedforward,
+ * dropout, activation, layer_norm_eps, batch_first=True, norm_first, bias) layers, then split
+ * back. Every row's softmax spans all K+N keys. State dict names (after `prefix`):
  *   one layer:  self_attn.in_proj_weight (3d, d), self_attn.in_proj_bias (3d),
  *               self_attn.out_proj.{weight (d, d), bias (d)}, linear1.{weight (ff, d), bias (ff)},
  *               linear2.{weight (d, ff), bias (d)}, norm1.{weight, bias}, norm2.{weight, bias}
  *   stack:      layers.L.<the names above> (nn.TransformerEncoder), optional norm.{weight, bias}
  *               (its final LayerNorm, eps = layer_norm_eps).
  *   bias=False layers (torch >= 2.1) have none of the *.bias tensors; that is detected.
- * Options the tensors cannot tell come from `opts`, else the file's __metadata__ ("heads",
+ * What the tensors cannot tell comes from `opts`, else the file's __metadata__ ("heads",
  * "norm_first", "activation" = relu|gelu, "layer_norm_eps"), else torch's defaults (norm_first
- * False, relu, 1e-5; heads has no default).
+ * False, relu, 1e-5; heads has no default). A default assumed for norm_first, activation or
+ * layer_norm_eps is announced by xattn_joint_warnings (and xattn_module_warnings).
  * Padding masks follow src_key_padding_mask: True = ignore that position as a key. A row whose
  * every key is ignored (a batch item with both sequences fully padded) gets a ZERO attention
  * output (before out_proj), never NaN.
  */
-typedef struct xattn_joint_options {
-    int64_t heads;         /* <= 0: __metadata__ "heads" (required there if not here)         */
-    int norm_first;        /* -1: metadata / False; 0 or 1                                    */
-    int activation;        /* -1: metadata / relu; 0 = relu, 1 = gelu (erf form)              */
-    double layer_norm_eps; /* <= 0: metadata / 1e-5                                           */
-} xattn_joint_options;
+/* activation choices of xattn_joint_opts */
+#define XATTN_JOINT_ACT_DEFAULT 0 /* the file's __metadata__, else relu */
+#define XATTN_JOINT_ACT_RELU 1
+#define XATTN_JOINT_ACT_GELU 2 /* exact (erf) form */
+
+/* All zero: everything from the file, else torch's defaults. */
+typedef struct xattn_joint_opts {
+    int64_t heads;         /* nhead; 0: __metadata__ "heads" (required there if not here)    */
+    xattn_choice norm_first; /* XATTN_DEFAULT (metadata, else False), XATTN_NO, XATTN_YES  */
+    int activation;        /* XATTN_JOINT_ACT_*                                               */
+    double layer_norm_eps; /* 0: metadata, else 1e-5                                          */
+    uint64_t reserved_[4]; /* zero                                                            */
+} xattn_joint_opts;
 
 typedef struct xattn_joint_config {
     int64_t d_model, heads, head_dim, ff_dim, layers;
@@ -551,13 +584,13 @@ typedef struct xattn_joint_config {
 
 typedef struct xattn_joint xattn_joint;
 
-/* Sets every option to "from the file, else torch's default". */
-XATTN_API void xattn_joint_options_init(xattn_joint_options *o);
 /* opts may be NULL (all defaults). */
 XATTN_API xattn_status xattn_joint_load(const xattn_safetensors *st, const char *prefix,
-                                        const xattn_joint_options *opts, xattn_joint **out);
+                                        const xattn_joint_opts *opts, xattn_joint **out);
 XATTN_API void xattn_joint_free(xattn_joint *m);
 XATTN_API void xattn_joint_get_config(const xattn_joint *m, xattn_joint_config *cfg);
+/* Defaults assumed for options the file cannot tell, one line each ("" if none). */
+XATTN_API const char *xattn_joint_warnings(const xattn_joint *m);
 
 typedef struct xattn_joint_inputs {
     int64_t B, K, N;                      /* K >= 0, N >= 0, K + N >= 1                     */
@@ -565,14 +598,22 @@ typedef struct xattn_joint_inputs {
     const float *context;                 /* (B, N, d)                                      */
     const uint8_t *x_padding_mask;        /* (B, K) nonzero = ignore, or NULL               */
     const uint8_t *context_padding_mask;  /* (B, N) nonzero = ignore, or NULL               */
+    uint64_t reserved_[4];                /* zero                                           */
 } xattn_joint_inputs;
 
-/* out (B, K, d), context_out (B, N, d) (either may be NULL when its length is 0). */
-XATTN_API xattn_status xattn_joint_forward(const xattn_joint *m, const xattn_joint_inputs *in,
-                                           float *out, float *context_out);
+typedef struct xattn_joint_outputs {
+    float *out;            /* (B, K, d); may be NULL when K = 0                               */
+    float *context_out;    /* (B, N, d); may be NULL when N = 0                               */
+    uint64_t reserved_[4]; /* zero                                                            */
+} xattn_joint_outputs;
+
+/* ctx may be NULL (the default context). */
+XATTN_API xattn_status xattn_joint_forward(xattn_ctx *ctx, const xattn_joint *m,
+                                           const xattn_joint_inputs *in,
+                                           const xattn_joint_outputs *out);
 
 /* ------------------------------------------------------------------------------------------ */
-/* M5: interlaced two-stream cross-attention decoder (2D-3D MIT)                                */
+/* Interlaced two-stream cross-attention decoder (2D-3D MIT)                                     */
 /* ------------------------------------------------------------------------------------------ */
 /*
  * InterlanceDecoder(embed_dim, depth, num_classes=20, num_heads=6, mlp_ratio, qkv_bias=False,
@@ -582,56 +623,82 @@ XATTN_API xattn_status xattn_joint_forward(const xattn_joint *m, const xattn_joi
  *   blocks.L.self_attn.proj.{weight,bias}, blocks.L.norm_q.*, blocks.L.norm_v.*,
  *   blocks.L.attn.{q_map,k_map,v_map}.weight [.bias], blocks.L.attn.proj.{weight,bias},
  *   blocks.L.norm2.*, blocks.L.mlp.fc1.{weight,bias}, blocks.L.mlp.fc2.{weight,bias}
+ * (the optional biases all present with qkv_bias=True, all absent without).
  * Block (q stream queries the other stream v):
  *   q += SelfAttn(LN1 q);  q += CrossAttn(LN_q q, LN_v v[n_cls:]);  q += MLP(LN2 q)  (GELU erf)
  * The cross-attention's keys/values skip the first n_cls tokens of the other stream (a stream
  * of <= n_cls tokens gives a zero attention output, as the reference's empty softmax).
  * Direction: forward(voxel, view) of the reference updates voxel (= x here) in even layers
  * (0, 2, ...) and view (= context) in odd layers; `context_first` swaps that.
+ * What the tensors cannot tell comes from `opts`, else the file's __metadata__ ("heads",
+ * "n_cls" or "num_classes", "first" = x|context, "qk_scale"), else the reference's defaults;
+ * defaults assumed for heads, n_cls and first are announced by xattn_interlaced_warnings.
  */
+/* All zero: everything from the file, else the reference's defaults (heads 6, n_cls 20, x first,
+ * qk_scale None). */
 typedef struct xattn_interlaced_opts {
-    int64_t heads;      /* <= 0: __metadata__ "heads", else 6 (num_heads default)            */
-    int64_t n_cls;      /* < 0: __metadata__ "n_cls" (or "num_classes"), else 20              */
-    int context_first;  /* < 0: __metadata__ "first" ("x" | "context"), else 0 (x first)     */
+    int64_t heads;         /* num_heads; 0: __metadata__ "heads", else 6                      */
+    int64_t n_cls;         /* num_classes, the class tokens skipped as keys; used when nonzero */
+    int has_n_cls;         /* nonzero: n_cls is used as given, 0 included (n_cls = 0 alone
+                              means "metadata n_cls / num_classes, else 20")                   */
+    xattn_choice context_first; /* XATTN_DEFAULT (metadata "first", else x first),
+                                   XATTN_NO (x first), XATTN_YES (context first)               */
+    double qk_scale;       /* 0: __metadata__ "qk_scale", else None (head_dim^-0.5), as the
+                              reference's `qk_scale or head_dim ** -0.5`                       */
+    uint64_t reserved_[4]; /* zero                                                            */
 } xattn_interlaced_opts;
 
 typedef struct xattn_interlaced_config {
     int64_t dim, heads, head_dim, depth, mlp_hidden, n_cls;
     int context_first;
     int qkv_bias;       /* self_attn.qkv.bias present                                         */
-    int map_bias;       /* attn.{q,k,v}_map.bias present                                      */
+    int map_bias;       /* attn.{q,k,v}_map.bias present (= qkv_bias)                         */
     float eps;          /* LayerNorm eps (1e-5)                                               */
-    float scale;        /* head_dim^-0.5 (or __metadata__ "qk_scale")                         */
+    float scale;        /* head_dim^-0.5 (or qk_scale)                                        */
 } xattn_interlaced_config;
 
 typedef struct xattn_interlaced xattn_interlaced;
 
-/* Sets heads = 0, n_cls = -1, context_first = -1 (everything from the file or the default). */
-XATTN_API void xattn_interlaced_opts_init(xattn_interlaced_opts *o);
 /* Loads blocks.0 .. blocks.(depth-1) (names after `prefix`); opts may be NULL. */
 XATTN_API xattn_status xattn_interlaced_load(const xattn_safetensors *st, const char *prefix,
                                              const xattn_interlaced_opts *opts,
                                              xattn_interlaced **out);
 XATTN_API void xattn_interlaced_free(xattn_interlaced *m);
 XATTN_API void xattn_interlaced_get_config(const xattn_interlaced *m, xattn_interlaced_config *c);
+/* Defaults assumed for options the file cannot tell, one line each ("" if none). */
+XATTN_API const char *xattn_interlaced_warnings(const xattn_interlaced *m);
 
-/* x (B, I, dim) (the reference's voxel), context (B, J, dim) (view) -> out (B, I, dim),
- * context_out (B, J, dim). logits: NULL, or an array of depth pointers (each may be NULL);
- * logits[L] receives layer L's pre-softmax cross-attention logits (scale * q k^T over ALL keys,
- * class tokens included, as the reference's returned weights): (B, heads, I, J) in layers where
- * x queries, (B, heads, J, I) where context queries. */
-XATTN_API xattn_status xattn_interlaced_forward(const xattn_interlaced *m, int64_t B, int64_t I,
-                                                int64_t J, const float *x, const float *context,
-                                                float *out, float *context_out,
-                                                float *const *logits);
+typedef struct xattn_interlaced_inputs {
+    int64_t B, I, J;
+    const float *x;        /* (B, I, dim): the reference's voxel stream                       */
+    const float *context;  /* (B, J, dim): the reference's view stream                        */
+    uint64_t reserved_[4]; /* zero                                                            */
+} xattn_interlaced_inputs;
+
+typedef struct xattn_interlaced_outputs {
+    float *out;            /* (B, I, dim); may be x (in place)                                */
+    float *context_out;    /* (B, J, dim); may be context                                     */
+    /* NULL, or depth pointers (each may be NULL): attn_weights[L] receives layer L's
+     * pre-softmax cross-attention logits (scale * q k^T over ALL keys, class tokens included,
+     * as the reference's returned weights): (B, heads, I, J) in layers where x queries,
+     * (B, heads, J, I) where context queries. */
+    float *const *attn_weights;
+    uint64_t reserved_[4]; /* zero                                                            */
+} xattn_interlaced_outputs;
+
+/* ctx may be NULL (the default context). */
+XATTN_API xattn_status xattn_interlaced_forward(xattn_ctx *ctx, const xattn_interlaced *m,
+                                                const xattn_interlaced_inputs *in,
+                                                const xattn_interlaced_outputs *out);
 
 /* ------------------------------------------------------------------------------------------ */
-/* M6: multiscale multiview cross-attention                                                     */
+/* Multiscale multiview cross-attention                                                         */
 /* ------------------------------------------------------------------------------------------ */
 /*
  * A documented composition (docs/multiview.md; the PyTorch reference is the class
- * MultiscaleMultiview in tests/reference/gen_multiview.py). V >= 2 views x_v (B, N_v, C_0) of
- * one input pass S >= 1 stages of widths C_s. Per stage s and view v (prefix stages.s.views.v.):
+ * MultiscaleMultiview(views, dims, heads, hiddens, eps=1e-5, gelu="none") in
+ * tests/reference/gen_multiview.py). V >= 2 views x_v (B, N_v, C_0) of one input pass S >= 1
+ * stages of widths C_s. Per stage s and view v (prefix stages.s.views.v.):
  *   s > 0:  x_v = expand(AvgPool1d(2, stride 2) over tokens of x_v)    N -> floor(N / 2)
  *           (an odd last token is dropped; a view of 1 token cannot be pooled: error)
  *   self:   y_v = x_v + self_attn(norm1(x_v));  y_v += mlp(norm2(y_v))
@@ -645,31 +712,43 @@ XATTN_API xattn_status xattn_interlaced_forward(const xattn_interlaced *m, int64
  *   in_proj_bias, out_proj.weight, out_proj.bias} (nn.MultiheadAttention(C_s, heads_s,
  *   batch_first=True)), mlp., cross_mlp. {0.weight, 0.bias, 2.weight, 2.bias} (Linear, GELU,
  *   Linear). No masks: every token attends to every token of the other views.
+ * Views and stages are counted from the names and every width from the shapes; the heads per
+ * stage leave no trace and must be given (option or __metadata__ "heads": "4" or "2,4,8").
+ * Registry kind "multiview": options views, dims, heads, hiddens (lists such as "8,16"), eps,
+ * gelu, and heads.0, heads.1, ... (each stage's heads, which a saved file's __metadata__
+ * holds); inputs xs.0 .. xs.{V-1}, outputs out.0 .. out.{V-1} (up to 11 views; single-stage
+ * modules only there, since a pooled token count floor(N / 2^(S-1)) has no symbolic shape).
  */
 #define XATTN_MULTIVIEW_MAX_STAGES 16
 #define XATTN_MULTIVIEW_MAX_VIEWS 64
 
+typedef enum xattn_multiview_gelu {
+    XATTN_MULTIVIEW_GELU_DEFAULT = 0, /* __metadata__ "gelu", else erf (nn.GELU's default)      */
+    XATTN_MULTIVIEW_GELU_ERF = 1,     /* exact GELU: nn.GELU(approximate="none")               */
+    XATTN_MULTIVIEW_GELU_TANH = 2     /* nn.GELU(approximate="tanh")                           */
+} xattn_multiview_gelu;
+
+/* All zero: everything from __metadata__, else the reference's defaults (the heads have none). */
 typedef struct xattn_multiview_opts {
-    const int64_t *heads; /* heads per stage: n_heads = stages, or 1 value for all stages;     */
-    int64_t n_heads;      /* n_heads = 0: __metadata__ "heads" ("4" or "2,4,8"), else an error */
-    double eps;           /* > 0: LayerNorm eps; else __metadata__ "eps", else 1e-5             */
-    int gelu;             /* 0: erf, 1: tanh, -1: __metadata__ "gelu" ("erf"/"none"/"tanh"), else erf */
+    const int64_t *heads;      /* heads per stage (n_heads = stages), or one value for all     */
+    int64_t n_heads;           /* 0: __metadata__ "heads" ("4" or "2,4,8"), required there    */
+    double eps;                /* LayerNorm eps; 0: __metadata__ "eps", else 1e-5              */
+    xattn_multiview_gelu gelu; /* GELU form of the MLPs                                       */
+    uint64_t reserved_[4];
 } xattn_multiview_opts;
 
 typedef struct xattn_multiview_config {
     int64_t views, stages;
     int64_t dim[XATTN_MULTIVIEW_MAX_STAGES];        /* C_s                              */
     int64_t heads[XATTN_MULTIVIEW_MAX_STAGES];
-    int64_t mlp_hidden[XATTN_MULTIVIEW_MAX_STAGES]; /* rows of mlp.0.weight (same for all
-                                                       views and cross_mlp)             */
+    int64_t mlp_hidden[XATTN_MULTIVIEW_MAX_STAGES]; /* rows of view 0's mlp.0.weight     */
     float eps;
     int gelu_tanh;
 } xattn_multiview_config;
 
 typedef struct xattn_multiview xattn_multiview;
 
-/* opts may be NULL (everything from __metadata__ / defaults). Views and stages are counted
- * from the names; every size comes from the shapes. */
+/* opts may be NULL (everything from __metadata__ / defaults). */
 XATTN_API xattn_status xattn_multiview_load(const xattn_safetensors *st, const char *prefix,
                                             const xattn_multiview_opts *opts,
                                             xattn_multiview **out);
@@ -679,14 +758,27 @@ XATTN_API void xattn_multiview_get_config(const xattn_multiview *m, xattn_multiv
  * pooling would see fewer than 2 tokens. */
 XATTN_API xattn_status xattn_multiview_out_tokens(const xattn_multiview *m, int64_t n,
                                                   int64_t *out_n);
-/* x[v] (B, tokens[v], C_0) for v < n_views (= config views); out[v] (B, out_tokens(tokens[v]),
- * C_{S-1}). Views may have different token counts. */
-XATTN_API xattn_status xattn_multiview_forward(const xattn_multiview *m, int64_t B,
-                                               int64_t n_views, const int64_t *tokens,
-                                               const float *const *x, float *const *out);
+
+typedef struct xattn_multiview_inputs {
+    int64_t B;
+    int64_t n_views;         /* = config views                                               */
+    const int64_t *tokens;   /* [n_views] N_v >= 1 (views may have different token counts)   */
+    const float *const *x;   /* [n_views] (B, N_v, C_0)                                      */
+    uint64_t reserved_[4];
+} xattn_multiview_inputs;
+
+typedef struct xattn_multiview_outputs {
+    float *const *out;       /* [n_views] (B, out_tokens(N_v), C_{S-1}); NULL: not written   */
+    uint64_t reserved_[4];
+} xattn_multiview_outputs;
+
+/* ctx may be NULL (the default context). */
+XATTN_API xattn_status xattn_multiview_forward(xattn_ctx *ctx, const xattn_multiview *m,
+                                               const xattn_multiview_inputs *in,
+                                               const xattn_multiview_outputs *out);
 
 /* ------------------------------------------------------------------------------------------ */
-/* M7: HALLO region-masked hierarchical audio-visual cross-attention                            */
+/* HALLO region-masked hierarchical audio-visual cross-attention                                */
 /* ------------------------------------------------------------------------------------------ */
 /*
  * Mask pyramid: resizes n soft masks (n, Hm, Wm) to (n, h, w) exactly as
@@ -700,20 +792,28 @@ XATTN_API xattn_status xattn_resize_masks(const float *in, int64_t n, int64_t Hm
 
 /*
  * The audio path of HALLO's AudioTemporalBasicTransformerBlock (fudan-generative-vision/hallo,
- * hallo/models/attention.py, the branch with attn2_0/1/2), loaded by its state_dict names
- * (after `prefix`):
- *   norm2.{weight,bias}, norm3.{weight,bias}         nn.LayerNorm(dim), eps 1e-5
- *   attn2_0., attn2_1., attn2_2. {to_q.weight, to_k.weight, to_v.weight, to_out.0.weight,
- *                                 to_out.0.bias}      diffusers Attention (bias=False)
+ * hallo/models/attention.py, the branch with attn2_0/1/2; transcribed as HalloAudioPath in
+ * tests/reference/gen_hallo.py), loaded by its state_dict names (after `prefix`):
  *   zero_conv_full., zero_conv_face., zero_conv_lip. {weight (dim, dim, 1, 1), bias}
+ *   attn2_0., attn2_1., attn2_2. {to_q.weight, to_k.weight, to_v.weight, to_out.0.weight,
+ *                                 to_out.0.bias}      diffusers Attention (to_q/k/v biases when
+ *                                                     attention_bias=True)
+ *   norm2.{weight,bias}, norm3.{weight,bias}         nn.LayerNorm(dim), eps 1e-5
  *   ff.net.0.proj.{weight (2*inner, dim), bias}, ff.net.2.{weight (dim, inner), bias}
  *                                                    diffusers FeedForward, GEGLU (exact GELU)
  * forward:  n = norm2(x);  o_k = zero_conv_k(attn2_k(n, audio) * M_k)  (k = full, face, lip;
  *           the mask multiplies every channel of a token);  h = x + s_0 o_0 + s_1 o_1 + s_2 o_2;
  *           out = h + ff(norm3(h)),  ff(y) = (a * gelu(g)) W2^T + b2,  [a | g] = y W0^T + b0.
  * The self-attention part (norm1, attn1) of the HALLO block is not part of this module.
- * heads <= 0 takes __metadata__ "heads", else diffusers' default 8.
+ * Registry kind "hallo-audio": options dim, heads, dim_head, cross_attention_dim,
+ * attention_bias, ff_inner_dim; inputs hidden_states, encoder_hidden_states, masks,
+ * motion_scale; outputs out, regions.
  */
+typedef struct xattn_hallo_opts {
+    int64_t heads; /* attention heads; 0: __metadata__ "heads", else 8 (diffusers' default) */
+    uint64_t reserved_[4];
+} xattn_hallo_opts;
+
 typedef struct xattn_hallo_config {
     int64_t dim;        /* channels of the latent tokens                         */
     int64_t audio_dim;  /* cross_attention_dim                                  */
@@ -723,8 +823,9 @@ typedef struct xattn_hallo_config {
 
 typedef struct xattn_hallo xattn_hallo;
 
+/* opts may be NULL (defaults). */
 XATTN_API xattn_status xattn_hallo_load(const xattn_safetensors *st, const char *prefix,
-                                        int64_t heads, xattn_hallo **out);
+                                        const xattn_hallo_opts *opts, xattn_hallo **out);
 XATTN_API void xattn_hallo_free(xattn_hallo *m);
 XATTN_API void xattn_hallo_get_config(const xattn_hallo *m, xattn_hallo_config *cfg);
 
@@ -735,15 +836,22 @@ typedef struct xattn_hallo_inputs {
     const float *masks;    /* (mask_batch, 3, N): full/pose, face, lip at this level      */
     int64_t mask_batch;    /* 1 (shared by the batch) or B                                */
     const float *motion_scale; /* 3 weights (pose, face, lip), or NULL = 1, 1, 1           */
+    uint64_t reserved_[4];
 } xattn_hallo_inputs;
 
-/* out (B, N, dim); regions optional: (3, B, N, dim), the unscaled o_k of each region.
- * out may not alias x. */
-XATTN_API xattn_status xattn_hallo_forward(const xattn_hallo *m, const xattn_hallo_inputs *in,
-                                           float *out, float *regions);
+typedef struct xattn_hallo_outputs {
+    float *out;            /* (B, N, dim); may not alias x                                */
+    float *regions;        /* optional (3, B, N, dim): the unscaled o_k of each region    */
+    uint64_t reserved_[4];
+} xattn_hallo_outputs;
+
+/* ctx may be NULL (the default context). */
+XATTN_API xattn_status xattn_hallo_forward(xattn_ctx *ctx, const xattn_hallo *m,
+                                           const xattn_hallo_inputs *in,
+                                           const xattn_hallo_outputs *out);
 
 /* ------------------------------------------------------------------------------------------ */
-/* M8: decoder layers with causal self-attention, cross-attention and a KV cache               */
+/* BERT decoder layers: causal self-attention, cross-attention and a KV cache                  */
 /* ------------------------------------------------------------------------------------------ */
 /*
  * Hugging Face transformers BertLayer / BertEncoder as a decoder (BertConfig(is_decoder=True,
@@ -755,11 +863,21 @@ XATTN_API xattn_status xattn_hallo_forward(const xattn_hallo *m, const xattn_hal
  * stack "layer.N.<name>" (BertEncoder), N = 0, 1, ...:
  *   attention.self.{query,key,value}.{weight,bias}, attention.output.dense.{weight,bias},
  *   attention.output.LayerNorm.{weight,bias}, crossattention.self.{query,key,value}.{weight,bias}
- *   (key/value weights (hidden, memory_dim): memory_dim may differ from hidden),
- *   crossattention.output.dense.*, crossattention.output.LayerNorm.*, intermediate.dense.*,
- *   output.dense.*, output.LayerNorm.*
- * Options: heads from opts, else __metadata__ "heads" (or "num_attention_heads"), else 12
- * (BertConfig's default); layer_norm_eps from opts, else __metadata__ "layer_norm_eps", else 1e-12.
+ *   (key/value weights (hidden, memory_dim): memory_dim may differ from hidden, as BLIP's
+ *   encoder_width), crossattention.output.dense.*, crossattention.output.LayerNorm.*,
+ *   intermediate.dense.*, output.dense.*, output.LayerNorm.*
+ * Registry kind "bert-decoder" (options named as BertConfig's arguments: hidden_size,
+ * num_attention_heads, intermediate_size, num_hidden_layers, layer_norm_eps, plus encoder_width,
+ * bert_encoder and the projector's video_dim / audio_dim / *_projector / *_type_embedding), run
+ * by name as BertEncoder.forward: hidden_states, encoder_hidden_states, attention_mask and
+ * encoder_attention_mask (BertModel's (B, T) / (B, M) keep masks) -> last_hidden_state; the
+ * projector is xattn_decoder_project's. The registry finds a BertEncoder stack
+ * (layer.0.crossattention.self.query.weight); a single BertLayer state dict loads with
+ * xattn_decoder_load.
+ * Options: heads (num_attention_heads) from opts, else __metadata__ "heads" (or
+ * "num_attention_heads"), else 12 (BertConfig's default); layer_norm_eps from opts, else
+ * __metadata__ "layer_norm_eps", else 1e-12. Both leave no trace in the tensors: an assumed
+ * default is reported by xattn_module_warnings.
  *
  * Masks follow transformers' attention_mask / encoder_attention_mask: 1 (nonzero) = keep. Masked
  * logits take -FLT_MAX as transformers' finfo.min additive mask, so a row with every key masked
@@ -771,14 +889,18 @@ XATTN_API xattn_status xattn_hallo_forward(const xattn_hallo *m, const xattn_hal
  * Modality projector (optional, our design, for the T-V / T-A / T-AV groups): tensors
  *   proj.video.weight (memory_dim, Dv), proj.video.bias (memory_dim),
  *   proj.audio.weight (memory_dim, Da), proj.audio.bias (memory_dim),
- *   type_embedding.video (memory_dim), type_embedding.audio (memory_dim)  (each optional).
+ *   type_embedding.video (memory_dim), type_embedding.audio (memory_dim)  (each optional; a
+ *   projection has both weight and bias).
  * A modality's features (B, F, N, D) (F frames of N tokens) are mean-pooled over frames, then
  * projected: m = mean_f(x[:, f]) W^T + b (+ type_embedding). The memory is the concatenation
  * [video; audio] along the sequence axis (either may be absent): (B, Nv + Na, memory_dim).
+ * Created modules draw proj.* as nn.Linear does and the type embeddings N(0, 1), as the rows of
+ * an nn.Embedding built directly.
  */
 typedef struct xattn_decoder_opts {
-    int64_t heads;         /* <= 0: metadata, else 12                                        */
-    double layer_norm_eps; /* <= 0: metadata, else 1e-12                                     */
+    int64_t heads;         /* num_attention_heads; 0: __metadata__, else 12                   */
+    double layer_norm_eps; /* 0: __metadata__, else 1e-12                                      */
+    uint64_t reserved_[4];
 } xattn_decoder_opts;
 
 typedef struct xattn_decoder_config {
@@ -791,26 +913,37 @@ typedef struct xattn_decoder_config {
 typedef struct xattn_decoder xattn_decoder;
 typedef struct xattn_decoder_state xattn_decoder_state;
 
-XATTN_API void xattn_decoder_opts_init(xattn_decoder_opts *o);
-/* opts may be NULL. */
+/* opts may be NULL (every option at its default). */
 XATTN_API xattn_status xattn_decoder_load(const xattn_safetensors *st, const char *prefix,
                                           const xattn_decoder_opts *opts, xattn_decoder **out);
 XATTN_API void xattn_decoder_free(xattn_decoder *m);
 XATTN_API void xattn_decoder_get_config(const xattn_decoder *m, xattn_decoder_config *cfg);
 
 /* Builds the memory (B, Nv + Na, memory_dim) from video (B, Fv, Nv, Dv) and/or audio
- * (B, Fa, Na, Da) (NULL or N = 0: absent; at least one present; F >= 1). */
-XATTN_API xattn_status xattn_decoder_project(const xattn_decoder *m, int64_t B,
+ * (B, Fa, Na, Da) (NULL or N = 0: absent; at least one present; F >= 1). ctx may be NULL. */
+XATTN_API xattn_status xattn_decoder_project(xattn_ctx *ctx, const xattn_decoder *m, int64_t B,
                                              const float *video, int64_t Fv, int64_t Nv,
                                              const float *audio, int64_t Fa, int64_t Na,
                                              float *memory);
 
-/* Full-sequence forward: x (B, T, hidden), attention_mask (B, T) or NULL, memory (B, M,
- * memory_dim) with M >= 1, memory_mask (B, M) or NULL -> out (B, T, hidden). */
-XATTN_API xattn_status xattn_decoder_forward(const xattn_decoder *m, int64_t B, int64_t T,
-                                             const float *x, const uint8_t *attention_mask,
-                                             int64_t M, const float *memory,
-                                             const uint8_t *memory_mask, float *out);
+typedef struct xattn_decoder_inputs {
+    int64_t B, T, M;
+    const float *x;                /* (B, T, hidden): hidden_states                           */
+    const uint8_t *attention_mask; /* (B, T), nonzero = keep, or NULL                         */
+    const float *memory;           /* (B, M, memory_dim), M >= 1: encoder_hidden_states       */
+    const uint8_t *memory_mask;    /* (B, M), nonzero = keep, or NULL: encoder_attention_mask */
+    uint64_t reserved_[4];
+} xattn_decoder_inputs;
+
+typedef struct xattn_decoder_outputs {
+    float *out; /* (B, T, hidden): last_hidden_state; may be in->x */
+    uint64_t reserved_[4];
+} xattn_decoder_outputs;
+
+/* Full-sequence forward. ctx may be NULL (default context). */
+XATTN_API xattn_status xattn_decoder_forward(xattn_ctx *ctx, const xattn_decoder *m,
+                                             const xattn_decoder_inputs *in,
+                                             const xattn_decoder_outputs *out);
 
 /* Incremental decoding. A state holds, per layer, the self-attention K/V cache for up to
  * max_len positions, the cross-attention K/V of the current memory, and scratch for steps of up
@@ -819,19 +952,22 @@ XATTN_API xattn_status xattn_decoder_forward(const xattn_decoder *m, int64_t B, 
 XATTN_API xattn_status xattn_decoder_state_new(const xattn_decoder *m, int64_t B, int64_t max_len,
                                                int64_t max_step, xattn_decoder_state **out);
 XATTN_API void xattn_decoder_state_free(xattn_decoder_state *s);
-/* Computes the cross-attention K/V of every layer once and resets the position to 0. */
-XATTN_API xattn_status xattn_decoder_set_memory(xattn_decoder_state *s, int64_t M,
-                                                const float *memory, const uint8_t *memory_mask);
+/* Computes the cross-attention K/V of every layer once and resets the position to 0:
+ * memory (B, M, memory_dim), memory_mask (B, M) or NULL. ctx may be NULL. */
+XATTN_API xattn_status xattn_decoder_set_memory(xattn_ctx *ctx, xattn_decoder_state *s,
+                                                int64_t M, const float *memory,
+                                                const uint8_t *memory_mask);
 /* Forgets the decoded tokens (keeps the memory). */
 XATTN_API void xattn_decoder_reset(xattn_decoder_state *s);
 /* Tokens decoded so far. */
 XATTN_API int64_t xattn_decoder_position(const xattn_decoder_state *s);
 /* Decodes n (1 .. max_step) more tokens: x (B, n, hidden), attention_mask (B, n) for these
  * positions (or NULL = all kept) -> out (B, n, hidden), equal to rows pos .. pos+n-1 of the
- * full forward over everything decoded so far. */
-XATTN_API xattn_status xattn_decoder_step(xattn_decoder_state *s, int64_t n, const float *x,
-                                          const uint8_t *attention_mask, float *out);
-
+ * full forward over everything decoded so far (queries at positions pos .. pos+n-1 attend to
+ * keys 0 .. pos+n-1 causally). ctx may be NULL. */
+XATTN_API xattn_status xattn_decoder_step(xattn_ctx *ctx, xattn_decoder_state *s, int64_t n,
+                                          const float *x, const uint8_t *attention_mask,
+                                          float *out);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Modules through the registry: one interface for every kind                                   */

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Installs what xattn needs to build (Debian/Ubuntu, as root) and builds it into build/.
+# Installs what xattn needs to build and test (Debian/Ubuntu, as root; python3 only for a test
+# script) and builds it into build/
 #   bash scripts/bootstrap.sh            # Release build with OpenMP
 #   BUILD_DIR=b CMAKE_ARGS=-DXATTN_SANITIZE=ON bash scripts/bootstrap.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-pkgs=(gcc make cmake pkg-config libcjson-dev libpng-dev)
+pkgs=(gcc make cmake pkg-config libcjson-dev libpng-dev python3)
 [ -n "${XATTN_EXTRA_PKGS:-}" ] && read -r -a extra <<<"$XATTN_EXTRA_PKGS" && pkgs+=("${extra[@]}")
 missing=()
 for p in "${pkgs[@]}"; do

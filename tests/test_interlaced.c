@@ -11,11 +11,31 @@
 #include <string.h>
 #include <unistd.h>
 
-static const char *const FIXTURES[] = {"basic",         "d1_ncls0_len1",  "d3_ncls1_defaults",
-                                       "default_ncls20", "empty_keys",     "context_first",
-                                       "long"};
+static const char *const FIXTURES[] = {
+    "basic",         "d1_ncls0_len1", "d3_ncls1_defaults", "default_ncls20", "empty_keys",
+    "context_first", "long"};
 
 static double g_worst_out, g_worst_lg;
+
+/* The typed forward on the default context. */
+static xattn_status il_fwd(const xattn_interlaced *m, int64_t B, int64_t I, int64_t J,
+                           const float *x, const float *context, float *out, float *context_out,
+                           float *const *logits)
+{
+    xattn_interlaced_inputs in;
+    memset(&in, 0, sizeof in);
+    in.B = B;
+    in.I = I;
+    in.J = J;
+    in.x = x;
+    in.context = context;
+    xattn_interlaced_outputs o;
+    memset(&o, 0, sizeof o);
+    o.out = out;
+    o.context_out = context_out;
+    o.attn_weights = logits;
+    return xattn_interlaced_forward(NULL, m, &in, &o);
+}
 
 static int64_t meta_int(const xattn_safetensors *st, const char *key)
 {
@@ -76,7 +96,7 @@ static void run_fixture(const char *name)
                 char what[320];
                 for (int64_t t = 0; t < B * I * D; t++) o[t] = NAN;
                 for (int64_t t = 0; t < B * J * D; t++) co[t] = NAN;
-                CHECK_OK(xattn_interlaced_forward(m, B, I, J, x, ctx, o, co, with_lg ? lg : NULL));
+                CHECK_OK(il_fwd(m, B, I, J, x, ctx, o, co, with_lg ? lg : NULL));
                 snprintf(what, sizeof what, "%s out (isa %s, threads %d)", name, isas[ii], threads);
                 wo = fmax(wo, tu_check_close(what, o, ref_o, B * I * D, TU_TOL));
                 snprintf(what, sizeof what, "%s context_out (isa %s, threads %d)", name, isas[ii],
@@ -102,11 +122,11 @@ static void run_fixture(const char *name)
         memcpy(xc, ctx, (size_t)(B * J * D) * sizeof(float));
         float *some[8] = {0};
         some[c.depth - 1] = lg[c.depth - 1];
-        CHECK_OK(xattn_interlaced_forward(m, B, I, J, xo, xc, xo, xc, some));
+        CHECK_OK(il_fwd(m, B, I, J, xo, xc, xo, xc, some));
         wo = fmax(wo, tu_check_close("in place out", xo, ref_o, B * I * D, TU_TOL));
         wo = fmax(wo, tu_check_close("in place context_out", xc, ref_co, B * J * D, TU_TOL));
-        wl = fmax(wl, tu_check_close("last logits", lg[c.depth - 1], ref_lg[c.depth - 1], nlg,
-                                     TU_TOL));
+        wl = fmax(wl,
+                  tu_check_close("last logits", lg[c.depth - 1], ref_lg[c.depth - 1], nlg, TU_TOL));
         free(xo);
         free(xc);
     }
@@ -136,16 +156,16 @@ static void test_opts(void)
     CHECK_OK(xattn_st_open(tu_fixture("interlaced_basic.safetensors"), &st));
     if (!st) return;
     xattn_interlaced_opts o;
-    xattn_interlaced_opts_init(&o);
-    CHECK(o.heads == 0 && o.n_cls == -1 && o.context_first == -1);
+    memset(&o, 0, sizeof o);
     o.heads = 2;
     o.n_cls = 3;
-    o.context_first = 0;
+    o.context_first = XATTN_NO;
     xattn_interlaced *m = NULL, *m0 = NULL, *m4 = NULL;
     CHECK_OK(xattn_interlaced_load(st, "", &o, &m));
     o.n_cls = 0;
+    o.has_n_cls = 1;
     CHECK_OK(xattn_interlaced_load(st, "", &o, &m0));
-    o.n_cls = -1;
+    o.has_n_cls = 0;
     o.heads = 4;
     CHECK_OK(xattn_interlaced_load(st, "", &o, &m4));
     xattn_interlaced_config c;
@@ -159,19 +179,18 @@ static void test_opts(void)
     float *out = malloc((size_t)(B * I * D) * sizeof(float));
     float *co = malloc((size_t)(B * J * D) * sizeof(float));
     if (m && m0) {
-        CHECK_OK(xattn_interlaced_forward(m, B, I, J, x, ctx, out, co, NULL));
+        CHECK_OK(il_fwd(m, B, I, J, x, ctx, out, co, NULL));
         tu_check_close("explicit opts", out, ref, B * I * D, TU_TOL);
-        CHECK_OK(xattn_interlaced_forward(m0, B, I, J, x, ctx, out, co, NULL));
+        CHECK_OK(il_fwd(m0, B, I, J, x, ctx, out, co, NULL));
         CHECK(tu_rel_err(out, ref, B * I * D) > 1e-3);
     }
     /* argument errors */
-    CHECK_FAIL(xattn_interlaced_forward(NULL, B, I, J, x, ctx, out, co, NULL), XATTN_ERR_ARG);
-    CHECK_FAIL(xattn_interlaced_forward(m, 0, I, J, x, ctx, out, co, NULL), XATTN_ERR_ARG);
-    CHECK_FAIL(xattn_interlaced_forward(m, B, I, -1, x, ctx, out, co, NULL), XATTN_ERR_ARG);
-    CHECK_FAIL(xattn_interlaced_forward(m, B, I, J, NULL, ctx, out, co, NULL), XATTN_ERR_ARG);
-    CHECK_FAIL(xattn_interlaced_forward(m, B, I, J, x, ctx, out, NULL, NULL), XATTN_ERR_ARG);
-    CHECK_FAIL(xattn_interlaced_forward(m, (int64_t)1 << 40, (int64_t)1 << 40, J, x, ctx, out, co,
-                                        NULL),
+    CHECK_FAIL(il_fwd(NULL, B, I, J, x, ctx, out, co, NULL), XATTN_ERR_ARG);
+    CHECK_FAIL(il_fwd(m, 0, I, J, x, ctx, out, co, NULL), XATTN_ERR_ARG);
+    CHECK_FAIL(il_fwd(m, B, I, -1, x, ctx, out, co, NULL), XATTN_ERR_ARG);
+    CHECK_FAIL(il_fwd(m, B, I, J, NULL, ctx, out, co, NULL), XATTN_ERR_ARG);
+    CHECK_FAIL(il_fwd(m, B, I, J, x, ctx, out, NULL, NULL), XATTN_ERR_ARG);
+    CHECK_FAIL(il_fwd(m, (int64_t)1 << 40, (int64_t)1 << 40, J, x, ctx, out, co, NULL),
                XATTN_ERR_NOMEM);
     CHECK_FAIL(xattn_interlaced_load(st, "", NULL, NULL), XATTN_ERR_ARG);
     xattn_interlaced *bad = (xattn_interlaced *)1;
@@ -264,7 +283,8 @@ static void test_errors(void)
             "blocks.1.self_attn.proj.bias");
     derived("", NULL, "blocks.1.attn.proj.weight", NULL, NULL, XATTN_ERR_SHAPE,
             "'blocks.1.attn.proj.weight' has shape (15, 16)");
-    derived("", NULL, "blocks.0.mlp.fc2.bias", NULL, NULL, XATTN_ERR_SHAPE, "blocks.0.mlp.fc2.bias");
+    derived("", NULL, "blocks.0.mlp.fc2.bias", NULL, NULL, XATTN_ERR_SHAPE,
+            "blocks.0.mlp.fc2.bias");
     derived("", NULL, NULL, "heads", "zero", XATTN_ERR_FORMAT, "heads");
     derived("", NULL, NULL, "n_cls", "-1", XATTN_ERR_FORMAT, "n_cls");
     derived("", NULL, NULL, "first", "sideways", XATTN_ERR_FORMAT, "first");

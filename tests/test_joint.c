@@ -11,12 +11,30 @@
 #include <string.h>
 #include <unistd.h>
 
-static const char *const FIXTURES[] = {
-    "joint_layer_post_relu", "joint_layer_pre_gelu", "joint_enc2_post_gelu_masks",
-    "joint_enc3_pre_relu_final", "joint_enc1_defaults", "joint_enc2_long", "joint_len1",
-    "joint_full_row", "joint_full_row_pre", "joint_nobias_post_relu", "joint_nobias_pre_gelu_final"};
+static const char *const FIXTURES[] = {"joint_layer_post_relu",
+                                       "joint_layer_pre_gelu",
+                                       "joint_enc2_post_gelu_masks",
+                                       "joint_enc3_pre_relu_final",
+                                       "joint_enc1_defaults",
+                                       "joint_enc2_long",
+                                       "joint_len1",
+                                       "joint_full_row",
+                                       "joint_full_row_pre",
+                                       "joint_nobias_post_relu",
+                                       "joint_nobias_pre_gelu_final"};
 
 static double g_worst;
+
+/* The typed forward with both outputs (either may be NULL) on the default context. */
+static xattn_status joint_fwd(const xattn_joint *m, const xattn_joint_inputs *in, float *out,
+                              float *context_out)
+{
+    xattn_joint_outputs o;
+    memset(&o, 0, sizeof o);
+    o.out = out;
+    o.context_out = context_out;
+    return xattn_joint_forward(NULL, m, in, &o);
+}
 
 static int64_t meta_int(const xattn_safetensors *st, const char *key)
 {
@@ -79,7 +97,7 @@ static void run_fixture(const char *name)
             xattn_set_threads(t);
             memset(out, 0xff, (size_t)no * sizeof(float)); /* NaN garbage */
             memset(cout, 0xff, (size_t)nc * sizeof(float));
-            CHECK_OK(xattn_joint_forward(m, &in, out, cout));
+            CHECK_OK(joint_fwd(m, &in, out, cout));
             char what[320];
             snprintf(what, sizeof what, "%s out (isa %s, threads %d)", name, isas[ii], t);
             double e1 = tu_check_close(what, out, eo, no, TU_TOL);
@@ -94,11 +112,12 @@ static void run_fixture(const char *name)
 
     /* all-False masks == no masks */
     if (!in.x_padding_mask && !in.context_padding_mask) {
-        uint8_t *zx = calloc((size_t)(in.B * in.K + 1), 1), *zc = calloc((size_t)(in.B * in.N + 1), 1);
+        uint8_t *zx = calloc((size_t)(in.B * in.K + 1), 1),
+                *zc = calloc((size_t)(in.B * in.N + 1), 1);
         xattn_joint_inputs in2 = in;
         in2.x_padding_mask = zx;
         in2.context_padding_mask = zc;
-        CHECK_OK(xattn_joint_forward(m, &in2, out, cout));
+        CHECK_OK(joint_fwd(m, &in2, out, cout));
         tu_check_close("all-False masks out", out, eo, no, TU_TOL);
         tu_check_close("all-False masks context_out", cout, ec, nc, TU_TOL);
         free(zx);
@@ -122,10 +141,10 @@ static void test_options(void)
     xattn_safetensors *st = NULL;
     CHECK_OK(xattn_st_open(tu_fixture("joint_layer_pre_gelu.safetensors"), &st));
     if (!st) return;
-    xattn_joint_options o;
-    xattn_joint_options_init(&o);
-    o.norm_first = 0;
-    o.activation = 0;
+    xattn_joint_opts o;
+    memset(&o, 0, sizeof o);
+    o.norm_first = XATTN_NO;
+    o.activation = XATTN_JOINT_ACT_RELU;
     o.layer_norm_eps = 1e-3;
     o.heads = 2;
     xattn_joint *m = NULL;
@@ -249,22 +268,22 @@ static void test_errors(void)
     in.N = 0;
     in.x = x;
     in.context = x;
-    CHECK_FAIL(xattn_joint_forward(m, &in, o, co), XATTN_ERR_SHAPE);
+    CHECK_FAIL(joint_fwd(m, &in, o, co), XATTN_ERR_SHAPE);
     in.N = 1;
     in.B = 0;
-    CHECK_FAIL(xattn_joint_forward(m, &in, o, co), XATTN_ERR_SHAPE);
+    CHECK_FAIL(joint_fwd(m, &in, o, co), XATTN_ERR_SHAPE);
     in.B = 1;
-    CHECK_OK(xattn_joint_forward(m, &in, NULL, co)); /* K = 0: x only context */
+    CHECK_OK(joint_fwd(m, &in, NULL, co)); /* K = 0: x only context */
     for (int t = 0; t < 8; t++) CHECK(isfinite(co[t]));
     in.K = 2;
-    CHECK_FAIL(xattn_joint_forward(m, &in, NULL, co), XATTN_ERR_ARG);
-    CHECK_FAIL(xattn_joint_forward(NULL, &in, o, co), XATTN_ERR_ARG);
-    CHECK_FAIL(xattn_joint_forward(m, NULL, o, co), XATTN_ERR_ARG);
+    CHECK_FAIL(joint_fwd(m, &in, NULL, co), XATTN_ERR_ARG);
+    CHECK_FAIL(joint_fwd(NULL, &in, o, co), XATTN_ERR_ARG);
+    CHECK_FAIL(joint_fwd(m, NULL, o, co), XATTN_ERR_ARG);
     /* every position ignored: finite (zero attention rows) */
     uint8_t all[2] = {1, 1}, one[1] = {1};
     in.x_padding_mask = all;
     in.context_padding_mask = one;
-    CHECK_OK(xattn_joint_forward(m, &in, o, co));
+    CHECK_OK(joint_fwd(m, &in, o, co));
     for (int t = 0; t < 16; t++) CHECK(isfinite(o[t]));
     for (int t = 0; t < 8; t++) CHECK(isfinite(co[t]));
     xattn_joint_free(m);

@@ -38,8 +38,8 @@ int main(void)
             CHECK(mmca_match(jm, &h, x, c, B, K, N, alpha, buf, buf + B * d, buf + 2 * B * d,
                              buf + 3 * B * d, buf + 4 * B * d) == 0);
             for (int k = 0; k < 5; k++) {
-                double err = tu_check_close(names[k], buf + k * B * d, ref[k], k < 4 ? B * d : B,
-                                            TU_TOL);
+                double err =
+                    tu_check_close(names[k], buf + k * B * d, ref[k], k < 4 ? B * d : B, TU_TOL);
                 if (err > worst) worst = err;
             }
         }

@@ -134,7 +134,7 @@ void xa_params_free(xa_params *ps)
 
 /* ---- messages ------------------------------------------------------------------------------ */
 
-static const char *dims_text(int nd, const int64_t *s, char *buf, size_t cap)
+const char *xa_dims_text(int nd, const int64_t *s, char *buf, size_t cap)
 {
     size_t off = (size_t)snprintf(buf, cap, "(");
     for (int k = 0; k < nd && off < cap; k++)
@@ -205,7 +205,7 @@ static xattn_status check_one(xa_param *p, const xattn_safetensors *st, const ch
         char got[128], want[128], why[512];
         why_text(p, cfg, why, sizeof why);
         return xa_error(XATTN_ERR_SHAPE, "tensor '%s' has shape %s; expected %s%s%s%s", shown,
-                        dims_text(nd, sh, got, sizeof got), dims_text(p->ndim, p->shape, want, sizeof want),
+                        xa_dims_text(nd, sh, got, sizeof got), xa_dims_text(p->ndim, p->shape, want, sizeof want),
                         why[0] ? " (" : "", why, why[0] ? ")" : "");
     }
     p->present = 1;
@@ -603,7 +603,7 @@ xattn_status xa_cfg_require_shapes(const xa_cfg *c, const xa_pspec *t, int n,
             xattn_status s = xattn_st_info(st, (size_t)idx, &dt, &nd, sh);
             if (s) return s;
             return xa_error(XATTN_ERR_SHAPE, "tensor '%s' has shape %s; expected (%s)%s%s%s",
-                            shown, dims_text(nd, sh, got, sizeof got), t[k].shape,
+                            shown, xa_dims_text(nd, sh, got, sizeof got), t[k].shape,
                             t[k].what ? " (" : "", t[k].what ? t[k].what : "",
                             t[k].what ? ")" : "");
         }

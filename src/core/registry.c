@@ -13,9 +13,14 @@
 extern const xa_kind xa_kind_conv2d_cross;
 extern const xa_kind xa_kind_mutual;
 extern const xa_kind xa_kind_mha, xa_kind_attention;
+extern const xa_kind xa_kind_joint, xa_kind_interlaced, xa_kind_bert_decoder;
+extern const xa_kind xa_kind_bidir, xa_kind_bidir_transformer;
+extern const xa_kind xa_kind_multiview, xa_kind_hallo_audio;
 
-const xa_kind *const xa_kinds[] = {&xa_kind_conv2d_cross, &xa_kind_mutual, &xa_kind_mha,
-                                    &xa_kind_attention, NULL};
+const xa_kind *const xa_kinds[] = {
+    &xa_kind_bidir,       &xa_kind_bidir_transformer, &xa_kind_mha,          &xa_kind_attention,
+    &xa_kind_mutual,      &xa_kind_joint,             &xa_kind_interlaced,   &xa_kind_multiview,
+    &xa_kind_hallo_audio, &xa_kind_bert_decoder,      &xa_kind_conv2d_cross, NULL};
 
 const xa_kind *xa_kind_find(const char *name)
 {
@@ -227,32 +232,48 @@ static int owns(const xa_kind *k, const xattn_safetensors *st, const char *prefi
     xa_mod *m = mod_alloc(k, prefix);
     if (!m) return 0;
     int yes = 0;
+    const size_t pl = strlen(prefix);
     if (k->build(m, st, prefix, NULL, 0) == XATTN_OK) {
-        const size_t pl = strlen(prefix);
         for (int i = 0; i < m->params.n && !yes; i++)
             yes = !strncmp(full, prefix, pl) && !strcmp(full + pl, m->params.p[i].name);
+    } else {
+        /* the outer module needs options to be built (heads the file does not tell): its
+         * tensors cannot be listed, so whatever lies under its prefix is taken as its own */
+        yes = !strncmp(full, prefix, pl);
     }
     xa_mod_free(m);
     return yes;
 }
 
-/* Candidates: a tensor PREFIX + anchor marks one. */
+/* Adds the candidate (k, prefix) unless it is there already. */
+static void add_candidate(xattn_found *c, size_t *n, size_t cap, const xa_kind *k,
+                          const xattn_safetensors *st, const char *name, size_t pl)
+{
+    if (*n >= cap || pl >= sizeof c[0].prefix) return;
+    memcpy(c[*n].prefix, name, pl);
+    c[*n].prefix[pl] = '\0';
+    if (k->claims && !k->claims(st, c[*n].prefix)) return;
+    for (size_t j = 0; j < *n; j++)
+        if (c[j].kind == k->name && !strcmp(c[j].prefix, c[*n].prefix)) return;
+    c[(*n)++].kind = k->name;
+}
+
+/* Candidates: a tensor PREFIX + an anchor alternative marks one. */
 static size_t candidates(const xattn_safetensors *st, xattn_found *c, size_t cap)
 {
     size_t n = 0;
     for (size_t t = 0; st && t < xattn_st_count(st); t++) {
         const char *name = xattn_st_name(st, t);
-        for (int i = 0; name && xa_kinds[i] && n < cap; i++) {
+        const size_t nl = name ? strlen(name) : 0;
+        for (int i = 0; name && xa_kinds[i]; i++) {
             const xa_kind *k = xa_kinds[i];
-            if (!k->anchor) continue;
-            size_t nl = strlen(name), al = strlen(k->anchor);
-            if (nl < al || strcmp(name + nl - al, k->anchor)) continue;
-            size_t pl = nl - al;
-            if ((pl && name[pl - 1] != '.') || pl >= sizeof c[0].prefix) continue;
-            memcpy(c[n].prefix, name, pl);
-            c[n].prefix[pl] = '\0';
-            if (k->claims && !k->claims(st, c[n].prefix)) continue;
-            c[n++].kind = k->name;
+            for (const char *a = k->anchor; a && *a;) {
+                size_t al = strcspn(a, "|");
+                if (nl >= al && !strncmp(name + nl - al, a, al) &&
+                    (nl == al || name[nl - al - 1] == '.'))
+                    add_candidate(c, &n, cap, k, st, name, nl - al);
+                a += al + (a[al] == '|');
+            }
         }
     }
     return n;
@@ -268,8 +289,15 @@ size_t xattn_module_scan(const xattn_safetensors *st, xattn_found *found, size_t
     size_t nc = candidates(st, c, MAXC), n = 0;
     char full[600];
     for (size_t d = 0; d < nc; d++) {
+        /* the tensor that made d a candidate: its prefix + the anchor alternative present */
         const xa_kind *kd = xa_kind_find(c[d].kind);
-        snprintf(full, sizeof full, "%s%s", c[d].prefix, kd->anchor);
+        full[0] = '\0';
+        for (const char *a = kd->anchor; *a && !full[0];) {
+            size_t al = strcspn(a, "|");
+            snprintf(full, sizeof full, "%s%.*s", c[d].prefix, (int)al, a);
+            if (xattn_st_find(st, full) < 0) full[0] = '\0';
+            a += al + (a[al] == '|');
+        }
         int inner = 0;
         for (size_t o = 0; o < nc && !inner; o++) {
             if (o == d || strncmp(c[d].prefix, c[o].prefix, strlen(c[o].prefix))) continue;
@@ -418,11 +446,8 @@ static const xa_io *io_of(const xattn_module *m, int output, size_t i, size_t *n
     return i < *n ? &(output ? k->outputs : k->inputs)[i] : NULL;
 }
 
-static xattn_status io_desc(const xattn_module *m, int output, size_t i, xattn_io_desc *d)
+static void fill_io(const xa_io *io, xattn_io_desc *d)
 {
-    size_t n;
-    const xa_io *io = m && d ? io_of(m, output, i, &n) : NULL;
-    if (!io) return xa_error(XATTN_ERR_ARG, "module %s %zu out of range", output ? "output" : "input", i);
     memset(d, 0, sizeof *d);
     d->name = io->name;
     d->shape = io->shape;
@@ -430,6 +455,14 @@ static xattn_status io_desc(const xattn_module *m, int output, size_t i, xattn_i
     d->mask = (io->flags & XA_IO_MASK) != 0;
     d->additive = (io->flags & XA_IO_ADDITIVE) != 0;
     d->doc = io->doc ? io->doc : "";
+}
+
+static xattn_status io_desc(const xattn_module *m, int output, size_t i, xattn_io_desc *d)
+{
+    size_t n;
+    const xa_io *io = m && d ? io_of(m, output, i, &n) : NULL;
+    if (!io) return xa_error(XATTN_ERR_ARG, "module %s %zu out of range", output ? "output" : "input", i);
+    fill_io(io, d);
     xa_clear_error();
     return XATTN_OK;
 }
@@ -452,14 +485,7 @@ xattn_status xattn_kind_io(const char *kind, int output, size_t i, xattn_io_desc
     if (!k || !d || i >= n)
         return xa_error(XATTN_ERR_ARG, "xattn_kind_io: no %s %zu of '%s'",
                         output ? "output" : "input", i, kind ? kind : "(null)");
-    const xa_io *io = &(output ? k->outputs : k->inputs)[i];
-    memset(d, 0, sizeof *d);
-    d->name = io->name;
-    d->shape = io->shape;
-    d->optional = (io->flags & XA_IO_OPT) != 0;
-    d->mask = (io->flags & XA_IO_MASK) != 0;
-    d->additive = (io->flags & XA_IO_ADDITIVE) != 0;
-    d->doc = io->doc ? io->doc : "";
+    fill_io(&(output ? k->outputs : k->inputs)[i], d);
     xa_clear_error();
     return XATTN_OK;
 }

@@ -60,8 +60,9 @@ typedef struct xa_kind {
     int n_in;
     const xa_io *outputs;
     int n_out;
-    const char *anchor;    /* a tensor name (relative to a prefix) that marks the kind; NULL
-                              for kinds without weights                                      */
+    const char *anchor;    /* a tensor name (relative to a prefix) that marks the kind, or
+                              '|'-separated alternatives (a bare layer's tensor, a stack's
+                              first layer's); NULL for kinds without weights                 */
     /* 1 if the tensors at prefix are this kind (anchor present); NULL: the anchor decides   */
     int (*claims)(const xattn_safetensors *st, const char *prefix);
     size_t size;           /* of the module struct                                            */

@@ -61,15 +61,6 @@ static int dim_value(const xa_mod *m, const xa_run *r, const char *tok, int64_t 
     return 1;
 }
 
-static const char *shape_text(int nd, const int64_t *s, char *buf, size_t cap)
-{
-    size_t off = (size_t)snprintf(buf, cap, "(");
-    for (int k = 0; k < nd && off < cap; k++)
-        off += (size_t)snprintf(buf + off, cap - off, "%s%lld", k ? ", " : "", (long long)s[k]);
-    if (nd == 1 && off < cap) off += (size_t)snprintf(buf + off, cap - off, ",");
-    if (off < cap) snprintf(buf + off, cap - off, ")");
-    return buf;
-}
 
 /* The alternative of a '|'-separated shape with `rank` dims, into buf (NULL if none). */
 static const char *pick_alternative(const char *shape, int rank, char *buf, size_t cap)
@@ -99,14 +90,14 @@ static xattn_status same_as(const xa_mod *m, const xa_io *io, const xattn_tensor
     char want[128];
     return xa_error(XATTN_ERR_SHAPE, "input '%s' has shape %s; expected the shape of input '%s' %s",
                     io->name, got, io->shape + 1,
-                    j >= 0 && r->in[j] ? shape_text(r->in_ndim[j], r->in_shape[j], want, sizeof want)
+                    j >= 0 && r->in[j] ? xa_dims_text(r->in_ndim[j], r->in_shape[j], want, sizeof want)
                                        : "");
 }
 
 static xattn_status bind_input(const xa_mod *m, const xa_io *io, const xattn_tensor *t, xa_run *r)
 {
     char got[128], alt[256];
-    shape_text(t->ndim, t->shape, got, sizeof got);
+    xa_dims_text(t->ndim, t->shape, got, sizeof got);
     if (!strcmp(io->shape, "...")) return XATTN_OK; /* any shape; the kind's check decides */
     if (io->shape[0] == '=') return same_as(m, io, t, r, got);
     const char *p = pick_alternative(io->shape, t->ndim, alt, sizeof alt);
@@ -273,9 +264,9 @@ xattn_status xattn_module_forward(xattn_ctx *ctx, const xattn_module *mod, const
         char want[128], got[128];
         if (!same)
             return xa_error(XATTN_ERR_SHAPE, "output '%s' has shape %s%s; expected %s",
-                            out[a].name, shape_text(out[a].ndim, out[a].shape, got, sizeof got),
+                            out[a].name, xa_dims_text(out[a].ndim, out[a].shape, got, sizeof got),
                             out[a].data ? "" : " and no data",
-                            shape_text(plan_out[a].ndim, plan_out[a].shape, want, sizeof want));
+                            xa_dims_text(plan_out[a].ndim, plan_out[a].shape, want, sizeof want));
         if (r.out[o]) return xa_error(XATTN_ERR_ARG, "output '%s' is asked twice", out[a].name);
         r.out[o] = out[a].data;
     }

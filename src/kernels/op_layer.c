@@ -126,6 +126,22 @@ void xa_op_transpose(const float *src, float *dst, int64_t B, int64_t P, int64_t
     }
 }
 
+void xa_op_permute4(const float *src, const int64_t dims[4], const int perm[4], float *dst)
+{
+    int64_t st[4] = {dims[1] * dims[2] * dims[3], dims[2] * dims[3], dims[3], 1}, od[4], os[4];
+    for (int k = 0; k < 4; k++) od[k] = dims[perm[k]], os[k] = st[perm[k]];
+    const int64_t rows = od[0] * od[1] * od[2];
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(xa_threads()) if (rows * od[3] > (1 << 16)) schedule(static)
+#endif
+    for (int64_t r = 0; r < rows; r++) {
+        const int64_t i0 = r / (od[1] * od[2]), i1 = r / od[2] % od[1], i2 = r % od[2];
+        const float *s0 = src + i0 * os[0] + i1 * os[1] + i2 * os[2];
+        float *d0 = dst + r * od[3];
+        for (int64_t i3 = 0; i3 < od[3]; i3++) d0[i3] = s0[i3 * os[3]];
+    }
+}
+
 void xa_op_mean(const float *x, int64_t B, int64_t F, int64_t R, float *y)
 {
     const xa_kernels *kt = xa_kern();
@@ -158,6 +174,17 @@ void xa_op_max_over(const float *x, int64_t B, int64_t T, int64_t N, float *y)
             for (int64_t n = 0; n < N; n++) yb[n] = xt[n] > yb[n] ? xt[n] : yb[n];
         }
     }
+}
+
+void xa_attn_heads(xa_attn *a, int64_t B, int64_t H, int64_t I, int64_t J, int64_t dh, int64_t dv,
+                   const float *q, int64_t q_ld, const float *k, int64_t k_ld, const float *v,
+                   int64_t v_ld, float *out, int64_t o_ld)
+{
+    a->B = B, a->H = H, a->I = I, a->J = J, a->dh = dh, a->dv = dv;
+    a->q = q, a->q_sb = I * q_ld, a->q_sh = dh, a->q_si = q_ld;
+    a->k = k, a->k_sb = J * k_ld, a->k_sh = dh, a->k_sj = k_ld;
+    a->v = v, a->v_sb = J * v_ld, a->v_sh = dv, a->v_sj = v_ld;
+    a->out = out, a->o_sb = I * o_ld, a->o_sh = dv, a->o_si = o_ld;
 }
 
 xattn_status xa_op_attention(const xa_attn *p) { return xa_attention(p); }

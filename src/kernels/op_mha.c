@@ -1,5 +1,6 @@
 /* Ops of the multi-head attention modules (op_mha.h). */
 #include "kernels/op_mha.h"
+#include "kernels/ops.h"
 #include "base/base.h"
 
 #include <math.h>
@@ -65,23 +66,7 @@ void xa_op_attn_heads(xa_attn *a, int64_t B, int64_t H, int64_t I, int64_t J, in
                       const float *q, int64_t q_ld, const float *k, const float *v, int64_t kv_ld,
                       float *out, int64_t o_ld)
 {
-    a->B = B;
-    a->H = H;
-    a->I = I;
-    a->J = J;
-    a->dh = a->dv = dh;
-    a->q = q;
-    a->q_sb = I * q_ld;
-    a->k = k;
-    a->k_sb = J * kv_ld;
-    a->v = v;
-    a->v_sb = J * kv_ld;
-    a->out = out;
-    a->o_sb = I * o_ld;
-    a->q_sh = a->k_sh = a->v_sh = a->o_sh = dh;
-    a->q_si = q_ld;
-    a->k_sj = a->v_sj = kv_ld;
-    a->o_si = o_ld;
+    xa_attn_heads(a, B, H, I, J, dh, dh, q, q_ld, k, kv_ld, v, kv_ld, out, o_ld);
 }
 
 void xa_op_append_rows(float *kv, int64_t B, int64_t J, int64_t Jx, int64_t n, const float *row)

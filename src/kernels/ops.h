@@ -38,6 +38,9 @@ void xa_op_add_rows(float *y, int64_t rows, int64_t n, const float *b, float alp
 void xa_op_scale_rows(float *y, int64_t rows, int64_t n, const float *s);
 /* dst (B, C, P) = src (B, P, C) transposed per batch item. */
 void xa_op_transpose(const float *src, float *dst, int64_t B, int64_t P, int64_t C);
+/* dst = src with its 4 axes permuted: src of shape dims (d0, d1, d2, d3); dst axis k is src
+ * axis perm[k] (dst shape (dims[perm[0]], ..., dims[perm[3]])). */
+void xa_op_permute4(const float *src, const int64_t dims[4], const int perm[4], float *dst);
 /* y (B, R) = mean over f of x (B, F, R). */
 void xa_op_mean(const float *x, int64_t B, int64_t F, int64_t R, float *y);
 /* Token pooling AvgPool1d(2, stride 2): y[b, t, :] = (x[b, 2t, :] + x[b, 2t + 1, :]) / 2 for
@@ -46,6 +49,13 @@ void xa_op_pool2(const float *x, int64_t B, int64_t N, int64_t C, float *y);
 /* y[b, n] = max over t of x[b, t, n] (x (B, T, N)). */
 void xa_op_max_over(const float *x, int64_t B, int64_t T, int64_t N, float *y);
 
+/* Sets the sizes and strides of `a` for heads read in place from row-major projections
+ * ((h d) channel split, no transposes): q (B, I, q_ld), k (B, J, k_ld), v (B, J, v_ld),
+ * out (B, I, o_ld); head h reads channels [h dh, (h+1) dh) of q and k, [h dv, (h+1) dv) of v
+ * and writes those of out. Everything else of `a` is left as it is. */
+void xa_attn_heads(xa_attn *a, int64_t B, int64_t H, int64_t I, int64_t J, int64_t dh, int64_t dv,
+                   const float *q, int64_t q_ld, const float *k, int64_t k_ld, const float *v,
+                   int64_t v_ld, float *out, int64_t o_ld);
 /* Fused attention (softmax(scale q k^T + bias, masked) v) with every option of xa_attn:
  * strided heads, masks, bias, causal with an offset (query and key position origins), both
  * fill semantics, log-sum-exp and probabilities out, talking-heads mixing. */

@@ -13,7 +13,7 @@
  * out[b] (Cv, P1) by a blocked copy.
  */
 #include "core/registry.h"
-#include "kernels/kernels.h"
+#include "kernels/ops.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -162,42 +162,14 @@ void xattn_conv2d_cross_get_config(const xattn_conv2d_cross *m, xattn_conv2d_cro
     *cfg = m->cfg;
 }
 
-/* Y (B, P, Cout) = X[b]^T W^T + bias, X (B, Cin, P) channel-major; read in place. */
+/* Y (B, P, Cout) = a 1x1 convolution of X (B, Cin, P) channel-major, read in place. */
 static xattn_status conv1x1_t(const float *x, int64_t B, int64_t Cin, int64_t P, const float *W,
                               const float *bias, int64_t Cout, float *y)
 {
-    for (int64_t b = 0; b < B; b++) {
-        float *yb = y + b * P * Cout;
-        float beta = 0.0f;
-        if (bias) {
-            for (int64_t p = 0; p < P; p++) memcpy(yb + p * Cout, bias, (size_t)Cout * sizeof(float));
-            beta = 1.0f;
-        }
-        xattn_status s = xattn_sgemm(1, 1, P, Cout, Cin, 1.0f, x + b * Cin * P, P, W, Cin, beta,
-                                     yb, Cout);
-        if (s != XATTN_OK) return s;
-    }
-    return XATTN_OK;
-}
-
-/* dst (C, P) = src (P, C)^T, per batch, 32x32 blocks. */
-static void transpose_bpc(const float *src, float *dst, int64_t B, int64_t P, int64_t C)
-{
-    const int64_t T = 32;
-    const int64_t np = (P + T - 1) / T, nc = (C + T - 1) / T;
-    const int64_t ntask = B * np * nc;
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(xa_threads()) if (B * P * C > (1 << 15)) schedule(static)
-#endif
-    for (int64_t t = 0; t < ntask; t++) {
-        int64_t b = t / (np * nc), r = t % (np * nc);
-        int64_t p0 = (r / nc) * T, c0 = (r % nc) * T;
-        int64_t p1 = XA_MIN(p0 + T, P), c1 = XA_MIN(c0 + T, C);
-        const float *s = src + b * P * C;
-        float *d = dst + b * P * C;
-        for (int64_t c = c0; c < c1; c++)
-            for (int64_t p = p0; p < p1; p++) d[c * P + p] = s[p * C + c];
-    }
+    xattn_status s = XATTN_OK;
+    for (int64_t b = 0; b < B && !s; b++)
+        s = xa_op_linear_cm(x + b * Cin * P, P, Cin, W, bias, Cout, y + b * P * Cout);
+    return s;
 }
 
 xattn_status xattn_conv2d_cross_forward(const xattn_conv2d_cross *m,
@@ -236,30 +208,13 @@ xattn_status xattn_conv2d_cross_forward(const xattn_conv2d_cross *m,
     {
         xa_attn p;
         memset(&p, 0, sizeof p);
-        p.B = B;
-        p.H = 1;
-        p.I = P1;
-        p.J = P2;
-        p.dh = Ck;
-        p.dv = Cv;
-        p.q = Q;
-        p.q_sb = P1 * Ck;
-        p.q_si = Ck;
-        p.k = K;
-        p.k_sb = P2 * Ck;
-        p.k_sj = Ck;
-        p.v = V;
-        p.v_sb = P2 * Cv;
-        p.v_sj = Cv;
-        p.out = O;
-        p.o_sb = P1 * Cv;
-        p.o_si = Cv;
+        xa_attn_heads(&p, B, 1, P1, P2, Ck, Cv, Q, Ck, K, Ck, V, Cv, O, Cv);
         p.scale = in->has_scale ? in->scale : 1.0f;
         p.fill = XATTN_FILL_NEG_INF;
         p.fn = fn;
-        if ((s = xa_attention(&p))) goto done;
+        if ((s = xa_op_attention(&p))) goto done;
     }
-    transpose_bpc(O, out, B, P1, Cv);
+    xa_op_transpose(O, out, B, P1, Cv);
     xa_clear_error();
 done:
     xa_free(buf);

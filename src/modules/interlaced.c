@@ -1,161 +1,298 @@
 /*
- * M5: interlaced two-stream cross-attention decoder (2D-3D MIT, ICCV 2023), the InterlanceDecoder
- * of jimmy15923/mit models/sem_transformer.py, loaded by its state_dict names.
+ * Interlaced two-stream cross-attention decoder (2D-3D MIT, ICCV 2023): the InterlanceDecoder of
+ * jimmy15923/mit models/sem_transformer.py, loaded by its state_dict names.
  *
  * Per block (SkipClsDecoderBlock), with q the stream being updated and v the other stream:
  *   q += proj(SelfAttn(LN1 q))                     qkv (3D, D) [+ bias], reshape (3, H, dh)
  *   q += proj(Attn(q_map LN_q q, k_map LN_v v, v_map LN_v v))   keys/values from token n_cls on
  *   q += fc2(GELU(fc1(LN2 q)))                     timm Mlp, GELU exact (erf)
  * Layer L updates x (voxel) when L is even and context (view) when L is odd (reference order),
- * or the other way round with context_first.
+ * or the other way round with first = context.
  *
- * forward: the two streams are copied into out / context_out and updated in place. Projections
- * go through xattn_linear / xattn_sgemm (residual adds by beta = 1), attention through
- * xa_attention reading heads in place with strides; the skipped class tokens are excluded by
- * pointing the key/value base at token n_cls (no copies). Logits, when asked for, are written
- * per (b, h) by xattn_sgemm over all keys.
+ * Loading: blocks.N.* counted, one parameter table per block under its stem; dim, depth and
+ * the MLP width from the shapes, qkv_bias from which tensors exist, heads, n_cls, first and
+ * qk_scale from options, __metadata__ or the reference's defaults. The reference has no
+ * initialisation of its own (no _init_weights): nn.Linear and nn.LayerNorm defaults.
+ *
+ * forward: the two streams are copied into out / context_out and updated in place. Output
+ * projections and fc2 accumulate into the stream; attention reads heads in place with strides;
+ * the skipped class tokens are excluded by pointing the key/value base at token n_cls (no
+ * copies). Logits, when asked for, are computed per (b, h) over all keys.
  */
-#include "base/base.h"
-#include "kernels/kernels.h"
-#include "modules/weights.h"
+#include "core/registry.h"
+#include "io/io_internal.h"
+#include "kernels/op_interlaced.h"
+#include "kernels/ops.h"
 
-#include <math.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define FN_LOAD "xattn_interlaced_load"
-#define FN_FWD "xattn_interlaced_forward"
+#define FN_LOAD      "xattn_interlaced_load"
+#define FN_FWD       "xattn_interlaced_forward"
+#define IL_MAX_DEPTH 100000
 
+/* the stream layer 0 updates (voxel and view: the reference's names of x and context) */
+static const char *const FIRST[] = {"x", "context", "voxel", "view", NULL};
+
+/* InterlanceDecoder(embed_dim=384, depth=4, num_classes=20, num_heads=6, mlp_ratio=0.2,
+ * qkv_bias=False, qk_scale=None) and the direction of its forward */
 enum {
-    W_N1W, W_N1B, W_QKVW, W_QKVB, W_SPW, W_SPB, W_NQW, W_NQB, W_NVW, W_NVB, W_QMW, W_QMB, W_KMW,
-    W_KMB, W_VMW, W_VMB, W_CPW, W_CPB, W_N2W, W_N2B, W_F1W, W_F1B, W_F2W, W_F2B, W_COUNT
+    F_DIM,
+    F_DEPTH,
+    F_NCLS,
+    F_HEADS,
+    F_RATIO,
+    F_QKV_BIAS,
+    F_QK_SCALE,
+    F_FIRST,
+    F_HIDDEN,
+    F_XL,
+    F_CL,
+    F_N
+};
+static const xa_field fields[F_N] = {
+    [F_DIM] = {"embed_dim", XA_T_INT, XA_F_SHAPE, 384, 1, 1e15, NULL, NULL,
+               "width of both streams"},
+    [F_DEPTH] = {"depth", XA_T_INT, XA_F_SHAPE, 4, 1, IL_MAX_DEPTH, NULL, NULL,
+                 "decoder blocks (blocks.N.*)"},
+    [F_NCLS] = {"num_classes", XA_T_INT, XA_F_TRACELESS, 20, 0, 1e15, NULL, "n_cls|num_classes",
+                "class tokens at the start of each stream, skipped as keys and values"},
+    [F_HEADS] = {"num_heads", XA_T_INT, XA_F_TRACELESS, 6, 1, 1e15, NULL, "heads|num_heads",
+                 "attention heads"},
+    [F_RATIO] = {"mlp_ratio", XA_T_REAL, XA_F_NOMETA, 0.2, 1e-9, 1e9, NULL, NULL,
+                 "MLP width int(embed_dim * mlp_ratio)"},
+    [F_QKV_BIAS] = {"qkv_bias", XA_T_BOOL, XA_F_PRESENCE, 0, 0, 1, NULL, NULL,
+                    "biases of self_attn.qkv and attn.{q,k,v}_map"},
+    [F_QK_SCALE] = {"qk_scale", XA_T_REAL, XA_F_OPTIONAL | XA_F_TRACELESS, 0, 0, 1e300, NULL, NULL,
+                    "attention scale (None or 0: head_dim ** -0.5)"},
+    [F_FIRST] = {"first", XA_T_ENUM, XA_F_TRACELESS, 0, 0, 0, FIRST, NULL,
+                 "the stream layer 0 updates: x (the reference's voxel) or context (view)"},
+    [F_HIDDEN] = {"mlp_hidden", XA_T_INT, XA_F_SHAPE | XA_F_DERIVED | XA_F_NOMETA, 0, 1, 1e15, NULL,
+                  NULL, "MLP width"},
+    [F_XL] = {"x_layers", XA_T_INT, XA_F_DERIVED | XA_F_NOMETA, 0, 0, 1e15, NULL, NULL,
+              "layers where x queries the context"},
+    [F_CL] = {"context_layers", XA_T_INT, XA_F_DERIVED | XA_F_NOMETA, 0, 0, 1e15, NULL, NULL,
+              "layers where the context queries x"},
 };
 
-static const char *const W_NAMES[W_COUNT] = {
-    "norm1.weight",      "norm1.bias",          "self_attn.qkv.weight", "self_attn.qkv.bias",
-    "self_attn.proj.weight", "self_attn.proj.bias", "norm_q.weight",    "norm_q.bias",
-    "norm_v.weight",     "norm_v.bias",         "attn.q_map.weight",    "attn.q_map.bias",
-    "attn.k_map.weight", "attn.k_map.bias",     "attn.v_map.weight",    "attn.v_map.bias",
-    "attn.proj.weight",  "attn.proj.bias",      "norm2.weight",         "norm2.bias",
-    "mlp.fc1.weight",    "mlp.fc1.bias",        "mlp.fc2.weight",       "mlp.fc2.bias"};
+/* One SkipClsDecoderBlock in state_dict order: nn.LayerNorm (ones, zeros), nn.Linear. */
+enum {
+    P_N1W,
+    P_N1B,
+    P_QKVW,
+    P_QKVB,
+    P_SPW,
+    P_SPB,
+    P_NQW,
+    P_NQB,
+    P_NVW,
+    P_NVB,
+    P_QMW,
+    P_QMB,
+    P_KMW,
+    P_KMB,
+    P_VMW,
+    P_VMB,
+    P_CPW,
+    P_CPB,
+    P_N2W,
+    P_N2B,
+    P_F1W,
+    P_F1B,
+    P_F2W,
+    P_F2B,
+    P_N
+};
+#define IL_W "a SkipClsDecoderBlock weight"
+#define IL_B "qkv_bias=True: blocks.0 has this bias"
+static const xa_pspec table[P_N] = {
+    {"norm1.weight", "embed_dim", NULL, 0, XA_INIT_ONES, NULL, IL_W},
+    {"norm1.bias", "embed_dim", NULL, 0, XA_INIT_ZEROS, NULL, IL_W},
+    {"self_attn.qkv.weight", "3*embed_dim,embed_dim", NULL, 0, XA_INIT_LINEAR, NULL, IL_W},
+    {"self_attn.qkv.bias", "3*embed_dim", "qkv_bias", 0, XA_INIT_BIAS, "embed_dim", IL_B},
+    {"self_attn.proj.weight", "embed_dim,embed_dim", NULL, 0, XA_INIT_LINEAR, NULL, IL_W},
+    {"self_attn.proj.bias", "embed_dim", NULL, 0, XA_INIT_BIAS, "embed_dim", IL_W},
+    {"norm_q.weight", "embed_dim", NULL, 0, XA_INIT_ONES, NULL, IL_W},
+    {"norm_q.bias", "embed_dim", NULL, 0, XA_INIT_ZEROS, NULL, IL_W},
+    {"norm_v.weight", "embed_dim", NULL, 0, XA_INIT_ONES, NULL, IL_W},
+    {"norm_v.bias", "embed_dim", NULL, 0, XA_INIT_ZEROS, NULL, IL_W},
+    {"attn.q_map.weight", "embed_dim,embed_dim", NULL, 0, XA_INIT_LINEAR, NULL, IL_W},
+    {"attn.q_map.bias", "embed_dim", "qkv_bias", 0, XA_INIT_BIAS, "embed_dim", IL_B},
+    {"attn.k_map.weight", "embed_dim,embed_dim", NULL, 0, XA_INIT_LINEAR, NULL, IL_W},
+    {"attn.k_map.bias", "embed_dim", "qkv_bias", 0, XA_INIT_BIAS, "embed_dim", IL_B},
+    {"attn.v_map.weight", "embed_dim,embed_dim", NULL, 0, XA_INIT_LINEAR, NULL, IL_W},
+    {"attn.v_map.bias", "embed_dim", "qkv_bias", 0, XA_INIT_BIAS, "embed_dim", IL_B},
+    {"attn.proj.weight", "embed_dim,embed_dim", NULL, 0, XA_INIT_LINEAR, NULL, IL_W},
+    {"attn.proj.bias", "embed_dim", NULL, 0, XA_INIT_BIAS, "embed_dim", IL_W},
+    {"norm2.weight", "embed_dim", NULL, 0, XA_INIT_ONES, NULL, IL_W},
+    {"norm2.bias", "embed_dim", NULL, 0, XA_INIT_ZEROS, NULL, IL_W},
+    {"mlp.fc1.weight", "mlp_hidden,embed_dim", NULL, 0, XA_INIT_LINEAR, NULL,
+     "the MLP of the decoder block"},
+    {"mlp.fc1.bias", "mlp_hidden", NULL, 0, XA_INIT_BIAS, "embed_dim", IL_W},
+    {"mlp.fc2.weight", "embed_dim,mlp_hidden", NULL, 0, XA_INIT_LINEAR, NULL, IL_W},
+    {"mlp.fc2.bias", "embed_dim", NULL, 0, XA_INIT_BIAS, "mlp_hidden", IL_W},
+};
 
-typedef struct il_block {
-    const float *w[W_COUNT]; /* NULL where absent (optional biases) */
-} il_block;
+static const xa_io inputs[] = {
+    {"x", "B,I,embed_dim", 0, "the first stream (the reference's voxel)"},
+    {"context", "B,J,embed_dim", 0, "the second stream (the reference's view)"},
+};
+static const xa_io outputs[] = {
+    {"out", "B,I,embed_dim", 0, "x after the decoder"},
+    {"context_out", "B,J,embed_dim", 0, "the context after the decoder"},
+    {"attn_weights_x", "x_layers,B,num_heads,I,J", XA_IO_OPT,
+     "pre-softmax cross-attention logits (all keys) of the layers where x queries, in order"},
+    {"attn_weights_context", "context_layers,B,num_heads,J,I", XA_IO_OPT,
+     "pre-softmax cross-attention logits (all keys) of the layers where the context queries"},
+};
 
 struct xattn_interlaced {
+    xa_mod core;
     xattn_interlaced_config cfg;
-    il_block *blocks;
-    float *block; /* every weight, one allocation */
 };
-
-void xattn_interlaced_opts_init(xattn_interlaced_opts *o)
-{
-    if (!o) return;
-    o->heads = 0;
-    o->n_cls = -1;
-    o->context_first = -1;
-}
 
 /* ---------------------------------------------------------------------------------------- */
 /* Loading                                                                                  */
 /* ---------------------------------------------------------------------------------------- */
 
-static int is_optional(int k)
+static xattn_status bind_file(xa_cfg *c, const xattn_safetensors *st, const char *prefix)
 {
-    return k == W_QKVB || k == W_QMB || k == W_KMB || k == W_VMB;
+    int64_t L;
+    xattn_status s = xa_count_layers(st, prefix, "blocks.", "norm1.weight", IL_MAX_DEPTH, &L);
+    if (s) return s;
+    char pp[XA_IO_NAME_CAP];
+    xa_io_printable(prefix, pp, sizeof pp);
+    if (L == 0)
+        return xa_error(XATTN_ERR_NOT_FOUND,
+                        "no interlaced decoder found: tensor '%sblocks.0.norm1.weight' is missing",
+                        pp);
+    xa_cfg_set(c, F_DEPTH, (double)L, XA_FROM_SHAPE, "count of '%sblocks.N.*'", pp);
+    return xa_cfg_bind_shapes(c, table, P_N, st, prefix, "blocks.0.");
 }
 
-/* Expected shape of weight k: rank and dims (D = dim, Hd = mlp hidden). */
-static void want_shape(int k, int64_t D, int64_t Hd, int *nd, int64_t *s0, int64_t *s1)
+/* The MLP width against mlp_ratio (int(embed_dim * mlp_ratio) as the reference), the head
+ * split, and the layers each stream queries in. */
+static xattn_status derive(xa_cfg *c, const xattn_safetensors *st)
 {
-    *nd = 1;
-    *s1 = 0;
-    switch (k) {
-    case W_QKVW: *nd = 2; *s0 = 3 * D; *s1 = D; break;
-    case W_QKVB: *s0 = 3 * D; break;
-    case W_SPW: case W_QMW: case W_KMW: case W_VMW: case W_CPW: *nd = 2; *s0 = D; *s1 = D; break;
-    case W_F1W: *nd = 2; *s0 = Hd; *s1 = D; break;
-    case W_F1B: *s0 = Hd; break;
-    case W_F2W: *nd = 2; *s0 = D; *s1 = Hd; break;
-    default: *s0 = D; break;
+    const int64_t D = (int64_t)c->v[F_DIM], H = (int64_t)c->v[F_HEADS];
+    if (D % H)
+        return xa_error(XATTN_ERR_SHAPE,
+                        "%s: embed_dim %lld (from the %s) is not divisible by "
+                        "heads %lld",
+                        FN_LOAD, (long long)D, c->how[F_DIM], (long long)H);
+    const int64_t from_ratio = (int64_t)((double)D * c->v[F_RATIO]);
+    if (!st) {
+        if (from_ratio < 1)
+            return xa_error(XATTN_ERR_ARG,
+                            "%s: int(embed_dim * mlp_ratio) = %lld: the MLP needs "
+                            "a width >= 1",
+                            FN_LOAD, (long long)from_ratio);
+        xa_cfg_set(c, F_HIDDEN, (double)from_ratio, XA_FROM_DERIVED, "int(embed_dim * mlp_ratio)");
+    } else if (c->from[F_RATIO] == XA_FROM_OPTION) {
+        if (from_ratio != (int64_t)c->v[F_HIDDEN])
+            return xa_error(XATTN_ERR_SHAPE,
+                            "option mlp_ratio = %g gives an MLP of width %lld, "
+                            "but the %s gives %lld",
+                            c->v[F_RATIO], (long long)from_ratio, c->how[F_HIDDEN],
+                            (long long)c->v[F_HIDDEN]);
+    } else {
+        xa_cfg_set(c, F_RATIO, c->v[F_HIDDEN] / (double)D, XA_FROM_DERIVED,
+                   "mlp_hidden / embed_dim");
     }
-}
-
-static xattn_status meta_int(const xattn_safetensors *st, const char *key, int64_t *v, int *found,
-                             int allow_zero)
-{
-    const char *mv = xattn_st_meta_get(st, key);
-    *found = 0;
-    if (!mv) return XATTN_OK;
-    int64_t h = xa_parse_positive(mv);
-    int zero = !strcmp(mv, "0");
-    if (h <= 0 && !(allow_zero && zero)) {
-        char shown[48];
-        return xa_error(XATTN_ERR_FORMAT, "%s: __metadata__ '%s' is \"%s\", not a %s integer",
-                        FN_LOAD, key, xa_io_printable(mv, shown, sizeof shown),
-                        allow_zero ? "non-negative" : "positive");
-    }
-    *v = zero ? 0 : h;
-    *found = 1;
+    const int64_t depth = (int64_t)c->v[F_DEPTH];
+    const int x_first = (int)c->v[F_FIRST] % 2 == 0;
+    const int64_t xl = x_first ? (depth + 1) / 2 : depth / 2;
+    xa_cfg_set(c, F_XL, (double)xl, XA_FROM_DERIVED, "depth and first");
+    xa_cfg_set(c, F_CL, (double)(depth - xl), XA_FROM_DERIVED, "depth and first");
     return XATTN_OK;
 }
 
-static xattn_status resolve_opts(const xattn_safetensors *st, const xattn_interlaced_opts *o,
-                                 xattn_interlaced_config *c)
+static xattn_status build(xa_mod *core, const xattn_safetensors *st, const char *prefix,
+                          const xa_kv *opts, size_t n_opts)
 {
+    xa_cfg *c = &core->cfg;
     xattn_status s;
-    int found;
-    xattn_interlaced_opts d;
-    xattn_interlaced_opts_init(&d);
-    if (!o) o = &d;
-    c->heads = 6;
-    if (o->heads > 0) {
-        c->heads = o->heads;
-    } else {
-        int64_t v = 0;
-        if ((s = meta_int(st, "heads", &v, &found, 0))) return s;
-        if (found) c->heads = v;
+    if ((st && (s = bind_file(c, st, prefix))) ||
+        (s = xa_cfg_resolve(c, opts, n_opts, st, FN_LOAD)) || (s = derive(c, st)))
+        return s;
+    const int64_t depth = (int64_t)c->v[F_DEPTH];
+    for (int64_t l = 0; l < depth && !s; l++) {
+        char stem[32];
+        snprintf(stem, sizeof stem, "blocks.%lld.", (long long)l);
+        s = xa_params_add_table(&core->params, table, P_N, c, stem, NULL);
     }
-    c->n_cls = 20;
-    if (o->n_cls >= 0) {
-        c->n_cls = o->n_cls;
-    } else {
-        int64_t v = 0;
-        if ((s = meta_int(st, "n_cls", &v, &found, 1))) return s;
-        if (!found && (s = meta_int(st, "num_classes", &v, &found, 1))) return s;
-        if (found) c->n_cls = v;
+    return s;
+}
+
+static xattn_status bind(xa_mod *core)
+{
+    xattn_interlaced *m = (xattn_interlaced *)core;
+    const xa_cfg *c = &core->cfg;
+    xattn_interlaced_config *o = &m->cfg;
+    o->dim = (int64_t)c->v[F_DIM];
+    o->heads = (int64_t)c->v[F_HEADS];
+    o->head_dim = o->dim / o->heads;
+    o->depth = (int64_t)c->v[F_DEPTH];
+    o->mlp_hidden = (int64_t)c->v[F_HIDDEN];
+    o->n_cls = (int64_t)c->v[F_NCLS];
+    o->context_first = (int)c->v[F_FIRST] % 2 == 1;
+    o->qkv_bias = o->map_bias = c->v[F_QKV_BIAS] != 0;
+    o->eps = 1e-5f;
+    /* qk_scale or head_dim ** -0.5 */
+    const int has_scale = c->from[F_QK_SCALE] != XA_FROM_UNSET && c->v[F_QK_SCALE] != 0;
+    o->scale = has_scale ? (float)c->v[F_QK_SCALE] : xa_head_scale(o->head_dim);
+    return XATTN_OK;
+}
+
+static xattn_status forward_named(const xa_mod *core, const xa_run *r);
+
+/* blocks.0.attn.q_map.weight with blocks.0.self_attn.qkv.weight beside it */
+static int claims(const xattn_safetensors *st, const char *prefix)
+{
+    return xa_has(st, prefix, "blocks.0.self_attn.qkv.weight");
+}
+
+const xa_kind xa_kind_interlaced = {
+    .name = "interlaced",
+    .reference = "InterlanceDecoder of 2D-3D MIT (jimmy15923/mit, models/sem_transformer.py)",
+    .summary = "two streams; layers alternate which one queries the other, class tokens skipped",
+    .fields = fields,
+    .n_fields = F_N,
+    .inputs = inputs,
+    .n_in = 2,
+    .outputs = outputs,
+    .n_out = 4,
+    .anchor = "blocks.0.attn.q_map.weight",
+    .claims = claims,
+    .size = sizeof(xattn_interlaced),
+    .build = build,
+    .bind = bind,
+    .forward = forward_named,
+    .state_dict = "blocks.N.{norm1, self_attn.qkv, self_attn.proj, norm_q, norm_v, attn.q_map, "
+                  "attn.k_map, attn.v_map, attn.proj, norm2, mlp.fc1, mlp.fc2}.{weight, bias} "
+                  "(qkv_bias=False: no self_attn.qkv.bias, attn.{q,k,v}_map.bias)",
+};
+
+/* Typed options as the registry's string options (n_cls 0 needs has_n_cls). */
+static xattn_status opts_to_kv(const xattn_interlaced_opts *o, xa_kvbuf *kv)
+{
+    memset(kv, 0, sizeof *kv);
+    const int first = (int)o->context_first;
+    if (first < XATTN_DEFAULT || first > XATTN_YES)
+        return xa_error(XATTN_ERR_ARG,
+                        "%s: context_first is %d; expected XATTN_DEFAULT, "
+                        "XATTN_NO or XATTN_YES",
+                        FN_LOAD, first);
+    xa_kv_int(kv, "num_heads", o->heads);
+    if (o->n_cls || o->has_n_cls) {
+        snprintf(kv->text[kv->n], sizeof kv->text[kv->n], "%lld", (long long)o->n_cls);
+        kv->kv[kv->n].key = "num_classes";
+        kv->kv[kv->n].value = kv->text[kv->n];
+        kv->n++;
     }
-    c->context_first = 0;
-    if (o->context_first >= 0) {
-        c->context_first = o->context_first ? 1 : 0;
-    } else {
-        const char *mv = xattn_st_meta_get(st, "first");
-        if (mv) {
-            if (!strcmp(mv, "x") || !strcmp(mv, "voxel")) c->context_first = 0;
-            else if (!strcmp(mv, "context") || !strcmp(mv, "view")) c->context_first = 1;
-            else {
-                char shown[48];
-                return xa_error(XATTN_ERR_FORMAT,
-                                "%s: __metadata__ 'first' is \"%s\"; expected \"x\" or \"context\"",
-                                FN_LOAD, xa_io_printable(mv, shown, sizeof shown));
-            }
-        }
-    }
-    c->scale = 0.0f;
-    const char *qs = xattn_st_meta_get(st, "qk_scale");
-    if (qs && strcmp(qs, "None") != 0) {
-        char *end = NULL;
-        double v = strtod(qs, &end);
-        if (!end || end == qs || *end || !isfinite(v) || v < 0) {
-            char shown[48];
-            return xa_error(XATTN_ERR_FORMAT, "%s: __metadata__ 'qk_scale' is \"%s\", not a number",
-                            FN_LOAD, xa_io_printable(qs, shown, sizeof shown));
-        }
-        c->scale = (float)v; /* 0 falls back to head_dim^-0.5, as `qk_scale or ...` */
-    }
+    xa_kv_enum(kv, "first", FIRST, first); /* XATTN_NO: x, XATTN_YES: context */
+    xa_kv_real(kv, "qk_scale", o->qk_scale);
     return XATTN_OK;
 }
 
@@ -165,151 +302,19 @@ xattn_status xattn_interlaced_load(const xattn_safetensors *st, const char *pref
     if (!out) return xa_error(XATTN_ERR_ARG, "%s: out is NULL", FN_LOAD);
     *out = NULL;
     if (!st) return xa_error(XATTN_ERR_ARG, "%s: safetensors handle is NULL", FN_LOAD);
-    if (!prefix) prefix = "";
-    char pp[XA_IO_NAME_CAP];
-    xa_io_printable(prefix, pp, sizeof pp);
-
-    /* depth: consecutive blocks.L.norm1.weight */
-    int64_t depth = 0;
-    for (;;) {
-        char name[96];
-        snprintf(name, sizeof name, "blocks.%lld.norm1.weight", (long long)depth);
-        if (!xa_wref_has(st, prefix, name)) break;
-        depth++;
-        if (depth > 100000) break;
-    }
-    if (depth == 0)
-        return xa_error(XATTN_ERR_NOT_FOUND,
-                        "no interlaced decoder found: tensor '%sblocks.0.norm1.weight' is missing", pp);
-    {
-        xattn_status s0 = xa_stray_layer(st, prefix, "blocks.", depth, "norm1.weight");
-        if (s0) return s0;
-    }
-
-    xattn_interlaced *m = calloc(1, sizeof *m);
-    xa_wref *refs = calloc((size_t)depth * W_COUNT, sizeof *refs);
-    if (!m || !refs) {
-        free(m);
-        free(refs);
-        return xa_error(XATTN_ERR_NOMEM, "%s: out of memory", FN_LOAD);
-    }
-    xattn_status s = XATTN_OK;
-    xattn_interlaced_config *c = &m->cfg;
-    int64_t D = 0, Hd = 0, total = 0;
-    for (int64_t L = 0; L < depth && !s; L++) {
-        char mid[48];
-        snprintf(mid, sizeof mid, "blocks.%lld.", (long long)L);
-        for (int k = 0; k < W_COUNT && !s; k++)
-            s = xa_wref_find(st, FN_LOAD, prefix, mid, W_NAMES[k], &refs[L * W_COUNT + k]);
-    }
-    if (s) goto fail;
-    /* sizes from blocks.0 */
-    {
-        const xa_wref *n1 = &refs[W_N1W], *f1 = &refs[W_F1W];
-        if (n1->ndim != 1 || n1->shape[0] <= 0) {
-            char got[128];
-            s = xa_error(XATTN_ERR_SHAPE, "tensor '%s' has shape %s; expected (dim,)", n1->shown,
-                         xa_wref_shape(n1, got, sizeof got));
-            goto fail;
-        }
-        D = n1->shape[0];
-        if (!f1->present) {
-            s = xa_wref_missing(f1, "the MLP of the decoder block");
-            goto fail;
-        }
-        if (f1->ndim != 2 || f1->shape[0] <= 0) {
-            char got[128];
-            s = xa_error(XATTN_ERR_SHAPE, "tensor '%s' has shape %s; expected (hidden, %lld)",
-                         f1->shown, xa_wref_shape(f1, got, sizeof got), (long long)D);
-            goto fail;
-        }
-        Hd = f1->shape[0];
-    }
-    c->qkv_bias = refs[W_QKVB].present;
-    c->map_bias = refs[W_QMB].present;
-    for (int64_t L = 0; L < depth; L++) {
-        for (int k = 0; k < W_COUNT; k++) {
-            xa_wref *t = &refs[L * W_COUNT + k];
-            int want_present = !is_optional(k) || (k == W_QKVB ? c->qkv_bias : c->map_bias);
-            if (!t->present) {
-                if (want_present) {
-                    s = xa_wref_missing(t, is_optional(k) ? "blocks.0 has this bias"
-                                                          : "a SkipClsDecoderBlock weight");
-                    goto fail;
-                }
-                continue;
-            }
-            if (!want_present) {
-                s = xa_error(XATTN_ERR_FORMAT,
-                             "tensor '%s' is present but blocks.0 has no such bias", t->shown);
-                goto fail;
-            }
-            if ((s = xa_wref_check_float(t))) goto fail;
-            int nd;
-            int64_t s0, s1;
-            want_shape(k, D, Hd, &nd, &s0, &s1);
-            if (t->ndim != nd || t->shape[0] != s0 || (nd == 2 && t->shape[1] != s1)) {
-                char got[128], want[128];
-                int64_t ws[2] = {s0, s1};
-                s = xa_error(XATTN_ERR_SHAPE,
-                             "tensor '%s' has shape %s but dim %lld (from blocks.0.norm1.weight) "
-                             "and hidden %lld (from blocks.0.mlp.fc1.weight) imply %s",
-                             t->shown, xa_wref_shape(t, got, sizeof got), (long long)D,
-                             (long long)Hd, xa_dims_str(nd, ws, want, sizeof want));
-                goto fail;
-            }
-            total += (xa_wref_numel(t) + 15) & ~(int64_t)15;
-        }
-    }
-    if ((s = resolve_opts(st, opts, c))) goto fail;
-    if (D % c->heads != 0) {
-        s = xa_error(XATTN_ERR_SHAPE, "%s: dim %lld (from %sblocks.0.norm1.weight) is not divisible "
-                                      "by heads %lld",
-                     FN_LOAD, (long long)D, pp, (long long)c->heads);
-        goto fail;
-    }
-    c->dim = D;
-    c->head_dim = D / c->heads;
-    c->depth = depth;
-    c->mlp_hidden = Hd;
-    c->eps = 1e-5f;
-    if (c->scale == 0.0f) c->scale = (float)(1.0 / sqrt((double)c->head_dim));
-
-    m->blocks = calloc((size_t)depth, sizeof *m->blocks);
-    m->block = xa_alloc((size_t)total * sizeof(float));
-    if (!m->blocks || !m->block) {
-        s = xa_error(XATTN_ERR_NOMEM, "%s: out of memory for %lld weights", FN_LOAD, (long long)total);
-        goto fail;
-    }
-    {
-        int64_t off = 0;
-        for (int64_t L = 0; L < depth; L++)
-            for (int k = 0; k < W_COUNT; k++) {
-                xa_wref *t = &refs[L * W_COUNT + k];
-                if (!t->present) continue;
-                t->dst = m->block + off;
-                off += (xa_wref_numel(t) + 15) & ~(int64_t)15;
-                if ((s = xa_wref_fetch(st, t))) goto fail;
-                m->blocks[L].w[k] = t->dst;
-            }
-    }
-    free(refs);
+    xattn_interlaced_opts none;
+    memset(&none, 0, sizeof none);
+    xa_kvbuf kv;
+    xattn_status s = opts_to_kv(opts ? opts : &none, &kv);
+    if (s) return s;
+    xa_mod *m;
+    if ((s = xa_mod_open(&xa_kind_interlaced, st, prefix, kv.kv, kv.n, &m))) return s;
+    *out = (xattn_interlaced *)m;
     xa_clear_error();
-    *out = m;
     return XATTN_OK;
-fail:
-    free(refs);
-    xattn_interlaced_free(m);
-    return s;
 }
 
-void xattn_interlaced_free(xattn_interlaced *m)
-{
-    if (!m) return;
-    xa_free(m->block);
-    free(m->blocks);
-    free(m);
-}
+void xattn_interlaced_free(xattn_interlaced *m) { xa_mod_free(m ? &m->core : NULL); }
 
 void xattn_interlaced_get_config(const xattn_interlaced *m, xattn_interlaced_config *c)
 {
@@ -319,6 +324,11 @@ void xattn_interlaced_get_config(const xattn_interlaced *m, xattn_interlaced_con
         return;
     }
     *c = m->cfg;
+}
+
+const char *xattn_interlaced_warnings(const xattn_interlaced *m)
+{
+    return m ? m->core.cfg.warn : "";
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -333,150 +343,174 @@ typedef struct il_scratch {
     float *h;   /* (rows, hidden)                   */
 } il_scratch;
 
-/* y (M, N) += x (M, K) W^T + b */
-static xattn_status linear_add(const float *x, int64_t M, int64_t K, const float *W,
-                               const float *b, int64_t N, float *y)
+/* Parameter k of block l (NULL: an absent bias). */
+static const float *bw(const xattn_interlaced *m, int64_t l, int k)
 {
-    xattn_status s = xattn_sgemm(0, 1, M, N, K, 1.0f, x, K, W, K, 1.0f, y, N);
-    if (s || !b) return s;
-    for (int64_t r = 0; r < M; r++) {
-        float *row = y + r * N;
-        xa_kern()->axpy(1.0f, b, row, N);
-    }
-    return XATTN_OK;
+    return xa_param_data(&m->core.params, (int)(l * P_N + k));
 }
 
-static void attn_common(xa_attn *a, int64_t B, int64_t H, int64_t dh, float scale)
+/* Attention of B items, heads read in place: q (B, I, H*dh) row stride ldq, k and v (B, J,
+ * H*dh) row stride ldk with batch stride sbk, out (B, I, H*dh). */
+static xattn_status attend(const xattn_interlaced_config *c, int64_t B, int64_t I, int64_t J,
+                           const float *q, int64_t ldq, const float *k, const float *v, int64_t ldk,
+                           int64_t sbk, float *o)
 {
-    memset(a, 0, sizeof *a);
-    a->B = B;
-    a->H = H;
-    a->dh = dh;
-    a->dv = dh;
-    a->scale = scale;
-    a->fill = XATTN_FILL_NEG_INF;
-    a->fn = FN_FWD;
+    xa_attn a;
+    memset(&a, 0, sizeof a);
+    xa_attn_heads(&a, B, c->heads, I, J, c->head_dim, c->head_dim, q, ldq, k, ldk, v, ldk, o,
+                  c->dim);
+    a.k_sb = a.v_sb = sbk; /* the keys may start past the class tokens of longer rows */
+    a.scale = c->scale;
+    a.fill = XATTN_FILL_NEG_INF;
+    a.fn = FN_FWD;
+    return xa_op_attention(&a);
 }
 
 /* One SkipClsDecoderBlock: q (B, Nq, D) updated in place from kv (B, Nk, D). */
-static xattn_status block_forward(const xattn_interlaced_config *c, const il_block *bk, int64_t B,
-                                  float *q, int64_t Nq, const float *kv, int64_t Nk,
-                                  const il_scratch *sc, float *logits)
+static xattn_status block_forward(const xattn_interlaced *m, int64_t l, int64_t B, float *q,
+                                  int64_t Nq, const float *kv, int64_t Nk, const il_scratch *sc,
+                                  float *logits)
 {
-    const int64_t D = c->dim, H = c->heads, dh = c->head_dim, Hd = c->mlp_hidden;
-    const int64_t Mq = B * Nq, Mk = B * Nk;
-    const float *const *w = bk->w;
+    const xattn_interlaced_config *c = &m->cfg;
+    const int64_t D = c->dim, Hd = c->mlp_hidden, Mq = B * Nq, Mk = B * Nk;
+    const float eps = c->eps;
     xattn_status s;
-    xa_attn a;
-
     /* ---- self-attention ---- */
-    if ((s = xattn_layernorm(q, Mq, D, w[W_N1W], w[W_N1B], c->eps, sc->t)) ||
-        (s = xattn_linear(sc->t, Mq, D, w[W_QKVW], w[W_QKVB], 3 * D, sc->big)))
+    if ((s = xa_op_layernorm(q, Mq, D, bw(m, l, P_N1W), bw(m, l, P_N1B), eps, sc->t)) ||
+        (s = xa_op_linear(sc->t, Mq, D, bw(m, l, P_QKVW), bw(m, l, P_QKVB), 3 * D, sc->big, 0)) ||
+        (s = attend(c, B, Nq, Nq, sc->big, 3 * D, sc->big + D, sc->big + 2 * D, 3 * D, Nq * 3 * D,
+                    sc->o)) ||
+        (s = xa_op_linear(sc->o, Mq, D, bw(m, l, P_SPW), bw(m, l, P_SPB), D, q, 1)))
         return s;
-    attn_common(&a, B, H, dh, c->scale);
-    a.I = Nq;
-    a.J = Nq;
-    a.q = sc->big;
-    a.q_sb = Nq * 3 * D; a.q_sh = dh; a.q_si = 3 * D;
-    a.k = sc->big + D;
-    a.k_sb = Nq * 3 * D; a.k_sh = dh; a.k_sj = 3 * D;
-    a.v = sc->big + 2 * D;
-    a.v_sb = Nq * 3 * D; a.v_sh = dh; a.v_sj = 3 * D;
-    a.out = sc->o;
-    a.o_sb = Nq * D; a.o_sh = dh; a.o_si = D;
-    if ((s = xa_attention(&a))) return s;
-    if ((s = linear_add(sc->o, Mq, D, w[W_SPW], w[W_SPB], D, q))) return s;
-
     /* ---- cross-attention, keys/values from token n_cls on ---- */
     float *qc = sc->big, *kc = sc->big + Mq * D, *vc = kc + Mk * D;
-    if ((s = xattn_layernorm(q, Mq, D, w[W_NQW], w[W_NQB], c->eps, sc->t)) ||
-        (s = xattn_layernorm(kv, Mk, D, w[W_NVW], w[W_NVB], c->eps, sc->nv)) ||
-        (s = xattn_linear(sc->t, Mq, D, w[W_QMW], w[W_QMB], D, qc)) ||
-        (s = xattn_linear(sc->nv, Mk, D, w[W_KMW], w[W_KMB], D, kc)) ||
-        (s = xattn_linear(sc->nv, Mk, D, w[W_VMW], w[W_VMB], D, vc)))
+    if ((s = xa_op_layernorm(q, Mq, D, bw(m, l, P_NQW), bw(m, l, P_NQB), eps, sc->t)) ||
+        (s = xa_op_layernorm(kv, Mk, D, bw(m, l, P_NVW), bw(m, l, P_NVB), eps, sc->nv)) ||
+        (s = xa_op_linear(sc->t, Mq, D, bw(m, l, P_QMW), bw(m, l, P_QMB), D, qc, 0)) ||
+        (s = xa_op_linear(sc->nv, Mk, D, bw(m, l, P_KMW), bw(m, l, P_KMB), D, kc, 0)) ||
+        (s = xa_op_linear(sc->nv, Mk, D, bw(m, l, P_VMW), bw(m, l, P_VMB), D, vc, 0)))
         return s;
-    if (logits) {
-        for (int64_t b = 0; b < B; b++)
-            for (int64_t h = 0; h < H; h++)
-                if ((s = xattn_sgemm(0, 1, Nq, Nk, dh, c->scale, qc + b * Nq * D + h * dh, D,
-                                     kc + b * Nk * D + h * dh, D, 0.0f,
-                                     logits + (b * H + h) * Nq * Nk, Nk)))
-                    return s;
-    }
+    if (logits &&
+        (s = xa_op_head_logits(qc, D, kc, D, B, c->heads, Nq, Nk, c->head_dim, c->scale, logits)))
+        return s;
     const int64_t Je = Nk - c->n_cls;
-    if (Je <= 0) {
-        /* softmax over no keys: the reference's product is an empty sum */
-        memset(sc->o, 0, (size_t)Mq * D * sizeof(float));
-    } else {
-        attn_common(&a, B, H, dh, c->scale);
-        a.I = Nq;
-        a.J = Je;
-        a.q = qc;
-        a.q_sb = Nq * D; a.q_sh = dh; a.q_si = D;
-        a.k = kc + c->n_cls * D;
-        a.k_sb = Nk * D; a.k_sh = dh; a.k_sj = D;
-        a.v = vc + c->n_cls * D;
-        a.v_sb = Nk * D; a.v_sh = dh; a.v_sj = D;
-        a.out = sc->o;
-        a.o_sb = Nq * D; a.o_sh = dh; a.o_si = D;
-        if ((s = xa_attention(&a))) return s;
-    }
-    if ((s = linear_add(sc->o, Mq, D, w[W_CPW], w[W_CPB], D, q))) return s;
-
-    /* ---- MLP ---- */
-    if ((s = xattn_layernorm(q, Mq, D, w[W_N2W], w[W_N2B], c->eps, sc->t)) ||
-        (s = xattn_linear(sc->t, Mq, D, w[W_F1W], w[W_F1B], Hd, sc->h)) ||
-        (s = xattn_gelu(sc->h, Mq * Hd, 0)) ||
-        (s = linear_add(sc->h, Mq, Hd, w[W_F2W], w[W_F2B], D, q)))
+    if (Je <= 0) /* softmax over no keys: the reference's product is an empty sum */
+        memset(sc->o, 0, (size_t)(Mq * D) * sizeof(float));
+    else if ((s = attend(c, B, Nq, Je, qc, D, kc + c->n_cls * D, vc + c->n_cls * D, D, Nk * D,
+                         sc->o)))
         return s;
+    if ((s = xa_op_linear(sc->o, Mq, D, bw(m, l, P_CPW), bw(m, l, P_CPB), D, q, 1))) return s;
+    /* ---- MLP ---- */
+    if ((s = xa_op_layernorm(q, Mq, D, bw(m, l, P_N2W), bw(m, l, P_N2B), eps, sc->t)) ||
+        (s = xa_op_linear(sc->t, Mq, D, bw(m, l, P_F1W), bw(m, l, P_F1B), Hd, sc->h, 0)) ||
+        (s = xa_op_gelu(sc->h, Mq * Hd, 0)))
+        return s;
+    return xa_op_linear(sc->h, Mq, Hd, bw(m, l, P_F2W), bw(m, l, P_F2B), D, q, 1);
+}
+
+static xattn_status check_call(const xattn_interlaced *m, const xattn_interlaced_inputs *in,
+                               const xattn_interlaced_outputs *out)
+{
+    if (!m) return xa_error(XATTN_ERR_ARG, "%s: module is NULL", FN_FWD);
+    if (!in || !out)
+        return xa_error(XATTN_ERR_ARG, "%s: inputs and outputs must not be NULL", FN_FWD);
+    if (!in->x || !in->context)
+        return xa_error(XATTN_ERR_ARG, "%s: x and context must not be NULL", FN_FWD);
+    if (!out->out || !out->context_out)
+        return xa_error(XATTN_ERR_ARG, "%s: out and context_out must not be NULL", FN_FWD);
+    const int64_t B = in->B, I = in->I, J = in->J;
+    if (B <= 0 || I <= 0 || J <= 0)
+        return xa_error(XATTN_ERR_ARG, "%s: sizes must be positive (B=%lld, I=%lld, J=%lld)",
+                        FN_FWD, (long long)B, (long long)I, (long long)J);
+    const xattn_interlaced_config *c = &m->cfg;
+    int64_t rows, t, tot;
+    if (xa_mul_ok(B, XA_MAX(I, J), &rows) || xa_mul_ok(B * I, c->dim, &t) ||
+        xa_mul_ok(B * J, c->dim, &t) || xa_mul_ok(rows, 6 * c->dim + c->mlp_hidden + 80, &tot) ||
+        xa_mul_ok(tot, (int64_t)sizeof(float), &t) || xa_mul_ok(B * c->heads, I, &t) ||
+        xa_mul_ok(t, J, &t) || t > INT64_MAX / 8)
+        return xa_error(XATTN_ERR_NOMEM, "%s: sizes overflow (B=%lld, I=%lld, J=%lld)", FN_FWD,
+                        (long long)B, (long long)I, (long long)J);
     return XATTN_OK;
 }
 
-xattn_status xattn_interlaced_forward(const xattn_interlaced *m, int64_t B, int64_t I, int64_t J,
-                                      const float *x, const float *context, float *out,
-                                      float *context_out, float *const *logits)
+static xattn_status il_run(const xattn_interlaced *m, const xattn_interlaced_inputs *in,
+                           const xattn_interlaced_outputs *out)
 {
-    if (!m) return xa_error(XATTN_ERR_ARG, "%s: module is NULL", FN_FWD);
-    if (!x || !context) return xa_error(XATTN_ERR_ARG, "%s: x and context must not be NULL", FN_FWD);
-    if (!out || !context_out)
-        return xa_error(XATTN_ERR_ARG, "%s: out and context_out must not be NULL", FN_FWD);
-    if (B <= 0 || I <= 0 || J <= 0)
-        return xa_error(XATTN_ERR_ARG, "%s: sizes must be positive (B=%lld, I=%lld, J=%lld)", FN_FWD,
-                        (long long)B, (long long)I, (long long)J);
     const xattn_interlaced_config *c = &m->cfg;
-    const int64_t D = c->dim, Hd = c->mlp_hidden;
-    const int64_t N = XA_MAX(I, J);
-    int64_t rows, t, nx, nc, tot;
-    if (xa_mul_ok(B, N, &rows) || xa_mul_ok(B * I, D, &nx) || xa_mul_ok(B * J, D, &nc) ||
-        xa_mul_ok(rows, 6 * D + Hd + 80, &tot) || xa_mul_ok(tot, (int64_t)sizeof(float), &t) ||
-        xa_mul_ok(B * c->heads, I, &t) || xa_mul_ok(t, J, &t) || t > INT64_MAX / 8)
-        return xa_error(XATTN_ERR_NOMEM, "%s: sizes overflow (B=%lld, I=%lld, J=%lld)", FN_FWD,
-                        (long long)B, (long long)I, (long long)J);
-
-    const size_t rD = (((size_t)rows * (size_t)D) + 15) & ~(size_t)15;
-    const size_t rH = (((size_t)rows * (size_t)Hd) + 15) & ~(size_t)15;
-    float *scratch = xa_alloc((6 * rD + rH) * sizeof(float));
-    if (!scratch) return XATTN_ERR_NOMEM;
+    const int64_t B = in->B, I = in->I, J = in->J, D = c->dim;
+    const size_t rows = (size_t)(B * XA_MAX(I, J));
+    const size_t rD = (rows * (size_t)D + 15) & ~(size_t)15;
+    const size_t rH = (rows * (size_t)c->mlp_hidden + 15) & ~(size_t)15;
+    xa_ws *ws = xa_ws_get((6 * rD + rH) * sizeof(float));
+    if (!ws) return XATTN_ERR_NOMEM;
     il_scratch sc;
-    sc.t = scratch;
+    sc.t = xa_ws_data(ws);
     sc.nv = sc.t + rD;
     sc.o = sc.nv + rD;
-    sc.big = sc.o + rD;    /* 3 rD */
+    sc.big = sc.o + rD; /* 3 rD */
     sc.h = sc.big + 3 * rD;
-
-    if (out != x) memmove(out, x, (size_t)nx * sizeof(float));
-    if (context_out != context) memmove(context_out, context, (size_t)nc * sizeof(float));
-
+    if (out->out != in->x) memmove(out->out, in->x, (size_t)(B * I * D) * sizeof(float));
+    if (out->context_out != in->context)
+        memmove(out->context_out, in->context, (size_t)(B * J * D) * sizeof(float));
     xattn_status s = XATTN_OK;
-    for (int64_t L = 0; L < c->depth && !s; L++) {
-        int x_queries = ((L & 1) == 0) != (c->context_first != 0);
-        float *lg = logits ? logits[L] : NULL;
+    for (int64_t l = 0; l < c->depth && !s; l++) {
+        const int x_queries = ((l & 1) == 0) != (c->context_first != 0);
+        float *lg = out->attn_weights ? out->attn_weights[l] : NULL;
         if (x_queries)
-            s = block_forward(c, &m->blocks[L], B, out, I, context_out, J, &sc, lg);
+            s = block_forward(m, l, B, out->out, I, out->context_out, J, &sc, lg);
         else
-            s = block_forward(c, &m->blocks[L], B, context_out, J, out, I, &sc, lg);
+            s = block_forward(m, l, B, out->context_out, J, out->out, I, &sc, lg);
     }
+    xa_ws_put(ws);
+    return s;
+}
+
+xattn_status xattn_interlaced_forward(xattn_ctx *ctx, const xattn_interlaced *m,
+                                      const xattn_interlaced_inputs *in,
+                                      const xattn_interlaced_outputs *out)
+{
+    xattn_status s = check_call(m, in, out);
+    if (s) return s;
+    const xattn_ctx *prev = xa_ctx_enter(ctx);
+    s = il_run(m, in, out);
+    xa_ctx_leave(prev);
     if (!s) xa_clear_error();
-    xa_free(scratch);
+    return s;
+}
+
+/* The two stacked logits outputs become the per-layer pointers of the typed call. */
+static xattn_status forward_named(const xa_mod *core, const xa_run *r)
+{
+    const xattn_interlaced *m = (const xattn_interlaced *)core;
+    const xattn_interlaced_config *c = &m->cfg;
+    xattn_interlaced_inputs in;
+    memset(&in, 0, sizeof in);
+    in.B = xa_run_sym(r, "B");
+    in.I = xa_run_sym(r, "I");
+    in.J = xa_run_sym(r, "J");
+    in.x = r->in[0];
+    in.context = r->in[1];
+    xattn_interlaced_outputs out;
+    memset(&out, 0, sizeof out);
+    out.out = r->out[0];
+    out.context_out = r->out[1];
+    float **lg = NULL;
+    if (r->out[2] || r->out[3]) {
+        if (!(lg = calloc((size_t)c->depth, sizeof *lg)))
+            return xa_error(XATTN_ERR_NOMEM, "%s: out of memory", FN_FWD);
+        const int64_t per = in.B * c->heads * in.I * in.J;
+        int64_t nx = 0, nc = 0;
+        for (int64_t l = 0; l < c->depth; l++) {
+            const int x_queries = ((l & 1) == 0) != (c->context_first != 0);
+            float *base = r->out[x_queries ? 2 : 3];
+            lg[l] = base ? base + (x_queries ? nx : nc) * per : NULL;
+            *(x_queries ? &nx : &nc) += 1;
+        }
+        out.attn_weights = lg;
+    }
+    /* the registry has made its context current */
+    xattn_status s = check_call(m, &in, &out);
+    if (!s) s = il_run(m, &in, &out);
+    free(lg);
     return s;
 }

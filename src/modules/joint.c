@@ -1,6 +1,6 @@
 /*
- * M4: joint (stacked) cross-attention (MMCA, CVPR 2020): Y = [x; context] along the sequence
- * axis, torch.nn.TransformerEncoderLayer layers (batch_first=True) over Y, split back.
+ * Joint (stacked) cross-attention (MMCA, CVPR 2020): Y = [x; context] along the sequence axis,
+ * torch.nn.TransformerEncoderLayer layers (batch_first=True) over Y, split back.
  *
  * Per layer (torch's order):
  *   norm_first = False:  Y = LN1(Y + SA(Y));      Y = LN2(Y + FF(Y))
@@ -8,337 +8,370 @@
  *   SA(Z) = out_proj(attention(Z Wq + bq, Z Wk + bk, Z Wv + bv)),  FF(Z) = linear2(act(linear1 Z))
  * then the optional final norm of nn.TransformerEncoder(norm=LayerNorm).
  *
- * forward: one xattn_linear for the packed q/k/v projection ((B*L, 3d) scratch), ONE xa_attention
- * call reading the heads in place through strides, with the padding masks turned into a (B, L)
- * per-key keep vector (kkeep; -inf fill, so a row with no key left is a zero row, not NaN), then
- * the output projection, layernorm and the two FFN GEMMs with the gelu kernel.
+ * Loading: a bare nn.TransformerEncoderLayer (its names at the prefix) or an
+ * nn.TransformerEncoder (layers.N.*, counted, plus an optional final norm.*): one parameter
+ * table per layer under its stem; every size from the shapes, bias and the final norm from
+ * which tensors exist, the rest from options, __metadata__ or torch's defaults.
+ *
+ * forward: the packed q/k/v projection into (B*L, 3d) scratch, ONE attention call reading the
+ * heads in place through strides, with the padding masks turned into a (B, L) per-key keep
+ * vector (-inf fill: a row with no key left is a zero row, not NaN), the output projection and
+ * the second feed-forward linear accumulated into the residual stream.
  */
-#include "base/base.h"
-#include "kernels/kernels.h"
-#include "modules/weights.h"
+#include "core/registry.h"
+#include "io/io_internal.h"
+#include "kernels/op_joint.h"
+#include "kernels/ops.h"
 
-#include <math.h>
-#include <stdint.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
+#define FN_LOAD          "xattn_joint_load"
+#define FN_FWD           "xattn_joint_forward"
 #define JOINT_MAX_LAYERS 4096
 
-typedef struct joint_layer {
-    const float *w_in, *b_in;   /* (3d, d), (3d)         */
-    const float *w_out, *b_out; /* (d, d), (d)           */
-    const float *w1, *b1;       /* (ff, d), (ff)         */
-    const float *w2, *b2;       /* (d, ff), (d)          */
-    const float *n1w, *n1b, *n2w, *n2b; /* (d) each      */
-} joint_layer;
+static const char *const ACTIVATIONS[] = {"relu", "gelu", NULL};
+
+/* TransformerEncoderLayer(d_model, nhead, dim_feedforward=2048, dropout=0.1, activation='relu',
+ * layer_norm_eps=1e-5, batch_first=True, norm_first=False, bias=True), stacked by
+ * TransformerEncoder(layer, num_layers, norm=None) */
+enum {
+    F_D,
+    F_NHEAD,
+    F_FF,
+    F_DROPOUT,
+    F_ACT,
+    F_EPS,
+    F_NORM_FIRST,
+    F_BIAS,
+    F_LAYERS,
+    F_NORM,
+    F_NORM_BIAS,
+    F_N
+};
+static const xa_field fields[F_N] = {
+    [F_D] = {"d_model", XA_T_INT, XA_F_SHAPE | XA_F_REQUIRED, 0, 1, 1e15, NULL, NULL,
+             "width of x, context and every layer"},
+    [F_NHEAD] = {"nhead", XA_T_INT, XA_F_REQUIRED, 0, 1, 1e15, NULL, "heads|nhead",
+                 "attention heads (the names cannot tell; no default)"},
+    [F_FF] = {"dim_feedforward", XA_T_INT, XA_F_SHAPE, 2048, 1, 1e15, NULL, NULL,
+              "hidden width of the feed-forward block"},
+    [F_DROPOUT] = {"dropout", XA_T_REAL, XA_F_NOMETA, 0.1, 0, 1, NULL, NULL,
+                   "dropout probability (identity at inference)"},
+    [F_ACT] = {"activation", XA_T_ENUM, XA_F_TRACELESS, 0, 0, 0, ACTIVATIONS, NULL,
+               "feed-forward activation (gelu: the exact erf form)"},
+    [F_EPS] = {"layer_norm_eps", XA_T_REAL, XA_F_TRACELESS, 1e-5, 1e-38, 1e300, NULL, NULL,
+               "eps of every LayerNorm (the final norm's too)"},
+    [F_NORM_FIRST] = {"norm_first", XA_T_BOOL, XA_F_TRACELESS, 0, 0, 1, NULL, NULL,
+                      "pre-norm layers (LayerNorm before attention and feed-forward)"},
+    [F_BIAS] = {"bias", XA_T_BOOL, XA_F_PRESENCE, 1, 0, 1, NULL, NULL,
+                "the linear layers and LayerNorms have biases"},
+    [F_LAYERS] = {"num_layers", XA_T_INT, XA_F_SHAPE | XA_F_OPTIONAL | XA_F_NOMETA, 0, 1,
+                  JOINT_MAX_LAYERS, NULL, NULL,
+                  "layers of an nn.TransformerEncoder (layers.N.*); None: one bare "
+                  "nn.TransformerEncoderLayer"},
+    [F_NORM] = {"norm", XA_T_BOOL, XA_F_PRESENCE, 0, 0, 1, NULL, NULL,
+                "nn.TransformerEncoder's final LayerNorm(d_model, eps=layer_norm_eps, "
+                "bias=bias) (norm.*)"},
+    [F_NORM_BIAS] = {"norm_bias", XA_T_BOOL, XA_F_PRESENCE | XA_F_DERIVED | XA_F_NOMETA, 0, 0, 1,
+                     NULL, NULL, "the final LayerNorm has a bias (norm.bias)"},
+};
+
+/* One layer, in torch's state_dict order (nn.MultiheadAttention._reset_parameters: xavier
+ * in_proj, zero in_proj_bias and out_proj.bias; the linears as nn.Linear; norms ones / zeros). */
+enum { P_WIN, P_BIN, P_WOUT, P_BOUT, P_W1, P_B1, P_W2, P_B2, P_N1W, P_N1B, P_N2W, P_N2B, P_N };
+static const xa_pspec layer_table[P_N] = {
+    {"self_attn.in_proj_weight", "3*d_model,d_model", NULL, 0, XA_INIT_XAVIER, NULL,
+     "the packed q/k/v projection (3*d_model, d_model) of nn.TransformerEncoderLayer"},
+    {"self_attn.in_proj_bias", "3*d_model", "bias", 0, XA_INIT_ZEROS, NULL,
+     "the layer has biases (bias=True)"},
+    {"self_attn.out_proj.weight", "d_model,d_model", NULL, 0, XA_INIT_LINEAR, NULL,
+     "part of nn.TransformerEncoderLayer"},
+    {"self_attn.out_proj.bias", "d_model", "bias", 0, XA_INIT_ZEROS, NULL,
+     "the layer has biases (bias=True)"},
+    {"linear1.weight", "dim_feedforward,d_model", NULL, 0, XA_INIT_LINEAR, NULL,
+     "part of nn.TransformerEncoderLayer: (dim_feedforward, d_model)"},
+    {"linear1.bias", "dim_feedforward", "bias", 0, XA_INIT_BIAS, "d_model",
+     "the layer has biases (bias=True)"},
+    {"linear2.weight", "d_model,dim_feedforward", NULL, 0, XA_INIT_LINEAR, NULL,
+     "part of nn.TransformerEncoderLayer"},
+    {"linear2.bias", "d_model", "bias", 0, XA_INIT_BIAS, "dim_feedforward",
+     "the layer has biases (bias=True)"},
+    {"norm1.weight", "d_model", NULL, 0, XA_INIT_ONES, NULL, "part of nn.TransformerEncoderLayer"},
+    {"norm1.bias", "d_model", "bias", 0, XA_INIT_ZEROS, NULL, "the layer has biases (bias=True)"},
+    {"norm2.weight", "d_model", NULL, 0, XA_INIT_ONES, NULL, "part of nn.TransformerEncoderLayer"},
+    {"norm2.bias", "d_model", "bias", 0, XA_INIT_ZEROS, NULL, "the layer has biases (bias=True)"},
+};
+enum { Q_NW, Q_NB, Q_N };
+static const xa_pspec final_table[Q_N] = {
+    {"norm.weight", "d_model", "norm", 0, XA_INIT_ONES, NULL,
+     "the final LayerNorm of nn.TransformerEncoder"},
+    {"norm.bias", "d_model", "norm_bias", 0, XA_INIT_ZEROS, NULL, "the final LayerNorm's bias"},
+};
+
+static const xa_io inputs[] = {
+    {"x", "B,K,d_model", 0, "the first sequence (image regions in MMCA)"},
+    {"context", "B,N,d_model", 0, "the second sequence (words in MMCA)"},
+    {"x_padding_mask", "B,K", XA_IO_OPT | XA_IO_MASK,
+     "src_key_padding_mask of x's positions: True = ignore as a key"},
+    {"context_padding_mask", "B,N", XA_IO_OPT | XA_IO_MASK,
+     "src_key_padding_mask of the context's positions: True = ignore as a key"},
+};
+static const xa_io outputs[] = {
+    {"out", "B,K,d_model", 0, "x's rows of the stacked output"},
+    {"context_out", "B,N,d_model", 0, "the context's rows of the stacked output"},
+};
 
 struct xattn_joint {
+    xa_mod core;
     xattn_joint_config cfg;
-    joint_layer *layers;
-    const float *nw, *nb; /* final norm (d) or NULL */
-    float *block;
+    int created; /* parameters drawn, not loaded */
 };
 
 /* ---------------------------------------------------------------------------------------- */
 /* Loading                                                                                  */
 /* ---------------------------------------------------------------------------------------- */
 
-static const char *FN = "xattn_joint_load";
-
-static xattn_status check_shape(const xa_wref *t, int ndim, int64_t d0, int64_t d1,
-                                const char *why)
+/* Bare layer or stack: num_layers from the count of layers.N.* (unset for a bare layer). */
+static xattn_status find_layers(xa_cfg *c, const xattn_safetensors *st, const char *prefix,
+                                int64_t *L)
 {
-    xattn_status s = xa_wref_check_float(t);
-    if (s != XATTN_OK) return s;
-    int ok = t->ndim == ndim && t->shape[0] == d0 && (ndim == 1 || t->shape[1] == d1);
-    if (ok) return XATTN_OK;
-    char got[128], want[128];
-    xa_wref_shape(t, got, sizeof got);
-    if (ndim == 1)
-        snprintf(want, sizeof want, "(%lld,)", (long long)d0);
-    else
-        snprintf(want, sizeof want, "(%lld, %lld)", (long long)d0, (long long)d1);
-    return xa_error(XATTN_ERR_SHAPE, "tensor '%s' has shape %s but %s implies %s", t->shown, got,
-                    why, want);
-}
-
-static int parse_bool(const char *v, int *out)
-{
-    if (!strcmp(v, "True") || !strcmp(v, "true") || !strcmp(v, "1")) {
-        *out = 1;
-        return 1;
-    }
-    if (!strcmp(v, "False") || !strcmp(v, "false") || !strcmp(v, "0")) {
-        *out = 0;
-        return 1;
-    }
-    return 0;
-}
-
-static xattn_status resolve_options(const xattn_safetensors *st, const xattn_joint_options *o,
-                                    xattn_joint_config *c)
-{
-    char shown[64];
-    const char *v;
-    /* heads */
-    if (o->heads > 0) {
-        c->heads = o->heads;
-    } else if ((v = xattn_st_meta_get(st, "heads"))) {
-        c->heads = xa_parse_positive(v);
-        if (c->heads <= 0)
-            return xa_error(XATTN_ERR_FORMAT, "__metadata__ 'heads' is \"%s\", not a positive integer",
-                            xa_io_printable(v, shown, sizeof shown));
-    } else {
-        return xa_error(XATTN_ERR_ARG, "the number of heads (nhead) is not known: pass heads > 0 "
-                                       "or store __metadata__ {\"heads\": \"N\"} in the file");
-    }
-    /* norm_first */
-    if (o->norm_first >= 0) {
-        c->norm_first = o->norm_first ? 1 : 0;
-    } else if ((v = xattn_st_meta_get(st, "norm_first"))) {
-        if (!parse_bool(v, &c->norm_first))
-            return xa_error(XATTN_ERR_FORMAT, "__metadata__ 'norm_first' is \"%s\", not True or False",
-                            xa_io_printable(v, shown, sizeof shown));
-    } else {
-        c->norm_first = 0;
-    }
-    /* activation */
-    if (o->activation >= 0) {
-        if (o->activation > 1) return xa_error(XATTN_ERR_ARG, "%s: activation must be 0 (relu) or 1 (gelu)", FN);
-        c->activation = o->activation;
-    } else if ((v = xattn_st_meta_get(st, "activation"))) {
-        if (!strcmp(v, "relu"))
-            c->activation = 0;
-        else if (!strcmp(v, "gelu"))
-            c->activation = 1;
-        else
-            return xa_error(XATTN_ERR_UNSUPPORTED,
-                            "__metadata__ 'activation' is \"%s\": only relu and gelu are supported",
-                            xa_io_printable(v, shown, sizeof shown));
-    } else {
-        c->activation = 0;
-    }
-    /* eps */
-    if (o->layer_norm_eps > 0) {
-        c->layer_norm_eps = (float)o->layer_norm_eps;
-    } else if ((v = xattn_st_meta_get(st, "layer_norm_eps"))) {
-        char *end = NULL;
-        double e = strtod(v, &end);
-        if (!end || end == v || *end != '\0' || !(e > 0) || !isfinite(e))
-            return xa_error(XATTN_ERR_FORMAT,
-                            "__metadata__ 'layer_norm_eps' is \"%s\", not a positive number",
-                            xa_io_printable(v, shown, sizeof shown));
-        c->layer_norm_eps = (float)e;
-    } else {
-        c->layer_norm_eps = 1e-5f;
-    }
+    *L = 0;
+    if (xa_has(st, prefix, "self_attn.in_proj_weight")) return XATTN_OK;
+    xattn_status s =
+        xa_count_layers(st, prefix, "layers.", "self_attn.in_proj_weight", JOINT_MAX_LAYERS - 1, L);
+    if (s) return s;
+    char pp[XA_IO_NAME_CAP];
+    xa_io_printable(prefix, pp, sizeof pp);
+    if (*L == 0)
+        return xa_error(XATTN_ERR_NOT_FOUND,
+                        "no transformer encoder layer found: expected '%sself_attn.in_proj_weight' "
+                        "(nn.TransformerEncoderLayer) or '%slayers.0.self_attn.in_proj_weight' "
+                        "(nn.TransformerEncoder)",
+                        pp, pp);
+    xa_cfg_set(c, F_LAYERS, (double)*L, XA_FROM_SHAPE, "count of '%slayers.N.*'", pp);
     return XATTN_OK;
 }
 
-#define NW 14 /* weights per layer */
-
-void xattn_joint_options_init(xattn_joint_options *o)
+/* Self-attention variants TransformerEncoderLayer never builds (separate projections for other
+ * key/value widths, add_bias_kv) would be ignored: refused. */
+static xattn_status refuse_variants(const xattn_safetensors *st, const char *prefix, int64_t L)
 {
-    if (!o) return;
-    o->heads = 0;
-    o->norm_first = -1;
-    o->activation = -1;
-    o->layer_norm_eps = 0;
+    static const char *const names[] = {"self_attn.q_proj_weight", "self_attn.bias_k",
+                                        "self_attn.bias_v"};
+    for (int64_t l = 0; l < (L ? L : 1); l++)
+        for (int k = 0; k < 3; k++) {
+            char rel[96], full[512], shown[XA_IO_NAME_CAP];
+            if (L)
+                snprintf(rel, sizeof rel, "layers.%lld.%s", (long long)l, names[k]);
+            else
+                snprintf(rel, sizeof rel, "%s", names[k]);
+            if (!xa_has(st, prefix, rel)) continue;
+            snprintf(full, sizeof full, "%s%s", prefix, rel);
+            return xa_error(XATTN_ERR_UNSUPPORTED,
+                            "tensor '%s' present: only self-attention with a packed "
+                            "in_proj_weight (kdim = vdim = d_model, no bias_k/bias_v) is "
+                            "supported",
+                            xa_io_printable(full, shown, sizeof shown));
+        }
+    return XATTN_OK;
+}
+
+/* torch takes other activations (any callable); a name this module does not implement is
+ * unsupported rather than malformed (an option, when given, wins over the metadata). */
+static xattn_status check_activation(const xattn_safetensors *st, const xa_kv *opts, size_t n_opts)
+{
+    for (size_t k = 0; k < n_opts; k++)
+        if (opts[k].key && !strcmp(opts[k].key, "activation")) return XATTN_OK;
+    const char *v = xattn_st_meta_get(st, "activation");
+    int i;
+    if (!v || xa_parse_enum(v, ACTIVATIONS, &i)) return XATTN_OK;
+    char shown[64];
+    return xa_error(XATTN_ERR_UNSUPPORTED,
+                    "__metadata__ 'activation' is \"%s\": only relu and gelu are supported",
+                    xa_io_printable(v, shown, sizeof shown));
+}
+
+static xattn_status bind_file(xa_cfg *c, const xattn_safetensors *st, const char *prefix,
+                              const xa_kv *opts, size_t n_opts)
+{
+    int64_t L;
+    xattn_status s = find_layers(c, st, prefix, &L);
+    if (s) return s;
+    const char *stem = L ? "layers.0." : "";
+    if ((s = xa_cfg_bind_shapes(c, layer_table, P_N, st, prefix, stem)) ||
+        (s = xa_cfg_require_shapes(c, layer_table, P_N, st, prefix, stem)) ||
+        (L && (s = xa_cfg_bind_shapes(c, final_table, Q_N, st, prefix, ""))) ||
+        (s = refuse_variants(st, prefix, L)))
+        return s;
+    return check_activation(st, opts, n_opts);
+}
+
+static xattn_status resolve(xa_cfg *c, const xa_kv *opts, size_t n_opts,
+                            const xattn_safetensors *st)
+{
+    xattn_status s = xa_cfg_resolve(c, opts, n_opts, st, FN_LOAD);
+    /* nn.TransformerEncoderLayer has no default head count: a missing argument */
+    if (s == XATTN_ERR_NOT_FOUND && c->from[F_D] != XA_FROM_UNSET &&
+        c->from[F_NHEAD] == XA_FROM_UNSET)
+        return xa_error(XATTN_ERR_ARG,
+                        "%s: the number of heads (nhead) is not known: pass heads (the option "
+                        "'nhead')%s",
+                        FN_LOAD, st ? " or store __metadata__ {\"heads\": \"N\"} in the file" : "");
+    return s;
+}
+
+/* Rules across fields; the final norm's bias follows `bias` when created. */
+static xattn_status check_config(xa_cfg *c, const xattn_safetensors *st, const char *prefix)
+{
+    const int64_t d = (int64_t)c->v[F_D], H = (int64_t)c->v[F_NHEAD];
+    char pp[XA_IO_NAME_CAP];
+    xa_io_printable(prefix, pp, sizeof pp);
+    if (d % H)
+        return xa_error(XATTN_ERR_SHAPE,
+                        "d_model %lld (from the %s) is not divisible by heads %lld", (long long)d,
+                        c->how[F_D], (long long)H);
+    const int stack = c->from[F_LAYERS] != XA_FROM_UNSET;
+    if (st && c->from[F_LAYERS] == XA_FROM_OPTION)
+        return xa_error(XATTN_ERR_SHAPE,
+                        "option num_layers = %lld disagrees with the names: '%sself_attn."
+                        "in_proj_weight' is one bare nn.TransformerEncoderLayer",
+                        (long long)c->v[F_LAYERS], pp);
+    if (c->v[F_NORM] != 0 && !stack)
+        return xa_error(XATTN_ERR_ARG, "norm = True (the final LayerNorm of "
+                                       "nn.TransformerEncoder) needs num_layers");
+    if (!st || c->from[F_NORM_BIAS] == XA_FROM_UNSET)
+        xa_cfg_set(c, F_NORM_BIAS, c->v[F_NORM] != 0 && c->v[F_BIAS] != 0, XA_FROM_DERIVED,
+                   "norm and bias");
+    else if (c->v[F_NORM_BIAS] != 0 && c->v[F_NORM] == 0)
+        return xa_error(XATTN_ERR_FORMAT,
+                        "tensor '%snorm.bias' is present but '%snorm.weight' is absent (a "
+                        "LayerNorm's bias comes with its weight)",
+                        pp, pp);
+    return XATTN_OK;
+}
+
+static xattn_status add_tables(xa_mod *core)
+{
+    const xa_cfg *c = &core->cfg;
+    if (c->from[F_LAYERS] == XA_FROM_UNSET)
+        return xa_params_add_table(&core->params, layer_table, P_N, c, "", NULL);
+    const int64_t L = (int64_t)c->v[F_LAYERS];
+    xattn_status s = XATTN_OK;
+    for (int64_t l = 0; l < L && !s; l++) {
+        char stem[32];
+        snprintf(stem, sizeof stem, "layers.%lld.", (long long)l);
+        s = xa_params_add_table(&core->params, layer_table, P_N, c, stem, NULL);
+    }
+    return s ? s : xa_params_add_table(&core->params, final_table, Q_N, c, "", NULL);
+}
+
+static xattn_status build(xa_mod *core, const xattn_safetensors *st, const char *prefix,
+                          const xa_kv *opts, size_t n_opts)
+{
+    xattn_status s;
+    ((xattn_joint *)core)->created = st == NULL;
+    if ((st && (s = bind_file(&core->cfg, st, prefix, opts, n_opts))) ||
+        (s = resolve(&core->cfg, opts, n_opts, st)) || (s = check_config(&core->cfg, st, prefix)))
+        return s;
+    return add_tables(core);
+}
+
+/* nn.TransformerEncoder deep-copies its layer: a new stack starts with equal layers. */
+static void clone_layers(xa_params *ps, int64_t L)
+{
+    for (int64_t l = 1; l < L; l++)
+        for (int k = 0; k < P_N; k++) {
+            const xa_param *src = &ps->p[k], *dst = &ps->p[l * P_N + k];
+            if (!src->data || !dst->data) continue;
+            int64_t n = 1;
+            for (int a = 0; a < src->ndim; a++) n *= src->shape[a];
+            memcpy(dst->data, src->data, (size_t)n * sizeof(float));
+        }
+}
+
+static xattn_status bind(xa_mod *core)
+{
+    xattn_joint *m = (xattn_joint *)core;
+    const xa_cfg *c = &core->cfg;
+    xattn_joint_config *o = &m->cfg;
+    const int stack = c->from[F_LAYERS] != XA_FROM_UNSET;
+    o->d_model = xa_cfg_int(c, "d_model");
+    o->heads = xa_cfg_int(c, "nhead");
+    o->head_dim = o->d_model / o->heads;
+    o->ff_dim = xa_cfg_int(c, "dim_feedforward");
+    o->layers = stack ? (int64_t)c->v[F_LAYERS] : 1;
+    o->norm_first = c->v[F_NORM_FIRST] != 0;
+    o->activation = (int)c->v[F_ACT];
+    o->layer_norm_eps = (float)c->v[F_EPS];
+    o->final_norm = c->v[F_NORM] != 0;
+    o->bias = c->v[F_BIAS] != 0;
+    if (m->created && stack) clone_layers(&core->params, o->layers);
+    return XATTN_OK;
+}
+
+static xattn_status forward_named(const xa_mod *core, const xa_run *r);
+
+static int claims(const xattn_safetensors *st, const char *prefix);
+
+const xa_kind xa_kind_joint = {
+    .name = "joint",
+    .reference = "torch.nn.TransformerEncoderLayer / nn.TransformerEncoder over [x; context] "
+                 "(MMCA joint attention)",
+    .summary = "joint (stacked) cross-attention: one softmax over both sequences",
+    .fields = fields,
+    .n_fields = F_N,
+    .inputs = inputs,
+    .n_in = 4,
+    .outputs = outputs,
+    .n_out = 2,
+    .anchor = "self_attn.in_proj_weight|layers.0.self_attn.in_proj_weight",
+    .claims = claims,
+    .size = sizeof(xattn_joint),
+    .build = build,
+    .bind = bind,
+    .forward = forward_named,
+    .state_dict = "self_attn.in_proj_weight (3d, d), self_attn.in_proj_bias, "
+                  "self_attn.out_proj.{weight, bias}, linear1.{weight (ff, d), bias}, "
+                  "linear2.{weight, bias}, norm1.{weight, bias}, norm2.{weight, bias} "
+                  "(nn.TransformerEncoderLayer; bias=False: no *.bias); nn.TransformerEncoder: "
+                  "layers.N.<the same>, norm.{weight, bias} (its final norm, optional)",
+};
+
+/* A bare nn.TransformerEncoderLayer at the prefix (linear1 beside self_attn), not a layer of a
+ * stack (PREFIX = P + "layers.N." with P + "layers.0." a layer too). A stack at P has no tensor
+ * P + anchor, so the scan (one anchor per kind) finds stacks only by their typed load. */
+/* A layer (self_attn. with linear1. beside it) or a stack of them (layers.0.); the layers of a
+ * stack are left out of the registry's scan as parts of the stack. */
+static int claims(const xattn_safetensors *st, const char *prefix)
+{
+    return xa_has(st, prefix, "linear1.weight") || xa_has(st, prefix, "layers.0.linear1.weight");
 }
 
 xattn_status xattn_joint_load(const xattn_safetensors *st, const char *prefix,
-                              const xattn_joint_options *opts, xattn_joint **out)
+                              const xattn_joint_opts *opts, xattn_joint **out)
 {
-    if (!out) return xa_error(XATTN_ERR_ARG, "%s: out is NULL", FN);
+    if (!out) return xa_error(XATTN_ERR_ARG, "%s: out is NULL", FN_LOAD);
     *out = NULL;
-    if (!st) return xa_error(XATTN_ERR_ARG, "%s: safetensors handle is NULL", FN);
-    if (!prefix) prefix = "";
-    xattn_joint_options defo;
-    xattn_joint_options_init(&defo);
-    if (!opts) opts = &defo;
-    char pp[XA_IO_NAME_CAP];
-    xa_io_printable(prefix, pp, sizeof pp);
-
-    int single = xa_wref_has(st, prefix, "self_attn.in_proj_weight");
-    int64_t L = 0;
-    if (!single) {
-        char name[64];
-        for (; L < JOINT_MAX_LAYERS; L++) {
-            snprintf(name, sizeof name, "layers.%lld.self_attn.in_proj_weight", (long long)L);
-            if (!xa_wref_has(st, prefix, name)) break;
-        }
-        if (L == 0)
-            return xa_error(XATTN_ERR_NOT_FOUND,
-                            "no transformer encoder layer found: expected '%sself_attn.in_proj_weight' "
-                            "(nn.TransformerEncoderLayer) or '%slayers.0.self_attn.in_proj_weight' "
-                            "(nn.TransformerEncoder)",
-                            pp, pp);
-        xattn_status s0 = xa_stray_layer(st, prefix, "layers.", L, "self_attn.in_proj_weight");
-        if (s0) return s0;
-    } else {
-        L = 1;
-    }
-
-    xattn_joint *m = calloc(1, sizeof *m);
-    xa_wref *refs = calloc((size_t)(L * NW + 2), sizeof *refs);
-    if (!m || !refs) {
-        free(m);
-        free(refs);
-        return xa_error(XATTN_ERR_NOMEM, "%s: out of memory", FN);
-    }
-    xattn_status s = XATTN_OK;
-    xattn_joint_config *c = &m->cfg;
-    c->layers = L;
-    static const char *const names[NW] = {
-        "self_attn.in_proj_weight", "self_attn.in_proj_bias", "self_attn.out_proj.weight",
-        "self_attn.out_proj.bias", "linear1.weight", "linear1.bias", "linear2.weight",
-        "linear2.bias", "norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias",
-        "self_attn.q_proj_weight", "self_attn.bias_k"};
-
-    for (int64_t l = 0; l < L && !s; l++) {
-        char mid[48];
-        if (single)
-            mid[0] = '\0';
-        else
-            snprintf(mid, sizeof mid, "layers.%lld.", (long long)l);
-        for (int k = 0; k < NW && !s; k++)
-            s = xa_wref_find(st, FN, prefix, mid, names[k], &refs[l * NW + k]);
-        if (s) break;
-        xa_wref *r = &refs[l * NW];
-        if (r[12].present || r[13].present) {
-            s = xa_error(XATTN_ERR_UNSUPPORTED,
-                         "tensor '%s' present: only self-attention with a packed in_proj_weight "
-                         "(kdim = vdim = d_model, no bias_k/bias_v) is supported",
-                         r[12].present ? r[12].shown : r[13].shown);
-            break;
-        }
-        /* weights always; biases (odd indices) all or none: TransformerEncoderLayer(bias=False) */
-        const int has_bias = r[1].present;
-        for (int k = 0; k < 12; k++)
-            if (r[k].present != ((k % 2 == 0) || has_bias)) {
-                s = r[k].present
-                        ? xa_error(XATTN_ERR_FORMAT,
-                                   "tensor '%s' present but '%s' absent: the layer's biases come "
-                                   "all together (bias=True) or not at all (bias=False)",
-                                   r[k].shown, r[1].shown)
-                        : xa_wref_missing(&r[k], k % 2 ? "the layer has biases (bias=True)"
-                                                       : "part of nn.TransformerEncoderLayer");
-                break;
-            }
-        if (s) break;
-        if (l == 0) c->bias = has_bias;
-        else if (has_bias != c->bias) {
-            s = xa_error(XATTN_ERR_FORMAT, "layer %lld has %s biases but layer 0 %s", (long long)l,
-                         has_bias ? "" : "no", c->bias ? "has" : "has none");
-            break;
-        }
-        if (l == 0) {
-            if (r[0].ndim != 2 || r[0].shape[1] <= 0 || r[0].shape[0] != 3 * r[0].shape[1]) {
-                char got[128];
-                xa_wref_shape(&r[0], got, sizeof got);
-                s = xa_error(XATTN_ERR_SHAPE, "tensor '%s' has shape %s; expected (3*d_model, d_model)",
-                             r[0].shown, got);
-                break;
-            }
-            c->d_model = r[0].shape[1];
-            if (r[4].ndim != 2 || r[4].shape[0] <= 0) {
-                char got[128];
-                xa_wref_shape(&r[4], got, sizeof got);
-                s = xa_error(XATTN_ERR_SHAPE, "tensor '%s' has shape %s; expected (dim_feedforward, d_model)",
-                             r[4].shown, got);
-                break;
-            }
-            c->ff_dim = r[4].shape[0];
-        }
-        const int64_t d = c->d_model, ff = c->ff_dim;
-        if ((s = check_shape(&r[0], 2, 3 * d, d, "d_model of the first layer")) ||
-            (has_bias && (s = check_shape(&r[1], 1, 3 * d, 0, "d_model"))) ||
-            (s = check_shape(&r[2], 2, d, d, "d_model")) ||
-            (has_bias && (s = check_shape(&r[3], 1, d, 0, "d_model"))) ||
-            (s = check_shape(&r[4], 2, ff, d, "linear1.weight of the first layer")) ||
-            (has_bias && (s = check_shape(&r[5], 1, ff, 0, "dim_feedforward"))) ||
-            (s = check_shape(&r[6], 2, d, ff, "dim_feedforward and d_model")) ||
-            (has_bias && (s = check_shape(&r[7], 1, d, 0, "d_model"))) ||
-            (s = check_shape(&r[8], 1, d, 0, "d_model")) ||
-            (has_bias && (s = check_shape(&r[9], 1, d, 0, "d_model"))) ||
-            (s = check_shape(&r[10], 1, d, 0, "d_model")) ||
-            (has_bias && (s = check_shape(&r[11], 1, d, 0, "d_model"))))
-            break;
-    }
-    xa_wref *fnw = &refs[L * NW], *fnb = &refs[L * NW + 1];
-    if (!s && !single) {
-        if (!(s = xa_wref_find(st, FN, prefix, "", "norm.weight", fnw)))
-            s = xa_wref_find(st, FN, prefix, "", "norm.bias", fnb);
-        if (!s && fnw->present != fnb->present && (c->bias || fnb->present))
-            s = xa_wref_missing(fnw->present ? fnb : fnw,
-                                "the final LayerNorm of nn.TransformerEncoder has weight and bias");
-        if (!s && fnw->present && !(s = check_shape(fnw, 1, c->d_model, 0, "d_model")) &&
-            fnb->present)
-            s = check_shape(fnb, 1, c->d_model, 0, "d_model");
-    }
-    if (!s) s = resolve_options(st, opts, c);
-    if (!s && c->d_model % c->heads != 0)
-        s = xa_error(XATTN_ERR_SHAPE, "d_model %lld (from self_attn.in_proj_weight) is not divisible "
-                                      "by heads %lld",
-                     (long long)c->d_model, (long long)c->heads);
-    if (!s) {
-        c->head_dim = c->d_model / c->heads;
-        c->final_norm = fnw->present;
-        int64_t total = 0, nref = L * NW + 2;
-        for (int64_t i = 0; i < nref; i++)
-            if (refs[i].present && (i >= L * NW || i % NW < 12))
-                total += (xa_wref_numel(&refs[i]) + 15) & ~(int64_t)15;
-        m->block = xa_alloc((size_t)total * sizeof(float));
-        m->layers = calloc((size_t)L, sizeof *m->layers);
-        if (!m->block || !m->layers) s = xa_error(XATTN_ERR_NOMEM, "%s: out of memory", FN);
-        int64_t off = 0;
-        for (int64_t i = 0; i < nref && !s; i++) {
-            if (!refs[i].present || (i < L * NW && i % NW >= 12)) continue;
-            refs[i].dst = m->block + off;
-            off += (xa_wref_numel(&refs[i]) + 15) & ~(int64_t)15;
-            s = xa_wref_fetch(st, &refs[i]);
-        }
-    }
-    if (!s) {
-        for (int64_t l = 0; l < L; l++) {
-            xa_wref *r = &refs[l * NW];
-            joint_layer *y = &m->layers[l];
-            y->w_in = r[0].dst;
-            y->b_in = r[1].dst;
-            y->w_out = r[2].dst;
-            y->b_out = r[3].dst;
-            y->w1 = r[4].dst;
-            y->b1 = r[5].dst;
-            y->w2 = r[6].dst;
-            y->b2 = r[7].dst;
-            y->n1w = r[8].dst;
-            y->n1b = r[9].dst;
-            y->n2w = r[10].dst;
-            y->n2b = r[11].dst;
-        }
-        if (c->final_norm) {
-            m->nw = fnw->dst;
-            m->nb = fnb->dst;
-        }
-    }
-    free(refs);
-    if (s) {
-        xattn_joint_free(m);
-        return s;
-    }
+    if (!st) return xa_error(XATTN_ERR_ARG, "%s: safetensors handle is NULL", FN_LOAD);
+    xattn_joint_opts none;
+    memset(&none, 0, sizeof none);
+    if (!opts) opts = &none;
+    xa_kvbuf kv;
+    memset(&kv, 0, sizeof kv);
+    xa_kv_int(&kv, "nhead", opts->heads);
+    xa_kv_bool(&kv, "norm_first", (int)opts->norm_first);
+    xa_kv_enum(&kv, "activation", ACTIVATIONS, opts->activation);
+    xa_kv_real(&kv, "layer_norm_eps", opts->layer_norm_eps);
+    xa_mod *m;
+    xattn_status s = xa_mod_open(&xa_kind_joint, st, prefix, kv.kv, kv.n, &m);
+    if (s) return s;
+    *out = (xattn_joint *)m;
     xa_clear_error();
-    *out = m;
     return XATTN_OK;
 }
 
-void xattn_joint_free(xattn_joint *m)
-{
-    if (!m) return;
-    xa_free(m->block);
-    free(m->layers);
-    free(m);
-}
+void xattn_joint_free(xattn_joint *m) { xa_mod_free(m ? &m->core : NULL); }
 
 void xattn_joint_get_config(const xattn_joint *m, xattn_joint_config *cfg)
 {
@@ -350,138 +383,166 @@ void xattn_joint_get_config(const xattn_joint *m, xattn_joint_config *cfg)
     *cfg = m->cfg;
 }
 
+const char *xattn_joint_warnings(const xattn_joint *m) { return m ? m->core.cfg.warn : ""; }
+
 /* ---------------------------------------------------------------------------------------- */
 /* Forward                                                                                  */
 /* ---------------------------------------------------------------------------------------- */
 
-/* y += x over n values (residual). */
-static void add_into(float *y, const float *x, int64_t n)
+typedef struct joint_scratch {
+    float *Y; /* (R, d) the stacked sequence, updated layer by layer */
+    float *Z; /* (R, d) pre-norm input (norm_first)                 */
+    float *A; /* (R, d) attention output                             */
+    float *T; /* (R, max(3d, ff)) q/k/v or feed-forward hidden       */
+} joint_scratch;
+
+/* Parameter k of layer l (NULL: an absent bias). */
+static const float *lw(const xattn_joint *m, int64_t l, int k)
 {
-    xa_kern()->axpy(1.0f, x, y, n);
+    return xa_param_data(&m->core.params, (int)(l * P_N + k));
 }
 
-static void relu_inplace(float *x, int64_t n)
+static xattn_status layer_forward(const xattn_joint *m, int64_t l, int64_t R, const xa_attn *at,
+                                  const joint_scratch *sc)
 {
-    for (int64_t t = 0; t < n; t++) x[t] = x[t] > 0.0f ? x[t] : 0.0f;
-}
-
-xattn_status xattn_joint_forward(const xattn_joint *m, const xattn_joint_inputs *in, float *out,
-                                 float *context_out)
-{
-    const char *fn = "xattn_joint_forward";
-    if (!m) return xa_error(XATTN_ERR_ARG, "%s: module is NULL", fn);
-    if (!in) return xa_error(XATTN_ERR_ARG, "%s: inputs are NULL", fn);
     const xattn_joint_config *c = &m->cfg;
+    const int64_t d = c->d_model, ff = c->ff_dim;
+    const float eps = c->layer_norm_eps;
+    float *Y = sc->Y;
+    const float *src = Y;
+    xattn_status s;
+    /* ---- self-attention block ---- */
+    if (c->norm_first) {
+        if ((s = xa_op_layernorm(Y, R, d, lw(m, l, P_N1W), lw(m, l, P_N1B), eps, sc->Z))) return s;
+        src = sc->Z;
+    }
+    if ((s = xa_op_linear(src, R, d, lw(m, l, P_WIN), lw(m, l, P_BIN), 3 * d, sc->T, 0)) ||
+        (s = xa_op_attention(at)) ||
+        (s = xa_op_linear(sc->A, R, d, lw(m, l, P_WOUT), lw(m, l, P_BOUT), d, Y, 1)))
+        return s;
+    if (!c->norm_first && (s = xa_op_layernorm(Y, R, d, lw(m, l, P_N1W), lw(m, l, P_N1B), eps, Y)))
+        return s;
+    /* ---- feed-forward block ---- */
+    src = Y;
+    if (c->norm_first) {
+        if ((s = xa_op_layernorm(Y, R, d, lw(m, l, P_N2W), lw(m, l, P_N2B), eps, sc->Z))) return s;
+        src = sc->Z;
+    }
+    if ((s = xa_op_linear(src, R, d, lw(m, l, P_W1), lw(m, l, P_B1), ff, sc->T, 0))) return s;
+    if (c->activation) {
+        if ((s = xa_op_gelu(sc->T, R * ff, 0))) return s;
+    } else {
+        xa_op_relu(sc->T, R * ff);
+    }
+    if ((s = xa_op_linear(sc->T, R, ff, lw(m, l, P_W2), lw(m, l, P_B2), d, Y, 1))) return s;
+    if (!c->norm_first) return xa_op_layernorm(Y, R, d, lw(m, l, P_N2W), lw(m, l, P_N2B), eps, Y);
+    return XATTN_OK;
+}
+
+/* The attention over the stacked sequence: heads read in place from T = [q | k | v] (R, 3d). */
+static void joint_attn(const xattn_joint_config *c, int64_t B, int64_t L, const joint_scratch *sc,
+                       const uint8_t *keep, xa_attn *at)
+{
+    const int64_t d = c->d_model, dh = c->head_dim;
+    memset(at, 0, sizeof *at);
+    xa_attn_heads(at, B, c->heads, L, L, dh, dh, sc->T, 3 * d, sc->T + d, 3 * d, sc->T + 2 * d,
+                  3 * d, sc->A, d);
+    at->scale = xa_head_scale(dh);
+    at->fill = XATTN_FILL_NEG_INF;
+    at->kkeep = keep;
+    at->kkeep_sb = L;
+    at->fn = FN_FWD;
+}
+
+static xattn_status check_call(const xattn_joint *m, const xattn_joint_inputs *in,
+                               const xattn_joint_outputs *out)
+{
+    if (!m) return xa_error(XATTN_ERR_ARG, "%s: module is NULL", FN_FWD);
+    if (!in) return xa_error(XATTN_ERR_ARG, "%s: inputs are NULL", FN_FWD);
+    if (!out) return xa_error(XATTN_ERR_ARG, "%s: outputs are NULL", FN_FWD);
     const int64_t B = in->B, K = in->K, N = in->N;
     if (B <= 0 || K < 0 || N < 0 || K + N <= 0)
-        return xa_error(XATTN_ERR_SHAPE, "%s: bad sizes B=%lld, K=%lld, N=%lld (need B >= 1 and "
-                                         "K + N >= 1)",
-                        fn, (long long)B, (long long)K, (long long)N);
-    if ((K > 0 && (!in->x || !out)) || (N > 0 && (!in->context || !context_out)))
-        return xa_error(XATTN_ERR_ARG, "%s: x/out (K > 0) and context/context_out (N > 0) must "
-                                       "not be NULL",
-                        fn);
-    const int64_t d = c->d_model, ff = c->ff_dim, H = c->heads, dh = c->head_dim;
-    const int64_t L = K + N;
-    /* scratch: Y (R*d), Z (R*d), T (R*max(3d, ff)), A (R*d), keep (B*L) bytes */
-    const int64_t lim = INT64_MAX / 16;
-    int64_t wide = ff > 3 * d ? ff : 3 * d;
+        return xa_error(XATTN_ERR_SHAPE,
+                        "%s: bad sizes B=%lld, K=%lld, N=%lld (need B >= 1 and "
+                        "K + N >= 1)",
+                        FN_FWD, (long long)B, (long long)K, (long long)N);
+    if ((K > 0 && (!in->x || !out->out)) || (N > 0 && (!in->context || !out->context_out)))
+        return xa_error(XATTN_ERR_ARG,
+                        "%s: x/out (K > 0) and context/context_out (N > 0) must "
+                        "not be NULL",
+                        FN_FWD);
+    const int64_t d = m->cfg.d_model, ff = m->cfg.ff_dim, L = K + N;
+    const int64_t lim = INT64_MAX / 16, wide = ff > 3 * d ? ff : 3 * d;
     if (B > lim / L || B * L > lim / (wide + 3 * d + 64))
-        return xa_error(XATTN_ERR_NOMEM, "%s: scratch for B=%lld, K=%lld, N=%lld overflows", fn,
+        return xa_error(XATTN_ERR_NOMEM, "%s: scratch for B=%lld, K=%lld, N=%lld overflows", FN_FWD,
                         (long long)B, (long long)K, (long long)N);
-    const int64_t R = B * L;
-    size_t nY = ((size_t)(R * d) + 15) & ~(size_t)15;
-    size_t nT = ((size_t)(R * wide) + 15) & ~(size_t)15;
-    int masked = in->x_padding_mask || in->context_padding_mask;
-    size_t bytes = (3 * nY + nT) * sizeof(float) + (masked ? (size_t)R : 0);
-    float *scratch = xa_alloc(bytes);
-    if (!scratch) return xa_error(XATTN_ERR_NOMEM, "%s: out of memory (%zu bytes)", fn, bytes);
-    float *Y = scratch, *Z = Y + nY, *A = Z + nY, *T = A + nY;
-    uint8_t *keep = masked ? (uint8_t *)(T + nT) : NULL;
+    return XATTN_OK;
+}
 
-    for (int64_t b = 0; b < B; b++) {
-        if (K) memcpy(Y + b * L * d, in->x + b * K * d, (size_t)(K * d) * sizeof(float));
-        if (N) memcpy(Y + (b * L + K) * d, in->context + b * N * d, (size_t)(N * d) * sizeof(float));
-        if (keep) {
-            uint8_t *kr = keep + b * L;
-            for (int64_t j = 0; j < K; j++)
-                kr[j] = in->x_padding_mask ? !in->x_padding_mask[b * K + j] : 1;
-            for (int64_t j = 0; j < N; j++)
-                kr[K + j] = in->context_padding_mask ? !in->context_padding_mask[b * N + j] : 1;
-        }
-    }
-
+static xattn_status joint_run(const xattn_joint *m, const xattn_joint_inputs *in,
+                              const xattn_joint_outputs *out)
+{
+    const xattn_joint_config *c = &m->cfg;
+    const int64_t B = in->B, K = in->K, N = in->N, L = K + N, R = B * L;
+    const int64_t d = c->d_model, wide = c->ff_dim > 3 * d ? c->ff_dim : 3 * d;
+    const size_t nY = ((size_t)(R * d) + 15) & ~(size_t)15;
+    const size_t nT = ((size_t)(R * wide) + 15) & ~(size_t)15;
+    const int masked = in->x_padding_mask || in->context_padding_mask;
+    const size_t bytes = ((c->norm_first ? 3 : 2) * nY + nT) * sizeof(float) + (size_t)R;
+    xa_ws *ws = xa_ws_get(bytes);
+    if (!ws) return XATTN_ERR_NOMEM;
+    joint_scratch sc;
+    sc.Y = xa_ws_data(ws);
+    sc.A = sc.Y + nY;
+    sc.T = sc.A + nY;
+    sc.Z = c->norm_first ? sc.T + nT : NULL;
+    uint8_t *keep = masked ? (uint8_t *)(sc.T + nT + (c->norm_first ? nY : 0)) : NULL;
+    xa_op_concat_seq(in->x, K, in->context, N, B, d, sc.Y);
+    if (keep) xa_op_keep_concat(in->x_padding_mask, K, in->context_padding_mask, N, B, keep);
     xa_attn at;
-    memset(&at, 0, sizeof at);
-    at.B = B;
-    at.H = H;
-    at.I = L;
-    at.J = L;
-    at.dh = dh;
-    at.dv = dh;
-    at.q = T;
-    at.q_sb = L * 3 * d;
-    at.q_sh = dh;
-    at.q_si = 3 * d;
-    at.k = T + d;
-    at.k_sb = L * 3 * d;
-    at.k_sh = dh;
-    at.k_sj = 3 * d;
-    at.v = T + 2 * d;
-    at.v_sb = L * 3 * d;
-    at.v_sh = dh;
-    at.v_sj = 3 * d;
-    at.out = A;
-    at.o_sb = L * d;
-    at.o_sh = dh;
-    at.o_si = d;
-    at.scale = 1.0f / sqrtf((float)dh);
-    at.fill = XATTN_FILL_NEG_INF;
-    at.kkeep = keep;
-    at.kkeep_sb = L;
-    at.fn = fn;
-
-    const float eps = c->layer_norm_eps;
+    joint_attn(c, B, L, &sc, keep, &at);
     xattn_status s = XATTN_OK;
-    for (int64_t l = 0; l < c->layers && !s; l++) {
-        const joint_layer *y = &m->layers[l];
-        /* ---- self-attention block ---- */
-        const float *src = Y;
-        if (c->norm_first) {
-            if ((s = xattn_layernorm(Y, R, d, y->n1w, y->n1b, eps, Z))) break;
-            src = Z;
-        }
-        if ((s = xattn_linear(src, R, d, y->w_in, y->b_in, 3 * d, T))) break;
-        if ((s = xa_attention(&at))) break;
-        if ((s = xattn_linear(A, R, d, y->w_out, y->b_out, d, Z))) break;
-        add_into(Y, Z, R * d);
-        if (!c->norm_first && (s = xattn_layernorm(Y, R, d, y->n1w, y->n1b, eps, Y))) break;
-        /* ---- feed-forward block ---- */
-        src = Y;
-        if (c->norm_first) {
-            if ((s = xattn_layernorm(Y, R, d, y->n2w, y->n2b, eps, Z))) break;
-            src = Z;
-        }
-        if ((s = xattn_linear(src, R, d, y->w1, y->b1, ff, T))) break;
-        if (c->activation)
-            s = xattn_gelu(T, R * ff, 0);
-        else
-            relu_inplace(T, R * ff);
-        if (s) break;
-        if ((s = xattn_linear(T, R, ff, y->w2, y->b2, d, A))) break;
-        add_into(Y, A, R * d);
-        if (!c->norm_first && (s = xattn_layernorm(Y, R, d, y->n2w, y->n2b, eps, Y))) break;
+    for (int64_t l = 0; l < c->layers && !s; l++) s = layer_forward(m, l, R, &at, &sc);
+    if (!s && c->final_norm) {
+        const int64_t f = c->layers * P_N;
+        s = xa_op_layernorm(sc.Y, R, d, xa_param_data(&m->core.params, (int)(f + Q_NW)),
+                            xa_param_data(&m->core.params, (int)(f + Q_NB)), c->layer_norm_eps,
+                            sc.Y);
     }
-    if (!s && m->nw) s = xattn_layernorm(Y, R, d, m->nw, m->nb, eps, Y);
-    if (!s) {
-        for (int64_t b = 0; b < B; b++) {
-            if (K) memcpy(out + b * K * d, Y + b * L * d, (size_t)(K * d) * sizeof(float));
-            if (N)
-                memcpy(context_out + b * N * d, Y + (b * L + K) * d,
-                       (size_t)(N * d) * sizeof(float));
-        }
-        xa_clear_error();
-    }
-    xa_free(scratch);
+    if (!s) xa_op_split_seq(sc.Y, B, K, N, d, out->out, out->context_out);
+    xa_ws_put(ws);
     return s;
+}
+
+xattn_status xattn_joint_forward(xattn_ctx *ctx, const xattn_joint *m, const xattn_joint_inputs *in,
+                                 const xattn_joint_outputs *out)
+{
+    xattn_status s = check_call(m, in, out);
+    if (s) return s;
+    const xattn_ctx *prev = xa_ctx_enter(ctx);
+    s = joint_run(m, in, out);
+    xa_ctx_leave(prev);
+    if (!s) xa_clear_error();
+    return s;
+}
+
+static xattn_status forward_named(const xa_mod *core, const xa_run *r)
+{
+    xattn_joint_inputs in;
+    memset(&in, 0, sizeof in);
+    in.B = xa_run_sym(r, "B");
+    in.K = xa_run_sym(r, "K");
+    in.N = xa_run_sym(r, "N");
+    in.x = r->in[0];
+    in.context = r->in[1];
+    in.x_padding_mask = r->in[2];
+    in.context_padding_mask = r->in[3];
+    xattn_joint_outputs out;
+    memset(&out, 0, sizeof out);
+    out.out = r->out[0];
+    out.context_out = r->out[1];
+    /* the registry has made its context current */
+    const xattn_joint *m = (const xattn_joint *)core;
+    xattn_status s = check_call(m, &in, &out);
+    return s ? s : joint_run(m, &in, &out);
 }

@@ -7,7 +7,7 @@
  * is ever formed. xattn_mutual writes A straight into out, Bm into a (B, N, D) scratch, then adds.
  */
 #include "core/registry.h"
-#include "kernels/kernels.h"
+#include "kernels/ops.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -20,28 +20,11 @@ static xattn_status one_way(const char *fn, const float *q, int64_t Nq, const fl
 {
     xa_attn p;
     memset(&p, 0, sizeof p);
-    p.B = B;
-    p.H = 1;
-    p.I = Nq;
-    p.J = Nk;
-    p.dh = D;
-    p.dv = D;
-    p.q = q;
-    p.q_sb = Nq * D;
-    p.q_si = D;
-    p.k = k;
-    p.k_sb = Nk * D;
-    p.k_sj = D;
-    p.v = k;
-    p.v_sb = Nk * D;
-    p.v_sj = D;
-    p.out = out;
-    p.o_sb = Nq * D;
-    p.o_si = D;
+    xa_attn_heads(&p, B, 1, Nq, Nk, D, D, q, D, k, D, k, D, out, D);
     p.scale = (float)(1.0 / sqrt((double)D));
     p.fill = XATTN_FILL_NEG_INF;
     p.fn = fn;
-    return xa_attention(&p);
+    return xa_op_attention(&p);
 }
 
 static xattn_status check_sizes(const char *fn, int64_t B, int64_t Na, int64_t Nb, int64_t D)
@@ -81,49 +64,22 @@ xattn_status xattn_mutual(const float *a, const float *b, int64_t B, int64_t N, 
     if (!tmp) return xa_error(XATTN_ERR_NOMEM, "%s: out of memory (%lld floats)", fn, (long long)n);
     if ((s = one_way(fn, a, N, b, N, B, D, out)) == XATTN_OK &&
         (s = one_way(fn, b, N, a, N, B, D, tmp)) == XATTN_OK) {
-        const xa_kernels *kt = xa_kern();
-        const int64_t chunk = 1 << 14;
-        const int64_t nchunk = (n + chunk - 1) / chunk;
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(xa_threads()) if (nchunk > 4) schedule(static)
-#endif
-        for (int64_t c = 0; c < nchunk; c++) {
-            int64_t lo = c * chunk, len = XA_MIN(chunk, n - lo);
-            kt->axpy(1.0f, tmp + lo, out + lo, len);
-        }
+        xa_op_add(out, tmp, n);
     }
     xa_free(tmp);
     return s;
 }
 
-/* Moves the band axis next to the (N, D) pair: src viewed as (pre, X, Y, Z) with the band axis
- * at position 1 (band_axis = R-2: (pre, N, F, D)) or 2 (band_axis = R-1: (pre, N, D, F)),
- * dst (pre, F, N, D). inverse != 0 goes back. */
+/* Moves the band axis next to the (N, D) pair: src viewed as (pre, N, F, D) (band axis R-2) or
+ * (pre, N, D, F) (band axis R-1) into dst (pre, F, N, D); inverse != 0 goes back. */
 static void band_permute(const float *src, float *dst, int64_t pre, int64_t F, int64_t N,
                          int64_t D, int last, int inverse)
 {
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(xa_threads()) if (pre * F * N * D > (1 << 16)) schedule(static)
-#endif
-    for (int64_t pf = 0; pf < pre * F; pf++) {
-        int64_t p = pf / F, f = pf % F;
-        for (int64_t n = 0; n < N; n++) {
-            float *row_c = (float *)(inverse ? src : dst) + ((p * F + f) * N + n) * D;
-            if (!last) {
-                float *row_s = (float *)(inverse ? dst : src) + ((p * N + n) * F + f) * D;
-                if (inverse)
-                    memcpy(row_s, row_c, (size_t)D * sizeof(float));
-                else
-                    memcpy(row_c, row_s, (size_t)D * sizeof(float));
-            } else {
-                float *base = (float *)(inverse ? dst : src) + (p * N + n) * D * F + f;
-                if (inverse)
-                    for (int64_t d = 0; d < D; d++) base[d * F] = row_c[d];
-                else
-                    for (int64_t d = 0; d < D; d++) row_c[d] = base[d * F];
-            }
-        }
-    }
+    static const int fwd[2][4] = {{0, 2, 1, 3}, {0, 3, 1, 2}}, inv[2][4] = {{0, 2, 1, 3}, {0, 2, 3, 1}};
+    const int64_t in_dims[2][4] = {{pre, N, F, D}, {pre, N, D, F}};
+    const int64_t back_dims[4] = {pre, F, N, D};
+    if (!inverse) xa_op_permute4(src, in_dims[last], fwd[last], dst);
+    else xa_op_permute4(src, back_dims, inv[last], dst);
 }
 
 xattn_status xattn_mutual_bands(const float *a, const float *b, int ndim, const int64_t *shape,

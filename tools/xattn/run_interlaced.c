@@ -24,16 +24,20 @@ static void help(void)
         "Runs InterlanceDecoder (2D-3D MIT, jimmy15923/mit models/sem_transformer.py) saved with\n"
         "safetensors.torch.save_file(decoder.state_dict(), ...): blocks.L.{norm1, self_attn.qkv,\n"
         "self_attn.proj, norm_q, norm_v, attn.q_map/k_map/v_map/proj, norm2, mlp.fc1/fc2}.\n"
-        "X is the reference's voxel stream (B, I, dim) or (I, dim); C its view stream (B, J, dim).\n"
+        "X is the reference's voxel stream (B, I, dim) or (I, dim); C its view stream (B, J, "
+        "dim).\n"
         "Layer 0 updates X querying C, layer 1 updates C querying X, and so on (the reference's\n"
         "forward(voxel, view)); each cross-attention skips the first n_cls tokens of the other\n"
         "stream as keys/values. LayerNorm eps 1e-5, GELU exact.\n"
         "\n"
-        "Outputs (float32 .npy in --out-dir DIR, default '.'; written only if everything succeeded):\n"
+        "Outputs (float32 .npy in --out-dir DIR, default '.'; written only if everything "
+        "succeeded):\n"
         "  out.npy               X after the decoder\n"
         "  context_out.npy       C after the decoder\n"
-        "  attn_weights_L.npy    with --return-attn: layer L's pre-softmax cross-attention logits,\n"
-        "                        (B, heads, I, J) in layers where X queries, (B, heads, J, I) else\n"
+        "  attn_weights_L.npy    with --return-attn: layer L's pre-softmax cross-attention "
+        "logits,\n"
+        "                        (B, heads, I, J) in layers where X queries, (B, heads, J, I) "
+        "else\n"
         "\n"
         "Options (what the state dict cannot tell; default: the file's __metadata__, else the\n"
         "reference default):\n"
@@ -120,14 +124,23 @@ static int run_il(const il_args *a, il_state *s)
                          "[PREFIX]blocks.0.self_attn.qkv.weight beside it",
                          SUFFIX);
     xattn_interlaced_opts o;
-    xattn_interlaced_opts_init(&o);
+    memset(&o, 0, sizeof o);
     o.heads = a->heads;
-    o.n_cls = a->n_cls;
-    if (a->first) o.context_first = !strcmp(a->first, "context");
+    if (a->n_cls >= 0) {
+        o.n_cls = a->n_cls;
+        o.has_n_cls = 1;
+    }
+    if (a->first) o.context_first = !strcmp(a->first, "context") ? XATTN_YES : XATTN_NO;
     if (xattn_interlaced_load(s->st, prefix, &o, &s->m) != XATTN_OK)
         return cli_lib_error(CMD, a->model);
     if (!a->allow_nonfinite && (rc = cli_check_weights_finite(CMD, a->model, s->st, NULL, 0)))
         return rc;
+    /* defaults assumed for what the file cannot tell (heads, n_cls, first) */
+    for (const char *w = xattn_interlaced_warnings(s->m); *w;) {
+        size_t n = strcspn(w, "\n");
+        printf("warning: %.*s\n", (int)n, w);
+        w += n + (w[n] == '\n');
+    }
     xattn_interlaced_config c;
     xattn_interlaced_get_config(s->m, &c);
 
@@ -139,9 +152,11 @@ static int run_il(const il_args *a, il_state *s)
     cli_shape_str(&s->ctx, sc, sizeof sc);
     const int nd = s->x.ndim;
     if (s->x.shape[nd - 1] != c.dim)
-        return cli_error(CMD, a->x, "has shape %s but the model's dim is %lld", sx, (long long)c.dim);
+        return cli_error(CMD, a->x, "has shape %s but the model's dim is %lld", sx,
+                         (long long)c.dim);
     if (s->ctx.ndim != nd)
-        return cli_error(CMD, a->context, "has shape %s but --x has shape %s (ranks differ)", sc, sx);
+        return cli_error(CMD, a->context, "has shape %s but --x has shape %s (ranks differ)", sc,
+                         sx);
     if (s->ctx.shape[nd - 1] != c.dim)
         return cli_error(CMD, a->context, "has shape %s but the model's dim is %lld", sc,
                          (long long)c.dim);
@@ -165,9 +180,21 @@ static int run_il(const il_args *a, il_state *s)
     if (!s->out || !s->cout || !s->names || !s->outs ||
         (a->return_attn && (!s->lg || !s->lg_block)))
         return cli_error(CMD, a->x, "out of memory for the outputs");
-    for (int64_t L = 0; a->return_attn && L < c.depth; L++) s->lg[L] = s->lg_block + L * (int64_t)n_lg;
-    if (xattn_interlaced_forward(s->m, B, I, J, s->x.data, s->ctx.data, s->out, s->cout, s->lg) !=
-        XATTN_OK)
+    for (int64_t L = 0; a->return_attn && L < c.depth; L++)
+        s->lg[L] = s->lg_block + L * (int64_t)n_lg;
+    xattn_interlaced_inputs in;
+    memset(&in, 0, sizeof in);
+    in.B = B;
+    in.I = I;
+    in.J = J;
+    in.x = s->x.data;
+    in.context = s->ctx.data;
+    xattn_interlaced_outputs out;
+    memset(&out, 0, sizeof out);
+    out.out = s->out;
+    out.context_out = s->cout;
+    out.attn_weights = s->lg;
+    if (xattn_interlaced_forward(NULL, s->m, &in, &out) != XATTN_OK)
         return cli_lib_error(CMD, a->model);
 
     cli_output_set(&s->outs[0], "out", s->out, NULL, nd, s->x.shape);
@@ -215,7 +242,8 @@ static int run(int argc, char **argv)
     if (n_pos != 1) return cli_usage(CMD, "missing MODEL.safetensors");
     a.model = pos[0];
     if (!a.x) return cli_usage(CMD, "missing --x X.npy");
-    if (!a.context) return cli_usage(CMD, "missing --context C.npy (the interlaced decoder has two streams)");
+    if (!a.context)
+        return cli_usage(CMD, "missing --context C.npy (the interlaced decoder has two streams)");
     if (a.first && strcmp(a.first, "x") && strcmp(a.first, "context"))
         return cli_usage(CMD, "--first must be 'x' or 'context', not '%s'", a.first);
     if (a.threads > 0) xattn_set_threads((int)a.threads);

@@ -115,25 +115,25 @@ static int joint_go(const jargs *a, jstate *s)
                          "--module joint: no nn.TransformerEncoderLayer found (expected "
                          "self_attn.in_proj_weight with linear1.weight, or "
                          "layers.0.self_attn.in_proj_weight)");
-    xattn_joint_options o;
-    xattn_joint_options_init(&o);
+    xattn_joint_opts o;
+    memset(&o, 0, sizeof o);
     o.heads = a->heads > 0 ? a->heads : 0;
     o.layer_norm_eps = a->eps;
     if (a->norm_first) {
         if (!strcmp(a->norm_first, "true") || !strcmp(a->norm_first, "True") ||
             !strcmp(a->norm_first, "1"))
-            o.norm_first = 1;
+            o.norm_first = XATTN_YES;
         else if (!strcmp(a->norm_first, "false") || !strcmp(a->norm_first, "False") ||
                  !strcmp(a->norm_first, "0"))
-            o.norm_first = 0;
+            o.norm_first = XATTN_NO;
         else
             return cli_usage(CMD, "--norm-first must be true or false");
     }
     if (a->activation) {
         if (!strcmp(a->activation, "relu"))
-            o.activation = 0;
+            o.activation = XATTN_JOINT_ACT_RELU;
         else if (!strcmp(a->activation, "gelu"))
-            o.activation = 1;
+            o.activation = XATTN_JOINT_ACT_GELU;
         else
             return cli_usage(CMD, "--activation must be relu or gelu");
     }
@@ -142,7 +142,14 @@ static int joint_go(const jargs *a, jstate *s)
                          "the number of heads (nhead) is not in the file (__metadata__ 'heads'): "
                          "pass --heads N");
     if (xattn_joint_load(s->st, "", &o, &s->m) != XATTN_OK) return cli_lib_error(CMD, a->model);
-    if (!a->allow_nonfinite && (rc = cli_check_weights_finite(CMD, a->model, s->st, NULL, 0))) return rc;
+    if (!a->allow_nonfinite && (rc = cli_check_weights_finite(CMD, a->model, s->st, NULL, 0)))
+        return rc;
+    /* defaults assumed for what the file cannot tell (norm_first, activation, eps) */
+    for (const char *w = xattn_joint_warnings(s->m); *w;) {
+        size_t n = strcspn(w, "\n");
+        printf("warning: %.*s\n", (int)n, w);
+        w += n + (w[n] == '\n');
+    }
     xattn_joint_config cfg;
     xattn_joint_get_config(s->m, &cfg);
     const int64_t d = cfg.d_model;
@@ -153,9 +160,11 @@ static int joint_go(const jargs *a, jstate *s)
     const int rank3 = s->x.ndim == 3;
     char sh[128], sh2[128];
     if (s->c.ndim != s->x.ndim)
-        return cli_error(CMD, a->c, "the context has shape %s but R has shape %s (same rank "
-                                    "needed)",
-                         cli_shape_str(&s->c, sh, sizeof sh), cli_shape_str(&s->x, sh2, sizeof sh2));
+        return cli_error(CMD, a->c,
+                         "the context has shape %s but R has shape %s (same rank "
+                         "needed)",
+                         cli_shape_str(&s->c, sh, sizeof sh),
+                         cli_shape_str(&s->x, sh2, sizeof sh2));
     const int64_t B = rank3 ? s->x.shape[0] : 1;
     const int64_t K = s->x.shape[rank3], N = s->c.shape[rank3];
     if (s->x.shape[s->x.ndim - 1] != d)
@@ -180,8 +189,11 @@ static int joint_go(const jargs *a, jstate *s)
     in.context = s->c.data;
     in.x_padding_mask = a->xm ? s->xm.data : NULL;
     in.context_padding_mask = a->cm ? s->cm.data : NULL;
-    if (xattn_joint_forward(s->m, &in, s->out, s->cout) != XATTN_OK)
-        return cli_lib_error(CMD, a->model);
+    xattn_joint_outputs out;
+    memset(&out, 0, sizeof out);
+    out.out = s->out;
+    out.context_out = s->cout;
+    if (xattn_joint_forward(NULL, s->m, &in, &out) != XATTN_OK) return cli_lib_error(CMD, a->model);
     cli_output outs[2];
     int64_t sh_out[3];
     int nd = 0;
@@ -222,8 +234,9 @@ static int joint_run(int argc, char **argv)
     }
     if (pr != CLI_PARSED) return CLI_EXIT_USAGE;
     if (a.module && strcmp(a.module, "joint"))
-        return cli_usage(CMD, "--module %s given, but the model is a joint (TransformerEncoder) "
-                              "module",
+        return cli_usage(CMD,
+                         "--module %s given, but the model is a joint (TransformerEncoder) "
+                         "module",
                          a.module);
     if (n_pos != 1) return cli_usage(CMD, "missing MODEL.safetensors");
     a.model = pos[0];
