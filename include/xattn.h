@@ -1117,9 +1117,18 @@ typedef struct xattn_alias_desc {
     const char *alias, *name, *as;
 } xattn_alias_desc;
 XATTN_API xattn_status xattn_kind_alias(const char *kind, size_t i, xattn_alias_desc *d);
-/* The options (names or aliases, comma-separated) of a kind's one-line description, as
- * `xattn inspect` shows it ("embed_dim,heads,kdim,vdim,bias"); "": every option. */
+/* A kind's one-line description, as `xattn inspect` shows it: comma-separated items (a ','
+ * inside {} does not separate), each an option (name or alias: "heads" shows heads=VALUE) or
+ * LABEL=TEMPLATE ("prenorm={prenorm?{layernorm?LayerNorm|RMSNorm}|none}"); "": every option.
+ * A template's {f} is the value of option f ("8 (default)" for an assumed default), {f?A|B} A
+ * when f is true or nonzero else B, {f@SRC?A|B} A when f came from SRC ("shape", "option",
+ * "metadata", "default", "derived": xattn_config_entry.source) else B, {f@} the tensor whose
+ * name f's source quotes. Docs of inputs and outputs may hold templates too (a front end
+ * expands them with the module's config: xattn_module_config). */
 XATTN_API const char *xattn_kind_brief(const char *kind);
+/* The family of kinds that share command-line flags ("multi-head", "bidirectional"; "" for
+ * none): messages name "the multi-head modules". */
+XATTN_API const char *xattn_kind_family(const char *kind);
 
 #ifdef __cplusplus
 }

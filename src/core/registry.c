@@ -231,6 +231,12 @@ const char *xattn_kind_brief(const char *kind)
     return k && k->brief ? k->brief : "";
 }
 
+const char *xattn_kind_family(const char *kind)
+{
+    const xa_kind *k = xa_kind_find(kind);
+    return k && k->family ? k->family : "";
+}
+
 static xattn_status find_kind(const char *name, const xa_kind **k)
 {
     if ((*k = xa_kind_find(name))) return XATTN_OK;
@@ -276,6 +282,25 @@ static void add_candidate(xattn_found *c, size_t *n, size_t cap, const xa_kind *
     for (size_t j = 0; j < *n; j++)
         if (c[j].kind == k->name && !strcmp(c[j].prefix, c[*n].prefix)) return;
     c[(*n)++].kind = k->name;
+}
+
+/* Whether a tensor PREFIX + an anchor alternative of some kind has a prefix too long for
+ * xattn_found (such a module is not listed). */
+static int long_prefixed(const xattn_safetensors *st)
+{
+    for (size_t t = 0; st && t < xattn_st_count(st); t++) {
+        const char *name = xattn_st_name(st, t);
+        const size_t nl = name ? strlen(name) : 0;
+        for (int i = 0; name && xa_kinds[i]; i++)
+            for (const char *a = xa_kinds[i]->anchor; a && *a;) {
+                size_t al = strcspn(a, "|");
+                if (nl > al && nl - al >= sizeof((xattn_found *)0)->prefix &&
+                    !strncmp(name + nl - al, a, al) && name[nl - al - 1] == '.')
+                    return 1;
+                a += al + (a[al] == '|');
+            }
+    }
+    return 0;
 }
 
 /* Candidates: a tensor PREFIX + an anchor alternative marks one. */
@@ -357,6 +382,11 @@ static xattn_status detect(const xattn_safetensors *st, const xattn_open_opts *o
                             want_prefix ? xa_io_printable(want_prefix, pp, sizeof pp) : "",
                             want_prefix ? "'" : "");
         }
+        if (!want_prefix && long_prefixed(st))
+            return xa_error(XATTN_ERR_UNSUPPORTED,
+                            "the attention module's tensor names have a prefix longer than %d "
+                            "bytes, which is not supported",
+                            (int)sizeof f[0].prefix - 1);
         return xa_error(XATTN_ERR_NOT_FOUND, "no module found%s%s%s (see 'xattn inspect')",
                         want_prefix ? " at prefix '" : "",
                         want_prefix ? xa_io_printable(want_prefix, pp, sizeof pp) : "",

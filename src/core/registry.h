@@ -17,7 +17,8 @@
  * symbol alone binds it. */
 #define XA_IO_OPT 0x01u      /* optional input / output produced only when asked          */
 #define XA_IO_MASK 0x02u     /* bool (or integer, nonzero = true) mask                    */
-#define XA_IO_ADDITIVE 0x04u /* a mask that may also be float (added to the logits)       */
+#define XA_IO_ADDITIVE 0x04u /* added to the logits: a mask that may also be float, or
+                                (without XA_IO_MASK) a float bias                          */
 #define XA_MAX_IO 12
 #define XA_MAX_SYMS 12
 
@@ -98,9 +99,29 @@ typedef struct xa_kind {
     int n_stand_ins;
     const xa_alias *aliases; /* other names of inputs, fields and outputs (may be NULL)       */
     int n_aliases;
-    /* the config fields (or their aliases) of a one-line description, comma-separated
-     * ("embed_dim,heads,kdim,vdim,bias"); NULL: every field that is not derived */
+    /* The one-line description (`xattn inspect`): comma-separated items, a ',' inside {}
+     * not separating them ("embed_dim,heads,kdim,vdim,bias"); NULL: every field that is not
+     * derived. An item is
+     *   NAME          a config field (or its alias), shown as NAME=VALUE
+     *   LABEL=TEXT    LABEL=TEXT, where TEXT is a template:
+     *     {f}           VALUE of field f
+     *     {f?A|B}       A when field f is true (nonzero), else B ("|B" may be left out)
+     *     {f@SRC?A|B}   A when f's value came from SRC (shape, option, metadata, default,
+     *                   derived), else B
+     *     {f@}          the tensor f was read from (the name its source quotes, less the
+     *                   module's prefix)
+     *                   (A and B are templates)
+     * VALUE is the value, "VALUE (default)" for a default the file does not tell, '?' for a
+     * value a front end could not read from the file. Input and output docs may hold the same
+     * {...} (the output's doc of a module with talking heads: "{talking_heads?mixed|per
+     * head}"), expanded with the module's config; without a module, {f?A|B} reads "A when f,
+     * else B". */
     const char *brief;
+    /* Kinds that once shared one command line name their family ("multi-head" for torch's
+     * and diffusers' attention, "bidirectional"): messages say "an option of the multi-head
+     * modules", and an input such a kind needs that a kind of another family takes as
+     * optional is the model's to ask for, not a usage error. NULL: none. */
+    const char *family;
 } xa_kind;
 
 /* Every kind, NULL-terminated (registry.c). */

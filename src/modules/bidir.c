@@ -117,7 +117,8 @@ static const xa_field attn_fields[] = {
  * final_norms=False, **attn_kwargs: heads, dim_head, dropout, talking_heads) */
 static const xa_field tf_fields[] = {
     FLD_DIM,
-    {"depth", XA_T_INT, XA_F_REQUIRED, 0, 1, BD_MAX_DEPTH, NULL, NULL, "layers"},
+    {"depth", XA_T_INT, XA_F_SHAPE | XA_F_REQUIRED, 0, 1, BD_MAX_DEPTH, NULL, NULL,
+     "layers (told by the layer names)"},
     FLD_CONTEXT_DIM,
     {"ff_expansion_factor", XA_T_REAL, 0, 4, 0, 1e9, NULL, NULL,
      "feed-forward width int(d * factor) for d = dim and context_dim"},
@@ -664,21 +665,32 @@ static int tf_claims(const xattn_safetensors *st, const char *prefix)
 }
 
 
+/* The package's masks keep what is True (the opposite of torch's); a position (i, j) is kept
+ * when both are, and a fully masked row or column becomes a uniform average (masked
+ * similarities are -FLT_MAX), not NaN. */
 static const xa_io bd_inputs[] = {
     {"x", "B,I,dim", 0, "the sequence"},
     {"context", "B,J,context_dim", 0, "the context"},
     {"mask", "B,I", XA_IO_OPT | XA_IO_MASK,
-     "True = keep (a masked x position is neither a query "
-     "nor a key)"},
-    {"context_mask", "B,J", XA_IO_OPT | XA_IO_MASK, "True = keep"},
-    {"rel_pos_bias", "B/1,heads/1,I,J", XA_IO_OPT, "added to the shared similarities"},
+     "True = KEEP, as the package (a masked x position is neither a query nor a key; a fully "
+     "masked row is a uniform average)"},
+    {"context_mask", "B,J", XA_IO_OPT | XA_IO_MASK, "True = KEEP, as the package"},
+    {"rel_pos_bias", "I,J|heads/1,I,J|B/1,heads/1,I,J", XA_IO_OPT | XA_IO_ADDITIVE,
+     "added to the shared similarities before masking"},
 };
 static const xa_io bd_outputs[] = {
     {"out", "B,I,dim", 0, "x attending to the context"},
     {"context_out", "B,J,context_dim", 0, "the context attending to x"},
-    {"attn", "B,heads,I,J", XA_IO_OPT, "softmax over j (after talking heads)"},
-    {"context_attn", "B,heads,I,J", XA_IO_OPT, "softmax over i (after talking heads)"},
+    {"attn", "B,heads,I,J", XA_IO_OPT,
+     "softmax over j, {talking_heads?mixed across heads by talking heads|per head}"},
+    {"context_attn", "B,heads,I,J", XA_IO_OPT,
+     "softmax over i, {talking_heads?mixed across heads by talking heads|per head}"},
 };
+
+/* The one-line descriptions: the heads a talking-heads weight tells are marked so; the prenorm
+ * as the package names it. */
+#define BD_HEADS "heads={heads}{heads@shape? (from {heads@})}"
+#define BD_PRENORM "prenorm={prenorm?{layernorm?LayerNorm (0.0.x)|RMSNorm}|none}"
 
 static xattn_status forward_named(const xa_mod *core, const xa_run *r);
 
@@ -703,13 +715,16 @@ const xa_kind xa_kind_bidir = {
                   "context_dim), context_to_v.weight, to_out.{weight, bias}, context_to_out."
                   "{weight, bias}, [norm.weight [norm.bias], context_norm.weight [.bias]], "
                   "[talking_heads.weight, context_talking_heads.weight (heads, heads, 1, 1)]",
+    .brief = "dim,context_dim," BD_HEADS ",dim_head,inner_dim," BD_PRENORM ",talking_heads",
+    .family = "bidirectional",
 };
 
 const xa_kind xa_kind_bidir_transformer = {
     .name = "bidir-transformer",
     .reference = "BidirectionalCrossAttentionTransformer (PyPI bidirectional-cross-attention "
                  "0.1.0)",
-    .summary = "layers of bidirectional cross-attention and feed-forwards on both streams",
+    .summary = "layers of bidirectional cross-attention and feed-forwards on both streams (no "
+               "attention maps: the package ignores return_attn)",
     .fields = tf_fields,
     .n_fields = sizeof tf_fields / sizeof tf_fields[0],
     .inputs = bd_inputs,
@@ -726,6 +741,10 @@ const xa_kind xa_kind_bidir_transformer = {
     .state_dict = "layers.L.0.<the bidir names, with prenorm>, layers.L.1.{0.weight, 1.weight, "
                   "1.bias, 3.weight, 3.bias} (feed-forward of x), layers.L.2.* (of the context), "
                   "[norm.weight, context_norm.weight]",
+    .brief = "dim,context_dim,depth," BD_HEADS ",dim_head,inner_dim," BD_PRENORM
+             ",talking_heads,ff_hidden,context_ff_hidden,"
+             "final_norms={final_norms?True (context_norm of size {context_dim})|False}",
+    .family = "bidirectional",
 };
 
 /* ---------------------------------------------------------------------------------------- */
@@ -1037,10 +1056,11 @@ static xattn_status forward_named(const xa_mod *core, const xa_run *r)
     in.context = r->in[1];
     in.mask = r->in[2];
     in.context_mask = r->in[3];
-    if (r->in[4]) {
+    if (r->in[4]) { /* (I, J), (heads or 1, I, J) or (B or 1, heads or 1, I, J) */
+        const int nd = r->in_ndim[4];
         in.rel_pos_bias = r->in[4];
-        in.bias_b = r->in_shape[4][0];
-        in.bias_h = r->in_shape[4][1];
+        in.bias_b = nd == 4 ? r->in_shape[4][0] : 1;
+        in.bias_h = nd >= 3 ? r->in_shape[4][nd - 3] : 1;
     }
     xattn_bidir_outputs o;
     memset(&o, 0, sizeof o);

@@ -428,6 +428,7 @@ const xa_kind xa_kind_mha = {
     .aliases = torch_aliases,
     .n_aliases = sizeof torch_aliases / sizeof torch_aliases[0],
     .brief = "embed_dim,heads,kdim,vdim,bias",
+    .family = "multi-head",
     .state_dict = "in_proj_weight or q_proj_weight, k_proj_weight, v_proj_weight; "
                   "[in_proj_bias], out_proj.weight, [out_proj.bias], [bias_k, bias_v]",
 };
@@ -452,6 +453,7 @@ const xa_kind xa_kind_attention = {
     .aliases = diff_aliases,
     .n_aliases = sizeof diff_aliases / sizeof diff_aliases[0],
     .brief = "query_dim,cross_attention_dim,heads,dim_head,inner_dim,out_dim,bias,out_bias",
+    .family = "multi-head",
     .state_dict = "to_q.weight, to_k.weight, to_v.weight, [to_{q,k,v}.bias], to_out.0.weight, "
                   "[to_out.0.bias]",
 };

@@ -138,34 +138,6 @@ int cli_write_outputs(const char *cmd, const char *dir, const cli_output *outs, 
 /* Nonzero: cli_write_outputs prints nothing (a command whose stdout is one JSON line). */
 extern int cli_quiet_writes;
 
-/* ---- module detection from state_dict names ---- */
-
-typedef enum cli_module_kind {
-    CLI_MODULE_UNKNOWN = 0,
-    CLI_MODULE_MHA,      /* torch.nn.MultiheadAttention: in_proj_weight / q_proj_weight */
-    CLI_MODULE_ATTENTION /* diffusers Attention: to_q.weight                          */
-} cli_module_kind;
-
-typedef struct cli_module {
-    cli_module_kind kind;
-    char prefix[256]; /* "" or e.g. "blk.attn."           */
-    int n_found;      /* attention modules found (> 1: ambiguous, prefix is the first) */
-    int n_long;       /* names that would be a module but have a prefix too long for `prefix` */
-} cli_module;
-
-void cli_detect_module(const xattn_safetensors *st, cli_module *mod);
-const char *cli_module_name(cli_module_kind k); /* "torch.nn.MultiheadAttention", ... */
-
-/* Bidirectional modules: to_qk.weight (BidirectionalCrossAttention) or Q + layers.0.0.to_qk.weight
- * with Q + layers.0.1.1.weight beside it (BidirectionalCrossAttentionTransformer, counted once). */
-typedef struct cli_bidir {
-    int n_found, n_long;
-    int transformer;  /* of the first found */
-    char prefix[256];
-} cli_bidir;
-
-void cli_detect_bidir(const xattn_safetensors *st, cli_bidir *bf);
-
 /* Monotonic wall clock in seconds. */
 double cli_now(void);
 /* Peak resident set size of this process in bytes, 0 if unknown: VmHWM of /proc/self/status

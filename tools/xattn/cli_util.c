@@ -404,61 +404,6 @@ int cli_load_mask(const char *cmd, const char *path, const char *opt, const char
 }
 
 /* ---------------------------------------------------------------------------------------- */
-/* Module detection                                                                         */
-/* ---------------------------------------------------------------------------------------- */
-
-static int ends_with(const char *s, const char *suffix, size_t *prefix_len)
-{
-    size_t n = strlen(s), m = strlen(suffix);
-    if (n < m || strcmp(s + n - m, suffix)) return 0;
-    /* the suffix must start a name component: "" or a prefix ending in '.' */
-    if (n > m && s[n - m - 1] != '.') return 0;
-    *prefix_len = n - m;
-    return 1;
-}
-
-void cli_detect_module(const xattn_safetensors *st, cli_module *mod)
-{
-    static const struct {
-        const char *suffix;
-        cli_module_kind kind;
-    } keys[] = {{"in_proj_weight", CLI_MODULE_MHA},
-                {"q_proj_weight", CLI_MODULE_MHA},
-                {"to_q.weight", CLI_MODULE_ATTENTION}};
-    memset(mod, 0, sizeof *mod);
-    size_t n = xattn_st_count(st);
-    for (size_t i = 0; i < n; i++) {
-        const char *name = xattn_st_name(st, i);
-        if (!name) continue;
-        for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) {
-            size_t plen;
-            if (!ends_with(name, keys[k].suffix, &plen)) continue;
-            if (plen >= sizeof mod->prefix) {
-                mod->n_long++;
-                continue;
-            }
-            if (mod->n_found > 0 && mod->kind == keys[k].kind && strlen(mod->prefix) == plen &&
-                !strncmp(mod->prefix, name, plen))
-                continue; /* same module (in_proj_weight and q_proj_weight both present) */
-            if (mod->n_found++ == 0) {
-                mod->kind = keys[k].kind;
-                memcpy(mod->prefix, name, plen);
-                mod->prefix[plen] = '\0';
-            }
-        }
-    }
-}
-
-const char *cli_module_name(cli_module_kind k)
-{
-    switch (k) {
-    case CLI_MODULE_MHA: return "torch.nn.MultiheadAttention";
-    case CLI_MODULE_ATTENTION: return "diffusers Attention";
-    default: return "unknown";
-    }
-}
-
-/* ---------------------------------------------------------------------------------------- */
 /* Time and memory                                                                          */
 /* ---------------------------------------------------------------------------------------- */
 
@@ -497,68 +442,6 @@ double cli_peak_rss_bytes(const char **note)
     if (note) *note = " (ru_maxrss: may be the parent process's peak)";
     return (double)ru.ru_maxrss * 1024.0; /* kilobytes on Linux */
 }
-
-/* ---- bidirectional modules (PyPI bidirectional-cross-attention) ---- */
-
-/* 1 if `name` ends with the name component(s) `suffix`; *plen = length of what precedes it. */
-static int ends_with_component(const char *name, const char *suffix, size_t *plen)
-{
-    size_t n = strlen(name), m = strlen(suffix);
-    if (n < m || strcmp(name + n - m, suffix)) return 0;
-    if (n > m && name[n - m - 1] != '.') return 0;
-    *plen = n - m;
-    return 1;
-}
-
-/* If prefix P (length plen) of `name` is Q + "layers.L.0." (L decimal), returns 1 with
- * *qlen = length of Q and *layer0 = (L == "0"). */
-static int layer_attn_prefix(const char *name, size_t plen, size_t *qlen, int *layer0)
-{
-    if (plen < 11 || strncmp(name + plen - 3, ".0.", 3)) return 0;
-    size_t e = plen - 3, b = e;
-    while (b > 0 && name[b - 1] >= '0' && name[b - 1] <= '9') b--;
-    if (b == e || b < 7 || strncmp(name + b - 7, "layers.", 7)) return 0;
-    if (b > 7 && name[b - 8] != '.') return 0;
-    *qlen = b - 7;
-    *layer0 = e - b == 1 && name[b] == '0';
-    return 1;
-}
-
-void cli_detect_bidir(const xattn_safetensors *st, cli_bidir *bf)
-{
-    memset(bf, 0, sizeof *bf);
-    const size_t n = xattn_st_count(st);
-    for (size_t i = 0; i < n; i++) {
-        const char *name = xattn_st_name(st, i);
-        size_t plen, qlen;
-        int layer0, transformer = 0;
-        if (!name || !ends_with_component(name, "to_qk.weight", &plen)) continue;
-        if (layer_attn_prefix(name, plen, &qlen, &layer0)) {
-            /* a transformer layer when the transformer's first layer is complete enough to
-             * tell: Q + layers.0.0.to_qk.weight and Q + layers.0.1.1.weight */
-            char t0[600], f0[600];
-            if ((size_t)snprintf(t0, sizeof t0, "%.*slayers.0.0.to_qk.weight", (int)qlen, name) <
-                    sizeof t0 &&
-                (size_t)snprintf(f0, sizeof f0, "%.*slayers.0.1.1.weight", (int)qlen, name) <
-                    sizeof f0 &&
-                xattn_st_find(st, t0) >= 0 && xattn_st_find(st, f0) >= 0) {
-                if (!layer0) continue; /* counted with layer 0 */
-                transformer = 1;
-                plen = qlen;
-            }
-        }
-        if (plen >= sizeof bf->prefix) {
-            bf->n_long++;
-            continue;
-        }
-        if (bf->n_found++ == 0) {
-            bf->transformer = transformer;
-            memcpy(bf->prefix, name, plen);
-            bf->prefix[plen] = '\0';
-        }
-    }
-}
-
 
 /* ---------------------------------------------------------------------------------------- */
 /* Weights                                                                                  */

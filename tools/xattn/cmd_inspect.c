@@ -13,95 +13,20 @@ static void help(void)
     printf("usage: xattn inspect MODEL.safetensors\n"
            "\n"
            "Lists the tensors of a safetensors file (name, dtype, shape, size in MB), its\n"
-           "__metadata__, and the attention module its names describe:\n"
-           "  torch.nn.MultiheadAttention   in_proj_weight or q/k/v_proj_weight, out_proj.*\n"
-           "  diffusers Attention           to_q.weight, to_k.weight, to_v.weight, to_out.0.*\n"
-           "  BidirectionalCrossAttention   to_qk.weight, context_to_qk.weight, to_v.weight, ...\n"
-           "  BidirectionalCrossAttentionTransformer\n"
-           "                                layers.L.0.to_qk.weight, ..., layers.L.{1,2}.*\n"
-           "with the sizes read from the shapes (for the bidirectional modules also the heads,\n"
-           "dim_head, prenorm, talking heads, depth, feed-forward widths and final norms), or\n"
-           "'unknown'.\n"
-           "\n"
+           "__metadata__, and the modules its tensor names describe, one line each:\n"
+           "  module: REFERENCE [at prefix 'P'] (option=value, ...)\n"
+           "with the sizes read from the shapes, '(default)' after a value the file does not\n"
+           "tell, '?' for one it would have to tell (give it as an option to run), or\n"
+           "'module: unknown (...)' saying why; then each module's options with where each\n"
+           "came from. The kinds ('xattn run --module KIND --help' names their tensors):\n");
+    for (size_t i = 0; i < xattn_kind_count(); i++) {
+        xattn_kind_desc k;
+        if (!xattn_kind_info(i, &k) && k.state_dict[0])
+            printf("  %-18s %s\n", k.name, k.reference);
+    }
+    printf("\n"
            "options:\n"
            "  -h, --help   this help\n");
-}
-
-static const char *tf(int b) { return b ? "True" : "False"; }
-
-/* ---- bidirectional modules (PyPI bidirectional-cross-attention) ---- */
-
-
-static const char *norm_name(xattn_bidir_norm k)
-{
-    switch (k) {
-    case XATTN_NORM_RMS: return "RMSNorm";
-    case XATTN_NORM_LAYER: return "LayerNorm (0.0.x)";
-    default: return "none";
-    }
-}
-
-static void print_bidir(const xattn_safetensors *st, const cli_bidir *bf, int n_total)
-{
-    const char *kind = bf->transformer ? "BidirectionalCrossAttentionTransformer"
-                                       : "BidirectionalCrossAttention";
-    char at[300] = "", pp[128];
-    if (bf->prefix[0])
-        snprintf(at, sizeof at, " at prefix '%s'", cli_printable(bf->prefix, pp, sizeof pp));
-    if (n_total > 1) printf("note: %d attention modules found; showing the first\n", n_total);
-    xattn_bidir *m = NULL;
-    int heads_known = 1;
-    const xattn_bidir_opts one_head = {.heads = 1};
-    if (xattn_bidir_load(st, bf->prefix, NULL, &m) != XATTN_OK) {
-        char why[512];
-        cli_printable(xattn_last_error(), why, sizeof why);
-        /* the default 8 heads may not divide inner_dim: without talking heads and metadata,
-         * check the shapes with one head and report the count as unknown */
-        char talk[600];
-        snprintf(talk, sizeof talk, "%s%stalking_heads.weight", bf->prefix,
-                 bf->transformer ? "layers.0.0." : "");
-        if (xattn_st_meta_get(st, "heads") || xattn_st_find(st, talk) >= 0 ||
-            xattn_bidir_load(st, bf->prefix, &one_head, &m) != XATTN_OK) {
-            printf("module: unknown (%s names%s, but: %s)\n", kind, at, why);
-            return;
-        }
-        heads_known = 0;
-    }
-    xattn_bidir_config c;
-    xattn_bidir_get_config(m, &c);
-    xattn_bidir_free(m);
-    char heads[160], dim_head[32];
-    if (!heads_known) {
-        snprintf(heads, sizeof heads,
-                 "? (the default 8 does not divide inner_dim %lld: pass --heads to run)",
-                 (long long)c.inner_dim);
-        snprintf(dim_head, sizeof dim_head, "?");
-    } else {
-        snprintf(heads, sizeof heads, "%lld%s", (long long)c.heads,
-                 c.talking_heads                   ? " (from talking_heads.weight)"
-                 : xattn_st_meta_get(st, "heads") ? ""
-                                                   : " (default)");
-        snprintf(dim_head, sizeof dim_head, "%lld", (long long)c.dim_head);
-    }
-    if (!c.is_transformer) {
-        printf("module: %s%s (dim=%lld, context_dim=%lld, heads=%s, dim_head=%s, "
-               "inner_dim=%lld, prenorm=%s, talking_heads=%s)\n",
-               kind, at, (long long)c.dim, (long long)c.context_dim, heads, dim_head,
-               (long long)c.inner_dim, norm_name(c.prenorm), tf(c.talking_heads));
-        return;
-    }
-    char fin[96];
-    if (c.final_norms)
-        snprintf(fin, sizeof fin, "True (context_norm of size %lld)",
-                 (long long)c.context_norm_dim);
-    else
-        snprintf(fin, sizeof fin, "False");
-    printf("module: %s%s (dim=%lld, context_dim=%lld, depth=%lld, heads=%s, dim_head=%s, "
-           "inner_dim=%lld, prenorm=%s, talking_heads=%s, ff_hidden=%lld, "
-           "context_ff_hidden=%lld, final_norms=%s)\n",
-           kind, at, (long long)c.dim, (long long)c.context_dim, (long long)c.depth, heads,
-           dim_head, (long long)c.inner_dim, norm_name(c.prenorm),
-           tf(c.talking_heads), (long long)c.ff_hidden, (long long)c.context_ff_hidden, fin);
 }
 
 /* Every module the registry finds, with each resolved option and where it came from. */
@@ -134,84 +59,95 @@ static void print_registry(const xattn_safetensors *st)
     }
 }
 
-/* The value of option `name` of m for the one-line description: '?' for one the file does not
- * give (read with a stand-in value), a default marked. */
-static void brief_value(const xattn_module *m, const char *name, int unknown, char *buf, size_t cap)
+static xattn_module *open_with(const xattn_safetensors *st, const xattn_found *f,
+                               const xattn_option *opts, size_t n)
 {
-    snprintf(buf, cap, "?");
-    if (unknown) return;
-    for (size_t c = 0; c < xattn_module_config_count(m); c++) {
-        xattn_config_entry e;
-        if (!xattn_module_config(m, c, &e) && !strcmp(e.name, name))
-            snprintf(buf, cap, "%s%s", e.value, !strcmp(e.source, "default") ? " (default)" : "");
-    }
+    xattn_open_opts o;
+    memset(&o, 0, sizeof o);
+    o.kind = f->kind;
+    o.prefix = f->prefix;
+    o.options = opts;
+    o.n_options = n;
+    xattn_module *m = NULL;
+    return xattn_module_open(st, &o, &m) ? NULL : m;
 }
 
-/* "module: REFERENCE[ at prefix 'P'] (option=value, ...)" for each module the registry finds:
- * the options of the kind's brief description (else every option). A required option that
- * neither the shapes nor the file give shows as '?' (the shapes are read with it set to 1).
- * Returns the number of modules. */
+/* A module the file does not fully tell, opened with the stand-in value 1 for the required
+ * options the shapes do not give, else also for one option of the brief that the shapes do not
+ * give (its default does not fit the file). u gets them, and the options whose values change
+ * when they do. NULL when no such stand-ins open it. */
+static xattn_module *open_standing_in(const xattn_safetensors *st, const xattn_found *f,
+                                      reg_unknown *u)
+{
+    const char *shown[64], *cand[16];
+    const int n_shown = reg_brief_options(f->kind, shown, 64);
+    int nr = 0, nc = 0;
+    for (size_t j = 0; nr < 15; j++) {
+        xattn_arg_desc a;
+        if (xattn_kind_arg(f->kind, j, &a)) break;
+        if (a.required && !a.from_shapes && !a.derived) u->stand_in[nr++] = a.name;
+    }
+    for (int k = 0; k < n_shown && nc < 16; k++)
+        for (size_t j = 0;; j++) {
+            xattn_arg_desc a;
+            if (xattn_kind_arg(f->kind, j, &a)) break;
+            if (!strcmp(a.name, shown[k]) && !strcmp(a.type, "int") && !a.required &&
+                !a.from_shapes && !a.derived)
+                cand[nc++] = a.name;
+        }
+    xattn_option o[16];
+    xattn_module *m = NULL;
+    int n = 0;
+    for (int extra = -1; !m && extra < nc; extra++) {
+        n = nr;
+        if (extra >= 0) u->stand_in[n++] = cand[extra];
+        if (!n) continue;
+        for (int k = 0; k < n; k++) o[k] = (xattn_option){u->stand_in[k], "1"};
+        m = open_with(st, f, o, (size_t)n);
+    }
+    if (!m) return NULL;
+    u->n_stand_in = n;
+    /* what follows the stand-ins: the options that change with another value that fits */
+    static const char *const other[] = {"2", "3", "4", "5", "6", "7", "8"};
+    for (size_t v = 0; v < sizeof other / sizeof other[0]; v++) {
+        for (int k = 0; k < n; k++) o[k].value = other[v];
+        xattn_module *m2 = open_with(st, f, o, (size_t)n);
+        if (!m2) continue;
+        for (size_t c = 0; c < xattn_module_config_count(m) && u->n_changed < 64; c++) {
+            xattn_config_entry e1, e2;
+            if (!xattn_module_config(m, c, &e1) && !xattn_module_config(m2, c, &e2) &&
+                strcmp(e1.value, e2.value))
+                u->changed[u->n_changed++] = e1.name;
+        }
+        xattn_module_free(m2);
+        break;
+    }
+    return m;
+}
+
+/* "module: REFERENCE[ at prefix 'P'] (option=value, ...)" for each module the registry finds,
+ * from the kind's brief description (xattn_kind_brief). Returns the number of modules. */
 static size_t print_registry_modules(const xattn_safetensors *st)
 {
     xattn_found f[32];
     const size_t n = xattn_module_scan(st, f, 32);
     for (size_t i = 0; i < n && i < 32; i++) {
-        char ref[160], at[320] = "", pp[256], why[512], val[96];
+        char ref[160], at[320] = "", pp[256], why[512], line[2048], shown[2048];
         reg_reference_name(f[i].kind, ref, sizeof ref);
         if (f[i].prefix[0])
             snprintf(at, sizeof at, " at prefix '%s'", cli_printable(f[i].prefix, pp, sizeof pp));
-        xattn_open_opts o;
-        memset(&o, 0, sizeof o);
-        o.kind = f[i].kind;
-        o.prefix = f[i].prefix;
-        xattn_option unknown[8];
-        size_t nu = 0;
-        xattn_module *m = NULL;
-        if (xattn_module_open(st, &o, &m)) {
+        reg_unknown u;
+        memset(&u, 0, sizeof u);
+        xattn_module *m = open_with(st, &f[i], NULL, 0);
+        if (!m) {
             cli_printable(xattn_last_error(), why, sizeof why);
-            for (size_t j = 0; nu < 8; j++) {
-                xattn_arg_desc a;
-                if (xattn_kind_arg(f[i].kind, j, &a)) break;
-                if (a.required && !a.from_shapes && !a.derived)
-                    unknown[nu++] = (xattn_option){a.name, "1"};
-            }
-            o.options = unknown;
-            o.n_options = nu;
-            if (!nu || xattn_module_open(st, &o, &m)) {
+            if (!(m = open_standing_in(st, &f[i], &u))) {
                 printf("module: unknown (%s names%s, but: %s)\n", ref, at, why);
                 continue;
             }
         }
-        printf("module: %s%s (", ref, at);
-        const char *brief = xattn_kind_brief(f[i].kind);
-        int first = 1;
-        for (size_t j = 0;; j++) { /* the brief's names, else every option */
-            char tok[64];
-            if (brief[0]) {
-                const char *p = brief;
-                for (size_t k = 0; k < j && p; k++) p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL;
-                if (!p) break;
-                snprintf(tok, sizeof tok, "%.*s", (int)strcspn(p, ","), p);
-            } else {
-                xattn_arg_desc a;
-                if (xattn_kind_arg(f[i].kind, j, &a)) break;
-                if (a.derived) continue;
-                snprintf(tok, sizeof tok, "%s", a.name);
-            }
-            const char *name = reg_alias(f[i].kind, tok, NULL);
-            if (!name) name = tok;
-            int is_unknown = 0;
-            for (size_t u = 0; u < nu; u++) is_unknown |= !strcmp(unknown[u].name, name);
-            brief_value(m, name, is_unknown, val, sizeof val);
-            char flag[80];
-            snprintf(flag, sizeof flag, "--%s", tok);
-            for (char *c = flag; *c; c++)
-                if (*c == '_') *c = '-';
-            printf("%s%s=%s", first ? "" : ", ", tok, val);
-            if (is_unknown) printf(" (not in the file: pass %s to run)", flag);
-            first = 0;
-        }
-        printf(")\n");
+        reg_brief(f[i].kind, m, &u, line, sizeof line);
+        printf("module: %s%s (%s)\n", ref, at, cli_printable(line, shown, sizeof shown));
         xattn_module_free(m);
     }
     return n;
@@ -227,20 +163,12 @@ static void print_module(const xattn_safetensors *st)
         return;
     }
     if (print_registry_modules(st)) return;
-    cli_bidir bf;
-    cli_detect_bidir(st, &bf);
-    if (bf.n_found > 0) {
-        print_bidir(st, &bf, bf.n_found);
+    xattn_module *m = NULL;
+    if (xattn_module_open(st, NULL, &m) == XATTN_ERR_UNSUPPORTED) { /* names it cannot list */
+        printf("module: unknown (%s)\n", xattn_last_error());
         return;
     }
-    cli_module mod;
-    cli_detect_module(st, &mod);
-    if (bf.n_long > 0 || mod.n_long > 0) {
-        printf("module: unknown (attention tensor names with a prefix longer than %d bytes are "
-               "not supported)\n",
-               (int)sizeof bf.prefix - 1);
-        return;
-    }
+    xattn_module_free(m);
     printf("module: unknown (no tensor names of a module 'xattn run --help' lists)\n");
 }
 

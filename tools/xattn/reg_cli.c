@@ -127,7 +127,8 @@ void reg_flag_of(const char *kind, const char *name, int input, char *buf, size_
         if (xattn_kind_alias(kind, i, &d)) break;
         if (!strcmp(d.name, name)) alias = d.alias;
     }
-    if (!alias && input >= 0 && input < 2) alias = input ? "context" : "x";
+    if (!alias && input >= 0 && input < 2 && strcmp(name, input ? "context" : "x"))
+        alias = input ? "context" : "x";
     size_t o = (size_t)snprintf(buf, cap, "--%s", name);
     if (alias && o < cap) snprintf(buf + o, cap - o, " (or --%s)", alias);
     for (char *c = buf + 2; *c; c++)
@@ -193,11 +194,11 @@ static int pick(const char *cmd, const reg_args *a, const xattn_safetensors *st,
             return cli_error(cmd, a->model, "--module %s, but the tensors are a %s (%s)", a->kind,
                              ref, other);
         }
-        const char *foreign = a->prefix ? NULL : reg_foreign_module(st);
-        if (foreign)
-            return cli_error(cmd, a->model, "--module %s, but the tensors are a %s", a->kind,
-                             foreign);
     }
+    xattn_module *m = NULL;
+    if (!a->kind && !a->prefix && !n && xattn_module_open(st, NULL, &m) == XATTN_ERR_UNSUPPORTED)
+        return cli_lib_error(cmd, a->model); /* tensor names it cannot take */
+    xattn_module_free(m);
     return cli_error(cmd, a->model, "no %s module found%s%s%s (see 'xattn inspect')",
                      a->kind ? a->kind : "", a->prefix ? " at prefix '" : "",
                      a->prefix ? cli_printable(a->prefix, pp, sizeof pp) : "",
@@ -271,6 +272,20 @@ static int option_error(const char *cmd, const char *model, const reg_state *s)
 int reg_open(const char *cmd, const reg_args *a, reg_state *s)
 {
     memset(s, 0, sizeof *s);
+    if (a->kind) { /* --module names a kind of the registry */
+        char list[512];
+        size_t o = 0, known = 0;
+        for (size_t i = 0; i < xattn_kind_count() && o < sizeof list; i++) {
+            xattn_kind_desc k;
+            if (xattn_kind_info(i, &k)) continue;
+            known |= !strcmp(k.name, a->kind);
+            o += (size_t)snprintf(list + o, sizeof list - o, "%s%s", i ? ", " : "", k.name);
+        }
+        char shown[64];
+        if (!known)
+            return cli_usage(cmd, "--module: '%s' is not a module kind (kinds: %s)",
+                             cli_printable(a->kind, shown, sizeof shown), list);
+    }
     if (!a->model) { /* a kind without weights, named by --module */
         snprintf(s->kind, sizeof s->kind, "%s", a->kind ? a->kind : "");
         for (size_t i = 0; i < xattn_kind_count(); i++) {

@@ -38,6 +38,7 @@ typedef struct reg_state {
     const char *in_flag[REG_MAX_IO];
     xattn_array arr[REG_MAX_IO];
     int unbatched;               /* inputs given without their leading B      */
+    unsigned batch_added;        /* bit i: input i was given so (its B added) */
     /* size symbols bound by the inputs */
     char sym[16][64];
     int64_t sym_val[16];
@@ -63,11 +64,27 @@ void reg_reference_name(const char *kind, char *buf, size_t cap);
 void reg_warn(const char *cmd, const reg_args *a, const reg_state *s);
 /* Reports the library's last error in the command line's terms (files and flags). */
 int reg_lib_error(const char *cmd, const reg_args *a, const reg_state *s);
-/* What the command line's own runners know of the kinds not on the registry (cmd_run.c), for
- * messages: whose option a flag is ("the bidirectional modules"), and the module they find in a
- * file ("BidirectionalCrossAttention (bidir)"); NULL when they know nothing of it. */
-const char *reg_foreign_flag(const char *flag);
-const char *reg_foreign_module(const xattn_safetensors *st);
+
+/* ---- description templates (reg_text.c; see xattn_kind_brief) ---- */
+
+/* What a front end could not read from a file: the options it set to stand-in values to open
+ * the module, and the options whose values changed with them; both show as '?'. */
+typedef struct reg_unknown {
+    const char *stand_in[16];
+    int n_stand_in;
+    const char *changed[64];
+    int n_changed;
+} reg_unknown;
+/* Expands a template of `kind` (an input's or output's doc) with module m's config; m NULL:
+ * the choices spelled out ("A when f, else B"). u may be NULL. */
+void reg_expand(const char *kind, const xattn_module *m, const reg_unknown *u, const char *tmpl,
+                char *buf, size_t cap);
+/* The one-line description "name=value, ..." of module m from the kind's brief (every option
+ * when it has none). */
+void reg_brief(const char *kind, const xattn_module *m, const reg_unknown *u, char *buf,
+               size_t cap);
+/* The options the brief shows (names, not aliases), in its order; returns how many. */
+int reg_brief_options(const char *kind, const char **names, int cap);
 
 /* Parses argv (argv[0] is the command); reports usage errors. */
 int reg_parse(const char *cmd, int argc, char **argv, reg_args *a, int *help);
@@ -93,9 +110,6 @@ void reg_help_kind(const char *kind);
 int reg_cli_handles(const char *kind);
 /* `xattn run` through the registry. */
 int reg_cmd_run(const char *cmd, int argc, char **argv);
-/* 1 if argv (of run or bench) names a kind (--module, or the one module of its file) that goes
- * through the registry: the kinds the CLI runs this way, or with any_kind every registry kind. */
-int reg_route(int argc, char **argv, int any_kind);
 /* `xattn bench` through the registry. */
 int reg_cmd_bench(const char *cmd, int argc, char **argv);
 

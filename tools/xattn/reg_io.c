@@ -128,11 +128,31 @@ static void expected_text(const reg_state *s, const char *dims, char *buf, size_
         dim_tok(dims, k, tok, sizeof tok);
         int known;
         int64_t v = tok_value(s, tok, &known);
-        o1 += (size_t)snprintf(syms + o1, sizeof syms - o1, "%s%s", k ? ", " : "", tok);
+        const size_t tl = strcspn(tok, "/"); /* "B/1": B or 1 */
+        o1 += (size_t)snprintf(syms + o1, sizeof syms - o1, "%s%.*s%s", k ? ", " : "", (int)tl, tok,
+                               tok[tl] ? " or 1" : "");
         if (known) o2 += (size_t)snprintf(vals + o2, sizeof vals - o2, "%s%lld", k ? ", " : "", (long long)v);
         else o2 += (size_t)snprintf(vals + o2, sizeof vals - o2, "%s?", k ? ", " : "");
     }
     snprintf(buf, cap, "(%s%s) = (%s%s)", syms, nd == 1 ? "," : "", vals, nd == 1 ? "," : "");
+}
+
+/* "(I, J) = (5, 7) or (heads or 1, I, J) = (4, 5, 7)": each alternative with its values. */
+static const char *alternatives_text(const reg_state *s, const char *shape, char *buf, size_t cap)
+{
+    char one[300];
+    size_t o = 0;
+    buf[0] = '\0';
+    for (const char *p = shape; o < cap;) {
+        const size_t l = strcspn(p, "|");
+        char one_alt[256];
+        snprintf(one_alt, sizeof one_alt, "%.*s", (int)l, p);
+        expected_text(s, one_alt, one, sizeof one);
+        o += (size_t)snprintf(buf + o, cap - o, "%s%s", o ? " or " : "", one);
+        if (!p[l]) break;
+        p += l + 1;
+    }
+    return buf;
 }
 
 static int check_dim(const char *cmd, const reg_args *a, reg_state *s, int i, const char *dims,
@@ -163,6 +183,10 @@ static int check_dim(const char *cmd, const reg_args *a, reg_state *s, int i, co
         s->in_desc[i].shape[0] == 'B')
         return cli_error(cmd, file, "last dimension %lld does not match the model's %s %lld (%s)",
                          (long long)got, tok, (long long)want, a->model);
+    if (strchr(s->in_desc[i].shape, '|')) /* a shape of several ranks: each of them */
+        return cli_error(cmd, file, "has shape %s; expected %s for %s",
+                         cli_shape_str(&s->arr[i], sh, sizeof sh),
+                         alternatives_text(s, s->in_desc[i].shape, exp, sizeof exp), s->in_flag[i]);
     expected_text(s, dims, exp, sizeof exp);
     char why[320] = "";
     if (!is_sym(tok) && !strchr(tok, '+')) { /* a config value: say where it came from */
@@ -173,6 +197,12 @@ static int check_dim(const char *cmd, const reg_args *a, reg_state *s, int i, co
             if (!xattn_module_config(s->m, c, &e) && !strcmp(e.name, name) && e.detail[0])
                 snprintf(why, sizeof why, " (%s = %s from the %s)", e.name, e.value, e.detail);
         }
+    }
+    if (s->batch_added >> i & 1u && strchr(dims, ',')) { /* as given: without the batch axis */
+        expected_text(s, strchr(dims, ',') + 1, exp, sizeof exp);
+        return cli_error(cmd, file, "has shape %s; %s needs %s%s",
+                         cli_dims_str(s->arr[i].ndim - 1, s->arr[i].shape + 1, sh, sizeof sh),
+                         s->in_flag[i], exp, why);
     }
     return cli_error(cmd, file, "has shape %s; %s needs %s%s", cli_shape_str(&s->arr[i], sh, sizeof sh),
                      s->in_flag[i], exp, why);
@@ -205,31 +235,31 @@ static int check_shape(const char *cmd, const reg_args *a, reg_state *s, int i)
     const char *dims = alternative(d->shape, x->ndim, alt, sizeof alt);
     int lo0, hi0;
     ranks_of(s->in_desc[0].shape, &lo0, &hi0);
+    if (i > 0 && s->unbatched && d->shape[0] == 'B' && !strchr(d->shape, '|') &&
+        !(s->batch_added >> i & 1u)) {
+        /* beside one sequence, an input that kept its batch axis: what it needs without it */
+        char exp[512];
+        expected_text(s, strchr(d->shape, ',') ? strchr(d->shape, ',') + 1 : "", exp, sizeof exp);
+        return cli_error(cmd, s->in_file[i], "has shape %s; %s needs %s for %s",
+                         cli_shape_str(x, sh, sizeof sh), s->in_flag[i], exp, s->in_file[0]);
+    }
     if (!dims) {
         int lo, hi;
         ranks_of(d->shape, &lo, &hi);
         const int drop = s->unbatched && d->shape[0] == 'B' ? 1 : 0;
-        if (i > 0 && s->in_file[0] && s->arr[0].ndim - drop != hi - drop && lo == hi &&
+        if (i > 0 && s->in_file[0] && x->ndim != s->arr[0].ndim && lo == hi &&
             s->in_desc[0].shape[0] == d->shape[0] && hi0 == hi)
             return cli_error(cmd, s->in_file[i], "has shape %s (rank %d) but %s has rank %d",
-                             cli_shape_str(x, sh, sizeof sh), x->ndim - drop, s->in_file[0],
+                             cli_shape_str(x, sh, sizeof sh), x->ndim, s->in_file[0],
                              s->arr[0].ndim - drop);
         if (i == 0 && d->shape[0] == 'B' && lo == hi)
             return cli_error(cmd, s->in_file[i], "has shape %s (rank %d); expected rank %d to %d (%s)",
                              cli_shape_str(x, sh, sizeof sh), x->ndim, hi - 1, hi, d->shape);
-        char exp[600], one[300];
-        size_t o = 0;
-        for (const char *p = d->shape; o < sizeof exp;) { /* each alternative, with its values */
-            const size_t l = strcspn(p, "|");
-            char one_alt[256];
-            snprintf(one_alt, sizeof one_alt, "%.*s", (int)l, p);
-            expected_text(s, one_alt, one, sizeof one);
-            o += (size_t)snprintf(exp + o, sizeof exp - o, "%s%s", o ? " or " : "", one);
-            if (!p[l]) break;
-            p += l + 1;
-        }
-        return cli_error(cmd, s->in_file[i], "has shape %s; expected %s for %s",
-                         cli_shape_str(x, sh, sizeof sh), exp, s->in_flag[i]);
+        char exp[600], rank[32] = "";
+        if (lo != hi) snprintf(rank, sizeof rank, " (rank %d)", x->ndim); /* what picks one */
+        return cli_error(cmd, s->in_file[i], "has shape %s%s; expected %s for %s",
+                         cli_shape_str(x, sh, sizeof sh), rank,
+                         alternatives_text(s, d->shape, exp, sizeof exp), s->in_flag[i]);
     }
     for (int k = 0; k < x->ndim; k++) {
         int rc = check_dim(cmd, a, s, i, dims, k, x->shape[k], k == x->ndim - 1);
@@ -240,11 +270,16 @@ static int check_shape(const char *cmd, const reg_args *a, reg_state *s, int i)
 
 /* ---- loading ------------------------------------------------------------------------------- */
 
-/* What True means for a mask, from its doc ("True = keep ..."). */
+/* What True means for a mask, from its doc ("True = keep (...)", "True = KEEP, as ..."):
+ * "keep". */
 static void true_means(const char *doc, char *buf, size_t cap)
 {
     const char *p = strstr(doc, "True = ");
-    snprintf(buf, cap, "%.*s", p ? (int)strcspn(p + 7, ",;)") : 4, p ? p + 7 : "true");
+    snprintf(buf, cap, "%.*s", p ? (int)strcspn(p + 7, ",;()") : 4, p ? p + 7 : "true");
+    size_t n = strlen(buf);
+    while (n && buf[n - 1] == ' ') buf[--n] = '\0';
+    for (char *c = buf; *c; c++)
+        if (*c >= 'A' && *c <= 'Z') *c = (char)(*c - 'A' + 'a');
 }
 
 static int load_one(const char *cmd, const reg_args *a, reg_state *s, int i)
@@ -280,6 +315,109 @@ static int output_index(const reg_state *s, const char *name)
     return -1;
 }
 
+/* ---- other kinds' flags ----------------------------------------------------------------- */
+
+/* The input of `kind` that flag `name` (underscores) gives: by name or alias, or x / context
+ * for the first / second input; -1 when none. */
+static int input_of_kind(const char *kind, const char *name)
+{
+    const char *target = reg_alias(kind, name, NULL);
+    if (target) name = target;
+    for (size_t i = 0;; i++) {
+        xattn_io_desc d;
+        if (xattn_kind_io(kind, 0, i, &d)) break;
+        if (!strcmp(d.name, name)) return (int)i;
+    }
+    xattn_io_desc d;
+    if (!strcmp(name, "x") && !xattn_kind_io(kind, 0, 0, &d)) return 0;
+    if (!strcmp(name, "context") && !xattn_kind_io(kind, 0, 1, &d)) return 1;
+    return -1;
+}
+
+/* 1 if flag `name` (underscores) is an input, option or alias of `kind` (the --x / --context
+ * names of every kind aside). */
+static int flag_of_kind(const char *kind, const char *name)
+{
+    if (reg_alias(kind, name, NULL)) return 1;
+    for (size_t i = 0;; i++) {
+        xattn_io_desc d;
+        if (xattn_kind_io(kind, 0, i, &d)) break;
+        if (!strcmp(d.name, name)) return 1;
+    }
+    for (size_t j = 0;; j++) {
+        xattn_arg_desc d;
+        if (xattn_kind_arg(kind, j, &d)) break;
+        if (!d.derived && !strcmp(d.name, name)) return 1;
+    }
+    return 0;
+}
+
+/* The other kinds whose flag `name` is: "the multi-head modules" for kinds of another family,
+ * "REFERENCE (kind)" for the others; "" when none. */
+static void owners_of(const char *kind, const char *name, char *buf, size_t cap)
+{
+    const char *family = xattn_kind_family(kind);
+    size_t o = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < xattn_kind_count() && o < cap; i++) {
+        xattn_kind_desc k;
+        if (xattn_kind_info(i, &k) || !strcmp(k.name, kind) || !flag_of_kind(k.name, name)) continue;
+        const char *fam = xattn_kind_family(k.name);
+        char who[200];
+        if (fam[0] && strcmp(fam, family))
+            snprintf(who, sizeof who, "the %s modules", fam);
+        else {
+            char ref[160];
+            reg_reference_name(k.name, ref, sizeof ref);
+            snprintf(who, sizeof who, "%s (%s)", ref, k.name);
+        }
+        if (!strstr(buf, who)) o += (size_t)snprintf(buf + o, cap - o, "%s%s", o ? ", " : "", who);
+    }
+}
+
+/* "; its masks: --mask, --context-mask: True = keep": the model's masks and what True means. */
+static void masks_text(const reg_state *s, char *buf, size_t cap)
+{
+    char tm[64], first[64] = "", flag[160];
+    int n = 0, same = 1;
+    for (int i = 0; i < s->n_in; i++)
+        if (s->in_desc[i].mask && s->in_desc[i].shape[0]) {
+            true_means(s->in_desc[i].doc, tm, sizeof tm);
+            if (!n++) snprintf(first, sizeof first, "%s", tm);
+            same &= !strcmp(tm, first);
+        }
+    size_t o = 0;
+    buf[0] = '\0';
+    for (int i = 0, k = 0; i < s->n_in && o < cap; i++) {
+        if (!s->in_desc[i].mask || !s->in_desc[i].shape[0]) continue;
+        true_means(s->in_desc[i].doc, tm, sizeof tm);
+        reg_flag_of(s->kind, s->in_desc[i].name, -1, flag, sizeof flag);
+        o += (size_t)snprintf(buf + o, cap - o, "%s%s%s%s%s", k++ ? ", " : "; its masks: ", flag,
+                              same ? "" : " (True = ", same ? "" : tm, same ? "" : ")");
+    }
+    if (n && o < cap) snprintf(buf + o, cap - o, "%s%s", same ? ": True = " : "", same ? first : "");
+}
+
+/* A required input not given that a kind of another family takes as optional by the same flag
+ * (--context: the multi-head modules attend over x without one): the model asks for it. */
+static int asked_by_model(const reg_state *s, int i)
+{
+    const char *family = xattn_kind_family(s->kind);
+    const char *names[3] = {s->in_desc[i].name, i == 0 ? "x" : i == 1 ? "context" : NULL, NULL};
+    for (size_t k = 0; family[0] && k < xattn_kind_count(); k++) {
+        xattn_kind_desc kd;
+        if (xattn_kind_info(k, &kd)) continue;
+        const char *fam = xattn_kind_family(kd.name);
+        if (!fam[0] || !strcmp(fam, family)) continue;
+        for (int f = 0; names[f]; f++) {
+            const int j = input_of_kind(kd.name, names[f]);
+            xattn_io_desc d;
+            if (j >= 0 && !xattn_kind_io(kd.name, 0, (size_t)j, &d) && d.optional) return 1;
+        }
+    }
+    return 0;
+}
+
 /* Maps the remaining options to inputs: --NAME or an alias, or --x / --context for the first /
  * second; an output's alias asks for that output (reg_outputs). */
 static int map_inputs(const char *cmd, const reg_args *a, reg_state *s)
@@ -302,12 +440,14 @@ static int map_inputs(const char *cmd, const reg_args *a, reg_state *s)
             if (!strcmp(s->in_desc[i].name, name)) hit = i;
         if (hit < 0 && !strcmp(name, "x") && s->n_in > 0) hit = 0;
         if (hit < 0 && !strcmp(name, "context") && s->n_in > 1) hit = 1;
-        const char *owner = hit < 0 ? reg_foreign_flag(a->rest[r].flag) : NULL;
-        if (owner) { /* a flag of a kind the command line runs on its own */
-            char ref[160];
+        char owners[512] = "";
+        if (hit < 0) owners_of(s->kind, name, owners, sizeof owners);
+        if (owners[0]) { /* a flag of other kinds */
+            char ref[160], masks[512];
             reg_reference_name(s->kind, ref, sizeof ref);
-            return cli_error(cmd, a->model, "%s is an option of %s, but the model is a %s (%s)",
-                             a->rest[r].flag, owner, ref, s->kind);
+            masks_text(s, masks, sizeof masks);
+            return cli_error(cmd, a->model, "%s is an option of %s, but the model is a %s (%s%s)",
+                             a->rest[r].flag, owners, ref, s->kind, masks);
         }
         if (hit < 0) {
             char list[1024];
@@ -428,15 +568,24 @@ int reg_inputs(const char *cmd, const reg_args *a, reg_state *s, int gen)
         memmove(x->shape + 1, x->shape, sizeof(int64_t) * (size_t)x->ndim);
         x->shape[0] = 1;
         x->ndim++;
+        s->batch_added |= 1u << i;
     }
     for (int i = 0; i < s->n_in; i++)
         if (s->in_flag[i] && s->in_desc[i].shape[0] && (rc = check_shape(cmd, a, s, i))) return rc;
     for (int i = 0; i < s->n_in; i++) {
         const xattn_io_desc *d = &s->in_desc[i];
-        /* bench: an optional input of data (not a mask or switch: the keys of a cross-attention)
-         * is made too, of --context-len */
-        const int data = !d->mask && d->shape[0];
+        /* bench: an optional input of data (not a mask, bias or switch: the keys of a
+         * cross-attention) is made too, of --context-len */
+        const int data = !d->mask && !d->additive && d->shape[0];
         if (s->in_flag[i] || (d->optional && !(gen && data))) continue;
+        if (!gen && asked_by_model(s, i)) { /* the model's need, not the command line's */
+            char ref[160], flag[160];
+            reg_reference_name(s->kind, ref, sizeof ref);
+            reg_flag_of(s->kind, s->in_desc[i].name, i, flag, sizeof flag);
+            return cli_error(cmd, a->model, "the model is a %s (%s): give %s with %s FILE.npy",
+                             ref, s->kind, s->in_desc[i].doc[0] ? s->in_desc[i].doc : "it",
+                             flag);
+        }
         if (!gen) {
             const char *doc = s->in_desc[i].doc;
             return cli_usage(cmd, "missing --%s FILE.npy%s%s%s", s->in_desc[i].name,
@@ -560,8 +709,19 @@ int reg_outputs(const char *cmd, const reg_args *a, reg_state *s)
             xattn_module_output(s->m, o, &d);
             any_opt |= d.optional;
         }
-        if (!any_opt)
-            return cli_error(cmd, a->model, "--return-attn: %s returns no attention maps", s->kind);
+        if (!any_opt) { /* "a BidirectionalCrossAttentionTransformer (...) returns no ..." */
+            char ref[160], outs[256];
+            reg_reference_name(s->kind, ref, sizeof ref);
+            size_t o = 0;
+            outs[0] = '\0';
+            for (size_t k = 0; k < xattn_module_output_count(s->m) && o < sizeof outs; k++) {
+                xattn_io_desc d;
+                if (!xattn_module_output(s->m, k, &d))
+                    o += (size_t)snprintf(outs + o, sizeof outs - o, "%s%s", k ? ", " : "", d.name);
+            }
+            return cli_error(cmd, a->model, "--return-attn: a %s (%s) returns no attention maps "
+                             "(its outputs: %s)", ref, s->kind, outs);
+        }
     }
     if (xattn_module_plan(s->m, in, n_in, s->out, (size_t)s->n_out))
         return reg_lib_error(cmd, a, s);
@@ -590,13 +750,15 @@ int reg_forward(const char *cmd, const reg_args *a, reg_state *s, xattn_ctx *ctx
 int reg_write(const char *cmd, const reg_args *a, const reg_state *s)
 {
     cli_output outs[REG_MAX_IO];
+    char notes[REG_MAX_IO][256]; /* the docs of optional outputs, for this module */
     for (int o = 0; o < s->n_out; o++) {
         xattn_io_desc d;
         for (size_t k = 0; k < xattn_module_output_count(s->m); k++)
             if (!xattn_module_output(s->m, k, &d) && !strcmp(d.name, s->out[o].name)) break;
         const int drop = s->unbatched && d.shape[0] == 'B';
+        reg_expand(s->kind, s->m, NULL, d.doc, notes[o], sizeof notes[o]);
         cli_output_set(&outs[o], s->out_as[o] ? s->out_as[o] : s->out[o].name, s->out[o].data,
-                       d.optional ? d.doc : NULL,
+                       d.optional ? notes[o] : NULL,
                        s->out[o].ndim - drop, s->out[o].shape + drop);
     }
     return cli_write_outputs(cmd, a->out_dir ? a->out_dir : ".", outs, s->n_out);

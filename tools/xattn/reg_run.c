@@ -1,4 +1,5 @@
 /* `xattn run` and `xattn bench` for the kinds the CLI runs through the registry. */
+#include "modules_ext.h"
 #include "reg_cli.h"
 
 #include <stdio.h>
@@ -6,49 +7,14 @@
 #include <string.h>
 
 /* Kinds whose command-line runs go through the registry. */
-static const char *const REGISTRY_KINDS[] = {"conv2d-cross", "mutual", "mha", "attention", NULL};
+static const char *const REGISTRY_KINDS[] = {"conv2d-cross", "mutual", "mha", "attention",
+                                             "bidir", "bidir-transformer", NULL};
 
 int reg_cli_handles(const char *kind)
 {
     for (int i = 0; kind && REGISTRY_KINDS[i]; i++)
         if (!strcmp(REGISTRY_KINDS[i], kind)) return 1;
     return 0;
-}
-
-static int registry_kind(const char *kind)
-{
-    for (size_t i = 0; kind && i < xattn_kind_count(); i++) {
-        xattn_kind_desc k;
-        if (!xattn_kind_info(i, &k) && !strcmp(k.name, kind)) return 1;
-    }
-    return 0;
-}
-
-int reg_route(int argc, char **argv, int any_kind)
-{
-    const char *model = NULL, *kind = NULL, *prefix = NULL;
-    for (int i = 1; i < argc; i++) {
-        if (!strncmp(argv[i], "--module=", 9)) kind = argv[i] + 9;
-        else if (!strcmp(argv[i], "--module") && i + 1 < argc) kind = argv[++i];
-        else if (!strncmp(argv[i], "--prefix=", 9)) prefix = argv[i] + 9;
-        else if (!strcmp(argv[i], "--prefix") && i + 1 < argc) prefix = argv[++i];
-        else if (argv[i][0] != '-' && !model && strncmp(argv[i - 1], "--", 2)) model = argv[i];
-    }
-    int (*handles)(const char *) = any_kind ? registry_kind : reg_cli_handles;
-    if (kind) return handles(kind);
-    if (!model) return 0;
-    xattn_safetensors *st = NULL;
-    if (xattn_st_open(model, &st)) return 0; /* reported by the runner that takes it */
-    xattn_found f[16];
-    size_t n = xattn_module_scan(st, f, 16), mine = 0, match = 0;
-    for (size_t i = 0; i < n && i < 16; i++) {
-        if (prefix && strcmp(f[i].prefix, prefix)) continue;
-        match++;
-        mine += handles(f[i].kind) != 0;
-    }
-    xattn_st_close(st);
-    /* every module the command could mean is ours (several: the runner says which to pick) */
-    return match ? mine == match : prefix != NULL && n > 0;
 }
 
 static void flag_of(const char *name, char *buf, size_t cap)
@@ -64,7 +30,8 @@ static void also(const char *kind, const char *name, int input, char *buf, size_
 {
     const char *names[16];
     int n = 0;
-    if (input == 0 || input == 1) names[n++] = input ? "context" : "x";
+    if ((input == 0 || input == 1) && strcmp(name, input ? "context" : "x"))
+        names[n++] = input ? "context" : "x";
     for (size_t i = 0; n < 16; i++) {
         xattn_alias_desc d;
         if (xattn_kind_alias(kind, i, &d)) break;
@@ -83,7 +50,7 @@ static void also(const char *kind, const char *name, int input, char *buf, size_
 /* The inputs, options and outputs of one kind. */
 void reg_help_kind(const char *kind)
 {
-    char flag[96], al[160];
+    char flag[96], al[160], doc[1024];
     for (size_t i = 0; i < xattn_kind_count(); i++) {
         xattn_kind_desc k;
         if (!xattn_kind_info(i, &k) && !strcmp(k.name, kind))
@@ -95,9 +62,11 @@ void reg_help_kind(const char *kind)
         if (xattn_kind_io(kind, 0, i, &d)) break;
         flag_of(d.name, flag, sizeof flag);
         also(kind, d.name, (int)i, al, sizeof al);
+        reg_expand(kind, NULL, NULL, d.doc, doc, sizeof doc);
         printf("  %-22s (%s)%s%s %s%s\n", flag, d.shape, d.optional ? " optional" : "",
-               !d.shape[0] ? ", a switch (the flag alone)" : d.additive ? ", bool or float (added)"
-               : d.mask ? ", bool" : "", d.doc, al);
+               !d.shape[0] ? ", a switch (the flag alone)"
+               : d.additive ? (d.mask ? ", bool or float (added)" : ", float")
+               : d.mask ? ", bool" : "", doc, al);
     }
     printf("%s options (the reference constructor's arguments; default in brackets, - = from the file):\n", kind);
     for (size_t j = 0;; j++) {
@@ -126,8 +95,9 @@ void reg_help_kind(const char *kind)
             o += (size_t)snprintf(ask + o, sizeof ask - o, " with %s%s%s%s", flag,
                                   e.as[0] ? " (written as " : "", e.as, e.as[0] ? ".npy)" : "");
         }
+        reg_expand(kind, NULL, NULL, d.doc, doc, sizeof doc);
         printf("  %-22s (%s)%s%s %s\n", d.name, d.shape,
-               d.optional && !variant ? " with --return-attn" : "", ask, d.doc);
+               d.optional && !variant ? " with --return-attn" : "", ask, doc);
     }
 }
 
@@ -148,6 +118,50 @@ static const char *kind_of(const reg_args *a, char *buf, size_t cap)
     return buf[0] ? buf : NULL;
 }
 
+/* `xattn run --help` without a kind: every kind the command line runs this way. */
+static void help_run(void)
+{
+    printf("Runs a module saved from PyTorch with safetensors.torch.save_file(module.state_dict(),\n"
+           "...) on .npy inputs. Its kind is detected from the tensor names (a common name prefix\n"
+           "such as 'blk.attn.' is allowed) and every size from the shapes. Each kind takes the\n"
+           "inputs of its reference's forward as --NAME FILE.npy (dashes for underscores; --x and\n"
+           "--context name the first two; inputs without their leading batch axis are one\n"
+           "sequence) and the arguments of its constructor as options (--NAME VALUE, a bool also\n"
+           "as the flag alone); an option that leaves no trace in the state dict and is neither\n"
+           "given nor in the file's __metadata__ takes the reference's default, announced as a\n"
+           "warning after the run. Masks take the polarity of the reference, as each says.\n"
+           "'xattn run --module KIND --help' (or MODEL.safetensors --help) shows one kind:\n");
+    for (size_t i = 0; i < xattn_kind_count(); i++) {
+        xattn_kind_desc k;
+        if (xattn_kind_info(i, &k) || !reg_cli_handles(k.name)) continue;
+        printf("\n");
+        reg_help_kind(k.name);
+    }
+    printf("\n"
+           "Outputs are float32 .npy files in --out-dir DIR, default '.', created if missing (its\n"
+           "parent must exist); nothing is written, and no earlier output replaced, if anything\n"
+           "fails. Flags of another kind than the file's are an error naming whose they are.\n"
+           "\n"
+           "NaN policy: by default a NaN or an infinity in an input or in the model's weights is\n"
+           "an error naming the file (and tensor) and the first bad index; a float mask may hold\n"
+           "-inf (a masked position) but not NaN or +inf. float64 values beyond the float32 range\n"
+           "count as infinite.\n"
+           "  --allow-nonfinite     pass NaN and infinities through instead (results may then\n"
+           "                        hold NaN)\n"
+           "\n"
+           "other options:\n"
+           "  --module KIND         insist on a module kind (one of those above; an error if the\n"
+           "                        tensors disagree)\n"
+           "  --prefix P            the module at name prefix P, in a file that holds several\n"
+           "  --return-attn         also write the optional outputs (the attention maps)\n"
+           "  --out-dir DIR         where the outputs go (default '.')\n"
+           "  --threads N           threads (default: all cores)\n"
+           "  -h, --help            this help\n");
+    const cli_ext_module *m = cli_ext_at(0);
+    if (m) printf("\nmore modules, each with its own options ('xattn run --module KIND --help'):\n");
+    for (int i = 0; (m = cli_ext_at(i)); i++) printf("  %-24s  %s\n", m->kind, m->summary);
+}
+
 int reg_cmd_run(const char *cmd, int argc, char **argv)
 {
     reg_args a;
@@ -160,7 +174,7 @@ int reg_cmd_run(const char *cmd, int argc, char **argv)
         char kb[64] = "";
         const char *kind = kind_of(&a, kb, sizeof kb);
         if (kind) reg_help_kind(kind);
-        else reg_help_kinds();
+        else help_run();
         return CLI_EXIT_OK;
     }
     if (!a.model && !a.kind) return cli_usage(cmd, "missing MODEL.safetensors");
