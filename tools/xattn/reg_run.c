@@ -237,10 +237,10 @@ int reg_cmd_bench(const char *cmd, int argc, char **argv)
                "\n"
                "Times the forward of a module (any kind 'xattn run' takes, with the same inputs and\n"
                "options) after one warm-up run: the median of --reps runs (default 5) and the peak\n"
-               "resident memory of this process (VmHWM). Inputs not given (but masks) are generated:\n"
-               "the batch of the given inputs (else --batch, default 1), the first other size --len\n"
-               "(default 1024), the next --context-len (default 2 * --len). --out-dir also writes\n"
-               "the outputs of the last run.\n\n");
+               "resident memory of this process (VmHWM). Inputs not given (but masks and biases)\n"
+               "are made: the batch of the given inputs (else --batch, default 1), the first other\n"
+               "size --len (default 1024), the next --context-len (default 2 * --len). --out-dir\n"
+               "also writes the outputs of the last run.\n\n");
         char kb[64] = "";
         const char *kind = kind_of(&a, kb, sizeof kb);
         if (kind) reg_help_kind(kind);
