@@ -1029,6 +1029,11 @@ XATTN_API size_t xattn_module_input_count(const xattn_module *m);
 XATTN_API xattn_status xattn_module_input(const xattn_module *m, size_t i, xattn_io_desc *d);
 XATTN_API size_t xattn_module_output_count(const xattn_module *m);
 XATTN_API xattn_status xattn_module_output(const xattn_module *m, size_t i, xattn_io_desc *d);
+/* Inputs a kind takes in exactly one of several ways: alternatives separated by '|', each a
+ * comma-separated list of optional inputs, one or more of which make that alternative
+ * ("encoder_hidden_states|video,audio": the memory, or the features that build it); "" when the
+ * kind has none. xattn_module_plan refuses inputs of two alternatives, or of none. */
+XATTN_API const char *xattn_kind_one_of(const char *kind);
 
 /* A named array (borrowed data, row-major, contiguous). */
 typedef struct xattn_tensor {

@@ -488,3 +488,9 @@ xattn_status xattn_kind_io(const char *kind, int output, size_t i, xattn_io_desc
     xa_clear_error();
     return XATTN_OK;
 }
+
+const char *xattn_kind_one_of(const char *kind)
+{
+    const xa_kind *k = xa_kind_find(kind);
+    return k && k->one_of ? k->one_of : "";
+}

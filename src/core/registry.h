@@ -76,6 +76,10 @@ typedef struct xa_kind {
     xattn_status (*check)(const xa_mod *m, const xa_run *r);
     xattn_status (*forward)(const xa_mod *m, const xa_run *r);
     const char *state_dict; /* the tensor names, for --help ("conv_query.{weight,bias}, ...") */
+    /* inputs given in exactly one of several ways (xattn_kind_one_of): alternatives separated
+     * by '|', each a comma-separated list of optional inputs, one or more of which make it;
+     * NULL: none */
+    const char *one_of;
 } xa_kind;
 
 /* Every kind, NULL-terminated (registry.c). */
