@@ -15,11 +15,12 @@ extern const xa_kind xa_kind_mutual;
 extern const xa_kind xa_kind_mha, xa_kind_attention;
 extern const xa_kind xa_kind_joint, xa_kind_interlaced, xa_kind_bert_decoder;
 extern const xa_kind xa_kind_bidir, xa_kind_bidir_transformer;
+extern const xa_kind xa_kind_multiview, xa_kind_hallo_audio;
 
 const xa_kind *const xa_kinds[] = {
-    &xa_kind_bidir, &xa_kind_bidir_transformer, &xa_kind_mha,           &xa_kind_attention,
-    &xa_kind_mutual, &xa_kind_joint,            &xa_kind_interlaced,    &xa_kind_bert_decoder,
-    &xa_kind_conv2d_cross, NULL};
+    &xa_kind_bidir,       &xa_kind_bidir_transformer, &xa_kind_mha,          &xa_kind_attention,
+    &xa_kind_mutual,      &xa_kind_joint,             &xa_kind_interlaced,   &xa_kind_multiview,
+    &xa_kind_hallo_audio, &xa_kind_bert_decoder,      &xa_kind_conv2d_cross, NULL};
 
 const xa_kind *xa_kind_find(const char *name)
 {

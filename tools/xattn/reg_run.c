@@ -204,6 +204,7 @@ int reg_cmd_bench(const char *cmd, int argc, char **argv)
         }
         if (!rc) {
             qsort(ts, (size_t)reps, sizeof *ts, cmp_double);
+            cli_quiet_writes = a.json; /* stdout is the JSON line */
             if (a.out_dir) rc = reg_write(cmd, &a, &s);
             if (!rc) report(&a, &s, ts, reps, ctx);
         }
