@@ -1076,6 +1076,9 @@ XATTN_API xattn_status xattn_module_output(const xattn_module *m, size_t i, xatt
  * ("encoder_hidden_states|video,audio": the memory, or the features that build it); "" when the
  * kind has none. xattn_module_plan refuses inputs of two alternatives, or of none. */
 XATTN_API const char *xattn_kind_one_of(const char *kind);
+/* The tensor name (relative to a prefix) that marks a kind in a state dict, or '|'-separated
+ * alternatives (a bare layer's, a stack's first layer's); "" for a kind without weights. */
+XATTN_API const char *xattn_kind_anchor(const char *kind);
 
 /* A named array (borrowed data, row-major, contiguous). */
 typedef struct xattn_tensor {

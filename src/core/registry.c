@@ -495,3 +495,9 @@ const char *xattn_kind_one_of(const char *kind)
     const xa_kind *k = xa_kind_find(kind);
     return k && k->one_of ? k->one_of : "";
 }
+
+const char *xattn_kind_anchor(const char *kind)
+{
+    const xa_kind *k = xa_kind_find(kind);
+    return k && k->anchor ? k->anchor : "";
+}

@@ -137,17 +137,25 @@ static int pick(const char *cmd, const reg_args *a, const xattn_safetensors *st,
     if (a->kind) { /* kinds without weights are named, not found */
         for (size_t i = 0; i < xattn_kind_count(); i++) {
             xattn_kind_desc d;
-            if (!xattn_kind_info(i, &d) && !strcmp(d.name, a->kind)) {
+            if (!xattn_kind_info(i, &d) && !strcmp(d.name, a->kind) && !d.state_dict[0]) {
                 snprintf(kind, 64, "%s", a->kind);
                 snprintf(prefix, 256, "%s", a->prefix ? a->prefix : "");
                 return -1; /* found by name: the caller opens it by kind */
             }
         }
     }
-    return cli_error(cmd, a->model, "no %s module found%s%s%s (see 'xattn inspect')",
+    char marks[512] = ""; /* what marks the kind: "a or b" */
+    const char *anchor = a->kind ? xattn_kind_anchor(a->kind) : "";
+    for (size_t o = 0; *anchor && o < sizeof marks; anchor += *anchor == '|') {
+        const size_t l = strcspn(anchor, "|");
+        o += (size_t)snprintf(marks + o, sizeof marks - o, "%s%.*s", o ? " or " : "; expected ",
+                              (int)l, anchor);
+        anchor += l;
+    }
+    return cli_error(cmd, a->model, "no %s module found%s%s%s%s (see 'xattn inspect')",
                      a->kind ? a->kind : "", a->prefix ? " at prefix '" : "",
                      a->prefix ? cli_printable(a->prefix, pp, sizeof pp) : "",
-                     a->prefix ? "'" : "");
+                     a->prefix ? "'" : "", marks);
 }
 
 /* The constructor arguments among the options. */

@@ -58,7 +58,7 @@ static int64_t config_value(const reg_state *s, const char *name, int *ok)
     for (size_t i = 0; i < xattn_module_config_count(s->m); i++) {
         xattn_config_entry e;
         if (!xattn_module_config(s->m, i, &e) && !strcmp(e.name, name)) {
-            *ok = 1;
+            *ok = strcmp(e.value, "None") != 0; /* a size the module lacks: the library says so */
             return atoll(e.value);
         }
     }
@@ -351,13 +351,81 @@ static int generate(const char *cmd, const reg_args *a, reg_state *s, int i)
     return 0;
 }
 
+/* ---- inputs given one of several ways (xattn_kind_one_of: "a|b,c") ---------------------- */
+
+/* The way (0, 1, ...) input `name` belongs to, or -1. */
+static int way_of(const char *one_of, const char *name)
+{
+    const size_t n = strlen(name);
+    int way = 0;
+    for (const char *p = one_of; *p;) {
+        const size_t l = strcspn(p, ",|");
+        if (l == n && !strncmp(p, name, n)) return way;
+        p += l;
+        way += *p == '|';
+        p += *p != '\0';
+    }
+    return -1;
+}
+
+/* "--a (or --context) | --b, --c": the ways as flags. */
+static void ways_text(const reg_state *s, const char *one_of, char *buf, size_t cap)
+{
+    size_t o = 0;
+    buf[0] = '\0';
+    for (int w = 0, n = 0; o < cap; w++, n = 0) {
+        for (int i = 0; i < s->n_in && o < cap; i++) {
+            if (way_of(one_of, s->in_desc[i].name) != w) continue;
+            o += (size_t)snprintf(buf + o, cap - o, "%s--", n++ ? ", " : w ? " | " : "");
+            for (const char *c = s->in_desc[i].name; *c && o + 1 < cap; c++) buf[o++] = *c == '_' ? '-' : *c;
+            buf[o < cap ? o : cap - 1] = '\0';
+            if (i < 2) o += (size_t)snprintf(buf + o, cap - o, " (or --%s)", i ? "context" : "x");
+        }
+        if (!n) break;
+    }
+}
+
+/* Inputs of two ways, or of none (unless bench makes the first): a usage error naming them. */
+static int check_ways(const char *cmd, const reg_state *s, int gen)
+{
+    const char *one_of = xattn_kind_one_of(s->kind);
+    int given = -1, first = -1;
+    char ways[512];
+    for (int i = 0; one_of[0] && i < s->n_in; i++) {
+        const int w = way_of(one_of, s->in_desc[i].name);
+        if (w < 0 || !s->in_flag[i]) continue;
+        if (given >= 0 && w != given) {
+            ways_text(s, one_of, ways, sizeof ways);
+            return cli_usage(cmd, "%s and %s exclude each other: %s takes one of %s",
+                             s->in_flag[first], s->in_flag[i], s->kind, ways);
+        }
+        if (given < 0) given = w, first = i;
+    }
+    if (!one_of[0] || given >= 0 || gen) return 0;
+    ways_text(s, one_of, ways, sizeof ways);
+    return cli_usage(cmd, "missing one of %s", ways);
+}
+
+/* bench: none of the ways given: the first way's inputs are made. */
+static int generate_first_way(const char *cmd, const reg_args *a, reg_state *s)
+{
+    const char *one_of = xattn_kind_one_of(s->kind);
+    for (int i = 0; one_of[0] && i < s->n_in; i++)
+        if (way_of(one_of, s->in_desc[i].name) >= 0 && s->in_flag[i]) return 0;
+    for (int i = 0; one_of[0] && i < s->n_in; i++) {
+        int rc;
+        if (way_of(one_of, s->in_desc[i].name) == 0 && (rc = generate(cmd, a, s, i))) return rc;
+    }
+    return 0;
+}
+
 int reg_inputs(const char *cmd, const reg_args *a, reg_state *s, int gen)
 {
     s->n_in = (int)xattn_module_input_count(s->m);
     if (s->n_in > REG_MAX_IO) return cli_error(cmd, a->model, "too many inputs");
     for (int i = 0; i < s->n_in; i++) xattn_module_input(s->m, (size_t)i, &s->in_desc[i]);
     int rc = map_inputs(cmd, a, s);
-    if (rc) return rc;
+    if (rc || (rc = check_ways(cmd, s, gen))) return rc;
     for (int i = 0; i < s->n_in; i++) {
         if (!s->in_flag[i]) continue;
         if ((rc = load_one(cmd, a, s, i))) return rc;
@@ -389,7 +457,7 @@ int reg_inputs(const char *cmd, const reg_args *a, reg_state *s, int gen)
         }
         if ((rc = generate(cmd, a, s, i))) return rc;
     }
-    return 0;
+    return gen ? generate_first_way(cmd, a, s) : 0;
 }
 
 /* ---- outputs --------------------------------------------------------------------------------- */

@@ -6,7 +6,7 @@
 #include <string.h>
 
 /* Kinds whose command-line runs go through the registry. */
-static const char *const REGISTRY_KINDS[] = {"conv2d-cross", "mutual", NULL};
+static const char *const REGISTRY_KINDS[] = {"conv2d-cross", "mutual", "bert-decoder", NULL};
 
 int reg_cli_handles(const char *kind)
 {
