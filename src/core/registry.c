@@ -211,6 +211,26 @@ xattn_status xattn_kind_arg(const char *kind, size_t j, xattn_arg_desc *a)
     return XATTN_OK;
 }
 
+xattn_status xattn_kind_alias(const char *kind, size_t i, xattn_alias_desc *d)
+{
+    const xa_kind *k = xa_kind_find(kind);
+    if (!k || !d || i >= (size_t)k->n_aliases)
+        return xa_error(XATTN_ERR_ARG, "xattn_kind_alias: no alias %zu of '%s'", i,
+                        kind ? kind : "(null)");
+    memset(d, 0, sizeof *d);
+    d->alias = k->aliases[i].alias;
+    d->name = k->aliases[i].name;
+    d->as = k->aliases[i].as ? k->aliases[i].as : "";
+    xa_clear_error();
+    return XATTN_OK;
+}
+
+const char *xattn_kind_brief(const char *kind)
+{
+    const xa_kind *k = xa_kind_find(kind);
+    return k && k->brief ? k->brief : "";
+}
+
 static xattn_status find_kind(const char *name, const xa_kind **k)
 {
     if ((*k = xa_kind_find(name))) return XATTN_OK;

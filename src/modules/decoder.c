@@ -771,6 +771,13 @@ static const xa_io outputs[] = {
     {"out", "B,T,hidden_size", 0, "last_hidden_state: the output of the last layer"},
 };
 
+/* The names of the hand-written runner's flags (and of BertModel's config: heads). */
+static const xa_alias aliases[] = {
+    {"memory", "encoder_hidden_states", NULL},
+    {"memory_mask", "encoder_attention_mask", NULL},
+    {"heads", "num_attention_heads", NULL},
+};
+
 /* The memory built from video / audio has Nv + Na tokens: a memory mask must match them. */
 static xattn_status check_named(const xa_mod *core, const xa_run *r)
 {
@@ -866,6 +873,8 @@ const xa_kind xa_kind_bert_decoder = {
     .destroy = destroy,
     .check = check_named,
     .forward = forward_named,
+    .aliases = aliases,
+    .n_aliases = (int)(sizeof aliases / sizeof aliases[0]),
     .one_of = "encoder_hidden_states|video,audio",
 };
 

@@ -106,6 +106,46 @@ static void flag_to_name(const char *flag, char *buf, size_t cap)
         if (*c == '-') *c = '_';
 }
 
+/* ---- aliases (other names the kind accepts: older flags, short names) --------------------- */
+
+const char *reg_alias(const char *kind, const char *name, const char **as)
+{
+    for (size_t i = 0;; i++) {
+        xattn_alias_desc d;
+        if (xattn_kind_alias(kind, i, &d)) return NULL;
+        if (strcmp(d.alias, name)) continue;
+        if (as) *as = d.as[0] ? d.as : NULL;
+        return d.name;
+    }
+}
+
+void reg_flag_of(const char *kind, const char *name, int input, char *buf, size_t cap)
+{
+    const char *alias = NULL;
+    for (size_t i = 0; !alias; i++) {
+        xattn_alias_desc d;
+        if (xattn_kind_alias(kind, i, &d)) break;
+        if (!strcmp(d.name, name)) alias = d.alias;
+    }
+    if (!alias && input >= 0 && input < 2) alias = input ? "context" : "x";
+    size_t o = (size_t)snprintf(buf, cap, "--%s", name);
+    if (alias && o < cap) snprintf(buf + o, cap - o, " (or --%s)", alias);
+    for (char *c = buf + 2; *c; c++)
+        if (*c == '_') *c = '-';
+}
+
+void reg_reference_name(const char *kind, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "%s", kind);
+    for (size_t i = 0; i < xattn_kind_count(); i++) {
+        xattn_kind_desc k;
+        if (!xattn_kind_info(i, &k) && !strcmp(k.name, kind))
+            snprintf(buf, cap, "%.*s", (int)strcspn(k.reference, "("), k.reference);
+    }
+    size_t n = strlen(buf);
+    while (n && buf[n - 1] == ' ') buf[--n] = '\0';
+}
+
 /* ---- the module --------------------------------------------------------------------------- */
 
 /* Finds the module of the file (one, or the one --module / --prefix select). */
@@ -134,6 +174,15 @@ static int pick(const char *cmd, const reg_args *a, const xattn_safetensors *st,
         return cli_error(cmd, a->model, "holds %zu modules (%s): choose one with --prefix P%s",
                          match, list, a->kind ? "" : " or --module KIND");
     }
+    char marks[512] = ""; /* " (--module KIND looks for A or B)": the tensor marking the kind */
+    const char *anchor = a->kind ? xattn_kind_anchor(a->kind) : "";
+    for (size_t o = 0; *anchor && o < sizeof marks; anchor += *anchor == '|') {
+        const size_t l = strcspn(anchor, "|");
+        o += (size_t)snprintf(marks + o, sizeof marks - o, "%s%s%s%.*s", o ? " or " : " (--module ",
+                              o ? "" : a->kind, o ? "" : " looks for ", (int)l, anchor);
+        anchor += l;
+        if (!*anchor && o < sizeof marks) snprintf(marks + o, sizeof marks - o, ")");
+    }
     if (a->kind) { /* kinds without weights are named, not found */
         for (size_t i = 0; i < xattn_kind_count(); i++) {
             xattn_kind_desc d;
@@ -143,14 +192,20 @@ static int pick(const char *cmd, const reg_args *a, const xattn_safetensors *st,
                 return -1; /* found by name: the caller opens it by kind */
             }
         }
-    }
-    char marks[512] = ""; /* what marks the kind: "a or b" */
-    const char *anchor = a->kind ? xattn_kind_anchor(a->kind) : "";
-    for (size_t o = 0; *anchor && o < sizeof marks; anchor += *anchor == '|') {
-        const size_t l = strcspn(anchor, "|");
-        o += (size_t)snprintf(marks + o, sizeof marks - o, "%s%.*s", o ? " or " : "; expected ",
-                              (int)l, anchor);
-        anchor += l;
+        /* --module names another kind than the file holds (at the prefix) */
+        const char *other = NULL;
+        for (size_t i = 0; i < n && i < 64 && !other; i++)
+            if (!a->prefix || !strcmp(f[i].prefix, a->prefix)) other = f[i].kind;
+        char ref[160];
+        if (other) {
+            reg_reference_name(other, ref, sizeof ref);
+            return cli_error(cmd, a->model, "--module %s, but the tensors are a %s (%s)%s", a->kind,
+                             ref, other, marks);
+        }
+        const char *foreign = a->prefix ? NULL : reg_foreign_module(st);
+        if (foreign)
+            return cli_error(cmd, a->model, "--module %s, but the tensors are a %s%s", a->kind,
+                             foreign, marks);
     }
     return cli_error(cmd, a->model, "no %s module found%s%s%s%s (see 'xattn inspect')",
                      a->kind ? a->kind : "", a->prefix ? " at prefix '" : "",
@@ -158,20 +213,26 @@ static int pick(const char *cmd, const reg_args *a, const xattn_safetensors *st,
                      a->prefix ? "'" : "", marks);
 }
 
-/* The constructor arguments among the options. */
+/* The constructor arguments among the options (by name or alias; a bool given bare is True). */
 static int collect_options(const char *cmd, reg_state *s, const reg_args *a)
 {
     for (int r = 0; r < a->n_rest; r++) {
         char name[128];
         flag_to_name(a->rest[r].flag, name, sizeof name);
+        const char *target = reg_alias(s->kind, name, NULL);
         for (size_t j = 0;; j++) {
             xattn_arg_desc d;
             if (xattn_kind_arg(s->kind, j, &d)) break;
-            if (strcmp(d.name, name) || d.derived) continue;
-            if (!a->rest[r].value) return cli_usage(cmd, "%s needs a value", a->rest[r].flag);
+            if (strcmp(d.name, target ? target : name) || d.derived) continue;
+            const char *value = a->rest[r].value;
+            if (!value && strcmp(d.type, "bool")) return cli_usage(cmd, "%s needs a value", a->rest[r].flag);
+            for (int k = 0; k < s->n_opts; k++)
+                if (!strcmp(s->opts[k].name, d.name))
+                    return cli_usage(cmd, "%s and %s name the same option", s->opt_names[k],
+                                     a->rest[r].flag);
             s->opt_names[s->n_opts] = a->rest[r].flag;
             s->opts[s->n_opts].name = d.name;
-            s->opts[s->n_opts].value = a->rest[r].value;
+            s->opts[s->n_opts].value = value ? value : "True";
             s->n_opts++;
             s->used[r] = 1;
             break;
@@ -180,18 +241,40 @@ static int collect_options(const char *cmd, reg_state *s, const reg_args *a)
     return 0;
 }
 
-/* A library error about an option value: a usage error naming the flag; else 0. */
-static int option_error(const char *cmd, const char *model)
+/* The flag of option `name` in messages: the one given, else its flag and alias. */
+static void option_flag(const reg_state *s, const char *name, char *buf, size_t cap)
 {
-    const char *e = xattn_last_error();
+    for (int k = 0; k < s->n_opts; k++)
+        if (!strcmp(s->opts[k].name, name)) {
+            snprintf(buf, cap, "%s", s->opt_names[k]);
+            return;
+        }
+    reg_flag_of(s->kind, name, -1, buf, cap);
+}
+
+/* A library error naming an option ("option 'num_heads' ..."): a malformed value is a usage
+ * error naming the flag given; any other is reported on the file, each "option 'NAME'" as its
+ * flag. 0 when the error names no option. */
+static int option_error(const char *cmd, const char *model, const reg_state *s)
+{
+    char e[1024]; /* a copy: the calls below clear the library's last error */
+    snprintf(e, sizeof e, "%s", xattn_last_error());
     const char *q = strstr(e, "option '");
-    if (q && strstr(q, "disagrees")) return cli_error(cmd, model, "%s", q);
     if (!q) return 0;
-    char flag[96];
-    snprintf(flag, sizeof flag, "--%.*s", (int)strcspn(q + 8, "'"), q + 8);
-    for (char *c = flag + 2; *c; c++)
-        if (*c == '_') *c = '-';
-    return cli_usage(cmd, "%s: %s", flag, q);
+    char name[96], flag[160];
+    snprintf(name, sizeof name, "%.*s", (int)strcspn(q + 8, "'"), q + 8);
+    option_flag(s, name, flag, sizeof flag);
+    const char *val = q + 8 + strlen(name);
+    if (!strncmp(val, "' is \"", 6)) { /* option 'NAME' is "VALUE", not EXPECTED */
+        val += 6;
+        const size_t vl = strcspn(val, "\"");
+        const char *exp = strstr(val + vl, ", not ");
+        return cli_usage(cmd, "%s: '%.*s' is not %s", flag, (int)vl, val, exp ? exp + 6 : "valid");
+    }
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%.*soption %s%s", (int)(q - e), e, flag, val + 1);
+    if (!model) return cli_usage(cmd, "%s", msg);
+    return cli_error(cmd, model, "%s", msg);
 }
 
 int reg_open(const char *cmd, const reg_args *a, reg_state *s)
@@ -207,7 +290,7 @@ int reg_open(const char *cmd, const reg_args *a, reg_state *s)
         int rc = collect_options(cmd, s, a);
         if (rc) return rc;
         if (xattn_module_create(s->kind, s->opts, (size_t)s->n_opts, 0, &s->m)) {
-            int orc = option_error(cmd, NULL);
+            int orc = option_error(cmd, NULL, s);
             return orc ? orc : cli_usage(cmd, "%s", xattn_last_error());
         }
         return 0;
@@ -229,16 +312,30 @@ int reg_open(const char *cmd, const reg_args *a, reg_state *s)
     o.options = s->opts;
     o.n_options = (size_t)s->n_opts;
     if (xattn_module_open(s->st, &o, &s->m) != XATTN_OK) {
-        int orc = option_error(cmd, a->model);
+        int orc = option_error(cmd, a->model, s);
         return orc ? orc : cli_lib_error(cmd, a->model);
     }
-    const char *w = xattn_module_warnings(s->m);
-    while (*w) { /* one line each; options are flags here */
-        size_t l = strcspn(w, "\n");
-        fprintf(stderr, "xattn %s: %s: warning: %.*s\n", cmd, a->model, (int)l, w);
+    return 0;
+}
+
+void reg_warn(const char *cmd, const reg_args *a, const reg_state *s)
+{
+    const char *w = s->m ? xattn_module_warnings(s->m) : "";
+    while (*w) { /* one line each, "option 'NAME'" as its flag */
+        const size_t l = strcspn(w, "\n");
+        char line[1024], flag[160];
+        snprintf(line, sizeof line, "%.*s", (int)l, w);
+        char *q = strstr(line, "option '");
+        if (q && strchr(q + 8, '\'')) {
+            char name[96], rest[512];
+            snprintf(name, sizeof name, "%.*s", (int)strcspn(q + 8, "'"), q + 8);
+            snprintf(rest, sizeof rest, "%s", strchr(q + 8, '\'') + 1);
+            reg_flag_of(s->kind, name, -1, flag, sizeof flag);
+            snprintf(q, sizeof line - (size_t)(q - line), "option %s%s", flag, rest);
+        }
+        fprintf(stderr, "xattn %s: %s: warning: %s\n", cmd, a->model ? a->model : s->kind, line);
         w += l + (w[l] == '\n');
     }
-    return 0;
 }
 
 void reg_free(reg_state *s)

@@ -6,7 +6,8 @@
 #include <string.h>
 
 /* Kinds whose command-line runs go through the registry. */
-static const char *const REGISTRY_KINDS[] = {"conv2d-cross", "mutual", "bert-decoder", NULL};
+static const char *const REGISTRY_KINDS[] = {"conv2d-cross", "mutual", "mha", "attention",
+                                             "bert-decoder", NULL};
 
 int reg_cli_handles(const char *kind)
 {
@@ -58,10 +59,32 @@ static void flag_of(const char *name, char *buf, size_t cap)
         if (*c == '_') *c = '-';
 }
 
+/* " [also --a, --b]": the flags that also name `name` (its aliases; --x / --context for the
+ * first two inputs). */
+static void also(const char *kind, const char *name, int input, char *buf, size_t cap)
+{
+    const char *names[16];
+    int n = 0;
+    if (input == 0 || input == 1) names[n++] = input ? "context" : "x";
+    for (size_t i = 0; n < 16; i++) {
+        xattn_alias_desc d;
+        if (xattn_kind_alias(kind, i, &d)) break;
+        if (!strcmp(d.name, name)) names[n++] = d.alias;
+    }
+    size_t o = 0;
+    buf[0] = '\0';
+    for (int k = 0; k < n && o < cap; k++) {
+        char flag[96];
+        flag_of(names[k], flag, sizeof flag);
+        o += (size_t)snprintf(buf + o, cap - o, "%s%s", k ? ", " : " [also ", flag);
+    }
+    if (n && o < cap) snprintf(buf + o, cap - o, "]");
+}
+
 /* The inputs, options and outputs of one kind. */
 void reg_help_kind(const char *kind)
 {
-    char flag[96];
+    char flag[96], al[160];
     for (size_t i = 0; i < xattn_kind_count(); i++) {
         xattn_kind_desc k;
         if (!xattn_kind_info(i, &k) && !strcmp(k.name, kind))
@@ -72,9 +95,10 @@ void reg_help_kind(const char *kind)
         xattn_io_desc d;
         if (xattn_kind_io(kind, 0, i, &d)) break;
         flag_of(d.name, flag, sizeof flag);
+        also(kind, d.name, (int)i, al, sizeof al);
         printf("  %-22s (%s)%s%s %s%s\n", flag, d.shape, d.optional ? " optional" : "",
-               d.additive ? ", bool or float (added)" : d.mask ? ", bool" : "", d.doc,
-               i < 2 ? (i ? " [also --context]" : " [also --x]") : "");
+               !d.shape[0] ? ", a switch (the flag alone)" : d.additive ? ", bool or float (added)"
+               : d.mask ? ", bool" : "", d.doc, al);
     }
     printf("%s options (the reference constructor's arguments; default in brackets, - = from the file):\n", kind);
     for (size_t j = 0;; j++) {
@@ -82,16 +106,47 @@ void reg_help_kind(const char *kind)
         if (xattn_kind_arg(kind, j, &a)) break;
         if (a.derived) continue;
         flag_of(a.name, flag, sizeof flag);
-        printf("  %-22s %-6s [%s] %s%s%s\n", flag, a.type, a.from_shapes ? "-" : a.default_value,
-               a.doc, a.choices[0] ? ": " : "", a.choices);
+        also(kind, a.name, -1, al, sizeof al);
+        printf("  %-22s %-6s [%s] %s%s%s%s%s\n", flag, a.type, a.from_shapes ? "-" : a.default_value,
+               a.doc, a.choices[0] ? ": " : "", a.choices, !strcmp(a.type, "bool") && !a.from_shapes ?
+               " (the flag alone: True)" : "", al);
     }
     printf("%s outputs (DIR/NAME.npy):\n", kind);
     for (size_t i = 0;; i++) {
         xattn_io_desc d;
         if (xattn_kind_io(kind, 1, i, &d)) break;
-        printf("  %-22s (%s)%s %s\n", d.name, d.shape, d.optional ? " with --return-attn" : "",
-               d.doc);
+        char ask[256] = "";
+        size_t o = 0;
+        int variant = 0;
+        for (size_t k = 0; o < sizeof ask; k++) { /* asked by an alias */
+            xattn_alias_desc e;
+            if (xattn_kind_alias(kind, k, &e)) break;
+            if (strcmp(e.name, d.name)) continue;
+            flag_of(e.alias, flag, sizeof flag);
+            variant |= e.as[0] != 0;
+            o += (size_t)snprintf(ask + o, sizeof ask - o, " with %s%s%s%s", flag,
+                                  e.as[0] ? " (written as " : "", e.as, e.as[0] ? ".npy)" : "");
+        }
+        printf("  %-22s (%s)%s%s %s\n", d.name, d.shape,
+               d.optional && !variant ? " with --return-attn" : "", ask, d.doc);
     }
+}
+
+/* The kind a command line means: --module, else the one module of its file (for --help). */
+static const char *kind_of(const reg_args *a, char *buf, size_t cap)
+{
+    if (a->kind || !a->model) return a->kind;
+    xattn_safetensors *st = NULL;
+    xattn_found f[16];
+    if (xattn_st_open(a->model, &st)) return NULL;
+    size_t n = xattn_module_scan(st, f, 16);
+    for (size_t i = 0; i < n && i < 16; i++)
+        if (!a->prefix || !strcmp(f[i].prefix, a->prefix)) {
+            snprintf(buf, cap, "%s", f[i].kind);
+            break;
+        }
+    xattn_st_close(st);
+    return buf[0] ? buf : NULL;
 }
 
 int reg_cmd_run(const char *cmd, int argc, char **argv)
@@ -103,7 +158,10 @@ int reg_cmd_run(const char *cmd, int argc, char **argv)
         printf("usage: xattn run MODEL.safetensors [--module KIND] [--prefix P] --INPUT FILE.npy ...\n"
                "                 [--OPTION VALUE ...] [--return-attn] [--out-dir DIR] [--threads N]\n"
                "                 [--allow-nonfinite]\n\n");
-        reg_help_kind(a.kind);
+        char kb[64] = "";
+        const char *kind = kind_of(&a, kb, sizeof kb);
+        if (kind) reg_help_kind(kind);
+        else reg_help_kinds();
         return CLI_EXIT_OK;
     }
     if (!a.model && !a.kind) return cli_usage(cmd, "missing MODEL.safetensors");
@@ -116,6 +174,7 @@ int reg_cmd_run(const char *cmd, int argc, char **argv)
             rc = cli_lib_error(cmd, NULL);
         if (!rc) rc = reg_forward(cmd, &a, &s, ctx);
         if (!rc) rc = reg_write(cmd, &a, &s);
+        if (!rc) reg_warn(cmd, &a, &s);
         xattn_ctx_free(ctx);
     }
     reg_free(&s);
@@ -128,26 +187,13 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* The reference's class name: its description up to " (". */
-static void reference_name(const char *kind, char *buf, size_t cap)
-{
-    snprintf(buf, cap, "%s", kind);
-    for (size_t i = 0; i < xattn_kind_count(); i++) {
-        xattn_kind_desc k;
-        if (!xattn_kind_info(i, &k) && !strcmp(k.name, kind))
-            snprintf(buf, cap, "%.*s", (int)strcspn(k.reference, "("), k.reference);
-    }
-    size_t n = strlen(buf);
-    while (n && buf[n - 1] == ' ') buf[--n] = '\0';
-}
-
 static void report(const reg_args *a, const reg_state *s, const double *ts, long long reps,
                    xattn_ctx *ctx)
 {
     const char *note;
     const double rss = cli_peak_rss_bytes(&note) / 1048576.0;
     char ref[160], sizes[256];
-    reference_name(s->kind, ref, sizeof ref);
+    reg_reference_name(s->kind, ref, sizeof ref);
     size_t off = 0;
     sizes[0] = '\0';
     for (int i = 0; i < s->n_sym && off < sizeof sizes; i++)
@@ -178,11 +224,13 @@ int reg_cmd_bench(const char *cmd, int argc, char **argv)
                "\n"
                "Times the forward of a module (any kind 'xattn run' takes, with the same inputs and\n"
                "options) after one warm-up run: the median of --reps runs (default 5) and the peak\n"
-               "resident memory of this process (VmHWM). Inputs not given are generated: the batch\n"
-               "of the given inputs (else --batch, default 1), the first other size --len (default\n"
-               "1024), the next --context-len (default 2 * --len). --out-dir also writes the outputs\n"
-               "of the last run.\n\n");
-        if (a.kind) reg_help_kind(a.kind);
+               "resident memory of this process (VmHWM). Inputs not given (but masks) are generated:\n"
+               "the batch of the given inputs (else --batch, default 1), the first other size --len\n"
+               "(default 1024), the next --context-len (default 2 * --len). --out-dir also writes\n"
+               "the outputs of the last run.\n\n");
+        char kb[64] = "";
+        const char *kind = kind_of(&a, kb, sizeof kb);
+        if (kind) reg_help_kind(kind);
         else reg_help_kinds();
         return CLI_EXIT_OK;
     }
@@ -207,6 +255,7 @@ int reg_cmd_bench(const char *cmd, int argc, char **argv)
             cli_quiet_writes = a.json; /* stdout is the JSON line */
             if (a.out_dir) rc = reg_write(cmd, &a, &s);
             if (!rc) report(&a, &s, ts, reps, ctx);
+            if (!rc) reg_warn(cmd, &a, &s);
         }
     }
     xattn_ctx_free(ctx);
