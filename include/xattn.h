@@ -870,10 +870,13 @@ XATTN_API xattn_status xattn_hallo_forward(xattn_ctx *ctx, const xattn_hallo *m,
  * num_attention_heads, intermediate_size, num_hidden_layers, layer_norm_eps, plus encoder_width,
  * bert_encoder and the projector's video_dim / audio_dim / *_projector / *_type_embedding), run
  * by name as BertEncoder.forward: hidden_states, encoder_hidden_states, attention_mask and
- * encoder_attention_mask (BertModel's (B, T) / (B, M) keep masks) -> last_hidden_state; the
- * projector is xattn_decoder_project's. The registry finds a BertEncoder stack
- * (layer.0.crossattention.self.query.weight); a single BertLayer state dict loads with
- * xattn_decoder_load.
+ * encoder_attention_mask (BertModel's (B, T) / (B, M) keep masks) -> out (the last hidden
+ * state). In place of encoder_hidden_states the memory may be built by the projector from the
+ * inputs video (B, Fv, Nv, video_dim) and / or audio (B, Fa, Na, audio_dim), as
+ * xattn_decoder_project does (xattn_kind_one_of: "encoder_hidden_states|video,audio"); the 0-dim
+ * switch "incremental" (nonzero) computes the same output token by token through the K/V cache,
+ * as xattn_decoder_step does. The registry finds a BertEncoder stack
+ * (layer.0.crossattention.self.query.weight) or one BertLayer (crossattention.self.query.weight).
  * Options: heads (num_attention_heads) from opts, else __metadata__ "heads" (or
  * "num_attention_heads"), else 12 (BertConfig's default); layer_norm_eps from opts, else
  * __metadata__ "layer_norm_eps", else 1e-12. Both leave no trace in the tensors: an assumed

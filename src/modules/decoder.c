@@ -875,6 +875,14 @@ const xa_kind xa_kind_bert_decoder = {
     .forward = forward_named,
     .aliases = aliases,
     .n_aliases = (int)(sizeof aliases / sizeof aliases[0]),
+    .brief = "hidden_size,num_attention_heads,intermediate_size,num_hidden_layers,layer_norm_eps,"
+             "encoder_width,video_dim,audio_dim",
+    .state_dict = "[layer.N.]attention.self.{query,key,value}.{weight,bias}, "
+                  "attention.output.dense.{weight,bias}, attention.output.LayerNorm.{weight,bias}, "
+                  "crossattention.<the same> (key and value weights (hidden_size, encoder_width)), "
+                  "intermediate.dense.{weight,bias}, output.dense.{weight,bias}, "
+                  "output.LayerNorm.{weight,bias}; optional proj.video.{weight,bias}, "
+                  "proj.audio.{weight,bias}, type_embedding.video, type_embedding.audio",
     .one_of = "encoder_hidden_states|video,audio",
 };
 

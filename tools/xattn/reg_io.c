@@ -450,16 +450,16 @@ static int check_ways(const char *cmd, const reg_state *s, int gen)
     return cli_usage(cmd, "missing one of %s", ways);
 }
 
-/* 1 if input i belongs to a way of the kind's one-of inputs that is not taken: not the way
- * given, or when none is, not the first (bench makes that one). */
+/* bench: 1 if input i is one of the kind's one-of inputs that is not made: any, once one of
+ * them is given; else those of the ways after the first. */
 static int other_way(const reg_state *s, int i)
 {
     const char *one_of = xattn_kind_one_of(s->kind);
     const int w = way_of(one_of, s->in_desc[i].name);
-    int given = -1;
-    for (int j = 0; w >= 0 && j < s->n_in && given < 0; j++)
-        if (s->in_flag[j]) given = way_of(one_of, s->in_desc[j].name);
-    return w >= 0 && w != (given >= 0 ? given : 0);
+    int given = 0;
+    for (int j = 0; w >= 0 && j < s->n_in; j++)
+        given |= s->in_flag[j] && way_of(one_of, s->in_desc[j].name) >= 0;
+    return w >= 0 && (given || w > 0);
 }
 
 int reg_inputs(const char *cmd, const reg_args *a, reg_state *s, int gen)

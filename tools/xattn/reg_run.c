@@ -100,6 +100,15 @@ void reg_help_kind(const char *kind)
                !d.shape[0] ? ", a switch (the flag alone)" : d.additive ? ", bool or float (added)"
                : d.mask ? ", bool" : "", d.doc, al);
     }
+    const char *one_of = xattn_kind_one_of(kind); /* "a|b,c" -> "--a | --b, --c" */
+    if (one_of[0]) {
+        printf("  give one way (not two, not none): --");
+        for (const char *c = one_of; *c; c++) {
+            if (*c == '|' || *c == ',') printf("%s--", *c == '|' ? " | " : ", ");
+            else putchar(*c == '_' ? '-' : *c);
+        }
+        printf("\n");
+    }
     printf("%s options (the reference constructor's arguments; default in brackets, - = from the file):\n", kind);
     for (size_t j = 0;; j++) {
         xattn_arg_desc a;
