@@ -174,14 +174,17 @@ static int pick(const char *cmd, const reg_args *a, const xattn_safetensors *st,
         return cli_error(cmd, a->model, "holds %zu modules (%s): choose one with --prefix P%s",
                          match, list, a->kind ? "" : " or --module KIND");
     }
-    char marks[512] = ""; /* " (--module KIND looks for A or B)": the tensor marking the kind */
+    /* " (--module KIND looks for A or B)": the tensor that marks the kind (its anchor) */
+    char marks[512] = "";
     const char *anchor = a->kind ? xattn_kind_anchor(a->kind) : "";
-    for (size_t o = 0; *anchor && o < sizeof marks; anchor += *anchor == '|') {
-        const size_t l = strcspn(anchor, "|");
-        o += (size_t)snprintf(marks + o, sizeof marks - o, "%s%s%s%.*s", o ? " or " : " (--module ",
-                              o ? "" : a->kind, o ? "" : " looks for ", (int)l, anchor);
-        anchor += l;
-        if (!*anchor && o < sizeof marks) snprintf(marks + o, sizeof marks - o, ")");
+    if (*anchor) {
+        size_t o = (size_t)snprintf(marks, sizeof marks - 8, " (--module %s looks for ", a->kind);
+        if (o > sizeof marks - 8) o = sizeof marks - 8;
+        for (; *anchor && o + 8 < sizeof marks; anchor++) {
+            if (*anchor == '|') o += (size_t)snprintf(marks + o, sizeof marks - o, " or ");
+            else marks[o++] = *anchor;
+        }
+        snprintf(marks + o, sizeof marks - o, ")");
     }
     if (a->kind) { /* kinds without weights are named, not found */
         for (size_t i = 0; i < xattn_kind_count(); i++) {
