@@ -242,8 +242,10 @@ static xattn_status one_way(const xa_kind *k, const xa_run *r)
         const int i = io_index(k->inputs, k->n_in, name);
         if (i >= 0 && r->in[i]) {
             if (given >= 0 && given != way)
-                return xa_error(XATTN_ERR_ARG, "inputs '%s' and '%s' exclude each other (%s takes "
-                                "one of: %s)", first, name, k->name, ways);
+                return xa_error(XATTN_ERR_ARG,
+                                "inputs '%s' and '%s' exclude each other (%s takes "
+                                "one of: %s)",
+                                first, name, k->name, ways);
             if (given < 0) first = k->inputs[i].name;
             given = way;
         }

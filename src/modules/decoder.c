@@ -786,11 +786,12 @@ static xattn_status check_named(const xa_mod *core, const xa_run *r)
     const int64_t Nv = r->in[IN_VIDEO] ? xa_run_sym(r, "Nv") : 0;
     const int64_t Na = r->in[IN_AUDIO] ? xa_run_sym(r, "Na") : 0;
     if (xa_run_sym(r, "M") == Nv + Na) return XATTN_OK;
-    return xa_error(XATTN_ERR_SHAPE,
-                    "input 'encoder_attention_mask' has %lld keys, but the memory built from %s%s%s "
-                    "has Nv + Na = %lld tokens",
-                    (long long)xa_run_sym(r, "M"), Nv ? "video" : "", Nv && Na ? " and " : "",
-                    Na ? "audio" : "", (long long)(Nv + Na));
+    return xa_error(
+        XATTN_ERR_SHAPE,
+        "input 'encoder_attention_mask' has %lld keys, but the memory built from %s%s%s "
+        "has Nv + Na = %lld tokens",
+        (long long)xa_run_sym(r, "M"), Nv ? "video" : "", Nv && Na ? " and " : "",
+        Na ? "audio" : "", (long long)(Nv + Na));
 }
 
 /* The forward computed as generation computes it: one token at a time, the self-attention

@@ -181,8 +181,10 @@ static int pick(const char *cmd, const reg_args *a, const xattn_safetensors *st,
         size_t o = (size_t)snprintf(marks, sizeof marks - 8, " (--module %s looks for ", a->kind);
         if (o > sizeof marks - 8) o = sizeof marks - 8;
         for (; *anchor && o + 8 < sizeof marks; anchor++) {
-            if (*anchor == '|') o += (size_t)snprintf(marks + o, sizeof marks - o, " or ");
-            else marks[o++] = *anchor;
+            if (*anchor == '|')
+                o += (size_t)snprintf(marks + o, sizeof marks - o, " or ");
+            else
+                marks[o++] = *anchor;
         }
         snprintf(marks + o, sizeof marks - o, ")");
     }
@@ -212,8 +214,8 @@ static int pick(const char *cmd, const reg_args *a, const xattn_safetensors *st,
     }
     return cli_error(cmd, a->model, "no %s module found%s%s%s%s (see 'xattn inspect')",
                      a->kind ? a->kind : "", a->prefix ? " at prefix '" : "",
-                     a->prefix ? cli_printable(a->prefix, pp, sizeof pp) : "",
-                     a->prefix ? "'" : "", marks);
+                     a->prefix ? cli_printable(a->prefix, pp, sizeof pp) : "", a->prefix ? "'" : "",
+                     marks);
 }
 
 /* The constructor arguments among the options (by name or alias; a bool given bare is True). */

@@ -104,8 +104,10 @@ void reg_help_kind(const char *kind)
     if (one_of[0]) {
         printf("  give one way (not two, not none): --");
         for (const char *c = one_of; *c; c++) {
-            if (*c == '|' || *c == ',') printf("%s--", *c == '|' ? " | " : ", ");
-            else putchar(*c == '_' ? '-' : *c);
+            if (*c == '|' || *c == ',')
+                printf("%s--", *c == '|' ? " | " : ", ");
+            else
+                putchar(*c == '_' ? '-' : *c);
         }
         printf("\n");
     }
