@@ -919,7 +919,10 @@ typedef struct xattn_found {
 
 /* Lists the modules of a file (up to cap of them; returns how many there are). */
 XATTN_API size_t xattn_module_scan(const xattn_safetensors *st, xattn_found *found, size_t cap);
-/* Opens a module; o may be NULL (detect the kind; the file must hold one module). */
+/* Opens a module; o may be NULL (detect the kind; the file must hold one module). A kind the
+ * scan does not find (at o->prefix, else anywhere) is opened at o->prefix (NULL: ""), so that
+ * its loader names what is missing; a block the scan leaves out as part of another module
+ * opens this way too. */
 XATTN_API xattn_status xattn_module_open(const xattn_safetensors *st, const xattn_open_opts *o,
                                          xattn_module **out);
 /* A new module of `kind` with the reference's default initialisation: options are the
@@ -971,6 +974,9 @@ typedef struct xattn_io_desc {
     int mask;
     int additive;
     const char *doc;
+    /* an output whose first axis lists parts saved one file each: the name of part k,
+     * "BASE{A+B*k}" (A, B integers or config fields); "" for one array */
+    const char *parts;
 } xattn_io_desc;
 XATTN_API size_t xattn_module_input_count(const xattn_module *m);
 XATTN_API xattn_status xattn_module_input(const xattn_module *m, size_t i, xattn_io_desc *d);
@@ -1012,6 +1018,13 @@ XATTN_API xattn_status xattn_kind_arg(const char *kind, size_t j, xattn_arg_desc
 /* Input (output = 0) or output (output = 1) i of a kind, as xattn_module_input describes it;
  * XATTN_ERR_ARG past the last one. */
 XATTN_API xattn_status xattn_kind_io(const char *kind, int output, size_t i, xattn_io_desc *d);
+/* Other names a front end accepts (older flags, short names): alias i of a kind stands for its
+ * input, option or output `name`; for an optional output, asking for it by the alias writes it
+ * in place of the output `as` ("" when under its own name). XATTN_ERR_ARG past the last one. */
+typedef struct xattn_alias_desc {
+    const char *alias, *name, *as;
+} xattn_alias_desc;
+XATTN_API xattn_status xattn_kind_alias(const char *kind, size_t i, xattn_alias_desc *d);
 
 #ifdef __cplusplus
 }

@@ -26,6 +26,15 @@ typedef struct xa_io {
     const char *doc; /* meaning and mask polarity ("True = keep") */
 } xa_io;
 
+/* Another name a front end accepts for an input, a config field or an output (an older flag,
+ * a short name): {"heads", "num_heads"}. An alias of an optional output asks for that output;
+ * `as` names the output it is then written in place of (NULL: under its own name). */
+typedef struct xa_alias {
+    const char *alias;
+    const char *name;
+    const char *as;
+} xa_alias;
+
 typedef struct xa_run {
     const void *in[XA_MAX_IO];   /* in input-table order; NULL when not given */
     xattn_dtype in_dtype[XA_MAX_IO];
@@ -76,6 +85,12 @@ typedef struct xa_kind {
     xattn_status (*check)(const xa_mod *m, const xa_run *r);
     xattn_status (*forward)(const xa_mod *m, const xa_run *r);
     const char *state_dict; /* the tensor names, for --help ("conv_query.{weight,bias}, ...") */
+    const xa_alias *aliases; /* other names of inputs, fields and outputs (may be NULL)       */
+    int n_aliases;
+    /* In output order (may be NULL): for an output whose first axis lists parts saved one file
+     * each, the name of part k, "BASE{A+B*k}" with A and B integers or config fields
+     * ("attn_weights_{x_layer0+2*k}"); NULL for one array. */
+    const char *const *out_parts;
 } xa_kind;
 
 /* Every kind, NULL-terminated (registry.c). */

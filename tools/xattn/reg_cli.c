@@ -106,6 +106,31 @@ static void flag_to_name(const char *flag, char *buf, size_t cap)
         if (*c == '-') *c = '_';
 }
 
+/* ---- aliases (other names the kind accepts: older flags, short names) --------------------- */
+
+const char *reg_alias(const char *kind, const char *name, const char **as)
+{
+    for (size_t i = 0;; i++) {
+        xattn_alias_desc d;
+        if (xattn_kind_alias(kind, i, &d)) return NULL;
+        if (strcmp(d.alias, name)) continue;
+        if (as) *as = d.as[0] ? d.as : NULL;
+        return d.name;
+    }
+}
+
+void reg_reference_name(const char *kind, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "%s", kind);
+    for (size_t i = 0; i < xattn_kind_count(); i++) {
+        xattn_kind_desc k;
+        if (!xattn_kind_info(i, &k) && !strcmp(k.name, kind))
+            snprintf(buf, cap, "%.*s", (int)strcspn(k.reference, "("), k.reference);
+    }
+    size_t n = strlen(buf);
+    while (n && buf[n - 1] == ' ') buf[--n] = '\0';
+}
+
 /* ---- the module --------------------------------------------------------------------------- */
 
 /* Finds the module of the file (one, or the one --module / --prefix select). */
@@ -150,17 +175,22 @@ static int pick(const char *cmd, const reg_args *a, const xattn_safetensors *st,
                      a->prefix ? "'" : "");
 }
 
-/* The constructor arguments among the options. */
+/* The constructor arguments among the options (by name or alias). */
 static int collect_options(const char *cmd, reg_state *s, const reg_args *a)
 {
     for (int r = 0; r < a->n_rest; r++) {
         char name[128];
         flag_to_name(a->rest[r].flag, name, sizeof name);
+        const char *target = reg_alias(s->kind, name, NULL);
         for (size_t j = 0;; j++) {
             xattn_arg_desc d;
             if (xattn_kind_arg(s->kind, j, &d)) break;
-            if (strcmp(d.name, name) || d.derived) continue;
+            if (strcmp(d.name, target ? target : name) || d.derived) continue;
             if (!a->rest[r].value) return cli_usage(cmd, "%s needs a value", a->rest[r].flag);
+            for (int k = 0; k < s->n_opts; k++)
+                if (!strcmp(s->opts[k].name, d.name))
+                    return cli_usage(cmd, "%s and %s name the same option", s->opt_names[k],
+                                     a->rest[r].flag);
             s->opt_names[s->n_opts] = a->rest[r].flag;
             s->opts[s->n_opts].name = d.name;
             s->opts[s->n_opts].value = a->rest[r].value;
@@ -172,8 +202,8 @@ static int collect_options(const char *cmd, reg_state *s, const reg_args *a)
     return 0;
 }
 
-/* A library error about an option value: a usage error naming the flag; else 0. */
-static int option_error(const char *cmd, const char *model)
+/* A library error about an option value: a usage error naming the flag given; else 0. */
+static int option_error(const char *cmd, const char *model, const reg_state *s)
 {
     const char *e = xattn_last_error();
     const char *q = strstr(e, "option '");
@@ -183,6 +213,10 @@ static int option_error(const char *cmd, const char *model)
     snprintf(flag, sizeof flag, "--%.*s", (int)strcspn(q + 8, "'"), q + 8);
     for (char *c = flag + 2; *c; c++)
         if (*c == '_') *c = '-';
+    for (int k = 0; k < s->n_opts; k++) /* the flag given (an alias, perhaps) */
+        if (!strncmp(q + 8, s->opts[k].name, strlen(s->opts[k].name)) &&
+            q[8 + strlen(s->opts[k].name)] == '\'')
+            snprintf(flag, sizeof flag, "%s", s->opt_names[k]);
     return cli_usage(cmd, "%s: %s", flag, q);
 }
 
@@ -199,7 +233,7 @@ int reg_open(const char *cmd, const reg_args *a, reg_state *s)
         int rc = collect_options(cmd, s, a);
         if (rc) return rc;
         if (xattn_module_create(s->kind, s->opts, (size_t)s->n_opts, 0, &s->m)) {
-            int orc = option_error(cmd, NULL);
+            int orc = option_error(cmd, NULL, s);
             return orc ? orc : cli_usage(cmd, "%s", xattn_last_error());
         }
         return 0;
@@ -221,16 +255,21 @@ int reg_open(const char *cmd, const reg_args *a, reg_state *s)
     o.options = s->opts;
     o.n_options = (size_t)s->n_opts;
     if (xattn_module_open(s->st, &o, &s->m) != XATTN_OK) {
-        int orc = option_error(cmd, a->model);
+        int orc = option_error(cmd, a->model, s);
         return orc ? orc : cli_lib_error(cmd, a->model);
     }
-    const char *w = xattn_module_warnings(s->m);
-    while (*w) { /* one line each; options are flags here */
+    return 0;
+}
+
+void reg_warn(const char *cmd, const reg_args *a, const reg_state *s)
+{
+    const char *w = s->m ? xattn_module_warnings(s->m) : "";
+    while (*w) { /* one line each */
         size_t l = strcspn(w, "\n");
-        fprintf(stderr, "xattn %s: %s: warning: %.*s\n", cmd, a->model, (int)l, w);
+        fprintf(stderr, "xattn %s: %s: warning: %.*s\n", cmd, a->model ? a->model : s->kind, (int)l,
+                w);
         w += l + (w[l] == '\n');
     }
-    return 0;
 }
 
 void reg_free(reg_state *s)

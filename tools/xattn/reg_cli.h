@@ -49,10 +49,19 @@ typedef struct reg_state {
     float *outbuf[REG_MAX_IO];
 } reg_state;
 
+/* The input, option or output of kind that alias `name` (underscores) stands for, and for an
+ * output the output it is written in place of (*as = NULL: its own name); NULL: not an alias. */
+const char *reg_alias(const char *kind, const char *name, const char **as);
+/* The reference's class name of a kind: its description up to " (". */
+void reg_reference_name(const char *kind, char *buf, size_t cap);
+/* Prints the module's warnings (assumed defaults, one line each): after a run that succeeded,
+ * so that an error stays alone on its line. */
+void reg_warn(const char *cmd, const reg_args *a, const reg_state *s);
+
 /* Parses argv (argv[0] is the command); reports usage errors. */
 int reg_parse(const char *cmd, int argc, char **argv, reg_args *a, int *help);
-/* Opens the file and the module (--module / --prefix select), prints assumed defaults as
- * warnings. Returns 0 or an exit code (reported). */
+/* Opens the file and the module (--module / --prefix select). Returns 0 or an exit code
+ * (reported). */
 int reg_open(const char *cmd, const reg_args *a, reg_state *s);
 void reg_free(reg_state *s);
 int reg_check_weights(const char *cmd, const reg_args *a, const reg_state *s);

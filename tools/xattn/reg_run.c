@@ -6,7 +6,7 @@
 #include <string.h>
 
 /* Kinds whose command-line runs go through the registry. */
-static const char *const REGISTRY_KINDS[] = {"conv2d-cross", "mutual", NULL};
+static const char *const REGISTRY_KINDS[] = {"conv2d-cross", "mutual", "joint", "interlaced", NULL};
 
 int reg_cli_handles(const char *kind)
 {
@@ -58,10 +58,29 @@ static void flag_of(const char *name, char *buf, size_t cap)
         if (*c == '_') *c = '-';
 }
 
+/* " [also --a, --b]": the other flags of an input (--x / --context for the first two) or an
+ * option (its aliases). */
+static void also_flags(const char *kind, const char *name, int input, char *buf, size_t cap)
+{
+    size_t o = 0;
+    buf[0] = '\0';
+    const char *pos = input == 0 ? "x" : input == 1 ? "context" : "";
+    if (pos[0] && strcmp(pos, name)) o += (size_t)snprintf(buf, cap, " [also --%s", pos);
+    for (size_t i = 0; o < cap; i++) {
+        xattn_alias_desc d;
+        char flag[96];
+        if (xattn_kind_alias(kind, i, &d)) break;
+        if (strcmp(d.name, name)) continue;
+        flag_of(d.alias, flag, sizeof flag);
+        o += (size_t)snprintf(buf + o, cap - o, "%s%s", o ? ", " : " [also ", flag);
+    }
+    if (o && o < cap) snprintf(buf + o, cap - o, "]");
+}
+
 /* The inputs, options and outputs of one kind. */
 void reg_help_kind(const char *kind)
 {
-    char flag[96];
+    char flag[96], al[160];
     for (size_t i = 0; i < xattn_kind_count(); i++) {
         xattn_kind_desc k;
         if (!xattn_kind_info(i, &k) && !strcmp(k.name, kind))
@@ -72,9 +91,9 @@ void reg_help_kind(const char *kind)
         xattn_io_desc d;
         if (xattn_kind_io(kind, 0, i, &d)) break;
         flag_of(d.name, flag, sizeof flag);
+        also_flags(kind, d.name, (int)i, al, sizeof al);
         printf("  %-22s (%s)%s%s %s%s\n", flag, d.shape, d.optional ? " optional" : "",
-               d.additive ? ", bool or float (added)" : d.mask ? ", bool" : "", d.doc,
-               i < 2 ? (i ? " [also --context]" : " [also --x]") : "");
+               d.additive ? ", bool or float (added)" : d.mask ? ", bool" : "", d.doc, al);
     }
     printf("%s options (the reference constructor's arguments; default in brackets, - = from the file):\n", kind);
     for (size_t j = 0;; j++) {
@@ -82,15 +101,18 @@ void reg_help_kind(const char *kind)
         if (xattn_kind_arg(kind, j, &a)) break;
         if (a.derived) continue;
         flag_of(a.name, flag, sizeof flag);
-        printf("  %-22s %-6s [%s] %s%s%s\n", flag, a.type, a.from_shapes ? "-" : a.default_value,
-               a.doc, a.choices[0] ? ": " : "", a.choices);
+        also_flags(kind, a.name, -1, al, sizeof al);
+        printf("  %-22s %-6s [%s] %s%s%s%s\n", flag, a.type, a.from_shapes ? "-" : a.default_value,
+               a.doc, a.choices[0] ? ": " : "", a.choices, al);
     }
     printf("%s outputs (DIR/NAME.npy):\n", kind);
     for (size_t i = 0;; i++) {
         xattn_io_desc d;
         if (xattn_kind_io(kind, 1, i, &d)) break;
-        printf("  %-22s (%s)%s %s\n", d.name, d.shape, d.optional ? " with --return-attn" : "",
-               d.doc);
+        printf("  %-22s (%s)%s %s%s%s%s\n", d.name, d.shape,
+               d.optional ? " with --return-attn" : "", d.doc,
+               d.parts[0] ? "; saved one file per index k of the first axis, as " : "", d.parts,
+               d.parts[0] ? ".npy" : "");
     }
 }
 
@@ -116,6 +138,7 @@ int reg_cmd_run(const char *cmd, int argc, char **argv)
             rc = cli_lib_error(cmd, NULL);
         if (!rc) rc = reg_forward(cmd, &a, &s, ctx);
         if (!rc) rc = reg_write(cmd, &a, &s);
+        if (!rc) reg_warn(cmd, &a, &s);
         xattn_ctx_free(ctx);
     }
     reg_free(&s);
@@ -128,26 +151,13 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* The reference's class name: its description up to " (". */
-static void reference_name(const char *kind, char *buf, size_t cap)
-{
-    snprintf(buf, cap, "%s", kind);
-    for (size_t i = 0; i < xattn_kind_count(); i++) {
-        xattn_kind_desc k;
-        if (!xattn_kind_info(i, &k) && !strcmp(k.name, kind))
-            snprintf(buf, cap, "%.*s", (int)strcspn(k.reference, "("), k.reference);
-    }
-    size_t n = strlen(buf);
-    while (n && buf[n - 1] == ' ') buf[--n] = '\0';
-}
-
 static void report(const reg_args *a, const reg_state *s, const double *ts, long long reps,
                    xattn_ctx *ctx)
 {
     const char *note;
     const double rss = cli_peak_rss_bytes(&note) / 1048576.0;
     char ref[160], sizes[256];
-    reference_name(s->kind, ref, sizeof ref);
+    reg_reference_name(s->kind, ref, sizeof ref);
     size_t off = 0;
     sizes[0] = '\0';
     for (int i = 0; i < s->n_sym && off < sizeof sizes; i++)
@@ -206,6 +216,7 @@ int reg_cmd_bench(const char *cmd, int argc, char **argv)
             qsort(ts, (size_t)reps, sizeof *ts, cmp_double);
             if (a.out_dir) rc = reg_write(cmd, &a, &s);
             if (!rc) report(&a, &s, ts, reps, ctx);
+            if (!rc) reg_warn(cmd, &a, &s);
         }
     }
     xattn_ctx_free(ctx);
