@@ -116,6 +116,23 @@ void reg_help_kind(const char *kind)
     }
 }
 
+/* The kind a command line means: --module, else the one module of its file (for --help). */
+static const char *kind_of(const reg_args *a, char *buf, size_t cap)
+{
+    if (a->kind || !a->model) return a->kind;
+    xattn_safetensors *st = NULL;
+    xattn_found f[16];
+    if (xattn_st_open(a->model, &st)) return NULL;
+    size_t n = xattn_module_scan(st, f, 16);
+    for (size_t i = 0; i < n && i < 16; i++)
+        if (!a->prefix || !strcmp(f[i].prefix, a->prefix)) {
+            snprintf(buf, cap, "%s", f[i].kind);
+            break;
+        }
+    xattn_st_close(st);
+    return buf[0] ? buf : NULL;
+}
+
 int reg_cmd_run(const char *cmd, int argc, char **argv)
 {
     reg_args a;
@@ -125,7 +142,10 @@ int reg_cmd_run(const char *cmd, int argc, char **argv)
         printf("usage: xattn run MODEL.safetensors [--module KIND] [--prefix P] --INPUT FILE.npy ...\n"
                "                 [--OPTION VALUE ...] [--return-attn] [--out-dir DIR] [--threads N]\n"
                "                 [--allow-nonfinite]\n\n");
-        reg_help_kind(a.kind);
+        char kb[64] = "";
+        const char *kind = kind_of(&a, kb, sizeof kb);
+        if (kind) reg_help_kind(kind);
+        else reg_help_kinds();
         return CLI_EXIT_OK;
     }
     if (!a.model && !a.kind) return cli_usage(cmd, "missing MODEL.safetensors");
