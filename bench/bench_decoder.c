@@ -1,5 +1,5 @@
 /*
- * M8 BERT decoder layers (causal self-attention + cross-attention + FFN) with a KV cache.
+ * BERT decoder layers (causal self-attention + cross-attention + FFN) with a KV cache.
  *
  *   bench_decoder [--threads N] [--reps N] [--json FILE]
  * Configurations (the same "name" strings in bench/torch_decoder.py), hidden 256, heads 4,
@@ -122,10 +122,12 @@ int main(int argc, char **argv)
         float *x = xa_bench_rand((size_t)(B * T * D), 101, 1.0f, 0);
         float *mem = xa_bench_rand((size_t)(B * MEM * D), 102, 1.0f, 0);
         float *out = malloc(sizeof(float) * (size_t)(B * T * D));
-        rc |= xattn_decoder_forward(m, B, T, x, NULL, MEM, mem, NULL, out);
+        xattn_decoder_inputs in = {B, T, MEM, x, NULL, mem, NULL, {0}};
+        xattn_decoder_outputs o = {out, {0}};
+        rc |= xattn_decoder_forward(NULL, m, &in, &o);
         for (int r = 0; r < reps && !rc; r++) {
             double t0 = now_seconds();
-            rc |= xattn_decoder_forward(m, B, T, x, NULL, MEM, mem, NULL, out);
+            rc |= xattn_decoder_forward(NULL, m, &in, &o);
             ts[r] = now_seconds() - t0;
         }
         double flop = B * LAYERS * (layer_flop(T, T / 2.0, MEM) + 4.0 * MEM * D * D);
@@ -145,9 +147,9 @@ int main(int argc, char **argv)
         rc |= xattn_decoder_state_new(m, 1, STEPS, 1, &s);
         for (int r = 0; r <= reps && !rc; r++) { /* r = 0: warm-up */
             double t0 = now_seconds();
-            rc |= xattn_decoder_set_memory(s, MEM, mem, NULL);
+            rc |= xattn_decoder_set_memory(NULL, s, MEM, mem, NULL);
             for (int t = 0; t < STEPS && !rc; t++)
-                rc |= xattn_decoder_step(s, 1, x + t * D, NULL, out + t * D);
+                rc |= xattn_decoder_step(NULL, s, 1, x + t * D, NULL, out + t * D);
             if (r) ts[r - 1] = now_seconds() - t0;
         }
         double inc = rc ? 0 : xa_bench_median(ts, reps);
@@ -155,8 +157,11 @@ int main(int argc, char **argv)
             report(f, "decoder incremental 256 tokens B=1 M=64 d=256 heads=4 ff=1024 layers=2",
                    inc, 0, threads);
         double t0 = now_seconds();
-        for (int t = 1; t <= STEPS && !rc; t++)
-            rc |= xattn_decoder_forward(m, 1, t, x, NULL, MEM, mem, NULL, out);
+        for (int t = 1; t <= STEPS && !rc; t++) {
+            xattn_decoder_inputs in = {1, t, MEM, x, NULL, mem, NULL, {0}};
+            xattn_decoder_outputs o = {out, {0}};
+            rc |= xattn_decoder_forward(NULL, m, &in, &o);
+        }
         double rec = now_seconds() - t0;
         if (!rc) {
             report(f, "decoder recompute 256 tokens B=1 M=64 d=256 heads=4 ff=1024 layers=2", rec,

@@ -137,9 +137,10 @@ def main():
         with tempfile.TemporaryDirectory() as d:
             run([py, "-c", PREPARE, d, str(I), str(J), "0"])
             t = json.loads(run([py, "-c", TORCH_RUN, d, str(a.threads), str(reps), HERE]))
-            x = json.loads(run([a.xattn, "bench", f"{d}/model.safetensors", "--x", f"{d}/x.npy",
-                                "--context", f"{d}/context.npy", "--threads", str(a.threads),
-                                "--reps", str(reps), "--out-dir", d, "--json"]))
+            x = run([a.xattn, "bench", f"{d}/model.safetensors", "--x", f"{d}/x.npy",
+                     "--context", f"{d}/context.npy", "--threads", str(a.threads),
+                     "--reps", str(reps), "--out-dir", d, "--json"])
+            x = json.loads(x.strip().splitlines()[-1])  # the JSON line (after "wrote ..." lines)
             err = max(max_rel_err(f"{d}/out.npy", f"{d}/torch_out.npy"),
                       max_rel_err(f"{d}/context_out.npy", f"{d}/torch_context_out.npy"))
         net = t.get("net_peak_mb")

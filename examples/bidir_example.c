@@ -15,7 +15,7 @@ int main(int argc, char **argv)
     xattn_safetensors *st = NULL;
     xattn_bidir *m = NULL;
     if (xattn_st_open(argv[1], &st) != XATTN_OK ||
-        xattn_bidir_load(st, "", /*heads: talking heads, metadata or 8*/ 0, &m) != XATTN_OK) {
+        xattn_bidir_load(st, "", NULL /* heads: talking heads, metadata or 8 */, &m) != XATTN_OK) {
         fprintf(stderr, "%s\n", xattn_last_error());
         xattn_st_close(st);
         return 1;
@@ -38,7 +38,8 @@ int main(int argc, char **argv)
     xattn_bidir_inputs in = {.B = B, .I = I, .J = J, .x = x, .context = ctx, .mask = mask,
                              .context_mask = cmask};
     int rc = 0;
-    if (xattn_bidir_forward(m, &in, out, cout, attn, NULL) != XATTN_OK) {
+    xattn_bidir_outputs res = {.out = out, .context_out = cout, .attn = attn};
+    if (xattn_bidir_forward(NULL, m, &in, &res) != XATTN_OK) {
         fprintf(stderr, "%s\n", xattn_last_error());
         rc = 1;
     } else {

@@ -390,22 +390,24 @@ XATTN_API xattn_status xattn_mha_forward(xattn_ctx *ctx, const xattn_mha *m,
                                          const xattn_mha_outputs *out);
 
 /* ------------------------------------------------------------------------------------------ */
-/* M2: bidirectional cross-attention (PyPI bidirectional-cross-attention 0.1.0 and 0.0.x)       */
+/* Bidirectional cross-attention (PyPI bidirectional-cross-attention 0.1.0 and 0.0.x)           */
 /* ------------------------------------------------------------------------------------------ */
 
 /*
- * BidirectionalCrossAttention(dim, heads, dim_head, context_dim, talking_heads, prenorm) and
- * BidirectionalCrossAttentionTransformer(dim, depth, context_dim, ff_expansion_factor,
- * final_norms, heads, dim_head, talking_heads), loaded from their state_dict names:
+ * BidirectionalCrossAttention(dim, heads, dim_head, context_dim, dropout, talking_heads,
+ * prenorm) and BidirectionalCrossAttentionTransformer(dim, depth, context_dim,
+ * ff_expansion_factor, final_norms, heads, dim_head, dropout, talking_heads), loaded from
+ * their state_dict names (registry kinds "bidir" and "bidir-transformer"):
  *   attention:   [norm.weight [norm.bias], context_norm.weight [...]] to_qk.weight,
  *                context_to_qk.weight, to_v.weight, context_to_v.weight, to_out.{weight,bias},
  *                context_to_out.{weight,bias} [talking_heads.weight, context_talking_heads.weight]
  *   transformer: layers.L.0.<attention names>, layers.L.1.{0.weight,1.weight,1.bias,3.weight,
  *                3.bias} (feed-forward of x), layers.L.2.* (of the context)
  *                [norm.weight, context_norm.weight]
- * Masks are True = keep; masked similarities are -FLT_MAX, so a fully masked row or column
- * gives a uniform average, exactly as the package. Neither B*H*I*J map is materialised unless
- * attn / context_attn are requested.
+ * The prenorm is nn.RMSNorm (0.1.0: weight only, eps FLT_EPSILON) or nn.LayerNorm (0.0.x:
+ * weight and bias, eps 1e-5), told by the names. Masks are True = keep; masked similarities
+ * are -FLT_MAX, so a fully masked row or column gives a uniform average, exactly as the
+ * package. Neither B*H*I*J map is materialised unless attn / context_attn are requested.
  */
 typedef enum xattn_bidir_norm {
     XATTN_NORM_NONE = 0,
@@ -420,16 +422,29 @@ typedef struct xattn_bidir_config {
     int talking_heads;
     int64_t depth;           /* transformer: layers (1 for the attention module)          */
     int64_t ff_hidden, context_ff_hidden; /* transformer: int(dim * ff_expansion_factor)   */
+    double ff_expansion_factor; /* transformer: the factor (given, or implied by the widths) */
     int final_norms;         /* transformer: norm / context_norm present                   */
-    int64_t context_norm_dim; /* transformer: size of context_norm.weight (dim or context_dim) */
+    int64_t context_norm_dim; /* transformer: size of context_norm.weight (= context_dim)    */
 } xattn_bidir_config;
 
 typedef struct xattn_bidir xattn_bidir;
 
-/* Detects attention vs transformer from the names (after `prefix`); heads <= 0 takes the
- * talking-heads weight's size, else __metadata__ "heads", else 8 (the package default). */
+/* Options of the loader; all zero = what the file tells, else the package's defaults. Values
+ * given must agree with the tensor shapes. */
+typedef struct xattn_bidir_opts {
+    int64_t heads;              /* 0: the talking-heads weight's size, else __metadata__
+                                   "heads", else 8 (the package default, announced)         */
+    int64_t dim_head;           /* 0: inner_dim / heads                                     */
+    double ff_expansion_factor; /* transformer; 0: __metadata__, else the factor the feed-
+                                   forward widths imply                                     */
+    double dropout;             /* 0 (dropout is the identity at inference)                 */
+    uint64_t reserved_[4];      /* must be zero                                             */
+} xattn_bidir_opts;
+
+/* Detects attention vs transformer from the names after `prefix` ("" or e.g. "enc.");
+ * opts may be NULL (all defaults). */
 XATTN_API xattn_status xattn_bidir_load(const xattn_safetensors *st, const char *prefix,
-                                        int64_t heads, xattn_bidir **out);
+                                        const xattn_bidir_opts *opts, xattn_bidir **out);
 XATTN_API void xattn_bidir_free(xattn_bidir *m);
 XATTN_API void xattn_bidir_get_config(const xattn_bidir *m, xattn_bidir_config *cfg);
 
@@ -441,13 +456,23 @@ typedef struct xattn_bidir_inputs {
     const uint8_t *context_mask; /* (B, J) nonzero = keep, or NULL                    */
     const float *rel_pos_bias;  /* (bias_b, bias_h, I, J) added to the similarities   */
     int64_t bias_b, bias_h;     /* 1 or B, 1 or heads                                 */
+    uint64_t reserved_[4];      /* must be zero                                       */
 } xattn_bidir_inputs;
 
-/* out (B, I, dim), context_out (B, J, context_dim); attn and context_attn (B, heads, I, J)
- * optional (attention module only, as the package's return_attn: after talking heads). */
-XATTN_API xattn_status xattn_bidir_forward(const xattn_bidir *m, const xattn_bidir_inputs *in,
-                                           float *out, float *context_out, float *attn,
-                                           float *context_attn);
+typedef struct xattn_bidir_outputs {
+    float *out;                 /* (B, I, dim), required                              */
+    float *context_out;         /* (B, J, context_dim), required                      */
+    float *attn;                /* (B, heads, I, J) or NULL: softmax over j, after talking
+                                   heads (attention module only, as return_attn)      */
+    float *context_attn;        /* (B, heads, I, J) or NULL: softmax over i, likewise  */
+    uint64_t reserved_[4];      /* must be zero                                       */
+} xattn_bidir_outputs;
+
+/* Runs the module on ctx (NULL: the default context). The transformer returns no maps (the
+ * package ignores return_attn): asking it for attn or context_attn is an error. */
+XATTN_API xattn_status xattn_bidir_forward(xattn_ctx *ctx, const xattn_bidir *m,
+                                           const xattn_bidir_inputs *in,
+                                           const xattn_bidir_outputs *out);
 
 /* ------------------------------------------------------------------------------------------ */
 /* M3: mutual cross-attention (parameter-free); M9: cross-attention over 2-D feature maps       */
@@ -784,7 +809,7 @@ XATTN_API xattn_status xattn_hallo_forward(const xattn_hallo *m, const xattn_hal
                                            float *out, float *regions);
 
 /* ------------------------------------------------------------------------------------------ */
-/* M8: decoder layers with causal self-attention, cross-attention and a KV cache               */
+/* BERT decoder layers: causal self-attention, cross-attention and a KV cache                  */
 /* ------------------------------------------------------------------------------------------ */
 /*
  * Hugging Face transformers BertLayer / BertEncoder as a decoder (BertConfig(is_decoder=True,
@@ -796,11 +821,21 @@ XATTN_API xattn_status xattn_hallo_forward(const xattn_hallo *m, const xattn_hal
  * stack "layer.N.<name>" (BertEncoder), N = 0, 1, ...:
  *   attention.self.{query,key,value}.{weight,bias}, attention.output.dense.{weight,bias},
  *   attention.output.LayerNorm.{weight,bias}, crossattention.self.{query,key,value}.{weight,bias}
- *   (key/value weights (hidden, memory_dim): memory_dim may differ from hidden),
- *   crossattention.output.dense.*, crossattention.output.LayerNorm.*, intermediate.dense.*,
- *   output.dense.*, output.LayerNorm.*
- * Options: heads from opts, else __metadata__ "heads" (or "num_attention_heads"), else 12
- * (BertConfig's default); layer_norm_eps from opts, else __metadata__ "layer_norm_eps", else 1e-12.
+ *   (key/value weights (hidden, memory_dim): memory_dim may differ from hidden, as BLIP's
+ *   encoder_width), crossattention.output.dense.*, crossattention.output.LayerNorm.*,
+ *   intermediate.dense.*, output.dense.*, output.LayerNorm.*
+ * Registry kind "bert-decoder" (options named as BertConfig's arguments: hidden_size,
+ * num_attention_heads, intermediate_size, num_hidden_layers, layer_norm_eps, plus encoder_width,
+ * bert_encoder and the projector's video_dim / audio_dim / *_projector / *_type_embedding), run
+ * by name as BertEncoder.forward: hidden_states, encoder_hidden_states, attention_mask and
+ * encoder_attention_mask (BertModel's (B, T) / (B, M) keep masks) -> last_hidden_state; the
+ * projector is xattn_decoder_project's. The registry finds a BertEncoder stack
+ * (layer.0.crossattention.self.query.weight); a single BertLayer state dict loads with
+ * xattn_decoder_load.
+ * Options: heads (num_attention_heads) from opts, else __metadata__ "heads" (or
+ * "num_attention_heads"), else 12 (BertConfig's default); layer_norm_eps from opts, else
+ * __metadata__ "layer_norm_eps", else 1e-12. Both leave no trace in the tensors: an assumed
+ * default is reported by xattn_module_warnings.
  *
  * Masks follow transformers' attention_mask / encoder_attention_mask: 1 (nonzero) = keep. Masked
  * logits take -FLT_MAX as transformers' finfo.min additive mask, so a row with every key masked
@@ -812,14 +847,18 @@ XATTN_API xattn_status xattn_hallo_forward(const xattn_hallo *m, const xattn_hal
  * Modality projector (optional, our design, for the T-V / T-A / T-AV groups): tensors
  *   proj.video.weight (memory_dim, Dv), proj.video.bias (memory_dim),
  *   proj.audio.weight (memory_dim, Da), proj.audio.bias (memory_dim),
- *   type_embedding.video (memory_dim), type_embedding.audio (memory_dim)  (each optional).
+ *   type_embedding.video (memory_dim), type_embedding.audio (memory_dim)  (each optional; a
+ *   projection has both weight and bias).
  * A modality's features (B, F, N, D) (F frames of N tokens) are mean-pooled over frames, then
  * projected: m = mean_f(x[:, f]) W^T + b (+ type_embedding). The memory is the concatenation
  * [video; audio] along the sequence axis (either may be absent): (B, Nv + Na, memory_dim).
+ * Created modules draw proj.* as nn.Linear does and the type embeddings N(0, 1), as the rows of
+ * an nn.Embedding built directly.
  */
 typedef struct xattn_decoder_opts {
-    int64_t heads;         /* <= 0: metadata, else 12                                        */
-    double layer_norm_eps; /* <= 0: metadata, else 1e-12                                     */
+    int64_t heads;         /* num_attention_heads; 0: __metadata__, else 12                   */
+    double layer_norm_eps; /* 0: __metadata__, else 1e-12                                      */
+    uint64_t reserved_[4];
 } xattn_decoder_opts;
 
 typedef struct xattn_decoder_config {
@@ -832,26 +871,37 @@ typedef struct xattn_decoder_config {
 typedef struct xattn_decoder xattn_decoder;
 typedef struct xattn_decoder_state xattn_decoder_state;
 
-XATTN_API void xattn_decoder_opts_init(xattn_decoder_opts *o);
-/* opts may be NULL. */
+/* opts may be NULL (every option at its default). */
 XATTN_API xattn_status xattn_decoder_load(const xattn_safetensors *st, const char *prefix,
                                           const xattn_decoder_opts *opts, xattn_decoder **out);
 XATTN_API void xattn_decoder_free(xattn_decoder *m);
 XATTN_API void xattn_decoder_get_config(const xattn_decoder *m, xattn_decoder_config *cfg);
 
 /* Builds the memory (B, Nv + Na, memory_dim) from video (B, Fv, Nv, Dv) and/or audio
- * (B, Fa, Na, Da) (NULL or N = 0: absent; at least one present; F >= 1). */
-XATTN_API xattn_status xattn_decoder_project(const xattn_decoder *m, int64_t B,
+ * (B, Fa, Na, Da) (NULL or N = 0: absent; at least one present; F >= 1). ctx may be NULL. */
+XATTN_API xattn_status xattn_decoder_project(xattn_ctx *ctx, const xattn_decoder *m, int64_t B,
                                              const float *video, int64_t Fv, int64_t Nv,
                                              const float *audio, int64_t Fa, int64_t Na,
                                              float *memory);
 
-/* Full-sequence forward: x (B, T, hidden), attention_mask (B, T) or NULL, memory (B, M,
- * memory_dim) with M >= 1, memory_mask (B, M) or NULL -> out (B, T, hidden). */
-XATTN_API xattn_status xattn_decoder_forward(const xattn_decoder *m, int64_t B, int64_t T,
-                                             const float *x, const uint8_t *attention_mask,
-                                             int64_t M, const float *memory,
-                                             const uint8_t *memory_mask, float *out);
+typedef struct xattn_decoder_inputs {
+    int64_t B, T, M;
+    const float *x;                /* (B, T, hidden): hidden_states                           */
+    const uint8_t *attention_mask; /* (B, T), nonzero = keep, or NULL                         */
+    const float *memory;           /* (B, M, memory_dim), M >= 1: encoder_hidden_states       */
+    const uint8_t *memory_mask;    /* (B, M), nonzero = keep, or NULL: encoder_attention_mask */
+    uint64_t reserved_[4];
+} xattn_decoder_inputs;
+
+typedef struct xattn_decoder_outputs {
+    float *out; /* (B, T, hidden): last_hidden_state; may be in->x */
+    uint64_t reserved_[4];
+} xattn_decoder_outputs;
+
+/* Full-sequence forward. ctx may be NULL (default context). */
+XATTN_API xattn_status xattn_decoder_forward(xattn_ctx *ctx, const xattn_decoder *m,
+                                             const xattn_decoder_inputs *in,
+                                             const xattn_decoder_outputs *out);
 
 /* Incremental decoding. A state holds, per layer, the self-attention K/V cache for up to
  * max_len positions, the cross-attention K/V of the current memory, and scratch for steps of up
@@ -860,19 +910,22 @@ XATTN_API xattn_status xattn_decoder_forward(const xattn_decoder *m, int64_t B, 
 XATTN_API xattn_status xattn_decoder_state_new(const xattn_decoder *m, int64_t B, int64_t max_len,
                                                int64_t max_step, xattn_decoder_state **out);
 XATTN_API void xattn_decoder_state_free(xattn_decoder_state *s);
-/* Computes the cross-attention K/V of every layer once and resets the position to 0. */
-XATTN_API xattn_status xattn_decoder_set_memory(xattn_decoder_state *s, int64_t M,
-                                                const float *memory, const uint8_t *memory_mask);
+/* Computes the cross-attention K/V of every layer once and resets the position to 0:
+ * memory (B, M, memory_dim), memory_mask (B, M) or NULL. ctx may be NULL. */
+XATTN_API xattn_status xattn_decoder_set_memory(xattn_ctx *ctx, xattn_decoder_state *s,
+                                                int64_t M, const float *memory,
+                                                const uint8_t *memory_mask);
 /* Forgets the decoded tokens (keeps the memory). */
 XATTN_API void xattn_decoder_reset(xattn_decoder_state *s);
 /* Tokens decoded so far. */
 XATTN_API int64_t xattn_decoder_position(const xattn_decoder_state *s);
 /* Decodes n (1 .. max_step) more tokens: x (B, n, hidden), attention_mask (B, n) for these
  * positions (or NULL = all kept) -> out (B, n, hidden), equal to rows pos .. pos+n-1 of the
- * full forward over everything decoded so far. */
-XATTN_API xattn_status xattn_decoder_step(xattn_decoder_state *s, int64_t n, const float *x,
-                                          const uint8_t *attention_mask, float *out);
-
+ * full forward over everything decoded so far (queries at positions pos .. pos+n-1 attend to
+ * keys 0 .. pos+n-1 causally). ctx may be NULL. */
+XATTN_API xattn_status xattn_decoder_step(xattn_ctx *ctx, xattn_decoder_state *s, int64_t n,
+                                          const float *x, const uint8_t *attention_mask,
+                                          float *out);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Modules through the registry: one interface for every kind                                   */

@@ -24,6 +24,29 @@ static const char *const FIXTURES[] = {
 
 static double g_worst_out, g_worst_attn, g_worst_equiv, g_worst_rand;
 
+/* xattn_bidir_load with the heads option (0: not given) */
+static xattn_status load_heads(const xattn_safetensors *st, const char *prefix, int64_t heads,
+                               xattn_bidir **out)
+{
+    xattn_bidir_opts o;
+    memset(&o, 0, sizeof o);
+    o.heads = heads;
+    return xattn_bidir_load(st, prefix, &o, out);
+}
+
+/* xattn_bidir_forward on the default context with the outputs given one by one */
+static xattn_status fwd(const xattn_bidir *m, const xattn_bidir_inputs *in, float *out,
+                        float *context_out, float *attn, float *context_attn)
+{
+    xattn_bidir_outputs o;
+    memset(&o, 0, sizeof o);
+    o.out = out;
+    o.context_out = context_out;
+    o.attn = attn;
+    o.context_attn = context_attn;
+    return xattn_bidir_forward(NULL, m, in, &o);
+}
+
 static const char *meta_str(const xattn_safetensors *st, const char *key)
 {
     const char *v = xattn_st_meta_get(st, key);
@@ -110,7 +133,7 @@ static void run_fixture(const char *file)
     CHECK_OK(xattn_st_open(tu_fixture(file), &st));
     if (!st) return;
     xattn_bidir *m = (xattn_bidir *)&g_worst_out; /* must be overwritten */
-    xattn_status ls = xattn_bidir_load(st, "", 0, &m);
+    xattn_status ls = load_heads(st, "", 0, &m);
     tu_checks++;
     if (ls != XATTN_OK) {
         tu_failures++;
@@ -224,13 +247,13 @@ static void run_fixture(const char *file)
     (snprintf(what, sizeof what, "%s %s (isa %s, threads %d)", name, t, isas[ii], threads), what)
             fill_nan(out, n_out);
             fill_nan(cout, n_cout);
-            CHECK_OK(xattn_bidir_forward(m, &in, out, cout, NULL, NULL));
+            CHECK_OK(fwd(m, &in, out, cout, NULL, NULL));
             worst_out = fmax(worst_out, tu_check_close(WHAT("out"), out, ref_out, n_out, TU_TOL));
             worst_out = fmax(worst_out,
                              tu_check_close(WHAT("context_out"), cout, ref_cout, n_cout, TU_TOL));
             if (is_tf) {
                 /* the transformer returns no maps */
-                xattn_status s = xattn_bidir_forward(m, &in, out2, cout2, attn, cattn);
+                xattn_status s = fwd(m, &in, out2, cout2, attn, cattn);
                 tu_checks++;
                 if (!((s == XATTN_ERR_UNSUPPORTED || s == XATTN_ERR_ARG) &&
                       xattn_last_error()[0])) {
@@ -238,7 +261,7 @@ static void run_fixture(const char *file)
                     fprintf(stderr, "%s: transformer with maps requested -> %s (%s)\n", what,
                             xattn_status_string(s), xattn_last_error());
                 }
-                s = xattn_bidir_forward(m, &in, out2, cout2, NULL, cattn);
+                s = fwd(m, &in, out2, cout2, NULL, cattn);
                 CHECK(s == XATTN_ERR_UNSUPPORTED || s == XATTN_ERR_ARG);
                 continue;
             }
@@ -252,7 +275,7 @@ static void run_fixture(const char *file)
                 fill_nan(cout2, n_cout);
                 fill_nan(attn, n_map);
                 fill_nan(cattn, n_map);
-                CHECK_OK(xattn_bidir_forward(m, &in, out2, cout2, pa, pc));
+                CHECK_OK(fwd(m, &in, out2, cout2, pa, pc));
                 char t2[100];
                 snprintf(t2, sizeof t2, "out with %s vs without", tag);
                 worst_equiv = fmax(worst_equiv, tu_check_close(WHAT(t2), out2, out, n_out, TU_TOL));
@@ -795,7 +818,7 @@ static void run_random_case(const rcase *c, int idx)
     if (c->transformer)
         snprintf(what + n, sizeof what - (size_t)n, " depth=%lld hid=%lld/%lld cnorm=%lld",
                  (long long)c->depth, (long long)c->hid, (long long)c->chid, (long long)c->cnorm);
-    xattn_status ls = st ? xattn_bidir_load(st, p, heads_arg, &m) : XATTN_ERR_IO;
+    xattn_status ls = st ? load_heads(st, p, heads_arg, &m) : XATTN_ERR_IO;
     tu_checks++;
     if (ls != XATTN_OK) {
         tu_failures++;
@@ -878,7 +901,7 @@ static void run_random_case(const rcase *c, int idx)
         char w2[520];
         fill_nan(out, n_out);
         fill_nan(cout, n_cout);
-        CHECK_OK(xattn_bidir_forward(m, &in, out, cout, NULL, NULL));
+        CHECK_OK(fwd(m, &in, out, cout, NULL, NULL));
         snprintf(w2, sizeof w2, "%s [%s] out", what, isas[ii]);
         worst = fmax(worst, check_close_d(w2, out, ro, n_out));
         snprintf(w2, sizeof w2, "%s [%s] context_out", what, isas[ii]);
@@ -888,7 +911,7 @@ static void run_random_case(const rcase *c, int idx)
         fill_nan(cout2, n_cout);
         fill_nan(attn, n_map);
         fill_nan(cattn, n_map);
-        CHECK_OK(xattn_bidir_forward(m, &in, out2, cout2, attn, cattn));
+        CHECK_OK(fwd(m, &in, out2, cout2, attn, cattn));
         snprintf(w2, sizeof w2, "%s [%s] out with maps vs without", what, isas[ii]);
         worst = fmax(worst, tu_check_close(w2, out2, out, n_out, TU_TOL));
         snprintf(w2, sizeof w2, "%s [%s] context_out with maps vs without", what, isas[ii]);
@@ -1002,7 +1025,7 @@ static void expect_load_fail(const wlist *w, const char *prefix, int64_t heads, 
     xattn_safetensors *st = wl_open(w);
     if (!st) return;
     xattn_bidir *m = (xattn_bidir *)&g_buf;
-    xattn_status s = xattn_bidir_load(st, prefix, heads, &m);
+    xattn_status s = load_heads(st, prefix, heads, &m);
     tu_checks++;
     if (s == XATTN_OK || (want != XATTN_OK && s != want) || !xattn_last_error()[0]) {
         tu_failures++;
@@ -1024,7 +1047,7 @@ static xattn_bidir *load_ok(const wlist *w, const char *prefix, int64_t heads)
     xattn_safetensors *st = wl_open(w);
     xattn_bidir *m = NULL;
     if (!st) return NULL;
-    CHECK_OK(xattn_bidir_load(st, prefix, heads, &m));
+    CHECK_OK(load_heads(st, prefix, heads, &m));
     xattn_st_close(st);
     return m;
 }
@@ -1073,36 +1096,36 @@ static void test_errors(void)
         xattn_bidir_inputs in;
         memset(&in, 0, sizeof in);
         in.B = 3, in.I = 5, in.J = 7, in.x = x, in.context = ctx;
-        CHECK_OK(xattn_bidir_forward(m, &in, out, cout, NULL, NULL));
-        CHECK_OK(xattn_bidir_forward(m, &in, out, cout, attn, cattn));
-        CHECK_FAIL(xattn_bidir_forward(NULL, &in, out, cout, NULL, NULL), XATTN_ERR_ARG);
-        CHECK_FAIL(xattn_bidir_forward(m, NULL, out, cout, NULL, NULL), XATTN_ERR_ARG);
-        CHECK_FAIL(xattn_bidir_forward(m, &in, NULL, cout, NULL, NULL), XATTN_ERR_ARG);
+        CHECK_OK(fwd(m, &in, out, cout, NULL, NULL));
+        CHECK_OK(fwd(m, &in, out, cout, attn, cattn));
+        CHECK_FAIL(fwd(NULL, &in, out, cout, NULL, NULL), XATTN_ERR_ARG);
+        CHECK_FAIL(fwd(m, NULL, out, cout, NULL, NULL), XATTN_ERR_ARG);
+        CHECK_FAIL(fwd(m, &in, NULL, cout, NULL, NULL), XATTN_ERR_ARG);
         xattn_bidir_inputs bad = in;
         bad.x = NULL;
-        CHECK_FAIL(xattn_bidir_forward(m, &bad, out, cout, NULL, NULL), XATTN_ERR_ARG);
+        CHECK_FAIL(fwd(m, &bad, out, cout, NULL, NULL), XATTN_ERR_ARG);
         bad = in;
         bad.context = NULL;
-        CHECK_FAIL(xattn_bidir_forward(m, &bad, out, cout, NULL, NULL), XATTN_ERR_ARG);
+        CHECK_FAIL(fwd(m, &bad, out, cout, NULL, NULL), XATTN_ERR_ARG);
         bad = in;
         bad.B = -1;
-        CHECK_FAIL(xattn_bidir_forward(m, &bad, out, cout, NULL, NULL), XATTN_ERR_ARG);
+        CHECK_FAIL(fwd(m, &bad, out, cout, NULL, NULL), XATTN_ERR_ARG);
         bad = in;
         bad.I = -2;
-        CHECK_FAIL(xattn_bidir_forward(m, &bad, out, cout, NULL, NULL), XATTN_ERR_ARG);
+        CHECK_FAIL(fwd(m, &bad, out, cout, NULL, NULL), XATTN_ERR_ARG);
         bad = in;
         bad.J = -2;
-        CHECK_FAIL(xattn_bidir_forward(m, &bad, out, cout, NULL, NULL), XATTN_ERR_ARG);
+        CHECK_FAIL(fwd(m, &bad, out, cout, NULL, NULL), XATTN_ERR_ARG);
         bad = in;
         bad.I = INT64_MAX / 4;
-        CHECK(xattn_bidir_forward(m, &bad, out, cout, NULL, NULL) != XATTN_OK);
+        CHECK(fwd(m, &bad, out, cout, NULL, NULL) != XATTN_OK);
         /* masks given with B = 0 */
         bad = in;
         bad.B = 0;
         bad.mask = mk;
         bad.context_mask = cmk;
         {
-            xattn_status s = xattn_bidir_forward(m, &bad, out, cout, NULL, NULL);
+            xattn_status s = fwd(m, &bad, out, cout, NULL, NULL);
             tu_checks++;
             if (s == XATTN_OK || !xattn_last_error()[0]) {
                 tu_failures++;
@@ -1114,26 +1137,26 @@ static void test_errors(void)
         bad = in;
         bad.rel_pos_bias = bias;
         bad.bias_b = 2, bad.bias_h = 2; /* B = 3 */
-        CHECK_FAIL_SHAPE_OR_ARG(xattn_bidir_forward(m, &bad, out, cout, NULL, NULL));
+        CHECK_FAIL_SHAPE_OR_ARG(fwd(m, &bad, out, cout, NULL, NULL));
         bad.bias_b = 3, bad.bias_h = 3; /* heads = 2 */
-        CHECK_FAIL_SHAPE_OR_ARG(xattn_bidir_forward(m, &bad, out, cout, NULL, NULL));
+        CHECK_FAIL_SHAPE_OR_ARG(fwd(m, &bad, out, cout, NULL, NULL));
         bad.bias_b = 0, bad.bias_h = 1;
-        CHECK_FAIL_SHAPE_OR_ARG(xattn_bidir_forward(m, &bad, out, cout, NULL, NULL));
+        CHECK_FAIL_SHAPE_OR_ARG(fwd(m, &bad, out, cout, NULL, NULL));
         bad.bias_b = 1, bad.bias_h = 0;
-        CHECK_FAIL_SHAPE_OR_ARG(xattn_bidir_forward(m, &bad, out, cout, attn, cattn));
+        CHECK_FAIL_SHAPE_OR_ARG(fwd(m, &bad, out, cout, attn, cattn));
         bad.bias_b = -1, bad.bias_h = 2;
-        CHECK_FAIL_SHAPE_OR_ARG(xattn_bidir_forward(m, &bad, out, cout, NULL, NULL));
+        CHECK_FAIL_SHAPE_OR_ARG(fwd(m, &bad, out, cout, NULL, NULL));
         /* every valid combination works */
         for (int bb = 0; bb < 2; bb++)
             for (int bh = 0; bh < 2; bh++) {
                 bad.bias_b = bb ? 3 : 1;
                 bad.bias_h = bh ? 2 : 1;
-                CHECK_OK(xattn_bidir_forward(m, &bad, out, cout, NULL, NULL));
+                CHECK_OK(fwd(m, &bad, out, cout, NULL, NULL));
             }
         /* a NaN in x row (b=1, i=2) reaches every output of batch 1's context (shared softmax
          * over i) and that x row, but never batch 0 or 2 */
         x[(1 * 5 + 2) * 8 + 3] = NAN;
-        CHECK_OK(xattn_bidir_forward(m, &in, out, cout, NULL, NULL));
+        CHECK_OK(fwd(m, &in, out, cout, NULL, NULL));
         int iso = 1;
         for (int64_t b = 0; b < 3; b += 2) {
             for (int64_t t = 0; t < 5 * 8; t++)
@@ -1300,15 +1323,15 @@ static void test_errors(void)
         xattn_bidir_inputs in;
         memset(&in, 0, sizeof in);
         in.B = 2, in.I = 3, in.J = 4, in.x = x, in.context = ctx;
-        CHECK_OK(xattn_bidir_forward(m, &in, out, cout, NULL, NULL));
-        xattn_status s = xattn_bidir_forward(m, &in, out, cout, attn, cattn);
+        CHECK_OK(fwd(m, &in, out, cout, NULL, NULL));
+        xattn_status s = fwd(m, &in, out, cout, attn, cattn);
         tu_checks++;
         if (!((s == XATTN_ERR_UNSUPPORTED || s == XATTN_ERR_ARG) && xattn_last_error()[0])) {
             tu_failures++;
             fprintf(stderr, "%s:%d: transformer asked for maps -> %s (%s)\n", __FILE__, __LINE__,
                     xattn_status_string(s), xattn_last_error());
         }
-        s = xattn_bidir_forward(m, &in, out, cout, attn, NULL);
+        s = fwd(m, &in, out, cout, attn, NULL);
         CHECK(s == XATTN_ERR_UNSUPPORTED || s == XATTN_ERR_ARG);
         xattn_bidir_free(m);
     }
@@ -1371,8 +1394,8 @@ static void test_errors(void)
     {
         xattn_safetensors *st = wl_open(w);
         xattn_bidir *mm = NULL;
-        CHECK_FAIL(xattn_bidir_load(NULL, "", 2, &mm), XATTN_ERR_ARG);
-        CHECK_FAIL(xattn_bidir_load(st, "", 2, NULL), XATTN_ERR_ARG);
+        CHECK_FAIL(load_heads(NULL, "", 2, &mm), XATTN_ERR_ARG);
+        CHECK_FAIL(load_heads(st, "", 2, NULL), XATTN_ERR_ARG);
         xattn_st_close(st);
     }
     wl_init(w);

@@ -1,5 +1,5 @@
 /*
- * M8: xattn_decoder_* against fixtures from the real transformers BertEncoder / BertLayer
+ * xattn_decoder_* against fixtures from the real transformers BertEncoder / BertLayer
  * (is_decoder=True, add_cross_attention=True; tests/reference/gen_decoder.py), full forward at
  * threads 1 and 2 and kernel sets auto and scalar; incremental decoding (one token per step and
  * mixed step sizes) == the reference on 1, 2 and 3 layers with padded memories; the modality
@@ -16,6 +16,15 @@ static const char *const FIXTURES[] = {"decoder_layer", "decoder_l1", "decoder_l
                                        "decoder_defaults", "decoder_av"};
 
 static double g_worst, g_worst_inc;
+
+static xattn_status fwd(const xattn_decoder *m, int64_t B, int64_t T, const float *x,
+                        const uint8_t *am, int64_t M, const float *mem, const uint8_t *mm,
+                        float *out)
+{
+    xattn_decoder_inputs in = {B, T, M, x, am, mem, mm, {0}};
+    xattn_decoder_outputs o = {out, {0}};
+    return xattn_decoder_forward(NULL, m, &in, &o);
+}
 
 /* 1 if row t of batch b has no kept key among 0..t (transformers: uniform over ALL T keys,
  * which incremental decoding cannot see). */
@@ -45,7 +54,7 @@ static void run_incremental(const xattn_decoder *m, const char *name, int64_t B,
     uint8_t *ms = malloc((size_t)(B * max_step));
     for (int rep = 0; rep < 2; rep++) { /* second pass: reset and decode again (cache reuse) */
         if (rep == 0)
-            CHECK_OK(xattn_decoder_set_memory(s, M, mem, mm));
+            CHECK_OK(xattn_decoder_set_memory(NULL, s, M, mem, mm));
         else
             xattn_decoder_reset(s);
         int64_t pos = 0;
@@ -58,7 +67,7 @@ static void run_incremental(const xattn_decoder *m, const char *name, int64_t B,
                 memcpy(xs + b * n * h, x + (b * T + pos) * h, (size_t)(n * h) * sizeof(float));
                 for (int64_t i = 0; i < n; i++) ms[b * n + i] = am ? am[b * T + pos + i] : 1;
             }
-            xattn_status st = xattn_decoder_step(s, n, xs, am ? ms : NULL, ys);
+            xattn_status st = xattn_decoder_step(NULL, s, n, xs, am ? ms : NULL, ys);
             CHECK_OK(st);
             if (st) break;
             CHECK(xattn_decoder_position(s) == pos + n);
@@ -76,7 +85,7 @@ static void run_incremental(const xattn_decoder *m, const char *name, int64_t B,
         }
     }
     /* past max_len */
-    CHECK_FAIL(xattn_decoder_step(s, 1, xs, NULL, ys), XATTN_ERR_SHAPE);
+    CHECK_FAIL(xattn_decoder_step(NULL, s, 1, xs, NULL, ys), XATTN_ERR_SHAPE);
     free(xs);
     free(ys);
     free(ms);
@@ -128,7 +137,7 @@ static void run_fixture(const char *name)
         for (int t = 1; t <= 2; t++) {
             xattn_set_threads(t);
             memset(out, 0xff, (size_t)no * sizeof(float));
-            CHECK_OK(xattn_decoder_forward(m, B, T, x, am, M, mem, mm, out));
+            CHECK_OK(fwd(m, B, T, x, am, M, mem, mm, out));
             char what[256];
             snprintf(what, sizeof what, "%s out (isa %s, threads %d)", name, isas[ii], t);
             double err = tu_check_close(what, out, ref, no, TU_TOL);
@@ -147,18 +156,19 @@ static void run_fixture(const char *name)
         const float *audio = tu_get_f32(st, "input.audio", &aa);
         const float *em = tu_get_f32(st, "expected.memory", &aem);
         float *pm = malloc((size_t)(B * M * cfg.memory_dim) * sizeof(float));
-        CHECK_OK(xattn_decoder_project(m, B, video, av.shape[1], av.shape[2], audio, aa.shape[1],
-                                       aa.shape[2], pm));
+        CHECK_OK(xattn_decoder_project(NULL, m, B, video, av.shape[1], av.shape[2], audio,
+                                       aa.shape[1], aa.shape[2], pm));
         tu_check_close("projected memory", pm, em, B * M * cfg.memory_dim, TU_TOL);
-        CHECK_OK(xattn_decoder_forward(m, B, T, x, am, M, pm, mm, out));
+        CHECK_OK(fwd(m, B, T, x, am, M, pm, mm, out));
         tu_check_close("out from the projected memory", out, ref, no, TU_TOL);
         /* video only: the first Nv rows of the T-AV memory */
         float *pv = malloc((size_t)(B * av.shape[2] * cfg.memory_dim) * sizeof(float));
-        CHECK_OK(xattn_decoder_project(m, B, video, av.shape[1], av.shape[2], NULL, 0, 0, pv));
+        CHECK_OK(
+            xattn_decoder_project(NULL, m, B, video, av.shape[1], av.shape[2], NULL, 0, 0, pv));
         for (int64_t b = 0; b < B; b++)
             tu_check_close("video-only memory", pv + b * av.shape[2] * cfg.memory_dim,
                            em + b * M * cfg.memory_dim, av.shape[2] * cfg.memory_dim, TU_TOL);
-        CHECK_FAIL(xattn_decoder_project(m, B, NULL, 0, 0, NULL, 0, 0, pv), XATTN_ERR_SHAPE);
+        CHECK_FAIL(xattn_decoder_project(NULL, m, B, NULL, 0, 0, NULL, 0, 0, pv), XATTN_ERR_SHAPE);
         free(pv);
         free(pm);
         xattn_array_free(&av);
@@ -236,7 +246,7 @@ static void test_errors(void)
     CHECK_FAIL(xattn_decoder_load(st, "nope.", NULL, &m), XATTN_ERR_NOT_FOUND);
     CHECK(strstr(xattn_last_error(), "nope.layer.0.attention.self.query.weight") != NULL);
     xattn_decoder_opts o;
-    xattn_decoder_opts_init(&o);
+    memset(&o, 0, sizeof o);
     o.heads = 2;
     o.layer_norm_eps = 1e-3;
     CHECK_OK(xattn_decoder_load(st, "", &o, &m));
@@ -252,17 +262,17 @@ static void test_errors(void)
     CHECK_FAIL(xattn_decoder_state_new(m, 1, 4, 5, &s), XATTN_ERR_SHAPE);
     CHECK_FAIL(xattn_decoder_state_new(m, 0, 4, 1, &s), XATTN_ERR_SHAPE);
     CHECK_OK(xattn_decoder_state_new(m, 1, 2, 2, &s));
-    CHECK_FAIL(xattn_decoder_step(s, 1, x, NULL, y), XATTN_ERR_ARG); /* no memory */
+    CHECK_FAIL(xattn_decoder_step(NULL, s, 1, x, NULL, y), XATTN_ERR_ARG); /* no memory */
     CHECK(strstr(xattn_last_error(), "memory") != NULL);
-    CHECK_FAIL(xattn_decoder_set_memory(s, 0, mem, NULL), XATTN_ERR_SHAPE);
-    CHECK_OK(xattn_decoder_set_memory(s, 1, mem, NULL));
-    CHECK_FAIL(xattn_decoder_step(s, 3, x, NULL, y), XATTN_ERR_SHAPE);
-    CHECK_OK(xattn_decoder_step(s, 2, x, NULL, y));
-    CHECK_FAIL(xattn_decoder_step(s, 1, x, NULL, y), XATTN_ERR_SHAPE);
+    CHECK_FAIL(xattn_decoder_set_memory(NULL, s, 0, mem, NULL), XATTN_ERR_SHAPE);
+    CHECK_OK(xattn_decoder_set_memory(NULL, s, 1, mem, NULL));
+    CHECK_FAIL(xattn_decoder_step(NULL, s, 3, x, NULL, y), XATTN_ERR_SHAPE);
+    CHECK_OK(xattn_decoder_step(NULL, s, 2, x, NULL, y));
+    CHECK_FAIL(xattn_decoder_step(NULL, s, 1, x, NULL, y), XATTN_ERR_SHAPE);
     CHECK(strstr(xattn_last_error(), "max_len") != NULL);
-    CHECK_FAIL(xattn_decoder_forward(m, 1, 0, x, NULL, 1, mem, NULL, y), XATTN_ERR_SHAPE);
-    CHECK_FAIL(xattn_decoder_forward(NULL, 1, 1, x, NULL, 1, mem, NULL, y), XATTN_ERR_ARG);
-    CHECK_FAIL(xattn_decoder_project(m, 1, x, 1, 1, NULL, 0, 0, y), XATTN_ERR_NOT_FOUND);
+    CHECK_FAIL(fwd(m, 1, 0, x, NULL, 1, mem, NULL, y), XATTN_ERR_SHAPE);
+    CHECK_FAIL(fwd(NULL, 1, 1, x, NULL, 1, mem, NULL, y), XATTN_ERR_ARG);
+    CHECK_FAIL(xattn_decoder_project(NULL, m, 1, x, 1, 1, NULL, 0, 0, y), XATTN_ERR_NOT_FOUND);
     xattn_decoder_state_free(s);
     xattn_decoder_free(m);
     CHECK_FAIL(xattn_decoder_load(NULL, "", NULL, &m), XATTN_ERR_ARG);

@@ -37,7 +37,8 @@ static void kinds(void)
     CHECK(conv && mutual);
     xattn_module *m = NULL;
     CHECK_FAIL(xattn_module_create("nope", NULL, 0, 0, &m), XATTN_ERR_ARG);
-    has("kinds: conv2d-cross");
+    has("(kinds: bidir, ");
+    has("conv2d-cross)");
     CHECK(m == NULL);
 }
 

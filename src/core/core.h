@@ -13,8 +13,10 @@
  *      options and metadata that contradict the shapes are errors (xa_cfg_resolve);
  *   3. the kind's hook derives what it needs and checks cross-field rules;
  *   4. the parameter table is instantiated with concrete shapes (xa_params_add_table) and loaded
- *      by one routine that checks presence, dtype and shape of every tensor, refuses tensors the
- *      module would ignore, lays everything out in one block and binds the pointers.
+ *      by one routine that checks presence, dtype and shape of every tensor, refuses a tensor
+ *      the config says is absent (a bias where bias=False), lays everything out in one block and
+ *      binds the pointers. Other tensors of the file (another module, a model's embeddings) are
+ *      not the module's business; gaps in layer stacks are refused by xa_count_layers.
  */
 #ifndef XATTN_CORE_H
 #define XATTN_CORE_H

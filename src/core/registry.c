@@ -13,11 +13,13 @@
 extern const xa_kind xa_kind_conv2d_cross;
 extern const xa_kind xa_kind_mutual;
 extern const xa_kind xa_kind_mha, xa_kind_attention;
-extern const xa_kind xa_kind_joint, xa_kind_interlaced;
+extern const xa_kind xa_kind_joint, xa_kind_interlaced, xa_kind_bert_decoder;
+extern const xa_kind xa_kind_bidir, xa_kind_bidir_transformer;
 
-const xa_kind *const xa_kinds[] = {&xa_kind_conv2d_cross, &xa_kind_mutual, &xa_kind_mha,
-                                   &xa_kind_attention, &xa_kind_joint, &xa_kind_interlaced,
-                                   NULL};
+const xa_kind *const xa_kinds[] = {
+    &xa_kind_bidir, &xa_kind_bidir_transformer, &xa_kind_mha,           &xa_kind_attention,
+    &xa_kind_mutual, &xa_kind_joint,            &xa_kind_interlaced,    &xa_kind_bert_decoder,
+    &xa_kind_conv2d_cross, NULL};
 
 const xa_kind *xa_kind_find(const char *name)
 {
@@ -243,10 +245,14 @@ static int owns(const xa_kind *k, const xattn_safetensors *st, const char *prefi
     xa_mod *m = mod_alloc(k, prefix);
     if (!m) return 0;
     int yes = 0;
+    const size_t pl = strlen(prefix);
     if (k->build(m, st, prefix, NULL, 0) == XATTN_OK) {
-        const size_t pl = strlen(prefix);
         for (int i = 0; i < m->params.n && !yes; i++)
             yes = !strncmp(full, prefix, pl) && !strcmp(full + pl, m->params.p[i].name);
+    } else {
+        /* the outer module needs options to be built (heads the file does not tell): its
+         * tensors cannot be listed, so whatever lies under its prefix is taken as its own */
+        yes = !strncmp(full, prefix, pl);
     }
     xa_mod_free(m);
     return yes;

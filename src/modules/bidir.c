@@ -1,43 +1,45 @@
 /*
- * M2: bidirectional cross-attention (PyPI bidirectional-cross-attention 0.1.0, and 0.0.x).
+ * Bidirectional cross-attention (PyPI bidirectional-cross-attention 0.1.0, and 0.0.x): the
+ * registry kinds "bidir" (BidirectionalCrossAttention) and "bidir-transformer"
+ * (BidirectionalCrossAttentionTransformer).
  *
- *   BidirectionalCrossAttention          [norm.weight [norm.bias], context_norm.weight [...]]
- *                                        to_qk.weight (inner, dim), to_v.weight (inner, dim),
+ *   BidirectionalCrossAttention          to_qk.weight (inner, dim), to_v.weight (inner, dim),
  *                                        context_to_qk.weight (inner, context_dim),
  *                                        context_to_v.weight (inner, context_dim),
- *                                        to_out.weight (dim, inner), to_out.bias (dim),
- *                                        context_to_out.weight (context_dim, inner),
- *                                        context_to_out.bias (context_dim)
- *                                        [talking_heads.weight (H, H, 1, 1),
- *                                         context_talking_heads.weight (H, H, 1, 1)]
+ *                                        to_out.{weight (dim, inner), bias (dim)},
+ *                                        context_to_out.{weight (context_dim, inner), bias},
+ *                                        [norm.weight [norm.bias], context_norm.weight [...]],
+ *                                        [talking_heads.weight, context_talking_heads.weight
+ *                                         (heads, heads, 1, 1)]
  *   BidirectionalCrossAttentionTransformer
  *                                        layers.L.0.<the names above> (prenorm always),
  *                                        layers.L.1.{0.weight, 1.weight, 1.bias, 3.weight,
  *                                        3.bias} (FeedForward of x: RMSNorm, Linear, GELU,
  *                                        Linear), layers.L.2.* (of the context),
- *                                        [norm.weight (dim), context_norm.weight (dim as the
- *                                        package builds it, or context_dim)]
+ *                                        [norm.weight (dim), context_norm.weight (context_dim)]
+ *
+ * Loading is the module core's: the fields below are the constructors' keyword arguments, the
+ * tables their parameters. What the tables cannot say is settled by the build hooks: heads
+ * (the talking-heads weight's size when there is one; else option, __metadata__, or the
+ * package's 8, announced), dim_head = inner_dim / heads, the feed-forward factor (given, or the
+ * shortest one that reproduces both widths int(dim * f), int(context_dim * f)), and the layer
+ * count (indices 0..L-1, each layer complete).
  *
  * Prenorm: nn.RMSNorm(eps=None) (weight only; eps = FLT_EPSILON for fp32) in 0.1.0, nn.LayerNorm
  * (weight and bias, eps 1e-5) in 0.0.x. FeedForward: RMSNorm (FLT_EPSILON), Linear, exact erf
- * GELU, Linear. Heads: the talking-heads weight's size (a caller's heads or __metadata__
- * "heads" must agree with it), else the caller's heads, else __metadata__ "heads", else 8 (the
- * package default); dim_head = inner / heads.
+ * GELU, Linear.
  *
- * Loading checks every tensor (dtype, shape, presence, the same prenorm / talking heads / widths
- * in every layer) before it allocates anything that grows with the depth, so a forged file
- * naming a huge layer index costs nothing; then all weights go into one allocation.
- *
- * forward of one attention: prenorm into scratch; ONE xattn_linear for x against to_qk and
- * to_v stored back to back ((2*inner, dim), so each row of the result holds qk then v), one for
- * the context; xa_bidir_attention reads the heads in place through strides ((h d) channel split,
- * no transposes) and writes both merged-head outputs; then to_out / context_to_out. The
- * transformer adds the output projections straight onto its residual streams (which live in
- * the caller's out / context_out buffers) and runs the feed-forwards the same way.
+ * forward of one attention: prenorm into scratch; ONE linear for x against to_qk and to_v
+ * stored back to back ((2*inner, dim), so each row of the result holds qk then v), one for the
+ * context; the bidirectional attention op reads the heads in place through strides ((h d)
+ * channel split, no transposes) and writes both merged-head outputs; then to_out /
+ * context_to_out. The transformer adds the output projections straight onto its residual
+ * streams (which live in the caller's out / context_out buffers) and runs the feed-forwards the
+ * same way.
  */
-#include "base/base.h"
-#include "modules/weights.h"
-#include "kernels/kernels.h"
+#include "core/registry.h"
+#include "io/io_internal.h"
+#include "kernels/ops.h"
 
 #include <float.h>
 #include <math.h>
@@ -45,6 +47,174 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#define BD_MAX_DEPTH 100000
+
+static const char *const FN_LOAD = "xattn_bidir_load";
+static const char *const FN_FWD = "xattn_bidir_forward";
+
+/* ---------------------------------------------------------------------------------------- */
+/* Fields: the constructors' keyword arguments                                              */
+/* ---------------------------------------------------------------------------------------- */
+
+#define FLD_DIM                                                                                    \
+    {                                                                                              \
+        "dim", XA_T_INT, XA_F_SHAPE | XA_F_REQUIRED, 0, 1, 1e15, NULL, NULL, "width of x"          \
+    }
+#define FLD_CONTEXT_DIM                                                                            \
+    {                                                                                              \
+        "context_dim", XA_T_INT, XA_F_SHAPE | XA_F_OPTIONAL, 0, 1, 1e15, NULL, NULL,               \
+            "width of the context (None: dim)"                                                     \
+    }
+#define FLD_HEADS                                                                                  \
+    {                                                                                              \
+        "heads", XA_T_INT, XA_F_TRACELESS, 8, 1, 1e15, NULL, NULL,                                 \
+            "attention heads (told by the talking-heads weight when there is one)"                 \
+    }
+#define FLD_DIM_HEAD                                                                               \
+    {                                                                                              \
+        "dim_head", XA_T_INT, 0, 64, 1, 1e15, NULL, NULL,                                          \
+            "width of a head (inner_dim = heads * dim_head)"                                       \
+    }
+#define FLD_DROPOUT                                                                                \
+    {                                                                                              \
+        "dropout", XA_T_REAL, 0, 0, 0, 1, NULL, NULL,                                              \
+            "attention dropout (the identity at inference)"                                        \
+    }
+#define FLD_TALKING                                                                                \
+    {                                                                                              \
+        "talking_heads", XA_T_BOOL, XA_F_PRESENCE | XA_F_NOMETA, 0, 0, 1, NULL, NULL,              \
+            "a 1x1 Conv2d mixes the heads of each attention map"                                   \
+    }
+#define FLD_LAYERNORM                                                                              \
+    {                                                                                              \
+        "layernorm", XA_T_BOOL, XA_F_PRESENCE | XA_F_NOMETA, 0, 0, 1, NULL, NULL,                  \
+            "version 0.0.x: the prenorm is nn.LayerNorm (weight and bias, eps 1e-5), not "         \
+            "nn.RMSNorm"                                                                           \
+    }
+#define FLD_INNER                                                                                  \
+    {                                                                                              \
+        "inner_dim", XA_T_INT, XA_F_SHAPE | XA_F_REQUIRED | XA_F_DERIVED, 0, 1, 1e15, NULL, NULL,  \
+            "heads * dim_head"                                                                     \
+    }
+
+/* BidirectionalCrossAttention(dim, heads=8, dim_head=64, context_dim=None, dropout=0.,
+ * talking_heads=False, prenorm=False) */
+static const xa_field attn_fields[] = {
+    FLD_DIM,
+    FLD_HEADS,
+    FLD_DIM_HEAD,
+    FLD_CONTEXT_DIM,
+    FLD_DROPOUT,
+    FLD_TALKING,
+    {"prenorm", XA_T_BOOL, XA_F_PRESENCE | XA_F_NOMETA, 0, 0, 1, NULL, NULL,
+     "normalise x and the context before the projections"},
+    FLD_LAYERNORM,
+    FLD_INNER,
+};
+
+/* BidirectionalCrossAttentionTransformer(dim, depth, context_dim=None, ff_expansion_factor=4.,
+ * final_norms=False, **attn_kwargs: heads, dim_head, dropout, talking_heads) */
+static const xa_field tf_fields[] = {
+    FLD_DIM,
+    {"depth", XA_T_INT, XA_F_REQUIRED, 0, 1, BD_MAX_DEPTH, NULL, NULL, "layers"},
+    FLD_CONTEXT_DIM,
+    {"ff_expansion_factor", XA_T_REAL, 0, 4, 0, 1e9, NULL, NULL,
+     "feed-forward width int(d * factor) for d = dim and context_dim"},
+    {"final_norms", XA_T_BOOL, XA_F_PRESENCE | XA_F_NOMETA, 0, 0, 1, NULL, NULL,
+     "RMSNorm of both outputs after the last layer"},
+    FLD_HEADS,
+    FLD_DIM_HEAD,
+    FLD_DROPOUT,
+    FLD_TALKING,
+    FLD_LAYERNORM,
+    {"prenorm", XA_T_BOOL, XA_F_DERIVED | XA_F_NOMETA, 1, 0, 1, NULL, NULL,
+     "always True: the layers' attentions are built with prenorm"},
+    FLD_INNER,
+    {"ff_hidden", XA_T_INT, XA_F_SHAPE | XA_F_REQUIRED | XA_F_DERIVED, 0, 1, 1e15, NULL, NULL,
+     "int(dim * ff_expansion_factor)"},
+    {"context_ff_hidden", XA_T_INT, XA_F_SHAPE | XA_F_REQUIRED | XA_F_DERIVED, 0, 1, 1e15, NULL,
+     NULL, "int(context_dim * ff_expansion_factor)"},
+};
+
+/* ---------------------------------------------------------------------------------------- */
+/* Parameter tables                                                                         */
+/* ---------------------------------------------------------------------------------------- */
+
+/* One attention, in block order: to_v right after to_qk and context_to_v after context_to_qk
+ * (one GEMM each side); the projections first, so that they bind dim, context_dim and
+ * inner_dim. */
+enum {
+    A_QK,
+    A_V,
+    A_CQK,
+    A_CV,
+    A_OUT_W,
+    A_OUT_B,
+    A_COUT_W,
+    A_COUT_B,
+    A_NORM_W,
+    A_NORM_B,
+    A_CNORM_W,
+    A_CNORM_B,
+    A_TALK,
+    A_CTALK,
+    A_N
+};
+static const xa_pspec attn_table[A_N] = {
+    {"to_qk.weight", "inner_dim,dim", NULL, 0, XA_INIT_LINEAR, NULL,
+     "the shared query/key projection of x"},
+    {"to_v.weight", "inner_dim,dim", NULL, XA_P_GLUE, XA_INIT_LINEAR, NULL,
+     "the value projection of x"},
+    {"context_to_qk.weight", "inner_dim,context_dim", NULL, 0, XA_INIT_LINEAR, NULL,
+     "the shared query/key projection of the context"},
+    {"context_to_v.weight", "inner_dim,context_dim", NULL, XA_P_GLUE, XA_INIT_LINEAR, NULL,
+     "the value projection of the context"},
+    {"to_out.weight", "dim,inner_dim", NULL, 0, XA_INIT_LINEAR, NULL, "the output projection of x"},
+    {"to_out.bias", "dim", NULL, 0, XA_INIT_BIAS, "inner_dim", "the output projection of x"},
+    {"context_to_out.weight", "context_dim,inner_dim", NULL, 0, XA_INIT_LINEAR, NULL,
+     "the output projection of the context"},
+    {"context_to_out.bias", "context_dim", NULL, 0, XA_INIT_BIAS, "inner_dim",
+     "the output projection of the context"},
+    {"norm.weight", "dim", "prenorm", 0, XA_INIT_ONES, NULL, "prenorm of x"},
+    {"norm.bias", "dim", "layernorm", 0, XA_INIT_ZEROS, NULL,
+     "nn.LayerNorm prenorm (0.0.x), as 'context_norm.bias' says"},
+    {"context_norm.weight", "context_dim", "prenorm", 0, XA_INIT_ONES, NULL,
+     "prenorm of the context: prenorm normalises both inputs"},
+    {"context_norm.bias", "context_dim", "layernorm", 0, XA_INIT_ZEROS, NULL,
+     "nn.LayerNorm prenorm (0.0.x) of the context, as 'norm.bias' says"},
+    {"talking_heads.weight", "heads,heads,1,1", "talking_heads", 0, XA_INIT_LINEAR, NULL,
+     "talking heads of x (a 1x1 Conv2d over heads)"},
+    {"context_talking_heads.weight", "heads,heads,1,1", "talking_heads", 0, XA_INIT_LINEAR, NULL,
+     "talking heads of the context: they come in pairs"},
+};
+
+/* FeedForward(d, mult) = Sequential(RMSNorm(d), Linear(d, hidden), GELU(), Linear(hidden, d)) */
+enum { F_NORM, F_W1, F_B1, F_W2, F_B2, F_N };
+#define FF_TABLE(D, HID, WHAT)                                                                     \
+    {                                                                                              \
+        {"0.weight", D, NULL, 0, XA_INIT_ONES, NULL, WHAT},                                        \
+            {"1.weight", HID "," D, NULL, 0, XA_INIT_LINEAR, NULL, WHAT},                          \
+            {"1.bias", HID, NULL, 0, XA_INIT_BIAS, D, WHAT},                                       \
+            {"3.weight", D "," HID, NULL, 0, XA_INIT_LINEAR, NULL, WHAT},                          \
+            {"3.bias", D, NULL, 0, XA_INIT_BIAS, HID, WHAT},                                       \
+    }
+static const xa_pspec ff_table[F_N] =
+    FF_TABLE("dim", "ff_hidden", "the FeedForward of x: RMSNorm, Linear, GELU, Linear");
+static const xa_pspec cff_table[F_N] =
+    FF_TABLE("context_dim", "context_ff_hidden",
+             "the FeedForward of the context: RMSNorm, Linear, GELU, Linear");
+
+/* The transformer's final norms (the package builds context_norm with size dim, which only
+ * runs when context_dim == dim). */
+enum { N_NORM, N_CNORM, N_N };
+static const xa_pspec final_table[N_N] = {
+    {"norm.weight", "dim", "final_norms", 0, XA_INIT_ONES, NULL, "the final norm of x"},
+    {"context_norm.weight", "context_dim", "final_norms", 0, XA_INIT_ONES, NULL,
+     "final_norms=True builds both final norms"},
+};
+
+#define TF_PER_LAYER (A_N + 2 * F_N)
 
 /* ---------------------------------------------------------------------------------------- */
 /* Module                                                                                   */
@@ -61,9 +231,9 @@ typedef struct bd_attn {
 } bd_attn;
 
 typedef struct bd_ff {
-    const float *norm_w; /* (d) RMSNorm weight                */
-    const float *w1, *b1; /* (hidden, d), (hidden)            */
-    const float *w2, *b2; /* (d, hidden), (d)                 */
+    const float *norm_w;  /* (d) RMSNorm weight      */
+    const float *w1, *b1; /* (hidden, d), (hidden)   */
+    const float *w2, *b2; /* (d, hidden), (d)        */
 } bd_ff;
 
 typedef struct bd_layer {
@@ -72,112 +242,237 @@ typedef struct bd_layer {
 } bd_layer;
 
 struct xattn_bidir {
+    xa_mod core;
     xattn_bidir_config cfg;
-    bd_layer *layers;               /* cfg.depth                                  */
-    const float *fnorm_w, *fcnorm_w; /* transformer final norms, or NULL          */
-    float *block;                   /* every weight, one allocation               */
+    bd_layer *layers;                /* cfg.depth                         */
+    const float *fnorm_w, *fcnorm_w; /* transformer final norms, or NULL */
 };
 
+extern const xa_kind xa_kind_bidir;
+extern const xa_kind xa_kind_bidir_transformer;
+
 /* ---------------------------------------------------------------------------------------- */
-/* Tensor lookup and checks                                                                 */
+/* Build: what the tables cannot say                                                        */
 /* ---------------------------------------------------------------------------------------- */
 
-#define XA_WREF_NAME_MAX 512
-#define BD_MAX_DEPTH 100000
+static int field(const xa_cfg *c, const char *name) { return xa_cfg_find(c, name); }
 
-/* Attention names, in block order: to_v right after to_qk, context_to_v after context_to_qk. */
-enum {
-    A_NORM_W, A_NORM_B, A_CNORM_W, A_CNORM_B, A_QK, A_V, A_CQK, A_CV,
-    A_OUT_W, A_OUT_B, A_COUT_W, A_COUT_B, A_TALK, A_CTALK, A_N
-};
-static const char *const attn_names[A_N] = {
-    "norm.weight", "norm.bias", "context_norm.weight", "context_norm.bias",
-    "to_qk.weight", "to_v.weight", "context_to_qk.weight", "context_to_v.weight",
-    "to_out.weight", "to_out.bias", "context_to_out.weight", "context_to_out.bias",
-    "talking_heads.weight", "context_talking_heads.weight"};
-
-/* FeedForward names (nn.Sequential indices); F_NORM_B must be absent. */
-enum { F_NORM, F_W1, F_B1, F_W2, F_B2, F_NORM_B, F_N };
-static const char *const ff_names[F_N] = {"0.weight", "1.weight", "1.bias",
-                                         "3.weight", "3.bias", "0.bias"};
-
-/* Final norms of the transformer; the biases must be absent. */
-enum { N_NORM_W, N_NORM_B, N_CNORM_W, N_CNORM_B, N_N };
-static const char *const final_names[N_N] = {"norm.weight", "norm.bias", "context_norm.weight",
-                                             "context_norm.bias"};
-
-#define LAYER_REFS (A_N + 2 * F_N)
-
-/* A float rank-2 tensor with no empty dimension (sizes still free). */
-static xattn_status check_matrix(const xa_wref *t, const char *what)
+/* A value settled from the shapes after xa_cfg_resolve: marked as derived before it, so that
+ * the resolver leaves it alone unless an option or the metadata gives the field. */
+static void pend(xa_cfg *c, const char *name, double v)
 {
-    xattn_status s = xa_wref_check_float(t);
-    if (s) return s;
-    char got[128];
-    if (t->ndim != 2 || t->shape[0] <= 0 || t->shape[1] <= 0)
-        return xa_error(XATTN_ERR_SHAPE, "tensor '%s' has shape %s; expected %s", t->shown,
-                        xa_wref_shape(t, got, sizeof got), what);
-    return XATTN_OK;
+    xa_cfg_set(c, field(c, name), v, XA_FROM_DERIVED, "the shapes");
 }
 
-/* A float tensor of exactly `ndim` dims `want`; `why` says where the sizes come from. */
-static xattn_status check_shape(const xa_wref *t, int ndim, const int64_t *want, const char *why)
+static int pending(const xa_cfg *c, const char *name)
 {
-    xattn_status s = xa_wref_check_float(t);
-    if (s) return s;
-    int ok = t->ndim == ndim;
-    for (int d = 0; ok && d < ndim; d++) ok = t->shape[d] == want[d];
-    if (ok) return XATTN_OK;
-    char got[128], exp[128];
-    return xa_error(XATTN_ERR_SHAPE, "tensor '%s' has shape %s; expected %s (%s)", t->shown,
-                    xa_wref_shape(t, got, sizeof got), xa_dims_str(ndim, want, exp, sizeof exp), why);
+    return c->from[field(c, name)] == XA_FROM_DERIVED;
 }
 
-static xattn_status check_1d(const xa_wref *t, int64_t n, const char *why)
+/* "heads argument 3" / "__metadata__ 'heads' = 3" / "the default heads 8" */
+static const char *given(const xa_cfg *c, int i, char *buf, size_t cap)
 {
-    return check_shape(t, 1, &n, why);
+    char v[64];
+    xa_cfg_text(c, i, v, sizeof v);
+    if (c->from[i] == XA_FROM_OPTION)
+        snprintf(buf, cap, "%s argument %s", c->f[i].name, v);
+    else if (c->from[i] == XA_FROM_META)
+        snprintf(buf, cap, "__metadata__ '%s' = %s", c->f[i].name, v);
+    else
+        snprintf(buf, cap, "the default %s %s", c->f[i].name, v);
+    return buf;
 }
 
-static xattn_status check_2d(const xa_wref *t, int64_t r, int64_t c, const char *why)
+/* Shape of prefix + stem + name: its rank (0 when absent), dims into sh (may be NULL), the full
+ * name into full (printable). */
+static int tensor_shape(const xattn_safetensors *st, const char *prefix, const char *stem,
+                        const char *name, int64_t *sh, char *full, size_t cap)
 {
-    const int64_t w[2] = {r, c};
-    return check_shape(t, 2, w, why);
+    char raw[768];
+    snprintf(raw, sizeof raw, "%s%s%s", prefix, stem, name);
+    xa_io_printable(raw, full, cap);
+    long idx = xattn_st_find(st, raw);
+    xattn_dtype dt;
+    int nd = 0;
+    int64_t dims[XATTN_MAX_DIMS];
+    if (idx < 0 || xattn_st_info(st, (size_t)idx, &dt, &nd, sh ? sh : dims)) return 0;
+    return nd;
 }
 
-/* Lays out the present refs of r[0..n) in the weight block from *off on (64-byte aligned slots;
- * a glued ref directly follows the previous one) and advances *off; with a block, sets each
- * ref's dst and copies its data in. */
-static xattn_status place(const xattn_safetensors *st, xa_wref *r, int n, int64_t *off,
-                          float *block)
+/* Before the resolver (loading): heads from the talking-heads weight, dim_head from the shapes. */
+static void pend_heads(xa_cfg *c, const xattn_safetensors *st, const char *prefix, const char *stem)
 {
-    for (int k = 0; k < n; k++) {
-        if (!r[k].present) continue;
-        if (!r[k].glue && *off % 16) *off += 16 - *off % 16;
-        const int64_t e = xa_wref_numel(&r[k]);
-        if (e > INT64_MAX / 8 - *off)
-            return xa_error(XATTN_ERR_NOMEM, "xattn_bidir_load: weights overflow");
-        if (block) {
-            r[k].dst = block + *off;
-            xattn_status s = xa_wref_fetch(st, &r[k]);
-            if (s != XATTN_OK) return s;
-        }
-        *off += e;
+    int64_t sh[XATTN_MAX_DIMS];
+    char full[XA_IO_NAME_CAP];
+    if (tensor_shape(st, prefix, stem, "talking_heads.weight", sh, full, sizeof full) == 4 &&
+        sh[0] > 0)
+        pend(c, "heads", (double)sh[0]);
+    pend(c, "dim_head", 0);
+}
+
+/* Creating: a parameter of a x b values stays far below what could overflow a size. */
+static xattn_status sizes_fit(double a, double b, const char *what)
+{
+    if (a * b <= 1e12) return XATTN_OK;
+    return xa_error(XATTN_ERR_ARG, "%s: %s of %.0f x %.0f values is too large", FN_LOAD, what, a,
+                    b);
+}
+
+/* After the resolver: heads, dim_head and inner_dim agree; context_dim defaults to dim; a
+ * LayerNorm prenorm has weights. */
+static xattn_status settle_attn(xa_cfg *c, const xattn_safetensors *st, const char *prefix,
+                                const char *stem)
+{
+    const int hi = field(c, "heads"), di = field(c, "dim_head"), ii = field(c, "inner_dim");
+    const int ci = field(c, "context_dim");
+    char full[XA_IO_NAME_CAP], src[128];
+    if (c->from[ci] == XA_FROM_UNSET)
+        xa_cfg_set(c, ci, c->v[field(c, "dim")], XA_FROM_DEFAULT, "default (dim)");
+    if (xa_cfg_get(c, "layernorm") != 0 && xa_cfg_get(c, "prenorm") == 0) {
+        if (!st)
+            return xa_error(XATTN_ERR_ARG,
+                            "%s: layernorm=True is a kind of prenorm: it needs "
+                            "prenorm=True",
+                            FN_LOAD);
+        char w[XA_IO_NAME_CAP];
+        tensor_shape(st, prefix, stem, "norm.weight", NULL, w, sizeof w);
+        return xa_error(XATTN_ERR_FORMAT,
+                        "tensor '%s' is missing (the nn.LayerNorm prenorm "
+                        "that norm.bias belongs to)",
+                        w);
+    }
+    if (!st) {
+        const double inner = c->v[hi] * c->v[di];
+        xattn_status s;
+        if ((s = sizes_fit(inner, xa_cfg_get(c, "dim"), "to_qk.weight")) ||
+            (s = sizes_fit(inner, c->v[ci], "context_to_qk.weight")) ||
+            (xa_cfg_get(c, "talking_heads") != 0 &&
+             (s = sizes_fit(c->v[hi], c->v[hi], "talking_heads.weight"))))
+            return s;
+        xa_cfg_set(c, ii, inner, XA_FROM_DERIVED, "heads * dim_head");
+        return XATTN_OK;
+    }
+    int64_t sh[XATTN_MAX_DIMS];
+    if (tensor_shape(st, prefix, stem, "talking_heads.weight", sh, full, sizeof full) == 4) {
+        if (c->from[hi] != XA_FROM_DERIVED && c->v[hi] != (double)sh[0])
+            return xa_error(XATTN_ERR_SHAPE,
+                            "%s disagrees with tensor '%s' of shape (%lld, %lld, "
+                            "%lld, %lld)",
+                            given(c, hi, src, sizeof src), full, (long long)sh[0], (long long)sh[1],
+                            (long long)sh[2], (long long)sh[3]);
+        xa_cfg_set(c, hi, (double)sh[0], XA_FROM_SHAPE, "shape of '%s'", full);
+    }
+    const int64_t inner = (int64_t)c->v[ii], H = (int64_t)c->v[hi];
+    tensor_shape(st, prefix, stem, "to_qk.weight", sh, full, sizeof full);
+    if (inner % H)
+        return xa_error(XATTN_ERR_SHAPE,
+                        "inner dim %lld (rows of '%s') is not divisible by heads "
+                        "%lld%s",
+                        (long long)inner, full, (long long)H,
+                        c->from[hi] == XA_FROM_DEFAULT ? " (the package default: give the heads, "
+                                                         "or store __metadata__ {\"heads\": \"N\"})"
+                                                       : "");
+    if (c->from[di] == XA_FROM_DERIVED) {
+        xa_cfg_set(c, di, (double)(inner / H), XA_FROM_SHAPE,
+                   "shape of '%s' (inner_dim %lld / "
+                   "heads %lld)",
+                   full, (long long)inner, (long long)H);
+    } else if (c->v[di] * (double)H != (double)inner) {
+        return xa_error(XATTN_ERR_SHAPE,
+                        "%s disagrees with the shape of '%s' (inner_dim %lld = "
+                        "heads %lld * dim_head %lld)",
+                        given(c, di, src, sizeof src), full, (long long)inner, (long long)H,
+                        (long long)(inner / H));
     }
     return XATTN_OK;
 }
 
-/* ---------------------------------------------------------------------------------------- */
-/* Loading                                                                                  */
-/* ---------------------------------------------------------------------------------------- */
+/* int(d * f), as Python computes the FeedForward's width */
+static int64_t ff_width(int64_t d, double f) { return (int64_t)((double)d * f); }
 
-/* Depth of a transformer at `prefix`: 1 + the largest L of any name prefix + "layers.L.";
- * error for an index with leading zeros or one too large. */
-static xattn_status find_depth(const xattn_safetensors *st, const char *prefix, int64_t *depth)
+static int ff_fits(int64_t d, int64_t h, int64_t cd, int64_t ch, double f)
+{
+    return ff_width(d, f) == h && ff_width(cd, f) == ch;
+}
+
+/* The shortest decimal factor f with int(d f) = h and int(cd f) = ch, or 0 if none. */
+static double implied_factor(int64_t d, int64_t h, int64_t cd, int64_t ch)
+{
+    const double lo = fmax((double)h / (double)d, (double)ch / (double)cd);
+    for (int digits = 0; digits <= 17; digits++) {
+        const double p = pow(10.0, digits), f = ceil(lo * p) / p;
+        if (ff_fits(d, h, cd, ch, f)) return f;
+    }
+    double f = lo;
+    for (int k = 0; k < 8; k++, f = nextafter(f, INFINITY))
+        if (ff_fits(d, h, cd, ch, f)) return f;
+    return 0;
+}
+
+/* The transformer's feed-forward widths and factor, and its final norms' sizes. */
+static xattn_status settle_ff(xa_cfg *c, const xattn_safetensors *st, const char *prefix)
+{
+    const int fi = field(c, "ff_expansion_factor"), hi = field(c, "ff_hidden");
+    const int chi = field(c, "context_ff_hidden");
+    const int64_t d = xa_cfg_int(c, "dim"), cd = xa_cfg_int(c, "context_dim");
+    const double f = c->v[fi];
+    char src[128];
+    if (!st) {
+        xattn_status s;
+        if ((s = sizes_fit((double)d * f, (double)d, "the feed-forward of x")) ||
+            (s = sizes_fit((double)cd * f, (double)cd, "the feed-forward of the context")))
+            return s;
+        const int64_t h = ff_width(d, f), ch = ff_width(cd, f);
+        if (h < 1 || ch < 1)
+            return xa_error(XATTN_ERR_ARG,
+                            "%s: ff_expansion_factor %g gives a feed-forward "
+                            "width int(%lld * %g) = %lld",
+                            FN_LOAD, f, (long long)(h < 1 ? d : cd), f,
+                            (long long)(h < 1 ? h : ch));
+        if (xa_cfg_get(c, "final_norms") != 0 && d != cd)
+            return xa_error(XATTN_ERR_ARG,
+                            "%s: final_norms=True with context_dim %lld != dim "
+                            "%lld: the package builds context_norm with size dim, so its forward "
+                            "fails",
+                            FN_LOAD, (long long)cd, (long long)d);
+        xa_cfg_set(c, hi, (double)h, XA_FROM_DERIVED, "int(dim * ff_expansion_factor)");
+        xa_cfg_set(c, chi, (double)ch, XA_FROM_DERIVED, "int(context_dim * ff_expansion_factor)");
+        return XATTN_OK;
+    }
+    const int64_t h = (int64_t)c->v[hi], ch = (int64_t)c->v[chi];
+    char w1[XA_IO_NAME_CAP], cw1[XA_IO_NAME_CAP];
+    int64_t sh[XATTN_MAX_DIMS];
+    tensor_shape(st, prefix, "layers.0.1.", "1.weight", sh, w1, sizeof w1);
+    tensor_shape(st, prefix, "layers.0.2.", "1.weight", sh, cw1, sizeof cw1);
+    if (pending(c, "ff_expansion_factor")) {
+        const double g = implied_factor(d, h, cd, ch);
+        if (g <= 0)
+            return xa_error(XATTN_ERR_SHAPE,
+                            "the feed-forward widths %lld ('%s') and %lld ('%s') "
+                            "come from no one ff_expansion_factor f (int(dim %lld * f), "
+                            "int(context_dim %lld * f))",
+                            (long long)h, w1, (long long)ch, cw1, (long long)d, (long long)cd);
+        xa_cfg_set(c, fi, g, XA_FROM_SHAPE, "shapes of '%s' and '%s'", w1, cw1);
+        return XATTN_OK;
+    }
+    /* __metadata__ keeps 9 significant digits: a factor rounded down by that still fits */
+    if (!ff_fits(d, h, cd, ch, f) && !ff_fits(d, h, cd, ch, f * (1 + 5e-9)))
+        return xa_error(XATTN_ERR_SHAPE,
+                        "%s disagrees with the shapes of '%s' (%lld) and '%s' "
+                        "(%lld): int(dim %lld * f) and int(context_dim %lld * f)",
+                        given(c, fi, src, sizeof src), w1, (long long)h, cw1, (long long)ch,
+                        (long long)d, (long long)cd);
+    return XATTN_OK;
+}
+
+/* Depth of a transformer at prefix: layers 0..L-1, each with its attention, and no index
+ * beyond; an index with leading zeros or too large is refused. */
+static xattn_status tf_depth(const xattn_safetensors *st, const char *prefix, int64_t *L)
 {
     const size_t plen = strlen(prefix);
-    const size_t n = xattn_st_count(st);
     int64_t maxl = -1;
-    for (size_t i = 0; i < n; i++) {
+    char shown[XA_IO_NAME_CAP], pp[XA_IO_NAME_CAP];
+    for (size_t i = 0; i < xattn_st_count(st); i++) {
         const char *name = xattn_st_name(st, i);
         if (!name || strncmp(name, prefix, plen) || strncmp(name + plen, "layers.", 7)) continue;
         const char *p = name + plen + 7, *q = p;
@@ -185,448 +480,303 @@ static xattn_status find_depth(const xattn_safetensors *st, const char *prefix, 
         for (; *q >= '0' && *q <= '9'; q++)
             if (l <= BD_MAX_DEPTH) l = l * 10 + (*q - '0');
         if (q == p || *q != '.') continue; /* not a layer index: not ours */
-        char shown[XA_IO_NAME_CAP];
-        if ((q - p > 1 && *p == '0') || l > BD_MAX_DEPTH)
+        if ((q - p > 1 && *p == '0') || l >= BD_MAX_DEPTH)
             return xa_error(XATTN_ERR_FORMAT,
                             "tensor '%s': layer index is not a plain integer below %d",
                             xa_io_printable(name, shown, sizeof shown), BD_MAX_DEPTH);
-        if (l > maxl) maxl = l;
+        maxl = XA_MAX(maxl, l);
     }
-    /* every layer up to the last one named must be there (a gap is a missing tensor) */
-    char mid[64];
-    for (int64_t l = 0; l <= maxl; l++) {
-        snprintf(mid, sizeof mid, "layers.%lld.0.to_qk.weight", (long long)l);
-        if (!xa_wref_has(st, prefix, mid)) {
-            char pp[XA_IO_NAME_CAP];
-            return xa_error(XATTN_ERR_NOT_FOUND,
-                            "tensor '%s%s' is missing (the file names layers up to %lld)",
-                            xa_io_printable(prefix, pp, sizeof pp), mid, (long long)maxl);
-        }
+    xattn_status s = xa_count_layers(st, prefix, "layers.", "0.to_qk.weight", BD_MAX_DEPTH, L);
+    if (!s && *L == maxl + 1) return XATTN_OK;
+    int64_t l = 0;
+    char rel[64];
+    for (; l <= maxl; l++) {
+        snprintf(rel, sizeof rel, "layers.%lld.0.to_qk.weight", (long long)l);
+        if (!xa_has(st, prefix, rel)) break;
     }
-    *depth = maxl + 1;
-    return XATTN_OK;
+    xa_io_printable(prefix, pp, sizeof pp);
+    if (l > maxl) return s ? s : xa_error(XATTN_ERR_FORMAT, "layers of '%s' do not add up", pp);
+    return xa_error(XATTN_ERR_NOT_FOUND,
+                    "tensor '%s%s' is missing (the file names layers up to "
+                    "%lld)",
+                    pp, rel, (long long)maxl);
 }
 
-typedef struct bd_dims {
-    int64_t dim, cdim, inner, H, hidden, chidden;
-    xattn_bidir_norm norm;
-    int talking;
-} bd_dims;
-
-/* Finds the refs of one attention (names prefix + mid + attn_names). */
-static xattn_status find_attn(const xattn_safetensors *st, const char *prefix, const char *mid,
-                              xa_wref *r)
+static xattn_status attn_build(xa_mod *m, const xattn_safetensors *st, const char *prefix,
+                               const xa_kv *opts, size_t n_opts)
 {
+    xa_cfg *c = &m->cfg;
     xattn_status s;
-    for (int k = 0; k < A_N; k++)
-        if ((s = xa_wref_find(st, "xattn_bidir_load", prefix, mid, attn_names[k], &r[k]))) return s;
-    r[A_V].glue = 1;
-    r[A_CV].glue = 1;
-    return XATTN_OK;
-}
-
-/* Sizes fixed by the first attention: dim, context_dim, inner (not heads). */
-static xattn_status first_dims(xa_wref *r, bd_dims *d)
-{
-    xattn_status s;
-    if (!r[A_QK].present) return xa_wref_missing(&r[A_QK], "the shared query/key projection of x");
-    if ((s = check_matrix(&r[A_QK], "(inner_dim, dim)"))) return s;
-    d->inner = r[A_QK].shape[0];
-    d->dim = r[A_QK].shape[1];
-    if (!r[A_CQK].present)
-        return xa_wref_missing(&r[A_CQK], "the shared query/key projection of the context");
-    if ((s = check_matrix(&r[A_CQK], "(inner_dim, context_dim)"))) return s;
-    if (r[A_CQK].shape[0] != d->inner) {
-        char got[128];
-        return xa_error(XATTN_ERR_SHAPE,
-                        "tensor '%s' has shape %s; expected (%lld, context_dim) (inner_dim from "
-                        "'%s')",
-                        r[A_CQK].shown, xa_wref_shape(&r[A_CQK], got, sizeof got),
-                        (long long)d->inner, r[A_QK].shown);
-    }
-    d->cdim = r[A_CQK].shape[1];
-    if (r[A_NORM_W].present) d->norm = r[A_NORM_B].present ? XATTN_NORM_LAYER : XATTN_NORM_RMS;
-    else d->norm = XATTN_NORM_NONE;
-    d->talking = r[A_TALK].present;
-    return XATTN_OK;
-}
-
-/* Heads: talking-heads size, else heads_arg, else metadata, else 8; disagreements are errors. */
-static xattn_status resolve_heads(const xattn_safetensors *st, const xa_wref *talk, const xa_wref *qk,
-                                  int64_t heads_arg, bd_dims *d)
-{
-    int64_t want = 0;
-    const char *src = NULL;
-    char srcbuf[96];
-    if (heads_arg > 0) {
-        want = heads_arg;
-        snprintf(srcbuf, sizeof srcbuf, "heads argument %lld", (long long)want);
-        src = srcbuf;
-    } else {
-        const char *mv = xattn_st_meta_get(st, "heads");
-        if (mv) {
-            want = xa_parse_positive(mv);
-            if (want <= 0) {
-                char shown[48];
-                return xa_error(XATTN_ERR_FORMAT,
-                                "__metadata__ 'heads' is \"%s\", not a positive integer",
-                                xa_io_printable(mv, shown, sizeof shown));
-            }
-            snprintf(srcbuf, sizeof srcbuf, "__metadata__ 'heads' = %lld", (long long)want);
-            src = srcbuf;
-        }
-    }
-    if (talk->present) {
-        xattn_status s = xa_wref_check_float(talk);
-        if (s) return s;
-        char got[128];
-        xa_wref_shape(talk, got, sizeof got);
-        if (talk->ndim != 4 || talk->shape[0] <= 0 || talk->shape[1] != talk->shape[0] ||
-            talk->shape[2] != 1 || talk->shape[3] != 1)
-            return xa_error(XATTN_ERR_SHAPE,
-                            "tensor '%s' has shape %s; expected (heads, heads, 1, 1) (a 1x1 "
-                            "Conv2d over heads)",
-                            talk->shown, got);
-        const int64_t ht = talk->shape[0];
-        if (want > 0 && want != ht)
-            return xa_error(XATTN_ERR_SHAPE, "%s disagrees with tensor '%s' of shape %s (%lld heads)",
-                            src, talk->shown, got, (long long)ht);
-        d->H = ht;
-    } else {
-        d->H = want > 0 ? want : 8;
-    }
-    if (d->inner % d->H != 0)
-        return xa_error(XATTN_ERR_SHAPE,
-                        "inner dim %lld (rows of '%s') is not divisible by heads %lld%s",
-                        (long long)d->inner, qk->shown, (long long)d->H,
-                        talk->present || want > 0
-                            ? ""
-                            : " (the package default: give the heads, or store __metadata__ "
-                              "{\"heads\": \"N\"})");
-    return XATTN_OK;
-}
-
-/* Checks one attention's refs against the sizes taken from the first attention `first` (whose
- * names the messages cite). */
-static xattn_status check_attn(xa_wref *r, const bd_dims *d, const xa_wref *first)
-{
-    xattn_status s;
-    char why[256], why_c[256], why_i[256];
-    snprintf(why, sizeof why, "inner_dim, dim from '%s'", first[A_QK].shown);
-    snprintf(why_c, sizeof why_c, "inner_dim, context_dim from '%s', '%s'", first[A_QK].shown,
-             first[A_CQK].shown);
-    snprintf(why_i, sizeof why_i, "dim, inner_dim from '%s'", first[A_QK].shown);
-    static const char *const what[A_N] = {
-        "prenorm of x", "prenorm of x", "prenorm of the context", "prenorm of the context",
-        "the shared query/key projection of x", "the value projection of x",
-        "the shared query/key projection of the context", "the value projection of the context",
-        "the output projection of x", "the output projection of x",
-        "the output projection of the context", "the output projection of the context",
-        "talking heads of x", "talking heads of the context"};
-    for (int k = A_QK; k <= A_COUT_B; k++)
-        if (!r[k].present) return xa_wref_missing(&r[k], what[k]);
-    if ((s = check_2d(&r[A_QK], d->inner, d->dim, why)) ||
-        (s = check_2d(&r[A_V], d->inner, d->dim, why)) ||
-        (s = check_2d(&r[A_CQK], d->inner, d->cdim, why_c)) ||
-        (s = check_2d(&r[A_CV], d->inner, d->cdim, why_c)) ||
-        (s = check_2d(&r[A_OUT_W], d->dim, d->inner, why_i)) ||
-        (s = check_1d(&r[A_OUT_B], d->dim, why_i)))
-        return s;
-    snprintf(why_i, sizeof why_i, "context_dim, inner_dim from '%s', '%s'", first[A_CQK].shown,
-             first[A_QK].shown);
-    if ((s = check_2d(&r[A_COUT_W], d->cdim, d->inner, why_i)) ||
-        (s = check_1d(&r[A_COUT_B], d->cdim, why_i)))
-        return s;
-
-    /* prenorm: none, RMSNorm (weights only) or LayerNorm (weights and biases), the same kind
-     * on both sides and as the first attention */
-    char first_kind[160];
-    snprintf(first_kind, sizeof first_kind, "'%s' %s", first[A_NORM_W].shown,
-             first[A_NORM_W].present ? "is present" : "is absent");
-    if (d->norm == XATTN_NORM_NONE) {
-        for (int k = A_NORM_W; k <= A_CNORM_B; k++)
-            if (r[k].present)
-                return xa_error(XATTN_ERR_FORMAT,
-                                "tensor '%s' present but %s (no prenorm): the prenorm must be the "
-                                "same in every attention",
-                                r[k].shown, first_kind);
-    } else {
-        if (!r[A_NORM_W].present)
-            return xa_wref_missing(&r[A_NORM_W], "prenorm of x, as in the first attention");
-        if (!r[A_CNORM_W].present)
-            return xa_wref_missing(&r[A_CNORM_W], "prenorm of the context: prenorm normalises both inputs");
-        const int layer = d->norm == XATTN_NORM_LAYER;
-        if (layer) {
-            if (!r[A_NORM_B].present)
-                return xa_wref_missing(&r[A_NORM_B], "nn.LayerNorm prenorm (0.0.x), as in the first attention");
-            if (!r[A_CNORM_B].present)
-                return xa_wref_missing(&r[A_CNORM_B], "nn.LayerNorm prenorm (0.0.x) of the context");
-        } else {
-            if (r[A_NORM_B].present || r[A_CNORM_B].present)
-                return xa_error(XATTN_ERR_FORMAT,
-                                "tensor '%s' present but the first attention's prenorm is "
-                                "nn.RMSNorm (no bias)",
-                                r[A_NORM_B].present ? r[A_NORM_B].shown : r[A_CNORM_B].shown);
-        }
-        snprintf(why, sizeof why, "dim from '%s'", first[A_QK].shown);
-        snprintf(why_c, sizeof why_c, "context_dim from '%s'", first[A_CQK].shown);
-        if ((s = check_1d(&r[A_NORM_W], d->dim, why)) ||
-            (s = check_1d(&r[A_CNORM_W], d->cdim, why_c)))
+    if (st) {
+        if ((s = xa_cfg_bind_shapes(c, attn_table, A_N, st, prefix, "")) ||
+            (s = xa_cfg_require_shapes(c, attn_table, A_N, st, prefix, "")))
             return s;
-        if (layer && ((s = check_1d(&r[A_NORM_B], d->dim, why)) ||
-                      (s = check_1d(&r[A_CNORM_B], d->cdim, why_c))))
+        pend_heads(c, st, prefix, "");
+    }
+    if ((s = xa_cfg_resolve(c, opts, n_opts, st, FN_LOAD)) || (s = settle_attn(c, st, prefix, "")))
+        return s;
+    return xa_params_add_table(&m->params, attn_table, A_N, c, "", NULL);
+}
+
+/* Binds the transformer's fields from its first layer and its final norms. */
+static xattn_status tf_bind(xa_cfg *c, const xattn_safetensors *st, const char *prefix)
+{
+    static const struct {
+        const xa_pspec *t;
+        int n;
+        const char *stem;
+    } parts[] = {{attn_table, A_N, "layers.0.0."},
+                 {ff_table, F_N, "layers.0.1."},
+                 {cff_table, F_N, "layers.0.2."},
+                 {final_table, N_N, ""}};
+    int64_t L;
+    xattn_status s = tf_depth(st, prefix, &L);
+    if (s) return s;
+    xa_cfg_set(c, field(c, "depth"), (double)L, XA_FROM_SHAPE, "layer names (layers.0 .. %lld)",
+               (long long)(L - 1));
+    for (size_t k = 0; k < sizeof parts / sizeof parts[0]; k++)
+        if ((s = xa_cfg_bind_shapes(c, parts[k].t, parts[k].n, st, prefix, parts[k].stem)))
             return s;
-    }
-
-    /* talking heads: both or neither, (H, H, 1, 1), as the first attention */
-    if (r[A_TALK].present != d->talking || r[A_CTALK].present != d->talking) {
-        const xa_wref *t = r[A_TALK].present != d->talking ? &r[A_TALK] : &r[A_CTALK];
-        if (t->present)
-            return xa_error(XATTN_ERR_FORMAT,
-                            "tensor '%s' present but '%s' is absent: talking heads come in pairs "
-                            "and in every attention",
-                            t->shown, first[A_TALK].shown);
-        return xa_wref_missing(t, "talking heads come in pairs and in every attention");
-    }
-    if (d->talking) {
-        const int64_t w[4] = {d->H, d->H, 1, 1};
-        char hw[96];
-        snprintf(hw, sizeof hw, "%lld heads", (long long)d->H);
-        if ((s = check_shape(&r[A_TALK], 4, w, hw)) || (s = check_shape(&r[A_CTALK], 4, w, hw)))
+    for (size_t k = 0; k < sizeof parts / sizeof parts[0]; k++)
+        if ((s = xa_cfg_require_shapes(c, parts[k].t, parts[k].n, st, prefix, parts[k].stem)))
             return s;
-    }
+    pend_heads(c, st, prefix, "layers.0.0.");
+    pend(c, "ff_expansion_factor", 0);
     return XATTN_OK;
 }
 
-/* Checks one FeedForward (d, hidden); hidden <= 0: taken from this one. */
-static xattn_status check_ff(xa_wref *r, int64_t dsize, int64_t *hidden, const char *dname,
-                             const xa_wref *dsrc)
+static xattn_status tf_build(xa_mod *m, const xattn_safetensors *st, const char *prefix,
+                             const xa_kv *opts, size_t n_opts)
 {
+    xa_cfg *c = &m->cfg;
     xattn_status s;
-    static const char *const what = "FeedForward: RMSNorm, Linear, GELU, Linear";
-    if (r[F_NORM_B].present)
-        return xa_error(XATTN_ERR_FORMAT,
-                        "tensor '%s' present: the FeedForward's norm is an nn.RMSNorm (no bias)",
-                        r[F_NORM_B].shown);
-    for (int k = F_NORM; k <= F_B2; k++)
-        if (!r[k].present) return xa_wref_missing(&r[k], what);
-    char why[256];
-    snprintf(why, sizeof why, "%s from '%s'", dname, dsrc->shown);
-    if ((s = check_1d(&r[F_NORM], dsize, why))) return s;
-    if (*hidden <= 0) {
-        if ((s = check_matrix(&r[F_W1], "(hidden, d)"))) return s;
-        *hidden = r[F_W1].shape[0];
-    }
-    snprintf(why, sizeof why, "hidden, %s from the first layer", dname);
-    if ((s = check_2d(&r[F_W1], *hidden, dsize, why)) || (s = check_1d(&r[F_B1], *hidden, why)))
+    xa_cfg_set(c, field(c, "prenorm"), 1, XA_FROM_DERIVED, "the transformer's attentions");
+    if ((st && (s = tf_bind(c, st, prefix))) ||
+        (s = xa_cfg_resolve(c, opts, n_opts, st, FN_LOAD)) ||
+        (s = settle_attn(c, st, prefix, "layers.0.0.")) || (s = settle_ff(c, st, prefix)))
         return s;
-    snprintf(why, sizeof why, "%s, hidden from the first layer", dname);
-    if ((s = check_2d(&r[F_W2], dsize, *hidden, why)) || (s = check_1d(&r[F_B2], dsize, why)))
-        return s;
-    return XATTN_OK;
-}
-
-static void wire_attn(bd_attn *a, const xa_wref *r)
-{
-    a->norm_w = r[A_NORM_W].present ? r[A_NORM_W].dst : NULL;
-    a->norm_b = r[A_NORM_B].present ? r[A_NORM_B].dst : NULL;
-    a->cnorm_w = r[A_CNORM_W].present ? r[A_CNORM_W].dst : NULL;
-    a->cnorm_b = r[A_CNORM_B].present ? r[A_CNORM_B].dst : NULL;
-    a->w_qkv = r[A_QK].dst; /* to_v follows (glued) */
-    a->cw_qkv = r[A_CQK].dst;
-    a->wo = r[A_OUT_W].dst;
-    a->bo = r[A_OUT_B].dst;
-    a->cwo = r[A_COUT_W].dst;
-    a->cbo = r[A_COUT_B].dst;
-    a->talk = r[A_TALK].present ? r[A_TALK].dst : NULL;
-    a->ctalk = r[A_CTALK].present ? r[A_CTALK].dst : NULL;
-}
-
-static void wire_ff(bd_ff *f, const xa_wref *r)
-{
-    f->norm_w = r[F_NORM].dst;
-    f->w1 = r[F_W1].dst;
-    f->b1 = r[F_B1].dst;
-    f->w2 = r[F_W2].dst;
-    f->b2 = r[F_B2].dst;
-}
-
-/* Finds the refs of layer l: the attention, and for a transformer the two feed-forwards. */
-static xattn_status find_layer(const xattn_safetensors *st, const char *prefix, int transformer,
-                               int64_t l, xa_wref *r)
-{
-    xattn_status s;
-    char mid[64];
-    if (!transformer) return find_attn(st, prefix, "", r);
-    snprintf(mid, sizeof mid, "layers.%lld.0.", (long long)l);
-    if ((s = find_attn(st, prefix, mid, r))) return s;
-    for (int side = 0; side < 2; side++) {
-        snprintf(mid, sizeof mid, "layers.%lld.%d.", (long long)l, side + 1);
-        for (int k = 0; k < F_N; k++)
-            if ((s = xa_wref_find(st, "xattn_bidir_load", prefix, mid, ff_names[k], &r[A_N + side * F_N + k]))) return s;
-    }
-    return XATTN_OK;
-}
-
-/* Checks the final norms of a transformer. */
-static xattn_status check_final(xa_wref *fin, const bd_dims *d, const xa_wref *first)
-{
-    xattn_status s;
-    if (fin[N_NORM_B].present || fin[N_CNORM_B].present)
-        return xa_error(XATTN_ERR_FORMAT,
-                        "tensor '%s' present: the transformer's final norms are nn.RMSNorm (no "
-                        "bias)",
-                        fin[N_NORM_B].present ? fin[N_NORM_B].shown : fin[N_CNORM_B].shown);
-    if (fin[N_NORM_W].present != fin[N_CNORM_W].present) {
-        const xa_wref *have = fin[N_NORM_W].present ? &fin[N_NORM_W] : &fin[N_CNORM_W];
-        const xa_wref *lack = fin[N_NORM_W].present ? &fin[N_CNORM_W] : &fin[N_NORM_W];
-        char why[160];
-        snprintf(why, sizeof why, "'%s' is present: final_norms=True builds both", have->shown);
-        return xa_wref_missing(lack, why);
-    }
-    if (!fin[N_NORM_W].present) return XATTN_OK;
-    char why[256];
-    snprintf(why, sizeof why, "dim from '%s'", first[A_QK].shown);
-    if ((s = check_1d(&fin[N_NORM_W], d->dim, why))) return s;
-    /* the package builds context_norm with size dim, which only runs when context_dim == dim;
-     * a context_norm of size context_dim is accepted too */
-    snprintf(why, sizeof why, "context_dim from '%s'", first[A_CQK].shown);
-    return check_1d(&fin[N_CNORM_W], d->cdim, why);
-}
-
-/* Two passes over the layers with constant memory: the first checks every layer and sizes the
- * weight block (so that nothing proportional to the depth is allocated before the file is
- * known to hold every layer), the second copies the weights in. `refs` holds 2 * LAYER_REFS +
- * N_N entries: the first layer's (kept: messages cite it), the current one's, the final norms. */
-static xattn_status load_module(const xattn_safetensors *st, const char *prefix, int64_t heads_arg,
-                                int transformer, xattn_bidir *m, xa_wref *refs)
-{
-    xattn_status s;
-    int64_t depth = 1;
-    if (transformer && (s = find_depth(st, prefix, &depth))) return s;
-    const int per = transformer ? LAYER_REFS : A_N;
-    xa_wref *first = refs, *cur = refs + LAYER_REFS, *fin = refs + 2 * LAYER_REFS;
-
-    /* sizes from the first attention, then the heads */
-    bd_dims d;
-    memset(&d, 0, sizeof d);
-    if ((s = find_layer(st, prefix, transformer, 0, first)) || (s = first_dims(first, &d)))
-        return s;
-    if (transformer && d.norm == XATTN_NORM_NONE)
-        return xa_wref_missing(&first[A_NORM_W], "BidirectionalCrossAttentionTransformer layers use prenorm");
-    if ((s = resolve_heads(st, &first[A_TALK], &first[A_QK], heads_arg, &d))) return s;
-
-    /* pass 1: check every layer, size the block */
-    int64_t total = 0;
+    const int64_t depth = xa_cfg_int(c, "depth");
+    char stem[64];
     for (int64_t l = 0; l < depth; l++) {
-        xa_wref *r = l == 0 ? first : cur;
-        if (l > 0 && (s = find_layer(st, prefix, transformer, l, r))) return s;
-        if ((s = check_attn(r, &d, first))) return s;
-        if (transformer &&
-            ((s = check_ff(r + A_N, d.dim, &d.hidden, "dim", &first[A_QK])) ||
-             (s = check_ff(r + A_N + F_N, d.cdim, &d.chidden, "context_dim", &first[A_CQK]))))
-            return s;
-        if ((s = place(st, r, per, &total, NULL))) return s;
+        snprintf(stem, sizeof stem, "layers.%lld.0.", (long long)l);
+        if ((s = xa_params_add_table(&m->params, attn_table, A_N, c, stem, NULL))) return s;
+        snprintf(stem, sizeof stem, "layers.%lld.1.", (long long)l);
+        if ((s = xa_params_add_table(&m->params, ff_table, F_N, c, stem, NULL))) return s;
+        snprintf(stem, sizeof stem, "layers.%lld.2.", (long long)l);
+        if ((s = xa_params_add_table(&m->params, cff_table, F_N, c, stem, NULL))) return s;
     }
-    if (transformer) {
-        for (int k = 0; k < N_N; k++)
-            if ((s = xa_wref_find(st, "xattn_bidir_load", prefix, "", final_names[k], &fin[k]))) return s;
-        if ((s = check_final(fin, &d, first)) || (s = place(st, fin, N_N, &total, NULL)))
-            return s;
-    }
+    return xa_params_add_table(&m->params, final_table, N_N, c, "", NULL);
+}
 
-    /* pass 2: one block for every weight */
-    if ((uint64_t)total > SIZE_MAX / sizeof(float))
-        return xa_error(XATTN_ERR_NOMEM, "xattn_bidir_load: weights overflow");
-    m->block = xa_alloc((size_t)total * sizeof(float));
-    m->layers = calloc((size_t)depth, sizeof *m->layers);
-    if (!m->block || !m->layers) return xa_error(XATTN_ERR_NOMEM, "xattn_bidir_load: out of memory");
-    int64_t off = 0;
-    for (int64_t l = 0; l < depth; l++) {
-        xa_wref *r = l == 0 ? first : cur;
-        if (l > 0 && (s = find_layer(st, prefix, transformer, l, r))) return s;
-        if ((s = place(st, r, per, &off, m->block))) return s;
-        wire_attn(&m->layers[l].attn, r);
-        if (transformer) {
-            wire_ff(&m->layers[l].ff, r + A_N);
-            wire_ff(&m->layers[l].cff, r + A_N + F_N);
-        }
-    }
-    if (transformer) {
-        if ((s = place(st, fin, N_N, &off, m->block))) return s;
-        if (fin[N_NORM_W].present) {
-            m->fnorm_w = fin[N_NORM_W].dst;
-            m->fcnorm_w = fin[N_CNORM_W].dst;
-        }
-    }
+/* ---------------------------------------------------------------------------------------- */
+/* Bind: pointers into the parameter block                                                  */
+/* ---------------------------------------------------------------------------------------- */
 
-    xattn_bidir_config *c = &m->cfg;
-    c->is_transformer = transformer;
-    c->dim = d.dim;
-    c->context_dim = d.cdim;
-    c->heads = d.H;
-    c->dim_head = d.inner / d.H;
-    c->inner_dim = d.inner;
-    c->prenorm = d.norm;
-    c->talking_heads = d.talking;
-    c->depth = depth;
-    c->ff_hidden = transformer ? d.hidden : 0;
-    c->context_ff_hidden = transformer ? d.chidden : 0;
-    c->final_norms = transformer && fin[N_NORM_W].present;
-    c->context_norm_dim = c->final_norms ? fin[N_CNORM_W].shape[0] : 0;
+static void wire_attn(bd_attn *a, const xa_params *ps, int base)
+{
+    a->norm_w = xa_param_data(ps, base + A_NORM_W);
+    a->norm_b = xa_param_data(ps, base + A_NORM_B);
+    a->cnorm_w = xa_param_data(ps, base + A_CNORM_W);
+    a->cnorm_b = xa_param_data(ps, base + A_CNORM_B);
+    a->w_qkv = xa_param_data(ps, base + A_QK); /* to_v follows (glued) */
+    a->cw_qkv = xa_param_data(ps, base + A_CQK);
+    a->wo = xa_param_data(ps, base + A_OUT_W);
+    a->bo = xa_param_data(ps, base + A_OUT_B);
+    a->cwo = xa_param_data(ps, base + A_COUT_W);
+    a->cbo = xa_param_data(ps, base + A_COUT_B);
+    a->talk = xa_param_data(ps, base + A_TALK);
+    a->ctalk = xa_param_data(ps, base + A_CTALK);
+}
+
+static void wire_ff(bd_ff *f, const xa_params *ps, int base)
+{
+    f->norm_w = xa_param_data(ps, base + F_NORM);
+    f->w1 = xa_param_data(ps, base + F_W1);
+    f->b1 = xa_param_data(ps, base + F_B1);
+    f->w2 = xa_param_data(ps, base + F_W2);
+    f->b2 = xa_param_data(ps, base + F_B2);
+}
+
+static void fill_config(xattn_bidir *m, int tf)
+{
+    const xa_cfg *c = &m->core.cfg;
+    xattn_bidir_config *o = &m->cfg;
+    memset(o, 0, sizeof *o);
+    o->is_transformer = tf;
+    o->dim = xa_cfg_int(c, "dim");
+    o->context_dim = xa_cfg_int(c, "context_dim");
+    o->heads = xa_cfg_int(c, "heads");
+    o->dim_head = xa_cfg_int(c, "dim_head");
+    o->inner_dim = xa_cfg_int(c, "inner_dim");
+    o->prenorm = xa_cfg_get(c, "prenorm") == 0     ? XATTN_NORM_NONE
+                 : xa_cfg_get(c, "layernorm") != 0 ? XATTN_NORM_LAYER
+                                                   : XATTN_NORM_RMS;
+    o->talking_heads = xa_cfg_get(c, "talking_heads") != 0;
+    o->depth = tf ? xa_cfg_int(c, "depth") : 1;
+    if (!tf) return;
+    o->ff_hidden = xa_cfg_int(c, "ff_hidden");
+    o->context_ff_hidden = xa_cfg_int(c, "context_ff_hidden");
+    o->ff_expansion_factor = xa_cfg_get(c, "ff_expansion_factor");
+    o->final_norms = xa_cfg_get(c, "final_norms") != 0;
+    o->context_norm_dim = o->final_norms ? o->context_dim : 0;
+}
+
+static xattn_status bind(xa_mod *core)
+{
+    xattn_bidir *m = (xattn_bidir *)core;
+    const int tf = core->kind == &xa_kind_bidir_transformer;
+    fill_config(m, tf);
+    const xa_params *ps = &core->params;
+    m->layers = calloc((size_t)m->cfg.depth, sizeof *m->layers);
+    if (!m->layers) return xa_error(XATTN_ERR_NOMEM, "%s: out of memory", FN_LOAD);
+    const int per = tf ? TF_PER_LAYER : A_N;
+    for (int64_t l = 0; l < m->cfg.depth; l++) {
+        const int base = (int)l * per;
+        wire_attn(&m->layers[l].attn, ps, base);
+        if (!tf) continue;
+        wire_ff(&m->layers[l].ff, ps, base + A_N);
+        wire_ff(&m->layers[l].cff, ps, base + A_N + F_N);
+    }
+    if (tf) {
+        const int fin = (int)m->cfg.depth * per;
+        m->fnorm_w = xa_param_data(ps, fin + N_NORM);
+        m->fcnorm_w = xa_param_data(ps, fin + N_CNORM);
+    }
     return XATTN_OK;
 }
 
-xattn_status xattn_bidir_load(const xattn_safetensors *st, const char *prefix, int64_t heads,
-                              xattn_bidir **out)
+static void destroy(xa_mod *core)
 {
-    if (!out) return xa_error(XATTN_ERR_ARG, "xattn_bidir_load: out is NULL");
+    xattn_bidir *m = (xattn_bidir *)core;
+    free(m->layers);
+    m->layers = NULL;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Registry                                                                                 */
+/* ---------------------------------------------------------------------------------------- */
+
+/* A transformer: its first layer's attention and feed-forward (as the CLI detects it). */
+static int tf_claims(const xattn_safetensors *st, const char *prefix)
+{
+    return xa_has(st, prefix, "layers.0.0.to_qk.weight") &&
+           xa_has(st, prefix, "layers.0.1.1.weight");
+}
+
+
+static const xa_io bd_inputs[] = {
+    {"x", "B,I,dim", 0, "the sequence"},
+    {"context", "B,J,context_dim", 0, "the context"},
+    {"mask", "B,I", XA_IO_OPT | XA_IO_MASK,
+     "True = keep (a masked x position is neither a query "
+     "nor a key)"},
+    {"context_mask", "B,J", XA_IO_OPT | XA_IO_MASK, "True = keep"},
+    {"rel_pos_bias", "B/1,heads/1,I,J", XA_IO_OPT, "added to the shared similarities"},
+};
+static const xa_io bd_outputs[] = {
+    {"out", "B,I,dim", 0, "x attending to the context"},
+    {"context_out", "B,J,context_dim", 0, "the context attending to x"},
+    {"attn", "B,heads,I,J", XA_IO_OPT, "softmax over j (after talking heads)"},
+    {"context_attn", "B,heads,I,J", XA_IO_OPT, "softmax over i (after talking heads)"},
+};
+
+static xattn_status forward_named(const xa_mod *core, const xa_run *r);
+
+const xa_kind xa_kind_bidir = {
+    .name = "bidir",
+    .reference = "BidirectionalCrossAttention (PyPI bidirectional-cross-attention 0.1.0; 0.0.x "
+                 "LayerNorm prenorm)",
+    .summary = "two sequences attend to each other through one shared similarity",
+    .fields = attn_fields,
+    .n_fields = sizeof attn_fields / sizeof attn_fields[0],
+    .inputs = bd_inputs,
+    .n_in = 5,
+    .outputs = bd_outputs,
+    .n_out = 4,
+    .anchor = "to_qk.weight",
+    .size = sizeof(xattn_bidir),
+    .build = attn_build,
+    .bind = bind,
+    .destroy = destroy,
+    .forward = forward_named,
+    .state_dict = "to_qk.weight (inner_dim, dim), to_v.weight, context_to_qk.weight (inner_dim, "
+                  "context_dim), context_to_v.weight, to_out.{weight, bias}, context_to_out."
+                  "{weight, bias}, [norm.weight [norm.bias], context_norm.weight [.bias]], "
+                  "[talking_heads.weight, context_talking_heads.weight (heads, heads, 1, 1)]",
+};
+
+const xa_kind xa_kind_bidir_transformer = {
+    .name = "bidir-transformer",
+    .reference = "BidirectionalCrossAttentionTransformer (PyPI bidirectional-cross-attention "
+                 "0.1.0)",
+    .summary = "layers of bidirectional cross-attention and feed-forwards on both streams",
+    .fields = tf_fields,
+    .n_fields = sizeof tf_fields / sizeof tf_fields[0],
+    .inputs = bd_inputs,
+    .n_in = 5,
+    .outputs = bd_outputs,
+    .n_out = 2, /* the package returns no maps */
+    .anchor = "layers.0.0.to_qk.weight",
+    .claims = tf_claims,
+    .size = sizeof(xattn_bidir),
+    .build = tf_build,
+    .bind = bind,
+    .destroy = destroy,
+    .forward = forward_named,
+    .state_dict = "layers.L.0.<the bidir names, with prenorm>, layers.L.1.{0.weight, 1.weight, "
+                  "1.bias, 3.weight, 3.bias} (feed-forward of x), layers.L.2.* (of the context), "
+                  "[norm.weight, context_norm.weight]",
+};
+
+/* ---------------------------------------------------------------------------------------- */
+/* Typed API                                                                                */
+/* ---------------------------------------------------------------------------------------- */
+
+static int reserved_zero(const uint64_t *r) { return !(r[0] | r[1] | r[2] | r[3]); }
+
+xattn_status xattn_bidir_load(const xattn_safetensors *st, const char *prefix,
+                              const xattn_bidir_opts *opts, xattn_bidir **out)
+{
+    if (!out) return xa_error(XATTN_ERR_ARG, "%s: out is NULL", FN_LOAD);
     *out = NULL;
-    if (!st) return xa_error(XATTN_ERR_ARG, "xattn_bidir_load: safetensors handle is NULL");
+    if (!st) return xa_error(XATTN_ERR_ARG, "%s: safetensors handle is NULL", FN_LOAD);
+    if (opts && !reserved_zero(opts->reserved_))
+        return xa_error(XATTN_ERR_ARG, "%s: opts->reserved_ must be zero", FN_LOAD);
     if (!prefix) prefix = "";
-    if (heads < 0) heads = 0;
     char pp[XA_IO_NAME_CAP];
     xa_io_printable(prefix, pp, sizeof pp);
-
-    const int attn_names_found = xa_wref_has(st, prefix, "to_qk.weight");
-    const int tr_names = xa_wref_has(st, prefix, "layers.0.0.to_qk.weight");
-    if (attn_names_found && tr_names)
-        return xa_error(XATTN_ERR_FORMAT,
-                        "ambiguous module: both '%sto_qk.weight' (BidirectionalCrossAttention) and "
-                        "'%slayers.0.0.to_qk.weight' (BidirectionalCrossAttentionTransformer) present",
-                        pp, pp);
-    if (!attn_names_found && !tr_names)
+    const int attn_names = xa_has(st, prefix, "to_qk.weight");
+    const int tf_names = xa_has(st, prefix, "layers.0.0.to_qk.weight");
+    if (attn_names && tf_names)
+        return xa_error(
+            XATTN_ERR_FORMAT,
+            "ambiguous module: both '%sto_qk.weight' (BidirectionalCrossAttention) and "
+            "'%slayers.0.0.to_qk.weight' (BidirectionalCrossAttentionTransformer) present",
+            pp, pp);
+    if (!attn_names && !tf_names)
         return xa_error(XATTN_ERR_NOT_FOUND,
                         "no bidirectional cross-attention found: expected '%sto_qk.weight' "
                         "(BidirectionalCrossAttention) or '%slayers.0.0.to_qk.weight' "
                         "(BidirectionalCrossAttentionTransformer)",
                         pp, pp);
-
-    xattn_bidir *m = calloc(1, sizeof *m);
-    if (!m) return xa_error(XATTN_ERR_NOMEM, "xattn_bidir_load: out of memory");
-    xa_wref *refs = calloc(2 * LAYER_REFS + N_N, sizeof *refs);
-    if (!refs) {
-        free(m);
-        return xa_error(XATTN_ERR_NOMEM, "xattn_bidir_load: out of memory");
+    xa_kvbuf kv;
+    memset(&kv, 0, sizeof kv);
+    if (opts) {
+        xa_kv_int(&kv, "heads", opts->heads);
+        xa_kv_int(&kv, "dim_head", opts->dim_head);
+        xa_kv_real(&kv, "ff_expansion_factor", opts->ff_expansion_factor);
+        xa_kv_real(&kv, "dropout", opts->dropout);
     }
-    xattn_status s = load_module(st, prefix, heads, tr_names, m, refs);
-    free(refs);
-    if (s != XATTN_OK) {
-        xattn_bidir_free(m);
-        return s;
-    }
+    xa_mod *m;
+    xattn_status s = xa_mod_open(tf_names ? &xa_kind_bidir_transformer : &xa_kind_bidir, st, prefix,
+                                 kv.kv, kv.n, &m);
+    if (s) return s;
+    *out = (xattn_bidir *)m;
     xa_clear_error();
-    *out = m;
     return XATTN_OK;
 }
 
-void xattn_bidir_free(xattn_bidir *m)
-{
-    if (!m) return;
-    xa_free(m->block);
-    free(m->layers);
-    free(m);
-}
+void xattn_bidir_free(xattn_bidir *m) { xa_mod_free(m ? &m->core : NULL); }
 
 void xattn_bidir_get_config(const xattn_bidir *m, xattn_bidir_config *cfg)
 {
@@ -642,35 +792,44 @@ void xattn_bidir_get_config(const xattn_bidir *m, xattn_bidir_config *cfg)
 /* Forward                                                                                  */
 /* ---------------------------------------------------------------------------------------- */
 
-/* y (M, N) += x (M, K) W^T + b */
-static xattn_status linear_add(const float *x, int64_t M, int64_t K, const float *W,
-                               const float *b, int64_t N, float *y)
-{
-    xattn_status s = xattn_sgemm(0, 1, M, N, K, 1.0f, x, K, W, K, 1.0f, y, N);
-    if (s != XATTN_OK || !b) return s;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads((double)M * (double)N < 262144.0 ? 1 : xa_threads())
-#endif
-    for (int64_t r = 0; r < M; r++) {
-        float *row = y + r * N;
-        for (int64_t c = 0; c < N; c++) row[c] += b[c];
-    }
-    return XATTN_OK;
-}
-
 static xattn_status prenorm(xattn_bidir_norm kind, const float *x, int64_t rows, int64_t n,
                             const float *w, const float *b, float *y)
 {
-    if (kind == XATTN_NORM_LAYER) return xattn_layernorm(x, rows, n, w, b, 1e-5f, y);
-    return xattn_rmsnorm(x, rows, n, w, FLT_EPSILON, y);
+    if (kind == XATTN_NORM_LAYER) return xa_op_layernorm(x, rows, n, w, b, 1e-5f, y);
+    return xa_op_rmsnorm(x, rows, n, w, FLT_EPSILON, y);
 }
 
 typedef struct bd_scratch {
-    float *xn, *cn;     /* (B*I, dim), (B*J, context_dim): normalised inputs        */
-    float *pqv, *cpqv;  /* (B*I, 2*inner), (B*J, 2*inner): [qk | v] per row         */
-    float *oh, *coh;    /* (B*I, inner), (B*J, inner): merged-head attention outputs */
-    float *hid;         /* (B*max(I*hidden, J*context_hidden)) feed-forward          */
+    float *xn, *cn;    /* (B*I, dim), (B*J, context_dim): normalised inputs        */
+    float *pqv, *cpqv; /* (B*I, 2*inner), (B*J, 2*inner): [qk | v] per row         */
+    float *oh, *coh;   /* (B*I, inner), (B*J, inner): merged-head attention outputs */
+    float *hid;        /* (B*max(I*hidden, J*context_hidden)) feed-forward          */
 } bd_scratch;
+
+/* The op's description of one attention over the scratch's projections (heads read in place:
+ * head h of row i is pqv[i * 2 inner + h dh ..], its value inner further). */
+static void describe(const xattn_bidir_config *c, const xattn_bidir_inputs *in,
+                     const bd_scratch *sc, xa_bidir *p)
+{
+    const int64_t I = in->I, J = in->J, dh = c->dim_head, inner = c->inner_dim;
+    const int64_t inner2 = 2 * inner;
+    memset(p, 0, sizeof *p);
+    p->B = in->B, p->H = c->heads, p->I = I, p->J = J, p->dh = dh;
+    p->qk = sc->pqv, p->qk_sb = I * inner2, p->qk_sh = dh, p->qk_si = inner2;
+    p->v = sc->pqv + inner, p->v_sb = I * inner2, p->v_sh = dh, p->v_si = inner2;
+    p->cqk = sc->cpqv, p->cqk_sb = J * inner2, p->cqk_sh = dh, p->cqk_sj = inner2;
+    p->cv = sc->cpqv + inner, p->cv_sb = J * inner2, p->cv_sh = dh, p->cv_sj = inner2;
+    p->out = sc->oh, p->o_sb = I * inner, p->o_sh = dh, p->o_si = inner;
+    p->cout = sc->coh, p->co_sb = J * inner, p->co_sh = dh, p->co_sj = inner;
+    p->scale = xa_head_scale(dh); /* dim_head ** -0.5, then float32 as in torch */
+    p->mask = in->mask, p->mask_sb = I;
+    p->cmask = in->context_mask, p->cmask_sb = J;
+    if (in->rel_pos_bias) {
+        p->bias = in->rel_pos_bias;
+        p->bias_sh = in->bias_h > 1 ? I * J : 0;
+        p->bias_sb = in->bias_b > 1 ? in->bias_h * I * J : 0;
+    }
+}
 
 /* One attention up to the merged-head outputs sc->oh, sc->coh. */
 static xattn_status attn_core(const xattn_bidir *m, const bd_attn *a, const xattn_bidir_inputs *in,
@@ -678,67 +837,26 @@ static xattn_status attn_core(const xattn_bidir *m, const bd_attn *a, const xatt
                               float *cattn)
 {
     const xattn_bidir_config *c = &m->cfg;
-    const int64_t B = in->B, I = in->I, J = in->J, H = c->heads, dh = c->dim_head;
-    const int64_t inner = c->inner_dim, inner2 = 2 * inner;
+    const int64_t nI = in->B * in->I, nJ = in->B * in->J, inner2 = 2 * c->inner_dim;
     xattn_status s;
     const float *xin = x, *cin = ctx;
     if (c->prenorm != XATTN_NORM_NONE) {
-        if ((s = prenorm(c->prenorm, x, B * I, c->dim, a->norm_w, a->norm_b, sc->xn)) ||
-            (s = prenorm(c->prenorm, ctx, B * J, c->context_dim, a->cnorm_w, a->cnorm_b, sc->cn)))
+        if ((s = prenorm(c->prenorm, x, nI, c->dim, a->norm_w, a->norm_b, sc->xn)) ||
+            (s = prenorm(c->prenorm, ctx, nJ, c->context_dim, a->cnorm_w, a->cnorm_b, sc->cn)))
             return s;
         xin = sc->xn;
         cin = sc->cn;
     }
-    if ((s = xattn_linear(xin, B * I, c->dim, a->w_qkv, NULL, inner2, sc->pqv)) ||
-        (s = xattn_linear(cin, B * J, c->context_dim, a->cw_qkv, NULL, inner2, sc->cpqv)))
+    if ((s = xa_op_linear(xin, nI, c->dim, a->w_qkv, NULL, inner2, sc->pqv, 0)) ||
+        (s = xa_op_linear(cin, nJ, c->context_dim, a->cw_qkv, NULL, inner2, sc->cpqv, 0)))
         return s;
-
     xa_bidir p;
-    memset(&p, 0, sizeof p);
-    p.B = B;
-    p.H = H;
-    p.I = I;
-    p.J = J;
-    p.dh = dh;
-    p.qk = sc->pqv;
-    p.qk_sb = I * inner2;
-    p.qk_sh = dh;
-    p.qk_si = inner2;
-    p.v = sc->pqv + inner;
-    p.v_sb = I * inner2;
-    p.v_sh = dh;
-    p.v_si = inner2;
-    p.cqk = sc->cpqv;
-    p.cqk_sb = J * inner2;
-    p.cqk_sh = dh;
-    p.cqk_sj = inner2;
-    p.cv = sc->cpqv + inner;
-    p.cv_sb = J * inner2;
-    p.cv_sh = dh;
-    p.cv_sj = inner2;
-    p.out = sc->oh;
-    p.o_sb = I * inner;
-    p.o_sh = dh;
-    p.o_si = inner;
-    p.cout = sc->coh;
-    p.co_sb = J * inner;
-    p.co_sh = dh;
-    p.co_sj = inner;
-    p.scale = (float)pow((double)dh, -0.5); /* dim_head ** -0.5, then float32 as in torch */
-    p.mask = in->mask;
-    p.mask_sb = I;
-    p.cmask = in->context_mask;
-    p.cmask_sb = J;
-    if (in->rel_pos_bias) {
-        p.bias = in->rel_pos_bias;
-        p.bias_sh = in->bias_h > 1 ? I * J : 0;
-        p.bias_sb = in->bias_b > 1 ? in->bias_h * I * J : 0;
-    }
+    describe(c, in, sc, &p);
     p.talk = a->talk;
     p.ctalk = a->ctalk;
     p.attn = attn;
     p.cattn = cattn;
-    return xa_bidir_attention(&p);
+    return xa_op_bidir_attention(&p);
 }
 
 /* x (rows, d) += W2 gelu(W1 rmsnorm(x) + b1) + b2 */
@@ -746,40 +864,63 @@ static xattn_status ff_add(const bd_ff *f, float *x, int64_t rows, int64_t d, in
                            float *xn, float *hid)
 {
     xattn_status s;
-    if ((s = xattn_rmsnorm(x, rows, d, f->norm_w, FLT_EPSILON, xn)) ||
-        (s = xattn_linear(xn, rows, d, f->w1, f->b1, hidden, hid)) ||
-        (s = xattn_gelu(hid, rows * hidden, 0)) ||
-        (s = linear_add(hid, rows, hidden, f->w2, f->b2, d, x)))
+    if ((s = xa_op_rmsnorm(x, rows, d, f->norm_w, FLT_EPSILON, xn)) ||
+        (s = xa_op_linear(xn, rows, d, f->w1, f->b1, hidden, hid, 0)) ||
+        (s = xa_op_gelu(hid, rows * hidden, 0)) ||
+        (s = xa_op_linear(hid, rows, hidden, f->w2, f->b2, d, x, 1)))
         return s;
     return XATTN_OK;
 }
 
-/* n values, 16-float aligned slots: returns the offset of this slot and advances *total. */
-static int slot(int64_t n, int64_t *total, int64_t *off)
+/* The transformer: the residual streams live in out and context_out. */
+static xattn_status run_transformer(const xattn_bidir *m, const xattn_bidir_inputs *in,
+                                    const xattn_bidir_outputs *o, const bd_scratch *sc)
 {
-    int64_t r = (n + 15) & ~(int64_t)15;
-    if (n < 0 || r < n || *total > INT64_MAX - r) return -1;
-    *off = *total;
-    *total += r;
-    return 0;
+    const xattn_bidir_config *c = &m->cfg;
+    const int64_t nI = in->B * in->I, nJ = in->B * in->J;
+    float *x = o->out, *ctx = o->context_out;
+    xattn_status s;
+    if (x != in->x) memmove(x, in->x, (size_t)(nI * c->dim) * sizeof(float));
+    if (ctx != in->context)
+        memmove(ctx, in->context, (size_t)(nJ * c->context_dim) * sizeof(float));
+    for (int64_t l = 0; l < c->depth; l++) {
+        const bd_layer *L = &m->layers[l];
+        /* xo, co = attn(x, ctx); x += xo; ctx += co (both from the old x and ctx) */
+        if ((s = attn_core(m, &L->attn, in, x, ctx, sc, NULL, NULL)) ||
+            (s = xa_op_linear(sc->oh, nI, c->inner_dim, L->attn.wo, L->attn.bo, c->dim, x, 1)) ||
+            (s = xa_op_linear(sc->coh, nJ, c->inner_dim, L->attn.cwo, L->attn.cbo, c->context_dim,
+                              ctx, 1)))
+            return s;
+        /* x = ff(x) + x; ctx = cff(ctx) + ctx */
+        if ((s = ff_add(&L->ff, x, nI, c->dim, c->ff_hidden, sc->xn, sc->hid)) ||
+            (s = ff_add(&L->cff, ctx, nJ, c->context_dim, c->context_ff_hidden, sc->cn, sc->hid)))
+            return s;
+    }
+    if (m->fnorm_w && ((s = xa_op_rmsnorm(x, nI, c->dim, m->fnorm_w, FLT_EPSILON, x)) ||
+                       (s = xa_op_rmsnorm(ctx, nJ, c->context_dim, m->fcnorm_w, FLT_EPSILON, ctx))))
+        return s;
+    return XATTN_OK;
 }
 
-xattn_status xattn_bidir_forward(const xattn_bidir *m, const xattn_bidir_inputs *in, float *out,
-                                 float *context_out, float *attn, float *context_attn)
+/* Arguments of a forward call. */
+static xattn_status check_call(const xattn_bidir *m, const xattn_bidir_inputs *in,
+                               const xattn_bidir_outputs *o)
 {
-    static const char fn[] = "xattn_bidir_forward";
+    const char *fn = FN_FWD;
     if (!m) return xa_error(XATTN_ERR_ARG, "%s: module is NULL", fn);
     if (!in) return xa_error(XATTN_ERR_ARG, "%s: inputs is NULL", fn);
-    if (!out) return xa_error(XATTN_ERR_ARG, "%s: out is NULL", fn);
-    if (!context_out) return xa_error(XATTN_ERR_ARG, "%s: context_out is NULL", fn);
-    const xattn_bidir_config *c = &m->cfg;
-    const int64_t B = in->B, I = in->I, J = in->J, H = c->heads;
+    if (!o) return xa_error(XATTN_ERR_ARG, "%s: outputs is NULL", fn);
+    if (!reserved_zero(in->reserved_) || !reserved_zero(o->reserved_))
+        return xa_error(XATTN_ERR_ARG, "%s: reserved_ words must be zero", fn);
+    if (!o->out) return xa_error(XATTN_ERR_ARG, "%s: out is NULL", fn);
+    if (!o->context_out) return xa_error(XATTN_ERR_ARG, "%s: context_out is NULL", fn);
+    const int64_t B = in->B, I = in->I, J = in->J, H = m->cfg.heads;
     if (B <= 0 || I <= 0 || J <= 0)
         return xa_error(XATTN_ERR_ARG, "%s: sizes must be positive (B=%lld, I=%lld, J=%lld)", fn,
                         (long long)B, (long long)I, (long long)J);
     if (!in->x) return xa_error(XATTN_ERR_ARG, "%s: x is NULL", fn);
     if (!in->context) return xa_error(XATTN_ERR_ARG, "%s: context is NULL", fn);
-    if (c->is_transformer && (attn || context_attn))
+    if (m->cfg.is_transformer && (o->attn || o->context_attn))
         return xa_error(XATTN_ERR_ARG,
                         "%s: BidirectionalCrossAttentionTransformer returns no attention maps (the "
                         "package ignores return_attn): pass attn = context_attn = NULL",
@@ -789,84 +930,125 @@ xattn_status xattn_bidir_forward(const xattn_bidir *m, const xattn_bidir_inputs 
             return xa_error(XATTN_ERR_SHAPE, "%s: rel_pos_bias batch %lld must be 1 or B = %lld",
                             fn, (long long)in->bias_b, (long long)B);
         if (in->bias_h != 1 && in->bias_h != H)
-            return xa_error(XATTN_ERR_SHAPE, "%s: rel_pos_bias heads %lld must be 1 or heads = %lld",
-                            fn, (long long)in->bias_h, (long long)H);
+            return xa_error(XATTN_ERR_SHAPE,
+                            "%s: rel_pos_bias heads %lld must be 1 or heads = %lld", fn,
+                            (long long)in->bias_h, (long long)H);
     }
+    return XATTN_OK;
+}
 
-    /* sizes, with overflow checks */
-    int64_t nI, nJ, t;
-    const int64_t inner2 = 2 * c->inner_dim;
-    const int tr = c->is_transformer;
-    const int need_norm = tr || c->prenorm != XATTN_NORM_NONE;
-    int64_t n_xn = 0, n_cn = 0, n_pqv, n_cpqv, n_oh, n_coh, n_hid = 0, hI = 0, hJ = 0;
-    if (xa_mul_ok(B, I, &nI) || xa_mul_ok(B, J, &nJ) || xa_mul_ok(nI, inner2, &n_pqv) ||
-        xa_mul_ok(nJ, inner2, &n_cpqv) || xa_mul_ok(nI, c->inner_dim, &n_oh) ||
-        xa_mul_ok(nJ, c->inner_dim, &n_coh) || xa_mul_ok(nI, c->dim, &t) ||
-        xa_mul_ok(nJ, c->context_dim, &t) || xa_mul_ok(nI, J, &t) || xa_mul_ok(t, H, &t) ||
+/* n values, 16-float aligned slots: sets *off to this slot's offset and advances *total. */
+static int slot(int64_t n, int64_t *total, int64_t *off)
+{
+    int64_t r = (n + 15) & ~(int64_t)15;
+    if (n < 0 || r < n || *total > INT64_MAX - r) return -1;
+    *off = *total;
+    *total += r;
+    return 0;
+}
+
+/* Scratch sizes (with overflow checks): offsets of each buffer into o[7], the total floats. */
+static xattn_status scratch_plan(const xattn_bidir_config *c, const xattn_bidir_inputs *in,
+                                 int64_t o[7], int64_t *total)
+{
+    const int64_t B = in->B, I = in->I, J = in->J, inner = c->inner_dim;
+    const int need_norm = c->is_transformer || c->prenorm != XATTN_NORM_NONE;
+    int64_t nI, nJ, t, n_pqv, n_cpqv, n_oh, n_coh, hI = 0, hJ = 0;
+    if (xa_mul_ok(B, I, &nI) || xa_mul_ok(B, J, &nJ) || xa_mul_ok(nI, 2 * inner, &n_pqv) ||
+        xa_mul_ok(nJ, 2 * inner, &n_cpqv) || xa_mul_ok(nI, inner, &n_oh) ||
+        xa_mul_ok(nJ, inner, &n_coh) || xa_mul_ok(nI, c->dim, &t) ||
+        xa_mul_ok(nJ, c->context_dim, &t) || xa_mul_ok(nI, J, &t) || xa_mul_ok(t, c->heads, &t) ||
         xa_mul_ok(nI, c->ff_hidden, &hI) || xa_mul_ok(nJ, c->context_ff_hidden, &hJ) ||
-        (in->rel_pos_bias && (xa_mul_ok(in->bias_b, in->bias_h, &t) || xa_mul_ok(t, I, &t) ||
-                              xa_mul_ok(t, J, &t))))
-        return xa_error(XATTN_ERR_NOMEM, "%s: sizes overflow (B=%lld, I=%lld, J=%lld)", fn,
+        (in->rel_pos_bias &&
+         (xa_mul_ok(in->bias_b, in->bias_h, &t) || xa_mul_ok(t, I, &t) || xa_mul_ok(t, J, &t))))
+        return xa_error(XATTN_ERR_NOMEM, "%s: sizes overflow (B=%lld, I=%lld, J=%lld)", FN_FWD,
                         (long long)B, (long long)I, (long long)J);
-    if (need_norm) {
-        n_xn = nI * c->dim;
-        n_cn = nJ * c->context_dim;
-    }
-    if (tr) n_hid = XA_MAX(hI, hJ);
-
-    int64_t total = 0, o_xn, o_cn, o_pqv, o_cpqv, o_oh, o_coh, o_hid;
-    if (slot(n_xn, &total, &o_xn) || slot(n_cn, &total, &o_cn) || slot(n_pqv, &total, &o_pqv) ||
-        slot(n_cpqv, &total, &o_cpqv) || slot(n_oh, &total, &o_oh) ||
-        slot(n_coh, &total, &o_coh) || slot(n_hid, &total, &o_hid) ||
-        (uint64_t)total > SIZE_MAX / sizeof(float) / 2)
-        return xa_error(XATTN_ERR_NOMEM, "%s: scratch for B=%lld, I=%lld, J=%lld overflows", fn,
+    const int64_t n[7] = {need_norm ? nI * c->dim : 0,
+                          need_norm ? nJ * c->context_dim : 0,
+                          n_pqv,
+                          n_cpqv,
+                          n_oh,
+                          n_coh,
+                          c->is_transformer ? XA_MAX(hI, hJ) : 0};
+    *total = 0;
+    for (int k = 0; k < 7; k++)
+        if (slot(n[k], total, &o[k]))
+            return xa_error(XATTN_ERR_NOMEM, "%s: scratch for B=%lld, I=%lld, J=%lld overflows",
+                            FN_FWD, (long long)B, (long long)I, (long long)J);
+    if ((uint64_t)*total > SIZE_MAX / sizeof(float) / 2)
+        return xa_error(XATTN_ERR_NOMEM, "%s: scratch for B=%lld, I=%lld, J=%lld overflows", FN_FWD,
                         (long long)B, (long long)I, (long long)J);
-    float *scratch = xa_alloc((size_t)total * sizeof(float));
-    if (!scratch) return XATTN_ERR_NOMEM;
-    bd_scratch sc;
-    sc.xn = need_norm ? scratch + o_xn : NULL;
-    sc.cn = need_norm ? scratch + o_cn : NULL;
-    sc.pqv = scratch + o_pqv;
-    sc.cpqv = scratch + o_cpqv;
-    sc.oh = scratch + o_oh;
-    sc.coh = scratch + o_coh;
-    sc.hid = tr ? scratch + o_hid : NULL;
+    return XATTN_OK;
+}
 
-    xattn_status s = XATTN_OK;
-    if (!tr) {
-        const bd_attn *a = &m->layers[0].attn;
-        if ((s = attn_core(m, a, in, in->x, in->context, &sc, attn, context_attn)) ||
-            (s = xattn_linear(sc.oh, nI, c->inner_dim, a->wo, a->bo, c->dim, out)) ||
-            (s = xattn_linear(sc.coh, nJ, c->inner_dim, a->cwo, a->cbo, c->context_dim,
-                              context_out)))
-            goto done;
+/* The forward on the current context. */
+static xattn_status bidir_run(const xattn_bidir *m, const xattn_bidir_inputs *in,
+                              const xattn_bidir_outputs *o)
+{
+    xattn_status s = check_call(m, in, o);
+    if (s) return s;
+    const xattn_bidir_config *c = &m->cfg;
+    int64_t off[7], total = 0;
+    if ((s = scratch_plan(c, in, off, &total))) return s;
+    xa_ws *ws = xa_ws_get((size_t)XA_MAX(total, 1) * sizeof(float));
+    if (!ws) return XATTN_ERR_NOMEM;
+    float *base = xa_ws_data(ws);
+    const int need_norm = c->is_transformer || c->prenorm != XATTN_NORM_NONE;
+    const bd_scratch sc = {need_norm ? base + off[0] : NULL,
+                           need_norm ? base + off[1] : NULL,
+                           base + off[2],
+                           base + off[3],
+                           base + off[4],
+                           base + off[5],
+                           c->is_transformer ? base + off[6] : NULL};
+    const int64_t nI = in->B * in->I, nJ = in->B * in->J;
+    if (c->is_transformer) {
+        s = run_transformer(m, in, o, &sc);
     } else {
-        /* the residual streams live in out and context_out */
-        if (out != in->x) memmove(out, in->x, (size_t)(nI * c->dim) * sizeof(float));
-        if (context_out != in->context)
-            memmove(context_out, in->context, (size_t)(nJ * c->context_dim) * sizeof(float));
-        for (int64_t l = 0; l < c->depth; l++) {
-            const bd_layer *L = &m->layers[l];
-            /* xo, co = attn(x, ctx); x += xo; ctx += co (both from the old x and ctx) */
-            if ((s = attn_core(m, &L->attn, in, out, context_out, &sc, NULL, NULL)) ||
-                (s = linear_add(sc.oh, nI, c->inner_dim, L->attn.wo, L->attn.bo, c->dim, out)) ||
-                (s = linear_add(sc.coh, nJ, c->inner_dim, L->attn.cwo, L->attn.cbo,
-                                c->context_dim, context_out)))
-                goto done;
-            /* x = ff(x) + x; ctx = cff(ctx) + ctx */
-            if ((s = ff_add(&L->ff, out, nI, c->dim, c->ff_hidden, sc.xn, sc.hid)) ||
-                (s = ff_add(&L->cff, context_out, nJ, c->context_dim, c->context_ff_hidden, sc.cn,
-                            sc.hid)))
-                goto done;
-        }
-        if (m->fnorm_w &&
-            ((s = xattn_rmsnorm(out, nI, c->dim, m->fnorm_w, FLT_EPSILON, out)) ||
-             (s = xattn_rmsnorm(context_out, nJ, c->context_dim, m->fcnorm_w, FLT_EPSILON,
-                                context_out))))
-            goto done;
+        const bd_attn *a = &m->layers[0].attn;
+        if (!(s = attn_core(m, a, in, in->x, in->context, &sc, o->attn, o->context_attn)) &&
+            !(s = xa_op_linear(sc.oh, nI, c->inner_dim, a->wo, a->bo, c->dim, o->out, 0)))
+            s = xa_op_linear(sc.coh, nJ, c->inner_dim, a->cwo, a->cbo, c->context_dim,
+                             o->context_out, 0);
     }
-    xa_clear_error();
-done:
-    xa_free(scratch);
+    xa_ws_put(ws);
+    if (!s) xa_clear_error();
     return s;
+}
+
+xattn_status xattn_bidir_forward(xattn_ctx *ctx, const xattn_bidir *m, const xattn_bidir_inputs *in,
+                                 const xattn_bidir_outputs *out)
+{
+    const xattn_ctx *prev = xa_ctx_enter(ctx);
+    xattn_status s = bidir_run(m, in, out);
+    xa_ctx_leave(prev);
+    return s;
+}
+
+/* Named arrays (in / out in table order) onto the typed forward, on the current context. */
+static xattn_status forward_named(const xa_mod *core, const xa_run *r)
+{
+    xattn_bidir_inputs in;
+    memset(&in, 0, sizeof in);
+    in.B = xa_run_sym(r, "B");
+    in.I = xa_run_sym(r, "I");
+    in.J = xa_run_sym(r, "J");
+    in.x = r->in[0];
+    in.context = r->in[1];
+    in.mask = r->in[2];
+    in.context_mask = r->in[3];
+    if (r->in[4]) {
+        in.rel_pos_bias = r->in[4];
+        in.bias_b = r->in_shape[4][0];
+        in.bias_h = r->in_shape[4][1];
+    }
+    xattn_bidir_outputs o;
+    memset(&o, 0, sizeof o);
+    o.out = r->out[0];
+    o.context_out = r->out[1];
+    if (core->kind->n_out > 2) {
+        o.attn = r->out[2];
+        o.context_attn = r->out[3];
+    }
+    return bidir_run((const xattn_bidir *)core, &in, &o);
 }

@@ -145,7 +145,8 @@ int cmd_bench(int argc, char **argv)
     int64_t wx, wc, wo, wco = 0;
     const char *kind;
     if (bf.n_found) {
-        if (xattn_bidir_load(st, bf.prefix, heads, &bm) != XATTN_OK) {
+        xattn_bidir_opts bo = {.heads = heads};
+        if (xattn_bidir_load(st, bf.prefix, &bo, &bm) != XATTN_OK) {
             rc = cli_lib_error(CMD, model);
             goto done;
         }
@@ -187,11 +188,12 @@ int cmd_bench(int argc, char **argv)
         goto done;
     }
     xattn_bidir_inputs bin = {.B = B, .I = I, .J = J, .x = x.data, .context = c.data};
+    xattn_bidir_outputs bout = {.out = out, .context_out = cout};
     xattn_mha_inputs min = {.B = B, .I = I, .J = J, .query = x.data, .key = c.data};
     xattn_mha_outputs mout = {.out = out};
     for (long long r = -1; r < reps; r++) { /* r = -1: warm-up */
         double t0 = cli_now();
-        xattn_status s = bm ? xattn_bidir_forward(bm, &bin, out, cout, NULL, NULL)
+        xattn_status s = bm ? xattn_bidir_forward(NULL, bm, &bin, &bout)
                             : xattn_mha_forward(NULL, mha, &min, &mout);
         double t = cli_now() - t0;
         if (s != XATTN_OK) {

@@ -135,7 +135,7 @@ static int build_model(xattn_safetensors **st, xattn_bidir **m)
     }
     close(fd);
     if (xattn_st_save(path, ents, sizeof ents / sizeof ents[0], meta, 1) != XATTN_OK ||
-        xattn_st_open(path, st) != XATTN_OK || xattn_bidir_load(*st, "", 0, m) != XATTN_OK) {
+        xattn_st_open(path, st) != XATTN_OK || xattn_bidir_load(*st, "", NULL, m) != XATTN_OK) {
         cli_lib_error(CMD, path);
         remove(path);
         goto out;
@@ -216,8 +216,9 @@ int cmd_demo(int argc, char **argv)
 
     /* one timed forward at full size: no map requested, none materialised */
     xattn_bidir_inputs in = {.B = 1, .I = I, .J = J, .x = x, .context = ctx};
+    xattn_bidir_outputs res = {.out = out, .context_out = cout};
     progress("forward (warm-up)");
-    if (xattn_bidir_forward(m, &in, out, cout, NULL, NULL) != XATTN_OK) {
+    if (xattn_bidir_forward(NULL, m, &in, &res) != XATTN_OK) {
         cli_lib_error(CMD, NULL);
         goto done;
     }
@@ -227,7 +228,7 @@ int cmd_demo(int argc, char **argv)
         snprintf(what, sizeof what, "forward %d/3", r + 1);
         progress(what);
         double t0 = cli_now();
-        xattn_bidir_forward(m, &in, out, cout, NULL, NULL);
+        xattn_bidir_forward(NULL, m, &in, &res);
         double t = cli_now() - t0;
         if (t < best) best = t;
     }
@@ -246,7 +247,8 @@ int cmd_demo(int argc, char **argv)
     progress("attention of sampled video frames");
     for (int64_t s = 0; s < S; s++) memcpy(xs + s * DIM, x + s * STRIDE * DIM, sizeof(float) * DIM);
     xattn_bidir_inputs ins = {.B = 1, .I = S, .J = J, .x = xs, .context = ctx};
-    if (xattn_bidir_forward(m, &ins, so, sco, attn, NULL) != XATTN_OK) {
+    xattn_bidir_outputs sres = {.out = so, .context_out = sco, .attn = attn};
+    if (xattn_bidir_forward(NULL, m, &ins, &sres) != XATTN_OK) {
         progress_done();
         cli_lib_error(CMD, NULL);
         goto done;

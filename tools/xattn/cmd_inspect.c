@@ -51,7 +51,8 @@ static void print_bidir(const xattn_safetensors *st, const cli_bidir *bf, int n_
     if (n_total > 1) printf("note: %d attention modules found; showing the first\n", n_total);
     xattn_bidir *m = NULL;
     int heads_known = 1;
-    if (xattn_bidir_load(st, bf->prefix, 0, &m) != XATTN_OK) {
+    const xattn_bidir_opts one_head = {.heads = 1};
+    if (xattn_bidir_load(st, bf->prefix, NULL, &m) != XATTN_OK) {
         char why[512];
         cli_printable(xattn_last_error(), why, sizeof why);
         /* the default 8 heads may not divide inner_dim: without talking heads and metadata,
@@ -60,7 +61,7 @@ static void print_bidir(const xattn_safetensors *st, const cli_bidir *bf, int n_
         snprintf(talk, sizeof talk, "%s%stalking_heads.weight", bf->prefix,
                  bf->transformer ? "layers.0.0." : "");
         if (xattn_st_meta_get(st, "heads") || xattn_st_find(st, talk) >= 0 ||
-            xattn_bidir_load(st, bf->prefix, 1, &m) != XATTN_OK) {
+            xattn_bidir_load(st, bf->prefix, &one_head, &m) != XATTN_OK) {
             printf("module: unknown (%s names%s, but: %s)\n", kind, at, why);
             return;
         }

@@ -245,8 +245,8 @@ static int load_model(const run_args *a, run_state *s)
     int rc;
     if ((rc = check_family_options(a, s))) return rc;
     if (s->is_bidir) {
-        if (xattn_bidir_load(s->st, s->bf.prefix, a->heads > 0 ? a->heads : 0, &s->bm) !=
-            XATTN_OK)
+        const xattn_bidir_opts bo = {.heads = a->heads > 0 ? a->heads : 0};
+        if (xattn_bidir_load(s->st, s->bf.prefix, &bo, &s->bm) != XATTN_OK)
             return cli_lib_error(CMD, a->model);
         return 0;
     }
@@ -607,7 +607,9 @@ static int run_bidir(const run_args *a, run_state *s)
         in.bias_h = nd >= 3 ? s->bias.shape[nd - 3] : 1;
         in.bias_b = nd == 4 ? s->bias.shape[0] : 1;
     }
-    if (xattn_bidir_forward(s->bm, &in, s->out, s->cout, s->attn, s->cattn) != XATTN_OK)
+    const xattn_bidir_outputs res = {.out = s->out, .context_out = s->cout, .attn = s->attn,
+                                     .context_attn = s->cattn};
+    if (xattn_bidir_forward(NULL, s->bm, &in, &res) != XATTN_OK)
         return cli_lib_error(CMD, a->model);
 
     const int rank3 = s->x.ndim == 3;

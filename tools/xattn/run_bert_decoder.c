@@ -1,4 +1,4 @@
-/* xattn run --module bert-decoder: M8 BERT decoder layers (transformers BertLayer / BertEncoder
+/* xattn run --module bert-decoder: BERT decoder layers (transformers BertLayer / BertEncoder
  * with is_decoder=True, add_cross_attention=True), full forward or incremental decoding. */
 #include "cli.h"
 #include "modules_ext.h"
@@ -135,7 +135,7 @@ static int dec_go(const dargs *a, dstate *s)
                          "crossattention.self.query.weight or "
                          "layer.0.crossattention.self.query.weight)");
     xattn_decoder_opts o;
-    xattn_decoder_opts_init(&o);
+    memset(&o, 0, sizeof o);
     o.heads = a->heads > 0 ? a->heads : 0;
     o.layer_norm_eps = a->eps;
     if (xattn_decoder_load(s->st, "", &o, &s->m) != XATTN_OK) return cli_lib_error(CMD, a->model);
@@ -195,7 +195,7 @@ static int dec_go(const dargs *a, dstate *s)
         M = Nv + Na;
         s->pmem = malloc((size_t)(B * M * md) * sizeof(float));
         if (!s->pmem) return cli_error(CMD, a->model, "out of memory for the memory");
-        if (xattn_decoder_project(s->m, B, a->video ? s->video.data : NULL, Fv, Nv,
+        if (xattn_decoder_project(NULL, s->m, B, a->video ? s->video.data : NULL, Fv, Nv,
                                   a->audio ? s->audio.data : NULL, Fa, Na, s->pmem) != XATTN_OK)
             return cli_lib_error(CMD, a->model);
         memory = s->pmem;
@@ -206,11 +206,13 @@ static int dec_go(const dargs *a, dstate *s)
     s->out = malloc((size_t)(B * T * h) * sizeof(float));
     if (!s->out) return cli_error(CMD, a->x, "out of memory for the output");
     if (!a->incremental) {
-        if (xattn_decoder_forward(s->m, B, T, s->x.data, am, M, memory, mm, s->out) != XATTN_OK)
+        xattn_decoder_inputs in = {B, T, M, s->x.data, am, memory, mm, {0}};
+        xattn_decoder_outputs res = {s->out, {0}};
+        if (xattn_decoder_forward(NULL, s->m, &in, &res) != XATTN_OK)
             return cli_lib_error(CMD, a->model);
     } else {
         if (xattn_decoder_state_new(s->m, B, T, 1, &s->ds) != XATTN_OK ||
-            xattn_decoder_set_memory(s->ds, M, memory, mm) != XATTN_OK)
+            xattn_decoder_set_memory(NULL, s->ds, M, memory, mm) != XATTN_OK)
             return cli_lib_error(CMD, a->model);
         float *buf = malloc((size_t)(2 * B * h) * sizeof(float) + (size_t)B);
         if (!buf) return cli_error(CMD, a->x, "out of memory");
@@ -223,7 +225,7 @@ static int dec_go(const dargs *a, dstate *s)
                 memcpy(xs + b * h, x + (b * T + t) * h, (size_t)h * sizeof(float));
                 ms[b] = am ? am[b * T + t] : 1;
             }
-            if (xattn_decoder_step(s->ds, 1, xs, ms, ys) != XATTN_OK) {
+            if (xattn_decoder_step(NULL, s->ds, 1, xs, ms, ys) != XATTN_OK) {
                 free(buf);
                 return cli_lib_error(CMD, a->model);
             }
