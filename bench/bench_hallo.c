@@ -94,7 +94,7 @@ static int block(int64_t B, int64_t hh, int64_t C, int64_t heads, int64_t T, int
     xattn_safetensors *st = NULL;
     xattn_hallo *m = NULL;
     if (xattn_st_save(path, e, (size_t)n, meta, 1) || xattn_st_open(path, &st) ||
-        xattn_hallo_load(st, "", 0, &m)) {
+        xattn_hallo_load(st, "", NULL, &m)) {
         fprintf(stderr, "bench_hallo: %s\n", xattn_last_error());
         remove(path);
         return 1;
@@ -108,10 +108,11 @@ static int block(int64_t B, int64_t hh, int64_t C, int64_t heads, int64_t T, int
     xattn_hallo_inputs in = {.B = B, .N = N, .T = T, .x = x, .audio = au, .masks = mk,
                              .mask_batch = 1};
     double *ts = malloc(sizeof(double) * (size_t)reps);
-    xattn_hallo_forward(m, &in, out, NULL);
+    const xattn_hallo_outputs ou = {.out = out};
+    xattn_hallo_forward(NULL, m, &in, &ou);
     for (int r = 0; r < reps; r++) {
         double t0 = now_seconds();
-        if (xattn_hallo_forward(m, &in, out, NULL)) {
+        if (xattn_hallo_forward(NULL, m, &in, &ou)) {
             fprintf(stderr, "bench_hallo: %s\n", xattn_last_error());
             return 1;
         }

@@ -101,13 +101,15 @@ int main(int argc, char **argv)
         out[v] = malloc(sizeof(float) * (size_t)(B * on * dims[S - 1]));
     }
     double *ts = malloc(sizeof(double) * (size_t)reps);
-    if (xattn_multiview_forward(m, B, V, tokens, x, out)) {
+    const xattn_multiview_inputs mi = {.B = B, .n_views = V, .tokens = tokens, .x = x};
+    const xattn_multiview_outputs mo = {.out = out};
+    if (xattn_multiview_forward(NULL, m, &mi, &mo)) {
         fprintf(stderr, "bench_multiview: %s\n", xattn_last_error());
         return 1;
     }
     for (int r = 0; r < reps; r++) {
         double t0 = now_seconds();
-        if (xattn_multiview_forward(m, B, V, tokens, x, out)) {
+        if (xattn_multiview_forward(NULL, m, &mi, &mo)) {
             fprintf(stderr, "bench_multiview: %s\n", xattn_last_error());
             return 1;
         }

@@ -102,8 +102,9 @@ static xattn_hallo *make_block(int64_t C, uint64_t seed)
     int fd = mkstemp(path);
     xattn_safetensors *st = NULL;
     xattn_hallo *m = NULL;
+    const xattn_hallo_opts opts = {.heads = HEADS};
     if (fd < 0 || (close(fd), 0) || xattn_st_save(path, e, (size_t)n, NULL, 0) ||
-        xattn_st_open(path, &st) || xattn_hallo_load(st, "", HEADS, &m))
+        xattn_st_open(path, &st) || xattn_hallo_load(st, "", &opts, &m))
         fprintf(stderr, "hallo_pyramid: %s\n", xattn_last_error());
     if (fd >= 0) remove(path);
     xattn_st_close(st);
@@ -140,8 +141,9 @@ int main(int argc, char **argv)
         for (int64_t i = 0; i < N * C; i++) x[i] = 2.0f * noise(200 + l, (uint64_t)i);
         xattn_hallo_inputs in = {.B = 1, .N = N, .T = T, .x = x, .audio = audio, .masks = m,
                                  .mask_batch = 1};
+        const xattn_hallo_outputs outs = {.out = out, .regions = reg};
         if (!blk || xattn_resize_masks(masks, 3, IMG, IMG, h, h, m) != XATTN_OK ||
-            xattn_hallo_forward(blk, &in, out, reg) != XATTN_OK) {
+            xattn_hallo_forward(NULL, blk, &in, &outs) != XATTN_OK) {
             fprintf(stderr, "hallo_pyramid: %s\n", xattn_last_error());
             rc = 1;
         } else {

@@ -475,10 +475,10 @@ XATTN_API xattn_status xattn_bidir_forward(xattn_ctx *ctx, const xattn_bidir *m,
                                            const xattn_bidir_outputs *out);
 
 /* ------------------------------------------------------------------------------------------ */
-/* M3: mutual cross-attention (parameter-free); M9: cross-attention over 2-D feature maps       */
+/* Mutual cross-attention (parameter-free); cross-attention over 2-D feature maps              */
 /* ------------------------------------------------------------------------------------------ */
 /*
- * M3: mutual cross-attention (Zhao & Gu 2024, ztony0712/MCA; parameter-free, dropout = identity
+ * Mutual cross-attention (Zhao & Gu 2024, ztony0712/MCA; parameter-free, dropout = identity
  * at inference). For a (B, Na, D) and b (B, Nb, D):
  *   A  = softmax(a b^T / sqrt(D)) b      (B, Na, D)   a queries b
  *   Bm = softmax(b a^T / sqrt(D)) a      (B, Nb, D)   b queries a
@@ -501,7 +501,7 @@ XATTN_API xattn_status xattn_mutual_bands(const float *a, const float *b, int nd
                                           const int64_t *shape, int band_axis, float *out);
 
 /*
- * M9: cross-attention over 2-D feature maps (seed 004 CrossAttention), loaded from its
+ * Cross-attention over 2-D feature maps (a CrossAttention of 1x1 convolutions), loaded from its
  * state_dict names (optional prefix): conv_query.{weight,bias} (Ck, C1, 1, 1), (Ck);
  * conv_key.{weight,bias} (Ck, C2, 1, 1), (Ck); conv_value.{weight,bias} (Cv, C2, 1, 1), (Cv)
  * (1x1 nn.Conv2d; biases optional). For x1 (B, C1, H1, W1), x2 (B, C2, H2, W2), positions
@@ -692,12 +692,13 @@ XATTN_API xattn_status xattn_interlaced_forward(xattn_ctx *ctx, const xattn_inte
                                                 const xattn_interlaced_outputs *out);
 
 /* ------------------------------------------------------------------------------------------ */
-/* M6: multiscale multiview cross-attention                                                     */
+/* Multiscale multiview cross-attention                                                         */
 /* ------------------------------------------------------------------------------------------ */
 /*
  * A documented composition (docs/multiview.md; the PyTorch reference is the class
- * MultiscaleMultiview in tests/reference/gen_multiview.py). V >= 2 views x_v (B, N_v, C_0) of
- * one input pass S >= 1 stages of widths C_s. Per stage s and view v (prefix stages.s.views.v.):
+ * MultiscaleMultiview(views, dims, heads, hiddens, eps=1e-5, gelu="none") in
+ * tests/reference/gen_multiview.py). V >= 2 views x_v (B, N_v, C_0) of one input pass S >= 1
+ * stages of widths C_s. Per stage s and view v (prefix stages.s.views.v.):
  *   s > 0:  x_v = expand(AvgPool1d(2, stride 2) over tokens of x_v)    N -> floor(N / 2)
  *           (an odd last token is dropped; a view of 1 token cannot be pooled: error)
  *   self:   y_v = x_v + self_attn(norm1(x_v));  y_v += mlp(norm2(y_v))
@@ -711,31 +712,43 @@ XATTN_API xattn_status xattn_interlaced_forward(xattn_ctx *ctx, const xattn_inte
  *   in_proj_bias, out_proj.weight, out_proj.bias} (nn.MultiheadAttention(C_s, heads_s,
  *   batch_first=True)), mlp., cross_mlp. {0.weight, 0.bias, 2.weight, 2.bias} (Linear, GELU,
  *   Linear). No masks: every token attends to every token of the other views.
+ * Views and stages are counted from the names and every width from the shapes; the heads per
+ * stage leave no trace and must be given (option or __metadata__ "heads": "4" or "2,4,8").
+ * Registry kind "multiview": options views, dims, heads, hiddens (lists such as "8,16"), eps,
+ * gelu, and heads.0, heads.1, ... (each stage's heads, which a saved file's __metadata__
+ * holds); inputs xs.0 .. xs.{V-1}, outputs out.0 .. out.{V-1} (up to 11 views; single-stage
+ * modules only there, since a pooled token count floor(N / 2^(S-1)) has no symbolic shape).
  */
 #define XATTN_MULTIVIEW_MAX_STAGES 16
 #define XATTN_MULTIVIEW_MAX_VIEWS 64
 
+typedef enum xattn_multiview_gelu {
+    XATTN_MULTIVIEW_GELU_DEFAULT = 0, /* __metadata__ "gelu", else erf (nn.GELU's default)      */
+    XATTN_MULTIVIEW_GELU_ERF = 1,     /* exact GELU: nn.GELU(approximate="none")               */
+    XATTN_MULTIVIEW_GELU_TANH = 2     /* nn.GELU(approximate="tanh")                           */
+} xattn_multiview_gelu;
+
+/* All zero: everything from __metadata__, else the reference's defaults (the heads have none). */
 typedef struct xattn_multiview_opts {
-    const int64_t *heads; /* heads per stage: n_heads = stages, or 1 value for all stages;     */
-    int64_t n_heads;      /* n_heads = 0: __metadata__ "heads" ("4" or "2,4,8"), else an error */
-    double eps;           /* > 0: LayerNorm eps; else __metadata__ "eps", else 1e-5             */
-    int gelu;             /* 0: erf, 1: tanh, -1: __metadata__ "gelu" ("erf"/"none"/"tanh"), else erf */
+    const int64_t *heads;      /* heads per stage (n_heads = stages), or one value for all     */
+    int64_t n_heads;           /* 0: __metadata__ "heads" ("4" or "2,4,8"), required there    */
+    double eps;                /* LayerNorm eps; 0: __metadata__ "eps", else 1e-5              */
+    xattn_multiview_gelu gelu; /* GELU form of the MLPs                                       */
+    uint64_t reserved_[4];
 } xattn_multiview_opts;
 
 typedef struct xattn_multiview_config {
     int64_t views, stages;
     int64_t dim[XATTN_MULTIVIEW_MAX_STAGES];        /* C_s                              */
     int64_t heads[XATTN_MULTIVIEW_MAX_STAGES];
-    int64_t mlp_hidden[XATTN_MULTIVIEW_MAX_STAGES]; /* rows of mlp.0.weight (same for all
-                                                       views and cross_mlp)             */
+    int64_t mlp_hidden[XATTN_MULTIVIEW_MAX_STAGES]; /* rows of view 0's mlp.0.weight     */
     float eps;
     int gelu_tanh;
 } xattn_multiview_config;
 
 typedef struct xattn_multiview xattn_multiview;
 
-/* opts may be NULL (everything from __metadata__ / defaults). Views and stages are counted
- * from the names; every size comes from the shapes. */
+/* opts may be NULL (everything from __metadata__ / defaults). */
 XATTN_API xattn_status xattn_multiview_load(const xattn_safetensors *st, const char *prefix,
                                             const xattn_multiview_opts *opts,
                                             xattn_multiview **out);
@@ -745,14 +758,27 @@ XATTN_API void xattn_multiview_get_config(const xattn_multiview *m, xattn_multiv
  * pooling would see fewer than 2 tokens. */
 XATTN_API xattn_status xattn_multiview_out_tokens(const xattn_multiview *m, int64_t n,
                                                   int64_t *out_n);
-/* x[v] (B, tokens[v], C_0) for v < n_views (= config views); out[v] (B, out_tokens(tokens[v]),
- * C_{S-1}). Views may have different token counts. */
-XATTN_API xattn_status xattn_multiview_forward(const xattn_multiview *m, int64_t B,
-                                               int64_t n_views, const int64_t *tokens,
-                                               const float *const *x, float *const *out);
+
+typedef struct xattn_multiview_inputs {
+    int64_t B;
+    int64_t n_views;         /* = config views                                               */
+    const int64_t *tokens;   /* [n_views] N_v >= 1 (views may have different token counts)   */
+    const float *const *x;   /* [n_views] (B, N_v, C_0)                                      */
+    uint64_t reserved_[4];
+} xattn_multiview_inputs;
+
+typedef struct xattn_multiview_outputs {
+    float *const *out;       /* [n_views] (B, out_tokens(N_v), C_{S-1}); NULL: not written   */
+    uint64_t reserved_[4];
+} xattn_multiview_outputs;
+
+/* ctx may be NULL (the default context). */
+XATTN_API xattn_status xattn_multiview_forward(xattn_ctx *ctx, const xattn_multiview *m,
+                                               const xattn_multiview_inputs *in,
+                                               const xattn_multiview_outputs *out);
 
 /* ------------------------------------------------------------------------------------------ */
-/* M7: HALLO region-masked hierarchical audio-visual cross-attention                            */
+/* HALLO region-masked hierarchical audio-visual cross-attention                                */
 /* ------------------------------------------------------------------------------------------ */
 /*
  * Mask pyramid: resizes n soft masks (n, Hm, Wm) to (n, h, w) exactly as
@@ -766,20 +792,28 @@ XATTN_API xattn_status xattn_resize_masks(const float *in, int64_t n, int64_t Hm
 
 /*
  * The audio path of HALLO's AudioTemporalBasicTransformerBlock (fudan-generative-vision/hallo,
- * hallo/models/attention.py, the branch with attn2_0/1/2), loaded by its state_dict names
- * (after `prefix`):
- *   norm2.{weight,bias}, norm3.{weight,bias}         nn.LayerNorm(dim), eps 1e-5
- *   attn2_0., attn2_1., attn2_2. {to_q.weight, to_k.weight, to_v.weight, to_out.0.weight,
- *                                 to_out.0.bias}      diffusers Attention (bias=False)
+ * hallo/models/attention.py, the branch with attn2_0/1/2; transcribed as HalloAudioPath in
+ * tests/reference/gen_hallo.py), loaded by its state_dict names (after `prefix`):
  *   zero_conv_full., zero_conv_face., zero_conv_lip. {weight (dim, dim, 1, 1), bias}
+ *   attn2_0., attn2_1., attn2_2. {to_q.weight, to_k.weight, to_v.weight, to_out.0.weight,
+ *                                 to_out.0.bias}      diffusers Attention (to_q/k/v biases when
+ *                                                     attention_bias=True)
+ *   norm2.{weight,bias}, norm3.{weight,bias}         nn.LayerNorm(dim), eps 1e-5
  *   ff.net.0.proj.{weight (2*inner, dim), bias}, ff.net.2.{weight (dim, inner), bias}
  *                                                    diffusers FeedForward, GEGLU (exact GELU)
  * forward:  n = norm2(x);  o_k = zero_conv_k(attn2_k(n, audio) * M_k)  (k = full, face, lip;
  *           the mask multiplies every channel of a token);  h = x + s_0 o_0 + s_1 o_1 + s_2 o_2;
  *           out = h + ff(norm3(h)),  ff(y) = (a * gelu(g)) W2^T + b2,  [a | g] = y W0^T + b0.
  * The self-attention part (norm1, attn1) of the HALLO block is not part of this module.
- * heads <= 0 takes __metadata__ "heads", else diffusers' default 8.
+ * Registry kind "hallo-audio": options dim, heads, dim_head, cross_attention_dim,
+ * attention_bias, ff_inner_dim; inputs hidden_states, encoder_hidden_states, masks,
+ * motion_scale; outputs out, regions.
  */
+typedef struct xattn_hallo_opts {
+    int64_t heads; /* attention heads; 0: __metadata__ "heads", else 8 (diffusers' default) */
+    uint64_t reserved_[4];
+} xattn_hallo_opts;
+
 typedef struct xattn_hallo_config {
     int64_t dim;        /* channels of the latent tokens                         */
     int64_t audio_dim;  /* cross_attention_dim                                  */
@@ -789,8 +823,9 @@ typedef struct xattn_hallo_config {
 
 typedef struct xattn_hallo xattn_hallo;
 
+/* opts may be NULL (defaults). */
 XATTN_API xattn_status xattn_hallo_load(const xattn_safetensors *st, const char *prefix,
-                                        int64_t heads, xattn_hallo **out);
+                                        const xattn_hallo_opts *opts, xattn_hallo **out);
 XATTN_API void xattn_hallo_free(xattn_hallo *m);
 XATTN_API void xattn_hallo_get_config(const xattn_hallo *m, xattn_hallo_config *cfg);
 
@@ -801,12 +836,19 @@ typedef struct xattn_hallo_inputs {
     const float *masks;    /* (mask_batch, 3, N): full/pose, face, lip at this level      */
     int64_t mask_batch;    /* 1 (shared by the batch) or B                                */
     const float *motion_scale; /* 3 weights (pose, face, lip), or NULL = 1, 1, 1           */
+    uint64_t reserved_[4];
 } xattn_hallo_inputs;
 
-/* out (B, N, dim); regions optional: (3, B, N, dim), the unscaled o_k of each region.
- * out may not alias x. */
-XATTN_API xattn_status xattn_hallo_forward(const xattn_hallo *m, const xattn_hallo_inputs *in,
-                                           float *out, float *regions);
+typedef struct xattn_hallo_outputs {
+    float *out;            /* (B, N, dim); may not alias x                                */
+    float *regions;        /* optional (3, B, N, dim): the unscaled o_k of each region    */
+    uint64_t reserved_[4];
+} xattn_hallo_outputs;
+
+/* ctx may be NULL (the default context). */
+XATTN_API xattn_status xattn_hallo_forward(xattn_ctx *ctx, const xattn_hallo *m,
+                                           const xattn_hallo_inputs *in,
+                                           const xattn_hallo_outputs *out);
 
 /* ------------------------------------------------------------------------------------------ */
 /* BERT decoder layers: causal self-attention, cross-attention and a KV cache                  */
@@ -1017,9 +1059,12 @@ XATTN_API size_t xattn_module_param_count(const xattn_module *m);
 XATTN_API xattn_status xattn_module_param(const xattn_module *m, size_t i, xattn_param_desc *p);
 
 /* Named inputs and outputs. shape is symbolic: comma-separated dims, each a size symbol
- * (capitalised: B, I, J ... bound by the inputs), a config name (dim, heads ...), a number, or
- * N*name; "B/1" means B or 1 (broadcast). Masks are BOOL or U8 (nonzero = true; doc gives the
- * polarity); additive masks may also be F32; every other input is F32. */
+ * (capitalised: B, I, J ... bound by the inputs), a config name (dim, heads ...), a number, or a
+ * sum of products of these ("2*dim", "B*num_heads", "J+add_bias_kv+add_zero_attn", a bool
+ * counting 0 or 1); "B/1" means B or 1 (broadcast); '|' separates alternatives by rank; "" is a
+ * 0-dim switch. Masks are BOOL or U8 (nonzero = true; doc gives the polarity); additive masks
+ * may also be F32; every other input is F32. Some optional inputs have a stand-in (torch's key:
+ * the query) used in their place when not given, as their doc says. */
 typedef struct xattn_io_desc {
     const char *name;
     const char *shape;
@@ -1078,6 +1123,9 @@ typedef struct xattn_alias_desc {
     const char *alias, *name, *as;
 } xattn_alias_desc;
 XATTN_API xattn_status xattn_kind_alias(const char *kind, size_t i, xattn_alias_desc *d);
+/* The options (names or aliases, comma-separated) of a kind's one-line description, as
+ * `xattn inspect` shows it ("embed_dim,heads,kdim,vdim,bias"); "": every option. */
+XATTN_API const char *xattn_kind_brief(const char *kind);
 
 #ifdef __cplusplus
 }

@@ -19,7 +19,7 @@ if cmp -s "$TMP/a.safetensors" "$TMP/b.safetensors"; then pass; else fail "same 
 if cmp -s "$TMP/a.safetensors" "$TMP/c.safetensors"; then fail "other seed, other weights"; else pass; fi
 ok "init help" "$X" init --help && has "init help kinds" "$D.out" "conv2d-cross" &&
     has "init help args" "$D.out" "--qk-channels"
-bad "init unknown kind" 2 "mutual, joint, interlaced, bert-decoder, conv2d-cross)" "$X" init nope --out "$TMP/x.safetensors"
+bad "init unknown kind" 2 "(kinds: bidir, bidir-transformer, mha, attention, mutual" "$X" init nope --out "$TMP/x.safetensors"
 bad "init bad value" 2 "option 'in_channels' is \"six\", not a positive integer" "$X" init conv2d-cross --in-channels six --out-channels 3 --out "$TMP/x.safetensors"
 bad "init unknown option" 2 "unknown option 'heads'" "$X" init conv2d-cross --in-channels 6 --out-channels 3 --heads 2 --out "$TMP/x.safetensors"
 bad "init missing required" 2 "out_channels is not given" "$X" init conv2d-cross --in-channels 6 --out "$TMP/x.safetensors"

@@ -9,6 +9,13 @@
 
 static const char *ISAS[2] = {"scalar", "auto"};
 
+static xattn_status hl_forward(const xattn_hallo *m, const xattn_hallo_inputs *in, float *out,
+                               float *regions)
+{
+    const xattn_hallo_outputs o = {.out = out, .regions = regions};
+    return xattn_hallo_forward(NULL, m, in, &o);
+}
+
 static void parse_motion(const char *s, float *ms)
 {
     char *end;
@@ -66,7 +73,7 @@ static void test_block(const char *fixture)
     CHECK_OK(xattn_st_open(tu_fixture(fixture), &st));
     if (!st) return;
     xattn_hallo *m = NULL;
-    CHECK_OK(xattn_hallo_load(st, "", 0, &m));
+    CHECK_OK(xattn_hallo_load(st, "", NULL, &m));
     if (!m) {
         xattn_st_close(st);
         return;
@@ -102,11 +109,11 @@ static void test_block(const char *fixture)
         for (int th = 1; th <= 2; th++) {
             xattn_set_threads(th);
             memset(out, 0xff, (size_t)n * sizeof(float));
-            CHECK_OK(xattn_hallo_forward(m, &in, out, NULL));
+            CHECK_OK(hl_forward(m, &in, out, NULL));
             double e = tu_check_close(fixture, out, ref, n, TU_TOL);
             if (e > worst) worst = e;
             memset(out, 0xff, (size_t)n * sizeof(float));
-            CHECK_OK(xattn_hallo_forward(m, &in, out, reg));
+            CHECK_OK(hl_forward(m, &in, out, reg));
             e = tu_check_close(fixture, out, ref, n, TU_TOL);
             if (e > worst) worst = e;
             e = tu_check_close("regions", reg, rref, 3 * n, TU_TOL);
@@ -122,7 +129,7 @@ static void test_block(const char *fixture)
         CHECK_OK(xattn_resize_masks(big, nm, arm.shape[2], arm.shape[3], h, w, lm));
         tu_check_close("resized masks", lm, masks, nm * h * w, TU_TOL);
         in.masks = lm;
-        CHECK_OK(xattn_hallo_forward(m, &in, out, NULL));
+        CHECK_OK(hl_forward(m, &in, out, NULL));
         double e = tu_check_close("block from full-res masks", out, ref, n, TU_TOL);
         if (e > worst) worst = e;
         in.masks = masks;
@@ -135,14 +142,14 @@ static void test_block(const char *fixture)
     /* bad inputs */
     xattn_hallo_inputs bad = in;
     bad.mask_batch = in.B + 1;
-    CHECK_FAIL(xattn_hallo_forward(m, &bad, out, NULL), XATTN_ERR_SHAPE);
+    CHECK_FAIL(hl_forward(m, &bad, out, NULL), XATTN_ERR_SHAPE);
     bad = in;
     bad.N = 0;
-    CHECK_FAIL(xattn_hallo_forward(m, &bad, out, NULL), XATTN_ERR_SHAPE);
+    CHECK_FAIL(hl_forward(m, &bad, out, NULL), XATTN_ERR_SHAPE);
     bad = in;
     bad.audio = NULL;
-    CHECK_FAIL(xattn_hallo_forward(m, &bad, out, NULL), XATTN_ERR_ARG);
-    CHECK_FAIL(xattn_hallo_forward(m, &in, (float *)x, NULL), XATTN_ERR_ARG);
+    CHECK_FAIL(hl_forward(m, &bad, out, NULL), XATTN_ERR_ARG);
+    CHECK_FAIL(hl_forward(m, &in, (float *)x, NULL), XATTN_ERR_ARG);
     CHECK_OK(xattn_set_isa("auto"));
     xattn_set_threads(0);
     free(out);
@@ -193,7 +200,7 @@ static void test_load_errors(void)
         static const char *const needle[3] = {"zero_conv_lip.bias", "attn2_1.to_k.weight",
                                               "ff.net.2.weight"};
         if (bad) {
-            CHECK_FAIL(xattn_hallo_load(bad, "", 0, &m), want[variant]);
+            CHECK_FAIL(xattn_hallo_load(bad, "", NULL, &m), want[variant]);
             CHECK(m == NULL);
             CHECK(strstr(xattn_last_error(), needle[variant]) != NULL);
             printf("load error %d: %s\n", variant, xattn_last_error());

@@ -16,6 +16,14 @@ static const char *const FIXTURES[] = {"multiview_v2_s1", "multiview_v3_s2_odd",
 
 static double g_worst;
 
+static xattn_status mv_forward(const xattn_multiview *m, int64_t B, int64_t V,
+                               const int64_t *tokens, const float *const *x, float *const *out)
+{
+    const xattn_multiview_inputs in = {.B = B, .n_views = V, .tokens = tokens, .x = x};
+    const xattn_multiview_outputs o = {.out = out};
+    return xattn_multiview_forward(NULL, m, &in, &o);
+}
+
 static void run_fixture(const char *name)
 {
     char file[256];
@@ -60,7 +68,7 @@ static void run_fixture(const char *name)
             xattn_set_threads(th);
             for (int64_t v = 0; v < V; v++)
                 memset(out[v], 0xff, (size_t)xattn_array_numel(&ex[v]) * sizeof(float)); /* NaN */
-            CHECK_OK(xattn_multiview_forward(m, B, V, tokens, x, out));
+            CHECK_OK(mv_forward(m, B, V, tokens, x, out));
             for (int64_t v = 0; v < V; v++) {
                 char what[160];
                 snprintf(what, sizeof what, "%s view %lld isa %s threads %d", name, (long long)v,
@@ -129,7 +137,7 @@ static void errors(void)
     CHECK(strstr(xattn_last_error(), "nope.stages.0.views.0.self_attn.in_proj_weight") != NULL);
     CHECK_FAIL(xattn_multiview_load(NULL, "", NULL, &m), XATTN_ERR_ARG);
     int64_t hb[3] = {2, 4, 4};
-    xattn_multiview_opts o = {hb, 3, 0, -1};
+    xattn_multiview_opts o = {.heads = hb, .n_heads = 3};
     CHECK_FAIL(xattn_multiview_load(st, "", &o, &m), XATTN_ERR_ARG);
     int64_t h3[2] = {3, 4};
     o.heads = h3;
@@ -138,7 +146,8 @@ static void errors(void)
     CHECK(strstr(xattn_last_error(), "divisible") != NULL);
     /* option overrides */
     int64_t h1[1] = {1};
-    xattn_multiview_opts o1 = {h1, 1, 1e-3, 0};
+    xattn_multiview_opts o1 = {.heads = h1, .n_heads = 1, .eps = 1e-3,
+                              .gelu = XATTN_MULTIVIEW_GELU_ERF};
     CHECK_OK(xattn_multiview_load(st, "", &o1, &m));
     if (m) {
         xattn_multiview_config cfg;
@@ -156,13 +165,13 @@ static void errors(void)
         const float *xs[3] = {a, b, c1};
         float *outs[3] = {o0, o1b, o2};
         int64_t tk[3] = {9, 4, 1};
-        CHECK_FAIL(xattn_multiview_forward(m, 2, 3, tk, xs, outs), XATTN_ERR_SHAPE);
+        CHECK_FAIL(mv_forward(m, 2, 3, tk, xs, outs), XATTN_ERR_SHAPE);
         CHECK(strstr(xattn_last_error(), "view 2") != NULL);
         tk[2] = 2;
-        CHECK_FAIL(xattn_multiview_forward(m, 2, 2, tk, xs, outs), XATTN_ERR_SHAPE);
-        CHECK_FAIL(xattn_multiview_forward(m, 0, 3, tk, xs, outs), XATTN_ERR_ARG);
+        CHECK_FAIL(mv_forward(m, 2, 2, tk, xs, outs), XATTN_ERR_SHAPE);
+        CHECK_FAIL(mv_forward(m, 0, 3, tk, xs, outs), XATTN_ERR_ARG);
         xs[1] = NULL;
-        CHECK_FAIL(xattn_multiview_forward(m, 2, 3, tk, xs, outs), XATTN_ERR_ARG);
+        CHECK_FAIL(mv_forward(m, 2, 3, tk, xs, outs), XATTN_ERR_ARG);
         xattn_multiview_free(m);
         m = NULL;
     }

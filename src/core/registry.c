@@ -15,11 +15,12 @@ extern const xa_kind xa_kind_mutual;
 extern const xa_kind xa_kind_mha, xa_kind_attention;
 extern const xa_kind xa_kind_joint, xa_kind_interlaced, xa_kind_bert_decoder;
 extern const xa_kind xa_kind_bidir, xa_kind_bidir_transformer;
+extern const xa_kind xa_kind_multiview, xa_kind_hallo_audio;
 
 const xa_kind *const xa_kinds[] = {
-    &xa_kind_bidir, &xa_kind_bidir_transformer, &xa_kind_mha,           &xa_kind_attention,
-    &xa_kind_mutual, &xa_kind_joint,            &xa_kind_interlaced,    &xa_kind_bert_decoder,
-    &xa_kind_conv2d_cross, NULL};
+    &xa_kind_bidir,       &xa_kind_bidir_transformer, &xa_kind_mha,          &xa_kind_attention,
+    &xa_kind_mutual,      &xa_kind_joint,             &xa_kind_interlaced,   &xa_kind_multiview,
+    &xa_kind_hallo_audio, &xa_kind_bert_decoder,      &xa_kind_conv2d_cross, NULL};
 
 const xa_kind *xa_kind_find(const char *name)
 {
@@ -222,6 +223,12 @@ xattn_status xattn_kind_alias(const char *kind, size_t i, xattn_alias_desc *d)
     d->as = k->aliases[i].as ? k->aliases[i].as : "";
     xa_clear_error();
     return XATTN_OK;
+}
+
+const char *xattn_kind_brief(const char *kind)
+{
+    const xa_kind *k = xa_kind_find(kind);
+    return k && k->brief ? k->brief : "";
 }
 
 static xattn_status find_kind(const char *name, const xa_kind **k)

@@ -1,338 +1,409 @@
 /*
- * M7: HALLO region-masked hierarchical audio-visual cross-attention.
+ * HALLO region-masked hierarchical audio-visual cross-attention.
  *
  * The audio path of AudioTemporalBasicTransformerBlock (fudan-generative-vision/hallo,
- * hallo/models/attention.py): three diffusers Attentions over the audio tokens, each output
+ * hallo/models/attention.py; transcribed as HalloAudioPath(dim, heads, dim_head, cross_dim) in
+ * tests/reference/gen_hallo.py): three diffusers Attentions over the audio tokens, each output
  * multiplied by its soft region mask (full/pose, face, lip) at the block's latent resolution,
- * passed through a 1x1 "zero" convolution (a per-token linear map with bias), and added to the
- * residual with fixed motion scales; then the GEGLU feed-forward with norm3.
+ * passed through a 1x1 "zero" convolution (a per-token linear map with bias; HALLO
+ * zero-initialises it), and added to the residual with the motion scales; then the GEGLU
+ * feed-forward with norm3.
  *
- * The masks come from xattn_resize_masks: torch's antialiased bilinear interpolation written as
- * two small dense resampling matrices (out = Wy * M * Wx^T), so it runs on the GEMM kernels.
+ * The masks come from xattn_resize_masks (src/kernels/op_hallo.c).
  */
-#include "base/base.h"
-#include "kernels/kernels.h"
-#include "modules/mha.h"
-#include "modules/weights.h"
+#include "core/registry.h"
+#include "io/io_internal.h"
+#include "kernels/op_hallo.h"
+#include "kernels/ops.h"
 
-#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* ---------------------------------------------------------------------------------------- */
-/* Mask pyramid                                                                             */
-/* ---------------------------------------------------------------------------------------- */
+static const char *FN_LOAD = "xattn_hallo_load";
+static const char *FN_FWD = "xattn_hallo_forward";
 
-/* Row i of W (out_n, in_n): the weights torch's separable antialiased bilinear filter
- * (aten upsample_bilinear2d_aa, align_corners=False, no scale_factor) gives output i. */
-static void resample_matrix(int64_t in_n, int64_t out_n, float *W)
-{
-    double scale = (double)in_n / (double)out_n;
-    double support = scale >= 1.0 ? scale : 1.0;
-    double invscale = scale >= 1.0 ? 1.0 / scale : 1.0;
-    memset(W, 0, (size_t)(in_n * out_n) * sizeof(float));
-    for (int64_t i = 0; i < out_n; i++) {
-        double center = scale * ((double)i + 0.5);
-        int64_t lo = (int64_t)(center - support + 0.5);
-        if (lo < 0) lo = 0;
-        int64_t hi = (int64_t)(center + support + 0.5);
-        if (hi > in_n) hi = in_n;
-        double total = 0.0;
-        for (int64_t j = lo; j < hi; j++) {
-            double f = 1.0 - fabs(((double)j - center + 0.5) * invscale);
-            total += f > 0.0 ? f : 0.0;
-        }
-        for (int64_t j = lo; j < hi; j++) {
-            double f = 1.0 - fabs(((double)j - center + 0.5) * invscale);
-            W[i * in_n + j] = total > 0.0 && f > 0.0 ? (float)(f / total) : 0.0f;
-        }
-    }
-}
-
-xattn_status xattn_resize_masks(const float *in, int64_t n, int64_t Hm, int64_t Wm, int64_t h,
-                                int64_t w, float *out)
-{
-    static const char *fn = "xattn_resize_masks";
-    if (!in || !out) return xa_error(XATTN_ERR_ARG, "%s: NULL pointer", fn);
-    if (n < 0 || Hm <= 0 || Wm <= 0 || h <= 0 || w <= 0)
-        return xa_error(XATTN_ERR_SHAPE, "%s: bad sizes n=%lld, (%lld, %lld) -> (%lld, %lld)", fn,
-                        (long long)n, (long long)Hm, (long long)Wm, (long long)h, (long long)w);
-    int64_t a, b, c, d;
-    if (xa_mul_ok(h, Hm, &a) || xa_mul_ok(w, Wm, &b) || xa_mul_ok(Hm, w, &c) ||
-        xa_mul_ok(Hm, Wm, &d) || xa_mul_ok(h, w, &d) || a + b + c < 0 || a + b + c > (INT64_MAX / 8))
-        return xa_error(XATTN_ERR_NOMEM, "%s: sizes overflow", fn);
-    if (n == 0) return XATTN_OK;
-    float *Wy = xa_alloc((size_t)(a + b + c) * sizeof(float));
-    if (!Wy) return xa_error(XATTN_ERR_NOMEM, "%s: out of memory", fn);
-    float *Wx = Wy + a, *tmp = Wx + b;
-    resample_matrix(Hm, h, Wy);
-    resample_matrix(Wm, w, Wx);
-    xattn_status s = XATTN_OK;
-    for (int64_t k = 0; k < n && s == XATTN_OK; k++) {
-        const float *src = in + k * Hm * Wm;
-        /* tmp (Hm, w) = src (Hm, Wm) Wx^T;  out (h, w) = Wy (h, Hm) tmp */
-        s = xattn_linear(src, Hm, Wm, Wx, NULL, w, tmp);
-        if (s == XATTN_OK)
-            s = xattn_sgemm(0, 0, h, w, Hm, 1.0f, Wy, Hm, tmp, w, 0.0f, out + k * h * w, w);
-    }
-    xa_free(Wy);
-    if (s == XATTN_OK) xa_clear_error();
-    return s;
-}
-
-/* ---------------------------------------------------------------------------------------- */
-/* Block                                                                                    */
-/* ---------------------------------------------------------------------------------------- */
-
-enum { W_N2W, W_N2B, W_N3W, W_N3B, W_ZFW, W_ZFB, W_ZAW, W_ZAB, W_ZLW, W_ZLB, W_F0W, W_F0B,
-       W_F2W, W_F2B, W_COUNT };
-
-static const char *const WNAMES[W_COUNT] = {
-    "norm2.weight", "norm2.bias", "norm3.weight", "norm3.bias",
-    "zero_conv_full.weight", "zero_conv_full.bias", "zero_conv_face.weight", "zero_conv_face.bias",
-    "zero_conv_lip.weight", "zero_conv_lip.bias", "ff.net.0.proj.weight", "ff.net.0.proj.bias",
-    "ff.net.2.weight", "ff.net.2.bias"};
-
-struct xattn_hallo {
-    xattn_hallo_config cfg;
-    xattn_mha *attn[3];
-    float *w[W_COUNT];
-    float *block;
+/* AudioTemporalBasicTransformerBlock(dim, num_attention_heads, attention_head_dim,
+ * cross_attention_dim, attention_bias=False, ...), its attentions diffusers Attention(query_dim,
+ * cross_attention_dim, heads=8, dim_head=64, bias) and its FeedForward(dim, inner_dim=None,
+ * mult=4, activation_fn="geglu"). */
+enum { F_DIM, F_HEADS, F_DIM_HEAD, F_CROSS, F_BIAS, F_FF, F_INNER, F_N };
+static const xa_field fields[F_N] = {
+    {"dim", XA_T_INT, XA_F_SHAPE | XA_F_REQUIRED, 0, 1, 1e15, NULL, NULL,
+     "channels of the latent tokens"},
+    {"heads", XA_T_INT, XA_F_TRACELESS, 8, 1, 1e15, NULL, NULL,
+     "heads of each attention (diffusers Attention's default)"},
+    {"dim_head", XA_T_INT, XA_F_OPTIONAL | XA_F_NOMETA, 0, 1, 1e15, NULL, NULL,
+     "width of a head (None: inner / heads from the shapes, else diffusers' 64)"},
+    {"cross_attention_dim", XA_T_INT, XA_F_SHAPE | XA_F_REQUIRED, 0, 1, 1e15, NULL, NULL,
+     "channels of the audio tokens"},
+    {"attention_bias", XA_T_BOOL, XA_F_PRESENCE, 0, 0, 1, NULL, NULL,
+     "the attentions' to_q, to_k, to_v have biases"},
+    {"ff_inner_dim", XA_T_INT, XA_F_SHAPE | XA_F_OPTIONAL, 0, 1, 1e15, NULL, NULL,
+     "the feed-forward's inner width (None: 4 * dim)"},
+    {"inner", XA_T_INT, XA_F_SHAPE | XA_F_REQUIRED | XA_F_DERIVED, 0, 1, 1e15, NULL, NULL,
+     "heads * dim_head (rows of to_q.weight)"},
 };
 
-static const char *FN = "xattn_hallo_load";
+#define PART "; part of HALLO's AudioTemporalBasicTransformerBlock (audio path)"
+#define ZERO(n, w)                                                                              \
+    {"zero_conv_" n ".weight", "dim,dim,1,1", NULL, 0, XA_INIT_ZEROS, NULL,                     \
+     "the " w " region's 1x1 zero convolution" PART},                                          \
+    {"zero_conv_" n ".bias", "dim", NULL, 0, XA_INIT_ZEROS, NULL,                               \
+     "the " w " region's zero convolution bias" PART}
+/* The 1x1 convolutions, first in the block's state_dict (HALLO zero_module()s them). */
+static const xa_pspec zero_table[6] = {ZERO("full", "full/pose"), ZERO("face", "face"),
+                                       ZERO("lip", "lip")};
 
-static xattn_status check_dims(const xa_wref *t, int ndim, const int64_t *want, const char *why)
+#define ATT "HALLO's region attention (diffusers Attention): "
+enum { A_QW, A_QB, A_KW, A_KB, A_VW, A_VB, A_OW, A_OB, A_N };
+/* One region's attention, under attn2_0., attn2_1., attn2_2. */
+static const xa_pspec attn_table[A_N] = {
+    {"to_q.weight", "inner,dim", NULL, 0, XA_INIT_LINEAR, NULL, ATT "the query projection"},
+    {"to_q.bias", "inner", "attention_bias", 0, XA_INIT_BIAS, "dim", ATT "the query bias"},
+    {"to_k.weight", "inner,cross_attention_dim", NULL, 0, XA_INIT_LINEAR, NULL,
+     ATT "the key projection"},
+    {"to_k.bias", "inner", "attention_bias", 0, XA_INIT_BIAS, "cross_attention_dim",
+     ATT "the key bias"},
+    {"to_v.weight", "inner,cross_attention_dim", NULL, 0, XA_INIT_LINEAR, NULL,
+     ATT "the value projection"},
+    {"to_v.bias", "inner", "attention_bias", 0, XA_INIT_BIAS, "cross_attention_dim",
+     ATT "the value bias"},
+    {"to_out.0.weight", "dim,inner", NULL, 0, XA_INIT_LINEAR, NULL, ATT "the output projection"},
+    {"to_out.0.bias", "dim", NULL, 0, XA_INIT_BIAS, "inner", ATT "the output bias"},
+};
+static const char *const REGION[3] = {"attn2_0.", "attn2_1.", "attn2_2."};
+
+enum { T_N2W, T_N2B, T_F0W, T_F0B, T_F2W, T_F2B, T_N3W, T_N3B, T_N };
+/* norm2, the feed-forward (GEGLU proj, then the output Linear) and norm3. */
+static const xa_pspec tail_table[T_N] = {
+    {"norm2.weight", "dim", NULL, 0, XA_INIT_ONES, NULL, "the attentions' LayerNorm weight" PART},
+    {"norm2.bias", "dim", NULL, 0, XA_INIT_ZEROS, NULL, "the attentions' LayerNorm bias" PART},
+    {"ff.net.0.proj.weight", "2*ff_inner_dim,dim", NULL, 0, XA_INIT_LINEAR, NULL,
+     "the feed-forward's GEGLU projection" PART},
+    {"ff.net.0.proj.bias", "2*ff_inner_dim", NULL, 0, XA_INIT_BIAS, "dim",
+     "the feed-forward's GEGLU bias" PART},
+    {"ff.net.2.weight", "dim,ff_inner_dim", NULL, 0, XA_INIT_LINEAR, NULL,
+     "the feed-forward's output layer" PART},
+    {"ff.net.2.bias", "dim", NULL, 0, XA_INIT_BIAS, "ff_inner_dim",
+     "the feed-forward's output bias" PART},
+    {"norm3.weight", "dim", NULL, 0, XA_INIT_ONES, NULL, "the feed-forward's LayerNorm weight" PART},
+    {"norm3.bias", "dim", NULL, 0, XA_INIT_ZEROS, NULL, "the feed-forward's LayerNorm bias" PART},
+};
+
+struct xattn_hallo {
+    xa_mod core;
+    xattn_hallo_config cfg;
+    const float *zw[3], *zb[3]; /* (dim, dim) 1x1 convolutions, (dim)   */
+    const float *a[3][A_N];     /* each region's attention (biases NULL when absent) */
+    const float *t[T_N];
+};
+
+/* ---------------------------------------------------------------------------------------- */
+/* Building                                                                                 */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Fields told by the shapes (loading): every table bound, then what no tensor told refused. */
+static xattn_status bind_all(xa_cfg *c, const xattn_safetensors *st, const char *prefix)
 {
-    xattn_status s = xa_wref_check_float(t);
-    if (s != XATTN_OK) return s;
-    int ok = t->ndim == ndim;
-    for (int i = 0; ok && i < ndim; i++) ok = t->shape[i] == want[i];
-    if (ok) return XATTN_OK;
-    char got[128], exp[128];
-    xa_wref_shape(t, got, sizeof got);
-    xa_dims_str(ndim, want, exp, sizeof exp);
-    return xa_error(XATTN_ERR_SHAPE, "tensor '%s' has shape %s but %s implies %s", t->shown, got,
-                    why, exp);
+    xattn_status s;
+    if ((s = xa_cfg_bind_shapes(c, zero_table, 6, st, prefix, "")) ||
+        (s = xa_cfg_bind_shapes(c, attn_table, A_N, st, prefix, REGION[0])) ||
+        (s = xa_cfg_bind_shapes(c, tail_table, T_N, st, prefix, "")) ||
+        (s = xa_cfg_require_shapes(c, zero_table, 6, st, prefix, "")) ||
+        (s = xa_cfg_require_shapes(c, attn_table, A_N, st, prefix, REGION[0])))
+        return s;
+    return xa_cfg_require_shapes(c, tail_table, T_N, st, prefix, "");
 }
 
-static xattn_status load(const xattn_safetensors *st, const char *prefix, int64_t heads,
-                         xattn_hallo *m)
+/* Tensors under attn2_k. that the table does not name belong to diffusers Attention features
+ * this module does not compute (qk norms, added projections, ...): refused. */
+static xattn_status refuse_extras(const xattn_safetensors *st, const char *prefix)
 {
-    static const char *const an[3] = {"attn2_0.", "attn2_1.", "attn2_2."};
-    xattn_status s;
-    xa_wref refs[W_COUNT];
-    memset(refs, 0, sizeof refs);
-    for (int i = 0; i < W_COUNT; i++) {
-        s = xa_wref_find(st, FN, prefix, "", WNAMES[i], &refs[i]);
-        if (s != XATTN_OK) return s;
-        if (!refs[i].present)
-            return xa_wref_missing(&refs[i], "part of HALLO's AudioTemporalBasicTransformerBlock "
-                                             "(audio path)");
-    }
-    xa_wref *n2w = &refs[W_N2W];
-    if ((s = xa_wref_check_float(n2w)) != XATTN_OK) return s;
-    if (n2w->ndim != 1 || n2w->shape[0] <= 0) {
-        char got[128];
-        xa_wref_shape(n2w, got, sizeof got);
-        return xa_error(XATTN_ERR_SHAPE, "tensor '%s' has shape %s; expected (dim,)", n2w->shown,
-                        got);
-    }
-    int64_t C = n2w->shape[0];
-    xa_wref *f0 = &refs[W_F0W];
-    if ((s = xa_wref_check_float(f0)) != XATTN_OK) return s;
-    if (f0->ndim != 2 || f0->shape[1] != C || f0->shape[0] <= 0 || f0->shape[0] % 2) {
-        char got[128];
-        xa_wref_shape(f0, got, sizeof got);
-        return xa_error(XATTN_ERR_SHAPE, "tensor '%s' has shape %s; expected (2*inner, %lld)",
-                        f0->shown, got, (long long)C);
-    }
-    int64_t F = f0->shape[0] / 2;
-    char why[64];
-    snprintf(why, sizeof why, "dim %lld (norm2.weight)", (long long)C);
-    const int64_t vC[1] = {C}, vCC11[4] = {C, C, 1, 1}, v2F[1] = {2 * F}, vCF[2] = {C, F};
-    for (int i = 0; i < W_COUNT; i++) {
-        const int64_t *want = vC;
-        int nd = 1;
-        if (i == W_ZFW || i == W_ZAW || i == W_ZLW) want = vCC11, nd = 4;
-        else if (i == W_F0W) continue;
-        else if (i == W_F0B) want = v2F;
-        else if (i == W_F2W) want = vCF, nd = 2;
-        if ((s = check_dims(&refs[i], nd, want, i == W_F0B || i == W_F2W ? "ff.net.0.proj.weight"
-                                                                          : why)) != XATTN_OK)
-            return s;
-    }
-
-    int64_t total = 0;
-    for (int i = 0; i < W_COUNT; i++) total += (xa_wref_numel(&refs[i]) + 15) & ~(int64_t)15;
-    m->block = xa_alloc((size_t)total * sizeof(float));
-    if (!m->block) return xa_error(XATTN_ERR_NOMEM, "%s: out of memory", FN);
-    int64_t off = 0;
-    for (int i = 0; i < W_COUNT; i++) {
-        refs[i].dst = m->w[i] = m->block + off;
-        off += (xa_wref_numel(&refs[i]) + 15) & ~(int64_t)15;
-        if ((s = xa_wref_fetch(st, &refs[i])) != XATTN_OK) return s;
-    }
-
-    size_t plen = strlen(prefix);
-    char pre[XA_WREF_NAME_MAX];
-    if (plen + 9 >= sizeof pre) return xa_error(XATTN_ERR_ARG, "%s: prefix too long", FN);
-    xattn_mha_config ac[3];
-    for (int k = 0; k < 3; k++) {
-        snprintf(pre, sizeof pre, "%s%s", prefix, an[k]);
-        if (!xa_wref_has(st, pre, "to_q.weight")) {
-            xa_wref t;
-            if ((s = xa_wref_find(st, FN, pre, "", "to_q.weight", &t)) != XATTN_OK) return s;
-            return xa_wref_missing(&t, "HALLO's region attention (diffusers Attention)");
+    char stem[320], shown[XA_IO_NAME_CAP];
+    for (size_t i = 0; i < xattn_st_count(st); i++) {
+        const char *name = xattn_st_name(st, i);
+        for (int k = 0; k < 3 && name; k++) {
+            const size_t sl = (size_t)snprintf(stem, sizeof stem, "%s%s", prefix, REGION[k]);
+            if (strncmp(name, stem, sl)) continue;
+            int known = 0;
+            for (int p = 0; p < A_N; p++) known |= !strcmp(name + sl, attn_table[p].name);
+            if (!known)
+                return xa_error(XATTN_ERR_UNSUPPORTED, "tensor '%s': a diffusers Attention with "
+                                "more than to_q, to_k, to_v and to_out.0 is not supported",
+                                xa_io_printable(name, shown, sizeof shown));
         }
-        const xattn_mha_opts ao = {.heads = heads > 0 ? heads : 0};
-        if ((s = xattn_mha_load(st, pre, &ao, &m->attn[k])) != XATTN_OK) return s;
-        xattn_mha_get_config(m->attn[k], &ac[k]);
-        if (ac[k].layout != XATTN_LAYOUT_DIFFUSERS)
-            return xa_error(XATTN_ERR_FORMAT, "%s: '%s' is not a diffusers Attention", FN, pre);
-        if (ac[k].embed_dim != C || ac[k].out_dim != C)
-            return xa_error(XATTN_ERR_SHAPE, "%s: %s maps %lld -> %lld channels; dim is %lld "
-                                             "(norm2.weight)", FN, pre, (long long)ac[k].embed_dim,
-                            (long long)ac[k].out_dim, (long long)C);
-        if (ac[k].kdim != ac[k].vdim || ac[k].kdim != ac[0].kdim || ac[k].heads != ac[0].heads)
-            return xa_error(XATTN_ERR_SHAPE, "%s: %s has audio width %lld / %lld heads; %sto_k has "
-                                             "%lld / %lld", FN, pre, (long long)ac[k].kdim,
-                            (long long)ac[k].heads, prefix, (long long)ac[0].kdim,
-                            (long long)ac[0].heads);
     }
-    m->cfg.dim = C;
-    m->cfg.audio_dim = ac[0].kdim;
-    m->cfg.heads = ac[0].heads;
-    m->cfg.head_dim = ac[0].head_dim;
-    m->cfg.inner_dim = ac[0].inner_dim;
-    m->cfg.ff_inner = F;
     return XATTN_OK;
 }
 
-xattn_status xattn_hallo_load(const xattn_safetensors *st, const char *prefix, int64_t heads,
-                              xattn_hallo **out)
+/* dim_head and inner: from the shapes and heads (loading), or heads * dim_head (creating). */
+static xattn_status head_sizes(xa_cfg *c, const xattn_safetensors *st, const char *prefix)
 {
-    if (!out) return xa_error(XATTN_ERR_ARG, "%s: out is NULL", FN);
-    *out = NULL;
-    if (!st) return xa_error(XATTN_ERR_ARG, "%s: safetensors handle is NULL", FN);
-    if (!prefix) prefix = "";
-    xattn_hallo *m = calloc(1, sizeof *m);
-    if (!m) return xa_error(XATTN_ERR_NOMEM, "%s: out of memory", FN);
-    xattn_status s = load(st, prefix, heads, m);
-    if (s != XATTN_OK) {
-        xattn_hallo_free(m);
-        return s;
+    const int64_t H = xa_cfg_int(c, "heads"), inner = xa_cfg_int(c, "inner");
+    char pp[XA_IO_NAME_CAP];
+    xa_io_printable(prefix, pp, sizeof pp);
+    if (!st) {
+        if (c->from[F_DIM_HEAD] == XA_FROM_UNSET)
+            xa_cfg_set(c, F_DIM_HEAD, 64, XA_FROM_DEFAULT, "default");
+        int64_t n;
+        if (xa_mul_ok(H, xa_cfg_int(c, "dim_head"), &n) || n > ((int64_t)1 << 40))
+            return xa_error(XATTN_ERR_ARG, "%s: heads * dim_head is too large", FN_LOAD);
+        xa_cfg_set(c, F_INNER, (double)n, XA_FROM_DERIVED, "heads * dim_head");
+        if (c->from[F_FF] == XA_FROM_UNSET)
+            xa_cfg_set(c, F_FF, 4.0 * xa_cfg_get(c, "dim"), XA_FROM_DEFAULT, "default (4 * dim)");
+        return XATTN_OK;
     }
-    *out = m;
+    if (inner % H)
+        return xa_error(XATTN_ERR_SHAPE, "inner dim %lld (rows of %sattn2_0.to_q.weight) is not "
+                        "divisible by heads %lld", (long long)inner, pp, (long long)H);
+    if (c->from[F_DIM_HEAD] == XA_FROM_UNSET)
+        xa_cfg_set(c, F_DIM_HEAD, (double)(inner / H), XA_FROM_DERIVED, "inner / heads");
+    else if (xa_cfg_int(c, "dim_head") != inner / H)
+        return xa_error(XATTN_ERR_SHAPE, "option dim_head = %lld disagrees with the %s (inner = "
+                        "%lld for %lld heads)", (long long)xa_cfg_int(c, "dim_head"),
+                        c->how[F_INNER], (long long)inner, (long long)H);
+    return XATTN_OK;
+}
+
+static xattn_status build(xa_mod *m, const xattn_safetensors *st, const char *prefix,
+                          const xa_kv *opts, size_t n_opts)
+{
+    xa_cfg *c = &m->cfg;
+    xattn_status s;
+    if ((st && ((s = refuse_extras(st, prefix)) || (s = bind_all(c, st, prefix)))) ||
+        (s = xa_cfg_resolve(c, opts, n_opts, st, FN_LOAD)) || (s = head_sizes(c, st, prefix)) ||
+        (s = xa_params_add_table(&m->params, zero_table, 6, c, "", NULL)))
+        return s;
+    for (int k = 0; k < 3; k++)
+        if ((s = xa_params_add_table(&m->params, attn_table, A_N, c, REGION[k], NULL))) return s;
+    return xa_params_add_table(&m->params, tail_table, T_N, c, "", NULL);
+}
+
+static xattn_status bind(xa_mod *core)
+{
+    xattn_hallo *m = (xattn_hallo *)core;
+    const xa_params *ps = &core->params;
+    for (int k = 0; k < 3; k++) {
+        m->zw[k] = xa_param_data(ps, 2 * k);
+        m->zb[k] = xa_param_data(ps, 2 * k + 1);
+        for (int p = 0; p < A_N; p++) m->a[k][p] = xa_param_data(ps, 6 + k * A_N + p);
+    }
+    for (int p = 0; p < T_N; p++) m->t[p] = xa_param_data(ps, 6 + 3 * A_N + p);
+    const xa_cfg *c = &core->cfg;
+    m->cfg.dim = xa_cfg_int(c, "dim");
+    m->cfg.audio_dim = xa_cfg_int(c, "cross_attention_dim");
+    m->cfg.heads = xa_cfg_int(c, "heads");
+    m->cfg.head_dim = xa_cfg_int(c, "dim_head");
+    m->cfg.inner_dim = xa_cfg_int(c, "inner");
+    m->cfg.ff_inner = xa_cfg_int(c, "ff_inner_dim");
+    return XATTN_OK;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Registry entry and the typed API                                                         */
+/* ---------------------------------------------------------------------------------------- */
+
+static const xa_io inputs[] = {
+    {"hidden_states", "B,N,dim", 0, "latent tokens (B, h*w, dim), row-major over the latent"},
+    {"encoder_hidden_states", "B,T,cross_attention_dim", 0, "audio tokens"},
+    {"masks", "B/1,3,N", 0,
+     "the full/pose, face and lip masks (the reference's full_mask, face_mask, lip_mask) at the "
+     "latent's resolution: soft weights multiplying each region's attention output per token"},
+    {"motion_scale", "3", XA_IO_OPT, "weights of the three regions (default 1, 1, 1)"},
+};
+static const xa_io outputs[] = {
+    {"out", "B,N,dim", 0, "the block's output (the audio path)"},
+    {"regions", "3,B,N,dim", XA_IO_OPT, "each region's zero-convolution output, unscaled"},
+};
+
+static xattn_status forward_named(const xa_mod *core, const xa_run *r);
+
+const xa_kind xa_kind_hallo_audio = {
+    .name = "hallo-audio",
+    .reference = "HALLO AudioTemporalBasicTransformerBlock, audio path (hallo/models/attention.py)",
+    .summary = "three region-masked audio cross-attentions with zero convolutions, then a GEGLU "
+               "feed-forward",
+    .fields = fields,
+    .n_fields = F_N,
+    .inputs = inputs,
+    .n_in = 4,
+    .outputs = outputs,
+    .n_out = 2,
+    .anchor = "zero_conv_full.weight",
+    .size = sizeof(xattn_hallo),
+    .build = build,
+    .bind = bind,
+    .forward = forward_named,
+    .state_dict = "zero_conv_{full,face,lip}.{weight (dim, dim, 1, 1), bias}, attn2_{0,1,2}."
+                  "{to_q,to_k,to_v}.{weight,[bias]}, attn2_{0,1,2}.to_out.0.{weight,bias}, "
+                  "norm2.*, ff.net.0.proj.*, ff.net.2.*, norm3.* (diffusers Attention and "
+                  "FeedForward, GEGLU)",
+};
+
+xattn_status xattn_hallo_load(const xattn_safetensors *st, const char *prefix,
+                              const xattn_hallo_opts *opts, xattn_hallo **out)
+{
+    if (!out) return xa_error(XATTN_ERR_ARG, "%s: out is NULL", FN_LOAD);
+    *out = NULL;
+    if (!st) return xa_error(XATTN_ERR_ARG, "%s: safetensors handle is NULL", FN_LOAD);
+    xa_kvbuf b;
+    memset(&b, 0, sizeof b);
+    if (opts) xa_kv_int(&b, "heads", opts->heads);
+    xa_mod *m;
+    xattn_status s = xa_mod_open(&xa_kind_hallo_audio, st, prefix, b.kv, b.n, &m);
+    if (s) return s;
+    *out = (xattn_hallo *)m;
     xa_clear_error();
     return XATTN_OK;
 }
 
-void xattn_hallo_free(xattn_hallo *m)
-{
-    if (!m) return;
-    for (int k = 0; k < 3; k++) xattn_mha_free(m->attn[k]);
-    xa_free(m->block);
-    free(m);
-}
+void xattn_hallo_free(xattn_hallo *m) { xa_mod_free(m ? &m->core : NULL); }
 
 void xattn_hallo_get_config(const xattn_hallo *m, xattn_hallo_config *cfg)
 {
     if (m && cfg) *cfg = m->cfg;
 }
 
-/* y[r] += alpha * b for every row r of y (rows, n) */
-static void add_rows(float *y, int64_t rows, int64_t n, const float *b, float alpha)
+/* ---------------------------------------------------------------------------------------- */
+/* Forward                                                                                  */
+/* ---------------------------------------------------------------------------------------- */
+
+typedef struct hl_work {
+    int64_t B, N, T, M, MC;
+    float *nrm, *q, *k, *v, *o, *att; /* (M, C), (M, inner), (B*T, inner) x2, (M, inner), (M, C) */
+    float *proj, *g;                  /* (M, 2F), (M, F)                                        */
+} hl_work;
+
+static xattn_status check_args(const xattn_hallo *m, const xattn_hallo_inputs *in,
+                               const xattn_hallo_outputs *out)
 {
-    const xa_kernels *kt = xa_kern();
-#pragma omp parallel for num_threads(xa_threads()) if (rows * n > (1 << 16)) schedule(static)
-    for (int64_t r = 0; r < rows; r++) kt->axpy(alpha, b, y + r * n, n);
+    if (!m) return xa_error(XATTN_ERR_ARG, "%s: module is NULL", FN_FWD);
+    if (!in) return xa_error(XATTN_ERR_ARG, "%s: inputs is NULL", FN_FWD);
+    if (!out || !out->out) return xa_error(XATTN_ERR_ARG, "%s: out is NULL", FN_FWD);
+    if (!in->x || !in->audio || !in->masks)
+        return xa_error(XATTN_ERR_ARG, "%s: x, audio and masks are required", FN_FWD);
+    if (in->B <= 0 || in->N <= 0 || in->T <= 0)
+        return xa_error(XATTN_ERR_SHAPE, "%s: B=%lld, N=%lld, T=%lld must be positive", FN_FWD,
+                        (long long)in->B, (long long)in->N, (long long)in->T);
+    if (in->mask_batch != 1 && in->mask_batch != in->B)
+        return xa_error(XATTN_ERR_SHAPE, "%s: masks have batch %lld; expected 1 or %lld", FN_FWD,
+                        (long long)in->mask_batch, (long long)in->B);
+    if (out->out == in->x) return xa_error(XATTN_ERR_ARG, "%s: out may not alias x", FN_FWD);
+    return XATTN_OK;
 }
 
-xattn_status xattn_hallo_forward(const xattn_hallo *m, const xattn_hallo_inputs *in, float *out,
-                                 float *regions)
+/* Scratch of the forward from the context's workspace. */
+static xattn_status take_scratch(const xattn_hallo *m, const xattn_hallo_inputs *in, hl_work *w,
+                                 xa_ws **ws)
 {
-    static const char *fn = "xattn_hallo_forward";
-    if (!m) return xa_error(XATTN_ERR_ARG, "%s: module is NULL", fn);
-    if (!in) return xa_error(XATTN_ERR_ARG, "%s: inputs is NULL", fn);
-    if (!out) return xa_error(XATTN_ERR_ARG, "%s: out is NULL", fn);
-    if (!in->x || !in->audio || !in->masks)
-        return xa_error(XATTN_ERR_ARG, "%s: x, audio and masks are required", fn);
-    const int64_t B = in->B, N = in->N, T = in->T, C = m->cfg.dim, F = m->cfg.ff_inner;
-    if (B <= 0 || N <= 0 || T <= 0)
-        return xa_error(XATTN_ERR_SHAPE, "%s: B=%lld, N=%lld, T=%lld must be positive", fn,
-                        (long long)B, (long long)N, (long long)T);
-    if (in->mask_batch != 1 && in->mask_batch != B)
-        return xa_error(XATTN_ERR_SHAPE, "%s: masks have batch %lld; expected 1 or %lld", fn,
-                        (long long)in->mask_batch, (long long)B);
-    if (out == in->x) return xa_error(XATTN_ERR_ARG, "%s: out may not alias x", fn);
-    int64_t M, MC, MF, tot;
-    if (xa_mul_ok(B, N, &M) || xa_mul_ok(M, C, &MC) || xa_mul_ok(M, 2 * F, &MF) ||
-        MC > INT64_MAX / 8 || MF > INT64_MAX / 8 || (tot = 2 * MC + MF) > INT64_MAX / 8 ||
-        (uint64_t)tot > SIZE_MAX / sizeof(float))
-        return xa_error(XATTN_ERR_NOMEM, "%s: sizes overflow (B=%lld, N=%lld)", fn, (long long)B,
-                        (long long)N);
-    float *nrm = xa_alloc((size_t)tot * sizeof(float));
-    if (!nrm) return xa_error(XATTN_ERR_NOMEM, "%s: out of memory (B=%lld, N=%lld)", fn,
-                              (long long)B, (long long)N);
-    float *att = nrm + MC, *proj = att + MC;
+    const int64_t C = m->cfg.dim, F = m->cfg.ff_inner, inner = m->cfg.inner_dim;
+    w->B = in->B;
+    w->N = in->N;
+    w->T = in->T;
+    int64_t BT, n[8];
+    if (xa_mul_ok(in->B, in->N, &w->M) || xa_mul_ok(w->M, C, &w->MC) ||
+        xa_mul_ok(in->B, in->T, &BT) || xa_mul_ok(w->M, inner, &n[1]) ||
+        xa_mul_ok(BT, inner, &n[2]) || xa_mul_ok(w->M, 2 * F, &n[6]) ||
+        xa_mul_ok(BT, m->cfg.audio_dim, &n[0]))
+        return xa_error(XATTN_ERR_NOMEM, "%s: sizes overflow (B=%lld, N=%lld)", FN_FWD,
+                        (long long)in->B, (long long)in->N);
+    n[0] = w->MC;
+    n[3] = n[2];
+    n[4] = n[1];
+    n[5] = w->MC;
+    n[7] = n[6] / 2;
+    double tot = 0;
+    for (int i = 0; i < 8; i++) tot += (double)((n[i] + 15) & ~(int64_t)15);
+    if (tot * 4.0 > (double)(SIZE_MAX / 2) || tot > 9e15)
+        return xa_error(XATTN_ERR_NOMEM, "%s: sizes overflow (B=%lld, N=%lld)", FN_FWD,
+                        (long long)in->B, (long long)in->N);
+    if (!(*ws = xa_ws_get((size_t)tot * sizeof(float)))) return XATTN_ERR_NOMEM;
+    float *p = xa_ws_data(*ws), **dst[8] = {&w->nrm, &w->q, &w->k, &w->v,
+                                            &w->o,   &w->att, &w->proj, &w->g};
+    for (int i = 0; i < 8; i++) {
+        *dst[i] = p;
+        p += (n[i] + 15) & ~(int64_t)15;
+    }
+    return XATTN_OK;
+}
+
+/* Region k: out += ms * zero_conv_k(attn2_k(nrm, audio) * M_k); regions[k] unscaled if asked. */
+static xattn_status region(const xattn_hallo *m, int k, const xattn_hallo_inputs *in,
+                           const xattn_hallo_outputs *out, float ms, hl_work *w)
+{
+    const int64_t C = m->cfg.dim, inner = m->cfg.inner_dim, Ca = m->cfg.audio_dim;
+    const int64_t H = m->cfg.heads, dh = m->cfg.head_dim, B = w->B, N = w->N, T = w->T;
+    const float *const *a = m->a[k];
+    xattn_status s;
+    if ((s = xa_op_linear(w->nrm, w->M, C, a[A_QW], a[A_QB], inner, w->q, 0)) ||
+        (s = xa_op_linear(in->audio, B * T, Ca, a[A_KW], a[A_KB], inner, w->k, 0)) ||
+        (s = xa_op_linear(in->audio, B * T, Ca, a[A_VW], a[A_VB], inner, w->v, 0)))
+        return s;
+    xa_attn p = {.scale = xa_head_scale(dh), .fill = XATTN_FILL_NEG_INF, .fn = FN_FWD};
+    xa_attn_heads(&p, B, H, N, T, dh, dh, w->q, inner, w->k, inner, w->v, inner, w->o, inner);
+    if ((s = xa_op_attention(&p)) ||
+        (s = xa_op_linear(w->o, w->M, inner, a[A_OW], a[A_OB], C, w->att, 0)))
+        return s;
+    const float *mk = in->masks + (int64_t)k * N;
+    const int64_t msb = in->mask_batch == 1 ? 0 : 3 * N;
+    if (out->regions) {
+        float *rk = out->regions + (int64_t)k * w->MC;
+        xa_op_mask_rows(w->att, B, N, C, mk, msb, 1.0f);
+        s = xa_op_linear(w->att, w->M, C, m->zw[k], m->zb[k], C, rk, 0);
+        if (!s && ms != 0.0f) xa_op_axpy(ms, rk, out->out, w->MC);
+        return s;
+    }
+    xa_op_mask_rows(w->att, B, N, C, mk, msb, ms);
+    if ((s = xa_op_linear(w->att, w->M, C, m->zw[k], NULL, C, out->out, 1))) return s;
+    xa_op_add_rows(out->out, w->M, C, m->zb[k], ms);
+    return XATTN_OK;
+}
+
+static xattn_status run(const xattn_hallo *m, const xattn_hallo_inputs *in,
+                        const xattn_hallo_outputs *out)
+{
+    xattn_status s = check_args(m, in, out);
+    hl_work w;
+    xa_ws *ws = NULL;
+    if (!s) s = take_scratch(m, in, &w, &ws);
+    if (s) return s;
+    const int64_t C = m->cfg.dim, F = m->cfg.ff_inner;
     const float one3[3] = {1.0f, 1.0f, 1.0f};
     const float *ms = in->motion_scale ? in->motion_scale : one3;
-    const xa_kernels *kt = xa_kern();
-    xattn_status s;
-
-    s = xattn_layernorm(in->x, M, C, m->w[W_N2W], m->w[W_N2B], 1e-5f, nrm);
-    if (s == XATTN_OK) memcpy(out, in->x, (size_t)MC * sizeof(float));
-
-    xattn_mha_inputs ai;
-    memset(&ai, 0, sizeof ai);
-    ai.B = B;
-    ai.I = N;
-    ai.J = T;
-    ai.query = nrm;
-    ai.key = in->audio;
-    ai.value = in->audio;
-    const int64_t msb = in->mask_batch == 1 ? 0 : 3 * N;
-    for (int k = 0; k < 3 && s == XATTN_OK; k++) {
-        s = xa_mha_run(m->attn[k], &ai, &(xattn_mha_outputs){.out = att});
-        if (s != XATTN_OK) break;
-        const float *mk = in->masks + (int64_t)k * N;
-#pragma omp parallel for num_threads(xa_threads()) if (MC > (1 << 16)) schedule(static)
-        for (int64_t r = 0; r < M; r++) {
-            float v = mk[(r / N) * msb + r % N];
-            float *row = att + r * C;
-            for (int64_t c = 0; c < C; c++) row[c] *= v;
-        }
-        const float *W = m->w[W_ZFW + 2 * k], *bias = m->w[W_ZFB + 2 * k];
-        if (regions) {
-            float *rk = regions + (int64_t)k * MC;
-            s = xattn_linear(att, M, C, W, bias, C, rk);
-            if (s == XATTN_OK && ms[k] != 0.0f) {
-#pragma omp parallel for num_threads(xa_threads()) if (MC > (1 << 16)) schedule(static)
-                for (int64_t r = 0; r < M; r++) kt->axpy(ms[k], rk + r * C, out + r * C, C);
-            }
-        } else if (ms[k] != 0.0f) {
-            s = xattn_sgemm(0, 1, M, C, C, ms[k], att, C, W, C, 1.0f, out, C);
-            if (s == XATTN_OK) add_rows(out, M, C, bias, ms[k]);
-        }
-    }
-
+    s = xa_op_layernorm(in->x, w.M, C, m->t[T_N2W], m->t[T_N2B], 1e-5f, w.nrm);
+    if (!s) memcpy(out->out, in->x, (size_t)w.MC * sizeof(float));
+    for (int k = 0; k < 3 && !s; k++)
+        if (ms[k] != 0.0f || out->regions) s = region(m, k, in, out, ms[k], &w);
     /* feed-forward: out += (a * gelu(g)) W2^T + b2, [a | g] = norm3(out) W0^T + b0 */
-    if (s == XATTN_OK) s = xattn_layernorm(out, M, C, m->w[W_N3W], m->w[W_N3B], 1e-5f, nrm);
-    if (s == XATTN_OK) s = xattn_linear(nrm, M, C, m->w[W_F0W], m->w[W_F0B], 2 * F, proj);
-    if (s == XATTN_OK) {
-#pragma omp parallel for num_threads(xa_threads()) if (MF > (1 << 15)) schedule(static)
-        for (int64_t r = 0; r < M; r++) {
-            float *a = proj + r * 2 * F, *g = a + F;
-            kt->gelu(g, F, 0);
-            for (int64_t c = 0; c < F; c++) a[c] *= g[c];
-        }
-        s = xattn_sgemm(0, 1, M, C, F, 1.0f, proj, 2 * F, m->w[W_F2W], F, 1.0f, out, C);
+    if (!s) s = xa_op_layernorm(out->out, w.M, C, m->t[T_N3W], m->t[T_N3B], 1e-5f, w.nrm);
+    if (!s) s = xa_op_linear(w.nrm, w.M, C, m->t[T_F0W], m->t[T_F0B], 2 * F, w.proj, 0);
+    if (!s) {
+        xa_op_geglu(w.proj, w.M, F, w.g);
+        s = xa_op_linear(w.g, w.M, F, m->t[T_F2W], m->t[T_F2B], C, out->out, 1);
     }
-    if (s == XATTN_OK) add_rows(out, M, C, m->w[W_F2B], 1.0f);
-    xa_free(nrm);
-    if (s == XATTN_OK) xa_clear_error();
+    xa_ws_put(ws);
     return s;
+}
+
+xattn_status xattn_hallo_forward(xattn_ctx *ctx, const xattn_hallo *m,
+                                 const xattn_hallo_inputs *in, const xattn_hallo_outputs *out)
+{
+    const xattn_ctx *prev = xa_ctx_enter(ctx);
+    xattn_status s = run(m, in, out);
+    xa_ctx_leave(prev);
+    if (!s) xa_clear_error();
+    return s;
+}
+
+/* Runs on the context the registry made current. */
+static xattn_status forward_named(const xa_mod *core, const xa_run *r)
+{
+    xattn_hallo_inputs in = {.B = xa_run_sym(r, "B"), .N = xa_run_sym(r, "N"),
+                             .T = xa_run_sym(r, "T"), .x = r->in[0], .audio = r->in[1],
+                             .masks = r->in[2], .mask_batch = r->in_shape[2][0],
+                             .motion_scale = r->in[3]};
+    xattn_hallo_outputs out = {.out = r->out[0], .regions = r->out[1]};
+    return run((const xattn_hallo *)core, &in, &out);
 }

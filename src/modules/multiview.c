@@ -1,20 +1,32 @@
 /*
- * M6: multiscale multiview cross-attention, a documented composition (docs/multiview.md,
- * reference: MultiscaleMultiview in tests/reference/gen_multiview.py).
+ * Multiscale multiview cross-attention, a documented composition (docs/multiview.md; the
+ * reference is MultiscaleMultiview(views, dims, heads, hiddens, eps=1e-5, gelu="none") in
+ * tests/reference/gen_multiview.py).
  *
  * Per stage s and view v (names under stages.s.views.v.):
- *   s > 0:  x = expand(AvgPool1d(2, 2)(x))  - fused into ONE GEMM: a pair of tokens (2t, 2t+1)
- *           is one row of width 2*C_{s-1} read in place, multiplied by 0.5*[W W] (built at load)
+ *   s > 0:  x = expand(AvgPool1d(2, 2)(x))  - fused into ONE linear map: a pair of tokens
+ *           (2t, 2t+1) is one row of width 2*C_{s-1} read in place, multiplied by 0.5*[W W]
+ *           (built when the module is bound)
  *   self:   y = x + self_attn(norm1 x);  y += mlp(norm2 y)
  *   cross:  kv = concat_{u != v} y_u: cross_norm_kv writes its output straight into the
  *           concatenated layout (the one cheap concat per stage), then K and V come from ONE
- *           GEMM with rows C..3C of in_proj_weight; z = y + cross_attn(...); z += cross_mlp(...)
- * Projections are xattn_linear / xattn_sgemm (residuals through beta = 1), attention is one
- * xattn_sdpa call per block reading heads in place through strides.
+ *           linear map with rows C..3C of in_proj_weight; z = y + cross_attn(...);
+ *           z += cross_mlp(...)
+ * Residuals are added by the projections themselves (xa_op_linear accumulating), attention is
+ * one fused call per block reading heads in place through strides.
+ *
+ * Loading: stages and views are counted from the names; each stage's width comes from view 0's
+ * self_attn.in_proj_weight and each view's MLP widths from its own mlp.0 / cross_mlp.0 weights,
+ * bound into a per-view config that instantiates the view's parameter table. The constructor's
+ * list arguments (dims, heads, hiddens) are lists of integers, which the core's scalar fields do
+ * not hold: this file parses them, keeps the first value and the whole list (in the detail text)
+ * in the fields, and records each stage's heads in the scalar fields heads.0, heads.1, ... that
+ * the saved __metadata__ carries.
  */
-#include "base/base.h"
-#include "kernels/kernels.h"
-#include "modules/weights.h"
+#include "core/registry.h"
+#include "io/io_internal.h"
+#include "kernels/op_multiview.h"
+#include "kernels/ops.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -22,310 +34,600 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum {
-    EX_W, EX_B, N1_W, N1_B, SA_IW, SA_IB, SA_OW, SA_OB, N2_W, N2_B, M0_W, M0_B, M2_W, M2_B,
-    CQ_W, CQ_B, CKV_W, CKV_B, CA_IW, CA_IB, CA_OW, CA_OB, C2_W, C2_B, CM0_W, CM0_B, CM2_W, CM2_B,
-    NW
+#define MAX_S XATTN_MULTIVIEW_MAX_STAGES
+#define MAX_V XATTN_MULTIVIEW_MAX_VIEWS
+/* views the named forward takes: B and N0 .. N10 fill the registry's size symbols */
+#define NAMED_VIEWS 11
+
+static const char *FN_LOAD = "xattn_multiview_load";
+static const char *FN_FWD = "xattn_multiview_forward";
+
+/* ---------------------------------------------------------------------------------------- */
+/* Fields and parameter tables                                                              */
+/* ---------------------------------------------------------------------------------------- */
+
+static const char *const GELU[] = {"erf", "tanh", "none", NULL};
+
+#define STAGE_HEADS(s)                                                                          \
+    {"heads." #s, XA_T_INT, XA_F_OPTIONAL, 0, 1, 1e15, NULL, NULL,                               \
+     "heads of stage " #s " (as saved; give heads)"}
+
+enum { F_VIEWS, F_DIMS, F_HEADS, F_HIDDENS, F_EPS, F_GELU, F_STAGES, F_IN, F_OUT, F_HEADS0 };
+#define F_N (F_HEADS0 + MAX_S)
+
+static const xa_field fields[F_N] = {
+    {"views", XA_T_INT, XA_F_SHAPE | XA_F_REQUIRED, 0, 2, MAX_V, NULL, NULL,
+     "number of views (counted from the names)"},
+    {"dims", XA_T_INT, XA_F_SHAPE | XA_F_REQUIRED | XA_F_NOMETA, 0, 1, 1e15, NULL, NULL,
+     "widths of the stages, a list (\"96,192,384\"; from the shapes when loading)"},
+    {"heads", XA_T_INT, XA_F_OPTIONAL | XA_F_NOMETA, 0, 1, 1e15, NULL, NULL,
+     "heads per stage (\"2,4,8\", or one for all), required: here or __metadata__ 'heads'"},
+    {"hiddens", XA_T_INT, XA_F_SHAPE | XA_F_REQUIRED | XA_F_NOMETA, 0, 1, 1e15, NULL, NULL,
+     "MLP hidden widths, a list (\"384,768,1536\"; from the shapes when loading)"},
+    {"eps", XA_T_REAL, XA_F_TRACELESS, 1e-5, 1e-30, 1e300, NULL, NULL, "LayerNorm eps"},
+    {"gelu", XA_T_ENUM, XA_F_TRACELESS, 0, 0, 0, GELU, NULL,
+     "GELU form of the MLPs (none: nn.GELU's name for erf)"},
+    {"stages", XA_T_INT, XA_F_DERIVED, 0, 1, MAX_S, NULL, NULL, "number of stages"},
+    {"in_dim", XA_T_INT, XA_F_DERIVED, 0, 1, 1e15, NULL, NULL, "width of the inputs (C_0)"},
+    {"out_dim", XA_T_INT, XA_F_DERIVED, 0, 1, 1e15, NULL, NULL, "width of the outputs"},
+    STAGE_HEADS(0),  STAGE_HEADS(1),  STAGE_HEADS(2),  STAGE_HEADS(3),
+    STAGE_HEADS(4),  STAGE_HEADS(5),  STAGE_HEADS(6),  STAGE_HEADS(7),
+    STAGE_HEADS(8),  STAGE_HEADS(9),  STAGE_HEADS(10), STAGE_HEADS(11),
+    STAGE_HEADS(12), STAGE_HEADS(13), STAGE_HEADS(14), STAGE_HEADS(15),
 };
 
-static const char *const WNAMES[NW] = {
-    "expand.weight", "expand.bias", "norm1.weight", "norm1.bias", "self_attn.in_proj_weight",
-    "self_attn.in_proj_bias", "self_attn.out_proj.weight", "self_attn.out_proj.bias",
-    "norm2.weight", "norm2.bias", "mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias",
-    "cross_norm_q.weight", "cross_norm_q.bias", "cross_norm_kv.weight", "cross_norm_kv.bias",
-    "cross_attn.in_proj_weight", "cross_attn.in_proj_bias", "cross_attn.out_proj.weight",
-    "cross_attn.out_proj.bias", "cross_norm2.weight", "cross_norm2.bias", "cross_mlp.0.weight",
-    "cross_mlp.0.bias", "cross_mlp.2.weight", "cross_mlp.2.bias"};
+/* The config of one view of one stage: the shapes of its parameter table. */
+enum { SV_DIM, SV_HIDDEN, SV_CHIDDEN, SV_CIN, SV_N };
+static const xa_field sv_fields[SV_N] = {
+    {"dim", XA_T_INT, XA_F_SHAPE | XA_F_REQUIRED, 0, 1, 1e15, NULL, NULL, "width of the stage"},
+    {"hidden", XA_T_INT, XA_F_SHAPE | XA_F_REQUIRED, 0, 1, 1e15, NULL, NULL, "mlp hidden width"},
+    {"cross_hidden", XA_T_INT, XA_F_SHAPE | XA_F_REQUIRED, 0, 1, 1e15, NULL, NULL,
+     "cross_mlp hidden width"},
+    {"cin", XA_T_INT, XA_F_DERIVED, 0, 1, 1e15, NULL, NULL, "width of the previous stage"},
+};
+
+/* The tensors that tell a view's widths. */
+static const xa_pspec anchors[] = {
+    {"self_attn.in_proj_weight", "3*dim,dim", NULL, 0, XA_INIT_XAVIER, NULL,
+     "the self-attention's packed q/k/v projection; a multiview stage needs it"},
+    {"mlp.0.weight", "hidden,dim", NULL, 0, XA_INIT_LINEAR, NULL,
+     "the self block's first MLP layer; a multiview stage needs it"},
+    {"cross_mlp.0.weight", "cross_hidden,dim", NULL, 0, XA_INIT_LINEAR, NULL,
+     "the cross block's first MLP layer; a multiview stage needs it"},
+};
+
+/* nn.MultiheadAttention: xavier_uniform in_proj_weight, zero in_proj_bias and out_proj.bias,
+ * out_proj.weight as nn.Linear's; nn.LayerNorm: ones and zeros. Biases and norms may be
+ * absent (a module built without them). */
+#define NORM(n, w)                                                                              \
+    {n ".weight", "dim", NULL, XA_P_OPT, XA_INIT_ONES, NULL, w " (LayerNorm weight)"},           \
+    {n ".bias", "dim", NULL, XA_P_OPT, XA_INIT_ZEROS, NULL, w " (LayerNorm bias)"}
+#define ATTN(n, w)                                                                              \
+    {n ".in_proj_weight", "3*dim,dim", NULL, 0, XA_INIT_XAVIER, NULL,                          \
+     w "'s packed q/k/v projection; a multiview stage needs it"},                              \
+    {n ".in_proj_bias", "3*dim", NULL, XA_P_OPT, XA_INIT_ZEROS, NULL, w "'s packed q/k/v bias"}, \
+    {n ".out_proj.weight", "dim,dim", NULL, 0, XA_INIT_LINEAR, NULL,                           \
+     w "'s output projection; a multiview stage needs it"},                                   \
+    {n ".out_proj.bias", "dim", NULL, XA_P_OPT, XA_INIT_ZEROS, NULL, w "'s output bias"}
+#define MLP(n, h, w)                                                                            \
+    {n ".0.weight", h ",dim", NULL, 0, XA_INIT_LINEAR, NULL,                                    \
+     w "'s first layer; a multiview stage needs it"},                                          \
+    {n ".0.bias", h, NULL, XA_P_OPT, XA_INIT_BIAS, "dim", w "'s first bias"},                   \
+    {n ".2.weight", "dim," h, NULL, 0, XA_INIT_LINEAR, NULL,                                    \
+     w "'s second layer; a multiview stage needs it"},                                         \
+    {n ".2.bias", "dim", NULL, XA_P_OPT, XA_INIT_BIAS, h, w "'s second bias"}
+
+enum {
+    P_N1W, P_N1B, P_SAIW, P_SAIB, P_SAOW, P_SAOB, P_N2W, P_N2B, P_M0W, P_M0B, P_M2W, P_M2B,
+    P_CQW, P_CQB, P_CKVW, P_CKVB, P_CAIW, P_CAIB, P_CAOW, P_CAOB, P_C2W, P_C2B, P_CM0W, P_CM0B,
+    P_CM2W, P_CM2B, P_N
+};
+/* One view of one stage, in the reference's state_dict order (ViewStage). */
+static const xa_pspec view_table[P_N] = {
+    NORM("norm1", "the self block's norm"),
+    ATTN("self_attn", "the self-attention"),
+    NORM("norm2", "the self block's MLP norm"),
+    MLP("mlp", "hidden", "the self block's MLP"),
+    NORM("cross_norm_q", "the cross block's query norm"),
+    NORM("cross_norm_kv", "the cross block's key/value norm"),
+    ATTN("cross_attn", "the cross-attention"),
+    NORM("cross_norm2", "the cross block's MLP norm"),
+    MLP("cross_mlp", "cross_hidden", "the cross block's MLP"),
+};
+/* Stages after the first: nn.Linear(C_{s-1}, C_s) on the pooled tokens, first in the view. */
+enum { E_W, E_B, E_N };
+static const xa_pspec expand_table[E_N] = {
+    {"expand.weight", "dim,cin", NULL, 0, XA_INIT_LINEAR, NULL,
+     "stages after the first widen channels with it"},
+    {"expand.bias", "dim", NULL, XA_P_OPT, XA_INIT_BIAS, "cin", "the widening's bias"},
+};
 
 typedef struct mv_view {
-    const float *w[NW];  /* NULL when absent (optional tensors)            */
+    const float *w[P_N]; /* NULL when absent (optional tensors)            */
+    const float *ex_b;   /* expand.bias, or NULL                           */
     const float *ex2;    /* (C_s, 2*C_{s-1}) = 0.5*[W W] of expand.weight  */
     int64_t hid, chid;   /* rows of mlp.0.weight, cross_mlp.0.weight        */
 } mv_view;
 
 struct xattn_multiview {
+    xa_mod core;
     xattn_multiview_config cfg;
-    mv_view *vw; /* [s * views + v] */
-    float *block;
+    char dim_src[MAX_S][XA_HOW_CAP]; /* where each stage's width came from (messages) */
+    mv_view *vw;                     /* [s * views + v]                               */
+    float *pair;                     /* the pooled expand weights                     */
 };
 
 /* ---------------------------------------------------------------------------------------- */
-/* Loading                                                                                  */
+/* Building: the list options, counts, widths, heads, tables                                */
 /* ---------------------------------------------------------------------------------------- */
 
-static int has_sv(const xattn_safetensors *st, const char *prefix, int64_t s, int64_t v,
-                  const char *name)
+enum { L_DIMS, L_HEADS, L_HIDDENS, L_N };
+static const int LIST_FIELD[L_N] = {F_DIMS, F_HEADS, F_HIDDENS};
+static const char *const LIST_WANT =
+    "a positive integer or a comma-separated list of them (one per stage, at most 16)";
+
+typedef struct mv_list {
+    const char *text; /* the option's value, or NULL when not given */
+    int64_t v[MAX_S];
+    int n;
+} mv_list;
+
+/* "8" or "8,16,32": positive integers (the core's strict parser) into v; 0 when malformed. */
+static int parse_list(const char *s, int64_t *v, int *n)
 {
-    char buf[XA_WREF_NAME_MAX];
-    int n = snprintf(buf, sizeof buf, "stages.%lld.views.%lld.%s", (long long)s, (long long)v, name);
-    if (n < 0 || (size_t)n >= sizeof buf) return 0;
-    return xa_wref_has(st, prefix, buf);
+    *n = 0;
+    for (const char *p = s ? s : ""; p;) {
+        size_t k = strcspn(p, ",");
+        char num[32];
+        if (k == 0 || k >= sizeof num || *n >= MAX_S) return 0;
+        memcpy(num, p, k);
+        num[k] = '\0';
+        if (!xa_parse_int(num, &v[*n]) || v[*n] < 1) return 0;
+        (*n)++;
+        p = p[k] ? p + k + 1 : NULL;
+    }
+    return 1;
 }
 
-static xattn_status check_shape(const xa_wref *t, int ndim, int64_t d0, int64_t d1,
-                                const char *implied)
+/* "8,16" into buf. */
+static const char *list_text(const int64_t *v, int64_t n, char *buf, size_t cap)
 {
-    xattn_status s = xa_wref_check_float(t);
-    if (s != XATTN_OK) return s;
-    if (t->ndim != ndim || t->shape[0] != d0 || (ndim == 2 && t->shape[1] != d1)) {
-        char got[128], want[128];
-        int64_t sh[2] = {d0, d1};
-        xa_wref_shape(t, got, sizeof got);
-        xa_dims_str(ndim, sh, want, sizeof want);
-        return xa_error(XATTN_ERR_SHAPE, "tensor '%s' has shape %s but %s implies %s", t->shown,
-                        got, implied, want);
+    size_t off = 0;
+    buf[0] = '\0';
+    for (int64_t i = 0; i < n && off < cap; i++)
+        off += (size_t)snprintf(buf + off, cap - off, "%s%lld", i ? "," : "", (long long)v[i]);
+    return buf;
+}
+
+/* Takes the list options out of opts (parsed into L) and copies the others into rest. */
+static xattn_status take_lists(const xa_kv *opts, size_t n_opts, mv_list *L, xa_kv *rest,
+                               size_t *n_rest)
+{
+    *n_rest = 0;
+    for (size_t k = 0; k < n_opts; k++) {
+        int l = L_N;
+        for (int i = 0; i < L_N && opts[k].key; i++)
+            if (!strcmp(opts[k].key, fields[LIST_FIELD[i]].name)) l = i;
+        if (l == L_N) {
+            rest[(*n_rest)++] = opts[k];
+            continue;
+        }
+        char shown[64];
+        if (L[l].text)
+            return xa_error(XATTN_ERR_ARG, "%s: option '%s' given twice", FN_LOAD, opts[k].key);
+        if (!parse_list(opts[k].value, L[l].v, &L[l].n))
+            return xa_error(XATTN_ERR_ARG, "%s: option '%s' is \"%s\", not %s", FN_LOAD,
+                            opts[k].key,
+                            xa_io_printable(opts[k].value ? opts[k].value : "", shown,
+                                            sizeof shown),
+                            LIST_WANT);
+        L[l].text = opts[k].value;
     }
     return XATTN_OK;
 }
 
-/* "4" or "2,4,8" into h[0 .. *n); 0 on a malformed list. */
-static int parse_heads_list(const char *str, int64_t *h, int64_t cap, int64_t *n)
+/* Counts stages and views from the names (loading). */
+static xattn_status count_layout(xattn_multiview *m, const xattn_safetensors *st,
+                                 const char *prefix)
 {
-    *n = 0;
-    const char *p = str;
-    while (*p) {
-        char num[32];
-        size_t k = 0;
-        while (*p && *p != ',' && k + 1 < sizeof num) num[k++] = *p++;
-        num[k] = '\0';
-        if (*p && *p != ',') return 0;
-        int64_t v = xa_parse_positive(num);
-        if (v <= 0 || *n >= cap) return 0;
-        h[(*n)++] = v;
-        if (*p == ',') {
-            p++;
-            if (!*p) return 0;
-        }
+    char pp[XA_IO_NAME_CAP], stem[64];
+    xa_io_printable(prefix, pp, sizeof pp);
+    int64_t S = 0, V = 0, Vs = 0;
+    xattn_status s = xa_count_layers(st, prefix, "stages.", "views.0.self_attn.in_proj_weight",
+                                     MAX_S, &S);
+    if (s) return s;
+    if (S == 0)
+        return xa_error(XATTN_ERR_NOT_FOUND, "no multiview module found: tensor "
+                        "'%sstages.0.views.0.self_attn.in_proj_weight' is missing", pp);
+    if (S > MAX_S)
+        return xa_error(XATTN_ERR_UNSUPPORTED, "more than %d stages are not supported", MAX_S);
+    if ((s = xa_count_layers(st, prefix, "stages.0.views.", "self_attn.in_proj_weight", MAX_V,
+                             &V)))
+        return s;
+    if (V > MAX_V)
+        return xa_error(XATTN_ERR_UNSUPPORTED, "more than %d views are not supported", MAX_V);
+    if (V < 2)
+        return xa_error(XATTN_ERR_NOT_FOUND, "tensor '%sstages.0.views.1.self_attn.in_proj_weight' "
+                        "is missing (the multiview module needs at least 2 views)", pp);
+    for (int64_t k = 1; k < S; k++) {
+        snprintf(stem, sizeof stem, "stages.%lld.views.", (long long)k);
+        if ((s = xa_count_layers(st, prefix, stem, "self_attn.in_proj_weight", MAX_V, &Vs)))
+            return s;
+        if (Vs > V)
+            return xa_error(XATTN_ERR_FORMAT, "tensor '%s%s%lld.self_attn.in_proj_weight' is "
+                            "present but stage 0 has %lld views, so the module would ignore it",
+                            pp, stem, (long long)V, (long long)V);
     }
-    return *n > 0;
+    m->cfg.stages = S;
+    m->cfg.views = V;
+    xa_cfg_set(&m->core.cfg, F_VIEWS, (double)V, XA_FROM_SHAPE,
+               "count of '%sstages.0.views.N.self_attn.in_proj_weight'", pp);
+    return XATTN_OK;
 }
 
-static xattn_status load_impl(const xattn_safetensors *st, const char *prefix,
-                              const xattn_multiview_opts *o, xattn_multiview *m, xa_wref **refs_out)
+/* Stages, widths and MLP widths of a new module (creating): from the options dims and
+ * hiddens (when not given, the resolution that follows says so). */
+static xattn_status list_dims(xattn_multiview *m, const mv_list *L)
 {
-    xattn_multiview_config *c = &m->cfg;
-    char pp[XA_IO_NAME_CAP];
-    xa_io_printable(prefix, pp, sizeof pp);
-    /* counts */
-    int64_t S = 0, V = 0;
-    while (S < XATTN_MULTIVIEW_MAX_STAGES + 1 && has_sv(st, prefix, S, 0, "self_attn.in_proj_weight")) S++;
-    if (S == 0)
-        return xa_error(XATTN_ERR_NOT_FOUND,
-                        "no multiview module found: tensor '%sstages.0.views.0.self_attn.in_proj_weight' "
-                        "is missing", pp);
-    if (S > XATTN_MULTIVIEW_MAX_STAGES)
-        return xa_error(XATTN_ERR_UNSUPPORTED, "more than %d stages are not supported",
-                        XATTN_MULTIVIEW_MAX_STAGES);
-    while (V < XATTN_MULTIVIEW_MAX_VIEWS + 1 && has_sv(st, prefix, 0, V, "self_attn.in_proj_weight")) V++;
-    if (V > XATTN_MULTIVIEW_MAX_VIEWS)
-        return xa_error(XATTN_ERR_UNSUPPORTED, "more than %d views are not supported",
-                        XATTN_MULTIVIEW_MAX_VIEWS);
-    if (V < 2)
-        return xa_error(XATTN_ERR_NOT_FOUND,
-                        "tensor '%sstages.0.views.1.self_attn.in_proj_weight' is missing (the "
-                        "multiview module needs at least 2 views)", pp);
-    c->views = V;
-    c->stages = S;
+    const mv_list *d = &L[L_DIMS], *h = &L[L_HIDDENS];
+    if (!d->text) return XATTN_OK;
+    m->cfg.stages = d->n;
+    memcpy(m->cfg.dim, d->v, (size_t)d->n * sizeof(int64_t));
+    for (int k = 0; k < d->n; k++) snprintf(m->dim_src[k], sizeof m->dim_src[k], "option 'dims'");
+    xa_cfg_set(&m->core.cfg, F_DIMS, (double)d->v[0], XA_FROM_OPTION, "option");
+    if (!h->text) return XATTN_OK;
+    if (h->n != d->n)
+        return xa_error(XATTN_ERR_ARG, "%s: option 'hiddens' has %d values but 'dims' %d (one "
+                        "per stage)", FN_LOAD, h->n, d->n);
+    memcpy(m->cfg.mlp_hidden, h->v, (size_t)h->n * sizeof(int64_t));
+    xa_cfg_set(&m->core.cfg, F_HIDDENS, (double)h->v[0], XA_FROM_OPTION, "option");
+    return XATTN_OK;
+}
 
-    /* options */
-    int64_t hl[XATTN_MULTIVIEW_MAX_STAGES], nh = 0;
-    if (o && o->n_heads > 0) {
-        if (!o->heads) return xa_error(XATTN_ERR_ARG, "xattn_multiview_load: opts->heads is NULL");
-        if (o->n_heads != 1 && o->n_heads != S)
-            return xa_error(XATTN_ERR_ARG, "xattn_multiview_load: %lld heads values given for %lld "
-                            "stages (give 1 or %lld)", (long long)o->n_heads, (long long)S,
-                            (long long)S);
-        for (int64_t i = 0; i < o->n_heads; i++) {
-            if (o->heads[i] <= 0)
-                return xa_error(XATTN_ERR_ARG, "xattn_multiview_load: heads[%lld] = %lld is not "
-                                "positive", (long long)i, (long long)o->heads[i]);
-            hl[i] = o->heads[i];
+/* Each stage's width and view 0's MLP width: bound from view 0's tensors (loading; the options
+ * dims and hiddens must agree), or the options (creating). */
+static xattn_status stage_dims(xattn_multiview *m, const xattn_safetensors *st,
+                               const char *prefix, const mv_list *L)
+{
+    if (!st) return list_dims(m, L);
+    const int64_t S = m->cfg.stages;
+    char stem[64], txt[XA_HOW_CAP], want[XA_HOW_CAP];
+    xattn_status s;
+    for (int64_t k = 0; k < S; k++) {
+        xa_cfg sc;
+        xa_cfg_init(&sc, sv_fields, SV_N);
+        snprintf(stem, sizeof stem, "stages.%lld.views.0.", (long long)k);
+        if ((s = xa_cfg_bind_shapes(&sc, anchors, 3, st, prefix, stem)) ||
+            (s = xa_cfg_require_shapes(&sc, anchors, 3, st, prefix, stem)))
+            return s;
+        m->cfg.dim[k] = (int64_t)sc.v[SV_DIM];
+        m->cfg.mlp_hidden[k] = (int64_t)sc.v[SV_HIDDEN];
+        snprintf(m->dim_src[k], sizeof m->dim_src[k], "%s", sc.how[SV_DIM]);
+    }
+    const mv_list *d = &L[L_DIMS];
+    if (d->text && (d->n != S || memcmp(d->v, m->cfg.dim, (size_t)S * sizeof(int64_t))))
+        return xa_error(XATTN_ERR_SHAPE, "option dims = %s disagrees with the shapes (dims = "
+                        "%s)", d->text, list_text(m->cfg.dim, S, want, sizeof want));
+    xa_cfg_set(&m->core.cfg, F_DIMS, (double)m->cfg.dim[0], XA_FROM_SHAPE,
+               "%s: shapes of 'stages.S.views.0.self_attn.in_proj_weight'",
+               list_text(m->cfg.dim, S, txt, sizeof txt));
+    xa_cfg_set(&m->core.cfg, F_HIDDENS, (double)m->cfg.mlp_hidden[0], XA_FROM_SHAPE,
+               "%s: shapes of 'stages.S.views.0.mlp.0.weight'",
+               list_text(m->cfg.mlp_hidden, S, txt, sizeof txt));
+    return XATTN_OK;
+}
+
+/* The list of heads from metadata "heads" (1 or S values) into h; *found = 0 when absent. */
+static xattn_status meta_heads(const xattn_safetensors *st, int64_t S, int64_t *h, int *found)
+{
+    const char *mv = st ? xattn_st_meta_get(st, "heads") : NULL;
+    *found = mv != NULL;
+    if (!mv) return XATTN_OK;
+    char shown[64];
+    int n = 0;
+    int64_t v[MAX_S];
+    if (!parse_list(mv, v, &n))
+        return xa_error(XATTN_ERR_FORMAT, "__metadata__ 'heads' is \"%s\", not %s",
+                        xa_io_printable(mv, shown, sizeof shown), LIST_WANT);
+    if (n != 1 && n != S)
+        return xa_error(XATTN_ERR_FORMAT, "__metadata__ 'heads' is \"%s\": expected one positive "
+                        "integer or %lld comma-separated ones (one per stage)",
+                        xa_io_printable(mv, shown, sizeof shown), (long long)S);
+    for (int64_t k = 0; k < S; k++) h[k] = v[n == 1 ? 0 : k];
+    return XATTN_OK;
+}
+
+/* Heads of stage k: option 'heads', option 'heads.k', metadata 'heads', metadata 'heads.k', in
+ * that order; a list and a per-stage value of the same source must agree. */
+static xattn_status stage_heads(xattn_multiview *m, int64_t k, const int64_t *opt,
+                                const int64_t *meta, const xattn_safetensors *st)
+{
+    xa_cfg *c = &m->core.cfg;
+    const int f = F_HEADS0 + (int)k;
+    const int64_t per = (int64_t)c->v[f];
+    const xa_from pf = c->from[f];
+    for (int pass = 0; pass < 2; pass++) {
+        const int64_t *list = pass ? meta : opt;
+        const xa_from want = pass ? XA_FROM_META : XA_FROM_OPTION;
+        const char *name = pass ? "__metadata__" : "option";
+        if (list && pf == want && per != list[k])
+            return xa_error(pass ? XATTN_ERR_FORMAT : XATTN_ERR_ARG, "%s 'heads.%lld' = %lld "
+                            "disagrees with %s 'heads' (%lld for stage %lld)", name,
+                            (long long)k, (long long)per, name, (long long)list[k], (long long)k);
+        if (list) xa_cfg_set(c, f, (double)list[k], want, "%s 'heads'", name);
+        if (list || pf == want) {
+            m->cfg.heads[k] = (int64_t)c->v[f];
+            return XATTN_OK;
         }
-        nh = o->n_heads;
-    } else {
-        const char *mv = xattn_st_meta_get(st, "heads");
-        if (!mv)
-            return xa_error(XATTN_ERR_ARG, "the number of heads is not known: pass heads or store "
-                            "__metadata__ {\"heads\": \"H\"} or {\"heads\": \"H0,H1,...\"} (one per "
-                            "stage) in the file");
-        char shown[64];
-        if (!parse_heads_list(mv, hl, XATTN_MULTIVIEW_MAX_STAGES, &nh) || (nh != 1 && nh != S))
-            return xa_error(XATTN_ERR_FORMAT, "__metadata__ 'heads' is \"%s\": expected one positive "
-                            "integer or %lld comma-separated ones (one per stage)",
-                            xa_io_printable(mv, shown, sizeof shown), (long long)S);
     }
-    for (int64_t s = 0; s < S; s++) c->heads[s] = hl[nh == 1 ? 0 : s];
-    c->eps = 1e-5f;
-    if (o && o->eps > 0) {
-        c->eps = (float)o->eps;
-    } else if (xattn_st_meta_get(st, "eps")) {
-        const char *e = xattn_st_meta_get(st, "eps");
-        char *end = NULL;
-        double d = strtod(e, &end);
-        char shown[64];
-        if (end == e || *end || !(d > 0) || !isfinite(d))
-            return xa_error(XATTN_ERR_FORMAT, "__metadata__ 'eps' is \"%s\", not a positive number",
-                            xa_io_printable(e, shown, sizeof shown));
-        c->eps = (float)d;
-    }
-    c->gelu_tanh = 0;
-    if (o && o->gelu >= 0) {
-        c->gelu_tanh = o->gelu ? 1 : 0;
-    } else if (xattn_st_meta_get(st, "gelu")) {
-        const char *g = xattn_st_meta_get(st, "gelu");
-        char shown[64];
-        if (!strcmp(g, "tanh")) c->gelu_tanh = 1;
-        else if (strcmp(g, "erf") && strcmp(g, "none"))
-            return xa_error(XATTN_ERR_FORMAT, "__metadata__ 'gelu' is \"%s\": expected \"erf\", "
-                            "\"none\" or \"tanh\"", xa_io_printable(g, shown, sizeof shown));
-    }
+    if (!st)
+        return xa_error(XATTN_ERR_ARG, "%s: heads is not given: the reference has no default; "
+                        "state it with the option 'heads'", FN_LOAD);
+    return xa_error(XATTN_ERR_ARG, "the number of heads is not known: pass heads or store "
+                    "__metadata__ {\"heads\": \"H\"} or {\"heads\": \"H0,H1,...\"} (one per "
+                    "stage) in the file");
+}
 
-    /* look up every tensor */
-    xa_wref *refs = calloc((size_t)(S * V * NW), sizeof *refs);
-    if (!refs) return xa_error(XATTN_ERR_NOMEM, "xattn_multiview_load: out of memory");
-    *refs_out = refs;
+static xattn_status resolve_heads(xattn_multiview *m, const xattn_safetensors *st,
+                                  const mv_list *L)
+{
+    const int64_t S = m->cfg.stages;
+    const mv_list *o = &L[L_HEADS];
+    int64_t opt[MAX_S], meta[MAX_S];
+    int has_meta = 0;
+    if (o->text && o->n != 1 && o->n != S)
+        return xa_error(XATTN_ERR_ARG, "%s: option 'heads' has %d values for %lld stages (give 1 "
+                        "or %lld)", FN_LOAD, o->n, (long long)S, (long long)S);
+    for (int64_t k = 0; o->text && k < S; k++) opt[k] = o->v[o->n == 1 ? 0 : k];
+    xattn_status s = meta_heads(st, S, meta, &has_meta);
+    for (int64_t k = S; !s && k < MAX_S; k++)
+        if (m->core.cfg.from[F_HEADS0 + k] != XA_FROM_UNSET)
+            s = xa_error(XATTN_ERR_ARG, "heads.%lld is given (%s) but the module has %lld "
+                         "stages", (long long)k, m->core.cfg.how[F_HEADS0 + k], (long long)S);
+    for (int64_t k = 0; !s && k < S; k++) {
+        s = stage_heads(m, k, o->text ? opt : NULL, has_meta ? meta : NULL, st);
+        if (!s && m->cfg.dim[k] % m->cfg.heads[k])
+            s = xa_error(XATTN_ERR_SHAPE, "stage %lld: width %lld (from the %s) is not divisible "
+                         "by heads %lld", (long long)k, (long long)m->cfg.dim[k], m->dim_src[k],
+                         (long long)m->cfg.heads[k]);
+    }
+    if (s) return s;
+    char txt[XA_HOW_CAP];
+    xa_cfg *c = &m->core.cfg;
+    xa_cfg_set(c, F_HEADS, (double)m->cfg.heads[0], c->from[F_HEADS0], "%s: %s",
+               list_text(m->cfg.heads, S, txt, sizeof txt), c->how[F_HEADS0]);
+    return XATTN_OK;
+}
+
+/* One view's config: the stage's widths and the view's MLP widths (bound from its tensors, or
+ * the option hiddens). */
+static xattn_status view_config(xattn_multiview *m, int64_t k, int64_t v,
+                                const xattn_safetensors *st, const char *prefix,
+                                const mv_list *L, xa_cfg *sc, char *stem, size_t cap)
+{
+    xa_cfg_init(sc, sv_fields, SV_N);
+    snprintf(stem, cap, "stages.%lld.views.%lld.", (long long)k, (long long)v);
+    xa_cfg_set(sc, SV_DIM, (double)m->cfg.dim[k], XA_FROM_DERIVED, "%s", m->dim_src[k]);
+    xa_cfg_set(sc, SV_CIN, k ? (double)m->cfg.dim[k - 1] : 0, XA_FROM_DERIVED, "stage width");
+    const mv_list *h = &L[L_HIDDENS];
+    xattn_status s;
+    if (!st) {
+        xa_cfg_set(sc, SV_HIDDEN, (double)h->v[k], XA_FROM_OPTION, "option");
+        xa_cfg_set(sc, SV_CHIDDEN, (double)h->v[k], XA_FROM_OPTION, "option");
+        return XATTN_OK;
+    }
+    if ((s = xa_cfg_bind_shapes(sc, anchors, 3, st, prefix, stem)) ||
+        (s = xa_cfg_require_shapes(sc, anchors, 3, st, prefix, stem)))
+        return s;
+    for (int f = SV_HIDDEN; h->text && f <= SV_CHIDDEN; f++)
+        if (h->n != m->cfg.stages || sc->v[f] != (double)h->v[k])
+            return xa_error(XATTN_ERR_SHAPE, "option hiddens = %s disagrees with the %s (%s = "
+                            "%lld)", h->text, sc->how[f], sv_fields[f].name, (long long)sc->v[f]);
+    for (int e = 0; k == 0 && e < E_N; e++) {
+        char nm[192], shown[XA_IO_NAME_CAP];
+        snprintf(nm, sizeof nm, "%s%s%s", prefix, stem, expand_table[e].name);
+        if (xa_has(st, "", nm))
+            return xa_error(XATTN_ERR_FORMAT, "tensor '%s' present: stage 0 has no expand layer",
+                            xa_io_printable(nm, shown, sizeof shown));
+    }
+    return XATTN_OK;
+}
+
+/* Every view's tables, stage by stage: [expand (s > 0)] then the view. */
+static xattn_status add_tables(xattn_multiview *m, const xattn_safetensors *st,
+                               const char *prefix, const mv_list *L)
+{
+    xa_params *ps = &m->core.params;
+    char stem[128];
+    xattn_status s = XATTN_OK;
+    for (int64_t k = 0; k < m->cfg.stages; k++)
+        for (int64_t v = 0; v < m->cfg.views; v++) {
+            xa_cfg sc;
+            if ((s = view_config(m, k, v, st, prefix, L, &sc, stem, sizeof stem))) return s;
+            if ((k && (s = xa_params_add_table(ps, expand_table, E_N, &sc, stem, NULL))) ||
+                (s = xa_params_add_table(ps, view_table, P_N, &sc, stem, NULL)))
+                return s;
+        }
+    /* the shapes are instantiated; messages of the load name the module's own fields */
+    ps->cfg = &m->core.cfg;
+    return s;
+}
+
+static xattn_status build(xa_mod *core, const xattn_safetensors *st, const char *prefix,
+                          const xa_kv *opts, size_t n_opts)
+{
+    xattn_multiview *m = (xattn_multiview *)core;
+    mv_list L[L_N];
+    memset(L, 0, sizeof L);
+    xa_kv *rest = calloc(n_opts + 1, sizeof *rest);
+    if (!rest) return xa_error(XATTN_ERR_NOMEM, "%s: out of memory", FN_LOAD);
+    size_t n_rest = 0;
+    xattn_status s = take_lists(opts, n_opts, L, rest, &n_rest);
+    if (!s && st) s = count_layout(m, st, prefix);
+    if (!s) s = stage_dims(m, st, prefix, L);
+    if (!s) s = xa_cfg_resolve(&core->cfg, rest, n_rest, st, FN_LOAD);
+    free(rest);
+    if (!s && !st) m->cfg.views = xa_cfg_int(&core->cfg, "views");
+    if (!s) s = resolve_heads(m, st, L);
+    if (!s) s = add_tables(m, st, prefix, L);
+    if (s) return s;
+    const int64_t S = m->cfg.stages;
+    xa_cfg_set(&core->cfg, F_STAGES, (double)S, XA_FROM_DERIVED, "count");
+    xa_cfg_set(&core->cfg, F_IN, (double)m->cfg.dim[0], XA_FROM_DERIVED, "dims of stage 0");
+    xa_cfg_set(&core->cfg, F_OUT, (double)m->cfg.dim[S - 1], XA_FROM_DERIVED,
+               "dims of the last stage");
+    m->cfg.eps = (float)xa_cfg_get(&core->cfg, "eps");
+    m->cfg.gelu_tanh = xa_cfg_int(&core->cfg, "gelu") == 1;
+    /* the config lists the heads of the stages the module has (inspect, save) */
+    core->cfg.n = F_HEADS0 + (int)S;
+    return XATTN_OK;
+}
+
+/* Pointers into the parameters (in the order build added them) and the pooled expand weights. */
+static xattn_status bind(xa_mod *core)
+{
+    xattn_multiview *m = (xattn_multiview *)core;
+    const xa_params *ps = &core->params;
+    const int64_t S = m->cfg.stages, V = m->cfg.views;
     m->vw = calloc((size_t)(S * V), sizeof *m->vw);
-    if (!m->vw) return xa_error(XATTN_ERR_NOMEM, "xattn_multiview_load: out of memory");
-    xattn_status s_;
-    int64_t extra = 0;
-    for (int64_t s = 0; s < S; s++) {
+    if (!m->vw) return xa_error(XATTN_ERR_NOMEM, "%s: out of memory", FN_LOAD);
+    int64_t n_pair = 0;
+    for (int64_t k = 1; k < S; k++) n_pair += V * ((m->cfg.dim[k] * 2 * m->cfg.dim[k - 1] + 15) & ~15);
+    if (n_pair && !(m->pair = xa_alloc((size_t)n_pair * sizeof(float)))) return XATTN_ERR_NOMEM;
+    int idx = 0;
+    float *pair = m->pair;
+    for (int64_t k = 0; k < S; k++)
         for (int64_t v = 0; v < V; v++) {
-            char mid[96];
-            snprintf(mid, sizeof mid, "stages.%lld.views.%lld.", (long long)s, (long long)v);
-            xa_wref *r = refs + (s * V + v) * NW;
-            for (int k = 0; k < NW; k++)
-                if ((s_ = xa_wref_find(st, "xattn_multiview_load", prefix, mid, WNAMES[k], &r[k])))
-                    return s_;
-            static const int required[] = {SA_IW, SA_OW, M0_W, M2_W, CA_IW, CA_OW, CM0_W, CM2_W};
-            for (size_t k = 0; k < sizeof required / sizeof required[0]; k++)
-                if (!r[required[k]].present)
-                    return xa_wref_missing(&r[required[k]], "a multiview stage needs it");
-            if (s > 0 && !r[EX_W].present)
-                return xa_wref_missing(&r[EX_W], "stages after the first widen channels with it");
-            if (s == 0 && (r[EX_W].present || r[EX_B].present))
-                return xa_error(XATTN_ERR_FORMAT, "tensor '%s' present: stage 0 has no expand layer",
-                                r[EX_W].present ? r[EX_W].shown : r[EX_B].shown);
-            /* widths */
-            const xa_wref *iw = &r[SA_IW];
-            if ((s_ = xa_wref_check_float(iw))) return s_;
-            if (v == 0) {
-                if (iw->ndim != 2 || iw->shape[1] <= 0 || iw->shape[0] != 3 * iw->shape[1]) {
-                    char got[128];
-                    xa_wref_shape(iw, got, sizeof got);
-                    return xa_error(XATTN_ERR_SHAPE, "tensor '%s' has shape %s; expected (3*C, C)",
-                                    iw->shown, got);
-                }
-                c->dim[s] = iw->shape[1];
-                if (c->dim[s] % c->heads[s] != 0)
-                    return xa_error(XATTN_ERR_SHAPE, "stage %lld: width %lld (from '%s') is not "
-                                    "divisible by heads %lld", (long long)s, (long long)c->dim[s],
-                                    iw->shown, (long long)c->heads[s]);
+            mv_view *w = &m->vw[k * V + v];
+            if (k) {
+                const int64_t C = m->cfg.dim[k], Cp = m->cfg.dim[k - 1];
+                xa_op_pair_weight(xa_param_data(ps, idx + E_W), C, Cp, pair);
+                w->ex2 = pair;
+                w->ex_b = xa_param_data(ps, idx + E_B);
+                pair += (C * 2 * Cp + 15) & ~15;
+                idx += E_N;
             }
-            const int64_t C = c->dim[s], Cp = s > 0 ? c->dim[s - 1] : 0;
-            char implied[160];
-            snprintf(implied, sizeof implied, "stage %lld width %lld", (long long)s, (long long)C);
-            if ((s_ = check_shape(&r[SA_IW], 2, 3 * C, C, implied)) ||
-                (s_ = check_shape(&r[CA_IW], 2, 3 * C, C, implied)) ||
-                (s_ = check_shape(&r[SA_OW], 2, C, C, implied)) ||
-                (s_ = check_shape(&r[CA_OW], 2, C, C, implied)))
-                return s_;
-            if (r[SA_IB].present && (s_ = check_shape(&r[SA_IB], 1, 3 * C, 0, implied))) return s_;
-            if (r[CA_IB].present && (s_ = check_shape(&r[CA_IB], 1, 3 * C, 0, implied))) return s_;
-            static const int vecC[] = {EX_B, N1_W, N1_B, SA_OB, N2_W, N2_B, M2_B, CQ_W, CQ_B,
-                                       CKV_W, CKV_B, CA_OB, C2_W, C2_B, CM2_B};
-            for (size_t k = 0; k < sizeof vecC / sizeof vecC[0]; k++)
-                if (r[vecC[k]].present && (s_ = check_shape(&r[vecC[k]], 1, C, 0, implied)))
-                    return s_;
-            if (s > 0) {
-                char imp2[160];
-                snprintf(imp2, sizeof imp2, "stage widths %lld -> %lld", (long long)Cp, (long long)C);
-                if ((s_ = check_shape(&r[EX_W], 2, C, Cp, imp2))) return s_;
-                extra += (C * 2 * Cp + 15) & ~(int64_t)15;
-            }
-            /* MLPs */
-            for (int k = 0; k < 2; k++) {
-                const xa_wref *w0 = &r[k ? CM0_W : M0_W];
-                if ((s_ = xa_wref_check_float(w0))) return s_;
-                if (w0->ndim != 2 || w0->shape[0] <= 0) {
-                    char got[128];
-                    xa_wref_shape(w0, got, sizeof got);
-                    return xa_error(XATTN_ERR_SHAPE, "tensor '%s' has shape %s; expected (hidden, %lld)",
-                                    w0->shown, got, (long long)C);
-                }
-                int64_t hid = w0->shape[0];
-                if ((s_ = check_shape(w0, 2, hid, C, implied))) return s_;
-                char imp3[200];
-                snprintf(imp3, sizeof imp3, "%s with hidden %lld", implied, (long long)hid);
-                if ((s_ = check_shape(&r[k ? CM2_W : M2_W], 2, C, hid, imp3))) return s_;
-                const xa_wref *b0 = &r[k ? CM0_B : M0_B];
-                if (b0->present && (s_ = check_shape(b0, 1, hid, 0, imp3))) return s_;
-                if (k) m->vw[s * V + v].chid = hid;
-                else m->vw[s * V + v].hid = hid;
-            }
-            if (v == 0) c->mlp_hidden[s] = m->vw[s * V].hid;
+            for (int p = 0; p < P_N; p++) w->w[p] = xa_param_data(ps, idx + p);
+            w->hid = ps->p[idx + P_M0W].shape[0];
+            w->chid = ps->p[idx + P_CM0W].shape[0];
+            idx += P_N;
         }
-    }
-    /* one block: every present tensor, then the pooled expand weights */
-    int64_t total = 0;
-    for (int64_t i = 0; i < S * V * NW; i++)
-        if (refs[i].present) total += (xa_wref_numel(&refs[i]) + 15) & ~(int64_t)15;
-    total += extra;
-    m->block = xa_alloc((size_t)total * sizeof(float));
-    if (!m->block) return XATTN_ERR_NOMEM;
-    int64_t off = 0;
-    for (int64_t i = 0; i < S * V * NW; i++) {
-        if (!refs[i].present) continue;
-        refs[i].dst = m->block + off;
-        off += (xa_wref_numel(&refs[i]) + 15) & ~(int64_t)15;
-        if ((s_ = xa_wref_fetch(st, &refs[i]))) return s_;
-        m->vw[i / NW].w[i % NW] = refs[i].dst;
-    }
-    for (int64_t s = 1; s < S; s++) {
-        const int64_t C = c->dim[s], Cp = c->dim[s - 1];
-        for (int64_t v = 0; v < V; v++) {
-            mv_view *w = &m->vw[s * V + v];
-            float *d = m->block + off;
-            off += (C * 2 * Cp + 15) & ~(int64_t)15;
-            for (int64_t r = 0; r < C; r++)
-                for (int64_t k = 0; k < Cp; k++) {
-                    float h = 0.5f * w->w[EX_W][r * Cp + k];
-                    d[r * 2 * Cp + k] = h;
-                    d[r * 2 * Cp + Cp + k] = h;
-                }
-            w->ex2 = d;
-        }
-    }
+    return XATTN_OK;
+}
+
+static void destroy(xa_mod *core)
+{
+    xattn_multiview *m = (xattn_multiview *)core;
+    free(m->vw);
+    xa_free(m->pair);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Registry entry and the typed API                                                         */
+/* ---------------------------------------------------------------------------------------- */
+
+/* Views 0 and 1 exist in every module; the others up to its view count. */
+#define XS(v, f) {"xs." #v, "B,N" #v ",in_dim", f, "view " #v " (B, N_v, C_0); views 0 .. V-1"}
+#define OUT(v, f) {"out." #v, "B,N" #v ",out_dim", f, "view " #v " after the last stage"}
+static const xa_io inputs[NAMED_VIEWS] = {
+    XS(0, 0),          XS(1, 0),          XS(2, XA_IO_OPT), XS(3, XA_IO_OPT),
+    XS(4, XA_IO_OPT),  XS(5, XA_IO_OPT),  XS(6, XA_IO_OPT), XS(7, XA_IO_OPT),
+    XS(8, XA_IO_OPT),  XS(9, XA_IO_OPT),  XS(10, XA_IO_OPT)};
+static const xa_io outputs[NAMED_VIEWS] = {
+    OUT(0, 0),         OUT(1, 0),         OUT(2, XA_IO_OPT), OUT(3, XA_IO_OPT),
+    OUT(4, XA_IO_OPT), OUT(5, XA_IO_OPT), OUT(6, XA_IO_OPT), OUT(7, XA_IO_OPT),
+    OUT(8, XA_IO_OPT), OUT(9, XA_IO_OPT), OUT(10, XA_IO_OPT)};
+
+/* Exactly the module's views are given, and the outputs keep the token counts (one stage). */
+static xattn_status check_named(const xa_mod *core, const xa_run *r)
+{
+    const xattn_multiview *m = (const xattn_multiview *)core;
+    const int64_t V = m->cfg.views;
+    if (V > NAMED_VIEWS)
+        return xa_error(XATTN_ERR_UNSUPPORTED, "multiview: the named forward takes at most %d "
+                        "views (this module has %lld); use xattn_multiview_forward", NAMED_VIEWS,
+                        (long long)V);
+    if (m->cfg.stages > 1)
+        return xa_error(XATTN_ERR_UNSUPPORTED, "multiview: the named forward runs single-stage "
+                        "modules only (a pooled token count floor(N / 2^(S-1)) has no symbolic "
+                        "shape; this module has %lld stages); use xattn_multiview_forward",
+                        (long long)m->cfg.stages);
+    for (int64_t v = 0; v < NAMED_VIEWS; v++)
+        if ((r->in[v] != NULL) != (v < V))
+            return xa_error(XATTN_ERR_ARG, "multiview: the module has %lld views: give xs.0 .. "
+                            "xs.%lld (xs.%lld is %s)", (long long)V, (long long)(V - 1),
+                            (long long)v, r->in[v] ? "given" : "missing");
+    return XATTN_OK;
+}
+
+static xattn_status forward_named(const xa_mod *core, const xa_run *r);
+
+const xa_kind xa_kind_multiview = {
+    .name = "multiview",
+    .reference = "MultiscaleMultiview (tests/reference/gen_multiview.py, docs/multiview.md)",
+    .summary = "multiscale multiview cross-attention: per stage, self and cross blocks over "
+               "V views, tokens pooled between stages",
+    .fields = fields,
+    .n_fields = F_N,
+    .inputs = inputs,
+    .n_in = NAMED_VIEWS,
+    .outputs = outputs,
+    .n_out = NAMED_VIEWS,
+    .anchor = "stages.0.views.0.self_attn.in_proj_weight",
+    .size = sizeof(xattn_multiview),
+    .build = build,
+    .bind = bind,
+    .destroy = destroy,
+    .check = check_named,
+    .forward = forward_named,
+    .state_dict = "stages.S.views.V.{expand.{weight,bias} (S > 0), norm1, norm2, cross_norm_q, "
+                  "cross_norm_kv, cross_norm2 .{weight,bias}, self_attn., cross_attn. "
+                  "{in_proj_weight, in_proj_bias, out_proj.{weight,bias}}, mlp., cross_mlp. "
+                  "{0,2}.{weight,bias}}",
+};
+
+/* The heads option as text ("2,4,8"). */
+static xattn_status heads_text(const xattn_multiview_opts *o, char *buf, size_t cap)
+{
+    if (o->n_heads < 0 || o->n_heads > MAX_S)
+        return xa_error(XATTN_ERR_ARG, "%s: n_heads = %lld (give 0, 1 or one per stage, at most "
+                        "%d)", FN_LOAD, (long long)o->n_heads, MAX_S);
+    if (!o->heads) return xa_error(XATTN_ERR_ARG, "%s: opts->heads is NULL", FN_LOAD);
+    for (int64_t i = 0; i < o->n_heads; i++)
+        if (o->heads[i] <= 0)
+            return xa_error(XATTN_ERR_ARG, "%s: heads[%lld] = %lld is not positive", FN_LOAD,
+                            (long long)i, (long long)o->heads[i]);
+    list_text(o->heads, o->n_heads, buf, cap);
     return XATTN_OK;
 }
 
 xattn_status xattn_multiview_load(const xattn_safetensors *st, const char *prefix,
                                   const xattn_multiview_opts *opts, xattn_multiview **out)
 {
-    if (!out) return xa_error(XATTN_ERR_ARG, "xattn_multiview_load: out is NULL");
+    if (!out) return xa_error(XATTN_ERR_ARG, "%s: out is NULL", FN_LOAD);
     *out = NULL;
-    if (!st) return xa_error(XATTN_ERR_ARG, "xattn_multiview_load: safetensors handle is NULL");
-    if (!prefix) prefix = "";
-    xattn_multiview *m = calloc(1, sizeof *m);
-    if (!m) return xa_error(XATTN_ERR_NOMEM, "xattn_multiview_load: out of memory");
-    xa_wref *refs = NULL;
-    xattn_status s = load_impl(st, prefix, opts, m, &refs);
-    free(refs);
-    if (s != XATTN_OK) {
-        xattn_multiview_free(m);
-        return s;
+    if (!st) return xa_error(XATTN_ERR_ARG, "%s: safetensors handle is NULL", FN_LOAD);
+    xa_kvbuf b;
+    memset(&b, 0, sizeof b);
+    char heads[MAX_S * 24];
+    if (opts) {
+        xa_kv_real(&b, "eps", opts->eps);
+        xa_kv_enum(&b, "gelu", GELU, (int)opts->gelu);
+        if (opts->n_heads) {
+            xattn_status s = heads_text(opts, heads, sizeof heads);
+            if (s) return s;
+            b.kv[b.n++] = (xa_kv){"heads", heads};
+        }
     }
+    xa_mod *m;
+    xattn_status s = xa_mod_open(&xa_kind_multiview, st, prefix, b.kv, b.n, &m);
+    if (s) return s;
+    *out = (xattn_multiview *)m;
     xa_clear_error();
-    *out = m;
     return XATTN_OK;
 }
 
-void xattn_multiview_free(xattn_multiview *m)
-{
-    if (!m) return;
-    xa_free(m->block);
-    free(m->vw);
-    free(m);
-}
+void xattn_multiview_free(xattn_multiview *m) { xa_mod_free(m ? &m->core : NULL); }
 
 void xattn_multiview_get_config(const xattn_multiview *m, xattn_multiview_config *cfg)
 {
@@ -358,218 +660,238 @@ xattn_status xattn_multiview_out_tokens(const xattn_multiview *m, int64_t n, int
 /* Forward                                                                                  */
 /* ---------------------------------------------------------------------------------------- */
 
-/* y[r, :] += b for r < rows (b may be NULL). */
-static void add_bias(float *y, int64_t rows, int64_t n, const float *b)
-{
-    if (!b) return;
-    const xa_kernels *k = xa_kern();
-    for (int64_t r = 0; r < rows; r++) k->axpy(1.0f, b, y + r * n, n);
-}
+typedef struct mv_work {
+    int64_t B, S, V;
+    int64_t n[MAX_S][MAX_V];           /* tokens of view v at stage s */
+    float *cur[MAX_V], *nxt[MAX_V];    /* (B, n, C_s) per view        */
+    float *h, *ob, *qkv, *t, *kvin, *kv; /* scratch                   */
+} mv_work;
 
-/* x (rows, C) += mlp(LN(x)): h (rows, C) and t (rows, hid) scratch. */
-static xattn_status mlp_block(const xattn_multiview_config *c, float *x, int64_t rows, int64_t C,
-                              const float *nw, const float *nb, const float *w0, const float *b0,
-                              int64_t hid, const float *w2, const float *b2, float *h, float *t)
+/* Checks the arguments and fills the token counts of every stage. */
+static xattn_status plan_tokens(const xattn_multiview *m, const xattn_multiview_inputs *in,
+                                const xattn_multiview_outputs *out, mv_work *w)
 {
-    xattn_status s;
-    if ((s = xattn_layernorm(x, rows, C, nw, nb, c->eps, h)) ||
-        (s = xattn_linear(h, rows, C, w0, b0, hid, t)) ||
-        (s = xattn_gelu(t, rows * hid, c->gelu_tanh)) ||
-        (s = xattn_sgemm(0, 1, rows, C, hid, 1.0f, t, hid, w2, hid, 1.0f, x, C)))
-        return s;
-    add_bias(x, rows, C, b2);
+    if (!m) return xa_error(XATTN_ERR_ARG, "%s: module is NULL", FN_FWD);
+    if (!in || !out || !in->tokens || !in->x || !out->out)
+        return xa_error(XATTN_ERR_ARG, "%s: tokens, x or out is NULL", FN_FWD);
+    w->V = m->cfg.views;
+    w->S = m->cfg.stages;
+    w->B = in->B;
+    if (in->n_views != w->V)
+        return xa_error(XATTN_ERR_SHAPE, "%s: %lld views given but the module has %lld", FN_FWD,
+                        (long long)in->n_views, (long long)w->V);
+    if (w->B <= 0)
+        return xa_error(XATTN_ERR_ARG, "%s: batch %lld must be positive", FN_FWD, (long long)w->B);
+    for (int64_t v = 0; v < w->V; v++) {
+        if (!in->x[v]) return xa_error(XATTN_ERR_ARG, "%s: x[%lld] is NULL", FN_FWD, (long long)v);
+        if (in->tokens[v] <= 0)
+            return xa_error(XATTN_ERR_ARG, "%s: view %lld has %lld tokens", FN_FWD, (long long)v,
+                            (long long)in->tokens[v]);
+        w->n[0][v] = in->tokens[v];
+        for (int64_t s = 1; s < w->S; s++) {
+            if (w->n[s - 1][v] < 2)
+                return xa_error(XATTN_ERR_SHAPE, "%s: view %lld has %lld token(s) at stage %lld, "
+                                "which AvgPool1d(2, stride 2) cannot pool", FN_FWD, (long long)v,
+                                (long long)w->n[s - 1][v], (long long)(s - 1));
+            w->n[s][v] = w->n[s - 1][v] / 2;
+        }
+    }
     return XATTN_OK;
 }
 
-static void sdpa_setup(xattn_sdpa_params *p, int64_t B, int64_t H, int64_t I, int64_t J,
-                       int64_t dh, const float *q, int64_t q_ld, const float *k, const float *v,
-                       int64_t kv_ld, float *o, int64_t o_ld)
+/* Scratch of the forward from the context's workspace, carved into w's buffers. */
+static xattn_status take_scratch(const xattn_multiview *m, mv_work *w, xa_ws **ws)
 {
-    xattn_sdpa_init(p);
-    p->B = B;
-    p->H = H;
-    p->I = I;
-    p->J = J;
-    p->dh = p->dv = dh;
-    p->q = q;
-    p->q_sb = I * q_ld;
-    p->q_sh = dh;
-    p->q_si = q_ld;
-    p->k = k;
-    p->k_sb = J * kv_ld;
-    p->k_sh = dh;
-    p->k_sj = kv_ld;
-    p->v = v;
-    p->v_sb = J * kv_ld;
-    p->v_sh = dh;
-    p->v_sj = kv_ld;
-    p->out = o;
-    p->o_sb = I * o_ld;
-    p->o_sh = dh;
-    p->o_si = o_ld;
-}
-
-xattn_status xattn_multiview_forward(const xattn_multiview *m, int64_t B, int64_t n_views,
-                                     const int64_t *tokens, const float *const *x,
-                                     float *const *out)
-{
-    if (!m) return xa_error(XATTN_ERR_ARG, "xattn_multiview_forward: module is NULL");
-    if (!tokens || !x || !out)
-        return xa_error(XATTN_ERR_ARG, "xattn_multiview_forward: tokens, x or out is NULL");
-    const xattn_multiview_config *c = &m->cfg;
-    const int64_t V = c->views, S = c->stages;
-    if (n_views != V)
-        return xa_error(XATTN_ERR_SHAPE, "xattn_multiview_forward: %lld views given but the module "
-                        "has %lld", (long long)n_views, (long long)V);
-    if (B <= 0) return xa_error(XATTN_ERR_ARG, "xattn_multiview_forward: batch %lld must be positive",
-                                (long long)B);
-    int64_t n[XATTN_MULTIVIEW_MAX_STAGES][XATTN_MULTIVIEW_MAX_VIEWS];
-    for (int64_t v = 0; v < V; v++) {
-        if (!x[v] || !out[v])
-            return xa_error(XATTN_ERR_ARG, "xattn_multiview_forward: x[%lld] or out[%lld] is NULL",
-                            (long long)v, (long long)v);
-        if (tokens[v] <= 0)
-            return xa_error(XATTN_ERR_ARG, "xattn_multiview_forward: view %lld has %lld tokens",
-                            (long long)v, (long long)tokens[v]);
-        n[0][v] = tokens[v];
-        for (int64_t s = 1; s < S; s++) {
-            if (n[s - 1][v] < 2)
-                return xa_error(XATTN_ERR_SHAPE, "xattn_multiview_forward: view %lld has %lld "
-                                "token(s) at stage %lld, which AvgPool1d(2, stride 2) cannot pool",
-                                (long long)v, (long long)n[s - 1][v], (long long)(s - 1));
-            n[s][v] = n[s - 1][v] / 2;
-        }
-    }
-    /* scratch sizes (double first, for overflow) */
-    double cap[XATTN_MULTIVIEW_MAX_VIEWS] = {0};
-    double mh = 0, mqkv = 0, mt = 0, mkvin = 0, mkv = 0, tot = 0;
-    for (int64_t s = 0; s < S; s++) {
-        const double C = (double)c->dim[s];
+    double cap[MAX_V] = {0}, mh = 0, mqkv = 0, mt = 0, mkvin = 0, mkv = 0, tot = 0;
+    for (int64_t s = 0; s < w->S; s++) {
+        const double C = (double)m->cfg.dim[s];
         double ntot = 0;
-        for (int64_t v = 0; v < V; v++) ntot += (double)n[s][v];
-        for (int64_t v = 0; v < V; v++) {
-            const mv_view *w = &m->vw[s * V + v];
-            double rows = (double)B * (double)n[s][v];
-            double M = (double)B * (ntot - (double)n[s][v]);
+        for (int64_t v = 0; v < w->V; v++) ntot += (double)w->n[s][v];
+        for (int64_t v = 0; v < w->V; v++) {
+            const mv_view *vw = &m->vw[s * w->V + v];
+            const double rows = (double)w->B * (double)w->n[s][v];
+            const double M = (double)w->B * (ntot - (double)w->n[s][v]);
             cap[v] = fmax(cap[v], rows * C);
             mh = fmax(mh, rows * C);
             mqkv = fmax(mqkv, rows * 3 * C);
-            mt = fmax(mt, rows * (double)XA_MAX(w->hid, w->chid));
+            mt = fmax(mt, rows * (double)XA_MAX(vw->hid, vw->chid));
             mkvin = fmax(mkvin, M * C);
             mkv = fmax(mkv, M * 2 * C);
         }
     }
-    for (int64_t v = 0; v < V; v++) tot += 2 * (cap[v] + 16);
-    tot += 2 * (mh + 16) + mqkv + mt + mkvin + mkv + 64;
+    for (int64_t v = 0; v < w->V; v++) tot += 2 * (cap[v] + 16);
+    tot += 2 * (mh + 16) + mqkv + mt + mkvin + mkv + 96;
     if (tot * 4.0 > (double)(SIZE_MAX / 4) || tot > 9e15)
-        return xa_error(XATTN_ERR_NOMEM, "xattn_multiview_forward: scratch for batch %lld overflows",
-                        (long long)B);
-    size_t off = 0;
-    size_t o_cur[XATTN_MULTIVIEW_MAX_VIEWS], o_nxt[XATTN_MULTIVIEW_MAX_VIEWS];
-#define MV_TAKE(n_) (off += ((size_t)(n_) + 15) & ~(size_t)15, off - (((size_t)(n_) + 15) & ~(size_t)15))
-    for (int64_t v = 0; v < V; v++) {
-        o_cur[v] = MV_TAKE(cap[v]);
-        o_nxt[v] = MV_TAKE(cap[v]);
+        return xa_error(XATTN_ERR_NOMEM, "%s: scratch for batch %lld overflows", FN_FWD,
+                        (long long)w->B);
+    if (!(*ws = xa_ws_get((size_t)tot * sizeof(float)))) return XATTN_ERR_NOMEM;
+    float *p = xa_ws_data(*ws);
+#define MV_TAKE(dst, n_) (dst = p, p += ((size_t)(n_) + 15) & ~(size_t)15)
+    for (int64_t v = 0; v < w->V; v++) {
+        MV_TAKE(w->cur[v], cap[v]);
+        MV_TAKE(w->nxt[v], cap[v]);
     }
-    size_t o_h = MV_TAKE(mh), o_o = MV_TAKE(mh), o_qkv = MV_TAKE(mqkv), o_t = MV_TAKE(mt),
-           o_kvin = MV_TAKE(mkvin), o_kv = MV_TAKE(mkv);
+    MV_TAKE(w->h, mh);
+    MV_TAKE(w->ob, mh);
+    MV_TAKE(w->qkv, mqkv);
+    MV_TAKE(w->t, mt);
+    MV_TAKE(w->kvin, mkvin);
+    MV_TAKE(w->kv, mkv);
 #undef MV_TAKE
-    float *scratch = xa_alloc(off * sizeof(float));
-    if (!scratch) return XATTN_ERR_NOMEM;
-    float *cur[XATTN_MULTIVIEW_MAX_VIEWS], *nxt[XATTN_MULTIVIEW_MAX_VIEWS];
-    for (int64_t v = 0; v < V; v++) {
-        cur[v] = scratch + o_cur[v];
-        nxt[v] = scratch + o_nxt[v];
-    }
-    float *h = scratch + o_h, *ob = scratch + o_o, *qkv = scratch + o_qkv, *t = scratch + o_t;
-    float *kvin = scratch + o_kvin, *kv = scratch + o_kv;
+    return XATTN_OK;
+}
+
+/* Attention of (B, I) queries over (B, J) keys/values, heads read in place: q rows of stride
+ * q_ld, k and v rows of stride kv_ld, o (B, I, C). */
+static xattn_status attend(int64_t B, int64_t H, int64_t I, int64_t J, int64_t C, const float *q,
+                           int64_t q_ld, const float *k, const float *v, int64_t kv_ld, float *o)
+{
+    xa_attn p = {.scale = xa_head_scale(C / H), .fill = XATTN_FILL_NEG_INF, .fn = FN_FWD};
+    xa_attn_heads(&p, B, H, I, J, C / H, C / H, q, q_ld, k, kv_ld, v, kv_ld, o, C);
+    return xa_op_attention(&p);
+}
+
+/* x (rows, C) += mlp(LN(x)) with the norm at w[nw], the layers at w[l0], w[l0 + 2]. */
+static xattn_status mlp_block(const xattn_multiview *m, const mv_view *vw, int nw, int l0,
+                              int64_t hid, float *x, int64_t rows, int64_t C, mv_work *w)
+{
+    xattn_status s;
+    if ((s = xa_op_layernorm(x, rows, C, vw->w[nw], vw->w[nw + 1], m->cfg.eps, w->h)) ||
+        (s = xa_op_linear(w->h, rows, C, vw->w[l0], vw->w[l0 + 1], hid, w->t, 0)) ||
+        (s = xa_op_gelu(w->t, rows * hid, m->cfg.gelu_tanh)))
+        return s;
+    return xa_op_linear(w->t, rows, hid, vw->w[l0 + 2], vw->w[l0 + 3], C, x, 1);
+}
+
+/* Stage s > 0: cur <- expand(pool(cur)) for every view (token pairs read in place). */
+static xattn_status pool_expand(const xattn_multiview *m, int64_t s, mv_work *w)
+{
+    const int64_t C = m->cfg.dim[s], Cp = m->cfg.dim[s - 1];
     xattn_status st = XATTN_OK;
-    xattn_sdpa_params p;
-
-    for (int64_t v = 0; v < V; v++)
-        memcpy(cur[v], x[v], (size_t)(B * n[0][v] * c->dim[0]) * sizeof(float));
-
-    for (int64_t s = 0; s < S; s++) {
-        const int64_t C = c->dim[s], H = c->heads[s], dh = C / H;
-        /* ---- pooling + expand: one GEMM over token pairs read in place ---- */
-        if (s > 0) {
-            const int64_t Cp = c->dim[s - 1];
-            for (int64_t v = 0; v < V; v++) {
-                const mv_view *w = &m->vw[s * V + v];
-                const int64_t np = n[s - 1][v], nn = n[s][v];
-                if (np % 2 == 0) {
-                    st = xattn_sgemm(0, 1, B * nn, C, 2 * Cp, 1.0f, cur[v], 2 * Cp, w->ex2, 2 * Cp,
-                                     0.0f, nxt[v], C);
-                } else {
-                    for (int64_t b = 0; b < B && !st; b++)
-                        st = xattn_sgemm(0, 1, nn, C, 2 * Cp, 1.0f, cur[v] + b * np * Cp, 2 * Cp,
-                                         w->ex2, 2 * Cp, 0.0f, nxt[v] + b * nn * C, C);
-                }
-                if (st) goto done;
-                add_bias(nxt[v], B * nn, C, w->w[EX_B]);
-                float *tmp = cur[v];
-                cur[v] = nxt[v];
-                nxt[v] = tmp;
-            }
-        }
-        /* ---- self blocks (in place on cur) ---- */
-        for (int64_t v = 0; v < V; v++) {
-            const mv_view *w = &m->vw[s * V + v];
-            const int64_t N = n[s][v], rows = B * N;
-            if ((st = xattn_layernorm(cur[v], rows, C, w->w[N1_W], w->w[N1_B], c->eps, h)) ||
-                (st = xattn_linear(h, rows, C, w->w[SA_IW], w->w[SA_IB], 3 * C, qkv)))
-                goto done;
-            sdpa_setup(&p, B, H, N, N, dh, qkv, 3 * C, qkv + C, qkv + 2 * C, 3 * C, ob, C);
-            if ((st = xattn_sdpa(&p)) ||
-                (st = xattn_sgemm(0, 1, rows, C, C, 1.0f, ob, C, w->w[SA_OW], C, 1.0f, cur[v], C)))
-                goto done;
-            add_bias(cur[v], rows, C, w->w[SA_OB]);
-            if ((st = mlp_block(c, cur[v], rows, C, w->w[N2_W], w->w[N2_B], w->w[M0_W], w->w[M0_B],
-                                w->hid, w->w[M2_W], w->w[M2_B], h, t)))
-                goto done;
-        }
-        /* ---- cross blocks: read cur (self outputs), write nxt ---- */
-        int64_t ntot = 0;
-        for (int64_t v = 0; v < V; v++) ntot += n[s][v];
-        for (int64_t v = 0; v < V; v++) {
-            const mv_view *w = &m->vw[s * V + v];
-            const int64_t N = n[s][v], rows = B * N, M = ntot - N;
-            /* cross_norm_kv straight into the concatenated (B, M, C) layout */
-            for (int64_t b = 0; b < B; b++) {
-                int64_t at = 0;
-                for (int64_t u = 0; u < V; u++) {
-                    if (u == v) continue;
-                    if ((st = xattn_layernorm(cur[u] + b * n[s][u] * C, n[s][u], C, w->w[CKV_W],
-                                              w->w[CKV_B], c->eps, kvin + (b * M + at) * C)))
-                        goto done;
-                    at += n[s][u];
-                }
-            }
-            if ((st = xattn_linear(kvin, B * M, C, w->w[CA_IW] + C * C,
-                                   w->w[CA_IB] ? w->w[CA_IB] + C : NULL, 2 * C, kv)) ||
-                (st = xattn_layernorm(cur[v], rows, C, w->w[CQ_W], w->w[CQ_B], c->eps, h)) ||
-                (st = xattn_linear(h, rows, C, w->w[CA_IW], w->w[CA_IB], C, qkv)))
-                goto done;
-            sdpa_setup(&p, B, H, N, M, dh, qkv, C, kv, kv + C, 2 * C, ob, C);
-            memcpy(nxt[v], cur[v], (size_t)(rows * C) * sizeof(float));
-            if ((st = xattn_sdpa(&p)) ||
-                (st = xattn_sgemm(0, 1, rows, C, C, 1.0f, ob, C, w->w[CA_OW], C, 1.0f, nxt[v], C)))
-                goto done;
-            add_bias(nxt[v], rows, C, w->w[CA_OB]);
-            if ((st = mlp_block(c, nxt[v], rows, C, w->w[C2_W], w->w[C2_B], w->w[CM0_W],
-                                w->w[CM0_B], w->chid, w->w[CM2_W], w->w[CM2_B], h, t)))
-                goto done;
-        }
-        for (int64_t v = 0; v < V; v++) {
-            float *tmp = cur[v];
-            cur[v] = nxt[v];
-            nxt[v] = tmp;
-        }
+    for (int64_t v = 0; v < w->V && !st; v++) {
+        const mv_view *vw = &m->vw[s * w->V + v];
+        const int64_t np = w->n[s - 1][v], nn = w->n[s][v];
+        if (np % 2 == 0)
+            st = xa_op_linear(w->cur[v], w->B * nn, 2 * Cp, vw->ex2, vw->ex_b, C, w->nxt[v], 0);
+        for (int64_t b = 0; np % 2 && b < w->B && !st; b++) /* odd: the last token of each item is dropped */
+            st = xa_op_linear(w->cur[v] + b * np * Cp, nn, 2 * Cp, vw->ex2, vw->ex_b, C,
+                              w->nxt[v] + b * nn * C, 0);
+        float *tmp = w->cur[v];
+        w->cur[v] = w->nxt[v];
+        w->nxt[v] = tmp;
     }
-    for (int64_t v = 0; v < V; v++)
-        memcpy(out[v], cur[v], (size_t)(B * n[S - 1][v] * c->dim[S - 1]) * sizeof(float));
-    xa_clear_error();
-done:
-    xa_free(scratch);
     return st;
+}
+
+/* Self blocks of stage s, in place on cur. */
+static xattn_status self_blocks(const xattn_multiview *m, int64_t s, mv_work *w)
+{
+    const int64_t C = m->cfg.dim[s], H = m->cfg.heads[s];
+    xattn_status st = XATTN_OK;
+    for (int64_t v = 0; v < w->V && !st; v++) {
+        const mv_view *vw = &m->vw[s * w->V + v];
+        const int64_t N = w->n[s][v], rows = w->B * N;
+        float *x = w->cur[v];
+        if ((st = xa_op_layernorm(x, rows, C, vw->w[P_N1W], vw->w[P_N1B], m->cfg.eps, w->h)) ||
+            (st = xa_op_linear(w->h, rows, C, vw->w[P_SAIW], vw->w[P_SAIB], 3 * C, w->qkv, 0)) ||
+            (st = attend(w->B, H, N, N, C, w->qkv, 3 * C, w->qkv + C, w->qkv + 2 * C, 3 * C,
+                         w->ob)) ||
+            (st = xa_op_linear(w->ob, rows, C, vw->w[P_SAOW], vw->w[P_SAOB], C, x, 1)))
+            break;
+        st = mlp_block(m, vw, P_N2W, P_M0W, vw->hid, x, rows, C, w);
+    }
+    return st;
+}
+
+/* Cross blocks of stage s: read cur (the self outputs of every view), write nxt. */
+static xattn_status cross_blocks(const xattn_multiview *m, int64_t s, mv_work *w)
+{
+    const int64_t C = m->cfg.dim[s], H = m->cfg.heads[s], B = w->B;
+    int64_t ntot = 0;
+    for (int64_t v = 0; v < w->V; v++) ntot += w->n[s][v];
+    xattn_status st = XATTN_OK;
+    for (int64_t v = 0; v < w->V && !st; v++) {
+        const mv_view *vw = &m->vw[s * w->V + v];
+        const int64_t N = w->n[s][v], rows = B * N, M = ntot - N;
+        const float *ib = vw->w[P_CAIB];
+        /* cross_norm_kv straight into the concatenated (B, M, C) layout */
+        for (int64_t b = 0; b < B && !st; b++)
+            for (int64_t u = 0, at = 0; u < w->V && !st; u++) {
+                if (u == v) continue;
+                st = xa_op_layernorm(w->cur[u] + b * w->n[s][u] * C, w->n[s][u], C,
+                                     vw->w[P_CKVW], vw->w[P_CKVB], m->cfg.eps,
+                                     w->kvin + (b * M + at) * C);
+                at += w->n[s][u];
+            }
+        if (st ||
+            (st = xa_op_linear(w->kvin, B * M, C, vw->w[P_CAIW] + C * C, ib ? ib + C : NULL,
+                               2 * C, w->kv, 0)) ||
+            (st = xa_op_layernorm(w->cur[v], rows, C, vw->w[P_CQW], vw->w[P_CQB], m->cfg.eps,
+                                  w->h)) ||
+            (st = xa_op_linear(w->h, rows, C, vw->w[P_CAIW], ib, C, w->qkv, 0)) ||
+            (st = attend(B, H, N, M, C, w->qkv, C, w->kv, w->kv + C, 2 * C, w->ob)))
+            break;
+        memcpy(w->nxt[v], w->cur[v], (size_t)(rows * C) * sizeof(float));
+        if ((st = xa_op_linear(w->ob, rows, C, vw->w[P_CAOW], vw->w[P_CAOB], C, w->nxt[v], 1)))
+            break;
+        st = mlp_block(m, vw, P_C2W, P_CM0W, vw->chid, w->nxt[v], rows, C, w);
+    }
+    for (int64_t v = 0; v < w->V; v++) {
+        float *tmp = w->cur[v];
+        w->cur[v] = w->nxt[v];
+        w->nxt[v] = tmp;
+    }
+    return st;
+}
+
+static xattn_status run(const xattn_multiview *m, const xattn_multiview_inputs *in,
+                        const xattn_multiview_outputs *out)
+{
+    mv_work w;
+    xa_ws *ws = NULL;
+    xattn_status st = plan_tokens(m, in, out, &w);
+    if (!st) st = take_scratch(m, &w, &ws);
+    if (st) return st;
+    const int64_t C0 = m->cfg.dim[0], CL = m->cfg.dim[w.S - 1];
+    for (int64_t v = 0; v < w.V; v++)
+        memcpy(w.cur[v], in->x[v], (size_t)(w.B * w.n[0][v] * C0) * sizeof(float));
+    for (int64_t s = 0; s < w.S && !st; s++) {
+        if (s > 0) st = pool_expand(m, s, &w);
+        if (!st) st = self_blocks(m, s, &w);
+        if (!st) st = cross_blocks(m, s, &w);
+    }
+    for (int64_t v = 0; v < w.V && !st; v++)
+        if (out->out[v])
+            memcpy(out->out[v], w.cur[v], (size_t)(w.B * w.n[w.S - 1][v] * CL) * sizeof(float));
+    xa_ws_put(ws);
+    return st;
+}
+
+xattn_status xattn_multiview_forward(xattn_ctx *ctx, const xattn_multiview *m,
+                                     const xattn_multiview_inputs *in,
+                                     const xattn_multiview_outputs *out)
+{
+    const xattn_ctx *prev = xa_ctx_enter(ctx);
+    xattn_status st = run(m, in, out);
+    xa_ctx_leave(prev);
+    if (!st) xa_clear_error();
+    return st;
+}
+
+/* Runs on the context the registry made current. */
+static xattn_status forward_named(const xa_mod *core, const xa_run *r)
+{
+    const xattn_multiview *m = (const xattn_multiview *)core;
+    int64_t tokens[NAMED_VIEWS];
+    const float *x[NAMED_VIEWS];
+    float *o[NAMED_VIEWS];
+    for (int64_t v = 0; v < m->cfg.views; v++) {
+        tokens[v] = r->in_shape[v][1];
+        x[v] = r->in[v];
+        o[v] = r->out[v];
+    }
+    xattn_multiview_inputs in = {.B = xa_run_sym(r, "B"), .n_views = m->cfg.views,
+                                 .tokens = tokens, .x = x};
+    xattn_multiview_outputs out = {.out = o};
+    return run(m, &in, &out);
 }

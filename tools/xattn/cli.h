@@ -135,6 +135,8 @@ void cli_output_set(cli_output *o, const char *name, float *data, const char *no
  * result; on failure removes what it wrote (and dir if it made it). Prints
  * "wrote PATH SHAPE [(note)]" per output. Returns 0 or CLI_EXIT_ERROR (reported). */
 int cli_write_outputs(const char *cmd, const char *dir, const cli_output *outs, int n);
+/* Nonzero: cli_write_outputs prints nothing (a command whose stdout is one JSON line). */
+extern int cli_quiet_writes;
 
 /* ---- module detection from state_dict names ---- */
 

@@ -661,6 +661,8 @@ void cli_output_set(cli_output *o, const char *name, float *data, const char *no
     for (int d = 0; d < ndim; d++) o->arr.shape[d] = shape[d];
 }
 
+int cli_quiet_writes;
+
 int cli_write_outputs(const char *cmd, const char *dir, const cli_output *outs, int n)
 {
     if (n <= 0) return 0;
@@ -699,7 +701,7 @@ int cli_write_outputs(const char *cmd, const char *dir, const cli_output *outs, 
         if (made_dir) rmdir(dir);
     } else {
         char sh[160];
-        for (int k = 0; k < n; k++) {
+        for (int k = 0; k < n && !cli_quiet_writes; k++) {
             cli_shape_str(&outs[k].arr, sh, sizeof sh);
             if (outs[k].note)
                 printf("wrote %s %s (%s)\n", path[k], sh, outs[k].note);

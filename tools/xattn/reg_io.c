@@ -59,7 +59,7 @@ static int64_t config_value(const reg_state *s, const char *name, int *ok)
         xattn_config_entry e;
         if (!xattn_module_config(s->m, i, &e) && !strcmp(e.name, name)) {
             *ok = 1;
-            return atoll(e.value);
+            return !strcmp(e.value, "True") ? 1 : atoll(e.value); /* a bool counts 0 or 1 */
         }
     }
     *ok = 0;
@@ -73,31 +73,38 @@ static int sym_index(const reg_state *s, const char *name)
     return -1;
 }
 
-/* Value of a dim token ("B", "dim", "2*inner", "8"); *known = 0 when unbound. */
+/* Value of a dim token, a sum of products ("B", "dim", "2*inner", "B*num_heads",
+ * "J+add_bias_kv", "8"; "/1" ignored); *known = 0 when a part is unbound. */
 static int64_t tok_value(const reg_state *s, const char *tok, int *known)
 {
     char t[64];
-    snprintf(t, sizeof t, "%s", tok);
-    char *slash = strchr(t, '/');
-    if (slash) *slash = '\0';
-    int64_t mul = 1;
-    char *name = t, *star = strchr(t, '*');
-    if (star) {
-        *star = '\0';
-        mul = atoll(t);
-        name = star + 1;
-    }
+    snprintf(t, sizeof t, "%.*s", (int)strcspn(tok, "/"), tok);
+    int64_t sum = 0, prod = 1;
     *known = 1;
-    if (name[0] >= '0' && name[0] <= '9') return atoll(name);
-    if (is_sym(name)) {
-        int i = sym_index(s, name);
-        if (i < 0) return *known = 0, 0;
-        return mul * s->sym_val[i];
+    for (char *p = t;;) {
+        const size_t n = strcspn(p, "*+");
+        const char sep = p[n];
+        p[n] = '\0';
+        int64_t v = 0;
+        int ok = 1;
+        if (p[0] >= '0' && p[0] <= '9') v = atoll(p);
+        else if (is_sym(p)) {
+            int i = sym_index(s, p);
+            if (i < 0) ok = 0;
+            else v = s->sym_val[i];
+        } else {
+            v = config_value(s, p, &ok);
+        }
+        if (!ok) *known = 0;
+        prod *= v;
+        if (sep != '*') {
+            sum += prod;
+            prod = 1;
+        }
+        if (!sep) break;
+        p += n + 1;
     }
-    int ok;
-    int64_t v = config_value(s, name, &ok);
-    if (!ok) *known = 0;
-    return mul * v;
+    return *known ? sum : 0;
 }
 
 /* ---- checks with messages naming the file ---------------------------------------------------- */
@@ -138,7 +145,7 @@ static int check_dim(const char *cmd, const reg_args *a, reg_state *s, int i, co
     int64_t want = tok_value(s, tok, &known);
     if (strstr(tok, "/1") && got == 1) return 0;
     if (!known) { /* bind the symbol */
-        if (is_sym(tok) && !strchr(tok, '*') && s->n_sym < 16) {
+        if (is_sym(tok) && !strpbrk(tok, "*+") && s->n_sym < 16) {
             snprintf(s->sym[s->n_sym], sizeof s->sym[0], "%.*s", (int)strcspn(tok, "/"), tok);
             s->sym_val[s->n_sym] = got;
             s->sym_file[s->n_sym++] = file;
@@ -153,7 +160,7 @@ static int check_dim(const char *cmd, const reg_args *a, reg_state *s, int i, co
                          "batch sizes differ: batch %lld does not match the batch %lld of %s",
                          (long long)got, (long long)want, j >= 0 ? s->sym_file[j] : first_file(s));
     }
-    if (last && !is_sym(tok) && !strchr(tok, '*') && !(tok[0] >= '0' && tok[0] <= '9') &&
+    if (last && !is_sym(tok) && !strpbrk(tok, "*+") && !(tok[0] >= '0' && tok[0] <= '9') &&
         s->in_desc[i].shape[0] == 'B') { /* the width: the model's value and where it came from */
         char from[320] = "";
         for (size_t c = 0; c < xattn_module_config_count(s->m); c++) {
@@ -168,7 +175,7 @@ static int check_dim(const char *cmd, const reg_args *a, reg_state *s, int i, co
     }
     expected_text(s, dims, exp, sizeof exp);
     char why[320] = "";
-    if (!is_sym(tok)) { /* a config value: say where it came from */
+    if (!is_sym(tok) && !strchr(tok, '+')) { /* a config value: say where it came from */
         char name[64];
         snprintf(name, sizeof name, "%s", strchr(tok, '*') ? strchr(tok, '*') + 1 : tok);
         for (size_t c = 0; c < xattn_module_config_count(s->m); c++) {
@@ -206,20 +213,33 @@ static int check_shape(const char *cmd, const reg_args *a, reg_state *s, int i)
                          cli_shape_str(&s->arr[j], sh2, sizeof sh2), s->in_flag[i], s->in_flag[j]);
     }
     const char *dims = alternative(d->shape, x->ndim, alt, sizeof alt);
+    int lo0, hi0;
+    ranks_of(s->in_desc[0].shape, &lo0, &hi0);
     if (!dims) {
         int lo, hi;
         ranks_of(d->shape, &lo, &hi);
         const int drop = s->unbatched && d->shape[0] == 'B' ? 1 : 0;
         if (i > 0 && s->in_file[0] && s->arr[0].ndim - drop != hi - drop && lo == hi &&
-            s->in_desc[0].shape[0] == d->shape[0])
+            s->in_desc[0].shape[0] == d->shape[0] && hi0 == hi)
             return cli_error(cmd, s->in_file[i], "has shape %s (rank %d) but %s has rank %d",
                              cli_shape_str(x, sh, sizeof sh), x->ndim - drop, s->in_file[0],
                              s->arr[0].ndim - drop);
         if (i == 0 && d->shape[0] == 'B' && lo == hi)
             return cli_error(cmd, s->in_file[i], "has shape %s (rank %d); expected rank %d to %d (%s)",
                              cli_shape_str(x, sh, sizeof sh), x->ndim, hi - 1, hi, d->shape);
-        return cli_error(cmd, s->in_file[i], "has shape %s (rank %d); %s needs (%s)",
-                         cli_shape_str(x, sh, sizeof sh), x->ndim - drop, s->in_flag[i], d->shape);
+        char exp[600], one[300];
+        size_t o = 0;
+        for (const char *p = d->shape; o < sizeof exp;) { /* each alternative, with its values */
+            const size_t l = strcspn(p, "|");
+            char one_alt[256];
+            snprintf(one_alt, sizeof one_alt, "%.*s", (int)l, p);
+            expected_text(s, one_alt, one, sizeof one);
+            o += (size_t)snprintf(exp + o, sizeof exp - o, "%s%s", o ? " or " : "", one);
+            if (!p[l]) break;
+            p += l + 1;
+        }
+        return cli_error(cmd, s->in_file[i], "has shape %s; expected %s for %s",
+                         cli_shape_str(x, sh, sizeof sh), exp, s->in_flag[i]);
     }
     for (int k = 0; k < x->ndim; k++) {
         int rc = check_dim(cmd, a, s, i, dims, k, x->shape[k], k == x->ndim - 1);
@@ -260,8 +280,18 @@ static int load_one(const char *cmd, const reg_args *a, reg_state *s, int i)
     return cli_load_float(cmd, s->in_file[i], 1, XATTN_MAX_DIMS - 1, data, &s->arr[i]);
 }
 
+/* Index of output `name`, or -1. */
+static int output_index(const reg_state *s, const char *name)
+{
+    for (size_t o = 0; o < xattn_module_output_count(s->m); o++) {
+        xattn_io_desc d;
+        if (!xattn_module_output(s->m, o, &d) && !strcmp(d.name, name)) return (int)o;
+    }
+    return -1;
+}
+
 /* Maps the remaining options to inputs: --NAME or an alias, or --x / --context for the first /
- * second. */
+ * second; an output's alias asks for that output (reg_outputs). */
 static int map_inputs(const char *cmd, const reg_args *a, reg_state *s)
 {
     for (int r = 0; r < a->n_rest; r++) {
@@ -271,12 +301,24 @@ static int map_inputs(const char *cmd, const reg_args *a, reg_state *s)
         for (char *c = name; *c; c++)
             if (*c == '-') *c = '_';
         const char *target = reg_alias(s->kind, name, NULL);
+        if (target && output_index(s, target) >= 0) { /* an output asked by its alias */
+            if (a->rest[r].value) return cli_usage(cmd, "%s takes no value", a->rest[r].flag);
+            s->used[r] = 1;
+            continue;
+        }
         if (target) snprintf(name, sizeof name, "%s", target);
         int hit = -1;
         for (int i = 0; i < s->n_in && hit < 0; i++)
             if (!strcmp(s->in_desc[i].name, name)) hit = i;
         if (hit < 0 && !strcmp(name, "x") && s->n_in > 0) hit = 0;
         if (hit < 0 && !strcmp(name, "context") && s->n_in > 1) hit = 1;
+        const char *owner = hit < 0 ? reg_foreign_flag(a->rest[r].flag) : NULL;
+        if (owner) { /* a flag of a kind the command line runs on its own */
+            char ref[160];
+            reg_reference_name(s->kind, ref, sizeof ref);
+            return cli_error(cmd, a->model, "%s is an option of %s, but the model is a %s (%s)",
+                             a->rest[r].flag, owner, ref, s->kind);
+        }
         if (hit < 0) {
             char list[1024];
             size_t off = 0;
@@ -384,8 +426,14 @@ int reg_inputs(const char *cmd, const reg_args *a, reg_state *s, int gen)
     for (int i = 0; i < s->n_in; i++) {
         xattn_array *x = &s->arr[i];
         if (!s->in_flag[i] || !s->unbatched || s->in_desc[i].shape[0] != 'B' || !x->ndim) continue;
-        int lo, hi;
+        int lo, hi, lo0, hi0;
         ranks_of(s->in_desc[i].shape, &lo, &hi);
+        ranks_of(s->in_desc[0].shape, &lo0, &hi0);
+        if (i > 0 && lo == hi && hi == hi0 && x->ndim == hi) { /* batched beside one sequence */
+            char sh[160];
+            return cli_error(cmd, s->in_file[i], "has shape %s (rank %d) but %s has rank %d",
+                             cli_shape_str(x, sh, sizeof sh), x->ndim, s->in_file[0], hi0 - 1);
+        }
         if (x->ndim != hi - 1) continue; /* reported by the shape check */
         memmove(x->shape + 1, x->shape, sizeof(int64_t) * (size_t)x->ndim);
         x->shape[0] = 1;
@@ -394,7 +442,11 @@ int reg_inputs(const char *cmd, const reg_args *a, reg_state *s, int gen)
     for (int i = 0; i < s->n_in; i++)
         if (s->in_flag[i] && s->in_desc[i].shape[0] && (rc = check_shape(cmd, a, s, i))) return rc;
     for (int i = 0; i < s->n_in; i++) {
-        if (s->in_flag[i] || s->in_desc[i].optional) continue;
+        const xattn_io_desc *d = &s->in_desc[i];
+        /* bench: an optional input of data (not a mask or switch: the keys of a cross-attention)
+         * is made too, of --context-len */
+        const int data = !d->mask && d->shape[0];
+        if (s->in_flag[i] || (d->optional && !(gen && data))) continue;
         if (!gen) {
             const char *doc = s->in_desc[i].doc, *also = i == 0 ? "x" : i == 1 ? "context" : "";
             return cli_usage(cmd, "missing --%s FILE.npy%s%s%s%s%s", s->in_desc[i].name,
@@ -443,6 +495,25 @@ int reg_lib_error(const char *cmd, const reg_args *a, const reg_state *s)
     size_t o = 0;
     for (const char *p = body; *p && o + 1 < sizeof out;) {
         int hit = 0;
+        const int is_in = !strncmp(p, "input '", 7), is_opt = !strncmp(p, "option '", 8);
+        if (is_in || is_opt) { /* input 'key' -> its file, or its flag; option 'x' -> its flag */
+            const char *q = p + (is_in ? 7 : 8);
+            const size_t l = strcspn(q, "'");
+            char name[96], flag[600];
+            snprintf(name, sizeof name, "%.*s", (int)l, q);
+            int idx = -1, k;
+            for (int i = 0; is_in && i < s->n_in; i++)
+                if (!strcmp(s->in_desc[i].name, name)) idx = i;
+            for (k = 0; is_opt && k < s->n_opts && strcmp(s->opts[k].name, name); k++) continue;
+            if (idx >= 0 && s->in_file[idx]) snprintf(flag, sizeof flag, "%s", s->in_file[idx]);
+            else if (is_opt && k < s->n_opts) snprintf(flag, sizeof flag, "%s", s->opt_names[k]);
+            else reg_flag_of(s->kind, name, idx, flag, sizeof flag);
+            if (q[l] == '\'' && (idx >= 0 || is_opt)) {
+                o += (size_t)snprintf(out + o, sizeof out - o, "%s%s", is_opt ? "option " : "", flag);
+                p = q + l + 1;
+                continue;
+            }
+        }
         for (int k = 0; k < s->n_opts && !hit; k++) {
             size_t l = strlen(s->opts[k].name);
             if (!strncmp(p, s->opts[k].name, l) && p[l] == ' ' &&
@@ -463,12 +534,36 @@ int reg_outputs(const char *cmd, const reg_args *a, reg_state *s)
     xattn_tensor in[REG_MAX_IO];
     size_t n_in;
     tensors(s, in, &n_in);
+    /* outputs asked by an alias (--per-head-attn), each written in place of the output its
+     * alias names; an output an alias writes in place of another is asked only that way */
+    const char *by_alias[REG_MAX_IO] = {0}, *as[REG_MAX_IO] = {0}, *variant[REG_MAX_IO] = {0};
+    int n_alias = 0, n_variant = 0;
+    for (int r = 0; r < a->n_rest && n_alias < REG_MAX_IO; r++) {
+        char name[128];
+        snprintf(name, sizeof name, "%s", a->rest[r].flag + 2);
+        for (char *c = name; *c; c++)
+            if (*c == '-') *c = '_';
+        const char *target = reg_alias(s->kind, name, &as[n_alias]);
+        if (target && output_index(s, target) >= 0) by_alias[n_alias++] = target;
+    }
+    for (size_t i = 0; n_variant < REG_MAX_IO; i++) {
+        xattn_alias_desc d;
+        if (xattn_kind_alias(s->kind, i, &d)) break;
+        if (d.as[0]) variant[n_variant++] = d.name;
+    }
     s->n_out = 0;
     for (size_t o = 0; o < xattn_module_output_count(s->m) && o < REG_MAX_IO; o++) {
         xattn_io_desc d;
         xattn_module_output(s->m, o, &d);
-        if (d.optional && !a->return_all) continue;
+        int asked = -1, replaced = 0, is_variant = 0;
+        for (int k = 0; k < n_alias; k++) {
+            if (!strcmp(by_alias[k], d.name)) asked = k;
+            replaced |= as[k] && !strcmp(as[k], d.name);
+        }
+        for (int k = 0; k < n_variant; k++) is_variant |= !strcmp(variant[k], d.name);
+        if (d.optional && asked < 0 && (!a->return_all || replaced || is_variant)) continue;
         memset(&s->out[s->n_out], 0, sizeof s->out[0]);
+        s->out_as[s->n_out] = asked >= 0 ? as[asked] : NULL;
         s->out[s->n_out++].name = d.name;
     }
     if (a->return_all && s->n_out == (int)xattn_module_output_count(s->m) - 0) {
@@ -549,7 +644,8 @@ int reg_write(const char *cmd, const reg_args *a, const reg_state *s)
         const char *note = d[o].optional ? d[o].doc : NULL;
         if (!d[o].parts[0] || t->ndim < 1) { /* one array */
             const int drop = s->unbatched && d[o].shape[0] == 'B';
-            cli_output_set(&outs[w++], t->name, t->data, note, t->ndim - drop, t->shape + drop);
+            cli_output_set(&outs[w++], s->out_as[o] ? s->out_as[o] : t->name, t->data, note,
+                           t->ndim - drop, t->shape + drop);
             continue;
         }
         /* one file per index of the first axis, without the batch axis after it if unbatched */

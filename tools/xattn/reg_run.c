@@ -6,7 +6,7 @@
 #include <string.h>
 
 /* Kinds whose command-line runs go through the registry. */
-static const char *const REGISTRY_KINDS[] = {"conv2d-cross", "mutual", "joint", "interlaced", NULL};
+static const char *const REGISTRY_KINDS[] = {"conv2d-cross", "mutual", "mha", "attention", "joint", "interlaced", NULL};
 
 int reg_cli_handles(const char *kind)
 {
@@ -58,23 +58,27 @@ static void flag_of(const char *name, char *buf, size_t cap)
         if (*c == '_') *c = '-';
 }
 
-/* " [also --a, --b]": the other flags of an input (--x / --context for the first two) or an
- * option (its aliases). */
-static void also_flags(const char *kind, const char *name, int input, char *buf, size_t cap)
+/* " [also --a, --b]": the flags that also name `name` (its aliases; --x / --context for the
+ * first two inputs). */
+static void also(const char *kind, const char *name, int input, char *buf, size_t cap)
 {
+    const char *names[16];
+    int n = 0;
+    if ((input == 0 || input == 1) && strcmp(name, input ? "context" : "x"))
+        names[n++] = input ? "context" : "x";
+    for (size_t i = 0; n < 16; i++) {
+        xattn_alias_desc d;
+        if (xattn_kind_alias(kind, i, &d)) break;
+        if (!strcmp(d.name, name)) names[n++] = d.alias;
+    }
     size_t o = 0;
     buf[0] = '\0';
-    const char *pos = input == 0 ? "x" : input == 1 ? "context" : "";
-    if (pos[0] && strcmp(pos, name)) o += (size_t)snprintf(buf, cap, " [also --%s", pos);
-    for (size_t i = 0; o < cap; i++) {
-        xattn_alias_desc d;
+    for (int k = 0; k < n && o < cap; k++) {
         char flag[96];
-        if (xattn_kind_alias(kind, i, &d)) break;
-        if (strcmp(d.name, name)) continue;
-        flag_of(d.alias, flag, sizeof flag);
-        o += (size_t)snprintf(buf + o, cap - o, "%s%s", o ? ", " : " [also ", flag);
+        flag_of(names[k], flag, sizeof flag);
+        o += (size_t)snprintf(buf + o, cap - o, "%s%s", k ? ", " : " [also ", flag);
     }
-    if (o && o < cap) snprintf(buf + o, cap - o, "]");
+    if (n && o < cap) snprintf(buf + o, cap - o, "]");
 }
 
 /* The inputs, options and outputs of one kind. */
@@ -91,9 +95,10 @@ void reg_help_kind(const char *kind)
         xattn_io_desc d;
         if (xattn_kind_io(kind, 0, i, &d)) break;
         flag_of(d.name, flag, sizeof flag);
-        also_flags(kind, d.name, (int)i, al, sizeof al);
+        also(kind, d.name, (int)i, al, sizeof al);
         printf("  %-22s (%s)%s%s %s%s\n", flag, d.shape, d.optional ? " optional" : "",
-               d.additive ? ", bool or float (added)" : d.mask ? ", bool" : "", d.doc, al);
+               !d.shape[0] ? ", a switch (the flag alone)" : d.additive ? ", bool or float (added)"
+               : d.mask ? ", bool" : "", d.doc, al);
     }
     printf("%s options (the reference constructor's arguments; default in brackets, - = from the file):\n", kind);
     for (size_t j = 0;; j++) {
@@ -101,16 +106,29 @@ void reg_help_kind(const char *kind)
         if (xattn_kind_arg(kind, j, &a)) break;
         if (a.derived) continue;
         flag_of(a.name, flag, sizeof flag);
-        also_flags(kind, a.name, -1, al, sizeof al);
-        printf("  %-22s %-6s [%s] %s%s%s%s\n", flag, a.type, a.from_shapes ? "-" : a.default_value,
-               a.doc, a.choices[0] ? ": " : "", a.choices, al);
+        also(kind, a.name, -1, al, sizeof al);
+        printf("  %-22s %-6s [%s] %s%s%s%s%s\n", flag, a.type, a.from_shapes ? "-" : a.default_value,
+               a.doc, a.choices[0] ? ": " : "", a.choices, !strcmp(a.type, "bool") && !a.from_shapes ?
+               " (the flag alone: True)" : "", al);
     }
     printf("%s outputs (DIR/NAME.npy):\n", kind);
     for (size_t i = 0;; i++) {
         xattn_io_desc d;
         if (xattn_kind_io(kind, 1, i, &d)) break;
-        printf("  %-22s (%s)%s %s%s%s%s\n", d.name, d.shape,
-               d.optional ? " with --return-attn" : "", d.doc,
+        char ask[256] = "";
+        size_t o = 0;
+        int variant = 0;
+        for (size_t k = 0; o < sizeof ask; k++) { /* asked by an alias */
+            xattn_alias_desc e;
+            if (xattn_kind_alias(kind, k, &e)) break;
+            if (strcmp(e.name, d.name)) continue;
+            flag_of(e.alias, flag, sizeof flag);
+            variant |= e.as[0] != 0;
+            o += (size_t)snprintf(ask + o, sizeof ask - o, " with %s%s%s%s", flag,
+                                  e.as[0] ? " (written as " : "", e.as, e.as[0] ? ".npy)" : "");
+        }
+        printf("  %-22s (%s)%s%s %s%s%s%s\n", d.name, d.shape,
+               d.optional && !variant ? " with --return-attn" : "", ask, d.doc,
                d.parts[0] ? "; saved one file per index k of the first axis, as " : "", d.parts,
                d.parts[0] ? ".npy" : "");
     }
@@ -208,11 +226,13 @@ int reg_cmd_bench(const char *cmd, int argc, char **argv)
                "\n"
                "Times the forward of a module (any kind 'xattn run' takes, with the same inputs and\n"
                "options) after one warm-up run: the median of --reps runs (default 5) and the peak\n"
-               "resident memory of this process (VmHWM). Inputs not given are generated: the batch\n"
-               "of the given inputs (else --batch, default 1), the first other size --len (default\n"
-               "1024), the next --context-len (default 2 * --len). --out-dir also writes the outputs\n"
-               "of the last run.\n\n");
-        if (a.kind) reg_help_kind(a.kind);
+               "resident memory of this process (VmHWM). Inputs not given (but masks) are generated:\n"
+               "the batch of the given inputs (else --batch, default 1), the first other size --len\n"
+               "(default 1024), the next --context-len (default 2 * --len). --out-dir also writes\n"
+               "the outputs of the last run.\n\n");
+        char kb[64] = "";
+        const char *kind = kind_of(&a, kb, sizeof kb);
+        if (kind) reg_help_kind(kind);
         else reg_help_kinds();
         return CLI_EXIT_OK;
     }
@@ -234,6 +254,7 @@ int reg_cmd_bench(const char *cmd, int argc, char **argv)
         }
         if (!rc) {
             qsort(ts, (size_t)reps, sizeof *ts, cmp_double);
+            cli_quiet_writes = a.json; /* stdout is the JSON line */
             if (a.out_dir) rc = reg_write(cmd, &a, &s);
             if (!rc) report(&a, &s, ts, reps, ctx);
             if (!rc) reg_warn(cmd, &a, &s);

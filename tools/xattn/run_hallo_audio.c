@@ -137,7 +137,8 @@ static int run_hallo(int argc, char **argv)
     float *outv = NULL, *regs = NULL, *lm = NULL;
     char s1[160], s2[160];
     if (xattn_st_open(model, &st) != XATTN_OK) return cli_lib_error(CMD, model);
-    if (xattn_hallo_load(st, "", heads, &m) != XATTN_OK) {
+    xattn_hallo_opts ho = {.heads = heads};
+    if (xattn_hallo_load(st, "", &ho, &m) != XATTN_OK) {
         rc = cli_lib_error(CMD, model);
         goto done;
     }
@@ -224,7 +225,8 @@ static int run_hallo(int argc, char **argv)
     in.masks = lm;
     in.mask_batch = Bm;
     in.motion_scale = ms;
-    if (xattn_hallo_forward(m, &in, outv, regs) != XATTN_OK) {
+    xattn_hallo_outputs ou = {.out = outv, .regions = regs};
+    if (xattn_hallo_forward(NULL, m, &in, &ou) != XATTN_OK) {
         rc = cli_lib_error(CMD, model);
         goto done;
     }

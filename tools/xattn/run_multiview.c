@@ -137,10 +137,10 @@ static int mv_run(int argc, char **argv)
             if (*end == ',' && !*p) return cli_usage(CMD, "--heads ends with a comma");
         }
     }
-    int g = -1;
+    xattn_multiview_gelu g = XATTN_MULTIVIEW_GELU_DEFAULT;
     if (gelu) {
-        if (!strcmp(gelu, "tanh")) g = 1;
-        else if (!strcmp(gelu, "erf") || !strcmp(gelu, "none")) g = 0;
+        if (!strcmp(gelu, "tanh")) g = XATTN_MULTIVIEW_GELU_TANH;
+        else if (!strcmp(gelu, "erf") || !strcmp(gelu, "none")) g = XATTN_MULTIVIEW_GELU_ERF;
         else return cli_usage(CMD, "--gelu must be erf or tanh, got '%s'", gelu);
     }
     if (threads > 0) xattn_set_threads((int)threads);
@@ -155,7 +155,7 @@ static int mv_run(int argc, char **argv)
     char names[MV_MAX][16];
     memset(in, 0, sizeof in);
     memset(outs, 0, sizeof outs);
-    xattn_multiview_opts o = {nh ? hl : NULL, nh, eps, g};
+    xattn_multiview_opts o = {.heads = nh ? hl : NULL, .n_heads = nh, .eps = eps, .gelu = g};
     if (!allow && (rc = cli_check_weights_finite(CMD, model, st, NULL, 0))) goto end;
     if (xattn_multiview_load(st, "", &o, &m) != XATTN_OK) {
         rc = cli_lib_error(CMD, model);
@@ -220,7 +220,9 @@ static int mv_run(int argc, char **argv)
             xs[v] = in[v].data;
             os[v] = outs[v].data;
         }
-        if (xattn_multiview_forward(m, B, V, tokens, xs, os) != XATTN_OK) {
+        xattn_multiview_inputs mi = {.B = B, .n_views = V, .tokens = tokens, .x = xs};
+        xattn_multiview_outputs mo = {.out = os};
+        if (xattn_multiview_forward(NULL, m, &mi, &mo) != XATTN_OK) {
             rc = cli_lib_error(CMD, model);
             goto end;
         }
