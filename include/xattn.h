@@ -1017,7 +1017,10 @@ typedef struct xattn_found {
 
 /* Lists the modules of a file (up to cap of them; returns how many there are). */
 XATTN_API size_t xattn_module_scan(const xattn_safetensors *st, xattn_found *found, size_t cap);
-/* Opens a module; o may be NULL (detect the kind; the file must hold one module). */
+/* Opens a module; o may be NULL (detect the kind; the file must hold one module). A kind the
+ * scan does not find (at o->prefix, else anywhere) is opened at o->prefix (NULL: ""), so that
+ * its loader names what is missing; a block the scan leaves out as part of another module
+ * opens this way too. */
 XATTN_API xattn_status xattn_module_open(const xattn_safetensors *st, const xattn_open_opts *o,
                                          xattn_module **out);
 /* A new module of `kind` with the reference's default initialisation: options are the
@@ -1072,6 +1075,9 @@ typedef struct xattn_io_desc {
     int mask;
     int additive;
     const char *doc;
+    /* an output whose first axis lists parts saved one file each: the name of part k,
+     * "BASE{A+B*k}" (A, B integers or config fields); "" for one array */
+    const char *parts;
 } xattn_io_desc;
 XATTN_API size_t xattn_module_input_count(const xattn_module *m);
 XATTN_API xattn_status xattn_module_input(const xattn_module *m, size_t i, xattn_io_desc *d);
@@ -1082,9 +1088,6 @@ XATTN_API xattn_status xattn_module_output(const xattn_module *m, size_t i, xatt
  * ("encoder_hidden_states|video,audio": the memory, or the features that build it); "" when the
  * kind has none. xattn_module_plan refuses inputs of two alternatives, or of none. */
 XATTN_API const char *xattn_kind_one_of(const char *kind);
-/* The tensor name (relative to a prefix) that marks a kind in a state dict, or '|'-separated
- * alternatives (a bare layer's, a stack's first layer's); "" for a kind without weights. */
-XATTN_API const char *xattn_kind_anchor(const char *kind);
 
 /* A named array (borrowed data, row-major, contiguous). */
 typedef struct xattn_tensor {

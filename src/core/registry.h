@@ -101,6 +101,10 @@ typedef struct xa_kind {
     /* the config fields (or their aliases) of a one-line description, comma-separated
      * ("embed_dim,heads,kdim,vdim,bias"); NULL: every field that is not derived */
     const char *brief;
+    /* In output order (may be NULL): for an output whose first axis lists parts saved one file
+     * each, the name of part k, "BASE{A+B*k}" with A and B integers or config fields
+     * ("attn_weights_{x_layer0+2*k}"); NULL for one array. */
+    const char *const *out_parts;
     /* inputs given in exactly one of several ways (xattn_kind_one_of): alternatives separated
      * by '|', each a comma-separated list of optional inputs, one or more of which make it;
      * NULL: none */

@@ -172,8 +172,10 @@ static xattn_status find_layers(xa_cfg *c, const xattn_safetensors *st, const ch
     if (L == 0)
         return xa_error(XATTN_ERR_NOT_FOUND,
                         "no BERT decoder layer found: expected '%sattention.self.query.weight' "
-                        "(BertLayer) or '%slayer.0.attention.self.query.weight' (BertEncoder)",
-                        pp, pp);
+                        "and '%scrossattention.self.query.weight' (BertLayer) or "
+                        "'%slayer.0.attention.self.query.weight' and "
+                        "'%slayer.0.crossattention.self.query.weight' (BertEncoder)",
+                        pp, pp, pp, pp);
     xa_cfg_set(c, enc, 1, XA_FROM_SHAPE, "presence of '%slayer.0.%s'", pp, key);
     xa_cfg_set(c, nl, (double)L, XA_FROM_SHAPE, "count of '%slayer.N.%s'", pp, key);
     return XATTN_OK;

@@ -147,15 +147,19 @@ static void brief_value(const xattn_module *m, const char *name, int unknown, ch
     }
 }
 
-/* "module: REFERENCE[ at prefix 'P'] (option=value, ...)" for each module the registry finds:
- * the options of the kind's brief description (else every option). A required option that
- * neither the shapes nor the file give shows as '?' (the shapes are read with it set to 1).
- * Returns the number of modules. */
+/* "module: REFERENCE[ at prefix 'P'] (option=value, ...)" for each module the registry finds
+ * of a kind the command line runs through it (the others keep their own description): the
+ * options of the kind's brief description (else every option). A required option that neither
+ * the shapes nor the file give shows as '?' (the shapes are read with it set to 1). Returns the
+ * number of modules described. */
 static size_t print_registry_modules(const xattn_safetensors *st)
 {
     xattn_found f[32];
     const size_t n = xattn_module_scan(st, f, 32);
+    size_t shown = 0;
     for (size_t i = 0; i < n && i < 32; i++) {
+        if (!reg_cli_handles(f[i].kind)) continue;
+        shown++;
         char ref[160], at[320] = "", pp[256], why[512], val[96];
         reg_reference_name(f[i].kind, ref, sizeof ref);
         if (f[i].prefix[0])
@@ -214,7 +218,7 @@ static size_t print_registry_modules(const xattn_safetensors *st)
         printf(")\n");
         xattn_module_free(m);
     }
-    return n;
+    return shown;
 }
 
 /* Prints the "module: ..." line. */

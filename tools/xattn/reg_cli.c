@@ -150,7 +150,7 @@ void reg_reference_name(const char *kind, char *buf, size_t cap)
 
 /* Finds the module of the file (one, or the one --module / --prefix select). */
 static int pick(const char *cmd, const reg_args *a, const xattn_safetensors *st, char *kind,
-                char *prefix)
+                char *prefix, char *why, size_t cap)
 {
     xattn_found f[64];
     size_t n = xattn_module_scan(st, f, 64), match = 0, first = 0;
@@ -174,20 +174,6 @@ static int pick(const char *cmd, const reg_args *a, const xattn_safetensors *st,
         return cli_error(cmd, a->model, "holds %zu modules (%s): choose one with --prefix P%s",
                          match, list, a->kind ? "" : " or --module KIND");
     }
-    /* " (--module KIND looks for A or B)": the tensor that marks the kind (its anchor) */
-    char marks[512] = "";
-    const char *anchor = a->kind ? xattn_kind_anchor(a->kind) : "";
-    if (*anchor) {
-        size_t o = (size_t)snprintf(marks, sizeof marks - 8, " (--module %s looks for ", a->kind);
-        if (o > sizeof marks - 8) o = sizeof marks - 8;
-        for (; *anchor && o + 8 < sizeof marks; anchor++) {
-            if (*anchor == '|')
-                o += (size_t)snprintf(marks + o, sizeof marks - o, " or ");
-            else
-                marks[o++] = *anchor;
-        }
-        snprintf(marks + o, sizeof marks - o, ")");
-    }
     if (a->kind) { /* kinds without weights are named, not found */
         for (size_t i = 0; i < xattn_kind_count(); i++) {
             xattn_kind_desc d;
@@ -197,25 +183,32 @@ static int pick(const char *cmd, const reg_args *a, const xattn_safetensors *st,
                 return -1; /* found by name: the caller opens it by kind */
             }
         }
-        /* --module names another kind than the file holds (at the prefix) */
+        /* --module names another kind than the file holds (at the prefix): opened there all
+         * the same (by kind), so that a failure says what the kind misses (*why: what the
+         * file holds instead) */
         const char *other = NULL;
         for (size_t i = 0; i < n && i < 64 && !other; i++)
             if (!a->prefix || !strcmp(f[i].prefix, a->prefix)) other = f[i].kind;
         char ref[160];
-        if (other) {
-            reg_reference_name(other, ref, sizeof ref);
-            return cli_error(cmd, a->model, "--module %s, but the tensors are a %s (%s)%s", a->kind,
-                             ref, other, marks);
-        }
-        const char *foreign = a->prefix ? NULL : reg_foreign_module(st);
-        if (foreign)
-            return cli_error(cmd, a->model, "--module %s, but the tensors are a %s%s", a->kind,
-                             foreign, marks);
+        const char *foreign = other || a->prefix ? NULL : reg_foreign_module(st);
+        if (other) reg_reference_name(other, ref, sizeof ref);
+        if (other || foreign)
+            snprintf(why, cap, "--module %s, but the tensors are a %s%s%s%s", a->kind,
+                     other ? ref : foreign, other ? " (" : "", other ? other : "",
+                     other ? ")" : "");
+        else
+            snprintf(why, cap, "no %s module found%s%s%s", a->kind,
+                     a->prefix ? " at prefix '" : "",
+                     a->prefix ? cli_printable(a->prefix, pp, sizeof pp) : "",
+                     a->prefix ? "'" : "");
+        snprintf(kind, 64, "%s", a->kind);
+        snprintf(prefix, 256, "%s", a->prefix ? a->prefix : "");
+        return -1;
     }
-    return cli_error(cmd, a->model, "no %s module found%s%s%s%s (see 'xattn inspect')",
+    return cli_error(cmd, a->model, "no %s module found%s%s%s (see 'xattn inspect')",
                      a->kind ? a->kind : "", a->prefix ? " at prefix '" : "",
-                     a->prefix ? cli_printable(a->prefix, pp, sizeof pp) : "", a->prefix ? "'" : "",
-                     marks);
+                     a->prefix ? cli_printable(a->prefix, pp, sizeof pp) : "",
+                     a->prefix ? "'" : "");
 }
 
 /* The constructor arguments among the options (by name or alias; a bool given bare is True). */
@@ -307,7 +300,8 @@ int reg_open(const char *cmd, const reg_args *a, reg_state *s)
                              a->kind, a->model);
     }
     if (xattn_st_open(a->model, &s->st) != XATTN_OK) return cli_lib_error(cmd, a->model);
-    int rc = pick(cmd, a, s->st, s->kind, s->prefix);
+    char why[512] = "";
+    int rc = pick(cmd, a, s->st, s->kind, s->prefix, why, sizeof why);
     if (rc > 0) return rc;
     if ((rc = collect_options(cmd, s, a))) return rc;
     xattn_open_opts o;
@@ -318,7 +312,10 @@ int reg_open(const char *cmd, const reg_args *a, reg_state *s)
     o.n_options = (size_t)s->n_opts;
     if (xattn_module_open(s->st, &o, &s->m) != XATTN_OK) {
         int orc = option_error(cmd, a->model, s);
-        return orc ? orc : cli_lib_error(cmd, a->model);
+        if (orc || !why[0]) return orc ? orc : cli_lib_error(cmd, a->model);
+        char e[1024]; /* the kind named is not what the file holds: both said */
+        snprintf(e, sizeof e, "%s", xattn_last_error());
+        return cli_error(cmd, a->model, "%s: %s", why, e);
     }
     return 0;
 }

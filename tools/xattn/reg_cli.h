@@ -71,8 +71,8 @@ const char *reg_foreign_module(const xattn_safetensors *st);
 
 /* Parses argv (argv[0] is the command); reports usage errors. */
 int reg_parse(const char *cmd, int argc, char **argv, reg_args *a, int *help);
-/* Opens the file and the module (--module / --prefix select), prints assumed defaults as
- * warnings. Returns 0 or an exit code (reported). */
+/* Opens the file and the module (--module / --prefix select). Returns 0 or an exit code
+ * (reported). */
 int reg_open(const char *cmd, const reg_args *a, reg_state *s);
 void reg_free(reg_state *s);
 int reg_check_weights(const char *cmd, const reg_args *a, const reg_state *s);

@@ -6,8 +6,8 @@
 #include <string.h>
 
 /* Kinds whose command-line runs go through the registry. */
-static const char *const REGISTRY_KINDS[] = {"conv2d-cross", "mutual", "mha", "attention",
-                                             "bert-decoder", NULL};
+static const char *const REGISTRY_KINDS[] = {"conv2d-cross", "mutual", "mha", "attention", "joint",
+                                             "interlaced", "bert-decoder", NULL};
 
 int reg_cli_handles(const char *kind)
 {
@@ -65,7 +65,8 @@ static void also(const char *kind, const char *name, int input, char *buf, size_
 {
     const char *names[16];
     int n = 0;
-    if (input == 0 || input == 1) names[n++] = input ? "context" : "x";
+    if ((input == 0 || input == 1) && strcmp(name, input ? "context" : "x"))
+        names[n++] = input ? "context" : "x";
     for (size_t i = 0; n < 16; i++) {
         xattn_alias_desc d;
         if (xattn_kind_alias(kind, i, &d)) break;
@@ -138,8 +139,10 @@ void reg_help_kind(const char *kind)
             o += (size_t)snprintf(ask + o, sizeof ask - o, " with %s%s%s%s", flag,
                                   e.as[0] ? " (written as " : "", e.as, e.as[0] ? ".npy)" : "");
         }
-        printf("  %-22s (%s)%s%s %s\n", d.name, d.shape,
-               d.optional && !variant ? " with --return-attn" : "", ask, d.doc);
+        printf("  %-22s (%s)%s%s %s%s%s%s\n", d.name, d.shape,
+               d.optional && !variant ? " with --return-attn" : "", ask, d.doc,
+               d.parts[0] ? "; saved one file per index k of the first axis, as " : "", d.parts,
+               d.parts[0] ? ".npy" : "");
     }
 }
 
