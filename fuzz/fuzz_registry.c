@@ -1,7 +1,8 @@
 /* libFuzzer harness for the module registry: an arbitrary safetensors file with arbitrary
  * metadata is parsed, scanned for modules, every module found is opened, described (config,
  * parameters, inputs, outputs) and, when its sizes are small, run once on generated inputs with
- * every size symbol set to 2; a failure must leave one line of error and no module. */
+ * every size symbol set to 2 (the required inputs, and the first way of inputs given one of
+ * several ways); a failure must leave one line of error and no module. */
 #include "xattn.h"
 
 #include <stddef.h>
@@ -31,7 +32,16 @@ static int64_t dim_value(const xattn_module *m, const char *tok)
     return -1;
 }
 
-static void run_small(const xattn_module *m)
+/* 1 if input `name` is in the first way of a kind's one-of inputs ("a|b,c": a). */
+static int first_way(const char *one_of, const char *name)
+{
+    const size_t n = strlen(name);
+    for (const char *p = one_of; *p && *p != '|'; p += strcspn(p, ",|"), p += *p == ',')
+        if (!strncmp(p, name, n) && (p[n] == ',' || p[n] == '|' || !p[n])) return 1;
+    return 0;
+}
+
+static void run_small(const xattn_module *m, const char *kind)
 {
     xattn_tensor in[12];
     float *buf[12] = {0};
@@ -39,7 +49,7 @@ static void run_small(const xattn_module *m)
     for (size_t i = 0; i < xattn_module_input_count(m) && n < 12; i++) {
         xattn_io_desc d;
         FUZZ_ASSERT(xattn_module_input(m, i, &d) == XATTN_OK);
-        if (d.optional) continue;
+        if (d.optional && !first_way(xattn_kind_one_of(kind), d.name)) continue;
         memset(&in[n], 0, sizeof in[n]);
         in[n].name = d.name;
         in[n].dtype = d.mask ? XATTN_BOOL : XATTN_F32;
@@ -111,7 +121,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             xattn_param_desc d;
             FUZZ_ASSERT(xattn_module_param(m, p, &d) == XATTN_OK && d.name);
         }
-        run_small(m);
+        run_small(m, found[i].kind);
         xattn_module_free(m);
     }
     xattn_st_close(st);

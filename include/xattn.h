@@ -870,10 +870,13 @@ XATTN_API xattn_status xattn_hallo_forward(xattn_ctx *ctx, const xattn_hallo *m,
  * num_attention_heads, intermediate_size, num_hidden_layers, layer_norm_eps, plus encoder_width,
  * bert_encoder and the projector's video_dim / audio_dim / *_projector / *_type_embedding), run
  * by name as BertEncoder.forward: hidden_states, encoder_hidden_states, attention_mask and
- * encoder_attention_mask (BertModel's (B, T) / (B, M) keep masks) -> last_hidden_state; the
- * projector is xattn_decoder_project's. The registry finds a BertEncoder stack
- * (layer.0.crossattention.self.query.weight); a single BertLayer state dict loads with
- * xattn_decoder_load.
+ * encoder_attention_mask (BertModel's (B, T) / (B, M) keep masks) -> out (the last hidden
+ * state). In place of encoder_hidden_states the memory may be built by the projector from the
+ * inputs video (B, Fv, Nv, video_dim) and / or audio (B, Fa, Na, audio_dim), as
+ * xattn_decoder_project does (xattn_kind_one_of: "encoder_hidden_states|video,audio"); the 0-dim
+ * switch "incremental" (nonzero) computes the same output token by token through the K/V cache,
+ * as xattn_decoder_step does. The registry finds a BertEncoder stack
+ * (layer.0.crossattention.self.query.weight) or one BertLayer (crossattention.self.query.weight).
  * Options: heads (num_attention_heads) from opts, else __metadata__ "heads" (or
  * "num_attention_heads"), else 12 (BertConfig's default); layer_norm_eps from opts, else
  * __metadata__ "layer_norm_eps", else 1e-12. Both leave no trace in the tensors: an assumed
@@ -1014,7 +1017,10 @@ typedef struct xattn_found {
 
 /* Lists the modules of a file (up to cap of them; returns how many there are). */
 XATTN_API size_t xattn_module_scan(const xattn_safetensors *st, xattn_found *found, size_t cap);
-/* Opens a module; o may be NULL (detect the kind; the file must hold one module). */
+/* Opens a module; o may be NULL (detect the kind; the file must hold one module). A kind the
+ * scan does not find (at o->prefix, else anywhere) is opened at o->prefix (NULL: ""), so that
+ * its loader names what is missing; a block the scan leaves out as part of another module
+ * opens this way too. */
 XATTN_API xattn_status xattn_module_open(const xattn_safetensors *st, const xattn_open_opts *o,
                                          xattn_module **out);
 /* A new module of `kind` with the reference's default initialisation: options are the
@@ -1069,11 +1075,19 @@ typedef struct xattn_io_desc {
     int mask;
     int additive;
     const char *doc;
+    /* an output whose first axis lists parts saved one file each: the name of part k,
+     * "BASE{A+B*k}" (A, B integers or config fields); "" for one array */
+    const char *parts;
 } xattn_io_desc;
 XATTN_API size_t xattn_module_input_count(const xattn_module *m);
 XATTN_API xattn_status xattn_module_input(const xattn_module *m, size_t i, xattn_io_desc *d);
 XATTN_API size_t xattn_module_output_count(const xattn_module *m);
 XATTN_API xattn_status xattn_module_output(const xattn_module *m, size_t i, xattn_io_desc *d);
+/* Inputs a kind takes in exactly one of several ways: alternatives separated by '|', each a
+ * comma-separated list of optional inputs, one or more of which make that alternative
+ * ("encoder_hidden_states|video,audio": the memory, or the features that build it); "" when the
+ * kind has none. xattn_module_plan refuses inputs of two alternatives, or of none. */
+XATTN_API const char *xattn_kind_one_of(const char *kind);
 
 /* A named array (borrowed data, row-major, contiguous). */
 typedef struct xattn_tensor {

@@ -3,7 +3,8 @@
  * an identical forward (a BertEncoder with the projector, and one BertLayer); a zero options
  * struct means BertConfig's defaults; the initialisation's bounds and moments (torch's nn.Linear
  * and nn.LayerNorm defaults, N(0, 1) type embeddings); forward by named arrays equals the typed
- * forward on the reference fixtures (also with a projected memory); contexts;
+ * forward on the reference fixtures (also with a projected memory, from the video / audio inputs,
+ * and decoding token by token with the incremental switch); contexts;
  * options and tensors that contradict the file are refused with messages naming them.
  */
 #include "testutil.h"
@@ -132,7 +133,7 @@ static void round_trip(xattn_module *m, int registry_finds_it, const char *tag)
         CHECK_OK(fwd(NULL, d, B, T, x, NULL, M, mem, NULL, o1));
         xattn_tensor in[2] = {{"hidden_states", XATTN_F32, 3, {B, T, h}, x},
                               {"encoder_hidden_states", XATTN_F32, 3, {B, M, w}, mem}};
-        xattn_tensor out[1] = {{"last_hidden_state", XATTN_F32, 3, {B, T, h}, o2}};
+        xattn_tensor out[1] = {{"out", XATTN_F32, 3, {B, T, h}, o2}};
         CHECK_OK(xattn_module_forward(NULL, m, in, 2, out, 1));
         CHECK(!memcmp(o1, o2, (size_t)(B * T * h) * 4));
         free(x);
@@ -402,7 +403,7 @@ static void named_memory(void)
                           {"encoder_hidden_states", XATTN_F32, 3, {B, M, h}, (void *)mem},
                           {"attention_mask", XATTN_BOOL, 2, {B, T}, aam.data},
                           {"encoder_attention_mask", XATTN_BOOL, 2, {B, M}, amm.data}};
-    xattn_tensor out[1] = {{"last_hidden_state", XATTN_F32, 3, {B, T, h}, o2}};
+    xattn_tensor out[1] = {{"out", XATTN_F32, 3, {B, T, h}, o2}};
     CHECK_OK(xattn_module_forward(ctx, mod, in, 4, out, 1));
     CHECK(!memcmp(o1, o2, (size_t)(B * T * h) * 4));
     uint8_t *u8 = malloc((size_t)(B * T)); /* an integer mask: nonzero = keep */
@@ -418,6 +419,7 @@ static void named_memory(void)
     CHECK_OK(xattn_decoder_state_new(d, B, T, 1, &s));
     CHECK_OK(xattn_decoder_set_memory(ctx, s, M, mem, amm.data));
     float *xs = malloc((size_t)(B * h) * 4), *ys = malloc((size_t)(B * h) * 4);
+    float *o3 = malloc((size_t)(B * T * h) * 4);
     uint8_t ms[8];
     double worst = 0;
     for (int64_t t = 0; t < T && s; t++) {
@@ -427,20 +429,37 @@ static void named_memory(void)
         }
         CHECK_OK(xattn_decoder_step(ctx, s, 1, xs, ms, ys));
         for (int64_t b = 0; b < B; b++) {
+            memcpy(o3 + (b * T + t) * h, ys + b * h, (size_t)h * 4);
             int seen = 0; /* rows with no kept key so far differ by design */
             for (int64_t j = 0; j <= t; j++) seen |= ((uint8_t *)aam.data)[b * T + j];
             if (seen) worst = fmax(worst, tu_rel_err(ys + b * h, o1 + (b * T + t) * h, h));
         }
     }
     CHECK(worst < TU_TOL);
-    /* errors: no memory, a mask of the wrong length, an input the module does not take */
+    /* the incremental switch decodes the same way: the steps' outputs exactly */
+    uint8_t on = 1;
+    in[2].dtype = XATTN_BOOL;
+    in[2].data = aam.data;
+    xattn_tensor inc[5] = {in[0], in[1], in[2], in[3], {"incremental", XATTN_BOOL, 0, {0}, &on}};
+    memset(o2, 0, (size_t)(B * T * h) * 4);
+    CHECK_OK(xattn_module_forward(ctx, mod, inc, 5, out, 1));
+    CHECK(!memcmp(o2, o3, (size_t)(B * T * h) * 4));
+    on = 0; /* switched off: the full forward */
+    CHECK_OK(xattn_module_forward(ctx, mod, inc, 5, out, 1));
+    CHECK(!memcmp(o1, o2, (size_t)(B * T * h) * 4));
+    /* errors: no memory, a mask of the wrong length, an input the module does not take, video
+     * features for a module without a video projector */
     CHECK_FAIL(xattn_module_forward(NULL, mod, in, 1, out, 1), XATTN_ERR_ARG);
-    has("encoder_hidden_states");
+    has("encoder_hidden_states | video, audio");
     xattn_tensor badm[3] = {in[0], in[1], in[3]};
     badm[2].shape[1] = M - 1;
     CHECK_FAIL(xattn_module_forward(NULL, mod, badm, 3, out, 1), XATTN_ERR_SHAPE);
-    badm[2].name = "video";
+    badm[2].name = "memory";
     CHECK_FAIL(xattn_module_forward(NULL, mod, badm, 3, out, 1), XATTN_ERR_ARG);
+    xattn_tensor novideo[2] = {in[0], {"video", XATTN_F32, 4, {B, 2, M, h}, (void *)mem}};
+    CHECK_FAIL(xattn_module_forward(NULL, mod, novideo, 2, out, 1), XATTN_ERR_ARG);
+    has("video_dim is None");
+    free(o3);
     free(xs);
     free(ys);
     xattn_decoder_state_free(s);
@@ -481,9 +500,30 @@ static void named_projector(void)
     xattn_tensor in[3] = {{"hidden_states", XATTN_F32, 3, {B, T, h}, (void *)x},
                           {"encoder_hidden_states", XATTN_F32, 3, {B, M, c.memory_dim}, mem},
                           {"encoder_attention_mask", XATTN_BOOL, 2, {B, M}, amm.data}};
-    xattn_tensor out[1] = {{"last_hidden_state", XATTN_F32, 3, {B, T, h}, o2}};
+    xattn_tensor out[1] = {{"out", XATTN_F32, 3, {B, T, h}, o2}};
     CHECK_OK(xattn_module_forward(NULL, mod, in, 3, out, 1));
     CHECK(!memcmp(o1, o2, (size_t)(B * T * h) * 4));
+    /* the memory built by the module from its video and audio inputs */
+    uint8_t on = 1;
+    xattn_tensor va[5] = {in[0],
+                          {"video", XATTN_F32, 4, {B, Fv, Nv, c.video_dim}, (void *)video},
+                          {"audio", XATTN_F32, 4, {B, Fa, Na, c.audio_dim}, (void *)audio},
+                          in[2],
+                          {"incremental", XATTN_U8, 0, {0}, &on}};
+    memset(o2, 0, (size_t)(B * T * h) * 4);
+    CHECK_OK(xattn_module_forward(NULL, mod, va, 4, out, 1));
+    CHECK(!memcmp(o1, o2, (size_t)(B * T * h) * 4));
+    CHECK_OK(xattn_module_forward(NULL, mod, va, 5, out, 1)); /* token by token */
+    tu_check_close("incremental forward of the projected memory", o2, ref, B * T * h, TU_TOL);
+    xattn_tensor vonly[2] = {va[0], va[1]}; /* T-V: the video alone */
+    CHECK_OK(xattn_module_forward(NULL, mod, vonly, 2, out, 1));
+    /* a memory and the features that would build one; a mask of another length than Nv + Na */
+    xattn_tensor both[3] = {in[0], in[1], va[2]};
+    CHECK_FAIL(xattn_module_forward(NULL, mod, both, 3, out, 1), XATTN_ERR_ARG);
+    has("inputs 'encoder_hidden_states' and 'audio' exclude each other");
+    xattn_tensor vmask[3] = {va[0], va[1], in[2]}; /* the mask has Nv + Na keys, the memory Nv */
+    CHECK_FAIL(xattn_module_forward(NULL, mod, vmask, 3, out, 1), XATTN_ERR_SHAPE);
+    has("Nv + Na");
     free(mem);
     free(o1);
     free(o2);

@@ -122,6 +122,14 @@ typedef struct xa_kind {
      * modules", and an input such a kind needs that a kind of another family takes as
      * optional is the model's to ask for, not a usage error. NULL: none. */
     const char *family;
+    /* In output order (may be NULL): for an output whose first axis lists parts saved one file
+     * each, the name of part k, "BASE{A+B*k}" with A and B integers or config fields
+     * ("attn_weights_{x_layer0+2*k}"); NULL for one array. */
+    const char *const *out_parts;
+    /* inputs given in exactly one of several ways (xattn_kind_one_of): alternatives separated
+     * by '|', each a comma-separated list of optional inputs, one or more of which make it;
+     * NULL: none */
+    const char *one_of;
 } xa_kind;
 
 /* Every kind, NULL-terminated (registry.c). */

@@ -127,6 +127,10 @@ static xattn_status bind_input(const xa_mod *m, const xa_io *io, const xattn_ten
         int may_be_one = slash && !strcmp(slash + 1, "1");
         if (slash) *slash = '\0';
         if (may_be_one && t->shape[d] == 1) continue;
+        const int f = xa_cfg_find(&m->cfg, tok);
+        if (f >= 0 && m->cfg.from[f] == XA_FROM_UNSET) /* a size the module does not have */
+            return xa_error(XATTN_ERR_ARG, "input '%s' is not taken: %s is None (%s)", io->name,
+                            tok, m->cfg.f[f].doc);
         int64_t v;
         if (dim_value(m, r, tok, &v)) {
             if (t->shape[d] != v)
@@ -214,6 +218,45 @@ static xattn_status stand_in(const xa_mod *m, const xa_stand_in *sb, xa_run *r)
     return XATTN_OK;
 }
 
+/* The kind's inputs given in exactly one way (xa_kind.one_of: "a|b,c"): not two, not none. */
+static xattn_status one_way(const xa_kind *k, const xa_run *r)
+{
+    if (!k->one_of) return XATTN_OK;
+    char ways[256]; /* "a | b, c" */
+    size_t o = 0;
+    ways[0] = '\0';
+    for (const char *c = k->one_of; *c && o + 4 < sizeof ways; c++) {
+        if (*c == '|' || *c == ',') {
+            o += (size_t)snprintf(ways + o, sizeof ways - o, "%s", *c == '|' ? " | " : ", ");
+        } else {
+            ways[o++] = *c;
+            ways[o] = '\0';
+        }
+    }
+    int way = 0, given = -1;
+    const char *first = NULL;
+    for (const char *p = k->one_of; *p;) {
+        const size_t l = strcspn(p, ",|");
+        char name[64];
+        snprintf(name, sizeof name, "%.*s", (int)l, p);
+        const int i = io_index(k->inputs, k->n_in, name);
+        if (i >= 0 && r->in[i]) {
+            if (given >= 0 && given != way)
+                return xa_error(XATTN_ERR_ARG,
+                                "inputs '%s' and '%s' exclude each other (%s takes "
+                                "one of: %s)",
+                                first, name, k->name, ways);
+            if (given < 0) first = k->inputs[i].name;
+            given = way;
+        }
+        p += l;
+        way += *p == '|';
+        p += *p != '\0';
+    }
+    if (given < 0) return xa_error(XATTN_ERR_ARG, "%s needs one of the inputs: %s", k->name, ways);
+    return XATTN_OK;
+}
+
 /* Binds the inputs into r and fills the output shapes (out may be NULL). */
 static xattn_status plan(const xa_mod *m, const xattn_tensor *in, size_t n_in, xattn_tensor *out,
                          size_t n_out, xa_run *r)
@@ -237,6 +280,7 @@ static xattn_status plan(const xa_mod *m, const xattn_tensor *in, size_t n_in, x
         if (!r->in[i] && !(k->inputs[i].flags & XA_IO_OPT))
             return xa_error(XATTN_ERR_ARG, "%s needs the input '%s' %s", k->name,
                             k->inputs[i].name, k->inputs[i].doc ? k->inputs[i].doc : "");
+    if ((s = one_way(k, r))) return s;
     for (int pass = 0; pass < 2; pass++) /* symbols bound by later inputs */
         for (size_t a = 0; a < n_in; a++) {
             int i = io_index(k->inputs, k->n_in, in[a].name);

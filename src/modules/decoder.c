@@ -172,8 +172,10 @@ static xattn_status find_layers(xa_cfg *c, const xattn_safetensors *st, const ch
     if (L == 0)
         return xa_error(XATTN_ERR_NOT_FOUND,
                         "no BERT decoder layer found: expected '%sattention.self.query.weight' "
-                        "(BertLayer) or '%slayer.0.attention.self.query.weight' (BertEncoder)",
-                        pp, pp);
+                        "and '%scrossattention.self.query.weight' (BertLayer) or "
+                        "'%slayer.0.attention.self.query.weight' and "
+                        "'%slayer.0.crossattention.self.query.weight' (BertEncoder)",
+                        pp, pp, pp, pp);
     xa_cfg_set(c, enc, 1, XA_FROM_SHAPE, "presence of '%slayer.0.%s'", pp, key);
     xa_cfg_set(c, nl, (double)L, XA_FROM_SHAPE, "count of '%slayer.N.%s'", pp, key);
     return XATTN_OK;
@@ -514,6 +516,25 @@ static xattn_status memory_room(xattn_decoder_state *s, int64_t M, const char *f
     return XATTN_OK;
 }
 
+/* The memory's K/V of every layer into the state (on the current context); position 0. */
+static xattn_status set_memory_core(xattn_decoder_state *s, int64_t M, const float *memory,
+                                    const uint8_t *memory_mask, const char *fn)
+{
+    xattn_status st = memory_room(s, M, fn);
+    if (st) return st;
+    const xattn_decoder_config *c = &s->m->cfg;
+    s->M = M;
+    for (int64_t l = 0; l < c->layers && !st; l++)
+        st = memory_kv(s, &s->m->layers[l], memory, s->ckv + l * s->B * M * 2 * c->hidden);
+    if (st) {
+        s->M = 0;
+        return st;
+    }
+    put_keep(s->ckeep, s->B, M, 0, M, memory_mask);
+    s->pos = 0;
+    return XATTN_OK;
+}
+
 xattn_status xattn_decoder_set_memory(xattn_ctx *ctx, xattn_decoder_state *s, int64_t M,
                                       const float *memory, const uint8_t *memory_mask)
 {
@@ -521,22 +542,11 @@ xattn_status xattn_decoder_set_memory(xattn_ctx *ctx, xattn_decoder_state *s, in
     if (!s || !memory) return xa_error(XATTN_ERR_ARG, "%s: state or memory is NULL", fn);
     if (M <= 0)
         return xa_error(XATTN_ERR_SHAPE, "%s: memory length %lld (need >= 1)", fn, (long long)M);
-    xattn_status st = memory_room(s, M, fn);
-    if (st) return st;
-    const xattn_decoder_config *c = &s->m->cfg;
-    s->M = M;
     const xattn_ctx *prev = xa_ctx_enter(ctx);
-    for (int64_t l = 0; l < c->layers && !st; l++)
-        st = memory_kv(s, &s->m->layers[l], memory, s->ckv + l * s->B * M * 2 * c->hidden);
+    xattn_status st = set_memory_core(s, M, memory, memory_mask, fn);
     xa_ctx_leave(prev);
-    if (st) {
-        s->M = 0;
-        return st;
-    }
-    put_keep(s->ckeep, s->B, M, 0, M, memory_mask);
-    s->pos = 0;
-    xa_clear_error();
-    return XATTN_OK;
+    if (!st) xa_clear_error();
+    return st;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -735,33 +745,117 @@ xattn_status xattn_decoder_forward(xattn_ctx *ctx, const xattn_decoder *m,
 /* Registry                                                                                 */
 /* ---------------------------------------------------------------------------------------- */
 
-/* BertEncoder.forward's arguments (the masks as BertModel takes them); the projector is
- * xattn_decoder_project's. */
-enum { IN_X, IN_MEM, IN_AM, IN_MM, N_IN };
+/* BertEncoder.forward's arguments (the masks as BertModel takes them), or the projector's
+ * features in place of encoder_hidden_states, and a switch for decoding token by token. */
+enum { IN_X, IN_MEM, IN_AM, IN_MM, IN_VIDEO, IN_AUDIO, IN_INC, N_IN };
 static const xa_io inputs[N_IN] = {
     {"hidden_states", "B,T,hidden_size", 0, "the decoder's input embeddings"},
-    {"encoder_hidden_states", "B,M,encoder_width", 0, "the memory cross-attention reads"},
+    {"encoder_hidden_states", "B,M,encoder_width", XA_IO_OPT,
+     "the memory cross-attention reads (or give video / audio)"},
     {"attention_mask", "B,T", XA_IO_OPT | XA_IO_MASK,
-     "True / nonzero = keep (BertModel's attention_mask), combined with the causal mask"},
+     "1 = KEEP, 0 = masked (True = keep; BertModel's attention_mask), combined with the causal "
+     "mask"},
     {"encoder_attention_mask", "B,M", XA_IO_OPT | XA_IO_MASK,
-     "True / nonzero = keep; a row with no kept key is the uniform average, as transformers"},
+     "1 = KEEP, 0 = masked (True = keep); a row with no kept key is the uniform average, as "
+     "transformers"},
+    {"video", "B,Fv,Nv,video_dim", XA_IO_OPT,
+     "instead of encoder_hidden_states: video features (Fv frames of Nv tokens), mean-pooled over "
+     "frames and projected by proj.video (+ type_embedding.video); the memory is [video; audio] "
+     "along the sequence (T-V, T-A or T-AV)"},
+    {"audio", "B,Fa,Na,audio_dim", XA_IO_OPT,
+     "instead of encoder_hidden_states: audio features (Fa frames of Na tokens), pooled and "
+     "projected by proj.audio (+ type_embedding.audio), after the video in the memory"},
+    {"incremental", "", XA_IO_OPT | XA_IO_MASK,
+     "decode one token at a time with the K/V cache, as generation does (the same output up to "
+     "float rounding, except rows with no kept key at all)"},
 };
 static const xa_io outputs[] = {
-    {"last_hidden_state", "B,T,hidden_size", 0, "the output of the last layer"},
+    {"out", "B,T,hidden_size", 0, "last_hidden_state: the output of the last layer"},
 };
+
+/* The names of the hand-written runner's flags (and of BertModel's config: heads). */
+static const xa_alias aliases[] = {
+    {"memory", "encoder_hidden_states", NULL},
+    {"memory_mask", "encoder_attention_mask", NULL},
+    {"heads", "num_attention_heads", NULL},
+};
+
+/* The memory built from video / audio has Nv + Na tokens: a memory mask must match them. */
+static xattn_status check_named(const xa_mod *core, const xa_run *r)
+{
+    (void)core;
+    if (r->in[IN_MEM] || !r->in[IN_MM]) return XATTN_OK;
+    const int64_t Nv = r->in[IN_VIDEO] ? xa_run_sym(r, "Nv") : 0;
+    const int64_t Na = r->in[IN_AUDIO] ? xa_run_sym(r, "Na") : 0;
+    if (xa_run_sym(r, "M") == Nv + Na) return XATTN_OK;
+    return xa_error(
+        XATTN_ERR_SHAPE,
+        "input 'encoder_attention_mask' has %lld keys, but the memory built from %s%s%s "
+        "has Nv + Na = %lld tokens",
+        (long long)xa_run_sym(r, "M"), Nv ? "video" : "", Nv && Na ? " and " : "",
+        Na ? "audio" : "", (long long)(Nv + Na));
+}
+
+/* The forward computed as generation computes it: one token at a time, the self-attention
+ * K/V of the tokens before in the cache, the memory's K/V computed once. */
+static xattn_status forward_incremental(const xattn_decoder *m, const xattn_decoder_inputs *in,
+                                        float *out)
+{
+    const char *fn = "xattn_decoder_step";
+    const int64_t B = in->B, T = in->T, h = m->cfg.hidden;
+    xattn_decoder_state *s = NULL;
+    xattn_status st = xattn_decoder_state_new(m, B, T, 1, &s);
+    float *buf = st ? NULL : xa_alloc((size_t)(2 * B * h) * sizeof(float) + (size_t)B);
+    if (!st && !buf) st = xa_error(XATTN_ERR_NOMEM, "%s: out of memory", fn);
+    if (!st) st = set_memory_core(s, in->M, in->memory, in->memory_mask, fn);
+    float *xs = buf, *ys = buf + B * h;
+    uint8_t *ms = (uint8_t *)(ys + B * h);
+    for (int64_t t = 0; t < T && !st; t++) {
+        for (int64_t b = 0; b < B; b++) {
+            memcpy(xs + b * h, in->x + (b * T + t) * h, (size_t)h * sizeof(float));
+            ms[b] = in->attention_mask ? in->attention_mask[b * T + t] : 1;
+        }
+        st = step_core(s, 1, xs, ms, ys);
+        for (int64_t b = 0; b < B && !st; b++)
+            memcpy(out + (b * T + t) * h, ys + b * h, (size_t)h * sizeof(float));
+    }
+    xa_free(buf);
+    xattn_decoder_state_free(s);
+    return st;
+}
 
 static xattn_status forward_named(const xa_mod *core, const xa_run *r)
 {
+    const xattn_decoder *m = (const xattn_decoder *)core;
     xattn_decoder_inputs in;
     memset(&in, 0, sizeof in);
     in.B = xa_run_sym(r, "B");
     in.T = xa_run_sym(r, "T");
-    in.M = xa_run_sym(r, "M");
     in.x = r->in[IN_X];
-    in.memory = r->in[IN_MEM];
     in.attention_mask = r->in[IN_AM];
     in.memory_mask = r->in[IN_MM];
-    return forward_core((const xattn_decoder *)core, &in, r->out[0]);
+    float *built = NULL;
+    xattn_status st = XATTN_OK;
+    if (r->in[IN_MEM]) {
+        in.M = xa_run_sym(r, "M");
+        in.memory = r->in[IN_MEM];
+    } else { /* the memory from the projector */
+        const int64_t Nv = r->in[IN_VIDEO] ? xa_run_sym(r, "Nv") : 0;
+        const int64_t Na = r->in[IN_AUDIO] ? xa_run_sym(r, "Na") : 0;
+        in.M = Nv + Na;
+        if (!((double)in.B * (double)in.M * (double)m->cfg.memory_dim < 0x1p50))
+            return xa_error(XATTN_ERR_NOMEM, "xattn_decoder_project: sizes overflow");
+        if (!(built = xa_alloc((size_t)(in.B * in.M * m->cfg.memory_dim) * sizeof(float))))
+            return xa_error(XATTN_ERR_NOMEM, "xattn_decoder_project: out of memory");
+        st = project(m, in.B, r->in[IN_VIDEO], xa_run_sym(r, "Fv"), Nv, r->in[IN_AUDIO],
+                     xa_run_sym(r, "Fa"), Na, built);
+        in.memory = built;
+    }
+    const int incremental = r->in[IN_INC] && *(const uint8_t *)r->in[IN_INC];
+    if (!st)
+        st = incremental ? forward_incremental(m, &in, r->out[0]) : forward_core(m, &in, r->out[0]);
+    xa_free(built);
+    return st;
 }
 
 const xa_kind xa_kind_bert_decoder = {
@@ -780,7 +874,19 @@ const xa_kind xa_kind_bert_decoder = {
     .build = build,
     .bind = bind,
     .destroy = destroy,
+    .check = check_named,
     .forward = forward_named,
+    .aliases = aliases,
+    .n_aliases = (int)(sizeof aliases / sizeof aliases[0]),
+    .brief = "hidden_size,num_attention_heads,intermediate_size,num_hidden_layers,layer_norm_eps,"
+             "encoder_width,video_dim,audio_dim",
+    .state_dict = "[layer.N.]attention.self.{query,key,value}.{weight,bias}, "
+                  "attention.output.dense.{weight,bias}, attention.output.LayerNorm.{weight,bias}, "
+                  "crossattention.<the same> (key and value weights (hidden_size, encoder_width)), "
+                  "intermediate.dense.{weight,bias}, output.dense.{weight,bias}, "
+                  "output.LayerNorm.{weight,bias}; optional proj.video.{weight,bias}, "
+                  "proj.audio.{weight,bias}, type_embedding.video, type_embedding.audio",
+    .one_of = "encoder_hidden_states|video,audio",
 };
 
 /* ---------------------------------------------------------------------------------------- */

@@ -125,14 +125,18 @@ static xattn_module *open_standing_in(const xattn_safetensors *st, const xattn_f
     return m;
 }
 
-/* "module: REFERENCE[ at prefix 'P'] (option=value, ...)" for each module the registry finds,
- * from the kind's brief description (xattn_kind_brief). Returns the number of modules. */
+/* "module: REFERENCE[ at prefix 'P'] (option=value, ...)" for each module the registry finds
+ * of a kind the command line runs through it (the others keep their own description), from the
+ * kind's brief description (xattn_kind_brief). Returns the number of modules described. */
 static size_t print_registry_modules(const xattn_safetensors *st)
 {
     xattn_found f[32];
     const size_t n = xattn_module_scan(st, f, 32);
+    size_t shown = 0;
     for (size_t i = 0; i < n && i < 32; i++) {
-        char ref[160], at[320] = "", pp[256], why[512], line[2048], shown[2048];
+        if (!reg_cli_handles(f[i].kind)) continue;
+        shown++;
+        char ref[160], at[320] = "", pp[256], why[512], line[2048], text[2048];
         reg_reference_name(f[i].kind, ref, sizeof ref);
         if (f[i].prefix[0])
             snprintf(at, sizeof at, " at prefix '%s'", cli_printable(f[i].prefix, pp, sizeof pp));
@@ -147,10 +151,10 @@ static size_t print_registry_modules(const xattn_safetensors *st)
             }
         }
         reg_brief(f[i].kind, m, &u, line, sizeof line);
-        printf("module: %s%s (%s)\n", ref, at, cli_printable(line, shown, sizeof shown));
+        printf("module: %s%s (%s)\n", ref, at, cli_printable(line, text, sizeof text));
         xattn_module_free(m);
     }
-    return n;
+    return shown;
 }
 
 /* Prints the "module: ..." line. */

@@ -151,7 +151,7 @@ void reg_reference_name(const char *kind, char *buf, size_t cap)
 
 /* Finds the module of the file (one, or the one --module / --prefix select). */
 static int pick(const char *cmd, const reg_args *a, const xattn_safetensors *st, char *kind,
-                char *prefix)
+                char *prefix, char *why, size_t cap)
 {
     xattn_found f[64];
     size_t n = xattn_module_scan(st, f, 64), match = 0, first = 0;
@@ -184,16 +184,25 @@ static int pick(const char *cmd, const reg_args *a, const xattn_safetensors *st,
                 return -1; /* found by name: the caller opens it by kind */
             }
         }
-        /* --module names another kind than the file holds (at the prefix) */
+        /* --module names another kind than the file holds (at the prefix): opened there all
+         * the same (by kind), so that a failure says what the kind misses (*why: what the
+         * file holds instead) */
         const char *other = NULL;
         for (size_t i = 0; i < n && i < 64 && !other; i++)
             if (!a->prefix || !strcmp(f[i].prefix, a->prefix)) other = f[i].kind;
         char ref[160];
         if (other) {
             reg_reference_name(other, ref, sizeof ref);
-            return cli_error(cmd, a->model, "--module %s, but the tensors are a %s (%s)", a->kind,
-                             ref, other);
+            snprintf(why, cap, "--module %s, but the tensors are a %s (%s)", a->kind, ref, other);
+        } else {
+            snprintf(why, cap, "no %s module found%s%s%s", a->kind,
+                     a->prefix ? " at prefix '" : "",
+                     a->prefix ? cli_printable(a->prefix, pp, sizeof pp) : "",
+                     a->prefix ? "'" : "");
         }
+        snprintf(kind, 64, "%s", a->kind);
+        snprintf(prefix, 256, "%s", a->prefix ? a->prefix : "");
+        return -1;
     }
     xattn_module *m = NULL;
     if (!a->kind && !a->prefix && !n && xattn_module_open(st, NULL, &m) == XATTN_ERR_UNSUPPORTED)
@@ -308,7 +317,8 @@ int reg_open(const char *cmd, const reg_args *a, reg_state *s)
                              a->kind, a->model);
     }
     if (xattn_st_open(a->model, &s->st) != XATTN_OK) return cli_lib_error(cmd, a->model);
-    int rc = pick(cmd, a, s->st, s->kind, s->prefix);
+    char why[512] = "";
+    int rc = pick(cmd, a, s->st, s->kind, s->prefix, why, sizeof why);
     if (rc > 0) return rc;
     if ((rc = collect_options(cmd, s, a))) return rc;
     xattn_open_opts o;
@@ -319,7 +329,10 @@ int reg_open(const char *cmd, const reg_args *a, reg_state *s)
     o.n_options = (size_t)s->n_opts;
     if (xattn_module_open(s->st, &o, &s->m) != XATTN_OK) {
         int orc = option_error(cmd, a->model, s);
-        return orc ? orc : cli_lib_error(cmd, a->model);
+        if (orc || !why[0]) return orc ? orc : cli_lib_error(cmd, a->model);
+        char e[1024]; /* the kind named is not what the file holds: both said */
+        snprintf(e, sizeof e, "%s", xattn_last_error());
+        return cli_error(cmd, a->model, "%s: %s", why, e);
     }
     return 0;
 }

@@ -88,8 +88,8 @@ int reg_brief_options(const char *kind, const char **names, int cap);
 
 /* Parses argv (argv[0] is the command); reports usage errors. */
 int reg_parse(const char *cmd, int argc, char **argv, reg_args *a, int *help);
-/* Opens the file and the module (--module / --prefix select), prints assumed defaults as
- * warnings. Returns 0 or an exit code (reported). */
+/* Opens the file and the module (--module / --prefix select). Returns 0 or an exit code
+ * (reported). */
 int reg_open(const char *cmd, const reg_args *a, reg_state *s);
 void reg_free(reg_state *s);
 int reg_check_weights(const char *cmd, const reg_args *a, const reg_state *s);

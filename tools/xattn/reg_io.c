@@ -58,7 +58,7 @@ static int64_t config_value(const reg_state *s, const char *name, int *ok)
     for (size_t i = 0; i < xattn_module_config_count(s->m); i++) {
         xattn_config_entry e;
         if (!xattn_module_config(s->m, i, &e) && !strcmp(e.name, name)) {
-            *ok = 1;
+            *ok = strcmp(e.value, "None") != 0; /* a size the module lacks: the library says so */
             return !strcmp(e.value, "True") ? 1 : atoll(e.value); /* a bool counts 0 or 1 */
         }
     }
@@ -176,13 +176,23 @@ static int check_dim(const char *cmd, const reg_args *a, reg_state *s, int i, co
     char exp[512], sh[160];
     if (!strcmp(tok, "B") || !strcmp(tok, "B/1")) {
         int j = sym_index(s, "B");
-        return cli_error(cmd, file, "batch %lld does not match the batch %lld of %s",
+        return cli_error(cmd, file,
+                         "batch %lld does not match the batch %lld of %s (batch sizes differ)",
                          (long long)got, (long long)want, j >= 0 ? s->sym_file[j] : first_file(s));
     }
     if (last && !is_sym(tok) && !strpbrk(tok, "*+") && !(tok[0] >= '0' && tok[0] <= '9') &&
-        s->in_desc[i].shape[0] == 'B')
-        return cli_error(cmd, file, "last dimension %lld does not match the model's %s %lld (%s)",
-                         (long long)got, tok, (long long)want, a->model);
+        s->in_desc[i].shape[0] == 'B') { /* the width: the model's value and where it came from */
+        char from[320] = "";
+        for (size_t c = 0; c < xattn_module_config_count(s->m); c++) {
+            xattn_config_entry e;
+            if (!xattn_module_config(s->m, c, &e) && !strcmp(e.name, tok) && e.detail[0])
+                snprintf(from, sizeof from, ", its %s from the %s", e.name, e.detail);
+        }
+        return cli_error(cmd, file,
+                         "last dimension %lld does not match the model's %s %lld (the "
+                         "model's dim is %lld%s in %s)",
+                         (long long)got, tok, (long long)want, (long long)want, from, a->model);
+    }
     if (strchr(s->in_desc[i].shape, '|')) /* a shape of several ranks: each of them */
         return cli_error(cmd, file, "has shape %s; expected %s for %s",
                          cli_shape_str(&s->arr[i], sh, sizeof sh),
@@ -536,13 +546,79 @@ static int generate(const char *cmd, const reg_args *a, reg_state *s, int i)
     return 0;
 }
 
+/* ---- inputs given one of several ways (xattn_kind_one_of: "a|b,c") ---------------------- */
+
+/* The way (0, 1, ...) input `name` belongs to, or -1. */
+static int way_of(const char *one_of, const char *name)
+{
+    const size_t n = strlen(name);
+    int way = 0;
+    for (const char *p = one_of; *p;) {
+        const size_t l = strcspn(p, ",|");
+        if (l == n && !strncmp(p, name, n)) return way;
+        p += l;
+        way += *p == '|';
+        p += *p != '\0';
+    }
+    return -1;
+}
+
+/* "--a (or --memory) | --b, --c": the ways as flags. */
+static void ways_text(const reg_state *s, const char *one_of, char *buf, size_t cap)
+{
+    size_t o = 0;
+    buf[0] = '\0';
+    for (int w = 0, n = 1; n && o < cap; w++) {
+        n = 0;
+        for (int i = 0; i < s->n_in && o < cap; i++) {
+            char flag[160];
+            if (way_of(one_of, s->in_desc[i].name) != w) continue;
+            reg_flag_of(s->kind, s->in_desc[i].name, i, flag, sizeof flag);
+            o += (size_t)snprintf(buf + o, cap - o, "%s%s", n++ ? ", " : w ? " | " : "", flag);
+        }
+    }
+}
+
+/* Inputs of two ways, or of none (bench makes the first): a usage error naming them. */
+static int check_ways(const char *cmd, const reg_state *s, int gen)
+{
+    const char *one_of = xattn_kind_one_of(s->kind);
+    int given = -1, first = -1;
+    char ways[512];
+    for (int i = 0; one_of[0] && i < s->n_in; i++) {
+        const int w = way_of(one_of, s->in_desc[i].name);
+        if (w < 0 || !s->in_flag[i]) continue;
+        if (given >= 0 && w != given) {
+            ways_text(s, one_of, ways, sizeof ways);
+            return cli_usage(cmd, "%s and %s exclude each other: %s takes one of %s",
+                             s->in_flag[first], s->in_flag[i], s->kind, ways);
+        }
+        if (given < 0) given = w, first = i;
+    }
+    if (!one_of[0] || given >= 0 || gen) return 0;
+    ways_text(s, one_of, ways, sizeof ways);
+    return cli_usage(cmd, "missing one of %s", ways);
+}
+
+/* bench: 1 if input i is one of the kind's one-of inputs that is not made: any, once one of
+ * them is given; else those of the ways after the first. */
+static int other_way(const reg_state *s, int i)
+{
+    const char *one_of = xattn_kind_one_of(s->kind);
+    const int w = way_of(one_of, s->in_desc[i].name);
+    int given = 0;
+    for (int j = 0; w >= 0 && j < s->n_in; j++)
+        given |= s->in_flag[j] && way_of(one_of, s->in_desc[j].name) >= 0;
+    return w >= 0 && (given || w > 0);
+}
+
 int reg_inputs(const char *cmd, const reg_args *a, reg_state *s, int gen)
 {
     s->n_in = (int)xattn_module_input_count(s->m);
     if (s->n_in > REG_MAX_IO) return cli_error(cmd, a->model, "too many inputs");
     for (int i = 0; i < s->n_in; i++) xattn_module_input(s->m, (size_t)i, &s->in_desc[i]);
     int rc = map_inputs(cmd, a, s);
-    if (rc) return rc;
+    if (rc || (rc = check_ways(cmd, s, gen))) return rc;
     for (int i = 0; i < s->n_in; i++) {
         if (!s->in_flag[i]) continue;
         if ((rc = load_one(cmd, a, s, i))) return rc;
@@ -577,7 +653,7 @@ int reg_inputs(const char *cmd, const reg_args *a, reg_state *s, int gen)
         /* bench: an optional input of data (not a mask, bias or switch: the keys of a
          * cross-attention) is made too, of --context-len */
         const int data = !d->mask && !d->additive && d->shape[0];
-        if (s->in_flag[i] || (d->optional && !(gen && data))) continue;
+        if (s->in_flag[i] || (d->optional && !(gen && data && !other_way(s, i)))) continue;
         if (!gen && asked_by_model(s, i)) { /* the model's need, not the command line's */
             char ref[160], flag[160];
             reg_reference_name(s->kind, ref, sizeof ref);
@@ -587,9 +663,12 @@ int reg_inputs(const char *cmd, const reg_args *a, reg_state *s, int gen)
                              flag);
         }
         if (!gen) {
-            const char *doc = s->in_desc[i].doc;
-            return cli_usage(cmd, "missing --%s FILE.npy%s%s%s", s->in_desc[i].name,
-                             i < 2 ? (i ? " (or --context)" : " (or --x)") : "", doc[0] ? ": " : "", doc);
+            const char *doc = s->in_desc[i].doc, *also = i == 0 ? "x" : i == 1 ? "context" : "";
+            return cli_usage(cmd, "missing --%s FILE.npy%s%s%s%s%s", s->in_desc[i].name,
+                             also[0] && strcmp(also, s->in_desc[i].name) ? " (or --" : "",
+                             also[0] && strcmp(also, s->in_desc[i].name) ? also : "",
+                             also[0] && strcmp(also, s->in_desc[i].name) ? ")" : "",
+                             doc[0] ? ": " : "", doc);
         }
         if ((rc = generate(cmd, a, s, i))) return rc;
     }
@@ -747,21 +826,73 @@ int reg_forward(const char *cmd, const reg_args *a, reg_state *s, xattn_ctx *ctx
     return 0;
 }
 
+/* The file name of part k of an output saved in parts: its template "BASE{A+B*k}" with A and B
+ * integers or config fields. */
+static int part_name(const reg_state *s, const char *parts, int64_t k, char *buf, size_t cap)
+{
+    const char *open = strchr(parts, '{'), *close = open ? strchr(open, '}') : NULL;
+    if (!close) return -1;
+    int64_t v = 0;
+    for (const char *p = open + 1; p < close;) {
+        char term[64];
+        const size_t l = strcspn(p, "+}"), tl = l < sizeof term ? l : sizeof term - 1;
+        snprintf(term, sizeof term, "%.*s", (int)tl, p);
+        int known = 1;
+        if (!strcmp(term, "k"))
+            v += k;
+        else if (tl > 2 && !strcmp(term + tl - 2, "*k")) {
+            term[tl - 2] = '\0';
+            v += k * tok_value(s, term, &known);
+        } else
+            v += tok_value(s, term, &known);
+        if (!known) return -1;
+        p += l + (p[l] == '+');
+    }
+    snprintf(buf, cap, "%.*s%lld%s", (int)(open - parts), parts, (long long)v, close + 1);
+    return 0;
+}
+
 int reg_write(const char *cmd, const reg_args *a, const reg_state *s)
 {
-    cli_output outs[REG_MAX_IO];
+    xattn_io_desc d[REG_MAX_IO];
     char notes[REG_MAX_IO][256]; /* the docs of optional outputs, for this module */
+    int64_t n = 0;
     for (int o = 0; o < s->n_out; o++) {
-        xattn_io_desc d;
         for (size_t k = 0; k < xattn_module_output_count(s->m); k++)
-            if (!xattn_module_output(s->m, k, &d) && !strcmp(d.name, s->out[o].name)) break;
-        const int drop = s->unbatched && d.shape[0] == 'B';
-        reg_expand(s->kind, s->m, NULL, d.doc, notes[o], sizeof notes[o]);
-        cli_output_set(&outs[o], s->out_as[o] ? s->out_as[o] : s->out[o].name, s->out[o].data,
-                       d.optional ? notes[o] : NULL,
-                       s->out[o].ndim - drop, s->out[o].shape + drop);
+            if (!xattn_module_output(s->m, k, &d[o]) && !strcmp(d[o].name, s->out[o].name)) break;
+        reg_expand(s->kind, s->m, NULL, d[o].doc, notes[o], sizeof notes[o]);
+        n += d[o].parts[0] && s->out[o].ndim > 0 ? s->out[o].shape[0] : 1;
     }
-    return cli_write_outputs(cmd, a->out_dir ? a->out_dir : ".", outs, s->n_out);
+    cli_output *outs = calloc((size_t)(n ? n : 1), sizeof *outs);
+    char(*names)[128] = calloc((size_t)(n ? n : 1), sizeof *names);
+    int w = 0, rc = 0;
+    if (!outs || !names) rc = cli_error(cmd, NULL, "out of memory");
+    for (int o = 0; o < s->n_out && !rc; o++) {
+        const xattn_tensor *t = &s->out[o];
+        const char *note = d[o].optional ? notes[o] : NULL;
+        if (!d[o].parts[0] || t->ndim < 1) { /* one array */
+            const int drop = s->unbatched && d[o].shape[0] == 'B';
+            cli_output_set(&outs[w++], s->out_as[o] ? s->out_as[o] : t->name, t->data, note,
+                           t->ndim - drop, t->shape + drop);
+            continue;
+        }
+        /* one file per index of the first axis, without the batch axis after it if unbatched */
+        const char *rest = strchr(d[o].shape, ',');
+        const int drop = s->unbatched && rest && rest[1] == 'B';
+        int64_t per = 1;
+        for (int k = 1; k < t->ndim; k++) per *= t->shape[k];
+        for (int64_t k = 0; k < t->shape[0] && !rc; k++, w++) {
+            if (part_name(s, d[o].parts, k, names[w], sizeof names[w]))
+                rc = cli_error(cmd, NULL, "output '%s': cannot name its parts (%s)", t->name,
+                               d[o].parts);
+            cli_output_set(&outs[w], names[w], (float *)t->data + k * per, note, t->ndim - 1 - drop,
+                           t->shape + 1 + drop);
+        }
+    }
+    if (!rc) rc = cli_write_outputs(cmd, a->out_dir ? a->out_dir : ".", outs, w);
+    free(outs);
+    free(names);
+    return rc;
 }
 
 void reg_help_kinds(void)

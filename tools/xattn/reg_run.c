@@ -7,8 +7,10 @@
 #include <string.h>
 
 /* Kinds whose command-line runs go through the registry. */
-static const char *const REGISTRY_KINDS[] = {"conv2d-cross", "mutual", "mha", "attention",
-                                             "bidir", "bidir-transformer", NULL};
+static const char *const REGISTRY_KINDS[] = {"conv2d-cross", "mutual",     "mha",
+                                             "attention",    "joint",      "interlaced",
+                                             "bert-decoder", "bidir",      "bidir-transformer",
+                                             NULL};
 
 int reg_cli_handles(const char *kind)
 {
@@ -68,6 +70,17 @@ void reg_help_kind(const char *kind)
                : d.additive ? (d.mask ? ", bool or float (added)" : ", float")
                : d.mask ? ", bool" : "", doc, al);
     }
+    const char *one_of = xattn_kind_one_of(kind); /* "a|b,c" -> "--a | --b, --c" */
+    if (one_of[0]) {
+        printf("  give one way (not two, not none): --");
+        for (const char *c = one_of; *c; c++) {
+            if (*c == '|' || *c == ',')
+                printf("%s--", *c == '|' ? " | " : ", ");
+            else
+                putchar(*c == '_' ? '-' : *c);
+        }
+        printf("\n");
+    }
     printf("%s options (the reference constructor's arguments; default in brackets, - = from the file):\n", kind);
     for (size_t j = 0;; j++) {
         xattn_arg_desc a;
@@ -96,8 +109,10 @@ void reg_help_kind(const char *kind)
                                   e.as[0] ? " (written as " : "", e.as, e.as[0] ? ".npy)" : "");
         }
         reg_expand(kind, NULL, NULL, d.doc, doc, sizeof doc);
-        printf("  %-22s (%s)%s%s %s\n", d.name, d.shape,
-               d.optional && !variant ? " with --return-attn" : "", ask, doc);
+        printf("  %-22s (%s)%s%s %s%s%s%s\n", d.name, d.shape,
+               d.optional && !variant ? " with --return-attn" : "", ask, doc,
+               d.parts[0] ? "; saved one file per index k of the first axis, as " : "", d.parts,
+               d.parts[0] ? ".npy" : "");
     }
 }
 
