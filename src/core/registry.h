@@ -17,8 +17,8 @@
  * symbol alone binds it. */
 #define XA_IO_OPT 0x01u      /* optional input / output produced only when asked          */
 #define XA_IO_MASK 0x02u     /* bool (or integer, nonzero = true) mask                    */
-#define XA_IO_ADDITIVE 0x04u /* added to the logits: a mask that may also be float, or
-                                (without XA_IO_MASK) a float bias                          */
+/* added to the logits: a mask that may also be float, or (without XA_IO_MASK) a float bias */
+#define XA_IO_ADDITIVE 0x04u
 #define XA_MAX_IO 12
 #define XA_MAX_SYMS 12
 

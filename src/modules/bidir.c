@@ -664,7 +664,6 @@ static int tf_claims(const xattn_safetensors *st, const char *prefix)
            xa_has(st, prefix, "layers.0.1.1.weight");
 }
 
-
 /* The package's masks keep what is True (the opposite of torch's); a position (i, j) is kept
  * when both are, and a fully masked row or column becomes a uniform average (masked
  * similarities are -FLT_MAX), not NaN. */
@@ -689,7 +688,7 @@ static const xa_io bd_outputs[] = {
 
 /* The one-line descriptions: the heads a talking-heads weight tells are marked so; the prenorm
  * as the package names it. */
-#define BD_HEADS "heads={heads}{heads@shape? (from {heads@})}"
+#define BD_HEADS   "heads={heads}{heads@shape? (from {heads@})}"
 #define BD_PRENORM "prenorm={prenorm?{layernorm?LayerNorm (0.0.x)|RMSNorm}|none}"
 
 static xattn_status forward_named(const xa_mod *core, const xa_run *r);

@@ -21,8 +21,7 @@ static void help(void)
            "came from. The kinds ('xattn run --module KIND --help' names their tensors):\n");
     for (size_t i = 0; i < xattn_kind_count(); i++) {
         xattn_kind_desc k;
-        if (!xattn_kind_info(i, &k) && k.state_dict[0])
-            printf("  %-18s %s\n", k.name, k.reference);
+        if (!xattn_kind_info(i, &k) && k.state_dict[0]) printf("  %-18s %s\n", k.name, k.reference);
     }
     printf("\n"
            "options:\n"

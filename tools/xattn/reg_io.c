@@ -371,7 +371,8 @@ static void owners_of(const char *kind, const char *name, char *buf, size_t cap)
     buf[0] = '\0';
     for (size_t i = 0; i < xattn_kind_count() && o < cap; i++) {
         xattn_kind_desc k;
-        if (xattn_kind_info(i, &k) || !strcmp(k.name, kind) || !flag_of_kind(k.name, name)) continue;
+        if (xattn_kind_info(i, &k) || !strcmp(k.name, kind) || !flag_of_kind(k.name, name))
+            continue;
         const char *fam = xattn_kind_family(k.name);
         char who[200];
         if (fam[0] && strcmp(fam, family))
@@ -405,7 +406,8 @@ static void masks_text(const reg_state *s, char *buf, size_t cap)
         o += (size_t)snprintf(buf + o, cap - o, "%s%s%s%s%s", k++ ? ", " : "; its masks: ", flag,
                               same ? "" : " (True = ", same ? "" : tm, same ? "" : ")");
     }
-    if (n && o < cap) snprintf(buf + o, cap - o, "%s%s", same ? ": True = " : "", same ? first : "");
+    if (n && o < cap)
+        snprintf(buf + o, cap - o, "%s%s", same ? ": True = " : "", same ? first : "");
 }
 
 /* A required input not given that a kind of another family takes as optional by the same flag
@@ -462,8 +464,7 @@ static int map_inputs(const char *cmd, const reg_args *a, reg_state *s)
         if (hit < 0) {
             char list[1024];
             size_t off = 0;
-            for (int i = 0; i < s->n_in; i++)
-            {
+            for (int i = 0; i < s->n_in; i++) {
                 off += (size_t)snprintf(list + off, sizeof list - off, "%s--", i ? ", " : "");
                 for (const char *c = s->in_desc[i].name; *c && off + 1 < sizeof list; c++)
                     list[off++] = *c == '_' ? '-' : *c;
@@ -658,9 +659,8 @@ int reg_inputs(const char *cmd, const reg_args *a, reg_state *s, int gen)
             char ref[160], flag[160];
             reg_reference_name(s->kind, ref, sizeof ref);
             reg_flag_of(s->kind, s->in_desc[i].name, i, flag, sizeof flag);
-            return cli_error(cmd, a->model, "the model is a %s (%s): give %s with %s FILE.npy",
-                             ref, s->kind, s->in_desc[i].doc[0] ? s->in_desc[i].doc : "it",
-                             flag);
+            return cli_error(cmd, a->model, "the model is a %s (%s): give %s with %s FILE.npy", ref,
+                             s->kind, s->in_desc[i].doc[0] ? s->in_desc[i].doc : "it", flag);
         }
         if (!gen) {
             const char *doc = s->in_desc[i].doc, *also = i == 0 ? "x" : i == 1 ? "context" : "";
@@ -798,8 +798,10 @@ int reg_outputs(const char *cmd, const reg_args *a, reg_state *s)
                 if (!xattn_module_output(s->m, k, &d))
                     o += (size_t)snprintf(outs + o, sizeof outs - o, "%s%s", k ? ", " : "", d.name);
             }
-            return cli_error(cmd, a->model, "--return-attn: a %s (%s) returns no attention maps "
-                             "(its outputs: %s)", ref, s->kind, outs);
+            return cli_error(cmd, a->model,
+                             "--return-attn: a %s (%s) returns no attention maps "
+                             "(its outputs: %s)",
+                             ref, s->kind, outs);
         }
     }
     if (xattn_module_plan(s->m, in, n_in, s->out, (size_t)s->n_out))

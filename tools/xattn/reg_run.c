@@ -7,10 +7,9 @@
 #include <string.h>
 
 /* Kinds whose command-line runs go through the registry. */
-static const char *const REGISTRY_KINDS[] = {"conv2d-cross", "mutual",     "mha",
-                                             "attention",    "joint",      "interlaced",
-                                             "bert-decoder", "bidir",      "bidir-transformer",
-                                             NULL};
+static const char *const REGISTRY_KINDS[] = {
+    "conv2d-cross", "mutual",       "mha",   "attention",         "joint",
+    "interlaced",   "bert-decoder", "bidir", "bidir-transformer", NULL};
 
 int reg_cli_handles(const char *kind)
 {
@@ -66,9 +65,11 @@ void reg_help_kind(const char *kind)
         also(kind, d.name, (int)i, al, sizeof al);
         reg_expand(kind, NULL, NULL, d.doc, doc, sizeof doc);
         printf("  %-22s (%s)%s%s %s%s\n", flag, d.shape, d.optional ? " optional" : "",
-               !d.shape[0] ? ", a switch (the flag alone)"
+               !d.shape[0]  ? ", a switch (the flag alone)"
                : d.additive ? (d.mask ? ", bool or float (added)" : ", float")
-               : d.mask ? ", bool" : "", doc, al);
+               : d.mask     ? ", bool"
+                            : "",
+               doc, al);
     }
     const char *one_of = xattn_kind_one_of(kind); /* "a|b,c" -> "--a | --b, --c" */
     if (one_of[0]) {
@@ -136,16 +137,17 @@ static const char *kind_of(const reg_args *a, char *buf, size_t cap)
 /* `xattn run --help` without a kind: every kind the command line runs this way. */
 static void help_run(void)
 {
-    printf("Runs a module saved from PyTorch with safetensors.torch.save_file(module.state_dict(),\n"
-           "...) on .npy inputs. Its kind is detected from the tensor names (a common name prefix\n"
-           "such as 'blk.attn.' is allowed) and every size from the shapes. Each kind takes the\n"
-           "inputs of its reference's forward as --NAME FILE.npy (dashes for underscores; --x and\n"
-           "--context name the first two; inputs without their leading batch axis are one\n"
-           "sequence) and the arguments of its constructor as options (--NAME VALUE, a bool also\n"
-           "as the flag alone); an option that leaves no trace in the state dict and is neither\n"
-           "given nor in the file's __metadata__ takes the reference's default, announced as a\n"
-           "warning after the run. Masks take the polarity of the reference, as each says.\n"
-           "'xattn run --module KIND --help' (or MODEL.safetensors --help) shows one kind:\n");
+    printf(
+        "Runs a module saved from PyTorch with safetensors.torch.save_file(module.state_dict(),\n"
+        "...) on .npy inputs. Its kind is detected from the tensor names (a common name prefix\n"
+        "such as 'blk.attn.' is allowed) and every size from the shapes. Each kind takes the\n"
+        "inputs of its reference's forward as --NAME FILE.npy (dashes for underscores; --x and\n"
+        "--context name the first two; inputs without their leading batch axis are one\n"
+        "sequence) and the arguments of its constructor as options (--NAME VALUE, a bool also\n"
+        "as the flag alone); an option that leaves no trace in the state dict and is neither\n"
+        "given nor in the file's __metadata__ takes the reference's default, announced as a\n"
+        "warning after the run. Masks take the polarity of the reference, as each says.\n"
+        "'xattn run --module KIND --help' (or MODEL.safetensors --help) shows one kind:\n");
     for (size_t i = 0; i < xattn_kind_count(); i++) {
         xattn_kind_desc k;
         if (xattn_kind_info(i, &k) || !reg_cli_handles(k.name)) continue;
@@ -173,7 +175,8 @@ static void help_run(void)
            "  --threads N           threads (default: all cores)\n"
            "  -h, --help            this help\n");
     const cli_ext_module *m = cli_ext_at(0);
-    if (m) printf("\nmore modules, each with its own options ('xattn run --module KIND --help'):\n");
+    if (m)
+        printf("\nmore modules, each with its own options ('xattn run --module KIND --help'):\n");
     for (int i = 0; (m = cli_ext_at(i)); i++) printf("  %-24s  %s\n", m->kind, m->summary);
 }
 
@@ -189,7 +192,8 @@ int reg_cmd_run(const char *cmd, int argc, char **argv)
         char kb[64] = "";
         const char *kind = kind_of(&a, kb, sizeof kb);
         if (kind) reg_help_kind(kind);
-        else help_run();
+        else
+            help_run();
         return CLI_EXIT_OK;
     }
     if (!a.model && !a.kind) return cli_usage(cmd, "missing MODEL.safetensors");
@@ -246,16 +250,18 @@ int reg_cmd_bench(const char *cmd, int argc, char **argv)
     int help, rc;
     if ((rc = reg_parse(cmd, argc, argv, &a, &help))) return rc;
     if (help) {
-        printf("usage: xattn bench MODEL.safetensors [--module KIND] [--prefix P] [--INPUT FILE.npy ...]\n"
-               "                   [--OPTION VALUE ...] [--batch B] [--len I] [--context-len J]\n"
-               "                   [--reps N] [--threads N] [--return-attn] [--out-dir DIR] [--json]\n"
-               "\n"
-               "Times the forward of a module (any kind 'xattn run' takes, with the same inputs and\n"
-               "options) after one warm-up run: the median of --reps runs (default 5) and the peak\n"
-               "resident memory of this process (VmHWM). Inputs not given (but masks and biases)\n"
-               "are made: the batch of the given inputs (else --batch, default 1), the first other\n"
-               "size --len (default 1024), the next --context-len (default 2 * --len). --out-dir\n"
-               "also writes the outputs of the last run.\n\n");
+        printf(
+            "usage: xattn bench MODEL.safetensors [--module KIND] [--prefix P] [--INPUT FILE.npy "
+            "...]\n"
+            "                   [--OPTION VALUE ...] [--batch B] [--len I] [--context-len J]\n"
+            "                   [--reps N] [--threads N] [--return-attn] [--out-dir DIR] [--json]\n"
+            "\n"
+            "Times the forward of a module (any kind 'xattn run' takes, with the same inputs and\n"
+            "options) after one warm-up run: the median of --reps runs (default 5) and the peak\n"
+            "resident memory of this process (VmHWM). Inputs not given (but masks and biases)\n"
+            "are made: the batch of the given inputs (else --batch, default 1), the first other\n"
+            "size --len (default 1024), the next --context-len (default 2 * --len). --out-dir\n"
+            "also writes the outputs of the last run.\n\n");
         char kb[64] = "";
         const char *kind = kind_of(&a, kb, sizeof kb);
         if (kind) reg_help_kind(kind);

@@ -98,8 +98,10 @@ static void value(const char *kind, const xattn_module *m, const reg_unknown *u,
     }
     char note[256];
     if (dflt[0])
-        snprintf(note, sizeof note, " (not in the file, and the default %s does not fit it: pass "
-                 "%s to run)", dflt, flag);
+        snprintf(note, sizeof note,
+                 " (not in the file, and the default %s does not fit it: pass "
+                 "%s to run)",
+                 dflt, flag);
     else
         snprintf(note, sizeof note, " (not in the file: pass %s to run)", flag);
     puts_(o, note);
@@ -173,13 +175,17 @@ static void expand(const char *kind, const xattn_module *m, const reg_unknown *u
             if (src)
                 yes = !unk && strlen(e.source) == src_l && !strncmp(e.source, src, src_l);
             else
-                yes = !strcmp(e.value, "True") || (strcmp(e.value, "False") && strcmp(e.value, "None") &&
-                                                   atof(e.value) != 0);
-            if (yes) expand(kind, m, u, a, a_end, o);
-            else expand(kind, m, u, b, close, o);
+                yes = !strcmp(e.value, "True") ||
+                      (strcmp(e.value, "False") && strcmp(e.value, "None") && atof(e.value) != 0);
+            if (yes)
+                expand(kind, m, u, a, a_end, o);
+            else
+                expand(kind, m, u, b, close, o);
         } else if (src) {
-            if (have && !unk) tensor_of(m, &e, o);
-            else puts_(o, "?");
+            if (have && !unk)
+                tensor_of(m, &e, o);
+            else
+                puts_(o, "?");
         } else {
             value(kind, m, u, name, o);
         }
@@ -195,8 +201,7 @@ void reg_expand(const char *kind, const xattn_module *m, const reg_unknown *u, c
     expand(kind, m, u, tmpl, tmpl + strlen(tmpl), &o);
 }
 
-void reg_brief(const char *kind, const xattn_module *m, const reg_unknown *u, char *buf,
-               size_t cap)
+void reg_brief(const char *kind, const xattn_module *m, const reg_unknown *u, char *buf, size_t cap)
 {
     out_buf o = {buf, cap, 0};
     if (cap) buf[0] = '\0';
