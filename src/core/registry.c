@@ -211,6 +211,20 @@ xattn_status xattn_kind_arg(const char *kind, size_t j, xattn_arg_desc *a)
     return XATTN_OK;
 }
 
+xattn_status xattn_kind_alias(const char *kind, size_t i, xattn_alias_desc *d)
+{
+    const xa_kind *k = xa_kind_find(kind);
+    if (!k || !d || i >= (size_t)k->n_aliases)
+        return xa_error(XATTN_ERR_ARG, "xattn_kind_alias: no alias %zu of '%s'", i,
+                        kind ? kind : "(null)");
+    memset(d, 0, sizeof *d);
+    d->alias = k->aliases[i].alias;
+    d->name = k->aliases[i].name;
+    d->as = k->aliases[i].as ? k->aliases[i].as : "";
+    xa_clear_error();
+    return XATTN_OK;
+}
+
 static xattn_status find_kind(const char *name, const xa_kind **k)
 {
     if ((*k = xa_kind_find(name))) return XATTN_OK;
@@ -446,8 +460,9 @@ static const xa_io *io_of(const xattn_module *m, int output, size_t i, size_t *n
     return i < *n ? &(output ? k->outputs : k->inputs)[i] : NULL;
 }
 
-static void fill_io(const xa_io *io, xattn_io_desc *d)
+static void fill_io(const xa_kind *k, int output, const xa_io *io, xattn_io_desc *d)
 {
+    const char *alt = output ? NULL : xa_input_alt(k, io->name);
     memset(d, 0, sizeof *d);
     d->name = io->name;
     d->shape = io->shape;
@@ -455,6 +470,8 @@ static void fill_io(const xa_io *io, xattn_io_desc *d)
     d->mask = (io->flags & XA_IO_MASK) != 0;
     d->additive = (io->flags & XA_IO_ADDITIVE) != 0;
     d->doc = io->doc ? io->doc : "";
+    d->alternative = alt ? alt : "";
+    d->when_bound = (io->flags & XA_IO_BOUND) != 0;
 }
 
 static xattn_status io_desc(const xattn_module *m, int output, size_t i, xattn_io_desc *d)
@@ -462,7 +479,7 @@ static xattn_status io_desc(const xattn_module *m, int output, size_t i, xattn_i
     size_t n;
     const xa_io *io = m && d ? io_of(m, output, i, &n) : NULL;
     if (!io) return xa_error(XATTN_ERR_ARG, "module %s %zu out of range", output ? "output" : "input", i);
-    fill_io(io, d);
+    fill_io(m->m->kind, output, io, d);
     xa_clear_error();
     return XATTN_OK;
 }
@@ -485,7 +502,7 @@ xattn_status xattn_kind_io(const char *kind, int output, size_t i, xattn_io_desc
     if (!k || !d || i >= n)
         return xa_error(XATTN_ERR_ARG, "xattn_kind_io: no %s %zu of '%s'",
                         output ? "output" : "input", i, kind ? kind : "(null)");
-    fill_io(&(output ? k->outputs : k->inputs)[i], d);
+    fill_io(k, output, &(output ? k->outputs : k->inputs)[i], d);
     xa_clear_error();
     return XATTN_OK;
 }
