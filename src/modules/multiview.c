@@ -363,7 +363,7 @@ static xattn_status stage_heads(xattn_multiview *m, int64_t k, const int64_t *op
     if (!st)
         return xa_error(XATTN_ERR_ARG, "%s: heads is not given: the reference has no default; "
                         "state it with the option 'heads'", FN_LOAD);
-    return xa_error(XATTN_ERR_ARG, "the number of heads is not known: pass heads or store "
+    return xa_error(XATTN_ERR_ARG, "the number of heads is not known: pass option 'heads' or store "
                     "__metadata__ {\"heads\": \"H\"} or {\"heads\": \"H0,H1,...\"} (one per "
                     "stage) in the file");
 }
@@ -530,7 +530,7 @@ static void destroy(xa_mod *core)
  * view's pooled token count M_v = floor(N_v / 2^(S-1)), which the plan hook binds. */
 #define XS(v, f)                                                                                \
     {"xs." #v, "B,N" #v ",in_dim", f,                                                           \
-     "view " #v " (B, N_v, C_0): views xs.0 .. xs.{V-1} of the module's V, at least two"}
+     "view " #v " (B, N_v, C_0): xs.0 .. xs.{V-1} for the module's V views (at least two views)"}
 #define OUT(v, f)                                                                               \
     {"out." #v, "B,M" #v ",out_dim", f,                                                         \
      "view " #v " after the last stage: M_v = N_v halved (floor) once per stage after the first"}

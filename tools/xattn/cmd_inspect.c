@@ -1,6 +1,7 @@
 /* xattn inspect: tensors, metadata and the detected module of a safetensors file. */
 #include "cli.h"
 #include "modules_ext.h"
+#include "reg_cli.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -133,6 +134,47 @@ static void print_registry(const xattn_safetensors *st)
     }
 }
 
+/* "module: REFERENCE[ at prefix 'P'] (option=value, ...)" for each module of a kind the command
+ * line runs through the registry, every option resolved ("(default)": assumed). Returns how
+ * many. */
+static size_t print_registry_modules(const xattn_safetensors *st)
+{
+    xattn_found f[32];
+    const size_t n = xattn_module_scan(st, f, 32);
+    size_t shown = 0;
+    for (size_t i = 0; i < n && i < 32; i++) {
+        if (!reg_cli_handles(f[i].kind)) continue;
+        shown++;
+        char ref[160], at[320] = "", pp[256], why[512];
+        reg_reference_name(f[i].kind, ref, sizeof ref);
+        if (f[i].prefix[0])
+            snprintf(at, sizeof at, " at prefix '%s'", cli_printable(f[i].prefix, pp, sizeof pp));
+        xattn_open_opts o = {.kind = f[i].kind, .prefix = f[i].prefix};
+        xattn_module *m = NULL;
+        if (xattn_module_open(st, &o, &m)) {
+            printf("module: unknown (%s names%s, but: %s)\n", ref, at,
+                   cli_printable(xattn_last_error(), why, sizeof why));
+            continue;
+        }
+        printf("module: %s%s (", ref, at);
+        const char *sep = "";
+        for (size_t j = 0;; j++) {
+            xattn_arg_desc a;
+            if (xattn_kind_arg(f[i].kind, j, &a)) break;
+            for (size_t c = 0; !a.derived && c < xattn_module_config_count(m); c++) {
+                xattn_config_entry e;
+                if (xattn_module_config(m, c, &e) || strcmp(e.name, a.name)) continue;
+                printf("%s%s=%s%s", sep, e.name, e.value,
+                       !strcmp(e.source, "default") ? " (default)" : "");
+                sep = ", ";
+            }
+        }
+        printf("; 'xattn run --module %s')\n", f[i].kind);
+        xattn_module_free(m);
+    }
+    return shown;
+}
+
 /* Prints the "module: ..." line. */
 static void print_module(const xattn_safetensors *st)
 {
@@ -142,6 +184,7 @@ static void print_module(const xattn_safetensors *st)
         ext->describe(st);
         return;
     }
+    if (print_registry_modules(st)) return;
     cli_module mod;
     cli_detect_module(st, &mod);
     cli_bidir bf;

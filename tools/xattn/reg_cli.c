@@ -71,7 +71,9 @@ int reg_parse(const char *cmd, int argc, char **argv, reg_args *a, int *help)
         char flag[128];
         const char *eq = strchr(arg, '=');
         snprintf(flag, sizeof flag, "%.*s", (int)(eq ? (size_t)(eq - arg) : strlen(arg)), arg);
-        for (int k = 0; k < n_seen; k++)
+        /* the runner's own flags once; an input or option given twice is refused where it is
+         * mapped (an alias of numbered inputs repeats: --view) */
+        for (int k = 0; k < n_seen && (in_list(FIXED_VALUE, flag) || in_list(FIXED_FLAG, flag)); k++)
             if (!strcmp(a->flags[k], flag)) return cli_usage(cmd, "%s given twice", flag);
         if (n_seen >= REG_MAX_FLAGS) return cli_usage(cmd, "too many options");
         snprintf(a->flags[n_seen++], sizeof a->flags[0], "%s", flag);
@@ -104,6 +106,31 @@ static void flag_to_name(const char *flag, char *buf, size_t cap)
     snprintf(buf, cap, "%s", flag + 2);
     for (char *c = buf; *c; c++)
         if (*c == '-') *c = '_';
+}
+
+/* ---- aliases (other names the kind accepts: older flags, short names) --------------------- */
+
+const char *reg_alias(const char *kind, const char *name, const char **as)
+{
+    for (size_t i = 0;; i++) {
+        xattn_alias_desc d;
+        if (xattn_kind_alias(kind, i, &d)) return NULL;
+        if (strcmp(d.alias, name)) continue;
+        if (as) *as = d.as[0] ? d.as : NULL;
+        return d.name;
+    }
+}
+
+void reg_reference_name(const char *kind, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "%s", kind);
+    for (size_t i = 0; i < xattn_kind_count(); i++) {
+        xattn_kind_desc k;
+        if (!xattn_kind_info(i, &k) && !strcmp(k.name, kind))
+            snprintf(buf, cap, "%.*s", (int)strcspn(k.reference, "("), k.reference);
+    }
+    size_t n = strlen(buf);
+    while (n && buf[n - 1] == ' ') buf[--n] = '\0';
 }
 
 /* ---- the module --------------------------------------------------------------------------- */
@@ -150,17 +177,24 @@ static int pick(const char *cmd, const reg_args *a, const xattn_safetensors *st,
                      a->prefix ? "'" : "");
 }
 
-/* The constructor arguments among the options. */
+/* The constructor arguments among the options (by name or alias; each once). */
 static int collect_options(const char *cmd, reg_state *s, const reg_args *a)
 {
     for (int r = 0; r < a->n_rest; r++) {
         char name[128];
         flag_to_name(a->rest[r].flag, name, sizeof name);
+        const char *target = reg_alias(s->kind, name, NULL);
         for (size_t j = 0;; j++) {
             xattn_arg_desc d;
             if (xattn_kind_arg(s->kind, j, &d)) break;
-            if (strcmp(d.name, name) || d.derived) continue;
+            if (strcmp(d.name, target ? target : name) || d.derived) continue;
             if (!a->rest[r].value) return cli_usage(cmd, "%s needs a value", a->rest[r].flag);
+            for (int k = 0; k < s->n_opts; k++)
+                if (!strcmp(s->opts[k].name, d.name))
+                    return strcmp(s->opt_names[k], a->rest[r].flag)
+                               ? cli_usage(cmd, "%s and %s name the same option", s->opt_names[k],
+                                           a->rest[r].flag)
+                               : cli_usage(cmd, "%s given twice", a->rest[r].flag);
             s->opt_names[s->n_opts] = a->rest[r].flag;
             s->opts[s->n_opts].name = d.name;
             s->opts[s->n_opts].value = a->rest[r].value;
@@ -172,12 +206,19 @@ static int collect_options(const char *cmd, reg_state *s, const reg_args *a)
     return 0;
 }
 
-/* A library error about an option value: a usage error naming the flag; else 0. */
-static int option_error(const char *cmd, const char *model)
+/* A library error about an option: a malformed value ("option 'NAME' is \"V\", not ...") is a
+ * usage error naming the flag; one the value contradicts (the shapes, the module) is reported
+ * on the file; else 0. */
+static int option_error(const char *cmd, const char *model, const reg_state *s)
 {
     const char *e = xattn_last_error();
     const char *q = strstr(e, "option '");
+    char terms[1024];
     if (q && strstr(q, "disagrees")) return cli_error(cmd, model, "%s", q);
+    if (q && !strstr(q, "' is \"")) { /* not a malformed value: the message, in flags */
+        reg_terms(s, e, terms, sizeof terms);
+        return cli_error(cmd, model, "%s", terms);
+    }
     if (!q) return 0;
     char flag[96];
     snprintf(flag, sizeof flag, "--%.*s", (int)strcspn(q + 8, "'"), q + 8);
@@ -199,7 +240,7 @@ int reg_open(const char *cmd, const reg_args *a, reg_state *s)
         int rc = collect_options(cmd, s, a);
         if (rc) return rc;
         if (xattn_module_create(s->kind, s->opts, (size_t)s->n_opts, 0, &s->m)) {
-            int orc = option_error(cmd, NULL);
+            int orc = option_error(cmd, NULL, s);
             return orc ? orc : cli_usage(cmd, "%s", xattn_last_error());
         }
         return 0;
@@ -221,7 +262,7 @@ int reg_open(const char *cmd, const reg_args *a, reg_state *s)
     o.options = s->opts;
     o.n_options = (size_t)s->n_opts;
     if (xattn_module_open(s->st, &o, &s->m) != XATTN_OK) {
-        int orc = option_error(cmd, a->model);
+        int orc = option_error(cmd, a->model, s);
         return orc ? orc : cli_lib_error(cmd, a->model);
     }
     const char *w = xattn_module_warnings(s->m);

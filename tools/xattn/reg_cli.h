@@ -49,6 +49,12 @@ typedef struct reg_state {
     float *outbuf[REG_MAX_IO];
 } reg_state;
 
+/* The input, option or output of kind that alias `name` (underscores) stands for, and for an
+ * output the output it is written in place of (*as = NULL: its own name); NULL: not an alias. */
+const char *reg_alias(const char *kind, const char *name, const char **as);
+/* The reference's class name of a kind: its description up to " (". */
+void reg_reference_name(const char *kind, char *buf, size_t cap);
+
 /* Parses argv (argv[0] is the command); reports usage errors. */
 int reg_parse(const char *cmd, int argc, char **argv, reg_args *a, int *help);
 /* Opens the file and the module (--module / --prefix select), prints assumed defaults as
@@ -66,6 +72,11 @@ int reg_outputs(const char *cmd, const reg_args *a, reg_state *s);
 int reg_forward(const char *cmd, const reg_args *a, reg_state *s, xattn_ctx *ctx);
 /* Writes the outputs into --out-dir (without the leading batch axis for unbatched inputs). */
 int reg_write(const char *cmd, const reg_args *a, const reg_state *s);
+/* A library message in the command line's terms: "option 'NAME'" and the names of the options
+ * given become their flags (--latent-hw). */
+void reg_terms(const reg_state *s, const char *msg, char *out, size_t cap);
+/* The file name (without .npy) of an output: its name, dots as underscores (out.0 -> out_0). */
+void reg_file_name(const char *output, char *buf, size_t cap);
 /* The kinds' inputs and options for --help. */
 void reg_help_kinds(void);
 void reg_help_kind(const char *kind);

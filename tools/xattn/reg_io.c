@@ -1,6 +1,7 @@
 /* Inputs and outputs of a registry module on the command line (see reg_cli.h). */
 #include "reg_cli.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -153,9 +154,15 @@ static int check_dim(const char *cmd, const reg_args *a, reg_state *s, int i, co
                          (long long)got, (long long)want, j >= 0 ? s->sym_file[j] : first_file(s));
     }
     if (last && !is_sym(tok) && !strchr(tok, '*') && !(tok[0] >= '0' && tok[0] <= '9') &&
-        s->in_desc[i].shape[0] == 'B')
-        return cli_error(cmd, file, "last dimension %lld does not match the model's %s %lld (%s)",
-                         (long long)got, tok, (long long)want, a->model);
+        s->in_desc[i].shape[0] == 'B') { /* the model's width, and where it came from */
+        const char *from = "";
+        for (size_t c = 0; c < xattn_module_config_count(s->m); c++) {
+            xattn_config_entry e;
+            if (!xattn_module_config(s->m, c, &e) && !strcmp(e.name, tok)) from = e.detail;
+        }
+        return cli_error(cmd, file, "last dimension %lld does not match the model's %s %lld (%s%s%s)",
+                         (long long)got, tok, (long long)want, a->model, from[0] ? ": " : "", from);
+    }
     expected_text(s, dims, exp, sizeof exp);
     char why[320] = "";
     if (!is_sym(tok)) { /* a config value: say where it came from */
@@ -227,6 +234,64 @@ static void true_means(const char *doc, char *buf, size_t cap)
     snprintf(buf, cap, "%.*s", p ? (int)strcspn(p + 7, ",;)") : 4, p ? p + 7 : "true");
 }
 
+/* An input of a few numbers (a shape without size symbols: motion_scale (3)) may be given
+ * inline, as comma-separated numbers, instead of a FILE.npy: its element count, else 0. */
+static int64_t inline_count(const reg_state *s, int i)
+{
+    const char *shape = s->in_desc[i].shape, *v = s->in_file[i];
+    const size_t l = v ? strlen(v) : 0;
+    if (!shape[0] || strpbrk(shape, "|=.") || (l >= 4 && !strcmp(v + l - 4, ".npy"))) return 0;
+    int nd = 1;
+    for (const char *p = shape; *p; p++) nd += *p == ',';
+    int64_t n = 1;
+    for (int k = 0; k < nd; k++) {
+        char tok[64];
+        int known;
+        dim_tok(shape, k, tok, sizeof tok);
+        const int64_t d = is_sym(tok) ? 0 : tok_value(s, tok, &known);
+        if (d < 1 || d > 4096 || !known || (n *= d) > 4096) return 0;
+    }
+    return n;
+}
+
+static int load_inline(const char *cmd, const reg_args *a, reg_state *s, int i, int64_t n)
+{
+    xattn_array *x = &s->arr[i];
+    const char *v = s->in_file[i], *shape = s->in_desc[i].shape;
+    if (!(x->data = malloc((size_t)n * sizeof(float)))) return cli_error(cmd, NULL, "out of memory");
+    float *f = x->data;
+    int64_t k = 0;
+    int ok = 1;
+    for (const char *p = v;;) {
+        char *end = NULL;
+        const double d = strtod(p, &end);
+        if (end == p || k >= n || (*end && *end != ',')) {
+            ok = 0;
+            break;
+        }
+        f[k++] = (float)d;
+        if (!*end) break;
+        p = end + 1;
+    }
+    if (!ok || k != n)
+        return cli_usage(cmd, "%s: '%s' is not %lld comma-separated numbers (nor a FILE.npy)",
+                         s->in_flag[i], v, (long long)n);
+    for (k = 0; k < n && !a->allow_nonfinite; k++)
+        if (!isfinite(f[k]))
+            return cli_error(cmd, NULL, "%s: '%s' holds a NaN or an infinity at index %lld (use "
+                             "--allow-nonfinite to pass it)", s->in_flag[i], v, (long long)k);
+    x->dtype = XATTN_F32;
+    x->ndim = 1;
+    for (const char *p = shape; *p; p++) x->ndim += *p == ',';
+    for (int d = 0; d < x->ndim; d++) {
+        char tok[64];
+        int known;
+        dim_tok(shape, d, tok, sizeof tok);
+        x->shape[d] = tok_value(s, tok, &known);
+    }
+    return 0;
+}
+
 static int load_one(const char *cmd, const reg_args *a, reg_state *s, int i)
 {
     const xattn_io_desc *d = &s->in_desc[i];
@@ -243,6 +308,8 @@ static int load_one(const char *cmd, const reg_args *a, reg_state *s, int i)
         return 0;
     }
     if (!s->in_file[i]) return cli_usage(cmd, "%s needs a FILE.npy", s->in_flag[i]);
+    const int64_t n_inline = inline_count(s, i);
+    if (n_inline) return load_inline(cmd, a, s, i, n_inline);
     char tm[64];
     true_means(d->doc, tm, sizeof tm);
     if (d->mask && d->additive) return cli_load_mask(cmd, s->in_file[i], s->in_flag[i], tm, mask, &s->arr[i]);
@@ -250,46 +317,122 @@ static int load_one(const char *cmd, const reg_args *a, reg_state *s, int i)
     return cli_load_float(cmd, s->in_file[i], 1, XATTN_MAX_DIMS - 1, data, &s->arr[i]);
 }
 
-/* Maps the remaining options to inputs: --NAME, or --x / --context for the first / second. */
+/* The number K of an input named STEM.K ("xs.2" -> 2, stem length in *stem_len), or -1. */
+static int member_index(const char *name, size_t *stem_len)
+{
+    const char *dot = strrchr(name, '.');
+    if (!dot || !dot[1] || strspn(dot + 1, "0123456789") != strlen(dot + 1) || strlen(dot + 1) > 6)
+        return -1;
+    *stem_len = (size_t)(dot - name) + 1;
+    return atoi(dot + 1);
+}
+
+/* For an alias of numbered inputs ("xs.*"): the next of them after the highest one given, or -1
+ * when the kind has no more. */
+static int next_member(const reg_state *s, const char *family)
+{
+    const size_t sl = strlen(family) - 1; /* "xs." */
+    int top = -1;
+    for (int i = 0; i < s->n_in; i++) {
+        size_t l;
+        const int k = member_index(s->in_desc[i].name, &l);
+        if (k > top && s->in_flag[i] && l == sl && !strncmp(s->in_desc[i].name, family, sl)) top = k;
+    }
+    char want[128];
+    snprintf(want, sizeof want, "%.*s%d", (int)sl, family, top + 1);
+    return input_named(s, want);
+}
+
+/* A bare flag --NAME of an optional output asks for it (--regions); 1 if flag r is one. */
+static int output_flag(const reg_state *s, const char *name)
+{
+    for (size_t o = 0; o < xattn_module_output_count(s->m); o++) {
+        xattn_io_desc d;
+        if (!xattn_module_output(s->m, o, &d) && d.optional && !d.when_bound && !strcmp(d.name, name))
+            return 1;
+    }
+    return 0;
+}
+
+/* Maps the remaining options to inputs: --NAME, an alias, or --x / --context for the first /
+ * second; then the aliases of numbered inputs (--view), each for the next of them. Bare flags
+ * of optional outputs are left to reg_outputs. */
 static int map_inputs(const char *cmd, const reg_args *a, reg_state *s)
 {
+    for (int pass = 0; pass < 2; pass++)
     for (int r = 0; r < a->n_rest; r++) {
         if (s->used[r]) continue;
         char name[128];
         snprintf(name, sizeof name, "%s", a->rest[r].flag + 2);
         for (char *c = name; *c; c++)
             if (*c == '-') *c = '_';
+        const char *target = reg_alias(s->kind, name, NULL);
+        const size_t tl = target ? strlen(target) : 0;
+        const int numbered = tl > 2 && !strcmp(target + tl - 2, ".*");
+        if (numbered != pass) continue;
+        if (target && !numbered) snprintf(name, sizeof name, "%s", target);
         int hit = -1;
+        if (numbered && (hit = next_member(s, target)) < 0)
+            return cli_usage(cmd, "%s: %s takes no more inputs %s (at most %d)", a->rest[r].flag,
+                             s->kind, target, s->n_in);
         for (int i = 0; i < s->n_in && hit < 0; i++)
             if (!strcmp(s->in_desc[i].name, name)) hit = i;
         if (hit < 0 && !strcmp(name, "x") && s->n_in > 0) hit = 0;
         if (hit < 0 && !strcmp(name, "context") && s->n_in > 1) hit = 1;
+        if (hit < 0 && output_flag(s, name)) {
+            if (a->rest[r].value)
+                return cli_usage(cmd, "%s takes no value (it asks for the output %s)",
+                                 a->rest[r].flag, name);
+            for (int q = 0; q < r; q++)
+                if (!strcmp(a->rest[q].flag, a->rest[r].flag))
+                    return cli_usage(cmd, "%s given twice", a->rest[r].flag);
+            s->used[r] = 1;
+            continue;
+        }
         if (hit < 0) {
             char list[1024];
             size_t off = 0;
-            for (int i = 0; i < s->n_in; i++)
+            for (int i = 0; i < s->n_in && off < sizeof list; i++)
             {
                 off += (size_t)snprintf(list + off, sizeof list - off, "%s--", i ? ", " : "");
                 for (const char *c = s->in_desc[i].name; *c && off + 1 < sizeof list; c++)
                     list[off++] = *c == '_' ? '-' : *c;
-                list[off] = '\0';
+                list[off < sizeof list ? off : sizeof list - 1] = '\0';
             }
-            for (size_t j = 0;; j++) {
+            for (size_t j = 0; off < sizeof list; j++) {
                 xattn_arg_desc d;
                 if (xattn_kind_arg(s->kind, j, &d)) break;
                 if (d.derived) continue;
                 off += (size_t)snprintf(list + off, sizeof list - off, ", --");
                 for (const char *c = d.name; *c && off + 1 < sizeof list; c++)
                     list[off++] = *c == '_' ? '-' : *c;
-                list[off] = '\0';
+                list[off < sizeof list ? off : sizeof list - 1] = '\0';
             }
             return cli_usage(cmd, "%s is not an input or option of %s (%s)", a->rest[r].flag,
                              s->kind, list);
         }
+        if (s->in_flag[hit] && !strcmp(s->in_flag[hit], a->rest[r].flag))
+            return cli_usage(cmd, "%s given twice", a->rest[r].flag);
         if (s->in_flag[hit]) return cli_usage(cmd, "%s and %s name the same input", s->in_flag[hit], a->rest[r].flag);
         s->in_flag[hit] = a->rest[r].flag;
         s->in_file[hit] = a->rest[r].value;
         s->used[r] = 1;
+    }
+    /* numbered inputs are given in order: STEM.K only with STEM.K-1 */
+    for (int i = 0; i < s->n_in; i++) {
+        size_t l;
+        const int k = member_index(s->in_desc[i].name, &l);
+        if (k < 1 || !s->in_flag[i]) continue;
+        char prev[128], flag[130];
+        snprintf(prev, sizeof prev, "%.*s%d", (int)l, s->in_desc[i].name, k - 1);
+        snprintf(flag, sizeof flag, "--%s", prev);
+        for (char *c = flag + 2; *c; c++)
+            if (*c == '_') *c = '-';
+        const int j = input_named(s, prev);
+        if (j >= 0 && !s->in_flag[j])
+            return cli_usage(cmd, "%s gives %s, but %s is not given (%s%s)", s->in_flag[i],
+                             s->in_desc[i].name, prev, flag,
+                             j < 2 ? (j ? " or --context" : " or --x") : "");
     }
     return 0;
 }
@@ -358,6 +501,11 @@ int reg_inputs(const char *cmd, const reg_args *a, reg_state *s, int gen)
     for (int i = 0; i < s->n_in; i++) xattn_module_input(s->m, (size_t)i, &s->in_desc[i]);
     int rc = map_inputs(cmd, a, s);
     if (rc) return rc;
+    for (int i = 0; i < s->n_in; i++) { /* an input and the one that may stand instead of it */
+        const int j = input_named(s, s->in_desc[i].alternative);
+        if (j >= 0 && s->in_flag[i] && s->in_flag[j])
+            return cli_usage(cmd, "%s and %s: give one of them", s->in_flag[i], s->in_flag[j]);
+    }
     for (int i = 0; i < s->n_in; i++) {
         if (!s->in_flag[i]) continue;
         if ((rc = load_one(cmd, a, s, i))) return rc;
@@ -381,11 +529,20 @@ int reg_inputs(const char *cmd, const reg_args *a, reg_state *s, int gen)
     for (int i = 0; i < s->n_in; i++)
         if (s->in_flag[i] && s->in_desc[i].shape[0] && (rc = check_shape(cmd, a, s, i))) return rc;
     for (int i = 0; i < s->n_in; i++) {
-        if (s->in_flag[i] || s->in_desc[i].optional) continue;
+        /* an input that may stand instead of a required one: one of the two */
+        const int j = input_named(s, s->in_desc[i].alternative);
+        char alt[160] = "";
+        if (j >= 0) {
+            snprintf(alt, sizeof alt, " or --%s FILE.npy", s->in_desc[j].name);
+            for (char *c = alt; *c; c++)
+                if (*c == '_') *c = '-';
+        }
+        if (s->in_flag[i] || s->in_desc[i].optional || (j >= 0 && s->in_flag[j])) continue;
         if (!gen) {
             const char *doc = s->in_desc[i].doc;
-            return cli_usage(cmd, "missing --%s FILE.npy%s%s%s", s->in_desc[i].name,
-                             i < 2 ? (i ? " (or --context)" : " (or --x)") : "", doc[0] ? ": " : "", doc);
+            return cli_usage(cmd, "missing --%s FILE.npy%s%s%s%s", s->in_desc[i].name,
+                             i < 2 ? (i ? " (or --context)" : " (or --x)") : "", alt,
+                             doc[0] ? ": " : "", doc);
         }
         if ((rc = generate(cmd, a, s, i))) return rc;
     }
@@ -393,6 +550,13 @@ int reg_inputs(const char *cmd, const reg_args *a, reg_state *s, int gen)
 }
 
 /* ---- outputs --------------------------------------------------------------------------------- */
+
+void reg_file_name(const char *output, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "%s", output);
+    for (char *c = buf; *c; c++)
+        if (*c == '.') *c = '_';
+}
 
 static void tensors(const reg_state *s, xattn_tensor *t, size_t *n)
 {
@@ -407,6 +571,33 @@ static void tensors(const reg_state *s, xattn_tensor *t, size_t *n)
         memcpy(x->shape, s->arr[i].shape, sizeof x->shape);
         x->data = s->arr[i].data;
     }
+}
+
+void reg_terms(const reg_state *s, const char *body, char *out, size_t cap)
+{
+    size_t o = 0;
+    for (const char *p = body; *p && o + 1 < cap;) {
+        int hit = 0;
+        if (!strncmp(p, "option '", 8) && strchr(p + 8, '\'')) { /* option 'NAME' -> --NAME */
+            const size_t l = strcspn(p + 8, "'");
+            o += (size_t)snprintf(out + o, cap - o, "--%.*s", (int)l, p + 8);
+            for (size_t c = o - l; c < o && c < cap; c++)
+                if (out[c] == '_') out[c] = '-';
+            p += 8 + l + 1;
+            continue;
+        }
+        for (int k = 0; k < s->n_opts && !hit; k++) {
+            size_t l = strlen(s->opts[k].name);
+            if (!strncmp(p, s->opts[k].name, l) && p[l] == ' ' &&
+                (p == body || p[-1] == ' ' || p[-1] == '(')) {
+                o += (size_t)snprintf(out + o, cap - o, "%s", s->opt_names[k]);
+                p += l;
+                hit = 1;
+            }
+        }
+        if (!hit && o + 1 < cap) out[o++] = *p++;
+    }
+    out[o < cap ? o : cap - 1] = '\0';
 }
 
 /* Reports the library's last error in the command line's terms: "input 'a' ..." becomes
@@ -424,21 +615,7 @@ int reg_lib_error(const char *cmd, const reg_args *a, const reg_state *s)
             body = msg + strlen(head);
         }
     }
-    size_t o = 0;
-    for (const char *p = body; *p && o + 1 < sizeof out;) {
-        int hit = 0;
-        for (int k = 0; k < s->n_opts && !hit; k++) {
-            size_t l = strlen(s->opts[k].name);
-            if (!strncmp(p, s->opts[k].name, l) && p[l] == ' ' &&
-                (p == body || p[-1] == ' ' || p[-1] == '(')) {
-                o += (size_t)snprintf(out + o, sizeof out - o, "%s", s->opt_names[k]);
-                p += l;
-                hit = 1;
-            }
-        }
-        if (!hit) out[o++] = *p++;
-    }
-    out[o < sizeof out ? o : sizeof out - 1] = '\0';
+    reg_terms(s, body, out, sizeof out);
     return cli_error(cmd, file, "%s", out);
 }
 
@@ -448,23 +625,31 @@ int reg_outputs(const char *cmd, const reg_args *a, reg_state *s)
     size_t n_in;
     tensors(s, in, &n_in);
     s->n_out = 0;
+    int any_opt = 0;
     for (size_t o = 0; o < xattn_module_output_count(s->m) && o < REG_MAX_IO; o++) {
         xattn_io_desc d;
         xattn_module_output(s->m, o, &d);
-        if (d.optional && !a->return_all) continue;
+        int asked = !d.optional || a->return_all;
+        for (int r = 0; d.optional && r < a->n_rest; r++) { /* --NAME of the output */
+            char name[128];
+            snprintf(name, sizeof name, "%s", a->rest[r].flag + 2);
+            for (char *c = name; *c; c++)
+                if (*c == '-') *c = '_';
+            asked |= !a->rest[r].value && !strcmp(name, d.name);
+        }
+        if (d.when_bound) { /* there when its sizes are: its inputs given */
+            xattn_tensor t;
+            memset(&t, 0, sizeof t);
+            t.name = d.name;
+            asked = !xattn_module_plan(s->m, in, n_in, &t, 1);
+        }
+        any_opt |= d.optional && !d.when_bound;
+        if (!asked) continue;
         memset(&s->out[s->n_out], 0, sizeof s->out[0]);
         s->out[s->n_out++].name = d.name;
     }
-    if (a->return_all && s->n_out == (int)xattn_module_output_count(s->m) - 0) {
-        int any_opt = 0;
-        for (size_t o = 0; o < xattn_module_output_count(s->m); o++) {
-            xattn_io_desc d;
-            xattn_module_output(s->m, o, &d);
-            any_opt |= d.optional;
-        }
-        if (!any_opt)
-            return cli_error(cmd, a->model, "--return-attn: %s returns no attention maps", s->kind);
-    }
+    if (a->return_all && !any_opt)
+        return cli_error(cmd, a->model, "--return-attn: %s returns no attention maps", s->kind);
     if (xattn_module_plan(s->m, in, n_in, s->out, (size_t)s->n_out))
         return reg_lib_error(cmd, a, s);
     for (int o = 0; o < s->n_out; o++) {
@@ -492,13 +677,16 @@ int reg_forward(const char *cmd, const reg_args *a, reg_state *s, xattn_ctx *ctx
 int reg_write(const char *cmd, const reg_args *a, const reg_state *s)
 {
     cli_output outs[REG_MAX_IO];
+    char file[REG_MAX_IO][128];
     for (int o = 0; o < s->n_out; o++) {
         xattn_io_desc d;
         for (size_t k = 0; k < xattn_module_output_count(s->m); k++)
             if (!xattn_module_output(s->m, k, &d) && !strcmp(d.name, s->out[o].name)) break;
         const int drop = s->unbatched && d.shape[0] == 'B';
-        cli_output_set(&outs[o], s->out[o].name, s->out[o].data, d.optional ? d.doc : NULL,
-                       s->out[o].ndim - drop, s->out[o].shape + drop);
+        reg_file_name(s->out[o].name, file[o], sizeof file[o]);
+        cli_output_set(&outs[o], file[o], s->out[o].data,
+                       d.optional && !d.when_bound ? d.doc : NULL, s->out[o].ndim - drop,
+                       s->out[o].shape + drop);
     }
     return cli_write_outputs(cmd, a->out_dir ? a->out_dir : ".", outs, s->n_out);
 }

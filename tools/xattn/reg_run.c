@@ -6,7 +6,8 @@
 #include <string.h>
 
 /* Kinds whose command-line runs go through the registry. */
-static const char *const REGISTRY_KINDS[] = {"conv2d-cross", "mutual", NULL};
+static const char *const REGISTRY_KINDS[] = {"conv2d-cross", "mutual", "multiview", "hallo-audio",
+                                             NULL};
 
 int reg_cli_handles(const char *kind)
 {
@@ -58,10 +59,34 @@ static void flag_of(const char *name, char *buf, size_t cap)
         if (*c == '_') *c = '-';
 }
 
+/* " [also --a, --b]": the other flags of an input (--x / --context for the first two) or an
+ * option (its aliases), " [or --alt]" for an input another may stand instead of. */
+static void also_flags(const char *kind, const char *name, int input, const char *alt, char *buf,
+                       size_t cap)
+{
+    size_t o = 0;
+    char flag[96];
+    buf[0] = '\0';
+    const char *pos = input == 0 ? "x" : input == 1 ? "context" : "";
+    if (pos[0] && strcmp(pos, name)) o += (size_t)snprintf(buf, cap, " [also --%s", pos);
+    for (size_t i = 0; o < cap; i++) {
+        xattn_alias_desc d;
+        if (xattn_kind_alias(kind, i, &d)) break;
+        if (strcmp(d.name, name)) continue;
+        flag_of(d.alias, flag, sizeof flag);
+        o += (size_t)snprintf(buf + o, cap - o, "%s%s", o ? ", " : " [also ", flag);
+    }
+    if (o && o < cap) o += (size_t)snprintf(buf + o, cap - o, "]");
+    if (alt && alt[0] && o < cap) {
+        flag_of(alt, flag, sizeof flag);
+        snprintf(buf + o, cap - o, " [or %s]", flag);
+    }
+}
+
 /* The inputs, options and outputs of one kind. */
 void reg_help_kind(const char *kind)
 {
-    char flag[96];
+    char flag[96], al[256];
     for (size_t i = 0; i < xattn_kind_count(); i++) {
         xattn_kind_desc k;
         if (!xattn_kind_info(i, &k) && !strcmp(k.name, kind))
@@ -72,9 +97,27 @@ void reg_help_kind(const char *kind)
         xattn_io_desc d;
         if (xattn_kind_io(kind, 0, i, &d)) break;
         flag_of(d.name, flag, sizeof flag);
-        printf("  %-22s (%s)%s%s %s%s\n", flag, d.shape, d.optional ? " optional" : "",
-               d.additive ? ", bool or float (added)" : d.mask ? ", bool" : "", d.doc,
-               i < 2 ? (i ? " [also --context]" : " [also --x]") : "");
+        also_flags(kind, d.name, (int)i, d.alternative, al, sizeof al);
+        long long few = d.shape[0] ? 1 : 0; /* a shape of integers: inline numbers too */
+        for (const char *p = d.shape; *p && few; p += strcspn(p, ",") + (p[strcspn(p, ",")] == ','))
+            few = strspn(p, "0123456789") == strcspn(p, ",") ? few * atoll(p) : 0;
+        char num[96] = "";
+        if (few > 0 && few <= 4096)
+            snprintf(num, sizeof num, " [or inline: %lld comma-separated numbers]", few);
+        printf("  %-22s (%s)%s%s %s%s%s\n", flag, d.shape, d.optional ? " optional" : "",
+               d.additive ? ", bool or float (added)" : d.mask ? ", bool" : "", d.doc, al, num);
+    }
+    for (size_t i = 0;; i++) { /* an alias of numbered inputs: --view VK.npy, repeated */
+        xattn_alias_desc d;
+        char use[128];
+        if (xattn_kind_alias(kind, i, &d)) break;
+        const size_t l = strlen(d.name);
+        if (l < 3 || strcmp(d.name + l - 2, ".*")) continue;
+        flag_of(d.alias, flag, sizeof flag);
+        snprintf(use, sizeof use, "%s %cK.npy", flag, d.alias[0] >= 'a' && d.alias[0] <= 'z'
+                                                         ? d.alias[0] - 'a' + 'A' : d.alias[0]);
+        printf("  %-22s repeated: the inputs %.*s0, %.*s1, ... in order, after those given by "
+               "name (or --x / --context)\n", use, (int)(l - 1), d.name, (int)(l - 1), d.name);
     }
     printf("%s options (the reference constructor's arguments; default in brackets, - = from the file):\n", kind);
     for (size_t j = 0;; j++) {
@@ -82,15 +125,22 @@ void reg_help_kind(const char *kind)
         if (xattn_kind_arg(kind, j, &a)) break;
         if (a.derived) continue;
         flag_of(a.name, flag, sizeof flag);
-        printf("  %-22s %-6s [%s] %s%s%s\n", flag, a.type, a.from_shapes ? "-" : a.default_value,
-               a.doc, a.choices[0] ? ": " : "", a.choices);
+        also_flags(kind, a.name, -1, NULL, al, sizeof al);
+        printf("  %-22s %-6s [%s] %s%s%s%s\n", flag, a.type, a.from_shapes ? "-" : a.default_value,
+               a.doc, a.choices[0] ? ": " : "", a.choices, al);
     }
     printf("%s outputs (DIR/NAME.npy):\n", kind);
     for (size_t i = 0;; i++) {
         xattn_io_desc d;
         if (xattn_kind_io(kind, 1, i, &d)) break;
-        printf("  %-22s (%s)%s %s\n", d.name, d.shape, d.optional ? " with --return-attn" : "",
-               d.doc);
+        char file[128], ask[160] = "";
+        reg_file_name(d.name, file, sizeof file);
+        if (d.when_bound) snprintf(ask, sizeof ask, " (present when its inputs are given)");
+        else if (d.optional) {
+            flag_of(d.name, flag, sizeof flag);
+            snprintf(ask, sizeof ask, " with --return-attn or %s", flag);
+        }
+        printf("  %-22s (%s)%s %s\n", file, d.shape, ask, d.doc);
     }
 }
 
@@ -128,26 +178,13 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* The reference's class name: its description up to " (". */
-static void reference_name(const char *kind, char *buf, size_t cap)
-{
-    snprintf(buf, cap, "%s", kind);
-    for (size_t i = 0; i < xattn_kind_count(); i++) {
-        xattn_kind_desc k;
-        if (!xattn_kind_info(i, &k) && !strcmp(k.name, kind))
-            snprintf(buf, cap, "%.*s", (int)strcspn(k.reference, "("), k.reference);
-    }
-    size_t n = strlen(buf);
-    while (n && buf[n - 1] == ' ') buf[--n] = '\0';
-}
-
 static void report(const reg_args *a, const reg_state *s, const double *ts, long long reps,
                    xattn_ctx *ctx)
 {
     const char *note;
     const double rss = cli_peak_rss_bytes(&note) / 1048576.0;
     char ref[160], sizes[256];
-    reference_name(s->kind, ref, sizeof ref);
+    reg_reference_name(s->kind, ref, sizeof ref);
     size_t off = 0;
     sizes[0] = '\0';
     for (int i = 0; i < s->n_sym && off < sizeof sizes; i++)
