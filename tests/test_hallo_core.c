@@ -370,7 +370,8 @@ static void named_region_masks(void)
     xattn_safetensors *st = NULL;
     CHECK_OK(xattn_st_open(tu_fixture("hallo_fullres.safetensors"), &st));
     if (!st) return;
-    const xattn_option hw = {"latent_hw", "8,6"}, hw7 = {"latent_hw", "7,7"}, bad = {"latent_hw", "8"};
+    const xattn_option hw = {"latent_hw", "8,6"}, hw7 = {"latent_hw", "7,7"};
+    const xattn_option bad = {"latent_hw", "8"};
     xattn_open_opts oo = {.kind = "hallo-audio", .options = &hw, .n_options = 1};
     xattn_module *r = NULL, *sq = NULL, *r7 = NULL;
     CHECK_OK(xattn_module_open(st, &oo, &r));

@@ -448,7 +448,8 @@ static void named_stages(const char *fixture)
     const float *xs[3];
     float *typed[3], *named[3];
     int64_t tokens[3], n[3];
-    static const char *const XN[3] = {"xs.0", "xs.1", "xs.2"}, *const ON[3] = {"out.0", "out.1", "out.2"};
+    static const char *const XN[3] = {"xs.0", "xs.1", "xs.2"};
+    static const char *const ON[3] = {"out.0", "out.1", "out.2"};
     xattn_tensor in[3], out[3];
     for (int v = 0; v < V; v++) {
         char nm[32];

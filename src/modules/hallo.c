@@ -502,7 +502,8 @@ static xattn_status forward_named(const xa_mod *core, const xa_run *r)
                          (long long)in.N);
         if (!s && !(resized = xa_alloc((size_t)n * sizeof(float))))
             s = xa_error(XATTN_ERR_NOMEM, "%s: out of memory", FN_FWD);
-        if (!s) s = xattn_resize_masks(r->in[IN_REGION], Bm * 3, sh[nd - 2], sh[nd - 1], h, w, resized);
+        if (!s)
+            s = xattn_resize_masks(r->in[IN_REGION], Bm * 3, sh[nd - 2], sh[nd - 1], h, w, resized);
         in.masks = resized;
         in.mask_batch = Bm;
     }

@@ -73,7 +73,8 @@ int reg_parse(const char *cmd, int argc, char **argv, reg_args *a, int *help)
         snprintf(flag, sizeof flag, "%.*s", (int)(eq ? (size_t)(eq - arg) : strlen(arg)), arg);
         /* the runner's own flags once; an input or option given twice is refused where it is
          * mapped (an alias of numbered inputs repeats: --view) */
-        for (int k = 0; k < n_seen && (in_list(FIXED_VALUE, flag) || in_list(FIXED_FLAG, flag)); k++)
+        const int fixed = in_list(FIXED_VALUE, flag) || in_list(FIXED_FLAG, flag);
+        for (int k = 0; k < n_seen && fixed; k++)
             if (!strcmp(a->flags[k], flag)) return cli_usage(cmd, "%s given twice", flag);
         if (n_seen >= REG_MAX_FLAGS) return cli_usage(cmd, "too many options");
         snprintf(a->flags[n_seen++], sizeof a->flags[0], "%s", flag);

@@ -160,7 +160,8 @@ static int check_dim(const char *cmd, const reg_args *a, reg_state *s, int i, co
             xattn_config_entry e;
             if (!xattn_module_config(s->m, c, &e) && !strcmp(e.name, tok)) from = e.detail;
         }
-        return cli_error(cmd, file, "last dimension %lld does not match the model's %s %lld (%s%s%s)",
+        return cli_error(cmd, file,
+                         "last dimension %lld does not match the model's %s %lld (%s%s%s)",
                          (long long)got, tok, (long long)want, a->model, from[0] ? ": " : "", from);
     }
     expected_text(s, dims, exp, sizeof exp);
@@ -258,7 +259,8 @@ static int load_inline(const char *cmd, const reg_args *a, reg_state *s, int i, 
 {
     xattn_array *x = &s->arr[i];
     const char *v = s->in_file[i], *shape = s->in_desc[i].shape;
-    if (!(x->data = malloc((size_t)n * sizeof(float)))) return cli_error(cmd, NULL, "out of memory");
+    if (!(x->data = malloc((size_t)n * sizeof(float))))
+        return cli_error(cmd, NULL, "out of memory");
     float *f = x->data;
     int64_t k = 0;
     int ok = 1;
@@ -336,7 +338,8 @@ static int next_member(const reg_state *s, const char *family)
     for (int i = 0; i < s->n_in; i++) {
         size_t l;
         const int k = member_index(s->in_desc[i].name, &l);
-        if (k > top && s->in_flag[i] && l == sl && !strncmp(s->in_desc[i].name, family, sl)) top = k;
+        if (k > top && s->in_flag[i] && l == sl && !strncmp(s->in_desc[i].name, family, sl))
+            top = k;
     }
     char want[128];
     snprintf(want, sizeof want, "%.*s%d", (int)sl, family, top + 1);
@@ -348,7 +351,8 @@ static int output_flag(const reg_state *s, const char *name)
 {
     for (size_t o = 0; o < xattn_module_output_count(s->m); o++) {
         xattn_io_desc d;
-        if (!xattn_module_output(s->m, o, &d) && d.optional && !d.when_bound && !strcmp(d.name, name))
+        if (!xattn_module_output(s->m, o, &d) && d.optional && !d.when_bound &&
+            !strcmp(d.name, name))
             return 1;
     }
     return 0;
