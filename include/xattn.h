@@ -475,10 +475,10 @@ XATTN_API xattn_status xattn_bidir_forward(xattn_ctx *ctx, const xattn_bidir *m,
                                            const xattn_bidir_outputs *out);
 
 /* ------------------------------------------------------------------------------------------ */
-/* M3: mutual cross-attention (parameter-free); M9: cross-attention over 2-D feature maps       */
+/* Mutual cross-attention (parameter-free); cross-attention over 2-D feature maps              */
 /* ------------------------------------------------------------------------------------------ */
 /*
- * M3: mutual cross-attention (Zhao & Gu 2024, ztony0712/MCA; parameter-free, dropout = identity
+ * Mutual cross-attention (Zhao & Gu 2024, ztony0712/MCA; parameter-free, dropout = identity
  * at inference). For a (B, Na, D) and b (B, Nb, D):
  *   A  = softmax(a b^T / sqrt(D)) b      (B, Na, D)   a queries b
  *   Bm = softmax(b a^T / sqrt(D)) a      (B, Nb, D)   b queries a
@@ -501,7 +501,7 @@ XATTN_API xattn_status xattn_mutual_bands(const float *a, const float *b, int nd
                                           const int64_t *shape, int band_axis, float *out);
 
 /*
- * M9: cross-attention over 2-D feature maps (seed 004 CrossAttention), loaded from its
+ * Cross-attention over 2-D feature maps (a CrossAttention of 1x1 convolutions), loaded from its
  * state_dict names (optional prefix): conv_query.{weight,bias} (Ck, C1, 1, 1), (Ck);
  * conv_key.{weight,bias} (Ck, C2, 1, 1), (Ck); conv_value.{weight,bias} (Cv, C2, 1, 1), (Cv)
  * (1x1 nn.Conv2d; biases optional). For x1 (B, C1, H1, W1), x2 (B, C2, H2, W2), positions
@@ -1015,7 +1015,10 @@ typedef struct xattn_found {
 
 /* Lists the modules of a file (up to cap of them; returns how many there are). */
 XATTN_API size_t xattn_module_scan(const xattn_safetensors *st, xattn_found *found, size_t cap);
-/* Opens a module; o may be NULL (detect the kind; the file must hold one module). */
+/* Opens a module; o may be NULL (detect the kind; the file must hold one module). A kind the
+ * scan does not find (at o->prefix, else anywhere) is opened at o->prefix (NULL: ""), so that
+ * its loader names what is missing; a block the scan leaves out as part of another module
+ * opens this way too. */
 XATTN_API xattn_status xattn_module_open(const xattn_safetensors *st, const xattn_open_opts *o,
                                          xattn_module **out);
 /* A new module of `kind` with the reference's default initialisation: options are the
@@ -1057,9 +1060,12 @@ XATTN_API size_t xattn_module_param_count(const xattn_module *m);
 XATTN_API xattn_status xattn_module_param(const xattn_module *m, size_t i, xattn_param_desc *p);
 
 /* Named inputs and outputs. shape is symbolic: comma-separated dims, each a size symbol
- * (capitalised: B, I, J ... bound by the inputs), a config name (dim, heads ...), a number, or
- * N*name; "B/1" means B or 1 (broadcast). Masks are BOOL or U8 (nonzero = true; doc gives the
- * polarity); additive masks may also be F32; every other input is F32. A size symbol that only
+ * (capitalised: B, I, J ... bound by the inputs), a config name (dim, heads ...), a number, or a
+ * sum of products of these ("2*dim", "B*num_heads", "J+add_bias_kv+add_zero_attn", a bool
+ * counting 0 or 1); "B/1" means B or 1 (broadcast); '|' separates alternatives by rank; "" is a
+ * 0-dim switch. Masks are BOOL or U8 (nonzero = true; doc gives the polarity); additive masks
+ * may also be F32; every other input is F32. Some optional inputs have a stand-in (torch's key:
+ * the query) used in their place when not given, as their doc says. A size symbol that only
  * outputs name is computed by the kind from the inputs (multiview's pooled token counts M0, M1,
  * ...; the output's doc says how). */
 typedef struct xattn_io_desc {
@@ -1069,6 +1075,9 @@ typedef struct xattn_io_desc {
     int mask;
     int additive;
     const char *doc;
+    /* an output whose first axis lists parts saved one file each: the name of part k,
+     * "BASE{A+B*k}" (A, B integers or config fields); "" for one array */
+    const char *parts;
     /* an input that may be given instead of this required one (one of the two); "" if none */
     const char *alternative;
     /* an optional output that exists whenever the sizes of its shape are bound (multiview's
@@ -1125,6 +1134,9 @@ typedef struct xattn_alias_desc {
     const char *alias, *name, *as;
 } xattn_alias_desc;
 XATTN_API xattn_status xattn_kind_alias(const char *kind, size_t i, xattn_alias_desc *d);
+/* The options (names or aliases, comma-separated) of a kind's one-line description, as
+ * `xattn inspect` shows it ("embed_dim,heads,kdim,vdim,bias"); "": every option. */
+XATTN_API const char *xattn_kind_brief(const char *kind);
 
 #ifdef __cplusplus
 }

@@ -125,8 +125,8 @@ def draw(out):
     my, mh = 3.35, 0.95
     box(ax, X0, my, X1 - X0, mh, "modules   src/modules   (fields + parameter table + io + "
         "build / bind / forward)",
-        "on the core (xa_kinds[]): conv2d-cross, mutual        still to move (hand-written "
-        "loaders): bidir, mha, joint, interlaced, multiview, hallo, decoder",
+        "xa_kinds[]: bidir, bidir-transformer, mha, attention, mutual, joint, interlaced, "
+        "multiview, hallo-audio, bert-decoder, conv2d-cross",
         COLORS["modules"], title_size=11, body_size=9.5)
 
     # ---- kernels ----------------------------------------------------------------------------
@@ -195,7 +195,7 @@ def draw(out):
           (sx[1] + 1.7, (sy + my + mh) / 2))
     arrow(ax, sx[2] + 1.6, sy, sx[2] + 1.6, my + mh, DATA, "resolved config",
           (sx[2] + 1.7, (sy + my + mh) / 2))
-    arrow(ax, X0 + 5.3, my, X0 + 5.3, ky + kh, CALL, "xattn_linear · xattn_sdpa · xa_kern()",
+    arrow(ax, X0 + 5.3, my, X0 + 5.3, ky + kh, CALL, "op layer (ops.h): xa_op_linear · norms · xa_op_attention",
           (X0 + 5.4, (my + ky + kh) / 2))
     arrow(ax, X0 + 2.3, ky + 0.1, X0 + 2.3, by + bh, CALL, "kernel table",
           (X0 + 2.4, (ky + by + bh) / 2))

@@ -38,6 +38,24 @@ ok() {
     return 0
 }
 
+# warns NAME CMD...: as ok, but stderr holds warnings (lines "xattn CMD: FILE: warning: ...", at
+# least one) and nothing else; leaves stderr in $D.err for `has` checks of the warnings.
+warns() {
+    local name=$1
+    shift
+    n=$((n + 1))
+    D="$TMP/ok$n"
+    mkdir -p "$D"
+    (cd "$D" && "$@") >"$D.out" 2>"$D.err"
+    local rc=$?
+    if [ $rc -ne 0 ] || [ ! -s "$D.err" ] || grep -qv '^xattn [a-z-]*: .*: warning: ' "$D.err"; then
+        fail "$name: exit $rc, expected warnings only on stderr: $(head -c 400 "$D.err")"
+        return 1
+    fi
+    pass
+    return 0
+}
+
 # bad NAME WANT_RC NEEDLE CMD...: runs CMD in a fresh empty directory (the default output
 # directory); expects exit WANT_RC (any non-zero if WANT_RC is 0), exactly one stderr line that
 # contains NEEDLE, and the directory still empty.

@@ -16,7 +16,7 @@ I=$FIX/interlaced_cli
 M=$I/model.safetensors
 
 # detected by its names, all outputs
-if ok "detect + return-attn" "$X" run "$M" --x "$I/x.npy" --context "$I/context.npy" --return-attn; then
+if ok "detect + return-attn" "$X" run "$M" --x "$I/x.npy" --context "$I/context.npy" --return-attn --first x; then
     same "out" "$D/out.npy" "$I/expected_out.npy"
     same "context_out" "$D/context_out.npy" "$I/expected_context_out.npy"
     same "logits 0" "$D/attn_weights_0.npy" "$I/expected_logits_0.npy"
@@ -24,6 +24,12 @@ if ok "detect + return-attn" "$X" run "$M" --x "$I/x.npy" --context "$I/context.
     has "shape of layer 1 logits" "$D.out" "attn_weights_1.npy (2, 2, 6, 9)"
 fi
 OUT1=$D
+
+# the file does not say which stream layer 0 updates: the reference's default (x), announced
+if warns "default first" "$X" run "$M" --x "$I/x.npy" --context "$I/context.npy"; then
+    has "default first announced" "$D.err" "model.safetensors: warning: first: not given and not in the file; assuming x"
+    same "out (default first)" "$D/out.npy" "$I/expected_out.npy"
+fi
 
 # --module, one thread, explicit options equal to the file's
 if ok "--module interlaced" "$X" run --module interlaced "$M" --x "$I/x.npy" --context "$I/context.npy" \
@@ -34,7 +40,7 @@ if ok "--module interlaced" "$X" run --module interlaced "$M" --x "$I/x.npy" --c
 fi
 
 # options change the result
-if ok "--n-cls 0" "$X" run --module interlaced "$M" --x "$I/x.npy" --context "$I/context.npy" --n-cls 0; then
+if ok "--n-cls 0" "$X" run --module interlaced "$M" --x "$I/x.npy" --context "$I/context.npy" --n-cls 0 --first x; then
     if "$X" compare "$D/out.npy" "$I/expected_out.npy" >/dev/null 2>&1; then
         fail "--n-cls 0 gave the n_cls 2 result"
     else pass; fi
@@ -95,7 +101,7 @@ cp "$M" "$TMP/nanw.safetensors"
 HL=$(od -An -tu4 -N4 "$M" | tr -d ' ')
 printf '\xff\xff\xff\xff\xff\xff\xff\xff' | dd of="$TMP/nanw.safetensors" bs=1 seek=$((8 + HL)) conv=notrunc 2>/dev/null
 bad "NaN weight" 1 "non-finite" "$X" run "$TMP/nanw.safetensors" --x "$I/x.npy" --context "$I/context.npy"
-ok "NaN weight allowed" "$X" run "$TMP/nanw.safetensors" --x "$I/x.npy" --context "$I/context.npy" --allow-nonfinite
+ok "NaN weight allowed" "$X" run "$TMP/nanw.safetensors" --x "$I/x.npy" --context "$I/context.npy" --allow-nonfinite --first x
 mkst "$TMP/gap.safetensors" blocks.0.attn.q_map.weight blocks.0.self_attn.qkv.weight blocks.0.norm1.weight blocks.2.norm1.weight
 bad "block gap" 1 "blocks.2.norm1.weight" "$X" run "$TMP/gap.safetensors" --x "$I/x.npy" --context "$I/context.npy"
 

@@ -30,9 +30,12 @@ if ok "explicit module, threads 1, out-dir" "$X" run --module joint "$ENC" --x "
     same "out-dir out" "$D/res/out.npy" "$J/expected_out.npy"
     same "out-dir context_out" "$D/res/context_out.npy" "$J/expected_context_out.npy"
 fi
-# without the flags the defaults (post-norm, relu) give other numbers
-if ok "defaults differ" "$X" run "$ENC" --x "$J/x.npy" --context "$J/context.npy" \
+# without the flags the defaults (post-norm, relu) give other numbers, each default announced
+if warns "defaults differ" "$X" run "$ENC" --x "$J/x.npy" --context "$J/context.npy" \
     --x-padding-mask "$J/x_mask.npy" --context-padding-mask "$J/context_mask.npy"; then
+    has "default norm_first announced" "$D.err" "encoder.safetensors: warning: norm_first: not given and not in the file; assuming False"
+    has "default activation announced" "$D.err" "encoder.safetensors: warning: activation: not given and not in the file; assuming relu"
+    has "default eps announced" "$D.err" "encoder.safetensors: warning: layer_norm_eps: not given and not in the file; assuming 1e-05"
     if "$X" compare "$D/out.npy" "$J/expected_out.npy" >/dev/null 2>&1; then
         fail "defaults: output should differ from norm_first/gelu"
     else
@@ -83,7 +86,7 @@ cp "$J/x.npy" "$TMP/nan.npy"
 # poison one float32 value of x with a NaN (data starts after the 128-byte header)
 printf '\x00\x00\xc0\x7f' | dd of="$TMP/nan.npy" bs=1 seek=132 conv=notrunc 2>/dev/null
 bad "nan input" 1 "nan.npy" "$X" run "$ENC" --x "$TMP/nan.npy" --context "$J/context.npy"
-ok "nan allowed" "$X" run "$ENC" --x "$TMP/nan.npy" --context "$J/context.npy" --allow-nonfinite
+ok "nan allowed" "$X" run "$ENC" --x "$TMP/nan.npy" --context "$J/context.npy" --allow-nonfinite "${FLAGS[@]}"
 
 # mkst FILE NAME...: a safetensors file of float32 tensors of shape (1,), all 1.0, with the
 # given names and __metadata__ heads 1

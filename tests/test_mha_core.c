@@ -499,17 +499,9 @@ static void named_vs_typed(const char *fixture)
     n += fixture_input(st, "input.key_padding_mask", torch ? "key_padding_mask" : "attention_mask",
                        &a[n], &in[n]);
     const int per_head = !strcmp(xattn_st_meta_get(st, "attn_mask_per_head"), "True");
-    if (fixture_input(st, "input.attn_mask", per_head ? "attn_mask_per_head" : "attn_mask", &a[n],
-                      &in[n])) {
-        if (per_head) { /* (B*heads, I, J) viewed as (B, heads, I, J) */
-            in[n].ndim = 4;
-            in[n].shape[3] = a[n].shape[2];
-            in[n].shape[2] = a[n].shape[1];
-            in[n].shape[1] = c.heads;
-            in[n].shape[0] = a[n].shape[0] / c.heads;
-        }
-        n++;
-    }
+    /* (I, J), or (B*heads, I, J) per head as torch takes it */
+    n += fixture_input(st, "input.attn_mask", "attn_mask", &a[n], &in[n]);
+    CHECK(!per_head || in[n - 1].ndim == 3);
     const int64_t B = in[0].shape[0], I = in[0].shape[1], J = in[1].shape[1];
     const int64_t no = B * I * c.out_dim, nw = B * I * J;
     float *got = malloc(sizeof(float) * (size_t)(2 * no + 2 * (c.heads + 1) * nw));
@@ -560,8 +552,8 @@ static void named_vs_typed(const char *fixture)
     xattn_st_close(st);
 }
 
-/* add_bias_kv / add_zero_attn: the named out is the reference's; weights (J + n columns) are
- * refused with a message. */
+/* add_bias_kv: the weights have J + 1 columns (the appended key last), as torch returns them;
+ * the key and value stand in for each other as the query does for the key. */
 static void named_extra_keys(void)
 {
     xattn_safetensors *st = NULL;
@@ -576,18 +568,29 @@ static void named_extra_keys(void)
     fixture_input(st, "input.query", "query", &a[0], &in[0]);
     fixture_input(st, "input.key", "key", &a[1], &in[1]);
     fixture_input(st, "input.value", "value", &a[2], &in[2]);
-    const int64_t no = in[0].shape[0] * in[0].shape[1] * in[0].shape[2];
-    float *got = malloc(sizeof(float) * (size_t)no * 64);
-    xattn_tensor out[2] = {{.name = "out"}, {.name = "attn"}};
-    CHECK_OK(xattn_module_plan(m, in, 3, out, 2));
+    const int64_t B = in[0].shape[0], I = in[0].shape[1], J = in[1].shape[1];
+    const int64_t no = B * I * in[0].shape[2], nw = B * I * (J + 1);
+    float *got = malloc(sizeof(float) * (size_t)(no + 5 * nw));
+    xattn_tensor out[3] = {{.name = "out"}, {.name = "attn"}, {.name = "attn_per_head"}};
+    CHECK_OK(xattn_module_plan(m, in, 3, out, 3));
+    CHECK(out[1].ndim == 3 && out[1].shape[2] == J + 1);
+    CHECK(out[2].ndim == 4 && out[2].shape[1] == 4 && out[2].shape[3] == J + 1);
     out[0].data = got;
     out[1].data = got + no;
-    CHECK_FAIL(xattn_module_forward(NULL, m, in, 3, out, 2), XATTN_ERR_ARG);
-    has("J + 1 columns");
-    CHECK_OK(xattn_module_forward(NULL, m, in, 3, out, 1));
+    out[2].data = got + no + nw;
+    CHECK_OK(xattn_module_forward(NULL, m, in, 3, out, 3));
     tu_check_close("mha_extra_bias_kv: named out", got, tu_get_f32(st, "expected.out", &e), no,
                    TU_TOL);
     xattn_array_free(&e);
+    tu_check_close("mha_extra_bias_kv: named attn (J + 1 columns)", got + no,
+                   tu_get_f32(st, "expected.attn_weights_avg", &e), nw, TU_TOL);
+    xattn_array_free(&e);
+    tu_check_close("mha_extra_bias_kv: named attn per head", got + no + nw,
+                   tu_get_f32(st, "expected.attn_weights_per_head", &e), 4 * nw, TU_TOL);
+    xattn_array_free(&e);
+    /* without the query, no stand-in for the keys: the query is required */
+    CHECK_FAIL(xattn_module_forward(NULL, m, in + 1, 2, out, 1), XATTN_ERR_ARG);
+    has("needs the input 'query'");
     for (int k = 0; k < 3; k++) xattn_array_free(&a[k]);
     free(got);
     xattn_module_free(m);
@@ -617,8 +620,63 @@ static void named_self_attention(void)
     m = create("attention", dc, 4, 3);
     if (!m) return;
     CHECK_FAIL(xattn_module_forward(NULL, m, in, 1, &out, 1), XATTN_ERR_SHAPE);
-    has("without encoder_hidden_states");
+    has("input 'encoder_hidden_states' is not given, and input 'hidden_states' in its place has "
+        "shape (2, 5, 8): dim 2 must be cross_attention_dim = 3");
     xattn_module_free(m);
+}
+
+/* torch's key and value default to the query and the key (stand-ins), is_causal is a 0-dim
+ * switch equal to the causal (I, J) attn_mask, a (B*heads, I, J) attn_mask is one mask per
+ * batch item and head; the kind's aliases and one-line description. */
+static void named_torch_inputs(void)
+{
+    const xattn_option o[] = {{"embed_dim", "8"}, {"num_heads", "2"}};
+    xattn_module *m = create("mha", o, 2, 4);
+    if (!m) return;
+    float x[NB * NI * 8], o1[NB * NI * 8], o2[NB * NI * 8];
+    uint8_t yes = 1, causal[NI * NI], causal3[NB * 2 * NI * NI];
+    uint64_t rng = 11;
+    tu_fill_uniform(x, NB * NI * 8, -1, 1, &rng);
+    for (int i = 0; i < NI; i++)
+        for (int j = 0; j < NI; j++) causal[i * NI + j] = j > i; /* True = masked out */
+    for (int bh = 0; bh < NB * 2; bh++) memcpy(causal3 + bh * NI * NI, causal, sizeof causal);
+    xattn_tensor full[4] = {{"query", XATTN_F32, 3, {NB, NI, 8}, x},
+                            {"key", XATTN_F32, 3, {NB, NI, 8}, x},
+                            {"value", XATTN_F32, 3, {NB, NI, 8}, x},
+                            {"attn_mask", XATTN_BOOL, 2, {NI, NI}, causal}};
+    xattn_tensor out = {"out", XATTN_F32, 3, {NB, NI, 8}, o1};
+    CHECK_OK(xattn_module_forward(NULL, m, full, 4, &out, 1));
+    xattn_tensor self[2] = {{"query", XATTN_F32, 3, {NB, NI, 8}, x},
+                            {"is_causal", XATTN_BOOL, 0, {0}, &yes}};
+    out.data = o2;
+    CHECK_OK(xattn_module_forward(NULL, m, self, 2, &out, 1));
+    CHECK(!memcmp(o1, o2, sizeof o1));
+    full[3] = (xattn_tensor){"attn_mask", XATTN_BOOL, 3, {NB * 2, NI, NI}, causal3};
+    CHECK_OK(xattn_module_forward(NULL, m, full, 4, &out, 1));
+    CHECK(!memcmp(o1, o2, sizeof o1));
+    full[3].shape[0] = NB * 2 + 1; /* not B*num_heads */
+    CHECK_FAIL(xattn_module_forward(NULL, m, full, 4, &out, 1), XATTN_ERR_SHAPE);
+    has("dim 0 must be B*num_heads = 4");
+    xattn_module_free(m);
+    /* kdim != embed_dim: the query cannot stand in for the keys */
+    const xattn_option ok[] = {{"embed_dim", "8"}, {"num_heads", "2"}, {"kdim", "3"}};
+    if (!(m = create("mha", ok, 3, 4))) return;
+    CHECK_FAIL(xattn_module_forward(NULL, m, self, 1, &out, 1), XATTN_ERR_SHAPE);
+    has("input 'key' is not given, and input 'query' in its place has shape (2, 5, 8): dim 2 "
+        "must be kdim = 3");
+    xattn_module_free(m);
+
+    xattn_alias_desc d;
+    int per_head = 0, heads = 0;
+    for (size_t i = 0; !xattn_kind_alias("mha", i, &d); i++) {
+        heads |= !strcmp(d.alias, "heads") && !strcmp(d.name, "num_heads") && !d.as[0];
+        per_head |= !strcmp(d.alias, "per_head_attn") && !strcmp(d.name, "attn_per_head") &&
+                    !strcmp(d.as, "attn");
+    }
+    CHECK(heads && per_head);
+    CHECK_FAIL(xattn_kind_alias("mha", 99, &d), XATTN_ERR_ARG);
+    CHECK(!strcmp(xattn_kind_brief("mha"), "embed_dim,heads,kdim,vdim,bias"));
+    CHECK(!strcmp(xattn_kind_brief("no-such-kind"), ""));
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -686,6 +744,7 @@ int main(void)
     for (size_t i = 0; i < sizeof fixtures / sizeof fixtures[0]; i++) named_vs_typed(fixtures[i]);
     named_extra_keys();
     named_self_attention();
+    named_torch_inputs();
     scan_prefixes();
     return tu_finish("test_mha_core");
 }

@@ -225,6 +225,12 @@ xattn_status xattn_kind_alias(const char *kind, size_t i, xattn_alias_desc *d)
     return XATTN_OK;
 }
 
+const char *xattn_kind_brief(const char *kind)
+{
+    const xa_kind *k = xa_kind_find(kind);
+    return k && k->brief ? k->brief : "";
+}
+
 static xattn_status find_kind(const char *name, const xa_kind **k)
 {
     if ((*k = xa_kind_find(name))) return XATTN_OK;
@@ -341,15 +347,11 @@ static xattn_status detect(const xattn_safetensors *st, const xattn_open_opts *o
     }
     char pp[XA_IO_NAME_CAP];
     if (match == 0) {
-        if (want_kind) {
-            if ((*k = xa_kind_find(want_kind)) && !(*k)->anchor) {
-                *prefix = want_prefix ? want_prefix : "";
-                return XATTN_OK;
-            }
-            return xa_error(XATTN_ERR_NOT_FOUND, "no %s module found%s%s%s", want_kind,
-                            want_prefix ? " at prefix '" : "",
-                            want_prefix ? xa_io_printable(want_prefix, pp, sizeof pp) : "",
-                            want_prefix ? "'" : "");
+        if (want_kind && (*k = xa_kind_find(want_kind))) {
+            /* a kind without weights, or one the scan does not find at the prefix: opened
+             * there, so that the kind's own loader says what is missing */
+            *prefix = want_prefix ? want_prefix : "";
+            return XATTN_OK;
         }
         return xa_error(XATTN_ERR_NOT_FOUND, "no module found%s%s%s (see 'xattn inspect')",
                         want_prefix ? " at prefix '" : "",
@@ -460,8 +462,11 @@ static const xa_io *io_of(const xattn_module *m, int output, size_t i, size_t *n
     return i < *n ? &(output ? k->outputs : k->inputs)[i] : NULL;
 }
 
-static void fill_io(const xa_kind *k, int output, const xa_io *io, xattn_io_desc *d)
+/* Input or output i of kind k into d. */
+static void fill_io(const xa_kind *k, int output, size_t i, xattn_io_desc *d)
 {
+    const xa_io *io = &(output ? k->outputs : k->inputs)[i];
+    const char *parts = output && k->out_parts ? k->out_parts[i] : NULL;
     const char *alt = output ? NULL : xa_input_alt(k, io->name);
     memset(d, 0, sizeof *d);
     d->name = io->name;
@@ -470,6 +475,7 @@ static void fill_io(const xa_kind *k, int output, const xa_io *io, xattn_io_desc
     d->mask = (io->flags & XA_IO_MASK) != 0;
     d->additive = (io->flags & XA_IO_ADDITIVE) != 0;
     d->doc = io->doc ? io->doc : "";
+    d->parts = parts ? parts : "";
     d->alternative = alt ? alt : "";
     d->when_bound = (io->flags & XA_IO_BOUND) != 0;
 }
@@ -479,7 +485,7 @@ static xattn_status io_desc(const xattn_module *m, int output, size_t i, xattn_i
     size_t n;
     const xa_io *io = m && d ? io_of(m, output, i, &n) : NULL;
     if (!io) return xa_error(XATTN_ERR_ARG, "module %s %zu out of range", output ? "output" : "input", i);
-    fill_io(m->m->kind, output, io, d);
+    fill_io(m->m->kind, output, i, d);
     xa_clear_error();
     return XATTN_OK;
 }
@@ -502,7 +508,7 @@ xattn_status xattn_kind_io(const char *kind, int output, size_t i, xattn_io_desc
     if (!k || !d || i >= n)
         return xa_error(XATTN_ERR_ARG, "xattn_kind_io: no %s %zu of '%s'",
                         output ? "output" : "input", i, kind ? kind : "(null)");
-    fill_io(k, output, &(output ? k->outputs : k->inputs)[i], d);
+    fill_io(k, output, i, d);
     xa_clear_error();
     return XATTN_OK;
 }

@@ -11,8 +11,10 @@
 #include "core/core.h"
 
 /* Inputs and outputs. A shape is comma-separated dims: an integer, a config field, a size
- * symbol (a name starting with a capital letter: B, I, J, H1 ...) bound by the inputs, or N*name;
- * "B/1" accepts the symbol's value or 1 (broadcast). */
+ * symbol (a name starting with a capital letter: B, I, J, H1 ...) bound by the inputs, or a sum
+ * of products of these ("2*dim", "B*num_heads", "J+add_bias_kv+add_zero_attn": a bool field
+ * counts 0 or 1); "B/1" accepts the symbol's value or 1 (broadcast). Only a dim that is a
+ * symbol alone binds it. */
 #define XA_IO_OPT 0x01u      /* optional input / output produced only when asked          */
 #define XA_IO_MASK 0x02u     /* bool (or integer, nonzero = true) mask                    */
 #define XA_IO_ADDITIVE 0x04u /* a mask that may also be float (added to the logits)       */
@@ -29,6 +31,13 @@ typedef struct xa_io {
     unsigned flags;
     const char *doc; /* meaning and mask polarity ("True = keep") */
 } xa_io;
+
+/* An optional input and the input that stands in for it when it is not given ({"key",
+ * "query"}: self-attention): the stand-in is checked against the input's shape (binding what
+ * the input would bind) and passed to the forward in its place. */
+typedef struct xa_stand_in {
+    const char *input, *by;
+} xa_stand_in;
 
 /* A required input and an optional one that may be given instead (one of the two, not both):
  * {"masks", "region_masks"}, HALLO's masks at the latent's size or at any size. */
@@ -105,9 +114,18 @@ typedef struct xa_kind {
     xattn_status (*plan)(const xa_mod *m, xa_run *r);
     xattn_status (*forward)(const xa_mod *m, const xa_run *r);
     const char *state_dict; /* the tensor names, for --help ("conv_query.{weight,bias}, ...") */
+    const xa_stand_in *stand_ins; /* in input order (may be NULL)                           */
+    int n_stand_ins;
     const xa_alias *aliases; /* other names of inputs, fields and outputs (may be NULL)       */
     int n_aliases;
-    const xa_alt *alts;      /* inputs that may be given instead of required ones (may be NULL) */
+    /* the config fields (or their aliases) of a one-line description, comma-separated
+     * ("embed_dim,heads,kdim,vdim,bias"); NULL: every field that is not derived */
+    const char *brief;
+    /* In output order (may be NULL): for an output whose first axis lists parts saved one file
+     * each, the name of part k, "BASE{A+B*k}" with A and B integers or config fields
+     * ("attn_weights_{x_layer0+2*k}"); NULL for one array. */
+    const char *const *out_parts;
+    const xa_alt *alts; /* inputs that may be given instead of required ones (may be NULL) */
     int n_alts;
 } xa_kind;
 

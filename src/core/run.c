@@ -54,27 +54,43 @@ static int count_dims(const char *shape)
     return n;
 }
 
-/* Value of a dim expression with the symbols bound so far: 1 and *v, or 0 if unbound. */
-static int dim_value(const xa_mod *m, const xa_run *r, const char *tok, int64_t *v)
+/* Value of one factor: an integer, a bound size symbol or a config field; 1 and *v, or 0. */
+static int factor_value(const xa_mod *m, const xa_run *r, const char *name, int64_t *v)
 {
-    int64_t mul = 1;
-    const char *name = tok;
-    const char *star = strchr(tok, '*');
-    char buf[64];
-    if (star) {
-        snprintf(buf, sizeof buf, "%.*s", (int)(star - tok), tok);
-        if (!xa_parse_int(buf, &mul)) return 0;
-        name = star + 1;
-    }
     if (xa_parse_int(name, v)) return 1;
     if (is_sym(name)) {
         for (int i = 0; i < r->n_sym; i++)
-            if (!strcmp(r->sym_name[i], name)) return *v = mul * r->sym[i], 1;
+            if (!strcmp(r->sym_name[i], name)) return *v = r->sym[i], 1;
         return 0;
     }
     int i = xa_cfg_find(&m->cfg, name);
     if (i < 0) return 0;
-    *v = mul * (int64_t)m->cfg.v[i];
+    *v = (int64_t)m->cfg.v[i];
+    return 1;
+}
+
+/* Value of a dim expression (a sum of products: "J+add_bias_kv", "B*num_heads", "8") with the
+ * symbols bound so far: 1 and *v, or 0 if a part is unbound or malformed. */
+static int dim_value(const xa_mod *m, const xa_run *r, const char *tok, int64_t *v)
+{
+    int64_t sum = 0, prod = 1;
+    for (const char *p = tok;;) {
+        const size_t n = strcspn(p, "*+");
+        char name[64];
+        int64_t f;
+        if (!n || n >= sizeof name) return 0;
+        memcpy(name, p, n);
+        name[n] = '\0';
+        if (!factor_value(m, r, name, &f)) return 0;
+        prod *= f;
+        if (p[n] != '*') {
+            sum += prod;
+            prod = 1;
+        }
+        if (!p[n]) break;
+        p += n + 1;
+    }
+    *v = sum;
     return 1;
 }
 
@@ -136,7 +152,7 @@ static xattn_status bind_input(const xa_mod *m, const xa_io *io, const xattn_ten
                                 got, d, tok, (long long)v, may_be_one ? " or 1" : "");
             continue;
         }
-        if (!is_sym(tok) || strchr(tok, '*') || r->n_sym >= XA_MAX_SYMS)
+        if (!is_sym(tok) || strpbrk(tok, "*+") || r->n_sym >= XA_MAX_SYMS)
             return xa_error(XATTN_ERR_ARG, "input '%s': cannot bind '%s'", io->name, tok);
         if (t->shape[d] < 1)
             return xa_error(XATTN_ERR_SHAPE, "input '%s' has an empty shape %s", io->name, got);
@@ -184,6 +200,37 @@ static xattn_status unknown_io(const xa_kind *k, int output, const char *name)
                     output ? "output" : "input", list);
 }
 
+/* An optional input not given, with a stand-in that is: the stand-in, checked against this
+ * input's shape (binding what this input would bind), is passed to the forward in its place. */
+static xattn_status stand_in(const xa_mod *m, const xa_stand_in *sb, xa_run *r)
+{
+    const xa_kind *k = m->kind;
+    const int i = io_index(k->inputs, k->n_in, sb->input), j = io_index(k->inputs, k->n_in, sb->by);
+    if (i < 0 || j < 0 || r->in[i] || !r->in[j]) return XATTN_OK;
+    const xa_io *io = &k->inputs[i];
+    xattn_tensor t;
+    memset(&t, 0, sizeof t);
+    t.name = io->name;
+    t.dtype = r->in_dtype[j];
+    t.ndim = r->in_ndim[j];
+    memcpy(t.shape, r->in_shape[j], sizeof t.shape);
+    t.data = (void *)r->in[j];
+    xattn_status s = check_dtype(io, &t);
+    if (!s) s = bind_input(m, io, &t, r);
+    if (s) { /* "input 'key' has shape (2, 4, 9); dim 2 must be kdim = 4" */
+        char why[512], got[128];
+        const char *e = xattn_last_error(), *semi = strstr(e, "; ");
+        snprintf(why, sizeof why, "%s", semi ? semi + 2 : e);
+        return xa_error(s, "input '%s' is not given, and input '%s' in its place has shape %s: %s",
+                        io->name, sb->by, xa_dims_text(t.ndim, t.shape, got, sizeof got), why);
+    }
+    r->in[i] = r->in[j];
+    r->in_dtype[i] = r->in_dtype[j];
+    r->in_ndim[i] = r->in_ndim[j];
+    memcpy(r->in_shape[i], r->in_shape[j], sizeof r->in_shape[i]);
+    return XATTN_OK;
+}
+
 /* Binds the inputs into r and fills the output shapes (out may be NULL). */
 static xattn_status plan(const xa_mod *m, const xattn_tensor *in, size_t n_in, xattn_tensor *out,
                          size_t n_out, xa_run *r)
@@ -225,6 +272,8 @@ static xattn_status plan(const xa_mod *m, const xattn_tensor *in, size_t n_in, x
             }
             if (s) return s;
         }
+    for (int i = 0; i < k->n_stand_ins; i++)
+        if ((s = stand_in(m, &k->stand_ins[i], r))) return s;
     if (k->plan && (s = k->plan(m, r))) return s; /* sizes only the kind can compute */
     for (size_t a = 0; out && a < n_out; a++) {
         int o = io_index(k->outputs, k->n_out, out[a].name);

@@ -1,5 +1,6 @@
 /*
- * M9: cross-attention over 2-D feature maps (seed 004 CrossAttention, corrected).
+ * Cross-attention over 2-D feature maps (a CrossAttention of 1x1 convolutions, its value
+ * product corrected).
  *
  *   conv_query.weight (Ck, C1, 1, 1) [+ conv_query.bias (Ck)]   on x1 (B, C1, H1, W1)
  *   conv_key.weight   (Ck, C2, 1, 1) [+ conv_key.bias (Ck)]     on x2 (B, C2, H2, W2)
@@ -119,7 +120,7 @@ static xattn_status forward_named(const xa_mod *core, const xa_run *r);
 
 const xa_kind xa_kind_conv2d_cross = {
     .name = "conv2d-cross",
-    .reference = "CrossAttention over 2-D feature maps (seed 004, corrected)",
+    .reference = "CrossAttention over 2-D feature maps (1x1 convolutions; value product corrected)",
     .summary = "cross-attention between two feature maps through 1x1 convolutions",
     .fields = fields,
     .n_fields = sizeof fields / sizeof fields[0],

@@ -49,6 +49,8 @@ enum {
     F_HIDDEN,
     F_XL,
     F_CL,
+    F_X0,
+    F_C0,
     F_N
 };
 static const xa_field fields[F_N] = {
@@ -74,6 +76,10 @@ static const xa_field fields[F_N] = {
               "layers where x queries the context"},
     [F_CL] = {"context_layers", XA_T_INT, XA_F_DERIVED | XA_F_NOMETA, 0, 0, 1e15, NULL, NULL,
               "layers where the context queries x"},
+    [F_X0] = {"x_layer0", XA_T_INT, XA_F_DERIVED | XA_F_NOMETA, 0, 0, 1, NULL, NULL,
+              "the first layer where x queries (0 or 1)"},
+    [F_C0] = {"context_layer0", XA_T_INT, XA_F_DERIVED | XA_F_NOMETA, 0, 0, 1, NULL, NULL,
+              "the first layer where the context queries (0 or 1)"},
 };
 
 /* One SkipClsDecoderBlock in state_dict order: nn.LayerNorm (ones, zeros), nn.Linear. */
@@ -146,6 +152,11 @@ static const xa_io outputs[] = {
     {"attn_weights_context", "context_layers,B,num_heads,J,I", XA_IO_OPT,
      "pre-softmax cross-attention logits (all keys) of the layers where the context queries"},
 };
+/* the logits are saved one file per layer, numbered as the reference's list */
+static const char *const out_parts[] = {NULL, NULL, "attn_weights_{x_layer0+2*k}",
+                                        "attn_weights_{context_layer0+2*k}"};
+/* the flags of the hand-written runner this kind's command line replaced */
+static const xa_alias aliases[] = {{"heads", "num_heads", NULL}, {"n_cls", "num_classes", NULL}};
 
 struct xattn_interlaced {
     xa_mod core;
@@ -165,7 +176,7 @@ static xattn_status bind_file(xa_cfg *c, const xattn_safetensors *st, const char
     xa_io_printable(prefix, pp, sizeof pp);
     if (L == 0)
         return xa_error(XATTN_ERR_NOT_FOUND,
-                        "no interlaced decoder found: tensor '%sblocks.0.norm1.weight' is missing",
+                        "not an interlaced decoder: tensor '%sblocks.0.norm1.weight' is missing",
                         pp);
     xa_cfg_set(c, F_DEPTH, (double)L, XA_FROM_SHAPE, "count of '%sblocks.N.*'", pp);
     return xa_cfg_bind_shapes(c, table, P_N, st, prefix, "blocks.0.");
@@ -205,6 +216,8 @@ static xattn_status derive(xa_cfg *c, const xattn_safetensors *st)
     const int64_t xl = x_first ? (depth + 1) / 2 : depth / 2;
     xa_cfg_set(c, F_XL, (double)xl, XA_FROM_DERIVED, "depth and first");
     xa_cfg_set(c, F_CL, (double)(depth - xl), XA_FROM_DERIVED, "depth and first");
+    xa_cfg_set(c, F_X0, x_first ? 0 : 1, XA_FROM_DERIVED, "first");
+    xa_cfg_set(c, F_C0, x_first ? 1 : 0, XA_FROM_DERIVED, "first");
     return XATTN_OK;
 }
 
@@ -272,6 +285,9 @@ const xa_kind xa_kind_interlaced = {
     .state_dict = "blocks.N.{norm1, self_attn.qkv, self_attn.proj, norm_q, norm_v, attn.q_map, "
                   "attn.k_map, attn.v_map, attn.proj, norm2, mlp.fc1, mlp.fc2}.{weight, bias} "
                   "(qkv_bias=False: no self_attn.qkv.bias, attn.{q,k,v}_map.bias)",
+    .aliases = aliases,
+    .n_aliases = 2,
+    .out_parts = out_parts,
 };
 
 /* Typed options as the registry's string options (n_cls 0 needs has_n_cls). */

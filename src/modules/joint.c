@@ -113,10 +113,14 @@ static const xa_io inputs[] = {
     {"x", "B,K,d_model", 0, "the first sequence (image regions in MMCA)"},
     {"context", "B,N,d_model", 0, "the second sequence (words in MMCA)"},
     {"x_padding_mask", "B,K", XA_IO_OPT | XA_IO_MASK,
-     "src_key_padding_mask of x's positions: True = ignore as a key"},
+     "True = ignore; x's part of torch's src_key_padding_mask (True = IGNORE that position as "
+     "a key)"},
     {"context_padding_mask", "B,N", XA_IO_OPT | XA_IO_MASK,
-     "src_key_padding_mask of the context's positions: True = ignore as a key"},
+     "True = ignore; the context's part of src_key_padding_mask (a batch item with every "
+     "position ignored gets zero rows, not NaN as in torch)"},
 };
+/* the flag of the hand-written runner this kind's command line replaced */
+static const xa_alias aliases[] = {{"heads", "nhead", NULL}};
 static const xa_io outputs[] = {
     {"out", "B,K,d_model", 0, "x's rows of the stacked output"},
     {"context_out", "B,N,d_model", 0, "the context's rows of the stacked output"},
@@ -336,16 +340,28 @@ const xa_kind xa_kind_joint = {
                   "linear2.{weight, bias}, norm1.{weight, bias}, norm2.{weight, bias} "
                   "(nn.TransformerEncoderLayer; bias=False: no *.bias); nn.TransformerEncoder: "
                   "layers.N.<the same>, norm.{weight, bias} (its final norm, optional)",
+    .aliases = aliases,
+    .n_aliases = 1,
 };
 
-/* A bare nn.TransformerEncoderLayer at the prefix (linear1 beside self_attn), not a layer of a
- * stack (PREFIX = P + "layers.N." with P + "layers.0." a layer too). A stack at P has no tensor
- * P + anchor, so the scan (one anchor per kind) finds stacks only by their typed load. */
-/* A layer (self_attn. with linear1. beside it) or a stack of them (layers.0.); the layers of a
- * stack are left out of the registry's scan as parts of the stack. */
+/* A layer (self_attn. with linear1. beside it) or a stack of them (layers.0.self_attn. with a
+ * feed-forward or norm tensor in some layers.N., so that a stack with a missing or stray layer
+ * is found and its loader names the tensor; a stack of attention blocks alone is not one); the
+ * layers of a stack are left out of the registry's scan as parts of the stack. */
 static int claims(const xattn_safetensors *st, const char *prefix)
 {
-    return xa_has(st, prefix, "linear1.weight") || xa_has(st, prefix, "layers.0.linear1.weight");
+    if (xa_has(st, prefix, "linear1.weight")) return 1;
+    if (!xa_has(st, prefix, "layers.0.self_attn.in_proj_weight")) return 0;
+    static const char *const parts[] = {"linear1.", "linear2.", "norm1.", "norm2."};
+    const size_t pl = strlen(prefix);
+    for (size_t i = 0; i < xattn_st_count(st); i++) {
+        const char *n = xattn_st_name(st, i), *p;
+        if (!n || strncmp(n, prefix, pl) || strncmp(n + pl, "layers.", 7)) continue;
+        for (p = n + pl + 7; *p >= '0' && *p <= '9'; p++) continue;
+        for (int k = 0; k < 4 && p > n + pl + 7 && *p == '.'; k++)
+            if (!strncmp(p + 1, parts[k], strlen(parts[k]))) return 1;
+    }
+    return 0;
 }
 
 xattn_status xattn_joint_load(const xattn_safetensors *st, const char *prefix,

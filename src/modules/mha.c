@@ -93,22 +93,30 @@ static const xa_pspec torch_table[T_N] = {
 
 static const xa_io torch_inputs[] = {
     {"query", "B,I,embed_dim", 0, "the sequence that queries"},
-    {"key", "B,J,kdim", 0, "the keys"},
-    {"value", "B,J,vdim", XA_IO_OPT, "the values (default: key, when kdim == vdim)"},
+    {"key", "B,J,kdim", XA_IO_OPT, "the keys (default: query, self-attention)"},
+    {"value", "B,J,vdim", XA_IO_OPT, "the values (default: key)"},
     {"key_padding_mask", "B,J", XA_IO_OPT | XA_IO_MASK | XA_IO_ADDITIVE,
-     "bool True = ignore that key (as torch); float: added to the logits"},
-    {"attn_mask", "I,J", XA_IO_OPT | XA_IO_MASK | XA_IO_ADDITIVE,
-     "bool True = not allowed to attend (as torch); float: added to the logits"},
-    {"attn_mask_per_head", "B,num_heads,I,J", XA_IO_OPT | XA_IO_MASK | XA_IO_ADDITIVE,
-     "torch's (B*num_heads, I, J) attn_mask, same polarity (not with attn_mask)"},
+     "bool True = masked out (as torch: that key is ignored); float: added to the logits"},
+    {"attn_mask", "I,J|B*num_heads,I,J", XA_IO_OPT | XA_IO_MASK | XA_IO_ADDITIVE,
+     "bool True = masked out (as torch: not allowed to attend); float: added to the logits; "
+     "(B*num_heads, I, J): one mask per batch item and head"},
+    {"is_causal", "", XA_IO_OPT | XA_IO_MASK,
+     "causal masking: key j > i masked out (upper-left aligned), besides the masks given"},
 };
+/* The keys add_bias_kv and add_zero_attn append (bias_k, then a zero key) come last. */
 static const xa_io torch_outputs[] = {
     {"out", "B,I,embed_dim", 0, "attn_output"},
-    {"attn", "B,I,J", XA_IO_OPT,
-     "attention weights averaged over heads (need_weights=True); not with add_bias_kv or "
-     "add_zero_attn (J + 1 or J + 2 columns: use xattn_mha_forward)"},
-    {"attn_per_head", "B,num_heads,I,J", XA_IO_OPT,
-     "attention weights per head (average_attn_weights=False); the same restriction"},
+    {"attn", "B,I,J+add_bias_kv+add_zero_attn", XA_IO_OPT,
+     "attn_output_weights averaged over heads (need_weights=True); the keys appended by "
+     "add_bias_kv and add_zero_attn come last, as torch returns them"},
+    {"attn_per_head", "B,num_heads,I,J+add_bias_kv+add_zero_attn", XA_IO_OPT,
+     "attn_output_weights per head (average_attn_weights=False)"},
+};
+static const xa_stand_in torch_stand_ins[] = {{"key", "query"}, {"value", "key"}};
+static const xa_alias torch_aliases[] = {
+    {"heads", "num_heads", NULL},
+    {"causal", "is_causal", NULL},
+    {"per_head_attn", "attn_per_head", "attn"},
 };
 
 /* Field name gets the value of field `from` when nothing gave it (None in the reference). */
@@ -137,9 +145,9 @@ static xattn_status torch_heads_known(const xattn_safetensors *st, const xa_kv *
     for (size_t k = 0; k < n_opts; k++)
         if (opts[k].key && !strcmp(opts[k].key, "num_heads")) return XATTN_OK;
     if (xattn_st_meta_get(st, "heads") || xattn_st_meta_get(st, "num_heads")) return XATTN_OK;
-    return xa_error(XATTN_ERR_ARG, "%s: the number of heads is not known: pass heads > 0 "
-                                   "(option 'num_heads') or store __metadata__ {\"heads\": \"N\"} "
-                                   "in the file", FN_LOAD);
+    return xa_error(XATTN_ERR_ARG, "%s: the number of heads is not known (torch's module has no "
+                                   "default): give the option 'num_heads' or store __metadata__ "
+                                   "{\"heads\": \"N\"} in the file", FN_LOAD);
 }
 
 static xattn_status torch_build(xa_mod *m, const xattn_safetensors *st, const char *prefix,
@@ -166,8 +174,10 @@ static xattn_status torch_build(xa_mod *m, const xattn_safetensors *st, const ch
                         FN_LOAD, (long long)E, (long long)kdim, c->how[xa_cfg_find(c, "kdim")],
                         (long long)vdim, c->how[xa_cfg_find(c, "vdim")]);
     if (E % H)
-        return xa_error(XATTN_ERR_SHAPE, "embed_dim %lld (from %s) is not divisible by heads %lld",
-                        (long long)E, c->how[xa_cfg_find(c, "embed_dim")], (long long)H);
+        return xa_error(XATTN_ERR_SHAPE,
+                        "embed_dim %lld (from %s) is not divisible by heads %lld (%s)",
+                        (long long)E, c->how[xa_cfg_find(c, "embed_dim")], (long long)H,
+                        c->how[xa_cfg_find(c, "num_heads")]);
     return xa_params_add_table(&m->params, torch_table, T_N, c, "", NULL);
 }
 
@@ -260,12 +270,16 @@ static const xa_io diff_inputs[] = {
     {"encoder_hidden_states", "B,J,cross_attention_dim", XA_IO_OPT,
      "the sequence attended to (None: hidden_states, self-attention)"},
     {"attention_mask", "B,J", XA_IO_OPT | XA_IO_MASK | XA_IO_ADDITIVE,
-     "per batch item and key: bool True = attend (as F.scaled_dot_product_attention); float: "
-     "added to the logits"},
+     "per batch item and key: bool True = keep (attend, as F.scaled_dot_product_attention); "
+     "float: added to the logits"},
 };
 static const xa_io diff_outputs[] = {
     {"out", "B,I,out_dim", 0, "the attention output"},
     {"attention_probs", "B,heads,I,J", XA_IO_OPT, "attention weights per head"},
+};
+static const xa_stand_in diff_stand_ins[] = {{"encoder_hidden_states", "hidden_states"}};
+static const xa_alias diff_aliases[] = {
+    {"key_padding_mask", "attention_mask", NULL},
 };
 
 /* State_dict entries of diffusers Attention features this module does not compute. */
@@ -310,8 +324,8 @@ static xattn_status diff_heads(xa_cfg *c, int loading)
     }
     const int64_t inner = (int64_t)c->v[ii], H = (int64_t)c->v[ih];
     if (inner % H)
-        return xa_error(XATTN_ERR_SHAPE, "inner dim %lld (%s) is not divisible by heads %lld",
-                        (long long)inner, c->how[ii], (long long)H);
+        return xa_error(XATTN_ERR_SHAPE, "inner dim %lld (%s) is not divisible by heads %lld (%s)",
+                        (long long)inner, c->how[ii], (long long)H, c->how[ih]);
     if (loading && c->from[id] == XA_FROM_DEFAULT) {
         xa_cfg_set(c, id, (double)(inner / H), XA_FROM_DERIVED, "inner_dim / heads");
     } else if (loading && inner / (int64_t)c->v[id] != H) {
@@ -392,7 +406,6 @@ static int torch_claims(const xattn_safetensors *st, const char *prefix)
 
 static xattn_status torch_forward_named(const xa_mod *core, const xa_run *r);
 static xattn_status diff_forward_named(const xa_mod *core, const xa_run *r);
-static xattn_status diff_check(const xa_mod *core, const xa_run *r);
 
 const xa_kind xa_kind_mha = {
     .name = "mha",
@@ -410,6 +423,13 @@ const xa_kind xa_kind_mha = {
     .build = torch_build,
     .bind = torch_bind,
     .forward = torch_forward_named,
+    .stand_ins = torch_stand_ins,
+    .n_stand_ins = sizeof torch_stand_ins / sizeof torch_stand_ins[0],
+    .aliases = torch_aliases,
+    .n_aliases = sizeof torch_aliases / sizeof torch_aliases[0],
+    .brief = "embed_dim,heads,kdim,vdim,bias",
+    .state_dict = "in_proj_weight or q_proj_weight, k_proj_weight, v_proj_weight; "
+                  "[in_proj_bias], out_proj.weight, [out_proj.bias], [bias_k, bias_v]",
 };
 
 const xa_kind xa_kind_attention = {
@@ -426,8 +446,14 @@ const xa_kind xa_kind_attention = {
     .size = sizeof(xattn_mha),
     .build = diff_build,
     .bind = diff_bind,
-    .check = diff_check,
     .forward = diff_forward_named,
+    .stand_ins = diff_stand_ins,
+    .n_stand_ins = sizeof diff_stand_ins / sizeof diff_stand_ins[0],
+    .aliases = diff_aliases,
+    .n_aliases = sizeof diff_aliases / sizeof diff_aliases[0],
+    .brief = "query_dim,cross_attention_dim,heads,dim_head,inner_dim,out_dim,bias,out_bias",
+    .state_dict = "to_q.weight, to_k.weight, to_v.weight, [to_{q,k,v}.bias], to_out.0.weight, "
+                  "[to_out.0.bias]",
 };
 
 /* ---------------------------------------------------------------------------------------- */
@@ -763,41 +789,18 @@ static xattn_status torch_forward_named(const xa_mod *core, const xa_run *r)
     in.I = xa_run_sym(r, "I");
     in.J = xa_run_sym(r, "J");
     in.query = r->in[0];
-    in.key = r->in[1];
+    in.key = r->in[1]; /* the stand-ins (query, key) when not given */
     in.value = r->in[2];
     named_mask(r, 3, &in.key_padding_mask, &in.key_padding_mask_float);
-    if (r->in[4] && r->in[5])
-        return xa_error(XATTN_ERR_ARG, "mha: give attn_mask or attn_mask_per_head, not both");
-    named_mask(r, r->in[5] ? 5 : 4, &in.attn_mask, &in.attn_mask_float);
-    in.attn_mask_per_head = r->in[5] != NULL;
+    named_mask(r, 4, &in.attn_mask, &in.attn_mask_float);
+    in.attn_mask_per_head = r->in[4] && r->in_ndim[4] == 3;
+    in.is_causal = r->in[5] && *(const uint8_t *)r->in[5];
     xattn_mha_outputs o;
     memset(&o, 0, sizeof o);
     o.out = r->out[0];
     o.attn = r->out[1];
     o.attn_per_head = r->out[2];
-    if ((o.attn || o.attn_per_head) && (m->cfg.add_bias_kv || m->cfg.add_zero_attn))
-        return xa_error(XATTN_ERR_ARG,
-                        "mha: with add_bias_kv or add_zero_attn the attention weights have J + %d "
-                        "columns, which the named outputs cannot hold: use xattn_mha_forward",
-                        m->cfg.add_bias_kv + m->cfg.add_zero_attn);
     return xa_mha_run(m, &in, &o);
-}
-
-/* Without encoder_hidden_states the module attends over hidden_states. */
-static xattn_status diff_check(const xa_mod *core, const xa_run *r)
-{
-    const xattn_mha *m = (const xattn_mha *)core;
-    if (r->in[1]) return XATTN_OK;
-    if (m->cfg.kdim != m->cfg.embed_dim)
-        return xa_error(XATTN_ERR_SHAPE,
-                        "attention: without encoder_hidden_states the keys are hidden_states, but "
-                        "cross_attention_dim %lld != query_dim %lld", (long long)m->cfg.kdim,
-                        (long long)m->cfg.embed_dim);
-    const int64_t J = xa_run_sym(r, "J"), I = xa_run_sym(r, "I");
-    if (J && J != I)
-        return xa_error(XATTN_ERR_SHAPE, "attention: without encoder_hidden_states J must be I "
-                        "= %lld (the mask says J = %lld)", (long long)I, (long long)J);
-    return XATTN_OK;
 }
 
 static xattn_status diff_forward_named(const xa_mod *core, const xa_run *r)
@@ -807,9 +810,9 @@ static xattn_status diff_forward_named(const xa_mod *core, const xa_run *r)
     memset(&in, 0, sizeof in);
     in.B = xa_run_sym(r, "B");
     in.I = xa_run_sym(r, "I");
+    in.J = xa_run_sym(r, "J");
     in.query = r->in[0];
-    in.key = r->in[1] ? r->in[1] : r->in[0];
-    in.J = r->in[1] ? xa_run_sym(r, "J") : in.I;
+    in.key = r->in[1]; /* hidden_states when encoder_hidden_states is not given */
     named_mask(r, 2, &in.key_padding_mask, &in.key_padding_mask_float);
     xattn_mha_outputs o;
     memset(&o, 0, sizeof o);

@@ -1,5 +1,5 @@
 /*
- * M3: mutual cross-attention (parameter-free; Zhao & Gu 2024, ztony0712/MCA).
+ * Mutual cross-attention (parameter-free; Zhao & Gu 2024, ztony0712/MCA).
  *
  *   A  = softmax(a b^T / sqrt(D)) b,   Bm = softmax(b a^T / sqrt(D)) a,   out = A + Bm
  *

@@ -18,9 +18,11 @@ static void help(void)
            "                   [--context-len J] [--batch B] [--heads N] [--reps N]\n"
            "                   [--threads N] [--out-dir DIR] [--json]\n"
            "\n"
-           "Times the forward of a saved module (nn.MultiheadAttention, diffusers Attention,\n"
-           "BidirectionalCrossAttention[Transformer]; detected as by 'xattn run') after one\n"
-           "warm-up run, and prints the median time and the peak resident memory of the process.\n"
+           "Times the forward of a saved module (detected as by 'xattn run') after one warm-up\n"
+           "run, and prints the median time and the peak resident memory of the process. A kind\n"
+           "'xattn run' takes through the registry takes the same inputs and options here\n"
+           "('xattn bench --module KIND --help'); these are the options of\n"
+           "BidirectionalCrossAttention[Transformer]:\n"
            "\n"
            "inputs:\n"
            "  --x X.npy          queries / first stream (B, I, width); default: generated\n"
@@ -124,7 +126,6 @@ int cmd_bench(int argc, char **argv)
     if (threads > 0) xattn_set_threads((int)threads);
 
     xattn_safetensors *st = NULL;
-    xattn_mha *mha = NULL;
     xattn_bidir *bm = NULL;
     xattn_array x = {0}, c = {0};
     float *out = NULL, *cout = NULL;
@@ -133,46 +134,23 @@ int cmd_bench(int argc, char **argv)
     const char *model = pos[0];
     if (xattn_st_open(model, &st) != XATTN_OK) return cli_lib_error(CMD, model);
 
-    cli_module mod;
     cli_bidir bf;
-    cli_detect_module(st, &mod);
     cli_detect_bidir(st, &bf);
-    if (mod.n_found + bf.n_found != 1) {
-        rc = cli_error(CMD, model, mod.n_found + bf.n_found ? "holds several attention modules"
-                                                            : "no attention module found");
+    if (bf.n_found != 1) {
+        rc = cli_error(CMD, model, bf.n_found ? "holds several attention modules"
+                                              : "no attention module found");
         goto done;
     }
-    int64_t wx, wc, wo, wco = 0;
-    const char *kind;
-    if (bf.n_found) {
-        xattn_bidir_opts bo = {.heads = heads};
-        if (xattn_bidir_load(st, bf.prefix, &bo, &bm) != XATTN_OK) {
-            rc = cli_lib_error(CMD, model);
-            goto done;
-        }
-        xattn_bidir_config cfg;
-        xattn_bidir_get_config(bm, &cfg);
-        wx = wo = cfg.dim;
-        wc = wco = cfg.context_dim;
-        kind = cfg.is_transformer ? "BidirectionalCrossAttentionTransformer" : "BidirectionalCrossAttention";
-    } else {
-        const xattn_mha_opts mo = {.heads = heads > 0 ? heads : 0};
-        if (xattn_mha_load(st, mod.prefix, &mo, &mha) != XATTN_OK) {
-            rc = cli_lib_error(CMD, model);
-            goto done;
-        }
-        xattn_mha_config cfg;
-        xattn_mha_get_config(mha, &cfg);
-        if (cfg.kdim != cfg.vdim) {
-            rc = cli_error(CMD, model, "kdim %lld != vdim %lld: benchmark it with 'xattn run'",
-                           (long long)cfg.kdim, (long long)cfg.vdim);
-            goto done;
-        }
-        wx = cfg.embed_dim;
-        wc = cfg.kdim;
-        wo = cfg.out_dim;
-        kind = cli_module_name(mod.kind);
+    const xattn_bidir_opts bo = {.heads = heads};
+    if (xattn_bidir_load(st, bf.prefix, &bo, &bm) != XATTN_OK) {
+        rc = cli_lib_error(CMD, model);
+        goto done;
     }
+    xattn_bidir_config cfg;
+    xattn_bidir_get_config(bm, &cfg);
+    const int64_t wx = cfg.dim, wo = cfg.dim, wc = cfg.context_dim, wco = cfg.context_dim;
+    const char *kind = cfg.is_transformer ? "BidirectionalCrossAttentionTransformer"
+                                          : "BidirectionalCrossAttention";
     if (input(xpath, batch, len, wx, 1, &x) || input(cpath, batch, clen, wc, 2, &c)) goto done;
     const int64_t B = x.shape[0], I = x.shape[1], J = c.shape[1];
     if (c.shape[0] != B) {
@@ -181,20 +159,17 @@ int cmd_bench(int argc, char **argv)
         goto done;
     }
     out = malloc(sizeof(float) * (size_t)(B * I * wo));
-    cout = bm ? malloc(sizeof(float) * (size_t)(B * J * wco)) : NULL;
+    cout = malloc(sizeof(float) * (size_t)(B * J * wco));
     ts = malloc(sizeof(double) * (size_t)reps);
-    if (!out || (bm && !cout) || !ts) {
+    if (!out || !cout || !ts) {
         rc = cli_error(CMD, NULL, "out of memory for the outputs");
         goto done;
     }
     xattn_bidir_inputs bin = {.B = B, .I = I, .J = J, .x = x.data, .context = c.data};
     xattn_bidir_outputs bout = {.out = out, .context_out = cout};
-    xattn_mha_inputs min = {.B = B, .I = I, .J = J, .query = x.data, .key = c.data};
-    xattn_mha_outputs mout = {.out = out};
     for (long long r = -1; r < reps; r++) { /* r = -1: warm-up */
         double t0 = cli_now();
-        xattn_status s = bm ? xattn_bidir_forward(NULL, bm, &bin, &bout)
-                            : xattn_mha_forward(NULL, mha, &min, &mout);
+        xattn_status s = xattn_bidir_forward(NULL, bm, &bin, &bout);
         double t = cli_now() - t0;
         if (s != XATTN_OK) {
             rc = cli_lib_error(CMD, model);
@@ -206,7 +181,7 @@ int cmd_bench(int argc, char **argv)
     const char *rss_note;
     double med = ts[reps / 2], rss = cli_peak_rss_bytes(&rss_note) / 1048576.0;
     if (out_dir && (save_out(out_dir, "out.npy", out, B, I, wo) ||
-                    (bm && save_out(out_dir, "context_out.npy", cout, B, J, wco))))
+                    save_out(out_dir, "context_out.npy", cout, B, J, wco)))
         goto done;
     if (json)
         printf("{\"module\": \"%s\", \"B\": %lld, \"I\": %lld, \"J\": %lld, \"seconds\": %.6g, "
@@ -221,7 +196,6 @@ int cmd_bench(int argc, char **argv)
                rss_note, xattn_isa(), xattn_get_threads());
     rc = CLI_EXIT_OK;
 done:
-    xattn_mha_free(mha);
     xattn_bidir_free(bm);
     xattn_st_close(st);
     xattn_array_free(&x);

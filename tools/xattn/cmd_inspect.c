@@ -134,9 +134,24 @@ static void print_registry(const xattn_safetensors *st)
     }
 }
 
-/* "module: REFERENCE[ at prefix 'P'] (option=value, ...)" for each module of a kind the command
- * line runs through the registry, every option resolved ("(default)": assumed). Returns how
- * many. */
+/* The value of option `name` of m for the one-line description: '?' for one the file does not
+ * give (read with a stand-in value), a default marked. */
+static void brief_value(const xattn_module *m, const char *name, int unknown, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "?");
+    if (unknown) return;
+    for (size_t c = 0; c < xattn_module_config_count(m); c++) {
+        xattn_config_entry e;
+        if (!xattn_module_config(m, c, &e) && !strcmp(e.name, name))
+            snprintf(buf, cap, "%s%s", e.value, !strcmp(e.source, "default") ? " (default)" : "");
+    }
+}
+
+/* "module: REFERENCE[ at prefix 'P'] (option=value, ...)" for each module the registry finds
+ * of a kind the command line runs through it (the others keep their own description): the
+ * options of the kind's brief description (else every option). A required option that neither
+ * the shapes nor the file give shows as '?' (the shapes are read with it set to 1). Returns the
+ * number of modules described. */
 static size_t print_registry_modules(const xattn_safetensors *st)
 {
     xattn_found f[32];
@@ -145,31 +160,62 @@ static size_t print_registry_modules(const xattn_safetensors *st)
     for (size_t i = 0; i < n && i < 32; i++) {
         if (!reg_cli_handles(f[i].kind)) continue;
         shown++;
-        char ref[160], at[320] = "", pp[256], why[512];
+        char ref[160], at[320] = "", pp[256], why[512], val[96];
         reg_reference_name(f[i].kind, ref, sizeof ref);
         if (f[i].prefix[0])
             snprintf(at, sizeof at, " at prefix '%s'", cli_printable(f[i].prefix, pp, sizeof pp));
-        xattn_open_opts o = {.kind = f[i].kind, .prefix = f[i].prefix};
+        xattn_open_opts o;
+        memset(&o, 0, sizeof o);
+        o.kind = f[i].kind;
+        o.prefix = f[i].prefix;
+        xattn_option unknown[8];
+        size_t nu = 0;
         xattn_module *m = NULL;
         if (xattn_module_open(st, &o, &m)) {
-            printf("module: unknown (%s names%s, but: %s)\n", ref, at,
-                   cli_printable(xattn_last_error(), why, sizeof why));
-            continue;
-        }
-        printf("module: %s%s (", ref, at);
-        const char *sep = "";
-        for (size_t j = 0;; j++) {
-            xattn_arg_desc a;
-            if (xattn_kind_arg(f[i].kind, j, &a)) break;
-            for (size_t c = 0; !a.derived && c < xattn_module_config_count(m); c++) {
-                xattn_config_entry e;
-                if (xattn_module_config(m, c, &e) || strcmp(e.name, a.name)) continue;
-                printf("%s%s=%s%s", sep, e.name, e.value,
-                       !strcmp(e.source, "default") ? " (default)" : "");
-                sep = ", ";
+            cli_printable(xattn_last_error(), why, sizeof why);
+            for (size_t j = 0; nu < 8; j++) {
+                xattn_arg_desc a;
+                if (xattn_kind_arg(f[i].kind, j, &a)) break;
+                if (a.required && !a.from_shapes && !a.derived)
+                    unknown[nu++] = (xattn_option){a.name, "1"};
+            }
+            o.options = unknown;
+            o.n_options = nu;
+            if (!nu || xattn_module_open(st, &o, &m)) {
+                printf("module: unknown (%s names%s, but: %s)\n", ref, at, why);
+                continue;
             }
         }
-        printf("; 'xattn run --module %s')\n", f[i].kind);
+        printf("module: %s%s (", ref, at);
+        const char *brief = xattn_kind_brief(f[i].kind);
+        int first = 1;
+        for (size_t j = 0;; j++) { /* the brief's names, else every option */
+            char tok[64];
+            if (brief[0]) {
+                const char *p = brief;
+                for (size_t k = 0; k < j && p; k++) p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL;
+                if (!p) break;
+                snprintf(tok, sizeof tok, "%.*s", (int)strcspn(p, ","), p);
+            } else {
+                xattn_arg_desc a;
+                if (xattn_kind_arg(f[i].kind, j, &a)) break;
+                if (a.derived) continue;
+                snprintf(tok, sizeof tok, "%s", a.name);
+            }
+            const char *name = reg_alias(f[i].kind, tok, NULL);
+            if (!name) name = tok;
+            int is_unknown = 0;
+            for (size_t u = 0; u < nu; u++) is_unknown |= !strcmp(unknown[u].name, name);
+            brief_value(m, name, is_unknown, val, sizeof val);
+            char flag[80];
+            snprintf(flag, sizeof flag, "--%s", tok);
+            for (char *c = flag; *c; c++)
+                if (*c == '_') *c = '-';
+            printf("%s%s=%s", first ? "" : ", ", tok, val);
+            if (is_unknown) printf(" (not in the file: pass %s to run)", flag);
+            first = 0;
+        }
+        printf(")\n");
         xattn_module_free(m);
     }
     return shown;
@@ -185,71 +231,21 @@ static void print_module(const xattn_safetensors *st)
         return;
     }
     if (print_registry_modules(st)) return;
-    cli_module mod;
-    cli_detect_module(st, &mod);
     cli_bidir bf;
     cli_detect_bidir(st, &bf);
-    if (mod.n_found == 0 && bf.n_found > 0) {
+    if (bf.n_found > 0) {
         print_bidir(st, &bf, bf.n_found);
         return;
     }
-    if (mod.n_found == 0 && (mod.n_long > 0 || bf.n_long > 0)) {
+    cli_module mod;
+    cli_detect_module(st, &mod);
+    if (bf.n_long > 0 || mod.n_long > 0) {
         printf("module: unknown (attention tensor names with a prefix longer than %d bytes are "
                "not supported)\n",
-               (int)sizeof mod.prefix - 1);
+               (int)sizeof bf.prefix - 1);
         return;
     }
-    if (mod.n_found == 0) {
-        printf("module: unknown (no in_proj_weight, q_proj_weight, to_q.weight or to_qk.weight "
-               "tensor)\n");
-        return;
-    }
-    char at[300] = "", pp[128];
-    if (mod.prefix[0])
-        snprintf(at, sizeof at, " at prefix '%s'", cli_printable(mod.prefix, pp, sizeof pp));
-    if (mod.n_found + bf.n_found > 1)
-        printf("note: %d attention modules found; showing the first\n", mod.n_found + bf.n_found);
-
-    const char *meta_heads = xattn_st_meta_get(st, "heads");
-    /* torch's module has no default head count: without metadata, check the shapes with one
-     * head and report the count as unknown */
-    int heads_known = meta_heads || mod.kind == CLI_MODULE_ATTENTION;
-    xattn_mha *m = NULL;
-    const xattn_mha_opts mo = {.heads = heads_known ? 0 : 1};
-    if (xattn_mha_load(st, mod.prefix, &mo, &m) != XATTN_OK) {
-        char why[512];
-        printf("module: unknown (%s names%s, but: %s)\n", cli_module_name(mod.kind), at,
-               cli_printable(xattn_last_error(), why, sizeof why));
-        return;
-    }
-    xattn_mha_config c;
-    xattn_mha_get_config(m, &c);
-    xattn_mha_free(m);
-    char heads[96];
-    if (!heads_known)
-        snprintf(heads, sizeof heads, "? (not in __metadata__: pass --heads to run)");
-    else
-        snprintf(heads, sizeof heads, "%lld%s", (long long)c.heads,
-                 meta_heads ? "" : " (default)");
-    if (c.layout == XATTN_LAYOUT_TORCH_MHA) {
-        char bias[64];
-        if (c.has_in_bias == c.has_out_bias)
-            snprintf(bias, sizeof bias, "bias=%s", tf(c.has_in_bias));
-        else
-            snprintf(bias, sizeof bias, "in_proj_bias=%s, out_proj.bias=%s", tf(c.has_in_bias),
-                     tf(c.has_out_bias));
-        printf("module: %s%s (embed_dim=%lld, heads=%s, kdim=%lld, vdim=%lld, %s)\n",
-               cli_module_name(mod.kind), at, (long long)c.embed_dim, heads, (long long)c.kdim,
-               (long long)c.vdim, bias);
-    } else {
-        char vd[64] = "";
-        if (c.vdim != c.kdim) snprintf(vd, sizeof vd, ", value_dim=%lld", (long long)c.vdim);
-        printf("module: %s%s (query_dim=%lld, cross_attention_dim=%lld%s, heads=%s, "
-               "dim_head=%lld, inner_dim=%lld, out_dim=%lld, bias=%s, out_bias=%s)\n",
-               cli_module_name(mod.kind), at, (long long)c.embed_dim, (long long)c.kdim, vd,
-               heads, (long long)c.head_dim, (long long)c.inner_dim, (long long)c.out_dim,
-               tf(c.has_in_bias), tf(c.has_out_bias));
-    }
+    printf("module: unknown (no tensor names of a module 'xattn run --help' lists)\n");
 }
 
 int cmd_inspect(int argc, char **argv)

@@ -20,11 +20,13 @@ static void help(void)
         "\n"
         "Runs an attention module saved from PyTorch with\n"
         "safetensors.torch.save_file(module.state_dict(), ...). The module kind (KIND) is\n"
-        "detected from the tensor names (a common name prefix such as 'blk.attn.' is allowed):\n"
-        "  mha                torch.nn.MultiheadAttention: in_proj_weight or q/k/v_proj_weight,\n"
-        "                     out_proj.*\n"
-        "  attention          diffusers Attention: to_q.weight, to_k.weight, to_v.weight,\n"
-        "                     to_out.0.*\n"
+        "detected from the tensor names (a common name prefix such as 'blk.attn.' is allowed):\n");
+    for (size_t i = 0; i < xattn_kind_count(); i++) {
+        xattn_kind_desc k;
+        if (!xattn_kind_info(i, &k) && reg_cli_handles(k.name))
+            printf("  %-18s %s%s%s\n", k.name, k.reference, k.state_dict[0] ? ": " : "", k.state_dict);
+    }
+    printf(
         "  bidir              BidirectionalCrossAttention (PyPI bidirectional-cross-attention\n"
         "                     0.1.0, also the LayerNorm prenorm of 0.0.x): to_qk.weight,\n"
         "                     context_to_qk.weight, to_v.weight, context_to_v.weight, to_out.*,\n"
@@ -38,31 +40,18 @@ static void help(void)
         "__metadata__ {\"heads\": \"N\"}, else 8 (the default of diffusers Attention and of the\n"
         "bidirectional modules; torch's module has no default: give --heads).\n"
         "\n"
-        "multi-head attention (mha, attention): X queries the context.\n"
-        "  inputs (.npy, float32, float64 or float16):\n"
-        "  --x X.npy                 queries (B, I, embed_dim), or (I, embed_dim) for one sequence\n"
-        "  --context C.npy           keys (B, J, kdim); default: X (self-attention)\n"
-        "  --value V.npy             values (B, J, vdim); default: the context\n"
-        "  masks (.npy, bool or integer (nonzero = True), or float32/float64/float16 added to\n"
-        "  the logits):\n"
-        "  --key-padding-mask M.npy  (B, J), or (J,) for a rank-2 X\n"
-        "  --attn-mask A.npy         (I, J), or (B*heads, I, J) per head\n"
-        "      torch.nn.MultiheadAttention: bool True = masked out (as torch).\n"
-        "      diffusers Attention: bool True = keep (as F.scaled_dot_product_attention).\n"
-        "  --causal                  also mask keys j > i (upper-left aligned)\n"
-        "  --add-zero-attn           nn.MultiheadAttention(add_zero_attn=True), which leaves no\n"
-        "                            trace in the state_dict (or __metadata__ add_zero_attn);\n"
-        "                            add_bias_kv is detected from bias_k / bias_v. The appended\n"
-        "                            keys are never masked and come last in attn.npy (J + 1 or\n"
-        "                            J + 2 columns, as torch returns them)\n"
-        "  A query row whose every key is masked gives a zero attention row (output = output\n"
-        "  projection bias), not NaN.\n"
-        "  outputs:\n"
-        "  out.npy                   (B, I, out_dim), or (I, out_dim) for a rank-2 X\n"
-        "  attn.npy                  with --return-attn: weights averaged over heads (B, I, J)\n"
-        "                            (as need_weights=True); with --per-head-attn (B, heads, I, J)\n"
-        "                            (the batch axis is dropped for a rank-2 X, as torch does)\n"
-        "\n");
+        "Each of the following kinds takes the inputs of its reference's forward as --NAME FILE.npy\n"
+        "(dashes for underscores; --x and --context name the first two) and the arguments of\n"
+        "its constructor as options; an option that leaves no trace in the state dict and is\n"
+        "neither given nor in the file's __metadata__ takes the reference's default, announced\n"
+        "as a warning after the run ('xattn run --module KIND --help' shows one kind):\n");
+    for (size_t i = 0; i < xattn_kind_count(); i++) {
+        xattn_kind_desc k;
+        if (xattn_kind_info(i, &k) || !reg_cli_handles(k.name)) continue;
+        printf("\n");
+        reg_help_kind(k.name);
+    }
+    printf("\n");
     /* (split: ISO C only promises string literals of 4095 bytes) */
     printf(
         "bidirectional cross-attention (bidir, bidir-transformer): X and the context attend to\n"
@@ -99,18 +88,13 @@ static void help(void)
         "other options:\n"
         "  --heads N                 number of heads (wins over the file's metadata; must agree\n"
         "                            with talking-heads weights)\n"
-        "  --module KIND             insist on a module kind: mha, attention, bidir or\n"
-        "                            bidir-transformer (error if the tensors disagree)\n"
+        "  --module KIND             insist on a module kind (one of those above; an error if\n"
+        "                            the tensors disagree)\n"
         "  --threads N               threads (default: all cores)\n"
         "  -h, --help                this help\n");
     const cli_ext_module *m = cli_ext_at(0);
     if (m) printf("\nmore modules, each with its own options ('xattn run --module KIND --help'):\n");
     for (int i = 0; (m = cli_ext_at(i)); i++) printf("  %-24s  %s\n", m->kind, m->summary);
-    for (size_t i = 0; i < xattn_kind_count(); i++) {
-        xattn_kind_desc k;
-        if (!xattn_kind_info(i, &k) && reg_cli_handles(k.name))
-            printf("  %-24s  %s\n", k.name, k.summary);
-    }
 }
 
 typedef struct run_args {
@@ -128,22 +112,17 @@ typedef struct run_state {
     cli_module mod;
     cli_bidir bf;
     int is_bidir;
-    xattn_mha *m;
     xattn_bidir *bm;
-    xattn_array x, ctx, val, kpm, am, mask, cmask, bias;
+    xattn_array x, ctx, mask, cmask, bias;
     float *out, *attn, *cout, *cattn;
 } run_state;
 
 static void run_free(run_state *s)
 {
-    xattn_mha_free(s->m);
     xattn_bidir_free(s->bm);
     xattn_st_close(s->st);
     xattn_array_free(&s->x);
     xattn_array_free(&s->ctx);
-    xattn_array_free(&s->val);
-    xattn_array_free(&s->kpm);
-    xattn_array_free(&s->am);
     xattn_array_free(&s->mask);
     xattn_array_free(&s->cmask);
     xattn_array_free(&s->bias);
@@ -193,16 +172,6 @@ static int check_family_options(const run_args *a, const run_state *s)
             return cli_error(CMD, a->model,
                              "--return-attn: a BidirectionalCrossAttentionTransformer returns no "
                              "attention maps (the package ignores return_attn)");
-    } else {
-        const char *opt = a->mask ? "--mask"
-                          : a->cmask ? "--context-mask"
-                          : a->rel_bias ? "--rel-pos-bias"
-                                        : NULL;
-        if (opt)
-            return cli_error(CMD, a->model,
-                             "%s is an option of the bidirectional modules, but the model is a %s "
-                             "(masks: --key-padding-mask / --attn-mask)",
-                             opt, cli_module_name(s->mod.kind));
     }
     return 0;
 }
@@ -244,19 +213,12 @@ static int load_model(const run_args *a, run_state *s)
     }
     int rc;
     if ((rc = check_family_options(a, s))) return rc;
-    if (s->is_bidir) {
-        const xattn_bidir_opts bo = {.heads = a->heads > 0 ? a->heads : 0};
-        if (xattn_bidir_load(s->st, s->bf.prefix, &bo, &s->bm) != XATTN_OK)
-            return cli_lib_error(CMD, a->model);
-        return 0;
-    }
-    if (a->heads <= 0 && mod->kind == CLI_MODULE_MHA && !xattn_st_meta_get(s->st, "heads"))
-        return cli_error(CMD, a->model,
-                         "the number of heads of torch.nn.MultiheadAttention is not in the file "
-                         "(__metadata__ 'heads'): pass --heads N");
-    const xattn_mha_opts mo = {.heads = a->heads > 0 ? a->heads : 0,
-                               .add_zero_attn = a->add_zero_attn ? XATTN_YES : XATTN_DEFAULT};
-    if (xattn_mha_load(s->st, mod->prefix, &mo, &s->m) != XATTN_OK)
+    /* the multi-head modules run through the registry: names of one that it does not find */
+    if (!s->is_bidir)
+        return cli_error(CMD, a->model, "holds %s names, but no complete %s module (see 'xattn "
+                         "inspect')", cli_module_name(mod->kind), kind_option(s));
+    const xattn_bidir_opts bo = {.heads = a->heads > 0 ? a->heads : 0};
+    if (xattn_bidir_load(s->st, s->bf.prefix, &bo, &s->bm) != XATTN_OK)
         return cli_lib_error(CMD, a->model);
     return 0;
 }
@@ -274,12 +236,6 @@ static int check_weight(const run_args *a, const run_state *s, const char *prefi
 /* NaN policy for the weights: every tensor the module reads must be finite (as float32). */
 static int check_weights(const run_args *a, const run_state *s)
 {
-    static const char *const mha_names[] = {"in_proj_weight", "q_proj_weight",  "k_proj_weight",
-                                            "v_proj_weight",  "in_proj_bias",   "out_proj.weight",
-                                            "out_proj.bias"};
-    static const char *const att_names[] = {"to_q.weight", "to_k.weight",     "to_v.weight",
-                                            "to_q.bias",   "to_k.bias",       "to_v.bias",
-                                            "to_out.0.weight", "to_out.0.bias"};
     static const char *const bidir_names[] = {
         "norm.weight", "norm.bias", "context_norm.weight", "context_norm.bias",
         "to_qk.weight", "to_v.weight", "context_to_qk.weight", "context_to_v.weight",
@@ -289,7 +245,7 @@ static int check_weights(const run_args *a, const run_state *s)
                                            "3.bias"};
     if (a->allow_nonfinite) return 0;
     int rc;
-    if (s->is_bidir) {
+    {
         xattn_bidir_config c;
         xattn_bidir_get_config(s->bm, &c);
         const size_t nb = sizeof bidir_names / sizeof bidir_names[0];
@@ -314,19 +270,6 @@ static int check_weights(const run_args *a, const run_state *s)
             return rc;
         return 0;
     }
-    const int is_mha = s->mod.kind == CLI_MODULE_MHA;
-    const char *const *names = is_mha ? mha_names : att_names;
-    const size_t n = is_mha ? sizeof mha_names / sizeof mha_names[0]
-                            : sizeof att_names / sizeof att_names[0];
-    char full[512];
-    snprintf(full, sizeof full, "%sin_proj_weight", s->mod.prefix);
-    const int packed = is_mha && xattn_st_find(s->st, full) >= 0;
-    for (size_t k = 0; k < n; k++) {
-        /* a packed module ignores stray q/k/v_proj_weight copies, as xattn_mha_load does */
-        if (packed && k >= 1 && k <= 3) continue;
-        if ((rc = check_weight(a, s, s->mod.prefix, names[k]))) return rc;
-    }
-    return 0;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -359,80 +302,6 @@ static int load_context(const run_args *a, run_state *s, cli_finite_rule rule, i
         return cli_error(CMD, a->context, "batch %lld does not match the batch %lld of %s",
                          (long long)s->ctx.shape[0], (long long)B, a->x);
     return check_width(a->context, &s->ctx, want, what, a->model);
-}
-
-static int load_inputs(const run_args *a, run_state *s, const xattn_mha_config *c, int64_t *B,
-                       int64_t *I, int64_t *J)
-{
-    char s1[160], s2[160];
-    int rc;
-    const cli_finite_rule data_rule = a->allow_nonfinite ? CLI_FINITE_ANY : CLI_FINITE_STRICT;
-    const cli_finite_rule mask_rule = a->allow_nonfinite ? CLI_FINITE_ANY : CLI_FINITE_MASK;
-    if ((rc = cli_load_float(CMD, a->x, 2, 3, data_rule, &s->x))) return rc;
-    const int rank = s->x.ndim;
-    *B = rank == 3 ? s->x.shape[0] : 1;
-    *I = s->x.shape[rank - 2];
-    if ((rc = check_width(a->x, &s->x, c->embed_dim, "embed_dim", a->model))) return rc;
-
-    const char *cpath = a->context ? a->context : a->x;
-    if (a->context) {
-        if ((rc = load_context(a, s, data_rule, *B, c->kdim, "kdim"))) return rc;
-    } else if (c->kdim != c->embed_dim) {
-        return cli_error(CMD, a->model,
-                         "kdim %lld differs from embed_dim %lld: give the keys with --context",
-                         (long long)c->kdim, (long long)c->embed_dim);
-    }
-    const xattn_array *ctx = a->context ? &s->ctx : &s->x;
-    *J = ctx->shape[rank - 2];
-
-    if (a->value) {
-        if ((rc = cli_load_float(CMD, a->value, 2, 3, data_rule, &s->val))) return rc;
-        int same = s->val.ndim == rank;
-        for (int d = 0; same && d < rank - 1; d++) same = s->val.shape[d] == ctx->shape[d];
-        if (!same) {
-            int64_t want[3];
-            for (int d = 0; d < rank - 1; d++) want[d] = ctx->shape[d];
-            want[rank - 1] = c->vdim;
-            return cli_error(CMD, a->value, "has shape %s but %s implies %s",
-                             cli_shape_str(&s->val, s1, sizeof s1), cpath,
-                             cli_dims_str(rank, want, s2, sizeof s2));
-        }
-        if ((rc = check_width(a->value, &s->val, c->vdim, "vdim", a->model))) return rc;
-    } else if (c->vdim != c->kdim) {
-        return cli_error(CMD, a->model, "vdim %lld differs from kdim %lld: give the values with --value",
-                         (long long)c->vdim, (long long)c->kdim);
-    }
-
-    /* what a bool True means: torch's polarity, or SDPA's for diffusers */
-    const char *true_means = s->mod.kind == CLI_MODULE_ATTENTION ? "keep" : "masked out";
-    if (a->kpm) {
-        if ((rc = cli_load_mask(CMD, a->kpm, "--key-padding-mask", true_means, mask_rule, &s->kpm)))
-            return rc;
-        const xattn_array *k = &s->kpm;
-        int ok = (k->ndim == 2 && k->shape[0] == *B && k->shape[1] == *J) ||
-                 (rank == 2 && k->ndim == 1 && k->shape[0] == *J);
-        if (!ok)
-            return cli_error(CMD, a->kpm,
-                             "has shape %s; expected (B, J) = (%lld, %lld) for %s and %s",
-                             cli_shape_str(k, s1, sizeof s1), (long long)*B, (long long)*J, a->x,
-                             cpath);
-    }
-    if (a->attn_mask) {
-        if ((rc = cli_load_mask(CMD, a->attn_mask, "--attn-mask", true_means, mask_rule, &s->am)))
-            return rc;
-        const xattn_array *m = &s->am;
-        int ok2 = m->ndim == 2 && m->shape[0] == *I && m->shape[1] == *J;
-        int ok3 = m->ndim == 3 && m->shape[0] == *B * c->heads && m->shape[1] == *I &&
-                  m->shape[2] == *J;
-        if (!ok2 && !ok3)
-            return cli_error(CMD, a->attn_mask,
-                             "has shape %s; expected (I, J) = (%lld, %lld) or (B*heads, I, J) = "
-                             "(%lld, %lld, %lld) for %s, %s and %lld heads",
-                             cli_shape_str(m, s1, sizeof s1), (long long)*I, (long long)*J,
-                             (long long)(*B * c->heads), (long long)*I, (long long)*J, a->x, cpath,
-                             (long long)c->heads);
-    }
-    return 0;
 }
 
 /* A bidirectional mask: bool or integer (B, N), or (N,) for a rank-2 X; True / nonzero = keep,
@@ -495,78 +364,6 @@ static int load_bidir_inputs(const run_args *a, run_state *s, const xattn_bidir_
 /* ---------------------------------------------------------------------------------------- */
 /* Running                                                                                  */
 /* ---------------------------------------------------------------------------------------- */
-
-static int run_mha(const run_args *a, run_state *s)
-{
-    int rc;
-    xattn_mha_config c;
-    xattn_mha_get_config(s->m, &c);
-    int64_t B = 0, I = 0, J = 0;
-    if ((rc = load_inputs(a, s, &c, &B, &I, &J))) return rc;
-    const int64_t Jw = J + c.add_bias_kv + c.add_zero_attn; /* keys in the weights */
-
-    /* sizes, with overflow checks (each factor is bounded by a file that was read) */
-    const double n_out = (double)B * (double)I * (double)c.out_dim;
-    const double n_attn = (double)B * (double)I * (double)Jw * (a->per_head ? (double)c.heads : 1);
-    const double n_scratch = (double)B * (double)I * (double)Jw * (double)c.heads;
-    if (n_out * 4 > 1e12 || (a->return_attn && (n_attn * 4 > 1e12 || n_scratch * 4 > 1e12)))
-        return cli_error(CMD, a->x, "outputs for B=%lld, I=%lld, J=%lld, %lld heads are too large",
-                         (long long)B, (long long)I, (long long)J, (long long)c.heads);
-    s->out = malloc((size_t)n_out * sizeof(float));
-    if (a->return_attn) s->attn = malloc((size_t)n_attn * sizeof(float));
-    if (!s->out || (a->return_attn && !s->attn))
-        return cli_error(CMD, a->x, "out of memory for the outputs");
-
-    xattn_mha_inputs in;
-    memset(&in, 0, sizeof in);
-    in.B = B;
-    in.I = I;
-    in.J = J;
-    in.query = s->x.data;
-    in.key = a->context ? s->ctx.data : s->x.data;
-    in.value = a->value ? s->val.data : NULL;
-    if (in.value == NULL && c.kdim == c.vdim) in.value = in.key;
-    if (a->kpm) {
-        if (s->kpm.dtype == XATTN_BOOL)
-            in.key_padding_mask = s->kpm.data;
-        else
-            in.key_padding_mask_float = s->kpm.data;
-    }
-    if (a->attn_mask) {
-        if (s->am.dtype == XATTN_BOOL)
-            in.attn_mask = s->am.data;
-        else
-            in.attn_mask_float = s->am.data;
-        in.attn_mask_per_head = s->am.ndim == 3;
-    }
-    in.is_causal = a->causal;
-    xattn_mha_outputs o;
-    memset(&o, 0, sizeof o);
-    o.out = s->out;
-    if (a->per_head) o.attn_per_head = s->attn;
-    else o.attn = s->attn;
-    if (xattn_mha_forward(NULL, s->m, &in, &o) != XATTN_OK)
-        return cli_lib_error(CMD, a->model);
-
-    const int rank3 = s->x.ndim == 3;
-    cli_output outs[2];
-    int64_t sh[4];
-    int nd = 0;
-    if (rank3) sh[nd++] = B;
-    sh[nd++] = I;
-    sh[nd++] = c.out_dim;
-    cli_output_set(&outs[0], "out", s->out, NULL, nd, sh);
-    if (a->return_attn) {
-        nd = 0;
-        if (rank3) sh[nd++] = B;
-        if (a->per_head) sh[nd++] = c.heads;
-        sh[nd++] = I;
-        sh[nd++] = Jw;
-        cli_output_set(&outs[1], "attn", s->attn, a->per_head ? "per head" : "averaged over heads", nd,
-                sh);
-    }
-    return cli_write_outputs(CMD, a->out_dir ? a->out_dir : ".", outs, a->return_attn ? 2 : 1);
-}
 
 static int run_bidir(const run_args *a, run_state *s)
 {
@@ -651,14 +448,35 @@ static int run(const run_args *a, run_state *s)
     if ((rc = cli_check_out_dir(CMD, a->out_dir ? a->out_dir : "."))) return rc;
     if ((rc = load_model(a, s))) return rc;
     if ((rc = check_weights(a, s))) return rc;
-    return s->is_bidir ? run_bidir(a, s) : run_mha(a, s);
+    return run_bidir(a, s);
+}
+
+/* For the registry runner's messages (reg_cli.h): the flags of this runner's modules, and the
+ * module this runner finds in a file. */
+const char *reg_foreign_flag(const char *flag)
+{
+    static const char *const bidir_flags[] = {"--mask", "--context-mask", "--rel-pos-bias", NULL};
+    for (int i = 0; bidir_flags[i]; i++)
+        if (!strcmp(flag, bidir_flags[i])) return "the bidirectional modules";
+    return NULL;
+}
+
+const char *reg_foreign_module(const xattn_safetensors *st)
+{
+    cli_bidir bf;
+    cli_detect_bidir(st, &bf);
+    if (bf.n_found != 1) return NULL;
+    return bf.transformer ? "BidirectionalCrossAttentionTransformer (bidir-transformer)"
+                          : "BidirectionalCrossAttention (bidir)";
 }
 
 int cmd_run(int argc, char **argv)
 {
-    if (reg_route(argc, argv, 0)) return reg_cmd_run(CMD, argc, argv);
+    /* modules with their own runner first: their blocks (an nn.MultiheadAttention inside a
+     * layer) are registry modules of their own */
     int ext_rc;
-    if (cli_ext_dispatch(argc, argv, &ext_rc)) return ext_rc; /* modules with their own runner */
+    if (cli_ext_dispatch(argc, argv, &ext_rc)) return ext_rc;
+    if (reg_route(argc, argv, 0)) return reg_cmd_run(CMD, argc, argv);
     run_args a;
     memset(&a, 0, sizeof a);
     const cli_option opts[] = {

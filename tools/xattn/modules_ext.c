@@ -4,13 +4,11 @@
 #include <string.h>
 
 /* one definition per tools/xattn/run_<kind>.c */
-extern const cli_ext_module cli_ext_joint;
-extern const cli_ext_module cli_ext_interlaced;
 extern const cli_ext_module cli_ext_bert_decoder;
 
 const cli_ext_module *cli_ext_at(int i)
 {
-    const cli_ext_module *all[] = {&cli_ext_joint, &cli_ext_interlaced, &cli_ext_bert_decoder};
+    const cli_ext_module *all[] = {&cli_ext_bert_decoder};
     return i >= 0 && (size_t)i < sizeof all / sizeof all[0] ? all[i] : NULL;
 }
 

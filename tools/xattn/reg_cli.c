@@ -122,6 +122,21 @@ const char *reg_alias(const char *kind, const char *name, const char **as)
     }
 }
 
+void reg_flag_of(const char *kind, const char *name, int input, char *buf, size_t cap)
+{
+    const char *alias = NULL;
+    for (size_t i = 0; !alias; i++) {
+        xattn_alias_desc d;
+        if (xattn_kind_alias(kind, i, &d)) break;
+        if (!strcmp(d.name, name)) alias = d.alias;
+    }
+    if (!alias && input >= 0 && input < 2) alias = input ? "context" : "x";
+    size_t o = (size_t)snprintf(buf, cap, "--%s", name);
+    if (alias && o < cap) snprintf(buf + o, cap - o, " (or --%s)", alias);
+    for (char *c = buf + 2; *c; c++)
+        if (*c == '_') *c = '-';
+}
+
 void reg_reference_name(const char *kind, char *buf, size_t cap)
 {
     snprintf(buf, cap, "%s", kind);
@@ -138,7 +153,7 @@ void reg_reference_name(const char *kind, char *buf, size_t cap)
 
 /* Finds the module of the file (one, or the one --module / --prefix select). */
 static int pick(const char *cmd, const reg_args *a, const xattn_safetensors *st, char *kind,
-                char *prefix)
+                char *prefix, char *why, size_t cap)
 {
     xattn_found f[64];
     size_t n = xattn_module_scan(st, f, 64), match = 0, first = 0;
@@ -165,12 +180,33 @@ static int pick(const char *cmd, const reg_args *a, const xattn_safetensors *st,
     if (a->kind) { /* kinds without weights are named, not found */
         for (size_t i = 0; i < xattn_kind_count(); i++) {
             xattn_kind_desc d;
-            if (!xattn_kind_info(i, &d) && !strcmp(d.name, a->kind)) {
+            if (!xattn_kind_info(i, &d) && !strcmp(d.name, a->kind) && !d.state_dict[0]) {
                 snprintf(kind, 64, "%s", a->kind);
                 snprintf(prefix, 256, "%s", a->prefix ? a->prefix : "");
                 return -1; /* found by name: the caller opens it by kind */
             }
         }
+        /* --module names another kind than the file holds (at the prefix): opened there all
+         * the same (by kind), so that a failure says what the kind misses (*why: what the
+         * file holds instead) */
+        const char *other = NULL;
+        for (size_t i = 0; i < n && i < 64 && !other; i++)
+            if (!a->prefix || !strcmp(f[i].prefix, a->prefix)) other = f[i].kind;
+        char ref[160];
+        const char *foreign = other || a->prefix ? NULL : reg_foreign_module(st);
+        if (other) reg_reference_name(other, ref, sizeof ref);
+        if (other || foreign)
+            snprintf(why, cap, "--module %s, but the tensors are a %s%s%s%s", a->kind,
+                     other ? ref : foreign, other ? " (" : "", other ? other : "",
+                     other ? ")" : "");
+        else
+            snprintf(why, cap, "no %s module found%s%s%s", a->kind,
+                     a->prefix ? " at prefix '" : "",
+                     a->prefix ? cli_printable(a->prefix, pp, sizeof pp) : "",
+                     a->prefix ? "'" : "");
+        snprintf(kind, 64, "%s", a->kind);
+        snprintf(prefix, 256, "%s", a->prefix ? a->prefix : "");
+        return -1;
     }
     return cli_error(cmd, a->model, "no %s module found%s%s%s (see 'xattn inspect')",
                      a->kind ? a->kind : "", a->prefix ? " at prefix '" : "",
@@ -178,7 +214,8 @@ static int pick(const char *cmd, const reg_args *a, const xattn_safetensors *st,
                      a->prefix ? "'" : "");
 }
 
-/* The constructor arguments among the options (by name or alias; each once). */
+/* The constructor arguments among the options (by name or alias, each once; a bool given bare
+ * is True). */
 static int collect_options(const char *cmd, reg_state *s, const reg_args *a)
 {
     for (int r = 0; r < a->n_rest; r++) {
@@ -189,7 +226,8 @@ static int collect_options(const char *cmd, reg_state *s, const reg_args *a)
             xattn_arg_desc d;
             if (xattn_kind_arg(s->kind, j, &d)) break;
             if (strcmp(d.name, target ? target : name) || d.derived) continue;
-            if (!a->rest[r].value) return cli_usage(cmd, "%s needs a value", a->rest[r].flag);
+            const char *value = a->rest[r].value;
+            if (!value && strcmp(d.type, "bool")) return cli_usage(cmd, "%s needs a value", a->rest[r].flag);
             for (int k = 0; k < s->n_opts; k++)
                 if (!strcmp(s->opts[k].name, d.name))
                     return strcmp(s->opt_names[k], a->rest[r].flag)
@@ -198,7 +236,7 @@ static int collect_options(const char *cmd, reg_state *s, const reg_args *a)
                                : cli_usage(cmd, "%s given twice", a->rest[r].flag);
             s->opt_names[s->n_opts] = a->rest[r].flag;
             s->opts[s->n_opts].name = d.name;
-            s->opts[s->n_opts].value = a->rest[r].value;
+            s->opts[s->n_opts].value = value ? value : "True";
             s->n_opts++;
             s->used[r] = 1;
             break;
@@ -207,25 +245,40 @@ static int collect_options(const char *cmd, reg_state *s, const reg_args *a)
     return 0;
 }
 
-/* A library error about an option: a malformed value ("option 'NAME' is \"V\", not ...") is a
- * usage error naming the flag; one the value contradicts (the shapes, the module) is reported
- * on the file; else 0. */
+/* The flag of option `name` in messages: the one given, else its flag and alias. */
+static void option_flag(const reg_state *s, const char *name, char *buf, size_t cap)
+{
+    for (int k = 0; k < s->n_opts; k++)
+        if (!strcmp(s->opts[k].name, name)) {
+            snprintf(buf, cap, "%s", s->opt_names[k]);
+            return;
+        }
+    reg_flag_of(s->kind, name, -1, buf, cap);
+}
+
+/* A library error naming an option ("option 'num_heads' ..."): a malformed value is a usage
+ * error naming the flag given; any other is reported on the file, each "option 'NAME'" as its
+ * flag. 0 when the error names no option. */
 static int option_error(const char *cmd, const char *model, const reg_state *s)
 {
-    const char *e = xattn_last_error();
+    char e[1024]; /* a copy: the calls below clear the library's last error */
+    snprintf(e, sizeof e, "%s", xattn_last_error());
     const char *q = strstr(e, "option '");
-    char terms[1024];
-    if (q && strstr(q, "disagrees")) return cli_error(cmd, model, "%s", q);
-    if (q && !strstr(q, "' is \"")) { /* not a malformed value: the message, in flags */
-        reg_terms(s, e, terms, sizeof terms);
-        return cli_error(cmd, model, "%s", terms);
-    }
     if (!q) return 0;
-    char flag[96];
-    snprintf(flag, sizeof flag, "--%.*s", (int)strcspn(q + 8, "'"), q + 8);
-    for (char *c = flag + 2; *c; c++)
-        if (*c == '_') *c = '-';
-    return cli_usage(cmd, "%s: %s", flag, q);
+    char name[96], flag[160];
+    snprintf(name, sizeof name, "%.*s", (int)strcspn(q + 8, "'"), q + 8);
+    option_flag(s, name, flag, sizeof flag);
+    const char *val = q + 8 + strlen(name);
+    if (!strncmp(val, "' is \"", 6)) { /* option 'NAME' is "VALUE", not EXPECTED */
+        val += 6;
+        const size_t vl = strcspn(val, "\"");
+        const char *exp = strstr(val + vl, ", not ");
+        return cli_usage(cmd, "%s: '%.*s' is not %s", flag, (int)vl, val, exp ? exp + 6 : "valid");
+    }
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%.*soption %s%s", (int)(q - e), e, flag, val + 1);
+    if (!model) return cli_usage(cmd, "%s", msg);
+    return cli_error(cmd, model, "%s", msg);
 }
 
 int reg_open(const char *cmd, const reg_args *a, reg_state *s)
@@ -253,7 +306,8 @@ int reg_open(const char *cmd, const reg_args *a, reg_state *s)
                              a->kind, a->model);
     }
     if (xattn_st_open(a->model, &s->st) != XATTN_OK) return cli_lib_error(cmd, a->model);
-    int rc = pick(cmd, a, s->st, s->kind, s->prefix);
+    char why[512] = "";
+    int rc = pick(cmd, a, s->st, s->kind, s->prefix, why, sizeof why);
     if (rc > 0) return rc;
     if ((rc = collect_options(cmd, s, a))) return rc;
     xattn_open_opts o;
@@ -264,15 +318,32 @@ int reg_open(const char *cmd, const reg_args *a, reg_state *s)
     o.n_options = (size_t)s->n_opts;
     if (xattn_module_open(s->st, &o, &s->m) != XATTN_OK) {
         int orc = option_error(cmd, a->model, s);
-        return orc ? orc : cli_lib_error(cmd, a->model);
-    }
-    const char *w = xattn_module_warnings(s->m);
-    while (*w) { /* one line each; options are flags here */
-        size_t l = strcspn(w, "\n");
-        fprintf(stderr, "xattn %s: %s: warning: %.*s\n", cmd, a->model, (int)l, w);
-        w += l + (w[l] == '\n');
+        if (orc || !why[0]) return orc ? orc : cli_lib_error(cmd, a->model);
+        char e[1024]; /* the kind named is not what the file holds: both said */
+        snprintf(e, sizeof e, "%s", xattn_last_error());
+        return cli_error(cmd, a->model, "%s: %s", why, e);
     }
     return 0;
+}
+
+void reg_warn(const char *cmd, const reg_args *a, const reg_state *s)
+{
+    const char *w = s->m ? xattn_module_warnings(s->m) : "";
+    while (*w) { /* one line each, "option 'NAME'" as its flag */
+        const size_t l = strcspn(w, "\n");
+        char line[1024], flag[160];
+        snprintf(line, sizeof line, "%.*s", (int)l, w);
+        char *q = strstr(line, "option '");
+        if (q && strchr(q + 8, '\'')) {
+            char name[96], rest[512];
+            snprintf(name, sizeof name, "%.*s", (int)strcspn(q + 8, "'"), q + 8);
+            snprintf(rest, sizeof rest, "%s", strchr(q + 8, '\'') + 1);
+            reg_flag_of(s->kind, name, -1, flag, sizeof flag);
+            snprintf(q, sizeof line - (size_t)(q - line), "option %s%s", flag, rest);
+        }
+        fprintf(stderr, "xattn %s: %s: warning: %s\n", cmd, a->model ? a->model : s->kind, line);
+        w += l + (w[l] == '\n');
+    }
 }
 
 void reg_free(reg_state *s)

@@ -47,18 +47,32 @@ typedef struct reg_state {
     int n_out;
     xattn_tensor out[REG_MAX_IO];
     float *outbuf[REG_MAX_IO];
+    const char *out_as[REG_MAX_IO]; /* the output out[o] is written in place of (an alias's), or NULL */
 } reg_state;
 
 /* The input, option or output of kind that alias `name` (underscores) stands for, and for an
  * output the output it is written in place of (*as = NULL: its own name); NULL: not an alias. */
 const char *reg_alias(const char *kind, const char *name, const char **as);
+/* How messages name input (input >= 0: its index), option or output `name`: "--num-heads
+ * (or --heads)", "--key (or --context)". */
+void reg_flag_of(const char *kind, const char *name, int input, char *buf, size_t cap);
 /* The reference's class name of a kind: its description up to " (". */
 void reg_reference_name(const char *kind, char *buf, size_t cap);
+/* Prints the module's warnings (assumed defaults, one line each): after a run that succeeded,
+ * so that an error stays alone on its line. */
+void reg_warn(const char *cmd, const reg_args *a, const reg_state *s);
+/* Reports the library's last error in the command line's terms (files and flags). */
+int reg_lib_error(const char *cmd, const reg_args *a, const reg_state *s);
+/* What the command line's own runners know of the kinds not on the registry (cmd_run.c), for
+ * messages: whose option a flag is ("the bidirectional modules"), and the module they find in a
+ * file ("BidirectionalCrossAttention (bidir)"); NULL when they know nothing of it. */
+const char *reg_foreign_flag(const char *flag);
+const char *reg_foreign_module(const xattn_safetensors *st);
 
 /* Parses argv (argv[0] is the command); reports usage errors. */
 int reg_parse(const char *cmd, int argc, char **argv, reg_args *a, int *help);
-/* Opens the file and the module (--module / --prefix select), prints assumed defaults as
- * warnings. Returns 0 or an exit code (reported). */
+/* Opens the file and the module (--module / --prefix select). Returns 0 or an exit code
+ * (reported). */
 int reg_open(const char *cmd, const reg_args *a, reg_state *s);
 void reg_free(reg_state *s);
 int reg_check_weights(const char *cmd, const reg_args *a, const reg_state *s);
@@ -72,9 +86,6 @@ int reg_outputs(const char *cmd, const reg_args *a, reg_state *s);
 int reg_forward(const char *cmd, const reg_args *a, reg_state *s, xattn_ctx *ctx);
 /* Writes the outputs into --out-dir (without the leading batch axis for unbatched inputs). */
 int reg_write(const char *cmd, const reg_args *a, const reg_state *s);
-/* A library message in the command line's terms: "option 'NAME'" and the names of the options
- * given become their flags (--latent-hw). */
-void reg_terms(const reg_state *s, const char *msg, char *out, size_t cap);
 /* The file name (without .npy) of an output: its name, dots as underscores (out.0 -> out_0). */
 void reg_file_name(const char *output, char *buf, size_t cap);
 /* The kinds' inputs and options for --help. */

@@ -60,7 +60,7 @@ static int64_t config_value(const reg_state *s, const char *name, int *ok)
         xattn_config_entry e;
         if (!xattn_module_config(s->m, i, &e) && !strcmp(e.name, name)) {
             *ok = 1;
-            return atoll(e.value);
+            return !strcmp(e.value, "True") ? 1 : atoll(e.value); /* a bool counts 0 or 1 */
         }
     }
     *ok = 0;
@@ -74,31 +74,38 @@ static int sym_index(const reg_state *s, const char *name)
     return -1;
 }
 
-/* Value of a dim token ("B", "dim", "2*inner", "8"); *known = 0 when unbound. */
+/* Value of a dim token, a sum of products ("B", "dim", "2*inner", "B*num_heads",
+ * "J+add_bias_kv", "8"; "/1" ignored); *known = 0 when a part is unbound. */
 static int64_t tok_value(const reg_state *s, const char *tok, int *known)
 {
     char t[64];
-    snprintf(t, sizeof t, "%s", tok);
-    char *slash = strchr(t, '/');
-    if (slash) *slash = '\0';
-    int64_t mul = 1;
-    char *name = t, *star = strchr(t, '*');
-    if (star) {
-        *star = '\0';
-        mul = atoll(t);
-        name = star + 1;
-    }
+    snprintf(t, sizeof t, "%.*s", (int)strcspn(tok, "/"), tok);
+    int64_t sum = 0, prod = 1;
     *known = 1;
-    if (name[0] >= '0' && name[0] <= '9') return atoll(name);
-    if (is_sym(name)) {
-        int i = sym_index(s, name);
-        if (i < 0) return *known = 0, 0;
-        return mul * s->sym_val[i];
+    for (char *p = t;;) {
+        const size_t n = strcspn(p, "*+");
+        const char sep = p[n];
+        p[n] = '\0';
+        int64_t v = 0;
+        int ok = 1;
+        if (p[0] >= '0' && p[0] <= '9') v = atoll(p);
+        else if (is_sym(p)) {
+            int i = sym_index(s, p);
+            if (i < 0) ok = 0;
+            else v = s->sym_val[i];
+        } else {
+            v = config_value(s, p, &ok);
+        }
+        if (!ok) *known = 0;
+        prod *= v;
+        if (sep != '*') {
+            sum += prod;
+            prod = 1;
+        }
+        if (!sep) break;
+        p += n + 1;
     }
-    int ok;
-    int64_t v = config_value(s, name, &ok);
-    if (!ok) *known = 0;
-    return mul * v;
+    return *known ? sum : 0;
 }
 
 /* ---- checks with messages naming the file ---------------------------------------------------- */
@@ -139,7 +146,7 @@ static int check_dim(const char *cmd, const reg_args *a, reg_state *s, int i, co
     int64_t want = tok_value(s, tok, &known);
     if (strstr(tok, "/1") && got == 1) return 0;
     if (!known) { /* bind the symbol */
-        if (is_sym(tok) && !strchr(tok, '*') && s->n_sym < 16) {
+        if (is_sym(tok) && !strpbrk(tok, "*+") && s->n_sym < 16) {
             snprintf(s->sym[s->n_sym], sizeof s->sym[0], "%.*s", (int)strcspn(tok, "/"), tok);
             s->sym_val[s->n_sym] = got;
             s->sym_file[s->n_sym++] = file;
@@ -150,23 +157,26 @@ static int check_dim(const char *cmd, const reg_args *a, reg_state *s, int i, co
     char exp[512], sh[160];
     if (!strcmp(tok, "B") || !strcmp(tok, "B/1")) {
         int j = sym_index(s, "B");
-        return cli_error(cmd, file, "batch %lld does not match the batch %lld of %s",
+        return cli_error(cmd, file,
+                         "batch sizes differ: batch %lld does not match the batch %lld of %s",
                          (long long)got, (long long)want, j >= 0 ? s->sym_file[j] : first_file(s));
     }
-    if (last && !is_sym(tok) && !strchr(tok, '*') && !(tok[0] >= '0' && tok[0] <= '9') &&
-        s->in_desc[i].shape[0] == 'B') { /* the model's width, and where it came from */
-        const char *from = "";
+    if (last && !is_sym(tok) && !strpbrk(tok, "*+") && !(tok[0] >= '0' && tok[0] <= '9') &&
+        s->in_desc[i].shape[0] == 'B') { /* the width: the model's value and where it came from */
+        char from[320] = "";
         for (size_t c = 0; c < xattn_module_config_count(s->m); c++) {
             xattn_config_entry e;
-            if (!xattn_module_config(s->m, c, &e) && !strcmp(e.name, tok)) from = e.detail;
+            if (!xattn_module_config(s->m, c, &e) && !strcmp(e.name, tok) && e.detail[0])
+                snprintf(from, sizeof from, ", its %s from the %s", e.name, e.detail);
         }
         return cli_error(cmd, file,
-                         "last dimension %lld does not match the model's %s %lld (%s%s%s)",
-                         (long long)got, tok, (long long)want, a->model, from[0] ? ": " : "", from);
+                         "last dimension %lld does not match the model's %s %lld (the "
+                         "model's dim is %lld%s in %s)",
+                         (long long)got, tok, (long long)want, (long long)want, from, a->model);
     }
     expected_text(s, dims, exp, sizeof exp);
     char why[320] = "";
-    if (!is_sym(tok)) { /* a config value: say where it came from */
+    if (!is_sym(tok) && !strchr(tok, '+')) { /* a config value: say where it came from */
         char name[64];
         snprintf(name, sizeof name, "%s", strchr(tok, '*') ? strchr(tok, '*') + 1 : tok);
         for (size_t c = 0; c < xattn_module_config_count(s->m); c++) {
@@ -204,20 +214,33 @@ static int check_shape(const char *cmd, const reg_args *a, reg_state *s, int i)
                          cli_shape_str(&s->arr[j], sh2, sizeof sh2), s->in_flag[i], s->in_flag[j]);
     }
     const char *dims = alternative(d->shape, x->ndim, alt, sizeof alt);
+    int lo0, hi0;
+    ranks_of(s->in_desc[0].shape, &lo0, &hi0);
     if (!dims) {
         int lo, hi;
         ranks_of(d->shape, &lo, &hi);
         const int drop = s->unbatched && d->shape[0] == 'B' ? 1 : 0;
         if (i > 0 && s->in_file[0] && s->arr[0].ndim - drop != hi - drop && lo == hi &&
-            s->in_desc[0].shape[0] == d->shape[0])
+            s->in_desc[0].shape[0] == d->shape[0] && hi0 == hi)
             return cli_error(cmd, s->in_file[i], "has shape %s (rank %d) but %s has rank %d",
                              cli_shape_str(x, sh, sizeof sh), x->ndim - drop, s->in_file[0],
                              s->arr[0].ndim - drop);
         if (i == 0 && d->shape[0] == 'B' && lo == hi)
             return cli_error(cmd, s->in_file[i], "has shape %s (rank %d); expected rank %d to %d (%s)",
                              cli_shape_str(x, sh, sizeof sh), x->ndim, hi - 1, hi, d->shape);
-        return cli_error(cmd, s->in_file[i], "has shape %s (rank %d); %s needs (%s)",
-                         cli_shape_str(x, sh, sizeof sh), x->ndim - drop, s->in_flag[i], d->shape);
+        char exp[600], one[300];
+        size_t o = 0;
+        for (const char *p = d->shape; o < sizeof exp;) { /* each alternative, with its values */
+            const size_t l = strcspn(p, "|");
+            char one_alt[256];
+            snprintf(one_alt, sizeof one_alt, "%.*s", (int)l, p);
+            expected_text(s, one_alt, one, sizeof one);
+            o += (size_t)snprintf(exp + o, sizeof exp - o, "%s%s", o ? " or " : "", one);
+            if (!p[l]) break;
+            p += l + 1;
+        }
+        return cli_error(cmd, s->in_file[i], "has shape %s; expected %s for %s",
+                         cli_shape_str(x, sh, sizeof sh), exp, s->in_flag[i]);
     }
     for (int k = 0; k < x->ndim; k++) {
         int rc = check_dim(cmd, a, s, i, dims, k, x->shape[k], k == x->ndim - 1);
@@ -358,9 +381,19 @@ static int output_flag(const reg_state *s, const char *name)
     return 0;
 }
 
-/* Maps the remaining options to inputs: --NAME, an alias, or --x / --context for the first /
- * second; then the aliases of numbered inputs (--view), each for the next of them. Bare flags
- * of optional outputs are left to reg_outputs. */
+/* Index of output `name`, or -1. */
+static int output_index(const reg_state *s, const char *name)
+{
+    for (size_t o = 0; o < xattn_module_output_count(s->m); o++) {
+        xattn_io_desc d;
+        if (!xattn_module_output(s->m, o, &d) && !strcmp(d.name, name)) return (int)o;
+    }
+    return -1;
+}
+
+/* Maps the remaining options to inputs: --NAME or an alias, or --x / --context for the first /
+ * second; then the aliases of numbered inputs (--view), each for the next of them. An output's
+ * alias, or the bare --NAME of an optional output, asks for that output (reg_outputs). */
 static int map_inputs(const char *cmd, const reg_args *a, reg_state *s)
 {
     for (int pass = 0; pass < 2; pass++)
@@ -374,6 +407,11 @@ static int map_inputs(const char *cmd, const reg_args *a, reg_state *s)
         const size_t tl = target ? strlen(target) : 0;
         const int numbered = tl > 2 && !strcmp(target + tl - 2, ".*");
         if (numbered != pass) continue;
+        if (target && !numbered && output_index(s, target) >= 0) { /* an output asked by its alias */
+            if (a->rest[r].value) return cli_usage(cmd, "%s takes no value", a->rest[r].flag);
+            s->used[r] = 1;
+            continue;
+        }
         if (target && !numbered) snprintf(name, sizeof name, "%s", target);
         int hit = -1;
         if (numbered && (hit = next_member(s, target)) < 0)
@@ -392,6 +430,13 @@ static int map_inputs(const char *cmd, const reg_args *a, reg_state *s)
                     return cli_usage(cmd, "%s given twice", a->rest[r].flag);
             s->used[r] = 1;
             continue;
+        }
+        const char *owner = hit < 0 ? reg_foreign_flag(a->rest[r].flag) : NULL;
+        if (owner) { /* a flag of a kind the command line runs on its own */
+            char ref[160];
+            reg_reference_name(s->kind, ref, sizeof ref);
+            return cli_error(cmd, a->model, "%s is an option of %s, but the model is a %s (%s)",
+                             a->rest[r].flag, owner, ref, s->kind);
         }
         if (hit < 0) {
             char list[1024];
@@ -498,6 +543,8 @@ static int generate(const char *cmd, const reg_args *a, reg_state *s, int i)
     return 0;
 }
 
+static void tensors(const reg_state *s, xattn_tensor *t, size_t *n);
+
 int reg_inputs(const char *cmd, const reg_args *a, reg_state *s, int gen)
 {
     s->n_in = (int)xattn_module_input_count(s->m);
@@ -523,8 +570,14 @@ int reg_inputs(const char *cmd, const reg_args *a, reg_state *s, int gen)
     for (int i = 0; i < s->n_in; i++) {
         xattn_array *x = &s->arr[i];
         if (!s->in_flag[i] || !s->unbatched || s->in_desc[i].shape[0] != 'B' || !x->ndim) continue;
-        int lo, hi;
+        int lo, hi, lo0, hi0;
         ranks_of(s->in_desc[i].shape, &lo, &hi);
+        ranks_of(s->in_desc[0].shape, &lo0, &hi0);
+        if (i > 0 && lo == hi && hi == hi0 && x->ndim == hi) { /* batched beside one sequence */
+            char sh[160];
+            return cli_error(cmd, s->in_file[i], "has shape %s (rank %d) but %s has rank %d",
+                             cli_shape_str(x, sh, sizeof sh), x->ndim, s->in_file[0], hi0 - 1);
+        }
         if (x->ndim != hi - 1) continue; /* reported by the shape check */
         memmove(x->shape + 1, x->shape, sizeof(int64_t) * (size_t)x->ndim);
         x->shape[0] = 1;
@@ -533,21 +586,41 @@ int reg_inputs(const char *cmd, const reg_args *a, reg_state *s, int gen)
     for (int i = 0; i < s->n_in; i++)
         if (s->in_flag[i] && s->in_desc[i].shape[0] && (rc = check_shape(cmd, a, s, i))) return rc;
     for (int i = 0; i < s->n_in; i++) {
+        const xattn_io_desc *d = &s->in_desc[i];
         /* an input that may stand instead of a required one: one of the two */
-        const int j = input_named(s, s->in_desc[i].alternative);
+        const int j = input_named(s, d->alternative);
         char alt[160] = "";
         if (j >= 0) {
             snprintf(alt, sizeof alt, " or --%s FILE.npy", s->in_desc[j].name);
             for (char *c = alt; *c; c++)
                 if (*c == '_') *c = '-';
         }
-        if (s->in_flag[i] || s->in_desc[i].optional || (j >= 0 && s->in_flag[j])) continue;
+        /* bench: an optional input of data (not a mask or switch: the keys of a cross-attention)
+         * is made too, of --context-len; not one that may stand instead of another (that one is
+         * made), nor a numbered one (made below, as many as the module takes) */
+        size_t sl;
+        int data = !d->mask && d->shape[0] && member_index(d->name, &sl) < 0;
+        for (int k = 0; k < s->n_in; k++) data &= strcmp(s->in_desc[k].alternative, d->name) != 0;
+        if (s->in_flag[i] || (j >= 0 && s->in_flag[j]) || (d->optional && !(gen && data))) continue;
         if (!gen) {
-            const char *doc = s->in_desc[i].doc;
-            return cli_usage(cmd, "missing --%s FILE.npy%s%s%s%s", s->in_desc[i].name,
-                             i < 2 ? (i ? " (or --context)" : " (or --x)") : "", alt,
+            const char *doc = d->doc, *also = i == 0 ? "x" : i == 1 ? "context" : "";
+            return cli_usage(cmd, "missing --%s FILE.npy%s%s%s%s%s%s", d->name,
+                             also[0] && strcmp(also, d->name) ? " (or --" : "",
+                             also[0] && strcmp(also, d->name) ? also : "",
+                             also[0] && strcmp(also, d->name) ? ")" : "", alt,
                              doc[0] ? ": " : "", doc);
         }
+        if ((rc = generate(cmd, a, s, i))) return rc;
+    }
+    /* bench: numbered optional inputs (multiview's views) made one after another, until the
+     * module takes the inputs */
+    for (int i = 0; gen && i < s->n_in; i++) {
+        size_t sl, n;
+        xattn_tensor in[REG_MAX_IO];
+        if (s->arr[i].data || !s->in_desc[i].optional || member_index(s->in_desc[i].name, &sl) < 0)
+            continue;
+        tensors(s, in, &n);
+        if (!xattn_module_plan(s->m, in, n, NULL, 0)) break;
         if ((rc = generate(cmd, a, s, i))) return rc;
     }
     return 0;
@@ -577,33 +650,6 @@ static void tensors(const reg_state *s, xattn_tensor *t, size_t *n)
     }
 }
 
-void reg_terms(const reg_state *s, const char *body, char *out, size_t cap)
-{
-    size_t o = 0;
-    for (const char *p = body; *p && o + 1 < cap;) {
-        int hit = 0;
-        if (!strncmp(p, "option '", 8) && strchr(p + 8, '\'')) { /* option 'NAME' -> --NAME */
-            const size_t l = strcspn(p + 8, "'");
-            o += (size_t)snprintf(out + o, cap - o, "--%.*s", (int)l, p + 8);
-            for (size_t c = o - l; c < o && c < cap; c++)
-                if (out[c] == '_') out[c] = '-';
-            p += 8 + l + 1;
-            continue;
-        }
-        for (int k = 0; k < s->n_opts && !hit; k++) {
-            size_t l = strlen(s->opts[k].name);
-            if (!strncmp(p, s->opts[k].name, l) && p[l] == ' ' &&
-                (p == body || p[-1] == ' ' || p[-1] == '(')) {
-                o += (size_t)snprintf(out + o, cap - o, "%s", s->opt_names[k]);
-                p += l;
-                hit = 1;
-            }
-        }
-        if (!hit && o + 1 < cap) out[o++] = *p++;
-    }
-    out[o < cap ? o : cap - 1] = '\0';
-}
-
 /* Reports the library's last error in the command line's terms: "input 'a' ..." becomes
  * "FILE: ...", a constructor argument's name becomes its flag. */
 int reg_lib_error(const char *cmd, const reg_args *a, const reg_state *s)
@@ -619,7 +665,40 @@ int reg_lib_error(const char *cmd, const reg_args *a, const reg_state *s)
             body = msg + strlen(head);
         }
     }
-    reg_terms(s, body, out, sizeof out);
+    size_t o = 0;
+    for (const char *p = body; *p && o + 1 < sizeof out;) {
+        int hit = 0;
+        const int is_in = !strncmp(p, "input '", 7), is_opt = !strncmp(p, "option '", 8);
+        if (is_in || is_opt) { /* input 'key' -> its file, or its flag; option 'x' -> its flag */
+            const char *q = p + (is_in ? 7 : 8);
+            const size_t l = strcspn(q, "'");
+            char name[96], flag[600];
+            snprintf(name, sizeof name, "%.*s", (int)l, q);
+            int idx = -1, k;
+            for (int i = 0; is_in && i < s->n_in; i++)
+                if (!strcmp(s->in_desc[i].name, name)) idx = i;
+            for (k = 0; is_opt && k < s->n_opts && strcmp(s->opts[k].name, name); k++) continue;
+            if (idx >= 0 && s->in_file[idx]) snprintf(flag, sizeof flag, "%s", s->in_file[idx]);
+            else if (is_opt && k < s->n_opts) snprintf(flag, sizeof flag, "%s", s->opt_names[k]);
+            else reg_flag_of(s->kind, name, idx, flag, sizeof flag);
+            if (q[l] == '\'' && (idx >= 0 || is_opt)) {
+                o += (size_t)snprintf(out + o, sizeof out - o, "%s%s", is_opt ? "option " : "", flag);
+                p = q + l + 1;
+                continue;
+            }
+        }
+        for (int k = 0; k < s->n_opts && !hit; k++) {
+            size_t l = strlen(s->opts[k].name);
+            if (!strncmp(p, s->opts[k].name, l) && p[l] == ' ' &&
+                (p == body || p[-1] == ' ' || p[-1] == '(')) {
+                o += (size_t)snprintf(out + o, sizeof out - o, "%s", s->opt_names[k]);
+                p += l;
+                hit = 1;
+            }
+        }
+        if (!hit) out[o++] = *p++;
+    }
+    out[o < sizeof out ? o : sizeof out - 1] = '\0';
     return cli_error(cmd, file, "%s", out);
 }
 
@@ -628,28 +707,53 @@ int reg_outputs(const char *cmd, const reg_args *a, reg_state *s)
     xattn_tensor in[REG_MAX_IO];
     size_t n_in;
     tensors(s, in, &n_in);
+    /* outputs asked by an alias (--per-head-attn), each written in place of the output its
+     * alias names; an output an alias writes in place of another is asked only that way */
+    const char *by_alias[REG_MAX_IO] = {0}, *as[REG_MAX_IO] = {0}, *variant[REG_MAX_IO] = {0};
+    int n_alias = 0, n_variant = 0;
+    for (int r = 0; r < a->n_rest && n_alias < REG_MAX_IO; r++) {
+        char name[128];
+        snprintf(name, sizeof name, "%s", a->rest[r].flag + 2);
+        for (char *c = name; *c; c++)
+            if (*c == '-') *c = '_';
+        const char *target = reg_alias(s->kind, name, &as[n_alias]);
+        if (target && output_index(s, target) >= 0) by_alias[n_alias++] = target;
+    }
+    for (size_t i = 0; n_variant < REG_MAX_IO; i++) {
+        xattn_alias_desc d;
+        if (xattn_kind_alias(s->kind, i, &d)) break;
+        if (d.as[0]) variant[n_variant++] = d.name;
+    }
     s->n_out = 0;
     int any_opt = 0;
     for (size_t o = 0; o < xattn_module_output_count(s->m) && o < REG_MAX_IO; o++) {
         xattn_io_desc d;
         xattn_module_output(s->m, o, &d);
-        int asked = !d.optional || a->return_all;
+        int asked = -1, replaced = 0, is_variant = 0, flag = 0;
+        for (int k = 0; k < n_alias; k++) {
+            if (!strcmp(by_alias[k], d.name)) asked = k;
+            replaced |= as[k] && !strcmp(as[k], d.name);
+        }
+        for (int k = 0; k < n_variant; k++) is_variant |= !strcmp(variant[k], d.name);
         for (int r = 0; d.optional && r < a->n_rest; r++) { /* --NAME of the output */
             char name[128];
             snprintf(name, sizeof name, "%s", a->rest[r].flag + 2);
             for (char *c = name; *c; c++)
                 if (*c == '-') *c = '_';
-            asked |= !a->rest[r].value && !strcmp(name, d.name);
+            flag |= !a->rest[r].value && !strcmp(name, d.name);
         }
         if (d.when_bound) { /* there when its sizes are: its inputs given */
             xattn_tensor t;
             memset(&t, 0, sizeof t);
             t.name = d.name;
-            asked = !xattn_module_plan(s->m, in, n_in, &t, 1);
+            flag = !xattn_module_plan(s->m, in, n_in, &t, 1);
         }
         any_opt |= d.optional && !d.when_bound;
-        if (!asked) continue;
+        if (d.optional && asked < 0 && !flag &&
+            (!a->return_all || replaced || is_variant || d.when_bound))
+            continue;
         memset(&s->out[s->n_out], 0, sizeof s->out[0]);
+        s->out_as[s->n_out] = asked >= 0 ? as[asked] : NULL;
         s->out[s->n_out++].name = d.name;
     }
     if (a->return_all && !any_opt)
@@ -678,21 +782,72 @@ int reg_forward(const char *cmd, const reg_args *a, reg_state *s, xattn_ctx *ctx
     return 0;
 }
 
+/* The file name of part k of an output saved in parts: its template "BASE{A+B*k}" with A and B
+ * integers or config fields. */
+static int part_name(const reg_state *s, const char *parts, int64_t k, char *buf, size_t cap)
+{
+    const char *open = strchr(parts, '{'), *close = open ? strchr(open, '}') : NULL;
+    if (!close) return -1;
+    int64_t v = 0;
+    for (const char *p = open + 1; p < close;) {
+        char term[64];
+        const size_t l = strcspn(p, "+}"), tl = l < sizeof term ? l : sizeof term - 1;
+        snprintf(term, sizeof term, "%.*s", (int)tl, p);
+        int known = 1;
+        if (!strcmp(term, "k"))
+            v += k;
+        else if (tl > 2 && !strcmp(term + tl - 2, "*k")) {
+            term[tl - 2] = '\0';
+            v += k * tok_value(s, term, &known);
+        } else
+            v += tok_value(s, term, &known);
+        if (!known) return -1;
+        p += l + (p[l] == '+');
+    }
+    snprintf(buf, cap, "%.*s%lld%s", (int)(open - parts), parts, (long long)v, close + 1);
+    return 0;
+}
+
 int reg_write(const char *cmd, const reg_args *a, const reg_state *s)
 {
-    cli_output outs[REG_MAX_IO];
-    char file[REG_MAX_IO][128];
+    xattn_io_desc d[REG_MAX_IO];
+    int64_t n = 0;
     for (int o = 0; o < s->n_out; o++) {
-        xattn_io_desc d;
         for (size_t k = 0; k < xattn_module_output_count(s->m); k++)
-            if (!xattn_module_output(s->m, k, &d) && !strcmp(d.name, s->out[o].name)) break;
-        const int drop = s->unbatched && d.shape[0] == 'B';
-        reg_file_name(s->out[o].name, file[o], sizeof file[o]);
-        cli_output_set(&outs[o], file[o], s->out[o].data,
-                       d.optional && !d.when_bound ? d.doc : NULL, s->out[o].ndim - drop,
-                       s->out[o].shape + drop);
+            if (!xattn_module_output(s->m, k, &d[o]) && !strcmp(d[o].name, s->out[o].name)) break;
+        n += d[o].parts[0] && s->out[o].ndim > 0 ? s->out[o].shape[0] : 1;
     }
-    return cli_write_outputs(cmd, a->out_dir ? a->out_dir : ".", outs, s->n_out);
+    cli_output *outs = calloc((size_t)(n ? n : 1), sizeof *outs);
+    char(*names)[128] = calloc((size_t)(n ? n : 1), sizeof *names);
+    int w = 0, rc = 0;
+    if (!outs || !names) rc = cli_error(cmd, NULL, "out of memory");
+    for (int o = 0; o < s->n_out && !rc; o++) {
+        const xattn_tensor *t = &s->out[o];
+        const char *note = d[o].optional && !d[o].when_bound ? d[o].doc : NULL;
+        if (!d[o].parts[0] || t->ndim < 1) { /* one array */
+            const int drop = s->unbatched && d[o].shape[0] == 'B';
+            reg_file_name(s->out_as[o] ? s->out_as[o] : t->name, names[w], sizeof names[w]);
+            cli_output_set(&outs[w], names[w], t->data, note, t->ndim - drop, t->shape + drop);
+            w++;
+            continue;
+        }
+        /* one file per index of the first axis, without the batch axis after it if unbatched */
+        const char *rest = strchr(d[o].shape, ',');
+        const int drop = s->unbatched && rest && rest[1] == 'B';
+        int64_t per = 1;
+        for (int k = 1; k < t->ndim; k++) per *= t->shape[k];
+        for (int64_t k = 0; k < t->shape[0] && !rc; k++, w++) {
+            if (part_name(s, d[o].parts, k, names[w], sizeof names[w]))
+                rc = cli_error(cmd, NULL, "output '%s': cannot name its parts (%s)", t->name,
+                               d[o].parts);
+            cli_output_set(&outs[w], names[w], (float *)t->data + k * per, note, t->ndim - 1 - drop,
+                           t->shape + 1 + drop);
+        }
+    }
+    if (!rc) rc = cli_write_outputs(cmd, a->out_dir ? a->out_dir : ".", outs, w);
+    free(outs);
+    free(names);
+    return rc;
 }
 
 void reg_help_kinds(void)

@@ -6,7 +6,8 @@
 #include <string.h>
 
 /* Kinds whose command-line runs go through the registry. */
-static const char *const REGISTRY_KINDS[] = {"conv2d-cross", "mutual", "multiview", "hallo-audio",
+static const char *const REGISTRY_KINDS[] = {"conv2d-cross", "mutual",    "mha",       "attention",
+                                             "joint",        "interlaced", "multiview", "hallo-audio",
                                              NULL};
 
 int reg_cli_handles(const char *kind)
@@ -59,34 +60,43 @@ static void flag_of(const char *name, char *buf, size_t cap)
         if (*c == '_') *c = '-';
 }
 
-/* " [also --a, --b]": the other flags of an input (--x / --context for the first two) or an
- * option (its aliases), " [or --alt]" for an input another may stand instead of. */
-static void also_flags(const char *kind, const char *name, int input, const char *alt, char *buf,
-                       size_t cap)
+/* " [also --a, --b]": the flags that also name `name` (its aliases; --x / --context for the
+ * first two inputs). */
+static void also(const char *kind, const char *name, int input, char *buf, size_t cap)
 {
-    size_t o = 0;
-    char flag[96];
-    buf[0] = '\0';
-    const char *pos = input == 0 ? "x" : input == 1 ? "context" : "";
-    if (pos[0] && strcmp(pos, name)) o += (size_t)snprintf(buf, cap, " [also --%s", pos);
-    for (size_t i = 0; o < cap; i++) {
+    const char *names[16];
+    int n = 0;
+    if ((input == 0 || input == 1) && strcmp(name, input ? "context" : "x"))
+        names[n++] = input ? "context" : "x";
+    for (size_t i = 0; n < 16; i++) {
         xattn_alias_desc d;
         if (xattn_kind_alias(kind, i, &d)) break;
-        if (strcmp(d.name, name)) continue;
-        flag_of(d.alias, flag, sizeof flag);
-        o += (size_t)snprintf(buf + o, cap - o, "%s%s", o ? ", " : " [also ", flag);
+        if (!strcmp(d.name, name)) names[n++] = d.alias;
     }
-    if (o && o < cap) o += (size_t)snprintf(buf + o, cap - o, "]");
-    if (alt && alt[0] && o < cap) {
-        flag_of(alt, flag, sizeof flag);
-        snprintf(buf + o, cap - o, " [or %s]", flag);
+    size_t o = 0;
+    buf[0] = '\0';
+    for (int k = 0; k < n && o < cap; k++) {
+        char flag[96];
+        flag_of(names[k], flag, sizeof flag);
+        o += (size_t)snprintf(buf + o, cap - o, "%s%s", k ? ", " : " [also ", flag);
     }
+    if (n && o < cap) snprintf(buf + o, cap - o, "]");
+}
+
+/* " [or --alt]" for an input another may stand instead of. */
+static void or_flag(const char *alt, char *buf, size_t cap)
+{
+    char flag[96];
+    buf[0] = '\0';
+    if (!alt[0]) return;
+    flag_of(alt, flag, sizeof flag);
+    snprintf(buf, cap, " [or %s]", flag);
 }
 
 /* The inputs, options and outputs of one kind. */
 void reg_help_kind(const char *kind)
 {
-    char flag[96], al[256];
+    char flag[96], al[160], alt[120];
     for (size_t i = 0; i < xattn_kind_count(); i++) {
         xattn_kind_desc k;
         if (!xattn_kind_info(i, &k) && !strcmp(k.name, kind))
@@ -97,15 +107,17 @@ void reg_help_kind(const char *kind)
         xattn_io_desc d;
         if (xattn_kind_io(kind, 0, i, &d)) break;
         flag_of(d.name, flag, sizeof flag);
-        also_flags(kind, d.name, (int)i, d.alternative, al, sizeof al);
+        also(kind, d.name, (int)i, al, sizeof al);
+        or_flag(d.alternative, alt, sizeof alt);
         long long few = d.shape[0] ? 1 : 0; /* a shape of integers: inline numbers too */
         for (const char *p = d.shape; *p && few; p += strcspn(p, ",") + (p[strcspn(p, ",")] == ','))
             few = strspn(p, "0123456789") == strcspn(p, ",") ? few * atoll(p) : 0;
         char num[96] = "";
         if (few > 0 && few <= 4096)
             snprintf(num, sizeof num, " [or inline: %lld comma-separated numbers]", few);
-        printf("  %-22s (%s)%s%s %s%s%s\n", flag, d.shape, d.optional ? " optional" : "",
-               d.additive ? ", bool or float (added)" : d.mask ? ", bool" : "", d.doc, al, num);
+        printf("  %-22s (%s)%s%s %s%s%s%s\n", flag, d.shape, d.optional ? " optional" : "",
+               !d.shape[0] ? ", a switch (the flag alone)" : d.additive ? ", bool or float (added)"
+               : d.mask ? ", bool" : "", d.doc, al, alt, num);
     }
     for (size_t i = 0;; i++) { /* an alias of numbered inputs: --view VK.npy, repeated */
         xattn_alias_desc d;
@@ -125,23 +137,54 @@ void reg_help_kind(const char *kind)
         if (xattn_kind_arg(kind, j, &a)) break;
         if (a.derived) continue;
         flag_of(a.name, flag, sizeof flag);
-        also_flags(kind, a.name, -1, NULL, al, sizeof al);
-        printf("  %-22s %-6s [%s] %s%s%s%s\n", flag, a.type, a.from_shapes ? "-" : a.default_value,
-               a.doc, a.choices[0] ? ": " : "", a.choices, al);
+        also(kind, a.name, -1, al, sizeof al);
+        printf("  %-22s %-6s [%s] %s%s%s%s%s\n", flag, a.type, a.from_shapes ? "-" : a.default_value,
+               a.doc, a.choices[0] ? ": " : "", a.choices, !strcmp(a.type, "bool") && !a.from_shapes ?
+               " (the flag alone: True)" : "", al);
     }
     printf("%s outputs (DIR/NAME.npy):\n", kind);
     for (size_t i = 0;; i++) {
         xattn_io_desc d;
         if (xattn_kind_io(kind, 1, i, &d)) break;
-        char file[128], ask[160] = "";
-        reg_file_name(d.name, file, sizeof file);
-        if (d.when_bound) snprintf(ask, sizeof ask, " (present when its inputs are given)");
-        else if (d.optional) {
-            flag_of(d.name, flag, sizeof flag);
-            snprintf(ask, sizeof ask, " with --return-attn or %s", flag);
+        char ask[256] = "", file[128];
+        size_t o = 0;
+        int variant = 0;
+        for (size_t k = 0; o < sizeof ask; k++) { /* asked by an alias */
+            xattn_alias_desc e;
+            if (xattn_kind_alias(kind, k, &e)) break;
+            if (strcmp(e.name, d.name)) continue;
+            flag_of(e.alias, flag, sizeof flag);
+            variant |= e.as[0] != 0;
+            o += (size_t)snprintf(ask + o, sizeof ask - o, " or %s%s%s%s", flag,
+                                  e.as[0] ? " (written as " : "", e.as, e.as[0] ? ".npy)" : "");
         }
-        printf("  %-22s (%s)%s %s\n", file, d.shape, ask, d.doc);
+        char own[160] = ""; /* asked by its own bare flag too, or there with its inputs */
+        flag_of(d.name, flag, sizeof flag);
+        if (d.when_bound) snprintf(own, sizeof own, " (present when its inputs are given)");
+        else if (d.optional)
+            snprintf(own, sizeof own, " with %s%s", variant ? "" : "--return-attn or ", flag);
+        reg_file_name(d.name, file, sizeof file);
+        printf("  %-22s (%s)%s%s %s%s%s%s\n", file, d.shape, own, ask, d.doc,
+               d.parts[0] ? "; saved one file per index k of the first axis, as " : "", d.parts,
+               d.parts[0] ? ".npy" : "");
     }
+}
+
+/* The kind a command line means: --module, else the one module of its file (for --help). */
+static const char *kind_of(const reg_args *a, char *buf, size_t cap)
+{
+    if (a->kind || !a->model) return a->kind;
+    xattn_safetensors *st = NULL;
+    xattn_found f[16];
+    if (xattn_st_open(a->model, &st)) return NULL;
+    size_t n = xattn_module_scan(st, f, 16);
+    for (size_t i = 0; i < n && i < 16; i++)
+        if (!a->prefix || !strcmp(f[i].prefix, a->prefix)) {
+            snprintf(buf, cap, "%s", f[i].kind);
+            break;
+        }
+    xattn_st_close(st);
+    return buf[0] ? buf : NULL;
 }
 
 int reg_cmd_run(const char *cmd, int argc, char **argv)
@@ -153,7 +196,10 @@ int reg_cmd_run(const char *cmd, int argc, char **argv)
         printf("usage: xattn run MODEL.safetensors [--module KIND] [--prefix P] --INPUT FILE.npy ...\n"
                "                 [--OPTION VALUE ...] [--return-attn] [--out-dir DIR] [--threads N]\n"
                "                 [--allow-nonfinite]\n\n");
-        reg_help_kind(a.kind);
+        char kb[64] = "";
+        const char *kind = kind_of(&a, kb, sizeof kb);
+        if (kind) reg_help_kind(kind);
+        else reg_help_kinds();
         return CLI_EXIT_OK;
     }
     if (!a.model && !a.kind) return cli_usage(cmd, "missing MODEL.safetensors");
@@ -166,6 +212,7 @@ int reg_cmd_run(const char *cmd, int argc, char **argv)
             rc = cli_lib_error(cmd, NULL);
         if (!rc) rc = reg_forward(cmd, &a, &s, ctx);
         if (!rc) rc = reg_write(cmd, &a, &s);
+        if (!rc) reg_warn(cmd, &a, &s);
         xattn_ctx_free(ctx);
     }
     reg_free(&s);
@@ -215,11 +262,13 @@ int reg_cmd_bench(const char *cmd, int argc, char **argv)
                "\n"
                "Times the forward of a module (any kind 'xattn run' takes, with the same inputs and\n"
                "options) after one warm-up run: the median of --reps runs (default 5) and the peak\n"
-               "resident memory of this process (VmHWM). Inputs not given are generated: the batch\n"
-               "of the given inputs (else --batch, default 1), the first other size --len (default\n"
-               "1024), the next --context-len (default 2 * --len). --out-dir also writes the outputs\n"
-               "of the last run.\n\n");
-        if (a.kind) reg_help_kind(a.kind);
+               "resident memory of this process (VmHWM). Inputs not given (but masks) are generated:\n"
+               "the batch of the given inputs (else --batch, default 1), the first other size --len\n"
+               "(default 1024), the next --context-len (default 2 * --len). --out-dir also writes\n"
+               "the outputs of the last run.\n\n");
+        char kb[64] = "";
+        const char *kind = kind_of(&a, kb, sizeof kb);
+        if (kind) reg_help_kind(kind);
         else reg_help_kinds();
         return CLI_EXIT_OK;
     }
@@ -244,6 +293,7 @@ int reg_cmd_bench(const char *cmd, int argc, char **argv)
             cli_quiet_writes = a.json; /* stdout is the JSON line */
             if (a.out_dir) rc = reg_write(cmd, &a, &s);
             if (!rc) report(&a, &s, ts, reps, ctx);
+            if (!rc) reg_warn(cmd, &a, &s);
         }
     }
     xattn_ctx_free(ctx);
