@@ -716,8 +716,9 @@ XATTN_API xattn_status xattn_interlaced_forward(xattn_ctx *ctx, const xattn_inte
  * stage leave no trace and must be given (option or __metadata__ "heads": "4" or "2,4,8").
  * Registry kind "multiview": options views, dims, heads, hiddens (lists such as "8,16"), eps,
  * gelu, and heads.0, heads.1, ... (each stage's heads, which a saved file's __metadata__
- * holds); inputs xs.0 .. xs.{V-1}, outputs out.0 .. out.{V-1} (up to 11 views; single-stage
- * modules only there, since a pooled token count floor(N / 2^(S-1)) has no symbolic shape).
+ * holds); inputs xs.0 .. xs.{V-1}, outputs out.0 .. out.{V-1} (up to 11 views), out.K of
+ * shape (B, M_K, C_last) with M_K = floor(N_K / 2^(S-1)) (the size symbol M_K that the kind
+ * computes); alias "view" for the views in order (xs.*).
  */
 #define XATTN_MULTIVIEW_MAX_STAGES 16
 #define XATTN_MULTIVIEW_MAX_VIEWS 64
@@ -1067,7 +1068,9 @@ XATTN_API xattn_status xattn_module_param(const xattn_module *m, size_t i, xattn
  * counting 0 or 1); "B/1" means B or 1 (broadcast); '|' separates alternatives by rank; "" is a
  * 0-dim switch. Masks are BOOL or U8 (nonzero = true; doc gives the polarity); additive masks
  * may also be F32; every other input is F32. Some optional inputs have a stand-in (torch's key:
- * the query) used in their place when not given, as their doc says. */
+ * the query) used in their place when not given, as their doc says. A size symbol that only
+ * outputs name is computed by the kind from the inputs (multiview's pooled token counts M0, M1,
+ * ...; the output's doc says how). */
 typedef struct xattn_io_desc {
     const char *name;
     const char *shape;
@@ -1078,6 +1081,12 @@ typedef struct xattn_io_desc {
     /* an output whose first axis lists parts saved one file each: the name of part k,
      * "BASE{A+B*k}" (A, B integers or config fields); "" for one array */
     const char *parts;
+    /* an input that may be given instead of this required one (one of the two); "" if none */
+    const char *alternative;
+    /* an optional output that exists whenever the sizes of its shape are bound (multiview's
+     * out.K when xs.K is given): asked like a required one then; xattn_module_plan of it alone
+     * tells whether it exists */
+    int when_bound;
 } xattn_io_desc;
 XATTN_API size_t xattn_module_input_count(const xattn_module *m);
 XATTN_API xattn_status xattn_module_input(const xattn_module *m, size_t i, xattn_io_desc *d);
@@ -1126,7 +1135,9 @@ XATTN_API xattn_status xattn_kind_arg(const char *kind, size_t j, xattn_arg_desc
 XATTN_API xattn_status xattn_kind_io(const char *kind, int output, size_t i, xattn_io_desc *d);
 /* Other names a front end accepts (older flags, short names): alias i of a kind stands for its
  * input, option or output `name`; for an optional output, asking for it by the alias writes it
- * in place of the output `as` ("" when under its own name). XATTN_ERR_ARG past the last one. */
+ * in place of the output `as` ("" when under its own name). A name "STEM.*" stands for the
+ * numbered inputs STEM.0, STEM.1, ...: the alias may repeat, each time for the next of them
+ * after those given by their own names (multiview's --view). XATTN_ERR_ARG past the last one. */
 typedef struct xattn_alias_desc {
     const char *alias, *name, *as;
 } xattn_alias_desc;

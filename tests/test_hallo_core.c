@@ -2,7 +2,8 @@
  * HALLO's audio block on the module core: create -> save -> reload (parameters and forward
  * identical), an all-zero options struct gives the reference's defaults, the initialisation
  * against the reference's (zero_module()d 1x1 convolutions, diffusers Attention / FeedForward
- * nn.Linear layers, nn.LayerNorm), and the named forward against the typed one on fixtures.
+ * nn.Linear layers, nn.LayerNorm), and the named forward against the typed one on fixtures,
+ * with masks at the latent's size or at any size (region_masks, resized by the kind).
  */
 #include "testutil.h"
 
@@ -361,6 +362,91 @@ static void named_forward(const char *fixture)
     xattn_st_close(st);
 }
 
+/* Masks at any resolution (region_masks) resized by the kind to the latent grid (option
+ * latent_hw, else a square), against the reference (hallo_fullres: 40x36 masks, 8x6 latent), and
+ * the errors of the grid and of the two mask inputs. */
+static void named_region_masks(void)
+{
+    xattn_safetensors *st = NULL;
+    CHECK_OK(xattn_st_open(tu_fixture("hallo_fullres.safetensors"), &st));
+    if (!st) return;
+    const xattn_option hw = {"latent_hw", "8,6"}, hw7 = {"latent_hw", "7,7"};
+    const xattn_option bad = {"latent_hw", "8"};
+    xattn_open_opts oo = {.kind = "hallo-audio", .options = &hw, .n_options = 1};
+    xattn_module *r = NULL, *sq = NULL, *r7 = NULL;
+    CHECK_OK(xattn_module_open(st, &oo, &r));
+    xattn_open_opts o0 = {.kind = "hallo-audio"};
+    CHECK_OK(xattn_module_open(st, &o0, &sq));
+    oo.options = &hw7;
+    CHECK_OK(xattn_module_open(st, &oo, &r7));
+    oo.options = &bad;
+    xattn_module *rb = NULL;
+    CHECK_FAIL(xattn_module_open(st, &oo, &rb), XATTN_ERR_ARG);
+    has("option 'latent_hw' is \"8\", not two positive integers H,W");
+    if (!r || !sq || !r7) return;
+    xattn_array ax, aa, am, arm, ae, ar;
+    const float *x = tu_get_f32(st, "input.x", &ax), *au = tu_get_f32(st, "input.audio", &aa);
+    const float *mk = tu_get_f32(st, "input.masks", &am);
+    const float *rm = tu_get_f32(st, "input.region_masks", &arm);
+    tu_get_f32(st, "expected.out", &ae);
+    tu_get_f32(st, "expected.regions", &ar);
+    float ms[3] = {1.0f, 0.5f, 2.0f};
+    const int64_t n = xattn_array_numel(&ae);
+    float *o1 = calloc((size_t)n, 4), *o2 = calloc((size_t)n, 4), *r1 = calloc((size_t)n * 3, 4);
+    xattn_tensor ti[5] = {{"hidden_states", XATTN_F32, 3, {0}, (void *)x},
+                          {"encoder_hidden_states", XATTN_F32, 3, {0}, (void *)au},
+                          {"motion_scale", XATTN_F32, 1, {3}, ms},
+                          {"region_masks", XATTN_F32, 4, {0}, (void *)rm},
+                          {"masks", XATTN_F32, 3, {0}, (void *)mk}};
+    memcpy(ti[0].shape, ax.shape, sizeof ax.shape);
+    memcpy(ti[1].shape, aa.shape, sizeof aa.shape);
+    memcpy(ti[3].shape, arm.shape, sizeof arm.shape);
+    memcpy(ti[4].shape, am.shape, sizeof am.shape);
+    xattn_tensor to[2] = {{"out", XATTN_F32, 0, {0}, NULL}, {"regions", XATTN_F32, 0, {0}, NULL}};
+    CHECK_OK(xattn_module_plan(r, ti, 4, to, 2));
+    CHECK(to[0].ndim == 3 && to[0].shape[1] == 48 && to[1].ndim == 4);
+    to[0].data = o1;
+    to[1].data = r1;
+    CHECK_OK(xattn_module_forward(NULL, r, ti, 4, to, 2));
+    tu_check_close("region_masks out", o1, ae.data, n, TU_TOL);
+    tu_check_close("region_masks regions", r1, ar.data, n * 3, TU_TOL);
+    /* the same as the masks resized by the reference */
+    xattn_tensor tm[4] = {ti[0], ti[1], ti[2], ti[4]};
+    to[0].data = o2;
+    CHECK_OK(xattn_module_forward(NULL, r, tm, 4, to, 1));
+    tu_check_close("masks out", o2, o1, n, TU_TOL);
+    /* one unbatched (3, Hm, Wm) mask set is the batch's */
+    xattn_tensor t3[4] = {ti[0], ti[1], ti[2], ti[3]};
+    t3[3].ndim = 3;
+    memmove(t3[3].shape, t3[3].shape + 1, 3 * sizeof(int64_t));
+    float *o3 = calloc((size_t)n, 4);
+    xattn_tensor t4[4] = {ti[0], ti[1], ti[2], ti[3]};
+    CHECK_OK(xattn_module_forward(NULL, r, t4, 4, to, 1)); /* o2: (1, 3, Hm, Wm), no regions */
+    to[0].data = o3;
+    CHECK_OK(xattn_module_forward(NULL, r, t3, 4, to, 1));
+    CHECK(!memcmp(o3, o2, (size_t)n * 4));
+    free(o3);
+    /* 48 tokens: not a square, and not 7x7 */
+    CHECK_FAIL(xattn_module_plan(sq, ti, 4, to, 1), XATTN_ERR_SHAPE);
+    has("input 'hidden_states' has 48 tokens, not a square grid: give the latent grid with "
+        "option 'latent_hw'");
+    CHECK_FAIL(xattn_module_plan(r7, tm, 4, to, 1), XATTN_ERR_SHAPE);
+    has("input 'hidden_states' has 48 tokens but option 'latent_hw' = 7,7 gives 49");
+    /* one of masks and region_masks */
+    CHECK_FAIL(xattn_module_plan(r, ti, 5, to, 1), XATTN_ERR_ARG);
+    has("takes the input 'masks' or 'region_masks', not both");
+    CHECK_FAIL(xattn_module_plan(r, ti, 3, to, 1), XATTN_ERR_ARG);
+    has("needs the input 'masks' or 'region_masks'");
+    xattn_io_desc d;
+    CHECK_OK(xattn_module_input(r, 2, &d));
+    CHECK(!strcmp(d.name, "masks") && !strcmp(d.alternative, "region_masks") && !d.optional);
+    free(o1), free(o2), free(r1);
+    xattn_array_free(&ax), xattn_array_free(&aa), xattn_array_free(&am);
+    xattn_array_free(&arm), xattn_array_free(&ae), xattn_array_free(&ar);
+    xattn_module_free(r), xattn_module_free(sq), xattn_module_free(r7);
+    xattn_st_close(st);
+}
+
 int main(void)
 {
     round_trip(0);
@@ -369,5 +455,6 @@ int main(void)
     zero_options();
     named_forward("hallo_basic.safetensors");
     named_forward("hallo_odd.safetensors");
+    named_region_masks();
     return tu_finish("test_hallo_core");
 }

@@ -359,8 +359,8 @@ static void heads_lists(void)
     unlink(f);
 }
 
-/* The registry's forward by names equals the typed forward (one stage: the named forward's
- * shapes keep the token counts). */
+/* The registry's forward by names equals the typed forward (one stage: the outputs keep the
+ * token counts). */
 static void named_forward(void)
 {
     xattn_safetensors *st = NULL;
@@ -412,13 +412,80 @@ static void named_forward(void)
     has("the module has 3 views: give xs.0 .. xs.2 (xs.2 is missing)");
     xattn_module_free(r3);
     xattn_st_close(st3);
-    /* a module of several stages is refused by name (its token counts halve) */
+    /* a module of several stages: the outputs' token counts are pooled, floor(N / 2^(S-1)),
+     * computed by the kind; a view too short to pool is refused by name */
     xattn_module *m2 = create(2, "2", "16,32", "2", "16,16", NULL, NULL);
-    CHECK_FAIL(xattn_module_forward(NULL, m2, in, 2, out, 2), XATTN_ERR_UNSUPPORTED);
-    has("single-stage");
+    xattn_tensor out2[2] = {{"out.0", XATTN_F32, 0, {0}, NULL}, {"out.1", XATTN_F32, 0, {0}, NULL}};
+    CHECK_OK(xattn_module_plan(m2, in, 2, out2, 2));
+    CHECK(out2[0].ndim == 3 && out2[0].shape[0] == B && out2[0].shape[1] == tokens[0] / 2 &&
+          out2[0].shape[2] == 32 && out2[1].shape[1] == tokens[1] / 2);
+    xattn_tensor short1[2] = {in[0], in[1]};
+    short1[1].shape[1] = 1;
+    CHECK_FAIL(xattn_module_plan(m2, short1, 2, out2, 2), XATTN_ERR_SHAPE);
+    has("input 'xs.1' has 1 token(s): too few for 2 stages");
     xattn_module_free(m2);
     free(t0), free(t1), free(r0), free(r1);
     xattn_array_free(&x0), xattn_array_free(&x1), xattn_array_free(&e0), xattn_array_free(&e1);
+    xattn_multiview_free(t);
+    xattn_module_free(r);
+    xattn_st_close(st);
+}
+
+/* Several stages by names: the registry's forward equals the typed forward and the reference,
+ * the outputs of the pooled token counts; out.K of a view not given does not exist. */
+static void named_stages(const char *fixture)
+{
+    xattn_safetensors *st = NULL;
+    xattn_multiview *t = typed_load(tu_fixture(fixture), &st);
+    xattn_open_opts oo = {.kind = "multiview"};
+    xattn_module *r = NULL;
+    if (st) CHECK_OK(xattn_module_open(st, &oo, &r));
+    if (!r || !t) return;
+    xattn_multiview_config c;
+    xattn_multiview_get_config(t, &c);
+    const int V = (int)c.views;
+    xattn_array x[3], e[3];
+    const float *xs[3];
+    float *typed[3], *named[3];
+    int64_t tokens[3], n[3];
+    static const char *const XN[3] = {"xs.0", "xs.1", "xs.2"};
+    static const char *const ON[3] = {"out.0", "out.1", "out.2"};
+    xattn_tensor in[3], out[3];
+    for (int v = 0; v < V; v++) {
+        char nm[32];
+        snprintf(nm, sizeof nm, "input.%d", v);
+        xs[v] = tu_get_f32(st, nm, &x[v]);
+        snprintf(nm, sizeof nm, "expected.%d", v);
+        tu_get_f32(st, nm, &e[v]);
+        tokens[v] = x[v].shape[1];
+        n[v] = xattn_array_numel(&e[v]);
+        typed[v] = calloc((size_t)n[v], 4);
+        named[v] = calloc((size_t)n[v], 4);
+        in[v] = (xattn_tensor){XN[v], XATTN_F32, 3, {0}, (void *)xs[v]};
+        memcpy(in[v].shape, x[v].shape, sizeof x[v].shape);
+        out[v] = (xattn_tensor){ON[v], XATTN_F32, 0, {0}, NULL};
+    }
+    CHECK_OK(mv_forward(t, x[0].shape[0], tokens, xs, typed));
+    CHECK_OK(xattn_module_plan(r, in, (size_t)V, out, (size_t)V));
+    for (int v = 0; v < V; v++) {
+        CHECK(out[v].ndim == 3 && out[v].shape[1] == tokens[v] >> (c.stages - 1) &&
+              out[v].shape[2] == c.dim[c.stages - 1] && out[v].shape[1] == e[v].shape[1]);
+        out[v].data = named[v];
+    }
+    CHECK_OK(xattn_module_forward(NULL, r, in, (size_t)V, out, (size_t)V));
+    for (int v = 0; v < V; v++) {
+        CHECK(!memcmp(typed[v], named[v], (size_t)n[v] * 4));
+        tu_check_close(fixture, named[v], e[v].data, n[v], TU_TOL);
+    }
+    xattn_tensor absent = {"out.2", XATTN_F32, 0, {0}, NULL};
+    if (V == 2) {
+        CHECK_FAIL(xattn_module_plan(r, in, 2, &absent, 1), XATTN_ERR_ARG);
+        has("size 'M2' is unknown");
+    }
+    for (int v = 0; v < V; v++) {
+        free(typed[v]), free(named[v]);
+        xattn_array_free(&x[v]), xattn_array_free(&e[v]);
+    }
     xattn_multiview_free(t);
     xattn_module_free(r);
     xattn_st_close(st);
@@ -431,5 +498,8 @@ int main(void)
     zero_options();
     heads_lists();
     named_forward();
+    named_stages("multiview_v2_s3.safetensors");
+    named_stages("multiview_v3_s2_odd.safetensors");
+    named_stages("multiview_v2_s2_heads1.safetensors");
     return tu_finish("test_multiview_core");
 }

@@ -19,8 +19,12 @@
 #define XA_IO_MASK 0x02u     /* bool (or integer, nonzero = true) mask                    */
 /* added to the logits: a mask that may also be float, or (without XA_IO_MASK) a float bias */
 #define XA_IO_ADDITIVE 0x04u
+/* An optional output that exists whenever the sizes of its shape are bound (by the inputs given
+ * or the kind's plan hook): multiview's out.K, there when xs.K is given. Front ends ask for it
+ * then, as for a required output (xattn_module_plan of it alone tells whether it exists). */
+#define XA_IO_BOUND 0x08u
 #define XA_MAX_IO 12
-#define XA_MAX_SYMS 12
+#define XA_MAX_SYMS 24
 
 typedef struct xa_io {
     const char *name;
@@ -36,6 +40,12 @@ typedef struct xa_stand_in {
     const char *input, *by;
 } xa_stand_in;
 
+/* A required input and an optional one that may be given instead (one of the two, not both):
+ * {"masks", "region_masks"}, HALLO's masks at the latent's size or at any size. */
+typedef struct xa_alt {
+    const char *input, *alt;
+} xa_alt;
+
 /* Another name a front end accepts for an input, a config field or an output (an older flag,
  * a short name): {"heads", "num_heads"}. An alias of an optional output asks for that output;
  * `as` names the output it is then written in place of (NULL: under its own name). */
@@ -44,6 +54,9 @@ typedef struct xa_alias {
     const char *name;
     const char *as;
 } xa_alias;
+/* An alias whose name is "STEM.*" stands for the numbered inputs STEM.0, STEM.1, ... in order
+ * ({"view", "xs.*"}): a front end takes it repeatedly, each time for the next of them after the
+ * ones given by their own names. */
 
 typedef struct xa_run {
     const void *in[XA_MAX_IO];   /* in input-table order; NULL when not given */
@@ -58,6 +71,8 @@ typedef struct xa_run {
 
 /* Value of size symbol `name` in r (0 if unbound). */
 int64_t xa_run_sym(const xa_run *r, const char *name);
+/* Binds size symbol `name` (a string that outlives r: a literal) to v, for a kind's plan hook. */
+xattn_status xa_run_bind(xa_run *r, const char *name, int64_t v);
 
 struct xa_kind;
 
@@ -93,6 +108,11 @@ typedef struct xa_kind {
     void (*destroy)(xa_mod *m);       /* frees what bind allocated; may be NULL           */
     /* Checks that the bound sizes suit the module beyond the shapes (may be NULL). */
     xattn_status (*check)(const xa_mod *m, const xa_run *r);
+    /* Sizes the symbolic shapes cannot compute (may be NULL): called once the inputs are bound,
+     * before the output shapes, it binds the size symbols that only outputs name (xa_run_bind:
+     * multiview's pooled token counts M0, M1, ... = floor(N_v / 2^(S-1))) and refuses inputs
+     * too small for them ("input 'xs.2' has 1 token ..."). */
+    xattn_status (*plan)(const xa_mod *m, xa_run *r);
     xattn_status (*forward)(const xa_mod *m, const xa_run *r);
     const char *state_dict; /* the tensor names, for --help ("conv_query.{weight,bias}, ...") */
     const xa_stand_in *stand_ins; /* in input order (may be NULL)                           */
@@ -130,7 +150,12 @@ typedef struct xa_kind {
      * by '|', each a comma-separated list of optional inputs, one or more of which make it;
      * NULL: none */
     const char *one_of;
+    const xa_alt *alts; /* inputs that may be given instead of required ones (may be NULL) */
+    int n_alts;
 } xa_kind;
+
+/* The input that may be given instead of required input `input` of k, or NULL. */
+const char *xa_input_alt(const struct xa_kind *k, const char *input);
 
 /* Every kind, NULL-terminated (registry.c). */
 extern const xa_kind *const xa_kinds[];

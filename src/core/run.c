@@ -1,7 +1,8 @@
 /*
  * Forward by named arrays: inputs are matched to the kind's input table by name, their shapes
  * checked against the symbolic shapes (size symbols bound by the first input naming them), the
- * output shapes computed, and the kind's forward called with plain pointers.
+ * sizes only the kind can compute bound by its plan hook (when it has one), the output shapes
+ * computed, and the kind's forward called with plain pointers.
  */
 #include "core/registry.h"
 #include "io/io_internal.h"
@@ -15,6 +16,22 @@ int64_t xa_run_sym(const xa_run *r, const char *name)
     for (int i = 0; i < r->n_sym; i++)
         if (!strcmp(r->sym_name[i], name)) return r->sym[i];
     return 0;
+}
+
+xattn_status xa_run_bind(xa_run *r, const char *name, int64_t v)
+{
+    if (r->n_sym >= XA_MAX_SYMS)
+        return xa_error(XATTN_ERR_ARG, "size '%s': more than %d size symbols", name, XA_MAX_SYMS);
+    r->sym_name[r->n_sym] = name;
+    r->sym[r->n_sym++] = v;
+    return XATTN_OK;
+}
+
+const char *xa_input_alt(const xa_kind *k, const char *input)
+{
+    for (int i = 0; i < k->n_alts; i++)
+        if (!strcmp(k->alts[i].input, input)) return k->alts[i].alt;
+    return NULL;
 }
 
 static int is_sym(const char *tok) { return tok[0] >= 'A' && tok[0] <= 'Z'; }
@@ -276,10 +293,17 @@ static xattn_status plan(const xa_mod *m, const xattn_tensor *in, size_t n_in, x
         r->in_ndim[i] = in[a].ndim;
         memcpy(r->in_shape[i], in[a].shape, sizeof in[a].shape);
     }
-    for (int i = 0; i < k->n_in; i++)
-        if (!r->in[i] && !(k->inputs[i].flags & XA_IO_OPT))
-            return xa_error(XATTN_ERR_ARG, "%s needs the input '%s' %s", k->name,
-                            k->inputs[i].name, k->inputs[i].doc ? k->inputs[i].doc : "");
+    for (int i = 0; i < k->n_in; i++) {
+        const char *alt = xa_input_alt(k, k->inputs[i].name);
+        const int j = io_index(k->inputs, k->n_in, alt);
+        if (j >= 0 && r->in[i] && r->in[j]) /* one of the two */
+            return xa_error(XATTN_ERR_ARG, "%s takes the input '%s' or '%s', not both", k->name,
+                            k->inputs[i].name, alt);
+        if (!r->in[i] && !(k->inputs[i].flags & XA_IO_OPT) && !(j >= 0 && r->in[j]))
+            return xa_error(XATTN_ERR_ARG, "%s needs the input '%s'%s%s%s %s", k->name,
+                            k->inputs[i].name, j >= 0 ? " or '" : "", j >= 0 ? alt : "",
+                            j >= 0 ? "'" : "", k->inputs[i].doc ? k->inputs[i].doc : "");
+    }
     if ((s = one_way(k, r))) return s;
     for (int pass = 0; pass < 2; pass++) /* symbols bound by later inputs */
         for (size_t a = 0; a < n_in; a++) {
@@ -294,6 +318,7 @@ static xattn_status plan(const xa_mod *m, const xattn_tensor *in, size_t n_in, x
         }
     for (int i = 0; i < k->n_stand_ins; i++)
         if ((s = stand_in(m, &k->stand_ins[i], r))) return s;
+    if (k->plan && (s = k->plan(m, r))) return s; /* sizes only the kind can compute */
     for (size_t a = 0; out && a < n_out; a++) {
         int o = io_index(k->outputs, k->n_out, out[a].name);
         if (o < 0) return unknown_io(k, 1, out[a].name);

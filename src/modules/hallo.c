@@ -28,7 +28,7 @@ static const char *FN_FWD = "xattn_hallo_forward";
  * cross_attention_dim, attention_bias=False, ...), its attentions diffusers Attention(query_dim,
  * cross_attention_dim, heads=8, dim_head=64, bias) and its FeedForward(dim, inner_dim=None,
  * mult=4, activation_fn="geglu"). */
-enum { F_DIM, F_HEADS, F_DIM_HEAD, F_CROSS, F_BIAS, F_FF, F_INNER, F_N };
+enum { F_DIM, F_HEADS, F_DIM_HEAD, F_CROSS, F_BIAS, F_FF, F_INNER, F_LATENT, F_N };
 static const xa_field fields[F_N] = {
     {"dim", XA_T_INT, XA_F_SHAPE | XA_F_REQUIRED, 0, 1, 1e15, NULL, NULL,
      "channels of the latent tokens"},
@@ -44,6 +44,10 @@ static const xa_field fields[F_N] = {
      "the feed-forward's inner width (None: 4 * dim)"},
     {"inner", XA_T_INT, XA_F_SHAPE | XA_F_REQUIRED | XA_F_DERIVED, 0, 1, 1e15, NULL, NULL,
      "heads * dim_head (rows of to_q.weight)"},
+    /* not the block's: the grid of its latent tokens, which HALLO's mask pyramid resizes the
+     * full-resolution masks to (parsed by build: two integers) */
+    {"latent_hw", XA_T_INT, XA_F_OPTIONAL | XA_F_NOMETA, 0, 1, 1e15, NULL, NULL,
+     "the latent grid \"H,W\" (H*W tokens) that region_masks are resized to (None: a square)"},
 };
 
 #define PART "; part of HALLO's AudioTemporalBasicTransformerBlock (audio path)"
@@ -95,6 +99,7 @@ static const xa_pspec tail_table[T_N] = {
 struct xattn_hallo {
     xa_mod core;
     xattn_hallo_config cfg;
+    int64_t latent_h, latent_w; /* option latent_hw; 0: a square grid */
     const float *zw[3], *zb[3]; /* (dim, dim) 1x1 convolutions, (dim)   */
     const float *a[3][A_N];     /* each region's attention (biases NULL when absent) */
     const float *t[T_N];
@@ -108,9 +113,9 @@ struct xattn_hallo {
 static xattn_status bind_all(xa_cfg *c, const xattn_safetensors *st, const char *prefix)
 {
     xattn_status s;
-    if ((s = xa_cfg_bind_shapes(c, zero_table, 6, st, prefix, "")) ||
+    if ((s = xa_cfg_bind_shapes(c, tail_table, T_N, st, prefix, "")) ||
+        (s = xa_cfg_bind_shapes(c, zero_table, 6, st, prefix, "")) ||
         (s = xa_cfg_bind_shapes(c, attn_table, A_N, st, prefix, REGION[0])) ||
-        (s = xa_cfg_bind_shapes(c, tail_table, T_N, st, prefix, "")) ||
         (s = xa_cfg_require_shapes(c, zero_table, 6, st, prefix, "")) ||
         (s = xa_cfg_require_shapes(c, attn_table, A_N, st, prefix, REGION[0])))
         return s;
@@ -167,13 +172,52 @@ static xattn_status head_sizes(xa_cfg *c, const xattn_safetensors *st, const cha
     return XATTN_OK;
 }
 
-static xattn_status build(xa_mod *m, const xattn_safetensors *st, const char *prefix,
+/* Takes the option latent_hw ("H,W") out of opts (into m) and copies the others into rest. */
+static xattn_status take_latent(xattn_hallo *m, const xa_kv *opts, size_t n_opts, xa_kv *rest,
+                                size_t *n_rest)
+{
+    const char *name = fields[F_LATENT].name, *given = NULL;
+    *n_rest = 0;
+    for (size_t k = 0; k < n_opts; k++) {
+        if (!opts[k].key || strcmp(opts[k].key, name)) {
+            rest[(*n_rest)++] = opts[k];
+            continue;
+        }
+        if (given) return xa_error(XATTN_ERR_ARG, "%s: option '%s' given twice", FN_LOAD, name);
+        given = opts[k].value ? opts[k].value : "";
+        char hs[32], shown[64];
+        const size_t l = strcspn(given, ",");
+        int64_t h = 0, w = 0;
+        snprintf(hs, sizeof hs, "%.*s", (int)(l < sizeof hs ? l : 0), given);
+        if (l >= sizeof hs || given[l] != ',' || !xa_parse_int(hs, &h) ||
+            !xa_parse_int(given + l + 1, &w) || h < 1 || w < 1 || h > (1 << 30) || w > (1 << 30))
+            return xa_error(XATTN_ERR_ARG, "%s: option '%s' is \"%s\", not two positive integers "
+                            "H,W (the latent grid)", FN_LOAD, name,
+                            xa_io_printable(given, shown, sizeof shown));
+        m->latent_h = h;
+        m->latent_w = w;
+    }
+    return XATTN_OK;
+}
+
+static xattn_status build(xa_mod *core, const xattn_safetensors *st, const char *prefix,
                           const xa_kv *opts, size_t n_opts)
 {
+    xattn_hallo *hm = (xattn_hallo *)core;
+    xa_mod *m = core;
     xa_cfg *c = &m->cfg;
     xattn_status s;
-    if ((st && ((s = refuse_extras(st, prefix)) || (s = bind_all(c, st, prefix)))) ||
-        (s = xa_cfg_resolve(c, opts, n_opts, st, FN_LOAD)) || (s = head_sizes(c, st, prefix)) ||
+    xa_kv *rest = calloc(n_opts + 1, sizeof *rest);
+    size_t n_rest = 0;
+    if (!rest) return xa_error(XATTN_ERR_NOMEM, "%s: out of memory", FN_LOAD);
+    s = take_latent(hm, opts, n_opts, rest, &n_rest);
+    if (!s && st && !(s = refuse_extras(st, prefix))) s = bind_all(c, st, prefix);
+    if (!s) s = xa_cfg_resolve(c, rest, n_rest, st, FN_LOAD);
+    free(rest);
+    if (!s && hm->latent_h)
+        xa_cfg_set(c, F_LATENT, (double)hm->latent_h, XA_FROM_OPTION, "%lld,%lld: option",
+                   (long long)hm->latent_h, (long long)hm->latent_w);
+    if (s || (s = head_sizes(c, st, prefix)) ||
         (s = xa_params_add_table(&m->params, zero_table, 6, c, "", NULL)))
         return s;
     for (int k = 0; k < 3; k++)
@@ -212,12 +256,20 @@ static const xa_io inputs[] = {
      "the full/pose, face and lip masks (the reference's full_mask, face_mask, lip_mask) at the "
      "latent's resolution: soft weights multiplying each region's attention output per token"},
     {"motion_scale", "3", XA_IO_OPT, "weights of the three regions (default 1, 1, 1)"},
+    {"region_masks", "B/1,3,Hm,Wm|3,Hm,Wm", XA_IO_OPT,
+     "the full/pose, face and lip masks at any resolution (e.g. the image's) in place of masks: "
+     "resized to the latent grid (option latent_hw, else a square) as HALLO's mask pyramid does "
+     "(torch interpolate, bilinear, antialias=True, align_corners=False), flattened row-major"},
 };
+enum { IN_X, IN_AUDIO, IN_MASKS, IN_SCALE, IN_REGION, IN_N };
+/* the masks at the latent's size, or at any size (resized by the kind) */
+static const xa_alt alts[] = {{"masks", "region_masks"}};
 static const xa_io outputs[] = {
     {"out", "B,N,dim", 0, "the block's output (the audio path)"},
     {"regions", "3,B,N,dim", XA_IO_OPT, "each region's zero-convolution output, unscaled"},
 };
 
+static xattn_status check_named(const xa_mod *core, const xa_run *r);
 static xattn_status forward_named(const xa_mod *core, const xa_run *r);
 
 const xa_kind xa_kind_hallo_audio = {
@@ -228,14 +280,17 @@ const xa_kind xa_kind_hallo_audio = {
     .fields = fields,
     .n_fields = F_N,
     .inputs = inputs,
-    .n_in = 4,
+    .n_in = IN_N,
     .outputs = outputs,
     .n_out = 2,
     .anchor = "zero_conv_full.weight",
     .size = sizeof(xattn_hallo),
     .build = build,
     .bind = bind,
+    .check = check_named,
     .forward = forward_named,
+    .alts = alts,
+    .n_alts = 1,
     .state_dict = "zero_conv_{full,face,lip}.{weight (dim, dim, 1, 1), bias}, attn2_{0,1,2}."
                   "{to_q,to_k,to_v}.{weight,[bias]}, attn2_{0,1,2}.to_out.0.{weight,bias}, "
                   "norm2.*, ff.net.0.proj.*, ff.net.2.*, norm3.* (diffusers Attention and "
@@ -397,13 +452,62 @@ xattn_status xattn_hallo_forward(xattn_ctx *ctx, const xattn_hallo *m,
     return s;
 }
 
-/* Runs on the context the registry made current. */
+/* The latent grid (h, w) of N tokens: option latent_hw, else a square. */
+static xattn_status latent_grid(const xattn_hallo *m, int64_t N, int64_t *h, int64_t *w)
+{
+    *h = m->latent_h;
+    *w = m->latent_w;
+    if (*h) {
+        if (*h * *w == N) return XATTN_OK;
+        return xa_error(XATTN_ERR_SHAPE, "input 'hidden_states' has %lld tokens but option "
+                        "'latent_hw' = %lld,%lld gives %lld", (long long)N, (long long)*h,
+                        (long long)*w, (long long)(*h * *w));
+    }
+    int64_t s = 1;
+    while ((s + 1) * (s + 1) <= N) s++;
+    if (s * s != N)
+        return xa_error(XATTN_ERR_SHAPE, "input 'hidden_states' has %lld tokens, not a square "
+                        "grid: give the latent grid with option 'latent_hw' (H,W)", (long long)N);
+    *h = *w = s;
+    return XATTN_OK;
+}
+
+/* The latent grid suits the tokens (when region_masks are to be resized to it or it is given). */
+static xattn_status check_named(const xa_mod *core, const xa_run *r)
+{
+    const xattn_hallo *m = (const xattn_hallo *)core;
+    int64_t h, w;
+    if (!r->in[IN_REGION] && !m->latent_h) return XATTN_OK;
+    return latent_grid(m, xa_run_sym(r, "N"), &h, &w);
+}
+
+/* Runs on the context the registry made current; region_masks are resized to the latent grid
+ * first (HALLO's mask pyramid). */
 static xattn_status forward_named(const xa_mod *core, const xa_run *r)
 {
+    const xattn_hallo *m = (const xattn_hallo *)core;
     xattn_hallo_inputs in = {.B = xa_run_sym(r, "B"), .N = xa_run_sym(r, "N"),
-                             .T = xa_run_sym(r, "T"), .x = r->in[0], .audio = r->in[1],
-                             .masks = r->in[2], .mask_batch = r->in_shape[2][0],
-                             .motion_scale = r->in[3]};
+                             .T = xa_run_sym(r, "T"), .x = r->in[IN_X], .audio = r->in[IN_AUDIO],
+                             .masks = r->in[IN_MASKS], .mask_batch = r->in_shape[IN_MASKS][0],
+                             .motion_scale = r->in[IN_SCALE]};
     xattn_hallo_outputs out = {.out = r->out[0], .regions = r->out[1]};
-    return run((const xattn_hallo *)core, &in, &out);
+    float *resized = NULL;
+    xattn_status s = XATTN_OK;
+    if (r->in[IN_REGION]) {
+        const int nd = r->in_ndim[IN_REGION];
+        const int64_t *sh = r->in_shape[IN_REGION], Bm = nd == 4 ? sh[0] : 1;
+        int64_t h, w, n;
+        if (!(s = latent_grid(m, in.N, &h, &w)) && xa_mul_ok(Bm * 3, in.N, &n))
+            s = xa_error(XATTN_ERR_NOMEM, "%s: region masks of %lld tokens overflow", FN_FWD,
+                         (long long)in.N);
+        if (!s && !(resized = xa_alloc((size_t)n * sizeof(float))))
+            s = xa_error(XATTN_ERR_NOMEM, "%s: out of memory", FN_FWD);
+        if (!s)
+            s = xattn_resize_masks(r->in[IN_REGION], Bm * 3, sh[nd - 2], sh[nd - 1], h, w, resized);
+        in.masks = resized;
+        in.mask_batch = Bm;
+    }
+    if (!s) s = run(m, &in, &out);
+    xa_free(resized);
+    return s;
 }

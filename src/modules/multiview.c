@@ -36,7 +36,7 @@
 
 #define MAX_S XATTN_MULTIVIEW_MAX_STAGES
 #define MAX_V XATTN_MULTIVIEW_MAX_VIEWS
-/* views the named forward takes: B and N0 .. N10 fill the registry's size symbols */
+/* views the named forward takes: B, N0 .. N10 and M0 .. M10 fill the registry's size symbols */
 #define NAMED_VIEWS 11
 
 static const char *FN_LOAD = "xattn_multiview_load";
@@ -363,7 +363,7 @@ static xattn_status stage_heads(xattn_multiview *m, int64_t k, const int64_t *op
     if (!st)
         return xa_error(XATTN_ERR_ARG, "%s: heads is not given: the reference has no default; "
                         "state it with the option 'heads'", FN_LOAD);
-    return xa_error(XATTN_ERR_ARG, "the number of heads is not known: pass heads or store "
+    return xa_error(XATTN_ERR_ARG, "the number of heads is not known: pass option 'heads' or store "
                     "__metadata__ {\"heads\": \"H\"} or {\"heads\": \"H0,H1,...\"} (one per "
                     "stage) in the file");
 }
@@ -526,19 +526,27 @@ static void destroy(xa_mod *core)
 /* Registry entry and the typed API                                                         */
 /* ---------------------------------------------------------------------------------------- */
 
-/* Views 0 and 1 exist in every module; the others up to its view count. */
-#define XS(v, f) {"xs." #v, "B,N" #v ",in_dim", f, "view " #v " (B, N_v, C_0); views 0 .. V-1"}
-#define OUT(v, f) {"out." #v, "B,N" #v ",out_dim", f, "view " #v " after the last stage"}
+/* Views 0 and 1 exist in every module; the others up to its view count. Each output has the
+ * view's pooled token count M_v = floor(N_v / 2^(S-1)), which the plan hook binds. */
+#define XS(v, f)                                                                                \
+    {"xs." #v, "B,N" #v ",in_dim", f,                                                           \
+     "view " #v " (B, N_v, C_0): xs.0 .. xs.{V-1} for the module's V views (at least two views)"}
+#define OUT(v, f)                                                                               \
+    {"out." #v, "B,M" #v ",out_dim", f,                                                         \
+     "view " #v " after the last stage: M_v = N_v halved (floor) once per stage after the first"}
+#define OPT_OUT (XA_IO_OPT | XA_IO_BOUND)
 static const xa_io inputs[NAMED_VIEWS] = {
     XS(0, 0),          XS(1, 0),          XS(2, XA_IO_OPT), XS(3, XA_IO_OPT),
     XS(4, XA_IO_OPT),  XS(5, XA_IO_OPT),  XS(6, XA_IO_OPT), XS(7, XA_IO_OPT),
     XS(8, XA_IO_OPT),  XS(9, XA_IO_OPT),  XS(10, XA_IO_OPT)};
 static const xa_io outputs[NAMED_VIEWS] = {
-    OUT(0, 0),         OUT(1, 0),         OUT(2, XA_IO_OPT), OUT(3, XA_IO_OPT),
-    OUT(4, XA_IO_OPT), OUT(5, XA_IO_OPT), OUT(6, XA_IO_OPT), OUT(7, XA_IO_OPT),
-    OUT(8, XA_IO_OPT), OUT(9, XA_IO_OPT), OUT(10, XA_IO_OPT)};
+    OUT(0, 0),       OUT(1, 0),       OUT(2, OPT_OUT), OUT(3, OPT_OUT), OUT(4, OPT_OUT),
+    OUT(5, OPT_OUT), OUT(6, OPT_OUT), OUT(7, OPT_OUT), OUT(8, OPT_OUT), OUT(9, OPT_OUT),
+    OUT(10, OPT_OUT)};
+/* the views given one after another (the command line's repeated --view) */
+static const xa_alias aliases[] = {{"view", "xs.*", NULL}};
 
-/* Exactly the module's views are given, and the outputs keep the token counts (one stage). */
+/* Exactly the module's views are given. */
 static xattn_status check_named(const xa_mod *core, const xa_run *r)
 {
     const xattn_multiview *m = (const xattn_multiview *)core;
@@ -547,16 +555,34 @@ static xattn_status check_named(const xa_mod *core, const xa_run *r)
         return xa_error(XATTN_ERR_UNSUPPORTED, "multiview: the named forward takes at most %d "
                         "views (this module has %lld); use xattn_multiview_forward", NAMED_VIEWS,
                         (long long)V);
-    if (m->cfg.stages > 1)
-        return xa_error(XATTN_ERR_UNSUPPORTED, "multiview: the named forward runs single-stage "
-                        "modules only (a pooled token count floor(N / 2^(S-1)) has no symbolic "
-                        "shape; this module has %lld stages); use xattn_multiview_forward",
-                        (long long)m->cfg.stages);
     for (int64_t v = 0; v < NAMED_VIEWS; v++)
         if ((r->in[v] != NULL) != (v < V))
             return xa_error(XATTN_ERR_ARG, "multiview: the module has %lld views: give xs.0 .. "
                             "xs.%lld (xs.%lld is %s)", (long long)V, (long long)(V - 1),
                             (long long)v, r->in[v] ? "given" : "missing");
+    return XATTN_OK;
+}
+
+/* The pooled token count M_v of every view given: N_v halved (floor) once per later stage. */
+static xattn_status plan_named(const xa_mod *core, xa_run *r)
+{
+    static const char *const M[NAMED_VIEWS] = {"M0", "M1", "M2", "M3", "M4", "M5",
+                                               "M6", "M7", "M8", "M9", "M10"};
+    const xattn_multiview *m = (const xattn_multiview *)core;
+    for (int v = 0; v < NAMED_VIEWS; v++) {
+        if (!r->in[v] || r->in_ndim[v] != 3) continue;
+        int64_t n = r->in_shape[v][1];
+        for (int64_t s = 1; s < m->cfg.stages; s++) {
+            if (n < 2)
+                return xa_error(XATTN_ERR_SHAPE, "input 'xs.%d' has %lld token(s): too few for "
+                                "%lld stages (each stage after the first halves the tokens with "
+                                "AvgPool1d(2, stride 2), which needs at least 2)", v,
+                                (long long)r->in_shape[v][1], (long long)m->cfg.stages);
+            n /= 2;
+        }
+        xattn_status st = xa_run_bind(r, M[v], n);
+        if (st) return st;
+    }
     return XATTN_OK;
 }
 
@@ -579,11 +605,14 @@ const xa_kind xa_kind_multiview = {
     .bind = bind,
     .destroy = destroy,
     .check = check_named,
+    .plan = plan_named,
     .forward = forward_named,
     .state_dict = "stages.S.views.V.{expand.{weight,bias} (S > 0), norm1, norm2, cross_norm_q, "
                   "cross_norm_kv, cross_norm2 .{weight,bias}, self_attn., cross_attn. "
                   "{in_proj_weight, in_proj_bias, out_proj.{weight,bias}}, mlp., cross_mlp. "
                   "{0,2}.{weight,bias}}",
+    .aliases = aliases,
+    .n_aliases = 1,
 };
 
 /* The heads option as text ("2,4,8"). */

@@ -71,7 +71,10 @@ int reg_parse(const char *cmd, int argc, char **argv, reg_args *a, int *help)
         char flag[128];
         const char *eq = strchr(arg, '=');
         snprintf(flag, sizeof flag, "%.*s", (int)(eq ? (size_t)(eq - arg) : strlen(arg)), arg);
-        for (int k = 0; k < n_seen; k++)
+        /* the runner's own flags once; an input or option given twice is refused where it is
+         * mapped (an alias of numbered inputs repeats: --view) */
+        const int fixed = in_list(FIXED_VALUE, flag) || in_list(FIXED_FLAG, flag);
+        for (int k = 0; k < n_seen && fixed; k++)
             if (!strcmp(a->flags[k], flag)) return cli_usage(cmd, "%s given twice", flag);
         if (n_seen >= REG_MAX_FLAGS) return cli_usage(cmd, "too many options");
         snprintf(a->flags[n_seen++], sizeof a->flags[0], "%s", flag);
@@ -214,7 +217,8 @@ static int pick(const char *cmd, const reg_args *a, const xattn_safetensors *st,
                      a->prefix ? "'" : "");
 }
 
-/* The constructor arguments among the options (by name or alias; a bool given bare is True). */
+/* The constructor arguments among the options (by name or alias, each once; a bool given bare
+ * is True). */
 static int collect_options(const char *cmd, reg_state *s, const reg_args *a)
 {
     for (int r = 0; r < a->n_rest; r++) {
@@ -229,8 +233,10 @@ static int collect_options(const char *cmd, reg_state *s, const reg_args *a)
             if (!value && strcmp(d.type, "bool")) return cli_usage(cmd, "%s needs a value", a->rest[r].flag);
             for (int k = 0; k < s->n_opts; k++)
                 if (!strcmp(s->opts[k].name, d.name))
-                    return cli_usage(cmd, "%s and %s name the same option", s->opt_names[k],
-                                     a->rest[r].flag);
+                    return strcmp(s->opt_names[k], a->rest[r].flag)
+                               ? cli_usage(cmd, "%s and %s name the same option", s->opt_names[k],
+                                           a->rest[r].flag)
+                               : cli_usage(cmd, "%s given twice", a->rest[r].flag);
             s->opt_names[s->n_opts] = a->rest[r].flag;
             s->opts[s->n_opts].name = d.name;
             s->opts[s->n_opts].value = value ? value : "True";

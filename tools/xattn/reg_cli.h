@@ -103,6 +103,8 @@ int reg_outputs(const char *cmd, const reg_args *a, reg_state *s);
 int reg_forward(const char *cmd, const reg_args *a, reg_state *s, xattn_ctx *ctx);
 /* Writes the outputs into --out-dir (without the leading batch axis for unbatched inputs). */
 int reg_write(const char *cmd, const reg_args *a, const reg_state *s);
+/* The file name (without .npy) of an output: its name, dots as underscores (out.0 -> out_0). */
+void reg_file_name(const char *output, char *buf, size_t cap);
 /* The kinds' inputs and options for --help. */
 void reg_help_kinds(void);
 void reg_help_kind(const char *kind);

@@ -1,6 +1,7 @@
 /* Inputs and outputs of a registry module on the command line (see reg_cli.h). */
 #include "reg_cli.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -292,6 +293,65 @@ static void true_means(const char *doc, char *buf, size_t cap)
         if (*c >= 'A' && *c <= 'Z') *c = (char)(*c - 'A' + 'a');
 }
 
+/* An input of a few numbers (a shape without size symbols: motion_scale (3)) may be given
+ * inline, as comma-separated numbers, instead of a FILE.npy: its element count, else 0. */
+static int64_t inline_count(const reg_state *s, int i)
+{
+    const char *shape = s->in_desc[i].shape, *v = s->in_file[i];
+    const size_t l = v ? strlen(v) : 0;
+    if (!shape[0] || strpbrk(shape, "|=.") || (l >= 4 && !strcmp(v + l - 4, ".npy"))) return 0;
+    int nd = 1;
+    for (const char *p = shape; *p; p++) nd += *p == ',';
+    int64_t n = 1;
+    for (int k = 0; k < nd; k++) {
+        char tok[64];
+        int known;
+        dim_tok(shape, k, tok, sizeof tok);
+        const int64_t d = is_sym(tok) ? 0 : tok_value(s, tok, &known);
+        if (d < 1 || d > 4096 || !known || (n *= d) > 4096) return 0;
+    }
+    return n;
+}
+
+static int load_inline(const char *cmd, const reg_args *a, reg_state *s, int i, int64_t n)
+{
+    xattn_array *x = &s->arr[i];
+    const char *v = s->in_file[i], *shape = s->in_desc[i].shape;
+    if (!(x->data = malloc((size_t)n * sizeof(float))))
+        return cli_error(cmd, NULL, "out of memory");
+    float *f = x->data;
+    int64_t k = 0;
+    int ok = 1;
+    for (const char *p = v;;) {
+        char *end = NULL;
+        const double d = strtod(p, &end);
+        if (end == p || k >= n || (*end && *end != ',')) {
+            ok = 0;
+            break;
+        }
+        f[k++] = (float)d;
+        if (!*end) break;
+        p = end + 1;
+    }
+    if (!ok || k != n)
+        return cli_usage(cmd, "%s: '%s' is not %lld comma-separated numbers (nor a FILE.npy)",
+                         s->in_flag[i], v, (long long)n);
+    for (k = 0; k < n && !a->allow_nonfinite; k++)
+        if (!isfinite(f[k]))
+            return cli_error(cmd, NULL, "%s: '%s' holds a NaN or an infinity at index %lld (use "
+                             "--allow-nonfinite to pass it)", s->in_flag[i], v, (long long)k);
+    x->dtype = XATTN_F32;
+    x->ndim = 1;
+    for (const char *p = shape; *p; p++) x->ndim += *p == ',';
+    for (int d = 0; d < x->ndim; d++) {
+        char tok[64];
+        int known;
+        dim_tok(shape, d, tok, sizeof tok);
+        x->shape[d] = tok_value(s, tok, &known);
+    }
+    return 0;
+}
+
 static int load_one(const char *cmd, const reg_args *a, reg_state *s, int i)
 {
     const xattn_io_desc *d = &s->in_desc[i];
@@ -308,11 +368,52 @@ static int load_one(const char *cmd, const reg_args *a, reg_state *s, int i)
         return 0;
     }
     if (!s->in_file[i]) return cli_usage(cmd, "%s needs a FILE.npy", s->in_flag[i]);
+    const int64_t n_inline = inline_count(s, i);
+    if (n_inline) return load_inline(cmd, a, s, i, n_inline);
     char tm[64];
     true_means(d->doc, tm, sizeof tm);
     if (d->mask && d->additive) return cli_load_mask(cmd, s->in_file[i], s->in_flag[i], tm, mask, &s->arr[i]);
     if (d->mask) return cli_load_bool_mask(cmd, s->in_file[i], s->in_flag[i], tm, &s->arr[i]);
     return cli_load_float(cmd, s->in_file[i], 1, XATTN_MAX_DIMS - 1, data, &s->arr[i]);
+}
+
+/* The number K of an input named STEM.K ("xs.2" -> 2, stem length in *stem_len), or -1. */
+static int member_index(const char *name, size_t *stem_len)
+{
+    const char *dot = strrchr(name, '.');
+    if (!dot || !dot[1] || strspn(dot + 1, "0123456789") != strlen(dot + 1) || strlen(dot + 1) > 6)
+        return -1;
+    *stem_len = (size_t)(dot - name) + 1;
+    return atoi(dot + 1);
+}
+
+/* For an alias of numbered inputs ("xs.*"): the next of them after the highest one given, or -1
+ * when the kind has no more. */
+static int next_member(const reg_state *s, const char *family)
+{
+    const size_t sl = strlen(family) - 1; /* "xs." */
+    int top = -1;
+    for (int i = 0; i < s->n_in; i++) {
+        size_t l = 0;
+        const int k = member_index(s->in_desc[i].name, &l);
+        if (k > top && s->in_flag[i] && l == sl && !strncmp(s->in_desc[i].name, family, sl))
+            top = k;
+    }
+    char want[128];
+    snprintf(want, sizeof want, "%.*s%d", (int)sl, family, top + 1);
+    return input_named(s, want);
+}
+
+/* A bare flag --NAME of an optional output asks for it (--regions); 1 if flag r is one. */
+static int output_flag(const reg_state *s, const char *name)
+{
+    for (size_t o = 0; o < xattn_module_output_count(s->m); o++) {
+        xattn_io_desc d;
+        if (!xattn_module_output(s->m, o, &d) && d.optional && !d.when_bound &&
+            !strcmp(d.name, name))
+            return 1;
+    }
+    return 0;
 }
 
 /* Index of output `name`, or -1. */
@@ -344,16 +445,17 @@ static int input_of_kind(const char *kind, const char *name)
     return -1;
 }
 
-/* 1 if flag `name` (underscores) is an input, option or alias of `kind` (the --x / --context
- * names of every kind aside). */
+/* 1 if flag `name` (underscores) is an input, option, optional output or alias of `kind` (the
+ * --x / --context names of every kind aside). */
 static int flag_of_kind(const char *kind, const char *name)
 {
     if (reg_alias(kind, name, NULL)) return 1;
-    for (size_t i = 0;; i++) {
-        xattn_io_desc d;
-        if (xattn_kind_io(kind, 0, i, &d)) break;
-        if (!strcmp(d.name, name)) return 1;
-    }
+    for (int out = 0; out < 2; out++)
+        for (size_t i = 0;; i++) {
+            xattn_io_desc d;
+            if (xattn_kind_io(kind, out, i, &d)) break;
+            if (!strcmp(d.name, name) && (!out || d.optional)) return 1;
+        }
     for (size_t j = 0;; j++) {
         xattn_arg_desc d;
         if (xattn_kind_arg(kind, j, &d)) break;
@@ -431,9 +533,11 @@ static int asked_by_model(const reg_state *s, int i)
 }
 
 /* Maps the remaining options to inputs: --NAME or an alias, or --x / --context for the first /
- * second; an output's alias asks for that output (reg_outputs). */
+ * second; then the aliases of numbered inputs (--view), each for the next of them. An output's
+ * alias, or the bare --NAME of an optional output, asks for that output (reg_outputs). */
 static int map_inputs(const char *cmd, const reg_args *a, reg_state *s)
 {
+    for (int pass = 0; pass < 2; pass++)
     for (int r = 0; r < a->n_rest; r++) {
         if (s->used[r]) continue;
         char name[128];
@@ -441,17 +545,33 @@ static int map_inputs(const char *cmd, const reg_args *a, reg_state *s)
         for (char *c = name; *c; c++)
             if (*c == '-') *c = '_';
         const char *target = reg_alias(s->kind, name, NULL);
-        if (target && output_index(s, target) >= 0) { /* an output asked by its alias */
+        const size_t tl = target ? strlen(target) : 0;
+        const int numbered = tl > 2 && !strcmp(target + tl - 2, ".*");
+        if (numbered != pass) continue;
+        if (target && !numbered && output_index(s, target) >= 0) { /* an output asked by its alias */
             if (a->rest[r].value) return cli_usage(cmd, "%s takes no value", a->rest[r].flag);
             s->used[r] = 1;
             continue;
         }
-        if (target) snprintf(name, sizeof name, "%s", target);
+        if (target && !numbered) snprintf(name, sizeof name, "%s", target);
         int hit = -1;
+        if (numbered && (hit = next_member(s, target)) < 0)
+            return cli_usage(cmd, "%s: %s takes no more inputs %s (at most %d)", a->rest[r].flag,
+                             s->kind, target, s->n_in);
         for (int i = 0; i < s->n_in && hit < 0; i++)
             if (!strcmp(s->in_desc[i].name, name)) hit = i;
         if (hit < 0 && !strcmp(name, "x") && s->n_in > 0) hit = 0;
         if (hit < 0 && !strcmp(name, "context") && s->n_in > 1) hit = 1;
+        if (hit < 0 && output_flag(s, name)) {
+            if (a->rest[r].value)
+                return cli_usage(cmd, "%s takes no value (it asks for the output %s)",
+                                 a->rest[r].flag, name);
+            for (int q = 0; q < r; q++)
+                if (!strcmp(a->rest[q].flag, a->rest[r].flag))
+                    return cli_usage(cmd, "%s given twice", a->rest[r].flag);
+            s->used[r] = 1;
+            continue;
+        }
         char owners[512] = "";
         if (hit < 0) owners_of(s->kind, name, owners, sizeof owners);
         if (owners[0]) { /* a flag of other kinds */
@@ -464,28 +584,46 @@ static int map_inputs(const char *cmd, const reg_args *a, reg_state *s)
         if (hit < 0) {
             char list[1024];
             size_t off = 0;
-            for (int i = 0; i < s->n_in; i++) {
+            for (int i = 0; i < s->n_in && off < sizeof list; i++) {
                 off += (size_t)snprintf(list + off, sizeof list - off, "%s--", i ? ", " : "");
                 for (const char *c = s->in_desc[i].name; *c && off + 1 < sizeof list; c++)
                     list[off++] = *c == '_' ? '-' : *c;
-                list[off] = '\0';
+                list[off < sizeof list ? off : sizeof list - 1] = '\0';
             }
-            for (size_t j = 0;; j++) {
+            for (size_t j = 0; off < sizeof list; j++) {
                 xattn_arg_desc d;
                 if (xattn_kind_arg(s->kind, j, &d)) break;
                 if (d.derived) continue;
                 off += (size_t)snprintf(list + off, sizeof list - off, ", --");
                 for (const char *c = d.name; *c && off + 1 < sizeof list; c++)
                     list[off++] = *c == '_' ? '-' : *c;
-                list[off] = '\0';
+                list[off < sizeof list ? off : sizeof list - 1] = '\0';
             }
             return cli_usage(cmd, "%s is not an input or option of %s (%s)", a->rest[r].flag,
                              s->kind, list);
         }
+        if (s->in_flag[hit] && !strcmp(s->in_flag[hit], a->rest[r].flag))
+            return cli_usage(cmd, "%s given twice", a->rest[r].flag);
         if (s->in_flag[hit]) return cli_usage(cmd, "%s and %s name the same input", s->in_flag[hit], a->rest[r].flag);
         s->in_flag[hit] = a->rest[r].flag;
         s->in_file[hit] = a->rest[r].value;
         s->used[r] = 1;
+    }
+    /* numbered inputs are given in order: STEM.K only with STEM.K-1 */
+    for (int i = 0; i < s->n_in; i++) {
+        size_t l;
+        const int k = member_index(s->in_desc[i].name, &l);
+        if (k < 1 || !s->in_flag[i]) continue;
+        char prev[128], flag[130];
+        snprintf(prev, sizeof prev, "%.*s%d", (int)l, s->in_desc[i].name, k - 1);
+        snprintf(flag, sizeof flag, "--%s", prev);
+        for (char *c = flag + 2; *c; c++)
+            if (*c == '_') *c = '-';
+        const int j = input_named(s, prev);
+        if (j >= 0 && !s->in_flag[j])
+            return cli_usage(cmd, "%s gives %s, but %s is not given (%s%s)", s->in_flag[i],
+                             s->in_desc[i].name, prev, flag,
+                             j < 2 ? (j ? " or --context" : " or --x") : "");
     }
     return 0;
 }
@@ -612,6 +750,7 @@ static int other_way(const reg_state *s, int i)
         given |= s->in_flag[j] && way_of(one_of, s->in_desc[j].name) >= 0;
     return w >= 0 && (given || w > 0);
 }
+static void tensors(const reg_state *s, xattn_tensor *t, size_t *n);
 
 int reg_inputs(const char *cmd, const reg_args *a, reg_state *s, int gen)
 {
@@ -620,6 +759,11 @@ int reg_inputs(const char *cmd, const reg_args *a, reg_state *s, int gen)
     for (int i = 0; i < s->n_in; i++) xattn_module_input(s->m, (size_t)i, &s->in_desc[i]);
     int rc = map_inputs(cmd, a, s);
     if (rc || (rc = check_ways(cmd, s, gen))) return rc;
+    for (int i = 0; i < s->n_in; i++) { /* an input and the one that may stand instead of it */
+        const int j = input_named(s, s->in_desc[i].alternative);
+        if (j >= 0 && s->in_flag[i] && s->in_flag[j])
+            return cli_usage(cmd, "%s and %s: give one of them", s->in_flag[i], s->in_flag[j]);
+    }
     for (int i = 0; i < s->n_in; i++) {
         if (!s->in_flag[i]) continue;
         if ((rc = load_one(cmd, a, s, i))) return rc;
@@ -651,10 +795,24 @@ int reg_inputs(const char *cmd, const reg_args *a, reg_state *s, int gen)
         if (s->in_flag[i] && s->in_desc[i].shape[0] && (rc = check_shape(cmd, a, s, i))) return rc;
     for (int i = 0; i < s->n_in; i++) {
         const xattn_io_desc *d = &s->in_desc[i];
+        /* an input that may stand instead of a required one: one of the two */
+        const int j = input_named(s, d->alternative);
+        char alt[160] = "";
+        if (j >= 0) {
+            snprintf(alt, sizeof alt, " or --%s FILE.npy", s->in_desc[j].name);
+            for (char *c = alt; *c; c++)
+                if (*c == '_') *c = '-';
+        }
         /* bench: an optional input of data (not a mask, bias or switch: the keys of a
-         * cross-attention) is made too, of --context-len */
-        const int data = !d->mask && !d->additive && d->shape[0];
-        if (s->in_flag[i] || (d->optional && !(gen && data && !other_way(s, i)))) continue;
+         * cross-attention) is made too, of --context-len; not one that may stand instead of another (that one is
+         * made), nor a numbered one (made below, as many as the module takes), nor one of
+         * another way of giving the inputs (one_of) */
+        size_t sl;
+        int data = !d->mask && !d->additive && d->shape[0] && member_index(d->name, &sl) < 0;
+        for (int k = 0; k < s->n_in; k++) data &= strcmp(s->in_desc[k].alternative, d->name) != 0;
+        if (s->in_flag[i] || (j >= 0 && s->in_flag[j]) ||
+            (d->optional && !(gen && data && !other_way(s, i))))
+            continue;
         if (!gen && asked_by_model(s, i)) { /* the model's need, not the command line's */
             char ref[160], flag[160];
             reg_reference_name(s->kind, ref, sizeof ref);
@@ -663,19 +821,37 @@ int reg_inputs(const char *cmd, const reg_args *a, reg_state *s, int gen)
                              s->kind, s->in_desc[i].doc[0] ? s->in_desc[i].doc : "it", flag);
         }
         if (!gen) {
-            const char *doc = s->in_desc[i].doc, *also = i == 0 ? "x" : i == 1 ? "context" : "";
-            return cli_usage(cmd, "missing --%s FILE.npy%s%s%s%s%s", s->in_desc[i].name,
-                             also[0] && strcmp(also, s->in_desc[i].name) ? " (or --" : "",
-                             also[0] && strcmp(also, s->in_desc[i].name) ? also : "",
-                             also[0] && strcmp(also, s->in_desc[i].name) ? ")" : "",
+            const char *doc = d->doc, *also = i == 0 ? "x" : i == 1 ? "context" : "";
+            return cli_usage(cmd, "missing --%s FILE.npy%s%s%s%s%s%s", d->name,
+                             also[0] && strcmp(also, d->name) ? " (or --" : "",
+                             also[0] && strcmp(also, d->name) ? also : "",
+                             also[0] && strcmp(also, d->name) ? ")" : "", alt,
                              doc[0] ? ": " : "", doc);
         }
+        if ((rc = generate(cmd, a, s, i))) return rc;
+    }
+    /* bench: numbered optional inputs (multiview's views) made one after another, until the
+     * module takes the inputs */
+    for (int i = 0; gen && i < s->n_in; i++) {
+        size_t sl, n;
+        xattn_tensor in[REG_MAX_IO];
+        if (s->arr[i].data || !s->in_desc[i].optional || member_index(s->in_desc[i].name, &sl) < 0)
+            continue;
+        tensors(s, in, &n);
+        if (!xattn_module_plan(s->m, in, n, NULL, 0)) break;
         if ((rc = generate(cmd, a, s, i))) return rc;
     }
     return 0;
 }
 
 /* ---- outputs --------------------------------------------------------------------------------- */
+
+void reg_file_name(const char *output, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "%s", output);
+    for (char *c = buf; *c; c++)
+        if (*c == '.') *c = '_';
+}
 
 static void tensors(const reg_state *s, xattn_tensor *t, size_t *n)
 {
@@ -767,42 +943,50 @@ int reg_outputs(const char *cmd, const reg_args *a, reg_state *s)
         if (d.as[0]) variant[n_variant++] = d.name;
     }
     s->n_out = 0;
+    int any_opt = 0;
     for (size_t o = 0; o < xattn_module_output_count(s->m) && o < REG_MAX_IO; o++) {
         xattn_io_desc d;
         xattn_module_output(s->m, o, &d);
-        int asked = -1, replaced = 0, is_variant = 0;
+        int asked = -1, replaced = 0, is_variant = 0, flag = 0;
         for (int k = 0; k < n_alias; k++) {
             if (!strcmp(by_alias[k], d.name)) asked = k;
             replaced |= as[k] && !strcmp(as[k], d.name);
         }
         for (int k = 0; k < n_variant; k++) is_variant |= !strcmp(variant[k], d.name);
-        if (d.optional && asked < 0 && (!a->return_all || replaced || is_variant)) continue;
+        for (int r = 0; d.optional && r < a->n_rest; r++) { /* --NAME of the output */
+            char name[128];
+            snprintf(name, sizeof name, "%s", a->rest[r].flag + 2);
+            for (char *c = name; *c; c++)
+                if (*c == '-') *c = '_';
+            flag |= !a->rest[r].value && !strcmp(name, d.name);
+        }
+        if (d.when_bound) { /* there when its sizes are: its inputs given */
+            xattn_tensor t;
+            memset(&t, 0, sizeof t);
+            t.name = d.name;
+            flag = !xattn_module_plan(s->m, in, n_in, &t, 1);
+        }
+        any_opt |= d.optional && !d.when_bound;
+        if (d.optional && asked < 0 && !flag &&
+            (!a->return_all || replaced || is_variant || d.when_bound))
+            continue;
         memset(&s->out[s->n_out], 0, sizeof s->out[0]);
         s->out_as[s->n_out] = asked >= 0 ? as[asked] : NULL;
         s->out[s->n_out++].name = d.name;
     }
-    if (a->return_all && s->n_out == (int)xattn_module_output_count(s->m) - 0) {
-        int any_opt = 0;
-        for (size_t o = 0; o < xattn_module_output_count(s->m); o++) {
+    if (a->return_all && !any_opt) { /* "a BidirectionalCrossAttentionTransformer (...) ..." */
+        char ref[160], outs[256];
+        reg_reference_name(s->kind, ref, sizeof ref);
+        size_t o = 0;
+        outs[0] = '\0';
+        for (size_t k = 0; k < xattn_module_output_count(s->m) && o < sizeof outs; k++) {
             xattn_io_desc d;
-            xattn_module_output(s->m, o, &d);
-            any_opt |= d.optional;
+            if (!xattn_module_output(s->m, k, &d))
+                o += (size_t)snprintf(outs + o, sizeof outs - o, "%s%s", k ? ", " : "", d.name);
         }
-        if (!any_opt) { /* "a BidirectionalCrossAttentionTransformer (...) returns no ..." */
-            char ref[160], outs[256];
-            reg_reference_name(s->kind, ref, sizeof ref);
-            size_t o = 0;
-            outs[0] = '\0';
-            for (size_t k = 0; k < xattn_module_output_count(s->m) && o < sizeof outs; k++) {
-                xattn_io_desc d;
-                if (!xattn_module_output(s->m, k, &d))
-                    o += (size_t)snprintf(outs + o, sizeof outs - o, "%s%s", k ? ", " : "", d.name);
-            }
-            return cli_error(cmd, a->model,
-                             "--return-attn: a %s (%s) returns no attention maps "
-                             "(its outputs: %s)",
-                             ref, s->kind, outs);
-        }
+        return cli_error(cmd, a->model,
+                         "--return-attn: a %s (%s) returns no attention maps (its outputs: %s)",
+                         ref, s->kind, outs);
     }
     if (xattn_module_plan(s->m, in, n_in, s->out, (size_t)s->n_out))
         return reg_lib_error(cmd, a, s);
@@ -871,11 +1055,12 @@ int reg_write(const char *cmd, const reg_args *a, const reg_state *s)
     if (!outs || !names) rc = cli_error(cmd, NULL, "out of memory");
     for (int o = 0; o < s->n_out && !rc; o++) {
         const xattn_tensor *t = &s->out[o];
-        const char *note = d[o].optional ? notes[o] : NULL;
+        const char *note = d[o].optional && !d[o].when_bound ? notes[o] : NULL;
         if (!d[o].parts[0] || t->ndim < 1) { /* one array */
             const int drop = s->unbatched && d[o].shape[0] == 'B';
-            cli_output_set(&outs[w++], s->out_as[o] ? s->out_as[o] : t->name, t->data, note,
-                           t->ndim - drop, t->shape + drop);
+            reg_file_name(s->out_as[o] ? s->out_as[o] : t->name, names[w], sizeof names[w]);
+            cli_output_set(&outs[w], names[w], t->data, note, t->ndim - drop, t->shape + drop);
+            w++;
             continue;
         }
         /* one file per index of the first axis, without the batch axis after it if unbatched */

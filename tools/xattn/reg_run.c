@@ -8,8 +8,9 @@
 
 /* Kinds whose command-line runs go through the registry. */
 static const char *const REGISTRY_KINDS[] = {
-    "conv2d-cross", "mutual",       "mha",   "attention",         "joint",
-    "interlaced",   "bert-decoder", "bidir", "bidir-transformer", NULL};
+    "conv2d-cross", "mutual",    "mha",         "attention",    "joint",
+    "interlaced",   "multiview", "hallo-audio", "bert-decoder", "bidir",
+    "bidir-transformer", NULL};
 
 int reg_cli_handles(const char *kind)
 {
@@ -48,10 +49,20 @@ static void also(const char *kind, const char *name, int input, char *buf, size_
     if (n && o < cap) snprintf(buf + o, cap - o, "]");
 }
 
+/* " [or --alt]" for an input another may stand instead of. */
+static void or_flag(const char *alt, char *buf, size_t cap)
+{
+    char flag[96];
+    buf[0] = '\0';
+    if (!alt[0]) return;
+    flag_of(alt, flag, sizeof flag);
+    snprintf(buf, cap, " [or %s]", flag);
+}
+
 /* The inputs, options and outputs of one kind. */
 void reg_help_kind(const char *kind)
 {
-    char flag[96], al[160], doc[1024];
+    char flag[96], al[160], alt[120], doc[1024];
     for (size_t i = 0; i < xattn_kind_count(); i++) {
         xattn_kind_desc k;
         if (!xattn_kind_info(i, &k) && !strcmp(k.name, kind))
@@ -63,13 +74,32 @@ void reg_help_kind(const char *kind)
         if (xattn_kind_io(kind, 0, i, &d)) break;
         flag_of(d.name, flag, sizeof flag);
         also(kind, d.name, (int)i, al, sizeof al);
+        or_flag(d.alternative, alt, sizeof alt);
+        long long few = d.shape[0] ? 1 : 0; /* a shape of integers: inline numbers too */
+        for (const char *p = d.shape; *p && few; p += strcspn(p, ",") + (p[strcspn(p, ",")] == ','))
+            few = strspn(p, "0123456789") == strcspn(p, ",") ? few * atoll(p) : 0;
+        char num[96] = "";
+        if (few > 0 && few <= 4096)
+            snprintf(num, sizeof num, " [or inline: %lld comma-separated numbers]", few);
         reg_expand(kind, NULL, NULL, d.doc, doc, sizeof doc);
-        printf("  %-22s (%s)%s%s %s%s\n", flag, d.shape, d.optional ? " optional" : "",
+        printf("  %-22s (%s)%s%s %s%s%s%s\n", flag, d.shape, d.optional ? " optional" : "",
                !d.shape[0]  ? ", a switch (the flag alone)"
                : d.additive ? (d.mask ? ", bool or float (added)" : ", float")
                : d.mask     ? ", bool"
                             : "",
-               doc, al);
+               doc, al, alt, num);
+    }
+    for (size_t i = 0;; i++) { /* an alias of numbered inputs: --view VK.npy, repeated */
+        xattn_alias_desc d;
+        char use[128];
+        if (xattn_kind_alias(kind, i, &d)) break;
+        const size_t l = strlen(d.name);
+        if (l < 3 || strcmp(d.name + l - 2, ".*")) continue;
+        flag_of(d.alias, flag, sizeof flag);
+        snprintf(use, sizeof use, "%s %cK.npy", flag, d.alias[0] >= 'a' && d.alias[0] <= 'z'
+                                                         ? d.alias[0] - 'a' + 'A' : d.alias[0]);
+        printf("  %-22s repeated: the inputs %.*s0, %.*s1, ... in order, after those given by "
+               "name (or --x / --context)\n", use, (int)(l - 1), d.name, (int)(l - 1), d.name);
     }
     const char *one_of = xattn_kind_one_of(kind); /* "a|b,c" -> "--a | --b, --c" */
     if (one_of[0]) {
@@ -97,7 +127,7 @@ void reg_help_kind(const char *kind)
     for (size_t i = 0;; i++) {
         xattn_io_desc d;
         if (xattn_kind_io(kind, 1, i, &d)) break;
-        char ask[256] = "";
+        char ask[256] = "", file[128];
         size_t o = 0;
         int variant = 0;
         for (size_t k = 0; o < sizeof ask; k++) { /* asked by an alias */
@@ -106,12 +136,17 @@ void reg_help_kind(const char *kind)
             if (strcmp(e.name, d.name)) continue;
             flag_of(e.alias, flag, sizeof flag);
             variant |= e.as[0] != 0;
-            o += (size_t)snprintf(ask + o, sizeof ask - o, " with %s%s%s%s", flag,
+            o += (size_t)snprintf(ask + o, sizeof ask - o, " or %s%s%s%s", flag,
                                   e.as[0] ? " (written as " : "", e.as, e.as[0] ? ".npy)" : "");
         }
+        char own[160] = ""; /* asked by its own bare flag too, or there with its inputs */
+        flag_of(d.name, flag, sizeof flag);
+        if (d.when_bound) snprintf(own, sizeof own, " (present when its inputs are given)");
+        else if (d.optional)
+            snprintf(own, sizeof own, " with %s%s", variant ? "" : "--return-attn or ", flag);
+        reg_file_name(d.name, file, sizeof file);
         reg_expand(kind, NULL, NULL, d.doc, doc, sizeof doc);
-        printf("  %-22s (%s)%s%s %s%s%s%s\n", d.name, d.shape,
-               d.optional && !variant ? " with --return-attn" : "", ask, doc,
+        printf("  %-22s (%s)%s%s %s%s%s%s\n", file, d.shape, own, ask, doc,
                d.parts[0] ? "; saved one file per index k of the first axis, as " : "", d.parts,
                d.parts[0] ? ".npy" : "");
     }
