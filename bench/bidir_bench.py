@@ -237,7 +237,9 @@ def plot(rows, path, threads, where):
         ax.set_ylabel(t.split(",")[0])
         ax.set_title(t, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(lo, hi * 6)  # room for the legend above the lines
+        ax.legend(fontsize=7, loc="upper left")
     fig.suptitle(f"BidirectionalCrossAttention(dim=512, context_dim=386, heads=8, dim_head=64), "
                  f"fp32, {threads} threads\n{where}", fontsize=9)
     fig.tight_layout()

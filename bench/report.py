@@ -7,6 +7,8 @@ same run.
                                              DIR/modules_summary.md (the fusion modules)
     python bench/report.py --compare A B     prints A's and B's figures side by side (markdown),
                                              e.g. an AVX2 run beside the AVX-512 one
+    python bench/report.py --repeats DIR...  medians and ranges over repeated runs, each DIR
+                                             holding one run's JSON lines (markdown)
 
 DIR defaults to bench/results. The machine comes from DIR/machine.json (bench/machine.py --json);
 the kernel set and peak from the rows themselves.
@@ -61,8 +63,9 @@ def where(d, rows):
             torch += f" (CPU capability {tr['torch_cpu_capability']})"
     else:
         torch = "PyTorch"
+    note = f" Note: {rec['note']}." if rec.get("note") else ""
     return (f"Measured on {machine.describe(rec)}; {torch}; fp32, medians, xattn and PyTorch "
-            "in the same run.")
+            f"in the same run.{note}")
 
 
 def pct(xr):
@@ -152,11 +155,84 @@ def compare(a, b):
     return out
 
 
+def med(v):
+    v = sorted(v)
+    n = len(v)
+    return v[n // 2] if n % 2 else 0.5 * (v[n // 2 - 1] + v[n // 2])
+
+
+def spread(v, fmt, unit=""):
+    """'median (min–max) unit' of the values v."""
+    if len(v) == 1:
+        return fmt(v[0]) + unit
+    return f"{fmt(med(v))} ({fmt(min(v))}–{fmt(max(v))}){unit}"
+
+
+def repeats(dirs):
+    """Markdown: for each piece of work found in the runs in dirs, the median and the range."""
+    out = []
+    k = {}
+    for d in dirs:
+        for n, x, t in kernel_rows(d):
+            k.setdefault(n, []).append((x, t))
+    if k:
+        out += ["| work | runs | xattn kernels | xattn GFLOP/s | % of measured FMA peak | "
+                "measured peak GFLOP/s | PyTorch GFLOP/s | speed-up |",
+                "|---|---:|---|---:|---:|---:|---:|---:|"]
+        for n, v in k.items():
+            out.append(
+                f"| {n} | {len(v)} | {v[0][0].get('isa', '?')} | "
+                f"{spread([x['gflops'] for x, _ in v], lambda g: f'{g:.0f}')} | "
+                f"{spread([100 * x['gflops'] / x['peak_gflops'] for x, _ in v], lambda g: f'{g:.0f}', '%')} | "
+                f"{spread([x['peak_gflops'] for x, _ in v], lambda g: f'{g:.0f}')} | "
+                f"{spread([t['gflops'] for _, t in v], lambda g: f'{g:.0f}')} | "
+                f"{spread([t['seconds'] / x['seconds'] for x, t in v], lambda r: f'{r:.2f}', 'x')} |")
+        out.append("")
+    m = {}
+    for d in dirs:
+        for mod, n, x, t in module_rows(d):
+            m.setdefault((mod, n), []).append((x, t))
+    if m:
+        out += ["| module | work | runs | xattn kernels | xattn | PyTorch | speed-up |",
+                "|---|---|---:|---|---:|---:|---:|"]
+        for (mod, n), v in m.items():
+            out.append(
+                f"| {mod} | {n} | {len(v)} | {v[0][0].get('isa', '?')} | "
+                f"{spread([x['seconds'] * 1e3 for x, _ in v], lambda t: f'{t:.1f}', ' ms')} | "
+                f"{spread([t['seconds'] * 1e3 for _, t in v], lambda t: f'{t:.1f}', ' ms')} | "
+                f"{spread([t['seconds'] / x['seconds'] for x, t in v], lambda r: f'{r:.2f}', 'x')} |")
+        out.append("")
+    b = {}
+    for d in dirs:
+        for r in load(d, "bidir.json"):
+            b.setdefault((r["I"], r["J"]), []).append(r)
+    if b:
+        out += ["| I (video) | J (audio) | runs | PyTorch | xattn | speed-up | PyTorch peak, whole "
+                "process | PyTorch peak, net of baseline | xattn peak, whole process |",
+                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for (I, J), v in b.items():
+            net = [r["torch_net_peak_mb"] for r in v if r.get("torch_net_peak_mb") is not None]
+            out.append(
+                f"| {I} | {J} | {len(v)} | "
+                f"{spread([r['torch_seconds'] * 1e3 for r in v], lambda t: f'{t:.0f}', ' ms')} | "
+                f"{spread([r['xattn_seconds'] * 1e3 for r in v], lambda t: f'{t:.0f}', ' ms')} | "
+                f"{spread([r['torch_seconds'] / r['xattn_seconds'] for r in v], lambda q: f'{q:.1f}', 'x')} | "
+                f"{spread([r['torch_peak_rss_mb'] for r in v], lambda q: f'{q:.0f}', ' MB')} | "
+                f"{spread(net, lambda q: f'{q:.0f}', ' MB') if net else 'n/a'} | "
+                f"{spread([r['xattn_peak_rss_mb'] for r in v], lambda q: f'{q:.0f}', ' MB')} |")
+        out.append("")
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("dir", nargs="?", default=os.path.join(HERE, "results"))
     ap.add_argument("--compare", nargs=2, metavar=("A", "B"))
+    ap.add_argument("--repeats", nargs="+", metavar="DIR")
     a = ap.parse_args()
+    if a.repeats:
+        print("\n".join(repeats(a.repeats)))
+        return
     if a.compare:
         print("\n".join(compare(*a.compare)))
         return
