@@ -27,13 +27,6 @@ static void has(const char *needle)
     }
 }
 
-static int64_t numel(const xattn_param_desc *p)
-{
-    int64_t n = 1;
-    for (int d = 0; d < p->ndim; d++) n *= p->shape[d];
-    return n;
-}
-
 static const char *tmp_path(const char *tag)
 {
     static char buf[4][160];
@@ -233,7 +226,7 @@ static void round_trip_one(const char *kind, const char *const *kv, size_t n, in
         CHECK_OK(xattn_module_param(m, i, &a));
         CHECK_OK(xattn_module_param(r, i, &b));
         CHECK(!strcmp(a.name, b.name) && a.ndim == b.ndim && (a.data == NULL) == (b.data == NULL));
-        if (a.data && b.data) CHECK(!memcmp(a.data, b.data, (size_t)numel(&a) * 4));
+        if (a.data && b.data) CHECK(!memcmp(a.data, b.data, (size_t)tu_param_numel(&a) * 4));
     }
     for (size_t i = 0; i < xattn_module_config_count(m); i++) {
         xattn_config_entry a, b;
@@ -329,47 +322,6 @@ static void round_trip(void)
 /* 3. initialisation                                                                        */
 /* ---------------------------------------------------------------------------------------- */
 
-/* bounds and moments: U(-b, b) has mean 0 and variance b^2 / 3 */
-static void check_uniform(const xattn_module *m, const char *name, double b)
-{
-    xattn_param_desc p;
-    tu_checks++;
-    if (!param_of(m, name, &p) || !p.data) {
-        tu_failures++;
-        fprintf(stderr, "init: no parameter %s\n", name);
-        return;
-    }
-    const int64_t n = numel(&p);
-    double mean = 0, var = 0, mx = 0;
-    for (int64_t i = 0; i < n; i++) {
-        mean += p.data[i];
-        mx = fmax(mx, fabs(p.data[i]));
-    }
-    mean /= (double)n;
-    for (int64_t i = 0; i < n; i++) var += (p.data[i] - mean) * (p.data[i] - mean);
-    var /= (double)(n - 1);
-    const double se_mean = b / sqrt(3.0 * (double)n), want_var = b * b / 3;
-    const double tol_var = 5 * sqrt(0.8 / (double)n), low = b * (1 - 10.0 / (double)n);
-    tu_checks++;
-    if (mx > b || mx < low || fabs(mean) > 5 * se_mean || fabs(var / want_var - 1) > tol_var) {
-        tu_failures++;
-        fprintf(stderr, "init %s: max %g (bound %g), mean %g, var %g (want %g)\n", name, mx, b,
-                mean, var, want_var);
-    }
-}
-
-static void check_const(const xattn_module *m, const char *name, float v)
-{
-    xattn_param_desc p;
-    int ok = param_of(m, name, &p) && p.data;
-    for (int64_t i = 0; ok && i < numel(&p); i++) ok = p.data[i] == v;
-    tu_checks++;
-    if (!ok) {
-        tu_failures++;
-        fprintf(stderr, "init %s: not all %g\n", name, v);
-    }
-}
-
 static void init_distribution(void)
 {
     const char *a[] = {"dim",       "96",  "context_dim",   "64",   "heads",   "16",
@@ -379,28 +331,28 @@ static void init_distribution(void)
     xattn_module *m3 = create("bidir", 5, a, 7);
     if (!m || !m2 || !m3) return;
     /* nn.Linear: kaiming_uniform(a=sqrt(5)) -> U(+-1/sqrt(fan_in)); biases U(+-1/sqrt(fan_in)) */
-    check_uniform(m, "to_qk.weight", 1 / sqrt(96.0));
-    check_uniform(m, "to_v.weight", 1 / sqrt(96.0));
-    check_uniform(m, "context_to_qk.weight", 1 / sqrt(64.0));
-    check_uniform(m, "context_to_v.weight", 1 / sqrt(64.0));
-    check_uniform(m, "to_out.weight", 1 / sqrt(128.0));
-    check_uniform(m, "to_out.bias", 1 / sqrt(128.0));
-    check_uniform(m, "context_to_out.weight", 1 / sqrt(128.0));
-    check_uniform(m, "context_to_out.bias", 1 / sqrt(128.0));
+    tu_check_uniform(m, "to_qk.weight", 1 / sqrt(96.0));
+    tu_check_uniform(m, "to_v.weight", 1 / sqrt(96.0));
+    tu_check_uniform(m, "context_to_qk.weight", 1 / sqrt(64.0));
+    tu_check_uniform(m, "context_to_v.weight", 1 / sqrt(64.0));
+    tu_check_uniform(m, "to_out.weight", 1 / sqrt(128.0));
+    tu_check_uniform(m, "to_out.bias", 1 / sqrt(128.0));
+    tu_check_uniform(m, "context_to_out.weight", 1 / sqrt(128.0));
+    tu_check_uniform(m, "context_to_out.bias", 1 / sqrt(128.0));
     /* nn.Conv2d(heads, heads, 1, bias=False): fan_in = heads */
-    check_uniform(m, "talking_heads.weight", 1 / sqrt(16.0));
-    check_uniform(m, "context_talking_heads.weight", 1 / sqrt(16.0));
+    tu_check_uniform(m, "talking_heads.weight", 1 / sqrt(16.0));
+    tu_check_uniform(m, "context_talking_heads.weight", 1 / sqrt(16.0));
     /* norms: weights 1, LayerNorm biases 0 */
-    check_const(m, "norm.weight", 1);
-    check_const(m, "context_norm.weight", 1);
-    check_const(m, "norm.bias", 0);
-    check_const(m, "context_norm.bias", 0);
+    tu_check_const(m, "norm.weight", 1);
+    tu_check_const(m, "context_norm.weight", 1);
+    tu_check_const(m, "norm.bias", 0);
+    tu_check_const(m, "context_norm.bias", 0);
     xattn_param_desc p, q, r;
     param_of(m, "to_qk.weight", &p);
     param_of(m2, "to_qk.weight", &q);
     param_of(m3, "to_qk.weight", &r);
-    CHECK(memcmp(p.data, q.data, (size_t)numel(&p) * 4) != 0); /* the seed matters   */
-    CHECK(memcmp(p.data, r.data, (size_t)numel(&p) * 4) == 0); /* and decides it all */
+    CHECK(memcmp(p.data, q.data, (size_t)tu_param_numel(&p) * 4) != 0); /* the seed matters   */
+    CHECK(memcmp(p.data, r.data, (size_t)tu_param_numel(&p) * 4) == 0); /* and decides it all */
     xattn_module_free(m);
     xattn_module_free(m2);
     xattn_module_free(m3);
@@ -410,24 +362,24 @@ static void init_distribution(void)
         "dim_head", "16", "ff_expansion_factor", "2.5", "final_norms", "False"};
     m = create("bidir-transformer", 7, t, 7);
     if (!m) return;
-    check_uniform(m, "layers.1.0.to_qk.weight", 1 / sqrt(48.0));
-    check_uniform(m, "layers.1.0.context_to_out.bias", 1 / sqrt(64.0));
-    check_const(m, "layers.0.0.norm.weight", 1);
-    check_const(m, "layers.1.0.context_norm.weight", 1);
-    check_uniform(m, "layers.0.1.1.weight", 1 / sqrt(48.0)); /* Linear(48, 120) */
-    check_uniform(m, "layers.0.1.1.bias", 1 / sqrt(48.0));
-    check_uniform(m, "layers.0.1.3.weight", 1 / sqrt(120.0)); /* Linear(120, 48) */
-    check_uniform(m, "layers.0.1.3.bias", 1 / sqrt(120.0));
-    check_uniform(m, "layers.1.2.1.weight", 1 / sqrt(40.0)); /* Linear(40, 100) */
-    check_uniform(m, "layers.1.2.3.bias", 1 / sqrt(100.0));
-    check_const(m, "layers.1.2.0.weight", 1);
+    tu_check_uniform(m, "layers.1.0.to_qk.weight", 1 / sqrt(48.0));
+    tu_check_uniform(m, "layers.1.0.context_to_out.bias", 1 / sqrt(64.0));
+    tu_check_const(m, "layers.0.0.norm.weight", 1);
+    tu_check_const(m, "layers.1.0.context_norm.weight", 1);
+    tu_check_uniform(m, "layers.0.1.1.weight", 1 / sqrt(48.0)); /* Linear(48, 120) */
+    tu_check_uniform(m, "layers.0.1.1.bias", 1 / sqrt(48.0));
+    tu_check_uniform(m, "layers.0.1.3.weight", 1 / sqrt(120.0)); /* Linear(120, 48) */
+    tu_check_uniform(m, "layers.0.1.3.bias", 1 / sqrt(120.0));
+    tu_check_uniform(m, "layers.1.2.1.weight", 1 / sqrt(40.0)); /* Linear(40, 100) */
+    tu_check_uniform(m, "layers.1.2.3.bias", 1 / sqrt(100.0));
+    tu_check_const(m, "layers.1.2.0.weight", 1);
     CHECK(param_of(m, "layers.0.1.1.weight", &p) && p.shape[0] == 120 && p.shape[1] == 48);
     CHECK(param_of(m, "layers.0.2.1.weight", &p) && p.shape[0] == 100 && p.shape[1] == 40);
     CHECK(!param_of(m, "norm.weight", &p) || !p.data);
     /* each layer is built on its own (no deep copies): layers differ */
     param_of(m, "layers.0.0.to_qk.weight", &p);
     param_of(m, "layers.1.0.to_qk.weight", &q);
-    CHECK(memcmp(p.data, q.data, (size_t)numel(&p) * 4) != 0);
+    CHECK(memcmp(p.data, q.data, (size_t)tu_param_numel(&p) * 4) != 0);
     xattn_module_free(m);
 }
 

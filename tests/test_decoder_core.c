@@ -24,24 +24,6 @@ static void has(const char *needle)
     }
 }
 
-static int64_t numel(const xattn_param_desc *p)
-{
-    int64_t n = 1;
-    for (int d = 0; d < p->ndim; d++) n *= p->shape[d];
-    return n;
-}
-
-static const xattn_param_desc *param(const xattn_module *m, const char *name, xattn_param_desc *p)
-{
-    for (size_t i = 0; i < xattn_module_param_count(m); i++) {
-        CHECK_OK(xattn_module_param(m, i, p));
-        if (!strcmp(p->name, name)) return p;
-    }
-    fprintf(stderr, "no parameter '%s'\n", name);
-    CHECK(0);
-    return NULL;
-}
-
 static xattn_status fwd(xattn_ctx *ctx, const xattn_decoder *m, int64_t B, int64_t T,
                         const float *x, const uint8_t *am, int64_t M, const float *mem,
                         const uint8_t *mm, float *out)
@@ -77,9 +59,9 @@ static void same_params(const xattn_module *a, const xattn_module *b)
         xattn_param_desc p, q;
         CHECK_OK(xattn_module_param(a, i, &p));
         CHECK_OK(xattn_module_param(b, i, &q));
-        CHECK(!strcmp(p.name, q.name) && p.ndim == q.ndim && numel(&p) == numel(&q));
+        CHECK(!strcmp(p.name, q.name) && p.ndim == q.ndim && tu_param_numel(&p) == tu_param_numel(&q));
         CHECK((p.data == NULL) == (q.data == NULL));
-        if (p.data && q.data) CHECK(!memcmp(p.data, q.data, (size_t)numel(&p) * 4));
+        if (p.data && q.data) CHECK(!memcmp(p.data, q.data, (size_t)tu_param_numel(&p) * 4));
     }
 }
 
@@ -103,7 +85,7 @@ static void round_trip(xattn_module *m, int registry_finds_it, const char *tag)
         xattn_array a;
         memset(&a, 0, sizeof a);
         CHECK_OK(xattn_st_get(st, p.name, XATTN_F32, &a));
-        CHECK(xattn_array_numel(&a) == numel(&p) && !memcmp(a.data, p.data, (size_t)numel(&p) * 4));
+        CHECK(xattn_array_numel(&a) == tu_param_numel(&p) && !memcmp(a.data, p.data, (size_t)tu_param_numel(&p) * 4));
         xattn_array_free(&a);
     }
     xattn_module *r = NULL;
@@ -158,9 +140,9 @@ static void create_save_reload(void)
     if (m) {
         xattn_param_desc p;
         CHECK(xattn_module_param_count(m) == 3 * 26 + 6);
-        CHECK(param(m, "type_embedding.video", &p) && p.data == NULL);
-        CHECK(param(m, "type_embedding.audio", &p) && p.data != NULL);
-        CHECK(param(m, "layer.2.crossattention.self.value.weight", &p) && p.shape[1] == 20);
+        CHECK(tu_param(m, "type_embedding.video", &p) && p.data == NULL);
+        CHECK(tu_param(m, "type_embedding.audio", &p) && p.data != NULL);
+        CHECK(tu_param(m, "layer.2.crossattention.self.value.weight", &p) && p.shape[1] == 20);
         round_trip(m, 1, "stack");
     }
     xattn_module_free(m);
@@ -170,7 +152,7 @@ static void create_save_reload(void)
     if (m) {
         xattn_param_desc p;
         CHECK(xattn_module_param_count(m) == 26 + 6);
-        CHECK(param(m, "attention.self.query.weight", &p) && p.data != NULL);
+        CHECK(tu_param(m, "attention.self.query.weight", &p) && p.data != NULL);
         xattn_config_entry e;
         CHECK_OK(xattn_module_config(m, 3, &e));
         CHECK(!strcmp(e.name, "num_hidden_layers") && !strcmp(e.value, "1"));
@@ -257,57 +239,6 @@ static void zero_options(void)
 
 /* ---- initialisation ------------------------------------------------------------------------- */
 
-/* U(-b, b): bound reached, mean 0 and variance b^2 / 3 within 5 standard errors. */
-static void check_uniform(const xattn_module *m, const char *name, double b)
-{
-    xattn_param_desc p;
-    if (!param(m, name, &p) || !p.data) return;
-    const int64_t n = numel(&p);
-    double mean = 0, var = 0, mx = 0;
-    for (int64_t i = 0; i < n; i++) {
-        mean += p.data[i];
-        mx = fmax(mx, fabs(p.data[i]));
-    }
-    mean /= (double)n;
-    for (int64_t i = 0; i < n; i++) var += (p.data[i] - mean) * (p.data[i] - mean);
-    var /= (double)(n - 1);
-    const double se_mean = b / sqrt(3.0 * (double)n), want_var = b * b / 3;
-    const double tol_var = 5 * sqrt(0.8 / (double)n), low = b * (1 - 10.0 / (double)n);
-    tu_checks++;
-    if (mx > b || mx < low || fabs(mean) > 5 * se_mean || fabs(var / want_var - 1) > tol_var) {
-        tu_failures++;
-        fprintf(stderr, "%s: max %g (bound %g), mean %g, var %g (want %g)\n", name, mx, b, mean,
-                var, want_var);
-    }
-}
-
-static void check_const(const xattn_module *m, const char *name, float v)
-{
-    xattn_param_desc p;
-    if (!param(m, name, &p) || !p.data) return;
-    int ok = 1;
-    for (int64_t i = 0; i < numel(&p); i++) ok &= p.data[i] == v;
-    CHECK(ok);
-}
-
-/* N(0, 1): mean and variance within 5 standard errors (var of s^2 = 2 / n). */
-static void check_normal(const xattn_module *m, const char *name)
-{
-    xattn_param_desc p;
-    if (!param(m, name, &p) || !p.data) return;
-    const int64_t n = numel(&p);
-    double mean = 0, var = 0;
-    for (int64_t i = 0; i < n; i++) mean += p.data[i];
-    mean /= (double)n;
-    for (int64_t i = 0; i < n; i++) var += (p.data[i] - mean) * (p.data[i] - mean);
-    var /= (double)(n - 1);
-    tu_checks++;
-    if (fabs(mean) > 5 / sqrt((double)n) || fabs(var - 1) > 5 * sqrt(2.0 / (double)n)) {
-        tu_failures++;
-        fprintf(stderr, "%s: mean %g, var %g (want N(0, 1))\n", name, mean, var);
-    }
-}
-
 static void init_distribution(void)
 {
     const double H = 96, I = 160, W = 400, DV = 72, DA = 40;
@@ -330,36 +261,36 @@ static void init_distribution(void)
         for (int k = 0; k < 7; k++)
             for (int wb = 0; wb < 2; wb++) {
                 snprintf(nm, sizeof nm, "layer.%d.%s.%s", l, lin[k], wb ? "bias" : "weight");
-                check_uniform(m, nm, 1 / sqrt(H));
+                tu_check_uniform(m, nm, 1 / sqrt(H));
             }
         for (int wb = 0; wb < 2; wb++) {
             const char *t = wb ? "bias" : "weight";
             snprintf(nm, sizeof nm, "layer.%d.crossattention.self.key.%s", l, t);
-            check_uniform(m, nm, 1 / sqrt(W));
+            tu_check_uniform(m, nm, 1 / sqrt(W));
             snprintf(nm, sizeof nm, "layer.%d.crossattention.self.value.%s", l, t);
-            check_uniform(m, nm, 1 / sqrt(W));
+            tu_check_uniform(m, nm, 1 / sqrt(W));
             snprintf(nm, sizeof nm, "layer.%d.output.dense.%s", l, t);
-            check_uniform(m, nm, 1 / sqrt(I));
+            tu_check_uniform(m, nm, 1 / sqrt(I));
         }
         for (int k = 0; k < 3; k++) {
             snprintf(nm, sizeof nm, "layer.%d.%s.weight", l, ln[k]);
-            check_const(m, nm, 1.0f);
+            tu_check_const(m, nm, 1.0f);
             snprintf(nm, sizeof nm, "layer.%d.%s.bias", l, ln[k]);
-            check_const(m, nm, 0.0f);
+            tu_check_const(m, nm, 0.0f);
         }
     }
-    check_uniform(m, "proj.video.weight", 1 / sqrt(DV));
-    check_uniform(m, "proj.video.bias", 1 / sqrt(DV));
-    check_uniform(m, "proj.audio.weight", 1 / sqrt(DA));
-    check_uniform(m, "proj.audio.bias", 1 / sqrt(DA));
-    check_normal(m, "type_embedding.video");
-    check_normal(m, "type_embedding.audio");
+    tu_check_uniform(m, "proj.video.weight", 1 / sqrt(DV));
+    tu_check_uniform(m, "proj.video.bias", 1 / sqrt(DV));
+    tu_check_uniform(m, "proj.audio.weight", 1 / sqrt(DA));
+    tu_check_uniform(m, "proj.audio.bias", 1 / sqrt(DA));
+    tu_check_normal(m, "type_embedding.video", 1.0);
+    tu_check_normal(m, "type_embedding.audio", 1.0);
     xattn_param_desc p, q;
-    param(m, "layer.1.attention.self.key.weight", &p);
-    param(m2, "layer.1.attention.self.key.weight", &q);
-    CHECK(memcmp(p.data, q.data, (size_t)numel(&p) * 4) != 0); /* the seed matters */
-    param(m, "layer.0.attention.self.key.weight", &q);
-    CHECK(memcmp(p.data, q.data, (size_t)numel(&p) * 4) != 0); /* each layer its own stream */
+    tu_param(m, "layer.1.attention.self.key.weight", &p);
+    tu_param(m2, "layer.1.attention.self.key.weight", &q);
+    CHECK(memcmp(p.data, q.data, (size_t)tu_param_numel(&p) * 4) != 0); /* the seed matters */
+    tu_param(m, "layer.0.attention.self.key.weight", &q);
+    CHECK(memcmp(p.data, q.data, (size_t)tu_param_numel(&p) * 4) != 0); /* each layer its own stream */
     xattn_module_free(m);
     xattn_module_free(m2);
 }

@@ -22,24 +22,6 @@ static void has(const char *needle)
     }
 }
 
-static int64_t numel(const xattn_param_desc *p)
-{
-    int64_t n = 1;
-    for (int d = 0; d < p->ndim; d++) n *= p->shape[d];
-    return n;
-}
-
-static const xattn_param_desc *param(const xattn_module *m, const char *name, xattn_param_desc *p)
-{
-    for (size_t i = 0; i < xattn_module_param_count(m); i++) {
-        CHECK_OK(xattn_module_param(m, i, p));
-        if (!strcmp(p->name, name)) return p;
-    }
-    fprintf(stderr, "no parameter '%s'\n", name);
-    CHECK(0);
-    return NULL;
-}
-
 static const char *config(const xattn_module *m, const char *name)
 {
     xattn_config_entry e;
@@ -87,10 +69,10 @@ static void round_trip(int bias)
     xattn_param_desc p;
     for (size_t i = 0; i < xattn_module_param_count(m); i++) {
         CHECK_OK(xattn_module_param(m, i, &p));
-        for (int64_t j = 0; p.data && !strncmp(p.name, "zero_conv", 9) && j < numel(&p); j++)
+        for (int64_t j = 0; p.data && !strncmp(p.name, "zero_conv", 9) && j < tu_param_numel(&p); j++)
             p.data[j] = 0.05f * (float)sin((double)(j + 3 * i));
     }
-    CHECK(param(m, "attn2_2.to_v.bias", &p) && (p.data != NULL) == bias);
+    CHECK(tu_param(m, "attn2_2.to_v.bias", &p) && (p.data != NULL) == bias);
     CHECK_OK(xattn_module_save(m, f));
     xattn_safetensors *st = NULL;
     CHECK_OK(xattn_st_open(f, &st));
@@ -105,7 +87,7 @@ static void round_trip(int bias)
         CHECK_OK(xattn_module_param(m, i, &a));
         CHECK_OK(xattn_module_param(r, i, &b));
         CHECK(!strcmp(a.name, b.name) && (a.data == NULL) == (b.data == NULL));
-        CHECK(!a.data || !memcmp(a.data, b.data, (size_t)numel(&a) * 4));
+        CHECK(!a.data || !memcmp(a.data, b.data, (size_t)tu_param_numel(&a) * 4));
     }
     for (size_t i = 0; i < xattn_module_config_count(m); i++) {
         xattn_config_entry a, b;
@@ -151,39 +133,6 @@ static void round_trip(int bias)
     xattn_st_close(st);
 }
 
-/* bounds and moments: U(-b, b) has mean 0 and variance b^2 / 3 (5 standard errors) */
-static void check_uniform(const xattn_module *m, const char *name, double b)
-{
-    xattn_param_desc p;
-    if (!param(m, name, &p) || !p.data) return;
-    const int64_t n = numel(&p);
-    double mean = 0, var = 0, mx = 0;
-    for (int64_t i = 0; i < n; i++) {
-        mean += p.data[i];
-        mx = fmax(mx, fabs(p.data[i]));
-    }
-    mean /= (double)n;
-    for (int64_t i = 0; i < n; i++) var += (p.data[i] - mean) * (p.data[i] - mean);
-    var /= (double)(n - 1);
-    const double se_mean = b / sqrt(3.0 * (double)n), want_var = b * b / 3;
-    const double tol_var = 5 * sqrt(0.8 / (double)n), low = b * (1 - 10.0 / (double)n);
-    tu_checks++;
-    if (mx > b || mx < low || fabs(mean) > 5 * se_mean || fabs(var / want_var - 1) > tol_var) {
-        tu_failures++;
-        fprintf(stderr, "%s: max %g (bound %g), mean %g, var %g (want %g)\n", name, mx, b, mean,
-                var, want_var);
-    }
-}
-
-static void check_const(const xattn_module *m, const char *name, float v)
-{
-    xattn_param_desc p;
-    if (!param(m, name, &p) || !p.data) return;
-    int ok = 1;
-    for (int64_t i = 0; i < numel(&p); i++) ok &= p.data[i] == v;
-    CHECK(ok);
-}
-
 static void init_distribution(void)
 {
     const int64_t C = 96, Ca = 80, inner = 4 * 40, F = 4 * C;
@@ -195,32 +144,32 @@ static void init_distribution(void)
     char nm[64];
     for (int k = 0; k < 3; k++) {
         snprintf(nm, sizeof nm, "zero_conv_%s.weight", zc[k]); /* zero_module() */
-        check_const(m, nm, 0.0f);
+        tu_check_const(m, nm, 0.0f);
         snprintf(nm, sizeof nm, "zero_conv_%s.bias", zc[k]);
-        check_const(m, nm, 0.0f);
+        tu_check_const(m, nm, 0.0f);
         /* diffusers Attention: nn.Linear layers */
         snprintf(nm, sizeof nm, "attn2_%d.to_q.weight", k);
-        check_uniform(m, nm, 1 / sqrt((double)C));
+        tu_check_uniform(m, nm, 1 / sqrt((double)C));
         snprintf(nm, sizeof nm, "attn2_%d.to_q.bias", k);
-        check_uniform(m, nm, 1 / sqrt((double)C));
+        tu_check_uniform(m, nm, 1 / sqrt((double)C));
         snprintf(nm, sizeof nm, "attn2_%d.to_k.weight", k);
-        check_uniform(m, nm, 1 / sqrt((double)Ca));
+        tu_check_uniform(m, nm, 1 / sqrt((double)Ca));
         snprintf(nm, sizeof nm, "attn2_%d.to_v.bias", k);
-        check_uniform(m, nm, 1 / sqrt((double)Ca));
+        tu_check_uniform(m, nm, 1 / sqrt((double)Ca));
         snprintf(nm, sizeof nm, "attn2_%d.to_out.0.weight", k);
-        check_uniform(m, nm, 1 / sqrt((double)inner));
+        tu_check_uniform(m, nm, 1 / sqrt((double)inner));
         snprintf(nm, sizeof nm, "attn2_%d.to_out.0.bias", k);
-        check_uniform(m, nm, 1 / sqrt((double)inner));
+        tu_check_uniform(m, nm, 1 / sqrt((double)inner));
     }
     /* FeedForward(dim, activation_fn="geglu"): GEGLU's proj and the output Linear */
-    check_uniform(m, "ff.net.0.proj.weight", 1 / sqrt((double)C));
-    check_uniform(m, "ff.net.0.proj.bias", 1 / sqrt((double)C));
-    check_uniform(m, "ff.net.2.weight", 1 / sqrt((double)F));
-    check_uniform(m, "ff.net.2.bias", 1 / sqrt((double)F));
-    check_const(m, "norm2.weight", 1.0f);
-    check_const(m, "norm2.bias", 0.0f);
-    check_const(m, "norm3.weight", 1.0f);
-    check_const(m, "norm3.bias", 0.0f);
+    tu_check_uniform(m, "ff.net.0.proj.weight", 1 / sqrt((double)C));
+    tu_check_uniform(m, "ff.net.0.proj.bias", 1 / sqrt((double)C));
+    tu_check_uniform(m, "ff.net.2.weight", 1 / sqrt((double)F));
+    tu_check_uniform(m, "ff.net.2.bias", 1 / sqrt((double)F));
+    tu_check_const(m, "norm2.weight", 1.0f);
+    tu_check_const(m, "norm2.bias", 0.0f);
+    tu_check_const(m, "norm3.weight", 1.0f);
+    tu_check_const(m, "norm3.bias", 0.0f);
     xattn_module_free(m);
 }
 

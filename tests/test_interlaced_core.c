@@ -21,13 +21,6 @@ static void has(const char *text, const char *needle)
     }
 }
 
-static int64_t numel(const xattn_param_desc *p)
-{
-    int64_t n = 1;
-    for (int d = 0; d < p->ndim; d++) n *= p->shape[d];
-    return n;
-}
-
 /* Writes the blocks.* tensors of a fixture to path with the given metadata. */
 static void strip(const char *fixture, const char *path, const char *const *meta, size_t n_meta)
 {
@@ -189,7 +182,7 @@ static void round_trip(void)
             CHECK_OK(xattn_module_param(m, i, &a));
             CHECK_OK(xattn_module_param(r, i, &b));
             CHECK(!strcmp(a.name, b.name) && a.data && b.data &&
-                  !memcmp(a.data, b.data, 4 * (size_t)numel(&a)));
+                  !memcmp(a.data, b.data, 4 * (size_t)tu_param_numel(&a)));
         }
         for (size_t i = 0; i < xattn_module_config_count(m); i++) {
             xattn_config_entry a, b;
@@ -224,27 +217,6 @@ static void round_trip(void)
     xattn_st_close(st);
 }
 
-static void check_uniform(const xattn_param_desc *p, double b)
-{
-    const int64_t n = numel(p);
-    double mean = 0, var = 0, mx = 0;
-    for (int64_t i = 0; i < n; i++) {
-        mean += p->data[i];
-        mx = fmax(mx, fabs(p->data[i]));
-    }
-    mean /= (double)n;
-    for (int64_t i = 0; i < n; i++) var += (p->data[i] - mean) * (p->data[i] - mean);
-    var /= (double)(n - 1);
-    const double want_var = b * b / 3, tol_var = 5 * sqrt(0.8 / (double)n);
-    tu_checks++;
-    if (mx > b || mx < b * (1 - 20.0 / (double)n) || fabs(mean) > 5 * b / sqrt(3.0 * (double)n) ||
-        fabs(var / want_var - 1) > tol_var) {
-        tu_failures++;
-        fprintf(stderr, "%s: max %g (bound %g), mean %g, var %g (want %g)\n", p->name, mx, b, mean,
-                var, want_var);
-    }
-}
-
 /* nn.Linear (weights and biases U(+-1/sqrt(fan_in))) and nn.LayerNorm (ones, zeros); the
  * reference has no init of its own */
 static void init_distribution(void)
@@ -260,14 +232,10 @@ static void init_distribution(void)
         CHECK_OK(xattn_module_param(m, i, &p));
         CHECK(p.data != NULL);
         if (!p.data) continue;
-        if (strstr(p.name, ".norm")) {
-            const float v = strstr(p.name, "weight") ? 1.0f : 0.0f;
-            int ok = 1;
-            for (int64_t k = 0; k < numel(&p); k++) ok &= p.data[k] == v;
-            CHECK(ok);
-        } else {
-            check_uniform(&p, 1 / sqrt(strstr(p.name, "fc2.") ? Hd : D));
-        }
+        if (strstr(p.name, ".norm"))
+            tu_check_const(m, p.name, strstr(p.name, "weight") ? 1.0f : 0.0f);
+        else
+            tu_check_uniform(m, p.name, 1 / sqrt(strstr(p.name, "fc2.") ? Hd : D));
     }
     xattn_param_desc p;
     CHECK_OK(xattn_module_param(m, 20, &p));

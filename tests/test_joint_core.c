@@ -21,57 +21,6 @@ static void has(const char *text, const char *needle)
     }
 }
 
-static const xattn_param_desc *param(const xattn_module *m, const char *name, xattn_param_desc *p)
-{
-    for (size_t i = 0; i < xattn_module_param_count(m); i++) {
-        CHECK_OK(xattn_module_param(m, i, p));
-        if (!strcmp(p->name, name)) return p;
-    }
-    fprintf(stderr, "no parameter '%s'\n", name);
-    CHECK(0);
-    return NULL;
-}
-
-static int64_t numel(const xattn_param_desc *p)
-{
-    int64_t n = 1;
-    for (int d = 0; d < p->ndim; d++) n *= p->shape[d];
-    return n;
-}
-
-/* U(-b, b): max within b and near it, mean 0 and variance b^2 / 3 within 5 standard errors */
-static void check_uniform(const xattn_param_desc *p, double b)
-{
-    const int64_t n = numel(p);
-    double mean = 0, var = 0, mx = 0;
-    for (int64_t i = 0; i < n; i++) {
-        mean += p->data[i];
-        mx = fmax(mx, fabs(p->data[i]));
-    }
-    mean /= (double)n;
-    for (int64_t i = 0; i < n; i++) var += (p->data[i] - mean) * (p->data[i] - mean);
-    var /= (double)(n - 1);
-    const double want_var = b * b / 3, tol_var = 5 * sqrt(0.8 / (double)n);
-    tu_checks++;
-    if (mx > b || mx < b * (1 - 20.0 / (double)n) || fabs(mean) > 5 * b / sqrt(3.0 * (double)n) ||
-        fabs(var / want_var - 1) > tol_var) {
-        tu_failures++;
-        fprintf(stderr, "%s: max %g (bound %g), mean %g, var %g (want %g)\n", p->name, mx, b, mean,
-                var, want_var);
-    }
-}
-
-static void check_const(const xattn_param_desc *p, float v)
-{
-    int ok = p->data != NULL;
-    for (int64_t i = 0; ok && i < numel(p); i++) ok = p->data[i] == v;
-    tu_checks++;
-    if (!ok) {
-        tu_failures++;
-        fprintf(stderr, "%s: not all %g\n", p->name, (double)v);
-    }
-}
-
 static xattn_module *create(const xattn_option *o, size_t n, uint64_t seed)
 {
     xattn_module *m = NULL;
@@ -181,7 +130,7 @@ static void round_trip(const xattn_option *o, size_t n, int64_t d, int64_t layer
         xattn_array a;
         memset(&a, 0, sizeof a);
         CHECK_OK(xattn_st_get(st, p.name, XATTN_F32, &a));
-        CHECK(xattn_array_numel(&a) == numel(&p) && !memcmp(a.data, p.data, 4 * (size_t)numel(&p)));
+        CHECK(xattn_array_numel(&a) == tu_param_numel(&p) && !memcmp(a.data, p.data, 4 * (size_t)tu_param_numel(&p)));
         xattn_array_free(&a);
     }
     CHECK(present == xattn_st_count(st));
@@ -242,23 +191,23 @@ static void init_distribution(void)
     if (!m || !m2) return;
     xattn_param_desc p, q;
     /* MultiheadAttention._reset_parameters: xavier in_proj, zero in_proj_bias, out_proj.bias */
-    check_uniform(param(m, "layers.0.self_attn.in_proj_weight", &p), sqrt(6.0 / (4.0 * d)));
-    check_const(param(m, "layers.0.self_attn.in_proj_bias", &p), 0.0f);
-    check_uniform(param(m, "layers.0.self_attn.out_proj.weight", &p), 1 / sqrt((double)d));
-    check_const(param(m, "layers.0.self_attn.out_proj.bias", &p), 0.0f);
+    tu_check_uniform(m, "layers.0.self_attn.in_proj_weight", sqrt(6.0 / (4.0 * d)));
+    tu_check_const(m, "layers.0.self_attn.in_proj_bias", 0.0f);
+    tu_check_uniform(m, "layers.0.self_attn.out_proj.weight", 1 / sqrt((double)d));
+    tu_check_const(m, "layers.0.self_attn.out_proj.bias", 0.0f);
     /* nn.Linear: U(+-1/sqrt(fan_in)) weights and biases */
-    check_uniform(param(m, "layers.0.linear1.weight", &p), 1 / sqrt((double)d));
-    check_uniform(param(m, "layers.0.linear1.bias", &p), 1 / sqrt((double)d));
-    check_uniform(param(m, "layers.0.linear2.weight", &p), 1 / sqrt((double)ff));
-    check_const(param(m, "layers.1.norm1.weight", &p), 1.0f);
-    check_const(param(m, "layers.1.norm2.bias", &p), 0.0f);
+    tu_check_uniform(m, "layers.0.linear1.weight", 1 / sqrt((double)d));
+    tu_check_uniform(m, "layers.0.linear1.bias", 1 / sqrt((double)d));
+    tu_check_uniform(m, "layers.0.linear2.weight", 1 / sqrt((double)ff));
+    tu_check_const(m, "layers.1.norm1.weight", 1.0f);
+    tu_check_const(m, "layers.1.norm2.bias", 0.0f);
     /* nn.TransformerEncoder deep-copies its layer */
-    param(m, "layers.0.linear2.weight", &p);
-    param(m, "layers.1.linear2.weight", &q);
-    CHECK(!memcmp(p.data, q.data, 4 * (size_t)numel(&p)));
+    tu_param(m, "layers.0.linear2.weight", &p);
+    tu_param(m, "layers.1.linear2.weight", &q);
+    CHECK(!memcmp(p.data, q.data, 4 * (size_t)tu_param_numel(&p)));
     /* the seed decides */
-    param(m2, "layers.0.linear2.weight", &q);
-    CHECK(memcmp(p.data, q.data, 4 * (size_t)numel(&p)) != 0);
+    tu_param(m2, "layers.0.linear2.weight", &q);
+    CHECK(memcmp(p.data, q.data, 4 * (size_t)tu_param_numel(&p)) != 0);
     xattn_module_free(m);
     xattn_module_free(m2);
     /* nhead has no default */

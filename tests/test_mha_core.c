@@ -31,13 +31,6 @@ static const char *tmp_path(const char *tag)
     return g_path;
 }
 
-static int64_t numel(const xattn_param_desc *p)
-{
-    int64_t n = 1;
-    for (int d = 0; d < p->ndim; d++) n *= p->shape[d];
-    return n;
-}
-
 /* Parameter `name` of m, or NULL (absent from the table, or no data). */
 static const xattn_param_desc *param(const xattn_module *m, const char *name, xattn_param_desc *p)
 {
@@ -179,7 +172,7 @@ static void round_trip(const char *kind, const xattn_option *o, size_t n, const 
         CHECK_OK(xattn_module_param(a, i, &p));
         CHECK_OK(xattn_module_param(b, i, &q));
         CHECK(!strcmp(p.name, q.name) && p.ndim == q.ndim && !p.data == !q.data);
-        CHECK(!p.data || !memcmp(p.data, q.data, (size_t)numel(&p) * 4));
+        CHECK(!p.data || !memcmp(p.data, q.data, (size_t)tu_param_numel(&p) * 4));
     }
     for (size_t i = 0; i < xattn_module_config_count(a); i++) {
         xattn_config_entry x, y;
@@ -342,65 +335,6 @@ static void zero_opts(void)
 /* Initialisation                                                                           */
 /* ---------------------------------------------------------------------------------------- */
 
-/* Size, mean, sample variance and largest |x| of parameter `name` of m; 0 if it has none. */
-static int64_t moments(const xattn_module *m, const char *name, double *mean, double *var,
-                       double *mx)
-{
-    xattn_param_desc p;
-    *mean = *var = *mx = 0;
-    if (!param(m, name, &p)) {
-        CHECK(0);
-        return 0;
-    }
-    const int64_t n = numel(&p);
-    for (int64_t i = 0; i < n; i++) {
-        *mean += p.data[i];
-        if (fabs(p.data[i]) > *mx) *mx = fabs(p.data[i]);
-    }
-    *mean /= (double)n;
-    for (int64_t i = 0; i < n; i++) *var += (p.data[i] - *mean) * (p.data[i] - *mean);
-    *var /= (double)(n - 1);
-    return n;
-}
-
-/* U(-b, b): |x| <= b, close to b, mean 0, variance b^2 / 3, each within 5 standard errors. */
-static void check_uniform(const xattn_module *m, const char *name, double b)
-{
-    double mean, var, mx;
-    const int64_t n = moments(m, name, &mean, &var, &mx);
-    if (!n) return;
-    const double se_mean = b / sqrt(3.0 * (double)n), want_var = b * b / 3;
-    const double tol_var = 5 * sqrt(0.8 / (double)n), low = b * (1 - 10.0 / (double)n);
-    tu_checks++;
-    if (mx > b || mx < low || fabs(mean) > 5 * se_mean || fabs(var / want_var - 1) > tol_var) {
-        tu_failures++;
-        fprintf(stderr, "%s: max %g (bound %g), mean %g, var %g (want %g)\n", name, mx, b, mean,
-                var, want_var);
-    }
-}
-
-/* N(0, sd^2): mean and variance within 5 standard errors (var: relative sd sqrt(2 / n)). */
-static void check_normal(const xattn_module *m, const char *name, double sd)
-{
-    double mean, var, mx;
-    const int64_t n = moments(m, name, &mean, &var, &mx);
-    if (!n) return;
-    tu_checks++;
-    if (fabs(mean) > 5 * sd / sqrt((double)n) ||
-        fabs(var / (sd * sd) - 1) > 5 * sqrt(2.0 / (double)n)) {
-        tu_failures++;
-        fprintf(stderr, "%s: mean %g, var %g (want %g)\n", name, mean, var, sd * sd);
-    }
-}
-
-static void check_zero(const xattn_module *m, const char *name)
-{
-    xattn_param_desc p;
-    int zero = param(m, name, &p) != NULL;
-    for (int64_t i = 0; zero && i < numel(&p); i++) zero = p.data[i] == 0.0f;
-    CHECK(zero);
-}
-
 static void init_distribution(void)
 {
     /* MultiheadAttention._reset_parameters: xavier_uniform_ on in_proj_weight (fans E and 3E)
@@ -409,23 +343,23 @@ static void init_distribution(void)
     const xattn_option t1[] = {{"embed_dim", "256"}, {"num_heads", "8"}, {"add_bias_kv", "True"}};
     xattn_module *m = create("mha", t1, 3, 5);
     if (m) {
-        check_uniform(m, "in_proj_weight", sqrt(6.0 / (256 + 768)));
-        check_zero(m, "in_proj_bias");
-        check_uniform(m, "out_proj.weight", 1 / sqrt(256.0));
-        check_zero(m, "out_proj.bias");
-        check_normal(m, "bias_k", sqrt(2.0 / 512));
-        check_normal(m, "bias_v", sqrt(2.0 / 512));
+        tu_check_uniform(m, "in_proj_weight", sqrt(6.0 / (256 + 768)));
+        tu_check_const(m, "in_proj_bias", 0.0f);
+        tu_check_uniform(m, "out_proj.weight", 1 / sqrt(256.0));
+        tu_check_const(m, "out_proj.bias", 0.0f);
+        tu_check_normal(m, "bias_k", sqrt(2.0 / 512));
+        tu_check_normal(m, "bias_v", sqrt(2.0 / 512));
         xattn_module_free(m);
     }
     const xattn_option t2[] = {{"embed_dim", "64"}, {"num_heads", "4"}, {"kdim", "96"},
                                {"vdim", "40"}};
     m = create("mha", t2, 4, 6);
     if (m) {
-        check_uniform(m, "q_proj_weight", sqrt(6.0 / 128));
-        check_uniform(m, "k_proj_weight", sqrt(6.0 / 160));
-        check_uniform(m, "v_proj_weight", sqrt(6.0 / 104));
-        check_uniform(m, "out_proj.weight", 1 / sqrt(64.0));
-        check_zero(m, "in_proj_bias");
+        tu_check_uniform(m, "q_proj_weight", sqrt(6.0 / 128));
+        tu_check_uniform(m, "k_proj_weight", sqrt(6.0 / 160));
+        tu_check_uniform(m, "v_proj_weight", sqrt(6.0 / 104));
+        tu_check_uniform(m, "out_proj.weight", 1 / sqrt(64.0));
+        tu_check_const(m, "in_proj_bias", 0.0f);
         xattn_module_free(m);
     }
     /* diffusers Attention: nn.Linear's defaults, b = 1/sqrt(fan_in) for weights and biases */
@@ -434,18 +368,18 @@ static void init_distribution(void)
     m = create("attention", d, 5, 7);
     xattn_module *m2 = create("attention", d, 5, 8);
     if (m && m2) {
-        check_uniform(m, "to_q.weight", 1 / sqrt(48.0));
-        check_uniform(m, "to_q.bias", 1 / sqrt(48.0));
-        check_uniform(m, "to_k.weight", 1 / sqrt(80.0));
-        check_uniform(m, "to_k.bias", 1 / sqrt(80.0));
-        check_uniform(m, "to_v.weight", 1 / sqrt(80.0));
-        check_uniform(m, "to_v.bias", 1 / sqrt(80.0));
-        check_uniform(m, "to_out.0.weight", 1 / sqrt(128.0));
-        check_uniform(m, "to_out.0.bias", 1 / sqrt(128.0));
+        tu_check_uniform(m, "to_q.weight", 1 / sqrt(48.0));
+        tu_check_uniform(m, "to_q.bias", 1 / sqrt(48.0));
+        tu_check_uniform(m, "to_k.weight", 1 / sqrt(80.0));
+        tu_check_uniform(m, "to_k.bias", 1 / sqrt(80.0));
+        tu_check_uniform(m, "to_v.weight", 1 / sqrt(80.0));
+        tu_check_uniform(m, "to_v.bias", 1 / sqrt(80.0));
+        tu_check_uniform(m, "to_out.0.weight", 1 / sqrt(128.0));
+        tu_check_uniform(m, "to_out.0.bias", 1 / sqrt(128.0));
         xattn_param_desc p, q;
         param(m, "to_q.weight", &p);
         param(m2, "to_q.weight", &q);
-        CHECK(memcmp(p.data, q.data, (size_t)numel(&p) * 4) != 0); /* the seed matters */
+        CHECK(memcmp(p.data, q.data, (size_t)tu_param_numel(&p) * 4) != 0); /* the seed matters */
     }
     xattn_module_free(m);
     xattn_module_free(m2);

@@ -22,24 +22,6 @@ static void has(const char *needle)
     }
 }
 
-static int64_t numel(const xattn_param_desc *p)
-{
-    int64_t n = 1;
-    for (int d = 0; d < p->ndim; d++) n *= p->shape[d];
-    return n;
-}
-
-static const xattn_param_desc *param(const xattn_module *m, const char *name, xattn_param_desc *p)
-{
-    for (size_t i = 0; i < xattn_module_param_count(m); i++) {
-        CHECK_OK(xattn_module_param(m, i, p));
-        if (!strcmp(p->name, name)) return p;
-    }
-    fprintf(stderr, "no parameter '%s'\n", name);
-    CHECK(0);
-    return NULL;
-}
-
 static const char *config(const xattn_module *m, const char *name)
 {
     xattn_config_entry e;
@@ -109,7 +91,7 @@ static void round_trip(void)
         CHECK_OK(xattn_module_param(m, i, &a));
         CHECK_OK(xattn_module_param(r, i, &b));
         CHECK(!strcmp(a.name, b.name) && a.ndim == b.ndim);
-        CHECK(a.data && b.data && !memcmp(a.data, b.data, (size_t)numel(&a) * 4));
+        CHECK(a.data && b.data && !memcmp(a.data, b.data, (size_t)tu_param_numel(&a) * 4));
     }
     CHECK(xattn_module_config_count(r) == xattn_module_config_count(m));
     for (size_t i = 0; i < xattn_module_config_count(m); i++) {
@@ -158,39 +140,6 @@ static void round_trip(void)
     xattn_module_free(m);
 }
 
-/* bounds and moments: U(-b, b) has mean 0 and variance b^2 / 3 (5 standard errors) */
-static void check_uniform(const xattn_module *m, const char *name, double b)
-{
-    xattn_param_desc p;
-    if (!param(m, name, &p) || !p.data) return;
-    const int64_t n = numel(&p);
-    double mean = 0, var = 0, mx = 0;
-    for (int64_t i = 0; i < n; i++) {
-        mean += p.data[i];
-        mx = fmax(mx, fabs(p.data[i]));
-    }
-    mean /= (double)n;
-    for (int64_t i = 0; i < n; i++) var += (p.data[i] - mean) * (p.data[i] - mean);
-    var /= (double)(n - 1);
-    const double se_mean = b / sqrt(3.0 * (double)n), want_var = b * b / 3;
-    const double tol_var = 5 * sqrt(0.8 / (double)n), low = b * (1 - 10.0 / (double)n);
-    tu_checks++;
-    if (mx > b || mx < low || fabs(mean) > 5 * se_mean || fabs(var / want_var - 1) > tol_var) {
-        tu_failures++;
-        fprintf(stderr, "%s: max %g (bound %g), mean %g, var %g (want %g)\n", name, mx, b, mean,
-                var, want_var);
-    }
-}
-
-static void check_const(const xattn_module *m, const char *name, float v)
-{
-    xattn_param_desc p;
-    if (!param(m, name, &p) || !p.data) return;
-    int ok = 1;
-    for (int64_t i = 0; i < numel(&p); i++) ok &= p.data[i] == v;
-    CHECK(ok);
-}
-
 static void init_distribution(void)
 {
     const int64_t C0 = 64, C1 = 96, H0 = 256, H1 = 160;
@@ -205,31 +154,31 @@ static void init_distribution(void)
             for (int k = 0; k < 2; k++) {
 #define NM(fmt) (snprintf(nm, sizeof nm, "stages.%d.views.%d." fmt, s, v, blocks[k][0]), nm)
                 /* nn.MultiheadAttention._reset_parameters */
-                check_uniform(m, NM("%s.in_proj_weight"), sqrt(6.0 / (double)(C + 3 * C)));
-                check_const(m, NM("%s.in_proj_bias"), 0.0f);
-                check_uniform(m, NM("%s.out_proj.weight"), 1 / sqrt((double)C));
-                check_const(m, NM("%s.out_proj.bias"), 0.0f);
+                tu_check_uniform(m, NM("%s.in_proj_weight"), sqrt(6.0 / (double)(C + 3 * C)));
+                tu_check_const(m, NM("%s.in_proj_bias"), 0.0f);
+                tu_check_uniform(m, NM("%s.out_proj.weight"), 1 / sqrt((double)C));
+                tu_check_const(m, NM("%s.out_proj.bias"), 0.0f);
 #undef NM
                 /* nn.Linear: kaiming_uniform(a=sqrt(5)) weights, U(+-1/sqrt(fan_in)) biases */
                 snprintf(nm, sizeof nm, "stages.%d.views.%d.%s.0.weight", s, v, blocks[k][2]);
-                check_uniform(m, nm, 1 / sqrt((double)C));
+                tu_check_uniform(m, nm, 1 / sqrt((double)C));
                 snprintf(nm, sizeof nm, "stages.%d.views.%d.%s.0.bias", s, v, blocks[k][2]);
-                check_uniform(m, nm, 1 / sqrt((double)C));
+                tu_check_uniform(m, nm, 1 / sqrt((double)C));
                 snprintf(nm, sizeof nm, "stages.%d.views.%d.%s.2.weight", s, v, blocks[k][2]);
-                check_uniform(m, nm, 1 / sqrt((double)H));
+                tu_check_uniform(m, nm, 1 / sqrt((double)H));
                 snprintf(nm, sizeof nm, "stages.%d.views.%d.%s.2.bias", s, v, blocks[k][2]);
-                check_uniform(m, nm, 1 / sqrt((double)H));
+                tu_check_uniform(m, nm, 1 / sqrt((double)H));
                 snprintf(nm, sizeof nm, "stages.%d.views.%d.%s.weight", s, v, blocks[k][1]);
-                check_const(m, nm, 1.0f);
+                tu_check_const(m, nm, 1.0f);
                 snprintf(nm, sizeof nm, "stages.%d.views.%d.%s.bias", s, v, blocks[k][1]);
-                check_const(m, nm, 0.0f);
+                tu_check_const(m, nm, 0.0f);
             }
         }
     for (int v = 0; v < 2; v++) {
         snprintf(nm, sizeof nm, "stages.1.views.%d.expand.weight", v);
-        check_uniform(m, nm, 1 / sqrt((double)C0));
+        tu_check_uniform(m, nm, 1 / sqrt((double)C0));
         snprintf(nm, sizeof nm, "stages.1.views.%d.expand.bias", v);
-        check_uniform(m, nm, 1 / sqrt((double)C0));
+        tu_check_uniform(m, nm, 1 / sqrt((double)C0));
     }
     xattn_param_desc p;
     for (size_t i = 0; i < xattn_module_param_count(m); i++) {

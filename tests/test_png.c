@@ -198,8 +198,9 @@ static int tmp_left(const char *path)
     return exists(t);
 }
 
-static const xattn_heatmap_opts OPTS = {"test map", "key / context position j",
-                                        "query position i", 0, 0, 0.0f, 0.0f};
+static const xattn_heatmap_opts OPTS = {.title = "test map",
+                                        .x_label = "key / context position j",
+                                        .y_label = "query position i"};
 
 /* 1 x 1: one colour, the middle of the map (vmin == vmax). */
 static void test_one_cell(void)
@@ -365,7 +366,7 @@ static void test_max_side(void)
     }
     free_picture(&p);
     /* no labels at all, and a write over the existing file */
-    xattn_heatmap_opts bare = {NULL, NULL, NULL, 100, 0, 0.0f, 0.0f};
+    xattn_heatmap_opts bare = {.max_side = 100};
     CHECK_OK(xattn_png_heatmap(path, m, 3, 4, &bare));
     if (read_picture(path, &p) == 0) {
         int W, H;

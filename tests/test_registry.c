@@ -52,23 +52,6 @@ static xattn_module *create_conv(uint64_t seed, const char *in, const char *out,
     return m;
 }
 
-static const xattn_param_desc *param(const xattn_module *m, const char *name, xattn_param_desc *p)
-{
-    for (size_t i = 0; i < xattn_module_param_count(m); i++) {
-        CHECK_OK(xattn_module_param(m, i, p));
-        if (!strcmp(p->name, name)) return p;
-    }
-    CHECK(0);
-    return NULL;
-}
-
-static int64_t numel(const xattn_param_desc *p)
-{
-    int64_t n = 1;
-    for (int d = 0; d < p->ndim; d++) n *= p->shape[d];
-    return n;
-}
-
 static void round_trip(void)
 {
     char f1[128], f2[128];
@@ -90,7 +73,7 @@ static void round_trip(void)
         CHECK_OK(xattn_module_param(m, i, &a));
         CHECK_OK(xattn_module_param(r, i, &b));
         CHECK(!strcmp(a.name, b.name) && a.ndim == b.ndim);
-        CHECK(a.data && b.data && !memcmp(a.data, b.data, (size_t)numel(&a) * 4));
+        CHECK(a.data && b.data && !memcmp(a.data, b.data, (size_t)tu_param_numel(&a) * 4));
     }
     for (size_t i = 0; i < xattn_module_config_count(r); i++) {
         xattn_config_entry a, b;
@@ -121,30 +104,6 @@ static void round_trip(void)
     xattn_module_free(m);
 }
 
-/* bounds and moments: U(-b, b) has mean 0 and variance b^2 / 3 */
-static void check_uniform(const xattn_param_desc *p, double b, const char *what)
-{
-    const int64_t n = numel(p);
-    double mean = 0, var = 0, mx = 0;
-    for (int64_t i = 0; i < n; i++) {
-        mean += p->data[i];
-        if (fabs(p->data[i]) > mx) mx = fabs(p->data[i]);
-    }
-    mean /= (double)n;
-    for (int64_t i = 0; i < n; i++) var += (p->data[i] - mean) * (p->data[i] - mean);
-    var /= (double)(n - 1);
-    /* 5 standard errors: sd(mean) = b / sqrt(3n); the relative sd of the sample variance of a
-     * uniform is sqrt((mu4 / sigma^4 - 1) / n) = sqrt(0.8 / n); P(max|x| < b (1 - 10/n)) = e^-10 */
-    const double se_mean = b / sqrt(3.0 * (double)n), want_var = b * b / 3;
-    const double tol_var = 5 * sqrt(0.8 / (double)n), low = b * (1 - 10.0 / (double)n);
-    tu_checks++;
-    if (mx > b || mx < low || fabs(mean) > 5 * se_mean || fabs(var / want_var - 1) > tol_var) {
-        tu_failures++;
-        fprintf(stderr, "%s: max %g (bound %g), mean %g, var %g (want %g)\n", what, mx, b, mean,
-                var, want_var);
-    }
-}
-
 static void init_distribution(void)
 {
     xattn_module *m = create_conv(5, "96", "128", "64", "80");
@@ -153,16 +112,16 @@ static void init_distribution(void)
     if (!m || !m2 || !m3) return;
     xattn_param_desc p, q, r;
     /* weights: kaiming_uniform(a=sqrt(5)) -> b = 1/sqrt(fan_in); biases: 1/sqrt(fan_in) */
-    check_uniform(param(m, "conv_query.weight", &p), 1 / sqrt(96.0), "conv_query.weight");
-    check_uniform(param(m, "conv_key.weight", &p), 1 / sqrt(64.0), "conv_key.weight");
-    check_uniform(param(m, "conv_value.weight", &p), 1 / sqrt(64.0), "conv_value.weight");
-    check_uniform(param(m, "conv_value.bias", &p), 1 / sqrt(64.0), "conv_value.bias");
-    check_uniform(param(m, "conv_query.bias", &p), 1 / sqrt(96.0), "conv_query.bias");
-    param(m, "conv_query.weight", &p);
-    param(m2, "conv_query.weight", &q);
-    param(m3, "conv_query.weight", &r);
-    CHECK(memcmp(p.data, q.data, (size_t)numel(&p) * 4) != 0); /* the seed matters   */
-    CHECK(memcmp(p.data, r.data, (size_t)numel(&p) * 4) == 0); /* and decides it all */
+    tu_check_uniform(m, "conv_query.weight", 1 / sqrt(96.0));
+    tu_check_uniform(m, "conv_key.weight", 1 / sqrt(64.0));
+    tu_check_uniform(m, "conv_value.weight", 1 / sqrt(64.0));
+    tu_check_uniform(m, "conv_value.bias", 1 / sqrt(64.0));
+    tu_check_uniform(m, "conv_query.bias", 1 / sqrt(96.0));
+    tu_param(m, "conv_query.weight", &p);
+    tu_param(m2, "conv_query.weight", &q);
+    tu_param(m3, "conv_query.weight", &r);
+    CHECK(memcmp(p.data, q.data, (size_t)tu_param_numel(&p) * 4) != 0); /* the seed matters   */
+    CHECK(memcmp(p.data, r.data, (size_t)tu_param_numel(&p) * 4) == 0); /* and decides it all */
     /* bias=False: no bias tensors */
     xattn_option o[3] = {{"in_channels", "4"}, {"out_channels", "4"}, {"bias", "False"}};
     xattn_module *nb = NULL;
@@ -295,7 +254,7 @@ static void named_forward(void)
     for (int64_t i = 0; i < B * C2 * H * W; i++) x2[i] = (float)cos(0.21 * (double)i);
     /* the typed API on the same module (its parameters) */
     xattn_param_desc p;
-    param(m, "conv_query.weight", &p);
+    tu_param(m, "conv_query.weight", &p);
     xattn_tensor in[2] = {{"x1", XATTN_F32, 4, {B, C1, H, W}, x1},
                           {"x2", XATTN_F32, 4, {B, C2, W, H}, x2}};
     xattn_tensor out[1] = {{"out", XATTN_F32, 0, {0}, NULL}};

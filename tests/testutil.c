@@ -1,6 +1,7 @@
 #include "testutil.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -69,4 +70,86 @@ float *tu_get_f32(const xattn_safetensors *st, const char *name, xattn_array *ar
         exit(1);
     }
     return (float *)arr->data;
+}
+
+int64_t tu_param_numel(const xattn_param_desc *p)
+{
+    int64_t n = 1;
+    for (int d = 0; d < p->ndim; d++) n *= p->shape[d];
+    return n;
+}
+
+const xattn_param_desc *tu_param(const xattn_module *m, const char *name, xattn_param_desc *p)
+{
+    for (size_t i = 0; i < xattn_module_param_count(m); i++) {
+        CHECK_OK(xattn_module_param(m, i, p));
+        if (!strcmp(p->name, name)) return p;
+    }
+    fprintf(stderr, "no parameter '%s'\n", name);
+    CHECK(0);
+    return NULL;
+}
+
+/* Mean, unbiased variance and max |x| of parameter `name` with data; 0 (a failed check) if
+ * there is none. Returns the element count. */
+static int64_t moments(const xattn_module *m, const char *name, double *mean, double *var,
+                       double *mx)
+{
+    xattn_param_desc p;
+    *mean = *var = *mx = 0;
+    if (!tu_param(m, name, &p)) return 0;
+    const int64_t n = tu_param_numel(&p);
+    if (!p.data || n < 2) {
+        fprintf(stderr, "parameter '%s' has no data to test\n", name);
+        CHECK(0);
+        return 0;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        *mean += p.data[i];
+        *mx = fmax(*mx, fabs(p.data[i]));
+    }
+    *mean /= (double)n;
+    for (int64_t i = 0; i < n; i++) *var += (p.data[i] - *mean) * (p.data[i] - *mean);
+    *var /= (double)(n - 1);
+    return n;
+}
+
+void tu_check_uniform(const xattn_module *m, const char *name, double b)
+{
+    double mean, var, mx;
+    const int64_t n = moments(m, name, &mean, &var, &mx);
+    if (!n) return;
+    const double se_mean = b / sqrt(3.0 * (double)n), want_var = b * b / 3;
+    const double tol_var = 5 * sqrt(0.8 / (double)n), low = b * (1 - 10.0 / (double)n);
+    tu_checks++;
+    if (mx > b || mx < low || fabs(mean) > 5 * se_mean || fabs(var / want_var - 1) > tol_var) {
+        tu_failures++;
+        fprintf(stderr, "%s: max %g (bound %g), mean %g, var %g (want %g)\n", name, mx, b, mean,
+                var, want_var);
+    }
+}
+
+void tu_check_normal(const xattn_module *m, const char *name, double sd)
+{
+    double mean, var, mx;
+    const int64_t n = moments(m, name, &mean, &var, &mx);
+    if (!n) return;
+    tu_checks++;
+    if (fabs(mean) > 5 * sd / sqrt((double)n) ||
+        fabs(var / (sd * sd) - 1) > 5 * sqrt(2.0 / (double)n)) {
+        tu_failures++;
+        fprintf(stderr, "%s: mean %g, var %g (want N(0, %g))\n", name, mean, var, sd * sd);
+    }
+}
+
+void tu_check_const(const xattn_module *m, const char *name, float v)
+{
+    xattn_param_desc p;
+    int ok = tu_param(m, name, &p) && p.data;
+    for (int64_t i = 0; ok && i < tu_param_numel(&p); i++) ok = p.data[i] == v;
+    tu_checks++;
+    if (!ok) {
+        tu_failures++;
+        fprintf(stderr, "%s: not all %g\n", name, (double)v);
+    }
 }

@@ -59,6 +59,22 @@ const char *tu_fixture(const char *name);
 /* Loads tensor `name` of an open fixture as F32 (aborts the test with a message if missing). */
 float *tu_get_f32(const xattn_safetensors *st, const char *name, xattn_array *arr);
 
+/* ---- parameters of a registry module (initialisation tests) ---- */
+
+/* Elements of a parameter. */
+int64_t tu_param_numel(const xattn_param_desc *p);
+/* Parameter `name` of m into *p; a failed check naming it when m has no such parameter. */
+const xattn_param_desc *tu_param(const xattn_module *m, const char *name, xattn_param_desc *p);
+/* U(-b, b), as torch draws kaiming/xavier uniform: every |x| <= b and the largest near b
+ * (P(max|x| < b (1 - 10/n)) = e^-10), mean 0 and variance b^2 / 3 within 5 standard errors
+ * (sd(mean) = b / sqrt(3n); relative sd of the sample variance sqrt(0.8 / n)). A missing
+ * parameter, or one without data, fails. */
+void tu_check_uniform(const xattn_module *m, const char *name, double b);
+/* N(0, sd^2): mean and variance within 5 standard errors (relative sd of s^2: sqrt(2 / n)). */
+void tu_check_normal(const xattn_module *m, const char *name, double sd);
+/* Every value equal to v (norm weights 1, zero biases). */
+void tu_check_const(const xattn_module *m, const char *name, float v);
+
 #define TU_TOL 2e-5
 
 #endif
