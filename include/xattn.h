@@ -807,8 +807,10 @@ XATTN_API xattn_status xattn_resize_masks(const float *in, int64_t n, int64_t Hm
  *           out = h + ff(norm3(h)),  ff(y) = (a * gelu(g)) W2^T + b2,  [a | g] = y W0^T + b0.
  * The self-attention part (norm1, attn1) of the HALLO block is not part of this module.
  * Registry kind "hallo-audio": options dim, heads, dim_head, cross_attention_dim,
- * attention_bias, ff_inner_dim; inputs hidden_states, encoder_hidden_states, masks,
- * motion_scale; outputs out, regions.
+ * attention_bias, ff_inner_dim, latent_hw ("H,W": the latent grid, else a square); inputs
+ * hidden_states, encoder_hidden_states, motion_scale, and one of masks (B or 1, 3, N) at the
+ * latent's size or region_masks (B or 1, 3, Hm, Wm) at any size, which the kind resizes to the
+ * latent grid as xattn_resize_masks does; outputs out, regions.
  */
 typedef struct xattn_hallo_opts {
     int64_t heads; /* attention heads; 0: __metadata__ "heads", else 8 (diffusers' default) */
@@ -1081,8 +1083,6 @@ typedef struct xattn_io_desc {
     /* an output whose first axis lists parts saved one file each: the name of part k,
      * "BASE{A+B*k}" (A, B integers or config fields); "" for one array */
     const char *parts;
-    /* an input that may be given instead of this required one (one of the two); "" if none */
-    const char *alternative;
     /* an optional output that exists whenever the sizes of its shape are bound (multiview's
      * out.K when xs.K is given): asked like a required one then; xattn_module_plan of it alone
      * tells whether it exists */

@@ -497,7 +497,6 @@ static void fill_io(const xa_kind *k, int output, size_t i, xattn_io_desc *d)
 {
     const xa_io *io = &(output ? k->outputs : k->inputs)[i];
     const char *parts = output && k->out_parts ? k->out_parts[i] : NULL;
-    const char *alt = output ? NULL : xa_input_alt(k, io->name);
     memset(d, 0, sizeof *d);
     d->name = io->name;
     d->shape = io->shape;
@@ -506,7 +505,6 @@ static void fill_io(const xa_kind *k, int output, size_t i, xattn_io_desc *d)
     d->additive = (io->flags & XA_IO_ADDITIVE) != 0;
     d->doc = io->doc ? io->doc : "";
     d->parts = parts ? parts : "";
-    d->alternative = alt ? alt : "";
     d->when_bound = (io->flags & XA_IO_BOUND) != 0;
 }
 

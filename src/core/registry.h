@@ -40,11 +40,6 @@ typedef struct xa_stand_in {
     const char *input, *by;
 } xa_stand_in;
 
-/* A required input and an optional one that may be given instead (one of the two, not both):
- * {"masks", "region_masks"}, HALLO's masks at the latent's size or at any size. */
-typedef struct xa_alt {
-    const char *input, *alt;
-} xa_alt;
 
 /* Another name a front end accepts for an input, a config field or an output (an older flag,
  * a short name): {"heads", "num_heads"}. An alias of an optional output asks for that output;
@@ -150,12 +145,7 @@ typedef struct xa_kind {
      * by '|', each a comma-separated list of optional inputs, one or more of which make it;
      * NULL: none */
     const char *one_of;
-    const xa_alt *alts; /* inputs that may be given instead of required ones (may be NULL) */
-    int n_alts;
 } xa_kind;
-
-/* The input that may be given instead of required input `input` of k, or NULL. */
-const char *xa_input_alt(const struct xa_kind *k, const char *input);
 
 /* Every kind, NULL-terminated (registry.c). */
 extern const xa_kind *const xa_kinds[];

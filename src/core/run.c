@@ -27,13 +27,6 @@ xattn_status xa_run_bind(xa_run *r, const char *name, int64_t v)
     return XATTN_OK;
 }
 
-const char *xa_input_alt(const xa_kind *k, const char *input)
-{
-    for (int i = 0; i < k->n_alts; i++)
-        if (!strcmp(k->alts[i].input, input)) return k->alts[i].alt;
-    return NULL;
-}
-
 static int is_sym(const char *tok) { return tok[0] >= 'A' && tok[0] <= 'Z'; }
 
 /* One dim token into tok (capacity 64); returns the rest after the separator. */
@@ -293,17 +286,10 @@ static xattn_status plan(const xa_mod *m, const xattn_tensor *in, size_t n_in, x
         r->in_ndim[i] = in[a].ndim;
         memcpy(r->in_shape[i], in[a].shape, sizeof in[a].shape);
     }
-    for (int i = 0; i < k->n_in; i++) {
-        const char *alt = xa_input_alt(k, k->inputs[i].name);
-        const int j = io_index(k->inputs, k->n_in, alt);
-        if (j >= 0 && r->in[i] && r->in[j]) /* one of the two */
-            return xa_error(XATTN_ERR_ARG, "%s takes the input '%s' or '%s', not both", k->name,
-                            k->inputs[i].name, alt);
-        if (!r->in[i] && !(k->inputs[i].flags & XA_IO_OPT) && !(j >= 0 && r->in[j]))
-            return xa_error(XATTN_ERR_ARG, "%s needs the input '%s'%s%s%s %s", k->name,
-                            k->inputs[i].name, j >= 0 ? " or '" : "", j >= 0 ? alt : "",
-                            j >= 0 ? "'" : "", k->inputs[i].doc ? k->inputs[i].doc : "");
-    }
+    for (int i = 0; i < k->n_in; i++)
+        if (!r->in[i] && !(k->inputs[i].flags & XA_IO_OPT))
+            return xa_error(XATTN_ERR_ARG, "%s needs the input '%s' %s", k->name,
+                            k->inputs[i].name, k->inputs[i].doc ? k->inputs[i].doc : "");
     if ((s = one_way(k, r))) return s;
     for (int pass = 0; pass < 2; pass++) /* symbols bound by later inputs */
         for (size_t a = 0; a < n_in; a++) {

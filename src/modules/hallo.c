@@ -252,7 +252,7 @@ static xattn_status bind(xa_mod *core)
 static const xa_io inputs[] = {
     {"hidden_states", "B,N,dim", 0, "latent tokens (B, h*w, dim), row-major over the latent"},
     {"encoder_hidden_states", "B,T,cross_attention_dim", 0, "audio tokens"},
-    {"masks", "B/1,3,N", 0,
+    {"masks", "B/1,3,N", XA_IO_OPT,
      "the full/pose, face and lip masks (the reference's full_mask, face_mask, lip_mask) at the "
      "latent's resolution: soft weights multiplying each region's attention output per token"},
     {"motion_scale", "3", XA_IO_OPT, "weights of the three regions (default 1, 1, 1)"},
@@ -262,8 +262,6 @@ static const xa_io inputs[] = {
      "(torch interpolate, bilinear, antialias=True, align_corners=False), flattened row-major"},
 };
 enum { IN_X, IN_AUDIO, IN_MASKS, IN_SCALE, IN_REGION, IN_N };
-/* the masks at the latent's size, or at any size (resized by the kind) */
-static const xa_alt alts[] = {{"masks", "region_masks"}};
 static const xa_io outputs[] = {
     {"out", "B,N,dim", 0, "the block's output (the audio path)"},
     {"regions", "3,B,N,dim", XA_IO_OPT, "each region's zero-convolution output, unscaled"},
@@ -289,8 +287,7 @@ const xa_kind xa_kind_hallo_audio = {
     .bind = bind,
     .check = check_named,
     .forward = forward_named,
-    .alts = alts,
-    .n_alts = 1,
+    .one_of = "masks|region_masks", /* at the latent's size, or any (resized by the kind) */
     .state_dict = "zero_conv_{full,face,lip}.{weight (dim, dim, 1, 1), bias}, attn2_{0,1,2}."
                   "{to_q,to_k,to_v}.{weight,[bias]}, attn2_{0,1,2}.to_out.0.{weight,bias}, "
                   "norm2.*, ff.net.0.proj.*, ff.net.2.*, norm3.* (diffusers Attention and "

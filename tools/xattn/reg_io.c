@@ -759,11 +759,6 @@ int reg_inputs(const char *cmd, const reg_args *a, reg_state *s, int gen)
     for (int i = 0; i < s->n_in; i++) xattn_module_input(s->m, (size_t)i, &s->in_desc[i]);
     int rc = map_inputs(cmd, a, s);
     if (rc || (rc = check_ways(cmd, s, gen))) return rc;
-    for (int i = 0; i < s->n_in; i++) { /* an input and the one that may stand instead of it */
-        const int j = input_named(s, s->in_desc[i].alternative);
-        if (j >= 0 && s->in_flag[i] && s->in_flag[j])
-            return cli_usage(cmd, "%s and %s: give one of them", s->in_flag[i], s->in_flag[j]);
-    }
     for (int i = 0; i < s->n_in; i++) {
         if (!s->in_flag[i]) continue;
         if ((rc = load_one(cmd, a, s, i))) return rc;
@@ -795,24 +790,12 @@ int reg_inputs(const char *cmd, const reg_args *a, reg_state *s, int gen)
         if (s->in_flag[i] && s->in_desc[i].shape[0] && (rc = check_shape(cmd, a, s, i))) return rc;
     for (int i = 0; i < s->n_in; i++) {
         const xattn_io_desc *d = &s->in_desc[i];
-        /* an input that may stand instead of a required one: one of the two */
-        const int j = input_named(s, d->alternative);
-        char alt[160] = "";
-        if (j >= 0) {
-            snprintf(alt, sizeof alt, " or --%s FILE.npy", s->in_desc[j].name);
-            for (char *c = alt; *c; c++)
-                if (*c == '_') *c = '-';
-        }
         /* bench: an optional input of data (not a mask, bias or switch: the keys of a
-         * cross-attention) is made too, of --context-len; not one that may stand instead of another (that one is
-         * made), nor a numbered one (made below, as many as the module takes), nor one of
-         * another way of giving the inputs (one_of) */
+         * cross-attention) is made too, of --context-len; not a numbered one (made below, as
+         * many as the module takes), nor one of another way of giving the inputs (one_of) */
         size_t sl;
-        int data = !d->mask && !d->additive && d->shape[0] && member_index(d->name, &sl) < 0;
-        for (int k = 0; k < s->n_in; k++) data &= strcmp(s->in_desc[k].alternative, d->name) != 0;
-        if (s->in_flag[i] || (j >= 0 && s->in_flag[j]) ||
-            (d->optional && !(gen && data && !other_way(s, i))))
-            continue;
+        const int data = !d->mask && !d->additive && d->shape[0] && member_index(d->name, &sl) < 0;
+        if (s->in_flag[i] || (d->optional && !(gen && data && !other_way(s, i)))) continue;
         if (!gen && asked_by_model(s, i)) { /* the model's need, not the command line's */
             char ref[160], flag[160];
             reg_reference_name(s->kind, ref, sizeof ref);
@@ -822,11 +805,10 @@ int reg_inputs(const char *cmd, const reg_args *a, reg_state *s, int gen)
         }
         if (!gen) {
             const char *doc = d->doc, *also = i == 0 ? "x" : i == 1 ? "context" : "";
-            return cli_usage(cmd, "missing --%s FILE.npy%s%s%s%s%s%s", d->name,
+            return cli_usage(cmd, "missing --%s FILE.npy%s%s%s%s%s", d->name,
                              also[0] && strcmp(also, d->name) ? " (or --" : "",
                              also[0] && strcmp(also, d->name) ? also : "",
-                             also[0] && strcmp(also, d->name) ? ")" : "", alt,
-                             doc[0] ? ": " : "", doc);
+                             also[0] && strcmp(also, d->name) ? ")" : "", doc[0] ? ": " : "", doc);
         }
         if ((rc = generate(cmd, a, s, i))) return rc;
     }

@@ -49,20 +49,10 @@ static void also(const char *kind, const char *name, int input, char *buf, size_
     if (n && o < cap) snprintf(buf + o, cap - o, "]");
 }
 
-/* " [or --alt]" for an input another may stand instead of. */
-static void or_flag(const char *alt, char *buf, size_t cap)
-{
-    char flag[96];
-    buf[0] = '\0';
-    if (!alt[0]) return;
-    flag_of(alt, flag, sizeof flag);
-    snprintf(buf, cap, " [or %s]", flag);
-}
-
 /* The inputs, options and outputs of one kind. */
 void reg_help_kind(const char *kind)
 {
-    char flag[96], al[160], alt[120], doc[1024];
+    char flag[96], al[160], doc[1024];
     for (size_t i = 0; i < xattn_kind_count(); i++) {
         xattn_kind_desc k;
         if (!xattn_kind_info(i, &k) && !strcmp(k.name, kind))
@@ -74,7 +64,6 @@ void reg_help_kind(const char *kind)
         if (xattn_kind_io(kind, 0, i, &d)) break;
         flag_of(d.name, flag, sizeof flag);
         also(kind, d.name, (int)i, al, sizeof al);
-        or_flag(d.alternative, alt, sizeof alt);
         long long few = d.shape[0] ? 1 : 0; /* a shape of integers: inline numbers too */
         for (const char *p = d.shape; *p && few; p += strcspn(p, ",") + (p[strcspn(p, ",")] == ','))
             few = strspn(p, "0123456789") == strcspn(p, ",") ? few * atoll(p) : 0;
@@ -82,12 +71,12 @@ void reg_help_kind(const char *kind)
         if (few > 0 && few <= 4096)
             snprintf(num, sizeof num, " [or inline: %lld comma-separated numbers]", few);
         reg_expand(kind, NULL, NULL, d.doc, doc, sizeof doc);
-        printf("  %-22s (%s)%s%s %s%s%s%s\n", flag, d.shape, d.optional ? " optional" : "",
+        printf("  %-22s (%s)%s%s %s%s%s\n", flag, d.shape, d.optional ? " optional" : "",
                !d.shape[0]  ? ", a switch (the flag alone)"
                : d.additive ? (d.mask ? ", bool or float (added)" : ", float")
                : d.mask     ? ", bool"
                             : "",
-               doc, al, alt, num);
+               doc, al, num);
     }
     for (size_t i = 0;; i++) { /* an alias of numbered inputs: --view VK.npy, repeated */
         xattn_alias_desc d;
