@@ -74,5 +74,11 @@ bad "OMP_NUM_THREADS huge" 2 "OMP_NUM_THREADS: '100000000' is not a thread count
 bad "OMP_NUM_THREADS above the cap" 2 "OMP_NUM_THREADS: '5000'" env OMP_NUM_THREADS=5000 "$X" bench --module mutual --len 4 --reps 1
 ok "OMP_NUM_THREADS nested list" env OMP_NUM_THREADS=2,1 "$X" bench --module mutual --len 4 --reps 1
 
+# --help where an option wants its value asks for help (it is not taken as a file name)
+if ok "help in a value's place" "$X" demo --out --help; then
+    has "demo usage" "$D.out" "usage: xattn demo"
+    if [ -e "$D/--help" ]; then fail "demo --out --help wrote a file named --help"; else pass; fi
+fi
+
 echo "test_cli_registry: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

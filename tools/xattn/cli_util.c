@@ -181,6 +181,9 @@ cli_parse_result cli_parse(const char *cmd, int argc, char **argv, const cli_opt
                     cli_usage(cmd, "%s needs a value", o->name);
                     return CLI_BAD_USAGE;
                 }
+                /* "--out --help" asks for help (a value "--help" is written --out=--help) */
+                if (!only_pos && (!strcmp(argv[a + 1], "-h") || !strcmp(argv[a + 1], "--help")))
+                    return CLI_HELP;
                 val = argv[++a];
             }
             if (set_value(cmd, o, val)) return CLI_BAD_USAGE;
