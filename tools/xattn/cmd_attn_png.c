@@ -149,6 +149,7 @@ int cmd_attn_png(int argc, char **argv)
     ho.title = title;
     ho.x_label = "key / context position j";
     ho.y_label = "query position i";
+    ho.bar_label = "attention weight";
     ho.max_side = (int)max_side;
     if (xattn_png_heatmap(out, map, I, J, &ho) != XATTN_OK)
         rc = cli_lib_error(CMD, out);
