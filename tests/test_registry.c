@@ -213,6 +213,111 @@ static void strict_options(void)
     xattn_module_free(c);
 }
 
+/* Every kind with parameters (mutual has none), every parameter, every dimension: a file in which
+ * that dimension is 0 (a Linear with no outputs, a head of width 0, ...) is refused when loaded,
+ * with a message; a zero width must never load as a module whose configuration has a 0 in it. */
+static void zero_dims(void)
+{
+    static const struct {
+        const char *kind;
+        xattn_option o[4];
+        size_t n;
+    } k[] = {
+        {"bidir", {{"dim", "4"}, {"heads", "2"}, {"dim_head", "2"}, {"talking_heads", "True"}}, 4},
+        {"bidir-transformer", {{"dim", "4"}, {"depth", "1"}, {"heads", "2"}, {"dim_head", "2"}}, 4},
+        {"mha",
+         {{"embed_dim", "4"}, {"num_heads", "2"}, {"kdim", "3"}, {"add_bias_kv", "True"}},
+         4},
+        {"attention", {{"query_dim", "4"}, {"heads", "2"}, {"dim_head", "2"}, {"bias", "True"}}, 4},
+        {"attention", {{"query_dim", "5"}, {"heads", "2"}, {"dim_head", "3"}}, 3},
+        {"joint", {{"d_model", "4"}, {"nhead", "2"}, {"dim_feedforward", "6"}}, 3},
+        {"interlaced", {{"embed_dim", "10"}, {"depth", "1"}, {"num_heads", "2"}}, 3},
+        {"multiview", {{"views", "2"}, {"dims", "4,8"}, {"heads", "2"}, {"hiddens", "6,8"}}, 4},
+        {"hallo-audio", {{"dim", "4"}, {"cross_attention_dim", "3"}, {"dim_head", "2"}}, 3},
+        {"bert-decoder", {{"hidden_size", "4"}, {"num_attention_heads", "2"}}, 2},
+        {"conv2d-cross", {{"in_channels", "3"}, {"out_channels", "4"}}, 2},
+    };
+    char f[128], g[128];
+    snprintf(f, sizeof f, "/tmp/test_registry_%ld_z.safetensors", (long)getpid());
+    snprintf(g, sizeof g, "/tmp/test_registry_%ld_y.safetensors", (long)getpid());
+    for (size_t t = 0; t < sizeof k / sizeof *k; t++) {
+        xattn_module *m = NULL;
+        CHECK_OK(xattn_module_create(k[t].kind, k[t].o, k[t].n, 3, &m));
+        if (!m) {
+            fprintf(stderr, "zero_dims: %s: %s\n", k[t].kind, xattn_last_error());
+            continue;
+        }
+        CHECK_OK(xattn_module_save(m, f));
+        xattn_safetensors *st = NULL;
+        CHECK_OK(xattn_st_open(f, &st));
+        if (!st) {
+            xattn_module_free(m);
+            continue;
+        }
+        const size_t n = xattn_st_count(st), nm = xattn_st_meta_count(st);
+        xattn_st_entry *e = calloc(n, sizeof *e);
+        xattn_array *a = calloc(n, sizeof *a);
+        int64_t *keep = calloc(n * XATTN_MAX_DIMS, sizeof *keep);
+        const char **kv = calloc(2 * nm + 1, sizeof *kv);
+        for (size_t i = 0; i < nm; i++) {
+            kv[2 * i] = xattn_st_meta_key(st, i);
+            kv[2 * i + 1] = xattn_st_meta_value(st, i);
+        }
+        for (size_t i = 0; i < n; i++) {
+            CHECK_OK(xattn_st_get(st, xattn_st_name(st, i), XATTN_F32, &a[i]));
+            e[i].name = xattn_st_name(st, i);
+            e[i].dtype = XATTN_F32;
+            e[i].ndim = a[i].ndim;
+            memcpy(e[i].shape, a[i].shape, sizeof e[i].shape);
+            e[i].data = a[i].data;
+        }
+        /* one dimension of one tensor at a time; then every dimension of one size in every
+         * tensor at once (a field set to 0 consistently, as in a forged file), with the saved
+         * __metadata__ and without it (nothing then pins the widths the shapes give) */
+        int loaded = 0, tried = 0;
+        for (size_t i = 0; i < n; i++) {
+            for (int d = 0; d < e[i].ndim; d++) {
+                for (int mode = 0; mode < 3; mode++) {
+                    const int all = mode > 0;
+                    const int64_t v = e[i].shape[d];
+                    for (size_t j = 0; j < n; j++) {
+                        memcpy(keep + j * XATTN_MAX_DIMS, e[j].shape, sizeof e[j].shape);
+                        for (int q = 0; q < e[j].ndim; q++)
+                            if ((j == i && q == d) || (all && e[j].shape[q] == v))
+                                e[j].shape[q] = 0;
+                    }
+                    CHECK_OK(xattn_st_save(g, e, n, kv, mode == 2 ? 0 : nm));
+                    for (size_t j = 0; j < n; j++)
+                        memcpy(e[j].shape, keep + j * XATTN_MAX_DIMS, sizeof e[j].shape);
+                    xattn_safetensors *z = NULL;
+                    CHECK_OK(xattn_st_open(g, &z));
+                    xattn_module *r = NULL;
+                    tried++;
+                    if (z && xattn_module_open(z, NULL, &r) == XATTN_OK) {
+                        loaded++;
+                        fprintf(stderr, "zero_dims: %s loads (as %s) with %s dim %d = 0\n",
+                                k[t].kind, xattn_module_kind(r), e[i].name, d);
+                    } else {
+                        CHECK(r == NULL && xattn_last_error()[0] != '\0');
+                    }
+                    xattn_module_free(r);
+                    xattn_st_close(z);
+                }
+            }
+        }
+        CHECK(tried > 0 && loaded == 0);
+        for (size_t i = 0; i < n; i++) xattn_array_free(&a[i]);
+        free(a);
+        free(e);
+        free(kv);
+        free(keep);
+        xattn_st_close(st);
+        xattn_module_free(m);
+    }
+    unlink(f);
+    unlink(g);
+}
+
 static void head_scale(void)
 {
     int ok = 1;
@@ -349,6 +454,7 @@ int main(void)
     round_trip();
     init_distribution();
     strict_options();
+    zero_dims();
     head_scale();
     named_forward();
     return tu_finish("test_registry");

@@ -516,8 +516,14 @@ xattn_status xa_cfg_bind_shapes(xa_cfg *c, const xa_pspec *t, int n,
             }
             int i = xa_cfg_find(c, name);
             if (i < 0 || !(c->f[i].flags & XA_F_SHAPE) || c->from[i] != XA_FROM_UNSET) continue;
-            if (sh[j] <= 0 || sh[j] % mul) continue; /* reported by the load */
             char shown[XA_IO_NAME_CAP];
+            if (sh[j] / mul < c->f[i].min)
+                return xa_error(XATTN_ERR_SHAPE,
+                                "tensor '%s' has %lld in dimension %d, which gives %s = %lld "
+                                "(at least %.0f)",
+                                xa_io_printable(full, shown, sizeof shown), (long long)sh[j], j,
+                                name, (long long)(sh[j] / mul), c->f[i].min);
+            if (sh[j] % mul) continue; /* reported by the load */
             xa_cfg_set(c, i, (double)(sh[j] / mul), XA_FROM_SHAPE, "shape of '%s'",
                        xa_io_printable(full, shown, sizeof shown));
         }

@@ -52,8 +52,11 @@ static void print_registry(const xattn_safetensors *st)
             printf("  %-16s = %-10s (%s%s%s)\n", e.name, e.value, e.source, e.detail[0] ? ": " : "",
                    cli_printable(e.detail, shown, sizeof shown));
         }
-        const char *w = xattn_module_warnings(m);
-        if (w[0]) printf("  warning: %s\n", w);
+        for (const char *w = xattn_module_warnings(m); *w;) { /* one line per warning */
+            const size_t l = strcspn(w, "\n");
+            printf("  warning: %.*s\n", (int)l, w);
+            w += l + (w[l] == '\n');
+        }
         xattn_module_free(m);
     }
 }
