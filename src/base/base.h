@@ -16,6 +16,9 @@
 #define XA_UNLIKELY(x) (x)
 #endif
 
+/* The number of elements of an array (not a pointer). */
+#define XA_N(a) (sizeof(a) / sizeof((a)[0]))
+
 /* Records a one-line message for xattn_last_error() and returns `s`. */
 xattn_status xa_error(xattn_status s, const char *fmt, ...) XA_PRINTF(2, 3);
 /* Clears the message (on success paths of public entry points). */

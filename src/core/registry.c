@@ -113,7 +113,17 @@ xattn_status xa_mod_open(const xa_kind *k, const xattn_safetensors *st, const ch
         return s;
     }
     *out = m;
+    xa_clear_error();
     return XATTN_OK;
+}
+
+int xa_reserved_zero(const uint64_t *r) { return !(r[0] | r[1] | r[2] | r[3]); }
+
+void xa_copy_config(const void *src, void *dst, size_t size)
+{
+    if (!dst) return;
+    if (src) memcpy(dst, src, size);
+    else memset(dst, 0, size);
 }
 
 xattn_status xa_mod_create(const xa_kind *k, const xa_kv *opts, size_t n_opts, uint64_t seed,

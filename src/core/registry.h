@@ -151,12 +151,25 @@ typedef struct xa_kind {
 extern const xa_kind *const xa_kinds[];
 const xa_kind *xa_kind_find(const char *name);
 
-/* Opens / creates a module of kind k (typed loaders of the public API use these too). */
+/* Opens / creates a module of kind k (typed loaders of the public API use these too); on
+ * success the last error is cleared, on failure *out is NULL. */
 xattn_status xa_mod_open(const xa_kind *k, const xattn_safetensors *st, const char *prefix,
                          const xa_kv *opts, size_t n_opts, xa_mod **out);
 xattn_status xa_mod_create(const xa_kind *k, const xa_kv *opts, size_t n_opts, uint64_t seed,
                            xa_mod **out);
 void xa_mod_free(xa_mod *m);
+/* The typed get_config of the public API: a copy of the module's config (src), zeros when the
+ * module is NULL; nothing when dst is NULL. */
+void xa_copy_config(const void *src, void *dst, size_t size);
+/* The typed loaders' first checks: `out` given (and cleared), the file handle given. */
+#define XA_LOAD_ARGS(st, out, fn)                                                                \
+    do {                                                                                         \
+        if (!(out)) return xa_error(XATTN_ERR_ARG, "%s: out is NULL", fn);                      \
+        *(out) = NULL;                                                                           \
+        if (!(st)) return xa_error(XATTN_ERR_ARG, "%s: safetensors handle is NULL", fn);         \
+    } while (0)
+/* Whether the reserved_[4] tail of a public struct is all zero (as it must be). */
+int xa_reserved_zero(const uint64_t *r);
 
 /* Typed options of the public API become string options: helpers for the kinds. */
 typedef struct xa_kvbuf {

@@ -146,7 +146,7 @@ static xattn_status npy_descr(const char *L, const char *d, size_t n, xattn_dtyp
                         "%s: object arrays (descr '%s') are not supported; they hold pickled "
                         "Python objects, save a numeric array instead",
                         L, show);
-    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++) {
+    for (size_t i = 0; i < XA_N(map); i++) {
         if (cn != 2 || memcmp(code, map[i].code, 2) != 0) continue;
         if (code[1] != '1') { /* byte order matters */
             if (order == '>')

@@ -454,7 +454,7 @@ static xattn_status check_attn(const xa_attn *p)
                           p->v_sh, p->v_sj, p->o_sb, p->o_sh, p->o_si, p->mask_sb, p->mask_sh,
                           p->mask_si, p->bias_sb, p->bias_sh, p->bias_si, p->bias_sj,
                           p->qkeep_sb, p->kkeep_sb, p->p_sb, p->p_sh, p->p_si, p->p_sj};
-    for (size_t i = 0; i < sizeof st / sizeof st[0]; i++)
+    for (size_t i = 0; i < XA_N(st); i++)
         if (st[i] < 0) return xa_error(XATTN_ERR_ARG, "%s: negative stride", fn);
     if (p->fill != XATTN_FILL_NEG_INF && p->fill != XATTN_FILL_MIN_FLOAT)
         return xa_error(XATTN_ERR_ARG, "%s: unknown fill mode %d", fn, (int)p->fill);

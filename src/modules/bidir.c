@@ -535,10 +535,10 @@ static xattn_status tf_bind(xa_cfg *c, const xattn_safetensors *st, const char *
     if (s) return s;
     xa_cfg_set(c, field(c, "depth"), (double)L, XA_FROM_SHAPE, "layer names (layers.0 .. %lld)",
                (long long)(L - 1));
-    for (size_t k = 0; k < sizeof parts / sizeof parts[0]; k++)
+    for (size_t k = 0; k < XA_N(parts); k++)
         if ((s = xa_cfg_bind_shapes(c, parts[k].t, parts[k].n, st, prefix, parts[k].stem)))
             return s;
-    for (size_t k = 0; k < sizeof parts / sizeof parts[0]; k++)
+    for (size_t k = 0; k < XA_N(parts); k++)
         if ((s = xa_cfg_require_shapes(c, parts[k].t, parts[k].n, st, prefix, parts[k].stem)))
             return s;
     pend_heads(c, st, prefix, "layers.0.0.");
@@ -699,7 +699,7 @@ const xa_kind xa_kind_bidir = {
                  "LayerNorm prenorm)",
     .summary = "two sequences attend to each other through one shared similarity",
     .fields = attn_fields,
-    .n_fields = sizeof attn_fields / sizeof attn_fields[0],
+    .n_fields = XA_N(attn_fields),
     .inputs = bd_inputs,
     .n_in = 5,
     .outputs = bd_outputs,
@@ -725,7 +725,7 @@ const xa_kind xa_kind_bidir_transformer = {
     .summary = "layers of bidirectional cross-attention and feed-forwards on both streams (no "
                "attention maps: the package ignores return_attn)",
     .fields = tf_fields,
-    .n_fields = sizeof tf_fields / sizeof tf_fields[0],
+    .n_fields = XA_N(tf_fields),
     .inputs = bd_inputs,
     .n_in = 5,
     .outputs = bd_outputs,
@@ -750,15 +750,11 @@ const xa_kind xa_kind_bidir_transformer = {
 /* Typed API                                                                                */
 /* ---------------------------------------------------------------------------------------- */
 
-static int reserved_zero(const uint64_t *r) { return !(r[0] | r[1] | r[2] | r[3]); }
-
 xattn_status xattn_bidir_load(const xattn_safetensors *st, const char *prefix,
                               const xattn_bidir_opts *opts, xattn_bidir **out)
 {
-    if (!out) return xa_error(XATTN_ERR_ARG, "%s: out is NULL", FN_LOAD);
-    *out = NULL;
-    if (!st) return xa_error(XATTN_ERR_ARG, "%s: safetensors handle is NULL", FN_LOAD);
-    if (opts && !reserved_zero(opts->reserved_))
+    XA_LOAD_ARGS(st, out, FN_LOAD);
+    if (opts && !xa_reserved_zero(opts->reserved_))
         return xa_error(XATTN_ERR_ARG, "%s: opts->reserved_ must be zero", FN_LOAD);
     if (!prefix) prefix = "";
     char pp[XA_IO_NAME_CAP];
@@ -788,22 +784,15 @@ xattn_status xattn_bidir_load(const xattn_safetensors *st, const char *prefix,
     xa_mod *m;
     xattn_status s = xa_mod_open(tf_names ? &xa_kind_bidir_transformer : &xa_kind_bidir, st, prefix,
                                  kv.kv, kv.n, &m);
-    if (s) return s;
-    *out = (xattn_bidir *)m;
-    xa_clear_error();
-    return XATTN_OK;
+    *out = s ? NULL : (xattn_bidir *)m;
+    return s;
 }
 
 void xattn_bidir_free(xattn_bidir *m) { xa_mod_free(m ? &m->core : NULL); }
 
 void xattn_bidir_get_config(const xattn_bidir *m, xattn_bidir_config *cfg)
 {
-    if (!cfg) return;
-    if (!m) {
-        memset(cfg, 0, sizeof *cfg);
-        return;
-    }
-    *cfg = m->cfg;
+    xa_copy_config(m ? &m->cfg : NULL, cfg, sizeof *cfg);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -928,7 +917,7 @@ static xattn_status check_call(const xattn_bidir *m, const xattn_bidir_inputs *i
     if (!m) return xa_error(XATTN_ERR_ARG, "%s: module is NULL", fn);
     if (!in) return xa_error(XATTN_ERR_ARG, "%s: inputs is NULL", fn);
     if (!o) return xa_error(XATTN_ERR_ARG, "%s: outputs is NULL", fn);
-    if (!reserved_zero(in->reserved_) || !reserved_zero(o->reserved_))
+    if (!xa_reserved_zero(in->reserved_) || !xa_reserved_zero(o->reserved_))
         return xa_error(XATTN_ERR_ARG, "%s: reserved_ words must be zero", fn);
     if (!o->out) return xa_error(XATTN_ERR_ARG, "%s: out is NULL", fn);
     if (!o->context_out) return xa_error(XATTN_ERR_ARG, "%s: context_out is NULL", fn);

@@ -123,7 +123,7 @@ const xa_kind xa_kind_conv2d_cross = {
     .reference = "CrossAttention over 2-D feature maps (1x1 convolutions; value product corrected)",
     .summary = "cross-attention between two feature maps through 1x1 convolutions",
     .fields = fields,
-    .n_fields = sizeof fields / sizeof fields[0],
+    .n_fields = XA_N(fields),
     .inputs = inputs,
     .n_in = 2,
     .outputs = outputs,
@@ -140,27 +140,18 @@ const xa_kind xa_kind_conv2d_cross = {
 xattn_status xattn_conv2d_cross_load(const xattn_safetensors *st, const char *prefix,
                                      xattn_conv2d_cross **out)
 {
-    if (!out) return xa_error(XATTN_ERR_ARG, "%s: out is NULL", FN_LOAD);
-    *out = NULL;
-    if (!st) return xa_error(XATTN_ERR_ARG, "%s: safetensors handle is NULL", FN_LOAD);
+    XA_LOAD_ARGS(st, out, FN_LOAD);
     xa_mod *m;
     xattn_status s = xa_mod_open(&xa_kind_conv2d_cross, st, prefix, NULL, 0, &m);
-    if (s) return s;
-    *out = (xattn_conv2d_cross *)m;
-    xa_clear_error();
-    return XATTN_OK;
+    *out = s ? NULL : (xattn_conv2d_cross *)m;
+    return s;
 }
 
 void xattn_conv2d_cross_free(xattn_conv2d_cross *m) { xa_mod_free(m ? &m->core : NULL); }
 
 void xattn_conv2d_cross_get_config(const xattn_conv2d_cross *m, xattn_conv2d_cross_config *cfg)
 {
-    if (!cfg) return;
-    if (!m) {
-        memset(cfg, 0, sizeof *cfg);
-        return;
-    }
-    *cfg = m->cfg;
+    xa_copy_config(m ? &m->cfg : NULL, cfg, sizeof *cfg);
 }
 
 /* Y (B, P, Cout) = a 1x1 convolution of X (B, Cin, P) channel-major, read in place. */

@@ -64,7 +64,7 @@ static const xa_field fields[] = {
     {"audio_type_embedding", XA_T_BOOL, XA_F_PRESENCE, 0, 0, 1, NULL, NULL,
      "type_embedding.audio (encoder_width) is added to the projected audio"},
 };
-#define N_FIELDS ((int)(sizeof fields / sizeof fields[0]))
+#define N_FIELDS ((int)(XA_N(fields)))
 
 enum {
     SQW, SKW, SVW, SQB, SKB, SVB, SOW, SOB, SLW, SLB,
@@ -689,11 +689,6 @@ xattn_status xattn_decoder_step(xattn_ctx *ctx, xattn_decoder_state *s, int64_t 
 /* Full forward                                                                             */
 /* ---------------------------------------------------------------------------------------- */
 
-static int reserved_zero(const uint64_t *r)
-{
-    return !(r[0] | r[1] | r[2] | r[3]);
-}
-
 /* One step of T tokens at position 0 on scratch from the context's workspace. */
 static xattn_status forward_core(const xattn_decoder *m, const xattn_decoder_inputs *in,
                                  float *out)
@@ -728,7 +723,7 @@ xattn_status xattn_decoder_forward(xattn_ctx *ctx, const xattn_decoder *m,
     const char *fn = "xattn_decoder_forward";
     if (!m || !in || !out || !in->x || !in->memory || !out->out)
         return xa_error(XATTN_ERR_ARG, "%s: module, inputs, x, memory or out is NULL", fn);
-    if (!reserved_zero(in->reserved_) || !reserved_zero(out->reserved_))
+    if (!xa_reserved_zero(in->reserved_) || !xa_reserved_zero(out->reserved_))
         return xa_error(XATTN_ERR_ARG, "%s: the reserved_ words of inputs and outputs must be zero",
                         fn);
     if (in->B <= 0 || in->T <= 0 || in->M <= 0)
@@ -877,7 +872,7 @@ const xa_kind xa_kind_bert_decoder = {
     .check = check_named,
     .forward = forward_named,
     .aliases = aliases,
-    .n_aliases = (int)(sizeof aliases / sizeof aliases[0]),
+    .n_aliases = (int)(XA_N(aliases)),
     .brief = "hidden_size,num_attention_heads,intermediate_size,num_hidden_layers,layer_norm_eps,"
              "encoder_width,video_dim,audio_dim",
     .state_dict = "[layer.N.]attention.self.{query,key,value}.{weight,bias}, "
@@ -896,33 +891,24 @@ const xa_kind xa_kind_bert_decoder = {
 xattn_status xattn_decoder_load(const xattn_safetensors *st, const char *prefix,
                                 const xattn_decoder_opts *opts, xattn_decoder **out)
 {
-    if (!out) return xa_error(XATTN_ERR_ARG, "%s: out is NULL", FN_LOAD);
-    *out = NULL;
-    if (!st) return xa_error(XATTN_ERR_ARG, "%s: safetensors handle is NULL", FN_LOAD);
+    XA_LOAD_ARGS(st, out, FN_LOAD);
     xa_kvbuf kv;
     memset(&kv, 0, sizeof kv);
     if (opts) {
-        if (!reserved_zero(opts->reserved_))
+        if (!xa_reserved_zero(opts->reserved_))
             return xa_error(XATTN_ERR_ARG, "%s: opts->reserved_ must be zero", FN_LOAD);
         xa_kv_int(&kv, "num_attention_heads", opts->heads);
         xa_kv_real(&kv, "layer_norm_eps", opts->layer_norm_eps);
     }
     xa_mod *m;
     xattn_status s = xa_mod_open(&xa_kind_bert_decoder, st, prefix, kv.kv, kv.n, &m);
-    if (s) return s;
-    *out = (xattn_decoder *)m;
-    xa_clear_error();
-    return XATTN_OK;
+    *out = s ? NULL : (xattn_decoder *)m;
+    return s;
 }
 
 void xattn_decoder_free(xattn_decoder *m) { xa_mod_free(m ? &m->core : NULL); }
 
 void xattn_decoder_get_config(const xattn_decoder *m, xattn_decoder_config *cfg)
 {
-    if (!cfg) return;
-    if (!m) {
-        memset(cfg, 0, sizeof *cfg);
-        return;
-    }
-    *cfg = m->cfg;
+    xa_copy_config(m ? &m->cfg : NULL, cfg, sizeof *cfg);
 }

@@ -297,25 +297,21 @@ const xa_kind xa_kind_hallo_audio = {
 xattn_status xattn_hallo_load(const xattn_safetensors *st, const char *prefix,
                               const xattn_hallo_opts *opts, xattn_hallo **out)
 {
-    if (!out) return xa_error(XATTN_ERR_ARG, "%s: out is NULL", FN_LOAD);
-    *out = NULL;
-    if (!st) return xa_error(XATTN_ERR_ARG, "%s: safetensors handle is NULL", FN_LOAD);
+    XA_LOAD_ARGS(st, out, FN_LOAD);
     xa_kvbuf b;
     memset(&b, 0, sizeof b);
     if (opts) xa_kv_int(&b, "heads", opts->heads);
     xa_mod *m;
     xattn_status s = xa_mod_open(&xa_kind_hallo_audio, st, prefix, b.kv, b.n, &m);
-    if (s) return s;
-    *out = (xattn_hallo *)m;
-    xa_clear_error();
-    return XATTN_OK;
+    *out = s ? NULL : (xattn_hallo *)m;
+    return s;
 }
 
 void xattn_hallo_free(xattn_hallo *m) { xa_mod_free(m ? &m->core : NULL); }
 
 void xattn_hallo_get_config(const xattn_hallo *m, xattn_hallo_config *cfg)
 {
-    if (m && cfg) *cfg = m->cfg;
+    xa_copy_config(m ? &m->cfg : NULL, cfg, sizeof *cfg);
 }
 
 /* ---------------------------------------------------------------------------------------- */

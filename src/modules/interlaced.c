@@ -315,31 +315,23 @@ static xattn_status opts_to_kv(const xattn_interlaced_opts *o, xa_kvbuf *kv)
 xattn_status xattn_interlaced_load(const xattn_safetensors *st, const char *prefix,
                                    const xattn_interlaced_opts *opts, xattn_interlaced **out)
 {
-    if (!out) return xa_error(XATTN_ERR_ARG, "%s: out is NULL", FN_LOAD);
-    *out = NULL;
-    if (!st) return xa_error(XATTN_ERR_ARG, "%s: safetensors handle is NULL", FN_LOAD);
+    XA_LOAD_ARGS(st, out, FN_LOAD);
     xattn_interlaced_opts none;
     memset(&none, 0, sizeof none);
     xa_kvbuf kv;
     xattn_status s = opts_to_kv(opts ? opts : &none, &kv);
     if (s) return s;
     xa_mod *m;
-    if ((s = xa_mod_open(&xa_kind_interlaced, st, prefix, kv.kv, kv.n, &m))) return s;
-    *out = (xattn_interlaced *)m;
-    xa_clear_error();
-    return XATTN_OK;
+    s = xa_mod_open(&xa_kind_interlaced, st, prefix, kv.kv, kv.n, &m);
+    *out = s ? NULL : (xattn_interlaced *)m;
+    return s;
 }
 
 void xattn_interlaced_free(xattn_interlaced *m) { xa_mod_free(m ? &m->core : NULL); }
 
 void xattn_interlaced_get_config(const xattn_interlaced *m, xattn_interlaced_config *c)
 {
-    if (!c) return;
-    if (!m) {
-        memset(c, 0, sizeof *c);
-        return;
-    }
-    *c = m->cfg;
+    xa_copy_config(m ? &m->cfg : NULL, c, sizeof *c);
 }
 
 const char *xattn_interlaced_warnings(const xattn_interlaced *m)

@@ -367,9 +367,7 @@ static int claims(const xattn_safetensors *st, const char *prefix)
 xattn_status xattn_joint_load(const xattn_safetensors *st, const char *prefix,
                               const xattn_joint_opts *opts, xattn_joint **out)
 {
-    if (!out) return xa_error(XATTN_ERR_ARG, "%s: out is NULL", FN_LOAD);
-    *out = NULL;
-    if (!st) return xa_error(XATTN_ERR_ARG, "%s: safetensors handle is NULL", FN_LOAD);
+    XA_LOAD_ARGS(st, out, FN_LOAD);
     xattn_joint_opts none;
     memset(&none, 0, sizeof none);
     if (!opts) opts = &none;
@@ -381,22 +379,15 @@ xattn_status xattn_joint_load(const xattn_safetensors *st, const char *prefix,
     xa_kv_real(&kv, "layer_norm_eps", opts->layer_norm_eps);
     xa_mod *m;
     xattn_status s = xa_mod_open(&xa_kind_joint, st, prefix, kv.kv, kv.n, &m);
-    if (s) return s;
-    *out = (xattn_joint *)m;
-    xa_clear_error();
-    return XATTN_OK;
+    *out = s ? NULL : (xattn_joint *)m;
+    return s;
 }
 
 void xattn_joint_free(xattn_joint *m) { xa_mod_free(m ? &m->core : NULL); }
 
 void xattn_joint_get_config(const xattn_joint *m, xattn_joint_config *cfg)
 {
-    if (!cfg) return;
-    if (!m) {
-        memset(cfg, 0, sizeof *cfg);
-        return;
-    }
-    *cfg = m->cfg;
+    xa_copy_config(m ? &m->cfg : NULL, cfg, sizeof *cfg);
 }
 
 const char *xattn_joint_warnings(const xattn_joint *m) { return m ? m->core.cfg.warn : ""; }

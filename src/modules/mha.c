@@ -294,7 +294,7 @@ static xattn_status diff_reject_extras(const xattn_safetensors *st, const char *
         const char *name = xattn_st_name(st, i);
         if (!name || strncmp(name, prefix, plen) != 0) continue;
         char shown[XA_IO_NAME_CAP];
-        for (size_t e = 0; e < sizeof extras / sizeof extras[0]; e++)
+        for (size_t e = 0; e < XA_N(extras); e++)
             if (!strncmp(name + plen, extras[e], strlen(extras[e])))
                 return xa_error(XATTN_ERR_UNSUPPORTED,
                                 "tensor '%s': diffusers Attention with %.*s is not supported "
@@ -412,11 +412,11 @@ const xa_kind xa_kind_mha = {
     .reference = "torch.nn.MultiheadAttention (batch_first=True)",
     .summary = "multi-head attention with packed or separate q/k/v projections",
     .fields = torch_fields,
-    .n_fields = sizeof torch_fields / sizeof torch_fields[0],
+    .n_fields = XA_N(torch_fields),
     .inputs = torch_inputs,
-    .n_in = sizeof torch_inputs / sizeof torch_inputs[0],
+    .n_in = XA_N(torch_inputs),
     .outputs = torch_outputs,
-    .n_out = sizeof torch_outputs / sizeof torch_outputs[0],
+    .n_out = XA_N(torch_outputs),
     .anchor = "out_proj.weight",
     .claims = torch_claims,
     .size = sizeof(xattn_mha),
@@ -424,9 +424,9 @@ const xa_kind xa_kind_mha = {
     .bind = torch_bind,
     .forward = torch_forward_named,
     .stand_ins = torch_stand_ins,
-    .n_stand_ins = sizeof torch_stand_ins / sizeof torch_stand_ins[0],
+    .n_stand_ins = XA_N(torch_stand_ins),
     .aliases = torch_aliases,
-    .n_aliases = sizeof torch_aliases / sizeof torch_aliases[0],
+    .n_aliases = XA_N(torch_aliases),
     .brief = "embed_dim,heads,kdim,vdim,bias",
     .family = "multi-head",
     .state_dict = "in_proj_weight or q_proj_weight, k_proj_weight, v_proj_weight; "
@@ -438,20 +438,20 @@ const xa_kind xa_kind_attention = {
     .reference = "diffusers Attention (AttnProcessor2_0)",
     .summary = "diffusers' attention block: to_q, to_k, to_v, to_out.0",
     .fields = diff_fields,
-    .n_fields = sizeof diff_fields / sizeof diff_fields[0],
+    .n_fields = XA_N(diff_fields),
     .inputs = diff_inputs,
-    .n_in = sizeof diff_inputs / sizeof diff_inputs[0],
+    .n_in = XA_N(diff_inputs),
     .outputs = diff_outputs,
-    .n_out = sizeof diff_outputs / sizeof diff_outputs[0],
+    .n_out = XA_N(diff_outputs),
     .anchor = "to_q.weight",
     .size = sizeof(xattn_mha),
     .build = diff_build,
     .bind = diff_bind,
     .forward = diff_forward_named,
     .stand_ins = diff_stand_ins,
-    .n_stand_ins = sizeof diff_stand_ins / sizeof diff_stand_ins[0],
+    .n_stand_ins = XA_N(diff_stand_ins),
     .aliases = diff_aliases,
-    .n_aliases = sizeof diff_aliases / sizeof diff_aliases[0],
+    .n_aliases = XA_N(diff_aliases),
     .brief = "query_dim,cross_attention_dim,heads,dim_head,inner_dim,out_dim,bias,out_bias",
     .family = "multi-head",
     .state_dict = "to_q.weight, to_k.weight, to_v.weight, [to_{q,k,v}.bias], to_out.0.weight, "
@@ -462,17 +462,12 @@ const xa_kind xa_kind_attention = {
 /* Typed API                                                                                */
 /* ---------------------------------------------------------------------------------------- */
 
-static int reserved_zero(const uint64_t *r)
-{
-    return !r[0] && !r[1] && !r[2] && !r[3];
-}
-
 /* The typed options as the kind's string options. */
 static xattn_status opts_to_kv(const xattn_mha_opts *o, int torch, xa_kvbuf *b)
 {
     memset(b, 0, sizeof *b);
     if (!o) return XATTN_OK;
-    if (!reserved_zero(o->reserved_))
+    if (!xa_reserved_zero(o->reserved_))
         return xa_error(XATTN_ERR_ARG, "%s: opts->reserved_ must be zero", FN_LOAD);
     xa_kv_int(b, torch ? "num_heads" : "heads", o->heads);
     xa_kv_bool(b, "add_zero_attn", o->add_zero_attn);
@@ -485,9 +480,7 @@ static xattn_status opts_to_kv(const xattn_mha_opts *o, int torch, xa_kvbuf *b)
 xattn_status xattn_mha_load(const xattn_safetensors *st, const char *prefix,
                             const xattn_mha_opts *opts, xattn_mha **out)
 {
-    if (!out) return xa_error(XATTN_ERR_ARG, "%s: out is NULL", FN_LOAD);
-    *out = NULL;
-    if (!st) return xa_error(XATTN_ERR_ARG, "%s: safetensors handle is NULL", FN_LOAD);
+    XA_LOAD_ARGS(st, out, FN_LOAD);
     if (!prefix) prefix = "";
     char pp[XA_IO_NAME_CAP];
     xa_io_printable(prefix, pp, sizeof pp);
@@ -510,22 +503,15 @@ xattn_status xattn_mha_load(const xattn_safetensors *st, const char *prefix,
     if (s) return s;
     xa_mod *m;
     s = xa_mod_open(torch_names ? &xa_kind_mha : &xa_kind_attention, st, prefix, kv.kv, kv.n, &m);
-    if (s) return s;
-    *out = (xattn_mha *)m;
-    xa_clear_error();
-    return XATTN_OK;
+    *out = s ? NULL : (xattn_mha *)m;
+    return s;
 }
 
 void xattn_mha_free(xattn_mha *m) { xa_mod_free(m ? &m->core : NULL); }
 
 void xattn_mha_get_config(const xattn_mha *m, xattn_mha_config *cfg)
 {
-    if (!cfg) return;
-    if (!m) {
-        memset(cfg, 0, sizeof *cfg);
-        return;
-    }
-    *cfg = m->cfg;
+    xa_copy_config(m ? &m->cfg : NULL, cfg, sizeof *cfg);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -538,7 +524,7 @@ static xattn_status check_args(const xattn_mha *m, const xattn_mha_inputs *in,
     if (!m) return xa_error(XATTN_ERR_ARG, "%s: module is NULL", FN_FWD);
     if (!in) return xa_error(XATTN_ERR_ARG, "%s: inputs is NULL", FN_FWD);
     if (!out || !out->out) return xa_error(XATTN_ERR_ARG, "%s: out is NULL", FN_FWD);
-    if (!reserved_zero(in->reserved_) || !reserved_zero(out->reserved_))
+    if (!xa_reserved_zero(in->reserved_) || !xa_reserved_zero(out->reserved_))
         return xa_error(XATTN_ERR_ARG, "%s: reserved_ of the inputs and outputs must be zero",
                         FN_FWD);
     const xattn_mha_config *c = &m->cfg;

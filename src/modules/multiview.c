@@ -633,9 +633,7 @@ static xattn_status heads_text(const xattn_multiview_opts *o, char *buf, size_t 
 xattn_status xattn_multiview_load(const xattn_safetensors *st, const char *prefix,
                                   const xattn_multiview_opts *opts, xattn_multiview **out)
 {
-    if (!out) return xa_error(XATTN_ERR_ARG, "%s: out is NULL", FN_LOAD);
-    *out = NULL;
-    if (!st) return xa_error(XATTN_ERR_ARG, "%s: safetensors handle is NULL", FN_LOAD);
+    XA_LOAD_ARGS(st, out, FN_LOAD);
     xa_kvbuf b;
     memset(&b, 0, sizeof b);
     char heads[MAX_S * 24];
@@ -650,22 +648,15 @@ xattn_status xattn_multiview_load(const xattn_safetensors *st, const char *prefi
     }
     xa_mod *m;
     xattn_status s = xa_mod_open(&xa_kind_multiview, st, prefix, b.kv, b.n, &m);
-    if (s) return s;
-    *out = (xattn_multiview *)m;
-    xa_clear_error();
-    return XATTN_OK;
+    *out = s ? NULL : (xattn_multiview *)m;
+    return s;
 }
 
 void xattn_multiview_free(xattn_multiview *m) { xa_mod_free(m ? &m->core : NULL); }
 
 void xattn_multiview_get_config(const xattn_multiview *m, xattn_multiview_config *cfg)
 {
-    if (!cfg) return;
-    if (!m) {
-        memset(cfg, 0, sizeof *cfg);
-        return;
-    }
-    *cfg = m->cfg;
+    xa_copy_config(m ? &m->cfg : NULL, cfg, sizeof *cfg);
 }
 
 xattn_status xattn_multiview_out_tokens(const xattn_multiview *m, int64_t n, int64_t *out_n)
