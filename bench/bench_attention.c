@@ -26,17 +26,36 @@ static double run(const shape *s, int reps)
     size_t nq = (size_t)(s->B * s->H * s->I * s->dh), nk = (size_t)(s->B * s->H * s->J * s->dh);
     float *q = malloc(nq * 4), *k = malloc(nk * 4), *v = malloc(nk * 4), *o = malloc(nq * 4);
     uint64_t r = 1;
-    for (size_t i = 0; i < nq; i++) q[i] = (float)((r = r * 6364136223846793005ULL + 1) >> 40) / 16777216.0f - 0.5f;
-    for (size_t i = 0; i < nk; i++) k[i] = (float)((r = r * 6364136223846793005ULL + 1) >> 40) / 16777216.0f - 0.5f;
-    for (size_t i = 0; i < nk; i++) v[i] = (float)((r = r * 6364136223846793005ULL + 1) >> 40) / 16777216.0f - 0.5f;
+    for (size_t i = 0; i < nq; i++)
+        q[i] = (float)((r = r * 6364136223846793005ULL + 1) >> 40) / 16777216.0f - 0.5f;
+    for (size_t i = 0; i < nk; i++)
+        k[i] = (float)((r = r * 6364136223846793005ULL + 1) >> 40) / 16777216.0f - 0.5f;
+    for (size_t i = 0; i < nk; i++)
+        v[i] = (float)((r = r * 6364136223846793005ULL + 1) >> 40) / 16777216.0f - 0.5f;
     xattn_sdpa_params p;
     xattn_sdpa_init(&p);
-    p.B = s->B; p.H = s->H; p.I = s->I; p.J = s->J; p.dh = p.dv = s->dh;
+    p.B = s->B;
+    p.H = s->H;
+    p.I = s->I;
+    p.J = s->J;
+    p.dh = p.dv = s->dh;
     /* (B, H, N, d) contiguous, as torch's SDPA takes it */
-    p.q = q; p.q_sb = s->H * s->I * s->dh; p.q_sh = s->I * s->dh; p.q_si = s->dh;
-    p.k = k; p.k_sb = s->H * s->J * s->dh; p.k_sh = s->J * s->dh; p.k_sj = s->dh;
-    p.v = v; p.v_sb = p.k_sb; p.v_sh = p.k_sh; p.v_sj = s->dh;
-    p.out = o; p.o_sb = p.q_sb; p.o_sh = p.q_sh; p.o_si = s->dh;
+    p.q = q;
+    p.q_sb = s->H * s->I * s->dh;
+    p.q_sh = s->I * s->dh;
+    p.q_si = s->dh;
+    p.k = k;
+    p.k_sb = s->H * s->J * s->dh;
+    p.k_sh = s->J * s->dh;
+    p.k_sj = s->dh;
+    p.v = v;
+    p.v_sb = p.k_sb;
+    p.v_sh = p.k_sh;
+    p.v_sj = s->dh;
+    p.out = o;
+    p.o_sb = p.q_sb;
+    p.o_sh = p.q_sh;
+    p.o_si = s->dh;
     p.causal = s->causal;
     double *ts = malloc(sizeof(double) * (size_t)reps);
     if (xattn_sdpa(&p) != XATTN_OK) { /* warm-up */
@@ -50,7 +69,11 @@ static double run(const shape *s, int reps)
     }
     qsort(ts, (size_t)reps, sizeof(double), xa_bench_cmp_double);
     double med = ts[reps / 2];
-    free(ts); free(q); free(k); free(v); free(o);
+    free(ts);
+    free(q);
+    free(k);
+    free(v);
+    free(o);
     return med;
 }
 
@@ -60,12 +83,17 @@ int main(int argc, char **argv)
     int64_t seq = 4096;
     const char *json = NULL;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--seq") && i + 1 < argc) seq = atoll(argv[++i]);
-        else if (!strcmp(argv[i], "--json") && i + 1 < argc) json = argv[++i];
+        if (!strcmp(argv[i], "--threads") && i + 1 < argc)
+            threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
+            reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--seq") && i + 1 < argc)
+            seq = atoll(argv[++i]);
+        else if (!strcmp(argv[i], "--json") && i + 1 < argc)
+            json = argv[++i];
         else {
-            fprintf(stderr, "usage: bench_attention [--threads N] [--seq N] [--reps N] [--json FILE]\n");
+            fprintf(stderr,
+                    "usage: bench_attention [--threads N] [--seq N] [--reps N] [--json FILE]\n");
             return 2;
         }
     }
@@ -89,12 +117,14 @@ int main(int argc, char **argv)
         double flop = 4.0 * (double)(s->B * s->H * s->I) * (double)s->J * (double)s->dh;
         if (s->causal) flop *= 0.5;
         double gf = flop / t / 1e9;
-        printf("%-18s B=%lld H=%lld I=%lld J=%lld dh=%lld  %9.3f ms  %7.1f GFLOP/s  %5.1f%% of peak\n",
-               s->name, (long long)s->B, (long long)s->H, (long long)s->I, (long long)s->J,
-               (long long)s->dh, t * 1e3, gf, 100.0 * gf / peak);
+        printf(
+            "%-18s B=%lld H=%lld I=%lld J=%lld dh=%lld  %9.3f ms  %7.1f GFLOP/s  %5.1f%% of peak\n",
+            s->name, (long long)s->B, (long long)s->H, (long long)s->I, (long long)s->J,
+            (long long)s->dh, t * 1e3, gf, 100.0 * gf / peak);
         if (jf)
-            fprintf(jf, "{\"name\": \"%s B=%lld H=%lld I=%lld J=%lld dh=%lld\", \"seconds\": %.6g, "
-                        "\"gflops\": %.4g, \"peak_gflops\": %.4g, \"threads\": %d, \"isa\": \"%s\"}\n",
+            fprintf(jf,
+                    "{\"name\": \"%s B=%lld H=%lld I=%lld J=%lld dh=%lld\", \"seconds\": %.6g, "
+                    "\"gflops\": %.4g, \"peak_gflops\": %.4g, \"threads\": %d, \"isa\": \"%s\"}\n",
                     s->name, (long long)s->B, (long long)s->H, (long long)s->I, (long long)s->J,
                     (long long)s->dh, t, gf, peak, threads, xattn_isa());
     }

@@ -30,8 +30,8 @@ int main(int argc, char **argv)
     /* B, C, H1, W1, H2, W2 */
     const int64_t cfg[][6] = {{2, 64, 32, 32, 16, 16}, {1, 128, 64, 64, 64, 64}};
     for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
-        const int64_t B = cfg[c][0], C = cfg[c][1], H1 = cfg[c][2], W1 = cfg[c][3],
-                      H2 = cfg[c][4], W2 = cfg[c][5];
+        const int64_t B = cfg[c][0], C = cfg[c][1], H1 = cfg[c][2], W1 = cfg[c][3], H2 = cfg[c][4],
+                      W2 = cfg[c][5];
         const int64_t P1 = H1 * W1, P2 = H2 * W2;
         float *w[3], *bias[3];
         for (int k = 0; k < 3; k++) {
@@ -48,7 +48,10 @@ int main(int argc, char **argv)
         };
         char path[] = "/tmp/xattn_bench_conv2d_XXXXXX";
         int fd = mkstemp(path);
-        if (fd < 0) { perror("mkstemp"); return 1; }
+        if (fd < 0) {
+            perror("mkstemp");
+            return 1;
+        }
         close(fd);
         xattn_safetensors *st = NULL;
         xattn_conv2d_cross *m = NULL;
@@ -59,10 +62,11 @@ int main(int argc, char **argv)
             return 1;
         }
         remove(path);
-        float *x1 = xa_bench_rand((size_t)(B * C * P1), 1, 2.0f, 0.0f), *x2 = xa_bench_rand((size_t)(B * C * P2), 2, 2.0f, 0.0f);
+        float *x1 = xa_bench_rand((size_t)(B * C * P1), 1, 2.0f, 0.0f),
+              *x2 = xa_bench_rand((size_t)(B * C * P2), 2, 2.0f, 0.0f);
         float *o = malloc(sizeof(float) * (size_t)(B * C * P1));
-        xattn_conv2d_cross_inputs in = {.B = B, .H1 = H1, .W1 = W1, .H2 = H2, .W2 = W2,
-                                        .x1 = x1, .x2 = x2};
+        xattn_conv2d_cross_inputs in = {
+            .B = B, .H1 = H1, .W1 = W1, .H2 = H2, .W2 = W2, .x1 = x1, .x2 = x2};
         double *ts = malloc(sizeof(double) * (size_t)reps);
         if (xattn_conv2d_cross_forward(m, &in, o)) {
             fprintf(stderr, "bench_conv2d: %s\n", xattn_last_error());
@@ -84,8 +88,11 @@ int main(int argc, char **argv)
         printf("%s: %.3f ms, %.1f GFLOP/s, %.1f%% of measured peak %.1f (%s, %d threads)\n", name,
                t * 1e3, gf, 100 * gf / peak, peak, xattn_isa(), threads);
         if (jf)
-            fprintf(jf, "{\"name\": \"%s\", \"seconds\": %.6g, \"gflops\": %.4g, \"peak_gflops\": %.4g, "
-                        "\"threads\": %d, \"isa\": \"%s\"}\n", name, t, gf, peak, threads, xattn_isa());
+            fprintf(
+                jf,
+                "{\"name\": \"%s\", \"seconds\": %.6g, \"gflops\": %.4g, \"peak_gflops\": %.4g, "
+                "\"threads\": %d, \"isa\": \"%s\"}\n",
+                name, t, gf, peak, threads, xattn_isa());
         xattn_conv2d_cross_free(m);
         xattn_st_close(st);
         for (int k = 0; k < 3; k++) {

@@ -18,25 +18,39 @@
 #include <string.h>
 #include <unistd.h>
 
-#define D 256
-#define HEADS 4
-#define FF 1024
+#define D      256
+#define HEADS  4
+#define FF     1024
 #define LAYERS 2
-#define MEM 64
-#define STEPS 256
+#define MEM    64
+#define STEPS  256
 
-static const char *const NM[26] = {
-    "attention.self.query.weight", "attention.self.key.weight", "attention.self.value.weight",
-    "attention.self.query.bias", "attention.self.key.bias", "attention.self.value.bias",
-    "attention.output.dense.weight", "attention.output.dense.bias",
-    "attention.output.LayerNorm.weight", "attention.output.LayerNorm.bias",
-    "crossattention.self.query.weight", "crossattention.self.key.weight",
-    "crossattention.self.value.weight", "crossattention.self.query.bias",
-    "crossattention.self.key.bias", "crossattention.self.value.bias",
-    "crossattention.output.dense.weight", "crossattention.output.dense.bias",
-    "crossattention.output.LayerNorm.weight", "crossattention.output.LayerNorm.bias",
-    "intermediate.dense.weight", "intermediate.dense.bias", "output.dense.weight",
-    "output.dense.bias", "output.LayerNorm.weight", "output.LayerNorm.bias"};
+static const char *const NM[26] = {"attention.self.query.weight",
+                                   "attention.self.key.weight",
+                                   "attention.self.value.weight",
+                                   "attention.self.query.bias",
+                                   "attention.self.key.bias",
+                                   "attention.self.value.bias",
+                                   "attention.output.dense.weight",
+                                   "attention.output.dense.bias",
+                                   "attention.output.LayerNorm.weight",
+                                   "attention.output.LayerNorm.bias",
+                                   "crossattention.self.query.weight",
+                                   "crossattention.self.key.weight",
+                                   "crossattention.self.value.weight",
+                                   "crossattention.self.query.bias",
+                                   "crossattention.self.key.bias",
+                                   "crossattention.self.value.bias",
+                                   "crossattention.output.dense.weight",
+                                   "crossattention.output.dense.bias",
+                                   "crossattention.output.LayerNorm.weight",
+                                   "crossattention.output.LayerNorm.bias",
+                                   "intermediate.dense.weight",
+                                   "intermediate.dense.bias",
+                                   "output.dense.weight",
+                                   "output.dense.bias",
+                                   "output.LayerNorm.weight",
+                                   "output.LayerNorm.bias"};
 
 static xattn_decoder *make_model(void)
 {
@@ -55,8 +69,8 @@ static xattn_decoder *make_model(void)
             if (!strcmp(nm, "output.dense.weight")) c = FF;
             snprintf(names[n], sizeof names[n], "layer.%d.%s", l, nm);
             int lnw = strstr(nm, "LayerNorm.weight") != NULL;
-            bufs[n] = xa_bench_rand((size_t)(r * (c ? c : 1)), (uint64_t)(n + 1),
-                                    c ? 0.06f : 0.05f, lnw ? 1.0f : 0.0f);
+            bufs[n] = xa_bench_rand((size_t)(r * (c ? c : 1)), (uint64_t)(n + 1), c ? 0.06f : 0.05f,
+                                    lnw ? 1.0f : 0.0f);
             e[n].name = names[n];
             e[n].dtype = XATTN_F32;
             e[n].ndim = c ? 2 : 1;
@@ -154,8 +168,8 @@ int main(int argc, char **argv)
         }
         double inc = rc ? 0 : xa_bench_median(ts, reps);
         if (!rc)
-            report(f, "decoder incremental 256 tokens B=1 M=64 d=256 heads=4 ff=1024 layers=2",
-                   inc, 0, threads);
+            report(f, "decoder incremental 256 tokens B=1 M=64 d=256 heads=4 ff=1024 layers=2", inc,
+                   0, threads);
         double t0 = now_seconds();
         for (int t = 1; t <= STEPS && !rc; t++) {
             xattn_decoder_inputs in = {1, t, MEM, x, NULL, mem, NULL, {0}};

@@ -65,11 +65,16 @@ int main(int argc, char **argv)
     int threads = xattn_get_threads(), reps = 7, quick = 0;
     const char *json = NULL, *only = NULL;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--isa") && i + 1 < argc) only = argv[++i];
-        else if (!strcmp(argv[i], "--json") && i + 1 < argc) json = argv[++i];
-        else if (!strcmp(argv[i], "--quick")) quick = 1;
+        if (!strcmp(argv[i], "--threads") && i + 1 < argc)
+            threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
+            reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--isa") && i + 1 < argc)
+            only = argv[++i];
+        else if (!strcmp(argv[i], "--json") && i + 1 < argc)
+            json = argv[++i];
+        else if (!strcmp(argv[i], "--quick"))
+            quick = 1;
         else {
             fprintf(stderr, "usage: bench_gemm [--threads N] [--reps N] [--isa NAME] [--quick] "
                             "[--json FILE]\n");
@@ -106,10 +111,8 @@ int main(int argc, char **argv)
     int nrows = 0;
 
     const gcase all[] = {
-        {"sgemm 1024^3", 1024, 1024, 1024},
-        {"sgemm 256^3", 256, 256, 256},
-        {"sgemm 512^3", 512, 512, 512},
-        {"sgemm 2048^3", 2048, 2048, 2048},
+        {"sgemm 1024^3", 1024, 1024, 1024},     {"sgemm 256^3", 256, 256, 256},
+        {"sgemm 512^3", 512, 512, 512},         {"sgemm 2048^3", 2048, 2048, 2048},
         {"sgemm 4096x512x512", 4096, 512, 512},
     };
     const int ncase = quick ? 1 : (int)(sizeof all / sizeof all[0]);
@@ -184,8 +187,8 @@ int main(int argc, char **argv)
             const char *fmt = "{\"name\": \"%s\", \"isa\": \"%s\", \"threads\": %d, "
                               "\"M\": %lld, \"N\": %lld, \"K\": %lld, \"seconds\": %.6g, "
                               "\"gflops\": %.4g, \"peak_gflops\": %.4g, \"pct_peak\": %.2f}\n";
-            fprintf(jf, fmt, name, r->isa, tc, (long long)r->M, (long long)r->N,
-                    (long long)r->K, r->sec, r->gf, peak[r->t], pct);
+            fprintf(jf, fmt, name, r->isa, tc, (long long)r->M, (long long)r->N, (long long)r->K,
+                    r->sec, r->gf, peak[r->t], pct);
             if (!strcmp(r->isa, best) && r->t == ntc - 1)
                 fprintf(jf, fmt, r->label, r->isa, tc, (long long)r->M, (long long)r->N,
                         (long long)r->K, r->sec, r->gf, peak[r->t], pct);

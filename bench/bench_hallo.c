@@ -31,8 +31,10 @@ static void report(const char *name, double t, double flop, double peak)
         printf("%s: %.3f ms, %.1f GFLOP/s, %.1f%% of measured peak %.1f (%s, %d threads)\n", name,
                t * 1e3, gf, 100 * gf / peak, peak, xattn_isa(), threads);
         if (jf)
-            fprintf(jf, "{\"name\": \"%s\", \"seconds\": %.6g, \"gflops\": %.4g, \"threads\": %d, "
-                        "\"isa\": \"%s\"}\n", name, t, gf, threads, xattn_isa());
+            fprintf(jf,
+                    "{\"name\": \"%s\", \"seconds\": %.6g, \"gflops\": %.4g, \"threads\": %d, "
+                    "\"isa\": \"%s\"}\n",
+                    name, t, gf, threads, xattn_isa());
     } else {
         printf("%s: %.3f ms (%s, %d threads)\n", name, t * 1e3, xattn_isa(), threads);
         if (jf)
@@ -51,12 +53,12 @@ static int block(int64_t B, int64_t hh, int64_t C, int64_t heads, int64_t T, int
     char names[29][48];
     uint64_t seed = 11;
 #define ADD(nm, nd, d0, d1, d2, d3, sc)                                                            \
-    do {                                                                                       \
-        snprintf(names[n], sizeof names[n], "%s", nm);                                         \
-        size_t cnt = (size_t)(d0) * (size_t)(d1) * (size_t)(d2) * (size_t)(d3);                \
-        bufs[n] = xa_bench_rand(cnt, seed++, sc, 0.0f);                                        \
-        e[n] = (xattn_st_entry){names[n], XATTN_F32, nd, {d0, d1, d2, d3}, bufs[n]};           \
-        n++;                                                                                   \
+    do {                                                                                           \
+        snprintf(names[n], sizeof names[n], "%s", nm);                                             \
+        size_t cnt = (size_t)(d0) * (size_t)(d1) * (size_t)(d2) * (size_t)(d3);                    \
+        bufs[n] = xa_bench_rand(cnt, seed++, sc, 0.0f);                                            \
+        e[n] = (xattn_st_entry){names[n], XATTN_F32, nd, {d0, d1, d2, d3}, bufs[n]};               \
+        n++;                                                                                       \
     } while (0)
     ADD("norm2.weight", 1, C, 1, 1, 1, 1.0f);
     ADD("norm2.bias", 1, C, 1, 1, 1, 0.1f);
@@ -105,8 +107,8 @@ static int block(int64_t B, int64_t hh, int64_t C, int64_t heads, int64_t T, int
     float *au = xa_bench_rand((size_t)(B * T * Ca), 102, 1.0f, 0.0f);
     float *mk = xa_bench_rand((size_t)(3 * N), 103, 0.5f, 0.5f);
     float *out = malloc(sizeof(float) * (size_t)(B * N * C));
-    xattn_hallo_inputs in = {.B = B, .N = N, .T = T, .x = x, .audio = au, .masks = mk,
-                             .mask_batch = 1};
+    xattn_hallo_inputs in = {
+        .B = B, .N = N, .T = T, .x = x, .audio = au, .masks = mk, .mask_batch = 1};
     double *ts = malloc(sizeof(double) * (size_t)reps);
     const xattn_hallo_outputs ou = {.out = out};
     xattn_hallo_forward(NULL, m, &in, &ou);
@@ -130,7 +132,11 @@ static int block(int64_t B, int64_t hh, int64_t C, int64_t heads, int64_t T, int
     (void)dh;
     xattn_hallo_free(m);
     xattn_st_close(st);
-    free(x); free(au); free(mk); free(out); free(ts);
+    free(x);
+    free(au);
+    free(mk);
+    free(out);
+    free(ts);
     return 0;
 }
 
@@ -151,7 +157,9 @@ static int pyramid(double peak)
     }
     qsort(ts, (size_t)reps, sizeof(double), cmp);
     report("hallo mask pyramid 3x512x512 -> 64,32,16,8", ts[reps / 2], 0, peak);
-    free(big); free(lv); free(ts);
+    free(big);
+    free(lv);
+    free(ts);
     return 0;
 }
 

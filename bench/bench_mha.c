@@ -23,8 +23,10 @@ int main(int argc, char **argv)
     xattn_set_threads(threads);
     double peak = xa_bench_fma_peak(threads);
 
-    float *w_in = xa_bench_rand((size_t)(3 * E * E), 1, 0.1f, 0.0f), *b_in = xa_bench_rand((size_t)(3 * E), 2, 0.1f, 0.0f);
-    float *w_out = xa_bench_rand((size_t)(E * E), 3, 0.1f, 0.0f), *b_out = xa_bench_rand((size_t)E, 4, 0.1f, 0.0f);
+    float *w_in = xa_bench_rand((size_t)(3 * E * E), 1, 0.1f, 0.0f),
+          *b_in = xa_bench_rand((size_t)(3 * E), 2, 0.1f, 0.0f);
+    float *w_out = xa_bench_rand((size_t)(E * E), 3, 0.1f, 0.0f),
+          *b_out = xa_bench_rand((size_t)E, 4, 0.1f, 0.0f);
     xattn_st_entry e[4] = {
         {"in_proj_weight", XATTN_F32, 2, {3 * E, E}, w_in},
         {"in_proj_bias", XATTN_F32, 1, {3 * E}, b_in},
@@ -33,7 +35,10 @@ int main(int argc, char **argv)
     };
     char path[] = "/tmp/xattn_bench_mha_XXXXXX";
     int fd = mkstemp(path);
-    if (fd < 0) { perror("mkstemp"); return 1; }
+    if (fd < 0) {
+        perror("mkstemp");
+        return 1;
+    }
     close(fd);
     const char *meta[] = {"heads", "8"};
     xattn_safetensors *st = NULL;
@@ -45,7 +50,8 @@ int main(int argc, char **argv)
         return 1;
     }
     remove(path);
-    float *x = xa_bench_rand((size_t)(B * I * E), 5, 2.0f, 0.0f), *c = xa_bench_rand((size_t)(B * J * E), 6, 2.0f, 0.0f);
+    float *x = xa_bench_rand((size_t)(B * I * E), 5, 2.0f, 0.0f),
+          *c = xa_bench_rand((size_t)(B * J * E), 6, 2.0f, 0.0f);
     float *out = malloc(sizeof(float) * (size_t)(B * I * E));
     xattn_mha_inputs in = {.B = B, .I = I, .J = J, .query = x, .key = c, .value = c};
     double *ts = malloc(sizeof(double) * (size_t)reps);
@@ -68,13 +74,25 @@ int main(int argc, char **argv)
            t * 1e3, gf, 100 * gf / peak, peak, xattn_isa(), threads);
     if (json) {
         FILE *f = fopen(json, "w");
-        if (!f) { fprintf(stderr, "bench_mha: cannot write %s\n", json); return 1; }
-        fprintf(f, "{\"name\": \"%s\", \"seconds\": %.6g, \"gflops\": %.4g, \"peak_gflops\": %.4g, "
-                   "\"threads\": %d, \"isa\": \"%s\"}\n", name, t, gf, peak, threads, xattn_isa());
+        if (!f) {
+            fprintf(stderr, "bench_mha: cannot write %s\n", json);
+            return 1;
+        }
+        fprintf(f,
+                "{\"name\": \"%s\", \"seconds\": %.6g, \"gflops\": %.4g, \"peak_gflops\": %.4g, "
+                "\"threads\": %d, \"isa\": \"%s\"}\n",
+                name, t, gf, peak, threads, xattn_isa());
         fclose(f);
     }
     xattn_mha_free(m);
     xattn_st_close(st);
-    free(w_in); free(b_in); free(w_out); free(b_out); free(x); free(c); free(out); free(ts);
+    free(w_in);
+    free(b_in);
+    free(w_out);
+    free(b_out);
+    free(x);
+    free(c);
+    free(out);
+    free(ts);
     return 0;
 }

@@ -27,14 +27,14 @@ int main(int argc, char **argv)
     xattn_set_threads(threads);
 
     /* state dict: names of docs/multiview.md */
-    static const char *const lin[] = {"self_attn.in_proj", "self_attn.out_proj", "mlp.0", "mlp.2",
-                                      "cross_attn.in_proj", "cross_attn.out_proj", "cross_mlp.0",
-                                      "cross_mlp.2", "expand"};
+    static const char *const lin[] = {
+        "self_attn.in_proj",   "self_attn.out_proj", "mlp.0",       "mlp.2", "cross_attn.in_proj",
+        "cross_attn.out_proj", "cross_mlp.0",        "cross_mlp.2", "expand"};
     static const char *const norms[] = {"norm1", "norm2", "cross_norm_q", "cross_norm_kv",
                                         "cross_norm2"};
     enum { MAXE = S * V * 32 };
     xattn_st_entry *e = calloc(MAXE, sizeof *e);
-    char (*names)[96] = calloc(MAXE, 96);
+    char(*names)[96] = calloc(MAXE, 96);
     float **bufs = calloc(MAXE, sizeof *bufs);
     int n = 0;
     uint64_t seed = 7;
@@ -80,7 +80,10 @@ int main(int argc, char **argv)
         }
     char path[] = "/tmp/xattn_bench_multiview_XXXXXX";
     int fd = mkstemp(path);
-    if (fd < 0) { perror("mkstemp"); return 1; }
+    if (fd < 0) {
+        perror("mkstemp");
+        return 1;
+    }
     close(fd);
     const char *meta[] = {"heads", "2,4,8"};
     xattn_safetensors *st = NULL;
@@ -122,7 +125,10 @@ int main(int argc, char **argv)
            threads);
     if (json) {
         FILE *f = fopen(json, "w");
-        if (!f) { fprintf(stderr, "bench_multiview: cannot write %s\n", json); return 1; }
+        if (!f) {
+            fprintf(stderr, "bench_multiview: cannot write %s\n", json);
+            return 1;
+        }
         fprintf(f, "{\"name\": \"%s\", \"seconds\": %.6g, \"threads\": %d, \"isa\": \"%s\"}\n",
                 name, t, threads, xattn_isa());
         fclose(f);
@@ -134,6 +140,9 @@ int main(int argc, char **argv)
         free((void *)x[v]);
         free(out[v]);
     }
-    free(bufs); free(names); free(e); free(ts);
+    free(bufs);
+    free(names);
+    free(e);
+    free(ts);
     return 0;
 }

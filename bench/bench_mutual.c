@@ -51,8 +51,11 @@ int main(int argc, char **argv)
         printf("%s: %.3f ms, %.1f GFLOP/s, %.1f%% of measured peak %.1f (%s, %d threads)\n", name,
                t * 1e3, gf, 100 * gf / peak, peak, xattn_isa(), threads);
         if (jf)
-            fprintf(jf, "{\"name\": \"%s\", \"seconds\": %.6g, \"gflops\": %.4g, \"peak_gflops\": %.4g, "
-                        "\"threads\": %d, \"isa\": \"%s\"}\n", name, t, gf, peak, threads, xattn_isa());
+            fprintf(
+                jf,
+                "{\"name\": \"%s\", \"seconds\": %.6g, \"gflops\": %.4g, \"peak_gflops\": %.4g, "
+                "\"threads\": %d, \"isa\": \"%s\"}\n",
+                name, t, gf, peak, threads, xattn_isa());
         free(a);
         free(b);
         free(o);

@@ -1,6 +1,7 @@
 /*
- * Benchmark helpers: a monotonic clock, a median, deterministic inputs, and a measurement of this machine's fp32 FMA
- * peak (so "% of peak" needs no table of CPU models). Header-only; include in one file.
+ * Benchmark helpers: a monotonic clock, a median, deterministic inputs, and a measurement of this
+ * machine's fp32 FMA peak (so "% of peak" needs no table of CPU models). Header-only; include in
+ * one file.
  *
  * xa_bench_fma_peak(threads): every thread runs a register-only loop of independent FMA chains
  * (AVX-512: 24 zmm accumulators, AVX2: 12 ymm, enough to cover FMA latency x throughput on
@@ -77,9 +78,12 @@ XA_BENCH_UNUSED static int xa_bench_args(int argc, char **argv, const char *name
                                          int *reps, const char **json)
 {
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--threads") && i + 1 < argc) *threads = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--reps") && i + 1 < argc) *reps = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--json") && i + 1 < argc) *json = argv[++i];
+        if (!strcmp(argv[i], "--threads") && i + 1 < argc)
+            *threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
+            *reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--json") && i + 1 < argc)
+            *json = argv[++i];
         else {
             fprintf(stderr, "usage: %s [--threads N] [--reps N] [--json FILE]\n", name);
             return 2;
@@ -114,7 +118,8 @@ XA_BENCH_UNUSED static double xa_bench_peak_rss_mb(const char **src)
 /* 24 chains of a = a*x + y (x ~ 1: stays finite, no subnormals), each chain starting from a
  * different value so the compiler cannot merge them. Returns a value to keep. */
 #define XA_PEAK_CHAINS512 24
-__attribute__((target("avx512f,fma"), noinline)) XA_BENCH_UNUSED static float xa_bench_fma512(long iters)
+__attribute__((target("avx512f,fma"), noinline)) XA_BENCH_UNUSED static float
+xa_bench_fma512(long iters)
 {
     __m512 x = _mm512_set1_ps(0.9999f), y = _mm512_set1_ps(1e-4f);
     __m512 a[XA_PEAK_CHAINS512];
@@ -132,7 +137,8 @@ __attribute__((target("avx512f,fma"), noinline)) XA_BENCH_UNUSED static float xa
 
 /* 12 chains (16 ymm registers: 12 + 2 constants, no spills). */
 #define XA_PEAK_CHAINS256 12
-__attribute__((target("avx2,fma"), noinline)) XA_BENCH_UNUSED static float xa_bench_fma256(long iters)
+__attribute__((target("avx2,fma"), noinline)) XA_BENCH_UNUSED static float
+xa_bench_fma256(long iters)
 {
     __m256 x = _mm256_set1_ps(0.9999f), y = _mm256_set1_ps(1e-4f);
     __m256 a[XA_PEAK_CHAINS256];

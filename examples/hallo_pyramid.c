@@ -40,7 +40,9 @@ static void ellipse(float *m, double cx, double cy, double rx, double ry, double
         for (int x = 0; x < IMG; x++) {
             double d = sqrt(((x - cx) / rx) * ((x - cx) / rx) + ((y - cy) / ry) * ((y - cy) / ry));
             double e = (d - 1.0) * (rx < ry ? rx : ry) / soft; /* pixels outside the rim / soft */
-            m[y * IMG + x] = (float)(e <= 0 ? 1.0 : e >= 1 ? 0.0 : 0.5 + 0.5 * cos(3.141592653589793 * e));
+            m[y * IMG + x] = (float)(e <= 0   ? 1.0
+                                     : e >= 1 ? 0.0
+                                              : 0.5 + 0.5 * cos(3.141592653589793 * e));
         }
 }
 
@@ -61,8 +63,8 @@ static xattn_hallo *make_block(int64_t C, uint64_t seed)
     xattn_st_entry e[32];
     int n = 0;
     float *bufs[32];
-#define ADD(nm, r, c, tag)                                                                        \
-    do {                                                                                          \
+#define ADD(nm, r, c, tag)                                                                         \
+    do {                                                                                           \
         snprintf(names[n], sizeof names[n], "%s", nm);                                             \
         bufs[n] = weight(r, (c) > 0 ? (c) : 1, seed * 100 + (tag));                                \
         e[n] = (xattn_st_entry){names[n], XATTN_F32, (c) > 0 ? 2 : 1, {r, c}, bufs[n]};            \
@@ -73,14 +75,20 @@ static xattn_hallo *make_block(int64_t C, uint64_t seed)
     ADD("norm2.bias", C, 0, 2);
     ADD("norm3.weight", C, 0, 3);
     ADD("norm3.bias", C, 0, 4);
-    const char *att[3] = {"attn2_0", "attn2_1", "attn2_2"}, *zc[3] = {"zero_conv_full", "zero_conv_face", "zero_conv_lip"};
+    const char *att[3] = {"attn2_0", "attn2_1", "attn2_2"},
+               *zc[3] = {"zero_conv_full", "zero_conv_face", "zero_conv_lip"};
     for (int k = 0; k < 3; k++) {
         char nm[40];
-        snprintf(nm, sizeof nm, "%s.to_q.weight", att[k]); ADD(nm, inner, C, 10 + k);
-        snprintf(nm, sizeof nm, "%s.to_k.weight", att[k]); ADD(nm, inner, AUDIO_DIM, 20 + k);
-        snprintf(nm, sizeof nm, "%s.to_v.weight", att[k]); ADD(nm, inner, AUDIO_DIM, 30 + k);
-        snprintf(nm, sizeof nm, "%s.to_out.0.weight", att[k]); ADD(nm, C, inner, 40 + k);
-        snprintf(nm, sizeof nm, "%s.to_out.0.bias", att[k]); ADD(nm, C, 0, 50 + k);
+        snprintf(nm, sizeof nm, "%s.to_q.weight", att[k]);
+        ADD(nm, inner, C, 10 + k);
+        snprintf(nm, sizeof nm, "%s.to_k.weight", att[k]);
+        ADD(nm, inner, AUDIO_DIM, 20 + k);
+        snprintf(nm, sizeof nm, "%s.to_v.weight", att[k]);
+        ADD(nm, inner, AUDIO_DIM, 30 + k);
+        snprintf(nm, sizeof nm, "%s.to_out.0.weight", att[k]);
+        ADD(nm, C, inner, 40 + k);
+        snprintf(nm, sizeof nm, "%s.to_out.0.bias", att[k]);
+        ADD(nm, C, 0, 50 + k);
     }
     for (int k = 0; k < 3; k++) {
         char nm[40];
@@ -88,7 +96,8 @@ static xattn_hallo *make_block(int64_t C, uint64_t seed)
         ADD(nm, C, C, 60 + k);
         e[n - 1].ndim = 4; /* Conv2d (C, C, 1, 1) */
         e[n - 1].shape[2] = e[n - 1].shape[3] = 1;
-        snprintf(nm, sizeof nm, "%s.bias", zc[k]); ADD(nm, C, 0, 70 + k);
+        snprintf(nm, sizeof nm, "%s.bias", zc[k]);
+        ADD(nm, C, 0, 70 + k);
     }
     ADD("ff.net.0.proj.weight", 2 * ff, C, 80);
     ADD("ff.net.0.proj.bias", 2 * ff, 0, 81);
@@ -117,16 +126,19 @@ int main(int argc, char **argv)
     const char *dir = ".";
     int small = 0;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--small")) small = 1;
-        else dir = argv[i];
+        if (!strcmp(argv[i], "--small"))
+            small = 1;
+        else
+            dir = argv[i];
     }
     const int64_t levels[4] = {IMG / 8, IMG / 16, IMG / 32, IMG / 64};
-    const int64_t widths[4] = {small ? 32 : 320, small ? 64 : 640, small ? 64 : 1280, small ? 64 : 1280};
+    const int64_t widths[4] = {small ? 32 : 320, small ? 64 : 640, small ? 64 : 1280,
+                               small ? 64 : 1280};
 
     /* full/pose, face and lip masks of a centred portrait, soft at the rims */
     float *masks = malloc(sizeof(float) * 3 * IMG * IMG);
-    ellipse(masks, 256, 250, 190, 230, 40);             /* head and shoulders */
-    ellipse(masks + IMG * IMG, 256, 230, 120, 150, 24); /* face */
+    ellipse(masks, 256, 250, 190, 230, 40);               /* head and shoulders */
+    ellipse(masks + IMG * IMG, 256, 230, 120, 150, 24);   /* face */
     ellipse(masks + 2 * IMG * IMG, 256, 330, 50, 24, 12); /* lips */
 
     float *audio = malloc(sizeof(float) * T * AUDIO_DIM);
@@ -139,8 +151,8 @@ int main(int argc, char **argv)
         float *pic = malloc(sizeof(float) * N * 3);
         xattn_hallo *blk = make_block(C, (uint64_t)l + 1);
         for (int64_t i = 0; i < N * C; i++) x[i] = 2.0f * noise(200 + l, (uint64_t)i);
-        xattn_hallo_inputs in = {.B = 1, .N = N, .T = T, .x = x, .audio = audio, .masks = m,
-                                 .mask_batch = 1};
+        xattn_hallo_inputs in = {
+            .B = 1, .N = N, .T = T, .x = x, .audio = audio, .masks = m, .mask_batch = 1};
         const xattn_hallo_outputs outs = {.out = out, .regions = reg};
         if (!blk || xattn_resize_masks(masks, 3, IMG, IMG, h, h, m) != XATTN_OK ||
             xattn_hallo_forward(NULL, blk, &in, &outs) != XATTN_OK) {
@@ -151,7 +163,8 @@ int main(int argc, char **argv)
             for (int k = 0; k < 3; k++)
                 for (int64_t p = 0; p < N; p++) {
                     double s = 0;
-                    for (int64_t c = 0; c < C; c++) s += (double)reg[(k * N + p) * C + c] * reg[(k * N + p) * C + c];
+                    for (int64_t c = 0; c < C; c++)
+                        s += (double)reg[(k * N + p) * C + c] * reg[(k * N + p) * C + c];
                     pic[(p / h) * 3 * h + k * h + p % h] = (float)sqrt(s / (double)C);
                 }
             char path[4096], title[128];
@@ -163,7 +176,10 @@ int main(int argc, char **argv)
             snprintf(xl, sizeof xl, "x: full 0-%lld | face %lld-%lld | lip %lld-%lld",
                      (long long)h - 1, (long long)h, 2 * (long long)h - 1, 2 * (long long)h,
                      3 * (long long)h - 1);
-            xattn_heatmap_opts ho = {.title = title, .x_label = xl, .y_label = "y", .max_side = 768,
+            xattn_heatmap_opts ho = {.title = title,
+                                     .x_label = xl,
+                                     .y_label = "y",
+                                     .max_side = 768,
                                      .bar_label = "RMS of region output"};
             double mean[3] = {0, 0, 0};
             for (int k = 0; k < 3; k++) {
@@ -180,7 +196,11 @@ int main(int argc, char **argv)
                    ps == XATTN_OK ? path : "(no picture: built without libpng)");
         }
         xattn_hallo_free(blk);
-        free(m); free(x); free(out); free(reg); free(pic);
+        free(m);
+        free(x);
+        free(out);
+        free(reg);
+        free(pic);
     }
     free(masks);
     free(audio);

@@ -34,10 +34,11 @@ int main(int argc, char **argv)
     for (int64_t i = 0; i < B * J * cfg.kdim; i++) ctx[i] = (float)((i * 53) % 13) / 13 - 0.5f;
     for (int64_t i = 0; i < B * J * cfg.vdim; i++) val[i] = (float)((i * 29) % 7) / 7 - 0.5f;
     uint8_t pad[2 * 9] = {0};
-    pad[9 + 8] = pad[9 + 7] = 1; /* torch polarity: True = ignore; batch 1 ignores its last 2 keys */
+    pad[9 + 8] = pad[9 + 7] =
+        1; /* torch polarity: True = ignore; batch 1 ignores its last 2 keys */
 
-    xattn_mha_inputs in = {.B = B, .I = I, .J = J, .query = x, .key = ctx, .value = val,
-                           .key_padding_mask = pad};
+    xattn_mha_inputs in = {
+        .B = B, .I = I, .J = J, .query = x, .key = ctx, .value = val, .key_padding_mask = pad};
     int rc = 0;
     xattn_mha_outputs o = {.out = out, .attn = attn}; /* weights averaged over heads */
     if (xattn_mha_forward(NULL, mha, &in, &o) != XATTN_OK) {
@@ -49,10 +50,14 @@ int main(int argc, char **argv)
                (long long)cfg.out_dim, out[0]);
         float s = 0;
         for (int64_t j = 0; j < J; j++) s += attn[(1 * I + 0) * J + j];
-        printf("attn weights of batch 1, query 0 sum to %.6f; ignored keys get %.1f and %.1f\n",
-               s, attn[(1 * I) * J + 7], attn[(1 * I) * J + 8]);
+        printf("attn weights of batch 1, query 0 sum to %.6f; ignored keys get %.1f and %.1f\n", s,
+               attn[(1 * I) * J + 7], attn[(1 * I) * J + 8]);
     }
-    free(x); free(ctx); free(val); free(out); free(attn);
+    free(x);
+    free(ctx);
+    free(val);
+    free(out);
+    free(attn);
     xattn_mha_free(mha);
     xattn_st_close(st);
     return rc;

@@ -71,7 +71,8 @@ int main(int argc, char **argv)
     xattn_array ref;
     memset(&ref, 0, sizeof ref);
     double worst = 0;
-    if (xattn_st_get(st, "expected.out", XATTN_F32, &ref) == XATTN_OK && xattn_array_numel(&ref) == n) {
+    if (xattn_st_get(st, "expected.out", XATTN_F32, &ref) == XATTN_OK &&
+        xattn_array_numel(&ref) == n) {
         const float *r = ref.data, *y = out[0].data;
         for (int64_t i = 0; i < n; i++) {
             double e = fabs((double)y[i] - r[i]) / (1 + fabs((double)r[i]));

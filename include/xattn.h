@@ -11,7 +11,8 @@
  *
  * Threads: each call runs on an execution context (xattn_ctx; see below) that holds its thread
  * count and kernel set; xattn_set_threads(n) sets the default context's count (default:
- * OMP_NUM_THREADS, else the number of cores). Results do not depend on the thread count beyond float rounding.
+ * OMP_NUM_THREADS, else the number of cores). Results do not depend on the thread count beyond
+ * float rounding.
  */
 #ifndef XATTN_H
 #define XATTN_H
@@ -138,9 +139,9 @@ typedef enum xattn_dtype {
 
 typedef struct xattn_array {
     xattn_dtype dtype;
-    int ndim;                       /* 0 .. XATTN_MAX_DIMS                               */
+    int ndim; /* 0 .. XATTN_MAX_DIMS                               */
     int64_t shape[XATTN_MAX_DIMS];
-    void *data;                     /* owned; free with xattn_array_free                 */
+    void *data; /* owned; free with xattn_array_free                 */
 } xattn_array;
 
 XATTN_API const char *xattn_dtype_name(xattn_dtype t); /* "F32", "BOOL", ... (safetensors names) */
@@ -178,8 +179,8 @@ XATTN_API xattn_status xattn_st_info(const xattn_safetensors *st, size_t i, xatt
                                      int *ndim, int64_t *shape);
 /* Copies tensor `name` into `out`, converted to `want` (XATTN_F32 or XATTN_BOOL, see
  * xattn_array_convert). XATTN_ERR_NOT_FOUND if absent. */
-XATTN_API xattn_status xattn_st_get(const xattn_safetensors *st, const char *name,
-                                    xattn_dtype want, xattn_array *out);
+XATTN_API xattn_status xattn_st_get(const xattn_safetensors *st, const char *name, xattn_dtype want,
+                                    xattn_array *out);
 /* __metadata__ entries (string to string). */
 XATTN_API size_t xattn_st_meta_count(const xattn_safetensors *st);
 XATTN_API const char *xattn_st_meta_key(const xattn_safetensors *st, size_t i);
@@ -199,15 +200,15 @@ XATTN_API xattn_status xattn_st_save(const char *path, const xattn_st_entry *ent
 
 /* ---- PNG heat-maps (libpng; XATTN_ERR_UNSUPPORTED in a build without it) */
 typedef struct xattn_heatmap_opts {
-    const char *title;           /* drawn above the map, or NULL                         */
-    const char *x_label;         /* under the x axis (columns), or NULL                  */
-    const char *y_label;         /* beside the y axis (rows), or NULL                    */
-    int max_side;                /* longest side of the map area in pixels (0 = 768)     */
-    int fixed_range;             /* 1: colours span [vmin, vmax]; 0: the data's range    */
+    const char *title;   /* drawn above the map, or NULL                         */
+    const char *x_label; /* under the x axis (columns), or NULL                  */
+    const char *y_label; /* beside the y axis (rows), or NULL                    */
+    int max_side;        /* longest side of the map area in pixels (0 = 768)     */
+    int fixed_range;     /* 1: colours span [vmin, vmax]; 0: the data's range    */
     float vmin, vmax;
-    const char *bar_label;       /* beside the colour bar (what a colour means), or NULL */
-    double x_tick_scale;         /* tick label of column k is k * x_tick_scale (0 = 1)   */
-    double y_tick_scale;         /* tick label of row k is k * y_tick_scale (0 = 1)      */
+    const char *bar_label; /* beside the colour bar (what a colour means), or NULL */
+    double x_tick_scale;   /* tick label of column k is k * x_tick_scale (0 = 1)   */
+    double y_tick_scale;   /* tick label of row k is k * y_tick_scale (0 = 1)      */
 } xattn_heatmap_opts;
 
 /* Writes map (rows, cols), row 0 at the top, as a heat-map with axes, tick labels and a
@@ -244,18 +245,24 @@ typedef enum xattn_fill {
  */
 typedef struct xattn_sdpa_params {
     int64_t B, H, I, J, dh, dv;
-    const float *q; int64_t q_sb, q_sh, q_si;         /* (B, H, I, dh)  */
-    const float *k; int64_t k_sb, k_sh, k_sj;         /* (B, H, J, dh)  */
-    const float *v; int64_t v_sb, v_sh, v_sj;         /* (B, H, J, dv)  */
-    float *out; int64_t o_sb, o_sh, o_si;             /* (B, H, I, dv)  */
-    int has_scale;   /* 0: scale = dh^-0.5 */
+    const float *q;
+    int64_t q_sb, q_sh, q_si; /* (B, H, I, dh)  */
+    const float *k;
+    int64_t k_sb, k_sh, k_sj; /* (B, H, J, dh)  */
+    const float *v;
+    int64_t v_sb, v_sh, v_sj; /* (B, H, J, dv)  */
+    float *out;
+    int64_t o_sb, o_sh, o_si; /* (B, H, I, dv)  */
+    int has_scale;            /* 0: scale = dh^-0.5 */
     float scale;
-    const uint8_t *mask; int64_t mask_sb, mask_sh, mask_si; /* (B|1, H|1, I|1, J), nonzero = keep */
-    const float *bias; int64_t bias_sb, bias_sh, bias_si;   /* (B|1, H|1, I|1, J), added        */
-    int causal;      /* keep j <= i (upper-left aligned) */
+    const uint8_t *mask;
+    int64_t mask_sb, mask_sh, mask_si; /* (B|1, H|1, I|1, J), nonzero = keep */
+    const float *bias;
+    int64_t bias_sb, bias_sh, bias_si; /* (B|1, H|1, I|1, J), added        */
+    int causal;                        /* keep j <= i (upper-left aligned) */
     xattn_fill fill;
-    float *lse;      /* optional (B, H, I) contiguous: log-sum-exp of the (masked) logits    */
-    float *probs;    /* optional (B, H, I, J) contiguous: the softmax probabilities          */
+    float *lse;   /* optional (B, H, I) contiguous: log-sum-exp of the (masked) logits    */
+    float *probs; /* optional (B, H, I, J) contiguous: the softmax probabilities          */
 } xattn_sdpa_params;
 
 /* Zeroes p (no mask, no bias, default scale, -inf fill). */
@@ -317,18 +324,18 @@ typedef enum xattn_mha_layout {
 
 typedef struct xattn_mha_config {
     xattn_mha_layout layout;
-    int64_t embed_dim;   /* query input width (query_dim for diffusers)                  */
-    int64_t kdim, vdim;  /* key / value input widths (cross_attention_dim for diffusers)   */
+    int64_t embed_dim;  /* query input width (query_dim for diffusers)                  */
+    int64_t kdim, vdim; /* key / value input widths (cross_attention_dim for diffusers)   */
     int64_t heads;
-    int64_t head_dim;    /* q/k per-head width (embed_dim / heads, or inner / heads)      */
-    int64_t inner_dim;   /* heads * head_dim                                             */
-    int64_t out_dim;     /* output width                                                 */
-    int has_in_bias;     /* in_proj_bias / to_q.bias present                             */
+    int64_t head_dim;  /* q/k per-head width (embed_dim / heads, or inner / heads)      */
+    int64_t inner_dim; /* heads * head_dim                                             */
+    int64_t out_dim;   /* output width                                                 */
+    int has_in_bias;   /* in_proj_bias / to_q.bias present                             */
     int has_out_bias;
-    int add_bias_kv;     /* bias_k, bias_v present: one learned key/value appended          */
-    int add_zero_attn;   /* a zero key/value appended                                      */
-    float scale;         /* logits scale: head_dim^-0.5, or 1 if scale_qk is False          */
-    int residual_connection;     /* out += query                                            */
+    int add_bias_kv;         /* bias_k, bias_v present: one learned key/value appended          */
+    int add_zero_attn;       /* a zero key/value appended                                      */
+    float scale;             /* logits scale: head_dim^-0.5, or 1 if scale_qk is False          */
+    int residual_connection; /* out += query                                            */
     float rescale_output_factor; /* out /= rescale_output_factor (after the residual)       */
 } xattn_mha_config;
 
@@ -337,11 +344,11 @@ typedef struct xattn_mha xattn_mha;
 /* Options of xattn_mha_load; all zero = the file's __metadata__, else the reference's
  * defaults. An option of the other reference is an error. */
 typedef struct xattn_mha_opts {
-    int64_t heads;       /* num_heads / heads (wins over __metadata__ "heads"); 0: the file's
-                            metadata, else 8 for diffusers (nn.MultiheadAttention has no default) */
-    int add_zero_attn;   /* xattn_choice (nn.MultiheadAttention): leaves no trace in the
-                            state_dict; XATTN_DEFAULT: __metadata__ "add_zero_attn", else False */
-    int scale_qk;        /* xattn_choice (diffusers): XATTN_DEFAULT: metadata, else True      */
+    int64_t heads;           /* num_heads / heads (wins over __metadata__ "heads"); 0: the file's
+                                metadata, else 8 for diffusers (nn.MultiheadAttention has no default) */
+    int add_zero_attn;       /* xattn_choice (nn.MultiheadAttention): leaves no trace in the
+                                state_dict; XATTN_DEFAULT: __metadata__ "add_zero_attn", else False */
+    int scale_qk;            /* xattn_choice (diffusers): XATTN_DEFAULT: metadata, else True      */
     int residual_connection; /* xattn_choice (diffusers): XATTN_DEFAULT: metadata, else False */
     double rescale_output_factor; /* diffusers; 0: metadata, else 1.0                        */
     uint64_t reserved_[4];
@@ -363,15 +370,15 @@ XATTN_API void xattn_mha_get_config(const xattn_mha *m, xattn_mha_config *cfg);
  */
 typedef struct xattn_mha_inputs {
     int64_t B, I, J;
-    const float *query;       /* (B, I, embed_dim)                                 */
-    const float *key;         /* (B, J, kdim)                                      */
-    const float *value;       /* (B, J, vdim); NULL = key (requires kdim == vdim)  */
-    const uint8_t *key_padding_mask;      /* (B, J) bool, or NULL                  */
-    const float *key_padding_mask_float;  /* (B, J) additive, or NULL              */
-    const uint8_t *attn_mask;             /* bool, or NULL                         */
-    const float *attn_mask_float;         /* additive, or NULL                     */
-    int attn_mask_per_head;   /* 0: attn_mask is (I, J); 1: (B*heads, I, J)        */
-    int is_causal;            /* adds a causal mask (upper-left aligned)           */
+    const float *query;                  /* (B, I, embed_dim)                                 */
+    const float *key;                    /* (B, J, kdim)                                      */
+    const float *value;                  /* (B, J, vdim); NULL = key (requires kdim == vdim)  */
+    const uint8_t *key_padding_mask;     /* (B, J) bool, or NULL                  */
+    const float *key_padding_mask_float; /* (B, J) additive, or NULL              */
+    const uint8_t *attn_mask;            /* bool, or NULL                         */
+    const float *attn_mask_float;        /* additive, or NULL                     */
+    int attn_mask_per_head;              /* 0: attn_mask is (I, J); 1: (B*heads, I, J)        */
+    int is_causal;                       /* adds a causal mask (upper-left aligned)           */
     uint64_t reserved_[4];
 } xattn_mha_inputs;
 
@@ -386,8 +393,7 @@ typedef struct xattn_mha_outputs {
 
 /* ctx may be NULL (the default context). */
 XATTN_API xattn_status xattn_mha_forward(xattn_ctx *ctx, const xattn_mha *m,
-                                         const xattn_mha_inputs *in,
-                                         const xattn_mha_outputs *out);
+                                         const xattn_mha_inputs *in, const xattn_mha_outputs *out);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Bidirectional cross-attention (PyPI bidirectional-cross-attention 0.1.0 and 0.0.x)           */
@@ -411,20 +417,20 @@ XATTN_API xattn_status xattn_mha_forward(xattn_ctx *ctx, const xattn_mha *m,
  */
 typedef enum xattn_bidir_norm {
     XATTN_NORM_NONE = 0,
-    XATTN_NORM_RMS = 1,      /* nn.RMSNorm(eps=None): weight only, eps = FLT_EPSILON      */
-    XATTN_NORM_LAYER = 2     /* nn.LayerNorm (0.0.x prenorm): weight and bias, eps 1e-5   */
+    XATTN_NORM_RMS = 1,  /* nn.RMSNorm(eps=None): weight only, eps = FLT_EPSILON      */
+    XATTN_NORM_LAYER = 2 /* nn.LayerNorm (0.0.x prenorm): weight and bias, eps 1e-5   */
 } xattn_bidir_norm;
 
 typedef struct xattn_bidir_config {
-    int is_transformer;      /* BidirectionalCrossAttentionTransformer                    */
+    int is_transformer; /* BidirectionalCrossAttentionTransformer                    */
     int64_t dim, context_dim, heads, dim_head, inner_dim;
     xattn_bidir_norm prenorm;
     int talking_heads;
-    int64_t depth;           /* transformer: layers (1 for the attention module)          */
+    int64_t depth; /* transformer: layers (1 for the attention module)          */
     int64_t ff_hidden, context_ff_hidden; /* transformer: int(dim * ff_expansion_factor)   */
     double ff_expansion_factor; /* transformer: the factor (given, or implied by the widths) */
-    int final_norms;         /* transformer: norm / context_norm present                   */
-    int64_t context_norm_dim; /* transformer: size of context_norm.weight (= context_dim)    */
+    int final_norms;            /* transformer: norm / context_norm present                   */
+    int64_t context_norm_dim;   /* transformer: size of context_norm.weight (= context_dim)    */
 } xattn_bidir_config;
 
 typedef struct xattn_bidir xattn_bidir;
@@ -450,22 +456,22 @@ XATTN_API void xattn_bidir_get_config(const xattn_bidir *m, xattn_bidir_config *
 
 typedef struct xattn_bidir_inputs {
     int64_t B, I, J;
-    const float *x;             /* (B, I, dim)                                        */
-    const float *context;       /* (B, J, context_dim)                                */
-    const uint8_t *mask;        /* (B, I) nonzero = keep, or NULL                     */
+    const float *x;              /* (B, I, dim)                                        */
+    const float *context;        /* (B, J, context_dim)                                */
+    const uint8_t *mask;         /* (B, I) nonzero = keep, or NULL                     */
     const uint8_t *context_mask; /* (B, J) nonzero = keep, or NULL                    */
-    const float *rel_pos_bias;  /* (bias_b, bias_h, I, J) added to the similarities   */
-    int64_t bias_b, bias_h;     /* 1 or B, 1 or heads                                 */
-    uint64_t reserved_[4];      /* must be zero                                       */
+    const float *rel_pos_bias;   /* (bias_b, bias_h, I, J) added to the similarities   */
+    int64_t bias_b, bias_h;      /* 1 or B, 1 or heads                                 */
+    uint64_t reserved_[4];       /* must be zero                                       */
 } xattn_bidir_inputs;
 
 typedef struct xattn_bidir_outputs {
-    float *out;                 /* (B, I, dim), required                              */
-    float *context_out;         /* (B, J, context_dim), required                      */
-    float *attn;                /* (B, heads, I, J) or NULL: softmax over j, after talking
-                                   heads (attention module only, as return_attn)      */
-    float *context_attn;        /* (B, heads, I, J) or NULL: softmax over i, likewise  */
-    uint64_t reserved_[4];      /* must be zero                                       */
+    float *out;            /* (B, I, dim), required                              */
+    float *context_out;    /* (B, J, context_dim), required                      */
+    float *attn;           /* (B, heads, I, J) or NULL: softmax over j, after talking
+                              heads (attention module only, as return_attn)      */
+    float *context_attn;   /* (B, heads, I, J) or NULL: softmax over i, likewise  */
+    uint64_t reserved_[4]; /* must be zero                                       */
 } xattn_bidir_outputs;
 
 /* Runs the module on ctx (NULL: the default context). The transformer returns no maps (the
@@ -488,8 +494,8 @@ XATTN_API xattn_status xattn_bidir_forward(xattn_ctx *ctx, const xattn_bidir *m,
  * accepts Na != Nb (same B and D). Both terms run on the fused attention kernel: no N x N
  * buffer; scratch is one (B, N, D) array.
  */
-XATTN_API xattn_status xattn_mutual(const float *a, const float *b, int64_t B, int64_t N,
-                                    int64_t D, float *out);
+XATTN_API xattn_status xattn_mutual(const float *a, const float *b, int64_t B, int64_t N, int64_t D,
+                                    float *out);
 XATTN_API xattn_status xattn_mutual_terms(const float *a, int64_t Na, const float *b, int64_t Nb,
                                           int64_t B, int64_t D, float *a_out, float *b_out);
 /* EEG helper: a, b of one shape (rank 3..8) with a band axis; each band is fused on its own:
@@ -515,9 +521,9 @@ XATTN_API xattn_status xattn_mutual_bands(const float *a, const float *b, int nd
  */
 typedef struct xattn_conv2d_cross xattn_conv2d_cross;
 typedef struct xattn_conv2d_cross_config {
-    int64_t in1, in2;      /* C1 (x1 channels), C2 (x2 channels) */
-    int64_t qk_channels;   /* Ck */
-    int64_t out_channels;  /* Cv */
+    int64_t in1, in2;     /* C1 (x1 channels), C2 (x2 channels) */
+    int64_t qk_channels;  /* Ck */
+    int64_t out_channels; /* Cv */
     int has_bias_q, has_bias_k, has_bias_v;
 } xattn_conv2d_cross_config;
 
@@ -528,15 +534,14 @@ XATTN_API void xattn_conv2d_cross_get_config(const xattn_conv2d_cross *m,
                                              xattn_conv2d_cross_config *cfg);
 typedef struct xattn_conv2d_cross_inputs {
     int64_t B, H1, W1, H2, W2;
-    const float *x1;   /* (B, C1, H1, W1) */
-    const float *x2;   /* (B, C2, H2, W2) */
-    int has_scale;     /* 0: scale 1 (the seed) */
+    const float *x1; /* (B, C1, H1, W1) */
+    const float *x2; /* (B, C2, H2, W2) */
+    int has_scale;   /* 0: scale 1 (the seed) */
     float scale;
 } xattn_conv2d_cross_inputs;
 /* out (B, Cv, H1, W1) */
 XATTN_API xattn_status xattn_conv2d_cross_forward(const xattn_conv2d_cross *m,
-                                                  const xattn_conv2d_cross_inputs *in,
-                                                  float *out);
+                                                  const xattn_conv2d_cross_inputs *in, float *out);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Joint (stacked) cross-attention: nn.TransformerEncoder layers over [x; context]              */
@@ -562,24 +567,24 @@ XATTN_API xattn_status xattn_conv2d_cross_forward(const xattn_conv2d_cross *m,
  */
 /* activation choices of xattn_joint_opts */
 #define XATTN_JOINT_ACT_DEFAULT 0 /* the file's __metadata__, else relu */
-#define XATTN_JOINT_ACT_RELU 1
-#define XATTN_JOINT_ACT_GELU 2 /* exact (erf) form */
+#define XATTN_JOINT_ACT_RELU    1
+#define XATTN_JOINT_ACT_GELU    2 /* exact (erf) form */
 
 /* All zero: everything from the file, else torch's defaults. */
 typedef struct xattn_joint_opts {
-    int64_t heads;         /* nhead; 0: __metadata__ "heads" (required there if not here)    */
+    int64_t heads;           /* nhead; 0: __metadata__ "heads" (required there if not here)    */
     xattn_choice norm_first; /* XATTN_DEFAULT (metadata, else False), XATTN_NO, XATTN_YES  */
-    int activation;        /* XATTN_JOINT_ACT_*                                               */
-    double layer_norm_eps; /* 0: metadata, else 1e-5                                          */
-    uint64_t reserved_[4]; /* zero                                                            */
+    int activation;          /* XATTN_JOINT_ACT_*                                               */
+    double layer_norm_eps;   /* 0: metadata, else 1e-5                                          */
+    uint64_t reserved_[4];   /* zero                                                            */
 } xattn_joint_opts;
 
 typedef struct xattn_joint_config {
     int64_t d_model, heads, head_dim, ff_dim, layers;
     int norm_first, activation; /* activation: 0 relu, 1 gelu */
     float layer_norm_eps;
-    int final_norm;             /* norm.weight present */
-    int bias;                   /* the layers have biases (TransformerEncoderLayer(bias=...)) */
+    int final_norm; /* norm.weight present */
+    int bias;       /* the layers have biases (TransformerEncoderLayer(bias=...)) */
 } xattn_joint_config;
 
 typedef struct xattn_joint xattn_joint;
@@ -593,12 +598,12 @@ XATTN_API void xattn_joint_get_config(const xattn_joint *m, xattn_joint_config *
 XATTN_API const char *xattn_joint_warnings(const xattn_joint *m);
 
 typedef struct xattn_joint_inputs {
-    int64_t B, K, N;                      /* K >= 0, N >= 0, K + N >= 1                     */
-    const float *x;                       /* (B, K, d)                                      */
-    const float *context;                 /* (B, N, d)                                      */
-    const uint8_t *x_padding_mask;        /* (B, K) nonzero = ignore, or NULL               */
-    const uint8_t *context_padding_mask;  /* (B, N) nonzero = ignore, or NULL               */
-    uint64_t reserved_[4];                /* zero                                           */
+    int64_t B, K, N;                     /* K >= 0, N >= 0, K + N >= 1                     */
+    const float *x;                      /* (B, K, d)                                      */
+    const float *context;                /* (B, N, d)                                      */
+    const uint8_t *x_padding_mask;       /* (B, K) nonzero = ignore, or NULL               */
+    const uint8_t *context_padding_mask; /* (B, N) nonzero = ignore, or NULL               */
+    uint64_t reserved_[4];               /* zero                                           */
 } xattn_joint_inputs;
 
 typedef struct xattn_joint_outputs {
@@ -637,24 +642,24 @@ XATTN_API xattn_status xattn_joint_forward(xattn_ctx *ctx, const xattn_joint *m,
 /* All zero: everything from the file, else the reference's defaults (heads 6, n_cls 20, x first,
  * qk_scale None). */
 typedef struct xattn_interlaced_opts {
-    int64_t heads;         /* num_heads; 0: __metadata__ "heads", else 6                      */
-    int64_t n_cls;         /* num_classes, the class tokens skipped as keys; used when nonzero */
-    int has_n_cls;         /* nonzero: n_cls is used as given, 0 included (n_cls = 0 alone
-                              means "metadata n_cls / num_classes, else 20")                   */
+    int64_t heads; /* num_heads; 0: __metadata__ "heads", else 6                      */
+    int64_t n_cls; /* num_classes, the class tokens skipped as keys; used when nonzero */
+    int has_n_cls; /* nonzero: n_cls is used as given, 0 included (n_cls = 0 alone
+                      means "metadata n_cls / num_classes, else 20")                   */
     xattn_choice context_first; /* XATTN_DEFAULT (metadata "first", else x first),
                                    XATTN_NO (x first), XATTN_YES (context first)               */
-    double qk_scale;       /* 0: __metadata__ "qk_scale", else None (head_dim^-0.5), as the
-                              reference's `qk_scale or head_dim ** -0.5`                       */
+    double qk_scale;            /* 0: __metadata__ "qk_scale", else None (head_dim^-0.5), as the
+                                   reference's `qk_scale or head_dim ** -0.5`                       */
     uint64_t reserved_[4]; /* zero                                                            */
 } xattn_interlaced_opts;
 
 typedef struct xattn_interlaced_config {
     int64_t dim, heads, head_dim, depth, mlp_hidden, n_cls;
     int context_first;
-    int qkv_bias;       /* self_attn.qkv.bias present                                         */
-    int map_bias;       /* attn.{q,k,v}_map.bias present (= qkv_bias)                         */
-    float eps;          /* LayerNorm eps (1e-5)                                               */
-    float scale;        /* head_dim^-0.5 (or qk_scale)                                        */
+    int qkv_bias; /* self_attn.qkv.bias present                                         */
+    int map_bias; /* attn.{q,k,v}_map.bias present (= qkv_bias)                         */
+    float eps;    /* LayerNorm eps (1e-5)                                               */
+    float scale;  /* head_dim^-0.5 (or qk_scale)                                        */
 } xattn_interlaced_config;
 
 typedef struct xattn_interlaced xattn_interlaced;
@@ -676,8 +681,8 @@ typedef struct xattn_interlaced_inputs {
 } xattn_interlaced_inputs;
 
 typedef struct xattn_interlaced_outputs {
-    float *out;            /* (B, I, dim); may be x (in place)                                */
-    float *context_out;    /* (B, J, dim); may be context                                     */
+    float *out;         /* (B, I, dim); may be x (in place)                                */
+    float *context_out; /* (B, J, dim); may be context                                     */
     /* NULL, or depth pointers (each may be NULL): attn_weights[L] receives layer L's
      * pre-softmax cross-attention logits (scale * q k^T over ALL keys, class tokens included,
      * as the reference's returned weights): (B, heads, I, J) in layers where x queries,
@@ -721,7 +726,7 @@ XATTN_API xattn_status xattn_interlaced_forward(xattn_ctx *ctx, const xattn_inte
  * computes); alias "view" for the views in order (xs.*).
  */
 #define XATTN_MULTIVIEW_MAX_STAGES 16
-#define XATTN_MULTIVIEW_MAX_VIEWS 64
+#define XATTN_MULTIVIEW_MAX_VIEWS  64
 
 typedef enum xattn_multiview_gelu {
     XATTN_MULTIVIEW_GELU_DEFAULT = 0, /* __metadata__ "gelu", else erf (nn.GELU's default)      */
@@ -740,7 +745,7 @@ typedef struct xattn_multiview_opts {
 
 typedef struct xattn_multiview_config {
     int64_t views, stages;
-    int64_t dim[XATTN_MULTIVIEW_MAX_STAGES];        /* C_s                              */
+    int64_t dim[XATTN_MULTIVIEW_MAX_STAGES]; /* C_s                              */
     int64_t heads[XATTN_MULTIVIEW_MAX_STAGES];
     int64_t mlp_hidden[XATTN_MULTIVIEW_MAX_STAGES]; /* rows of view 0's mlp.0.weight     */
     float eps;
@@ -762,14 +767,14 @@ XATTN_API xattn_status xattn_multiview_out_tokens(const xattn_multiview *m, int6
 
 typedef struct xattn_multiview_inputs {
     int64_t B;
-    int64_t n_views;         /* = config views                                               */
-    const int64_t *tokens;   /* [n_views] N_v >= 1 (views may have different token counts)   */
-    const float *const *x;   /* [n_views] (B, N_v, C_0)                                      */
+    int64_t n_views;       /* = config views                                               */
+    const int64_t *tokens; /* [n_views] N_v >= 1 (views may have different token counts)   */
+    const float *const *x; /* [n_views] (B, N_v, C_0)                                      */
     uint64_t reserved_[4];
 } xattn_multiview_inputs;
 
 typedef struct xattn_multiview_outputs {
-    float *const *out;       /* [n_views] (B, out_tokens(N_v), C_{S-1}); NULL: not written   */
+    float *const *out; /* [n_views] (B, out_tokens(N_v), C_{S-1}); NULL: not written   */
     uint64_t reserved_[4];
 } xattn_multiview_outputs;
 
@@ -818,10 +823,10 @@ typedef struct xattn_hallo_opts {
 } xattn_hallo_opts;
 
 typedef struct xattn_hallo_config {
-    int64_t dim;        /* channels of the latent tokens                         */
-    int64_t audio_dim;  /* cross_attention_dim                                  */
+    int64_t dim;                        /* channels of the latent tokens                         */
+    int64_t audio_dim;                  /* cross_attention_dim                                  */
     int64_t heads, head_dim, inner_dim; /* of each attention                     */
-    int64_t ff_inner;   /* rows of ff.net.0.proj.weight / 2                      */
+    int64_t ff_inner;                   /* rows of ff.net.0.proj.weight / 2                      */
 } xattn_hallo_config;
 
 typedef struct xattn_hallo xattn_hallo;
@@ -834,17 +839,17 @@ XATTN_API void xattn_hallo_get_config(const xattn_hallo *m, xattn_hallo_config *
 
 typedef struct xattn_hallo_inputs {
     int64_t B, N, T;
-    const float *x;        /* (B, N, dim) latent tokens (N = h*w, row-major)              */
-    const float *audio;    /* (B, T, audio_dim)                                           */
-    const float *masks;    /* (mask_batch, 3, N): full/pose, face, lip at this level      */
-    int64_t mask_batch;    /* 1 (shared by the batch) or B                                */
+    const float *x;            /* (B, N, dim) latent tokens (N = h*w, row-major)              */
+    const float *audio;        /* (B, T, audio_dim)                                           */
+    const float *masks;        /* (mask_batch, 3, N): full/pose, face, lip at this level      */
+    int64_t mask_batch;        /* 1 (shared by the batch) or B                                */
     const float *motion_scale; /* 3 weights (pose, face, lip), or NULL = 1, 1, 1           */
     uint64_t reserved_[4];
 } xattn_hallo_inputs;
 
 typedef struct xattn_hallo_outputs {
-    float *out;            /* (B, N, dim); may not alias x                                */
-    float *regions;        /* optional (3, B, N, dim): the unscaled o_k of each region    */
+    float *out;     /* (B, N, dim); may not alias x                                */
+    float *regions; /* optional (3, B, N, dim): the unscaled o_k of each region    */
     uint64_t reserved_[4];
 } xattn_hallo_outputs;
 
@@ -960,9 +965,8 @@ XATTN_API xattn_status xattn_decoder_state_new(const xattn_decoder *m, int64_t B
 XATTN_API void xattn_decoder_state_free(xattn_decoder_state *s);
 /* Computes the cross-attention K/V of every layer once and resets the position to 0:
  * memory (B, M, memory_dim), memory_mask (B, M) or NULL. ctx may be NULL. */
-XATTN_API xattn_status xattn_decoder_set_memory(xattn_ctx *ctx, xattn_decoder_state *s,
-                                                int64_t M, const float *memory,
-                                                const uint8_t *memory_mask);
+XATTN_API xattn_status xattn_decoder_set_memory(xattn_ctx *ctx, xattn_decoder_state *s, int64_t M,
+                                                const float *memory, const uint8_t *memory_mask);
 /* Forgets the decoded tokens (keeps the memory). */
 XATTN_API void xattn_decoder_reset(xattn_decoder_state *s);
 /* Tokens decoded so far. */
@@ -1108,14 +1112,14 @@ typedef struct xattn_tensor {
 } xattn_tensor;
 
 /* Fills dtype, ndim and shape of the outputs named in out[].name for the given inputs. */
-XATTN_API xattn_status xattn_module_plan(const xattn_module *m, const xattn_tensor *in,
-                                         size_t n_in, xattn_tensor *out, size_t n_out);
+XATTN_API xattn_status xattn_module_plan(const xattn_module *m, const xattn_tensor *in, size_t n_in,
+                                         xattn_tensor *out, size_t n_out);
 /* Runs the module: in[] by name, out[] by name with data and the shapes xattn_module_plan
  * gives. Optional outputs are produced only when asked. ctx may be NULL (default context).
  * A loaded module is read-only during forward: several threads may run one module at once. */
 XATTN_API xattn_status xattn_module_forward(xattn_ctx *ctx, const xattn_module *m,
-                                            const xattn_tensor *in, size_t n_in,
-                                            xattn_tensor *out, size_t n_out);
+                                            const xattn_tensor *in, size_t n_in, xattn_tensor *out,
+                                            size_t n_out);
 
 /* The kinds and the arguments their constructors take (for `xattn init --help`). */
 typedef struct xattn_kind_desc {

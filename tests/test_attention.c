@@ -94,8 +94,10 @@ static double run_cfg(const cfg *c, const char *label)
     tu_fill_uniform(q, nq, -1.5f, 1.5f, &rng);
     tu_fill_uniform(k, nk, -1.5f, 1.5f, &rng);
     tu_fill_uniform(v, nv, -1.0f, 1.0f, &rng);
-    int64_t nmask = c->mask_kind == 1 ? c->B * c->J : c->mask_kind == 2 ? c->I * c->J
-                  : c->mask_kind == 3 ? c->B * c->H * c->I * c->J : 0;
+    int64_t nmask = c->mask_kind == 1   ? c->B * c->J
+                    : c->mask_kind == 2 ? c->I * c->J
+                    : c->mask_kind == 3 ? c->B * c->H * c->I * c->J
+                                        : 0;
     uint8_t *mask = nmask ? malloc((size_t)nmask) : NULL;
     for (int64_t x = 0; x < nmask; x++) {
         rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
@@ -107,31 +109,71 @@ static double run_cfg(const cfg *c, const char *label)
         if (c->mask_kind == 2) memset(mask, 0, (size_t)c->J);
         if (c->mask_kind == 3) memset(mask + (c->I - 1) * c->J, 0, (size_t)c->J);
     }
-    int64_t nbias = c->bias_kind == 1 ? c->H * c->I * c->J : c->bias_kind == 2 ? c->B * c->I * c->J : 0;
+    int64_t nbias = c->bias_kind == 1   ? c->H * c->I * c->J
+                    : c->bias_kind == 2 ? c->B * c->I * c->J
+                                        : 0;
     float *bias = nbias ? malloc(sizeof(float) * (size_t)nbias) : NULL;
     if (bias) tu_fill_uniform(bias, nbias, -2.0f, 2.0f, &rng);
 
     int64_t np = c->B * c->H * c->I * c->J;
-    double *ref = malloc(sizeof(double) * (size_t)no), *rlse = malloc(sizeof(double) * (size_t)(c->B * c->H * c->I));
+    double *ref = malloc(sizeof(double) * (size_t)no),
+           *rlse = malloc(sizeof(double) * (size_t)(c->B * c->H * c->I));
     double *rprobs = c->want_probs ? malloc(sizeof(double) * (size_t)np) : NULL;
     reference(c, q, k, v, mask, bias, ref, rlse, rprobs);
 
     xattn_sdpa_params p;
     xattn_sdpa_init(&p);
-    p.B = c->B; p.H = c->H; p.I = c->I; p.J = c->J; p.dh = c->dh; p.dv = c->dv;
+    p.B = c->B;
+    p.H = c->H;
+    p.I = c->I;
+    p.J = c->J;
+    p.dh = c->dh;
+    p.dv = c->dv;
     /* heads read in place from (B, N, H*d) */
-    p.q = q; p.q_sb = c->I * c->H * c->dh; p.q_sh = c->dh; p.q_si = c->H * c->dh;
-    p.k = k; p.k_sb = c->J * c->H * c->dh; p.k_sh = c->dh; p.k_sj = c->H * c->dh;
-    p.v = v; p.v_sb = c->J * c->H * c->dv; p.v_sh = c->dv; p.v_sj = c->H * c->dv;
-    p.out = out; p.o_sb = c->I * c->H * c->dv; p.o_sh = c->dv; p.o_si = c->H * c->dv;
-    p.has_scale = c->has_scale; p.scale = c->scale;
+    p.q = q;
+    p.q_sb = c->I * c->H * c->dh;
+    p.q_sh = c->dh;
+    p.q_si = c->H * c->dh;
+    p.k = k;
+    p.k_sb = c->J * c->H * c->dh;
+    p.k_sh = c->dh;
+    p.k_sj = c->H * c->dh;
+    p.v = v;
+    p.v_sb = c->J * c->H * c->dv;
+    p.v_sh = c->dv;
+    p.v_sj = c->H * c->dv;
+    p.out = out;
+    p.o_sb = c->I * c->H * c->dv;
+    p.o_sh = c->dv;
+    p.o_si = c->H * c->dv;
+    p.has_scale = c->has_scale;
+    p.scale = c->scale;
     p.causal = c->causal;
     p.fill = c->fill ? XATTN_FILL_MIN_FLOAT : XATTN_FILL_NEG_INF;
-    if (c->mask_kind == 1) { p.mask = mask; p.mask_sb = c->J; }
-    if (c->mask_kind == 2) { p.mask = mask; p.mask_si = c->J; }
-    if (c->mask_kind == 3) { p.mask = mask; p.mask_sb = c->H * c->I * c->J; p.mask_sh = c->I * c->J; p.mask_si = c->J; }
-    if (c->bias_kind == 1) { p.bias = bias; p.bias_sh = c->I * c->J; p.bias_si = c->J; }
-    if (c->bias_kind == 2) { p.bias = bias; p.bias_sb = c->I * c->J; p.bias_si = c->J; }
+    if (c->mask_kind == 1) {
+        p.mask = mask;
+        p.mask_sb = c->J;
+    }
+    if (c->mask_kind == 2) {
+        p.mask = mask;
+        p.mask_si = c->J;
+    }
+    if (c->mask_kind == 3) {
+        p.mask = mask;
+        p.mask_sb = c->H * c->I * c->J;
+        p.mask_sh = c->I * c->J;
+        p.mask_si = c->J;
+    }
+    if (c->bias_kind == 1) {
+        p.bias = bias;
+        p.bias_sh = c->I * c->J;
+        p.bias_si = c->J;
+    }
+    if (c->bias_kind == 2) {
+        p.bias = bias;
+        p.bias_sb = c->I * c->J;
+        p.bias_si = c->J;
+    }
     float *lse = c->want_lse ? malloc(sizeof(float) * (size_t)(c->B * c->H * c->I)) : NULL;
     float *probs = c->want_probs ? malloc(sizeof(float) * (size_t)np) : NULL;
     p.lse = lse;
@@ -139,10 +181,12 @@ static double run_cfg(const cfg *c, const char *label)
 
     double err = 0;
     CHECK_OK(xattn_sdpa(&p));
-    float *rf = malloc(sizeof(float) * (size_t)(no > np ? no : np) + 4 * (size_t)(c->B * c->H * c->I));
+    float *rf =
+        malloc(sizeof(float) * (size_t)(no > np ? no : np) + 4 * (size_t)(c->B * c->H * c->I));
     to_float(ref, rf, no);
     char what[256];
-    snprintf(what, sizeof what, "%s out B=%lld H=%lld I=%lld J=%lld dh=%lld dv=%lld mask=%d bias=%d causal=%d fill=%d",
+    snprintf(what, sizeof what,
+             "%s out B=%lld H=%lld I=%lld J=%lld dh=%lld dv=%lld mask=%d bias=%d causal=%d fill=%d",
              label, (long long)c->B, (long long)c->H, (long long)c->I, (long long)c->J,
              (long long)c->dh, (long long)c->dv, c->mask_kind, c->bias_kind, c->causal, c->fill);
     err = tu_check_close(what, out, rf, no, TU_TOL);
@@ -153,7 +197,10 @@ static double run_cfg(const cfg *c, const char *label)
         int ok = 1;
         double le = 0;
         for (int64_t x = 0; x < nl; x++) {
-            if (isinf(rf[x]) || isinf(lse[x])) { ok &= rf[x] == lse[x]; continue; }
+            if (isinf(rf[x]) || isinf(lse[x])) {
+                ok &= rf[x] == lse[x];
+                continue;
+            }
             double e = fabs((double)lse[x] - rf[x]) / (1 + fabs((double)rf[x]));
             if (!(e <= le)) le = e;
         }
@@ -172,8 +219,18 @@ static double run_cfg(const cfg *c, const char *label)
         double e = tu_check_close(w2, probs, rf, np, TU_TOL);
         if (e > err) err = e;
     }
-    free(q); free(k); free(v); free(out); free(mask); free(bias); free(ref); free(rlse);
-    free(rprobs); free(lse); free(probs); free(rf);
+    free(q);
+    free(k);
+    free(v);
+    free(out);
+    free(mask);
+    free(bias);
+    free(ref);
+    free(rlse);
+    free(rprobs);
+    free(lse);
+    free(probs);
+    free(rf);
     return err;
 }
 
@@ -187,22 +244,42 @@ static double run_fixture(const char *file)
     CHECK_OK(s);
     if (s != XATTN_OK) return INFINITY;
     xattn_array aq = {0}, ak = {0}, av = {0}, ao = {0}, am = {0}, ab = {0}, al = {0};
-    float *q = tu_get_f32(st, "q", &aq), *k = tu_get_f32(st, "k", &ak), *v = tu_get_f32(st, "v", &av);
+    float *q = tu_get_f32(st, "q", &aq), *k = tu_get_f32(st, "k", &ak),
+          *v = tu_get_f32(st, "v", &av);
     float *ref = tu_get_f32(st, "out", &ao);
     xattn_sdpa_params p;
     xattn_sdpa_init(&p);
-    p.B = aq.shape[0]; p.H = aq.shape[1]; p.I = aq.shape[2]; p.dh = aq.shape[3];
-    p.J = ak.shape[2]; p.dv = av.shape[3];
-    p.q = q; p.q_sb = p.H * p.I * p.dh; p.q_sh = p.I * p.dh; p.q_si = p.dh;
-    p.k = k; p.k_sb = p.H * p.J * p.dh; p.k_sh = p.J * p.dh; p.k_sj = p.dh;
-    p.v = v; p.v_sb = p.H * p.J * p.dv; p.v_sh = p.J * p.dv; p.v_sj = p.dv;
+    p.B = aq.shape[0];
+    p.H = aq.shape[1];
+    p.I = aq.shape[2];
+    p.dh = aq.shape[3];
+    p.J = ak.shape[2];
+    p.dv = av.shape[3];
+    p.q = q;
+    p.q_sb = p.H * p.I * p.dh;
+    p.q_sh = p.I * p.dh;
+    p.q_si = p.dh;
+    p.k = k;
+    p.k_sb = p.H * p.J * p.dh;
+    p.k_sh = p.J * p.dh;
+    p.k_sj = p.dh;
+    p.v = v;
+    p.v_sb = p.H * p.J * p.dv;
+    p.v_sh = p.J * p.dv;
+    p.v_sj = p.dv;
     int64_t no = p.B * p.H * p.I * p.dv;
     float *out = malloc(sizeof(float) * (size_t)no);
-    p.out = out; p.o_sb = p.H * p.I * p.dv; p.o_sh = p.I * p.dv; p.o_si = p.dv;
+    p.out = out;
+    p.o_sb = p.H * p.I * p.dv;
+    p.o_sh = p.I * p.dv;
+    p.o_si = p.dv;
     const char *cs = xattn_st_meta_get(st, "causal"), *sc = xattn_st_meta_get(st, "scale"),
                *fl = xattn_st_meta_get(st, "fill");
     p.causal = cs && !strcmp(cs, "1");
-    if (sc && strcmp(sc, "none")) { p.has_scale = 1; p.scale = (float)atof(sc); }
+    if (sc && strcmp(sc, "none")) {
+        p.has_scale = 1;
+        p.scale = (float)atof(sc);
+    }
     p.fill = fl && !strcmp(fl, "min_float") ? XATTN_FILL_MIN_FLOAT : XATTN_FILL_NEG_INF;
     /* mask / bias are stored 4-D with broadcast dims of size 1 */
     if (xattn_st_find(st, "mask") >= 0) {
@@ -231,8 +308,12 @@ static double run_fixture(const char *file)
     }
     (void)al;
     free(out);
-    xattn_array_free(&aq); xattn_array_free(&ak); xattn_array_free(&av); xattn_array_free(&ao);
-    xattn_array_free(&am); xattn_array_free(&ab);
+    xattn_array_free(&aq);
+    xattn_array_free(&ak);
+    xattn_array_free(&av);
+    xattn_array_free(&ao);
+    xattn_array_free(&am);
+    xattn_array_free(&ab);
     xattn_st_close(st);
     return err;
 }
@@ -243,23 +324,35 @@ static void test_errors(void)
     xattn_sdpa_init(&p);
     CHECK_FAIL(xattn_sdpa(NULL), XATTN_ERR_ARG);
     float x[4] = {0};
-    p.B = p.H = p.I = p.J = 1; p.dh = p.dv = 1;
+    p.B = p.H = p.I = p.J = 1;
+    p.dh = p.dv = 1;
     CHECK_FAIL(xattn_sdpa(&p), XATTN_ERR_ARG); /* NULL tensors */
-    p.q = p.k = p.v = x; p.out = x + 2;
+    p.q = p.k = p.v = x;
+    p.out = x + 2;
     p.dh = 0;
     CHECK_FAIL(xattn_sdpa(&p), XATTN_ERR_ARG);
-    p.dh = 1; p.I = -1;
+    p.dh = 1;
+    p.I = -1;
     CHECK_FAIL(xattn_sdpa(&p), XATTN_ERR_ARG);
-    p.I = 1; p.q_si = -3;
+    p.I = 1;
+    p.q_si = -3;
     CHECK_FAIL(xattn_sdpa(&p), XATTN_ERR_ARG);
-    p.q_si = 0; p.fill = (xattn_fill)7;
+    p.q_si = 0;
+    p.fill = (xattn_fill)7;
     CHECK_FAIL(xattn_sdpa(&p), XATTN_ERR_ARG);
-    p.fill = XATTN_FILL_NEG_INF; p.has_scale = 1; p.scale = NAN;
+    p.fill = XATTN_FILL_NEG_INF;
+    p.has_scale = 1;
+    p.scale = NAN;
     CHECK_FAIL(xattn_sdpa(&p), XATTN_ERR_ARG);
-    p.has_scale = 0; p.B = INT64_MAX / 2; p.H = 4;
+    p.has_scale = 0;
+    p.B = INT64_MAX / 2;
+    p.H = 4;
     CHECK_FAIL(xattn_sdpa(&p), XATTN_ERR_NOMEM);
     /* J = 0: empty softmax -> zero output */
-    p.B = 1; p.H = 1; p.J = 0; x[2] = 5;
+    p.B = 1;
+    p.H = 1;
+    p.J = 0;
+    x[2] = 5;
     CHECK_OK(xattn_sdpa(&p));
     CHECK(x[2] == 0.0f);
 }
@@ -277,7 +370,8 @@ int main(void)
             double e = run_fixture(fixtures[f]);
             if (e > worst_fix) worst_fix = e;
         }
-    printf("torch fixtures: %zu files, max rel error %.3g\n", sizeof fixtures / sizeof fixtures[0], worst_fix);
+    printf("torch fixtures: %zu files, max rel error %.3g\n", sizeof fixtures / sizeof fixtures[0],
+           worst_fix);
 
     static const int64_t lens[] = {1, 2, 7, 31, 32, 33, 64, 65, 100, 255, 257, 300};
     static const int64_t dhs[] = {1, 8, 64, 80, 128, 256, 3, 13};
@@ -314,8 +408,16 @@ int main(void)
         /* decode-shaped: one query, long keys, split across threads */
         for (int t = 0; t < 6; t++) {
             cfg c = {0};
-            c.B = 1; c.H = 1 + t % 2; c.I = 1 + (t % 3); c.J = 700 + 333 * t; c.dh = 64; c.dv = 64;
-            c.mask_kind = t % 2; c.fill = t % 2; c.fully_masked = t == 3; c.want_lse = 1;
+            c.B = 1;
+            c.H = 1 + t % 2;
+            c.I = 1 + (t % 3);
+            c.J = 700 + 333 * t;
+            c.dh = 64;
+            c.dv = 64;
+            c.mask_kind = t % 2;
+            c.fill = t % 2;
+            c.fully_masked = t == 3;
+            c.want_lse = 1;
             c.want_probs = t == 5;
             c.causal = t == 4;
             xattn_set_threads(2);

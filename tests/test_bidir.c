@@ -287,8 +287,8 @@ static void run_fixture(const char *file)
                 snprintf(t2, sizeof t2, "context_out with %s", tag);
                 worst_out =
                     fmax(worst_out, tu_check_close(WHAT(t2), cout2, ref_cout, n_cout, TU_TOL));
-                if (which == 0) check_map_sums(WHAT("map sums"), attn, cattn, in.B, H, in.I, in.J,
-                                               talk, ctalk);
+                if (which == 0)
+                    check_map_sums(WHAT("map sums"), attn, cattn, in.B, H, in.I, in.J, talk, ctalk);
                 if (!ref_attn) continue;
                 if (pa) {
                     snprintf(t2, sizeof t2, "attn (%s)", tag);
@@ -297,8 +297,8 @@ static void run_fixture(const char *file)
                 }
                 if (pc) {
                     snprintf(t2, sizeof t2, "context_attn (%s)", tag);
-                    worst_attn = fmax(worst_attn,
-                                      tu_check_close(WHAT(t2), cattn, ref_cattn, n_map, TU_TOL));
+                    worst_attn =
+                        fmax(worst_attn, tu_check_close(WHAT(t2), cattn, ref_cattn, n_map, TU_TOL));
                 }
             }
 #undef WHAT
@@ -374,10 +374,7 @@ static int64_t irand(int64_t lo, int64_t hi) /* inclusive */
     return lo + (int64_t)(urand() * (double)(hi - lo + 1));
 }
 
-static void wl_init(wlist *w)
-{
-    memset(w, 0, sizeof *w);
-}
+static void wl_init(wlist *w) { memset(w, 0, sizeof *w); }
 
 static void wl_free(wlist *w)
 {
@@ -762,7 +759,7 @@ typedef struct rcase {
     int transformer;
     int64_t B, I, J, dim, cdim, H, dh, depth, hid, chid, cnorm;
     int norm, talking;
-    int heads_how; /* 0: argument, 1: metadata, 2: from talking heads (heads arg 0) */
+    int heads_how;             /* 0: argument, 1: metadata, 2: from talking heads (heads arg 0) */
     int mask_kind, cmask_kind; /* 0 none, 1 random, 2 random + a fully masked batch element */
     int bias_kind;             /* 0 none, 1 (B,H), 2 (1,H), 3 (B,1), 4 (1,1) */
     const char *prefix;
@@ -978,8 +975,10 @@ static void test_random(void)
         c.prefix = prefixes[irand(0, 2)];
         /* keep the float64 reference cheap */
         while (c.B * c.H * c.I * c.J * (c.dh + 4) > 40000000) {
-            if (c.I > c.J) c.I = c.I / 2 + 1;
-            else c.J = c.J / 2 + 1;
+            if (c.I > c.J)
+                c.I = c.I / 2 + 1;
+            else
+                c.J = c.J / 2 + 1;
         }
         if (c.transformer) {
             c.depth = irand(1, 3);
@@ -991,8 +990,10 @@ static void test_random(void)
             c.cnorm = urand() < 0.5 ? 0 : (urand() < 0.5 ? c.dim : c.cdim);
             if (c.cnorm == c.dim && c.cdim != c.dim) c.cnorm = c.cdim; /* package bug otherwise */
             while (c.depth * c.B * c.H * c.I * c.J * (c.dh + 4) > 20000000) {
-                if (c.I > c.J) c.I = c.I / 2 + 1;
-                else c.J = c.J / 2 + 1;
+                if (c.I > c.J)
+                    c.I = c.I / 2 + 1;
+                else
+                    c.J = c.J / 2 + 1;
             }
         }
         run_random_case(&c, t);
@@ -1070,8 +1071,8 @@ static void test_errors(void)
     for (int i = 0; i < (int)(sizeof g_buf / sizeof g_buf[0]); i++)
         g_buf[i] = 0.01f * (float)((i * 37) % 101) - 0.5f;
     static const char *const att_names[] = {
-        "to_qk.weight", "context_to_qk.weight", "to_v.weight", "context_to_v.weight",
-        "to_out.weight", "to_out.bias", "context_to_out.weight", "context_to_out.bias"};
+        "to_qk.weight",  "context_to_qk.weight", "to_v.weight",           "context_to_v.weight",
+        "to_out.weight", "to_out.bias",          "context_to_out.weight", "context_to_out.bias"};
 
     /* a valid module: dim 8, context 6, heads 2 x 4, and its config */
     wl_init(w);
@@ -1240,8 +1241,8 @@ static void test_errors(void)
         {"to_v.weight", 0, 12},          /* inner dim */
         {"to_v.weight", 1, 9},           /* != to_qk's dim */
         {"context_to_v.weight", 0, 4},
-        {"to_out.weight", 0, 7},         /* out width != dim */
-        {"to_out.weight", 1, 9},         /* != inner */
+        {"to_out.weight", 0, 7}, /* out width != dim */
+        {"to_out.weight", 1, 9}, /* != inner */
         {"to_out.bias", 0, 9},
         {"context_to_out.weight", 0, 5},
         {"context_to_out.weight", 1, 10},

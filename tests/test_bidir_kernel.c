@@ -26,21 +26,23 @@ typedef struct prob {
 
 /* tensors as (B, N, H*dh); reference outputs (B, N, H*dh) and maps (B, H, I, J) */
 static void reference(const prob *c, const float *qk, const float *cqk, const float *v,
-                      const float *cv, const uint8_t *mask, const uint8_t *cmask,
-                      const float *bias, const float *T, const float *CT, double *out,
-                      double *cout, double *attn, double *cattn)
+                      const float *cv, const uint8_t *mask, const uint8_t *cmask, const float *bias,
+                      const float *T, const float *CT, double *out, double *cout, double *attn,
+                      double *cattn)
 {
     const int64_t B = c->B, H = c->H, I = c->I, J = c->J, dh = c->dh, W = H * dh;
     const double scale = 1.0 / sqrt((double)dh);
     double *sim = malloc(sizeof(double) * (size_t)(H * I * J));
-    double *a = malloc(sizeof(double) * (size_t)(H * I * J)), *ca = malloc(sizeof(double) * (size_t)(H * I * J));
+    double *a = malloc(sizeof(double) * (size_t)(H * I * J)),
+           *ca = malloc(sizeof(double) * (size_t)(H * I * J));
     for (int64_t b = 0; b < B; b++) {
         for (int64_t h = 0; h < H; h++)
             for (int64_t i = 0; i < I; i++)
                 for (int64_t j = 0; j < J; j++) {
                     double s = 0;
                     for (int64_t d = 0; d < dh; d++)
-                        s += (double)qk[(b * I + i) * W + h * dh + d] * cqk[(b * J + j) * W + h * dh + d];
+                        s += (double)qk[(b * I + i) * W + h * dh + d] *
+                             cqk[(b * J + j) * W + h * dh + d];
                     s *= scale;
                     if (c->bias_kind == 1) s += bias[((b * H + h) * I + i) * J + j];
                     if (c->bias_kind == 2) s += bias[(h * I + i) * J + j];
@@ -53,13 +55,15 @@ static void reference(const prob *c, const float *qk, const float *cqk, const fl
                 double mx = -INFINITY, sum = 0;
                 for (int64_t j = 0; j < J; j++) mx = fmax(mx, sim[(h * I + i) * J + j]);
                 for (int64_t j = 0; j < J; j++) sum += exp(sim[(h * I + i) * J + j] - mx);
-                for (int64_t j = 0; j < J; j++) a[(h * I + i) * J + j] = exp(sim[(h * I + i) * J + j] - mx) / sum;
+                for (int64_t j = 0; j < J; j++)
+                    a[(h * I + i) * J + j] = exp(sim[(h * I + i) * J + j] - mx) / sum;
             }
             for (int64_t j = 0; j < J; j++) { /* softmax over i */
                 double mx = -INFINITY, sum = 0;
                 for (int64_t i = 0; i < I; i++) mx = fmax(mx, sim[(h * I + i) * J + j]);
                 for (int64_t i = 0; i < I; i++) sum += exp(sim[(h * I + i) * J + j] - mx);
-                for (int64_t i = 0; i < I; i++) ca[(h * I + i) * J + j] = exp(sim[(h * I + i) * J + j] - mx) / sum;
+                for (int64_t i = 0; i < I; i++)
+                    ca[(h * I + i) * J + j] = exp(sim[(h * I + i) * J + j] - mx) / sum;
             }
         }
         for (int64_t g = 0; g < H; g++)
@@ -77,18 +81,22 @@ static void reference(const prob *c, const float *qk, const float *cqk, const fl
             for (int64_t i = 0; i < I; i++)
                 for (int64_t d = 0; d < dh; d++) {
                     double s = 0;
-                    for (int64_t j = 0; j < J; j++) s += A[i * J + j] * cv[(b * J + j) * W + g * dh + d];
+                    for (int64_t j = 0; j < J; j++)
+                        s += A[i * J + j] * cv[(b * J + j) * W + g * dh + d];
                     out[(b * I + i) * W + g * dh + d] = s;
                 }
             for (int64_t j = 0; j < J; j++)
                 for (int64_t d = 0; d < dh; d++) {
                     double s = 0;
-                    for (int64_t i = 0; i < I; i++) s += C[i * J + j] * v[(b * I + i) * W + g * dh + d];
+                    for (int64_t i = 0; i < I; i++)
+                        s += C[i * J + j] * v[(b * I + i) * W + g * dh + d];
                     cout[(b * J + j) * W + g * dh + d] = s;
                 }
         }
     }
-    free(sim); free(a); free(ca);
+    free(sim);
+    free(a);
+    free(ca);
 }
 
 static float *fl(const double *d, int64_t n)
@@ -101,8 +109,10 @@ static float *fl(const double *d, int64_t n)
 static double run(const prob *c, const char *label)
 {
     const int64_t B = c->B, H = c->H, I = c->I, J = c->J, dh = c->dh, W = H * dh;
-    float *qk = malloc(sizeof(float) * (size_t)(B * I * W)), *v = malloc(sizeof(float) * (size_t)(B * I * W));
-    float *cqk = malloc(sizeof(float) * (size_t)(B * J * W)), *cv = malloc(sizeof(float) * (size_t)(B * J * W));
+    float *qk = malloc(sizeof(float) * (size_t)(B * I * W)),
+          *v = malloc(sizeof(float) * (size_t)(B * I * W));
+    float *cqk = malloc(sizeof(float) * (size_t)(B * J * W)),
+          *cv = malloc(sizeof(float) * (size_t)(B * J * W));
     tu_fill_uniform(qk, B * I * W, -1.5f, 1.5f, &rng);
     tu_fill_uniform(v, B * I * W, -1.0f, 1.0f, &rng);
     tu_fill_uniform(cqk, B * J * W, -1.5f, 1.5f, &rng);
@@ -110,9 +120,12 @@ static double run(const prob *c, const char *label)
     uint8_t *mask = malloc((size_t)(B * I)), *cmask = malloc((size_t)(B * J));
     for (int64_t x = 0; x < B * I; x++) mask[x] = rnd(4) != 0;
     for (int64_t x = 0; x < B * J; x++) cmask[x] = rnd(4) != 0;
-    if (c->masks && B > 1) memset(mask + I, 0, (size_t)I);  /* batch 1: every x row masked */
-    if (c->masks) cmask[0] = 0;                              /* a masked context column */
-    int64_t nb = c->bias_kind == 1 ? B * H * I * J : c->bias_kind == 2 ? H * I * J : c->bias_kind == 3 ? B * I * J : 1;
+    if (c->masks && B > 1) memset(mask + I, 0, (size_t)I); /* batch 1: every x row masked */
+    if (c->masks) cmask[0] = 0;                            /* a masked context column */
+    int64_t nb = c->bias_kind == 1   ? B * H * I * J
+                 : c->bias_kind == 2 ? H * I * J
+                 : c->bias_kind == 3 ? B * I * J
+                                     : 1;
     float *bias = malloc(sizeof(float) * (size_t)nb);
     tu_fill_uniform(bias, nb, -2.0f, 2.0f, &rng);
     float T[256], CT[256];
@@ -120,39 +133,75 @@ static double run(const prob *c, const char *label)
     tu_fill_uniform(CT, H * H, -1.0f, 1.0f, &rng);
 
     int64_t nmap = B * H * I * J;
-    double *ro = malloc(sizeof(double) * (size_t)(B * I * W)), *rco = malloc(sizeof(double) * (size_t)(B * J * W));
-    double *ra = malloc(sizeof(double) * (size_t)nmap), *rca = malloc(sizeof(double) * (size_t)nmap);
+    double *ro = malloc(sizeof(double) * (size_t)(B * I * W)),
+           *rco = malloc(sizeof(double) * (size_t)(B * J * W));
+    double *ra = malloc(sizeof(double) * (size_t)nmap),
+           *rca = malloc(sizeof(double) * (size_t)nmap);
     reference(c, qk, cqk, v, cv, mask, cmask, bias, T, CT, ro, rco, ra, rca);
-    float *fo = fl(ro, B * I * W), *fco = fl(rco, B * J * W), *fa = fl(ra, nmap), *fca = fl(rca, nmap);
+    float *fo = fl(ro, B * I * W), *fco = fl(rco, B * J * W), *fa = fl(ra, nmap),
+          *fca = fl(rca, nmap);
 
-    float *out = malloc(sizeof(float) * (size_t)(B * I * W)), *cout = malloc(sizeof(float) * (size_t)(B * J * W));
-    float *attn = malloc(sizeof(float) * (size_t)nmap), *cattn = malloc(sizeof(float) * (size_t)nmap);
+    float *out = malloc(sizeof(float) * (size_t)(B * I * W)),
+          *cout = malloc(sizeof(float) * (size_t)(B * J * W));
+    float *attn = malloc(sizeof(float) * (size_t)nmap),
+          *cattn = malloc(sizeof(float) * (size_t)nmap);
     xa_bidir p;
     memset(&p, 0, sizeof p);
-    p.B = B; p.H = H; p.I = I; p.J = J; p.dh = dh;
-    p.qk = qk; p.qk_sb = I * W; p.qk_sh = dh; p.qk_si = W;
-    p.v = v; p.v_sb = I * W; p.v_sh = dh; p.v_si = W;
-    p.cqk = cqk; p.cqk_sb = J * W; p.cqk_sh = dh; p.cqk_sj = W;
-    p.cv = cv; p.cv_sb = J * W; p.cv_sh = dh; p.cv_sj = W;
-    p.out = out; p.o_sb = I * W; p.o_sh = dh; p.o_si = W;
-    p.cout = cout; p.co_sb = J * W; p.co_sh = dh; p.co_sj = W;
+    p.B = B;
+    p.H = H;
+    p.I = I;
+    p.J = J;
+    p.dh = dh;
+    p.qk = qk;
+    p.qk_sb = I * W;
+    p.qk_sh = dh;
+    p.qk_si = W;
+    p.v = v;
+    p.v_sb = I * W;
+    p.v_sh = dh;
+    p.v_si = W;
+    p.cqk = cqk;
+    p.cqk_sb = J * W;
+    p.cqk_sh = dh;
+    p.cqk_sj = W;
+    p.cv = cv;
+    p.cv_sb = J * W;
+    p.cv_sh = dh;
+    p.cv_sj = W;
+    p.out = out;
+    p.o_sb = I * W;
+    p.o_sh = dh;
+    p.o_si = W;
+    p.cout = cout;
+    p.co_sb = J * W;
+    p.co_sh = dh;
+    p.co_sj = W;
     p.scale = (float)(1.0 / sqrt((double)dh));
-    if (c->masks) { p.mask = mask; p.mask_sb = I; p.cmask = cmask; p.cmask_sb = J; }
+    if (c->masks) {
+        p.mask = mask;
+        p.mask_sb = I;
+        p.cmask = cmask;
+        p.cmask_sb = J;
+    }
     if (c->bias_kind) {
         p.bias = bias;
         p.bias_sb = c->bias_kind == 1 ? H * I * J : c->bias_kind == 3 ? I * J : 0;
         p.bias_sh = c->bias_kind == 3 ? 0 : I * J;
     }
-    if (c->talking) { p.talk = T; p.ctalk = CT; }
+    if (c->talking) {
+        p.talk = T;
+        p.ctalk = CT;
+    }
     char what[256];
     double worst = 0;
     for (int maps = 0; maps < 2; maps++) {
         p.attn = maps ? attn : NULL;
         p.cattn = maps ? cattn : NULL;
         CHECK_OK(xa_bidir_attention(&p));
-        snprintf(what, sizeof what, "%s B=%lld H=%lld I=%lld J=%lld dh=%lld masks=%d bias=%d talk=%d maps=%d",
-                 label, (long long)B, (long long)H, (long long)I, (long long)J, (long long)dh,
-                 c->masks, c->bias_kind, c->talking, maps);
+        snprintf(what, sizeof what,
+                 "%s B=%lld H=%lld I=%lld J=%lld dh=%lld masks=%d bias=%d talk=%d maps=%d", label,
+                 (long long)B, (long long)H, (long long)I, (long long)J, (long long)dh, c->masks,
+                 c->bias_kind, c->talking, maps);
         char w2[300];
         snprintf(w2, sizeof w2, "%s out", what);
         worst = fmax(worst, tu_check_close(w2, out, fo, B * I * W, TU_TOL));
@@ -165,9 +214,25 @@ static double run(const prob *c, const char *label)
             worst = fmax(worst, tu_check_close(w2, cattn, fca, nmap, TU_TOL));
         }
     }
-    free(qk); free(v); free(cqk); free(cv); free(mask); free(cmask); free(bias);
-    free(ro); free(rco); free(ra); free(rca); free(fo); free(fco); free(fa); free(fca);
-    free(out); free(cout); free(attn); free(cattn);
+    free(qk);
+    free(v);
+    free(cqk);
+    free(cv);
+    free(mask);
+    free(cmask);
+    free(bias);
+    free(ro);
+    free(rco);
+    free(ra);
+    free(rca);
+    free(fo);
+    free(fco);
+    free(fa);
+    free(fca);
+    free(out);
+    free(cout);
+    free(attn);
+    free(cattn);
     return worst;
 }
 

@@ -10,8 +10,8 @@
 #include <string.h>
 #include <unistd.h>
 
-static const char *const FIXTURES[] = {"len1",  "seed_same", "diff_33_65", "p257_scale",
-                                       "nobias_b3", "f16",   "x2_len1"};
+static const char *const FIXTURES[] = {"len1",      "seed_same", "diff_33_65", "p257_scale",
+                                       "nobias_b3", "f16",       "x2_len1"};
 static double g_worst;
 
 static void run_fixture(const char *name)
@@ -64,10 +64,11 @@ static void run_fixture(const char *name)
     }
     xattn_set_isa("auto");
     xattn_set_threads(0);
-    printf("  %-11s B=%lld C1=%lld C2=%lld Ck=%lld Cv=%lld x1 %lldx%lld x2 %lldx%lld  max err %.2e\n",
-           name, (long long)in.B, (long long)cfg.in1, (long long)cfg.in2,
-           (long long)cfg.qk_channels, (long long)cfg.out_channels, (long long)in.H1,
-           (long long)in.W1, (long long)in.H2, (long long)in.W2, worst);
+    printf(
+        "  %-11s B=%lld C1=%lld C2=%lld Ck=%lld Cv=%lld x1 %lldx%lld x2 %lldx%lld  max err %.2e\n",
+        name, (long long)in.B, (long long)cfg.in1, (long long)cfg.in2, (long long)cfg.qk_channels,
+        (long long)cfg.out_channels, (long long)in.H1, (long long)in.W1, (long long)in.H2,
+        (long long)in.W2, worst);
     g_worst = fmax(g_worst, worst);
     free(out);
     xattn_array_free(&a1);

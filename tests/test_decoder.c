@@ -12,8 +12,8 @@
 #include <string.h>
 #include <unistd.h>
 
-static const char *const FIXTURES[] = {"decoder_layer", "decoder_l1", "decoder_l2", "decoder_l3",
-                                       "decoder_defaults", "decoder_av"};
+static const char *const FIXTURES[] = {"decoder_layer", "decoder_l1",       "decoder_l2",
+                                       "decoder_l3",    "decoder_defaults", "decoder_av"};
 
 static double g_worst, g_worst_inc;
 
@@ -77,8 +77,8 @@ static void run_incremental(const xattn_decoder *m, const char *name, int64_t B,
                     char what[256];
                     snprintf(what, sizeof what, "%s incremental row b=%lld t=%lld (step %lld)",
                              name, (long long)b, (long long)(pos + i), (long long)n);
-                    double e = tu_check_close(what, ys + (b * n + i) * h, ref + (b * T + pos + i) * h,
-                                              h, TU_TOL);
+                    double e = tu_check_close(what, ys + (b * n + i) * h,
+                                              ref + (b * T + pos + i) * h, h, TU_TOL);
                     if (e > g_worst_inc) g_worst_inc = e;
                 }
             pos += n;
@@ -225,7 +225,8 @@ static void test_errors(void)
     xattn_safetensors *st = NULL;
     xattn_decoder *m = NULL;
 
-    rewrite("decoder_l2.safetensors", path, "layer.1.crossattention.output.dense.bias", NULL, meta, 1);
+    rewrite("decoder_l2.safetensors", path, "layer.1.crossattention.output.dense.bias", NULL, meta,
+            1);
     CHECK_OK(xattn_st_open(path, &st));
     CHECK_FAIL(xattn_decoder_load(st, "", NULL, &m), XATTN_ERR_NOT_FOUND);
     CHECK(strstr(xattn_last_error(), "layer.1.crossattention.output.dense.bias") != NULL);

@@ -59,7 +59,8 @@ static void same_params(const xattn_module *a, const xattn_module *b)
         xattn_param_desc p, q;
         CHECK_OK(xattn_module_param(a, i, &p));
         CHECK_OK(xattn_module_param(b, i, &q));
-        CHECK(!strcmp(p.name, q.name) && p.ndim == q.ndim && tu_param_numel(&p) == tu_param_numel(&q));
+        CHECK(!strcmp(p.name, q.name) && p.ndim == q.ndim &&
+              tu_param_numel(&p) == tu_param_numel(&q));
         CHECK((p.data == NULL) == (q.data == NULL));
         if (p.data && q.data) CHECK(!memcmp(p.data, q.data, (size_t)tu_param_numel(&p) * 4));
     }
@@ -85,7 +86,8 @@ static void round_trip(xattn_module *m, int registry_finds_it, const char *tag)
         xattn_array a;
         memset(&a, 0, sizeof a);
         CHECK_OK(xattn_st_get(st, p.name, XATTN_F32, &a));
-        CHECK(xattn_array_numel(&a) == tu_param_numel(&p) && !memcmp(a.data, p.data, (size_t)tu_param_numel(&p) * 4));
+        CHECK(xattn_array_numel(&a) == tu_param_numel(&p) &&
+              !memcmp(a.data, p.data, (size_t)tu_param_numel(&p) * 4));
         xattn_array_free(&a);
     }
     xattn_module *r = NULL;
@@ -131,11 +133,10 @@ static void round_trip(xattn_module *m, int registry_finds_it, const char *tag)
 
 static void create_save_reload(void)
 {
-    xattn_option o[] = {{"hidden_size", "24"},        {"num_attention_heads", "3"},
-                        {"intermediate_size", "40"},  {"num_hidden_layers", "3"},
-                        {"layer_norm_eps", "1e-05"},  {"encoder_width", "20"},
-                        {"video_dim", "12"},          {"audio_dim", "10"},
-                        {"audio_type_embedding", "True"}};
+    xattn_option o[] = {
+        {"hidden_size", "24"},      {"num_attention_heads", "3"}, {"intermediate_size", "40"},
+        {"num_hidden_layers", "3"}, {"layer_norm_eps", "1e-05"},  {"encoder_width", "20"},
+        {"video_dim", "12"},        {"audio_dim", "10"},          {"audio_type_embedding", "True"}};
     xattn_module *m = create(3, o, sizeof o / sizeof o[0]);
     if (m) {
         xattn_param_desc p;
@@ -146,8 +147,10 @@ static void create_save_reload(void)
         round_trip(m, 1, "stack");
     }
     xattn_module_free(m);
-    xattn_option one[] = {{"hidden_size", "16"}, {"num_attention_heads", "2"},
-                          {"intermediate_size", "8"}, {"bert_encoder", "False"}};
+    xattn_option one[] = {{"hidden_size", "16"},
+                          {"num_attention_heads", "2"},
+                          {"intermediate_size", "8"},
+                          {"bert_encoder", "False"}};
     m = create(4, one, 4);
     if (m) {
         xattn_param_desc p;
@@ -184,8 +187,10 @@ static void zero_options(void)
     CHECK(!strcmp(arg_default("bert_encoder"), "True"));
     CHECK(!strcmp(arg_default("video_projector"), "False"));
     /* a file without heads and eps metadata: a zero struct and NULL both give 12 and 1e-12 */
-    xattn_option o[] = {{"hidden_size", "24"}, {"num_attention_heads", "2"},
-                        {"intermediate_size", "8"}, {"num_hidden_layers", "1"}};
+    xattn_option o[] = {{"hidden_size", "24"},
+                        {"num_attention_heads", "2"},
+                        {"intermediate_size", "8"},
+                        {"num_hidden_layers", "1"}};
     xattn_module *m = create(1, o, 4);
     if (!m) return;
     size_t n = xattn_module_param_count(m);
@@ -242,16 +247,20 @@ static void zero_options(void)
 static void init_distribution(void)
 {
     const double H = 96, I = 160, W = 400, DV = 72, DA = 40;
-    xattn_option o[] = {{"hidden_size", "96"},   {"num_attention_heads", "4"},
-                        {"intermediate_size", "160"}, {"num_hidden_layers", "2"},
-                        {"encoder_width", "400"}, {"video_dim", "72"},
-                        {"audio_dim", "40"},     {"video_type_embedding", "True"},
+    xattn_option o[] = {{"hidden_size", "96"},
+                        {"num_attention_heads", "4"},
+                        {"intermediate_size", "160"},
+                        {"num_hidden_layers", "2"},
+                        {"encoder_width", "400"},
+                        {"video_dim", "72"},
+                        {"audio_dim", "40"},
+                        {"video_type_embedding", "True"},
                         {"audio_type_embedding", "True"}};
     xattn_module *m = create(7, o, sizeof o / sizeof o[0]);
     xattn_module *m2 = create(8, o, sizeof o / sizeof o[0]);
     if (!m || !m2) return;
-    static const char *const lin[] = {"attention.self.query", "attention.self.key",
-                                      "attention.self.value", "attention.output.dense",
+    static const char *const lin[] = {"attention.self.query",      "attention.self.key",
+                                      "attention.self.value",      "attention.output.dense",
                                       "crossattention.self.query", "crossattention.output.dense",
                                       "intermediate.dense"};
     static const char *const ln[] = {"attention.output.LayerNorm",
@@ -290,7 +299,8 @@ static void init_distribution(void)
     tu_param(m2, "layer.1.attention.self.key.weight", &q);
     CHECK(memcmp(p.data, q.data, (size_t)tu_param_numel(&p) * 4) != 0); /* the seed matters */
     tu_param(m, "layer.0.attention.self.key.weight", &q);
-    CHECK(memcmp(p.data, q.data, (size_t)tu_param_numel(&p) * 4) != 0); /* each layer its own stream */
+    CHECK(memcmp(p.data, q.data, (size_t)tu_param_numel(&p) * 4) !=
+          0); /* each layer its own stream */
     xattn_module_free(m);
     xattn_module_free(m2);
 }
@@ -547,12 +557,14 @@ static void strictness(void)
     unlink(path);
 
     xattn_module *m = NULL;
-    xattn_option bad1[] = {{"hidden_size", "8"}, {"num_attention_heads", "2"},
-                           {"bert_encoder", "False"}, {"num_hidden_layers", "2"}};
+    xattn_option bad1[] = {{"hidden_size", "8"},
+                           {"num_attention_heads", "2"},
+                           {"bert_encoder", "False"},
+                           {"num_hidden_layers", "2"}};
     CHECK_FAIL(xattn_module_create("bert-decoder", bad1, 4, 0, &m), XATTN_ERR_ARG);
     has("num_hidden_layers = 1");
-    xattn_option bad2[] = {{"hidden_size", "8"}, {"num_attention_heads", "2"},
-                           {"video_projector", "True"}};
+    xattn_option bad2[] = {
+        {"hidden_size", "8"}, {"num_attention_heads", "2"}, {"video_projector", "True"}};
     CHECK_FAIL(xattn_module_create("bert-decoder", bad2, 3, 0, &m), XATTN_ERR_ARG);
     has("needs video_dim");
     xattn_option bad3[] = {{"hidden_size", "8"}, {"num_attention_heads", "3"}};

@@ -123,7 +123,8 @@ static void test_block(const char *fixture)
     /* full-resolution masks through the pyramid give the same result */
     if (xattn_st_find(st, "input.region_masks") >= 0) {
         const float *big = tu_get_f32(st, "input.region_masks", &arm);
-        int64_t h = atoi(xattn_st_meta_get(st, "latent_h")), w = atoi(xattn_st_meta_get(st, "latent_w"));
+        int64_t h = atoi(xattn_st_meta_get(st, "latent_h")),
+                w = atoi(xattn_st_meta_get(st, "latent_w"));
         int64_t nm = arm.shape[0] * arm.shape[1];
         float *lm = malloc((size_t)(nm * h * w) * sizeof(float));
         CHECK_OK(xattn_resize_masks(big, nm, arm.shape[2], arm.shape[3], h, w, lm));

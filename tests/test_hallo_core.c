@@ -61,15 +61,19 @@ static void round_trip(int bias)
 {
     char f[128];
     snprintf(f, sizeof f, "/tmp/test_hallo_core_%ld.safetensors", (long)getpid());
-    const xattn_option o[5] = {{"dim", "32"}, {"cross_attention_dim", "24"}, {"heads", "4"},
-                               {"dim_head", "6"}, {"attention_bias", bias ? "True" : "False"}};
+    const xattn_option o[5] = {{"dim", "32"},
+                               {"cross_attention_dim", "24"},
+                               {"heads", "4"},
+                               {"dim_head", "6"},
+                               {"attention_bias", bias ? "True" : "False"}};
     xattn_module *m = create(7, o, 5);
     if (!m) return;
     /* zero_module()d convolutions would hide the attentions: give them values */
     xattn_param_desc p;
     for (size_t i = 0; i < xattn_module_param_count(m); i++) {
         CHECK_OK(xattn_module_param(m, i, &p));
-        for (int64_t j = 0; p.data && !strncmp(p.name, "zero_conv", 9) && j < tu_param_numel(&p); j++)
+        for (int64_t j = 0; p.data && !strncmp(p.name, "zero_conv", 9) && j < tu_param_numel(&p);
+             j++)
             p.data[j] = 0.05f * (float)sin((double)(j + 3 * i));
     }
     CHECK(tu_param(m, "attn2_2.to_v.bias", &p) && (p.data != NULL) == bias);
@@ -117,8 +121,14 @@ static void round_trip(int bias)
         for (int64_t i = 0; i < n; i++) x[i] = (float)sin(0.37 * (double)i);
         for (int64_t i = 0; i < 2 * 5 * 24; i++) a[i] = (float)cos(0.11 * (double)i);
         for (int64_t i = 0; i < 36; i++) mk[i] = (float)(i % 5) / 4.0f;
-        const xattn_hallo_inputs in = {.B = 2, .N = 12, .T = 5, .x = x, .audio = a, .masks = mk,
-                                       .mask_batch = 1, .motion_scale = ms};
+        const xattn_hallo_inputs in = {.B = 2,
+                                       .N = 12,
+                                       .T = 5,
+                                       .x = x,
+                                       .audio = a,
+                                       .masks = mk,
+                                       .mask_batch = 1,
+                                       .motion_scale = ms};
         const xattn_hallo_outputs out = {.out = o3, .regions = r3};
         CHECK_OK(xattn_hallo_forward(NULL, t, &in, &out));
         CHECK(!memcmp(o1, o3, (size_t)n * 4) && !memcmp(r1, r3, (size_t)n * 12));
@@ -136,8 +146,11 @@ static void round_trip(int bias)
 static void init_distribution(void)
 {
     const int64_t C = 96, Ca = 80, inner = 4 * 40, F = 4 * C;
-    const xattn_option o[5] = {{"dim", "96"}, {"cross_attention_dim", "80"}, {"heads", "4"},
-                               {"dim_head", "40"}, {"attention_bias", "True"}};
+    const xattn_option o[5] = {{"dim", "96"},
+                               {"cross_attention_dim", "80"},
+                               {"heads", "4"},
+                               {"dim_head", "40"},
+                               {"attention_bias", "True"}};
     xattn_module *m = create(3, o, 5);
     if (!m) return;
     static const char *const zc[3] = {"full", "face", "lip"};
@@ -271,8 +284,13 @@ static void named_forward(const char *fixture)
     const int64_t n = xattn_array_numel(&ae);
     float *o1 = calloc((size_t)n, 4), *o2 = calloc((size_t)n, 4);
     float *r1 = calloc((size_t)n * 3, 4), *r2 = calloc((size_t)n * 3, 4);
-    const xattn_hallo_inputs in = {.B = ax.shape[0], .N = ax.shape[1], .T = aa.shape[1], .x = x,
-                                   .audio = au, .masks = mk, .mask_batch = am.shape[0],
+    const xattn_hallo_inputs in = {.B = ax.shape[0],
+                                   .N = ax.shape[1],
+                                   .T = aa.shape[1],
+                                   .x = x,
+                                   .audio = au,
+                                   .masks = mk,
+                                   .mask_batch = am.shape[0],
                                    .motion_scale = ms};
     const xattn_hallo_outputs out = {.out = o1, .regions = r1};
     CHECK_OK(xattn_hallo_forward(NULL, t, &in, &out));

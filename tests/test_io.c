@@ -85,24 +85,26 @@ static const char *npy_file(const char *name, int major, const char *dict, size_
 }
 
 /* Expects failure with `want`, and a message naming `needle` (usually the file name). */
-#define CHECK_FAIL_MSG(call, want, needle)                                                       \
-    do {                                                                                         \
-        CHECK_FAIL(call, want);                                                                  \
-        if (!strstr(xattn_last_error(), (needle))) {                                             \
-            tu_failures++;                                                                       \
-            fprintf(stderr, "%s:%d: message \"%s\" lacks \"%s\"\n", __FILE__, __LINE__,          \
-                    xattn_last_error(), (needle));                                               \
-        }                                                                                        \
-        tu_checks++;                                                                             \
-        CHECK(strchr(xattn_last_error(), '\n') == NULL);                                         \
+#define CHECK_FAIL_MSG(call, want, needle)                                                         \
+    do {                                                                                           \
+        CHECK_FAIL(call, want);                                                                    \
+        if (!strstr(xattn_last_error(), (needle))) {                                               \
+            tu_failures++;                                                                         \
+            fprintf(stderr, "%s:%d: message \"%s\" lacks \"%s\"\n", __FILE__, __LINE__,            \
+                    xattn_last_error(), (needle));                                                 \
+        }                                                                                          \
+        tu_checks++;                                                                               \
+        CHECK(strchr(xattn_last_error(), '\n') == NULL);                                           \
     } while (0)
 
 static xattn_status st_open_close(const char *path)
 {
     xattn_safetensors *st = NULL;
     xattn_status s = xattn_st_open(path, &st);
-    if (s == XATTN_OK) xattn_st_close(st);
-    else if (st) s = XATTN_ERR_ARG; /* out must stay NULL on failure */
+    if (s == XATTN_OK)
+        xattn_st_close(st);
+    else if (st)
+        s = XATTN_ERR_ARG; /* out must stay NULL on failure */
     return s;
 }
 
@@ -173,8 +175,7 @@ static void check_to_f32(const char *what, xattn_dtype t, const void *src, const
         tu_checks++;
         if (!same_float(got[i], want[i])) {
             tu_failures++;
-            fprintf(stderr, "%s[%lld]: got %.9g, want %.9g\n", what, (long long)i, got[i],
-                    want[i]);
+            fprintf(stderr, "%s[%lld]: got %.9g, want %.9g\n", what, (long long)i, got[i], want[i]);
         }
     }
     xattn_array_free(&a);
@@ -186,19 +187,19 @@ static void test_convert(void)
     /* F16: zeros, subnormals, normals, extremes, inf, nan */
     const uint16_t h[] = {0x0000, 0x8000, 0x0001, 0x03ff, 0x0400, 0x3c00, 0xc000,
                           0x7bff, 0x7c00, 0xfc00, 0x7e00, 0x3555, 0x8001, 0xfbff};
-    const float hf[] = {0.0f,         -0.0f,  0x1p-24f, 1023 * 0x1p-24f, 0x1p-14f,
-                        1.0f,         -2.0f,  65504.0f, INFINITY,        -INFINITY,
-                        NAN,          0.333251953125f,  -0x1p-24f,       -65504.0f};
+    const float hf[] = {0.0f, -0.0f,           0x1p-24f,  1023 * 0x1p-24f, 0x1p-14f,
+                        1.0f, -2.0f,           65504.0f,  INFINITY,        -INFINITY,
+                        NAN,  0.333251953125f, -0x1p-24f, -65504.0f};
     check_to_f32("f16", XATTN_F16, h, hf, 14);
 
     const uint16_t bf[] = {0x3f80, 0xc040, 0x7f80, 0xff80, 0x7fc0, 0x0001, 0x8000, 0x4049};
     const float bff[] = {1.0f, -3.0f, INFINITY, -INFINITY, NAN, 0x1p-133f, -0.0f, 3.140625f};
     check_to_f32("bf16", XATTN_BF16, bf, bff, 8);
 
-    const double d[] = {1.0 / 3.0, 1e300, -1e300, -0.0, NAN, 1e-50, 1.0 + 0x1p-24,
+    const double d[] = {1.0 / 3.0,         1e300,   -1e300, -0.0, NAN, 1e-50, 1.0 + 0x1p-24,
                         1.0 + 3 * 0x1p-24, 65504.0, -2.5};
     const float df[] = {(float)(1.0 / 3.0), INFINITY, -INFINITY, -0.0f, NAN, 0.0f, 1.0f,
-                        1.0f + 0x1p-22f, 65504.0f, -2.5f};
+                        1.0f + 0x1p-22f,    65504.0f, -2.5f};
     check_to_f32("f64", XATTN_F64, d, df, 10);
 
     const int8_t i8[] = {-128, -1, 0, 127};
@@ -296,7 +297,8 @@ static int make_samples(sample *s)
             for (int d = 0; d < x->ndim; d++) x->shape[d] = shapes[k][d + 1];
             for (size_t b = 0; b < sizeof x->data; b++) x->data[b] = (unsigned char)(b * 37 + t);
             if (t == XATTN_BOOL)
-                for (size_t b = 0; b < sizeof x->data; b++) x->data[b] = (unsigned char)(b % 3 == 0);
+                for (size_t b = 0; b < sizeof x->data; b++)
+                    x->data[b] = (unsigned char)(b % 3 == 0);
         }
     }
     return n;
@@ -317,7 +319,8 @@ static void test_st_roundtrip(void)
     char names[64][32];
     for (int i = 0; i < ns; i++) {
         /* names out of alphabetical order, so offset order != name order */
-        snprintf(names[i], sizeof names[i], "t%02d.%s", (ns - i) * 7 % 100, xattn_dtype_name(s[i].t));
+        snprintf(names[i], sizeof names[i], "t%02d.%s", (ns - i) * 7 % 100,
+                 xattn_dtype_name(s[i].t));
         e[i].name = names[i];
         e[i].dtype = s[i].t;
         e[i].ndim = s[i].ndim;
@@ -374,7 +377,8 @@ static void test_st_roundtrip(void)
         CHECK_OK(xattn_array_convert(&want, XATTN_F32));
         int64_t n = sample_numel(&s[i]);
         CHECK(got.dtype == XATTN_F32 && got.ndim == s[i].ndim && xattn_array_numel(&got) == n);
-        for (int64_t k = 0; k < n; k++) CHECK(same_float(((float *)got.data)[k], ((float *)want.data)[k]));
+        for (int64_t k = 0; k < n; k++)
+            CHECK(same_float(((float *)got.data)[k], ((float *)want.data)[k]));
         xattn_array_free(&got);
         xattn_array_free(&want);
 
@@ -407,7 +411,8 @@ static void test_st_roundtrip(void)
     /* the same bytes from memory */
     st = NULL;
     CHECK_OK(xattn_st_parse(raw, len, "mem.safetensors", &st));
-    CHECK(st && xattn_st_count(st) == (size_t)ns && strcmp(xattn_st_path(st), "mem.safetensors") == 0);
+    CHECK(st && xattn_st_count(st) == (size_t)ns &&
+          strcmp(xattn_st_path(st), "mem.safetensors") == 0);
     xattn_st_close(st);
     free(raw);
 
@@ -449,8 +454,8 @@ static void test_st_roundtrip(void)
     CHECK_FAIL(xattn_st_save(tpath("neg.safetensors"), dup, 2, NULL, 0), XATTN_ERR_ARG);
     const char *dmeta[] = {"k", "1", "k", "2"};
     CHECK_FAIL(xattn_st_save(tpath("dmeta.safetensors"), e, 1, dmeta, 2), XATTN_ERR_ARG);
-    CHECK_FAIL_MSG(xattn_st_save("/nonexistent-dir/x/out.safetensors", e, 1, NULL, 0),
-                   XATTN_ERR_IO, "out.safetensors");
+    CHECK_FAIL_MSG(xattn_st_save("/nonexistent-dir/x/out.safetensors", e, 1, NULL, 0), XATTN_ERR_IO,
+                   "out.safetensors");
     CHECK(access(tpath("dup.safetensors"), F_OK) != 0);
 }
 
@@ -535,8 +540,8 @@ static void test_npy_variants(void)
     for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
         char name[32];
         snprintf(name, sizeof name, "ok%zu.npy", i);
-        const char *p =
-            npy_file(name, ok[i].major, ok[i].dict, (size_t)ok[i].numel * xattn_dtype_size(ok[i].t));
+        const char *p = npy_file(name, ok[i].major, ok[i].dict,
+                                 (size_t)ok[i].numel * xattn_dtype_size(ok[i].t));
         xattn_array a;
         xattn_status s = xattn_npy_load(p, &a);
         CHECK_OK(s);
@@ -575,16 +580,18 @@ static void test_st_broken(void)
     p = st_file("entry.st", "{\"w\": 5}", 0);
     CHECK_FAIL_MSG(st_open_close(p), XATTN_ERR_FORMAT, "entry.st");
 
-#define T(name, json, dlen, status, needle)                                                      \
-    do {                                                                                         \
-        const char *p_ = st_file(name, json, dlen);                                              \
-        CHECK_FAIL_MSG(st_open_close(p_), status, name);                                         \
-        CHECK_FAIL_MSG(st_open_close(p_), status, needle);                                       \
+#define T(name, json, dlen, status, needle)                                                        \
+    do {                                                                                           \
+        const char *p_ = st_file(name, json, dlen);                                                \
+        CHECK_FAIL_MSG(st_open_close(p_), status, name);                                           \
+        CHECK_FAIL_MSG(st_open_close(p_), status, needle);                                         \
     } while (0)
-    T("dtype.st", "{\"to_q.weight\": {\"dtype\": \"Q7\", \"shape\": [1], \"data_offsets\": [0, 1]}}",
-      1, XATTN_ERR_UNSUPPORTED, "'Q7'");
-    T("dtype2.st", "{\"to_q.weight\": {\"dtype\": \"U32\", \"shape\": [1], \"data_offsets\": [0, 4]}}",
-      4, XATTN_ERR_UNSUPPORTED, "to_q.weight");
+    T("dtype.st",
+      "{\"to_q.weight\": {\"dtype\": \"Q7\", \"shape\": [1], \"data_offsets\": [0, 1]}}", 1,
+      XATTN_ERR_UNSUPPORTED, "'Q7'");
+    T("dtype2.st",
+      "{\"to_q.weight\": {\"dtype\": \"U32\", \"shape\": [1], \"data_offsets\": [0, 4]}}", 4,
+      XATTN_ERR_UNSUPPORTED, "to_q.weight");
     T("dtype3.st", "{\"w\": {\"dtype\": 4, \"shape\": [1], \"data_offsets\": [0, 4]}}", 4,
       XATTN_ERR_FORMAT, "'w'");
     T("nodtype.st", "{\"w\": {\"shape\": [1], \"data_offsets\": [0, 4]}}", 4, XATTN_ERR_FORMAT,
@@ -613,8 +620,9 @@ static void test_st_broken(void)
       "\"data_offsets\": [0, 4]}}",
       4, XATTN_ERR_FORMAT, "overflows");
     T("past.st",
-      "{\"to_q.weight\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [0, 999999]}}", 4096,
-      XATTN_ERR_FORMAT, "tensor 'to_q.weight': data_offsets [0, 999999] past end of data (4096 bytes)");
+      "{\"to_q.weight\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [0, 999999]}}",
+      4096, XATTN_ERR_FORMAT,
+      "tensor 'to_q.weight': data_offsets [0, 999999] past end of data (4096 bytes)");
     T("past2.st", "{\"w\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [4, 12]}}", 8,
       XATTN_ERR_FORMAT, "past end");
     T("overlap.st",
@@ -700,16 +708,18 @@ static size_t zip_start(unsigned char *b, const char *entry)
 /* Another format's checkpoint given as safetensors: one line naming the format. */
 static void test_st_foreign(void)
 {
-    const char *torch_msg = "this is a PyTorch pickle checkpoint (torch.save), not safetensors: save "
-                            "it with safetensors.torch.save_file(model.state_dict(), "
-                            "'model.safetensors')";
+    const char *torch_msg =
+        "this is a PyTorch pickle checkpoint (torch.save), not safetensors: save "
+        "it with safetensors.torch.save_file(model.state_dict(), "
+        "'model.safetensors')";
     unsigned char b[128];
     xattn_safetensors *o = (xattn_safetensors *)1;
     size_t n = zip_start(b, "archive/data.pkl");
     const char *p = write_bytes("model.pt", b, n);
     CHECK_FAIL_MSG(st_open_close(p), XATTN_ERR_FORMAT, torch_msg);
     CHECK_FAIL_MSG(st_open_close(p), XATTN_ERR_FORMAT, "model.pt: this is");
-    CHECK_FAIL_MSG(xattn_st_parse(b, n, "mem.pth", &o), XATTN_ERR_FORMAT, "mem.pth: this is a PyTorch");
+    CHECK_FAIL_MSG(xattn_st_parse(b, n, "mem.pth", &o), XATTN_ERR_FORMAT,
+                   "mem.pth: this is a PyTorch");
     CHECK(o == NULL);
     CHECK_FAIL_MSG(xattn_st_parse(b, 4, "cut.pt", &o), XATTN_ERR_FORMAT, torch_msg);
     /* legacy torch.save: pickle protocol 2, the magic number first */
@@ -717,9 +727,11 @@ static void test_st_foreign(void)
     CHECK_FAIL_MSG(st_open_close(p), XATTN_ERR_FORMAT, torch_msg);
     CHECK_FAIL_MSG(xattn_st_parse("\x80\x04\x95", 3, "p4.pkl", &o), XATTN_ERR_FORMAT, torch_msg);
     n = zip_start(b, "a.npy");
-    CHECK_FAIL_MSG(xattn_st_parse(b, n, "a.npz", &o), XATTN_ERR_FORMAT, "a.npz: this is a NumPy .npz");
+    CHECK_FAIL_MSG(xattn_st_parse(b, n, "a.npz", &o), XATTN_ERR_FORMAT,
+                   "a.npz: this is a NumPy .npz");
     n = zip_start(b, "notes.txt");
-    CHECK_FAIL_MSG(xattn_st_parse(b, n, "x.zip", &o), XATTN_ERR_FORMAT, "x.zip: this is a zip archive");
+    CHECK_FAIL_MSG(xattn_st_parse(b, n, "x.zip", &o), XATTN_ERR_FORMAT,
+                   "x.zip: this is a zip archive");
     /* not a pickle: 0x80 0x02 also starts a valid header of 640 bytes */
     char json[641];
     memset(json, ' ', 640);
@@ -749,19 +761,20 @@ static void test_npy_broken(void)
     p = write_bytes("ver.npy", "\x93NUMPY\x04\x00\x02\x00{}", 12);
     CHECK_FAIL_MSG(npy_load_free(p), XATTN_ERR_UNSUPPORTED, "ver.npy");
 
-#define N(name, dict, dlen, status, needle)                                                      \
-    do {                                                                                         \
-        const char *p_ = npy_file(name, 1, dict, dlen);                                          \
-        CHECK_FAIL_MSG(npy_load_free(p_), status, name);                                         \
-        CHECK_FAIL_MSG(npy_load_free(p_), status, needle);                                       \
+#define N(name, dict, dlen, status, needle)                                                        \
+    do {                                                                                           \
+        const char *p_ = npy_file(name, 1, dict, dlen);                                            \
+        CHECK_FAIL_MSG(npy_load_free(p_), status, name);                                           \
+        CHECK_FAIL_MSG(npy_load_free(p_), status, needle);                                         \
     } while (0)
     N("trunc.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", 20,
       XATTN_ERR_FORMAT, "trunc.npy: truncated: expected 24 data bytes, found 20");
     N("trail.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }", 25,
       XATTN_ERR_FORMAT, "trailing");
     N("be.npy", "{'descr': '>f4', 'fortran_order': False, 'shape': (2, 3), }", 24,
-      XATTN_ERR_UNSUPPORTED, "be.npy: big-endian data ('>f4') is not supported; convert with "
-                             "arr.astype('<f4')");
+      XATTN_ERR_UNSUPPORTED,
+      "be.npy: big-endian data ('>f4') is not supported; convert with "
+      "arr.astype('<f4')");
     N("be8.npy", "{'descr': '>i8', 'fortran_order': False, 'shape': (1,), }", 8,
       XATTN_ERR_UNSUPPORTED, "astype('<i8')");
     N("fortran.npy", "{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }", 24,
@@ -780,8 +793,8 @@ static void test_npy_broken(void)
       XATTN_ERR_FORMAT, "shape");
     N("shape2.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (-2,), }", 8,
       XATTN_ERR_FORMAT, "negative");
-    N("shape3.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3", 8,
-      XATTN_ERR_FORMAT, "shape");
+    N("shape3.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3", 8, XATTN_ERR_FORMAT,
+      "shape");
     N("shape4.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': [2, 3], }", 24,
       XATTN_ERR_FORMAT, "shape");
     N("shape5.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999999999,), }",
@@ -792,8 +805,8 @@ static void test_npy_broken(void)
     N("shape7.npy",
       "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 1, 1, 1, 1, 1, 1, 1, 1), }", 4,
       XATTN_ERR_UNSUPPORTED, "8 dimensions");
-    N("shape8.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (,), }", 4,
-      XATTN_ERR_FORMAT, "shape");
+    N("shape8.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (,), }", 4, XATTN_ERR_FORMAT,
+      "shape");
     N("shape9.npy", "{'descr': '<f4', 'fortran_order': False, 'shape': (2,,), }", 8,
       XATTN_ERR_FORMAT, "shape");
     N("fo.npy", "{'descr': '<f4', 'fortran_order': maybe, 'shape': (2,), }", 8, XATTN_ERR_FORMAT,
@@ -885,15 +898,17 @@ static void test_hostile(void)
     CHECK(strlen(xattn_last_error()) < 400);
 
     /* .npy: a shape far beyond the file, and a version-2 header length past the end */
-    p = npy_file("tera.npy", 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000000,), }",
-                 16);
+    p = npy_file("tera.npy", 1,
+                 "{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000000,), }", 16);
     CHECK_FAIL_MSG(npy_load_free(p), XATTN_ERR_FORMAT,
                    "tera.npy: truncated: expected 4000000000000 data bytes, found 16");
     p = npy_file("tera2.npy", 2,
-                 "{'descr': '<f8', 'fortran_order': False, 'shape': (4294967296, 4294967296), }", 8);
+                 "{'descr': '<f8', 'fortran_order': False, 'shape': (4294967296, 4294967296), }",
+                 8);
     CHECK_FAIL_MSG(npy_load_free(p), XATTN_ERR_FORMAT, "tera2.npy");
     p = npy_file("zero_huge.npy", 1,
-                 "{'descr': '<f4', 'fortran_order': False, 'shape': (4611686018427387904, 0), }", 0);
+                 "{'descr': '<f4', 'fortran_order': False, 'shape': (4611686018427387904, 0), }",
+                 0);
     xattn_array a;
     CHECK_OK(xattn_npy_load(p, &a)); /* an empty array of a huge nominal shape is valid */
     CHECK(xattn_array_numel(&a) == 0 && a.shape[0] == 4611686018427387904LL);

@@ -130,7 +130,8 @@ static void round_trip(const xattn_option *o, size_t n, int64_t d, int64_t layer
         xattn_array a;
         memset(&a, 0, sizeof a);
         CHECK_OK(xattn_st_get(st, p.name, XATTN_F32, &a));
-        CHECK(xattn_array_numel(&a) == tu_param_numel(&p) && !memcmp(a.data, p.data, 4 * (size_t)tu_param_numel(&p)));
+        CHECK(xattn_array_numel(&a) == tu_param_numel(&p) &&
+              !memcmp(a.data, p.data, 4 * (size_t)tu_param_numel(&p)));
         xattn_array_free(&a);
     }
     CHECK(present == xattn_st_count(st));

@@ -110,7 +110,8 @@ static int exp_ok(float got, float ref)
 /* dot over odd lengths against a float64 sum; fp32 summation error bound n * 2^-24 * sum|a*b| */
 static void test_dot(const xa_kernels *kt)
 {
-    static const int64_t ns[] = {0, 1, 3, 7, 8, 15, 16, 17, 31, 33, 63, 64, 65, 80, 127, 129, 256, 1000};
+    static const int64_t ns[] = {0,  1,  3,  7,  8,  15,  16,  17,  31,
+                                 33, 63, 64, 65, 80, 127, 129, 256, 1000};
     uint64_t st = 99;
     float a[1000], b[1000];
     tu_fill_uniform(a, 1000, -2.0f, 2.0f, &st);
@@ -145,7 +146,8 @@ static void test_axpy(const xa_kernels *kt)
         int bad = 0;
         for (int64_t i = 0; i < 258; i++) {
             double want = (i >= 2 && i < n + 2) ? (double)y0[i] - 0.75 * x[i - 1] : y0[i];
-            if (fabs(y[i] - want) > 2.4e-7 * (fabs(y0[i]) + fabs(0.75 * x[i > 0 ? i - 1 : 0]) + 1e-30))
+            if (fabs(y[i] - want) >
+                2.4e-7 * (fabs(y0[i]) + fabs(0.75 * x[i > 0 ? i - 1 : 0]) + 1e-30))
                 bad++;
         }
         CHECK(bad == 0);
@@ -192,10 +194,10 @@ static void test_gemv(const xa_kernels *kt)
 
 static void test_vexp(const xa_kernels *kt)
 {
-    const float special[] = {-INFINITY, -1000.0f, -104.0f, -103.9f, -100.0f, -88.0f, -87.5f,
-                             -87.3f,    -50.0f,   -1.0f,   -1e-8f,  -0.0f,   0.0f,   1e-8f,
-                             0.5f,      1.0f,     10.0f,   88.0f,   88.72f,  88.73f, 89.0f,
-                             100.0f,    INFINITY, NAN};
+    const float special[] = {-INFINITY, -1000.0f, -104.0f, -103.9f, -100.0f,  -88.0f,
+                             -87.5f,    -87.3f,   -50.0f,  -1.0f,   -1e-8f,   -0.0f,
+                             0.0f,      1e-8f,    0.5f,    1.0f,    10.0f,    88.0f,
+                             88.72f,    88.73f,   89.0f,   100.0f,  INFINITY, NAN};
     const int ns = (int)(sizeof special / sizeof special[0]);
     /* lengths around the vector widths; the special values at every position */
     const int64_t lens[] = {0, 1, 5, 7, 8, 9, 15, 16, 17, 24, 31, 32, 33, 100};
@@ -211,7 +213,8 @@ static void test_vexp(const xa_kernels *kt)
             for (int64_t i = 0; i < n; i++) bad += !exp_ok(y[i], expf(x[i]));
             CHECK(bad == 0);
             CHECK(y[n] == 777.0f);
-            if (bad) fprintf(stderr, "  %s vexp specials n=%lld: %d bad\n", kt->name, (long long)n, bad);
+            if (bad)
+                fprintf(stderr, "  %s vexp specials n=%lld: %d bad\n", kt->name, (long long)n, bad);
         }
         free(x);
         free(y);
@@ -370,7 +373,8 @@ static void test_gelu(const xa_kernels *kt)
     for (int form = 0; form < 2; form++) {
         for (int64_t i = 0; i < tot; i++) {
             double v = x[i];
-            ref[i] = form ? (float)(0.5 * v * (1.0 + tanh(0.7978845608028654 * (v + 0.044715 * v * v * v))))
+            ref[i] = form ? (float)(0.5 * v *
+                                    (1.0 + tanh(0.7978845608028654 * (v + 0.044715 * v * v * v))))
                           : (float)(0.5 * v * erfc(-v / sqrt(2.0)));
         }
         /* odd lengths: tails of the vector loop */
@@ -444,8 +448,9 @@ static int gemm_case(const xa_kernels *kt, int ta, int tb, int64_t M, int64_t N,
     }
     CHECK(bad == 0);
     if (bad)
-        fprintf(stderr, "  %s sgemm ta=%d tb=%d M=%lld N=%lld K=%lld alpha=%g beta=%g pad=%d "
-                        "threads=%d: %d bad\n",
+        fprintf(stderr,
+                "  %s sgemm ta=%d tb=%d M=%lld N=%lld K=%lld alpha=%g beta=%g pad=%d "
+                "threads=%d: %d bad\n",
                 kt->name, ta, tb, (long long)M, (long long)N, (long long)K, alpha, beta, pad,
                 threads, bad);
     /* the same problem on the other thread count must give bit-identical results */
@@ -483,12 +488,22 @@ static void test_gemm(const xa_kernels *kt)
             }
     /* larger odd sizes: several K blocks, several column blocks, more than one row block,
      * edge tiles on both sides, skinny shapes; all four transposes, alpha/beta pairs */
-    const int64_t big[][3] = {{129, 257, 65},  {257, 129, 129}, {65, 33, 1000},
-                              {33, 700, 257},  {300, 17, 777},  {2100, 40, 30},
-                              {257, 257, 257}, {1, 1000, 300},  {1000, 1, 300},
+    const int64_t big[][3] = {{129, 257, 65},
+                              {257, 129, 129},
+                              {65, 33, 1000},
+                              {33, 700, 257},
+                              {300, 17, 777},
+                              {2100, 40, 30},
+                              {257, 257, 257},
+                              {1, 1000, 300},
+                              {1000, 1, 300},
                               /* skinny (direct, threaded) and just past it (packed) */
-                              {4, 3000, 200},  {3000, 2, 100},  {2, 70, 1500},
-                              {5, 600, 300},   {600, 5, 300},   {3, 40000, 1}};
+                              {4, 3000, 200},
+                              {3000, 2, 100},
+                              {2, 70, 1500},
+                              {5, 600, 300},
+                              {600, 5, 300},
+                              {3, 40000, 1}};
     for (size_t i = 0; i < sizeof big / sizeof big[0]; i++)
         for (int t = 0; t < 4; t++) {
             int x = (int)(i + (size_t)t) % nab;
@@ -534,7 +549,7 @@ static void test_api(void)
 
     /* linear: y = x W^T + b, with sizes through the packed path too */
     /* (M, K, N): direct, skinny (few rows / few columns) and packed paths */
-    const int64_t shapes[][3] = {{2, 3, 2},    {5, 7, 3},   {1, 300, 400}, {3, 200, 100},
+    const int64_t shapes[][3] = {{2, 3, 2},     {5, 7, 3},     {1, 300, 400}, {3, 200, 100},
                                  {5000, 20, 3}, {77, 96, 130}, {300, 64, 200}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         int64_t M = shapes[s][0], K = shapes[s][1], N = shapes[s][2];
@@ -585,8 +600,8 @@ int main(void)
             continue;
         }
         printf("%s: mr=%d nr=%d\n", kt->name, kt->mr, kt->nr);
-        CHECK(kt->ukr && kt->dot && kt->axpy && kt->gemv && kt->gemv_t && kt->vexp && kt->colmax && kt->expsub && kt->softmax && kt->rmsnorm &&
-              kt->layernorm && kt->gelu);
+        CHECK(kt->ukr && kt->dot && kt->axpy && kt->gemv && kt->gemv_t && kt->vexp && kt->colmax &&
+              kt->expsub && kt->softmax && kt->rmsnorm && kt->layernorm && kt->gelu);
         CHECK(kt->mr > 0 && kt->nr > 0);
         test_ukr(kt);
         test_dot(kt);

@@ -21,9 +21,9 @@ static const char *const FIXTURES[] = {
     "mha_extra_bias_kv", "mha_extra_zero_attn", "mha_extra_both_masks",
     "mha_extra_both_bool_nobias", "mha_extra_diff_noscale_residual", "mha_extra_diff_scale_rescale",
     /* diffusers Attention */
-    "mha_diff_basic", "mha_diff_bias_kpm_full_row", "mha_diff_default_heads",
-    "mha_diff_kpm_float", "mha_diff_perhead_float", "mha_diff_2d_bool", "mha_diff_causal",
-    "mha_diff_out_dim_bf16", "mha_diff_f16"};
+    "mha_diff_basic", "mha_diff_bias_kpm_full_row", "mha_diff_default_heads", "mha_diff_kpm_float",
+    "mha_diff_perhead_float", "mha_diff_2d_bool", "mha_diff_causal", "mha_diff_out_dim_bf16",
+    "mha_diff_f16"};
 
 static double g_worst_out, g_worst_w;
 
@@ -37,12 +37,14 @@ static xattn_status load_heads(const xattn_safetensors *st, const char *prefix, 
 
 /* xattn_mha_forward on the default context with out and optional weights: averaged when
  * average_weights, else per head. */
-static xattn_status fwd(const xattn_mha *m, const xattn_mha_inputs *in, float *out,
-                        float *weights, int average_weights)
+static xattn_status fwd(const xattn_mha *m, const xattn_mha_inputs *in, float *out, float *weights,
+                        int average_weights)
 {
     xattn_mha_outputs o = {.out = out};
-    if (average_weights) o.attn = weights;
-    else o.attn_per_head = weights;
+    if (average_weights)
+        o.attn = weights;
+    else
+        o.attn_per_head = weights;
     return xattn_mha_forward(NULL, m, in, &o);
 }
 
@@ -98,7 +100,7 @@ static void run_fixture(const char *name)
     CHECK(cfg.heads == meta_int(st, "expected_heads"));
     const char *layout = xattn_st_meta_get(st, "layout");
     CHECK(layout && cfg.layout == (!strcmp(layout, "diffusers") ? XATTN_LAYOUT_DIFFUSERS
-                                                                  : XATTN_LAYOUT_TORCH_MHA));
+                                                                : XATTN_LAYOUT_TORCH_MHA));
 
     xattn_array aq, ak, av, akpm, aam, aout, awa, awp;
     memset(&av, 0, sizeof av);
@@ -115,8 +117,7 @@ static void run_fixture(const char *name)
     in.I = aq.shape[1];
     in.J = ak.shape[1];
     CHECK(aq.shape[2] == cfg.embed_dim && ak.shape[2] == cfg.kdim);
-    get_mask(st, "input.key_padding_mask", &akpm, &in.key_padding_mask,
-             &in.key_padding_mask_float);
+    get_mask(st, "input.key_padding_mask", &akpm, &in.key_padding_mask, &in.key_padding_mask_float);
     get_mask(st, "input.attn_mask", &aam, &in.attn_mask, &in.attn_mask_float);
     in.attn_mask_per_head = meta_is_true(st, "attn_mask_per_head");
     in.is_causal = meta_is_true(st, "is_causal");
@@ -164,8 +165,8 @@ static void run_fixture(const char *name)
     printf("  %-28s B=%lld I=%lld J=%lld E=%lld kdim=%lld vdim=%lld H=%lld dh=%lld  "
            "max err out %.2e weights %.2e\n",
            name, (long long)in.B, (long long)in.I, (long long)in.J, (long long)cfg.embed_dim,
-           (long long)cfg.kdim, (long long)cfg.vdim, (long long)cfg.heads,
-           (long long)cfg.head_dim, worst_out, worst_w);
+           (long long)cfg.kdim, (long long)cfg.vdim, (long long)cfg.heads, (long long)cfg.head_dim,
+           worst_out, worst_w);
     g_worst_out = fmax(g_worst_out, worst_out);
     g_worst_w = fmax(g_worst_w, worst_w);
     free(out);
@@ -294,8 +295,8 @@ static void test_load_errors(void)
         xattn_mha_config c;
         xattn_mha_get_config(m, &c);
         CHECK(c.layout == XATTN_LAYOUT_TORCH_MHA && c.embed_dim == 8 && c.kdim == 5 &&
-              c.vdim == 3 && c.heads == 2 && c.head_dim == 4 && c.out_dim == 8 &&
-              c.has_in_bias && c.has_out_bias);
+              c.vdim == 3 && c.heads == 2 && c.head_dim == 4 && c.out_dim == 8 && c.has_in_bias &&
+              c.has_out_bias);
         /* forward argument errors */
         float q[2 * 3 * 8], k[2 * 4 * 5], v[2 * 4 * 3], out[2 * 3 * 8];
         tu_fill_uniform(q, 48, -1, 1, &rng);
@@ -455,8 +456,8 @@ static void test_load_errors(void)
         CHECK_OK(load_heads(st, "", 4, &m));
         xattn_mha_config c;
         xattn_mha_get_config(m, &c);
-        CHECK(c.embed_dim == 8 && c.kdim == 8 && c.vdim == 8 && c.head_dim == 2 &&
-              !c.has_in_bias && !c.has_out_bias);
+        CHECK(c.embed_dim == 8 && c.kdim == 8 && c.vdim == 8 && c.head_dim == 2 && !c.has_in_bias &&
+              !c.has_out_bias);
         xattn_mha_free(m);
         xattn_st_close(st);
     }

@@ -95,11 +95,11 @@ static size_t make_inputs(const xattn_module *m, float *buf, uint8_t *kpm, xattn
     for (int t = 0; t < NB * NJ; t++) kpm[t] = (uint8_t)((t % 3 == 1) == torch);
     size_t n = 0;
     in[n++] = (xattn_tensor){torch ? "query" : "hidden_states", XATTN_F32, 3, {NB, NI, E}, q};
-    in[n++] = (xattn_tensor){torch ? "key" : "encoder_hidden_states", XATTN_F32, 3, {NB, NJ, kd},
-                             k};
+    in[n++] =
+        (xattn_tensor){torch ? "key" : "encoder_hidden_states", XATTN_F32, 3, {NB, NJ, kd}, k};
     if (torch) in[n++] = (xattn_tensor){"value", XATTN_F32, 3, {NB, NJ, vd}, v};
-    in[n++] = (xattn_tensor){torch ? "key_padding_mask" : "attention_mask", XATTN_BOOL, 2,
-                             {NB, NJ}, kpm};
+    in[n++] =
+        (xattn_tensor){torch ? "key_padding_mask" : "attention_mask", XATTN_BOOL, 2, {NB, NJ}, kpm};
     return n;
 }
 
@@ -199,23 +199,30 @@ static void round_trips(void)
 {
     const xattn_option t1[] = {{"embed_dim", "16"}, {"num_heads", "4"}};
     round_trip("mha", t1, 2, "t1");
-    const xattn_option t2[] = {{"embed_dim", "12"}, {"num_heads", "3"}, {"kdim", "5"},
-                               {"vdim", "7"},       {"bias", "False"},  {"add_bias_kv", "True"},
+    const xattn_option t2[] = {{"embed_dim", "12"},
+                               {"num_heads", "3"},
+                               {"kdim", "5"},
+                               {"vdim", "7"},
+                               {"bias", "False"},
+                               {"add_bias_kv", "True"},
                                {"add_zero_attn", "True"}};
     round_trip("mha", t2, 7, "t2");
-    const xattn_option t3[] = {{"embed_dim", "8"}, {"num_heads", "2"}, {"kdim", "8"},
-                               {"add_bias_kv", "True"}};
+    const xattn_option t3[] = {
+        {"embed_dim", "8"}, {"num_heads", "2"}, {"kdim", "8"}, {"add_bias_kv", "True"}};
     round_trip("mha", t3, 4, "t3");
-    const xattn_option d1[] = {{"query_dim", "16"}, {"heads", "2"}, {"dim_head", "8"},
-                               {"cross_attention_dim", "6"}};
+    const xattn_option d1[] = {
+        {"query_dim", "16"}, {"heads", "2"}, {"dim_head", "8"}, {"cross_attention_dim", "6"}};
     round_trip("attention", d1, 4, "d1");
-    const xattn_option d2[] = {{"query_dim", "8"},        {"cross_attention_dim", "5"},
-                               {"heads", "1"},            {"dim_head", "4"},
-                               {"bias", "True"},          {"out_dim", "12"},
-                               {"scale_qk", "False"},     {"rescale_output_factor", "0.5"}};
+    const xattn_option d2[] = {{"query_dim", "8"},    {"cross_attention_dim", "5"},
+                               {"heads", "1"},        {"dim_head", "4"},
+                               {"bias", "True"},      {"out_dim", "12"},
+                               {"scale_qk", "False"}, {"rescale_output_factor", "0.5"}};
     round_trip("attention", d2, 8, "d2");
-    const xattn_option d3[] = {{"query_dim", "12"}, {"heads", "3"},        {"dim_head", "5"},
-                               {"out_bias", "False"}, {"residual_connection", "True"},
+    const xattn_option d3[] = {{"query_dim", "12"},
+                               {"heads", "3"},
+                               {"dim_head", "5"},
+                               {"out_bias", "False"},
+                               {"residual_connection", "True"},
                                {"rescale_output_factor", "2"}};
     round_trip("attention", d3, 6, "d3");
 }
@@ -268,8 +275,8 @@ static void created_defaults(void)
         xattn_module_free(m);
     }
     /* out_dim given: inner = out_dim and heads = out_dim // dim_head, as diffusers */
-    const xattn_option od[] = {{"query_dim", "8"}, {"heads", "7"}, {"dim_head", "4"},
-                               {"out_dim", "12"}};
+    const xattn_option od[] = {
+        {"query_dim", "8"}, {"heads", "7"}, {"dim_head", "4"}, {"out_dim", "12"}};
     m = create("attention", od, 4, 1);
     if (m) {
         expect_cfg(m, "heads", "3");
@@ -351,8 +358,8 @@ static void init_distribution(void)
         tu_check_normal(m, "bias_v", sqrt(2.0 / 512));
         xattn_module_free(m);
     }
-    const xattn_option t2[] = {{"embed_dim", "64"}, {"num_heads", "4"}, {"kdim", "96"},
-                               {"vdim", "40"}};
+    const xattn_option t2[] = {
+        {"embed_dim", "64"}, {"num_heads", "4"}, {"kdim", "96"}, {"vdim", "40"}};
     m = create("mha", t2, 4, 6);
     if (m) {
         tu_check_uniform(m, "q_proj_weight", sqrt(6.0 / 128));
@@ -363,8 +370,11 @@ static void init_distribution(void)
         xattn_module_free(m);
     }
     /* diffusers Attention: nn.Linear's defaults, b = 1/sqrt(fan_in) for weights and biases */
-    const xattn_option d[] = {{"query_dim", "48"}, {"cross_attention_dim", "80"}, {"heads", "4"},
-                              {"dim_head", "32"},  {"bias", "True"}};
+    const xattn_option d[] = {{"query_dim", "48"},
+                              {"cross_attention_dim", "80"},
+                              {"heads", "4"},
+                              {"dim_head", "32"},
+                              {"bias", "True"}};
     m = create("attention", d, 5, 7);
     xattn_module *m2 = create("attention", d, 5, 8);
     if (m && m2) {
@@ -440,8 +450,8 @@ static void named_vs_typed(const char *fixture)
     const int64_t no = B * I * c.out_dim, nw = B * I * J;
     float *got = malloc(sizeof(float) * (size_t)(2 * no + 2 * (c.heads + 1) * nw));
     float *ref = got + no, *w = ref + no, *wh = w + nw, *tw = wh + c.heads * nw, *twh = tw + nw;
-    xattn_tensor out[3] = {{.name = "out"}, {.name = torch ? "attn" : "attention_probs"},
-                           {.name = "attn_per_head"}};
+    xattn_tensor out[3] = {
+        {.name = "out"}, {.name = torch ? "attn" : "attention_probs"}, {.name = "attn_per_head"}};
     const size_t n_out = torch ? 3 : 2;
     CHECK_OK(xattn_module_plan(m, in, n, out, n_out));
     out[0].data = got;
@@ -456,12 +466,14 @@ static void named_vs_typed(const char *fixture)
     ti.key = a[1].data;
     ti.value = torch ? a[2].data : NULL;
     for (size_t k = 2 + torch; k < n; k++) {
-        const int kp = !strcmp(in[k].name, "key_padding_mask") ||
-                       !strcmp(in[k].name, "attention_mask");
+        const int kp =
+            !strcmp(in[k].name, "key_padding_mask") || !strcmp(in[k].name, "attention_mask");
         const uint8_t **u8 = kp ? &ti.key_padding_mask : &ti.attn_mask;
         const float **f32 = kp ? &ti.key_padding_mask_float : &ti.attn_mask_float;
-        if (in[k].dtype == XATTN_BOOL) *u8 = in[k].data;
-        else *f32 = in[k].data;
+        if (in[k].dtype == XATTN_BOOL)
+            *u8 = in[k].data;
+        else
+            *f32 = in[k].data;
     }
     ti.attn_mask_per_head = per_head;
     xattn_mha_outputs to = {.out = ref, .attn = torch ? tw : NULL, .attn_per_head = twh};
@@ -549,8 +561,8 @@ static void named_self_attention(void)
     CHECK(!memcmp(o1, o2, sizeof o1));
     xattn_module_free(m);
     /* cross_attention_dim != query_dim: the keys must be given */
-    const xattn_option dc[] = {{"query_dim", "8"}, {"cross_attention_dim", "3"}, {"heads", "2"},
-                               {"dim_head", "4"}};
+    const xattn_option dc[] = {
+        {"query_dim", "8"}, {"cross_attention_dim", "3"}, {"heads", "2"}, {"dim_head", "4"}};
     m = create("attention", dc, 4, 3);
     if (!m) return;
     CHECK_FAIL(xattn_module_forward(NULL, m, in, 1, &out, 1), XATTN_ERR_SHAPE);
@@ -640,8 +652,8 @@ static void scan_prefixes(void)
     xattn_module *m = NULL;
     CHECK_FAIL(xattn_module_open(st, NULL, &m), XATTN_ERR_ARG);
     has("holds 2 modules");
-    xattn_open_opts o = {.prefix = "a.", .options = (const xattn_option[]){{"num_heads", "2"}},
-                         .n_options = 1};
+    xattn_open_opts o = {
+        .prefix = "a.", .options = (const xattn_option[]){{"num_heads", "2"}}, .n_options = 1};
     CHECK_OK(xattn_module_open(st, &o, &m));
     CHECK(m && !strcmp(xattn_module_kind(m), "mha"));
     xattn_module_free(m);
@@ -672,8 +684,8 @@ int main(void)
     zero_opts();
     init_distribution();
     static const char *const fixtures[] = {"mha_float3d_kpm_float", "mha_bool3d_dead_head_row",
-                                           "mha_float2d_kpm_bool", "mha_kdim_vdim",
-                                           "mha_diff_kpm_float", "mha_diff_bias_kpm_full_row",
+                                           "mha_float2d_kpm_bool",  "mha_kdim_vdim",
+                                           "mha_diff_kpm_float",    "mha_diff_bias_kpm_full_row",
                                            "mha_diff_out_dim_bf16"};
     for (size_t i = 0; i < sizeof fixtures / sizeof fixtures[0]; i++) named_vs_typed(fixtures[i]);
     named_extra_keys();

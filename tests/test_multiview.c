@@ -73,8 +73,8 @@ static void run_fixture(const char *name)
                 char what[160];
                 snprintf(what, sizeof what, "%s view %lld isa %s threads %d", name, (long long)v,
                          isas[ii], th);
-                double e = tu_check_close(what, out[v], ex[v].data, xattn_array_numel(&ex[v]),
-                                          TU_TOL);
+                double e =
+                    tu_check_close(what, out[v], ex[v].data, xattn_array_numel(&ex[v]), TU_TOL);
                 if (e > g_worst) g_worst = e;
             }
         }
@@ -146,15 +146,16 @@ static void errors(void)
     CHECK(strstr(xattn_last_error(), "divisible") != NULL);
     /* option overrides */
     int64_t h1[1] = {1};
-    xattn_multiview_opts o1 = {.heads = h1, .n_heads = 1, .eps = 1e-3,
-                              .gelu = XATTN_MULTIVIEW_GELU_ERF};
+    xattn_multiview_opts o1 = {
+        .heads = h1, .n_heads = 1, .eps = 1e-3, .gelu = XATTN_MULTIVIEW_GELU_ERF};
     CHECK_OK(xattn_multiview_load(st, "", &o1, &m));
     if (m) {
         xattn_multiview_config cfg;
         xattn_multiview_get_config(m, &cfg);
         CHECK(cfg.heads[0] == 1 && cfg.heads[1] == 1 && cfg.gelu_tanh == 0 &&
               fabsf(cfg.eps - 1e-3f) < 1e-9f);
-        CHECK(cfg.dim[0] == 8 && cfg.dim[1] == 16 && cfg.mlp_hidden[0] == 16 && cfg.mlp_hidden[1] == 24);
+        CHECK(cfg.dim[0] == 8 && cfg.dim[1] == 16 && cfg.mlp_hidden[0] == 16 &&
+              cfg.mlp_hidden[1] == 24);
         int64_t on = 0;
         CHECK_FAIL(xattn_multiview_out_tokens(m, 1, &on), XATTN_ERR_SHAPE);
         CHECK_OK(xattn_multiview_out_tokens(m, 3, &on));
@@ -196,7 +197,8 @@ static void errors(void)
     free_arrs(arrs, na);
     /* a shape that disagrees: mlp.2.weight of stage 0 view 1 replaced by a (16, 8) one
      * (mlp.0.weight is (16, 8), so it is renamed in its place) */
-    e1 = edited(st, "stages.0.views.1.mlp.2.weight", "stages.0.views.1.mlp.2.weight.x", 1, arrs, &na);
+    e1 = edited(st, "stages.0.views.1.mlp.2.weight", "stages.0.views.1.mlp.2.weight.x", 1, arrs,
+                &na);
     CHECK_FAIL(xattn_multiview_load(e1, "", NULL, &m), XATTN_ERR_NOT_FOUND);
     xattn_st_close(e1);
     free_arrs(arrs, na);

@@ -33,7 +33,7 @@ static const char *config(const xattn_module *m, const char *name)
 static xattn_module *create(uint64_t seed, const char *views, const char *dims, const char *heads,
                             const char *hiddens, const char *gelu, const char *eps)
 {
-    xattn_option o[6] = {{"views", views}, {"dims", dims}, {"heads", heads},
+    xattn_option o[6] = {{"views", views},     {"dims", dims}, {"heads", heads},
                          {"hiddens", hiddens}, {"gelu", gelu}, {"eps", eps}};
     xattn_module *m = NULL;
     CHECK_OK(xattn_module_create("multiview", o, gelu ? 6 : 4, seed, &m));
@@ -111,8 +111,7 @@ static void round_trip(void)
         xattn_multiview_get_config(t1, &c1);
         xattn_multiview_get_config(t2, &c2);
         CHECK(c1.views == 3 && c1.stages == 2 && c1.dim[1] == 16 && c1.heads[0] == 2 &&
-              c1.heads[1] == 4 && c1.mlp_hidden[1] == 24 && c1.gelu_tanh == 1 &&
-              c1.eps == 1e-6f);
+              c1.heads[1] == 4 && c1.mlp_hidden[1] == 24 && c1.gelu_tanh == 1 && c1.eps == 1e-6f);
         CHECK(!memcmp(&c1, &c2, sizeof c1));
         float *o1[3], *o2[3];
         const int64_t n[3] = {2 * 4 * 16, 2 * 2 * 16, 2 * 3 * 16};

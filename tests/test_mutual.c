@@ -9,10 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *const FIXTURES[] = {"len1",        "b2_n33_d17",  "b3_n65_d8",
-                                       "n257_d32",    "b2_n5_d64",   "terms_33_65",
-                                       "terms_1_7",   "bands_ax1",   "bands_ax3",
-                                       "bands_axm2"};
+static const char *const FIXTURES[] = {"len1",      "b2_n33_d17",  "b3_n65_d8", "n257_d32",
+                                       "b2_n5_d64", "terms_33_65", "terms_1_7", "bands_ax1",
+                                       "bands_ax3", "bands_axm2"};
 static double g_worst;
 
 static void run_fixture(const char *name)
@@ -106,7 +105,8 @@ static void errors(void)
     /* a fully identical pair: each term is a convex mix of rows; N = 1 returns 2*a */
     float a1[3] = {1, 2, 3}, b1[3] = {-1, 0.5f, 4}, o1[3];
     CHECK_OK(xattn_mutual(a1, b1, 1, 1, 3, o1));
-    CHECK(fabsf(o1[0] - 0.0f) < 1e-6f && fabsf(o1[1] - 2.5f) < 1e-6f && fabsf(o1[2] - 7.0f) < 1e-6f);
+    CHECK(fabsf(o1[0] - 0.0f) < 1e-6f && fabsf(o1[1] - 2.5f) < 1e-6f &&
+          fabsf(o1[2] - 7.0f) < 1e-6f);
 }
 
 int main(void)

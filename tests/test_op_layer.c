@@ -68,11 +68,13 @@ static void elementwise(void)
     for (int64_t bb = 0; bb < 2; bb++)
         for (int64_t q = 0; q < 3; q++)
             for (int64_t c = 0; c < 5; c++)
-                e = fmax(e, fabs(r[(bb * 3 + q) * 5 + c] -
-                                 (x[(bb * 7 + 2 * q) * 5 + c] + x[(bb * 7 + 2 * q + 1) * 5 + c]) / 2));
+                e = fmax(e,
+                         fabs(r[(bb * 3 + q) * 5 + c] -
+                              (x[(bb * 7 + 2 * q) * 5 + c] + x[(bb * 7 + 2 * q + 1) * 5 + c]) / 2));
     CHECK(e < 1e-7);
     /* linear with accumulate: y += x W^T + b */
-    float *W = rnd(13 * 77, &st), *bb = rnd(13, &st), *y2 = rnd(20 * 13, &st), *y3 = malloc(20 * 13 * 4);
+    float *W = rnd(13 * 77, &st), *bb = rnd(13, &st), *y2 = rnd(20 * 13, &st),
+          *y3 = malloc(20 * 13 * 4);
     memcpy(y3, y2, 20 * 13 * 4);
     CHECK_OK(xa_op_linear(x, 20, 77, W, bb, 13, y2, 1));
     e = 0;
@@ -170,7 +172,8 @@ static void thread_independence(void)
     const int64_t cases[][4] = {{1, 1, 1, 3000}, {1, 2, 3, 2000}, {2, 3, 70, 513}, {1, 1, 300, 40}};
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         const int64_t B = cases[c][0], H = cases[c][1], I = cases[c][2], J = cases[c][3], d = 32;
-        float *q = rnd(B * I * H * d, &st), *k = rnd(B * J * H * d, &st), *v = rnd(B * J * H * d, &st);
+        float *q = rnd(B * I * H * d, &st), *k = rnd(B * J * H * d, &st),
+              *v = rnd(B * J * H * d, &st);
         float *o[4], *l[4];
         for (int t = 0; t < 4; t++) {
             o[t] = malloc(B * I * H * d * 4);

@@ -12,8 +12,10 @@ int main(void)
     CHECK_OK(xattn_st_open(tu_fixture("ops.safetensors"), &st));
     if (!st) return tu_finish("test_ops");
     xattn_array ax = {0}, aw = {0}, ab = {0}, ag = {0}, r[6] = {{0}};
-    const char *names[] = {"softmax", "rmsnorm", "layernorm", "layernorm_eps12", "gelu", "gelu_tanh"};
-    float *x = tu_get_f32(st, "x", &ax), *w = tu_get_f32(st, "w", &aw), *b = tu_get_f32(st, "b", &ab);
+    const char *names[] = {"softmax",         "rmsnorm", "layernorm",
+                           "layernorm_eps12", "gelu",    "gelu_tanh"};
+    float *x = tu_get_f32(st, "x", &ax), *w = tu_get_f32(st, "w", &aw),
+          *b = tu_get_f32(st, "b", &ab);
     float *g = tu_get_f32(st, "g", &ag);
     float *ref[6];
     for (int i = 0; i < 6; i++) ref[i] = tu_get_f32(st, names[i], &r[i]);
@@ -26,11 +28,11 @@ int main(void)
         for (int th = 1; th <= 2; th++) {
             xattn_set_threads(th);
             char what[128];
-#define CLOSE(name, got, want, cnt)                                                               \
-    do {                                                                                          \
-        snprintf(what, sizeof what, "%s %s t%d", name, isas[is], th);                             \
-        double e_ = tu_check_close(what, got, want, cnt, TU_TOL);                                 \
-        if (e_ > worst) worst = e_;                                                               \
+#define CLOSE(name, got, want, cnt)                                                                \
+    do {                                                                                           \
+        snprintf(what, sizeof what, "%s %s t%d", name, isas[is], th);                              \
+        double e_ = tu_check_close(what, got, want, cnt, TU_TOL);                                  \
+        if (e_ > worst) worst = e_;                                                                \
     } while (0)
             memcpy(y, x, sizeof(float) * (size_t)(rows * n));
             CHECK_OK(xattn_softmax(y, rows, n));
@@ -58,8 +60,12 @@ int main(void)
     CHECK_FAIL(xattn_layernorm(x, 1, 0, w, b, 1e-5f, y), XATTN_ERR_ARG);
     CHECK_FAIL(xattn_layernorm(x, 1, n, w, b, -1.0f, y), XATTN_ERR_ARG);
     CHECK_FAIL(xattn_gelu(yg, 0, 0), XATTN_ERR_ARG);
-    free(y); free(yg);
-    xattn_array_free(&ax); xattn_array_free(&aw); xattn_array_free(&ab); xattn_array_free(&ag);
+    free(y);
+    free(yg);
+    xattn_array_free(&ax);
+    xattn_array_free(&aw);
+    xattn_array_free(&ab);
+    xattn_array_free(&ag);
     for (int i = 0; i < 6; i++) xattn_array_free(&r[i]);
     xattn_st_close(st);
     return tu_finish("test_ops");

@@ -131,8 +131,7 @@ static int read_picture(const char *path, picture *p)
 }
 
 /* Pixel at the centre of cell (r, c) of a map (rows, cols) enlarged to the map area. */
-static const unsigned char *cell(const picture *p, int64_t r, int64_t c, int64_t rows,
-                                 int64_t cols)
+static const unsigned char *cell(const picture *p, int64_t r, int64_t c, int64_t rows, int64_t cols)
 {
     int x = p->x0 + (int)(((2 * c + 1) * p->W) / (2 * cols));
     int y = p->y0 + (int)(((2 * r + 1) * p->H) / (2 * rows));
@@ -151,7 +150,7 @@ static int check_layout(const char *what, const picture *p, int64_t rows, int64_
         return -1;
     }
     CHECK(p->x0 + W + 1 < p->bx && p->bw >= 10 && p->bx + p->bw < p->w);
-    CHECK(is(at(p, p->bx + p->bw / 2, p->y0), CMAP_HI));         /* top: the maximum  */
+    CHECK(is(at(p, p->bx + p->bw / 2, p->y0), CMAP_HI));            /* top: the maximum  */
     CHECK(is(at(p, p->bx + p->bw / 2, p->y0 + p->H - 1), CMAP_LO)); /* bottom: minimum */
     CHECK(is(at(p, p->bx, p->y0 - 1), INK) && is(at(p, p->bx - 1, p->y0 + H / 2), INK));
     /* a white margin all round */
@@ -198,9 +197,8 @@ static int tmp_left(const char *path)
     return exists(t);
 }
 
-static const xattn_heatmap_opts OPTS = {.title = "test map",
-                                        .x_label = "key / context position j",
-                                        .y_label = "query position i"};
+static const xattn_heatmap_opts OPTS = {
+    .title = "test map", .x_label = "key / context position j", .y_label = "query position i"};
 
 /* 1 x 1: one colour, the middle of the map (vmin == vmax). */
 static void test_one_cell(void)
@@ -450,8 +448,8 @@ static void test_errors(void)
 
 static void remove_tree(void)
 {
-    static const char *names[] = {"one.png", "thin_1x1000.png", "thin_1000x1.png", "hot.png",
-                                  "large.png", "small.png", "err.png"};
+    static const char *names[] = {"one.png",   "thin_1x1000.png", "thin_1000x1.png", "hot.png",
+                                  "large.png", "small.png",       "err.png"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) remove(out_path(names[i]));
     if (rmdir(tmpdir) != 0) fprintf(stderr, "note: %s not removed: %s\n", tmpdir, strerror(errno));
 }

@@ -45,8 +45,8 @@ static void kinds(void)
 static xattn_module *create_conv(uint64_t seed, const char *in, const char *out, const char *in2,
                                  const char *qk)
 {
-    xattn_option o[4] = {{"in_channels", in}, {"out_channels", out}, {"in_channels2", in2},
-                         {"qk_channels", qk}};
+    xattn_option o[4] = {
+        {"in_channels", in}, {"out_channels", out}, {"in_channels2", in2}, {"qk_channels", qk}};
     xattn_module *m = NULL;
     CHECK_OK(xattn_module_create("conv2d-cross", o, in2 ? 4 : 2, seed, &m));
     return m;
@@ -166,9 +166,11 @@ static void strict_options(void)
     double real;
     int b;
     CHECK(xa_parse_int("12", &parse) && parse == 12);
-    CHECK(!xa_parse_int("12 ", &parse) && !xa_parse_int("", &parse) && !xa_parse_int("1e3", &parse));
+    CHECK(!xa_parse_int("12 ", &parse) && !xa_parse_int("", &parse) &&
+          !xa_parse_int("1e3", &parse));
     CHECK(xa_parse_real("1e-05", &real) && real == 1e-05);
-    CHECK(!xa_parse_real("0x10", &real) && !xa_parse_real("inf", &real) && !xa_parse_real(" 1", &real));
+    CHECK(!xa_parse_real("0x10", &real) && !xa_parse_real("inf", &real) &&
+          !xa_parse_real(" 1", &real));
     CHECK(xa_parse_bool("True", &b) && b == 1 && xa_parse_bool("0", &b) && b == 0);
     CHECK(!xa_parse_bool("yes", &b));
     char f[128];
@@ -352,7 +354,8 @@ static void named_forward(void)
     const int64_t B = 2, C1 = 5, C2 = 3, Cv = 6, H = 7, W = 9;
     xattn_module *m = create_conv(3, "5", "6", "3", "4");
     if (!m) return;
-    float *x1 = malloc(sizeof(float) * B * C1 * H * W), *x2 = malloc(sizeof(float) * B * C2 * H * W);
+    float *x1 = malloc(sizeof(float) * B * C1 * H * W),
+          *x2 = malloc(sizeof(float) * B * C2 * H * W);
     const int64_t no = B * Cv * H * W;
     float *ref = calloc((size_t)no, 4), *outs[4];
     for (int64_t i = 0; i < B * C1 * H * W; i++) x1[i] = (float)sin(0.37 * (double)i);

@@ -9,37 +9,37 @@
 extern int tu_failures;
 extern int tu_checks;
 
-#define CHECK(cond)                                                                              \
-    do {                                                                                         \
-        tu_checks++;                                                                             \
-        if (!(cond)) {                                                                           \
-            tu_failures++;                                                                       \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);             \
-        }                                                                                        \
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        tu_checks++;                                                                               \
+        if (!(cond)) {                                                                             \
+            tu_failures++;                                                                         \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);               \
+        }                                                                                          \
     } while (0)
 
 /* Checks a call returned XATTN_OK, printing xattn_last_error() if not. */
-#define CHECK_OK(call)                                                                           \
-    do {                                                                                         \
-        tu_checks++;                                                                             \
-        xattn_status s_ = (call);                                                                \
-        if (s_ != XATTN_OK) {                                                                    \
-            tu_failures++;                                                                       \
-            fprintf(stderr, "%s:%d: %s -> %s: %s\n", __FILE__, __LINE__, #call,                  \
-                    xattn_status_string(s_), xattn_last_error());                                \
-        }                                                                                        \
+#define CHECK_OK(call)                                                                             \
+    do {                                                                                           \
+        tu_checks++;                                                                               \
+        xattn_status s_ = (call);                                                                  \
+        if (s_ != XATTN_OK) {                                                                      \
+            tu_failures++;                                                                         \
+            fprintf(stderr, "%s:%d: %s -> %s: %s\n", __FILE__, __LINE__, #call,                    \
+                    xattn_status_string(s_), xattn_last_error());                                  \
+        }                                                                                          \
     } while (0)
 
 /* Checks a call failed with `want` status and left a non-empty message. */
-#define CHECK_FAIL(call, want)                                                                   \
-    do {                                                                                         \
-        tu_checks++;                                                                             \
-        xattn_status s_ = (call);                                                                \
-        if (s_ != (want) || xattn_last_error()[0] == '\0') {                                     \
-            tu_failures++;                                                                       \
-            fprintf(stderr, "%s:%d: %s -> %s (%s), wanted %s\n", __FILE__, __LINE__, #call,      \
-                    xattn_status_string(s_), xattn_last_error(), xattn_status_string(want));     \
-        }                                                                                        \
+#define CHECK_FAIL(call, want)                                                                     \
+    do {                                                                                           \
+        tu_checks++;                                                                               \
+        xattn_status s_ = (call);                                                                  \
+        if (s_ != (want) || xattn_last_error()[0] == '\0') {                                       \
+            tu_failures++;                                                                         \
+            fprintf(stderr, "%s:%d: %s -> %s (%s), wanted %s\n", __FILE__, __LINE__, #call,        \
+                    xattn_status_string(s_), xattn_last_error(), xattn_status_string(want));       \
+        }                                                                                          \
     } while (0)
 
 /* Returns the process exit code and prints a summary. */

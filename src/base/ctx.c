@@ -24,7 +24,7 @@
 #include <omp.h>
 #endif
 
-#define XA_WS_SLOTS 8
+#define XA_WS_SLOTS         8
 #define XA_WS_DEFAULT_LIMIT ((size_t)128 << 20)
 
 typedef struct xa_ws_pool {
@@ -34,13 +34,13 @@ typedef struct xa_ws_pool {
 } xa_ws_pool;
 
 struct xa_ws {
-    size_t bytes;      /* usable bytes after the 64-byte header */
-    xa_ws_pool *pool;  /* where the block goes back to */
+    size_t bytes;     /* usable bytes after the 64-byte header */
+    xa_ws_pool *pool; /* where the block goes back to */
 };
 
 struct xattn_ctx {
-    _Atomic int threads;                 /* 0 = the default count              */
-    _Atomic(const xa_kernels *) kt;      /* NULL = the best table for this CPU */
+    _Atomic int threads;            /* 0 = the default count              */
+    _Atomic(const xa_kernels *) kt; /* NULL = the best table for this CPU */
     xa_ws_pool pool;
     int is_default;
 };
@@ -167,8 +167,8 @@ xattn_status xattn_ctx_set_isa(xattn_ctx *c, const char *name)
     const xa_kernels *k = NULL;
     if (strcmp(name, "auto")) {
         if (strcmp(name, "scalar") && strcmp(name, "avx2") && strcmp(name, "avx512"))
-            return xa_error(XATTN_ERR_ARG,
-                            "unknown kernel set '%s' (auto, avx512, avx2, scalar)", name);
+            return xa_error(XATTN_ERR_ARG, "unknown kernel set '%s' (auto, avx512, avx2, scalar)",
+                            name);
         if (!(k = xa_kern_by_name(name)))
             return xa_error(XATTN_ERR_UNSUPPORTED,
                             "kernel set '%s' is not available on this CPU/build", name);

@@ -75,14 +75,20 @@ static const char *expectation(const xa_field *f, char *buf, size_t cap)
 {
     switch (f->type) {
     case XA_T_INT:
-        if (f->min == 1 && f->max >= 1e15) snprintf(buf, cap, "a positive integer");
-        else if (f->min == 0 && f->max >= 1e15) snprintf(buf, cap, "a non-negative integer");
-        else snprintf(buf, cap, "an integer in [%.0f, %.0f]", f->min, f->max);
+        if (f->min == 1 && f->max >= 1e15)
+            snprintf(buf, cap, "a positive integer");
+        else if (f->min == 0 && f->max >= 1e15)
+            snprintf(buf, cap, "a non-negative integer");
+        else
+            snprintf(buf, cap, "an integer in [%.0f, %.0f]", f->min, f->max);
         break;
     case XA_T_REAL:
-        if (f->max >= 1e300 && f->min <= -1e300) snprintf(buf, cap, "a number");
-        else if (f->max >= 1e300) snprintf(buf, cap, "a number >= %g", f->min);
-        else snprintf(buf, cap, "a number in [%g, %g]", f->min, f->max);
+        if (f->max >= 1e300 && f->min <= -1e300)
+            snprintf(buf, cap, "a number");
+        else if (f->max >= 1e300)
+            snprintf(buf, cap, "a number >= %g", f->min);
+        else
+            snprintf(buf, cap, "a number in [%g, %g]", f->min, f->max);
         break;
     case XA_T_BOOL: snprintf(buf, cap, "True or False"); break;
     case XA_T_ENUM: {

@@ -54,16 +54,16 @@ typedef enum xa_from {
     XA_FROM_DERIVED  /* computed from other fields         */
 } xa_from;
 
-#define XA_F_SHAPE 0x01u     /* told by tensor shapes; options / metadata must agree        */
-#define XA_F_PRESENCE 0x02u  /* bool told by whether a tensor exists (XA_P_COND tensors)    */
+#define XA_F_SHAPE     0x01u /* told by tensor shapes; options / metadata must agree        */
+#define XA_F_PRESENCE  0x02u /* bool told by whether a tensor exists (XA_P_COND tensors)    */
 #define XA_F_TRACELESS 0x04u /* shapes cannot tell it: an assumed default is announced      */
-#define XA_F_REQUIRED 0x08u  /* no default: shape, option or metadata must give it          */
-#define XA_F_DERIVED 0x10u   /* computed by the kind's hook; not an option                  */
-#define XA_F_NOMETA 0x20u    /* never read from or written to __metadata__                  */
-#define XA_F_OPTIONAL 0x40u  /* an int that may stay unset (0) when nothing gives it        */
+#define XA_F_REQUIRED  0x08u /* no default: shape, option or metadata must give it          */
+#define XA_F_DERIVED   0x10u /* computed by the kind's hook; not an option                  */
+#define XA_F_NOMETA    0x20u /* never read from or written to __metadata__                  */
+#define XA_F_OPTIONAL  0x40u /* an int that may stay unset (0) when nothing gives it        */
 
 typedef struct xa_field {
-    const char *name;         /* the reference constructor's argument ("heads", "norm_first") */
+    const char *name; /* the reference constructor's argument ("heads", "norm_first") */
     xa_ftype type;
     unsigned flags;
     double dflt;              /* the reference's default                                     */
@@ -74,8 +74,8 @@ typedef struct xa_field {
 } xa_field;
 
 #define XA_MAX_FIELDS 40
-#define XA_HOW_CAP 160
-#define XA_WARN_CAP 1024
+#define XA_HOW_CAP    160
+#define XA_WARN_CAP   1024
 
 typedef struct xa_cfg {
     const xa_field *f;
@@ -92,7 +92,7 @@ typedef struct xa_kv {
 } xa_kv;
 
 void xa_cfg_init(xa_cfg *c, const xa_field *f, int n);
-int xa_cfg_find(const xa_cfg *c, const char *name); /* index or -1 */
+int xa_cfg_find(const xa_cfg *c, const char *name);   /* index or -1 */
 double xa_cfg_get(const xa_cfg *c, const char *name); /* 0 for an unknown name */
 int64_t xa_cfg_int(const xa_cfg *c, const char *name);
 /* Sets field i from a shape (or derived); `how` says from where (printf-style). */
@@ -109,8 +109,8 @@ const char *xa_from_name(xa_from f);
 
 /* One metadata value by key ('|'-separated alternatives), parsed strictly as field f:
  * *found = 0 when absent; XATTN_ERR_FORMAT naming key and value when malformed. */
-xattn_status xa_meta_field(const xattn_safetensors *st, const xa_field *f, double *v,
-                           int *found, const char **key_used);
+xattn_status xa_meta_field(const xattn_safetensors *st, const xa_field *f, double *v, int *found,
+                           const char **key_used);
 
 /* ---------------------------------------------------------------------------------------- */
 /* Parameter tables                                                                         */
@@ -119,21 +119,22 @@ xattn_status xa_meta_field(const xattn_safetensors *st, const xa_field *f, doubl
 /* How a parameter is initialised by the reference (fan_in and fan_out as torch computes them
  * from the tensor: fan_in = shape[1] * prod(shape[2:]), fan_out = shape[0] * prod(shape[2:])). */
 typedef enum xa_init {
-    XA_INIT_LINEAR = 0,  /* nn.Linear / nn.Conv weight: kaiming_uniform(a=sqrt(5)):
-                            U(-b, b), b = 1/sqrt(fan_in)                                     */
-    XA_INIT_BIAS,        /* nn.Linear / nn.Conv bias: U(-b, b), b = 1/sqrt(fan_in of weight)  */
-    XA_INIT_ONES,        /* norm weights                                                     */
-    XA_INIT_ZEROS,       /* norm biases, nn.MultiheadAttention in_proj_bias / out_proj.bias  */
-    XA_INIT_XAVIER,      /* xavier_uniform: U(-b, b), b = sqrt(6 / (fan_in + fan_out))       */
+    XA_INIT_LINEAR = 0,    /* nn.Linear / nn.Conv weight: kaiming_uniform(a=sqrt(5)):
+                              U(-b, b), b = 1/sqrt(fan_in)                                     */
+    XA_INIT_BIAS,          /* nn.Linear / nn.Conv bias: U(-b, b), b = 1/sqrt(fan_in of weight)  */
+    XA_INIT_ONES,          /* norm weights                                                     */
+    XA_INIT_ZEROS,         /* norm biases, nn.MultiheadAttention in_proj_bias / out_proj.bias  */
+    XA_INIT_XAVIER,        /* xavier_uniform: U(-b, b), b = sqrt(6 / (fan_in + fan_out))       */
     XA_INIT_XAVIER_NORMAL, /* xavier_normal: N(0, 2 / (fan_in + fan_out))                    */
-    XA_INIT_NORMAL       /* N(0, std^2), std = the spec's init_arg                           */
+    XA_INIT_NORMAL         /* N(0, std^2), std = the spec's init_arg                           */
 } xa_init;
 
-#define XA_P_OPT 0x01u    /* may be absent (present or not, it is loaded when there)          */
-#define XA_P_GLUE 0x02u   /* placed right after the previous parameter, without padding        */
+#define XA_P_OPT    0x01u /* may be absent (present or not, it is loaded when there)          */
+#define XA_P_GLUE   0x02u /* placed right after the previous parameter, without padding        */
 #define XA_P_ABSENT 0x04u /* must be absent (its condition is false): refused if present       */
-#define XA_P_NOCREATE 0x08u /* optional and its condition is false: loaded if present, not
-                               created (an optional parameter's cond only governs creation)   */
+#define XA_P_NOCREATE                                                                              \
+    0x08u /* optional and its condition is false: loaded if present, not                           \
+             created (an optional parameter's cond only governs creation)   */
 
 /* One parameter of a table. Shapes are comma-separated dims, each an integer, a field name,
  * or N*field ("2*inner"); `cond` names a bool field ("!name" negates) that must hold for the
@@ -146,20 +147,20 @@ typedef struct xa_pspec {
     xa_init init;
     const char *fan_in; /* XA_INIT_BIAS: the field giving the fan-in; XA_INIT_NORMAL: the std
                            as text ("0.02")                                                   */
-    const char *what;  /* what it is, for messages ("the query projection")                   */
+    const char *what;   /* what it is, for messages ("the query projection")                   */
 } xa_pspec;
 
 typedef struct xa_param {
-    char *name;             /* relative to the prefix (owned)                                */
+    char *name; /* relative to the prefix (owned)                                */
     const xa_pspec *spec;
     int ndim;
     int64_t shape[XATTN_MAX_DIMS];
     unsigned flags;
-    int64_t fan_in;         /* XA_INIT_BIAS                                                  */
+    int64_t fan_in; /* XA_INIT_BIAS                                                  */
     double init_arg;
-    int present;            /* has data                                                      */
-    xattn_dtype src_dtype;  /* as stored in the file (F32 when created)                      */
-    float *data;            /* inside the block; NULL when absent                            */
+    int present;           /* has data                                                      */
+    xattn_dtype src_dtype; /* as stored in the file (F32 when created)                      */
+    float *data;           /* inside the block; NULL when absent                            */
 } xa_param;
 
 typedef struct xa_params {
@@ -201,9 +202,8 @@ xattn_status xa_params_save(const xa_params *ps, const xa_cfg *cfg, const char *
 /* Binds the XA_F_SHAPE fields named alone in a dim of a present tensor of the table (first
  * tensor first), and XA_F_PRESENCE fields from whether the tensors conditioned on them exist.
  * `stem` as for xa_params_add_table. */
-xattn_status xa_cfg_bind_shapes(xa_cfg *c, const xa_pspec *t, int n,
-                                const xattn_safetensors *st, const char *prefix,
-                                const char *stem);
+xattn_status xa_cfg_bind_shapes(xa_cfg *c, const xa_pspec *t, int n, const xattn_safetensors *st,
+                                const char *prefix, const char *stem);
 
 /* After xa_cfg_bind_shapes: every field flagged XA_F_SHAPE | XA_F_REQUIRED that no tensor gave
  * is an error naming the first tensor of the table that should have told it (missing, or of

@@ -184,7 +184,8 @@ static xattn_status check_one(xa_param *p, const xattn_safetensors *st, const ch
     if (p->flags & XA_P_ABSENT) {
         const char *c = p->spec->cond;
         int neg = c && *c == '!';
-        return xa_error(XATTN_ERR_FORMAT, "tensor '%s' is present but %s is %s (%s), so the module "
+        return xa_error(XATTN_ERR_FORMAT,
+                        "tensor '%s' is present but %s is %s (%s), so the module "
                         "would ignore it",
                         shown, c ? c + neg : "its condition", neg ? "True" : "False",
                         c && xa_cfg_find(cfg, c + neg) >= 0 ? cfg->how[xa_cfg_find(cfg, c + neg)]
@@ -205,8 +206,9 @@ static xattn_status check_one(xa_param *p, const xattn_safetensors *st, const ch
         char got[128], want[128], why[512];
         why_text(p, cfg, why, sizeof why);
         return xa_error(XATTN_ERR_SHAPE, "tensor '%s' has shape %s; expected %s%s%s%s", shown,
-                        xa_dims_text(nd, sh, got, sizeof got), xa_dims_text(p->ndim, p->shape, want, sizeof want),
-                        why[0] ? " (" : "", why, why[0] ? ")" : "");
+                        xa_dims_text(nd, sh, got, sizeof got),
+                        xa_dims_text(p->ndim, p->shape, want, sizeof want), why[0] ? " (" : "", why,
+                        why[0] ? ")" : "");
     }
     p->present = 1;
     return XATTN_OK;
@@ -268,8 +270,10 @@ xattn_status xa_params_load(xa_params *ps, const xattn_safetensors *st, const ch
         if (a.dtype != XATTN_F32 || xattn_array_numel(&a) != numel(p)) {
             xattn_array_free(&a);
             char shown[XA_IO_NAME_CAP];
-            return xa_error(XATTN_ERR_FORMAT, "tensor '%s': converted data does not match its "
-                            "header", xa_io_printable(full, shown, sizeof shown));
+            return xa_error(XATTN_ERR_FORMAT,
+                            "tensor '%s': converted data does not match its "
+                            "header",
+                            xa_io_printable(full, shown, sizeof shown));
         }
         memcpy(p->data, a.data, (size_t)numel(p) * sizeof(float));
         xattn_array_free(&a);
@@ -476,14 +480,13 @@ static void bind_presence(xa_cfg *c, const xa_pspec *t, int n, const xattn_safet
         if (i < 0 || !(c->f[i].flags & XA_F_PRESENCE) || c->from[i] != XA_FROM_UNSET) continue;
         snprintf(rel, sizeof rel, "%s%s", stem, t[k].name);
         int has = xa_has(st, prefix, rel);
-        xa_cfg_set(c, i, has, XA_FROM_SHAPE, "%s of '%s%s'", has ? "presence" : "absence",
-                   prefix, rel);
+        xa_cfg_set(c, i, has, XA_FROM_SHAPE, "%s of '%s%s'", has ? "presence" : "absence", prefix,
+                   rel);
     }
 }
 
-xattn_status xa_cfg_bind_shapes(xa_cfg *c, const xa_pspec *t, int n,
-                                const xattn_safetensors *st, const char *prefix,
-                                const char *stem)
+xattn_status xa_cfg_bind_shapes(xa_cfg *c, const xa_pspec *t, int n, const xattn_safetensors *st,
+                                const char *prefix, const char *stem)
 {
     bind_presence(c, t, n, st, prefix, stem);
     char full[NAME_MAX_LEN];
@@ -549,15 +552,16 @@ xattn_status xa_count_layers(const xattn_safetensors *st, const char *prefix, co
         int64_t idx = 0;
         int big = 0;
         for (; *q >= '0' && *q <= '9'; q++) {
-            if (idx > (INT64_MAX - 9) / 10) big = 1;
-            else idx = idx * 10 + (*q - '0');
+            if (idx > (INT64_MAX - 9) / 10)
+                big = 1;
+            else
+                idx = idx * 10 + (*q - '0');
         }
         if (*q != '.') continue;
         char shown[XA_IO_NAME_CAP], pp[XA_IO_NAME_CAP];
         xa_io_printable(n, shown, sizeof shown);
         if (q - p > 1 && *p == '0')
-            return xa_error(XATTN_ERR_FORMAT, "tensor '%s': layer index has leading zeros",
-                            shown);
+            return xa_error(XATTN_ERR_FORMAT, "tensor '%s': layer index has leading zeros", shown);
         if (!big && idx < l) continue;
         return xa_error(XATTN_ERR_NOT_FOUND,
                         "tensor '%s' lies outside the %lld layer%s found: '%s%s%lld.%s' is "
@@ -608,8 +612,8 @@ xattn_status xa_cfg_require_shapes(const xa_cfg *c, const xa_pspec *t, int n,
             int64_t sh[XATTN_MAX_DIMS];
             xattn_status s = xattn_st_info(st, (size_t)idx, &dt, &nd, sh);
             if (s) return s;
-            return xa_error(XATTN_ERR_SHAPE, "tensor '%s' has shape %s; expected (%s)%s%s%s",
-                            shown, xa_dims_text(nd, sh, got, sizeof got), t[k].shape,
+            return xa_error(XATTN_ERR_SHAPE, "tensor '%s' has shape %s; expected (%s)%s%s%s", shown,
+                            xa_dims_text(nd, sh, got, sizeof got), t[k].shape,
                             t[k].what ? " (" : "", t[k].what ? t[k].what : "",
                             t[k].what ? ")" : "");
         }

@@ -17,10 +17,12 @@ extern const xa_kind xa_kind_joint, xa_kind_interlaced, xa_kind_bert_decoder;
 extern const xa_kind xa_kind_bidir, xa_kind_bidir_transformer;
 extern const xa_kind xa_kind_multiview, xa_kind_hallo_audio;
 
-const xa_kind *const xa_kinds[] = {
-    &xa_kind_bidir,       &xa_kind_bidir_transformer, &xa_kind_mha,          &xa_kind_attention,
-    &xa_kind_mutual,      &xa_kind_joint,             &xa_kind_interlaced,   &xa_kind_multiview,
-    &xa_kind_hallo_audio, &xa_kind_bert_decoder,      &xa_kind_conv2d_cross, NULL};
+const xa_kind *const xa_kinds[] = {&xa_kind_bidir,        &xa_kind_bidir_transformer,
+                                   &xa_kind_mha,          &xa_kind_attention,
+                                   &xa_kind_mutual,       &xa_kind_joint,
+                                   &xa_kind_interlaced,   &xa_kind_multiview,
+                                   &xa_kind_hallo_audio,  &xa_kind_bert_decoder,
+                                   &xa_kind_conv2d_cross, NULL};
 
 const xa_kind *xa_kind_find(const char *name)
 {
@@ -122,8 +124,10 @@ int xa_reserved_zero(const uint64_t *r) { return !(r[0] | r[1] | r[2] | r[3]); }
 void xa_copy_config(const void *src, void *dst, size_t size)
 {
     if (!dst) return;
-    if (src) memcpy(dst, src, size);
-    else memset(dst, 0, size);
+    if (src)
+        memcpy(dst, src, size);
+    else
+        memset(dst, 0, size);
 }
 
 xattn_status xa_mod_create(const xa_kind *k, const xa_kv *opts, size_t n_opts, uint64_t seed,
@@ -194,8 +198,9 @@ static const xa_field *field_of(const char *kind, size_t j)
 xattn_status xattn_kind_arg(const char *kind, size_t j, xattn_arg_desc *a)
 {
     const xa_field *f = field_of(kind, j);
-    if (!f || !a) return xa_error(XATTN_ERR_ARG, "xattn_kind_arg: no argument %zu of '%s'", j,
-                                  kind ? kind : "(null)");
+    if (!f || !a)
+        return xa_error(XATTN_ERR_ARG, "xattn_kind_arg: no argument %zu of '%s'", j,
+                        kind ? kind : "(null)");
     static const char *const types[] = {"int", "float", "bool", "choice"};
     static _Thread_local char dflt[64], choices[256];
     memset(a, 0, sizeof *a);
@@ -208,9 +213,12 @@ xattn_status xattn_kind_arg(const char *kind, size_t j, xattn_arg_desc *a)
     xa_cfg c;
     xa_cfg_init(&c, f, 1);
     c.v[0] = f->dflt;
-    if (f->flags & (XA_F_REQUIRED | XA_F_DERIVED)) snprintf(dflt, sizeof dflt, "-");
-    else if (f->flags & XA_F_OPTIONAL) snprintf(dflt, sizeof dflt, "None");
-    else xa_cfg_text(&c, 0, dflt, sizeof dflt);
+    if (f->flags & (XA_F_REQUIRED | XA_F_DERIVED))
+        snprintf(dflt, sizeof dflt, "-");
+    else if (f->flags & XA_F_OPTIONAL)
+        snprintf(dflt, sizeof dflt, "None");
+    else
+        xa_cfg_text(&c, 0, dflt, sizeof dflt);
     a->default_value = dflt;
     choices[0] = '\0';
     for (size_t off = 0, e = 0; f->type == XA_T_ENUM && f->enums[e]; e++)
@@ -262,8 +270,7 @@ static xattn_status find_kind(const char *name, const xa_kind **k)
 
 /* Whether the module of kind k at `prefix` (its parameter table built from the file's shapes,
  * nothing loaded) reads the tensor `full`. */
-static int owns(const xa_kind *k, const xattn_safetensors *st, const char *prefix,
-                const char *full)
+static int owns(const xa_kind *k, const xattn_safetensors *st, const char *prefix, const char *full)
 {
     xa_mod *m = mod_alloc(k, prefix);
     if (!m) return 0;
@@ -368,8 +375,8 @@ size_t xattn_module_scan(const xattn_safetensors *st, xattn_found *found, size_t
     return n;
 }
 
-static xattn_status detect(const xattn_safetensors *st, const xattn_open_opts *o,
-                           const xa_kind **k, const char **prefix)
+static xattn_status detect(const xattn_safetensors *st, const xattn_open_opts *o, const xa_kind **k,
+                           const char **prefix)
 {
     static _Thread_local xattn_found f[64];
     size_t n = xattn_module_scan(st, f, 64), match = 0, pick = 0;
@@ -399,9 +406,10 @@ static xattn_status detect(const xattn_safetensors *st, const xattn_open_opts *o
                         want_prefix ? "'" : "");
     }
     if (match > 1)
-        return xa_error(XATTN_ERR_ARG, "the file holds %zu modules (the first: %s at prefix "
-                        "'%s'): choose one with a prefix", match, f[pick].kind,
-                        xa_io_printable(f[pick].prefix, pp, sizeof pp));
+        return xa_error(XATTN_ERR_ARG,
+                        "the file holds %zu modules (the first: %s at prefix "
+                        "'%s'): choose one with a prefix",
+                        match, f[pick].kind, xa_io_printable(f[pick].prefix, pp, sizeof pp));
     *k = xa_kind_find(f[pick].kind);
     *prefix = f[pick].prefix;
     return XATTN_OK;
@@ -421,8 +429,8 @@ xattn_status xattn_module_open(const xattn_safetensors *st, const xattn_open_opt
     char pfx[256];
     snprintf(pfx, sizeof pfx, "%s", prefix);
     xa_mod *m;
-    if ((s = xa_mod_open(k, st, pfx, (const xa_kv *)(o ? o->options : NULL),
-                         o ? o->n_options : 0, &m)))
+    if ((s = xa_mod_open(k, st, pfx, (const xa_kv *)(o ? o->options : NULL), o ? o->n_options : 0,
+                         &m)))
         return s;
     if (!(*out = wrap(m))) return XATTN_ERR_NOMEM;
     xa_clear_error();
@@ -453,8 +461,10 @@ void xattn_module_free(xattn_module *m)
 
 xattn_status xattn_module_save(const xattn_module *m, const char *path)
 {
-    if (!m || !path) return xa_error(XATTN_ERR_ARG, "xattn_module_save: module and path are required");
-    xattn_status s = xa_params_save(&m->m->params, &m->m->cfg, m->m->kind->name, m->m->prefix, path);
+    if (!m || !path)
+        return xa_error(XATTN_ERR_ARG, "xattn_module_save: module and path are required");
+    xattn_status s =
+        xa_params_save(&m->m->params, &m->m->cfg, m->m->kind->name, m->m->prefix, path);
     if (!s) xa_clear_error();
     return s;
 }
@@ -522,14 +532,19 @@ static xattn_status io_desc(const xattn_module *m, int output, size_t i, xattn_i
 {
     size_t n;
     const xa_io *io = m && d ? io_of(m, output, i, &n) : NULL;
-    if (!io) return xa_error(XATTN_ERR_ARG, "module %s %zu out of range", output ? "output" : "input", i);
+    if (!io)
+        return xa_error(XATTN_ERR_ARG, "module %s %zu out of range", output ? "output" : "input",
+                        i);
     fill_io(m->m->kind, output, i, d);
     xa_clear_error();
     return XATTN_OK;
 }
 
 size_t xattn_module_input_count(const xattn_module *m) { return m ? (size_t)m->m->kind->n_in : 0; }
-size_t xattn_module_output_count(const xattn_module *m) { return m ? (size_t)m->m->kind->n_out : 0; }
+size_t xattn_module_output_count(const xattn_module *m)
+{
+    return m ? (size_t)m->m->kind->n_out : 0;
+}
 xattn_status xattn_module_input(const xattn_module *m, size_t i, xattn_io_desc *d)
 {
     return io_desc(m, 0, i, d);

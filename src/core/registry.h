@@ -15,15 +15,15 @@
  * of products of these ("2*dim", "B*num_heads", "J+add_bias_kv+add_zero_attn": a bool field
  * counts 0 or 1); "B/1" accepts the symbol's value or 1 (broadcast). Only a dim that is a
  * symbol alone binds it. */
-#define XA_IO_OPT 0x01u      /* optional input / output produced only when asked          */
-#define XA_IO_MASK 0x02u     /* bool (or integer, nonzero = true) mask                    */
+#define XA_IO_OPT  0x01u /* optional input / output produced only when asked          */
+#define XA_IO_MASK 0x02u /* bool (or integer, nonzero = true) mask                    */
 /* added to the logits: a mask that may also be float, or (without XA_IO_MASK) a float bias */
 #define XA_IO_ADDITIVE 0x04u
 /* An optional output that exists whenever the sizes of its shape are bound (by the inputs given
  * or the kind's plan hook): multiview's out.K, there when xs.K is given. Front ends ask for it
  * then, as for a required output (xattn_module_plan of it alone tells whether it exists). */
 #define XA_IO_BOUND 0x08u
-#define XA_MAX_IO 12
+#define XA_MAX_IO   12
 #define XA_MAX_SYMS 24
 
 typedef struct xa_io {
@@ -40,7 +40,6 @@ typedef struct xa_stand_in {
     const char *input, *by;
 } xa_stand_in;
 
-
 /* Another name a front end accepts for an input, a config field or an output (an older flag,
  * a short name): {"heads", "num_heads"}. An alias of an optional output asks for that output;
  * `as` names the output it is then written in place of (NULL: under its own name). */
@@ -54,11 +53,11 @@ typedef struct xa_alias {
  * ones given by their own names. */
 
 typedef struct xa_run {
-    const void *in[XA_MAX_IO];   /* in input-table order; NULL when not given */
+    const void *in[XA_MAX_IO]; /* in input-table order; NULL when not given */
     xattn_dtype in_dtype[XA_MAX_IO];
     int in_ndim[XA_MAX_IO];
     int64_t in_shape[XA_MAX_IO][XATTN_MAX_DIMS];
-    float *out[XA_MAX_IO];       /* in output-table order; NULL when not asked (optional ones) */
+    float *out[XA_MAX_IO]; /* in output-table order; NULL when not asked (optional ones) */
     const char *sym_name[XA_MAX_SYMS];
     int64_t sym[XA_MAX_SYMS];
     int n_sym;
@@ -89,18 +88,18 @@ typedef struct xa_kind {
     int n_in;
     const xa_io *outputs;
     int n_out;
-    const char *anchor;    /* a tensor name (relative to a prefix) that marks the kind, or
-                              '|'-separated alternatives (a bare layer's tensor, a stack's
-                              first layer's); NULL for kinds without weights                 */
+    const char *anchor; /* a tensor name (relative to a prefix) that marks the kind, or
+                           '|'-separated alternatives (a bare layer's tensor, a stack's
+                           first layer's); NULL for kinds without weights                 */
     /* 1 if the tensors at prefix are this kind (anchor present); NULL: the anchor decides   */
     int (*claims)(const xattn_safetensors *st, const char *prefix);
-    size_t size;           /* of the module struct                                            */
+    size_t size; /* of the module struct                                            */
     /* Resolves m->cfg (from st at prefix, or from options alone when st is NULL: creating)
      * and fills m->params with the parameter table. */
     xattn_status (*build)(xa_mod *m, const xattn_safetensors *st, const char *prefix,
                           const xa_kv *opts, size_t n_opts);
-    xattn_status (*bind)(xa_mod *m);  /* after the parameters have data; may be NULL      */
-    void (*destroy)(xa_mod *m);       /* frees what bind allocated; may be NULL           */
+    xattn_status (*bind)(xa_mod *m); /* after the parameters have data; may be NULL      */
+    void (*destroy)(xa_mod *m);      /* frees what bind allocated; may be NULL           */
     /* Checks that the bound sizes suit the module beyond the shapes (may be NULL). */
     xattn_status (*check)(const xa_mod *m, const xa_run *r);
     /* Sizes the symbolic shapes cannot compute (may be NULL): called once the inputs are bound,
@@ -162,11 +161,11 @@ void xa_mod_free(xa_mod *m);
  * module is NULL; nothing when dst is NULL. */
 void xa_copy_config(const void *src, void *dst, size_t size);
 /* The typed loaders' first checks: `out` given (and cleared), the file handle given. */
-#define XA_LOAD_ARGS(st, out, fn)                                                                \
-    do {                                                                                         \
-        if (!(out)) return xa_error(XATTN_ERR_ARG, "%s: out is NULL", fn);                      \
-        *(out) = NULL;                                                                           \
-        if (!(st)) return xa_error(XATTN_ERR_ARG, "%s: safetensors handle is NULL", fn);         \
+#define XA_LOAD_ARGS(st, out, fn)                                                                  \
+    do {                                                                                           \
+        if (!(out)) return xa_error(XATTN_ERR_ARG, "%s: out is NULL", fn);                         \
+        *(out) = NULL;                                                                             \
+        if (!(st)) return xa_error(XATTN_ERR_ARG, "%s: safetensors handle is NULL", fn);           \
     } while (0)
 /* Whether the reserved_[4] tail of a public struct is all zero (as it must be). */
 int xa_reserved_zero(const uint64_t *r);
@@ -177,9 +176,9 @@ typedef struct xa_kvbuf {
     char text[XA_MAX_FIELDS][48];
     size_t n;
 } xa_kvbuf;
-void xa_kv_int(xa_kvbuf *b, const char *key, int64_t v);  /* added only when v != 0 */
-void xa_kv_real(xa_kvbuf *b, const char *key, double v);  /* added only when v != 0 */
-void xa_kv_bool(xa_kvbuf *b, const char *key, int v);     /* v: 0 default, 1 False, 2 True */
+void xa_kv_int(xa_kvbuf *b, const char *key, int64_t v); /* added only when v != 0 */
+void xa_kv_real(xa_kvbuf *b, const char *key, double v); /* added only when v != 0 */
+void xa_kv_bool(xa_kvbuf *b, const char *key, int v);    /* v: 0 default, 1 False, 2 True */
 void xa_kv_enum(xa_kvbuf *b, const char *key, const char *const *names, int v); /* v: 0 default,
                                                                                   i+1 = names[i] */
 

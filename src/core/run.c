@@ -87,7 +87,6 @@ static int dim_value(const xa_mod *m, const xa_run *r, const char *tok, int64_t 
     return 1;
 }
 
-
 /* The alternative of a '|'-separated shape with `rank` dims, into buf (NULL if none). */
 static const char *pick_alternative(const char *shape, int rank, char *buf, size_t cap)
 {
@@ -114,10 +113,10 @@ static xattn_status same_as(const xa_mod *m, const xa_io *io, const xattn_tensor
     for (int d = 0; same && d < t->ndim; d++) same = r->in_shape[j][d] == t->shape[d];
     if (same) return XATTN_OK;
     char want[128];
-    return xa_error(XATTN_ERR_SHAPE, "input '%s' has shape %s; expected the shape of input '%s' %s",
-                    io->name, got, io->shape + 1,
-                    j >= 0 && r->in[j] ? xa_dims_text(r->in_ndim[j], r->in_shape[j], want, sizeof want)
-                                       : "");
+    return xa_error(
+        XATTN_ERR_SHAPE, "input '%s' has shape %s; expected the shape of input '%s' %s", io->name,
+        got, io->shape + 1,
+        j >= 0 && r->in[j] ? xa_dims_text(r->in_ndim[j], r->in_shape[j], want, sizeof want) : "");
 }
 
 static xattn_status bind_input(const xa_mod *m, const xa_io *io, const xattn_tensor *t, xa_run *r)
@@ -169,11 +168,12 @@ static xattn_status check_dtype(const xa_io *io, const xattn_tensor *t)
              ((io->flags & XA_IO_ADDITIVE) && t->dtype == XATTN_F32);
     }
     if (ok) return XATTN_OK;
-    return xa_error(XATTN_ERR_UNSUPPORTED, "input '%s' has dtype %s; expected %s", io->name,
-                    xattn_dtype_name(t->dtype),
-                    (io->flags & XA_IO_MASK)
-                        ? ((io->flags & XA_IO_ADDITIVE) ? "BOOL, U8 or F32 (additive)" : "BOOL or U8")
-                        : "F32");
+    return xa_error(
+        XATTN_ERR_UNSUPPORTED, "input '%s' has dtype %s; expected %s", io->name,
+        xattn_dtype_name(t->dtype),
+        (io->flags & XA_IO_MASK)
+            ? ((io->flags & XA_IO_ADDITIVE) ? "BOOL, U8 or F32 (additive)" : "BOOL or U8")
+            : "F32");
 }
 
 static int io_index(const xa_io *ios, int n, const char *name)
@@ -192,9 +192,9 @@ static xattn_status unknown_io(const xa_kind *k, int output, const char *name)
     list[0] = '\0';
     for (int i = 0; i < n && off < sizeof list; i++)
         off += (size_t)snprintf(list + off, sizeof list - off, "%s%s", i ? ", " : "", ios[i].name);
-    return xa_error(XATTN_ERR_ARG, "%s has no %s '%s' (%ss: %s)", k->name,
-                    output ? "output" : "input", xa_io_printable(name ? name : "", shown, sizeof shown),
-                    output ? "output" : "input", list);
+    return xa_error(
+        XATTN_ERR_ARG, "%s has no %s '%s' (%ss: %s)", k->name, output ? "output" : "input",
+        xa_io_printable(name ? name : "", shown, sizeof shown), output ? "output" : "input", list);
 }
 
 /* An optional input not given, with a stand-in that is: the stand-in, checked against this
@@ -278,8 +278,7 @@ static xattn_status plan(const xa_mod *m, const xattn_tensor *in, size_t n_in, x
         int i = io_index(k->inputs, k->n_in, in[a].name);
         if (i < 0) return unknown_io(k, 0, in[a].name);
         if (r->in[i] || !in[a].data)
-            return xa_error(XATTN_ERR_ARG, "input '%s' is given twice or without data",
-                            in[a].name);
+            return xa_error(XATTN_ERR_ARG, "input '%s' is given twice or without data", in[a].name);
         if ((s = check_dtype(&k->inputs[i], &in[a]))) return s;
         r->in[i] = in[a].data;
         r->in_dtype[i] = in[a].dtype;
@@ -288,8 +287,8 @@ static xattn_status plan(const xa_mod *m, const xattn_tensor *in, size_t n_in, x
     }
     for (int i = 0; i < k->n_in; i++)
         if (!r->in[i] && !(k->inputs[i].flags & XA_IO_OPT))
-            return xa_error(XATTN_ERR_ARG, "%s needs the input '%s' %s", k->name,
-                            k->inputs[i].name, k->inputs[i].doc ? k->inputs[i].doc : "");
+            return xa_error(XATTN_ERR_ARG, "%s needs the input '%s' %s", k->name, k->inputs[i].name,
+                            k->inputs[i].doc ? k->inputs[i].doc : "");
     if ((s = one_way(k, r))) return s;
     for (int pass = 0; pass < 2; pass++) /* symbols bound by later inputs */
         for (size_t a = 0; a < n_in; a++) {
@@ -323,8 +322,8 @@ static xattn_status plan(const xa_mod *m, const xattn_tensor *in, size_t n_in, x
             char tok[64];
             p = next_dim(p, tok);
             if (!dim_value(m, r, tok, &out[a].shape[d]))
-                return xa_error(XATTN_ERR_ARG, "output '%s': size '%s' is unknown",
-                                out[a].name, tok);
+                return xa_error(XATTN_ERR_ARG, "output '%s': size '%s' is unknown", out[a].name,
+                                tok);
         }
     }
     return k->check ? k->check(m, r) : XATTN_OK;
@@ -364,11 +363,12 @@ xattn_status xattn_module_forward(xattn_ctx *ctx, const xattn_module *mod, const
     for (size_t a = 0; a < n_out; a++) {
         int o = io_index(k->outputs, k->n_out, out[a].name);
         int same = out[a].ndim == plan_out[a].ndim && out[a].data;
-        for (int d = 0; same && d < out[a].ndim; d++) same = out[a].shape[d] == plan_out[a].shape[d];
+        for (int d = 0; same && d < out[a].ndim; d++)
+            same = out[a].shape[d] == plan_out[a].shape[d];
         char want[128], got[128];
         if (!same)
-            return xa_error(XATTN_ERR_SHAPE, "output '%s' has shape %s%s; expected %s",
-                            out[a].name, xa_dims_text(out[a].ndim, out[a].shape, got, sizeof got),
+            return xa_error(XATTN_ERR_SHAPE, "output '%s' has shape %s%s; expected %s", out[a].name,
+                            xa_dims_text(out[a].ndim, out[a].shape, got, sizeof got),
                             out[a].data ? "" : " and no data",
                             xa_dims_text(plan_out[a].ndim, plan_out[a].shape, want, sizeof want));
         if (r.out[o]) return xa_error(XATTN_ERR_ARG, "output '%s' is asked twice", out[a].name);
@@ -384,8 +384,10 @@ xattn_status xattn_module_forward(xattn_ctx *ctx, const xattn_module *mod, const
         xa_run tmp;
         if ((s = plan(m, in, n_in, &t, 1, &tmp))) break;
         double n = (double)numel_of(&t);
-        if (n * 4 > 1e12) s = xa_error(XATTN_ERR_NOMEM, "output '%s' is too large", t.name);
-        else if (!(scratch[o] = xa_alloc((size_t)n * sizeof(float)))) s = XATTN_ERR_NOMEM;
+        if (n * 4 > 1e12)
+            s = xa_error(XATTN_ERR_NOMEM, "output '%s' is too large", t.name);
+        else if (!(scratch[o] = xa_alloc((size_t)n * sizeof(float))))
+            s = XATTN_ERR_NOMEM;
         r.out[o] = scratch[o];
     }
     if (!s) {

@@ -12,9 +12,9 @@ static const struct {
     const char *name;
     size_t size;
 } xa_dtypes[XATTN_DTYPE_COUNT] = {
-    [XATTN_F32] = {"F32", 4}, [XATTN_F64] = {"F64", 8}, [XATTN_F16] = {"F16", 2},
+    [XATTN_F32] = {"F32", 4},   [XATTN_F64] = {"F64", 8},   [XATTN_F16] = {"F16", 2},
     [XATTN_BF16] = {"BF16", 2}, [XATTN_BOOL] = {"BOOL", 1}, [XATTN_U8] = {"U8", 1},
-    [XATTN_I8] = {"I8", 1},     [XATTN_I16] = {"I16", 2},  [XATTN_I32] = {"I32", 4},
+    [XATTN_I8] = {"I8", 1},     [XATTN_I16] = {"I16", 2},   [XATTN_I32] = {"I32", 4},
     [XATTN_I64] = {"I64", 8},
 };
 
@@ -164,8 +164,7 @@ static void xa_to_bool(const unsigned char *s, size_t esize, uint8_t *d, int64_t
     }
 }
 
-xattn_status xa_convert_buf(const void *src, xattn_dtype from, void *dst, xattn_dtype to,
-                            int64_t n)
+xattn_status xa_convert_buf(const void *src, xattn_dtype from, void *dst, xattn_dtype to, int64_t n)
 {
     if (!xa_dtype_valid(from) || !xa_dtype_valid(to) || n < 0)
         return xa_error(XATTN_ERR_ARG, "conversion: invalid dtype or count");
@@ -190,7 +189,8 @@ xattn_status xattn_array_convert(xattn_array *a, xattn_dtype to)
 {
     if (!a) return xa_error(XATTN_ERR_ARG, "xattn_array_convert: array is NULL");
     if (!xa_dtype_valid(a->dtype))
-        return xa_error(XATTN_ERR_ARG, "xattn_array_convert: invalid source dtype %d", (int)a->dtype);
+        return xa_error(XATTN_ERR_ARG, "xattn_array_convert: invalid source dtype %d",
+                        (int)a->dtype);
     if (!xa_dtype_valid(to))
         return xa_error(XATTN_ERR_ARG, "xattn_array_convert: invalid target dtype %d", (int)to);
     int64_t n;
@@ -312,8 +312,8 @@ xattn_status xa_io_read_file(const char *path, uint8_t **buf, size_t *len)
         fclose(f);
         xa_free(b);
         if (err) return xa_error(XATTN_ERR_IO, "%s: read error: %s", path, strerror(e));
-        return xa_error(XATTN_ERR_IO, "%s: file shrank while reading (%zu of %zu bytes)", path,
-                        got, size);
+        return xa_error(XATTN_ERR_IO, "%s: file shrank while reading (%zu of %zu bytes)", path, got,
+                        size);
     }
     fclose(f);
     *buf = b;

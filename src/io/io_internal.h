@@ -9,7 +9,8 @@
 
 /* Both formats store little-endian data; the readers copy bytes as they are, so they refuse to
  * run on a big-endian host rather than return wrong numbers. */
-#if defined(__BYTE_ORDER__) && defined(__ORDER_BIG_ENDIAN__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+#if defined(__BYTE_ORDER__) && defined(__ORDER_BIG_ENDIAN__) &&                                    \
+    __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
 #define XA_HOST_BIG_ENDIAN 1
 #else
 #define XA_HOST_BIG_ENDIAN 0

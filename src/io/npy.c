@@ -118,9 +118,9 @@ static xattn_status npy_descr(const char *L, const char *d, size_t n, xattn_dtyp
     static const struct {
         const char *code;
         xattn_dtype t;
-    } map[] = {{"f4", XATTN_F32}, {"f8", XATTN_F64}, {"f2", XATTN_F16}, {"b1", XATTN_BOOL},
-               {"u1", XATTN_U8},  {"i1", XATTN_I8},  {"i2", XATTN_I16}, {"i4", XATTN_I32},
-               {"i8", XATTN_I64}};
+    } map[] = {{"f4", XATTN_F32},  {"f8", XATTN_F64}, {"f2", XATTN_F16},
+               {"b1", XATTN_BOOL}, {"u1", XATTN_U8},  {"i1", XATTN_I8},
+               {"i2", XATTN_I16},  {"i4", XATTN_I32}, {"i8", XATTN_I64}};
     char show[40];
     size_t k = 0;
     for (; k < n && k < 32; k++) {
@@ -232,7 +232,9 @@ static xattn_status npy_dict(npy_cur *c, xattn_dtype *dtype, int *fortran, int *
     if (c->p != c->end) return npy_bad(c, "unexpected bytes after the dict");
     if (!have_descr || !have_fortran || !have_shape)
         return xa_error(XATTN_ERR_FORMAT, "%s: .npy header lacks '%s'", c->label,
-                        !have_descr ? "descr" : !have_fortran ? "fortran_order" : "shape");
+                        !have_descr     ? "descr"
+                        : !have_fortran ? "fortran_order"
+                                        : "shape");
     return XATTN_OK;
 }
 
@@ -271,8 +273,8 @@ xattn_status xattn_npy_parse(const void *buf, size_t len, const char *label, xat
                         "%s: .npy header length %" PRIu64 " past end of file (%zu bytes)", label,
                         hlen, len);
 
-    npy_cur c = {(const char *)b + start, (const char *)b + start,
-                 (const char *)b + start + hlen, label};
+    npy_cur c = {(const char *)b + start, (const char *)b + start, (const char *)b + start + hlen,
+                 label};
     xattn_dtype dtype = XATTN_F32;
     int fortran = 0, ndim = 0;
     int64_t shape[XATTN_MAX_DIMS] = {0};
@@ -304,7 +306,8 @@ xattn_status xattn_npy_parse(const void *buf, size_t len, const char *label, xat
                         " data bytes, found %" PRIu64 ")",
                         label, avail - (uint64_t)nbytes, nbytes, avail);
     void *data = xa_alloc((size_t)nbytes);
-    if (!data) return xa_error(XATTN_ERR_NOMEM, "%s: out of memory (%" PRId64 " bytes)", label, nbytes);
+    if (!data)
+        return xa_error(XATTN_ERR_NOMEM, "%s: out of memory (%" PRId64 " bytes)", label, nbytes);
     if (nbytes) memcpy(data, b + off, (size_t)nbytes);
     if (dtype == XATTN_BOOL) {
         uint8_t *p = (uint8_t *)data;
@@ -372,8 +375,8 @@ xattn_status xattn_npy_save(const char *path, const xattn_array *a)
     if (nbytes > 0 && !a->data) return xa_error(XATTN_ERR_ARG, "%s: data is NULL", path);
 
     char dict[512];
-    int k = snprintf(dict, sizeof dict, "{'descr': '%s', 'fortran_order': False, 'shape': (",
-                     descr);
+    int k =
+        snprintf(dict, sizeof dict, "{'descr': '%s', 'fortran_order': False, 'shape': (", descr);
     for (int i = 0; i < a->ndim; i++)
         k += snprintf(dict + k, sizeof dict - (size_t)k, "%s%" PRId64, i ? ", " : "", a->shape[i]);
     k += snprintf(dict + k, sizeof dict - (size_t)k, "%s), }", a->ndim == 1 ? "," : "");

@@ -175,8 +175,7 @@ static xattn_status st_read_tensor(xattn_safetensors *st, const char *name, cons
         }
         uint64_t u;
         if (st_read_uint(e, &u, why, sizeof why) != 0)
-            return xa_error(XATTN_ERR_FORMAT, "%s: tensor '%s': shape[%d] is %s", L, pn, ndim,
-                            why);
+            return xa_error(XATTN_ERR_FORMAT, "%s: tensor '%s': shape[%d] is %s", L, pn, ndim, why);
         t->shape[ndim++] = (int64_t)u;
     }
     t->ndim = ndim;
@@ -196,13 +195,12 @@ static xattn_status st_read_tensor(xattn_safetensors *st, const char *name, cons
     const cJSON *e = off->child;
     for (int i = 0; i < 2; i++, e = e->next) {
         if (st_read_uint(e, &be[i], why, sizeof why) != 0)
-            return xa_error(XATTN_ERR_FORMAT, "%s: tensor '%s': data_offsets[%d] is %s", L, pn,
-                            i, why);
+            return xa_error(XATTN_ERR_FORMAT, "%s: tensor '%s': data_offsets[%d] is %s", L, pn, i,
+                            why);
     }
     if (be[0] > be[1])
         return xa_error(XATTN_ERR_FORMAT,
-                        "%s: tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64
-                        "] begin after end",
+                        "%s: tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64 "] begin after end",
                         L, pn, be[0], be[1]);
     if (be[1] > st->data_len)
         return xa_error(XATTN_ERR_FORMAT,
@@ -214,8 +212,8 @@ static xattn_status st_read_tensor(xattn_safetensors *st, const char *name, cons
                         "%s: tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64 "] hold %" PRIu64
                         " bytes but shape %s of %s needs %" PRId64,
                         L, pn, be[0], be[1], be[1] - be[0],
-                        st_shape_str(ndim, t->shape, sbuf, sizeof sbuf),
-                        xattn_dtype_name(t->dtype), nbytes);
+                        st_shape_str(ndim, t->shape, sbuf, sizeof sbuf), xattn_dtype_name(t->dtype),
+                        nbytes);
     t->begin = be[0];
     t->end = be[1];
     t->name = st_strdup(name);
@@ -318,7 +316,9 @@ static xattn_status st_parse_header(xattn_safetensors *st)
 
     /* a NUL-terminated copy of the header, so the JSON parser can never run off the end */
     char *text = (char *)malloc((size_t)hlen + 1);
-    if (!text) return xa_error(XATTN_ERR_NOMEM, "%s: out of memory for a %" PRIu64 "-byte header", L, hlen);
+    if (!text)
+        return xa_error(XATTN_ERR_NOMEM, "%s: out of memory for a %" PRIu64 "-byte header", L,
+                        hlen);
     memcpy(text, st->buf + 8, (size_t)hlen);
     text[hlen] = '\0';
     const char *end = NULL;
@@ -326,8 +326,9 @@ static xattn_status st_parse_header(xattn_safetensors *st)
     if (!root) {
         size_t at = end && end >= text && end <= text + hlen ? (size_t)(end - text) : 0;
         free(text);
-        return xa_error(XATTN_ERR_FORMAT, "%s: header is not valid JSON (error at byte %zu of %" PRIu64 ")",
-                        L, at, hlen);
+        return xa_error(XATTN_ERR_FORMAT,
+                        "%s: header is not valid JSON (error at byte %zu of %" PRIu64 ")", L, at,
+                        hlen);
     }
     xattn_status s = XATTN_OK;
     for (const char *p = end; p && p < text + hlen; p++) {
@@ -446,8 +447,7 @@ xattn_status xattn_st_open(const char *path, xattn_safetensors **out)
     return st_parse_owned(buf, len, path, out);
 }
 
-xattn_status xattn_st_parse(const void *buf, size_t len, const char *label,
-                            xattn_safetensors **out)
+xattn_status xattn_st_parse(const void *buf, size_t len, const char *label, xattn_safetensors **out)
 {
     if (!label) label = XA_IO_NO_LABEL;
     if (!out) return xa_error(XATTN_ERR_ARG, "%s: xattn_st_parse: out is NULL", label);
@@ -490,8 +490,8 @@ xattn_status xattn_st_info(const xattn_safetensors *st, size_t i, xattn_dtype *d
 {
     if (!st) return xa_error(XATTN_ERR_ARG, "xattn_st_info: file handle is NULL");
     if (i >= st->n)
-        return xa_error(XATTN_ERR_ARG, "%s: tensor index %zu out of range (%zu tensors)",
-                        st->label, i, st->n);
+        return xa_error(XATTN_ERR_ARG, "%s: tensor index %zu out of range (%zu tensors)", st->label,
+                        i, st->n);
     const st_tensor *t = &st->t[i];
     if (dtype) *dtype = t->dtype;
     if (ndim) *ndim = t->ndim;
@@ -527,8 +527,9 @@ xattn_status xattn_st_get(const xattn_safetensors *st, const char *name, xattn_d
     if ((uint64_t)numel > (uint64_t)SIZE_MAX / osize)
         return xa_error(XATTN_ERR_NOMEM, "%s: tensor '%s': too large for memory", st->label, pn);
     void *data = xa_alloc((size_t)numel * osize);
-    if (!data) return xa_error(XATTN_ERR_NOMEM, "%s: tensor '%s': out of memory (%zu bytes)",
-                               st->label, pn, (size_t)numel * osize);
+    if (!data)
+        return xa_error(XATTN_ERR_NOMEM, "%s: tensor '%s': out of memory (%zu bytes)", st->label,
+                        pn, (size_t)numel * osize);
     xattn_status s = xa_convert_buf(st->data + t->begin, t->dtype, data, want, numel);
     if (s != XATTN_OK) {
         xa_free(data);

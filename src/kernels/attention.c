@@ -63,8 +63,8 @@ typedef struct att_scratch {
 static size_t scratch_floats(const att_ctx *c)
 {
     const xa_attn *p = c->p;
-    return (size_t)(c->nmix * p->dh * c->ITP + (c->nmix + 1) * c->JTP * c->ITP +
-                    c->JT * c->kt->mr + (2 * c->nmix + 2) * c->ITP + p->dv) +
+    return (size_t)(c->nmix * p->dh * c->ITP + (c->nmix + 1) * c->JTP * c->ITP + c->JT * c->kt->mr +
+                    (2 * c->nmix + 2) * c->ITP + p->dv) +
            9 * 16;
 }
 
@@ -100,7 +100,8 @@ static void pack_q(const att_ctx *c, int64_t b, int64_t h, int64_t i0, int64_t i
         for (int64_t db = 0; db < p->dh; db += 16) {
             const int64_t ie = XA_MIN(it, ib + 16), de = XA_MIN(p->dh, db + 16);
             for (int64_t d = db; d < de; d++)
-                for (int64_t i = ib; i < ie; i++) Qt[d * c->ITP + i] = p->scale * q[i * p->q_si + d];
+                for (int64_t i = ib; i < ie; i++)
+                    Qt[d * c->ITP + i] = p->scale * q[i * p->q_si + d];
         }
 }
 
@@ -274,9 +275,8 @@ static void attend_range(const att_ctx *c, att_scratch *s, int64_t b, int64_t h,
 /* The same for few queries (decoding): the logits of each query are kept as a contiguous row
  * over the keys (gemv against the key rows read in place, no packing), the max/exp/sum run
  * along that row, and the value rows are summed by gemv_t with the output held in registers. */
-static void attend_range_direct(const att_ctx *c, att_scratch *s, int64_t b, int64_t h,
-                                int64_t i0, int64_t it, int64_t jb, int64_t je, float *m,
-                                float *l, float *Ot)
+static void attend_range_direct(const att_ctx *c, att_scratch *s, int64_t b, int64_t h, int64_t i0,
+                                int64_t it, int64_t jb, int64_t je, float *m, float *l, float *Ot)
 {
     const xa_attn *p = c->p;
     const xa_kernels *kt = c->kt;
@@ -345,8 +345,8 @@ static void finish_tile(const att_ctx *c, int64_t b, int64_t h, int64_t i0, int6
 }
 
 /* probs[b,h,i0+col, j] = exp(logit - m) / l with the final statistics (second pass). */
-static void probs_tile(const att_ctx *c, att_scratch *s, int64_t b, int64_t h, int64_t i0, int64_t it,
-                       const float *m, const float *l)
+static void probs_tile(const att_ctx *c, att_scratch *s, int64_t b, int64_t h, int64_t i0,
+                       int64_t it, const float *m, const float *l)
 {
     const xa_attn *p = c->p;
     const int64_t ITP = c->ITP, J = p->J;
@@ -450,10 +450,11 @@ static xattn_status check_attn(const xa_attn *p)
         return xa_error(XATTN_ERR_ARG, "%s: stat_m and stat_l go together", fn);
     if (p->mix && (!p->row_m || !p->row_l))
         return xa_error(XATTN_ERR_ARG, "%s: head mixing needs the row statistics", fn);
-    const int64_t st[] = {p->q_sb, p->q_sh, p->q_si, p->k_sb, p->k_sh, p->k_sj, p->v_sb,
-                          p->v_sh, p->v_sj, p->o_sb, p->o_sh, p->o_si, p->mask_sb, p->mask_sh,
-                          p->mask_si, p->bias_sb, p->bias_sh, p->bias_si, p->bias_sj,
-                          p->qkeep_sb, p->kkeep_sb, p->p_sb, p->p_sh, p->p_si, p->p_sj};
+    const int64_t st[] = {p->q_sb,     p->q_sh,    p->q_si,    p->k_sb,    p->k_sh,
+                          p->k_sj,     p->v_sb,    p->v_sh,    p->v_sj,    p->o_sb,
+                          p->o_sh,     p->o_si,    p->mask_sb, p->mask_sh, p->mask_si,
+                          p->bias_sb,  p->bias_sh, p->bias_si, p->bias_sj, p->qkeep_sb,
+                          p->kkeep_sb, p->p_sb,    p->p_sh,    p->p_si,    p->p_sj};
     for (size_t i = 0; i < XA_N(st); i++)
         if (st[i] < 0) return xa_error(XATTN_ERR_ARG, "%s: negative stride", fn);
     if (p->fill != XATTN_FILL_NEG_INF && p->fill != XATTN_FILL_MIN_FLOAT)
@@ -540,8 +541,8 @@ static void att_work(const att_ctx *c, att_scratch *s, int64_t w, int64_t ntile,
 }
 
 /* Merges the split states of one task into its first split (in split order), then finishes. */
-static void att_merge(const att_ctx *c, att_scratch *s, int64_t task, int64_t ntile,
-                      int64_t nsplit, int64_t state, float *states)
+static void att_merge(const att_ctx *c, att_scratch *s, int64_t task, int64_t ntile, int64_t nsplit,
+                      int64_t state, float *states)
 {
     const xa_attn *p = c->p;
     int64_t bh = task / ntile, ti = task % ntile;
@@ -650,7 +651,8 @@ xattn_status xa_attention(const xa_attn *p)
     xa_ws_put(sh.states_ws);
     xa_ws_put(sh.kt_ws);
     if (failed)
-        return xa_error(XATTN_ERR_NOMEM, "%s: out of memory for scratch", p->fn ? p->fn : "attention");
+        return xa_error(XATTN_ERR_NOMEM, "%s: out of memory for scratch",
+                        p->fn ? p->fn : "attention");
     return XATTN_OK;
 }
 
@@ -673,19 +675,45 @@ xattn_status xattn_sdpa(const xattn_sdpa_params *p)
     xa_attn a;
     memset(&a, 0, sizeof a);
     a.fn = "xattn_sdpa";
-    a.B = p->B; a.H = p->H; a.I = p->I; a.J = p->J; a.dh = p->dh; a.dv = p->dv;
-    a.q = p->q; a.q_sb = p->q_sb; a.q_sh = p->q_sh; a.q_si = p->q_si;
-    a.k = p->k; a.k_sb = p->k_sb; a.k_sh = p->k_sh; a.k_sj = p->k_sj;
-    a.v = p->v; a.v_sb = p->v_sb; a.v_sh = p->v_sh; a.v_sj = p->v_sj;
-    a.out = p->out; a.o_sb = p->o_sb; a.o_sh = p->o_sh; a.o_si = p->o_si;
+    a.B = p->B;
+    a.H = p->H;
+    a.I = p->I;
+    a.J = p->J;
+    a.dh = p->dh;
+    a.dv = p->dv;
+    a.q = p->q;
+    a.q_sb = p->q_sb;
+    a.q_sh = p->q_sh;
+    a.q_si = p->q_si;
+    a.k = p->k;
+    a.k_sb = p->k_sb;
+    a.k_sh = p->k_sh;
+    a.k_sj = p->k_sj;
+    a.v = p->v;
+    a.v_sb = p->v_sb;
+    a.v_sh = p->v_sh;
+    a.v_sj = p->v_sj;
+    a.out = p->out;
+    a.o_sb = p->o_sb;
+    a.o_sh = p->o_sh;
+    a.o_si = p->o_si;
     a.scale = p->has_scale ? p->scale : (float)(1.0 / sqrt((double)p->dh));
     a.fill = p->fill;
     a.causal = p->causal;
-    a.mask = p->mask; a.mask_sb = p->mask_sb; a.mask_sh = p->mask_sh; a.mask_si = p->mask_si;
-    a.bias = p->bias; a.bias_sb = p->bias_sb; a.bias_sh = p->bias_sh; a.bias_si = p->bias_si;
+    a.mask = p->mask;
+    a.mask_sb = p->mask_sb;
+    a.mask_sh = p->mask_sh;
+    a.mask_si = p->mask_si;
+    a.bias = p->bias;
+    a.bias_sb = p->bias_sb;
+    a.bias_sh = p->bias_sh;
+    a.bias_si = p->bias_si;
     a.bias_sj = 1;
     a.lse = p->lse;
     a.probs = p->probs;
-    a.p_sj = 1; a.p_si = p->J; a.p_sh = p->I * p->J; a.p_sb = p->H * p->I * p->J;
+    a.p_sj = 1;
+    a.p_si = p->J;
+    a.p_sh = p->I * p->J;
+    a.p_sb = p->H * p->I * p->J;
     return xa_attention(&a);
 }

@@ -33,8 +33,7 @@ const xa_kernels *xa_kern_best(void)
     static const xa_kernels *best;
     const xa_kernels *k = __atomic_load_n(&best, __ATOMIC_ACQUIRE);
     if (k) return k;
-    if (!(k = xa_kern_by_name("avx512")) && !(k = xa_kern_by_name("avx2")))
-        k = &xa_kernels_scalar;
+    if (!(k = xa_kern_by_name("avx512")) && !(k = xa_kern_by_name("avx2"))) k = &xa_kernels_scalar;
     __atomic_store_n(&best, k, __ATOMIC_RELEASE);
     return k;
 }

@@ -53,8 +53,8 @@ typedef struct gemm_job {
     int64_t lda, ldb, ldc;
     float *C;
     int64_t MC, KC, NC;
-    int tm, tn;       /* thread grid over (M, N)                                */
-    float *ws;        /* per thread: A block (MC x KC) then B block (KC x NC)   */
+    int tm, tn;               /* thread grid over (M, N)                                */
+    float *ws;                /* per thread: A block (MC x KC) then B block (KC x NC)   */
     int64_t ap_size, bp_size; /* floats of each, multiples of 16 (64 bytes)     */
 } gemm_job;
 
@@ -116,8 +116,8 @@ static void pack_t(float *dst, int64_t w, const float *src, int64_t ld, int64_t 
  *   panel[q][p*w + i] = alpha * src[p*ld + q*w + i], zero past n.
  * (Not transposing. Panels are filled in groups about 128 floats wide: each source row segment
  * is read once, contiguously, and the stores go to a few panels (pages) at a time.) */
-static void pack_block_n(float *dst, int64_t w, const float *src, int64_t ld, int64_t n,
-                         int64_t kc, float alpha)
+static void pack_block_n(float *dst, int64_t w, const float *src, int64_t ld, int64_t n, int64_t kc,
+                         float alpha)
 {
     const int64_t np = (n + w - 1) / w, G = w >= 128 ? 1 : 128 / w;
     for (int64_t q0 = 0; q0 < np; q0 += G) {
@@ -260,8 +260,10 @@ static void gemm_part(const gemm_job *g, float *ws, int r)
     const int64_t mr = g->kt->mr, nr = g->kt->nr;
     const int64_t tiles_m = (g->M + mr - 1) / mr, tiles_n = (g->N + nr - 1) / nr;
     const int64_t ti = r / g->tn, tj = r % g->tn;
-    const int64_t m0 = tiles_m * ti / g->tm * mr, m1 = XA_MIN(g->M, tiles_m * (ti + 1) / g->tm * mr);
-    const int64_t n0 = tiles_n * tj / g->tn * nr, n1 = XA_MIN(g->N, tiles_n * (tj + 1) / g->tn * nr);
+    const int64_t m0 = tiles_m * ti / g->tm * mr,
+                  m1 = XA_MIN(g->M, tiles_m * (ti + 1) / g->tm * mr);
+    const int64_t n0 = tiles_n * tj / g->tn * nr,
+                  n1 = XA_MIN(g->N, tiles_n * (tj + 1) / g->tn * nr);
     if (m0 < m1 && n0 < n1) gemm_rect(g, ws, ws + g->ap_size, m0, m1, n0, n1);
 }
 
@@ -409,14 +411,30 @@ static void gemm_skinny(const gemm_job *g, int nt)
     (void)nt; /* without OpenMP */
     skinny k;
     if (g->M <= XA_GEMM_SKINNY) { /* C = op(A) op(B) */
-        k = (skinny){.ms = g->M, .nb = g->N, .X = g->A, .xs_r = g->ta ? 1 : g->lda,
-                     .xs_k = g->ta ? g->lda : 1, .Y = g->B, .ys_k = g->tb ? 1 : g->ldb,
-                     .ys_n = g->tb ? g->ldb : 1, .R = g->C, .rs_r = g->ldc, .rs_n = 1,
+        k = (skinny){.ms = g->M,
+                     .nb = g->N,
+                     .X = g->A,
+                     .xs_r = g->ta ? 1 : g->lda,
+                     .xs_k = g->ta ? g->lda : 1,
+                     .Y = g->B,
+                     .ys_k = g->tb ? 1 : g->ldb,
+                     .ys_n = g->tb ? g->ldb : 1,
+                     .R = g->C,
+                     .rs_r = g->ldc,
+                     .rs_n = 1,
                      .r_is_row = 1};
     } else { /* C^T = op(B)^T op(A)^T */
-        k = (skinny){.ms = g->N, .nb = g->M, .X = g->B, .xs_r = g->tb ? g->ldb : 1,
-                     .xs_k = g->tb ? 1 : g->ldb, .Y = g->A, .ys_k = g->ta ? g->lda : 1,
-                     .ys_n = g->ta ? 1 : g->lda, .R = g->C, .rs_r = 1, .rs_n = g->ldc,
+        k = (skinny){.ms = g->N,
+                     .nb = g->M,
+                     .X = g->B,
+                     .xs_r = g->tb ? g->ldb : 1,
+                     .xs_k = g->tb ? 1 : g->ldb,
+                     .Y = g->A,
+                     .ys_k = g->ta ? g->lda : 1,
+                     .ys_n = g->ta ? 1 : g->lda,
+                     .R = g->C,
+                     .rs_r = 1,
+                     .rs_n = g->ldc,
                      .r_is_row = 0};
     }
     xa_ws *ws = NULL;
@@ -486,9 +504,21 @@ static void gemm_run(const xa_kernels *kt, int ta, int tb, int64_t M, int64_t N,
 {
     if (M <= 0 || N <= 0) return;
     if (!kt) kt = xa_kern();
-    gemm_job g = {.kt = kt, .ta = ta, .tb = tb, .M = M, .N = N, .K = K, .alpha = alpha,
-                  .beta = beta, .A = A, .B = B, .bias = bias, .lda = lda, .ldb = ldb,
-                  .ldc = ldc, .C = C};
+    gemm_job g = {.kt = kt,
+                  .ta = ta,
+                  .tb = tb,
+                  .M = M,
+                  .N = N,
+                  .K = K,
+                  .alpha = alpha,
+                  .beta = beta,
+                  .A = A,
+                  .B = B,
+                  .bias = bias,
+                  .lda = lda,
+                  .ldb = ldb,
+                  .ldc = ldc,
+                  .C = C};
     if (K <= 0 || alpha == 0.0f) {
         gemm_scale_only(&g);
         return;

@@ -88,27 +88,36 @@ const xa_kernels *xa_kern_by_name(const char *name);
  * bias and probs take a key stride too (bias_sj, p_sj), so a problem can be run transposed. */
 typedef struct xa_attn {
     int64_t B, H, I, J, dh, dv;
-    const float *q; int64_t q_sb, q_sh, q_si;   /* (B, H, I, dh) */
-    const float *k; int64_t k_sb, k_sh, k_sj;   /* (B, H, J, dh) */
-    const float *v; int64_t v_sb, v_sh, v_sj;   /* (B, H, J, dv) */
-    float *out; int64_t o_sb, o_sh, o_si;       /* (B, H, I, dv) */
+    const float *q;
+    int64_t q_sb, q_sh, q_si; /* (B, H, I, dh) */
+    const float *k;
+    int64_t k_sb, k_sh, k_sj; /* (B, H, J, dh) */
+    const float *v;
+    int64_t v_sb, v_sh, v_sj; /* (B, H, J, dv) */
+    float *out;
+    int64_t o_sb, o_sh, o_si; /* (B, H, I, dv) */
     float scale;
     xattn_fill fill;
     int causal;
     /* causal keeps key j for query i when j <= i + causal_offset: on a shard whose queries
      * start at global position q0 and keys at k0, causal_offset = q0 - k0 */
     int64_t causal_offset;
-    const uint8_t *mask; int64_t mask_sb, mask_sh, mask_si;       /* (B|1,H|1,I|1,J) keep */
-    const uint8_t *qkeep; int64_t qkeep_sb;                       /* (B|1, I) keep        */
-    const uint8_t *kkeep; int64_t kkeep_sb;                       /* (B|1, J) keep        */
-    const float *bias; int64_t bias_sb, bias_sh, bias_si, bias_sj; /* (B|1,H|1,I|1,J)      */
-    float *lse;                                                   /* (B, H, I) contiguous */
-    float *stat_m, *stat_l;                                       /* (B, H, I) contiguous */
-    float *probs; int64_t p_sb, p_sh, p_si, p_sj;                 /* (B, H, I, J)         */
+    const uint8_t *mask;
+    int64_t mask_sb, mask_sh, mask_si; /* (B|1,H|1,I|1,J) keep */
+    const uint8_t *qkeep;
+    int64_t qkeep_sb; /* (B|1, I) keep        */
+    const uint8_t *kkeep;
+    int64_t kkeep_sb; /* (B|1, J) keep        */
+    const float *bias;
+    int64_t bias_sb, bias_sh, bias_si, bias_sj; /* (B|1,H|1,I|1,J)      */
+    float *lse;                                 /* (B, H, I) contiguous */
+    float *stat_m, *stat_l;                     /* (B, H, I) contiguous */
+    float *probs;
+    int64_t p_sb, p_sh, p_si, p_sj; /* (B, H, I, J)         */
     int stats_only;
-    const float *mix;    /* (H, H) [g][h] */
+    const float *mix;           /* (H, H) [g][h] */
     const float *row_m, *row_l; /* (B, H, I) contiguous */
-    const char *fn;      /* name for error messages */
+    const char *fn;             /* name for error messages */
 } xa_attn;
 
 xattn_status xa_attention(const xa_attn *a);
@@ -126,18 +135,27 @@ xattn_status xa_attention(const xa_attn *a);
  * axis contiguous, so heads are read in place from (B, N, H*dh) projections. */
 typedef struct xa_bidir {
     int64_t B, H, I, J, dh;
-    const float *qk; int64_t qk_sb, qk_sh, qk_si;   /* (B, H, I, dh) shared query/key of x   */
-    const float *cqk; int64_t cqk_sb, cqk_sh, cqk_sj; /* (B, H, J, dh) of the context      */
-    const float *v; int64_t v_sb, v_sh, v_si;       /* (B, H, I, dh) values of x            */
-    const float *cv; int64_t cv_sb, cv_sh, cv_sj;   /* (B, H, J, dh) values of the context  */
-    float *out; int64_t o_sb, o_sh, o_si;           /* (B, H, I, dh)                         */
-    float *cout; int64_t co_sb, co_sh, co_sj;       /* (B, H, J, dh)                         */
+    const float *qk;
+    int64_t qk_sb, qk_sh, qk_si; /* (B, H, I, dh) shared query/key of x   */
+    const float *cqk;
+    int64_t cqk_sb, cqk_sh, cqk_sj; /* (B, H, J, dh) of the context      */
+    const float *v;
+    int64_t v_sb, v_sh, v_si; /* (B, H, I, dh) values of x            */
+    const float *cv;
+    int64_t cv_sb, cv_sh, cv_sj; /* (B, H, J, dh) values of the context  */
+    float *out;
+    int64_t o_sb, o_sh, o_si; /* (B, H, I, dh)                         */
+    float *cout;
+    int64_t co_sb, co_sh, co_sj; /* (B, H, J, dh)                         */
     float scale;
-    const uint8_t *mask; int64_t mask_sb;           /* (B|1, I) nonzero = keep, or NULL      */
-    const uint8_t *cmask; int64_t cmask_sb;         /* (B|1, J) nonzero = keep, or NULL      */
-    const float *bias; int64_t bias_sb, bias_sh;    /* (B|1, H|1, I, J), row stride J, or NULL */
-    const float *talk, *ctalk;                      /* (H, H) [g][h] each, or both NULL      */
-    float *attn, *cattn;                            /* (B, H, I, J) contiguous, or NULL      */
+    const uint8_t *mask;
+    int64_t mask_sb; /* (B|1, I) nonzero = keep, or NULL      */
+    const uint8_t *cmask;
+    int64_t cmask_sb; /* (B|1, J) nonzero = keep, or NULL      */
+    const float *bias;
+    int64_t bias_sb, bias_sh;  /* (B|1, H|1, I, J), row stride J, or NULL */
+    const float *talk, *ctalk; /* (H, H) [g][h] each, or both NULL      */
+    float *attn, *cattn;       /* (B, H, I, J) contiguous, or NULL      */
 } xa_bidir;
 
 xattn_status xa_bidir_attention(const xa_bidir *p);

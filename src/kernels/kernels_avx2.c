@@ -16,8 +16,8 @@
 /* ---- micro-kernel ----------------------------------------------------------------------- */
 
 /* C (6, 16) = or += A (k, lda>=6)^T-panel * B (k, ldb>=16) */
-static void ukr_avx2(int64_t k, const float *A, int64_t lda, const float *B, int64_t ldb,
-                     float *C, int64_t ldc, int accumulate)
+static void ukr_avx2(int64_t k, const float *A, int64_t lda, const float *B, int64_t ldb, float *C,
+                     int64_t ldc, int accumulate)
 {
     __m256 c0[XA2_MR], c1[XA2_MR];
 #pragma GCC unroll 8
@@ -371,9 +371,10 @@ static void axpy_avx2(float a, const float *x, float *y, int64_t n)
     const __m256 va = _mm256_set1_ps(a);
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
-        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
-        _mm256_storeu_ps(y + i + 8,
-                         _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i + 8), _mm256_loadu_ps(y + i + 8)));
+        _mm256_storeu_ps(y + i,
+                         _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+        _mm256_storeu_ps(
+            y + i + 8, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i + 8), _mm256_loadu_ps(y + i + 8)));
     }
     for (; i < n; i += 8) {
         __m256i k = tail_mask(n - i >= 8 ? 8 : n - i);

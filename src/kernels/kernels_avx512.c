@@ -178,7 +178,10 @@ static inline void acc_pd(__m512 v, __m512d *lo, __m512d *hi)
     *hi = _mm512_add_pd(*hi, _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1)));
 }
 
-static inline double hsum_pd(__m512d a, __m512d b) { return _mm512_reduce_add_pd(_mm512_add_pd(a, b)); }
+static inline double hsum_pd(__m512d a, __m512d b)
+{
+    return _mm512_reduce_add_pd(_mm512_add_pd(a, b));
+}
 
 static void softmax_avx512(float *x, int64_t n)
 {
@@ -369,14 +372,16 @@ static void axpy_avx512(float a, const float *x, float *y, int64_t n)
     const __m512 va = _mm512_set1_ps(a);
     int64_t i = 0;
     for (; i + 32 <= n; i += 32) {
-        _mm512_storeu_ps(y + i, _mm512_fmadd_ps(va, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
-        _mm512_storeu_ps(y + i + 16,
-                         _mm512_fmadd_ps(va, _mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(y + i + 16)));
+        _mm512_storeu_ps(y + i,
+                         _mm512_fmadd_ps(va, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+        _mm512_storeu_ps(y + i + 16, _mm512_fmadd_ps(va, _mm512_loadu_ps(x + i + 16),
+                                                     _mm512_loadu_ps(y + i + 16)));
     }
     for (; i < n; i += 16) {
         __mmask16 k = n - i >= 16 ? (__mmask16)0xffff : tail_mask(n - i);
-        _mm512_mask_storeu_ps(y + i, k, _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(k, x + i),
-                                                        _mm512_maskz_loadu_ps(k, y + i)));
+        _mm512_mask_storeu_ps(
+            y + i, k,
+            _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(k, x + i), _mm512_maskz_loadu_ps(k, y + i)));
     }
 }
 
@@ -430,7 +435,8 @@ static void gemv_t_avx512(const float *A, int64_t lda, int64_t rows, const float
         __mmask16 k = n - d >= 16 ? (__mmask16)0xffff : tail_mask(n - d);
         __m512 y0 = _mm512_maskz_loadu_ps(k, y + d);
         for (int64_t r = 0; r < rows; r++)
-            y0 = _mm512_fmadd_ps(_mm512_set1_ps(p[r]), _mm512_maskz_loadu_ps(k, A + r * lda + d), y0);
+            y0 = _mm512_fmadd_ps(_mm512_set1_ps(p[r]), _mm512_maskz_loadu_ps(k, A + r * lda + d),
+                                 y0);
         _mm512_mask_storeu_ps(y + d, k, y0);
     }
 }

@@ -101,8 +101,7 @@ static void layernorm_scalar(const float *x, const float *w, const float *b, flo
     for (int64_t i = 0; i < n; i++) v += ((double)x[i] - mean) * ((double)x[i] - mean);
     float r = (float)(1.0 / sqrt(v / (double)n + eps));
     float mf = (float)mean;
-    for (int64_t i = 0; i < n; i++)
-        y[i] = (x[i] - mf) * r * (w ? w[i] : 1.0f) + (b ? b[i] : 0.0f);
+    for (int64_t i = 0; i < n; i++) y[i] = (x[i] - mf) * r * (w ? w[i] : 1.0f) + (b ? b[i] : 0.0f);
 }
 
 static void gelu_scalar(float *x, int64_t n, int tanh_form)

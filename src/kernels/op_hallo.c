@@ -33,8 +33,8 @@ void xa_op_resample_matrix(int64_t in_n, int64_t out_n, float *W)
     }
 }
 
-void xa_op_mask_rows(float *y, int64_t B, int64_t N, int64_t C, const float *mask,
-                     int64_t mask_sb, float alpha)
+void xa_op_mask_rows(float *y, int64_t B, int64_t N, int64_t C, const float *mask, int64_t mask_sb,
+                     float alpha)
 {
     const int64_t rows = B * N;
 #ifdef _OPENMP
@@ -57,7 +57,8 @@ xattn_status xattn_resize_masks(const float *in, int64_t n, int64_t Hm, int64_t 
                         (long long)n, (long long)Hm, (long long)Wm, (long long)h, (long long)w);
     int64_t a, b, c, d;
     if (xa_mul_ok(h, Hm, &a) || xa_mul_ok(w, Wm, &b) || xa_mul_ok(Hm, w, &c) ||
-        xa_mul_ok(Hm, Wm, &d) || xa_mul_ok(h, w, &d) || a + b + c < 0 || a + b + c > (INT64_MAX / 8))
+        xa_mul_ok(Hm, Wm, &d) || xa_mul_ok(h, w, &d) || a + b + c < 0 ||
+        a + b + c > (INT64_MAX / 8))
         return xa_error(XATTN_ERR_NOMEM, "%s: sizes overflow", fn);
     if (n == 0) return XATTN_OK;
     float *Wy = xa_alloc((size_t)(a + b + c) * sizeof(float));

@@ -11,7 +11,7 @@ void xa_op_resample_matrix(int64_t in_n, int64_t out_n, float *W);
 
 /* y[b, n, :] *= alpha * mask[b * mask_sb + n] for y (B, N, C): a soft region mask weighting
  * every channel of a token (mask_sb = 0: one mask row shared by the batch). */
-void xa_op_mask_rows(float *y, int64_t B, int64_t N, int64_t C, const float *mask,
-                     int64_t mask_sb, float alpha);
+void xa_op_mask_rows(float *y, int64_t B, int64_t N, int64_t C, const float *mask, int64_t mask_sb,
+                     float alpha);
 
 #endif

@@ -20,8 +20,8 @@ xattn_status xa_op_linear(const float *x, int64_t M, int64_t K, const float *W, 
     return xattn_sgemm(0, 1, M, N, K, 1.0f, x, K, W, K, 1.0f, y, N);
 }
 
-xattn_status xa_op_linear_cm(const float *x, int64_t M, int64_t K, const float *W,
-                             const float *b, int64_t N, float *y)
+xattn_status xa_op_linear_cm(const float *x, int64_t M, int64_t K, const float *W, const float *b,
+                             int64_t N, float *y)
 {
     float beta = 0.0f;
     if (b) {
@@ -48,21 +48,22 @@ xattn_status xa_op_gelu(float *x, int64_t n, int tanh_form) { return xattn_gelu(
 /* Runs the statement given over [c0, c1) ranges covering [0, n) in fixed chunks, threaded
  * when large (the chunks do not depend on the thread count). */
 #ifdef _OPENMP
-#define XA_CHUNKED(n, ...)                                                                       \
-    do {                                                                                         \
-        const int64_t n_ = (n), nch_ = (n_ + XA_CHUNK - 1) / XA_CHUNK;                           \
-        const int nt_ = chunk_threads(n_);                                                       \
-        _Pragma("omp parallel for schedule(static) num_threads(nt_)")                            \
-        for (int64_t ch_ = 0; ch_ < nch_; ch_++) {                                               \
-            const int64_t c0 = ch_ * XA_CHUNK, c1 = XA_MIN(n_, c0 + XA_CHUNK);                   \
-            __VA_ARGS__;                                                                         \
-        }                                                                                        \
+#define XA_CHUNKED(n, ...)                                                                         \
+    do {                                                                                           \
+        const int64_t n_ = (n), nch_ = (n_ + XA_CHUNK - 1) / XA_CHUNK;                             \
+        const int nt_ = chunk_threads(n_);                                                         \
+        _Pragma("omp parallel for schedule(static) num_threads(nt_)") for (int64_t ch_ = 0;        \
+                                                                           ch_ < nch_; ch_++)      \
+        {                                                                                          \
+            const int64_t c0 = ch_ * XA_CHUNK, c1 = XA_MIN(n_, c0 + XA_CHUNK);                     \
+            __VA_ARGS__;                                                                           \
+        }                                                                                          \
     } while (0)
 #else
-#define XA_CHUNKED(n, ...)                                                                       \
-    do {                                                                                         \
-        const int64_t c0 = 0, c1 = (n);                                                          \
-        __VA_ARGS__;                                                                             \
+#define XA_CHUNKED(n, ...)                                                                         \
+    do {                                                                                           \
+        const int64_t c0 = 0, c1 = (n);                                                            \
+        __VA_ARGS__;                                                                               \
     } while (0)
 #endif
 
@@ -99,12 +100,13 @@ void xa_op_scale_rows(float *y, int64_t rows, int64_t n, const float *s)
 void xa_op_geglu(const float *in, int64_t rows, int64_t h, float *y)
 {
     const xa_kernels *kt = xa_kern();
-    XA_CHUNKED(rows, for (int64_t r = c0; r < c1; r++) {
-        float *yr = y + r * h;
-        memcpy(yr, in + r * 2 * h + h, (size_t)h * sizeof(float));
-        kt->gelu(yr, h, 0);
-        for (int64_t i = 0; i < h; i++) yr[i] *= in[r * 2 * h + i];
-    });
+    XA_CHUNKED(
+        rows, for (int64_t r = c0; r < c1; r++) {
+            float *yr = y + r * h;
+            memcpy(yr, in + r * 2 * h + h, (size_t)h * sizeof(float));
+            kt->gelu(yr, h, 0);
+            for (int64_t i = 0; i < h; i++) yr[i] *= in[r * 2 * h + i];
+        });
 }
 
 void xa_op_transpose(const float *src, float *dst, int64_t B, int64_t P, int64_t C)
@@ -157,11 +159,12 @@ void xa_op_mean(const float *x, int64_t B, int64_t F, int64_t R, float *y)
 void xa_op_pool2(const float *x, int64_t B, int64_t N, int64_t C, float *y)
 {
     const int64_t No = N / 2;
-    XA_CHUNKED(B * No, for (int64_t r = c0; r < c1; r++) {
-        const int64_t b = r / No, t = r % No;
-        const float *a = x + (b * N + 2 * t) * C;
-        for (int64_t c = 0; c < C; c++) y[r * C + c] = (a[c] + a[C + c]) * 0.5f;
-    });
+    XA_CHUNKED(
+        B * No, for (int64_t r = c0; r < c1; r++) {
+            const int64_t b = r / No, t = r % No;
+            const float *a = x + (b * N + 2 * t) * C;
+            for (int64_t c = 0; c < C; c++) y[r * C + c] = (a[c] + a[C + c]) * 0.5f;
+        });
 }
 
 void xa_op_max_over(const float *x, int64_t B, int64_t T, int64_t N, float *y)

@@ -14,8 +14,7 @@ int xa_op_has_neg_inf(const float *x, int64_t n)
 }
 
 /* Clears row[j] (j < J) where source s masks position (b, h, i, j) out. */
-static void keep_row(const xa_mask_src *s, int64_t b, int64_t h, int64_t i, int64_t J,
-                     uint8_t *row)
+static void keep_row(const xa_mask_src *s, int64_t b, int64_t h, int64_t i, int64_t J, uint8_t *row)
 {
     const int64_t base = b * s->sb + h * s->sh + i * s->si;
     if (s->f32) {

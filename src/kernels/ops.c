@@ -41,7 +41,8 @@ xattn_status xattn_rmsnorm(const float *x, int64_t rows, int64_t n, const float 
 {
     xattn_status s = check_rows("xattn_rmsnorm", x, y, rows, n);
     if (s) return s;
-    if (!(eps >= 0.0f) || !isfinite(eps)) return xa_error(XATTN_ERR_ARG, "xattn_rmsnorm: eps must be finite and >= 0");
+    if (!(eps >= 0.0f) || !isfinite(eps))
+        return xa_error(XATTN_ERR_ARG, "xattn_rmsnorm: eps must be finite and >= 0");
     const xa_kernels *kt = xa_kern();
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(row_threads(rows, n))
@@ -55,7 +56,8 @@ xattn_status xattn_layernorm(const float *x, int64_t rows, int64_t n, const floa
 {
     xattn_status s = check_rows("xattn_layernorm", x, y, rows, n);
     if (s) return s;
-    if (!(eps >= 0.0f) || !isfinite(eps)) return xa_error(XATTN_ERR_ARG, "xattn_layernorm: eps must be finite and >= 0");
+    if (!(eps >= 0.0f) || !isfinite(eps))
+        return xa_error(XATTN_ERR_ARG, "xattn_layernorm: eps must be finite and >= 0");
     const xa_kernels *kt = xa_kern();
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(row_threads(rows, n))

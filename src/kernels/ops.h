@@ -16,8 +16,8 @@ xattn_status xa_op_linear(const float *x, int64_t M, int64_t K, const float *W, 
                           int64_t N, float *y, int accumulate);
 /* y (M, N) = x^T-stored input: x (K, M) channel-major (a 1x1 convolution over positions:
  * x[c * M + p]) times W^T + b -> y (M, N) position-major. */
-xattn_status xa_op_linear_cm(const float *x, int64_t M, int64_t K, const float *W,
-                             const float *b, int64_t N, float *y);
+xattn_status xa_op_linear_cm(const float *x, int64_t M, int64_t K, const float *W, const float *b,
+                             int64_t N, float *y);
 /* Norms over the last axis of x (rows, n); y may be x. w, b may be NULL. */
 xattn_status xa_op_layernorm(const float *x, int64_t rows, int64_t n, const float *w,
                              const float *b, float eps, float *y);

@@ -25,8 +25,7 @@
 /* CrossAttention(in_channels, out_channels, in_channels2=None, qk_channels=None, bias=True,
  * scale=None) of tests/reference/gen_conv2d.py */
 static const xa_field fields[] = {
-    {"in_channels", XA_T_INT, XA_F_SHAPE | XA_F_REQUIRED, 0, 1, 1e15, NULL, NULL,
-     "channels of x1"},
+    {"in_channels", XA_T_INT, XA_F_SHAPE | XA_F_REQUIRED, 0, 1, 1e15, NULL, NULL, "channels of x1"},
     {"out_channels", XA_T_INT, XA_F_SHAPE | XA_F_REQUIRED, 0, 1, 1e15, NULL, NULL,
      "channels of the values and the output"},
     {"in_channels2", XA_T_INT, XA_F_SHAPE | XA_F_OPTIONAL, 0, 1, 1e15, NULL, NULL,

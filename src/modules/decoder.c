@@ -37,8 +37,7 @@ static const char *const FN_LOAD = "xattn_decoder_load";
  * num_hidden_layers=12, layer_norm_eps=1e-12, is_decoder=True, add_cross_attention=True), the
  * memory width (BLIP's encoder_width; transformers: hidden_size) and the projector (our design). */
 static const xa_field fields[] = {
-    {"hidden_size", XA_T_INT, XA_F_SHAPE, 768, 1, 1e15, NULL, NULL,
-     "width of the hidden states"},
+    {"hidden_size", XA_T_INT, XA_F_SHAPE, 768, 1, 1e15, NULL, NULL, "width of the hidden states"},
     {"num_attention_heads", XA_T_INT, XA_F_TRACELESS, 12, 1, 1e15, NULL,
      "heads|num_attention_heads", "attention heads (hidden_size must be a multiple)"},
     {"intermediate_size", XA_T_INT, XA_F_SHAPE, 3072, 1, 1e15, NULL, NULL,
@@ -67,36 +66,63 @@ static const xa_field fields[] = {
 #define N_FIELDS ((int)(XA_N(fields)))
 
 enum {
-    SQW, SKW, SVW, SQB, SKB, SVB, SOW, SOB, SLW, SLB,
-    CQW, CKW, CVW, CQB, CKB, CVB, COW, COB, CLW, CLB,
-    IW, IB, OW, OB, OLW, OLB, NW
+    SQW,
+    SKW,
+    SVW,
+    SQB,
+    SKB,
+    SVB,
+    SOW,
+    SOB,
+    SLW,
+    SLB,
+    CQW,
+    CKW,
+    CVW,
+    CQB,
+    CKB,
+    CVB,
+    COW,
+    COB,
+    CLW,
+    CLB,
+    IW,
+    IB,
+    OW,
+    OB,
+    OLW,
+    OLB,
+    NW
 };
 
 #define BERT "of a BertLayer(is_decoder=True, add_cross_attention=True)"
-#define P_(name, shape, flags, init, fan, what)                                                  \
-    {name, shape, NULL, flags, init, fan, what " " BERT}
+#define P_(name, shape, flags, init, fan, what)                                                    \
+    {                                                                                              \
+        name, shape, NULL, flags, init, fan, what " " BERT                                         \
+    }
 /* The ten tensors of a BertAttention (BertSelfAttention or BertCrossAttention + BertSelfOutput)
  * named pre.*, its keys and values projected from width kv. */
-#define BERT_ATTENTION(pre, kv, who)                                                             \
-    P_(pre ".self.query.weight", "hidden_size,hidden_size", 0, XA_INIT_LINEAR, NULL,             \
-       "the " who " query weight"),                                                              \
-    P_(pre ".self.key.weight", "hidden_size," kv, XA_P_GLUE, XA_INIT_LINEAR, NULL,               \
-       "the " who " key weight"),                                                                \
-    P_(pre ".self.value.weight", "hidden_size," kv, XA_P_GLUE, XA_INIT_LINEAR, NULL,             \
-       "the " who " value weight"),                                                              \
-    P_(pre ".self.query.bias", "hidden_size", 0, XA_INIT_BIAS, "hidden_size",                    \
-       "the " who " query bias"),                                                                \
-    P_(pre ".self.key.bias", "hidden_size", XA_P_GLUE, XA_INIT_BIAS, kv, "the " who " key bias"), \
-    P_(pre ".self.value.bias", "hidden_size", XA_P_GLUE, XA_INIT_BIAS, kv,                       \
-       "the " who " value bias"),                                                                \
-    P_(pre ".output.dense.weight", "hidden_size,hidden_size", 0, XA_INIT_LINEAR, NULL,           \
-       "the " who " output weight"),                                                             \
-    P_(pre ".output.dense.bias", "hidden_size", 0, XA_INIT_BIAS, "hidden_size",                  \
-       "the " who " output bias"),                                                               \
-    P_(pre ".output.LayerNorm.weight", "hidden_size", 0, XA_INIT_ONES, NULL,                     \
-       "the " who " LayerNorm weight"),                                                          \
-    P_(pre ".output.LayerNorm.bias", "hidden_size", 0, XA_INIT_ZEROS, NULL,                      \
-       "the " who " LayerNorm bias")
+#define BERT_ATTENTION(pre, kv, who)                                                               \
+    P_(pre ".self.query.weight", "hidden_size,hidden_size", 0, XA_INIT_LINEAR, NULL,               \
+       "the " who " query weight"),                                                                \
+        P_(pre ".self.key.weight", "hidden_size," kv, XA_P_GLUE, XA_INIT_LINEAR, NULL,             \
+           "the " who " key weight"),                                                              \
+        P_(pre ".self.value.weight", "hidden_size," kv, XA_P_GLUE, XA_INIT_LINEAR, NULL,           \
+           "the " who " value weight"),                                                            \
+        P_(pre ".self.query.bias", "hidden_size", 0, XA_INIT_BIAS, "hidden_size",                  \
+           "the " who " query bias"),                                                              \
+        P_(pre ".self.key.bias", "hidden_size", XA_P_GLUE, XA_INIT_BIAS, kv,                       \
+           "the " who " key bias"),                                                                \
+        P_(pre ".self.value.bias", "hidden_size", XA_P_GLUE, XA_INIT_BIAS, kv,                     \
+           "the " who " value bias"),                                                              \
+        P_(pre ".output.dense.weight", "hidden_size,hidden_size", 0, XA_INIT_LINEAR, NULL,         \
+           "the " who " output weight"),                                                           \
+        P_(pre ".output.dense.bias", "hidden_size", 0, XA_INIT_BIAS, "hidden_size",                \
+           "the " who " output bias"),                                                             \
+        P_(pre ".output.LayerNorm.weight", "hidden_size", 0, XA_INIT_ONES, NULL,                   \
+           "the " who " LayerNorm weight"),                                                        \
+        P_(pre ".output.LayerNorm.bias", "hidden_size", 0, XA_INIT_ZEROS, NULL,                    \
+           "the " who " LayerNorm bias")
 
 /* One BertLayer; nn.Linear and nn.LayerNorm keep torch's default initialisation when the layer
  * is built directly (no PreTrainedModel.post_init). Query, key and value are stored back to
@@ -183,8 +209,8 @@ static xattn_status find_layers(xa_cfg *c, const xattn_safetensors *st, const ch
 
 /* Like xa_cfg_require_shapes for the shape fields that have a default (BertConfig gives one for
  * creating, but a file must tell them): a tensor of the wrong rank is named, not defaulted. */
-static xattn_status require_bound(const xa_cfg *c, const xattn_safetensors *st,
-                                  const char *prefix, const char *stem)
+static xattn_status require_bound(const xa_cfg *c, const xattn_safetensors *st, const char *prefix,
+                                  const char *stem)
 {
     xa_field f[N_FIELDS];
     memcpy(f, fields, sizeof f);
@@ -223,13 +249,16 @@ static xattn_status finish_config(xa_cfg *c, int creating)
         xa_cfg_set(c, ew, c->v[hs], XA_FROM_DEFAULT, "default (hidden_size)");
     if (creating && xa_cfg_get(c, "bert_encoder") == 0 && c->v[nl] != 1) {
         if (c->from[nl] == XA_FROM_OPTION || c->from[nl] == XA_FROM_META)
-            return xa_error(XATTN_ERR_ARG, "%s: one BertLayer (bert_encoder = False) has "
-                            "num_hidden_layers = 1, not %lld", FN_LOAD, (long long)c->v[nl]);
+            return xa_error(XATTN_ERR_ARG,
+                            "%s: one BertLayer (bert_encoder = False) has "
+                            "num_hidden_layers = 1, not %lld",
+                            FN_LOAD, (long long)c->v[nl]);
         xa_cfg_set(c, nl, 1, XA_FROM_DERIVED, "derived (one BertLayer)");
     }
     const int64_t h = (int64_t)c->v[hs], H = (int64_t)c->v[nh];
     if (h % H != 0)
-        return xa_error(XATTN_ERR_SHAPE, "hidden size %lld (from the %s) is not divisible by "
+        return xa_error(XATTN_ERR_SHAPE,
+                        "hidden size %lld (from the %s) is not divisible by "
                         "num_attention_heads %lld (from the %s)",
                         (long long)h, c->how[hs], (long long)H, c->how[nh]);
     xattn_status s = check_projector(c, "video", creating);
@@ -247,8 +276,7 @@ static xattn_status build(xa_mod *m, const xattn_safetensors *st, const char *pr
                (s = require_bound(c, st, prefix, stem)) ||
                (s = xa_cfg_bind_shapes(c, proj_table, NP, st, prefix, ""))))
         return s;
-    if ((s = xa_cfg_resolve(c, opts, n_opts, st, FN_LOAD)) || (s = finish_config(c, !st)))
-        return s;
+    if ((s = xa_cfg_resolve(c, opts, n_opts, st, FN_LOAD)) || (s = finish_config(c, !st))) return s;
     const int64_t L = xa_cfg_int(c, "num_hidden_layers");
     const int enc = xa_cfg_get(c, "bert_encoder") != 0;
     for (int64_t l = 0; l < L; l++) {
@@ -297,8 +325,8 @@ static void destroy(xa_mod *core)
 
 /* memory[b, off .. off+N) = mean_f(x[b, f]) W^T + bias (+ type); x (B, F, N, D), pool (B, N*D). */
 static xattn_status project_one(const float *x, int64_t B, int64_t F, int64_t N, int64_t D,
-                                const float *W, const float *bias, const float *type,
-                                int64_t md, int64_t off, int64_t Mt, float *mem, float *pool)
+                                const float *W, const float *bias, const float *type, int64_t md,
+                                int64_t off, int64_t Mt, float *mem, float *pool)
 {
     xa_op_mean(x, B, F, N * D, pool);
     for (int64_t b = 0; b < B; b++) {
@@ -341,16 +369,17 @@ static xattn_status project(const xattn_decoder *m, int64_t B, const float *vide
 }
 
 xattn_status xattn_decoder_project(xattn_ctx *ctx, const xattn_decoder *m, int64_t B,
-                                   const float *video, int64_t Fv, int64_t Nv,
-                                   const float *audio, int64_t Fa, int64_t Na, float *memory)
+                                   const float *video, int64_t Fv, int64_t Nv, const float *audio,
+                                   int64_t Fa, int64_t Na, float *memory)
 {
     const char *fn = "xattn_decoder_project";
     if (!m || !memory) return xa_error(XATTN_ERR_ARG, "%s: module or memory is NULL", fn);
     if (!video) Nv = 0;
     if (!audio) Na = 0;
     if (B <= 0 || Nv < 0 || Na < 0 || Nv + Na <= 0 || (Nv && Fv <= 0) || (Na && Fa <= 0))
-        return xa_error(XATTN_ERR_SHAPE, "%s: bad sizes B=%lld, Fv=%lld, Nv=%lld, Fa=%lld, Na=%lld "
-                                         "(need B >= 1, a modality with N >= 1 and F >= 1)",
+        return xa_error(XATTN_ERR_SHAPE,
+                        "%s: bad sizes B=%lld, Fv=%lld, Nv=%lld, Fa=%lld, Na=%lld "
+                        "(need B >= 1, a modality with N >= 1 and F >= 1)",
                         fn, (long long)B, (long long)Fv, (long long)Nv, (long long)Fa,
                         (long long)Na);
     const xattn_ctx *prev = xa_ctx_enter(ctx);
@@ -367,16 +396,16 @@ xattn_status xattn_decoder_project(xattn_ctx *ctx, const xattn_decoder *m, int64
 struct xattn_decoder_state {
     const xattn_decoder *m;
     int64_t B, max_len, max_step, pos, M, Mcap;
-    int full;             /* one step over everything: no self K/V cache, the memory's K/V
-                             computed layer by layer into one slot                          */
-    const float *memory;  /* full: the memory (borrowed during the call)                    */
-    float *kv;            /* incremental: per layer (B, max_len, 2h) rows K|V               */
-    float *ckv;           /* per layer (B, M, 2h) rows K|V of the memory (full: one layer's) */
-    uint8_t *keep;        /* (B, max_len) keep vector of the decoded positions              */
-    uint8_t *ckeep;       /* (B, M) keep vector of the memory                                */
-    float *Q, *A, *F;     /* scratch: (R, 3h) full q|k|v or (R, h) q; (R, h); (R, ff)        */
-    float *block;         /* owned (state_new): kv, Q, A, F, keep                            */
-    float *cblock;        /* owned (set_memory): ckv, ckeep                                  */
+    int full;            /* one step over everything: no self K/V cache, the memory's K/V
+                            computed layer by layer into one slot                          */
+    const float *memory; /* full: the memory (borrowed during the call)                    */
+    float *kv;           /* incremental: per layer (B, max_len, 2h) rows K|V               */
+    float *ckv;          /* per layer (B, M, 2h) rows K|V of the memory (full: one layer's) */
+    uint8_t *keep;       /* (B, max_len) keep vector of the decoded positions              */
+    uint8_t *ckeep;      /* (B, M) keep vector of the memory                                */
+    float *Q, *A, *F;    /* scratch: (R, 3h) full q|k|v or (R, h) q; (R, h); (R, ff)        */
+    float *block;        /* owned (state_new): kv, Q, A, F, keep                            */
+    float *cblock;       /* owned (set_memory): ckv, ckeep                                  */
 };
 
 enum { BUF_KV, BUF_Q, BUF_A, BUF_F, BUF_KEEP, BUF_CKV, BUF_CKEEP, NBUF };
@@ -431,8 +460,9 @@ xattn_status xattn_decoder_state_new(const xattn_decoder *m, int64_t B, int64_t 
     *out = NULL;
     if (!m) return xa_error(XATTN_ERR_ARG, "%s: module is NULL", fn);
     if (B <= 0 || max_len <= 0 || max_step <= 0 || max_step > max_len)
-        return xa_error(XATTN_ERR_SHAPE, "%s: bad sizes B=%lld, max_len=%lld, max_step=%lld (need "
-                                         "B >= 1 and 1 <= max_step <= max_len)",
+        return xa_error(XATTN_ERR_SHAPE,
+                        "%s: bad sizes B=%lld, max_len=%lld, max_step=%lld (need "
+                        "B >= 1 and 1 <= max_step <= max_len)",
                         fn, (long long)B, (long long)max_len, (long long)max_step);
     int64_t n[NBUF];
     const int64_t tot = state_sizes(&m->cfg, B, max_len, max_step, 0, 0, n);
@@ -484,8 +514,8 @@ static void put_keep(uint8_t *keep, int64_t B, int64_t ld, int64_t off, int64_t 
 }
 
 /* K|V rows (B*M, 2h) of the memory for layer y (key and value weights are back to back). */
-static xattn_status memory_kv(const xattn_decoder_state *s, const dec_layer *y,
-                              const float *memory, float *ckv)
+static xattn_status memory_kv(const xattn_decoder_state *s, const dec_layer *y, const float *memory,
+                              float *ckv)
 {
     const xattn_decoder_config *c = &s->m->cfg;
     return xa_op_linear(memory, s->B * s->M, c->memory_dim, y->w[CKW], y->w[CKB], 2 * c->hidden,
@@ -623,8 +653,8 @@ static xattn_status self_block(const xattn_decoder_state *s, int64_t l, int64_t 
 }
 
 /* X = LN(X + CrossAttn(X, memory)), then X = LN(X + FFN(X)) for layer l. */
-static xattn_status cross_ffn_block(const xattn_decoder_state *s, int64_t l, int64_t n,
-                                    float *X, xa_attn *ca)
+static xattn_status cross_ffn_block(const xattn_decoder_state *s, int64_t l, int64_t n, float *X,
+                                    xa_attn *ca)
 {
     const xattn_decoder_config *c = &s->m->cfg;
     const dec_layer *y = &s->m->layers[l];
@@ -664,8 +694,8 @@ static xattn_status step_core(xattn_decoder_state *s, int64_t n, const float *x,
     return st;
 }
 
-xattn_status xattn_decoder_step(xattn_ctx *ctx, xattn_decoder_state *s, int64_t n,
-                                const float *x, const uint8_t *attention_mask, float *out)
+xattn_status xattn_decoder_step(xattn_ctx *ctx, xattn_decoder_state *s, int64_t n, const float *x,
+                                const uint8_t *attention_mask, float *out)
 {
     const char *fn = "xattn_decoder_step";
     if (!s || !x || !out) return xa_error(XATTN_ERR_ARG, "%s: state, x or out is NULL", fn);
@@ -673,8 +703,8 @@ xattn_status xattn_decoder_step(xattn_ctx *ctx, xattn_decoder_state *s, int64_t 
         return xa_error(XATTN_ERR_ARG, "%s: no memory set (call xattn_decoder_set_memory first)",
                         fn);
     if (n <= 0 || n > s->max_step)
-        return xa_error(XATTN_ERR_SHAPE, "%s: %lld tokens per step (need 1 .. max_step = %lld)",
-                        fn, (long long)n, (long long)s->max_step);
+        return xa_error(XATTN_ERR_SHAPE, "%s: %lld tokens per step (need 1 .. max_step = %lld)", fn,
+                        (long long)n, (long long)s->max_step);
     if (s->pos + n > s->max_len)
         return xa_error(XATTN_ERR_SHAPE, "%s: position %lld + %lld tokens exceeds max_len %lld", fn,
                         (long long)s->pos, (long long)n, (long long)s->max_len);
@@ -690,8 +720,7 @@ xattn_status xattn_decoder_step(xattn_ctx *ctx, xattn_decoder_state *s, int64_t 
 /* ---------------------------------------------------------------------------------------- */
 
 /* One step of T tokens at position 0 on scratch from the context's workspace. */
-static xattn_status forward_core(const xattn_decoder *m, const xattn_decoder_inputs *in,
-                                 float *out)
+static xattn_status forward_core(const xattn_decoder *m, const xattn_decoder_inputs *in, float *out)
 {
     const char *fn = "xattn_decoder_forward";
     int64_t n[NBUF];
@@ -717,8 +746,7 @@ static xattn_status forward_core(const xattn_decoder *m, const xattn_decoder_inp
 }
 
 xattn_status xattn_decoder_forward(xattn_ctx *ctx, const xattn_decoder *m,
-                                   const xattn_decoder_inputs *in,
-                                   const xattn_decoder_outputs *out)
+                                   const xattn_decoder_inputs *in, const xattn_decoder_outputs *out)
 {
     const char *fn = "xattn_decoder_forward";
     if (!m || !in || !out || !in->x || !in->memory || !out->out)

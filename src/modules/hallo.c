@@ -51,11 +51,18 @@ static const xa_field fields[F_N] = {
 };
 
 #define PART "; part of HALLO's AudioTemporalBasicTransformerBlock (audio path)"
-#define ZERO(n, w)                                                                              \
-    {"zero_conv_" n ".weight", "dim,dim,1,1", NULL, 0, XA_INIT_ZEROS, NULL,                     \
-     "the " w " region's 1x1 zero convolution" PART},                                          \
-    {"zero_conv_" n ".bias", "dim", NULL, 0, XA_INIT_ZEROS, NULL,                               \
-     "the " w " region's zero convolution bias" PART}
+#define ZERO(n, w)                                                                                 \
+    {"zero_conv_" n ".weight",                                                                     \
+     "dim,dim,1,1",                                                                                \
+     NULL,                                                                                         \
+     0,                                                                                            \
+     XA_INIT_ZEROS,                                                                                \
+     NULL,                                                                                         \
+     "the " w " region's 1x1 zero convolution" PART},                                              \
+    {                                                                                              \
+        "zero_conv_" n ".bias", "dim", NULL, 0, XA_INIT_ZEROS, NULL,                               \
+            "the " w " region's zero convolution bias" PART                                        \
+    }
 /* The 1x1 convolutions, first in the block's state_dict (HALLO zero_module()s them). */
 static const xa_pspec zero_table[6] = {ZERO("full", "full/pose"), ZERO("face", "face"),
                                        ZERO("lip", "lip")};
@@ -92,7 +99,8 @@ static const xa_pspec tail_table[T_N] = {
      "the feed-forward's output layer" PART},
     {"ff.net.2.bias", "dim", NULL, 0, XA_INIT_BIAS, "ff_inner_dim",
      "the feed-forward's output bias" PART},
-    {"norm3.weight", "dim", NULL, 0, XA_INIT_ONES, NULL, "the feed-forward's LayerNorm weight" PART},
+    {"norm3.weight", "dim", NULL, 0, XA_INIT_ONES, NULL,
+     "the feed-forward's LayerNorm weight" PART},
     {"norm3.bias", "dim", NULL, 0, XA_INIT_ZEROS, NULL, "the feed-forward's LayerNorm bias" PART},
 };
 
@@ -135,7 +143,8 @@ static xattn_status refuse_extras(const xattn_safetensors *st, const char *prefi
             int known = 0;
             for (int p = 0; p < A_N; p++) known |= !strcmp(name + sl, attn_table[p].name);
             if (!known)
-                return xa_error(XATTN_ERR_UNSUPPORTED, "tensor '%s': a diffusers Attention with "
+                return xa_error(XATTN_ERR_UNSUPPORTED,
+                                "tensor '%s': a diffusers Attention with "
                                 "more than to_q, to_k, to_v and to_out.0 is not supported",
                                 xa_io_printable(name, shown, sizeof shown));
         }
@@ -161,14 +170,18 @@ static xattn_status head_sizes(xa_cfg *c, const xattn_safetensors *st, const cha
         return XATTN_OK;
     }
     if (inner % H)
-        return xa_error(XATTN_ERR_SHAPE, "inner dim %lld (rows of %sattn2_0.to_q.weight) is not "
-                        "divisible by heads %lld", (long long)inner, pp, (long long)H);
+        return xa_error(XATTN_ERR_SHAPE,
+                        "inner dim %lld (rows of %sattn2_0.to_q.weight) is not "
+                        "divisible by heads %lld",
+                        (long long)inner, pp, (long long)H);
     if (c->from[F_DIM_HEAD] == XA_FROM_UNSET)
         xa_cfg_set(c, F_DIM_HEAD, (double)(inner / H), XA_FROM_DERIVED, "inner / heads");
     else if (xa_cfg_int(c, "dim_head") != inner / H)
-        return xa_error(XATTN_ERR_SHAPE, "option dim_head = %lld disagrees with the %s (inner = "
-                        "%lld for %lld heads)", (long long)xa_cfg_int(c, "dim_head"),
-                        c->how[F_INNER], (long long)inner, (long long)H);
+        return xa_error(XATTN_ERR_SHAPE,
+                        "option dim_head = %lld disagrees with the %s (inner = "
+                        "%lld for %lld heads)",
+                        (long long)xa_cfg_int(c, "dim_head"), c->how[F_INNER], (long long)inner,
+                        (long long)H);
     return XATTN_OK;
 }
 
@@ -191,9 +204,10 @@ static xattn_status take_latent(xattn_hallo *m, const xa_kv *opts, size_t n_opts
         snprintf(hs, sizeof hs, "%.*s", (int)(l < sizeof hs ? l : 0), given);
         if (l >= sizeof hs || given[l] != ',' || !xa_parse_int(hs, &h) ||
             !xa_parse_int(given + l + 1, &w) || h < 1 || w < 1 || h > (1 << 30) || w > (1 << 30))
-            return xa_error(XATTN_ERR_ARG, "%s: option '%s' is \"%s\", not two positive integers "
-                            "H,W (the latent grid)", FN_LOAD, name,
-                            xa_io_printable(given, shown, sizeof shown));
+            return xa_error(XATTN_ERR_ARG,
+                            "%s: option '%s' is \"%s\", not two positive integers "
+                            "H,W (the latent grid)",
+                            FN_LOAD, name, xa_io_printable(given, shown, sizeof shown));
         m->latent_h = h;
         m->latent_w = w;
     }
@@ -368,8 +382,8 @@ static xattn_status take_scratch(const xattn_hallo *m, const xattn_hallo_inputs 
         return xa_error(XATTN_ERR_NOMEM, "%s: sizes overflow (B=%lld, N=%lld)", FN_FWD,
                         (long long)in->B, (long long)in->N);
     if (!(*ws = xa_ws_get((size_t)tot * sizeof(float)))) return XATTN_ERR_NOMEM;
-    float *p = xa_ws_data(*ws), **dst[8] = {&w->nrm, &w->q, &w->k, &w->v,
-                                            &w->o,   &w->att, &w->proj, &w->g};
+    float *p = xa_ws_data(*ws),
+          **dst[8] = {&w->nrm, &w->q, &w->k, &w->v, &w->o, &w->att, &w->proj, &w->g};
     for (int i = 0; i < 8; i++) {
         *dst[i] = p;
         p += (n[i] + 15) & ~(int64_t)15;
@@ -435,8 +449,8 @@ static xattn_status run(const xattn_hallo *m, const xattn_hallo_inputs *in,
     return s;
 }
 
-xattn_status xattn_hallo_forward(xattn_ctx *ctx, const xattn_hallo *m,
-                                 const xattn_hallo_inputs *in, const xattn_hallo_outputs *out)
+xattn_status xattn_hallo_forward(xattn_ctx *ctx, const xattn_hallo *m, const xattn_hallo_inputs *in,
+                                 const xattn_hallo_outputs *out)
 {
     const xattn_ctx *prev = xa_ctx_enter(ctx);
     xattn_status s = run(m, in, out);
@@ -452,15 +466,18 @@ static xattn_status latent_grid(const xattn_hallo *m, int64_t N, int64_t *h, int
     *w = m->latent_w;
     if (*h) {
         if (*h * *w == N) return XATTN_OK;
-        return xa_error(XATTN_ERR_SHAPE, "input 'hidden_states' has %lld tokens but option "
-                        "'latent_hw' = %lld,%lld gives %lld", (long long)N, (long long)*h,
-                        (long long)*w, (long long)(*h * *w));
+        return xa_error(XATTN_ERR_SHAPE,
+                        "input 'hidden_states' has %lld tokens but option "
+                        "'latent_hw' = %lld,%lld gives %lld",
+                        (long long)N, (long long)*h, (long long)*w, (long long)(*h * *w));
     }
     int64_t s = 1;
     while ((s + 1) * (s + 1) <= N) s++;
     if (s * s != N)
-        return xa_error(XATTN_ERR_SHAPE, "input 'hidden_states' has %lld tokens, not a square "
-                        "grid: give the latent grid with option 'latent_hw' (H,W)", (long long)N);
+        return xa_error(XATTN_ERR_SHAPE,
+                        "input 'hidden_states' has %lld tokens, not a square "
+                        "grid: give the latent grid with option 'latent_hw' (H,W)",
+                        (long long)N);
     *h = *w = s;
     return XATTN_OK;
 }
@@ -479,9 +496,13 @@ static xattn_status check_named(const xa_mod *core, const xa_run *r)
 static xattn_status forward_named(const xa_mod *core, const xa_run *r)
 {
     const xattn_hallo *m = (const xattn_hallo *)core;
-    xattn_hallo_inputs in = {.B = xa_run_sym(r, "B"), .N = xa_run_sym(r, "N"),
-                             .T = xa_run_sym(r, "T"), .x = r->in[IN_X], .audio = r->in[IN_AUDIO],
-                             .masks = r->in[IN_MASKS], .mask_batch = r->in_shape[IN_MASKS][0],
+    xattn_hallo_inputs in = {.B = xa_run_sym(r, "B"),
+                             .N = xa_run_sym(r, "N"),
+                             .T = xa_run_sym(r, "T"),
+                             .x = r->in[IN_X],
+                             .audio = r->in[IN_AUDIO],
+                             .masks = r->in[IN_MASKS],
+                             .mask_batch = r->in_shape[IN_MASKS][0],
                              .motion_scale = r->in[IN_SCALE]};
     xattn_hallo_outputs out = {.out = r->out[0], .regions = r->out[1]};
     float *resized = NULL;

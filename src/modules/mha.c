@@ -69,7 +69,7 @@ static const xa_field torch_fields[] = {
 };
 
 #define SEPARATE_WHY "q_proj_weight is present, so kdim/vdim differ from embed_dim"
-#define PAIR_WHY "bias_k and bias_v come together (add_bias_kv=True)"
+#define PAIR_WHY     "bias_k and bias_v come together (add_bias_kv=True)"
 
 enum { T_INW, T_QW, T_KW, T_VW, T_INB, T_OW, T_OB, T_BK, T_BV, T_N };
 static const xa_pspec torch_table[T_N] = {
@@ -139,15 +139,16 @@ static xattn_status torch_pair_check(const xattn_safetensors *st, const char *pr
 }
 
 /* nn.MultiheadAttention has no default head count: an option or the metadata must give it. */
-static xattn_status torch_heads_known(const xattn_safetensors *st, const xa_kv *opts,
-                                      size_t n_opts)
+static xattn_status torch_heads_known(const xattn_safetensors *st, const xa_kv *opts, size_t n_opts)
 {
     for (size_t k = 0; k < n_opts; k++)
         if (opts[k].key && !strcmp(opts[k].key, "num_heads")) return XATTN_OK;
     if (xattn_st_meta_get(st, "heads") || xattn_st_meta_get(st, "num_heads")) return XATTN_OK;
-    return xa_error(XATTN_ERR_ARG, "%s: the number of heads is not known (torch's module has no "
-                                   "default): give the option 'num_heads' or store __metadata__ "
-                                   "{\"heads\": \"N\"} in the file", FN_LOAD);
+    return xa_error(XATTN_ERR_ARG,
+                    "%s: the number of heads is not known (torch's module has no "
+                    "default): give the option 'num_heads' or store __metadata__ "
+                    "{\"heads\": \"N\"} in the file",
+                    FN_LOAD);
 }
 
 static xattn_status torch_build(xa_mod *m, const xattn_safetensors *st, const char *prefix,
@@ -285,10 +286,10 @@ static const xa_alias diff_aliases[] = {
 /* State_dict entries of diffusers Attention features this module does not compute. */
 static xattn_status diff_reject_extras(const xattn_safetensors *st, const char *prefix)
 {
-    static const char *const extras[] = {"norm_q.", "norm_k.", "norm_cross.", "group_norm.",
-                                         "spatial_norm.", "add_q_proj.", "add_k_proj.",
-                                         "add_v_proj.", "to_add_out.", "norm_added_q.",
-                                         "norm_added_k."};
+    static const char *const extras[] = {"norm_q.",       "norm_k.",       "norm_cross.",
+                                         "group_norm.",   "spatial_norm.", "add_q_proj.",
+                                         "add_k_proj.",   "add_v_proj.",   "to_add_out.",
+                                         "norm_added_q.", "norm_added_k."};
     const size_t plen = strlen(prefix), n = xattn_st_count(st);
     for (size_t i = 0; i < n; i++) {
         const char *name = xattn_st_name(st, i);
@@ -314,8 +315,10 @@ static xattn_status diff_heads(xa_cfg *c, int loading)
     const int ii = xa_cfg_find(c, "inner_dim"), io = xa_cfg_find(c, "out_dim");
     if (!loading && c->from[io] != XA_FROM_UNSET) {
         if (c->v[io] < c->v[id])
-            return xa_error(XATTN_ERR_ARG, "%s: out_dim %.0f is smaller than dim_head %.0f "
-                            "(heads = out_dim // dim_head would be 0)", FN_LOAD, c->v[io], c->v[id]);
+            return xa_error(XATTN_ERR_ARG,
+                            "%s: out_dim %.0f is smaller than dim_head %.0f "
+                            "(heads = out_dim // dim_head would be 0)",
+                            FN_LOAD, c->v[io], c->v[id]);
         xa_cfg_set(c, ih, floor(c->v[io] / c->v[id]), XA_FROM_DERIVED,
                    "out_dim // dim_head (diffusers ignores heads when out_dim is given)");
         xa_cfg_set(c, ii, c->v[io], XA_FROM_DERIVED, "out_dim");
@@ -329,9 +332,11 @@ static xattn_status diff_heads(xa_cfg *c, int loading)
     if (loading && c->from[id] == XA_FROM_DEFAULT) {
         xa_cfg_set(c, id, (double)(inner / H), XA_FROM_DERIVED, "inner_dim / heads");
     } else if (loading && inner / (int64_t)c->v[id] != H) {
-        return xa_error(XATTN_ERR_SHAPE, "%s: dim_head %lld (%s) does not fit heads %lld (%s) "
-                        "and inner dim %lld (%s)", FN_LOAD, (long long)c->v[id], c->how[id],
-                        (long long)H, c->how[ih], (long long)inner, c->how[ii]);
+        return xa_error(XATTN_ERR_SHAPE,
+                        "%s: dim_head %lld (%s) does not fit heads %lld (%s) "
+                        "and inner dim %lld (%s)",
+                        FN_LOAD, (long long)c->v[id], c->how[id], (long long)H, c->how[ih],
+                        (long long)inner, c->how[ii]);
     }
     return XATTN_OK;
 }
@@ -355,9 +360,10 @@ static xattn_status diff_build(xa_mod *m, const xattn_safetensors *st, const cha
                         "%s: rescale_output_factor is 0 (%s)", FN_LOAD, c->how[ir]);
     const int64_t qd = xa_cfg_int(c, "query_dim"), od = xa_cfg_int(c, "out_dim");
     if (xa_cfg_get(c, "residual_connection") != 0 && od != qd)
-        return xa_error(XATTN_ERR_SHAPE, "residual_connection needs out_dim (%lld, %s) == "
-                        "query_dim (%lld)", (long long)od,
-                        c->how[xa_cfg_find(c, "out_dim")], (long long)qd);
+        return xa_error(XATTN_ERR_SHAPE,
+                        "residual_connection needs out_dim (%lld, %s) == "
+                        "query_dim (%lld)",
+                        (long long)od, c->how[xa_cfg_find(c, "out_dim")], (long long)qd);
     return xa_params_add_table(&m->params, diff_table, D_N, c, "", NULL);
 }
 
@@ -484,8 +490,8 @@ xattn_status xattn_mha_load(const xattn_safetensors *st, const char *prefix,
     if (!prefix) prefix = "";
     char pp[XA_IO_NAME_CAP];
     xa_io_printable(prefix, pp, sizeof pp);
-    const int torch_names = xa_has(st, prefix, "in_proj_weight") ||
-                            xa_has(st, prefix, "q_proj_weight");
+    const int torch_names =
+        xa_has(st, prefix, "in_proj_weight") || xa_has(st, prefix, "q_proj_weight");
     const int diff_names = xa_has(st, prefix, "to_q.weight");
     if (torch_names && diff_names)
         return xa_error(XATTN_ERR_FORMAT,
@@ -537,8 +543,8 @@ static xattn_status check_args(const xattn_mha *m, const xattn_mha_inputs *in,
         return xa_error(XATTN_ERR_SHAPE, "%s: value is NULL (= key) but kdim %lld != vdim %lld",
                         FN_FWD, (long long)c->kdim, (long long)c->vdim);
     if (in->key_padding_mask && in->key_padding_mask_float)
-        return xa_error(XATTN_ERR_ARG,
-                        "%s: give key_padding_mask as bool or as float, not both", FN_FWD);
+        return xa_error(XATTN_ERR_ARG, "%s: give key_padding_mask as bool or as float, not both",
+                        FN_FWD);
     if (in->attn_mask && in->attn_mask_float)
         return xa_error(XATTN_ERR_ARG, "%s: give attn_mask as bool or as float, not both", FN_FWD);
     if (in->attn_mask_per_head != 0 && in->attn_mask_per_head != 1)
@@ -554,11 +560,11 @@ static xattn_status check_args(const xattn_mha *m, const xattn_mha_inputs *in,
 typedef struct mask_plan {
     xa_mask_src src[2];
     int n_src;
-    int in_keep[2];          /* source q feeds the keep mask (bool, or float holding -inf) */
-    int64_t kB, kH, kI;      /* keep mask (kB, kH, kI, Jx), or n_keep = 0 */
-    int64_t bB, bH, bI;      /* bias (bB, bH, bI, Jx) when copy_bias */
+    int in_keep[2];     /* source q feeds the keep mask (bool, or float holding -inf) */
+    int64_t kB, kH, kI; /* keep mask (kB, kH, kI, Jx), or n_keep = 0 */
+    int64_t bB, bH, bI; /* bias (bB, bH, bI, Jx) when copy_bias */
     int64_t n_keep, n_bias;
-    int copy_bias;           /* the float masks are summed (or widened) into scratch */
+    int copy_bias;               /* the float masks are summed (or widened) into scratch */
     const xa_mask_src *bias_src; /* the one float mask read in place, or NULL */
 } mask_plan;
 
@@ -568,12 +574,12 @@ static void plan_masks(const xattn_mha *m, const xattn_mha_inputs *in, int64_t J
     const int keep_true = m->cfg.layout == XATTN_LAYOUT_DIFFUSERS;
     memset(p, 0, sizeof *p);
     if (in->key_padding_mask || in->key_padding_mask_float)
-        p->src[p->n_src++] = (xa_mask_src){in->key_padding_mask, in->key_padding_mask_float, J, 0,
-                                           0, keep_true};
+        p->src[p->n_src++] =
+            (xa_mask_src){in->key_padding_mask, in->key_padding_mask_float, J, 0, 0, keep_true};
     if (in->attn_mask || in->attn_mask_float) {
         const int ph = in->attn_mask_per_head;
-        p->src[p->n_src++] = (xa_mask_src){in->attn_mask, in->attn_mask_float,
-                                           ph ? H * I * J : 0, ph ? I * J : 0, J, keep_true};
+        p->src[p->n_src++] = (xa_mask_src){
+            in->attn_mask, in->attn_mask_float, ph ? H * I * J : 0, ph ? I * J : 0, J, keep_true};
     }
     int need_keep = 0, n_float = 0;
     p->kB = p->kH = p->kI = p->bB = p->bH = p->bI = 1;
@@ -663,9 +669,8 @@ static xattn_status project_kv(const xattn_mha *m, const xattn_mha_inputs *in, i
 
 /* The fused attention over the projections: heads read in place, (B, N, H*dh) with strides
  * (N*inner, dh, inner); probabilities (B, H, I, Jx) into probs when not NULL. */
-static void attn_call(const xattn_mha *m, const xattn_mha_inputs *in, int64_t Jx,
-                      const float *qp, const float *kp, const float *vp, float *op, float *probs,
-                      xa_attn *a)
+static void attn_call(const xattn_mha *m, const xattn_mha_inputs *in, int64_t Jx, const float *qp,
+                      const float *kp, const float *vp, float *op, float *probs, xa_attn *a)
 {
     const int64_t I = in->I, H = m->cfg.heads, inner = m->cfg.inner_dim;
     xa_op_attn_heads(a, in->B, H, I, Jx, m->cfg.head_dim, qp, inner, kp, vp, inner, op, inner);
@@ -719,9 +724,10 @@ xattn_status xa_mha_run(const xattn_mha *m, const xattn_mha_inputs *in,
     /* probabilities in scratch when only the average is asked */
     const int64_t n_probs = out->attn && !out->attn_per_head ? nbhij : 0;
     if ((2.0 * (double)nq + 2.0 * (double)nk + (double)n_probs + (double)mp.n_bias + 64.0) * 4.0 +
-            (double)mp.n_keep > (double)(SIZE_MAX / 2))
-        return xa_error(XATTN_ERR_NOMEM, "%s: scratch for B=%lld, I=%lld, J=%lld overflows",
-                        FN_FWD, (long long)B, (long long)I, (long long)J);
+            (double)mp.n_keep >
+        (double)(SIZE_MAX / 2))
+        return xa_error(XATTN_ERR_NOMEM, "%s: scratch for B=%lld, I=%lld, J=%lld overflows", FN_FWD,
+                        (long long)B, (long long)I, (long long)J);
     const size_t off_k = ((size_t)nq + 15) & ~(size_t)15;
     const size_t off_v = off_k + (((size_t)nk + 15) & ~(size_t)15);
     const size_t off_o = off_v + (((size_t)nk + 15) & ~(size_t)15);
@@ -764,8 +770,10 @@ xattn_status xattn_mha_forward(xattn_ctx *ctx, const xattn_mha *m, const xattn_m
 static void named_mask(const xa_run *r, int i, const uint8_t **u8, const float **f32)
 {
     if (!r->in[i]) return;
-    if (r->in_dtype[i] == XATTN_F32) *f32 = r->in[i];
-    else *u8 = r->in[i];
+    if (r->in_dtype[i] == XATTN_F32)
+        *f32 = r->in[i];
+    else
+        *u8 = r->in[i];
 }
 
 static xattn_status torch_forward_named(const xa_mod *core, const xa_run *r)

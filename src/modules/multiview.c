@@ -48,9 +48,11 @@ static const char *FN_FWD = "xattn_multiview_forward";
 
 static const char *const GELU[] = {"erf", "tanh", "none", NULL};
 
-#define STAGE_HEADS(s)                                                                          \
-    {"heads." #s, XA_T_INT, XA_F_OPTIONAL, 0, 1, 1e15, NULL, NULL,                               \
-     "heads of stage " #s " (as saved; give heads)"}
+#define STAGE_HEADS(s)                                                                             \
+    {                                                                                              \
+        "heads." #s, XA_T_INT, XA_F_OPTIONAL, 0, 1, 1e15, NULL, NULL,                              \
+            "heads of stage " #s " (as saved; give heads)"                                         \
+    }
 
 enum { F_VIEWS, F_DIMS, F_HEADS, F_HIDDENS, F_EPS, F_GELU, F_STAGES, F_IN, F_OUT, F_HEADS0 };
 #define F_N (F_HEADS0 + MAX_S)
@@ -70,10 +72,22 @@ static const xa_field fields[F_N] = {
     {"stages", XA_T_INT, XA_F_DERIVED, 0, 1, MAX_S, NULL, NULL, "number of stages"},
     {"in_dim", XA_T_INT, XA_F_DERIVED, 0, 1, 1e15, NULL, NULL, "width of the inputs (C_0)"},
     {"out_dim", XA_T_INT, XA_F_DERIVED, 0, 1, 1e15, NULL, NULL, "width of the outputs"},
-    STAGE_HEADS(0),  STAGE_HEADS(1),  STAGE_HEADS(2),  STAGE_HEADS(3),
-    STAGE_HEADS(4),  STAGE_HEADS(5),  STAGE_HEADS(6),  STAGE_HEADS(7),
-    STAGE_HEADS(8),  STAGE_HEADS(9),  STAGE_HEADS(10), STAGE_HEADS(11),
-    STAGE_HEADS(12), STAGE_HEADS(13), STAGE_HEADS(14), STAGE_HEADS(15),
+    STAGE_HEADS(0),
+    STAGE_HEADS(1),
+    STAGE_HEADS(2),
+    STAGE_HEADS(3),
+    STAGE_HEADS(4),
+    STAGE_HEADS(5),
+    STAGE_HEADS(6),
+    STAGE_HEADS(7),
+    STAGE_HEADS(8),
+    STAGE_HEADS(9),
+    STAGE_HEADS(10),
+    STAGE_HEADS(11),
+    STAGE_HEADS(12),
+    STAGE_HEADS(13),
+    STAGE_HEADS(14),
+    STAGE_HEADS(15),
 };
 
 /* The config of one view of one stage: the shapes of its parameter table. */
@@ -99,28 +113,78 @@ static const xa_pspec anchors[] = {
 /* nn.MultiheadAttention: xavier_uniform in_proj_weight, zero in_proj_bias and out_proj.bias,
  * out_proj.weight as nn.Linear's; nn.LayerNorm: ones and zeros. Biases and norms may be
  * absent (a module built without them). */
-#define NORM(n, w)                                                                              \
-    {n ".weight", "dim", NULL, XA_P_OPT, XA_INIT_ONES, NULL, w " (LayerNorm weight)"},           \
-    {n ".bias", "dim", NULL, XA_P_OPT, XA_INIT_ZEROS, NULL, w " (LayerNorm bias)"}
-#define ATTN(n, w)                                                                              \
-    {n ".in_proj_weight", "3*dim,dim", NULL, 0, XA_INIT_XAVIER, NULL,                          \
-     w "'s packed q/k/v projection; a multiview stage needs it"},                              \
-    {n ".in_proj_bias", "3*dim", NULL, XA_P_OPT, XA_INIT_ZEROS, NULL, w "'s packed q/k/v bias"}, \
-    {n ".out_proj.weight", "dim,dim", NULL, 0, XA_INIT_LINEAR, NULL,                           \
-     w "'s output projection; a multiview stage needs it"},                                   \
-    {n ".out_proj.bias", "dim", NULL, XA_P_OPT, XA_INIT_ZEROS, NULL, w "'s output bias"}
-#define MLP(n, h, w)                                                                            \
-    {n ".0.weight", h ",dim", NULL, 0, XA_INIT_LINEAR, NULL,                                    \
-     w "'s first layer; a multiview stage needs it"},                                          \
-    {n ".0.bias", h, NULL, XA_P_OPT, XA_INIT_BIAS, "dim", w "'s first bias"},                   \
-    {n ".2.weight", "dim," h, NULL, 0, XA_INIT_LINEAR, NULL,                                    \
-     w "'s second layer; a multiview stage needs it"},                                         \
-    {n ".2.bias", "dim", NULL, XA_P_OPT, XA_INIT_BIAS, h, w "'s second bias"}
+#define NORM(n, w)                                                                                 \
+    {n ".weight", "dim", NULL, XA_P_OPT, XA_INIT_ONES, NULL, w " (LayerNorm weight)"},             \
+    {                                                                                              \
+        n ".bias", "dim", NULL, XA_P_OPT, XA_INIT_ZEROS, NULL, w " (LayerNorm bias)"               \
+    }
+#define ATTN(n, w)                                                                                   \
+    {n ".in_proj_weight",                                                                            \
+     "3*dim,dim",                                                                                    \
+     NULL,                                                                                           \
+     0,                                                                                              \
+     XA_INIT_XAVIER,                                                                                 \
+     NULL,                                                                                           \
+     w "'s packed q/k/v projection; a multiview stage needs it"},                                    \
+        {n ".in_proj_bias", "3*dim", NULL, XA_P_OPT, XA_INIT_ZEROS, NULL, w "'s packed q/k/v bias"}, \
+        {n ".out_proj.weight",                                                                       \
+         "dim,dim",                                                                                  \
+         NULL,                                                                                       \
+         0,                                                                                          \
+         XA_INIT_LINEAR,                                                                             \
+         NULL,                                                                                       \
+         w "'s output projection; a multiview stage needs it"},                                      \
+    {                                                                                                \
+        n ".out_proj.bias", "dim", NULL, XA_P_OPT, XA_INIT_ZEROS, NULL, w "'s output bias"           \
+    }
+#define MLP(n, h, w)                                                                               \
+    {n ".0.weight",                                                                                \
+     h ",dim",                                                                                     \
+     NULL,                                                                                         \
+     0,                                                                                            \
+     XA_INIT_LINEAR,                                                                               \
+     NULL,                                                                                         \
+     w "'s first layer; a multiview stage needs it"},                                              \
+        {n ".0.bias", h, NULL, XA_P_OPT, XA_INIT_BIAS, "dim", w "'s first bias"},                  \
+        {n ".2.weight",                                                                            \
+         "dim," h,                                                                                 \
+         NULL,                                                                                     \
+         0,                                                                                        \
+         XA_INIT_LINEAR,                                                                           \
+         NULL,                                                                                     \
+         w "'s second layer; a multiview stage needs it"},                                         \
+    {                                                                                              \
+        n ".2.bias", "dim", NULL, XA_P_OPT, XA_INIT_BIAS, h, w "'s second bias"                    \
+    }
 
 enum {
-    P_N1W, P_N1B, P_SAIW, P_SAIB, P_SAOW, P_SAOB, P_N2W, P_N2B, P_M0W, P_M0B, P_M2W, P_M2B,
-    P_CQW, P_CQB, P_CKVW, P_CKVB, P_CAIW, P_CAIB, P_CAOW, P_CAOB, P_C2W, P_C2B, P_CM0W, P_CM0B,
-    P_CM2W, P_CM2B, P_N
+    P_N1W,
+    P_N1B,
+    P_SAIW,
+    P_SAIB,
+    P_SAOW,
+    P_SAOB,
+    P_N2W,
+    P_N2B,
+    P_M0W,
+    P_M0B,
+    P_M2W,
+    P_M2B,
+    P_CQW,
+    P_CQB,
+    P_CKVW,
+    P_CKVB,
+    P_CAIW,
+    P_CAIB,
+    P_CAOW,
+    P_CAOB,
+    P_C2W,
+    P_C2B,
+    P_CM0W,
+    P_CM0B,
+    P_CM2W,
+    P_CM2B,
+    P_N
 };
 /* One view of one stage, in the reference's state_dict order (ViewStage). */
 static const xa_pspec view_table[P_N] = {
@@ -216,11 +280,10 @@ static xattn_status take_lists(const xa_kv *opts, size_t n_opts, mv_list *L, xa_
         if (L[l].text)
             return xa_error(XATTN_ERR_ARG, "%s: option '%s' given twice", FN_LOAD, opts[k].key);
         if (!parse_list(opts[k].value, L[l].v, &L[l].n))
-            return xa_error(XATTN_ERR_ARG, "%s: option '%s' is \"%s\", not %s", FN_LOAD,
-                            opts[k].key,
-                            xa_io_printable(opts[k].value ? opts[k].value : "", shown,
-                                            sizeof shown),
-                            LIST_WANT);
+            return xa_error(
+                XATTN_ERR_ARG, "%s: option '%s' is \"%s\", not %s", FN_LOAD, opts[k].key,
+                xa_io_printable(opts[k].value ? opts[k].value : "", shown, sizeof shown),
+                LIST_WANT);
         L[l].text = opts[k].value;
     }
     return XATTN_OK;
@@ -233,28 +296,32 @@ static xattn_status count_layout(xattn_multiview *m, const xattn_safetensors *st
     char pp[XA_IO_NAME_CAP], stem[64];
     xa_io_printable(prefix, pp, sizeof pp);
     int64_t S = 0, V = 0, Vs = 0;
-    xattn_status s = xa_count_layers(st, prefix, "stages.", "views.0.self_attn.in_proj_weight",
-                                     MAX_S, &S);
+    xattn_status s =
+        xa_count_layers(st, prefix, "stages.", "views.0.self_attn.in_proj_weight", MAX_S, &S);
     if (s) return s;
     if (S == 0)
-        return xa_error(XATTN_ERR_NOT_FOUND, "no multiview module found: tensor "
-                        "'%sstages.0.views.0.self_attn.in_proj_weight' is missing", pp);
+        return xa_error(XATTN_ERR_NOT_FOUND,
+                        "no multiview module found: tensor "
+                        "'%sstages.0.views.0.self_attn.in_proj_weight' is missing",
+                        pp);
     if (S > MAX_S)
         return xa_error(XATTN_ERR_UNSUPPORTED, "more than %d stages are not supported", MAX_S);
-    if ((s = xa_count_layers(st, prefix, "stages.0.views.", "self_attn.in_proj_weight", MAX_V,
-                             &V)))
+    if ((s = xa_count_layers(st, prefix, "stages.0.views.", "self_attn.in_proj_weight", MAX_V, &V)))
         return s;
     if (V > MAX_V)
         return xa_error(XATTN_ERR_UNSUPPORTED, "more than %d views are not supported", MAX_V);
     if (V < 2)
-        return xa_error(XATTN_ERR_NOT_FOUND, "tensor '%sstages.0.views.1.self_attn.in_proj_weight' "
-                        "is missing (the multiview module needs at least 2 views)", pp);
+        return xa_error(XATTN_ERR_NOT_FOUND,
+                        "tensor '%sstages.0.views.1.self_attn.in_proj_weight' "
+                        "is missing (the multiview module needs at least 2 views)",
+                        pp);
     for (int64_t k = 1; k < S; k++) {
         snprintf(stem, sizeof stem, "stages.%lld.views.", (long long)k);
         if ((s = xa_count_layers(st, prefix, stem, "self_attn.in_proj_weight", MAX_V, &Vs)))
             return s;
         if (Vs > V)
-            return xa_error(XATTN_ERR_FORMAT, "tensor '%s%s%lld.self_attn.in_proj_weight' is "
+            return xa_error(XATTN_ERR_FORMAT,
+                            "tensor '%s%s%lld.self_attn.in_proj_weight' is "
                             "present but stage 0 has %lld views, so the module would ignore it",
                             pp, stem, (long long)V, (long long)V);
     }
@@ -277,8 +344,10 @@ static xattn_status list_dims(xattn_multiview *m, const mv_list *L)
     xa_cfg_set(&m->core.cfg, F_DIMS, (double)d->v[0], XA_FROM_OPTION, "option");
     if (!h->text) return XATTN_OK;
     if (h->n != d->n)
-        return xa_error(XATTN_ERR_ARG, "%s: option 'hiddens' has %d values but 'dims' %d (one "
-                        "per stage)", FN_LOAD, h->n, d->n);
+        return xa_error(XATTN_ERR_ARG,
+                        "%s: option 'hiddens' has %d values but 'dims' %d (one "
+                        "per stage)",
+                        FN_LOAD, h->n, d->n);
     memcpy(m->cfg.mlp_hidden, h->v, (size_t)h->n * sizeof(int64_t));
     xa_cfg_set(&m->core.cfg, F_HIDDENS, (double)h->v[0], XA_FROM_OPTION, "option");
     return XATTN_OK;
@@ -286,8 +355,8 @@ static xattn_status list_dims(xattn_multiview *m, const mv_list *L)
 
 /* Each stage's width and view 0's MLP width: bound from view 0's tensors (loading; the options
  * dims and hiddens must agree), or the options (creating). */
-static xattn_status stage_dims(xattn_multiview *m, const xattn_safetensors *st,
-                               const char *prefix, const mv_list *L)
+static xattn_status stage_dims(xattn_multiview *m, const xattn_safetensors *st, const char *prefix,
+                               const mv_list *L)
 {
     if (!st) return list_dims(m, L);
     const int64_t S = m->cfg.stages;
@@ -306,8 +375,10 @@ static xattn_status stage_dims(xattn_multiview *m, const xattn_safetensors *st,
     }
     const mv_list *d = &L[L_DIMS];
     if (d->text && (d->n != S || memcmp(d->v, m->cfg.dim, (size_t)S * sizeof(int64_t))))
-        return xa_error(XATTN_ERR_SHAPE, "option dims = %s disagrees with the shapes (dims = "
-                        "%s)", d->text, list_text(m->cfg.dim, S, want, sizeof want));
+        return xa_error(XATTN_ERR_SHAPE,
+                        "option dims = %s disagrees with the shapes (dims = "
+                        "%s)",
+                        d->text, list_text(m->cfg.dim, S, want, sizeof want));
     xa_cfg_set(&m->core.cfg, F_DIMS, (double)m->cfg.dim[0], XA_FROM_SHAPE,
                "%s: shapes of 'stages.S.views.0.self_attn.in_proj_weight'",
                list_text(m->cfg.dim, S, txt, sizeof txt));
@@ -330,7 +401,8 @@ static xattn_status meta_heads(const xattn_safetensors *st, int64_t S, int64_t *
         return xa_error(XATTN_ERR_FORMAT, "__metadata__ 'heads' is \"%s\", not %s",
                         xa_io_printable(mv, shown, sizeof shown), LIST_WANT);
     if (n != 1 && n != S)
-        return xa_error(XATTN_ERR_FORMAT, "__metadata__ 'heads' is \"%s\": expected one positive "
+        return xa_error(XATTN_ERR_FORMAT,
+                        "__metadata__ 'heads' is \"%s\": expected one positive "
                         "integer or %lld comma-separated ones (one per stage)",
                         xa_io_printable(mv, shown, sizeof shown), (long long)S);
     for (int64_t k = 0; k < S; k++) h[k] = v[n == 1 ? 0 : k];
@@ -351,9 +423,11 @@ static xattn_status stage_heads(xattn_multiview *m, int64_t k, const int64_t *op
         const xa_from want = pass ? XA_FROM_META : XA_FROM_OPTION;
         const char *name = pass ? "__metadata__" : "option";
         if (list && pf == want && per != list[k])
-            return xa_error(pass ? XATTN_ERR_FORMAT : XATTN_ERR_ARG, "%s 'heads.%lld' = %lld "
-                            "disagrees with %s 'heads' (%lld for stage %lld)", name,
-                            (long long)k, (long long)per, name, (long long)list[k], (long long)k);
+            return xa_error(pass ? XATTN_ERR_FORMAT : XATTN_ERR_ARG,
+                            "%s 'heads.%lld' = %lld "
+                            "disagrees with %s 'heads' (%lld for stage %lld)",
+                            name, (long long)k, (long long)per, name, (long long)list[k],
+                            (long long)k);
         if (list) xa_cfg_set(c, f, (double)list[k], want, "%s 'heads'", name);
         if (list || pf == want) {
             m->cfg.heads[k] = (int64_t)c->v[f];
@@ -361,34 +435,42 @@ static xattn_status stage_heads(xattn_multiview *m, int64_t k, const int64_t *op
         }
     }
     if (!st)
-        return xa_error(XATTN_ERR_ARG, "%s: heads is not given: the reference has no default; "
-                        "state it with the option 'heads'", FN_LOAD);
-    return xa_error(XATTN_ERR_ARG, "the number of heads is not known: pass option 'heads' or store "
+        return xa_error(XATTN_ERR_ARG,
+                        "%s: heads is not given: the reference has no default; "
+                        "state it with the option 'heads'",
+                        FN_LOAD);
+    return xa_error(XATTN_ERR_ARG,
+                    "the number of heads is not known: pass option 'heads' or store "
                     "__metadata__ {\"heads\": \"H\"} or {\"heads\": \"H0,H1,...\"} (one per "
                     "stage) in the file");
 }
 
-static xattn_status resolve_heads(xattn_multiview *m, const xattn_safetensors *st,
-                                  const mv_list *L)
+static xattn_status resolve_heads(xattn_multiview *m, const xattn_safetensors *st, const mv_list *L)
 {
     const int64_t S = m->cfg.stages;
     const mv_list *o = &L[L_HEADS];
     int64_t opt[MAX_S], meta[MAX_S];
     int has_meta = 0;
     if (o->text && o->n != 1 && o->n != S)
-        return xa_error(XATTN_ERR_ARG, "%s: option 'heads' has %d values for %lld stages (give 1 "
-                        "or %lld)", FN_LOAD, o->n, (long long)S, (long long)S);
+        return xa_error(XATTN_ERR_ARG,
+                        "%s: option 'heads' has %d values for %lld stages (give 1 "
+                        "or %lld)",
+                        FN_LOAD, o->n, (long long)S, (long long)S);
     for (int64_t k = 0; o->text && k < S; k++) opt[k] = o->v[o->n == 1 ? 0 : k];
     xattn_status s = meta_heads(st, S, meta, &has_meta);
     for (int64_t k = S; !s && k < MAX_S; k++)
         if (m->core.cfg.from[F_HEADS0 + k] != XA_FROM_UNSET)
-            s = xa_error(XATTN_ERR_ARG, "heads.%lld is given (%s) but the module has %lld "
-                         "stages", (long long)k, m->core.cfg.how[F_HEADS0 + k], (long long)S);
+            s = xa_error(XATTN_ERR_ARG,
+                         "heads.%lld is given (%s) but the module has %lld "
+                         "stages",
+                         (long long)k, m->core.cfg.how[F_HEADS0 + k], (long long)S);
     for (int64_t k = 0; !s && k < S; k++) {
         s = stage_heads(m, k, o->text ? opt : NULL, has_meta ? meta : NULL, st);
         if (!s && m->cfg.dim[k] % m->cfg.heads[k])
-            s = xa_error(XATTN_ERR_SHAPE, "stage %lld: width %lld (from the %s) is not divisible "
-                         "by heads %lld", (long long)k, (long long)m->cfg.dim[k], m->dim_src[k],
+            s = xa_error(XATTN_ERR_SHAPE,
+                         "stage %lld: width %lld (from the %s) is not divisible "
+                         "by heads %lld",
+                         (long long)k, (long long)m->cfg.dim[k], m->dim_src[k],
                          (long long)m->cfg.heads[k]);
     }
     if (s) return s;
@@ -402,8 +484,8 @@ static xattn_status resolve_heads(xattn_multiview *m, const xattn_safetensors *s
 /* One view's config: the stage's widths and the view's MLP widths (bound from its tensors, or
  * the option hiddens). */
 static xattn_status view_config(xattn_multiview *m, int64_t k, int64_t v,
-                                const xattn_safetensors *st, const char *prefix,
-                                const mv_list *L, xa_cfg *sc, char *stem, size_t cap)
+                                const xattn_safetensors *st, const char *prefix, const mv_list *L,
+                                xa_cfg *sc, char *stem, size_t cap)
 {
     xa_cfg_init(sc, sv_fields, SV_N);
     snprintf(stem, cap, "stages.%lld.views.%lld.", (long long)k, (long long)v);
@@ -421,8 +503,10 @@ static xattn_status view_config(xattn_multiview *m, int64_t k, int64_t v,
         return s;
     for (int f = SV_HIDDEN; h->text && f <= SV_CHIDDEN; f++)
         if (h->n != m->cfg.stages || sc->v[f] != (double)h->v[k])
-            return xa_error(XATTN_ERR_SHAPE, "option hiddens = %s disagrees with the %s (%s = "
-                            "%lld)", h->text, sc->how[f], sv_fields[f].name, (long long)sc->v[f]);
+            return xa_error(XATTN_ERR_SHAPE,
+                            "option hiddens = %s disagrees with the %s (%s = "
+                            "%lld)",
+                            h->text, sc->how[f], sv_fields[f].name, (long long)sc->v[f]);
     for (int e = 0; k == 0 && e < E_N; e++) {
         char nm[192], shown[XA_IO_NAME_CAP];
         snprintf(nm, sizeof nm, "%s%s%s", prefix, stem, expand_table[e].name);
@@ -434,8 +518,8 @@ static xattn_status view_config(xattn_multiview *m, int64_t k, int64_t v,
 }
 
 /* Every view's tables, stage by stage: [expand (s > 0)] then the view. */
-static xattn_status add_tables(xattn_multiview *m, const xattn_safetensors *st,
-                               const char *prefix, const mv_list *L)
+static xattn_status add_tables(xattn_multiview *m, const xattn_safetensors *st, const char *prefix,
+                               const mv_list *L)
 {
     xa_params *ps = &m->core.params;
     char stem[128];
@@ -492,7 +576,8 @@ static xattn_status bind(xa_mod *core)
     m->vw = calloc((size_t)(S * V), sizeof *m->vw);
     if (!m->vw) return xa_error(XATTN_ERR_NOMEM, "%s: out of memory", FN_LOAD);
     int64_t n_pair = 0;
-    for (int64_t k = 1; k < S; k++) n_pair += V * ((m->cfg.dim[k] * 2 * m->cfg.dim[k - 1] + 15) & ~15);
+    for (int64_t k = 1; k < S; k++)
+        n_pair += V * ((m->cfg.dim[k] * 2 * m->cfg.dim[k - 1] + 15) & ~15);
     if (n_pair && !(m->pair = xa_alloc((size_t)n_pair * sizeof(float)))) return XATTN_ERR_NOMEM;
     int idx = 0;
     float *pair = m->pair;
@@ -528,21 +613,27 @@ static void destroy(xa_mod *core)
 
 /* Views 0 and 1 exist in every module; the others up to its view count. Each output has the
  * view's pooled token count M_v = floor(N_v / 2^(S-1)), which the plan hook binds. */
-#define XS(v, f)                                                                                \
-    {"xs." #v, "B,N" #v ",in_dim", f,                                                           \
-     "view " #v " (B, N_v, C_0): xs.0 .. xs.{V-1} for the module's V views (at least two views)"}
-#define OUT(v, f)                                                                               \
-    {"out." #v, "B,M" #v ",out_dim", f,                                                         \
-     "view " #v " after the last stage: M_v = N_v halved (floor) once per stage after the first"}
+#define XS(v, f)                                                                                   \
+    {                                                                                              \
+        "xs." #v, "B,N" #v ",in_dim", f,                                                           \
+            "view " #v                                                                             \
+            " (B, N_v, C_0): xs.0 .. xs.{V-1} for the module's V views (at least two views)"       \
+    }
+#define OUT(v, f)                                                                                  \
+    {                                                                                              \
+        "out." #v, "B,M" #v ",out_dim", f,                                                         \
+            "view " #v                                                                             \
+            " after the last stage: M_v = N_v halved (floor) once per stage after the first"       \
+    }
 #define OPT_OUT (XA_IO_OPT | XA_IO_BOUND)
-static const xa_io inputs[NAMED_VIEWS] = {
-    XS(0, 0),          XS(1, 0),          XS(2, XA_IO_OPT), XS(3, XA_IO_OPT),
-    XS(4, XA_IO_OPT),  XS(5, XA_IO_OPT),  XS(6, XA_IO_OPT), XS(7, XA_IO_OPT),
-    XS(8, XA_IO_OPT),  XS(9, XA_IO_OPT),  XS(10, XA_IO_OPT)};
-static const xa_io outputs[NAMED_VIEWS] = {
-    OUT(0, 0),       OUT(1, 0),       OUT(2, OPT_OUT), OUT(3, OPT_OUT), OUT(4, OPT_OUT),
-    OUT(5, OPT_OUT), OUT(6, OPT_OUT), OUT(7, OPT_OUT), OUT(8, OPT_OUT), OUT(9, OPT_OUT),
-    OUT(10, OPT_OUT)};
+static const xa_io inputs[NAMED_VIEWS] = {XS(0, 0),         XS(1, 0),         XS(2, XA_IO_OPT),
+                                          XS(3, XA_IO_OPT), XS(4, XA_IO_OPT), XS(5, XA_IO_OPT),
+                                          XS(6, XA_IO_OPT), XS(7, XA_IO_OPT), XS(8, XA_IO_OPT),
+                                          XS(9, XA_IO_OPT), XS(10, XA_IO_OPT)};
+static const xa_io outputs[NAMED_VIEWS] = {OUT(0, 0),       OUT(1, 0),       OUT(2, OPT_OUT),
+                                           OUT(3, OPT_OUT), OUT(4, OPT_OUT), OUT(5, OPT_OUT),
+                                           OUT(6, OPT_OUT), OUT(7, OPT_OUT), OUT(8, OPT_OUT),
+                                           OUT(9, OPT_OUT), OUT(10, OPT_OUT)};
 /* the views given one after another (the command line's repeated --view) */
 static const xa_alias aliases[] = {{"view", "xs.*", NULL}};
 
@@ -552,14 +643,17 @@ static xattn_status check_named(const xa_mod *core, const xa_run *r)
     const xattn_multiview *m = (const xattn_multiview *)core;
     const int64_t V = m->cfg.views;
     if (V > NAMED_VIEWS)
-        return xa_error(XATTN_ERR_UNSUPPORTED, "multiview: the named forward takes at most %d "
-                        "views (this module has %lld); use xattn_multiview_forward", NAMED_VIEWS,
-                        (long long)V);
+        return xa_error(XATTN_ERR_UNSUPPORTED,
+                        "multiview: the named forward takes at most %d "
+                        "views (this module has %lld); use xattn_multiview_forward",
+                        NAMED_VIEWS, (long long)V);
     for (int64_t v = 0; v < NAMED_VIEWS; v++)
         if ((r->in[v] != NULL) != (v < V))
-            return xa_error(XATTN_ERR_ARG, "multiview: the module has %lld views: give xs.0 .. "
-                            "xs.%lld (xs.%lld is %s)", (long long)V, (long long)(V - 1),
-                            (long long)v, r->in[v] ? "given" : "missing");
+            return xa_error(XATTN_ERR_ARG,
+                            "multiview: the module has %lld views: give xs.0 .. "
+                            "xs.%lld (xs.%lld is %s)",
+                            (long long)V, (long long)(V - 1), (long long)v,
+                            r->in[v] ? "given" : "missing");
     return XATTN_OK;
 }
 
@@ -574,10 +668,11 @@ static xattn_status plan_named(const xa_mod *core, xa_run *r)
         int64_t n = r->in_shape[v][1];
         for (int64_t s = 1; s < m->cfg.stages; s++) {
             if (n < 2)
-                return xa_error(XATTN_ERR_SHAPE, "input 'xs.%d' has %lld token(s): too few for "
+                return xa_error(XATTN_ERR_SHAPE,
+                                "input 'xs.%d' has %lld token(s): too few for "
                                 "%lld stages (each stage after the first halves the tokens with "
-                                "AvgPool1d(2, stride 2), which needs at least 2)", v,
-                                (long long)r->in_shape[v][1], (long long)m->cfg.stages);
+                                "AvgPool1d(2, stride 2), which needs at least 2)",
+                                v, (long long)r->in_shape[v][1], (long long)m->cfg.stages);
             n /= 2;
         }
         xattn_status st = xa_run_bind(r, M[v], n);
@@ -619,8 +714,10 @@ const xa_kind xa_kind_multiview = {
 static xattn_status heads_text(const xattn_multiview_opts *o, char *buf, size_t cap)
 {
     if (o->n_heads < 0 || o->n_heads > MAX_S)
-        return xa_error(XATTN_ERR_ARG, "%s: n_heads = %lld (give 0, 1 or one per stage, at most "
-                        "%d)", FN_LOAD, (long long)o->n_heads, MAX_S);
+        return xa_error(XATTN_ERR_ARG,
+                        "%s: n_heads = %lld (give 0, 1 or one per stage, at most "
+                        "%d)",
+                        FN_LOAD, (long long)o->n_heads, MAX_S);
     if (!o->heads) return xa_error(XATTN_ERR_ARG, "%s: opts->heads is NULL", FN_LOAD);
     for (int64_t i = 0; i < o->n_heads; i++)
         if (o->heads[i] <= 0)
@@ -667,9 +764,10 @@ xattn_status xattn_multiview_out_tokens(const xattn_multiview *m, int64_t n, int
                         (long long)n);
     for (int64_t s = 1; s < m->cfg.stages; s++) {
         if (n < 2)
-            return xa_error(XATTN_ERR_SHAPE, "a view with %lld token(s) at stage %lld cannot be "
-                            "pooled (AvgPool1d(2, stride 2) needs at least 2)", (long long)n,
-                            (long long)(s - 1));
+            return xa_error(XATTN_ERR_SHAPE,
+                            "a view with %lld token(s) at stage %lld cannot be "
+                            "pooled (AvgPool1d(2, stride 2) needs at least 2)",
+                            (long long)n, (long long)(s - 1));
         n /= 2;
     }
     *out_n = n;
@@ -682,8 +780,8 @@ xattn_status xattn_multiview_out_tokens(const xattn_multiview *m, int64_t n, int
 
 typedef struct mv_work {
     int64_t B, S, V;
-    int64_t n[MAX_S][MAX_V];           /* tokens of view v at stage s */
-    float *cur[MAX_V], *nxt[MAX_V];    /* (B, n, C_s) per view        */
+    int64_t n[MAX_S][MAX_V];             /* tokens of view v at stage s */
+    float *cur[MAX_V], *nxt[MAX_V];      /* (B, n, C_s) per view        */
     float *h, *ob, *qkv, *t, *kvin, *kv; /* scratch                   */
 } mv_work;
 
@@ -710,9 +808,11 @@ static xattn_status plan_tokens(const xattn_multiview *m, const xattn_multiview_
         w->n[0][v] = in->tokens[v];
         for (int64_t s = 1; s < w->S; s++) {
             if (w->n[s - 1][v] < 2)
-                return xa_error(XATTN_ERR_SHAPE, "%s: view %lld has %lld token(s) at stage %lld, "
-                                "which AvgPool1d(2, stride 2) cannot pool", FN_FWD, (long long)v,
-                                (long long)w->n[s - 1][v], (long long)(s - 1));
+                return xa_error(XATTN_ERR_SHAPE,
+                                "%s: view %lld has %lld token(s) at stage %lld, "
+                                "which AvgPool1d(2, stride 2) cannot pool",
+                                FN_FWD, (long long)v, (long long)w->n[s - 1][v],
+                                (long long)(s - 1));
             w->n[s][v] = w->n[s - 1][v] / 2;
         }
     }
@@ -793,7 +893,8 @@ static xattn_status pool_expand(const xattn_multiview *m, int64_t s, mv_work *w)
         const int64_t np = w->n[s - 1][v], nn = w->n[s][v];
         if (np % 2 == 0)
             st = xa_op_linear(w->cur[v], w->B * nn, 2 * Cp, vw->ex2, vw->ex_b, C, w->nxt[v], 0);
-        for (int64_t b = 0; np % 2 && b < w->B && !st; b++) /* odd: the last token of each item is dropped */
+        for (int64_t b = 0; np % 2 && b < w->B && !st;
+             b++) /* odd: the last token of each item is dropped */
             st = xa_op_linear(w->cur[v] + b * np * Cp, nn, 2 * Cp, vw->ex2, vw->ex_b, C,
                               w->nxt[v] + b * nn * C, 0);
         float *tmp = w->cur[v];
@@ -838,14 +939,13 @@ static xattn_status cross_blocks(const xattn_multiview *m, int64_t s, mv_work *w
         for (int64_t b = 0; b < B && !st; b++)
             for (int64_t u = 0, at = 0; u < w->V && !st; u++) {
                 if (u == v) continue;
-                st = xa_op_layernorm(w->cur[u] + b * w->n[s][u] * C, w->n[s][u], C,
-                                     vw->w[P_CKVW], vw->w[P_CKVB], m->cfg.eps,
-                                     w->kvin + (b * M + at) * C);
+                st = xa_op_layernorm(w->cur[u] + b * w->n[s][u] * C, w->n[s][u], C, vw->w[P_CKVW],
+                                     vw->w[P_CKVB], m->cfg.eps, w->kvin + (b * M + at) * C);
                 at += w->n[s][u];
             }
         if (st ||
-            (st = xa_op_linear(w->kvin, B * M, C, vw->w[P_CAIW] + C * C, ib ? ib + C : NULL,
-                               2 * C, w->kv, 0)) ||
+            (st = xa_op_linear(w->kvin, B * M, C, vw->w[P_CAIW] + C * C, ib ? ib + C : NULL, 2 * C,
+                               w->kv, 0)) ||
             (st = xa_op_layernorm(w->cur[v], rows, C, vw->w[P_CQW], vw->w[P_CQB], m->cfg.eps,
                                   w->h)) ||
             (st = xa_op_linear(w->h, rows, C, vw->w[P_CAIW], ib, C, w->qkv, 0)) ||
@@ -910,8 +1010,8 @@ static xattn_status forward_named(const xa_mod *core, const xa_run *r)
         x[v] = r->in[v];
         o[v] = r->out[v];
     }
-    xattn_multiview_inputs in = {.B = xa_run_sym(r, "B"), .n_views = m->cfg.views,
-                                 .tokens = tokens, .x = x};
+    xattn_multiview_inputs in = {
+        .B = xa_run_sym(r, "B"), .n_views = m->cfg.views, .tokens = tokens, .x = x};
     xattn_multiview_outputs out = {.out = o};
     return run(m, &in, &out);
 }

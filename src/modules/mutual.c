@@ -30,9 +30,8 @@ static xattn_status one_way(const char *fn, const float *q, int64_t Nq, const fl
 static xattn_status check_sizes(const char *fn, int64_t B, int64_t Na, int64_t Nb, int64_t D)
 {
     if (B < 1 || Na < 1 || Nb < 1 || D < 1)
-        return xa_error(XATTN_ERR_SHAPE,
-                        "%s: sizes must be >= 1 (got B=%lld, N=%lld/%lld, D=%lld)", fn,
-                        (long long)B, (long long)Na, (long long)Nb, (long long)D);
+        return xa_error(XATTN_ERR_SHAPE, "%s: sizes must be >= 1 (got B=%lld, N=%lld/%lld, D=%lld)",
+                        fn, (long long)B, (long long)Na, (long long)Nb, (long long)D);
     int64_t big = INT64_MAX / 8 / D;
     if (Na > big / B || Nb > big / B)
         return xa_error(XATTN_ERR_NOMEM, "%s: sizes overflow (B=%lld, N=%lld/%lld, D=%lld)", fn,
@@ -72,14 +71,17 @@ xattn_status xattn_mutual(const float *a, const float *b, int64_t B, int64_t N, 
 
 /* Moves the band axis next to the (N, D) pair: src viewed as (pre, N, F, D) (band axis R-2) or
  * (pre, N, D, F) (band axis R-1) into dst (pre, F, N, D); inverse != 0 goes back. */
-static void band_permute(const float *src, float *dst, int64_t pre, int64_t F, int64_t N,
-                         int64_t D, int last, int inverse)
+static void band_permute(const float *src, float *dst, int64_t pre, int64_t F, int64_t N, int64_t D,
+                         int last, int inverse)
 {
-    static const int fwd[2][4] = {{0, 2, 1, 3}, {0, 3, 1, 2}}, inv[2][4] = {{0, 2, 1, 3}, {0, 2, 3, 1}};
+    static const int fwd[2][4] = {{0, 2, 1, 3}, {0, 3, 1, 2}},
+                     inv[2][4] = {{0, 2, 1, 3}, {0, 2, 3, 1}};
     const int64_t in_dims[2][4] = {{pre, N, F, D}, {pre, N, D, F}};
     const int64_t back_dims[4] = {pre, F, N, D};
-    if (!inverse) xa_op_permute4(src, in_dims[last], fwd[last], dst);
-    else xa_op_permute4(src, back_dims, inv[last], dst);
+    if (!inverse)
+        xa_op_permute4(src, in_dims[last], fwd[last], dst);
+    else
+        xa_op_permute4(src, back_dims, inv[last], dst);
 }
 
 xattn_status xattn_mutual_bands(const float *a, const float *b, int ndim, const int64_t *shape,
@@ -163,13 +165,17 @@ static xattn_status mutual_check(const xa_mod *m, const xa_run *r)
 {
     const int nd = r->in_ndim[0];
     if (!band_given(m) && (nd < 2 || nd > 3))
-        return xa_error(XATTN_ERR_SHAPE, "input 'a' has rank %d; expected (B, N, D) or (N, D), or "
-                        "give band_axis for inputs with a band axis", nd);
+        return xa_error(XATTN_ERR_SHAPE,
+                        "input 'a' has rank %d; expected (B, N, D) or (N, D), or "
+                        "give band_axis for inputs with a band axis",
+                        nd);
     if (band_given(m)) {
         const int64_t ax = (int64_t)m->cfg.v[0];
         if (nd < 3 || ax < -nd || ax >= nd)
-            return xa_error(XATTN_ERR_SHAPE, "input 'a' has rank %d: band_axis %lld is out of "
-                            "range", nd, (long long)ax);
+            return xa_error(XATTN_ERR_SHAPE,
+                            "input 'a' has rank %d: band_axis %lld is out of "
+                            "range",
+                            nd, (long long)ax);
     }
     return XATTN_OK;
 }
@@ -180,8 +186,7 @@ static xattn_status mutual_forward(const xa_mod *m, const xa_run *r)
     const int64_t *sh = r->in_shape[0];
     if (band_given(m))
         return xattn_mutual_bands(r->in[0], r->in[1], nd, sh, (int)m->cfg.v[0], r->out[0]);
-    return xattn_mutual(r->in[0], r->in[1], nd == 3 ? sh[0] : 1, sh[nd - 2], sh[nd - 1],
-                        r->out[0]);
+    return xattn_mutual(r->in[0], r->in[1], nd == 3 ? sh[0] : 1, sh[nd - 2], sh[nd - 1], r->out[0]);
 }
 
 const xa_kind xa_kind_mutual = {

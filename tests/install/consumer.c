@@ -9,9 +9,17 @@ int main(void)
     float q[1] = {0}, k[2] = {1, -1}, v[2] = {2, 4}, out[1];
     xattn_sdpa_params p;
     xattn_sdpa_init(&p);
-    p.B = p.H = p.I = 1; p.J = 2; p.dh = p.dv = 1;
-    p.q = q; p.k = k; p.v = v; p.out = out;
-    p.q_si = 1; p.k_sj = 1; p.v_sj = 1; p.o_si = 1;
+    p.B = p.H = p.I = 1;
+    p.J = 2;
+    p.dh = p.dv = 1;
+    p.q = q;
+    p.k = k;
+    p.v = v;
+    p.out = out;
+    p.q_si = 1;
+    p.k_sj = 1;
+    p.v_sj = 1;
+    p.o_si = 1;
     if (xattn_sdpa(&p) != XATTN_OK) {
         fprintf(stderr, "%s\n", xattn_last_error());
         return 1;

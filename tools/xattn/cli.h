@@ -15,7 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CLI_EXIT_OK 0
+#define CLI_EXIT_OK    0
 #define CLI_EXIT_ERROR 1
 #define CLI_EXIT_USAGE 2
 
@@ -59,7 +59,8 @@ typedef enum cli_parse_result { CLI_PARSED = 0, CLI_HELP = 1, CLI_BAD_USAGE = 2 
 
 /* Parses argv[1 .. argc) (argv[0] is the subcommand). "--name value" and "--name=value";
  * "-h"/"--help" -> CLI_HELP; "--" ends options. Positionals go to pos[0 .. max_pos); more is a
- * usage error, and so is an option given twice. A usage error has already been reported when CLI_BAD_USAGE is returned. */
+ * usage error, and so is an option given twice. A usage error has already been reported when
+ * CLI_BAD_USAGE is returned. */
 cli_parse_result cli_parse(const char *cmd, int argc, char **argv, const cli_option *opts,
                            size_t n_opts, const char **pos, int max_pos, int *n_pos);
 

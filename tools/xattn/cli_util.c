@@ -232,8 +232,7 @@ const char *cli_dims_str(int ndim, const int64_t *shape, char *buf, size_t cap)
     buf[0] = '\0';
     off += (size_t)snprintf(buf, cap, "(");
     for (int d = 0; d < ndim && off < cap; d++)
-        off += (size_t)snprintf(buf + off, cap - off, "%s%lld", d ? ", " : "",
-                                (long long)shape[d]);
+        off += (size_t)snprintf(buf + off, cap - off, "%s%lld", d ? ", " : "", (long long)shape[d]);
     if (ndim == 1 && off < cap) off += (size_t)snprintf(buf + off, cap - off, ",");
     if (off < cap) snprintf(buf + off, cap - off, ")");
     return buf;

@@ -87,8 +87,7 @@ int cmd_attn_png(int argc, char **argv)
     float *owned = NULL; /* the mean over heads, when drawn */
     if (head >= 0 && nd != 4) {
         rc = cli_error(CMD, path,
-                       "--head needs per-head maps (B, H, I, J) but the array has shape %s",
-                       shape);
+                       "--head needs per-head maps (B, H, I, J) but the array has shape %s", shape);
         goto done;
     }
     if (head >= H) {
@@ -97,8 +96,10 @@ int cmd_attn_png(int argc, char **argv)
         goto done;
     }
     if (batch >= 0 && nd == 2) {
-        rc = cli_error(CMD, path, "--batch needs a batched map (B, I, J) or (B, H, I, J) but the "
-                                  "array has shape %s", shape);
+        rc = cli_error(CMD, path,
+                       "--batch needs a batched map (B, I, J) or (B, H, I, J) but the "
+                       "array has shape %s",
+                       shape);
         goto done;
     }
     if (batch >= B) {

@@ -9,18 +9,19 @@ static const char *CMD = "compare";
 
 static void help(void)
 {
-    printf("usage: xattn compare A.npy B.npy [--tol T]\n"
-           "\n"
-           "Compares two arrays of the same shape (any numeric or bool dtype, compared as float32)\n"
-           "element by element and prints max |a - b| / (1 + |b|): B is the reference. NaN in\n"
-           "both at the same place counts as equal, NaN in one only as infinitely far. The\n"
-           "position of the largest difference is printed as an index [i, j, ...].\n"
-           "\n"
-           "options:\n"
-           "  --tol T      tolerance (default 2e-5)\n"
-           "  -h, --help   this help\n"
-           "\n"
-           "Exit code 0 if the max error is <= T, 1 if not (or on an error).\n");
+    printf(
+        "usage: xattn compare A.npy B.npy [--tol T]\n"
+        "\n"
+        "Compares two arrays of the same shape (any numeric or bool dtype, compared as float32)\n"
+        "element by element and prints max |a - b| / (1 + |b|): B is the reference. NaN in\n"
+        "both at the same place counts as equal, NaN in one only as infinitely far. The\n"
+        "position of the largest difference is printed as an index [i, j, ...].\n"
+        "\n"
+        "options:\n"
+        "  --tol T      tolerance (default 2e-5)\n"
+        "  -h, --help   this help\n"
+        "\n"
+        "Exit code 0 if the max error is <= T, 1 if not (or on an error).\n");
 }
 
 static int load(const char *path, xattn_array *a)
@@ -83,7 +84,8 @@ int cmd_compare(int argc, char **argv)
         char at[200];
         cli_index_str(a.ndim, a.shape, worst_at, at, sizeof at);
         printf("max error %.3g over %lld values (tol %.3g)%s%s: %s\n", worst, (long long)n, tol,
-               worst > 0 ? " at index " : "", worst > 0 ? at : "", worst <= tol ? "ok" : "DIFFERENT");
+               worst > 0 ? " at index " : "", worst > 0 ? at : "",
+               worst <= tol ? "ok" : "DIFFERENT");
         if (!(worst <= tol))
             rc = cli_error(CMD, pos[0], "differs from %s: max error %.3g > tol %.3g at index %s",
                            pos[1], worst, tol, at);

@@ -54,7 +54,16 @@ static void help(void)
            "within one audio frame.\n");
 }
 
-enum { DIM = 512, CDIM = 386, HEADS = 8, DH = 64, INNER = HEADS * DH, CODE = 64, STRIDE = 16, POOL = 8 };
+enum {
+    DIM = 512,
+    CDIM = 386,
+    HEADS = 8,
+    DH = 64,
+    INNER = HEADS * DH,
+    CODE = 64,
+    STRIDE = 16,
+    POOL = 8
+};
 
 /* deterministic noise in [-0.5, 0.5) */
 static float noise(uint64_t a, uint64_t b)
@@ -143,7 +152,14 @@ static int build_model(xattn_safetensors **st, xattn_bidir **m)
     remove(path);
     rc = CLI_EXIT_OK;
 out:
-    free(wqk); free(wcqk); free(wv); free(wcv); free(wo); free(bo); free(wco); free(bco);
+    free(wqk);
+    free(wcqk);
+    free(wv);
+    free(wcv);
+    free(wo);
+    free(bo);
+    free(wco);
+    free(bco);
     return rc;
 }
 
@@ -176,7 +192,8 @@ int cmd_demo(int argc, char **argv)
         {"--no-png", CLI_FLAG, &no_png, 0, 0},
     };
     int npos = 0;
-    cli_parse_result pr = cli_parse(CMD, argc, argv, opts, sizeof opts / sizeof opts[0], NULL, 0, &npos);
+    cli_parse_result pr =
+        cli_parse(CMD, argc, argv, opts, sizeof opts / sizeof opts[0], NULL, 0, &npos);
     if (pr == CLI_HELP) {
         help();
         return CLI_EXIT_OK;
@@ -235,13 +252,15 @@ int cmd_demo(int argc, char **argv)
     progress_done();
     /* the package's math: 4 projections, one similarity, two weighted sums, 2 output layers */
     double flop = 2.0 * ((double)I * DIM * 2 * INNER + (double)J * CDIM * 2 * INNER) +
-                  2.0 * (double)I * J * INNER * 3 + 2.0 * ((double)I * INNER * DIM + (double)J * INNER * CDIM);
+                  2.0 * (double)I * J * INNER * 3 +
+                  2.0 * ((double)I * INNER * DIM + (double)J * INNER * CDIM);
     printf("  out (1, %lld, %d)   context_out (1, %lld, %d)\n", I, DIM, J, CDIM);
     printf("  forward %.1f ms (best of 3), %.1f GFLOP/s\n", best * 1e3, flop / best / 1e9);
     const char *rss_note;
     double rss = cli_peak_rss_bytes(&rss_note) / 1048576.0;
     printf("  peak memory %.1f MB%s (one attention map would take %.1f MB; the reference keeps "
-           "three)\n", rss, rss_note, (double)HEADS * I * J * 4 / 1048576.0);
+           "three)\n",
+           rss, rss_note, (double)HEADS * I * J * 4 / 1048576.0);
 
     /* the attention rows of every STRIDE-th video frame */
     progress("attention of sampled video frames");
@@ -299,10 +318,16 @@ int cmd_demo(int argc, char **argv)
                  "video -> audio attention, mean over %d heads (band: audio = 2 x video + %lld)",
                  HEADS, offset);
         snprintf(xl, sizeof xl, "audio frame j (max over blocks of %d frames)", POOL);
-        xattn_heatmap_opts ho = {.title = title, .x_label = xl, .y_label = "video frame i", .max_side = 1024,
-                                 .fixed_range = 1, .vmin = top - 6.0f, .vmax = top,
+        xattn_heatmap_opts ho = {.title = title,
+                                 .x_label = xl,
+                                 .y_label = "video frame i",
+                                 .max_side = 1024,
+                                 .fixed_range = 1,
+                                 .vmin = top - 6.0f,
+                                 .vmax = top,
                                  .bar_label = "log10 attention",
-                                 .x_tick_scale = POOL, .y_tick_scale = STRIDE};
+                                 .x_tick_scale = POOL,
+                                 .y_tick_scale = STRIDE};
         progress("writing the heat-map");
         xattn_status ps = xattn_png_heatmap(png, pic, S, JP, &ho);
         progress_done();
@@ -321,6 +346,14 @@ done:
     progress_done();
     xattn_bidir_free(m);
     xattn_st_close(st);
-    free(x); free(ctx); free(out); free(cout); free(xs); free(so); free(sco); free(attn); free(map);
+    free(x);
+    free(ctx);
+    free(out);
+    free(cout);
+    free(xs);
+    free(so);
+    free(sco);
+    free(attn);
+    free(map);
     return rc;
 }

@@ -9,18 +9,19 @@ static const char *CMD = "init";
 
 static void help(void)
 {
-    printf("usage: xattn init KIND --out FILE.safetensors [--seed N] [--ARG VALUE ...]\n"
-           "\n"
-           "Creates a module of KIND with the parameters drawn as its PyTorch reference\n"
-           "initialises them (nn.Linear / 1x1 Conv2d: kaiming-uniform weights and U(-1/sqrt(fan_in),\n"
-           "1/sqrt(fan_in)) biases; norms: ones and zeros; nn.MultiheadAttention: xavier-uniform\n"
-           "in_proj and zero biases), from a generator seeded by --seed (default 0), and saves it\n"
-           "with the reference's state_dict names and a __metadata__ holding the options the names\n"
-           "cannot tell, so that the reference module built with the same arguments loads it with\n"
-           "load_state_dict(strict=True). ARGs are the reference constructor's keyword arguments,\n"
-           "spelled with dashes (--in-channels 8); booleans take True or False.\n"
-           "\n"
-           "kinds and their arguments (default in brackets; '-' = required):\n");
+    printf(
+        "usage: xattn init KIND --out FILE.safetensors [--seed N] [--ARG VALUE ...]\n"
+        "\n"
+        "Creates a module of KIND with the parameters drawn as its PyTorch reference\n"
+        "initialises them (nn.Linear / 1x1 Conv2d: kaiming-uniform weights and U(-1/sqrt(fan_in),\n"
+        "1/sqrt(fan_in)) biases; norms: ones and zeros; nn.MultiheadAttention: xavier-uniform\n"
+        "in_proj and zero biases), from a generator seeded by --seed (default 0), and saves it\n"
+        "with the reference's state_dict names and a __metadata__ holding the options the names\n"
+        "cannot tell, so that the reference module built with the same arguments loads it with\n"
+        "load_state_dict(strict=True). ARGs are the reference constructor's keyword arguments,\n"
+        "spelled with dashes (--in-channels 8); booleans take True or False.\n"
+        "\n"
+        "kinds and their arguments (default in brackets; '-' = required):\n");
     for (size_t i = 0; i < xattn_kind_count(); i++) {
         xattn_kind_desc k;
         if (xattn_kind_info(i, &k)) continue;
@@ -69,9 +70,12 @@ int cmd_init(int argc, char **argv)
         const char *eq = strchr(a, '='), *val;
         char flag[128];
         snprintf(flag, sizeof flag, "%.*s", (int)(eq ? (size_t)(eq - a) : strlen(a)), a);
-        if (eq) val = eq + 1;
-        else if (i + 1 < argc) val = argv[++i];
-        else return cli_usage(CMD, "%s needs a value", flag);
+        if (eq)
+            val = eq + 1;
+        else if (i + 1 < argc)
+            val = argv[++i];
+        else
+            return cli_usage(CMD, "%s needs a value", flag);
         if (!strcmp(flag, "--out") || !strcmp(flag, "--seed")) {
             const char **dst = flag[2] == 'o' ? &out : &seed_s;
             if (*dst) return cli_usage(CMD, "%s given twice", flag);
@@ -92,17 +96,18 @@ int cmd_init(int argc, char **argv)
     if (seed_s) {
         char *end;
         seed = strtoull(seed_s, &end, 10);
-        if (!*seed_s || *end || *seed_s == '-') return cli_usage(CMD, "--seed: '%s' is not a number", seed_s);
+        if (!*seed_s || *end || *seed_s == '-')
+            return cli_usage(CMD, "--seed: '%s' is not a number", seed_s);
     }
     xattn_module *m = NULL;
     if (xattn_module_create(kind, opts, n, seed, &m)) {
         const char *e = xattn_last_error();
-        if (strstr(e, "unknown module kind") || strstr(e, "option"))
-            return cli_usage(CMD, "%s", e);
+        if (strstr(e, "unknown module kind") || strstr(e, "option")) return cli_usage(CMD, "%s", e);
         return cli_error(CMD, NULL, "%s", e);
     }
     int rc = CLI_EXIT_OK;
-    if (xattn_module_save(m, out)) rc = cli_lib_error(CMD, out);
+    if (xattn_module_save(m, out))
+        rc = cli_lib_error(CMD, out);
     else
         printf("wrote %s (%s, %zu tensors, seed %llu)\n", out, kind, xattn_module_param_count(m),
                seed);

@@ -40,7 +40,8 @@ static void print_registry(const xattn_safetensors *st)
         o.kind = found[i].kind;
         o.prefix = found[i].prefix;
         xattn_module *m = NULL;
-        printf("%s at prefix '%s'", found[i].kind, cli_printable(found[i].prefix, shown, sizeof shown));
+        printf("%s at prefix '%s'", found[i].kind,
+               cli_printable(found[i].prefix, shown, sizeof shown));
         if (xattn_module_open(st, &o, &m)) {
             printf(": does not load: %s\n", xattn_last_error());
             continue;

@@ -5,7 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-
 typedef struct command {
     const char *name;
     int (*fn)(int argc, char **argv);
@@ -13,7 +12,8 @@ typedef struct command {
 } command;
 
 static const command COMMANDS[] = {
-    {"run", cmd_run, "run a saved module on .npy inputs: out.npy [context_out.npy, attention maps]"},
+    {"run", cmd_run,
+     "run a saved module on .npy inputs: out.npy [context_out.npy, attention maps]"},
     {"inspect", cmd_inspect, "list a safetensors file's tensors and metadata, detect the module"},
     {"demo", cmd_demo, "video/audio bidirectional cross-attention recovering a known alignment"},
     {"compare", cmd_compare, "compare two .npy arrays: max |a-b|/(1+|b|) against a tolerance"},
@@ -55,7 +55,8 @@ static int check_omp_env(void)
     for (; *p >= '0' && *p <= '9' && n <= XATTN_MAX_THREADS; p++) n = n * 10 + (*p - '0');
     if (p != v && (!*p || *p == ',') && n >= 1 && n <= XATTN_MAX_THREADS) return 0;
     fputs("xattn: OMP_NUM_THREADS: '", stderr);
-    for (const char *q = v; *q && q - v < 40; q++) fputc((unsigned char)*q < 0x20 ? '?' : *q, stderr);
+    for (const char *q = v; *q && q - v < 40; q++)
+        fputc((unsigned char)*q < 0x20 ? '?' : *q, stderr);
     fprintf(stderr, "' is not a thread count in [1, %d]\n", XATTN_MAX_THREADS);
     return CLI_EXIT_USAGE;
 }
@@ -64,7 +65,8 @@ int main(int argc, char **argv)
 {
     if (check_omp_env()) return CLI_EXIT_USAGE;
     if (argc < 2) {
-        fputs("xattn: missing command: run, inspect, init, demo, bench, compare or attn-png (see 'xattn "
+        fputs("xattn: missing command: run, inspect, init, demo, bench, compare or attn-png (see "
+              "'xattn "
               "--help')\n",
               stderr);
         return CLI_EXIT_USAGE;

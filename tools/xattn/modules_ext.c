@@ -36,8 +36,10 @@ int cli_ext_dispatch(int argc, char **argv, int *rc)
 {
     const cli_ext_module *m = NULL;
     for (int i = 1; i < argc && !m; i++) {
-        if (!strcmp(argv[i], "--module") && i + 1 < argc) m = cli_ext_find(argv[i + 1]);
-        else if (!strncmp(argv[i], "--module=", 9)) m = cli_ext_find(argv[i] + 9);
+        if (!strcmp(argv[i], "--module") && i + 1 < argc)
+            m = cli_ext_find(argv[i + 1]);
+        else if (!strncmp(argv[i], "--module=", 9))
+            m = cli_ext_find(argv[i] + 9);
     }
     for (int i = 1; i < argc && !m; i++) {
         if (!strcmp(argv[i], "--module") || !strncmp(argv[i], "--module=", 9)) return 0;

@@ -14,9 +14,9 @@
 
 /* ---- parsing ---------------------------------------------------------------------------- */
 
-static const char *const FIXED_VALUE[] = {"--module", "--prefix", "--out-dir", "--threads",
-                                          "--reps",   "--len",    "--context-len", "--batch",
-                                          NULL};
+static const char *const FIXED_VALUE[] = {"--module",      "--prefix", "--out-dir",
+                                          "--threads",     "--reps",   "--len",
+                                          "--context-len", "--batch",  NULL};
 static const char *const FIXED_FLAG[] = {"--return-attn", "--allow-nonfinite", "--json", NULL};
 
 static int in_list(const char *const *l, const char *s)
@@ -81,9 +81,12 @@ int reg_parse(const char *cmd, int argc, char **argv, reg_args *a, int *help)
         const char *val = eq ? eq + 1 : NULL;
         if (in_list(FIXED_FLAG, flag)) {
             if (val) return cli_usage(cmd, "%s takes no value", flag);
-            if (!strcmp(flag, "--return-attn")) a->return_all = 1;
-            else if (!strcmp(flag, "--json")) a->json = 1;
-            else a->allow_nonfinite = 1;
+            if (!strcmp(flag, "--return-attn"))
+                a->return_all = 1;
+            else if (!strcmp(flag, "--json"))
+                a->json = 1;
+            else
+                a->allow_nonfinite = 1;
             continue;
         }
         if (!val && i + 1 < argc && strncmp(argv[i + 1], "--", 2)) val = argv[++i];
@@ -159,7 +162,8 @@ static int pick(const char *cmd, const reg_args *a, const xattn_safetensors *st,
     xattn_found f[64];
     size_t n = xattn_module_scan(st, f, 64), match = 0, first = 0;
     for (size_t i = 0; i < n && i < 64; i++) {
-        if ((a->kind && strcmp(f[i].kind, a->kind)) || (a->prefix && strcmp(f[i].prefix, a->prefix)))
+        if ((a->kind && strcmp(f[i].kind, a->kind)) ||
+            (a->prefix && strcmp(f[i].prefix, a->prefix)))
             continue;
         if (!match++) first = i;
     }
@@ -198,8 +202,7 @@ static int pick(const char *cmd, const reg_args *a, const xattn_safetensors *st,
             reg_reference_name(other, ref, sizeof ref);
             snprintf(why, cap, "--module %s, but the tensors are a %s (%s)", a->kind, ref, other);
         } else {
-            snprintf(why, cap, "no %s module found%s%s%s", a->kind,
-                     a->prefix ? " at prefix '" : "",
+            snprintf(why, cap, "no %s module found%s%s%s", a->kind, a->prefix ? " at prefix '" : "",
                      a->prefix ? cli_printable(a->prefix, pp, sizeof pp) : "",
                      a->prefix ? "'" : "");
         }
@@ -230,7 +233,8 @@ static int collect_options(const char *cmd, reg_state *s, const reg_args *a)
             if (xattn_kind_arg(s->kind, j, &d)) break;
             if (strcmp(d.name, target ? target : name) || d.derived) continue;
             const char *value = a->rest[r].value;
-            if (!value && strcmp(d.type, "bool")) return cli_usage(cmd, "%s needs a value", a->rest[r].flag);
+            if (!value && strcmp(d.type, "bool"))
+                return cli_usage(cmd, "%s needs a value", a->rest[r].flag);
             for (int k = 0; k < s->n_opts; k++)
                 if (!strcmp(s->opts[k].name, d.name))
                     return strcmp(s->opt_names[k], a->rest[r].flag)
@@ -319,8 +323,8 @@ int reg_open(const char *cmd, const reg_args *a, reg_state *s)
     for (size_t i = 0; a->kind && i < xattn_kind_count(); i++) {
         xattn_kind_desc k;
         if (!xattn_kind_info(i, &k) && !strcmp(k.name, a->kind) && !k.state_dict[0])
-            return cli_usage(cmd, "%s has no weights: no model file is needed (got '%s')",
-                             a->kind, a->model);
+            return cli_usage(cmd, "%s has no weights: no model file is needed (got '%s')", a->kind,
+                             a->model);
     }
     if (xattn_st_open(a->model, &s->st) != XATTN_OK) return cli_lib_error(cmd, a->model);
     char why[512] = "";

@@ -8,8 +8,8 @@
 
 #include "cli.h"
 
-#define REG_MAX_ARGS 48
-#define REG_MAX_IO 12
+#define REG_MAX_ARGS  48
+#define REG_MAX_IO    12
 #define REG_MAX_FLAGS 64
 
 typedef struct reg_args {
@@ -18,7 +18,7 @@ typedef struct reg_args {
     int return_all, allow_nonfinite, json;
     struct {
         const char *flag, *value; /* value NULL: a flag without one */
-    } rest[REG_MAX_ARGS];          /* inputs and constructor arguments of the kind */
+    } rest[REG_MAX_ARGS];         /* inputs and constructor arguments of the kind */
     int n_rest;
     char flags[REG_MAX_FLAGS][128]; /* every flag given, to refuse repeats */
 } reg_args;
@@ -30,15 +30,15 @@ typedef struct reg_state {
     xattn_option opts[REG_MAX_ARGS];
     const char *opt_names[REG_MAX_ARGS];
     int n_opts;
-    int used[REG_MAX_ARGS];      /* rest[r] consumed                          */
+    int used[REG_MAX_ARGS]; /* rest[r] consumed                          */
     /* inputs, in the kind's input order */
     int n_in;
     xattn_io_desc in_desc[REG_MAX_IO];
     const char *in_file[REG_MAX_IO]; /* NULL: not given (or generated)        */
     const char *in_flag[REG_MAX_IO];
     xattn_array arr[REG_MAX_IO];
-    int unbatched;               /* inputs given without their leading B      */
-    unsigned batch_added;        /* bit i: input i was given so (its B added) */
+    int unbatched;        /* inputs given without their leading B      */
+    unsigned batch_added; /* bit i: input i was given so (its B added) */
     /* size symbols bound by the inputs */
     char sym[16][64];
     int64_t sym_val[16];
@@ -48,7 +48,8 @@ typedef struct reg_state {
     int n_out;
     xattn_tensor out[REG_MAX_IO];
     float *outbuf[REG_MAX_IO];
-    const char *out_as[REG_MAX_IO]; /* the output out[o] is written in place of (an alias's), or NULL */
+    const char
+        *out_as[REG_MAX_IO]; /* the output out[o] is written in place of (an alias's), or NULL */
 } reg_state;
 
 /* The input, option or output of kind that alias `name` (underscores) stands for, and for an

@@ -88,11 +88,14 @@ static int64_t tok_value(const reg_state *s, const char *tok, int *known)
         p[n] = '\0';
         int64_t v = 0;
         int ok = 1;
-        if (p[0] >= '0' && p[0] <= '9') v = atoll(p);
+        if (p[0] >= '0' && p[0] <= '9')
+            v = atoll(p);
         else if (is_sym(p)) {
             int i = sym_index(s, p);
-            if (i < 0) ok = 0;
-            else v = s->sym_val[i];
+            if (i < 0)
+                ok = 0;
+            else
+                v = s->sym_val[i];
         } else {
             v = config_value(s, p, &ok);
         }
@@ -132,8 +135,11 @@ static void expected_text(const reg_state *s, const char *dims, char *buf, size_
         const size_t tl = strcspn(tok, "/"); /* "B/1": B or 1 */
         o1 += (size_t)snprintf(syms + o1, sizeof syms - o1, "%s%.*s%s", k ? ", " : "", (int)tl, tok,
                                tok[tl] ? " or 1" : "");
-        if (known) o2 += (size_t)snprintf(vals + o2, sizeof vals - o2, "%s%lld", k ? ", " : "", (long long)v);
-        else o2 += (size_t)snprintf(vals + o2, sizeof vals - o2, "%s?", k ? ", " : "");
+        if (known)
+            o2 += (size_t)snprintf(vals + o2, sizeof vals - o2, "%s%lld", k ? ", " : "",
+                                   (long long)v);
+        else
+            o2 += (size_t)snprintf(vals + o2, sizeof vals - o2, "%s?", k ? ", " : "");
     }
     snprintf(buf, cap, "(%s%s) = (%s%s)", syms, nd == 1 ? "," : "", vals, nd == 1 ? "," : "");
 }
@@ -215,8 +221,8 @@ static int check_dim(const char *cmd, const reg_args *a, reg_state *s, int i, co
                          cli_dims_str(s->arr[i].ndim - 1, s->arr[i].shape + 1, sh, sizeof sh),
                          s->in_flag[i], exp, why);
     }
-    return cli_error(cmd, file, "has shape %s; %s needs %s%s", cli_shape_str(&s->arr[i], sh, sizeof sh),
-                     s->in_flag[i], exp, why);
+    return cli_error(cmd, file, "has shape %s; %s needs %s%s",
+                     cli_shape_str(&s->arr[i], sh, sizeof sh), s->in_flag[i], exp, why);
 }
 
 /* Checks input i's shape (after the batch axis was added for unbatched inputs). */
@@ -239,8 +245,10 @@ static int check_shape(const char *cmd, const reg_args *a, reg_state *s, int i)
         int same = s->arr[j].ndim == x->ndim;
         for (int k = 0; same && k < x->ndim; k++) same = s->arr[j].shape[k] == x->shape[k];
         if (same) return 0;
-        return cli_error(cmd, s->in_file[i], "has shape %s but %s has shape %s: %s needs the same "
-                         "shape as %s", cli_shape_str(x, sh, sizeof sh), s->in_file[j],
+        return cli_error(cmd, s->in_file[i],
+                         "has shape %s but %s has shape %s: %s needs the same "
+                         "shape as %s",
+                         cli_shape_str(x, sh, sizeof sh), s->in_file[j],
                          cli_shape_str(&s->arr[j], sh2, sizeof sh2), s->in_flag[i], s->in_flag[j]);
     }
     const char *dims = alternative(d->shape, x->ndim, alt, sizeof alt);
@@ -264,7 +272,8 @@ static int check_shape(const char *cmd, const reg_args *a, reg_state *s, int i)
                              cli_shape_str(x, sh, sizeof sh), x->ndim, s->in_file[0],
                              s->arr[0].ndim - drop);
         if (i == 0 && d->shape[0] == 'B' && lo == hi)
-            return cli_error(cmd, s->in_file[i], "has shape %s (rank %d); expected rank %d to %d (%s)",
+            return cli_error(cmd, s->in_file[i],
+                             "has shape %s (rank %d); expected rank %d to %d (%s)",
                              cli_shape_str(x, sh, sizeof sh), x->ndim, hi - 1, hi, d->shape);
         char exp[600], rank[32] = "";
         if (lo != hi) snprintf(rank, sizeof rank, " (rank %d)", x->ndim); /* what picks one */
@@ -338,8 +347,10 @@ static int load_inline(const char *cmd, const reg_args *a, reg_state *s, int i, 
                          s->in_flag[i], v, (long long)n);
     for (k = 0; k < n && !a->allow_nonfinite; k++)
         if (!isfinite(f[k]))
-            return cli_error(cmd, NULL, "%s: '%s' holds a NaN or an infinity at index %lld (use "
-                             "--allow-nonfinite to pass it)", s->in_flag[i], v, (long long)k);
+            return cli_error(cmd, NULL,
+                             "%s: '%s' holds a NaN or an infinity at index %lld (use "
+                             "--allow-nonfinite to pass it)",
+                             s->in_flag[i], v, (long long)k);
     x->dtype = XATTN_F32;
     x->ndim = 1;
     for (const char *p = shape; *p; p++) x->ndim += *p == ',';
@@ -372,7 +383,8 @@ static int load_one(const char *cmd, const reg_args *a, reg_state *s, int i)
     if (n_inline) return load_inline(cmd, a, s, i, n_inline);
     char tm[64];
     true_means(d->doc, tm, sizeof tm);
-    if (d->mask && d->additive) return cli_load_mask(cmd, s->in_file[i], s->in_flag[i], tm, mask, &s->arr[i]);
+    if (d->mask && d->additive)
+        return cli_load_mask(cmd, s->in_file[i], s->in_flag[i], tm, mask, &s->arr[i]);
     if (d->mask) return cli_load_bool_mask(cmd, s->in_file[i], s->in_flag[i], tm, &s->arr[i]);
     return cli_load_float(cmd, s->in_file[i], 1, XATTN_MAX_DIMS - 1, data, &s->arr[i]);
 }
@@ -538,77 +550,81 @@ static int asked_by_model(const reg_state *s, int i)
 static int map_inputs(const char *cmd, const reg_args *a, reg_state *s)
 {
     for (int pass = 0; pass < 2; pass++)
-    for (int r = 0; r < a->n_rest; r++) {
-        if (s->used[r]) continue;
-        char name[128];
-        snprintf(name, sizeof name, "%s", a->rest[r].flag + 2);
-        for (char *c = name; *c; c++)
-            if (*c == '-') *c = '_';
-        const char *target = reg_alias(s->kind, name, NULL);
-        const size_t tl = target ? strlen(target) : 0;
-        const int numbered = tl > 2 && !strcmp(target + tl - 2, ".*");
-        if (numbered != pass) continue;
-        if (target && !numbered && output_index(s, target) >= 0) { /* an output asked by its alias */
-            if (a->rest[r].value) return cli_usage(cmd, "%s takes no value", a->rest[r].flag);
-            s->used[r] = 1;
-            continue;
-        }
-        if (target && !numbered) snprintf(name, sizeof name, "%s", target);
-        int hit = -1;
-        if (numbered && (hit = next_member(s, target)) < 0)
-            return cli_usage(cmd, "%s: %s takes no more inputs %s (at most %d)", a->rest[r].flag,
-                             s->kind, target, s->n_in);
-        for (int i = 0; i < s->n_in && hit < 0; i++)
-            if (!strcmp(s->in_desc[i].name, name)) hit = i;
-        if (hit < 0 && !strcmp(name, "x") && s->n_in > 0) hit = 0;
-        if (hit < 0 && !strcmp(name, "context") && s->n_in > 1) hit = 1;
-        if (hit < 0 && output_flag(s, name)) {
-            if (a->rest[r].value)
-                return cli_usage(cmd, "%s takes no value (it asks for the output %s)",
-                                 a->rest[r].flag, name);
-            for (int q = 0; q < r; q++)
-                if (!strcmp(a->rest[q].flag, a->rest[r].flag))
-                    return cli_usage(cmd, "%s given twice", a->rest[r].flag);
-            s->used[r] = 1;
-            continue;
-        }
-        char owners[512] = "";
-        if (hit < 0) owners_of(s->kind, name, owners, sizeof owners);
-        if (owners[0]) { /* a flag of other kinds */
-            char ref[160], masks[512];
-            reg_reference_name(s->kind, ref, sizeof ref);
-            masks_text(s, masks, sizeof masks);
-            return cli_error(cmd, a->model, "%s is an option of %s, but the model is a %s (%s%s)",
-                             a->rest[r].flag, owners, ref, s->kind, masks);
-        }
-        if (hit < 0) {
-            char list[1024];
-            size_t off = 0;
-            for (int i = 0; i < s->n_in && off < sizeof list; i++) {
-                off += (size_t)snprintf(list + off, sizeof list - off, "%s--", i ? ", " : "");
-                for (const char *c = s->in_desc[i].name; *c && off + 1 < sizeof list; c++)
-                    list[off++] = *c == '_' ? '-' : *c;
-                list[off < sizeof list ? off : sizeof list - 1] = '\0';
+        for (int r = 0; r < a->n_rest; r++) {
+            if (s->used[r]) continue;
+            char name[128];
+            snprintf(name, sizeof name, "%s", a->rest[r].flag + 2);
+            for (char *c = name; *c; c++)
+                if (*c == '-') *c = '_';
+            const char *target = reg_alias(s->kind, name, NULL);
+            const size_t tl = target ? strlen(target) : 0;
+            const int numbered = tl > 2 && !strcmp(target + tl - 2, ".*");
+            if (numbered != pass) continue;
+            if (target && !numbered &&
+                output_index(s, target) >= 0) { /* an output asked by its alias */
+                if (a->rest[r].value) return cli_usage(cmd, "%s takes no value", a->rest[r].flag);
+                s->used[r] = 1;
+                continue;
             }
-            for (size_t j = 0; off < sizeof list; j++) {
-                xattn_arg_desc d;
-                if (xattn_kind_arg(s->kind, j, &d)) break;
-                if (d.derived) continue;
-                off += (size_t)snprintf(list + off, sizeof list - off, ", --");
-                for (const char *c = d.name; *c && off + 1 < sizeof list; c++)
-                    list[off++] = *c == '_' ? '-' : *c;
-                list[off < sizeof list ? off : sizeof list - 1] = '\0';
+            if (target && !numbered) snprintf(name, sizeof name, "%s", target);
+            int hit = -1;
+            if (numbered && (hit = next_member(s, target)) < 0)
+                return cli_usage(cmd, "%s: %s takes no more inputs %s (at most %d)",
+                                 a->rest[r].flag, s->kind, target, s->n_in);
+            for (int i = 0; i < s->n_in && hit < 0; i++)
+                if (!strcmp(s->in_desc[i].name, name)) hit = i;
+            if (hit < 0 && !strcmp(name, "x") && s->n_in > 0) hit = 0;
+            if (hit < 0 && !strcmp(name, "context") && s->n_in > 1) hit = 1;
+            if (hit < 0 && output_flag(s, name)) {
+                if (a->rest[r].value)
+                    return cli_usage(cmd, "%s takes no value (it asks for the output %s)",
+                                     a->rest[r].flag, name);
+                for (int q = 0; q < r; q++)
+                    if (!strcmp(a->rest[q].flag, a->rest[r].flag))
+                        return cli_usage(cmd, "%s given twice", a->rest[r].flag);
+                s->used[r] = 1;
+                continue;
             }
-            return cli_usage(cmd, "%s is not an input or option of %s (%s)", a->rest[r].flag,
-                             s->kind, list);
+            char owners[512] = "";
+            if (hit < 0) owners_of(s->kind, name, owners, sizeof owners);
+            if (owners[0]) { /* a flag of other kinds */
+                char ref[160], masks[512];
+                reg_reference_name(s->kind, ref, sizeof ref);
+                masks_text(s, masks, sizeof masks);
+                return cli_error(cmd, a->model,
+                                 "%s is an option of %s, but the model is a %s (%s%s)",
+                                 a->rest[r].flag, owners, ref, s->kind, masks);
+            }
+            if (hit < 0) {
+                char list[1024];
+                size_t off = 0;
+                for (int i = 0; i < s->n_in && off < sizeof list; i++) {
+                    off += (size_t)snprintf(list + off, sizeof list - off, "%s--", i ? ", " : "");
+                    for (const char *c = s->in_desc[i].name; *c && off + 1 < sizeof list; c++)
+                        list[off++] = *c == '_' ? '-' : *c;
+                    list[off < sizeof list ? off : sizeof list - 1] = '\0';
+                }
+                for (size_t j = 0; off < sizeof list; j++) {
+                    xattn_arg_desc d;
+                    if (xattn_kind_arg(s->kind, j, &d)) break;
+                    if (d.derived) continue;
+                    off += (size_t)snprintf(list + off, sizeof list - off, ", --");
+                    for (const char *c = d.name; *c && off + 1 < sizeof list; c++)
+                        list[off++] = *c == '_' ? '-' : *c;
+                    list[off < sizeof list ? off : sizeof list - 1] = '\0';
+                }
+                return cli_usage(cmd, "%s is not an input or option of %s (%s)", a->rest[r].flag,
+                                 s->kind, list);
+            }
+            if (s->in_flag[hit] && !strcmp(s->in_flag[hit], a->rest[r].flag))
+                return cli_usage(cmd, "%s given twice", a->rest[r].flag);
+            if (s->in_flag[hit])
+                return cli_usage(cmd, "%s and %s name the same input", s->in_flag[hit],
+                                 a->rest[r].flag);
+            s->in_flag[hit] = a->rest[r].flag;
+            s->in_file[hit] = a->rest[r].value;
+            s->used[r] = 1;
         }
-        if (s->in_flag[hit] && !strcmp(s->in_flag[hit], a->rest[r].flag))
-            return cli_usage(cmd, "%s given twice", a->rest[r].flag);
-        if (s->in_flag[hit]) return cli_usage(cmd, "%s and %s name the same input", s->in_flag[hit], a->rest[r].flag);
-        s->in_flag[hit] = a->rest[r].flag;
-        s->in_file[hit] = a->rest[r].value;
-        s->used[r] = 1;
-    }
     /* numbered inputs are given in order: STEM.K only with STEM.K-1 */
     for (int i = 0; i < s->n_in; i++) {
         size_t l;
@@ -644,11 +660,13 @@ static int generate(const char *cmd, const reg_args *a, reg_state *s, int i)
     char alt[256], any[32];
     if (dims[0] == '=') { /* the shape of another input */
         int j = input_named(s, dims + 1);
-        if (j < 0 || !s->arr[j].data) return cli_error(cmd, NULL, "cannot make input '%s'", s->in_desc[i].name);
+        if (j < 0 || !s->arr[j].data)
+            return cli_error(cmd, NULL, "cannot make input '%s'", s->in_desc[i].name);
         xattn_array *x = &s->arr[i];
         *x = s->arr[j];
         const int64_t n = xattn_array_numel(x);
-        if (!(x->data = malloc((size_t)(n ? n : 1) * sizeof(float)))) return cli_error(cmd, NULL, "out of memory");
+        if (!(x->data = malloc((size_t)(n ? n : 1) * sizeof(float))))
+            return cli_error(cmd, NULL, "out of memory");
         fill(x->data, n, 0x9e3779b97f4a7c15ull + (uint64_t)i);
         return 0;
     }
@@ -656,7 +674,8 @@ static int generate(const char *cmd, const reg_args *a, reg_state *s, int i)
         snprintf(any, sizeof any, "B,L,L");
         dims = any;
     }
-    if (strchr(dims, '|')) dims = strncpy(alt, dims, strcspn(dims, "|")), alt[strcspn(dims, "|")] = '\0', alt;
+    if (strchr(dims, '|'))
+        dims = strncpy(alt, dims, strcspn(dims, "|")), alt[strcspn(dims, "|")] = '\0', alt;
     xattn_array *x = &s->arr[i];
     x->dtype = XATTN_F32;
     x->ndim = dims[0] ? 1 : 0;
@@ -677,10 +696,12 @@ static int generate(const char *cmd, const reg_args *a, reg_state *s, int i)
             s->sym_file[s->n_sym++] = "generated inputs";
         }
         x->shape[k] = v;
-        if ((double)n * (double)v > 4e9) return cli_error(cmd, NULL, "generated input '%s' is too large", s->in_desc[i].name);
+        if ((double)n * (double)v > 4e9)
+            return cli_error(cmd, NULL, "generated input '%s' is too large", s->in_desc[i].name);
         n *= v;
     }
-    if (!(x->data = malloc((size_t)(n ? n : 1) * sizeof(float)))) return cli_error(cmd, NULL, "out of memory");
+    if (!(x->data = malloc((size_t)(n ? n : 1) * sizeof(float))))
+        return cli_error(cmd, NULL, "out of memory");
     fill(x->data, n, 0x9e3779b97f4a7c15ull + (uint64_t)i);
     return 0;
 }
@@ -878,11 +899,15 @@ int reg_lib_error(const char *cmd, const reg_args *a, const reg_state *s)
             for (int i = 0; is_in && i < s->n_in; i++)
                 if (!strcmp(s->in_desc[i].name, name)) idx = i;
             for (k = 0; is_opt && k < s->n_opts && strcmp(s->opts[k].name, name); k++) continue;
-            if (idx >= 0 && s->in_file[idx]) snprintf(flag, sizeof flag, "%s", s->in_file[idx]);
-            else if (is_opt && k < s->n_opts) snprintf(flag, sizeof flag, "%s", s->opt_names[k]);
-            else reg_flag_of(s->kind, name, idx, flag, sizeof flag);
+            if (idx >= 0 && s->in_file[idx])
+                snprintf(flag, sizeof flag, "%s", s->in_file[idx]);
+            else if (is_opt && k < s->n_opts)
+                snprintf(flag, sizeof flag, "%s", s->opt_names[k]);
+            else
+                reg_flag_of(s->kind, name, idx, flag, sizeof flag);
             if (q[l] == '\'' && (idx >= 0 || is_opt)) {
-                o += (size_t)snprintf(out + o, sizeof out - o, "%s%s", is_opt ? "option " : "", flag);
+                o += (size_t)snprintf(out + o, sizeof out - o, "%s%s", is_opt ? "option " : "",
+                                      flag);
                 p = q + l + 1;
                 continue;
             }
@@ -976,7 +1001,8 @@ int reg_outputs(const char *cmd, const reg_args *a, reg_state *s)
         double n = 1;
         for (int k = 0; k < s->out[o].ndim; k++) n *= (double)s->out[o].shape[k];
         if (n * 4 > 1e12)
-            return cli_error(cmd, first_file(s), "output '%s' would take %.3g GB", s->out[o].name, n * 4e-9);
+            return cli_error(cmd, first_file(s), "output '%s' would take %.3g GB", s->out[o].name,
+                             n * 4e-9);
         if (!(s->outbuf[o] = malloc((size_t)(n ? n : 1) * sizeof(float))))
             return cli_error(cmd, first_file(s), "out of memory for the outputs");
         s->out[o].data = s->outbuf[o];

@@ -8,8 +8,8 @@
 
 /* Kinds whose command-line runs go through the registry. */
 static const char *const REGISTRY_KINDS[] = {
-    "conv2d-cross", "mutual",    "mha",         "attention",    "joint",
-    "interlaced",   "multiview", "hallo-audio", "bert-decoder", "bidir",
+    "conv2d-cross",      "mutual",    "mha",         "attention",    "joint",
+    "interlaced",        "multiview", "hallo-audio", "bert-decoder", "bidir",
     "bidir-transformer", NULL};
 
 int reg_cli_handles(const char *kind)
@@ -85,10 +85,11 @@ void reg_help_kind(const char *kind)
         const size_t l = strlen(d.name);
         if (l < 3 || strcmp(d.name + l - 2, ".*")) continue;
         flag_of(d.alias, flag, sizeof flag);
-        snprintf(use, sizeof use, "%s %cK.npy", flag, d.alias[0] >= 'a' && d.alias[0] <= 'z'
-                                                         ? d.alias[0] - 'a' + 'A' : d.alias[0]);
+        snprintf(use, sizeof use, "%s %cK.npy", flag,
+                 d.alias[0] >= 'a' && d.alias[0] <= 'z' ? d.alias[0] - 'a' + 'A' : d.alias[0]);
         printf("  %-22s repeated: the inputs %.*s0, %.*s1, ... in order, after those given by "
-               "name (or --x / --context)\n", use, (int)(l - 1), d.name, (int)(l - 1), d.name);
+               "name (or --x / --context)\n",
+               use, (int)(l - 1), d.name, (int)(l - 1), d.name);
     }
     const char *one_of = xattn_kind_one_of(kind); /* "a|b,c" -> "--a | --b, --c" */
     if (one_of[0]) {
@@ -101,16 +102,18 @@ void reg_help_kind(const char *kind)
         }
         printf("\n");
     }
-    printf("%s options (the reference constructor's arguments; default in brackets, - = from the file):\n", kind);
+    printf("%s options (the reference constructor's arguments; default in brackets, - = from the "
+           "file):\n",
+           kind);
     for (size_t j = 0;; j++) {
         xattn_arg_desc a;
         if (xattn_kind_arg(kind, j, &a)) break;
         if (a.derived) continue;
         flag_of(a.name, flag, sizeof flag);
         also(kind, a.name, -1, al, sizeof al);
-        printf("  %-22s %-6s [%s] %s%s%s%s%s\n", flag, a.type, a.from_shapes ? "-" : a.default_value,
-               a.doc, a.choices[0] ? ": " : "", a.choices, !strcmp(a.type, "bool") && !a.from_shapes ?
-               " (the flag alone: True)" : "", al);
+        printf("  %-22s %-6s [%s] %s%s%s%s%s\n", flag, a.type,
+               a.from_shapes ? "-" : a.default_value, a.doc, a.choices[0] ? ": " : "", a.choices,
+               !strcmp(a.type, "bool") && !a.from_shapes ? " (the flag alone: True)" : "", al);
     }
     printf("%s outputs (DIR/NAME.npy):\n", kind);
     for (size_t i = 0;; i++) {
@@ -130,7 +133,8 @@ void reg_help_kind(const char *kind)
         }
         char own[160] = ""; /* asked by its own bare flag too, or there with its inputs */
         flag_of(d.name, flag, sizeof flag);
-        if (d.when_bound) snprintf(own, sizeof own, " (present when its inputs are given)");
+        if (d.when_bound)
+            snprintf(own, sizeof own, " (present when its inputs are given)");
         else if (d.optional)
             snprintf(own, sizeof own, " with %s%s", variant ? "" : "--return-attn or ", flag);
         reg_file_name(d.name, file, sizeof file);
@@ -210,12 +214,14 @@ int reg_cmd_run(const char *cmd, int argc, char **argv)
     int help, rc;
     if ((rc = reg_parse(cmd, argc, argv, &a, &help))) return rc;
     if (help) {
-        printf("usage: xattn run MODEL.safetensors [--module KIND] [--prefix P] --INPUT FILE.npy ...\n"
-               "                 [--OPTION VALUE ...] [--return-attn] [--out-dir DIR] [--threads N]\n"
-               "                 [--allow-nonfinite]\n\n");
+        printf(
+            "usage: xattn run MODEL.safetensors [--module KIND] [--prefix P] --INPUT FILE.npy ...\n"
+            "                 [--OPTION VALUE ...] [--return-attn] [--out-dir DIR] [--threads N]\n"
+            "                 [--allow-nonfinite]\n\n");
         char kb[64] = "";
         const char *kind = kind_of(&a, kb, sizeof kb);
-        if (kind) reg_help_kind(kind);
+        if (kind)
+            reg_help_kind(kind);
         else
             help_run();
         return CLI_EXIT_OK;
@@ -253,8 +259,9 @@ static void report(const reg_args *a, const reg_state *s, const double *ts, long
     size_t off = 0;
     sizes[0] = '\0';
     for (int i = 0; i < s->n_sym && off < sizeof sizes; i++)
-        off += (size_t)snprintf(sizes + off, sizeof sizes - off, a->json ? "%s\"%s\": %lld" : "%s%s=%lld",
-                                a->json ? ", " : (i ? " " : ""), s->sym[i], (long long)s->sym_val[i]);
+        off += (size_t)snprintf(
+            sizes + off, sizeof sizes - off, a->json ? "%s\"%s\": %lld" : "%s%s=%lld",
+            a->json ? ", " : (i ? " " : ""), s->sym[i], (long long)s->sym_val[i]);
     if (a->json)
         printf("{\"module\": \"%s\", \"kind\": \"%s\"%s, \"seconds\": %.6g, \"min_seconds\": %.6g, "
                "\"reps\": %lld, \"threads\": %d, \"isa\": \"%s\", \"peak_rss_mb\": %.1f, "
@@ -288,8 +295,10 @@ int reg_cmd_bench(const char *cmd, int argc, char **argv)
             "also writes the outputs of the last run.\n\n");
         char kb[64] = "";
         const char *kind = kind_of(&a, kb, sizeof kb);
-        if (kind) reg_help_kind(kind);
-        else reg_help_kinds();
+        if (kind)
+            reg_help_kind(kind);
+        else
+            reg_help_kinds();
         return CLI_EXIT_OK;
     }
     if (!a.model && !a.kind) return cli_usage(cmd, "missing MODEL.safetensors");
