@@ -263,11 +263,50 @@ typedef struct xattn_sdpa_params {
     xattn_fill fill;
     float *lse;   /* optional (B, H, I) contiguous: log-sum-exp of the (masked) logits    */
     float *probs; /* optional (B, H, I, J) contiguous: the softmax probabilities          */
+    /* causal keeps key j for query i when j <= i + causal_offset (0: upper-left aligned; on a
+     * shard whose queries start at global position q0 and keys at k0: q0 - k0) */
+    int64_t causal_offset;
 } xattn_sdpa_params;
 
 /* Zeroes p (no mask, no bias, default scale, -inf fill). */
 XATTN_API void xattn_sdpa_init(xattn_sdpa_params *p);
 XATTN_API xattn_status xattn_sdpa(const xattn_sdpa_params *p);
+
+/*
+ * Backward of xattn_sdpa (FlashAttention-2's algorithm): from the forward's parameters p, with
+ * p->out holding the forward's output and p->lse its log-sum-exp (or NULL: recomputed, one more
+ * pass over the keys), and the gradient of out, computes the gradients of q, k, v and of the
+ * additive bias. Probabilities are recomputed tile by tile from the log-sum-exp: nothing of size
+ * I x J is allocated. p->probs is ignored. Masked logits carry no gradient; a fully masked row
+ * gives zero gradients under XATTN_FILL_NEG_INF and, under XATTN_FILL_MIN_FLOAT (the uniform
+ * average), gradients to v only. Results are the same for every thread count (no task adds to
+ * what another task writes).
+ *
+ * Each gradient is given by base pointer and strides (elements) over (b, h, row), last axis
+ * contiguous, like the forward's tensors (heads written in place into (B, N, H*dh) buffers);
+ * NULL = not wanted. They are overwritten, or added to when accumulate != 0. dbias has the
+ * layout of a bias (B|1, H|1, I|1, J) with row stride dbias_si: a 0 stride sums the gradient
+ * over that axis (a (B, J) key bias: dbias_sb = J, dbias_sh = dbias_si = 0), so it can be asked
+ * for with or without p->bias.
+ */
+typedef struct xattn_sdpa_grads {
+    const float *dout;
+    int64_t do_sb, do_sh, do_si; /* (B, H, I, dv) gradient of out (required) */
+    float *dq;
+    int64_t dq_sb, dq_sh, dq_si; /* (B, H, I, dh)                            */
+    float *dk;
+    int64_t dk_sb, dk_sh, dk_sj; /* (B, H, J, dh)                            */
+    float *dv;
+    int64_t dv_sb, dv_sh, dv_sj; /* (B, H, J, dv)                            */
+    float *dbias;
+    int64_t dbias_sb, dbias_sh, dbias_si; /* (B|1, H|1, I|1, J)              */
+    int accumulate;                       /* 1: add to the gradients          */
+    uint64_t reserved_[4];                /* zero                             */
+} xattn_sdpa_grads;
+
+/* Zeroes g. */
+XATTN_API void xattn_sdpa_grads_init(xattn_sdpa_grads *g);
+XATTN_API xattn_status xattn_sdpa_backward(const xattn_sdpa_params *p, const xattn_sdpa_grads *g);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Dense math used by the modules, exposed for users building their own compositions            */

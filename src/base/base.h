@@ -19,6 +19,9 @@
 /* The number of elements of an array (not a pointer). */
 #define XA_N(a) (sizeof(a) / sizeof((a)[0]))
 
+/* Whether the reserved_[4] tail of a public struct is all zero (as it must be). */
+static inline int xa_reserved_zero(const uint64_t *r) { return !(r[0] | r[1] | r[2] | r[3]); }
+
 /* Records a one-line message for xattn_last_error() and returns `s`. */
 xattn_status xa_error(xattn_status s, const char *fmt, ...) XA_PRINTF(2, 3);
 /* Clears the message (on success paths of public entry points). */

@@ -119,8 +119,6 @@ xattn_status xa_mod_open(const xa_kind *k, const xattn_safetensors *st, const ch
     return XATTN_OK;
 }
 
-int xa_reserved_zero(const uint64_t *r) { return !(r[0] | r[1] | r[2] | r[3]); }
-
 void xa_copy_config(const void *src, void *dst, size_t size)
 {
     if (!dst) return;

@@ -167,8 +167,6 @@ void xa_copy_config(const void *src, void *dst, size_t size);
         *(out) = NULL;                                                                             \
         if (!(st)) return xa_error(XATTN_ERR_ARG, "%s: safetensors handle is NULL", fn);           \
     } while (0)
-/* Whether the reserved_[4] tail of a public struct is all zero (as it must be). */
-int xa_reserved_zero(const uint64_t *r);
 
 /* Typed options of the public API become string options: helpers for the kinds. */
 typedef struct xa_kvbuf {

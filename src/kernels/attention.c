@@ -664,17 +664,18 @@ void xattn_sdpa_init(xattn_sdpa_params *p)
     if (p) memset(p, 0, sizeof *p);
 }
 
-xattn_status xattn_sdpa(const xattn_sdpa_params *p)
+/* The internal problem of public parameters (fn names the caller in errors). */
+static xattn_status sdpa_problem(const xattn_sdpa_params *p, const char *fn, xa_attn *out)
 {
-    if (!p) return xa_error(XATTN_ERR_ARG, "xattn_sdpa: params is NULL");
+    if (!p) return xa_error(XATTN_ERR_ARG, "%s: params is NULL", fn);
     if (p->has_scale && !isfinite(p->scale))
-        return xa_error(XATTN_ERR_ARG, "xattn_sdpa: scale is not finite");
+        return xa_error(XATTN_ERR_ARG, "%s: scale is not finite", fn);
     if (p->dh < 1)
-        return xa_error(XATTN_ERR_ARG, "xattn_sdpa: head sizes must be >= 1 (dh=%lld dv=%lld)",
+        return xa_error(XATTN_ERR_ARG, "%s: head sizes must be >= 1 (dh=%lld dv=%lld)", fn,
                         (long long)p->dh, (long long)p->dv);
     xa_attn a;
     memset(&a, 0, sizeof a);
-    a.fn = "xattn_sdpa";
+    a.fn = fn;
     a.B = p->B;
     a.H = p->H;
     a.I = p->I;
@@ -700,6 +701,7 @@ xattn_status xattn_sdpa(const xattn_sdpa_params *p)
     a.scale = p->has_scale ? p->scale : (float)(1.0 / sqrt((double)p->dh));
     a.fill = p->fill;
     a.causal = p->causal;
+    a.causal_offset = p->causal_offset;
     a.mask = p->mask;
     a.mask_sb = p->mask_sb;
     a.mask_sh = p->mask_sh;
@@ -715,5 +717,504 @@ xattn_status xattn_sdpa(const xattn_sdpa_params *p)
     a.p_si = p->J;
     a.p_sh = p->I * p->J;
     a.p_sb = p->H * p->I * p->J;
-    return xa_attention(&a);
+    *out = a;
+    return XATTN_OK;
+}
+
+xattn_status xattn_sdpa(const xattn_sdpa_params *p)
+{
+    xa_attn a;
+    xattn_status s = sdpa_problem(p, "xattn_sdpa", &a);
+    return s ? s : xa_attention(&a);
+}
+
+void xattn_sdpa_grads_init(xattn_sdpa_grads *g)
+{
+    if (g) memset(g, 0, sizeof *g);
+}
+
+xattn_status xattn_sdpa_backward(const xattn_sdpa_params *p, const xattn_sdpa_grads *g)
+{
+    static const char fn[] = "xattn_sdpa_backward";
+    xa_attn a;
+    xattn_status s = sdpa_problem(p, fn, &a);
+    if (s) return s;
+    if (!g) return xa_error(XATTN_ERR_ARG, "%s: grads is NULL", fn);
+    if (!xa_reserved_zero(g->reserved_))
+        return xa_error(XATTN_ERR_ARG, "%s: grads->reserved_ must be zero", fn);
+    if (!p->out)
+        return xa_error(XATTN_ERR_ARG, "%s: out (the forward's output) is NULL", fn);
+    a.probs = NULL;
+    a.lse = NULL;
+    xa_attn_grad d;
+    memset(&d, 0, sizeof d);
+    d.dout = g->dout;
+    d.do_sb = g->do_sb;
+    d.do_sh = g->do_sh;
+    d.do_si = g->do_si;
+    d.lse = p->lse;
+    d.dq = g->dq;
+    d.dq_sb = g->dq_sb;
+    d.dq_sh = g->dq_sh;
+    d.dq_si = g->dq_si;
+    d.dk = g->dk;
+    d.dk_sb = g->dk_sb;
+    d.dk_sh = g->dk_sh;
+    d.dk_sj = g->dk_sj;
+    d.dv = g->dv;
+    d.dv_sb = g->dv_sb;
+    d.dv_sh = g->dv_sh;
+    d.dv_sj = g->dv_sj;
+    d.dbias = g->dbias;
+    d.dbias_sb = g->dbias_sb;
+    d.dbias_sh = g->dbias_sh;
+    d.dbias_si = g->dbias_si;
+    d.accumulate = g->accumulate != 0;
+    if ((s = xa_attention_backward(&a, &d))) return s;
+    xa_clear_error();
+    return XATTN_OK;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Backward (FlashAttention-2's algorithm, deterministic)                                   */
+/*
+ * From the forward's output O and per-row log-sum-exp L:
+ *   D[i] = sum_d dO[i,d] O[i,d]
+ *   per tile, recomputed: S = scale q k^T + bias (masked), P = exp(S - L)
+ *   dV += P^T dO,  dP = dO V^T,  dS = P o (dP - D),  dQ += scale dS K,  dK += scale dS^T Q,
+ *   dbias += dS (summed over the axes the bias broadcasts over).
+ * Nothing of size I x J is kept. Two passes, each writing only what its task owns, so no
+ * floats are accumulated by several threads and the results do not depend on the thread count:
+ *   pass A: one task per (b, h, key tile) -> dK, dV (and dbias summed over queries);
+ *           S, P and dP laid out query-major (rows = queries), so dV and dK are plain
+ *           micro-kernel products over the queries;
+ *   pass B: one task per (b, h, query tile) -> dQ (and dbias rows); S^T, P^T, dP^T laid out
+ *           key-major, so dQ^T = K^T dS^T is a micro-kernel product over the keys.
+ * The b and h axes a requested dbias broadcasts over are looped inside a task (in order).
+ * Masked logits carry no gradient. A fully masked row: under -inf fill P = 0 (no gradient
+ * at all); under -FLT_MAX fill (lse = -FLT_MAX) P = 1/J on every key, which reaches V only.
+ */
+
+typedef struct bwd_ctx {
+    att_ctx a;           /* tiles, fill, packed keys Kt (dh, JP) of every head */
+    const xa_attn_grad *g;
+    int64_t T;           /* tile side (queries and keys), a multiple of mr and nr */
+    int64_t DHn, DVn;    /* dh, dv rounded up to nr */
+    int64_t DHm;         /* dh rounded up to mr */
+    float *Vt;           /* (B, H, dv, JP) every head's values, transposed */
+    float *Dr;           /* (B, H, I): rowsum(dO o O) */
+    int loop_b, loop_h;  /* dbias broadcasts over b / h: looped inside a task */
+    int db_rows;         /* dbias has a query axis (reduced in pass B, else in pass A) */
+} bwd_ctx;
+
+typedef struct bwd_scratch {
+    float *S, *dP;       /* (T, T) */
+    float *Qt;           /* (dh, T) scale * q^T */
+    float *Qs;           /* (T, DHn) scale * q rows */
+    float *dOt;          /* (dv, T) */
+    float *dOr;          /* (T, DVn) */
+    float *Kr;           /* (T, DHm) key rows */
+    float *acc1, *acc2;  /* (T, DHn), (T, DVn) pass A; (DHm, T) pass B */
+    float *Ls, *Ps, *Dt; /* (T) per query: lse (safe), probability scale, D */
+    float *dummy;        /* (T) */
+} bwd_scratch;
+
+static size_t bwd_scratch_floats(const bwd_ctx *c)
+{
+    const xa_attn *p = c->a.p;
+    const int64_t T = c->T;
+    return (size_t)(2 * T * T + p->dh * T + T * c->DHn + p->dv * T + T * c->DVn + T * c->DHm +
+                    T * c->DHn + T * c->DVn + XA_MAX(c->DHm, 1) * T + 4 * T) +
+           16 * 16;
+}
+
+static void bwd_scratch_bind(const bwd_ctx *c, float *base, bwd_scratch *s)
+{
+    const xa_attn *p = c->a.p;
+    const int64_t T = c->T;
+    s->S = take(&base, T * T);
+    s->dP = take(&base, T * T);
+    s->Qt = take(&base, p->dh * T);
+    s->Qs = take(&base, T * c->DHn);
+    s->dOt = take(&base, p->dv * T);
+    s->dOr = take(&base, T * c->DVn);
+    s->Kr = take(&base, T * c->DHm);
+    s->acc1 = take(&base, XA_MAX(T * c->DHn, c->DHm * T));
+    s->acc2 = take(&base, T * c->DVn);
+    s->Ls = take(&base, T);
+    s->Ps = take(&base, T);
+    s->Dt = take(&base, T);
+    s->dummy = take(&base, T);
+}
+
+/* The query tile's operands: Qt (dh, T), Qs (T, DHn) (pass A), dOt (dv, T), dOr (T, DVn)
+ * (pass A), and per query the safe lse, the probability scale and D; returns whether a row of
+ * the tile is fully masked under -FLT_MAX fill (its probabilities are 1/J on every key). */
+static int bwd_query_tile(const bwd_ctx *c, bwd_scratch *s, int64_t b, int64_t h, int64_t i0,
+                          int64_t it, int pass_a)
+{
+    const xa_attn *p = c->a.p;
+    const xa_attn_grad *g = c->g;
+    const int64_t T = c->T;
+    const float *q = p->q + b * p->q_sb + h * p->q_sh + i0 * p->q_si;
+    const float *dO = g->dout + b * g->do_sb + h * g->do_sh + i0 * g->do_si;
+    memset(s->Qt, 0, sizeof(float) * (size_t)(p->dh * T));
+    memset(s->dOt, 0, sizeof(float) * (size_t)(p->dv * T));
+    if (pass_a) {
+        memset(s->Qs, 0, sizeof(float) * (size_t)(T * c->DHn));
+        memset(s->dOr, 0, sizeof(float) * (size_t)(T * c->DVn));
+    }
+    for (int64_t col = 0; col < it; col++) {
+        const float *qr = q + col * p->q_si, *dr = dO + col * g->do_si;
+        for (int64_t d = 0; d < p->dh; d++) s->Qt[d * T + col] = p->scale * qr[d];
+        for (int64_t d = 0; d < p->dv; d++) s->dOt[d * T + col] = dr[d];
+        if (pass_a) {
+            for (int64_t d = 0; d < p->dh; d++) s->Qs[col * c->DHn + d] = p->scale * qr[d];
+            memcpy(s->dOr + col * c->DVn, dr, sizeof(float) * (size_t)p->dv);
+        }
+    }
+    const float *L = g->lse + (b * p->H + h) * p->I + i0;
+    const float *D = c->Dr + (b * p->H + h) * p->I + i0;
+    int full = 0;
+    for (int64_t col = 0; col < T; col++) {
+        s->Ps[col] = 1.0f;
+        s->Dt[col] = col < it ? D[col] : 0.0f;
+        if (col >= it || (p->fill == XATTN_FILL_NEG_INF && L[col] == -INFINITY)) {
+            s->Ls[col] = INFINITY; /* no probability mass (padding, or a fully masked row) */
+        } else if (p->fill == XATTN_FILL_MIN_FLOAT && L[col] <= -FLT_MAX) {
+            s->Ls[col] = -FLT_MAX; /* every logit is -FLT_MAX: exp(S - L) = 1, times 1/J */
+            s->Ps[col] = 1.0f / (float)p->J;
+            full = 1;
+        } else {
+            s->Ls[col] = L[col];
+        }
+    }
+    return full;
+}
+
+/* Whether key tile [j0, j0 + jt) is causally masked for every query of [i0, i0 + it). */
+static int bwd_causal_skip(const xa_attn *p, int64_t i0, int64_t it, int64_t j0)
+{
+    return p->causal && j0 > i0 + it - 1 + p->causal_offset;
+}
+
+/* dS = P o (dP - D) in place of P (in S), in either layout: element (query col, key r) at
+ * S[r * rs + col * cs]; rows of fully masked queries (scale != 1) get 0. */
+static void bwd_ds(const bwd_ctx *c, bwd_scratch *s, int64_t it, int64_t jt, int64_t rs,
+                   int64_t cs)
+{
+    for (int64_t col = 0; col < it; col++) {
+        const float Dc = s->Dt[col];
+        float *S = s->S + col * cs;
+        const float *dP = s->dP + col * cs;
+        if (s->Ps[col] != 1.0f) {
+            for (int64_t r = 0; r < jt; r++) S[r * rs] = 0.0f;
+            continue;
+        }
+        if (rs == 1)
+            for (int64_t r = 0; r < jt; r++) S[r] = S[r] * (dP[r] - Dc);
+        else
+            for (int64_t r = 0; r < jt; r++) S[r * rs] = S[r * rs] * (dP[r * rs] - Dc);
+    }
+    (void)c;
+}
+
+/* Adds dS (element (col, r) at S[r * rs + col * cs]) to dbias at (b, h, i0.., j0..). */
+static void bwd_dbias(const bwd_ctx *c, const float *S, int64_t b, int64_t h, int64_t i0,
+                      int64_t it, int64_t j0, int64_t jt, int64_t rs, int64_t cs)
+{
+    const xa_attn_grad *g = c->g;
+    float *db = g->dbias + b * g->dbias_sb + h * g->dbias_sh + j0;
+    for (int64_t col = 0; col < it; col++) {
+        float *row = db + (i0 + col) * g->dbias_si;
+        const float *sc = S + col * cs;
+        for (int64_t r = 0; r < jt; r++) row[r] += sc[r * rs];
+    }
+}
+
+/* Pass A, one (b, h) of a task: key tile j0 against every query tile; dK, dV written. */
+static void bwd_keys(const bwd_ctx *c, bwd_scratch *s, int64_t b, int64_t h, int64_t j0)
+{
+    const xa_attn *p = c->a.p;
+    const xa_attn_grad *g = c->g;
+    const xa_kernels *kt = c->a.kt;
+    const int64_t mr = kt->mr, nr = kt->nr, T = c->T, jt = XA_MIN(T, p->J - j0);
+    const float *Kt = c->a.Kt + (b * p->H + h) * p->dh * c->a.JP + j0;
+    const float *Vt = c->Vt + (b * p->H + h) * p->dv * c->a.JP + j0;
+    memset(s->acc1, 0, sizeof(float) * (size_t)(T * c->DHn));
+    memset(s->acc2, 0, sizeof(float) * (size_t)(T * c->DVn));
+    for (int64_t i0 = 0; i0 < p->I; i0 += T) {
+        const int64_t it = XA_MIN(T, p->I - i0);
+        const int64_t itm = (it + mr - 1) / mr * mr;
+        if (bwd_causal_skip(p, i0, it, j0) && p->fill == XATTN_FILL_NEG_INF) break;
+        const int full = bwd_query_tile(c, s, b, h, i0, it, 1);
+        if (bwd_causal_skip(p, i0, it, j0) && !full) continue;
+        /* S (queries x keys) = (scale q) k^T, masked; P = exp(S - L) * scale */
+        for (int64_t c0 = 0; c0 < itm; c0 += mr)
+            for (int64_t r0 = 0; r0 < T; r0 += nr)
+                kt->ukr(p->dh, s->Qt + c0, T, Kt + r0, c->a.JP, s->S + c0 * T + r0, T, 0);
+        bias_and_masks(&c->a, b, h, i0, it, j0, jt, s->S, 1, T);
+        for (int64_t col = 0; col < itm; col++) {
+            float *row = s->S + col * T;
+            const float Lc = s->Ls[col];
+            for (int64_t r = 0; r < jt; r++) row[r] -= Lc;
+            kt->vexp(row, jt);
+            if (s->Ps[col] != 1.0f)
+                for (int64_t r = 0; r < jt; r++) row[r] *= s->Ps[col];
+            for (int64_t r = jt; r < T; r++) row[r] = 0.0f;
+        }
+        /* dV (keys x dv) += P^T dO */
+        for (int64_t r0 = 0; r0 < T; r0 += mr)
+            for (int64_t d0 = 0; d0 < c->DVn; d0 += nr)
+                kt->ukr(it, s->S + r0, T, s->dOr + d0, c->DVn, s->acc2 + r0 * c->DVn + d0,
+                        c->DVn, 1);
+        /* dP (queries x keys) = dO V^T */
+        for (int64_t c0 = 0; c0 < itm; c0 += mr)
+            for (int64_t r0 = 0; r0 < T; r0 += nr)
+                kt->ukr(p->dv, s->dOt + c0, T, Vt + r0, c->a.JP, s->dP + c0 * T + r0, T, 0);
+        bwd_ds(c, s, it, jt, 1, T);
+        if (g->dbias && !c->db_rows) bwd_dbias(c, s->S, b, h, 0, it, j0, jt, 1, T);
+        /* dK (keys x dh) += dS^T (scale q) */
+        for (int64_t r0 = 0; r0 < T; r0 += mr)
+            for (int64_t d0 = 0; d0 < c->DHn; d0 += nr)
+                kt->ukr(it, s->S + r0, T, s->Qs + d0, c->DHn, s->acc1 + r0 * c->DHn + d0,
+                        c->DHn, 1);
+    }
+    for (int64_t r = 0; r < jt; r++) {
+        if (g->dk) {
+            float *o = g->dk + b * g->dk_sb + h * g->dk_sh + (j0 + r) * g->dk_sj;
+            const float *a = s->acc1 + r * c->DHn;
+            for (int64_t d = 0; d < p->dh; d++) o[d] = g->accumulate ? o[d] + a[d] : a[d];
+        }
+        if (g->dv) {
+            float *o = g->dv + b * g->dv_sb + h * g->dv_sh + (j0 + r) * g->dv_sj;
+            const float *a = s->acc2 + r * c->DVn;
+            for (int64_t d = 0; d < p->dv; d++) o[d] = g->accumulate ? o[d] + a[d] : a[d];
+        }
+    }
+}
+
+/* Pass B, one (b, h) of a task: query tile i0 against every key tile; dQ written. */
+static void bwd_queries(const bwd_ctx *c, bwd_scratch *s, int64_t b, int64_t h, int64_t i0)
+{
+    const xa_attn *p = c->a.p;
+    const xa_attn_grad *g = c->g;
+    const xa_kernels *kt = c->a.kt;
+    const int64_t mr = kt->mr, nr = kt->nr, T = c->T, it = XA_MIN(T, p->I - i0);
+    const int64_t itn = (it + nr - 1) / nr * nr;
+    const float *Kb = p->k + b * p->k_sb + h * p->k_sh;
+    const float *Ktb = c->a.Kt + (b * p->H + h) * p->dh * c->a.JP;
+    const float *Vtb = c->Vt + (b * p->H + h) * p->dv * c->a.JP;
+    const int full = bwd_query_tile(c, s, b, h, i0, it, 0);
+    float *dQt = s->acc1; /* (DHm, T) */
+    memset(dQt, 0, sizeof(float) * (size_t)(c->DHm * T));
+    for (int64_t j0 = 0; j0 < p->J; j0 += T) {
+        const int64_t jt = XA_MIN(T, p->J - j0), jtm = (jt + mr - 1) / mr * mr;
+        if (bwd_causal_skip(p, i0, it, j0) && !full) break;
+        /* S^T (keys x queries), P^T = exp(S^T - L) * scale column by column */
+        for (int64_t r0 = 0; r0 < jtm; r0 += mr)
+            for (int64_t c0 = 0; c0 < itn; c0 += nr)
+                kt->ukr(p->dh, Ktb + j0 + r0, c->a.JP, s->Qt + c0, T, s->S + r0 * T + c0, T, 0);
+        bias_and_masks(&c->a, b, h, i0, it, j0, jt, s->S, T, 1);
+        kt->expsub(s->S, jt, itn, T, s->Ls, s->dummy);
+        if (full)
+            for (int64_t r = 0; r < jt; r++)
+                for (int64_t col = 0; col < it; col++) s->S[r * T + col] *= s->Ps[col];
+        /* dP^T (keys x queries) = V dO^T */
+        for (int64_t r0 = 0; r0 < jtm; r0 += mr)
+            for (int64_t c0 = 0; c0 < itn; c0 += nr)
+                kt->ukr(p->dv, Vtb + j0 + r0, c->a.JP, s->dOt + c0, T, s->dP + r0 * T + c0, T, 0);
+        bwd_ds(c, s, it, jt, T, 1);
+        if (g->dbias && c->db_rows) bwd_dbias(c, s->S, b, h, i0, it, j0, jt, T, 1);
+        /* dQ^T (dh x queries) += K^T dS^T: key rows copied into a panel padded to mr */
+        for (int64_t r = 0; r < jt; r++) {
+            memcpy(s->Kr + r * c->DHm, Kb + (j0 + r) * p->k_sj, sizeof(float) * (size_t)p->dh);
+            for (int64_t d = p->dh; d < c->DHm; d++) s->Kr[r * c->DHm + d] = 0.0f;
+        }
+        for (int64_t d0 = 0; d0 < c->DHm; d0 += mr)
+            for (int64_t c0 = 0; c0 < itn; c0 += nr)
+                kt->ukr(jt, s->Kr + d0, c->DHm, s->S + c0, T, dQt + d0 * T + c0, T, 1);
+    }
+    if (!g->dq) return;
+    float *o = g->dq + b * g->dq_sb + h * g->dq_sh + i0 * g->dq_si;
+    for (int64_t col = 0; col < it; col++) {
+        float *row = o + col * g->dq_si;
+        for (int64_t d = 0; d < p->dh; d++) {
+            const float v = p->scale * dQt[d * T + col];
+            row[d] = g->accumulate ? row[d] + v : v;
+        }
+    }
+}
+
+/* Zeroes (unless accumulating) the part of dbias a task owns: rows [i0, i0 + it) (pass B) or
+ * columns [j0, j0 + jt) of the query-broadcast row (pass A), for every (b, h) it loops. */
+static void bwd_dbias_clear(const bwd_ctx *c, int64_t b0, int64_t h0, int64_t i0, int64_t it,
+                            int64_t j0, int64_t jt)
+{
+    const xa_attn_grad *g = c->g;
+    if (!g->dbias || g->accumulate) return;
+    float *db = g->dbias + b0 * g->dbias_sb + h0 * g->dbias_sh + j0;
+    for (int64_t col = 0; col < it; col++)
+        memset(db + (i0 + col) * g->dbias_si, 0, sizeof(float) * (size_t)jt);
+}
+
+/* One task of pass A (keys) or B (queries): w indexes (b, h, tile) over the axes not looped. */
+static void bwd_task(const bwd_ctx *c, bwd_scratch *s, int pass_a, int64_t w, int64_t ntile)
+{
+    const xa_attn *p = c->a.p;
+    const int64_t nh = c->loop_h ? 1 : p->H;
+    const int64_t t0 = (w % ntile) * c->T, bh = w / ntile;
+    const int64_t bb = c->loop_b ? 0 : bh / nh, hh = c->loop_h ? 0 : bh % nh;
+    const int64_t be = c->loop_b ? p->B : bb + 1, he = c->loop_h ? p->H : hh + 1;
+    const int owns_dbias = pass_a ? !c->db_rows : c->db_rows;
+    if (owns_dbias) {
+        if (pass_a) bwd_dbias_clear(c, bb, hh, 0, 1, t0, XA_MIN(c->T, p->J - t0));
+        else bwd_dbias_clear(c, bb, hh, t0, XA_MIN(c->T, p->I - t0), 0, p->J);
+    }
+    for (int64_t b = bb; b < be; b++)
+        for (int64_t h = hh; h < he; h++) {
+            if (pass_a) bwd_keys(c, s, b, h, t0);
+            else bwd_queries(c, s, b, h, t0);
+        }
+}
+
+/* Vt (dv, JP) of head (b, h): values transposed, zero past J. */
+static void bwd_pack_v(const bwd_ctx *c, int64_t b, int64_t h)
+{
+    const xa_attn *p = c->a.p;
+    const float *v = p->v + b * p->v_sb + h * p->v_sh;
+    float *Vt = c->Vt + (b * p->H + h) * p->dv * c->a.JP;
+    for (int64_t j0 = 0; j0 < p->J; j0 += 16) {
+        const int64_t n = XA_MIN(16, p->J - j0);
+        for (int64_t d = 0; d < p->dv; d++)
+            for (int64_t r = 0; r < n; r++) Vt[d * c->a.JP + j0 + r] = v[(j0 + r) * p->v_sj + d];
+    }
+    for (int64_t d = 0; d < p->dv; d++)
+        for (int64_t r = p->J; r < c->a.JP; r++) Vt[d * c->a.JP + r] = 0.0f;
+}
+
+/* D[b, h, i] = sum_d dO o O, over fixed row blocks. */
+static void bwd_rowdot(const bwd_ctx *c, int64_t bh)
+{
+    const xa_attn *p = c->a.p;
+    const xa_attn_grad *g = c->g;
+    const int64_t b = bh / p->H, h = bh % p->H;
+    const float *o = p->out + b * p->o_sb + h * p->o_sh;
+    const float *d = g->dout + b * g->do_sb + h * g->do_sh;
+    for (int64_t i = 0; i < p->I; i++) {
+        double acc = 0.0;
+        for (int64_t x = 0; x < p->dv; x++) acc += (double)o[i * p->o_si + x] * d[i * g->do_si + x];
+        c->Dr[bh * p->I + i] = (float)acc;
+    }
+}
+
+static xattn_status check_grad(const xa_attn *p, const xa_attn_grad *g)
+{
+    const char *fn = p->fn ? p->fn : "attention backward";
+    if (p->mix || p->stats_only || p->qkeep || p->kkeep)
+        return xa_error(XATTN_ERR_ARG, "%s: head mixing, stats-only and keep vectors have no "
+                        "backward here", fn);
+    if (!g->dout) return xa_error(XATTN_ERR_ARG, "%s: dout (the output's gradient) is NULL", fn);
+    const int64_t st[] = {g->do_sb, g->do_sh, g->do_si, g->dq_sb, g->dq_sh, g->dq_si,
+                          g->dk_sb, g->dk_sh, g->dk_sj, g->dv_sb, g->dv_sh, g->dv_sj,
+                          g->dbias_sb, g->dbias_sh, g->dbias_si};
+    for (size_t i = 0; i < XA_N(st); i++)
+        if (st[i] < 0) return xa_error(XATTN_ERR_ARG, "%s: negative stride", fn);
+    return XATTN_OK;
+}
+
+xattn_status xa_attention_backward(const xa_attn *p, const xa_attn_grad *g0)
+{
+    xattn_status st = check_attn(p);
+    if (!st) st = check_grad(p, g0);
+    if (st) return st;
+    if (p->B == 0 || p->H == 0) return XATTN_OK;
+    xa_attn_grad g = *g0;
+    bwd_ctx c;
+    memset(&c, 0, sizeof c);
+    att_setup(&c.a, p);
+    c.g = &g;
+    const xa_kernels *kt = c.a.kt;
+    const int64_t mr = kt->mr, nr = kt->nr;
+    int64_t l = mr;
+    while (l % nr) l += mr; /* lcm(mr, nr) */
+    c.T = (64 + l - 1) / l * l;
+    c.DHn = (p->dh + nr - 1) / nr * nr;
+    c.DVn = (p->dv + nr - 1) / nr * nr;
+    c.DHm = (p->dh + mr - 1) / mr * mr;
+    c.a.JP = XA_MAX((p->J + c.T - 1) / c.T * c.T, c.T);
+    c.a.direct = 0;
+    c.loop_b = g.dbias && g.dbias_sb == 0 && p->B > 1;
+    c.loop_h = g.dbias && g.dbias_sh == 0 && p->H > 1;
+    c.db_rows = g.dbias && g.dbias_si != 0;
+    const int64_t BH = p->B * p->H, HL = BH * p->dh * c.a.JP, VL = BH * p->dv * c.a.JP;
+    int64_t chk;
+    if (xa_mul_ok(BH, (p->dh + p->dv) * c.a.JP + p->I * 2, &chk))
+        return xa_error(XATTN_ERR_NOMEM, "%s: sizes overflow", p->fn ? p->fn : "attention");
+    xa_ws *sh = xa_ws_get(sizeof(float) * (size_t)(HL + VL + 2 * BH * p->I + 32));
+    if (!sh) return XATTN_ERR_NOMEM;
+    float *base = xa_ws_data(sh);
+    c.a.Kt = take(&base, HL);
+    c.Vt = take(&base, VL);
+    c.Dr = take(&base, BH * p->I);
+    if (!g.lse) { /* the forward's statistics, recomputed */
+        float *lse = take(&base, BH * p->I);
+        xa_attn s = *p;
+        s.stats_only = 1;
+        s.lse = lse;
+        s.stat_m = s.stat_l = NULL;
+        s.probs = NULL;
+        s.out = NULL;
+        if ((st = xa_attention(&s))) {
+            xa_ws_put(sh);
+            return st;
+        }
+        g.lse = lse;
+    }
+    const size_t sfl = bwd_scratch_floats(&c);
+    const int64_t ntq = (p->I + c.T - 1) / c.T, ntk = (p->J + c.T - 1) / c.T;
+    const int64_t nbh = (c.loop_b ? 1 : p->B) * (c.loop_h ? 1 : p->H);
+    int failed = 0;
+    const xattn_ctx *ctx = xa_ctx_cur();
+#ifdef _OPENMP
+#pragma omp parallel num_threads(xa_threads())
+#endif
+    {
+        xa_ws *mem_ws = xa_ws_get_from(ctx, sizeof(float) * sfl);
+        bwd_scratch s;
+        memset(&s, 0, sizeof s);
+        if (mem_ws) bwd_scratch_bind(&c, xa_ws_data(mem_ws), &s);
+        else {
+#ifdef _OPENMP
+#pragma omp atomic write
+#endif
+            failed = 1;
+        }
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t w = 0; w < BH; w++) {
+            pack_k(&c.a, w / p->H, w % p->H, 0, p->J);
+            bwd_pack_v(&c, w / p->H, w % p->H);
+            bwd_rowdot(&c, w);
+        }
+        /* pass A: dK, dV (and dbias without a query axis) */
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+        for (int64_t w = 0; w < nbh * ntk; w++)
+            if (mem_ws) bwd_task(&c, &s, 1, w, ntk);
+        /* pass B: dQ (and dbias rows) */
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+        for (int64_t w = 0; w < nbh * ntq; w++)
+            if (mem_ws) bwd_task(&c, &s, 0, w, ntq);
+        xa_ws_put(mem_ws);
+    }
+    xa_ws_put(sh);
+    if (failed)
+        return xa_error(XATTN_ERR_NOMEM, "%s: out of memory for scratch",
+                        p->fn ? p->fn : "attention backward");
+    return XATTN_OK;
 }

@@ -122,6 +122,27 @@ typedef struct xa_attn {
 
 xattn_status xa_attention(const xa_attn *a);
 
+/* Gradients of xa_attention (normal mode; no head mixing, no keep vectors) from the forward's
+ * output a->out and its log-sum-exp. Per-head tensors by base pointer and strides as in xa_attn.
+ * dq, dk, dv may each be NULL; they are overwritten, or added to when accumulate != 0. dbias
+ * (B|1, H|1, I|1, J), last axis contiguous: a 0 stride sums the gradient over that axis. */
+typedef struct xa_attn_grad {
+    const float *dout;
+    int64_t do_sb, do_sh, do_si; /* (B, H, I, dv) gradient of out                     */
+    const float *lse;            /* (B, H, I) contiguous from the forward, or NULL: recomputed */
+    float *dq;
+    int64_t dq_sb, dq_sh, dq_si; /* (B, H, I, dh) */
+    float *dk;
+    int64_t dk_sb, dk_sh, dk_sj; /* (B, H, J, dh) */
+    float *dv;
+    int64_t dv_sb, dv_sh, dv_sj; /* (B, H, J, dv) */
+    float *dbias;
+    int64_t dbias_sb, dbias_sh, dbias_si;
+    int accumulate;
+} xa_attn_grad;
+
+xattn_status xa_attention_backward(const xa_attn *a, const xa_attn_grad *g);
+
 /* ---- Bidirectional attention (bidir.c): both directions of one shared similarity, without
  * materialising it.
  *   sim[b,h,i,j] = scale * <qk[b,h,i], cqk[b,h,j]> + bias[b,h,i,j]
