@@ -5,7 +5,10 @@
  *   bench_attention [--threads N] [--seq N] [--reps N] [--json FILE]
  *
  * FLOPs counted as 4*B*H*I*J*dh (two matrix products; causal: half of that), the same count
- * bench/torch_ref.py uses for torch.nn.functional.scaled_dot_product_attention.
+ * bench/torch_ref.py uses for torch.nn.functional.scaled_dot_product_attention. The backward
+ * (xattn_sdpa_backward: dq, dk, dv from the forward's out and log-sum-exp, the forward not
+ * timed) counts 10*B*H*I*J*dh, the five matrix products of FlashAttention-2's backward (the
+ * recomputation of the logits in the second pass is not counted).
  */
 #include "peak.h"
 #include "xattn.h"
@@ -19,6 +22,7 @@ typedef struct shape {
     const char *name;
     int64_t B, H, I, J, dh;
     int causal;
+    int backward;
 } shape;
 
 static double run(const shape *s, int reps)
@@ -57,16 +61,29 @@ static double run(const shape *s, int reps)
     p.o_sh = p.q_sh;
     p.o_si = s->dh;
     p.causal = s->causal;
+    float *lse = malloc(sizeof(float) * (size_t)(s->B * s->H * s->I));
+    float *dout = malloc(nq * 4), *dq = malloc(nq * 4), *dk = malloc(nk * 4), *dv = malloc(nk * 4);
+    for (size_t i = 0; i < nq; i++)
+        dout[i] = (float)((r = r * 6364136223846793005ULL + 1) >> 40) / 16777216.0f - 0.5f;
+    p.lse = lse;
+    xattn_sdpa_grads g;
+    xattn_sdpa_grads_init(&g);
+    g.dout = dout, g.do_sb = p.o_sb, g.do_sh = p.o_sh, g.do_si = p.o_si;
+    g.dq = dq, g.dq_sb = p.q_sb, g.dq_sh = p.q_sh, g.dq_si = p.q_si;
+    g.dk = dk, g.dk_sb = p.k_sb, g.dk_sh = p.k_sh, g.dk_sj = p.k_sj;
+    g.dv = dv, g.dv_sb = p.v_sb, g.dv_sh = p.v_sh, g.dv_sj = p.v_sj;
     double *ts = malloc(sizeof(double) * (size_t)reps);
-    if (xattn_sdpa(&p) != XATTN_OK) { /* warm-up */
-        fprintf(stderr, "xattn_sdpa: %s\n", xattn_last_error());
+    if (xattn_sdpa(&p) != XATTN_OK || (s->backward && xattn_sdpa_backward(&p, &g) != XATTN_OK)) {
+        fprintf(stderr, "bench_attention: %s\n", xattn_last_error()); /* warm-up */
         exit(1);
     }
     for (int i = 0; i < reps; i++) {
         double t0 = now_seconds();
-        xattn_sdpa(&p);
+        if (s->backward) xattn_sdpa_backward(&p, &g);
+        else xattn_sdpa(&p);
         ts[i] = now_seconds() - t0;
     }
+    free(lse), free(dout), free(dq), free(dk), free(dv);
     qsort(ts, (size_t)reps, sizeof(double), xa_bench_cmp_double);
     double med = ts[reps / 2];
     free(ts);
@@ -102,9 +119,11 @@ int main(int argc, char **argv)
     double peak = xa_bench_fma_peak(threads);
     printf("isa %s, threads %d, measured fp32 FMA peak %.1f GFLOP/s\n", xattn_isa(), threads, peak);
     shape shapes[] = {
-        {"sdpa", 1, 8, seq, seq, 64, 0},
-        {"sdpa causal", 1, 8, seq, seq, 64, 1},
-        {"sdpa decode I=1", 1, 8, 1, seq, 64, 0},
+        {"sdpa", 1, 8, seq, seq, 64, 0, 0},
+        {"sdpa causal", 1, 8, seq, seq, 64, 1, 0},
+        {"sdpa decode I=1", 1, 8, 1, seq, 64, 0, 0},
+        {"sdpa backward", 1, 8, seq, seq, 64, 0, 1},
+        {"sdpa causal backward", 1, 8, seq, seq, 64, 1, 1},
     };
     FILE *jf = json ? fopen(json, "w") : NULL;
     if (json && !jf) {
@@ -114,7 +133,8 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
         const shape *s = &shapes[i];
         double t = run(s, reps);
-        double flop = 4.0 * (double)(s->B * s->H * s->I) * (double)s->J * (double)s->dh;
+        double flop = (s->backward ? 10.0 : 4.0) * (double)(s->B * s->H * s->I) * (double)s->J *
+                      (double)s->dh;
         if (s->causal) flop *= 0.5;
         double gf = flop / t / 1e9;
         printf(

@@ -106,8 +106,20 @@ def main():
             t = med_time(lambda: F.scaled_dot_product_attention(q1, k, v), a.reps * 5)
         res.append({"name": f"sdpa decode I=1 B={B} H={H} I=1 J={N} dh={dh}", "seconds": t,
                     "gflops": 4.0 * B * H * N * dh / t / 1e9})
+        # backward: dq, dk, dv of the same attention (the forward not timed; FLOPs counted as
+        # FlashAttention-2's five matrix products, 10*B*H*I*J*dh, as bench_attention does)
+        qg, kg, vg = (t.clone().requires_grad_(True) for t in (q, k, v))
+        for causal in (False, True):
+            o = F.scaled_dot_product_attention(qg, kg, vg, is_causal=causal)
+            do = torch.randn_like(o)
+            t = med_time(lambda: torch.autograd.grad(o, (qg, kg, vg), do, retain_graph=True),
+                         a.reps)
+            name = "sdpa causal backward" if causal else "sdpa backward"
+            res.append({"name": f"{name} B={B} H={H} I={N} J={N} dh={dh}", "seconds": t,
+                        "gflops": (5.0 if causal else 10.0) * B * H * N * N * dh / t / 1e9})
+            del o, do
         group_done(first)
-        del q, k, v, q1
+        del q, k, v, q1, qg, kg, vg
     if a.only in ("", "mha"):
         B, I, J, E, H = 1, 1024, 2048, 512, 8
         m = torch.nn.MultiheadAttention(E, H, batch_first=True).eval()

@@ -285,6 +285,17 @@ static void one(const prob *p, uint64_t seed)
     free_bufs(&b);
 }
 
+/* Causal masks over several query and key tiles, both fills, offsets of both signs. */
+static void causal_tiles(void)
+{
+    for (int t = 0; t < 6; t++) {
+        prob p = {1, 2, 300, 280, 32, 32, t & 1, t < 2 ? 0 : 1, t % 3 == 0 ? 1 : 0, 1,
+                  (int64_t)(t * 37 - 90), t & 1 ? XATTN_FILL_MIN_FLOAT : XATTN_FILL_NEG_INF,
+                  0, 0};
+        one(&p, 700 + (uint64_t)t);
+    }
+}
+
 static void random_problems(void)
 {
     uint64_t s = 12345;
@@ -401,6 +412,7 @@ static void errors(void)
 
 int main(void)
 {
+    causal_tiles();
     random_problems();
     threads_and_kernels();
     errors();

@@ -892,6 +892,17 @@ static int bwd_query_tile(const bwd_ctx *c, bwd_scratch *s, int64_t b, int64_t h
     return full;
 }
 
+/* Whether a query row of [i0, i0 + it) is fully masked under -FLT_MAX fill (lse = -FLT_MAX). */
+static int bwd_has_full_row(const bwd_ctx *c, int64_t b, int64_t h, int64_t i0, int64_t it)
+{
+    const xa_attn *p = c->a.p;
+    if (p->fill != XATTN_FILL_MIN_FLOAT) return 0;
+    const float *L = c->g->lse + (b * p->H + h) * p->I + i0;
+    for (int64_t col = 0; col < it; col++)
+        if (L[col] <= -FLT_MAX) return 1;
+    return 0;
+}
+
 /* Whether key tile [j0, j0 + jt) is causally masked for every query of [i0, i0 + it). */
 static int bwd_causal_skip(const xa_attn *p, int64_t i0, int64_t it, int64_t j0)
 {
@@ -946,9 +957,10 @@ static void bwd_keys(const bwd_ctx *c, bwd_scratch *s, int64_t b, int64_t h, int
     for (int64_t i0 = 0; i0 < p->I; i0 += T) {
         const int64_t it = XA_MIN(T, p->I - i0);
         const int64_t itm = (it + mr - 1) / mr * mr;
-        if (bwd_causal_skip(p, i0, it, j0) && p->fill == XATTN_FILL_NEG_INF) break;
-        const int full = bwd_query_tile(c, s, b, h, i0, it, 1);
-        if (bwd_causal_skip(p, i0, it, j0) && !full) continue;
+        /* a query tile that sees none of these keys contributes nothing, unless a row of it
+         * is fully masked under -FLT_MAX fill (probabilities 1/J on every key) */
+        if (bwd_causal_skip(p, i0, it, j0) && !bwd_has_full_row(c, b, h, i0, it)) continue;
+        bwd_query_tile(c, s, b, h, i0, it, 1);
         /* S (queries x keys) = (scale q) k^T, masked; P = exp(S - L) * scale */
         for (int64_t c0 = 0; c0 < itm; c0 += mr)
             for (int64_t r0 = 0; r0 < T; r0 += nr)
