@@ -796,12 +796,17 @@ xattn_status xattn_sdpa_backward(const xattn_sdpa_params *p, const xattn_sdpa_gr
  */
 
 typedef struct bwd_ctx {
-    att_ctx a;           /* tiles, fill, packed keys Kt (dh, JP) of every head */
+    att_ctx a;           /* the problem, kernels, fill, JP (J rounded up to T) */
     const xa_attn_grad *g;
     int64_t T;           /* tile side (queries and keys), a multiple of mr and nr */
     int64_t DHn, DVn;    /* dh, dv rounded up to nr */
     int64_t DHm;         /* dh rounded up to mr */
-    float *Vt;           /* (B, H, dv, JP) every head's values, transposed */
+    float *Kt, *Vt;      /* (B, H, JP / T, dh | dv, T) keys and values transposed by key tile */
+    int64_t IP;          /* I rounded up to T */
+    float *QtA, *QsA;    /* (B, H, IP / T, dh, T) scale * q^T by query tile; (B, H, IP, DHn)
+                            scale * q rows */
+    float *dOtA, *dOrA;  /* (B, H, IP / T, dv, T) dO^T by query tile; (B, H, IP, DVn) dO rows */
+    float *KrA;          /* (B, H, JP, DHm) key rows padded */
     float *Dr;           /* (B, H, I): rowsum(dO o O) */
     int loop_b, loop_h;  /* dbias broadcasts over b / h: looped inside a task */
     int db_rows;         /* dbias has a query axis (reduced in pass B, else in pass A) */
@@ -809,11 +814,10 @@ typedef struct bwd_ctx {
 
 typedef struct bwd_scratch {
     float *S, *dP;       /* (T, T) */
-    float *Qt;           /* (dh, T) scale * q^T */
-    float *Qs;           /* (T, DHn) scale * q rows */
-    float *dOt;          /* (dv, T) */
-    float *dOr;          /* (T, DVn) */
-    float *Kr;           /* (T, DHm) key rows */
+    const float *Qt;     /* the query tile's block of QtA (dh, T) */
+    const float *Qs;     /* its rows of QsA */
+    const float *dOt;    /* its block of dOtA (dv, T) */
+    const float *dOr;    /* its rows of dOrA */
     float *acc1, *acc2;  /* (T, DHn), (T, DVn) pass A; (DHm, T) pass B */
     float *Ls, *Ps, *Dt; /* (T) per query: lse (safe), probability scale, D */
     float *dummy;        /* (T) */
@@ -823,9 +827,8 @@ static size_t bwd_scratch_floats(const bwd_ctx *c)
 {
     const xa_attn *p = c->a.p;
     const int64_t T = c->T;
-    return (size_t)(2 * T * T + p->dh * T + T * c->DHn + p->dv * T + T * c->DVn + T * c->DHm +
-                    T * c->DHn + T * c->DVn + XA_MAX(c->DHm, 1) * T + 4 * T) +
-           16 * 16;
+    (void)p;
+    return (size_t)(2 * T * T + XA_MAX(T * c->DHn, c->DHm * T) + T * c->DVn + 4 * T) + 16 * 16;
 }
 
 static void bwd_scratch_bind(const bwd_ctx *c, float *base, bwd_scratch *s)
@@ -834,11 +837,7 @@ static void bwd_scratch_bind(const bwd_ctx *c, float *base, bwd_scratch *s)
     const int64_t T = c->T;
     s->S = take(&base, T * T);
     s->dP = take(&base, T * T);
-    s->Qt = take(&base, p->dh * T);
-    s->Qs = take(&base, T * c->DHn);
-    s->dOt = take(&base, p->dv * T);
-    s->dOr = take(&base, T * c->DVn);
-    s->Kr = take(&base, T * c->DHm);
+    (void)p;
     s->acc1 = take(&base, XA_MAX(T * c->DHn, c->DHm * T));
     s->acc2 = take(&base, T * c->DVn);
     s->Ls = take(&base, T);
@@ -847,32 +846,19 @@ static void bwd_scratch_bind(const bwd_ctx *c, float *base, bwd_scratch *s)
     s->dummy = take(&base, T);
 }
 
-/* The query tile's operands: Qt (dh, T), Qs (T, DHn) (pass A), dOt (dv, T), dOr (T, DVn)
- * (pass A), and per query the safe lse, the probability scale and D; returns whether a row of
- * the tile is fully masked under -FLT_MAX fill (its probabilities are 1/J on every key). */
+/* The query tile's operands (pointers into the packed arrays) and per query the safe lse, the
+ * probability scale and D; returns whether a row of the tile is fully masked under -FLT_MAX
+ * fill (its probabilities are 1/J on every key). */
 static int bwd_query_tile(const bwd_ctx *c, bwd_scratch *s, int64_t b, int64_t h, int64_t i0,
-                          int64_t it, int pass_a)
+                          int64_t it)
 {
     const xa_attn *p = c->a.p;
     const xa_attn_grad *g = c->g;
-    const int64_t T = c->T;
-    const float *q = p->q + b * p->q_sb + h * p->q_sh + i0 * p->q_si;
-    const float *dO = g->dout + b * g->do_sb + h * g->do_sh + i0 * g->do_si;
-    memset(s->Qt, 0, sizeof(float) * (size_t)(p->dh * T));
-    memset(s->dOt, 0, sizeof(float) * (size_t)(p->dv * T));
-    if (pass_a) {
-        memset(s->Qs, 0, sizeof(float) * (size_t)(T * c->DHn));
-        memset(s->dOr, 0, sizeof(float) * (size_t)(T * c->DVn));
-    }
-    for (int64_t col = 0; col < it; col++) {
-        const float *qr = q + col * p->q_si, *dr = dO + col * g->do_si;
-        for (int64_t d = 0; d < p->dh; d++) s->Qt[d * T + col] = p->scale * qr[d];
-        for (int64_t d = 0; d < p->dv; d++) s->dOt[d * T + col] = dr[d];
-        if (pass_a) {
-            for (int64_t d = 0; d < p->dh; d++) s->Qs[col * c->DHn + d] = p->scale * qr[d];
-            memcpy(s->dOr + col * c->DVn, dr, sizeof(float) * (size_t)p->dv);
-        }
-    }
+    const int64_t T = c->T, bh = b * p->H + h;
+    s->Qt = c->QtA + (bh * c->IP + i0) * p->dh; /* block i0 / T of (dh, T) */
+    s->dOt = c->dOtA + (bh * c->IP + i0) * p->dv;
+    s->Qs = c->QsA + (bh * c->IP + i0) * c->DHn;
+    s->dOr = c->dOrA + (bh * c->IP + i0) * c->DVn;
     const float *L = g->lse + (b * p->H + h) * p->I + i0;
     const float *D = c->Dr + (b * p->H + h) * p->I + i0;
     int full = 0;
@@ -950,8 +936,8 @@ static void bwd_keys(const bwd_ctx *c, bwd_scratch *s, int64_t b, int64_t h, int
     const xa_attn_grad *g = c->g;
     const xa_kernels *kt = c->a.kt;
     const int64_t mr = kt->mr, nr = kt->nr, T = c->T, jt = XA_MIN(T, p->J - j0);
-    const float *Kt = c->a.Kt + (b * p->H + h) * p->dh * c->a.JP + j0;
-    const float *Vt = c->Vt + (b * p->H + h) * p->dv * c->a.JP + j0;
+    const float *Kt = c->Kt + ((b * p->H + h) * c->a.JP + j0) * p->dh;
+    const float *Vt = c->Vt + ((b * p->H + h) * c->a.JP + j0) * p->dv;
     memset(s->acc1, 0, sizeof(float) * (size_t)(T * c->DHn));
     memset(s->acc2, 0, sizeof(float) * (size_t)(T * c->DVn));
     for (int64_t i0 = 0; i0 < p->I; i0 += T) {
@@ -960,11 +946,11 @@ static void bwd_keys(const bwd_ctx *c, bwd_scratch *s, int64_t b, int64_t h, int
         /* a query tile that sees none of these keys contributes nothing, unless a row of it
          * is fully masked under -FLT_MAX fill (probabilities 1/J on every key) */
         if (bwd_causal_skip(p, i0, it, j0) && !bwd_has_full_row(c, b, h, i0, it)) continue;
-        bwd_query_tile(c, s, b, h, i0, it, 1);
+        bwd_query_tile(c, s, b, h, i0, it);
         /* S (queries x keys) = (scale q) k^T, masked; P = exp(S - L) * scale */
         for (int64_t c0 = 0; c0 < itm; c0 += mr)
             for (int64_t r0 = 0; r0 < T; r0 += nr)
-                kt->ukr(p->dh, s->Qt + c0, T, Kt + r0, c->a.JP, s->S + c0 * T + r0, T, 0);
+                kt->ukr(p->dh, s->Qt + c0, T, Kt + r0, T, s->S + c0 * T + r0, T, 0);
         bias_and_masks(&c->a, b, h, i0, it, j0, jt, s->S, 1, T);
         for (int64_t col = 0; col < itm; col++) {
             float *row = s->S + col * T;
@@ -983,7 +969,7 @@ static void bwd_keys(const bwd_ctx *c, bwd_scratch *s, int64_t b, int64_t h, int
         /* dP (queries x keys) = dO V^T */
         for (int64_t c0 = 0; c0 < itm; c0 += mr)
             for (int64_t r0 = 0; r0 < T; r0 += nr)
-                kt->ukr(p->dv, s->dOt + c0, T, Vt + r0, c->a.JP, s->dP + c0 * T + r0, T, 0);
+                kt->ukr(p->dv, s->dOt + c0, T, Vt + r0, T, s->dP + c0 * T + r0, T, 0);
         bwd_ds(c, s, it, jt, 1, T);
         if (g->dbias && !c->db_rows) bwd_dbias(c, s->S, b, h, 0, it, j0, jt, 1, T);
         /* dK (keys x dh) += dS^T (scale q) */
@@ -1014,10 +1000,10 @@ static void bwd_queries(const bwd_ctx *c, bwd_scratch *s, int64_t b, int64_t h, 
     const xa_kernels *kt = c->a.kt;
     const int64_t mr = kt->mr, nr = kt->nr, T = c->T, it = XA_MIN(T, p->I - i0);
     const int64_t itn = (it + nr - 1) / nr * nr;
-    const float *Kb = p->k + b * p->k_sb + h * p->k_sh;
-    const float *Ktb = c->a.Kt + (b * p->H + h) * p->dh * c->a.JP;
-    const float *Vtb = c->Vt + (b * p->H + h) * p->dv * c->a.JP;
-    const int full = bwd_query_tile(c, s, b, h, i0, it, 0);
+    const float *Krb = c->KrA + (b * p->H + h) * c->a.JP * c->DHm;
+    const float *Ktb = c->Kt + (b * p->H + h) * c->a.JP * p->dh;
+    const float *Vtb = c->Vt + (b * p->H + h) * c->a.JP * p->dv;
+    const int full = bwd_query_tile(c, s, b, h, i0, it);
     float *dQt = s->acc1; /* (DHm, T) */
     memset(dQt, 0, sizeof(float) * (size_t)(c->DHm * T));
     for (int64_t j0 = 0; j0 < p->J; j0 += T) {
@@ -1026,7 +1012,8 @@ static void bwd_queries(const bwd_ctx *c, bwd_scratch *s, int64_t b, int64_t h, 
         /* S^T (keys x queries), P^T = exp(S^T - L) * scale column by column */
         for (int64_t r0 = 0; r0 < jtm; r0 += mr)
             for (int64_t c0 = 0; c0 < itn; c0 += nr)
-                kt->ukr(p->dh, Ktb + j0 + r0, c->a.JP, s->Qt + c0, T, s->S + r0 * T + c0, T, 0);
+                kt->ukr(p->dh, Ktb + j0 * p->dh + r0, T, s->Qt + c0, T, s->S + r0 * T + c0, T,
+                        0);
         bias_and_masks(&c->a, b, h, i0, it, j0, jt, s->S, T, 1);
         kt->expsub(s->S, jt, itn, T, s->Ls, s->dummy);
         if (full)
@@ -1035,17 +1022,15 @@ static void bwd_queries(const bwd_ctx *c, bwd_scratch *s, int64_t b, int64_t h, 
         /* dP^T (keys x queries) = V dO^T */
         for (int64_t r0 = 0; r0 < jtm; r0 += mr)
             for (int64_t c0 = 0; c0 < itn; c0 += nr)
-                kt->ukr(p->dv, Vtb + j0 + r0, c->a.JP, s->dOt + c0, T, s->dP + r0 * T + c0, T, 0);
+                kt->ukr(p->dv, Vtb + j0 * p->dv + r0, T, s->dOt + c0, T, s->dP + r0 * T + c0, T,
+                        0);
         bwd_ds(c, s, it, jt, T, 1);
         if (g->dbias && c->db_rows) bwd_dbias(c, s->S, b, h, i0, it, j0, jt, T, 1);
-        /* dQ^T (dh x queries) += K^T dS^T: key rows copied into a panel padded to mr */
-        for (int64_t r = 0; r < jt; r++) {
-            memcpy(s->Kr + r * c->DHm, Kb + (j0 + r) * p->k_sj, sizeof(float) * (size_t)p->dh);
-            for (int64_t d = p->dh; d < c->DHm; d++) s->Kr[r * c->DHm + d] = 0.0f;
-        }
+        /* dQ^T (dh x queries) += K^T dS^T, key rows from the panel padded to mr */
+        const float *Kr = Krb + j0 * c->DHm;
         for (int64_t d0 = 0; d0 < c->DHm; d0 += mr)
             for (int64_t c0 = 0; c0 < itn; c0 += nr)
-                kt->ukr(jt, s->Kr + d0, c->DHm, s->S + c0, T, dQt + d0 * T + c0, T, 1);
+                kt->ukr(jt, Kr + d0, c->DHm, s->S + c0, T, dQt + d0 * T + c0, T, 1);
     }
     if (!g->dq) return;
     float *o = g->dq + b * g->dq_sb + h * g->dq_sh + i0 * g->dq_si;
@@ -1090,19 +1075,49 @@ static void bwd_task(const bwd_ctx *c, bwd_scratch *s, int pass_a, int64_t w, in
         }
 }
 
-/* Vt (dv, JP) of head (b, h): values transposed, zero past J. */
-static void bwd_pack_v(const bwd_ctx *c, int64_t b, int64_t h)
+/* dst (NP / T, d, T) = src (n, d) (row stride sr) transposed tile by tile (T rows at a time),
+ * zero past n: each tile's operand is a contiguous (d, T) block, read with row stride T. */
+static void bwd_pack_t(const float *src, int64_t sr, int64_t n, int64_t d, int64_t T, int64_t NP,
+                       float scale, float *dst)
+{
+    memset(dst + (n - 1) / T * T * d, 0, sizeof(float) * (size_t)(T * d * (NP / T - (n - 1) / T)));
+    for (int64_t r0 = 0; r0 < n; r0 += 16) {
+        const int64_t re = XA_MIN(n, r0 + 16);
+        float *blk = dst + r0 / T * T * d + r0 % T;
+        for (int64_t x = 0; x < d; x++)
+            for (int64_t r = r0; r < re; r++) blk[x * T + r - r0] = scale * src[r * sr + x];
+    }
+}
+
+/* The per-head operands of both passes, packed once: scale * q transposed and as padded rows,
+ * dO likewise, the key rows padded to mr. */
+static void bwd_pack_head(const bwd_ctx *c, int64_t b, int64_t h)
 {
     const xa_attn *p = c->a.p;
+    const xa_attn_grad *g = c->g;
+    const int64_t bh = b * p->H + h, IP = c->IP, T = c->T, JP = c->a.JP;
+    const float *q = p->q + b * p->q_sb + h * p->q_sh;
+    const float *dO = g->dout + b * g->do_sb + h * g->do_sh;
+    const float *k = p->k + b * p->k_sb + h * p->k_sh;
     const float *v = p->v + b * p->v_sb + h * p->v_sh;
-    float *Vt = c->Vt + (b * p->H + h) * p->dv * c->a.JP;
-    for (int64_t j0 = 0; j0 < p->J; j0 += 16) {
-        const int64_t n = XA_MIN(16, p->J - j0);
-        for (int64_t d = 0; d < p->dv; d++)
-            for (int64_t r = 0; r < n; r++) Vt[d * c->a.JP + j0 + r] = v[(j0 + r) * p->v_sj + d];
+    float *Qs = c->QsA + bh * IP * c->DHn, *dOr = c->dOrA + bh * IP * c->DVn;
+    float *Kr = c->KrA + bh * JP * c->DHm;
+    bwd_pack_t(q, p->q_si, p->I, p->dh, T, IP, p->scale, c->QtA + bh * IP * p->dh);
+    bwd_pack_t(dO, g->do_si, p->I, p->dv, T, IP, 1.0f, c->dOtA + bh * IP * p->dv);
+    if (p->J) {
+        bwd_pack_t(k, p->k_sj, p->J, p->dh, T, JP, 1.0f, c->Kt + bh * JP * p->dh);
+        bwd_pack_t(v, p->v_sj, p->J, p->dv, T, JP, 1.0f, c->Vt + bh * JP * p->dv);
     }
-    for (int64_t d = 0; d < p->dv; d++)
-        for (int64_t r = p->J; r < c->a.JP; r++) Vt[d * c->a.JP + r] = 0.0f;
+    memset(Qs, 0, sizeof(float) * (size_t)(IP * c->DHn));
+    memset(dOr, 0, sizeof(float) * (size_t)(IP * c->DVn));
+    memset(Kr, 0, sizeof(float) * (size_t)(JP * c->DHm));
+    for (int64_t i = 0; i < p->I; i++) {
+        const float *qr = q + i * p->q_si;
+        for (int64_t d = 0; d < p->dh; d++) Qs[i * c->DHn + d] = p->scale * qr[d];
+        memcpy(dOr + i * c->DVn, dO + i * g->do_si, sizeof(float) * (size_t)p->dv);
+    }
+    for (int64_t j = 0; j < p->J; j++)
+        memcpy(Kr + j * c->DHm, k + j * p->k_sj, sizeof(float) * (size_t)p->dh);
 }
 
 /* D[b, h, i] = sum_d dO o O, over fixed row blocks. */
@@ -1159,15 +1174,24 @@ xattn_status xa_attention_backward(const xa_attn *p, const xa_attn_grad *g0)
     c.loop_b = g.dbias && g.dbias_sb == 0 && p->B > 1;
     c.loop_h = g.dbias && g.dbias_sh == 0 && p->H > 1;
     c.db_rows = g.dbias && g.dbias_si != 0;
+    c.IP = XA_MAX((p->I + c.T - 1) / c.T * c.T, c.T);
     const int64_t BH = p->B * p->H, HL = BH * p->dh * c.a.JP, VL = BH * p->dv * c.a.JP;
+    const int64_t per_i = p->dh + c.DHn + p->dv + c.DVn, QL = BH * c.IP * per_i;
+    const int64_t KL = BH * c.a.JP * c.DHm;
     int64_t chk;
-    if (xa_mul_ok(BH, (p->dh + p->dv) * c.a.JP + p->I * 2, &chk))
+    if (xa_mul_ok(BH, (p->dh + p->dv + c.DHm) * c.a.JP + c.IP * per_i + p->I * 2, &chk) ||
+        xa_mul_ok(chk + 64, (int64_t)sizeof(float), &chk))
         return xa_error(XATTN_ERR_NOMEM, "%s: sizes overflow", p->fn ? p->fn : "attention");
-    xa_ws *sh = xa_ws_get(sizeof(float) * (size_t)(HL + VL + 2 * BH * p->I + 32));
+    xa_ws *sh = xa_ws_get(sizeof(float) * (size_t)(HL + VL + QL + KL + 2 * BH * p->I + 64));
     if (!sh) return XATTN_ERR_NOMEM;
     float *base = xa_ws_data(sh);
-    c.a.Kt = take(&base, HL);
+    c.Kt = take(&base, HL);
     c.Vt = take(&base, VL);
+    c.QtA = take(&base, BH * p->dh * c.IP);
+    c.QsA = take(&base, BH * c.IP * c.DHn);
+    c.dOtA = take(&base, BH * p->dv * c.IP);
+    c.dOrA = take(&base, BH * c.IP * c.DVn);
+    c.KrA = take(&base, KL);
     c.Dr = take(&base, BH * p->I);
     if (!g.lse) { /* the forward's statistics, recomputed */
         float *lse = take(&base, BH * p->I);
@@ -1206,8 +1230,7 @@ xattn_status xa_attention_backward(const xa_attn *p, const xa_attn_grad *g0)
 #pragma omp for schedule(static)
 #endif
         for (int64_t w = 0; w < BH; w++) {
-            pack_k(&c.a, w / p->H, w % p->H, 0, p->J);
-            bwd_pack_v(&c, w / p->H, w % p->H);
+            bwd_pack_head(&c, w / p->H, w % p->H);
             bwd_rowdot(&c, w);
         }
         /* pass A: dK, dV (and dbias without a query axis) */
