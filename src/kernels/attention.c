@@ -780,102 +780,65 @@ xattn_status xattn_sdpa_backward(const xattn_sdpa_params *p, const xattn_sdpa_gr
 /*
  * From the forward's output O and per-row log-sum-exp L:
  *   D[i] = sum_d dO[i,d] O[i,d]
- *   per tile, recomputed: S = scale q k^T + bias (masked), P = exp(S - L)
- *   dV += P^T dO,  dP = dO V^T,  dS = P o (dP - D),  dQ += scale dS K,  dK += scale dS^T Q,
+ *   per (query tile, key tile), recomputed: S = scale q k^T + bias (masked), P = exp(S - L)
+ *   dV += P^T dO,  dP = dO V^T,  dS = P o (dP - D),  dK += scale dS^T q,  dQ += scale dS K,
  *   dbias += dS (summed over the axes the bias broadcasts over).
- * Nothing of size I x J is kept. Two passes, each writing only what its task owns, so no
- * floats are accumulated by several threads and the results do not depend on the thread count:
- *   pass A: one task per (b, h, key tile) -> dK, dV (and dbias summed over queries);
- *           S, P and dP laid out query-major (rows = queries), so dV and dK are plain
- *           micro-kernel products over the queries;
- *   pass B: one task per (b, h, query tile) -> dQ (and dbias rows); S^T, P^T, dP^T laid out
- *           key-major, so dQ^T = K^T dS^T is a micro-kernel product over the keys.
- * The b and h axes a requested dbias broadcasts over are looped inside a task (in order).
- * Masked logits carry no gradient. A fully masked row: under -inf fill P = 0 (no gradient
- * at all); under -FLT_MAX fill (lse = -FLT_MAX) P = 1/J on every key, which reaches V only.
+ * Five micro-kernel products per tile pair, S, P and dP laid out query-major (rows = queries,
+ * so dV and dK are sums over rows), dS transposed once for dQ. Nothing of size I x J is kept.
+ *
+ * Determinism without atomics: the key tiles of each head are cut into G groups, G chosen from
+ * the problem's size alone (enough tasks for 64 threads), and one task owns a (b, h, group):
+ * it writes dK and dV of its keys and the dbias entries of its keys, and adds dQ into the
+ * group's own accumulator (I, dh), in key order. The G accumulators are summed in group order
+ * at the end. The b and h axes a requested dbias broadcasts over are looped inside a task (in
+ * order). Extra memory: G accumulators of the size of q, the operands packed once per head.
+ * Masked logits carry no gradient. A fully masked row: under -inf fill P = 0 (no gradient at
+ * all); under -FLT_MAX fill (lse = -FLT_MAX) P = 1/J on every key, which reaches V only.
  */
 
 typedef struct bwd_ctx {
-    att_ctx a;           /* the problem, kernels, fill, JP (J rounded up to T) */
+    att_ctx a;          /* the problem, kernels, fill, JP (J rounded up to T) */
     const xa_attn_grad *g;
-    int64_t T;           /* tile side (queries and keys), a multiple of mr and nr */
-    int64_t DHn, DVn;    /* dh, dv rounded up to nr */
-    int64_t DHm;         /* dh rounded up to mr */
-    float *Kt, *Vt;      /* (B, H, JP / T, dh | dv, T) keys and values transposed by key tile */
-    int64_t IP;          /* I rounded up to T */
-    float *QtA, *QsA;    /* (B, H, IP / T, dh, T) scale * q^T by query tile; (B, H, IP, DHn)
-                            scale * q rows */
-    float *dOtA, *dOrA;  /* (B, H, IP / T, dv, T) dO^T by query tile; (B, H, IP, DVn) dO rows */
-    float *KrA;          /* (B, H, JP, DHm) key rows padded */
-    float *Dr;           /* (B, H, I): rowsum(dO o O) */
-    int loop_b, loop_h;  /* dbias broadcasts over b / h: looped inside a task */
-    int db_rows;         /* dbias has a query axis (reduced in pass B, else in pass A) */
+    int64_t T;          /* tile side (queries and keys), a multiple of mr and nr */
+    int64_t DHn, DVn;   /* dh, dv rounded up to nr */
+    int64_t IP;         /* I rounded up to T */
+    int64_t G, ntk;     /* key-tile groups per head; key tiles per head */
+    float *Kt, *Vt;     /* (B, H, JP / T, dh | dv, T) keys and values transposed by key tile */
+    float *QtA, *QsA;   /* (B, H, IP / T, dh, T) scale * q^T by query tile; (B, H, IP, DHn) */
+    float *dOtA, *dOrA; /* (B, H, IP / T, dv, T) dO^T by query tile; (B, H, IP, DVn) dO rows */
+    float *KnA;         /* (B, H, JP, DHn) key rows padded */
+    float *dQg;         /* (B, H, G, IP, DHn) dQ / scale accumulated per key-tile group */
+    float *Dr;          /* (B, H, I): rowsum(dO o O) */
+    int loop_b, loop_h; /* dbias broadcasts over b / h: looped inside a task */
 } bwd_ctx;
 
 typedef struct bwd_scratch {
-    float *S, *dP;       /* (T, T) */
+    float *S, *dP, *dSt; /* (T, T) */
     const float *Qt;     /* the query tile's block of QtA (dh, T) */
     const float *Qs;     /* its rows of QsA */
     const float *dOt;    /* its block of dOtA (dv, T) */
     const float *dOr;    /* its rows of dOrA */
-    float *acc1, *acc2;  /* (T, DHn), (T, DVn) pass A; (DHm, T) pass B */
+    float *dK, *dV;      /* (T, DHn), (T, DVn) */
     float *Ls, *Ps, *Dt; /* (T) per query: lse (safe), probability scale, D */
-    float *dummy;        /* (T) */
 } bwd_scratch;
 
 static size_t bwd_scratch_floats(const bwd_ctx *c)
 {
-    const xa_attn *p = c->a.p;
     const int64_t T = c->T;
-    (void)p;
-    return (size_t)(2 * T * T + XA_MAX(T * c->DHn, c->DHm * T) + T * c->DVn + 4 * T) + 16 * 16;
+    return (size_t)(3 * T * T + T * c->DHn + T * c->DVn + 3 * T) + 8 * 16;
 }
 
 static void bwd_scratch_bind(const bwd_ctx *c, float *base, bwd_scratch *s)
 {
-    const xa_attn *p = c->a.p;
     const int64_t T = c->T;
     s->S = take(&base, T * T);
     s->dP = take(&base, T * T);
-    (void)p;
-    s->acc1 = take(&base, XA_MAX(T * c->DHn, c->DHm * T));
-    s->acc2 = take(&base, T * c->DVn);
+    s->dSt = take(&base, T * T);
+    s->dK = take(&base, T * c->DHn);
+    s->dV = take(&base, T * c->DVn);
     s->Ls = take(&base, T);
     s->Ps = take(&base, T);
     s->Dt = take(&base, T);
-    s->dummy = take(&base, T);
-}
-
-/* The query tile's operands (pointers into the packed arrays) and per query the safe lse, the
- * probability scale and D; returns whether a row of the tile is fully masked under -FLT_MAX
- * fill (its probabilities are 1/J on every key). */
-static int bwd_query_tile(const bwd_ctx *c, bwd_scratch *s, int64_t b, int64_t h, int64_t i0,
-                          int64_t it)
-{
-    const xa_attn *p = c->a.p;
-    const xa_attn_grad *g = c->g;
-    const int64_t T = c->T, bh = b * p->H + h;
-    s->Qt = c->QtA + (bh * c->IP + i0) * p->dh; /* block i0 / T of (dh, T) */
-    s->dOt = c->dOtA + (bh * c->IP + i0) * p->dv;
-    s->Qs = c->QsA + (bh * c->IP + i0) * c->DHn;
-    s->dOr = c->dOrA + (bh * c->IP + i0) * c->DVn;
-    const float *L = g->lse + (b * p->H + h) * p->I + i0;
-    const float *D = c->Dr + (b * p->H + h) * p->I + i0;
-    int full = 0;
-    for (int64_t col = 0; col < T; col++) {
-        s->Ps[col] = 1.0f;
-        s->Dt[col] = col < it ? D[col] : 0.0f;
-        if (col >= it || (p->fill == XATTN_FILL_NEG_INF && L[col] == -INFINITY)) {
-            s->Ls[col] = INFINITY; /* no probability mass (padding, or a fully masked row) */
-        } else if (p->fill == XATTN_FILL_MIN_FLOAT && L[col] <= -FLT_MAX) {
-            s->Ls[col] = -FLT_MAX; /* every logit is -FLT_MAX: exp(S - L) = 1, times 1/J */
-            s->Ps[col] = 1.0f / (float)p->J;
-            full = 1;
-        } else {
-            s->Ls[col] = L[col];
-        }
-    }
-    return full;
 }
 
 /* Whether a query row of [i0, i0 + it) is fully masked under -FLT_MAX fill (lse = -FLT_MAX). */
@@ -889,60 +852,58 @@ static int bwd_has_full_row(const bwd_ctx *c, int64_t b, int64_t h, int64_t i0, 
     return 0;
 }
 
-/* Whether key tile [j0, j0 + jt) is causally masked for every query of [i0, i0 + it). */
+/* The query tile's operands (pointers into the packed arrays), and per query the safe lse, the
+ * probability scale (1/J for a row fully masked under -FLT_MAX fill, whose probabilities are
+ * 1/J on every key) and D. */
+static void bwd_query_tile(const bwd_ctx *c, bwd_scratch *s, int64_t b, int64_t h, int64_t i0,
+                           int64_t it)
+{
+    const xa_attn *p = c->a.p;
+    const int64_t T = c->T, bh = b * p->H + h;
+    s->Qt = c->QtA + (bh * c->IP + i0) * p->dh; /* block i0 / T of (dh, T) */
+    s->dOt = c->dOtA + (bh * c->IP + i0) * p->dv;
+    s->Qs = c->QsA + (bh * c->IP + i0) * c->DHn;
+    s->dOr = c->dOrA + (bh * c->IP + i0) * c->DVn;
+    const float *L = c->g->lse + bh * p->I + i0;
+    const float *D = c->Dr + bh * p->I + i0;
+    for (int64_t col = 0; col < T; col++) {
+        s->Ps[col] = 1.0f;
+        s->Dt[col] = col < it ? D[col] : 0.0f;
+        if (col >= it || (p->fill == XATTN_FILL_NEG_INF && L[col] == -INFINITY)) {
+            s->Ls[col] = INFINITY; /* no probability mass (padding, or a fully masked row) */
+        } else if (p->fill == XATTN_FILL_MIN_FLOAT && L[col] <= -FLT_MAX) {
+            s->Ls[col] = -FLT_MAX; /* every logit is -FLT_MAX: exp(S - L) = 1, times 1/J */
+            s->Ps[col] = 1.0f / (float)p->J;
+        } else {
+            s->Ls[col] = L[col];
+        }
+    }
+}
+
+/* Whether key tile [j0, ...) is causally masked for every query of [i0, i0 + it). */
 static int bwd_causal_skip(const xa_attn *p, int64_t i0, int64_t it, int64_t j0)
 {
     return p->causal && j0 > i0 + it - 1 + p->causal_offset;
 }
 
-/* dS = P o (dP - D) in place of P (in S), in either layout: element (query col, key r) at
- * S[r * rs + col * cs]; rows of fully masked queries (scale != 1) get 0. */
-static void bwd_ds(const bwd_ctx *c, bwd_scratch *s, int64_t it, int64_t jt, int64_t rs,
-                   int64_t cs)
-{
-    for (int64_t col = 0; col < it; col++) {
-        const float Dc = s->Dt[col];
-        float *S = s->S + col * cs;
-        const float *dP = s->dP + col * cs;
-        if (s->Ps[col] != 1.0f) {
-            for (int64_t r = 0; r < jt; r++) S[r * rs] = 0.0f;
-            continue;
-        }
-        if (rs == 1)
-            for (int64_t r = 0; r < jt; r++) S[r] = S[r] * (dP[r] - Dc);
-        else
-            for (int64_t r = 0; r < jt; r++) S[r * rs] = S[r * rs] * (dP[r * rs] - Dc);
-    }
-    (void)c;
-}
-
-/* Adds dS (element (col, r) at S[r * rs + col * cs]) to dbias at (b, h, i0.., j0..). */
-static void bwd_dbias(const bwd_ctx *c, const float *S, int64_t b, int64_t h, int64_t i0,
-                      int64_t it, int64_t j0, int64_t jt, int64_t rs, int64_t cs)
-{
-    const xa_attn_grad *g = c->g;
-    float *db = g->dbias + b * g->dbias_sb + h * g->dbias_sh + j0;
-    for (int64_t col = 0; col < it; col++) {
-        float *row = db + (i0 + col) * g->dbias_si;
-        const float *sc = S + col * cs;
-        for (int64_t r = 0; r < jt; r++) row[r] += sc[r * rs];
-    }
-}
-
-/* Pass A, one (b, h) of a task: key tile j0 against every query tile; dK, dV written. */
-static void bwd_keys(const bwd_ctx *c, bwd_scratch *s, int64_t b, int64_t h, int64_t j0)
+/* One (b, h, key tile j0): every query tile; dK and dV written, dQ added into dQg (IP, DHn),
+ * dbias entries of these keys added to. */
+static void bwd_keys(const bwd_ctx *c, bwd_scratch *s, int64_t b, int64_t h, int64_t j0,
+                     float *dQg)
 {
     const xa_attn *p = c->a.p;
     const xa_attn_grad *g = c->g;
     const xa_kernels *kt = c->a.kt;
     const int64_t mr = kt->mr, nr = kt->nr, T = c->T, jt = XA_MIN(T, p->J - j0);
-    const float *Kt = c->Kt + ((b * p->H + h) * c->a.JP + j0) * p->dh;
-    const float *Vt = c->Vt + ((b * p->H + h) * c->a.JP + j0) * p->dv;
-    memset(s->acc1, 0, sizeof(float) * (size_t)(T * c->DHn));
-    memset(s->acc2, 0, sizeof(float) * (size_t)(T * c->DVn));
+    const int64_t bh = b * p->H + h;
+    const float *Kt = c->Kt + (bh * c->a.JP + j0) * p->dh;
+    const float *Vt = c->Vt + (bh * c->a.JP + j0) * p->dv;
+    const float *Kn = c->KnA + (bh * c->a.JP + j0) * c->DHn;
+    memset(s->dK, 0, sizeof(float) * (size_t)(T * c->DHn));
+    memset(s->dV, 0, sizeof(float) * (size_t)(T * c->DVn));
     for (int64_t i0 = 0; i0 < p->I; i0 += T) {
         const int64_t it = XA_MIN(T, p->I - i0);
-        const int64_t itm = (it + mr - 1) / mr * mr;
+        const int64_t itm = (it + mr - 1) / mr * mr, itn = (it + nr - 1) / nr * nr;
         /* a query tile that sees none of these keys contributes nothing, unless a row of it
          * is fully masked under -FLT_MAX fill (probabilities 1/J on every key) */
         if (bwd_causal_skip(p, i0, it, j0) && !bwd_has_full_row(c, b, h, i0, it)) continue;
@@ -964,123 +925,119 @@ static void bwd_keys(const bwd_ctx *c, bwd_scratch *s, int64_t b, int64_t h, int
         /* dV (keys x dv) += P^T dO */
         for (int64_t r0 = 0; r0 < T; r0 += mr)
             for (int64_t d0 = 0; d0 < c->DVn; d0 += nr)
-                kt->ukr(it, s->S + r0, T, s->dOr + d0, c->DVn, s->acc2 + r0 * c->DVn + d0,
-                        c->DVn, 1);
+                kt->ukr(it, s->S + r0, T, s->dOr + d0, c->DVn, s->dV + r0 * c->DVn + d0, c->DVn,
+                        1);
         /* dP (queries x keys) = dO V^T */
         for (int64_t c0 = 0; c0 < itm; c0 += mr)
             for (int64_t r0 = 0; r0 < T; r0 += nr)
                 kt->ukr(p->dv, s->dOt + c0, T, Vt + r0, T, s->dP + c0 * T + r0, T, 0);
-        bwd_ds(c, s, it, jt, 1, T);
-        if (g->dbias && !c->db_rows) bwd_dbias(c, s->S, b, h, 0, it, j0, jt, 1, T);
+        /* dS = P o (dP - D) in place of P (masked entries have P = 0; a fully masked row, whose
+         * logits do not depend on q, k or the bias, gets 0); dS^T beside it for dQ */
+        for (int64_t col = 0; col < it; col++) {
+            float *S = s->S + col * T;
+            const float *dP = s->dP + col * T;
+            const float Dc = s->Dt[col];
+            if (s->Ps[col] != 1.0f)
+                for (int64_t r = 0; r < jt; r++) S[r] = 0.0f;
+            else
+                for (int64_t r = 0; r < jt; r++) S[r] = S[r] * (dP[r] - Dc);
+        }
+        const int64_t itx = XA_MAX(itm, itn); /* columns the dQ product reads */
+        for (int64_t r0 = 0; r0 < jt; r0 += 8)
+            for (int64_t col = 0; col < itx; col++) {
+                const float *src = s->S + col * T + r0;
+                const int64_t re = XA_MIN(8, jt - r0);
+                for (int64_t r = 0; r < re; r++)
+                    s->dSt[(r0 + r) * T + col] = col < it ? src[r] : 0.0f;
+            }
+        if (g->dbias) {
+            float *db = g->dbias + b * g->dbias_sb + h * g->dbias_sh + j0;
+            for (int64_t col = 0; col < it; col++) {
+                float *row = db + (i0 + col) * g->dbias_si;
+                const float *sc = s->S + col * T;
+                for (int64_t r = 0; r < jt; r++) row[r] += sc[r];
+            }
+        }
         /* dK (keys x dh) += dS^T (scale q) */
         for (int64_t r0 = 0; r0 < T; r0 += mr)
             for (int64_t d0 = 0; d0 < c->DHn; d0 += nr)
-                kt->ukr(it, s->S + r0, T, s->Qs + d0, c->DHn, s->acc1 + r0 * c->DHn + d0,
+                kt->ukr(it, s->S + r0, T, s->Qs + d0, c->DHn, s->dK + r0 * c->DHn + d0, c->DHn,
+                        1);
+        /* dQ / scale (queries x dh) += dS K */
+        for (int64_t c0 = 0; c0 < itm; c0 += mr)
+            for (int64_t d0 = 0; d0 < c->DHn; d0 += nr)
+                kt->ukr(jt, s->dSt + c0, T, Kn + d0, c->DHn, dQg + (i0 + c0) * c->DHn + d0,
                         c->DHn, 1);
     }
     for (int64_t r = 0; r < jt; r++) {
         if (g->dk) {
             float *o = g->dk + b * g->dk_sb + h * g->dk_sh + (j0 + r) * g->dk_sj;
-            const float *a = s->acc1 + r * c->DHn;
+            const float *a = s->dK + r * c->DHn;
             for (int64_t d = 0; d < p->dh; d++) o[d] = g->accumulate ? o[d] + a[d] : a[d];
         }
         if (g->dv) {
             float *o = g->dv + b * g->dv_sb + h * g->dv_sh + (j0 + r) * g->dv_sj;
-            const float *a = s->acc2 + r * c->DVn;
+            const float *a = s->dV + r * c->DVn;
             for (int64_t d = 0; d < p->dv; d++) o[d] = g->accumulate ? o[d] + a[d] : a[d];
         }
     }
 }
 
-/* Pass B, one (b, h) of a task: query tile i0 against every key tile; dQ written. */
-static void bwd_queries(const bwd_ctx *c, bwd_scratch *s, int64_t b, int64_t h, int64_t i0)
+/* Key tiles [first, last) of group k of ntk tiles in G groups. */
+static void bwd_group(const bwd_ctx *c, int64_t k, int64_t *first, int64_t *last)
+{
+    *first = k * c->ntk / c->G;
+    *last = (k + 1) * c->ntk / c->G;
+}
+
+/* One task: w indexes (b, h, group) over the axes not looped. */
+static void bwd_task(const bwd_ctx *c, bwd_scratch *s, int64_t w)
 {
     const xa_attn *p = c->a.p;
     const xa_attn_grad *g = c->g;
-    const xa_kernels *kt = c->a.kt;
-    const int64_t mr = kt->mr, nr = kt->nr, T = c->T, it = XA_MIN(T, p->I - i0);
-    const int64_t itn = (it + nr - 1) / nr * nr;
-    const float *Krb = c->KrA + (b * p->H + h) * c->a.JP * c->DHm;
-    const float *Ktb = c->Kt + (b * p->H + h) * c->a.JP * p->dh;
-    const float *Vtb = c->Vt + (b * p->H + h) * c->a.JP * p->dv;
-    const int full = bwd_query_tile(c, s, b, h, i0, it);
-    float *dQt = s->acc1; /* (DHm, T) */
-    memset(dQt, 0, sizeof(float) * (size_t)(c->DHm * T));
-    for (int64_t j0 = 0; j0 < p->J; j0 += T) {
-        const int64_t jt = XA_MIN(T, p->J - j0), jtm = (jt + mr - 1) / mr * mr;
-        if (bwd_causal_skip(p, i0, it, j0) && !full) break;
-        /* S^T (keys x queries), P^T = exp(S^T - L) * scale column by column */
-        for (int64_t r0 = 0; r0 < jtm; r0 += mr)
-            for (int64_t c0 = 0; c0 < itn; c0 += nr)
-                kt->ukr(p->dh, Ktb + j0 * p->dh + r0, T, s->Qt + c0, T, s->S + r0 * T + c0, T,
-                        0);
-        bias_and_masks(&c->a, b, h, i0, it, j0, jt, s->S, T, 1);
-        kt->expsub(s->S, jt, itn, T, s->Ls, s->dummy);
-        if (full)
-            for (int64_t r = 0; r < jt; r++)
-                for (int64_t col = 0; col < it; col++) s->S[r * T + col] *= s->Ps[col];
-        /* dP^T (keys x queries) = V dO^T */
-        for (int64_t r0 = 0; r0 < jtm; r0 += mr)
-            for (int64_t c0 = 0; c0 < itn; c0 += nr)
-                kt->ukr(p->dv, Vtb + j0 * p->dv + r0, T, s->dOt + c0, T, s->dP + r0 * T + c0, T,
-                        0);
-        bwd_ds(c, s, it, jt, T, 1);
-        if (g->dbias && c->db_rows) bwd_dbias(c, s->S, b, h, i0, it, j0, jt, T, 1);
-        /* dQ^T (dh x queries) += K^T dS^T, key rows from the panel padded to mr */
-        const float *Kr = Krb + j0 * c->DHm;
-        for (int64_t d0 = 0; d0 < c->DHm; d0 += mr)
-            for (int64_t c0 = 0; c0 < itn; c0 += nr)
-                kt->ukr(jt, Kr + d0, c->DHm, s->S + c0, T, dQt + d0 * T + c0, T, 1);
+    const int64_t nh = c->loop_h ? 1 : p->H, grp = w % c->G, bh = w / c->G;
+    const int64_t bb = c->loop_b ? 0 : bh / nh, hh = c->loop_h ? 0 : bh % nh;
+    const int64_t be = c->loop_b ? p->B : bb + 1, he = c->loop_h ? p->H : hh + 1;
+    int64_t t0, t1;
+    bwd_group(c, grp, &t0, &t1);
+    const int64_t j0 = t0 * c->T, j1 = XA_MIN(p->J, t1 * c->T);
+    if (g->dbias && !g->accumulate && j1 > j0) { /* this task's dbias entries start at 0 */
+        float *db = g->dbias + bb * g->dbias_sb + hh * g->dbias_sh + j0;
+        for (int64_t i = 0; i < (g->dbias_si ? p->I : 1); i++)
+            memset(db + i * g->dbias_si, 0, sizeof(float) * (size_t)(j1 - j0));
     }
-    if (!g->dq) return;
-    float *o = g->dq + b * g->dq_sb + h * g->dq_sh + i0 * g->dq_si;
-    for (int64_t col = 0; col < it; col++) {
-        float *row = o + col * g->dq_si;
+    for (int64_t b = bb; b < be; b++)
+        for (int64_t h = hh; h < he; h++) {
+            float *dQg = c->dQg + ((b * p->H + h) * c->G + grp) * c->IP * c->DHn;
+            memset(dQg, 0, sizeof(float) * (size_t)(c->IP * c->DHn));
+            for (int64_t t = t0; t < t1; t++) bwd_keys(c, s, b, h, t * c->T, dQg);
+        }
+}
+
+/* dq of query rows [i0, i0 + n) of head bh: scale times the groups' sums, in group order. */
+static void bwd_dq(const bwd_ctx *c, int64_t bh, int64_t i0, int64_t n)
+{
+    const xa_attn *p = c->a.p;
+    const xa_attn_grad *g = c->g;
+    const int64_t b = bh / p->H, h = bh % p->H;
+    for (int64_t i = i0; i < i0 + n; i++) {
+        float *row = g->dq + b * g->dq_sb + h * g->dq_sh + i * g->dq_si;
         for (int64_t d = 0; d < p->dh; d++) {
-            const float v = p->scale * dQt[d * T + col];
+            float v = 0.0f;
+            for (int64_t k = 0; k < c->G; k++) v += c->dQg[((bh * c->G + k) * c->IP + i) * c->DHn + d];
+            v *= p->scale;
             row[d] = g->accumulate ? row[d] + v : v;
         }
     }
 }
 
-/* Zeroes (unless accumulating) the part of dbias a task owns: rows [i0, i0 + it) (pass B) or
- * columns [j0, j0 + jt) of the query-broadcast row (pass A), for every (b, h) it loops. */
-static void bwd_dbias_clear(const bwd_ctx *c, int64_t b0, int64_t h0, int64_t i0, int64_t it,
-                            int64_t j0, int64_t jt)
-{
-    const xa_attn_grad *g = c->g;
-    if (!g->dbias || g->accumulate) return;
-    float *db = g->dbias + b0 * g->dbias_sb + h0 * g->dbias_sh + j0;
-    for (int64_t col = 0; col < it; col++)
-        memset(db + (i0 + col) * g->dbias_si, 0, sizeof(float) * (size_t)jt);
-}
-
-/* One task of pass A (keys) or B (queries): w indexes (b, h, tile) over the axes not looped. */
-static void bwd_task(const bwd_ctx *c, bwd_scratch *s, int pass_a, int64_t w, int64_t ntile)
-{
-    const xa_attn *p = c->a.p;
-    const int64_t nh = c->loop_h ? 1 : p->H;
-    const int64_t t0 = (w % ntile) * c->T, bh = w / ntile;
-    const int64_t bb = c->loop_b ? 0 : bh / nh, hh = c->loop_h ? 0 : bh % nh;
-    const int64_t be = c->loop_b ? p->B : bb + 1, he = c->loop_h ? p->H : hh + 1;
-    const int owns_dbias = pass_a ? !c->db_rows : c->db_rows;
-    if (owns_dbias) {
-        if (pass_a) bwd_dbias_clear(c, bb, hh, 0, 1, t0, XA_MIN(c->T, p->J - t0));
-        else bwd_dbias_clear(c, bb, hh, t0, XA_MIN(c->T, p->I - t0), 0, p->J);
-    }
-    for (int64_t b = bb; b < be; b++)
-        for (int64_t h = hh; h < he; h++) {
-            if (pass_a) bwd_keys(c, s, b, h, t0);
-            else bwd_queries(c, s, b, h, t0);
-        }
-}
-
-/* dst (NP / T, d, T) = src (n, d) (row stride sr) transposed tile by tile (T rows at a time),
- * zero past n: each tile's operand is a contiguous (d, T) block, read with row stride T. */
+/* dst (NP / T, d, T) = scale * src (n, d) (row stride sr) transposed tile by tile (T rows at a
+ * time), zero past n: each tile's operand is a contiguous (d, T) block, read with row stride T. */
 static void bwd_pack_t(const float *src, int64_t sr, int64_t n, int64_t d, int64_t T, int64_t NP,
                        float scale, float *dst)
 {
-    memset(dst + (n - 1) / T * T * d, 0, sizeof(float) * (size_t)(T * d * (NP / T - (n - 1) / T)));
+    const int64_t last = n > 0 ? (n - 1) / T * T : 0;
+    memset(dst + last * d, 0, sizeof(float) * (size_t)((NP - last) * d));
     for (int64_t r0 = 0; r0 < n; r0 += 16) {
         const int64_t re = XA_MIN(n, r0 + 16);
         float *blk = dst + r0 / T * T * d + r0 % T;
@@ -1089,48 +1046,38 @@ static void bwd_pack_t(const float *src, int64_t sr, int64_t n, int64_t d, int64
     }
 }
 
-/* The per-head operands of both passes, packed once: scale * q transposed and as padded rows,
- * dO likewise, the key rows padded to mr. */
-static void bwd_pack_head(const bwd_ctx *c, int64_t b, int64_t h)
+/* dst (NP, w) = scale * src (n, d) rows padded with zeros to width w and count NP. */
+static void bwd_pack_rows(const float *src, int64_t sr, int64_t n, int64_t d, int64_t w,
+                          int64_t NP, float scale, float *dst)
+{
+    memset(dst, 0, sizeof(float) * (size_t)(NP * w));
+    for (int64_t r = 0; r < n; r++)
+        for (int64_t x = 0; x < d; x++) dst[r * w + x] = scale * src[r * sr + x];
+}
+
+/* The per-head operands, packed once: scale * q, dO, k and v transposed by tile, scale * q,
+ * dO and k as rows padded to nr; and D = rowsum(dO o O). */
+static void bwd_pack_head(const bwd_ctx *c, int64_t bh)
 {
     const xa_attn *p = c->a.p;
     const xa_attn_grad *g = c->g;
-    const int64_t bh = b * p->H + h, IP = c->IP, T = c->T, JP = c->a.JP;
+    const int64_t b = bh / p->H, h = bh % p->H, IP = c->IP, T = c->T, JP = c->a.JP;
     const float *q = p->q + b * p->q_sb + h * p->q_sh;
     const float *dO = g->dout + b * g->do_sb + h * g->do_sh;
     const float *k = p->k + b * p->k_sb + h * p->k_sh;
     const float *v = p->v + b * p->v_sb + h * p->v_sh;
-    float *Qs = c->QsA + bh * IP * c->DHn, *dOr = c->dOrA + bh * IP * c->DVn;
-    float *Kr = c->KrA + bh * JP * c->DHm;
+    const float *o = p->out + b * p->o_sb + h * p->o_sh;
     bwd_pack_t(q, p->q_si, p->I, p->dh, T, IP, p->scale, c->QtA + bh * IP * p->dh);
     bwd_pack_t(dO, g->do_si, p->I, p->dv, T, IP, 1.0f, c->dOtA + bh * IP * p->dv);
-    if (p->J) {
-        bwd_pack_t(k, p->k_sj, p->J, p->dh, T, JP, 1.0f, c->Kt + bh * JP * p->dh);
-        bwd_pack_t(v, p->v_sj, p->J, p->dv, T, JP, 1.0f, c->Vt + bh * JP * p->dv);
-    }
-    memset(Qs, 0, sizeof(float) * (size_t)(IP * c->DHn));
-    memset(dOr, 0, sizeof(float) * (size_t)(IP * c->DVn));
-    memset(Kr, 0, sizeof(float) * (size_t)(JP * c->DHm));
-    for (int64_t i = 0; i < p->I; i++) {
-        const float *qr = q + i * p->q_si;
-        for (int64_t d = 0; d < p->dh; d++) Qs[i * c->DHn + d] = p->scale * qr[d];
-        memcpy(dOr + i * c->DVn, dO + i * g->do_si, sizeof(float) * (size_t)p->dv);
-    }
-    for (int64_t j = 0; j < p->J; j++)
-        memcpy(Kr + j * c->DHm, k + j * p->k_sj, sizeof(float) * (size_t)p->dh);
-}
-
-/* D[b, h, i] = sum_d dO o O, over fixed row blocks. */
-static void bwd_rowdot(const bwd_ctx *c, int64_t bh)
-{
-    const xa_attn *p = c->a.p;
-    const xa_attn_grad *g = c->g;
-    const int64_t b = bh / p->H, h = bh % p->H;
-    const float *o = p->out + b * p->o_sb + h * p->o_sh;
-    const float *d = g->dout + b * g->do_sb + h * g->do_sh;
+    bwd_pack_t(k, p->k_sj, p->J, p->dh, T, JP, 1.0f, c->Kt + bh * JP * p->dh);
+    bwd_pack_t(v, p->v_sj, p->J, p->dv, T, JP, 1.0f, c->Vt + bh * JP * p->dv);
+    bwd_pack_rows(q, p->q_si, p->I, p->dh, c->DHn, IP, p->scale, c->QsA + bh * IP * c->DHn);
+    bwd_pack_rows(dO, g->do_si, p->I, p->dv, c->DVn, IP, 1.0f, c->dOrA + bh * IP * c->DVn);
+    bwd_pack_rows(k, p->k_sj, p->J, p->dh, c->DHn, JP, 1.0f, c->KnA + bh * JP * c->DHn);
     for (int64_t i = 0; i < p->I; i++) {
         double acc = 0.0;
-        for (int64_t x = 0; x < p->dv; x++) acc += (double)o[i * p->o_si + x] * d[i * g->do_si + x];
+        for (int64_t x = 0; x < p->dv; x++)
+            acc += (double)o[i * p->o_si + x] * dO[i * g->do_si + x];
         c->Dr[bh * p->I + i] = (float)acc;
     }
 }
@@ -1139,15 +1086,54 @@ static xattn_status check_grad(const xa_attn *p, const xa_attn_grad *g)
 {
     const char *fn = p->fn ? p->fn : "attention backward";
     if (p->mix || p->stats_only || p->qkeep || p->kkeep)
-        return xa_error(XATTN_ERR_ARG, "%s: head mixing, stats-only and keep vectors have no "
-                        "backward here", fn);
+        return xa_error(XATTN_ERR_ARG,
+                        "%s: head mixing, stats-only and keep vectors have no "
+                        "backward here",
+                        fn);
     if (!g->dout) return xa_error(XATTN_ERR_ARG, "%s: dout (the output's gradient) is NULL", fn);
-    const int64_t st[] = {g->do_sb, g->do_sh, g->do_si, g->dq_sb, g->dq_sh, g->dq_si,
-                          g->dk_sb, g->dk_sh, g->dk_sj, g->dv_sb, g->dv_sh, g->dv_sj,
-                          g->dbias_sb, g->dbias_sh, g->dbias_si};
+    const int64_t st[] = {g->do_sb,    g->do_sh,    g->do_si, g->dq_sb, g->dq_sh,
+                          g->dq_si,    g->dk_sb,    g->dk_sh, g->dk_sj, g->dv_sb,
+                          g->dv_sh,    g->dv_sj,    g->dbias_sb, g->dbias_sh, g->dbias_si};
     for (size_t i = 0; i < XA_N(st); i++)
         if (st[i] < 0) return xa_error(XATTN_ERR_ARG, "%s: negative stride", fn);
     return XATTN_OK;
+}
+
+/* Tile side, padded widths, groups and the layout of the shared scratch (floats needed, or -1
+ * on overflow); with base != NULL the arrays are carved from it. */
+static int64_t bwd_layout(bwd_ctx *c, float *base)
+{
+    const xa_attn *p = c->a.p;
+    const xa_kernels *kt = c->a.kt;
+    const int64_t mr = kt->mr, nr = kt->nr;
+    int64_t l = mr;
+    while (l % nr) l += mr; /* lcm(mr, nr) */
+    c->T = (64 + l - 1) / l * l;
+    c->DHn = (p->dh + nr - 1) / nr * nr;
+    c->DVn = (p->dv + nr - 1) / nr * nr;
+    c->a.JP = XA_MAX((p->J + c->T - 1) / c->T * c->T, c->T);
+    c->IP = XA_MAX((p->I + c->T - 1) / c->T * c->T, c->T);
+    c->ntk = (p->J + c->T - 1) / c->T;
+    const int64_t nbh = (c->loop_b ? 1 : p->B) * (c->loop_h ? 1 : p->H);
+    c->G = XA_MAX(1, XA_MIN(c->ntk, (64 + nbh - 1) / nbh)); /* from the problem, not threads */
+    const int64_t BH = p->B * p->H, JP = c->a.JP, IP = c->IP;
+    const int64_t per_head = JP * (p->dh + p->dv + c->DHn) +
+                             IP * (p->dh + p->dv + c->DHn + c->DVn + c->G * c->DHn) + 2 * p->I;
+    int64_t total;
+    if (xa_mul_ok(BH, per_head + 16, &total) || xa_mul_ok(total, (int64_t)sizeof(float), &l))
+        return -1;
+    if (base) {
+        c->Kt = take(&base, BH * JP * p->dh);
+        c->Vt = take(&base, BH * JP * p->dv);
+        c->KnA = take(&base, BH * JP * c->DHn);
+        c->QtA = take(&base, BH * IP * p->dh);
+        c->dOtA = take(&base, BH * IP * p->dv);
+        c->QsA = take(&base, BH * IP * c->DHn);
+        c->dOrA = take(&base, BH * IP * c->DVn);
+        c->dQg = take(&base, BH * c->G * IP * c->DHn);
+        c->Dr = take(&base, BH * p->I);
+    }
+    return total + 16 * 16;
 }
 
 xattn_status xa_attention_backward(const xa_attn *p, const xa_attn_grad *g0)
@@ -1156,48 +1142,25 @@ xattn_status xa_attention_backward(const xa_attn *p, const xa_attn_grad *g0)
     if (!st) st = check_grad(p, g0);
     if (st) return st;
     if (p->B == 0 || p->H == 0) return XATTN_OK;
+    const char *fn = p->fn ? p->fn : "attention backward";
     xa_attn_grad g = *g0;
     bwd_ctx c;
     memset(&c, 0, sizeof c);
     att_setup(&c.a, p);
     c.g = &g;
-    const xa_kernels *kt = c.a.kt;
-    const int64_t mr = kt->mr, nr = kt->nr;
-    int64_t l = mr;
-    while (l % nr) l += mr; /* lcm(mr, nr) */
-    c.T = (64 + l - 1) / l * l;
-    c.DHn = (p->dh + nr - 1) / nr * nr;
-    c.DVn = (p->dv + nr - 1) / nr * nr;
-    c.DHm = (p->dh + mr - 1) / mr * mr;
-    c.a.JP = XA_MAX((p->J + c.T - 1) / c.T * c.T, c.T);
     c.a.direct = 0;
     c.loop_b = g.dbias && g.dbias_sb == 0 && p->B > 1;
     c.loop_h = g.dbias && g.dbias_sh == 0 && p->H > 1;
-    c.db_rows = g.dbias && g.dbias_si != 0;
-    c.IP = XA_MAX((p->I + c.T - 1) / c.T * c.T, c.T);
-    const int64_t BH = p->B * p->H, HL = BH * p->dh * c.a.JP, VL = BH * p->dv * c.a.JP;
-    const int64_t per_i = p->dh + c.DHn + p->dv + c.DVn, QL = BH * c.IP * per_i;
-    const int64_t KL = BH * c.a.JP * c.DHm;
-    int64_t chk;
-    if (xa_mul_ok(BH, (p->dh + p->dv + c.DHm) * c.a.JP + c.IP * per_i + p->I * 2, &chk) ||
-        xa_mul_ok(chk + 64, (int64_t)sizeof(float), &chk))
-        return xa_error(XATTN_ERR_NOMEM, "%s: sizes overflow", p->fn ? p->fn : "attention");
-    xa_ws *sh = xa_ws_get(sizeof(float) * (size_t)(HL + VL + QL + KL + 2 * BH * p->I + 64));
+    const int64_t need = bwd_layout(&c, NULL), BH = p->B * p->H;
+    if (need < 0) return xa_error(XATTN_ERR_NOMEM, "%s: sizes overflow", fn);
+    xa_ws *sh = xa_ws_get(sizeof(float) * (size_t)(need + BH * p->I));
     if (!sh) return XATTN_ERR_NOMEM;
-    float *base = xa_ws_data(sh);
-    c.Kt = take(&base, HL);
-    c.Vt = take(&base, VL);
-    c.QtA = take(&base, BH * p->dh * c.IP);
-    c.QsA = take(&base, BH * c.IP * c.DHn);
-    c.dOtA = take(&base, BH * p->dv * c.IP);
-    c.dOrA = take(&base, BH * c.IP * c.DVn);
-    c.KrA = take(&base, KL);
-    c.Dr = take(&base, BH * p->I);
+    float *lse_own = (float *)xa_ws_data(sh) + need;
+    bwd_layout(&c, xa_ws_data(sh));
     if (!g.lse) { /* the forward's statistics, recomputed */
-        float *lse = take(&base, BH * p->I);
         xa_attn s = *p;
         s.stats_only = 1;
-        s.lse = lse;
+        s.lse = lse_own;
         s.stat_m = s.stat_l = NULL;
         s.probs = NULL;
         s.out = NULL;
@@ -1205,11 +1168,11 @@ xattn_status xa_attention_backward(const xa_attn *p, const xa_attn_grad *g0)
             xa_ws_put(sh);
             return st;
         }
-        g.lse = lse;
+        g.lse = lse_own;
     }
     const size_t sfl = bwd_scratch_floats(&c);
-    const int64_t ntq = (p->I + c.T - 1) / c.T, ntk = (p->J + c.T - 1) / c.T;
     const int64_t nbh = (c.loop_b ? 1 : p->B) * (c.loop_h ? 1 : p->H);
+    const int64_t RB = 64, nrb = (p->I + RB - 1) / RB;
     int failed = 0;
     const xattn_ctx *ctx = xa_ctx_cur();
 #ifdef _OPENMP
@@ -1229,27 +1192,22 @@ xattn_status xa_attention_backward(const xa_attn *p, const xa_attn_grad *g0)
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-        for (int64_t w = 0; w < BH; w++) {
-            bwd_pack_head(&c, w / p->H, w % p->H);
-            bwd_rowdot(&c, w);
+        for (int64_t w = 0; w < BH; w++) bwd_pack_head(&c, w);
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+        for (int64_t w = 0; w < nbh * c.G; w++)
+            if (mem_ws) bwd_task(&c, &s, w);
+        if (g.dq) {
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+            for (int64_t w = 0; w < BH * nrb; w++)
+                bwd_dq(&c, w / nrb, w % nrb * RB, XA_MIN(RB, p->I - w % nrb * RB));
         }
-        /* pass A: dK, dV (and dbias without a query axis) */
-#ifdef _OPENMP
-#pragma omp for schedule(dynamic, 1)
-#endif
-        for (int64_t w = 0; w < nbh * ntk; w++)
-            if (mem_ws) bwd_task(&c, &s, 1, w, ntk);
-        /* pass B: dQ (and dbias rows) */
-#ifdef _OPENMP
-#pragma omp for schedule(dynamic, 1)
-#endif
-        for (int64_t w = 0; w < nbh * ntq; w++)
-            if (mem_ws) bwd_task(&c, &s, 0, w, ntq);
         xa_ws_put(mem_ws);
     }
     xa_ws_put(sh);
-    if (failed)
-        return xa_error(XATTN_ERR_NOMEM, "%s: out of memory for scratch",
-                        p->fn ? p->fn : "attention backward");
+    if (failed) return xa_error(XATTN_ERR_NOMEM, "%s: out of memory for scratch", fn);
     return XATTN_OK;
 }
