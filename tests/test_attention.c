@@ -237,6 +237,8 @@ static double run_cfg(const cfg *c, const char *label)
 /* ---------------------------------------------------------------------------------------- */
 /* fixtures from torch                                                                        */
 
+static double grad_worst; /* the backward's largest error against the torch fixtures */
+
 static double run_fixture(const char *file)
 {
     xattn_safetensors *st = NULL;
@@ -306,6 +308,47 @@ static double run_fixture(const char *file)
         double e = tu_check_close(what, out, ref, no, TU_TOL);
         if (e > err) err = e;
     }
+    /* the backward against torch.autograd in float64 (sdpa_grad_<case>.safetensors) */
+    char gname[256];
+    snprintf(gname, sizeof gname, "sdpa_grad_%s", file + strlen("sdpa_"));
+    xattn_safetensors *gs = NULL;
+    CHECK_OK(xattn_st_open(tu_fixture(gname), &gs));
+    if (gs) {
+        xattn_array ad = {0}, rq = {0}, rk = {0}, rv = {0}, rb = {0};
+        float *lse = malloc(sizeof(float) * (size_t)(p.B * p.H * p.I + 1));
+        const int64_t nq = p.B * p.H * p.I * p.dh, nk = p.B * p.H * p.J * p.dh,
+                      nv = p.B * p.H * p.J * p.dv;
+        float *dq = malloc(sizeof(float) * (size_t)(nq + 1)),
+              *dk = malloc(sizeof(float) * (size_t)(nk + 1)),
+              *dv = malloc(sizeof(float) * (size_t)(nv + 1)),
+              *db = calloc((size_t)(ab.data ? xattn_array_numel(&ab) : 1), sizeof(float));
+        p.lse = lse;
+        CHECK_OK(xattn_sdpa(&p));
+        xattn_sdpa_grads g;
+        xattn_sdpa_grads_init(&g);
+        g.dout = tu_get_f32(gs, "dout", &ad);
+        g.do_sb = p.o_sb, g.do_sh = p.o_sh, g.do_si = p.o_si;
+        g.dq = dq, g.dq_sb = p.q_sb, g.dq_sh = p.q_sh, g.dq_si = p.q_si;
+        g.dk = dk, g.dk_sb = p.k_sb, g.dk_sh = p.k_sh, g.dk_sj = p.k_sj;
+        g.dv = dv, g.dv_sb = p.v_sb, g.dv_sh = p.v_sh, g.dv_sj = p.v_sj;
+        if (ab.data)
+            g.dbias = db, g.dbias_sb = p.bias_sb, g.dbias_sh = p.bias_sh, g.dbias_si = p.bias_si;
+        CHECK_OK(xattn_sdpa_backward(&p, &g));
+        char what[200];
+        snprintf(what, sizeof what, "%s backward [%s]", file, xattn_isa());
+        double e = tu_check_close(what, dq, tu_get_f32(gs, "dq", &rq), nq, 1e-4);
+        e = fmax(e, tu_check_close(what, dk, tu_get_f32(gs, "dk", &rk), nk, 1e-4));
+        e = fmax(e, tu_check_close(what, dv, tu_get_f32(gs, "dv", &rv), nv, 1e-4));
+        if (ab.data)
+            e = fmax(e, tu_check_close(what, db, tu_get_f32(gs, "dbias", &rb),
+                                       xattn_array_numel(&ab), 1e-4));
+        if (e > grad_worst) grad_worst = e;
+        p.lse = NULL;
+        free(lse), free(dq), free(dk), free(dv), free(db);
+        xattn_array_free(&ad), xattn_array_free(&rq), xattn_array_free(&rk);
+        xattn_array_free(&rv), xattn_array_free(&rb);
+        xattn_st_close(gs);
+    }
     (void)al;
     free(out);
     xattn_array_free(&aq);
@@ -370,8 +413,8 @@ int main(void)
             double e = run_fixture(fixtures[f]);
             if (e > worst_fix) worst_fix = e;
         }
-    printf("torch fixtures: %zu files, max rel error %.3g\n", sizeof fixtures / sizeof fixtures[0],
-           worst_fix);
+    printf("torch fixtures: %zu files, max rel error %.3g; backward (torch.autograd) %.3g\n",
+           sizeof fixtures / sizeof fixtures[0], worst_fix, grad_worst);
 
     static const int64_t lens[] = {1, 2, 7, 31, 32, 33, 64, 65, 100, 255, 257, 300};
     static const int64_t dhs[] = {1, 8, 64, 80, 128, 256, 3, 13};
