@@ -79,8 +79,10 @@ static double run(const shape *s, int reps)
     }
     for (int i = 0; i < reps; i++) {
         double t0 = now_seconds();
-        if (s->backward) xattn_sdpa_backward(&p, &g);
-        else xattn_sdpa(&p);
+        if (s->backward)
+            xattn_sdpa_backward(&p, &g);
+        else
+            xattn_sdpa(&p);
         ts[i] = now_seconds() - t0;
     }
     free(lse), free(dout), free(dq), free(dk), free(dv);

@@ -16,9 +16,9 @@
 
 typedef struct prob {
     int64_t B, H, I, J, dh, dv;
-    int inplace;    /* heads read in place from (B, N, H*d) */
-    int mask;       /* 0 none, 1 element (B, H, I, J), 2 key padding (B, 1, 1, J) */
-    int bias;       /* 0 none, 1 full (B, H, I, J), 2 (1, H, I, J), 3 (B, 1, 1, J) */
+    int inplace; /* heads read in place from (B, N, H*d) */
+    int mask;    /* 0 none, 1 element (B, H, I, J), 2 key padding (B, 1, 1, J) */
+    int bias;    /* 0 none, 1 full (B, H, I, J), 2 (1, H, I, J), 3 (B, 1, 1, J) */
     int causal;
     int64_t offset;
     xattn_fill fill;
@@ -103,11 +103,14 @@ static void reference(const prob *p, const xattn_sdpa_params *a, const xattn_sdp
                       double *dq, double *dk, double *dv, double *dbias)
 {
     const int64_t I = p->I, J = p->J;
-    const double scale = p->custom_scale ? (double)p->scale : (double)(float)(1.0 / sqrt((double)p->dh));
+    const double scale =
+        p->custom_scale ? (double)p->scale : (double)(float)(1.0 / sqrt((double)p->dh));
     const double fill = p->fill == XATTN_FILL_NEG_INF ? -INFINITY : -(double)FLT_MAX;
-    double *S = malloc(sizeof(double) * (size_t)(I * J)), *P = malloc(sizeof(double) * (size_t)(I * J));
+    double *S = malloc(sizeof(double) * (size_t)(I * J)),
+           *P = malloc(sizeof(double) * (size_t)(I * J));
     uint8_t *keep = malloc((size_t)(I * J));
-    double *dO = malloc(sizeof(double) * (size_t)(I * p->dv)), *O = malloc(sizeof(double) * (size_t)(I * p->dv));
+    double *dO = malloc(sizeof(double) * (size_t)(I * p->dv)),
+           *O = malloc(sizeof(double) * (size_t)(I * p->dv));
     for (int64_t b = 0; b < p->B; b++)
         for (int64_t h = 0; h < p->H; h++) {
             for (int64_t i = 0; i < I; i++)
@@ -119,7 +122,8 @@ static void reference(const prob *p, const xattn_sdpa_params *a, const xattn_sdp
                     s *= scale;
                     if (a->bias) s += AT(a->bias, a->bias_sb, a->bias_sh, a->bias_si, b, h, i)[j];
                     int kp = 1;
-                    if (a->mask) kp = AT(a->mask, a->mask_sb, a->mask_sh, a->mask_si, b, h, i)[j] != 0;
+                    if (a->mask)
+                        kp = AT(a->mask, a->mask_sb, a->mask_sh, a->mask_si, b, h, i)[j] != 0;
                     if (p->causal && j > i + p->offset) kp = 0;
                     keep[i * J + j] = (uint8_t)kp;
                     S[i * J + j] = kp ? s : fill;
@@ -175,7 +179,8 @@ static void reference(const prob *p, const xattn_sdpa_params *a, const xattn_sdp
             if (dbias)
                 for (int64_t i = 0; i < I; i++)
                     for (int64_t j = 0; j < J; j++)
-                        AT(dbias, g->dbias_sb, g->dbias_sh, g->dbias_si, b, h, i)[j] += S[i * J + j];
+                        AT(dbias, g->dbias_sb, g->dbias_sh, g->dbias_si, b, h, i)
+                        [j] += S[i * J + j];
         }
     free(S), free(P), free(keep), free(dO), free(O);
 }
@@ -227,7 +232,7 @@ static void free_bufs(bufs *b)
 
 static int64_t bias_numel(const prob *p)
 {
-    return p->bias == 1 ? p->B * p->H * p->I * p->J
+    return p->bias == 1   ? p->B * p->H * p->I * p->J
            : p->bias == 2 ? p->H * p->I * p->J
                           : p->B * p->J;
 }
@@ -241,16 +246,20 @@ static void one(const prob *p, uint64_t seed)
     setup(p, &a, &g, &b);
     CHECK_OK(xattn_sdpa(&a));
     CHECK_OK(xattn_sdpa_backward(&a, &g));
-    double *rq = calloc((size_t)b.nq + 1, sizeof(double)), *rk = calloc((size_t)b.nk + 1, sizeof(double));
-    double *rv = calloc((size_t)b.nv + 1, sizeof(double)), *rb = calloc((size_t)b.nbias + 1, sizeof(double));
+    double *rq = calloc((size_t)b.nq + 1, sizeof(double)),
+           *rk = calloc((size_t)b.nk + 1, sizeof(double));
+    double *rv = calloc((size_t)b.nv + 1, sizeof(double)),
+           *rb = calloc((size_t)b.nbias + 1, sizeof(double));
     reference(p, &a, &g, rq, rk, rv, p->bias ? rb : NULL);
     float *f = malloc(sizeof(float) * (size_t)(b.nbias + b.nq + b.nk + b.nv + 1));
     char what[256];
-    snprintf(what, sizeof what,
-             "B=%lld H=%lld I=%lld J=%lld dh=%lld dv=%lld inplace=%d mask=%d bias=%d causal=%d%+lld "
-             "fill=%d", (long long)p->B, (long long)p->H, (long long)p->I, (long long)p->J,
-             (long long)p->dh, (long long)p->dv, p->inplace, p->mask, p->bias, p->causal,
-             (long long)p->offset, (int)p->fill);
+    snprintf(
+        what, sizeof what,
+        "B=%lld H=%lld I=%lld J=%lld dh=%lld dv=%lld inplace=%d mask=%d bias=%d causal=%d%+lld "
+        "fill=%d",
+        (long long)p->B, (long long)p->H, (long long)p->I, (long long)p->J, (long long)p->dh,
+        (long long)p->dv, p->inplace, p->mask, p->bias, p->causal, (long long)p->offset,
+        (int)p->fill);
     static double worst = 0;
     double e;
     to_float(rq, f, b.nq);
@@ -289,9 +298,20 @@ static void one(const prob *p, uint64_t seed)
 static void causal_tiles(void)
 {
     for (int t = 0; t < 6; t++) {
-        prob p = {1, 2, 300, 280, 32, 32, t & 1, t < 2 ? 0 : 1, t % 3 == 0 ? 1 : 0, 1,
-                  (int64_t)(t * 37 - 90), t & 1 ? XATTN_FILL_MIN_FLOAT : XATTN_FILL_NEG_INF,
-                  0, 0};
+        prob p = {1,
+                  2,
+                  300,
+                  280,
+                  32,
+                  32,
+                  t & 1,
+                  t < 2 ? 0 : 1,
+                  t % 3 == 0 ? 1 : 0,
+                  1,
+                  (int64_t)(t * 37 - 90),
+                  t & 1 ? XATTN_FILL_MIN_FLOAT : XATTN_FILL_NEG_INF,
+                  0,
+                  0};
         one(&p, 700 + (uint64_t)t);
     }
 }
@@ -364,7 +384,8 @@ static void threads_and_kernels(void)
             CHECK_OK(xattn_sdpa(&a));
             CHECK_OK(xattn_sdpa_backward(&a, &g));
             float *c = snapshot(&b);
-            if (!scalar) scalar = c;
+            if (!scalar)
+                scalar = c;
             else {
                 tu_check_close(isas[k], c, scalar, (int64_t)n, 1e-5);
                 printf("kernel set %s against scalar: checked\n", isas[k]);

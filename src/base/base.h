@@ -8,11 +8,11 @@
 
 #if defined(__GNUC__)
 #define XA_PRINTF(a, b) __attribute__((format(printf, a, b)))
-#define XA_LIKELY(x) __builtin_expect(!!(x), 1)
-#define XA_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define XA_LIKELY(x)    __builtin_expect(!!(x), 1)
+#define XA_UNLIKELY(x)  __builtin_expect(!!(x), 0)
 #else
 #define XA_PRINTF(a, b)
-#define XA_LIKELY(x) (x)
+#define XA_LIKELY(x)   (x)
 #define XA_UNLIKELY(x) (x)
 #endif
 

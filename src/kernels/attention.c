@@ -742,8 +742,7 @@ xattn_status xattn_sdpa_backward(const xattn_sdpa_params *p, const xattn_sdpa_gr
     if (!g) return xa_error(XATTN_ERR_ARG, "%s: grads is NULL", fn);
     if (!xa_reserved_zero(g->reserved_))
         return xa_error(XATTN_ERR_ARG, "%s: grads->reserved_ must be zero", fn);
-    if (!p->out)
-        return xa_error(XATTN_ERR_ARG, "%s: out (the forward's output) is NULL", fn);
+    if (!p->out) return xa_error(XATTN_ERR_ARG, "%s: out (the forward's output) is NULL", fn);
     a.probs = NULL;
     a.lse = NULL;
     xa_attn_grad d;
@@ -797,7 +796,7 @@ xattn_status xattn_sdpa_backward(const xattn_sdpa_params *p, const xattn_sdpa_gr
  */
 
 typedef struct bwd_ctx {
-    att_ctx a;          /* the problem, kernels, fill, JP (J rounded up to T) */
+    att_ctx a; /* the problem, kernels, fill, JP (J rounded up to T) */
     const xa_attn_grad *g;
     int64_t T;          /* tile side (queries and keys), a multiple of mr and nr */
     int64_t DHn, DVn;   /* dh, dv rounded up to nr */
@@ -888,8 +887,7 @@ static int bwd_causal_skip(const xa_attn *p, int64_t i0, int64_t it, int64_t j0)
 
 /* One (b, h, key tile j0): every query tile; dK and dV written, dQ added into dQg (IP, DHn),
  * dbias entries of these keys added to. */
-static void bwd_keys(const bwd_ctx *c, bwd_scratch *s, int64_t b, int64_t h, int64_t j0,
-                     float *dQg)
+static void bwd_keys(const bwd_ctx *c, bwd_scratch *s, int64_t b, int64_t h, int64_t j0, float *dQg)
 {
     const xa_attn *p = c->a.p;
     const xa_attn_grad *g = c->g;
@@ -925,8 +923,7 @@ static void bwd_keys(const bwd_ctx *c, bwd_scratch *s, int64_t b, int64_t h, int
         /* dV (keys x dv) += P^T dO */
         for (int64_t r0 = 0; r0 < T; r0 += mr)
             for (int64_t d0 = 0; d0 < c->DVn; d0 += nr)
-                kt->ukr(it, s->S + r0, T, s->dOr + d0, c->DVn, s->dV + r0 * c->DVn + d0, c->DVn,
-                        1);
+                kt->ukr(it, s->S + r0, T, s->dOr + d0, c->DVn, s->dV + r0 * c->DVn + d0, c->DVn, 1);
         /* dP (queries x keys) = dO V^T */
         for (int64_t c0 = 0; c0 < itm; c0 += mr)
             for (int64_t r0 = 0; r0 < T; r0 += nr)
@@ -961,13 +958,12 @@ static void bwd_keys(const bwd_ctx *c, bwd_scratch *s, int64_t b, int64_t h, int
         /* dK (keys x dh) += dS^T (scale q) */
         for (int64_t r0 = 0; r0 < T; r0 += mr)
             for (int64_t d0 = 0; d0 < c->DHn; d0 += nr)
-                kt->ukr(it, s->S + r0, T, s->Qs + d0, c->DHn, s->dK + r0 * c->DHn + d0, c->DHn,
-                        1);
+                kt->ukr(it, s->S + r0, T, s->Qs + d0, c->DHn, s->dK + r0 * c->DHn + d0, c->DHn, 1);
         /* dQ / scale (queries x dh) += dS K */
         for (int64_t c0 = 0; c0 < itm; c0 += mr)
             for (int64_t d0 = 0; d0 < c->DHn; d0 += nr)
-                kt->ukr(jt, s->dSt + c0, T, Kn + d0, c->DHn, dQg + (i0 + c0) * c->DHn + d0,
-                        c->DHn, 1);
+                kt->ukr(jt, s->dSt + c0, T, Kn + d0, c->DHn, dQg + (i0 + c0) * c->DHn + d0, c->DHn,
+                        1);
     }
     for (int64_t r = 0; r < jt; r++) {
         if (g->dk) {
@@ -1024,7 +1020,8 @@ static void bwd_dq(const bwd_ctx *c, int64_t bh, int64_t i0, int64_t n)
         float *row = g->dq + b * g->dq_sb + h * g->dq_sh + i * g->dq_si;
         for (int64_t d = 0; d < p->dh; d++) {
             float v = 0.0f;
-            for (int64_t k = 0; k < c->G; k++) v += c->dQg[((bh * c->G + k) * c->IP + i) * c->DHn + d];
+            for (int64_t k = 0; k < c->G; k++)
+                v += c->dQg[((bh * c->G + k) * c->IP + i) * c->DHn + d];
             v *= p->scale;
             row[d] = g->accumulate ? row[d] + v : v;
         }
@@ -1047,8 +1044,8 @@ static void bwd_pack_t(const float *src, int64_t sr, int64_t n, int64_t d, int64
 }
 
 /* dst (NP, w) = scale * src (n, d) rows padded with zeros to width w and count NP. */
-static void bwd_pack_rows(const float *src, int64_t sr, int64_t n, int64_t d, int64_t w,
-                          int64_t NP, float scale, float *dst)
+static void bwd_pack_rows(const float *src, int64_t sr, int64_t n, int64_t d, int64_t w, int64_t NP,
+                          float scale, float *dst)
 {
     memset(dst, 0, sizeof(float) * (size_t)(NP * w));
     for (int64_t r = 0; r < n; r++)
@@ -1091,9 +1088,9 @@ static xattn_status check_grad(const xa_attn *p, const xa_attn_grad *g)
                         "backward here",
                         fn);
     if (!g->dout) return xa_error(XATTN_ERR_ARG, "%s: dout (the output's gradient) is NULL", fn);
-    const int64_t st[] = {g->do_sb,    g->do_sh,    g->do_si, g->dq_sb, g->dq_sh,
-                          g->dq_si,    g->dk_sb,    g->dk_sh, g->dk_sj, g->dv_sb,
-                          g->dv_sh,    g->dv_sj,    g->dbias_sb, g->dbias_sh, g->dbias_si};
+    const int64_t st[] = {g->do_sb, g->do_sh, g->do_si,    g->dq_sb,    g->dq_sh,
+                          g->dq_si, g->dk_sb, g->dk_sh,    g->dk_sj,    g->dv_sb,
+                          g->dv_sh, g->dv_sj, g->dbias_sb, g->dbias_sh, g->dbias_si};
     for (size_t i = 0; i < XA_N(st); i++)
         if (st[i] < 0) return xa_error(XATTN_ERR_ARG, "%s: negative stride", fn);
     return XATTN_OK;
@@ -1182,7 +1179,8 @@ xattn_status xa_attention_backward(const xa_attn *p, const xa_attn_grad *g0)
         xa_ws *mem_ws = xa_ws_get_from(ctx, sizeof(float) * sfl);
         bwd_scratch s;
         memset(&s, 0, sizeof s);
-        if (mem_ws) bwd_scratch_bind(&c, xa_ws_data(mem_ws), &s);
+        if (mem_ws)
+            bwd_scratch_bind(&c, xa_ws_data(mem_ws), &s);
         else {
 #ifdef _OPENMP
 #pragma omp atomic write
