@@ -176,11 +176,10 @@ static void reference(const prob *p, const xattn_sdpa_params *a, const xattn_sdp
                         s += S[i * J + j] * AT(a->q, a->q_sb, a->q_sh, a->q_si, b, h, i)[d];
                     AT(dk, a->k_sb, a->k_sh, a->k_sj, b, h, j)[d] = scale * s;
                 }
-            if (dbias)
-                for (int64_t i = 0; i < I; i++)
-                    for (int64_t j = 0; j < J; j++)
-                        AT(dbias, g->dbias_sb, g->dbias_sh, g->dbias_si, b, h, i)
-                        [j] += S[i * J + j];
+            for (int64_t i = 0; dbias && i < I; i++) {
+                double *row = AT(dbias, g->dbias_sb, g->dbias_sh, g->dbias_si, b, h, i);
+                for (int64_t j = 0; j < J; j++) row[j] += S[i * J + j];
+            }
         }
     free(S), free(P), free(keep), free(dO), free(O);
 }
