@@ -211,3 +211,240 @@ void xa_op_lse_merge(const float *o1, const float *l1, const float *o2, const fl
         l[r] = (float)L;
     }
 }
+
+/* ---------------------------------------------------------------------------------------- */
+/* Backward                                                                                 */
+
+#define XA_RB ((int64_t)64) /* rows per block of the weight/bias reductions */
+
+static float upd(float old, float v, int accumulate) { return accumulate ? old + v : v; }
+
+/* out (n) (+)= sum over row blocks (in order) of the partial sums part (nblk, n). */
+static void reduce_blocks(const float *part, int64_t nblk, int64_t n, float *out, int accumulate)
+{
+    for (int64_t c = 0; c < n; c++) {
+        float s = 0.0f;
+        for (int64_t k = 0; k < nblk; k++) s += part[k * n + c];
+        out[c] = upd(out[c], s, accumulate);
+    }
+}
+
+xattn_status xa_op_linear_backward(const float *x, int64_t M, int64_t K, const float *W, int64_t N,
+                                   const float *dy, float *dx, float *dW, float *db, int accumulate)
+{
+    const float beta = accumulate ? 1.0f : 0.0f;
+    xattn_status s = XATTN_OK;
+    if (dx) {
+        if (N == 0) {
+            if (!accumulate) memset(dx, 0, sizeof(float) * (size_t)(M * K));
+        } else if ((s = xattn_sgemm(0, 0, M, K, N, 1.0f, dy, N, W, K, beta, dx, K))) {
+            return s;
+        }
+    }
+    if (dW) {
+        if (M == 0) {
+            if (!accumulate) memset(dW, 0, sizeof(float) * (size_t)(N * K));
+        } else if ((s = xattn_sgemm(1, 0, N, K, M, 1.0f, dy, N, x, K, beta, dW, K))) {
+            return s;
+        }
+    }
+    if (db) {
+        /* columns summed over the rows in order: each column block on one thread */
+        XA_CHUNKED(
+            N, for (int64_t c = c0; c < c1; c++) {
+                float acc = 0.0f;
+                for (int64_t r = 0; r < M; r++) acc += dy[r * N + c];
+                db[c] = upd(db[c], acc, accumulate);
+            });
+    }
+    return XATTN_OK;
+}
+
+/* Shared by both norms: per row, xhat = (x - mean) * rstd (mean 0 for RMSNorm), g = dy * w,
+ * dx = rstd * (g - mean(g) [LayerNorm only] - xhat * mean(g * xhat)); per row block, the
+ * partial sums of dy * xhat (dw) and dy (db). */
+static xattn_status norm_backward(const float *x, int64_t rows, int64_t n, const float *w,
+                                  float eps, int centred, const float *dy, float *dx, float *dw,
+                                  float *db, int accumulate)
+{
+    const int64_t nblk = (rows + XA_RB - 1) / XA_RB;
+    float *part = NULL;
+    if ((dw || db) && rows > 0) {
+        part = xa_alloc(sizeof(float) * (size_t)(2 * nblk * n + 1));
+        if (!part) return xa_error(XATTN_ERR_NOMEM, "norm backward: out of memory");
+    }
+    float *pw = part, *pb = part ? part + nblk * n : NULL;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(rows *n > (1 << 16) ? xa_threads() : 1)
+#endif
+    for (int64_t k = 0; k < nblk; k++) {
+        if (pw) memset(pw + k * n, 0, sizeof(float) * (size_t)n);
+        if (pb) memset(pb + k * n, 0, sizeof(float) * (size_t)n);
+        for (int64_t r = k * XA_RB; r < XA_MIN(rows, (k + 1) * XA_RB); r++) {
+            const float *xr = x + r * n, *gr = dy + r * n;
+            double mean = 0.0, var = 0.0;
+            if (centred) {
+                for (int64_t i = 0; i < n; i++) mean += xr[i];
+                mean /= (double)n;
+            }
+            for (int64_t i = 0; i < n; i++) var += ((double)xr[i] - mean) * ((double)xr[i] - mean);
+            const double rstd = 1.0 / sqrt(var / (double)n + (double)eps);
+            double mg = 0.0, mgx = 0.0;
+            for (int64_t i = 0; i < n; i++) {
+                const double xh = ((double)xr[i] - mean) * rstd, g = gr[i] * (w ? w[i] : 1.0f);
+                mg += g;
+                mgx += g * xh;
+                if (pw) pw[k * n + i] += (float)(gr[i] * xh);
+                if (pb) pb[k * n + i] += gr[i];
+            }
+            mg /= (double)n;
+            mgx /= (double)n;
+            if (!dx) continue;
+            float *dr = dx + r * n;
+            for (int64_t i = 0; i < n; i++) {
+                const double xh = ((double)xr[i] - mean) * rstd, g = gr[i] * (w ? w[i] : 1.0f);
+                const float v = (float)(rstd * (g - (centred ? mg : 0.0) - xh * mgx));
+                dr[i] = upd(dr[i], v, accumulate);
+            }
+        }
+    }
+    if (dw) {
+        if (rows > 0)
+            reduce_blocks(pw, nblk, n, dw, accumulate);
+        else if (!accumulate)
+            memset(dw, 0, sizeof(float) * (size_t)n);
+    }
+    if (db) {
+        if (rows > 0)
+            reduce_blocks(pb, nblk, n, db, accumulate);
+        else if (!accumulate)
+            memset(db, 0, sizeof(float) * (size_t)n);
+    }
+    xa_free(part);
+    return XATTN_OK;
+}
+
+xattn_status xa_op_layernorm_backward(const float *x, int64_t rows, int64_t n, const float *w,
+                                      float eps, const float *dy, float *dx, float *dw, float *db,
+                                      int accumulate)
+{
+    return norm_backward(x, rows, n, w, eps, 1, dy, dx, dw, db, accumulate);
+}
+
+xattn_status xa_op_rmsnorm_backward(const float *x, int64_t rows, int64_t n, const float *w,
+                                    float eps, const float *dy, float *dx, float *dw,
+                                    int accumulate)
+{
+    return norm_backward(x, rows, n, w, eps, 0, dy, dx, dw, NULL, accumulate);
+}
+
+/* d/dx gelu(x): erf form Phi(x) + x phi(x); tanh form as torch's GELU(approximate="tanh"). */
+static float gelu_grad(float x, int tanh_form)
+{
+    if (tanh_form) {
+        const float k = 0.7978845608028654f, c = 0.044715f;
+        const float t = tanhf(k * (x + c * x * x * x));
+        return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * k * (1.0f + 3.0f * c * x * x);
+    }
+    const float cdf = 0.5f * (1.0f + erff(x * 0.7071067811865476f));
+    const float pdf = 0.3989422804014327f * expf(-0.5f * x * x);
+    return cdf + x * pdf;
+}
+
+void xa_op_gelu_backward(const float *x, const float *dy, float *dx, int64_t n, int tanh_form)
+{
+    XA_CHUNKED(n, for (int64_t i = c0; i < c1; i++) dx[i] = dy[i] * gelu_grad(x[i], tanh_form));
+}
+
+void xa_op_relu_backward(const float *x, const float *dy, float *dx, int64_t n)
+{
+    XA_CHUNKED(n, for (int64_t i = c0; i < c1; i++) dx[i] = x[i] > 0.0f ? dy[i] : 0.0f);
+}
+
+void xa_op_geglu_backward(const float *in, int64_t rows, int64_t h, const float *dy, float *din)
+{
+    const xa_kernels *kt = xa_kern();
+    XA_CHUNKED(
+        rows, for (int64_t r = c0; r < c1; r++) {
+            const float *a = in + r * 2 * h, *g = a + h, *d = dy + r * h;
+            float *da = din + r * 2 * h, *dg = da + h;
+            memcpy(da, g, (size_t)h * sizeof(float));
+            kt->gelu(da, h, 0); /* da = gelu(g) */
+            for (int64_t i = 0; i < h; i++) {
+                dg[i] = d[i] * a[i] * gelu_grad(g[i], 0);
+                da[i] *= d[i];
+            }
+        });
+}
+
+void xa_op_softmax_backward(const float *y, const float *dy, float *dx, int64_t rows, int64_t n)
+{
+    XA_CHUNKED(
+        rows, for (int64_t r = c0; r < c1; r++) {
+            const float *yr = y + r * n, *gr = dy + r * n;
+            float *dr = dx + r * n;
+            double s = 0.0;
+            for (int64_t i = 0; i < n; i++) s += (double)gr[i] * yr[i];
+            for (int64_t i = 0; i < n; i++) dr[i] = yr[i] * (gr[i] - (float)s);
+        });
+}
+
+void xa_op_mean_backward(const float *dy, int64_t B, int64_t F, int64_t R, float *dx,
+                         int accumulate)
+{
+    const float inv = F > 0 ? 1.0f / (float)F : 0.0f;
+    XA_CHUNKED(
+        B * F, for (int64_t bf = c0; bf < c1; bf++) {
+            const float *d = dy + (bf / F) * R;
+            float *o = dx + bf * R;
+            for (int64_t r = 0; r < R; r++) o[r] = upd(o[r], d[r] * inv, accumulate);
+        });
+}
+
+void xa_op_pool2_backward(const float *dy, int64_t B, int64_t N, int64_t C, float *dx,
+                          int accumulate)
+{
+    const int64_t T = N / 2;
+    XA_CHUNKED(
+        B * N, for (int64_t bn = c0; bn < c1; bn++) {
+            const int64_t b = bn / N, t = (bn % N) / 2;
+            float *o = dx + bn * C;
+            if (t >= T) { /* the dropped odd last token */
+                if (!accumulate) memset(o, 0, sizeof(float) * (size_t)C);
+                continue;
+            }
+            const float *d = dy + (b * T + t) * C;
+            for (int64_t c = 0; c < C; c++) o[c] = upd(o[c], 0.5f * d[c], accumulate);
+        });
+}
+
+/* SplitMix64's finaliser: a bijective mix of 64 bits. */
+static uint64_t mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+uint64_t xa_dropout_seed(uint64_t run_seed, uint64_t step, uint64_t tensor)
+{
+    return mix64(mix64(mix64(run_seed) ^ step) ^ (tensor * 0x9e3779b97f4a7c15ull));
+}
+
+void xa_op_dropout(float *x, int64_t n, float p, uint64_t seed)
+{
+    if (p <= 0.0f) return;
+    if (p >= 1.0f) { /* everything dropped, as torch's dropout with p = 1 */
+        XA_CHUNKED(n, memset(x + c0, 0, sizeof(float) * (size_t)(c1 - c0)));
+        return;
+    }
+    /* keep when the element's 24-bit uniform draw u satisfies u >= p */
+    const uint32_t thr = (uint32_t)((double)p * 16777216.0 + 0.5);
+    const float keep = 1.0f / (1.0f - p);
+    XA_CHUNKED(
+        n, for (int64_t i = c0; i < c1; i++) {
+            const uint32_t u =
+                (uint32_t)(mix64(seed + 0x9e3779b97f4a7c15ull * (uint64_t)(i + 1)) >> 40);
+            x[i] = u >= thr ? x[i] * keep : 0.0f;
+        });
+}

@@ -69,4 +69,44 @@ xattn_status xa_op_bidir_attention(const xa_bidir *p);
 void xa_op_lse_merge(const float *o1, const float *l1, const float *o2, const float *l2,
                      int64_t rows, int64_t dv, float *o, float *l);
 
+/* ---- Backward of the ops (each beside its forward in op_layer.c). Inputs are the forward's
+ * inputs (x) and the gradient of its output (dy); the gradients are overwritten, or added to
+ * when accumulate != 0; any gradient pointer may be NULL (not wanted). Reductions over rows
+ * (weight and bias gradients) run over fixed row blocks summed in order, so results do not
+ * depend on the thread count. dx may not alias dy unless stated. */
+
+/* y = x W^T + b: dx (M, K) = dy W, dW (N, K) = dy^T x, db (N) = sum over rows of dy. */
+xattn_status xa_op_linear_backward(const float *x, int64_t M, int64_t K, const float *W, int64_t N,
+                                   const float *dy, float *dx, float *dW, float *db,
+                                   int accumulate);
+/* LayerNorm / RMSNorm over rows of n (w, b as the forward; NULL: without); the statistics are
+ * recomputed from x. dw, db: (n). */
+xattn_status xa_op_layernorm_backward(const float *x, int64_t rows, int64_t n, const float *w,
+                                      float eps, const float *dy, float *dx, float *dw, float *db,
+                                      int accumulate);
+xattn_status xa_op_rmsnorm_backward(const float *x, int64_t rows, int64_t n, const float *w,
+                                    float eps, const float *dy, float *dx, float *dw,
+                                    int accumulate);
+/* Elementwise: dx = dy * f'(x) (dx may be dy). */
+void xa_op_gelu_backward(const float *x, const float *dy, float *dx, int64_t n, int tanh_form);
+void xa_op_relu_backward(const float *x, const float *dy, float *dx, int64_t n);
+/* GEGLU: in (rows, 2h) = [a | g], dy (rows, h) -> din (rows, 2h). */
+void xa_op_geglu_backward(const float *in, int64_t rows, int64_t h, const float *dy, float *din);
+/* Row softmax from its output y: dx = y o (dy - rowsum(dy o y)) (dx may be dy). */
+void xa_op_softmax_backward(const float *y, const float *dy, float *dx, int64_t rows, int64_t n);
+/* Mean over f (xa_op_mean): dx (B, F, R) = dy (B, R) / F. */
+void xa_op_mean_backward(const float *dy, int64_t B, int64_t F, int64_t R, float *dx,
+                         int accumulate);
+/* AvgPool1d(2, 2) (xa_op_pool2): dx (B, N, C); an odd last token gets 0. */
+void xa_op_pool2_backward(const float *dy, int64_t B, int64_t N, int64_t C, float *dx,
+                          int accumulate);
+
+/* Dropout with probability p (0 <= p < 1), in place: x[i] = 0 with probability p, else
+ * x[i] / (1 - p). The keep/drop decision of element i is a counter-based hash of (seed, i):
+ * nothing is stored, the backward (the same call on dy with the same seed) regenerates it,
+ * and it does not depend on threads. p = 0 is the identity. Callers derive the seed from
+ * (run seed, step, tensor) with xa_dropout_seed. */
+void xa_op_dropout(float *x, int64_t n, float p, uint64_t seed);
+uint64_t xa_dropout_seed(uint64_t run_seed, uint64_t step, uint64_t tensor);
+
 #endif
