@@ -768,6 +768,7 @@ xattn_status xattn_sdpa_backward(const xattn_sdpa_params *p, const xattn_sdpa_gr
     d.dbias_sb = g->dbias_sb;
     d.dbias_sh = g->dbias_sh;
     d.dbias_si = g->dbias_si;
+    d.dbias_sj = 1;
     d.accumulate = g->accumulate != 0;
     if ((s = xa_attention_backward(&a, &d))) return s;
     xa_clear_error();
@@ -948,11 +949,14 @@ static void bwd_keys(const bwd_ctx *c, bwd_scratch *s, int64_t b, int64_t h, int
                     s->dSt[(r0 + r) * T + col] = col < it ? src[r] : 0.0f;
             }
         if (g->dbias) {
-            float *db = g->dbias + b * g->dbias_sb + h * g->dbias_sh + j0;
+            float *db = g->dbias + b * g->dbias_sb + h * g->dbias_sh + j0 * g->dbias_sj;
             for (int64_t col = 0; col < it; col++) {
                 float *row = db + (i0 + col) * g->dbias_si;
                 const float *sc = s->S + col * T;
-                for (int64_t r = 0; r < jt; r++) row[r] += sc[r];
+                if (g->dbias_sj == 1)
+                    for (int64_t r = 0; r < jt; r++) row[r] += sc[r];
+                else
+                    for (int64_t r = 0; r < jt; r++) row[r * g->dbias_sj] += sc[r];
             }
         }
         /* dK (keys x dh) += dS^T (scale q) */
@@ -998,9 +1002,9 @@ static void bwd_task(const bwd_ctx *c, bwd_scratch *s, int64_t w)
     bwd_group(c, grp, &t0, &t1);
     const int64_t j0 = t0 * c->T, j1 = XA_MIN(p->J, t1 * c->T);
     if (g->dbias && !g->accumulate && j1 > j0) { /* this task's dbias entries start at 0 */
-        float *db = g->dbias + bb * g->dbias_sb + hh * g->dbias_sh + j0;
+        float *db = g->dbias + bb * g->dbias_sb + hh * g->dbias_sh + j0 * g->dbias_sj;
         for (int64_t i = 0; i < (g->dbias_si ? p->I : 1); i++)
-            memset(db + i * g->dbias_si, 0, sizeof(float) * (size_t)(j1 - j0));
+            for (int64_t j = 0; j < j1 - j0; j++) db[i * g->dbias_si + j * g->dbias_sj] = 0.0f;
     }
     for (int64_t b = bb; b < be; b++)
         for (int64_t h = hh; h < he; h++) {
@@ -1082,15 +1086,15 @@ static void bwd_pack_head(const bwd_ctx *c, int64_t bh)
 static xattn_status check_grad(const xa_attn *p, const xa_attn_grad *g)
 {
     const char *fn = p->fn ? p->fn : "attention backward";
-    if (p->mix || p->stats_only || p->qkeep || p->kkeep)
+    if (p->mix || p->stats_only)
         return xa_error(XATTN_ERR_ARG,
-                        "%s: head mixing, stats-only and keep vectors have no "
-                        "backward here",
+                        "%s: head mixing and stats-only passes have no backward "
+                        "here",
                         fn);
     if (!g->dout) return xa_error(XATTN_ERR_ARG, "%s: dout (the output's gradient) is NULL", fn);
-    const int64_t st[] = {g->do_sb, g->do_sh, g->do_si,    g->dq_sb,    g->dq_sh,
-                          g->dq_si, g->dk_sb, g->dk_sh,    g->dk_sj,    g->dv_sb,
-                          g->dv_sh, g->dv_sj, g->dbias_sb, g->dbias_sh, g->dbias_si};
+    const int64_t st[] = {g->do_sb,    g->do_sh,    g->do_si,    g->dq_sb,   g->dq_sh, g->dq_si,
+                          g->dk_sb,    g->dk_sh,    g->dk_sj,    g->dv_sb,   g->dv_sh, g->dv_sj,
+                          g->dbias_sb, g->dbias_sh, g->dbias_si, g->dbias_sj};
     for (size_t i = 0; i < XA_N(st); i++)
         if (st[i] < 0) return xa_error(XATTN_ERR_ARG, "%s: negative stride", fn);
     return XATTN_OK;

@@ -125,7 +125,9 @@ xattn_status xa_attention(const xa_attn *a);
 /* Gradients of xa_attention (normal mode; no head mixing, no keep vectors) from the forward's
  * output a->out and its log-sum-exp. Per-head tensors by base pointer and strides as in xa_attn.
  * dq, dk, dv may each be NULL; they are overwritten, or added to when accumulate != 0. dbias
- * (B|1, H|1, I|1, J), last axis contiguous: a 0 stride sums the gradient over that axis. */
+ * (B|1, H|1, I|1, J) with strides (sb, sh, si, sj): a 0 stride among sb, sh, si sums the
+ * gradient over that axis; sj = J and si = 1 read a bias stored transposed. Keep vectors
+ * (qkeep, kkeep) are masks like the others. */
 typedef struct xa_attn_grad {
     const float *dout;
     int64_t do_sb, do_sh, do_si; /* (B, H, I, dv) gradient of out                     */
@@ -137,7 +139,7 @@ typedef struct xa_attn_grad {
     float *dv;
     int64_t dv_sb, dv_sh, dv_sj; /* (B, H, J, dv) */
     float *dbias;
-    int64_t dbias_sb, dbias_sh, dbias_si;
+    int64_t dbias_sb, dbias_sh, dbias_si, dbias_sj; /* dbias_sj: key stride (1, or I transposed) */
     int accumulate;
 } xa_attn_grad;
 
@@ -180,6 +182,32 @@ typedef struct xa_bidir {
 } xa_bidir;
 
 xattn_status xa_bidir_attention(const xa_bidir *p);
+
+/* Gradients of xa_bidir_attention from the forward's per-head outputs p->out and p->cout and the
+ * gradients of those: qk and cqk get the gradient of the shared similarity from both softmaxes,
+ * v and cv from their side, the bias (B|1, H|1, I, J) its sum over the axes it broadcasts over,
+ * the talking-heads weights their own. Any gradient may be NULL; they are overwritten, or added
+ * to when accumulate != 0. No B*H*I*J buffer; the same results for every thread count. */
+typedef struct xa_bidir_grad {
+    const float *dout;
+    int64_t do_sb, do_sh, do_si; /* (B, H, I, dh) */
+    const float *dcout;
+    int64_t dco_sb, dco_sh, dco_sj; /* (B, H, J, dh) */
+    float *dqk;
+    int64_t dqk_sb, dqk_sh, dqk_si;
+    float *dcqk;
+    int64_t dcqk_sb, dcqk_sh, dcqk_sj;
+    float *dv;
+    int64_t dv_sb, dv_sh, dv_si;
+    float *dcv;
+    int64_t dcv_sb, dcv_sh, dcv_sj;
+    float *dbias;
+    int64_t dbias_sb, dbias_sh; /* (B|1, H|1, I, J), row stride J */
+    float *dtalk, *dctalk;      /* (H, H) each, with talking heads */
+    int accumulate;
+} xa_bidir_grad;
+
+xattn_status xa_bidir_backward(const xa_bidir *p, const xa_bidir_grad *g);
 
 /* ---- GEMM framework (gemm.c): packing, cache blocking, threads over the kernel table. ---- */
 /* C (M,N) = alpha * op(A) * op(B) + beta * C using table `kt` (NULL = current). */
