@@ -1160,6 +1160,23 @@ XATTN_API xattn_status xattn_module_forward(xattn_ctx *ctx, const xattn_module *
                                             const xattn_tensor *in, size_t n_in, xattn_tensor *out,
                                             size_t n_out);
 
+/*
+ * Gradients (a vector-Jacobian product): runs the forward on in[] like xattn_module_forward
+ * (out[] optional: the forward's outputs, when asked) and back-propagates the gradients of the
+ * outputs dout[] (named like the outputs, same shapes; an output not given has zero gradient).
+ * Writes the gradient of each float input named in din[] (same names and shapes as in[]:
+ * "x", "context", "rel_pos_bias", ...) and, when dparams is not NULL, of every parameter i
+ * into dparams[i] (xattn_module_param_count entries, each NULL or the parameter's number of
+ * floats; the order of xattn_module_param). Gradients are overwritten, never accumulated.
+ * XATTN_ERR_UNSUPPORTED for a kind without a backward (xattn_kind_has_backward).
+ */
+XATTN_API xattn_status xattn_module_grad(xattn_ctx *ctx, const xattn_module *m,
+                                         const xattn_tensor *in, size_t n_in, xattn_tensor *out,
+                                         size_t n_out, const xattn_tensor *dout, size_t n_dout,
+                                         xattn_tensor *din, size_t n_din, float *const *dparams);
+/* 1 if the kind named has a backward (xattn_module_grad), else 0. */
+XATTN_API int xattn_kind_has_backward(const char *kind);
+
 /* The kinds and the arguments their constructors take (for `xattn init --help`). */
 typedef struct xattn_kind_desc {
     const char *name, *reference, *summary;

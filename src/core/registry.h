@@ -70,6 +70,16 @@ xattn_status xa_run_bind(xa_run *r, const char *name, int64_t v);
 
 struct xa_kind;
 
+/* What a kind's backward hook is given besides the forward's xa_run: the gradients of the
+ * outputs (output-table order; NULL: zero), where to write the gradients of the float inputs
+ * (input-table order; NULL: not wanted) and of the parameters (parameter order, as the
+ * module's table; dparam NULL or an entry NULL: not wanted). Gradients are overwritten. */
+typedef struct xa_grad {
+    const float *dout[XA_MAX_IO];
+    float *din[XA_MAX_IO];
+    float *const *dparam;
+} xa_grad;
+
 /* Every module struct starts with this. */
 typedef struct xa_mod {
     const struct xa_kind *kind;
@@ -108,6 +118,9 @@ typedef struct xa_kind {
      * too small for them ("input 'xs.2' has 1 token ..."). */
     xattn_status (*plan)(const xa_mod *m, xa_run *r);
     xattn_status (*forward)(const xa_mod *m, const xa_run *r);
+    /* The forward on r (its outputs written to r->out) and the back-propagation of g's output
+     * gradients (may be NULL: the kind has no backward yet). */
+    xattn_status (*backward)(const xa_mod *m, const xa_run *r, const xa_grad *g);
     const char *state_dict; /* the tensor names, for --help ("conv_query.{weight,bias}, ...") */
     const xa_stand_in *stand_ins; /* in input order (may be NULL)                           */
     int n_stand_ins;

@@ -347,18 +347,18 @@ static int64_t numel_of(const xattn_tensor *t)
     return n;
 }
 
-xattn_status xattn_module_forward(xattn_ctx *ctx, const xattn_module *mod, const xattn_tensor *in,
-                                  size_t n_in, xattn_tensor *out, size_t n_out)
+/* The run of a forward: r bound to the inputs and the asked outputs (shapes checked), the
+ * required outputs not asked for in scratch[] (freed by the caller, xa_free). */
+static xattn_status prepare(const xa_mod *m, const xattn_tensor *in, size_t n_in,
+                            const xattn_tensor *out, size_t n_out, xa_run *r,
+                            float *scratch[XA_MAX_IO])
 {
-    if (!mod || (n_in && !in) || (n_out && !out))
-        return xa_error(XATTN_ERR_ARG, "xattn_module_forward: NULL argument");
-    const xa_mod *m = *(xa_mod *const *)mod;
     const xa_kind *k = m->kind;
-    xa_run r;
     xattn_tensor plan_out[XA_MAX_IO];
+    memset(scratch, 0, sizeof(float *) * XA_MAX_IO);
     if (n_out > XA_MAX_IO) return xa_error(XATTN_ERR_ARG, "too many outputs");
     memcpy(plan_out, out, n_out * sizeof *out);
-    xattn_status s = plan(m, in, n_in, plan_out, n_out, &r);
+    xattn_status s = plan(m, in, n_in, plan_out, n_out, r);
     if (s) return s;
     for (size_t a = 0; a < n_out; a++) {
         int o = io_index(k->outputs, k->n_out, out[a].name);
@@ -371,13 +371,12 @@ xattn_status xattn_module_forward(xattn_ctx *ctx, const xattn_module *mod, const
                             xa_dims_text(out[a].ndim, out[a].shape, got, sizeof got),
                             out[a].data ? "" : " and no data",
                             xa_dims_text(plan_out[a].ndim, plan_out[a].shape, want, sizeof want));
-        if (r.out[o]) return xa_error(XATTN_ERR_ARG, "output '%s' is asked twice", out[a].name);
-        r.out[o] = out[a].data;
+        if (r->out[o]) return xa_error(XATTN_ERR_ARG, "output '%s' is asked twice", out[a].name);
+        r->out[o] = out[a].data;
     }
     /* required outputs the caller did not ask for go to scratch */
-    float *scratch[XA_MAX_IO] = {0};
     for (int o = 0; !s && o < k->n_out; o++) {
-        if (r.out[o] || (k->outputs[o].flags & XA_IO_OPT)) continue;
+        if (r->out[o] || (k->outputs[o].flags & XA_IO_OPT)) continue;
         xattn_tensor t;
         memset(&t, 0, sizeof t);
         t.name = k->outputs[o].name;
@@ -386,13 +385,122 @@ xattn_status xattn_module_forward(xattn_ctx *ctx, const xattn_module *mod, const
         double n = (double)numel_of(&t);
         if (n * 4 > 1e12)
             s = xa_error(XATTN_ERR_NOMEM, "output '%s' is too large", t.name);
-        else if (!(scratch[o] = xa_alloc((size_t)n * sizeof(float))))
+        else if (!(scratch[o] = xa_alloc((size_t)XA_MAX(n, 1) * sizeof(float))))
             s = XATTN_ERR_NOMEM;
-        r.out[o] = scratch[o];
+        r->out[o] = scratch[o];
     }
+    return s;
+}
+
+xattn_status xattn_module_forward(xattn_ctx *ctx, const xattn_module *mod, const xattn_tensor *in,
+                                  size_t n_in, xattn_tensor *out, size_t n_out)
+{
+    if (!mod || (n_in && !in) || (n_out && !out))
+        return xa_error(XATTN_ERR_ARG, "xattn_module_forward: NULL argument");
+    const xa_mod *m = *(xa_mod *const *)mod;
+    const xa_kind *k = m->kind;
+    xa_run r;
+    float *scratch[XA_MAX_IO];
+    xattn_status s = prepare(m, in, n_in, out, n_out, &r, scratch);
     if (!s) {
         const xattn_ctx *prev = xa_ctx_enter(ctx);
         s = k->forward(m, &r);
+        xa_ctx_leave(prev);
+    }
+    for (int o = 0; o < k->n_out; o++) xa_free(scratch[o]);
+    if (!s) xa_clear_error();
+    return s;
+}
+
+int xattn_kind_has_backward(const char *kind)
+{
+    const xa_kind *k = kind ? xa_kind_find(kind) : NULL;
+    return k && k->backward;
+}
+
+/* The output gradients and input-gradient destinations of a grad call into g. */
+static xattn_status grad_bind(const xa_mod *m, const xattn_tensor *in, size_t n_in, const xa_run *r,
+                              const xattn_tensor *dout, size_t n_dout, const xattn_tensor *din,
+                              size_t n_din, xa_grad *g)
+{
+    const xa_kind *k = m->kind;
+    char want[128], got[128];
+    for (size_t a = 0; a < n_dout; a++) {
+        const int o = io_index(k->outputs, k->n_out, dout[a].name);
+        if (o < 0) return unknown_io(k, 1, dout[a].name);
+        xattn_tensor t;
+        memset(&t, 0, sizeof t);
+        t.name = dout[a].name;
+        xa_run tmp;
+        xattn_status s = plan(m, in, n_in, &t, 1, &tmp);
+        if (s) return s;
+        int same = dout[a].ndim == t.ndim && dout[a].data && dout[a].dtype == XATTN_F32;
+        for (int d = 0; same && d < t.ndim; d++) same = dout[a].shape[d] == t.shape[d];
+        if (!same)
+            return xa_error(XATTN_ERR_SHAPE,
+                            "the gradient of output '%s' has shape %s%s; expected "
+                            "float32 %s",
+                            dout[a].name,
+                            xa_dims_text(dout[a].ndim, dout[a].shape, got, sizeof got),
+                            dout[a].data ? "" : " and no data",
+                            xa_dims_text(t.ndim, t.shape, want, sizeof want));
+        if (g->dout[o])
+            return xa_error(XATTN_ERR_ARG, "the gradient of output '%s' is given twice",
+                            dout[a].name);
+        g->dout[o] = dout[a].data;
+    }
+    for (size_t a = 0; a < n_din; a++) {
+        const int i = io_index(k->inputs, k->n_in, din[a].name);
+        if (i < 0) return unknown_io(k, 0, din[a].name);
+        if (!r->in[i])
+            return xa_error(XATTN_ERR_ARG,
+                            "a gradient of input '%s' is asked, but the input is "
+                            "not given",
+                            din[a].name);
+        if (r->in_dtype[i] != XATTN_F32 || (k->inputs[i].flags & XA_IO_MASK))
+            return xa_error(XATTN_ERR_ARG, "input '%s' is not a float32 tensor: it has no gradient",
+                            din[a].name);
+        int same = din[a].ndim == r->in_ndim[i] && din[a].data;
+        for (int d = 0; same && d < din[a].ndim; d++) same = din[a].shape[d] == r->in_shape[i][d];
+        if (!same)
+            return xa_error(XATTN_ERR_SHAPE,
+                            "the gradient of input '%s' has shape %s%s; expected "
+                            "%s",
+                            din[a].name, xa_dims_text(din[a].ndim, din[a].shape, got, sizeof got),
+                            din[a].data ? "" : " and no data",
+                            xa_dims_text(r->in_ndim[i], r->in_shape[i], want, sizeof want));
+        if (g->din[i])
+            return xa_error(XATTN_ERR_ARG, "the gradient of input '%s' is asked twice",
+                            din[a].name);
+        g->din[i] = din[a].data;
+    }
+    return XATTN_OK;
+}
+
+xattn_status xattn_module_grad(xattn_ctx *ctx, const xattn_module *mod, const xattn_tensor *in,
+                               size_t n_in, xattn_tensor *out, size_t n_out,
+                               const xattn_tensor *dout, size_t n_dout, xattn_tensor *din,
+                               size_t n_din, float *const *dparams)
+{
+    if (!mod || (n_in && !in) || (n_out && !out) || (n_dout && !dout) || (n_din && !din))
+        return xa_error(XATTN_ERR_ARG, "xattn_module_grad: NULL argument");
+    const xa_mod *m = *(xa_mod *const *)mod;
+    const xa_kind *k = m->kind;
+    if (!k->backward)
+        return xa_error(XATTN_ERR_UNSUPPORTED,
+                        "%s has no backward yet (kinds with one: "
+                        "xattn_kind_has_backward)",
+                        k->name);
+    xa_run r;
+    float *scratch[XA_MAX_IO];
+    xa_grad g;
+    memset(&g, 0, sizeof g);
+    g.dparam = dparams;
+    xattn_status s = prepare(m, in, n_in, out, n_out, &r, scratch);
+    if (!s) s = grad_bind(m, in, n_in, &r, dout, n_dout, din, n_din, &g);
+    if (!s) {
+        const xattn_ctx *prev = xa_ctx_enter(ctx);
+        s = k->backward(m, &r, &g);
         xa_ctx_leave(prev);
     }
     for (int o = 0; o < k->n_out; o++) xa_free(scratch[o]);

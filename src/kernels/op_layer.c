@@ -194,6 +194,16 @@ xattn_status xa_op_attention(const xa_attn *p) { return xa_attention(p); }
 
 xattn_status xa_op_bidir_attention(const xa_bidir *p) { return xa_bidir_attention(p); }
 
+xattn_status xa_op_bidir_backward(const xa_bidir *p, const xa_bidir_grad *g)
+{
+    return xa_bidir_backward(p, g);
+}
+
+xattn_status xa_op_attention_backward(const xa_attn *p, const xa_attn_grad *g)
+{
+    return xa_attention_backward(p, g);
+}
+
 void xa_op_lse_merge(const float *o1, const float *l1, const float *o2, const float *l2,
                      int64_t rows, int64_t dv, float *o, float *l)
 {

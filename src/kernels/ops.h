@@ -62,6 +62,8 @@ void xa_attn_heads(xa_attn *a, int64_t B, int64_t H, int64_t I, int64_t J, int64
 xattn_status xa_op_attention(const xa_attn *p);
 /* Bidirectional attention (both softmaxes of one similarity). */
 xattn_status xa_op_bidir_attention(const xa_bidir *p);
+xattn_status xa_op_bidir_backward(const xa_bidir *p, const xa_bidir_grad *g);
+xattn_status xa_op_attention_backward(const xa_attn *p, const xa_attn_grad *g);
 /* Merges partial attention results over disjoint key sets (ring attention):
  *   L = log(e^L1 + e^L2), o = e^(L1 - L) o1 + e^(L2 - L) o2
  * o1, o2, o (rows, dv), l1, l2, l (rows); o may be o1, l may be l1. A row with L1 = L2 = -inf

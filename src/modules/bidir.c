@@ -692,6 +692,7 @@ static const xa_io bd_outputs[] = {
 #define BD_PRENORM "prenorm={prenorm?{layernorm?LayerNorm (0.0.x)|RMSNorm}|none}"
 
 static xattn_status forward_named(const xa_mod *core, const xa_run *r);
+static xattn_status backward_named(const xa_mod *core, const xa_run *r, const xa_grad *g);
 
 const xa_kind xa_kind_bidir = {
     .name = "bidir",
@@ -710,6 +711,7 @@ const xa_kind xa_kind_bidir = {
     .bind = bind,
     .destroy = destroy,
     .forward = forward_named,
+    .backward = backward_named,
     .state_dict = "to_qk.weight (inner_dim, dim), to_v.weight, context_to_qk.weight (inner_dim, "
                   "context_dim), context_to_v.weight, to_out.{weight, bias}, context_to_out."
                   "{weight, bias}, [norm.weight [norm.bias], context_norm.weight [.bias]], "
@@ -737,6 +739,7 @@ const xa_kind xa_kind_bidir_transformer = {
     .bind = bind,
     .destroy = destroy,
     .forward = forward_named,
+    .backward = backward_named,
     .state_dict = "layers.L.0.<the bidir names, with prenorm>, layers.L.1.{0.weight, 1.weight, "
                   "1.bias, 3.weight, 3.bias} (feed-forward of x), layers.L.2.* (of the context), "
                   "[norm.weight, context_norm.weight]",
@@ -1059,4 +1062,331 @@ static xattn_status forward_named(const xa_mod *core, const xa_run *r)
         o.context_attn = r->out[3];
     }
     return bidir_run((const xattn_bidir *)core, &in, &o);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Backward                                                                                 */
+/* ---------------------------------------------------------------------------------------- */
+/*
+ * The forward is run again with every layer's input streams kept (the transformer: x and the
+ * context before each layer and before the final norms, (depth + 1) (dim + context_dim) floats
+ * per token pair); going backward, each layer's internals are recomputed from its inputs
+ * (activation checkpointing per layer) and its gradient taken op by op: feed-forwards (RMSNorm,
+ * Linear, GELU, Linear, residual), the output projections, the bidirectional attention (the
+ * gradient of the shared similarity from both softmaxes, talking heads, rel_pos_bias), the
+ * projections and the prenorms.
+ */
+
+typedef struct bd_act { /* one layer's internals */
+    float *xn, *cn;     /* prenormed inputs (nI, dim), (nJ, context_dim) */
+    float *pqv, *cpqv;  /* (nI, 2 inner), (nJ, 2 inner) */
+    float *oh, *coh;    /* (nI, inner), (nJ, inner) */
+    float *x1, *c1;     /* the streams after the attention's residual (transformer) */
+    float *fx, *fc;     /* their feed-forward norms */
+    float *h, *ch;      /* feed-forward hidden before GELU (nI, hidden), (nJ, context_hidden) */
+    float *gx, *gc;     /* after GELU */
+} bd_act;
+
+typedef struct bd_bwd {
+    const xattn_bidir *m;
+    const xattn_bidir_inputs *in;
+    int64_t nI, nJ;
+    bd_act a;
+    float *dx, *dc;      /* running gradients of the streams */
+    float *d_oh, *d_coh; /* (nI, inner), (nJ, inner) */
+    float *dpqv, *dcpqv; /* (nI, 2 inner), (nJ, 2 inner) */
+    float *dxin, *dcin;  /* (nI, dim), (nJ, context_dim) */
+    float *dW, *dcW;     /* (2 inner, dim), (2 inner, context_dim) */
+    float *dh, *dch;     /* (nI, hidden), (nJ, context_hidden) */
+    float *dg, *dcg;
+    float *const *dparam;
+    float *dbias;     /* the rel_pos_bias gradient, or NULL */
+    int bias_started; /* the bias gradient holds a layer's part already */
+} bd_bwd;
+
+static float *dp(const bd_bwd *w, int i) { return w->dparam ? w->dparam[i] : NULL; }
+
+/* Parameter i's gradient set to 0 (before a backward that adds to it), n floats. */
+static void dp_zero(const bd_bwd *w, int i, int64_t n)
+{
+    if (dp(w, i)) memset(dp(w, i), 0, sizeof(float) * (size_t)n);
+}
+
+/* norm of a prenorm (the kind's) or a feed-forward / final norm (RMSNorm) backward, adding dx */
+static xattn_status prenorm_backward(xattn_bidir_norm kind, const float *x, int64_t rows, int64_t n,
+                                     const float *w, const float *dy, float *dx, float *dw,
+                                     float *db, int accumulate)
+{
+    if (kind == XATTN_NORM_LAYER)
+        return xa_op_layernorm_backward(x, rows, n, w, 1e-5f, dy, dx, dw, db, accumulate);
+    return xa_op_rmsnorm_backward(x, rows, n, w, FLT_EPSILON, dy, dx, dw, accumulate);
+}
+
+/* One layer's forward from streams x, ctx with its internals kept in w->a; the transformer's
+ * layer outputs go to xo, co (may be NULL). */
+static xattn_status layer_forward(bd_bwd *w, const bd_layer *L, const float *x, const float *ctx,
+                                  float *xo, float *co)
+{
+    const xattn_bidir *m = w->m;
+    const xattn_bidir_config *c = &m->cfg;
+    const bd_act *a = &w->a;
+    const bd_scratch sc = {a->xn, a->cn, a->pqv, a->cpqv, a->oh, a->coh, NULL};
+    xattn_status s;
+    if ((s = attn_core(m, &L->attn, w->in, x, ctx, &sc, NULL, NULL))) return s;
+    if (!c->is_transformer) return XATTN_OK;
+    const int64_t nI = w->nI, nJ = w->nJ, dim = c->dim, cd = c->context_dim;
+    memcpy(a->x1, x, sizeof(float) * (size_t)(nI * dim));
+    memcpy(a->c1, ctx, sizeof(float) * (size_t)(nJ * cd));
+    if ((s = xa_op_linear(a->oh, nI, c->inner_dim, L->attn.wo, L->attn.bo, dim, a->x1, 1)) ||
+        (s = xa_op_linear(a->coh, nJ, c->inner_dim, L->attn.cwo, L->attn.cbo, cd, a->c1, 1)) ||
+        (s = xa_op_rmsnorm(a->x1, nI, dim, L->ff.norm_w, FLT_EPSILON, a->fx)) ||
+        (s = xa_op_rmsnorm(a->c1, nJ, cd, L->cff.norm_w, FLT_EPSILON, a->fc)) ||
+        (s = xa_op_linear(a->fx, nI, dim, L->ff.w1, L->ff.b1, c->ff_hidden, a->h, 0)) ||
+        (s = xa_op_linear(a->fc, nJ, cd, L->cff.w1, L->cff.b1, c->context_ff_hidden, a->ch, 0)))
+        return s;
+    memcpy(a->gx, a->h, sizeof(float) * (size_t)(nI * c->ff_hidden));
+    memcpy(a->gc, a->ch, sizeof(float) * (size_t)(nJ * c->context_ff_hidden));
+    if ((s = xa_op_gelu(a->gx, nI * c->ff_hidden, 0)) ||
+        (s = xa_op_gelu(a->gc, nJ * c->context_ff_hidden, 0)))
+        return s;
+    if (xo) {
+        memcpy(xo, a->x1, sizeof(float) * (size_t)(nI * dim));
+        if ((s = xa_op_linear(a->gx, nI, c->ff_hidden, L->ff.w2, L->ff.b2, dim, xo, 1))) return s;
+    }
+    if (co) {
+        memcpy(co, a->c1, sizeof(float) * (size_t)(nJ * cd));
+        if ((s = xa_op_linear(a->gc, nJ, c->context_ff_hidden, L->cff.w2, L->cff.b2, cd, co, 1)))
+            return s;
+    }
+    return XATTN_OK;
+}
+
+/* Feed-forward backward: d (rows, d) is the gradient of the stream after the block (x1 + ff)
+ * and becomes that of x1. */
+static xattn_status ff_backward(bd_bwd *w, const bd_ff *f, int base, const float *x1,
+                                const float *fx, const float *h, const float *g, int64_t rows,
+                                int64_t d, int64_t hidden, float *dstream, float *dg, float *dh,
+                                float *dfx)
+{
+    xattn_status s;
+    if ((s = xa_op_linear_backward(g, rows, hidden, f->w2, d, dstream, dg, dp(w, base + F_W2),
+                                   dp(w, base + F_B2), 0)))
+        return s;
+    xa_op_gelu_backward(h, dg, dh, rows * hidden, 0);
+    if ((s = xa_op_linear_backward(fx, rows, d, f->w1, hidden, dh, dfx, dp(w, base + F_W1),
+                                   dp(w, base + F_B1), 0)))
+        return s;
+    dp_zero(w, base + F_NORM, d); /* added to below, with the stream's gradient */
+    return xa_op_rmsnorm_backward(x1, rows, d, f->norm_w, FLT_EPSILON, dfx, dstream,
+                                  dp(w, base + F_NORM), 1);
+}
+
+/* The two projections' gradients: dW (2 inner, d) split into to_qk / to_v; din = dpqv W. */
+static xattn_status proj_backward(bd_bwd *w, const float *xin, int64_t rows, int64_t d,
+                                  const float *W, const float *dpqv, float *din, float *dWtmp,
+                                  int iqk, int iv, int64_t inner)
+{
+    float *dq = dp(w, iqk), *dv = dp(w, iv);
+    xattn_status s = xa_op_linear_backward(xin, rows, d, W, 2 * inner, dpqv, din,
+                                           dq || dv ? dWtmp : NULL, NULL, 0);
+    if (s) return s;
+    if (dq) memcpy(dq, dWtmp, sizeof(float) * (size_t)(inner * d));
+    if (dv) memcpy(dv, dWtmp + inner * d, sizeof(float) * (size_t)(inner * d));
+    return XATTN_OK;
+}
+
+/* One layer's backward: w->dx, w->dc hold the gradients of its outputs (the transformer's
+ * streams after the layer; the block's out and context_out otherwise) and become those of its
+ * inputs x, ctx. The internals in w->a are the layer's (layer_forward). */
+static xattn_status layer_backward(bd_bwd *w, const bd_layer *L, int base, const float *x,
+                                   const float *ctx)
+{
+    const xattn_bidir *m = w->m;
+    const xattn_bidir_config *c = &m->cfg;
+    const bd_act *a = &w->a;
+    const int64_t nI = w->nI, nJ = w->nJ, dim = c->dim, cd = c->context_dim, inner = c->inner_dim;
+    const int tf = c->is_transformer;
+    xattn_status s;
+    if (tf && ((s = ff_backward(w, &L->ff, base + A_N, a->x1, a->fx, a->h, a->gx, nI, dim,
+                                c->ff_hidden, w->dx, w->dg, w->dh, w->dxin)) ||
+               (s = ff_backward(w, &L->cff, base + A_N + F_N, a->c1, a->fc, a->ch, a->gc, nJ, cd,
+                                c->context_ff_hidden, w->dc, w->dcg, w->dch, w->dcin))))
+        return s;
+    /* output projections (the transformer: of the residual branch, dx is also x's) */
+    if ((s = xa_op_linear_backward(a->oh, nI, inner, L->attn.wo, dim, w->dx, w->d_oh,
+                                   dp(w, base + A_OUT_W), dp(w, base + A_OUT_B), 0)) ||
+        (s = xa_op_linear_backward(a->coh, nJ, inner, L->attn.cwo, cd, w->dc, w->d_coh,
+                                   dp(w, base + A_COUT_W), dp(w, base + A_COUT_B), 0)))
+        return s;
+    /* the attention */
+    const bd_scratch sc = {a->xn, a->cn, a->pqv, a->cpqv, a->oh, a->coh, NULL};
+    xa_bidir p;
+    describe(c, w->in, &sc, &p);
+    p.talk = L->attn.talk;
+    p.ctalk = L->attn.ctalk;
+    xa_bidir_grad g;
+    memset(&g, 0, sizeof g);
+    g.dout = w->d_oh, g.do_sb = p.o_sb, g.do_sh = p.o_sh, g.do_si = p.o_si;
+    g.dcout = w->d_coh, g.dco_sb = p.co_sb, g.dco_sh = p.co_sh, g.dco_sj = p.co_sj;
+    g.dqk = w->dpqv, g.dqk_sb = p.qk_sb, g.dqk_sh = p.qk_sh, g.dqk_si = p.qk_si;
+    g.dv = w->dpqv + inner, g.dv_sb = p.v_sb, g.dv_sh = p.v_sh, g.dv_si = p.v_si;
+    g.dcqk = w->dcpqv, g.dcqk_sb = p.cqk_sb, g.dcqk_sh = p.cqk_sh, g.dcqk_sj = p.cqk_sj;
+    g.dcv = w->dcpqv + inner, g.dcv_sb = p.cv_sb, g.dcv_sh = p.cv_sh, g.dcv_sj = p.cv_sj;
+    g.dtalk = dp(w, base + A_TALK);
+    g.dctalk = dp(w, base + A_CTALK);
+    g.dbias = w->dbias, g.dbias_sb = p.bias_sb, g.dbias_sh = p.bias_sh;
+    if (w->dbias && w->bias_started) { /* the bias is every layer's: add this layer's part */
+        memset(w->dpqv, 0, sizeof(float) * (size_t)(nI * 2 * inner));
+        memset(w->dcpqv, 0, sizeof(float) * (size_t)(nJ * 2 * inner));
+        if (g.dtalk) memset(g.dtalk, 0, sizeof(float) * (size_t)(c->heads * c->heads));
+        if (g.dctalk) memset(g.dctalk, 0, sizeof(float) * (size_t)(c->heads * c->heads));
+        g.accumulate = 1;
+    }
+    if ((s = xa_op_bidir_backward(&p, &g))) return s;
+    w->bias_started = 1;
+    /* projections and prenorms */
+    const int pre = c->prenorm != XATTN_NORM_NONE; /* as attn_core */
+    const xattn_bidir_norm kind = c->prenorm;
+    if ((s = proj_backward(w, pre ? a->xn : x, nI, dim, L->attn.w_qkv, w->dpqv, w->dxin, w->dW,
+                           base + A_QK, base + A_V, inner)) ||
+        (s = proj_backward(w, pre ? a->cn : ctx, nJ, cd, L->attn.cw_qkv, w->dcpqv, w->dcin, w->dcW,
+                           base + A_CQK, base + A_CV, inner)))
+        return s;
+    /* the stream's gradient: the residual's (transformer) plus the attention path's */
+    if (pre) {
+        if (tf) { /* added to below, with the streams' gradients */
+            dp_zero(w, base + A_NORM_W, dim);
+            dp_zero(w, base + A_NORM_B, dim);
+            dp_zero(w, base + A_CNORM_W, cd);
+            dp_zero(w, base + A_CNORM_B, cd);
+        }
+        if ((s = prenorm_backward(kind, x, nI, dim, L->attn.norm_w, w->dxin, w->dx,
+                                  dp(w, base + A_NORM_W), dp(w, base + A_NORM_B), tf)) ||
+            (s = prenorm_backward(kind, ctx, nJ, cd, L->attn.cnorm_w, w->dcin, w->dc,
+                                  dp(w, base + A_CNORM_W), dp(w, base + A_CNORM_B), tf)))
+            return s;
+    } else {
+        memcpy(w->dx, w->dxin, sizeof(float) * (size_t)(nI * dim));
+        memcpy(w->dc, w->dcin, sizeof(float) * (size_t)(nJ * cd));
+    }
+    return XATTN_OK;
+}
+
+/* Carves n floats off *base (16-float aligned). */
+static float *carve(float **base, int64_t n)
+{
+    float *r = *base;
+    *base += (n + 15) / 16 * 16;
+    return r;
+}
+
+static xattn_status backward_named(const xa_mod *core, const xa_run *r, const xa_grad *gr)
+{
+    const xattn_bidir *m = (const xattn_bidir *)core;
+    const xattn_bidir_config *c = &m->cfg;
+    xattn_bidir_inputs in;
+    memset(&in, 0, sizeof in);
+    in.B = xa_run_sym(r, "B");
+    in.I = xa_run_sym(r, "I");
+    in.J = xa_run_sym(r, "J");
+    in.x = r->in[0];
+    in.context = r->in[1];
+    in.mask = r->in[2];
+    in.context_mask = r->in[3];
+    if (r->in[4]) {
+        const int nd = r->in_ndim[4];
+        in.rel_pos_bias = r->in[4];
+        in.bias_b = nd == 4 ? r->in_shape[4][0] : 1;
+        in.bias_h = nd >= 3 ? r->in_shape[4][nd - 3] : 1;
+    }
+    xattn_bidir_outputs o;
+    memset(&o, 0, sizeof o);
+    o.out = r->out[0];
+    o.context_out = r->out[1];
+    xattn_status s = check_call(m, &in, &o);
+    if (s) return s;
+    const int64_t nI = in.B * in.I, nJ = in.B * in.J, dim = c->dim, cd = c->context_dim;
+    const int64_t inner = c->inner_dim, L = c->depth, tf = c->is_transformer;
+    const int64_t hx = tf ? c->ff_hidden : 0, hc = tf ? c->context_ff_hidden : 0;
+    /* sizes: streams (L + 1) (nI dim + nJ cd), internals, gradients */
+    const double total =
+        (double)(L + 1) * (double)(nI * dim + nJ * cd) * (tf ? 1 : 0) +
+        6.0 * (double)(nI * dim + nJ * cd) + 6.0 * (double)(nI + nJ) * (double)inner +
+        4.0 * (double)(nI * hx + nJ * hc) + 2.0 * (double)inner * (double)(dim + cd) + 64.0 * 32;
+    if (total * sizeof(float) > 0.9 * (double)SIZE_MAX || total > 1e12)
+        return xa_error(XATTN_ERR_NOMEM, "%s: backward scratch too large", FN_FWD);
+    float *mem = xa_alloc(sizeof(float) * (size_t)total);
+    if (!mem) return xa_error(XATTN_ERR_NOMEM, "%s: out of memory for the backward", FN_FWD);
+    float *q = mem;
+    bd_bwd w;
+    memset(&w, 0, sizeof w);
+    w.m = m, w.in = &in, w.nI = nI, w.nJ = nJ, w.dparam = gr->dparam;
+    w.dbias = gr->din[4];
+    float *streams = tf ? carve(&q, (L + 1) * (nI * dim + nJ * cd)) : NULL;
+    w.a.xn = carve(&q, nI * dim), w.a.cn = carve(&q, nJ * cd);
+    w.a.pqv = carve(&q, nI * 2 * inner), w.a.cpqv = carve(&q, nJ * 2 * inner);
+    w.a.oh = carve(&q, nI * inner), w.a.coh = carve(&q, nJ * inner);
+    w.a.x1 = carve(&q, nI * dim), w.a.c1 = carve(&q, nJ * cd);
+    w.a.fx = carve(&q, nI * dim), w.a.fc = carve(&q, nJ * cd);
+    w.a.h = carve(&q, nI * hx), w.a.ch = carve(&q, nJ * hc);
+    w.a.gx = carve(&q, nI * hx), w.a.gc = carve(&q, nJ * hc);
+    w.dx = carve(&q, nI * dim), w.dc = carve(&q, nJ * cd);
+    w.d_oh = carve(&q, nI * inner), w.d_coh = carve(&q, nJ * inner);
+    w.dpqv = carve(&q, nI * 2 * inner), w.dcpqv = carve(&q, nJ * 2 * inner);
+    w.dxin = carve(&q, nI * dim), w.dcin = carve(&q, nJ * cd);
+    w.dW = carve(&q, 2 * inner * dim), w.dcW = carve(&q, 2 * inner * cd);
+    w.dh = carve(&q, nI * hx), w.dch = carve(&q, nJ * hc);
+    w.dg = carve(&q, nI * hx), w.dcg = carve(&q, nJ * hc);
+    const int per = tf ? TF_PER_LAYER : A_N;
+    /* forward, keeping each layer's input streams */
+#define XS(l) (streams + (l) * (nI * dim + nJ * cd))
+#define CS(l) (XS(l) + nI * dim)
+    if (tf) {
+        memcpy(XS(0), in.x, sizeof(float) * (size_t)(nI * dim));
+        memcpy(CS(0), in.context, sizeof(float) * (size_t)(nJ * cd));
+        for (int64_t l = 0; l < L && !s; l++)
+            s = layer_forward(&w, &m->layers[l], XS(l), CS(l), XS(l + 1), CS(l + 1));
+        if (!s) { /* the outputs: the final norms, or the last streams */
+            memcpy(o.out, XS(L), sizeof(float) * (size_t)(nI * dim));
+            memcpy(o.context_out, CS(L), sizeof(float) * (size_t)(nJ * cd));
+            if (m->fnorm_w && !(s = xa_op_rmsnorm(o.out, nI, dim, m->fnorm_w, FLT_EPSILON, o.out)))
+                s = xa_op_rmsnorm(o.context_out, nJ, cd, m->fcnorm_w, FLT_EPSILON, o.context_out);
+        }
+    } else {
+        const bd_attn *a = &m->layers[0].attn;
+        if (!(s = layer_forward(&w, &m->layers[0], in.x, in.context, NULL, NULL)) &&
+            !(s = xa_op_linear(w.a.oh, nI, inner, a->wo, a->bo, dim, o.out, 0)))
+            s = xa_op_linear(w.a.coh, nJ, inner, a->cwo, a->cbo, cd, o.context_out, 0);
+    }
+    /* the outputs' gradients */
+    if (!s) {
+        if (gr->dout[0])
+            memcpy(w.dx, gr->dout[0], sizeof(float) * (size_t)(nI * dim));
+        else
+            memset(w.dx, 0, sizeof(float) * (size_t)(nI * dim));
+        if (gr->dout[1])
+            memcpy(w.dc, gr->dout[1], sizeof(float) * (size_t)(nJ * cd));
+        else
+            memset(w.dc, 0, sizeof(float) * (size_t)(nJ * cd));
+    }
+    if (!s && tf && m->fnorm_w) { /* through the final norms */
+        const int fin = (int)L * per;
+        memcpy(w.dxin, w.dx, sizeof(float) * (size_t)(nI * dim));
+        memcpy(w.dcin, w.dc, sizeof(float) * (size_t)(nJ * cd));
+        if (!(s = xa_op_rmsnorm_backward(XS(L), nI, dim, m->fnorm_w, FLT_EPSILON, w.dxin, w.dx,
+                                         dp(&w, fin + N_NORM), 0)))
+            s = xa_op_rmsnorm_backward(CS(L), nJ, cd, m->fcnorm_w, FLT_EPSILON, w.dcin, w.dc,
+                                       dp(&w, fin + N_CNORM), 0);
+    }
+    for (int64_t l = L - 1; l >= 0 && !s; l--) {
+        const float *x = tf ? XS(l) : in.x, *ctx = tf ? CS(l) : in.context;
+        if (tf) s = layer_forward(&w, &m->layers[l], x, ctx, NULL, NULL); /* internals again */
+        if (!s) s = layer_backward(&w, &m->layers[l], (int)l * per, x, ctx);
+    }
+#undef XS
+#undef CS
+    if (!s && gr->din[0]) memcpy(gr->din[0], w.dx, sizeof(float) * (size_t)(nI * dim));
+    if (!s && gr->din[1]) memcpy(gr->din[1], w.dc, sizeof(float) * (size_t)(nJ * cd));
+    xa_free(mem);
+    return s;
 }
