@@ -154,5 +154,6 @@ int cmd_compare(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_attn_png(int argc, char **argv);
 int cmd_init(int argc, char **argv);
+int cmd_grad(int argc, char **argv);
 
 #endif

@@ -18,6 +18,9 @@ static const command COMMANDS[] = {
     {"demo", cmd_demo, "video/audio bidirectional cross-attention recovering a known alignment"},
     {"compare", cmd_compare, "compare two .npy arrays: max |a-b|/(1+|b|) against a tolerance"},
     {"bench", cmd_bench, "time a saved module's forward: median time and peak memory"},
+    {"grad", cmd_grad,
+     "gradients of a saved module: grads.safetensors and d_INPUT.npy, for given output "
+     "gradients or an MSE target"},
     {"init", cmd_init, "create a module with the reference's default initialisation"},
     {"attn-png", cmd_attn_png, "draw an attention map .npy as a PNG heat-map (axes, colour bar)"},
 };

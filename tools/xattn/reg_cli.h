@@ -100,6 +100,8 @@ int reg_inputs(const char *cmd, const reg_args *a, reg_state *s, int generate);
 /* Plans and allocates the outputs (the required ones, and the optional ones with
  * --return-attn). */
 int reg_outputs(const char *cmd, const reg_args *a, reg_state *s);
+/* The loaded inputs as named tensors (those given), in the kind's input order. */
+void reg_tensors(const reg_state *s, xattn_tensor *t, size_t *n);
 /* Runs the forward on ctx (NULL: default). */
 int reg_forward(const char *cmd, const reg_args *a, reg_state *s, xattn_ctx *ctx);
 /* Writes the outputs into --out-dir (without the leading batch axis for unbatched inputs). */
@@ -113,6 +115,8 @@ void reg_help_kind(const char *kind);
 int reg_cli_handles(const char *kind);
 /* `xattn run` through the registry. */
 int reg_cmd_run(const char *cmd, int argc, char **argv);
+/* `xattn grad` through the registry (cmd_grad.c). */
+int reg_cmd_grad(const char *cmd, int argc, char **argv);
 /* `xattn bench` through the registry. */
 int reg_cmd_bench(const char *cmd, int argc, char **argv);
 

@@ -856,6 +856,8 @@ void reg_file_name(const char *output, char *buf, size_t cap)
         if (*c == '.') *c = '_';
 }
 
+void reg_tensors(const reg_state *s, xattn_tensor *t, size_t *n) { tensors(s, t, n); }
+
 static void tensors(const reg_state *s, xattn_tensor *t, size_t *n)
 {
     *n = 0;

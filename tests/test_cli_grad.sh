@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# xattn grad against torch.autograd in float64 (tests/reference/gen_cli_grad.py) and xattn
+# compare on safetensors: bash tests/test_cli_grad.sh PATH/TO/xattn FIXTURES_DIR
+# A vector-Jacobian product (--grad-out) of a bidirectional block with prenorm, talking heads and
+# a per-head rel_pos_bias; an MSE loss (--target, --context-target) of a depth-2 transformer with
+# a mask; the files written, the loss printed; usage and shape errors on one line.
+set -u
+export LC_ALL=C
+HARNESS_NAME=xattn_cli_grad
+. "$(dirname "$0")/cli_harness.sh"
+
+ok "grad vjp" "$X" grad "$F/grad_bca.safetensors" --x "$F/grad_bx.npy" --context "$F/grad_bctx.npy" \
+    --rel-pos-bias "$F/grad_bias.npy" --grad-out "$F/grad_dout.npy" --out-dir g &&
+    has "grad vjp writes" "$D.out" "wrote g/grads.safetensors (12 parameter gradients)" &&
+    same "vjp params" "$D/g/grads.safetensors" "$F/grad_vjp.safetensors" 1e-4 &&
+    same "vjp d_x" "$D/g/d_x.npy" "$F/grad_vjp_dx.npy" 1e-4 &&
+    same "vjp d_context" "$D/g/d_context.npy" "$F/grad_vjp_dctx.npy" 1e-4 &&
+    same "vjp d_rel_pos_bias" "$D/g/d_rel_pos_bias.npy" "$F/grad_vjp_dbias.npy" 1e-4
+
+ok "grad mse" "$X" grad "$F/grad_tf.safetensors" --x "$F/grad_x.npy" --context "$F/grad_ctx.npy" \
+    --mask "$F/grad_mask.npy" --target "$F/grad_t.npy" --context-target "$F/grad_ct.npy" &&
+    same "mse params" "$D/grads.safetensors" "$F/grad_mse.safetensors" 1e-4 &&
+    same "mse d_x" "$D/d_x.npy" "$F/grad_mse_dx.npy" 1e-4 &&
+    same "mse d_context" "$D/d_context.npy" "$F/grad_mse_dctx.npy" 1e-4 &&
+    has "mse loss" "$D.out" "loss $(cat "$F/grad_mse_loss.txt") (F.mse_loss, mean)" &&
+    if [ -e "$D/d_mask.npy" ]; then fail "a mask has no gradient"; else pass; fi
+
+ok "grad help" "$X" grad --help && has "help kinds" "$D.out" "Kinds with a backward: bidir bidir-transformer"
+
+B=("$X" grad "$F/grad_tf.safetensors" --x "$F/grad_x.npy" --context "$F/grad_ctx.npy")
+bad "no gradient asked" 2 "missing --grad-out G.npy or --target T.npy" "${B[@]}"
+bad "both kinds" 2 "not both" "${B[@]}" --grad-out "$F/grad_t.npy" --context-target "$F/grad_ct.npy"
+bad "one output twice" 2 "are both about the output 'out'" "${B[@]}" --grad-out "$F/grad_t.npy" --target "$F/grad_t.npy"
+bad "unknown output" 2 "has no such output (outputs: out, context_out)" "${B[@]}" --grad-nope "$F/grad_t.npy"
+bad "wrong shape" 1 "the output 'out' has shape (2, 5, 16)" "${B[@]}" --grad-out "$F/grad_ctx.npy"
+bad "missing file" 1 "nope.npy" "${B[@]}" --target nope.npy
+bad "no backward" 1 "has no backward yet" "$X" grad "$F/mha.safetensors" --x "$F/grad_x.npy" --grad-out "$F/grad_t.npy"
+
+# compare on safetensors
+ok "compare same" "$X" compare "$F/grad_vjp.safetensors" "$F/grad_vjp.safetensors" && has "compare lines" "$D.out" "12 tensors: ok"
+bad "compare names differ" 1 "is not in" "$X" compare "$F/grad_vjp.safetensors" "$F/grad_mse.safetensors"
+bad "compare mixed" 2 "two .npy files or two .safetensors files" "$X" compare "$F/grad_vjp.safetensors" "$F/grad_x.npy"
+
+echo "test_cli_grad: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
