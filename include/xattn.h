@@ -1174,6 +1174,15 @@ XATTN_API xattn_status xattn_module_grad(xattn_ctx *ctx, const xattn_module *m,
                                          const xattn_tensor *in, size_t n_in, xattn_tensor *out,
                                          size_t n_out, const xattn_tensor *dout, size_t n_dout,
                                          xattn_tensor *din, size_t n_din, float *const *dparams);
+/* The gradients of the loss sum_t F.mse_loss(output_t, target_t) (reduction 'mean', each term
+ * over its own elements): target[] named like outputs with their shapes; the forward runs once,
+ * the loss (computed in double) goes to *loss (may be NULL); din and dparams as
+ * xattn_module_grad. */
+XATTN_API xattn_status xattn_module_mse_grad(xattn_ctx *ctx, const xattn_module *m,
+                                             const xattn_tensor *in, size_t n_in,
+                                             const xattn_tensor *target, size_t n_target,
+                                             double *loss, xattn_tensor *din, size_t n_din,
+                                             float *const *dparams);
 /* 1 if the kind named has a backward (xattn_module_grad), else 0. */
 XATTN_API int xattn_kind_has_backward(const char *kind);
 

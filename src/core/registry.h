@@ -78,7 +78,16 @@ typedef struct xa_grad {
     const float *dout[XA_MAX_IO];
     float *din[XA_MAX_IO];
     float *const *dparam;
+    /* Called by the kind once the forward's outputs are in r->out, before dout is read (may be
+     * NULL): a loss sets dout from the outputs here. */
+    xattn_status (*on_outputs)(void *arg, const xa_run *r, struct xa_grad *g);
+    void *arg;
 } xa_grad;
+/* What a kind's backward calls after its forward: g->on_outputs, if any. */
+static inline xattn_status xa_grad_outputs(xa_grad *g, const xa_run *r)
+{
+    return g->on_outputs ? g->on_outputs(g->arg, r, g) : XATTN_OK;
+}
 
 /* Every module struct starts with this. */
 typedef struct xa_mod {
@@ -120,7 +129,7 @@ typedef struct xa_kind {
     xattn_status (*forward)(const xa_mod *m, const xa_run *r);
     /* The forward on r (its outputs written to r->out) and the back-propagation of g's output
      * gradients (may be NULL: the kind has no backward yet). */
-    xattn_status (*backward)(const xa_mod *m, const xa_run *r, const xa_grad *g);
+    xattn_status (*backward)(const xa_mod *m, const xa_run *r, xa_grad *g);
     const char *state_dict; /* the tensor names, for --help ("conv_query.{weight,bias}, ...") */
     const xa_stand_in *stand_ins; /* in input order (may be NULL)                           */
     int n_stand_ins;

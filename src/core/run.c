@@ -5,6 +5,7 @@
  * computed, and the kind's forward called with plain pointers.
  */
 #include "core/registry.h"
+#include "kernels/ops.h"
 #include "io/io_internal.h"
 
 #include <stdio.h>
@@ -477,13 +478,16 @@ static xattn_status grad_bind(const xa_mod *m, const xattn_tensor *in, size_t n_
     return XATTN_OK;
 }
 
-xattn_status xattn_module_grad(xattn_ctx *ctx, const xattn_module *mod, const xattn_tensor *in,
-                               size_t n_in, xattn_tensor *out, size_t n_out,
-                               const xattn_tensor *dout, size_t n_dout, xattn_tensor *din,
-                               size_t n_din, float *const *dparams)
+/* xattn_module_grad with an optional hook that sets the outputs' gradients after the forward. */
+static xattn_status module_grad(xattn_ctx *ctx, const xattn_module *mod, const xattn_tensor *in,
+                                size_t n_in, xattn_tensor *out, size_t n_out,
+                                const xattn_tensor *dout, size_t n_dout, xattn_tensor *din,
+                                size_t n_din, float *const *dparams,
+                                xattn_status (*hook)(void *, const xa_run *, xa_grad *), void *arg,
+                                const char *fn)
 {
     if (!mod || (n_in && !in) || (n_out && !out) || (n_dout && !dout) || (n_din && !din))
-        return xa_error(XATTN_ERR_ARG, "xattn_module_grad: NULL argument");
+        return xa_error(XATTN_ERR_ARG, "%s: NULL argument", fn);
     const xa_mod *m = *(xa_mod *const *)mod;
     const xa_kind *k = m->kind;
     if (!k->backward)
@@ -496,6 +500,8 @@ xattn_status xattn_module_grad(xattn_ctx *ctx, const xattn_module *mod, const xa
     xa_grad g;
     memset(&g, 0, sizeof g);
     g.dparam = dparams;
+    g.on_outputs = hook;
+    g.arg = arg;
     xattn_status s = prepare(m, in, n_in, out, n_out, &r, scratch);
     if (!s) s = grad_bind(m, in, n_in, &r, dout, n_dout, din, n_din, &g);
     if (!s) {
@@ -505,5 +511,74 @@ xattn_status xattn_module_grad(xattn_ctx *ctx, const xattn_module *mod, const xa
     }
     for (int o = 0; o < k->n_out; o++) xa_free(scratch[o]);
     if (!s) xa_clear_error();
+    return s;
+}
+
+xattn_status xattn_module_grad(xattn_ctx *ctx, const xattn_module *mod, const xattn_tensor *in,
+                               size_t n_in, xattn_tensor *out, size_t n_out,
+                               const xattn_tensor *dout, size_t n_dout, xattn_tensor *din,
+                               size_t n_din, float *const *dparams)
+{
+    return module_grad(ctx, mod, in, n_in, out, n_out, dout, n_dout, din, n_din, dparams, NULL,
+                       NULL, "xattn_module_grad");
+}
+
+/* The MSE loss of xattn_module_mse_grad, set from the outputs once the forward has run. */
+typedef struct mse_arg {
+    const xattn_tensor *target;
+    size_t n;
+    float *buf[XA_MAX_IO];
+    double loss;
+    const xa_mod *m;
+} mse_arg;
+
+static xattn_status mse_outputs(void *argp, const xa_run *r, xa_grad *g)
+{
+    mse_arg *a = argp;
+    const xa_kind *k = a->m->kind;
+    a->loss = 0.0;
+    for (size_t t = 0; t < a->n; t++) {
+        const int o = io_index(k->outputs, k->n_out, a->target[t].name);
+        const int64_t n = numel_of(&a->target[t]);
+        const float *y = r->out[o], *tg = a->target[t].data;
+        double sum = 0.0;
+        for (int64_t i = 0; i < n; i++) { /* the loss itself, in double */
+            const double d = (double)y[i] - tg[i];
+            sum += d * d;
+        }
+        a->loss += n ? sum / (double)n : 0.0;
+        xa_op_mse_grad(y, tg, n, a->buf[t]);
+        g->dout[o] = a->buf[t];
+    }
+    return XATTN_OK;
+}
+
+xattn_status xattn_module_mse_grad(xattn_ctx *ctx, const xattn_module *mod, const xattn_tensor *in,
+                                   size_t n_in, const xattn_tensor *target, size_t n_target,
+                                   double *loss, xattn_tensor *din, size_t n_din,
+                                   float *const *dparams)
+{
+    static const char fn[] = "xattn_module_mse_grad";
+    if (!mod || (n_target && !target) || n_target > XA_MAX_IO)
+        return xa_error(XATTN_ERR_ARG, "%s: NULL argument or too many targets", fn);
+    mse_arg a;
+    memset(&a, 0, sizeof a);
+    a.target = target;
+    a.n = n_target;
+    a.m = *(xa_mod *const *)mod;
+    xattn_status s = XATTN_OK;
+    for (size_t t = 0; t < n_target && !s; t++) {
+        const int64_t n = target[t].data ? numel_of(&target[t]) : 0;
+        if (n < 0 || (double)n * 4 > 1e12)
+            s = xa_error(XATTN_ERR_ARG, "%s: bad target shape", fn);
+        else if (!(a.buf[t] = xa_alloc(sizeof(float) * (size_t)(n + 1))))
+            s = XATTN_ERR_NOMEM;
+    }
+    /* the targets are checked as the outputs' gradients would be (names, shapes, float32) */
+    if (!s)
+        s = module_grad(ctx, mod, in, n_in, NULL, 0, target, n_target, din, n_din, dparams,
+                        mse_outputs, &a, fn);
+    for (size_t t = 0; t < n_target; t++) xa_free(a.buf[t]);
+    if (!s && loss) *loss = a.loss;
     return s;
 }

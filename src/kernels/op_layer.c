@@ -428,6 +428,12 @@ void xa_op_pool2_backward(const float *dy, int64_t B, int64_t N, int64_t C, floa
         });
 }
 
+void xa_op_mse_grad(const float *y, const float *t, int64_t n, float *d)
+{
+    const double k = n > 0 ? 2.0 / (double)n : 0.0;
+    XA_CHUNKED(n, for (int64_t i = c0; i < c1; i++) d[i] = (float)(k * ((double)y[i] - t[i])));
+}
+
 /* SplitMix64's finaliser: a bijective mix of 64 bits. */
 static uint64_t mix64(uint64_t z)
 {

@@ -103,6 +103,9 @@ void xa_op_mean_backward(const float *dy, int64_t B, int64_t F, int64_t R, float
 void xa_op_pool2_backward(const float *dy, int64_t B, int64_t N, int64_t C, float *dx,
                           int accumulate);
 
+/* The gradient of F.mse_loss(y, t) (reduction 'mean') over n values: d = 2 (y - t) / n. */
+void xa_op_mse_grad(const float *y, const float *t, int64_t n, float *d);
+
 /* Dropout with probability p (0 <= p < 1), in place: x[i] = 0 with probability p, else
  * x[i] / (1 - p). The keep/drop decision of element i is a counter-based hash of (seed, i):
  * nothing is stored, the backward (the same call on dy with the same seed) regenerates it,

@@ -692,7 +692,7 @@ static const xa_io bd_outputs[] = {
 #define BD_PRENORM "prenorm={prenorm?{layernorm?LayerNorm (0.0.x)|RMSNorm}|none}"
 
 static xattn_status forward_named(const xa_mod *core, const xa_run *r);
-static xattn_status backward_named(const xa_mod *core, const xa_run *r, const xa_grad *g);
+static xattn_status backward_named(const xa_mod *core, const xa_run *r, xa_grad *g);
 
 const xa_kind xa_kind_bidir = {
     .name = "bidir",
@@ -1280,7 +1280,7 @@ static float *carve(float **base, int64_t n)
     return r;
 }
 
-static xattn_status backward_named(const xa_mod *core, const xa_run *r, const xa_grad *gr)
+static xattn_status backward_named(const xa_mod *core, const xa_run *r, xa_grad *gr)
 {
     const xattn_bidir *m = (const xattn_bidir *)core;
     const xattn_bidir_config *c = &m->cfg;
@@ -1358,7 +1358,8 @@ static xattn_status backward_named(const xa_mod *core, const xa_run *r, const xa
             !(s = xa_op_linear(w.a.oh, nI, inner, a->wo, a->bo, dim, o.out, 0)))
             s = xa_op_linear(w.a.coh, nJ, inner, a->cwo, a->cbo, cd, o.context_out, 0);
     }
-    /* the outputs' gradients */
+    /* the outputs' gradients (a loss sets them from the outputs now) */
+    if (!s) s = xa_grad_outputs(gr, r);
     if (!s) {
         if (gr->dout[0])
             memcpy(w.dx, gr->dout[0], sizeof(float) * (size_t)(nI * dim));

@@ -197,25 +197,6 @@ static int save_grads(const char *cmd, const char *dir, const reg_state *s, floa
     return rc;
 }
 
-/* The loss and the outputs' gradients from the targets: d = 2 (y - t) / numel per term. */
-static double mse(const reg_state *s, grad_req *req, int n, float **dout)
-{
-    double loss = 0.0;
-    for (int k = 0; k < n; k++) {
-        const xattn_tensor *t = &s->out[req[k].out];
-        const int64_t m = numel(t->ndim, t->shape);
-        const float *y = t->data, *tg = req[k].arr.data;
-        double sum = 0.0;
-        for (int64_t i = 0; i < m; i++) {
-            const double d = (double)y[i] - tg[i];
-            sum += d * d;
-            dout[k][i] = (float)(2.0 * d / (double)m);
-        }
-        loss += sum / (double)m;
-    }
-    return loss;
-}
-
 /* The gradients of the float inputs: names d_INPUT, the inputs' shapes. */
 static int input_grads(const reg_state *s, xattn_tensor *din, char (*fname)[128], size_t *n)
 {
@@ -244,7 +225,6 @@ static int run_grad(const char *cmd, const reg_args *a, reg_state *s, grad_req *
 {
     xattn_tensor in[REG_MAX_IO], din[REG_MAX_IO], dout[REG_MAX_IO];
     char dname[REG_MAX_IO][128];
-    float *dbuf[REG_MAX_IO] = {0};
     size_t n_in, n_din = 0;
     reg_tensors(s, in, &n_in);
     const size_t np = xattn_module_param_count(s->m);
@@ -259,21 +239,14 @@ static int run_grad(const char *cmd, const reg_args *a, reg_state *s, grad_req *
     if (!rc && input_grads(s, din, dname, &n_din)) rc = cli_error(cmd, NULL, "out of memory");
     double loss = 0.0;
     const int targets = nreq > 0 && req[0].target;
-    for (int k = 0; k < nreq && !rc; k++) {
-        const xattn_tensor *t = &s->out[req[k].out];
-        dout[k] = *t;
-        if (targets) {
-            if (!(dbuf[k] = malloc(sizeof(float) * (size_t)numel(t->ndim, t->shape))))
-                rc = cli_error(cmd, NULL, "out of memory");
-            dout[k].data = dbuf[k];
-        } else {
-            dout[k].data = req[k].arr.data;
-        }
+    for (int k = 0; k < nreq; k++) { /* gradients or targets: named like their outputs */
+        dout[k] = s->out[req[k].out];
+        dout[k].data = req[k].arr.data;
     }
-    if (!rc && targets) { /* the forward first: the loss's gradient needs the outputs */
-        if (!(rc = reg_forward(cmd, a, s, ctx))) loss = mse(s, req, nreq, dbuf);
-    }
-    if (!rc && xattn_module_grad(ctx, s->m, in, n_in, NULL, 0, dout, (size_t)nreq, din, n_din, dp))
+    if (!rc &&
+        (targets
+             ? xattn_module_mse_grad(ctx, s->m, in, n_in, dout, (size_t)nreq, &loss, din, n_din, dp)
+             : xattn_module_grad(ctx, s->m, in, n_in, NULL, 0, dout, (size_t)nreq, din, n_din, dp)))
         rc = reg_lib_error(cmd, a, s);
     const char *dir = a->out_dir ? a->out_dir : ".";
     if (!rc && mkdir(dir, 0777) && errno != EEXIST)
@@ -295,7 +268,6 @@ static int run_grad(const char *cmd, const reg_args *a, reg_state *s, grad_req *
     for (size_t i = 0; dp && i < np; i++) free(dp[i]);
     free(dp);
     for (size_t k = 0; k < n_din; k++) free(din[k].data);
-    for (int k = 0; k < nreq; k++) free(dbuf[k]);
     return rc;
 }
 
