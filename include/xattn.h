@@ -1186,6 +1186,52 @@ XATTN_API xattn_status xattn_module_mse_grad(xattn_ctx *ctx, const xattn_module 
 /* 1 if the kind named has a backward (xattn_module_grad), else 0. */
 XATTN_API int xattn_kind_has_backward(const char *kind);
 
+/* ------------------------------------------------------------------------------------------ */
+/* Training: optimizers, gradient clipping, learning-rate schedules                             */
+/* ------------------------------------------------------------------------------------------ */
+
+/*
+ * An optimizer over n parameters of the given sizes (floats), as torch.optim computes it:
+ * kind "adamw" (NULL: adamw; torch.optim.AdamW: lr 1e-3, betas "0.9,0.999", eps 1e-8,
+ * weight_decay 1e-2, amsgrad False) or "sgd" (torch.optim.SGD: lr 1e-3, momentum 0,
+ * dampening 0, weight_decay 0, nesterov False); options by those names, values as text
+ * (strictly parsed; unknown or repeated options are errors). Its state (AdamW's exp_avg,
+ * exp_avg_sq [, max_exp_avg_sq], SGD's momentum_buffer) is float32, zero at the start.
+ */
+typedef struct xattn_optim xattn_optim;
+XATTN_API xattn_status xattn_optim_new(const char *kind, const xattn_option *opts, size_t n_opts,
+                                       const int64_t *sizes, size_t n, xattn_optim **out);
+XATTN_API void xattn_optim_free(xattn_optim *o);
+/* One step: params[i] updated from grads[i] (an entry NULL in either: parameter i is left as
+ * it is, as torch skips a parameter without a gradient). */
+XATTN_API xattn_status xattn_optim_step(xattn_optim *o, float *const *params,
+                                        const float *const *grads);
+XATTN_API int64_t xattn_optim_step_count(const xattn_optim *o);
+XATTN_API double xattn_optim_get_lr(const xattn_optim *o);
+/* The learning rate of the next steps (a schedule sets it before each step). */
+XATTN_API xattn_status xattn_optim_set_lr(xattn_optim *o, double lr);
+/* "adamw lr=... betas=...,... eps=... weight_decay=... amsgrad=..." (or sgd's) into buf. */
+XATTN_API const char *xattn_optim_describe(const xattn_optim *o, char *buf, size_t cap);
+/* The state as arrays: xattn_optim_state_count of them; array k belongs to parameter *param,
+ * named *label ("exp_avg", ...), *size floats at *data (writable: a checkpoint restores it). */
+XATTN_API size_t xattn_optim_state_count(const xattn_optim *o);
+XATTN_API xattn_status xattn_optim_state(const xattn_optim *o, size_t k, const char **label,
+                                         size_t *param, float **data, int64_t *size);
+/* After restoring the state arrays: the step count (and for SGD which momentum buffers exist;
+ * NULL: all of them when step > 0). */
+XATTN_API xattn_status xattn_optim_restore(xattn_optim *o, int64_t step, const int *started);
+/* torch.nn.utils.clip_grad_norm_(max_norm, norm_type=2): the total 2-norm of the gradients
+ * (NULL entries skipped), returned; when max_norm > 0 and it exceeds max_norm, every gradient is
+ * scaled by max_norm / (norm + 1e-6). */
+XATTN_API double xattn_clip_grad_norm(float *const *grads, const int64_t *sizes, size_t n,
+                                      double max_norm);
+/* The learning rate of step `step` (0-based) of total_steps: linear warmup lr * step / warmup
+ * for step < warmup, then constant (cosine = 0) or lr * (1 + cos(pi * progress)) / 2 with
+ * progress = (step - warmup) / (total_steps - warmup) (transformers'
+ * get_cosine_schedule_with_warmup). */
+XATTN_API double xattn_lr_at(int64_t step, int64_t total_steps, int64_t warmup, int cosine,
+                             double lr);
+
 /* The kinds and the arguments their constructors take (for `xattn init --help`). */
 typedef struct xattn_kind_desc {
     const char *name, *reference, *summary;
