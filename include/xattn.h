@@ -1078,6 +1078,21 @@ XATTN_API xattn_status xattn_module_create(const char *kind, const xattn_option 
  * in the dtype it was loaded from (F64 sources are written as F32), and a __metadata__ holding
  * every option the names cannot tell plus "xattn_kind". */
 XATTN_API xattn_status xattn_module_save(const xattn_module *m, const char *path);
+/* xattn_module_save with more: every parameter as float32 (float32 != 0; else as stored, F16 /
+ * BF16 round-tripping exactly), extra tensors beside the parameters (names must differ from
+ * theirs) and extra __metadata__ pairs (k0, v0, k1, v1, ...; at most 64). The file is written
+ * beside PATH and renamed into place: a failure leaves an earlier PATH as it was. (Training
+ * checkpoints: weights, optimizer state and step in one file.) */
+typedef struct xattn_save_opts {
+    int float32;
+    const xattn_st_entry *extra;
+    size_t n_extra;
+    const char *const *meta_kv;
+    size_t n_meta;
+    uint64_t reserved_[4];
+} xattn_save_opts;
+XATTN_API xattn_status xattn_module_save_ex(const xattn_module *m, const char *path,
+                                            const xattn_save_opts *o);
 XATTN_API void xattn_module_free(xattn_module *m);
 XATTN_API const char *xattn_module_kind(const xattn_module *m);
 XATTN_API const char *xattn_module_prefix(const xattn_module *m);

@@ -18,7 +18,8 @@ static void one(const char *file)
     CHECK_OK(xattn_st_open(tu_fixture(file), &st));
     if (!st) return;
     const char *kind = xattn_st_meta_get(st, "kind"), *opts = xattn_st_meta_get(st, "options");
-    const int steps = atoi(xattn_st_meta_get(st, "steps")), np = atoi(xattn_st_meta_get(st, "params"));
+    const int steps = atoi(xattn_st_meta_get(st, "steps")),
+              np = atoi(xattn_st_meta_get(st, "params"));
     const double max_norm = atof(xattn_st_meta_get(st, "max_norm"));
     /* "name=value;..." into options */
     char buf[512];
@@ -74,7 +75,8 @@ static void one(const char *file)
             memset(&wa, 0, sizeof wa);
             snprintf(name, sizeof name, "want.%d.%d", t, i);
             snprintf(what, sizeof what, "%s step %d param %d", file, t, i);
-            worst = fmax(worst, tu_check_close(what, p[i], tu_get_f32(st, name, &wa), size[i], 1e-6));
+            worst =
+                fmax(worst, tu_check_close(what, p[i], tu_get_f32(st, name, &wa), size[i], 1e-6));
             xattn_array_free(&wa);
         }
     }
@@ -88,8 +90,9 @@ static void one(const char *file)
     float *data;
     CHECK_OK(xattn_optim_state(opt, ns - 1, &label, &param, &data, &sz));
     CHECK(param == (size_t)np - 1 && sz == size[np - 1] && data != NULL);
-    CHECK(!strcmp(label, !strcmp(kind, "sgd") ? "momentum_buffer"
-                         : strstr(opts, "amsgrad=True") ? "max_exp_avg_sq" : "exp_avg_sq"));
+    CHECK(!strcmp(label, !strcmp(kind, "sgd")           ? "momentum_buffer"
+                         : strstr(opts, "amsgrad=True") ? "max_exp_avg_sq"
+                                                        : "exp_avg_sq"));
     printf("%s: %d steps, max rel error %.2e against torch.optim\n", file, steps, worst);
     xattn_optim_free(opt);
     for (int i = 0; i < np; i++) {
@@ -136,15 +139,16 @@ static void errors(void)
     CHECK_OK(xattn_optim_new(NULL, NULL, 0, size, 1, &o));
     char d[256];
     CHECK(strstr(xattn_optim_describe(o, d, sizeof d), "adamw lr=0.001 betas=0.9,0.999 eps=1e-08 "
-                                                         "weight_decay=0.01 amsgrad=False") != NULL);
+                                                       "weight_decay=0.01 amsgrad=False") != NULL);
     xattn_optim_free(o);
 }
 
 int main(void)
 {
-    static const char *cases[] = {"optim_adamw_default.safetensors", "optim_adamw_amsgrad.safetensors",
-                                  "optim_adamw_clip.safetensors",    "optim_sgd_plain.safetensors",
-                                  "optim_sgd_momentum.safetensors",  "optim_sgd_nesterov.safetensors"};
+    static const char *cases[] = {
+        "optim_adamw_default.safetensors", "optim_adamw_amsgrad.safetensors",
+        "optim_adamw_clip.safetensors",    "optim_sgd_plain.safetensors",
+        "optim_sgd_momentum.safetensors",  "optim_sgd_nesterov.safetensors"};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) one(cases[i]);
     schedule();
     errors();

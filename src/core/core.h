@@ -197,7 +197,7 @@ int xa_params_find(const xa_params *ps, const char *name);
  * it was stored in (F16 / BF16 round-trip exactly; F64 is written as F32), with __metadata__
  * holding every field the names cannot tell plus "xattn_kind". */
 xattn_status xa_params_save(const xa_params *ps, const xa_cfg *cfg, const char *kind,
-                            const char *prefix, const char *path);
+                            const char *prefix, const char *path, const xattn_save_opts *o);
 
 /* Binds the XA_F_SHAPE fields named alone in a dim of a present tensor of the table (first
  * tensor first), and XA_F_PRESENCE fields from whether the tensors conditioned on them exist.

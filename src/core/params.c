@@ -11,6 +11,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <errno.h>
 #include <string.h>
 
 #define NAME_MAX_LEN 512
@@ -410,13 +411,15 @@ static xattn_status meta_pairs(const xa_cfg *cfg, const char *kind, const char *
 }
 
 xattn_status xa_params_save(const xa_params *ps, const xa_cfg *cfg, const char *kind,
-                            const char *prefix, const char *path)
+                            const char *prefix, const char *path, const xattn_save_opts *o)
 {
+    const size_t n_extra = o ? o->n_extra : 0, n_more = o ? o->n_meta : 0;
+    if (n_more > 64) return xa_error(XATTN_ERR_ARG, "too many metadata pairs");
     /* one spare slot: the cleanup below walks n + 1 entries */
-    xattn_st_entry *e = calloc((size_t)ps->n + 1, sizeof *e);
+    xattn_st_entry *e = calloc((size_t)ps->n + n_extra + 1, sizeof *e);
     char **names = calloc((size_t)ps->n + 1, sizeof *names);
     void **conv = calloc((size_t)ps->n + 1, sizeof *conv);
-    const char *kv[2 * (XA_MAX_FIELDS + 1)];
+    const char *kv[2 * (XA_MAX_FIELDS + 1 + 64)];
     char text[4096];
     size_t n = 0, n_meta = 0;
     xattn_status s = XATTN_OK;
@@ -435,7 +438,7 @@ xattn_status xa_params_save(const xa_params *ps, const xa_cfg *cfg, const char *
         memcpy(e[n].shape, p->shape, sizeof p->shape);
         e[n].dtype = XATTN_F32;
         e[n].data = p->data;
-        if (p->src_dtype == XATTN_F16 || p->src_dtype == XATTN_BF16) {
+        if (!(o && o->float32) && (p->src_dtype == XATTN_F16 || p->src_dtype == XATTN_BF16)) {
             const int64_t m = numel(p);
             uint16_t *h = malloc((size_t)(m ? m : 1) * 2);
             if (!(conv[n] = h)) {
@@ -449,8 +452,29 @@ xattn_status xa_params_save(const xa_params *ps, const xa_cfg *cfg, const char *
         n++;
     }
     if (!s) s = meta_pairs(cfg, kind, kv, text, sizeof text, &n_meta);
-    if (!s) s = xattn_st_save(path, e, n, kv, n_meta);
-    for (size_t i = 0; i < n + 1 && names && conv; i++) {
+    const size_t n_own = n;
+    for (size_t k = 0; !s && k < n_extra; k++) {
+        for (size_t j = 0; j < n_own && !s; j++)
+            if (!strcmp(e[j].name, o->extra[k].name))
+                s = xa_error(XATTN_ERR_ARG, "saving '%s': tensor '%s' is a parameter's name", path,
+                             o->extra[k].name);
+        e[n++] = o->extra[k];
+    }
+    for (size_t k = 0; !s && k < n_more; k++) {
+        kv[2 * n_meta] = o->meta_kv[2 * k];
+        kv[2 * n_meta + 1] = o->meta_kv[2 * k + 1];
+        n_meta++;
+    }
+    /* written next to the file, then renamed into place: a failure leaves the old file */
+    char tmp[4200];
+    if (!s && (size_t)snprintf(tmp, sizeof tmp, "%s.part", path) >= sizeof tmp)
+        s = xa_error(XATTN_ERR_ARG, "path '%s' is too long", path);
+    if (!s) s = xattn_st_save(tmp, e, n, kv, n_meta);
+    if (!s && rename(tmp, path)) {
+        s = xa_error(XATTN_ERR_IO, "cannot write '%s': %s", path, strerror(errno));
+        remove(tmp);
+    }
+    for (size_t i = 0; i < (size_t)ps->n + 1 && names && conv; i++) {
         free(names[i]);
         free(conv[i]);
     }

@@ -462,7 +462,20 @@ xattn_status xattn_module_save(const xattn_module *m, const char *path)
     if (!m || !path)
         return xa_error(XATTN_ERR_ARG, "xattn_module_save: module and path are required");
     xattn_status s =
-        xa_params_save(&m->m->params, &m->m->cfg, m->m->kind->name, m->m->prefix, path);
+        xa_params_save(&m->m->params, &m->m->cfg, m->m->kind->name, m->m->prefix, path, NULL);
+    if (!s) xa_clear_error();
+    return s;
+}
+
+xattn_status xattn_module_save_ex(const xattn_module *m, const char *path, const xattn_save_opts *o)
+{
+    if (!m || !path)
+        return xa_error(XATTN_ERR_ARG, "xattn_module_save_ex: module and path are required");
+    if (o && (!xa_reserved_zero(o->reserved_) || (o->n_extra && !o->extra) ||
+              (o->n_meta && !o->meta_kv)))
+        return xa_error(XATTN_ERR_ARG, "xattn_module_save_ex: bad options");
+    xattn_status s =
+        xa_params_save(&m->m->params, &m->m->cfg, m->m->kind->name, m->m->prefix, path, o);
     if (!s) xa_clear_error();
     return s;
 }

@@ -71,8 +71,10 @@ static xattn_status set_option(xattn_optim *o, const char *key, const char *v)
         if (!xa_parse_bool(v, &b))
             return xa_error(XATTN_ERR_ARG, "optimizer option '%s' is \"%s\", not True or False",
                             key, v);
-        if (o->sgd) o->nesterov = b;
-        else o->amsgrad = b;
+        if (o->sgd)
+            o->nesterov = b;
+        else
+            o->amsgrad = b;
         return XATTN_OK;
     }
     return xa_error(XATTN_ERR_ARG, "%s has no option '%s' (options: %s)", o->sgd ? "sgd" : "adamw",
@@ -110,13 +112,15 @@ xattn_status xattn_optim_new(const char *kind, const xattn_option *opts, size_t 
     for (size_t i = 0; i < n && !s; i++) {
         if (sizes[i] < 0 || o->total > INT64_MAX / 4 - sizes[i])
             s = xa_error(XATTN_ERR_ARG, "%s: bad parameter size", fn);
-        else o->total += sizes[i];
+        else
+            o->total += sizes[i];
     }
     if (!s) {
         o->size = malloc(sizeof *o->size * (n ? n : 1));
         o->started = calloc(n ? n : 1, sizeof *o->started);
         o->state = xa_alloc(sizeof(float) * (size_t)(o->total * (int64_t)o->per + 1));
-        if (!o->size || !o->started || !o->state) s = xa_error(XATTN_ERR_NOMEM, "%s: out of memory", fn);
+        if (!o->size || !o->started || !o->state)
+            s = xa_error(XATTN_ERR_NOMEM, "%s: out of memory", fn);
     }
     if (s) {
         xattn_optim_free(o);
@@ -145,7 +149,8 @@ double xattn_optim_get_lr(const xattn_optim *o) { return o ? o->lr : 0.0; }
 xattn_status xattn_optim_set_lr(xattn_optim *o, double lr)
 {
     if (!o || !(lr >= 0.0 && lr <= 1e9))
-        return xa_error(XATTN_ERR_ARG, "xattn_optim_set_lr: no optimizer or lr %g out of range", lr);
+        return xa_error(XATTN_ERR_ARG, "xattn_optim_set_lr: no optimizer or lr %g out of range",
+                        lr);
     o->lr = lr;
     return XATTN_OK;
 }
@@ -164,7 +169,8 @@ static void adamw(const xattn_optim *o, float *p, const float *g, float *m, floa
     const float b2 = (float)o->b2;
     const double bc1 = 1.0 - pow(o->b1, (double)o->step), bc2 = 1.0 - pow(o->b2, (double)o->step);
     const float step_size = (float)(o->lr / bc1), bc2_sqrt = (float)sqrt(bc2), eps = (float)o->eps;
-    const float decay = (float)(1.0 - o->lr * o->wd), w1 = (float)(1.0 - o->b1), w2 = (float)(1.0 - o->b2);
+    const float decay = (float)(1.0 - o->lr * o->wd), w1 = (float)(1.0 - o->b1),
+                w2 = (float)(1.0 - o->b2);
     for (int64_t i = 0; i < n; i++) {
         p[i] *= decay;
         m[i] += w1 * (g[i] - m[i]);

@@ -155,5 +155,6 @@ int cmd_bench(int argc, char **argv);
 int cmd_attn_png(int argc, char **argv);
 int cmd_init(int argc, char **argv);
 int cmd_grad(int argc, char **argv);
+int cmd_train(int argc, char **argv);
 
 #endif

@@ -21,6 +21,10 @@ static const command COMMANDS[] = {
     {"grad", cmd_grad,
      "gradients of a saved module: grads.safetensors and d_INPUT.npy, for given output "
      "gradients or an MSE target"},
+    {"train", cmd_train,
+     "train a saved module on .npy inputs and targets (MSE; AdamW or SGD): OUT.safetensors"},
+    {"train", cmd_train,
+     "train a saved module on .npy inputs and targets (MSE; AdamW or SGD): OUT.safetensors"},
     {"init", cmd_init, "create a module with the reference's default initialisation"},
     {"attn-png", cmd_attn_png, "draw an attention map .npy as a PNG heat-map (axes, colour bar)"},
 };
