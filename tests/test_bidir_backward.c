@@ -256,6 +256,17 @@ static void one(const prob *c, int threads_check)
         worst = fmax(worst, tu_check_close(what, dT, f = tof(r.dT, H * H), H * H, 1e-4)), free(f);
         worst = fmax(worst, tu_check_close(what, dTc, f = tof(r.dTc, H * H), H * H, 1e-4)), free(f);
     }
+    /* the forward's log-sum-exps given to the backward: the same gradients */
+    float *lse = malloc(sizeof(float) * (size_t)(B * H * I)), *clse = malloc(sizeof(float) * (size_t)(B * H * J));
+    float *dqk0 = malloc(sizeof(float) * (size_t)nI);
+    memcpy(dqk0, dqk, sizeof(float) * (size_t)nI);
+    p.lse = lse, p.clse = clse;
+    CHECK_OK(xa_bidir_attention(&p));
+    g.lse = lse, g.clse = clse;
+    CHECK_OK(xa_bidir_backward(&p, &g));
+    tu_check_close("dqk with the forward's lse", dqk, dqk0, nI, 1e-6);
+    g.lse = g.clse = NULL;
+    free(lse), free(clse), free(dqk0);
     /* accumulate: the gradients once more */
     float *keep = malloc(sizeof(float) * (size_t)nJ);
     memcpy(keep, dcqk, sizeof(float) * (size_t)nJ);

@@ -59,6 +59,7 @@ static void side(const xa_bidir *p, int transposed, xa_attn *a)
         a->bias_si = p->J;
         a->bias_sj = 1;
         a->probs = p->attn;
+        a->lse = p->lse;
         a->p_si = p->J;
         a->p_sj = 1;
         a->mix = p->talk;
@@ -88,6 +89,7 @@ static void side(const xa_bidir *p, int transposed, xa_attn *a)
         a->bias_si = 1;
         a->bias_sj = p->J;
         a->probs = p->cattn;
+        a->lse = p->clse;
         a->p_si = 1;
         a->p_sj = p->J;
         a->mix = p->ctalk;
@@ -109,6 +111,7 @@ static xattn_status run_side(xa_attn *a, float *stats)
     st.mix = NULL;
     st.probs = NULL;
     st.stat_m = stats;
+    a->lse = NULL; /* written by the statistics pass */
     st.stat_l = stats + n;
     xattn_status s = xa_attention(&st);
     if (s) return s;
@@ -422,7 +425,13 @@ static xattn_status xa_bidir_backward_mixed(const xa_bidir *p, const xa_bidir_gr
     c.dvg = q, q += c.G * BHI * dh;
     c.dTp = q, q += c.nunit * H * H;
     c.dTcp = q;
-    xattn_status s = mb_lse(p, c.Lr, c.Lc);
+    xattn_status s = XATTN_OK;
+    if (g->lse && g->clse) { /* the forward's */
+        memcpy(c.Lr, g->lse, sizeof(float) * (size_t)BHI);
+        memcpy(c.Lc, g->clse, sizeof(float) * (size_t)BHJ);
+    } else {
+        s = mb_lse(p, c.Lr, c.Lc);
+    }
     /* the key-owned gradients start at zero unless accumulating */
     if (!s && !g->accumulate) {
         if (g->dcqk) zero_heads(g->dcqk, B, H, J, dh, g->dcqk_sb, g->dcqk_sh, g->dcqk_sj);
@@ -530,6 +539,7 @@ xattn_status xa_bidir_backward(const xa_bidir *p, const xa_bidir_grad *g)
     d.dv = g->dcv, d.dv_sb = g->dcv_sb, d.dv_sh = g->dcv_sh, d.dv_sj = g->dcv_sj;
     d.dbias = g->dbias, d.dbias_sb = g->dbias_sb, d.dbias_sh = g->dbias_sh;
     d.dbias_si = p->J, d.dbias_sj = 1;
+    d.lse = g->lse;
     d.accumulate = g->accumulate;
     xattn_status s = xa_attention_backward(&a, &d);
     if (s) return s;
@@ -547,6 +557,7 @@ xattn_status xa_bidir_backward(const xa_bidir *p, const xa_bidir_grad *g)
     d.dv = g->dv, d.dv_sb = g->dv_sb, d.dv_sh = g->dv_sh, d.dv_sj = g->dv_si;
     d.dbias = g->dbias, d.dbias_sb = g->dbias_sb, d.dbias_sh = g->dbias_sh;
     d.dbias_si = 1, d.dbias_sj = p->J;
+    d.lse = g->clse;
     d.accumulate = 1;
     return xa_attention_backward(&a, &d);
 }

@@ -179,6 +179,7 @@ typedef struct xa_bidir {
     int64_t bias_sb, bias_sh;  /* (B|1, H|1, I, J), row stride J, or NULL */
     const float *talk, *ctalk; /* (H, H) [g][h] each, or both NULL      */
     float *attn, *cattn;       /* (B, H, I, J) contiguous, or NULL      */
+    float *lse, *clse; /* optional (B, H, I), (B, H, J): each side's log-sum-exp, for the backward */
 } xa_bidir;
 
 xattn_status xa_bidir_attention(const xa_bidir *p);
@@ -204,6 +205,7 @@ typedef struct xa_bidir_grad {
     float *dbias;
     int64_t dbias_sb, dbias_sh; /* (B|1, H|1, I, J), row stride J */
     float *dtalk, *dctalk;      /* (H, H) each, with talking heads */
+    const float *lse, *clse;    /* the forward's p->lse, p->clse, or NULL: recomputed */
     int accumulate;
 } xa_bidir_grad;
 

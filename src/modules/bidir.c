@@ -1068,30 +1068,34 @@ static xattn_status forward_named(const xa_mod *core, const xa_run *r)
 /* Backward                                                                                 */
 /* ---------------------------------------------------------------------------------------- */
 /*
- * The forward is run again with every layer's input streams kept (the transformer: x and the
- * context before each layer and before the final norms, (depth + 1) (dim + context_dim) floats
- * per token pair); going backward, each layer's internals are recomputed from its inputs
- * (activation checkpointing per layer) and its gradient taken op by op: feed-forwards (RMSNorm,
- * Linear, GELU, Linear, residual), the output projections, the bidirectional attention (the
- * gradient of the shared similarity from both softmaxes, talking heads, rel_pos_bias), the
- * projections and the prenorms.
+ * The forward runs once and keeps, per layer, what is costly to recompute: the projections
+ * [qk | v] of both streams, the attention's merged-head outputs and its log-sum-exps (row and
+ * column), the streams after the attention's residual and the feed-forward hidden layers
+ * before GELU (the transformer), plus each layer's input streams. Per x token and layer that
+ * is 2 inner + inner + dim + ff_hidden floats (+ dim for the input stream), likewise per
+ * context token; nothing of size I x J. What is cheap is recomputed when the layer's gradient is
+ * taken: the prenorms, the feed-forward norms and GELU. Going backward, each layer's gradient is
+ * taken op by op: feed-forwards (RMSNorm, Linear, GELU, Linear, residual), the output
+ * projections, the bidirectional attention (the gradient of the shared similarity from both
+ * softmaxes, talking heads, rel_pos_bias), the projections and the prenorms.
  */
 
-typedef struct bd_act { /* one layer's internals */
-    float *xn, *cn;     /* prenormed inputs (nI, dim), (nJ, context_dim) */
-    float *pqv, *cpqv;  /* (nI, 2 inner), (nJ, 2 inner) */
-    float *oh, *coh;    /* (nI, inner), (nJ, inner) */
-    float *x1, *c1;     /* the streams after the attention's residual (transformer) */
-    float *fx, *fc;     /* their feed-forward norms */
-    float *h, *ch;      /* feed-forward hidden before GELU (nI, hidden), (nJ, context_hidden) */
-    float *gx, *gc;     /* after GELU */
-} bd_act;
+typedef struct bd_saved { /* one layer's kept activations */
+    float *pqv, *cpqv;    /* (nI, 2 inner), (nJ, 2 inner) */
+    float *oh, *coh;      /* (nI, inner), (nJ, inner) */
+    float *lse, *clse;    /* (B, H, I), (B, H, J) */
+    float *x1, *c1;       /* the streams after the attention's residual (transformer) */
+    float *h, *ch;        /* feed-forward hidden before GELU (nI, hidden), (nJ, context_hidden) */
+} bd_saved;
 
 typedef struct bd_bwd {
     const xattn_bidir *m;
     const xattn_bidir_inputs *in;
     int64_t nI, nJ;
-    bd_act a;
+    bd_saved *sv;        /* per layer */
+    float *xn, *cn;      /* recomputed: prenormed inputs (nI, dim), (nJ, context_dim) */
+    float *fx, *fc;      /* recomputed: the feed-forward norms */
+    float *gx, *gc;      /* recomputed: after GELU */
     float *dx, *dc;      /* running gradients of the streams */
     float *d_oh, *d_coh; /* (nI, inner), (nJ, inner) */
     float *dpqv, *dcpqv; /* (nI, 2 inner), (nJ, 2 inner) */
@@ -1112,7 +1116,7 @@ static void dp_zero(const bd_bwd *w, int i, int64_t n)
     if (dp(w, i)) memset(dp(w, i), 0, sizeof(float) * (size_t)n);
 }
 
-/* norm of a prenorm (the kind's) or a feed-forward / final norm (RMSNorm) backward, adding dx */
+/* norm of a prenorm (the kind's) backward, into or adding to dx */
 static xattn_status prenorm_backward(xattn_bidir_norm kind, const float *x, int64_t rows, int64_t n,
                                      const float *w, const float *dy, float *dx, float *dw,
                                      float *db, int accumulate)
@@ -1122,47 +1126,73 @@ static xattn_status prenorm_backward(xattn_bidir_norm kind, const float *x, int6
     return xa_op_rmsnorm_backward(x, rows, n, w, FLT_EPSILON, dy, dx, dw, accumulate);
 }
 
-/* One layer's forward from streams x, ctx with its internals kept in w->a; the transformer's
- * layer outputs go to xo, co (may be NULL). */
-static xattn_status layer_forward(bd_bwd *w, const bd_layer *L, const float *x, const float *ctx,
-                                  float *xo, float *co)
+/* The prenormed inputs of a layer (recomputed into w->xn, w->cn when there is a prenorm). */
+static xattn_status prenorms(bd_bwd *w, const bd_layer *L, const float *x, const float *ctx)
+{
+    const xattn_bidir_config *c = &w->m->cfg;
+    if (c->prenorm == XATTN_NORM_NONE) return XATTN_OK;
+    xattn_status s = prenorm(c->prenorm, x, w->nI, c->dim, L->attn.norm_w, L->attn.norm_b, w->xn);
+    return s ? s : prenorm(c->prenorm, ctx, w->nJ, c->context_dim, L->attn.cnorm_w,
+                           L->attn.cnorm_b, w->cn);
+}
+
+/* The feed-forwards' norms and GELU of a layer (recomputed into w->fx, fc, gx, gc). */
+static xattn_status ff_inner(bd_bwd *w, const bd_layer *L, const bd_saved *v)
+{
+    const xattn_bidir_config *c = &w->m->cfg;
+    const int64_t nI = w->nI, nJ = w->nJ;
+    xattn_status s;
+    if ((s = xa_op_rmsnorm(v->x1, nI, c->dim, L->ff.norm_w, FLT_EPSILON, w->fx)) ||
+        (s = xa_op_rmsnorm(v->c1, nJ, c->context_dim, L->cff.norm_w, FLT_EPSILON, w->fc)))
+        return s;
+    memcpy(w->gx, v->h, sizeof(float) * (size_t)(nI * c->ff_hidden));
+    memcpy(w->gc, v->ch, sizeof(float) * (size_t)(nJ * c->context_ff_hidden));
+    if ((s = xa_op_gelu(w->gx, nI * c->ff_hidden, 0))) return s;
+    return xa_op_gelu(w->gc, nJ * c->context_ff_hidden, 0);
+}
+
+/* One layer's forward from streams x, ctx keeping its activations in v; the transformer's layer
+ * outputs go to xo, co. */
+static xattn_status layer_forward(bd_bwd *w, const bd_layer *L, bd_saved *v, const float *x,
+                                  const float *ctx, float *xo, float *co)
 {
     const xattn_bidir *m = w->m;
     const xattn_bidir_config *c = &m->cfg;
-    const bd_act *a = &w->a;
-    const bd_scratch sc = {a->xn, a->cn, a->pqv, a->cpqv, a->oh, a->coh, NULL};
-    xattn_status s;
-    if ((s = attn_core(m, &L->attn, w->in, x, ctx, &sc, NULL, NULL))) return s;
-    if (!c->is_transformer) return XATTN_OK;
     const int64_t nI = w->nI, nJ = w->nJ, dim = c->dim, cd = c->context_dim;
-    memcpy(a->x1, x, sizeof(float) * (size_t)(nI * dim));
-    memcpy(a->c1, ctx, sizeof(float) * (size_t)(nJ * cd));
-    if ((s = xa_op_linear(a->oh, nI, c->inner_dim, L->attn.wo, L->attn.bo, dim, a->x1, 1)) ||
-        (s = xa_op_linear(a->coh, nJ, c->inner_dim, L->attn.cwo, L->attn.cbo, cd, a->c1, 1)) ||
-        (s = xa_op_rmsnorm(a->x1, nI, dim, L->ff.norm_w, FLT_EPSILON, a->fx)) ||
-        (s = xa_op_rmsnorm(a->c1, nJ, cd, L->cff.norm_w, FLT_EPSILON, a->fc)) ||
-        (s = xa_op_linear(a->fx, nI, dim, L->ff.w1, L->ff.b1, c->ff_hidden, a->h, 0)) ||
-        (s = xa_op_linear(a->fc, nJ, cd, L->cff.w1, L->cff.b1, c->context_ff_hidden, a->ch, 0)))
+    const int pre = c->prenorm != XATTN_NORM_NONE;
+    xattn_status s = prenorms(w, L, x, ctx);
+    if (s) return s;
+    const int64_t inner2 = 2 * c->inner_dim;
+    if ((s = xa_op_linear(pre ? w->xn : x, nI, dim, L->attn.w_qkv, NULL, inner2, v->pqv, 0)) ||
+        (s = xa_op_linear(pre ? w->cn : ctx, nJ, cd, L->attn.cw_qkv, NULL, inner2, v->cpqv, 0)))
         return s;
-    memcpy(a->gx, a->h, sizeof(float) * (size_t)(nI * c->ff_hidden));
-    memcpy(a->gc, a->ch, sizeof(float) * (size_t)(nJ * c->context_ff_hidden));
-    if ((s = xa_op_gelu(a->gx, nI * c->ff_hidden, 0)) ||
-        (s = xa_op_gelu(a->gc, nJ * c->context_ff_hidden, 0)))
+    const bd_scratch sc = {NULL, NULL, v->pqv, v->cpqv, v->oh, v->coh, NULL};
+    xa_bidir p;
+    describe(c, w->in, &sc, &p);
+    p.talk = L->attn.talk;
+    p.ctalk = L->attn.ctalk;
+    p.lse = v->lse;
+    p.clse = v->clse;
+    if ((s = xa_op_bidir_attention(&p))) return s;
+    if (!c->is_transformer) return XATTN_OK;
+    memcpy(v->x1, x, sizeof(float) * (size_t)(nI * dim));
+    memcpy(v->c1, ctx, sizeof(float) * (size_t)(nJ * cd));
+    if ((s = xa_op_linear(v->oh, nI, c->inner_dim, L->attn.wo, L->attn.bo, dim, v->x1, 1)) ||
+        (s = xa_op_linear(v->coh, nJ, c->inner_dim, L->attn.cwo, L->attn.cbo, cd, v->c1, 1)) ||
+        (s = xa_op_rmsnorm(v->x1, nI, dim, L->ff.norm_w, FLT_EPSILON, w->fx)) ||
+        (s = xa_op_rmsnorm(v->c1, nJ, cd, L->cff.norm_w, FLT_EPSILON, w->fc)) ||
+        (s = xa_op_linear(w->fx, nI, dim, L->ff.w1, L->ff.b1, c->ff_hidden, v->h, 0)) ||
+        (s = xa_op_linear(w->fc, nJ, cd, L->cff.w1, L->cff.b1, c->context_ff_hidden, v->ch, 0)) ||
+        (s = ff_inner(w, L, v)))
         return s;
-    if (xo) {
-        memcpy(xo, a->x1, sizeof(float) * (size_t)(nI * dim));
-        if ((s = xa_op_linear(a->gx, nI, c->ff_hidden, L->ff.w2, L->ff.b2, dim, xo, 1))) return s;
-    }
-    if (co) {
-        memcpy(co, a->c1, sizeof(float) * (size_t)(nJ * cd));
-        if ((s = xa_op_linear(a->gc, nJ, c->context_ff_hidden, L->cff.w2, L->cff.b2, cd, co, 1)))
-            return s;
-    }
-    return XATTN_OK;
+    memcpy(xo, v->x1, sizeof(float) * (size_t)(nI * dim));
+    memcpy(co, v->c1, sizeof(float) * (size_t)(nJ * cd));
+    if ((s = xa_op_linear(w->gx, nI, c->ff_hidden, L->ff.w2, L->ff.b2, dim, xo, 1))) return s;
+    return xa_op_linear(w->gc, nJ, c->context_ff_hidden, L->cff.w2, L->cff.b2, cd, co, 1);
 }
 
-/* Feed-forward backward: d (rows, d) is the gradient of the stream after the block (x1 + ff)
- * and becomes that of x1. */
+/* Feed-forward backward: dstream (rows, d), the gradient of the stream after the block
+ * (x1 + ff), becomes that of x1. */
 static xattn_status ff_backward(bd_bwd *w, const bd_ff *f, int base, const float *x1,
                                 const float *fx, const float *h, const float *g, int64_t rows,
                                 int64_t d, int64_t hidden, float *dstream, float *dg, float *dh,
@@ -1195,31 +1225,13 @@ static xattn_status proj_backward(bd_bwd *w, const float *xin, int64_t rows, int
     return XATTN_OK;
 }
 
-/* One layer's backward: w->dx, w->dc hold the gradients of its outputs (the transformer's
- * streams after the layer; the block's out and context_out otherwise) and become those of its
- * inputs x, ctx. The internals in w->a are the layer's (layer_forward). */
-static xattn_status layer_backward(bd_bwd *w, const bd_layer *L, int base, const float *x,
-                                   const float *ctx)
+/* The attention's backward of a layer: w->d_oh, w->d_coh into w->dpqv, w->dcpqv, the talking
+ * heads' and the bias's gradients. */
+static xattn_status attn_backward(bd_bwd *w, const bd_layer *L, const bd_saved *v, int base)
 {
-    const xattn_bidir *m = w->m;
-    const xattn_bidir_config *c = &m->cfg;
-    const bd_act *a = &w->a;
-    const int64_t nI = w->nI, nJ = w->nJ, dim = c->dim, cd = c->context_dim, inner = c->inner_dim;
-    const int tf = c->is_transformer;
-    xattn_status s;
-    if (tf && ((s = ff_backward(w, &L->ff, base + A_N, a->x1, a->fx, a->h, a->gx, nI, dim,
-                                c->ff_hidden, w->dx, w->dg, w->dh, w->dxin)) ||
-               (s = ff_backward(w, &L->cff, base + A_N + F_N, a->c1, a->fc, a->ch, a->gc, nJ, cd,
-                                c->context_ff_hidden, w->dc, w->dcg, w->dch, w->dcin))))
-        return s;
-    /* output projections (the transformer: of the residual branch, dx is also x's) */
-    if ((s = xa_op_linear_backward(a->oh, nI, inner, L->attn.wo, dim, w->dx, w->d_oh,
-                                   dp(w, base + A_OUT_W), dp(w, base + A_OUT_B), 0)) ||
-        (s = xa_op_linear_backward(a->coh, nJ, inner, L->attn.cwo, cd, w->dc, w->d_coh,
-                                   dp(w, base + A_COUT_W), dp(w, base + A_COUT_B), 0)))
-        return s;
-    /* the attention */
-    const bd_scratch sc = {a->xn, a->cn, a->pqv, a->cpqv, a->oh, a->coh, NULL};
+    const xattn_bidir_config *c = &w->m->cfg;
+    const int64_t inner = c->inner_dim;
+    const bd_scratch sc = {NULL, NULL, v->pqv, v->cpqv, v->oh, v->coh, NULL};
     xa_bidir p;
     describe(c, w->in, &sc, &p);
     p.talk = L->attn.talk;
@@ -1235,41 +1247,68 @@ static xattn_status layer_backward(bd_bwd *w, const bd_layer *L, int base, const
     g.dtalk = dp(w, base + A_TALK);
     g.dctalk = dp(w, base + A_CTALK);
     g.dbias = w->dbias, g.dbias_sb = p.bias_sb, g.dbias_sh = p.bias_sh;
+    g.lse = v->lse, g.clse = v->clse;
     if (w->dbias && w->bias_started) { /* the bias is every layer's: add this layer's part */
-        memset(w->dpqv, 0, sizeof(float) * (size_t)(nI * 2 * inner));
-        memset(w->dcpqv, 0, sizeof(float) * (size_t)(nJ * 2 * inner));
+        memset(w->dpqv, 0, sizeof(float) * (size_t)(w->nI * 2 * inner));
+        memset(w->dcpqv, 0, sizeof(float) * (size_t)(w->nJ * 2 * inner));
         if (g.dtalk) memset(g.dtalk, 0, sizeof(float) * (size_t)(c->heads * c->heads));
         if (g.dctalk) memset(g.dctalk, 0, sizeof(float) * (size_t)(c->heads * c->heads));
         g.accumulate = 1;
     }
-    if ((s = xa_op_bidir_backward(&p, &g))) return s;
-    w->bias_started = 1;
+    xattn_status s = xa_op_bidir_backward(&p, &g);
+    if (!s) w->bias_started = 1;
+    return s;
+}
+
+/* One layer's backward: w->dx, w->dc hold the gradients of its outputs (the transformer's
+ * streams after the layer; the block's out and context_out otherwise) and become those of its
+ * inputs x, ctx. */
+static xattn_status layer_backward(bd_bwd *w, const bd_layer *L, const bd_saved *v, int base,
+                                   const float *x, const float *ctx)
+{
+    const xattn_bidir *m = w->m;
+    const xattn_bidir_config *c = &m->cfg;
+    const int64_t nI = w->nI, nJ = w->nJ, dim = c->dim, cd = c->context_dim, inner = c->inner_dim;
+    const int tf = c->is_transformer;
+    xattn_status s;
+    if (tf && ((s = ff_inner(w, L, v)) ||
+               (s = ff_backward(w, &L->ff, base + A_N, v->x1, w->fx, v->h, w->gx, nI, dim,
+                                c->ff_hidden, w->dx, w->dg, w->dh, w->dxin)) ||
+               (s = ff_backward(w, &L->cff, base + A_N + F_N, v->c1, w->fc, v->ch, w->gc, nJ, cd,
+                                c->context_ff_hidden, w->dc, w->dcg, w->dch, w->dcin))))
+        return s;
+    /* output projections (the transformer: of the residual branch, dx is also x's) */
+    if ((s = xa_op_linear_backward(v->oh, nI, inner, L->attn.wo, dim, w->dx, w->d_oh,
+                                   dp(w, base + A_OUT_W), dp(w, base + A_OUT_B), 0)) ||
+        (s = xa_op_linear_backward(v->coh, nJ, inner, L->attn.cwo, cd, w->dc, w->d_coh,
+                                   dp(w, base + A_COUT_W), dp(w, base + A_COUT_B), 0)) ||
+        (s = attn_backward(w, L, v, base)))
+        return s;
     /* projections and prenorms */
     const int pre = c->prenorm != XATTN_NORM_NONE; /* as attn_core */
-    const xattn_bidir_norm kind = c->prenorm;
-    if ((s = proj_backward(w, pre ? a->xn : x, nI, dim, L->attn.w_qkv, w->dpqv, w->dxin, w->dW,
+    if (pre && (s = prenorms(w, L, x, ctx))) return s;
+    if ((s = proj_backward(w, pre ? w->xn : x, nI, dim, L->attn.w_qkv, w->dpqv, w->dxin, w->dW,
                            base + A_QK, base + A_V, inner)) ||
-        (s = proj_backward(w, pre ? a->cn : ctx, nJ, cd, L->attn.cw_qkv, w->dcpqv, w->dcin, w->dcW,
-                           base + A_CQK, base + A_CV, inner)))
+        (s = proj_backward(w, pre ? w->cn : ctx, nJ, cd, L->attn.cw_qkv, w->dcpqv, w->dcin,
+                           w->dcW, base + A_CQK, base + A_CV, inner)))
         return s;
     /* the stream's gradient: the residual's (transformer) plus the attention path's */
-    if (pre) {
-        if (tf) { /* added to below, with the streams' gradients */
-            dp_zero(w, base + A_NORM_W, dim);
-            dp_zero(w, base + A_NORM_B, dim);
-            dp_zero(w, base + A_CNORM_W, cd);
-            dp_zero(w, base + A_CNORM_B, cd);
-        }
-        if ((s = prenorm_backward(kind, x, nI, dim, L->attn.norm_w, w->dxin, w->dx,
-                                  dp(w, base + A_NORM_W), dp(w, base + A_NORM_B), tf)) ||
-            (s = prenorm_backward(kind, ctx, nJ, cd, L->attn.cnorm_w, w->dcin, w->dc,
-                                  dp(w, base + A_CNORM_W), dp(w, base + A_CNORM_B), tf)))
-            return s;
-    } else {
+    if (!pre) {
         memcpy(w->dx, w->dxin, sizeof(float) * (size_t)(nI * dim));
         memcpy(w->dc, w->dcin, sizeof(float) * (size_t)(nJ * cd));
+        return XATTN_OK;
     }
-    return XATTN_OK;
+    if (tf) { /* added to below, with the streams' gradients */
+        dp_zero(w, base + A_NORM_W, dim);
+        dp_zero(w, base + A_NORM_B, dim);
+        dp_zero(w, base + A_CNORM_W, cd);
+        dp_zero(w, base + A_CNORM_B, cd);
+    }
+    if ((s = prenorm_backward(c->prenorm, x, nI, dim, L->attn.norm_w, w->dxin, w->dx,
+                              dp(w, base + A_NORM_W), dp(w, base + A_NORM_B), tf)))
+        return s;
+    return prenorm_backward(c->prenorm, ctx, nJ, cd, L->attn.cnorm_w, w->dcin, w->dc,
+                            dp(w, base + A_CNORM_W), dp(w, base + A_CNORM_B), tf);
 }
 
 /* Carves n floats off *base (16-float aligned). */
@@ -1280,25 +1319,45 @@ static float *carve(float **base, int64_t n)
     return r;
 }
 
+/* The inputs of the named run (as forward_named). */
+static void named_inputs(const xa_run *r, xattn_bidir_inputs *in)
+{
+    memset(in, 0, sizeof *in);
+    in->B = xa_run_sym(r, "B");
+    in->I = xa_run_sym(r, "I");
+    in->J = xa_run_sym(r, "J");
+    in->x = r->in[0];
+    in->context = r->in[1];
+    in->mask = r->in[2];
+    in->context_mask = r->in[3];
+    if (r->in[4]) {
+        const int nd = r->in_ndim[4];
+        in->rel_pos_bias = r->in[4];
+        in->bias_b = nd == 4 ? r->in_shape[4][0] : 1;
+        in->bias_h = nd >= 3 ? r->in_shape[4][nd - 3] : 1;
+    }
+}
+
+/* Floats of the backward's memory (one block), or -1 when it overflows. */
+static double bwd_floats(const xattn_bidir_config *c, const xattn_bidir_inputs *in)
+{
+    const double nI = (double)(in->B * in->I), nJ = (double)(in->B * in->J), L = (double)c->depth;
+    const double dim = (double)c->dim, cd = (double)c->context_dim, inner = (double)c->inner_dim;
+    const double tf = c->is_transformer, hx = tf ? (double)c->ff_hidden : 0.0,
+                 hc = tf ? (double)c->context_ff_hidden : 0.0, H = (double)c->heads;
+    const double per_layer = 3.0 * inner * (nI + nJ) + H * (nI + nJ) +
+                             tf * (nI * dim + nJ * cd + nI * hx + nJ * hc);
+    return L * per_layer + (L + 1) * tf * (nI * dim + nJ * cd) + 6.0 * (nI * dim + nJ * cd) +
+           3.0 * (nI + nJ) * inner + 4.0 * (nI * hx + nJ * hc) + 2.0 * inner * (dim + cd) +
+           32.0 * (L + 10) * 16;
+}
+
 static xattn_status backward_named(const xa_mod *core, const xa_run *r, xa_grad *gr)
 {
     const xattn_bidir *m = (const xattn_bidir *)core;
     const xattn_bidir_config *c = &m->cfg;
     xattn_bidir_inputs in;
-    memset(&in, 0, sizeof in);
-    in.B = xa_run_sym(r, "B");
-    in.I = xa_run_sym(r, "I");
-    in.J = xa_run_sym(r, "J");
-    in.x = r->in[0];
-    in.context = r->in[1];
-    in.mask = r->in[2];
-    in.context_mask = r->in[3];
-    if (r->in[4]) {
-        const int nd = r->in_ndim[4];
-        in.rel_pos_bias = r->in[4];
-        in.bias_b = nd == 4 ? r->in_shape[4][0] : 1;
-        in.bias_h = nd >= 3 ? r->in_shape[4][nd - 3] : 1;
-    }
+    named_inputs(r, &in);
     xattn_bidir_outputs o;
     memset(&o, 0, sizeof o);
     o.out = r->out[0];
@@ -1306,30 +1365,35 @@ static xattn_status backward_named(const xa_mod *core, const xa_run *r, xa_grad 
     xattn_status s = check_call(m, &in, &o);
     if (s) return s;
     const int64_t nI = in.B * in.I, nJ = in.B * in.J, dim = c->dim, cd = c->context_dim;
-    const int64_t inner = c->inner_dim, L = c->depth, tf = c->is_transformer;
+    const int64_t inner = c->inner_dim, L = c->depth, tf = c->is_transformer, H = c->heads;
     const int64_t hx = tf ? c->ff_hidden : 0, hc = tf ? c->context_ff_hidden : 0;
-    /* sizes: streams (L + 1) (nI dim + nJ cd), internals, gradients */
-    const double total =
-        (double)(L + 1) * (double)(nI * dim + nJ * cd) * (tf ? 1 : 0) +
-        6.0 * (double)(nI * dim + nJ * cd) + 6.0 * (double)(nI + nJ) * (double)inner +
-        4.0 * (double)(nI * hx + nJ * hc) + 2.0 * (double)inner * (double)(dim + cd) + 64.0 * 32;
+    const double total = bwd_floats(c, &in);
     if (total * sizeof(float) > 0.9 * (double)SIZE_MAX || total > 1e12)
         return xa_error(XATTN_ERR_NOMEM, "%s: backward scratch too large", FN_FWD);
     float *mem = xa_alloc(sizeof(float) * (size_t)total);
-    if (!mem) return xa_error(XATTN_ERR_NOMEM, "%s: out of memory for the backward", FN_FWD);
+    bd_saved *sv = calloc((size_t)L, sizeof *sv);
+    if (!mem || !sv) {
+        xa_free(mem);
+        free(sv);
+        return xa_error(XATTN_ERR_NOMEM, "%s: out of memory for the backward", FN_FWD);
+    }
     float *q = mem;
     bd_bwd w;
     memset(&w, 0, sizeof w);
-    w.m = m, w.in = &in, w.nI = nI, w.nJ = nJ, w.dparam = gr->dparam;
+    w.m = m, w.in = &in, w.nI = nI, w.nJ = nJ, w.dparam = gr->dparam, w.sv = sv;
     w.dbias = gr->din[4];
+    for (int64_t l = 0; l < L; l++) {
+        bd_saved *v = &sv[l];
+        v->pqv = carve(&q, nI * 2 * inner), v->cpqv = carve(&q, nJ * 2 * inner);
+        v->oh = carve(&q, nI * inner), v->coh = carve(&q, nJ * inner);
+        v->lse = carve(&q, in.B * H * in.I), v->clse = carve(&q, in.B * H * in.J);
+        v->x1 = carve(&q, tf * nI * dim), v->c1 = carve(&q, tf * nJ * cd);
+        v->h = carve(&q, nI * hx), v->ch = carve(&q, nJ * hc);
+    }
     float *streams = tf ? carve(&q, (L + 1) * (nI * dim + nJ * cd)) : NULL;
-    w.a.xn = carve(&q, nI * dim), w.a.cn = carve(&q, nJ * cd);
-    w.a.pqv = carve(&q, nI * 2 * inner), w.a.cpqv = carve(&q, nJ * 2 * inner);
-    w.a.oh = carve(&q, nI * inner), w.a.coh = carve(&q, nJ * inner);
-    w.a.x1 = carve(&q, nI * dim), w.a.c1 = carve(&q, nJ * cd);
-    w.a.fx = carve(&q, nI * dim), w.a.fc = carve(&q, nJ * cd);
-    w.a.h = carve(&q, nI * hx), w.a.ch = carve(&q, nJ * hc);
-    w.a.gx = carve(&q, nI * hx), w.a.gc = carve(&q, nJ * hc);
+    w.xn = carve(&q, nI * dim), w.cn = carve(&q, nJ * cd);
+    w.fx = carve(&q, nI * dim), w.fc = carve(&q, nJ * cd);
+    w.gx = carve(&q, nI * hx), w.gc = carve(&q, nJ * hc);
     w.dx = carve(&q, nI * dim), w.dc = carve(&q, nJ * cd);
     w.d_oh = carve(&q, nI * inner), w.d_coh = carve(&q, nJ * inner);
     w.dpqv = carve(&q, nI * 2 * inner), w.dcpqv = carve(&q, nJ * 2 * inner);
@@ -1338,14 +1402,14 @@ static xattn_status backward_named(const xa_mod *core, const xa_run *r, xa_grad 
     w.dh = carve(&q, nI * hx), w.dch = carve(&q, nJ * hc);
     w.dg = carve(&q, nI * hx), w.dcg = carve(&q, nJ * hc);
     const int per = tf ? TF_PER_LAYER : A_N;
-    /* forward, keeping each layer's input streams */
+    /* the forward, keeping each layer's activations and input streams */
 #define XS(l) (streams + (l) * (nI * dim + nJ * cd))
 #define CS(l) (XS(l) + nI * dim)
     if (tf) {
         memcpy(XS(0), in.x, sizeof(float) * (size_t)(nI * dim));
         memcpy(CS(0), in.context, sizeof(float) * (size_t)(nJ * cd));
         for (int64_t l = 0; l < L && !s; l++)
-            s = layer_forward(&w, &m->layers[l], XS(l), CS(l), XS(l + 1), CS(l + 1));
+            s = layer_forward(&w, &m->layers[l], &sv[l], XS(l), CS(l), XS(l + 1), CS(l + 1));
         if (!s) { /* the outputs: the final norms, or the last streams */
             memcpy(o.out, XS(L), sizeof(float) * (size_t)(nI * dim));
             memcpy(o.context_out, CS(L), sizeof(float) * (size_t)(nJ * cd));
@@ -1354,21 +1418,17 @@ static xattn_status backward_named(const xa_mod *core, const xa_run *r, xa_grad 
         }
     } else {
         const bd_attn *a = &m->layers[0].attn;
-        if (!(s = layer_forward(&w, &m->layers[0], in.x, in.context, NULL, NULL)) &&
-            !(s = xa_op_linear(w.a.oh, nI, inner, a->wo, a->bo, dim, o.out, 0)))
-            s = xa_op_linear(w.a.coh, nJ, inner, a->cwo, a->cbo, cd, o.context_out, 0);
+        if (!(s = layer_forward(&w, &m->layers[0], &sv[0], in.x, in.context, NULL, NULL)) &&
+            !(s = xa_op_linear(sv[0].oh, nI, inner, a->wo, a->bo, dim, o.out, 0)))
+            s = xa_op_linear(sv[0].coh, nJ, inner, a->cwo, a->cbo, cd, o.context_out, 0);
     }
     /* the outputs' gradients (a loss sets them from the outputs now) */
     if (!s) s = xa_grad_outputs(gr, r);
     if (!s) {
-        if (gr->dout[0])
-            memcpy(w.dx, gr->dout[0], sizeof(float) * (size_t)(nI * dim));
-        else
-            memset(w.dx, 0, sizeof(float) * (size_t)(nI * dim));
-        if (gr->dout[1])
-            memcpy(w.dc, gr->dout[1], sizeof(float) * (size_t)(nJ * cd));
-        else
-            memset(w.dc, 0, sizeof(float) * (size_t)(nJ * cd));
+        if (gr->dout[0]) memcpy(w.dx, gr->dout[0], sizeof(float) * (size_t)(nI * dim));
+        else memset(w.dx, 0, sizeof(float) * (size_t)(nI * dim));
+        if (gr->dout[1]) memcpy(w.dc, gr->dout[1], sizeof(float) * (size_t)(nJ * cd));
+        else memset(w.dc, 0, sizeof(float) * (size_t)(nJ * cd));
     }
     if (!s && tf && m->fnorm_w) { /* through the final norms */
         const int fin = (int)L * per;
@@ -1379,15 +1439,14 @@ static xattn_status backward_named(const xa_mod *core, const xa_run *r, xa_grad 
             s = xa_op_rmsnorm_backward(CS(L), nJ, cd, m->fcnorm_w, FLT_EPSILON, w.dcin, w.dc,
                                        dp(&w, fin + N_CNORM), 0);
     }
-    for (int64_t l = L - 1; l >= 0 && !s; l--) {
-        const float *x = tf ? XS(l) : in.x, *ctx = tf ? CS(l) : in.context;
-        if (tf) s = layer_forward(&w, &m->layers[l], x, ctx, NULL, NULL); /* internals again */
-        if (!s) s = layer_backward(&w, &m->layers[l], (int)l * per, x, ctx);
-    }
+    for (int64_t l = L - 1; l >= 0 && !s; l--)
+        s = layer_backward(&w, &m->layers[l], &sv[l], (int)l * per, tf ? XS(l) : in.x,
+                           tf ? CS(l) : in.context);
 #undef XS
 #undef CS
     if (!s && gr->din[0]) memcpy(gr->din[0], w.dx, sizeof(float) * (size_t)(nI * dim));
     if (!s && gr->din[1]) memcpy(gr->din[1], w.dc, sizeof(float) * (size_t)(nJ * cd));
     xa_free(mem);
+    free(sv);
     return s;
 }

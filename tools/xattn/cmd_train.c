@@ -59,7 +59,7 @@ static void help(void)
         "                        in parts, each continued with --resume\n"
         "  --out OUT             the trained module (float32), loadable by PyTorch's\n"
         "                        load_state_dict(strict=True) and by 'xattn run'\n"
-        "  --log LOG.jsonl       one line per step: step, loss, lr, grad_norm\n"
+        "  --log LOG.jsonl       one line per step: step, loss, lr, grad_norm, seconds\n"
         "A progress line with the loss is drawn on a terminal.\n");
 }
 
@@ -198,6 +198,9 @@ typedef struct trainer {
     int64_t *sizes;
     xattn_optim *opt;
     int64_t start; /* the step to begin at (a resumed run: the checkpoint's) */
+#define MAX_TIMES 4096
+    double times[MAX_TIMES]; /* seconds of each step (forward, backward, clipping, update) */
+    int n_times;
     char ckpt[4200];
 } trainer;
 
@@ -373,6 +376,12 @@ static int resume(trainer *w)
 
 /* ---- the loop ---- */
 
+static int cmp_double(const void *a, const void *b)
+{
+    const double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
 static void progress(int64_t step, int64_t total, double loss)
 {
     const int width = 30, done = (int)(width * step / (total ? total : 1));
@@ -399,6 +408,7 @@ static int train_loop(trainer *w, FILE *log)
         for (int64_t b = 0; b < w->B; b++)
             idx[b] = sample_of(step, b, w->B, w->N, w->t.shuffle, w->t.seed, order, &order_epoch);
         gather(w, idx);
+        const double t0 = cli_now();
         double loss = 0.0;
         if (xattn_module_mse_grad(w->ctx, w->s->m, w->in, w->n_in, w->tg, w->n_tg, &loss, NULL, 0,
                                   w->grads)) {
@@ -410,14 +420,18 @@ static int train_loop(trainer *w, FILE *log)
                                       w->t.schedule && !strcmp(w->t.schedule, "cosine"), base_lr);
         xattn_optim_set_lr(w->opt, lr);
         xattn_optim_step(w->opt, w->params, (const float *const *)w->grads);
+        const double secs = cli_now() - t0;
+        if (w->n_times < MAX_TIMES) w->times[w->n_times++] = secs;
         if (!isfinite(loss)) {
             rc = cli_error(w->cmd, w->a->model, "the loss is %g at step %lld: stopped", loss,
                            (long long)step + 1);
             break;
         }
         if (log)
-            fprintf(log, "{\"step\": %lld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g}\n",
-                    (long long)step + 1, loss, lr, norm);
+            fprintf(log,
+                    "{\"step\": %lld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, "
+                    "\"seconds\": %.6g}\n",
+                    (long long)step + 1, loss, lr, norm, secs);
         if (tty) progress(step + 1, w->t.steps, loss);
         const int stop = w->t.stop_after && step + 1 == w->t.stop_after;
         const int last = step + 1 == w->t.steps || stop;
@@ -485,6 +499,15 @@ static int run(trainer *w)
     memset(&so, 0, sizeof so);
     so.float32 = 1;
     if (!rc && xattn_module_save_ex(s->m, w->t.out, &so)) rc = cli_lib_error(w->cmd, w->t.out);
+    if (!rc && w->n_times) {
+        qsort(w->times, (size_t)w->n_times, sizeof w->times[0], cmp_double);
+        const char *note;
+        const double rss = cli_peak_rss_bytes(&note) / 1048576.0;
+        printf("median step %.6g s (forward, backward, update; of %d), peak RSS %.1f MB%s "
+               "[%s, %d threads]\n",
+               w->times[w->n_times / 2], w->n_times, rss, note, xattn_ctx_get_isa(w->ctx),
+               xattn_ctx_get_threads(w->ctx));
+    }
     if (!rc)
         printf("wrote %s (%s, %lld of %lld steps)%s%s\n", w->t.out, s->kind,
                (long long)xattn_optim_step_count(w->opt), w->t.steps,
