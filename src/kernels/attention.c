@@ -807,6 +807,7 @@ typedef struct bwd_ctx {
     float *QtA, *QsA;   /* (B, H, IP / T, dh, T) scale * q^T by query tile; (B, H, IP, DHn) */
     float *dOtA, *dOrA; /* (B, H, IP / T, dv, T) dO^T by query tile; (B, H, IP, DVn) dO rows */
     float *KnA;         /* (B, H, JP, DHn) key rows padded */
+    int q_rows, o_rows, k_rows; /* q, dO, k rows read in place (widths multiples of nr) */
     float *dQg;         /* (B, H, G, IP, DHn) dQ / scale accumulated per key-tile group */
     float *Dr;          /* (B, H, I): rowsum(dO o O) */
     int loop_b, loop_h; /* dbias broadcasts over b / h: looped inside a task */
@@ -815,9 +816,10 @@ typedef struct bwd_ctx {
 typedef struct bwd_scratch {
     float *S, *dP, *dSt; /* (T, T) */
     const float *Qt;     /* the query tile's block of QtA (dh, T) */
-    const float *Qs;     /* its rows of QsA */
+    const float *Qs;     /* its rows: of QsA (scaled), or of q in place (unscaled) */
+    int64_t qs_ld, or_ld; /* their row strides */
     const float *dOt;    /* its block of dOtA (dv, T) */
-    const float *dOr;    /* its rows of dOrA */
+    const float *dOr;    /* its rows: of dOrA, or of dO in place */
     float *dK, *dV;      /* (T, DHn), (T, DVn) */
     float *Ls, *Ps, *Dt; /* (T) per query: lse (safe), probability scale, D */
 } bwd_scratch;
@@ -862,8 +864,21 @@ static void bwd_query_tile(const bwd_ctx *c, bwd_scratch *s, int64_t b, int64_t 
     const int64_t T = c->T, bh = b * p->H + h;
     s->Qt = c->QtA + (bh * c->IP + i0) * p->dh; /* block i0 / T of (dh, T) */
     s->dOt = c->dOtA + (bh * c->IP + i0) * p->dv;
-    s->Qs = c->QsA + (bh * c->IP + i0) * c->DHn;
-    s->dOr = c->dOrA + (bh * c->IP + i0) * c->DVn;
+    const xa_attn_grad *g = c->g;
+    if (c->q_rows) {
+        s->Qs = p->q + b * p->q_sb + h * p->q_sh + i0 * p->q_si;
+        s->qs_ld = p->q_si;
+    } else {
+        s->Qs = c->QsA + (bh * c->IP + i0) * c->DHn;
+        s->qs_ld = c->DHn;
+    }
+    if (c->o_rows) {
+        s->dOr = g->dout + b * g->do_sb + h * g->do_sh + i0 * g->do_si;
+        s->or_ld = g->do_si;
+    } else {
+        s->dOr = c->dOrA + (bh * c->IP + i0) * c->DVn;
+        s->or_ld = c->DVn;
+    }
     const float *L = c->g->lse + bh * p->I + i0;
     const float *D = c->Dr + bh * p->I + i0;
     for (int64_t col = 0; col < T; col++) {
@@ -897,7 +912,9 @@ static void bwd_keys(const bwd_ctx *c, bwd_scratch *s, int64_t b, int64_t h, int
     const int64_t bh = b * p->H + h;
     const float *Kt = c->Kt + (bh * c->a.JP + j0) * p->dh;
     const float *Vt = c->Vt + (bh * c->a.JP + j0) * p->dv;
-    const float *Kn = c->KnA + (bh * c->a.JP + j0) * c->DHn;
+    const float *Kn = c->k_rows ? p->k + b * p->k_sb + h * p->k_sh + j0 * p->k_sj
+                               : c->KnA + (bh * c->a.JP + j0) * c->DHn;
+    const int64_t kn_ld = c->k_rows ? p->k_sj : c->DHn;
     memset(s->dK, 0, sizeof(float) * (size_t)(T * c->DHn));
     memset(s->dV, 0, sizeof(float) * (size_t)(T * c->DVn));
     for (int64_t i0 = 0; i0 < p->I; i0 += T) {
@@ -924,7 +941,7 @@ static void bwd_keys(const bwd_ctx *c, bwd_scratch *s, int64_t b, int64_t h, int
         /* dV (keys x dv) += P^T dO */
         for (int64_t r0 = 0; r0 < T; r0 += mr)
             for (int64_t d0 = 0; d0 < c->DVn; d0 += nr)
-                kt->ukr(it, s->S + r0, T, s->dOr + d0, c->DVn, s->dV + r0 * c->DVn + d0, c->DVn, 1);
+                kt->ukr(it, s->S + r0, T, s->dOr + d0, s->or_ld, s->dV + r0 * c->DVn + d0, c->DVn, 1);
         /* dP (queries x keys) = dO V^T */
         for (int64_t c0 = 0; c0 < itm; c0 += mr)
             for (int64_t r0 = 0; r0 < T; r0 += nr)
@@ -962,18 +979,22 @@ static void bwd_keys(const bwd_ctx *c, bwd_scratch *s, int64_t b, int64_t h, int
         /* dK (keys x dh) += dS^T (scale q) */
         for (int64_t r0 = 0; r0 < T; r0 += mr)
             for (int64_t d0 = 0; d0 < c->DHn; d0 += nr)
-                kt->ukr(it, s->S + r0, T, s->Qs + d0, c->DHn, s->dK + r0 * c->DHn + d0, c->DHn, 1);
+                kt->ukr(it, s->S + r0, T, s->Qs + d0, s->qs_ld, s->dK + r0 * c->DHn + d0, c->DHn, 1);
         /* dQ / scale (queries x dh) += dS K */
         for (int64_t c0 = 0; c0 < itm; c0 += mr)
             for (int64_t d0 = 0; d0 < c->DHn; d0 += nr)
-                kt->ukr(jt, s->dSt + c0, T, Kn + d0, c->DHn, dQg + (i0 + c0) * c->DHn + d0, c->DHn,
+                kt->ukr(jt, s->dSt + c0, T, Kn + d0, kn_ld, dQg + (i0 + c0) * c->DHn + d0, c->DHn,
                         1);
     }
     for (int64_t r = 0; r < jt; r++) {
         if (g->dk) {
             float *o = g->dk + b * g->dk_sb + h * g->dk_sh + (j0 + r) * g->dk_sj;
             const float *a = s->dK + r * c->DHn;
-            for (int64_t d = 0; d < p->dh; d++) o[d] = g->accumulate ? o[d] + a[d] : a[d];
+            const float ks = c->q_rows ? p->scale : 1.0f; /* q read unscaled */
+            for (int64_t d = 0; d < p->dh; d++) {
+                const float v = ks * a[d];
+                o[d] = g->accumulate ? o[d] + v : v;
+            }
         }
         if (g->dv) {
             float *o = g->dv + b * g->dv_sb + h * g->dv_sh + (j0 + r) * g->dv_sj;
@@ -1072,9 +1093,12 @@ static void bwd_pack_head(const bwd_ctx *c, int64_t bh)
     bwd_pack_t(dO, g->do_si, p->I, p->dv, T, IP, 1.0f, c->dOtA + bh * IP * p->dv);
     bwd_pack_t(k, p->k_sj, p->J, p->dh, T, JP, 1.0f, c->Kt + bh * JP * p->dh);
     bwd_pack_t(v, p->v_sj, p->J, p->dv, T, JP, 1.0f, c->Vt + bh * JP * p->dv);
-    bwd_pack_rows(q, p->q_si, p->I, p->dh, c->DHn, IP, p->scale, c->QsA + bh * IP * c->DHn);
-    bwd_pack_rows(dO, g->do_si, p->I, p->dv, c->DVn, IP, 1.0f, c->dOrA + bh * IP * c->DVn);
-    bwd_pack_rows(k, p->k_sj, p->J, p->dh, c->DHn, JP, 1.0f, c->KnA + bh * JP * c->DHn);
+    if (!c->q_rows)
+        bwd_pack_rows(q, p->q_si, p->I, p->dh, c->DHn, IP, p->scale, c->QsA + bh * IP * c->DHn);
+    if (!c->o_rows)
+        bwd_pack_rows(dO, g->do_si, p->I, p->dv, c->DVn, IP, 1.0f, c->dOrA + bh * IP * c->DVn);
+    if (!c->k_rows)
+        bwd_pack_rows(k, p->k_sj, p->J, p->dh, c->DHn, JP, 1.0f, c->KnA + bh * JP * c->DHn);
     for (int64_t i = 0; i < p->I; i++) {
         double acc = 0.0;
         for (int64_t x = 0; x < p->dv; x++)
@@ -1116,21 +1140,27 @@ static int64_t bwd_layout(bwd_ctx *c, float *base)
     c->IP = XA_MAX((p->I + c->T - 1) / c->T * c->T, c->T);
     c->ntk = (p->J + c->T - 1) / c->T;
     const int64_t nbh = (c->loop_b ? 1 : p->B) * (c->loop_h ? 1 : p->H);
-    c->G = XA_MAX(1, XA_MIN(c->ntk, (64 + nbh - 1) / nbh)); /* from the problem, not threads */
+    /* groups from the problem, never the thread count: enough tasks for 64 threads, at most 4
+     * accumulators (each the size of q) */
+    c->G = XA_MAX(1, XA_MIN(XA_MIN(c->ntk, 4), (64 + nbh - 1) / nbh));
+    /* rows read in place where a row's width is a multiple of the micro-tile */
+    c->q_rows = p->dh % nr == 0, c->o_rows = p->dv % nr == 0, c->k_rows = p->dh % nr == 0;
     const int64_t BH = p->B * p->H, JP = c->a.JP, IP = c->IP;
-    const int64_t per_head = JP * (p->dh + p->dv + c->DHn) +
-                             IP * (p->dh + p->dv + c->DHn + c->DVn + c->G * c->DHn) + 2 * p->I;
+    const int64_t per_head = JP * (p->dh + p->dv + (c->k_rows ? 0 : c->DHn)) +
+                             IP * (p->dh + p->dv + (c->q_rows ? 0 : c->DHn) +
+                                   (c->o_rows ? 0 : c->DVn) + c->G * c->DHn) +
+                             2 * p->I;
     int64_t total;
     if (xa_mul_ok(BH, per_head + 16, &total) || xa_mul_ok(total, (int64_t)sizeof(float), &l))
         return -1;
     if (base) {
         c->Kt = take(&base, BH * JP * p->dh);
         c->Vt = take(&base, BH * JP * p->dv);
-        c->KnA = take(&base, BH * JP * c->DHn);
+        c->KnA = c->k_rows ? NULL : take(&base, BH * JP * c->DHn);
         c->QtA = take(&base, BH * IP * p->dh);
         c->dOtA = take(&base, BH * IP * p->dv);
-        c->QsA = take(&base, BH * IP * c->DHn);
-        c->dOrA = take(&base, BH * IP * c->DVn);
+        c->QsA = c->q_rows ? NULL : take(&base, BH * IP * c->DHn);
+        c->dOrA = c->o_rows ? NULL : take(&base, BH * IP * c->DVn);
         c->dQg = take(&base, BH * c->G * IP * c->DHn);
         c->Dr = take(&base, BH * p->I);
     }

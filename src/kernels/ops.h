@@ -103,6 +103,9 @@ void xa_op_mean_backward(const float *dy, int64_t B, int64_t F, int64_t R, float
 void xa_op_pool2_backward(const float *dy, int64_t B, int64_t N, int64_t C, float *dx,
                           int accumulate);
 
+/* y (n) = sum over b < B of x[b * stride + 0 .. n) (in order). */
+void xa_op_sum_rows(const float *x, int64_t B, int64_t stride, int64_t n, float *y);
+
 /* The gradient of F.mse_loss(y, t) (reduction 'mean') over n values: d = 2 (y - t) / n. */
 void xa_op_mse_grad(const float *y, const float *t, int64_t n, float *d);
 

@@ -412,6 +412,8 @@ static int torch_claims(const xattn_safetensors *st, const char *prefix)
 
 static xattn_status torch_forward_named(const xa_mod *core, const xa_run *r);
 static xattn_status diff_forward_named(const xa_mod *core, const xa_run *r);
+static xattn_status torch_backward_named(const xa_mod *core, const xa_run *r, xa_grad *g);
+static xattn_status diff_backward_named(const xa_mod *core, const xa_run *r, xa_grad *g);
 
 const xa_kind xa_kind_mha = {
     .name = "mha",
@@ -429,6 +431,7 @@ const xa_kind xa_kind_mha = {
     .build = torch_build,
     .bind = torch_bind,
     .forward = torch_forward_named,
+    .backward = torch_backward_named,
     .stand_ins = torch_stand_ins,
     .n_stand_ins = XA_N(torch_stand_ins),
     .aliases = torch_aliases,
@@ -454,6 +457,7 @@ const xa_kind xa_kind_attention = {
     .build = diff_build,
     .bind = diff_bind,
     .forward = diff_forward_named,
+    .backward = diff_backward_named,
     .stand_ins = diff_stand_ins,
     .n_stand_ins = XA_N(diff_stand_ins),
     .aliases = diff_aliases,
@@ -776,21 +780,37 @@ static void named_mask(const xa_run *r, int i, const uint8_t **u8, const float *
         *u8 = r->in[i];
 }
 
+static void torch_named_inputs(const xa_run *r, xattn_mha_inputs *in)
+{
+    memset(in, 0, sizeof *in);
+    in->B = xa_run_sym(r, "B");
+    in->I = xa_run_sym(r, "I");
+    in->J = xa_run_sym(r, "J");
+    in->query = r->in[0];
+    in->key = r->in[1]; /* the stand-ins (query, key) when not given */
+    in->value = r->in[2];
+    named_mask(r, 3, &in->key_padding_mask, &in->key_padding_mask_float);
+    named_mask(r, 4, &in->attn_mask, &in->attn_mask_float);
+    in->attn_mask_per_head = r->in[4] && r->in_ndim[4] == 3;
+    in->is_causal = r->in[5] && *(const uint8_t *)r->in[5];
+}
+
+static void diff_named_inputs(const xa_run *r, xattn_mha_inputs *in)
+{
+    memset(in, 0, sizeof *in);
+    in->B = xa_run_sym(r, "B");
+    in->I = xa_run_sym(r, "I");
+    in->J = xa_run_sym(r, "J");
+    in->query = r->in[0];
+    in->key = r->in[1]; /* hidden_states when encoder_hidden_states is not given */
+    named_mask(r, 2, &in->key_padding_mask, &in->key_padding_mask_float);
+}
+
 static xattn_status torch_forward_named(const xa_mod *core, const xa_run *r)
 {
     const xattn_mha *m = (const xattn_mha *)core;
     xattn_mha_inputs in;
-    memset(&in, 0, sizeof in);
-    in.B = xa_run_sym(r, "B");
-    in.I = xa_run_sym(r, "I");
-    in.J = xa_run_sym(r, "J");
-    in.query = r->in[0];
-    in.key = r->in[1]; /* the stand-ins (query, key) when not given */
-    in.value = r->in[2];
-    named_mask(r, 3, &in.key_padding_mask, &in.key_padding_mask_float);
-    named_mask(r, 4, &in.attn_mask, &in.attn_mask_float);
-    in.attn_mask_per_head = r->in[4] && r->in_ndim[4] == 3;
-    in.is_causal = r->in[5] && *(const uint8_t *)r->in[5];
+    torch_named_inputs(r, &in);
     xattn_mha_outputs o;
     memset(&o, 0, sizeof o);
     o.out = r->out[0];
@@ -803,16 +823,187 @@ static xattn_status diff_forward_named(const xa_mod *core, const xa_run *r)
 {
     const xattn_mha *m = (const xattn_mha *)core;
     xattn_mha_inputs in;
-    memset(&in, 0, sizeof in);
-    in.B = xa_run_sym(r, "B");
-    in.I = xa_run_sym(r, "I");
-    in.J = xa_run_sym(r, "J");
-    in.query = r->in[0];
-    in.key = r->in[1]; /* hidden_states when encoder_hidden_states is not given */
-    named_mask(r, 2, &in.key_padding_mask, &in.key_padding_mask_float);
+    diff_named_inputs(r, &in);
     xattn_mha_outputs o;
     memset(&o, 0, sizeof o);
     o.out = r->out[0];
     o.attn_per_head = r->out[1];
     return xa_mha_run(m, &in, &o);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Backward                                                                                 */
+/* ---------------------------------------------------------------------------------------- */
+/*
+ * The forward runs once, keeping the projections q, k, v (with the appended bias_k / bias_v
+ * and zero rows), the attention output and its log-sum-exp ((2 inner per query token + 2 inner
+ * per key + heads per query) floats); then out's gradient goes back through the output
+ * projection, the fused attention backward (the masks as in the forward; the probabilities
+ * recomputed from the log-sum-exp), the appended keys (bias_k, bias_v summed over the batch) and
+ * the input projections. An input that stands in for another (the keys and values of
+ * self-attention are the query) gets the sum of the gradients of every role it plays.
+ */
+
+/* The gradient pointers of the weights, by role (NULL: not wanted or absent). */
+typedef struct mha_dw {
+    float *wq, *bq, *wk, *bk, *wv, *bv, *wo, *bo, *bias_k, *bias_v;
+} mha_dw;
+
+static float *dpi(const xa_grad *g, int i) { return g->dparam ? g->dparam[i] : NULL; }
+
+static void torch_dw(const xattn_mha *m, const xa_grad *g, mha_dw *d)
+{
+    const int64_t E = m->cfg.embed_dim;
+    float *inw = m->core.params.p[T_INW].data ? dpi(g, T_INW) : NULL, *inb = dpi(g, T_INB);
+    memset(d, 0, sizeof *d);
+    d->wq = inw ? inw : dpi(g, T_QW);
+    d->wk = inw ? inw + E * E : dpi(g, T_KW);
+    d->wv = inw ? inw + 2 * E * E : dpi(g, T_VW);
+    if (m->cfg.has_in_bias && inb) d->bq = inb, d->bk = inb + E, d->bv = inb + 2 * E;
+    d->wo = dpi(g, T_OW);
+    d->bo = m->cfg.has_out_bias ? dpi(g, T_OB) : NULL;
+    if (m->cfg.add_bias_kv) d->bias_k = dpi(g, T_BK), d->bias_v = dpi(g, T_BV);
+}
+
+static void diff_dw(const xattn_mha *m, const xa_grad *g, mha_dw *d)
+{
+    memset(d, 0, sizeof *d);
+    d->wq = dpi(g, D_QW), d->wk = dpi(g, D_KW), d->wv = dpi(g, D_VW), d->wo = dpi(g, D_OW);
+    if (m->bq) d->bq = dpi(g, D_QB);
+    if (m->bk) d->bk = dpi(g, D_KB);
+    if (m->bv) d->bv = dpi(g, D_VB);
+    if (m->bo) d->bo = dpi(g, D_OB);
+}
+
+/* Rows [0, J) of each batch item of x (B, Jx, n) into y (B * J, n). */
+static void first_rows(const float *x, int64_t B, int64_t J, int64_t Jx, int64_t n, float *y)
+{
+    for (int64_t b = 0; b < B; b++)
+        memcpy(y + b * J * n, x + b * Jx * n, sizeof(float) * (size_t)(J * n));
+}
+
+static xattn_status mha_backward(const xattn_mha *m, const xattn_mha_inputs *in, const xa_run *r,
+                                 xa_grad *g, const mha_dw *dw, int i_query, int i_key,
+                                 int i_value)
+{
+    const xattn_mha_config *c = &m->cfg;
+    if (g->dout[1] || (i_value >= 0 && g->dout[2]))
+        return xa_error(XATTN_ERR_UNSUPPORTED, "the gradient of the attention weights is not "
+                                               "supported (only of out)");
+    xattn_mha_outputs o;
+    memset(&o, 0, sizeof o);
+    o.out = r->out[0];
+    xattn_status s = check_args(m, in, &o);
+    if (s) return s;
+    const int64_t B = in->B, I = in->I, J = in->J, H = c->heads, inner = c->inner_dim;
+    const int64_t Jx = J + c->add_bias_kv + c->add_zero_attn, E = c->embed_dim;
+    const float *value = in->value ? in->value : in->key;
+    const double nf = 4.0 * (double)(B * I * inner) + 4.0 * (double)(B * Jx * inner) +
+                      (double)(B * I * H) + (double)(B * I * c->out_dim) +
+                      2.0 * (double)(B * J * inner) + (double)(B * I * E) +
+                      (double)(B * J * (c->kdim + c->vdim)) + 64.0 * 16;
+    mask_plan mp;
+    plan_masks(m, in, Jx, &mp);
+    if ((nf + (double)mp.n_bias) * 4.0 + (double)mp.n_keep > 1e12)
+        return xa_error(XATTN_ERR_NOMEM, "%s: backward scratch too large", FN_FWD);
+    float *mem = xa_alloc(sizeof(float) * (size_t)(nf + (double)mp.n_bias) + (size_t)mp.n_keep);
+    if (!mem) return xa_error(XATTN_ERR_NOMEM, "%s: out of memory for the backward", FN_FWD);
+    float *q = mem;
+#define CARVE(n) (q += ((n) + 15) / 16 * 16, q - ((n) + 15) / 16 * 16)
+    float *qp = CARVE(B * I * inner), *kp = CARVE(B * Jx * inner), *vp = CARVE(B * Jx * inner);
+    float *op = CARVE(B * I * inner), *lse = CARVE(B * H * I), *d = CARVE(B * I * c->out_dim);
+    float *dop = CARVE(B * I * inner), *dqp = CARVE(B * I * inner), *dkp = CARVE(B * Jx * inner);
+    float *dvp = CARVE(B * Jx * inner), *rows = CARVE(B * J * inner);
+    float *dq_in = CARVE(B * I * E), *dk_in = CARVE(B * J * c->kdim), *dv_in = CARVE(B * J * c->vdim);
+    float *bias = CARVE(mp.n_bias);
+#undef CARVE
+    /* forward, keeping what the backward needs */
+    xa_attn a;
+    memset(&a, 0, sizeof a);
+    apply_masks(&mp, J, Jx, (uint8_t *)q, bias, &a);
+    attn_call(m, in, Jx, qp, kp, vp, op, NULL, &a);
+    a.lse = lse;
+    if (!(s = xa_op_linear(in->query, B * I, E, m->wq, m->bq, inner, qp, 0)) &&
+        !(s = project_kv(m, in, Jx, kp, vp)) && !(s = xa_op_attention(&a)))
+        s = project_out(m, in, op, o.out);
+    if (!s) s = xa_grad_outputs(g, r);
+    /* out = (op Wo^T + bo [+ query]) / rescale */
+    if (!s) {
+        if (g->dout[0]) memcpy(d, g->dout[0], sizeof(float) * (size_t)(B * I * c->out_dim));
+        else memset(d, 0, sizeof(float) * (size_t)(B * I * c->out_dim));
+        if (c->rescale_output_factor != 1.0f)
+            xa_op_scale(d, 1.0f / c->rescale_output_factor, B * I * c->out_dim);
+        s = xa_op_linear_backward(op, B * I, inner, m->wo, c->out_dim, d, dop, dw->wo, dw->bo, 0);
+    }
+    if (!s) { /* the attention */
+        xa_attn_grad ag;
+        memset(&ag, 0, sizeof ag);
+        const int64_t dh = c->head_dim;
+        ag.dout = dop, ag.do_sb = I * inner, ag.do_sh = dh, ag.do_si = inner;
+        ag.lse = lse;
+        ag.dq = dqp, ag.dq_sb = I * inner, ag.dq_sh = dh, ag.dq_si = inner;
+        ag.dk = dkp, ag.dk_sb = Jx * inner, ag.dk_sh = dh, ag.dk_sj = inner;
+        ag.dv = dvp, ag.dv_sb = Jx * inner, ag.dv_sh = dh, ag.dv_sj = inner;
+        a.lse = NULL;
+        s = xa_op_attention_backward(&a, &ag);
+    }
+    if (!s && c->add_bias_kv) { /* the appended key and value: row J, summed over the batch */
+        if (dw->bias_k) xa_op_sum_rows(dkp + J * inner, B, Jx * inner, inner, dw->bias_k);
+        if (dw->bias_v) xa_op_sum_rows(dvp + J * inner, B, Jx * inner, inner, dw->bias_v);
+    }
+    /* the input projections */
+    if (!s) s = xa_op_linear_backward(in->query, B * I, E, m->wq, inner, dqp, dq_in, dw->wq, dw->bq, 0);
+    const float *dk_rows = dkp, *dv_rows = dvp;
+    if (!s && Jx != J) {
+        first_rows(dkp, B, J, Jx, inner, rows);
+        dk_rows = rows;
+    }
+    if (!s) s = xa_op_linear_backward(in->key, B * J, c->kdim, m->wk, inner, dk_rows, dk_in, dw->wk, dw->bk, 0);
+    if (!s && Jx != J) {
+        first_rows(dvp, B, J, Jx, inner, rows);
+        dv_rows = rows;
+    }
+    if (!s) s = xa_op_linear_backward(value, B * J, c->vdim, m->wv, inner, dv_rows, dv_in, dw->wv, dw->bv, 0);
+    if (!s && c->residual_connection) xa_op_add(dq_in, d, B * I * E);
+    /* every input gets the gradients of the roles it plays (self-attention: all three) */
+    if (!s) {
+        const float *role_ptr[3] = {in->query, in->key, value};
+        const float *role_grad[3] = {dq_in, dk_in, dv_in};
+        const int64_t role_n[3] = {B * I * E, B * J * c->kdim, B * J * c->vdim};
+        const int idx[3] = {i_query, i_key, i_value};
+        for (int k = 0; k < 3; k++) {
+            if (idx[k] < 0 || !g->din[idx[k]]) continue;
+            float *dst = g->din[idx[k]];
+            int first = 1;
+            for (int role = 0; role < 3; role++) {
+                if (role_ptr[role] != r->in[idx[k]]) continue;
+                if (role_n[role] != role_n[k]) continue; /* another shape: not this input */
+                if (first) memcpy(dst, role_grad[role], sizeof(float) * (size_t)role_n[role]);
+                else xa_op_add(dst, role_grad[role], role_n[role]);
+                first = 0;
+            }
+        }
+    }
+    xa_free(mem);
+    return s;
+}
+
+static xattn_status torch_backward_named(const xa_mod *core, const xa_run *r, xa_grad *g)
+{
+    const xattn_mha *m = (const xattn_mha *)core;
+    xattn_mha_inputs in;
+    torch_named_inputs(r, &in);
+    mha_dw dw;
+    torch_dw(m, g, &dw);
+    return mha_backward(m, &in, r, g, &dw, 0, 1, 2);
+}
+
+static xattn_status diff_backward_named(const xa_mod *core, const xa_run *r, xa_grad *g)
+{
+    const xattn_mha *m = (const xattn_mha *)core;
+    xattn_mha_inputs in;
+    diff_named_inputs(r, &in);
+    mha_dw dw;
+    diff_dw(m, g, &dw);
+    return mha_backward(m, &in, r, g, &dw, 0, 1, -1);
 }
