@@ -1085,7 +1085,6 @@ typedef struct bd_saved { /* one layer's kept activations */
     float *oh, *coh;      /* (nI, inner), (nJ, inner) */
     float *lse, *clse;    /* (B, H, I), (B, H, J) */
     float *x1, *c1;       /* the streams after the attention's residual (transformer) */
-    float *h, *ch;        /* feed-forward hidden before GELU (nI, hidden), (nJ, context_hidden) */
 } bd_saved;
 
 typedef struct bd_bwd {
@@ -1095,14 +1094,14 @@ typedef struct bd_bwd {
     bd_saved *sv;        /* per layer */
     float *xn, *cn;      /* recomputed: prenormed inputs (nI, dim), (nJ, context_dim) */
     float *fx, *fc;      /* recomputed: the feed-forward norms */
-    float *gx, *gc;      /* recomputed: after GELU */
+    float *hid, *g;      /* recomputed, one side at a time: feed-forward hidden before and after
+                            GELU (max(nI hidden, nJ context_hidden)) */
     float *dx, *dc;      /* running gradients of the streams */
     float *d_oh, *d_coh; /* (nI, inner), (nJ, inner) */
     float *dpqv, *dcpqv; /* (nI, 2 inner), (nJ, 2 inner) */
     float *dxin, *dcin;  /* (nI, dim), (nJ, context_dim) */
     float *dW, *dcW;     /* (2 inner, dim), (2 inner, context_dim) */
-    float *dh, *dch;     /* (nI, hidden), (nJ, context_hidden) */
-    float *dg, *dcg;
+    float *dg;           /* the hidden's gradient, one side at a time (in place through GELU) */
     float *const *dparam;
     float *dbias;     /* the rel_pos_bias gradient, or NULL */
     int bias_started; /* the bias gradient holds a layer's part already */
@@ -1132,23 +1131,21 @@ static xattn_status prenorms(bd_bwd *w, const bd_layer *L, const float *x, const
     const xattn_bidir_config *c = &w->m->cfg;
     if (c->prenorm == XATTN_NORM_NONE) return XATTN_OK;
     xattn_status s = prenorm(c->prenorm, x, w->nI, c->dim, L->attn.norm_w, L->attn.norm_b, w->xn);
-    return s ? s : prenorm(c->prenorm, ctx, w->nJ, c->context_dim, L->attn.cnorm_w,
-                           L->attn.cnorm_b, w->cn);
+    return s ? s
+             : prenorm(c->prenorm, ctx, w->nJ, c->context_dim, L->attn.cnorm_w, L->attn.cnorm_b,
+                       w->cn);
 }
 
-/* The feed-forwards' norms and GELU of a layer (recomputed into w->fx, fc, gx, gc). */
-static xattn_status ff_inner(bd_bwd *w, const bd_layer *L, const bd_saved *v)
+/* One feed-forward's norm, hidden layer and GELU (recomputed into fx, w->hid, w->g). */
+static xattn_status ff_recompute(bd_bwd *w, const bd_ff *f, const float *x1, int64_t rows,
+                                 int64_t d, int64_t hidden, float *fx)
 {
-    const xattn_bidir_config *c = &w->m->cfg;
-    const int64_t nI = w->nI, nJ = w->nJ;
     xattn_status s;
-    if ((s = xa_op_rmsnorm(v->x1, nI, c->dim, L->ff.norm_w, FLT_EPSILON, w->fx)) ||
-        (s = xa_op_rmsnorm(v->c1, nJ, c->context_dim, L->cff.norm_w, FLT_EPSILON, w->fc)))
+    if ((s = xa_op_rmsnorm(x1, rows, d, f->norm_w, FLT_EPSILON, fx)) ||
+        (s = xa_op_linear(fx, rows, d, f->w1, f->b1, hidden, w->hid, 0)))
         return s;
-    memcpy(w->gx, v->h, sizeof(float) * (size_t)(nI * c->ff_hidden));
-    memcpy(w->gc, v->ch, sizeof(float) * (size_t)(nJ * c->context_ff_hidden));
-    if ((s = xa_op_gelu(w->gx, nI * c->ff_hidden, 0))) return s;
-    return xa_op_gelu(w->gc, nJ * c->context_ff_hidden, 0);
+    memcpy(w->g, w->hid, sizeof(float) * (size_t)(rows * hidden));
+    return xa_op_gelu(w->g, rows * hidden, 0);
 }
 
 /* One layer's forward from streams x, ctx keeping its activations in v; the transformer's layer
@@ -1178,32 +1175,29 @@ static xattn_status layer_forward(bd_bwd *w, const bd_layer *L, bd_saved *v, con
     memcpy(v->x1, x, sizeof(float) * (size_t)(nI * dim));
     memcpy(v->c1, ctx, sizeof(float) * (size_t)(nJ * cd));
     if ((s = xa_op_linear(v->oh, nI, c->inner_dim, L->attn.wo, L->attn.bo, dim, v->x1, 1)) ||
-        (s = xa_op_linear(v->coh, nJ, c->inner_dim, L->attn.cwo, L->attn.cbo, cd, v->c1, 1)) ||
-        (s = xa_op_rmsnorm(v->x1, nI, dim, L->ff.norm_w, FLT_EPSILON, w->fx)) ||
-        (s = xa_op_rmsnorm(v->c1, nJ, cd, L->cff.norm_w, FLT_EPSILON, w->fc)) ||
-        (s = xa_op_linear(w->fx, nI, dim, L->ff.w1, L->ff.b1, c->ff_hidden, v->h, 0)) ||
-        (s = xa_op_linear(w->fc, nJ, cd, L->cff.w1, L->cff.b1, c->context_ff_hidden, v->ch, 0)) ||
-        (s = ff_inner(w, L, v)))
+        (s = xa_op_linear(v->coh, nJ, c->inner_dim, L->attn.cwo, L->attn.cbo, cd, v->c1, 1)))
         return s;
     memcpy(xo, v->x1, sizeof(float) * (size_t)(nI * dim));
     memcpy(co, v->c1, sizeof(float) * (size_t)(nJ * cd));
-    if ((s = xa_op_linear(w->gx, nI, c->ff_hidden, L->ff.w2, L->ff.b2, dim, xo, 1))) return s;
-    return xa_op_linear(w->gc, nJ, c->context_ff_hidden, L->cff.w2, L->cff.b2, cd, co, 1);
+    if ((s = ff_recompute(w, &L->ff, v->x1, nI, dim, c->ff_hidden, w->fx)) ||
+        (s = xa_op_linear(w->g, nI, c->ff_hidden, L->ff.w2, L->ff.b2, dim, xo, 1)) ||
+        (s = ff_recompute(w, &L->cff, v->c1, nJ, cd, c->context_ff_hidden, w->fc)))
+        return s;
+    return xa_op_linear(w->g, nJ, c->context_ff_hidden, L->cff.w2, L->cff.b2, cd, co, 1);
 }
 
 /* Feed-forward backward: dstream (rows, d), the gradient of the stream after the block
- * (x1 + ff), becomes that of x1. */
-static xattn_status ff_backward(bd_bwd *w, const bd_ff *f, int base, const float *x1,
-                                const float *fx, const float *h, const float *g, int64_t rows,
-                                int64_t d, int64_t hidden, float *dstream, float *dg, float *dh,
-                                float *dfx)
+ * (x1 + ff), becomes that of x1. The norm, hidden layer and GELU are recomputed first. */
+static xattn_status ff_backward(bd_bwd *w, const bd_ff *f, int base, const float *x1, float *fx,
+                                int64_t rows, int64_t d, int64_t hidden, float *dstream, float *dfx)
 {
     xattn_status s;
-    if ((s = xa_op_linear_backward(g, rows, hidden, f->w2, d, dstream, dg, dp(w, base + F_W2),
+    if ((s = ff_recompute(w, f, x1, rows, d, hidden, fx)) ||
+        (s = xa_op_linear_backward(w->g, rows, hidden, f->w2, d, dstream, w->dg, dp(w, base + F_W2),
                                    dp(w, base + F_B2), 0)))
         return s;
-    xa_op_gelu_backward(h, dg, dh, rows * hidden, 0);
-    if ((s = xa_op_linear_backward(fx, rows, d, f->w1, hidden, dh, dfx, dp(w, base + F_W1),
+    xa_op_gelu_backward(w->hid, w->dg, w->dg, rows * hidden, 0);
+    if ((s = xa_op_linear_backward(fx, rows, d, f->w1, hidden, w->dg, dfx, dp(w, base + F_W1),
                                    dp(w, base + F_B1), 0)))
         return s;
     dp_zero(w, base + F_NORM, d); /* added to below, with the stream's gradient */
@@ -1271,11 +1265,10 @@ static xattn_status layer_backward(bd_bwd *w, const bd_layer *L, const bd_saved 
     const int64_t nI = w->nI, nJ = w->nJ, dim = c->dim, cd = c->context_dim, inner = c->inner_dim;
     const int tf = c->is_transformer;
     xattn_status s;
-    if (tf && ((s = ff_inner(w, L, v)) ||
-               (s = ff_backward(w, &L->ff, base + A_N, v->x1, w->fx, v->h, w->gx, nI, dim,
-                                c->ff_hidden, w->dx, w->dg, w->dh, w->dxin)) ||
-               (s = ff_backward(w, &L->cff, base + A_N + F_N, v->c1, w->fc, v->ch, w->gc, nJ, cd,
-                                c->context_ff_hidden, w->dc, w->dcg, w->dch, w->dcin))))
+    if (tf && ((s = ff_backward(w, &L->ff, base + A_N, v->x1, w->fx, nI, dim, c->ff_hidden, w->dx,
+                                w->dxin)) ||
+               (s = ff_backward(w, &L->cff, base + A_N + F_N, v->c1, w->fc, nJ, cd,
+                                c->context_ff_hidden, w->dc, w->dcin))))
         return s;
     /* output projections (the transformer: of the residual branch, dx is also x's) */
     if ((s = xa_op_linear_backward(v->oh, nI, inner, L->attn.wo, dim, w->dx, w->d_oh,
@@ -1289,8 +1282,8 @@ static xattn_status layer_backward(bd_bwd *w, const bd_layer *L, const bd_saved 
     if (pre && (s = prenorms(w, L, x, ctx))) return s;
     if ((s = proj_backward(w, pre ? w->xn : x, nI, dim, L->attn.w_qkv, w->dpqv, w->dxin, w->dW,
                            base + A_QK, base + A_V, inner)) ||
-        (s = proj_backward(w, pre ? w->cn : ctx, nJ, cd, L->attn.cw_qkv, w->dcpqv, w->dcin,
-                           w->dcW, base + A_CQK, base + A_CV, inner)))
+        (s = proj_backward(w, pre ? w->cn : ctx, nJ, cd, L->attn.cw_qkv, w->dcpqv, w->dcin, w->dcW,
+                           base + A_CQK, base + A_CV, inner)))
         return s;
     /* the stream's gradient: the residual's (transformer) plus the attention path's */
     if (!pre) {
@@ -1345,10 +1338,9 @@ static double bwd_floats(const xattn_bidir_config *c, const xattn_bidir_inputs *
     const double dim = (double)c->dim, cd = (double)c->context_dim, inner = (double)c->inner_dim;
     const double tf = c->is_transformer, hx = tf ? (double)c->ff_hidden : 0.0,
                  hc = tf ? (double)c->context_ff_hidden : 0.0, H = (double)c->heads;
-    const double per_layer = 3.0 * inner * (nI + nJ) + H * (nI + nJ) +
-                             tf * (nI * dim + nJ * cd + nI * hx + nJ * hc);
+    const double per_layer = 3.0 * inner * (nI + nJ) + H * (nI + nJ) + tf * (nI * dim + nJ * cd);
     return L * per_layer + (L + 1) * tf * (nI * dim + nJ * cd) + 6.0 * (nI * dim + nJ * cd) +
-           3.0 * (nI + nJ) * inner + 4.0 * (nI * hx + nJ * hc) + 2.0 * inner * (dim + cd) +
+           3.0 * (nI + nJ) * inner + 3.0 * fmax(nI * hx, nJ * hc) + 2.0 * inner * (dim + cd) +
            32.0 * (L + 10) * 16;
 }
 
@@ -1388,19 +1380,18 @@ static xattn_status backward_named(const xa_mod *core, const xa_run *r, xa_grad 
         v->oh = carve(&q, nI * inner), v->coh = carve(&q, nJ * inner);
         v->lse = carve(&q, in.B * H * in.I), v->clse = carve(&q, in.B * H * in.J);
         v->x1 = carve(&q, tf * nI * dim), v->c1 = carve(&q, tf * nJ * cd);
-        v->h = carve(&q, nI * hx), v->ch = carve(&q, nJ * hc);
     }
     float *streams = tf ? carve(&q, (L + 1) * (nI * dim + nJ * cd)) : NULL;
     w.xn = carve(&q, nI * dim), w.cn = carve(&q, nJ * cd);
     w.fx = carve(&q, nI * dim), w.fc = carve(&q, nJ * cd);
-    w.gx = carve(&q, nI * hx), w.gc = carve(&q, nJ * hc);
+    const int64_t hmax = XA_MAX(nI * hx, nJ * hc);
+    w.hid = carve(&q, hmax), w.g = carve(&q, hmax);
     w.dx = carve(&q, nI * dim), w.dc = carve(&q, nJ * cd);
     w.d_oh = carve(&q, nI * inner), w.d_coh = carve(&q, nJ * inner);
     w.dpqv = carve(&q, nI * 2 * inner), w.dcpqv = carve(&q, nJ * 2 * inner);
     w.dxin = carve(&q, nI * dim), w.dcin = carve(&q, nJ * cd);
     w.dW = carve(&q, 2 * inner * dim), w.dcW = carve(&q, 2 * inner * cd);
-    w.dh = carve(&q, nI * hx), w.dch = carve(&q, nJ * hc);
-    w.dg = carve(&q, nI * hx), w.dcg = carve(&q, nJ * hc);
+    w.dg = carve(&q, hmax);
     const int per = tf ? TF_PER_LAYER : A_N;
     /* the forward, keeping each layer's activations and input streams */
 #define XS(l) (streams + (l) * (nI * dim + nJ * cd))
@@ -1425,10 +1416,14 @@ static xattn_status backward_named(const xa_mod *core, const xa_run *r, xa_grad 
     /* the outputs' gradients (a loss sets them from the outputs now) */
     if (!s) s = xa_grad_outputs(gr, r);
     if (!s) {
-        if (gr->dout[0]) memcpy(w.dx, gr->dout[0], sizeof(float) * (size_t)(nI * dim));
-        else memset(w.dx, 0, sizeof(float) * (size_t)(nI * dim));
-        if (gr->dout[1]) memcpy(w.dc, gr->dout[1], sizeof(float) * (size_t)(nJ * cd));
-        else memset(w.dc, 0, sizeof(float) * (size_t)(nJ * cd));
+        if (gr->dout[0])
+            memcpy(w.dx, gr->dout[0], sizeof(float) * (size_t)(nI * dim));
+        else
+            memset(w.dx, 0, sizeof(float) * (size_t)(nI * dim));
+        if (gr->dout[1])
+            memcpy(w.dc, gr->dout[1], sizeof(float) * (size_t)(nJ * cd));
+        else
+            memset(w.dc, 0, sizeof(float) * (size_t)(nJ * cd));
     }
     if (!s && tf && m->fnorm_w) { /* through the final norms */
         const int fin = (int)L * per;

@@ -210,6 +210,7 @@ static int setup_batched(trainer *w, xattn_tensor *t, batched *b, int batched_ax
 {
     memset(b, 0, sizeof *b);
     if (!batched_axis || t->ndim < 1 || t->shape[0] != w->N) return 0;
+    if (w->B == w->N && !w->t.shuffle) return 0; /* every step is the whole batch, in order */
     b->esize = t->dtype == XATTN_F32 ? sizeof(float) : 1;
     b->per = 1;
     for (int d = 1; d < t->ndim; d++) b->per *= t->shape[d];

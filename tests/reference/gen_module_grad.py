@@ -1,0 +1,147 @@
+"""Gradient fixtures for the modules (xattn_module_grad), computed by torch.autograd in float64 on
+the real reference modules:
+    python tests/reference/gen_module_grad.py
+Writes tests/fixtures/grad_<kind>_<case>.safetensors and tests/fixtures/grad_list.inc. Each file
+holds the module's state_dict (random float32 weights, biases non-zero), __metadata__ with what
+the state dict cannot tell (heads, options) and:
+  * input.NAME: the forward's inputs under the kind's input names (masks as BOOL in the
+    reference's polarity, float masks as F32); is_causal as metadata 'is_causal',
+  * dout.out: a seeded random gradient of the output,
+  * grad.input.NAME: the gradient of every float input given, grad.PARAM: of every parameter.
+Self-attention fixtures give only the query: the gradient of the query then sums all three
+roles, as autograd does. No fixture has a fully masked row (PyTorch returns NaN there).
+"""
+import os
+import warnings
+
+import torch
+from torch import nn
+from safetensors.torch import save_file
+from diffusers.models.attention_processor import Attention
+
+warnings.filterwarnings("ignore")
+torch.set_default_dtype(torch.float64)
+OUT = os.path.join(os.path.dirname(__file__), "..", "fixtures")
+GEN = torch.Generator().manual_seed(424242)
+NAMES = []
+
+
+def randn(*s):
+    return torch.randn(*s, generator=GEN)
+
+
+def f32(t):
+    return t.float().double()
+
+
+def randomize(m):
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(f32(randn(*p.shape) * 0.4))
+
+
+def save(kind, case, m, inputs, out, meta):
+    dout = f32(randn(*out.shape))
+    float_inputs = {k: v for k, v in inputs.items() if v.dtype == torch.float64 and v.requires_grad}
+    params = dict(m.named_parameters())
+    grads = torch.autograd.grad(out, list(float_inputs.values()) + list(params.values()), dout,
+                                allow_unused=True)
+    t = {k: v.detach().float() for k, v in m.state_dict().items()}
+    for k, v in inputs.items():
+        t["input." + k] = v.detach().float() if v.dtype == torch.float64 else v
+    t["dout.out"] = dout.float()
+    for k, g in zip(list(float_inputs) + list(params), grads):
+        ref = float_inputs[k] if k in float_inputs else params[k]
+        g = torch.zeros_like(ref) if g is None else g
+        assert torch.isfinite(g).all(), (case, k)
+        t[("grad.input." if k in float_inputs else "grad.") + k] = g.float()
+    name = f"grad_{kind}_{case}.safetensors"
+    save_file({k: v.contiguous() for k, v in t.items()}, os.path.join(OUT, name),
+              metadata={k: str(v) for k, v in meta.items()})
+    NAMES.append(name)
+
+
+def torch_case(case, E, H, B=2, I=5, J=7, kdim=None, vdim=None, bias=True, add_bias_kv=False,
+               add_zero_attn=False, kpm=False, am=None, causal=False, self_attn=False,
+               value_is_key=False):
+    m = nn.MultiheadAttention(E, H, bias=bias, add_bias_kv=add_bias_kv,
+                              add_zero_attn=add_zero_attn, kdim=kdim, vdim=vdim, batch_first=True)
+    randomize(m)
+    if self_attn:
+        J = I
+    x = f32(randn(B, I, E)).requires_grad_(True)
+    inputs = {"query": x}
+    k = v = x
+    if not self_attn:
+        k = f32(randn(B, J, kdim or E)).requires_grad_(True)
+        inputs["key"] = k
+        v = k
+        if not value_is_key:
+            v = f32(randn(B, J, vdim or E)).requires_grad_(True)
+            inputs["value"] = v
+    kpm_t = None
+    if kpm:
+        kpm_t = torch.zeros(B, J, dtype=torch.bool)
+        kpm_t[0, -2:] = True  # True = masked (torch); never a whole row
+        inputs["key_padding_mask"] = kpm_t
+    am_t = None
+    if am == "float2d":
+        am_t = f32(randn(I, J))
+        inputs["attn_mask"] = am_t
+    elif am == "bool3d":
+        am_t = torch.zeros(B * H, I, J, dtype=torch.bool)
+        am_t[1, :, 0] = True
+        am_t[2, 1, 1:3] = True
+        inputs["attn_mask"] = am_t
+    mask_arg = am_t
+    if causal:
+        mask_arg = torch.ones(I, J, dtype=torch.bool).triu(1)
+    out = m(x, k, v, key_padding_mask=kpm_t, attn_mask=mask_arg, need_weights=False,
+            is_causal=causal)[0]
+    save("mha", case, m, inputs, out, {"heads": H, "add_zero_attn": add_zero_attn,
+                                       "is_causal": causal})
+
+
+def diff_case(case, qd, cd, H, dh, B=2, I=5, J=7, bias=False, out_bias=True, self_attn=False,
+              mask=False, scale_qk=True, residual=False, rescale=1.0, out_dim=None):
+    m = Attention(query_dim=qd, cross_attention_dim=cd, heads=H, dim_head=dh, bias=bias,
+                  out_bias=out_bias, scale_qk=scale_qk, residual_connection=residual,
+                  rescale_output_factor=rescale, out_dim=out_dim)
+    randomize(m)
+    if self_attn:
+        J = I
+    x = f32(randn(B, I, qd)).requires_grad_(True)
+    inputs = {"hidden_states": x}
+    ctx = None
+    if not self_attn:
+        ctx = f32(randn(B, J, cd)).requires_grad_(True)
+        inputs["encoder_hidden_states"] = ctx
+    am = None
+    if mask:
+        am = torch.ones(B, J, dtype=torch.bool)  # True = keep (diffusers / SDPA)
+        am[1, :2] = False
+        inputs["attention_mask"] = am
+    out = m(x, encoder_hidden_states=ctx, attention_mask=am)
+    save("attention", case, m, inputs, out, {"heads": m.heads, "scale_qk": scale_qk,
+                                             "residual_connection": residual,
+                                             "rescale_output_factor": rescale, "is_causal": False})
+
+
+torch_case("packed_kpm", 16, 4, kpm=True)
+torch_case("kdim_vdim_float_mask", 8, 2, kdim=5, vdim=6, am="float2d")
+torch_case("bias_kv_zero_attn_bool3d", 12, 3, add_bias_kv=True, add_zero_attn=True, am="bool3d")
+torch_case("self_attention", 12, 2, self_attn=True)
+torch_case("value_is_key_causal", 8, 4, I=6, J=6, kdim=6, vdim=6, value_is_key=True, causal=True,
+           bias=False)
+torch_case("long", 16, 2, B=1, I=70, J=130, kpm=True)
+diff_case("basic", 16, 10, 2, 8)
+diff_case("bias_self_mask", 12, 12, 3, 4, bias=True, self_attn=True, mask=True)
+diff_case("noscale_residual_rescale", 12, 7, 2, 6, self_attn=False, scale_qk=False, residual=True,
+          rescale=2.0)
+diff_case("out_dim", 16, 9, 4, 8, out_dim=24, out_bias=False)
+
+with open(os.path.join(OUT, "grad_list.inc"), "w") as f:
+    f.write("/* generated by tests/reference/gen_module_grad.py */\n")
+    for n in NAMES:
+        f.write(f'"{n}",\n')
+print(f"wrote {len(NAMES)} gradient fixtures")
