@@ -257,7 +257,8 @@ static void one(const prob *c, int threads_check)
         worst = fmax(worst, tu_check_close(what, dTc, f = tof(r.dTc, H * H), H * H, 1e-4)), free(f);
     }
     /* the forward's log-sum-exps given to the backward: the same gradients */
-    float *lse = malloc(sizeof(float) * (size_t)(B * H * I)), *clse = malloc(sizeof(float) * (size_t)(B * H * J));
+    float *lse = malloc(sizeof(float) * (size_t)(B * H * I)),
+          *clse = malloc(sizeof(float) * (size_t)(B * H * J));
     float *dqk0 = malloc(sizeof(float) * (size_t)nI);
     memcpy(dqk0, dqk, sizeof(float) * (size_t)nI);
     p.lse = lse, p.clse = clse;

@@ -808,20 +808,20 @@ typedef struct bwd_ctx {
     float *dOtA, *dOrA; /* (B, H, IP / T, dv, T) dO^T by query tile; (B, H, IP, DVn) dO rows */
     float *KnA;         /* (B, H, JP, DHn) key rows padded */
     int q_rows, o_rows, k_rows; /* q, dO, k rows read in place (widths multiples of nr) */
-    float *dQg;         /* (B, H, G, IP, DHn) dQ / scale accumulated per key-tile group */
-    float *Dr;          /* (B, H, I): rowsum(dO o O) */
-    int loop_b, loop_h; /* dbias broadcasts over b / h: looped inside a task */
+    float *dQg;                 /* (B, H, G, IP, DHn) dQ / scale accumulated per key-tile group */
+    float *Dr;                  /* (B, H, I): rowsum(dO o O) */
+    int loop_b, loop_h;         /* dbias broadcasts over b / h: looped inside a task */
 } bwd_ctx;
 
 typedef struct bwd_scratch {
-    float *S, *dP, *dSt; /* (T, T) */
-    const float *Qt;     /* the query tile's block of QtA (dh, T) */
-    const float *Qs;     /* its rows: of QsA (scaled), or of q in place (unscaled) */
+    float *S, *dP, *dSt;  /* (T, T) */
+    const float *Qt;      /* the query tile's block of QtA (dh, T) */
+    const float *Qs;      /* its rows: of QsA (scaled), or of q in place (unscaled) */
     int64_t qs_ld, or_ld; /* their row strides */
-    const float *dOt;    /* its block of dOtA (dv, T) */
-    const float *dOr;    /* its rows: of dOrA, or of dO in place */
-    float *dK, *dV;      /* (T, DHn), (T, DVn) */
-    float *Ls, *Ps, *Dt; /* (T) per query: lse (safe), probability scale, D */
+    const float *dOt;     /* its block of dOtA (dv, T) */
+    const float *dOr;     /* its rows: of dOrA, or of dO in place */
+    float *dK, *dV;       /* (T, DHn), (T, DVn) */
+    float *Ls, *Ps, *Dt;  /* (T) per query: lse (safe), probability scale, D */
 } bwd_scratch;
 
 static size_t bwd_scratch_floats(const bwd_ctx *c)
@@ -913,7 +913,7 @@ static void bwd_keys(const bwd_ctx *c, bwd_scratch *s, int64_t b, int64_t h, int
     const float *Kt = c->Kt + (bh * c->a.JP + j0) * p->dh;
     const float *Vt = c->Vt + (bh * c->a.JP + j0) * p->dv;
     const float *Kn = c->k_rows ? p->k + b * p->k_sb + h * p->k_sh + j0 * p->k_sj
-                               : c->KnA + (bh * c->a.JP + j0) * c->DHn;
+                                : c->KnA + (bh * c->a.JP + j0) * c->DHn;
     const int64_t kn_ld = c->k_rows ? p->k_sj : c->DHn;
     memset(s->dK, 0, sizeof(float) * (size_t)(T * c->DHn));
     memset(s->dV, 0, sizeof(float) * (size_t)(T * c->DVn));
@@ -941,7 +941,8 @@ static void bwd_keys(const bwd_ctx *c, bwd_scratch *s, int64_t b, int64_t h, int
         /* dV (keys x dv) += P^T dO */
         for (int64_t r0 = 0; r0 < T; r0 += mr)
             for (int64_t d0 = 0; d0 < c->DVn; d0 += nr)
-                kt->ukr(it, s->S + r0, T, s->dOr + d0, s->or_ld, s->dV + r0 * c->DVn + d0, c->DVn, 1);
+                kt->ukr(it, s->S + r0, T, s->dOr + d0, s->or_ld, s->dV + r0 * c->DVn + d0, c->DVn,
+                        1);
         /* dP (queries x keys) = dO V^T */
         for (int64_t c0 = 0; c0 < itm; c0 += mr)
             for (int64_t r0 = 0; r0 < T; r0 += nr)
@@ -979,7 +980,8 @@ static void bwd_keys(const bwd_ctx *c, bwd_scratch *s, int64_t b, int64_t h, int
         /* dK (keys x dh) += dS^T (scale q) */
         for (int64_t r0 = 0; r0 < T; r0 += mr)
             for (int64_t d0 = 0; d0 < c->DHn; d0 += nr)
-                kt->ukr(it, s->S + r0, T, s->Qs + d0, s->qs_ld, s->dK + r0 * c->DHn + d0, c->DHn, 1);
+                kt->ukr(it, s->S + r0, T, s->Qs + d0, s->qs_ld, s->dK + r0 * c->DHn + d0, c->DHn,
+                        1);
         /* dQ / scale (queries x dh) += dS K */
         for (int64_t c0 = 0; c0 < itm; c0 += mr)
             for (int64_t d0 = 0; d0 < c->DHn; d0 += nr)
@@ -1146,10 +1148,10 @@ static int64_t bwd_layout(bwd_ctx *c, float *base)
     /* rows read in place where a row's width is a multiple of the micro-tile */
     c->q_rows = p->dh % nr == 0, c->o_rows = p->dv % nr == 0, c->k_rows = p->dh % nr == 0;
     const int64_t BH = p->B * p->H, JP = c->a.JP, IP = c->IP;
-    const int64_t per_head = JP * (p->dh + p->dv + (c->k_rows ? 0 : c->DHn)) +
-                             IP * (p->dh + p->dv + (c->q_rows ? 0 : c->DHn) +
-                                   (c->o_rows ? 0 : c->DVn) + c->G * c->DHn) +
-                             2 * p->I;
+    const int64_t per_head =
+        JP * (p->dh + p->dv + (c->k_rows ? 0 : c->DHn)) +
+        IP * (p->dh + p->dv + (c->q_rows ? 0 : c->DHn) + (c->o_rows ? 0 : c->DVn) + c->G * c->DHn) +
+        2 * p->I;
     int64_t total;
     if (xa_mul_ok(BH, per_head + 16, &total) || xa_mul_ok(total, (int64_t)sizeof(float), &l))
         return -1;

@@ -179,7 +179,8 @@ typedef struct xa_bidir {
     int64_t bias_sb, bias_sh;  /* (B|1, H|1, I, J), row stride J, or NULL */
     const float *talk, *ctalk; /* (H, H) [g][h] each, or both NULL      */
     float *attn, *cattn;       /* (B, H, I, J) contiguous, or NULL      */
-    float *lse, *clse; /* optional (B, H, I), (B, H, J): each side's log-sum-exp, for the backward */
+    float *lse,
+        *clse; /* optional (B, H, I), (B, H, J): each side's log-sum-exp, for the backward */
 } xa_bidir;
 
 xattn_status xa_bidir_attention(const xa_bidir *p);

@@ -430,11 +430,12 @@ void xa_op_pool2_backward(const float *dy, int64_t B, int64_t N, int64_t C, floa
 
 void xa_op_sum_rows(const float *x, int64_t B, int64_t stride, int64_t n, float *y)
 {
-    XA_CHUNKED(n, for (int64_t i = c0; i < c1; i++) {
-        float acc = 0.0f;
-        for (int64_t b = 0; b < B; b++) acc += x[b * stride + i];
-        y[i] = acc;
-    });
+    XA_CHUNKED(
+        n, for (int64_t i = c0; i < c1; i++) {
+            float acc = 0.0f;
+            for (int64_t b = 0; b < B; b++) acc += x[b * stride + i];
+            y[i] = acc;
+        });
 }
 
 void xa_op_mse_grad(const float *y, const float *t, int64_t n, float *d)

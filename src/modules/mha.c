@@ -883,8 +883,7 @@ static void first_rows(const float *x, int64_t B, int64_t J, int64_t Jx, int64_t
 }
 
 static xattn_status mha_backward(const xattn_mha *m, const xattn_mha_inputs *in, const xa_run *r,
-                                 xa_grad *g, const mha_dw *dw, int i_query, int i_key,
-                                 int i_value)
+                                 xa_grad *g, const mha_dw *dw, int i_query, int i_key, int i_value)
 {
     const xattn_mha_config *c = &m->cfg;
     if (g->dout[1] || (i_value >= 0 && g->dout[2]))
@@ -914,7 +913,8 @@ static xattn_status mha_backward(const xattn_mha *m, const xattn_mha_inputs *in,
     float *op = CARVE(B * I * inner), *lse = CARVE(B * H * I), *d = CARVE(B * I * c->out_dim);
     float *dop = CARVE(B * I * inner), *dqp = CARVE(B * I * inner), *dkp = CARVE(B * Jx * inner);
     float *dvp = CARVE(B * Jx * inner), *rows = CARVE(B * J * inner);
-    float *dq_in = CARVE(B * I * E), *dk_in = CARVE(B * J * c->kdim), *dv_in = CARVE(B * J * c->vdim);
+    float *dq_in = CARVE(B * I * E), *dk_in = CARVE(B * J * c->kdim),
+          *dv_in = CARVE(B * J * c->vdim);
     float *bias = CARVE(mp.n_bias);
 #undef CARVE
     /* forward, keeping what the backward needs */
@@ -929,8 +929,10 @@ static xattn_status mha_backward(const xattn_mha *m, const xattn_mha_inputs *in,
     if (!s) s = xa_grad_outputs(g, r);
     /* out = (op Wo^T + bo [+ query]) / rescale */
     if (!s) {
-        if (g->dout[0]) memcpy(d, g->dout[0], sizeof(float) * (size_t)(B * I * c->out_dim));
-        else memset(d, 0, sizeof(float) * (size_t)(B * I * c->out_dim));
+        if (g->dout[0])
+            memcpy(d, g->dout[0], sizeof(float) * (size_t)(B * I * c->out_dim));
+        else
+            memset(d, 0, sizeof(float) * (size_t)(B * I * c->out_dim));
         if (c->rescale_output_factor != 1.0f)
             xa_op_scale(d, 1.0f / c->rescale_output_factor, B * I * c->out_dim);
         s = xa_op_linear_backward(op, B * I, inner, m->wo, c->out_dim, d, dop, dw->wo, dw->bo, 0);
@@ -952,18 +954,23 @@ static xattn_status mha_backward(const xattn_mha *m, const xattn_mha_inputs *in,
         if (dw->bias_v) xa_op_sum_rows(dvp + J * inner, B, Jx * inner, inner, dw->bias_v);
     }
     /* the input projections */
-    if (!s) s = xa_op_linear_backward(in->query, B * I, E, m->wq, inner, dqp, dq_in, dw->wq, dw->bq, 0);
+    if (!s)
+        s = xa_op_linear_backward(in->query, B * I, E, m->wq, inner, dqp, dq_in, dw->wq, dw->bq, 0);
     const float *dk_rows = dkp, *dv_rows = dvp;
     if (!s && Jx != J) {
         first_rows(dkp, B, J, Jx, inner, rows);
         dk_rows = rows;
     }
-    if (!s) s = xa_op_linear_backward(in->key, B * J, c->kdim, m->wk, inner, dk_rows, dk_in, dw->wk, dw->bk, 0);
+    if (!s)
+        s = xa_op_linear_backward(in->key, B * J, c->kdim, m->wk, inner, dk_rows, dk_in, dw->wk,
+                                  dw->bk, 0);
     if (!s && Jx != J) {
         first_rows(dvp, B, J, Jx, inner, rows);
         dv_rows = rows;
     }
-    if (!s) s = xa_op_linear_backward(value, B * J, c->vdim, m->wv, inner, dv_rows, dv_in, dw->wv, dw->bv, 0);
+    if (!s)
+        s = xa_op_linear_backward(value, B * J, c->vdim, m->wv, inner, dv_rows, dv_in, dw->wv,
+                                  dw->bv, 0);
     if (!s && c->residual_connection) xa_op_add(dq_in, d, B * I * E);
     /* every input gets the gradients of the roles it plays (self-attention: all three) */
     if (!s) {
@@ -978,8 +985,10 @@ static xattn_status mha_backward(const xattn_mha *m, const xattn_mha_inputs *in,
             for (int role = 0; role < 3; role++) {
                 if (role_ptr[role] != r->in[idx[k]]) continue;
                 if (role_n[role] != role_n[k]) continue; /* another shape: not this input */
-                if (first) memcpy(dst, role_grad[role], sizeof(float) * (size_t)role_n[role]);
-                else xa_op_add(dst, role_grad[role], role_n[role]);
+                if (first)
+                    memcpy(dst, role_grad[role], sizeof(float) * (size_t)role_n[role]);
+                else
+                    xa_op_add(dst, role_grad[role], role_n[role]);
                 first = 0;
             }
         }
