@@ -270,6 +270,38 @@ xattn_status xa_op_linear_backward(const float *x, int64_t M, int64_t K, const f
     return XATTN_OK;
 }
 
+xattn_status xa_op_linear_cm_backward(const float *x, int64_t B, int64_t M, int64_t K,
+                                      const float *W, int64_t N, const float *dy, float *dx,
+                                      float *dW, float *db, int accumulate)
+{
+    xattn_status s = XATTN_OK;
+    for (int64_t b = 0; b < B && !s; b++) {
+        const float *xb = x + b * K * M, *gb = dy + b * M * N;
+        /* dx[b] (K, M) = W^T (K, N) dy[b]^T (N, M) */
+        if (dx && N > 0)
+            s = xattn_sgemm(1, 1, K, M, N, 1.0f, W, K, gb, N, accumulate ? 1.0f : 0.0f,
+                            dx + b * K * M, M);
+        else if (dx && !accumulate)
+            memset(dx + b * K * M, 0, sizeof(float) * (size_t)(K * M));
+        /* dW (N, K) += dy[b]^T (N, M) x[b]^T (M, K) */
+        if (!s && dW && M > 0)
+            s = xattn_sgemm(1, 1, N, K, M, 1.0f, gb, N, xb, M, accumulate || b ? 1.0f : 0.0f, dW,
+                            K);
+    }
+    if (!s && dW && !accumulate && (B == 0 || M == 0))
+        memset(dW, 0, sizeof(float) * (size_t)(N * K));
+    if (!s && db) { /* columns of dy summed over every row, in order */
+        const int64_t rows = B * M;
+        XA_CHUNKED(
+            N, for (int64_t c = c0; c < c1; c++) {
+                float acc = 0.0f;
+                for (int64_t r = 0; r < rows; r++) acc += dy[r * N + c];
+                db[c] = upd(db[c], acc, accumulate);
+            });
+    }
+    return s;
+}
+
 /* Shared by both norms: per row, xhat = (x - mean) * rstd (mean 0 for RMSNorm), g = dy * w,
  * dx = rstd * (g - mean(g) [LayerNorm only] - xhat * mean(g * xhat)); per row block, the
  * partial sums of dy * xhat (dw) and dy (db). */

@@ -81,6 +81,12 @@ void xa_op_lse_merge(const float *o1, const float *l1, const float *o2, const fl
 xattn_status xa_op_linear_backward(const float *x, int64_t M, int64_t K, const float *W, int64_t N,
                                    const float *dy, float *dx, float *dW, float *db,
                                    int accumulate);
+/* xa_op_linear_cm over B items: x (B, K, M) channel-major (a 1x1 convolution's input), dy
+ * (B, M, N) position-major -> dx (B, K, M) channel-major, dW (N, K) and db (N) summed over the
+ * items in order. */
+xattn_status xa_op_linear_cm_backward(const float *x, int64_t B, int64_t M, int64_t K,
+                                      const float *W, int64_t N, const float *dy, float *dx,
+                                      float *dW, float *db, int accumulate);
 /* LayerNorm / RMSNorm over rows of n (w, b as the forward; NULL: without); the statistics are
  * recomputed from x. dw, db: (n). */
 xattn_status xa_op_layernorm_backward(const float *x, int64_t rows, int64_t n, const float *w,

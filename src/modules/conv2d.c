@@ -116,6 +116,7 @@ static xattn_status bind(xa_mod *core)
 }
 
 static xattn_status forward_named(const xa_mod *core, const xa_run *r);
+static xattn_status backward_named(const xa_mod *core, const xa_run *r, xa_grad *g);
 
 const xa_kind xa_kind_conv2d_cross = {
     .name = "conv2d-cross",
@@ -132,6 +133,7 @@ const xa_kind xa_kind_conv2d_cross = {
     .build = build,
     .bind = bind,
     .forward = forward_named,
+    .backward = backward_named,
     .state_dict = "conv_query.{weight (Ck, C1, 1, 1), bias}, conv_key.{weight (Ck, C2, 1, 1), "
                   "bias}, conv_value.{weight (Cv, C2, 1, 1), bias} (1x1 nn.Conv2d)",
 };
@@ -228,4 +230,81 @@ static xattn_status forward_named(const xa_mod *core, const xa_run *r)
     in.has_scale = core->cfg.from[si] != XA_FROM_UNSET;
     in.scale = (float)core->cfg.v[si];
     return xattn_conv2d_cross_forward(m, &in, r->out[0]);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Backward                                                                                 */
+/* ---------------------------------------------------------------------------------------- */
+/*
+ * The forward runs once keeping Q (B, P1, Ck), K (B, P2, Ck), V (B, P2, Cv) and the attention
+ * output O; out's gradient is transposed position-major, goes back through the fused attention
+ * (probabilities recomputed), then through the three 1x1 convolutions (x2 gets both the key's
+ * and the value's part).
+ */
+static xattn_status backward_named(const xa_mod *core, const xa_run *r, xa_grad *g)
+{
+    static const char fn[] = "conv2d-cross backward";
+    const xattn_conv2d_cross *m = (const xattn_conv2d_cross *)core;
+    const int64_t B = xa_run_sym(r, "B"), P1 = xa_run_sym(r, "H1") * xa_run_sym(r, "W1"),
+                  P2 = xa_run_sym(r, "H2") * xa_run_sym(r, "W2");
+    const int64_t C1 = m->cfg.in1, C2 = m->cfg.in2, Ck = m->cfg.qk_channels,
+                  Cv = m->cfg.out_channels;
+    const int si = xa_cfg_find(&core->cfg, "scale");
+    const float *x1 = r->in[0], *x2 = r->in[1];
+    const double n = 2.0 * (double)(B * P1 * (Ck + Cv)) + 2.0 * (double)(B * P2 * (Ck + Cv)) +
+                     (double)(B * C2 * P2) + 64.0 * 8;
+    if (n > 2.5e11) return xa_error(XATTN_ERR_NOMEM, "%s: sizes overflow", fn);
+    float *buf = xa_alloc(sizeof(float) * (size_t)n);
+    if (!buf) return xa_error(XATTN_ERR_NOMEM, "%s: out of memory", fn);
+    float *q = buf;
+#define CARVE(k) (q += ((k) + 15) / 16 * 16, q - ((k) + 15) / 16 * 16)
+    float *Q = CARVE(B * P1 * Ck), *K = CARVE(B * P2 * Ck), *V = CARVE(B * P2 * Cv);
+    float *O = CARVE(B * P1 * Cv), *dO = CARVE(B * P1 * Cv), *dQ = CARVE(B * P1 * Ck);
+    float *dK = CARVE(B * P2 * Ck), *dV = CARVE(B * P2 * Cv), *dx2 = CARVE(B * C2 * P2);
+#undef CARVE
+    xattn_status s;
+    if ((s = conv1x1_t(x1, B, C1, P1, m->wq, m->bq, Ck, Q)) ||
+        (s = conv1x1_t(x2, B, C2, P2, m->wk, m->bk, Ck, K)) ||
+        (s = conv1x1_t(x2, B, C2, P2, m->wv, m->bv, Cv, V)))
+        goto done;
+    xa_attn p;
+    memset(&p, 0, sizeof p);
+    xa_attn_heads(&p, B, 1, P1, P2, Ck, Cv, Q, Ck, K, Ck, V, Cv, O, Cv);
+    p.scale = core->cfg.from[si] != XA_FROM_UNSET ? (float)core->cfg.v[si] : 1.0f;
+    p.fill = XATTN_FILL_NEG_INF;
+    p.fn = fn;
+    if ((s = xa_op_attention(&p))) goto done;
+    xa_op_transpose(O, r->out[0], B, P1, Cv);
+    if ((s = xa_grad_outputs(g, r))) goto done;
+    if (g->dout[0])
+        xa_op_transpose(g->dout[0], dO, B, Cv, P1); /* (B, Cv, P1) -> (B, P1, Cv) */
+    else
+        memset(dO, 0, sizeof(float) * (size_t)(B * P1 * Cv));
+    {
+        xa_attn_grad ag;
+        memset(&ag, 0, sizeof ag);
+        ag.dout = dO, ag.do_sb = P1 * Cv, ag.do_si = Cv;
+        ag.dq = dQ, ag.dq_sb = P1 * Ck, ag.dq_si = Ck;
+        ag.dk = dK, ag.dk_sb = P2 * Ck, ag.dk_sj = Ck;
+        ag.dv = dV, ag.dv_sb = P2 * Cv, ag.dv_sj = Cv;
+        if ((s = xa_op_attention_backward(&p, &ag))) goto done;
+    }
+    float *const *dp = g->dparam;
+    const int has_dp = dp != NULL;
+    /* x2 feeds the keys and the values: the value's backward adds to dx2, so its own weight
+     * gradients start at zero */
+    if (has_dp && dp[P_WV]) memset(dp[P_WV], 0, sizeof(float) * (size_t)(Cv * C2));
+    if (has_dp && m->bv && dp[P_BV]) memset(dp[P_BV], 0, sizeof(float) * (size_t)Cv);
+    if ((s = xa_op_linear_cm_backward(x1, B, P1, C1, m->wq, Ck, dQ, g->din[0],
+                                      has_dp ? dp[P_WQ] : NULL, has_dp && m->bq ? dp[P_BQ] : NULL,
+                                      0)) ||
+        (s = xa_op_linear_cm_backward(x2, B, P2, C2, m->wk, Ck, dK, dx2, has_dp ? dp[P_WK] : NULL,
+                                      has_dp && m->bk ? dp[P_BK] : NULL, 0)) ||
+        (s = xa_op_linear_cm_backward(x2, B, P2, C2, m->wv, Cv, dV, dx2, has_dp ? dp[P_WV] : NULL,
+                                      has_dp && m->bv ? dp[P_BV] : NULL, 1)))
+        goto done;
+    if (g->din[1]) memcpy(g->din[1], dx2, sizeof(float) * (size_t)(B * C2 * P2));
+done:
+    xa_free(buf);
+    return s;
 }

@@ -189,6 +189,90 @@ static xattn_status mutual_forward(const xa_mod *m, const xa_run *r)
     return xattn_mutual(r->in[0], r->in[1], nd == 3 ? sh[0] : 1, sh[nd - 2], sh[nd - 1], r->out[0]);
 }
 
+/* ---- backward ------------------------------------------------------------------------------ */
+/*
+ * out = attn(a; b, b) + attn(b; a, a): each term's fused attention backward (its probabilities
+ * recomputed from a second forward's statistics, nothing Na x Nb kept) adds to the gradients of
+ * both inputs, as the query of one term and the keys and values of the other.
+ */
+
+/* da, db (B, N, D) += the gradients of attn(q; k, k) for dout d, q the rows of da's input. */
+static xattn_status one_way_grad(const float *q, int64_t Nq, const float *k, int64_t Nk, int64_t B,
+                                 int64_t D, const float *d, float *dq, float *dk, float *tmp)
+{
+    xa_attn p;
+    memset(&p, 0, sizeof p);
+    xa_attn_heads(&p, B, 1, Nq, Nk, D, D, q, D, k, D, k, D, tmp, D);
+    p.scale = (float)(1.0 / sqrt((double)D));
+    p.fill = XATTN_FILL_NEG_INF;
+    p.fn = "mutual backward";
+    xattn_status s = xa_op_attention(&p); /* the output, which the backward needs */
+    if (s) return s;
+    xa_attn_grad g;
+    memset(&g, 0, sizeof g);
+    g.dout = d, g.do_sb = Nq * D, g.do_si = D;
+    g.dq = dq, g.dq_sb = Nq * D, g.dq_si = D;
+    g.dk = dk, g.dk_sb = Nk * D, g.dk_sj = D;
+    g.dv = dk, g.dv_sb = Nk * D, g.dv_sj = D; /* the keys are the values */
+    g.accumulate = 1;
+    return xa_op_attention_backward(&p, &g);
+}
+
+/* da, db (batch, N, D) of xattn_mutual for dout d; tmp (batch, N, D). */
+static xattn_status mutual_grad(const float *a, const float *b, int64_t batch, int64_t N, int64_t D,
+                                const float *d, float *da, float *db, float *tmp)
+{
+    const int64_t n = batch * N * D;
+    memset(da, 0, sizeof(float) * (size_t)n);
+    memset(db, 0, sizeof(float) * (size_t)n);
+    xattn_status s = one_way_grad(a, N, b, N, batch, D, d, da, db, tmp);
+    return s ? s : one_way_grad(b, N, a, N, batch, D, d, db, da, tmp);
+}
+
+static xattn_status mutual_backward(const xa_mod *m, const xa_run *r, xa_grad *g)
+{
+    const int nd = r->in_ndim[0];
+    const int64_t *sh = r->in_shape[0];
+    xattn_status s = mutual_forward(m, r);
+    if (!s) s = xa_grad_outputs(g, r);
+    if (s) return s;
+    int64_t total = 1;
+    for (int i = 0; i < nd; i++) total *= sh[i];
+    /* the band axis next to (N, D), as the forward does; without one the arrays as they are */
+    int ax = band_given(m) ? (int)m->cfg.v[0] : nd - 3;
+    if (ax < 0) ax += nd;
+    const int permuted = band_given(m) && ax >= nd - 2;
+    const int64_t N = permuted ? sh[ax == nd - 1 ? nd - 3 : nd - 2] : sh[nd - 2];
+    const int64_t D = permuted ? sh[ax == nd - 1 ? nd - 2 : nd - 1] : sh[nd - 1];
+    const int64_t batch = total / (N * D);
+    float *buf = xa_alloc(sizeof(float) * (size_t)(total * (permuted ? 7 : 4) + 1));
+    if (!buf) return xa_error(XATTN_ERR_NOMEM, "mutual backward: out of memory");
+    float *zero = buf, *da = buf + total, *db = buf + 2 * total, *tmp = buf + 3 * total;
+    const float *d = g->dout[0];
+    if (!d) {
+        memset(zero, 0, sizeof(float) * (size_t)total);
+        d = zero;
+    }
+    const float *a = r->in[0], *b = r->in[1];
+    if (permuted) { /* (pre, F, N, D) copies of a, b and d */
+        const int64_t F = sh[ax], pre = batch / F;
+        const int last = ax == nd - 1;
+        float *pa = buf + 4 * total, *pb = buf + 5 * total, *pd = buf + 6 * total;
+        band_permute(a, pa, pre, F, N, D, last, 0);
+        band_permute(b, pb, pre, F, N, D, last, 0);
+        band_permute(d, pd, pre, F, N, D, last, 0);
+        s = mutual_grad(pa, pb, batch, N, D, pd, da, db, tmp);
+        if (!s && g->din[0]) band_permute(da, g->din[0], pre, F, N, D, last, 1);
+        if (!s && g->din[1]) band_permute(db, g->din[1], pre, F, N, D, last, 1);
+    } else {
+        s = mutual_grad(a, b, batch, N, D, d, da, db, tmp);
+        if (!s && g->din[0]) memcpy(g->din[0], da, sizeof(float) * (size_t)total);
+        if (!s && g->din[1]) memcpy(g->din[1], db, sizeof(float) * (size_t)total);
+    }
+    xa_free(buf);
+    return s;
+}
+
 const xa_kind xa_kind_mutual = {
     .name = "mutual",
     .reference = "mutual cross-attention (Zhao & Gu 2024, ztony0712/MCA)",
@@ -203,4 +287,5 @@ const xa_kind xa_kind_mutual = {
     .build = mutual_build,
     .check = mutual_check,
     .forward = mutual_forward,
+    .backward = mutual_backward,
 };
