@@ -1093,7 +1093,7 @@ typedef struct bd_bwd {
     int64_t nI, nJ;
     bd_saved *sv;        /* per layer */
     float *xn, *cn;      /* recomputed: prenormed inputs (nI, dim), (nJ, context_dim) */
-    float *fx, *fc;      /* recomputed: the feed-forward norms */
+    float *fx, *dfx;     /* a block of a feed-forward's norm and of its gradient */
     float *hid, *g;      /* recomputed, one side at a time: feed-forward hidden before and after
                             GELU (max(nI hidden, nJ context_hidden)) */
     float *dx, *dc;      /* running gradients of the streams */
@@ -1136,7 +1136,11 @@ static xattn_status prenorms(bd_bwd *w, const bd_layer *L, const float *x, const
                        w->cn);
 }
 
-/* One feed-forward's norm, hidden layer and GELU (recomputed into fx, w->hid, w->g). */
+/* The feed-forwards run over blocks of this many rows (fixed: the same sums for any thread
+ * count): their hidden layers are held one block at a time. */
+#define FF_ROWS 512
+
+/* One block of a feed-forward's norm, hidden layer and GELU (into fx, w->hid, w->g). */
 static xattn_status ff_recompute(bd_bwd *w, const bd_ff *f, const float *x1, int64_t rows,
                                  int64_t d, int64_t hidden, float *fx)
 {
@@ -1179,30 +1183,44 @@ static xattn_status layer_forward(bd_bwd *w, const bd_layer *L, bd_saved *v, con
         return s;
     memcpy(xo, v->x1, sizeof(float) * (size_t)(nI * dim));
     memcpy(co, v->c1, sizeof(float) * (size_t)(nJ * cd));
-    if ((s = ff_recompute(w, &L->ff, v->x1, nI, dim, c->ff_hidden, w->fx)) ||
-        (s = xa_op_linear(w->g, nI, c->ff_hidden, L->ff.w2, L->ff.b2, dim, xo, 1)) ||
-        (s = ff_recompute(w, &L->cff, v->c1, nJ, cd, c->context_ff_hidden, w->fc)))
-        return s;
-    return xa_op_linear(w->g, nJ, c->context_ff_hidden, L->cff.w2, L->cff.b2, cd, co, 1);
+    for (int side = 0; side < 2; side++) { /* stream += ff(stream), a block of rows at a time */
+        const bd_ff *f = side ? &L->cff : &L->ff;
+        const int64_t rows = side ? nJ : nI, d = side ? cd : dim;
+        const int64_t hidden = side ? c->context_ff_hidden : c->ff_hidden;
+        const float *x1 = side ? v->c1 : v->x1;
+        float *o = side ? co : xo;
+        for (int64_t r0 = 0; r0 < rows && !s; r0 += FF_ROWS) {
+            const int64_t n = XA_MIN(FF_ROWS, rows - r0);
+            if (!(s = ff_recompute(w, f, x1 + r0 * d, n, d, hidden, w->fx)))
+                s = xa_op_linear(w->g, n, hidden, f->w2, f->b2, d, o + r0 * d, 1);
+        }
+    }
+    return s;
 }
 
 /* Feed-forward backward: dstream (rows, d), the gradient of the stream after the block
- * (x1 + ff), becomes that of x1. The norm, hidden layer and GELU are recomputed first. */
-static xattn_status ff_backward(bd_bwd *w, const bd_ff *f, int base, const float *x1, float *fx,
-                                int64_t rows, int64_t d, int64_t hidden, float *dstream, float *dfx)
+ * (x1 + ff), becomes that of x1. Block by block of rows: the norm, hidden layer and GELU
+ * recomputed, the weights' gradients summed over the blocks in order. */
+static xattn_status ff_backward(bd_bwd *w, const bd_ff *f, int base, const float *x1, int64_t rows,
+                                int64_t d, int64_t hidden, float *dstream)
 {
-    xattn_status s;
-    if ((s = ff_recompute(w, f, x1, rows, d, hidden, fx)) ||
-        (s = xa_op_linear_backward(w->g, rows, hidden, f->w2, d, dstream, w->dg, dp(w, base + F_W2),
-                                   dp(w, base + F_B2), 0)))
-        return s;
-    xa_op_gelu_backward(w->hid, w->dg, w->dg, rows * hidden, 0);
-    if ((s = xa_op_linear_backward(fx, rows, d, f->w1, hidden, w->dg, dfx, dp(w, base + F_W1),
-                                   dp(w, base + F_B1), 0)))
-        return s;
+    xattn_status s = XATTN_OK;
     dp_zero(w, base + F_NORM, d); /* added to below, with the stream's gradient */
-    return xa_op_rmsnorm_backward(x1, rows, d, f->norm_w, FLT_EPSILON, dfx, dstream,
-                                  dp(w, base + F_NORM), 1);
+    for (int64_t r0 = 0; r0 < rows && !s; r0 += FF_ROWS) {
+        const int64_t n = XA_MIN(FF_ROWS, rows - r0);
+        const int acc = r0 > 0;
+        float *ds = dstream + r0 * d;
+        if ((s = ff_recompute(w, f, x1 + r0 * d, n, d, hidden, w->fx)) ||
+            (s = xa_op_linear_backward(w->g, n, hidden, f->w2, d, ds, w->dg, dp(w, base + F_W2),
+                                       dp(w, base + F_B2), acc)))
+            break;
+        xa_op_gelu_backward(w->hid, w->dg, w->dg, n * hidden, 0);
+        if (!(s = xa_op_linear_backward(w->fx, n, d, f->w1, hidden, w->dg, w->dfx,
+                                        dp(w, base + F_W1), dp(w, base + F_B1), acc)))
+            s = xa_op_rmsnorm_backward(x1 + r0 * d, n, d, f->norm_w, FLT_EPSILON, w->dfx, ds,
+                                       dp(w, base + F_NORM), 1);
+    }
+    return s;
 }
 
 /* The two projections' gradients: dW (2 inner, d) split into to_qk / to_v; din = dpqv W. */
@@ -1265,10 +1283,9 @@ static xattn_status layer_backward(bd_bwd *w, const bd_layer *L, const bd_saved 
     const int64_t nI = w->nI, nJ = w->nJ, dim = c->dim, cd = c->context_dim, inner = c->inner_dim;
     const int tf = c->is_transformer;
     xattn_status s;
-    if (tf && ((s = ff_backward(w, &L->ff, base + A_N, v->x1, w->fx, nI, dim, c->ff_hidden, w->dx,
-                                w->dxin)) ||
-               (s = ff_backward(w, &L->cff, base + A_N + F_N, v->c1, w->fc, nJ, cd,
-                                c->context_ff_hidden, w->dc, w->dcin))))
+    if (tf && ((s = ff_backward(w, &L->ff, base + A_N, v->x1, nI, dim, c->ff_hidden, w->dx)) ||
+               (s = ff_backward(w, &L->cff, base + A_N + F_N, v->c1, nJ, cd, c->context_ff_hidden,
+                                w->dc))))
         return s;
     /* output projections (the transformer: of the residual branch, dx is also x's) */
     if ((s = xa_op_linear_backward(v->oh, nI, inner, L->attn.wo, dim, w->dx, w->d_oh,
@@ -1340,8 +1357,8 @@ static double bwd_floats(const xattn_bidir_config *c, const xattn_bidir_inputs *
                  hc = tf ? (double)c->context_ff_hidden : 0.0, H = (double)c->heads;
     const double per_layer = 3.0 * inner * (nI + nJ) + H * (nI + nJ) + tf * (nI * dim + nJ * cd);
     return L * per_layer + (L + 1) * tf * (nI * dim + nJ * cd) + 6.0 * (nI * dim + nJ * cd) +
-           3.0 * (nI + nJ) * inner + 3.0 * fmax(nI * hx, nJ * hc) + 2.0 * inner * (dim + cd) +
-           32.0 * (L + 10) * 16;
+           3.0 * (nI + nJ) * inner + 3.0 * FF_ROWS * fmax(hx, hc) + 2.0 * FF_ROWS * fmax(dim, cd) +
+           2.0 * inner * (dim + cd) + 32.0 * (L + 10) * 16;
 }
 
 static xattn_status backward_named(const xa_mod *core, const xa_run *r, xa_grad *gr)
@@ -1383,8 +1400,8 @@ static xattn_status backward_named(const xa_mod *core, const xa_run *r, xa_grad 
     }
     float *streams = tf ? carve(&q, (L + 1) * (nI * dim + nJ * cd)) : NULL;
     w.xn = carve(&q, nI * dim), w.cn = carve(&q, nJ * cd);
-    w.fx = carve(&q, nI * dim), w.fc = carve(&q, nJ * cd);
-    const int64_t hmax = XA_MAX(nI * hx, nJ * hc);
+    const int64_t dmax = FF_ROWS * XA_MAX(dim, cd), hmax = FF_ROWS * XA_MAX(hx, hc);
+    w.fx = carve(&q, dmax), w.dfx = carve(&q, dmax);
     w.hid = carve(&q, hmax), w.g = carve(&q, hmax);
     w.dx = carve(&q, nI * dim), w.dc = carve(&q, nJ * cd);
     w.d_oh = carve(&q, nI * inner), w.d_coh = carve(&q, nJ * inner);
