@@ -1142,9 +1142,9 @@ static int64_t bwd_layout(bwd_ctx *c, float *base)
     c->IP = XA_MAX((p->I + c->T - 1) / c->T * c->T, c->T);
     c->ntk = (p->J + c->T - 1) / c->T;
     const int64_t nbh = (c->loop_b ? 1 : p->B) * (c->loop_h ? 1 : p->H);
-    /* groups from the problem, never the thread count: enough tasks for 64 threads, at most 4
-     * accumulators (each the size of q) */
-    c->G = XA_MAX(1, XA_MIN(XA_MIN(c->ntk, 4), (64 + nbh - 1) / nbh));
+    /* groups from the problem, never the thread count: at most 2 accumulators (each the size of
+     * q); the tasks are the (b, h) pairs times the groups */
+    c->G = XA_MAX(1, XA_MIN(XA_MIN(c->ntk, 2), (64 + nbh - 1) / nbh));
     /* rows read in place where a row's width is a multiple of the micro-tile */
     c->q_rows = p->dh % nr == 0, c->o_rows = p->dv % nr == 0, c->k_rows = p->dh % nr == 0;
     const int64_t BH = p->B * p->H, JP = c->a.JP, IP = c->IP;

@@ -1081,10 +1081,11 @@ static xattn_status forward_named(const xa_mod *core, const xa_run *r)
  */
 
 typedef struct bd_saved { /* one layer's kept activations */
-    float *pqv, *cpqv;    /* (nI, 2 inner), (nJ, 2 inner) */
     float *oh, *coh;      /* (nI, inner), (nJ, inner) */
     float *lse, *clse;    /* (B, H, I), (B, H, J) */
-    float *x1, *c1;       /* the streams after the attention's residual (transformer) */
+    /* recomputed from the layer's input streams (one buffer for every layer): */
+    float *pqv, *cpqv; /* (nI, 2 inner), (nJ, 2 inner) */
+    float *x1, *c1;    /* the streams after the attention's residual (transformer) */
 } bd_saved;
 
 typedef struct bd_bwd {
@@ -1272,6 +1273,29 @@ static xattn_status attn_backward(bd_bwd *w, const bd_layer *L, const bd_saved *
     return s;
 }
 
+/* A layer's projections and residual streams again, from its input streams and kept attention
+ * outputs (the buffers hold the last layer's after the forward). */
+static xattn_status layer_recompute(bd_bwd *w, const bd_layer *L, const bd_saved *v, const float *x,
+                                    const float *ctx)
+{
+    const xattn_bidir_config *c = &w->m->cfg;
+    const int64_t nI = w->nI, nJ = w->nJ, dim = c->dim, cd = c->context_dim;
+    const int pre = c->prenorm != XATTN_NORM_NONE;
+    xattn_status s = prenorms(w, L, x, ctx);
+    if (s ||
+        (s = xa_op_linear(pre ? w->xn : x, nI, dim, L->attn.w_qkv, NULL, 2 * c->inner_dim, v->pqv,
+                          0)) ||
+        (s = xa_op_linear(pre ? w->cn : ctx, nJ, cd, L->attn.cw_qkv, NULL, 2 * c->inner_dim,
+                          v->cpqv, 0)))
+        return s;
+    if (!c->is_transformer) return XATTN_OK;
+    memcpy(v->x1, x, sizeof(float) * (size_t)(nI * dim));
+    memcpy(v->c1, ctx, sizeof(float) * (size_t)(nJ * cd));
+    if ((s = xa_op_linear(v->oh, nI, c->inner_dim, L->attn.wo, L->attn.bo, dim, v->x1, 1)))
+        return s;
+    return xa_op_linear(v->coh, nJ, c->inner_dim, L->attn.cwo, L->attn.cbo, cd, v->c1, 1);
+}
+
 /* One layer's backward: w->dx, w->dc hold the gradients of its outputs (the transformer's
  * streams after the layer; the block's out and context_out otherwise) and become those of its
  * inputs x, ctx. */
@@ -1355,10 +1379,10 @@ static double bwd_floats(const xattn_bidir_config *c, const xattn_bidir_inputs *
     const double dim = (double)c->dim, cd = (double)c->context_dim, inner = (double)c->inner_dim;
     const double tf = c->is_transformer, hx = tf ? (double)c->ff_hidden : 0.0,
                  hc = tf ? (double)c->context_ff_hidden : 0.0, H = (double)c->heads;
-    const double per_layer = 3.0 * inner * (nI + nJ) + H * (nI + nJ) + tf * (nI * dim + nJ * cd);
-    return L * per_layer + (L + 1) * tf * (nI * dim + nJ * cd) + 6.0 * (nI * dim + nJ * cd) +
-           3.0 * (nI + nJ) * inner + 3.0 * FF_ROWS * fmax(hx, hc) + 2.0 * FF_ROWS * fmax(dim, cd) +
-           2.0 * inner * (dim + cd) + 32.0 * (L + 10) * 16;
+    const double per_layer = inner * (nI + nJ) + H * (nI + nJ);
+    return L * per_layer + (L + 1) * tf * (nI * dim + nJ * cd) + 7.0 * (nI * dim + nJ * cd) +
+           2.0 * inner * (nI + nJ) + 3.0 * (nI + nJ) * inner + 3.0 * FF_ROWS * fmax(hx, hc) +
+           2.0 * FF_ROWS * fmax(dim, cd) + 2.0 * inner * (dim + cd) + 32.0 * (L + 10) * 16;
 }
 
 static xattn_status backward_named(const xa_mod *core, const xa_run *r, xa_grad *gr)
@@ -1391,12 +1415,13 @@ static xattn_status backward_named(const xa_mod *core, const xa_run *r, xa_grad 
     memset(&w, 0, sizeof w);
     w.m = m, w.in = &in, w.nI = nI, w.nJ = nJ, w.dparam = gr->dparam, w.sv = sv;
     w.dbias = gr->din[4];
+    float *pqv = carve(&q, nI * 2 * inner), *cpqv = carve(&q, nJ * 2 * inner);
+    float *x1 = carve(&q, tf * nI * dim), *c1 = carve(&q, tf * nJ * cd);
     for (int64_t l = 0; l < L; l++) {
         bd_saved *v = &sv[l];
-        v->pqv = carve(&q, nI * 2 * inner), v->cpqv = carve(&q, nJ * 2 * inner);
         v->oh = carve(&q, nI * inner), v->coh = carve(&q, nJ * inner);
         v->lse = carve(&q, in.B * H * in.I), v->clse = carve(&q, in.B * H * in.J);
-        v->x1 = carve(&q, tf * nI * dim), v->c1 = carve(&q, tf * nJ * cd);
+        v->pqv = pqv, v->cpqv = cpqv, v->x1 = x1, v->c1 = c1; /* shared, recomputed */
     }
     float *streams = tf ? carve(&q, (L + 1) * (nI * dim + nJ * cd)) : NULL;
     w.xn = carve(&q, nI * dim), w.cn = carve(&q, nJ * cd);
@@ -1451,9 +1476,11 @@ static xattn_status backward_named(const xa_mod *core, const xa_run *r, xa_grad 
             s = xa_op_rmsnorm_backward(CS(L), nJ, cd, m->fcnorm_w, FLT_EPSILON, w.dcin, w.dc,
                                        dp(&w, fin + N_CNORM), 0);
     }
-    for (int64_t l = L - 1; l >= 0 && !s; l--)
-        s = layer_backward(&w, &m->layers[l], &sv[l], (int)l * per, tf ? XS(l) : in.x,
-                           tf ? CS(l) : in.context);
+    for (int64_t l = L - 1; l >= 0 && !s; l--) {
+        const float *xl = tf ? XS(l) : in.x, *cl = tf ? CS(l) : in.context;
+        if (l != L - 1) s = layer_recompute(&w, &m->layers[l], &sv[l], xl, cl);
+        if (!s) s = layer_backward(&w, &m->layers[l], &sv[l], (int)l * per, xl, cl);
+    }
 #undef XS
 #undef CS
     if (!s && gr->din[0]) memcpy(gr->din[0], w.dx, sizeof(float) * (size_t)(nI * dim));
