@@ -1146,7 +1146,9 @@ static int64_t bwd_layout(bwd_ctx *c, float *base)
      * q); the tasks are the (b, h) pairs times the groups */
     c->G = XA_MAX(1, XA_MIN(XA_MIN(c->ntk, 2), (64 + nbh - 1) / nbh));
     /* rows read in place where a row's width is a multiple of the micro-tile */
-    c->q_rows = p->dh % nr == 0, c->o_rows = p->dv % nr == 0, c->k_rows = p->dh % nr == 0;
+    c->q_rows = p->dh % nr == 0 && p->q_si == p->dh,
+    c->o_rows = p->dv % nr == 0 && c->g->do_si == p->dv,
+    c->k_rows = p->dh % nr == 0 && p->k_sj == p->dh;
     const int64_t BH = p->B * p->H, JP = c->a.JP, IP = c->IP;
     const int64_t per_head =
         JP * (p->dh + p->dv + (c->k_rows ? 0 : c->DHn)) +

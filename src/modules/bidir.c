@@ -1424,7 +1424,8 @@ static xattn_status backward_named(const xa_mod *core, const xa_run *r, xa_grad 
         v->pqv = pqv, v->cpqv = cpqv, v->x1 = x1, v->c1 = c1; /* shared, recomputed */
     }
     float *streams = tf ? carve(&q, (L + 1) * (nI * dim + nJ * cd)) : NULL;
-    w.xn = carve(&q, nI * dim), w.cn = carve(&q, nJ * cd);
+    const int64_t pre = c->prenorm != XATTN_NORM_NONE; /* the prenormed inputs, when any */
+    w.xn = carve(&q, pre * nI * dim), w.cn = carve(&q, pre * nJ * cd);
     const int64_t dmax = FF_ROWS * XA_MAX(dim, cd), hmax = FF_ROWS * XA_MAX(hx, hc);
     w.fx = carve(&q, dmax), w.dfx = carve(&q, dmax);
     w.hid = carve(&q, hmax), w.g = carve(&q, hmax);

@@ -545,6 +545,15 @@ int cmd_train(int argc, char **argv)
             rc = cli_lib_error(cmd, NULL);
         if (!rc) rc = run(&w);
         if (!rc) reg_warn(cmd, &a, &s);
+        for (size_t i = 0; !rc && i < xattn_module_config_count(s.m); i++) {
+            xattn_config_entry e; /* dropout is not applied: say so, never silently */
+            if (!xattn_module_config(s.m, i, &e) && strstr(e.name, "dropout") &&
+                strtod(e.value, NULL) != 0.0)
+                fprintf(stderr,
+                        "xattn train: %s: warning: %s = %s is not applied: the module was trained "
+                        "as in eval mode (no dropout)\n",
+                        a.model, e.name, e.value);
+        }
     }
     for (size_t i = 0; i < w.n_in; i++) free(w.bin[i].buf);
     for (size_t i = 0; i < w.n_tg; i++) free(w.btg[i].buf);
