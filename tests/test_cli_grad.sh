@@ -25,7 +25,7 @@ ok "grad mse" "$X" grad "$F/grad_tf.safetensors" --x "$F/grad_x.npy" --context "
     has "mse loss" "$D.out" "loss $(cat "$F/grad_mse_loss.txt") (F.mse_loss, mean)" &&
     if [ -e "$D/d_mask.npy" ]; then fail "a mask has no gradient"; else pass; fi
 
-ok "grad help" "$X" grad --help && has "help kinds" "$D.out" "Kinds with a backward: bidir bidir-transformer mha attention mutual conv2d-cross"
+ok "grad help" "$X" grad --help && has "help kinds" "$D.out" "Kinds with a backward: bidir bidir-transformer mha attention mutual joint conv2d-cross"
 
 B=("$X" grad "$F/grad_tf.safetensors" --x "$F/grad_x.npy" --context "$F/grad_ctx.npy")
 bad "no gradient asked" 2 "missing --grad-out G.npy or --target T.npy" "${B[@]}"
@@ -34,7 +34,7 @@ bad "one output twice" 2 "are both about the output 'out'" "${B[@]}" --grad-out 
 bad "unknown output" 2 "has no such output (outputs: out, context_out)" "${B[@]}" --grad-nope "$F/grad_t.npy"
 bad "wrong shape" 1 "the output 'out' has shape (2, 5, 16)" "${B[@]}" --grad-out "$F/grad_ctx.npy"
 bad "missing file" 1 "nope.npy" "${B[@]}" --target nope.npy
-bad "no backward" 1 "has no backward yet" "$X" grad "$FIX/joint_cli/encoder.safetensors" --x "$FIX/joint_cli/x.npy" --context "$FIX/joint_cli/context.npy" --grad-out "$FIX/joint_cli/expected_out.npy"
+bad "no backward" 1 "has no backward yet" "$X" grad "$FIX/interlaced_cli/model.safetensors" --x "$FIX/interlaced_cli/x.npy" --context "$FIX/interlaced_cli/context.npy" --grad-out "$FIX/interlaced_cli/expected_out.npy"
 
 # compare on safetensors
 ok "compare same" "$X" compare "$F/grad_vjp.safetensors" "$F/grad_vjp.safetensors" && has "compare lines" "$D.out" "12 tensors: ok"

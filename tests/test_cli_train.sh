@@ -58,7 +58,7 @@ bad "option of the other optimizer" 2 "adamw has no option 'momentum'" "${B[@]}"
 bad "bad schedule" 2 "not constant or cosine" "${B[@]}" --steps 2 --out q.safetensors --schedule linear
 bad "target shape" 1 "the output 'out' has shape (2, 5, 16)" "$X" train "$F/grad_tf.safetensors" --x "$F/grad_x.npy" \
     --context "$F/grad_ctx.npy" --target "$F/grad_ct.npy" --steps 2 --out q.safetensors
-bad "no backward" 1 "cannot be trained" "$X" train "$FIX/joint_cli/encoder.safetensors" --x "$FIX/joint_cli/x.npy" --context "$FIX/joint_cli/context.npy" --target "$FIX/joint_cli/expected_out.npy" --steps 1 --out q.safetensors
+bad "no backward" 1 "cannot be trained" "$X" train "$FIX/interlaced_cli/model.safetensors" --x "$FIX/interlaced_cli/x.npy" --context "$FIX/interlaced_cli/context.npy" --target "$FIX/interlaced_cli/expected_out.npy" --steps 1 --out q.safetensors
 ok "help" "$X" train --help && has "help resume" "$D.out" "--resume CKPT"
 
 echo "test_cli_train: $passed passed, $failed failed"

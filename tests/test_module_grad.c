@@ -61,11 +61,21 @@ static void one(const char *file)
     const char *ic = xattn_st_meta_get(st, "is_causal");
     if (ic && !strcmp(ic, "True"))
         in[n_in++] = (xattn_tensor){"is_causal", XATTN_BOOL, 0, {0}, &causal};
-    xattn_array da;
-    memset(&da, 0, sizeof da);
-    tu_get_f32(st, "dout.out", &da);
-    xattn_tensor dout = {"out", XATTN_F32, da.ndim, {0}, da.data};
-    memcpy(dout.shape, da.shape, sizeof da.shape);
+    /* the outputs' gradients: dout.NAME */
+    xattn_array darr[2];
+    xattn_tensor douts[2];
+    size_t n_dout = 0;
+    for (size_t i = 0; i < xattn_st_count(st) && n_dout < 2; i++) {
+        const char *name = xattn_st_name(st, i);
+        if (strncmp(name, "dout.", 5)) continue;
+        memset(&darr[n_dout], 0, sizeof darr[n_dout]);
+        tu_get_f32(st, name, &darr[n_dout]);
+        douts[n_dout] =
+            (xattn_tensor){name + 5, XATTN_F32, darr[n_dout].ndim, {0}, darr[n_dout].data};
+        memcpy(douts[n_dout].shape, darr[n_dout].shape, sizeof douts[n_dout].shape);
+        n_dout++;
+    }
+    const xattn_tensor dout = douts[0];
     const size_t np = xattn_module_param_count(m);
     float **dp = calloc(np + 1, sizeof *dp);
     for (size_t i = 0; i < np; i++) {
@@ -73,7 +83,7 @@ static void one(const char *file)
         CHECK_OK(xattn_module_param(m, i, &p));
         if (p.data) dp[i] = calloc((size_t)tu_param_numel(&p), sizeof(float));
     }
-    CHECK_OK(xattn_module_grad(NULL, m, in, n_in, NULL, 0, &dout, 1, din, n_din, dp));
+    CHECK_OK(xattn_module_grad(NULL, m, in, n_in, NULL, 0, douts, n_dout, din, n_din, dp));
     char what[256];
     double err = 0;
     for (size_t a = 0; a < n_din; a++) {
@@ -103,7 +113,7 @@ static void one(const char *file)
     }
     CHECK(n_params > 0 || (np == 0 && n_din > 0)); /* a kind without parameters: inputs only */
     /* the MSE loss: its gradient given as dout equals the loss's own path */
-    xattn_tensor target = dout; /* any array of out's shape */
+    xattn_tensor target = dout; /* any array of the first output's shape */
     float *mse_dp0 = NULL;
     xattn_param_desc p0;
     memset(&p0, 0, sizeof p0);
@@ -123,7 +133,7 @@ static void one(const char *file)
     for (size_t a = 0; a < n_din; a++) free(din[a].data);
     for (size_t k = 0; k < n_in && k < 7; k++)
         if (strcmp(in[k].name, "is_causal")) xattn_array_free(&arr[k]);
-    xattn_array_free(&da);
+    for (size_t k = 0; k < n_dout; k++) xattn_array_free(&darr[k]);
     xattn_module_free(m);
     xattn_st_close(st);
 }

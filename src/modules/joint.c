@@ -315,6 +315,7 @@ static xattn_status bind(xa_mod *core)
 }
 
 static xattn_status forward_named(const xa_mod *core, const xa_run *r);
+static xattn_status backward_named(const xa_mod *core, const xa_run *r, xa_grad *g);
 
 static int claims(const xattn_safetensors *st, const char *prefix);
 
@@ -335,6 +336,7 @@ const xa_kind xa_kind_joint = {
     .build = build,
     .bind = bind,
     .forward = forward_named,
+    .backward = backward_named,
     .state_dict = "self_attn.in_proj_weight (3d, d), self_attn.in_proj_bias, "
                   "self_attn.out_proj.{weight, bias}, linear1.{weight (ff, d), bias}, "
                   "linear2.{weight, bias}, norm1.{weight, bias}, norm2.{weight, bias} "
@@ -552,4 +554,244 @@ static xattn_status forward_named(const xa_mod *core, const xa_run *r)
     const xattn_joint *m = (const xattn_joint *)core;
     xattn_status s = check_call(m, &in, &out);
     return s ? s : joint_run(m, &in, &out);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Backward                                                                                 */
+/* ---------------------------------------------------------------------------------------- */
+/*
+ * The forward runs once keeping each layer's input stream (R d floats, R = B (K + N)) and its
+ * attention's log-sum-exp; going backward, a layer's internals (q/k/v, the attention output,
+ * the stream between the blocks before and after its norm, the feed-forward hidden before and
+ * after the activation) are recomputed from its input, and its gradient taken op by op: the
+ * norms (post-norm or pre-norm, as the layer runs), the feed-forward, the output projection, the
+ * fused attention (the padding masks as in the forward) and the packed q/k/v projection.
+ */
+
+typedef struct joint_bwd {
+    const xattn_joint *m;
+    int64_t R, B, L;
+    xa_attn at;      /* the attention over T, A (joint_attn) */
+    float *T, *A;    /* (R, 3d), (R, d) */
+    float *y1p, *y1; /* the stream after the attention's residual, before / after norm1 */
+    float *z;        /* a pre-norm's output (norm_first) */
+    float *h, *g;    /* feed-forward hidden before / after the activation (R, ff) */
+    float *lse;      /* (B, H, L) of the layer being recomputed */
+    float *dT, *dA, *dz, *dh, *tmp;
+    float *const *dparam;
+} joint_bwd;
+
+static float *jdp(const joint_bwd *w, int64_t l, int k)
+{
+    return w->dparam && lw(w->m, l, k) ? w->dparam[l * P_N + k] : NULL;
+}
+
+/* Parameter k of layer l's gradient set to 0 (before a backward that adds to it), n floats. */
+static void jzero(const joint_bwd *w, int64_t l, int k, int64_t n)
+{
+    float *p = jdp(w, l, k);
+    if (p) memset(p, 0, sizeof(float) * (size_t)n);
+}
+
+/* The internals of layer l from its input stream y0 (its output into out when not NULL). */
+static xattn_status joint_layer_internals(joint_bwd *w, int64_t l, const float *y0, float *out)
+{
+    const xattn_joint_config *c = &w->m->cfg;
+    const int64_t R = w->R, d = c->d_model, ff = c->ff_dim;
+    const float eps = c->layer_norm_eps;
+    const xattn_joint *m = w->m;
+    xattn_status s;
+    const float *src = y0;
+    if (c->norm_first) {
+        if ((s = xa_op_layernorm(y0, R, d, lw(m, l, P_N1W), lw(m, l, P_N1B), eps, w->z))) return s;
+        src = w->z;
+    }
+    xa_attn at = w->at;
+    at.lse = w->lse;
+    if ((s = xa_op_linear(src, R, d, lw(m, l, P_WIN), lw(m, l, P_BIN), 3 * d, w->T, 0)) ||
+        (s = xa_op_attention(&at)))
+        return s;
+    memcpy(w->y1p, y0, sizeof(float) * (size_t)(R * d));
+    if ((s = xa_op_linear(w->A, R, d, lw(m, l, P_WOUT), lw(m, l, P_BOUT), d, w->y1p, 1))) return s;
+    const float *y1 = w->y1p;
+    if (!c->norm_first) {
+        if ((s = xa_op_layernorm(w->y1p, R, d, lw(m, l, P_N1W), lw(m, l, P_N1B), eps, w->y1)))
+            return s;
+        y1 = w->y1;
+    } else if ((s = xa_op_layernorm(w->y1p, R, d, lw(m, l, P_N2W), lw(m, l, P_N2B), eps, w->z))) {
+        return s;
+    }
+    if ((s = xa_op_linear(c->norm_first ? w->z : y1, R, d, lw(m, l, P_W1), lw(m, l, P_B1), ff, w->h,
+                          0)))
+        return s;
+    memcpy(w->g, w->h, sizeof(float) * (size_t)(R * ff));
+    if (c->activation) {
+        if ((s = xa_op_gelu(w->g, R * ff, 0))) return s;
+    } else {
+        xa_op_relu(w->g, R * ff);
+    }
+    if (!out) return XATTN_OK;
+    memcpy(out, y1, sizeof(float) * (size_t)(R * d));
+    if ((s = xa_op_linear(w->g, R, ff, lw(m, l, P_W2), lw(m, l, P_B2), d, out, 1))) return s;
+    if (!c->norm_first)
+        return xa_op_layernorm(out, R, d, lw(m, l, P_N2W), lw(m, l, P_N2B), eps, out);
+    return XATTN_OK;
+}
+
+/* Layer l's backward: dy (R, d), the gradient of its output, becomes that of its input y0. The
+ * internals are those of joint_layer_internals(y0). */
+static xattn_status joint_layer_backward(joint_bwd *w, int64_t l, const float *y0, float *dy)
+{
+    const xattn_joint_config *c = &w->m->cfg;
+    const xattn_joint *m = w->m;
+    const int64_t R = w->R, d = c->d_model, ff = c->ff_dim, H = c->heads, dh = c->head_dim;
+    const float eps = c->layer_norm_eps;
+    xattn_status s;
+    /* post-norm: y2 = norm2(y1 + ff(y1)); pre-norm: y2 = y1 + ff(norm2(y1)) */
+    if (!c->norm_first) { /* dy becomes the gradient of the sum before norm2, in place */
+        memcpy(w->tmp, dy, sizeof(float) * (size_t)(R * d));
+        float *y2p = w->dz; /* the sum again, as a scratch */
+        memcpy(y2p, w->y1, sizeof(float) * (size_t)(R * d));
+        if ((s = xa_op_linear(w->g, R, ff, lw(m, l, P_W2), lw(m, l, P_B2), d, y2p, 1)) ||
+            (s = xa_op_layernorm_backward(y2p, R, d, lw(m, l, P_N2W), eps, w->tmp, dy,
+                                          jdp(w, l, P_N2W), jdp(w, l, P_N2B), 0)))
+            return s;
+    }
+    /* the feed-forward's branch: dy -> dg -> dh -> its input (y1, or norm2(y1)) */
+    if ((s = xa_op_linear_backward(w->g, R, ff, lw(m, l, P_W2), d, dy, w->dh, jdp(w, l, P_W2),
+                                   jdp(w, l, P_B2), 0)))
+        return s;
+    if (c->activation)
+        xa_op_gelu_backward(w->h, w->dh, w->dh, R * ff, 0);
+    else
+        xa_op_relu_backward(w->h, w->dh, w->dh, R * ff);
+    if ((s = xa_op_linear_backward(c->norm_first ? w->z : w->y1, R, d, lw(m, l, P_W1), ff, w->dh,
+                                   w->dz, jdp(w, l, P_W1), jdp(w, l, P_B1), 0)))
+        return s;
+    if (c->norm_first) { /* dy1 = dy + norm2's backward of dz (its weights' gradients from 0) */
+        jzero(w, l, P_N2W, d);
+        jzero(w, l, P_N2B, d);
+        if ((s = xa_op_layernorm_backward(w->y1p, R, d, lw(m, l, P_N2W), eps, w->dz, dy,
+                                          jdp(w, l, P_N2W), jdp(w, l, P_N2B), 1)))
+            return s;
+    } else { /* dy1 = dy + dz, then back through norm1 */
+        xa_op_add(w->dz, dy, R * d);
+        if ((s = xa_op_layernorm_backward(w->y1p, R, d, lw(m, l, P_N1W), eps, w->dz, dy,
+                                          jdp(w, l, P_N1W), jdp(w, l, P_N1B), 0)))
+            return s;
+    }
+    /* dy is now the gradient of y1p = y0 + out_proj(A) */
+    if ((s = xa_op_linear_backward(w->A, R, d, lw(m, l, P_WOUT), d, dy, w->dA, jdp(w, l, P_WOUT),
+                                   jdp(w, l, P_BOUT), 0)))
+        return s;
+    xa_attn_grad ag;
+    memset(&ag, 0, sizeof ag);
+    ag.dout = w->dA, ag.do_sb = w->L * d, ag.do_sh = dh, ag.do_si = d;
+    ag.lse = w->lse;
+    ag.dq = w->dT, ag.dq_sb = w->L * 3 * d, ag.dq_sh = dh, ag.dq_si = 3 * d;
+    ag.dk = w->dT + d, ag.dk_sb = w->L * 3 * d, ag.dk_sh = dh, ag.dk_sj = 3 * d;
+    ag.dv = w->dT + 2 * d, ag.dv_sb = w->L * 3 * d, ag.dv_sh = dh, ag.dv_sj = 3 * d;
+    (void)H;
+    if ((s = xa_op_attention_backward(&w->at, &ag))) return s;
+    /* the q/k/v projection's input: y0, or norm1(y0) (z holds norm2's output by now) */
+    if (c->norm_first &&
+        (s = xa_op_layernorm(y0, R, d, lw(m, l, P_N1W), lw(m, l, P_N1B), eps, w->z)))
+        return s;
+    if ((s = xa_op_linear_backward(c->norm_first ? w->z : y0, R, d, lw(m, l, P_WIN), 3 * d, w->dT,
+                                   w->dz, jdp(w, l, P_WIN), jdp(w, l, P_BIN), 0)))
+        return s;
+    if (c->norm_first) {
+        jzero(w, l, P_N1W, d);
+        jzero(w, l, P_N1B, d);
+        return xa_op_layernorm_backward(y0, R, d, lw(m, l, P_N1W), eps, w->dz, dy, jdp(w, l, P_N1W),
+                                        jdp(w, l, P_N1B), 1);
+    }
+    xa_op_add(dy, w->dz, R * d); /* the residual's part and the attention path's */
+    return XATTN_OK;
+}
+
+static xattn_status backward_named(const xa_mod *core, const xa_run *r, xa_grad *gr)
+{
+    const xattn_joint *m = (const xattn_joint *)core;
+    const xattn_joint_config *c = &m->cfg;
+    xattn_joint_inputs in;
+    memset(&in, 0, sizeof in);
+    in.B = xa_run_sym(r, "B");
+    in.K = xa_run_sym(r, "K");
+    in.N = xa_run_sym(r, "N");
+    in.x = r->in[0];
+    in.context = r->in[1];
+    in.x_padding_mask = r->in[2];
+    in.context_padding_mask = r->in[3];
+    xattn_joint_outputs out;
+    memset(&out, 0, sizeof out);
+    out.out = r->out[0];
+    out.context_out = r->out[1];
+    xattn_status s = check_call(m, &in, &out);
+    if (s) return s;
+    const int64_t B = in.B, K = in.K, N = in.N, L = K + N, R = B * L, d = c->d_model;
+    const int64_t ff = c->ff_dim, H = c->heads, NL = c->layers;
+    const double total = (double)(NL + 1) * (double)(R * d) + (double)NL * (double)(B * H * L) +
+                         2.0 * (double)(R * 3 * d) + 9.0 * (double)(R * d) +
+                         3.0 * (double)(R * ff) + (double)R / 4.0 + 64.0 * 16 * (double)(NL + 16);
+    if (total > 2.5e11) return xa_error(XATTN_ERR_NOMEM, "%s: backward scratch too large", FN_FWD);
+    float *mem = xa_alloc(sizeof(float) * (size_t)total);
+    if (!mem) return xa_error(XATTN_ERR_NOMEM, "%s: out of memory for the backward", FN_FWD);
+    float *q = mem;
+#define CARVE(n) (q += ((n) + 15) / 16 * 16, q - ((n) + 15) / 16 * 16)
+    float *Ys = CARVE((NL + 1) * R * d), *lses = CARVE(NL * B * H * L);
+    joint_bwd w;
+    memset(&w, 0, sizeof w);
+    w.m = m, w.R = R, w.B = B, w.L = L, w.dparam = gr->dparam;
+    w.T = CARVE(R * 3 * d), w.A = CARVE(R * d), w.y1p = CARVE(R * d), w.y1 = CARVE(R * d);
+    w.z = CARVE(R * d), w.h = CARVE(R * ff), w.g = CARVE(R * ff);
+    w.dT = CARVE(R * 3 * d), w.dA = CARVE(R * d), w.dz = CARVE(R * d), w.dh = CARVE(R * ff);
+    w.tmp = CARVE(R * d);
+    float *dy = CARVE(R * d);
+    uint8_t *keep = (uint8_t *)CARVE(R / 4 + 1);
+#undef CARVE
+    const int masked = in.x_padding_mask || in.context_padding_mask;
+    if (masked) xa_op_keep_concat(in.x_padding_mask, K, in.context_padding_mask, N, B, keep);
+    joint_scratch sc = {NULL, NULL, w.A, w.T};
+    joint_attn(c, B, L, &sc, masked ? keep : NULL, &w.at);
+    /* the forward, keeping each layer's input and log-sum-exp */
+    xa_op_concat_seq(in.x, K, in.context, N, B, d, Ys);
+    for (int64_t l = 0; l < NL && !s; l++) {
+        w.lse = lses + l * B * H * L;
+        s = joint_layer_internals(&w, l, Ys + l * R * d, Ys + (l + 1) * R * d);
+    }
+    float *yL = Ys + NL * R * d;
+    const int64_t f = NL * P_N;
+    const float *fw = c->final_norm ? xa_param_data(&m->core.params, (int)(f + Q_NW)) : NULL;
+    const float *fb = c->final_norm ? xa_param_data(&m->core.params, (int)(f + Q_NB)) : NULL;
+    if (!s) {
+        float *o = w.tmp;
+        memcpy(o, yL, sizeof(float) * (size_t)(R * d));
+        if (c->final_norm) s = xa_op_layernorm(yL, R, d, fw, fb, c->layer_norm_eps, o);
+        if (!s) xa_op_split_seq(o, B, K, N, d, out.out, out.context_out);
+    }
+    if (!s) s = xa_grad_outputs(gr, r);
+    if (!s) { /* the outputs' gradients, stacked like the sequence */
+        memset(dy, 0, sizeof(float) * (size_t)(R * d));
+        float *zero = w.dz;
+        memset(zero, 0, sizeof(float) * (size_t)(R * d));
+        xa_op_concat_seq(gr->dout[0] ? gr->dout[0] : zero, K, gr->dout[1] ? gr->dout[1] : zero, N,
+                         B, d, dy);
+        if (c->final_norm) {
+            memcpy(w.tmp, dy, sizeof(float) * (size_t)(R * d));
+            s = xa_op_layernorm_backward(yL, R, d, fw, c->layer_norm_eps, w.tmp, dy,
+                                         gr->dparam ? gr->dparam[f + Q_NW] : NULL,
+                                         gr->dparam && fb ? gr->dparam[f + Q_NB] : NULL, 0);
+        }
+    }
+    for (int64_t l = NL - 1; l >= 0 && !s; l--) {
+        w.lse = lses + l * B * H * L;
+        const float *y0 = Ys + l * R * d;
+        if (!(s = joint_layer_internals(&w, l, y0, NULL))) s = joint_layer_backward(&w, l, y0, dy);
+    }
+    if (!s) /* an input whose gradient is not wanted: its half into scratch */
+        xa_op_split_seq(dy, B, K, N, d, gr->din[0] ? gr->din[0] : w.tmp,
+                        gr->din[1] ? gr->din[1] : w.tmp + B * K * d);
+    xa_free(mem);
+    return s;
 }
