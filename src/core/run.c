@@ -358,7 +358,7 @@ static xattn_status prepare(const xa_mod *m, const xattn_tensor *in, size_t n_in
     xattn_tensor plan_out[XA_MAX_IO];
     memset(scratch, 0, sizeof(float *) * XA_MAX_IO);
     if (n_out > XA_MAX_IO) return xa_error(XATTN_ERR_ARG, "too many outputs");
-    memcpy(plan_out, out, n_out * sizeof *out);
+    if (n_out) memcpy(plan_out, out, n_out * sizeof *out);
     xattn_status s = plan(m, in, n_in, plan_out, n_out, r);
     if (s) return s;
     for (size_t a = 0; a < n_out; a++) {
