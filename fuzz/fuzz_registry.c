@@ -86,7 +86,34 @@ static void run_small(const xattn_module *m, const char *kind)
             for (int k = 0; k < out[0].ndim; k++) numel *= out[0].shape[k];
             if (numel <= 1 << 16) {
                 out[0].data = calloc((size_t)numel, 4);
-                xattn_module_forward(NULL, m, in, n, out, 1);
+                const int ok = xattn_module_forward(NULL, m, in, n, out, 1) == XATTN_OK;
+                if (ok && xattn_kind_has_backward(kind)) {
+                    /* the gradients too: of every float input and every parameter */
+                    xattn_tensor dout = out[0], din[12];
+                    size_t nd = 0;
+                    for (size_t k = 0; k < n; k++)
+                        if (in[k].dtype == XATTN_F32) din[nd++] = in[k];
+                    for (size_t k = 0; k < nd; k++) {
+                        int64_t c = 1;
+                        for (int q = 0; q < din[k].ndim; q++) c *= din[k].shape[q];
+                        din[k].data = calloc((size_t)c, 4);
+                    }
+                    const size_t np = xattn_module_param_count(m);
+                    float **dp = calloc(np + 1, sizeof *dp);
+                    for (size_t k = 0; dp && k < np; k++) {
+                        xattn_param_desc pd;
+                        if (xattn_module_param(m, k, &pd) || !pd.data) continue;
+                        int64_t c = 1;
+                        for (int q = 0; q < pd.ndim; q++) c *= pd.shape[q];
+                        if (c <= 1 << 20) dp[k] = calloc((size_t)c, 4);
+                    }
+                    xattn_status s =
+                        xattn_module_grad(NULL, m, in, n, NULL, 0, &dout, 1, din, nd, dp);
+                    FUZZ_ASSERT(s == XATTN_OK || xattn_last_error()[0] != '\0');
+                    for (size_t k = 0; dp && k < np; k++) free(dp[k]);
+                    free(dp);
+                    for (size_t k = 0; k < nd; k++) free(din[k].data);
+                }
                 free(out[0].data);
             }
         }
