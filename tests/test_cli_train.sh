@@ -60,6 +60,8 @@ bad "target shape" 1 "the output 'out' has shape (2, 5, 16)" "$X" train "$F/grad
     --context "$F/grad_ctx.npy" --target "$F/grad_ct.npy" --steps 2 --out q.safetensors
 bad "no backward" 1 "cannot be trained" "$X" train "$FIX/interlaced_cli/model.safetensors" --x "$FIX/interlaced_cli/x.npy" --context "$FIX/interlaced_cli/context.npy" --target "$FIX/interlaced_cli/expected_out.npy" --steps 1 --out q.safetensors
 ok "help" "$X" train --help && has "help resume" "$D.out" "--resume CKPT"
+ok "command list" "$X" --help &&
+    if [ "$(grep -c '^  train ' "$D.out")" = 1 ] && [ "$(grep -c '^  grad ' "$D.out")" = 1 ]; then pass; else fail "train and grad listed once each"; fi
 
 echo "test_cli_train: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
