@@ -16,7 +16,8 @@ static const command COMMANDS[] = {
      "run a saved module on .npy inputs: out.npy [context_out.npy, attention maps]"},
     {"inspect", cmd_inspect, "list a safetensors file's tensors and metadata, detect the module"},
     {"demo", cmd_demo, "video/audio bidirectional cross-attention recovering a known alignment"},
-    {"compare", cmd_compare, "compare two .npy arrays (or safetensors files): max |a-b|/(1+|b|) against a tolerance"},
+    {"compare", cmd_compare,
+     "compare two .npy arrays (or safetensors files): max |a-b|/(1+|b|) against a tolerance"},
     {"bench", cmd_bench, "time a saved module's forward: median time and peak memory"},
     {"grad", cmd_grad,
      "gradients of a saved module: grads.safetensors and d_INPUT.npy, for given output "
