@@ -219,6 +219,16 @@ typedef struct xattn_heatmap_opts {
 XATTN_API xattn_status xattn_png_heatmap(const char *path, const float *map, int64_t rows,
                                          int64_t cols, const xattn_heatmap_opts *opts);
 
+/* Options of xattn_png_curve; all zero: no labels, linear y axis. */
+typedef struct xattn_curve_opts {
+    const char *title, *x_label, *y_label; /* or NULL */
+    int log_y;                             /* 1: a logarithmic y axis (values <= 0 left out) */
+} xattn_curve_opts;
+/* Writes y[0 .. n) as a line plot (720 x 440: framed axes, 5 ticks each with labels, the x axis
+ * numbering the points from 1): a training loss curve. Non-finite values break the line. */
+XATTN_API xattn_status xattn_png_curve(const char *path, const float *y, int64_t n,
+                                       const xattn_curve_opts *o);
+
 /* ------------------------------------------------------------------------------------------ */
 /* Fused attention (like torch.nn.functional.scaled_dot_product_attention)                      */
 /* ------------------------------------------------------------------------------------------ */

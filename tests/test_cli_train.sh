@@ -63,5 +63,14 @@ ok "help" "$X" train --help && has "help resume" "$D.out" "--resume CKPT"
 ok "command list" "$X" --help &&
     if [ "$(grep -c '^  train ' "$D.out")" = 1 ] && [ "$(grep -c '^  grad ' "$D.out")" = 1 ]; then pass; else fail "train and grad listed once each"; fi
 
+# demo --train: a transformer trained from scratch recovers the alignment (exit 0: at least 90%
+# of the video frames of unseen pairs attend to their audio frame); its files
+ok "demo train" "$X" demo --train --steps 600 --out d.safetensors &&
+    has "demo train aligned" "$D.out" "learned alignment: " &&
+    has "demo train loss" "$D.out" "step  600  loss" &&
+    if [ -s "$D/d.safetensors" ]; then pass; else fail "demo train: no model"; fi &&
+    ok "demo model runs" "$X" inspect "$D/d.safetensors"
+ok "demo train help" "$X" demo --train --help && has "demo train help" "$D.out" "--attention-png"
+
 echo "test_cli_train: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -844,7 +844,139 @@ done:
     return st;
 }
 
+/* ---------------------------------------------------------------------------------------- */
+/* Curves                                                                                   */
+/* ---------------------------------------------------------------------------------------- */
+
+#define CV_W 720
+#define CV_H 440
+#define CV_L 90 /* plot area margins */
+#define CV_R 24
+#define CV_T 40
+#define CV_B 64
+
+static const rgb CV_LINE = {31, 119, 180};
+
+static void put_px(canvas *cv, int x, int y, rgb c)
+{
+    if (x < 0 || y < 0 || x >= cv->w || y >= cv->h) return;
+    uint8_t *p = cv->px + ((size_t)y * (size_t)cv->w + (size_t)x) * 3;
+    p[0] = c.r, p[1] = c.g, p[2] = c.b;
+}
+
+/* A 2-pixel line from (x0, y0) to (x1, y1) (Bresenham). */
+static void draw_line(canvas *cv, int x0, int y0, int x1, int y1, rgb c)
+{
+    const int dx = x1 > x0 ? x1 - x0 : x0 - x1, dy = -(y1 > y0 ? y1 - y0 : y0 - y1);
+    const int sx = x0 < x1 ? 1 : -1, sy = y0 < y1 ? 1 : -1;
+    int e = dx + dy;
+    for (;;) {
+        put_px(cv, x0, y0, c);
+        put_px(cv, x0, y0 + 1, c);
+        if (x0 == x1 && y0 == y1) break;
+        const int e2 = 2 * e;
+        if (e2 >= dy) e += dy, x0 += sx;
+        if (e2 <= dx) e += dx, y0 += sy;
+    }
+}
+
+xattn_status xattn_png_curve(const char *path, const float *y, int64_t n, const xattn_curve_opts *o)
+{
+    if (!path || !y) return xa_error(XATTN_ERR_ARG, "xattn_png_curve: path and y are required");
+    if (n < 1 || n > ((int64_t)1 << 40))
+        return xa_error(XATTN_ERR_ARG, "%s: a curve of %lld points", path, (long long)n);
+    const int logy = o && o->log_y;
+    double lo = INFINITY, hi = -INFINITY;
+    for (int64_t i = 0; i < n; i++) {
+        if (!isfinite(y[i]) || (logy && y[i] <= 0)) continue;
+        const double v = logy ? log10((double)y[i]) : (double)y[i];
+        lo = v < lo ? v : lo;
+        hi = v > hi ? v : hi;
+    }
+    if (!(lo <= hi))
+        return xa_error(XATTN_ERR_ARG, "%s: the curve has no %s value", path,
+                        logy ? "finite positive" : "finite");
+    if (hi - lo < 1e-12) lo -= 0.5, hi += 0.5;
+    const double pad = 0.04 * (hi - lo);
+    lo -= pad, hi += pad;
+    canvas cv = {NULL, CV_W, CV_H};
+    cv.px = malloc((size_t)CV_W * CV_H * 3);
+    png_bytep *rowp = malloc(sizeof *rowp * CV_H);
+    membuf out = {NULL, 0, 0};
+    png_err_state err = {""};
+    xattn_status st = XATTN_OK;
+    if (!cv.px || !rowp) {
+        st = xa_error(XATTN_ERR_NOMEM, "%s: out of memory for the picture", path);
+        goto done;
+    }
+    memset(cv.px, 255, (size_t)CV_W * CV_H * 3);
+    const int pw = CV_W - CV_L - CV_R, ph = CV_H - CV_T - CV_B;
+    frame_rect(&cv, CV_L, CV_T, pw, ph);
+    char buf[64];
+    for (int k = 0; k <= 4; k++) { /* y ticks */
+        const double v = lo + (hi - lo) * k / 4.0;
+        const int py = CV_T + ph - (int)lround(ph * (double)k / 4.0);
+        fill_rect(&cv, CV_L - 5, py, 5, 1, HM_INK);
+        snprintf(buf, sizeof buf, "%.3g", logy ? pow(10.0, v) : v);
+        draw_text(&cv, CV_L - 8 - text_width(buf, 1), py - GLYPH_H / 2, buf, 1, HM_INK);
+    }
+    for (int k = 0; k <= 4; k++) { /* x ticks: point numbers, from 1 */
+        const int64_t i = n > 1 ? (int64_t)llround((double)(n - 1) * k / 4.0) : 0;
+        const int px = CV_L + (n > 1 ? (int)(pw * (double)i / (double)(n - 1)) : pw / 2);
+        fill_rect(&cv, px, CV_T + ph, 1, 5, HM_INK);
+        snprintf(buf, sizeof buf, "%lld", (long long)(i + 1));
+        draw_text(&cv, px - text_width(buf, 1) / 2, CV_T + ph + 9, buf, 1, HM_INK);
+    }
+    int prev_x = 0, prev_y = 0, have = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (!isfinite(y[i]) || (logy && y[i] <= 0)) {
+            have = 0;
+            continue;
+        }
+        const double v = logy ? log10((double)y[i]) : (double)y[i];
+        const int px = CV_L + (n > 1 ? (int)(pw * (double)i / (double)(n - 1)) : pw / 2);
+        const int py = CV_T + ph - (int)lround(ph * (v - lo) / (hi - lo));
+        if (have)
+            draw_line(&cv, prev_x, prev_y, px, py, CV_LINE);
+        else
+            put_px(&cv, px, py, CV_LINE);
+        prev_x = px, prev_y = py, have = 1;
+    }
+    if (o && o->title) {
+        const char *t = fit_text(o->title, CV_W - 20, 2, buf, sizeof buf);
+        draw_text(&cv, (CV_W - text_width(t, 2)) / 2, 10, t, 2, HM_INK);
+    }
+    if (o && o->x_label) {
+        const char *t = fit_text(o->x_label, pw, 1, buf, sizeof buf);
+        draw_text(&cv, CV_L + (pw - text_width(t, 1)) / 2, CV_H - 22, t, 1, HM_INK);
+    }
+    if (o && o->y_label) {
+        const char *t = fit_text(o->y_label, ph, 1, buf, sizeof buf);
+        draw_text_up(&cv, 12, CV_T + (ph + text_width(t, 1)) / 2, t, 1, HM_INK);
+    }
+    for (int r = 0; r < CV_H; r++) rowp[r] = cv.px + (size_t)r * CV_W * 3;
+    if ((st = encode_png(path, &cv, rowp, &out, &err)) != XATTN_OK) goto done;
+    xa_io_part part = {out.data, out.len};
+    st = xa_io_write_file(path, &part, 1);
+done:
+    free(out.data);
+    free(rowp);
+    free(cv.px);
+    if (st == XATTN_OK) xa_clear_error();
+    return st;
+}
+
 #else /* !XATTN_HAVE_PNG */
+
+xattn_status xattn_png_curve(const char *path, const float *y, int64_t n, const xattn_curve_opts *o)
+{
+    (void)y;
+    (void)n;
+    (void)o;
+    return xa_error(XATTN_ERR_UNSUPPORTED,
+                    "%s: cannot write a PNG curve: xattn was built without libpng",
+                    path ? path : "(null)");
+}
 
 xattn_status xattn_png_heatmap(const char *path, const float *map, int64_t rows, int64_t cols,
                                const xattn_heatmap_opts *opts)

@@ -48,6 +48,8 @@ static void help(void)
            "  --threads N     threads (default: all cores)\n"
            "  --out FILE.png  the heat-map (default demo_attention.png)\n"
            "  --no-png        skip the picture\n"
+           "  --train         instead: train a small bidirectional transformer from scratch to\n"
+           "                  recover such an alignment ('xattn demo --train --help')\n"
            "  -h, --help      this help\n"
            "\n"
            "Exit code 1 if fewer than 95%% of the sampled video frames find their audio frame\n"
@@ -178,8 +180,12 @@ static void build_inputs(int64_t I, int64_t J, int64_t offset, float *x, float *
     }
 }
 
+int demo_train(int argc, char **argv); /* cmd_demo_train.c */
+
 int cmd_demo(int argc, char **argv)
 {
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--train")) return demo_train(argc, argv);
     long long I = 4096, J = 8192, offset = 24, threads = 0;
     const char *png = "demo_attention.png";
     int no_png = 0;
