@@ -457,6 +457,24 @@ static xattn_status encode_png(const char *path, const canvas *cv, png_bytep *ro
     return XATTN_OK;
 }
 
+/* Encodes the canvas and writes it to path. */
+static xattn_status write_canvas(const char *path, const canvas *cv)
+{
+    png_bytep *rows = malloc((size_t)cv->h * sizeof *rows);
+    if (!rows) return xa_error(XATTN_ERR_NOMEM, "%s: out of memory for a picture", path);
+    for (int y = 0; y < cv->h; y++) rows[y] = cv->px + (size_t)y * (size_t)cv->w * 3;
+    membuf out = {NULL, 0, 0};
+    png_err_state err = {""};
+    xattn_status st = encode_png(path, cv, rows, &out, &err);
+    if (st == XATTN_OK) {
+        xa_io_part part = {out.data, out.len};
+        st = xa_io_write_file(path, &part, 1);
+    }
+    free(out.data);
+    free(rows);
+    return st;
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* Rendering                                                                                */
 /* ---------------------------------------------------------------------------------------- */
@@ -790,12 +808,8 @@ xattn_status xattn_png_heatmap(const char *path, const float *map, int64_t rows,
     float *grid = NULL;
     int gr = 0, gc = 0;
     canvas cv = {NULL, L->img_w, L->img_h};
-    png_bytep *rowp = NULL;
-    membuf out = {NULL, 0, 0};
-    png_err_state err = {""};
     cv.px = (uint8_t *)malloc((size_t)cv.w * (size_t)cv.h * 3);
-    rowp = (png_bytep *)malloc((size_t)cv.h * sizeof *rowp);
-    if (!cv.px || !rowp) {
+    if (!cv.px) {
         st = xa_error(XATTN_ERR_NOMEM, "%s: out of memory for a %d x %d picture", path, cv.w, cv.h);
         goto done;
     }
@@ -828,15 +842,9 @@ xattn_status xattn_png_heatmap(const char *path, const float *map, int64_t rows,
         }
     }
     draw_decorations(&cv, L, rows, cols, any_nan);
-
-    for (int y = 0; y < cv.h; y++) rowp[y] = cv.px + (size_t)y * (size_t)cv.w * 3;
-    if ((st = encode_png(path, &cv, rowp, &out, &err)) != XATTN_OK) goto done;
-    xa_io_part part = {out.data, out.len};
-    st = xa_io_write_file(path, &part, 1);
+    st = write_canvas(path, &cv);
 
 done:
-    free(out.data);
-    free(rowp);
     free(cv.px);
     free(grid);
     free(L);
@@ -901,14 +909,7 @@ xattn_status xattn_png_curve(const char *path, const float *y, int64_t n, const 
     lo -= pad, hi += pad;
     canvas cv = {NULL, CV_W, CV_H};
     cv.px = malloc((size_t)CV_W * CV_H * 3);
-    png_bytep *rowp = malloc(sizeof *rowp * CV_H);
-    membuf out = {NULL, 0, 0};
-    png_err_state err = {""};
-    xattn_status st = XATTN_OK;
-    if (!cv.px || !rowp) {
-        st = xa_error(XATTN_ERR_NOMEM, "%s: out of memory for the picture", path);
-        goto done;
-    }
+    if (!cv.px) return xa_error(XATTN_ERR_NOMEM, "%s: out of memory for the picture", path);
     memset(cv.px, 255, (size_t)CV_W * CV_H * 3);
     const int pw = CV_W - CV_L - CV_R, ph = CV_H - CV_T - CV_B;
     frame_rect(&cv, CV_L, CV_T, pw, ph);
@@ -954,13 +955,7 @@ xattn_status xattn_png_curve(const char *path, const float *y, int64_t n, const 
         const char *t = fit_text(o->y_label, ph, 1, buf, sizeof buf);
         draw_text_up(&cv, 12, CV_T + (ph + text_width(t, 1)) / 2, t, 1, HM_INK);
     }
-    for (int r = 0; r < CV_H; r++) rowp[r] = cv.px + (size_t)r * CV_W * 3;
-    if ((st = encode_png(path, &cv, rowp, &out, &err)) != XATTN_OK) goto done;
-    xa_io_part part = {out.data, out.len};
-    st = xa_io_write_file(path, &part, 1);
-done:
-    free(out.data);
-    free(rowp);
+    const xattn_status st = write_canvas(path, &cv);
     free(cv.px);
     if (st == XATTN_OK) xa_clear_error();
     return st;

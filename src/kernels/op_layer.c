@@ -229,6 +229,19 @@ void xa_op_lse_merge(const float *o1, const float *l1, const float *o2, const fl
 
 static float upd(float old, float v, int accumulate) { return accumulate ? old + v : v; }
 
+/* y[i] (+)= sum over b < B of x[b * stride + i] for i < n, in order of b, each block of columns
+ * on one thread: bias gradients (column sums of dy) and sums over batch items. */
+static void sum_strided(const float *x, int64_t B, int64_t stride, int64_t n, float *y,
+                        int accumulate)
+{
+    XA_CHUNKED(
+        n, for (int64_t i = c0; i < c1; i++) {
+            float acc = 0.0f;
+            for (int64_t b = 0; b < B; b++) acc += x[b * stride + i];
+            y[i] = upd(y[i], acc, accumulate);
+        });
+}
+
 /* out (n) (+)= sum over row blocks (in order) of the partial sums part (nblk, n). */
 static void reduce_blocks(const float *part, int64_t nblk, int64_t n, float *out, int accumulate)
 {
@@ -258,15 +271,7 @@ xattn_status xa_op_linear_backward(const float *x, int64_t M, int64_t K, const f
             return s;
         }
     }
-    if (db) {
-        /* columns summed over the rows in order: each column block on one thread */
-        XA_CHUNKED(
-            N, for (int64_t c = c0; c < c1; c++) {
-                float acc = 0.0f;
-                for (int64_t r = 0; r < M; r++) acc += dy[r * N + c];
-                db[c] = upd(db[c], acc, accumulate);
-            });
-    }
+    if (db) sum_strided(dy, M, N, N, db, accumulate); /* columns of dy over the rows */
     return XATTN_OK;
 }
 
@@ -290,15 +295,7 @@ xattn_status xa_op_linear_cm_backward(const float *x, int64_t B, int64_t M, int6
     }
     if (!s && dW && !accumulate && (B == 0 || M == 0))
         memset(dW, 0, sizeof(float) * (size_t)(N * K));
-    if (!s && db) { /* columns of dy summed over every row, in order */
-        const int64_t rows = B * M;
-        XA_CHUNKED(
-            N, for (int64_t c = c0; c < c1; c++) {
-                float acc = 0.0f;
-                for (int64_t r = 0; r < rows; r++) acc += dy[r * N + c];
-                db[c] = upd(db[c], acc, accumulate);
-            });
-    }
+    if (!s && db) sum_strided(dy, B * M, N, N, db, accumulate); /* columns of dy, every row */
     return s;
 }
 
@@ -462,12 +459,7 @@ void xa_op_pool2_backward(const float *dy, int64_t B, int64_t N, int64_t C, floa
 
 void xa_op_sum_rows(const float *x, int64_t B, int64_t stride, int64_t n, float *y)
 {
-    XA_CHUNKED(
-        n, for (int64_t i = c0; i < c1; i++) {
-            float acc = 0.0f;
-            for (int64_t b = 0; b < B; b++) acc += x[b * stride + i];
-            y[i] = acc;
-        });
+    sum_strided(x, B, stride, n, y, 0);
 }
 
 void xa_op_mse_grad(const float *y, const float *t, int64_t n, float *d)

@@ -1036,23 +1036,12 @@ xattn_status xattn_bidir_forward(xattn_ctx *ctx, const xattn_bidir *m, const xat
 }
 
 /* Named arrays (in / out in table order) onto the typed forward, on the current context. */
+static void named_inputs(const xa_run *r, xattn_bidir_inputs *in);
+
 static xattn_status forward_named(const xa_mod *core, const xa_run *r)
 {
     xattn_bidir_inputs in;
-    memset(&in, 0, sizeof in);
-    in.B = xa_run_sym(r, "B");
-    in.I = xa_run_sym(r, "I");
-    in.J = xa_run_sym(r, "J");
-    in.x = r->in[0];
-    in.context = r->in[1];
-    in.mask = r->in[2];
-    in.context_mask = r->in[3];
-    if (r->in[4]) { /* (I, J), (heads or 1, I, J) or (B or 1, heads or 1, I, J) */
-        const int nd = r->in_ndim[4];
-        in.rel_pos_bias = r->in[4];
-        in.bias_b = nd == 4 ? r->in_shape[4][0] : 1;
-        in.bias_h = nd >= 3 ? r->in_shape[4][nd - 3] : 1;
-    }
+    named_inputs(r, &in);
     xattn_bidir_outputs o;
     memset(&o, 0, sizeof o);
     o.out = r->out[0];
@@ -1319,8 +1308,7 @@ static xattn_status layer_backward(bd_bwd *w, const bd_layer *L, const bd_saved 
         (s = attn_backward(w, L, v, base)))
         return s;
     /* projections and prenorms */
-    const int pre = c->prenorm != XATTN_NORM_NONE; /* as attn_core */
-    if (pre && (s = prenorms(w, L, x, ctx))) return s;
+    const int pre = c->prenorm != XATTN_NORM_NONE; /* w->xn, w->cn: this layer's prenorms */
     if ((s = proj_backward(w, pre ? w->xn : x, nI, dim, L->attn.w_qkv, w->dpqv, w->dxin, w->dW,
                            base + A_QK, base + A_V, inner)) ||
         (s = proj_backward(w, pre ? w->cn : ctx, nJ, cd, L->attn.cw_qkv, w->dcpqv, w->dcin, w->dcW,
@@ -1353,7 +1341,8 @@ static float *carve(float **base, int64_t n)
     return r;
 }
 
-/* The inputs of the named run (as forward_named). */
+/* The typed inputs of a named run: (I, J), (heads or 1, I, J) or (B or 1, heads or 1, I, J)
+ * for rel_pos_bias. */
 static void named_inputs(const xa_run *r, xattn_bidir_inputs *in)
 {
     memset(in, 0, sizeof *in);

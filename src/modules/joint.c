@@ -535,21 +535,27 @@ xattn_status xattn_joint_forward(xattn_ctx *ctx, const xattn_joint *m, const xat
     return s;
 }
 
+/* The typed inputs and outputs of a named run. */
+static void named_io(const xa_run *r, xattn_joint_inputs *in, xattn_joint_outputs *out)
+{
+    memset(in, 0, sizeof *in);
+    in->B = xa_run_sym(r, "B");
+    in->K = xa_run_sym(r, "K");
+    in->N = xa_run_sym(r, "N");
+    in->x = r->in[0];
+    in->context = r->in[1];
+    in->x_padding_mask = r->in[2];
+    in->context_padding_mask = r->in[3];
+    memset(out, 0, sizeof *out);
+    out->out = r->out[0];
+    out->context_out = r->out[1];
+}
+
 static xattn_status forward_named(const xa_mod *core, const xa_run *r)
 {
     xattn_joint_inputs in;
-    memset(&in, 0, sizeof in);
-    in.B = xa_run_sym(r, "B");
-    in.K = xa_run_sym(r, "K");
-    in.N = xa_run_sym(r, "N");
-    in.x = r->in[0];
-    in.context = r->in[1];
-    in.x_padding_mask = r->in[2];
-    in.context_padding_mask = r->in[3];
     xattn_joint_outputs out;
-    memset(&out, 0, sizeof out);
-    out.out = r->out[0];
-    out.context_out = r->out[1];
+    named_io(r, &in, &out);
     /* the registry has made its context current */
     const xattn_joint *m = (const xattn_joint *)core;
     xattn_status s = check_call(m, &in, &out);
@@ -715,18 +721,8 @@ static xattn_status backward_named(const xa_mod *core, const xa_run *r, xa_grad 
     const xattn_joint *m = (const xattn_joint *)core;
     const xattn_joint_config *c = &m->cfg;
     xattn_joint_inputs in;
-    memset(&in, 0, sizeof in);
-    in.B = xa_run_sym(r, "B");
-    in.K = xa_run_sym(r, "K");
-    in.N = xa_run_sym(r, "N");
-    in.x = r->in[0];
-    in.context = r->in[1];
-    in.x_padding_mask = r->in[2];
-    in.context_padding_mask = r->in[3];
     xattn_joint_outputs out;
-    memset(&out, 0, sizeof out);
-    out.out = r->out[0];
-    out.context_out = r->out[1];
+    named_io(r, &in, &out);
     xattn_status s = check_call(m, &in, &out);
     if (s) return s;
     const int64_t B = in.B, K = in.K, N = in.N, L = K + N, R = B * L, d = c->d_model;
@@ -787,7 +783,8 @@ static xattn_status backward_named(const xa_mod *core, const xa_run *r, xa_grad 
     for (int64_t l = NL - 1; l >= 0 && !s; l--) {
         w.lse = lses + l * B * H * L;
         const float *y0 = Ys + l * R * d;
-        if (!(s = joint_layer_internals(&w, l, y0, NULL))) s = joint_layer_backward(&w, l, y0, dy);
+        if (l != NL - 1) s = joint_layer_internals(&w, l, y0, NULL); /* the last: still there */
+        if (!s) s = joint_layer_backward(&w, l, y0, dy);
     }
     if (!s) /* an input whose gradient is not wanted: its half into scratch */
         xa_op_split_seq(dy, B, K, N, d, gr->din[0] ? gr->din[0] : w.tmp,
