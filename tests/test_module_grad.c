@@ -1,7 +1,7 @@
 /*
  * Module gradients (xattn_module_grad) against torch.autograd in float64 on the reference
- * modules (tests/reference/gen_module_grad.py): every fixture grad_<kind>_<case> in
- * fixtures/grad_list.inc (nn.MultiheadAttention packed and separate, kdim/vdim, float and bool
+ * modules (tests/reference/gen_module_grad.py, gen_grad_<kind>.py): every fixture
+ * grad_<kind>_<case> in fixtures/grad_list.inc and grad_<kind>_list.inc (nn.MultiheadAttention packed and separate, kdim/vdim, float and bool
  * masks per head, add_bias_kv and add_zero_attn, self-attention where the query plays all three
  * roles, value = key, causal; diffusers Attention with and without biases, self-attention with a
  * mask, scale_qk=False with residual_connection and rescale_output_factor, out_dim): every
@@ -142,6 +142,10 @@ int main(void)
 {
     static const char *fixtures[] = {
 #include "fixtures/grad_list.inc"
+#include "fixtures/grad_interlaced_list.inc"
+#include "fixtures/grad_multiview_list.inc"
+#include "fixtures/grad_hallo_list.inc"
+#include "fixtures/grad_decoder_list.inc"
     };
     const size_t n = sizeof fixtures / sizeof fixtures[0];
     for (size_t f = 0; f < n; f++) one(fixtures[f]);
