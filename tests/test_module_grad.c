@@ -1,12 +1,13 @@
 /*
  * Module gradients (xattn_module_grad) against torch.autograd in float64 on the reference
  * modules (tests/reference/gen_module_grad.py, gen_grad_<kind>.py): every fixture
- * grad_<kind>_<case> in fixtures/grad_list.inc and grad_<kind>_list.inc (nn.MultiheadAttention packed and separate, kdim/vdim, float and bool
- * masks per head, add_bias_kv and add_zero_attn, self-attention where the query plays all three
- * roles, value = key, causal; diffusers Attention with and without biases, self-attention with a
- * mask, scale_qk=False with residual_connection and rescale_output_factor, out_dim): every
- * parameter and every float input within 1e-4 (1 + |ref|); xattn_module_mse_grad agrees with
- * xattn_module_grad given the MSE's gradient; the errors of a bad call.
+ * grad_<kind>_<case> in fixtures/grad_list.inc and grad_<kind>_list.inc (nn.MultiheadAttention
+ * packed and separate, kdim/vdim, float and bool masks per head, add_bias_kv and add_zero_attn,
+ * self-attention where the query plays all three roles, value = key, causal; diffusers Attention
+ * with and without biases, self-attention with a mask, scale_qk=False with residual_connection and
+ * rescale_output_factor, out_dim): every parameter and every float input within 1e-4 (1 + |ref|);
+ * xattn_module_mse_grad agrees with xattn_module_grad given the MSE's gradient; the errors of a bad
+ * call.
  */
 #include "testutil.h"
 

@@ -4,9 +4,11 @@
  * over random problems: strided heads read in place, element masks and key-padding masks,
  * full and broadcast biases with their reduced gradients, causal masks with offsets, both fill
  * semantics with fully masked rows, custom scales, lengths 1 and non-multiples of the tiles;
- * every kernel set against the scalar one; bitwise equality across thread counts; accumulate;
+ * every kernel set against the scalar one; bitwise equality across thread counts and across
+ * the head chunks the backward packs at a time; accumulate;
  * the log-sum-exp recomputed when not given; argument errors.
  */
+#include "kernels/kernels.h"
 #include "testutil.h"
 
 #include <float.h>
@@ -375,6 +377,17 @@ static void threads_and_kernels(void)
             CHECK(memcmp(c, one_thread, n * sizeof(float)) == 0);
             free(c);
         }
+        /* one head per chunk per thread: the same bits */
+        const int64_t pack_bytes = xa_attn_bwd_pack_bytes;
+        xa_attn_bwd_pack_bytes = 1;
+        for (int th = 1; th <= 2; th++) {
+            xattn_set_threads(th);
+            CHECK_OK(xattn_sdpa_backward(&a, &g));
+            float *c = snapshot(&b);
+            CHECK(memcmp(c, one_thread, n * sizeof(float)) == 0);
+            free(c);
+        }
+        xa_attn_bwd_pack_bytes = pack_bytes;
         xattn_set_threads(0);
         const char *isas[3] = {"scalar", "avx2", "avx512"};
         float *scalar = NULL;

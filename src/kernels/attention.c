@@ -811,7 +811,13 @@ typedef struct bwd_ctx {
     float *dQg;                 /* (B, H, G, IP, DHn) dQ / scale accumulated per key-tile group */
     float *Dr;                  /* (B, H, I): rowsum(dO o O) */
     int loop_b, loop_h;         /* dbias broadcasts over b / h: looped inside a task */
+    /* The packed arrays above hold HC heads at a time (a chunk of the B * H, from flat head
+     * index bh0): "(B, H, ...)" reads "(HC, ...)", head bh at slot bh - bh0. */
+    int64_t HC, bh0;
 } bwd_ctx;
+
+/* The slot of flat head bh in the packed arrays of the current chunk. */
+static inline int64_t bwd_slot(const bwd_ctx *c, int64_t bh) { return bh - c->bh0; }
 
 typedef struct bwd_scratch {
     float *S, *dP, *dSt;  /* (T, T) */
@@ -861,26 +867,26 @@ static void bwd_query_tile(const bwd_ctx *c, bwd_scratch *s, int64_t b, int64_t 
                            int64_t it)
 {
     const xa_attn *p = c->a.p;
-    const int64_t T = c->T, bh = b * p->H + h;
-    s->Qt = c->QtA + (bh * c->IP + i0) * p->dh; /* block i0 / T of (dh, T) */
-    s->dOt = c->dOtA + (bh * c->IP + i0) * p->dv;
+    const int64_t T = c->T, bh = b * p->H + h, sl = bwd_slot(c, bh);
+    s->Qt = c->QtA + (sl * c->IP + i0) * p->dh; /* block i0 / T of (dh, T) */
+    s->dOt = c->dOtA + (sl * c->IP + i0) * p->dv;
     const xa_attn_grad *g = c->g;
     if (c->q_rows) {
         s->Qs = p->q + b * p->q_sb + h * p->q_sh + i0 * p->q_si;
         s->qs_ld = p->q_si;
     } else {
-        s->Qs = c->QsA + (bh * c->IP + i0) * c->DHn;
+        s->Qs = c->QsA + (sl * c->IP + i0) * c->DHn;
         s->qs_ld = c->DHn;
     }
     if (c->o_rows) {
         s->dOr = g->dout + b * g->do_sb + h * g->do_sh + i0 * g->do_si;
         s->or_ld = g->do_si;
     } else {
-        s->dOr = c->dOrA + (bh * c->IP + i0) * c->DVn;
+        s->dOr = c->dOrA + (sl * c->IP + i0) * c->DVn;
         s->or_ld = c->DVn;
     }
     const float *L = c->g->lse + bh * p->I + i0;
-    const float *D = c->Dr + bh * p->I + i0;
+    const float *D = c->Dr + sl * p->I + i0;
     for (int64_t col = 0; col < T; col++) {
         s->Ps[col] = 1.0f;
         s->Dt[col] = col < it ? D[col] : 0.0f;
@@ -909,11 +915,11 @@ static void bwd_keys(const bwd_ctx *c, bwd_scratch *s, int64_t b, int64_t h, int
     const xa_attn_grad *g = c->g;
     const xa_kernels *kt = c->a.kt;
     const int64_t mr = kt->mr, nr = kt->nr, T = c->T, jt = XA_MIN(T, p->J - j0);
-    const int64_t bh = b * p->H + h;
-    const float *Kt = c->Kt + (bh * c->a.JP + j0) * p->dh;
-    const float *Vt = c->Vt + (bh * c->a.JP + j0) * p->dv;
+    const int64_t sl = bwd_slot(c, b * p->H + h);
+    const float *Kt = c->Kt + (sl * c->a.JP + j0) * p->dh;
+    const float *Vt = c->Vt + (sl * c->a.JP + j0) * p->dv;
     const float *Kn = c->k_rows ? p->k + b * p->k_sb + h * p->k_sh + j0 * p->k_sj
-                                : c->KnA + (bh * c->a.JP + j0) * c->DHn;
+                                : c->KnA + (sl * c->a.JP + j0) * c->DHn;
     const int64_t kn_ld = c->k_rows ? p->k_sj : c->DHn;
     memset(s->dK, 0, sizeof(float) * (size_t)(T * c->DHn));
     memset(s->dV, 0, sizeof(float) * (size_t)(T * c->DVn));
@@ -1013,12 +1019,12 @@ static void bwd_group(const bwd_ctx *c, int64_t k, int64_t *first, int64_t *last
     *last = (k + 1) * c->ntk / c->G;
 }
 
-/* One task: w indexes (b, h, group) over the axes not looped. */
+/* One task: w indexes (b, h, group) over the axes not looped, from the chunk's first head. */
 static void bwd_task(const bwd_ctx *c, bwd_scratch *s, int64_t w)
 {
     const xa_attn *p = c->a.p;
     const xa_attn_grad *g = c->g;
-    const int64_t nh = c->loop_h ? 1 : p->H, grp = w % c->G, bh = w / c->G;
+    const int64_t nh = c->loop_h ? 1 : p->H, grp = w % c->G, bh = c->bh0 + w / c->G;
     const int64_t bb = c->loop_b ? 0 : bh / nh, hh = c->loop_h ? 0 : bh % nh;
     const int64_t be = c->loop_b ? p->B : bb + 1, he = c->loop_h ? p->H : hh + 1;
     int64_t t0, t1;
@@ -1031,7 +1037,7 @@ static void bwd_task(const bwd_ctx *c, bwd_scratch *s, int64_t w)
     }
     for (int64_t b = bb; b < be; b++)
         for (int64_t h = hh; h < he; h++) {
-            float *dQg = c->dQg + ((b * p->H + h) * c->G + grp) * c->IP * c->DHn;
+            float *dQg = c->dQg + (bwd_slot(c, b * p->H + h) * c->G + grp) * c->IP * c->DHn;
             memset(dQg, 0, sizeof(float) * (size_t)(c->IP * c->DHn));
             for (int64_t t = t0; t < t1; t++) bwd_keys(c, s, b, h, t * c->T, dQg);
         }
@@ -1048,7 +1054,7 @@ static void bwd_dq(const bwd_ctx *c, int64_t bh, int64_t i0, int64_t n)
         for (int64_t d = 0; d < p->dh; d++) {
             float v = 0.0f;
             for (int64_t k = 0; k < c->G; k++)
-                v += c->dQg[((bh * c->G + k) * c->IP + i) * c->DHn + d];
+                v += c->dQg[((bwd_slot(c, bh) * c->G + k) * c->IP + i) * c->DHn + d];
             v *= p->scale;
             row[d] = g->accumulate ? row[d] + v : v;
         }
@@ -1086,26 +1092,27 @@ static void bwd_pack_head(const bwd_ctx *c, int64_t bh)
     const xa_attn *p = c->a.p;
     const xa_attn_grad *g = c->g;
     const int64_t b = bh / p->H, h = bh % p->H, IP = c->IP, T = c->T, JP = c->a.JP;
+    const int64_t sl = bwd_slot(c, bh);
     const float *q = p->q + b * p->q_sb + h * p->q_sh;
     const float *dO = g->dout + b * g->do_sb + h * g->do_sh;
     const float *k = p->k + b * p->k_sb + h * p->k_sh;
     const float *v = p->v + b * p->v_sb + h * p->v_sh;
     const float *o = p->out + b * p->o_sb + h * p->o_sh;
-    bwd_pack_t(q, p->q_si, p->I, p->dh, T, IP, p->scale, c->QtA + bh * IP * p->dh);
-    bwd_pack_t(dO, g->do_si, p->I, p->dv, T, IP, 1.0f, c->dOtA + bh * IP * p->dv);
-    bwd_pack_t(k, p->k_sj, p->J, p->dh, T, JP, 1.0f, c->Kt + bh * JP * p->dh);
-    bwd_pack_t(v, p->v_sj, p->J, p->dv, T, JP, 1.0f, c->Vt + bh * JP * p->dv);
+    bwd_pack_t(q, p->q_si, p->I, p->dh, T, IP, p->scale, c->QtA + sl * IP * p->dh);
+    bwd_pack_t(dO, g->do_si, p->I, p->dv, T, IP, 1.0f, c->dOtA + sl * IP * p->dv);
+    bwd_pack_t(k, p->k_sj, p->J, p->dh, T, JP, 1.0f, c->Kt + sl * JP * p->dh);
+    bwd_pack_t(v, p->v_sj, p->J, p->dv, T, JP, 1.0f, c->Vt + sl * JP * p->dv);
     if (!c->q_rows)
-        bwd_pack_rows(q, p->q_si, p->I, p->dh, c->DHn, IP, p->scale, c->QsA + bh * IP * c->DHn);
+        bwd_pack_rows(q, p->q_si, p->I, p->dh, c->DHn, IP, p->scale, c->QsA + sl * IP * c->DHn);
     if (!c->o_rows)
-        bwd_pack_rows(dO, g->do_si, p->I, p->dv, c->DVn, IP, 1.0f, c->dOrA + bh * IP * c->DVn);
+        bwd_pack_rows(dO, g->do_si, p->I, p->dv, c->DVn, IP, 1.0f, c->dOrA + sl * IP * c->DVn);
     if (!c->k_rows)
-        bwd_pack_rows(k, p->k_sj, p->J, p->dh, c->DHn, JP, 1.0f, c->KnA + bh * JP * c->DHn);
+        bwd_pack_rows(k, p->k_sj, p->J, p->dh, c->DHn, JP, 1.0f, c->KnA + sl * JP * c->DHn);
     for (int64_t i = 0; i < p->I; i++) {
         double acc = 0.0;
         for (int64_t x = 0; x < p->dv; x++)
             acc += (double)o[i * p->o_si + x] * dO[i * g->do_si + x];
-        c->Dr[bh * p->I + i] = (float)acc;
+        c->Dr[sl * p->I + i] = (float)acc;
     }
 }
 
@@ -1126,8 +1133,11 @@ static xattn_status check_grad(const xa_attn *p, const xa_attn_grad *g)
     return XATTN_OK;
 }
 
-/* Tile side, padded widths, groups and the layout of the shared scratch (floats needed, or -1
- * on overflow); with base != NULL the arrays are carved from it. */
+/* The backward packs its operands a chunk of heads at a time, about this many bytes. */
+int64_t xa_attn_bwd_pack_bytes = (int64_t)32 << 20;
+
+/* Tile side, padded widths, groups, heads per chunk and the layout of the shared scratch
+ * (floats needed, or -1 on overflow); with base != NULL the arrays are carved from it. */
 static int64_t bwd_layout(bwd_ctx *c, float *base)
 {
     const xa_attn *p = c->a.p;
@@ -1149,11 +1159,19 @@ static int64_t bwd_layout(bwd_ctx *c, float *base)
     c->q_rows = p->dh % nr == 0 && p->q_si == p->dh,
     c->o_rows = p->dv % nr == 0 && c->g->do_si == p->dv,
     c->k_rows = p->dh % nr == 0 && p->k_sj == p->dh;
-    const int64_t BH = p->B * p->H, JP = c->a.JP, IP = c->IP;
+    const int64_t JP = c->a.JP, IP = c->IP;
     const int64_t per_head =
         JP * (p->dh + p->dv + (c->k_rows ? 0 : c->DHn)) +
         IP * (p->dh + p->dv + (c->q_rows ? 0 : c->DHn) + (c->o_rows ? 0 : c->DVn) + c->G * c->DHn) +
         2 * p->I;
+    /* heads per chunk: all of them when a task loops over b or h (dbias broadcast), else as
+     * many as fit BWD_PACK_BYTES, at least one per thread (the result does not depend on it) */
+    c->HC = p->B * p->H;
+    if (!c->loop_b && !c->loop_h) {
+        const int64_t fit = xa_attn_bwd_pack_bytes / (int64_t)sizeof(float) / (per_head + 16);
+        c->HC = XA_MIN(c->HC, XA_MAX(XA_MAX(fit, 1), (int64_t)xa_threads()));
+    }
+    const int64_t BH = c->HC;
     int64_t total;
     if (xa_mul_ok(BH, per_head + 16, &total) || xa_mul_ok(total, (int64_t)sizeof(float), &l))
         return -1;
@@ -1225,21 +1243,27 @@ xattn_status xa_attention_backward(const xa_attn *p, const xa_attn_grad *g0)
 #endif
             failed = 1;
         }
+        /* chunk by chunk of heads (one chunk of all the tasks when a task loops over b or h) */
+        for (int64_t bh0 = 0; bh0 < BH; bh0 += c.HC) {
+            bwd_ctx cc = c;
+            cc.bh0 = bh0;
+            const int64_t nc = XA_MIN(c.HC, BH - bh0), ntask = (nc == BH ? nbh : nc) * c.G;
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-        for (int64_t w = 0; w < BH; w++) bwd_pack_head(&c, w);
+            for (int64_t w = 0; w < nc; w++) bwd_pack_head(&cc, bh0 + w);
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
-        for (int64_t w = 0; w < nbh * c.G; w++)
-            if (mem_ws) bwd_task(&c, &s, w);
-        if (g.dq) {
+            for (int64_t w = 0; w < ntask; w++)
+                if (mem_ws) bwd_task(&cc, &s, w);
+            if (g.dq) {
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-            for (int64_t w = 0; w < BH * nrb; w++)
-                bwd_dq(&c, w / nrb, w % nrb * RB, XA_MIN(RB, p->I - w % nrb * RB));
+                for (int64_t w = 0; w < nc * nrb; w++)
+                    bwd_dq(&cc, bh0 + w / nrb, w % nrb * RB, XA_MIN(RB, p->I - w % nrb * RB));
+            }
         }
         xa_ws_put(mem_ws);
     }

@@ -144,6 +144,10 @@ typedef struct xa_attn_grad {
 } xa_attn_grad;
 
 xattn_status xa_attention_backward(const xa_attn *a, const xa_attn_grad *g);
+/* About how many bytes of packed operands the attention backward holds at once (heads are
+ * packed and processed a chunk at a time; at least one head per thread); 32 MiB. The results
+ * do not depend on it (tests set it small to run many chunks). */
+extern int64_t xa_attn_bwd_pack_bytes;
 
 /* ---- Bidirectional attention (bidir.c): both directions of one shared similarity, without
  * materialising it.

@@ -1369,7 +1369,7 @@ static double bwd_floats(const xattn_bidir_config *c, const xattn_bidir_inputs *
     const double tf = c->is_transformer, hx = tf ? (double)c->ff_hidden : 0.0,
                  hc = tf ? (double)c->context_ff_hidden : 0.0, H = (double)c->heads;
     const double per_layer = inner * (nI + nJ) + H * (nI + nJ);
-    return L * per_layer + (L + 1) * tf * (nI * dim + nJ * cd) + 7.0 * (nI * dim + nJ * cd) +
+    return L * per_layer + L * tf * (nI * dim + nJ * cd) + 7.0 * (nI * dim + nJ * cd) +
            2.0 * inner * (nI + nJ) + 3.0 * (nI + nJ) * inner + 3.0 * FF_ROWS * fmax(hx, hc) +
            2.0 * FF_ROWS * fmax(dim, cd) + 2.0 * inner * (dim + cd) + 32.0 * (L + 10) * 16;
 }
@@ -1412,7 +1412,10 @@ static xattn_status backward_named(const xa_mod *core, const xa_run *r, xa_grad 
         v->lse = carve(&q, in.B * H * in.I), v->clse = carve(&q, in.B * H * in.J);
         v->pqv = pqv, v->cpqv = cpqv, v->x1 = x1, v->c1 = c1; /* shared, recomputed */
     }
-    float *streams = tf ? carve(&q, (L + 1) * (nI * dim + nJ * cd)) : NULL;
+    /* the layers' input streams: layer 0's are the inputs, the last layer's output is the
+     * module's output unless final norms follow (then kept for their backward) */
+    const int64_t own_last = m->fnorm_w != NULL;
+    float *streams = tf ? carve(&q, (L - 1 + own_last) * (nI * dim + nJ * cd)) : NULL;
     const int64_t pre = c->prenorm != XATTN_NORM_NONE; /* the prenormed inputs, when any */
     w.xn = carve(&q, pre * nI * dim), w.cn = carve(&q, pre * nJ * cd);
     const int64_t dmax = FF_ROWS * XA_MAX(dim, cd), hmax = FF_ROWS * XA_MAX(hx, hc);
@@ -1426,18 +1429,16 @@ static xattn_status backward_named(const xa_mod *core, const xa_run *r, xa_grad 
     w.dg = carve(&q, hmax);
     const int per = tf ? TF_PER_LAYER : A_N;
     /* the forward, keeping each layer's activations and input streams */
-#define XS(l) (streams + (l) * (nI * dim + nJ * cd))
-#define CS(l) (XS(l) + nI * dim)
+#define XW(l) ((l) == L && !own_last ? o.out : streams + ((l)-1) * (nI * dim + nJ * cd))
+#define CW(l) ((l) == L && !own_last ? o.context_out : XW(l) + nI * dim)
+#define XS(l) ((l) == 0 ? in.x : (const float *)XW(l))
+#define CS(l) ((l) == 0 ? in.context : (const float *)CW(l))
     if (tf) {
-        memcpy(XS(0), in.x, sizeof(float) * (size_t)(nI * dim));
-        memcpy(CS(0), in.context, sizeof(float) * (size_t)(nJ * cd));
         for (int64_t l = 0; l < L && !s; l++)
-            s = layer_forward(&w, &m->layers[l], &sv[l], XS(l), CS(l), XS(l + 1), CS(l + 1));
-        if (!s) { /* the outputs: the final norms, or the last streams */
-            memcpy(o.out, XS(L), sizeof(float) * (size_t)(nI * dim));
-            memcpy(o.context_out, CS(L), sizeof(float) * (size_t)(nJ * cd));
-            if (m->fnorm_w && !(s = xa_op_rmsnorm(o.out, nI, dim, m->fnorm_w, FLT_EPSILON, o.out)))
-                s = xa_op_rmsnorm(o.context_out, nJ, cd, m->fcnorm_w, FLT_EPSILON, o.context_out);
+            s = layer_forward(&w, &m->layers[l], &sv[l], XS(l), CS(l), XW(l + 1), CW(l + 1));
+        if (!s && own_last) { /* the outputs: the final norms of the last streams */
+            if (!(s = xa_op_rmsnorm(XS(L), nI, dim, m->fnorm_w, FLT_EPSILON, o.out)))
+                s = xa_op_rmsnorm(CS(L), nJ, cd, m->fcnorm_w, FLT_EPSILON, o.context_out);
         }
     } else {
         const bd_attn *a = &m->layers[0].attn;
@@ -1471,6 +1472,8 @@ static xattn_status backward_named(const xa_mod *core, const xa_run *r, xa_grad 
         if (l != L - 1) s = layer_recompute(&w, &m->layers[l], &sv[l], xl, cl);
         if (!s) s = layer_backward(&w, &m->layers[l], &sv[l], (int)l * per, xl, cl);
     }
+#undef XW
+#undef CW
 #undef XS
 #undef CS
     if (!s && gr->din[0]) memcpy(gr->din[0], w.dx, sizeof(float) * (size_t)(nI * dim));

@@ -401,6 +401,10 @@ static int train_loop(trainer *w, FILE *log)
         free(idx);
         return cli_error(w->cmd, NULL, "out of memory");
     }
+    /* the weights (and a checkpoint's state) are in the module and the optimizer now: the
+     * file's bytes are not needed while training */
+    xattn_st_close(w->s->st);
+    w->s->st = NULL;
     int64_t order_epoch = -1;
     const int tty = isatty(2);
     const double base_lr = xattn_optim_get_lr(w->opt);
