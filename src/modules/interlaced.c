@@ -18,6 +18,10 @@
  * projections and fc2 accumulate into the stream; attention reads heads in place with strides;
  * the skipped class tokens are excluded by pointing the key/value base at token n_cls (no
  * copies). Logits, when asked for, are computed per (b, h) over all keys.
+ *
+ * backward: the gradients of every parameter and of both streams from those of out and
+ * context_out (the logits are a diagnostic: a gradient given for them is refused). The forward
+ * keeps each block's input; each block is recomputed from it going backward (see Backward).
  */
 #include "core/registry.h"
 #include "io/io_internal.h"
@@ -259,6 +263,7 @@ static xattn_status bind(xa_mod *core)
 }
 
 static xattn_status forward_named(const xa_mod *core, const xa_run *r);
+static xattn_status backward_named(const xa_mod *core, const xa_run *r, xa_grad *g);
 
 /* blocks.0.attn.q_map.weight with blocks.0.self_attn.qkv.weight beside it */
 static int claims(const xattn_safetensors *st, const char *prefix)
@@ -282,6 +287,7 @@ const xa_kind xa_kind_interlaced = {
     .build = build,
     .bind = bind,
     .forward = forward_named,
+    .backward = backward_named,
     .state_dict = "blocks.N.{norm1, self_attn.qkv, self_attn.proj, norm_q, norm_v, attn.q_map, "
                   "attn.k_map, attn.v_map, attn.proj, norm2, mlp.fc1, mlp.fc2}.{weight, bias} "
                   "(qkv_bias=False: no self_attn.qkv.bias, attn.{q,k,v}_map.bias)",
@@ -343,13 +349,19 @@ const char *xattn_interlaced_warnings(const xattn_interlaced *m)
 /* Forward                                                                                  */
 /* ---------------------------------------------------------------------------------------- */
 
-typedef struct il_scratch {
-    float *t;   /* (rows, D) normed q stream        */
-    float *nv;  /* (rows, D) normed other stream    */
-    float *big; /* (rows, 3D): qkv, or q | k | v     */
-    float *o;   /* (rows, D) attention output       */
-    float *h;   /* (rows, hidden)                   */
-} il_scratch;
+/* What one block computes, with Mq = B Nq rows of the stream it updates and Mk = B Nk rows of
+ * the other. The forward shares buffers (o1 = o2, g = h, q1 = q2 = the stream, qkv over
+ * qc | kc | vc); the backward keeps apart every internal it reads. */
+typedef struct il_bufs {
+    float *t;            /* (Mq, D) LN1, LN_q and LN2 of the stream, in turn */
+    float *nv;           /* (Mk, D) LN_v of the other stream */
+    float *qkv;          /* (Mq, 3D) the self-attention's q | k | v of each row */
+    float *qc, *kc, *vc; /* (Mq, D), (Mk, D), (Mk, D) the cross-attention's projections */
+    float *o1, *o2;      /* (Mq, D) the self- and cross-attention outputs, heads merged */
+    float *q1, *q2;      /* (Mq, D) the stream after the self- / cross-attention residual */
+    float *h, *g;        /* (Mq, hidden) fc1's output before / after the GELU */
+    float *lse1, *lse2;  /* (B, H, Nq) the two attentions' log-sum-exp, or NULL */
+} il_bufs;
 
 /* Parameter k of block l (NULL: an absent bias). */
 static const float *bw(const xattn_interlaced *m, int64_t l, int k)
@@ -357,63 +369,126 @@ static const float *bw(const xattn_interlaced *m, int64_t l, int k)
     return xa_param_data(&m->core.params, (int)(l * P_N + k));
 }
 
-/* Attention of B items, heads read in place: q (B, I, H*dh) row stride ldq, k and v (B, J,
- * H*dh) row stride ldk with batch stride sbk, out (B, I, H*dh). */
-static xattn_status attend(const xattn_interlaced_config *c, int64_t B, int64_t I, int64_t J,
-                           const float *q, int64_t ldq, const float *k, const float *v, int64_t ldk,
-                           int64_t sbk, float *o)
+/* 1 when block l updates x from the context, 0 when it updates the context from x. */
+static int x_queries(const xattn_interlaced_config *c, int64_t l)
 {
-    xa_attn a;
-    memset(&a, 0, sizeof a);
-    xa_attn_heads(&a, B, c->heads, I, J, c->head_dim, c->head_dim, q, ldq, k, ldk, v, ldk, o,
-                  c->dim);
-    a.k_sb = a.v_sb = sbk; /* the keys may start past the class tokens of longer rows */
-    a.scale = c->scale;
-    a.fill = XATTN_FILL_NEG_INF;
-    a.fn = FN_FWD;
-    return xa_op_attention(&a);
+    return ((l & 1) == 0) != (c->context_first != 0);
 }
 
-/* One SkipClsDecoderBlock: q (B, Nq, D) updated in place from kv (B, Nk, D). */
-static xattn_status block_forward(const xattn_interlaced *m, int64_t l, int64_t B, float *q,
-                                  int64_t Nq, const float *kv, int64_t Nk, const il_scratch *sc,
-                                  float *logits)
+/* dst = src (n floats) unless they are one buffer. */
+static void carry(float *dst, const float *src, int64_t n)
+{
+    if (dst != src) memcpy(dst, src, sizeof(float) * (size_t)n);
+}
+
+/* Attention of B items, heads read in place: q (B, I, H*dh) row stride ldq, k and v (B, J,
+ * H*dh) row stride ldk with batch stride sbk, o (B, I, H*dh), lse (B, H, I) or NULL. */
+static void attn_setup(const xattn_interlaced_config *c, int64_t B, int64_t I, int64_t J,
+                       const float *q, int64_t ldq, const float *k, const float *v, int64_t ldk,
+                       int64_t sbk, float *o, float *lse, xa_attn *a)
+{
+    memset(a, 0, sizeof *a);
+    xa_attn_heads(a, B, c->heads, I, J, c->head_dim, c->head_dim, q, ldq, k, ldk, v, ldk, o,
+                  c->dim);
+    a->k_sb = a->v_sb = sbk; /* the keys may start past the class tokens of longer rows */
+    a->scale = c->scale;
+    a->fill = XATTN_FILL_NEG_INF;
+    a->lse = lse;
+    a->fn = FN_FWD;
+}
+
+/* The self-attention of a block over its Nq tokens (q, k, v packed per row in qkv). */
+static void self_attn(const xattn_interlaced_config *c, int64_t B, int64_t Nq, const il_bufs *b,
+                      xa_attn *a)
+{
+    const int64_t D = c->dim;
+    attn_setup(c, B, Nq, Nq, b->qkv, 3 * D, b->qkv + D, b->qkv + 2 * D, 3 * D, Nq * 3 * D, b->o1,
+               b->lse1, a);
+}
+
+/* The cross-attention of a block over the Nk - n_cls keys after the class tokens (no copies:
+ * the key/value base points at token n_cls of each item). */
+static void cross_attn(const xattn_interlaced_config *c, int64_t B, int64_t Nq, int64_t Nk,
+                       const il_bufs *b, xa_attn *a)
+{
+    const int64_t D = c->dim, n = c->n_cls;
+    attn_setup(c, B, Nq, Nk - n, b->qc, D, b->kc + n * D, b->vc + n * D, D, Nk * D, b->o2, b->lse2,
+               a);
+}
+
+/* q1 = q + proj(SelfAttn(LN1 q)), q (B, Nq, D). */
+static xattn_status self_forward(const xattn_interlaced *m, int64_t l, int64_t B, const float *q,
+                                 int64_t Nq, const il_bufs *b)
 {
     const xattn_interlaced_config *c = &m->cfg;
-    const int64_t D = c->dim, Hd = c->mlp_hidden, Mq = B * Nq, Mk = B * Nk;
+    const int64_t D = c->dim, Mq = B * Nq;
+    xa_attn a;
+    self_attn(c, B, Nq, b, &a);
+    xattn_status s;
+    if ((s = xa_op_layernorm(q, Mq, D, bw(m, l, P_N1W), bw(m, l, P_N1B), c->eps, b->t)) ||
+        (s = xa_op_linear(b->t, Mq, D, bw(m, l, P_QKVW), bw(m, l, P_QKVB), 3 * D, b->qkv, 0)) ||
+        (s = xa_op_attention(&a)))
+        return s;
+    carry(b->q1, q, Mq * D);
+    return xa_op_linear(b->o1, Mq, D, bw(m, l, P_SPW), bw(m, l, P_SPB), D, b->q1, 1);
+}
+
+/* q2 = q1 + proj(Attn(q_map LN_q q1, k_map LN_v kv, v_map LN_v kv)), keys and values from
+ * token n_cls of kv (B, Nk, D) on; logits (B, H, Nq, Nk) over all keys, when not NULL. */
+static xattn_status cross_forward(const xattn_interlaced *m, int64_t l, int64_t B, int64_t Nq,
+                                  const float *kv, int64_t Nk, const il_bufs *b, float *logits)
+{
+    const xattn_interlaced_config *c = &m->cfg;
+    const int64_t D = c->dim, Mq = B * Nq, Mk = B * Nk;
     const float eps = c->eps;
     xattn_status s;
-    /* ---- self-attention ---- */
-    if ((s = xa_op_layernorm(q, Mq, D, bw(m, l, P_N1W), bw(m, l, P_N1B), eps, sc->t)) ||
-        (s = xa_op_linear(sc->t, Mq, D, bw(m, l, P_QKVW), bw(m, l, P_QKVB), 3 * D, sc->big, 0)) ||
-        (s = attend(c, B, Nq, Nq, sc->big, 3 * D, sc->big + D, sc->big + 2 * D, 3 * D, Nq * 3 * D,
-                    sc->o)) ||
-        (s = xa_op_linear(sc->o, Mq, D, bw(m, l, P_SPW), bw(m, l, P_SPB), D, q, 1)))
+    if ((s = xa_op_layernorm(b->q1, Mq, D, bw(m, l, P_NQW), bw(m, l, P_NQB), eps, b->t)) ||
+        (s = xa_op_layernorm(kv, Mk, D, bw(m, l, P_NVW), bw(m, l, P_NVB), eps, b->nv)) ||
+        (s = xa_op_linear(b->t, Mq, D, bw(m, l, P_QMW), bw(m, l, P_QMB), D, b->qc, 0)) ||
+        (s = xa_op_linear(b->nv, Mk, D, bw(m, l, P_KMW), bw(m, l, P_KMB), D, b->kc, 0)) ||
+        (s = xa_op_linear(b->nv, Mk, D, bw(m, l, P_VMW), bw(m, l, P_VMB), D, b->vc, 0)))
         return s;
-    /* ---- cross-attention, keys/values from token n_cls on ---- */
-    float *qc = sc->big, *kc = sc->big + Mq * D, *vc = kc + Mk * D;
-    if ((s = xa_op_layernorm(q, Mq, D, bw(m, l, P_NQW), bw(m, l, P_NQB), eps, sc->t)) ||
-        (s = xa_op_layernorm(kv, Mk, D, bw(m, l, P_NVW), bw(m, l, P_NVB), eps, sc->nv)) ||
-        (s = xa_op_linear(sc->t, Mq, D, bw(m, l, P_QMW), bw(m, l, P_QMB), D, qc, 0)) ||
-        (s = xa_op_linear(sc->nv, Mk, D, bw(m, l, P_KMW), bw(m, l, P_KMB), D, kc, 0)) ||
-        (s = xa_op_linear(sc->nv, Mk, D, bw(m, l, P_VMW), bw(m, l, P_VMB), D, vc, 0)))
+    if (logits && (s = xa_op_head_logits(b->qc, D, b->kc, D, B, c->heads, Nq, Nk, c->head_dim,
+                                         c->scale, logits)))
         return s;
-    if (logits &&
-        (s = xa_op_head_logits(qc, D, kc, D, B, c->heads, Nq, Nk, c->head_dim, c->scale, logits)))
+    if (Nk <= c->n_cls) { /* softmax over no keys: the reference's product is an empty sum */
+        memset(b->o2, 0, sizeof(float) * (size_t)(Mq * D));
+    } else {
+        xa_attn a;
+        cross_attn(c, B, Nq, Nk, b, &a);
+        if ((s = xa_op_attention(&a))) return s;
+    }
+    carry(b->q2, b->q1, Mq * D);
+    return xa_op_linear(b->o2, Mq, D, bw(m, l, P_CPW), bw(m, l, P_CPB), D, b->q2, 1);
+}
+
+/* out = q2 + fc2(GELU(fc1(LN2 q2))) over Mq rows (out NULL: up to the GELU). */
+static xattn_status mlp_forward(const xattn_interlaced *m, int64_t l, int64_t Mq, const il_bufs *b,
+                                float *out)
+{
+    const xattn_interlaced_config *c = &m->cfg;
+    const int64_t D = c->dim, Hd = c->mlp_hidden;
+    xattn_status s;
+    if ((s = xa_op_layernorm(b->q2, Mq, D, bw(m, l, P_N2W), bw(m, l, P_N2B), c->eps, b->t)) ||
+        (s = xa_op_linear(b->t, Mq, D, bw(m, l, P_F1W), bw(m, l, P_F1B), Hd, b->h, 0)))
         return s;
-    const int64_t Je = Nk - c->n_cls;
-    if (Je <= 0) /* softmax over no keys: the reference's product is an empty sum */
-        memset(sc->o, 0, (size_t)(Mq * D) * sizeof(float));
-    else if ((s = attend(c, B, Nq, Je, qc, D, kc + c->n_cls * D, vc + c->n_cls * D, D, Nk * D,
-                         sc->o)))
+    carry(b->g, b->h, Mq * Hd);
+    if ((s = xa_op_gelu(b->g, Mq * Hd, 0)) || !out) return s;
+    carry(out, b->q2, Mq * D);
+    return xa_op_linear(b->g, Mq, Hd, bw(m, l, P_F2W), bw(m, l, P_F2B), D, out, 1);
+}
+
+/* One SkipClsDecoderBlock: q (B, Nq, D) attends to kv (B, Nk, D); the result into out (may be
+ * q; NULL: only the internals in b, up to the MLP's GELU). */
+static xattn_status block_forward(const xattn_interlaced *m, int64_t l, int64_t B, const float *q,
+                                  int64_t Nq, const float *kv, int64_t Nk, const il_bufs *b,
+                                  float *logits, float *out)
+{
+    xattn_status s;
+    if ((s = self_forward(m, l, B, q, Nq, b)) ||
+        (s = cross_forward(m, l, B, Nq, kv, Nk, b, logits)))
         return s;
-    if ((s = xa_op_linear(sc->o, Mq, D, bw(m, l, P_CPW), bw(m, l, P_CPB), D, q, 1))) return s;
-    /* ---- MLP ---- */
-    if ((s = xa_op_layernorm(q, Mq, D, bw(m, l, P_N2W), bw(m, l, P_N2B), eps, sc->t)) ||
-        (s = xa_op_linear(sc->t, Mq, D, bw(m, l, P_F1W), bw(m, l, P_F1B), Hd, sc->h, 0)) ||
-        (s = xa_op_gelu(sc->h, Mq * Hd, 0)))
-        return s;
-    return xa_op_linear(sc->h, Mq, Hd, bw(m, l, P_F2W), bw(m, l, P_F2B), D, q, 1);
+    return mlp_forward(m, l, B * Nq, b, out);
 }
 
 static xattn_status check_call(const xattn_interlaced *m, const xattn_interlaced_inputs *in,
@@ -441,6 +516,16 @@ static xattn_status check_call(const xattn_interlaced *m, const xattn_interlaced
     return XATTN_OK;
 }
 
+/* The streams into out / context_out, where the blocks update them in place. */
+static void start_streams(const xattn_interlaced *m, const xattn_interlaced_inputs *in,
+                          const xattn_interlaced_outputs *out)
+{
+    const int64_t D = m->cfg.dim;
+    if (out->out != in->x) memmove(out->out, in->x, (size_t)(in->B * in->I * D) * sizeof(float));
+    if (out->context_out != in->context)
+        memmove(out->context_out, in->context, (size_t)(in->B * in->J * D) * sizeof(float));
+}
+
 static xattn_status il_run(const xattn_interlaced *m, const xattn_interlaced_inputs *in,
                            const xattn_interlaced_outputs *out)
 {
@@ -451,23 +536,24 @@ static xattn_status il_run(const xattn_interlaced *m, const xattn_interlaced_inp
     const size_t rH = (rows * (size_t)c->mlp_hidden + 15) & ~(size_t)15;
     xa_ws *ws = xa_ws_get((6 * rD + rH) * sizeof(float));
     if (!ws) return XATTN_ERR_NOMEM;
-    il_scratch sc;
-    sc.t = xa_ws_data(ws);
-    sc.nv = sc.t + rD;
-    sc.o = sc.nv + rD;
-    sc.big = sc.o + rD; /* 3 rD */
-    sc.h = sc.big + 3 * rD;
-    if (out->out != in->x) memmove(out->out, in->x, (size_t)(B * I * D) * sizeof(float));
-    if (out->context_out != in->context)
-        memmove(out->context_out, in->context, (size_t)(B * J * D) * sizeof(float));
+    il_bufs b;
+    memset(&b, 0, sizeof b);
+    b.t = xa_ws_data(ws);
+    b.nv = b.t + rD;
+    b.o1 = b.o2 = b.nv + rD;
+    b.qkv = b.qc = b.o1 + rD; /* 3 rD, the self-attention's, then the cross-attention's */
+    b.kc = b.qc + rD;
+    b.vc = b.kc + rD;
+    b.h = b.g = b.vc + rD;
+    start_streams(m, in, out);
     xattn_status s = XATTN_OK;
     for (int64_t l = 0; l < c->depth && !s; l++) {
-        const int x_queries = ((l & 1) == 0) != (c->context_first != 0);
-        float *lg = out->attn_weights ? out->attn_weights[l] : NULL;
-        if (x_queries)
-            s = block_forward(m, l, B, out->out, I, out->context_out, J, &sc, lg);
-        else
-            s = block_forward(m, l, B, out->context_out, J, out->out, I, &sc, lg);
+        const int xq = x_queries(c, l);
+        float *q = xq ? out->out : out->context_out,
+              *lg = out->attn_weights ? out->attn_weights[l] : NULL;
+        b.q1 = b.q2 = q;
+        s = block_forward(m, l, B, q, xq ? I : J, xq ? out->context_out : out->out, xq ? J : I, &b,
+                          lg, q);
     }
     xa_ws_put(ws);
     return s;
@@ -486,39 +572,319 @@ xattn_status xattn_interlaced_forward(xattn_ctx *ctx, const xattn_interlaced *m,
     return s;
 }
 
-/* The two stacked logits outputs become the per-layer pointers of the typed call. */
+/* The typed inputs and outputs of a named run; the two stacked logits outputs, when asked,
+ * become the per-layer pointers *lg (to free; NULL when neither is asked). */
+static xattn_status named_io(const xattn_interlaced *m, const xa_run *r,
+                             xattn_interlaced_inputs *in, xattn_interlaced_outputs *out,
+                             float ***lg)
+{
+    const xattn_interlaced_config *c = &m->cfg;
+    memset(in, 0, sizeof *in);
+    in->B = xa_run_sym(r, "B");
+    in->I = xa_run_sym(r, "I");
+    in->J = xa_run_sym(r, "J");
+    in->x = r->in[0];
+    in->context = r->in[1];
+    memset(out, 0, sizeof *out);
+    out->out = r->out[0];
+    out->context_out = r->out[1];
+    *lg = NULL;
+    if (!r->out[2] && !r->out[3]) return XATTN_OK;
+    if (!(*lg = calloc((size_t)c->depth, sizeof **lg)))
+        return xa_error(XATTN_ERR_NOMEM, "%s: out of memory", FN_FWD);
+    const int64_t per = in->B * c->heads * in->I * in->J;
+    int64_t n[2] = {0, 0}; /* layers so far where the context / x queries */
+    for (int64_t l = 0; l < c->depth; l++) {
+        const int xq = x_queries(c, l);
+        float *base = r->out[xq ? 2 : 3];
+        (*lg)[l] = base ? base + n[xq] * per : NULL;
+        n[xq]++;
+    }
+    out->attn_weights = *lg;
+    return XATTN_OK;
+}
+
 static xattn_status forward_named(const xa_mod *core, const xa_run *r)
 {
     const xattn_interlaced *m = (const xattn_interlaced *)core;
-    const xattn_interlaced_config *c = &m->cfg;
     xattn_interlaced_inputs in;
-    memset(&in, 0, sizeof in);
-    in.B = xa_run_sym(r, "B");
-    in.I = xa_run_sym(r, "I");
-    in.J = xa_run_sym(r, "J");
-    in.x = r->in[0];
-    in.context = r->in[1];
     xattn_interlaced_outputs out;
-    memset(&out, 0, sizeof out);
-    out.out = r->out[0];
-    out.context_out = r->out[1];
-    float **lg = NULL;
-    if (r->out[2] || r->out[3]) {
-        if (!(lg = calloc((size_t)c->depth, sizeof *lg)))
-            return xa_error(XATTN_ERR_NOMEM, "%s: out of memory", FN_FWD);
-        const int64_t per = in.B * c->heads * in.I * in.J;
-        int64_t nx = 0, nc = 0;
-        for (int64_t l = 0; l < c->depth; l++) {
-            const int x_queries = ((l & 1) == 0) != (c->context_first != 0);
-            float *base = r->out[x_queries ? 2 : 3];
-            lg[l] = base ? base + (x_queries ? nx : nc) * per : NULL;
-            *(x_queries ? &nx : &nc) += 1;
-        }
-        out.attn_weights = lg;
-    }
+    float **lg;
+    xattn_status s = named_io(m, r, &in, &out, &lg);
     /* the registry has made its context current */
-    xattn_status s = check_call(m, &in, &out);
+    if (!s) s = check_call(m, &in, &out);
     if (!s) s = il_run(m, &in, &out);
+    free(lg);
+    return s;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Backward                                                                                 */
+/* ---------------------------------------------------------------------------------------- */
+/*
+ * The forward runs once keeping the input of every block: the stream that block updates (D
+ * floats per token of that stream, per block). The other stream a block reads is the next
+ * block's input, or for the last block the final output. Going backward, a block's internals
+ * are recomputed from its input (the last block's are still in the buffers) and its gradient
+ * taken op by op: the MLP (LN2, fc1, GELU, fc2), the cross-attention (output projection, the
+ * fused attention backward over the keys after the class tokens, which get no gradient as keys
+ * or values, q_map with LN_q; k_map and v_map with LN_v into the other stream's gradient), the
+ * self-attention (proj, fused attention, qkv, LN1), each residual adding its branch. The
+ * logits outputs are a diagnostic: no gradient flows from them.
+ */
+
+typedef struct il_bwd {
+    const xattn_interlaced *m;
+    int64_t B;
+    il_bufs b;   /* the internals of the block being differentiated */
+    float *dbig; /* (rows, 3D): dqc (Mq, D) | dkc (Mk, D) | dvc (Mk, D), then dqkv (Mq, 3D) */
+    float *dO;   /* (rows, D) an attention output's gradient; a branch's before its add */
+    float *dt;   /* (rows, D) a norm output's gradient */
+    float *dh;   /* (rows, hidden) fc1's output's gradient */
+    float *const *dparam;
+} il_bwd;
+
+/* The gradient of parameter k of block l (NULL: not wanted or an absent bias). */
+static float *gp(const il_bwd *w, int64_t l, int k)
+{
+    return w->dparam && bw(w->m, l, k) ? w->dparam[l * P_N + k] : NULL;
+}
+
+/* The gradients of attention a (as its forward ran: its output and log-sum-exp kept) from dO
+ * laid out as its output; dq, dk, dv are laid out as its q, k and v. */
+static xattn_status attend_backward(const xa_attn *a, const float *dO, float *dq, float *dk,
+                                    float *dv)
+{
+    xa_attn_grad g;
+    memset(&g, 0, sizeof g);
+    g.dout = dO, g.do_sb = a->o_sb, g.do_sh = a->o_sh, g.do_si = a->o_si;
+    g.lse = a->lse;
+    g.dq = dq, g.dq_sb = a->q_sb, g.dq_sh = a->q_sh, g.dq_si = a->q_si;
+    g.dk = dk, g.dk_sb = a->k_sb, g.dk_sh = a->k_sh, g.dk_sj = a->k_sj;
+    g.dv = dv, g.dv_sb = a->v_sb, g.dv_sh = a->v_sh, g.dv_sj = a->v_sj;
+    xa_attn p = *a;
+    p.lse = NULL;
+    return xa_op_attention_backward(&p, &g);
+}
+
+/* dq += the gradient through LayerNorm k (weight k, bias k + 1) of x (rows, D) from dy. */
+static xattn_status norm_backward(const il_bwd *w, int64_t l, int k, const float *x, int64_t rows,
+                                  const float *dy, float *dq)
+{
+    const int64_t D = w->m->cfg.dim;
+    xattn_status s = xa_op_layernorm_backward(x, rows, D, bw(w->m, l, k), w->m->cfg.eps, dy, w->dO,
+                                              gp(w, l, k), gp(w, l, k + 1), 0);
+    if (!s) xa_op_add(dq, w->dO, rows * D);
+    return s;
+}
+
+/* dq (Mq, D): the gradient of the block's output becomes that of q2. */
+static xattn_status mlp_backward(const il_bwd *w, int64_t l, int64_t Mq, float *dq)
+{
+    const xattn_interlaced *m = w->m;
+    const int64_t D = m->cfg.dim, Hd = m->cfg.mlp_hidden;
+    const il_bufs *b = &w->b;
+    xattn_status s;
+    if ((s = xa_op_linear_backward(b->g, Mq, Hd, bw(m, l, P_F2W), D, dq, w->dh, gp(w, l, P_F2W),
+                                   gp(w, l, P_F2B), 0)))
+        return s;
+    xa_op_gelu_backward(b->h, w->dh, w->dh, Mq * Hd, 0);
+    /* b->t holds LN2 q2 since the block's forward */
+    if ((s = xa_op_linear_backward(b->t, Mq, D, bw(m, l, P_F1W), Hd, w->dh, w->dt, gp(w, l, P_F1W),
+                                   gp(w, l, P_F1B), 0)))
+        return s;
+    return norm_backward(w, l, P_N2W, b->q2, Mq, w->dt, dq);
+}
+
+/* dq (Mq, D): the gradient of q2 becomes that of q1; dkv (Mk, D) += the other stream's. */
+static xattn_status cross_backward(const il_bwd *w, int64_t l, int64_t Nq, int64_t Nk,
+                                   const float *kv, float *dq, float *dkv)
+{
+    const xattn_interlaced *m = w->m;
+    const xattn_interlaced_config *c = &m->cfg;
+    const int64_t D = c->dim, Mq = w->B * Nq, Mk = w->B * Nk;
+    const il_bufs *b = &w->b;
+    float *dqc = w->dbig, *dkc = dqc + Mq * D, *dvc = dkc + Mk * D;
+    xattn_status s;
+    if ((s = xa_op_linear_backward(b->o2, Mq, D, bw(m, l, P_CPW), D, dq, w->dO, gp(w, l, P_CPW),
+                                   gp(w, l, P_CPB), 0)))
+        return s;
+    memset(dkc, 0, sizeof(float) * (size_t)(Mk * D)); /* the class tokens' rows stay 0 */
+    memset(dvc, 0, sizeof(float) * (size_t)(Mk * D));
+    if (Nk <= c->n_cls) { /* no keys: the output did not depend on q, k or v */
+        memset(dqc, 0, sizeof(float) * (size_t)(Mq * D));
+    } else {
+        xa_attn a;
+        cross_attn(c, w->B, Nq, Nk, b, &a);
+        if ((s = attend_backward(&a, w->dO, dqc, dkc + c->n_cls * D, dvc + c->n_cls * D))) return s;
+    }
+    if ((s = xa_op_layernorm(b->q1, Mq, D, bw(m, l, P_NQW), bw(m, l, P_NQB), c->eps, b->t)) ||
+        (s = xa_op_linear_backward(b->t, Mq, D, bw(m, l, P_QMW), D, dqc, w->dt, gp(w, l, P_QMW),
+                                   gp(w, l, P_QMB), 0)) ||
+        (s = norm_backward(w, l, P_NQW, b->q1, Mq, w->dt, dq)))
+        return s;
+    /* the other stream: k_map and v_map of LN_v kv */
+    if ((s = xa_op_linear_backward(b->nv, Mk, D, bw(m, l, P_KMW), D, dkc, w->dt, gp(w, l, P_KMW),
+                                   gp(w, l, P_KMB), 0)) ||
+        (s = xa_op_linear_backward(b->nv, Mk, D, bw(m, l, P_VMW), D, dvc, w->dO, gp(w, l, P_VMW),
+                                   gp(w, l, P_VMB), 0)))
+        return s;
+    xa_op_add(w->dt, w->dO, Mk * D);
+    return norm_backward(w, l, P_NVW, kv, Mk, w->dt, dkv);
+}
+
+/* dq (Mq, D): the gradient of q1 becomes that of the block's input q0. */
+static xattn_status self_backward(const il_bwd *w, int64_t l, int64_t Nq, const float *q0,
+                                  float *dq)
+{
+    const xattn_interlaced *m = w->m;
+    const xattn_interlaced_config *c = &m->cfg;
+    const int64_t D = c->dim, Mq = w->B * Nq;
+    const il_bufs *b = &w->b;
+    xa_attn a;
+    self_attn(c, w->B, Nq, b, &a);
+    xattn_status s;
+    if ((s = xa_op_linear_backward(b->o1, Mq, D, bw(m, l, P_SPW), D, dq, w->dO, gp(w, l, P_SPW),
+                                   gp(w, l, P_SPB), 0)) ||
+        (s = attend_backward(&a, w->dO, w->dbig, w->dbig + D, w->dbig + 2 * D)) ||
+        (s = xa_op_layernorm(q0, Mq, D, bw(m, l, P_N1W), bw(m, l, P_N1B), c->eps, b->t)) ||
+        (s = xa_op_linear_backward(b->t, Mq, D, bw(m, l, P_QKVW), 3 * D, w->dbig, w->dt,
+                                   gp(w, l, P_QKVW), gp(w, l, P_QKVB), 0)))
+        return s;
+    return norm_backward(w, l, P_N1W, q0, Mq, w->dt, dq);
+}
+
+/* Where block l's input is kept: after those of the blocks before it (l = depth: the floats
+ * of all). */
+static int64_t kept_at(const xattn_interlaced_config *c, int64_t l, int64_t B, int64_t I, int64_t J)
+{
+    const int64_t nx = x_queries(c, 0) ? (l + 1) / 2 : l / 2; /* blocks before l updating x */
+    return (nx * I + (l - nx) * J) * B * c->dim;
+}
+
+/* Floats the backward allocates: the kept inputs, the block's internals, the gradients. */
+static double bwd_floats(const xattn_interlaced_config *c, int64_t B, int64_t I, int64_t J)
+{
+    const double D = (double)c->dim, rows = (double)B * (double)XA_MAX(I, J);
+    const double nx = x_queries(c, 0) ? (double)((c->depth + 1) / 2) : (double)(c->depth / 2);
+    const double kept = (nx * (double)I + ((double)c->depth - nx) * (double)J) * (double)B * D;
+    return kept + 17.0 * rows * D + 3.0 * rows * (double)c->mlp_hidden +
+           2.0 * rows * (double)c->heads + (double)B * (double)(I + J) * D + 16.0 * 32;
+}
+
+static float *carve(float **base, double n)
+{
+    float *p = *base;
+    *base += ((int64_t)n + 15) / 16 * 16;
+    return p;
+}
+
+/* The buffers of w from mem (bwd_floats of it). */
+static void bwd_layout(il_bwd *w, float *mem, int64_t B, int64_t I, int64_t J, float **kept,
+                       float **dx, float **dc)
+{
+    const xattn_interlaced_config *c = &w->m->cfg;
+    const double D = (double)c->dim, rows = (double)B * (double)XA_MAX(I, J);
+    const double rD = rows * D, rH = rows * (double)c->mlp_hidden, rL = rows * (double)c->heads;
+    float *q = mem;
+    il_bufs *b = &w->b;
+    *kept = carve(&q, (double)kept_at(c, c->depth, B, I, J));
+    b->t = carve(&q, rD), b->nv = carve(&q, rD), b->qkv = carve(&q, 3 * rD);
+    b->qc = carve(&q, rD), b->kc = carve(&q, rD), b->vc = carve(&q, rD);
+    b->o1 = carve(&q, rD), b->o2 = carve(&q, rD), b->q1 = carve(&q, rD), b->q2 = carve(&q, rD);
+    b->h = carve(&q, rH), b->g = carve(&q, rH), b->lse1 = carve(&q, rL), b->lse2 = carve(&q, rL);
+    w->dbig = carve(&q, 3 * rD), w->dO = carve(&q, rD), w->dt = carve(&q, rD);
+    w->dh = carve(&q, rH);
+    *dx = carve(&q, (double)(B * I) * D), *dc = carve(&q, (double)(B * J) * D);
+}
+
+/* A gradient of the logits outputs is refused: they are a diagnostic of the forward. */
+static xattn_status refuse_logit_grads(const xa_grad *g)
+{
+    for (int o = 2; o < 4; o++)
+        if (g->dout[o])
+            return xa_error(XATTN_ERR_UNSUPPORTED,
+                            "%s: output '%s' (pre-softmax cross-attention logits) is a "
+                            "diagnostic without a gradient: only out and context_out take one",
+                            FN_FWD, outputs[o].name);
+    return XATTN_OK;
+}
+
+/* Block l's backward: dq (B Nq, D), the gradient of its output, becomes that of its input q0;
+ * dkv += the gradient of the stream kv it read. */
+static xattn_status block_backward(const il_bwd *w, int64_t l, const float *q0, int64_t Nq,
+                                   const float *kv, int64_t Nk, float *dq, float *dkv)
+{
+    xattn_status s;
+    if ((s = mlp_backward(w, l, w->B * Nq, dq)) || (s = cross_backward(w, l, Nq, Nk, kv, dq, dkv)))
+        return s;
+    return self_backward(w, l, Nq, q0, dq);
+}
+
+/* The forward keeping every block's input (kept), then the outputs' gradients back through the
+ * blocks into dx and dc. */
+static xattn_status il_backward(il_bwd *w, const xattn_interlaced_inputs *in,
+                                const xattn_interlaced_outputs *out, const xa_run *r, xa_grad *gr,
+                                float *kept, float *dx, float *dc)
+{
+    const xattn_interlaced_config *c = &w->m->cfg;
+    const int64_t B = in->B, I = in->I, J = in->J, D = c->dim, depth = c->depth;
+    xattn_status s = XATTN_OK;
+    start_streams(w->m, in, out);
+    for (int64_t l = 0; l < depth && !s; l++) {
+        const int xq = x_queries(c, l);
+        float *q = xq ? out->out : out->context_out;
+        carry(kept + kept_at(c, l, B, I, J), q, B * (xq ? I : J) * D);
+        s = block_forward(w->m, l, B, q, xq ? I : J, xq ? out->context_out : out->out, xq ? J : I,
+                          &w->b, out->attn_weights ? out->attn_weights[l] : NULL, q);
+    }
+    if (!s && !(s = xa_grad_outputs(gr, r))) s = refuse_logit_grads(gr);
+    if (s) return s;
+    if (gr->dout[0])
+        carry(dx, gr->dout[0], B * I * D);
+    else
+        memset(dx, 0, sizeof(float) * (size_t)(B * I * D));
+    if (gr->dout[1])
+        carry(dc, gr->dout[1], B * J * D);
+    else
+        memset(dc, 0, sizeof(float) * (size_t)(B * J * D));
+    for (int64_t l = depth - 1; l >= 0 && !s; l--) {
+        const int xq = x_queries(c, l);
+        const int64_t Nq = xq ? I : J, Nk = xq ? J : I;
+        const float *q0 = kept + kept_at(c, l, B, I, J);
+        const float *kv =
+            l + 1 < depth ? kept + kept_at(c, l + 1, B, I, J) : (xq ? out->context_out : out->out);
+        if (l != depth - 1) s = block_forward(w->m, l, B, q0, Nq, kv, Nk, &w->b, NULL, NULL);
+        if (!s) s = block_backward(w, l, q0, Nq, kv, Nk, xq ? dx : dc, xq ? dc : dx);
+    }
+    if (!s && gr->din[0]) carry(gr->din[0], dx, B * I * D);
+    if (!s && gr->din[1]) carry(gr->din[1], dc, B * J * D);
+    return s;
+}
+
+static xattn_status backward_named(const xa_mod *core, const xa_run *r, xa_grad *gr)
+{
+    const xattn_interlaced *m = (const xattn_interlaced *)core;
+    xattn_interlaced_inputs in;
+    xattn_interlaced_outputs out;
+    float **lg;
+    xattn_status s = refuse_logit_grads(gr);
+    if (s || (s = named_io(m, r, &in, &out, &lg))) return s;
+    s = check_call(m, &in, &out);
+    const double total = s ? 0 : bwd_floats(&m->cfg, in.B, in.I, in.J);
+    float *mem = NULL;
+    if (!s && (total > 2.5e11 || !(mem = xa_alloc(sizeof(float) * (size_t)total))))
+        s = xa_error(XATTN_ERR_NOMEM, "%s: out of memory for the backward (%.3g floats)", FN_FWD,
+                     total);
+    if (!s) {
+        il_bwd w;
+        memset(&w, 0, sizeof w);
+        w.m = m, w.B = in.B, w.dparam = gr->dparam;
+        float *kept, *dx, *dc;
+        bwd_layout(&w, mem, in.B, in.I, in.J, &kept, &dx, &dc);
+        s = il_backward(&w, &in, &out, r, gr, kept, dx, dc);
+    }
+    xa_free(mem);
     free(lg);
     return s;
 }
