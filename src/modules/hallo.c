@@ -10,6 +10,10 @@
  * feed-forward with norm3.
  *
  * The masks come from xattn_resize_masks (src/kernels/op_hallo.c).
+ *
+ * Backward (xattn_module_grad): from the gradients of out and regions to every parameter and
+ * every float input: hidden_states, encoder_hidden_states, motion_scale, masks or region_masks
+ * (through the mask pyramid's adjoint).
  */
 #include "core/registry.h"
 #include "io/io_internal.h"
@@ -283,6 +287,7 @@ static const xa_io outputs[] = {
 
 static xattn_status check_named(const xa_mod *core, const xa_run *r);
 static xattn_status forward_named(const xa_mod *core, const xa_run *r);
+static xattn_status backward_named(const xa_mod *core, const xa_run *r, xa_grad *g);
 
 const xa_kind xa_kind_hallo_audio = {
     .name = "hallo-audio",
@@ -301,6 +306,7 @@ const xa_kind xa_kind_hallo_audio = {
     .bind = bind,
     .check = check_named,
     .forward = forward_named,
+    .backward = backward_named,
     .one_of = "masks|region_masks", /* at the latent's size, or any (resized by the kind) */
     .state_dict = "zero_conv_{full,face,lip}.{weight (dim, dim, 1, 1), bias}, attn2_{0,1,2}."
                   "{to_q,to_k,to_v}.{weight,[bias]}, attn2_{0,1,2}.to_out.0.{weight,bias}, "
@@ -332,10 +338,18 @@ void xattn_hallo_get_config(const xattn_hallo *m, xattn_hallo_config *cfg)
 /* Forward                                                                                  */
 /* ---------------------------------------------------------------------------------------- */
 
+/* What the backward keeps of a forward: each region's attention output and log-sum-exp, and the
+ * stream after the regions (the feed-forward's input). */
+typedef struct hl_keep {
+    float *o[3], *lse[3]; /* (M, inner), (B, H, N) */
+    float *h1;            /* (M, C)                */
+} hl_keep;
+
 typedef struct hl_work {
     int64_t B, N, T, M, MC;
     float *nrm, *q, *k, *v, *o, *att; /* (M, C), (M, inner), (B*T, inner) x2, (M, inner), (M, C) */
     float *proj, *g;                  /* (M, 2F), (M, F)                                        */
+    const hl_keep *keep; /* NULL, or where the forward leaves what the backward needs */
 } hl_work;
 
 static xattn_status check_args(const xattn_hallo *m, const xattn_hallo_inputs *in,
@@ -364,6 +378,7 @@ static xattn_status take_scratch(const xattn_hallo *m, const xattn_hallo_inputs 
     w->B = in->B;
     w->N = in->N;
     w->T = in->T;
+    w->keep = NULL;
     int64_t BT, n[8];
     if (xa_mul_ok(in->B, in->N, &w->M) || xa_mul_ok(w->M, C, &w->MC) ||
         xa_mul_ok(in->B, in->T, &BT) || xa_mul_ok(w->M, inner, &n[1]) ||
@@ -391,22 +406,39 @@ static xattn_status take_scratch(const xattn_hallo *m, const xattn_hallo_inputs 
     return XATTN_OK;
 }
 
-/* Region k: out += ms * zero_conv_k(attn2_k(nrm, audio) * M_k); regions[k] unscaled if asked. */
+/* Region k's query (from nrm), key and value (from the audio) into w->q, w->k, w->v; the fused
+ * attention over them, writing o (M, inner), set up in p. */
+static xattn_status region_qkv(const xattn_hallo *m, int k, const float *audio, float *o,
+                               hl_work *w, xa_attn *p)
+{
+    const int64_t C = m->cfg.dim, inner = m->cfg.inner_dim, Ca = m->cfg.audio_dim;
+    const int64_t H = m->cfg.heads, dh = m->cfg.head_dim, BT = w->B * w->T;
+    const float *const *a = m->a[k];
+    memset(p, 0, sizeof *p);
+    p->scale = xa_head_scale(dh);
+    p->fill = XATTN_FILL_NEG_INF;
+    p->fn = FN_FWD;
+    xa_attn_heads(p, w->B, H, w->N, w->T, dh, dh, w->q, inner, w->k, inner, w->v, inner, o, inner);
+    xattn_status s;
+    if ((s = xa_op_linear(w->nrm, w->M, C, a[A_QW], a[A_QB], inner, w->q, 0)) ||
+        (s = xa_op_linear(audio, BT, Ca, a[A_KW], a[A_KB], inner, w->k, 0)))
+        return s;
+    return xa_op_linear(audio, BT, Ca, a[A_VW], a[A_VB], inner, w->v, 0);
+}
+
+/* Region k: out += ms * zero_conv_k(attn2_k(nrm, audio) * M_k); regions[k] unscaled if asked
+ * (the attention's output and log-sum-exp into w->keep when set). */
 static xattn_status region(const xattn_hallo *m, int k, const xattn_hallo_inputs *in,
                            const xattn_hallo_outputs *out, float ms, hl_work *w)
 {
-    const int64_t C = m->cfg.dim, inner = m->cfg.inner_dim, Ca = m->cfg.audio_dim;
-    const int64_t H = m->cfg.heads, dh = m->cfg.head_dim, B = w->B, N = w->N, T = w->T;
+    const int64_t C = m->cfg.dim, inner = m->cfg.inner_dim, B = w->B, N = w->N;
     const float *const *a = m->a[k];
-    xattn_status s;
-    if ((s = xa_op_linear(w->nrm, w->M, C, a[A_QW], a[A_QB], inner, w->q, 0)) ||
-        (s = xa_op_linear(in->audio, B * T, Ca, a[A_KW], a[A_KB], inner, w->k, 0)) ||
-        (s = xa_op_linear(in->audio, B * T, Ca, a[A_VW], a[A_VB], inner, w->v, 0)))
-        return s;
-    xa_attn p = {.scale = xa_head_scale(dh), .fill = XATTN_FILL_NEG_INF, .fn = FN_FWD};
-    xa_attn_heads(&p, B, H, N, T, dh, dh, w->q, inner, w->k, inner, w->v, inner, w->o, inner);
-    if ((s = xa_op_attention(&p)) ||
-        (s = xa_op_linear(w->o, w->M, inner, a[A_OW], a[A_OB], C, w->att, 0)))
+    float *o = w->keep ? w->keep->o[k] : w->o;
+    xa_attn p;
+    xattn_status s = region_qkv(m, k, in->audio, o, w, &p);
+    p.lse = w->keep ? w->keep->lse[k] : NULL;
+    if (s || (s = xa_op_attention(&p)) ||
+        (s = xa_op_linear(o, w->M, inner, a[A_OW], a[A_OB], C, w->att, 0)))
         return s;
     const float *mk = in->masks + (int64_t)k * N;
     const int64_t msb = in->mask_batch == 1 ? 0 : 3 * N;
@@ -423,28 +455,39 @@ static xattn_status region(const xattn_hallo *m, int k, const xattn_hallo_inputs
     return XATTN_OK;
 }
 
+/* The feed-forward's internals from the stream h (M, C): nrm = norm3(h), proj = nrm W0^T + b0,
+ * g = geglu(proj). */
+static xattn_status ff_internals(const xattn_hallo *m, const float *h, hl_work *w)
+{
+    const int64_t C = m->cfg.dim, F = m->cfg.ff_inner;
+    xattn_status s = xa_op_layernorm(h, w->M, C, m->t[T_N3W], m->t[T_N3B], 1e-5f, w->nrm);
+    if (!s) s = xa_op_linear(w->nrm, w->M, C, m->t[T_F0W], m->t[T_F0B], 2 * F, w->proj, 0);
+    if (!s) xa_op_geglu(w->proj, w->M, F, w->g);
+    return s;
+}
+
+/* The forward; with keep, every region runs (the backward needs each one's attention, even at
+ * motion scale 0) and leaves what the backward needs there. */
 static xattn_status run(const xattn_hallo *m, const xattn_hallo_inputs *in,
-                        const xattn_hallo_outputs *out)
+                        const xattn_hallo_outputs *out, const hl_keep *keep)
 {
     xattn_status s = check_args(m, in, out);
     hl_work w;
     xa_ws *ws = NULL;
     if (!s) s = take_scratch(m, in, &w, &ws);
     if (s) return s;
+    w.keep = keep;
     const int64_t C = m->cfg.dim, F = m->cfg.ff_inner;
     const float one3[3] = {1.0f, 1.0f, 1.0f};
     const float *ms = in->motion_scale ? in->motion_scale : one3;
     s = xa_op_layernorm(in->x, w.M, C, m->t[T_N2W], m->t[T_N2B], 1e-5f, w.nrm);
     if (!s) memcpy(out->out, in->x, (size_t)w.MC * sizeof(float));
     for (int k = 0; k < 3 && !s; k++)
-        if (ms[k] != 0.0f || out->regions) s = region(m, k, in, out, ms[k], &w);
+        if (ms[k] != 0.0f || out->regions || keep) s = region(m, k, in, out, ms[k], &w);
+    if (!s && keep) memcpy(keep->h1, out->out, (size_t)w.MC * sizeof(float));
     /* feed-forward: out += (a * gelu(g)) W2^T + b2, [a | g] = norm3(out) W0^T + b0 */
-    if (!s) s = xa_op_layernorm(out->out, w.M, C, m->t[T_N3W], m->t[T_N3B], 1e-5f, w.nrm);
-    if (!s) s = xa_op_linear(w.nrm, w.M, C, m->t[T_F0W], m->t[T_F0B], 2 * F, w.proj, 0);
-    if (!s) {
-        xa_op_geglu(w.proj, w.M, F, w.g);
-        s = xa_op_linear(w.g, w.M, F, m->t[T_F2W], m->t[T_F2B], C, out->out, 1);
-    }
+    if (!s) s = ff_internals(m, out->out, &w);
+    if (!s) s = xa_op_linear(w.g, w.M, F, m->t[T_F2W], m->t[T_F2B], C, out->out, 1);
     xa_ws_put(ws);
     return s;
 }
@@ -453,7 +496,7 @@ xattn_status xattn_hallo_forward(xattn_ctx *ctx, const xattn_hallo *m, const xat
                                  const xattn_hallo_outputs *out)
 {
     const xattn_ctx *prev = xa_ctx_enter(ctx);
-    xattn_status s = run(m, in, out);
+    xattn_status s = run(m, in, out, NULL);
     xa_ctx_leave(prev);
     if (!s) xa_clear_error();
     return s;
@@ -491,37 +534,263 @@ static xattn_status check_named(const xa_mod *core, const xa_run *r)
     return latent_grid(m, xa_run_sym(r, "N"), &h, &w);
 }
 
-/* Runs on the context the registry made current; region_masks are resized to the latent grid
- * first (HALLO's mask pyramid). */
+/* The typed inputs of a named run; region_masks resized to the latent grid (HALLO's mask pyramid)
+ * into nm->resized, which the caller frees. */
+typedef struct hl_named {
+    xattn_hallo_inputs in;
+    float *resized; /* (Bm, 3, h*w), or NULL when masks are given at the latent's size */
+    int64_t h, w;   /* the latent grid (region_masks)                                  */
+} hl_named;
+
+static xattn_status named_inputs(const xattn_hallo *m, const xa_run *r, hl_named *nm)
+{
+    memset(nm, 0, sizeof *nm);
+    xattn_hallo_inputs *in = &nm->in;
+    in->B = xa_run_sym(r, "B");
+    in->N = xa_run_sym(r, "N");
+    in->T = xa_run_sym(r, "T");
+    in->x = r->in[IN_X];
+    in->audio = r->in[IN_AUDIO];
+    in->masks = r->in[IN_MASKS];
+    in->mask_batch = r->in_shape[IN_MASKS][0];
+    in->motion_scale = r->in[IN_SCALE];
+    if (!r->in[IN_REGION]) return XATTN_OK;
+    const int nd = r->in_ndim[IN_REGION];
+    const int64_t *sh = r->in_shape[IN_REGION], Bm = nd == 4 ? sh[0] : 1;
+    int64_t n;
+    xattn_status s = latent_grid(m, in->N, &nm->h, &nm->w);
+    if (!s && xa_mul_ok(Bm * 3, in->N, &n))
+        s = xa_error(XATTN_ERR_NOMEM, "%s: region masks of %lld tokens overflow", FN_FWD,
+                     (long long)in->N);
+    if (!s && !(nm->resized = xa_alloc((size_t)n * sizeof(float))))
+        s = xa_error(XATTN_ERR_NOMEM, "%s: out of memory", FN_FWD);
+    if (!s)
+        s = xattn_resize_masks(r->in[IN_REGION], Bm * 3, sh[nd - 2], sh[nd - 1], nm->h, nm->w,
+                               nm->resized);
+    in->masks = nm->resized;
+    in->mask_batch = Bm;
+    return s;
+}
+
+/* Runs on the context the registry made current. */
 static xattn_status forward_named(const xa_mod *core, const xa_run *r)
 {
     const xattn_hallo *m = (const xattn_hallo *)core;
-    xattn_hallo_inputs in = {.B = xa_run_sym(r, "B"),
-                             .N = xa_run_sym(r, "N"),
-                             .T = xa_run_sym(r, "T"),
-                             .x = r->in[IN_X],
-                             .audio = r->in[IN_AUDIO],
-                             .masks = r->in[IN_MASKS],
-                             .mask_batch = r->in_shape[IN_MASKS][0],
-                             .motion_scale = r->in[IN_SCALE]};
     xattn_hallo_outputs out = {.out = r->out[0], .regions = r->out[1]};
-    float *resized = NULL;
-    xattn_status s = XATTN_OK;
-    if (r->in[IN_REGION]) {
-        const int nd = r->in_ndim[IN_REGION];
-        const int64_t *sh = r->in_shape[IN_REGION], Bm = nd == 4 ? sh[0] : 1;
-        int64_t h, w, n;
-        if (!(s = latent_grid(m, in.N, &h, &w)) && xa_mul_ok(Bm * 3, in.N, &n))
-            s = xa_error(XATTN_ERR_NOMEM, "%s: region masks of %lld tokens overflow", FN_FWD,
-                         (long long)in.N);
-        if (!s && !(resized = xa_alloc((size_t)n * sizeof(float))))
-            s = xa_error(XATTN_ERR_NOMEM, "%s: out of memory", FN_FWD);
-        if (!s)
-            s = xattn_resize_masks(r->in[IN_REGION], Bm * 3, sh[nd - 2], sh[nd - 1], h, w, resized);
-        in.masks = resized;
-        in.mask_batch = Bm;
+    hl_named nm;
+    xattn_status s = named_inputs(m, r, &nm);
+    if (!s) s = run(m, &nm.in, &out, NULL);
+    xa_free(nm.resized);
+    return s;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Backward                                                                                 */
+/* ---------------------------------------------------------------------------------------- */
+/*
+ * The forward runs once, keeping each region's attention output and log-sum-exp and the stream
+ * h after the regions ((3 (inner + heads) + dim) floats per token); going backward, the
+ * feed-forward's internals are recomputed from h, each region's projections (q from norm2(x),
+ * k and v from the audio), its output projection and masked product from the kept attention
+ * output, and the gradient taken op by op: the feed-forward and norm3, each region's zero
+ * convolution, mask (the masks' gradient is the channel sum of the masked product's gradient
+ * times the unmasked attention output), output projection, fused attention and input
+ * projections, then norm2. The motion scales get the dot product of the stream's gradient with
+ * each region's output; region_masks the mask pyramid's adjoint (the transposed resampling).
+ */
+
+typedef struct hl_bwd {
+    hl_work w; /* the forward's buffers, refilled: nrm, q, k, v, att; o holds d(attention) */
+    hl_keep keep;
+    float *dh1, *dn2, *mk, *dm, *dz; /* (M, C) each                                        */
+    float *dp, *dg, *dq, *dk, *dv;   /* (M, 2F), (M, F), (M, inner), (B*T, inner) x2       */
+    float *dmask;                    /* (Bm, 3, N): the resized masks' gradient, or NULL   */
+    float dms[3];
+    const xa_grad *g;
+    const float *ms;
+} hl_bwd;
+
+/* Parameter indices: the zero convolutions, region k's attention, the tail. */
+static int pz(int k, int p) { return 2 * k + p; }
+static int pa(int k, int p) { return 6 + k * A_N + p; }
+static int pt(int p) { return 6 + 3 * A_N + p; }
+
+/* The gradient of parameter i (NULL: not wanted, or the parameter is absent). */
+static float *dpar(const xattn_hallo *m, const xa_grad *g, int i)
+{
+    return g->dparam && xa_param_data(&m->core.params, i) ? g->dparam[i] : NULL;
+}
+
+/* y = x W^T + b backward: dW, db overwritten; dx overwritten, or added to when acc. */
+static xattn_status lin_bwd(const float *x, int64_t M, int64_t K, const float *W, int64_t N,
+                            const float *dy, float *dx, int acc, float *dW, float *db)
+{
+    if (!acc || !dx) return xa_op_linear_backward(x, M, K, W, N, dy, dx, dW, db, 0);
+    xattn_status s = xa_op_linear_backward(x, M, K, W, N, dy, NULL, dW, db, 0);
+    return s ? s : xa_op_linear_backward(x, M, K, W, N, dy, dx, NULL, NULL, 1);
+}
+
+/* The LayerNorm whose weight is tail parameter pw (its bias pw + 1) over x (M, C) backward:
+ * its weights' gradients overwritten, the input's added to dx. */
+static xattn_status norm_bwd(const xattn_hallo *m, const hl_bwd *b, int pw, const float *x,
+                             const float *dy, float *dx)
+{
+    const int64_t C = m->cfg.dim;
+    float *dw = dpar(m, b->g, pt(pw)), *db = dpar(m, b->g, pt(pw + 1));
+    if (dw) memset(dw, 0, sizeof(float) * (size_t)C);
+    if (db) memset(db, 0, sizeof(float) * (size_t)C);
+    return xa_op_layernorm_backward(x, b->w.M, C, m->t[pw], 1e-5f, dy, dx, dw, db, 1);
+}
+
+/* out = h + ff(norm3(h)): dh1 = the gradient of h, from out's (dY, NULL: zero). */
+static xattn_status ff_backward(const xattn_hallo *m, hl_bwd *b, const float *dY)
+{
+    const int64_t C = m->cfg.dim, F = m->cfg.ff_inner, M = b->w.M;
+    const xa_grad *g = b->g;
+    hl_work *w = &b->w;
+    if (dY)
+        memcpy(b->dh1, dY, sizeof(float) * (size_t)w->MC);
+    else
+        memset(b->dh1, 0, sizeof(float) * (size_t)w->MC);
+    xattn_status s = ff_internals(m, b->keep.h1, w);
+    if (!s)
+        s = lin_bwd(w->g, M, F, m->t[T_F2W], C, b->dh1, b->dg, 0, dpar(m, g, pt(T_F2W)),
+                    dpar(m, g, pt(T_F2B)));
+    if (s) return s;
+    xa_op_geglu_backward(w->proj, M, F, b->dg, b->dp);
+    if ((s = lin_bwd(w->nrm, M, C, m->t[T_F0W], 2 * F, b->dp, b->dz, 0, dpar(m, g, pt(T_F0W)),
+                     dpar(m, g, pt(T_F0B)))))
+        return s;
+    return norm_bwd(m, b, T_N3W, b->keep.h1, b->dz, b->dh1);
+}
+
+/* The fused attention of region k backward: d(attention output) in w->o -> dq, dk, dv. */
+static xattn_status attn_bwd(const xattn_hallo *m, int k, const xattn_hallo_inputs *in, hl_bwd *b)
+{
+    const int64_t inner = m->cfg.inner_dim, dh = m->cfg.head_dim, N = b->w.N, T = b->w.T;
+    xa_attn p;
+    xattn_status s = region_qkv(m, k, in->audio, b->keep.o[k], &b->w, &p);
+    if (s) return s;
+    xa_attn_grad ag;
+    memset(&ag, 0, sizeof ag);
+    ag.dout = b->w.o, ag.do_sb = N * inner, ag.do_sh = dh, ag.do_si = inner;
+    ag.lse = b->keep.lse[k];
+    ag.dq = b->dq, ag.dq_sb = N * inner, ag.dq_sh = dh, ag.dq_si = inner;
+    ag.dk = b->dk, ag.dk_sb = T * inner, ag.dk_sh = dh, ag.dk_sj = inner;
+    ag.dv = b->dv, ag.dv_sb = T * inner, ag.dv_sh = dh, ag.dv_sj = inner;
+    return xa_op_attention_backward(&p, &ag);
+}
+
+/* Region k backward: from dh1 (and regions' gradient) to its parameters, dn2 and the audio's
+ * gradient (both overwritten by region 0, added to by the others), the masks' and the motion
+ * scale's. w->nrm holds norm2(x). */
+static xattn_status region_backward(const xattn_hallo *m, int k, const xattn_hallo_inputs *in,
+                                    hl_bwd *b)
+{
+    const int64_t C = m->cfg.dim, inner = m->cfg.inner_dim, Ca = m->cfg.audio_dim;
+    const int64_t B = b->w.B, N = b->w.N, M = b->w.M, MC = b->w.MC, BT = B * b->w.T;
+    const float *const *a = m->a[k], *o = b->keep.o[k];
+    const xa_grad *g = b->g;
+    hl_work *w = &b->w;
+    /* the masked attention output mk = M_k * (o Wo^T + bo); att keeps it unmasked */
+    xattn_status s = xa_op_linear(o, M, inner, a[A_OW], a[A_OB], C, w->att, 0);
+    if (s) return s;
+    const float *mask = in->masks + (int64_t)k * N;
+    const int64_t msb = in->mask_batch == 1 ? 0 : 3 * N;
+    memcpy(b->mk, w->att, sizeof(float) * (size_t)MC);
+    xa_op_mask_rows(b->mk, B, N, C, mask, msb, 1.0f);
+    /* the zero convolution's output z feeds out (times ms) and regions[k] */
+    memset(b->dz, 0, sizeof(float) * (size_t)MC);
+    xa_op_axpy(b->ms[k], b->dh1, b->dz, MC);
+    if (g->dout[1]) xa_op_add(b->dz, g->dout[1] + k * MC, MC);
+    if ((s = lin_bwd(b->mk, M, C, m->zw[k], C, b->dz, b->dm, 0, dpar(m, g, pz(k, 0)),
+                     dpar(m, g, pz(k, 1)))))
+        return s;
+    if (g->din[IN_SCALE]) { /* d ms_k = <dh1, z> (z into dz, no longer needed) */
+        if ((s = xa_op_linear(b->mk, M, C, m->zw[k], m->zb[k], C, b->dz, 0))) return s;
+        b->dms[k] = (float)xa_op_dot(b->dz, b->dh1, MC);
     }
-    if (!s) s = run(m, &in, &out);
-    xa_free(resized);
+    float *dmask = b->dmask ? b->dmask : g->din[IN_MASKS];
+    xa_op_mask_rows_backward(w->att, b->dm, B, N, C, mask, msb, 1.0f,
+                             dmask ? dmask + (int64_t)k * N : NULL);
+    if ((s = lin_bwd(o, M, inner, a[A_OW], C, b->dm, w->o, 0, dpar(m, g, pa(k, A_OW)),
+                     dpar(m, g, pa(k, A_OB)))) ||
+        (s = attn_bwd(m, k, in, b)) ||
+        (s = lin_bwd(w->nrm, M, C, a[A_QW], inner, b->dq, b->dn2, k > 0, dpar(m, g, pa(k, A_QW)),
+                     dpar(m, g, pa(k, A_QB)))) ||
+        (s = lin_bwd(in->audio, BT, Ca, a[A_KW], inner, b->dk, g->din[IN_AUDIO], k > 0,
+                     dpar(m, g, pa(k, A_KW)), dpar(m, g, pa(k, A_KB)))))
+        return s;
+    return lin_bwd(in->audio, BT, Ca, a[A_VW], inner, b->dv, g->din[IN_AUDIO], 1,
+                   dpar(m, g, pa(k, A_VW)), dpar(m, g, pa(k, A_VB)));
+}
+
+/* The memory the backward keeps and its own scratch, in one block carved into b (NULL: too
+ * large or out of memory, error set). */
+static float *bwd_alloc(const xattn_hallo *m, const hl_named *nm, const xa_grad *g, hl_bwd *b)
+{
+    const xattn_hallo_inputs *in = &nm->in;
+    const int64_t C = m->cfg.dim, F = m->cfg.ff_inner, inner = m->cfg.inner_dim;
+    const double M = (double)in->B * (double)in->N, BT = (double)in->B * (double)in->T;
+    const double nmask =
+        nm->resized && g->din[IN_REGION] ? 3.0 * (double)in->mask_batch * in->N : 0.0;
+    const double total = M * (6.0 * C + 4.0 * inner + 3.0 * m->cfg.heads + 3.0 * F) +
+                         2.0 * BT * inner + nmask + 16.0 * 18;
+    if (total * 4.0 > 1e12) {
+        xa_error(XATTN_ERR_NOMEM, "%s: backward scratch too large", FN_FWD);
+        return NULL;
+    }
+    float *mem = xa_alloc(sizeof(float) * (size_t)total);
+    if (!mem) return NULL;
+    const int64_t Mi = in->B * in->N, MC = Mi * C, BTi = in->B * in->T;
+    float *q = mem;
+#define CARVE(n) (q += ((n) + 15) / 16 * 16, q - ((n) + 15) / 16 * 16)
+    for (int k = 0; k < 3; k++) {
+        b->keep.o[k] = CARVE(Mi * inner);
+        b->keep.lse[k] = CARVE(Mi * m->cfg.heads);
+    }
+    b->keep.h1 = CARVE(MC);
+    b->dh1 = CARVE(MC), b->dn2 = CARVE(MC), b->mk = CARVE(MC), b->dm = CARVE(MC);
+    b->dz = CARVE(MC), b->dp = CARVE(Mi * 2 * F), b->dg = CARVE(Mi * F);
+    b->dq = CARVE(Mi * inner), b->dk = CARVE(BTi * inner), b->dv = CARVE(BTi * inner);
+    b->dmask = nmask > 0 ? CARVE((int64_t)nmask) : NULL;
+#undef CARVE
+    return mem;
+}
+
+static xattn_status backward_named(const xa_mod *core, const xa_run *r, xa_grad *g)
+{
+    const xattn_hallo *m = (const xattn_hallo *)core;
+    xattn_hallo_outputs out = {.out = r->out[0], .regions = r->out[1]};
+    hl_named nm;
+    hl_bwd b;
+    memset(&b, 0, sizeof b);
+    b.g = g;
+    const float one3[3] = {1.0f, 1.0f, 1.0f};
+    b.ms = r->in[IN_SCALE] ? r->in[IN_SCALE] : one3;
+    float *mem = NULL;
+    xa_ws *ws = NULL;
+    xattn_status s = named_inputs(m, r, &nm);
+    if (!s) s = check_args(m, &nm.in, &out);
+    if (!s && !(mem = bwd_alloc(m, &nm, g, &b))) s = XATTN_ERR_NOMEM;
+    if (!s) s = run(m, &nm.in, &out, &b.keep);
+    if (!s) s = xa_grad_outputs(g, r);
+    if (!s) s = take_scratch(m, &nm.in, &b.w, &ws);
+    if (!s) s = ff_backward(m, &b, g->dout[0]);
+    if (!s)
+        s = xa_op_layernorm(nm.in.x, b.w.M, m->cfg.dim, m->t[T_N2W], m->t[T_N2B], 1e-5f, b.w.nrm);
+    for (int k = 0; k < 3 && !s; k++) s = region_backward(m, k, &nm.in, &b);
+    if (!s) s = norm_bwd(m, &b, T_N2W, nm.in.x, b.dn2, b.dh1);
+    if (!s && g->din[IN_X]) memcpy(g->din[IN_X], b.dh1, sizeof(float) * (size_t)b.w.MC);
+    if (!s && g->din[IN_SCALE]) memcpy(g->din[IN_SCALE], b.dms, sizeof b.dms);
+    if (!s && b.dmask) {
+        const int nd = r->in_ndim[IN_REGION];
+        const int64_t *sh = r->in_shape[IN_REGION];
+        s = xa_op_resize_masks_backward(b.dmask, nm.in.mask_batch * 3, sh[nd - 2], sh[nd - 1], nm.h,
+                                        nm.w, g->din[IN_REGION]);
+    }
+    if (ws) xa_ws_put(ws);
+    xa_free(mem);
+    xa_free(nm.resized);
     return s;
 }
