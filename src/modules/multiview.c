@@ -15,6 +15,9 @@
  * Residuals are added by the projections themselves (xa_op_linear accumulating), attention is
  * one fused call per block reading heads in place through strides.
  *
+ * Backward (the registry's module gradients): every parameter and every view; what the forward
+ * keeps and what is recomputed is described above the backward's code.
+ *
  * Loading: stages and views are counted from the names; each stage's width comes from view 0's
  * self_attn.in_proj_weight and each view's MLP widths from its own mlp.0 / cross_mlp.0 weights,
  * bound into a per-view config that instantiates the view's parameter table. The constructor's
@@ -211,6 +214,7 @@ typedef struct mv_view {
     const float *ex_b;   /* expand.bias, or NULL                           */
     const float *ex2;    /* (C_s, 2*C_{s-1}) = 0.5*[W W] of expand.weight  */
     int64_t hid, chid;   /* rows of mlp.0.weight, cross_mlp.0.weight        */
+    int p0, e0;          /* parameter index of norm1.weight, expand.weight  */
 } mv_view;
 
 struct xattn_multiview {
@@ -590,8 +594,10 @@ static xattn_status bind(xa_mod *core)
                 w->ex2 = pair;
                 w->ex_b = xa_param_data(ps, idx + E_B);
                 pair += (C * 2 * Cp + 15) & ~15;
+                w->e0 = idx;
                 idx += E_N;
             }
+            w->p0 = idx;
             for (int p = 0; p < P_N; p++) w->w[p] = xa_param_data(ps, idx + p);
             w->hid = ps->p[idx + P_M0W].shape[0];
             w->chid = ps->p[idx + P_CM0W].shape[0];
@@ -682,6 +688,7 @@ static xattn_status plan_named(const xa_mod *core, xa_run *r)
 }
 
 static xattn_status forward_named(const xa_mod *core, const xa_run *r);
+static xattn_status backward_named(const xa_mod *core, const xa_run *r, xa_grad *g);
 
 const xa_kind xa_kind_multiview = {
     .name = "multiview",
@@ -702,6 +709,7 @@ const xa_kind xa_kind_multiview = {
     .check = check_named,
     .plan = plan_named,
     .forward = forward_named,
+    .backward = backward_named,
     .state_dict = "stages.S.views.V.{expand.{weight,bias} (S > 0), norm1, norm2, cross_norm_q, "
                   "cross_norm_kv, cross_norm2 .{weight,bias}, self_attn., cross_attn. "
                   "{in_proj_weight, in_proj_bias, out_proj.{weight,bias}}, mlp., cross_mlp. "
@@ -774,7 +782,6 @@ xattn_status xattn_multiview_out_tokens(const xattn_multiview *m, int64_t n, int
     return XATTN_OK;
 }
 
-/* ---------------------------------------------------------------------------------------- */
 /* Forward                                                                                  */
 /* ---------------------------------------------------------------------------------------- */
 
@@ -819,56 +826,165 @@ static xattn_status plan_tokens(const xattn_multiview *m, const xattn_multiview_
     return XATTN_OK;
 }
 
-/* Scratch of the forward from the context's workspace, carved into w's buffers. */
-static xattn_status take_scratch(const xattn_multiview *m, mv_work *w, xa_ws **ws)
+/* The tokens of every view but v at stage s: the keys and values of v's cross-attention. */
+static int64_t other_tokens(const mv_work *w, int64_t s, int64_t v)
 {
-    double cap[MAX_V] = {0}, mh = 0, mqkv = 0, mt = 0, mkvin = 0, mkv = 0, tot = 0;
+    int64_t M = 0;
+    for (int64_t u = 0; u < w->V; u++) M += u == v ? 0 : w->n[s][u];
+    return M;
+}
+
+/* The largest sizes of a run, in floats. */
+typedef struct mv_sizes {
+    double cap[MAX_V];   /* (B, n, C_s) of view v, largest over the stages        */
+    double rc, rqkv, rt; /* a view's B n rows times C, 3 C and its wider MLP width */
+    double kvin, kv;     /* the other views' rows times C, 2 C                     */
+    double lse, pair;    /* B H n; C_s 2 C_{s-1}                                   */
+} mv_sizes;
+
+static void run_sizes(const xattn_multiview *m, const mv_work *w, mv_sizes *z)
+{
+    memset(z, 0, sizeof *z);
     for (int64_t s = 0; s < w->S; s++) {
         const double C = (double)m->cfg.dim[s];
-        double ntot = 0;
-        for (int64_t v = 0; v < w->V; v++) ntot += (double)w->n[s][v];
+        if (s) z->pair = fmax(z->pair, C * 2 * (double)m->cfg.dim[s - 1]);
         for (int64_t v = 0; v < w->V; v++) {
             const mv_view *vw = &m->vw[s * w->V + v];
             const double rows = (double)w->B * (double)w->n[s][v];
-            const double M = (double)w->B * (ntot - (double)w->n[s][v]);
-            cap[v] = fmax(cap[v], rows * C);
-            mh = fmax(mh, rows * C);
-            mqkv = fmax(mqkv, rows * 3 * C);
-            mt = fmax(mt, rows * (double)XA_MAX(vw->hid, vw->chid));
-            mkvin = fmax(mkvin, M * C);
-            mkv = fmax(mkv, M * 2 * C);
+            const double M = (double)w->B * (double)other_tokens(w, s, v);
+            z->cap[v] = fmax(z->cap[v], rows * C);
+            z->rc = fmax(z->rc, rows * C);
+            z->rqkv = fmax(z->rqkv, rows * 3 * C);
+            z->rt = fmax(z->rt, rows * (double)XA_MAX(vw->hid, vw->chid));
+            z->kvin = fmax(z->kvin, M * C);
+            z->kv = fmax(z->kv, M * 2 * C);
+            z->lse = fmax(z->lse, rows * (double)m->cfg.heads[s]);
         }
     }
-    for (int64_t v = 0; v < w->V; v++) tot += 2 * (cap[v] + 16);
-    tot += 2 * (mh + 16) + mqkv + mt + mkvin + mkv + 96;
-    if (tot * 4.0 > (double)(SIZE_MAX / 4) || tot > 9e15)
+}
+
+/* Buffers (16-float multiples) carved from one block; with base NULL it only counts. */
+typedef struct mv_carve {
+    float *base;
+    double used;
+} mv_carve;
+
+static float *carve(mv_carve *c, double n)
+{
+    float *p = c->base ? c->base + (size_t)c->used : NULL;
+    c->used += ceil(n / 16) * 16;
+    return p;
+}
+
+/* The forward's scratch (the backward's recomputations use it too). */
+static void carve_scratch(mv_carve *c, const mv_sizes *z, mv_work *w)
+{
+    w->h = carve(c, z->rc);
+    w->ob = carve(c, z->rc);
+    w->qkv = carve(c, z->rqkv);
+    w->t = carve(c, z->rt);
+    w->kvin = carve(c, z->kvin);
+    w->kv = carve(c, z->kv);
+}
+
+/* One block from the context's workspace laid out by lay (called twice: counting, carving). */
+static xattn_status take_block(void (*lay)(mv_carve *, void *), void *arg, int64_t B, xa_ws **ws)
+{
+    mv_carve c = {NULL, 0};
+    lay(&c, arg);
+    if (c.used * 4.0 > (double)(SIZE_MAX / 4) || c.used > 9e15)
         return xa_error(XATTN_ERR_NOMEM, "%s: scratch for batch %lld overflows", FN_FWD,
-                        (long long)w->B);
-    if (!(*ws = xa_ws_get((size_t)tot * sizeof(float)))) return XATTN_ERR_NOMEM;
-    float *p = xa_ws_data(*ws);
-#define MV_TAKE(dst, n_) (dst = p, p += ((size_t)(n_) + 15) & ~(size_t)15)
-    for (int64_t v = 0; v < w->V; v++) {
-        MV_TAKE(w->cur[v], cap[v]);
-        MV_TAKE(w->nxt[v], cap[v]);
-    }
-    MV_TAKE(w->h, mh);
-    MV_TAKE(w->ob, mh);
-    MV_TAKE(w->qkv, mqkv);
-    MV_TAKE(w->t, mt);
-    MV_TAKE(w->kvin, mkvin);
-    MV_TAKE(w->kv, mkv);
-#undef MV_TAKE
+                        (long long)B);
+    if (!(*ws = xa_ws_get((size_t)c.used * sizeof(float)))) return XATTN_ERR_NOMEM;
+    c = (mv_carve){xa_ws_data(*ws), 0};
+    lay(&c, arg);
     return XATTN_OK;
 }
 
-/* Attention of (B, I) queries over (B, J) keys/values, heads read in place: q rows of stride
- * q_ld, k and v rows of stride kv_ld, o (B, I, C). */
-static xattn_status attend(int64_t B, int64_t H, int64_t I, int64_t J, int64_t C, const float *q,
-                           int64_t q_ld, const float *k, const float *v, int64_t kv_ld, float *o)
+typedef struct mv_fwd {
+    mv_work *w;
+    mv_sizes z;
+} mv_fwd;
+
+/* The forward's block: two streams per view and the scratch. */
+static void fwd_layout(mv_carve *c, void *arg)
 {
-    xa_attn p = {.scale = xa_head_scale(C / H), .fill = XATTN_FILL_NEG_INF, .fn = FN_FWD};
-    xa_attn_heads(&p, B, H, I, J, C / H, C / H, q, q_ld, k, kv_ld, v, kv_ld, o, C);
-    return xa_op_attention(&p);
+    mv_fwd *f = arg;
+    for (int64_t v = 0; v < f->w->V; v++) {
+        f->w->cur[v] = carve(c, f->z.cap[v]);
+        f->w->nxt[v] = carve(c, f->z.cap[v]);
+    }
+    carve_scratch(c, &f->z, f->w);
+}
+
+/* Attention of (B, I) queries over (B, J) keys/values of width C in H heads read in place:
+ * q rows of stride q_ld, k and v rows of stride kv_ld, o (B, I, C); lse (B, H, I) or NULL. */
+static void attn_setup(xa_attn *p, int64_t B, int64_t H, int64_t I, int64_t J, int64_t C,
+                       const float *q, int64_t q_ld, const float *k, const float *v, int64_t kv_ld,
+                       float *o, float *lse)
+{
+    memset(p, 0, sizeof *p);
+    p->scale = xa_head_scale(C / H);
+    p->fill = XATTN_FILL_NEG_INF;
+    p->fn = FN_FWD;
+    p->lse = lse;
+    xa_attn_heads(p, B, H, I, J, C / H, C / H, q, q_ld, k, kv_ld, v, kv_ld, o, C);
+}
+
+/* y (B N, C) += self_attn(norm1 x) of view vw at stage s (y may be x); the attention is left
+ * in *p (q/k/v in w->qkv, its input in w->h, its output in w->ob, lse when not NULL). */
+static xattn_status self_attn_part(const xattn_multiview *m, int64_t s, const mv_view *vw,
+                                   mv_work *w, int64_t N, const float *x, float *y, float *lse,
+                                   xa_attn *p)
+{
+    const int64_t C = m->cfg.dim[s], rows = w->B * N;
+    xattn_status st;
+    attn_setup(p, w->B, m->cfg.heads[s], N, N, C, w->qkv, 3 * C, w->qkv + C, w->qkv + 2 * C, 3 * C,
+               w->ob, lse);
+    if ((st = xa_op_layernorm(x, rows, C, vw->w[P_N1W], vw->w[P_N1B], m->cfg.eps, w->h)) ||
+        (st = xa_op_linear(w->h, rows, C, vw->w[P_SAIW], vw->w[P_SAIB], 3 * C, w->qkv, 0)) ||
+        (st = xa_op_attention(p)))
+        return st;
+    return xa_op_linear(w->ob, rows, C, vw->w[P_SAOW], vw->w[P_SAOB], C, y, 1);
+}
+
+/* y (B N_v, C) += cross_attn(cross_norm_q ys[v], c, c) of view v at stage s, c the other views'
+ * ys through cross_norm_kv written straight into the concatenated layout w->kvin (B, M, C); K
+ * and V from ONE linear map (rows C..3C of in_proj_weight) into w->kv, Q into w->qkv (its
+ * input in w->h), the output in w->ob, the attention left in *p (lse when not NULL). */
+static xattn_status cross_attn_part(const xattn_multiview *m, int64_t s, int64_t v, mv_work *w,
+                                    float *const *ys, float *y, float *lse, xa_attn *p)
+{
+    const mv_view *vw = &m->vw[s * w->V + v];
+    const int64_t C = m->cfg.dim[s], B = w->B, N = w->n[s][v], rows = B * N;
+    const int64_t M = other_tokens(w, s, v);
+    const float *ib = vw->w[P_CAIB];
+    xattn_status st = XATTN_OK;
+    for (int64_t b = 0; b < B && !st; b++)
+        for (int64_t u = 0, at = 0; u < w->V && !st; u++) {
+            if (u == v) continue;
+            st = xa_op_layernorm(ys[u] + b * w->n[s][u] * C, w->n[s][u], C, vw->w[P_CKVW],
+                                 vw->w[P_CKVB], m->cfg.eps, w->kvin + (b * M + at) * C);
+            at += w->n[s][u];
+        }
+    attn_setup(p, B, m->cfg.heads[s], N, M, C, w->qkv, C, w->kv, w->kv + C, 2 * C, w->ob, lse);
+    if (st ||
+        (st = xa_op_linear(w->kvin, B * M, C, vw->w[P_CAIW] + C * C, ib ? ib + C : NULL, 2 * C,
+                           w->kv, 0)) ||
+        (st = xa_op_layernorm(ys[v], rows, C, vw->w[P_CQW], vw->w[P_CQB], m->cfg.eps, w->h)) ||
+        (st = xa_op_linear(w->h, rows, C, vw->w[P_CAIW], ib, C, w->qkv, 0)) ||
+        (st = xa_op_attention(p)))
+        return st;
+    return xa_op_linear(w->ob, rows, C, vw->w[P_CAOW], vw->w[P_CAOB], C, y, 1);
+}
+
+/* t (rows, hid) = first MLP layer (at w[l0]) of norm(x) (the norm at w[nw], its output in h). */
+static xattn_status mlp_first(const xattn_multiview *m, const mv_view *vw, int nw, int l0,
+                              int64_t hid, const float *x, int64_t rows, int64_t C, float *h,
+                              float *t)
+{
+    xattn_status s = xa_op_layernorm(x, rows, C, vw->w[nw], vw->w[nw + 1], m->cfg.eps, h);
+    return s ? s : xa_op_linear(h, rows, C, vw->w[l0], vw->w[l0 + 1], hid, t, 0);
 }
 
 /* x (rows, C) += mlp(LN(x)) with the norm at w[nw], the layers at w[l0], w[l0 + 2]. */
@@ -876,27 +992,44 @@ static xattn_status mlp_block(const xattn_multiview *m, const mv_view *vw, int n
                               int64_t hid, float *x, int64_t rows, int64_t C, mv_work *w)
 {
     xattn_status s;
-    if ((s = xa_op_layernorm(x, rows, C, vw->w[nw], vw->w[nw + 1], m->cfg.eps, w->h)) ||
-        (s = xa_op_linear(w->h, rows, C, vw->w[l0], vw->w[l0 + 1], hid, w->t, 0)) ||
+    if ((s = mlp_first(m, vw, nw, l0, hid, x, rows, C, w->h, w->t)) ||
         (s = xa_op_gelu(w->t, rows * hid, m->cfg.gelu_tanh)))
         return s;
     return xa_op_linear(w->t, rows, hid, vw->w[l0 + 2], vw->w[l0 + 3], C, x, 1);
 }
 
-/* Stage s > 0: cur <- expand(pool(cur)) for every view (token pairs read in place). */
+/* The token pairs of view v entering stage s > 0 as row groups of the pooled GEMM: one group
+ * of B n_s rows when n_{s-1} is even, else one per batch item (its odd last token dropped);
+ * group g starts at token g n_{s-1} of the input and row g n_s of the output. */
+static int64_t pair_groups(const mv_work *w, int64_t s, int64_t v, int64_t *rows)
+{
+    const int odd = w->n[s - 1][v] % 2 != 0;
+    *rows = odd ? w->n[s][v] : w->B * w->n[s][v];
+    return odd ? w->B : 1;
+}
+
+/* x (B, n_s, C_s) = expand(pool(z)) for view v entering stage s > 0, z (B, n_{s-1}, C_{s-1}):
+ * token pairs read in place as rows of width 2 C_{s-1} times 0.5 [W W]. */
+static xattn_status expand_view(const xattn_multiview *m, int64_t s, int64_t v, const mv_work *w,
+                                const float *z, float *x)
+{
+    const mv_view *vw = &m->vw[s * w->V + v];
+    const int64_t C = m->cfg.dim[s], Cp = m->cfg.dim[s - 1];
+    int64_t rows;
+    const int64_t G = pair_groups(w, s, v, &rows);
+    xattn_status st = XATTN_OK;
+    for (int64_t g = 0; g < G && !st; g++)
+        st = xa_op_linear(z + g * w->n[s - 1][v] * Cp, rows, 2 * Cp, vw->ex2, vw->ex_b, C,
+                          x + g * w->n[s][v] * C, 0);
+    return st;
+}
+
+/* Stage s > 0: cur <- expand(pool(cur)) for every view. */
 static xattn_status pool_expand(const xattn_multiview *m, int64_t s, mv_work *w)
 {
-    const int64_t C = m->cfg.dim[s], Cp = m->cfg.dim[s - 1];
     xattn_status st = XATTN_OK;
     for (int64_t v = 0; v < w->V && !st; v++) {
-        const mv_view *vw = &m->vw[s * w->V + v];
-        const int64_t np = w->n[s - 1][v], nn = w->n[s][v];
-        if (np % 2 == 0)
-            st = xa_op_linear(w->cur[v], w->B * nn, 2 * Cp, vw->ex2, vw->ex_b, C, w->nxt[v], 0);
-        for (int64_t b = 0; np % 2 && b < w->B && !st;
-             b++) /* odd: the last token of each item is dropped */
-            st = xa_op_linear(w->cur[v] + b * np * Cp, nn, 2 * Cp, vw->ex2, vw->ex_b, C,
-                              w->nxt[v] + b * nn * C, 0);
+        st = expand_view(m, s, v, w, w->cur[v], w->nxt[v]);
         float *tmp = w->cur[v];
         w->cur[v] = w->nxt[v];
         w->nxt[v] = tmp;
@@ -907,19 +1040,14 @@ static xattn_status pool_expand(const xattn_multiview *m, int64_t s, mv_work *w)
 /* Self blocks of stage s, in place on cur. */
 static xattn_status self_blocks(const xattn_multiview *m, int64_t s, mv_work *w)
 {
-    const int64_t C = m->cfg.dim[s], H = m->cfg.heads[s];
+    const int64_t C = m->cfg.dim[s];
     xattn_status st = XATTN_OK;
     for (int64_t v = 0; v < w->V && !st; v++) {
         const mv_view *vw = &m->vw[s * w->V + v];
-        const int64_t N = w->n[s][v], rows = w->B * N;
-        float *x = w->cur[v];
-        if ((st = xa_op_layernorm(x, rows, C, vw->w[P_N1W], vw->w[P_N1B], m->cfg.eps, w->h)) ||
-            (st = xa_op_linear(w->h, rows, C, vw->w[P_SAIW], vw->w[P_SAIB], 3 * C, w->qkv, 0)) ||
-            (st = attend(w->B, H, N, N, C, w->qkv, 3 * C, w->qkv + C, w->qkv + 2 * C, 3 * C,
-                         w->ob)) ||
-            (st = xa_op_linear(w->ob, rows, C, vw->w[P_SAOW], vw->w[P_SAOB], C, x, 1)))
-            break;
-        st = mlp_block(m, vw, P_N2W, P_M0W, vw->hid, x, rows, C, w);
+        const int64_t N = w->n[s][v];
+        xa_attn p;
+        st = self_attn_part(m, s, vw, w, N, w->cur[v], w->cur[v], NULL, &p);
+        if (!st) st = mlp_block(m, vw, P_N2W, P_M0W, vw->hid, w->cur[v], w->B * N, C, w);
     }
     return st;
 }
@@ -927,34 +1055,15 @@ static xattn_status self_blocks(const xattn_multiview *m, int64_t s, mv_work *w)
 /* Cross blocks of stage s: read cur (the self outputs of every view), write nxt. */
 static xattn_status cross_blocks(const xattn_multiview *m, int64_t s, mv_work *w)
 {
-    const int64_t C = m->cfg.dim[s], H = m->cfg.heads[s], B = w->B;
-    int64_t ntot = 0;
-    for (int64_t v = 0; v < w->V; v++) ntot += w->n[s][v];
+    const int64_t C = m->cfg.dim[s];
     xattn_status st = XATTN_OK;
     for (int64_t v = 0; v < w->V && !st; v++) {
         const mv_view *vw = &m->vw[s * w->V + v];
-        const int64_t N = w->n[s][v], rows = B * N, M = ntot - N;
-        const float *ib = vw->w[P_CAIB];
-        /* cross_norm_kv straight into the concatenated (B, M, C) layout */
-        for (int64_t b = 0; b < B && !st; b++)
-            for (int64_t u = 0, at = 0; u < w->V && !st; u++) {
-                if (u == v) continue;
-                st = xa_op_layernorm(w->cur[u] + b * w->n[s][u] * C, w->n[s][u], C, vw->w[P_CKVW],
-                                     vw->w[P_CKVB], m->cfg.eps, w->kvin + (b * M + at) * C);
-                at += w->n[s][u];
-            }
-        if (st ||
-            (st = xa_op_linear(w->kvin, B * M, C, vw->w[P_CAIW] + C * C, ib ? ib + C : NULL, 2 * C,
-                               w->kv, 0)) ||
-            (st = xa_op_layernorm(w->cur[v], rows, C, vw->w[P_CQW], vw->w[P_CQB], m->cfg.eps,
-                                  w->h)) ||
-            (st = xa_op_linear(w->h, rows, C, vw->w[P_CAIW], ib, C, w->qkv, 0)) ||
-            (st = attend(B, H, N, M, C, w->qkv, C, w->kv, w->kv + C, 2 * C, w->ob)))
-            break;
+        const int64_t rows = w->B * w->n[s][v];
+        xa_attn p;
         memcpy(w->nxt[v], w->cur[v], (size_t)(rows * C) * sizeof(float));
-        if ((st = xa_op_linear(w->ob, rows, C, vw->w[P_CAOW], vw->w[P_CAOB], C, w->nxt[v], 1)))
-            break;
-        st = mlp_block(m, vw, P_C2W, P_CM0W, vw->chid, w->nxt[v], rows, C, w);
+        st = cross_attn_part(m, s, v, w, w->cur, w->nxt[v], NULL, &p);
+        if (!st) st = mlp_block(m, vw, P_C2W, P_CM0W, vw->chid, w->nxt[v], rows, C, w);
     }
     for (int64_t v = 0; v < w->V; v++) {
         float *tmp = w->cur[v];
@@ -968,10 +1077,13 @@ static xattn_status run(const xattn_multiview *m, const xattn_multiview_inputs *
                         const xattn_multiview_outputs *out)
 {
     mv_work w;
+    mv_fwd f;
+    f.w = &w;
     xa_ws *ws = NULL;
     xattn_status st = plan_tokens(m, in, out, &w);
-    if (!st) st = take_scratch(m, &w, &ws);
     if (st) return st;
+    run_sizes(m, &w, &f.z);
+    if ((st = take_block(fwd_layout, &f, w.B, &ws))) return st;
     const int64_t C0 = m->cfg.dim[0], CL = m->cfg.dim[w.S - 1];
     for (int64_t v = 0; v < w.V; v++)
         memcpy(w.cur[v], in->x[v], (size_t)(w.B * w.n[0][v] * C0) * sizeof(float));
@@ -998,6 +1110,20 @@ xattn_status xattn_multiview_forward(xattn_ctx *ctx, const xattn_multiview *m,
     return st;
 }
 
+/* The typed arguments of a named run (arrays of NAMED_VIEWS entries held by the caller). */
+static void named_io(const xattn_multiview *m, const xa_run *r, int64_t *tokens, const float **x,
+                     float **o, xattn_multiview_inputs *in, xattn_multiview_outputs *out)
+{
+    for (int64_t v = 0; v < m->cfg.views; v++) {
+        tokens[v] = r->in_shape[v][1];
+        x[v] = r->in[v];
+        o[v] = r->out[v];
+    }
+    *in = (xattn_multiview_inputs){
+        .B = xa_run_sym(r, "B"), .n_views = m->cfg.views, .tokens = tokens, .x = x};
+    *out = (xattn_multiview_outputs){.out = o};
+}
+
 /* Runs on the context the registry made current. */
 static xattn_status forward_named(const xa_mod *core, const xa_run *r)
 {
@@ -1005,13 +1131,296 @@ static xattn_status forward_named(const xa_mod *core, const xa_run *r)
     int64_t tokens[NAMED_VIEWS];
     const float *x[NAMED_VIEWS];
     float *o[NAMED_VIEWS];
-    for (int64_t v = 0; v < m->cfg.views; v++) {
-        tokens[v] = r->in_shape[v][1];
-        x[v] = r->in[v];
-        o[v] = r->out[v];
-    }
-    xattn_multiview_inputs in = {
-        .B = xa_run_sym(r, "B"), .n_views = m->cfg.views, .tokens = tokens, .x = x};
-    xattn_multiview_outputs out = {.out = o};
+    xattn_multiview_inputs in;
+    xattn_multiview_outputs out;
+    named_io(m, r, tokens, x, o, &in, &out);
     return run(m, &in, &out);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Backward                                                                                 */
+/* ---------------------------------------------------------------------------------------- */
+/*
+ * The forward runs once keeping, per stage s and view v, the self blocks' output y
+ * (B, n_{s,v}, C_s) and, before the last stage, the cross blocks' output z (the next stage's
+ * pooling input; the last stage's z is the output): 2 C_s floats per token (C_{S-1} in the
+ * last stage). Going back stage by stage, each block's internals are recomputed from what was
+ * kept (q/k/v, the attention's output and log-sum-exp, the stream between attention and MLP,
+ * the MLP's norm and hidden; the stage input x = expand(pool(z_{s-1})), one GEMM):
+ *   cross blocks: each view's gradient flows to its own y (residual, cross_norm_q) and,
+ *     through K/V (rows C..3C of in_proj_weight) and cross_norm_kv of the concatenation, to
+ *     every other view's y;
+ *   self blocks: MLP, out_proj, fused attention backward, packed in_proj, norm1;
+ *   pooled expansion: the GEMM over token pairs gives the previous stage's z (0 for a dropped
+ *     odd token) and the gradient of 0.5 [W W], whose halves summed times 0.5 are dW.
+ */
+
+typedef struct mv_bwd {
+    const xattn_multiview *m;
+    mv_work w; /* token counts; the forward's scratch, reused for the recomputations */
+    mv_sizes z;
+    float *const *outs;                       /* the run's outputs (NULL: not asked)        */
+    float *Y[MAX_S][MAX_V], *Z[MAX_S][MAX_V]; /* kept: self and cross outputs              */
+    float *gz[MAX_V], *gy[MAX_V]; /* gradients of z and y in the stage going back            */
+    float *x, *y1, *hm, *g, *lse; /* stage input, stream before the MLP, its norm and hidden */
+    float *dq, *da, *dh, *dt, *dkvin, *dkv, *dpair;
+    float *const *dparam;
+} mv_bwd;
+
+static void bwd_layout(mv_carve *c, void *arg)
+{
+    mv_bwd *b = arg;
+    const mv_work *w = &b->w;
+    for (int64_t s = 0; s < w->S; s++)
+        for (int64_t v = 0; v < w->V; v++) {
+            const double n = (double)(w->B * w->n[s][v] * b->m->cfg.dim[s]);
+            b->Y[s][v] = carve(c, n);
+            b->Z[s][v] = s == w->S - 1 && b->outs[v] ? b->outs[v] : carve(c, n);
+        }
+    for (int64_t v = 0; v < w->V; v++) {
+        b->gz[v] = carve(c, b->z.cap[v]);
+        b->gy[v] = carve(c, b->z.cap[v]);
+    }
+    carve_scratch(c, &b->z, &b->w);
+    b->x = carve(c, b->z.rc), b->y1 = carve(c, b->z.rc), b->hm = carve(c, b->z.rc);
+    b->g = carve(c, b->z.rt), b->lse = carve(c, b->z.lse);
+    b->dq = carve(c, b->z.rqkv), b->da = carve(c, b->z.rc), b->dh = carve(c, b->z.rc);
+    b->dt = carve(c, b->z.rt), b->dkvin = carve(c, b->z.kvin), b->dkv = carve(c, b->z.kv);
+    b->dpair = carve(c, b->z.pair);
+}
+
+/* The gradient of parameter k of view vw (view table), NULL when not wanted or absent. */
+static float *dpar(const mv_bwd *b, const mv_view *vw, int k)
+{
+    return b->dparam && vw->w[k] ? b->dparam[vw->p0 + k] : NULL;
+}
+
+/* Every wanted parameter gradient set to 0 (the norms' and expand.bias's add up). */
+static void zero_grads(const xattn_multiview *m, float *const *dparam)
+{
+    const xa_params *ps = &m->core.params;
+    for (int i = 0; dparam && i < ps->n; i++) {
+        if (!dparam[i] || !ps->p[i].data) continue;
+        int64_t n = 1;
+        for (int d = 0; d < ps->p[i].ndim; d++) n *= ps->p[i].shape[d];
+        memset(dparam[i], 0, sizeof(float) * (size_t)n);
+    }
+}
+
+/* The forward keeping Y and Z (x0: the views). */
+static xattn_status keep_forward(mv_bwd *b, const float *const *x0)
+{
+    mv_work *w = &b->w;
+    const xattn_multiview *m = b->m;
+    xattn_status st = XATTN_OK;
+    for (int64_t s = 0; s < w->S && !st; s++) {
+        for (int64_t v = 0; v < w->V && !st; v++) {
+            if (s)
+                st = expand_view(m, s, v, w, b->Z[s - 1][v], b->Y[s][v]);
+            else
+                memcpy(b->Y[0][v], x0[v],
+                       sizeof(float) * (size_t)(w->B * w->n[0][v] * m->cfg.dim[0]));
+            w->cur[v] = b->Y[s][v];
+            w->nxt[v] = b->Z[s][v];
+        }
+        if (!st) st = self_blocks(m, s, w);
+        if (!st) st = cross_blocks(m, s, w);
+    }
+    return st;
+}
+
+/* dx (rows, C), the gradient of x + mlp(norm(x)), becomes that of x (the MLP at w[l0], its
+ * norm at w[nw]; the internals recomputed from x). */
+static xattn_status mlp_backward(mv_bwd *b, const mv_view *vw, int nw, int l0, int64_t hid,
+                                 const float *x, int64_t rows, int64_t C, float *dx)
+{
+    const xattn_multiview *m = b->m;
+    const int gt = m->cfg.gelu_tanh;
+    float *t = b->w.t;
+    xattn_status s;
+    if ((s = mlp_first(m, vw, nw, l0, hid, x, rows, C, b->hm, t))) return s;
+    memcpy(b->g, t, sizeof(float) * (size_t)(rows * hid));
+    if ((s = xa_op_gelu(b->g, rows * hid, gt)) ||
+        (s = xa_op_linear_backward(b->g, rows, hid, vw->w[l0 + 2], C, dx, b->dt,
+                                   dpar(b, vw, l0 + 2), dpar(b, vw, l0 + 3), 0)))
+        return s;
+    xa_op_gelu_backward(t, b->dt, b->dt, rows * hid, gt);
+    if ((s = xa_op_linear_backward(b->hm, rows, C, vw->w[l0], hid, b->dt, b->dh, dpar(b, vw, l0),
+                                   dpar(b, vw, l0 + 1), 0)))
+        return s;
+    return xa_op_layernorm_backward(x, rows, C, vw->w[nw], m->cfg.eps, b->dh, dx, dpar(b, vw, nw),
+                                    dpar(b, vw, nw + 1), 1);
+}
+
+/* The gradients of attention p (run with lse) from da (B, I, C): dq in rows of stride q_ld,
+ * dk and dv in rows of stride kv_ld. */
+static xattn_status attn_backward(const xa_attn *p, const float *lse, const float *da, float *dq,
+                                  int64_t q_ld, float *dk, float *dv, int64_t kv_ld)
+{
+    const int64_t C = p->H * p->dh;
+    xa_attn_grad g;
+    memset(&g, 0, sizeof g);
+    g.dout = da, g.do_sb = p->I * C, g.do_sh = p->dh, g.do_si = C;
+    g.lse = lse;
+    g.dq = dq, g.dq_sb = p->I * q_ld, g.dq_sh = p->dh, g.dq_si = q_ld;
+    g.dk = dk, g.dk_sb = p->J * kv_ld, g.dk_sh = p->dh, g.dk_sj = kv_ld;
+    g.dv = dv, g.dv_sb = p->J * kv_ld, g.dv_sh = p->dv, g.dv_sj = kv_ld;
+    return xa_op_attention_backward(p, &g);
+}
+
+/* cross_norm_kv of view v's cross block at stage s: dkvin (B, M, C) back to the other views'
+ * gy (added). */
+static xattn_status kv_norm_backward(mv_bwd *b, int64_t s, int64_t v)
+{
+    const mv_work *w = &b->w;
+    const mv_view *vw = &b->m->vw[s * w->V + v];
+    const int64_t C = b->m->cfg.dim[s], M = other_tokens(w, s, v);
+    float *dw = dpar(b, vw, P_CKVW), *db = dpar(b, vw, P_CKVB);
+    xattn_status st = XATTN_OK;
+    for (int64_t i = 0; i < w->B && !st; i++)
+        for (int64_t u = 0, at = 0; u < w->V && !st; u++) {
+            if (u == v) continue;
+            const int64_t n = w->n[s][u];
+            st = xa_op_layernorm_backward(b->Y[s][u] + i * n * C, n, C, vw->w[P_CKVW],
+                                          b->m->cfg.eps, b->dkvin + (i * M + at) * C,
+                                          b->gy[u] + i * n * C, dw, db, 1);
+            at += n;
+        }
+    return st;
+}
+
+/* View v's cross block of stage s: gz[v] (the gradient of its output) is used up; the
+ * gradient of y_v is added to gy[v] and, through the keys and values, of each other y_u to
+ * gy[u]. */
+static xattn_status cross_backward(mv_bwd *b, int64_t s, int64_t v)
+{
+    const xattn_multiview *m = b->m;
+    mv_work *w = &b->w;
+    const mv_view *vw = &m->vw[s * w->V + v];
+    const int64_t C = m->cfg.dim[s], rows = w->B * w->n[s][v], M = other_tokens(w, s, v);
+    float *dz = b->gz[v], *dW = dpar(b, vw, P_CAIW), *dbi = dpar(b, vw, P_CAIB);
+    xa_attn p;
+    xattn_status st;
+    memcpy(b->y1, b->Y[s][v], sizeof(float) * (size_t)(rows * C));
+    if ((st = cross_attn_part(m, s, v, w, b->Y[s], b->y1, b->lse, &p)) ||
+        (st = mlp_backward(b, vw, P_C2W, P_CM0W, vw->chid, b->y1, rows, C, dz)) ||
+        (st = xa_op_linear_backward(w->ob, rows, C, vw->w[P_CAOW], C, dz, b->da,
+                                    dpar(b, vw, P_CAOW), dpar(b, vw, P_CAOB), 0)) ||
+        (st = attn_backward(&p, b->lse, b->da, b->dq, C, b->dkv, b->dkv + C, 2 * C)) ||
+        (st = xa_op_linear_backward(w->h, rows, C, vw->w[P_CAIW], C, b->dq, b->dh, dW, dbi, 0)) ||
+        (st = xa_op_layernorm_backward(b->Y[s][v], rows, C, vw->w[P_CQW], m->cfg.eps, b->dh,
+                                       b->gy[v], dpar(b, vw, P_CQW), dpar(b, vw, P_CQB), 1)) ||
+        (st = xa_op_linear_backward(w->kvin, w->B * M, C, vw->w[P_CAIW] + C * C, 2 * C, b->dkv,
+                                    b->dkvin, dW ? dW + C * C : NULL, dbi ? dbi + C : NULL, 0)))
+        return st;
+    xa_op_add(b->gy[v], dz, rows * C); /* the residual */
+    return kv_norm_backward(b, s, v);
+}
+
+/* View v's self block of stage s over its input x: gy[v], the gradient of its output,
+ * becomes that of x. */
+static xattn_status self_backward(mv_bwd *b, int64_t s, int64_t v, const float *x)
+{
+    const xattn_multiview *m = b->m;
+    mv_work *w = &b->w;
+    const mv_view *vw = &m->vw[s * w->V + v];
+    const int64_t C = m->cfg.dim[s], N = w->n[s][v], rows = w->B * N;
+    float *dy = b->gy[v];
+    xa_attn p;
+    xattn_status st;
+    memcpy(b->y1, x, sizeof(float) * (size_t)(rows * C));
+    if ((st = self_attn_part(m, s, vw, w, N, x, b->y1, b->lse, &p)) ||
+        (st = mlp_backward(b, vw, P_N2W, P_M0W, vw->hid, b->y1, rows, C, dy)) ||
+        (st = xa_op_linear_backward(w->ob, rows, C, vw->w[P_SAOW], C, dy, b->da,
+                                    dpar(b, vw, P_SAOW), dpar(b, vw, P_SAOB), 0)) ||
+        (st = attn_backward(&p, b->lse, b->da, b->dq, 3 * C, b->dq + C, b->dq + 2 * C, 3 * C)) ||
+        (st = xa_op_linear_backward(w->h, rows, C, vw->w[P_SAIW], 3 * C, b->dq, b->dh,
+                                    dpar(b, vw, P_SAIW), dpar(b, vw, P_SAIB), 0)))
+        return st;
+    return xa_op_layernorm_backward(x, rows, C, vw->w[P_N1W], m->cfg.eps, b->dh, dy,
+                                    dpar(b, vw, P_N1W), dpar(b, vw, P_N1B), 1);
+}
+
+/* The pooled expansion of view v into stage s > 0: dx (B, n_s, C_s), the gradient of its
+ * output, gives dz (B, n_{s-1}, C_{s-1}), that of its input, and the gradients of expand.weight
+ * and expand.bias. */
+static xattn_status expand_backward(mv_bwd *b, int64_t s, int64_t v, const float *dx, float *dz)
+{
+    const mv_work *w = &b->w;
+    const mv_view *vw = &b->m->vw[s * w->V + v];
+    const int64_t C = b->m->cfg.dim[s], Cp = b->m->cfg.dim[s - 1];
+    float *dW = b->dparam ? b->dparam[vw->e0 + E_W] : NULL;
+    float *db = b->dparam && vw->ex_b ? b->dparam[vw->e0 + E_B] : NULL;
+    float *dW2 = dW ? b->dpair : NULL;
+    int64_t rows;
+    const int64_t G = pair_groups(w, s, v, &rows);
+    memset(dz, 0, sizeof(float) * (size_t)(w->B * w->n[s - 1][v] * Cp));
+    if (dW2) memset(dW2, 0, sizeof(float) * (size_t)(C * 2 * Cp));
+    xattn_status st = XATTN_OK;
+    for (int64_t g = 0; g < G && !st; g++) {
+        const int64_t in = g * w->n[s - 1][v] * Cp;
+        st = xa_op_linear_backward(b->Z[s - 1][v] + in, rows, 2 * Cp, vw->ex2, C,
+                                   dx + g * w->n[s][v] * C, dz + in, dW2, db, 1);
+    }
+    if (!st && dW) xa_op_pair_weight_backward(dW2, C, Cp, dW);
+    return st;
+}
+
+/* From the outputs' gradients (NULL: 0) back through every stage to the views' gradients. */
+static xattn_status backward_stages(mv_bwd *b, const xa_grad *g, const float *const *x0)
+{
+    const xattn_multiview *m = b->m;
+    const mv_work *w = &b->w;
+    const int64_t S = w->S, V = w->V;
+    for (int64_t v = 0; v < V; v++) {
+        const size_t n = (size_t)(w->B * w->n[S - 1][v] * m->cfg.dim[S - 1]);
+        if (g->dout[v])
+            memcpy(b->gz[v], g->dout[v], sizeof(float) * n);
+        else
+            memset(b->gz[v], 0, sizeof(float) * n);
+    }
+    xattn_status st = XATTN_OK;
+    for (int64_t s = S - 1; s >= 0 && !st; s--) {
+        for (int64_t v = 0; v < V; v++)
+            memset(b->gy[v], 0, sizeof(float) * (size_t)(w->B * w->n[s][v] * m->cfg.dim[s]));
+        for (int64_t v = 0; v < V && !st; v++) st = cross_backward(b, s, v);
+        for (int64_t v = 0; v < V && !st; v++) {
+            const float *x = x0[v];
+            if (s && !(st = expand_view(m, s, v, w, b->Z[s - 1][v], b->x))) x = b->x;
+            if (!st) st = self_backward(b, s, v, x);
+            if (!st && s) st = expand_backward(b, s, v, b->gy[v], b->gz[v]);
+        }
+    }
+    for (int64_t v = 0; v < V && !st; v++)
+        if (g->din[v])
+            memcpy(g->din[v], b->gy[v],
+                   sizeof(float) * (size_t)(w->B * w->n[0][v] * m->cfg.dim[0]));
+    return st;
+}
+
+static xattn_status backward_named(const xa_mod *core, const xa_run *r, xa_grad *g)
+{
+    const xattn_multiview *m = (const xattn_multiview *)core;
+    int64_t tokens[NAMED_VIEWS];
+    const float *x[NAMED_VIEWS];
+    float *o[NAMED_VIEWS];
+    xattn_multiview_inputs in;
+    xattn_multiview_outputs out;
+    named_io(m, r, tokens, x, o, &in, &out);
+    mv_bwd b;
+    memset(&b, 0, sizeof b);
+    b.m = m, b.outs = o, b.dparam = g->dparam;
+    xa_ws *ws = NULL;
+    xattn_status st = plan_tokens(m, &in, &out, &b.w);
+    if (st) return st;
+    run_sizes(m, &b.w, &b.z);
+    if ((st = take_block(bwd_layout, &b, b.w.B, &ws))) return st;
+    zero_grads(m, g->dparam);
+    st = keep_forward(&b, x);
+    xa_run ro = *r; /* every view's output, those not asked too (a loss may read them) */
+    for (int64_t v = 0; v < b.w.V; v++) ro.out[v] = b.Z[b.w.S - 1][v];
+    if (!st) st = xa_grad_outputs(g, &ro);
+    if (!st) st = backward_stages(&b, g, x);
+    xa_ws_put(ws);
+    return st;
 }
