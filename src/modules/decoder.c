@@ -18,11 +18,15 @@
  *   forward), keep vector of the memory mask;
  *   residual adds fused into the output projections (xa_op_linear accumulate), post-LN, FFN with
  *   erf GELU. The residual stream lives in the caller's output buffer.
+ *
+ * The backward (module gradients) is that of the full forward: every parameter, the hidden
+ * states and the memory (or the video / audio features through the projector); see "Backward".
  */
 #include "core/registry.h"
 #include "io/io_internal.h"
 #include "kernels/ops.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -32,6 +36,7 @@
 #define DEC_MAX_LAYERS 4096
 
 static const char *const FN_LOAD = "xattn_decoder_load";
+static const char *const FN_BWD = "bert-decoder backward";
 
 /* BertConfig(hidden_size=768, num_attention_heads=12, intermediate_size=3072,
  * num_hidden_layers=12, layer_norm_eps=1e-12, is_decoder=True, add_cross_attention=True), the
@@ -847,38 +852,415 @@ static xattn_status forward_incremental(const xattn_decoder *m, const xattn_deco
     return st;
 }
 
+/* The typed inputs of a named run; the memory built by the projector into *built (the caller
+ * frees it) when video / audio stand in for encoder_hidden_states. */
+static xattn_status named_inputs(const xattn_decoder *m, const xa_run *r, xattn_decoder_inputs *in,
+                                 float **built)
+{
+    memset(in, 0, sizeof *in);
+    *built = NULL;
+    in->B = xa_run_sym(r, "B");
+    in->T = xa_run_sym(r, "T");
+    in->x = r->in[IN_X];
+    in->attention_mask = r->in[IN_AM];
+    in->memory_mask = r->in[IN_MM];
+    if (r->in[IN_MEM]) {
+        in->M = xa_run_sym(r, "M");
+        in->memory = r->in[IN_MEM];
+        return XATTN_OK;
+    }
+    const int64_t Nv = r->in[IN_VIDEO] ? xa_run_sym(r, "Nv") : 0;
+    const int64_t Na = r->in[IN_AUDIO] ? xa_run_sym(r, "Na") : 0;
+    in->M = Nv + Na;
+    if (!((double)in->B * (double)in->M * (double)m->cfg.memory_dim < 0x1p50))
+        return xa_error(XATTN_ERR_NOMEM, "xattn_decoder_project: sizes overflow");
+    if (!(*built = xa_alloc((size_t)(in->B * in->M * m->cfg.memory_dim) * sizeof(float))))
+        return xa_error(XATTN_ERR_NOMEM, "xattn_decoder_project: out of memory");
+    in->memory = *built;
+    return project(m, in->B, r->in[IN_VIDEO], xa_run_sym(r, "Fv"), Nv, r->in[IN_AUDIO],
+                   xa_run_sym(r, "Fa"), Na, *built);
+}
+
+static int incremental_asked(const xa_run *r)
+{
+    return r->in[IN_INC] && *(const uint8_t *)r->in[IN_INC];
+}
+
 static xattn_status forward_named(const xa_mod *core, const xa_run *r)
 {
     const xattn_decoder *m = (const xattn_decoder *)core;
     xattn_decoder_inputs in;
-    memset(&in, 0, sizeof in);
-    in.B = xa_run_sym(r, "B");
-    in.T = xa_run_sym(r, "T");
-    in.x = r->in[IN_X];
-    in.attention_mask = r->in[IN_AM];
-    in.memory_mask = r->in[IN_MM];
-    float *built = NULL;
-    xattn_status st = XATTN_OK;
-    if (r->in[IN_MEM]) {
-        in.M = xa_run_sym(r, "M");
-        in.memory = r->in[IN_MEM];
-    } else { /* the memory from the projector */
-        const int64_t Nv = r->in[IN_VIDEO] ? xa_run_sym(r, "Nv") : 0;
-        const int64_t Na = r->in[IN_AUDIO] ? xa_run_sym(r, "Na") : 0;
-        in.M = Nv + Na;
-        if (!((double)in.B * (double)in.M * (double)m->cfg.memory_dim < 0x1p50))
-            return xa_error(XATTN_ERR_NOMEM, "xattn_decoder_project: sizes overflow");
-        if (!(built = xa_alloc((size_t)(in.B * in.M * m->cfg.memory_dim) * sizeof(float))))
-            return xa_error(XATTN_ERR_NOMEM, "xattn_decoder_project: out of memory");
-        st = project(m, in.B, r->in[IN_VIDEO], xa_run_sym(r, "Fv"), Nv, r->in[IN_AUDIO],
-                     xa_run_sym(r, "Fa"), Na, built);
-        in.memory = built;
-    }
-    const int incremental = r->in[IN_INC] && *(const uint8_t *)r->in[IN_INC];
+    float *built;
+    xattn_status st = named_inputs(m, r, &in, &built);
     if (!st)
-        st = incremental ? forward_incremental(m, &in, r->out[0]) : forward_core(m, &in, r->out[0]);
+        st = incremental_asked(r) ? forward_incremental(m, &in, r->out[0])
+                                  : forward_core(m, &in, r->out[0]);
     xa_free(built);
     return st;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Backward                                                                                 */
+/* ---------------------------------------------------------------------------------------- */
+/*
+ * The backward of the full forward (incremental decoding has none). The forward runs once
+ * keeping each layer's input stream (hidden floats per token and layer) and the memory; going
+ * backward, a layer's internals (q|k|v, both attention outputs and log-sum-exps, the memory's
+ * k|v, the stream before and after each LayerNorm, the feed-forward hidden before and after the
+ * GELU) are recomputed from its input (the last layer's are still there from the forward) and
+ * its gradient taken op by op: the output LayerNorm and feed-forward, the cross-attention block
+ * (the memory's gradient summed over the layers), the self-attention block. The projector's
+ * gradients follow from the memory's.
+ */
+
+typedef struct dec_bwd {
+    const xattn_decoder *m;
+    int64_t R, BM;       /* query rows B*T, memory rows B*M                               */
+    const float *memory; /* (BM, memory_dim)                                              */
+    xa_attn sa, ca;      /* the self- and cross-attention over the buffers below          */
+    /* one layer's internals: q|k|v (R, 3h); (R, h): the self-attention's output, the sums
+     * before and after LN1, the cross-attention's query and output, the sums before and after
+     * LN2, the sum before LN3; (R, ff): the feed-forward hidden before and after GELU; the
+     * memory's k|v (BM, 2h) */
+    float *qkv, *a1, *s1, *x1, *qc, *a2, *s2, *x2, *s3, *hf, *g, *ckv;
+    /* gradients: (R, h) ds, tmp, da; (R, 3h) dq; (R, ff) dhf; (BM, 2h) dckv; the memory's
+     * (BM, memory_dim) or NULL (not needed); dwb: a projection's dW | db before they are
+     * split into the parameters stored back to back */
+    float *ds, *tmp, *da, *dq, *dhf, *dckv, *dmem, *dwb;
+    float *const *dparam;
+} dec_bwd;
+
+/* The gradient of parameter k of layer l (NULL: not wanted). */
+static float *dpl(const dec_bwd *w, int64_t l, int k)
+{
+    return w->dparam ? w->dparam[l * NW + k] : NULL;
+}
+
+/* The internals of layer l from its input x0 (its output into out when not NULL). */
+static xattn_status layer_internals(const dec_bwd *w, int64_t l, const float *x0, float *out)
+{
+    const xattn_decoder_config *c = &w->m->cfg;
+    const dec_layer *y = &w->m->layers[l];
+    const int64_t R = w->R, h = c->hidden, ff = c->intermediate;
+    const float eps = c->layer_norm_eps;
+    const size_t rh = sizeof(float) * (size_t)(R * h);
+    xattn_status s;
+    if ((s = xa_op_linear(x0, R, h, y->w[SQW], y->w[SQB], 3 * h, w->qkv, 0)) ||
+        (s = xa_op_attention(&w->sa)))
+        return s;
+    memcpy(w->s1, x0, rh);
+    if ((s = xa_op_linear(w->a1, R, h, y->w[SOW], y->w[SOB], h, w->s1, 1)) ||
+        (s = xa_op_layernorm(w->s1, R, h, y->w[SLW], y->w[SLB], eps, w->x1)) ||
+        (s = xa_op_linear(w->memory, w->BM, c->memory_dim, y->w[CKW], y->w[CKB], 2 * h, w->ckv,
+                          0)) ||
+        (s = xa_op_linear(w->x1, R, h, y->w[CQW], y->w[CQB], h, w->qc, 0)) ||
+        (s = xa_op_attention(&w->ca)))
+        return s;
+    memcpy(w->s2, w->x1, rh);
+    if ((s = xa_op_linear(w->a2, R, h, y->w[COW], y->w[COB], h, w->s2, 1)) ||
+        (s = xa_op_layernorm(w->s2, R, h, y->w[CLW], y->w[CLB], eps, w->x2)) ||
+        (s = xa_op_linear(w->x2, R, h, y->w[IW], y->w[IB], ff, w->hf, 0)))
+        return s;
+    memcpy(w->g, w->hf, sizeof(float) * (size_t)(R * ff));
+    if ((s = xa_op_gelu(w->g, R * ff, 0))) return s;
+    memcpy(w->s3, w->x2, rh);
+    if ((s = xa_op_linear(w->g, R, ff, y->w[OW], y->w[OB], h, w->s3, 1))) return s;
+    return out ? xa_op_layernorm(w->s3, R, h, y->w[OLW], y->w[OLB], eps, out) : XATTN_OK;
+}
+
+/* Row i of head hd of batch item b of attention a, every logit of which is masked (log-sum-exp
+ * -FLT_MAX): transformers' eager attention ADDS its mask (finfo.min) to the logits, so the row
+ * is the uniform average 1/J, and autograd's softmax backward still passes
+ * dS[j] = (dP[j] - D) / J (dP = dO v^T, D = dO . out) through the logits to q and k, where
+ * xa_op_attention_backward (masked logits carry no gradient) gives them none. Adds that part to
+ * g's dq and dk. */
+static void additive_full_row(const xa_attn *a, const xa_attn_grad *g, int64_t b, int64_t hd,
+                              int64_t i)
+{
+    const float *dO = g->dout + b * g->do_sb + hd * g->do_sh + i * g->do_si;
+    const float *o = a->out + b * a->o_sb + hd * a->o_sh + i * a->o_si;
+    const float *q = a->q + b * a->q_sb + hd * a->q_sh + i * a->q_si;
+    float *dq = g->dq ? g->dq + b * g->dq_sb + hd * g->dq_sh + i * g->dq_si : NULL;
+    double D = 0.0;
+    for (int64_t x = 0; x < a->dv; x++) D += (double)dO[x] * o[x];
+    for (int64_t j = 0; j < a->J; j++) {
+        const float *k = a->k + b * a->k_sb + hd * a->k_sh + j * a->k_sj;
+        const float *v = a->v + b * a->v_sb + hd * a->v_sh + j * a->v_sj;
+        double dP = 0.0;
+        for (int64_t x = 0; x < a->dv; x++) dP += (double)dO[x] * v[x];
+        const float ds = (float)((dP - D) / (double)a->J) * a->scale;
+        if (dq)
+            for (int64_t x = 0; x < a->dh; x++) dq[x] += ds * k[x];
+        if (g->dk) {
+            float *dk = g->dk + b * g->dk_sb + hd * g->dk_sh + j * g->dk_sj;
+            for (int64_t x = 0; x < a->dh; x++) dk[x] += ds * q[x];
+        }
+    }
+}
+
+/* additive_full_row for every fully masked row of a (its log-sum-exp in g->lse). */
+static void additive_full_rows(const xa_attn *a, const xa_attn_grad *g)
+{
+    if (a->fill != XATTN_FILL_MIN_FLOAT) return;
+    for (int64_t b = 0; b < a->B; b++)
+        for (int64_t hd = 0; hd < a->H; hd++)
+            for (int64_t i = 0; i < a->I; i++)
+                if (g->lse[(b * a->H + hd) * a->I + i] <= -FLT_MAX)
+                    additive_full_row(a, g, b, hd, i);
+}
+
+/* The output projection and attention of a block S = X + A Wo^T + bo (parameters ow, ob of
+ * layer l) from w->ds = dS: the gradients of q (laid out as q in qb, written to dqb) and of k
+ * and v (as k, v in kb, written to dkb). */
+static xattn_status attn_block_backward(dec_bwd *w, int64_t l, const xa_attn *a, int ow, int ob,
+                                        const float *qb, float *dqb, const float *kb, float *dkb)
+{
+    const int64_t h = w->m->cfg.hidden;
+    xattn_status s = xa_op_linear_backward(a->out, w->R, h, w->m->layers[l].w[ow], h, w->ds, w->da,
+                                           dpl(w, l, ow), dpl(w, l, ob), 0);
+    if (s) return s;
+    xa_attn_grad ag;
+    memset(&ag, 0, sizeof ag);
+    ag.dout = w->da, ag.do_sb = a->o_sb, ag.do_sh = a->o_sh, ag.do_si = a->o_si;
+    ag.lse = a->lse;
+    ag.dq = dqb + (a->q - qb), ag.dq_sb = a->q_sb, ag.dq_sh = a->q_sh, ag.dq_si = a->q_si;
+    ag.dk = dkb + (a->k - kb), ag.dk_sb = a->k_sb, ag.dk_sh = a->k_sh, ag.dk_sj = a->k_sj;
+    ag.dv = dkb + (a->v - kb), ag.dv_sb = a->v_sb, ag.dv_sh = a->v_sh, ag.dv_sj = a->v_sj;
+    xa_attn p = *a;
+    p.lse = NULL;
+    if ((s = xa_op_attention_backward(&p, &ag))) return s;
+    additive_full_rows(a, &ag);
+    return XATTN_OK;
+}
+
+/* The backward of the n projections of layer l stored back to back from weight wk and bias bk
+ * (each (h, K) and (h)) over x (rows, K), dy (rows, n h): dx (added to when acc), the weights'
+ * and biases' gradients through w->dwb into every one wanted. */
+static xattn_status glued_backward(dec_bwd *w, int64_t l, int wk, int bk, int n, const float *x,
+                                   int64_t rows, int64_t K, const float *dy, float *dx, int acc)
+{
+    const int64_t h = w->m->cfg.hidden;
+    int want = 0;
+    for (int p = 0; p < n; p++) want |= dpl(w, l, wk + p) || dpl(w, l, bk + p);
+    if (!want && !dx) return XATTN_OK;
+    float *dW = want ? w->dwb : NULL, *db = want ? w->dwb + n * h * K : NULL;
+    if (want && acc) memset(w->dwb, 0, sizeof(float) * (size_t)(n * h * (K + 1)));
+    xattn_status s =
+        xa_op_linear_backward(x, rows, K, w->m->layers[l].w[wk], n * h, dy, dx, dW, db, acc);
+    for (int p = 0; p < n && want && !s; p++) {
+        float *dst = dpl(w, l, wk + p);
+        if (dst) memcpy(dst, dW + p * h * K, sizeof(float) * (size_t)(h * K));
+        if ((dst = dpl(w, l, bk + p))) memcpy(dst, db + p * h, sizeof(float) * (size_t)h);
+    }
+    return s;
+}
+
+/* X3 = LN3(X2 + FFN(X2)) and X2 = LN2(X1 + CrossAttn(X1, memory)) of layer l: dy = dX3 in,
+ * w->tmp = dX1 out; the memory's gradient added to (the first layer going back: set). */
+static xattn_status ffn_cross_backward(dec_bwd *w, int64_t l, const float *dy)
+{
+    const xattn_decoder_config *c = &w->m->cfg;
+    const dec_layer *y = &w->m->layers[l];
+    const int64_t R = w->R, h = c->hidden, ff = c->intermediate;
+    const float eps = c->layer_norm_eps;
+    xattn_status s;
+    if ((s = xa_op_layernorm_backward(w->s3, R, h, y->w[OLW], eps, dy, w->ds, dpl(w, l, OLW),
+                                      dpl(w, l, OLB), 0)) ||
+        (s = xa_op_linear_backward(w->g, R, ff, y->w[OW], h, w->ds, w->dhf, dpl(w, l, OW),
+                                   dpl(w, l, OB), 0)))
+        return s;
+    xa_op_gelu_backward(w->hf, w->dhf, w->dhf, R * ff, 0);
+    if ((s = xa_op_linear_backward(w->x2, R, h, y->w[IW], ff, w->dhf, w->tmp, dpl(w, l, IW),
+                                   dpl(w, l, IB), 0)))
+        return s;
+    xa_op_add(w->tmp, w->ds, R * h); /* dX2: the residual's part and the feed-forward's */
+    if ((s = xa_op_layernorm_backward(w->s2, R, h, y->w[CLW], eps, w->tmp, w->ds, dpl(w, l, CLW),
+                                      dpl(w, l, CLB), 0)) ||
+        (s = attn_block_backward(w, l, &w->ca, COW, COB, w->qc, w->dq, w->ckv, w->dckv)) ||
+        (s = xa_op_linear_backward(w->x1, R, h, y->w[CQW], h, w->dq, w->tmp, dpl(w, l, CQW),
+                                   dpl(w, l, CQB), 0)))
+        return s;
+    xa_op_add(w->tmp, w->ds, R * h); /* dX1 */
+    return glued_backward(w, l, CKW, CKB, 2, w->memory, w->BM, c->memory_dim, w->dckv, w->dmem,
+                          l != c->layers - 1);
+}
+
+/* Layer l's backward: dy (R, h), the gradient of its output, becomes that of its input x0. The
+ * internals are those of layer_internals(x0). */
+static xattn_status layer_backward(dec_bwd *w, int64_t l, const float *x0, float *dy)
+{
+    const xattn_decoder_config *c = &w->m->cfg;
+    const int64_t R = w->R, h = c->hidden;
+    xattn_status s;
+    /* X1 = LN1(X0 + SelfAttn(X0)) */
+    if ((s = ffn_cross_backward(w, l, dy)) ||
+        (s = xa_op_layernorm_backward(w->s1, R, h, w->m->layers[l].w[SLW], c->layer_norm_eps,
+                                      w->tmp, w->ds, dpl(w, l, SLW), dpl(w, l, SLB), 0)) ||
+        (s = attn_block_backward(w, l, &w->sa, SOW, SOB, w->qkv, w->dq, w->qkv, w->dq)) ||
+        (s = glued_backward(w, l, SQW, SQB, 3, x0, R, h, w->dq, dy, 0)))
+        return s;
+    xa_op_add(dy, w->ds, R * h); /* dX0 */
+    return XATTN_OK;
+}
+
+/* The projector's backward for one modality: dmem's rows [off, off + N) of each batch item
+ * (B, Mt, md) -> the gradients of W (md, D), its bias, the type embedding and of x (B, F, N, D)
+ * (each NULL: not wanted); scratch: 2 B N D + B N md floats. */
+static xattn_status project_one_backward(const float *x, int64_t B, int64_t F, int64_t N, int64_t D,
+                                         const float *W, int64_t md, int64_t off, int64_t Mt,
+                                         const float *dmem, float *dW, float *db, float *dtype,
+                                         float *dx, float *scratch)
+{
+    float *pool = scratch, *dpool = pool + B * N * D, *dm = dpool + B * N * D;
+    for (int64_t b = 0; b < B; b++)
+        memcpy(dm + b * N * md, dmem + (b * Mt + off) * md, sizeof(float) * (size_t)(N * md));
+    xa_op_mean(x, B, F, N * D, pool);
+    xattn_status s = xa_op_linear_backward(pool, B * N, D, W, md, dm, dx ? dpool : NULL, dW, db, 0);
+    if (!s && dtype) xa_op_sum_rows(dm, B * N, md, md, dtype);
+    if (!s && dx) xa_op_mean_backward(dpool, B, F, N * D, dx, 0);
+    return s;
+}
+
+/* The projector's gradients (parameters and video / audio inputs) from the memory's dmem (NULL:
+ * the memory was given, not built); those of a projection not used are 0. */
+static xattn_status project_backward(const xattn_decoder *m, const xa_run *r, const float *dmem,
+                                     const xa_grad *g)
+{
+    const xattn_decoder_config *c = &m->cfg;
+    for (int k = 0; k < NP && g->dparam; k++) {
+        const xa_param *p = &m->core.params.p[c->layers * NW + k];
+        int64_t n = 1;
+        for (int a = 0; a < p->ndim; a++) n *= p->shape[a];
+        float *d = g->dparam[c->layers * NW + k];
+        if (d && m->p[k]) memset(d, 0, sizeof(float) * (size_t)n);
+    }
+    if (!dmem) return XATTN_OK;
+    const int64_t B = xa_run_sym(r, "B"), md = c->memory_dim;
+    const int64_t Nv = r->in[IN_VIDEO] ? xa_run_sym(r, "Nv") : 0;
+    const int64_t Na = r->in[IN_AUDIO] ? xa_run_sym(r, "Na") : 0;
+    const int64_t nd = XA_MAX(Nv * c->video_dim, Na * c->audio_dim);
+    const int64_t nm = XA_MAX(Nv, Na) * md;
+    float *const *dp = g->dparam ? g->dparam + c->layers * NW : NULL;
+#define DP(k) (dp && m->p[k] ? dp[k] : NULL)
+    float *scratch = xa_alloc(sizeof(float) * (size_t)(B * (2 * nd + nm)));
+    if (!scratch) return xa_error(XATTN_ERR_NOMEM, "%s: out of memory for the backward", FN_BWD);
+    xattn_status s = XATTN_OK;
+    if (Nv)
+        s = project_one_backward(r->in[IN_VIDEO], B, xa_run_sym(r, "Fv"), Nv, c->video_dim,
+                                 m->p[PVW], md, 0, Nv + Na, dmem, DP(PVW), DP(PVB), DP(TV),
+                                 g->din[IN_VIDEO], scratch);
+    if (!s && Na)
+        s = project_one_backward(r->in[IN_AUDIO], B, xa_run_sym(r, "Fa"), Na, c->audio_dim,
+                                 m->p[PAW], md, Nv, Nv + Na, dmem, DP(PAW), DP(PAB), DP(TA),
+                                 g->din[IN_AUDIO], scratch);
+#undef DP
+    xa_free(scratch);
+    return s;
+}
+
+static float *take(float **p, int64_t n)
+{
+    float *r = *p;
+    *p += (n + 15) / 16 * 16;
+    return r;
+}
+
+/* The attention of the backward's buffers (as the full forward sets it up), with their keep
+ * vectors and log-sum-exps. */
+static void bwd_attn(dec_bwd *w, const xattn_decoder_inputs *in, uint8_t *keep, uint8_t *ckeep,
+                     float *lse1, float *lse2)
+{
+    xattn_decoder_state s;
+    memset(&s, 0, sizeof s);
+    s.m = w->m;
+    s.B = in->B;
+    s.max_len = s.max_step = in->T;
+    s.M = in->M;
+    s.full = 1;
+    s.keep = keep;
+    s.ckeep = ckeep;
+    s.ckv = w->ckv;
+    put_keep(keep, in->B, in->T, 0, in->T, in->attention_mask);
+    put_keep(ckeep, in->B, in->M, 0, in->M, in->memory_mask);
+    s.Q = w->qkv, s.A = w->a1;
+    self_setup(&w->sa, &s, in->T);
+    s.Q = w->qc, s.A = w->a2;
+    cross_setup(&w->ca, &s, in->T);
+    w->sa.lse = lse1, w->ca.lse = lse2;
+    w->sa.fn = w->ca.fn = FN_BWD;
+}
+
+/* One block for the backward: the inputs of layers 1 .. L-1 (*xs), the output's gradient (*dy,
+ * unless the caller takes dX into g), one layer's internals and gradients, the memory's gradient
+ * (the caller's, or here when the memory is built), the log-sum-exps and keep vectors. */
+static xattn_status bwd_alloc(const xattn_decoder *m, const xattn_decoder_inputs *in,
+                              const xa_grad *g, int built, dec_bwd *w, float **block, float **xs,
+                              float **dy)
+{
+    const xattn_decoder_config *c = &m->cfg;
+    const int64_t B = in->B, T = in->T, R = B * T, BM = B * in->M, h = c->hidden;
+    const int64_t ff = c->intermediate, md = c->memory_dim, BHT = B * c->heads * T;
+    const double dR = (double)R, dBM = (double)BM, dh = (double)h;
+    const double nwb = XA_MAX(3.0 * dh * (dh + 1), 2.0 * dh * ((double)md + 1));
+    const double tot = dR * dh * ((double)c->layers + 18) + 3 * dR * (double)ff +
+                       dBM * (4 * dh + (double)md) + 2.0 * (double)BHT + nwb + (dR + dBM) / 4 +
+                       16 * 40;
+    if (!(tot < 0x1p40))
+        return xa_error(XATTN_ERR_NOMEM, "%s: scratch for B=%lld, T=%lld, M=%lld overflows", FN_BWD,
+                        (long long)B, (long long)T, (long long)in->M);
+    float *p = *block = xa_alloc(sizeof(float) * (size_t)tot);
+    if (!p) return xa_error(XATTN_ERR_NOMEM, "%s: out of memory", FN_BWD);
+    memset(w, 0, sizeof *w);
+    w->m = m, w->R = R, w->BM = BM, w->memory = in->memory, w->dparam = g->dparam;
+    *xs = take(&p, (c->layers - 1) * R * h);
+    *dy = g->din[IN_X] ? g->din[IN_X] : take(&p, R * h);
+    w->qkv = take(&p, 3 * R * h), w->dq = take(&p, 3 * R * h);
+    float **rows[] = {&w->a1, &w->s1, &w->x1, &w->qc,  &w->a2, &w->s2,
+                      &w->x2, &w->s3, &w->ds, &w->tmp, &w->da};
+    for (size_t i = 0; i < XA_N(rows); i++) *rows[i] = take(&p, R * h);
+    w->hf = take(&p, R * ff), w->g = take(&p, R * ff), w->dhf = take(&p, R * ff);
+    w->ckv = take(&p, BM * 2 * h), w->dckv = take(&p, BM * 2 * h);
+    w->dmem = g->din[IN_MEM] ? g->din[IN_MEM] : built ? take(&p, BM * md) : NULL;
+    w->dwb = take(&p, (int64_t)nwb);
+    float *lse1 = take(&p, BHT), *lse2 = take(&p, BHT);
+    uint8_t *keep = (uint8_t *)take(&p, R / 4 + 1), *ckeep = (uint8_t *)take(&p, BM / 4 + 1);
+    bwd_attn(w, in, keep, ckeep, lse1, lse2);
+    return XATTN_OK;
+}
+
+static xattn_status backward_named(const xa_mod *core, const xa_run *r, xa_grad *g)
+{
+    const xattn_decoder *m = (const xattn_decoder *)core;
+    if (incremental_asked(r))
+        return xa_error(XATTN_ERR_UNSUPPORTED,
+                        "%s: incremental decoding (input 'incremental') has no backward; the "
+                        "full forward has",
+                        FN_BWD);
+    const int64_t L = m->cfg.layers, h = m->cfg.hidden;
+    xattn_decoder_inputs in;
+    float *built, *block = NULL, *xs = NULL, *dy = NULL;
+    dec_bwd w;
+    xattn_status s = named_inputs(m, r, &in, &built);
+    if (!s) s = bwd_alloc(m, &in, g, built != NULL, &w, &block, &xs, &dy);
+    const int64_t R = in.B * in.T;
+    /* the forward, keeping the input of every layer after the first */
+    for (int64_t l = 0; l < L && !s; l++)
+        s = layer_internals(&w, l, l ? xs + (l - 1) * R * h : in.x,
+                            l + 1 < L ? xs + l * R * h : r->out[0]);
+    if (!s) s = xa_grad_outputs(g, r);
+    if (!s && g->dout[0])
+        memcpy(dy, g->dout[0], sizeof(float) * (size_t)(R * h));
+    else if (!s)
+        memset(dy, 0, sizeof(float) * (size_t)(R * h));
+    for (int64_t l = L - 1; l >= 0 && !s; l--) {
+        const float *x0 = l ? xs + (l - 1) * R * h : in.x;
+        if (l != L - 1) s = layer_internals(&w, l, x0, NULL); /* the last: still there */
+        if (!s) s = layer_backward(&w, l, x0, dy);
+    }
+    if (!s) s = project_backward(m, r, built ? w.dmem : NULL, g);
+    xa_free(block);
+    xa_free(built);
+    return s;
 }
 
 const xa_kind xa_kind_bert_decoder = {
@@ -899,6 +1281,7 @@ const xa_kind xa_kind_bert_decoder = {
     .destroy = destroy,
     .check = check_named,
     .forward = forward_named,
+    .backward = backward_named,
     .aliases = aliases,
     .n_aliases = (int)(XA_N(aliases)),
     .brief = "hidden_size,num_attention_heads,intermediate_size,num_hidden_layers,layer_norm_eps,"
