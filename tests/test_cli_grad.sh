@@ -25,7 +25,7 @@ ok "grad mse" "$X" grad "$F/grad_tf.safetensors" --x "$F/grad_x.npy" --context "
     has "mse loss" "$D.out" "loss $(cat "$F/grad_mse_loss.txt") (F.mse_loss, mean)" &&
     if [ -e "$D/d_mask.npy" ]; then fail "a mask has no gradient"; else pass; fi
 
-ok "grad help" "$X" grad --help && has "help kinds" "$D.out" "Kinds with a backward: bidir bidir-transformer mha attention mutual joint conv2d-cross"
+ok "grad help" "$X" grad --help && has "help kinds" "$D.out" "Kinds with a backward: bidir bidir-transformer mha attention mutual joint interlaced multiview hallo-audio bert-decoder conv2d-cross"
 
 B=("$X" grad "$F/grad_tf.safetensors" --x "$F/grad_x.npy" --context "$F/grad_ctx.npy")
 bad "no gradient asked" 2 "missing --grad-out G.npy or --target T.npy" "${B[@]}"
@@ -34,7 +34,30 @@ bad "one output twice" 2 "are both about the output 'out'" "${B[@]}" --grad-out 
 bad "unknown output" 2 "has no such output (outputs: out, context_out)" "${B[@]}" --grad-nope "$F/grad_t.npy"
 bad "wrong shape" 1 "the output 'out' has shape (2, 5, 16)" "${B[@]}" --grad-out "$F/grad_ctx.npy"
 bad "missing file" 1 "nope.npy" "${B[@]}" --target nope.npy
-bad "no backward" 1 "has no backward yet" "$X" grad "$FIX/interlaced_cli/model.safetensors" --x "$FIX/interlaced_cli/x.npy" --context "$FIX/interlaced_cli/context.npy" --grad-out "$FIX/interlaced_cli/expected_out.npy"
+
+# the other kinds through the same command: both streams of the interlaced decoder, HALLO's
+# optional regions output (its gradient needs the output asked for), the BERT decoder's
+# memory and masks, and its incremental mode, which has no backward
+IL=$FIX/interlaced_cli
+ok "interlaced" "$X" grad "$IL/model.safetensors" --first x --x "$IL/x.npy" --context "$IL/context.npy" \
+    --grad-out "$IL/expected_out.npy" --grad-context-out "$IL/expected_context_out.npy" --out-dir il &&
+    for f in grads.safetensors d_x.npy d_context.npy; do
+        if [ -s "$D/il/$f" ]; then pass; else fail "interlaced wrote $f"; fi
+    done
+HI=(--x "$FIX/hallo_cli_x.npy" --context "$FIX/hallo_cli_audio.npy" --region-masks "$FIX/hallo_cli_masks.npy" --latent-hw 8,6)
+bad "hallo regions not asked" 2 "add --regions to compute it" "$X" grad "$FIX/hallo_fullres.safetensors" "${HI[@]}" \
+    --grad-regions "$FIX/hallo_cli_regions.npy"
+ok "hallo regions" "$X" grad "$FIX/hallo_fullres.safetensors" "${HI[@]}" --regions \
+    --grad-out "$FIX/hallo_cli_out.npy" --grad-regions "$FIX/hallo_cli_regions.npy" --out-dir ha &&
+    if [ -s "$D/ha/d_hidden_states.npy" ] && [ -s "$D/ha/d_encoder_hidden_states.npy" ] &&
+        [ -s "$D/ha/d_region_masks.npy" ]; then pass; else fail "hallo d_hidden_states, d_encoder_hidden_states, d_region_masks"; fi
+DC=$FIX/decoder_cli
+DI=(--x "$DC/x.npy" --memory "$DC/memory.npy" --attention-mask "$DC/attention_mask.npy" --memory-mask "$DC/memory_mask.npy")
+ok "decoder mse" "$X" grad "$DC/model.safetensors" "${DI[@]}" --target "$DC/x.npy" --out-dir de &&
+    has "decoder loss" "$D.out" "loss " &&
+    if [ -s "$D/de/d_hidden_states.npy" ] && [ -s "$D/de/d_encoder_hidden_states.npy" ]; then pass; else fail "decoder d_hidden_states, d_encoder_hidden_states"; fi
+bad "decoder incremental" 1 "has no backward" "$X" grad "$DC/model.safetensors" "${DI[@]}" --incremental \
+    --target "$DC/x.npy"
 
 # compare on safetensors
 ok "compare same" "$X" compare "$F/grad_vjp.safetensors" "$F/grad_vjp.safetensors" && has "compare lines" "$D.out" "12 tensors: ok"

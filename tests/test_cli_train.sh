@@ -58,7 +58,11 @@ bad "option of the other optimizer" 2 "adamw has no option 'momentum'" "${B[@]}"
 bad "bad schedule" 2 "not constant or cosine" "${B[@]}" --steps 2 --out q.safetensors --schedule linear
 bad "target shape" 1 "the output 'out' has shape (2, 5, 16)" "$X" train "$F/grad_tf.safetensors" --x "$F/grad_x.npy" \
     --context "$F/grad_ctx.npy" --target "$F/grad_ct.npy" --steps 2 --out q.safetensors
-bad "no backward" 1 "cannot be trained" "$X" train "$FIX/interlaced_cli/model.safetensors" --x "$FIX/interlaced_cli/x.npy" --context "$FIX/interlaced_cli/context.npy" --target "$FIX/interlaced_cli/expected_out.npy" --steps 1 --out q.safetensors
+IL=$FIX/interlaced_cli
+ok "interlaced" "$X" train "$IL/model.safetensors" --first x --x "$IL/x.npy" --context "$IL/context.npy" \
+    --target "$IL/expected_out.npy" --context-target "$IL/expected_context_out.npy" --steps 2 --out il.safetensors &&
+    has "interlaced steps" "$D.out" "step 2/2" && "$X" run "$D/il.safetensors" --first x --x "$IL/x.npy" --context "$IL/context.npy" --out-dir ilr >/dev/null 2>&1 &&
+    pass || fail "interlaced: the trained model runs"
 ok "help" "$X" train --help && has "help resume" "$D.out" "--resume CKPT"
 ok "command list" "$X" --help &&
     if [ "$(grep -c '^  train ' "$D.out")" = 1 ] && [ "$(grep -c '^  grad ' "$D.out")" = 1 ]; then pass; else fail "train and grad listed once each"; fi

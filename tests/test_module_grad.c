@@ -63,10 +63,10 @@ static void one(const char *file)
     if (ic && !strcmp(ic, "True"))
         in[n_in++] = (xattn_tensor){"is_causal", XATTN_BOOL, 0, {0}, &causal};
     /* the outputs' gradients: dout.NAME */
-    xattn_array darr[2];
-    xattn_tensor douts[2];
+    xattn_array darr[4];
+    xattn_tensor douts[4];
     size_t n_dout = 0;
-    for (size_t i = 0; i < xattn_st_count(st) && n_dout < 2; i++) {
+    for (size_t i = 0; i < xattn_st_count(st) && n_dout < 4; i++) {
         const char *name = xattn_st_name(st, i);
         if (strncmp(name, "dout.", 5)) continue;
         memset(&darr[n_dout], 0, sizeof darr[n_dout]);

@@ -6,9 +6,8 @@ without bias, MLP widths that differ per view and block):
 Writes tests/fixtures/grad_multiview_<case>.safetensors and grad_multiview_list.inc.
 
 Each file holds what grad_fixture.py describes, under the kind's names: input.xs.V (the views),
-grad.input.xs.V, grad.PARAM, and dout.out.V for at most two of the outputs (test_module_grad
-feeds two output gradients; a 3-view fixture leaves one output's gradient 0, a different one
-in each such fixture, so that every output's path is checked somewhere).
+grad.input.xs.V, grad.PARAM, and dout.out.V for every output (grads= can leave some out: an
+output without a gradient counts as 0).
 """
 import os
 
@@ -40,7 +39,7 @@ def strip(vs, dim, heads, eps, gelu):
         vs.expand = nn.Linear(vs.expand.in_features, dim, bias=False)
 
 
-def case(name, views, dims, heads, hiddens, tokens, B=2, eps=1e-5, gelu="none", grads=(0, 1),
+def case(name, views, dims, heads, hiddens, tokens, B=2, eps=1e-5, gelu="none", grads=None,
          heads_meta=None, nobias=False, widths=None, desc=""):
     meta_gelu, gelu = gelu, "none" if gelu == "erf" else gelu  # nn.GELU says 'none' for erf
     m = MultiscaleMultiview(views, dims, heads, hiddens, eps, gelu)
@@ -54,6 +53,7 @@ def case(name, views, dims, heads, hiddens, tokens, B=2, eps=1e-5, gelu="none", 
     randomize(m)
     xs = [f32(randn(B, n, dims[0])).requires_grad_(True) for n in tokens]
     outs = m(xs)
+    grads = range(len(outs)) if grads is None else grads
     douts = [f32(randn(*o.shape)) if v in grads else torch.zeros_like(o)
              for v, o in enumerate(outs)]
     params = dict(m.named_parameters())
@@ -76,10 +76,10 @@ def case(name, views, dims, heads, hiddens, tokens, B=2, eps=1e-5, gelu="none", 
 
 def main():
     case("v2_s1", 2, [8], [2], [16], [5, 7], desc="V=2, one stage, erf GELU ('none')")
-    case("v3_s2_odd_tanh", 3, [8, 12], [2, 3], [16, 24], [9, 4, 3], gelu="tanh", grads=(0, 2),
+    case("v3_s2_odd_tanh", 3, [8, 12], [2, 3], [16, 24], [9, 4, 3], gelu="tanh",
          desc="V=3, two stages, 9 -> 4 and 3 -> 1 tokens (odd last dropped), tanh GELU, "
               "gradients of out.0 and out.2")
-    case("v3_s2_len1", 3, [6, 8], [3, 2], [12, 8], [2, 3, 5], B=1, grads=(1, 2),
+    case("v3_s2_len1", 3, [6, 8], [3, 2], [12, 8], [2, 3, 5], B=1,
          desc="V=3, two stages, 2 -> 1 token, batch 1, gradients of out.1 and out.2")
     case("v2_s3_eps", 2, [4, 8, 12], [1, 2, 3], [8, 20, 24], [33, 6], B=3, eps=1e-6,
          desc="V=2, three stages, 33 -> 16 -> 8 and 6 -> 3 -> 1 tokens, eps 1e-6, batch 3")
@@ -93,10 +93,10 @@ def main():
     case("nobias", 2, [8, 12], [2, 4], [16, 24], [7, 6], nobias=True,
          desc="V=2, two stages, views without biases (attention bias=False, mlp and expand "
               "without bias, norm1 and cross_norm_kv without affine, other norms bias=False)")
-    case("nobias_v3", 3, [6], [2], [12], [4, 5, 3], gelu="tanh", grads=(0, 2), nobias=True,
+    case("nobias_v3", 3, [6], [2], [12], [4, 5, 3], gelu="tanh", nobias=True,
          desc="V=3, one stage, views 0 and 2 without biases, tanh GELU")
     case("widths", 3, [8, 8], [2, 8], [16, 16], [6, 9, 4],
-         widths={(0, 0): (5, 24), (0, 2): (32, 3), (1, 1): (1, 40)}, grads=(1, 0),
+         widths={(0, 0): (5, 24), (0, 2): (32, 3), (1, 1): (1, 40)},
          desc="V=3, two stages, MLP widths differing per view and block (1 .. 40), 8 heads "
               "of width 1")
     write_list("grad_multiview_list.inc", "gen_grad_multiview.py")

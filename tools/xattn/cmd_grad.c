@@ -296,12 +296,16 @@ int reg_cmd_grad(const char *cmd, int argc, char **argv)
         for (int k = 0; k < nreq && !rc; k++) {
             for (int o = 0; o < s.n_out; o++)
                 if (!strcmp(s.out[o].name, req[k].name)) req[k].out = o;
-            if (req[k].out < 0)
+            if (req[k].out < 0) {
+                char flag[128];
+                snprintf(flag, sizeof flag, "%s", req[k].name);
+                for (char *c = flag; *c; c++)
+                    if (*c == '_') *c = '-';
                 rc = cli_usage(cmd,
-                               "%s: the output '%s' is optional; its gradient is not "
-                               "supported",
-                               req[k].flag, req[k].name);
-            else
+                               "%s: the output '%s' is optional and not asked for: add --%s to "
+                               "compute it",
+                               req[k].flag, req[k].name, flag);
+            } else
                 rc = load_request(cmd, &a, &s, &req[k]);
         }
         xattn_ctx *ctx = NULL;
