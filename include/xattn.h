@@ -1188,7 +1188,8 @@ XATTN_API xattn_status xattn_module_forward(xattn_ctx *ctx, const xattn_module *
 /*
  * Gradients (a vector-Jacobian product): runs the forward on in[] like xattn_module_forward
  * (out[] optional: the forward's outputs, when asked) and back-propagates the gradients of the
- * outputs dout[] (named like the outputs, same shapes; an output not given has zero gradient).
+ * outputs dout[] (named like the outputs, same shapes; an output not given has zero gradient;
+ * an optional output whose gradient is given is computed, asked in out[] or not).
  * Writes the gradient of each float input named in din[] (same names and shapes as in[]:
  * "x", "context", "rel_pos_bias", ...) and, when dparams is not NULL, of every parameter i
  * into dparams[i] (xattn_module_param_count entries, each NULL or the parameter's number of

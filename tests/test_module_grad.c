@@ -17,6 +17,50 @@
 
 static double worst;
 
+static int64_t numel(const xattn_tensor *t)
+{
+    int64_t n = 1;
+    for (int d = 0; d < t->ndim; d++) n *= t->shape[d];
+    return n;
+}
+
+/* The gradients of xattn_module_grad on 1 and 3 threads: the same bits as on the default. */
+static void same_on_other_threads(const char *file, const xattn_module *m, const xattn_tensor *in,
+                                  size_t n_in, const xattn_tensor *douts, size_t n_dout,
+                                  const xattn_tensor *din, size_t n_din, float *const *dp)
+{
+    const size_t np = xattn_module_param_count(m);
+    xattn_tensor din2[8];
+    float **dp2 = calloc(np + 1, sizeof *dp2);
+    for (size_t a = 0; a < n_din; a++) {
+        din2[a] = din[a];
+        din2[a].data = calloc((size_t)numel(&din[a]), sizeof(float));
+    }
+    for (size_t i = 0; i < np; i++) {
+        xattn_param_desc p;
+        CHECK_OK(xattn_module_param(m, i, &p));
+        if (p.data) dp2[i] = calloc((size_t)tu_param_numel(&p), sizeof(float));
+    }
+    for (int th = 1; th <= 3; th += 2) {
+        xattn_set_threads(th);
+        CHECK_OK(xattn_module_grad(NULL, m, in, n_in, NULL, 0, douts, n_dout, din2, n_din, dp2));
+        int same = 1;
+        for (size_t a = 0; a < n_din; a++)
+            same &= !memcmp(din2[a].data, din[a].data, sizeof(float) * (size_t)numel(&din[a]));
+        for (size_t i = 0; i < np; i++) {
+            xattn_param_desc p;
+            xattn_module_param(m, i, &p);
+            if (p.data) same &= !memcmp(dp2[i], dp[i], sizeof(float) * (size_t)tu_param_numel(&p));
+        }
+        if (!same) fprintf(stderr, "%s: gradients on %d threads differ\n", file, th);
+        CHECK(same);
+    }
+    xattn_set_threads(0);
+    for (size_t a = 0; a < n_din; a++) free(din2[a].data);
+    for (size_t i = 0; i < np; i++) free(dp2[i]);
+    free(dp2);
+}
+
 static void one(const char *file)
 {
     xattn_safetensors *st = NULL;
@@ -76,7 +120,6 @@ static void one(const char *file)
         memcpy(douts[n_dout].shape, darr[n_dout].shape, sizeof douts[n_dout].shape);
         n_dout++;
     }
-    const xattn_tensor dout = douts[0];
     const size_t np = xattn_module_param_count(m);
     float **dp = calloc(np + 1, sizeof *dp);
     for (size_t i = 0; i < np; i++) {
@@ -85,6 +128,7 @@ static void one(const char *file)
         if (p.data) dp[i] = calloc((size_t)tu_param_numel(&p), sizeof(float));
     }
     CHECK_OK(xattn_module_grad(NULL, m, in, n_in, NULL, 0, douts, n_dout, din, n_din, dp));
+    same_on_other_threads(file, m, in, n_in, douts, n_dout, din, n_din, dp);
     char what[256];
     double err = 0;
     for (size_t a = 0; a < n_din; a++) {
@@ -113,21 +157,52 @@ static void one(const char *file)
         n_params++;
     }
     CHECK(n_params > 0 || (np == 0 && n_din > 0)); /* a kind without parameters: inputs only */
-    /* the MSE loss: its gradient given as dout equals the loss's own path */
-    xattn_tensor target = dout; /* any array of the first output's shape */
-    float *mse_dp0 = NULL;
+    /* the MSE loss against targets (the fixture's output gradients, every output, optional ones
+     * included): its loss and the first parameter's gradient equal those computed here from the
+     * outputs, 2 (y - t) / n given to xattn_module_grad */
     xattn_param_desc p0;
     memset(&p0, 0, sizeof p0);
     if (np) xattn_module_param(m, 0, &p0);
     if (p0.data) {
+        xattn_tensor outs[4], dmse[4];
+        double want = 0;
+        for (size_t k = 0; k < n_dout; k++) {
+            const int64_t n = numel(&douts[k]);
+            outs[k] = dmse[k] = douts[k];
+            outs[k].data = calloc((size_t)n, sizeof(float));
+            dmse[k].data = calloc((size_t)n, sizeof(float));
+        }
+        CHECK_OK(xattn_module_forward(NULL, m, in, n_in, outs, n_dout));
+        for (size_t k = 0; k < n_dout; k++) {
+            const int64_t n = numel(&douts[k]);
+            const float *y = outs[k].data, *t = douts[k].data;
+            float *d = dmse[k].data;
+            double sum = 0;
+            for (int64_t i = 0; i < n; i++) {
+                sum += ((double)y[i] - t[i]) * ((double)y[i] - t[i]);
+                d[i] = 2.0f * (y[i] - t[i]) / (float)n;
+            }
+            want += sum / (double)n;
+        }
         double loss = -1;
-        float **dp2 = calloc(np + 1, sizeof *dp2);
-        dp2[0] = mse_dp0 = calloc((size_t)tu_param_numel(&p0), sizeof(float));
-        CHECK_OK(xattn_module_mse_grad(NULL, m, in, n_in, &target, 1, &loss, NULL, 0, dp2));
-        CHECK(loss >= 0);
+        float **dp2 = calloc(np + 1, sizeof *dp2), **dp3 = calloc(np + 1, sizeof *dp3);
+        const int64_t n0 = tu_param_numel(&p0);
+        dp2[0] = calloc((size_t)n0, sizeof(float));
+        dp3[0] = calloc((size_t)n0, sizeof(float));
+        CHECK_OK(xattn_module_mse_grad(NULL, m, in, n_in, douts, n_dout, &loss, NULL, 0, dp2));
+        CHECK_OK(xattn_module_grad(NULL, m, in, n_in, NULL, 0, dmse, n_dout, NULL, 0, dp3));
+        CHECK(fabs(loss - want) <= 1e-6 * (1 + want));
+        snprintf(what, sizeof what, "%s mse d(%s)", file, p0.name);
+        tu_check_close(what, dp2[0], dp3[0], n0, 1e-5);
+        for (size_t k = 0; k < n_dout; k++) {
+            free(outs[k].data);
+            free(dmse[k].data);
+        }
+        free(dp2[0]);
+        free(dp3[0]);
         free(dp2);
+        free(dp3);
     }
-    free(mse_dp0);
     if (err > worst) worst = err;
     for (size_t i = 0; i < np; i++) free(dp[i]);
     free(dp);

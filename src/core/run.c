@@ -348,11 +348,20 @@ static int64_t numel_of(const xattn_tensor *t)
     return n;
 }
 
+/* 1 if one of the n tensors t is named name. */
+static int named(const xattn_tensor *t, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (t[i].name && !strcmp(t[i].name, name)) return 1;
+    return 0;
+}
+
 /* The run of a forward: r bound to the inputs and the asked outputs (shapes checked), the
- * required outputs not asked for in scratch[] (freed by the caller, xa_free). */
+ * required outputs not asked for, and the optional ones named in need[] (outputs whose
+ * gradient is given), in scratch[] (freed by the caller, xa_free). */
 static xattn_status prepare(const xa_mod *m, const xattn_tensor *in, size_t n_in,
-                            const xattn_tensor *out, size_t n_out, xa_run *r,
-                            float *scratch[XA_MAX_IO])
+                            const xattn_tensor *out, size_t n_out, const xattn_tensor *need,
+                            size_t n_need, xa_run *r, float *scratch[XA_MAX_IO])
 {
     const xa_kind *k = m->kind;
     xattn_tensor plan_out[XA_MAX_IO];
@@ -375,9 +384,11 @@ static xattn_status prepare(const xa_mod *m, const xattn_tensor *in, size_t n_in
         if (r->out[o]) return xa_error(XATTN_ERR_ARG, "output '%s' is asked twice", out[a].name);
         r->out[o] = out[a].data;
     }
-    /* required outputs the caller did not ask for go to scratch */
+    /* required outputs the caller did not ask for go to scratch, and needed optional ones */
     for (int o = 0; !s && o < k->n_out; o++) {
-        if (r->out[o] || (k->outputs[o].flags & XA_IO_OPT)) continue;
+        if (r->out[o] ||
+            ((k->outputs[o].flags & XA_IO_OPT) && !named(need, n_need, k->outputs[o].name)))
+            continue;
         xattn_tensor t;
         memset(&t, 0, sizeof t);
         t.name = k->outputs[o].name;
@@ -402,7 +413,7 @@ xattn_status xattn_module_forward(xattn_ctx *ctx, const xattn_module *mod, const
     const xa_kind *k = m->kind;
     xa_run r;
     float *scratch[XA_MAX_IO];
-    xattn_status s = prepare(m, in, n_in, out, n_out, &r, scratch);
+    xattn_status s = prepare(m, in, n_in, out, n_out, NULL, 0, &r, scratch);
     if (!s) {
         const xattn_ctx *prev = xa_ctx_enter(ctx);
         s = k->forward(m, &r);
@@ -502,7 +513,7 @@ static xattn_status module_grad(xattn_ctx *ctx, const xattn_module *mod, const x
     g.dparam = dparams;
     g.on_outputs = hook;
     g.arg = arg;
-    xattn_status s = prepare(m, in, n_in, out, n_out, &r, scratch);
+    xattn_status s = prepare(m, in, n_in, out, n_out, dout, n_dout, &r, scratch);
     if (!s) s = grad_bind(m, in, n_in, &r, dout, n_dout, din, n_din, &g);
     if (!s) {
         const xattn_ctx *prev = xa_ctx_enter(ctx);
