@@ -1,0 +1,36 @@
+"""xattn: the cross-attention family of multimodal fusion, exact to PyTorch, from Python.
+
+    import xattn
+    m = xattn.load("model.safetensors")          # the module kind detected from the names
+    y = m(x, context)                            # numpy in, a dict of numpy arrays out
+"""
+from ._lib import Error, FormatError, lib as _clib
+
+__version__ = _clib.xattn_version().decode()
+
+
+def set_threads(n):
+    """Threads of the library's kernels (0: the default, OMP_NUM_THREADS or every core)."""
+    if not isinstance(n, int) or n < 0:
+        raise ValueError(f"set_threads: {n!r} is not a non-negative integer")
+    _clib.xattn_set_threads(n)
+
+
+def get_threads():
+    """Threads the kernels use."""
+    return _clib.xattn_get_threads()
+
+
+def kernel_set():
+    """The kernel set chosen for this CPU ("avx512", "avx2" or "scalar")."""
+    return _clib.xattn_isa().decode()
+
+
+def set_kernel_set(name):
+    """Forces a kernel set ("auto", "scalar", "avx2", "avx512"); ValueError if the CPU lacks it."""
+    from ._lib import check
+    check(_clib.xattn_set_isa(name.encode()), "set_kernel_set")
+
+
+__all__ = ["Error", "FormatError", "set_threads", "get_threads", "kernel_set", "set_kernel_set",
+           "__version__"]
