@@ -6,6 +6,7 @@
 """
 from ._lib import Error, FormatError, lib as _clib
 from ._module import IoSpec, Module, create, load
+from .export import export
 
 __version__ = _clib.xattn_version().decode()
 
@@ -33,5 +34,5 @@ def set_kernel_set(name):
     check(_clib.xattn_set_isa(name.encode()), "set_kernel_set")
 
 
-__all__ = ["Error", "FormatError", "IoSpec", "Module", "create", "load", "set_threads", "get_threads", "kernel_set", "set_kernel_set",
+__all__ = ["Error", "FormatError", "IoSpec", "Module", "create", "export", "load", "set_threads", "get_threads", "kernel_set", "set_kernel_set",
            "__version__"]
