@@ -75,7 +75,23 @@ def export(module, path, **extra_metadata):
                              "float32, float64, float16 and bfloat16 weights")
         # a private contiguous copy: tied or overlapping tensors cannot be saved as views
         tensors[name] = t.detach().to("cpu").clone().contiguous()
-    save_file(tensors, str(path), metadata=meta)
+    # written beside the destination, opened by the library (it must load as this kind and
+    # assume no default), then moved into place: never a file xattn would misread
+    import os
+    from ._module import load
+    path = os.fspath(path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    save_file(tensors, tmp, metadata=meta)
+    try:
+        m = load(tmp, kind=kind, prefix="")
+        if m.kind != kind or m.warnings:
+            raise ValueError(f"xattn.export: the file does not load as {kind} without assumed "
+                             f"defaults (loads as {m.kind}; {'; '.join(m.warnings)})")
+        m.close()
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return meta
 
 
