@@ -69,13 +69,6 @@ void xa_op_mask_rows_backward(const float *x, float *dy, int64_t B, int64_t N, i
     xa_op_mask_rows(dy, B, N, C, mask, mask_sb, alpha);
 }
 
-double xa_op_dot(const float *x, const float *y, int64_t n)
-{
-    double s = 0.0;
-    for (int64_t i = 0; i < n; i++) s += (double)x[i] * y[i];
-    return s;
-}
-
 /* Checks the sizes of n maps (Hm, Wm) <-> (h, w) and, when n > 0, allocates *Wy: the resampling
  * matrices Wy (h, Hm) and Wx (w, Wm) after it, then a scratch of one intermediate map
  * (max(Hm * w, h * Wm) floats). */

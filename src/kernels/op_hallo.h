@@ -28,7 +28,4 @@ void xa_op_mask_rows_backward(const float *x, float *dy, int64_t B, int64_t N, i
 xattn_status xa_op_resize_masks_backward(const float *dy, int64_t n, int64_t Hm, int64_t Wm,
                                          int64_t h, int64_t w, float *dx);
 
-/* sum of x[i] * y[i] over n values, in double, in order. */
-double xa_op_dot(const float *x, const float *y, int64_t n);
-
 #endif

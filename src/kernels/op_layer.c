@@ -462,6 +462,13 @@ void xa_op_sum_rows(const float *x, int64_t B, int64_t stride, int64_t n, float 
     sum_strided(x, B, stride, n, y, 0);
 }
 
+double xa_op_dot(const float *x, const float *y, int64_t n)
+{
+    double s = 0.0;
+    for (int64_t i = 0; i < n; i++) s += (double)x[i] * y[i];
+    return s;
+}
+
 void xa_op_mse_grad(const float *y, const float *t, int64_t n, float *d)
 {
     const double k = n > 0 ? 2.0 / (double)n : 0.0;

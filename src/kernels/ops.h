@@ -112,6 +112,9 @@ void xa_op_pool2_backward(const float *dy, int64_t B, int64_t N, int64_t C, floa
 /* y (n) = sum over b < B of x[b * stride + 0 .. n) (in order). */
 void xa_op_sum_rows(const float *x, int64_t B, int64_t stride, int64_t n, float *y);
 
+/* sum of x[i] * y[i] over n values, in double, in order (the same for every thread count). */
+double xa_op_dot(const float *x, const float *y, int64_t n);
+
 /* The gradient of F.mse_loss(y, t) (reduction 'mean') over n values: d = 2 (y - t) / n. */
 void xa_op_mse_grad(const float *y, const float *t, int64_t n, float *d);
 
