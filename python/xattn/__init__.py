@@ -5,6 +5,7 @@
     y = m(x, context)                            # numpy in, a dict of numpy arrays out
 """
 from ._lib import Error, FormatError, lib as _clib
+from ._module import IoSpec, Module, create, load
 
 __version__ = _clib.xattn_version().decode()
 
@@ -32,5 +33,5 @@ def set_kernel_set(name):
     check(_clib.xattn_set_isa(name.encode()), "set_kernel_set")
 
 
-__all__ = ["Error", "FormatError", "set_threads", "get_threads", "kernel_set", "set_kernel_set",
+__all__ = ["Error", "FormatError", "IoSpec", "Module", "create", "load", "set_threads", "get_threads", "kernel_set", "set_kernel_set",
            "__version__"]
