@@ -319,6 +319,105 @@ XATTN_API void xattn_sdpa_grads_init(xattn_sdpa_grads *g);
 XATTN_API xattn_status xattn_sdpa_backward(const xattn_sdpa_params *p, const xattn_sdpa_grads *g);
 
 /* ------------------------------------------------------------------------------------------ */
+/* Bidirectional attention core (bidirectional-cross-attention 0.1.0, without the I x J maps)   */
+/* ------------------------------------------------------------------------------------------ */
+
+/*
+ * The attention core of lucidrains' BidirectionalCrossAttention: one similarity normalised both
+ * ways, after the projections and before the output linears.
+ *   sim[b,h,i,j]  = scale * <qk[b,h,i,:], cqk[b,h,j,:]> + bias[b,h,i,j]       (bias optional)
+ *   where mask[b,i] == 0 or cmask[b,j] == 0: sim = -FLT_MAX (a fully masked row or column is a
+ *   uniform average, as in the package)
+ *   attn  = softmax over j of sim,   cattn = softmax over i of sim
+ *   talking heads (both weights, or neither; nn.Conv2d(H, H, 1, bias=False) weights (H, H, 1, 1)
+ *   read as (H, H)): attn'[g] = sum_h talk[g][h] attn[h], cattn'[g] = sum_h ctalk[g][h] cattn[h]
+ *   out[b,h,i,:]  = sum_j attn'[b,h,i,j] cv[b,h,j,:]
+ *   cout[b,h,j,:] = sum_i cattn'[b,h,i,j] v[b,h,i,:]
+ * Dropout is not applied (the package's dropout = 0, or eval mode).
+ *
+ * Tensors are given by base pointer and strides (elements) over (b, h, row); the last axis is
+ * contiguous, so heads are read and written in place in (B, N, H*dh) projections with strides
+ * (N*H*dh, dh, H*dh). Input strides may be 0 (broadcast); output strides must not overlap.
+ * I or J may be 0 (the other side's output is then zero). Memory: O(B*H*(I+J)) statistics and
+ * per-thread tiles; no I x J buffer unless attn / cattn are given.
+ */
+typedef struct xattn_bidir_params {
+    int64_t B, H, I, J, dh;
+    const float *qk;
+    int64_t qk_sb, qk_sh, qk_si; /* (B, H, I, dh) shared query/key of x              */
+    const float *cqk;
+    int64_t cqk_sb, cqk_sh, cqk_sj; /* (B, H, J, dh) shared query/key of the context */
+    const float *v;
+    int64_t v_sb, v_sh, v_si; /* (B, H, I, dh) values of x                          */
+    const float *cv;
+    int64_t cv_sb, cv_sh, cv_sj; /* (B, H, J, dh) values of the context            */
+    float *out;
+    int64_t o_sb, o_sh, o_si; /* (B, H, I, dh) what x gathers from the context      */
+    float *cout;
+    int64_t co_sb, co_sh, co_sj; /* (B, H, J, dh) what the context gathers from x  */
+    int has_scale;               /* 0: scale = dh^-0.5 (the package's)             */
+    float scale;
+    const uint8_t *mask;
+    int64_t mask_sb; /* (B|1, I) nonzero = keep, or NULL (0: one row for every b) */
+    const uint8_t *cmask;
+    int64_t cmask_sb; /* (B|1, J) nonzero = keep, or NULL                     */
+    const float *bias;
+    int64_t bias_sb, bias_sh; /* (B|1, H|1, I, J) rel_pos_bias, rows of J contiguous (row
+                                 stride J); 0 broadcasts over b or h; or NULL       */
+    const float *talk;        /* (H, H) [g][h] talking heads of attn, or NULL          */
+    const float *ctalk;       /* (H, H) [g][h] talking heads of cattn, or NULL         */
+    float *attn;              /* optional (B, H, I, J) contiguous: attn' (after talking heads) */
+    float *cattn;             /* optional (B, H, I, J) contiguous: cattn'                 */
+    float *lse;               /* optional (B, H, I) contiguous: log-sum-exp over j of sim */
+    float *clse;              /* optional (B, H, J) contiguous: log-sum-exp over i of sim */
+    uint64_t reserved_[4];    /* zero                                                     */
+} xattn_bidir_params;
+
+/* Zeroes p (no masks, no bias, no talking heads, the default scale). */
+XATTN_API void xattn_bidir_init(xattn_bidir_params *p);
+XATTN_API xattn_status xattn_bidir_attention(const xattn_bidir_params *p);
+
+/*
+ * Backward of xattn_bidir_attention: from the forward's parameters p, with p->out and p->cout
+ * holding the forward's outputs and p->lse, p->clse its log-sum-exps (or both NULL: recomputed,
+ * one more pass), and the gradients of out and cout, computes the gradients of qk and cqk (the
+ * shared similarity's, from both softmaxes), v, cv, the bias and both talking-heads weights.
+ * Probabilities are recomputed tile by tile; nothing of size I x J is allocated; p->attn and
+ * p->cattn are ignored. Masked logits carry no gradient: a fully masked row or column (a uniform
+ * average) sends gradient to the values only. The results are the same for every thread count.
+ *
+ * Gradients are given like the forward's tensors (base pointer and strides over (b, h, row),
+ * last axis contiguous); NULL = not wanted. They are overwritten, or added to when
+ * accumulate != 0. dbias has the layout of a bias (B|1, H|1, I, J), rows of J contiguous: a 0
+ * stride sums the gradient over that axis, so it can be asked for with or without p->bias.
+ * dtalk, dctalk (H, H) need talking heads.
+ */
+typedef struct xattn_bidir_grads {
+    const float *dout;
+    int64_t do_sb, do_sh, do_si; /* (B, H, I, dh) gradient of out (required)   */
+    const float *dcout;
+    int64_t dco_sb, dco_sh, dco_sj; /* (B, H, J, dh) gradient of cout (required) */
+    float *dqk;
+    int64_t dqk_sb, dqk_sh, dqk_si; /* (B, H, I, dh)                               */
+    float *dcqk;
+    int64_t dcqk_sb, dcqk_sh, dcqk_sj; /* (B, H, J, dh)                            */
+    float *dv;
+    int64_t dv_sb, dv_sh, dv_si; /* (B, H, I, dh)                                  */
+    float *dcv;
+    int64_t dcv_sb, dcv_sh, dcv_sj; /* (B, H, J, dh)                               */
+    float *dbias;
+    int64_t dbias_sb, dbias_sh; /* (B|1, H|1, I, J), row stride J                  */
+    float *dtalk, *dctalk;      /* (H, H) each, with talking heads                 */
+    int accumulate;             /* 1: add to the gradients                         */
+    uint64_t reserved_[4];      /* zero                                            */
+} xattn_bidir_grads;
+
+/* Zeroes g. */
+XATTN_API void xattn_bidir_grads_init(xattn_bidir_grads *g);
+XATTN_API xattn_status xattn_bidir_attention_backward(const xattn_bidir_params *p,
+                                                      const xattn_bidir_grads *g);
+
+/* ------------------------------------------------------------------------------------------ */
 /* Dense math used by the modules, exposed for users building their own compositions            */
 /* ------------------------------------------------------------------------------------------ */
 

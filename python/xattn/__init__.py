@@ -5,6 +5,7 @@
     y = m(x, context)                            # numpy in, a dict of numpy arrays out
 """
 from ._lib import Error, FormatError, lib as _clib
+from ._attention import bidirectional_attention, sdpa
 from ._module import IoSpec, Module, create, load
 from .export import export
 
@@ -34,5 +35,6 @@ def set_kernel_set(name):
     check(_clib.xattn_set_isa(name.encode()), "set_kernel_set")
 
 
-__all__ = ["Error", "FormatError", "IoSpec", "Module", "create", "export", "load", "set_threads", "get_threads", "kernel_set", "set_kernel_set",
+__all__ = ["Error", "FormatError", "IoSpec", "Module", "bidirectional_attention", "create",
+           "export", "load", "sdpa", "set_threads", "get_threads", "kernel_set", "set_kernel_set",
            "__version__"]
