@@ -1,0 +1,209 @@
+/*
+ * Whole BERT decoder models and generation against transformers (tests/reference/
+ * gen_generate.py, float64): the logits of every step of incremental decoding (one token at a
+ * time and a prompt at once) of BertLMHeadModel with tied and untied output weights, a bare
+ * BertModel's hidden states, beam states with shared memories and cache reordering, and errors.
+ */
+#include "testutil.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static double g_worst;
+
+/* Tensor `name` (integers stored as any dtype) as int64 (shape into dims). */
+static int64_t *get_ids(const xattn_safetensors *st, const char *name, int64_t *dims)
+{
+    xattn_array a;
+    float *f = tu_get_f32(st, name, &a);
+    const int64_t n = xattn_array_numel(&a);
+    int64_t *ids = malloc(sizeof(int64_t) * (size_t)n);
+    for (int64_t i = 0; i < n; i++) ids[i] = (int64_t)f[i];
+    for (int d = 0; d < a.ndim; d++) dims[d] = a.shape[d];
+    xattn_array_free(&a);
+    return ids;
+}
+
+typedef struct fixture {
+    xattn_safetensors *st;
+    xattn_lm *m;
+    xattn_lm_config c;
+    xattn_array mem_a, mask_a;
+    float *mem;
+    uint8_t *mask;
+    int64_t B, M;
+} fixture;
+
+static int open_fixture(fixture *f, const char *name)
+{
+    memset(f, 0, sizeof *f);
+    if (xattn_st_open(tu_fixture(name), &f->st)) {
+        fprintf(stderr, "%s: %s\n", name, xattn_last_error());
+        CHECK(0);
+        return 0;
+    }
+    CHECK_OK(xattn_lm_load(f->st, NULL, &f->m));
+    if (!f->m) return 0;
+    CHECK(!strcmp(xattn_lm_warnings(f->m), ""));
+    xattn_lm_get_config(f->m, &f->c);
+    f->mem = tu_get_f32(f->st, "input.memory", &f->mem_a);
+    f->B = f->mem_a.shape[0];
+    f->M = f->mem_a.shape[1];
+    if (xattn_st_find(f->st, "input.memory_mask") >= 0) {
+        CHECK_OK(xattn_st_get(f->st, "input.memory_mask", XATTN_BOOL, &f->mask_a));
+        f->mask = f->mask_a.data;
+    }
+    return 1;
+}
+
+static void close_fixture(fixture *f)
+{
+    xattn_lm_free(f->m);
+    xattn_array_free(&f->mem_a);
+    xattn_array_free(&f->mask_a);
+    xattn_st_close(f->st);
+}
+
+/* Steps of sizes first, 1, 1, ...: the logits of every position against expected.logits. */
+static void check_logits(const char *name, int64_t first)
+{
+    fixture f;
+    if (!open_fixture(&f, name)) return;
+    int64_t d[8];
+    int64_t *ids = get_ids(f.st, "input.ids", d);
+    const int64_t B = d[0], T = d[1], V = f.c.vocab_size;
+    xattn_array ra;
+    const float *ref = tu_get_f32(f.st, "expected.logits", &ra);
+    xattn_decoder_state *s = NULL;
+    CHECK_OK(xattn_decoder_state_new(xattn_lm_decoder(f.m), B, T, T, &s));
+    CHECK_OK(xattn_decoder_set_memory(NULL, s, f.M, f.mem, f.mask));
+    float *lg = malloc(sizeof(float) * (size_t)(B * T * V));
+    int64_t *step = malloc(sizeof(int64_t) * (size_t)(B * T));
+    for (int64_t t = 0; t < T;) {
+        const int64_t n = t ? 1 : first;
+        for (int64_t b = 0; b < B; b++)
+            memcpy(step + b * n, ids + b * T + t, sizeof(int64_t) * (size_t)n);
+        CHECK_OK(xattn_lm_step(NULL, f.m, s, n, step, NULL, lg));
+        for (int64_t b = 0; b < B; b++) {
+            char what[96];
+            snprintf(what, sizeof what, "%s logits b=%lld t=%lld..%lld", name, (long long)b,
+                     (long long)t, (long long)(t + n - 1));
+            const double e =
+                tu_check_close(what, lg + b * n * V, ref + (b * T + t) * V, n * V, TU_TOL);
+            if (e > g_worst) g_worst = e;
+        }
+        t += n;
+    }
+    CHECK(xattn_decoder_position(s) == T);
+    /* past the positions, out of the vocabulary: one-line errors */
+    step[0] = 0;
+    CHECK_FAIL(xattn_lm_step(NULL, f.m, s, 1, step, NULL, lg), XATTN_ERR_SHAPE);
+    xattn_decoder_reset(s);
+    for (int64_t b = 0; b < B; b++) step[b] = b ? V : 1;
+    CHECK_FAIL(xattn_lm_step(NULL, f.m, s, 1, step, NULL, lg), XATTN_ERR_ARG);
+    CHECK(strstr(xattn_last_error(), "not in the vocabulary") != NULL);
+    free(step);
+    free(lg);
+    free(ids);
+    xattn_array_free(&ra);
+    xattn_decoder_state_free(s);
+    close_fixture(&f);
+}
+
+/* Beams: K rows per memory item, each decoding its own tokens; after a reorder every row
+ * continues the history it was given (checked against single-row states). */
+static void check_beams(const char *name)
+{
+    enum { K = 3, T = 4 };
+    fixture f;
+    if (!open_fixture(&f, name)) return;
+    const int64_t B = f.B, V = f.c.vocab_size, R = B * K;
+    xattn_decoder_state *s = NULL, *one = NULL;
+    CHECK_OK(xattn_decoder_state_new_beams(xattn_lm_decoder(f.m), B, K, T + 1, T, &s));
+    CHECK_OK(xattn_decoder_state_new(xattn_lm_decoder(f.m), B, T + 1, T, &one));
+    CHECK_OK(xattn_decoder_set_memory(NULL, s, f.M, f.mem, f.mask));
+    CHECK_OK(xattn_decoder_set_memory(NULL, one, f.M, f.mem, f.mask));
+    int64_t ids[3 * 2 * T], src[3 * 2], next[3 * 2];
+    for (int64_t r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) ids[r * T + t] = (r * 7 + t * 3 + 1) % V;
+    float *lg = malloc(sizeof(float) * (size_t)(R * V)), *ref = malloc(sizeof(float) * B * V);
+    float *all = malloc(sizeof(float) * (size_t)(R * T * V));
+    CHECK_OK(xattn_lm_step(NULL, f.m, s, T, ids, NULL, all));
+    /* row r takes the history of row src[r] (within its item), then token next[r] */
+    for (int64_t r = 0; r < R; r++) {
+        src[r] = r / K * K + (r % K + 1 + r / K) % K;
+        next[r] = (r * 5 + 2) % V;
+    }
+    src[0] = 0;
+    CHECK_OK(xattn_decoder_reorder(s, src));
+    CHECK_OK(xattn_lm_step(NULL, f.m, s, 1, next, NULL, lg));
+    for (int64_t k = 0; k < K; k++) {
+        int64_t seq[2 * (T + 1)], nb[2];
+        for (int64_t b = 0; b < B; b++) {
+            memcpy(seq + b * (T + 1), ids + src[b * K + k] * T, sizeof(int64_t) * T);
+            seq[b * (T + 1) + T] = next[b * K + k];
+        }
+        (void)nb;
+        float *full = malloc(sizeof(float) * (size_t)(B * (T + 1) * V));
+        xattn_decoder_reset(one);
+        CHECK_OK(xattn_lm_step(NULL, f.m, one, T + 1 > T ? T : T, seq, NULL, full));
+        for (int64_t b = 0; b < B; b++) nb[b] = seq[b * (T + 1) + T];
+        free(full);
+        /* one token after the first T of each sequence */
+        xattn_decoder_reset(one);
+        int64_t pre[2 * T];
+        for (int64_t b = 0; b < B; b++) memcpy(pre + b * T, seq + b * (T + 1), sizeof pre / 2);
+        CHECK_OK(xattn_lm_step(NULL, f.m, one, T, pre, NULL, all));
+        CHECK_OK(xattn_lm_step(NULL, f.m, one, 1, nb, NULL, ref));
+        for (int64_t b = 0; b < B; b++)
+            tu_check_close("beam row after reorder", lg + (b * K + k) * V, ref + b * V, V, 1e-5);
+    }
+    int64_t bad[3 * 2];
+    memcpy(bad, src, sizeof bad);
+    bad[0] = K; /* a row of another memory item */
+    CHECK_FAIL(xattn_decoder_reorder(s, bad), XATTN_ERR_ARG);
+    free(all);
+    free(ref);
+    free(lg);
+    xattn_decoder_state_free(one);
+    xattn_decoder_state_free(s);
+    close_fixture(&f);
+}
+
+/* A bare BertModel: the hidden states; logits are refused. */
+static void check_bert(void)
+{
+    fixture f;
+    if (!open_fixture(&f, "generate_bert.safetensors")) return;
+    int64_t d[8];
+    int64_t *ids = get_ids(f.st, "input.ids", d);
+    const int64_t B = d[0], T = d[1], h = f.c.hidden;
+    CHECK(!f.c.has_head);
+    xattn_array ra;
+    const float *ref = tu_get_f32(f.st, "expected.hidden", &ra);
+    xattn_decoder_state *s = NULL;
+    CHECK_OK(xattn_decoder_state_new(xattn_lm_decoder(f.m), B, T, T, &s));
+    CHECK_OK(xattn_decoder_set_memory(NULL, s, f.M, f.mem, NULL));
+    float *hid = malloc(sizeof(float) * (size_t)(B * T * h));
+    CHECK_OK(xattn_lm_step(NULL, f.m, s, T, ids, hid, NULL));
+    const double e = tu_check_close("BertModel hidden", hid, ref, B * T * h, TU_TOL);
+    if (e > g_worst) g_worst = e;
+    xattn_decoder_reset(s);
+    CHECK_FAIL(xattn_lm_step(NULL, f.m, s, 1, ids, NULL, hid), XATTN_ERR_UNSUPPORTED);
+    free(hid);
+    free(ids);
+    xattn_array_free(&ra);
+    xattn_decoder_state_free(s);
+    close_fixture(&f);
+}
+
+int main(void)
+{
+    check_logits("generate_lm_tied.safetensors", 1);
+    check_logits("generate_lm_tied.safetensors", 3);
+    check_logits("generate_lm_untied.safetensors", 2);
+    check_beams("generate_lm_tied.safetensors");
+    check_bert();
+    printf("generate: worst logits / hidden error %.3g (tol %g)\n", g_worst, TU_TOL);
+    return tu_finish("generate");
+}
