@@ -1088,6 +1088,47 @@ XATTN_API const xattn_decoder *xattn_lm_decoder(const xattn_lm *m);
 XATTN_API xattn_status xattn_lm_step(xattn_ctx *ctx, const xattn_lm *m, xattn_decoder_state *s,
                                      int64_t n, const int64_t *ids, float *hidden, float *logits);
 
+/* Generation options as transformers' GenerationConfig; all zero: its defaults (greedy,
+ * max_length 20, length_penalty 1.0, early_stopping False, top_k 50 when sampling). */
+typedef enum xattn_early_stopping {
+    XATTN_EARLY_STOP_DEFAULT = 0, /* False */
+    XATTN_EARLY_STOP_FALSE = 1,
+    XATTN_EARLY_STOP_TRUE = 2,
+    XATTN_EARLY_STOP_NEVER = 3 /* "never" */
+} xattn_early_stopping;
+typedef struct xattn_generate_opts {
+    int64_t max_new_tokens; /* 0: up to 20 tokens in all (transformers' max_length)           */
+    int64_t num_beams;      /* 0 or 1: greedy search (or sampling); K > 1: beam search (<= 32) */
+    int has_length_penalty; /* 0: length_penalty 1.0                                          */
+    double length_penalty;  /* finished beams score sum_logprobs / generated_len^penalty       */
+    xattn_early_stopping early_stopping;
+    int64_t no_repeat_ngram_size; /* 0: off                                                   */
+    int do_sample;                /* sample (num_beams 1) instead of greedy                    */
+    double temperature;           /* 0: 1.0                                                    */
+    int64_t top_k;                /* 0: 50 (transformers' default); >= vocab: off              */
+    double top_p;                 /* 0: 1.0 (off)                                              */
+    uint64_t seed;                /* the sampling generator's seed (SplitMix64)                */
+    uint64_t reserved_[4];
+} xattn_generate_opts;
+/* Generates from memory (B, M, hidden) with memory_mask (B, M) (nonzero = keep, or NULL) and a
+ * prompt (B, P) (P = 0: bos_token_id alone) as BertLMHeadModel.generate(input_ids=prompt,
+ * encoder_hidden_states=memory, encoder_attention_mask=memory_mask, ...) with the model's
+ * pad / eos ids: ids (B, P + max_new_tokens) receives the sequences (prompt included), *len
+ * their length (rows are (B, *len) contiguous; a finished greedy row continues with
+ * pad_token_id, a short beam row with transformers' fill: pad_token_id if nonzero, else
+ * eos_token_id). Greedy and beam search give transformers' ids; sampling draws from the same
+ * distributions with its own generator. ctx may be NULL. */
+XATTN_API xattn_status xattn_lm_generate(xattn_ctx *ctx, const xattn_lm *m, int64_t B, int64_t M,
+                                         const float *memory, const uint8_t *memory_mask, int64_t P,
+                                         const int64_t *prompt, const xattn_generate_opts *opts,
+                                         int64_t *ids, int64_t *len);
+/* Sampling's filters on one row of scores (V), in place, as transformers'
+ * TemperatureLogitsWarper (temperature > 0, != 1), TopKLogitsWarper (0 < top_k < V: scores below
+ * the k-th largest become -inf) and TopPLogitsWarper (0 < top_p < 1: the smallest scores whose
+ * probabilities sum to at most 1 - top_p become -inf; the largest stays), in that order. */
+XATTN_API xattn_status xattn_sampling_filter(float *scores, int64_t V, double temperature,
+                                             int64_t top_k, double top_p);
+
 /* ------------------------------------------------------------------------------------------ */
 /* Modules through the registry: one interface for every kind                                   */
 /* ------------------------------------------------------------------------------------------ */

@@ -6,6 +6,7 @@
  */
 #include "testutil.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -197,6 +198,169 @@ static void check_bert(void)
     close_fixture(&f);
 }
 
+/* generate() settings of gen_generate.py's CASES (max_new_tokens 12). */
+static const struct gcase {
+    const char *name;
+    int64_t beams;
+    double lp;
+    xattn_early_stopping es;
+    int64_t ngram;
+} CASES[] = {
+    {"greedy", 1, 1.0, 0, 0},
+    {"greedy_ngram", 1, 1.0, 0, 2},
+    {"beam3", 3, 1.0, XATTN_EARLY_STOP_FALSE, 0},
+    {"beam3_es", 3, 0.6, XATTN_EARLY_STOP_TRUE, 0},
+    {"beam4_never", 4, 1.5, XATTN_EARLY_STOP_NEVER, 0},
+    {"beam4_ngram", 4, -0.5, 0, 2},
+};
+
+/* Generated ids equal transformers' generate for every case. */
+static void check_generate(const char *name)
+{
+    fixture f;
+    if (!open_fixture(&f, name)) return;
+    int64_t d[8], e[8];
+    int64_t *prompt = get_ids(f.st, "input.prompt", d);
+    const int64_t B = d[0], P = d[1], cap = P + 12;
+    int64_t *ids = malloc(sizeof(int64_t) * (size_t)(B * cap));
+    for (size_t k = 0; k < sizeof CASES / sizeof *CASES; k++) {
+        const struct gcase *c = &CASES[k];
+        xattn_generate_opts o;
+        memset(&o, 0, sizeof o);
+        o.max_new_tokens = 12;
+        o.num_beams = c->beams;
+        o.has_length_penalty = 1;
+        o.length_penalty = c->lp;
+        o.early_stopping = c->es;
+        o.no_repeat_ngram_size = c->ngram;
+        char key[64];
+        snprintf(key, sizeof key, "expected.%s", c->name);
+        int64_t *ref = get_ids(f.st, key, e), len = 0;
+        CHECK_OK(xattn_lm_generate(NULL, f.m, B, f.M, f.mem, f.mask, P, prompt, &o, ids, &len));
+        int same = len == e[1];
+        for (int64_t i = 0; i < B * len && same; i++) same = ids[i] == ref[i];
+        if (!same) {
+            fprintf(stderr, "%s %s: got", name, c->name);
+            for (int64_t i = 0; i < B * len; i++) fprintf(stderr, " %lld", (long long)ids[i]);
+            fprintf(stderr, " (len %lld), want len %lld\n", (long long)len, (long long)e[1]);
+        }
+        CHECK(same);
+        free(ref);
+    }
+    /* a prompt id out of range, a prompt too long for the positions */
+    prompt[1] = f.c.vocab_size;
+    int64_t len;
+    CHECK_FAIL(xattn_lm_generate(NULL, f.m, B, f.M, f.mem, f.mask, P, prompt, NULL, ids, &len),
+               XATTN_ERR_ARG);
+    prompt[1] = 1;
+    xattn_generate_opts o;
+    memset(&o, 0, sizeof o);
+    o.max_new_tokens = f.c.max_positions;
+    CHECK_FAIL(xattn_lm_generate(NULL, f.m, B, f.M, f.mem, f.mask, P, prompt, &o, ids, &len),
+               XATTN_ERR_SHAPE);
+    free(ids);
+    free(prompt);
+    close_fixture(&f);
+}
+
+static int cmp_float(const void *a, const void *b)
+{
+    const float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+/* The filtered distributions equal transformers' warpers'; draws follow them. */
+static void check_sampling(void)
+{
+    static const double SET[][3] = {
+        {0.7, 0, 1.0}, {1.0, 5, 1.0}, {1.0, 0, 0.9}, {1.3, 10, 0.8}, {0.5, 1, 0.5}};
+    xattn_safetensors *st = NULL;
+    CHECK_OK(xattn_st_open(tu_fixture("generate_sampling.safetensors"), &st));
+    if (!st) return;
+    xattn_array la;
+    const float *lg = tu_get_f32(st, "input.logits", &la);
+    const int64_t R = la.shape[0], V = la.shape[1];
+    float *sc = malloc(sizeof(float) * (size_t)V), *p = malloc(sizeof(float) * (size_t)V);
+    float *q = malloc(sizeof(float) * (size_t)V);
+    for (int k = 0; k < 5; k++) {
+        char key[64];
+        snprintf(key, sizeof key, "expected.probs.%d", k);
+        xattn_array pa;
+        const float *ref = tu_get_f32(st, key, &pa);
+        for (int64_t r = 0; r < R; r++) {
+            memcpy(sc, lg + r * V, sizeof(float) * (size_t)V);
+            CHECK_OK(xattn_sampling_filter(sc, V, SET[k][0], (int64_t)SET[k][1], SET[k][2]));
+            double mx = -1e30, z = 0;
+            for (int64_t v = 0; v < V; v++) mx = sc[v] > mx ? sc[v] : mx;
+            for (int64_t v = 0; v < V; v++) z += exp((double)sc[v] - mx);
+            for (int64_t v = 0; v < V; v++) p[v] = (float)(exp((double)sc[v] - mx) / z);
+            char what[64];
+            snprintf(what, sizeof what, "filtered probs setting %d row %lld", k, (long long)r);
+            /* rows 1 and 2 hold ties, which torch.sort orders as it may: which of equal
+             * tokens top-p drops is torch's choice; what is kept (sorted) must agree */
+            if (r != 1 && r != 2) {
+                tu_check_close(what, p, ref + r * V, V, 1e-6);
+                for (int64_t v = 0; v < V; v++) CHECK((p[v] == 0) == (ref[r * V + v] == 0));
+            }
+            memcpy(q, ref + r * V, sizeof(float) * (size_t)V);
+            qsort(p, (size_t)V, sizeof(float), cmp_float);
+            qsort(q, (size_t)V, sizeof(float), cmp_float);
+            tu_check_close(what, p, q, V, 1e-6);
+        }
+        xattn_array_free(&pa);
+    }
+    free(q);
+    free(p);
+    free(sc);
+    xattn_array_free(&la);
+    xattn_st_close(st);
+}
+
+/* Draws of the first new token over many seeds against the filtered distribution of the
+ * first step's logits (each frequency within 5 standard errors). */
+static void check_draws(void)
+{
+    enum { N = 4000 };
+    fixture f;
+    if (!open_fixture(&f, "generate_lm_tied.safetensors")) return;
+    const int64_t V = f.c.vocab_size, B = 1;
+    int64_t d[8];
+    int64_t *prompt = get_ids(f.st, "input.prompt", d);
+    const int64_t P = d[1];
+    xattn_decoder_state *s = NULL;
+    float *lg = malloc(sizeof(float) * (size_t)(P * V));
+    CHECK_OK(xattn_decoder_state_new(xattn_lm_decoder(f.m), B, P, P, &s));
+    CHECK_OK(xattn_decoder_set_memory(NULL, s, f.M, f.mem, f.mask));
+    CHECK_OK(xattn_lm_step(NULL, f.m, s, P, prompt, NULL, lg));
+    float *sc = lg + (P - 1) * V;
+    CHECK_OK(xattn_sampling_filter(sc, V, 1.5, 8, 0.9));
+    double mx = -1e30, z = 0, *p = calloc((size_t)V, sizeof(double));
+    for (int64_t v = 0; v < V; v++) mx = sc[v] > mx ? sc[v] : mx;
+    for (int64_t v = 0; v < V; v++) z += exp((double)sc[v] - mx);
+    for (int64_t v = 0; v < V; v++) p[v] = exp((double)sc[v] - mx) / z;
+    int *count = calloc((size_t)V, sizeof(int));
+    xattn_generate_opts o;
+    memset(&o, 0, sizeof o);
+    o.max_new_tokens = 1, o.do_sample = 1, o.temperature = 1.5, o.top_k = 8, o.top_p = 0.9;
+    int64_t ids[8], len;
+    for (int i = 0; i < N; i++) {
+        o.seed = (uint64_t)i;
+        if (xattn_lm_generate(NULL, f.m, B, f.M, f.mem, f.mask, P, prompt, &o, ids, &len)) break;
+        count[ids[P]]++;
+    }
+    for (int64_t v = 0; v < V; v++) {
+        const double q = (double)count[v] / N, se = sqrt(p[v] * (1 - p[v]) / N);
+        CHECK(fabs(q - p[v]) <= 5 * se + 1e-12);
+        if (p[v] == 0) CHECK(count[v] == 0);
+    }
+    free(count);
+    free(p);
+    free(lg);
+    free(prompt);
+    xattn_decoder_state_free(s);
+    close_fixture(&f);
+}
+
 int main(void)
 {
     check_logits("generate_lm_tied.safetensors", 1);
@@ -204,6 +368,10 @@ int main(void)
     check_logits("generate_lm_untied.safetensors", 2);
     check_beams("generate_lm_tied.safetensors");
     check_bert();
+    check_generate("generate_lm_tied.safetensors");
+    check_generate("generate_lm_untied.safetensors");
+    check_sampling();
+    check_draws();
     printf("generate: worst logits / hidden error %.3g (tol %g)\n", g_worst, TU_TOL);
     return tu_finish("generate");
 }
