@@ -9,6 +9,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static double g_worst;
 
@@ -361,6 +362,48 @@ static void check_draws(void)
     close_fixture(&f);
 }
 
+/* config.json: agreeing values load; one disagreeing with the shapes, or a config that is not
+ * a decoder's, is an error naming the file. */
+static void check_config_json(void)
+{
+    static const char *const JS[] = {
+        "{\"num_attention_heads\": 4, \"hidden_size\": 32, \"num_hidden_layers\": 2, "
+        "\"is_decoder\": true, \"hidden_act\": \"gelu\"}",
+        "{\"num_attention_heads\": 4, \"hidden_size\": 64}",
+        "{\"num_attention_heads\": 4, \"num_hidden_layers\": 3}",
+        "{\"is_decoder\": false}",
+        "{\"hidden_act\": \"relu\"}",
+        "[1, 2]"};
+    xattn_safetensors *st = NULL;
+    CHECK_OK(xattn_st_open(tu_fixture("generate_lm_tied.safetensors"), &st));
+    char path[] = "/tmp/xattn_generate_configXXXXXX";
+    const int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    if (fd >= 0) close(fd);
+    for (size_t i = 0; i < sizeof JS / sizeof *JS && st; i++) {
+        FILE *f = fopen(path, "w");
+        fputs(JS[i], f);
+        fclose(f);
+        xattn_lm_opts o;
+        memset(&o, 0, sizeof o);
+        o.config_json = path;
+        xattn_lm *m = NULL;
+        const xattn_status s = xattn_lm_load(st, &o, &m);
+        if (i == 0) {
+            CHECK_OK(s);
+            xattn_lm_config c;
+            xattn_lm_get_config(m, &c);
+            CHECK(c.eos_token_id == 10 && c.heads == 4 && c.layers == 2);
+        } else {
+            CHECK(s != XATTN_OK && m == NULL);
+            CHECK(strstr(xattn_last_error(), path) != NULL || i == 4);
+        }
+        xattn_lm_free(m);
+    }
+    unlink(path);
+    xattn_st_close(st);
+}
+
 int main(void)
 {
     check_logits("generate_lm_tied.safetensors", 1);
@@ -371,6 +414,7 @@ int main(void)
     check_generate("generate_lm_tied.safetensors");
     check_generate("generate_lm_untied.safetensors");
     check_sampling();
+    check_config_json();
     check_draws();
     printf("generate: worst logits / hidden error %.3g (tol %g)\n", g_worst, TU_TOL);
     return tu_finish("generate");
