@@ -393,7 +393,8 @@ static void check_config_json(void)
             CHECK_OK(s);
             xattn_lm_config c;
             xattn_lm_get_config(m, &c);
-            CHECK(c.eos_token_id == 10 && c.heads == 4 && c.layers == 2);
+            /* eos_token_id from the metadata */
+            CHECK(c.eos_token_id == 34 && c.heads == 4 && c.layers == 2);
         } else {
             CHECK(s != XATTN_OK && m == NULL);
             CHECK(strstr(xattn_last_error(), path) != NULL || i == 4);
