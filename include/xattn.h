@@ -1110,7 +1110,18 @@ XATTN_API xattn_status xattn_decoder_forward(xattn_ctx *ctx, const xattn_decoder
  * so steps allocate nothing. The state keeps a pointer to m (m must outlive it). */
 XATTN_API xattn_status xattn_decoder_state_new(const xattn_decoder *m, int64_t B, int64_t max_len,
                                                int64_t max_step, xattn_decoder_state **out);
+/* A state for beam search: B = batch * beams rows, the rows b * beams .. (b + 1) * beams - 1
+ * sharing memory item b: set_memory then takes the memory (batch, M, memory_dim) and its mask
+ * (batch, M), whose K/V are computed and kept once per item, not once per beam. Steps take
+ * (batch * beams, n, hidden) rows. (xattn_decoder_state_new is the case beams = 1.) */
+XATTN_API xattn_status xattn_decoder_state_new_beams(const xattn_decoder *m, int64_t batch,
+                                                     int64_t beams, int64_t max_len,
+                                                     int64_t max_step, xattn_decoder_state **out);
 XATTN_API void xattn_decoder_state_free(xattn_decoder_state *s);
+/* Beam search's cache reordering: row d's self-attention cache (every layer, every decoded
+ * position) becomes a copy of row src[d] (B entries, each a row of the same memory item). Only
+ * rows that change are copied; the memory's K/V are shared and never move. */
+XATTN_API xattn_status xattn_decoder_reorder(xattn_decoder_state *s, const int64_t *src);
 /* Computes the cross-attention K/V of every layer once and resets the position to 0:
  * memory (B, M, memory_dim), memory_mask (B, M) or NULL. ctx may be NULL. */
 XATTN_API xattn_status xattn_decoder_set_memory(xattn_ctx *ctx, xattn_decoder_state *s, int64_t M,
@@ -1126,6 +1137,96 @@ XATTN_API int64_t xattn_decoder_position(const xattn_decoder_state *s);
 XATTN_API xattn_status xattn_decoder_step(xattn_ctx *ctx, xattn_decoder_state *s, int64_t n,
                                           const float *x, const uint8_t *attention_mask,
                                           float *out);
+
+/* ------------------------------------------------------------------------------------------ */
+/* A whole BERT decoder model (BertLMHeadModel / BertModel) and generation                      */
+/* ------------------------------------------------------------------------------------------ */
+/*
+ * transformers' BertLMHeadModel (bert.embeddings.*, bert.encoder.layer.N.*, cls.predictions.*)
+ * or a bare BertModel (embeddings.*, encoder.layer.N.*), BertConfig(is_decoder=True,
+ * add_cross_attention=True), state dict as saved by safetensors (save_file / save_model):
+ *   x = LayerNorm(word_embeddings[id] + token_type_embeddings[0] + position_embeddings[pos])
+ *   h = the decoder layers (as xattn_decoder above) over x and the memory
+ *   logits = LayerNorm(gelu(h W^T + b)) Wv^T + bias        (cls.predictions: transform, decoder)
+ * Wv is cls.predictions.decoder.weight, or the word embeddings when it is absent (tied);
+ * the bias is cls.predictions.decoder.bias or cls.predictions.bias. A modality projector
+ * (proj.video.*, proj.audio.*, type_embedding.*) sits beside the layers under the encoder's
+ * prefix (bert.encoder.proj.video.weight, ...); xattn_decoder_project(xattn_lm_decoder(m), ...)
+ * builds the memory from features.
+ * Sizes come from the shapes. num_attention_heads, layer_norm_eps, hidden_act ("gelu"),
+ * pad_token_id, bos_token_id and eos_token_id come from a transformers config.json
+ * (opts->config_json), else the file's __metadata__ (same keys), else BertConfig's defaults
+ * (12, 1e-12, gelu, 0, None, None); an assumed default is listed by xattn_lm_warnings. A
+ * config.json that disagrees with the shapes (hidden_size, vocab_size, num_hidden_layers, ...)
+ * is an error naming it.
+ */
+typedef struct xattn_lm xattn_lm;
+typedef struct xattn_lm_opts {
+    const char *config_json; /* a transformers config.json, or NULL                         */
+    int64_t heads;           /* num_attention_heads; 0: config.json, __metadata__, else 12 */
+    uint64_t reserved_[4];
+} xattn_lm_opts;
+typedef struct xattn_lm_config {
+    int64_t vocab_size, hidden, max_positions, type_vocab_size, layers, heads;
+    int64_t pad_token_id, bos_token_id, eos_token_id; /* -1: None */
+    int has_head, tied; /* cls.predictions.* present; output weight = word embeddings */
+    float layer_norm_eps;
+} xattn_lm_config;
+/* opts may be NULL. */
+XATTN_API xattn_status xattn_lm_load(const xattn_safetensors *st, const xattn_lm_opts *opts,
+                                     xattn_lm **out);
+XATTN_API void xattn_lm_free(xattn_lm *m);
+XATTN_API void xattn_lm_get_config(const xattn_lm *m, xattn_lm_config *c);
+/* Assumed defaults, one line each ("" if none). */
+XATTN_API const char *xattn_lm_warnings(const xattn_lm *m);
+/* The decoder layers: states (xattn_decoder_state_new / _new_beams), set_memory, project. */
+XATTN_API const xattn_decoder *xattn_lm_decoder(const xattn_lm *m);
+/* Decodes n tokens ids (B, n) (B: the state's rows) at the state's position: hidden (B, n,
+ * hidden) and/or logits (B, n, vocab_size) (either may be NULL; logits need the head). Token
+ * ids must be in [0, vocab_size) and positions below max_position_embeddings. ctx may be NULL. */
+XATTN_API xattn_status xattn_lm_step(xattn_ctx *ctx, const xattn_lm *m, xattn_decoder_state *s,
+                                     int64_t n, const int64_t *ids, float *hidden, float *logits);
+
+/* Generation options as transformers' GenerationConfig; all zero: its defaults (greedy,
+ * max_length 20, length_penalty 1.0, early_stopping False, top_k 50 when sampling). */
+typedef enum xattn_early_stopping {
+    XATTN_EARLY_STOP_DEFAULT = 0, /* False */
+    XATTN_EARLY_STOP_FALSE = 1,
+    XATTN_EARLY_STOP_TRUE = 2,
+    XATTN_EARLY_STOP_NEVER = 3 /* "never" */
+} xattn_early_stopping;
+typedef struct xattn_generate_opts {
+    int64_t max_new_tokens; /* 0: up to 20 tokens in all (transformers' max_length)           */
+    int64_t num_beams;      /* 0 or 1: greedy search (or sampling); K > 1: beam search (<= 32) */
+    int has_length_penalty; /* 0: length_penalty 1.0                                          */
+    double length_penalty;  /* finished beams score sum_logprobs / generated_len^penalty       */
+    xattn_early_stopping early_stopping;
+    int64_t no_repeat_ngram_size; /* 0: off                                                   */
+    int do_sample;                /* sample (num_beams 1) instead of greedy                    */
+    double temperature;           /* 0: 1.0                                                    */
+    int64_t top_k;                /* 0: 50 (transformers' default); >= vocab: off              */
+    double top_p;                 /* 0: 1.0 (off)                                              */
+    uint64_t seed;                /* the sampling generator's seed (SplitMix64)                */
+    uint64_t reserved_[4];
+} xattn_generate_opts;
+/* Generates from memory (B, M, hidden) with memory_mask (B, M) (nonzero = keep, or NULL) and a
+ * prompt (B, P) (P = 0: bos_token_id alone) as BertLMHeadModel.generate(input_ids=prompt,
+ * encoder_hidden_states=memory, encoder_attention_mask=memory_mask, ...) with the model's
+ * pad / eos ids: ids (B, P + max_new_tokens) receives the sequences (prompt included), *len
+ * their length (rows are (B, *len) contiguous; a finished greedy row continues with
+ * pad_token_id, a short beam row with transformers' fill: pad_token_id if nonzero, else
+ * eos_token_id). Greedy and beam search give transformers' ids; sampling draws from the same
+ * distributions with its own generator. ctx may be NULL. */
+XATTN_API xattn_status xattn_lm_generate(xattn_ctx *ctx, const xattn_lm *m, int64_t B, int64_t M,
+                                         const float *memory, const uint8_t *memory_mask, int64_t P,
+                                         const int64_t *prompt, const xattn_generate_opts *opts,
+                                         int64_t *ids, int64_t *len);
+/* Sampling's filters on one row of scores (V), in place, as transformers'
+ * TemperatureLogitsWarper (temperature > 0, != 1), TopKLogitsWarper (0 < top_k < V: scores below
+ * the k-th largest become -inf) and TopPLogitsWarper (0 < top_p < 1: the smallest scores whose
+ * probabilities sum to at most 1 - top_p become -inf; the largest stays), in that order. */
+XATTN_API xattn_status xattn_sampling_filter(float *scores, int64_t V, double temperature,
+                                             int64_t top_k, double top_p);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Modules through the registry: one interface for every kind                                   */

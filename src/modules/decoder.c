@@ -22,7 +22,7 @@
  * The backward (module gradients) is that of the full forward: every parameter, the hidden
  * states and the memory (or the video / audio features through the projector); see "Backward".
  */
-#include "core/registry.h"
+#include "modules/lm.h"
 #include "io/io_internal.h"
 #include "kernels/ops.h"
 
@@ -401,6 +401,7 @@ xattn_status xattn_decoder_project(xattn_ctx *ctx, const xattn_decoder *m, int64
 struct xattn_decoder_state {
     const xattn_decoder *m;
     int64_t B, max_len, max_step, pos, M, Mcap;
+    int64_t G, Bm;       /* rows per memory (beams) and memory items: B = Bm * G          */
     int full;            /* one step over everything: no self K/V cache, the memory's K/V
                             computed layer by layer into one slot                          */
     const float *memory; /* full: the memory (borrowed during the call)                    */
@@ -409,16 +410,18 @@ struct xattn_decoder_state {
     uint8_t *keep;       /* (B, max_len) keep vector of the decoded positions              */
     uint8_t *ckeep;      /* (B, M) keep vector of the memory                                */
     float *Q, *A, *F;    /* scratch: (R, 3h) full q|k|v or (R, h) q; (R, h); (R, ff)        */
+    float *re;           /* beams: (B, max_len, 2h) rows kept aside while reordering        */
     float *block;        /* owned (state_new): kv, Q, A, F, keep                            */
     float *cblock;       /* owned (set_memory): ckv, ckeep                                  */
 };
 
-enum { BUF_KV, BUF_Q, BUF_A, BUF_F, BUF_KEEP, BUF_CKV, BUF_CKEEP, NBUF };
+enum { BUF_KV, BUF_Q, BUF_A, BUF_F, BUF_KEEP, BUF_RE, BUF_CKV, BUF_CKEEP, NBUF };
 
 /* Floats of each buffer (bytes rounded up to floats), each slot 16-float aligned; the total,
- * or -1 when it would overflow. M = 0: no memory buffers (set_memory allocates them). */
-static int64_t state_sizes(const xattn_decoder_config *c, int64_t B, int64_t ML, int64_t MS,
-                           int64_t M, int full, int64_t n[NBUF])
+ * or -1 when it would overflow. B rows over Bm memory items (G = B / Bm > 1: room to reorder
+ * beams). M = 0: no memory buffers (set_memory allocates them). */
+static int64_t state_sizes(const xattn_decoder_config *c, int64_t B, int64_t Bm, int64_t ML,
+                           int64_t MS, int64_t M, int full, int64_t n[NBUF])
 {
     const double h = (double)c->hidden, R = (double)B * (double)MS;
     double d[NBUF];
@@ -427,8 +430,9 @@ static int64_t state_sizes(const xattn_decoder_config *c, int64_t B, int64_t ML,
     d[BUF_A] = R * h;
     d[BUF_F] = R * (double)c->intermediate;
     d[BUF_KEEP] = ((double)B * (double)ML + 3) / 4;
-    d[BUF_CKV] = (full ? 1 : (double)c->layers) * (double)B * (double)M * 2 * h;
-    d[BUF_CKEEP] = M ? ((double)B * (double)M + 3) / 4 : 0;
+    d[BUF_RE] = B > Bm ? (double)B * ((double)ML * 2 * h + (double)ML / 4 + 1) : 0;
+    d[BUF_CKV] = (full ? 1 : (double)c->layers) * (double)Bm * (double)M * 2 * h;
+    d[BUF_CKEEP] = M ? ((double)Bm * (double)M + 3) / 4 : 0;
     double tot = 0;
     for (int i = 0; i < NBUF; i++) tot += d[i] + 16;
     if (!(tot < 0x1p50)) return -1;
@@ -453,24 +457,29 @@ static void state_carve(xattn_decoder_state *s, float *base, const int64_t n[NBU
     s->A = p[BUF_A];
     s->F = p[BUF_F];
     s->keep = (uint8_t *)p[BUF_KEEP];
+    s->re = p[BUF_RE];
     if (p[BUF_CKV]) s->ckv = p[BUF_CKV];
     if (p[BUF_CKEEP]) s->ckeep = (uint8_t *)p[BUF_CKEEP];
 }
 
-xattn_status xattn_decoder_state_new(const xattn_decoder *m, int64_t B, int64_t max_len,
-                                     int64_t max_step, xattn_decoder_state **out)
+xattn_status xattn_decoder_state_new_beams(const xattn_decoder *m, int64_t batch, int64_t beams,
+                                           int64_t max_len, int64_t max_step,
+                                           xattn_decoder_state **out)
 {
     const char *fn = "xattn_decoder_state_new";
     if (!out) return xa_error(XATTN_ERR_ARG, "%s: out is NULL", fn);
     *out = NULL;
     if (!m) return xa_error(XATTN_ERR_ARG, "%s: module is NULL", fn);
-    if (B <= 0 || max_len <= 0 || max_step <= 0 || max_step > max_len)
+    if (batch <= 0 || beams <= 0 || max_len <= 0 || max_step <= 0 || max_step > max_len ||
+        !((double)batch * (double)beams < 0x1p40))
         return xa_error(XATTN_ERR_SHAPE,
-                        "%s: bad sizes B=%lld, max_len=%lld, max_step=%lld (need "
-                        "B >= 1 and 1 <= max_step <= max_len)",
-                        fn, (long long)B, (long long)max_len, (long long)max_step);
+                        "%s: bad sizes batch=%lld, beams=%lld, max_len=%lld, max_step=%lld "
+                        "(need batch, beams >= 1 and 1 <= max_step <= max_len)",
+                        fn, (long long)batch, (long long)beams, (long long)max_len,
+                        (long long)max_step);
+    const int64_t B = batch * beams;
     int64_t n[NBUF];
-    const int64_t tot = state_sizes(&m->cfg, B, max_len, max_step, 0, 0, n);
+    const int64_t tot = state_sizes(&m->cfg, B, batch, max_len, max_step, 0, 0, n);
     if (tot < 0)
         return xa_error(XATTN_ERR_NOMEM, "%s: cache for B=%lld, max_len=%lld overflows", fn,
                         (long long)B, (long long)max_len);
@@ -483,12 +492,20 @@ xattn_status xattn_decoder_state_new(const xattn_decoder *m, int64_t B, int64_t 
     }
     s->m = m;
     s->B = B;
+    s->Bm = batch;
+    s->G = beams;
     s->max_len = max_len;
     s->max_step = max_step;
     state_carve(s, s->block, n);
     *out = s;
     xa_clear_error();
     return XATTN_OK;
+}
+
+xattn_status xattn_decoder_state_new(const xattn_decoder *m, int64_t B, int64_t max_len,
+                                     int64_t max_step, xattn_decoder_state **out)
+{
+    return xattn_decoder_state_new_beams(m, B, 1, max_len, max_step, out);
 }
 
 void xattn_decoder_state_free(xattn_decoder_state *s)
@@ -505,6 +522,54 @@ void xattn_decoder_reset(xattn_decoder_state *s)
 }
 
 int64_t xattn_decoder_position(const xattn_decoder_state *s) { return s ? s->pos : 0; }
+
+int64_t xa_decoder_state_rows(const xattn_decoder_state *s) { return s ? s->B : 0; }
+
+int64_t xa_decoder_state_beams(const xattn_decoder_state *s) { return s ? s->G : 0; }
+
+const xattn_decoder *xa_decoder_state_model(const xattn_decoder_state *s)
+{
+    return s ? s->m : NULL;
+}
+
+/* Row d of every cache (k|v of each layer over positions 0 .. pos-1, and the keep vector)
+ * becomes a copy of row src[d]. Only the rows that change are written; a row that is both
+ * copied from and overwritten is first kept aside in s->re. */
+static void reorder_rows(xattn_decoder_state *s, const int64_t *src)
+{
+    const int64_t B = s->B, ML = s->max_len, P = s->pos, w = 2 * s->m->cfg.hidden;
+    uint8_t *rkeep = (uint8_t *)(s->re + B * ML * w);
+    for (int64_t l = 0; l <= s->m->cfg.layers; l++) {
+        /* l < layers: layer l's k|v rows (w floats per position); l = layers: the keep vector */
+        const int kv = l < s->m->cfg.layers;
+        char *base = kv ? (char *)(s->kv + l * B * ML * w) : (char *)s->keep;
+        char *aside = kv ? (char *)s->re : (char *)rkeep;
+        const size_t row = (size_t)ML * (kv ? (size_t)w * sizeof(float) : 1);
+        const size_t used = (size_t)P * (kv ? (size_t)w * sizeof(float) : 1);
+        for (int64_t d = 0; d < B; d++)
+            if (src[d] != d) memcpy(aside + (size_t)d * row, base + (size_t)d * row, used);
+        for (int64_t d = 0; d < B; d++) {
+            if (src[d] == d) continue;
+            const int moved = src[src[d]] != src[d];
+            memcpy(base + (size_t)d * row, (moved ? aside : base) + (size_t)src[d] * row, used);
+        }
+    }
+}
+
+xattn_status xattn_decoder_reorder(xattn_decoder_state *s, const int64_t *src)
+{
+    const char *fn = "xattn_decoder_reorder";
+    if (!s || !src) return xa_error(XATTN_ERR_ARG, "%s: state or src is NULL", fn);
+    for (int64_t d = 0; d < s->B; d++)
+        if (src[d] < d / s->G * s->G || src[d] >= (d / s->G + 1) * s->G)
+            return xa_error(XATTN_ERR_ARG,
+                            "%s: src[%lld] = %lld is not a row of the same memory item (rows "
+                            "%lld .. %lld)",
+                            fn, (long long)d, (long long)src[d], (long long)(d / s->G * s->G),
+                            (long long)((d / s->G + 1) * s->G - 1));
+    if (s->G > 1) reorder_rows(s, src);
+    return XATTN_OK;
+}
 
 /* keep[b, off .. off+n) (rows of ld) = mask[b, 0 .. n) (nonzero = keep), or all kept. */
 static void put_keep(uint8_t *keep, int64_t B, int64_t ld, int64_t off, int64_t n,
@@ -523,7 +588,7 @@ static xattn_status memory_kv(const xattn_decoder_state *s, const dec_layer *y, 
                               float *ckv)
 {
     const xattn_decoder_config *c = &s->m->cfg;
-    return xa_op_linear(memory, s->B * s->M, c->memory_dim, y->w[CKW], y->w[CKB], 2 * c->hidden,
+    return xa_op_linear(memory, s->Bm * s->M, c->memory_dim, y->w[CKW], y->w[CKB], 2 * c->hidden,
                         ckv, 0);
 }
 
@@ -532,7 +597,7 @@ static xattn_status memory_room(xattn_decoder_state *s, int64_t M, const char *f
 {
     if (M <= s->Mcap) return XATTN_OK;
     int64_t n[NBUF];
-    const int64_t tot = state_sizes(&s->m->cfg, s->B, 0, 0, M, 0, n);
+    const int64_t tot = state_sizes(&s->m->cfg, s->Bm, s->Bm, 0, 0, M, 0, n);
     if (tot < 0)
         return xa_error(XATTN_ERR_NOMEM, "%s: memory of length %lld overflows", fn, (long long)M);
     xa_free(s->cblock);
@@ -560,12 +625,12 @@ static xattn_status set_memory_core(xattn_decoder_state *s, int64_t M, const flo
     const xattn_decoder_config *c = &s->m->cfg;
     s->M = M;
     for (int64_t l = 0; l < c->layers && !st; l++)
-        st = memory_kv(s, &s->m->layers[l], memory, s->ckv + l * s->B * M * 2 * c->hidden);
+        st = memory_kv(s, &s->m->layers[l], memory, s->ckv + l * s->Bm * M * 2 * c->hidden);
     if (st) {
         s->M = 0;
         return st;
     }
-    put_keep(s->ckeep, s->B, M, 0, M, memory_mask);
+    put_keep(s->ckeep, s->Bm, M, 0, M, memory_mask);
     s->pos = 0;
     return XATTN_OK;
 }
@@ -588,14 +653,14 @@ xattn_status xattn_decoder_set_memory(xattn_ctx *ctx, xattn_decoder_state *s, in
 /* Step                                                                                     */
 /* ---------------------------------------------------------------------------------------- */
 
-/* Attention of n query rows q (B, n, q_ld) over J keys, k|v rows kv (B, J, kv_ld) (v at
- * kv + hidden), heads read in place, into s->A (B, n, hidden). */
-static void attn_common(xa_attn *at, const xattn_decoder_state *s, int64_t n, int64_t J,
+/* Attention of n query rows q (B, n, q_ld) of each of B items over J keys, k|v rows kv (B, J,
+ * kv_ld) (v at kv + hidden), heads read in place, into s->A (B, n, hidden). */
+static void attn_common(xa_attn *at, const xattn_decoder_state *s, int64_t B, int64_t n, int64_t J,
                         const float *q, int64_t q_ld, const float *kv, int64_t kv_ld)
 {
     const xattn_decoder_config *c = &s->m->cfg;
     memset(at, 0, sizeof *at);
-    xa_attn_heads(at, s->B, c->heads, n, J, c->head_dim, c->head_dim, q, q_ld, kv, kv_ld,
+    xa_attn_heads(at, B, c->heads, n, J, c->head_dim, c->head_dim, q, q_ld, kv, kv_ld,
                   kv + c->hidden, kv_ld, s->A, c->hidden);
     at->scale = xa_head_scale(c->head_dim);
     at->fill = XATTN_FILL_MIN_FLOAT;
@@ -610,9 +675,9 @@ static void self_setup(xa_attn *sa, const xattn_decoder_state *s, int64_t n)
 {
     const int64_t h = s->m->cfg.hidden;
     if (s->full) {
-        attn_common(sa, s, n, s->pos + n, s->Q, 3 * h, s->Q + h, 3 * h);
+        attn_common(sa, s, s->B, n, s->pos + n, s->Q, 3 * h, s->Q + h, 3 * h);
     } else {
-        attn_common(sa, s, n, s->pos + n, s->Q, h, s->kv, 2 * h);
+        attn_common(sa, s, s->B, n, s->pos + n, s->Q, h, s->kv, 2 * h);
         sa->k_sb = sa->v_sb = s->max_len * 2 * h;
     }
     sa->causal = 1;
@@ -621,11 +686,12 @@ static void self_setup(xa_attn *sa, const xattn_decoder_state *s, int64_t n)
     sa->kkeep_sb = s->max_len;
 }
 
-/* Cross-attention over the memory's k|v rows (B, M, 2h) (k and v set per layer). */
+/* Cross-attention over the memory's k|v rows (Bm, M, 2h) (k and v set per layer): the G rows
+ * (beams) of a memory item are G n query rows of one attention item. */
 static void cross_setup(xa_attn *ca, const xattn_decoder_state *s, int64_t n)
 {
     const int64_t h = s->m->cfg.hidden;
-    attn_common(ca, s, n, s->M, s->Q, h, s->ckv, 2 * h);
+    attn_common(ca, s, s->Bm, s->G * n, s->M, s->Q, h, s->ckv, 2 * h);
     ca->kkeep = s->ckeep;
     ca->kkeep_sb = s->M;
 }
@@ -665,7 +731,7 @@ static xattn_status cross_ffn_block(const xattn_decoder_state *s, int64_t l, int
     const dec_layer *y = &s->m->layers[l];
     const int64_t h = c->hidden, ff = c->intermediate, R = s->B * n;
     const float eps = c->layer_norm_eps;
-    float *ckv = s->full ? s->ckv : s->ckv + l * s->B * s->M * 2 * h;
+    float *ckv = s->full ? s->ckv : s->ckv + l * s->Bm * s->M * 2 * h;
     xattn_status st = s->full ? memory_kv(s, y, s->memory, ckv) : XATTN_OK;
     ca->k = ckv;
     ca->v = ckv + h;
@@ -729,7 +795,7 @@ static xattn_status forward_core(const xattn_decoder *m, const xattn_decoder_inp
 {
     const char *fn = "xattn_decoder_forward";
     int64_t n[NBUF];
-    const int64_t tot = state_sizes(&m->cfg, in->B, in->T, in->T, in->M, 1, n);
+    const int64_t tot = state_sizes(&m->cfg, in->B, in->B, in->T, in->T, in->M, 1, n);
     if (tot < 0)
         return xa_error(XATTN_ERR_NOMEM, "%s: sizes B=%lld, T=%lld, M=%lld overflow", fn,
                         (long long)in->B, (long long)in->T, (long long)in->M);
@@ -738,7 +804,8 @@ static xattn_status forward_core(const xattn_decoder *m, const xattn_decoder_inp
     xattn_decoder_state s;
     memset(&s, 0, sizeof s);
     s.m = m;
-    s.B = in->B;
+    s.B = s.Bm = in->B;
+    s.G = 1;
     s.max_len = s.max_step = in->T;
     s.M = s.Mcap = in->M;
     s.full = 1;
@@ -1173,7 +1240,8 @@ static void bwd_attn(dec_bwd *w, const xattn_decoder_inputs *in, uint8_t *keep, 
     xattn_decoder_state s;
     memset(&s, 0, sizeof s);
     s.m = w->m;
-    s.B = in->B;
+    s.B = s.Bm = in->B;
+    s.G = 1;
     s.max_len = s.max_step = in->T;
     s.M = in->M;
     s.full = 1;
