@@ -27,14 +27,22 @@ generate_bert.safetensors: a bare BertModel (embeddings.*, encoder.*): input.ids
 generate_sampling.safetensors: input.logits (R, V) F32 and, per setting k of SAMPLING,
   expected.probs.k (R, V): softmax of the logits after transformers' TemperatureLogitsWarper,
   TopKLogitsWarper and TopPLogitsWarper, in that order (generate's order).
+generate_cli/ (tests/test_cli_generate.sh): model.safetensors, a tied BertLMHeadModel with a
+  video/audio projector beside its layers (bert.encoder.proj.{video,audio}.*,
+  bert.encoder.type_embedding.{video,audio}: memory = [mean_f(video) Wv^T + bv + tv;
+  mean_f(audio) Wa^T + ba + ta]) and __metadata__; config.json (transformers' own
+  BertConfig.to_json_file); vocab.txt (V WordPiece tokens); memory.npy, memory_mask.npy, prompt.npy,
+  video.npy, audio.npy; expected_<case>.npy: generate()'s sequences (int64) for CLI_CASES;
+  expected_<case>.txt: BertTokenizer(vocab.txt).decode(row, skip_special_tokens=True), a line a row.
 """
 import argparse
 import json
 import os
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
-from transformers import BertConfig, BertLMHeadModel, BertModel
+from transformers import BertConfig, BertLMHeadModel, BertModel, BertTokenizer
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.generation.logits_process import (LogitsProcessorList, TemperatureLogitsWarper,
                                                     TopKLogitsWarper, TopPLogitsWarper)
@@ -163,6 +171,75 @@ def sampling_case(out):
     save_file(t, os.path.join(out, "generate_sampling.safetensors"), metadata=md)
 
 
+# the CLI fixture's vocabulary: BertTokenizer's special tokens, words, ## pieces, punctuation
+VOCAB = (["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]", "a", "red", "ball", "##s", "##ing", "run",
+          ".", ",", "?", "!", "'", "s", "t", "n", "don", "##'", "-", "(", ")", "the", "[unused0]",
+          "\u00e9", "\u00dcber", "##ly", "'s", "n't", "'m", "dog", "cat", "blue", "##er", "jump",
+          "over", "on", "green"])
+DV, DA, FV, FA, NV, NA = 6, 5, 3, 2, 4, 3
+# name: (inputs, generate() keyword arguments); inputs "memory" (memory, mask, prompt) or "av"
+CLI_CASES = {
+    "greedy": ("memory", dict(num_beams=1)),
+    "beam": ("memory", dict(num_beams=3, length_penalty=0.6, early_stopping=True,
+                            no_repeat_ngram_size=2)),
+    "av": ("av", dict(num_beams=1)),
+    "av_beam": ("av", dict(num_beams=4, length_penalty=1.5, early_stopping="never")),
+}
+
+
+def project(video, audio, p):
+    """The projector: memory = [mean_f(video) Wv^T + bv + tv; mean_f(audio) Wa^T + ba + ta]."""
+    v = video.mean(1) @ p["proj.video.weight"].T + p["proj.video.bias"] + p["type_embedding.video"]
+    a = audio.mean(1) @ p["proj.audio.weight"].T + p["proj.audio.bias"] + p["type_embedding.audio"]
+    return torch.cat([v, a], 1)
+
+
+def cli_case(out):
+    d = os.path.join(out, "generate_cli")
+    os.makedirs(d, exist_ok=True)
+    assert len(VOCAB) == V
+    model = randomise(BertLMHeadModel(config(True)))
+    p = {"proj.video.weight": (DV, HID), "proj.video.bias": (), "proj.audio.weight": (DA, HID),
+         "proj.audio.bias": (), "type_embedding.video": (), "type_embedding.audio": ()}
+    p = {k: (torch.randn(HID, v[0], generator=G) * 0.4 if v else torch.randn(HID, generator=G) * 0.3)
+         .float().double() for k, v in p.items()}
+    B, M, P = 3, 6, 2
+    mem = torch.randn(B, M, HID, generator=G, dtype=torch.float64).float().double()
+    mask = torch.ones(B, M, dtype=torch.long)
+    mask[1, 4:] = 0
+    mask[2, 1:3] = 0
+    prompt = torch.randint(5, V, (B, P), generator=G)
+    prompt[:, 0] = BOS
+    video = torch.randn(B, FV, NV, DV, generator=G, dtype=torch.float64).float().double()
+    audio = torch.randn(B, FA, NA, DA, generator=G, dtype=torch.float64).float().double()
+    av = project(video, audio, p)
+    bos = torch.full((B, 1), BOS, dtype=torch.long)
+    g = generate(model, prompt, mem, mask, None, CASES["greedy"])[0, P:].tolist()
+    eos = next(t for i, t in enumerate(g) if i >= 3 and t not in g[:i])
+    model.config.eos_token_id = model.generation_config.eos_token_id = eos
+    t = state(model)
+    t.update({"bert.encoder." + k: v.float() for k, v in p.items()})
+    save_file(t, os.path.join(d, "model.safetensors"), metadata=meta(model.config))
+    model.config.to_json_file(os.path.join(d, "config.json"))
+    with open(os.path.join(d, "vocab.txt"), "w", encoding="utf-8") as f:
+        f.write("\n".join(VOCAB) + "\n")
+    tok = BertTokenizer(os.path.join(d, "vocab.txt"))
+    arrays = {"memory": mem.float(), "memory_mask": mask.bool(), "prompt": prompt,
+              "video": video.float(), "audio": audio.float()}
+    for case, (inputs, kw) in CLI_CASES.items():
+        if inputs == "memory":
+            seq = generate(model, prompt, mem, mask, eos, kw)
+        else:
+            seq = generate(model, bos, av, torch.ones(B, NV + NA, dtype=torch.long), eos, kw)
+        arrays["expected_" + case] = seq
+        with open(os.path.join(d, f"expected_{case}.txt"), "w", encoding="utf-8") as f:
+            for row in seq.tolist():
+                f.write(tok.decode(row, skip_special_tokens=True) + "\n")
+        print("cli", case, seq.tolist())
+    for k, v in arrays.items():
+        np.save(os.path.join(d, k + ".npy"), v.numpy())
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "fixtures"))
@@ -171,6 +248,7 @@ def main():
     lm_case(a.out, "lm_untied", False)
     bert_case(a.out)
     sampling_case(a.out)
+    cli_case(a.out)
 
 
 if __name__ == "__main__":

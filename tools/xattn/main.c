@@ -24,6 +24,8 @@ static const command COMMANDS[] = {
      "gradients or an MSE target"},
     {"train", cmd_train,
      "train a saved module on .npy inputs and targets (MSE; AdamW or SGD): OUT.safetensors"},
+    {"generate", cmd_generate,
+     "captions from a BertLMHeadModel and video/audio features, as transformers' generate"},
     {"init", cmd_init, "create a module with the reference's default initialisation"},
     {"attn-png", cmd_attn_png, "draw an attention map .npy as a PNG heat-map (axes, colour bar)"},
 };
@@ -71,7 +73,9 @@ int main(int argc, char **argv)
 {
     if (check_omp_env()) return CLI_EXIT_USAGE;
     if (argc < 2) {
-        fputs("xattn: missing command: run, inspect, init, demo, bench, compare or attn-png (see "
+        fputs("xattn: missing command: run, inspect, init, generate, demo, bench, compare or "
+              "attn-png "
+              "(see "
               "'xattn "
               "--help')\n",
               stderr);
