@@ -182,6 +182,9 @@ static int load_model(const gen_args *a, gen_inputs *in)
         const int blame_config = a->config && msg && !strncmp(msg, a->config, n);
         return cli_lib_error(CMD, blame_config ? a->config : a->model);
     }
+    /* the weights are the model's own copies now: the file's bytes are not needed */
+    xattn_st_close(in->st);
+    in->st = NULL;
     xattn_lm_get_config(in->m, &in->c);
     if (!in->c.has_head)
         return cli_error(CMD, a->model,
