@@ -6,6 +6,7 @@ x 64) and at 2x and 4x the lengths.
 
     python bench/python_train_bench.py [--threads 2] [--steps 3] [--scales 1,2,4] [--limit-gb 16]
     python bench/python_train_bench.py --quick      # lengths / 4, results in bench/results/quick/
+    python bench/python_train_bench.py --rerun floor  # one variant again, the rest kept
 
 Each (variant, lengths) runs in its own subprocess under an address-space limit
 (resource.setrlimit(RLIMIT_AS), --limit-gb, 16 GB by default), so a variant that needs more
@@ -211,6 +212,8 @@ def main():
     ap.add_argument("--limit-gb", type=float, default=16.0)
     ap.add_argument("--quick", action="store_true", help="lengths / 4 (a check of the script)")
     ap.add_argument("--tag", default="", help="results in python_train_<tag>.json / _summary.md")
+    ap.add_argument("--rerun", default="", help="comma-separated variants (package, dropin, "
+                    "floor) to run again, keeping the others' results from the results file")
     ap.add_argument("--child", choices=["package", "dropin", "floor"])
     ap.add_argument("--I", type=int)
     ap.add_argument("--J", type=int)
@@ -219,18 +222,35 @@ def main():
         return child(a)
     import machine
     a.scales = [float(s) for s in a.scales.split(",")]
+    a.rerun = [v for v in a.rerun.split(",") if v]
     a.base_i, a.base_j = (BASE_I // 4, BASE_J // 4) if a.quick else (BASE_I, BASE_J)
     out = os.path.join(HERE, "results", "quick") if a.quick else os.path.join(HERE, "results")
     os.makedirs(out, exist_ok=True)
+    name = "python_train" + (f"_{a.tag}" if a.tag else "")
     mach = machine.record(os.path.join(ROOT, "build"), a.threads)
-    runs, package_failed = [], False
-    for s in a.scales:
-        I, J = int(a.base_i * s), int(a.base_j * s)
-        runs.append(run_one(a, "dropin", I, J))
-        if not package_failed:
-            runs.append(run_one(a, "package", I, J))
-            package_failed = not runs[-1].get("ok")
-    floor = run_one(a, "floor", a.base_i, a.base_j)
+    if a.rerun:  # the other runs from the results file
+        with open(os.path.join(out, name + ".json")) as f:
+            old = [json.loads(l) for l in f]
+        runs = [r for r in old if not r.get("summary") and r["variant"] not in a.rerun]
+        floor = next((r["floor"] for r in old if r.get("summary")), None)
+        if "floor" in a.rerun:
+            floor = run_one(a, "floor", a.base_i, a.base_j)
+        for v in set(a.rerun) - {"floor"}:
+            for s in a.scales:
+                runs.append(run_one(a, v, int(a.base_i * s), int(a.base_j * s)))
+                if not runs[-1].get("ok"):
+                    break
+        runs.sort(key=lambda r: (r["I"], r["variant"] != "dropin"))
+    else:
+        runs, package_failed = [], False
+        for s in a.scales:
+            I, J = int(a.base_i * s), int(a.base_j * s)
+            runs.append(run_one(a, "dropin", I, J))
+            if not package_failed:
+                runs.append(run_one(a, "package", I, J))
+                package_failed = not runs[-1].get("ok")
+            if s == a.scales[0]:  # right after the first pair, under the same conditions
+                floor = run_one(a, "floor", a.base_i, a.base_j)
     lines, summary = summarise(a, runs, mach)
     d = next((r for r in runs if r["variant"] == "dropin" and r["I"] == a.base_i), None)
     if floor.get("ok") and d and d.get("ok"):
@@ -250,7 +270,6 @@ def main():
                           f"{p['median_seconds'] - floor['median_seconds']:.2f} s.")
     summary["floor"] = floor
     summary["machine"] = mach
-    name = "python_train" + (f"_{a.tag}" if a.tag else "")
     with open(os.path.join(out, name + ".json"), "w") as f:
         for r in runs + [summary]:
             f.write(json.dumps(r) + "\n")
