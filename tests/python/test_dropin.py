@@ -202,3 +202,23 @@ def test_adamw_training_loop_matches_the_package():
     ref_params = dict(ref.named_parameters())
     for name, p in new.named_parameters():
         assert_close(p.detach(), ref_params[name].detach(), GTOL, f"{name} after 4 AdamW steps")
+
+
+def test_feedforward_checkpointing_changes_no_number():
+    """checkpoint_feedforward (the default) recomputes the feed-forwards in the backward: the
+    outputs and every gradient are the same bits as when they are kept."""
+    cfg = TRANSFORMER_CONFIGS["ff_final_norms"]
+    torch.manual_seed(3)
+    kept = xt.BidirectionalCrossAttentionTransformer(**cfg, checkpoint_feedforward=False)
+    recomputed = xt.BidirectionalCrossAttentionTransformer(**cfg)
+    assert recomputed.checkpoint_feedforward
+    recomputed.load_state_dict(kept.state_dict(), strict=True)
+    x = torch.randn(B, I, cfg["dim"], requires_grad=True)
+    c = torch.randn(B, J, cfg["dim"], requires_grad=True)
+    o1, g1, seeds = run(kept, x, c, {})
+    o2, g2, _ = run(recomputed, x, c, {}, seeds=seeds)
+    for a, b in zip(o1, o2):
+        assert torch.equal(a, b)
+    assert g1.keys() == g2.keys()
+    for k in g1:
+        assert torch.equal(g1[k], g2[k]), k

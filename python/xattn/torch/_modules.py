@@ -20,6 +20,7 @@ the maps from the fused kernel: 2 B*H*I*J floats for the two maps, no similarity
 import torch
 from torch import nn
 from torch.nn import Module, ModuleList
+from torch.utils.checkpoint import checkpoint
 
 from ._ops import _bidir_maps, bidirectional_attention
 
@@ -121,6 +122,9 @@ def FeedForward(dim, mult=4):
 class BidirectionalCrossAttentionTransformer(Module):
     """bidirectional_cross_attention.BidirectionalCrossAttentionTransformer, with fused attention.
 
+    checkpoint_feedforward (not in the package; default True): in training, the feed-forwards'
+    hidden layers are recomputed in the backward rather than kept (torch.utils.checkpoint).
+
     As the package: each layer is BidirectionalCrossAttention(prenorm=True) then a feed-forward
     per stream, with residuals; final_norms builds `context_norm` as nn.RMSNorm(dim) (so
     checkpoints match; with final_norms and context_dim != dim the package's forward fails, and so
@@ -128,8 +132,12 @@ class BidirectionalCrossAttentionTransformer(Module):
     """
 
     def __init__(self, *, dim, depth, context_dim=None, ff_expansion_factor=4., final_norms=False,
-                 **attn_kwargs):
+                 checkpoint_feedforward=True, **attn_kwargs):
         super().__init__()
+        # the feed-forwards' hidden layers (the largest activations left once the attention
+        # keeps no I x J matrix) are recomputed in the backward instead of kept: the same
+        # numbers, one more feed-forward forward per step
+        self.checkpoint_feedforward = checkpoint_feedforward
         if context_dim is None:
             context_dim = dim
         self.layers = ModuleList(
@@ -147,5 +155,10 @@ class BidirectionalCrossAttentionTransformer(Module):
             dx, dc = attn(x, context, mask=mask, context_mask=context_mask,
                           rel_pos_bias=rel_pos_bias)
             x, context = x + dx, context + dc
-            x, context = x + ff(x), context + context_ff(context)
+            x, context = x + self._ff(ff, x), context + self._ff(context_ff, context)
         return self.norm(x), self.context_norm(context)
+
+    def _ff(self, ff, t):
+        if self.checkpoint_feedforward and torch.is_grad_enabled() and t.requires_grad:
+            return checkpoint(ff, t, use_reentrant=False)
+        return ff(t)
