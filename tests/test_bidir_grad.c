@@ -102,19 +102,7 @@ static int one(const char *file, int check_threads)
         err = fmax(err, tu_check_close(what, din[a].data, ref, xattn_array_numel(&r), tol));
         xattn_array_free(&r);
     }
-    for (size_t i = 0; i < np; i++) {
-        xattn_param_desc p;
-        xattn_module_param(m, i, &p);
-        if (!p.data) continue;
-        char key[300];
-        snprintf(key, sizeof key, "grad.%s", p.name);
-        xattn_array r;
-        memset(&r, 0, sizeof r);
-        float *ref = tu_get_f32(gs, key, &r);
-        snprintf(what, sizeof what, "%s d(%s)", file, p.name);
-        err = fmax(err, tu_check_close(what, dp[i], ref, tu_param_numel(&p), tol));
-        xattn_array_free(&r);
-    }
+    err = fmax(err, tu_check_param_grads(file, m, gs, dp, tol, NULL));
     if (check_threads) { /* bitwise the same on 1 and 3 threads */
         xattn_ctx *c1 = NULL, *c3 = NULL;
         CHECK_OK(xattn_ctx_new(&c1));

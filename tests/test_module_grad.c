@@ -142,20 +142,7 @@ static void one(const char *file)
         xattn_array_free(&r);
     }
     int n_params = 0;
-    for (size_t i = 0; i < np; i++) {
-        xattn_param_desc p;
-        xattn_module_param(m, i, &p);
-        if (!p.data) continue;
-        char key[300];
-        snprintf(key, sizeof key, "grad.%s", p.name);
-        xattn_array r;
-        memset(&r, 0, sizeof r);
-        float *ref = tu_get_f32(st, key, &r);
-        snprintf(what, sizeof what, "%s d(%s)", file, p.name);
-        err = fmax(err, tu_check_close(what, dp[i], ref, tu_param_numel(&p), 1e-4));
-        xattn_array_free(&r);
-        n_params++;
-    }
+    err = fmax(err, tu_check_param_grads(file, m, st, dp, 1e-4, &n_params));
     CHECK(n_params > 0 || (np == 0 && n_din > 0)); /* a kind without parameters: inputs only */
     /* the MSE loss against targets (the fixture's output gradients, every output, optional ones
      * included): its loss and the first parameter's gradient equal those computed here from the

@@ -79,6 +79,29 @@ int64_t tu_param_numel(const xattn_param_desc *p)
     return n;
 }
 
+double tu_check_param_grads(const char *file, const xattn_module *m, const xattn_safetensors *st,
+                            float *const *dp, double tol, int *n_checked)
+{
+    double err = 0;
+    int n = 0;
+    for (size_t i = 0; i < xattn_module_param_count(m); i++) {
+        xattn_param_desc p;
+        xattn_module_param(m, i, &p);
+        if (!p.data) continue;
+        char key[300], what[400];
+        snprintf(key, sizeof key, "grad.%s", p.name);
+        xattn_array r;
+        memset(&r, 0, sizeof r);
+        float *ref = tu_get_f32(st, key, &r);
+        snprintf(what, sizeof what, "%s d(%s)", file, p.name);
+        err = fmax(err, tu_check_close(what, dp[i], ref, tu_param_numel(&p), tol));
+        xattn_array_free(&r);
+        n++;
+    }
+    if (n_checked) *n_checked = n;
+    return err;
+}
+
 const xattn_param_desc *tu_param(const xattn_module *m, const char *name, xattn_param_desc *p)
 {
     for (size_t i = 0; i < xattn_module_param_count(m); i++) {

@@ -63,6 +63,11 @@ float *tu_get_f32(const xattn_safetensors *st, const char *name, xattn_array *ar
 
 /* Elements of a parameter. */
 int64_t tu_param_numel(const xattn_param_desc *p);
+/* Each gradient dp[i] of a parameter of m that has data against the fixture's tensor
+ * "grad.NAME" (tu_check_close at tol, labelled "FILE d(NAME)"): the largest relative error;
+ * *n_checked (may be NULL) gets how many parameters were compared. */
+double tu_check_param_grads(const char *file, const xattn_module *m, const xattn_safetensors *st,
+                            float *const *dp, double tol, int *n_checked);
 /* Parameter `name` of m into *p; a failed check naming it when m has no such parameter. */
 const xattn_param_desc *tu_param(const xattn_module *m, const char *name, xattn_param_desc *p);
 /* U(-b, b), as torch draws kaiming/xavier uniform: every |x| <= b and the largest near b
