@@ -20,6 +20,7 @@ import ctypes as C
 
 import numpy as np
 
+from . import _lib
 from ._lib import SdpaGrads, SdpaParams, check, lib
 
 # ---- the bidirectional core's structs (include/xattn.h) ---------------------------------------
@@ -159,16 +160,8 @@ def _bidir_backward_call(params_args, params_kw, dout, dcout, dqk=None, dcqk=Non
 
 
 def _f32(name, a):
-    """a as float32 with a contiguous last axis and non-negative strides: as it is when it
-    already is one (no copy), else converted from a float array; anything else raises."""
-    a = np.asarray(a)
-    if a.dtype.kind != "f":
-        raise ValueError(f"{name} is {a.dtype}; expected a float array (float32 is used in "
-                         "place, other float types are converted)")
-    if (a.dtype == np.float32 and a.ndim and (a.strides[-1] == 4 or a.shape[-1] <= 1)
-            and all(s >= 0 and s % 4 == 0 for s in a.strides)):
-        return a
-    return np.ascontiguousarray(a, dtype=np.float32)
+    """a as float32 with a contiguous last axis and non-negative strides (read in place)."""
+    return _lib.as_float32(name, a, strided=True)
 
 
 def _view(a, lead):

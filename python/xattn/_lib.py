@@ -77,6 +77,26 @@ def check(status, what=None):
         raise NotImplementedError(msg)
     raise ValueError(msg)  # ERR_ARG, ERR_SHAPE: bad options, shapes or arguments
 
+# ---- arrays -----------------------------------------------------------------------------------
+
+
+def as_float32(label, a, strided=False):
+    """a as float32, as it is (no copy) when it already is one laid out as the library reads it
+    -- C-contiguous, or with strided=True any non-negative element strides and a contiguous last
+    axis -- else converted from a float array; anything else raises ValueError naming label."""
+    import numpy as np
+    a = np.asarray(a)
+    if a.dtype.kind != "f":
+        raise ValueError(f"{label} is {a.dtype}; expected a float array (float32 is used in "
+                         "place, other float types are converted)")
+    if a.dtype == np.float32:
+        if a.flags.c_contiguous:
+            return a
+        if (strided and a.ndim and (a.strides[-1] == 4 or a.shape[-1] <= 1)
+                and all(s >= 0 and s % 4 == 0 for s in a.strides)):
+            return a
+    return np.ascontiguousarray(a, dtype=np.float32)
+
 # ---- structs ----------------------------------------------------------------------------------
 
 MAX_DIMS = 8

@@ -70,15 +70,8 @@ class _Arrays:
 
 
 def _float32(name, a):
-    """a as a C-contiguous float32 array: as it is when it already is one, else converted from
-    a float array; anything else raises."""
-    a = np.asarray(a)
-    if a.dtype == np.float32 and a.flags.c_contiguous:
-        return a
-    if a.dtype.kind != "f":
-        raise ValueError(f"input '{name}' is {a.dtype}; expected a float array (float32 is used "
-                         "in place, other float types are converted)")
-    return np.ascontiguousarray(a, dtype=np.float32)
+    """a as a C-contiguous float32 array (in place when it is one; float arrays converted)."""
+    return _lib.as_float32(f"input '{name}'", a)
 
 
 class Module:
