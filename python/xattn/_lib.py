@@ -124,6 +124,10 @@ class ConfigEntry(C.Structure):
                 ("detail", C.c_char_p), ("doc", C.c_char_p)]
 
 
+class AliasDesc(C.Structure):
+    _fields_ = [("alias", C.c_char_p), ("name", C.c_char_p), ("as_", C.c_char_p)]
+
+
 class Option(C.Structure):
     _fields_ = [("name", C.c_char_p), ("value", C.c_char_p)]
 
@@ -202,5 +206,6 @@ _proto("xattn_module_mse_grad", C.c_int, P, P, C.POINTER(Tensor), C.c_size_t, C.
        C.c_size_t, C.POINTER(C.c_double), C.POINTER(Tensor), C.c_size_t,
        C.POINTER(C.POINTER(C.c_float)))
 _proto("xattn_kind_has_backward", C.c_int, C.c_char_p)
+_proto("xattn_kind_alias", C.c_int, C.c_char_p, C.c_size_t, C.POINTER(AliasDesc))
 _proto("xattn_sdpa", C.c_int, C.POINTER(SdpaParams))
 _proto("xattn_sdpa_backward", C.c_int, C.POINTER(SdpaParams), C.POINTER(SdpaGrads))

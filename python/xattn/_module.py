@@ -36,20 +36,13 @@ def _s(b):
 
 def _aliases(kind):
     """{alias: name} of a kind's inputs, options and outputs."""
-    out = {}
-
-    class Alias(C.Structure):
-        _fields_ = [("alias", C.c_char_p), ("name", C.c_char_p), ("as_", C.c_char_p)]
-    f = lib.xattn_kind_alias
-    f.restype, f.argtypes = C.c_int, [C.c_char_p, C.c_size_t, C.POINTER(Alias)]
-    i = 0
+    out, i = {}, 0
     while True:
-        a = Alias()
-        if f(kind.encode(), i, C.byref(a)) != _lib.OK:
-            break
+        a = _lib.AliasDesc()
+        if lib.xattn_kind_alias(kind.encode(), i, C.byref(a)) != _lib.OK:
+            return out
         out[_s(a.alias)] = _s(a.name)
         i += 1
-    return out
 
 
 class _Arrays:
