@@ -131,6 +131,39 @@ static void test_dot(const xa_kernels *kt)
     }
 }
 
+/* int8 dot products: rows 1..9 of x against one int8 row (every value -128..127 occurs), odd
+ * lengths and unaligned starts, against float64 with the dot-product bound */
+static void test_dot_q8(const xa_kernels *kt)
+{
+    static const int64_t ns[] = {0, 1, 5, 15, 16, 17, 31, 32, 33, 47, 64, 100, 257, 768};
+    enum { NMAX = 769, RMAX = 9 };
+    uint64_t st = 7;
+    float *x = fbuf(RMAX * NMAX + 1);
+    int8_t q[NMAX + 1];
+    tu_fill_uniform(x, RMAX * NMAX + 1, -2.0f, 2.0f, &st);
+    for (int64_t i = 0; i <= NMAX; i++) q[i] = (int8_t)((i * 37 + 11) % 256 - 128);
+    int bad = 0;
+    for (size_t t = 0; t < sizeof ns / sizeof ns[0]; t++)
+        for (int64_t rows = 1; rows <= RMAX; rows++)
+            for (int off = 0; off < 2; off++) {
+                const int64_t n = ns[t], ld = n + off;
+                float out[RMAX];
+                kt->dot_q8(x + off, ld, rows, q + off, n, out);
+                for (int64_t r = 0; r < rows; r++) {
+                    double ref = 0, mag = 0;
+                    for (int64_t k = 0; k < n; k++) {
+                        const double v = (double)x[off + r * ld + k] * q[off + k];
+                        ref += v;
+                        mag += fabs(v);
+                    }
+                    bad += !(fabs((double)out[r] - ref) <= (double)(n + 2) * 0x1p-24 * mag + 1e-30);
+                }
+            }
+    CHECK(bad == 0);
+    if (bad) fprintf(stderr, "  %s dot_q8: %d bad\n", kt->name, bad);
+    free(x);
+}
+
 /* axpy against float64, unaligned starts, odd lengths */
 static void test_axpy(const xa_kernels *kt)
 {
@@ -601,10 +634,11 @@ int main(void)
         }
         printf("%s: mr=%d nr=%d\n", kt->name, kt->mr, kt->nr);
         CHECK(kt->ukr && kt->dot && kt->axpy && kt->gemv && kt->gemv_t && kt->vexp && kt->colmax &&
-              kt->expsub && kt->softmax && kt->rmsnorm && kt->layernorm && kt->gelu);
+              kt->expsub && kt->softmax && kt->rmsnorm && kt->layernorm && kt->gelu && kt->dot_q8);
         CHECK(kt->mr > 0 && kt->nr > 0);
         test_ukr(kt);
         test_dot(kt);
+        test_dot_q8(kt);
         test_axpy(kt);
         test_gemv(kt);
         test_vexp(kt);

@@ -193,9 +193,69 @@ static void thread_independence(void)
     xattn_set_threads(0);
 }
 
+/* int8 weights: the quantiser's rows (the largest magnitude to +-127, round half to even, an
+ * all-zero row, a NaN refused) and xa_op_linear_q8 against xa_op_linear on the dequantised
+ * weights (scale * q): the same numbers up to float32 rounding, with and without bias and
+ * accumulation, M from 1 to 11 (the 4-row kernel and its remainder), the same bits on 1 and 2
+ * threads. */
+static void linear_q8(void)
+{
+    uint64_t st = 5;
+    const float w0[8] = {63.5f, -127.0f, 31.75f, 0.0f, 0.5f, 1.5f, -95.25f, 12.7f};
+    int8_t q0[8];
+    float s0;
+    CHECK(xa_q8_quantize_rows(w0, 1, 8, q0, &s0) == 0);
+    CHECK(s0 == 1.0f && q0[1] == -127 && q0[0] == 64 && q0[2] == 32 && q0[3] == 0);
+    CHECK(q0[4] == 0 && q0[5] == 2); /* 0.5 and 1.5 round to even */
+    const float zeros[4] = {0, 0, 0, 0};
+    int8_t qz[4] = {1, 1, 1, 1};
+    CHECK(xa_q8_quantize_rows(zeros, 1, 4, qz, &s0) == 0 && s0 == 0.0f && !qz[0] && !qz[3]);
+    const float bad[3] = {1.0f, NAN, 2.0f};
+    CHECK(xa_q8_quantize_rows(bad, 1, 3, qz, &s0) == -1);
+    static const int64_t Ks[] = {1, 17, 77, 300}, Ns[] = {1, 13, 70, 500};
+    for (size_t a = 0; a < 4; a++)
+        for (size_t c = 0; c < 4; c++)
+            for (int64_t M = 1; M <= 11; M += 2) {
+                const int64_t K = Ks[a], N = Ns[c];
+                float *x = rnd(M * K, &st), *W = rnd(N * K, &st), *b = rnd(N, &st);
+                float *sc = malloc(sizeof(float) * (size_t)N), *Wd = malloc(4 * (size_t)(N * K));
+                int8_t *q = malloc((size_t)(N * K));
+                CHECK(xa_q8_quantize_rows(W, N, K, q, sc) == 0);
+                for (int64_t i = 0; i < N * K; i++) Wd[i] = sc[i / K] * (float)q[i];
+                for (int acc = 0; acc < 2; acc++)
+                    for (int wb = 0; wb < 2; wb++) {
+                        float *y = rnd(M * N, &st), *yr = malloc(4 * (size_t)(M * N)),
+                              *y2 = malloc(4 * (size_t)(M * N));
+                        memcpy(yr, y, 4 * (size_t)(M * N));
+                        memcpy(y2, y, 4 * (size_t)(M * N));
+                        xattn_set_threads(1);
+                        CHECK_OK(xa_op_linear_q8(x, M, K, q, sc, wb ? b : NULL, N, y, acc));
+                        CHECK_OK(xa_op_linear(x, M, K, Wd, wb ? b : NULL, N, yr, acc));
+                        xattn_set_threads(2);
+                        CHECK_OK(xa_op_linear_q8(x, M, K, q, sc, wb ? b : NULL, N, y2, acc));
+                        xattn_set_threads(0);
+                        /* both within the float32 dot-product bound of the same sum */
+                        int nbad = 0;
+                        for (int64_t m = 0; m < M; m++)
+                            for (int64_t j = 0; j < N; j++) {
+                                double mag = fabs(wb ? b[j] : 0.0) + (acc ? 2.0 : 0.0);
+                                for (int64_t k = 0; k < K; k++)
+                                    mag += fabs((double)x[m * K + k] * Wd[j * K + k]);
+                                const double d = fabs((double)y[m * N + j] - yr[m * N + j]);
+                                nbad += !(d <= 4.0 * (double)(K + 4) * 0x1p-24 * mag);
+                            }
+                        CHECK(nbad == 0);
+                        CHECK(!memcmp(y, y2, 4 * (size_t)(M * N)));
+                        free(y), free(yr), free(y2);
+                    }
+                free(x), free(W), free(b), free(sc), free(Wd), free(q);
+            }
+}
+
 int main(void)
 {
     printf("test_op_layer:\n");
+    linear_q8();
     elementwise();
     shards();
     thread_independence();

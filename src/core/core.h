@@ -135,6 +135,9 @@ typedef enum xa_init {
 #define XA_P_NOCREATE                                                                              \
     0x08u /* optional and its condition is false: loaded if present, not                           \
              created (an optional parameter's cond only governs creation)   */
+#define XA_P_Q8                                                                                    \
+    0x10u /* a 2-D weight kept as int8 rows with a scale per row (set before loading)              \
+           */
 
 /* One parameter of a table. Shapes are comma-separated dims, each an integer, a field name,
  * or N*field ("2*inner"); `cond` names a bool field ("!name" negates) that must hold for the
@@ -160,7 +163,9 @@ typedef struct xa_param {
     double init_arg;
     int present;           /* has data                                                      */
     xattn_dtype src_dtype; /* as stored in the file (F32 when created)                      */
-    float *data;           /* inside the block; NULL when absent                            */
+    float *data;           /* inside the block; NULL when absent or XA_P_Q8                 */
+    int8_t *q;             /* XA_P_Q8: shape[0] rows of shape[1] int8 values (in qblock)    */
+    float *qscale;         /* XA_P_Q8: a scale per row (in qblock)                          */
 } xa_param;
 
 typedef struct xa_params {
@@ -168,6 +173,7 @@ typedef struct xa_params {
     int n, cap;
     float *block;
     int64_t numel;
+    void *qblock;      /* the XA_P_Q8 parameters' scales and int8 rows */
     const xa_cfg *cfg; /* for messages: where each field came from */
 } xa_params;
 
@@ -190,6 +196,13 @@ xattn_status xa_params_create(xa_params *ps, uint64_t seed);
 static inline float *xa_param_data(const xa_params *ps, int i)
 {
     return i >= 0 && i < ps->n ? ps->p[i].data : NULL;
+}
+/* int8 rows of an XA_P_Q8 parameter i and its scales (NULL if absent or not quantised). */
+static inline const int8_t *xa_param_q8(const xa_params *ps, int i, const float **scale)
+{
+    const xa_param *p = i >= 0 && i < ps->n ? &ps->p[i] : NULL;
+    *scale = p ? p->qscale : NULL;
+    return p ? p->q : NULL;
 }
 /* Index of the parameter with relative name `name`, or -1. */
 int xa_params_find(const xa_params *ps, const char *name);

@@ -6,6 +6,7 @@
  */
 #include "core/core.h"
 #include "io/io_internal.h"
+#include "kernels/ops.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -130,6 +131,7 @@ void xa_params_free(xa_params *ps)
     for (int i = 0; i < ps->n; i++) free(ps->p[i].name);
     free(ps->p);
     xa_free(ps->block);
+    xa_free(ps->qblock);
     memset(ps, 0, sizeof *ps);
 }
 
@@ -223,13 +225,45 @@ static int64_t numel(const xa_param *p)
 }
 
 /* Places the present parameters: 16-float aligned slots, glued ones right after the previous. */
+/* The XA_P_Q8 parameters' block: every scale (float), then every int8 row; glued parameters
+ * stay contiguous in both (a glued q|k|v is one (3h, K) int8 matrix with 3h scales). */
+static xattn_status layout_q8(xa_params *ps)
+{
+    int64_t rows = 0, bytes = 0;
+    for (int i = 0; i < ps->n; i++) {
+        xa_param *p = &ps->p[i];
+        if (!p->present || !(p->flags & XA_P_Q8)) continue;
+        if (!(p->flags & XA_P_GLUE) && bytes % 64) bytes += 64 - bytes % 64;
+        rows += p->shape[0];
+        bytes += numel(p);
+    }
+    if (!rows) return XATTN_OK;
+    const int64_t head = (rows * 4 + 63) / 64 * 64;
+    if ((double)head + (double)bytes > 1e12)
+        return xa_error(XATTN_ERR_NOMEM, "int8 parameters of %lld bytes are too large",
+                        (long long)bytes);
+    uint8_t *b = xa_alloc((size_t)(head + bytes));
+    if (!(ps->qblock = b)) return XATTN_ERR_NOMEM;
+    rows = bytes = 0;
+    for (int i = 0; i < ps->n; i++) {
+        xa_param *p = &ps->p[i];
+        if (!p->present || !(p->flags & XA_P_Q8)) continue;
+        if (!(p->flags & XA_P_GLUE) && bytes % 64) bytes += 64 - bytes % 64;
+        p->qscale = (float *)(void *)b + rows;
+        p->q = (int8_t *)(b + head + bytes);
+        rows += p->shape[0];
+        bytes += numel(p);
+    }
+    return XATTN_OK;
+}
+
 static xattn_status layout(xa_params *ps, int all)
 {
     int64_t off = 0;
     for (int i = 0; i < ps->n; i++) {
         xa_param *p = &ps->p[i];
         if (all) p->present = !(p->flags & (XA_P_ABSENT | XA_P_NOCREATE));
-        if (!p->present) continue;
+        if (!p->present || (p->flags & XA_P_Q8)) continue;
         if (!(p->flags & XA_P_GLUE) && off % 16) off += 16 - off % 16;
         int64_t e;
         if (xa_mul_ok(numel(p), 1, &e) || e > INT64_MAX / 8 - off)
@@ -244,12 +278,33 @@ static xattn_status layout(xa_params *ps, int all)
     off = 0;
     for (int i = 0; i < ps->n; i++) {
         xa_param *p = &ps->p[i];
-        if (!p->present) continue;
+        if (!p->present || (p->flags & XA_P_Q8)) continue;
         if (!(p->flags & XA_P_GLUE) && off % 16) off += 16 - off % 16;
         p->data = ps->block + off;
         off += numel(p);
     }
-    return XATTN_OK;
+    return layout_q8(ps);
+}
+
+/* An XA_P_Q8 parameter read a slab of rows at a time (never whole in float32) and quantised. */
+static xattn_status load_q8(xa_param *p, const xattn_safetensors *st, const char *full)
+{
+    const int64_t R = p->shape[0], K = p->shape[1], n = numel(p);
+    const int64_t slab = XA_MAX((int64_t)1, ((int64_t)1 << 18) / XA_MAX(K, (int64_t)1));
+    float *tmp = xa_alloc((size_t)(XA_MIN(slab, R) * K) * sizeof(float));
+    if (!tmp && R > 0 && K > 0) return XATTN_ERR_NOMEM;
+    xattn_status s = XATTN_OK;
+    for (int64_t r = 0; r < R && !s; r += slab) {
+        const int64_t rr = XA_MIN(slab, R - r);
+        s = xa_st_read_f32_part(st, full, n, r * K, rr * K, tmp);
+        if (!s && xa_q8_quantize_rows(tmp, rr, K, p->q + r * K, p->qscale + r))
+            s = xa_error(XATTN_ERR_FORMAT,
+                         "tensor '%s' holds a value that is not finite: it cannot be quantised "
+                         "to int8",
+                         full);
+    }
+    xa_free(tmp);
+    return s;
 }
 
 xattn_status xa_params_load(xa_params *ps, const xattn_safetensors *st, const char *prefix,
@@ -265,19 +320,9 @@ xattn_status xa_params_load(xa_params *ps, const xattn_safetensors *st, const ch
         xa_param *p = &ps->p[i];
         if (!p->present) continue;
         snprintf(full, sizeof full, "%s%s", prefix, p->name);
-        xattn_array a;
-        memset(&a, 0, sizeof a);
-        if ((s = xattn_st_get(st, full, XATTN_F32, &a))) return s;
-        if (a.dtype != XATTN_F32 || xattn_array_numel(&a) != numel(p)) {
-            xattn_array_free(&a);
-            char shown[XA_IO_NAME_CAP];
-            return xa_error(XATTN_ERR_FORMAT,
-                            "tensor '%s': converted data does not match its "
-                            "header",
-                            xa_io_printable(full, shown, sizeof shown));
-        }
-        memcpy(p->data, a.data, (size_t)numel(p) * sizeof(float));
-        xattn_array_free(&a);
+        if ((p->flags & XA_P_Q8) ? (s = load_q8(p, st, full))
+                                 : (s = xa_st_read_f32(st, full, p->data, numel(p))))
+            return s;
     }
     return XATTN_OK;
 }

@@ -95,8 +95,8 @@ void xa_mod_free(xa_mod *m)
     free(m);
 }
 
-xattn_status xa_mod_open(const xa_kind *k, const xattn_safetensors *st, const char *prefix,
-                         const xa_kv *opts, size_t n_opts, xa_mod **out)
+static xattn_status mod_open(const xa_kind *k, const xattn_safetensors *st, const char *prefix,
+                             const xa_kv *opts, size_t n_opts, int q8, xa_mod **out)
 {
     *out = NULL;
     if (!prefix) prefix = "";
@@ -107,7 +107,12 @@ xattn_status xa_mod_open(const xa_kind *k, const xattn_safetensors *st, const ch
     }
     xa_mod *m = mod_alloc(k, prefix);
     if (!m) return XATTN_ERR_NOMEM;
+    m->want_q8 = q8;
     xattn_status s = k->build(m, st, prefix, opts, n_opts);
+    int quantised = 0;
+    for (int i = 0; !s && i < m->params.n; i++) quantised |= !!(m->params.p[i].flags & XA_P_Q8);
+    if (!s && q8 && !quantised)
+        s = xa_error(XATTN_ERR_UNSUPPORTED, "%s: no int8 weights mode (weights f32 only)", k->name);
     if (!s) s = xa_params_load(&m->params, st, prefix, k->name);
     if (!s && k->bind) s = k->bind(m);
     if (s) {
@@ -117,6 +122,18 @@ xattn_status xa_mod_open(const xa_kind *k, const xattn_safetensors *st, const ch
     *out = m;
     xa_clear_error();
     return XATTN_OK;
+}
+
+xattn_status xa_mod_open(const xa_kind *k, const xattn_safetensors *st, const char *prefix,
+                         const xa_kv *opts, size_t n_opts, xa_mod **out)
+{
+    return mod_open(k, st, prefix, opts, n_opts, 0, out);
+}
+
+xattn_status xa_mod_open_q8(const xa_kind *k, const xattn_safetensors *st, const char *prefix,
+                            const xa_kv *opts, size_t n_opts, xa_mod **out)
+{
+    return mod_open(k, st, prefix, opts, n_opts, 1, out);
 }
 
 void xa_copy_config(const void *src, void *dst, size_t size)

@@ -36,6 +36,15 @@ int xa_shape_bytes(xattn_dtype t, int ndim, const int64_t *shape, size_t *bytes)
 xattn_status xa_convert_buf(const void *src, xattn_dtype from, void *dst, xattn_dtype to,
                             int64_t n);
 
+/* Converts the numel elements of tensor `name` of st to float32 into dst (a count that differs
+ * from the header's is an error), handing the file's pages back to the system as it goes when
+ * the file is mapped: loading weights this way never holds them twice. */
+xattn_status xa_st_read_f32(const xattn_safetensors *st, const char *name, float *dst,
+                            int64_t numel);
+/* The same for elements [first, first + count) of a tensor of numel elements. */
+xattn_status xa_st_read_f32_part(const xattn_safetensors *st, const char *name, int64_t numel,
+                                 int64_t first, int64_t count, float *dst);
+
 /* Reads a whole file into a fresh xa_alloc buffer (*len bytes; *buf is never NULL on success). */
 xattn_status xa_io_read_file(const char *path, uint8_t **buf, size_t *len);
 

@@ -5,9 +5,14 @@
  * tensor names to {"dtype", "shape", "data_offsets": [begin, end]} plus an optional
  * "__metadata__" object of strings), then the data area; offsets are relative to its start.
  *
- * The reader keeps the whole file in memory and checks every field of the header against the
- * data area before any tensor is handed out.
+ * The reader maps a file read-only where the system can (else reads it whole) and checks every
+ * field of the header against the data area before any tensor is handed out. Loaders that copy
+ * tensors out (xa_st_read_f32) hand the mapped pages back as they go, so a model's weights are
+ * never resident twice: the file's bytes stay in the page cache, not in the process.
  */
+#if !defined(_DEFAULT_SOURCE)
+#define _DEFAULT_SOURCE /* madvise */
+#endif
 #include "io/io_internal.h"
 
 #include <cjson/cJSON.h>
@@ -15,6 +20,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#define XA_ST_MMAP 1
+#else
+#define XA_ST_MMAP 0
+#endif
 
 typedef struct st_tensor {
     char *name;
@@ -29,6 +44,7 @@ struct xattn_safetensors {
     char *label;
     uint8_t *buf; /* the whole file */
     size_t len;
+    int mapped; /* buf is a read-only private mapping of the file (munmap), else xa_alloc */
     const uint8_t *data; /* start of the data area inside buf */
     uint64_t data_len;
     st_tensor *t; /* offset order */
@@ -107,7 +123,12 @@ void xattn_st_close(xattn_safetensors *st)
     free(st->mkey);
     free(st->mval);
     free(st->label);
-    xa_free(st->buf);
+#if XA_ST_MMAP
+    if (st->mapped)
+        munmap(st->buf, st->len);
+    else
+#endif
+        xa_free(st->buf);
     free(st);
 }
 
@@ -404,17 +425,24 @@ done:
     return s;
 }
 
-/* Takes ownership of buf (an xa_alloc block) in every case. */
-static xattn_status st_parse_owned(uint8_t *buf, size_t len, const char *label,
+/* Takes ownership of buf (an xa_alloc block, or a mapping of len bytes when mapped) in every
+ * case. */
+static xattn_status st_parse_owned(uint8_t *buf, size_t len, int mapped, const char *label,
                                    xattn_safetensors **out)
 {
     xattn_safetensors *st = (xattn_safetensors *)calloc(1, sizeof *st);
     if (!st) {
-        xa_free(buf);
+#if XA_ST_MMAP
+        if (mapped)
+            munmap(buf, len);
+        else
+#endif
+            xa_free(buf);
         return xa_error(XATTN_ERR_NOMEM, "%s: out of memory", label);
     }
     st->buf = buf;
     st->len = len;
+    st->mapped = mapped;
     st->label = st_strdup(label);
     if (!st->label) {
         xattn_st_close(st);
@@ -440,11 +468,25 @@ xattn_status xattn_st_open(const char *path, xattn_safetensors **out)
     if (!out) return xa_error(XATTN_ERR_ARG, "xattn_st_open: out is NULL");
     *out = NULL;
     if (!path) return xa_error(XATTN_ERR_ARG, "xattn_st_open: path is NULL");
+#if XA_ST_MMAP
+    /* a regular, non-empty file is mapped; anything else (a pipe, an empty file, a failed
+     * mapping) is read as before, with read's messages */
+    int fd = open(path, O_RDONLY);
+    struct stat sb;
+    if (fd >= 0 && fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size > 0 &&
+        (uint64_t)sb.st_size <= (uint64_t)SIZE_MAX / 2) {
+        void *p = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        close(fd);
+        if (p != MAP_FAILED) return st_parse_owned((uint8_t *)p, (size_t)sb.st_size, 1, path, out);
+    } else if (fd >= 0) {
+        close(fd);
+    }
+#endif
     uint8_t *buf;
     size_t len;
     xattn_status s = xa_io_read_file(path, &buf, &len);
     if (s != XATTN_OK) return s;
-    return st_parse_owned(buf, len, path, out);
+    return st_parse_owned(buf, len, 0, path, out);
 }
 
 xattn_status xattn_st_parse(const void *buf, size_t len, const char *label, xattn_safetensors **out)
@@ -456,7 +498,7 @@ xattn_status xattn_st_parse(const void *buf, size_t len, const char *label, xatt
     uint8_t *copy = (uint8_t *)xa_alloc(len);
     if (!copy) return XATTN_ERR_NOMEM;
     if (len) memcpy(copy, buf, len);
-    return st_parse_owned(copy, len, label, out);
+    return st_parse_owned(copy, len, 0, label, out);
 }
 
 const char *xattn_st_path(const xattn_safetensors *st) { return st ? st->label : NULL; }
@@ -717,4 +759,59 @@ xattn_status xattn_st_save(const char *path, const xattn_st_entry *entries, size
     free(head);
     if (s == XATTN_OK) xa_clear_error();
     return s;
+}
+
+/* Gives the whole pages inside [p, p + n) of a mapped file back to the system: they leave the
+ * process's resident set (a later read faults them in again from the file). */
+static void st_release(const xattn_safetensors *st, const uint8_t *p, size_t n)
+{
+#if XA_ST_MMAP
+    if (!st->mapped || !n) return;
+    static long page;
+    if (!page) page = sysconf(_SC_PAGESIZE);
+    if (page <= 0) return;
+    uintptr_t a = ((uintptr_t)p + (uintptr_t)page - 1) & ~(uintptr_t)(page - 1);
+    uintptr_t b = ((uintptr_t)p + n) & ~(uintptr_t)(page - 1);
+    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+#else
+    (void)st;
+    (void)p;
+    (void)n;
+#endif
+}
+
+xattn_status xa_st_read_f32_part(const xattn_safetensors *st, const char *name, int64_t numel,
+                                 int64_t first, int64_t count, float *dst)
+{
+    char pn[XA_IO_NAME_CAP];
+    const st_tensor *t = st_lookup(st, name);
+    if (!t)
+        return xa_error(XATTN_ERR_NOT_FOUND, "%s: no tensor named '%s'", st ? st->label : "",
+                        xa_io_printable(name, pn, sizeof pn));
+    int64_t have = 1;
+    xa_shape_numel(t->ndim, t->shape, &have); /* checked when the header was read */
+    if (have != numel)
+        return xa_error(XATTN_ERR_FORMAT, "%s: tensor '%s' has %lld elements, %lld expected",
+                        st->label, xa_io_printable(name, pn, sizeof pn), (long long)have,
+                        (long long)numel);
+    if (first < 0 || count < 0 || first > numel || count > numel - first)
+        return xa_error(XATTN_ERR_ARG, "%s: tensor '%s': elements [%lld, %lld) out of range",
+                        st->label, xa_io_printable(name, pn, sizeof pn), (long long)first,
+                        (long long)(first + count));
+    const size_t es = xattn_dtype_size(t->dtype);
+    const int64_t chunk = (int64_t)1 << 20; /* elements converted, then released, at a time */
+    for (int64_t i = 0; i < count; i += chunk) {
+        const int64_t n = XA_MIN(chunk, count - i);
+        const uint8_t *src = st->data + t->begin + (size_t)(first + i) * es;
+        xattn_status s = xa_convert_buf(src, t->dtype, dst + i, XATTN_F32, n);
+        if (s != XATTN_OK) return s;
+        st_release(st, src, (size_t)n * es);
+    }
+    return XATTN_OK;
+}
+
+xattn_status xa_st_read_f32(const xattn_safetensors *st, const char *name, float *dst,
+                            int64_t numel)
+{
+    return xa_st_read_f32_part(st, name, numel, 0, numel, dst);
 }

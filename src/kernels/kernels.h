@@ -56,6 +56,11 @@ typedef struct xa_kernels {
                       float *y);
     /* In place: x = gelu(x), erf form (tanh_form = 0) or tanh approximation (tanh_form = 1). */
     void (*gelu)(float *x, int64_t n, int tanh_form);
+
+    /* int8 weights: out[r] = sum_k x[r*ldx + k] * q[k] for r < rows, k < n (the int8 row read
+     * once for all rows; each value converted exactly to float). */
+    void (*dot_q8)(const float *x, int64_t ldx, int64_t rows, const int8_t *q, int64_t n,
+                   float *out);
 } xa_kernels;
 
 /* Tables; a table is NULL-initialised when its ISA was not compiled in. */

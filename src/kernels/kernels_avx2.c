@@ -445,6 +445,76 @@ static void gemv_t_avx2(const float *A, int64_t lda, int64_t rows, const float *
     }
 }
 
+/* 16 int8 weights as two vectors of 8 floats (exact) */
+static inline void q8_load16(const int8_t *q, __m256 *w0, __m256 *w1)
+{
+    __m128i b = _mm_loadu_si128((const __m128i *)q);
+    *w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+    *w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8)));
+}
+
+/* four rows of x against one int8 row: the weights are converted once for the four */
+static void dot_q8_4_avx2(const float *x, int64_t ldx, const int8_t *q, int64_t n, float *out)
+{
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, b0 = a0, b1 = a0, c0 = a0, c1 = a0, d0 = a0, d1 = a0;
+    const float *x0 = x, *x1 = x + ldx, *x2 = x + 2 * ldx, *x3 = x + 3 * ldx;
+    int64_t k = 0;
+    for (; k + 16 <= n; k += 16) {
+        __m256 w0, w1;
+        q8_load16(q + k, &w0, &w1);
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x0 + k), w0, a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x0 + k + 8), w1, a1);
+        b0 = _mm256_fmadd_ps(_mm256_loadu_ps(x1 + k), w0, b0);
+        b1 = _mm256_fmadd_ps(_mm256_loadu_ps(x1 + k + 8), w1, b1);
+        c0 = _mm256_fmadd_ps(_mm256_loadu_ps(x2 + k), w0, c0);
+        c1 = _mm256_fmadd_ps(_mm256_loadu_ps(x2 + k + 8), w1, c1);
+        d0 = _mm256_fmadd_ps(_mm256_loadu_ps(x3 + k), w0, d0);
+        d1 = _mm256_fmadd_ps(_mm256_loadu_ps(x3 + k + 8), w1, d1);
+    }
+    float s[4] = {hsum8(_mm256_add_ps(a0, a1)), hsum8(_mm256_add_ps(b0, b1)),
+                  hsum8(_mm256_add_ps(c0, c1)), hsum8(_mm256_add_ps(d0, d1))};
+    for (; k < n; k++) {
+        const float w = (float)q[k];
+        s[0] += x0[k] * w;
+        s[1] += x1[k] * w;
+        s[2] += x2[k] * w;
+        s[3] += x3[k] * w;
+    }
+    for (int r = 0; r < 4; r++) out[r] = s[r];
+}
+
+static float dot_q8_1_avx2(const float *x, const int8_t *q, int64_t n)
+{
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t k = 0;
+    for (; k + 32 <= n; k += 32) {
+        __m256 w0, w1, w2, w3;
+        q8_load16(q + k, &w0, &w1);
+        q8_load16(q + k + 16, &w2, &w3);
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k), w0, a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 8), w1, a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 16), w2, a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 24), w3, a3);
+    }
+    for (; k + 16 <= n; k += 16) {
+        __m256 w0, w1;
+        q8_load16(q + k, &w0, &w1);
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k), w0, a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 8), w1, a1);
+    }
+    float s = hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; k < n; k++) s += x[k] * (float)q[k];
+    return s;
+}
+
+static void dot_q8_avx2(const float *x, int64_t ldx, int64_t rows, const int8_t *q, int64_t n,
+                        float *out)
+{
+    int64_t r = 0;
+    for (; r + 4 <= rows; r += 4) dot_q8_4_avx2(x + r * ldx, ldx, q, n, out + r);
+    for (; r < rows; r++) out[r] = dot_q8_1_avx2(x + r * ldx, q, n);
+}
+
 const xa_kernels xa_kernels_avx2 = {
     .name = "avx2",
     .mr = XA2_MR,
@@ -461,4 +531,5 @@ const xa_kernels xa_kernels_avx2 = {
     .rmsnorm = rmsnorm_avx2,
     .layernorm = layernorm_avx2,
     .gelu = gelu_avx2,
+    .dot_q8 = dot_q8_avx2,
 };

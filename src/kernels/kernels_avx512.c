@@ -441,6 +441,60 @@ static void gemv_t_avx512(const float *A, int64_t lda, int64_t rows, const float
     }
 }
 
+/* 16 int8 weights as 16 floats (exact) */
+static inline __m512 q8_load16_512(const int8_t *q)
+{
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)q)));
+}
+
+/* four rows of x against one int8 row: the weights are converted once for the four */
+static void dot_q8_4_avx512(const float *x, int64_t ldx, const int8_t *q, int64_t n, float *out)
+{
+    __m512 a = _mm512_setzero_ps(), b = a, c = a, d = a;
+    const float *x0 = x, *x1 = x + ldx, *x2 = x + 2 * ldx, *x3 = x + 3 * ldx;
+    int64_t k = 0;
+    for (; k + 16 <= n; k += 16) {
+        __m512 w = q8_load16_512(q + k);
+        a = _mm512_fmadd_ps(_mm512_loadu_ps(x0 + k), w, a);
+        b = _mm512_fmadd_ps(_mm512_loadu_ps(x1 + k), w, b);
+        c = _mm512_fmadd_ps(_mm512_loadu_ps(x2 + k), w, c);
+        d = _mm512_fmadd_ps(_mm512_loadu_ps(x3 + k), w, d);
+    }
+    float s[4] = {_mm512_reduce_add_ps(a), _mm512_reduce_add_ps(b), _mm512_reduce_add_ps(c),
+                  _mm512_reduce_add_ps(d)};
+    for (; k < n; k++) {
+        const float w = (float)q[k];
+        s[0] += x0[k] * w;
+        s[1] += x1[k] * w;
+        s[2] += x2[k] * w;
+        s[3] += x3[k] * w;
+    }
+    for (int r = 0; r < 4; r++) out[r] = s[r];
+}
+
+static float dot_q8_1_avx512(const float *x, const int8_t *q, int64_t n)
+{
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0;
+    int64_t k = 0;
+    for (; k + 32 <= n; k += 32) {
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k), q8_load16_512(q + k), a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k + 16), q8_load16_512(q + k + 16), a1);
+    }
+    for (; k + 16 <= n; k += 16)
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k), q8_load16_512(q + k), a0);
+    float s = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+    for (; k < n; k++) s += x[k] * (float)q[k];
+    return s;
+}
+
+static void dot_q8_avx512(const float *x, int64_t ldx, int64_t rows, const int8_t *q, int64_t n,
+                          float *out)
+{
+    int64_t r = 0;
+    for (; r + 4 <= rows; r += 4) dot_q8_4_avx512(x + r * ldx, ldx, q, n, out + r);
+    for (; r < rows; r++) out[r] = dot_q8_1_avx512(x + r * ldx, q, n);
+}
+
 const xa_kernels xa_kernels_avx512 = {
     .name = "avx512",
     .mr = XA512_MR,
@@ -457,4 +511,5 @@ const xa_kernels xa_kernels_avx512 = {
     .rmsnorm = rmsnorm_avx512,
     .layernorm = layernorm_avx512,
     .gelu = gelu_avx512,
+    .dot_q8 = dot_q8_avx512,
 };

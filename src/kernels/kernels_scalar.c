@@ -115,6 +115,17 @@ static void gelu_scalar(float *x, int64_t n, int tanh_form)
     }
 }
 
+static void dot_q8_scalar(const float *x, int64_t ldx, int64_t rows, const int8_t *q, int64_t n,
+                          float *out)
+{
+    for (int64_t r = 0; r < rows; r++) {
+        const float *a = x + r * ldx;
+        float s = 0.0f;
+        for (int64_t k = 0; k < n; k++) s += a[k] * (float)q[k];
+        out[r] = s;
+    }
+}
+
 const xa_kernels xa_kernels_scalar = {
     .name = "scalar",
     .mr = SC_MR,
@@ -131,4 +142,5 @@ const xa_kernels xa_kernels_scalar = {
     .rmsnorm = rmsnorm_scalar,
     .layernorm = layernorm_scalar,
     .gelu = gelu_scalar,
+    .dot_q8 = dot_q8_scalar,
 };

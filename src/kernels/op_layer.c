@@ -20,6 +20,57 @@ xattn_status xa_op_linear(const float *x, int64_t M, int64_t K, const float *W, 
     return xattn_sgemm(0, 1, M, N, K, 1.0f, x, K, W, K, 1.0f, y, N);
 }
 
+xattn_status xa_op_linear_q8(const float *x, int64_t M, int64_t K, const int8_t *W,
+                             const float *scale, const float *b, int64_t N, float *y,
+                             int accumulate)
+{
+    if (M <= 0 || N <= 0) return XATTN_OK;
+    const xa_kernels *kt = xa_kern();
+    enum { NB = 32, RB = 4 }; /* output channels per task; rows per kernel call */
+    const int64_t nblk = (N + NB - 1) / NB;
+#ifdef _OPENMP
+    /* threads only where the weights are large enough to pay for waking them */
+    const int nt = N * K >= ((int64_t)1 << 17) && nblk > 1 ? xa_threads() : 1;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+#endif
+    for (int64_t jb = 0; jb < nblk; jb++) {
+        const int64_t n1 = XA_MIN(N, (jb + 1) * NB);
+        for (int64_t n = jb * NB; n < n1; n++) {
+            const float bn = b ? b[n] : 0.0f;
+            for (int64_t r0 = 0; r0 < M; r0 += RB) {
+                const int64_t rr = XA_MIN((int64_t)RB, M - r0);
+                float d[RB];
+                kt->dot_q8(x + r0 * K, K, rr, W + n * K, K, d);
+                for (int64_t i = 0; i < rr; i++) {
+                    float *o = y + (r0 + i) * N + n;
+                    const float v = scale[n] * d[i] + bn;
+                    *o = accumulate ? *o + v : v;
+                }
+            }
+        }
+    }
+    return XATTN_OK;
+}
+
+int xa_q8_quantize_rows(const float *w, int64_t rows, int64_t K, int8_t *q, float *scale)
+{
+    for (int64_t r = 0; r < rows; r++) {
+        const float *a = w + r * K;
+        float amax = 0.0f;
+        for (int64_t k = 0; k < K; k++) {
+            if (!isfinite(a[k])) return -1;
+            amax = fmaxf(amax, fabsf(a[k]));
+        }
+        scale[r] = amax / 127.0f;
+        const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        for (int64_t k = 0; k < K; k++) {
+            float v = nearbyintf(a[k] * inv);
+            q[r * K + k] = (int8_t)(v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v);
+        }
+    }
+    return 0;
+}
+
 xattn_status xa_op_linear_cm(const float *x, int64_t M, int64_t K, const float *W, const float *b,
                              int64_t N, float *y)
 {

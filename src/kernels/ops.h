@@ -14,6 +14,17 @@
  * accumulate = 1 adds the result to y instead (a residual add fused into the GEMM). */
 xattn_status xa_op_linear(const float *x, int64_t M, int64_t K, const float *W, const float *b,
                           int64_t N, float *y, int accumulate);
+/* The same with int8 weights (weight-only quantisation): W (N, K) int8 and a scale per output
+ * channel, y[m, n] = scale[n] * sum_k x[m, k] W[n, k] + b[n] (+ y[m, n] when accumulate). Each
+ * weight row is read once for all M rows; the result does not depend on the thread count. */
+xattn_status xa_op_linear_q8(const float *x, int64_t M, int64_t K, const int8_t *W,
+                             const float *scale, const float *b, int64_t N, float *y,
+                             int accumulate);
+/* Symmetric per-row quantisation of w (rows, K): scale[r] = max_k |w[r, k]| / 127,
+ * q[r, k] = round-to-nearest-even(w[r, k] / scale[r]) in [-127, 127] (an all-zero row: scale 0,
+ * q 0). Returns -1 (nothing else written for that row on) at the first row holding a value that
+ * is not finite, else 0. */
+int xa_q8_quantize_rows(const float *w, int64_t rows, int64_t K, int8_t *q, float *scale);
 /* y (M, N) = x^T-stored input: x (K, M) channel-major (a 1x1 convolution over positions:
  * x[c * M + p]) times W^T + b -> y (M, N) position-major. */
 xattn_status xa_op_linear_cm(const float *x, int64_t M, int64_t K, const float *W, const float *b,

@@ -168,11 +168,17 @@ static const xa_pspec proj_table[NP] = {
 
 typedef struct dec_layer {
     const float *w[NW];
+    const int8_t *q[NW]; /* weights int8: the linear weights' rows (w[k] NULL) */
+    const float *qs[NW]; /* and their scales */
 } dec_layer;
+
+/* The layer's linear weights: what weights int8 keeps as int8 rows. */
+static const int linear_weights[] = {SQW, SKW, SVW, SOW, CQW, CKW, CVW, COW, IW, OW};
 
 struct xattn_decoder {
     xa_mod core;
     xattn_decoder_config cfg;
+    int q8; /* the layers' linear weights are int8 (xa_mod_open_q8) */
     dec_layer *layers;
     const float *p[NP]; /* projector tensors, NULL when absent */
 };
@@ -286,8 +292,11 @@ static xattn_status build(xa_mod *m, const xattn_safetensors *st, const char *pr
     const int enc = xa_cfg_get(c, "bert_encoder") != 0;
     for (int64_t l = 0; l < L; l++) {
         if (enc) snprintf(stem, sizeof stem, "layer.%lld.", (long long)l);
-        if ((s = xa_params_add_table(&m->params, layer_table, NW, c, enc ? stem : "", NULL)))
+        int first;
+        if ((s = xa_params_add_table(&m->params, layer_table, NW, c, enc ? stem : "", &first)))
             return s;
+        for (size_t k = 0; m->want_q8 && k < XA_N(linear_weights); k++)
+            m->params.p[first + linear_weights[k]].flags |= XA_P_Q8;
     }
     return xa_params_add_table(&m->params, proj_table, NP, c, "", NULL);
 }
@@ -310,9 +319,12 @@ static xattn_status bind(xa_mod *core)
     g->layer_norm_eps = (float)xa_cfg_get(c, "layer_norm_eps");
     m->layers = calloc((size_t)g->layers, sizeof *m->layers);
     if (!m->layers) return xa_error(XATTN_ERR_NOMEM, "%s: out of memory", FN_LOAD);
+    m->q8 = core->want_q8;
     for (int64_t l = 0; l < g->layers; l++)
-        for (int k = 0; k < NW; k++)
+        for (int k = 0; k < NW; k++) {
             m->layers[l].w[k] = xa_param_data(&core->params, (int)(l * NW + k));
+            m->layers[l].q[k] = xa_param_q8(&core->params, (int)(l * NW + k), &m->layers[l].qs[k]);
+        }
     for (int k = 0; k < NP; k++) m->p[k] = xa_param_data(&core->params, (int)(g->layers * NW + k));
     return XATTN_OK;
 }
@@ -583,13 +595,20 @@ static void put_keep(uint8_t *keep, int64_t B, int64_t ld, int64_t off, int64_t 
     }
 }
 
+/* y (R, N) (+)= x (R, K) W^T + b with layer y's weight wk and bias bk, float32 or int8. */
+static xattn_status lin(const dec_layer *y, int wk, int bk, const float *x, int64_t R, int64_t K,
+                        int64_t N, float *out, int acc)
+{
+    if (y->q[wk]) return xa_op_linear_q8(x, R, K, y->q[wk], y->qs[wk], y->w[bk], N, out, acc);
+    return xa_op_linear(x, R, K, y->w[wk], y->w[bk], N, out, acc);
+}
+
 /* K|V rows (B*M, 2h) of the memory for layer y (key and value weights are back to back). */
 static xattn_status memory_kv(const xattn_decoder_state *s, const dec_layer *y, const float *memory,
                               float *ckv)
 {
     const xattn_decoder_config *c = &s->m->cfg;
-    return xa_op_linear(memory, s->Bm * s->M, c->memory_dim, y->w[CKW], y->w[CKB], 2 * c->hidden,
-                        ckv, 0);
+    return lin(y, CKW, CKB, memory, s->Bm * s->M, c->memory_dim, 2 * c->hidden, ckv, 0);
 }
 
 /* Room for the memory's K|V of every layer (grows only). */
@@ -705,20 +724,20 @@ static xattn_status self_block(const xattn_decoder_state *s, int64_t l, int64_t 
     const int64_t B = s->B, h = c->hidden, R = B * n, ML = s->max_len;
     xattn_status st;
     if (s->full) {
-        st = xa_op_linear(X, R, h, y->w[SQW], y->w[SQB], 3 * h, s->Q, 0);
+        st = lin(y, SQW, SQB, X, R, h, 3 * h, s->Q, 0);
     } else {
         float *kv = s->kv + l * B * ML * 2 * h;
         sa->k = kv;
         sa->v = kv + h;
-        st = xa_op_linear(X, R, h, y->w[SQW], y->w[SQB], h, s->Q, 0);
+        st = lin(y, SQW, SQB, X, R, h, h, s->Q, 0);
         /* k|v rows of positions pos .. pos+n-1 straight into the cache */
         const int one = B == 1 || n == ML;
         for (int64_t b = 0; b < (one ? 1 : B) && !st; b++)
-            st = xa_op_linear(X + b * n * h, one ? R : n, h, y->w[SKW], y->w[SKB], 2 * h,
-                              kv + (b * ML + s->pos) * 2 * h, 0);
+            st = lin(y, SKW, SKB, X + b * n * h, one ? R : n, h, 2 * h,
+                     kv + (b * ML + s->pos) * 2 * h, 0);
     }
     if (!st) st = xa_op_attention(sa);
-    if (!st) st = xa_op_linear(s->A, R, h, y->w[SOW], y->w[SOB], h, X, 1);
+    if (!st) st = lin(y, SOW, SOB, s->A, R, h, h, X, 1);
     if (!st) st = xa_op_layernorm(X, R, h, y->w[SLW], y->w[SLB], c->layer_norm_eps, X);
     return st;
 }
@@ -735,13 +754,13 @@ static xattn_status cross_ffn_block(const xattn_decoder_state *s, int64_t l, int
     xattn_status st = s->full ? memory_kv(s, y, s->memory, ckv) : XATTN_OK;
     ca->k = ckv;
     ca->v = ckv + h;
-    if (!st) st = xa_op_linear(X, R, h, y->w[CQW], y->w[CQB], h, s->Q, 0);
+    if (!st) st = lin(y, CQW, CQB, X, R, h, h, s->Q, 0);
     if (!st) st = xa_op_attention(ca);
-    if (!st) st = xa_op_linear(s->A, R, h, y->w[COW], y->w[COB], h, X, 1);
+    if (!st) st = lin(y, COW, COB, s->A, R, h, h, X, 1);
     if (!st) st = xa_op_layernorm(X, R, h, y->w[CLW], y->w[CLB], eps, X);
-    if (!st) st = xa_op_linear(X, R, h, y->w[IW], y->w[IB], ff, s->F, 0);
+    if (!st) st = lin(y, IW, IB, X, R, h, ff, s->F, 0);
     if (!st) st = xa_op_gelu(s->F, R * ff, 0);
-    if (!st) st = xa_op_linear(s->F, R, ff, y->w[OW], y->w[OB], h, X, 1);
+    if (!st) st = lin(y, OW, OB, s->F, R, ff, h, X, 1);
     if (!st) st = xa_op_layernorm(X, R, h, y->w[OLW], y->w[OLB], eps, X);
     return st;
 }
@@ -1303,6 +1322,11 @@ static xattn_status backward_named(const xa_mod *core, const xa_run *r, xa_grad 
         return xa_error(XATTN_ERR_UNSUPPORTED,
                         "%s: incremental decoding (input 'incremental') has no backward; the "
                         "full forward has",
+                        FN_BWD);
+    if (m->q8)
+        return xa_error(XATTN_ERR_UNSUPPORTED,
+                        "%s: the weights are int8 (inference only); load them as float32 to "
+                        "train",
                         FN_BWD);
     const int64_t L = m->cfg.layers, h = m->cfg.hidden;
     xattn_decoder_inputs in;

@@ -123,7 +123,9 @@ class BidirectionalCrossAttentionTransformer(Module):
     """bidirectional_cross_attention.BidirectionalCrossAttentionTransformer, with fused attention.
 
     checkpoint_feedforward (not in the package; default True): in training, the feed-forwards'
-    hidden layers are recomputed in the backward rather than kept (torch.utils.checkpoint).
+    hidden layers are recomputed in the backward rather than kept (torch.utils.checkpoint), a
+    piece of FF_CHUNK (1024) positions at a time, so that only one piece's hidden layer is alive
+    at once; the results are the package's up to float32 rounding.
 
     As the package: each layer is BidirectionalCrossAttention(prenorm=True) then a feed-forward
     per stream, with residuals; final_norms builds `context_norm` as nn.RMSNorm(dim) (so
@@ -135,8 +137,8 @@ class BidirectionalCrossAttentionTransformer(Module):
                  checkpoint_feedforward=True, **attn_kwargs):
         super().__init__()
         # the feed-forwards' hidden layers (the largest activations left once the attention
-        # keeps no I x J matrix) are recomputed in the backward instead of kept: the same
-        # numbers, one more feed-forward forward per step
+        # keeps no I x J matrix) are recomputed in the backward instead of kept, in pieces of
+        # FF_CHUNK positions: one more feed-forward forward per step
         self.checkpoint_feedforward = checkpoint_feedforward
         if context_dim is None:
             context_dim = dim
@@ -158,7 +160,13 @@ class BidirectionalCrossAttentionTransformer(Module):
             x, context = x + self._ff(ff, x), context + self._ff(context_ff, context)
         return self.norm(x), self.context_norm(context)
 
+    # positions per recomputed piece of a checkpointed feed-forward
+    FF_CHUNK = 1024
+
     def _ff(self, ff, t):
         if self.checkpoint_feedforward and torch.is_grad_enabled() and t.requires_grad:
-            return checkpoint(ff, t, use_reentrant=False)
+            # position-wise: recomputed in the backward a piece of the sequence at a time, so
+            # the hidden layer of only one piece is alive at once
+            return torch.cat([checkpoint(ff, c, use_reentrant=False)
+                              for c in t.split(self.FF_CHUNK, dim=-2)], dim=-2)
         return ff(t)
