@@ -10,7 +10,8 @@ generates all 64 new tokens) and each search (greedy; beam search with 4 beams):
     default cache fails with encoder_hidden_states); its peak resident memory is reported for the
     whole process (interpreter, torch and the model included) and net of its baseline (after
     import torch and loading the model, before generating; /proc/self/clear_refs);
-  - `xattn generate` runs as a fresh process twice, for 64 tokens and for 1: its tokens per second
+  - `xattn generate` runs as a fresh process twice, for 64 tokens and for 1 (then both again
+    with --weights int8): its tokens per second
     are 63 / (the difference of the wall times) (the 1-token run pays the loading), and
     64 / the whole process's wall time is reported too; its peak is the process's ru_maxrss
     (whole process);
@@ -138,9 +139,17 @@ def main():
                 if beams > 1:
                     cmd += ["--num-beams", str(beams)]
                 xs, xm = run_xattn(cmd)
-                same = bool(np.array_equal(np.load(f"{d}/ids.npy"), np.load(f"{d}/torch_ids.npy")))
+                ids32 = np.load(f"{d}/ids.npy")
+                same = bool(np.array_equal(ids32, np.load(f"{d}/torch_ids.npy")))
                 # loading costs what a 1-token run costs: the rest is generation
                 x1, _ = run_xattn(cmd[:5] + ["--max-new-tokens", "1"] + cmd[7:])
+                # the same with the weights quantised to int8 at load
+                q = cmd + ["--weights", "int8"]
+                qs, qm = run_xattn(q)
+                ids8 = np.load(f"{d}/ids.npy")
+                q1, _ = run_xattn(q[:5] + ["--max-new-tokens", "1"] + q[7:])
+                agree = ids8 == ids32
+                prefix = int(np.argmin(agree[0])) if not agree[0].all() else agree.shape[1]
                 r = {"layers": layers, "hidden": hidden, "vocab": VOCAB, "memory_tokens": MEM,
                      "batch": 1, "beams": beams, "new_tokens": new, "threads": a.threads,
                      "torch": t["torch"], "torch_cache": "EncoderDecoderCache(DynamicCache(), "
@@ -151,13 +160,21 @@ def main():
                      "xattn_tokens_per_s": (new - 1) / max(xs - x1, 1e-9),
                      "xattn_tokens_per_s_whole_process": new / xs, "xattn_peak_rss_mb": xm,
                      "speedup": (new - 1) / max(xs - x1, 1e-9) / (new / t["seconds"]),
-                     "memory_ratio": xm / t["peak_rss_mb"], "same_ids": same, "machine": mach}
+                     "memory_ratio": xm / t["peak_rss_mb"], "same_ids": same,
+                     "int8_seconds_whole_process": qs, "int8_seconds_one_token": q1,
+                     "int8_tokens_per_s": (new - 1) / max(qs - q1, 1e-9), "int8_peak_rss_mb": qm,
+                     "int8_speedup": (new - 1) / max(qs - q1, 1e-9) / (new / t["seconds"]),
+                     "int8_memory_ratio": qm / t["peak_rss_mb"],
+                     "int8_ids_equal_to_f32": float(agree.mean()),
+                     "int8_common_prefix_tokens": prefix, "machine": mach}
                 rows.append(r)
                 print(f"{layers} layers, hidden {hidden}, beams {beams}: torch "
                       f"{r['torch_tokens_per_s']:.1f} tok/s, {t['peak_rss_mb']:.0f} MB "
                       f"(net {t['net_peak_mb'] or float('nan'):.0f}); xattn "
                       f"{r['xattn_tokens_per_s']:.1f} tok/s, {xm:.0f} MB; speed-up "
-                      f"{r['speedup']:.1f}x, memory {r['memory_ratio']:.2f}, same ids {same}",
+                      f"{r['speedup']:.1f}x, memory {r['memory_ratio']:.2f}, same ids {same}; "
+                      f"int8 {r['int8_tokens_per_s']:.1f} tok/s, {qm:.0f} MB, speed-up "
+                      f"{r['int8_speedup']:.1f}x, ids as f32 {r['int8_ids_equal_to_f32']:.2f}",
                       flush=True)
     with open(os.path.join(a.out, "generate.json"), "w") as f:
         for r in rows:
@@ -189,6 +206,20 @@ def report(rows, out, mach):
                      f"{f'{net:.0f}' if net is not None else 'n/a'} MB | "
                      f"{r['xattn_peak_rss_mb']:.0f} MB | 1/{1 / r['memory_ratio']:.1f} | "
                      f"{'yes' if r['same_ids'] else 'no'} |")
+    lines += ["", "The same runs with `--weights int8` (every linear layer quantised at load, per "
+              "output channel; activations, norms, attention and softmax in float32): the ids "
+              "are those of a slightly different model, so they follow the float32 ids only "
+              "for a while (prefix: tokens equal before the first difference, first row).", "",
+              "| layers | hidden | search | PyTorch tok/s | xattn int8 tok/s | speed-up | xattn "
+              "int8 peak | int8 / PyTorch (whole) | ids as float32 (prefix) |",
+              "|---:|---:|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        lines.append(f"| {r['layers']} | {r['hidden']} | "
+                     f"{'greedy' if r['beams'] == 1 else 'beam %d' % r['beams']} | "
+                     f"{r['torch_tokens_per_s']:.1f} | {r['int8_tokens_per_s']:.1f} | "
+                     f"{r['int8_speedup']:.1f}x | {r['int8_peak_rss_mb']:.0f} MB | "
+                     f"1/{1 / r['int8_memory_ratio']:.1f} | "
+                     f"{r['int8_ids_equal_to_f32']:.2f} ({r['int8_common_prefix_tokens']}) |")
     with open(os.path.join(out, "generate_summary.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -259,6 +259,18 @@ static void check_generate(const char *name)
     o.max_new_tokens = f.c.max_positions;
     CHECK_FAIL(xattn_lm_generate(NULL, f.m, B, f.M, f.mem, f.mask, P, prompt, &o, ids, &len),
                XATTN_ERR_SHAPE);
+    /* a NaN in the memory: refused at the first step, greedy and beams alike */
+    const float keep = f.mem[3];
+    f.mem[3] = NAN;
+    for (int64_t beams = 1; beams <= 3; beams += 2) {
+        memset(&o, 0, sizeof o);
+        o.max_new_tokens = 4;
+        o.num_beams = beams;
+        CHECK_FAIL(xattn_lm_generate(NULL, f.m, B, f.M, f.mem, f.mask, P, prompt, &o, ids, &len),
+                   XATTN_ERR_ARG);
+        CHECK(strstr(xattn_last_error(), "NaN") != NULL);
+    }
+    f.mem[3] = keep;
     free(ids);
     free(prompt);
     close_fixture(&f);

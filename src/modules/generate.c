@@ -44,7 +44,15 @@ static xattn_status forward(gen *g, int64_t n, const int64_t *ids)
     xattn_status s = xa_lm_step(g->ctx, g->m, g->s, n, ids, g->x, g->hid);
     for (int64_t r = 0; r < g->R && !s && n > 1; r++)
         memmove(g->hid + r * h, g->hid + (r * n + n - 1) * h, sizeof(float) * (size_t)h);
-    return s ? s : xa_lm_head(g->m, g->hid, g->R, g->t, g->logits);
+    if (!s) s = xa_lm_head(g->m, g->hid, g->R, g->t, g->logits);
+    /* a NaN would be chosen or skipped by accident: refused (an infinite logit is an answer) */
+    for (int64_t i = 0; !s && i < g->R * g->V; i++)
+        if (g->logits[i] != g->logits[i])
+            s = xa_error(XATTN_ERR_ARG,
+                         "%s: the logits of row %lld hold NaN (a memory or a weight that is not "
+                         "finite)",
+                         FN, (long long)(i / g->V));
+    return s;
 }
 
 /* no_repeat_ngram_size: bans (-inf) the tokens that would complete an n-gram already in
@@ -202,17 +210,17 @@ typedef struct beams {
     float *flat;            /* (K V) accumulated log-probabilities of one item          */
 } beams;
 
-/* The n largest of x[0 .. N) in order (ties: lower index first), indices into idx. */
+/* The n largest of x[0 .. N) in order (ties: lower index first), indices into idx: one pass,
+ * keeping the best n found so far sorted (x holds no NaN: forward refuses it). */
 static void top_n(const float *x, int64_t N, int64_t n, int64_t *idx)
 {
-    for (int64_t i = 0; i < n; i++) {
-        int64_t best = -1;
-        for (int64_t j = 0; j < N; j++) {
-            int taken = 0;
-            for (int64_t q = 0; q < i && !taken; q++) taken = idx[q] == j;
-            if (!taken && (best < 0 || x[j] > x[best])) best = j;
-        }
-        idx[i] = best;
+    int64_t m = 0; /* idx[0 .. m) held, best first */
+    for (int64_t j = 0; j < N; j++) {
+        if (m == n && !(x[j] > x[idx[m - 1]])) continue;
+        int64_t p = m < n ? m : n - 1; /* a full list drops its last */
+        for (; p > 0 && x[j] > x[idx[p - 1]]; p--) idx[p] = idx[p - 1];
+        idx[p] = j;
+        if (m < n) m++;
     }
 }
 
