@@ -73,6 +73,7 @@ bad "top-k without sampling" 2 "--do-sample" "$X" generate "$MOD" "${MEM[@]}" --
 bad "length penalty without beams" 2 "--num-beams" "$X" generate "$MOD" "${MEM[@]}" --length-penalty 2 --out ids.npy
 bad "early stopping value" 2 "--early-stopping" "$X" generate "$MOD" "${MEM[@]}" --num-beams 2 --early-stopping maybe --out ids.npy
 bad "top-p range" 2 "--top-p" "$X" generate "$MOD" "${MEM[@]}" --do-sample --top-p 1.5 --out ids.npy
+bad "weights value" 2 "--weights" "$X" generate "$MOD" "${MEM[@]}" --weights int4 --out ids.npy
 bad "prompt syntax" 2 "--prompt" "$X" generate "$MOD" --memory "$J/memory.npy" --prompt 1,x --out ids.npy
 bad "missing model" 1 "nope.safetensors" "$X" generate nope.safetensors "${MEM[@]}" --out ids.npy
 bad "missing memory file" 1 "nope.npy" "$X" generate "$MOD" --memory nope.npy --out ids.npy
@@ -102,6 +103,11 @@ if [ -f "$C/model.safetensors" ]; then
             --vocab "$C/vocab.txt" --out ids.npy; then
             same "caption $k ids" "$D/ids.npy" "$C/expected_ids_$k.npy"
             has "caption $k text" "$D.out" "0: $(cat "$C/expected_$k.txt")"
+        fi
+        # the trained captioner says the same with its linear layers in int8
+        if ok "caption $k int8" "$X" generate "$C/model.safetensors" --video "$C/video_$k.npy" \
+            --audio "$C/audio_$k.npy" --weights int8 --vocab "$C/vocab.txt" --out ids.npy; then
+            has "caption $k int8 text" "$D.out" "0: $(cat "$C/expected_$k.txt")"
         fi
     done
     if ok "caption beams" "$X" generate "$C/model.safetensors" --video "$C/video_0.npy" --audio "$C/audio_0.npy" \

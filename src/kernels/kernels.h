@@ -63,6 +63,17 @@ typedef struct xa_kernels {
                    float *out);
 } xa_kernels;
 
+/* out[r] = s[r] + the products k .. n-1 of four rows of x with the int8 row q: the scalar
+ * remainder of the ISA tables' four-row int8 kernels. */
+static inline void xa_dot_q8_tail4(const float *x, int64_t ldx, const int8_t *q, int64_t k,
+                                   int64_t n, const float *s, float *out)
+{
+    float t[4] = {s[0], s[1], s[2], s[3]};
+    for (; k < n; k++)
+        for (int r = 0; r < 4; r++) t[r] += x[r * ldx + k] * (float)q[k];
+    for (int r = 0; r < 4; r++) out[r] = t[r];
+}
+
 /* Tables; a table is NULL-initialised when its ISA was not compiled in. */
 extern const xa_kernels xa_kernels_scalar;
 #if defined(XATTN_HAVE_X86_KERNELS)

@@ -473,14 +473,7 @@ static void dot_q8_4_avx2(const float *x, int64_t ldx, const int8_t *q, int64_t 
     }
     float s[4] = {hsum8(_mm256_add_ps(a0, a1)), hsum8(_mm256_add_ps(b0, b1)),
                   hsum8(_mm256_add_ps(c0, c1)), hsum8(_mm256_add_ps(d0, d1))};
-    for (; k < n; k++) {
-        const float w = (float)q[k];
-        s[0] += x0[k] * w;
-        s[1] += x1[k] * w;
-        s[2] += x2[k] * w;
-        s[3] += x3[k] * w;
-    }
-    for (int r = 0; r < 4; r++) out[r] = s[r];
+    xa_dot_q8_tail4(x, ldx, q, k, n, s, out);
 }
 
 static float dot_q8_1_avx2(const float *x, const int8_t *q, int64_t n)

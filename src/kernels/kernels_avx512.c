@@ -462,14 +462,7 @@ static void dot_q8_4_avx512(const float *x, int64_t ldx, const int8_t *q, int64_
     }
     float s[4] = {_mm512_reduce_add_ps(a), _mm512_reduce_add_ps(b), _mm512_reduce_add_ps(c),
                   _mm512_reduce_add_ps(d)};
-    for (; k < n; k++) {
-        const float w = (float)q[k];
-        s[0] += x0[k] * w;
-        s[1] += x1[k] * w;
-        s[2] += x2[k] * w;
-        s[3] += x3[k] * w;
-    }
-    for (int r = 0; r < 4; r++) out[r] = s[r];
+    xa_dot_q8_tail4(x, ldx, q, k, n, s, out);
 }
 
 static float dot_q8_1_avx512(const float *x, const int8_t *q, int64_t n)

@@ -132,6 +132,8 @@ static int check_flags(const gen_args *a, xattn_generate_opts *o)
 {
     if (!a->model) return cli_usage(CMD, "missing MODEL.safetensors");
     if (!a->out) return cli_usage(CMD, "--out ids.npy is required");
+    if (a->weights && strcmp(a->weights, "f32") && strcmp(a->weights, "int8"))
+        return cli_usage(CMD, "--weights: expected f32 or int8, not '%s'", a->weights);
     if (!a->memory && !a->video && !a->audio)
         return cli_usage(CMD, "give the memory: --memory M.npy, or --video V.npy / --audio A.npy");
     if (a->memory && (a->video || a->audio))
@@ -179,10 +181,7 @@ static int load_model(const gen_args *a, gen_inputs *in)
     xattn_lm_opts lo;
     memset(&lo, 0, sizeof lo);
     lo.config_json = a->config;
-    if (a->weights && !strcmp(a->weights, "int8"))
-        lo.weights = XATTN_WEIGHTS_INT8;
-    else if (a->weights && strcmp(a->weights, "f32"))
-        return cli_usage(CMD, "--weights: expected f32 or int8, not '%s'", a->weights);
+    lo.weights = a->weights && !strcmp(a->weights, "int8") ? XATTN_WEIGHTS_INT8 : XATTN_WEIGHTS_F32;
     if (xattn_st_open(a->model, &in->st)) return cli_lib_error(CMD, a->model);
     if (xattn_lm_load(in->st, &lo, &in->m)) {
         const char *msg = xattn_last_error();
