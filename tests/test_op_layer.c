@@ -252,9 +252,44 @@ static void linear_q8(void)
             }
 }
 
+/* log_softmax against float64 (rows with -inf entries, a long row set threaded), the same bits
+ * on 1 and 2 threads. */
+static void log_softmax(void)
+{
+    uint64_t st = 9;
+    const int64_t rows = 3, n = 50001;
+    float *x = rnd(rows * n, &st), *y = malloc(4 * (size_t)(rows * n)),
+          *y2 = malloc(4 * (size_t)(rows * n));
+    for (int64_t i = 0; i < rows * n; i++) x[i] *= 30.0f;
+    x[7] = x[n + 11] = -INFINITY;
+    xattn_set_threads(1);
+    xa_op_log_softmax(x, rows, n, y);
+    xattn_set_threads(2);
+    xa_op_log_softmax(x, rows, n, y2);
+    xattn_set_threads(0);
+    CHECK(!memcmp(y, y2, 4 * (size_t)(rows * n)));
+    double e = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        const float *a = x + r * n;
+        double mx = -INFINITY, z = 0;
+        for (int64_t i = 0; i < n; i++) mx = fmax(mx, a[i]);
+        for (int64_t i = 0; i < n; i++) z += exp((double)a[i] - mx);
+        for (int64_t i = 0; i < n; i++) {
+            const double ref = (double)a[i] - mx - log(z);
+            if (isinf(ref))
+                CHECK(y[r * n + i] == -INFINITY);
+            else
+                e = fmax(e, fabs(y[r * n + i] - ref) / (1.0 + fabs(ref)));
+        }
+    }
+    CHECK(e < 1e-6);
+    free(x), free(y), free(y2);
+}
+
 int main(void)
 {
     printf("test_op_layer:\n");
+    log_softmax();
     linear_q8();
     elementwise();
     shards();

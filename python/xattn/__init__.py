@@ -6,6 +6,7 @@
 """
 from ._lib import Error, FormatError, lib as _clib
 from ._attention import bidirectional_attention, sdpa
+from ._generate import LanguageModel, load_lm
 from ._module import IoSpec, Module, create, load
 from .export import export
 
@@ -35,6 +36,6 @@ def set_kernel_set(name):
     check(_clib.xattn_set_isa(name.encode()), "set_kernel_set")
 
 
-__all__ = ["Error", "FormatError", "IoSpec", "Module", "bidirectional_attention", "create",
-           "export", "load", "sdpa", "set_threads", "get_threads", "kernel_set", "set_kernel_set",
+__all__ = ["Error", "FormatError", "IoSpec", "LanguageModel", "Module",
+           "bidirectional_attention", "create", "export", "load", "load_lm", "sdpa", "set_threads", "get_threads", "kernel_set", "set_kernel_set",
            "__version__"]

@@ -2,6 +2,7 @@
 #include "kernels/ops.h"
 #include "base/base.h"
 
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -54,21 +55,58 @@ xattn_status xa_op_linear_q8(const float *x, int64_t M, int64_t K, const int8_t 
 
 int xa_q8_quantize_rows(const float *w, int64_t rows, int64_t K, int8_t *q, float *scale)
 {
+    /* adding and subtracting 1.5 * 2^23 rounds |v| < 2^22 to the nearest integer, ties to even,
+     * in the default rounding mode (the values here are within +-127.5) */
+    const volatile float magic_v = 12582912.0f;
+    const float magic = magic_v;
     for (int64_t r = 0; r < rows; r++) {
         const float *a = w + r * K;
         float amax = 0.0f;
+        int finite = 1;
         for (int64_t k = 0; k < K; k++) {
-            if (!isfinite(a[k])) return -1;
-            amax = fmaxf(amax, fabsf(a[k]));
+            const float m = fabsf(a[k]);
+            finite &= m <= FLT_MAX;
+            amax = m > amax ? m : amax;
         }
+        if (!finite) return -1;
         scale[r] = amax / 127.0f;
         const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
         for (int64_t k = 0; k < K; k++) {
+#if defined(FLT_EVAL_METHOD) && FLT_EVAL_METHOD == 0
+            float v = (a[k] * inv + magic) - magic;
+#else /* wider intermediates would round twice */
             float v = nearbyintf(a[k] * inv);
+            (void)magic;
+#endif
             q[r * K + k] = (int8_t)(v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v);
         }
     }
     return 0;
+}
+
+void xa_op_log_softmax(const float *x, int64_t rows, int64_t n, float *y)
+{
+    const xa_kernels *kt = xa_kern();
+#ifdef _OPENMP
+    const int nt = rows > 1 && rows * n >= 8 * XA_CHUNK ? xa_threads() : 1;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+#endif
+    for (int64_t r = 0; r < rows; r++) {
+        const float *a = x + r * n;
+        float *b = y + r * n;
+        float mx = -INFINITY;
+        for (int64_t i = 0; i < n; i++) mx = a[i] > mx ? a[i] : mx;
+        if (mx == -INFINITY) { /* every entry -inf: log_softmax is NaN, as torch's */
+            for (int64_t i = 0; i < n; i++) b[i] = NAN;
+            continue;
+        }
+        for (int64_t i = 0; i < n; i++) b[i] = a[i] - mx;
+        kt->vexp(b, n);
+        double z = 0;
+        for (int64_t i = 0; i < n; i++) z += b[i];
+        const double lz = log(z);
+        for (int64_t i = 0; i < n; i++) b[i] = (float)((double)a[i] - mx - lz);
+    }
 }
 
 xattn_status xa_op_linear_cm(const float *x, int64_t M, int64_t K, const float *W, const float *b,

@@ -111,6 +111,10 @@ void xa_op_gelu_backward(const float *x, const float *dy, float *dx, int64_t n, 
 void xa_op_relu_backward(const float *x, const float *dy, float *dx, int64_t n);
 /* GEGLU: in (rows, 2h) = [a | g], dy (rows, h) -> din (rows, 2h). */
 void xa_op_geglu_backward(const float *in, int64_t rows, int64_t h, const float *dy, float *din);
+/* y (rows, n) = log_softmax(x) along each row: x - max - log(sum exp(x - max)), the sum in
+ * float64 of the kernel set's exp; y must not overlap x. Rows are independent (threaded when large;
+ * the result does not depend on the thread count). */
+void xa_op_log_softmax(const float *x, int64_t rows, int64_t n, float *y);
 /* Row softmax from its output y: dx = y o (dy - rowsum(dy o y)) (dx may be dy). */
 void xa_op_softmax_backward(const float *y, const float *dy, float *dx, int64_t rows, int64_t n);
 /* Mean over f (xa_op_mean): dx (B, F, R) = dy (B, R) / F. */

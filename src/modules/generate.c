@@ -227,14 +227,10 @@ static void top_n(const float *x, int64_t N, int64_t n, int64_t *idx)
 /* log_softmax (float32 as transformers' beam search), the processors, + running score. */
 static void accumulate(gen *g, beams *w, int64_t b, int64_t cur)
 {
+    xa_op_log_softmax(g->logits + b * g->K * g->V, g->K, g->V, w->flat);
     for (int64_t k = 0; k < g->K; k++) {
         const int64_t r = b * g->K + k;
-        const float *x = g->logits + r * g->V;
         float *y = w->flat + k * g->V;
-        double mx = -INFINITY, z = 0;
-        for (int64_t v = 0; v < g->V; v++) mx = x[v] > mx ? x[v] : mx;
-        for (int64_t v = 0; v < g->V; v++) z += exp((double)x[v] - mx);
-        for (int64_t v = 0; v < g->V; v++) y[v] = (float)((double)x[v] - mx - log(z));
         ban_ngrams(g->seq + r * g->max_len, cur, g->o->no_repeat_ngram_size, y);
         for (int64_t v = 0; v < g->V; v++) y[v] = y[v] + w->run[r];
     }
