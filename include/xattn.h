@@ -1174,9 +1174,12 @@ typedef struct xattn_lm_opts {
     int64_t weights;         /* xattn_weights; 0: float32                                  */
     uint64_t reserved_[4];
 } xattn_lm_opts;
+#define XATTN_MAX_EOS 8 /* end tokens a model or a generate call may name */
 typedef struct xattn_lm_config {
     int64_t vocab_size, hidden, max_positions, type_vocab_size, layers, heads;
-    int64_t pad_token_id, bos_token_id, eos_token_id; /* -1: None */
+    int64_t pad_token_id, bos_token_id, eos_token_id; /* -1: None (eos: the first end token) */
+    int64_t n_eos,
+        eos_token_ids[XATTN_MAX_EOS]; /* every end token (config.json may list several) */
     int has_head, tied; /* cls.predictions.* present; output weight = word embeddings */
     float layer_norm_eps;
     int weights; /* xattn_weights the model was loaded with */
@@ -1216,6 +1219,12 @@ typedef struct xattn_generate_opts {
     int64_t top_k;                /* 0: 50 (transformers' default); >= vocab: off              */
     double top_p;                 /* 0: 1.0 (off)                                              */
     uint64_t seed;                /* the sampling generator's seed (SplitMix64)                */
+    /* generate()'s eos_token_id / pad_token_id / bos_token_id over the model's:
+     * n_eos 0: the model's end tokens; n > 0: eos_token_ids[0 .. n) instead; -1: None */
+    int64_t n_eos, eos_token_ids[XATTN_MAX_EOS];
+    int has_pad_token_id, has_bos_token_id; /* 1: the id below replaces the model's    */
+    int64_t pad_token_id; /* -1: None (then the first end token, as transformers)    */
+    int64_t bos_token_id; /* starts every sequence when there is no prompt          */
     uint64_t reserved_[4];
 } xattn_generate_opts;
 /* Generates from memory (B, M, hidden) with memory_mask (B, M) (nonzero = keep, or NULL) and a

@@ -59,6 +59,14 @@ if ok "comma prompt" "$X" generate "$MOD" --memory "$J/memory.npy" --memory-mask
     --prompt "$p0" --max-new-tokens 12 --vocab "$J/vocab.txt" --out ids.npy; then
     has "comma prompt text" "$D.out" "0: $(head -n 1 "$J/expected_greedy.txt")"
 fi
+# the model's end token named explicitly changes nothing; none runs every row to the end
+eos=$(sed -n 's/.*"eos_token_id": *\([0-9]*\).*/\1/p' "$J/config.json")
+if ok "eos given" "$X" generate "$MOD" "${MEM[@]}" --eos-token-id "$eos" --pad-token-id 0 --out ids.npy; then
+    same "eos given ids" "$D/ids.npy" "$J/expected_greedy.npy"
+fi
+ok "eos none" "$X" generate "$MOD" "${MEM[@]}" --eos-token-id none --out ids.npy && has "full length" "$D.out" "(3, 14)"
+ok "bos given" "$X" generate "$MOD" "${AV[@]:0:4}" --bos-token-id 4 --max-new-tokens 3 --out ids.npy &&
+    has "bos length" "$D.out" "(3, 4)"
 ok "default length" "$X" generate "$MOD" "${AV[@]:0:4}" --out ids.npy && has "20 tokens" "$D.out" "(3, 20)"
 ok "help" "$X" generate --help && has "help usage" "$D.out" "usage: xattn generate MODEL.safetensors"
 ok "listed" "$X" --help && has "listed in --help" "$D.out" "generate "
@@ -73,6 +81,10 @@ bad "top-k without sampling" 2 "--do-sample" "$X" generate "$MOD" "${MEM[@]}" --
 bad "length penalty without beams" 2 "--num-beams" "$X" generate "$MOD" "${MEM[@]}" --length-penalty 2 --out ids.npy
 bad "early stopping value" 2 "--early-stopping" "$X" generate "$MOD" "${MEM[@]}" --num-beams 2 --early-stopping maybe --out ids.npy
 bad "top-p range" 2 "--top-p" "$X" generate "$MOD" "${MEM[@]}" --do-sample --top-p 1.5 --out ids.npy
+bad "eos ids syntax" 2 "--eos-token-id" "$X" generate "$MOD" "${MEM[@]}" --eos-token-id 1,x --out ids.npy
+bad "too many eos ids" 2 "--eos-token-id" "$X" generate "$MOD" "${MEM[@]}" --eos-token-id 1,2,3,4,5,6,7,8,9 --out ids.npy
+bad "bos none" 2 "--bos-token-id" "$X" generate "$MOD" "${MEM[@]}" --bos-token-id none --out ids.npy
+bad "eos out of range" 1 "eos_token_id 40" "$X" generate "$MOD" "${MEM[@]}" --eos-token-id 40 --out ids.npy
 bad "weights value" 2 "--weights" "$X" generate "$MOD" "${MEM[@]}" --weights int4 --out ids.npy
 bad "prompt syntax" 2 "--prompt" "$X" generate "$MOD" --memory "$J/memory.npy" --prompt 1,x --out ids.npy
 bad "missing model" 1 "nope.safetensors" "$X" generate nope.safetensors "${MEM[@]}" --out ids.npy

@@ -417,6 +417,101 @@ static void check_config_json(void)
     xattn_st_close(st);
 }
 
+/* Several end tokens (__metadata__ "[e1, e2]"), a pad and an eos list given to the call, the
+ * beam candidates max(2, 1 + n_eos) * K and the fill of short beams (pad 0: the first end
+ * token) against transformers (tests/reference/gen_generate_eos.py). */
+static void check_eos(void)
+{
+    fixture f;
+    if (!open_fixture(&f, "generate_eos.safetensors")) return;
+    CHECK(f.c.n_eos == 2 && f.c.eos_token_id == f.c.eos_token_ids[0]);
+    int64_t d[8], e[8];
+    int64_t *prompt = get_ids(f.st, "input.prompt", d);
+    const int64_t B = d[0], P = d[1];
+    static const struct {
+        const char *name;
+        int64_t beams;
+        double lp;
+        xattn_early_stopping es;
+        int pad5, eos2;
+    } cases[] = {{"greedy", 1, 1.0, 0, 0, 0},
+                 {"greedy_pad5", 1, 1.0, 0, 1, 0},
+                 {"greedy_eos2", 1, 1.0, 0, 0, 1},
+                 {"beam3", 3, 1.0, XATTN_EARLY_STOP_FALSE, 0, 0},
+                 {"beam4_es", 4, 0.7, XATTN_EARLY_STOP_TRUE, 0, 0},
+                 {"beam3_never", 3, 1.3, XATTN_EARLY_STOP_NEVER, 0, 0}};
+    int64_t *ids = malloc(sizeof(int64_t) * (size_t)(B * (P + 12)));
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+        xattn_generate_opts o;
+        memset(&o, 0, sizeof o);
+        o.max_new_tokens = 12;
+        o.num_beams = cases[k].beams;
+        o.has_length_penalty = 1;
+        o.length_penalty = cases[k].lp;
+        o.early_stopping = cases[k].es;
+        if (cases[k].pad5) o.has_pad_token_id = 1, o.pad_token_id = 5;
+        if (cases[k].eos2) o.n_eos = 1, o.eos_token_ids[0] = f.c.eos_token_ids[1];
+        char key[64];
+        snprintf(key, sizeof key, "expected.%s", cases[k].name);
+        int64_t *ref = get_ids(f.st, key, e), len = 0;
+        CHECK_OK(xattn_lm_generate(NULL, f.m, B, f.M, f.mem, f.mask, P, prompt, &o, ids, &len));
+        int same = len == e[1];
+        for (int64_t i = 0; i < B * len && same; i++) same = ids[i] == ref[i];
+        if (!same) fprintf(stderr, "generate_eos %s: ids differ\n", cases[k].name);
+        CHECK(same);
+        free(ref);
+    }
+    /* out-of-range ids given to the call; -1: no end token at all (runs to max_new_tokens) */
+    xattn_generate_opts o;
+    memset(&o, 0, sizeof o);
+    o.max_new_tokens = 12;
+    int64_t len;
+    o.n_eos = 1, o.eos_token_ids[0] = f.c.vocab_size;
+    CHECK_FAIL(xattn_lm_generate(NULL, f.m, B, f.M, f.mem, f.mask, P, prompt, &o, ids, &len),
+               XATTN_ERR_ARG);
+    o.n_eos = XATTN_MAX_EOS + 1;
+    CHECK_FAIL(xattn_lm_generate(NULL, f.m, B, f.M, f.mem, f.mask, P, prompt, &o, ids, &len),
+               XATTN_ERR_ARG);
+    o.n_eos = 0, o.has_pad_token_id = 1, o.pad_token_id = -7;
+    CHECK_FAIL(xattn_lm_generate(NULL, f.m, B, f.M, f.mem, f.mask, P, prompt, &o, ids, &len),
+               XATTN_ERR_ARG);
+    o.has_pad_token_id = 0, o.n_eos = -1;
+    CHECK_OK(xattn_lm_generate(NULL, f.m, B, f.M, f.mem, f.mask, P, prompt, &o, ids, &len));
+    CHECK(len == P + 12);
+    /* config.json's list wins over __metadata__'s; more than XATTN_MAX_EOS, or not ids: errors */
+    static const char *const JS[] = {
+        "{\"eos_token_id\": [7, 9, 11]}", "{\"eos_token_id\": [1, 2, 3, 4, 5, 6, 7, 8, 9]}",
+        "{\"eos_token_id\": [1, \"x\"]}", "{\"eos_token_id\": [1, 99]}"};
+    char path[] = "/tmp/xattn_generate_eosXXXXXX";
+    const int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    if (fd >= 0) close(fd);
+    for (size_t i = 0; i < sizeof JS / sizeof *JS; i++) {
+        FILE *fp = fopen(path, "w");
+        fputs(JS[i], fp);
+        fclose(fp);
+        xattn_lm_opts lo;
+        memset(&lo, 0, sizeof lo);
+        lo.config_json = path;
+        xattn_lm *m = NULL;
+        const xattn_status st = xattn_lm_load(f.st, &lo, &m);
+        if (i == 0) {
+            CHECK_OK(st);
+            xattn_lm_config c;
+            xattn_lm_get_config(m, &c);
+            CHECK(c.n_eos == 3 && c.eos_token_ids[0] == 7 && c.eos_token_ids[2] == 11 &&
+                  c.eos_token_id == 7);
+        } else {
+            CHECK(st != XATTN_OK && m == NULL);
+        }
+        xattn_lm_free(m);
+    }
+    unlink(path);
+    free(ids);
+    free(prompt);
+    close_fixture(&f);
+}
+
 /* A tensor that weights int8 quantises: every linear layer's weight (the decoder layers' and the
  * head's), and the word embeddings when they are the (tied) output layer. */
 static int quantised(const char *n, int tied)
@@ -551,6 +646,7 @@ int main(void)
     check_draws();
     check_int8("generate_lm_tied.safetensors");
     check_int8("generate_lm_untied.safetensors");
+    check_eos();
     printf("generate: worst logits / hidden error %.3g (tol %g)\n", g_worst, TU_TOL);
     return tu_finish("generate");
 }

@@ -26,7 +26,8 @@ class LmConfig(C.Structure):
     _fields_ = [("vocab_size", C.c_int64), ("hidden", C.c_int64), ("max_positions", C.c_int64),
                 ("type_vocab_size", C.c_int64), ("layers", C.c_int64), ("heads", C.c_int64),
                 ("pad_token_id", C.c_int64), ("bos_token_id", C.c_int64),
-                ("eos_token_id", C.c_int64), ("has_head", C.c_int), ("tied", C.c_int),
+                ("eos_token_id", C.c_int64), ("n_eos", C.c_int64),
+                ("eos_token_ids", C.c_int64 * 8), ("has_head", C.c_int), ("tied", C.c_int),
                 ("layer_norm_eps", C.c_float), ("weights", C.c_int)]
 
 
@@ -42,7 +43,10 @@ class GenerateOpts(C.Structure):
                 ("has_length_penalty", C.c_int), ("length_penalty", C.c_double),
                 ("early_stopping", C.c_int), ("no_repeat_ngram_size", C.c_int64),
                 ("do_sample", C.c_int), ("temperature", C.c_double), ("top_k", C.c_int64),
-                ("top_p", C.c_double), ("seed", C.c_uint64), ("reserved_", C.c_uint64 * 4)]
+                ("top_p", C.c_double), ("seed", C.c_uint64), ("n_eos", C.c_int64),
+                ("eos_token_ids", C.c_int64 * 8), ("has_pad_token_id", C.c_int),
+                ("has_bos_token_id", C.c_int), ("pad_token_id", C.c_int64),
+                ("bos_token_id", C.c_int64), ("reserved_", C.c_uint64 * 4)]
 
 
 _lib._proto("xattn_lm_load", C.c_int, P, C.POINTER(LmOpts), C.POINTER(P))
@@ -88,7 +92,8 @@ class LanguageModel:
             "max_position_embeddings": c.max_positions, "type_vocab_size": c.type_vocab_size,
             "num_hidden_layers": c.layers, "num_attention_heads": c.heads,
             "pad_token_id": none(c.pad_token_id), "bos_token_id": none(c.bos_token_id),
-            "eos_token_id": none(c.eos_token_id),
+            "eos_token_id": (list(c.eos_token_ids[:c.n_eos]) if c.n_eos > 1
+                             else none(c.eos_token_id)),
             "layer_norm_eps": float(f"{c.layer_norm_eps:.7g}"),
             "has_head": bool(c.has_head), "tie_word_embeddings": bool(c.tied),
             "weights": {v: k for k, v in _WEIGHTS.items()}[c.weights]}
@@ -141,13 +146,15 @@ class LanguageModel:
     def generate(self, memory=None, memory_mask=None, prompt=None, *, video=None, audio=None,
                  max_new_tokens=None, num_beams=1, length_penalty=None, early_stopping=False,
                  no_repeat_ngram_size=0, do_sample=False, temperature=None, top_k=None,
-                 top_p=None, seed=0):
+                 top_p=None, seed=0, eos_token_id=None, pad_token_id=None, bos_token_id=None):
         """Token ids (B, T) int64, prompt included, as BertLMHeadModel.generate(
         input_ids=prompt, encoder_hidden_states=memory, encoder_attention_mask=memory_mask,
         ...): memory float (B, M, hidden) or (M, hidden), or video / audio features through the
         projector (see project); memory_mask (B, M), nonzero / True = keep; prompt integer
         (B, P) or (P,), None: bos_token_id alone. max_new_tokens None: up to 20 tokens in all
-        (transformers' max_length); top_k None: 50 when sampling, 0: no top-k filter."""
+        (transformers' max_length); top_k None: 50 when sampling, 0: no top-k filter.
+        eos_token_id / pad_token_id / bos_token_id None: the model's; eos_token_id an id or a
+        list of up to 8 ids (an empty list: none, generation runs to max_new_tokens)."""
         if (memory is None) == (video is None and audio is None):
             raise ValueError("generate: give the memory, or video / audio features (one)")
         if memory is None:
@@ -191,6 +198,18 @@ class LanguageModel:
             raise ValueError(f"top_p: {top_p} (must be in (0, 1])")
         if top_k == 0 and do_sample:
             o.top_k = self.config["vocab_size"]  # transformers: top_k=0 is no filter
+        if eos_token_id is not None:
+            eos = [eos_token_id] if np.ndim(eos_token_id) == 0 else list(eos_token_id)
+            if len(eos) > 8 or not all(isinstance(e, (int, np.integer)) for e in eos):
+                raise ValueError(f"eos_token_id: expected a token id or a list of up to 8, got "
+                                 f"{eos_token_id!r}")
+            o.n_eos = len(eos) if eos else -1
+            for i, e in enumerate(eos):
+                o.eos_token_ids[i] = int(e)
+        if pad_token_id is not None:
+            o.has_pad_token_id, o.pad_token_id = 1, int(pad_token_id)
+        if bos_token_id is not None:
+            o.has_bos_token_id, o.bos_token_id = 1, int(bos_token_id)
         start = Pn if Pn else 1  # the bos token alone without a prompt
         cap = start + (o.max_new_tokens or max(20 - start, 1))
         out = np.empty((B, cap), dtype=np.int64)

@@ -29,7 +29,8 @@ typedef struct gen {
     const xattn_lm *m;
     const xattn_generate_opts *o;
     xattn_lm_config c;
-    int64_t B, K, R, P, max_len, V, h, eos, pad;
+    int64_t B, K, R, P, max_len, V, h, pad;
+    int64_t eos[XATTN_MAX_EOS], n_eos; /* the end tokens */
     xattn_decoder_state *s;
     float *x, *hid, *t, *logits; /* scratch (R P h) x3 and the last rows' logits (R, V) */
     int64_t *seq;                /* (R, max_len) running sequences                        */
@@ -146,6 +147,13 @@ static int64_t draw(const float *scores, int64_t V, double u)
     return last;
 }
 
+static int is_eos(const gen *g, int64_t t)
+{
+    for (int64_t i = 0; i < g->n_eos; i++)
+        if (t == g->eos[i]) return 1;
+    return 0;
+}
+
 static int64_t argmax(const float *x, int64_t V)
 {
     int64_t best = 0;
@@ -179,7 +187,7 @@ static xattn_status greedy(gen *g, int64_t *out, int64_t *len)
             }
             if (!open[b]) t = g->pad;
             row[cur] = g->tok[b] = t;
-            if (g->eos >= 0 && t == g->eos) open[b] = 0;
+            if (is_eos(g, t)) open[b] = 0;
             any |= open[b];
         }
         cur++;
@@ -250,7 +258,7 @@ static int candidates(gen *g, beams *w, int64_t b, int64_t cur)
         w->cbeam[c] = idx[c] / g->V;
         w->ctok[c] = idx[c] % g->V;
         w->cs[c] = w->flat[idx[c]];
-        w->chit[c] = (g->eos >= 0 && w->ctok[c] == g->eos) || cur + 1 >= g->max_len;
+        w->chit[c] = is_eos(g, w->ctok[c]) || cur + 1 >= g->max_len;
         all_hit &= w->chit[c];
         float f = w->cs[c] / (float)pow((double)(cur + 1 - g->P), lp);
         f += full ? -1.0e9f : 0.0f;
@@ -328,7 +336,7 @@ static void heuristic(gen *g, beams *w, int64_t b, int64_t cur)
 
 static xattn_status beams_alloc(gen *g, beams *w, void **block)
 {
-    const int64_t R = g->R, L = g->max_len, C = 2 * g->K;
+    const int64_t R = g->R, L = g->max_len, C = XA_MAX((int64_t)2, 1 + g->n_eos) * g->K;
     memset(w, 0, sizeof *w);
     w->C = C;
     const size_t bytes = sizeof(float) * (size_t)(2 * R + 2 * C + g->K * g->V) +
@@ -356,7 +364,8 @@ static xattn_status beams_alloc(gen *g, beams *w, void **block)
         w->fin[r] = -1.0e9f;
     }
     memset(w->unsat, 1, (size_t)g->B);
-    const int64_t fill = g->eos < 0 ? -1 : g->pad != 0 ? g->pad : g->eos;
+    /* transformers: pad_token_id or eos_token_id[0] (a pad of 0 gives the end token) */
+    const int64_t fill = !g->n_eos ? -1 : g->pad > 0 ? g->pad : g->eos[0];
     for (int64_t r = 0; r < R; r++)
         for (int64_t t = g->P; t < L; t++) g->seq[r * L + t] = fill;
     memcpy(w->fseq, g->seq, sizeof(int64_t) * (size_t)(R * L));
@@ -439,6 +448,34 @@ static xattn_status check_opts(const xattn_lm_config *c, const xattn_generate_op
     return XATTN_OK;
 }
 
+/* The end tokens and the pad token: the call's where it names them, else the model's; the pad
+ * is the first end token when None (transformers). */
+static xattn_status special_ids(gen *g, const xattn_generate_opts *o)
+{
+    const int64_t V = g->c.vocab_size;
+    if (o->n_eos < -1 || o->n_eos > XATTN_MAX_EOS)
+        return xa_error(XATTN_ERR_ARG, "%s: n_eos = %lld (at most %d end tokens; -1: none)", FN,
+                        (long long)o->n_eos, XATTN_MAX_EOS);
+    const int64_t *src = o->n_eos > 0 ? o->eos_token_ids : g->c.eos_token_ids;
+    g->n_eos = o->n_eos > 0 ? o->n_eos : o->n_eos < 0 ? 0 : g->c.n_eos;
+    for (int64_t i = 0; i < g->n_eos; i++) {
+        if (src[i] < 0 || src[i] >= V)
+            return xa_error(XATTN_ERR_ARG,
+                            "%s: eos_token_id %lld is not a token of the vocabulary of %lld", FN,
+                            (long long)src[i], (long long)V);
+        g->eos[i] = src[i];
+    }
+    g->pad = o->has_pad_token_id ? o->pad_token_id : g->c.pad_token_id;
+    if (g->pad < -1 || g->pad >= V)
+        return xa_error(XATTN_ERR_ARG, "%s: pad_token_id %lld is not a token of the vocabulary", FN,
+                        (long long)g->pad);
+    if (g->pad < 0) g->pad = g->n_eos ? g->eos[0] : -1;
+    if (o->has_bos_token_id && (o->bos_token_id < -1 || o->bos_token_id >= V))
+        return xa_error(XATTN_ERR_ARG, "%s: bos_token_id %lld is not a token of the vocabulary", FN,
+                        (long long)o->bos_token_id);
+    return XATTN_OK;
+}
+
 static xattn_status gen_alloc(gen *g, const int64_t *prompt, int64_t M, const float *memory,
                               const uint8_t *mask)
 {
@@ -477,20 +514,20 @@ xattn_status xattn_lm_generate(xattn_ctx *ctx, const xattn_lm *m, int64_t B, int
     memset(&g, 0, sizeof g);
     g.ctx = ctx, g.m = m, g.o = o;
     xattn_lm_get_config(m, &g.c);
-    int64_t bos = g.c.bos_token_id;
+    xattn_status s = special_ids(&g, o);
+    if (s) return s;
+    int64_t bos = o->has_bos_token_id ? o->bos_token_id : g.c.bos_token_id;
     if (P == 0 && bos < 0)
         return xa_error(XATTN_ERR_ARG, "%s: no prompt and the model has no bos_token_id", FN);
     g.P = P ? P : 1;
     const int64_t max_new = o->max_new_tokens ? o->max_new_tokens : 20 - g.P;
-    xattn_status s = check_opts(&g.c, o, g.P, max_new);
+    s = check_opts(&g.c, o, g.P, max_new);
     if (!s && P) s = xa_lm_check_ids(m, prompt, B * P, "xattn_lm_generate: prompt");
     if (s) return s;
     int64_t *bos_prompt = P ? NULL : malloc(sizeof(int64_t) * (size_t)B);
     for (int64_t b = 0; bos_prompt && b < B; b++) bos_prompt[b] = bos;
     g.B = B, g.K = o->num_beams > 1 ? o->num_beams : 1, g.R = g.B * g.K;
     g.max_len = g.P + max_new, g.V = g.c.vocab_size, g.h = g.c.hidden;
-    g.eos = g.c.eos_token_id;
-    g.pad = g.c.pad_token_id >= 0 ? g.c.pad_token_id : g.eos;
     xa_rng_init(&g.rng, o->seed, "generate");
     const xattn_ctx *prev = xa_ctx_enter(ctx);
     s = gen_alloc(&g, P ? prompt : bos_prompt, M, memory, memory_mask);

@@ -105,11 +105,32 @@ struct xattn_lm {
 
 /* Options from a transformers config.json: BertConfig's keys this model reads. */
 typedef struct lm_opts {
-    xa_kv lm[N_FIELDS], dec[4];
+    xa_kv lm[N_FIELDS + 1], dec[4];
     size_t n_lm, n_dec;
-    char text[N_FIELDS + 4][48];
+    char text[N_FIELDS + 6][48];
     int nt;
+    int64_t eos[XATTN_MAX_EOS], n_eos; /* a list of end tokens (config.json or __metadata__) */
+    int eos_meta;                      /* the list came from __metadata__ */
 } lm_opts;
+
+/* A JSON list of 1 .. XATTN_MAX_EOS token ids into o->eos; where names it in messages. */
+static xattn_status eos_list(const cJSON *v, const char *where, lm_opts *o)
+{
+    const int n = cJSON_GetArraySize(v);
+    if (n < 1 || n > XATTN_MAX_EOS)
+        return xa_error(XATTN_ERR_UNSUPPORTED, "%s: eos_token_id lists %d tokens (1 to %d)", where,
+                        n, XATTN_MAX_EOS);
+    for (int i = 0; i < n; i++) {
+        const cJSON *x = cJSON_GetArrayItem(v, i);
+        if (!cJSON_IsNumber(x) || x->valuedouble < 0 || x->valuedouble > 1e15 ||
+            x->valuedouble != (double)(int64_t)x->valuedouble)
+            return xa_error(XATTN_ERR_FORMAT, "%s: eos_token_id: item %d is not a token id", where,
+                            i);
+        o->eos[i] = (int64_t)x->valuedouble;
+    }
+    o->n_eos = n;
+    return XATTN_OK;
+}
 
 static const char *json_text(lm_opts *o, const cJSON *v)
 {
@@ -129,6 +150,30 @@ static const char *json_text(lm_opts *o, const cJSON *v)
     return t;
 }
 
+/* __metadata__ "eos_token_id" as a JSON list ("[3, 7]", as str() of a list writes it): the
+ * list, and its first token as the field (marked as the metadata's after resolving). An
+ * eos_token_id from config.json or the options wins, as for every field. */
+static xattn_status meta_eos(const xattn_safetensors *st, lm_opts *o)
+{
+    for (size_t i = 0; i < o->n_lm; i++)
+        if (!strcmp(o->lm[i].key, "eos_token_id")) return XATTN_OK;
+    const char *t = xattn_st_meta_get(st, "eos_token_id");
+    if (!t || *t != '[') return XATTN_OK;
+    cJSON *v = cJSON_Parse(t);
+    xattn_status s = cJSON_IsArray(v) ? eos_list(v, "__metadata__", o)
+                                      : xa_error(XATTN_ERR_FORMAT,
+                                                 "__metadata__ eos_token_id '%.40s' is not a "
+                                                 "list of token ids",
+                                                 t);
+    cJSON_Delete(v);
+    if (s) return s;
+    snprintf(o->text[o->nt], 48, "%lld", (long long)o->eos[0]);
+    o->lm[o->n_lm].key = "eos_token_id";
+    o->lm[o->n_lm++].value = o->text[o->nt++];
+    o->eos_meta = 1;
+    return XATTN_OK;
+}
+
 /* Checks the keys that must hold for this model and turns the others into options. */
 static xattn_status config_keys(const cJSON *root, const char *path, lm_opts *o)
 {
@@ -145,12 +190,11 @@ static xattn_status config_keys(const cJSON *root, const char *path, lm_opts *o)
                         "has in transformers 5)",
                         path);
     v = cJSON_GetObjectItemCaseSensitive(root, "eos_token_id");
-    if (cJSON_IsArray(v) && cJSON_GetArraySize(v) == 1) v = cJSON_GetArrayItem(v, 0);
-    if (cJSON_IsArray(v))
-        return xa_error(XATTN_ERR_UNSUPPORTED,
-                        "%s: eos_token_id lists several tokens; xattn "
-                        "takes one",
-                        path);
+    if (cJSON_IsArray(v)) { /* several end tokens: the first is eos_token_id */
+        xattn_status s = eos_list(v, path, o);
+        if (s) return s;
+        v = cJSON_GetArrayItem(v, 0);
+    }
     for (int i = 0; i < N_FIELDS; i++) {
         const cJSON *x = !strcmp(fields[i].name, "eos_token_id")
                              ? v
@@ -241,6 +285,18 @@ static xattn_status resolve(xattn_lm *m, const xattn_safetensors *st, const char
                             "%s %s = %lld is not a token of the vocabulary of %lld", c->how[f],
                             ids[i], (long long)*dst[i], (long long)g->vocab_size);
     }
+    const int fe = xa_cfg_find(c, "eos_token_id");
+    if (o->eos_meta) xa_cfg_set(c, fe, c->v[fe], XA_FROM_META, "__metadata__ 'eos_token_id'");
+    g->n_eos = o->n_eos ? o->n_eos : g->eos_token_id >= 0;
+    for (int64_t i = 0; i < g->n_eos; i++) {
+        g->eos_token_ids[i] = o->n_eos ? o->eos[i] : g->eos_token_id;
+        if (g->eos_token_ids[i] >= g->vocab_size)
+            return xa_error(XATTN_ERR_SHAPE,
+                            "%s eos_token_id %lld (item %lld of the list) is not a token of the "
+                            "vocabulary of %lld",
+                            c->how[fe], (long long)g->eos_token_ids[i], (long long)i,
+                            (long long)g->vocab_size);
+    }
     return XATTN_OK;
 }
 
@@ -322,6 +378,7 @@ xattn_status xattn_lm_load(const xattn_safetensors *st, const xattn_lm_opts *opt
         o->lm[o->n_lm++].value = o->text[o->nt++];
     }
     if (!s) s = find_base(st, &base);
+    if (!s && !o->n_eos) s = meta_eos(st, o);
     if (!s) s = resolve(m, st, base, o, json);
     if (!s) m->c.weights = opts ? (int)opts->weights : XATTN_WEIGHTS_F32;
     if (!s) s = load_params(m, st, base);

@@ -119,3 +119,33 @@ def test_errors(tmp_path):
     with pytest.raises(ValueError, match="projector"):
         xattn.load_lm(fixture_path("generate_lm_tied.safetensors")).generate(
             video=np.load(os.path.join(J, "video.npy")))
+
+
+def test_several_end_tokens_and_special_ids():
+    """transformers' ids with the model's two end tokens, a pad and one end token given to the
+    call (tests/reference/gen_generate_eos.py)."""
+    from safetensors.numpy import load_file
+    path = fixture_path("generate_eos.safetensors")
+    t = load_file(path)
+    lm = xattn.load_lm(path)
+    eos = lm.config["eos_token_id"]
+    assert isinstance(eos, list) and len(eos) == 2
+    mem, mask, prompt = t["input.memory"], t["input.memory_mask"], t["input.prompt"]
+    kw = dict(max_new_tokens=12)
+    cases = {"greedy": {}, "greedy_pad5": dict(pad_token_id=5),
+             "greedy_eos2": dict(eos_token_id=eos[1]),
+             "beam3": dict(num_beams=3, length_penalty=1.0),
+             "beam4_es": dict(num_beams=4, length_penalty=0.7, early_stopping=True),
+             "beam3_never": dict(num_beams=3, length_penalty=1.3, early_stopping="never")}
+    for case, extra in cases.items():
+        np.testing.assert_array_equal(lm.generate(mem, mask, prompt, **kw, **extra),
+                                      t["expected." + case], err_msg=case)
+    # no end token: every row runs to max_new_tokens
+    assert lm.generate(mem, mask, prompt, eos_token_id=[], **kw).shape == (3, 14)
+    with pytest.raises(ValueError, match="vocabulary"):
+        lm.generate(mem, mask, prompt, eos_token_id=[1, 99], **kw)
+    with pytest.raises(ValueError, match="eos_token_id"):
+        lm.generate(mem, mask, prompt, eos_token_id=list(range(9)), **kw)
+    # without a prompt, bos_token_id starts every sequence
+    ids = lm.generate(mem, mask, bos_token_id=4, **kw)
+    assert (ids[:, 0] == 4).all()

@@ -27,6 +27,8 @@ static void help(void)
         "S]]\n"
         "                      [--no-repeat-ngram-size N] [--config config.json] [--vocab "
         "vocab.txt]\n"
+        "                      [--eos-token-id IDS|none] [--pad-token-id N|none] [--bos-token-id "
+        "N]\n"
         "                      [--weights f32|int8] [--threads N] --out ids.npy\n"
         "\n"
         "Generates token ids as transformers' BertLMHeadModel.generate(input_ids=prompt,\n"
@@ -68,6 +70,10 @@ static void help(void)
         "  --out ids.npy         int64 (B, T): the sequences, prompt included; finished greedy\n"
         "                        rows continue with pad_token_id. Written to ids.npy.part\n"
         "                        first, then renamed: a failure writes nothing\n"
+        "  --eos-token-id IDS    the end tokens (comma-separated, up to 8), or none [the model's]\n"
+        "  --pad-token-id N      fills finished sequences, or none (the first end token)\n"
+        "                        [the model's]\n"
+        "  --bos-token-id N      starts every sequence when there is no --prompt [the model's]\n"
         "  --weights W           f32: the weights as float32 [default]; int8: every linear\n"
         "                        layer quantised at load, per output channel (a quarter of\n"
         "                        the memory and of the bytes read per token; the logits move\n"
@@ -83,7 +89,7 @@ static void help(void)
 
 typedef struct gen_args {
     const char *model, *memory, *video, *audio, *mmask, *prompt, *early, *config, *vocab, *out;
-    const char *lp, *weights;
+    const char *lp, *weights, *eos_ids, *pad_id, *bos_id;
     long long max_new, beams, ngram, top_k, seed, threads;
     double top_p, temp;
     int do_sample;
@@ -125,6 +131,46 @@ static int parse_early(const char *s, xattn_early_stopping *e)
     if (!strcmp(s, "false") || !strcmp(s, "False")) return *e = XATTN_EARLY_STOP_FALSE, 0;
     if (!strcmp(s, "never")) return *e = XATTN_EARLY_STOP_NEVER, 0;
     return cli_usage(CMD, "--early-stopping: expected true, false or never");
+}
+
+/* "none" / "None": -1; else up to cap comma-separated token ids >= 0 into v; the count, or -2. */
+static int parse_ids(const char *s, int64_t *v, int cap)
+{
+    if (!strcmp(s, "none") || !strcmp(s, "None")) return -1;
+    int n = 0;
+    for (const char *p = s;; n++) {
+        char *end = NULL;
+        errno = 0;
+        const long long x = strtoll(p, &end, 10);
+        if (n == cap || end == p || errno || x < 0 || (*end && *end != ',')) return -2;
+        v[n] = x;
+        if (!*end) return n + 1;
+        p = end + 1;
+    }
+}
+
+/* --eos-token-id, --pad-token-id, --bos-token-id over the model's. */
+static int special_flags(const gen_args *a, xattn_generate_opts *o)
+{
+    if (a->eos_ids) {
+        const int n = parse_ids(a->eos_ids, o->eos_token_ids, XATTN_MAX_EOS);
+        if (n == -2)
+            return cli_usage(CMD, "--eos-token-id: expected up to %d comma-separated ids or none",
+                             XATTN_MAX_EOS);
+        o->n_eos = n;
+    }
+    const char *one[2] = {a->pad_id, a->bos_id}, *name[2] = {"--pad-token-id", "--bos-token-id"};
+    int64_t *dst[2] = {&o->pad_token_id, &o->bos_token_id};
+    int *has[2] = {&o->has_pad_token_id, &o->has_bos_token_id};
+    for (int i = 0; i < 2; i++) {
+        if (!one[i]) continue;
+        const int n = parse_ids(one[i], dst[i], 1);
+        if (n == -2 || (n == -1 && i == 1))
+            return cli_usage(CMD, "%s: expected a token id%s", name[i], i ? "" : " or none");
+        if (n == -1) *dst[i] = -1;
+        *has[i] = 1;
+    }
+    return 0;
 }
 
 /* Flags that contradict each other, and the options struct. */
@@ -171,7 +217,7 @@ static int check_flags(const gen_args *a, xattn_generate_opts *o)
     o->top_k = a->top_k; /* resolved once the vocabulary size is known */
     o->top_p = a->top_p > 0 ? a->top_p : 0;
     o->seed = a->seed > 0 ? (uint64_t)a->seed : 0;
-    return 0;
+    return special_flags(a, o);
 }
 
 /* ---- the model and the vocabulary ---- */
@@ -586,6 +632,9 @@ int cmd_generate(int argc, char **argv)
         {"--config", CLI_STRING, &a.config, 0, 0},
         {"--vocab", CLI_STRING, &a.vocab, 0, 0},
         {"--weights", CLI_STRING, &a.weights, 0, 0},
+        {"--eos-token-id", CLI_STRING, &a.eos_ids, 0, 0},
+        {"--pad-token-id", CLI_STRING, &a.pad_id, 0, 0},
+        {"--bos-token-id", CLI_STRING, &a.bos_id, 0, 0},
         {"--threads", CLI_INT, &a.threads, 1, XATTN_MAX_THREADS},
         {"--out", CLI_STRING, &a.out, 0, 0},
     };
