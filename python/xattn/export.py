@@ -15,7 +15,9 @@ Supported modules (the kind xattn runs them as in brackets):
   * torch.nn.MultiheadAttention with batch_first=True [mha];
   * diffusers Attention with its default processor [attention];
   * torch.nn.TransformerEncoderLayer / TransformerEncoder with batch_first=True [joint];
-  * transformers BertLayer / BertEncoder with is_decoder=True, add_cross_attention=True
+  * transformers BertLayer / BertEncoder with is_decoder=True, add_cross_attention=True, and
+    whole BertLMHeadModel / BertModel (add_pooling_layer=False) for xattn.load_lm and
+    `xattn generate`, with the pad / bos / eos ids of the model's generation_config
     [bert-decoder];
   * the reference modules of tests/reference, recognised by their attributes: the interlaced
     decoder of 2D-3D MIT (blocks.N with self_attn, attn, mlp) [interlaced], the multiscale
@@ -26,6 +28,7 @@ Anything else, or an option xattn cannot represent (a custom activation, another
 than the kind's, GQA, extra norms, ...), raises ValueError naming it. torch is imported only
 when export is called.
 """
+import json
 import math
 import re
 
@@ -67,7 +70,10 @@ def export(module, path, **extra_metadata):
                              f"({key} = {meta[key]!r})")
         meta[key] = text
     tensors = {}
+    tied = _tied(sd) if kind == "bert-lm" else set()
     for name, t in sd.items():
+        if name in tied:
+            continue
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"xattn.export: state dict entry '{name}' is not a tensor")
         if t.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
@@ -78,16 +84,25 @@ def export(module, path, **extra_metadata):
     # written beside the destination, opened by the library (it must load as this kind and
     # assume no default), then moved into place: never a file xattn would misread
     import os
+    from ._generate import load_lm
     from ._module import load
     path = os.fspath(path)
     tmp = f"{path}.tmp{os.getpid()}"
     save_file(tensors, tmp, metadata=meta)
     try:
-        m = load(tmp, kind=kind, prefix="")
-        if m.kind != kind or m.warnings:
-            raise ValueError(f"xattn.export: the file does not load as {kind} without assumed "
-                             f"defaults (loads as {m.kind}; {'; '.join(m.warnings)})")
-        m.close()
+        if kind == "bert-lm":  # a whole model: xattn.load_lm / xattn generate read it
+            lm = load_lm(tmp)
+            if lm.warnings:
+                raise ValueError(f"xattn.export: the file does not load as a whole BERT model "
+                                 f"without assumed defaults ({lm.warnings})")
+            del lm
+        else:
+            m = load(tmp, kind=kind, prefix="")
+            if m.kind != kind or m.warnings:
+                raise ValueError(f"xattn.export: the file does not load as {kind} without "
+                                 f"assumed defaults (loads as {m.kind}; "
+                                 f"{'; '.join(m.warnings)})")
+            m.close()
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -226,7 +241,8 @@ def _describe(m):
     _refuse(name, "not a module xattn can represent (supported: the bidirectional-cross-"
                   "attention package's modules, nn.MultiheadAttention, diffusers Attention, "
                   "nn.TransformerEncoderLayer / TransformerEncoder, transformers BertLayer / "
-                  "BertEncoder (decoder), and the reference modules of tests/reference)")
+                  "BertEncoder / BertModel / BertLMHeadModel (decoder), and the reference "
+                  "modules of tests/reference)")
 
 
 def _has(m, *attrs):
@@ -416,14 +432,70 @@ def _transformers(m):
         return _bert([m], name, (_BERT_ATT,))
     if name == "BertEncoder":
         return _bert(list(m.layer), name, (r"layer\.\d+\.(?:" + _BERT_ATT + ")",))
-    if name.startswith("Bert") and hasattr(m, "base_model_prefix"):
-        inner = "model.encoder" if name == "BertModel" else "model.bert.encoder"
-        _refuse(name, f"xattn does not run a whole {name}: its bert-decoder kind holds the "
-                      "decoder layers only (no embeddings, pooler or heads); export "
-                      f"{inner} (a BertEncoder) or one of its layers and run the embeddings "
-                      "and the head in PyTorch")
-    _refuse(name, "of the transformers models xattn takes only BertLayer and BertEncoder "
-                  "(is_decoder=True, add_cross_attention=True)")
+    if name in ("BertLMHeadModel", "BertModel"):
+        return _bert_lm(m, name)
+    _refuse(name, "of the transformers models xattn takes BertLayer, BertEncoder, BertModel "
+                  "and BertLMHeadModel (is_decoder=True, add_cross_attention=True)")
+
+
+_BERT_EMB = r"embeddings\.(?:(?:word|position|token_type)_embeddings\.weight|LayerNorm\.(?:weight|bias))"
+_BERT_HEAD = (r"cls\.predictions\.(?:transform\.(?:dense|LayerNorm)\.(?:weight|bias)|"
+              r"decoder\.(?:weight|bias)|bias)")
+
+
+def _bert_lm(m, name):
+    """A whole BertLMHeadModel / BertModel (xattn.load_lm, xattn generate): the decoder layers
+    as _bert checks them, the embeddings and the head, and the ids generate() uses (the
+    model's generation_config)."""
+    import torch.nn as nn
+    base = m.bert if name == "BertLMHeadModel" else m
+    if getattr(base, "pooler", None) is not None:
+        _refuse(name, "it has a pooler (add_pooling_layer=True), which a decoder does not use "
+                      "and xattn does not run; build it with add_pooling_layer=False")
+    stem = "bert." if name == "BertLMHeadModel" else ""
+    _, meta, _ = _bert(list(base.encoder.layer), f"{name} encoder",
+                       (r"layer\.\d+\.(?:" + _BERT_ATT + ")",))
+    eps = meta["layer_norm_eps"]
+    norms = [("embeddings.LayerNorm", base.embeddings.LayerNorm)]
+    if name == "BertLMHeadModel":
+        tr = m.cls.predictions.transform
+        norms.append(("cls.predictions.transform.LayerNorm", tr.LayerNorm))
+        if not _is_erf_gelu(tr.transform_act_fn):
+            _refuse(name, f"the head's activation {_act_name(tr.transform_act_fn)} is not "
+                          "supported (hidden_act='gelu', exact erf)")
+    if not all(isinstance(n, nn.LayerNorm) for _, n in norms):
+        _refuse(name, "its LayerNorms are not nn.LayerNorm")
+    _layernorm_eps(norms, name, want=eps)
+    pet = getattr(m.config, "position_embedding_type", "absolute")
+    if pet not in (None, "absolute"):
+        _refuse(name, f"position_embedding_type={pet!r} is not supported (absolute only)")
+    gc = getattr(m, "generation_config", None) or m.config
+    ids = {}
+    for k in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        v = getattr(gc, k, None)
+        if v is None:
+            v = getattr(m.config, k, None)
+        if isinstance(v, (list, tuple)):
+            v = list(v) if len(v) > 1 else (v[0] if v else None)
+        ids[k] = json.dumps(v) if isinstance(v, list) else v
+    meta = {"num_attention_heads": meta["heads"], "layer_norm_eps": eps, "hidden_act": "gelu",
+            **ids}
+    pats = (stem + _BERT_EMB, stem + r"encoder\.layer\.\d+\.(?:" + _BERT_ATT + ")")
+    if name == "BertLMHeadModel":
+        pats += (_BERT_HEAD,)
+    return "bert-lm", meta, pats
+
+
+def _tied(sd):
+    """Names of the state dict whose tensor shares its storage with an earlier one (a tied
+    output layer): written once, as transformers' save_pretrained writes them."""
+    seen, drop = set(), set()
+    for n, t in sd.items():
+        key = (t.data_ptr(), t.dtype, tuple(t.shape))
+        if key in seen:
+            drop.add(n)
+        seen.add(key)
+    return drop
 
 
 def _bert(layers, owner, pats):

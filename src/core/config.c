@@ -145,6 +145,12 @@ xattn_status xa_meta_field(const xattn_safetensors *st, const xa_field *f, doubl
         if (!val) continue;
         /* Python's None for an argument whose default is None */
         if ((f->flags & XA_F_OPTIONAL) && (!strcmp(val, "None") || !strcmp(val, "none"))) continue;
+        if ((f->flags & XA_F_NULLABLE) && (!strcmp(val, "None") || !strcmp(val, "none"))) {
+            *v = -1; /* None stated (the default is another value) */
+            *found = 1;
+            if (key_used) *key_used = f->meta ? f->meta : f->name;
+            return XATTN_OK;
+        }
         char shown[64], exp[256];
         if (!parse_field(f, val, v))
             return xa_error(XATTN_ERR_FORMAT, "__metadata__ '%s' is \"%s\", not %s", key,
@@ -273,8 +279,11 @@ xattn_status xa_cfg_resolve(xa_cfg *c, const xa_kv *opts, size_t n_opts,
             if (strcmp(opts[k].key, f->name)) continue;
             if ((f->flags & XA_F_OPTIONAL) && opts[k].value && !strcmp(opts[k].value, "None"))
                 break;
-            if ((s = parse_option(f, opts[k].value, &v, fn))) return s;
             found = 1;
+            if ((f->flags & XA_F_NULLABLE) && opts[k].value && !strcmp(opts[k].value, "None"))
+                v = -1;
+            else if ((s = parse_option(f, opts[k].value, &v, fn)))
+                return s;
         }
         if (found) {
             if (c->from[i] == XA_FROM_SHAPE) {

@@ -61,6 +61,7 @@ typedef enum xa_from {
 #define XA_F_DERIVED   0x10u /* computed by the kind's hook; not an option                  */
 #define XA_F_NOMETA    0x20u /* never read from or written to __metadata__                  */
 #define XA_F_OPTIONAL  0x40u /* an int that may stay unset (0) when nothing gives it        */
+#define XA_F_NULLABLE  0x80u /* "None" given is the value -1 (absent: the default, announced) */
 
 typedef struct xa_field {
     const char *name; /* the reference constructor's argument ("heads", "norm_first") */

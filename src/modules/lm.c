@@ -46,8 +46,8 @@ static const xa_field fields[] = {
      "eps of every LayerNorm"},
     {"hidden_act", XA_T_ENUM, XA_F_TRACELESS, 0, 0, 0, acts, NULL,
      "activation of the feed-forward layers and the head (the exact erf GELU)"},
-    {"pad_token_id", XA_T_INT, XA_F_TRACELESS, 0, 0, 1e15, NULL, NULL,
-     "the padding token (fills finished sequences)"},
+    {"pad_token_id", XA_T_INT, XA_F_TRACELESS | XA_F_NULLABLE, 0, 0, 1e15, NULL, NULL,
+     "the padding token (fills finished sequences; None: the first end token)"},
     {"bos_token_id", XA_T_INT, XA_F_OPTIONAL, 0, 0, 1e15, NULL, NULL,
      "the token that starts a sequence (None: a prompt is needed)"},
     {"eos_token_id", XA_T_INT, XA_F_OPTIONAL, 0, 0, 1e15, NULL, NULL,
@@ -279,7 +279,7 @@ static xattn_status resolve(xattn_lm *m, const xattn_safetensors *st, const char
     int64_t *dst[] = {&g->pad_token_id, &g->bos_token_id, &g->eos_token_id};
     for (int i = 0; i < 3; i++) {
         const int f = xa_cfg_find(c, ids[i]);
-        *dst[i] = c->from[f] == XA_FROM_UNSET ? -1 : (int64_t)c->v[f];
+        *dst[i] = c->from[f] == XA_FROM_UNSET || c->v[f] < 0 ? -1 : (int64_t)c->v[f];
         if (*dst[i] >= g->vocab_size)
             return xa_error(XATTN_ERR_SHAPE,
                             "%s %s = %lld is not a token of the vocabulary of %lld", c->how[f],

@@ -4,6 +4,7 @@ module's outputs (eval mode; torch in float64 from the float32 weights) within
 refused with ValueError naming them."""
 import copy
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ nn = torch.nn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "tests", "reference"))
+import xattn  # noqa: E402
 from xattn.export import export  # noqa: E402
 
 TOL = 2e-5
@@ -324,9 +326,51 @@ def test_bert_refusals():
     refused(mb.BertLayer(_bert_config(hidden_act="relu")), "relu", "hidden_act")
     refused(mb.BertEncoder(_bert_config(is_decoder=False, add_cross_attention=False)),
             "is_decoder=False")
-    refused(tr.BertLMHeadModel(_bert_config()), "does not run a whole BertLMHeadModel",
-            "model.bert.encoder")
-    refused(tr.BertModel(_bert_config(), add_pooling_layer=False), "BertModel", "model.encoder")
+    refused(tr.BertModel(_bert_config()), "pooler", "add_pooling_layer=False")
+    refused(tr.BertLMHeadModel(_bert_config(position_embedding_type="relative_key")),
+            "relative_key")
+    refused(tr.BertLMHeadModel(_bert_config(hidden_act="relu")), "relu")
+
+
+@pytest.mark.parametrize("tie,eos,pad", [(True, 7, 0), (False, [7, 9], 0), (True, None, 0),
+                                         (True, 7, None)])
+def test_bert_lm(tmp_path, tie, eos, pad):
+    """A whole BertLMHeadModel: exported with the ids generate() uses, a tied output layer
+    written once; xattn.load_lm assumes no default and generates transformers' ids."""
+    tr = pytest.importorskip("transformers")
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+    from safetensors import safe_open
+    m = randomize(tr.BertLMHeadModel(_bert_config(vocab_size=30, pad_token_id=pad,
+                                                  bos_token_id=1, eos_token_id=eos,
+                                                  tie_word_embeddings=tie)))
+    m.eval()
+    path = tmp_path / "lm.safetensors"
+    meta = xattn.export(m, path)
+    assert meta["num_attention_heads"] == "4" and meta["hidden_act"] == "gelu"
+    assert meta["eos_token_id"] == (json.dumps(eos) if isinstance(eos, list) else str(eos))
+    with safe_open(path, "np") as f:
+        assert ("cls.predictions.decoder.weight" in f.keys()) == (not tie)
+    lm = xattn.load_lm(path)
+    assert lm.warnings == "" and lm.config["eos_token_id"] == eos
+    assert lm.config["pad_token_id"] == pad  # None: generate pads with the first end token
+    mem = x32(2, 5, 16)
+    prompt = torch.tensor([[1, 4], [1, 6]])
+    for kw in (dict(num_beams=1), dict(num_beams=3, length_penalty=0.8)):
+        with torch.no_grad():
+            ref = m.double().generate(
+                input_ids=prompt, encoder_hidden_states=mem.double(), max_new_tokens=8,
+                do_sample=False, past_key_values=EncoderDecoderCache(DynamicCache(),
+                                                                     DynamicCache()), **kw)
+        np.testing.assert_array_equal(
+            lm.generate(mem.numpy(), prompt=prompt.numpy(), max_new_tokens=8, **kw), ref.numpy())
+
+
+def test_bert_model(tmp_path):
+    tr = pytest.importorskip("transformers")
+    m = randomize(tr.BertModel(_bert_config(pad_token_id=0), add_pooling_layer=False))
+    xattn.export(m, tmp_path / "bert.safetensors")
+    lm = xattn.load_lm(tmp_path / "bert.safetensors")
+    assert lm.warnings == "" and not lm.config["has_head"]
 
 
 # -------------------------------------------------------------------------------------------
