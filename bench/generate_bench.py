@@ -4,15 +4,15 @@ same weights and memory, same thread count, in one run.
 For each decoder (2 layers, hidden 256; 6 layers, hidden 768; BERT's vocabulary of 30522 tokens,
 heads = hidden / 64, a memory of 32 tokens, batch 1, eos_token_id None so that every run
 generates all 64 new tokens) and each search (greedy; beam search with 4 beams):
-  - a fresh PyTorch process loads the model (fp32, attn_implementation="sdpa") and times one
-    generate(max_new_tokens=64) after a short warm-up, with
+  - a fresh PyTorch process loads the model (fp32, attn_implementation="sdpa") and times
+    generate(max_new_tokens=64) after a short warm-up (the median of three calls), with
     past_key_values=EncoderDecoderCache(DynamicCache(), DynamicCache()) (transformers 5.24's
     default cache fails with encoder_hidden_states); its peak resident memory is reported for the
     whole process (interpreter, torch and the model included) and net of its baseline (after
     import torch and loading the model, before generating; /proc/self/clear_refs);
-  - `xattn generate` runs as a fresh process twice, for 64 tokens and for 1 (then both again
-    with --weights int8): its tokens per second
-    are 63 / (the difference of the wall times) (the 1-token run pays the loading), and
+  - `xattn generate` runs as a fresh process for 64 tokens and for 1, five times each (then
+    again with --weights int8): its tokens per second are 63 / (the difference of the median
+    wall times) (the 1-token run pays the loading), and
     64 / the whole process's wall time is reported too; its peak is the process's ru_maxrss
     (whole process);
 and the two sequences of ids are compared. Tokens per second = 64 / time (for beams: 64 steps
@@ -79,9 +79,12 @@ def gen(n):
                       past_key_values=EncoderDecoderCache(DynamicCache(), DynamicCache()))
 with torch.inference_mode():
     gen(4)  # warm-up
-    t0 = time.perf_counter()
-    seq = gen(new)
-    sec = time.perf_counter() - t0
+    secs = []
+    for _ in range(3):  # the median of three
+        t0 = time.perf_counter()
+        seq = gen(new)
+        secs.append(time.perf_counter() - t0)
+    sec = sorted(secs)[1]
 np.save(f"{d}/torch_ids.npy", seq.numpy())
 hwm = status_mb("VmHWM")
 print(json.dumps({"seconds": sec, "peak_rss_mb": max(hwm, hwm0) if restarted else hwm,
@@ -96,7 +99,13 @@ def run(cmd):
     return r.stdout
 
 
-def run_xattn(cmd):
+def run_xattn(cmd, repeats=5):
+    """Median wall time and the largest ru_maxrss (MB) of `repeats` runs of a child process."""
+    runs = [run_once(cmd) for _ in range(repeats)]
+    return sorted(r[0] for r in runs)[repeats // 2], max(r[1] for r in runs)
+
+
+def run_once(cmd):
     """Wall time and ru_maxrss (MB) of a child process."""
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -188,7 +197,7 @@ def report(rows, out, mach):
              f"BertLMHeadModel.generate with past_key_values=EncoderDecoderCache(DynamicCache(), "
              f"DynamicCache()), fp32, {rows[0]['threads']} threads, batch 1, "
              f"{rows[0]['new_tokens']} new tokens, vocabulary {VOCAB}, memory of {MEM} tokens, "
-             "one run each.", "",
+             "medians of 3 generate() calls (PyTorch) and of 5 processes (xattn).", "",
              "xattn's tokens/s: (N - 1) / (wall time of N tokens - wall time of 1 token), two "
              "processes, loading cancelled out (whole process, loading included, in "
              "generate.json); PyTorch's: N / the generate() call. Peak resident memory: PyTorch's whole process (interpreter, "

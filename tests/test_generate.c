@@ -626,6 +626,20 @@ static void check_int8(const char *name)
     xattn_decoder_state_free(sq), xattn_decoder_state_free(sr);
     xattn_lm_free(mq), xattn_lm_free(mref);
     xattn_st_close(dq);
+    /* a weight that is not finite cannot be quantised: refused at load, naming the tensor */
+    for (size_t i = 0; i < n; i++)
+        if (arr[i].ndim == 2 && quantised(e[i].name, tied)) {
+            ((float *)arr[i].data)[1] = NAN;
+            CHECK_OK(xattn_st_save(path, e, n, meta, nm));
+            xattn_safetensors *nan_st = NULL;
+            CHECK_OK(xattn_st_open(path, &nan_st));
+            o.weights = XATTN_WEIGHTS_INT8;
+            CHECK_FAIL(xattn_lm_load(nan_st, &o, &bad), XATTN_ERR_FORMAT);
+            CHECK(strstr(xattn_last_error(), "not finite") &&
+                  strstr(xattn_last_error(), e[i].name));
+            xattn_st_close(nan_st);
+            break;
+        }
     unlink(path);
     for (size_t i = 0; i < n; i++) xattn_array_free(&arr[i]);
     free(arr), free(e);

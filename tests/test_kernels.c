@@ -148,7 +148,21 @@ static void test_dot_q8(const xa_kernels *kt)
             for (int off = 0; off < 2; off++) {
                 const int64_t n = ns[t], ld = n + off;
                 float out[RMAX];
+                float out2[2][RMAX];
                 kt->dot_q8(x + off, ld, rows, q + off, n, out);
+                /* two rows: q and the row 7 bytes further (an odd stride) */
+                kt->dot2_q8(x + off, ld, rows, q + off, 7, n - 7 > 0 ? n - 7 : 0, out2[0], out2[1]);
+                for (int64_t r = 0; r < rows && n > 7; r++)
+                    for (int j = 0; j < 2; j++) {
+                        double ref = 0, mag = 0;
+                        for (int64_t k = 0; k < n - 7; k++) {
+                            const double v = (double)x[off + r * ld + k] * q[off + 7 * j + k];
+                            ref += v;
+                            mag += fabs(v);
+                        }
+                        bad += !(fabs((double)out2[j][r] - ref) <=
+                                 (double)(n + 2) * 0x1p-24 * mag + 1e-30);
+                    }
                 for (int64_t r = 0; r < rows; r++) {
                     double ref = 0, mag = 0;
                     for (int64_t k = 0; k < n; k++) {
@@ -634,7 +648,8 @@ int main(void)
         }
         printf("%s: mr=%d nr=%d\n", kt->name, kt->mr, kt->nr);
         CHECK(kt->ukr && kt->dot && kt->axpy && kt->gemv && kt->gemv_t && kt->vexp && kt->colmax &&
-              kt->expsub && kt->softmax && kt->rmsnorm && kt->layernorm && kt->gelu && kt->dot_q8);
+              kt->expsub && kt->softmax && kt->rmsnorm && kt->layernorm && kt->gelu && kt->dot_q8 &&
+              kt->dot2_q8);
         CHECK(kt->mr > 0 && kt->nr > 0);
         test_ukr(kt);
         test_dot(kt);

@@ -61,6 +61,10 @@ typedef struct xa_kernels {
      * once for all rows; each value converted exactly to float). */
     void (*dot_q8)(const float *x, int64_t ldx, int64_t rows, const int8_t *q, int64_t n,
                    float *out);
+    /* The same for two int8 rows q and q + ldq at once (the activations read once for both):
+     * out0[r] against q, out1[r] against q + ldq. */
+    void (*dot2_q8)(const float *x, int64_t ldx, int64_t rows, const int8_t *q, int64_t ldq,
+                    int64_t n, float *out0, float *out1);
 } xa_kernels;
 
 /* out[r] = s[r] + the products k .. n-1 of four rows of x with the int8 row q: the scalar

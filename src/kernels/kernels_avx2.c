@@ -508,6 +508,49 @@ static void dot_q8_avx2(const float *x, int64_t ldx, int64_t rows, const int8_t 
     for (; r < rows; r++) out[r] = dot_q8_1_avx2(x + r * ldx, q, n);
 }
 
+/* two int8 rows against four rows of x: eight accumulators, each 16 weights converted once
+ * for the four rows and each 8 activations loaded once for the two weight rows */
+static void dot2_q8_4_avx2(const float *x, int64_t ldx, const int8_t *q, int64_t ldq, int64_t n,
+                           float *out0, float *out1)
+{
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+    const float *x0 = x, *x1 = x + ldx, *x2 = x + 2 * ldx, *x3 = x + 3 * ldx;
+    const int8_t *p = q, *r = q + ldq;
+    int64_t k = 0;
+    for (; k + 16 <= n; k += 16) {
+        __m256 u0, u1, v0, v1;
+        q8_load16(p + k, &u0, &u1);
+        q8_load16(r + k, &v0, &v1);
+        __m256 y = _mm256_loadu_ps(x0 + k), z = _mm256_loadu_ps(x0 + k + 8);
+        a0 = _mm256_fmadd_ps(z, u1, _mm256_fmadd_ps(y, u0, a0));
+        b0 = _mm256_fmadd_ps(z, v1, _mm256_fmadd_ps(y, v0, b0));
+        y = _mm256_loadu_ps(x1 + k), z = _mm256_loadu_ps(x1 + k + 8);
+        a1 = _mm256_fmadd_ps(z, u1, _mm256_fmadd_ps(y, u0, a1));
+        b1 = _mm256_fmadd_ps(z, v1, _mm256_fmadd_ps(y, v0, b1));
+        y = _mm256_loadu_ps(x2 + k), z = _mm256_loadu_ps(x2 + k + 8);
+        a2 = _mm256_fmadd_ps(z, u1, _mm256_fmadd_ps(y, u0, a2));
+        b2 = _mm256_fmadd_ps(z, v1, _mm256_fmadd_ps(y, v0, b2));
+        y = _mm256_loadu_ps(x3 + k), z = _mm256_loadu_ps(x3 + k + 8);
+        a3 = _mm256_fmadd_ps(z, u1, _mm256_fmadd_ps(y, u0, a3));
+        b3 = _mm256_fmadd_ps(z, v1, _mm256_fmadd_ps(y, v0, b3));
+    }
+    const float s0[4] = {hsum8(a0), hsum8(a1), hsum8(a2), hsum8(a3)};
+    const float s1[4] = {hsum8(b0), hsum8(b1), hsum8(b2), hsum8(b3)};
+    xa_dot_q8_tail4(x, ldx, p, k, n, s0, out0);
+    xa_dot_q8_tail4(x, ldx, r, k, n, s1, out1);
+}
+
+static void dot2_q8_avx2(const float *x, int64_t ldx, int64_t rows, const int8_t *q, int64_t ldq,
+                         int64_t n, float *out0, float *out1)
+{
+    int64_t r = 0;
+    for (; r + 4 <= rows; r += 4) dot2_q8_4_avx2(x + r * ldx, ldx, q, ldq, n, out0 + r, out1 + r);
+    for (; r < rows; r++) {
+        out0[r] = dot_q8_1_avx2(x + r * ldx, q, n);
+        out1[r] = dot_q8_1_avx2(x + r * ldx, q + ldq, n);
+    }
+}
+
 const xa_kernels xa_kernels_avx2 = {
     .name = "avx2",
     .mr = XA2_MR,
@@ -525,4 +568,5 @@ const xa_kernels xa_kernels_avx2 = {
     .layernorm = layernorm_avx2,
     .gelu = gelu_avx2,
     .dot_q8 = dot_q8_avx2,
+    .dot2_q8 = dot2_q8_avx2,
 };

@@ -488,6 +488,13 @@ static void dot_q8_avx512(const float *x, int64_t ldx, int64_t rows, const int8_
     for (; r < rows; r++) out[r] = dot_q8_1_avx512(x + r * ldx, q, n);
 }
 
+static void dot2_q8_avx512(const float *x, int64_t ldx, int64_t rows, const int8_t *q, int64_t ldq,
+                           int64_t n, float *out0, float *out1)
+{
+    dot_q8_avx512(x, ldx, rows, q, n, out0);
+    dot_q8_avx512(x, ldx, rows, q + ldq, n, out1);
+}
+
 const xa_kernels xa_kernels_avx512 = {
     .name = "avx512",
     .mr = XA512_MR,
@@ -505,4 +512,5 @@ const xa_kernels xa_kernels_avx512 = {
     .layernorm = layernorm_avx512,
     .gelu = gelu_avx512,
     .dot_q8 = dot_q8_avx512,
+    .dot2_q8 = dot2_q8_avx512,
 };

@@ -126,6 +126,13 @@ static void dot_q8_scalar(const float *x, int64_t ldx, int64_t rows, const int8_
     }
 }
 
+static void dot2_q8_scalar(const float *x, int64_t ldx, int64_t rows, const int8_t *q, int64_t ldq,
+                           int64_t n, float *out0, float *out1)
+{
+    dot_q8_scalar(x, ldx, rows, q, n, out0);
+    dot_q8_scalar(x, ldx, rows, q + ldq, n, out1);
+}
+
 const xa_kernels xa_kernels_scalar = {
     .name = "scalar",
     .mr = SC_MR,
@@ -143,4 +150,5 @@ const xa_kernels xa_kernels_scalar = {
     .layernorm = layernorm_scalar,
     .gelu = gelu_scalar,
     .dot_q8 = dot_q8_scalar,
+    .dot2_q8 = dot2_q8_scalar,
 };

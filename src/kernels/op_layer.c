@@ -36,16 +36,22 @@ xattn_status xa_op_linear_q8(const float *x, int64_t M, int64_t K, const int8_t 
 #endif
     for (int64_t jb = 0; jb < nblk; jb++) {
         const int64_t n1 = XA_MIN(N, (jb + 1) * NB);
-        for (int64_t n = jb * NB; n < n1; n++) {
-            const float bn = b ? b[n] : 0.0f;
+        for (int64_t n = jb * NB; n < n1; n += 2) {
+            const int two = n + 1 < n1; /* two weight rows share the activations' loads */
             for (int64_t r0 = 0; r0 < M; r0 += RB) {
                 const int64_t rr = XA_MIN((int64_t)RB, M - r0);
-                float d[RB];
-                kt->dot_q8(x + r0 * K, K, rr, W + n * K, K, d);
-                for (int64_t i = 0; i < rr; i++) {
-                    float *o = y + (r0 + i) * N + n;
-                    const float v = scale[n] * d[i] + bn;
-                    *o = accumulate ? *o + v : v;
+                float d[2][RB];
+                if (two)
+                    kt->dot2_q8(x + r0 * K, K, rr, W + n * K, K, K, d[0], d[1]);
+                else
+                    kt->dot_q8(x + r0 * K, K, rr, W + n * K, K, d[0]);
+                for (int j = 0; j <= two; j++) {
+                    const float bn = b ? b[n + j] : 0.0f, sn = scale[n + j];
+                    for (int64_t i = 0; i < rr; i++) {
+                        float *o = y + (r0 + i) * N + n + j;
+                        const float v = sn * d[j][i] + bn;
+                        *o = accumulate ? *o + v : v;
+                    }
                 }
             }
         }
@@ -59,6 +65,11 @@ int xa_q8_quantize_rows(const float *w, int64_t rows, int64_t K, int8_t *q, floa
      * in the default rounding mode (the values here are within +-127.5) */
     const volatile float magic_v = 12582912.0f;
     const float magic = magic_v;
+    int bad = 0;
+#ifdef _OPENMP
+    const int nt = rows > 1 && rows * K >= 8 * XA_CHUNK ? xa_threads() : 1;
+#pragma omp parallel for num_threads(nt) schedule(static) reduction(| : bad) if (nt > 1)
+#endif
     for (int64_t r = 0; r < rows; r++) {
         const float *a = w + r * K;
         float amax = 0.0f;
@@ -68,7 +79,10 @@ int xa_q8_quantize_rows(const float *w, int64_t rows, int64_t K, int8_t *q, floa
             finite &= m <= FLT_MAX;
             amax = m > amax ? m : amax;
         }
-        if (!finite) return -1;
+        if (!finite) {
+            bad |= 1;
+            continue;
+        }
         scale[r] = amax / 127.0f;
         const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
         for (int64_t k = 0; k < K; k++) {
@@ -81,7 +95,7 @@ int xa_q8_quantize_rows(const float *w, int64_t rows, int64_t K, int8_t *q, floa
             q[r * K + k] = (int8_t)(v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v);
         }
     }
-    return 0;
+    return bad ? -1 : 0;
 }
 
 void xa_op_log_softmax(const float *x, int64_t rows, int64_t n, float *y)

@@ -22,8 +22,8 @@ xattn_status xa_op_linear_q8(const float *x, int64_t M, int64_t K, const int8_t 
                              int accumulate);
 /* Symmetric per-row quantisation of w (rows, K): scale[r] = max_k |w[r, k]| / 127,
  * q[r, k] = round-to-nearest-even(w[r, k] / scale[r]) in [-127, 127] (an all-zero row: scale 0,
- * q 0). Returns -1 (nothing else written for that row on) at the first row holding a value that
- * is not finite, else 0. */
+ * q 0). Returns -1 when a row holds a value that is not finite (that row's output is left
+ * unwritten), else 0. Rows are threaded when many. */
 int xa_q8_quantize_rows(const float *w, int64_t rows, int64_t K, int8_t *q, float *scale);
 /* y (M, N) = x^T-stored input: x (K, M) channel-major (a 1x1 convolution over positions:
  * x[c * M + p]) times W^T + b -> y (M, N) position-major. */

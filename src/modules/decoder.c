@@ -421,7 +421,7 @@ struct xattn_decoder_state {
     float *ckv;          /* per layer (B, M, 2h) rows K|V of the memory (full: one layer's) */
     uint8_t *keep;       /* (B, max_len) keep vector of the decoded positions              */
     uint8_t *ckeep;      /* (B, M) keep vector of the memory                                */
-    float *Q, *A, *F;    /* scratch: (R, 3h) full q|k|v or (R, h) q; (R, h); (R, ff)        */
+    float *Q, *A, *F;    /* scratch: (R, 3h) full q|k|v or (R, h) q; (R, h); (R, max(ff, 2h)) */
     float *re;           /* beams: (B, max_len, 2h) rows kept aside while reordering        */
     float *block;        /* owned (state_new): kv, Q, A, F, keep                            */
     float *cblock;       /* owned (set_memory): ckv, ckeep                                  */
@@ -440,7 +440,7 @@ static int64_t state_sizes(const xattn_decoder_config *c, int64_t B, int64_t Bm,
     d[BUF_KV] = full ? 0 : (double)c->layers * (double)B * (double)ML * 2 * h;
     d[BUF_Q] = R * (full ? 3 * h : h);
     d[BUF_A] = R * h;
-    d[BUF_F] = R * (double)c->intermediate;
+    d[BUF_F] = R * fmax((double)c->intermediate, 2 * h); /* the FFN; or k|v rows of a step */
     d[BUF_KEEP] = ((double)B * (double)ML + 3) / 4;
     d[BUF_RE] = B > Bm ? (double)B * ((double)ML * 2 * h + (double)ML / 4 + 1) : 0;
     d[BUF_CKV] = (full ? 1 : (double)c->layers) * (double)Bm * (double)M * 2 * h;
@@ -730,11 +730,16 @@ static xattn_status self_block(const xattn_decoder_state *s, int64_t l, int64_t 
         sa->k = kv;
         sa->v = kv + h;
         st = lin(y, SQW, SQB, X, R, h, h, s->Q, 0);
-        /* k|v rows of positions pos .. pos+n-1 straight into the cache */
-        const int one = B == 1 || n == ML;
-        for (int64_t b = 0; b < (one ? 1 : B) && !st; b++)
-            st = lin(y, SKW, SKB, X + b * n * h, one ? R : n, h, 2 * h,
-                     kv + (b * ML + s->pos) * 2 * h, 0);
+        /* k|v rows of positions pos .. pos+n-1: straight into the cache when its rows are
+         * contiguous, else one projection of every row (the weights read once) copied in */
+        if (B == 1 || n == ML) {
+            if (!st) st = lin(y, SKW, SKB, X, R, h, 2 * h, kv + s->pos * 2 * h, 0);
+        } else {
+            if (!st) st = lin(y, SKW, SKB, X, R, h, 2 * h, s->F, 0);
+            for (int64_t b = 0; b < B && !st; b++)
+                memcpy(kv + (b * ML + s->pos) * 2 * h, s->F + b * n * 2 * h,
+                       sizeof(float) * (size_t)(n * 2 * h));
+        }
     }
     if (!st) st = xa_op_attention(sa);
     if (!st) st = lin(y, SOW, SOB, s->A, R, h, h, X, 1);
