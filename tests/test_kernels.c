@@ -127,6 +127,19 @@ static void test_dot(const xa_kernels *kt)
             float got = kt->dot(a + off * (n < 999), b, n);
             double bound = (double)(n + 2) * 0x1p-24 * mag + 1e-30;
             CHECK(fabs((double)got - ref) <= bound);
+            /* dotn: rows 1..6 of a (row stride n + 1) against b, the first row the same sum */
+            if (n <= 160) {
+                float outn[6];
+                kt->dotn(a + off, n + 1, 6, b, n, outn);
+                for (int r = 0; r < 6; r++) {
+                    double rr = 0, mg = 0;
+                    for (int64_t i = 0; i < n; i++) {
+                        rr += (double)a[off + r * (n + 1) + i] * b[i];
+                        mg += fabs((double)a[off + r * (n + 1) + i] * b[i]);
+                    }
+                    CHECK(fabs((double)outn[r] - rr) <= (double)(n + 2) * 0x1p-24 * mg + 1e-30);
+                }
+            }
         }
     }
 }
@@ -648,8 +661,8 @@ int main(void)
         }
         printf("%s: mr=%d nr=%d\n", kt->name, kt->mr, kt->nr);
         CHECK(kt->ukr && kt->dot && kt->axpy && kt->gemv && kt->gemv_t && kt->vexp && kt->colmax &&
-              kt->expsub && kt->softmax && kt->rmsnorm && kt->layernorm && kt->gelu && kt->dot_q8 &&
-              kt->dot2_q8);
+              kt->expsub && kt->softmax && kt->rmsnorm && kt->layernorm && kt->gelu && kt->dotn &&
+              kt->dot_q8 && kt->dot2_q8);
         CHECK(kt->mr > 0 && kt->nr > 0);
         test_ukr(kt);
         test_dot(kt);

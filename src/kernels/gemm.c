@@ -393,14 +393,15 @@ static void skinny_range(const gemm_job *g, const skinny *k, int64_t n0, int64_t
                 }
         }
     } else {
-        /* columns of Y are contiguous: one dot product over all of K per element (X rows are
-         * contiguous here, gathered by the caller if they were not) */
+        /* columns of Y are contiguous: one dot product over all of K per element, the rows
+         * of X together so that each column of Y is read once (X rows are contiguous here,
+         * gathered by the caller if they were not) */
+        float d[XA_GEMM_SKINNY];
         for (int64_t j = n0; j < n1; j++) {
-            const float *y = k->Y + j * k->ys_n;
+            g->kt->dotn(k->X, k->xs_r, k->ms, k->Y + j * k->ys_n, K, d);
             for (int64_t r = 0; r < k->ms; r++) {
                 float *c = k->R + r * k->rs_r + j * k->rs_n;
-                float d = dot(k->X + r * k->xs_r, y, K);
-                *c = c_init(g, c, k->r_is_row ? j : r) + g->alpha * d;
+                *c = c_init(g, c, k->r_is_row ? j : r) + g->alpha * d[r];
             }
         }
     }

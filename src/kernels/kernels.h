@@ -57,6 +57,10 @@ typedef struct xa_kernels {
     /* In place: x = gelu(x), erf form (tanh_form = 0) or tanh approximation (tanh_form = 1). */
     void (*gelu)(float *x, int64_t n, int tanh_form);
 
+    /* out[r] = sum_k x[r*ldx + k] * w[k] for r < rows, k < n: a few rows against one row of
+     * weights, the weights read once for all rows (skinny products). */
+    void (*dotn)(const float *x, int64_t ldx, int64_t rows, const float *w, int64_t n, float *out);
+
     /* int8 weights: out[r] = sum_k x[r*ldx + k] * q[k] for r < rows, k < n (the int8 row read
      * once for all rows; each value converted exactly to float). */
     void (*dot_q8)(const float *x, int64_t ldx, int64_t rows, const int8_t *q, int64_t n,

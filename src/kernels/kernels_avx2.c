@@ -445,6 +445,38 @@ static void gemv_t_avx2(const float *A, int64_t lda, int64_t rows, const float *
     }
 }
 
+/* four rows of x against one row of weights: each 16 weights loaded once for the four */
+static void dotn_4_avx2(const float *x, int64_t ldx, const float *w, int64_t n, float *out)
+{
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, b0 = a0, b1 = a0, c0 = a0, c1 = a0, d0 = a0, d1 = a0;
+    const float *x0 = x, *x1 = x + ldx, *x2 = x + 2 * ldx, *x3 = x + 3 * ldx;
+    int64_t k = 0;
+    for (; k + 16 <= n; k += 16) {
+        const __m256 w0 = _mm256_loadu_ps(w + k), w1 = _mm256_loadu_ps(w + k + 8);
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x0 + k), w0, a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x0 + k + 8), w1, a1);
+        b0 = _mm256_fmadd_ps(_mm256_loadu_ps(x1 + k), w0, b0);
+        b1 = _mm256_fmadd_ps(_mm256_loadu_ps(x1 + k + 8), w1, b1);
+        c0 = _mm256_fmadd_ps(_mm256_loadu_ps(x2 + k), w0, c0);
+        c1 = _mm256_fmadd_ps(_mm256_loadu_ps(x2 + k + 8), w1, c1);
+        d0 = _mm256_fmadd_ps(_mm256_loadu_ps(x3 + k), w0, d0);
+        d1 = _mm256_fmadd_ps(_mm256_loadu_ps(x3 + k + 8), w1, d1);
+    }
+    float s[4] = {hsum8(_mm256_add_ps(a0, a1)), hsum8(_mm256_add_ps(b0, b1)),
+                  hsum8(_mm256_add_ps(c0, c1)), hsum8(_mm256_add_ps(d0, d1))};
+    for (; k < n; k++)
+        for (int r = 0; r < 4; r++) s[r] += x[r * ldx + k] * w[k];
+    for (int r = 0; r < 4; r++) out[r] = s[r];
+}
+
+static void dotn_avx2(const float *x, int64_t ldx, int64_t rows, const float *w, int64_t n,
+                      float *out)
+{
+    int64_t r = 0;
+    for (; r + 4 <= rows; r += 4) dotn_4_avx2(x + r * ldx, ldx, w, n, out + r);
+    for (; r < rows; r++) out[r] = dot_avx2(x + r * ldx, w, n);
+}
+
 /* 16 int8 weights as two vectors of 8 floats (exact) */
 static inline void q8_load16(const int8_t *q, __m256 *w0, __m256 *w1)
 {
@@ -567,6 +599,7 @@ const xa_kernels xa_kernels_avx2 = {
     .rmsnorm = rmsnorm_avx2,
     .layernorm = layernorm_avx2,
     .gelu = gelu_avx2,
+    .dotn = dotn_avx2,
     .dot_q8 = dot_q8_avx2,
     .dot2_q8 = dot2_q8_avx2,
 };

@@ -441,6 +441,12 @@ static void gemv_t_avx512(const float *A, int64_t lda, int64_t rows, const float
     }
 }
 
+static void dotn_avx512(const float *x, int64_t ldx, int64_t rows, const float *w, int64_t n,
+                        float *out)
+{
+    for (int64_t r = 0; r < rows; r++) out[r] = dot_avx512(x + r * ldx, w, n);
+}
+
 /* 16 int8 weights as 16 floats (exact) */
 static inline __m512 q8_load16_512(const int8_t *q)
 {
@@ -511,6 +517,7 @@ const xa_kernels xa_kernels_avx512 = {
     .rmsnorm = rmsnorm_avx512,
     .layernorm = layernorm_avx512,
     .gelu = gelu_avx512,
+    .dotn = dotn_avx512,
     .dot_q8 = dot_q8_avx512,
     .dot2_q8 = dot2_q8_avx512,
 };

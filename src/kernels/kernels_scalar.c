@@ -115,6 +115,12 @@ static void gelu_scalar(float *x, int64_t n, int tanh_form)
     }
 }
 
+static void dotn_scalar(const float *x, int64_t ldx, int64_t rows, const float *w, int64_t n,
+                        float *out)
+{
+    for (int64_t r = 0; r < rows; r++) out[r] = dot_scalar(x + r * ldx, w, n);
+}
+
 static void dot_q8_scalar(const float *x, int64_t ldx, int64_t rows, const int8_t *q, int64_t n,
                           float *out)
 {
@@ -149,6 +155,7 @@ const xa_kernels xa_kernels_scalar = {
     .rmsnorm = rmsnorm_scalar,
     .layernorm = layernorm_scalar,
     .gelu = gelu_scalar,
+    .dotn = dotn_scalar,
     .dot_q8 = dot_q8_scalar,
     .dot2_q8 = dot2_q8_scalar,
 };
