@@ -445,25 +445,33 @@ static void gemv_t_avx2(const float *A, int64_t lda, int64_t rows, const float *
     }
 }
 
+/* acc[2r + h] += x[r * ldx + k + 8h .. + 8] * w_h for the four rows r of x: one step of 16 of
+ * the four-row kernels (the weights w0, w1 loaded or converted once for the four rows) */
+static inline void fma_4x16(__m256 acc[8], const float *x, int64_t ldx, int64_t k, __m256 w0,
+                            __m256 w1)
+{
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++) {
+        acc[2 * r] = _mm256_fmadd_ps(_mm256_loadu_ps(x + r * ldx + k), w0, acc[2 * r]);
+        acc[2 * r + 1] = _mm256_fmadd_ps(_mm256_loadu_ps(x + r * ldx + k + 8), w1, acc[2 * r + 1]);
+    }
+}
+
+static inline void hsum_4x2(const __m256 acc[8], float s[4])
+{
+    for (int r = 0; r < 4; r++) s[r] = hsum8(_mm256_add_ps(acc[2 * r], acc[2 * r + 1]));
+}
+
 /* four rows of x against one row of weights: each 16 weights loaded once for the four */
 static void dotn_4_avx2(const float *x, int64_t ldx, const float *w, int64_t n, float *out)
 {
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, b0 = a0, b1 = a0, c0 = a0, c1 = a0, d0 = a0, d1 = a0;
-    const float *x0 = x, *x1 = x + ldx, *x2 = x + 2 * ldx, *x3 = x + 3 * ldx;
+    __m256 acc[8];
+    for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
     int64_t k = 0;
-    for (; k + 16 <= n; k += 16) {
-        const __m256 w0 = _mm256_loadu_ps(w + k), w1 = _mm256_loadu_ps(w + k + 8);
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x0 + k), w0, a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x0 + k + 8), w1, a1);
-        b0 = _mm256_fmadd_ps(_mm256_loadu_ps(x1 + k), w0, b0);
-        b1 = _mm256_fmadd_ps(_mm256_loadu_ps(x1 + k + 8), w1, b1);
-        c0 = _mm256_fmadd_ps(_mm256_loadu_ps(x2 + k), w0, c0);
-        c1 = _mm256_fmadd_ps(_mm256_loadu_ps(x2 + k + 8), w1, c1);
-        d0 = _mm256_fmadd_ps(_mm256_loadu_ps(x3 + k), w0, d0);
-        d1 = _mm256_fmadd_ps(_mm256_loadu_ps(x3 + k + 8), w1, d1);
-    }
-    float s[4] = {hsum8(_mm256_add_ps(a0, a1)), hsum8(_mm256_add_ps(b0, b1)),
-                  hsum8(_mm256_add_ps(c0, c1)), hsum8(_mm256_add_ps(d0, d1))};
+    for (; k + 16 <= n; k += 16)
+        fma_4x16(acc, x, ldx, k, _mm256_loadu_ps(w + k), _mm256_loadu_ps(w + k + 8));
+    float s[4];
+    hsum_4x2(acc, s);
     for (; k < n; k++)
         for (int r = 0; r < 4; r++) s[r] += x[r * ldx + k] * w[k];
     for (int r = 0; r < 4; r++) out[r] = s[r];
@@ -488,23 +496,16 @@ static inline void q8_load16(const int8_t *q, __m256 *w0, __m256 *w1)
 /* four rows of x against one int8 row: the weights are converted once for the four */
 static void dot_q8_4_avx2(const float *x, int64_t ldx, const int8_t *q, int64_t n, float *out)
 {
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, b0 = a0, b1 = a0, c0 = a0, c1 = a0, d0 = a0, d1 = a0;
-    const float *x0 = x, *x1 = x + ldx, *x2 = x + 2 * ldx, *x3 = x + 3 * ldx;
+    __m256 acc[8];
+    for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
     int64_t k = 0;
     for (; k + 16 <= n; k += 16) {
         __m256 w0, w1;
         q8_load16(q + k, &w0, &w1);
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x0 + k), w0, a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x0 + k + 8), w1, a1);
-        b0 = _mm256_fmadd_ps(_mm256_loadu_ps(x1 + k), w0, b0);
-        b1 = _mm256_fmadd_ps(_mm256_loadu_ps(x1 + k + 8), w1, b1);
-        c0 = _mm256_fmadd_ps(_mm256_loadu_ps(x2 + k), w0, c0);
-        c1 = _mm256_fmadd_ps(_mm256_loadu_ps(x2 + k + 8), w1, c1);
-        d0 = _mm256_fmadd_ps(_mm256_loadu_ps(x3 + k), w0, d0);
-        d1 = _mm256_fmadd_ps(_mm256_loadu_ps(x3 + k + 8), w1, d1);
+        fma_4x16(acc, x, ldx, k, w0, w1);
     }
-    float s[4] = {hsum8(_mm256_add_ps(a0, a1)), hsum8(_mm256_add_ps(b0, b1)),
-                  hsum8(_mm256_add_ps(c0, c1)), hsum8(_mm256_add_ps(d0, d1))};
+    float s[4];
+    hsum_4x2(acc, s);
     xa_dot_q8_tail4(x, ldx, q, k, n, s, out);
 }
 
