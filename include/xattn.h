@@ -1225,6 +1225,10 @@ typedef struct xattn_generate_opts {
     int has_pad_token_id, has_bos_token_id; /* 1: the id below replaces the model's    */
     int64_t pad_token_id; /* -1: None (then the first end token, as transformers)    */
     int64_t bos_token_id; /* starts every sequence when there is no prompt          */
+    /* (B, P) nonzero = keep, or NULL: generate()'s attention_mask of padded prompts (usually
+     * padded on the left): masked prompt tokens are never attended to, and positions count
+     * the kept tokens (cumsum(mask) - 1, 0 at masked tokens), as transformers counts them */
+    const uint8_t *prompt_mask;
     uint64_t reserved_[4];
 } xattn_generate_opts;
 /* Generates from memory (B, M, hidden) with memory_mask (B, M) (nonzero = keep, or NULL) and a

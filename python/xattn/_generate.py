@@ -46,7 +46,8 @@ class GenerateOpts(C.Structure):
                 ("top_p", C.c_double), ("seed", C.c_uint64), ("n_eos", C.c_int64),
                 ("eos_token_ids", C.c_int64 * 8), ("has_pad_token_id", C.c_int),
                 ("has_bos_token_id", C.c_int), ("pad_token_id", C.c_int64),
-                ("bos_token_id", C.c_int64), ("reserved_", C.c_uint64 * 4)]
+                ("bos_token_id", C.c_int64), ("prompt_mask", C.POINTER(C.c_uint8)),
+                ("reserved_", C.c_uint64 * 4)]
 
 
 _lib._proto("xattn_lm_load", C.c_int, P, C.POINTER(LmOpts), C.POINTER(P))
@@ -143,7 +144,8 @@ class LanguageModel:
               "project")
         return mem
 
-    def generate(self, memory=None, memory_mask=None, prompt=None, *, video=None, audio=None,
+    def generate(self, memory=None, memory_mask=None, prompt=None, *, prompt_mask=None,
+                 video=None, audio=None,
                  max_new_tokens=None, num_beams=1, length_penalty=None, early_stopping=False,
                  no_repeat_ngram_size=0, do_sample=False, temperature=None, top_k=None,
                  top_p=None, seed=0, eos_token_id=None, pad_token_id=None, bos_token_id=None):
@@ -151,7 +153,9 @@ class LanguageModel:
         input_ids=prompt, encoder_hidden_states=memory, encoder_attention_mask=memory_mask,
         ...): memory float (B, M, hidden) or (M, hidden), or video / audio features through the
         projector (see project); memory_mask (B, M), nonzero / True = keep; prompt integer
-        (B, P) or (P,), None: bos_token_id alone. max_new_tokens None: up to 20 tokens in all
+        (B, P) or (P,), None: bos_token_id alone; prompt_mask (B, P) nonzero = keep:
+        generate()'s attention_mask of prompts padded on the left. max_new_tokens None: up to 20
+        tokens in all
         (transformers' max_length); top_k None: 50 when sampling, 0: no top-k filter.
         eos_token_id / pad_token_id / bos_token_id None: the model's; eos_token_id an id or a
         list of up to 8 ids (an empty list: none, generation runs to max_new_tokens)."""
@@ -210,6 +214,18 @@ class LanguageModel:
             o.has_pad_token_id, o.pad_token_id = 1, int(pad_token_id)
         if bos_token_id is not None:
             o.has_bos_token_id, o.bos_token_id = 1, int(bos_token_id)
+        pmask = None
+        if prompt_mask is not None:
+            if ids_in is None:
+                raise ValueError("prompt_mask: given without a prompt")
+            pm = np.asarray(prompt_mask)
+            if pm.ndim == 1:
+                pm = np.broadcast_to(pm, ids_in.shape)
+            if pm.dtype.kind not in "biu" or pm.shape != ids_in.shape:
+                raise ValueError(f"prompt_mask: expected bool or integer {ids_in.shape}, got "
+                                 f"{pm.dtype} {pm.shape}")
+            pmask = np.ascontiguousarray(pm != 0, dtype=np.uint8)
+            o.prompt_mask = pmask.ctypes.data_as(C.POINTER(C.c_uint8))
         start = Pn if Pn else 1  # the bos token alone without a prompt
         cap = start + (o.max_new_tokens or max(20 - start, 1))
         out = np.empty((B, cap), dtype=np.int64)

@@ -30,11 +30,16 @@ typedef struct gen {
     const xattn_generate_opts *o;
     xattn_lm_config c;
     int64_t B, K, R, P, max_len, V, h, pad;
+    int P_given;                       /* a prompt was given (else the bos token alone) */
     int64_t eos[XATTN_MAX_EOS], n_eos; /* the end tokens */
     xattn_decoder_state *s;
     float *x, *hid, *t, *logits; /* scratch (R P h) x3 and the last rows' logits (R, V) */
     int64_t *seq;                /* (R, max_len) running sequences                        */
     int64_t *tok;                /* (R) tokens of the next step                           */
+    int64_t *pid;                /* prompt_mask: (R P) the prompt's position ids, else NULL */
+    int64_t *next;               /* prompt_mask: (R) the position of each row's next token */
+    uint8_t *pkeep;              /* prompt_mask: (R P) the prompt's keep flags            */
+    int stepped;                 /* the prompt has gone through                           */
     xa_rng rng;
 } gen;
 
@@ -42,7 +47,13 @@ typedef struct gen {
 static xattn_status forward(gen *g, int64_t n, const int64_t *ids)
 {
     const int64_t h = g->h;
-    xattn_status s = xa_lm_step(g->ctx, g->m, g->s, n, ids, g->x, g->hid);
+    /* ragged prompts: the prompt's positions and mask, then each row one past its last */
+    const int64_t *pos = !g->pid ? NULL : g->stepped ? g->next : g->pid;
+    xattn_status s =
+        xa_lm_step(g->ctx, g->m, g->s, n, ids, pos, g->stepped ? NULL : g->pkeep, g->x, g->hid);
+    for (int64_t r = 0; g->pid && r < g->R; r++)
+        g->next[r] = (g->stepped ? g->next[r] : g->pid[r * n + n - 1]) + 1;
+    g->stepped = 1;
     for (int64_t r = 0; r < g->R && !s && n > 1; r++)
         memmove(g->hid + r * h, g->hid + (r * n + n - 1) * h, sizeof(float) * (size_t)h);
     if (!s) s = xa_lm_head(g->m, g->hid, g->R, g->t, g->logits);
@@ -495,6 +506,22 @@ static xattn_status gen_alloc(gen *g, const int64_t *prompt, int64_t M, const fl
         memcpy(g->seq + r * g->max_len, p, sizeof(int64_t) * (size_t)g->P);
         memcpy(g->tok + r * g->P, p, sizeof(int64_t) * (size_t)g->P);
     }
+    const uint8_t *pm = g->o->prompt_mask;
+    if (pm && g->P_given) { /* position ids cumsum(mask) - 1, 0 at masked tokens */
+        g->pid = xa_alloc(sizeof(int64_t) * (size_t)(rows + R));
+        g->pkeep = xa_alloc((size_t)rows);
+        if (!g->pid || !g->pkeep) return xa_error(XATTN_ERR_NOMEM, "%s: out of memory", FN);
+        g->next = g->pid + rows;
+        for (int64_t r = 0; r < R; r++) {
+            int64_t c = 0;
+            for (int64_t t = 0; t < g->P; t++) {
+                const int keep = pm[r / g->K * g->P + t] != 0;
+                c += keep;
+                g->pkeep[r * g->P + t] = (uint8_t)keep;
+                g->pid[r * g->P + t] = keep ? c - 1 : 0;
+            }
+        }
+    }
     return xattn_decoder_set_memory(g->ctx, g->s, M, memory, mask);
 }
 
@@ -520,6 +547,7 @@ xattn_status xattn_lm_generate(xattn_ctx *ctx, const xattn_lm *m, int64_t B, int
     if (P == 0 && bos < 0)
         return xa_error(XATTN_ERR_ARG, "%s: no prompt and the model has no bos_token_id", FN);
     g.P = P ? P : 1;
+    g.P_given = P > 0;
     const int64_t max_new = o->max_new_tokens ? o->max_new_tokens : 20 - g.P;
     s = check_opts(&g.c, o, g.P, max_new);
     if (!s && P) s = xa_lm_check_ids(m, prompt, B * P, "xattn_lm_generate: prompt");
@@ -534,6 +562,8 @@ xattn_status xattn_lm_generate(xattn_ctx *ctx, const xattn_lm *m, int64_t B, int
     if (!s) s = g.K > 1 ? beam_search(&g, ids, len) : greedy(&g, ids, len);
     xa_ctx_leave(prev);
     free(bos_prompt);
+    xa_free(g.pid);
+    xa_free(g.pkeep);
     xa_free(g.x);
     xa_free(g.seq);
     xattn_decoder_state_free(g.s);

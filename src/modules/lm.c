@@ -425,9 +425,10 @@ xattn_status xa_lm_check_ids(const xattn_lm *m, const int64_t *ids, int64_t n, c
     return XATTN_OK;
 }
 
-/* x (rows, n, h) = LN(word[ids] + type[0] + position[pos + t]). */
+/* x (rows, n, h) = LN(word[ids] + type[0] + position[pos + t]), or position[pids[r]] when
+ * position ids are given. */
 static xattn_status embed(const xattn_lm *m, int64_t rows, int64_t n, const int64_t *ids,
-                          int64_t pos, float *x)
+                          int64_t pos, const int64_t *pids, float *x)
 {
     const int64_t h = m->c.hidden;
     for (int64_t r = 0; r < rows * n; r++) {
@@ -437,7 +438,7 @@ static xattn_status embed(const xattn_lm *m, int64_t rows, int64_t n, const int6
         else /* int8 rows shared with the output layer */
             for (int64_t k = 0; k < h; k++) y[k] = m->sv[ids[r]] * (float)m->qv[ids[r] * h + k];
         xa_op_add(y, m->e[ET], h);
-        xa_op_add(y, m->e[EP] + (pos + r % n) * h, h);
+        xa_op_add(y, m->e[EP] + (pids ? pids[r] : pos + r % n) * h, h);
     }
     return xa_op_layernorm(x, rows * n, h, m->e[ELW], m->e[ELB], m->c.layer_norm_eps, x);
 }
@@ -457,7 +458,8 @@ xattn_status xa_lm_head(const xattn_lm *m, const float *hidden, int64_t rows, fl
 }
 
 xattn_status xa_lm_step(xattn_ctx *ctx, const xattn_lm *m, xattn_decoder_state *s, int64_t n,
-                        const int64_t *ids, float *x, float *hidden)
+                        const int64_t *ids, const int64_t *pids, const uint8_t *keep, float *x,
+                        float *hidden)
 {
     const int64_t pos = xattn_decoder_position(s), rows = xa_decoder_state_rows(s);
     if (pos + n > m->c.max_positions)
@@ -466,8 +468,12 @@ xattn_status xa_lm_step(xattn_ctx *ctx, const xattn_lm *m, xattn_decoder_state *
                         "%lld",
                         FN_STEP, (long long)(pos + n), (long long)m->c.max_positions);
     xattn_status st = xa_lm_check_ids(m, ids, rows * n, FN_STEP);
-    if (!st) st = embed(m, rows, n, ids, pos, x);
-    if (!st) st = xattn_decoder_step(ctx, s, n, x, NULL, hidden);
+    for (int64_t i = 0; !st && pids && i < rows * n; i++)
+        if (pids[i] < 0 || pids[i] >= m->c.max_positions)
+            st = xa_error(XATTN_ERR_SHAPE, "%s: position id %lld outside [0, %lld)", FN_STEP,
+                          (long long)pids[i], (long long)m->c.max_positions);
+    if (!st) st = embed(m, rows, n, ids, pos, pids, x);
+    if (!st) st = xattn_decoder_step(ctx, s, n, x, keep, hidden);
     return st;
 }
 
@@ -491,7 +497,7 @@ xattn_status xattn_lm_step(xattn_ctx *ctx, const xattn_lm *m, xattn_decoder_stat
     xa_ws *w = xa_ws_get(sizeof(float) * (size_t)(3 * R * h));
     xattn_status st = w ? XATTN_OK : XATTN_ERR_NOMEM;
     float *x = w ? xa_ws_data(w) : NULL, *hid = hidden ? hidden : x + R * h;
-    if (!st) st = xa_lm_step(ctx, m, s, n, ids, x, hid);
+    if (!st) st = xa_lm_step(ctx, m, s, n, ids, NULL, NULL, x, hid);
     if (!st && logits) st = xa_lm_head(m, hid, R, x + 2 * R * h, logits);
     if (w) xa_ws_put(w);
     xa_ctx_leave(prev);

@@ -149,3 +149,33 @@ def test_several_end_tokens_and_special_ids():
     # without a prompt, bos_token_id starts every sequence
     ids = lm.generate(mem, mask, bos_token_id=4, **kw)
     assert (ids[:, 0] == 4).all()
+
+
+def test_left_padded_prompts(tmp_path):
+    """Prompts padded on the left with their attention mask: transformers' ids (greedy and beams),
+    from Python and from the CLI (--prompt-mask)."""
+    from safetensors.numpy import load_file
+    path = fixture_path("generate_ragged.safetensors")
+    t = load_file(path)
+    lm = xattn.load_lm(path)
+    mem, mask = t["input.memory"], t["input.memory_mask"]
+    prompt, pmask = t["input.prompt"], t["input.prompt_mask"]
+    cases = {"greedy": {}, "beam3": dict(num_beams=3, length_penalty=1.0),
+             "beam4_es": dict(num_beams=4, length_penalty=0.7, early_stopping=True)}
+    for case, kw in cases.items():
+        np.testing.assert_array_equal(
+            lm.generate(mem, mask, prompt, prompt_mask=pmask, max_new_tokens=12, **kw),
+            t["expected." + case], err_msg=case)
+    for name, a in (("memory", mem), ("mask", mask.astype(bool)), ("prompt", prompt),
+                    ("pmask", pmask.astype(bool))):
+        np.save(tmp_path / f"{name}.npy", a)
+    run_cli("generate", path, "--memory", tmp_path / "memory.npy", "--memory-mask",
+            tmp_path / "mask.npy", "--prompt", tmp_path / "prompt.npy", "--prompt-mask",
+            tmp_path / "pmask.npy", "--max-new-tokens", "12", "--num-beams", "3", "--out",
+            tmp_path / "ids.npy")
+    np.testing.assert_array_equal(np.load(tmp_path / "ids.npy"), t["expected.beam3"])
+    with pytest.raises(ValueError, match="prompt_mask"):
+        lm.generate(mem, mask, prompt, prompt_mask=pmask[:, :2])
+    r = run_cli("generate", path, "--memory", tmp_path / "memory.npy", "--prompt-mask",
+                tmp_path / "pmask.npy", "--out", tmp_path / "x.npy", check=False)
+    assert r.returncode == 2 and "--prompt-mask needs --prompt" in r.stderr

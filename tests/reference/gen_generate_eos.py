@@ -1,6 +1,6 @@
-"""Generation with several end tokens and with the special ids given to generate(): transformers'
-BertLMHeadModel.generate (5.24) on a random model built as gen_generate.py builds its own, in
-float64 (weights rounded to fp32), with
+"""Generation with several end tokens, with the special ids given to generate(), and from
+left-padded prompts: transformers' BertLMHeadModel.generate (5.24) on a random model built as
+gen_generate.py builds its own, in float64 (weights rounded to fp32), with
 past_key_values=EncoderDecoderCache(DynamicCache(), DynamicCache()).
 
 generate_eos.safetensors holds the model (state dict; __metadata__ eos_token_id "[e1, e2]", as
@@ -9,6 +9,10 @@ str() of a list writes it: two end tokens that greedy search emits for items 0 a
 input.prompt (B, P) I64 and, per case of CASES, expected.<case> (B, T) I64 with
 __metadata__ gen.<case> = the generate() keyword arguments (JSON). The model's own eos list is
 used where a case names none.
+
+generate_ragged.safetensors holds the same model and memory, input.prompt (B, 4) left-padded
+with pad tokens, input.prompt_mask (B, 4) U8 (generate()'s attention_mask: 0 at the pads; 0, 1
+and 2 pads) and expected.<case> for RAGGED's cases.
 
     python tests/reference/gen_generate_eos.py [--out tests/fixtures]
 """
@@ -33,6 +37,13 @@ CASES = {
     "beam3": dict(num_beams=3, length_penalty=1.0, early_stopping=False),
     "beam4_es": dict(num_beams=4, length_penalty=0.7, early_stopping=True),
     "beam3_never": dict(num_beams=3, length_penalty=1.3, early_stopping="never"),
+}
+
+
+RAGGED = {
+    "greedy": dict(num_beams=1),
+    "beam3": dict(num_beams=3, length_penalty=1.0, early_stopping=False),
+    "beam4_es": dict(num_beams=4, length_penalty=0.7, early_stopping=True),
 }
 
 
@@ -83,6 +94,33 @@ def main():
         print(case, seq.tolist())
     md["gen.max_new_tokens"] = str(MAX_NEW)
     save_file(t, os.path.join(out, "generate_eos.safetensors"), metadata=md)
+
+    # left-padded prompts of 4, 3 and 2 tokens
+    rp = torch.randint(2, V, (B, 4), generator=G)
+    rp[:, 0] = BOS
+    rp[1] = torch.cat([torch.tensor([PAD]), rp[1, :3]])
+    rp[1, 1] = BOS
+    rp[2] = torch.cat([torch.tensor([PAD, PAD]), rp[2, :2]])
+    rp[2, 2] = BOS
+    pm = torch.ones(B, 4, dtype=torch.long)
+    pm[1, 0] = 0
+    pm[2, :2] = 0
+    t = state(model)
+    t.update({"input.memory": mem.float(), "input.memory_mask": mask.to(torch.uint8),
+              "input.prompt": rp, "input.prompt_mask": pm.to(torch.uint8)})
+    md = meta(model.config)
+    for case, kw in RAGGED.items():
+        with torch.no_grad():
+            seq = model.generate(input_ids=rp, attention_mask=pm, encoder_hidden_states=mem,
+                                 encoder_attention_mask=mask, max_new_tokens=MAX_NEW,
+                                 do_sample=False, pad_token_id=PAD, bos_token_id=BOS,
+                                 past_key_values=EncoderDecoderCache(DynamicCache(),
+                                                                     DynamicCache()), **kw)
+        t["expected." + case] = seq.contiguous()
+        md["gen." + case] = json.dumps(kw)
+        print("ragged", case, seq.tolist())
+    md["gen.max_new_tokens"] = str(MAX_NEW)
+    save_file(t, os.path.join(out, "generate_ragged.safetensors"), metadata=md)
 
 
 if __name__ == "__main__":

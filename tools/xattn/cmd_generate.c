@@ -20,7 +20,8 @@ static void help(void)
 {
     printf(
         "usage: xattn generate MODEL.safetensors (--memory M.npy | --video V.npy [--audio A.npy])\n"
-        "                      [--memory-mask MM.npy] [--prompt IDS] [--max-new-tokens N]\n"
+        "                      [--memory-mask MM.npy] [--prompt IDS [--prompt-mask PM.npy]]\n"
+        "                      [--max-new-tokens N]\n"
         "                      [--num-beams K [--length-penalty X] [--early-stopping "
         "true|false|never]\n"
         "                       | --do-sample [--top-k K] [--top-p P] [--temperature T] [--seed "
@@ -50,6 +51,8 @@ static void help(void)
         "  --prompt IDS          the start of every sequence: comma-separated ids (the same for\n"
         "                        every item) or an .npy of integer ids (B, P) (or (P)); default\n"
         "                        bos_token_id alone\n"
+        "  --prompt-mask PM.npy  bool or integer (B, P): 1 = KEEP (generate()'s attention_mask\n"
+        "                        of prompts padded on the left; positions count kept tokens)\n"
         "  --config config.json  the transformers config.json of the model\n"
         "  --vocab vocab.txt     a WordPiece vocabulary (one token a line, as many as the model's\n"
         "                        word embeddings): print each sequence's text\n"
@@ -89,6 +92,7 @@ static void help(void)
 
 typedef struct gen_args {
     const char *model, *memory, *video, *audio, *mmask, *prompt, *early, *config, *vocab, *out;
+    const char *pmask;
     const char *lp, *weights, *eos_ids, *pad_id, *bos_id;
     long long max_new, beams, ngram, top_k, seed, threads;
     double top_p, temp;
@@ -100,7 +104,7 @@ typedef struct gen_inputs {
     xattn_safetensors *st;
     xattn_lm *m;
     xattn_lm_config c;
-    xattn_array mem, video, audio, mask;
+    xattn_array mem, video, audio, mask, pmask;
     float *memory; /* (B, M, hidden): mem.data or built from video / audio */
     int64_t B, M, P;
     int64_t *prompt; /* (B, P) */
@@ -114,6 +118,7 @@ static void inputs_free(gen_inputs *in)
     xattn_array_free(&in->mem);
     xattn_array_free(&in->video);
     xattn_array_free(&in->audio);
+    xattn_array_free(&in->pmask);
     xattn_array_free(&in->mask);
     free(in->prompt);
     free(in->vocab_buf);
@@ -369,6 +374,21 @@ static int load_mask(const char *path, gen_inputs *in)
 
 /* ---- the prompt ---- */
 
+/* --prompt-mask (B, P) (or (P,) for one item): the prompt's attention mask. */
+static int load_prompt_mask(const char *path, gen_inputs *in)
+{
+    if (cli_load_bool_mask(CMD, path, "--prompt-mask", "keep", &in->pmask)) return 1;
+    const xattn_array *k = &in->pmask;
+    const int ok = (k->ndim == 2 && k->shape[0] == in->B && k->shape[1] == in->P) ||
+                   (k->ndim == 1 && in->B == 1 && k->shape[0] == in->P);
+    if (!ok) {
+        char s[160];
+        return cli_error(CMD, path, "has shape %s; expected (%lld, %lld): (B, P) of the prompt",
+                         cli_shape_str(k, s, sizeof s), (long long)in->B, (long long)in->P);
+    }
+    return 0;
+}
+
 /* "1,5,7": one row, repeated for every item. */
 static int parse_prompt_list(const char *s, gen_inputs *in)
 {
@@ -583,6 +603,9 @@ static int load_all(const gen_args *a, gen_inputs *in, xattn_generate_opts *o)
             is_npy(a->prompt) ? load_prompt_npy(a->prompt, in) : parse_prompt_list(a->prompt, in);
         if (rc) return rc;
     }
+    if (a->pmask && !a->prompt) return cli_usage(CMD, "--prompt-mask needs --prompt");
+    if (a->pmask && load_prompt_mask(a->pmask, in)) return CLI_EXIT_ERROR;
+    o->prompt_mask = in->pmask.data;
     return check_prompt(a, in, o);
 }
 
@@ -618,6 +641,7 @@ int cmd_generate(int argc, char **argv)
         {"--video", CLI_STRING, &a.video, 0, 0},
         {"--audio", CLI_STRING, &a.audio, 0, 0},
         {"--memory-mask", CLI_STRING, &a.mmask, 0, 0},
+        {"--prompt-mask", CLI_STRING, &a.pmask, 0, 0},
         {"--prompt", CLI_STRING, &a.prompt, 0, 0},
         {"--max-new-tokens", CLI_INT, &a.max_new, 1, 1LL << 30},
         {"--num-beams", CLI_INT, &a.beams, 1, 32},
