@@ -8,7 +8,10 @@
  * The reader maps a file read-only where the system can (else reads it whole) and checks every
  * field of the header against the data area before any tensor is handed out. Loaders that copy
  * tensors out (xa_st_read_f32) hand the mapped pages back as they go, so a model's weights are
- * never resident twice: the file's bytes stay in the page cache, not in the process.
+ * never resident twice: the file's bytes stay in the page cache, not in the process. A file
+ * truncated by another process while it is open (after its header was checked against its
+ * size) would fault on access, as any mapping does; writers of model files in this project
+ * replace files by renaming, which leaves an open mapping intact.
  */
 #if !defined(_DEFAULT_SOURCE)
 #define _DEFAULT_SOURCE /* madvise */
