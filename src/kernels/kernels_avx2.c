@@ -488,9 +488,9 @@ static void dotn_avx2(const float *x, int64_t ldx, int64_t rows, const float *w,
 /* 16 int8 weights as two vectors of 8 floats (exact) */
 static inline void q8_load16(const int8_t *q, __m256 *w0, __m256 *w1)
 {
-    __m128i b = _mm_loadu_si128((const __m128i *)q);
-    *w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
-    *w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8)));
+    /* two 8-byte loads that the sign extension takes as memory operands (no shuffle) */
+    *w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)q)));
+    *w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(q + 8))));
 }
 
 /* four rows of x against one int8 row: the weights are converted once for the four */
