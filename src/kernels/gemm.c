@@ -22,8 +22,15 @@
  * a C tile just before its first K block is added. Tiles that overhang M or N are computed into
  * a small temporary tile (panels are zero padded) and the valid part is merged into C.
  */
+#if !defined(_DEFAULT_SOURCE)
+#define _DEFAULT_SOURCE /* sysconf's cache sizes */
+#endif
 #include "kernels.h"
 #include "../base/base.h"
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>
+#endif
 
 #include <string.h>
 
@@ -475,25 +482,41 @@ static void gemm_scale_only(const gemm_job *g)
     }
 }
 
+/* Bytes of the per-core L1 data and L2 caches (sysconf where the C library reports them),
+ * else 32 KB and 512 KB, the smallest of the x86-64 cores of the last years. */
+static void cache_sizes(int64_t *l1, int64_t *l2)
+{
+    *l1 = 32 * 1024;
+    *l2 = 512 * 1024;
+#if defined(_SC_LEVEL1_DCACHE_SIZE) && defined(_SC_LEVEL2_CACHE_SIZE)
+    const long a = sysconf(_SC_LEVEL1_DCACHE_SIZE), b = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    if (a >= 8 * 1024 && a <= 1024 * 1024) *l1 = a;
+    if (b >= 64 * 1024 && b <= 64 * 1024 * 1024) *l2 = b;
+#endif
+}
+
 /*
- * Block sizes for a table and K (tuned on a 32 KB L1d / 1 MB L2 per core machine; also sound
- * for 48 KB / 2 MB):
- *   KC: K is cut into equal blocks of at most 512 (an mr = 8 A panel is then 16 KB, half of
- *       L1), so there is no thin last block; a K of up to 512 is one block, and with beta = 0
- *       C is then written once and never read;
- *   NC: the B block KC x NC is about 512 KB, half of L2, leaving room for the A and C streams;
+ * Block sizes for a table and K, from the core's caches:
+ *   KC: K is cut into equal blocks of at most 512 and at most what keeps an A panel
+ *       (mr x KC) within half of L1, so there is no thin last block; a K of up to KC is one
+ *       block, and with beta = 0 C is then written once and never read;
+ *   NC: the B block KC x NC fills half of L2, leaving room for the A and C streams (512 KB
+ *       on the 1 MB L2 the sizes were first tuned on; on a 512 KB L2, 1024^3 and
+ *       4096 x 512 x 512 run as fast with 256 KB as with 512 KB, within this machine's noise);
  *   MC: bounds the A block (MC x KC, streamed from L3); B blocks are packed once per MC rows.
- * Only the shape decides these (never the thread count), so results do not depend on it.
+ * The shape and the CPU decide these, never the thread count, so results do not depend on it.
  */
 static void block_sizes(const xa_kernels *kt, int64_t K, int64_t *MC, int64_t *KC, int64_t *NC)
 {
     const int64_t mr = kt->mr, nr = kt->nr;
-    int64_t kmax = 512;
-    if (mr * kmax * 4 > 20 * 1024) kmax = XA_MAX((int64_t)64, (20 * 1024 / (mr * 4)) & ~(int64_t)7);
+    int64_t l1, l2;
+    cache_sizes(&l1, &l2);
+    int64_t kmax = XA_MIN((int64_t)512, (l1 / 2) / (mr * 4));
+    kmax = XA_MAX((int64_t)64, kmax & ~(int64_t)7);
     const int64_t nkb = (K + kmax - 1) / kmax;
     int64_t kc = (K + nkb - 1) / nkb;
     kc = XA_MIN(kmax, (kc + 7) & ~(int64_t)7);
-    int64_t nc = (512 * 1024 / 4) / kc / nr * nr;
+    int64_t nc = (l2 / 2 / 4) / kc / nr * nr;
     *KC = kc;
     *NC = XA_MAX(nr, nc);
     *MC = (2048 + mr - 1) / mr * mr;
