@@ -215,38 +215,71 @@ static const struct gcase {
     {"beam4_ngram", 4, -0.5, 0, 2},
 };
 
+/* The options of a search case: 12 new tokens, beams, a length penalty, early stopping. */
+static xattn_generate_opts case_opts(int64_t beams, double lp, xattn_early_stopping es)
+{
+    xattn_generate_opts o;
+    memset(&o, 0, sizeof o);
+    o.max_new_tokens = 12;
+    o.num_beams = beams;
+    o.has_length_penalty = 1;
+    o.length_penalty = lp;
+    o.early_stopping = es;
+    return o;
+}
+
+/* Generates from the fixture's memory and the prompt (B, P) with o into ids (room for P + 12
+ * per row): 1 if the ids equal the fixture's expected.<name>; what, if not NULL, labels the
+ * ids printed when they differ. */
+static int generates(const fixture *f, const char *name, int64_t P, const int64_t *prompt,
+                     const xattn_generate_opts *o, int64_t *ids, const char *what)
+{
+    int64_t e[8], len = 0;
+    char key[64];
+    snprintf(key, sizeof key, "expected.%s", name);
+    int64_t *ref = get_ids(f->st, key, e);
+    CHECK_OK(xattn_lm_generate(NULL, f->m, f->B, f->M, f->mem, f->mask, P, prompt, o, ids, &len));
+    int same = len == e[1];
+    for (int64_t i = 0; i < f->B * len && same; i++) same = ids[i] == ref[i];
+    if (!same && what) {
+        fprintf(stderr, "%s %s: got", what, name);
+        for (int64_t i = 0; i < f->B * len; i++) fprintf(stderr, " %lld", (long long)ids[i]);
+        fprintf(stderr, " (len %lld), want len %lld\n", (long long)len, (long long)e[1]);
+    }
+    free(ref);
+    return same;
+}
+
+/* Loads st as a whole model with config.json holding json (written to path): the status, the
+ * model into *m. */
+static xattn_status load_with_config(const xattn_safetensors *st, const char *path,
+                                     const char *json, xattn_lm **m)
+{
+    FILE *fp = fopen(path, "w");
+    if (!fp) return XATTN_ERR_IO;
+    fputs(json, fp);
+    fclose(fp);
+    xattn_lm_opts o;
+    memset(&o, 0, sizeof o);
+    o.config_json = path;
+    *m = NULL;
+    return xattn_lm_load(st, &o, m);
+}
+
 /* Generated ids equal transformers' generate for every case. */
 static void check_generate(const char *name)
 {
     fixture f;
     if (!open_fixture(&f, name)) return;
-    int64_t d[8], e[8];
+    int64_t d[8];
     int64_t *prompt = get_ids(f.st, "input.prompt", d);
     const int64_t B = d[0], P = d[1], cap = P + 12;
     int64_t *ids = malloc(sizeof(int64_t) * (size_t)(B * cap));
     for (size_t k = 0; k < sizeof CASES / sizeof *CASES; k++) {
         const struct gcase *c = &CASES[k];
-        xattn_generate_opts o;
-        memset(&o, 0, sizeof o);
-        o.max_new_tokens = 12;
-        o.num_beams = c->beams;
-        o.has_length_penalty = 1;
-        o.length_penalty = c->lp;
-        o.early_stopping = c->es;
+        xattn_generate_opts o = case_opts(c->beams, c->lp, c->es);
         o.no_repeat_ngram_size = c->ngram;
-        char key[64];
-        snprintf(key, sizeof key, "expected.%s", c->name);
-        int64_t *ref = get_ids(f.st, key, e), len = 0;
-        CHECK_OK(xattn_lm_generate(NULL, f.m, B, f.M, f.mem, f.mask, P, prompt, &o, ids, &len));
-        int same = len == e[1];
-        for (int64_t i = 0; i < B * len && same; i++) same = ids[i] == ref[i];
-        if (!same) {
-            fprintf(stderr, "%s %s: got", name, c->name);
-            for (int64_t i = 0; i < B * len; i++) fprintf(stderr, " %lld", (long long)ids[i]);
-            fprintf(stderr, " (len %lld), want len %lld\n", (long long)len, (long long)e[1]);
-        }
-        CHECK(same);
-        free(ref);
+        CHECK(generates(&f, c->name, P, prompt, &o, ids, name));
     }
     /* a prompt id out of range, a prompt too long for the positions */
     prompt[1] = f.c.vocab_size;
@@ -393,14 +426,8 @@ static void check_config_json(void)
     CHECK(fd >= 0);
     if (fd >= 0) close(fd);
     for (size_t i = 0; i < sizeof JS / sizeof *JS && st; i++) {
-        FILE *f = fopen(path, "w");
-        fputs(JS[i], f);
-        fclose(f);
-        xattn_lm_opts o;
-        memset(&o, 0, sizeof o);
-        o.config_json = path;
-        xattn_lm *m = NULL;
-        const xattn_status s = xattn_lm_load(st, &o, &m);
+        xattn_lm *m;
+        const xattn_status s = load_with_config(st, path, JS[i], &m);
         if (i == 0) {
             CHECK_OK(s);
             xattn_lm_config c;
@@ -425,7 +452,7 @@ static void check_eos(void)
     fixture f;
     if (!open_fixture(&f, "generate_eos.safetensors")) return;
     CHECK(f.c.n_eos == 2 && f.c.eos_token_id == f.c.eos_token_ids[0]);
-    int64_t d[8], e[8];
+    int64_t d[8];
     int64_t *prompt = get_ids(f.st, "input.prompt", d);
     const int64_t B = d[0], P = d[1];
     static const struct {
@@ -442,24 +469,10 @@ static void check_eos(void)
                  {"beam3_never", 3, 1.3, XATTN_EARLY_STOP_NEVER, 0, 0}};
     int64_t *ids = malloc(sizeof(int64_t) * (size_t)(B * (P + 12)));
     for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
-        xattn_generate_opts o;
-        memset(&o, 0, sizeof o);
-        o.max_new_tokens = 12;
-        o.num_beams = cases[k].beams;
-        o.has_length_penalty = 1;
-        o.length_penalty = cases[k].lp;
-        o.early_stopping = cases[k].es;
+        xattn_generate_opts o = case_opts(cases[k].beams, cases[k].lp, cases[k].es);
         if (cases[k].pad5) o.has_pad_token_id = 1, o.pad_token_id = 5;
         if (cases[k].eos2) o.n_eos = 1, o.eos_token_ids[0] = f.c.eos_token_ids[1];
-        char key[64];
-        snprintf(key, sizeof key, "expected.%s", cases[k].name);
-        int64_t *ref = get_ids(f.st, key, e), len = 0;
-        CHECK_OK(xattn_lm_generate(NULL, f.m, B, f.M, f.mem, f.mask, P, prompt, &o, ids, &len));
-        int same = len == e[1];
-        for (int64_t i = 0; i < B * len && same; i++) same = ids[i] == ref[i];
-        if (!same) fprintf(stderr, "generate_eos %s: ids differ\n", cases[k].name);
-        CHECK(same);
-        free(ref);
+        CHECK(generates(&f, cases[k].name, P, prompt, &o, ids, "generate_eos"));
     }
     /* out-of-range ids given to the call; -1: no end token at all (runs to max_new_tokens) */
     xattn_generate_opts o;
@@ -487,14 +500,8 @@ static void check_eos(void)
     CHECK(fd >= 0);
     if (fd >= 0) close(fd);
     for (size_t i = 0; i < sizeof JS / sizeof *JS; i++) {
-        FILE *fp = fopen(path, "w");
-        fputs(JS[i], fp);
-        fclose(fp);
-        xattn_lm_opts lo;
-        memset(&lo, 0, sizeof lo);
-        lo.config_json = path;
-        xattn_lm *m = NULL;
-        const xattn_status st = xattn_lm_load(f.st, &lo, &m);
+        xattn_lm *m;
+        const xattn_status st = load_with_config(f.st, path, JS[i], &m);
         if (i == 0) {
             CHECK_OK(st);
             xattn_lm_config c;
@@ -519,7 +526,7 @@ static void check_ragged(void)
 {
     fixture f;
     if (!open_fixture(&f, "generate_ragged.safetensors")) return;
-    int64_t d[8], e[8];
+    int64_t d[8];
     int64_t *prompt = get_ids(f.st, "input.prompt", d);
     const int64_t B = d[0], P = d[1];
     xattn_array pa;
@@ -535,24 +542,18 @@ static void check_ragged(void)
     int64_t *ids = malloc(sizeof(int64_t) * (size_t)(B * (P + 12)));
     for (size_t k = 0; k < sizeof cases / sizeof *cases; k++)
         for (int masked = 1; masked >= 0; masked--) {
-            xattn_generate_opts o;
-            memset(&o, 0, sizeof o);
-            o.max_new_tokens = 12;
-            o.num_beams = cases[k].beams;
-            o.has_length_penalty = 1;
-            o.length_penalty = cases[k].lp;
-            o.early_stopping = cases[k].es;
+            xattn_generate_opts o = case_opts(cases[k].beams, cases[k].lp, cases[k].es);
             o.prompt_mask = masked ? pa.data : NULL;
-            char key[64];
-            snprintf(key, sizeof key, "expected.%s", cases[k].name);
-            int64_t *ref = get_ids(f.st, key, e), len = 0;
-            CHECK_OK(xattn_lm_generate(NULL, f.m, B, f.M, f.mem, f.mask, P, prompt, &o, ids, &len));
-            int same = len == e[1];
-            for (int64_t i = 0; i < B * len && same; i++) same = ids[i] == ref[i];
-            if (masked && !same) fprintf(stderr, "generate_ragged %s: ids differ\n", cases[k].name);
+            const int same =
+                generates(&f, cases[k].name, P, prompt, &o, ids, masked ? "generate_ragged" : NULL);
             CHECK(same == masked || (!masked && k > 0)); /* unmasked greedy must differ */
-            free(ref);
         }
+    /* a mask without a prompt is refused, not ignored */
+    xattn_generate_opts o = case_opts(1, 1.0, 0);
+    o.prompt_mask = pa.data;
+    int64_t len;
+    CHECK_FAIL(xattn_lm_generate(NULL, f.m, B, f.M, f.mem, f.mask, 0, NULL, &o, ids, &len),
+               XATTN_ERR_ARG);
     free(ids);
     free(prompt);
     xattn_array_free(&pa);

@@ -79,6 +79,18 @@ def _ids(label, a, B):
     return np.ascontiguousarray(a, dtype=np.int64)
 
 
+def _keep(label, a, shape, rows_alike=False):
+    """A bool or integer keep mask of the given shape as C-contiguous uint8 (nonzero = 1); with
+    rows_alike a 1-D mask is every row's."""
+    a = np.asarray(a)
+    if rows_alike and a.ndim == 1:
+        a = np.broadcast_to(a, shape)
+    if a.dtype.kind not in "biu" or a.shape != tuple(shape):
+        raise ValueError(f"{label}: expected bool or integer {tuple(shape)}, got {a.dtype} "
+                         f"{a.shape}")
+    return np.ascontiguousarray(a != 0, dtype=np.uint8)
+
+
 class LanguageModel:
     """A loaded BertLMHeadModel (or BertModel): .config, .warnings, .generate(...)."""
 
@@ -170,13 +182,7 @@ class LanguageModel:
             raise ValueError(f"memory: expected (B, M, {self.config['hidden_size']}), got "
                              f"{mem.shape}")
         B, M = mem.shape[0], mem.shape[1]
-        mask = None
-        if memory_mask is not None:
-            mm = np.asarray(memory_mask)
-            if mm.dtype.kind not in "biu" or mm.shape != (B, M):
-                raise ValueError(f"memory_mask: expected bool or integer ({B}, {M}), got "
-                                 f"{mm.dtype} {mm.shape}")
-            mask = np.ascontiguousarray(mm != 0, dtype=np.uint8)
+        mask = None if memory_mask is None else _keep("memory_mask", memory_mask, (B, M))
         ids_in = None if prompt is None else _ids("prompt", prompt, B)
         Pn = 0 if ids_in is None else ids_in.shape[1]
         if early_stopping not in _EARLY:
@@ -218,13 +224,7 @@ class LanguageModel:
         if prompt_mask is not None:
             if ids_in is None:
                 raise ValueError("prompt_mask: given without a prompt")
-            pm = np.asarray(prompt_mask)
-            if pm.ndim == 1:
-                pm = np.broadcast_to(pm, ids_in.shape)
-            if pm.dtype.kind not in "biu" or pm.shape != ids_in.shape:
-                raise ValueError(f"prompt_mask: expected bool or integer {ids_in.shape}, got "
-                                 f"{pm.dtype} {pm.shape}")
-            pmask = np.ascontiguousarray(pm != 0, dtype=np.uint8)
+            pmask = _keep("prompt_mask", prompt_mask, ids_in.shape, rows_alike=True)
             o.prompt_mask = pmask.ctypes.data_as(C.POINTER(C.c_uint8))
         start = Pn if Pn else 1  # the bos token alone without a prompt
         cap = start + (o.max_new_tokens or max(20 - start, 1))

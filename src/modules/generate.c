@@ -30,7 +30,6 @@ typedef struct gen {
     const xattn_generate_opts *o;
     xattn_lm_config c;
     int64_t B, K, R, P, max_len, V, h, pad;
-    int P_given;                       /* a prompt was given (else the bos token alone) */
     int64_t eos[XATTN_MAX_EOS], n_eos; /* the end tokens */
     xattn_decoder_state *s;
     float *x, *hid, *t, *logits; /* scratch (R P h) x3 and the last rows' logits (R, V) */
@@ -507,7 +506,7 @@ static xattn_status gen_alloc(gen *g, const int64_t *prompt, int64_t M, const fl
         memcpy(g->tok + r * g->P, p, sizeof(int64_t) * (size_t)g->P);
     }
     const uint8_t *pm = g->o->prompt_mask;
-    if (pm && g->P_given) { /* position ids cumsum(mask) - 1, 0 at masked tokens */
+    if (pm) { /* position ids cumsum(mask) - 1, 0 at masked tokens */
         g->pid = xa_alloc(sizeof(int64_t) * (size_t)(rows + R));
         g->pkeep = xa_alloc((size_t)rows);
         if (!g->pid || !g->pkeep) return xa_error(XATTN_ERR_NOMEM, "%s: out of memory", FN);
@@ -537,6 +536,8 @@ xattn_status xattn_lm_generate(xattn_ctx *ctx, const xattn_lm *m, int64_t B, int
         return xa_error(XATTN_ERR_ARG, "%s: model, memory, ids or len NULL, or bad sizes", FN);
     if (!xa_reserved_zero(o->reserved_))
         return xa_error(XATTN_ERR_ARG, "%s: opts->reserved_ must be zero", FN);
+    if (o->prompt_mask && P == 0)
+        return xa_error(XATTN_ERR_ARG, "%s: a prompt_mask without a prompt", FN);
     gen g;
     memset(&g, 0, sizeof g);
     g.ctx = ctx, g.m = m, g.o = o;
@@ -547,7 +548,6 @@ xattn_status xattn_lm_generate(xattn_ctx *ctx, const xattn_lm *m, int64_t B, int
     if (P == 0 && bos < 0)
         return xa_error(XATTN_ERR_ARG, "%s: no prompt and the model has no bos_token_id", FN);
     g.P = P ? P : 1;
-    g.P_given = P > 0;
     const int64_t max_new = o->max_new_tokens ? o->max_new_tokens : 20 - g.P;
     s = check_opts(&g.c, o, g.P, max_new);
     if (!s && P) s = xa_lm_check_ids(m, prompt, B * P, "xattn_lm_generate: prompt");

@@ -358,36 +358,23 @@ static int load_memory(const gen_args *a, gen_inputs *in)
     return 0;
 }
 
-static int load_mask(const char *path, gen_inputs *in)
+/* A keep mask (B, n) (or (n,) for one item) from flag's file into k: --memory-mask (n = M) or
+ * --prompt-mask (n = P); what names the axis in the message. */
+static int load_keep(const char *path, const char *flag, int64_t B, int64_t n, const char *what,
+                     xattn_array *k)
 {
-    if (cli_load_bool_mask(CMD, path, "--memory-mask", "keep", &in->mask)) return 1;
-    const xattn_array *k = &in->mask;
-    const int ok = (k->ndim == 2 && k->shape[0] == in->B && k->shape[1] == in->M) ||
-                   (k->ndim == 1 && in->B == 1 && k->shape[0] == in->M);
+    if (cli_load_bool_mask(CMD, path, flag, "keep", k)) return 1;
+    const int ok = (k->ndim == 2 && k->shape[0] == B && k->shape[1] == n) ||
+                   (k->ndim == 1 && B == 1 && k->shape[0] == n);
     if (!ok) {
         char s[160];
-        return cli_error(CMD, path, "has shape %s; expected (%lld, %lld): (B, M) of the memory",
-                         cli_shape_str(k, s, sizeof s), (long long)in->B, (long long)in->M);
+        return cli_error(CMD, path, "has shape %s; expected (%lld, %lld): %s",
+                         cli_shape_str(k, s, sizeof s), (long long)B, (long long)n, what);
     }
     return 0;
 }
 
 /* ---- the prompt ---- */
-
-/* --prompt-mask (B, P) (or (P,) for one item): the prompt's attention mask. */
-static int load_prompt_mask(const char *path, gen_inputs *in)
-{
-    if (cli_load_bool_mask(CMD, path, "--prompt-mask", "keep", &in->pmask)) return 1;
-    const xattn_array *k = &in->pmask;
-    const int ok = (k->ndim == 2 && k->shape[0] == in->B && k->shape[1] == in->P) ||
-                   (k->ndim == 1 && in->B == 1 && k->shape[0] == in->P);
-    if (!ok) {
-        char s[160];
-        return cli_error(CMD, path, "has shape %s; expected (%lld, %lld): (B, P) of the prompt",
-                         cli_shape_str(k, s, sizeof s), (long long)in->B, (long long)in->P);
-    }
-    return 0;
-}
 
 /* "1,5,7": one row, repeated for every item. */
 static int parse_prompt_list(const char *s, gen_inputs *in)
@@ -597,14 +584,18 @@ static int load_all(const gen_args *a, gen_inputs *in, xattn_generate_opts *o)
     if (check_out(a->out) || load_model(a, in)) return CLI_EXIT_ERROR;
     if (a->vocab && load_vocab(a->vocab, in)) return CLI_EXIT_ERROR;
     if (load_memory(a, in)) return CLI_EXIT_ERROR;
-    if (a->mmask && load_mask(a->mmask, in)) return CLI_EXIT_ERROR;
+    if (a->mmask &&
+        load_keep(a->mmask, "--memory-mask", in->B, in->M, "(B, M) of the memory", &in->mask))
+        return CLI_EXIT_ERROR;
     if (a->prompt) {
         const int rc =
             is_npy(a->prompt) ? load_prompt_npy(a->prompt, in) : parse_prompt_list(a->prompt, in);
         if (rc) return rc;
     }
     if (a->pmask && !a->prompt) return cli_usage(CMD, "--prompt-mask needs --prompt");
-    if (a->pmask && load_prompt_mask(a->pmask, in)) return CLI_EXIT_ERROR;
+    if (a->pmask &&
+        load_keep(a->pmask, "--prompt-mask", in->B, in->P, "(B, P) of the prompt", &in->pmask))
+        return CLI_EXIT_ERROR;
     o->prompt_mask = in->pmask.data;
     return check_prompt(a, in, o);
 }
