@@ -1234,7 +1234,8 @@ typedef struct xattn_generate_opts {
 /* Generates from memory (B, M, hidden) with memory_mask (B, M) (nonzero = keep, or NULL) and a
  * prompt (B, P) (P = 0: bos_token_id alone) as BertLMHeadModel.generate(input_ids=prompt,
  * encoder_hidden_states=memory, encoder_attention_mask=memory_mask, ...) with the model's
- * pad / eos ids: ids (B, P + max_new_tokens) receives the sequences (prompt included), *len
+ * pad / eos ids: ids (B, xattn_lm_generate_length(opts, P)) receives the sequences (prompt
+ * included), *len
  * their length (rows are (B, *len) contiguous; a finished greedy row continues with
  * pad_token_id, a short beam row with transformers' fill: pad_token_id if nonzero, else
  * eos_token_id). Greedy and beam search give transformers' ids; sampling draws from the same
@@ -1243,6 +1244,10 @@ XATTN_API xattn_status xattn_lm_generate(xattn_ctx *ctx, const xattn_lm *m, int6
                                          const float *memory, const uint8_t *memory_mask, int64_t P,
                                          const int64_t *prompt, const xattn_generate_opts *opts,
                                          int64_t *ids, int64_t *len);
+/* The row length ids needs for xattn_lm_generate with P prompt tokens: the prompt (the bos token
+ * when P = 0) and max_new_tokens, or transformers' max_length of 20 in all when it is 0 (at
+ * least one token more than the prompt; a prompt of 20 or more is refused then). */
+XATTN_API int64_t xattn_lm_generate_length(const xattn_generate_opts *opts, int64_t P);
 /* Sampling's filters on one row of scores (V), in place, as transformers'
  * TemperatureLogitsWarper (temperature > 0, != 1), TopKLogitsWarper (0 < top_k < V: scores below
  * the k-th largest become -inf) and TopPLogitsWarper (0 < top_p < 1: the smallest scores whose

@@ -309,6 +309,40 @@ static void check_generate(const char *name)
     close_fixture(&f);
 }
 
+/* The output length: transformers' max_length of 20 without max_new_tokens, the prompt plus
+ * max_new_tokens with it; a generation without end tokens fills exactly that length. */
+static void check_length(void)
+{
+    xattn_generate_opts o;
+    memset(&o, 0, sizeof o);
+    CHECK(xattn_lm_generate_length(&o, 0) == 20);
+    CHECK(xattn_lm_generate_length(&o, 7) == 20);
+    CHECK(xattn_lm_generate_length(&o, 19) == 20);
+    CHECK(xattn_lm_generate_length(&o, 25) == 26);
+    CHECK(xattn_lm_generate_length(NULL, 3) == 20);
+    o.max_new_tokens = 5;
+    CHECK(xattn_lm_generate_length(&o, 0) == 6);
+    CHECK(xattn_lm_generate_length(&o, 4) == 9);
+    fixture f;
+    if (!open_fixture(&f, "generate_lm_tied.safetensors")) return;
+    int64_t d[8];
+    int64_t *prompt = get_ids(f.st, "input.prompt", d);
+    const int64_t B = d[0], P = d[1];
+    for (int64_t beams = 1; beams <= 2; beams++) {
+        memset(&o, 0, sizeof o);
+        o.n_eos = -1;
+        o.num_beams = beams;
+        const int64_t cap = xattn_lm_generate_length(&o, P);
+        CHECK(cap == (P < 20 ? 20 : P + 1));
+        int64_t *ids = malloc(sizeof(int64_t) * (size_t)(B * cap)), len = -1;
+        CHECK_OK(xattn_lm_generate(NULL, f.m, B, f.M, f.mem, f.mask, P, prompt, &o, ids, &len));
+        CHECK(len == cap);
+        free(ids);
+    }
+    free(prompt);
+    close_fixture(&f);
+}
+
 static int cmp_float(const void *a, const void *b)
 {
     const float x = *(const float *)a, y = *(const float *)b;
@@ -710,6 +744,7 @@ int main(void)
     check_int8("generate_lm_untied.safetensors");
     check_eos();
     check_ragged();
+    check_length();
     printf("generate: worst logits / hidden error %.3g (tol %g)\n", g_worst, TU_TOL);
     return tu_finish("generate");
 }

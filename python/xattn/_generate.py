@@ -61,6 +61,7 @@ _lib._proto("xattn_decoder_project", C.c_int, P, P, C.c_int64, C.POINTER(C.c_flo
 _lib._proto("xattn_lm_generate", C.c_int, P, P, C.c_int64, C.c_int64, C.POINTER(C.c_float),
             C.POINTER(C.c_uint8), C.c_int64, C.POINTER(C.c_int64), C.POINTER(GenerateOpts),
             C.POINTER(C.c_int64), C.POINTER(C.c_int64))
+_lib._proto("xattn_lm_generate_length", C.c_int64, C.POINTER(GenerateOpts), C.c_int64)
 
 _WEIGHTS = {"f32": 0, "int8": 1}
 _EARLY = {False: 1, True: 2, "never": 3}
@@ -226,8 +227,7 @@ class LanguageModel:
                 raise ValueError("prompt_mask: given without a prompt")
             pmask = _keep("prompt_mask", prompt_mask, ids_in.shape, rows_alike=True)
             o.prompt_mask = pmask.ctypes.data_as(C.POINTER(C.c_uint8))
-        start = Pn if Pn else 1  # the bos token alone without a prompt
-        cap = start + (o.max_new_tokens or max(20 - start, 1))
+        cap = lib.xattn_lm_generate_length(C.byref(o), Pn)
         out = np.empty((B, cap), dtype=np.int64)
         n = C.c_int64()
         st = lib.xattn_lm_generate(

@@ -71,6 +71,17 @@ typedef struct xa_kernels {
                     int64_t n, float *out0, float *out1);
 } xa_kernels;
 
+/* The int8 kernels stream their weights from memory once per call (decoding), faster than the
+ * hardware prefetcher follows two rows at a time: they ask for the rows XA_Q8_AHEAD rows on,
+ * which the next calls of the same thread read, one cache line per row each 64 weights. The
+ * address is formed as an integer, and a prefetch never faults, so past the end of the matrix it
+ * is only a wasted hint. */
+#define XA_Q8_AHEAD 8
+static inline uintptr_t xa_q8_ahead(const int8_t *q, int64_t ldq)
+{
+    return (uintptr_t)q + (uintptr_t)(XA_Q8_AHEAD * ldq);
+}
+
 /* out[r] = s[r] + the products k .. n-1 of four rows of x with the int8 row q: the scalar
  * remainder of the ISA tables' four-row int8 kernels. */
 static inline void xa_dot_q8_tail4(const float *x, int64_t ldx, const int8_t *q, int64_t k,

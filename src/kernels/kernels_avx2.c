@@ -509,11 +509,13 @@ static void dot_q8_4_avx2(const float *x, int64_t ldx, const int8_t *q, int64_t 
     xa_dot_q8_tail4(x, ldx, q, k, n, s, out);
 }
 
-static float dot_q8_1_avx2(const float *x, const int8_t *q, int64_t n)
+/* one row of x against one int8 row; pf: an address to prefetch along (0: none) */
+static float dot_q8_1_avx2(const float *x, const int8_t *q, int64_t n, uintptr_t pf)
 {
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int64_t k = 0;
     for (; k + 32 <= n; k += 32) {
+        if (pf && !(k & 63)) _mm_prefetch((const char *)(pf + (uintptr_t)k), _MM_HINT_T0);
         __m256 w0, w1, w2, w3;
         q8_load16(q + k, &w0, &w1);
         q8_load16(q + k + 16, &w2, &w3);
@@ -538,7 +540,7 @@ static void dot_q8_avx2(const float *x, int64_t ldx, int64_t rows, const int8_t 
 {
     int64_t r = 0;
     for (; r + 4 <= rows; r += 4) dot_q8_4_avx2(x + r * ldx, ldx, q, n, out + r);
-    for (; r < rows; r++) out[r] = dot_q8_1_avx2(x + r * ldx, q, n);
+    for (; r < rows; r++) out[r] = dot_q8_1_avx2(x + r * ldx, q, n, 0);
 }
 
 /* two int8 rows against four rows of x: eight accumulators, each 16 weights converted once
@@ -549,8 +551,13 @@ static void dot2_q8_4_avx2(const float *x, int64_t ldx, const int8_t *q, int64_t
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
     const float *x0 = x, *x1 = x + ldx, *x2 = x + 2 * ldx, *x3 = x + 3 * ldx;
     const int8_t *p = q, *r = q + ldq;
+    const uintptr_t pf = xa_q8_ahead(q, ldq);
     int64_t k = 0;
     for (; k + 16 <= n; k += 16) {
+        if (!(k & 63)) {
+            _mm_prefetch((const char *)(pf + (uintptr_t)k), _MM_HINT_T0);
+            _mm_prefetch((const char *)(pf + (uintptr_t)(ldq + k)), _MM_HINT_T0);
+        }
         __m256 u0, u1, v0, v1;
         q8_load16(p + k, &u0, &u1);
         q8_load16(r + k, &v0, &v1);
@@ -578,9 +585,10 @@ static void dot2_q8_avx2(const float *x, int64_t ldx, int64_t rows, const int8_t
 {
     int64_t r = 0;
     for (; r + 4 <= rows; r += 4) dot2_q8_4_avx2(x + r * ldx, ldx, q, ldq, n, out0 + r, out1 + r);
+    const uintptr_t pf = r < rows ? xa_q8_ahead(q, ldq) : 0; /* once, with the first row of x */
     for (; r < rows; r++) {
-        out0[r] = dot_q8_1_avx2(x + r * ldx, q, n);
-        out1[r] = dot_q8_1_avx2(x + r * ldx, q + ldq, n);
+        out0[r] = dot_q8_1_avx2(x + r * ldx, q, n, r == 0 ? pf : 0);
+        out1[r] = dot_q8_1_avx2(x + r * ldx, q + ldq, n, r == 0 ? pf + (uintptr_t)ldq : 0);
     }
 }
 

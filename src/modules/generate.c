@@ -524,6 +524,15 @@ static xattn_status gen_alloc(gen *g, const int64_t *prompt, int64_t M, const fl
     return xattn_decoder_set_memory(g->ctx, g->s, M, memory, mask);
 }
 
+enum { MAX_LENGTH = 20 }; /* transformers' max_length when max_new_tokens is not given */
+
+int64_t xattn_lm_generate_length(const xattn_generate_opts *o, int64_t P)
+{
+    const int64_t start = P > 0 ? P : 1; /* the bos token alone without a prompt */
+    const int64_t max_new = o && o->max_new_tokens > 0 ? o->max_new_tokens : MAX_LENGTH - start;
+    return start + (max_new > 0 ? max_new : 1);
+}
+
 xattn_status xattn_lm_generate(xattn_ctx *ctx, const xattn_lm *m, int64_t B, int64_t M,
                                const float *memory, const uint8_t *memory_mask, int64_t P,
                                const int64_t *prompt, const xattn_generate_opts *opts, int64_t *ids,
@@ -548,7 +557,7 @@ xattn_status xattn_lm_generate(xattn_ctx *ctx, const xattn_lm *m, int64_t B, int
     if (P == 0 && bos < 0)
         return xa_error(XATTN_ERR_ARG, "%s: no prompt and the model has no bos_token_id", FN);
     g.P = P ? P : 1;
-    const int64_t max_new = o->max_new_tokens ? o->max_new_tokens : 20 - g.P;
+    const int64_t max_new = o->max_new_tokens ? o->max_new_tokens : MAX_LENGTH - g.P;
     s = check_opts(&g.c, o, g.P, max_new);
     if (!s && P) s = xa_lm_check_ids(m, prompt, B * P, "xattn_lm_generate: prompt");
     if (s) return s;

@@ -602,19 +602,12 @@ static int load_all(const gen_args *a, gen_inputs *in, xattn_generate_opts *o)
 
 static int generate(const gen_args *a, gen_inputs *in, const xattn_generate_opts *o)
 {
-    xattn_ctx *ctx = NULL;
-    if (a->threads > 0 && (xattn_ctx_new(&ctx) || xattn_ctx_set_threads(ctx, (int)a->threads))) {
-        xattn_ctx_free(ctx);
-        return cli_lib_error(CMD, NULL);
-    }
-    const int64_t P = in->P ? in->P : 1;
-    const int64_t cap = P + (o->max_new_tokens ? o->max_new_tokens : 20 - P);
+    const int64_t cap = xattn_lm_generate_length(o, in->P);
     int64_t *ids = malloc(sizeof(int64_t) * (size_t)(in->B * cap)), T = 0;
     int rc = ids ? 0 : cli_error(CMD, NULL, "out of memory");
-    if (!rc && xattn_lm_generate(ctx, in->m, in->B, in->M, in->memory, in->mask.data, in->P,
+    if (!rc && xattn_lm_generate(NULL, in->m, in->B, in->M, in->memory, in->mask.data, in->P,
                                  in->prompt, o, ids, &T))
         rc = cli_lib_error(CMD, a->model);
-    xattn_ctx_free(ctx);
     if (!rc) rc = write_ids(a->out, ids, in->B, T);
     if (!rc && in->vocab) print_text(in, ids, T);
     free(ids);
@@ -664,6 +657,8 @@ int cmd_generate(int argc, char **argv)
     xattn_generate_opts o;
     int rc = check_flags(&a, &o);
     if (rc) return rc;
+    /* the whole command on N threads: loading (int8 quantisation) as well as generating */
+    if (a.threads > 0) xattn_set_threads((int)a.threads);
     gen_inputs in;
     memset(&in, 0, sizeof in);
     rc = load_all(&a, &in, &o);
