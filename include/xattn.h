@@ -99,7 +99,7 @@ XATTN_API xattn_ctx *xattn_ctx_default(void);
  * XATTN_MAX_THREADS. Without OpenMP at build time every call runs on the calling thread. */
 XATTN_API xattn_status xattn_ctx_set_threads(xattn_ctx *ctx, int n);
 XATTN_API int xattn_ctx_get_threads(const xattn_ctx *ctx);
-/* "auto", "avx512", "avx2" or "scalar"; XATTN_ERR_UNSUPPORTED if the CPU lacks it. */
+/* "auto", "avx512", "avx2", "neon" or "scalar"; XATTN_ERR_UNSUPPORTED if the CPU lacks it. */
 XATTN_API xattn_status xattn_ctx_set_isa(xattn_ctx *ctx, const char *name);
 XATTN_API const char *xattn_ctx_get_isa(const xattn_ctx *ctx);
 /* Most bytes of scratch kept between calls (0: keep nothing). */
@@ -112,9 +112,9 @@ XATTN_API void xattn_ctx_trim(xattn_ctx *ctx);
 /* The default context's settings (see above). n <= 0 restores the default count. */
 XATTN_API void xattn_set_threads(int n);
 XATTN_API int xattn_get_threads(void);
-/* Name of the kernel set in use: "avx512", "avx2" or "scalar". */
+/* Name of the kernel set in use: "avx512", "avx2", "neon" (AArch64) or "scalar". */
 XATTN_API const char *xattn_isa(void);
-/* Forces a kernel set ("auto", "avx512", "avx2", "scalar"); fails if the CPU lacks it. */
+/* Forces a kernel set ("auto", "avx512", "avx2", "neon", "scalar"); fails if the CPU lacks it. */
 XATTN_API xattn_status xattn_set_isa(const char *name);
 
 /* ------------------------------------------------------------------------------------------ */

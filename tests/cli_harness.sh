@@ -100,6 +100,16 @@ same() {
 }
 
 # has NAME FILE TEXT: FILE contains TEXT.
+# near NAME FILE PREFIX REF: FILE has a line "PREFIX <number> ..." with the number within
+# 2e-5 (1 + |REF|) of REF (a printed float32 result, whose last digits depend on the kernel set)
+near() {
+    local got
+    got=$(sed -n "s/^$3 \([-+0-9.eE]*\).*/\1/p" "$2" | head -n 1)
+    if [ -n "$got" ] && awk -v g="$got" -v r="$4" \
+        'BEGIN { d = g - r; if (d < 0) d = -d; a = r < 0 ? -r : r; exit !(d <= 2e-5 * (1 + a)) }'
+    then pass; else fail "$1: '$3 $4' (within 2e-5) not in: $(head -c 600 "$2")"; fi
+}
+
 has() {
     if grep -qF -- "$3" "$2"; then pass; else fail "$1: '$3' not in: $(head -c 600 "$2")"; fi
 }

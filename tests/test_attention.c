@@ -337,11 +337,11 @@ static double run_fixture(const char *file)
         char what[200];
         snprintf(what, sizeof what, "%s backward [%s]", file, xattn_isa());
         double e = tu_check_close(what, dq, tu_get_f32(gs, "dq", &rq), nq, 1e-4);
-        e = fmax(e, tu_check_close(what, dk, tu_get_f32(gs, "dk", &rk), nk, 1e-4));
-        e = fmax(e, tu_check_close(what, dv, tu_get_f32(gs, "dv", &rv), nv, 1e-4));
+        e = tu_max(e, tu_check_close(what, dk, tu_get_f32(gs, "dk", &rk), nk, 1e-4));
+        e = tu_max(e, tu_check_close(what, dv, tu_get_f32(gs, "dv", &rv), nv, 1e-4));
         if (ab.data)
-            e = fmax(e, tu_check_close(what, db, tu_get_f32(gs, "dbias", &rb),
-                                       xattn_array_numel(&ab), 1e-4));
+            e = tu_max(e, tu_check_close(what, db, tu_get_f32(gs, "dbias", &rb),
+                                         xattn_array_numel(&ab), 1e-4));
         if (e > grad_worst) grad_worst = e;
         p.lse = NULL;
         free(lse), free(dq), free(dk), free(dv), free(db);
@@ -405,10 +405,10 @@ int main(void)
     static const char *fixtures[] = {
 #include "fixtures/sdpa_list.inc"
     };
-    const char *isas[] = {"scalar", "avx2", "avx512"};
+    const char *isas[] = TU_ISAS;
     double worst_fix = 0;
     for (size_t f = 0; f < sizeof fixtures / sizeof fixtures[0]; f++)
-        for (int is = 0; is < 3; is++) {
+        for (int is = 0; is < TU_N_ISAS; is++) {
             if (xattn_set_isa(isas[is]) != XATTN_OK) continue;
             double e = run_fixture(fixtures[f]);
             if (e > worst_fix) worst_fix = e;
@@ -421,7 +421,7 @@ int main(void)
     static const int64_t heads[] = {1, 2, 3, 8, 16};
     double worst = 0;
     int ncfg = 0;
-    for (int is = 0; is < 3; is++) {
+    for (int is = 0; is < TU_N_ISAS; is++) {
         if (xattn_set_isa(isas[is]) != XATTN_OK) continue;
         for (int t = 0; t < 70; t++) {
             cfg c = {0};

@@ -248,9 +248,9 @@ static void run_fixture(const char *file)
             fill_nan(out, n_out);
             fill_nan(cout, n_cout);
             CHECK_OK(fwd(m, &in, out, cout, NULL, NULL));
-            worst_out = fmax(worst_out, tu_check_close(WHAT("out"), out, ref_out, n_out, TU_TOL));
-            worst_out = fmax(worst_out,
-                             tu_check_close(WHAT("context_out"), cout, ref_cout, n_cout, TU_TOL));
+            worst_out = tu_max(worst_out, tu_check_close(WHAT("out"), out, ref_out, n_out, TU_TOL));
+            worst_out = tu_max(worst_out,
+                               tu_check_close(WHAT("context_out"), cout, ref_cout, n_cout, TU_TOL));
             if (is_tf) {
                 /* the transformer returns no maps */
                 xattn_status s = fwd(m, &in, out2, cout2, attn, cattn);
@@ -278,27 +278,29 @@ static void run_fixture(const char *file)
                 CHECK_OK(fwd(m, &in, out2, cout2, pa, pc));
                 char t2[100];
                 snprintf(t2, sizeof t2, "out with %s vs without", tag);
-                worst_equiv = fmax(worst_equiv, tu_check_close(WHAT(t2), out2, out, n_out, TU_TOL));
+                worst_equiv =
+                    tu_max(worst_equiv, tu_check_close(WHAT(t2), out2, out, n_out, TU_TOL));
                 snprintf(t2, sizeof t2, "context_out with %s vs without", tag);
                 worst_equiv =
-                    fmax(worst_equiv, tu_check_close(WHAT(t2), cout2, cout, n_cout, TU_TOL));
+                    tu_max(worst_equiv, tu_check_close(WHAT(t2), cout2, cout, n_cout, TU_TOL));
                 snprintf(t2, sizeof t2, "out with %s", tag);
-                worst_out = fmax(worst_out, tu_check_close(WHAT(t2), out2, ref_out, n_out, TU_TOL));
+                worst_out =
+                    tu_max(worst_out, tu_check_close(WHAT(t2), out2, ref_out, n_out, TU_TOL));
                 snprintf(t2, sizeof t2, "context_out with %s", tag);
                 worst_out =
-                    fmax(worst_out, tu_check_close(WHAT(t2), cout2, ref_cout, n_cout, TU_TOL));
+                    tu_max(worst_out, tu_check_close(WHAT(t2), cout2, ref_cout, n_cout, TU_TOL));
                 if (which == 0)
                     check_map_sums(WHAT("map sums"), attn, cattn, in.B, H, in.I, in.J, talk, ctalk);
                 if (!ref_attn) continue;
                 if (pa) {
                     snprintf(t2, sizeof t2, "attn (%s)", tag);
                     worst_attn =
-                        fmax(worst_attn, tu_check_close(WHAT(t2), attn, ref_attn, n_map, TU_TOL));
+                        tu_max(worst_attn, tu_check_close(WHAT(t2), attn, ref_attn, n_map, TU_TOL));
                 }
                 if (pc) {
                     snprintf(t2, sizeof t2, "context_attn (%s)", tag);
-                    worst_attn =
-                        fmax(worst_attn, tu_check_close(WHAT(t2), cattn, ref_cattn, n_map, TU_TOL));
+                    worst_attn = tu_max(worst_attn,
+                                        tu_check_close(WHAT(t2), cattn, ref_cattn, n_map, TU_TOL));
                 }
             }
 #undef WHAT
@@ -314,9 +316,9 @@ static void run_fixture(const char *file)
            in.mask || in.context_mask ? " masks" : "", in.rel_pos_bias ? " bias" : "",
            talking ? " talking" : "", worst_out, worst_attn, worst_equiv);
     (void)desc;
-    g_worst_out = fmax(g_worst_out, worst_out);
-    g_worst_attn = fmax(g_worst_attn, worst_attn);
-    g_worst_equiv = fmax(g_worst_equiv, worst_equiv);
+    g_worst_out = tu_max(g_worst_out, worst_out);
+    g_worst_attn = tu_max(g_worst_attn, worst_attn);
+    g_worst_equiv = tu_max(g_worst_equiv, worst_equiv);
     free(out);
     free(cout);
     free(out2);
@@ -653,13 +655,13 @@ static void ref_attention(const ref_attn_w *r, const xattn_bidir_inputs *in, con
             double *A = at + h * I * J, *C = ct + h * I * J;
             for (int64_t i = 0; i < I; i++) {
                 double mx = -INFINITY, sum = 0;
-                for (int64_t j = 0; j < J; j++) mx = fmax(mx, S[i * J + j]);
+                for (int64_t j = 0; j < J; j++) mx = tu_max(mx, S[i * J + j]);
                 for (int64_t j = 0; j < J; j++) sum += (A[i * J + j] = exp(S[i * J + j] - mx));
                 for (int64_t j = 0; j < J; j++) A[i * J + j] /= sum;
             }
             for (int64_t j = 0; j < J; j++) {
                 double mx = -INFINITY, sum = 0;
-                for (int64_t i = 0; i < I; i++) mx = fmax(mx, S[i * J + j]);
+                for (int64_t i = 0; i < I; i++) mx = tu_max(mx, S[i * J + j]);
                 for (int64_t i = 0; i < I; i++) sum += (C[i * J + j] = exp(S[i * J + j] - mx));
                 for (int64_t i = 0; i < I; i++) C[i * J + j] /= sum;
             }
@@ -900,9 +902,9 @@ static void run_random_case(const rcase *c, int idx)
         fill_nan(cout, n_cout);
         CHECK_OK(fwd(m, &in, out, cout, NULL, NULL));
         snprintf(w2, sizeof w2, "%s [%s] out", what, isas[ii]);
-        worst = fmax(worst, check_close_d(w2, out, ro, n_out));
+        worst = tu_max(worst, check_close_d(w2, out, ro, n_out));
         snprintf(w2, sizeof w2, "%s [%s] context_out", what, isas[ii]);
-        worst = fmax(worst, check_close_d(w2, cout, rco, n_cout));
+        worst = tu_max(worst, check_close_d(w2, cout, rco, n_cout));
         if (c->transformer) continue;
         fill_nan(out2, n_out);
         fill_nan(cout2, n_cout);
@@ -910,22 +912,22 @@ static void run_random_case(const rcase *c, int idx)
         fill_nan(cattn, n_map);
         CHECK_OK(fwd(m, &in, out2, cout2, attn, cattn));
         snprintf(w2, sizeof w2, "%s [%s] out with maps vs without", what, isas[ii]);
-        worst = fmax(worst, tu_check_close(w2, out2, out, n_out, TU_TOL));
+        worst = tu_max(worst, tu_check_close(w2, out2, out, n_out, TU_TOL));
         snprintf(w2, sizeof w2, "%s [%s] context_out with maps vs without", what, isas[ii]);
-        worst = fmax(worst, tu_check_close(w2, cout2, cout, n_cout, TU_TOL));
+        worst = tu_max(worst, tu_check_close(w2, cout2, cout, n_cout, TU_TOL));
         snprintf(w2, sizeof w2, "%s [%s] attn", what, isas[ii]);
-        worst = fmax(worst, check_close_d(w2, attn, rattn, n_map));
+        worst = tu_max(worst, check_close_d(w2, attn, rattn, n_map));
         snprintf(w2, sizeof w2, "%s [%s] context_attn", what, isas[ii]);
-        worst = fmax(worst, check_close_d(w2, cattn, rcattn, n_map));
+        worst = tu_max(worst, check_close_d(w2, cattn, rcattn, n_map));
         snprintf(w2, sizeof w2, "%s [%s] out with maps", what, isas[ii]);
-        worst = fmax(worst, check_close_d(w2, out2, ro, n_out));
+        worst = tu_max(worst, check_close_d(w2, out2, ro, n_out));
         snprintf(w2, sizeof w2, "%s [%s] context_out with maps", what, isas[ii]);
-        worst = fmax(worst, check_close_d(w2, cout2, rco, n_cout));
+        worst = tu_max(worst, check_close_d(w2, cout2, rco, n_cout));
     }
     xattn_set_isa("auto");
     xattn_set_threads(0);
     printf("  %s%s: max err %.2e\n", what, c->prefix[0] ? " (prefixed)" : "", worst);
-    g_worst_rand = fmax(g_worst_rand, worst);
+    g_worst_rand = tu_max(g_worst_rand, worst);
     xattn_bidir_free(m);
     free(x);
     free(ctx);

@@ -177,14 +177,14 @@ static void ref_maps(const prob *p, const bufs *bf, int64_t b, double *S, double
         double *s = S + h * IJ;
         for (int64_t i = 0; i < I; i++) {
             double m = -INFINITY, l = 0;
-            for (int64_t j = 0; j < J; j++) m = fmax(m, s[i * J + j]);
+            for (int64_t j = 0; j < J; j++) m = tu_max(m, s[i * J + j]);
             for (int64_t j = 0; j < J; j++) l += exp(s[i * J + j] - m);
             for (int64_t j = 0; j < J; j++) A[h * IJ + i * J + j] = exp(s[i * J + j] - m) / l;
             r->lse[(b * H + h) * I + i] = m + log(l);
         }
         for (int64_t j = 0; j < J; j++) {
             double m = -INFINITY, l = 0;
-            for (int64_t i = 0; i < I; i++) m = fmax(m, s[i * J + j]);
+            for (int64_t i = 0; i < I; i++) m = tu_max(m, s[i * J + j]);
             for (int64_t i = 0; i < I; i++) l += exp(s[i * J + j] - m);
             for (int64_t i = 0; i < I; i++) C[h * IJ + i * J + j] = exp(s[i * J + j] - m) / l;
             r->clse[(b * H + h) * J + j] = m + log(l);
@@ -345,24 +345,24 @@ static void one(const prob *p)
              (long long)B, (long long)H, (long long)I, (long long)J, (long long)p->dh, p->inplace,
              p->mask, p->cmask, p->bias, p->talk, p->custom_scale);
     double e = 0;
-    e = fmax(e, close_to(what, "out", b.out, r.out, b.nI, TU_TOL));
-    e = fmax(e, close_to(what, "context out", b.cout, r.cout, b.nJ, TU_TOL));
-    e = fmax(e, close_to(what, "lse", b.lse, r.lse, B * H * I, TU_TOL));
-    e = fmax(e, close_to(what, "context lse", b.clse, r.clse, B * H * J, TU_TOL));
-    e = fmax(e, close_to(what, "attn", b.attn, r.attn, b.nmap, TU_TOL));
-    e = fmax(e, close_to(what, "context attn", b.cattn, r.cattn, b.nmap, TU_TOL));
-    worst_fwd = fmax(worst_fwd, e);
+    e = tu_max(e, close_to(what, "out", b.out, r.out, b.nI, TU_TOL));
+    e = tu_max(e, close_to(what, "context out", b.cout, r.cout, b.nJ, TU_TOL));
+    e = tu_max(e, close_to(what, "lse", b.lse, r.lse, B * H * I, TU_TOL));
+    e = tu_max(e, close_to(what, "context lse", b.clse, r.clse, B * H * J, TU_TOL));
+    e = tu_max(e, close_to(what, "attn", b.attn, r.attn, b.nmap, TU_TOL));
+    e = tu_max(e, close_to(what, "context attn", b.cattn, r.cattn, b.nmap, TU_TOL));
+    worst_fwd = tu_max(worst_fwd, e);
     e = 0;
-    e = fmax(e, close_to(what, "dqk", b.dqk, r.dqk, b.nI, 1e-4));
-    e = fmax(e, close_to(what, "dcqk", b.dcqk, r.dcqk, b.nJ, 1e-4));
-    e = fmax(e, close_to(what, "dv", b.dv, r.dv, b.nI, 1e-4));
-    e = fmax(e, close_to(what, "dcv", b.dcv, r.dcv, b.nJ, 1e-4));
-    if (p->bias) e = fmax(e, close_to(what, "dbias", b.dbias, r.dbias, bias_numel(p), 1e-4));
+    e = tu_max(e, close_to(what, "dqk", b.dqk, r.dqk, b.nI, 1e-4));
+    e = tu_max(e, close_to(what, "dcqk", b.dcqk, r.dcqk, b.nJ, 1e-4));
+    e = tu_max(e, close_to(what, "dv", b.dv, r.dv, b.nI, 1e-4));
+    e = tu_max(e, close_to(what, "dcv", b.dcv, r.dcv, b.nJ, 1e-4));
+    if (p->bias) e = tu_max(e, close_to(what, "dbias", b.dbias, r.dbias, bias_numel(p), 1e-4));
     if (p->talk) {
-        e = fmax(e, close_to(what, "dtalk", b.dtalk, r.dtalk, H * H, 1e-4));
-        e = fmax(e, close_to(what, "dctalk", b.dctalk, r.dctalk, H * H, 1e-4));
+        e = tu_max(e, close_to(what, "dtalk", b.dtalk, r.dtalk, H * H, 1e-4));
+        e = tu_max(e, close_to(what, "dctalk", b.dctalk, r.dctalk, H * H, 1e-4));
     }
-    worst_bwd = fmax(worst_bwd, e);
+    worst_bwd = tu_max(worst_bwd, e);
 
     /* the log-sum-exps recomputed: the same gradients; accumulate: added once more */
     float *keep = malloc(sizeof(float) * (size_t)(b.nJ + 1));

@@ -66,14 +66,14 @@ static void reference(const prob *c, const float *qk, const float *cqk, const fl
         for (int64_t h = 0; h < H; h++) {
             for (int64_t i = 0; i < I; i++) {
                 double m = -INFINITY, l = 0;
-                for (int64_t j = 0; j < J; j++) m = fmax(m, S[h * IJ + i * J + j]);
+                for (int64_t j = 0; j < J; j++) m = tu_max(m, S[h * IJ + i * J + j]);
                 for (int64_t j = 0; j < J; j++) l += exp(S[h * IJ + i * J + j] - m);
                 for (int64_t j = 0; j < J; j++)
                     A[h * IJ + i * J + j] = exp(S[h * IJ + i * J + j] - m) / l;
             }
             for (int64_t j = 0; j < J; j++) {
                 double m = -INFINITY, l = 0;
-                for (int64_t i = 0; i < I; i++) m = fmax(m, S[h * IJ + i * J + j]);
+                for (int64_t i = 0; i < I; i++) m = tu_max(m, S[h * IJ + i * J + j]);
                 for (int64_t i = 0; i < I; i++) l += exp(S[h * IJ + i * J + j] - m);
                 for (int64_t i = 0; i < I; i++)
                     C[h * IJ + i * J + j] = exp(S[h * IJ + i * J + j] - m) / l;
@@ -246,15 +246,16 @@ static void one(const prob *c, int threads_check)
              (long long)B, (long long)H, (long long)I, (long long)J, (long long)dh, c->mask,
              c->cmask, c->bias, c->talk);
     float *f;
-    worst = fmax(worst, tu_check_close(what, dqk, f = tof(r.dqk, nI), nI, 1e-4)), free(f);
-    worst = fmax(worst, tu_check_close(what, dcqk, f = tof(r.dcqk, nJ), nJ, 1e-4)), free(f);
-    worst = fmax(worst, tu_check_close(what, dv, f = tof(r.dv, nI), nI, 1e-4)), free(f);
-    worst = fmax(worst, tu_check_close(what, dcv, f = tof(r.dcv, nJ), nJ, 1e-4)), free(f);
+    worst = tu_max(worst, tu_check_close(what, dqk, f = tof(r.dqk, nI), nI, 1e-4)), free(f);
+    worst = tu_max(worst, tu_check_close(what, dcqk, f = tof(r.dcqk, nJ), nJ, 1e-4)), free(f);
+    worst = tu_max(worst, tu_check_close(what, dv, f = tof(r.dv, nI), nI, 1e-4)), free(f);
+    worst = tu_max(worst, tu_check_close(what, dcv, f = tof(r.dcv, nJ), nJ, 1e-4)), free(f);
     if (bias)
-        worst = fmax(worst, tu_check_close(what, db, f = tof(r.dbias, nb), nb, 1e-4)), free(f);
+        worst = tu_max(worst, tu_check_close(what, db, f = tof(r.dbias, nb), nb, 1e-4)), free(f);
     if (c->talk) {
-        worst = fmax(worst, tu_check_close(what, dT, f = tof(r.dT, H * H), H * H, 1e-4)), free(f);
-        worst = fmax(worst, tu_check_close(what, dTc, f = tof(r.dTc, H * H), H * H, 1e-4)), free(f);
+        worst = tu_max(worst, tu_check_close(what, dT, f = tof(r.dT, H * H), H * H, 1e-4)), free(f);
+        worst = tu_max(worst, tu_check_close(what, dTc, f = tof(r.dTc, H * H), H * H, 1e-4)),
+        free(f);
     }
     /* the forward's log-sum-exps given to the backward: the same gradients */
     float *lse = malloc(sizeof(float) * (size_t)(B * H * I)),

@@ -99,10 +99,10 @@ static int one(const char *file, int check_threads)
         memset(&r, 0, sizeof r);
         float *ref = tu_get_f32(gs, key, &r);
         snprintf(what, sizeof what, "%s d_%s", file, din[a].name);
-        err = fmax(err, tu_check_close(what, din[a].data, ref, xattn_array_numel(&r), tol));
+        err = tu_max(err, tu_check_close(what, din[a].data, ref, xattn_array_numel(&r), tol));
         xattn_array_free(&r);
     }
-    err = fmax(err, tu_check_param_grads(file, m, gs, dp, tol, NULL));
+    err = tu_max(err, tu_check_param_grads(file, m, gs, dp, tol, NULL));
     if (check_threads) { /* bitwise the same on 1 and 3 threads */
         xattn_ctx *c1 = NULL, *c3 = NULL;
         CHECK_OK(xattn_ctx_new(&c1));

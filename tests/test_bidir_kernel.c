@@ -53,14 +53,14 @@ static void reference(const prob *c, const float *qk, const float *cqk, const fl
         for (int64_t h = 0; h < H; h++) {
             for (int64_t i = 0; i < I; i++) { /* softmax over j */
                 double mx = -INFINITY, sum = 0;
-                for (int64_t j = 0; j < J; j++) mx = fmax(mx, sim[(h * I + i) * J + j]);
+                for (int64_t j = 0; j < J; j++) mx = tu_max(mx, sim[(h * I + i) * J + j]);
                 for (int64_t j = 0; j < J; j++) sum += exp(sim[(h * I + i) * J + j] - mx);
                 for (int64_t j = 0; j < J; j++)
                     a[(h * I + i) * J + j] = exp(sim[(h * I + i) * J + j] - mx) / sum;
             }
             for (int64_t j = 0; j < J; j++) { /* softmax over i */
                 double mx = -INFINITY, sum = 0;
-                for (int64_t i = 0; i < I; i++) mx = fmax(mx, sim[(h * I + i) * J + j]);
+                for (int64_t i = 0; i < I; i++) mx = tu_max(mx, sim[(h * I + i) * J + j]);
                 for (int64_t i = 0; i < I; i++) sum += exp(sim[(h * I + i) * J + j] - mx);
                 for (int64_t i = 0; i < I; i++)
                     ca[(h * I + i) * J + j] = exp(sim[(h * I + i) * J + j] - mx) / sum;
@@ -204,14 +204,14 @@ static double run(const prob *c, const char *label)
                  c->bias_kind, c->talking, maps);
         char w2[300];
         snprintf(w2, sizeof w2, "%s out", what);
-        worst = fmax(worst, tu_check_close(w2, out, fo, B * I * W, TU_TOL));
+        worst = tu_max(worst, tu_check_close(w2, out, fo, B * I * W, TU_TOL));
         snprintf(w2, sizeof w2, "%s context_out", what);
-        worst = fmax(worst, tu_check_close(w2, cout, fco, B * J * W, TU_TOL));
+        worst = tu_max(worst, tu_check_close(w2, cout, fco, B * J * W, TU_TOL));
         if (maps) {
             snprintf(w2, sizeof w2, "%s attn", what);
-            worst = fmax(worst, tu_check_close(w2, attn, fa, nmap, TU_TOL));
+            worst = tu_max(worst, tu_check_close(w2, attn, fa, nmap, TU_TOL));
             snprintf(w2, sizeof w2, "%s context_attn", what);
-            worst = fmax(worst, tu_check_close(w2, cattn, fca, nmap, TU_TOL));
+            worst = tu_max(worst, tu_check_close(w2, cattn, fca, nmap, TU_TOL));
         }
     }
     free(qk);
@@ -240,10 +240,10 @@ int main(void)
 {
     static const int64_t lens[] = {1, 2, 5, 31, 33, 64, 65, 100, 257, 300};
     static const int64_t dhs[] = {1, 3, 8, 16, 64};
-    const char *isas[] = {"scalar", "avx2", "avx512"};
+    const char *isas[] = TU_ISAS;
     double worst = 0;
     int n = 0;
-    for (int is = 0; is < 3; is++) {
+    for (int is = 0; is < TU_N_ISAS; is++) {
         if (xattn_set_isa(isas[is]) != XATTN_OK) continue;
         for (int t = 0; t < 24; t++) {
             prob c;
@@ -257,7 +257,7 @@ int main(void)
             c.bias_kind = (t / 2) % 4;
             c.talking = (t / 8) % 2 || t % 5 == 0;
             xattn_set_threads(1 + t % 2);
-            worst = fmax(worst, run(&c, isas[is]));
+            worst = tu_max(worst, run(&c, isas[is]));
             n++;
         }
     }

@@ -59,7 +59,7 @@ static void run_fixture(const char *name)
             snprintf(what, sizeof what, "conv2d %s (isa %s, threads %d)", name, isas[ii], threads);
             for (int64_t t = 0; t < n; t++) out[t] = NAN;
             CHECK_OK(xattn_conv2d_cross_forward(m, &in, out));
-            worst = fmax(worst, tu_check_close(what, out, ref, n, TU_TOL));
+            worst = tu_max(worst, tu_check_close(what, out, ref, n, TU_TOL));
         }
     }
     xattn_set_isa("auto");
@@ -69,7 +69,7 @@ static void run_fixture(const char *name)
         name, (long long)in.B, (long long)cfg.in1, (long long)cfg.in2, (long long)cfg.qk_channels,
         (long long)cfg.out_channels, (long long)in.H1, (long long)in.W1, (long long)in.H2,
         (long long)in.W2, worst);
-    g_worst = fmax(g_worst, worst);
+    g_worst = tu_max(g_worst, worst);
     free(out);
     xattn_array_free(&a1);
     xattn_array_free(&a2);

@@ -692,9 +692,9 @@ static void check_int8(const char *name)
         CHECK_OK(xattn_lm_step(NULL, mref, sr, 1, step, NULL, lr));
         char what[96];
         snprintf(what, sizeof what, "%s int8 logits t=%lld", name, (long long)t);
-        e_dq = fmax(e_dq, tu_check_close(what, lq, lr, B * V, TU_TOL));
+        e_dq = tu_max(e_dq, tu_check_close(what, lq, lr, B * V, TU_TOL));
         for (int64_t b = 0; b < B; b++)
-            e_ref = fmax(e_ref, tu_rel_err(lq + b * V, ref + (b * T + t) * V, V));
+            e_ref = tu_max(e_ref, tu_rel_err(lq + b * V, ref + (b * T + t) * V, V));
     }
     printf("%s: int8 weights: logits against the dequantised float32 model %.3g, against the "
            "float64 reference of the float32 weights %.3g\n",

@@ -98,15 +98,15 @@ static void run_fixture(const char *name)
                 for (int64_t t = 0; t < B * J * D; t++) co[t] = NAN;
                 CHECK_OK(il_fwd(m, B, I, J, x, ctx, o, co, with_lg ? lg : NULL));
                 snprintf(what, sizeof what, "%s out (isa %s, threads %d)", name, isas[ii], threads);
-                wo = fmax(wo, tu_check_close(what, o, ref_o, B * I * D, TU_TOL));
+                wo = tu_max(wo, tu_check_close(what, o, ref_o, B * I * D, TU_TOL));
                 snprintf(what, sizeof what, "%s context_out (isa %s, threads %d)", name, isas[ii],
                          threads);
-                wo = fmax(wo, tu_check_close(what, co, ref_co, B * J * D, TU_TOL));
+                wo = tu_max(wo, tu_check_close(what, co, ref_co, B * J * D, TU_TOL));
                 if (!with_lg) continue;
                 for (int64_t L = 0; L < c.depth; L++) {
                     snprintf(what, sizeof what, "%s logits %lld (isa %s, threads %d)", name,
                              (long long)L, isas[ii], threads);
-                    wl = fmax(wl, tu_check_close(what, lg[L], ref_lg[L], nlg, TU_TOL));
+                    wl = tu_max(wl, tu_check_close(what, lg[L], ref_lg[L], nlg, TU_TOL));
                 }
             }
         }
@@ -123,10 +123,10 @@ static void run_fixture(const char *name)
         float *some[8] = {0};
         some[c.depth - 1] = lg[c.depth - 1];
         CHECK_OK(il_fwd(m, B, I, J, xo, xc, xo, xc, some));
-        wo = fmax(wo, tu_check_close("in place out", xo, ref_o, B * I * D, TU_TOL));
-        wo = fmax(wo, tu_check_close("in place context_out", xc, ref_co, B * J * D, TU_TOL));
-        wl = fmax(wl,
-                  tu_check_close("last logits", lg[c.depth - 1], ref_lg[c.depth - 1], nlg, TU_TOL));
+        wo = tu_max(wo, tu_check_close("in place out", xo, ref_o, B * I * D, TU_TOL));
+        wo = tu_max(wo, tu_check_close("in place context_out", xc, ref_co, B * J * D, TU_TOL));
+        wl = tu_max(
+            wl, tu_check_close("last logits", lg[c.depth - 1], ref_lg[c.depth - 1], nlg, TU_TOL));
         free(xo);
         free(xc);
     }
@@ -135,8 +135,8 @@ static void run_fixture(const char *name)
            name, (long long)c.depth, (long long)D, (long long)c.heads, (long long)c.mlp_hidden,
            (long long)c.n_cls, c.context_first ? "context" : "x", (long long)B, (long long)I,
            (long long)J, wo, wl);
-    g_worst_out = fmax(g_worst_out, wo);
-    g_worst_lg = fmax(g_worst_lg, wl);
+    g_worst_out = tu_max(g_worst_out, wo);
+    g_worst_lg = tu_max(g_worst_lg, wl);
     free(o);
     free(co);
     for (int64_t L = 0; L < c.depth; L++) free(lg[L]);

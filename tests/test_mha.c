@@ -146,18 +146,18 @@ static void run_fixture(const char *name)
             snprintf(what, sizeof what, "%s out (isa %s, threads %d)", name, isas[ii], threads);
             for (int64_t t = 0; t < n_out; t++) out[t] = NAN;
             CHECK_OK(fwd(m, &in, out, NULL, 0));
-            worst_out = fmax(worst_out, tu_check_close(what, out, ref_out, n_out, TU_TOL));
+            worst_out = tu_max(worst_out, tu_check_close(what, out, ref_out, n_out, TU_TOL));
             if (!ref_wa) continue;
             for (int64_t t = 0; t < n_out; t++) out[t] = NAN;
             CHECK_OK(fwd(m, &in, out, wa, 1));
-            worst_out = fmax(worst_out, tu_check_close(what, out, ref_out, n_out, TU_TOL));
+            worst_out = tu_max(worst_out, tu_check_close(what, out, ref_out, n_out, TU_TOL));
             snprintf(what, sizeof what, "%s averaged weights (isa %s, threads %d)", name, isas[ii],
                      threads);
-            worst_w = fmax(worst_w, tu_check_close(what, wa, ref_wa, n_wa, TU_TOL));
+            worst_w = tu_max(worst_w, tu_check_close(what, wa, ref_wa, n_wa, TU_TOL));
             CHECK_OK(fwd(m, &in, out, wp, 0));
             snprintf(what, sizeof what, "%s per-head weights (isa %s, threads %d)", name, isas[ii],
                      threads);
-            worst_w = fmax(worst_w, tu_check_close(what, wp, ref_wp, n_wp, TU_TOL));
+            worst_w = tu_max(worst_w, tu_check_close(what, wp, ref_wp, n_wp, TU_TOL));
         }
     }
     xattn_set_isa("auto");
@@ -167,8 +167,8 @@ static void run_fixture(const char *name)
            name, (long long)in.B, (long long)in.I, (long long)in.J, (long long)cfg.embed_dim,
            (long long)cfg.kdim, (long long)cfg.vdim, (long long)cfg.heads, (long long)cfg.head_dim,
            worst_out, worst_w);
-    g_worst_out = fmax(g_worst_out, worst_out);
-    g_worst_w = fmax(g_worst_w, worst_w);
+    g_worst_out = tu_max(g_worst_out, worst_out);
+    g_worst_w = tu_max(g_worst_w, worst_w);
     free(out);
     free(wa);
     free(wp);

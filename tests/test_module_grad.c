@@ -138,11 +138,11 @@ static void one(const char *file)
         memset(&r, 0, sizeof r);
         float *ref = tu_get_f32(st, key, &r);
         snprintf(what, sizeof what, "%s d_%s", file, din[a].name);
-        err = fmax(err, tu_check_close(what, din[a].data, ref, xattn_array_numel(&r), 1e-4));
+        err = tu_max(err, tu_check_close(what, din[a].data, ref, xattn_array_numel(&r), 1e-4));
         xattn_array_free(&r);
     }
     int n_params = 0;
-    err = fmax(err, tu_check_param_grads(file, m, st, dp, 1e-4, &n_params));
+    err = tu_max(err, tu_check_param_grads(file, m, st, dp, 1e-4, &n_params));
     CHECK(n_params > 0 || (np == 0 && n_din > 0)); /* a kind without parameters: inputs only */
     /* the MSE loss against targets (the fixture's output gradients, every output, optional ones
      * included): its loss and the first parameter's gradient equal those computed here from the

@@ -52,13 +52,13 @@ static void run_fixture(const char *name)
                 for (int64_t t = 0; t < n2; t++) o2[t] = NAN;
                 CHECK_OK(xattn_mutual_terms(a, aa.shape[1], b, ab.shape[1], aa.shape[0],
                                             aa.shape[2], o1, o2));
-                worst = fmax(worst, tu_check_close(what, o2, r2, n2, TU_TOL));
+                worst = tu_max(worst, tu_check_close(what, o2, r2, n2, TU_TOL));
             } else if (!strcmp(kind, "bands")) {
                 CHECK_OK(xattn_mutual_bands(a, b, aa.ndim, aa.shape, band_axis, o1));
             } else {
                 CHECK_OK(xattn_mutual(a, b, aa.shape[0], aa.shape[1], aa.shape[2], o1));
             }
-            worst = fmax(worst, tu_check_close(what, o1, r1, n1, TU_TOL));
+            worst = tu_max(worst, tu_check_close(what, o1, r1, n1, TU_TOL));
         }
     }
     xattn_set_isa("auto");
@@ -66,7 +66,7 @@ static void run_fixture(const char *name)
     printf("  %-14s %-6s shape a (%lld, %lld, %lld%s)  max err %.2e\n", name, kind,
            (long long)aa.shape[0], (long long)aa.shape[1], (long long)aa.shape[2],
            aa.ndim > 3 ? ", ..." : "", worst);
-    g_worst = fmax(g_worst, worst);
+    g_worst = tu_max(g_worst, worst);
     free(o1);
     free(o2);
     xattn_array_free(&aa);

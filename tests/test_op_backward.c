@@ -85,7 +85,7 @@ static void fwd(const op *o, double *y)
     case 7:
         for (int64_t r = 0; r < R; r++) {
             double m = -INFINITY, s = 0;
-            for (int64_t i = 0; i < n; i++) m = fmax(m, x[r * n + i]);
+            for (int64_t i = 0; i < n; i++) m = tu_max(m, x[r * n + i]);
             for (int64_t i = 0; i < n; i++) s += exp(x[r * n + i] - m);
             for (int64_t i = 0; i < n; i++) y[r * n + i] = exp(x[r * n + i] - m) / s;
         }
@@ -203,7 +203,7 @@ static void check_op(op *o, uint64_t seed, const char *name)
         float *nf = tof(num, o->in_n[a]);
         char what[96];
         snprintf(what, sizeof what, "%s input %d", name, a);
-        worst = fmax(worst, tu_check_close(what, g[a], nf, o->in_n[a], TOL));
+        worst = tu_max(worst, tu_check_close(what, g[a], nf, o->in_n[a], TOL));
         /* accumulate: the same gradient added once more */
         float *twice = malloc(sizeof(float) * (size_t)(o->in_n[a] + 1));
         for (int64_t i = 0; i < o->in_n[a]; i++) twice[i] = 2.0f * g[a][i];

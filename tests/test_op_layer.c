@@ -27,31 +27,31 @@ static void elementwise(void)
     memcpy(r, y, N * 4);
     xa_op_axpy(0.5f, x, r, N);
     double e = 0;
-    for (int64_t i = 0; i < N; i++) e = fmax(e, fabs(r[i] - (y[i] + 0.5f * x[i])));
+    for (int64_t i = 0; i < N; i++) e = tu_max(e, fabs(r[i] - (y[i] + 0.5f * x[i])));
     CHECK(e == 0);
     memcpy(r, y, N * 4);
     xa_op_add_rows(r, rows, n, b, 2.0f);
     xa_op_scale_rows(r, rows, n, s);
     e = 0;
-    for (int64_t i = 0; i < N; i++) e = fmax(e, fabs(r[i] - (y[i] + 2.0f * b[i % n]) * s[i / n]));
+    for (int64_t i = 0; i < N; i++) e = tu_max(e, fabs(r[i] - (y[i] + 2.0f * b[i % n]) * s[i / n]));
     CHECK(e < 1e-6);
     memcpy(r, x, N * 4);
     xa_op_relu(r, N);
     e = 0;
-    for (int64_t i = 0; i < N; i++) e = fmax(e, fabs(r[i] - (x[i] > 0 ? x[i] : 0)));
+    for (int64_t i = 0; i < N; i++) e = tu_max(e, fabs(r[i] - (x[i] > 0 ? x[i] : 0)));
     CHECK(e == 0);
     xa_op_transpose(x, t, 3, 100, 77);
     e = 0;
     for (int64_t bb = 0; bb < 3; bb++)
         for (int64_t p = 0; p < 100; p++)
             for (int64_t c = 0; c < 77; c++)
-                e = fmax(e, fabs(t[bb * 7700 + c * 100 + p] - x[bb * 7700 + p * 77 + c]));
+                e = tu_max(e, fabs(t[bb * 7700 + c * 100 + p] - x[bb * 7700 + p * 77 + c]));
     CHECK(e == 0);
     xa_op_geglu(x, 150, n, r); /* in (150, 2n) */
     e = 0;
     for (int64_t i = 0; i < 150 * n; i++) {
         const double a = x[(i / n) * 2 * n + i % n], g = x[(i / n) * 2 * n + n + i % n];
-        e = fmax(e, fabs(r[i] - a * 0.5 * g * (1 + erf(g / sqrt(2.0)))));
+        e = tu_max(e, fabs(r[i] - a * 0.5 * g * (1 + erf(g / sqrt(2.0)))));
     }
     CHECK(e < 1e-6);
     xa_op_mean(x, 3, 4, 25, r);
@@ -60,7 +60,7 @@ static void elementwise(void)
         for (int64_t k = 0; k < 25; k++) {
             double m = 0;
             for (int64_t f = 0; f < 4; f++) m += x[(bb * 4 + f) * 25 + k];
-            e = fmax(e, fabs(r[bb * 25 + k] - m / 4));
+            e = tu_max(e, fabs(r[bb * 25 + k] - m / 4));
         }
     CHECK(e < 1e-6);
     xa_op_pool2(x, 2, 7, 5, r);
@@ -68,9 +68,9 @@ static void elementwise(void)
     for (int64_t bb = 0; bb < 2; bb++)
         for (int64_t q = 0; q < 3; q++)
             for (int64_t c = 0; c < 5; c++)
-                e = fmax(e,
-                         fabs(r[(bb * 3 + q) * 5 + c] -
-                              (x[(bb * 7 + 2 * q) * 5 + c] + x[(bb * 7 + 2 * q + 1) * 5 + c]) / 2));
+                e = tu_max(
+                    e, fabs(r[(bb * 3 + q) * 5 + c] -
+                            (x[(bb * 7 + 2 * q) * 5 + c] + x[(bb * 7 + 2 * q + 1) * 5 + c]) / 2));
     CHECK(e < 1e-7);
     /* linear with accumulate: y += x W^T + b */
     float *W = rnd(13 * 77, &st), *bb = rnd(13, &st), *y2 = rnd(20 * 13, &st),
@@ -82,7 +82,7 @@ static void elementwise(void)
         for (int64_t k = 0; k < 13; k++) {
             double acc = y3[m * 13 + k] + bb[k];
             for (int64_t q = 0; q < 77; q++) acc += (double)x[m * 77 + q] * W[k * 77 + q];
-            e = fmax(e, fabs(y2[m * 13 + k] - acc));
+            e = tu_max(e, fabs(y2[m * 13 + k] - acc));
         }
     CHECK(e < 1e-4);
     free(W), free(bb), free(y2), free(y3);
@@ -125,7 +125,7 @@ static void shards(void)
     double e = 0;
     for (int64_t b = 0; b < B; b++)
         for (int64_t i = 0; i < I * H * d; i++)
-            e = fmax(e, fabs(part[b * I * H * d + i] - full[(b * T + q0) * H * d + i]));
+            e = tu_max(e, fabs(part[b * I * H * d + i] - full[(b * T + q0) * H * d + i]));
     CHECK(e < 1e-6);
     const double e_shard = e;
     /* ring: keys split in two halves, each a partial result (out, lse), merged */
@@ -155,8 +155,8 @@ static void shards(void)
                 const int64_t r = (b * H + h) * T + i;
                 xa_op_lse_merge(a1, l1 + r, a2, l2 + r, 1, d, o, &l);
                 for (int64_t x = 0; x < d; x++)
-                    e = fmax(e, fabs(o[x] - full[((b * T + i) * H + h) * d + x]));
-                el = fmax(el, fabs(l - lse[r]));
+                    e = tu_max(e, fabs(o[x] - full[((b * T + i) * H + h) * d + x]));
+                el = tu_max(el, fabs(l - lse[r]));
             }
     CHECK(e < 1e-5);
     CHECK(el < 1e-5);
@@ -272,14 +272,14 @@ static void log_softmax(void)
     for (int64_t r = 0; r < rows; r++) {
         const float *a = x + r * n;
         double mx = -INFINITY, z = 0;
-        for (int64_t i = 0; i < n; i++) mx = fmax(mx, a[i]);
+        for (int64_t i = 0; i < n; i++) mx = tu_max(mx, a[i]);
         for (int64_t i = 0; i < n; i++) z += exp((double)a[i] - mx);
         for (int64_t i = 0; i < n; i++) {
             const double ref = (double)a[i] - mx - log(z);
             if (isinf(ref))
                 CHECK(y[r * n + i] == -INFINITY);
             else
-                e = fmax(e, fabs(y[r * n + i] - ref) / (1.0 + fabs(ref)));
+                e = tu_max(e, fabs(y[r * n + i] - ref) / (1.0 + fabs(ref)));
         }
     }
     CHECK(e < 1e-6);

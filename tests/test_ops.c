@@ -21,9 +21,9 @@ int main(void)
     for (int i = 0; i < 6; i++) ref[i] = tu_get_f32(st, names[i], &r[i]);
     const int64_t rows = ax.shape[0], n = ax.shape[1], ng = ag.shape[0];
     float *y = malloc(sizeof(float) * (size_t)(rows * n)), *yg = malloc(sizeof(float) * (size_t)ng);
-    const char *isas[] = {"scalar", "avx2", "avx512"};
+    const char *isas[] = TU_ISAS;
     double worst = 0;
-    for (int is = 0; is < 3; is++) {
+    for (int is = 0; is < TU_N_ISAS; is++) {
         if (xattn_set_isa(isas[is]) != XATTN_OK) continue;
         for (int th = 1; th <= 2; th++) {
             xattn_set_threads(th);

@@ -76,7 +76,7 @@ static void one(const char *file)
             snprintf(name, sizeof name, "want.%d.%d", t, i);
             snprintf(what, sizeof what, "%s step %d param %d", file, t, i);
             worst =
-                fmax(worst, tu_check_close(what, p[i], tu_get_f32(st, name, &wa), size[i], 1e-6));
+                tu_max(worst, tu_check_close(what, p[i], tu_get_f32(st, name, &wa), size[i], 1e-6));
             xattn_array_free(&wa);
         }
     }

@@ -132,7 +132,7 @@ static void reference(const prob *p, const xattn_sdpa_params *a, const xattn_sdp
                 }
             for (int64_t i = 0; i < I; i++) {
                 double m = -INFINITY, l = 0;
-                for (int64_t j = 0; j < J; j++) m = fmax(m, S[i * J + j]);
+                for (int64_t j = 0; j < J; j++) m = tu_max(m, S[i * J + j]);
                 for (int64_t j = 0; j < J; j++) {
                     P[i * J + j] = m == -INFINITY ? 0.0 : exp(S[i * J + j] - m);
                     l += P[i * J + j];
@@ -265,17 +265,17 @@ static void one(const prob *p, uint64_t seed)
     double e;
     to_float(rq, f, b.nq);
     e = tu_check_close(what, b.dq, f, b.nq, 1e-4);
-    worst = fmax(worst, e);
+    worst = tu_max(worst, e);
     to_float(rk, f, b.nk);
     e = tu_check_close(what, b.dk, f, b.nk, 1e-4);
-    worst = fmax(worst, e);
+    worst = tu_max(worst, e);
     to_float(rv, f, b.nv);
     e = tu_check_close(what, b.dv, f, b.nv, 1e-4);
-    worst = fmax(worst, e);
+    worst = tu_max(worst, e);
     if (p->bias) {
         to_float(rb, f, bias_numel(p));
         e = tu_check_close(what, b.dbias, f, bias_numel(p), 1e-4);
-        worst = fmax(worst, e);
+        worst = tu_max(worst, e);
     }
     if (seed % 7 == 0) printf("worst gradient error so far %.2e\n", worst);
 
@@ -389,9 +389,9 @@ static void threads_and_kernels(void)
         }
         xa_attn_bwd_pack_bytes = pack_bytes;
         xattn_set_threads(0);
-        const char *isas[3] = {"scalar", "avx2", "avx512"};
+        const char *isas[] = TU_ISAS;
         float *scalar = NULL;
-        for (int k = 0; k < 3; k++) {
+        for (int k = 0; k < TU_N_ISAS; k++) {
             if (xattn_set_isa(isas[k]) != XATTN_OK) continue;
             CHECK_OK(xattn_sdpa(&a));
             CHECK_OK(xattn_sdpa_backward(&a, &g));

@@ -22,6 +22,12 @@ int tu_finish(const char *name)
     return 0;
 }
 
+int tu_emulated(void)
+{
+    const char *e = getenv("XATTN_TEST_EMULATED");
+    return e && *e && strcmp(e, "0") != 0;
+}
+
 double tu_rel_err(const float *got, const float *ref, int64_t n)
 {
     double worst = 0;
@@ -94,7 +100,7 @@ double tu_check_param_grads(const char *file, const xattn_module *m, const xattn
         memset(&r, 0, sizeof r);
         float *ref = tu_get_f32(st, key, &r);
         snprintf(what, sizeof what, "%s d(%s)", file, p.name);
-        err = fmax(err, tu_check_close(what, dp[i], ref, tu_param_numel(&p), tol));
+        err = tu_max(err, tu_check_close(what, dp[i], ref, tu_param_numel(&p), tol));
         xattn_array_free(&r);
         n++;
     }
@@ -129,7 +135,7 @@ static int64_t moments(const xattn_module *m, const char *name, double *mean, do
     }
     for (int64_t i = 0; i < n; i++) {
         *mean += p.data[i];
-        *mx = fmax(*mx, fabs(p.data[i]));
+        *mx = tu_max(*mx, fabs(p.data[i]));
     }
     *mean /= (double)n;
     for (int64_t i = 0; i < n; i++) *var += (p.data[i] - *mean) * (p.data[i] - *mean);

@@ -80,6 +80,22 @@ void tu_check_normal(const xattn_module *m, const char *name, double sd);
 /* Every value equal to v (norm weights 1, zero biases). */
 void tu_check_const(const xattn_module *m, const char *name, float v);
 
+/* Whether the tests run under an emulator (XATTN_TEST_EMULATED set and not "0", as ctest sets
+ * it in a cross build): the heaviest cases then run fewer sizes, with the same tolerances. */
+int tu_emulated(void);
+
+/* max(e, t) for error reductions, with a NaN kept (fmax would drop it, so that a NaN result
+ * passed a tolerance): NaN once seen stays the result. */
+static inline double tu_max(double e, double t) { return (e != e || t <= e) ? e : t; }
+
+/* Every kernel set any build has; a test skips those this CPU or build lacks (xattn_set_isa or
+ * xa_kern_by_name fails for them). */
+#define TU_ISAS                                                                                    \
+    {                                                                                              \
+        "scalar", "avx2", "avx512", "neon"                                                         \
+    }
+#define TU_N_ISAS 4
+
 #define TU_TOL 2e-5
 
 #endif

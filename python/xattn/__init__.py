@@ -26,12 +26,12 @@ def get_threads():
 
 
 def kernel_set():
-    """The kernel set chosen for this CPU ("avx512", "avx2" or "scalar")."""
+    """The kernel set chosen for this CPU ("avx512", "avx2", "neon" or "scalar")."""
     return _clib.xattn_isa().decode()
 
 
 def set_kernel_set(name):
-    """Forces a kernel set ("auto", "scalar", "avx2", "avx512"); ValueError if the CPU lacks it."""
+    """Forces a kernel set ("auto", "scalar", "avx2", "avx512", "neon"); ValueError if the CPU lacks it."""
     from ._lib import check
     check(_clib.xattn_set_isa(name.encode()), "set_kernel_set")
 

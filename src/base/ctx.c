@@ -65,6 +65,7 @@ int xa_parse_threads(const char *s)
     return v >= 1 ? (int)v : 0;
 }
 
+#ifdef _OPENMP
 static int default_threads(void)
 {
     static _Atomic int dflt = 0;
@@ -79,6 +80,7 @@ static int default_threads(void)
     atomic_store(&dflt, n);
     return n;
 }
+#endif
 
 static const xattn_ctx *ctx_or_default(const xattn_ctx *c) { return c ? c : &default_ctx; }
 
@@ -166,9 +168,10 @@ xattn_status xattn_ctx_set_isa(xattn_ctx *c, const char *name)
     if (!name) return xa_error(XATTN_ERR_ARG, "xattn_ctx_set_isa: name is NULL");
     const xa_kernels *k = NULL;
     if (strcmp(name, "auto")) {
-        if (strcmp(name, "scalar") && strcmp(name, "avx2") && strcmp(name, "avx512"))
-            return xa_error(XATTN_ERR_ARG, "unknown kernel set '%s' (auto, avx512, avx2, scalar)",
-                            name);
+        if (strcmp(name, "scalar") && strcmp(name, "avx2") && strcmp(name, "avx512") &&
+            strcmp(name, "neon"))
+            return xa_error(XATTN_ERR_ARG,
+                            "unknown kernel set '%s' (auto, avx512, avx2, neon, scalar)", name);
         if (!(k = xa_kern_by_name(name)))
             return xa_error(XATTN_ERR_UNSUPPORTED,
                             "kernel set '%s' is not available on this CPU/build", name);

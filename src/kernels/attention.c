@@ -610,8 +610,8 @@ xattn_status xa_attention(const xa_attn *p)
     if (att_shared_get(&c, nsplit > 1 ? ntask * nsplit * state : 0, &sh)) return XATTN_ERR_NOMEM;
     int failed = 0;
     const xattn_ctx *ctx = xa_ctx_cur();
-    const int nth = xa_threads();
 #ifdef _OPENMP
+    const int nth = xa_threads();
 #pragma omp parallel num_threads(nth)
 #endif
     {
@@ -1068,8 +1068,9 @@ static void bwd_pack_t(const float *src, int64_t sr, int64_t n, int64_t d, int64
 {
     const int64_t last = n > 0 ? (n - 1) / T * T : 0;
     memset(dst + last * d, 0, sizeof(float) * (size_t)((NP - last) * d));
-    for (int64_t r0 = 0; r0 < n; r0 += 16) {
-        const int64_t re = XA_MIN(n, r0 + 16);
+    /* rows 16 at a time, never across a tile boundary (T need not be a multiple of 16) */
+    for (int64_t r0 = 0, re; r0 < n; r0 = re) {
+        re = XA_MIN(XA_MIN(n, r0 + 16), (r0 / T + 1) * T);
         float *blk = dst + r0 / T * T * d + r0 % T;
         for (int64_t x = 0; x < d; x++)
             for (int64_t r = r0; r < re; r++) blk[x * T + r - r0] = scale * src[r * sr + x];

@@ -4,6 +4,10 @@
 
 #include <string.h>
 
+#if defined(XATTN_HAVE_NEON_KERNELS) && defined(__linux__)
+#include <sys/auxv.h>
+#endif
+
 static int cpu_has(const char *isa)
 {
 #if defined(XATTN_HAVE_X86_KERNELS) && (defined(__x86_64__) || defined(__i386__))
@@ -15,6 +19,16 @@ static int cpu_has(const char *isa)
                __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
                __builtin_cpu_supports("fma");
 #endif
+#if defined(XATTN_HAVE_NEON_KERNELS)
+    /* Advanced SIMD is part of every AArch64 CPU; Linux still reports it (HWCAP_ASIMD, bit 1) */
+    if (!strcmp(isa, "neon")) {
+#if defined(__linux__)
+        return (getauxval(AT_HWCAP) & (1UL << 1)) != 0;
+#else
+        return 1;
+#endif
+    }
+#endif
     return !strcmp(isa, "scalar");
 }
 
@@ -25,6 +39,9 @@ const xa_kernels *xa_kern_by_name(const char *name)
     if (!strcmp(name, "avx2") && cpu_has("avx2")) return &xa_kernels_avx2;
     if (!strcmp(name, "avx512") && cpu_has("avx512")) return &xa_kernels_avx512;
 #endif
+#if defined(XATTN_HAVE_NEON_KERNELS)
+    if (!strcmp(name, "neon") && cpu_has("neon")) return &xa_kernels_neon;
+#endif
     return NULL;
 }
 
@@ -33,7 +50,9 @@ const xa_kernels *xa_kern_best(void)
     static const xa_kernels *best;
     const xa_kernels *k = __atomic_load_n(&best, __ATOMIC_ACQUIRE);
     if (k) return k;
-    if (!(k = xa_kern_by_name("avx512")) && !(k = xa_kern_by_name("avx2"))) k = &xa_kernels_scalar;
+    if (!(k = xa_kern_by_name("avx512")) && !(k = xa_kern_by_name("avx2")) &&
+        !(k = xa_kern_by_name("neon")))
+        k = &xa_kernels_scalar;
     __atomic_store_n(&best, k, __ATOMIC_RELEASE);
     return k;
 }

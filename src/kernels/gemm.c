@@ -41,6 +41,12 @@
 #include <emmintrin.h>
 #define XA_GEMM_SSE 1
 #endif
+/* a hint to fetch the line at p (any CPU; never faults, even past the end of an array) */
+#if defined(__GNUC__)
+#define XA_PREFETCH(p) __builtin_prefetch((const void *)(p))
+#else
+#define XA_PREFETCH(p) ((void)(p))
+#endif
 
 /* Problems with M*N*K below this skip packing and threads (direct loops). */
 #define XA_GEMM_SMALL 32768
@@ -132,12 +138,9 @@ static void pack_block_n(float *dst, int64_t w, const float *src, int64_t ld, in
         for (int64_t p = 0; p < kc; p++) {
             const float *s = src + p * ld + q0 * w;
             float *d = dst + q0 * w * kc + p * w;
-#ifdef XA_GEMM_SSE
             /* rows are short runs in different pages, which the hardware prefetchers pick up
              * late: fetch the segment 4 rows ahead (prefetches never fault) */
-            for (int64_t off = 0; off < seg; off += 16)
-                _mm_prefetch((const char *)(s + 4 * ld + off), _MM_HINT_T0);
-#endif
+            for (int64_t off = 0; off < seg; off += 16) XA_PREFETCH(s + 4 * ld + off);
             for (int64_t q = q0; q < q1; q++, s += w, d += w * kc) {
                 const int64_t cnt = XA_MIN(w, n - q * w);
                 if (alpha == 1.0f && cnt == w && (w == 8 || w == 16 || w == 32)) {
@@ -382,11 +385,8 @@ static void skinny_range(const gemm_job *g, const skinny *k, int64_t n0, int64_t
                 for (int64_t j = 0; j < nb; j++) acc[r][j] = 0.0f;
             for (int64_t p = 0; p < K; p++) {
                 const float *y = k->Y + p * k->ys_k + j0;
-#ifdef XA_GEMM_SSE
                 /* each run starts a new page: fetch the run 4 rows ahead (never faults) */
-                for (int64_t off = 0; off < nb; off += 16)
-                    _mm_prefetch((const char *)(y + 4 * k->ys_k + off), _MM_HINT_T0);
-#endif
+                for (int64_t off = 0; off < nb; off += 16) XA_PREFETCH(y + 4 * k->ys_k + off);
                 for (int64_t r = 0; r < k->ms; r++) {
                     const float x = k->X[r * k->xs_r + p * k->xs_k];
                     float *a = acc[r];

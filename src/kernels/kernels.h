@@ -1,7 +1,7 @@
 /*
  * Internal kernel interface. Kernels take raw float pointers and sizes; shapes are in comments.
- * One table per instruction set (scalar, avx2, avx512) is filled at start-up and selected from
- * the CPU's features; the scalar table is the reference every other one is tested against.
+ * One table per instruction set (scalar, avx2, avx512, neon) is filled at start-up and selected
+ * from the CPU's features; the scalar table is the reference every other one is tested against.
  */
 #ifndef XATTN_KERNELS_H
 #define XATTN_KERNELS_H
@@ -23,7 +23,7 @@ typedef void (*xa_ukr_fn)(int64_t k, const float *A, int64_t lda, const float *B
                           float *C, int64_t ldc, int accumulate);
 
 typedef struct xa_kernels {
-    const char *name; /* "scalar", "avx2", "avx512" */
+    const char *name; /* "scalar", "avx2", "avx512", "neon" */
     int mr, nr;       /* micro-tile of ukr */
     xa_ukr_fn ukr;
 
@@ -98,6 +98,9 @@ extern const xa_kernels xa_kernels_scalar;
 #if defined(XATTN_HAVE_X86_KERNELS)
 extern const xa_kernels xa_kernels_avx2;
 extern const xa_kernels xa_kernels_avx512;
+#endif
+#if defined(XATTN_HAVE_NEON_KERNELS)
+extern const xa_kernels xa_kernels_neon;
 #endif
 
 /* The table of the calling thread's current context (never NULL). */
