@@ -453,13 +453,16 @@ static inline __m512 q8_load16_512(const int8_t *q)
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)q)));
 }
 
-/* four rows of x against one int8 row: the weights are converted once for the four */
-static void dot_q8_4_avx512(const float *x, int64_t ldx, const int8_t *q, int64_t n, float *out)
+/* four rows of x against one int8 row: the weights are converted once for the four (pf: an
+ * address to prefetch along, 0: none) */
+static void dot_q8_4_avx512(const float *x, int64_t ldx, const int8_t *q, int64_t n, float *out,
+                            uintptr_t pf)
 {
     __m512 a = _mm512_setzero_ps(), b = a, c = a, d = a;
     const float *x0 = x, *x1 = x + ldx, *x2 = x + 2 * ldx, *x3 = x + 3 * ldx;
     int64_t k = 0;
     for (; k + 16 <= n; k += 16) {
+        if (pf && !(k & 63)) _mm_prefetch((const char *)(pf + (uintptr_t)k), _MM_HINT_T0);
         __m512 w = q8_load16_512(q + k);
         a = _mm512_fmadd_ps(_mm512_loadu_ps(x0 + k), w, a);
         b = _mm512_fmadd_ps(_mm512_loadu_ps(x1 + k), w, b);
@@ -471,11 +474,12 @@ static void dot_q8_4_avx512(const float *x, int64_t ldx, const int8_t *q, int64_
     xa_dot_q8_tail4(x, ldx, q, k, n, s, out);
 }
 
-static float dot_q8_1_avx512(const float *x, const int8_t *q, int64_t n)
+static float dot_q8_1_avx512(const float *x, const int8_t *q, int64_t n, uintptr_t pf)
 {
     __m512 a0 = _mm512_setzero_ps(), a1 = a0;
     int64_t k = 0;
     for (; k + 32 <= n; k += 32) {
+        if (pf && !(k & 63)) _mm_prefetch((const char *)(pf + (uintptr_t)k), _MM_HINT_T0);
         a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k), q8_load16_512(q + k), a0);
         a1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k + 16), q8_load16_512(q + k + 16), a1);
     }
@@ -486,19 +490,28 @@ static float dot_q8_1_avx512(const float *x, const int8_t *q, int64_t n)
     return s;
 }
 
+/* rows of x against one int8 row; the first pass over the row prefetches along pf */
+static void dot_q8_pf_avx512(const float *x, int64_t ldx, int64_t rows, const int8_t *q, int64_t n,
+                             float *out, uintptr_t pf)
+{
+    int64_t r = 0;
+    for (; r + 4 <= rows; r += 4) dot_q8_4_avx512(x + r * ldx, ldx, q, n, out + r, r ? 0 : pf);
+    for (; r < rows; r++) out[r] = dot_q8_1_avx512(x + r * ldx, q, n, r ? 0 : pf);
+}
+
 static void dot_q8_avx512(const float *x, int64_t ldx, int64_t rows, const int8_t *q, int64_t n,
                           float *out)
 {
-    int64_t r = 0;
-    for (; r + 4 <= rows; r += 4) dot_q8_4_avx512(x + r * ldx, ldx, q, n, out + r);
-    for (; r < rows; r++) out[r] = dot_q8_1_avx512(x + r * ldx, q, n);
+    dot_q8_pf_avx512(x, ldx, rows, q, n, out, 0);
 }
 
+/* two int8 rows, each read once, fetching the rows XA_Q8_AHEAD on (kernels.h) */
 static void dot2_q8_avx512(const float *x, int64_t ldx, int64_t rows, const int8_t *q, int64_t ldq,
                            int64_t n, float *out0, float *out1)
 {
-    dot_q8_avx512(x, ldx, rows, q, n, out0);
-    dot_q8_avx512(x, ldx, rows, q + ldq, n, out1);
+    const uintptr_t pf = xa_q8_ahead(q, ldq);
+    dot_q8_pf_avx512(x, ldx, rows, q, n, out0, pf);
+    dot_q8_pf_avx512(x, ldx, rows, q + ldq, n, out1, pf + (uintptr_t)ldq);
 }
 
 const xa_kernels xa_kernels_avx512 = {
