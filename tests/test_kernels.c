@@ -584,6 +584,27 @@ static void test_gemm(const xa_kernels *kt)
 
 /* ---- public API ------------------------------------------------------------------------- */
 
+/* Forcing a kernel set: each one this CPU and build have is taken, each other one refused
+ * with a message that names it; an unknown name is an argument error; "auto" is the best. */
+static void test_forced_sets(void)
+{
+    const char *names[] = TU_ISAS;
+    for (int t = 0; t < TU_N_ISAS; t++) {
+        if (xa_kern_by_name(names[t])) {
+            CHECK_OK(xattn_set_isa(names[t]));
+            CHECK(strcmp(xattn_isa(), names[t]) == 0);
+        } else {
+            CHECK_FAIL(xattn_set_isa(names[t]), XATTN_ERR_UNSUPPORTED);
+            CHECK(strstr(xattn_last_error(), names[t]) != NULL &&
+                  strstr(xattn_last_error(), "not available") != NULL);
+        }
+    }
+    CHECK_FAIL(xattn_set_isa("sse9"), XATTN_ERR_ARG);
+    CHECK(strstr(xattn_last_error(), "unknown kernel set 'sse9'") != NULL);
+    CHECK_OK(xattn_set_isa("auto"));
+    CHECK(strcmp(xattn_isa(), xa_kern_best()->name) == 0);
+}
+
 static void test_api(void)
 {
     float A[6] = {1, 2, 3, 4, 5, 6}, B[6] = {1, 0, 0, 1, 1, 1}, C[4] = {0};
@@ -678,5 +699,6 @@ int main(void)
         test_gemm(kt);
     }
     test_api();
+    test_forced_sets();
     return tu_finish("test_kernels");
 }
