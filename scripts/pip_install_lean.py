@@ -36,7 +36,9 @@ def main():
     free = shutil.disk_usage(sys.prefix).free
     print(f"free disk where the environment lives: {free / 2**30:.1f} GiB", flush=True)
     total = 0
-    for _ in range(3):  # a second round finds anything the first left out; none is expected
+    # until the requirement resolves to nothing new: a fresh environment's first report has been
+    # seen to leave out some distributions, which the next round installs
+    for _ in range(3):
         n = install_round(req)
         if n == 0:
             break

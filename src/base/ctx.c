@@ -168,8 +168,7 @@ xattn_status xattn_ctx_set_isa(xattn_ctx *c, const char *name)
     if (!name) return xa_error(XATTN_ERR_ARG, "xattn_ctx_set_isa: name is NULL");
     const xa_kernels *k = NULL;
     if (strcmp(name, "auto")) {
-        if (strcmp(name, "scalar") && strcmp(name, "avx2") && strcmp(name, "avx512") &&
-            strcmp(name, "neon"))
+        if (!xa_kern_known(name))
             return xa_error(XATTN_ERR_ARG,
                             "unknown kernel set '%s' (auto, avx512, avx2, neon, scalar)", name);
         if (!(k = xa_kern_by_name(name)))

@@ -45,14 +45,22 @@ const xa_kernels *xa_kern_by_name(const char *name)
     return NULL;
 }
 
+/* Every kernel set any build may have, the best first (scalar, always present, last). */
+static const char *const SETS[] = {"avx512", "avx2", "neon", "scalar"};
+
+int xa_kern_known(const char *name)
+{
+    for (size_t i = 0; i < sizeof SETS / sizeof SETS[0]; i++)
+        if (!strcmp(name, SETS[i])) return 1;
+    return 0;
+}
+
 const xa_kernels *xa_kern_best(void)
 {
     static const xa_kernels *best;
     const xa_kernels *k = __atomic_load_n(&best, __ATOMIC_ACQUIRE);
     if (k) return k;
-    if (!(k = xa_kern_by_name("avx512")) && !(k = xa_kern_by_name("avx2")) &&
-        !(k = xa_kern_by_name("neon")))
-        k = &xa_kernels_scalar;
+    for (size_t i = 0; !k; i++) k = xa_kern_by_name(SETS[i]);
     __atomic_store_n(&best, k, __ATOMIC_RELEASE);
     return k;
 }

@@ -41,12 +41,6 @@
 #include <emmintrin.h>
 #define XA_GEMM_SSE 1
 #endif
-/* a hint to fetch the line at p (any CPU; never faults, even past the end of an array) */
-#if defined(__GNUC__)
-#define XA_PREFETCH(p) __builtin_prefetch((const void *)(p))
-#else
-#define XA_PREFETCH(p) ((void)(p))
-#endif
 
 /* Problems with M*N*K below this skip packing and threads (direct loops). */
 #define XA_GEMM_SMALL 32768

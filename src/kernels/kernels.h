@@ -82,6 +82,20 @@ static inline uintptr_t xa_q8_ahead(const int8_t *q, int64_t ldq)
     return (uintptr_t)q + (uintptr_t)(XA_Q8_AHEAD * ldq);
 }
 
+/* A hint to fetch the line at p, a pointer or an integer address (any CPU; never faults). */
+#if defined(__GNUC__)
+#define XA_PREFETCH(p) __builtin_prefetch((const void *)(p))
+#else
+#define XA_PREFETCH(p) ((void)(p))
+#endif
+
+/* The int8 kernels' prefetch at weight k of a row: the line at pf + k each 64 weights (pf 0:
+ * none). */
+static inline void xa_q8_prefetch(uintptr_t pf, int64_t k)
+{
+    if (pf && !(k & 63)) XA_PREFETCH(pf + (uintptr_t)k);
+}
+
 /* out[r] = s[r] + the products k .. n-1 of four rows of x with the int8 row q: the scalar
  * remainder of the ISA tables' four-row int8 kernels. */
 static inline void xa_dot_q8_tail4(const float *x, int64_t ldx, const int8_t *q, int64_t k,
@@ -109,6 +123,9 @@ const xa_kernels *xa_kern(void);
 const xa_kernels *xa_ctx_kern(const xattn_ctx *c);
 /* The fastest table this CPU supports. */
 const xa_kernels *xa_kern_best(void);
+/* Whether name is a kernel set of some build ("avx512", "avx2", "neon", "scalar"), present on
+ * this CPU or not. */
+int xa_kern_known(const char *name);
 /* The table for a name if compiled in and supported by this CPU, else NULL. */
 const xa_kernels *xa_kern_by_name(const char *name);
 

@@ -515,7 +515,7 @@ static float dot_q8_1_avx2(const float *x, const int8_t *q, int64_t n, uintptr_t
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int64_t k = 0;
     for (; k + 32 <= n; k += 32) {
-        if (pf && !(k & 63)) _mm_prefetch((const char *)(pf + (uintptr_t)k), _MM_HINT_T0);
+        xa_q8_prefetch(pf, k);
         __m256 w0, w1, w2, w3;
         q8_load16(q + k, &w0, &w1);
         q8_load16(q + k + 16, &w2, &w3);
@@ -554,10 +554,8 @@ static void dot2_q8_4_avx2(const float *x, int64_t ldx, const int8_t *q, int64_t
     const uintptr_t pf = xa_q8_ahead(q, ldq);
     int64_t k = 0;
     for (; k + 16 <= n; k += 16) {
-        if (!(k & 63)) {
-            _mm_prefetch((const char *)(pf + (uintptr_t)k), _MM_HINT_T0);
-            _mm_prefetch((const char *)(pf + (uintptr_t)(ldq + k)), _MM_HINT_T0);
-        }
+        xa_q8_prefetch(pf, k);
+        xa_q8_prefetch(pf + (uintptr_t)ldq, k);
         __m256 u0, u1, v0, v1;
         q8_load16(p + k, &u0, &u1);
         q8_load16(r + k, &v0, &v1);

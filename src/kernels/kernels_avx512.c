@@ -462,7 +462,7 @@ static void dot_q8_4_avx512(const float *x, int64_t ldx, const int8_t *q, int64_
     const float *x0 = x, *x1 = x + ldx, *x2 = x + 2 * ldx, *x3 = x + 3 * ldx;
     int64_t k = 0;
     for (; k + 16 <= n; k += 16) {
-        if (pf && !(k & 63)) _mm_prefetch((const char *)(pf + (uintptr_t)k), _MM_HINT_T0);
+        xa_q8_prefetch(pf, k);
         __m512 w = q8_load16_512(q + k);
         a = _mm512_fmadd_ps(_mm512_loadu_ps(x0 + k), w, a);
         b = _mm512_fmadd_ps(_mm512_loadu_ps(x1 + k), w, b);
@@ -479,7 +479,7 @@ static float dot_q8_1_avx512(const float *x, const int8_t *q, int64_t n, uintptr
     __m512 a0 = _mm512_setzero_ps(), a1 = a0;
     int64_t k = 0;
     for (; k + 32 <= n; k += 32) {
-        if (pf && !(k & 63)) _mm_prefetch((const char *)(pf + (uintptr_t)k), _MM_HINT_T0);
+        xa_q8_prefetch(pf, k);
         a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k), q8_load16_512(q + k), a0);
         a1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k + 16), q8_load16_512(q + k + 16), a1);
     }

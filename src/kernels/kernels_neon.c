@@ -474,7 +474,7 @@ static void dot_q8_4_neon(const float *x, int64_t ldx, const int8_t *q, int64_t 
     for (int i = 0; i < 8; i++) acc[i] = vdupq_n_f32(0.0f);
     int64_t k = 0;
     for (; k + 8 <= n; k += 8) {
-        if (pf && !(k & 63)) __builtin_prefetch((const void *)(pf + (uintptr_t)k));
+        xa_q8_prefetch(pf, k);
         float32x4_t w0, w1;
         q8_load8(q + k, &w0, &w1);
 #pragma GCC unroll 4
@@ -493,7 +493,7 @@ static float dot_q8_1_neon(const float *x, const int8_t *q, int64_t n, uintptr_t
     float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0, a2 = a0, a3 = a0;
     int64_t k = 0;
     for (; k + 16 <= n; k += 16) {
-        if (pf && !(k & 63)) __builtin_prefetch((const void *)(pf + (uintptr_t)k));
+        xa_q8_prefetch(pf, k);
         float32x4_t w0, w1, w2, w3;
         q8_load8(q + k, &w0, &w1);
         q8_load8(q + k + 8, &w2, &w3);

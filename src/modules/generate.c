@@ -524,12 +524,16 @@ static xattn_status gen_alloc(gen *g, const int64_t *prompt, int64_t M, const fl
     return xattn_decoder_set_memory(g->ctx, g->s, M, memory, mask);
 }
 
-enum { MAX_LENGTH = 20 }; /* transformers' max_length when max_new_tokens is not given */
+/* New tokens after start tokens (the prompt, or the bos token): max_new_tokens, or up to
+ * transformers' max_length of 20 in all (0 or less when the prompt reaches it). */
+static int64_t new_tokens(const xattn_generate_opts *o, int64_t start)
+{
+    return o && o->max_new_tokens > 0 ? o->max_new_tokens : 20 - start;
+}
 
 int64_t xattn_lm_generate_length(const xattn_generate_opts *o, int64_t P)
 {
-    const int64_t start = P > 0 ? P : 1; /* the bos token alone without a prompt */
-    const int64_t max_new = o && o->max_new_tokens > 0 ? o->max_new_tokens : MAX_LENGTH - start;
+    const int64_t start = P > 0 ? P : 1, max_new = new_tokens(o, start);
     return start + (max_new > 0 ? max_new : 1);
 }
 
@@ -557,7 +561,7 @@ xattn_status xattn_lm_generate(xattn_ctx *ctx, const xattn_lm *m, int64_t B, int
     if (P == 0 && bos < 0)
         return xa_error(XATTN_ERR_ARG, "%s: no prompt and the model has no bos_token_id", FN);
     g.P = P ? P : 1;
-    const int64_t max_new = o->max_new_tokens ? o->max_new_tokens : MAX_LENGTH - g.P;
+    const int64_t max_new = new_tokens(o, g.P);
     s = check_opts(&g.c, o, g.P, max_new);
     if (!s && P) s = xa_lm_check_ids(m, prompt, B * P, "xattn_lm_generate: prompt");
     if (s) return s;
