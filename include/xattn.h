@@ -1161,17 +1161,13 @@ XATTN_API xattn_status xattn_decoder_step(xattn_ctx *ctx, xattn_decoder_state *s
  * is an error naming it.
  */
 typedef struct xattn_lm xattn_lm;
-/* How a model keeps its weights in memory. XATTN_WEIGHTS_INT8: weight-only quantisation at
- * load of every linear layer (the decoder layers' projections and feed-forwards, the head's
- * dense layer and output layer; tied word embeddings share the output layer's int8 rows):
- * per output channel symmetric, scale = max |w| / 127, q = round(w / scale); activations,
- * norms, biases, attention and softmax stay float32. About a quarter of the memory and of the
- * bytes read per decoded token; inference only. */
-typedef enum xattn_weights { XATTN_WEIGHTS_F32 = 0, XATTN_WEIGHTS_INT8 = 1 } xattn_weights;
+/* weights (xattn_weights, see xattn_open_opts): every linear layer (the decoder layers'
+ * projections and feed-forwards, the head's dense layer and output layer; tied word embeddings
+ * share the output layer's rows, kept in the same type). */
 typedef struct xattn_lm_opts {
     const char *config_json; /* a transformers config.json, or NULL                         */
     int64_t heads;           /* num_attention_heads; 0: config.json, __metadata__, else 12 */
-    int64_t weights;         /* xattn_weights; 0: float32                                  */
+    int64_t weights;         /* xattn_weights; 0: as stored                                */
     uint64_t reserved_[4];
 } xattn_lm_opts;
 #define XATTN_MAX_EOS 8 /* end tokens a model or a generate call may name */
@@ -1284,12 +1280,42 @@ typedef struct xattn_option {
     const char *value;
 } xattn_option;
 
+/*
+ * How a module keeps the weights of its linear layers in memory (the 2-D weights of nn.Linear
+ * and 1x1 projections; norms, biases, embeddings and other parameters stay float32):
+ *   XATTN_WEIGHTS_AUTO  as stored in the file: BF16 and F16 tensors stay 16-bit, F32 and F64
+ *                       ones are float32 (the default);
+ *   XATTN_WEIGHTS_F32   float32;
+ *   XATTN_WEIGHTS_BF16, XATTN_WEIGHTS_F16   16 bits (half the memory), rounded to nearest even
+ *                       from wider sources (F16 refuses a value beyond its range, 65504);
+ *   XATTN_WEIGHTS_INT8  weight-only quantisation at load: per output channel symmetric,
+ *                       scale = max |w| / 127, q = round(w / scale) (a quarter of the memory).
+ * 16-bit weights are converted exactly to float32 as the products read them (vcvtph2ps or a
+ * shift), so the results equal those of float32 weights holding the same values; all
+ * activations, accumulations, norms and softmax stay float32. A module with weights kept in
+ * 16 bits or int8 is for inference: gradients and training need float32 weights, and int8
+ * weights cannot be saved (quantisation is not invertible).
+ */
+typedef enum xattn_weights {
+    XATTN_WEIGHTS_AUTO = 0,
+    XATTN_WEIGHTS_F32 = 1,
+    XATTN_WEIGHTS_BF16 = 2,
+    XATTN_WEIGHTS_F16 = 3,
+    XATTN_WEIGHTS_INT8 = 4
+} xattn_weights;
+/* "auto", "f32", "bf16", "f16", "int8" (NULL for another value). */
+XATTN_API const char *xattn_weights_name(int weights);
+/* The value named (the names above; "fp32", "float32", "bfloat16", "fp16", "float16" too), or
+ * -1 (an error naming the choices is set). */
+XATTN_API int xattn_weights_parse(const char *name);
+
 typedef struct xattn_open_opts {
     const char *kind;   /* NULL: detected from the tensor names                          */
     const char *prefix; /* NULL: the file must hold exactly one module (of `kind`)        */
     const xattn_option *options;
     size_t n_options;
-    uint64_t reserved_[4];
+    int64_t weights; /* xattn_weights (0: as stored)                                      */
+    uint64_t reserved_[3];
 } xattn_open_opts;
 
 /* A module found in a file: its kind and the prefix of its tensor names. */
@@ -1353,11 +1379,21 @@ typedef struct xattn_param_desc {
     const char *name;
     int ndim;
     int64_t shape[XATTN_MAX_DIMS];
-    float *data;
+    float *data; /* NULL too when the module keeps it in another type (xattn_weights): see
+                    xattn_module_param_read */
     xattn_dtype stored_dtype; /* as it was in the file */
 } xattn_param_desc;
 XATTN_API size_t xattn_module_param_count(const xattn_module *m);
 XATTN_API xattn_status xattn_module_param(const xattn_module *m, size_t i, xattn_param_desc *p);
+/* Parameter i's values as float32 into dst (its number of floats), whatever type the module
+ * keeps it in (16-bit values exactly; int8 as q * scale). */
+XATTN_API xattn_status xattn_module_param_read(const xattn_module *m, size_t i, float *dst);
+/* How the module keeps parameter i: XATTN_F32, XATTN_BF16, XATTN_F16 or XATTN_I8 (int8 rows
+ * with a float32 scale per row). */
+XATTN_API xattn_dtype xattn_module_param_kept(const xattn_module *m, size_t i);
+/* The xattn_weights the module was opened with (XATTN_WEIGHTS_AUTO resolved: F32 when every
+ * linear weight is float32, BF16 / F16 when they all are, AUTO when they differ). */
+XATTN_API int xattn_module_weights(const xattn_module *m);
 
 /* Named inputs and outputs. shape is symbolic: comma-separated dims, each a size symbol
  * (capitalised: B, I, J ... bound by the inputs), a config name (dim, heads ...), a number, or a

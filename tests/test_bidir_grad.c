@@ -36,6 +36,12 @@ static int one(const char *file, int check_threads)
     oo.options = opt;
     oo.n_options = heads ? 1 : 0;
     xattn_module *m = NULL;
+    /* as stored, 16-bit weights stay 16-bit: inference only, gradients are refused */
+    CHECK_OK(xattn_module_open(st, &oo, &m));
+    const int w16 = m && xattn_module_weights(m) != XATTN_WEIGHTS_F32;
+    xattn_module_free(m);
+    m = NULL;
+    oo.weights = XATTN_WEIGHTS_F32; /* gradients need float32 weights */
     CHECK_OK(xattn_module_open(st, &oo, &m));
     if (!m) return 1;
     /* inputs */
@@ -85,6 +91,15 @@ static int one(const char *file, int check_threads)
         xattn_param_desc p;
         CHECK_OK(xattn_module_param(m, i, &p));
         if (p.data) dp[i] = calloc((size_t)tu_param_numel(&p), sizeof(float));
+    }
+    if (w16) {
+        xattn_module *m16 = NULL;
+        oo.weights = XATTN_WEIGHTS_AUTO;
+        CHECK_OK(xattn_module_open(st, &oo, &m16));
+        CHECK_FAIL(xattn_module_grad(NULL, m16, in, n_in, NULL, 0, dout, 2, din, n_din, dp),
+                   XATTN_ERR_UNSUPPORTED);
+        CHECK(strstr(xattn_last_error(), "need float32 weights") != NULL);
+        xattn_module_free(m16);
     }
     CHECK_OK(xattn_module_grad(NULL, m, in, n_in, NULL, 0, dout, 2, din, n_din, dp));
     double err = 0, tol = 1e-4;

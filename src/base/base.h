@@ -22,6 +22,61 @@
 /* Whether the reserved_[4] tail of a public struct is all zero (as it must be). */
 static inline int xa_reserved_zero(const uint64_t *r) { return !(r[0] | r[1] | r[2] | r[3]); }
 
+/* Half-precision values (16-bit patterns) to float, exactly: bfloat16 is the top half of a
+ * float; IEEE binary16 (f16 != 0) widens normal, subnormal, zero, inf and NaN (payload kept). */
+static inline float xa_half_to_f32(uint16_t h, int f16)
+{
+    union {
+        uint32_t u;
+        float f;
+    } v;
+    if (!f16) {
+        v.u = (uint32_t)h << 16;
+        return v.f;
+    }
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    if (e == 0) { /* zero or subnormal: m * 2^-24, exact in float */
+        v.f = (float)m * 0x1p-24f;
+        v.u |= sign;
+    } else if (e == 31) {
+        v.u = sign | 0x7f800000u | (m << 13);
+    } else {
+        v.u = sign | ((e + 112u) << 23) | (m << 13);
+    }
+    return v.f;
+}
+
+/* float to bfloat16 (f16 == 0) or IEEE binary16, rounded to nearest even as torch's .to()
+ * rounds; a NaN stays a (quiet) NaN; binary16 overflows to +-inf past 65504 (the caller
+ * decides whether that is an error). */
+static inline uint16_t xa_f32_to_half(float x, int f16)
+{
+    union {
+        float f;
+        uint32_t u;
+    } v = {x};
+    const uint32_t u = v.u, sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
+    if (!f16) {
+        if (a > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u); /* quiet NaN */
+        return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    }
+    if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);
+    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* >= 65520: rounds to inf */
+    if (a < 0x38800000u) { /* below 2^-14: a subnormal (or zero) of binary16 */
+        if (a < 0x33000000u) return (uint16_t)sign; /* <= 2^-25: rounds to zero */
+        const uint32_t e = a >> 23, m = (a & 0x7fffffu) | 0x800000u, sh = 126u - e;
+        /* value = m * 2^(e - 150); in units of 2^-24: m >> (126 - e), rounded to even */
+        uint32_t q = m >> sh;
+        const uint32_t rem = m & ((1u << sh) - 1u), half = 1u << (sh - 1u);
+        if (rem > half || (rem == half && (q & 1u))) q++;
+        return (uint16_t)(sign | q);
+    }
+    /* normal: rebias the exponent, round the 13 dropped bits to even (a carry into the
+     * exponent is the correct result, up to inf) */
+    const uint32_t r = a - 0x38000000u;
+    return (uint16_t)(sign | ((r + 0xfffu + ((r >> 13) & 1u)) >> 13));
+}
+
 /* Records a one-line message for xattn_last_error() and returns `s`. */
 xattn_status xa_error(xattn_status s, const char *fmt, ...) XA_PRINTF(2, 3);
 /* Clears the message (on success paths of public entry points). */

@@ -22,6 +22,7 @@
 #define XATTN_CORE_H
 
 #include "base/base.h"
+#include "kernels/kernels.h"
 
 #include <stdint.h>
 
@@ -136,9 +137,10 @@ typedef enum xa_init {
 #define XA_P_NOCREATE                                                                              \
     0x08u /* optional and its condition is false: loaded if present, not                           \
              created (an optional parameter's cond only governs creation)   */
-#define XA_P_Q8                                                                                    \
-    0x10u /* a 2-D weight kept as int8 rows with a scale per row (set before loading)              \
-           */
+/* a linear layer's 2-D weight (N, K) that the module reads through xa_param_w: loaded into the
+ * storage the module's weights mode asks for (float32, bfloat16, float16 or int8 rows with a
+ * scale per row); other parameters are always float32 */
+#define XA_P_LIN 0x10u
 
 /* One parameter of a table. Shapes are comma-separated dims, each an integer, a field name,
  * or N*field ("2*inner"); `cond` names a bool field ("!name" negates) that must hold for the
@@ -164,9 +166,10 @@ typedef struct xa_param {
     double init_arg;
     int present;           /* has data                                                      */
     xattn_dtype src_dtype; /* as stored in the file (F32 when created)                      */
-    float *data;           /* inside the block; NULL when absent or XA_P_Q8                 */
-    int8_t *q;             /* XA_P_Q8: shape[0] rows of shape[1] int8 values (in qblock)    */
-    float *qscale;         /* XA_P_Q8: a scale per row (in qblock)                          */
+    int wdt;               /* xa_wdt: how the values are kept (XA_W_F32 unless XA_P_LIN)    */
+    float *data;           /* inside the block when kept in float32, else NULL              */
+    void *w;               /* XA_W_BF16 / XA_W_F16: uint16_t rows; XA_W_Q8: int8_t rows     */
+    float *qscale;         /* XA_W_Q8: a scale per row                                      */
 } xa_param;
 
 typedef struct xa_params {
@@ -174,7 +177,8 @@ typedef struct xa_params {
     int n, cap;
     float *block;
     int64_t numel;
-    void *qblock;      /* the XA_P_Q8 parameters' scales and int8 rows */
+    void *wblock;      /* the XA_P_LIN parameters kept in 16 bits or int8 (and the int8 scales) */
+    int weights;       /* xattn_weights asked for the XA_P_LIN parameters (set before loading)    */
     const xa_cfg *cfg; /* for messages: where each field came from */
 } xa_params;
 
@@ -198,13 +202,18 @@ static inline float *xa_param_data(const xa_params *ps, int i)
 {
     return i >= 0 && i < ps->n ? ps->p[i].data : NULL;
 }
-/* int8 rows of an XA_P_Q8 parameter i and its scales (NULL if absent or not quantised). */
-static inline const int8_t *xa_param_q8(const xa_params *ps, int i, const float **scale)
+/* A linear weight as the op layer reads it, in whatever type it is kept (p NULL if absent). */
+static inline xa_wt xa_param_w(const xa_params *ps, int i)
 {
     const xa_param *p = i >= 0 && i < ps->n ? &ps->p[i] : NULL;
-    *scale = p ? p->qscale : NULL;
-    return p ? p->q : NULL;
+    if (!p || p->wdt == XA_W_F32) return xa_wt_f32(p ? p->data : NULL);
+    return (xa_wt){p->w, p->qscale, p->wdt};
 }
+/* Whether any present parameter is kept in a type other than float32 (a module for inference
+ * only: gradients, training and xattn_module_param's data need float32). */
+int xa_params_reduced(const xa_params *ps);
+/* The values of parameter i as float32 (converted from how they are kept), numel floats. */
+void xa_param_read(const xa_params *ps, int i, float *dst);
 /* Index of the parameter with relative name `name`, or -1. */
 int xa_params_find(const xa_params *ps, const char *name);
 /* Writes the present parameters to a safetensors file under prefix + name, each in the dtype

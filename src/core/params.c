@@ -131,7 +131,7 @@ void xa_params_free(xa_params *ps)
     for (int i = 0; i < ps->n; i++) free(ps->p[i].name);
     free(ps->p);
     xa_free(ps->block);
-    xa_free(ps->qblock);
+    xa_free(ps->wblock);
     memset(ps, 0, sizeof *ps);
 }
 
@@ -224,46 +224,72 @@ static int64_t numel(const xa_param *p)
     return n;
 }
 
-/* Places the present parameters: 16-float aligned slots, glued ones right after the previous. */
-/* The XA_P_Q8 parameters' block: every scale (float), then every int8 row; glued parameters
- * stay contiguous in both (a glued q|k|v is one (3h, K) int8 matrix with 3h scales). */
-static xattn_status layout_q8(xa_params *ps)
+/* How parameter p is kept under weights mode `mode` (xattn_weights) given its source dtype. */
+static int kept_as(const xa_param *p, int mode)
+{
+    if (!(p->flags & XA_P_LIN) || p->ndim != 2) return XA_W_F32;
+    switch (mode) {
+    case XATTN_WEIGHTS_BF16: return XA_W_BF16;
+    case XATTN_WEIGHTS_F16: return XA_W_F16;
+    case XATTN_WEIGHTS_INT8: return XA_W_Q8;
+    case XATTN_WEIGHTS_AUTO:
+        return p->src_dtype == XATTN_BF16  ? XA_W_BF16
+               : p->src_dtype == XATTN_F16 ? XA_W_F16
+                                           : XA_W_F32;
+    default: return XA_W_F32;
+    }
+}
+
+/* The parameters kept in 16 bits or int8: every int8 scale (float), then the rows, each
+ * parameter 64-byte aligned; glued parameters of one type stay contiguous (a glued q|k|v is
+ * one (3h, K) matrix with 3h scales). */
+static xattn_status layout_reduced(xa_params *ps)
 {
     int64_t rows = 0, bytes = 0;
-    for (int i = 0; i < ps->n; i++) {
-        xa_param *p = &ps->p[i];
-        if (!p->present || !(p->flags & XA_P_Q8)) continue;
-        if (!(p->flags & XA_P_GLUE) && bytes % 64) bytes += 64 - bytes % 64;
-        rows += p->shape[0];
-        bytes += numel(p);
-    }
-    if (!rows) return XATTN_OK;
-    const int64_t head = (rows * 4 + 63) / 64 * 64;
-    if ((double)head + (double)bytes > 1e12)
-        return xa_error(XATTN_ERR_NOMEM, "int8 parameters of %lld bytes are too large",
-                        (long long)bytes);
-    uint8_t *b = xa_alloc((size_t)(head + bytes));
-    if (!(ps->qblock = b)) return XATTN_ERR_NOMEM;
-    rows = bytes = 0;
-    for (int i = 0; i < ps->n; i++) {
-        xa_param *p = &ps->p[i];
-        if (!p->present || !(p->flags & XA_P_Q8)) continue;
-        if (!(p->flags & XA_P_GLUE) && bytes % 64) bytes += 64 - bytes % 64;
-        p->qscale = (float *)(void *)b + rows;
-        p->q = (int8_t *)(b + head + bytes);
-        rows += p->shape[0];
-        bytes += numel(p);
+    for (int pass = 0; pass < 2; pass++) {
+        int64_t srow = 0, off = 0;
+        int prev = XA_W_F32;
+        for (int i = 0; i < ps->n; i++) {
+            xa_param *p = &ps->p[i];
+            if (!p->present || p->wdt == XA_W_F32) {
+                prev = XA_W_F32;
+                continue;
+            }
+            const int64_t es = p->wdt == XA_W_Q8 ? 1 : 2;
+            if (!((p->flags & XA_P_GLUE) && prev == p->wdt) && off % 64) off += 64 - off % 64;
+            if (pass) {
+                uint8_t *b = ps->wblock;
+                p->w = b + (rows * 4 + 63) / 64 * 64 + off;
+                p->qscale = p->wdt == XA_W_Q8 ? (float *)(void *)b + srow : NULL;
+            }
+            if (p->wdt == XA_W_Q8) srow += p->shape[0];
+            off += numel(p) * es;
+            prev = p->wdt;
+        }
+        if (!pass) {
+            rows = srow;
+            bytes = off;
+            if (!bytes) return XATTN_OK;
+            const double total = (double)((rows * 4 + 63) / 64 * 64) + (double)bytes;
+            if (total > 1e12)
+                return xa_error(XATTN_ERR_NOMEM,
+                                "reduced-precision parameters of %.0f bytes are "
+                                "too large",
+                                total);
+            if (!(ps->wblock = xa_alloc((size_t)total))) return XATTN_ERR_NOMEM;
+        }
     }
     return XATTN_OK;
 }
 
+/* Places the present parameters: 16-float aligned slots, glued ones right after the previous. */
 static xattn_status layout(xa_params *ps, int all)
 {
     int64_t off = 0;
     for (int i = 0; i < ps->n; i++) {
         xa_param *p = &ps->p[i];
         if (all) p->present = !(p->flags & (XA_P_ABSENT | XA_P_NOCREATE));
-        if (!p->present || (p->flags & XA_P_Q8)) continue;
+        if (!p->present || p->wdt != XA_W_F32) continue;
         if (!(p->flags & XA_P_GLUE) && off % 16) off += 16 - off % 16;
         int64_t e;
         if (xa_mul_ok(numel(p), 1, &e) || e > INT64_MAX / 8 - off)
@@ -278,33 +304,70 @@ static xattn_status layout(xa_params *ps, int all)
     off = 0;
     for (int i = 0; i < ps->n; i++) {
         xa_param *p = &ps->p[i];
-        if (!p->present || (p->flags & XA_P_Q8)) continue;
+        if (!p->present || p->wdt != XA_W_F32) continue;
         if (!(p->flags & XA_P_GLUE) && off % 16) off += 16 - off % 16;
         p->data = ps->block + off;
         off += numel(p);
     }
-    return layout_q8(ps);
+    return layout_reduced(ps);
 }
 
-/* An XA_P_Q8 parameter read a slab of rows at a time (never whole in float32) and quantised. */
-static xattn_status load_q8(xa_param *p, const xattn_safetensors *st, const char *full)
+/* A parameter kept in 16 bits or int8, read a slab of rows at a time (never whole in float32)
+ * and converted: rounded to nearest even (exact when the file holds the same type), or
+ * quantised. */
+static xattn_status load_reduced(xa_param *p, const xattn_safetensors *st, const char *full)
 {
     const int64_t R = p->shape[0], K = p->shape[1], n = numel(p);
     const int64_t slab = XA_MAX((int64_t)1, ((int64_t)1 << 18) / XA_MAX(K, (int64_t)1));
     float *tmp = xa_alloc((size_t)(XA_MIN(slab, R) * K) * sizeof(float));
     if (!tmp && R > 0 && K > 0) return XATTN_ERR_NOMEM;
     xattn_status s = XATTN_OK;
+    char shown[XA_IO_NAME_CAP];
     for (int64_t r = 0; r < R && !s; r += slab) {
         const int64_t rr = XA_MIN(slab, R - r);
         s = xa_st_read_f32_part(st, full, n, r * K, rr * K, tmp);
-        if (!s && xa_q8_quantize_rows(tmp, rr, K, p->q + r * K, p->qscale + r))
-            s = xa_error(XATTN_ERR_FORMAT,
-                         "tensor '%s' holds a value that is not finite: it cannot be quantised "
-                         "to int8",
-                         full);
+        if (s) break;
+        if (p->wdt == XA_W_Q8) {
+            if (xa_q8_quantize_rows(tmp, rr, K, (int8_t *)p->w + r * K, p->qscale + r))
+                s = xa_error(XATTN_ERR_FORMAT,
+                             "tensor '%s' holds a value that is not finite: it cannot be "
+                             "quantised to int8",
+                             xa_io_printable(full, shown, sizeof shown));
+            continue;
+        }
+        const int f16 = p->wdt == XA_W_F16;
+        uint16_t *h = (uint16_t *)p->w + r * K;
+        for (int64_t k = 0; k < rr * K; k++) {
+            h[k] = xa_f32_to_half(tmp[k], f16);
+            if (f16 && (h[k] & 0x7fffu) == 0x7c00u && isfinite(tmp[k])) {
+                s = xa_error(XATTN_ERR_FORMAT,
+                             "tensor '%s' holds %g, beyond the range of float16 (65504): load "
+                             "it with weights bf16 or f32",
+                             xa_io_printable(full, shown, sizeof shown), (double)tmp[k]);
+                break;
+            }
+        }
     }
     xa_free(tmp);
     return s;
+}
+
+int xa_params_reduced(const xa_params *ps)
+{
+    for (int i = 0; i < ps->n; i++)
+        if (ps->p[i].present && ps->p[i].wdt != XA_W_F32) return 1;
+    return 0;
+}
+
+void xa_param_read(const xa_params *ps, int i, float *dst)
+{
+    const xa_param *p = &ps->p[i];
+    if (!p->present) return;
+    if (p->wdt == XA_W_F32) {
+        memcpy(dst, p->data, (size_t)numel(p) * sizeof(float));
+        return;
+    }
+    xa_wt_rows_f32(NULL, xa_param_w(ps, i), 0, p->shape[0], p->shape[1], dst);
 }
 
 xattn_status xa_params_load(xa_params *ps, const xattn_safetensors *st, const char *prefix,
@@ -314,13 +377,22 @@ xattn_status xa_params_load(xa_params *ps, const xattn_safetensors *st, const ch
     (void)fn;
     for (int i = 0; i < ps->n; i++)
         if ((s = check_one(&ps->p[i], st, prefix, ps->cfg))) return s;
+    for (int i = 0; i < ps->n; i++) ps->p[i].wdt = kept_as(&ps->p[i], ps->weights);
+    /* glued parameters are one matrix to the module: one type for the run (float32 when a
+     * file stores them in different types) */
+    for (int i = 0, j; i < ps->n; i = j) {
+        int same = 1;
+        for (j = i + 1; j < ps->n && (ps->p[j].flags & XA_P_GLUE); j++)
+            same &= ps->p[j].wdt == ps->p[i].wdt;
+        for (int k = i; !same && k < j; k++) ps->p[k].wdt = XA_W_F32;
+    }
     if ((s = layout(ps, 0))) return s;
     char full[NAME_MAX_LEN];
     for (int i = 0; i < ps->n; i++) {
         xa_param *p = &ps->p[i];
         if (!p->present) continue;
         snprintf(full, sizeof full, "%s%s", prefix, p->name);
-        if ((p->flags & XA_P_Q8) ? (s = load_q8(p, st, full))
+        if ((p->wdt != XA_W_F32) ? (s = load_reduced(p, st, full))
                                  : (s = xa_st_read_f32(st, full, p->data, numel(p))))
             return s;
     }
@@ -399,6 +471,7 @@ static void draw(const xa_param *p, uint64_t seed)
 
 xattn_status xa_params_create(xa_params *ps, uint64_t seed)
 {
+    for (int i = 0; i < ps->n; i++) ps->p[i].wdt = XA_W_F32; /* created in float32 */
     xattn_status s = layout(ps, 1);
     if (s) return s;
     for (int i = 0; i < ps->n; i++) {
@@ -483,7 +556,28 @@ xattn_status xa_params_save(const xa_params *ps, const xa_cfg *cfg, const char *
         memcpy(e[n].shape, p->shape, sizeof p->shape);
         e[n].dtype = XATTN_F32;
         e[n].data = p->data;
-        if (!(o && o->float32) && (p->src_dtype == XATTN_F16 || p->src_dtype == XATTN_BF16)) {
+        if (p->wdt == XA_W_Q8) {
+            s = xa_error(XATTN_ERR_UNSUPPORTED,
+                         "cannot save '%s': its weights are kept as int8 (weights int8), which "
+                         "does not give back the weights loaded; save the module loaded with "
+                         "float32 or 16-bit weights",
+                         path);
+            n++;
+            break;
+        }
+        if (p->wdt != XA_W_F32 && !(o && o->float32)) { /* 16-bit: written as kept */
+            e[n].dtype = p->wdt == XA_W_F16 ? XATTN_F16 : XATTN_BF16;
+            e[n].data = p->w;
+        } else if (p->wdt != XA_W_F32) { /* 16-bit, asked as float32 */
+            float *f = malloc((size_t)(numel(p) ? numel(p) : 1) * sizeof(float));
+            if (!(conv[n] = f)) {
+                s = xa_error(XATTN_ERR_NOMEM, "out of memory");
+                break;
+            }
+            xa_param_read(ps, i, f);
+            e[n].data = f;
+        } else if (!(o && o->float32) &&
+                   (p->src_dtype == XATTN_F16 || p->src_dtype == XATTN_BF16)) {
             const int64_t m = numel(p);
             uint16_t *h = malloc((size_t)(m ? m : 1) * 2);
             if (!(conv[n] = h)) {

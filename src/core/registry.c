@@ -95,8 +95,32 @@ void xa_mod_free(xa_mod *m)
     free(m);
 }
 
+const char *xattn_weights_name(int w)
+{
+    static const char *const names[] = {"auto", "f32", "bf16", "f16", "int8"};
+    return w >= 0 && w < (int)XA_N(names) ? names[w] : NULL;
+}
+
+int xattn_weights_parse(const char *name)
+{
+    static const struct {
+        const char *name;
+        int w;
+    } t[] = {{"auto", XATTN_WEIGHTS_AUTO},   {"f32", XATTN_WEIGHTS_F32},
+             {"fp32", XATTN_WEIGHTS_F32},    {"float32", XATTN_WEIGHTS_F32},
+             {"bf16", XATTN_WEIGHTS_BF16},   {"bfloat16", XATTN_WEIGHTS_BF16},
+             {"f16", XATTN_WEIGHTS_F16},     {"fp16", XATTN_WEIGHTS_F16},
+             {"float16", XATTN_WEIGHTS_F16}, {"int8", XATTN_WEIGHTS_INT8}};
+    for (size_t i = 0; name && i < XA_N(t); i++)
+        if (!strcmp(name, t[i].name)) return t[i].w;
+    char shown[XA_IO_NAME_CAP];
+    xa_error(XATTN_ERR_ARG, "weights '%s': expected auto, f32, bf16, f16 or int8",
+             name ? xa_io_printable(name, shown, sizeof shown) : "(null)");
+    return -1;
+}
+
 static xattn_status mod_open(const xa_kind *k, const xattn_safetensors *st, const char *prefix,
-                             const xa_kv *opts, size_t n_opts, int q8, xa_mod **out)
+                             const xa_kv *opts, size_t n_opts, int weights, xa_mod **out)
 {
     *out = NULL;
     if (!prefix) prefix = "";
@@ -107,12 +131,19 @@ static xattn_status mod_open(const xa_kind *k, const xattn_safetensors *st, cons
     }
     xa_mod *m = mod_alloc(k, prefix);
     if (!m) return XATTN_ERR_NOMEM;
-    m->want_q8 = q8;
-    xattn_status s = k->build(m, st, prefix, opts, n_opts);
-    int quantised = 0;
-    for (int i = 0; !s && i < m->params.n; i++) quantised |= !!(m->params.p[i].flags & XA_P_Q8);
-    if (!s && q8 && !quantised)
-        s = xa_error(XATTN_ERR_UNSUPPORTED, "%s: no int8 weights mode (weights f32 only)", k->name);
+    xattn_status s = XATTN_OK;
+    if (!xattn_weights_name(weights))
+        s = xa_error(XATTN_ERR_ARG, "%s: weights = %d is not an xattn_weights value", k->name,
+                     weights);
+    m->params.weights = weights;
+    if (!s) s = k->build(m, st, prefix, opts, n_opts);
+    int linear = 0;
+    for (int i = 0; !s && i < m->params.n; i++) linear |= !!(m->params.p[i].flags & XA_P_LIN);
+    if (!s && !linear && weights != XATTN_WEIGHTS_AUTO && weights != XATTN_WEIGHTS_F32)
+        s = xa_error(XATTN_ERR_UNSUPPORTED,
+                     "%s: weights %s: the kind has no linear layers to keep in another type "
+                     "(weights f32 only)",
+                     k->name, xattn_weights_name(weights));
     if (!s) s = xa_params_load(&m->params, st, prefix, k->name);
     if (!s && k->bind) s = k->bind(m);
     if (s) {
@@ -127,13 +158,13 @@ static xattn_status mod_open(const xa_kind *k, const xattn_safetensors *st, cons
 xattn_status xa_mod_open(const xa_kind *k, const xattn_safetensors *st, const char *prefix,
                          const xa_kv *opts, size_t n_opts, xa_mod **out)
 {
-    return mod_open(k, st, prefix, opts, n_opts, 0, out);
+    return mod_open(k, st, prefix, opts, n_opts, XATTN_WEIGHTS_F32, out);
 }
 
-xattn_status xa_mod_open_q8(const xa_kind *k, const xattn_safetensors *st, const char *prefix,
-                            const xa_kv *opts, size_t n_opts, xa_mod **out)
+xattn_status xa_mod_open_w(const xa_kind *k, const xattn_safetensors *st, const char *prefix,
+                           const xa_kv *opts, size_t n_opts, int weights, xa_mod **out)
 {
-    return mod_open(k, st, prefix, opts, n_opts, 1, out);
+    return mod_open(k, st, prefix, opts, n_opts, weights, out);
 }
 
 void xa_copy_config(const void *src, void *dst, size_t size)
@@ -444,8 +475,10 @@ xattn_status xattn_module_open(const xattn_safetensors *st, const xattn_open_opt
     char pfx[256];
     snprintf(pfx, sizeof pfx, "%s", prefix);
     xa_mod *m;
-    if ((s = xa_mod_open(k, st, pfx, (const xa_kv *)(o ? o->options : NULL), o ? o->n_options : 0,
-                         &m)))
+    if (o && (o->reserved_[0] | o->reserved_[1] | o->reserved_[2]))
+        return xa_error(XATTN_ERR_ARG, "xattn_module_open: o->reserved_ must be zero");
+    if ((s = xa_mod_open_w(k, st, pfx, (const xa_kv *)(o ? o->options : NULL), o ? o->n_options : 0,
+                           o ? (int)o->weights : XATTN_WEIGHTS_AUTO, &m)))
         return s;
     if (!(*out = wrap(m))) return XATTN_ERR_NOMEM;
     xa_clear_error();
@@ -531,6 +564,42 @@ xattn_status xattn_module_param(const xattn_module *m, size_t i, xattn_param_des
     p->stored_dtype = q->src_dtype;
     xa_clear_error();
     return XATTN_OK;
+}
+
+xattn_status xattn_module_param_read(const xattn_module *m, size_t i, float *dst)
+{
+    if (!m || i >= (size_t)m->m->params.n)
+        return xa_error(XATTN_ERR_ARG, "xattn_module_param_read: index %zu out of range", i);
+    if (!dst) return xa_error(XATTN_ERR_ARG, "xattn_module_param_read: dst is NULL");
+    if (!m->m->params.p[i].present)
+        return xa_error(XATTN_ERR_NOT_FOUND, "xattn_module_param_read: the module has no '%s'",
+                        m->m->params.p[i].name);
+    xa_param_read(&m->m->params, (int)i, dst);
+    xa_clear_error();
+    return XATTN_OK;
+}
+
+xattn_dtype xattn_module_param_kept(const xattn_module *m, size_t i)
+{
+    if (!m || i >= (size_t)m->m->params.n) return XATTN_F32;
+    static const xattn_dtype as[] = {XATTN_F32, XATTN_BF16, XATTN_F16, XATTN_I8};
+    return as[m->m->params.p[i].wdt];
+}
+
+int xattn_module_weights(const xattn_module *m)
+{
+    if (!m) return XATTN_WEIGHTS_F32;
+    const xa_params *ps = &m->m->params;
+    if (ps->weights != XATTN_WEIGHTS_AUTO) return ps->weights;
+    int seen = -1;
+    for (int i = 0; i < ps->n; i++) {
+        if (!ps->p[i].present || !(ps->p[i].flags & XA_P_LIN)) continue;
+        if (seen >= 0 && seen != ps->p[i].wdt) return XATTN_WEIGHTS_AUTO;
+        seen = ps->p[i].wdt;
+    }
+    return seen == XA_W_BF16  ? XATTN_WEIGHTS_BF16
+           : seen == XA_W_F16 ? XATTN_WEIGHTS_F16
+                              : XATTN_WEIGHTS_F32;
 }
 
 static const xa_io *io_of(const xattn_module *m, int output, size_t i, size_t *n)

@@ -95,7 +95,6 @@ typedef struct xa_mod {
     xa_cfg cfg;
     xa_params params;
     char prefix[256];
-    int want_q8; /* set before build: the kind marks the weights it keeps as int8 (XA_P_Q8) */
 } xa_mod;
 
 typedef struct xa_kind {
@@ -177,10 +176,11 @@ const xa_kind *xa_kind_find(const char *name);
  * success the last error is cleared, on failure *out is NULL. */
 xattn_status xa_mod_open(const xa_kind *k, const xattn_safetensors *st, const char *prefix,
                          const xa_kv *opts, size_t n_opts, xa_mod **out);
-/* The same with the kind's linear weights kept as int8 (weight-only quantisation at load); a
- * kind without an int8 mode is refused. */
-xattn_status xa_mod_open_q8(const xa_kind *k, const xattn_safetensors *st, const char *prefix,
-                            const xa_kv *opts, size_t n_opts, xa_mod **out);
+/* (xa_mod_open keeps every weight in float32.) The same with the kind's linear weights
+ * (XA_P_LIN) kept as `weights` (xattn_weights) says; a kind without linear weights refuses
+ * a type other than float32. The kind's build sees the mode in m->params.weights. */
+xattn_status xa_mod_open_w(const xa_kind *k, const xattn_safetensors *st, const char *prefix,
+                           const xa_kv *opts, size_t n_opts, int weights, xa_mod **out);
 xattn_status xa_mod_create(const xa_kind *k, const xa_kv *opts, size_t n_opts, uint64_t seed,
                            xa_mod **out);
 void xa_mod_free(xa_mod *m);

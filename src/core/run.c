@@ -506,6 +506,14 @@ static xattn_status module_grad(xattn_ctx *ctx, const xattn_module *mod, const x
                         "%s has no backward yet (kinds with one: "
                         "xattn_kind_has_backward)",
                         k->name);
+    if (xa_params_reduced(&m->params))
+        return xa_error(XATTN_ERR_UNSUPPORTED,
+                        "%s: gradients need float32 weights; this module keeps its linear "
+                        "weights as %s (open it with weights f32)",
+                        fn,
+                        xattn_module_weights(mod) == XATTN_WEIGHTS_AUTO
+                            ? "16-bit types (as stored)"
+                            : xattn_weights_name(xattn_module_weights(mod)));
     xa_run r;
     float *scratch[XA_MAX_IO];
     xa_grad g;

@@ -65,35 +65,6 @@ void xattn_array_free(xattn_array *a)
 
 /* ---- conversion ------------------------------------------------------------------------- */
 
-static float xa_f16_to_f32(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    uint32_t exp = (h >> 10) & 0x1fu;
-    uint32_t man = h & 0x3ffu;
-    uint32_t bits;
-    float f;
-    if (exp == 0) {
-        /* zero or subnormal: man * 2^-24, exact in float */
-        f = (float)man * 0x1p-24f;
-        memcpy(&bits, &f, 4);
-        bits |= sign;
-    } else if (exp == 31) {
-        bits = sign | 0x7f800000u | (man << 13); /* inf, or nan keeping the payload */
-    } else {
-        bits = sign | ((exp + 112u) << 23) | (man << 13);
-    }
-    memcpy(&f, &bits, 4);
-    return f;
-}
-
-static float xa_bf16_to_f32(uint16_t h)
-{
-    uint32_t bits = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
-
 static void xa_to_f32(const unsigned char *s, xattn_dtype from, float *d, int64_t n)
 {
     int64_t i;
@@ -110,14 +81,14 @@ static void xa_to_f32(const unsigned char *s, xattn_dtype from, float *d, int64_
         for (i = 0; i < n; i++) {
             uint16_t v;
             memcpy(&v, s + 2 * i, 2);
-            d[i] = xa_f16_to_f32(v);
+            d[i] = xa_half_to_f32(v, 1);
         }
         break;
     case XATTN_BF16:
         for (i = 0; i < n; i++) {
             uint16_t v;
             memcpy(&v, s + 2 * i, 2);
-            d[i] = xa_bf16_to_f32(v);
+            d[i] = xa_half_to_f32(v, 0);
         }
         break;
     case XATTN_BOOL:

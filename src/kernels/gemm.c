@@ -63,6 +63,10 @@ typedef struct gemm_job {
     int tm, tn;               /* thread grid over (M, N)                                */
     float *ws;                /* per thread: A block (MC x KC) then B block (KC x NC)   */
     int64_t ap_size, bp_size; /* floats of each, multiples of 16 (64 bytes)     */
+    /* B = W^T with W (N, K) kept in 16 bits or int8 (tb = 1, B unused): converted rows of W
+     * (nr x KC per thread, after the B block) are packed like float ones */
+    xa_wt w;
+    int64_t cv_size;
 } gemm_job;
 
 /* ---- packing ---------------------------------------------------------------------------- */
@@ -171,6 +175,30 @@ static void pack_a_block(const gemm_job *g, float *dst, int64_t i0, int64_t mc, 
                g->alpha);
 }
 
+/* Values [p0, p0 + n) of row `row` of a weight matrix with K values per row, as float32. */
+static void wt_seg(const xa_kernels *kt, xa_wt w, int64_t K, int64_t row, int64_t p0, int64_t n,
+                   float *dst)
+{
+    const int64_t off = row * K + p0;
+    switch (w.dt) {
+    case XA_W_BF16:
+    case XA_W_F16: kt->cvt_h((const uint16_t *)w.p + off, dst, n, w.dt == XA_W_F16); break;
+    case XA_W_Q8: {
+        const int8_t *q = (const int8_t *)w.p + off;
+        const float sc = w.scale[row];
+        for (int64_t i = 0; i < n; i++) dst[i] = (float)q[i] * sc;
+        break;
+    }
+    default: memcpy(dst, (const float *)w.p + off, (size_t)n * sizeof(float));
+    }
+}
+
+void xa_wt_rows_f32(const xa_kernels *kt, xa_wt w, int64_t r0, int64_t n, int64_t K, float *dst)
+{
+    if (!kt) kt = xa_kern();
+    for (int64_t r = 0; r < n; r++) wt_seg(kt, w, K, r0 + r, 0, K, dst + r * K);
+}
+
 /* op(B) rows [p0, p0+kc), columns [j0, j0+nc) into nr-column panels at dst. */
 static void pack_b_block(const gemm_job *g, float *dst, int64_t j0, int64_t nc, int64_t p0,
                          int64_t kc)
@@ -178,6 +206,16 @@ static void pack_b_block(const gemm_job *g, float *dst, int64_t j0, int64_t nc, 
     const int64_t nr = g->kt->nr;
     if (!g->tb) {
         pack_block_n(dst, nr, g->B + p0 * g->ldb + j0, g->ldb, nc, kc, 1.0f);
+        return;
+    }
+    if (g->w.dt != XA_W_F32) { /* rows of W converted (into this thread's buffer after dst) */
+        float *cv = dst + g->bp_size;
+        for (int64_t jr = 0; jr < nc; jr += nr) {
+            const int64_t rows = XA_MIN(nr, nc - jr);
+            for (int64_t i = 0; i < rows; i++)
+                wt_seg(g->kt, g->w, g->K, j0 + jr + i, p0, kc, cv + i * kc);
+            pack_t(dst + jr * kc, nr, cv, kc, rows, kc, 1.0f);
+        }
         return;
     }
     for (int64_t jr = 0; jr < nc; jr += nr)
@@ -366,7 +404,8 @@ typedef struct skinny {
     int r_is_row; /* R = C (the bias index is the column n), else R = C^T (the row r) */
 } skinny;
 
-static void skinny_range(const gemm_job *g, const skinny *k, int64_t n0, int64_t n1)
+/* cv: K floats for a converted weight row (g->w kept in 16 bits or int8; Y is then W) */
+static void skinny_range(const gemm_job *g, const skinny *k, int64_t n0, int64_t n1, float *cv)
 {
     enum { JR = 1024 };
     const int64_t K = g->K;
@@ -399,7 +438,12 @@ static void skinny_range(const gemm_job *g, const skinny *k, int64_t n0, int64_t
          * gathered by the caller if they were not) */
         float d[XA_GEMM_SKINNY];
         for (int64_t j = n0; j < n1; j++) {
-            g->kt->dotn(k->X, k->xs_r, k->ms, k->Y + j * k->ys_n, K, d);
+            const float *y = k->Y + j * k->ys_n;
+            if (g->w.dt != XA_W_F32) {
+                wt_seg(g->kt, g->w, K, j, 0, K, cv);
+                y = cv;
+            }
+            g->kt->dotn(k->X, k->xs_r, k->ms, y, K, d);
             for (int64_t r = 0; r < k->ms; r++) {
                 float *c = k->R + r * k->rs_r + j * k->rs_n;
                 *c = c_init(g, c, k->r_is_row ? j : r) + g->alpha * d[r];
@@ -408,7 +452,7 @@ static void skinny_range(const gemm_job *g, const skinny *k, int64_t n0, int64_t
     }
 }
 
-static void gemm_skinny(const gemm_job *g, int nt)
+static int gemm_skinny(const gemm_job *g, int nt)
 {
     (void)nt; /* without OpenMP */
     skinny k;
@@ -439,12 +483,19 @@ static void gemm_skinny(const gemm_job *g, int nt)
                      .rs_n = g->ldc,
                      .r_is_row = 0};
     }
-    xa_ws *ws = NULL;
+    xa_ws *ws = NULL, *wc = NULL;
+    float *cv = NULL;
+    if (g->w.dt != XA_W_F32) { /* a converted weight row per thread (M <= XA_GEMM_SKINNY) */
+        if (!(wc = xa_ws_get(sizeof(float) * (size_t)(g->K * nt)))) return -1;
+        cv = xa_ws_data(wc);
+    }
     if (k.ys_n != 1 && k.xs_k != 1) { /* dot products need contiguous X rows: gather them */
         if (!(ws = xa_ws_get(sizeof(float) * (size_t)(k.ms * g->K)))) {
+            xa_ws_put(wc);
+            if (g->w.dt != XA_W_F32) return -1;
             xa_clear_error();
             gemm_direct(g);
-            return;
+            return 0;
         }
         float *x = xa_ws_data(ws);
         for (int64_t p = 0; p < g->K; p++)
@@ -459,12 +510,15 @@ static void gemm_skinny(const gemm_job *g, int nt)
         {
             int64_t t = omp_get_thread_num(), n = omp_get_num_threads();
             int64_t q = (k.nb + 15) / 16; /* 16-column units */
-            skinny_range(g, &k, XA_MIN(k.nb, q * t / n * 16), XA_MIN(k.nb, q * (t + 1) / n * 16));
+            skinny_range(g, &k, XA_MIN(k.nb, q * t / n * 16), XA_MIN(k.nb, q * (t + 1) / n * 16),
+                         cv ? cv + t * g->K : NULL);
         }
     } else
 #endif
-        skinny_range(g, &k, 0, k.nb);
+        skinny_range(g, &k, 0, k.nb, cv);
     xa_ws_put(ws);
+    xa_ws_put(wc);
+    return 0;
 }
 
 /* C = beta*C (or bias): K == 0 or alpha == 0, A and B not referenced. */
@@ -516,11 +570,13 @@ static void block_sizes(const xa_kernels *kt, int64_t K, int64_t *MC, int64_t *K
     *MC = (2048 + mr - 1) / mr * mr;
 }
 
-static void gemm_run(const xa_kernels *kt, int ta, int tb, int64_t M, int64_t N, int64_t K,
-                     float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
-                     float beta, const float *bias, float *C, int64_t ldc)
+/* Returns 0, or -1 when out of memory with weights kept in another type (w->dt != XA_W_F32:
+ * tb = 1, B NULL; a float32 GEMM falls back to the direct loops instead). */
+static int gemm_run(const xa_kernels *kt, int ta, int tb, int64_t M, int64_t N, int64_t K,
+                    float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
+                    float beta, const float *bias, float *C, int64_t ldc, const xa_wt *w)
 {
-    if (M <= 0 || N <= 0) return;
+    if (M <= 0 || N <= 0) return 0;
     if (!kt) kt = xa_kern();
     gemm_job g = {.kt = kt,
                   .ta = ta,
@@ -536,16 +592,29 @@ static void gemm_run(const xa_kernels *kt, int ta, int tb, int64_t M, int64_t N,
                   .lda = lda,
                   .ldb = ldb,
                   .ldc = ldc,
-                  .C = C};
+                  .C = C,
+                  .w = w ? *w : xa_wt_f32(NULL)};
     if (K <= 0 || alpha == 0.0f) {
         gemm_scale_only(&g);
-        return;
+        return 0;
     }
     /* M*N*K, saturating (only compared against thresholds) */
     double work = (double)M * (double)N * (double)K;
-    if (work < XA_GEMM_SMALL || kt->mr * kt->nr > XA_MAX_TILE) {
+    const int direct = work < XA_GEMM_SMALL || kt->mr * kt->nr > XA_MAX_TILE;
+    if (g.w.dt != XA_W_F32 && (direct || (N <= XA_GEMM_SKINNY && M > XA_GEMM_SKINNY))) {
+        /* few weights (N * K below XA_GEMM_SMALL, or at most 4 rows): converted whole, then
+         * the float32 product of the same shape */
+        xa_ws *wc = xa_ws_get(sizeof(float) * (size_t)(N * K));
+        if (!wc) return -1;
+        float *Wf = xa_ws_data(wc);
+        xa_wt_rows_f32(kt, g.w, 0, N, K, Wf);
+        gemm_run(kt, ta, 1, M, N, K, alpha, A, lda, Wf, K, beta, bias, C, ldc, NULL);
+        xa_ws_put(wc);
+        return 0;
+    }
+    if (direct) {
         gemm_direct(&g);
-        return;
+        return 0;
     }
     int nt = 1;
 #ifdef _OPENMP
@@ -557,8 +626,7 @@ static void gemm_run(const xa_kernels *kt, int ta, int tb, int64_t M, int64_t N,
 #endif
     if (M <= XA_GEMM_SKINNY || N <= XA_GEMM_SKINNY) {
         /* a few rows (e.g. one token through a linear layer) or columns: memory bound */
-        gemm_skinny(&g, nt);
-        return;
+        return gemm_skinny(&g, nt);
     }
     block_sizes(kt, K, &g.MC, &g.KC, &g.NC);
     const int64_t mc = XA_MIN(g.MC, (M + kt->mr - 1) / kt->mr * kt->mr);
@@ -574,12 +642,14 @@ static void gemm_run(const xa_kernels *kt, int ta, int tb, int64_t M, int64_t N,
     if (nt == 1) g.tm = g.tn = 1;
     g.ap_size = (mc * kc + 15) & ~(int64_t)15; /* keeps every block 64-byte aligned */
     g.bp_size = (kc * nc + 15) & ~(int64_t)15;
-    const int64_t per_thread = g.ap_size + g.bp_size;
+    g.cv_size = g.w.dt != XA_W_F32 ? (kt->nr * kc + 15) & ~(int64_t)15 : 0;
+    const int64_t per_thread = g.ap_size + g.bp_size + g.cv_size;
     xa_ws *ws = xa_ws_get(sizeof(float) * (size_t)(per_thread * nt));
     if (!ws) { /* out of memory: slow but correct */
+        if (g.w.dt != XA_W_F32) return -1;
         xa_clear_error();
         gemm_direct(&g);
-        return;
+        return 0;
     }
     g.ws = xa_ws_data(ws);
 #ifdef _OPENMP
@@ -594,13 +664,30 @@ static void gemm_run(const xa_kernels *kt, int ta, int tb, int64_t M, int64_t N,
 #endif
         gemm_part(&g, g.ws, 0);
     xa_ws_put(ws);
+    return 0;
+}
+
+int xa_gemm_wt(const xa_kernels *kt, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+               xa_wt w, const float *bias, int accumulate, float *C, int64_t ldc)
+{
+    if (accumulate && bias && M > 0 && N > 0) { /* C + bias first, then C += A W^T */
+        for (int64_t i = 0; i < M; i++)
+            for (int64_t j = 0; j < N; j++) C[i * ldc + j] += bias[j];
+        bias = NULL;
+    }
+    const float *Wf = w.dt == XA_W_F32 ? (const float *)w.p : NULL;
+    if (gemm_run(kt, 0, 1, M, N, K, 1.0f, A, lda, Wf, K, accumulate ? 1.0f : 0.0f, bias, C, ldc,
+                 &w))
+        return -1;
+    return 0;
 }
 
 void xa_sgemm(const xa_kernels *kt, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
               float alpha, const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
               float *C, int64_t ldc)
 {
-    gemm_run(kt, trans_a != 0, trans_b != 0, M, N, K, alpha, A, lda, B, ldb, beta, NULL, C, ldc);
+    gemm_run(kt, trans_a != 0, trans_b != 0, M, N, K, alpha, A, lda, B, ldb, beta, NULL, C, ldc,
+             NULL);
 }
 
 /* ---- public API ------------------------------------------------------------------------- */
@@ -657,7 +744,7 @@ xattn_status xattn_linear(const float *x, int64_t M, int64_t K, const float *W, 
         if ((s = check_matrix(fn, "x", "K", x, M, K, K))) return s;
         if ((s = check_matrix(fn, "W", "K", W, N, K, K))) return s;
     }
-    gemm_run(NULL, 0, 1, M, N, K, 1.0f, x, K, W, K, 0.0f, b, y, N);
+    gemm_run(NULL, 0, 1, M, N, K, 1.0f, x, K, W, K, 0.0f, b, y, N, NULL);
     xa_clear_error();
     return XATTN_OK;
 }

@@ -69,7 +69,42 @@ typedef struct xa_kernels {
      * out0[r] against q, out1[r] against q + ldq. */
     void (*dot2_q8)(const float *x, int64_t ldx, int64_t rows, const int8_t *q, int64_t ldq,
                     int64_t n, float *out0, float *out1);
+
+    /* Half-precision weights to float: dst[i] = the value of the 16-bit pattern src[i], bfloat16
+     * (f16 = 0) or IEEE binary16 (f16 = 1), exactly (as xa_half_to_f32), n >= 0. */
+    void (*cvt_h)(const uint16_t *src, float *dst, int64_t n, int f16);
 } xa_kernels;
+
+/* How a weight matrix (N, K) of a linear layer is kept (a module's --weights): float32, a
+ * 16-bit float (converted exactly to float32 as it is read), or int8 with a float scale per
+ * row (weight-only quantisation). */
+typedef enum xa_wdt { XA_W_F32 = 0, XA_W_BF16, XA_W_F16, XA_W_Q8 } xa_wdt;
+typedef struct xa_wt {
+    const void *p;      /* N rows of K values: float, uint16_t (bf16 / f16 bits) or int8_t */
+    const float *scale; /* XA_W_Q8: N scales, else NULL                                        */
+    int dt;             /* xa_wdt                                                              */
+} xa_wt;
+/* A float32 weight matrix. */
+static inline xa_wt xa_wt_f32(const float *w) { return (xa_wt){w, NULL, XA_W_F32}; }
+/* Rows r0.. of a weight matrix with K values per row. */
+static inline xa_wt xa_wt_rows(xa_wt w, int64_t r0, int64_t K)
+{
+    static const int64_t bytes[] = {4, 2, 2, 1};
+    if (w.p) w.p = (const char *)w.p + r0 * K * bytes[w.dt];
+    if (w.scale) w.scale += r0;
+    return w;
+}
+/* The float32 data, or NULL when the weights are kept in another type. */
+static inline const float *xa_wt_f(xa_wt w) { return w.dt == XA_W_F32 ? (const float *)w.p : NULL; }
+/* Rows [r0, r0 + n) of w (K values each) as float32 into dst (n x K) with the table's
+ * conversions (int8: q * scale). */
+void xa_wt_rows_f32(const xa_kernels *kt, xa_wt w, int64_t r0, int64_t n, int64_t K, float *dst);
+/* C (M, N) = A (M, K, row stride lda) W^T (+ bias (N) when not NULL; + C when accumulate),
+ * W (N, K) kept as w says; the blocked GEMM converts W while packing it, so the result equals
+ * xa_sgemm on the converted float32 matrix, bit for bit. kt NULL: the current table. Returns 0,
+ * or -1 out of memory (error message set; only with weights kept in another type). */
+int xa_gemm_wt(const xa_kernels *kt, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+               xa_wt w, const float *bias, int accumulate, float *C, int64_t ldc);
 
 /* The int8 kernels stream their weights from memory once per call (decoding), faster than the
  * hardware prefetcher follows two rows at a time: they ask for the rows XA_Q8_AHEAD rows on,

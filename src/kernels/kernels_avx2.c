@@ -6,6 +6,7 @@
  * and 1 broadcast fill 15 of the 16 ymm registers.
  */
 #include "kernels.h"
+#include "../base/base.h"
 
 #include <immintrin.h>
 #include <math.h>
@@ -590,6 +591,21 @@ static void dot2_q8_avx2(const float *x, int64_t ldx, int64_t rows, const int8_t
     }
 }
 
+/* bf16: the 16 bits become the top half of a float; f16: F16C's vcvtph2ps (exact). */
+static void cvt_h_avx2(const uint16_t *src, float *dst, int64_t n, int f16)
+{
+    int64_t i = 0;
+    if (f16)
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+    else
+        for (; i + 8 <= n; i += 8) {
+            const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(src + i)));
+            _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
+        }
+    for (; i < n; i++) dst[i] = xa_half_to_f32(src[i], f16);
+}
+
 const xa_kernels xa_kernels_avx2 = {
     .name = "avx2",
     .mr = XA2_MR,
@@ -609,4 +625,5 @@ const xa_kernels xa_kernels_avx2 = {
     .dotn = dotn_avx2,
     .dot_q8 = dot_q8_avx2,
     .dot2_q8 = dot2_q8_avx2,
+    .cvt_h = cvt_h_avx2,
 };

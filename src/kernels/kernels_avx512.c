@@ -8,6 +8,7 @@
  * caller's lda / ldb, so panels need not be packed contiguously.
  */
 #include "kernels.h"
+#include "../base/base.h"
 
 #include <immintrin.h>
 #include <math.h>
@@ -514,6 +515,22 @@ static void dot2_q8_avx512(const float *x, int64_t ldx, int64_t rows, const int8
     dot_q8_pf_avx512(x, ldx, rows, q + ldq, n, out1, pf + (uintptr_t)ldq);
 }
 
+/* bf16: the 16 bits become the top half of a float; f16: vcvtph2ps (exact). */
+static void cvt_h_avx512(const uint16_t *src, float *dst, int64_t n, int f16)
+{
+    int64_t i = 0;
+    if (f16)
+        for (; i + 16 <= n; i += 16)
+            _mm512_storeu_ps(dst + i,
+                             _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + i))));
+    else
+        for (; i + 16 <= n; i += 16) {
+            const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(src + i)));
+            _mm512_storeu_ps(dst + i, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
+        }
+    for (; i < n; i++) dst[i] = xa_half_to_f32(src[i], f16);
+}
+
 const xa_kernels xa_kernels_avx512 = {
     .name = "avx512",
     .mr = XA512_MR,
@@ -533,4 +550,5 @@ const xa_kernels xa_kernels_avx512 = {
     .dotn = dotn_avx512,
     .dot_q8 = dot_q8_avx512,
     .dot2_q8 = dot2_q8_avx512,
+    .cvt_h = cvt_h_avx512,
 };

@@ -11,6 +11,7 @@
  * NaN from either operand and vmaxnmq_f32 drops it.
  */
 #include "kernels.h"
+#include "../base/base.h"
 
 #include <arm_neon.h>
 #include <math.h>
@@ -530,6 +531,19 @@ static void dot2_q8_neon(const float *x, int64_t ldx, int64_t rows, const int8_t
     }
 }
 
+/* bf16: the 16 bits become the top half of a float (a widening shift); f16: fcvtl (exact). */
+static void cvt_h_neon(const uint16_t *src, float *dst, int64_t n, int f16)
+{
+    int64_t i = 0;
+    if (f16)
+        for (; i + 4 <= n; i += 4)
+            vst1q_f32(dst + i, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(src + i))));
+    else
+        for (; i + 4 <= n; i += 4)
+            vst1q_f32(dst + i, vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(src + i), 16)));
+    for (; i < n; i++) dst[i] = xa_half_to_f32(src[i], f16);
+}
+
 const xa_kernels xa_kernels_neon = {
     .name = "neon",
     .mr = XAN_MR,
@@ -549,4 +563,5 @@ const xa_kernels xa_kernels_neon = {
     .dotn = dotn_neon,
     .dot_q8 = dot_q8_neon,
     .dot2_q8 = dot2_q8_neon,
+    .cvt_h = cvt_h_neon,
 };

@@ -1,5 +1,6 @@
 /* Portable scalar kernels: the reference every ISA variant is tested against. */
 #include "kernels.h"
+#include "../base/base.h"
 
 #include <math.h>
 
@@ -139,6 +140,11 @@ static void dot2_q8_scalar(const float *x, int64_t ldx, int64_t rows, const int8
     dot_q8_scalar(x, ldx, rows, q + ldq, n, out1);
 }
 
+static void cvt_h_scalar(const uint16_t *src, float *dst, int64_t n, int f16)
+{
+    for (int64_t i = 0; i < n; i++) dst[i] = xa_half_to_f32(src[i], f16);
+}
+
 const xa_kernels xa_kernels_scalar = {
     .name = "scalar",
     .mr = SC_MR,
@@ -157,5 +163,6 @@ const xa_kernels xa_kernels_scalar = {
     .gelu = gelu_scalar,
     .dotn = dotn_scalar,
     .dot_q8 = dot_q8_scalar,
+    .cvt_h = cvt_h_scalar,
     .dot2_q8 = dot2_q8_scalar,
 };

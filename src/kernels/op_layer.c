@@ -59,6 +59,17 @@ xattn_status xa_op_linear_q8(const float *x, int64_t M, int64_t K, const int8_t 
     return XATTN_OK;
 }
 
+xattn_status xa_op_linear_w(const float *x, int64_t M, int64_t K, xa_wt W, const float *b,
+                            int64_t N, float *y, int accumulate)
+{
+    enum { Q8_ROWS = 8 }; /* the int8 dot kernels read each weight row once per 4 rows */
+    if (W.dt == XA_W_F32) return xa_op_linear(x, M, K, (const float *)W.p, b, N, y, accumulate);
+    if (W.dt == XA_W_Q8 && M <= Q8_ROWS)
+        return xa_op_linear_q8(x, M, K, (const int8_t *)W.p, W.scale, b, N, y, accumulate);
+    if (xa_gemm_wt(NULL, M, N, K, x, K, W, b, accumulate, y, N)) return XATTN_ERR_NOMEM;
+    return XATTN_OK;
+}
+
 int xa_q8_quantize_rows(const float *w, int64_t rows, int64_t K, int8_t *q, float *scale)
 {
     /* adding and subtracting 1.5 * 2^23 rounds |v| < 2^22 to the nearest integer, ties to even,

@@ -20,6 +20,11 @@ xattn_status xa_op_linear(const float *x, int64_t M, int64_t K, const float *W, 
 xattn_status xa_op_linear_q8(const float *x, int64_t M, int64_t K, const int8_t *W,
                              const float *scale, const float *b, int64_t N, float *y,
                              int accumulate);
+/* The same with W kept as w says (float32, 16 bits or int8): y = x W^T + b (+ y). int8 with a
+ * few rows (decoding) goes through xa_op_linear_q8; otherwise the GEMM converts W as it packs
+ * it (16-bit weights give exactly the float32 result of the same values). */
+xattn_status xa_op_linear_w(const float *x, int64_t M, int64_t K, xa_wt W, const float *b,
+                            int64_t N, float *y, int accumulate);
 /* Symmetric per-row quantisation of w (rows, K): scale[r] = max_k |w[r, k]| / 127,
  * q[r, k] = round-to-nearest-even(w[r, k] / scale[r]) in [-127, 127] (an all-zero row: scale 0,
  * q 0). Returns -1 when a row holds a value that is not finite (that row's output is left

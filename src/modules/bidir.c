@@ -163,17 +163,18 @@ enum {
     A_N
 };
 static const xa_pspec attn_table[A_N] = {
-    {"to_qk.weight", "inner_dim,dim", NULL, 0, XA_INIT_LINEAR, NULL,
+    {"to_qk.weight", "inner_dim,dim", NULL, XA_P_LIN, XA_INIT_LINEAR, NULL,
      "the shared query/key projection of x"},
-    {"to_v.weight", "inner_dim,dim", NULL, XA_P_GLUE, XA_INIT_LINEAR, NULL,
+    {"to_v.weight", "inner_dim,dim", NULL, XA_P_GLUE | XA_P_LIN, XA_INIT_LINEAR, NULL,
      "the value projection of x"},
-    {"context_to_qk.weight", "inner_dim,context_dim", NULL, 0, XA_INIT_LINEAR, NULL,
+    {"context_to_qk.weight", "inner_dim,context_dim", NULL, XA_P_LIN, XA_INIT_LINEAR, NULL,
      "the shared query/key projection of the context"},
-    {"context_to_v.weight", "inner_dim,context_dim", NULL, XA_P_GLUE, XA_INIT_LINEAR, NULL,
-     "the value projection of the context"},
-    {"to_out.weight", "dim,inner_dim", NULL, 0, XA_INIT_LINEAR, NULL, "the output projection of x"},
+    {"context_to_v.weight", "inner_dim,context_dim", NULL, XA_P_GLUE | XA_P_LIN, XA_INIT_LINEAR,
+     NULL, "the value projection of the context"},
+    {"to_out.weight", "dim,inner_dim", NULL, XA_P_LIN, XA_INIT_LINEAR, NULL,
+     "the output projection of x"},
     {"to_out.bias", "dim", NULL, 0, XA_INIT_BIAS, "inner_dim", "the output projection of x"},
-    {"context_to_out.weight", "context_dim,inner_dim", NULL, 0, XA_INIT_LINEAR, NULL,
+    {"context_to_out.weight", "context_dim,inner_dim", NULL, XA_P_LIN, XA_INIT_LINEAR, NULL,
      "the output projection of the context"},
     {"context_to_out.bias", "context_dim", NULL, 0, XA_INIT_BIAS, "inner_dim",
      "the output projection of the context"},
@@ -195,9 +196,9 @@ enum { F_NORM, F_W1, F_B1, F_W2, F_B2, F_N };
 #define FF_TABLE(D, HID, WHAT)                                                                     \
     {                                                                                              \
         {"0.weight", D, NULL, 0, XA_INIT_ONES, NULL, WHAT},                                        \
-            {"1.weight", HID "," D, NULL, 0, XA_INIT_LINEAR, NULL, WHAT},                          \
+            {"1.weight", HID "," D, NULL, XA_P_LIN, XA_INIT_LINEAR, NULL, WHAT},                   \
             {"1.bias", HID, NULL, 0, XA_INIT_BIAS, D, WHAT},                                       \
-            {"3.weight", D "," HID, NULL, 0, XA_INIT_LINEAR, NULL, WHAT},                          \
+            {"3.weight", D "," HID, NULL, XA_P_LIN, XA_INIT_LINEAR, NULL, WHAT},                   \
             {"3.bias", D, NULL, 0, XA_INIT_BIAS, HID, WHAT},                                       \
     }
 static const xa_pspec ff_table[F_N] =
@@ -224,17 +225,17 @@ static const xa_pspec final_table[N_N] = {
 typedef struct bd_attn {
     const float *norm_w, *norm_b;   /* (dim) each, or NULL (no prenorm / RMSNorm has no bias)   */
     const float *cnorm_w, *cnorm_b; /* (context_dim)                                            */
-    const float *w_qkv;             /* (2*inner, dim): to_qk.weight rows, then to_v.weight rows */
-    const float *cw_qkv;            /* (2*inner, context_dim)                                   */
-    const float *wo, *bo;           /* (dim, inner), (dim)                                      */
-    const float *cwo, *cbo;         /* (context_dim, inner), (context_dim)                      */
+    xa_wt w_qkv;                    /* (2*inner, dim): to_qk.weight rows, then to_v.weight rows */
+    xa_wt cw_qkv;                   /* (2*inner, context_dim)                                   */
+    xa_wt wo, cwo;                  /* (dim, inner), (context_dim, inner)                       */
+    const float *bo, *cbo;          /* (dim), (context_dim)                                     */
     const float *talk, *ctalk;      /* (H, H) [g][h] each, or NULL                              */
 } bd_attn;
 
 typedef struct bd_ff {
     const float *norm_w;  /* (d) RMSNorm weight      */
-    const float *w1, *b1; /* (hidden, d), (hidden)   */
-    const float *w2, *b2; /* (d, hidden), (d)        */
+    xa_wt w1, w2;         /* (hidden, d), (d, hidden) */
+    const float *b1, *b2; /* (hidden), (d)            */
 } bd_ff;
 
 typedef struct bd_layer {
@@ -579,11 +580,11 @@ static void wire_attn(bd_attn *a, const xa_params *ps, int base)
     a->norm_b = xa_param_data(ps, base + A_NORM_B);
     a->cnorm_w = xa_param_data(ps, base + A_CNORM_W);
     a->cnorm_b = xa_param_data(ps, base + A_CNORM_B);
-    a->w_qkv = xa_param_data(ps, base + A_QK); /* to_v follows (glued) */
-    a->cw_qkv = xa_param_data(ps, base + A_CQK);
-    a->wo = xa_param_data(ps, base + A_OUT_W);
+    a->w_qkv = xa_param_w(ps, base + A_QK); /* to_v follows (glued) */
+    a->cw_qkv = xa_param_w(ps, base + A_CQK);
+    a->wo = xa_param_w(ps, base + A_OUT_W);
     a->bo = xa_param_data(ps, base + A_OUT_B);
-    a->cwo = xa_param_data(ps, base + A_COUT_W);
+    a->cwo = xa_param_w(ps, base + A_COUT_W);
     a->cbo = xa_param_data(ps, base + A_COUT_B);
     a->talk = xa_param_data(ps, base + A_TALK);
     a->ctalk = xa_param_data(ps, base + A_CTALK);
@@ -592,9 +593,9 @@ static void wire_attn(bd_attn *a, const xa_params *ps, int base)
 static void wire_ff(bd_ff *f, const xa_params *ps, int base)
 {
     f->norm_w = xa_param_data(ps, base + F_NORM);
-    f->w1 = xa_param_data(ps, base + F_W1);
+    f->w1 = xa_param_w(ps, base + F_W1);
     f->b1 = xa_param_data(ps, base + F_B1);
-    f->w2 = xa_param_data(ps, base + F_W2);
+    f->w2 = xa_param_w(ps, base + F_W2);
     f->b2 = xa_param_data(ps, base + F_B2);
 }
 
@@ -857,8 +858,8 @@ static xattn_status attn_core(const xattn_bidir *m, const bd_attn *a, const xatt
         xin = sc->xn;
         cin = sc->cn;
     }
-    if ((s = xa_op_linear(xin, nI, c->dim, a->w_qkv, NULL, inner2, sc->pqv, 0)) ||
-        (s = xa_op_linear(cin, nJ, c->context_dim, a->cw_qkv, NULL, inner2, sc->cpqv, 0)))
+    if ((s = xa_op_linear_w(xin, nI, c->dim, a->w_qkv, NULL, inner2, sc->pqv, 0)) ||
+        (s = xa_op_linear_w(cin, nJ, c->context_dim, a->cw_qkv, NULL, inner2, sc->cpqv, 0)))
         return s;
     xa_bidir p;
     describe(c, in, sc, &p);
@@ -875,9 +876,9 @@ static xattn_status ff_add(const bd_ff *f, float *x, int64_t rows, int64_t d, in
 {
     xattn_status s;
     if ((s = xa_op_rmsnorm(x, rows, d, f->norm_w, FLT_EPSILON, xn)) ||
-        (s = xa_op_linear(xn, rows, d, f->w1, f->b1, hidden, hid, 0)) ||
+        (s = xa_op_linear_w(xn, rows, d, f->w1, f->b1, hidden, hid, 0)) ||
         (s = xa_op_gelu(hid, rows * hidden, 0)) ||
-        (s = xa_op_linear(hid, rows, hidden, f->w2, f->b2, d, x, 1)))
+        (s = xa_op_linear_w(hid, rows, hidden, f->w2, f->b2, d, x, 1)))
         return s;
     return XATTN_OK;
 }
@@ -897,9 +898,9 @@ static xattn_status run_transformer(const xattn_bidir *m, const xattn_bidir_inpu
         const bd_layer *L = &m->layers[l];
         /* xo, co = attn(x, ctx); x += xo; ctx += co (both from the old x and ctx) */
         if ((s = attn_core(m, &L->attn, in, x, ctx, sc, NULL, NULL)) ||
-            (s = xa_op_linear(sc->oh, nI, c->inner_dim, L->attn.wo, L->attn.bo, c->dim, x, 1)) ||
-            (s = xa_op_linear(sc->coh, nJ, c->inner_dim, L->attn.cwo, L->attn.cbo, c->context_dim,
-                              ctx, 1)))
+            (s = xa_op_linear_w(sc->oh, nI, c->inner_dim, L->attn.wo, L->attn.bo, c->dim, x, 1)) ||
+            (s = xa_op_linear_w(sc->coh, nJ, c->inner_dim, L->attn.cwo, L->attn.cbo, c->context_dim,
+                                ctx, 1)))
             return s;
         /* x = ff(x) + x; ctx = cff(ctx) + ctx */
         if ((s = ff_add(&L->ff, x, nI, c->dim, c->ff_hidden, sc->xn, sc->hid)) ||
@@ -1017,9 +1018,9 @@ static xattn_status bidir_run(const xattn_bidir *m, const xattn_bidir_inputs *in
     } else {
         const bd_attn *a = &m->layers[0].attn;
         if (!(s = attn_core(m, a, in, in->x, in->context, &sc, o->attn, o->context_attn)) &&
-            !(s = xa_op_linear(sc.oh, nI, c->inner_dim, a->wo, a->bo, c->dim, o->out, 0)))
-            s = xa_op_linear(sc.coh, nJ, c->inner_dim, a->cwo, a->cbo, c->context_dim,
-                             o->context_out, 0);
+            !(s = xa_op_linear_w(sc.oh, nI, c->inner_dim, a->wo, a->bo, c->dim, o->out, 0)))
+            s = xa_op_linear_w(sc.coh, nJ, c->inner_dim, a->cwo, a->cbo, c->context_dim,
+                               o->context_out, 0);
     }
     xa_ws_put(ws);
     if (!s) xa_clear_error();
@@ -1136,7 +1137,7 @@ static xattn_status ff_recompute(bd_bwd *w, const bd_ff *f, const float *x1, int
 {
     xattn_status s;
     if ((s = xa_op_rmsnorm(x1, rows, d, f->norm_w, FLT_EPSILON, fx)) ||
-        (s = xa_op_linear(fx, rows, d, f->w1, f->b1, hidden, w->hid, 0)))
+        (s = xa_op_linear_w(fx, rows, d, f->w1, f->b1, hidden, w->hid, 0)))
         return s;
     memcpy(w->g, w->hid, sizeof(float) * (size_t)(rows * hidden));
     return xa_op_gelu(w->g, rows * hidden, 0);
@@ -1154,8 +1155,8 @@ static xattn_status layer_forward(bd_bwd *w, const bd_layer *L, bd_saved *v, con
     xattn_status s = prenorms(w, L, x, ctx);
     if (s) return s;
     const int64_t inner2 = 2 * c->inner_dim;
-    if ((s = xa_op_linear(pre ? w->xn : x, nI, dim, L->attn.w_qkv, NULL, inner2, v->pqv, 0)) ||
-        (s = xa_op_linear(pre ? w->cn : ctx, nJ, cd, L->attn.cw_qkv, NULL, inner2, v->cpqv, 0)))
+    if ((s = xa_op_linear_w(pre ? w->xn : x, nI, dim, L->attn.w_qkv, NULL, inner2, v->pqv, 0)) ||
+        (s = xa_op_linear_w(pre ? w->cn : ctx, nJ, cd, L->attn.cw_qkv, NULL, inner2, v->cpqv, 0)))
         return s;
     const bd_scratch sc = {NULL, NULL, v->pqv, v->cpqv, v->oh, v->coh, NULL};
     xa_bidir p;
@@ -1168,8 +1169,8 @@ static xattn_status layer_forward(bd_bwd *w, const bd_layer *L, bd_saved *v, con
     if (!c->is_transformer) return XATTN_OK;
     memcpy(v->x1, x, sizeof(float) * (size_t)(nI * dim));
     memcpy(v->c1, ctx, sizeof(float) * (size_t)(nJ * cd));
-    if ((s = xa_op_linear(v->oh, nI, c->inner_dim, L->attn.wo, L->attn.bo, dim, v->x1, 1)) ||
-        (s = xa_op_linear(v->coh, nJ, c->inner_dim, L->attn.cwo, L->attn.cbo, cd, v->c1, 1)))
+    if ((s = xa_op_linear_w(v->oh, nI, c->inner_dim, L->attn.wo, L->attn.bo, dim, v->x1, 1)) ||
+        (s = xa_op_linear_w(v->coh, nJ, c->inner_dim, L->attn.cwo, L->attn.cbo, cd, v->c1, 1)))
         return s;
     memcpy(xo, v->x1, sizeof(float) * (size_t)(nI * dim));
     memcpy(co, v->c1, sizeof(float) * (size_t)(nJ * cd));
@@ -1182,7 +1183,7 @@ static xattn_status layer_forward(bd_bwd *w, const bd_layer *L, bd_saved *v, con
         for (int64_t r0 = 0; r0 < rows && !s; r0 += FF_ROWS) {
             const int64_t n = XA_MIN(FF_ROWS, rows - r0);
             if (!(s = ff_recompute(w, f, x1 + r0 * d, n, d, hidden, w->fx)))
-                s = xa_op_linear(w->g, n, hidden, f->w2, f->b2, d, o + r0 * d, 1);
+                s = xa_op_linear_w(w->g, n, hidden, f->w2, f->b2, d, o + r0 * d, 1);
         }
     }
     return s;
@@ -1201,11 +1202,11 @@ static xattn_status ff_backward(bd_bwd *w, const bd_ff *f, int base, const float
         const int acc = r0 > 0;
         float *ds = dstream + r0 * d;
         if ((s = ff_recompute(w, f, x1 + r0 * d, n, d, hidden, w->fx)) ||
-            (s = xa_op_linear_backward(w->g, n, hidden, f->w2, d, ds, w->dg, dp(w, base + F_W2),
-                                       dp(w, base + F_B2), acc)))
+            (s = xa_op_linear_backward(w->g, n, hidden, xa_wt_f(f->w2), d, ds, w->dg,
+                                       dp(w, base + F_W2), dp(w, base + F_B2), acc)))
             break;
         xa_op_gelu_backward(w->hid, w->dg, w->dg, n * hidden, 0);
-        if (!(s = xa_op_linear_backward(w->fx, n, d, f->w1, hidden, w->dg, w->dfx,
+        if (!(s = xa_op_linear_backward(w->fx, n, d, xa_wt_f(f->w1), hidden, w->dg, w->dfx,
                                         dp(w, base + F_W1), dp(w, base + F_B1), acc)))
             s = xa_op_rmsnorm_backward(x1 + r0 * d, n, d, f->norm_w, FLT_EPSILON, w->dfx, ds,
                                        dp(w, base + F_NORM), 1);
@@ -1272,17 +1273,17 @@ static xattn_status layer_recompute(bd_bwd *w, const bd_layer *L, const bd_saved
     const int pre = c->prenorm != XATTN_NORM_NONE;
     xattn_status s = prenorms(w, L, x, ctx);
     if (s ||
-        (s = xa_op_linear(pre ? w->xn : x, nI, dim, L->attn.w_qkv, NULL, 2 * c->inner_dim, v->pqv,
-                          0)) ||
-        (s = xa_op_linear(pre ? w->cn : ctx, nJ, cd, L->attn.cw_qkv, NULL, 2 * c->inner_dim,
-                          v->cpqv, 0)))
+        (s = xa_op_linear_w(pre ? w->xn : x, nI, dim, L->attn.w_qkv, NULL, 2 * c->inner_dim, v->pqv,
+                            0)) ||
+        (s = xa_op_linear_w(pre ? w->cn : ctx, nJ, cd, L->attn.cw_qkv, NULL, 2 * c->inner_dim,
+                            v->cpqv, 0)))
         return s;
     if (!c->is_transformer) return XATTN_OK;
     memcpy(v->x1, x, sizeof(float) * (size_t)(nI * dim));
     memcpy(v->c1, ctx, sizeof(float) * (size_t)(nJ * cd));
-    if ((s = xa_op_linear(v->oh, nI, c->inner_dim, L->attn.wo, L->attn.bo, dim, v->x1, 1)))
+    if ((s = xa_op_linear_w(v->oh, nI, c->inner_dim, L->attn.wo, L->attn.bo, dim, v->x1, 1)))
         return s;
-    return xa_op_linear(v->coh, nJ, c->inner_dim, L->attn.cwo, L->attn.cbo, cd, v->c1, 1);
+    return xa_op_linear_w(v->coh, nJ, c->inner_dim, L->attn.cwo, L->attn.cbo, cd, v->c1, 1);
 }
 
 /* One layer's backward: w->dx, w->dc hold the gradients of its outputs (the transformer's
@@ -1301,18 +1302,18 @@ static xattn_status layer_backward(bd_bwd *w, const bd_layer *L, const bd_saved 
                                 w->dc))))
         return s;
     /* output projections (the transformer: of the residual branch, dx is also x's) */
-    if ((s = xa_op_linear_backward(v->oh, nI, inner, L->attn.wo, dim, w->dx, w->d_oh,
+    if ((s = xa_op_linear_backward(v->oh, nI, inner, xa_wt_f(L->attn.wo), dim, w->dx, w->d_oh,
                                    dp(w, base + A_OUT_W), dp(w, base + A_OUT_B), 0)) ||
-        (s = xa_op_linear_backward(v->coh, nJ, inner, L->attn.cwo, cd, w->dc, w->d_coh,
+        (s = xa_op_linear_backward(v->coh, nJ, inner, xa_wt_f(L->attn.cwo), cd, w->dc, w->d_coh,
                                    dp(w, base + A_COUT_W), dp(w, base + A_COUT_B), 0)) ||
         (s = attn_backward(w, L, v, base)))
         return s;
     /* projections and prenorms */
     const int pre = c->prenorm != XATTN_NORM_NONE; /* w->xn, w->cn: this layer's prenorms */
-    if ((s = proj_backward(w, pre ? w->xn : x, nI, dim, L->attn.w_qkv, w->dpqv, w->dxin, w->dW,
-                           base + A_QK, base + A_V, inner)) ||
-        (s = proj_backward(w, pre ? w->cn : ctx, nJ, cd, L->attn.cw_qkv, w->dcpqv, w->dcin, w->dcW,
-                           base + A_CQK, base + A_CV, inner)))
+    if ((s = proj_backward(w, pre ? w->xn : x, nI, dim, xa_wt_f(L->attn.w_qkv), w->dpqv, w->dxin,
+                           w->dW, base + A_QK, base + A_V, inner)) ||
+        (s = proj_backward(w, pre ? w->cn : ctx, nJ, cd, xa_wt_f(L->attn.cw_qkv), w->dcpqv, w->dcin,
+                           w->dcW, base + A_CQK, base + A_CV, inner)))
         return s;
     /* the stream's gradient: the residual's (transformer) plus the attention path's */
     if (!pre) {
@@ -1443,8 +1444,8 @@ static xattn_status backward_named(const xa_mod *core, const xa_run *r, xa_grad 
     } else {
         const bd_attn *a = &m->layers[0].attn;
         if (!(s = layer_forward(&w, &m->layers[0], &sv[0], in.x, in.context, NULL, NULL)) &&
-            !(s = xa_op_linear(sv[0].oh, nI, inner, a->wo, a->bo, dim, o.out, 0)))
-            s = xa_op_linear(sv[0].coh, nJ, inner, a->cwo, a->cbo, cd, o.context_out, 0);
+            !(s = xa_op_linear_w(sv[0].oh, nI, inner, a->wo, a->bo, dim, o.out, 0)))
+            s = xa_op_linear_w(sv[0].coh, nJ, inner, a->cwo, a->cbo, cd, o.context_out, 0);
     }
     /* the outputs' gradients (a loss sets them from the outputs now) */
     if (!s) s = xa_grad_outputs(gr, r);

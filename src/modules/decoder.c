@@ -168,17 +168,16 @@ static const xa_pspec proj_table[NP] = {
 
 typedef struct dec_layer {
     const float *w[NW];
-    const int8_t *q[NW]; /* weights int8: the linear weights' rows (w[k] NULL) */
-    const float *qs[NW]; /* and their scales */
+    xa_wt wt[NW]; /* the linear weights as kept (float32, 16 bits or int8; w[k] NULL if not
+                     float32) */
 } dec_layer;
 
-/* The layer's linear weights: what weights int8 keeps as int8 rows. */
+/* The layer's linear weights: what a weights mode other than float32 keeps in its type. */
 static const int linear_weights[] = {SQW, SKW, SVW, SOW, CQW, CKW, CVW, COW, IW, OW};
 
 struct xattn_decoder {
     xa_mod core;
     xattn_decoder_config cfg;
-    int q8; /* the layers' linear weights are int8 (xa_mod_open_q8) */
     dec_layer *layers;
     const float *p[NP]; /* projector tensors, NULL when absent */
 };
@@ -295,8 +294,8 @@ static xattn_status build(xa_mod *m, const xattn_safetensors *st, const char *pr
         int first;
         if ((s = xa_params_add_table(&m->params, layer_table, NW, c, enc ? stem : "", &first)))
             return s;
-        for (size_t k = 0; m->want_q8 && k < XA_N(linear_weights); k++)
-            m->params.p[first + linear_weights[k]].flags |= XA_P_Q8;
+        for (size_t k = 0; k < XA_N(linear_weights); k++)
+            m->params.p[first + linear_weights[k]].flags |= XA_P_LIN;
     }
     return xa_params_add_table(&m->params, proj_table, NP, c, "", NULL);
 }
@@ -319,11 +318,10 @@ static xattn_status bind(xa_mod *core)
     g->layer_norm_eps = (float)xa_cfg_get(c, "layer_norm_eps");
     m->layers = calloc((size_t)g->layers, sizeof *m->layers);
     if (!m->layers) return xa_error(XATTN_ERR_NOMEM, "%s: out of memory", FN_LOAD);
-    m->q8 = core->want_q8;
     for (int64_t l = 0; l < g->layers; l++)
         for (int k = 0; k < NW; k++) {
             m->layers[l].w[k] = xa_param_data(&core->params, (int)(l * NW + k));
-            m->layers[l].q[k] = xa_param_q8(&core->params, (int)(l * NW + k), &m->layers[l].qs[k]);
+            m->layers[l].wt[k] = xa_param_w(&core->params, (int)(l * NW + k));
         }
     for (int k = 0; k < NP; k++) m->p[k] = xa_param_data(&core->params, (int)(g->layers * NW + k));
     return XATTN_OK;
@@ -595,12 +593,11 @@ static void put_keep(uint8_t *keep, int64_t B, int64_t ld, int64_t off, int64_t 
     }
 }
 
-/* y (R, N) (+)= x (R, K) W^T + b with layer y's weight wk and bias bk, float32 or int8. */
+/* y (R, N) (+)= x (R, K) W^T + b with layer y's weight wk (as kept) and bias bk. */
 static xattn_status lin(const dec_layer *y, int wk, int bk, const float *x, int64_t R, int64_t K,
                         int64_t N, float *out, int acc)
 {
-    if (y->q[wk]) return xa_op_linear_q8(x, R, K, y->q[wk], y->qs[wk], y->w[bk], N, out, acc);
-    return xa_op_linear(x, R, K, y->w[wk], y->w[bk], N, out, acc);
+    return xa_op_linear_w(x, R, K, y->wt[wk], y->w[bk], N, out, acc);
 }
 
 /* K|V rows (B*M, 2h) of the memory for layer y (key and value weights are back to back). */
@@ -1328,10 +1325,10 @@ static xattn_status backward_named(const xa_mod *core, const xa_run *r, xa_grad 
                         "%s: incremental decoding (input 'incremental') has no backward; the "
                         "full forward has",
                         FN_BWD);
-    if (m->q8)
+    if (xa_params_reduced(&core->params))
         return xa_error(XATTN_ERR_UNSUPPORTED,
-                        "%s: the weights are int8 (inference only); load them as float32 to "
-                        "train",
+                        "%s: the linear weights are kept in 16 bits or int8 (inference only); "
+                        "load them as float32 to train",
                         FN_BWD);
     const int64_t L = m->cfg.layers, h = m->cfg.hidden;
     xattn_decoder_inputs in;

@@ -75,17 +75,18 @@ static const xa_pspec zero_table[6] = {ZERO("full", "full/pose"), ZERO("face", "
 enum { A_QW, A_QB, A_KW, A_KB, A_VW, A_VB, A_OW, A_OB, A_N };
 /* One region's attention, under attn2_0., attn2_1., attn2_2. */
 static const xa_pspec attn_table[A_N] = {
-    {"to_q.weight", "inner,dim", NULL, 0, XA_INIT_LINEAR, NULL, ATT "the query projection"},
+    {"to_q.weight", "inner,dim", NULL, XA_P_LIN, XA_INIT_LINEAR, NULL, ATT "the query projection"},
     {"to_q.bias", "inner", "attention_bias", 0, XA_INIT_BIAS, "dim", ATT "the query bias"},
-    {"to_k.weight", "inner,cross_attention_dim", NULL, 0, XA_INIT_LINEAR, NULL,
+    {"to_k.weight", "inner,cross_attention_dim", NULL, XA_P_LIN, XA_INIT_LINEAR, NULL,
      ATT "the key projection"},
     {"to_k.bias", "inner", "attention_bias", 0, XA_INIT_BIAS, "cross_attention_dim",
      ATT "the key bias"},
-    {"to_v.weight", "inner,cross_attention_dim", NULL, 0, XA_INIT_LINEAR, NULL,
+    {"to_v.weight", "inner,cross_attention_dim", NULL, XA_P_LIN, XA_INIT_LINEAR, NULL,
      ATT "the value projection"},
     {"to_v.bias", "inner", "attention_bias", 0, XA_INIT_BIAS, "cross_attention_dim",
      ATT "the value bias"},
-    {"to_out.0.weight", "dim,inner", NULL, 0, XA_INIT_LINEAR, NULL, ATT "the output projection"},
+    {"to_out.0.weight", "dim,inner", NULL, XA_P_LIN, XA_INIT_LINEAR, NULL,
+     ATT "the output projection"},
     {"to_out.0.bias", "dim", NULL, 0, XA_INIT_BIAS, "inner", ATT "the output bias"},
 };
 static const char *const REGION[3] = {"attn2_0.", "attn2_1.", "attn2_2."};
@@ -95,11 +96,11 @@ enum { T_N2W, T_N2B, T_F0W, T_F0B, T_F2W, T_F2B, T_N3W, T_N3B, T_N };
 static const xa_pspec tail_table[T_N] = {
     {"norm2.weight", "dim", NULL, 0, XA_INIT_ONES, NULL, "the attentions' LayerNorm weight" PART},
     {"norm2.bias", "dim", NULL, 0, XA_INIT_ZEROS, NULL, "the attentions' LayerNorm bias" PART},
-    {"ff.net.0.proj.weight", "2*ff_inner_dim,dim", NULL, 0, XA_INIT_LINEAR, NULL,
+    {"ff.net.0.proj.weight", "2*ff_inner_dim,dim", NULL, XA_P_LIN, XA_INIT_LINEAR, NULL,
      "the feed-forward's GEGLU projection" PART},
     {"ff.net.0.proj.bias", "2*ff_inner_dim", NULL, 0, XA_INIT_BIAS, "dim",
      "the feed-forward's GEGLU bias" PART},
-    {"ff.net.2.weight", "dim,ff_inner_dim", NULL, 0, XA_INIT_LINEAR, NULL,
+    {"ff.net.2.weight", "dim,ff_inner_dim", NULL, XA_P_LIN, XA_INIT_LINEAR, NULL,
      "the feed-forward's output layer" PART},
     {"ff.net.2.bias", "dim", NULL, 0, XA_INIT_BIAS, "ff_inner_dim",
      "the feed-forward's output bias" PART},
@@ -115,6 +116,7 @@ struct xattn_hallo {
     const float *zw[3], *zb[3]; /* (dim, dim) 1x1 convolutions, (dim)   */
     const float *a[3][A_N];     /* each region's attention (biases NULL when absent) */
     const float *t[T_N];
+    xa_wt aw[3][A_N], tw[T_N]; /* the same as the op layer reads them (linear weights as kept) */
 };
 
 /* ---------------------------------------------------------------------------------------- */
@@ -250,9 +252,15 @@ static xattn_status bind(xa_mod *core)
     for (int k = 0; k < 3; k++) {
         m->zw[k] = xa_param_data(ps, 2 * k);
         m->zb[k] = xa_param_data(ps, 2 * k + 1);
-        for (int p = 0; p < A_N; p++) m->a[k][p] = xa_param_data(ps, 6 + k * A_N + p);
+        for (int p = 0; p < A_N; p++) {
+            m->a[k][p] = xa_param_data(ps, 6 + k * A_N + p);
+            m->aw[k][p] = xa_param_w(ps, 6 + k * A_N + p);
+        }
     }
-    for (int p = 0; p < T_N; p++) m->t[p] = xa_param_data(ps, 6 + 3 * A_N + p);
+    for (int p = 0; p < T_N; p++) {
+        m->t[p] = xa_param_data(ps, 6 + 3 * A_N + p);
+        m->tw[p] = xa_param_w(ps, 6 + 3 * A_N + p);
+    }
     const xa_cfg *c = &core->cfg;
     m->cfg.dim = xa_cfg_int(c, "dim");
     m->cfg.audio_dim = xa_cfg_int(c, "cross_attention_dim");
@@ -420,10 +428,11 @@ static xattn_status region_qkv(const xattn_hallo *m, int k, const float *audio, 
     p->fn = FN_FWD;
     xa_attn_heads(p, w->B, H, w->N, w->T, dh, dh, w->q, inner, w->k, inner, w->v, inner, o, inner);
     xattn_status s;
-    if ((s = xa_op_linear(w->nrm, w->M, C, a[A_QW], a[A_QB], inner, w->q, 0)) ||
-        (s = xa_op_linear(audio, BT, Ca, a[A_KW], a[A_KB], inner, w->k, 0)))
+    const xa_wt *aw = m->aw[k];
+    if ((s = xa_op_linear_w(w->nrm, w->M, C, aw[A_QW], a[A_QB], inner, w->q, 0)) ||
+        (s = xa_op_linear_w(audio, BT, Ca, aw[A_KW], a[A_KB], inner, w->k, 0)))
         return s;
-    return xa_op_linear(audio, BT, Ca, a[A_VW], a[A_VB], inner, w->v, 0);
+    return xa_op_linear_w(audio, BT, Ca, aw[A_VW], a[A_VB], inner, w->v, 0);
 }
 
 /* Region k: out += ms * zero_conv_k(attn2_k(nrm, audio) * M_k); regions[k] unscaled if asked
@@ -438,7 +447,7 @@ static xattn_status region(const xattn_hallo *m, int k, const xattn_hallo_inputs
     xattn_status s = region_qkv(m, k, in->audio, o, w, &p);
     p.lse = w->keep ? w->keep->lse[k] : NULL;
     if (s || (s = xa_op_attention(&p)) ||
-        (s = xa_op_linear(o, w->M, inner, a[A_OW], a[A_OB], C, w->att, 0)))
+        (s = xa_op_linear_w(o, w->M, inner, m->aw[k][A_OW], a[A_OB], C, w->att, 0)))
         return s;
     const float *mk = in->masks + (int64_t)k * N;
     const int64_t msb = in->mask_batch == 1 ? 0 : 3 * N;
@@ -461,7 +470,7 @@ static xattn_status ff_internals(const xattn_hallo *m, const float *h, hl_work *
 {
     const int64_t C = m->cfg.dim, F = m->cfg.ff_inner;
     xattn_status s = xa_op_layernorm(h, w->M, C, m->t[T_N3W], m->t[T_N3B], 1e-5f, w->nrm);
-    if (!s) s = xa_op_linear(w->nrm, w->M, C, m->t[T_F0W], m->t[T_F0B], 2 * F, w->proj, 0);
+    if (!s) s = xa_op_linear_w(w->nrm, w->M, C, m->tw[T_F0W], m->t[T_F0B], 2 * F, w->proj, 0);
     if (!s) xa_op_geglu(w->proj, w->M, F, w->g);
     return s;
 }
@@ -487,7 +496,7 @@ static xattn_status run(const xattn_hallo *m, const xattn_hallo_inputs *in,
     if (!s && keep) memcpy(keep->h1, out->out, (size_t)w.MC * sizeof(float));
     /* feed-forward: out += (a * gelu(g)) W2^T + b2, [a | g] = norm3(out) W0^T + b0 */
     if (!s) s = ff_internals(m, out->out, &w);
-    if (!s) s = xa_op_linear(w.g, w.M, F, m->t[T_F2W], m->t[T_F2B], C, out->out, 1);
+    if (!s) s = xa_op_linear_w(w.g, w.M, F, m->tw[T_F2W], m->t[T_F2B], C, out->out, 1);
     xa_ws_put(ws);
     return s;
 }

@@ -119,28 +119,28 @@ enum {
 static const xa_pspec table[P_N] = {
     {"norm1.weight", "embed_dim", NULL, 0, XA_INIT_ONES, NULL, IL_W},
     {"norm1.bias", "embed_dim", NULL, 0, XA_INIT_ZEROS, NULL, IL_W},
-    {"self_attn.qkv.weight", "3*embed_dim,embed_dim", NULL, 0, XA_INIT_LINEAR, NULL, IL_W},
+    {"self_attn.qkv.weight", "3*embed_dim,embed_dim", NULL, XA_P_LIN, XA_INIT_LINEAR, NULL, IL_W},
     {"self_attn.qkv.bias", "3*embed_dim", "qkv_bias", 0, XA_INIT_BIAS, "embed_dim", IL_B},
-    {"self_attn.proj.weight", "embed_dim,embed_dim", NULL, 0, XA_INIT_LINEAR, NULL, IL_W},
+    {"self_attn.proj.weight", "embed_dim,embed_dim", NULL, XA_P_LIN, XA_INIT_LINEAR, NULL, IL_W},
     {"self_attn.proj.bias", "embed_dim", NULL, 0, XA_INIT_BIAS, "embed_dim", IL_W},
     {"norm_q.weight", "embed_dim", NULL, 0, XA_INIT_ONES, NULL, IL_W},
     {"norm_q.bias", "embed_dim", NULL, 0, XA_INIT_ZEROS, NULL, IL_W},
     {"norm_v.weight", "embed_dim", NULL, 0, XA_INIT_ONES, NULL, IL_W},
     {"norm_v.bias", "embed_dim", NULL, 0, XA_INIT_ZEROS, NULL, IL_W},
-    {"attn.q_map.weight", "embed_dim,embed_dim", NULL, 0, XA_INIT_LINEAR, NULL, IL_W},
+    {"attn.q_map.weight", "embed_dim,embed_dim", NULL, XA_P_LIN, XA_INIT_LINEAR, NULL, IL_W},
     {"attn.q_map.bias", "embed_dim", "qkv_bias", 0, XA_INIT_BIAS, "embed_dim", IL_B},
-    {"attn.k_map.weight", "embed_dim,embed_dim", NULL, 0, XA_INIT_LINEAR, NULL, IL_W},
+    {"attn.k_map.weight", "embed_dim,embed_dim", NULL, XA_P_LIN, XA_INIT_LINEAR, NULL, IL_W},
     {"attn.k_map.bias", "embed_dim", "qkv_bias", 0, XA_INIT_BIAS, "embed_dim", IL_B},
-    {"attn.v_map.weight", "embed_dim,embed_dim", NULL, 0, XA_INIT_LINEAR, NULL, IL_W},
+    {"attn.v_map.weight", "embed_dim,embed_dim", NULL, XA_P_LIN, XA_INIT_LINEAR, NULL, IL_W},
     {"attn.v_map.bias", "embed_dim", "qkv_bias", 0, XA_INIT_BIAS, "embed_dim", IL_B},
-    {"attn.proj.weight", "embed_dim,embed_dim", NULL, 0, XA_INIT_LINEAR, NULL, IL_W},
+    {"attn.proj.weight", "embed_dim,embed_dim", NULL, XA_P_LIN, XA_INIT_LINEAR, NULL, IL_W},
     {"attn.proj.bias", "embed_dim", NULL, 0, XA_INIT_BIAS, "embed_dim", IL_W},
     {"norm2.weight", "embed_dim", NULL, 0, XA_INIT_ONES, NULL, IL_W},
     {"norm2.bias", "embed_dim", NULL, 0, XA_INIT_ZEROS, NULL, IL_W},
-    {"mlp.fc1.weight", "mlp_hidden,embed_dim", NULL, 0, XA_INIT_LINEAR, NULL,
+    {"mlp.fc1.weight", "mlp_hidden,embed_dim", NULL, XA_P_LIN, XA_INIT_LINEAR, NULL,
      "the MLP of the decoder block"},
     {"mlp.fc1.bias", "mlp_hidden", NULL, 0, XA_INIT_BIAS, "embed_dim", IL_W},
-    {"mlp.fc2.weight", "embed_dim,mlp_hidden", NULL, 0, XA_INIT_LINEAR, NULL, IL_W},
+    {"mlp.fc2.weight", "embed_dim,mlp_hidden", NULL, XA_P_LIN, XA_INIT_LINEAR, NULL, IL_W},
     {"mlp.fc2.bias", "embed_dim", NULL, 0, XA_INIT_BIAS, "mlp_hidden", IL_W},
 };
 
@@ -368,6 +368,11 @@ static const float *bw(const xattn_interlaced *m, int64_t l, int k)
 {
     return xa_param_data(&m->core.params, (int)(l * P_N + k));
 }
+/* Linear weight k of block l as kept (float32, 16 bits or int8). */
+static xa_wt bwt(const xattn_interlaced *m, int64_t l, int k)
+{
+    return xa_param_w(&m->core.params, (int)(l * P_N + k));
+}
 
 /* 1 when block l updates x from the context, 0 when it updates the context from x. */
 static int x_queries(const xattn_interlaced_config *c, int64_t l)
@@ -426,11 +431,11 @@ static xattn_status self_forward(const xattn_interlaced *m, int64_t l, int64_t B
     self_attn(c, B, Nq, b, &a);
     xattn_status s;
     if ((s = xa_op_layernorm(q, Mq, D, bw(m, l, P_N1W), bw(m, l, P_N1B), c->eps, b->t)) ||
-        (s = xa_op_linear(b->t, Mq, D, bw(m, l, P_QKVW), bw(m, l, P_QKVB), 3 * D, b->qkv, 0)) ||
+        (s = xa_op_linear_w(b->t, Mq, D, bwt(m, l, P_QKVW), bw(m, l, P_QKVB), 3 * D, b->qkv, 0)) ||
         (s = xa_op_attention(&a)))
         return s;
     carry(b->q1, q, Mq * D);
-    return xa_op_linear(b->o1, Mq, D, bw(m, l, P_SPW), bw(m, l, P_SPB), D, b->q1, 1);
+    return xa_op_linear_w(b->o1, Mq, D, bwt(m, l, P_SPW), bw(m, l, P_SPB), D, b->q1, 1);
 }
 
 /* q2 = q1 + proj(Attn(q_map LN_q q1, k_map LN_v kv, v_map LN_v kv)), keys and values from
@@ -444,9 +449,9 @@ static xattn_status cross_forward(const xattn_interlaced *m, int64_t l, int64_t 
     xattn_status s;
     if ((s = xa_op_layernorm(b->q1, Mq, D, bw(m, l, P_NQW), bw(m, l, P_NQB), eps, b->t)) ||
         (s = xa_op_layernorm(kv, Mk, D, bw(m, l, P_NVW), bw(m, l, P_NVB), eps, b->nv)) ||
-        (s = xa_op_linear(b->t, Mq, D, bw(m, l, P_QMW), bw(m, l, P_QMB), D, b->qc, 0)) ||
-        (s = xa_op_linear(b->nv, Mk, D, bw(m, l, P_KMW), bw(m, l, P_KMB), D, b->kc, 0)) ||
-        (s = xa_op_linear(b->nv, Mk, D, bw(m, l, P_VMW), bw(m, l, P_VMB), D, b->vc, 0)))
+        (s = xa_op_linear_w(b->t, Mq, D, bwt(m, l, P_QMW), bw(m, l, P_QMB), D, b->qc, 0)) ||
+        (s = xa_op_linear_w(b->nv, Mk, D, bwt(m, l, P_KMW), bw(m, l, P_KMB), D, b->kc, 0)) ||
+        (s = xa_op_linear_w(b->nv, Mk, D, bwt(m, l, P_VMW), bw(m, l, P_VMB), D, b->vc, 0)))
         return s;
     if (logits && (s = xa_op_head_logits(b->qc, D, b->kc, D, B, c->heads, Nq, Nk, c->head_dim,
                                          c->scale, logits)))
@@ -459,7 +464,7 @@ static xattn_status cross_forward(const xattn_interlaced *m, int64_t l, int64_t 
         if ((s = xa_op_attention(&a))) return s;
     }
     carry(b->q2, b->q1, Mq * D);
-    return xa_op_linear(b->o2, Mq, D, bw(m, l, P_CPW), bw(m, l, P_CPB), D, b->q2, 1);
+    return xa_op_linear_w(b->o2, Mq, D, bwt(m, l, P_CPW), bw(m, l, P_CPB), D, b->q2, 1);
 }
 
 /* out = q2 + fc2(GELU(fc1(LN2 q2))) over Mq rows (out NULL: up to the GELU). */
@@ -470,12 +475,12 @@ static xattn_status mlp_forward(const xattn_interlaced *m, int64_t l, int64_t Mq
     const int64_t D = c->dim, Hd = c->mlp_hidden;
     xattn_status s;
     if ((s = xa_op_layernorm(b->q2, Mq, D, bw(m, l, P_N2W), bw(m, l, P_N2B), c->eps, b->t)) ||
-        (s = xa_op_linear(b->t, Mq, D, bw(m, l, P_F1W), bw(m, l, P_F1B), Hd, b->h, 0)))
+        (s = xa_op_linear_w(b->t, Mq, D, bwt(m, l, P_F1W), bw(m, l, P_F1B), Hd, b->h, 0)))
         return s;
     carry(b->g, b->h, Mq * Hd);
     if ((s = xa_op_gelu(b->g, Mq * Hd, 0)) || !out) return s;
     carry(out, b->q2, Mq * D);
-    return xa_op_linear(b->g, Mq, Hd, bw(m, l, P_F2W), bw(m, l, P_F2B), D, out, 1);
+    return xa_op_linear_w(b->g, Mq, Hd, bwt(m, l, P_F2W), bw(m, l, P_F2B), D, out, 1);
 }
 
 /* One SkipClsDecoderBlock: q (B, Nq, D) attends to kv (B, Nk, D); the result into out (may be

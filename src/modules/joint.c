@@ -81,19 +81,19 @@ static const xa_field fields[F_N] = {
  * in_proj, zero in_proj_bias and out_proj.bias; the linears as nn.Linear; norms ones / zeros). */
 enum { P_WIN, P_BIN, P_WOUT, P_BOUT, P_W1, P_B1, P_W2, P_B2, P_N1W, P_N1B, P_N2W, P_N2B, P_N };
 static const xa_pspec layer_table[P_N] = {
-    {"self_attn.in_proj_weight", "3*d_model,d_model", NULL, 0, XA_INIT_XAVIER, NULL,
+    {"self_attn.in_proj_weight", "3*d_model,d_model", NULL, XA_P_LIN, XA_INIT_XAVIER, NULL,
      "the packed q/k/v projection (3*d_model, d_model) of nn.TransformerEncoderLayer"},
     {"self_attn.in_proj_bias", "3*d_model", "bias", 0, XA_INIT_ZEROS, NULL,
      "the layer has biases (bias=True)"},
-    {"self_attn.out_proj.weight", "d_model,d_model", NULL, 0, XA_INIT_LINEAR, NULL,
+    {"self_attn.out_proj.weight", "d_model,d_model", NULL, XA_P_LIN, XA_INIT_LINEAR, NULL,
      "part of nn.TransformerEncoderLayer"},
     {"self_attn.out_proj.bias", "d_model", "bias", 0, XA_INIT_ZEROS, NULL,
      "the layer has biases (bias=True)"},
-    {"linear1.weight", "dim_feedforward,d_model", NULL, 0, XA_INIT_LINEAR, NULL,
+    {"linear1.weight", "dim_feedforward,d_model", NULL, XA_P_LIN, XA_INIT_LINEAR, NULL,
      "part of nn.TransformerEncoderLayer: (dim_feedforward, d_model)"},
     {"linear1.bias", "dim_feedforward", "bias", 0, XA_INIT_BIAS, "d_model",
      "the layer has biases (bias=True)"},
-    {"linear2.weight", "d_model,dim_feedforward", NULL, 0, XA_INIT_LINEAR, NULL,
+    {"linear2.weight", "d_model,dim_feedforward", NULL, XA_P_LIN, XA_INIT_LINEAR, NULL,
      "part of nn.TransformerEncoderLayer"},
     {"linear2.bias", "d_model", "bias", 0, XA_INIT_BIAS, "dim_feedforward",
      "the layer has biases (bias=True)"},
@@ -410,6 +410,11 @@ static const float *lw(const xattn_joint *m, int64_t l, int k)
 {
     return xa_param_data(&m->core.params, (int)(l * P_N + k));
 }
+/* Linear weight k of layer l as kept (float32, 16 bits or int8). */
+static xa_wt lwt(const xattn_joint *m, int64_t l, int k)
+{
+    return xa_param_w(&m->core.params, (int)(l * P_N + k));
+}
 
 static xattn_status layer_forward(const xattn_joint *m, int64_t l, int64_t R, const xa_attn *at,
                                   const joint_scratch *sc)
@@ -425,9 +430,9 @@ static xattn_status layer_forward(const xattn_joint *m, int64_t l, int64_t R, co
         if ((s = xa_op_layernorm(Y, R, d, lw(m, l, P_N1W), lw(m, l, P_N1B), eps, sc->Z))) return s;
         src = sc->Z;
     }
-    if ((s = xa_op_linear(src, R, d, lw(m, l, P_WIN), lw(m, l, P_BIN), 3 * d, sc->T, 0)) ||
+    if ((s = xa_op_linear_w(src, R, d, lwt(m, l, P_WIN), lw(m, l, P_BIN), 3 * d, sc->T, 0)) ||
         (s = xa_op_attention(at)) ||
-        (s = xa_op_linear(sc->A, R, d, lw(m, l, P_WOUT), lw(m, l, P_BOUT), d, Y, 1)))
+        (s = xa_op_linear_w(sc->A, R, d, lwt(m, l, P_WOUT), lw(m, l, P_BOUT), d, Y, 1)))
         return s;
     if (!c->norm_first && (s = xa_op_layernorm(Y, R, d, lw(m, l, P_N1W), lw(m, l, P_N1B), eps, Y)))
         return s;
@@ -437,13 +442,13 @@ static xattn_status layer_forward(const xattn_joint *m, int64_t l, int64_t R, co
         if ((s = xa_op_layernorm(Y, R, d, lw(m, l, P_N2W), lw(m, l, P_N2B), eps, sc->Z))) return s;
         src = sc->Z;
     }
-    if ((s = xa_op_linear(src, R, d, lw(m, l, P_W1), lw(m, l, P_B1), ff, sc->T, 0))) return s;
+    if ((s = xa_op_linear_w(src, R, d, lwt(m, l, P_W1), lw(m, l, P_B1), ff, sc->T, 0))) return s;
     if (c->activation) {
         if ((s = xa_op_gelu(sc->T, R * ff, 0))) return s;
     } else {
         xa_op_relu(sc->T, R * ff);
     }
-    if ((s = xa_op_linear(sc->T, R, ff, lw(m, l, P_W2), lw(m, l, P_B2), d, Y, 1))) return s;
+    if ((s = xa_op_linear_w(sc->T, R, ff, lwt(m, l, P_W2), lw(m, l, P_B2), d, Y, 1))) return s;
     if (!c->norm_first) return xa_op_layernorm(Y, R, d, lw(m, l, P_N2W), lw(m, l, P_N2B), eps, Y);
     return XATTN_OK;
 }
@@ -614,11 +619,12 @@ static xattn_status joint_layer_internals(joint_bwd *w, int64_t l, const float *
     }
     xa_attn at = w->at;
     at.lse = w->lse;
-    if ((s = xa_op_linear(src, R, d, lw(m, l, P_WIN), lw(m, l, P_BIN), 3 * d, w->T, 0)) ||
+    if ((s = xa_op_linear_w(src, R, d, lwt(m, l, P_WIN), lw(m, l, P_BIN), 3 * d, w->T, 0)) ||
         (s = xa_op_attention(&at)))
         return s;
     memcpy(w->y1p, y0, sizeof(float) * (size_t)(R * d));
-    if ((s = xa_op_linear(w->A, R, d, lw(m, l, P_WOUT), lw(m, l, P_BOUT), d, w->y1p, 1))) return s;
+    if ((s = xa_op_linear_w(w->A, R, d, lwt(m, l, P_WOUT), lw(m, l, P_BOUT), d, w->y1p, 1)))
+        return s;
     const float *y1 = w->y1p;
     if (!c->norm_first) {
         if ((s = xa_op_layernorm(w->y1p, R, d, lw(m, l, P_N1W), lw(m, l, P_N1B), eps, w->y1)))
@@ -627,8 +633,8 @@ static xattn_status joint_layer_internals(joint_bwd *w, int64_t l, const float *
     } else if ((s = xa_op_layernorm(w->y1p, R, d, lw(m, l, P_N2W), lw(m, l, P_N2B), eps, w->z))) {
         return s;
     }
-    if ((s = xa_op_linear(c->norm_first ? w->z : y1, R, d, lw(m, l, P_W1), lw(m, l, P_B1), ff, w->h,
-                          0)))
+    if ((s = xa_op_linear_w(c->norm_first ? w->z : y1, R, d, lwt(m, l, P_W1), lw(m, l, P_B1), ff,
+                            w->h, 0)))
         return s;
     memcpy(w->g, w->h, sizeof(float) * (size_t)(R * ff));
     if (c->activation) {
@@ -638,7 +644,7 @@ static xattn_status joint_layer_internals(joint_bwd *w, int64_t l, const float *
     }
     if (!out) return XATTN_OK;
     memcpy(out, y1, sizeof(float) * (size_t)(R * d));
-    if ((s = xa_op_linear(w->g, R, ff, lw(m, l, P_W2), lw(m, l, P_B2), d, out, 1))) return s;
+    if ((s = xa_op_linear_w(w->g, R, ff, lwt(m, l, P_W2), lw(m, l, P_B2), d, out, 1))) return s;
     if (!c->norm_first)
         return xa_op_layernorm(out, R, d, lw(m, l, P_N2W), lw(m, l, P_N2B), eps, out);
     return XATTN_OK;
@@ -658,7 +664,7 @@ static xattn_status joint_layer_backward(joint_bwd *w, int64_t l, const float *y
         memcpy(w->tmp, dy, sizeof(float) * (size_t)(R * d));
         float *y2p = w->dz; /* the sum again, as a scratch */
         memcpy(y2p, w->y1, sizeof(float) * (size_t)(R * d));
-        if ((s = xa_op_linear(w->g, R, ff, lw(m, l, P_W2), lw(m, l, P_B2), d, y2p, 1)) ||
+        if ((s = xa_op_linear_w(w->g, R, ff, lwt(m, l, P_W2), lw(m, l, P_B2), d, y2p, 1)) ||
             (s = xa_op_layernorm_backward(y2p, R, d, lw(m, l, P_N2W), eps, w->tmp, dy,
                                           jdp(w, l, P_N2W), jdp(w, l, P_N2B), 0)))
             return s;

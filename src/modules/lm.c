@@ -93,10 +93,9 @@ struct xattn_lm {
     xattn_lm_config c;
     const float *e[NE];
     const float *h[NH]; /* h[HVW]: the output weight (tied or not), h[HB]: the output bias */
-    /* weights int8: the head's dense and output weights as int8 rows and scales (h[] NULL);
-     * tied, the word embeddings are the output weight's rows (e[EW] NULL) */
-    const int8_t *qd, *qv;
-    const float *sd, *sv;
+    /* the head's dense and output weights as kept (float32, 16 bits or int8; h[] NULL when
+     * not float32); tied, the word embeddings are the output weight's rows (e[EW] NULL then) */
+    xa_wt wd, wv;
 };
 
 /* ---------------------------------------------------------------------------------------- */
@@ -303,23 +302,21 @@ static xattn_status resolve(xattn_lm *m, const xattn_safetensors *st, const char
 static xattn_status load_params(xattn_lm *m, const xattn_safetensors *st, const char *base)
 {
     xattn_status s;
-    const int q8 = m->c.weights == XATTN_WEIGHTS_INT8;
     m->c.tied = m->c.has_head && !xa_has(st, "", head_table[HVW].name);
     m->emb.cfg = m->head.cfg = &m->cfg;
+    m->emb.weights = m->head.weights = m->c.weights;
     if ((s = xa_params_add_table(&m->emb, emb_table, NE, &m->cfg, "", NULL))) return s;
-    if (q8 && m->c.tied) m->emb.p[EW].flags |= XA_P_Q8; /* the output layer's rows */
+    if (m->c.tied) m->emb.p[EW].flags |= XA_P_LIN; /* the output layer's rows */
     if ((s = xa_params_load(&m->emb, st, base, FN_LOAD))) return s;
     for (int k = 0; k < NE; k++) m->e[k] = xa_param_data(&m->emb, k);
     if (!m->c.has_head) return XATTN_OK;
     if ((s = xa_params_add_table(&m->head, head_table, NH, &m->cfg, "", NULL))) return s;
-    if (q8) m->head.p[HDW].flags |= XA_P_Q8;
-    if (q8 && !m->c.tied) m->head.p[HVW].flags |= XA_P_Q8;
+    m->head.p[HDW].flags |= XA_P_LIN;
+    if (!m->c.tied) m->head.p[HVW].flags |= XA_P_LIN;
     if ((s = xa_params_load(&m->head, st, "", FN_LOAD))) return s;
     for (int k = 0; k < NH; k++) m->h[k] = xa_param_data(&m->head, k);
-    if (q8) {
-        m->qd = xa_param_q8(&m->head, HDW, &m->sd);
-        m->qv = m->c.tied ? xa_param_q8(&m->emb, EW, &m->sv) : xa_param_q8(&m->head, HVW, &m->sv);
-    }
+    m->wd = xa_param_w(&m->head, HDW);
+    m->wv = m->c.tied ? xa_param_w(&m->emb, EW) : xa_param_w(&m->head, HVW);
     if (m->c.tied) m->h[HVW] = m->e[EW];
     if (m->h[HVB]) m->h[HB] = m->h[HVB];
     if (!m->h[HB])
@@ -340,9 +337,7 @@ static xattn_status open_decoder(xattn_lm *m, const xattn_safetensors *st, const
     size_t n = 2;
     for (size_t i = 0; i < o->n_dec; i++) kv[n++] = o->dec[i];
     xa_mod *d = NULL;
-    xattn_status s = m->c.weights == XATTN_WEIGHTS_INT8
-                         ? xa_mod_open_q8(&xa_kind_bert_decoder, st, pre, kv, n, &d)
-                         : xa_mod_open(&xa_kind_bert_decoder, st, pre, kv, n, &d);
+    xattn_status s = xa_mod_open_w(&xa_kind_bert_decoder, st, pre, kv, n, m->c.weights, &d);
     if (s) return blame(s, json);
     m->dec = (xattn_decoder *)d;
     xattn_decoder_config dc;
@@ -362,10 +357,10 @@ xattn_status xattn_lm_load(const xattn_safetensors *st, const xattn_lm_opts *opt
     XA_LOAD_ARGS(st, out, FN_LOAD);
     if (opts && !xa_reserved_zero(opts->reserved_))
         return xa_error(XATTN_ERR_ARG, "%s: opts->reserved_ must be zero", FN_LOAD);
-    if (opts && opts->weights != XATTN_WEIGHTS_F32 && opts->weights != XATTN_WEIGHTS_INT8)
+    if (opts && (opts->weights < 0 || opts->weights > XATTN_WEIGHTS_INT8))
         return xa_error(XATTN_ERR_ARG,
-                        "%s: opts->weights = %lld is not XATTN_WEIGHTS_F32 (0) or "
-                        "XATTN_WEIGHTS_INT8 (1)",
+                        "%s: opts->weights = %lld is not an xattn_weights value (0 auto, 1 f32, "
+                        "2 bf16, 3 f16, 4 int8)",
                         FN_LOAD, (long long)opts->weights);
     lm_opts *o = calloc(1, sizeof *o);
     xattn_lm *m = calloc(1, sizeof *m);
@@ -380,7 +375,7 @@ xattn_status xattn_lm_load(const xattn_safetensors *st, const xattn_lm_opts *opt
     if (!s) s = find_base(st, &base);
     if (!s && !o->n_eos) s = meta_eos(st, o);
     if (!s) s = resolve(m, st, base, o, json);
-    if (!s) m->c.weights = opts ? (int)opts->weights : XATTN_WEIGHTS_F32;
+    if (!s) m->c.weights = opts ? (int)opts->weights : XATTN_WEIGHTS_AUTO;
     if (!s) s = load_params(m, st, base);
     if (!s) s = open_decoder(m, st, base, o, json);
     free(o);
@@ -435,8 +430,8 @@ static xattn_status embed(const xattn_lm *m, int64_t rows, int64_t n, const int6
         float *y = x + r * h;
         if (m->e[EW])
             memcpy(y, m->e[EW] + ids[r] * h, sizeof(float) * (size_t)h);
-        else /* int8 rows shared with the output layer */
-            for (int64_t k = 0; k < h; k++) y[k] = m->sv[ids[r]] * (float)m->qv[ids[r] * h + k];
+        else /* rows shared with the output layer, kept in 16 bits or int8 */
+            xa_wt_rows_f32(NULL, m->wv, ids[r], 1, h, y);
         xa_op_add(y, m->e[ET], h);
         xa_op_add(y, m->e[EP] + (pids ? pids[r] : pos + r % n) * h, h);
     }
@@ -447,13 +442,10 @@ xattn_status xa_lm_head(const xattn_lm *m, const float *hidden, int64_t rows, fl
                         float *logits)
 {
     const int64_t h = m->c.hidden, V = m->c.vocab_size;
-    xattn_status s = m->qd ? xa_op_linear_q8(hidden, rows, h, m->qd, m->sd, m->h[HDB], h, t, 0)
-                           : xa_op_linear(hidden, rows, h, m->h[HDW], m->h[HDB], h, t, 0);
+    xattn_status s = xa_op_linear_w(hidden, rows, h, m->wd, m->h[HDB], h, t, 0);
     if (!s) s = xa_op_gelu(t, rows * h, 0);
     if (!s) s = xa_op_layernorm(t, rows, h, m->h[HLW], m->h[HLB], m->c.layer_norm_eps, t);
-    if (!s)
-        s = m->qv ? xa_op_linear_q8(t, rows, h, m->qv, m->sv, m->h[HB], V, logits, 0)
-                  : xa_op_linear(t, rows, h, m->h[HVW], m->h[HB], V, logits, 0);
+    if (!s) s = xa_op_linear_w(t, rows, h, m->wv, m->h[HB], V, logits, 0);
     return s;
 }
 

@@ -34,9 +34,10 @@
 struct xattn_mha {
     xa_mod core;
     xattn_mha_config cfg;
-    const float *wq, *wk, *wv;    /* (inner, embed_dim), (inner, kdim), (inner, vdim) */
+    xa_wt wq, wk, wv;             /* (inner, embed_dim), (inner, kdim), (inner, vdim) */
     const float *bq, *bk, *bv;    /* (inner) each, or NULL                           */
-    const float *wo, *bo;         /* (out_dim, inner), (out_dim) or NULL              */
+    xa_wt wo;                     /* (out_dim, inner)                                 */
+    const float *bo;              /* (out_dim) or NULL                                */
     const float *bias_k, *bias_v; /* (inner) each: add_bias_kv, or NULL              */
 };
 
@@ -73,17 +74,17 @@ static const xa_field torch_fields[] = {
 
 enum { T_INW, T_QW, T_KW, T_VW, T_INB, T_OW, T_OB, T_BK, T_BV, T_N };
 static const xa_pspec torch_table[T_N] = {
-    {"in_proj_weight", "3*embed_dim,embed_dim", "_qkv_same_embed_dim", 0, XA_INIT_XAVIER, NULL,
-     "the packed query/key/value projection of nn.MultiheadAttention, or q_proj_weight"},
-    {"q_proj_weight", "embed_dim,embed_dim", "!_qkv_same_embed_dim", 0, XA_INIT_XAVIER, NULL,
+    {"in_proj_weight", "3*embed_dim,embed_dim", "_qkv_same_embed_dim", XA_P_LIN, XA_INIT_XAVIER,
+     NULL, "the packed query/key/value projection of nn.MultiheadAttention, or q_proj_weight"},
+    {"q_proj_weight", "embed_dim,embed_dim", "!_qkv_same_embed_dim", XA_P_LIN, XA_INIT_XAVIER, NULL,
      "the query projection when kdim or vdim differ from embed_dim"},
-    {"k_proj_weight", "embed_dim,kdim", "!_qkv_same_embed_dim", 0, XA_INIT_XAVIER, NULL,
+    {"k_proj_weight", "embed_dim,kdim", "!_qkv_same_embed_dim", XA_P_LIN, XA_INIT_XAVIER, NULL,
      SEPARATE_WHY},
-    {"v_proj_weight", "embed_dim,vdim", "!_qkv_same_embed_dim", 0, XA_INIT_XAVIER, NULL,
+    {"v_proj_weight", "embed_dim,vdim", "!_qkv_same_embed_dim", XA_P_LIN, XA_INIT_XAVIER, NULL,
      SEPARATE_WHY},
     {"in_proj_bias", "3*embed_dim", "bias", 0, XA_INIT_ZEROS, NULL,
      "the query/key/value biases (bias=True)"},
-    {"out_proj.weight", "embed_dim,embed_dim", NULL, 0, XA_INIT_LINEAR, NULL,
+    {"out_proj.weight", "embed_dim,embed_dim", NULL, XA_P_LIN, XA_INIT_LINEAR, NULL,
      "the output projection of nn.MultiheadAttention"},
     {"out_proj.bias", "embed_dim", "bias", 0, XA_INIT_ZEROS, NULL,
      "the output bias: bias=True gives in_proj_bias and out_proj.bias"},
@@ -195,14 +196,15 @@ static xattn_status torch_bind(xa_mod *core)
     c->vdim = xa_cfg_int(cf, "vdim");
     c->heads = H;
     c->head_dim = E / H;
-    const float *inw = xa_param_data(ps, T_INW), *inb = xa_param_data(ps, T_INB);
-    m->wq = inw ? inw : xa_param_data(ps, T_QW);
-    m->wk = inw ? inw + E * E : xa_param_data(ps, T_KW);
-    m->wv = inw ? inw + 2 * E * E : xa_param_data(ps, T_VW);
+    const xa_wt inw = xa_param_w(ps, T_INW);
+    const float *inb = xa_param_data(ps, T_INB);
+    m->wq = inw.p ? inw : xa_param_w(ps, T_QW);
+    m->wk = inw.p ? xa_wt_rows(inw, E, E) : xa_param_w(ps, T_KW);
+    m->wv = inw.p ? xa_wt_rows(inw, 2 * E, E) : xa_param_w(ps, T_VW);
     m->bq = inb;
     m->bk = inb ? inb + E : NULL;
     m->bv = inb ? inb + 2 * E : NULL;
-    m->wo = xa_param_data(ps, T_OW);
+    m->wo = xa_param_w(ps, T_OW);
     m->bo = xa_param_data(ps, T_OB);
     m->bias_k = xa_param_data(ps, T_BK);
     m->bias_v = xa_param_data(ps, T_BV);
@@ -248,19 +250,19 @@ static const xa_field diff_fields[] = {
 
 enum { D_QW, D_QB, D_KW, D_KB, D_VW, D_VB, D_OW, D_OB, D_N };
 static const xa_pspec diff_table[D_N] = {
-    {"to_q.weight", "inner_dim,query_dim", NULL, 0, XA_INIT_LINEAR, NULL,
+    {"to_q.weight", "inner_dim,query_dim", NULL, XA_P_LIN, XA_INIT_LINEAR, NULL,
      "diffusers Attention query projection"},
     {"to_q.bias", "inner_dim", "bias", 0, XA_INIT_BIAS, "query_dim",
      "bias=True gives to_q, to_k and to_v biases"},
-    {"to_k.weight", "inner_dim,cross_attention_dim", NULL, 0, XA_INIT_LINEAR, NULL,
+    {"to_k.weight", "inner_dim,cross_attention_dim", NULL, XA_P_LIN, XA_INIT_LINEAR, NULL,
      "diffusers Attention key projection"},
     {"to_k.bias", "inner_dim", "bias", 0, XA_INIT_BIAS, "cross_attention_dim",
      "bias=True gives to_q, to_k and to_v biases"},
-    {"to_v.weight", "inner_dim,cross_attention_dim", NULL, 0, XA_INIT_LINEAR, NULL,
+    {"to_v.weight", "inner_dim,cross_attention_dim", NULL, XA_P_LIN, XA_INIT_LINEAR, NULL,
      "diffusers Attention value projection"},
     {"to_v.bias", "inner_dim", "bias", 0, XA_INIT_BIAS, "cross_attention_dim",
      "bias=True gives to_q, to_k and to_v biases"},
-    {"to_out.0.weight", "out_dim,inner_dim", NULL, 0, XA_INIT_LINEAR, NULL,
+    {"to_out.0.weight", "out_dim,inner_dim", NULL, XA_P_LIN, XA_INIT_LINEAR, NULL,
      "diffusers Attention output projection"},
     {"to_out.0.bias", "out_dim", "out_bias", 0, XA_INIT_BIAS, "inner_dim",
      "the output bias (out_bias=True)"},
@@ -380,13 +382,13 @@ static xattn_status diff_bind(xa_mod *core)
     c->inner_dim = xa_cfg_int(cf, "inner_dim");
     c->head_dim = c->inner_dim / c->heads;
     c->out_dim = xa_cfg_int(cf, "out_dim");
-    m->wq = xa_param_data(ps, D_QW);
-    m->wk = xa_param_data(ps, D_KW);
-    m->wv = xa_param_data(ps, D_VW);
+    m->wq = xa_param_w(ps, D_QW);
+    m->wk = xa_param_w(ps, D_KW);
+    m->wv = xa_param_w(ps, D_VW);
     m->bq = xa_param_data(ps, D_QB);
     m->bk = xa_param_data(ps, D_KB);
     m->bv = xa_param_data(ps, D_VB);
-    m->wo = xa_param_data(ps, D_OW);
+    m->wo = xa_param_w(ps, D_OW);
     m->bo = xa_param_data(ps, D_OB);
     m->bias_k = m->bias_v = NULL;
     c->has_in_bias = m->bq || m->bk || m->bv;
@@ -656,14 +658,14 @@ static xattn_status project_kv(const xattn_mha *m, const xattn_mha_inputs *in, i
     const int64_t B = in->B, J = in->J, inner = c->inner_dim;
     xattn_status s;
     if (Jx == J)
-        return (s = xa_op_linear(in->key, B * J, c->kdim, m->wk, m->bk, inner, kp, 0))
+        return (s = xa_op_linear_w(in->key, B * J, c->kdim, m->wk, m->bk, inner, kp, 0))
                    ? s
-                   : xa_op_linear(value, B * J, c->vdim, m->wv, m->bv, inner, vp, 0);
+                   : xa_op_linear_w(value, B * J, c->vdim, m->wv, m->bv, inner, vp, 0);
     for (int64_t b = 0; b < B; b++) {
-        if ((s = xa_op_linear(in->key + b * J * c->kdim, J, c->kdim, m->wk, m->bk, inner,
-                              kp + b * Jx * inner, 0)) ||
-            (s = xa_op_linear(value + b * J * c->vdim, J, c->vdim, m->wv, m->bv, inner,
-                              vp + b * Jx * inner, 0)))
+        if ((s = xa_op_linear_w(in->key + b * J * c->kdim, J, c->kdim, m->wk, m->bk, inner,
+                                kp + b * Jx * inner, 0)) ||
+            (s = xa_op_linear_w(value + b * J * c->vdim, J, c->vdim, m->wv, m->bv, inner,
+                                vp + b * Jx * inner, 0)))
             return s;
     }
     xa_op_append_rows(kp, B, J, Jx, inner, m->bias_k);
@@ -698,9 +700,9 @@ static xattn_status project_out(const xattn_mha *m, const xattn_mha_inputs *in, 
     xattn_status s;
     if (c->residual_connection) {
         memcpy(out, in->query, sizeof(float) * (size_t)(M * c->out_dim));
-        s = xa_op_linear(op, M, c->inner_dim, m->wo, m->bo, c->out_dim, out, 1);
+        s = xa_op_linear_w(op, M, c->inner_dim, m->wo, m->bo, c->out_dim, out, 1);
     } else {
-        s = xa_op_linear(op, M, c->inner_dim, m->wo, m->bo, c->out_dim, out, 0);
+        s = xa_op_linear_w(op, M, c->inner_dim, m->wo, m->bo, c->out_dim, out, 0);
     }
     if (!s && c->rescale_output_factor != 1.0f)
         xa_op_scale(out, 1.0f / c->rescale_output_factor, M * c->out_dim);
@@ -747,7 +749,7 @@ xattn_status xa_mha_run(const xattn_mha *m, const xattn_mha_inputs *in,
     memset(&a, 0, sizeof a);
     apply_masks(&mp, J, Jx, (uint8_t *)(scratch + n_f), scratch + off_b, &a);
     attn_call(m, in, Jx, qp, kp, vp, op, probs, &a);
-    if (!(s = xa_op_linear(in->query, B * I, c->embed_dim, m->wq, m->bq, inner, qp, 0)) &&
+    if (!(s = xa_op_linear_w(in->query, B * I, c->embed_dim, m->wq, m->bq, inner, qp, 0)) &&
         !(s = project_kv(m, in, Jx, kp, vp)) && !(s = xa_op_attention(&a)) &&
         !(s = project_out(m, in, op, out->out))) {
         if (out->attn) xa_op_mean(probs, B, H, I * Jx, out->attn);
@@ -923,7 +925,7 @@ static xattn_status mha_backward(const xattn_mha *m, const xattn_mha_inputs *in,
     apply_masks(&mp, J, Jx, (uint8_t *)q, bias, &a);
     attn_call(m, in, Jx, qp, kp, vp, op, NULL, &a);
     a.lse = lse;
-    if (!(s = xa_op_linear(in->query, B * I, E, m->wq, m->bq, inner, qp, 0)) &&
+    if (!(s = xa_op_linear_w(in->query, B * I, E, m->wq, m->bq, inner, qp, 0)) &&
         !(s = project_kv(m, in, Jx, kp, vp)) && !(s = xa_op_attention(&a)))
         s = project_out(m, in, op, o.out);
     if (!s) s = xa_grad_outputs(g, r);
@@ -935,7 +937,8 @@ static xattn_status mha_backward(const xattn_mha *m, const xattn_mha_inputs *in,
             memset(d, 0, sizeof(float) * (size_t)(B * I * c->out_dim));
         if (c->rescale_output_factor != 1.0f)
             xa_op_scale(d, 1.0f / c->rescale_output_factor, B * I * c->out_dim);
-        s = xa_op_linear_backward(op, B * I, inner, m->wo, c->out_dim, d, dop, dw->wo, dw->bo, 0);
+        s = xa_op_linear_backward(op, B * I, inner, xa_wt_f(m->wo), c->out_dim, d, dop, dw->wo,
+                                  dw->bo, 0);
     }
     if (!s) { /* the attention */
         xa_attn_grad ag;
@@ -955,22 +958,23 @@ static xattn_status mha_backward(const xattn_mha *m, const xattn_mha_inputs *in,
     }
     /* the input projections */
     if (!s)
-        s = xa_op_linear_backward(in->query, B * I, E, m->wq, inner, dqp, dq_in, dw->wq, dw->bq, 0);
+        s = xa_op_linear_backward(in->query, B * I, E, xa_wt_f(m->wq), inner, dqp, dq_in, dw->wq,
+                                  dw->bq, 0);
     const float *dk_rows = dkp, *dv_rows = dvp;
     if (!s && Jx != J) {
         first_rows(dkp, B, J, Jx, inner, rows);
         dk_rows = rows;
     }
     if (!s)
-        s = xa_op_linear_backward(in->key, B * J, c->kdim, m->wk, inner, dk_rows, dk_in, dw->wk,
-                                  dw->bk, 0);
+        s = xa_op_linear_backward(in->key, B * J, c->kdim, xa_wt_f(m->wk), inner, dk_rows, dk_in,
+                                  dw->wk, dw->bk, 0);
     if (!s && Jx != J) {
         first_rows(dvp, B, J, Jx, inner, rows);
         dv_rows = rows;
     }
     if (!s)
-        s = xa_op_linear_backward(value, B * J, c->vdim, m->wv, inner, dv_rows, dv_in, dw->wv,
-                                  dw->bv, 0);
+        s = xa_op_linear_backward(value, B * J, c->vdim, xa_wt_f(m->wv), inner, dv_rows, dv_in,
+                                  dw->wv, dw->bv, 0);
     if (!s && c->residual_connection) xa_op_add(dq_in, d, B * I * E);
     /* every input gets the gradients of the roles it plays (self-attention: all three) */
     if (!s) {

@@ -125,7 +125,7 @@ static const xa_pspec anchors[] = {
     {n ".in_proj_weight",                                                                            \
      "3*dim,dim",                                                                                    \
      NULL,                                                                                           \
-     0,                                                                                              \
+     XA_P_LIN,                                                                                       \
      XA_INIT_XAVIER,                                                                                 \
      NULL,                                                                                           \
      w "'s packed q/k/v projection; a multiview stage needs it"},                                    \
@@ -133,7 +133,7 @@ static const xa_pspec anchors[] = {
         {n ".out_proj.weight",                                                                       \
          "dim,dim",                                                                                  \
          NULL,                                                                                       \
-         0,                                                                                          \
+         XA_P_LIN,                                                                                   \
          XA_INIT_LINEAR,                                                                             \
          NULL,                                                                                       \
          w "'s output projection; a multiview stage needs it"},                                      \
@@ -144,7 +144,7 @@ static const xa_pspec anchors[] = {
     {n ".0.weight",                                                                                \
      h ",dim",                                                                                     \
      NULL,                                                                                         \
-     0,                                                                                            \
+     XA_P_LIN,                                                                                     \
      XA_INIT_LINEAR,                                                                               \
      NULL,                                                                                         \
      w "'s first layer; a multiview stage needs it"},                                              \
@@ -152,7 +152,7 @@ static const xa_pspec anchors[] = {
         {n ".2.weight",                                                                            \
          "dim," h,                                                                                 \
          NULL,                                                                                     \
-         0,                                                                                        \
+         XA_P_LIN,                                                                                 \
          XA_INIT_LINEAR,                                                                           \
          NULL,                                                                                     \
          w "'s second layer; a multiview stage needs it"},                                         \
@@ -211,6 +211,7 @@ static const xa_pspec expand_table[E_N] = {
 
 typedef struct mv_view {
     const float *w[P_N]; /* NULL when absent (optional tensors)            */
+    xa_wt wt[P_N];       /* the same as the op layer reads them (linear weights as kept) */
     const float *ex_b;   /* expand.bias, or NULL                           */
     const float *ex2;    /* (C_s, 2*C_{s-1}) = 0.5*[W W] of expand.weight  */
     int64_t hid, chid;   /* rows of mlp.0.weight, cross_mlp.0.weight        */
@@ -598,7 +599,10 @@ static xattn_status bind(xa_mod *core)
                 idx += E_N;
             }
             w->p0 = idx;
-            for (int p = 0; p < P_N; p++) w->w[p] = xa_param_data(ps, idx + p);
+            for (int p = 0; p < P_N; p++) {
+                w->w[p] = xa_param_data(ps, idx + p);
+                w->wt[p] = xa_param_w(ps, idx + p);
+            }
             w->hid = ps->p[idx + P_M0W].shape[0];
             w->chid = ps->p[idx + P_CM0W].shape[0];
             idx += P_N;
@@ -942,10 +946,10 @@ static xattn_status self_attn_part(const xattn_multiview *m, int64_t s, const mv
     attn_setup(p, w->B, m->cfg.heads[s], N, N, C, w->qkv, 3 * C, w->qkv + C, w->qkv + 2 * C, 3 * C,
                w->ob, lse);
     if ((st = xa_op_layernorm(x, rows, C, vw->w[P_N1W], vw->w[P_N1B], m->cfg.eps, w->h)) ||
-        (st = xa_op_linear(w->h, rows, C, vw->w[P_SAIW], vw->w[P_SAIB], 3 * C, w->qkv, 0)) ||
+        (st = xa_op_linear_w(w->h, rows, C, vw->wt[P_SAIW], vw->w[P_SAIB], 3 * C, w->qkv, 0)) ||
         (st = xa_op_attention(p)))
         return st;
-    return xa_op_linear(w->ob, rows, C, vw->w[P_SAOW], vw->w[P_SAOB], C, y, 1);
+    return xa_op_linear_w(w->ob, rows, C, vw->wt[P_SAOW], vw->w[P_SAOB], C, y, 1);
 }
 
 /* y (B N_v, C) += cross_attn(cross_norm_q ys[v], c, c) of view v at stage s, c the other views'
@@ -969,13 +973,13 @@ static xattn_status cross_attn_part(const xattn_multiview *m, int64_t s, int64_t
         }
     attn_setup(p, B, m->cfg.heads[s], N, M, C, w->qkv, C, w->kv, w->kv + C, 2 * C, w->ob, lse);
     if (st ||
-        (st = xa_op_linear(w->kvin, B * M, C, vw->w[P_CAIW] + C * C, ib ? ib + C : NULL, 2 * C,
-                           w->kv, 0)) ||
+        (st = xa_op_linear_w(w->kvin, B * M, C, xa_wt_rows(vw->wt[P_CAIW], C, C),
+                             ib ? ib + C : NULL, 2 * C, w->kv, 0)) ||
         (st = xa_op_layernorm(ys[v], rows, C, vw->w[P_CQW], vw->w[P_CQB], m->cfg.eps, w->h)) ||
-        (st = xa_op_linear(w->h, rows, C, vw->w[P_CAIW], ib, C, w->qkv, 0)) ||
+        (st = xa_op_linear_w(w->h, rows, C, vw->wt[P_CAIW], ib, C, w->qkv, 0)) ||
         (st = xa_op_attention(p)))
         return st;
-    return xa_op_linear(w->ob, rows, C, vw->w[P_CAOW], vw->w[P_CAOB], C, y, 1);
+    return xa_op_linear_w(w->ob, rows, C, vw->wt[P_CAOW], vw->w[P_CAOB], C, y, 1);
 }
 
 /* t (rows, hid) = first MLP layer (at w[l0]) of norm(x) (the norm at w[nw], its output in h). */
@@ -984,7 +988,7 @@ static xattn_status mlp_first(const xattn_multiview *m, const mv_view *vw, int n
                               float *t)
 {
     xattn_status s = xa_op_layernorm(x, rows, C, vw->w[nw], vw->w[nw + 1], m->cfg.eps, h);
-    return s ? s : xa_op_linear(h, rows, C, vw->w[l0], vw->w[l0 + 1], hid, t, 0);
+    return s ? s : xa_op_linear_w(h, rows, C, vw->wt[l0], vw->w[l0 + 1], hid, t, 0);
 }
 
 /* x (rows, C) += mlp(LN(x)) with the norm at w[nw], the layers at w[l0], w[l0 + 2]. */
@@ -995,7 +999,7 @@ static xattn_status mlp_block(const xattn_multiview *m, const mv_view *vw, int n
     if ((s = mlp_first(m, vw, nw, l0, hid, x, rows, C, w->h, w->t)) ||
         (s = xa_op_gelu(w->t, rows * hid, m->cfg.gelu_tanh)))
         return s;
-    return xa_op_linear(w->t, rows, hid, vw->w[l0 + 2], vw->w[l0 + 3], C, x, 1);
+    return xa_op_linear_w(w->t, rows, hid, vw->wt[l0 + 2], vw->w[l0 + 3], C, x, 1);
 }
 
 /* The token pairs of view v entering stage s > 0 as row groups of the pooled GEMM: one group

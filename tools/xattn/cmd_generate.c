@@ -30,7 +30,7 @@ static void help(void)
         "vocab.txt]\n"
         "                      [--eos-token-id IDS|none] [--pad-token-id N|none] [--bos-token-id "
         "N]\n"
-        "                      [--weights f32|int8] [--threads N] --out ids.npy\n"
+        "                      [--weights auto|f32|bf16|f16|int8] [--threads N] --out ids.npy\n"
         "\n"
         "Generates token ids as transformers' BertLMHeadModel.generate(input_ids=prompt,\n"
         "encoder_hidden_states=memory, encoder_attention_mask=memory_mask, ...) on a model saved\n"
@@ -77,10 +77,13 @@ static void help(void)
         "  --pad-token-id N      fills finished sequences, or none (the first end token)\n"
         "                        [the model's]\n"
         "  --bos-token-id N      starts every sequence when there is no --prompt [the model's]\n"
-        "  --weights W           f32: the weights as float32 [default]; int8: every linear\n"
-        "                        layer quantised at load, per output channel (a quarter of\n"
-        "                        the memory and of the bytes read per token; the logits move\n"
-        "                        by the quantisation error, so ids may differ from float32)\n"
+        "  --weights W           how the linear layers keep their weights: auto: as stored\n"
+        "                        (BF16/F16 tensors stay 16-bit, others float32) [default];\n"
+        "                        f32; bf16 or f16: half the memory, rounded to nearest from\n"
+        "                        wider files, read exactly; int8: quantised at load per output\n"
+        "                        channel (a quarter of the memory and of the bytes read per\n"
+        "                        token; the logits move by the quantisation error, so ids may\n"
+        "                        differ from float32)\n"
         "  --threads N           worker threads [all cores]\n"
         "  -h, --help            this help\n"
         "\n"
@@ -183,8 +186,9 @@ static int check_flags(const gen_args *a, xattn_generate_opts *o)
 {
     if (!a->model) return cli_usage(CMD, "missing MODEL.safetensors");
     if (!a->out) return cli_usage(CMD, "--out ids.npy is required");
-    if (a->weights && strcmp(a->weights, "f32") && strcmp(a->weights, "int8"))
-        return cli_usage(CMD, "--weights: expected f32 or int8, not '%s'", a->weights);
+    if (a->weights && xattn_weights_parse(a->weights) < 0)
+        return cli_usage(CMD, "--weights: expected auto, f32, bf16, f16 or int8, not '%s'",
+                         a->weights);
     if (!a->memory && !a->video && !a->audio)
         return cli_usage(CMD, "give the memory: --memory M.npy, or --video V.npy / --audio A.npy");
     if (a->memory && (a->video || a->audio))
@@ -232,7 +236,7 @@ static int load_model(const gen_args *a, gen_inputs *in)
     xattn_lm_opts lo;
     memset(&lo, 0, sizeof lo);
     lo.config_json = a->config;
-    lo.weights = a->weights && !strcmp(a->weights, "int8") ? XATTN_WEIGHTS_INT8 : XATTN_WEIGHTS_F32;
+    lo.weights = a->weights ? xattn_weights_parse(a->weights) : XATTN_WEIGHTS_AUTO;
     if (xattn_st_open(a->model, &in->st)) return cli_lib_error(CMD, a->model);
     if (xattn_lm_load(in->st, &lo, &in->m)) {
         const char *msg = xattn_last_error();

@@ -276,6 +276,7 @@ int reg_cmd_grad(const char *cmd, int argc, char **argv)
     reg_args a;
     int hl, rc;
     if ((rc = reg_parse(cmd, argc, argv, &a, &hl))) return rc;
+    a.need_f32 = 1;
     if (hl) {
         help();
         return CLI_EXIT_OK;

@@ -527,6 +527,7 @@ int cmd_train(int argc, char **argv)
     reg_args a;
     int hl, rc;
     if ((rc = reg_parse(cmd, argc, argv, &a, &hl))) return rc;
+    a.need_f32 = 1;
     if (hl) {
         help();
         return CLI_EXIT_OK;

@@ -14,9 +14,9 @@
 
 /* ---- parsing ---------------------------------------------------------------------------- */
 
-static const char *const FIXED_VALUE[] = {"--module",      "--prefix", "--out-dir",
-                                          "--threads",     "--reps",   "--len",
-                                          "--context-len", "--batch",  NULL};
+static const char *const FIXED_VALUE[] = {"--module", "--prefix", "--out-dir", "--threads",
+                                          "--reps",   "--len",    "--weights", "--context-len",
+                                          "--batch",  NULL};
 static const char *const FIXED_FLAG[] = {"--return-attn", "--allow-nonfinite", "--json", NULL};
 
 static int in_list(const char *const *l, const char *s)
@@ -31,6 +31,7 @@ static int set_fixed(const char *cmd, reg_args *a, const char *flag, const char 
     const char **dst = !strcmp(flag, "--module")    ? &a->kind
                        : !strcmp(flag, "--prefix")  ? &a->prefix
                        : !strcmp(flag, "--out-dir") ? &a->out_dir
+                       : !strcmp(flag, "--weights") ? &a->weights
                                                     : NULL;
     if (dst) {
         if (!*val && dst != &a->prefix) return cli_usage(cmd, "%s: empty value", flag);
@@ -305,6 +306,8 @@ int reg_open(const char *cmd, const reg_args *a, reg_state *s)
             return cli_usage(cmd, "--module: '%s' is not a module kind (kinds: %s)",
                              cli_printable(a->kind, shown, sizeof shown), list);
     }
+    if (!a->model && a->weights)
+        return cli_usage(cmd, "--weights: there is no model file whose weights it would keep");
     if (!a->model) { /* a kind without weights, named by --module */
         snprintf(s->kind, sizeof s->kind, "%s", a->kind ? a->kind : "");
         for (size_t i = 0; i < xattn_kind_count(); i++) {
@@ -326,6 +329,20 @@ int reg_open(const char *cmd, const reg_args *a, reg_state *s)
             return cli_usage(cmd, "%s has no weights: no model file is needed (got '%s')", a->kind,
                              a->model);
     }
+    int weights = a->need_f32 ? XATTN_WEIGHTS_F32 : XATTN_WEIGHTS_AUTO;
+    if (a->weights) {
+        const int w = xattn_weights_parse(a->weights);
+        char shown[64];
+        if (w < 0)
+            return cli_usage(cmd, "--weights: '%s' is not auto, f32, bf16, f16 or int8",
+                             cli_printable(a->weights, shown, sizeof shown));
+        if (a->need_f32 && w != XATTN_WEIGHTS_F32 && w != XATTN_WEIGHTS_AUTO)
+            return cli_usage(cmd,
+                             "--weights %s: gradients need float32 weights (16-bit ones are "
+                             "read exactly as float32 here)",
+                             a->weights);
+        if (!a->need_f32) weights = w;
+    }
     if (xattn_st_open(a->model, &s->st) != XATTN_OK) return cli_lib_error(cmd, a->model);
     char why[512] = "";
     int rc = pick(cmd, a, s->st, s->kind, s->prefix, why, sizeof why);
@@ -337,6 +354,7 @@ int reg_open(const char *cmd, const reg_args *a, reg_state *s)
     o.prefix = s->prefix;
     o.options = s->opts;
     o.n_options = (size_t)s->n_opts;
+    o.weights = weights;
     if (xattn_module_open(s->st, &o, &s->m) != XATTN_OK) {
         int orc = option_error(cmd, a->model, s);
         if (orc || !why[0]) return orc ? orc : cli_lib_error(cmd, a->model);
@@ -384,7 +402,9 @@ int reg_check_weights(const char *cmd, const reg_args *a, const reg_state *s)
     if (a->allow_nonfinite) return 0;
     for (size_t i = 0; i < xattn_module_param_count(s->m); i++) {
         xattn_param_desc p;
-        if (xattn_module_param(s->m, i, &p) || !p.data) continue;
+        if (xattn_module_param(s->m, i, &p) ||
+            (!p.data && xattn_module_param_kept(s->m, i) == XATTN_F32)) /* absent */
+            continue;
         char full[768];
         snprintf(full, sizeof full, "%s%s", s->prefix, p.name);
         const char *names[1] = {full};

@@ -14,6 +14,8 @@
 
 typedef struct reg_args {
     const char *model, *kind, *prefix, *out_dir;
+    const char *weights; /* --weights (NULL: as stored; float32 where need_f32)               */
+    int need_f32;        /* set by grad and train before reg_open: gradients need float32 */
     long long threads, reps, len, context_len, batch;
     int return_all, allow_nonfinite, json;
     struct {

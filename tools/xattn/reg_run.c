@@ -198,6 +198,12 @@ static void help_run(void)
            "  --module KIND         insist on a module kind (one of those above; an error if the\n"
            "                        tensors disagree)\n"
            "  --prefix P            the module at name prefix P, in a file that holds several\n"
+           "  --weights W           how the linear layers keep their weights: auto: as stored\n"
+           "                        (BF16/F16 tensors stay 16-bit, others float32) [default];\n"
+           "                        f32; bf16 or f16 (half the memory; rounded to nearest from\n"
+           "                        wider files; read exactly, so results equal float32 weights\n"
+           "                        of the same values); int8 (a quarter of the memory: per\n"
+           "                        output channel scales computed at load)\n"
            "  --return-attn         also write the optional outputs (the attention maps)\n"
            "  --out-dir DIR         where the outputs go (default '.')\n"
            "  --threads N           threads (default: all cores)\n"
@@ -217,7 +223,7 @@ int reg_cmd_run(const char *cmd, int argc, char **argv)
         printf(
             "usage: xattn run MODEL.safetensors [--module KIND] [--prefix P] --INPUT FILE.npy ...\n"
             "                 [--OPTION VALUE ...] [--return-attn] [--out-dir DIR] [--threads N]\n"
-            "                 [--allow-nonfinite]\n\n");
+            "                 [--weights auto|f32|bf16|f16|int8] [--allow-nonfinite]\n\n");
         char kb[64] = "";
         const char *kind = kind_of(&a, kb, sizeof kb);
         if (kind)
@@ -262,17 +268,19 @@ static void report(const reg_args *a, const reg_state *s, const double *ts, long
         off += (size_t)snprintf(
             sizes + off, sizeof sizes - off, a->json ? "%s\"%s\": %lld" : "%s%s=%lld",
             a->json ? ", " : (i ? " " : ""), s->sym[i], (long long)s->sym_val[i]);
+    const int wk = s->m ? xattn_module_weights(s->m) : XATTN_WEIGHTS_F32;
+    const char *weights = wk == XATTN_WEIGHTS_AUTO ? "mixed" : xattn_weights_name(wk);
     if (a->json)
         printf("{\"module\": \"%s\", \"kind\": \"%s\"%s, \"seconds\": %.6g, \"min_seconds\": %.6g, "
-               "\"reps\": %lld, \"threads\": %d, \"isa\": \"%s\", \"peak_rss_mb\": %.1f, "
-               "\"peak_rss_source\": \"%s\"}\n",
+               "\"reps\": %lld, \"threads\": %d, \"isa\": \"%s\", \"weights\": \"%s\", "
+               "\"peak_rss_mb\": %.1f, \"peak_rss_source\": \"%s\"}\n",
                ref, s->kind, sizes, ts[reps / 2], ts[0], reps, xattn_ctx_get_threads(ctx),
-               xattn_ctx_get_isa(ctx), rss, *note ? "ru_maxrss" : "VmHWM");
+               xattn_ctx_get_isa(ctx), weights, rss, *note ? "ru_maxrss" : "VmHWM");
     else
         printf("%s (%s)  %s  forward %.3f ms (median of %lld, best %.3f ms)  peak RSS %.1f MB%s  "
-               "[%s, %d threads]\n",
+               "[%s, %d threads, weights %s]\n",
                ref, s->kind, sizes, ts[reps / 2] * 1e3, reps, ts[0] * 1e3, rss, note,
-               xattn_ctx_get_isa(ctx), xattn_ctx_get_threads(ctx));
+               xattn_ctx_get_isa(ctx), xattn_ctx_get_threads(ctx), weights);
 }
 
 int reg_cmd_bench(const char *cmd, int argc, char **argv)
@@ -286,13 +294,15 @@ int reg_cmd_bench(const char *cmd, int argc, char **argv)
             "...]\n"
             "                   [--OPTION VALUE ...] [--batch B] [--len I] [--context-len J]\n"
             "                   [--reps N] [--threads N] [--return-attn] [--out-dir DIR] [--json]\n"
+            "                   [--weights auto|f32|bf16|f16|int8]\n"
             "\n"
             "Times the forward of a module (any kind 'xattn run' takes, with the same inputs and\n"
             "options) after one warm-up run: the median of --reps runs (default 5) and the peak\n"
             "resident memory of this process (VmHWM). Inputs not given (but masks and biases)\n"
             "are made: the batch of the given inputs (else --batch, default 1), the first other\n"
             "size --len (default 1024), the next --context-len (default 2 * --len). --out-dir\n"
-            "also writes the outputs of the last run.\n\n");
+            "also writes the outputs of the last run. --weights as 'xattn run' (the weights'\n"
+            "type shows in the report).\n\n");
         char kb[64] = "";
         const char *kind = kind_of(&a, kb, sizeof kb);
         if (kind)
