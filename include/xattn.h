@@ -1178,7 +1178,8 @@ typedef struct xattn_lm_config {
         eos_token_ids[XATTN_MAX_EOS]; /* every end token (config.json may list several) */
     int has_head, tied; /* cls.predictions.* present; output weight = word embeddings */
     float layer_norm_eps;
-    int weights; /* xattn_weights the model was loaded with */
+    int weights; /* xattn_weights the linear layers are kept as (loaded as stored: F32, BF16 or
+                    F16 when they are all that type, XATTN_WEIGHTS_AUTO when they differ) */
 } xattn_lm_config;
 /* opts may be NULL. */
 XATTN_API xattn_status xattn_lm_load(const xattn_safetensors *st, const xattn_lm_opts *opts,

@@ -469,6 +469,31 @@ if ok "run bidir 0.0.x LayerNorm prenorm, F16 weights, --heads" "$X" run \
     same "bidir layernorm out" "$D/out.npy" "$F/bidir_ln_expected_out.npy"
     same "bidir layernorm context_out" "$D/context_out.npy" "$F/bidir_ln_expected_context_out.npy"
 fi
+# --weights: 16-bit weights are read exactly (as stored here: the same outputs as float32),
+# bf16 / int8 change them by their rounding; gradients need float32
+for w in auto f32 f16; do
+    if ok "run F16 file, --weights $w" "$X" run "$F/bidir_ln_f16.safetensors" --heads 2 \
+        --x "$F/bidir_ln_x.npy" --context "$F/bidir_ln_context.npy" --weights $w --out-dir "w_$w"; then
+        same "--weights $w out" "$D/w_$w/out.npy" "$F/bidir_ln_expected_out.npy"
+    fi
+done
+for w in bf16 int8; do
+    if ok "run --weights $w" "$X" run "$F/bidir_ln_f16.safetensors" --heads 2 \
+        --x "$F/bidir_ln_x.npy" --context "$F/bidir_ln_context.npy" --weights $w --out-dir "w_$w"; then
+        same "--weights $w out (its rounding)" "$D/w_$w/out.npy" "$F/bidir_ln_expected_out.npy" 0.06
+    fi
+done
+if ok "bench F16 weights as stored" "$X" bench "$F/bidir_ln_f16.safetensors" --heads 2 --len 8 --reps 1; then
+    has "bench says f16" "$D.out" "weights f16]"
+fi
+if ok "bench --weights int8" "$X" bench "$F/bidir_ln_f16.safetensors" --heads 2 --len 8 --reps 1 --weights int8 --json; then
+    has "bench json weights" "$D.out" '"weights": "int8"'
+fi
+if ok "inspect F32 weights" "$X" inspect "$MHA"; then
+    has "inspect says f32" "$D.out" "linear weights   = f32"
+fi
+bad "run --weights int4" 2 "--weights: 'int4' is not auto, f32, bf16, f16 or int8" "$X" run \
+    "$F/bidir_ln_f16.safetensors" --heads 2 --x "$F/bidir_ln_x.npy" --context "$F/bidir_ln_context.npy" --weights int4
 if ok "run bidir transformer" "$X" run "$BT" "${BIN[@]}" "${BMASKS[@]}" --rel-pos-bias \
     "$F/bidir_tr_bias.npy" --module bidir-transformer --threads 2; then
     same "bidir transformer out" "$D/out.npy" "$F/bidir_tr_expected_out.npy"

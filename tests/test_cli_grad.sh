@@ -17,6 +17,10 @@ ok "grad vjp" "$X" grad "$F/grad_bca.safetensors" --x "$F/grad_bx.npy" --context
     same "vjp d_context" "$D/g/d_context.npy" "$F/grad_vjp_dctx.npy" 1e-4 &&
     same "vjp d_rel_pos_bias" "$D/g/d_rel_pos_bias.npy" "$F/grad_vjp_dbias.npy" 1e-4
 
+bad "grad --weights bf16" 2 "--weights bf16: gradients need float32 weights" "$X" grad \
+    "$F/grad_bca.safetensors" --x "$F/grad_bx.npy" --context "$F/grad_bctx.npy" \
+    --grad-out "$F/grad_dout.npy" --weights bf16
+
 ok "grad mse" "$X" grad "$F/grad_tf.safetensors" --x "$F/grad_x.npy" --context "$F/grad_ctx.npy" \
     --mask "$F/grad_mask.npy" --target "$F/grad_t.npy" --context-target "$F/grad_ct.npy" &&
     same "mse params" "$D/grads.safetensors" "$F/grad_mse.safetensors" 1e-4 &&

@@ -63,7 +63,6 @@ _lib._proto("xattn_lm_generate", C.c_int, P, P, C.c_int64, C.c_int64, C.POINTER(
             C.POINTER(C.c_int64), C.POINTER(C.c_int64))
 _lib._proto("xattn_lm_generate_length", C.c_int64, C.POINTER(GenerateOpts), C.c_int64)
 
-_WEIGHTS = {"f32": 0, "int8": 1}
 _EARLY = {False: 1, True: 2, "never": 3}
 
 
@@ -110,7 +109,7 @@ class LanguageModel:
                              else none(c.eos_token_id)),
             "layer_norm_eps": float(f"{c.layer_norm_eps:.7g}"),
             "has_head": bool(c.has_head), "tie_word_embeddings": bool(c.tied),
-            "weights": {v: k for k, v in _WEIGHTS.items()}[c.weights]}
+            "weights": "mixed" if c.weights == 0 else lib.xattn_weights_name(c.weights).decode()}
         self.warnings = (lib.xattn_lm_warnings(self._h) or b"").decode()
         d = DecoderConfig()
         lib.xattn_decoder_get_config(lib.xattn_lm_decoder(self._h), C.byref(d))
@@ -239,15 +238,15 @@ class LanguageModel:
         return out.reshape(-1)[:B * n.value].reshape(B, n.value).copy()
 
 
-def load_lm(path, config=None, heads=None, weights="f32"):
+def load_lm(path, config=None, heads=None, weights="auto"):
     """A whole BERT decoder from a safetensors state dict of BertLMHeadModel / BertModel
     (is_decoder=True, add_cross_attention=True). config: a transformers config.json for what
     the names and shapes cannot tell (heads, eps, special ids); else the file's __metadata__,
-    else BertConfig's defaults, listed in .warnings. weights: "f32", or "int8" (every linear
-    layer quantised at load, per output channel; inference only)."""
+    else BertConfig's defaults, listed in .warnings. weights: how every linear layer keeps its
+    weights: "auto" (as stored), "f32", "bf16", "f16" or "int8" (quantised at load, per output
+    channel); see xattn.load."""
     path = os.fspath(path)
-    if weights not in _WEIGHTS:
-        raise ValueError(f"weights: expected 'f32' or 'int8', got {weights!r}")
+    wcode = _lib.weights_code(weights)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file")
     if config is not None and not os.path.exists(os.fspath(config)):
@@ -257,7 +256,7 @@ def load_lm(path, config=None, heads=None, weights="f32"):
     try:
         o = LmOpts()
         cj = os.fspath(config).encode() if config is not None else None
-        o.config_json, o.heads, o.weights = cj, int(heads or 0), _WEIGHTS[weights]
+        o.config_json, o.heads, o.weights = cj, int(heads or 0), wcode
         h = C.c_void_p()
         check(lib.xattn_lm_load(st, C.byref(o), C.byref(h)), path)
     finally:

@@ -134,7 +134,7 @@ class Option(C.Structure):
 
 class OpenOpts(C.Structure):
     _fields_ = [("kind", C.c_char_p), ("prefix", C.c_char_p), ("options", C.POINTER(Option)),
-                ("n_options", C.c_size_t), ("reserved_", C.c_uint64 * 4)]
+                ("n_options", C.c_size_t), ("weights", C.c_int64), ("reserved_", C.c_uint64 * 3)]
 
 
 class SdpaParams(C.Structure):
@@ -191,6 +191,11 @@ _proto("xattn_module_config_count", C.c_size_t, P)
 _proto("xattn_module_config", C.c_int, P, C.c_size_t, C.POINTER(ConfigEntry))
 _proto("xattn_module_param_count", C.c_size_t, P)
 _proto("xattn_module_param", C.c_int, P, C.c_size_t, C.POINTER(ParamDesc))
+_proto("xattn_module_param_read", C.c_int, P, C.c_size_t, C.POINTER(C.c_float))
+_proto("xattn_module_param_kept", C.c_int, P, C.c_size_t)
+_proto("xattn_module_weights", C.c_int, P)
+_proto("xattn_weights_name", C.c_char_p, C.c_int)
+_proto("xattn_weights_parse", C.c_int, C.c_char_p)
 _proto("xattn_module_input_count", C.c_size_t, P)
 _proto("xattn_module_input", C.c_int, P, C.c_size_t, C.POINTER(IoDesc))
 _proto("xattn_module_output_count", C.c_size_t, P)
@@ -209,3 +214,16 @@ _proto("xattn_kind_has_backward", C.c_int, C.c_char_p)
 _proto("xattn_kind_alias", C.c_int, C.c_char_p, C.c_size_t, C.POINTER(AliasDesc))
 _proto("xattn_sdpa", C.c_int, C.POINTER(SdpaParams))
 _proto("xattn_sdpa_backward", C.c_int, C.POINTER(SdpaParams), C.POINTER(SdpaGrads))
+
+
+def weights_code(weights):
+    """The xattn_weights value of a name ("auto", "f32", "bf16", "f16", "int8"; "float32",
+    "bfloat16", "float16" too); ValueError naming the choices otherwise."""
+    if not isinstance(weights, str):
+        raise ValueError(f"weights: expected 'auto', 'f32', 'bf16', 'f16' or 'int8', got "
+                         f"{weights!r}")
+    w = lib.xattn_weights_parse(weights.encode())
+    if w < 0:
+        raise ValueError(f"weights: expected 'auto', 'f32', 'bf16', 'f16' or 'int8', got "
+                         f"{weights!r}")
+    return w

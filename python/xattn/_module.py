@@ -130,19 +130,36 @@ class Module:
             out.append(p)
         return out
 
+    @property
+    def weights(self):
+        """How the linear layers keep their weights: 'f32', 'bf16', 'f16', 'int8', or 'mixed'
+        (loaded as stored from a file whose linear weights have several types)."""
+        w = lib.xattn_module_weights(self._h)
+        return "mixed" if w == 0 else _s(lib.xattn_weights_name(w))
+
+    def _kept(self, i):
+        return lib.xattn_module_param_kept(self._h, i)
+
     def state_dict(self):
-        """The parameters (copies, float32) under the reference's state_dict names."""
+        """The parameters (copies, float32) under the reference's state_dict names; weights kept
+        in 16 bits are their exact values, int8 ones q * scale."""
         sd = {}
-        for p in self._params():
-            if not p.data:
-                continue
+        for i, p in enumerate(self._params()):
+            if not p.data and self._kept(i) == _lib.F32:
+                continue  # an optional parameter the module does not have
             shape = tuple(p.shape[d] for d in range(p.ndim))
-            n = int(np.prod(shape)) if shape else 1
-            sd[_s(p.name)] = np.ctypeslib.as_array(p.data, shape=(n,)).reshape(shape).copy()
+            a = np.empty(shape, np.float32)
+            check(lib.xattn_module_param_read(self._h, i, a.ctypes.data_as(C.POINTER(C.c_float))),
+                  self.kind)
+            sd[_s(p.name)] = a
         return sd
 
     def load_state_dict(self, sd, strict=True):
-        """Copies arrays into the parameters of the same names (shapes must agree)."""
+        """Copies arrays into the parameters of the same names (shapes must agree). The module
+        must keep its weights in float32 (xattn.load(..., weights="f32"))."""
+        if self.weights != "f32":
+            raise ValueError(f"load_state_dict: the module keeps its linear weights as "
+                             f"{self.weights}; load it with weights='f32' to assign them")
         params = {_s(p.name): p for p in self._params() if p.data}
         unknown = [k for k in sd if k not in params]
         missing = [k for k in params if k not in sd]
@@ -323,12 +340,19 @@ def _options(kw):
     return arr, len(opts), keep
 
 
-def load(path, kind=None, heads=None, prefix=None, **options):
+def load(path, kind=None, heads=None, prefix=None, weights="auto", **options):
     """Opens the module in a safetensors file (its kind detected from the tensor names unless
     given; prefix selects one of several modules). Options are the reference constructor's
     keyword arguments that the file cannot tell (heads, ...); the file's __metadata__ gives
-    them otherwise. A default assumed for one of them is listed in .warnings."""
+    them otherwise. A default assumed for one of them is listed in .warnings.
+
+    weights: how the linear layers keep their weights: "auto" (as stored: BF16 / F16 tensors
+    stay 16-bit, others float32), "f32", "bf16" or "f16" (half the memory; read exactly, so the
+    outputs equal float32 weights of the same values), "int8" (a quarter; per output channel
+    scales computed at load). Modules with weights in another type than float32 are for
+    inference: .grad() and load_state_dict() need weights="f32"."""
     path = os.fspath(path)
+    wcode = _lib.weights_code(weights)
     if heads is not None:
         options["heads"] = heads
     st = C.c_void_p()
@@ -341,6 +365,7 @@ def load(path, kind=None, heads=None, prefix=None, **options):
         kb = kind.encode() if kind else None
         pb = prefix.encode() if prefix is not None else None
         o.kind, o.prefix, o.options, o.n_options = kb, pb, arr, n
+        o.weights = wcode
         h = C.c_void_p()
         check(lib.xattn_module_open(st, C.byref(o), C.byref(h)), path)
         del keep

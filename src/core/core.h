@@ -212,6 +212,9 @@ static inline xa_wt xa_param_w(const xa_params *ps, int i)
 /* Whether any present parameter is kept in a type other than float32 (a module for inference
  * only: gradients, training and xattn_module_param's data need float32). */
 int xa_params_reduced(const xa_params *ps);
+/* The xattn_weights the XA_P_LIN parameters of n tables are kept as: ps[0]->weights when that is
+ * not XATTN_WEIGHTS_AUTO, else F32, BF16 or F16 when they all are that, AUTO when they differ. */
+int xa_params_weights(const xa_params *const *ps, int n);
 /* The values of parameter i as float32 (converted from how they are kept), numel floats. */
 void xa_param_read(const xa_params *ps, int i, float *dst);
 /* Index of the parameter with relative name `name`, or -1. */

@@ -359,6 +359,22 @@ int xa_params_reduced(const xa_params *ps)
     return 0;
 }
 
+int xa_params_weights(const xa_params *const *ps, int n)
+{
+    if (n > 0 && ps[0]->weights != XATTN_WEIGHTS_AUTO) return ps[0]->weights;
+    int seen = -1;
+    for (int t = 0; t < n; t++)
+        for (int i = 0; i < ps[t]->n; i++) {
+            const xa_param *p = &ps[t]->p[i];
+            if (!p->present || !(p->flags & XA_P_LIN)) continue;
+            if (seen >= 0 && seen != p->wdt) return XATTN_WEIGHTS_AUTO;
+            seen = p->wdt;
+        }
+    return seen == XA_W_BF16  ? XATTN_WEIGHTS_BF16
+           : seen == XA_W_F16 ? XATTN_WEIGHTS_F16
+                              : XATTN_WEIGHTS_F32;
+}
+
 void xa_param_read(const xa_params *ps, int i, float *dst)
 {
     const xa_param *p = &ps->p[i];

@@ -590,16 +590,7 @@ int xattn_module_weights(const xattn_module *m)
 {
     if (!m) return XATTN_WEIGHTS_F32;
     const xa_params *ps = &m->m->params;
-    if (ps->weights != XATTN_WEIGHTS_AUTO) return ps->weights;
-    int seen = -1;
-    for (int i = 0; i < ps->n; i++) {
-        if (!ps->p[i].present || !(ps->p[i].flags & XA_P_LIN)) continue;
-        if (seen >= 0 && seen != ps->p[i].wdt) return XATTN_WEIGHTS_AUTO;
-        seen = ps->p[i].wdt;
-    }
-    return seen == XA_W_BF16  ? XATTN_WEIGHTS_BF16
-           : seen == XA_W_F16 ? XATTN_WEIGHTS_F16
-                              : XATTN_WEIGHTS_F32;
+    return xa_params_weights(&ps, 1);
 }
 
 static const xa_io *io_of(const xattn_module *m, int output, size_t i, size_t *n)

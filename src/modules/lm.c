@@ -378,6 +378,10 @@ xattn_status xattn_lm_load(const xattn_safetensors *st, const xattn_lm_opts *opt
     if (!s) m->c.weights = opts ? (int)opts->weights : XATTN_WEIGHTS_AUTO;
     if (!s) s = load_params(m, st, base);
     if (!s) s = open_decoder(m, st, base, o, json);
+    if (!s) { /* as stored: what the linear layers hold, if one type */
+        const xa_params *ps[3] = {&((xa_mod *)m->dec)->params, &m->head, &m->emb};
+        m->c.weights = xa_params_weights(ps, 3);
+    }
     free(o);
     if (s) {
         xattn_lm_free(m);

@@ -47,6 +47,9 @@ static void print_registry(const xattn_safetensors *st)
             continue;
         }
         printf(":\n");
+        const int wk = xattn_module_weights(m);
+        printf("  %-16s = %-10s (as stored; 'xattn run --weights' keeps them otherwise)\n",
+               "linear weights", wk == XATTN_WEIGHTS_AUTO ? "mixed" : xattn_weights_name(wk));
         for (size_t c = 0; c < xattn_module_config_count(m); c++) {
             xattn_config_entry e;
             if (xattn_module_config(m, c, &e)) continue;
