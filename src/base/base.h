@@ -107,6 +107,10 @@ const xattn_ctx *xa_ctx_cur(void);
 const xattn_ctx *xa_ctx_enter(const xattn_ctx *c);
 void xa_ctx_leave(const xattn_ctx *prev);
 int xa_ctx_threads(const xattn_ctx *c);
+/* The distributed state of a context (src/dist in an MPI build: its communicator), or NULL.
+ * Setting one frees the previous state with its own function; the context frees the last. */
+void *xa_ctx_dist(const xattn_ctx *c);
+void xa_ctx_set_dist(xattn_ctx *c, void *state, void (*free_fn)(void *));
 /* Strict thread count ("8", or "8,2" as OMP_NUM_THREADS allows): 1..XATTN_MAX_THREADS, else 0. */
 int xa_parse_threads(const char *s);
 

@@ -43,6 +43,8 @@ struct xattn_ctx {
     _Atomic(const xa_kernels *) kt; /* NULL = the best table for this CPU */
     xa_ws_pool pool;
     int is_default;
+    void *dist;                /* the communicator's state (src/dist), or NULL */
+    void (*dist_free)(void *); /* frees it with the context                    */
 };
 
 static xattn_ctx default_ctx = {.is_default = 1, .pool = {.limit = XA_WS_DEFAULT_LIMIT}};
@@ -147,6 +149,7 @@ xattn_status xattn_ctx_new(xattn_ctx **out)
 void xattn_ctx_free(xattn_ctx *c)
 {
     if (!c || c->is_default) return;
+    if (c->dist_free) c->dist_free(c->dist);
     xattn_ctx_trim(c);
     free(c);
 }
@@ -181,6 +184,16 @@ xattn_status xattn_ctx_set_isa(xattn_ctx *c, const char *name)
 }
 
 const char *xattn_ctx_get_isa(const xattn_ctx *c) { return xa_ctx_kern(c)->name; }
+
+void *xa_ctx_dist(const xattn_ctx *c) { return ctx_or_default(c)->dist; }
+
+void xa_ctx_set_dist(xattn_ctx *c, void *state, void (*free_fn)(void *))
+{
+    xattn_ctx *t = c ? c : &default_ctx;
+    if (t->dist_free && t->dist != state) t->dist_free(t->dist);
+    t->dist = state;
+    t->dist_free = free_fn;
+}
 
 /* ---- workspace ------------------------------------------------------------------------------ */
 
