@@ -102,6 +102,24 @@ XATTN_API int xattn_ctx_get_threads(const xattn_ctx *ctx);
 /* "auto", "avx512", "avx2", "neon" or "scalar"; XATTN_ERR_UNSUPPORTED if the CPU lacks it. */
 XATTN_API xattn_status xattn_ctx_set_isa(xattn_ctx *ctx, const char *name);
 XATTN_API const char *xattn_ctx_get_isa(const xattn_ctx *ctx);
+/*
+ * The type products compute in. XATTN_COMPUTE_F32 (the default): float32 throughout.
+ * XATTN_COMPUTE_BF16: the products of a module's forward read their operands rounded to
+ * bfloat16 (to nearest even) and accumulate in float32: the linear layers and 1x1 projections
+ * (activations and weights), and attention's queries, keys and values; the attention
+ * probabilities, softmax statistics, norms, activation functions and residual sums stay float32,
+ * and results are float32. A product of two bf16 values is exact in float32, so this is the
+ * arithmetic of bf16 dot-product instructions (AVX512_BF16 vdpbf16ps, AMX-BF16) up to the order
+ * of the additions; it is carried out with float32 FMAs on the rounded values, the same on every
+ * CPU (no speed-up without such instructions: an emulation for accuracy studies and
+ * portability). Its error against float64 is that of the operands' rounding (unit roundoff
+ * 2^-9), smaller than torch.autocast's bf16, which also rounds every product's result to bf16.
+ * Modules only (xattn_module_forward, the typed forwards, the language model); the stand-alone
+ * kernels (xattn_sdpa, xattn_sgemm, ...) stay float32. Inference only: gradients refuse it.
+ */
+typedef enum xattn_compute { XATTN_COMPUTE_F32 = 0, XATTN_COMPUTE_BF16 = 1 } xattn_compute;
+XATTN_API xattn_status xattn_ctx_set_compute(xattn_ctx *ctx, int compute);
+XATTN_API int xattn_ctx_get_compute(const xattn_ctx *ctx);
 /* Most bytes of scratch kept between calls (0: keep nothing). */
 XATTN_API xattn_status xattn_ctx_set_workspace_limit(xattn_ctx *ctx, size_t bytes);
 /* Bytes of scratch kept now. */
@@ -111,6 +129,9 @@ XATTN_API void xattn_ctx_trim(xattn_ctx *ctx);
 
 /* The default context's settings (see above). n <= 0 restores the default count. */
 XATTN_API void xattn_set_threads(int n);
+/* The default context's compute type (xattn_ctx_set_compute). */
+XATTN_API xattn_status xattn_set_compute(int compute);
+XATTN_API int xattn_get_compute(void);
 XATTN_API int xattn_get_threads(void);
 /* Name of the kernel set in use: "avx512", "avx2", "neon" (AArch64) or "scalar". */
 XATTN_API const char *xattn_isa(void);

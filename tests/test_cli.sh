@@ -484,7 +484,7 @@ for w in bf16 int8; do
     fi
 done
 if ok "bench F16 weights as stored" "$X" bench "$F/bidir_ln_f16.safetensors" --heads 2 --len 8 --reps 1; then
-    has "bench says f16" "$D.out" "weights f16]"
+    has "bench says f16" "$D.out" "weights f16, compute f32]"
 fi
 if ok "bench --weights int8" "$X" bench "$F/bidir_ln_f16.safetensors" --heads 2 --len 8 --reps 1 --weights int8 --json; then
     has "bench json weights" "$D.out" '"weights": "int8"'
@@ -492,6 +492,12 @@ fi
 if ok "inspect F32 weights" "$X" inspect "$MHA"; then
     has "inspect says f32" "$D.out" "linear weights   = f32"
 fi
+if ok "run --compute bf16" "$X" run "$F/bidir_ln_f16.safetensors" --heads 2 \
+    --x "$F/bidir_ln_x.npy" --context "$F/bidir_ln_context.npy" --compute bf16 --out-dir c_bf16; then
+    same "--compute bf16 out (32 bf16 roundoffs)" "$D/c_bf16/out.npy" "$F/bidir_ln_expected_out.npy" 0.0625
+fi
+bad "run --compute fp8" 2 "--compute: 'fp8' is not f32 or bf16" "$X" run "$F/bidir_ln_f16.safetensors" \
+    --heads 2 --x "$F/bidir_ln_x.npy" --context "$F/bidir_ln_context.npy" --compute fp8
 bad "run --weights int4" 2 "--weights: 'int4' is not auto, f32, bf16, f16 or int8" "$X" run \
     "$F/bidir_ln_f16.safetensors" --heads 2 --x "$F/bidir_ln_x.npy" --context "$F/bidir_ln_context.npy" --weights int4
 if ok "run bidir transformer" "$X" run "$BT" "${BIN[@]}" "${BMASKS[@]}" --rel-pos-bias \

@@ -21,6 +21,10 @@ bad "grad --weights bf16" 2 "--weights bf16: gradients need float32 weights" "$X
     "$F/grad_bca.safetensors" --x "$F/grad_bx.npy" --context "$F/grad_bctx.npy" \
     --grad-out "$F/grad_dout.npy" --weights bf16
 
+bad "grad --compute bf16" 2 "--compute bf16: gradients are computed in float32" "$X" grad \
+    "$F/grad_bca.safetensors" --x "$F/grad_bx.npy" --context "$F/grad_bctx.npy" \
+    --grad-out "$F/grad_dout.npy" --compute bf16
+
 ok "grad mse" "$X" grad "$F/grad_tf.safetensors" --x "$F/grad_x.npy" --context "$F/grad_ctx.npy" \
     --mask "$F/grad_mask.npy" --target "$F/grad_t.npy" --context-target "$F/grad_ct.npy" &&
     same "mse params" "$D/grads.safetensors" "$F/grad_mse.safetensors" 1e-4 &&

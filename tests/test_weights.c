@@ -15,6 +15,12 @@
  * The error each type adds to the float32 outputs is printed and bounded by its rounding. Saving
  * 16-bit weights writes them as kept; int8 saves, gradients of 16-bit modules, float16 overflow
  * and kinds without linear weights are refused with messages.
+ *
+ * Compute bf16 (xattn_set_compute): a linear layer equals the float32 product of its operands
+ * rounded to bfloat16 (within float32 summation-order rounding) on every kernel set and GEMM
+ * path; the attention op equals the float32 kernel on rounded queries, keys and values, bit for
+ * bit; modules stay within 32 bf16 unit roundoffs of PyTorch's float64 outputs; gradients are
+ * refused.
  */
 #include "kernels/kernels.h"
 #include "kernels/ops.h"
@@ -198,6 +204,102 @@ static void linear_paths(void)
     }
     CHECK_OK(xattn_set_isa("auto"));
     printf("int8 linear against float32 on the dequantised weights: max rel error %.2e\n", q8_err);
+}
+
+/* ---- compute bf16 ---------------------------------------------------------------------------- */
+
+static void round_all(float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) x[i] = xa_round_bf16(x[i]);
+}
+
+static void compute_linear(void)
+{
+    static const char *names[] = TU_ISAS;
+    static const int64_t shapes[][3] = {{5, 6, 7},  {1, 37, 19},  {3, 300, 129},  {4, 600, 300},
+                                        {7, 3, 50}, {33, 65, 70}, {100, 257, 513}};
+    double worst = 0;
+    for (int t = 0; t < TU_N_ISAS; t++) {
+        if (!xa_kern_by_name(names[t])) continue;
+        CHECK_OK(xattn_set_isa(names[t]));
+        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+            const int64_t M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
+            float *x = malloc(sizeof(float) * (size_t)(M * K)), *b = malloc(sizeof(float) * N);
+            float *Wf = malloc(sizeof(float) * (size_t)(N * K)), *xr = malloc(sizeof *xr * M * K);
+            float *y = malloc(sizeof(float) * (size_t)(M * N)), *r = malloc(sizeof *r * M * N);
+            uint16_t *h = malloc(sizeof *h * (size_t)(N * K));
+            int8_t *q = malloc((size_t)(N * K));
+            float *sc = malloc(sizeof(float) * N);
+            uint64_t st = 5 + (uint64_t)si;
+            tu_fill_uniform(x, M * K, -1.0f, 1.0f, &st);
+            tu_fill_uniform(b, N, -1.0f, 1.0f, &st);
+            memcpy(xr, x, sizeof(float) * (size_t)(M * K));
+            round_all(xr, M * K);
+            for (int dt = XA_W_F32; dt <= XA_W_Q8; dt++) {
+                xa_wt w;
+                if (dt == XA_W_F32) {
+                    tu_fill_uniform(Wf, N * K, -1.0f, 1.0f, &st);
+                    w = xa_wt_f32(Wf);
+                } else {
+                    w = make_weights(dt, N, K, &st, h, q, sc, Wf);
+                }
+                tu_fill_uniform(y, M * N, -1.0f, 1.0f, &st);
+                memcpy(r, y, sizeof(float) * (size_t)(M * N));
+                CHECK_OK(xattn_set_compute(XATTN_COMPUTE_BF16));
+                CHECK_OK(xa_op_linear_w(x, M, K, w, b, N, y, 1));
+                CHECK_OK(xattn_set_compute(XATTN_COMPUTE_F32));
+                float *wr = malloc(sizeof(float) * (size_t)(N * K));
+                memcpy(wr, Wf, sizeof(float) * (size_t)(N * K));
+                round_all(wr, N * K);
+                CHECK_OK(xa_op_linear(xr, M, K, wr, b, N, r, 1));
+                free(wr);
+                char what[160];
+                snprintf(what, sizeof what, "%s compute bf16 linear %s M%lld N%lld K%lld", names[t],
+                         MODE_NAME[dt + 1], (long long)M, (long long)N, (long long)K);
+                /* the same products, summed by the two paths in other orders (about
+                 * sqrt(K) 2^-24 of the sum of |x w|, measured below 2e-6) */
+                worst = tu_max(worst, tu_check_close(what, y, r, M * N, 1e-5));
+            }
+            free(x), free(b), free(Wf), free(xr), free(y), free(r), free(h), free(q), free(sc);
+        }
+    }
+    CHECK_OK(xattn_set_isa("auto"));
+    printf("compute bf16 linear against float32 on rounded operands: max rel error %.2e\n", worst);
+}
+
+/* The attention op in bf16 is the float32 kernel on rounded q, k, v: the same bits. */
+static void compute_attention(void)
+{
+    enum { B = 2, H = 3, I = 37, J = 29, DH = 16, DV = 8, LD = 64 };
+    float *q = malloc(sizeof(float) * B * I * LD), *k = malloc(sizeof(float) * B * J * LD);
+    float *v = malloc(sizeof(float) * B * J * LD);
+    float *o1 = calloc(B * I * LD, sizeof(float)), *o2 = calloc(B * I * LD, sizeof(float));
+    float *l1 = calloc(B * H * I, sizeof(float)), *l2 = calloc(B * H * I, sizeof(float));
+    uint64_t st = 3;
+    tu_fill_uniform(q, B * I * LD, -2.0f, 2.0f, &st);
+    tu_fill_uniform(k, B * J * LD, -2.0f, 2.0f, &st);
+    tu_fill_uniform(v, B * J * LD, -2.0f, 2.0f, &st);
+    xa_attn a;
+    memset(&a, 0, sizeof a);
+    /* heads side by side in rows of LD values (as modules read projections in place) */
+    a.B = B, a.H = H, a.I = I, a.J = J, a.dh = DH, a.dv = DV;
+    a.q = q, a.q_sb = I * LD, a.q_sh = DH, a.q_si = LD;
+    a.k = k, a.k_sb = J * LD, a.k_sh = DH, a.k_sj = LD;
+    a.v = v, a.v_sb = J * LD, a.v_sh = DV, a.v_sj = LD;
+    a.out = o1, a.o_sb = I * LD, a.o_sh = DV, a.o_si = LD;
+    a.scale = 0.25f, a.fill = XATTN_FILL_NEG_INF, a.causal = 1, a.causal_offset = 3;
+    a.lse = l1, a.fn = "test";
+    CHECK_OK(xattn_set_compute(XATTN_COMPUTE_BF16));
+    CHECK_OK(xa_op_attention(&a));
+    CHECK_OK(xattn_set_compute(XATTN_COMPUTE_F32));
+    round_all(q, B * I * LD);
+    round_all(k, B * J * LD);
+    round_all(v, B * J * LD);
+    a.out = o2, a.lse = l2;
+    CHECK_OK(xa_op_attention(&a));
+    CHECK(!memcmp(o1, o2, sizeof(float) * B * I * LD) &&
+          !memcmp(l1, l2, sizeof(float) * B * H * I));
+    free(q), free(k), free(v), free(o1), free(o2), free(l1), free(l2);
 }
 
 /* ---- modules ------------------------------------------------------------------------------- */
@@ -401,6 +503,59 @@ done32:
     xattn_st_close(st);
 }
 
+/* Modules in bf16 against PyTorch's float64 outputs: within 32 unit roundoffs (2^-9) against
+ * the outputs' scale, and not the float32 result (the mode does something). */
+static void compute_modules(void)
+{
+    static const char *files[] = {"bidir_basic.safetensors", "bidir_all_h8_dh64.safetensors",
+                                  "bidir_w_bf16.safetensors", "bidir_tf_bf16.safetensors"};
+    double worst = 0;
+    for (size_t f = 0; f < sizeof files / sizeof files[0]; f++) {
+        xattn_safetensors *st = NULL;
+        cur_file = files[f];
+        CHECK_OK(xattn_st_open(tu_fixture(files[f]), &st));
+        xattn_module *m = NULL;
+        if (st) CHECK_OK(open_as(st, XATTN_WEIGHTS_AUTO, &m));
+        if (!m) {
+            xattn_st_close(st);
+            continue;
+        }
+        run_io a, b;
+        CHECK_OK(xattn_set_compute(XATTN_COMPUTE_BF16));
+        const int ok = !forward(st, m, &a);
+        /* gradients refuse it */
+        xattn_tensor dout = a.out[0];
+        CHECK_FAIL(xattn_module_grad(NULL, m, a.in, a.n_in, NULL, 0, &dout, 1, NULL, 0, NULL),
+                   XATTN_ERR_UNSUPPORTED);
+        CHECK(strstr(xattn_last_error(), "bf16") != NULL);
+        CHECK_OK(xattn_set_compute(XATTN_COMPUTE_F32));
+        if (ok && !forward(st, m, &b))
+            for (size_t k = 0; k < a.n_out; k++) {
+                char key[96], what[256];
+                snprintf(key, sizeof key, "expected.%s", a.out[k].name);
+                if (xattn_st_find(st, key) < 0) continue;
+                xattn_array r;
+                memset(&r, 0, sizeof r);
+                const float *want = tu_get_f32(st, key, &r);
+                const int64_t n = xattn_array_numel(&r);
+                const double e = normwise(a.out[k].data, want, n);
+                snprintf(what, sizeof what, "%s compute bf16: %s", files[f], key);
+                if (e > 0x1p-4) fprintf(stderr, "%s: %.3g > 2^-4\n", what, e);
+                CHECK(e <= 0x1p-4);
+                CHECK(memcmp(a.out[k].data, b.out[k].data, sizeof(float) * n) != 0);
+                worst = tu_max(worst, e);
+                xattn_array_free(&r);
+            }
+        free_io(&a);
+        free_io(&b);
+        xattn_module_free(m);
+        xattn_st_close(st);
+    }
+    printf("modules in compute bf16 against float64: max error %.2e of the outputs' scale\n",
+           worst);
+    CHECK(worst > 0);
+}
+
 /* Saving: 16-bit weights are written as kept (and give the same module back); int8 refused. */
 static void saving(void)
 {
@@ -514,5 +669,8 @@ int main(void)
     CHECK(n_refused >= 6);       /* conv2d and mutual: bf16, f16, int8 */
     saving();
     refusals();
+    compute_linear();
+    compute_attention();
+    compute_modules();
     return tu_finish("test_weights");
 }

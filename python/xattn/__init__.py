@@ -25,6 +25,21 @@ def get_threads():
     return _clib.xattn_get_threads()
 
 
+def set_compute(kind):
+    """The type the modules' products compute in: "f32" (the default) or "bf16" (operands of
+    the linear layers and of attention's queries, keys and values rounded to bfloat16, float32
+    accumulation; softmax, norms and outputs float32; inference only: .grad() refuses it)."""
+    codes = {"f32": 0, "bf16": 1}
+    if kind not in codes:
+        raise ValueError(f"set_compute: expected 'f32' or 'bf16', got {kind!r}")
+    _clib.xattn_set_compute(codes[kind])
+
+
+def get_compute():
+    """"f32" or "bf16" (set_compute)."""
+    return "bf16" if _clib.xattn_get_compute() == 1 else "f32"
+
+
 def kernel_set():
     """The kernel set chosen for this CPU ("avx512", "avx2", "neon" or "scalar")."""
     return _clib.xattn_isa().decode()
@@ -37,5 +52,6 @@ def set_kernel_set(name):
 
 
 __all__ = ["Error", "FormatError", "IoSpec", "LanguageModel", "Module",
-           "bidirectional_attention", "create", "export", "load", "load_lm", "sdpa", "set_threads", "get_threads", "kernel_set", "set_kernel_set",
+           "bidirectional_attention", "create", "export", "load", "load_lm", "sdpa", "set_threads", "get_threads", "set_compute", "get_compute", "kernel_set",
+           "set_kernel_set",
            "__version__"]

@@ -49,6 +49,9 @@ lib.xattn_isa.restype = C.c_char_p
 lib.xattn_set_isa.argtypes = [C.c_char_p]
 lib.xattn_set_threads.argtypes = [C.c_int]
 lib.xattn_get_threads.restype = C.c_int
+lib.xattn_set_compute.argtypes = [C.c_int]
+lib.xattn_set_compute.restype = C.c_int
+lib.xattn_get_compute.restype = C.c_int
 
 
 def last_error():

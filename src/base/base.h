@@ -77,6 +77,12 @@ static inline uint16_t xa_f32_to_half(float x, int f16)
     return (uint16_t)(sign | ((r + 0xfffu + ((r >> 13) & 1u)) >> 13));
 }
 
+/* x rounded to the nearest bfloat16 (ties to even), as a float. */
+static inline float xa_round_bf16(float x) { return xa_half_to_f32(xa_f32_to_half(x, 0), 0); }
+
+/* Whether the calling thread's current context computes in bf16 (xattn_ctx_set_compute). */
+int xa_compute_bf16(void);
+
 /* Records a one-line message for xattn_last_error() and returns `s`. */
 xattn_status xa_error(xattn_status s, const char *fmt, ...) XA_PRINTF(2, 3);
 /* Clears the message (on success paths of public entry points). */

@@ -41,6 +41,7 @@ struct xa_ws {
 struct xattn_ctx {
     _Atomic int threads;            /* 0 = the default count              */
     _Atomic(const xa_kernels *) kt; /* NULL = the best table for this CPU */
+    _Atomic int compute;            /* xattn_compute                      */
     xa_ws_pool pool;
     int is_default;
     void *dist;                /* the communicator's state (src/dist), or NULL */
@@ -184,6 +185,31 @@ xattn_status xattn_ctx_set_isa(xattn_ctx *c, const char *name)
 }
 
 const char *xattn_ctx_get_isa(const xattn_ctx *c) { return xa_ctx_kern(c)->name; }
+
+/* ---- compute type ----------------------------------------------------------------------- */
+
+xattn_status xattn_ctx_set_compute(xattn_ctx *ctx, int compute)
+{
+    if (compute != XATTN_COMPUTE_F32 && compute != XATTN_COMPUTE_BF16)
+        return xa_error(XATTN_ERR_ARG,
+                        "xattn_ctx_set_compute: %d is not XATTN_COMPUTE_F32 (0) or "
+                        "XATTN_COMPUTE_BF16 (1)",
+                        compute);
+    atomic_store(&(ctx ? ctx : &default_ctx)->compute, compute);
+    xa_clear_error();
+    return XATTN_OK;
+}
+
+int xattn_ctx_get_compute(const xattn_ctx *ctx)
+{
+    return atomic_load(&ctx_or_default(ctx)->compute);
+}
+
+xattn_status xattn_set_compute(int compute) { return xattn_ctx_set_compute(NULL, compute); }
+
+int xattn_get_compute(void) { return xattn_ctx_get_compute(NULL); }
+
+int xa_compute_bf16(void) { return xattn_ctx_get_compute(xa_ctx_cur()) == XATTN_COMPUTE_BF16; }
 
 void *xa_ctx_dist(const xattn_ctx *c) { return ctx_or_default(c)->dist; }
 

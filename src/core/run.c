@@ -506,6 +506,11 @@ static xattn_status module_grad(xattn_ctx *ctx, const xattn_module *mod, const x
                         "%s has no backward yet (kinds with one: "
                         "xattn_kind_has_backward)",
                         k->name);
+    if (xattn_ctx_get_compute(ctx) != XATTN_COMPUTE_F32)
+        return xa_error(XATTN_ERR_UNSUPPORTED,
+                        "%s: gradients are computed in float32; the context computes in bf16 "
+                        "(xattn_ctx_set_compute: inference only)",
+                        fn);
     if (xa_params_reduced(&m->params))
         return xa_error(XATTN_ERR_UNSUPPORTED,
                         "%s: gradients need float32 weights; this module keeps its linear "

@@ -67,6 +67,7 @@ typedef struct gemm_job {
      * (nr x KC per thread, after the B block) are packed like float ones */
     xa_wt w;
     int64_t cv_size;
+    int bf16; /* operands rounded to bfloat16 as they are packed (XATTN_COMPUTE_BF16) */
 } gemm_job;
 
 /* ---- packing ---------------------------------------------------------------------------- */
@@ -278,6 +279,12 @@ static void macro_kernel(const gemm_job *g, const float *Ap, const float *Bp, in
     }
 }
 
+/* n packed values rounded to bfloat16 in place (compute bf16). */
+static void round_bf16(float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) x[i] = xa_round_bf16(x[i]);
+}
+
 /* The blocked loops over C rows [m0, m1) x columns [n0, n1), with this thread's buffers. */
 static void gemm_rect(const gemm_job *g, float *Ap, float *Bp, int64_t m0, int64_t m1, int64_t n0,
                       int64_t n1)
@@ -287,9 +294,11 @@ static void gemm_rect(const gemm_job *g, float *Ap, float *Bp, int64_t m0, int64
         for (int64_t pc = 0; pc < g->K; pc += g->KC) {
             const int64_t kc = XA_MIN(g->KC, g->K - pc);
             pack_a_block(g, Ap, ic, mc, pc, kc);
+            if (g->bf16) round_bf16(Ap, (mc + g->kt->mr - 1) / g->kt->mr * g->kt->mr * kc);
             for (int64_t jc = n0; jc < n1; jc += g->NC) {
                 const int64_t nc = XA_MIN(g->NC, n1 - jc);
                 pack_b_block(g, Bp, jc, nc, pc, kc);
+                if (g->bf16) round_bf16(Bp, (nc + g->kt->nr - 1) / g->kt->nr * g->kt->nr * kc);
                 macro_kernel(g, Ap, Bp, ic, mc, jc, nc, pc, kc);
             }
         }
@@ -574,7 +583,7 @@ static void block_sizes(const xa_kernels *kt, int64_t K, int64_t *MC, int64_t *K
  * tb = 1, B NULL; a float32 GEMM falls back to the direct loops instead). */
 static int gemm_run(const xa_kernels *kt, int ta, int tb, int64_t M, int64_t N, int64_t K,
                     float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
-                    float beta, const float *bias, float *C, int64_t ldc, const xa_wt *w)
+                    float beta, const float *bias, float *C, int64_t ldc, const xa_wt *w, int bf16)
 {
     if (M <= 0 || N <= 0) return 0;
     if (!kt) kt = xa_kern();
@@ -593,7 +602,8 @@ static int gemm_run(const xa_kernels *kt, int ta, int tb, int64_t M, int64_t N, 
                   .ldb = ldb,
                   .ldc = ldc,
                   .C = C,
-                  .w = w ? *w : xa_wt_f32(NULL)};
+                  .w = w ? *w : xa_wt_f32(NULL),
+                  .bf16 = bf16};
     if (K <= 0 || alpha == 0.0f) {
         gemm_scale_only(&g);
         return 0;
@@ -601,14 +611,32 @@ static int gemm_run(const xa_kernels *kt, int ta, int tb, int64_t M, int64_t N, 
     /* M*N*K, saturating (only compared against thresholds) */
     double work = (double)M * (double)N * (double)K;
     const int direct = work < XA_GEMM_SMALL || kt->mr * kt->nr > XA_MAX_TILE;
-    if (g.w.dt != XA_W_F32 && (direct || (N <= XA_GEMM_SKINNY && M > XA_GEMM_SKINNY))) {
+    if (bf16 && direct) { /* small: op(A) and op(B) rounded into copies, then float32 */
+        xa_ws *wc = xa_ws_get(sizeof(float) * (size_t)((M + N) * K));
+        if (!wc) return -1;
+        float *A2 = xa_ws_data(wc), *B2 = A2 + M * K;
+        for (int64_t i = 0; i < M; i++)
+            for (int64_t p = 0; p < K; p++)
+                A2[i * K + p] = xa_round_bf16(ta ? A[p * lda + i] : A[i * lda + p]);
+        if (g.w.dt != XA_W_F32)
+            xa_wt_rows_f32(kt, g.w, 0, N, K, B2);
+        else
+            for (int64_t j = 0; j < N; j++)
+                for (int64_t p = 0; p < K; p++)
+                    B2[j * K + p] = tb ? B[j * ldb + p] : B[p * ldb + j];
+        round_bf16(B2, N * K);
+        gemm_run(kt, 0, 1, M, N, K, alpha, A2, K, B2, K, beta, bias, C, ldc, NULL, 0);
+        xa_ws_put(wc);
+        return 0;
+    }
+    if (g.w.dt != XA_W_F32 && (direct || (!bf16 && N <= XA_GEMM_SKINNY && M > XA_GEMM_SKINNY))) {
         /* few weights (N * K below XA_GEMM_SMALL, or at most 4 rows): converted whole, then
          * the float32 product of the same shape */
         xa_ws *wc = xa_ws_get(sizeof(float) * (size_t)(N * K));
         if (!wc) return -1;
         float *Wf = xa_ws_data(wc);
         xa_wt_rows_f32(kt, g.w, 0, N, K, Wf);
-        gemm_run(kt, ta, 1, M, N, K, alpha, A, lda, Wf, K, beta, bias, C, ldc, NULL);
+        gemm_run(kt, ta, 1, M, N, K, alpha, A, lda, Wf, K, beta, bias, C, ldc, NULL, bf16);
         xa_ws_put(wc);
         return 0;
     }
@@ -624,8 +652,9 @@ static int gemm_run(const xa_kernels *kt, int ta, int tb, int64_t M, int64_t N, 
         if (cap < nt) nt = cap < 1 ? 1 : (int)cap;
     }
 #endif
-    if (M <= XA_GEMM_SKINNY || N <= XA_GEMM_SKINNY) {
-        /* a few rows (e.g. one token through a linear layer) or columns: memory bound */
+    if (!bf16 && (M <= XA_GEMM_SKINNY || N <= XA_GEMM_SKINNY)) {
+        /* a few rows (e.g. one token through a linear layer) or columns: memory bound (in bf16
+         * the blocked path, which rounds the operands as it packs them) */
         return gemm_skinny(&g, nt);
     }
     block_sizes(kt, K, &g.MC, &g.KC, &g.NC);
@@ -646,7 +675,7 @@ static int gemm_run(const xa_kernels *kt, int ta, int tb, int64_t M, int64_t N, 
     const int64_t per_thread = g.ap_size + g.bp_size + g.cv_size;
     xa_ws *ws = xa_ws_get(sizeof(float) * (size_t)(per_thread * nt));
     if (!ws) { /* out of memory: slow but correct */
-        if (g.w.dt != XA_W_F32) return -1;
+        if (g.w.dt != XA_W_F32 || bf16) return -1;
         xa_clear_error();
         gemm_direct(&g);
         return 0;
@@ -668,7 +697,7 @@ static int gemm_run(const xa_kernels *kt, int ta, int tb, int64_t M, int64_t N, 
 }
 
 int xa_gemm_wt(const xa_kernels *kt, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
-               xa_wt w, const float *bias, int accumulate, float *C, int64_t ldc)
+               xa_wt w, const float *bias, int accumulate, float *C, int64_t ldc, int bf16)
 {
     if (accumulate && bias && M > 0 && N > 0) { /* C + bias first, then C += A W^T */
         for (int64_t i = 0; i < M; i++)
@@ -676,8 +705,8 @@ int xa_gemm_wt(const xa_kernels *kt, int64_t M, int64_t N, int64_t K, const floa
         bias = NULL;
     }
     const float *Wf = w.dt == XA_W_F32 ? (const float *)w.p : NULL;
-    if (gemm_run(kt, 0, 1, M, N, K, 1.0f, A, lda, Wf, K, accumulate ? 1.0f : 0.0f, bias, C, ldc,
-                 &w))
+    if (gemm_run(kt, 0, 1, M, N, K, 1.0f, A, lda, Wf, K, accumulate ? 1.0f : 0.0f, bias, C, ldc, &w,
+                 bf16))
         return -1;
     return 0;
 }
@@ -687,7 +716,15 @@ void xa_sgemm(const xa_kernels *kt, int trans_a, int trans_b, int64_t M, int64_t
               float *C, int64_t ldc)
 {
     gemm_run(kt, trans_a != 0, trans_b != 0, M, N, K, alpha, A, lda, B, ldb, beta, NULL, C, ldc,
-             NULL);
+             NULL, 0);
+}
+
+int xa_sgemm_bf16(const xa_kernels *kt, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+                  float alpha, const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
+                  float *C, int64_t ldc)
+{
+    return gemm_run(kt, trans_a != 0, trans_b != 0, M, N, K, alpha, A, lda, B, ldb, beta, NULL, C,
+                    ldc, NULL, 1);
 }
 
 /* ---- public API ------------------------------------------------------------------------- */
@@ -744,7 +781,7 @@ xattn_status xattn_linear(const float *x, int64_t M, int64_t K, const float *W, 
         if ((s = check_matrix(fn, "x", "K", x, M, K, K))) return s;
         if ((s = check_matrix(fn, "W", "K", W, N, K, K))) return s;
     }
-    gemm_run(NULL, 0, 1, M, N, K, 1.0f, x, K, W, K, 0.0f, b, y, N, NULL);
+    gemm_run(NULL, 0, 1, M, N, K, 1.0f, x, K, W, K, 0.0f, b, y, N, NULL, 0);
     xa_clear_error();
     return XATTN_OK;
 }

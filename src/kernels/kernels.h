@@ -101,10 +101,16 @@ static inline const float *xa_wt_f(xa_wt w) { return w.dt == XA_W_F32 ? (const f
 void xa_wt_rows_f32(const xa_kernels *kt, xa_wt w, int64_t r0, int64_t n, int64_t K, float *dst);
 /* C (M, N) = A (M, K, row stride lda) W^T (+ bias (N) when not NULL; + C when accumulate),
  * W (N, K) kept as w says; the blocked GEMM converts W while packing it, so the result equals
- * xa_sgemm on the converted float32 matrix, bit for bit. kt NULL: the current table. Returns 0,
+ * xa_sgemm on the converted float32 matrix, bit for bit. bf16: both operands rounded to
+ * bfloat16 as they are packed (compute bf16). kt NULL: the current table. Returns 0,
  * or -1 out of memory (error message set; only with weights kept in another type). */
 int xa_gemm_wt(const xa_kernels *kt, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
-               xa_wt w, const float *bias, int accumulate, float *C, int64_t ldc);
+               xa_wt w, const float *bias, int accumulate, float *C, int64_t ldc, int bf16);
+/* xa_sgemm with both operands rounded to bfloat16 (float32 accumulation: compute bf16).
+ * Returns 0, or -1 out of memory (error message set). */
+int xa_sgemm_bf16(const xa_kernels *kt, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+                  float alpha, const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
+                  float *C, int64_t ldc);
 
 /* The int8 kernels stream their weights from memory once per call (decoding), faster than the
  * hardware prefetcher follows two rows at a time: they ask for the rows XA_Q8_AHEAD rows on,

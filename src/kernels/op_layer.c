@@ -15,6 +15,7 @@ static int chunk_threads(int64_t n) { return n >= 8 * XA_CHUNK ? xa_threads() : 
 xattn_status xa_op_linear(const float *x, int64_t M, int64_t K, const float *W, const float *b,
                           int64_t N, float *y, int accumulate)
 {
+    if (xa_compute_bf16()) return xa_op_linear_w(x, M, K, xa_wt_f32(W), b, N, y, accumulate);
     if (!accumulate) return xattn_linear(x, M, K, W, b, N, y);
     if (b) xa_op_add_rows(y, M, N, b, 1.0f);
     if (M == 0 || N == 0 || K == 0) return XATTN_OK;
@@ -63,10 +64,12 @@ xattn_status xa_op_linear_w(const float *x, int64_t M, int64_t K, xa_wt W, const
                             int64_t N, float *y, int accumulate)
 {
     enum { Q8_ROWS = 8 }; /* the int8 dot kernels read each weight row once per 4 rows */
-    if (W.dt == XA_W_F32) return xa_op_linear(x, M, K, (const float *)W.p, b, N, y, accumulate);
-    if (W.dt == XA_W_Q8 && M <= Q8_ROWS)
+    const int bf16 = xa_compute_bf16();
+    if (W.dt == XA_W_F32 && !bf16)
+        return xa_op_linear(x, M, K, (const float *)W.p, b, N, y, accumulate);
+    if (W.dt == XA_W_Q8 && M <= Q8_ROWS && !bf16)
         return xa_op_linear_q8(x, M, K, (const int8_t *)W.p, W.scale, b, N, y, accumulate);
-    if (xa_gemm_wt(NULL, M, N, K, x, K, W, b, accumulate, y, N)) return XATTN_ERR_NOMEM;
+    if (xa_gemm_wt(NULL, M, N, K, x, K, W, b, accumulate, y, N, bf16)) return XATTN_ERR_NOMEM;
     return XATTN_OK;
 }
 
@@ -142,6 +145,9 @@ xattn_status xa_op_linear_cm(const float *x, int64_t M, int64_t K, const float *
         for (int64_t p = 0; p < M; p++) memcpy(y + p * N, b, (size_t)N * sizeof(float));
         beta = 1.0f;
     }
+    if (xa_compute_bf16())
+        return xa_sgemm_bf16(NULL, 1, 1, M, N, K, 1.0f, x, M, W, K, beta, y, N) ? XATTN_ERR_NOMEM
+                                                                                : XATTN_OK;
     return xattn_sgemm(1, 1, M, N, K, 1.0f, x, M, W, K, beta, y, N);
 }
 
@@ -304,9 +310,59 @@ void xa_attn_heads(xa_attn *a, int64_t B, int64_t H, int64_t I, int64_t J, int64
     a->out = out, a->o_sb = I * o_ld, a->o_sh = dv, a->o_si = o_ld;
 }
 
-xattn_status xa_op_attention(const xa_attn *p) { return xa_attention(p); }
+/* Compute bf16: per-head rows (B, H, R, d) at src (strides sb, sh, sr) rounded to bfloat16 into
+ * dst, contiguous; *sb, *sh, *sr become dst's strides. */
+static const float *rounded_heads(const float *src, int64_t B, int64_t H, int64_t R, int64_t d,
+                                  int64_t *sb, int64_t *sh, int64_t *sr, float *dst)
+{
+    if (!src) return NULL;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t r = 0; r < R; r++) {
+                const float *s = src + b * *sb + h * *sh + r * *sr;
+                float *t = dst + ((b * H + h) * R + r) * d;
+                for (int64_t c = 0; c < d; c++) t[c] = xa_round_bf16(s[c]);
+            }
+    *sb = H * R * d, *sh = R * d, *sr = d;
+    return dst;
+}
 
-xattn_status xa_op_bidir_attention(const xa_bidir *p) { return xa_bidir_attention(p); }
+xattn_status xa_op_attention(const xa_attn *p)
+{
+    if (!xa_compute_bf16()) return xa_attention(p);
+    /* queries, keys and values rounded to bfloat16 (probabilities and statistics float32) */
+    const int64_t nq = p->B * p->H * p->I * p->dh, nk = p->B * p->H * p->J * p->dh,
+                  nv = p->v ? p->B * p->H * p->J * p->dv : 0;
+    xa_ws *ws = xa_ws_get(sizeof(float) * (size_t)(nq + nk + nv + 1));
+    if (!ws) return XATTN_ERR_NOMEM;
+    float *buf = xa_ws_data(ws);
+    xa_attn a = *p;
+    a.q = rounded_heads(p->q, p->B, p->H, p->I, p->dh, &a.q_sb, &a.q_sh, &a.q_si, buf);
+    a.k = rounded_heads(p->k, p->B, p->H, p->J, p->dh, &a.k_sb, &a.k_sh, &a.k_sj, buf + nq);
+    a.v = rounded_heads(p->v, p->B, p->H, p->J, p->dv, &a.v_sb, &a.v_sh, &a.v_sj, buf + nq + nk);
+    xattn_status s = xa_attention(&a);
+    xa_ws_put(ws);
+    return s;
+}
+
+xattn_status xa_op_bidir_attention(const xa_bidir *p)
+{
+    if (!xa_compute_bf16()) return xa_bidir_attention(p);
+    const int64_t ni = p->B * p->H * p->I * p->dh, nj = p->B * p->H * p->J * p->dh;
+    xa_ws *ws = xa_ws_get(sizeof(float) * (size_t)(2 * (ni + nj) + 1));
+    if (!ws) return XATTN_ERR_NOMEM;
+    float *buf = xa_ws_data(ws);
+    xa_bidir a = *p;
+    a.qk = rounded_heads(p->qk, p->B, p->H, p->I, p->dh, &a.qk_sb, &a.qk_sh, &a.qk_si, buf);
+    a.cqk =
+        rounded_heads(p->cqk, p->B, p->H, p->J, p->dh, &a.cqk_sb, &a.cqk_sh, &a.cqk_sj, buf + ni);
+    a.v = rounded_heads(p->v, p->B, p->H, p->I, p->dh, &a.v_sb, &a.v_sh, &a.v_si, buf + ni + nj);
+    a.cv = rounded_heads(p->cv, p->B, p->H, p->J, p->dh, &a.cv_sb, &a.cv_sh, &a.cv_sj,
+                         buf + 2 * ni + nj);
+    xattn_status s = xa_bidir_attention(&a);
+    xa_ws_put(ws);
+    return s;
+}
 
 xattn_status xa_op_bidir_backward(const xa_bidir *p, const xa_bidir_grad *g)
 {

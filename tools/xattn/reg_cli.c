@@ -14,9 +14,9 @@
 
 /* ---- parsing ---------------------------------------------------------------------------- */
 
-static const char *const FIXED_VALUE[] = {"--module", "--prefix", "--out-dir", "--threads",
-                                          "--reps",   "--len",    "--weights", "--context-len",
-                                          "--batch",  NULL};
+static const char *const FIXED_VALUE[] = {"--module",      "--prefix", "--out-dir", "--threads",
+                                          "--reps",        "--len",    "--weights", "--compute",
+                                          "--context-len", "--batch",  NULL};
 static const char *const FIXED_FLAG[] = {"--return-attn", "--allow-nonfinite", "--json", NULL};
 
 static int in_list(const char *const *l, const char *s)
@@ -32,6 +32,7 @@ static int set_fixed(const char *cmd, reg_args *a, const char *flag, const char 
                        : !strcmp(flag, "--prefix")  ? &a->prefix
                        : !strcmp(flag, "--out-dir") ? &a->out_dir
                        : !strcmp(flag, "--weights") ? &a->weights
+                       : !strcmp(flag, "--compute") ? &a->compute
                                                     : NULL;
     if (dst) {
         if (!*val && dst != &a->prefix) return cli_usage(cmd, "%s: empty value", flag);
@@ -292,6 +293,8 @@ static int option_error(const char *cmd, const char *model, const reg_state *s)
 int reg_open(const char *cmd, const reg_args *a, reg_state *s)
 {
     memset(s, 0, sizeof *s);
+    if (a->need_f32 && a->compute && strcmp(a->compute, "f32"))
+        return cli_usage(cmd, "--compute %s: gradients are computed in float32", a->compute);
     if (a->kind) { /* --module names a kind of the registry */
         char list[512];
         size_t o = 0, known = 0;
@@ -361,6 +364,27 @@ int reg_open(const char *cmd, const reg_args *a, reg_state *s)
         char e[1024]; /* the kind named is not what the file holds: both said */
         snprintf(e, sizeof e, "%s", xattn_last_error());
         return cli_error(cmd, a->model, "%s: %s", why, e);
+    }
+    return 0;
+}
+
+int reg_context(const char *cmd, const reg_args *a, xattn_ctx **ctx)
+{
+    *ctx = NULL;
+    int compute = XATTN_COMPUTE_F32;
+    if (a->compute && strcmp(a->compute, "f32")) {
+        char shown[64];
+        if (strcmp(a->compute, "bf16"))
+            return cli_usage(cmd, "--compute: '%s' is not f32 or bf16",
+                             cli_printable(a->compute, shown, sizeof shown));
+        if (a->need_f32) return cli_usage(cmd, "--compute bf16: gradients are computed in float32");
+        compute = XATTN_COMPUTE_BF16;
+    }
+    if (xattn_ctx_new(ctx) || (a->threads && xattn_ctx_set_threads(*ctx, (int)a->threads)) ||
+        xattn_ctx_set_compute(*ctx, compute)) {
+        xattn_ctx_free(*ctx);
+        *ctx = NULL;
+        return cli_lib_error(cmd, NULL);
     }
     return 0;
 }

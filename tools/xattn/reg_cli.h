@@ -15,6 +15,7 @@
 typedef struct reg_args {
     const char *model, *kind, *prefix, *out_dir;
     const char *weights; /* --weights (NULL: as stored; float32 where need_f32)               */
+    const char *compute; /* --compute f32|bf16 (NULL: f32)                                    */
     int need_f32;        /* set by grad and train before reg_open: gradients need float32 */
     long long threads, reps, len, context_len, batch;
     int return_all, allow_nonfinite, json;
@@ -121,5 +122,8 @@ int reg_cmd_run(const char *cmd, int argc, char **argv);
 int reg_cmd_grad(const char *cmd, int argc, char **argv);
 /* `xattn bench` through the registry. */
 int reg_cmd_bench(const char *cmd, int argc, char **argv);
+
+/* A context for the run: --threads and --compute (usage errors for a bad value). */
+int reg_context(const char *cmd, const reg_args *a, xattn_ctx **ctx);
 
 #endif

@@ -204,6 +204,10 @@ static void help_run(void)
            "                        wider files; read exactly, so results equal float32 weights\n"
            "                        of the same values); int8 (a quarter of the memory: per\n"
            "                        output channel scales computed at load)\n"
+           "  --compute C           f32 [default], or bf16: the products read their operands\n"
+           "                        rounded to bfloat16 and accumulate in float32 (the linear\n"
+           "                        layers, attention's queries, keys and values; softmax,\n"
+           "                        norms and outputs stay float32)\n"
            "  --return-attn         also write the optional outputs (the attention maps)\n"
            "  --out-dir DIR         where the outputs go (default '.')\n"
            "  --threads N           threads (default: all cores)\n"
@@ -223,7 +227,8 @@ int reg_cmd_run(const char *cmd, int argc, char **argv)
         printf(
             "usage: xattn run MODEL.safetensors [--module KIND] [--prefix P] --INPUT FILE.npy ...\n"
             "                 [--OPTION VALUE ...] [--return-attn] [--out-dir DIR] [--threads N]\n"
-            "                 [--weights auto|f32|bf16|f16|int8] [--allow-nonfinite]\n\n");
+            "                 [--weights auto|f32|bf16|f16|int8] [--compute f32|bf16]\n"
+            "                 [--allow-nonfinite]\n\n");
         char kb[64] = "";
         const char *kind = kind_of(&a, kb, sizeof kb);
         if (kind)
@@ -238,8 +243,7 @@ int reg_cmd_run(const char *cmd, int argc, char **argv)
     if (!(rc = reg_open(cmd, &a, &s)) && !(rc = reg_check_weights(cmd, &a, &s)) &&
         !(rc = reg_inputs(cmd, &a, &s, 0)) && !(rc = reg_outputs(cmd, &a, &s))) {
         xattn_ctx *ctx = NULL;
-        if (a.threads && (xattn_ctx_new(&ctx) || xattn_ctx_set_threads(ctx, (int)a.threads)))
-            rc = cli_lib_error(cmd, NULL);
+        rc = reg_context(cmd, &a, &ctx);
         if (!rc) rc = reg_forward(cmd, &a, &s, ctx);
         if (!rc) rc = reg_write(cmd, &a, &s);
         if (!rc) reg_warn(cmd, &a, &s);
@@ -270,17 +274,18 @@ static void report(const reg_args *a, const reg_state *s, const double *ts, long
             a->json ? ", " : (i ? " " : ""), s->sym[i], (long long)s->sym_val[i]);
     const int wk = s->m ? xattn_module_weights(s->m) : XATTN_WEIGHTS_F32;
     const char *weights = wk == XATTN_WEIGHTS_AUTO ? "mixed" : xattn_weights_name(wk);
+    const char *compute = xattn_ctx_get_compute(ctx) == XATTN_COMPUTE_BF16 ? "bf16" : "f32";
     if (a->json)
         printf("{\"module\": \"%s\", \"kind\": \"%s\"%s, \"seconds\": %.6g, \"min_seconds\": %.6g, "
                "\"reps\": %lld, \"threads\": %d, \"isa\": \"%s\", \"weights\": \"%s\", "
-               "\"peak_rss_mb\": %.1f, \"peak_rss_source\": \"%s\"}\n",
+               "\"compute\": \"%s\", \"peak_rss_mb\": %.1f, \"peak_rss_source\": \"%s\"}\n",
                ref, s->kind, sizes, ts[reps / 2], ts[0], reps, xattn_ctx_get_threads(ctx),
-               xattn_ctx_get_isa(ctx), weights, rss, *note ? "ru_maxrss" : "VmHWM");
+               xattn_ctx_get_isa(ctx), weights, compute, rss, *note ? "ru_maxrss" : "VmHWM");
     else
         printf("%s (%s)  %s  forward %.3f ms (median of %lld, best %.3f ms)  peak RSS %.1f MB%s  "
-               "[%s, %d threads, weights %s]\n",
+               "[%s, %d threads, weights %s, compute %s]\n",
                ref, s->kind, sizes, ts[reps / 2] * 1e3, reps, ts[0] * 1e3, rss, note,
-               xattn_ctx_get_isa(ctx), xattn_ctx_get_threads(ctx), weights);
+               xattn_ctx_get_isa(ctx), xattn_ctx_get_threads(ctx), weights, compute);
 }
 
 int reg_cmd_bench(const char *cmd, int argc, char **argv)
@@ -294,15 +299,15 @@ int reg_cmd_bench(const char *cmd, int argc, char **argv)
             "...]\n"
             "                   [--OPTION VALUE ...] [--batch B] [--len I] [--context-len J]\n"
             "                   [--reps N] [--threads N] [--return-attn] [--out-dir DIR] [--json]\n"
-            "                   [--weights auto|f32|bf16|f16|int8]\n"
+            "                   [--weights auto|f32|bf16|f16|int8] [--compute f32|bf16]\n"
             "\n"
             "Times the forward of a module (any kind 'xattn run' takes, with the same inputs and\n"
             "options) after one warm-up run: the median of --reps runs (default 5) and the peak\n"
             "resident memory of this process (VmHWM). Inputs not given (but masks and biases)\n"
             "are made: the batch of the given inputs (else --batch, default 1), the first other\n"
             "size --len (default 1024), the next --context-len (default 2 * --len). --out-dir\n"
-            "also writes the outputs of the last run. --weights as 'xattn run' (the weights'\n"
-            "type shows in the report).\n\n");
+            "also writes the outputs of the last run. --weights and --compute as 'xattn run'\n"
+            "(both show in the report).\n\n");
         char kb[64] = "";
         const char *kind = kind_of(&a, kb, sizeof kb);
         if (kind)
@@ -320,8 +325,7 @@ int reg_cmd_bench(const char *cmd, int argc, char **argv)
     if (!ts) return cli_error(cmd, NULL, "out of memory");
     if (!(rc = reg_open(cmd, &a, &s)) && !(rc = reg_check_weights(cmd, &a, &s)) &&
         !(rc = reg_inputs(cmd, &a, &s, 1)) && !(rc = reg_outputs(cmd, &a, &s))) {
-        if (xattn_ctx_new(&ctx) || (a.threads && xattn_ctx_set_threads(ctx, (int)a.threads)))
-            rc = cli_lib_error(cmd, NULL);
+        rc = reg_context(cmd, &a, &ctx);
         for (long long r = -1; !rc && r < reps; r++) {
             double t = cli_now();
             rc = reg_forward(cmd, &a, &s, ctx);
