@@ -69,9 +69,11 @@ torch.set_num_threads(threads)
 m = BertLMHeadModel(BertConfig.from_pretrained(d)).eval()
 m.load_state_dict(load_file(f"{d}/model.safetensors"), strict=False)
 m.tie_weights()
+dtype = getattr(torch, sys.argv[6]) if len(sys.argv) > 6 else torch.float32  # the model's type
+m = m.to(dtype)
 base, hwm0 = status_mb("VmRSS"), status_mb("VmHWM")
 restarted = base is not None and reset_peak()
-mem = torch.from_numpy(np.load(f"{d}/memory.npy"))
+mem = torch.from_numpy(np.load(f"{d}/memory.npy")).to(dtype)
 def gen(n):
     return m.generate(input_ids=torch.tensor([[101]]), encoder_hidden_states=mem,
                       max_new_tokens=n, num_beams=beams, do_sample=False, pad_token_id=0,
