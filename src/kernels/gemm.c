@@ -447,11 +447,11 @@ static void skinny_range(const gemm_job *g, const skinny *k, int64_t n0, int64_t
          * gathered by the caller if they were not) */
         float d[XA_GEMM_SKINNY];
         for (int64_t j = n0; j < n1; j++) {
-            const float *y = k->Y + j * k->ys_n;
-            if (g->w.dt != XA_W_F32) {
+            const float *y = cv;
+            if (g->w.dt != XA_W_F32) /* Y is W, kept in another type: row j converted */
                 wt_seg(g->kt, g->w, K, j, 0, K, cv);
-                y = cv;
-            }
+            else
+                y = k->Y + j * k->ys_n;
             g->kt->dotn(k->X, k->xs_r, k->ms, y, K, d);
             for (int64_t r = 0; r < k->ms; r++) {
                 float *c = k->R + r * k->rs_r + j * k->rs_n;
@@ -629,9 +629,10 @@ static int gemm_run(const xa_kernels *kt, int ta, int tb, int64_t M, int64_t N, 
         xa_ws_put(wc);
         return 0;
     }
-    if (g.w.dt != XA_W_F32 && (direct || (!bf16 && N <= XA_GEMM_SKINNY && M > XA_GEMM_SKINNY))) {
-        /* few weights (N * K below XA_GEMM_SMALL, or at most 4 rows): converted whole, then
-         * the float32 product of the same shape */
+    if (g.w.dt != XA_W_F32 &&
+        (direct || (!bf16 && ((N <= XA_GEMM_SKINNY && M > XA_GEMM_SKINNY) || K == 1)))) {
+        /* few weights (N * K below XA_GEMM_SMALL, at most 4 rows, or rows of one value):
+         * converted whole, then the float32 product of the same shape */
         xa_ws *wc = xa_ws_get(sizeof(float) * (size_t)(N * K));
         if (!wc) return -1;
         float *Wf = xa_ws_data(wc);
