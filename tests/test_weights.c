@@ -155,6 +155,34 @@ static xa_wt make_weights(int dt, int64_t N, int64_t K, uint64_t *st, uint16_t *
     return (xa_wt){h, NULL, dt};
 }
 
+/* The arrays of one linear problem (M, N, K): x, bias, the weights as float32 and as kept, the
+ * outputs; x and the bias filled. */
+typedef struct lin_bufs {
+    float *x, *b, *Wf, *y, *r, *sc;
+    uint16_t *h;
+    int8_t *q;
+} lin_bufs;
+
+static void lin_alloc(lin_bufs *l, int64_t M, int64_t N, int64_t K, uint64_t *st)
+{
+    l->x = malloc(sizeof(float) * (size_t)(M * K));
+    l->b = malloc(sizeof(float) * (size_t)N);
+    l->Wf = malloc(sizeof(float) * (size_t)(N * K));
+    l->y = malloc(sizeof(float) * (size_t)(M * N));
+    l->r = malloc(sizeof(float) * (size_t)(M * N));
+    l->sc = malloc(sizeof(float) * (size_t)N);
+    l->h = malloc(sizeof(uint16_t) * (size_t)(N * K));
+    l->q = malloc((size_t)(N * K));
+    tu_fill_uniform(l->x, M * K, -1.0f, 1.0f, st);
+    tu_fill_uniform(l->b, N, -1.0f, 1.0f, st);
+}
+
+static void lin_free(lin_bufs *l)
+{
+    free(l->x), free(l->b), free(l->Wf), free(l->y), free(l->r), free(l->sc), free(l->h);
+    free(l->q);
+}
+
 static void linear_paths(void)
 {
     static const char *names[] = TU_ISAS;
@@ -170,20 +198,15 @@ static void linear_paths(void)
         CHECK_OK(xattn_set_isa(names[t]));
         for (int si = 0; si < n_shapes; si++) {
             const int64_t M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
-            float *x = malloc(sizeof(float) * (size_t)(M * K)), *b = malloc(sizeof(float) * N);
-            float *Wf = malloc(sizeof(float) * (size_t)(N * K));
-            float *y = malloc(sizeof(float) * (size_t)(M * N)), *r = malloc(sizeof *r * M * N);
-            uint16_t *h = malloc(sizeof *h * (size_t)(N * K));
-            int8_t *q = malloc((size_t)(N * K));
-            float *sc = malloc(sizeof(float) * N);
             uint64_t st = 11 + (uint64_t)si;
-            tu_fill_uniform(x, M * K, -1.0f, 1.0f, &st);
-            tu_fill_uniform(b, N, -1.0f, 1.0f, &st);
+            lin_bufs l;
+            lin_alloc(&l, M, N, K, &st);
+            float *x = l.x, *b = l.b, *Wf = l.Wf, *y = l.y, *r = l.r;
             for (int dt = XA_W_BF16; dt <= XA_W_Q8; dt++)
                 for (int mode = 0; mode < 4; mode++) { /* bias?, accumulate? */
                     const float *bias = mode & 1 ? b : NULL;
                     const int acc = mode >> 1;
-                    const xa_wt w = make_weights(dt, N, K, &st, h, q, sc, Wf);
+                    const xa_wt w = make_weights(dt, N, K, &st, l.h, l.q, l.sc, Wf);
                     tu_fill_uniform(y, M * N, -1.0f, 1.0f, &st);
                     memcpy(r, y, sizeof(float) * (size_t)(M * N));
                     CHECK_OK(xa_op_linear_w(x, M, K, w, bias, N, y, acc));
@@ -200,7 +223,7 @@ static void linear_paths(void)
                         q8_err = tu_max(q8_err, tu_check_close(what, y, r, M * N, 1e-5));
                     }
                 }
-            free(x), free(b), free(Wf), free(y), free(r), free(h), free(q), free(sc);
+            lin_free(&l);
         }
     }
     CHECK_OK(xattn_set_isa("auto"));
@@ -225,15 +248,11 @@ static void compute_linear(void)
         CHECK_OK(xattn_set_isa(names[t]));
         for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
             const int64_t M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
-            float *x = malloc(sizeof(float) * (size_t)(M * K)), *b = malloc(sizeof(float) * N);
-            float *Wf = malloc(sizeof(float) * (size_t)(N * K)), *xr = malloc(sizeof *xr * M * K);
-            float *y = malloc(sizeof(float) * (size_t)(M * N)), *r = malloc(sizeof *r * M * N);
-            uint16_t *h = malloc(sizeof *h * (size_t)(N * K));
-            int8_t *q = malloc((size_t)(N * K));
-            float *sc = malloc(sizeof(float) * N);
             uint64_t st = 5 + (uint64_t)si;
-            tu_fill_uniform(x, M * K, -1.0f, 1.0f, &st);
-            tu_fill_uniform(b, N, -1.0f, 1.0f, &st);
+            lin_bufs l;
+            lin_alloc(&l, M, N, K, &st);
+            float *x = l.x, *b = l.b, *Wf = l.Wf, *y = l.y, *r = l.r;
+            float *xr = malloc(sizeof(float) * (size_t)(M * K));
             memcpy(xr, x, sizeof(float) * (size_t)(M * K));
             round_all(xr, M * K);
             for (int dt = XA_W_F32; dt <= XA_W_Q8; dt++) {
@@ -242,7 +261,7 @@ static void compute_linear(void)
                     tu_fill_uniform(Wf, N * K, -1.0f, 1.0f, &st);
                     w = xa_wt_f32(Wf);
                 } else {
-                    w = make_weights(dt, N, K, &st, h, q, sc, Wf);
+                    w = make_weights(dt, N, K, &st, l.h, l.q, l.sc, Wf);
                 }
                 tu_fill_uniform(y, M * N, -1.0f, 1.0f, &st);
                 memcpy(r, y, sizeof(float) * (size_t)(M * N));
@@ -261,7 +280,8 @@ static void compute_linear(void)
                  * sqrt(K) 2^-24 of the sum of |x w|, measured below 2e-6) */
                 worst = tu_max(worst, tu_check_close(what, y, r, M * N, 1e-5));
             }
-            free(x), free(b), free(Wf), free(xr), free(y), free(r), free(h), free(q), free(sc);
+            free(xr);
+            lin_free(&l);
         }
     }
     CHECK_OK(xattn_set_isa("auto"));
