@@ -108,14 +108,6 @@ int cli_load_bool_mask(const char *cmd, const char *path, const char *opt, const
 int cli_load_mask(const char *cmd, const char *path, const char *opt, const char *true_means,
                   cli_finite_rule rule, xattn_array *a);
 
-/* NaN policy for weights: checks the float tensors of `st` named in names[0 .. n_names)
- * (absent ones are skipped), or every float tensor of the file when names is NULL. The first
- * non-finite value (as float32) is reported as "xattn CMD: MODEL: tensor 'NAME' holds a
- * non-finite value (nan) at index [i, j]; pass --allow-nonfinite to accept it". Returns 0 or
- * CLI_EXIT_ERROR. */
-int cli_check_weights_finite(const char *cmd, const char *model, const xattn_safetensors *st,
-                             const char *const *names, size_t n_names);
-
 /* ---- outputs ---- */
 
 /* Checks before any work that the output directory exists and is writable, or can be made

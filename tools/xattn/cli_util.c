@@ -446,55 +446,6 @@ double cli_peak_rss_bytes(const char **note)
 }
 
 /* ---------------------------------------------------------------------------------------- */
-/* Weights                                                                                  */
-/* ---------------------------------------------------------------------------------------- */
-
-static int is_float_dtype(xattn_dtype t)
-{
-    return t == XATTN_F32 || t == XATTN_F64 || t == XATTN_F16 || t == XATTN_BF16;
-}
-
-/* NaN policy for tensor `idx` (named `name`) of st: 0 or CLI_EXIT_ERROR (reported). */
-static int check_weight_at(const char *cmd, const char *model, const xattn_safetensors *st,
-                           size_t idx, const char *name)
-{
-    xattn_dtype dt = XATTN_F32;
-    if (xattn_st_info(st, idx, &dt, NULL, NULL) != XATTN_OK) return cli_lib_error(cmd, model);
-    if (!is_float_dtype(dt)) return 0;
-    xattn_array w;
-    if (xattn_st_get(st, name, XATTN_F32, &w) != XATTN_OK) return cli_lib_error(cmd, model);
-    char what[64], at[200], shown[200];
-    int64_t bad = cli_first_nonfinite(&w, CLI_FINITE_STRICT, what, sizeof what);
-    if (bad >= 0) cli_index_str(w.ndim, w.shape, bad, at, sizeof at);
-    xattn_array_free(&w);
-    if (bad >= 0)
-        return cli_error(cmd, model,
-                         "tensor '%s' holds a non-finite value (%s%s) at index %s; pass "
-                         "--allow-nonfinite to accept it",
-                         cli_printable(name, shown, sizeof shown), what,
-                         dt == XATTN_F64 ? " as float32" : "", at);
-    return 0;
-}
-
-int cli_check_weights_finite(const char *cmd, const char *model, const xattn_safetensors *st,
-                             const char *const *names, size_t n_names)
-{
-    int rc;
-    if (!names) {
-        for (size_t i = 0; i < xattn_st_count(st); i++) {
-            const char *name = xattn_st_name(st, i);
-            if (name && (rc = check_weight_at(cmd, model, st, i, name))) return rc;
-        }
-        return 0;
-    }
-    for (size_t k = 0; k < n_names; k++) {
-        long idx = xattn_st_find(st, names[k]);
-        if (idx >= 0 && (rc = check_weight_at(cmd, model, st, (size_t)idx, names[k]))) return rc;
-    }
-    return 0;
-}
-
-/* ---------------------------------------------------------------------------------------- */
 /* Outputs                                                                                  */
 /* ---------------------------------------------------------------------------------------- */
 

@@ -420,20 +420,49 @@ void reg_free(reg_state *s)
     memset(s, 0, sizeof *s);
 }
 
-/* NaN policy for the weights the module holds. */
+/* NaN policy for the weights the module holds: its own copies are scanned (the file's pages
+ * were handed back as they were copied; reading the file again would make them resident). */
 int reg_check_weights(const char *cmd, const reg_args *a, const reg_state *s)
 {
     if (a->allow_nonfinite) return 0;
-    for (size_t i = 0; i < xattn_module_param_count(s->m); i++) {
+    float *buf = NULL;
+    int rc = 0;
+    for (size_t i = 0; !rc && i < xattn_module_param_count(s->m); i++) {
         xattn_param_desc p;
         if (xattn_module_param(s->m, i, &p) ||
             (!p.data && xattn_module_param_kept(s->m, i) == XATTN_F32)) /* absent */
             continue;
+        xattn_array w;
+        memset(&w, 0, sizeof w);
+        w.dtype = XATTN_F32;
+        w.ndim = p.ndim;
+        memcpy(w.shape, p.shape, sizeof w.shape);
+        w.data = p.data;
+        if (!p.data) { /* kept in 16 bits or int8: its values as float32 */
+            float *nb = realloc(buf, sizeof(float) * (size_t)xattn_array_numel(&w));
+            if (!nb) {
+                rc = cli_error(cmd, a->model, "out of memory");
+                break;
+            }
+            buf = nb;
+            if (xattn_module_param_read(s->m, i, buf)) {
+                rc = cli_lib_error(cmd, a->model);
+                break;
+            }
+            w.data = buf;
+        }
+        char what[64], at[200], shown[768];
+        const int64_t bad = cli_first_nonfinite(&w, CLI_FINITE_STRICT, what, sizeof what);
+        if (bad < 0) continue;
         char full[768];
         snprintf(full, sizeof full, "%s%s", s->prefix, p.name);
-        const char *names[1] = {full};
-        int rc = cli_check_weights_finite(cmd, a->model, s->st, names, 1);
-        if (rc) return rc;
+        cli_index_str(w.ndim, w.shape, bad, at, sizeof at);
+        rc = cli_error(cmd, a->model,
+                       "tensor '%s' holds a non-finite value (%s%s) at index %s; pass "
+                       "--allow-nonfinite to accept it",
+                       cli_printable(full, shown, sizeof shown), what,
+                       p.stored_dtype == XATTN_F64 ? " as float32" : "", at);
     }
-    return 0;
+    free(buf);
+    return rc;
 }
