@@ -89,6 +89,7 @@ xattn_status xd_agree(const xd_comm *c, xattn_status st)
     rc = MPI_Bcast(&m, (int)sizeof m, MPI_BYTE, out.rank, c->comm);
     if (rc != MPI_SUCCESS) return xd_mpi_error(rc, "agreeing on the status", "MPI_Bcast");
     m.msg[XD_MSG - 1] = '\0';
+    ((xd_comm *)c)->fails++; /* the state is the context's, which the caller may change */
     return xa_error((xattn_status)m.status, "rank %d: %s", out.rank,
                     m.msg[0] ? m.msg : xattn_status_string((xattn_status)m.status));
 }
