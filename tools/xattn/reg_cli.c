@@ -7,6 +7,7 @@
  * this file knows any particular kind.
  */
 #include "reg_cli.h"
+#include "cli_dist.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -367,7 +368,7 @@ int reg_open(const char *cmd, const reg_args *a, reg_state *s)
 
 void reg_warn(const char *cmd, const reg_args *a, const reg_state *s)
 {
-    const char *w = s->m ? xattn_module_warnings(s->m) : "";
+    const char *w = s->m && cli_dist_rank() == 0 ? xattn_module_warnings(s->m) : "";
     while (*w) { /* one line each, "option 'NAME'" as its flag */
         const size_t l = strcspn(w, "\n");
         char line[1024], flag[160];
