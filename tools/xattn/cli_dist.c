@@ -21,6 +21,17 @@ int cli_row_got_axis = -1;
 int64_t cli_row_got_len;
 
 static int active, rank_, size_ = 1, agreed_fail;
+int cli_dist_rows = 1;
+
+int cli_dist_agreed(void) { return agreed_fail; }
+
+void cli_dist_test_exit(long long step)
+{
+    const char *v = getenv("XATTN_TEST_EXIT");
+    int r = -1;
+    long long s = -1;
+    if (active && v && sscanf(v, "%d:%lld", &r, &s) == 2 && r == rank_ && s == step) _exit(3);
+}
 static char last_error[1024];
 
 void cli_dist_note_error(const char *line) { snprintf(last_error, sizeof last_error, "%s", line); }
@@ -146,7 +157,7 @@ xattn_status cli_dist_npy_rows(const char *path, cli_axis_fn axis_of, void *arg,
     *axis = -1;
     *glen = 0;
     memset(out, 0, sizeof *out);
-    if (!active || !axis_of) return xattn_npy_load(path, out);
+    if (!active || !axis_of || !cli_dist_rows) return xattn_npy_load(path, out);
     const int fd = open(path, O_RDONLY);
     npy_head h;
     if (fd < 0 || read_head(fd, &h)) { /* the library's loader says what is wrong */

@@ -60,6 +60,13 @@ void cli_dist_range(int64_t n, int64_t *start, int64_t *len);
 /* xattn_module_shard_axis in an MPI build; *axis = -1 (whole) otherwise. */
 xattn_status cli_dist_shard_axis(const xattn_module *m, const char *name, int output, int ndim,
                                  int *axis);
+/* 0: row reads off (data-parallel training reads whole inputs); 1 by default. */
+extern int cli_dist_rows;
+/* 1 once a failure has been agreed on (the ranks have stopped together). */
+int cli_dist_agreed(void);
+/* A test hook: with XATTN_TEST_EXIT="R:S" in the environment, rank R ends its process with
+ * _exit(3) after step S (no message, no MPI_Finalize), as a crashed rank would. */
+void cli_dist_test_exit(long long step);
 /* Sums n floats over the ranks in place (collective). Returns 0 or an exit code (reported). */
 int cli_dist_sum(const char *cmd, float *x, int64_t n);
 /* Sums n doubles over the ranks in place (collective). */

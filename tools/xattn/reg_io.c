@@ -1072,7 +1072,7 @@ int reg_outputs(const char *cmd, const reg_args *a, reg_state *s)
     for (int o = 0; o < s->n_out; o++) {
         s->out_axis[o] = -1;
         s->out_total[o] = s->out_start[o] = 0;
-        if (!cli_dist_active()) continue;
+        if (!cli_dist_active() || !cli_dist_rows) continue;
         int axis = -1;
         if (cli_dist_shard_axis(s->m, s->out[o].name, 1, s->out[o].ndim, &axis))
             return reg_lib_error(cmd, a, s);
