@@ -35,6 +35,10 @@ extern "C" {
  * duplicate is freed by the next call, by xattn_ctx_free, or left to MPI_Finalize (free it
  * with xattn_ctx_set_comm(ctx, MPI_COMM_NULL) before MPI_Finalize to be tidy). */
 XATTN_API xattn_status xattn_ctx_set_comm(xattn_ctx *ctx, MPI_Comm comm);
+/* Bytes this rank has sent to the next rank on the rings of the *_dist entry points since
+ * xattn_ctx_set_comm (the keys, values, statistics and gradients that travel; the small
+ * agreements and gathers of key masks are not counted). */
+XATTN_API int64_t xattn_ctx_bytes_sent(const xattn_ctx *ctx);
 /* The communicator given to xattn_ctx_set_comm (not the duplicate), or MPI_COMM_NULL. */
 XATTN_API MPI_Comm xattn_ctx_get_comm(const xattn_ctx *ctx);
 

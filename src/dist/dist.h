@@ -16,6 +16,7 @@ typedef struct xd_comm {
     int rank, size;
     int sharded; /* module runs take each rank's shard of the sequences (xattn_ctx_set_sharded) */
     int fails; /* failures agreed so far (xd_agree): a run that saw one skips its last agreement */
+    int64_t sent; /* bytes sent on the rings (xd_post), for xattn_ctx_bytes_sent */
 } xd_comm;
 
 /* The context's communicator, or NULL with the error set (fn names the caller). */

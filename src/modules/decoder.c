@@ -585,6 +585,7 @@ xattn_status xattn_decoder_reorder(xattn_decoder_state *s, const int64_t *src)
 static void put_keep(uint8_t *keep, int64_t B, int64_t ld, int64_t off, int64_t n,
                      const uint8_t *mask)
 {
+    if (n == 0) return; /* a sharded run's empty shard (keep may be NULL then) */
     for (int64_t b = 0; b < B; b++) {
         if (mask)
             memcpy(keep + b * ld + off, mask + b * n, (size_t)n);
