@@ -836,6 +836,7 @@ int reg_inputs(const char *cmd, const reg_args *a, reg_state *s, int gen)
 {
     s->n_in = (int)xattn_module_input_count(s->m);
     if (s->n_in > REG_MAX_IO) return cli_error(cmd, a->model, "too many inputs");
+    for (int i = 0; i < REG_MAX_IO; i++) s->in_axis[i] = -1, s->in_total[i] = 0; /* whole */
     for (int i = 0; i < s->n_in; i++) xattn_module_input(s->m, (size_t)i, &s->in_desc[i]);
     int rc = map_inputs(cmd, a, s);
     if (rc || (rc = check_ways(cmd, s, gen))) return rc;
@@ -1064,7 +1065,8 @@ int reg_outputs(const char *cmd, const reg_args *a, reg_state *s)
         int i = 0;
         while (i < s->n_in && strcmp(s->in_desc[i].name, in[k].name)) i++;
         memcpy(gshape[k], in[k].shape, sizeof gshape[k]);
-        if (i < s->n_in && s->in_axis[i] >= 0) gshape[k][s->in_axis[i]] = s->in_total[i];
+        if (cli_dist_active() && i < s->n_in && s->in_axis[i] >= 0)
+            gshape[k][s->in_axis[i]] = s->in_total[i];
         memcpy(in[k].shape, gshape[k], sizeof in[k].shape);
     }
     if (xattn_module_plan(s->m, in, n_in, s->out, (size_t)s->n_out))
