@@ -35,6 +35,10 @@ extern "C" {
  * duplicate is freed by the next call, by xattn_ctx_free, or left to MPI_Finalize (free it
  * with xattn_ctx_set_comm(ctx, MPI_COMM_NULL) before MPI_Finalize to be tidy). */
 XATTN_API xattn_status xattn_ctx_set_comm(xattn_ctx *ctx, MPI_Comm comm);
+/* Bytes this rank has sent to the next rank on the rings of the *_dist entry points since
+ * xattn_ctx_set_comm (the keys, values, statistics and gradients that travel; the small
+ * agreements and gathers of key masks are not counted). */
+XATTN_API int64_t xattn_ctx_bytes_sent(const xattn_ctx *ctx);
 /* The communicator given to xattn_ctx_set_comm (not the duplicate), or MPI_COMM_NULL. */
 XATTN_API MPI_Comm xattn_ctx_get_comm(const xattn_ctx *ctx);
 
@@ -111,6 +115,38 @@ XATTN_API xattn_status xattn_bidir_attention_dist(xattn_ctx *ctx, const xattn_bi
 XATTN_API xattn_status xattn_bidir_attention_backward_dist(xattn_ctx *ctx,
                                                            const xattn_bidir_params *p,
                                                            const xattn_bidir_grads *g);
+
+/*
+ * Sharded module runs. After xattn_ctx_set_sharded(ctx, 1) (the context must have a
+ * communicator), xattn_module_forward, xattn_module_grad and xattn_module_mse_grad on ctx run
+ * collectively over it: every rank passes its own rows of each sequence (contiguous layout:
+ * rank r's rows follow rank r - 1's; any number of rows, 0 included) and the same whole arrays
+ * for the rest, and gets its rows of the outputs and of the input gradients. Projections, norms
+ * and feed-forwards run on each rank's rows; attention runs through the ring kernels above.
+ * Parameter gradients are summed over the ranks (every rank gets the whole gradient);
+ * xattn_module_mse_grad's loss is the global one (the mean over every rank's elements).
+ *
+ * Kinds that run sharded: bidir, bidir-transformer, mha, attention, mutual (without
+ * band_axis), joint and bert-decoder (not incremental). mha refuses add_bias_kv and
+ * add_zero_attn. Inputs and outputs that span both sequences (an (I, J) attn_mask,
+ * rel_pos_bias, attention maps) are refused, naming them (XATTN_ERR_UNSUPPORTED).
+ *
+ * Errors: every rank returns the same status, with "rank R: <cause>" for a failure of rank R,
+ * and no rank is left waiting: each collective phase starts with an agreement on the status.
+ */
+XATTN_API xattn_status xattn_ctx_set_sharded(xattn_ctx *ctx, int on);
+XATTN_API int xattn_ctx_get_sharded(const xattn_ctx *ctx);
+
+/* The axis of input (output = 0) or output (output = 1) `name`, of rank ndim, that a sharded run
+ * cuts across the ranks (*axis), or -1 when every rank passes the whole array. An error naming
+ * it when the kind or that input or output cannot run sharded. */
+XATTN_API xattn_status xattn_module_shard_axis(const xattn_module *m, const char *name, int output,
+                                               int ndim, int *axis);
+
+/* The contiguous split of n rows that xattn's command line uses: rank `rank` of nranks holds rows
+ * [floor(n rank / nranks), floor(n (rank + 1) / nranks)) (*start, *len; shards of 0 rows when
+ * n < nranks). */
+XATTN_API void xattn_shard_range(int64_t n, int nranks, int rank, int64_t *start, int64_t *len);
 
 #ifdef __cplusplus
 }

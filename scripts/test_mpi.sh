@@ -2,13 +2,14 @@
 # The MPI build and its tests: installs Open MPI if missing (Debian: libopenmpi-dev, openmpi-bin;
 # as root), builds the library with -DXATTN_MPI=ON and the MPI test programs (build-mpi) and runs
 # the tests labelled mpi (each program under mpirun with 1, 2, 3 and 4 ranks), then the same
-# under ASan+UBSan (build-mpi-asan). Only the library and tests/mpi are built: the rest of the
-# suite is the default build's (scripts/test.sh); `cmake --build build-mpi` builds it all.
+# under ASan+UBSan (build-mpi-asan). Only the library, the command line and tests/mpi are built:
+# the rest of the suite is the default build's (scripts/test.sh); `cmake --build build-mpi`
+# builds it all.
 #   bash scripts/test_mpi.sh
 #   XATTN_MPI_ASAN=0 bash scripts/test_mpi.sh      # without the sanitizer build
 set -euo pipefail
 cd "$(dirname "$0")/.."
-pkgs=(gcc make cmake pkg-config libcjson-dev libpng-dev libopenmpi-dev openmpi-bin)
+pkgs=(gcc make cmake pkg-config libcjson-dev libpng-dev libopenmpi-dev openmpi-bin python3)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -25,9 +26,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # Open MPI refuses to start as root unless told (CI containers run as root)
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-targets=()
+targets=(--target xattn) # the command line: xattn run, grad and train under mpirun (test_mpi_cli.sh)
 for f in tests/mpi/test_mpi_*.c; do targets+=(--target "$(basename "$f" .c)"); done
-opts=(-DXATTN_MPI=ON -DXATTN_BUILD_BENCH=OFF -DXATTN_BUILD_CLI=OFF -DXATTN_BUILD_EXAMPLES=OFF)
+opts=(-DXATTN_MPI=ON -DXATTN_BUILD_BENCH=OFF -DXATTN_BUILD_EXAMPLES=OFF)
 
 cmake -S . -B build-mpi -DCMAKE_BUILD_TYPE=Release "${opts[@]}" >/dev/null
 cmake --build build-mpi -j"$(nproc)" "${targets[@]}"

@@ -7,6 +7,7 @@
 #include "core/registry.h"
 #include "kernels/ops.h"
 #include "io/io_internal.h"
+#include "dist/dist_run.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +30,9 @@ xattn_status xa_run_bind(xa_run *r, const char *name, int64_t v)
 }
 
 static int is_sym(const char *tok) { return tok[0] >= 'A' && tok[0] <= 'Z'; }
+
+/* Set during a sharded run's planning: a rank's shard of a sequence may have 0 rows. */
+static _Thread_local int plan_sharded;
 
 /* One dim token into tok (capacity 64); returns the rest after the separator. */
 static const char *next_dim(const char *p, char *tok)
@@ -151,7 +155,7 @@ static xattn_status bind_input(const xa_mod *m, const xa_io *io, const xattn_ten
         }
         if (!is_sym(tok) || strpbrk(tok, "*+") || r->n_sym >= XA_MAX_SYMS)
             return xa_error(XATTN_ERR_ARG, "input '%s': cannot bind '%s'", io->name, tok);
-        if (t->shape[d] < 1)
+        if (t->shape[d] < 1 && !(plan_sharded && t->shape[d] == 0))
             return xa_error(XATTN_ERR_SHAPE, "input '%s' has an empty shape %s", io->name, got);
         static _Thread_local char names[XA_MAX_SYMS][64];
         snprintf(names[r->n_sym], sizeof names[r->n_sym], "%s", tok);
@@ -413,11 +417,19 @@ xattn_status xattn_module_forward(xattn_ctx *ctx, const xattn_module *mod, const
     const xa_kind *k = m->kind;
     xa_run r;
     float *scratch[XA_MAX_IO];
-    xattn_status s = prepare(m, in, n_in, out, n_out, NULL, 0, &r, scratch);
+    memset(scratch, 0, sizeof scratch);
+    const xd_comm *dc = xd_sharded(ctx);
+    const int fails0 = dc ? xd_run_begin(dc) : 0;
+    xattn_status s = dc ? xd_run_check(m, in, n_in, out, n_out, NULL, 0) : XATTN_OK;
+    plan_sharded = dc != NULL;
+    if (!s) s = prepare(m, in, n_in, out, n_out, NULL, 0, &r, scratch);
+    plan_sharded = 0;
+    if (dc) s = xd_run_agree(dc, s);
     if (!s) {
         const xattn_ctx *prev = xa_ctx_enter(ctx);
         s = k->forward(m, &r);
         xa_ctx_leave(prev);
+        if (dc) s = xd_run_end(dc, s, fails0);
     }
     for (int o = 0; o < k->n_out; o++) xa_free(scratch[o]);
     if (!s) xa_clear_error();
@@ -489,6 +501,24 @@ static xattn_status grad_bind(const xa_mod *m, const xattn_tensor *in, size_t n_
     return XATTN_OK;
 }
 
+/* A sharded run's parameter gradients summed over the ranks. */
+static xattn_status sum_params(const xd_comm *dc, const xattn_module *mod, float *const *dparams)
+{
+    const size_t n = xattn_module_param_count(mod);
+    int64_t *len = malloc(sizeof(int64_t) * (n + 1));
+    xattn_status s = len ? XATTN_OK : xa_error(XATTN_ERR_NOMEM, "out of memory");
+    for (size_t i = 0; !s && i < n; i++) {
+        xattn_param_desc d;
+        if ((s = xattn_module_param(mod, i, &d))) break;
+        len[i] = 1;
+        for (int a = 0; a < d.ndim; a++) len[i] *= d.shape[a];
+    }
+    s = xd_run_agree(dc, s);
+    if (!s) s = xd_run_sum_floats(dc, dparams, len, n);
+    free(len);
+    return s;
+}
+
 /* xattn_module_grad with an optional hook that sets the outputs' gradients after the forward. */
 static xattn_status module_grad(xattn_ctx *ctx, const xattn_module *mod, const xattn_tensor *in,
                                 size_t n_in, xattn_tensor *out, size_t n_out,
@@ -521,17 +551,26 @@ static xattn_status module_grad(xattn_ctx *ctx, const xattn_module *mod, const x
                             : xattn_weights_name(xattn_module_weights(mod)));
     xa_run r;
     float *scratch[XA_MAX_IO];
+    memset(scratch, 0, sizeof scratch);
     xa_grad g;
     memset(&g, 0, sizeof g);
     g.dparam = dparams;
     g.on_outputs = hook;
     g.arg = arg;
-    xattn_status s = prepare(m, in, n_in, out, n_out, dout, n_dout, &r, scratch);
+    const xd_comm *dc = xd_sharded(ctx);
+    const int fails0 = dc ? xd_run_begin(dc) : 0;
+    xattn_status s = dc ? xd_run_check(m, in, n_in, out, n_out, dout, n_dout) : XATTN_OK;
+    plan_sharded = dc != NULL;
+    if (!s) s = prepare(m, in, n_in, out, n_out, dout, n_dout, &r, scratch);
     if (!s) s = grad_bind(m, in, n_in, &r, dout, n_dout, din, n_din, &g);
+    plan_sharded = 0;
+    if (dc) s = xd_run_agree(dc, s);
     if (!s) {
         const xattn_ctx *prev = xa_ctx_enter(ctx);
         s = k->backward(m, &r, &g);
         xa_ctx_leave(prev);
+        if (dc) s = xd_run_end(dc, s, fails0);
+        if (dc && !s && dparams) s = sum_params(dc, mod, dparams);
     }
     for (int o = 0; o < k->n_out; o++) xa_free(scratch[o]);
     if (!s) xa_clear_error();
@@ -552,6 +591,7 @@ typedef struct mse_arg {
     const xattn_tensor *target;
     size_t n;
     float *buf[XA_MAX_IO];
+    double count[XA_MAX_IO]; /* each target's element count (over every rank when sharded) */
     double loss;
     const xa_mod *m;
 } mse_arg;
@@ -570,8 +610,8 @@ static xattn_status mse_outputs(void *argp, const xa_run *r, xa_grad *g)
             const double d = (double)y[i] - tg[i];
             sum += d * d;
         }
-        a->loss += n ? sum / (double)n : 0.0;
-        xa_op_mse_grad(y, tg, n, a->buf[t]);
+        a->loss += a->count[t] > 0 ? sum / a->count[t] : 0.0;
+        xa_op_mse_grad_of(y, tg, n, a->count[t], a->buf[t]);
         g->dout[o] = a->buf[t];
     }
     return XATTN_OK;
@@ -597,11 +637,16 @@ xattn_status xattn_module_mse_grad(xattn_ctx *ctx, const xattn_module *mod, cons
             s = xa_error(XATTN_ERR_ARG, "%s: bad target shape", fn);
         else if (!(a.buf[t] = xa_alloc(sizeof(float) * (size_t)(n + 1))))
             s = XATTN_ERR_NOMEM;
+        a.count[t] = (double)n;
     }
+    /* a sharded run: the mean is over every rank's elements */
+    const xd_comm *dc = xd_sharded(ctx);
+    if (dc && !(s = xd_run_agree(dc, s))) s = xd_run_sum_doubles(dc, a.count, (int)n_target);
     /* the targets are checked as the outputs' gradients would be (names, shapes, float32) */
     if (!s)
         s = module_grad(ctx, mod, in, n_in, NULL, 0, target, n_target, din, n_din, dparams,
                         mse_outputs, &a, fn);
+    if (dc && !s) s = xd_run_sum_doubles(dc, &a.loss, 1);
     for (size_t t = 0; t < n_target; t++) xa_free(a.buf[t]);
     if (!s && loss) *loss = a.loss;
     return s;

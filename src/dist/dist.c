@@ -47,6 +47,12 @@ xattn_status xattn_ctx_set_comm(xattn_ctx *ctx, MPI_Comm comm)
     return XATTN_OK;
 }
 
+int64_t xattn_ctx_bytes_sent(const xattn_ctx *ctx)
+{
+    const xd_comm *c = xa_ctx_dist(ctx);
+    return c ? c->sent : 0;
+}
+
 MPI_Comm xattn_ctx_get_comm(const xattn_ctx *ctx)
 {
     const xd_comm *c = xa_ctx_dist(ctx);
@@ -89,6 +95,7 @@ xattn_status xd_agree(const xd_comm *c, xattn_status st)
     rc = MPI_Bcast(&m, (int)sizeof m, MPI_BYTE, out.rank, c->comm);
     if (rc != MPI_SUCCESS) return xd_mpi_error(rc, "agreeing on the status", "MPI_Bcast");
     m.msg[XD_MSG - 1] = '\0';
+    ((xd_comm *)c)->fails++; /* the state is the context's, which the caller may change */
     return xa_error((xattn_status)m.status, "rank %d: %s", out.rank,
                     m.msg[0] ? m.msg : xattn_status_string((xattn_status)m.status));
 }
@@ -106,6 +113,7 @@ void xd_post(const xd_comm *c, xd_xfer *x, const float *send, int64_t n_send, fl
         return;
     }
     const int next = (c->rank + 1) % c->size, prev = (c->rank + c->size - 1) % c->size;
+    ((xd_comm *)c)->sent += (int64_t)sizeof(float) * n_send;
     const int64_t ps = (n_send + XD_PIECE - 1) / XD_PIECE, pr = (n_recv + XD_PIECE - 1) / XD_PIECE;
     x->req = malloc(sizeof(MPI_Request) * (size_t)(ps + pr + 1));
     if (!x->req) {

@@ -14,6 +14,9 @@
 typedef struct xd_comm {
     MPI_Comm user, comm;
     int rank, size;
+    int sharded; /* module runs take each rank's shard of the sequences (xattn_ctx_set_sharded) */
+    int fails; /* failures agreed so far (xd_agree): a run that saw one skips its last agreement */
+    int64_t sent; /* bytes sent on the rings (xd_post), for xattn_ctx_bytes_sent */
 } xd_comm;
 
 /* The context's communicator, or NULL with the error set (fn names the caller). */
@@ -23,6 +26,9 @@ const xd_comm *xd_comm_of(const xattn_ctx *ctx, const char *fn);
  * failing); every rank returns the lowest failing rank's status with the message
  * "rank R: <its message>", or XATTN_OK when no rank failed. Collective. */
 xattn_status xd_agree(const xd_comm *c, xattn_status st);
+
+/* The communicator of a context in a sharded module run (xattn_ctx_set_sharded), or NULL. */
+const xd_comm *xd_sharded(const xattn_ctx *ctx);
 
 /* The error of a failed MPI call (XATTN_ERR_IO, the MPI error string). */
 xattn_status xd_mpi_error(int rc, const char *fn, const char *what);

@@ -1,6 +1,7 @@
 /* The op layer (ops.h): the computations modules are made of, over the kernel tables. */
 #include "kernels/ops.h"
 #include "base/base.h"
+#include "dist/dist_run.h"
 
 #include <float.h>
 #include <math.h>
@@ -163,7 +164,11 @@ xattn_status xa_op_rmsnorm(const float *x, int64_t rows, int64_t n, const float 
     return xattn_rmsnorm(x, rows, n, w, eps, y);
 }
 
-xattn_status xa_op_gelu(float *x, int64_t n, int tanh_form) { return xattn_gelu(x, n, tanh_form); }
+xattn_status xa_op_gelu(float *x, int64_t n, int tanh_form)
+{
+    return n == 0 ? XATTN_OK
+                  : xattn_gelu(x, n, tanh_form); /* no rows: a sharded run's empty shard */
+}
 
 /* Runs the statement given over [c0, c1) ranges covering [0, n) in fixed chunks, threaded
  * when large (the chunks do not depend on the thread count). */
@@ -327,9 +332,68 @@ static const float *rounded_heads(const float *src, int64_t B, int64_t H, int64_
     return dst;
 }
 
+/* Row i of head hd of batch item b of attention a, every logit of which is masked (log-sum-exp
+ * -FLT_MAX): transformers' eager attention ADDS its mask (finfo.min) to the logits, so the row
+ * is the uniform average 1/J, and autograd's softmax backward still passes
+ * dS[j] = (dP[j] - D) / J (dP = dO v^T, D = dO . out) through the logits to q and k, where
+ * xa_op_attention_backward (masked logits carry no gradient) gives them none. Adds that part to
+ * g's dq and dk. */
+static void additive_full_row(const xa_attn *a, const xa_attn_grad *g, int64_t b, int64_t hd,
+                              int64_t i)
+{
+    const float *dO = g->dout + b * g->do_sb + hd * g->do_sh + i * g->do_si;
+    const float *o = a->out + b * a->o_sb + hd * a->o_sh + i * a->o_si;
+    const float *q = a->q + b * a->q_sb + hd * a->q_sh + i * a->q_si;
+    float *dq = g->dq ? g->dq + b * g->dq_sb + hd * g->dq_sh + i * g->dq_si : NULL;
+    double D = 0.0;
+    for (int64_t x = 0; x < a->dv; x++) D += (double)dO[x] * o[x];
+    for (int64_t j = 0; j < a->J; j++) {
+        const float *k = a->k + b * a->k_sb + hd * a->k_sh + j * a->k_sj;
+        const float *v = a->v + b * a->v_sb + hd * a->v_sh + j * a->v_sj;
+        double dP = 0.0;
+        for (int64_t x = 0; x < a->dv; x++) dP += (double)dO[x] * v[x];
+        const float ds = (float)((dP - D) / (double)a->J) * a->scale;
+        if (dq)
+            for (int64_t x = 0; x < a->dh; x++) dq[x] += ds * k[x];
+        if (g->dk) {
+            float *dk = g->dk + b * g->dk_sb + hd * g->dk_sh + j * g->dk_sj;
+            for (int64_t x = 0; x < a->dh; x++) dk[x] += ds * q[x];
+        }
+    }
+}
+
+/* additive_full_row for every fully masked row of a (its log-sum-exp in g->lse). */
+static void additive_full_rows(const xa_attn *a, const xa_attn_grad *g)
+{
+    for (int64_t b = 0; b < a->B; b++)
+        for (int64_t hd = 0; hd < a->H; hd++)
+            for (int64_t i = 0; i < a->I; i++)
+                if (g->lse[(b * a->H + hd) * a->I + i] <= -FLT_MAX)
+                    additive_full_row(a, g, b, hd, i);
+}
+
+xattn_status xa_op_attention_full_rows_backward(const xa_attn *a, const xa_attn_grad *g)
+{
+    if (a->fill != XATTN_FILL_MIN_FLOAT) return XATTN_OK;
+    const xd_comm *c = xd_sharded(xa_ctx_cur());
+    if (c) return xd_op_full_rows(c, a, g);
+    additive_full_rows(a, g);
+    return XATTN_OK;
+}
+
+int64_t xa_op_min_rows(void) { return xd_sharded(xa_ctx_cur()) ? 0 : 1; }
+
+/* The attention kernel of the current context: in a sharded module run (xattn_ctx_set_sharded)
+ * the ring kernels over its communicator (src/dist/modrun.c), else the local one. */
+static xattn_status attention_here(const xa_attn *p)
+{
+    const xd_comm *c = xd_sharded(xa_ctx_cur());
+    return c ? xd_op_attention(c, p) : xa_attention(p);
+}
+
 xattn_status xa_op_attention(const xa_attn *p)
 {
-    if (!xa_compute_bf16()) return xa_attention(p);
+    if (!xa_compute_bf16()) return attention_here(p);
     /* queries, keys and values rounded to bfloat16 (probabilities and statistics float32) */
     const int64_t nq = p->B * p->H * p->I * p->dh, nk = p->B * p->H * p->J * p->dh,
                   nv = p->v ? p->B * p->H * p->J * p->dv : 0;
@@ -340,14 +404,15 @@ xattn_status xa_op_attention(const xa_attn *p)
     a.q = rounded_heads(p->q, p->B, p->H, p->I, p->dh, &a.q_sb, &a.q_sh, &a.q_si, buf);
     a.k = rounded_heads(p->k, p->B, p->H, p->J, p->dh, &a.k_sb, &a.k_sh, &a.k_sj, buf + nq);
     a.v = rounded_heads(p->v, p->B, p->H, p->J, p->dv, &a.v_sb, &a.v_sh, &a.v_sj, buf + nq + nk);
-    xattn_status s = xa_attention(&a);
+    xattn_status s = attention_here(&a);
     xa_ws_put(ws);
     return s;
 }
 
 xattn_status xa_op_bidir_attention(const xa_bidir *p)
 {
-    if (!xa_compute_bf16()) return xa_bidir_attention(p);
+    const xd_comm *c = xd_sharded(xa_ctx_cur());
+    if (!xa_compute_bf16()) return c ? xd_op_bidir(c, p) : xa_bidir_attention(p);
     const int64_t ni = p->B * p->H * p->I * p->dh, nj = p->B * p->H * p->J * p->dh;
     xa_ws *ws = xa_ws_get(sizeof(float) * (size_t)(2 * (ni + nj) + 1));
     if (!ws) return XATTN_ERR_NOMEM;
@@ -359,19 +424,21 @@ xattn_status xa_op_bidir_attention(const xa_bidir *p)
     a.v = rounded_heads(p->v, p->B, p->H, p->I, p->dh, &a.v_sb, &a.v_sh, &a.v_si, buf + ni + nj);
     a.cv = rounded_heads(p->cv, p->B, p->H, p->J, p->dh, &a.cv_sb, &a.cv_sh, &a.cv_sj,
                          buf + 2 * ni + nj);
-    xattn_status s = xa_bidir_attention(&a);
+    xattn_status s = c ? xd_op_bidir(c, &a) : xa_bidir_attention(&a);
     xa_ws_put(ws);
     return s;
 }
 
 xattn_status xa_op_bidir_backward(const xa_bidir *p, const xa_bidir_grad *g)
 {
-    return xa_bidir_backward(p, g);
+    const xd_comm *c = xd_sharded(xa_ctx_cur());
+    return c ? xd_op_bidir_backward(c, p, g) : xa_bidir_backward(p, g);
 }
 
 xattn_status xa_op_attention_backward(const xa_attn *p, const xa_attn_grad *g)
 {
-    return xa_attention_backward(p, g);
+    const xd_comm *c = xd_sharded(xa_ctx_cur());
+    return c ? xd_op_attention_backward(c, p, g) : xa_attention_backward(p, g);
 }
 
 void xa_op_lse_merge(const float *o1, const float *l1, const float *o2, const float *l2,
@@ -641,7 +708,12 @@ double xa_op_dot(const float *x, const float *y, int64_t n)
 
 void xa_op_mse_grad(const float *y, const float *t, int64_t n, float *d)
 {
-    const double k = n > 0 ? 2.0 / (double)n : 0.0;
+    xa_op_mse_grad_of(y, t, n, (double)n, d);
+}
+
+void xa_op_mse_grad_of(const float *y, const float *t, int64_t n, double count, float *d)
+{
+    const double k = count > 0 ? 2.0 / count : 0.0;
     XA_CHUNKED(n, for (int64_t i = c0; i < c1; i++) d[i] = (float)(k * ((double)y[i] - t[i])));
 }
 

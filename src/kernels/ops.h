@@ -72,6 +72,9 @@ void xa_op_max_over(const float *x, int64_t B, int64_t T, int64_t N, float *y);
 void xa_attn_heads(xa_attn *a, int64_t B, int64_t H, int64_t I, int64_t J, int64_t dh, int64_t dv,
                    const float *q, int64_t q_ld, const float *k, int64_t k_ld, const float *v,
                    int64_t v_ld, float *out, int64_t o_ld);
+/* The fewest rows a sequence may have: 1, or 0 in a sharded run (xattn_ctx_set_sharded on
+ * the current context: a rank's shard of a sequence may be empty). */
+int64_t xa_op_min_rows(void);
 /* Fused attention (softmax(scale q k^T + bias, masked) v) with every option of xa_attn:
  * strided heads, masks, bias, causal with an offset (query and key position origins), both
  * fill semantics, log-sum-exp and probabilities out, talking-heads mixing. */
@@ -80,6 +83,13 @@ xattn_status xa_op_attention(const xa_attn *p);
 xattn_status xa_op_bidir_attention(const xa_bidir *p);
 xattn_status xa_op_bidir_backward(const xa_bidir *p, const xa_bidir_grad *g);
 xattn_status xa_op_attention_backward(const xa_attn *p, const xa_attn_grad *g);
+/* The part of the gradient of attention a (after xa_op_attention_backward with g) that
+ * transformers' additive masks give a row whose every logit is masked under -FLT_MAX fill
+ * (log-sum-exp -FLT_MAX in g->lse): the row is the uniform average 1/J, and autograd's softmax
+ * backward passes dS[j] = (dP[j] - D) / J (dP = dO v^T, D = dO . out) through the logits to q
+ * and k, where xa_op_attention_backward gives them none. Adds it to g's dq and dk. Nothing
+ * under -inf fill. In a sharded run over every rank's keys. */
+xattn_status xa_op_attention_full_rows_backward(const xa_attn *a, const xa_attn_grad *g);
 /* Merges partial attention results over disjoint key sets (ring attention):
  *   L = log(e^L1 + e^L2), o = e^(L1 - L) o1 + e^(L2 - L) o2
  * o1, o2, o (rows, dv), l1, l2, l (rows); o may be o1, l may be l1. A row with L1 = L2 = -inf
@@ -137,6 +147,9 @@ double xa_op_dot(const float *x, const float *y, int64_t n);
 
 /* The gradient of F.mse_loss(y, t) (reduction 'mean') over n values: d = 2 (y - t) / n. */
 void xa_op_mse_grad(const float *y, const float *t, int64_t n, float *d);
+/* The same for n of the count values of a mean taken over more (a shard's rows of a sharded
+ * run): d = 2 (y - t) / count. */
+void xa_op_mse_grad_of(const float *y, const float *t, int64_t n, double count, float *d);
 
 /* Dropout with probability p (0 <= p < 1), in place: x[i] = 0 with probability p, else
  * x[i] / (1 - p). The keep/drop decision of element i is a counter-based hash of (seed, i):

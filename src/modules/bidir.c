@@ -926,7 +926,7 @@ static xattn_status check_call(const xattn_bidir *m, const xattn_bidir_inputs *i
     if (!o->out) return xa_error(XATTN_ERR_ARG, "%s: out is NULL", fn);
     if (!o->context_out) return xa_error(XATTN_ERR_ARG, "%s: context_out is NULL", fn);
     const int64_t B = in->B, I = in->I, J = in->J, H = m->cfg.heads;
-    if (B <= 0 || I <= 0 || J <= 0)
+    if (B <= 0 || I < xa_op_min_rows() || J < xa_op_min_rows())
         return xa_error(XATTN_ERR_ARG, "%s: sizes must be positive (B=%lld, I=%lld, J=%lld)", fn,
                         (long long)B, (long long)I, (long long)J);
     if (!in->x) return xa_error(XATTN_ERR_ARG, "%s: x is NULL", fn);
@@ -1210,6 +1210,10 @@ static xattn_status ff_backward(bd_bwd *w, const bd_ff *f, int base, const float
                                         dp(w, base + F_W1), dp(w, base + F_B1), acc)))
             s = xa_op_rmsnorm_backward(x1 + r0 * d, n, d, f->norm_w, FLT_EPSILON, w->dfx, ds,
                                        dp(w, base + F_NORM), 1);
+    }
+    if (rows == 0) { /* a sharded run's empty shard: no share of the weights' gradients */
+        dp_zero(w, base + F_W1, hidden * d), dp_zero(w, base + F_B1, hidden);
+        dp_zero(w, base + F_W2, d * hidden), dp_zero(w, base + F_B2, d);
     }
     return s;
 }

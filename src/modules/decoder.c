@@ -585,6 +585,7 @@ xattn_status xattn_decoder_reorder(xattn_decoder_state *s, const int64_t *src)
 static void put_keep(uint8_t *keep, int64_t B, int64_t ld, int64_t off, int64_t n,
                      const uint8_t *mask)
 {
+    if (n == 0) return; /* a sharded run's empty shard (keep may be NULL then) */
     for (int64_t b = 0; b < B; b++) {
         if (mask)
             memcpy(keep + b * ld + off, mask + b * n, (size_t)n);
@@ -847,7 +848,7 @@ xattn_status xattn_decoder_forward(xattn_ctx *ctx, const xattn_decoder *m,
     if (!xa_reserved_zero(in->reserved_) || !xa_reserved_zero(out->reserved_))
         return xa_error(XATTN_ERR_ARG, "%s: the reserved_ words of inputs and outputs must be zero",
                         fn);
-    if (in->B <= 0 || in->T <= 0 || in->M <= 0)
+    if (in->B <= 0 || in->T < xa_op_min_rows() || in->M < xa_op_min_rows())
         return xa_error(XATTN_ERR_SHAPE, "%s: bad sizes B=%lld, T=%lld, M=%lld (need all >= 1)", fn,
                         (long long)in->B, (long long)in->T, (long long)in->M);
     const xattn_ctx *prev = xa_ctx_enter(ctx);
@@ -1056,47 +1057,6 @@ static xattn_status layer_internals(const dec_bwd *w, int64_t l, const float *x0
     return out ? xa_op_layernorm(w->s3, R, h, y->w[OLW], y->w[OLB], eps, out) : XATTN_OK;
 }
 
-/* Row i of head hd of batch item b of attention a, every logit of which is masked (log-sum-exp
- * -FLT_MAX): transformers' eager attention ADDS its mask (finfo.min) to the logits, so the row
- * is the uniform average 1/J, and autograd's softmax backward still passes
- * dS[j] = (dP[j] - D) / J (dP = dO v^T, D = dO . out) through the logits to q and k, where
- * xa_op_attention_backward (masked logits carry no gradient) gives them none. Adds that part to
- * g's dq and dk. */
-static void additive_full_row(const xa_attn *a, const xa_attn_grad *g, int64_t b, int64_t hd,
-                              int64_t i)
-{
-    const float *dO = g->dout + b * g->do_sb + hd * g->do_sh + i * g->do_si;
-    const float *o = a->out + b * a->o_sb + hd * a->o_sh + i * a->o_si;
-    const float *q = a->q + b * a->q_sb + hd * a->q_sh + i * a->q_si;
-    float *dq = g->dq ? g->dq + b * g->dq_sb + hd * g->dq_sh + i * g->dq_si : NULL;
-    double D = 0.0;
-    for (int64_t x = 0; x < a->dv; x++) D += (double)dO[x] * o[x];
-    for (int64_t j = 0; j < a->J; j++) {
-        const float *k = a->k + b * a->k_sb + hd * a->k_sh + j * a->k_sj;
-        const float *v = a->v + b * a->v_sb + hd * a->v_sh + j * a->v_sj;
-        double dP = 0.0;
-        for (int64_t x = 0; x < a->dv; x++) dP += (double)dO[x] * v[x];
-        const float ds = (float)((dP - D) / (double)a->J) * a->scale;
-        if (dq)
-            for (int64_t x = 0; x < a->dh; x++) dq[x] += ds * k[x];
-        if (g->dk) {
-            float *dk = g->dk + b * g->dk_sb + hd * g->dk_sh + j * g->dk_sj;
-            for (int64_t x = 0; x < a->dh; x++) dk[x] += ds * q[x];
-        }
-    }
-}
-
-/* additive_full_row for every fully masked row of a (its log-sum-exp in g->lse). */
-static void additive_full_rows(const xa_attn *a, const xa_attn_grad *g)
-{
-    if (a->fill != XATTN_FILL_MIN_FLOAT) return;
-    for (int64_t b = 0; b < a->B; b++)
-        for (int64_t hd = 0; hd < a->H; hd++)
-            for (int64_t i = 0; i < a->I; i++)
-                if (g->lse[(b * a->H + hd) * a->I + i] <= -FLT_MAX)
-                    additive_full_row(a, g, b, hd, i);
-}
-
 /* The output projection and attention of a block S = X + A Wo^T + bo (parameters ow, ob of
  * layer l) from w->ds = dS: the gradients of q (laid out as q in qb, written to dqb) and of k
  * and v (as k, v in kb, written to dkb). */
@@ -1117,8 +1077,7 @@ static xattn_status attn_block_backward(dec_bwd *w, int64_t l, const xa_attn *a,
     xa_attn p = *a;
     p.lse = NULL;
     if ((s = xa_op_attention_backward(&p, &ag))) return s;
-    additive_full_rows(a, &ag);
-    return XATTN_OK;
+    return xa_op_attention_full_rows_backward(a, &ag);
 }
 
 /* The backward of the n projections of layer l stored back to back from weight wk and bias bk

@@ -475,7 +475,7 @@ static xattn_status check_call(const xattn_joint *m, const xattn_joint_inputs *i
     if (!in) return xa_error(XATTN_ERR_ARG, "%s: inputs are NULL", FN_FWD);
     if (!out) return xa_error(XATTN_ERR_ARG, "%s: outputs are NULL", FN_FWD);
     const int64_t B = in->B, K = in->K, N = in->N;
-    if (B <= 0 || K < 0 || N < 0 || K + N <= 0)
+    if (B <= 0 || K < 0 || N < 0 || K + N < xa_op_min_rows())
         return xa_error(XATTN_ERR_SHAPE,
                         "%s: bad sizes B=%lld, K=%lld, N=%lld (need B >= 1 and "
                         "K + N >= 1)",
@@ -487,7 +487,7 @@ static xattn_status check_call(const xattn_joint *m, const xattn_joint_inputs *i
                         FN_FWD);
     const int64_t d = m->cfg.d_model, ff = m->cfg.ff_dim, L = K + N;
     const int64_t lim = INT64_MAX / 16, wide = ff > 3 * d ? ff : 3 * d;
-    if (B > lim / L || B * L > lim / (wide + 3 * d + 64))
+    if ((L && B > lim / L) || B * L > lim / (wide + 3 * d + 64)) /* L = 0: an empty shard */
         return xa_error(XATTN_ERR_NOMEM, "%s: scratch for B=%lld, K=%lld, N=%lld overflows", FN_FWD,
                         (long long)B, (long long)K, (long long)N);
     return XATTN_OK;

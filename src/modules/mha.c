@@ -540,7 +540,7 @@ static xattn_status check_args(const xattn_mha *m, const xattn_mha_inputs *in,
         return xa_error(XATTN_ERR_ARG, "%s: reserved_ of the inputs and outputs must be zero",
                         FN_FWD);
     const xattn_mha_config *c = &m->cfg;
-    if (in->B <= 0 || in->I <= 0 || in->J <= 0)
+    if (in->B <= 0 || in->I < xa_op_min_rows() || in->J < xa_op_min_rows())
         return xa_error(XATTN_ERR_ARG, "%s: sizes must be positive (B=%lld, I=%lld, J=%lld)",
                         FN_FWD, (long long)in->B, (long long)in->I, (long long)in->J);
     if (!in->query) return xa_error(XATTN_ERR_ARG, "%s: query is NULL", FN_FWD);

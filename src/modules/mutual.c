@@ -29,7 +29,7 @@ static xattn_status one_way(const char *fn, const float *q, int64_t Nq, const fl
 
 static xattn_status check_sizes(const char *fn, int64_t B, int64_t Na, int64_t Nb, int64_t D)
 {
-    if (B < 1 || Na < 1 || Nb < 1 || D < 1)
+    if (B < 1 || Na < xa_op_min_rows() || Nb < xa_op_min_rows() || D < 1)
         return xa_error(XATTN_ERR_SHAPE, "%s: sizes must be >= 1 (got B=%lld, N=%lld/%lld, D=%lld)",
                         fn, (long long)B, (long long)Na, (long long)Nb, (long long)D);
     int64_t big = INT64_MAX / 8 / D;
@@ -244,7 +244,8 @@ static xattn_status mutual_backward(const xa_mod *m, const xa_run *r, xa_grad *g
     const int permuted = band_given(m) && ax >= nd - 2;
     const int64_t N = permuted ? sh[ax == nd - 1 ? nd - 3 : nd - 2] : sh[nd - 2];
     const int64_t D = permuted ? sh[ax == nd - 1 ? nd - 2 : nd - 1] : sh[nd - 1];
-    const int64_t batch = total / (N * D);
+    /* N = 0: a sharded run's empty shard (no band axis then) */
+    const int64_t batch = N * D != 0 ? total / (N * D) : (nd == 3 ? sh[0] : 1);
     float *buf = xa_alloc(sizeof(float) * (size_t)(total * (permuted ? 7 : 4) + 1));
     if (!buf) return xa_error(XATTN_ERR_NOMEM, "mutual backward: out of memory");
     float *zero = buf, *da = buf + total, *db = buf + 2 * total, *tmp = buf + 3 * total;

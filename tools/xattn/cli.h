@@ -118,6 +118,10 @@ typedef struct cli_output {
     const char *name; /* "out" -> DIR/out.npy */
     xattn_array arr;  /* data borrowed */
     const char *note; /* printed after the shape, or NULL */
+    /* under mpirun: arr holds this rank's rows [start, start + arr.shape[axis]) of axis `axis`
+     * of an output of `total` rows there (axis -1: the whole output, written by rank 0) */
+    int axis;
+    int64_t start, total;
 } cli_output;
 
 /* Sets *o to a float32 output of shape (ndim, shape) over `data` (borrowed). */

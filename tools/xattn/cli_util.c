@@ -1,5 +1,6 @@
 /* Shared helpers of the xattn CLI: see cli.h. */
 #include "cli.h"
+#include "cli_dist.h"
 
 #include <errno.h>
 #include <math.h>
@@ -29,11 +30,13 @@ static void put_clean(const char *s)
 
 static void vreport(const char *cmd, const char *file, const char *fmt, va_list ap)
 {
-    char msg[1024];
+    char msg[1024], line[2400];
     vsnprintf(msg, sizeof msg, fmt, ap);
     fputs("xattn ", stderr);
     put_clean(cmd);
     fputs(": ", stderr);
+    if (cli_dist_size() > 1 && strncmp(msg, "rank ", 5)) /* under mpirun: which rank says it */
+        fprintf(stderr, "rank %d: ", cli_dist_rank());
     if (file) {
         put_clean(file);
         fputs(": ", stderr);
@@ -41,6 +44,8 @@ static void vreport(const char *cmd, const char *file, const char *fmt, va_list 
     put_clean(msg);
     fputc('\n', stderr);
     fflush(stderr);
+    snprintf(line, sizeof line, "%s%s%s", file ? file : "", file ? ": " : "", msg);
+    cli_dist_note_error(line);
 }
 
 const char *cli_printable(const char *s, char *buf, size_t cap)
@@ -246,7 +251,8 @@ const char *cli_shape_str(const xattn_array *a, char *buf, size_t cap)
 static int check_nonempty(const char *cmd, const char *path, const xattn_array *a)
 {
     for (int d = 0; d < a->ndim; d++)
-        if (a->shape[d] <= 0) {
+        if (a->shape[d] <= 0 && !(d == cli_row_got_axis && cli_row_got_len > 0)) {
+            /* (under mpirun a rank's share of a sequence may be empty; the file is not) */
             char s[160];
             return cli_error(cmd, path, "has an empty shape %s", cli_shape_str(a, s, sizeof s));
         }
@@ -316,7 +322,22 @@ static int check_finite(const char *cmd, const char *path, const xattn_array *a,
     char what[64], at[200];
     int64_t bad = cli_first_nonfinite(a, rule, what, sizeof what);
     if (bad < 0) return 0;
-    cli_index_str(a->ndim, a->shape, bad, at, sizeof at);
+    const int ax = cli_row_got_axis;
+    if (ax >= 0 &&
+        ax < a->ndim) { /* under mpirun: the index in the file, not in this rank's rows */
+        int64_t idx[XATTN_MAX_DIMS], shape[XATTN_MAX_DIMS], st, len, flat = 0, f = bad;
+        for (int d = a->ndim - 1; d >= 0; d--) {
+            const int64_t n = a->shape[d] > 0 ? a->shape[d] : 1;
+            idx[d] = f % n, f /= n;
+        }
+        cli_dist_range(cli_row_got_len, &st, &len);
+        memcpy(shape, a->shape, sizeof(int64_t) * (size_t)a->ndim);
+        shape[ax] = cli_row_got_len, idx[ax] += st;
+        for (int d = 0; d < a->ndim; d++) flat = flat * shape[d] + idx[d];
+        cli_index_str(a->ndim, shape, flat, at, sizeof at);
+    } else {
+        cli_index_str(a->ndim, a->shape, bad, at, sizeof at);
+    }
     if (rule == CLI_FINITE_MASK)
         return cli_error(cmd, path,
                          "float mask holds %s at index %s (only finite values and -inf are "
@@ -328,11 +349,20 @@ static int check_finite(const char *cmd, const char *path, const xattn_array *a,
                      what, at);
 }
 
+/* xattn_npy_load, or this rank's rows under mpirun when the caller set cli_row_axis */
+static xattn_status load_npy(const char *path, xattn_array *a)
+{
+    cli_row_got_axis = -1;
+    cli_row_got_len = 0;
+    return cli_dist_npy_rows(path, cli_row_axis, cli_row_arg, a, &cli_row_got_axis,
+                             &cli_row_got_len);
+}
+
 int cli_load_float(const char *cmd, const char *path, int min_rank, int max_rank,
                    cli_finite_rule rule, xattn_array *a)
 {
     memset(a, 0, sizeof *a);
-    if (xattn_npy_load(path, a) != XATTN_OK) return cli_lib_error(cmd, path);
+    if (load_npy(path, a) != XATTN_OK) return cli_lib_error(cmd, path);
     char s[160];
     int rc = 0;
     if (a->dtype != XATTN_F32 && a->dtype != XATTN_F64 && a->dtype != XATTN_F16) {
@@ -380,7 +410,7 @@ int cli_load_bool_mask(const char *cmd, const char *path, const char *opt, const
                        xattn_array *a)
 {
     memset(a, 0, sizeof *a);
-    if (xattn_npy_load(path, a) != XATTN_OK) return cli_lib_error(cmd, path);
+    if (load_npy(path, a) != XATTN_OK) return cli_lib_error(cmd, path);
     int rc = cli_mask_to_bool(cmd, path, opt, true_means, a);
     if (rc) xattn_array_free(a);
     return rc;
@@ -390,7 +420,7 @@ int cli_load_mask(const char *cmd, const char *path, const char *opt, const char
                   cli_finite_rule rule, xattn_array *a)
 {
     memset(a, 0, sizeof *a);
-    if (xattn_npy_load(path, a) != XATTN_OK) return cli_lib_error(cmd, path);
+    if (load_npy(path, a) != XATTN_OK) return cli_lib_error(cmd, path);
     int rc = 0;
     if (a->dtype == XATTN_F32 || a->dtype == XATTN_F64 || a->dtype == XATTN_F16) {
         if (a->dtype == XATTN_F16 && xattn_array_convert(a, XATTN_F32) != XATTN_OK)
@@ -495,12 +525,14 @@ void cli_output_set(cli_output *o, const char *name, float *data, const char *no
     o->arr.data = data;
     o->arr.ndim = ndim;
     for (int d = 0; d < ndim; d++) o->arr.shape[d] = shape[d];
+    o->axis = -1;
 }
 
 int cli_quiet_writes;
 
 int cli_write_outputs(const char *cmd, const char *dir, const cli_output *outs, int n)
 {
+    if (cli_dist_active()) return cli_dist_write_outputs(cmd, dir, outs, n);
     if (n <= 0) return 0;
     char(*path)[CLI_PATH_CAP] = calloc((size_t)n, sizeof *path);
     char(*part)[CLI_PATH_CAP + 8] = calloc((size_t)n, sizeof *part);

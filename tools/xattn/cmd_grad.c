@@ -10,6 +10,7 @@
  */
 #include "cli.h"
 #include "reg_cli.h"
+#include "cli_dist.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -130,8 +131,10 @@ static int take_requests(const char *cmd, const reg_args *a, reg_state *s, grad_
 static int load_request(const char *cmd, const reg_args *a, const reg_state *s, grad_req *q)
 {
     const xattn_tensor *t = &s->out[q->out];
-    int rc = cli_load_float(cmd, q->file, 0, XATTN_MAX_DIMS,
-                            a->allow_nonfinite ? CLI_FINITE_ANY : CLI_FINITE_STRICT, &q->arr);
+    int axis; /* under mpirun this rank's rows, as the output's */
+    int rc = reg_load_output_rows(cmd, s, q->out, q->file,
+                                  a->allow_nonfinite ? CLI_FINITE_ANY : CLI_FINITE_STRICT, &q->arr,
+                                  &axis);
     if (rc) return rc;
     const int drop = s->unbatched && t->ndim > 0 && t->shape[0] == 1 && q->arr.ndim == t->ndim - 1;
     int same = q->arr.ndim == t->ndim - drop;
@@ -198,7 +201,8 @@ static int save_grads(const char *cmd, const char *dir, const reg_state *s, floa
 }
 
 /* The gradients of the float inputs: names d_INPUT, the inputs' shapes. */
-static int input_grads(const reg_state *s, xattn_tensor *din, char (*fname)[128], size_t *n)
+static int input_grads(const reg_state *s, xattn_tensor *din, char (*fname)[128], int *src,
+                       size_t *n)
 {
     xattn_tensor in[REG_MAX_IO];
     size_t n_in;
@@ -210,7 +214,9 @@ static int input_grads(const reg_state *s, xattn_tensor *din, char (*fname)[128]
             if (!strcmp(s->in_desc[k].name, in[i].name)) is_mask = s->in_desc[k].mask;
         if (in[i].dtype != XATTN_F32 || is_mask || in[i].ndim == 0) continue;
         din[*n] = in[i];
-        din[*n].data = calloc((size_t)numel(in[i].ndim, in[i].shape), sizeof(float));
+        for (int k = 0; k < s->n_in; k++)
+            if (!strcmp(s->in_desc[k].name, in[i].name)) src[*n] = k;
+        din[*n].data = calloc((size_t)numel(in[i].ndim, in[i].shape) + 1, sizeof(float));
         if (!din[*n].data) return -1;
         char base[120];
         reg_file_name(in[i].name, base, sizeof base);
@@ -225,6 +231,7 @@ static int run_grad(const char *cmd, const reg_args *a, reg_state *s, grad_req *
 {
     xattn_tensor in[REG_MAX_IO], din[REG_MAX_IO], dout[REG_MAX_IO];
     char dname[REG_MAX_IO][128];
+    int src[REG_MAX_IO] = {0};
     size_t n_in, n_din = 0;
     reg_tensors(s, in, &n_in);
     const size_t np = xattn_module_param_count(s->m);
@@ -236,7 +243,7 @@ static int run_grad(const char *cmd, const reg_args *a, reg_state *s, grad_req *
         if (!(dp[i] = calloc((size_t)numel(p.ndim, p.shape), sizeof(float))))
             rc = cli_error(cmd, NULL, "out of memory");
     }
-    if (!rc && input_grads(s, din, dname, &n_din)) rc = cli_error(cmd, NULL, "out of memory");
+    if (!rc && input_grads(s, din, dname, src, &n_din)) rc = cli_error(cmd, NULL, "out of memory");
     double loss = 0.0;
     const int targets = nreq > 0 && req[0].target;
     for (int k = 0; k < nreq; k++) { /* gradients or targets: named like their outputs */
@@ -251,6 +258,7 @@ static int run_grad(const char *cmd, const reg_args *a, reg_state *s, grad_req *
     const char *dir = a->out_dir ? a->out_dir : ".";
     if (!rc && mkdir(dir, 0777) && errno != EEXIST)
         rc = cli_error(cmd, dir, "cannot create the directory: %s", strerror(errno));
+    rc = cli_dist_agree(cmd, rc); /* under mpirun: every rank has its gradients */
     char loss_text[64];
     snprintf(loss_text, sizeof loss_text, "%.9g", loss);
     if (!rc) {
@@ -260,11 +268,19 @@ static int run_grad(const char *cmd, const reg_args *a, reg_state *s, grad_req *
                              s->arr[0].ndim < din[k].ndim;
             cli_output_set(&outs[k], dname[k], din[k].data, NULL, din[k].ndim - drop,
                            din[k].shape + drop);
+            const int ax = s->in_axis[src[k]] - drop; /* under mpirun: this rank's rows */
+            if (s->in_axis[src[k]] >= 0 && ax >= 0) {
+                int64_t st, len;
+                cli_dist_range(s->in_total[src[k]], &st, &len);
+                outs[k].axis = ax, outs[k].start = st, outs[k].total = s->in_total[src[k]];
+            }
         }
         rc = cli_write_outputs(cmd, dir, outs, (int)n_din);
     }
-    if (!rc) rc = save_grads(cmd, dir, s, dp, targets ? loss_text : NULL);
-    if (!rc && targets) printf("loss %s (F.mse_loss, mean)\n", loss_text);
+    /* the parameters' gradients are whole on every rank (summed over the ranks): rank 0 saves */
+    if (!rc && cli_dist_rank() == 0) rc = save_grads(cmd, dir, s, dp, targets ? loss_text : NULL);
+    if (cli_dist_active()) rc = cli_dist_agree(cmd, rc);
+    if (!rc && targets && cli_dist_rank() == 0) printf("loss %s (F.mse_loss, mean)\n", loss_text);
     for (size_t i = 0; dp && i < np; i++) free(dp[i]);
     free(dp);
     for (size_t k = 0; k < n_din; k++) free(din[k].data);
@@ -310,8 +326,9 @@ int reg_cmd_grad(const char *cmd, int argc, char **argv)
                 rc = load_request(cmd, &a, &s, &req[k]);
         }
         xattn_ctx *ctx = NULL;
-        if (!rc && a.threads && (xattn_ctx_new(&ctx) || xattn_ctx_set_threads(ctx, (int)a.threads)))
-            rc = cli_lib_error(cmd, NULL);
+        rc = cli_dist_agree(cmd, rc); /* under mpirun: every rank has its inputs */
+        if (!rc && (a.threads || cli_dist_active()) && !(ctx = cli_dist_ctx(cmd, a.threads)))
+            rc = CLI_EXIT_ERROR;
         if (!rc) rc = run_grad(cmd, &a, &s, req, nreq, ctx);
         if (!rc) reg_warn(cmd, &a, &s);
         xattn_ctx_free(ctx);

@@ -7,6 +7,7 @@
  */
 #include "cli.h"
 #include "reg_cli.h"
+#include "cli_dist.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -15,7 +16,7 @@
 #include <unistd.h>
 
 typedef struct train_args {
-    const char *target, *context_target, *out, *log, *resume, *optimizer, *schedule;
+    const char *target, *context_target, *out, *log, *resume, *optimizer, *schedule, *parallel;
     long long steps, batch_size, warmup, every, seed, stop_after;
     int shuffle;
     double clip;
@@ -60,6 +61,12 @@ static void help(void)
         "  --out OUT             the trained module (float32), loadable by PyTorch's\n"
         "                        load_state_dict(strict=True) and by 'xattn run'\n"
         "  --log LOG.jsonl       one line per step: step, loss, lr, grad_norm, seconds\n"
+        "  --parallel MODE       under mpirun (MPI build): sequence (default: every rank reads\n"
+        "                        its rows of the sequences and targets, the module runs\n"
+        "                        sharded) or data (every rank a share of each step's\n"
+        "                        samples); the gradients are summed over the ranks, so the\n"
+        "                        losses and weights are those of one process; rank 0 writes\n"
+        "                        OUT, the checkpoints and the log\n"
         "A progress line with the loss is drawn on a terminal.\n");
 }
 
@@ -83,6 +90,7 @@ static int take_flags(const char *cmd, const reg_args *a, reg_state *s, train_ar
                            : !strcmp(f, "--resume")         ? &t->resume
                            : !strcmp(f, "--optimizer")      ? &t->optimizer
                            : !strcmp(f, "--schedule")       ? &t->schedule
+                           : !strcmp(f, "--parallel")       ? &t->parallel
                                                             : NULL;
         long long *num = !strcmp(f, "--steps")              ? &t->steps
                          : !strcmp(f, "--batch-size")       ? &t->batch_size
@@ -139,6 +147,11 @@ static int take_flags(const char *cmd, const reg_args *a, reg_state *s, train_ar
         return cli_usage(cmd, "--schedule: '%s' is not constant or cosine", t->schedule);
     if (t->optimizer && strcmp(t->optimizer, "adamw") && strcmp(t->optimizer, "sgd"))
         return cli_usage(cmd, "--optimizer: '%s' is not adamw or sgd", t->optimizer);
+    if (t->parallel && strcmp(t->parallel, "data") && strcmp(t->parallel, "sequence"))
+        return cli_usage(cmd, "--parallel: '%s' is not data or sequence", t->parallel);
+    if (t->parallel && !cli_dist_active())
+        return cli_usage(cmd, "--parallel %s: only under mpirun (an MPI build started by mpirun)",
+                         t->parallel);
     return 0;
 }
 
@@ -198,6 +211,8 @@ typedef struct trainer {
     int64_t *sizes;
     xattn_optim *opt;
     int64_t start; /* the step to begin at (a resumed run: the checkpoint's) */
+    int data_par;  /* under mpirun, --parallel data: this rank's samples [b0, b0 + Bl) of B */
+    int64_t b0, Bl;
 #define MAX_TIMES 4096
     double times[MAX_TIMES]; /* seconds of each step (forward, backward, clipping, update) */
     int n_times;
@@ -210,14 +225,14 @@ static int setup_batched(trainer *w, xattn_tensor *t, batched *b, int batched_ax
 {
     memset(b, 0, sizeof *b);
     if (!batched_axis || t->ndim < 1 || t->shape[0] != w->N) return 0;
-    if (w->B == w->N && !w->t.shuffle) return 0; /* every step is the whole batch, in order */
+    if (w->B == w->N && !w->t.shuffle && !w->data_par) return 0; /* the whole batch, in order */
     b->esize = t->dtype == XATTN_F32 ? sizeof(float) : 1;
     b->per = 1;
     for (int d = 1; d < t->ndim; d++) b->per *= t->shape[d];
     b->src = t->data;
     if (!(b->buf = malloc(b->esize * (size_t)(w->B * b->per + 1))))
         return cli_error(w->cmd, NULL, "out of memory");
-    t->shape[0] = w->B;
+    t->shape[0] = w->data_par ? w->Bl : w->B;
     t->data = b->buf;
     return 0;
 }
@@ -227,7 +242,7 @@ static void gather(const trainer *w, const int64_t *idx)
     for (size_t i = 0; i < w->n_in + w->n_tg; i++) {
         const batched *b = i < w->n_in ? &w->bin[i] : &w->btg[i - w->n_in];
         if (!b->buf) continue;
-        for (int64_t k = 0; k < w->B; k++)
+        for (int64_t k = 0; k < (w->data_par ? w->Bl : w->B); k++)
             memcpy((char *)b->buf + (size_t)(k * b->per) * b->esize,
                    (const char *)b->src + (size_t)(idx[k] * b->per) * b->esize,
                    b->esize * (size_t)b->per);
@@ -246,8 +261,8 @@ static int load_targets(trainer *w)
         if (o < 0)
             return cli_usage(w->cmd, "--context-target: %s has no output context_out", w->s->kind);
         memset(&w->tarr[k], 0, sizeof w->tarr[k]);
-        int rc =
-            cli_load_float(w->cmd, files[k], 1, XATTN_MAX_DIMS, CLI_FINITE_STRICT, &w->tarr[k]);
+        int axis, rc = reg_load_output_rows(w->cmd, w->s, o, files[k], CLI_FINITE_STRICT,
+                                            &w->tarr[k], &axis); /* sequence-parallel: rows */
         if (rc) return rc;
         const xattn_tensor *out = &w->s->out[o];
         const int drop = w->s->unbatched && w->tarr[k].ndim == out->ndim - 1;
@@ -412,14 +427,30 @@ static int train_loop(trainer *w, FILE *log)
     for (int64_t step = w->start; step < w->t.steps && !rc; step++) {
         for (int64_t b = 0; b < w->B; b++)
             idx[b] = sample_of(step, b, w->B, w->N, w->t.shuffle, w->t.seed, order, &order_epoch);
-        gather(w, idx);
+        gather(w, w->data_par ? idx + w->b0 : idx);
         const double t0 = cli_now();
         double loss = 0.0;
-        if (xattn_module_mse_grad(w->ctx, w->s->m, w->in, w->n_in, w->tg, w->n_tg, &loss, NULL, 0,
-                                  w->grads)) {
+        if (w->data_par) { /* this rank's samples, then the mean over the step's B samples */
+            rc = w->Bl && xattn_module_mse_grad(w->ctx, w->s->m, w->in, w->n_in, w->tg, w->n_tg,
+                                                &loss, NULL, 0, w->grads)
+                     ? reg_lib_error(w->cmd, w->a, w->s)
+                     : 0;
+            if ((rc = cli_dist_agree(w->cmd, rc))) break;
+            const float f = (float)w->Bl / (float)w->B;
+            for (size_t i = 0; i < w->np; i++)
+                for (int64_t k = 0; w->grads[i] && k < w->sizes[i]; k++)
+                    w->grads[i][k] = w->Bl ? w->grads[i][k] * f : 0.0f;
+            loss *= (double)w->Bl / (double)w->B;
+            for (size_t i = 0; i < w->np && !rc; i++)
+                if (w->grads[i]) rc = cli_dist_sum(w->cmd, w->grads[i], w->sizes[i]);
+            if (!rc) rc = cli_dist_sum_d(w->cmd, &loss, 1);
+            if (rc) break;
+        } else if (xattn_module_mse_grad(w->ctx, w->s->m, w->in, w->n_in, w->tg, w->n_tg, &loss,
+                                         NULL, 0, w->grads)) {
             rc = reg_lib_error(w->cmd, w->a, w->s);
             break;
         }
+        cli_dist_test_exit(step + 1);
         const double norm = xattn_clip_grad_norm(w->grads, w->sizes, w->np, w->t.clip);
         const double lr = xattn_lr_at(step, w->t.steps, w->t.warmup,
                                       w->t.schedule && !strcmp(w->t.schedule, "cosine"), base_lr);
@@ -432,19 +463,22 @@ static int train_loop(trainer *w, FILE *log)
                            (long long)step + 1);
             break;
         }
-        if (log)
+        if (log && cli_dist_rank() == 0)
             fprintf(log,
                     "{\"step\": %lld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, "
                     "\"seconds\": %.6g}\n",
                     (long long)step + 1, loss, lr, norm, secs);
-        if (tty) progress(step + 1, w->t.steps, loss);
+        if (tty && cli_dist_rank() == 0) progress(step + 1, w->t.steps, loss);
         const int stop = w->t.stop_after && step + 1 == w->t.stop_after;
         const int last = step + 1 == w->t.steps || stop;
         if ((w->t.every && ((step + 1) % w->t.every == 0 || last)) || stop) {
             xattn_optim_set_lr(w->opt, base_lr); /* the options as given, not the schedule's */
-            rc = save_checkpoint(w, step + 1);
+            /* under mpirun every rank holds the same weights: rank 0 writes */
+            rc = cli_dist_rank() == 0 ? save_checkpoint(w, step + 1) : 0;
+            if (log && cli_dist_rank() == 0) fflush(log);
+            if (cli_dist_active()) rc = cli_dist_agree(w->cmd, rc);
         }
-        if (last && !tty)
+        if (last && !tty && cli_dist_rank() == 0)
             printf("step %lld/%lld  loss %.9g\n", (long long)step + 1, (long long)w->t.steps, loss);
         if (stop) break;
     }
@@ -460,6 +494,8 @@ static int run(trainer *w)
     reg_tensors(s, w->in, &w->n_in);
     w->N = s->unbatched || w->n_in == 0 ? 1 : w->in[0].shape[0];
     w->B = w->t.batch_size ? w->t.batch_size : w->N;
+    w->data_par = cli_dist_active() && w->t.parallel && !strcmp(w->t.parallel, "data");
+    if (w->data_par) cli_dist_range(w->B, &w->b0, &w->Bl);
     for (size_t i = 0; i < w->n_in; i++) {
         int is_batched = 0;
         for (int k = 0; k < s->n_in; k++)
@@ -496,14 +532,18 @@ static int run(trainer *w)
         w->t.out);
     if (w->t.resume && (rc = resume(w))) return rc;
     FILE *log = NULL;
-    if (w->t.log && !(log = fopen(w->t.log, w->t.resume ? "a" : "w")))
-        return cli_error(w->cmd, w->t.log, "cannot write the log");
+    if (w->t.log && cli_dist_rank() == 0 && !(log = fopen(w->t.log, w->t.resume ? "a" : "w")))
+        rc = cli_error(w->cmd, w->t.log, "cannot write the log");
+    if ((rc = cli_dist_agree(w->cmd, rc))) return rc;
     rc = train_loop(w, log);
     if (log && fclose(log) && !rc) rc = cli_error(w->cmd, w->t.log, "cannot write the log");
     xattn_save_opts so;
     memset(&so, 0, sizeof so);
     so.float32 = 1;
-    if (!rc && xattn_module_save_ex(s->m, w->t.out, &so)) rc = cli_lib_error(w->cmd, w->t.out);
+    if (!rc && cli_dist_rank() == 0 && xattn_module_save_ex(s->m, w->t.out, &so))
+        rc = cli_lib_error(w->cmd, w->t.out);
+    if (cli_dist_active() && !rc) rc = cli_dist_agree(w->cmd, rc);
+    if (cli_dist_rank() > 0) return rc;
     if (!rc && w->n_times) {
         qsort(w->times, (size_t)w->n_times, sizeof w->times[0], cmp_double);
         const char *note;
@@ -544,11 +584,20 @@ int cmd_train(int argc, char **argv)
         if (!strcmp(a.rest[r].flag, "--resume") && a.rest[r].value) a2.model = a.rest[r].value;
     if (!(rc = reg_open(cmd, &a2, &s)) && !xattn_kind_has_backward(s.kind))
         rc = cli_error(cmd, a.model, "%s has no backward yet: it cannot be trained", s.kind);
-    if (!rc && !(rc = take_flags(cmd, &a, &s, &w.t)) && !(rc = reg_check_weights(cmd, &a, &s)) &&
-        !(rc = reg_inputs(cmd, &a, &s, 0)) && !(rc = reg_outputs(cmd, &a, &s))) {
-        if (a.threads && (xattn_ctx_new(&w.ctx) || xattn_ctx_set_threads(w.ctx, (int)a.threads)))
+    if (!rc && !(rc = take_flags(cmd, &a, &s, &w.t)) && !(rc = reg_check_weights(cmd, &a, &s))) {
+        /* under mpirun, data-parallel: every rank reads the whole inputs */
+        cli_dist_rows = !(w.t.parallel && !strcmp(w.t.parallel, "data"));
+        if (!(rc = reg_inputs(cmd, &a, &s, 0))) rc = reg_outputs(cmd, &a, &s);
+    }
+    rc = cli_dist_agree(cmd, rc); /* under mpirun: every rank has its inputs */
+    if (!rc) {
+        if (cli_dist_active() && cli_dist_rows)
+            rc = (w.ctx = cli_dist_ctx(cmd, a.threads)) ? 0 : CLI_EXIT_ERROR;
+        else if (a.threads &&
+                 (xattn_ctx_new(&w.ctx) || xattn_ctx_set_threads(w.ctx, (int)a.threads)))
             rc = cli_lib_error(cmd, NULL);
         if (!rc) rc = run(&w);
+        if (cli_dist_active() && !cli_dist_agreed()) rc = cli_dist_agree(cmd, rc);
         if (!rc) reg_warn(cmd, &a, &s);
         for (size_t i = 0; !rc && i < xattn_module_config_count(s.m); i++) {
             xattn_config_entry e; /* dropout is not applied: say so, never silently */

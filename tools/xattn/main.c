@@ -1,5 +1,6 @@
 /* xattn: command-line tool of the xattn library. Subcommand dispatch; see cli.h. */
 #include "cli.h"
+#include "cli_dist.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -69,7 +70,31 @@ static int check_omp_env(void)
     return CLI_EXIT_USAGE;
 }
 
+/* The commands that run across the ranks under mpirun. */
+static int runs_distributed(const char *c)
+{
+    return !strcmp(c, "run") || !strcmp(c, "grad") || !strcmp(c, "train");
+}
+
+static int dispatch(int argc, char **argv);
+
 int main(int argc, char **argv)
+{
+    cli_dist_begin(&argc, &argv);
+    const char *c = argc > 1 ? argv[1] : "";
+    int rc;
+    if (cli_dist_active() && argc > 1 && !runs_distributed(c) && strcmp(c, "-h") &&
+        strcmp(c, "--help") && strcmp(c, "help") && strcmp(c, "-V") && strcmp(c, "--version"))
+        rc = cli_error(c, NULL,
+                       "not available under mpirun (%d ranks): run, grad and train run across "
+                       "ranks; start the others without mpirun",
+                       cli_dist_size());
+    else
+        rc = dispatch(argc, argv);
+    return cli_dist_end(argc > 1 ? c : "xattn", rc);
+}
+
+static int dispatch(int argc, char **argv)
 {
     if (check_omp_env()) return CLI_EXIT_USAGE;
     if (argc < 2) {

@@ -7,6 +7,7 @@
  * this file knows any particular kind.
  */
 #include "reg_cli.h"
+#include "cli_dist.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -380,8 +381,9 @@ int reg_context(const char *cmd, const reg_args *a, xattn_ctx **ctx)
         if (a->need_f32) return cli_usage(cmd, "--compute bf16: gradients are computed in float32");
         compute = XATTN_COMPUTE_BF16;
     }
-    if (xattn_ctx_new(ctx) || (a->threads && xattn_ctx_set_threads(*ctx, (int)a->threads)) ||
-        xattn_ctx_set_compute(*ctx, compute)) {
+    /* under mpirun: the communicator too, the module's sequences sharded */
+    if (!(*ctx = cli_dist_ctx(cmd, a->threads))) return CLI_EXIT_ERROR;
+    if (xattn_ctx_set_compute(*ctx, compute)) {
         xattn_ctx_free(*ctx);
         *ctx = NULL;
         return cli_lib_error(cmd, NULL);
@@ -391,7 +393,7 @@ int reg_context(const char *cmd, const reg_args *a, xattn_ctx **ctx)
 
 void reg_warn(const char *cmd, const reg_args *a, const reg_state *s)
 {
-    const char *w = s->m ? xattn_module_warnings(s->m) : "";
+    const char *w = s->m && cli_dist_rank() == 0 ? xattn_module_warnings(s->m) : "";
     while (*w) { /* one line each, "option 'NAME'" as its flag */
         const size_t l = strcspn(w, "\n");
         char line[1024], flag[160];

@@ -53,6 +53,10 @@ typedef struct reg_state {
     float *outbuf[REG_MAX_IO];
     const char
         *out_as[REG_MAX_IO]; /* the output out[o] is written in place of (an alias's), or NULL */
+    /* under mpirun: the axis of input i / output o cut across the ranks (-1: whole), its length
+     * over every rank, and where this rank's rows start (outputs) */
+    int in_axis[REG_MAX_IO], out_axis[REG_MAX_IO];
+    int64_t in_total[REG_MAX_IO], out_total[REG_MAX_IO], out_start[REG_MAX_IO];
 } reg_state;
 
 /* The input, option or output of kind that alias `name` (underscores) stands for, and for an
@@ -105,6 +109,10 @@ int reg_inputs(const char *cmd, const reg_args *a, reg_state *s, int generate);
 int reg_outputs(const char *cmd, const reg_args *a, reg_state *s);
 /* The loaded inputs as named tensors (those given), in the kind's input order. */
 void reg_tensors(const reg_state *s, xattn_tensor *t, size_t *n);
+/* Loads the file of output o's gradient or target (its shape), this rank's rows under mpirun
+ * (*axis: the axis cut, -1 whole). */
+int reg_load_output_rows(const char *cmd, const reg_state *s, int o, const char *file,
+                         cli_finite_rule rule, xattn_array *arr, int *axis);
 /* Runs the forward on ctx (NULL: default). */
 int reg_forward(const char *cmd, const reg_args *a, reg_state *s, xattn_ctx *ctx);
 /* Writes the outputs into --out-dir (without the leading batch axis for unbatched inputs). */

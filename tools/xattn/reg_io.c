@@ -1,5 +1,6 @@
 /* Inputs and outputs of a registry module on the command line (see reg_cli.h). */
 #include "reg_cli.h"
+#include "cli_dist.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -363,7 +364,65 @@ static int load_inline(const char *cmd, const reg_args *a, reg_state *s, int i, 
     return 0;
 }
 
+/* Under mpirun: the axis of input (s, i) of rank ndim that the ranks share out (-1: whole; -2:
+ * refused, the library's message set); inputs given without their batch axis count without it. */
+typedef struct axis_arg {
+    const reg_state *s;
+    const char *name;
+    const char *shape;
+    int output;
+} axis_arg;
+
+static int axis_of(void *argp, int ndim)
+{
+    const axis_arg *x = argp;
+    int axis = -1;
+    if (cli_dist_shard_axis(x->s->m, x->name, x->output, ndim, &axis)) return -2;
+    if (axis < 0 && x->shape[0] == 'B' &&
+        !cli_dist_shard_axis(x->s->m, x->name, x->output, ndim + 1, &axis) && axis >= 1)
+        return axis - 1; /* unbatched */
+    return axis < 0 ? -1 : axis;
+}
+
+/* Loads through loader with this rank's rows under mpirun (cli_row_axis set around it). */
+#define WITH_ROWS(s, name_, shape_, output_, rc, call)                                             \
+    do {                                                                                           \
+        axis_arg xa_ = {(s), (name_), (shape_), (output_)};                                        \
+        cli_row_axis = axis_of, cli_row_arg = &xa_;                                                \
+        rc = (call);                                                                               \
+        cli_row_axis = NULL, cli_row_arg = NULL;                                                   \
+    } while (0)
+
+static int load_one_rows(const char *cmd, const reg_args *a, reg_state *s, int i);
+
 static int load_one(const char *cmd, const reg_args *a, reg_state *s, int i)
+{
+    int rc;
+    s->in_axis[i] = -1;
+    s->in_total[i] = 0;
+    WITH_ROWS(s, s->in_desc[i].name, s->in_desc[i].shape, 0, rc, load_one_rows(cmd, a, s, i));
+    if (!rc && cli_row_got_axis >= 0) s->in_axis[i] = cli_row_got_axis;
+    if (!rc) s->in_total[i] = cli_row_got_len;
+    return rc;
+}
+
+int reg_load_output_rows(const char *cmd, const reg_state *s, int o, const char *file,
+                         cli_finite_rule rule, xattn_array *arr, int *axis)
+{
+    int rc;
+    *axis = -1;
+    xattn_io_desc d;
+    memset(&d, 0, sizeof d);
+    d.shape = "";
+    for (size_t k = 0; k < xattn_module_output_count(s->m); k++)
+        if (!xattn_module_output(s->m, k, &d) && !strcmp(d.name, s->out[o].name)) break;
+    WITH_ROWS(s, s->out[o].name, d.shape ? d.shape : "", 1, rc,
+              cli_load_float(cmd, file, 0, XATTN_MAX_DIMS, rule, arr));
+    if (!rc) *axis = cli_row_got_axis;
+    return rc;
+}
+
+static int load_one_rows(const char *cmd, const reg_args *a, reg_state *s, int i)
 {
     const xattn_io_desc *d = &s->in_desc[i];
     const cli_finite_rule data = a->allow_nonfinite ? CLI_FINITE_ANY : CLI_FINITE_STRICT;
@@ -777,6 +836,7 @@ int reg_inputs(const char *cmd, const reg_args *a, reg_state *s, int gen)
 {
     s->n_in = (int)xattn_module_input_count(s->m);
     if (s->n_in > REG_MAX_IO) return cli_error(cmd, a->model, "too many inputs");
+    for (int i = 0; i < REG_MAX_IO; i++) s->in_axis[i] = -1, s->in_total[i] = 0; /* whole */
     for (int i = 0; i < s->n_in; i++) xattn_module_input(s->m, (size_t)i, &s->in_desc[i]);
     int rc = map_inputs(cmd, a, s);
     if (rc || (rc = check_ways(cmd, s, gen))) return rc;
@@ -806,6 +866,7 @@ int reg_inputs(const char *cmd, const reg_args *a, reg_state *s, int gen)
         x->shape[0] = 1;
         x->ndim++;
         s->batch_added |= 1u << i;
+        if (s->in_axis[i] >= 0) s->in_axis[i]++;
     }
     for (int i = 0; i < s->n_in; i++)
         if (s->in_flag[i] && s->in_desc[i].shape[0] && (rc = check_shape(cmd, a, s, i))) return rc;
@@ -997,8 +1058,32 @@ int reg_outputs(const char *cmd, const reg_args *a, reg_state *s)
                          "--return-attn: a %s (%s) returns no attention maps (its outputs: %s)",
                          ref, s->kind, outs);
     }
+    /* under mpirun: the shapes over every rank (the inputs' axes at their whole lengths), then
+     * this rank's rows of each output */
+    int64_t gshape[REG_MAX_IO][XATTN_MAX_DIMS];
+    for (size_t k = 0; k < n_in; k++) {
+        int i = 0;
+        while (i < s->n_in && strcmp(s->in_desc[i].name, in[k].name)) i++;
+        memcpy(gshape[k], in[k].shape, sizeof gshape[k]);
+        if (cli_dist_active() && i < s->n_in && s->in_axis[i] >= 0)
+            gshape[k][s->in_axis[i]] = s->in_total[i];
+        memcpy(in[k].shape, gshape[k], sizeof in[k].shape);
+    }
     if (xattn_module_plan(s->m, in, n_in, s->out, (size_t)s->n_out))
         return reg_lib_error(cmd, a, s);
+    for (int o = 0; o < s->n_out; o++) {
+        s->out_axis[o] = -1;
+        s->out_total[o] = s->out_start[o] = 0;
+        if (!cli_dist_active() || !cli_dist_rows) continue;
+        int axis = -1;
+        if (cli_dist_shard_axis(s->m, s->out[o].name, 1, s->out[o].ndim, &axis))
+            return reg_lib_error(cmd, a, s);
+        if (axis < 0) continue;
+        int64_t st, len;
+        cli_dist_range(s->out[o].shape[axis], &st, &len);
+        s->out_axis[o] = axis, s->out_total[o] = s->out[o].shape[axis], s->out_start[o] = st;
+        s->out[o].shape[axis] = len;
+    }
     for (int o = 0; o < s->n_out; o++) {
         double n = 1;
         for (int k = 0; k < s->out[o].ndim; k++) n *= (double)s->out[o].shape[k];
@@ -1070,6 +1155,9 @@ int reg_write(const char *cmd, const reg_args *a, const reg_state *s)
             const int drop = s->unbatched && d[o].shape[0] == 'B';
             reg_file_name(s->out_as[o] ? s->out_as[o] : t->name, names[w], sizeof names[w]);
             cli_output_set(&outs[w], names[w], t->data, note, t->ndim - drop, t->shape + drop);
+            if (s->out_axis[o] >= drop) /* under mpirun: this rank's rows */
+                outs[w].axis = s->out_axis[o] - drop, outs[w].start = s->out_start[o],
+                outs[w].total = s->out_total[o];
             w++;
             continue;
         }

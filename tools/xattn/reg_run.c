@@ -1,6 +1,7 @@
 /* `xattn run` and `xattn bench` for the kinds the CLI runs through the registry. */
 #include "modules_ext.h"
 #include "reg_cli.h"
+#include "cli_dist.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -241,7 +242,10 @@ int reg_cmd_run(const char *cmd, int argc, char **argv)
     if ((rc = cli_check_out_dir(cmd, a.out_dir ? a.out_dir : "."))) return rc;
     reg_state s;
     if (!(rc = reg_open(cmd, &a, &s)) && !(rc = reg_check_weights(cmd, &a, &s)) &&
-        !(rc = reg_inputs(cmd, &a, &s, 0)) && !(rc = reg_outputs(cmd, &a, &s))) {
+        !(rc = reg_inputs(cmd, &a, &s, 0)))
+        rc = reg_outputs(cmd, &a, &s);
+    rc = cli_dist_agree(cmd, rc); /* under mpirun: every rank has its inputs */
+    if (!rc) {
         xattn_ctx *ctx = NULL;
         rc = reg_context(cmd, &a, &ctx);
         if (!rc) rc = reg_forward(cmd, &a, &s, ctx);

@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# The command line under mpirun (MPI build): xattn run, grad and train on 1 to 4 ranks give the
+# files of one process (outputs within 2e-5 (1 + |ref|), gradients and trained weights within
+# 1e-4), with lengths not divisible by the rank count and shards of 0 rows; and the faults: a
+# refused input, a rank meeting bad data, a rank that dies mid-training (every rank ends within
+# seconds, no partial file, the checkpoint resumes to the uninterrupted result).
+#   bash tests/mpi/test_mpi_cli.sh build-mpi/xattn
+set -u
+X=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
+HERE=$(cd "$(dirname "$0")" && pwd)
+MK="python3 $HERE/mknpy.py"
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/xattn_mpi_cli.XXXXXX")
+trap 'rm -rf "$TMP"' EXIT
+cd "$TMP"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
+MPI="timeout 120 mpirun --oversubscribe"
+passed=0
+failed=0
+fail() {
+    failed=$((failed + 1))
+    echo "FAIL: $*" >&2
+}
+pass() { passed=$((passed + 1)); }
+# same A B TOL: xattn compare within TOL
+same() {
+    if "$X" compare "$1" "$2" --tol "$3" >cmp.out 2>&1; then pass; else fail "$1 vs $2: $(tail -1 cmp.out)"; fi
+}
+
+# case NAME "INIT ARGS" "RUN ARGS" OUTPUTS...: one process, then 1..4 ranks (INIT "-": a kind
+# without weights, named in RUN ARGS)
+case_run() {
+    local name=$1 init=$2 args=$3 model=$1.safetensors
+    shift 3
+    if [ "$init" = - ]; then
+        model=
+    else
+        "$X" init $init --out "$name.safetensors" >/dev/null || { fail "$name: init"; return; }
+    fi
+    "$X" run $model $args --out-dir "ref_$name" >/dev/null 2>err.txt ||
+        { fail "$name: one process: $(cat err.txt)"; return; }
+    for np in 1 2 3 4; do
+        if ! $MPI -np $np "$X" run $model $args --out-dir "d_${name}_$np" >/dev/null 2>err.txt; then
+            fail "$name on $np ranks: $(head -3 err.txt)"
+            continue
+        fi
+        for o in "$@"; do same "d_${name}_$np/$o.npy" "ref_$name/$o.npy" 2e-5; done
+    done
+}
+
+$MK x.npy f4 2,7,8 1
+$MK c.npy f4 2,5,6 2
+$MK c8.npy f4 2,5,8 3
+$MK xm.npy b1 2,7 4
+$MK cm.npy b1 2,5 5
+$MK x1.npy f4 1,3,8 6 # 3 rows over 4 ranks: a shard of 0 rows
+$MK c1.npy f4 1,2,6 7
+$MK xu.npy f4 7,8 8 # one sequence, no batch axis
+$MK cu.npy f4 5,6 9
+
+case_run bidir "bidir --dim 8 --context-dim 6 --heads 2 --dim-head 4 --talking-heads true --prenorm true" \
+    "--x x.npy --context c.npy --mask xm.npy --context-mask cm.npy" out context_out
+case_run bidir_short "bidir --dim 8 --context-dim 6 --heads 2 --dim-head 4" "--x x1.npy --context c1.npy" out context_out
+case_run bidir_unbatched "bidir --dim 8 --context-dim 6 --heads 2 --dim-head 4" "--x xu.npy --context cu.npy" out context_out
+case_run bidirtf "bidir-transformer --dim 8 --context-dim 8 --depth 2 --heads 2 --dim-head 4 --final-norms true" \
+    "--x x.npy --context c8.npy --context-mask cm.npy" out context_out
+case_run mha "mha --embed-dim 8 --num-heads 2 --kdim 6 --vdim 6" "--query x.npy --key c.npy --value c.npy --key-padding-mask cm.npy" out
+case_run mha_causal "mha --embed-dim 8 --num-heads 2" "--query x.npy --is-causal" out
+case_run attention "attention --query-dim 8 --cross-attention-dim 6 --heads 2 --dim-head 4" \
+    "--hidden-states x.npy --encoder-hidden-states c.npy --attention-mask cm.npy" out
+$MK xb2.npy f4 2,7,8 13
+case_run mutual - "--module mutual --a x.npy --b xb2.npy" out
+$MK a2.npy f4 6,5 10
+case_run mutual2d - "--module mutual --a a2.npy --b a2.npy" out
+case_run joint "joint --d-model 8 --nhead 2 --dim-feedforward 12 --num-layers 2" \
+    "--x x.npy --context c8.npy --x-padding-mask xm.npy" out context_out
+case_run decoder "bert-decoder --hidden-size 8 --num-attention-heads 2 --intermediate-size 12 --num-hidden-layers 2 --encoder-width 6" \
+    "--hidden-states x.npy --encoder-hidden-states c.npy --attention-mask xm.npy --encoder-attention-mask cm.npy" out
+
+# gradients: output gradients and MSE targets
+$MK g.npy f4 2,7,8 11
+$MK gc.npy f4 2,5,6 12
+G="--x x.npy --context c.npy --mask xm.npy"
+"$X" grad bidir.safetensors $G --grad-out g.npy --grad-context-out gc.npy --out-dir gref >/dev/null
+"$X" grad bidir.safetensors $G --target g.npy --context-target gc.npy --out-dir tref >tref.out
+for np in 2 3 4; do
+    $MPI -np $np "$X" grad bidir.safetensors $G --grad-out g.npy --grad-context-out gc.npy --out-dir gd$np >/dev/null 2>&1 ||
+        fail "grad on $np ranks"
+    for f in d_x.npy d_context.npy grads.safetensors; do same "gd$np/$f" "gref/$f" 1e-4; done
+    $MPI -np $np "$X" grad bidir.safetensors $G --target g.npy --context-target gc.npy --out-dir td$np >td.out 2>&1 ||
+        fail "grad --target on $np ranks"
+    same "td$np/grads.safetensors" tref/grads.safetensors 1e-4
+    a=$(grep '^loss' tref.out | cut -d' ' -f2)
+    b=$(grep '^loss' td.out | cut -d' ' -f2)
+    if python3 -c "import sys; a,b=float('$a'),float('$b'); sys.exit(abs(a-b) > 2e-5*(1+abs(a)))"; then
+        pass
+    else
+        fail "grad loss $b on $np ranks, $a in one process"
+    fi
+done
+
+# training: data- and sequence-parallel against one process on the same global batch
+$MK xb.npy f4 5,7,8 21
+$MK cb.npy f4 5,5,6 22
+$MK tb.npy f4 5,7,8 23
+$MK tcb.npy f4 5,5,6 24
+T="train bidir.safetensors --x xb.npy --context cb.npy --target tb.npy --context-target tcb.npy --steps 4 --batch-size 3 --shuffle --grad-clip 1.0"
+"$X" $T --out w1.safetensors --log l1.jsonl >/dev/null
+for mode in sequence data; do
+    for np in 2 4; do
+        $MPI -np $np "$X" $T --parallel $mode --out "w_$mode$np.safetensors" --log "l_$mode$np.jsonl" >/dev/null 2>&1 ||
+            fail "train --parallel $mode on $np ranks"
+        same "w_$mode$np.safetensors" w1.safetensors 1e-4
+        if python3 - "l1.jsonl" "l_$mode$np.jsonl" <<'EOF'; then pass; else fail "train --parallel $mode on $np ranks: losses differ"; fi
+import json, sys
+a = [json.loads(l)["loss"] for l in open(sys.argv[1])]
+b = [json.loads(l)["loss"] for l in open(sys.argv[2])]
+sys.exit(len(a) != len(b) or any(abs(x - y) > 2e-5 * (1 + abs(x)) for x, y in zip(a, b)))
+EOF
+    done
+done
+
+# ---- faults ----
+# bad_run NAME NEEDLE NP ARGS...: every rank exits non-zero within the timeout, stderr names the
+# cause, no output file (nor .part) is left
+bad_run() {
+    local name=$1 needle=$2 np=$3
+    shift 3
+    rm -rf out_bad
+    local t0=$SECONDS
+    $MPI -np "$np" "$X" "$@" --out-dir out_bad >/dev/null 2>err.txt
+    local rc=$?
+    if [ $rc -eq 0 ] || [ $rc -eq 124 ]; then fail "$name: exit $rc"; return; fi
+    if [ $((SECONDS - t0)) -gt 30 ]; then fail "$name: took $((SECONDS - t0)) s"; fi
+    if ! grep -q -- "$needle" err.txt; then fail "$name: stderr lacks '$needle': $(head -3 err.txt)"; return; fi
+    if [ -e out_bad ] && [ -n "$(ls -A out_bad)" ]; then fail "$name: left $(ls out_bad)"; return; fi
+    pass
+}
+$MK b.npy f4 7,5 31
+bad_run "refused rel_pos_bias" "rel_pos_bias' spans both sequences" 2 run bidir.safetensors --x x.npy --context c.npy --rel-pos-bias b.npy
+python3 - <<'EOF'
+import struct
+d = bytearray(open("x.npy", "rb").read())
+off = len(d) - 4 * (2 * 7 * 8) + 4 * ((1 * 7 + 6) * 8 + 3)  # x[1, 6, 3]: rank 3 of 4 reads row 6
+d[off:off + 4] = struct.pack("<f", float("nan"))
+open("xnan.npy", "wb").write(d)
+EOF
+bad_run "NaN in rank 3's rows" "rank 3 failed: xnan.npy: holds a non-finite value (nan) at index \[1, 6, 3\]" 4 \
+    run bidir.safetensors --x xnan.npy --context c.npy
+if [ "$(grep -c 'rank 3' err.txt)" -ge 4 ]; then pass; else fail "NaN: not every rank named rank 3: $(cat err.txt)"; fi
+$MK x12.npy f4 2,7,12 14
+"$X" init interlaced --embed-dim 12 --depth 1 --num-classes 2 --out il.safetensors >/dev/null
+bad_run "a kind that cannot run sharded" "interlaced cannot run sharded" 2 run il.safetensors --x x12.npy --context x12.npy
+bad_run "a command that does not run across ranks" "not available under mpirun" 2 bench bidir.safetensors
+
+# a rank that dies mid-training: the job ends within seconds, the last checkpoint resumes to the
+# uninterrupted result
+T6="train bidir.safetensors --x xb.npy --context cb.npy --target tb.npy --context-target tcb.npy --steps 6 --batch-size 3 --shuffle"
+"$X" $T6 --out full.safetensors >/dev/null
+for mode in sequence data; do
+    rm -f k.safetensors k.ckpt.safetensors
+    t0=$SECONDS
+    $MPI -np 3 -x XATTN_TEST_EXIT=1:3 "$X" $T6 --parallel $mode --checkpoint-every 2 --out k.safetensors >/dev/null 2>&1
+    rc=$?
+    if [ $rc -eq 0 ] || [ $rc -eq 124 ] || [ $((SECONDS - t0)) -gt 30 ]; then
+        fail "dead rank ($mode): exit $rc after $((SECONDS - t0)) s"
+    elif [ -e k.safetensors ] || [ ! -e k.ckpt.safetensors ]; then
+        fail "dead rank ($mode): $(ls k.* 2>&1)"
+    else
+        pass
+    fi
+    $MPI -np 3 "$X" $T6 --parallel $mode --checkpoint-every 2 --resume k.ckpt.safetensors --out k.safetensors >/dev/null 2>&1 ||
+        fail "resume after a dead rank ($mode)"
+    same k.safetensors full.safetensors 1e-4
+done
+
+echo "test_mpi_cli: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
