@@ -119,6 +119,35 @@ EOF
     done
 done
 
+# data-parallel reads: each rank reads only the samples it uses (offset reads): with the whole
+# batch in order (B = N = 6) rank r of R reads its share of the 6 samples of each of the four
+# files (172 floats per sample), with --batch-size 2 --steps 1 only its sample of the first two
+$MK xd.npy f4 6,7,8 41
+$MK cd.npy f4 6,5,6 42
+$MK td.npy f4 6,7,8 43
+$MK tcd.npy f4 6,5,6 44
+for spec in "3 6 4" "4 6 4" "3 2 1"; do
+    set -- $spec
+    np=$1 bs=$2 steps=$3
+    TD="train bidir.safetensors --x xd.npy --context cd.npy --target td.npy --context-target tcd.npy --steps $steps --batch-size $bs"
+    "$X" $TD --out wd1.safetensors --log ld1.jsonl >/dev/null
+    XATTN_TEST_READ_BYTES=1 $MPI -np $np -x XATTN_TEST_READ_BYTES "$X" $TD --parallel data \
+        --out "wd$np.safetensors" --log "ld$np.jsonl" >/dev/null 2>reads.txt || fail "train --parallel data ($spec): $(tail -2 reads.txt)"
+    same "wd$np.safetensors" wd1.safetensors 1e-4
+    if python3 - ld1.jsonl "ld$np.jsonl" <<'EOF'; then pass; else fail "data reads ($spec): losses differ"; fi
+import json, sys
+a = [json.loads(l)["loss"] for l in open(sys.argv[1])]
+b = [json.loads(l)["loss"] for l in open(sys.argv[2])]
+sys.exit(len(a) != len(b) or any(abs(x - y) > 2e-5 * (1 + abs(x)) for x, y in zip(a, b)))
+EOF
+    for r in $(seq 0 $((np - 1))); do
+        want=$(( (bs * (r + 1) / np - bs * r / np) * 172 * 4 ))
+        [ "$want" -eq 0 ] && want=$((172 * 4)) # a rank without samples reads one (no empty shape)
+        got=$(sed -n "s/.*rank $r read \([0-9]*\) bytes.*/\1/p" reads.txt)
+        if [ "$got" = "$want" ]; then pass; else fail "data reads ($spec): rank $r read '$got' bytes, not $want"; fi
+    done
+done
+
 # ---- faults ----
 # bad_run NAME NEEDLE NP ARGS...: every rank exits non-zero within the timeout, stderr names the
 # cause, no output file (nor .part) is left

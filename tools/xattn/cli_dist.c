@@ -151,67 +151,115 @@ static size_t write_head(char *buf, size_t cap, const char *descr, int ndim, con
     return total;
 }
 
+static int64_t bytes_read;
+cli_batch_fn cli_batch_pick;
+void *cli_batch_arg;
+
+int64_t cli_dist_bytes_read(void) { return bytes_read; }
+
+/* The whole file through the library's loader (its data counted as read). */
+static xattn_status load_whole(const char *path, xattn_array *out)
+{
+    const xattn_status st = xattn_npy_load(path, out);
+    if (!st) bytes_read += (int64_t)xattn_array_numel(out) * (int64_t)xattn_dtype_size(out->dtype);
+    return st;
+}
+
+/* Reads rows of axis ax of the .npy file fd (header h): the runs [run[2k], run[2k] + run[2k+1])
+ * of that axis for every leading index, in order, into a new .npy image parsed into out. */
+static xattn_status read_runs(int fd, const npy_head *h, const char *path, int ax,
+                              const int64_t *run, int n_run, xattn_array *out)
+{
+    int64_t len = 0, outer = 1, inner = h->esz;
+    for (int k = 0; k < n_run; k++) len += run[2 * k + 1];
+    for (int d = 0; d < ax; d++) outer *= h->shape[d];
+    for (int d = ax + 1; d < h->ndim; d++) inner *= h->shape[d];
+    int64_t lshape[XATTN_MAX_DIMS];
+    memcpy(lshape, h->shape, sizeof lshape);
+    lshape[ax] = len;
+    char head[1024];
+    const size_t hl = write_head(head, sizeof head, h->descr, h->ndim, lshape);
+    const int64_t body = outer * len * inner;
+    char *buf = hl ? malloc((size_t)(hl + body) + 1) : NULL;
+    if (!buf) return load_whole(path, out); /* reports what it can */
+    memcpy(buf, head, hl);
+    xattn_status st = XATTN_OK;
+    char *dst = buf + hl;
+    for (int64_t o = 0; o < outer && !st; o++)
+        for (int k = 0; k < n_run && !st; k++) { /* one pread run per (leading index, run) */
+            const int64_t want = run[2 * k + 1] * inner,
+                          at = h->data_off + (o * h->shape[ax] + run[2 * k]) * inner;
+            for (int64_t got = 0; got < want;) {
+                const ssize_t r = pread(fd, dst + got, (size_t)(want - got), at + got);
+                if (r <= 0) {
+                    st = load_whole(path, out); /* a short read: the library reports it */
+                    if (!st) xattn_array_free(out), st = XATTN_ERR_IO;
+                    break;
+                }
+                got += r;
+            }
+            dst += want;
+            bytes_read += want;
+        }
+    if (!st) st = xattn_npy_parse(buf, (size_t)(hl + body), path, out);
+    free(buf);
+    if (!st && !out->data) out->data = calloc(1, 8); /* an empty shard: not "not given" */
+    if (!st && !out->data) st = XATTN_ERR_NOMEM;
+    return st;
+}
+
 xattn_status cli_dist_npy_rows(const char *path, cli_axis_fn axis_of, void *arg, xattn_array *out,
                                int *axis, int64_t *glen)
 {
     *axis = -1;
     *glen = 0;
     memset(out, 0, sizeof *out);
-    if (!active || !axis_of || !cli_dist_rows) return xattn_npy_load(path, out);
+    const int batch = !cli_dist_rows && cli_batch_pick;
+    if (!active || !axis_of || (!cli_dist_rows && !batch)) return load_whole(path, out);
     const int fd = open(path, O_RDONLY);
     npy_head h;
     if (fd < 0 || read_head(fd, &h)) { /* the library's loader says what is wrong */
         if (fd >= 0) close(fd);
-        return xattn_npy_load(path, out);
+        return load_whole(path, out);
+    }
+    int64_t numel = 1;
+    for (int d = 0; d < h.ndim; d++) numel *= h.shape[d];
+    struct stat sb;
+    const int whole = fstat(fd, &sb) || sb.st_size < h.data_off + numel * h.esz;
+    if (batch) { /* data-parallel: the samples this rank uses, in runs of consecutive ones */
+        const int64_t *rows = NULL;
+        int64_t n = 0;
+        if (whole || h.ndim < 1 ||
+            !cli_batch_pick(cli_batch_arg, path, h.ndim, h.shape, &rows, &n)) {
+            close(fd);
+            return load_whole(path, out);
+        }
+        int64_t *run = malloc(sizeof(int64_t) * (size_t)(2 * n + 2));
+        int n_run = 0;
+        for (int64_t k = 0; run && k < n; k++)
+            if (n_run && run[2 * n_run - 2] + run[2 * n_run - 1] == rows[k])
+                run[2 * n_run - 1]++;
+            else
+                run[2 * n_run] = rows[k], run[2 * n_run + 1] = 1, n_run++;
+        const xattn_status st =
+            run ? read_runs(fd, &h, path, 0, run, n_run, out) : load_whole(path, out);
+        free(run);
+        close(fd);
+        return st;
     }
     const int ax = axis_of(arg, h.ndim);
     if (ax == -2) { /* refused: the message is set */
         close(fd);
         return XATTN_ERR_UNSUPPORTED;
     }
-    int64_t numel = 1;
-    for (int d = 0; d < h.ndim; d++) numel *= h.shape[d];
-    struct stat sb;
-    if (ax < 0 || ax >= h.ndim || fstat(fd, &sb) || sb.st_size < h.data_off + numel * h.esz) {
+    if (ax < 0 || ax >= h.ndim || whole) {
         close(fd);
-        return xattn_npy_load(path, out);
+        return load_whole(path, out);
     }
-    int64_t start, len, outer = 1, inner = h.esz;
-    cli_dist_range(h.shape[ax], &start, &len);
-    for (int d = 0; d < ax; d++) outer *= h.shape[d];
-    for (int d = ax + 1; d < h.ndim; d++) inner *= h.shape[d];
-    int64_t lshape[XATTN_MAX_DIMS];
-    memcpy(lshape, h.shape, sizeof lshape);
-    lshape[ax] = len;
-    char head[1024];
-    const size_t hl = write_head(head, sizeof head, h.descr, h.ndim, lshape);
-    const int64_t body = outer * len * inner;
-    char *buf = hl ? malloc((size_t)(hl + body) + 1) : NULL;
-    xattn_status st = XATTN_OK;
-    if (!buf) {
-        close(fd);
-        return xattn_npy_load(path, out); /* reports what it can */
-    }
-    memcpy(buf, head, hl);
-    for (int64_t o = 0; o < outer && !st; o++) { /* one run of rows per outer index */
-        const int64_t want = len * inner;
-        int64_t got = 0;
-        while (got < want) {
-            ssize_t r = pread(fd, buf + hl + o * want + got, (size_t)(want - got),
-                              h.data_off + (o * h.shape[ax] + start) * inner + got);
-            if (r <= 0) {
-                st = xattn_npy_load(path, out); /* a short read: the library reports it */
-                if (!st) xattn_array_free(out), st = XATTN_ERR_IO;
-                break;
-            }
-            got += r;
-        }
-    }
+    int64_t run[2];
+    cli_dist_range(h.shape[ax], &run[0], &run[1]);
+    const xattn_status st = read_runs(fd, &h, path, ax, run, 1, out);
     close(fd);
-    if (!st) st = xattn_npy_parse(buf, (size_t)(hl + body), path, out);
-    free(buf);
-    if (!st && !out->data) out->data = calloc(1, 8); /* an empty shard: not "not given" */
-    if (!st && !out->data) st = XATTN_ERR_NOMEM;
     if (!st) *axis = ax, *glen = h.shape[ax];
     return st;
 }
@@ -261,6 +309,11 @@ int cli_dist_agree(const char *cmd, int rc)
 int cli_dist_end(const char *cmd, int rc)
 {
     if (!active) return rc;
+    if (getenv("XATTN_TEST_READ_BYTES")) {
+        fprintf(stderr, "xattn %s: rank %d read %lld bytes of .npy data\n", cmd, rank_,
+                (long long)bytes_read);
+        fflush(stderr);
+    }
     if (!agreed_fail) rc = cli_dist_agree(cmd, rc);
     MPI_Finalize();
     return rc;

@@ -60,8 +60,20 @@ void cli_dist_range(int64_t n, int64_t *start, int64_t *len);
 /* xattn_module_shard_axis in an MPI build; *axis = -1 (whole) otherwise. */
 xattn_status cli_dist_shard_axis(const xattn_module *m, const char *name, int output, int ndim,
                                  int *axis);
-/* 0: row reads off (data-parallel training reads whole inputs); 1 by default. */
+/* 0: sequence row reads off (data-parallel training); 1 by default. */
 extern int cli_dist_rows;
+/* Data-parallel reads (cli_dist_rows 0, under mpirun): for each file an input or target loader
+ * opens, cli_batch_pick(cli_batch_arg, path, ndim, shape) says whether to read only some
+ * samples of its first axis; it returns 1 and sets *rows, *n (sorted, distinct) for those it
+ * picks, 0 for a file read whole. */
+typedef int (*cli_batch_fn)(void *arg, const char *path, int ndim, const int64_t *shape,
+                            const int64_t **rows, int64_t *n);
+extern cli_batch_fn cli_batch_pick;
+extern void *cli_batch_arg;
+/* Bytes of .npy data this process has read through the input loaders (the whole file's data for
+ * a file read whole; the rows' bytes for offset reads). With XATTN_TEST_READ_BYTES in the
+ * environment, cli_dist_end prints "xattn CMD: rank R read N bytes of .npy data" (tests). */
+int64_t cli_dist_bytes_read(void);
 /* 1 once a failure has been agreed on (the ranks have stopped together). */
 int cli_dist_agreed(void);
 /* A test hook: with XATTN_TEST_EXIT="R:S" in the environment, rank R ends its process with

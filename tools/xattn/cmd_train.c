@@ -163,6 +163,7 @@ typedef struct batched {
     int64_t per; /* values per sample */
     size_t esize;
     void *buf; /* (B, per) the mini-batch */
+    int local; /* data-parallel: src holds only the samples this rank uses (see pick_batch) */
 } batched;
 
 /* The order of epoch e: 0..N-1, or a permutation drawn from (seed, e). */
@@ -213,6 +214,11 @@ typedef struct trainer {
     int64_t start; /* the step to begin at (a resumed run: the checkpoint's) */
     int data_par;  /* under mpirun, --parallel data: this rank's samples [b0, b0 + Bl) of B */
     int64_t b0, Bl;
+    /* data-parallel reads: the files read as only the samples this rank uses over the run
+     * (rows, sorted; lmap[sample] its row in them), all with bN samples in the file */
+    int64_t bN, n_rows, *rows, *lmap;
+    const char *picked[2 * REG_MAX_IO + 2];
+    int n_picked;
 #define MAX_TIMES 4096
     double times[MAX_TIMES]; /* seconds of each step (forward, backward, clipping, update) */
     int n_times;
@@ -221,15 +227,82 @@ typedef struct trainer {
 
 /* One of the inputs / targets: batched along its first axis (its first dim is N and the kind's
  * shape starts with B), or used whole. */
-static int setup_batched(trainer *w, xattn_tensor *t, batched *b, int batched_axis)
+static int picked(const trainer *w, const char *path)
+{
+    for (int k = 0; path && k < w->n_picked; k++)
+        if (!strcmp(w->picked[k], path)) return 1;
+    return 0;
+}
+
+/* Data-parallel training under mpirun (cli_batch_pick): a file is read as the samples this rank
+ * uses when it is a batched input given with its batch axis, or a target of a batched output,
+ * with as many samples as the first such file (N): the union over every step of the samples
+ * [b0, b0 + Bl) of the step's batch (at least one, so that no shape is empty). */
+static int pick_batch(void *arg, const char *path, int ndim, const int64_t *shape,
+                      const int64_t **rows, int64_t *n)
+{
+    trainer *w = arg;
+    const reg_state *s = w->s;
+    int is_b = 0;
+    for (int i = 0; i < s->n_in && !is_b; i++) {
+        if (!s->in_file[i] || strcmp(s->in_file[i], path)) continue;
+        for (const char *p = s->in_desc[i].shape; p && *p;) { /* alternatives "B, I, d|..." */
+            const size_t l = strcspn(p, "|");
+            int nd = 1;
+            for (size_t k = 0; k < l; k++) nd += p[k] == ',';
+            if (p[0] == 'B' && (p[1] == ',' || p[1] == '|' || !p[1]) && nd == ndim) is_b = 1;
+            p += l + (p[l] == '|');
+        }
+    }
+    const char *targets[2] = {w->t.target, w->t.context_target};
+    for (int k = 0; k < 2 && !is_b; k++) /* a target: its output's shape, batch axis first */
+        for (int o = 0; targets[k] && !strcmp(targets[k], path) && o < s->n_out; o++)
+            if ((k == 0 ? o == 0 : !strcmp(s->out[o].name, "context_out")) &&
+                s->out[o].ndim == ndim && s->out[o].ndim >= 1 && w->bN &&
+                s->out[o].shape[0] == w->n_rows)
+                is_b = 1;
+    if (!is_b || w->n_picked >= (int)(sizeof w->picked / sizeof w->picked[0])) return 0;
+    if (!w->bN) { /* the first: which samples this rank uses over the run */
+        const int64_t N = shape[0], B = w->t.batch_size ? w->t.batch_size : N;
+        if (N < 1) return 0;
+        int64_t b0, Bl, epoch = -1;
+        cli_dist_range(B, &b0, &Bl);
+        int64_t *order = malloc(sizeof(int64_t) * (size_t)N);
+        w->lmap = malloc(sizeof(int64_t) * (size_t)N);
+        w->rows = malloc(sizeof(int64_t) * (size_t)N);
+        if (!order || !w->lmap || !w->rows) {
+            free(order);
+            return 0; /* read whole (the buffers are freed with the trainer) */
+        }
+        for (int64_t j = 0; j < N; j++) w->lmap[j] = -1;
+        int64_t used = 0;
+        for (int64_t st = 0; st < w->t.steps && used < N; st++)
+            for (int64_t b = b0; b < b0 + Bl && used < N; b++) {
+                const int64_t j = sample_of(st, b, B, N, w->t.shuffle, w->t.seed, order, &epoch);
+                if (w->lmap[j] < 0) w->lmap[j] = 0, used++;
+            }
+        if (!used) w->lmap[0] = 0; /* no sample: one, unused, so that no shape is empty */
+        for (int64_t j = 0; j < N; j++)
+            if (w->lmap[j] >= 0) w->lmap[j] = w->n_rows, w->rows[w->n_rows++] = j;
+        free(order);
+        w->bN = N;
+    }
+    if (shape[0] != w->bN) return 0;
+    w->picked[w->n_picked++] = path;
+    *rows = w->rows, *n = w->n_rows;
+    return 1;
+}
+
+static int setup_batched(trainer *w, xattn_tensor *t, batched *b, int batched_axis, int local)
 {
     memset(b, 0, sizeof *b);
-    if (!batched_axis || t->ndim < 1 || t->shape[0] != w->N) return 0;
+    if (!batched_axis || t->ndim < 1 || (!local && t->shape[0] != w->N)) return 0;
     if (w->B == w->N && !w->t.shuffle && !w->data_par) return 0; /* the whole batch, in order */
     b->esize = t->dtype == XATTN_F32 ? sizeof(float) : 1;
     b->per = 1;
     for (int d = 1; d < t->ndim; d++) b->per *= t->shape[d];
     b->src = t->data;
+    b->local = local;
     if (!(b->buf = malloc(b->esize * (size_t)(w->B * b->per + 1))))
         return cli_error(w->cmd, NULL, "out of memory");
     t->shape[0] = w->data_par ? w->Bl : w->B;
@@ -244,7 +317,8 @@ static void gather(const trainer *w, const int64_t *idx)
         if (!b->buf) continue;
         for (int64_t k = 0; k < (w->data_par ? w->Bl : w->B); k++)
             memcpy((char *)b->buf + (size_t)(k * b->per) * b->esize,
-                   (const char *)b->src + (size_t)(idx[k] * b->per) * b->esize,
+                   (const char *)b->src +
+                       (size_t)((b->local ? w->lmap[idx[k]] : idx[k]) * b->per) * b->esize,
                    b->esize * (size_t)b->per);
     }
 }
@@ -277,7 +351,8 @@ static int load_targets(trainer *w)
         }
         w->tg[w->n_tg] = *out;
         w->tg[w->n_tg].data = w->tarr[k].data;
-        if ((rc = setup_batched(w, &w->tg[w->n_tg], &w->btg[w->n_tg], 1))) return rc;
+        if ((rc = setup_batched(w, &w->tg[w->n_tg], &w->btg[w->n_tg], 1, picked(w, files[k]))))
+            return rc;
         w->n_tg++;
     }
     return 0;
@@ -493,15 +568,16 @@ static int run(trainer *w)
     reg_state *s = w->s;
     reg_tensors(s, w->in, &w->n_in);
     w->N = s->unbatched || w->n_in == 0 ? 1 : w->in[0].shape[0];
+    if (w->bN) w->N = w->bN; /* data-parallel reads: the samples in the files */
     w->B = w->t.batch_size ? w->t.batch_size : w->N;
     w->data_par = cli_dist_active() && w->t.parallel && !strcmp(w->t.parallel, "data");
     if (w->data_par) cli_dist_range(w->B, &w->b0, &w->Bl);
     for (size_t i = 0; i < w->n_in; i++) {
-        int is_batched = 0;
+        int is_batched = 0, local = 0;
         for (int k = 0; k < s->n_in; k++)
             if (!strcmp(s->in_desc[k].name, w->in[i].name))
-                is_batched = s->in_desc[k].shape[0] == 'B';
-        int rc = setup_batched(w, &w->in[i], &w->bin[i], is_batched);
+                is_batched = s->in_desc[k].shape[0] == 'B', local = picked(w, s->in_file[k]);
+        int rc = setup_batched(w, &w->in[i], &w->bin[i], is_batched, local);
         if (rc) return rc;
     }
     int rc = load_targets(w);
@@ -585,8 +661,9 @@ int cmd_train(int argc, char **argv)
     if (!(rc = reg_open(cmd, &a2, &s)) && !xattn_kind_has_backward(s.kind))
         rc = cli_error(cmd, a.model, "%s has no backward yet: it cannot be trained", s.kind);
     if (!rc && !(rc = take_flags(cmd, &a, &s, &w.t)) && !(rc = reg_check_weights(cmd, &a, &s))) {
-        /* under mpirun, data-parallel: every rank reads the whole inputs */
+        /* under mpirun, data-parallel: every rank reads the samples it uses (pick_batch) */
         cli_dist_rows = !(w.t.parallel && !strcmp(w.t.parallel, "data"));
+        if (!cli_dist_rows) cli_batch_pick = pick_batch, cli_batch_arg = &w;
         if (!(rc = reg_inputs(cmd, &a, &s, 0))) rc = reg_outputs(cmd, &a, &s);
     }
     rc = cli_dist_agree(cmd, rc); /* under mpirun: every rank has its inputs */
@@ -612,6 +689,9 @@ int cmd_train(int argc, char **argv)
     for (size_t i = 0; i < w.n_in; i++) free(w.bin[i].buf);
     for (size_t i = 0; i < w.n_tg; i++) free(w.btg[i].buf);
     for (int k = 0; k < 2; k++) xattn_array_free(&w.tarr[k]);
+    cli_batch_pick = NULL, cli_batch_arg = NULL;
+    free(w.rows);
+    free(w.lmap);
     for (size_t i = 0; w.grads && i < w.np; i++) free(w.grads[i]);
     free(w.grads);
     free(w.params);
