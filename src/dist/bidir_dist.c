@@ -40,7 +40,8 @@
 enum { BI_B, BI_H, BI_DH, BI_SCALE, BI_TALK, BI_I, BI_J, BI_CMASK, BI_HAS_LSE, BI_N };
 
 /* What travels with a context shard of J_s rows in each ring (offsets in floats, -1: absent). */
-typedef enum { RING_F1, RING_F2, RING_B1, RING_B2 } ring_kind;
+/* RING_F0: the one-ring forward without talking heads (online statistics, as in xattn_sdpa_dist) */
+typedef enum { RING_F0, RING_F1, RING_F2, RING_B1, RING_B2 } ring_kind;
 typedef struct bd_lay {
     int64_t cqk, cv, keep, s1, s2, dco, dc, n; /* static part */
     int64_t nacc;                              /* the accumulator */
@@ -67,11 +68,15 @@ static bd_lay lay_of(const bd_plan *s, ring_kind k, int64_t J)
     l.cqk = 0, l.n = nd;
     if (k != RING_F1) l.cv = l.n, l.n += nd;
     if (s->any_cmask) l.keep = l.n, l.n += s->B * J;
-    if (k != RING_F1) l.s1 = l.n, l.n += n; /* column max (F2) or lse (B1, B2) */
-    if (k == RING_F2) l.s2 = l.n, l.n += n; /* column sum */
+    if (k != RING_F0 && k != RING_F1) l.s1 = l.n, l.n += n; /* column max (F2), lse (B1, B2) */
+    if (k == RING_F2) l.s2 = l.n, l.n += n;                 /* column sum */
     if (k == RING_B1 || k == RING_B2) l.dco = l.n, l.n += nd;
     if (k == RING_B2) l.dc = l.n, l.n += n;
-    l.nacc = k == RING_F1 ? 2 * n : k == RING_F2 ? nd : k == RING_B1 ? n : 2 * nd;
+    l.nacc = k == RING_F0   ? nd + 2 * n /* cout (unnormalised), column max, column sum */
+             : k == RING_F1 ? 2 * n
+             : k == RING_F2 ? nd
+             : k == RING_B1 ? n
+                            : 2 * nd;
     return l;
 }
 
@@ -225,6 +230,8 @@ static xattn_status bd_ring(const bd_plan *s, ring_kind kind, float *home_st, fl
     memset(acc, 0, sizeof(float) * (size_t)l0.nacc);
     if (kind == RING_F1) /* column maxima start at -inf, their sums at 0 */
         for (int64_t x = 0; x < l0.nacc / 2; x++) acc[x] = -INFINITY;
+    if (kind == RING_F0)
+        for (int64_t x = 0, n = s->B * s->H * s->J[me]; x < n; x++) acc[n * s->dh + x] = -INFINITY;
     int mrc = MPI_SUCCESS;
     xd_xfer xa = {0};
     for (int t = 0; t < R; t++) {
@@ -344,6 +351,38 @@ static xattn_status f1_step(void *arg, int src, const float *stt, float *acc, ui
     return XATTN_OK;
 }
 
+/* acc += the block's output o (n rows of dh, normalised by the block's own statistics m2, l2),
+ * reweighted to the global statistics (m, l): exp(m2 - m) l2 / l. A block whose keys are all
+ * masked for a row (m2 = -FLT_MAX) counts for l2 / l of a row masked everywhere and nothing
+ * beside an unmasked key, as in one softmax over every key. */
+static void add_rescaled(float *acc, const float *o, const float *m, const float *l,
+                         const float *m2, const float *l2, int64_t n, int64_t dh)
+{
+    for (int64_t x = 0; x < n; x++) {
+        if (!(l[x] > 0.0f) || !(l2[x] > 0.0f)) continue;
+        const float wgt = (m2[x] == m[x] ? 1.0f : expf(m2[x] - m[x])) * (l2[x] / l[x]);
+        for (int64_t d = 0; d < dh; d++) acc[x * dh + d] += wgt * o[x * dh + d];
+    }
+}
+
+/* The output pass of one block and side: with talking heads the mixing mode (the global
+ * statistics given); without, the plain fused pass, rescaled to the global statistics. */
+static xattn_status out_side(const bd_plan *s, fwd_arg *f, xa_attn *a, const float *gm,
+                             const float *gl, float *acc, int64_t n)
+{
+    if (s->talk) {
+        a->row_m = gm, a->row_l = gl;
+        const xattn_status st = xa_attention(a);
+        if (st) return st;
+        for (int64_t x = 0; x < n * s->dh; x++) acc[x] += f->tout[x];
+        return XATTN_OK;
+    }
+    a->mix = NULL, a->stat_m = f->tm, a->stat_l = f->tl;
+    const xattn_status st = xa_attention(a);
+    if (!st) add_rescaled(acc, f->tout, gm, gl, f->tm, f->tl, n, s->dh);
+    return st;
+}
+
 static xattn_status f2_step(void *arg, int src, const float *stt, float *acc, uint8_t *keep)
 {
     fwd_arg *f = arg;
@@ -353,17 +392,61 @@ static xattn_status f2_step(void *arg, int src, const float *stt, float *acc, ui
     const bd_lay l = lay_of(s, RING_F2, Js);
     xa_attn a;
     side(s, 0, src, stt, keep, &a, f->fn);
-    a.row_m = f->rm, a.row_l = f->rl;
+    a.out = f->tout, a.o_si = dh, a.o_sh = I * dh, a.o_sb = s->H * I * dh;
+    xattn_status st = out_side(s, f, &a, f->rm, f->rl, f->out, s->B * s->H * I);
+    if (st) return st;
+    side(s, 1, src, stt, keep, &a, f->fn);
+    a.out = f->tout, a.o_si = dh, a.o_sh = Js * dh, a.o_sb = s->H * Js * dh;
+    return out_side(s, f, &a, stt + l.s1, stt + l.s2, acc, s->B * s->H * Js);
+}
+
+/* (O, m, l) += the block's output o (normalised by its own m2, l2), n rows of dh: O stays
+ * unnormalised (sum of exp(logit - m) v), divided by l at the end. */
+static void merge_out(float *O, float *m, float *l, const float *o, const float *m2,
+                      const float *l2, int64_t n, int64_t dh)
+{
+    for (int64_t x = 0; x < n; x++) {
+        if (!(l2[x] > 0.0f)) continue;
+        const float mx = XA_MAX(m[x], m2[x]);
+        const float a1 = m[x] == mx ? 1.0f : m[x] == -INFINITY ? 0.0f : expf(m[x] - mx);
+        const float a2 = (m2[x] == mx ? 1.0f : expf(m2[x] - mx)) * l2[x];
+        for (int64_t d = 0; d < dh; d++) O[x * dh + d] = O[x * dh + d] * a1 + o[x * dh + d] * a2;
+        l[x] = l[x] * a1 + a2;
+        m[x] = mx;
+    }
+}
+
+/* One ring without talking heads: each block's plain fused pass on both sides, merged online
+ * (the row side locally, the column side into the travelling accumulator). */
+static xattn_status f0_step(void *arg, int src, const float *stt, float *acc, uint8_t *keep)
+{
+    fwd_arg *f = arg;
+    const bd_plan *s = f->s;
+    const int64_t Js = s->J[src], I = s->p->I, dh = s->dh, BH = s->B * s->H;
+    if (!Js || !I || !s->B) return XATTN_OK;
+    xa_attn a;
+    side(s, 0, src, stt, keep, &a, f->fn);
+    a.mix = NULL, a.stat_m = f->tm, a.stat_l = f->tl;
     a.out = f->tout, a.o_si = dh, a.o_sh = I * dh, a.o_sb = s->H * I * dh;
     xattn_status st = xa_attention(&a);
     if (st) return st;
-    for (int64_t x = 0; x < s->B * s->H * I * dh; x++) f->out[x] += f->tout[x];
+    merge_out(f->out, f->rm, f->rl, f->tout, f->tm, f->tl, BH * I, dh);
     side(s, 1, src, stt, keep, &a, f->fn);
-    a.row_m = stt + l.s1, a.row_l = stt + l.s2;
+    a.mix = NULL, a.stat_m = f->tm, a.stat_l = f->tl;
     a.out = f->tout, a.o_si = dh, a.o_sh = Js * dh, a.o_sb = s->H * Js * dh;
     if ((st = xa_attention(&a))) return st;
-    for (int64_t x = 0; x < s->B * s->H * Js * dh; x++) acc[x] += f->tout[x];
+    merge_out(acc, acc + BH * Js * dh, acc + BH * Js * (dh + 1), f->tout, f->tm, f->tl, BH * Js,
+              dh);
     return XATTN_OK;
+}
+
+/* O / l per row (0 without mass). */
+static void normalise(float *O, const float *l, int64_t n, int64_t dh)
+{
+    for (int64_t x = 0; x < n; x++) {
+        const float iv = l[x] > 0.0f ? 1.0f / l[x] : 0.0f;
+        for (int64_t d = 0; d < dh; d++) O[x * dh + d] *= iv;
+    }
 }
 
 /* The statistics ring: row (rm, rl) of the local x rows, column (cm, cl) of the local context
@@ -429,12 +512,31 @@ xattn_status xattn_bidir_attention_dist(xattn_ctx *ctx, const xattn_bidir_params
     if (st == XATTN_OK) {
         mem = fwd_scratch(&s, &f, &cm, &cl);
         l = lay_of(&s, RING_F2, p->J);
-        home = xa_alloc(sizeof(float) * (size_t)(l.n + l.nacc + 16));
+        const bd_lay l0 = lay_of(&s, RING_F0, p->J); /* the larger of the two */
+        home = xa_alloc(sizeof(float) * (size_t)(XA_MAX(l.n + l.nacc, l0.n + l0.nacc) + 16));
         st = xd_agree(c,
                       mem && home ? XATTN_OK : xa_error(XATTN_ERR_NOMEM, "%s: out of memory", fn));
     }
-    if (st == XATTN_OK) st = bd_stats(&s, &f, cm, cl, fn);
-    if (st == XATTN_OK) {
+    if (st == XATTN_OK && !s.talk) { /* one ring: online statistics */
+        const int64_t BH = s.B * s.H, I = p->I, J = p->J;
+        const bd_lay l0 = lay_of(&s, RING_F0, J);
+        pack_static(&s, &l0, home);
+        for (int64_t x = 0; x < BH * I; x++) f.rm[x] = -INFINITY, f.rl[x] = 0.0f;
+        memset(f.out, 0, sizeof(float) * (size_t)(BH * I * s.dh));
+        st = bd_ring(&s, RING_F0, home, home + l0.n, f0_step, &f, fn);
+        if (st == XATTN_OK) {
+            float *co = home + l0.n, *ccm = co + BH * J * s.dh, *ccl = ccm + BH * J;
+            normalise(f.out, f.rl, BH * I, s.dh);
+            normalise(co, ccl, BH * J, s.dh);
+            put_rows(p->out, p->o_sb, p->o_sh, p->o_si, f.out, s.B, s.H, I, s.dh, 0);
+            put_rows(p->cout, p->co_sb, p->co_sh, p->co_sj, co, s.B, s.H, J, s.dh, 0);
+            if (p->lse) to_lse(p->lse, f.rm, f.rl, BH * I);
+            if (p->clse) to_lse(p->clse, ccm, ccl, BH * J);
+        }
+    } else if (st == XATTN_OK) {
+        st = bd_stats(&s, &f, cm, cl, fn);
+    }
+    if (st == XATTN_OK && s.talk) {
         const int64_t BH = s.B * s.H, I = p->I, J = p->J;
         pack_static(&s, &l, home);
         memcpy(home + l.s1, cm, sizeof(float) * (size_t)(BH * J));
