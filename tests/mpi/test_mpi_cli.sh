@@ -181,6 +181,35 @@ $MK x12.npy f4 2,7,12 14
 bad_run "a kind that cannot run sharded" "interlaced cannot run sharded" 2 run il.safetensors --x x12.npy --context x12.npy
 bad_run "a command that does not run across ranks" "not available under mpirun" 2 bench bidir.safetensors
 
+# out of memory on one rank (the real mechanism: rank 1 runs under `ulimit -v`, mpirun's MPMD
+# syntax): at each limit the run either succeeds (the whole output, checked) or every rank exits
+# non-zero within 30 s naming rank 1 and the cause, with no output left; the limits are chosen so
+# that rank 1 fails while reading its rows, in a projection or in the ring, and at least two of
+# them must fail. Not under ASan (its shadow memory needs more address space than any limit).
+if ! ldd "$X" 2>/dev/null | grep -q libasan; then
+    "$X" init bidir --dim 64 --context-dim 64 --heads 4 --dim-head 16 --out oom.safetensors >/dev/null
+    $MK xo.npy f4 2,100000,64 51
+    $MK co.npy f4 2,4000,64 52
+    oom_failed=0
+    for v in 150000 250000 330000 2000000; do
+        rm -rf out_oom
+        t0=$SECONDS
+        timeout 120 mpirun --oversubscribe -np 1 "$X" run oom.safetensors --x xo.npy --context co.npy --out-dir out_oom : \
+            -np 1 sh -c "ulimit -v $v; exec '$X' run oom.safetensors --x xo.npy --context co.npy --out-dir out_oom" >/dev/null 2>err.txt
+        rc=$?
+        if [ $rc -eq 0 ]; then
+            if [ -s out_oom/out.npy ] && [ -s out_oom/context_out.npy ]; then pass; else fail "ulimit -v $v: exit 0 without the outputs"; fi
+            continue
+        fi
+        oom_failed=$((oom_failed + 1))
+        if [ $rc -eq 124 ] || [ $((SECONDS - t0)) -gt 30 ]; then fail "ulimit -v $v: exit $rc after $((SECONDS - t0)) s"; continue; fi
+        if grep -q "rank 0: stopped: rank 1 failed: .*out of memory" err.txt ||
+            [ "$(grep -c "rank 1: .*out of memory" err.txt)" -ge 2 ]; then pass; else fail "ulimit -v $v: not every rank names rank 1 and the cause: $(head -3 err.txt)"; fi
+        if [ -e out_oom ] && [ -n "$(ls -A out_oom)" ]; then fail "ulimit -v $v: left $(ls out_oom)"; else pass; fi
+    done
+    if [ "$oom_failed" -ge 2 ]; then pass; else fail "out of memory: only $oom_failed of the limits made rank 1 fail"; fi
+fi
+
 # a rank that dies mid-training: the job ends within seconds, the last checkpoint resumes to the
 # uninterrupted result
 T6="train bidir.safetensors --x xb.npy --context cb.npy --target tb.npy --context-target tcb.npy --steps 6 --batch-size 3 --shuffle"
