@@ -20,29 +20,36 @@
 /* Writes s to stderr with control characters (newlines included) shown as '?', as the
  * library shows them, so that every message stays on one line whatever a file name or
  * library message holds. */
-static void put_clean(const char *s)
+/* Appends s to buf (length *n, capacity cap), control characters as '?'. */
+static void put_clean(char *buf, size_t *n, size_t cap, const char *s)
 {
-    for (; *s; s++) {
+    for (; *s && *n + 1 < cap; s++) {
         unsigned char ch = (unsigned char)*s;
-        fputc(ch < 0x20 || ch == 0x7f ? '?' : ch, stderr);
+        buf[(*n)++] = (char)(ch < 0x20 || ch == 0x7f ? '?' : ch);
     }
+    buf[*n] = '\0';
 }
 
+/* The message as one line, written with one call: under mpirun the ranks share stderr, and a
+ * line written in pieces would interleave with another rank's. */
 static void vreport(const char *cmd, const char *file, const char *fmt, va_list ap)
 {
-    char msg[1024], line[2400];
+    char msg[1024], line[2400], out[3400], tag[32] = "";
     vsnprintf(msg, sizeof msg, fmt, ap);
-    fputs("xattn ", stderr);
-    put_clean(cmd);
-    fputs(": ", stderr);
     if (cli_dist_size() > 1 && strncmp(msg, "rank ", 5)) /* under mpirun: which rank says it */
-        fprintf(stderr, "rank %d: ", cli_dist_rank());
+        snprintf(tag, sizeof tag, "rank %d: ", cli_dist_rank());
+    size_t n = 0;
+    put_clean(out, &n, sizeof out, "xattn ");
+    put_clean(out, &n, sizeof out, cmd);
+    put_clean(out, &n, sizeof out, ": ");
+    put_clean(out, &n, sizeof out, tag);
     if (file) {
-        put_clean(file);
-        fputs(": ", stderr);
+        put_clean(out, &n, sizeof out, file);
+        put_clean(out, &n, sizeof out, ": ");
     }
-    put_clean(msg);
-    fputc('\n', stderr);
+    put_clean(out, &n, sizeof out, msg);
+    out[n++] = '\n';
+    fwrite(out, 1, n, stderr);
     fflush(stderr);
     snprintf(line, sizeof line, "%s%s%s", file ? file : "", file ? ": " : "", msg);
     cli_dist_note_error(line);
