@@ -140,7 +140,8 @@ static xattn_status bind_input(const xa_mod *m, const xa_io *io, const xattn_ten
         char *slash = strchr(tok, '/');
         int may_be_one = slash && !strcmp(slash + 1, "1");
         if (slash) *slash = '\0';
-        if (may_be_one && t->shape[d] == 1) continue;
+        if ((may_be_one && t->shape[d] == 1) || (plan_sharded && xd_key_dim(m, io, t->ndim, d)))
+            continue;
         const int f = xa_cfg_find(&m->cfg, tok);
         if (f >= 0 && m->cfg.from[f] == XA_FROM_UNSET) /* a size the module does not have */
             return xa_error(XATTN_ERR_ARG, "input '%s' is not taken: %s is None (%s)", io->name,

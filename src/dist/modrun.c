@@ -7,8 +7,10 @@
  * per row and run locally; only attention mixes rows, and it goes through xattn_sdpa_dist /
  * xattn_bidir_attention_dist (contiguous layout: rank r's rows follow rank r - 1's). Masks over
  * key positions that broadcast over the query rows (key padding, keep vectors) are gathered from
- * every rank into their global columns; masks and biases that span both sequences (an I x J
- * attn_mask, rel_pos_bias) and the attention maps are refused, by name, before anything runs.
+ * every rank into their global columns. rel_pos_bias of the bidirectional kinds is taken as each
+ * rank's query rows and every key column (the ring kernels' layout); the other inputs that span
+ * both sequences (mha's I x J attn_mask) and the attention maps are refused, by name, before
+ * anything runs.
  */
 #include "dist_run.h"
 #include "../kernels/ops.h"
@@ -127,11 +129,42 @@ static xattn_status kind_check(const xa_mod *m, const shard_kind **out)
     return XATTN_OK;
 }
 
+/* Inputs spanning both sequences that a sharded run takes as each rank's query rows and every
+ * key column ((.., I_local, J_total)): the bidirectional kinds' rel_pos_bias. */
+static int span_taken(const xa_kind *k, const xa_io *io, int output)
+{
+    return !output && io && !strcmp(io->name, "rel_pos_bias") &&
+           (!strcmp(k->name, "bidir") || !strcmp(k->name, "bidir-transformer"));
+}
+
+/* The spanning input of the current run (recorded by xd_run_check, recognised by the ops by its
+ * pointer): its data and shape. */
+static _Thread_local struct {
+    const void *data;
+    int ndim;
+    int64_t shape[XATTN_MAX_DIMS];
+} span_in;
+
+int xd_key_dim(const xa_mod *m, const xa_io *io, int ndim, int d)
+{
+    return span_taken(m->kind, io, 0) && ndim >= 2 && d == ndim - 1;
+}
+
 static xattn_status io_check(const shard_kind *sk, const xa_kind *k, const xattn_tensor *t,
                              int output, const char *what)
 {
     const xa_io *io = find_io(k, t->name, output);
     if (!io) return XATTN_OK; /* the runner names unknown ones */
+    if (io_axis(sk, k, io, t->ndim) == -2 && span_taken(k, io, output)) {
+        if (t->ndim < 2)
+            return xa_error(XATTN_ERR_SHAPE, "input '%s' must have at least 2 dims", t->name);
+        if (t->data) {
+            span_in.data = t->data;
+            span_in.ndim = t->ndim;
+            memcpy(span_in.shape, t->shape, sizeof(int64_t) * (size_t)t->ndim);
+        }
+        return XATTN_OK;
+    }
     if (io_axis(sk, k, io, t->ndim) == -2)
         return xa_error(XATTN_ERR_UNSUPPORTED,
                         "%s '%s' spans both sequences (%s): not available when %s runs sharded "
@@ -149,6 +182,7 @@ xattn_status xd_run_check(const xa_mod *m, const xattn_tensor *in, size_t n_in,
                           size_t n_dout)
 {
     const shard_kind *sk;
+    memset(&span_in, 0, sizeof span_in);
     xattn_status s = kind_check(m, &sk);
     for (size_t i = 0; !s && i < n_in; i++) s = io_check(sk, m->kind, &in[i], 0, "input");
     for (size_t i = 0; !s && i < n_out; i++) s = io_check(sk, m->kind, &out[i], 1, "output");
@@ -176,6 +210,7 @@ xattn_status xattn_module_shard_axis(const xattn_module *mod, const char *name, 
     t.ndim = ndim;
     if ((s = io_check(sk, m->kind, &t, output, output ? "output" : "input"))) return s;
     *axis = io_axis(sk, m->kind, io, ndim);
+    if (*axis == -2) *axis = ndim - 2; /* a spanning input taken: its query rows are cut */
     return XATTN_OK;
 }
 
@@ -457,13 +492,44 @@ xattn_status xd_op_attention_backward(const xd_comm *c, const xa_attn *a, const 
 
 static xattn_status bidir_local_check(const xa_bidir *p)
 {
-    const char *what = p->bias               ? "rel_pos_bias (a bias over both sequences)"
+    const char *what = p->bias && p->bias != span_in.data
+                           ? "a bias over both sequences other than the run's rel_pos_bias"
                        : p->attn || p->cattn ? "attention maps"
                                              : NULL;
     if (what)
         return xa_error(XATTN_ERR_UNSUPPORTED,
                         "bidirectional attention: %s is not available in a sharded run", what);
     return XATTN_OK;
+}
+
+/* The run's rel_pos_bias (.., I_local, J_total) as the ring kernels take it: its strides from
+ * its own shape (the module's are those of a J_local-column bias), its column count checked
+ * against the sum of every rank's keys. Collective (after the caller's agreement). */
+static xattn_status span_bias(const xd_comm *c, const xa_bidir *a, xattn_bidir_params *p,
+                              int64_t *sb, int64_t *sh)
+{
+    /* every rank's keys; the ranks with the bias; the ranks with it or without rows */
+    int64_t mine[3] = {a->J, a->bias != NULL, a->bias != NULL || a->I == 0}, tot[3];
+    *sb = *sh = 0;
+    int rc = MPI_Allreduce(mine, tot, 3, MPI_INT64_T, MPI_SUM, c->comm);
+    if (rc != MPI_SUCCESS) return xd_mpi_error(rc, "bidirectional attention", "MPI_Allreduce");
+    const int64_t Jt = tot[0];
+    xattn_status st = XATTN_OK;
+    if (tot[1] && tot[2] < c->size)
+        st = xa_error(XATTN_ERR_ARG, "rel_pos_bias is given on some ranks and not on others");
+    if (!a->bias) return xd_agree(c, st);
+    const int nd = span_in.ndim;
+    const int64_t *sp = span_in.shape;
+    const int64_t hb = nd >= 3 ? sp[nd - 3] : 1, bb = nd >= 4 ? sp[nd - 4] : 1;
+    if (!st && (sp[nd - 1] != Jt || sp[nd - 2] != a->I))
+        st = xa_error(XATTN_ERR_SHAPE,
+                      "rel_pos_bias holds %lld x %lld rows and columns; a rank of a sharded run "
+                      "holds its %lld query rows and every key column (%lld)",
+                      (long long)sp[nd - 2], (long long)sp[nd - 1], (long long)a->I, (long long)Jt);
+    *sh = hb > 1 ? a->I * Jt : 0;
+    *sb = bb > 1 ? hb * a->I * Jt : 0;
+    p->bias = a->bias, p->bias_sh = *sh, p->bias_sb = *sb;
+    return xd_agree(c, st);
 }
 
 static void bidir_of(const xa_bidir *a, xattn_bidir_params *p)
@@ -489,15 +555,14 @@ xattn_status xd_op_bidir(const xd_comm *c, const xa_bidir *a)
     if (st) return st;
     xattn_bidir_params p;
     bidir_of(a, &p);
+    int64_t sb, sh;
+    if ((st = span_bias(c, a, &p, &sb, &sh))) return st;
     return xattn_bidir_attention_dist((xattn_ctx *)xa_ctx_cur(), &p);
 }
 
 xattn_status xd_op_bidir_backward(const xd_comm *c, const xa_bidir *a, const xa_bidir_grad *g)
 {
     xattn_status st = bidir_local_check(a);
-    if (!st && g->dbias)
-        st = xa_error(XATTN_ERR_UNSUPPORTED,
-                      "bidirectional attention: a bias gradient is not available in a sharded run");
     /* the talking-heads gradients come back summed over every rank; the module's parameter
      * gradients are summed over the ranks after the backward, so only rank 0 keeps them */
     const int64_t HH = a->H * a->H;
@@ -512,6 +577,11 @@ xattn_status xd_op_bidir_backward(const xd_comm *c, const xa_bidir *a, const xa_
     }
     xattn_bidir_params p;
     bidir_of(a, &p);
+    int64_t sb = 0, sh = 0;
+    if ((st = span_bias(c, a, &p, &sb, &sh))) {
+        free(tmp);
+        return st;
+    }
     p.lse = (float *)g->lse, p.clse = (float *)g->clse;
     xattn_bidir_grads d;
     xattn_bidir_grads_init(&d);
@@ -521,6 +591,8 @@ xattn_status xd_op_bidir_backward(const xd_comm *c, const xa_bidir *a, const xa_
     d.dcqk = g->dcqk, d.dcqk_sb = g->dcqk_sb, d.dcqk_sh = g->dcqk_sh, d.dcqk_sj = g->dcqk_sj;
     d.dv = g->dv, d.dv_sb = g->dv_sb, d.dv_sh = g->dv_sh, d.dv_si = g->dv_si;
     d.dcv = g->dcv, d.dcv_sb = g->dcv_sb, d.dcv_sh = g->dcv_sh, d.dcv_sj = g->dcv_sj;
+    if (g->dbias) /* the gradient of rel_pos_bias, shaped like it: this rank's rows */
+        d.dbias = g->dbias, d.dbias_sb = sb, d.dbias_sh = sh;
     d.dtalk = dtalk ? (tmp ? tmp : dtalk) : NULL;
     d.dctalk = dctalk ? (tmp ? tmp + HH : dctalk) : NULL;
     d.accumulate = g->accumulate;

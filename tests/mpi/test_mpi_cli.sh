@@ -63,6 +63,16 @@ case_run bidir_short "bidir --dim 8 --context-dim 6 --heads 2 --dim-head 4" "--x
 case_run bidir_unbatched "bidir --dim 8 --context-dim 6 --heads 2 --dim-head 4" "--x xu.npy --context cu.npy" out context_out
 case_run bidirtf "bidir-transformer --dim 8 --context-dim 8 --depth 2 --heads 2 --dim-head 4 --final-norms true" \
     "--x x.npy --context c8.npy --context-mask cm.npy" out context_out
+# rel_pos_bias: each rank reads its x rows of every (I, J) plane
+$MK b.npy f4 7,5 31
+$MK bh.npy f4 2,2,7,5 32
+$MK b1h.npy f4 2,3,2 33 # 3 rows over 4 ranks: a shard of 0 rows
+case_run bidir_bias "bidir --dim 8 --context-dim 6 --heads 2 --dim-head 4 --talking-heads true" \
+    "--x x.npy --context c.npy --mask xm.npy --rel-pos-bias b.npy" out context_out
+case_run bidir_bias_short "bidir --dim 8 --context-dim 6 --heads 2 --dim-head 4" \
+    "--x x1.npy --context c1.npy --rel-pos-bias b1h.npy" out context_out
+case_run bidirtf_bias "bidir-transformer --dim 8 --context-dim 8 --depth 2 --heads 2 --dim-head 4" \
+    "--x x.npy --context c8.npy --rel-pos-bias bh.npy" out context_out
 case_run mha "mha --embed-dim 8 --num-heads 2 --kdim 6 --vdim 6" "--query x.npy --key c.npy --value c.npy --key-padding-mask cm.npy" out
 case_run mha_causal "mha --embed-dim 8 --num-heads 2" "--query x.npy --is-causal" out
 case_run attention "attention --query-dim 8 --cross-attention-dim 6 --heads 2 --dim-head 4" \
@@ -82,6 +92,14 @@ $MK gc.npy f4 2,5,6 12
 G="--x x.npy --context c.npy --mask xm.npy"
 "$X" grad bidir.safetensors $G --grad-out g.npy --grad-context-out gc.npy --out-dir gref >/dev/null
 "$X" grad bidir.safetensors $G --target g.npy --context-target gc.npy --out-dir tref >tref.out
+# the gradient of rel_pos_bias: each rank writes its rows
+GB="--x x.npy --context c.npy --rel-pos-bias bh.npy"
+"$X" grad bidir_bias.safetensors $GB --grad-out g.npy --grad-context-out gc.npy --out-dir gbref >/dev/null
+for np in 1 2 3 4; do
+    $MPI -np $np "$X" grad bidir_bias.safetensors $GB --grad-out g.npy --grad-context-out gc.npy --out-dir gbd$np >/dev/null 2>err.txt ||
+        fail "grad with rel_pos_bias on $np ranks: $(head -3 err.txt)"
+    for f in d_x.npy d_context.npy d_rel_pos_bias.npy grads.safetensors; do same "gbd$np/$f" "gbref/$f" 1e-4; done
+done
 for np in 2 3 4; do
     $MPI -np $np "$X" grad bidir.safetensors $G --grad-out g.npy --grad-context-out gc.npy --out-dir gd$np >/dev/null 2>&1 ||
         fail "grad on $np ranks"
@@ -164,8 +182,10 @@ bad_run() {
     if [ -e out_bad ] && [ -n "$(ls -A out_bad)" ]; then fail "$name: left $(ls out_bad)"; return; fi
     pass
 }
-$MK b.npy f4 7,5 31
-bad_run "refused rel_pos_bias" "rel_pos_bias' spans both sequences" 2 run bidir.safetensors --x x.npy --context c.npy --rel-pos-bias b.npy
+$MK am.npy b1 7,5 34
+bad_run "refused attn_mask" "attn_mask' spans both sequences" 2 run mha.safetensors --query x.npy --key c.npy --value c.npy --attn-mask am.npy
+$MK bw.npy f4 7,4 35
+bad_run "rel_pos_bias of the wrong width" "must be J = 5" 2 run bidir.safetensors --x x.npy --context c.npy --rel-pos-bias bw.npy
 python3 - <<'EOF'
 import struct
 d = bytearray(open("x.npy", "rb").read())

@@ -280,6 +280,17 @@ static void one_case(int c, uint64_t *s)
         add_f32(&in, "context", 3, (int64_t[]){B, J, kind ? 8 : 6}, s);
         if (mt_int(s, 0, 1)) add_mask(&in, "mask", 2, (int64_t[]){B, I}, 80, s);
         if (mt_int(s, 0, 1)) add_mask(&in, "context_mask", 2, (int64_t[]){B, J}, 80, s);
+        switch (mt_int(s, 0, 4)) { /* rel_pos_bias: (I, J), (H|1, I, J), (B|1, H|1, I, J) */
+        case 1: add_f32(&in, "rel_pos_bias", 2, (int64_t[]){I, J}, s); break;
+        case 2:
+            add_f32(&in, "rel_pos_bias", 3, (int64_t[]){mt_int(s, 0, 1) ? 2 : 1, I, J}, s);
+            break;
+        case 3:
+            add_f32(&in, "rel_pos_bias", 4,
+                    (int64_t[]){mt_int(s, 0, 1) ? B : 1, mt_int(s, 0, 1) ? 2 : 1, I, J}, s);
+            break;
+        default: break;
+        }
     } else if (kind == 2 || kind == 3) { /* nn.MultiheadAttention: cross, or self with causal */
         const int self = kind == 3;
         const xattn_option o[] = {
@@ -363,13 +374,17 @@ static void refusals(void)
     in.n = 0;
     add_f32(&in, "x", 3, (int64_t[]){1, 3, 8}, &s);
     add_f32(&in, "context", 3, (int64_t[]){1, 2, 8}, &s);
-    add_f32(&in, "rel_pos_bias", 2, (int64_t[]){3, 2}, &s);
+    /* rel_pos_bias of the wrong column count (each rank must hold every key column) */
+    add_f32(&in, "rel_pos_bias", 2, (int64_t[]){3, 2 * mt_size + 1}, &s);
+    in.t[2].shape[1] = 2; /* planned as one process's */
     tset out;
     outputs_of(m, &in, &out);
-    CHECK(xattn_module_forward(dist_ctx, m, in.t, 3, out.t, (size_t)out.n) ==
-          XATTN_ERR_UNSUPPORTED);
+    in.t[2].shape[1] = 2 * mt_size + 1; /* every rank: 3 x rows, 2 context rows */
+    CHECK(xattn_module_forward(dist_ctx, m, in.t, 3, out.t, (size_t)out.n) == XATTN_ERR_SHAPE);
     CHECK(strstr(xattn_last_error(), "rel_pos_bias") != NULL);
     int axis = 0;
+    CHECK_OK(xattn_module_shard_axis(m, "rel_pos_bias", 0, 4, &axis));
+    CHECK(axis == 2);
     CHECK(xattn_module_shard_axis(m, "attn", 1, 4, &axis) == XATTN_ERR_UNSUPPORTED);
     CHECK_OK(xattn_module_shard_axis(m, "context_mask", 0, 2, &axis));
     CHECK(axis == 1);
@@ -380,6 +395,10 @@ static void refusals(void)
     m = create("mha", mo, 3, 1);
     CHECK(xattn_module_shard_axis(m, "query", 0, 3, &axis) == XATTN_ERR_UNSUPPORTED);
     CHECK(strstr(xattn_last_error(), "add_bias_kv") != NULL);
+    xattn_module_free(m);
+    m = create("mha", mo, 2, 1); /* an (I, J) attn_mask: refused, by name */
+    CHECK(xattn_module_shard_axis(m, "attn_mask", 0, 2, &axis) == XATTN_ERR_UNSUPPORTED);
+    CHECK(strstr(xattn_last_error(), "attn_mask") != NULL);
     xattn_module_free(m);
     m = NULL;
     if (!xattn_module_create("interlaced", NULL, 0, 1, &m)) {
