@@ -12,22 +12,8 @@ cd "$(dirname "$0")/.."
 build=${BUILD_DIR:-build-arm64}
 pkgs=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user cmake pkg-config)
 arm_pkgs=(libcjson-dev:arm64 libpng-dev:arm64)
-missing=()
-for p in "${pkgs[@]}" "${arm_pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "test_arm64: missing packages: ${missing[*]} (run as root; the arm64 ones need" \
-         "'dpkg --add-architecture arm64')" >&2
-    exit 1
-  fi
-  echo "test_arm64: installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  dpkg --print-foreign-architectures | grep -qx arm64 || dpkg --add-architecture arm64
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+. scripts/apt_need.sh
+apt_need test_arm64 "${pkgs[@]}" "${arm_pkgs[@]}"
 cmake -S . -B "$build" -DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake \
   -DCMAKE_BUILD_TYPE=Release -DXATTN_BUILD_BENCH=OFF -DXATTN_OPENMP=OFF >/dev/null
 cmake --build "$build" -j"$(nproc)"
