@@ -548,7 +548,11 @@ typedef struct xattn_mha_inputs {
     const float *attn_mask_float;        /* additive, or NULL                     */
     int attn_mask_per_head;              /* 0: attn_mask is (I, J); 1: (B*heads, I, J)        */
     int is_causal;                       /* adds a causal mask (upper-left aligned)           */
-    uint64_t reserved_[4];
+    /* the attn_mask's column count, checked when nonzero: J; in a sharded run
+     * (xattn_ctx_set_sharded) each rank holds its query rows of attn_mask and every rank's key
+     * columns, so the keys of every rank together (0: taken to be so, unchecked) */
+    int64_t attn_mask_cols;
+    uint64_t reserved_[3];
 } xattn_mha_inputs;
 
 /* Where J' = J + add_bias_kv + add_zero_attn (the appended keys come last and are never

@@ -19,8 +19,14 @@
 /* The number of elements of an array (not a pointer). */
 #define XA_N(a) (sizeof(a) / sizeof((a)[0]))
 
-/* Whether the reserved_[4] tail of a public struct is all zero (as it must be). */
-static inline int xa_reserved_zero(const uint64_t *r) { return !(r[0] | r[1] | r[2] | r[3]); }
+/* Whether the reserved_[n] tail of a public struct is all zero (as it must be); r an array. */
+static inline int xa_reserved_zero_n(const uint64_t *r, size_t n)
+{
+    uint64_t any = 0;
+    for (size_t i = 0; i < n; i++) any |= r[i];
+    return !any;
+}
+#define xa_reserved_zero(r) xa_reserved_zero_n((r), XA_N(r))
 
 /* Half-precision values (16-bit patterns) to float, exactly: bfloat16 is the top half of a
  * float; IEEE binary16 (f16 != 0) widens normal, subnormal, zero, inf and NaN (payload kept). */

@@ -50,6 +50,11 @@ xattn_status xd_op_attention_backward(const xd_comm *c, const xa_attn *a, const 
 xattn_status xd_op_bidir(const xd_comm *c, const xa_bidir *p);
 xattn_status xd_op_full_rows(const xd_comm *c, const xa_attn *a, const xa_attn_grad *g);
 xattn_status xd_op_bidir_backward(const xd_comm *c, const xa_bidir *p, const xa_bidir_grad *g);
+/* xa_op_shard_keys and xa_op_gather_keys in a sharded run (collective). */
+xattn_status xd_shard_keys(const xd_comm *c, const char *what, int has, int64_t cols, int64_t I,
+                           int64_t J, int64_t *Jtot, int *spans);
+xattn_status xd_gather_keys(const xd_comm *c, const void *src, int64_t rows, int64_t J, size_t esz,
+                            void *dst, int64_t Jtot);
 
 #else
 
@@ -114,6 +119,18 @@ static inline xattn_status xd_op_bidir_backward(const xd_comm *c, const xa_bidir
                                                 const xa_bidir_grad *g)
 {
     (void)c, (void)p, (void)g;
+    return XATTN_ERR_UNSUPPORTED;
+}
+static inline xattn_status xd_shard_keys(const xd_comm *c, const char *what, int has, int64_t cols,
+                                         int64_t I, int64_t J, int64_t *Jtot, int *spans)
+{
+    (void)c, (void)what, (void)has, (void)cols, (void)I, (void)J, (void)Jtot, (void)spans;
+    return XATTN_ERR_UNSUPPORTED;
+}
+static inline xattn_status xd_gather_keys(const xd_comm *c, const void *src, int64_t rows,
+                                          int64_t J, size_t esz, void *dst, int64_t Jtot)
+{
+    (void)c, (void)src, (void)rows, (void)J, (void)esz, (void)dst, (void)Jtot;
     return XATTN_ERR_UNSUPPORTED;
 }
 

@@ -7,10 +7,10 @@
  * per row and run locally; only attention mixes rows, and it goes through xattn_sdpa_dist /
  * xattn_bidir_attention_dist (contiguous layout: rank r's rows follow rank r - 1's). Masks over
  * key positions that broadcast over the query rows (key padding, keep vectors) are gathered from
- * every rank into their global columns. rel_pos_bias of the bidirectional kinds is taken as each
- * rank's query rows and every key column (the ring kernels' layout); the other inputs that span
- * both sequences (mha's I x J attn_mask) and the attention maps are refused, by name, before
- * anything runs.
+ * every rank into their global columns. rel_pos_bias of the bidirectional kinds and mha's
+ * attn_mask are taken as each rank's query rows and every key column (the ring kernels' layout;
+ * mha then gathers its key padding mask into those columns, xa_op_gather_keys); the attention
+ * maps are refused, by name, before anything runs.
  */
 #include "dist_run.h"
 #include "../kernels/ops.h"
@@ -130,11 +130,14 @@ static xattn_status kind_check(const xa_mod *m, const shard_kind **out)
 }
 
 /* Inputs spanning both sequences that a sharded run takes as each rank's query rows and every
- * key column ((.., I_local, J_total)): the bidirectional kinds' rel_pos_bias. */
+ * key column ((.., I_local, J_total)): the bidirectional kinds' rel_pos_bias and mha's
+ * attn_mask. */
 static int span_taken(const xa_kind *k, const xa_io *io, int output)
 {
-    return !output && io && !strcmp(io->name, "rel_pos_bias") &&
-           (!strcmp(k->name, "bidir") || !strcmp(k->name, "bidir-transformer"));
+    if (output || !io) return 0;
+    if (!strcmp(io->name, "rel_pos_bias"))
+        return !strcmp(k->name, "bidir") || !strcmp(k->name, "bidir-transformer");
+    return !strcmp(io->name, "attn_mask") && !strcmp(k->name, "mha");
 }
 
 /* The spanning input of the current run (recorded by xd_run_check, recognised by the ops by its
@@ -294,14 +297,15 @@ static const char *fn_of(const xa_attn *a) { return a->fn ? a->fn : "attention";
 
 static xattn_status attn_local_check(const xa_attn *a)
 {
-    const char *what = a->qkeep                     ? "a query keep vector"
-                       : a->probs                   ? "attention probabilities (maps)"
-                       : a->mix                     ? "talking heads"
-                       : a->stats_only || a->stat_m ? "softmax statistics"
-                       : a->row_m                   ? "given row statistics"
-                       : a->mask && a->mask_si      ? "a mask with a row per query"
-                       : a->bias && a->bias_si      ? "a bias with a row per query"
-                       : a->bias && a->bias_sj != 1 ? "a transposed bias"
+    const char *what = a->qkeep                                   ? "a query keep vector"
+                       : a->probs                                 ? "attention probabilities (maps)"
+                       : a->mix                                   ? "talking heads"
+                       : a->stats_only || a->stat_m               ? "softmax statistics"
+                       : a->row_m                                 ? "given row statistics"
+                       : a->mask && a->mask_si && !a->keys_global ? "a mask with a row per query"
+                       : a->bias && a->bias_si && !a->keys_global ? "a bias with a row per query"
+                       : a->bias && a->bias_sj != 1               ? "a transposed bias"
+                       : a->kkeep && a->keys_global ? "a key keep vector beside global key columns"
                                                     : NULL;
     if (what)
         return xa_error(XATTN_ERR_UNSUPPORTED, "%s: %s is not available in a sharded run", fn_of(a),
@@ -365,6 +369,7 @@ static xattn_status key_columns(const xd_comm *c, const xa_attn *a, keycols *kc)
 {
     const char *fn = fn_of(a);
     memset(kc, 0, sizeof *kc);
+    if (a->keys_global) return XATTN_OK; /* taken as they are (sdpa_of) */
     const int R = c->size;
     const int64_t B = a->B, J = a->J;
     int64_t mine[KC_N] = {J, a->mask || a->kkeep, a->mask && a->mask_sh ? a->H : 1, a->bias != NULL,
@@ -449,6 +454,57 @@ static void sdpa_of(const xa_attn *a, const keycols *kc, xattn_sdpa_params *p)
         p->bias = kc->bias;
         p->bias_sb = kc->Hb * kc->Jtot, p->bias_sh = kc->Hb > 1 ? kc->Jtot : 0, p->bias_si = 0;
     }
+    if (a->keys_global) { /* this rank's query rows, every key column */
+        p->mask = a->mask, p->mask_sb = a->mask_sb, p->mask_sh = a->mask_sh;
+        p->mask_si = a->mask_si;
+        p->bias = a->bias, p->bias_sb = a->bias_sb, p->bias_sh = a->bias_sh;
+        p->bias_si = a->bias_si;
+    }
+}
+
+xattn_status xd_shard_keys(const xd_comm *c, const char *what, int has, int64_t cols, int64_t I,
+                           int64_t J, int64_t *Jtot, int *spans)
+{
+    *Jtot = J, *spans = has;
+    xattn_status st = xd_agree(c, XATTN_OK);
+    if (st) return st;
+    /* keys; ranks with the mask; ranks with it or without query rows */
+    int64_t mine[3] = {J, has != 0, has || I == 0}, tot[3];
+    int rc = MPI_Allreduce(mine, tot, 3, MPI_INT64_T, MPI_SUM, c->comm);
+    if (rc != MPI_SUCCESS) return xd_mpi_error(rc, "attention", "MPI_Allreduce");
+    *Jtot = tot[0], *spans = tot[1] > 0;
+    if (tot[1] && tot[2] < c->size && !has && I > 0)
+        st = xa_error(XATTN_ERR_ARG, "rank %d has no %s while other ranks do", c->rank, what);
+    else if (has && cols && cols != tot[0])
+        st = xa_error(XATTN_ERR_SHAPE,
+                      "%s holds %lld key columns; a rank of a sharded run holds its query rows "
+                      "and every key column (%lld)",
+                      what, (long long)cols, (long long)tot[0]);
+    return xd_agree(c, st);
+}
+
+xattn_status xd_gather_keys(const xd_comm *c, const void *src, int64_t rows, int64_t J, size_t esz,
+                            void *dst, int64_t Jtot)
+{
+    const char *fn = "gathering key columns";
+    int64_t *info = calloc((size_t)c->size * KC_N, sizeof(int64_t));
+    xattn_status st = info && dst ? XATTN_OK : xa_error(XATTN_ERR_NOMEM, "%s: out of memory", fn);
+    if ((st = xd_agree(c, st))) {
+        free(info);
+        return st;
+    }
+    int rc = MPI_Allgather(&J, 1, MPI_INT64_T, info, 1, MPI_INT64_T, c->comm);
+    if (rc != MPI_SUCCESS) st = xd_mpi_error(rc, fn, "MPI_Allgather");
+    /* one value per rank, spread to the table's rows */
+    for (int r = c->size - 1; !st && r >= 0; r--) info[r * KC_N + KC_J] = info[r];
+    int64_t sum = 0;
+    for (int r = 0; !st && r < c->size; r++) sum += info[r * KC_N + KC_J];
+    if (!st && sum != Jtot)
+        st = xa_error(XATTN_ERR_SHAPE, "%s: the ranks hold %lld keys, not %lld", fn, (long long)sum,
+                      (long long)Jtot);
+    st = gather_cols(c, st, src, rows, (int64_t)esz, info, Jtot, dst, fn);
+    free(info);
+    return st;
 }
 
 xattn_status xd_op_attention(const xd_comm *c, const xa_attn *a)

@@ -214,6 +214,10 @@ typedef struct xa_attn {
     const float *mix;           /* (H, H) [g][h] */
     const float *row_m, *row_l; /* (B, H, I) contiguous */
     const char *fn;             /* name for error messages */
+    /* in a sharded run: mask and bias hold this rank's query rows and every rank's key columns
+     * (J_total, in rank order: xa_op_shard_keys), taken as they are; else they hold the local
+     * key columns (J), gathered from every rank */
+    int keys_global;
 } xa_attn;
 
 xattn_status xa_attention(const xa_attn *a);

@@ -383,6 +383,30 @@ xattn_status xa_op_attention_full_rows_backward(const xa_attn *a, const xa_attn_
 
 int64_t xa_op_min_rows(void) { return xd_sharded(xa_ctx_cur()) ? 0 : 1; }
 
+int xa_op_sharded(void) { return xd_sharded(xa_ctx_cur()) != NULL; }
+
+xattn_status xa_op_shard_keys(const char *what, int has, int64_t cols, int64_t I, int64_t J,
+                              int64_t *Jtot, int *spans)
+{
+    const xd_comm *c = xd_sharded(xa_ctx_cur());
+    if (c) return xd_shard_keys(c, what, has, cols, I, J, Jtot, spans);
+    *Jtot = J, *spans = has;
+    if (has && cols && cols != J)
+        return xa_error(XATTN_ERR_SHAPE, "%s holds %lld key columns; the keys are %lld", what,
+                        (long long)cols, (long long)J);
+    return XATTN_OK;
+}
+
+xattn_status xa_op_gather_keys(const void *src, int64_t rows, int64_t J, size_t esz, void *dst,
+                               int64_t Jtot)
+{
+    const xd_comm *c = xd_sharded(xa_ctx_cur());
+    if (c) return xd_gather_keys(c, src, rows, J, esz, dst, Jtot);
+    if (!dst) return xa_error(XATTN_ERR_NOMEM, "gathering key columns: out of memory");
+    if (rows > 0 && J > 0) memcpy(dst, src, esz * (size_t)(rows * J));
+    return XATTN_OK;
+}
+
 /* The attention kernel of the current context: in a sharded module run (xattn_ctx_set_sharded)
  * the ring kernels over its communicator (src/dist/modrun.c), else the local one. */
 static xattn_status attention_here(const xa_attn *p)

@@ -75,6 +75,21 @@ void xa_attn_heads(xa_attn *a, int64_t B, int64_t H, int64_t I, int64_t J, int64
 /* The fewest rows a sequence may have: 1, or 0 in a sharded run (xattn_ctx_set_sharded on
  * the current context: a rank's shard of a sequence may be empty). */
 int64_t xa_op_min_rows(void);
+/* Key columns over every rank of a sharded run, for masks that hold this rank's query rows and
+ * every key column (mha's attn_mask): *Jtot = the keys of every rank together (J elsewhere) and
+ * *spans = whether the ranks have such a mask, `what` (has, agreed on: an error names a rank
+ * that has none while the others do; a rank with no rows, I = 0, goes with the others). cols:
+ * the mask's column count when known (checked against *Jtot), else 0. Collective in a sharded
+ * run. */
+xattn_status xa_op_shard_keys(const char *what, int has, int64_t cols, int64_t I, int64_t J,
+                              int64_t *Jtot, int *spans);
+/* 1 in a sharded module run (xattn_ctx_set_sharded on the current context). */
+int xa_op_sharded(void);
+/* Each rank's (rows, J) block of esz-byte values gathered into dst (rows, Jtot) in rank order
+ * (the contiguous layout's key positions); in an unsharded run a copy. dst NULL: this rank ran
+ * out of memory for it (told to the others). Collective in a sharded run. */
+xattn_status xa_op_gather_keys(const void *src, int64_t rows, int64_t J, size_t esz, void *dst,
+                               int64_t Jtot);
 /* Fused attention (softmax(scale q k^T + bias, masked) v) with every option of xa_attn:
  * strided heads, masks, bias, causal with an offset (query and key position origins), both
  * fill semantics, log-sum-exp and probabilities out, talking-heads mixing. */

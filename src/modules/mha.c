@@ -540,6 +540,10 @@ static xattn_status check_args(const xattn_mha *m, const xattn_mha_inputs *in,
         return xa_error(XATTN_ERR_ARG, "%s: reserved_ of the inputs and outputs must be zero",
                         FN_FWD);
     const xattn_mha_config *c = &m->cfg;
+    if (in->attn_mask_cols < 0 ||
+        (in->attn_mask_cols && !xa_op_sharded() && in->attn_mask_cols != in->J))
+        return xa_error(XATTN_ERR_SHAPE, "%s: attn_mask_cols is %lld; the keys are J = %lld",
+                        FN_FWD, (long long)in->attn_mask_cols, (long long)in->J);
     if (in->B <= 0 || in->I < xa_op_min_rows() || in->J < xa_op_min_rows())
         return xa_error(XATTN_ERR_ARG, "%s: sizes must be positive (B=%lld, I=%lld, J=%lld)",
                         FN_FWD, (long long)in->B, (long long)in->I, (long long)in->J);
@@ -648,6 +652,43 @@ static void apply_masks(const mask_plan *p, int64_t J, int64_t Jx, uint8_t *keep
     a->bias_sj = 1;
 }
 
+/* The masks' key columns. In a sharded run with an attn_mask (each rank holds its query rows
+ * and every rank's key columns) they are every rank's keys: *pin is in with J = J_total and the
+ * key padding mask gathered into those columns (*kpm, freed by the caller), and *global is 1.
+ * Elsewhere *pin is in. Collective in a sharded run. */
+static xattn_status mask_columns(const xattn_mha_inputs *in, xattn_mha_inputs *pin, void **kpm,
+                                 int *global)
+{
+    *pin = *in, *kpm = NULL, *global = 0;
+    if (!xa_op_sharded()) return XATTN_OK;
+    int64_t Jt, Jk;
+    int spans, kb, kf;
+    xattn_status s = xa_op_shard_keys("attn_mask", in->attn_mask || in->attn_mask_float,
+                                      in->attn_mask_cols, in->I, in->J, &Jt, &spans);
+    if (s || !spans) return s;
+    /* the key padding mask's type, agreed on (a rank without keys may have none) */
+    if ((s = xa_op_shard_keys("bool key_padding_mask", in->key_padding_mask != NULL, 0, in->J,
+                              in->J, &Jk, &kb)) ||
+        (s = xa_op_shard_keys("float key_padding_mask", in->key_padding_mask_float != NULL, 0,
+                              in->J, in->J, &Jk, &kf)))
+        return s;
+    if (kb && kf)
+        return xa_error(XATTN_ERR_ARG,
+                        "%s: key_padding_mask is bool on some ranks and float on "
+                        "others",
+                        FN_FWD);
+    *global = 1;
+    pin->J = Jt;
+    if (!kb && !kf) return XATTN_OK;
+    const size_t esz = kf ? sizeof(float) : 1;
+    *kpm = malloc(esz * (size_t)(in->B * Jt) + 1);
+    const void *src = kf ? (const void *)in->key_padding_mask_float : in->key_padding_mask;
+    if ((s = xa_op_gather_keys(src, in->B, in->J, esz, *kpm, Jt))) return s;
+    pin->key_padding_mask = kf ? NULL : *kpm;
+    pin->key_padding_mask_float = kf ? *kpm : NULL;
+    return XATTN_OK;
+}
+
 /* Projects the keys and values into kp, vp (B, Jx, inner); the keys nn.MultiheadAttention
  * appends (bias_k / bias_v, then a zero key) fill rows J .. Jx-1 of each batch item. */
 static xattn_status project_kv(const xattn_mha *m, const xattn_mha_inputs *in, int64_t Jx,
@@ -725,15 +766,25 @@ xattn_status xa_mha_run(const xattn_mha *m, const xattn_mha_inputs *in,
         xa_mul_ok(B * J, XA_MAX(c->kdim, c->vdim), &t) || nbhij > (INT64_MAX / 8))
         return xa_error(XATTN_ERR_NOMEM, "%s: sizes overflow (B=%lld, I=%lld, J=%lld)", FN_FWD,
                         (long long)B, (long long)I, (long long)J);
+    xattn_mha_inputs pin;
+    void *kpm;
+    int global;
+    if ((s = mask_columns(in, &pin, &kpm, &global))) {
+        free(kpm);
+        return s;
+    }
+    const int64_t Jm = global ? pin.J : Jx; /* the masks' columns */
     mask_plan mp;
-    plan_masks(m, in, Jx, &mp);
+    plan_masks(m, &pin, Jm, &mp);
     /* probabilities in scratch when only the average is asked */
     const int64_t n_probs = out->attn && !out->attn_per_head ? nbhij : 0;
     if ((2.0 * (double)nq + 2.0 * (double)nk + (double)n_probs + (double)mp.n_bias + 64.0) * 4.0 +
             (double)mp.n_keep >
-        (double)(SIZE_MAX / 2))
+        (double)(SIZE_MAX / 2)) {
+        free(kpm);
         return xa_error(XATTN_ERR_NOMEM, "%s: scratch for B=%lld, I=%lld, J=%lld overflows", FN_FWD,
                         (long long)B, (long long)I, (long long)J);
+    }
     const size_t off_k = ((size_t)nq + 15) & ~(size_t)15;
     const size_t off_v = off_k + (((size_t)nk + 15) & ~(size_t)15);
     const size_t off_o = off_v + (((size_t)nk + 15) & ~(size_t)15);
@@ -741,14 +792,18 @@ xattn_status xa_mha_run(const xattn_mha *m, const xattn_mha_inputs *in,
     const size_t off_b = off_p + (((size_t)n_probs + 15) & ~(size_t)15);
     const size_t n_f = off_b + (size_t)mp.n_bias;
     float *scratch = xa_alloc(n_f * sizeof(float) + (size_t)mp.n_keep);
-    if (!scratch) return xa_error(XATTN_ERR_NOMEM, "%s: out of memory for scratch", FN_FWD);
+    if (!scratch) {
+        free(kpm);
+        return xa_error(XATTN_ERR_NOMEM, "%s: out of memory for scratch", FN_FWD);
+    }
     float *qp = scratch, *kp = scratch + off_k, *vp = scratch + off_v, *op = scratch + off_o;
     float *probs = out->attn_per_head ? out->attn_per_head : n_probs ? scratch + off_p : NULL;
 
     xa_attn a;
     memset(&a, 0, sizeof a);
-    apply_masks(&mp, J, Jx, (uint8_t *)(scratch + n_f), scratch + off_b, &a);
+    apply_masks(&mp, pin.J, Jm, (uint8_t *)(scratch + n_f), scratch + off_b, &a);
     attn_call(m, in, Jx, qp, kp, vp, op, probs, &a);
+    a.keys_global = global;
     if (!(s = xa_op_linear_w(in->query, B * I, c->embed_dim, m->wq, m->bq, inner, qp, 0)) &&
         !(s = project_kv(m, in, Jx, kp, vp)) && !(s = xa_op_attention(&a)) &&
         !(s = project_out(m, in, op, out->out))) {
@@ -756,6 +811,7 @@ xattn_status xa_mha_run(const xattn_mha *m, const xattn_mha_inputs *in,
         xa_clear_error();
     }
     xa_free(scratch);
+    free(kpm); /* a float key padding mask may be the bias read in place */
     return s;
 }
 
@@ -794,6 +850,7 @@ static void torch_named_inputs(const xa_run *r, xattn_mha_inputs *in)
     named_mask(r, 3, &in->key_padding_mask, &in->key_padding_mask_float);
     named_mask(r, 4, &in->attn_mask, &in->attn_mask_float);
     in->attn_mask_per_head = r->in[4] && r->in_ndim[4] == 3;
+    in->attn_mask_cols = r->in[4] ? r->in_shape[4][r->in_ndim[4] - 1] : 0;
     in->is_causal = r->in[5] && *(const uint8_t *)r->in[5];
 }
 
@@ -903,12 +960,24 @@ static xattn_status mha_backward(const xattn_mha *m, const xattn_mha_inputs *in,
                       (double)(B * I * H) + (double)(B * I * c->out_dim) +
                       2.0 * (double)(B * J * inner) + (double)(B * I * E) +
                       (double)(B * J * (c->kdim + c->vdim)) + 64.0 * 16;
+    xattn_mha_inputs pin;
+    void *kpm;
+    int global;
+    if ((s = mask_columns(in, &pin, &kpm, &global))) {
+        free(kpm);
+        return s;
+    }
+    const int64_t Jm = global ? pin.J : Jx; /* the masks' columns */
     mask_plan mp;
-    plan_masks(m, in, Jx, &mp);
-    if ((nf + (double)mp.n_bias) * 4.0 + (double)mp.n_keep > 1e12)
-        return xa_error(XATTN_ERR_NOMEM, "%s: backward scratch too large", FN_FWD);
-    float *mem = xa_alloc(sizeof(float) * (size_t)(nf + (double)mp.n_bias) + (size_t)mp.n_keep);
-    if (!mem) return xa_error(XATTN_ERR_NOMEM, "%s: out of memory for the backward", FN_FWD);
+    plan_masks(m, &pin, Jm, &mp);
+    float *mem =
+        (nf + (double)mp.n_bias) * 4.0 + (double)mp.n_keep > 1e12
+            ? NULL
+            : xa_alloc(sizeof(float) * (size_t)(nf + (double)mp.n_bias) + (size_t)mp.n_keep);
+    if (!mem) {
+        free(kpm);
+        return xa_error(XATTN_ERR_NOMEM, "%s: out of memory for the backward", FN_FWD);
+    }
     float *q = mem;
 #define CARVE(n) (q += ((n) + 15) / 16 * 16, q - ((n) + 15) / 16 * 16)
     float *qp = CARVE(B * I * inner), *kp = CARVE(B * Jx * inner), *vp = CARVE(B * Jx * inner);
@@ -922,8 +991,9 @@ static xattn_status mha_backward(const xattn_mha *m, const xattn_mha_inputs *in,
     /* forward, keeping what the backward needs */
     xa_attn a;
     memset(&a, 0, sizeof a);
-    apply_masks(&mp, J, Jx, (uint8_t *)q, bias, &a);
+    apply_masks(&mp, pin.J, Jm, (uint8_t *)q, bias, &a);
     attn_call(m, in, Jx, qp, kp, vp, op, NULL, &a);
+    a.keys_global = global;
     a.lse = lse;
     if (!(s = xa_op_linear_w(in->query, B * I, E, m->wq, m->bq, inner, qp, 0)) &&
         !(s = project_kv(m, in, Jx, kp, vp)) && !(s = xa_op_attention(&a)))
@@ -998,6 +1068,7 @@ static xattn_status mha_backward(const xattn_mha *m, const xattn_mha_inputs *in,
         }
     }
     xa_free(mem);
+    free(kpm); /* a float key padding mask may be the bias read in place */
     return s;
 }
 

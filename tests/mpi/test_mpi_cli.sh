@@ -75,6 +75,15 @@ case_run bidirtf_bias "bidir-transformer --dim 8 --context-dim 8 --depth 2 --hea
     "--x x.npy --context c8.npy --rel-pos-bias bh.npy" out context_out
 case_run mha "mha --embed-dim 8 --num-heads 2 --kdim 6 --vdim 6" "--query x.npy --key c.npy --value c.npy --key-padding-mask cm.npy" out
 case_run mha_causal "mha --embed-dim 8 --num-heads 2" "--query x.npy --is-causal" out
+# attn_mask: each rank reads its query rows of every (I, J) plane, every key column
+$MK am.npy b1 7,5 34
+$MK amh.npy f4 4,7,5 36
+$MK amself.npy f4 7,7 37
+case_run mha_attn_mask "mha --embed-dim 8 --num-heads 2 --kdim 6 --vdim 6" \
+    "--query x.npy --key c.npy --value c.npy --key-padding-mask cm.npy --attn-mask am.npy" out
+case_run mha_attn_mask_heads "mha --embed-dim 8 --num-heads 2 --kdim 6 --vdim 6" \
+    "--query x.npy --key c.npy --value c.npy --attn-mask amh.npy" out
+case_run mha_attn_mask_self "mha --embed-dim 8 --num-heads 2" "--query x.npy --attn-mask amself.npy --is-causal" out
 case_run attention "attention --query-dim 8 --cross-attention-dim 6 --heads 2 --dim-head 4" \
     "--hidden-states x.npy --encoder-hidden-states c.npy --attention-mask cm.npy" out
 $MK xb2.npy f4 2,7,8 13
@@ -99,6 +108,14 @@ for np in 1 2 3 4; do
     $MPI -np $np "$X" grad bidir_bias.safetensors $GB --grad-out g.npy --grad-context-out gc.npy --out-dir gbd$np >/dev/null 2>err.txt ||
         fail "grad with rel_pos_bias on $np ranks: $(head -3 err.txt)"
     for f in d_x.npy d_context.npy d_rel_pos_bias.npy grads.safetensors; do same "gbd$np/$f" "gbref/$f" 1e-4; done
+done
+# mha's gradients with an attn_mask (each rank its query rows, every key column)
+GM="--query x.npy --key c.npy --value c.npy --key-padding-mask cm.npy --attn-mask amh.npy"
+"$X" grad mha_attn_mask.safetensors $GM --grad-out xb2.npy --out-dir gmref >/dev/null
+for np in 1 2 3 4; do
+    $MPI -np $np "$X" grad mha_attn_mask.safetensors $GM --grad-out xb2.npy --out-dir gmd$np >/dev/null 2>err.txt ||
+        fail "mha grad with attn_mask on $np ranks: $(head -3 err.txt)"
+    for f in d_query.npy d_key.npy d_value.npy grads.safetensors; do same "gmd$np/$f" "gmref/$f" 1e-4; done
 done
 for np in 2 3 4; do
     $MPI -np $np "$X" grad bidir.safetensors $G --grad-out g.npy --grad-context-out gc.npy --out-dir gd$np >/dev/null 2>&1 ||
@@ -182,8 +199,8 @@ bad_run() {
     if [ -e out_bad ] && [ -n "$(ls -A out_bad)" ]; then fail "$name: left $(ls out_bad)"; return; fi
     pass
 }
-$MK am.npy b1 7,5 34
-bad_run "refused attn_mask" "attn_mask' spans both sequences" 2 run mha.safetensors --query x.npy --key c.npy --value c.npy --attn-mask am.npy
+$MK amw.npy b1 7,4 38
+bad_run "attn_mask of the wrong width" "dim 1 must be J = 5" 2 run mha.safetensors --query x.npy --key c.npy --value c.npy --attn-mask amw.npy
 $MK bw.npy f4 7,4 35
 bad_run "rel_pos_bias of the wrong width" "must be J = 5" 2 run bidir.safetensors --x x.npy --context c.npy --rel-pos-bias bw.npy
 python3 - <<'EOF'

@@ -4,7 +4,7 @@
  * not divisible by the rank count, shards of 0 and 1 rows) against the single-process run of the
  * same module on the whole inputs: outputs within 2e-5 (1 + |ref|), input gradients and the
  * parameter gradients (summed over the ranks) within 1e-4 (1 + |ref|), the global MSE loss; and
- * the refusals (an (I, J) mask, maps, a kind that cannot run sharded), the same on every rank.
+ * the refusals (maps, a kind that cannot run sharded), the same on every rank.
  */
 #include "mpitest.h"
 
@@ -307,6 +307,15 @@ static void one_case(int c, uint64_t *s)
         } else if (mt_int(s, 0, 1)) {
             add_mask(&in, "key_padding_mask", 2, (int64_t[]){B, Jk}, 20, s); /* True = out */
         }
+        /* attn_mask over both sequences: each rank its query rows and every key column;
+         * (I, J) or (B * num_heads, I, J), bool (True = out) or float (added) */
+        const int per_head = (int)mt_int(s, 0, 1);
+        const int64_t ams[3] = {B * 2, I, Jk};
+        switch (mt_int(s, 0, 2)) {
+        case 1: add_mask(&in, "attn_mask", 2 + per_head, ams + 1 - per_head, 25, s); break;
+        case 2: add_f32(&in, "attn_mask", 2 + per_head, ams + 1 - per_head, s); break;
+        default: break;
+        }
         if (self || mt_int(s, 0, 1)) {
             add_mask(&in, "is_causal", 0, (int64_t[]){0}, 100, s);
         }
@@ -396,9 +405,24 @@ static void refusals(void)
     CHECK(xattn_module_shard_axis(m, "query", 0, 3, &axis) == XATTN_ERR_UNSUPPORTED);
     CHECK(strstr(xattn_last_error(), "add_bias_kv") != NULL);
     xattn_module_free(m);
-    m = create("mha", mo, 2, 1); /* an (I, J) attn_mask: refused, by name */
-    CHECK(xattn_module_shard_axis(m, "attn_mask", 0, 2, &axis) == XATTN_ERR_UNSUPPORTED);
-    CHECK(strstr(xattn_last_error(), "attn_mask") != NULL);
+    m = create("mha", mo, 2, 1); /* an attn_mask: cut along its query rows */
+    in.n = 0;                    /* an attn_mask of the wrong column count: refused on every rank */
+    add_f32(&in, "query", 3, (int64_t[]){1, 3, 8}, &s);
+    add_f32(&in, "attn_mask", 2, (int64_t[]){3, 3 * mt_size + 1}, &s);
+    in.t[1].shape[1] = 3; /* planned as one process's */
+    outputs_of(m, &in, &out);
+    in.t[1].shape[1] = 3 * mt_size + 1; /* every rank: 3 query rows */
+    CHECK(xattn_module_forward(dist_ctx, m, in.t, 2, out.t, (size_t)out.n) == XATTN_ERR_SHAPE);
+    CHECK(strstr(xattn_last_error(), "attn_mask holds") != NULL);
+    tset_free(&out);
+    tset_free(&in);
+    CHECK_OK(xattn_module_shard_axis(m, "attn_mask", 0, 2, &axis));
+    CHECK(axis == 0);
+    CHECK_OK(xattn_module_shard_axis(m, "attn_mask", 0, 3, &axis));
+    CHECK(axis == 1);
+    /* the attention maps (I x J): refused, by name */
+    CHECK(xattn_module_shard_axis(m, "attn", 1, 3, &axis) == XATTN_ERR_UNSUPPORTED);
+    CHECK(strstr(xattn_last_error(), "'attn'") != NULL);
     xattn_module_free(m);
     m = NULL;
     if (!xattn_module_create("interlaced", NULL, 0, 1, &m)) {

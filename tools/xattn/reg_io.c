@@ -282,9 +282,11 @@ static int check_shape(const char *cmd, const reg_args *a, reg_state *s, int i)
                          cli_shape_str(x, sh, sizeof sh), rank,
                          alternatives_text(s, d->shape, exp, sizeof exp), s->in_flag[i]);
     }
-    /* under mpirun a rank holds its rows of rel_pos_bias and every key column: the library
-     * checks that width against every rank's keys */
-    const int span = cli_dist_active() && s->in_flag[i] && !strcmp(s->in_flag[i], "--rel-pos-bias");
+    /* under mpirun a rank holds its rows of rel_pos_bias (bidir) or attn_mask (mha) and every
+     * key column: the library checks that width against every rank's keys */
+    const int span =
+        cli_dist_active() && s->in_flag[i] &&
+        (!strcmp(s->in_flag[i], "--rel-pos-bias") || !strcmp(s->in_flag[i], "--attn-mask"));
     for (int k = 0; k < x->ndim - span; k++) {
         int rc = check_dim(cmd, a, s, i, dims, k, x->shape[k], k == x->ndim - 1);
         if (rc) return rc;
