@@ -150,6 +150,27 @@ static void run_case(uint64_t *rng, int verbose, int64_t maxlen)
         if (talk) gl.dtalk = dTl, gl.dctalk = dTcl;
         if (!lse_given) d.lse = d.clse = NULL;
         CHECK_OK(xattn_bidir_attention_backward_dist(ctx, &d, &gl));
+        { /* again on 3 threads: the same bits (the tasks come from the problem, not the count) */
+            const int64_t nx = B * H * In * dh, nc = B * H * Jn * dh;
+            const int64_t nb = (bias_kind == 1 ? B : 1) * H * In * J;
+            float *t = calloc((size_t)(2 * nx + 2 * nc + nb + 18 + 1), 4);
+            xattn_bidir_grads g3 = gl;
+            g3.dqk = t, g3.dv = t + nx, g3.dcqk = t + 2 * nx, g3.dcv = t + 2 * nx + nc;
+            if (bias_kind) g3.dbias = t + 2 * nx + 2 * nc;
+            if (talk) g3.dtalk = t + 2 * nx + 2 * nc + nb, g3.dctalk = g3.dtalk + 9;
+            CHECK_OK(xattn_ctx_set_threads(ctx, 3));
+            CHECK_OK(xattn_bidir_attention_backward_dist(ctx, &d, &g3));
+            CHECK_OK(xattn_ctx_set_threads(ctx, 1));
+            CHECK(!memcmp(g3.dqk, gl.dqk, sizeof(float) * (size_t)nx) &&
+                  !memcmp(g3.dv, gl.dv, sizeof(float) * (size_t)nx) &&
+                  !memcmp(g3.dcqk, gl.dcqk, sizeof(float) * (size_t)nc) &&
+                  !memcmp(g3.dcv, gl.dcv, sizeof(float) * (size_t)nc));
+            if (bias_kind) CHECK(!memcmp(g3.dbias, gl.dbias, sizeof(float) * (size_t)nb));
+            if (talk)
+                CHECK(!memcmp(g3.dtalk, gl.dtalk, sizeof(float) * 9) &&
+                      !memcmp(g3.dctalk, gl.dctalk, sizeof(float) * 9));
+            free(t);
+        }
         float *dqkr = mt_rows(dqk, B, H, I, dh, &xs), *dvr = mt_rows(dv, B, H, I, dh, &xs);
         float *dcqkr = mt_rows(dcqk, B, H, J, dh, &cs), *dcvr = mt_rows(dcv, B, H, J, dh, &cs);
         float *dbr = bias ? mt_rows(dbias, bias_kind == 1 ? B : 1, H, I, J, &xs) : NULL;
