@@ -128,9 +128,9 @@ XATTN_API xattn_status xattn_bidir_attention_backward_dist(xattn_ctx *ctx,
  *
  * Kinds that run sharded: bidir, bidir-transformer, mha, attention, mutual (without
  * band_axis), joint and bert-decoder (not incremental). mha refuses add_bias_kv and
- * add_zero_attn. Inputs that span both sequences (bidir's rel_pos_bias, mha's attn_mask) are
- * passed as the rank's query rows and every key column (.., I_local, J_total); the attention
- * maps are refused, naming them (XATTN_ERR_UNSUPPORTED).
+ * add_zero_attn. Inputs and outputs that span both sequences (bidir's rel_pos_bias, mha's
+ * attn_mask, the attention maps) hold the rank's query rows and every key column
+ * (.., I_local, J_total); the maps' gradients are refused, naming them (XATTN_ERR_UNSUPPORTED).
  *
  * Errors: every rank returns the same status, with "rank R: <cause>" for a failure of rank R,
  * and no rank is left waiting: each collective phase starts with an agreement on the status.

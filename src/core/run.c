@@ -140,7 +140,7 @@ static xattn_status bind_input(const xa_mod *m, const xa_io *io, const xattn_ten
         char *slash = strchr(tok, '/');
         int may_be_one = slash && !strcmp(slash + 1, "1");
         if (slash) *slash = '\0';
-        if ((may_be_one && t->shape[d] == 1) || (plan_sharded && xd_key_dim(m, io, t->ndim, d)))
+        if ((may_be_one && t->shape[d] == 1) || (plan_sharded && xd_key_dim(m, io, 0, t->ndim, d)))
             continue;
         const int f = xa_cfg_find(&m->cfg, tok);
         if (f >= 0 && m->cfg.from[f] == XA_FROM_UNSET) /* a size the module does not have */
@@ -379,7 +379,8 @@ static xattn_status prepare(const xa_mod *m, const xattn_tensor *in, size_t n_in
         int o = io_index(k->outputs, k->n_out, out[a].name);
         int same = out[a].ndim == plan_out[a].ndim && out[a].data;
         for (int d = 0; same && d < out[a].ndim; d++)
-            same = out[a].shape[d] == plan_out[a].shape[d];
+            same = out[a].shape[d] == plan_out[a].shape[d] ||
+                   (plan_sharded && xd_key_dim(m, &k->outputs[o], 1, out[a].ndim, d));
         char want[128], got[128];
         if (!same)
             return xa_error(XATTN_ERR_SHAPE, "output '%s' has shape %s%s; expected %s", out[a].name,

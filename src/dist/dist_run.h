@@ -25,10 +25,11 @@
 xattn_status xd_run_check(const xa_mod *m, const xattn_tensor *in, size_t n_in,
                           const xattn_tensor *out, size_t n_out, const xattn_tensor *dout,
                           size_t n_dout);
-/* 1 when dim d of input io (of rank ndim) is the key-column dim of an input spanning both
- * sequences that a sharded run takes whole along its keys (J_total, not this rank's J): the
- * runner does not bind it; the attention op checks it against every rank's keys. */
-int xd_key_dim(const xa_mod *m, const xa_io *io, int ndim, int d);
+/* 1 when dim d of input (output = 0) or output (output = 1) io, of rank ndim, is the key-column
+ * dim of an input or output spanning both sequences that a sharded run takes whole along its
+ * keys (J_total, not this rank's J): the runner does not bind or check it; the attention op
+ * checks it against every rank's keys. */
+int xd_key_dim(const xa_mod *m, const xa_io *io, int output, int ndim, int d);
 /* The count of agreed failures before a run (for xd_run_end). */
 static inline int xd_run_begin(const xd_comm *c) { return c->fails; }
 /* Agrees on st at the start of a run (collective). */
@@ -72,9 +73,9 @@ static inline xattn_status xd_run_check(const xa_mod *m, const xattn_tensor *in,
     (void)m, (void)in, (void)n_in, (void)out, (void)n_out, (void)dout, (void)n_dout;
     return XATTN_ERR_UNSUPPORTED;
 }
-static inline int xd_key_dim(const xa_mod *m, const xa_io *io, int ndim, int d)
+static inline int xd_key_dim(const xa_mod *m, const xa_io *io, int output, int ndim, int d)
 {
-    return (void)m, (void)io, (void)ndim, (void)d, 0;
+    return (void)m, (void)io, (void)output, (void)ndim, (void)d, 0;
 }
 static inline int xd_run_begin(const xd_comm *c) { return (void)c, 0; }
 static inline xattn_status xd_run_agree(const xd_comm *c, xattn_status st) { return (void)c, st; }

@@ -134,7 +134,13 @@ static xattn_status kind_check(const xa_mod *m, const shard_kind **out)
  * attn_mask. */
 static int span_taken(const xa_kind *k, const xa_io *io, int output)
 {
-    if (output || !io) return 0;
+    if (!io) return 0;
+    if (output) /* the attention maps: (.., I_local, J_total) */
+        return (!strcmp(k->name, "bidir") &&
+                (!strcmp(io->name, "attn") || !strcmp(io->name, "context_attn"))) ||
+               (!strcmp(k->name, "mha") &&
+                (!strcmp(io->name, "attn") || !strcmp(io->name, "attn_per_head"))) ||
+               (!strcmp(k->name, "attention") && !strcmp(io->name, "attention_probs"));
     if (!strcmp(io->name, "rel_pos_bias"))
         return !strcmp(k->name, "bidir") || !strcmp(k->name, "bidir-transformer");
     return !strcmp(io->name, "attn_mask") && !strcmp(k->name, "mha");
@@ -148,9 +154,9 @@ static _Thread_local struct {
     int64_t shape[XATTN_MAX_DIMS];
 } span_in;
 
-int xd_key_dim(const xa_mod *m, const xa_io *io, int ndim, int d)
+int xd_key_dim(const xa_mod *m, const xa_io *io, int output, int ndim, int d)
 {
-    return span_taken(m->kind, io, 0) && ndim >= 2 && d == ndim - 1;
+    return span_taken(m->kind, io, output) && ndim >= 2 && d == ndim - 1;
 }
 
 static xattn_status io_check(const shard_kind *sk, const xa_kind *k, const xattn_tensor *t,
@@ -158,10 +164,11 @@ static xattn_status io_check(const shard_kind *sk, const xa_kind *k, const xattn
 {
     const xa_io *io = find_io(k, t->name, output);
     if (!io) return XATTN_OK; /* the runner names unknown ones */
-    if (io_axis(sk, k, io, t->ndim) == -2 && span_taken(k, io, output)) {
+    if (io_axis(sk, k, io, t->ndim) == -2 && span_taken(k, io, output) &&
+        (!output || !strcmp(what, "output"))) {
         if (t->ndim < 2)
-            return xa_error(XATTN_ERR_SHAPE, "input '%s' must have at least 2 dims", t->name);
-        if (t->data) {
+            return xa_error(XATTN_ERR_SHAPE, "%s '%s' must have at least 2 dims", what, t->name);
+        if (t->data && !output) {
             span_in.data = t->data;
             span_in.ndim = t->ndim;
             memcpy(span_in.shape, t->shape, sizeof(int64_t) * (size_t)t->ndim);
@@ -298,7 +305,6 @@ static const char *fn_of(const xa_attn *a) { return a->fn ? a->fn : "attention";
 static xattn_status attn_local_check(const xa_attn *a)
 {
     const char *what = a->qkeep                                   ? "a query keep vector"
-                       : a->probs                                 ? "attention probabilities (maps)"
                        : a->mix                                   ? "talking heads"
                        : a->stats_only || a->stat_m               ? "softmax statistics"
                        : a->row_m                                 ? "given row statistics"
@@ -507,11 +513,93 @@ xattn_status xd_gather_keys(const xd_comm *c, const void *src, int64_t rows, int
     return st;
 }
 
+/* The attention maps asked in a sharded run (a->probs on some rank): the keys and values of
+ * every rank are gathered ((B, H, J_total, dh + dv), less than the (I_local, J_total) maps
+ * themselves once I_local > dh + dv) and the local query rows attend over all of them in one
+ * call of the local kernel, which gives their outputs, log-sum-exps and maps as one process
+ * does. Collective. */
+static xattn_status attention_gathered(const xd_comm *c, const xa_attn *a, const keycols *kc)
+{
+    const char *fn = fn_of(a);
+    const int R = c->size;
+    const int64_t B = a->B, H = a->H, dh = a->dh, dv = a->v ? a->dv : 0, w = dh + dv;
+    int64_t mine[2] = {a->I, a->J};
+    int64_t *info = malloc(sizeof(int64_t) * 2 * (size_t)R);
+    int *cnt = malloc(sizeof(int) * 2 * (size_t)R);
+    xattn_status st = info && cnt ? XATTN_OK : xa_error(XATTN_ERR_NOMEM, "%s: out of memory", fn);
+    float *loc = NULL, *all = NULL, *kv = NULL;
+    if ((st = xd_agree(c, st))) goto done;
+    int rc = MPI_Allgather(mine, 2, MPI_INT64_T, info, 2, MPI_INT64_T, c->comm);
+    if (rc != MPI_SUCCESS) {
+        st = xd_mpi_error(rc, fn, "MPI_Allgather");
+        goto done;
+    }
+    int64_t Jt = 0, q0 = 0;
+    for (int r = 0; r < R; r++) {
+        if (r < c->rank) q0 += info[2 * r];
+        Jt += info[2 * r + 1];
+    }
+    loc = malloc(sizeof(float) * (size_t)(B * H * a->J * w + 1));
+    all = malloc(sizeof(float) * (size_t)(B * H * Jt * w + 1));
+    kv = malloc(sizeof(float) * (size_t)(B * H * Jt * w + 1));
+    st = loc && all && kv ? XATTN_OK : xa_error(XATTN_ERR_NOMEM, "%s: out of memory", fn);
+    if (!st && B * H * Jt * w > INT32_MAX)
+        st = xa_error(XATTN_ERR_UNSUPPORTED, "%s: too many keys to gather for the maps", fn);
+    if ((st = xd_agree(c, st))) goto done;
+    for (int64_t b = 0; b < B; b++) /* local keys and values, packed (b, h, j, [k | v]) */
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t j = 0; j < a->J; j++) {
+                float *d = loc + ((b * H + h) * a->J + j) * w;
+                memcpy(d, a->k + b * a->k_sb + h * a->k_sh + j * a->k_sj, sizeof(float) * dh);
+                if (dv)
+                    memcpy(d + dh, a->v + b * a->v_sb + h * a->v_sh + j * a->v_sj,
+                           sizeof(float) * dv);
+            }
+    int *dis = cnt + R;
+    for (int r = 0, d = 0; r < R; r++) {
+        cnt[r] = (int)(B * H * info[2 * r + 1] * w);
+        dis[r] = d;
+        d += cnt[r];
+    }
+    rc = MPI_Allgatherv(loc, cnt[c->rank], MPI_FLOAT, all, cnt, dis, MPI_FLOAT, c->comm);
+    if (rc != MPI_SUCCESS) {
+        st = xd_mpi_error(rc, fn, "MPI_Allgatherv");
+        goto done;
+    }
+    /* rank-major blocks into (b, h, global j, [k | v]) */
+    for (int64_t r = 0, j0 = 0; r < R; j0 += info[2 * r + 1], r++)
+        for (int64_t bh = 0; bh < B * H; bh++)
+            memcpy(kv + (bh * Jt + j0) * w, all + dis[r] + bh * info[2 * r + 1] * w,
+                   sizeof(float) * (size_t)(info[2 * r + 1] * w));
+    xa_attn l = *a;
+    l.J = Jt;
+    l.k = kv, l.k_sb = H * Jt * w, l.k_sh = Jt * w, l.k_sj = w;
+    if (dv) l.v = kv + dh, l.v_sb = H * Jt * w, l.v_sh = Jt * w, l.v_sj = w;
+    if (a->causal) l.causal_offset = a->causal_offset + q0; /* keys from global position 0 */
+    if (!a->keys_global) { /* the key columns gathered by key_columns */
+        l.mask = kc->keep, l.kkeep = NULL, l.bias = kc->bias;
+        l.mask_sb = kc->Hk * Jt, l.mask_sh = kc->Hk > 1 ? Jt : 0, l.mask_si = 0;
+        l.bias_sb = kc->Hb * Jt, l.bias_sh = kc->Hb > 1 ? Jt : 0, l.bias_si = 0, l.bias_sj = 1;
+    }
+    st = l.I ? xa_attention(&l) : XATTN_OK;
+done:
+    free(info), free(cnt), free(loc), free(all), free(kv);
+    return st;
+}
+
 xattn_status xd_op_attention(const xd_comm *c, const xa_attn *a)
 {
     xattn_status st = xd_agree(c, attn_local_check(a));
     if (st) return st;
+    int maps = a->probs != NULL, any = 0;
+    int rc = MPI_Allreduce(&maps, &any, 1, MPI_INT, MPI_MAX, c->comm);
+    if (rc != MPI_SUCCESS) return xd_mpi_error(rc, fn_of(a), "MPI_Allreduce");
     keycols kc;
+    if (any) {
+        if (!(st = key_columns(c, a, &kc))) st = attention_gathered(c, a, &kc);
+        keycols_free(&kc);
+        return st;
+    }
     if (!(st = key_columns(c, a, &kc))) {
         xattn_sdpa_params p;
         sdpa_of(a, &kc, &p);
@@ -550,8 +638,7 @@ static xattn_status bidir_local_check(const xa_bidir *p)
 {
     const char *what = p->bias && p->bias != span_in.data
                            ? "a bias over both sequences other than the run's rel_pos_bias"
-                       : p->attn || p->cattn ? "attention maps"
-                                             : NULL;
+                           : NULL;
     if (what)
         return xa_error(XATTN_ERR_UNSUPPORTED,
                         "bidirectional attention: %s is not available in a sharded run", what);
@@ -605,15 +692,167 @@ static void bidir_of(const xa_bidir *a, xattn_bidir_params *p)
     p->lse = a->lse, p->clse = a->clse;
 }
 
+/* One side of the maps' problem (transposed = 0: the x rows against every context row; 1: every
+ * context row against the x rows) as the single-process kernel runs it: with talking heads the
+ * statistics first, then the mixing pass; given statistics (row_m, row_l) go straight to the
+ * mixing pass. */
+static xattn_status maps_side(xa_attn *a, float *stats)
+{
+    if (!a->mix || a->row_m) return xa_attention(a);
+    const int64_t n = a->B * a->H * a->I;
+    xa_attn st = *a;
+    st.stats_only = 1, st.mix = NULL, st.probs = NULL, st.lse = NULL;
+    st.stat_m = stats, st.stat_l = stats + n;
+    xattn_status s = xa_attention(&st);
+    if (s) return s;
+    a->row_m = stats, a->row_l = stats + n;
+    return xa_attention(a);
+}
+
+/* The attention maps of a sharded run, after its forward (lse, clse its statistics): each rank
+ * holds its x rows of attn and context_attn (B, H, I_local, J_total). The context rows' cqk,
+ * cv, keep mask and column log-sum-exps of every rank are gathered ((B, H, J_total, 2 dh + 1)
+ * floats, less than the maps); attn is the x side against all of them, as one process computes
+ * it; context_attn the context side over the local x rows with the global column statistics
+ * given (a column masked everywhere: uniform over I_total). Collective. */
+static xattn_status bidir_maps(const xd_comm *c, const xa_bidir *a, const float *clse, int64_t bsb,
+                               int64_t bsh)
+{
+    static const char fn[] = "bidirectional attention maps";
+    const int R = c->size;
+    const int64_t B = a->B, H = a->H, I = a->I, dh = a->dh, w = 2 * dh + 1;
+    int64_t mine[3] = {I, a->J, a->cmask != NULL && a->J > 0};
+    int64_t *info = malloc(sizeof(int64_t) * 3 * (size_t)R);
+    int *cnt = malloc(sizeof(int) * 2 * (size_t)R);
+    xattn_status st = info && cnt ? XATTN_OK : xa_error(XATTN_ERR_NOMEM, "%s: out of memory", fn);
+    float *loc = NULL, *all = NULL, *kv = NULL, *scr = NULL;
+    uint8_t *keep = NULL;
+    if ((st = xd_agree(c, st))) goto done;
+    int rc = MPI_Allgather(mine, 3, MPI_INT64_T, info, 3, MPI_INT64_T, c->comm);
+    if (rc != MPI_SUCCESS) {
+        st = xd_mpi_error(rc, fn, "MPI_Allgather");
+        goto done;
+    }
+    int64_t Jt = 0, It = 0, any_cmask = 0;
+    for (int r = 0; r < R; r++)
+        It += info[3 * r], Jt += info[3 * r + 1], any_cmask |= info[3 * r + 2];
+    const int64_t BH = B * H, nscr = XA_MAX(BH * XA_MAX(I, Jt) * (dh + 2), 1);
+    loc = malloc(sizeof(float) * (size_t)(BH * a->J * w + B * a->J + 1));
+    all = malloc(sizeof(float) * (size_t)(BH * Jt * w + B * Jt + 1));
+    kv = malloc(sizeof(float) * (size_t)(BH * Jt * w + 1));
+    scr = xa_alloc(sizeof(float) * (size_t)(nscr + H * H));
+    keep = malloc((size_t)(B * Jt + 1));
+    st = loc && all && kv && scr && keep ? XATTN_OK
+                                         : xa_error(XATTN_ERR_NOMEM, "%s: out of memory", fn);
+    if (!st && BH * Jt * w + B * Jt > INT32_MAX)
+        st = xa_error(XATTN_ERR_UNSUPPORTED, "%s: too many context rows to gather", fn);
+    if ((st = xd_agree(c, st))) goto done;
+    /* local context rows packed (b, h, j, [cqk | cv | clse]), then (b, j) keep as floats */
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t j = 0; j < a->J; j++) {
+                float *d = loc + ((b * H + h) * a->J + j) * w;
+                memcpy(d, a->cqk + b * a->cqk_sb + h * a->cqk_sh + j * a->cqk_sj,
+                       sizeof(float) * dh);
+                memcpy(d + dh, a->cv + b * a->cv_sb + h * a->cv_sh + j * a->cv_sj,
+                       sizeof(float) * dh);
+                d[2 * dh] = clse[(b * H + h) * a->J + j];
+            }
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t j = 0; j < a->J; j++)
+            loc[BH * a->J * w + b * a->J + j] =
+                !a->cmask || a->cmask[b * a->cmask_sb + j] ? 1.0f : 0.0f;
+    int *dis = cnt + R;
+    for (int r = 0, d = 0; r < R; r++) {
+        cnt[r] = (int)(BH * info[3 * r + 1] * w + B * info[3 * r + 1]);
+        dis[r] = d;
+        d += cnt[r];
+    }
+    rc = MPI_Allgatherv(loc, cnt[c->rank], MPI_FLOAT, all, cnt, dis, MPI_FLOAT, c->comm);
+    if (rc != MPI_SUCCESS) {
+        st = xd_mpi_error(rc, fn, "MPI_Allgatherv");
+        goto done;
+    }
+    for (int64_t r = 0, j0 = 0; r < R; j0 += info[3 * r + 1], r++) {
+        const int64_t Jr = info[3 * r + 1];
+        for (int64_t bh = 0; bh < BH; bh++)
+            memcpy(kv + (bh * Jt + j0) * w, all + dis[r] + bh * Jr * w,
+                   sizeof(float) * (size_t)(Jr * w));
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t j = 0; j < Jr; j++)
+                keep[b * Jt + j0 + j] = all[dis[r] + BH * Jr * w + b * Jr + j] != 0.0f;
+    }
+    float *eye = scr + nscr;
+    for (int64_t x = 0; x < H * H; x++) eye[x] = x % (H + 1) == 0 ? 1.0f : 0.0f;
+    if (I == 0) goto done;
+    /* the x side: the local rows against every context row (row statistics computed here) */
+    xa_attn x;
+    memset(&x, 0, sizeof x);
+    x.fn = fn, x.B = B, x.H = H, x.I = I, x.J = Jt, x.dh = x.dv = dh, x.scale = a->scale;
+    x.fill = XATTN_FILL_MIN_FLOAT;
+    x.q = a->qk, x.q_sb = a->qk_sb, x.q_sh = a->qk_sh, x.q_si = a->qk_si;
+    x.k = kv, x.k_sb = H * Jt * w, x.k_sh = Jt * w, x.k_sj = w;
+    x.v = kv + dh, x.v_sb = H * Jt * w, x.v_sh = Jt * w, x.v_sj = w;
+    x.out = scr, x.o_sb = H * I * dh, x.o_sh = I * dh, x.o_si = dh;
+    x.qkeep = a->mask, x.qkeep_sb = a->mask_sb;
+    if (any_cmask) x.kkeep = keep, x.kkeep_sb = Jt;
+    x.bias = a->bias, x.bias_sb = bsb, x.bias_sh = bsh, x.bias_si = Jt, x.bias_sj = 1;
+    x.probs = a->attn, x.p_sb = H * I * Jt, x.p_sh = I * Jt, x.p_si = Jt, x.p_sj = 1;
+    x.mix = a->talk;
+    float *stats = scr + BH * I * dh;
+    if (a->attn && (st = maps_side(&x, stats))) goto done;
+    if (!a->cattn) goto done;
+    /* the context side: every context row against the local x rows, the column statistics
+     * given (m = lse, l = 1; a column masked everywhere m = -FLT_MAX, l = I_total) */
+    xa_attn y = x;
+    y.I = Jt, y.J = I;
+    y.q = kv, y.q_sb = H * Jt * w, y.q_sh = Jt * w, y.q_si = w;
+    y.k = a->qk, y.k_sb = a->qk_sb, y.k_sh = a->qk_sh, y.k_sj = a->qk_si;
+    y.v = a->v, y.v_sb = a->v_sb, y.v_sh = a->v_sh, y.v_sj = a->v_si;
+    y.out = scr, y.o_sb = H * Jt * dh, y.o_sh = Jt * dh, y.o_si = dh;
+    y.qkeep = any_cmask ? keep : NULL, y.qkeep_sb = any_cmask ? Jt : 0;
+    y.kkeep = a->mask, y.kkeep_sb = a->mask_sb;
+    y.bias_si = 1, y.bias_sj = Jt;
+    y.probs = a->cattn, y.p_si = 1, y.p_sj = Jt;
+    y.mix = a->ctalk ? a->ctalk : eye;
+    float *m = scr + BH * Jt * dh, *l = m + BH * Jt;
+    for (int64_t bh = 0; bh < BH; bh++)
+        for (int64_t j = 0; j < Jt; j++) {
+            const float L = kv[(bh * Jt + j) * w + 2 * dh];
+            m[bh * Jt + j] = L <= -FLT_MAX ? -FLT_MAX : L;
+            l[bh * Jt + j] = L <= -FLT_MAX ? (float)It : 1.0f;
+        }
+    y.row_m = m, y.row_l = l;
+    st = maps_side(&y, NULL);
+done:
+    free(info), free(cnt), free(loc), free(all), free(kv), free(keep);
+    xa_free(scr);
+    return st;
+}
+
 xattn_status xd_op_bidir(const xd_comm *c, const xa_bidir *a)
 {
     xattn_status st = xd_agree(c, bidir_local_check(a));
     if (st) return st;
+    int maps = a->attn || a->cattn, any = 0;
+    int rc = MPI_Allreduce(&maps, &any, 1, MPI_INT, MPI_MAX, c->comm);
+    if (rc != MPI_SUCCESS) return xd_mpi_error(rc, "bidirectional attention", "MPI_Allreduce");
     xattn_bidir_params p;
     bidir_of(a, &p);
     int64_t sb, sh;
     if ((st = span_bias(c, a, &p, &sb, &sh))) return st;
-    return xattn_bidir_attention_dist((xattn_ctx *)xa_ctx_cur(), &p);
+    if (!any) return xattn_bidir_attention_dist((xattn_ctx *)xa_ctx_cur(), &p);
+    /* the maps need the column statistics: the forward's into scratch when not asked */
+    float *tmp = a->clse ? NULL : xa_alloc(sizeof(float) * (size_t)(a->B * a->H * a->J + 1));
+    st = a->clse || tmp ? XATTN_OK
+                        : xa_error(XATTN_ERR_NOMEM, "bidirectional attention: out of memory");
+    if (!(st = xd_agree(c, st))) {
+        p.clse = a->clse ? a->clse : tmp;
+        st = xattn_bidir_attention_dist((xattn_ctx *)xa_ctx_cur(), &p);
+        if (!st) st = bidir_maps(c, a, p.clse, sb, sh);
+    }
+    xa_free(tmp);
+    return st;
 }
 
 xattn_status xd_op_bidir_backward(const xd_comm *c, const xa_bidir *a, const xa_bidir_grad *g)

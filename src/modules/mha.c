@@ -652,20 +652,23 @@ static void apply_masks(const mask_plan *p, int64_t J, int64_t Jx, uint8_t *keep
     a->bias_sj = 1;
 }
 
-/* The masks' key columns. In a sharded run with an attn_mask (each rank holds its query rows
- * and every rank's key columns) they are every rank's keys: *pin is in with J = J_total and the
- * key padding mask gathered into those columns (*kpm, freed by the caller), and *global is 1.
- * Elsewhere *pin is in. Collective in a sharded run. */
-static xattn_status mask_columns(const xattn_mha_inputs *in, xattn_mha_inputs *pin, void **kpm,
-                                 int *global)
+/* The masks' (and maps') key columns. In a sharded run with an attn_mask or the attention maps
+ * asked (maps: each rank holds its query rows and every rank's key columns) they are every
+ * rank's keys: *pin is in with J = J_total and the key padding mask gathered into those columns
+ * (*kpm, freed by the caller), and *global is 1. Elsewhere *pin is in. Collective in a sharded
+ * run. */
+static xattn_status mask_columns(const xattn_mha_inputs *in, int maps, xattn_mha_inputs *pin,
+                                 void **kpm, int *global)
 {
     *pin = *in, *kpm = NULL, *global = 0;
     if (!xa_op_sharded()) return XATTN_OK;
     int64_t Jt, Jk;
-    int spans, kb, kf;
+    int spans, any_maps;
     xattn_status s = xa_op_shard_keys("attn_mask", in->attn_mask || in->attn_mask_float,
                                       in->attn_mask_cols, in->I, in->J, &Jt, &spans);
-    if (s || !spans) return s;
+    if (!s) s = xa_op_shard_keys("attention maps", maps, 0, 1, in->J, &Jk, &any_maps);
+    if (s || (!spans && !any_maps)) return s;
+    int kb, kf;
     /* the key padding mask's type, agreed on (a rank without keys may have none) */
     if ((s = xa_op_shard_keys("bool key_padding_mask", in->key_padding_mask != NULL, 0, in->J,
                               in->J, &Jk, &kb)) ||
@@ -769,14 +772,15 @@ xattn_status xa_mha_run(const xattn_mha *m, const xattn_mha_inputs *in,
     xattn_mha_inputs pin;
     void *kpm;
     int global;
-    if ((s = mask_columns(in, &pin, &kpm, &global))) {
+    if ((s = mask_columns(in, out->attn || out->attn_per_head, &pin, &kpm, &global))) {
         free(kpm);
         return s;
     }
-    const int64_t Jm = global ? pin.J : Jx; /* the masks' columns */
+    const int64_t Jm = global ? pin.J : Jx; /* the masks' and maps' columns */
     mask_plan mp;
     plan_masks(m, &pin, Jm, &mp);
     /* probabilities in scratch when only the average is asked */
+    if (global) nbhij = B * H * I * Jm;
     const int64_t n_probs = out->attn && !out->attn_per_head ? nbhij : 0;
     if ((2.0 * (double)nq + 2.0 * (double)nk + (double)n_probs + (double)mp.n_bias + 64.0) * 4.0 +
             (double)mp.n_keep >
@@ -804,10 +808,12 @@ xattn_status xa_mha_run(const xattn_mha *m, const xattn_mha_inputs *in,
     apply_masks(&mp, pin.J, Jm, (uint8_t *)(scratch + n_f), scratch + off_b, &a);
     attn_call(m, in, Jx, qp, kp, vp, op, probs, &a);
     a.keys_global = global;
+    if (global) /* the maps hold every rank's key columns */
+        a.p_sb = H * I * Jm, a.p_sh = I * Jm, a.p_si = Jm;
     if (!(s = xa_op_linear_w(in->query, B * I, c->embed_dim, m->wq, m->bq, inner, qp, 0)) &&
         !(s = project_kv(m, in, Jx, kp, vp)) && !(s = xa_op_attention(&a)) &&
         !(s = project_out(m, in, op, out->out))) {
-        if (out->attn) xa_op_mean(probs, B, H, I * Jx, out->attn);
+        if (out->attn) xa_op_mean(probs, B, H, I * Jm, out->attn);
         xa_clear_error();
     }
     xa_free(scratch);
@@ -963,7 +969,7 @@ static xattn_status mha_backward(const xattn_mha *m, const xattn_mha_inputs *in,
     xattn_mha_inputs pin;
     void *kpm;
     int global;
-    if ((s = mask_columns(in, &pin, &kpm, &global))) {
+    if ((s = mask_columns(in, 0, &pin, &kpm, &global))) {
         free(kpm);
         return s;
     }

@@ -69,6 +69,11 @@ $MK bh.npy f4 2,2,7,5 32
 $MK b1h.npy f4 2,3,2 33 # 3 rows over 4 ranks: a shard of 0 rows
 case_run bidir_bias "bidir --dim 8 --context-dim 6 --heads 2 --dim-head 4 --talking-heads true" \
     "--x x.npy --context c.npy --mask xm.npy --rel-pos-bias b.npy" out context_out
+case_run bidir_maps "bidir --dim 8 --context-dim 6 --heads 2 --dim-head 4 --talking-heads true --prenorm true" \
+    "--x x.npy --context c.npy --mask xm.npy --context-mask cm.npy --rel-pos-bias b.npy --return-attn" \
+    out context_out attn context_attn
+case_run bidir_maps_short "bidir --dim 8 --context-dim 6 --heads 2 --dim-head 4" \
+    "--x x1.npy --context c1.npy --return-attn" out context_out attn context_attn
 case_run bidir_bias_short "bidir --dim 8 --context-dim 6 --heads 2 --dim-head 4" \
     "--x x1.npy --context c1.npy --rel-pos-bias b1h.npy" out context_out
 case_run bidirtf_bias "bidir-transformer --dim 8 --context-dim 8 --depth 2 --heads 2 --dim-head 4" \
@@ -84,6 +89,11 @@ case_run mha_attn_mask "mha --embed-dim 8 --num-heads 2 --kdim 6 --vdim 6" \
 case_run mha_attn_mask_heads "mha --embed-dim 8 --num-heads 2 --kdim 6 --vdim 6" \
     "--query x.npy --key c.npy --value c.npy --attn-mask amh.npy" out
 case_run mha_attn_mask_self "mha --embed-dim 8 --num-heads 2" "--query x.npy --attn-mask amself.npy --is-causal" out
+# the attention maps (--return-attn): each rank writes its query rows of every key column
+case_run mha_maps "mha --embed-dim 8 --num-heads 2 --kdim 6 --vdim 6" \
+    "--query x.npy --key c.npy --value c.npy --key-padding-mask cm.npy --attn-mask am.npy --return-attn" out attn
+case_run attention_maps "attention --query-dim 8 --cross-attention-dim 6 --heads 2 --dim-head 4" \
+    "--hidden-states x.npy --encoder-hidden-states c.npy --attention-mask cm.npy --return-attn" out attention_probs
 case_run attention "attention --query-dim 8 --cross-attention-dim 6 --heads 2 --dim-head 4" \
     "--hidden-states x.npy --encoder-hidden-states c.npy --attention-mask cm.npy" out
 $MK xb2.npy f4 2,7,8 13
