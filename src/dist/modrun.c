@@ -513,6 +513,43 @@ xattn_status xd_gather_keys(const xd_comm *c, const void *src, int64_t rows, int
     return st;
 }
 
+/* Each rank's block of n[r] floats (mine: this rank's) gathered into all, rank after rank; off
+ * (R) gets each block's offset. Collective (after the caller's agreement on the buffers). */
+static xattn_status gather_blocks(const xd_comm *c, const float *mine, const int64_t *n, float *all,
+                                  int64_t *off, const char *fn)
+{
+    const int R = c->size;
+    int *cnt = malloc(sizeof(int) * 2 * (size_t)R);
+    int64_t tot = 0;
+    for (int r = 0; r < R; r++) off[r] = tot, tot += n[r];
+    xattn_status st = cnt ? XATTN_OK : xa_error(XATTN_ERR_NOMEM, "%s: out of memory", fn);
+    if (!st && tot > INT32_MAX)
+        st = xa_error(XATTN_ERR_UNSUPPORTED, "%s: too many rows to gather", fn);
+    if (!(st = xd_agree(c, st))) {
+        int *dis = cnt + R;
+        for (int r = 0; r < R; r++) cnt[r] = (int)n[r], dis[r] = (int)off[r];
+        int rc = MPI_Allgatherv(mine, cnt[c->rank], MPI_FLOAT, all, cnt, dis, MPI_FLOAT, c->comm);
+        if (rc != MPI_SUCCESS) st = xd_mpi_error(rc, fn, "MPI_Allgatherv");
+    }
+    free(cnt);
+    return st;
+}
+
+/* The local keys and values of a packed (b, h, j, [k | v]) into loc (B, H, J, dh + dv). */
+static void pack_kv(const xa_attn *a, float *loc)
+{
+    const int64_t dv = a->v ? a->dv : 0, w = a->dh + dv;
+    for (int64_t b = 0; b < a->B; b++)
+        for (int64_t h = 0; h < a->H; h++)
+            for (int64_t j = 0; j < a->J; j++) {
+                float *d = loc + ((b * a->H + h) * a->J + j) * w;
+                memcpy(d, a->k + b * a->k_sb + h * a->k_sh + j * a->k_sj, sizeof(float) * a->dh);
+                if (dv)
+                    memcpy(d + a->dh, a->v + b * a->v_sb + h * a->v_sh + j * a->v_sj,
+                           sizeof(float) * dv);
+            }
+}
+
 /* The attention maps asked in a sharded run (a->probs on some rank): the keys and values of
  * every rank are gathered ((B, H, J_total, dh + dv), less than the (I_local, J_total) maps
  * themselves once I_local > dh + dv) and the local query rows attend over all of them in one
@@ -524,9 +561,8 @@ static xattn_status attention_gathered(const xd_comm *c, const xa_attn *a, const
     const int R = c->size;
     const int64_t B = a->B, H = a->H, dh = a->dh, dv = a->v ? a->dv : 0, w = dh + dv;
     int64_t mine[2] = {a->I, a->J};
-    int64_t *info = malloc(sizeof(int64_t) * 2 * (size_t)R);
-    int *cnt = malloc(sizeof(int) * 2 * (size_t)R);
-    xattn_status st = info && cnt ? XATTN_OK : xa_error(XATTN_ERR_NOMEM, "%s: out of memory", fn);
+    int64_t *info = malloc(sizeof(int64_t) * 4 * (size_t)R), *n = info + 2 * R, *off = n + R;
+    xattn_status st = info ? XATTN_OK : xa_error(XATTN_ERR_NOMEM, "%s: out of memory", fn);
     float *loc = NULL, *all = NULL, *kv = NULL;
     if ((st = xd_agree(c, st))) goto done;
     int rc = MPI_Allgather(mine, 2, MPI_INT64_T, info, 2, MPI_INT64_T, c->comm);
@@ -543,33 +579,14 @@ static xattn_status attention_gathered(const xd_comm *c, const xa_attn *a, const
     all = malloc(sizeof(float) * (size_t)(B * H * Jt * w + 1));
     kv = malloc(sizeof(float) * (size_t)(B * H * Jt * w + 1));
     st = loc && all && kv ? XATTN_OK : xa_error(XATTN_ERR_NOMEM, "%s: out of memory", fn);
-    if (!st && B * H * Jt * w > INT32_MAX)
-        st = xa_error(XATTN_ERR_UNSUPPORTED, "%s: too many keys to gather for the maps", fn);
     if ((st = xd_agree(c, st))) goto done;
-    for (int64_t b = 0; b < B; b++) /* local keys and values, packed (b, h, j, [k | v]) */
-        for (int64_t h = 0; h < H; h++)
-            for (int64_t j = 0; j < a->J; j++) {
-                float *d = loc + ((b * H + h) * a->J + j) * w;
-                memcpy(d, a->k + b * a->k_sb + h * a->k_sh + j * a->k_sj, sizeof(float) * dh);
-                if (dv)
-                    memcpy(d + dh, a->v + b * a->v_sb + h * a->v_sh + j * a->v_sj,
-                           sizeof(float) * dv);
-            }
-    int *dis = cnt + R;
-    for (int r = 0, d = 0; r < R; r++) {
-        cnt[r] = (int)(B * H * info[2 * r + 1] * w);
-        dis[r] = d;
-        d += cnt[r];
-    }
-    rc = MPI_Allgatherv(loc, cnt[c->rank], MPI_FLOAT, all, cnt, dis, MPI_FLOAT, c->comm);
-    if (rc != MPI_SUCCESS) {
-        st = xd_mpi_error(rc, fn, "MPI_Allgatherv");
-        goto done;
-    }
+    pack_kv(a, loc);
+    for (int r = 0; r < R; r++) n[r] = B * H * info[2 * r + 1] * w;
+    if ((st = gather_blocks(c, loc, n, all, off, fn))) goto done;
     /* rank-major blocks into (b, h, global j, [k | v]) */
     for (int64_t r = 0, j0 = 0; r < R; j0 += info[2 * r + 1], r++)
         for (int64_t bh = 0; bh < B * H; bh++)
-            memcpy(kv + (bh * Jt + j0) * w, all + dis[r] + bh * info[2 * r + 1] * w,
+            memcpy(kv + (bh * Jt + j0) * w, all + off[r] + bh * info[2 * r + 1] * w,
                    sizeof(float) * (size_t)(info[2 * r + 1] * w));
     xa_attn l = *a;
     l.J = Jt;
@@ -583,7 +600,7 @@ static xattn_status attention_gathered(const xd_comm *c, const xa_attn *a, const
     }
     st = l.I ? xa_attention(&l) : XATTN_OK;
 done:
-    free(info), free(cnt), free(loc), free(all), free(kv);
+    free(info), free(loc), free(all), free(kv);
     return st;
 }
 
@@ -722,9 +739,8 @@ static xattn_status bidir_maps(const xd_comm *c, const xa_bidir *a, const float 
     const int R = c->size;
     const int64_t B = a->B, H = a->H, I = a->I, dh = a->dh, w = 2 * dh + 1;
     int64_t mine[3] = {I, a->J, a->cmask != NULL && a->J > 0};
-    int64_t *info = malloc(sizeof(int64_t) * 3 * (size_t)R);
-    int *cnt = malloc(sizeof(int) * 2 * (size_t)R);
-    xattn_status st = info && cnt ? XATTN_OK : xa_error(XATTN_ERR_NOMEM, "%s: out of memory", fn);
+    int64_t *info = malloc(sizeof(int64_t) * 5 * (size_t)R), *n = info + 3 * R, *off = n + R;
+    xattn_status st = info ? XATTN_OK : xa_error(XATTN_ERR_NOMEM, "%s: out of memory", fn);
     float *loc = NULL, *all = NULL, *kv = NULL, *scr = NULL;
     uint8_t *keep = NULL;
     if ((st = xd_agree(c, st))) goto done;
@@ -744,8 +760,6 @@ static xattn_status bidir_maps(const xd_comm *c, const xa_bidir *a, const float 
     keep = malloc((size_t)(B * Jt + 1));
     st = loc && all && kv && scr && keep ? XATTN_OK
                                          : xa_error(XATTN_ERR_NOMEM, "%s: out of memory", fn);
-    if (!st && BH * Jt * w + B * Jt > INT32_MAX)
-        st = xa_error(XATTN_ERR_UNSUPPORTED, "%s: too many context rows to gather", fn);
     if ((st = xd_agree(c, st))) goto done;
     /* local context rows packed (b, h, j, [cqk | cv | clse]), then (b, j) keep as floats */
     for (int64_t b = 0; b < B; b++)
@@ -762,25 +776,16 @@ static xattn_status bidir_maps(const xd_comm *c, const xa_bidir *a, const float 
         for (int64_t j = 0; j < a->J; j++)
             loc[BH * a->J * w + b * a->J + j] =
                 !a->cmask || a->cmask[b * a->cmask_sb + j] ? 1.0f : 0.0f;
-    int *dis = cnt + R;
-    for (int r = 0, d = 0; r < R; r++) {
-        cnt[r] = (int)(BH * info[3 * r + 1] * w + B * info[3 * r + 1]);
-        dis[r] = d;
-        d += cnt[r];
-    }
-    rc = MPI_Allgatherv(loc, cnt[c->rank], MPI_FLOAT, all, cnt, dis, MPI_FLOAT, c->comm);
-    if (rc != MPI_SUCCESS) {
-        st = xd_mpi_error(rc, fn, "MPI_Allgatherv");
-        goto done;
-    }
+    for (int r = 0; r < R; r++) n[r] = (BH * w + B) * info[3 * r + 1];
+    if ((st = gather_blocks(c, loc, n, all, off, fn))) goto done;
     for (int64_t r = 0, j0 = 0; r < R; j0 += info[3 * r + 1], r++) {
         const int64_t Jr = info[3 * r + 1];
         for (int64_t bh = 0; bh < BH; bh++)
-            memcpy(kv + (bh * Jt + j0) * w, all + dis[r] + bh * Jr * w,
+            memcpy(kv + (bh * Jt + j0) * w, all + off[r] + bh * Jr * w,
                    sizeof(float) * (size_t)(Jr * w));
         for (int64_t b = 0; b < B; b++)
             for (int64_t j = 0; j < Jr; j++)
-                keep[b * Jt + j0 + j] = all[dis[r] + BH * Jr * w + b * Jr + j] != 0.0f;
+                keep[b * Jt + j0 + j] = all[off[r] + BH * Jr * w + b * Jr + j] != 0.0f;
     }
     float *eye = scr + nscr;
     for (int64_t x = 0; x < H * H; x++) eye[x] = x % (H + 1) == 0 ? 1.0f : 0.0f;
@@ -825,7 +830,7 @@ static xattn_status bidir_maps(const xd_comm *c, const xa_bidir *a, const float 
     y.row_m = m, y.row_l = l;
     st = maps_side(&y, NULL);
 done:
-    free(info), free(cnt), free(loc), free(all), free(kv), free(keep);
+    free(info), free(loc), free(all), free(kv), free(keep);
     xa_free(scr);
     return st;
 }
@@ -933,24 +938,15 @@ xattn_status xd_op_full_rows(const xd_comm *c, const xa_attn *a, const xa_attn_g
     else if (B * H * Jt * w > INT32_MAX)
         st = xa_error(XATTN_ERR_UNSUPPORTED, "%s: too many keys to gather for a masked row", fn);
     if ((st = xd_agree(c, st))) goto done;
-    for (int64_t b = 0; b < B; b++) /* local keys and values, packed (b, h, j, [k | v]) */
-        for (int64_t h = 0; h < H; h++)
-            for (int64_t j = 0; j < J; j++) {
-                float *d = loc + ((b * H + h) * J + j) * w;
-                memcpy(d, a->k + b * a->k_sb + h * a->k_sh + j * a->k_sj, sizeof(float) * dh);
-                memcpy(d + dh, a->v + b * a->v_sb + h * a->v_sh + j * a->v_sj, sizeof(float) * dv);
-            }
+    pack_kv(a, loc);
+    int64_t *n = malloc(sizeof(int64_t) * 2 * (size_t)R), *off = n ? n + R : NULL;
+    for (int r = 0; n && r < R; r++) n[r] = B * H * Js[r] * w;
+    st = n ? gather_blocks(c, loc, n, kv, off, fn)
+           : xd_agree(c, xa_error(XATTN_ERR_NOMEM, "%s: out of memory", fn));
     int *dis = cnt + R;
-    for (int r = 0, d = 0; r < R; r++) {
-        cnt[r] = (int)(B * H * Js[r] * w);
-        dis[r] = d;
-        d += cnt[r];
-    }
-    rc = MPI_Allgatherv(loc, cnt[c->rank], MPI_FLOAT, kv, cnt, dis, MPI_FLOAT, c->comm);
-    if (rc != MPI_SUCCESS) {
-        st = xd_mpi_error(rc, fn, "MPI_Allgatherv");
-        goto done;
-    }
+    for (int r = 0; !st && r < R; r++) dis[r] = (int)off[r];
+    free(n);
+    if (st) goto done;
     /* rank-major blocks: rank r's (b, h, j) at dis[r] + ((b H + h) J_r + j) w */
     for (int64_t b = 0; b < B; b++)
         for (int64_t h = 0; h < H; h++)

@@ -148,28 +148,44 @@ static void poison(tset *din, float **dp, const int64_t *pn, size_t np)
         for (int64_t k = 0; dp[i] && k < pn[i]; k++) dp[i][k] = 1e3f;
 }
 
+/* The forward of m on `in` into the planned outputs `out` in one process, then sharded (each
+ * rank its slices, lin; lout, lref: its outputs and the reference's slices of them), compared
+ * within 2e-5 (1 + |ref|). 0, or -1 when the slices cannot be taken. */
+static int forward_both(const char *label, const xattn_module *m, const tset *in, tset *out,
+                        tset *lin, tset *lout, tset *lref)
+{
+    CHECK_OK(xattn_module_forward(ref_ctx, m, in->t, (size_t)in->n, out->t, (size_t)out->n));
+    if (shard_set(m, in, 0, lin) || shard_set(m, out, 1, lref)) {
+        fprintf(stderr, "%s: %s\n", label, xattn_last_error());
+        CHECK(0);
+        return -1;
+    }
+    like(lref, lout);
+    for (int i = 0; i < lout->n; i++)
+        for (int64_t k = 0; k < numel(&lout->t[i]); k++) ((float *)lout->t[i].data)[k] = 1e3f;
+    xattn_status s =
+        xattn_module_forward(dist_ctx, m, lin->t, (size_t)lin->n, lout->t, (size_t)lout->n);
+    CHECK(s == XATTN_OK);
+    if (s) fprintf(stderr, "rank %d %s: %s\n", mt_rank, label, xattn_last_error());
+    double ef = 0.0;
+    for (int i = 0; i < lout->n; i++) {
+        const double e = mt_err(lout->t[i].data, lref->t[i].data, numel(&lout->t[i]));
+        if (!(e <= 2e-5))
+            fprintf(stderr, "rank %d %s: %s error %.3g\n", mt_rank, label, lout->t[i].name, e);
+        ef = mt_max(ef, e);
+    }
+    CHECK(ef <= 2e-5);
+    worst_fwd = mt_max(worst_fwd, ef);
+    return 0;
+}
+
 /* The sharded forward and gradients of m on `in` against the single-process run. */
 static void check_module(const char *label, const xattn_module *m, const tset *in, uint64_t *seed)
 {
     tset out, lin, lout, lref;
     outputs_of(m, in, &out);
-    CHECK_OK(xattn_module_forward(ref_ctx, m, in->t, (size_t)in->n, out.t, (size_t)out.n));
-    if (shard_set(m, in, 0, &lin) || shard_set(m, &out, 1, &lref)) {
-        fprintf(stderr, "%s: %s\n", label, xattn_last_error());
-        CHECK(0);
-        return;
-    }
-    like(&lref, &lout);
-    for (int i = 0; i < lout.n; i++)
-        for (int64_t k = 0; k < numel(&lout.t[i]); k++) ((float *)lout.t[i].data)[k] = 1e3f;
-    xattn_status s =
-        xattn_module_forward(dist_ctx, m, lin.t, (size_t)lin.n, lout.t, (size_t)lout.n);
-    CHECK(s == XATTN_OK);
-    if (s) fprintf(stderr, "rank %d %s: %s\n", mt_rank, label, xattn_last_error());
-    const double ef = set_err(&lout, &lref);
-    if (!(ef <= 2e-5)) fprintf(stderr, "rank %d %s: forward error %.3g\n", mt_rank, label, ef);
-    CHECK(ef <= 2e-5);
-    worst_fwd = mt_max(worst_fwd, ef);
+    if (forward_both(label, m, in, &out, &lin, &lout, &lref)) return;
+    xattn_status s;
 
     /* gradients: random output gradients, every float input, every parameter */
     tset dout, ldout, fin, din, ldin, lfin, ldin_ref;
@@ -259,28 +275,7 @@ static void check_maps(const char *label, const xattn_module *m, const tset *in)
     }
     CHECK_OK(xattn_module_plan(m, in->t, (size_t)in->n, out.t, (size_t)out.n));
     for (int i = 0; i < out.n; i++) out.t[i].data = calloc((size_t)numel(&out.t[i]) + 1, 4);
-    CHECK_OK(xattn_module_forward(ref_ctx, m, in->t, (size_t)in->n, out.t, (size_t)out.n));
-    if (shard_set(m, in, 0, &lin) || shard_set(m, &out, 1, &lref)) {
-        fprintf(stderr, "%s maps: %s\n", label, xattn_last_error());
-        CHECK(0);
-        return;
-    }
-    like(&lref, &lout);
-    for (int i = 0; i < lout.n; i++)
-        for (int64_t k = 0; k < numel(&lout.t[i]); k++) ((float *)lout.t[i].data)[k] = 1e3f;
-    xattn_status s =
-        xattn_module_forward(dist_ctx, m, lin.t, (size_t)lin.n, lout.t, (size_t)lout.n);
-    CHECK(s == XATTN_OK);
-    if (s) fprintf(stderr, "rank %d %s maps: %s\n", mt_rank, label, xattn_last_error());
-    double ef = 0.0;
-    for (int i = 0; i < lout.n; i++) {
-        const double e = mt_err(lout.t[i].data, lref.t[i].data, numel(&lout.t[i]));
-        if (!(e <= 2e-5))
-            fprintf(stderr, "rank %d %s: %s error %.3g\n", mt_rank, label, lout.t[i].name, e);
-        ef = mt_max(ef, e);
-    }
-    CHECK(ef <= 2e-5);
-    worst_fwd = mt_max(worst_fwd, ef);
+    if (forward_both(label, m, in, &out, &lin, &lout, &lref)) return;
     n_maps++;
     tset_free(&out), tset_free(&lin), tset_free(&lout), tset_free(&lref);
 }
