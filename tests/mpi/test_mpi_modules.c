@@ -454,6 +454,15 @@ static void refusals(void)
     in.t[1].shape[1] = 3 * mt_size + 1; /* every rank: 3 query rows */
     CHECK(xattn_module_forward(dist_ctx, m, in.t, 2, out.t, (size_t)out.n) == XATTN_ERR_SHAPE);
     CHECK(strstr(xattn_last_error(), "attn_mask holds") != NULL);
+    if (mt_size > 1) { /* rank 0 without the attn_mask the others have: every rank names it */
+        in.t[1].shape[1] = 3 * mt_size;
+        const int n_in = mt_rank == 0 ? 1 : 2;
+        CHECK(xattn_module_forward(dist_ctx, m, in.t, (size_t)n_in, out.t, (size_t)out.n) ==
+              XATTN_ERR_ARG);
+        CHECK(strstr(xattn_last_error(), "rank 0 has no attn_mask") != NULL);
+        /* and the correct call works afterwards */
+        CHECK_OK(xattn_module_forward(dist_ctx, m, in.t, 2, out.t, (size_t)out.n));
+    }
     tset_free(&out);
     tset_free(&in);
     CHECK_OK(xattn_module_shard_axis(m, "attn_mask", 0, 2, &axis));
