@@ -6,11 +6,14 @@
  * so that the softmax runs along vector lanes with no horizontal reductions:
  *
  *   Qt  (dh, ITP)   = scale * q[i0 .. i0+IT)^T            packed once per task
- *   Kt  (dh, JP)    = k[b, h]^T, J padded to mr           packed once per (b, h), shared
- *   St  (JTP, ITP)  = Kt^T-panel x Qt  = (q k^T)^T        micro-kernel, k = dh, per key tile
+ *   Kt  (JP/mr, dh, mr) = k[b, h] in panels of mr keys     packed once per (b, h), shared
+ *   Vp  (DVP/mr, JP, mr) = v[b, h] in panels of mr channels  likewise (not in direct mode)
+ *   St  (JTP, ITP)  = Kt-panels x Qt  = (q k^T)^T         micro-kernel, k = dh, per key tile
  *   column c of St holds the logits of query i0+c against the tile's keys; the running max m[c]
  *   and sum l[c] are per lane; St is turned into Pt = exp(St - m) in place and
- *   Ot  (dv, ITP)  += V^T x Pt                            micro-kernel, A = v rows read in place
+ *   Ot  (dv, ITP)  += V^T x Pt                            micro-kernel, A = the Vp panels
+ * (the panels are contiguous: rows of k or v read in place, a row stride apart, would fall into
+ * a few L1 sets and evict each other at every step of the micro-kernel)
  *   out[i0+c, :]    = Ot[:, c] / l[c]
  *
  * Nothing of size I x J is allocated unless the caller asks for the probabilities, which are then
@@ -42,8 +45,9 @@ typedef struct att_ctx {
     int64_t ITP, JTP; /* padded (== IT, JT) */
     int64_t DVP;      /* dv rounded up to mr */
     int skip_causal;  /* tiles entirely above the diagonal contribute nothing */
-    int64_t JP;       /* J rounded up to mr: row stride of the packed keys */
-    float *Kt;        /* (B, H, dh, JP): every head's keys, transposed; NULL when direct */
+    int64_t JP;       /* J rounded up to mr: the packed keys and values */
+    float *Kt;        /* (B, H, JP/mr, dh, mr): every head's keys; NULL when direct */
+    float *Vp;        /* (B, H, DVP/mr, JP, mr): every head's values; NULL when not needed */
     int direct;       /* few queries (decoding): logits by dot products, keys not packed */
     int64_t nmix;     /* heads held at once by a task: H in mixing mode, else 1 */
 } att_ctx;
@@ -105,23 +109,34 @@ static void pack_q(const att_ctx *c, int64_t b, int64_t h, int64_t i0, int64_t i
         }
 }
 
-/* Kt (dh, JP) = k[b, h, :, :]^T for keys [jb, je), zero for J <= r < JP. Reads 16 key rows
- * at a time so that both the reads and the writes stay on a few cache lines. */
+/* Keys [jb, je) of head (b, h) into their panels of Kt (key j at panel j / mr, lane j % mr,
+ * after dh * mr floats per panel), and their values into the panels of Vp (channel x at panel
+ * x / mr, lane x % mr; channels past dv zero) when Vp is kept; the keys J <= j < JP zero. */
 static void pack_k(const att_ctx *c, int64_t b, int64_t h, int64_t jb, int64_t je)
 {
     const xa_attn *p = c->p;
+    const int64_t mr = c->kt->mr, dh = p->dh;
     const float *k = p->k + b * p->k_sb + h * p->k_sh;
-    float *Kt = c->Kt + (b * p->H + h) * p->dh * c->JP;
-    for (int64_t j0 = jb; j0 < je; j0 += 16) {
-        int64_t n = XA_MIN(16, je - j0);
-        for (int64_t d = 0; d < p->dh; d++) {
-            float *dst = Kt + d * c->JP + j0;
-            for (int64_t r = 0; r < n; r++) dst[r] = k[(j0 + r) * p->k_sj + d];
+    float *Kt = c->Kt + (b * p->H + h) * dh * c->JP;
+    const int64_t jend = je == p->J ? c->JP : je;
+    for (int64_t j = jb; j < jend; j++) {
+        float *dst = Kt + (j / mr) * dh * mr + j % mr;
+        if (j < p->J) {
+            const float *src = k + j * p->k_sj;
+            for (int64_t d = 0; d < dh; d++) dst[d * mr] = src[d];
+        } else {
+            for (int64_t d = 0; d < dh; d++) dst[d * mr] = 0.0f;
         }
     }
-    if (je == p->J)
-        for (int64_t d = 0; d < p->dh; d++)
-            for (int64_t r = p->J; r < c->JP; r++) Kt[d * c->JP + r] = 0.0f;
+    if (!c->Vp) return;
+    const float *v = p->v + b * p->v_sb + h * p->v_sh;
+    float *Vp = c->Vp + (b * p->H + h) * c->DVP * c->JP;
+    for (int64_t j = jb; j < jend; j++)
+        for (int64_t x0 = 0; x0 < c->DVP; x0 += mr) {
+            float *dst = Vp + x0 * c->JP + j * mr;
+            for (int64_t x = 0; x < mr; x++)
+                dst[x] = j < p->J && x0 + x < p->dv ? v[j * p->v_sj + x0 + x] : 0.0f;
+        }
 }
 
 /* Applies bias and masks to logits laid out as S[r * rs + col * cs] for key j0 + r (r < jt)
@@ -192,10 +207,11 @@ static void logits_tile(const att_ctx *c, int64_t b, int64_t h, int64_t i0, int6
             for (int64_t col = it; col < itp; col++) srow[col] = 0.0f;
         }
     } else {
-        const float *Kt = c->Kt + (b * p->H + h) * p->dh * c->JP + j0;
+        /* j0 is a multiple of mr: the tile's keys start a panel */
+        const float *Kt = c->Kt + (b * p->H + h) * p->dh * c->JP + j0 * p->dh;
         for (int64_t c0 = 0; c0 < itp; c0 += nr)
             for (int64_t r0 = 0; r0 < jtp; r0 += mr)
-                kt->ukr(p->dh, Kt + r0, c->JP, Qt + c0, ITP, St + r0 * ITP + c0, ITP, 0);
+                kt->ukr(p->dh, Kt + r0 * p->dh, mr, Qt + c0, ITP, St + r0 * ITP + c0, ITP, 0);
     }
     bias_and_masks(c, b, h, i0, it, j0, jt, St, ITP, 1);
 }
@@ -211,7 +227,10 @@ static void accumulate_pv(const att_ctx *c, att_scratch *s, int64_t b, int64_t h
     for (int64_t d0 = 0; d0 < p->dv; d0 += mr) {
         const float *A = vt + d0;
         int64_t lda = p->v_sj;
-        if (d0 + mr > p->dv) { /* tail columns of v: copy into a zero-padded panel */
+        if (c->Vp) { /* the packed panel of channels d0.., keys from j0 */
+            A = c->Vp + (b * p->H + h) * c->DVP * c->JP + d0 * c->JP + j0 * mr;
+            lda = mr;
+        } else if (d0 + mr > p->dv) { /* tail columns of v: copy into a zero-padded panel */
             int64_t w = p->dv - d0;
             for (int64_t r = 0; r < jt; r++) {
                 for (int64_t x = 0; x < w; x++) s->Vtail[r * mr + x] = vt[r * p->v_sj + d0 + x];
@@ -463,7 +482,9 @@ static xattn_status check_attn(const xa_attn *p)
     int64_t t;
     if (xa_mul_ok(p->B, p->H, &t) || xa_mul_ok(t, p->I, &t) || xa_mul_ok(t, p->J, &t) ||
         xa_mul_ok(t, (int64_t)sizeof(float), &t) || xa_mul_ok(p->B * p->H, p->dh, &t) ||
-        xa_mul_ok(t, p->J + 64, &t) || xa_mul_ok(t, (int64_t)sizeof(float), &t))
+        xa_mul_ok(t, p->J + 64, &t) || xa_mul_ok(t, (int64_t)sizeof(float), &t) ||
+        xa_mul_ok(p->B * p->H, p->dv + 16, &t) || xa_mul_ok(t, p->J + 64, &t) ||
+        xa_mul_ok(t, (int64_t)sizeof(float), &t))
         return xa_error(XATTN_ERR_NOMEM, "%s: B*H*I*J overflows", fn);
     return XATTN_OK;
 }
@@ -486,7 +507,7 @@ static void att_setup(att_ctx *c, const xa_attn *p)
     c->JP = (p->J + mr - 1) / mr * mr;
     c->direct = p->I <= 4 && !p->mix;
     c->nmix = p->mix ? p->H : 1;
-    c->Kt = NULL;
+    c->Kt = c->Vp = NULL;
 }
 
 /* Key splits of each query task when the tasks are too few to feed many threads: chosen from
@@ -569,7 +590,7 @@ static void att_merge(const att_ctx *c, att_scratch *s, int64_t task, int64_t nt
 
 /* Scratch shared by the threads of one call: transposed keys and split states. */
 typedef struct att_shared {
-    xa_ws *kt_ws, *states_ws;
+    xa_ws *kt_ws, *vp_ws, *states_ws;
     float *states;
 } att_shared;
 
@@ -581,10 +602,19 @@ static xattn_status att_shared_get(att_ctx *c, int64_t nstate_floats, att_shared
         int64_t ktn = p->B * p->H * p->dh * XA_MAX(c->JP, 1); /* bounded by check_attn */
         if (!(sh->kt_ws = xa_ws_get(sizeof(float) * (size_t)ktn))) return XATTN_ERR_NOMEM;
         c->Kt = xa_ws_data(sh->kt_ws);
+        if (p->v && !p->stats_only) {
+            const int64_t vpn = p->B * p->H * c->DVP * XA_MAX(c->JP, 1);
+            if (!(sh->vp_ws = xa_ws_get(sizeof(float) * (size_t)vpn))) {
+                xa_ws_put(sh->kt_ws);
+                return XATTN_ERR_NOMEM;
+            }
+            c->Vp = xa_ws_data(sh->vp_ws);
+        }
     }
     if (nstate_floats) {
         if (!(sh->states_ws = xa_ws_get(sizeof(float) * (size_t)nstate_floats))) {
             xa_ws_put(sh->kt_ws);
+            xa_ws_put(sh->vp_ws);
             return XATTN_ERR_NOMEM;
         }
         sh->states = xa_ws_data(sh->states_ws);
@@ -649,6 +679,7 @@ xattn_status xa_attention(const xa_attn *p)
         xa_ws_put(mem_ws);
     }
     xa_ws_put(sh.states_ws);
+    xa_ws_put(sh.vp_ws);
     xa_ws_put(sh.kt_ws);
     if (failed)
         return xa_error(XATTN_ERR_NOMEM, "%s: out of memory for scratch",
