@@ -57,7 +57,6 @@ typedef struct att_scratch {
     float *Qt;    /* (nmix, dh, ITP)  */
     float *St;    /* (nmix, JTP, ITP) */
     float *Pm;    /* (JTP, ITP) mixed probabilities (mixing mode) */
-    float *Vtail; /* (JT, mr)   */
     float *mnew;  /* (ITP) */
     float *msafe; /* (nmix, ITP) */
     float *alpha; /* (ITP) */
@@ -67,9 +66,9 @@ typedef struct att_scratch {
 static size_t scratch_floats(const att_ctx *c)
 {
     const xa_attn *p = c->p;
-    return (size_t)(c->nmix * p->dh * c->ITP + (c->nmix + 1) * c->JTP * c->ITP + c->JT * c->kt->mr +
+    return (size_t)(c->nmix * p->dh * c->ITP + (c->nmix + 1) * c->JTP * c->ITP +
                     (2 * c->nmix + 2) * c->ITP + p->dv) +
-           9 * 16;
+           8 * 16;
 }
 
 /* Carves n floats (rounded up to a 64-byte multiple) off *base. */
@@ -86,7 +85,6 @@ static void scratch_bind(const att_ctx *c, float *base, att_scratch *s)
     s->Qt = take(&base, c->nmix * p->dh * c->ITP);
     s->St = take(&base, c->nmix * c->JTP * c->ITP);
     s->Pm = take(&base, c->JTP * c->ITP);
-    s->Vtail = take(&base, c->JT * c->kt->mr);
     s->mnew = take(&base, c->ITP);
     s->msafe = take(&base, c->nmix * c->ITP);
     s->alpha = take(&base, c->nmix * c->ITP);
@@ -217,31 +215,17 @@ static void logits_tile(const att_ctx *c, int64_t b, int64_t h, int64_t i0, int6
 }
 
 /* Ot (DVP, ITP) += V^T (dv, jt) x Pt (jt, ITP), v rows j0.. of head (b, h) read in place. */
-static void accumulate_pv(const att_ctx *c, att_scratch *s, int64_t b, int64_t h, int64_t j0,
-                          int64_t jt, int64_t itp, const float *Pt, float *Ot)
+static void accumulate_pv(const att_ctx *c, int64_t b, int64_t h, int64_t j0, int64_t jt,
+                          int64_t itp, const float *Pt, float *Ot)
 {
     const xa_attn *p = c->p;
     const xa_kernels *kt = c->kt;
     const int64_t mr = kt->mr, nr = kt->nr, ITP = c->ITP;
-    const float *vt = p->v + b * p->v_sb + h * p->v_sh + j0 * p->v_sj;
-    for (int64_t d0 = 0; d0 < p->dv; d0 += mr) {
-        const float *A = vt + d0;
-        int64_t lda = p->v_sj;
-        if (c->Vp) { /* the packed panel of channels d0.., keys from j0 */
-            A = c->Vp + (b * p->H + h) * c->DVP * c->JP + d0 * c->JP + j0 * mr;
-            lda = mr;
-        } else if (d0 + mr > p->dv) { /* tail columns of v: copy into a zero-padded panel */
-            int64_t w = p->dv - d0;
-            for (int64_t r = 0; r < jt; r++) {
-                for (int64_t x = 0; x < w; x++) s->Vtail[r * mr + x] = vt[r * p->v_sj + d0 + x];
-                for (int64_t x = w; x < mr; x++) s->Vtail[r * mr + x] = 0.0f;
-            }
-            A = s->Vtail;
-            lda = mr;
-        }
+    /* the packed panels of channels d0.. (zero past dv), keys from j0 */
+    const float *Vh = c->Vp + (b * p->H + h) * c->DVP * c->JP + j0 * mr;
+    for (int64_t d0 = 0; d0 < p->dv; d0 += mr)
         for (int64_t c0 = 0; c0 < itp; c0 += nr)
-            kt->ukr(jt, A, lda, Pt + c0, ITP, Ot + d0 * ITP + c0, ITP, 1);
-    }
+            kt->ukr(jt, Vh + d0 * c->JP, mr, Pt + c0, ITP, Ot + d0 * ITP + c0, ITP, 1);
 }
 
 /* Accumulates keys [jb, je) into the running state (m, l, Ot) of query tile (b, h, i0, it).
@@ -287,7 +271,7 @@ static void attend_range(const att_ctx *c, att_scratch *s, int64_t b, int64_t h,
         kt->expsub(s->St, jt, it, ITP, s->msafe, l);
         /* columns it..itp of St hold q = 0 padding: logits 0, never exponentiated, so the
          * padded columns of Ot stay 0 */
-        accumulate_pv(c, s, b, h, j0, jt, itp, s->St, Ot);
+        accumulate_pv(c, b, h, j0, jt, itp, s->St, Ot);
     }
 }
 
@@ -441,7 +425,7 @@ static void mixed_tile(const att_ctx *c, att_scratch *s, int64_t b, int64_t i0, 
                     for (int64_t col = 0; col < it; col++)
                         P[col * p->p_si + r * p->p_sj] = s->Pm[r * ITP + col];
             }
-            accumulate_pv(c, s, b, g, j0, jt, itp, s->Pm, Ot + g * c->DVP * ITP);
+            accumulate_pv(c, b, g, j0, jt, itp, s->Pm, Ot + g * c->DVP * ITP);
         }
     }
     for (int64_t g = 0; g < H; g++) {
