@@ -99,7 +99,8 @@ XATTN_API xattn_ctx *xattn_ctx_default(void);
  * XATTN_MAX_THREADS. Without OpenMP at build time every call runs on the calling thread. */
 XATTN_API xattn_status xattn_ctx_set_threads(xattn_ctx *ctx, int n);
 XATTN_API int xattn_ctx_get_threads(const xattn_ctx *ctx);
-/* "auto", "avx512", "avx2", "neon" or "scalar"; XATTN_ERR_UNSUPPORTED if the CPU lacks it. */
+/* "auto", "amx", "avx512bf16", "avx512", "avx2", "neon" or "scalar"; XATTN_ERR_UNSUPPORTED if
+ * the CPU lacks it. */
 XATTN_API xattn_status xattn_ctx_set_isa(xattn_ctx *ctx, const char *name);
 XATTN_API const char *xattn_ctx_get_isa(const xattn_ctx *ctx);
 /*
@@ -109,13 +110,15 @@ XATTN_API const char *xattn_ctx_get_isa(const xattn_ctx *ctx);
  * (activations and weights), and attention's queries, keys and values; the attention
  * probabilities, softmax statistics, norms, activation functions and residual sums stay float32,
  * and results are float32. A product of two bf16 values is exact in float32, so this is the
- * arithmetic of bf16 dot-product instructions (AVX512_BF16 vdpbf16ps, AMX-BF16) up to the order
- * of the additions; it is carried out with float32 FMAs on the rounded values, the same on every
- * CPU (no speed-up without such instructions: an emulation for accuracy studies and
- * portability). Its error against float64 is that of the operands' rounding (unit roundoff
- * 2^-9), smaller than torch.autocast's bf16, which also rounds every product's result to bf16.
- * Modules only (xattn_module_forward, the typed forwards, the language model); the stand-alone
- * kernels (xattn_sdpa, xattn_sgemm, ...) stay float32. Inference only: gradients refuse it.
+ * arithmetic of bf16 dot-product instructions up to the order of the additions. The linear
+ * layers' and 1x1 projections' products run on those instructions where the CPU has them (kernel
+ * sets "avx512bf16": vdpbf16ps, "amx": AMX-BF16 tiles); elsewhere, and for attention, with
+ * float32 FMAs on the rounded values (no speed-up: an emulation giving the same numbers up to
+ * the order of the additions). Its error against float64 is that of the operands' rounding (unit
+ * roundoff 2^-9), smaller than torch.autocast's bf16, which also rounds every product's result to
+ * bf16. Modules only (xattn_module_forward, the typed forwards, the language model); the
+ * stand-alone kernels (xattn_sdpa, xattn_sgemm, ...) stay float32. Inference only: gradients refuse
+ * it.
  */
 typedef enum xattn_compute { XATTN_COMPUTE_F32 = 0, XATTN_COMPUTE_BF16 = 1 } xattn_compute;
 XATTN_API xattn_status xattn_ctx_set_compute(xattn_ctx *ctx, int compute);
@@ -133,9 +136,12 @@ XATTN_API void xattn_set_threads(int n);
 XATTN_API xattn_status xattn_set_compute(int compute);
 XATTN_API int xattn_get_compute(void);
 XATTN_API int xattn_get_threads(void);
-/* Name of the kernel set in use: "avx512", "avx2", "neon" (AArch64) or "scalar". */
+/* Name of the kernel set in use: "amx" (AVX-512 with AMX-BF16 tiles), "avx512bf16" (AVX-512
+ * with AVX512_BF16), "avx512", "avx2", "neon" (AArch64) or "scalar". The two bf16 sets differ
+ * from "avx512" only in compute bf16's products. */
 XATTN_API const char *xattn_isa(void);
-/* Forces a kernel set ("auto", "avx512", "avx2", "neon", "scalar"); fails if the CPU lacks it. */
+/* Forces a kernel set ("auto", "amx", "avx512bf16", "avx512", "avx2", "neon", "scalar"); fails
+ * if the CPU lacks it. */
 XATTN_API xattn_status xattn_set_isa(const char *name);
 
 /* ------------------------------------------------------------------------------------------ */

@@ -5,7 +5,7 @@
 #   BUILD_DIR=b CMAKE_ARGS=-DXATTN_SANITIZE=ON bash scripts/bootstrap.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-pkgs=(gcc make cmake pkg-config libcjson-dev libpng-dev python3 python3-venv)
+pkgs=(gcc make cmake pkg-config libcjson-dev libpng-dev libsimde-dev python3 python3-venv)
 [ -n "${XATTN_EXTRA_PKGS:-}" ] && read -r -a extra <<<"$XATTN_EXTRA_PKGS" && pkgs+=("${extra[@]}")
 . scripts/apt_need.sh
 apt_need bootstrap "${pkgs[@]}"

@@ -92,9 +92,9 @@ static inline double tu_max(double e, double t) { return (e != e || t <= e) ? e 
  * xa_kern_by_name fails for them). */
 #define TU_ISAS                                                                                    \
     {                                                                                              \
-        "scalar", "avx2", "avx512", "neon"                                                         \
+        "scalar", "avx2", "avx512", "avx512bf16", "amx", "neon"                                    \
     }
-#define TU_N_ISAS 4
+#define TU_N_ISAS 6
 
 #define TU_TOL 2e-5
 

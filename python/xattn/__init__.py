@@ -41,12 +41,12 @@ def get_compute():
 
 
 def kernel_set():
-    """The kernel set chosen for this CPU ("avx512", "avx2", "neon" or "scalar")."""
+    """The kernel set chosen for this CPU ("amx", "avx512bf16", "avx512", "avx2", "neon" or "scalar")."""
     return _clib.xattn_isa().decode()
 
 
 def set_kernel_set(name):
-    """Forces a kernel set ("auto", "scalar", "avx2", "avx512", "neon"); ValueError if the CPU lacks it."""
+    """Forces a kernel set ("auto", "scalar", "avx2", "avx512", "avx512bf16", "amx", "neon"); ValueError if the CPU lacks it."""
     from ._lib import check
     check(_clib.xattn_set_isa(name.encode()), "set_kernel_set")
 

@@ -125,6 +125,11 @@ const xa_kernels *xa_ctx_kern(const xattn_ctx *c)
 
 const xa_kernels *xa_kern(void) { return xa_ctx_kern(xa_ctx_cur()); }
 
+void xa_ctx_set_kern(xattn_ctx *c, const xa_kernels *k)
+{
+    atomic_store(&(c ? c : &default_ctx)->kt, k);
+}
+
 const char *xattn_isa(void) { return xa_ctx_kern(NULL)->name; }
 
 xattn_status xattn_set_isa(const char *name) { return xattn_ctx_set_isa(NULL, name); }
@@ -174,7 +179,9 @@ xattn_status xattn_ctx_set_isa(xattn_ctx *c, const char *name)
     if (strcmp(name, "auto")) {
         if (!xa_kern_known(name))
             return xa_error(XATTN_ERR_ARG,
-                            "unknown kernel set '%s' (auto, avx512, avx2, neon, scalar)", name);
+                            "unknown kernel set '%s' (auto, amx, avx512bf16, avx512, avx2, neon, "
+                            "scalar)",
+                            name);
         if (!(k = xa_kern_by_name(name)))
             return xa_error(XATTN_ERR_UNSUPPORTED,
                             "kernel set '%s' is not available on this CPU/build", name);

@@ -68,6 +68,12 @@ typedef struct gemm_job {
     xa_wt w;
     int64_t cv_size;
     int bf16; /* operands rounded to bfloat16 as they are packed (XATTN_COMPUTE_BF16) */
+    /* bf16 on a table with a bf16 dot-product micro-kernel: the packed float32 blocks are
+     * converted to bf16 pairs (kc padded to kcp, a multiple of kt->kb_bf16) after the A block
+     * and the B block of each thread, and the tiles run kt->ukr_bf16 */
+    int pairs;
+    int64_t mr, nr; /* the micro-tile in use: kt->mr, nr, or kt->mr_bf16, nr_bf16 with pairs */
+    int64_t ap2_size, bp2_size;
 } gemm_job;
 
 /* ---- packing ---------------------------------------------------------------------------- */
@@ -166,7 +172,7 @@ static void pack_block_n(float *dst, int64_t w, const float *src, int64_t ld, in
 static void pack_a_block(const gemm_job *g, float *dst, int64_t i0, int64_t mc, int64_t p0,
                          int64_t kc)
 {
-    const int64_t mr = g->kt->mr;
+    const int64_t mr = g->mr;
     if (g->ta) {
         pack_block_n(dst, mr, g->A + p0 * g->lda + i0, g->lda, mc, kc, g->alpha);
         return;
@@ -204,7 +210,7 @@ void xa_wt_rows_f32(const xa_kernels *kt, xa_wt w, int64_t r0, int64_t n, int64_
 static void pack_b_block(const gemm_job *g, float *dst, int64_t j0, int64_t nc, int64_t p0,
                          int64_t kc)
 {
-    const int64_t nr = g->kt->nr;
+    const int64_t nr = g->nr;
     if (!g->tb) {
         pack_block_n(dst, nr, g->B + p0 * g->ldb + j0, g->ldb, nc, kc, 1.0f);
         return;
@@ -236,21 +242,34 @@ static inline float c_init(const gemm_job *g, const float *c, int64_t j)
 
 /* ---- macro kernel ----------------------------------------------------------------------- */
 
-/* Rows [i0, i0 + mc) of C (packed A block Ap) times columns [j0, j0 + nc) (packed B block
- * Bp), K block [pc, pc + kc). */
-static void macro_kernel(const gemm_job *g, const float *Ap, const float *Bp, int64_t i0,
-                         int64_t mc, int64_t j0, int64_t nc, int64_t pc, int64_t kc)
+/* One micro-tile: A panel ir and B panel jr of the packed blocks (float32 panels, or bf16
+ * pairs), K block of kc values, into c (row stride ldc). */
+static inline void tile(const gemm_job *g, const void *Ap, const void *Bp, int64_t ir, int64_t jr,
+                        int64_t kc, float *c, int64_t ldc, int acc)
 {
     const xa_kernels *kt = g->kt;
-    const int64_t mr = kt->mr, nr = kt->nr, ldc = g->ldc;
+    if (g->pairs) {
+        const int64_t kcp = (kc + kt->kb_bf16 - 1) / kt->kb_bf16 * kt->kb_bf16;
+        kt->ukr_bf16(kcp, (const uint32_t *)Ap + ir * kcp / 2, (const uint32_t *)Bp + jr * kcp / 2,
+                     c, ldc, acc);
+    } else {
+        kt->ukr(kc, (const float *)Ap + ir * kc, g->mr, (const float *)Bp + jr * kc, g->nr, c, ldc,
+                acc);
+    }
+}
+
+/* Rows [i0, i0 + mc) of C (packed A block Ap) times columns [j0, j0 + nc) (packed B block
+ * Bp), K block [pc, pc + kc). */
+static void macro_kernel(const gemm_job *g, const void *Ap, const void *Bp, int64_t i0, int64_t mc,
+                         int64_t j0, int64_t nc, int64_t pc, int64_t kc)
+{
+    const int64_t mr = g->mr, nr = g->nr, ldc = g->ldc;
     const int first = pc == 0;
     float tmp[XA_MAX_TILE];
     for (int64_t ir = 0; ir < mc; ir += mr) {
         const int64_t mrows = XA_MIN(mr, mc - ir);
-        const float *a = Ap + ir * kc;
         for (int64_t jr = 0; jr < nc; jr += nr) {
             const int64_t ncols = XA_MIN(nr, nc - jr);
-            const float *b = Bp + jr * kc;
             float *c = g->C + (i0 + ir) * ldc + j0 + jr;
             if (mrows == mr && ncols == nr) {
                 int acc = 1;
@@ -265,9 +284,9 @@ static void macro_kernel(const gemm_job *g, const float *Ap, const float *Bp, in
                             for (int64_t j = 0; j < nr; j++) c[i * ldc + j] *= g->beta;
                     }
                 }
-                kt->ukr(kc, a, mr, b, nr, c, ldc, acc);
+                tile(g, Ap, Bp, ir, jr, kc, c, ldc, acc);
             } else {
-                kt->ukr(kc, a, mr, b, nr, tmp, nr, 0);
+                tile(g, Ap, Bp, ir, jr, kc, tmp, nr, 0);
                 for (int64_t i = 0; i < mrows; i++)
                     for (int64_t j = 0; j < ncols; j++) {
                         float *cij = c + i * ldc + j;
@@ -285,21 +304,51 @@ static void round_bf16(float *x, int64_t n)
     for (int64_t i = 0; i < n; i++) x[i] = xa_round_bf16(x[i]);
 }
 
-/* The blocked loops over C rows [m0, m1) x columns [n0, n1), with this thread's buffers. */
-static void gemm_rect(const gemm_job *g, float *Ap, float *Bp, int64_t m0, int64_t m1, int64_t n0,
-                      int64_t n1)
+/* Packed float32 panels (kc, w), n of them, into bf16 pair panels (kc padded to kcp with
+ * zeros): pair q of lane i of a panel at ((q / hb) * w + i) * hb + q % hb, in blocks of hb pairs
+ * (hb = 1: (kcp / 2, w), pair after pair). */
+static void to_pairs(const float *src, int64_t n, int64_t w, int64_t kc, int64_t kcp, int64_t hb,
+                     uint32_t *dst)
 {
+    for (int64_t t = 0; t < n; t++, src += w * kc, dst += w * kcp / 2)
+        for (int64_t q = 0; q < kcp / 2; q++) {
+            const float *r0 = 2 * q < kc ? src + 2 * q * w : NULL;
+            const float *r1 = 2 * q + 1 < kc ? src + (2 * q + 1) * w : NULL;
+            uint32_t *d = dst + (q / hb) * w * hb + q % hb;
+            for (int64_t i = 0; i < w; i++) {
+                const uint32_t lo = r0 ? xa_f32_to_half(r0[i], 0) : 0;
+                const uint32_t hi = r1 ? xa_f32_to_half(r1[i], 0) : 0;
+                d[i * hb] = lo | hi << 16;
+            }
+        }
+}
+
+/* The blocked loops over C rows [m0, m1) x columns [n0, n1), with this thread's buffers (the
+ * bf16 pair buffers, with pairs, at Ap2 and Bp2). */
+static void gemm_rect(const gemm_job *g, float *Ap, float *Bp, uint32_t *Ap2, uint32_t *Bp2,
+                      int64_t m0, int64_t m1, int64_t n0, int64_t n1)
+{
+    const int64_t mr = g->mr, nr = g->nr, kb = g->pairs ? g->kt->kb_bf16 : 1;
     for (int64_t ic = m0; ic < m1; ic += g->MC) {
-        const int64_t mc = XA_MIN(g->MC, m1 - ic);
+        const int64_t mc = XA_MIN(g->MC, m1 - ic), mcp = (mc + mr - 1) / mr * mr;
         for (int64_t pc = 0; pc < g->K; pc += g->KC) {
-            const int64_t kc = XA_MIN(g->KC, g->K - pc);
+            const int64_t kc = XA_MIN(g->KC, g->K - pc), kcp = (kc + kb - 1) / kb * kb;
             pack_a_block(g, Ap, ic, mc, pc, kc);
-            if (g->bf16) round_bf16(Ap, (mc + g->kt->mr - 1) / g->kt->mr * g->kt->mr * kc);
+            if (g->pairs)
+                to_pairs(Ap, mcp / mr, mr, kc, kcp, kb / 2, Ap2);
+            else if (g->bf16)
+                round_bf16(Ap, mcp * kc);
             for (int64_t jc = n0; jc < n1; jc += g->NC) {
-                const int64_t nc = XA_MIN(g->NC, n1 - jc);
+                const int64_t nc = XA_MIN(g->NC, n1 - jc), ncp = (nc + nr - 1) / nr * nr;
                 pack_b_block(g, Bp, jc, nc, pc, kc);
-                if (g->bf16) round_bf16(Bp, (nc + g->kt->nr - 1) / g->kt->nr * g->kt->nr * kc);
-                macro_kernel(g, Ap, Bp, ic, mc, jc, nc, pc, kc);
+                if (g->pairs)
+                    to_pairs(Bp, ncp / nr, nr, kc, kcp, 1, Bp2);
+                else if (g->bf16)
+                    round_bf16(Bp, ncp * kc);
+                if (g->pairs)
+                    macro_kernel(g, Ap2, Bp2, ic, mc, jc, nc, pc, kc);
+                else
+                    macro_kernel(g, Ap, Bp, ic, mc, jc, nc, pc, kc);
             }
         }
     }
@@ -308,14 +357,16 @@ static void gemm_rect(const gemm_job *g, float *Ap, float *Bp, int64_t m0, int64
 /* Rectangle r (of tm * tn) of C, on tile boundaries. */
 static void gemm_part(const gemm_job *g, float *ws, int r)
 {
-    const int64_t mr = g->kt->mr, nr = g->kt->nr;
+    const int64_t mr = g->mr, nr = g->nr;
     const int64_t tiles_m = (g->M + mr - 1) / mr, tiles_n = (g->N + nr - 1) / nr;
     const int64_t ti = r / g->tn, tj = r % g->tn;
     const int64_t m0 = tiles_m * ti / g->tm * mr,
                   m1 = XA_MIN(g->M, tiles_m * (ti + 1) / g->tm * mr);
     const int64_t n0 = tiles_n * tj / g->tn * nr,
                   n1 = XA_MIN(g->N, tiles_n * (tj + 1) / g->tn * nr);
-    if (m0 < m1 && n0 < n1) gemm_rect(g, ws, ws + g->ap_size, m0, m1, n0, n1);
+    float *Ap = ws, *Bp = Ap + g->ap_size;
+    uint32_t *Ap2 = (uint32_t *)(Bp + g->bp_size + g->cv_size), *Bp2 = Ap2 + g->ap2_size;
+    if (m0 < m1 && n0 < n1) gemm_rect(g, Ap, Bp, Ap2, Bp2, m0, m1, n0, n1);
 }
 
 /* Thread grid tm x tn (tm * tn = nt, each at most the tile count of its side) minimising the
@@ -555,24 +606,25 @@ static void cache_sizes(int64_t *l1, int64_t *l2)
 /*
  * Block sizes for a table and K, from the core's caches:
  *   KC: K is cut into equal blocks of at most 512 and at most what keeps an A panel
- *       (mr x KC) within half of L1, so there is no thin last block; a K of up to KC is one
- *       block, and with beta = 0 C is then written once and never read;
- *   NC: the B block KC x NC fills half of L2, leaving room for the A and C streams (512 KB
- *       on the 1 MB L2 the sizes were first tuned on; on a 512 KB L2, 1024^3 and
- *       4096 x 512 x 512 run as fast with 256 KB as with 512 KB, within this machine's noise);
- *   MC: bounds the A block (MC x KC, streamed from L3); B blocks are packed once per MC rows.
- * The shape and the CPU decide these, never the thread count, so results do not depend on it.
+ *       (mr x KC) within half of L1, so there is no thin last block; a multiple of ka (8, or
+ *       the bf16 micro-kernel's k granularity when larger: 32 for AMX tiles); a K of up to KC is
+ * one block, and with beta = 0 C is then written once and never read; NC: the B block KC x NC fills
+ * half of L2, leaving room for the A and C streams (512 KB on the 1 MB L2 the sizes were first
+ * tuned on; on a 512 KB L2, 1024^3 and 4096 x 512 x 512 run as fast with 256 KB as with 512 KB,
+ * within this machine's noise); MC: bounds the A block (MC x KC, streamed from L3); B blocks are
+ * packed once per MC rows. The shape and the CPU decide these, never the thread count, so results
+ * do not depend on it.
  */
-static void block_sizes(const xa_kernels *kt, int64_t K, int64_t *MC, int64_t *KC, int64_t *NC)
+static void block_sizes(int64_t mr, int64_t nr, int64_t ka, int64_t K, int64_t *MC, int64_t *KC,
+                        int64_t *NC)
 {
-    const int64_t mr = kt->mr, nr = kt->nr;
     int64_t l1, l2;
     cache_sizes(&l1, &l2);
     int64_t kmax = XA_MIN((int64_t)512, (l1 / 2) / (mr * 4));
-    kmax = XA_MAX((int64_t)64, kmax & ~(int64_t)7);
+    kmax = XA_MAX((int64_t)64, kmax / ka * ka);
     const int64_t nkb = (K + kmax - 1) / kmax;
     int64_t kc = (K + nkb - 1) / nkb;
-    kc = XA_MIN(kmax, (kc + 7) & ~(int64_t)7);
+    kc = XA_MIN(kmax, (kc + ka - 1) / ka * ka);
     int64_t nc = (l2 / 2 / 4) / kc / nr * nr;
     *KC = kc;
     *NC = XA_MAX(nr, nc);
@@ -610,7 +662,8 @@ static int gemm_run(const xa_kernels *kt, int ta, int tb, int64_t M, int64_t N, 
     }
     /* M*N*K, saturating (only compared against thresholds) */
     double work = (double)M * (double)N * (double)K;
-    const int direct = work < XA_GEMM_SMALL || kt->mr * kt->nr > XA_MAX_TILE;
+    const int direct = work < XA_GEMM_SMALL || kt->mr * kt->nr > XA_MAX_TILE ||
+                       (bf16 && kt->ukr_bf16 && kt->mr_bf16 * kt->nr_bf16 > XA_MAX_TILE);
     if (bf16 && direct) { /* small: op(A) and op(B) rounded into copies, then float32 */
         xa_ws *wc = xa_ws_get(sizeof(float) * (size_t)((M + N) * K));
         if (!wc) return -1;
@@ -658,22 +711,29 @@ static int gemm_run(const xa_kernels *kt, int ta, int tb, int64_t M, int64_t N, 
          * the blocked path, which rounds the operands as it packs them) */
         return gemm_skinny(&g, nt);
     }
-    block_sizes(kt, K, &g.MC, &g.KC, &g.NC);
-    const int64_t mc = XA_MIN(g.MC, (M + kt->mr - 1) / kt->mr * kt->mr);
-    const int64_t kc = XA_MIN(g.KC, K);
-    const int64_t nc = XA_MIN(g.NC, (N + kt->nr - 1) / kt->nr * kt->nr);
+    /* compute bf16 on a CPU with bf16 dot products: the table's bf16 micro-kernel */
+    g.pairs = bf16 && kt->ukr_bf16;
+    g.mr = g.pairs ? kt->mr_bf16 : kt->mr;
+    g.nr = g.pairs ? kt->nr_bf16 : kt->nr;
+    const int64_t kb = g.pairs ? kt->kb_bf16 : 1;
+    block_sizes(g.mr, g.nr, XA_MAX((int64_t)8, kb), K, &g.MC, &g.KC, &g.NC);
+    const int64_t mc = XA_MIN(g.MC, (M + g.mr - 1) / g.mr * g.mr);
+    const int64_t kc = XA_MIN(g.KC, K), kcp = (kc + kb - 1) / kb * kb;
+    const int64_t nc = XA_MIN(g.NC, (N + g.nr - 1) / g.nr * g.nr);
 
     /* largest thread count <= nt with a usable grid (a prime nt larger than both tile counts
      * would otherwise leave threads idle) */
     for (; nt > 1; nt--) {
-        thread_grid(M, N, kt->mr, kt->nr, nt, &g.tm, &g.tn);
+        thread_grid(M, N, g.mr, g.nr, nt, &g.tm, &g.tn);
         if (g.tm * g.tn == nt) break;
     }
     if (nt == 1) g.tm = g.tn = 1;
     g.ap_size = (mc * kc + 15) & ~(int64_t)15; /* keeps every block 64-byte aligned */
     g.bp_size = (kc * nc + 15) & ~(int64_t)15;
-    g.cv_size = g.w.dt != XA_W_F32 ? (kt->nr * kc + 15) & ~(int64_t)15 : 0;
-    const int64_t per_thread = g.ap_size + g.bp_size + g.cv_size;
+    g.cv_size = g.w.dt != XA_W_F32 ? (g.nr * kc + 15) & ~(int64_t)15 : 0;
+    g.ap2_size = g.pairs ? (mc * kcp / 2 + 15) & ~(int64_t)15 : 0;
+    g.bp2_size = g.pairs ? (nc * kcp / 2 + 15) & ~(int64_t)15 : 0;
+    const int64_t per_thread = g.ap_size + g.bp_size + g.cv_size + g.ap2_size + g.bp2_size;
     xa_ws *ws = xa_ws_get(sizeof(float) * (size_t)(per_thread * nt));
     if (!ws) { /* out of memory: slow but correct */
         if (g.w.dt != XA_W_F32 || bf16) return -1;

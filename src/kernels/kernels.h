@@ -22,10 +22,26 @@
 typedef void (*xa_ukr_fn)(int64_t k, const float *A, int64_t lda, const float *B, int64_t ldb,
                           float *C, int64_t ldc, int accumulate);
 
+/*
+ * bf16 dot-product micro-kernel (compute bf16, on CPUs with bf16 dot-product instructions):
+ *   C[i*ldc + j] (= or +=) sum_{p<k} A(i, p) * B(p, j)   for i < mr_bf16, j < nr_bf16
+ * with both operands bfloat16, packed in pairs along k: uint32 = bf16(x[2q]) | bf16(x[2q+1]) << 16
+ *   A: blocks of hb = kb_bf16 / 2 pairs: pair q of row i at ((q / hb) * mr_bf16 + i) * hb + q % hb
+ *   B: pair q of column j at q * nr_bf16 + j
+ * k a multiple of kb_bf16 (panels zero padded). Sums are float32; each instruction's own order
+ * of the additions, subnormal inputs and results flushed to zero.
+ */
+typedef void (*xa_ukr_bf16_fn)(int64_t k, const uint32_t *A, const uint32_t *B, float *C,
+                               int64_t ldc, int accumulate);
+
 typedef struct xa_kernels {
-    const char *name; /* "scalar", "avx2", "avx512", "neon" */
+    const char *name; /* "scalar", "avx2", "avx512", "avx512bf16", "amx", "neon" */
     int mr, nr;       /* micro-tile of ukr */
     xa_ukr_fn ukr;
+    /* NULL where the CPU has no bf16 dot products: compute bf16 then runs the float32
+     * micro-kernel on operands rounded to bf16 (the same products, summed in another order) */
+    xa_ukr_bf16_fn ukr_bf16;
+    int mr_bf16, nr_bf16, kb_bf16;
 
     /* sum_i a[i] * b[i] over n values (fp32 accumulation in any order). */
     float (*dot)(const float *a, const float *b, int64_t n);
@@ -153,6 +169,13 @@ extern const xa_kernels xa_kernels_scalar;
 #if defined(XATTN_HAVE_X86_KERNELS)
 extern const xa_kernels xa_kernels_avx2;
 extern const xa_kernels xa_kernels_avx512;
+extern const xa_kernels xa_kernels_avx512bf16; /* avx512 + vdpbf16ps for compute bf16     */
+extern const xa_kernels xa_kernels_amx;        /* avx512 + AMX-BF16 tiles for compute bf16 */
+/* kernels_bf16.c */
+void xa_ukr_dpbf16_avx512(int64_t k, const uint32_t *A, const uint32_t *B, float *C, int64_t ldc,
+                          int accumulate);
+void xa_ukr_amx_bf16(int64_t k, const uint32_t *A, const uint32_t *B, float *C, int64_t ldc,
+                     int accumulate);
 #endif
 #if defined(XATTN_HAVE_NEON_KERNELS)
 extern const xa_kernels xa_kernels_neon;
@@ -162,10 +185,13 @@ extern const xa_kernels xa_kernels_neon;
 const xa_kernels *xa_kern(void);
 /* The table of context c (NULL = the default context). */
 const xa_kernels *xa_ctx_kern(const xattn_ctx *c);
+/* Sets context c's table (NULL: the default context; k NULL: the best for the CPU) without the
+ * CPU check of xattn_ctx_set_isa: for tests that run a table built from emulated kernels. */
+void xa_ctx_set_kern(xattn_ctx *c, const xa_kernels *k);
 /* The fastest table this CPU supports. */
 const xa_kernels *xa_kern_best(void);
-/* Whether name is a kernel set of some build ("avx512", "avx2", "neon", "scalar"), present on
- * this CPU or not. */
+/* Whether name is a kernel set of some build ("amx", "avx512bf16", "avx512", "avx2", "neon",
+ * "scalar"), present on this CPU or not. */
 int xa_kern_known(const char *name);
 /* The table for a name if compiled in and supported by this CPU, else NULL. */
 const xa_kernels *xa_kern_by_name(const char *name);

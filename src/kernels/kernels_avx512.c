@@ -531,24 +531,28 @@ static void cvt_h_avx512(const uint16_t *src, float *dst, int64_t n, int f16)
     for (; i < n; i++) dst[i] = xa_half_to_f32(src[i], f16);
 }
 
-const xa_kernels xa_kernels_avx512 = {
-    .name = "avx512",
-    .mr = XA512_MR,
-    .nr = XA512_NR,
-    .ukr = ukr_avx512,
-    .dot = dot_avx512,
-    .axpy = axpy_avx512,
-    .gemv = gemv_avx512,
-    .gemv_t = gemv_t_avx512,
-    .vexp = vexp_avx512,
-    .colmax = colmax_avx512,
-    .expsub = expsub_avx512,
-    .softmax = softmax_avx512,
-    .rmsnorm = rmsnorm_avx512,
-    .layernorm = layernorm_avx512,
-    .gelu = gelu_avx512,
-    .dotn = dotn_avx512,
-    .dot_q8 = dot_q8_avx512,
-    .dot2_q8 = dot2_q8_avx512,
-    .cvt_h = cvt_h_avx512,
-};
+/* The avx512 table's entries, shared by the tables that add bf16 dot products to it. */
+#define XA_AVX512_ENTRIES                                                                          \
+    .mr = XA512_MR, .nr = XA512_NR, .ukr = ukr_avx512, .dot = dot_avx512, .axpy = axpy_avx512,     \
+    .gemv = gemv_avx512, .gemv_t = gemv_t_avx512, .vexp = vexp_avx512, .colmax = colmax_avx512,    \
+    .expsub = expsub_avx512, .softmax = softmax_avx512, .rmsnorm = rmsnorm_avx512,                 \
+    .layernorm = layernorm_avx512, .gelu = gelu_avx512, .dotn = dotn_avx512,                       \
+    .dot_q8 = dot_q8_avx512, .dot2_q8 = dot2_q8_avx512, .cvt_h = cvt_h_avx512
+
+const xa_kernels xa_kernels_avx512 = {.name = "avx512", XA_AVX512_ENTRIES};
+
+/* AVX512_BF16: compute bf16's products with vdpbf16ps (8 x 32 tiles, pairs along k). */
+const xa_kernels xa_kernels_avx512bf16 = {.name = "avx512bf16",
+                                          XA_AVX512_ENTRIES,
+                                          .ukr_bf16 = xa_ukr_dpbf16_avx512,
+                                          .mr_bf16 = 8,
+                                          .nr_bf16 = 32,
+                                          .kb_bf16 = 2};
+
+/* AMX-BF16: compute bf16's products on 16 x 16 tiles (32 x 32 micro-tiles, k in 32s). */
+const xa_kernels xa_kernels_amx = {.name = "amx",
+                                   XA_AVX512_ENTRIES,
+                                   .ukr_bf16 = xa_ukr_amx_bf16,
+                                   .mr_bf16 = 32,
+                                   .nr_bf16 = 32,
+                                   .kb_bf16 = 32};

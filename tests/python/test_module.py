@@ -197,7 +197,7 @@ def test_threads_concurrent_calls_agree():
 
 def test_version_threads_kernels():
     assert re.fullmatch(r"\d+\.\d+\.\d+", xattn.__version__)
-    assert xattn.kernel_set() in ("scalar", "avx2", "avx512", "neon")
+    assert xattn.kernel_set() in ("scalar", "avx2", "avx512", "avx512bf16", "amx", "neon")
     n = xattn.get_threads()
     xattn.set_threads(1)
     assert xattn.get_threads() == 1
