@@ -8,8 +8,9 @@
  *     indexing, tile configuration, padding and the GEMM's pair packing on any CPU.
  * Each is checked against a float64 product of the bf16-rounded operands with a bound from
  * float32 summation, on odd shapes (edge tiles, several K blocks, every transpose, alpha, beta,
- * bias, 16-bit and int8 weights), for the same bits at 1 and 2 threads, and through a module-level
- * op (xa_op_linear, xa_op_linear_cm) under compute bf16 with the table installed.
+ * bias, 16-bit and int8 weights), for the same bits at 1 and 2 threads, and through the ops
+ * modules call (xa_op_linear, xa_op_linear_cm, xa_op_attention's logits) under compute bf16
+ * with the table installed.
  */
 #include "testutil.h"
 
@@ -250,6 +251,98 @@ static void ops_case(const char *name, const xa_kernels *kt, uint64_t *st)
     free(x), free(W), free(b), free(y1), free(y2);
 }
 
+/* Fused attention under compute bf16 (xa_op_attention rounds q, k, v and marks the problem
+ * bf16): with the table installed the logits run on its bf16 kernel; against the same call on
+ * the CPU's best float32 table. Normal mode with lse and probabilities, causal, masks, bias,
+ * a stats pass and a talking-heads (mixing) pass; head sizes not a multiple of the kernels'. */
+typedef struct att_case {
+    int64_t B, H, I, J, dh, dv;
+    int causal, mask, bias, mix;
+    xattn_fill fill;
+} att_case;
+
+static void run_attention(const att_case *t, const float *q, const float *k, const float *v,
+                          const uint8_t *mask, const float *bias, const float *mix, float *out,
+                          float *lse, float *probs, float *sm, float *sl)
+{
+    const int64_t B = t->B, H = t->H, I = t->I, J = t->J, dh = t->dh, dv = t->dv;
+    xa_attn a;
+    memset(&a, 0, sizeof a);
+    a.B = B, a.H = H, a.I = I, a.J = J, a.dh = dh, a.dv = dv;
+    a.q = q, a.q_sb = H * I * dh, a.q_sh = I * dh, a.q_si = dh;
+    a.k = k, a.k_sb = H * J * dh, a.k_sh = J * dh, a.k_sj = dh;
+    a.v = v, a.v_sb = H * J * dv, a.v_sh = J * dv, a.v_sj = dv;
+    a.out = out, a.o_sb = H * I * dv, a.o_sh = I * dv, a.o_si = dv;
+    a.scale = 1.0f / sqrtf((float)dh);
+    a.fill = t->fill;
+    a.causal = t->causal;
+    if (t->mask) a.mask = mask, a.mask_sb = I * J, a.mask_si = J;
+    if (t->bias) a.bias = bias, a.bias_sb = 0, a.bias_sh = I * J, a.bias_si = J, a.bias_sj = 1;
+    a.fn = "test";
+    if (t->mix) { /* the row statistics, then the mixed pass */
+        xa_attn s0 = a;
+        s0.stats_only = 1, s0.v = NULL, s0.out = NULL, s0.stat_m = sm, s0.stat_l = sl;
+        CHECK_OK(xa_op_attention(&s0));
+        a.mix = mix, a.row_m = sm, a.row_l = sl;
+    } else {
+        a.lse = lse;
+    }
+    a.probs = probs, a.p_sb = H * I * J, a.p_sh = I * J, a.p_si = J, a.p_sj = 1;
+    CHECK_OK(xa_op_attention(&a));
+}
+
+static void attention_cases(const char *name, const xa_kernels *kt, uint64_t *st)
+{
+    static const att_case cases[] = {
+        {2, 3, 70, 100, 64, 48, 0, 0, 0, 0, XATTN_FILL_NEG_INF},
+        {1, 2, 37, 257, 40, 33, 1, 0, 0, 0, XATTN_FILL_NEG_INF},
+        {2, 2, 5, 33, 17, 8, 0, 1, 1, 0, XATTN_FILL_MIN_FLOAT},
+        {1, 3, 90, 75, 24, 24, 0, 1, 0, 1, XATTN_FILL_NEG_INF},
+        {1, 1, 130, 300, 96, 64, 1, 0, 1, 0, XATTN_FILL_MIN_FLOAT},
+    };
+    CHECK_OK(xattn_set_compute(XATTN_COMPUTE_BF16));
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const att_case *t = &cases[ci];
+        const int64_t B = t->B, H = t->H, I = t->I, J = t->J, nq = B * H * I * t->dh;
+        const int64_t nk = B * H * J * t->dh, nv = B * H * J * t->dv, no = B * H * I * t->dv;
+        const int64_t nl = B * H * I, np = B * H * I * J;
+        float *q = malloc(sizeof(float) * (size_t)nq), *k = malloc(sizeof(float) * (size_t)nk);
+        float *v = malloc(sizeof(float) * (size_t)nv),
+              *bias = malloc(sizeof(float) * (size_t)(H * I * J));
+        float *mix = malloc(sizeof(float) * (size_t)(H * H));
+        uint8_t *mask = malloc((size_t)(B * I * J));
+        float *o[2], *lse[2], *pr[2], *sm[2], *sl[2];
+        for (int r = 0; r < 2; r++) {
+            o[r] = calloc((size_t)no, sizeof(float)), lse[r] = calloc((size_t)nl, sizeof(float));
+            pr[r] = calloc((size_t)np, sizeof(float)), sm[r] = calloc((size_t)nl, sizeof(float));
+            sl[r] = calloc((size_t)nl, sizeof(float));
+        }
+        tu_fill_uniform(q, nq, -2.0f, 2.0f, st);
+        tu_fill_uniform(k, nk, -2.0f, 2.0f, st);
+        tu_fill_uniform(v, nv, -1.0f, 1.0f, st);
+        tu_fill_uniform(bias, H * I * J, -1.0f, 1.0f, st);
+        tu_fill_uniform(mix, H * H, -1.0f, 1.0f, st);
+        for (int64_t x = 0; x < B * I * J; x++) mask[x] = (uint8_t)((x * 7 + x / 13) % 5 != 0);
+        const long before = calls;
+        xa_ctx_set_kern(NULL, kt);
+        run_attention(t, q, k, v, mask, bias, mix, o[0], lse[0], pr[0], sm[0], sl[0]);
+        xa_ctx_set_kern(NULL, NULL);
+        CHECK(calls > before);
+        run_attention(t, q, k, v, mask, bias, mix, o[1], lse[1], pr[1], sm[1], sl[1]);
+        char what[128];
+        snprintf(what, sizeof what, "%s attention case %zu out", name, ci);
+        tu_check_close(what, o[0], o[1], no, 2e-5);
+        snprintf(what, sizeof what, "%s attention case %zu probs", name, ci);
+        tu_check_close(what, pr[0], pr[1], np, 2e-5);
+        snprintf(what, sizeof what, "%s attention case %zu %s", name, ci,
+                 t->mix ? "row max" : "lse");
+        tu_check_close(what, t->mix ? sm[0] : lse[0], t->mix ? sm[1] : lse[1], nl, 2e-5);
+        free(q), free(k), free(v), free(bias), free(mix), free(mask);
+        for (int r = 0; r < 2; r++) free(o[r]), free(lse[r]), free(pr[r]), free(sm[r]), free(sl[r]);
+    }
+    CHECK_OK(xattn_set_compute(XATTN_COMPUTE_F32));
+}
+
 static void run_table(const char *name, const xa_kernels *kt)
 {
     uint64_t st = 2024;
@@ -271,6 +364,7 @@ static void run_table(const char *name, const xa_kernels *kt)
             worst =
                 tu_max(worst, weights_case(name, kt, dt, 41, 70, 300, mode & 1, mode >> 1, &st));
     ops_case(name, kt, &st);
+    attention_cases(name, kt, &st);
     printf("%s: micro-kernel, GEMM and weights within %.2f of the float32 summation bound\n", name,
            worst);
 }

@@ -22,6 +22,11 @@
  * and the partial (m, l, O) states are merged (log-sum-exp merge). A few queries (decoding) take
  * a direct path: logits by dot products against the key rows in place, no packing.
  *
+ * Compute bf16 (a->bf16) on a table with a bf16 dot-product micro-kernel (ukr_bf16): Kt and Qt
+ * hold bf16 pairs instead (keys in panels of mr_bf16, queries unscaled in panels of nr_bf16, dh
+ * padded to the kernel's k granularity) and the logit tiles are scaled after the products; the
+ * tile sizes are then multiples of both micro-tiles. The values stay float32 (Pt is float32).
+ *
  * Mixing mode (talking heads) runs one task per (b, query tile) over all heads: with the final
  * max and sum of every row known, each head's probability tile is formed, the heads are mixed
  * tile by tile, and each mixed tile is multiplied into its head's values.
@@ -50,6 +55,12 @@ typedef struct att_ctx {
     float *Vp;        /* (B, H, DVP/mr, JP, mr): every head's values; NULL when not needed */
     int direct;       /* few queries (decoding): logits by dot products, keys not packed */
     int64_t nmix;     /* heads held at once by a task: H in mixing mode, else 1 */
+    /* logits on the bf16 micro-kernel: Kt holds (B, H, JP/mr_bf16, dhp/2 pairs x mr_bf16, in
+     * the kernel's blocks) and Qt (ITP/nr_bf16, dhp/2, nr_bf16) pairs; dhp = dh rounded up to
+     * kb_bf16 */
+    int pairs;
+    int64_t dhp;
+    int64_t qts; /* floats of one head's Qt */
 } att_ctx;
 
 /* Per-thread scratch. */
@@ -66,7 +77,7 @@ typedef struct att_scratch {
 static size_t scratch_floats(const att_ctx *c)
 {
     const xa_attn *p = c->p;
-    return (size_t)(c->nmix * p->dh * c->ITP + (c->nmix + 1) * c->JTP * c->ITP +
+    return (size_t)(c->nmix * c->qts + (c->nmix + 1) * c->JTP * c->ITP +
                     (2 * c->nmix + 2) * c->ITP + p->dv) +
            8 * 16;
 }
@@ -82,7 +93,7 @@ static float *take(float **base, int64_t n)
 static void scratch_bind(const att_ctx *c, float *base, att_scratch *s)
 {
     const xa_attn *p = c->p;
-    s->Qt = take(&base, c->nmix * p->dh * c->ITP);
+    s->Qt = take(&base, c->nmix * c->qts);
     s->St = take(&base, c->nmix * c->JTP * c->ITP);
     s->Pm = take(&base, c->JTP * c->ITP);
     s->mnew = take(&base, c->ITP);
@@ -91,11 +102,39 @@ static void scratch_bind(const att_ctx *c, float *base, att_scratch *s)
     s->orow = take(&base, p->dv);
 }
 
-/* Qt (dh, ITP) = scale * q[b, h, i0 + c, :]^T for c < it, zero for it <= c < ITP */
+/* bf16 bits of x (to nearest even) in the low half, of y in the high half. */
+static inline uint32_t bf16_pair(float x, float y)
+{
+    return (uint32_t)xa_f32_to_half(x, 0) | (uint32_t)xa_f32_to_half(y, 0) << 16;
+}
+
+/* Pairs: Qt as (ITP/nr_bf16, dhp/2, nr_bf16) pairs of q[b, h, i0 + c, :] (unscaled), zero for
+ * it <= c < ITP and past dh. */
+static void pack_q_pairs(const att_ctx *c, const float *q, int64_t it, uint32_t *Qp)
+{
+    const xa_attn *p = c->p;
+    const int64_t nrb = c->kt->nr_bf16, hq = c->dhp / 2;
+    for (int64_t col = 0; col < c->ITP; col++) {
+        uint32_t *d = Qp + (col / nrb) * hq * nrb + col % nrb;
+        const float *qr = q + col * p->q_si;
+        for (int64_t x = 0; x < hq; x++) {
+            const float lo = col < it && 2 * x < p->dh ? qr[2 * x] : 0.0f;
+            const float hi = col < it && 2 * x + 1 < p->dh ? qr[2 * x + 1] : 0.0f;
+            d[x * nrb] = bf16_pair(lo, hi);
+        }
+    }
+}
+
+/* Qt (dh, ITP) = scale * q[b, h, i0 + c, :]^T for c < it, zero for it <= c < ITP (pairs:
+ * pack_q_pairs) */
 static void pack_q(const att_ctx *c, int64_t b, int64_t h, int64_t i0, int64_t it, float *Qt)
 {
     const xa_attn *p = c->p;
     const float *q = p->q + b * p->q_sb + h * p->q_sh + i0 * p->q_si;
+    if (c->pairs) {
+        pack_q_pairs(c, q, it, (uint32_t *)Qt);
+        return;
+    }
     if (it < c->ITP) memset(Qt, 0, sizeof(float) * (size_t)(p->dh * c->ITP));
     /* blocks of 16 query rows x 16 channels: reads and writes stay on a few cache lines */
     for (int64_t ib = 0; ib < it; ib += 16)
@@ -115,9 +154,22 @@ static void pack_k(const att_ctx *c, int64_t b, int64_t h, int64_t jb, int64_t j
     const xa_attn *p = c->p;
     const int64_t mr = c->kt->mr, dh = p->dh;
     const float *k = p->k + b * p->k_sb + h * p->k_sh;
-    float *Kt = c->Kt + (b * p->H + h) * dh * c->JP;
     const int64_t jend = je == p->J ? c->JP : je;
-    for (int64_t j = jb; j < jend; j++) {
+    if (c->pairs) { /* key j at panel j / mrb: pair x of lane j % mrb in blocks of hb pairs */
+        const int64_t mrb = c->kt->mr_bf16, hb = c->kt->kb_bf16 / 2, hq = c->dhp / 2;
+        uint32_t *Kp = (uint32_t *)c->Kt + (b * p->H + h) * hq * c->JP;
+        for (int64_t j = jb; j < jend; j++) {
+            uint32_t *dst = Kp + (j / mrb) * hq * mrb + (j % mrb) * hb;
+            const float *src = j < p->J ? k + j * p->k_sj : NULL;
+            for (int64_t x = 0; x < hq; x++) {
+                const float lo = src && 2 * x < dh ? src[2 * x] : 0.0f;
+                const float hi = src && 2 * x + 1 < dh ? src[2 * x + 1] : 0.0f;
+                dst[(x / hb) * mrb * hb + x % hb] = bf16_pair(lo, hi);
+            }
+        }
+    }
+    float *Kt = c->Kt + (b * p->H + h) * dh * c->JP;
+    for (int64_t j = jb; j < jend && !c->pairs; j++) {
         float *dst = Kt + (j / mr) * dh * mr + j % mr;
         if (j < p->J) {
             const float *src = k + j * p->k_sj;
@@ -204,6 +256,19 @@ static void logits_tile(const att_ctx *c, int64_t b, int64_t h, int64_t i0, int6
                 srow[col] = p->scale * kt->dot(q + col * p->q_si, k + r * p->k_sj, p->dh);
             for (int64_t col = it; col < itp; col++) srow[col] = 0.0f;
         }
+    } else if (c->pairs) {
+        /* j0 is a multiple of mr_bf16: the tile's keys start a panel */
+        const int64_t mrb = kt->mr_bf16, nrb = kt->nr_bf16, hq = c->dhp / 2;
+        const uint32_t *Kp = (const uint32_t *)c->Kt + (b * p->H + h) * hq * c->JP + j0 * hq;
+        const uint32_t *Qp = (const uint32_t *)Qt;
+        jtp = (jt + mrb - 1) / mrb * mrb;
+        itp = (it + nrb - 1) / nrb * nrb;
+        for (int64_t c0 = 0; c0 < itp; c0 += nrb)
+            for (int64_t r0 = 0; r0 < jtp; r0 += mrb)
+                kt->ukr_bf16(c->dhp, Kp + r0 * hq, Qp + c0 * hq, St + r0 * ITP + c0, ITP, 0);
+        if (p->scale != 1.0f)
+            for (int64_t r = 0; r < jt; r++)
+                for (int64_t col = 0; col < itp; col++) St[r * ITP + col] *= p->scale;
     } else {
         /* j0 is a multiple of mr: the tile's keys start a panel */
         const float *Kt = c->Kt + (b * p->H + h) * p->dh * c->JP + j0 * p->dh;
@@ -397,7 +462,7 @@ static void mixed_tile(const att_ctx *c, att_scratch *s, int64_t b, int64_t i0, 
             s->msafe[h * ITP + col] = m[col] == -INFINITY ? 0.0f : m[col];
             s->alpha[h * ITP + col] = l[col] > 0.0f ? 1.0f / l[col] : 0.0f;
         }
-        pack_q(c, b, h, i0, it, s->Qt + h * p->dh * ITP);
+        pack_q(c, b, h, i0, it, s->Qt + h * c->qts);
     }
     for (int64_t j0 = 0; j0 < p->J; j0 += c->JT) {
         int64_t jt = XA_MIN(c->JT, p->J - j0);
@@ -405,7 +470,7 @@ static void mixed_tile(const att_ctx *c, att_scratch *s, int64_t b, int64_t i0, 
         for (int64_t h = 0; h < H; h++) {
             float *St = s->St + h * tile;
             const float *inv = s->alpha + h * ITP;
-            logits_tile(c, b, h, i0, it, j0, jt, s->Qt + h * p->dh * ITP, St);
+            logits_tile(c, b, h, i0, it, j0, jt, s->Qt + h * c->qts, St);
             kt->expsub(St, jt, it, ITP, s->msafe + h * ITP, dummy);
             for (int64_t r = 0; r < jt; r++)
                 for (int64_t col = 0; col < it; col++) St[r * ITP + col] *= inv[col];
@@ -465,12 +530,23 @@ static xattn_status check_attn(const xa_attn *p)
     if (!isfinite(p->scale)) return xa_error(XATTN_ERR_ARG, "%s: scale is not finite", fn);
     int64_t t;
     if (xa_mul_ok(p->B, p->H, &t) || xa_mul_ok(t, p->I, &t) || xa_mul_ok(t, p->J, &t) ||
-        xa_mul_ok(t, (int64_t)sizeof(float), &t) || xa_mul_ok(p->B * p->H, p->dh, &t) ||
-        xa_mul_ok(t, p->J + 64, &t) || xa_mul_ok(t, (int64_t)sizeof(float), &t) ||
+        xa_mul_ok(t, (int64_t)sizeof(float), &t) || xa_mul_ok(p->B * p->H, p->dh + 32, &t) ||
+        xa_mul_ok(t, p->J + 128, &t) || xa_mul_ok(t, (int64_t)sizeof(float), &t) ||
         xa_mul_ok(p->B * p->H, p->dv + 16, &t) || xa_mul_ok(t, p->J + 64, &t) ||
         xa_mul_ok(t, (int64_t)sizeof(float), &t))
         return xa_error(XATTN_ERR_NOMEM, "%s: B*H*I*J overflows", fn);
     return XATTN_OK;
+}
+
+static int64_t lcm(int64_t a, int64_t b)
+{
+    int64_t x = a, y = b;
+    while (y) {
+        const int64_t t = x % y;
+        x = y;
+        y = t;
+    }
+    return a / x * b;
 }
 
 /* Tile sizes and layout of one call. */
@@ -478,18 +554,24 @@ static void att_setup(att_ctx *c, const xa_attn *p)
 {
     c->p = p;
     c->kt = xa_kern();
-    const int64_t mr = c->kt->mr, nr = c->kt->nr;
+    const xa_kernels *kt = c->kt;
     c->fill = p->fill == XATTN_FILL_NEG_INF ? -INFINITY : -FLT_MAX;
+    c->direct = p->I <= 4 && !p->mix;
+    c->pairs = p->bf16 && kt->ukr_bf16 && !c->direct;
+    /* query tiles in multiples of nr (and of nr_bf16 with pairs), key tiles likewise of mr */
+    const int64_t mr = c->pairs ? lcm(kt->mr, kt->mr_bf16) : kt->mr;
+    const int64_t nr = c->pairs ? lcm(kt->nr, kt->nr_bf16) : kt->nr;
+    c->dhp = c->pairs ? (p->dh + kt->kb_bf16 - 1) / kt->kb_bf16 * kt->kb_bf16 : p->dh;
     c->IT = XA_MAX(nr, 64 / nr * nr);
     int64_t ipad = (p->I + nr - 1) / nr * nr;
     if (ipad < c->IT) c->IT = ipad;
     c->JT = XA_MAX(mr, 256 / mr * mr);
     c->ITP = c->IT;
     c->JTP = c->JT;
-    c->DVP = (p->dv + mr - 1) / mr * mr;
+    c->DVP = (p->dv + kt->mr - 1) / kt->mr * kt->mr;
     c->skip_causal = p->causal && p->fill == XATTN_FILL_NEG_INF;
     c->JP = (p->J + mr - 1) / mr * mr;
-    c->direct = p->I <= 4 && !p->mix;
+    c->qts = c->ITP * XA_MAX(p->dh, c->dhp / 2);
     c->nmix = p->mix ? p->H : 1;
     c->Kt = c->Vp = NULL;
 }
@@ -583,7 +665,8 @@ static xattn_status att_shared_get(att_ctx *c, int64_t nstate_floats, att_shared
     const xa_attn *p = c->p;
     memset(sh, 0, sizeof *sh);
     if (!c->direct) {
-        int64_t ktn = p->B * p->H * p->dh * XA_MAX(c->JP, 1); /* bounded by check_attn */
+        /* bounded by check_attn (JP < J + 128 and dhp / 2 < dh + 32 for every table) */
+        int64_t ktn = p->B * p->H * XA_MAX(p->dh, c->dhp / 2) * XA_MAX(c->JP, 1);
         if (!(sh->kt_ws = xa_ws_get(sizeof(float) * (size_t)ktn))) return XATTN_ERR_NOMEM;
         c->Kt = xa_ws_data(sh->kt_ws);
         if (p->v && !p->stats_only) {

@@ -244,6 +244,9 @@ typedef struct xa_attn {
      * (J_total, in rank order: xa_op_shard_keys), taken as they are; else they hold the local
      * key columns (J), gathered from every rank */
     int keys_global;
+    /* compute bf16: q and k hold bf16 values; on a table with a bf16 dot-product micro-kernel
+     * the logits run on it (else, and always for v, the float32 kernels) */
+    int bf16;
 } xa_attn;
 
 xattn_status xa_attention(const xa_attn *a);

@@ -428,6 +428,7 @@ xattn_status xa_op_attention(const xa_attn *p)
     a.q = rounded_heads(p->q, p->B, p->H, p->I, p->dh, &a.q_sb, &a.q_sh, &a.q_si, buf);
     a.k = rounded_heads(p->k, p->B, p->H, p->J, p->dh, &a.k_sb, &a.k_sh, &a.k_sj, buf + nq);
     a.v = rounded_heads(p->v, p->B, p->H, p->J, p->dv, &a.v_sb, &a.v_sh, &a.v_sj, buf + nq + nk);
+    a.bf16 = 1;
     xattn_status s = attention_here(&a);
     xa_ws_put(ws);
     return s;
