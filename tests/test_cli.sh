@@ -496,6 +496,23 @@ if ok "run --compute bf16" "$X" run "$F/bidir_ln_f16.safetensors" --heads 2 \
     --x "$F/bidir_ln_x.npy" --context "$F/bidir_ln_context.npy" --compute bf16 --out-dir c_bf16; then
     same "--compute bf16 out (32 bf16 roundoffs)" "$D/c_bf16/out.npy" "$F/bidir_ln_expected_out.npy" 0.0625
 fi
+# --kernels: a set the CPU has runs (scalar everywhere); one it lacks, or no such set, is refused
+if ok "run --kernels scalar" "$X" run "$F/bidir_ln_f16.safetensors" --heads 2 \
+    --x "$F/bidir_ln_x.npy" --context "$F/bidir_ln_context.npy" --kernels scalar --out-dir k_scalar; then
+    same "--kernels scalar out" "$D/k_scalar/out.npy" "$F/bidir_ln_expected_out.npy" 2e-5
+fi
+if ok "bench --kernels scalar" "$X" bench "$F/bidir_ln_f16.safetensors" --heads 2 --len 8 --reps 1 --kernels scalar; then
+    has "bench names the set" "$D.out" "[scalar, "
+fi
+# the sets ranked above this CPU's best (dispatch takes the first it has) are ones it lacks
+best=$("$X" --version | sed -n 's/.*(kernels: \([a-z0-9]*\)).*/\1/p')
+for k in amx avx512bf16 avx512 avx2; do
+    [ "$k" = "$best" ] && break
+    bad "run --kernels $k (not on this CPU)" 1 "kernel set '$k' is not available on this CPU or build" "$X" run \
+        "$F/bidir_ln_f16.safetensors" --heads 2 --x "$F/bidir_ln_x.npy" --context "$F/bidir_ln_context.npy" --kernels $k
+done
+bad "run --kernels sse9" 1 "unknown kernel set 'sse9'" "$X" run "$F/bidir_ln_f16.safetensors" \
+    --heads 2 --x "$F/bidir_ln_x.npy" --context "$F/bidir_ln_context.npy" --kernels sse9
 bad "run --compute fp8" 2 "--compute: 'fp8' is not f32 or bf16" "$X" run "$F/bidir_ln_f16.safetensors" \
     --heads 2 --x "$F/bidir_ln_x.npy" --context "$F/bidir_ln_context.npy" --compute fp8
 bad "run --weights int4" 2 "--weights: 'int4' is not auto, f32, bf16, f16 or int8" "$X" run \

@@ -30,6 +30,11 @@ if ok "greedy" "$X" generate "$MOD" "${MEM[@]}" --vocab "$J/vocab.txt" --out ids
     has "greedy wrote" "$D.out" "wrote ids.npy (3, 14)"
     text greedy
 fi
+if ok "greedy --kernels scalar" "$X" generate "$MOD" "${MEM[@]}" --kernels scalar --out ids.npy; then
+    same "greedy ids on the scalar kernels" "$D/ids.npy" "$J/expected_greedy.npy"
+fi
+bad "generate --kernels sse9" 1 "unknown kernel set 'sse9'" "$X" generate "$MOD" "${MEM[@]}" \
+    --kernels sse9 --out ids.npy
 if ok "beam search" "$X" generate "$MOD" "${MEM[@]}" --num-beams 3 --length-penalty 0.6 \
     --early-stopping true --no-repeat-ngram-size 2 --vocab "$J/vocab.txt" --out ids.npy; then
     same "beam ids" "$D/ids.npy" "$J/expected_beam.npy"

@@ -184,7 +184,9 @@ xattn_status xattn_ctx_set_isa(xattn_ctx *c, const char *name)
                             name);
         if (!(k = xa_kern_by_name(name)))
             return xa_error(XATTN_ERR_UNSUPPORTED,
-                            "kernel set '%s' is not available on this CPU/build", name);
+                            "kernel set '%s' is not available on this CPU or build (the best "
+                            "here is '%s')",
+                            name, xa_kern_best()->name);
     }
     atomic_store(&(c ? c : &default_ctx)->kt, k);
     xa_clear_error();

@@ -31,7 +31,7 @@ static void help(void)
         "                      [--eos-token-id IDS|none] [--pad-token-id N|none] [--bos-token-id "
         "N]\n"
         "                      [--weights auto|f32|bf16|f16|int8] [--compute f32|bf16]\n"
-        "                      [--threads N] --out ids.npy\n"
+        "                      [--kernels K] [--threads N] --out ids.npy\n"
         "\n"
         "Generates token ids as transformers' BertLMHeadModel.generate(input_ids=prompt,\n"
         "encoder_hidden_states=memory, encoder_attention_mask=memory_mask, ...) on a model saved\n"
@@ -87,6 +87,8 @@ static void help(void)
         "                        differ from float32)\n"
         "  --compute C           f32 [default], or bf16: every product reads its operands\n"
         "                        rounded to bfloat16, accumulating in float32\n"
+        "  --kernels K           the kernel set: auto [the best this CPU has], amx, avx512bf16,\n"
+        "                        avx512, avx2, neon or scalar (an error if the CPU lacks it)\n"
         "  --threads N           worker threads [all cores]\n"
         "  -h, --help            this help\n"
         "\n"
@@ -99,7 +101,7 @@ static void help(void)
 typedef struct gen_args {
     const char *model, *memory, *video, *audio, *mmask, *prompt, *early, *config, *vocab, *out;
     const char *pmask;
-    const char *lp, *weights, *compute, *eos_ids, *pad_id, *bos_id;
+    const char *lp, *weights, *compute, *kernels, *eos_ids, *pad_id, *bos_id;
     long long max_new, beams, ngram, top_k, seed, threads;
     double top_p, temp;
     int do_sample;
@@ -648,6 +650,7 @@ int cmd_generate(int argc, char **argv)
         {"--vocab", CLI_STRING, &a.vocab, 0, 0},
         {"--weights", CLI_STRING, &a.weights, 0, 0},
         {"--compute", CLI_STRING, &a.compute, 0, 0},
+        {"--kernels", CLI_STRING, &a.kernels, 0, 0},
         {"--eos-token-id", CLI_STRING, &a.eos_ids, 0, 0},
         {"--pad-token-id", CLI_STRING, &a.pad_id, 0, 0},
         {"--bos-token-id", CLI_STRING, &a.bos_id, 0, 0},
@@ -670,6 +673,7 @@ int cmd_generate(int argc, char **argv)
     if (a.compute && strcmp(a.compute, "f32") && strcmp(a.compute, "bf16"))
         return cli_usage(CMD, "--compute: expected f32 or bf16, not '%s'", a.compute);
     if (a.compute && !strcmp(a.compute, "bf16")) xattn_set_compute(XATTN_COMPUTE_BF16);
+    if (a.kernels && xattn_set_isa(a.kernels)) return cli_lib_error(CMD, NULL);
     gen_inputs in;
     memset(&in, 0, sizeof in);
     rc = load_all(&a, &in, &o);

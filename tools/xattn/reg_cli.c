@@ -17,7 +17,7 @@
 
 static const char *const FIXED_VALUE[] = {"--module",      "--prefix", "--out-dir", "--threads",
                                           "--reps",        "--len",    "--weights", "--compute",
-                                          "--context-len", "--batch",  NULL};
+                                          "--context-len", "--batch",  "--kernels", NULL};
 static const char *const FIXED_FLAG[] = {"--return-attn", "--allow-nonfinite", "--json", NULL};
 
 static int in_list(const char *const *l, const char *s)
@@ -34,6 +34,7 @@ static int set_fixed(const char *cmd, reg_args *a, const char *flag, const char 
                        : !strcmp(flag, "--out-dir") ? &a->out_dir
                        : !strcmp(flag, "--weights") ? &a->weights
                        : !strcmp(flag, "--compute") ? &a->compute
+                       : !strcmp(flag, "--kernels") ? &a->kernels
                                                     : NULL;
     if (dst) {
         if (!*val && dst != &a->prefix) return cli_usage(cmd, "%s: empty value", flag);
@@ -383,7 +384,8 @@ int reg_context(const char *cmd, const reg_args *a, xattn_ctx **ctx)
     }
     /* under mpirun: the communicator too, the module's sequences sharded */
     if (!(*ctx = cli_dist_ctx(cmd, a->threads))) return CLI_EXIT_ERROR;
-    if (xattn_ctx_set_compute(*ctx, compute)) {
+    if (xattn_ctx_set_compute(*ctx, compute) ||
+        (a->kernels && xattn_ctx_set_isa(*ctx, a->kernels))) {
         xattn_ctx_free(*ctx);
         *ctx = NULL;
         return cli_lib_error(cmd, NULL);

@@ -16,6 +16,7 @@ typedef struct reg_args {
     const char *model, *kind, *prefix, *out_dir;
     const char *weights; /* --weights (NULL: as stored; float32 where need_f32)               */
     const char *compute; /* --compute f32|bf16 (NULL: f32)                                    */
+    const char *kernels; /* --kernels NAME (NULL: the best the CPU has)                       */
     int need_f32;        /* set by grad and train before reg_open: gradients need float32 */
     long long threads, reps, len, context_len, batch;
     int return_all, allow_nonfinite, json;

@@ -209,6 +209,9 @@ static void help_run(void)
            "                        rounded to bfloat16 and accumulate in float32 (the linear\n"
            "                        layers, attention's queries, keys and values; softmax,\n"
            "                        norms and outputs stay float32)\n"
+           "  --kernels K           the kernel set: auto [default: the best this CPU has], amx,\n"
+           "                        avx512bf16, avx512, avx2, neon or scalar (an error if the\n"
+           "                        CPU lacks it)\n"
            "  --return-attn         also write the optional outputs (the attention maps)\n"
            "  --out-dir DIR         where the outputs go (default '.')\n"
            "  --threads N           threads (default: all cores)\n"
@@ -229,7 +232,7 @@ int reg_cmd_run(const char *cmd, int argc, char **argv)
             "usage: xattn run MODEL.safetensors [--module KIND] [--prefix P] --INPUT FILE.npy ...\n"
             "                 [--OPTION VALUE ...] [--return-attn] [--out-dir DIR] [--threads N]\n"
             "                 [--weights auto|f32|bf16|f16|int8] [--compute f32|bf16]\n"
-            "                 [--allow-nonfinite]\n\n");
+            "                 [--kernels K] [--allow-nonfinite]\n\n");
         char kb[64] = "";
         const char *kind = kind_of(&a, kb, sizeof kb);
         if (kind)
@@ -304,14 +307,15 @@ int reg_cmd_bench(const char *cmd, int argc, char **argv)
             "                   [--OPTION VALUE ...] [--batch B] [--len I] [--context-len J]\n"
             "                   [--reps N] [--threads N] [--return-attn] [--out-dir DIR] [--json]\n"
             "                   [--weights auto|f32|bf16|f16|int8] [--compute f32|bf16]\n"
+            "                   [--kernels K]\n"
             "\n"
             "Times the forward of a module (any kind 'xattn run' takes, with the same inputs and\n"
             "options) after one warm-up run: the median of --reps runs (default 5) and the peak\n"
             "resident memory of this process (VmHWM). Inputs not given (but masks and biases)\n"
             "are made: the batch of the given inputs (else --batch, default 1), the first other\n"
             "size --len (default 1024), the next --context-len (default 2 * --len). --out-dir\n"
-            "also writes the outputs of the last run. --weights and --compute as 'xattn run'\n"
-            "(both show in the report).\n\n");
+            "also writes the outputs of the last run. --weights, --compute and --kernels as\n"
+            "'xattn run' (all show in the report).\n\n");
         char kb[64] = "";
         const char *kind = kind_of(&a, kb, sizeof kb);
         if (kind)
