@@ -2,10 +2,10 @@
  * The bf16 dot-product micro-kernels of compute bf16 (src/kernels/kernels_bf16.c: vdpbf16ps and
  * AMX-BF16 tiles) and the GEMM's path that packs bf16 pairs for them:
  *   - the CPU's own kernel sets "avx512bf16" and "amx", where it has them;
- *   - on every x86 build with SIMDe's headers, the same kernel source compiled over portable
- *     definitions of the intrinsics (SIMDe's AVX-512, tests/amx_emu.h), run through tables that
- *     are this CPU's best set with the emulated bf16 kernel added. This checks the kernels'
- *     indexing, tile configuration, padding and the GEMM's pair packing on any CPU.
+ *   - on every x86 build with SIMDe's headers, the same sets compiled over portable
+ *     definitions of the intrinsics (tests/x86_emu.c: SIMDe's AVX-512, tests/amx_emu.h), so the
+ *     kernels' indexing, tile configuration, padding and the GEMM's pair packing are checked on
+ *     any CPU (the emulated sets' other kernels, AVX-512's, run the attention cases too).
  * Each is checked against a float64 product of the bf16-rounded operands with a bound from
  * float32 summation, on odd shapes (edge tiles, several K blocks, every transpose, alpha, beta,
  * bias, 16-bit and int8 weights), for the same bits at 1 and 2 threads, and through the ops
@@ -23,12 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(XATTN_TEST_BF16_EMU)
-void xa_ukr_dpbf16_avx512_emu(int64_t k, const uint32_t *A, const uint32_t *B, float *C,
-                              int64_t ldc, int accumulate);
-void xa_ukr_amx_bf16_emu(int64_t k, const uint32_t *A, const uint32_t *B, float *C, int64_t ldc,
-                         int accumulate);
-#endif
+#include "x86_emu.h"
 
 /* The table under test and the calls its bf16 kernel received (a check that the path ran). */
 static xa_ukr_bf16_fn inner;
@@ -386,9 +381,14 @@ int main(void)
     int ran = 0;
     const xa_kernels *best = xa_kern_best();
     (void)best;
-#if defined(XATTN_TEST_BF16_EMU)
-    with_counter("vdpbf16ps (emulated)", best, xa_ukr_dpbf16_avx512_emu, 8, 32, 2);
-    with_counter("AMX-BF16 (emulated)", best, xa_ukr_amx_bf16_emu, 32, 32, 32);
+#if defined(XATTN_TEST_X86_EMU)
+    const xa_kernels *emu[] = {&xa_kernels_avx512bf16_emu, &xa_kernels_amx_emu};
+    for (int i = 0; i < 2; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "%s (emulated)", emu[i]->name);
+        with_counter(name, emu[i], emu[i]->ukr_bf16, emu[i]->mr_bf16, emu[i]->nr_bf16,
+                     emu[i]->kb_bf16);
+    }
     ran += 2;
 #else
     printf("emulated bf16 kernels not built (SIMDe's headers were not found at configure time)\n");

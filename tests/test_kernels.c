@@ -17,8 +17,10 @@
  *    kernels measure <= 1e-7 over [-12, 12]; 2e-6 would let a wrong coefficient through).
  *  - softmax / norms: 1e-6 (abs + rel) against the scalar table (float64 accumulation in both).
  */
+#include "base/base.h"
 #include "kernels/kernels.h"
 #include "testutil.h"
+#include "x86_emu.h"
 
 #include <float.h>
 #include <math.h>
@@ -420,6 +422,29 @@ static void test_rows(const xa_kernels *kt, const xa_kernels *sc)
 
 /* ---- GELU ------------------------------------------------------------------------------- */
 
+/* 16-bit weights to float: every bf16 and f16 pattern, exactly (NaN as NaN), at odd lengths
+ * and offsets so the vector loops and their tails both run. */
+static void test_cvt_h(const xa_kernels *kt)
+{
+    uint16_t *h = malloc(65536 * sizeof *h);
+    float *got = fbuf(65536);
+    for (int i = 0; i < 65536; i++) h[i] = (uint16_t)i;
+    int bad = 0;
+    for (int f16 = 0; f16 <= 1; f16++)
+        for (int64_t off = 0; off < 65536; off += 4099) {
+            const int64_t n = XA_MIN((int64_t)4099, 65536 - off) - (off % 3);
+            kt->cvt_h(h + off, got + off, n, f16);
+            for (int64_t i = off; i < off + n; i++) {
+                const float w = xa_half_to_f32(h[i], f16);
+                bad += (w != w) ? got[i] == got[i] : memcmp(&w, got + i, sizeof w) != 0;
+            }
+        }
+    if (bad) fprintf(stderr, "  %s cvt_h: %d wrong\n", kt->name, bad);
+    CHECK(bad == 0);
+    free(h);
+    free(got);
+}
+
 static void test_gelu(const xa_kernels *kt)
 {
     const int64_t n = 20000;
@@ -670,6 +695,26 @@ static void test_api(void)
     CHECK_FAIL(xattn_linear(A, 2, 3, B, NULL, 2, NULL), XATTN_ERR_ARG);
 }
 
+static void test_table(const xa_kernels *kt, const xa_kernels *sc)
+{
+    printf("%s: mr=%d nr=%d\n", kt->name, kt->mr, kt->nr);
+    CHECK(kt->ukr && kt->dot && kt->axpy && kt->gemv && kt->gemv_t && kt->vexp && kt->colmax &&
+          kt->expsub && kt->softmax && kt->rmsnorm && kt->layernorm && kt->gelu && kt->dotn &&
+          kt->dot_q8 && kt->dot2_q8);
+    CHECK(kt->mr > 0 && kt->nr > 0);
+    test_ukr(kt);
+    test_dot(kt);
+    test_dot_q8(kt);
+    test_axpy(kt);
+    test_gemv(kt);
+    test_vexp(kt);
+    test_colmax_expsub(kt, sc);
+    test_rows(kt, sc);
+    test_gelu(kt);
+    test_cvt_h(kt);
+    test_gemm(kt);
+}
+
 int main(void)
 {
     const char *names[] = TU_ISAS;
@@ -682,22 +727,15 @@ int main(void)
             printf("%s: not available on this CPU/build, skipped\n", names[t]);
             continue;
         }
-        printf("%s: mr=%d nr=%d\n", kt->name, kt->mr, kt->nr);
-        CHECK(kt->ukr && kt->dot && kt->axpy && kt->gemv && kt->gemv_t && kt->vexp && kt->colmax &&
-              kt->expsub && kt->softmax && kt->rmsnorm && kt->layernorm && kt->gelu && kt->dotn &&
-              kt->dot_q8 && kt->dot2_q8);
-        CHECK(kt->mr > 0 && kt->nr > 0);
-        test_ukr(kt);
-        test_dot(kt);
-        test_dot_q8(kt);
-        test_axpy(kt);
-        test_gemv(kt);
-        test_vexp(kt);
-        test_colmax_expsub(kt, sc);
-        test_rows(kt, sc);
-        test_gelu(kt);
-        test_gemm(kt);
+        test_table(kt, sc);
     }
+#if defined(XATTN_TEST_X86_EMU)
+    /* the AVX-512 kernels over portable intrinsics (tests/x86_emu.c), on any CPU */
+    printf("avx512 over emulated intrinsics:\n");
+    test_table(&xa_kernels_avx512_emu, sc);
+#else
+    printf("avx512 over emulated intrinsics: not built (no SIMDe headers at configure time)\n");
+#endif
     test_api();
     test_forced_sets();
     return tu_finish("test_kernels");

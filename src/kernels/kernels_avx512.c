@@ -10,7 +10,11 @@
 #include "kernels.h"
 #include "../base/base.h"
 
+#if defined(XA_X86_EMU) /* tests/x86_emu.c: over portable intrinsics */
+#include "avx512_emu.h"
+#else
 #include <immintrin.h>
+#endif
 #include <math.h>
 
 #define XA512_MR 8

@@ -11,22 +11,19 @@
  *
  * Compiled with -mavx512f -mavx512bf16 -mamx-tile -mamx-bf16; everything here is only called
  * after dispatch.c has checked the CPU (and, for AMX, the kernel's permission to use the tile
- * state). With XA_BF16_EMU the same code is compiled against portable definitions of the
- * intrinsics (SIMDe's AVX-512 and tests/amx_emu.h) under other names, so the tests run these
+ * state). tests/x86_emu.c compiles the same code against portable definitions of the
+ * intrinsics (SIMDe's AVX-512, tests/amx_emu.h) under other names, so the tests run these
  * kernels on any CPU.
  */
 #include "kernels.h"
 
 #include <string.h>
 
-#if defined(XA_BF16_EMU)
-#define SIMDE_ENABLE_NATIVE_ALIASES
-#include <simde/x86/avx512.h>
+#if defined(XA_X86_EMU) /* tests/x86_emu.c */
+#include "avx512_emu.h"
 #include "amx_emu.h"
-#define XA_BF16_FN(name) name##_emu
 #else
 #include <immintrin.h>
-#define XA_BF16_FN(name) name
 #endif
 
 /* ---- AVX512_BF16: 8 x 32 tile, 16 accumulators -------------------------------------------- */
@@ -42,8 +39,8 @@ static inline __m512bh as_bh(__m512i v)
 }
 
 /* C (8, 32) = or += A B over k values (k even): A (k/2, 8) pairs, B (k/2, 32) pairs. */
-void XA_BF16_FN(xa_ukr_dpbf16_avx512)(int64_t k, const uint32_t *A, const uint32_t *B, float *C,
-                                      int64_t ldc, int accumulate)
+void xa_ukr_dpbf16_avx512(int64_t k, const uint32_t *A, const uint32_t *B, float *C, int64_t ldc,
+                          int accumulate)
 {
     __m512 c0[DP_MR], c1[DP_MR];
 #pragma GCC unroll 8
@@ -100,8 +97,8 @@ static void amx_config(void)
 
 /* C (32, 32) = or += A B over k values (k a multiple of 32): A in blocks of 16 pairs, (k/32,
  * 32, 16) pairs (a tile row is 16 pairs of one row of A), B (k/2, 32) pairs. */
-void XA_BF16_FN(xa_ukr_amx_bf16)(int64_t k, const uint32_t *A, const uint32_t *B, float *C,
-                                 int64_t ldc, int accumulate)
+void xa_ukr_amx_bf16(int64_t k, const uint32_t *A, const uint32_t *B, float *C, int64_t ldc,
+                     int accumulate)
 {
     const int64_t cs = ldc * (int64_t)sizeof(float);
     amx_config();
