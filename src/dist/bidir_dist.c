@@ -26,6 +26,7 @@
  *      dcv (travelling), dbias (local rows, the shard's columns).
  */
 #include "dist.h"
+#include "../kernels/bidir_tiles.h"
 #include "../kernels/kernels.h"
 
 #include <float.h>
@@ -35,7 +36,6 @@
 
 #define TAG_ST  5000
 #define TAG_ACC 7000
-#define BT      64 /* backward tile */
 
 enum { BI_B, BI_H, BI_DH, BI_SCALE, BI_TALK, BI_I, BI_J, BI_CMASK, BI_HAS_LSE, BI_N };
 
@@ -561,260 +561,49 @@ xattn_status xattn_bidir_attention_dist(xattn_ctx *ctx, const xattn_bidir_params
 /* ---------------------------------------------------------------------------------------- */
 /* Backward                                                                                 */
 
-/* Threads: a task owns (b, a group of the shard's key tiles) and writes what belongs to its
- * keys (the column terms, dcqk, dcv and dbias, in the travelling buffer); what belongs to the
- * x rows (the row terms, dqk, dv) goes into its group's own accumulator and the weights'
- * gradients into its task's, summed over groups and tasks in order at the end. The groups come
- * from the problem alone (never from the thread count), so results do not depend on it. */
+/* A ring step of the backward: the tile pipeline of src/kernels/bidir_tiles.h over the shard
+ * held (its rows and column statistics in the static part of the travelling buffer; pass 1's
+ * column terms and pass 2's dcqk, dcv in its accumulator). */
 typedef struct bwd_arg {
     const bd_plan *s;
-    const xattn_bidir_grads *g;
-    const xa_kernels *kt;
-    const float *Lr;    /* (B, H, I_r) row lse */
-    float *Dr;          /* (B, H, I_r) row terms, summed over the groups after ring 1 */
-    int64_t G, nunit;   /* key-tile groups per shard; tasks per step: (b, group) or (group) */
-    int loop_b;         /* a task loops over b: dbias broadcast over b */
-    float *Drg;         /* (G, B, H, I_r) row terms per group */
-    float *dqkg, *dvg;  /* (G, B, H, I_r, dh) per group */
-    double *dTp, *dTcp; /* (nunit, H, H) per task */
+    xa_bt t;
     int pass;
 } bwd_arg;
-
-typedef struct bw_tile {
-    float *S, *C, *dA, *dC, *tmp; /* (H, BT, BT) each */
-    float *M;                     /* (BT, BT) */
-} bw_tile;
-
-/* The maps of tile (b, i0.., j0..) of the block against shard src: A, C (all heads), dA', dC'. */
-static void bw_maps(const bwd_arg *w, bw_tile *t, int src, const float *stt, const bd_lay *l,
-                    const uint8_t *keep, int64_t b, int64_t i0, int64_t it, int64_t j0, int64_t jt)
-{
-    const bd_plan *s = w->s;
-    const xattn_bidir_params *p = s->p;
-    const xattn_bidir_grads *g = w->g;
-    const xa_kernels *kt = w->kt;
-    const int64_t T = BT, H = s->H, dh = s->dh, I = p->I, Js = s->J[src];
-    const float *Lc = stt + l->s1;
-    const float fi = 1.0f / (float)s->Itot, fj = 1.0f / (float)s->Jtot;
-    for (int64_t h = 0; h < H; h++) {
-        const int64_t sh = ((b * H + h) * Js + j0) * dh;
-        float *S = t->S + h * T * T, *C = t->C + h * T * T;
-        xa_sgemm(kt, 0, 1, it, jt, dh, s->scale,
-                 p->qk + b * p->qk_sb + h * p->qk_sh + i0 * p->qk_si, p->qk_si, stt + l->cqk + sh,
-                 dh, 0.0f, S, T);
-        const float *Lr = w->Lr + (b * H + h) * I + i0, *Lcj = Lc + (b * H + h) * Js + j0;
-        const float *bias = p->bias ? p->bias + b * p->bias_sb + h * p->bias_sh + s->j0[src] : NULL;
-        for (int64_t i = 0; i < it; i++) {
-            float *sr = S + i * T, *cr = C + i * T;
-            const int qk = !p->mask || p->mask[b * p->mask_sb + i0 + i];
-            for (int64_t j = 0; j < jt; j++) {
-                float v = sr[j] + (bias ? bias[(i0 + i) * s->Jtot + j0 + j] : 0.0f);
-                if (!qk || (keep && !keep[b * Js + j0 + j])) v = -FLT_MAX;
-                sr[j] = v - Lr[i];
-                cr[j] = v - Lcj[j];
-            }
-            /* the exponentials by the kernel set's vector exp; a fully masked row / column
-             * (lse -FLT_MAX) is uniform over all J / I */
-            if (Lr[i] <= -FLT_MAX) {
-                for (int64_t j = 0; j < jt; j++) sr[j] = fj;
-            } else {
-                kt->vexp(sr, jt);
-            }
-            kt->vexp(cr, jt);
-            for (int64_t j = 0; j < jt; j++)
-                if (Lcj[j] <= -FLT_MAX) cr[j] = fi;
-        }
-        xa_sgemm(kt, 0, 1, it, jt, dh, 1.0f, g->dout + b * g->do_sb + h * g->do_sh + i0 * g->do_si,
-                 g->do_si, stt + l->cv + sh, dh, 0.0f, t->dA + h * T * T, T);
-        xa_sgemm(kt, 0, 1, it, jt, dh, 1.0f, p->v + b * p->v_sb + h * p->v_sh + i0 * p->v_si,
-                 p->v_si, stt + l->dco + sh, dh, 0.0f, t->dC + h * T * T, T);
-    }
-}
-
-/* out (it, jt) = sum_h w[h * ws] in[h]. */
-static void bw_mix(const bd_plan *s, const float *in, const float *wt, int64_t ws, int64_t it,
-                   int64_t jt, float *out)
-{
-    const int64_t T = BT;
-    for (int64_t i = 0; i < it; i++) memset(out + i * T, 0, sizeof(float) * (size_t)jt);
-    for (int64_t h = 0; h < s->H; h++) {
-        const float a = wt[h * ws];
-        if (a != 0.0f)
-            for (int64_t i = 0; i < it; i++)
-                for (int64_t j = 0; j < jt; j++) out[i * T + j] += a * in[h * T * T + i * T + j];
-    }
-}
-
-/* dA[h] = sum_g W[g][h] dA'[g] in place. */
-static void bw_unmix(const bd_plan *s, bw_tile *t, float *dAp, const float *wt, int64_t it,
-                     int64_t jt)
-{
-    const int64_t T = BT, H = s->H;
-    for (int64_t h = 0; h < H; h++) bw_mix(s, dAp, wt + h, H, it, jt, t->tmp + h * T * T);
-    for (int64_t h = 0; h < H; h++)
-        for (int64_t i = 0; i < it; i++)
-            memcpy(dAp + h * T * T + i * T, t->tmp + h * T * T + i * T, sizeof(float) * (size_t)jt);
-}
-
-static void bw_pass1(const bwd_arg *w, bw_tile *t, int src, float *Dc, int64_t unit, int64_t grp,
-                     int64_t b, int64_t i0, int64_t it, int64_t j0, int64_t jt)
-{
-    const bd_plan *s = w->s;
-    const int64_t T = BT, H = s->H, I = s->p->I, Js = s->J[src];
-    double *dT = w->dTp + unit * H * H, *dTc = w->dTcp + unit * H * H;
-    for (int64_t gg = 0; gg < H && s->talk; gg++)
-        for (int64_t h = 0; h < H; h++) {
-            double sa = 0.0, sc = 0.0;
-            for (int64_t i = 0; i < it; i++) {
-                const float *a = t->dA + gg * T * T + i * T, *pa = t->S + h * T * T + i * T;
-                const float *cc = t->dC + gg * T * T + i * T, *pc = t->C + h * T * T + i * T;
-                for (int64_t j = 0; j < jt; j++) {
-                    sa += a[j] * pa[j];
-                    sc += cc[j] * pc[j];
-                }
-            }
-            dT[gg * H + h] += sa;
-            dTc[gg * H + h] += sc;
-        }
-    if (s->talk) { /* without talking heads dA = dA' */
-        bw_unmix(s, t, t->dA, s->talk_w, it, jt);
-        bw_unmix(s, t, t->dC, s->ctalk_w, it, jt);
-    }
-    for (int64_t h = 0; h < H; h++) {
-        float *Dr = w->Drg + ((grp * s->B + b) * H + h) * I + i0;
-        float *Dcj = Dc + (b * H + h) * Js + j0;
-        for (int64_t i = 0; i < it; i++) {
-            const float *a = t->dA + h * T * T + i * T, *pa = t->S + h * T * T + i * T;
-            const float *cc = t->dC + h * T * T + i * T, *pc = t->C + h * T * T + i * T;
-            float sum = 0.0f;
-            for (int64_t j = 0; j < jt; j++) {
-                sum += a[j] * pa[j];
-                Dcj[j] += cc[j] * pc[j];
-            }
-            Dr[i] += sum;
-        }
-    }
-}
-
-static void bw_pass2(const bwd_arg *w, bw_tile *t, int src, const float *stt, const bd_lay *l,
-                     const uint8_t *keep, float *acc, int64_t grp, int64_t b, int64_t i0,
-                     int64_t it, int64_t j0, int64_t jt)
-{
-    const bd_plan *s = w->s;
-    const xattn_bidir_params *p = s->p;
-    const xattn_bidir_grads *g = w->g;
-    const xa_kernels *kt = w->kt;
-    const int64_t T = BT, H = s->H, dh = s->dh, I = p->I, Js = s->J[src];
-    float *dcqk = acc, *dcv = acc + s->B * H * Js * dh;
-    for (int64_t gg = 0; gg < H; gg++) {
-        const int64_t sh = ((b * H + gg) * Js + j0) * dh;
-        /* A'[g] and C'[g]: the maps mixed over the heads (A[g], C[g] without talking heads) */
-        const float *Am = t->S + gg * T * T, *Cm = t->C + gg * T * T;
-        if (s->talk) bw_mix(s, t->S, s->talk_w + gg * H, 1, it, jt, t->M), Am = t->M;
-        xa_sgemm(kt, 1, 0, jt, dh, it, 1.0f, Am, T,
-                 g->dout + b * g->do_sb + gg * g->do_sh + i0 * g->do_si, g->do_si, 1.0f, dcv + sh,
-                 dh);
-        if (s->talk) bw_mix(s, t->C, s->ctalk_w + gg * H, 1, it, jt, t->M), Cm = t->M;
-        xa_sgemm(kt, 0, 0, it, dh, jt, 1.0f, Cm, T, stt + l->dco + sh, dh, 1.0f,
-                 w->dvg + (((grp * s->B + b) * H + gg) * I + i0) * dh, dh);
-    }
-    if (s->talk) {
-        bw_unmix(s, t, t->dA, s->talk_w, it, jt);
-        bw_unmix(s, t, t->dC, s->ctalk_w, it, jt);
-    }
-    for (int64_t h = 0; h < H; h++) {
-        float *dS = t->S + h * T * T;
-        const float *Dr = w->Dr + (b * H + h) * I + i0;
-        const float *Dc = stt + l->dc + (b * H + h) * Js + j0;
-        for (int64_t i = 0; i < it; i++) {
-            float *a = dS + i * T;
-            const float *da = t->dA + h * T * T + i * T, *cc = t->C + h * T * T + i * T,
-                        *dc = t->dC + h * T * T + i * T;
-            const int qk = !p->mask || p->mask[b * p->mask_sb + i0 + i];
-            for (int64_t j = 0; j < jt; j++) {
-                const int kp = qk && (!keep || keep[b * Js + j0 + j]);
-                a[j] = kp ? a[j] * (da[j] - Dr[i]) + cc[j] * (dc[j] - Dc[j]) : 0.0f;
-            }
-        }
-        if (g->dbias) {
-            float *db = g->dbias + b * g->dbias_sb + h * g->dbias_sh + s->j0[src];
-            for (int64_t i = 0; i < it; i++)
-                for (int64_t j = 0; j < jt; j++) db[(i0 + i) * s->Jtot + j0 + j] += dS[i * T + j];
-        }
-        const int64_t sh = ((b * H + h) * Js + j0) * dh;
-        xa_sgemm(kt, 0, 0, it, dh, jt, s->scale, dS, T, stt + l->cqk + sh, dh, 1.0f,
-                 w->dqkg + (((grp * s->B + b) * H + h) * I + i0) * dh, dh);
-        xa_sgemm(kt, 1, 0, jt, dh, it, s->scale, dS, T,
-                 p->qk + b * p->qk_sb + h * p->qk_sh + i0 * p->qk_si, p->qk_si, 1.0f, dcqk + sh,
-                 dh);
-    }
-}
-
-/* One task of a ring step: (b, group) over the group's key tiles of the shard and every x tile. */
-static void bw_task(const bwd_arg *w, bw_tile *t, int src, const float *stt, const bd_lay *l,
-                    float *acc, const uint8_t *keep, int64_t unit)
-{
-    const bd_plan *s = w->s;
-    const int64_t I = s->p->I, Js = s->J[src], ntk = (Js + BT - 1) / BT;
-    const int64_t grp = unit % w->G, b0 = w->loop_b ? 0 : unit / w->G,
-                  b1 = w->loop_b ? s->B : b0 + 1;
-    const int64_t k0 = grp * ntk / w->G, k1 = (grp + 1) * ntk / w->G;
-    for (int64_t b = b0; b < b1; b++)
-        for (int64_t k = k0; k < k1; k++) {
-            const int64_t j0 = k * BT, jt = XA_MIN(BT, Js - j0);
-            for (int64_t i0 = 0; i0 < I; i0 += BT) {
-                const int64_t it = XA_MIN(BT, I - i0);
-                bw_maps(w, t, src, stt, l, keep, b, i0, it, j0, jt);
-                if (w->pass == 1)
-                    bw_pass1(w, t, src, acc, unit, grp, b, i0, it, j0, jt);
-                else
-                    bw_pass2(w, t, src, stt, l, keep, acc, grp, b, i0, it, j0, jt);
-            }
-        }
-}
 
 static xattn_status bw_step(void *arg, int src, const float *stt, float *acc, uint8_t *keep)
 {
     bwd_arg *w = arg;
     const bd_plan *s = w->s;
-    const bd_lay l = lay_of(s, w->pass == 1 ? RING_B1 : RING_B2, s->J[src]);
-    const int64_t T = BT, H = s->H, tl = 5 * H * T * T + T * T;
-    int failed = 0;
-#ifdef _OPENMP
-#pragma omp parallel num_threads((int)XA_MIN((int64_t)xa_threads(), w->nunit))
-#endif
-    {
-        float *tm = xa_alloc(sizeof(float) * (size_t)tl);
-        bw_tile t = {0};
-        if (tm) {
-            t.S = tm, t.C = tm + H * T * T, t.dA = tm + 2 * H * T * T, t.dC = tm + 3 * H * T * T;
-            t.tmp = tm + 4 * H * T * T, t.M = tm + 5 * H * T * T;
-        } else {
-#ifdef _OPENMP
-#pragma omp atomic write
-#endif
-            failed = 1;
-        }
-#ifdef _OPENMP
-#pragma omp for schedule(dynamic, 1)
-#endif
-        for (int64_t u = 0; u < w->nunit; u++)
-            if (tm) bw_task(w, &t, src, stt, &l, acc, keep, u);
-        xa_free(tm);
-    }
-    return failed ? xa_error(XATTN_ERR_NOMEM, "bidirectional attention backward: out of memory "
-                                              "for tiles")
-                  : XATTN_OK;
-}
-
-/* out (n) = sum over the G groups of grp (G, n), in order. */
-static void sum_groups(const float *grp, int64_t G, int64_t n, float *out)
-{
-    for (int64_t x = 0; x < n; x++) {
-        float v = 0.0f;
-        for (int64_t k = 0; k < G; k++) v += grp[k * n + x];
-        out[x] = v;
-    }
+    const int64_t Js = s->J[src], dh = s->dh, sh = Js * dh, sb = s->H * sh;
+    const bd_lay l = lay_of(s, w->pass == 1 ? RING_B1 : RING_B2, Js);
+    const xa_bt_keys k = {.J = Js,
+                          .j0 = s->j0[src],
+                          .cqk = stt + l.cqk,
+                          .cqk_sb = sb,
+                          .cqk_sh = sh,
+                          .cqk_sj = dh,
+                          .cv = stt + l.cv,
+                          .cv_sb = sb,
+                          .cv_sh = sh,
+                          .cv_sj = dh,
+                          .dco = stt + l.dco,
+                          .dco_sb = sb,
+                          .dco_sh = sh,
+                          .dco_sj = dh,
+                          .Lc = stt + l.s1,
+                          .keep = keep,
+                          .keep_sb = Js,
+                          .Dc_acc = w->pass == 1 ? acc : NULL,
+                          .Dc = w->pass == 2 ? stt + l.dc : NULL,
+                          .dcqk = w->pass == 2 ? acc : NULL,
+                          .dcqk_sb = sb,
+                          .dcqk_sh = sh,
+                          .dcqk_sj = dh,
+                          .dcv = w->pass == 2 ? acc + s->B * sb : NULL,
+                          .dcv_sb = sb,
+                          .dcv_sh = sh,
+                          .dcv_sj = dh};
+    return xa_bt_pass(&w->t, &k, w->pass);
 }
 
 static xattn_status check_grads_local(const xattn_bidir_params *p, const xattn_bidir_grads *g,
@@ -855,22 +644,30 @@ xattn_status xattn_bidir_attention_backward_dist(xattn_ctx *ctx, const xattn_bid
     if (st == XATTN_OK) st = plan_make(&s, c, p, fn);
     bwd_arg w;
     memset(&w, 0, sizeof w);
-    w.s = &s, w.g = g, w.kt = xa_kern();
+    w.s = &s;
     bd_lay l = {0};
     const float *Lr = NULL, *Lc = NULL;
     double *dT = NULL, *dTc = NULL; /* (H, H) each: the weights' gradients, summed */
+    float *Dr = NULL;               /* (B, H, I) the row terms */
     if (st == XATTN_OK) {
         const int64_t BH = s.B * s.H, I = p->I, H = s.H, dh = s.dh;
         l = lay_of(&s, RING_B2, p->J);
-        /* groups of key tiles from the problem alone: up to 8 tasks per step, fewer when their
-         * row accumulators would pass 1 GiB (at least one) */
-        const int64_t ntk = (s.Jmax + BT - 1) / BT, per = BH * I * (2 * dh + 1);
-        w.loop_b = g->dbias && g->dbias_sb == 0 && s.B > 1;
-        w.G = XA_MAX(1, XA_MIN(ntk, w.loop_b ? 8 : (8 + s.B - 1) / s.B));
-        if (per > 0) w.G = XA_MAX(1, XA_MIN(w.G, ((int64_t)1 << 28) / per));
-        w.nunit = (w.loop_b ? 1 : s.B) * w.G;
+        xa_bt *t = &w.t;
+        t->kt = xa_kern(), t->B = s.B, t->H = H, t->I = I, t->dh = dh;
+        t->Itot = s.Itot, t->Jtot = s.Jtot, t->scale = s.scale;
+        t->qk = p->qk, t->qk_sb = p->qk_sb, t->qk_sh = p->qk_sh, t->qk_si = p->qk_si;
+        t->v = p->v, t->v_sb = p->v_sb, t->v_sh = p->v_sh, t->v_si = p->v_si;
+        t->dout = g->dout, t->do_sb = g->do_sb, t->do_sh = g->do_sh, t->do_si = g->do_si;
+        t->mask = p->mask, t->mask_sb = p->mask_sb;
+        t->bias = p->bias, t->bias_sb = p->bias_sb, t->bias_sh = p->bias_sh;
+        t->dbias = g->dbias, t->dbias_sb = g->dbias_sb, t->dbias_sh = g->dbias_sh;
+        t->talk = s.talk ? s.talk_w : NULL, t->ctalk = s.talk ? s.ctalk_w : NULL;
+        t->want_dqk = g->dqk != NULL, t->want_dv = g->dv != NULL;
+        /* groups of key tiles from the problem alone (never the thread count) */
+        xa_bt_plan(t, s.Jmax, g->dbias && g->dbias_sb == 0);
+        const int64_t per = BH * I * (2 * dh + 1);
         const int64_t n =
-            2 * (w.nunit + 1) * H * H * 2 + BH * I + w.G * per + 2 * BH * XA_MAX(I, p->J);
+            2 * (t->nunit + 1) * H * H * 2 + BH * I + t->G * per + 2 * BH * XA_MAX(I, p->J);
         mem = xa_alloc(sizeof(float) * (size_t)(n + 64));
         home = xa_alloc(sizeof(float) * (size_t)(l.n + l.nacc + 16));
         st = xd_agree(c,
@@ -880,12 +677,13 @@ xattn_status xattn_bidir_attention_backward_dist(xattn_ctx *ctx, const xattn_bid
             float *q = mem;
             dT = (double *)q, q += 2 * H * H * 2; /* dT then dTc */
             dTc = dT + H * H;
-            w.dTp = (double *)q, q += 2 * w.nunit * H * H;
-            w.dTcp = (double *)q, q += 2 * w.nunit * H * H;
-            w.Dr = q, q += BH * I;
-            w.Drg = q, q += w.G * BH * I;
-            w.dqkg = q, q += w.G * BH * I * dh;
-            w.dvg = q, q += w.G * BH * I * dh;
+            t->dTp = (double *)q, q += 2 * t->nunit * H * H;
+            t->dTcp = (double *)q, q += 2 * t->nunit * H * H;
+            Dr = q;
+            t->Dr = Dr, q += BH * I;
+            t->Drg = q, q += t->G * BH * I;
+            t->dqkg = q, q += t->G * BH * I * dh;
+            t->dvg = q, q += t->G * BH * I * dh;
             float *lr = q, *lc = q + BH * I;
             Lr = p->lse, Lc = p->clse;
             if (s.any_no_lse) { /* some rank lacks the forward's lse: every rank recomputes */
@@ -907,13 +705,13 @@ xattn_status xattn_bidir_attention_backward_dist(xattn_ctx *ctx, const xattn_bid
     }
     if (st == XATTN_OK) { /* ring 1: row and column terms, the weights' gradients */
         const int64_t BH = s.B * s.H, J = p->J;
-        w.Lr = Lr;
+        w.t.Lr = Lr;
         pack_static(&s, &l, home);
         memcpy(home + l.s1, Lc, sizeof(float) * (size_t)(BH * J));
         pack_rows(home + l.dco, g->dcout, g->dco_sb, g->dco_sh, g->dco_sj, s.B, s.H, J, s.dh);
         w.pass = 1;
         st = bd_ring(&s, RING_B1, home, home + l.dc, bw_step, &w, fn);
-        if (st == XATTN_OK) sum_groups(w.Drg, w.G, BH * p->I, w.Dr);
+        if (st == XATTN_OK) xa_bt_sum_groups(w.t.Drg, w.t.G, BH * p->I, Dr);
     }
     if (st == XATTN_OK) { /* ring 2: the gradients */
         const int64_t I = p->I;
@@ -927,10 +725,10 @@ xattn_status xattn_bidir_attention_backward_dist(xattn_ctx *ctx, const xattn_bid
     }
     if (st == XATTN_OK && s.talk) { /* the weights: the tasks' in order, summed over ranks */
         const int64_t HH = s.H * s.H;
-        for (int64_t u = 0; u < w.nunit; u++)
+        for (int64_t u = 0; u < w.t.nunit; u++)
             for (int64_t x = 0; x < HH; x++) {
-                dT[x] += w.dTp[u * HH + x];
-                dTc[x] += w.dTcp[u * HH + x];
+                dT[x] += w.t.dTp[u * HH + x];
+                dTc[x] += w.t.dTcp[u * HH + x];
             }
         int rc = MPI_Allreduce(MPI_IN_PLACE, dT, (int)(2 * HH), MPI_DOUBLE, MPI_SUM, c->comm);
         st = xd_agree(c, rc == MPI_SUCCESS ? XATTN_OK : xd_mpi_error(rc, fn, "MPI_Allreduce"));
@@ -938,10 +736,11 @@ xattn_status xattn_bidir_attention_backward_dist(xattn_ctx *ctx, const xattn_bid
     if (st == XATTN_OK) {
         const int64_t BH = s.B * s.H, I = p->I, J = p->J, dh = s.dh, acc = g->accumulate;
         /* the row gradients: the groups' in order (into the first group's) */
-        sum_groups(w.dqkg, w.G, BH * I * dh, w.dqkg);
-        sum_groups(w.dvg, w.G, BH * I * dh, w.dvg);
-        if (g->dqk) put_rows(g->dqk, g->dqk_sb, g->dqk_sh, g->dqk_si, w.dqkg, s.B, s.H, I, dh, acc);
-        if (g->dv) put_rows(g->dv, g->dv_sb, g->dv_sh, g->dv_si, w.dvg, s.B, s.H, I, dh, acc);
+        xa_bt_sum_groups(w.t.dqkg, w.t.G, BH * I * dh, w.t.dqkg);
+        xa_bt_sum_groups(w.t.dvg, w.t.G, BH * I * dh, w.t.dvg);
+        if (g->dqk)
+            put_rows(g->dqk, g->dqk_sb, g->dqk_sh, g->dqk_si, w.t.dqkg, s.B, s.H, I, dh, acc);
+        if (g->dv) put_rows(g->dv, g->dv_sb, g->dv_sh, g->dv_si, w.t.dvg, s.B, s.H, I, dh, acc);
         const float *a = home + l.n;
         if (g->dcqk) put_rows(g->dcqk, g->dcqk_sb, g->dcqk_sh, g->dcqk_sj, a, s.B, s.H, J, dh, acc);
         if (g->dcv)

@@ -16,6 +16,7 @@
  * normalises them, mixes the heads tile by tile and multiplies them into the values.
  */
 #include "kernels.h"
+#include "bidir_tiles.h"
 #include "../base/base.h"
 
 #include <float.h>
@@ -175,208 +176,10 @@ static void zero_heads(float *x, int64_t B, int64_t H, int64_t n, int64_t d, int
 }
 
 /*
- * With talking heads the maps are mixed across heads before the values: out[g] = A'[g] cv[g],
- * A'[g] = sum_h T[g][h] A[h] (likewise C' with the context's weight). Then
- *   dA'[g] = dout[g] cv[g]^T, dA[h] = sum_g T[g][h] dA'[g], dT[g][h] = sum dA'[g] o A[h],
- *   dcv[g] = A'[g]^T dout[g]   (and dC'[g] = v[g] dcout[g]^T, dv[g] = C'[g] dcout[g], ...)
- * and rowsum(dA o A) has no closed form, so the backward takes two passes over the tiles, all
- * heads at once: the first gathers rowsum(dA o A), colsum(dC o C) and the weights' gradients,
- * the second the gradients of qk, cqk, v, cv and the bias. A task owns a (b, group of key
- * tiles) and writes what belongs to its keys; what belongs to queries (dqk, dv, the row sums)
- * goes into the group's own accumulator, summed over groups in order at the end, so results do
- * not depend on the thread count. Tiles are multiplied by xa_sgemm on the calling thread.
+ * With talking heads the maps are mixed across heads before the values, and rowsum(dA o A) has
+ * no closed form: the backward takes two passes over the tiles, all heads at once, through the
+ * tile pipeline of bidir_tiles.h with the whole context as its one block of keys.
  */
-#define MB_T 64
-
-typedef struct mb_ctx {
-    const xa_bidir *p;
-    const xa_bidir_grad *g;
-    const xa_kernels *kt;
-    int64_t G, ntk, nunit;
-    int loop_b;
-    float *Lr, *Lc;    /* (B, H, I), (B, H, J) log-sum-exps */
-    float *Dr, *Dc;    /* (B, H, I) summed row terms, (B, H, J) column terms */
-    float *Drg;        /* (G, B, H, I) row terms per group */
-    float *dqkg, *dvg; /* (G, B, H, I, dh) per group */
-    float *dTp, *dTcp; /* (nunit, H, H) per task */
-} mb_ctx;
-
-typedef struct mb_tile {
-    float *S;   /* (H, T, T): logits, then A, then dS */
-    float *C;   /* (H, T, T) */
-    float *dA;  /* (H, T, T): dA' then dA */
-    float *dC;  /* (H, T, T) */
-    float *M;   /* (T, T) a mixed map */
-    float *acc; /* (T, dh) */
-} mb_tile;
-
-/* The logits of all heads for tile (b, i0.., j0..), the maps A and C, dA' and dC'. */
-static void mb_maps(const mb_ctx *c, mb_tile *t, int64_t b, int64_t i0, int64_t it, int64_t j0,
-                    int64_t jt)
-{
-    const xa_bidir *p = c->p;
-    const xa_bidir_grad *g = c->g;
-    const int64_t T = MB_T, H = p->H;
-    for (int64_t h = 0; h < H; h++) {
-        float *S = t->S + h * T * T, *C = t->C + h * T * T;
-        xa_sgemm(c->kt, 0, 1, it, jt, p->dh, p->scale,
-                 p->qk + b * p->qk_sb + h * p->qk_sh + i0 * p->qk_si, p->qk_si,
-                 p->cqk + b * p->cqk_sb + h * p->cqk_sh + j0 * p->cqk_sj, p->cqk_sj, 0.0f, S, T);
-        const float *Lr = c->Lr + (b * H + h) * p->I + i0, *Lc = c->Lc + (b * H + h) * p->J + j0;
-        const float *bias = p->bias ? p->bias + b * p->bias_sb + h * p->bias_sh : NULL;
-        for (int64_t i = 0; i < it; i++) {
-            float *sr = S + i * T, *cr = C + i * T;
-            const int qk = !p->mask || p->mask[b * p->mask_sb + i0 + i];
-            for (int64_t j = 0; j < jt; j++) {
-                float v = sr[j] + (bias ? bias[(i0 + i) * p->J + j0 + j] : 0.0f);
-                if (!qk || (p->cmask && !p->cmask[b * p->cmask_sb + j0 + j])) v = -FLT_MAX;
-                /* a fully masked row / column (lse -FLT_MAX): uniform over all J / I */
-                sr[j] = Lr[i] <= -FLT_MAX ? 1.0f / (float)p->J : expf(v - Lr[i]);
-                cr[j] = Lc[j] <= -FLT_MAX ? 1.0f / (float)p->I : expf(v - Lc[j]);
-            }
-        }
-        xa_sgemm(c->kt, 0, 1, it, jt, p->dh, 1.0f,
-                 g->dout + b * g->do_sb + h * g->do_sh + i0 * g->do_si, g->do_si,
-                 p->cv + b * p->cv_sb + h * p->cv_sh + j0 * p->cv_sj, p->cv_sj, 0.0f,
-                 t->dA + h * T * T, T);
-        xa_sgemm(c->kt, 0, 1, it, jt, p->dh, 1.0f, p->v + b * p->v_sb + h * p->v_sh + i0 * p->v_si,
-                 p->v_si, g->dcout + b * g->dco_sb + h * g->dco_sh + j0 * g->dco_sj, g->dco_sj,
-                 0.0f, t->dC + h * T * T, T);
-    }
-}
-
-/* out (T, T) = sum_h w[h * ws] * in[h] over the (it, jt) part. */
-static void mb_mix(const mb_ctx *c, const float *in, const float *w, int64_t ws, int64_t it,
-                   int64_t jt, float *out)
-{
-    const int64_t T = MB_T;
-    for (int64_t i = 0; i < it; i++) memset(out + i * T, 0, sizeof(float) * (size_t)jt);
-    for (int64_t h = 0; h < c->p->H; h++)
-        if (w[h * ws] != 0.0f)
-            for (int64_t i = 0; i < it; i++)
-                c->kt->axpy(w[h * ws], in + h * T * T + i * T, out + i * T, jt);
-}
-
-/* dA[h] = sum_g T[g][h] dA'[g] for every h (dA' kept in dA, the result written over it). */
-static void mb_unmix(const mb_ctx *c, float *dAp, const float *w, float *tmp, int64_t it,
-                     int64_t jt)
-{
-    const int64_t T = MB_T, H = c->p->H;
-    for (int64_t h = 0; h < H; h++) mb_mix(c, dAp, w + h, H, it, jt, tmp + h * T * T);
-    for (int64_t h = 0; h < H; h++)
-        for (int64_t i = 0; i < it; i++)
-            memcpy(dAp + h * T * T + i * T, tmp + h * T * T + i * T, sizeof(float) * (size_t)jt);
-}
-
-/* Pass 1 over one tile: weights' gradients, row and column terms. */
-static void mb_pass1(const mb_ctx *c, mb_tile *t, float *tmp, int64_t unit, int64_t grp, int64_t b,
-                     int64_t i0, int64_t it, int64_t j0, int64_t jt)
-{
-    const xa_bidir *p = c->p;
-    const int64_t T = MB_T, H = p->H;
-    float *dT = c->dTp + unit * H * H, *dTc = c->dTcp + unit * H * H;
-    for (int64_t gg = 0; gg < H; gg++)
-        for (int64_t h = 0; h < H; h++) {
-            double sa = 0.0, sc = 0.0;
-            for (int64_t i = 0; i < it; i++) {
-                const float *a = t->dA + gg * T * T + i * T, *pa = t->S + h * T * T + i * T;
-                const float *cc = t->dC + gg * T * T + i * T, *pc = t->C + h * T * T + i * T;
-                for (int64_t j = 0; j < jt; j++) {
-                    sa += a[j] * pa[j];
-                    sc += cc[j] * pc[j];
-                }
-            }
-            dT[gg * H + h] += (float)sa;
-            dTc[gg * H + h] += (float)sc;
-        }
-    mb_unmix(c, t->dA, p->talk, tmp, it, jt);
-    mb_unmix(c, t->dC, p->ctalk, tmp, it, jt);
-    for (int64_t h = 0; h < H; h++) {
-        float *Dr = c->Drg + ((grp * p->B + b) * H + h) * p->I + i0;
-        float *Dc = c->Dc + (b * H + h) * p->J + j0;
-        for (int64_t i = 0; i < it; i++) {
-            const float *a = t->dA + h * T * T + i * T, *pa = t->S + h * T * T + i * T;
-            const float *cc = t->dC + h * T * T + i * T, *pc = t->C + h * T * T + i * T;
-            float s = 0.0f;
-            for (int64_t j = 0; j < jt; j++) {
-                s += a[j] * pa[j];
-                Dc[j] += cc[j] * pc[j];
-            }
-            Dr[i] += s;
-        }
-    }
-}
-
-/* Pass 2 over one tile: dcv, dv, then dS and dqk, dcqk, dbias. */
-static void mb_pass2(const mb_ctx *c, mb_tile *t, float *tmp, int64_t grp, int64_t b, int64_t i0,
-                     int64_t it, int64_t j0, int64_t jt)
-{
-    const xa_bidir *p = c->p;
-    const xa_bidir_grad *g = c->g;
-    const int64_t T = MB_T, H = p->H, dh = p->dh;
-    for (int64_t gg = 0; gg < H; gg++) {
-        /* dcv[g] += A'[g]^T dout[g];  dv[g] += C'[g] dcout[g] */
-        mb_mix(c, t->S, p->talk + gg * H, 1, it, jt, t->M);
-        if (g->dcv)
-            xa_sgemm(c->kt, 1, 0, jt, dh, it, 1.0f, t->M, T,
-                     g->dout + b * g->do_sb + gg * g->do_sh + i0 * g->do_si, g->do_si, 1.0f,
-                     g->dcv + b * g->dcv_sb + gg * g->dcv_sh + j0 * g->dcv_sj, g->dcv_sj);
-        mb_mix(c, t->C, p->ctalk + gg * H, 1, it, jt, t->M);
-        if (g->dv)
-            xa_sgemm(c->kt, 0, 0, it, dh, jt, 1.0f, t->M, T,
-                     g->dcout + b * g->dco_sb + gg * g->dco_sh + j0 * g->dco_sj, g->dco_sj, 1.0f,
-                     c->dvg + (((grp * p->B + b) * H + gg) * p->I + i0) * dh, dh);
-    }
-    mb_unmix(c, t->dA, p->talk, tmp, it, jt);
-    mb_unmix(c, t->dC, p->ctalk, tmp, it, jt);
-    for (int64_t h = 0; h < H; h++) {
-        float *dS = t->S + h * T * T;
-        const float *Dr = c->Dr + (b * H + h) * p->I + i0, *Dc = c->Dc + (b * H + h) * p->J + j0;
-        for (int64_t i = 0; i < it; i++) {
-            float *a = dS + i * T;
-            const float *da = t->dA + h * T * T + i * T, *cc = t->C + h * T * T + i * T,
-                        *dc = t->dC + h * T * T + i * T;
-            const int qk = !p->mask || p->mask[b * p->mask_sb + i0 + i];
-            for (int64_t j = 0; j < jt; j++) {
-                const int keep = qk && (!p->cmask || p->cmask[b * p->cmask_sb + j0 + j]);
-                a[j] = keep ? a[j] * (da[j] - Dr[i]) + cc[j] * (dc[j] - Dc[j]) : 0.0f;
-            }
-        }
-        if (g->dbias) {
-            float *db = g->dbias + b * g->dbias_sb + h * g->dbias_sh;
-            for (int64_t i = 0; i < it; i++)
-                for (int64_t j = 0; j < jt; j++) db[(i0 + i) * p->J + j0 + j] += dS[i * T + j];
-        }
-        if (g->dqk)
-            xa_sgemm(c->kt, 0, 0, it, dh, jt, p->scale, dS, T,
-                     p->cqk + b * p->cqk_sb + h * p->cqk_sh + j0 * p->cqk_sj, p->cqk_sj, 1.0f,
-                     c->dqkg + (((grp * p->B + b) * H + h) * p->I + i0) * dh, dh);
-        if (g->dcqk)
-            xa_sgemm(c->kt, 1, 0, jt, dh, it, p->scale, dS, T,
-                     p->qk + b * p->qk_sb + h * p->qk_sh + i0 * p->qk_si, p->qk_si, 1.0f,
-                     g->dcqk + b * g->dcqk_sb + h * g->dcqk_sh + j0 * g->dcqk_sj, g->dcqk_sj);
-    }
-}
-
-/* One task of a pass: (b, group) over every key tile of the group and every query tile. */
-static void mb_task(const mb_ctx *c, mb_tile *t, float *tmp, int pass, int64_t w)
-{
-    const xa_bidir *p = c->p;
-    const int64_t grp = w % c->G, b0 = c->loop_b ? 0 : w / c->G, b1 = c->loop_b ? p->B : b0 + 1;
-    const int64_t k0 = grp * c->ntk / c->G, k1 = (grp + 1) * c->ntk / c->G;
-    for (int64_t b = b0; b < b1; b++)
-        for (int64_t k = k0; k < k1; k++) {
-            const int64_t j0 = k * MB_T, jt = XA_MIN(MB_T, p->J - j0);
-            for (int64_t i0 = 0; i0 < p->I; i0 += MB_T) {
-                const int64_t it = XA_MIN(MB_T, p->I - i0);
-                mb_maps(c, t, b, i0, it, j0, jt);
-                if (pass == 1)
-                    mb_pass1(c, t, tmp, w, grp, b, i0, it, j0, jt);
-                else
-                    mb_pass2(c, t, tmp, grp, b, i0, it, j0, jt);
-            }
-        }
-}
 
 /* lse of each side (stats-only passes of the forward's problems). */
 static xattn_status mb_lse(const xa_bidir *p, float *Lr, float *Lc)
@@ -399,38 +202,87 @@ static xattn_status xa_bidir_backward_mixed(const xa_bidir *p, const xa_bidir_gr
 {
     static const char fn[] = "bidirectional attention backward";
     if (p->B == 0) return XATTN_OK;
-    mb_ctx c;
-    memset(&c, 0, sizeof c);
-    c.p = p, c.g = g, c.kt = xa_kern();
-    const int64_t B = p->B, H = p->H, I = p->I, J = p->J, dh = p->dh, T = MB_T;
-    c.ntk = (J + T - 1) / T;
-    c.loop_b = g->dbias && g->dbias_sb == 0 && B > 1;
-    c.G = XA_MAX(1, XA_MIN(c.ntk, c.loop_b ? 8 : (8 + B - 1) / B)); /* from the problem only */
-    c.nunit = (c.loop_b ? 1 : B) * c.G;
-    const int64_t BHI = B * H * I, BHJ = B * H * J;
+    const int64_t B = p->B, H = p->H, I = p->I, J = p->J, dh = p->dh;
+    xa_bt t = {.kt = xa_kern(),
+               .B = B,
+               .H = H,
+               .I = I,
+               .dh = dh,
+               .Itot = I,
+               .Jtot = J,
+               .scale = p->scale,
+               .qk = p->qk,
+               .qk_sb = p->qk_sb,
+               .qk_sh = p->qk_sh,
+               .qk_si = p->qk_si,
+               .v = p->v,
+               .v_sb = p->v_sb,
+               .v_sh = p->v_sh,
+               .v_si = p->v_si,
+               .dout = g->dout,
+               .do_sb = g->do_sb,
+               .do_sh = g->do_sh,
+               .do_si = g->do_si,
+               .mask = p->mask,
+               .mask_sb = p->mask_sb,
+               .bias = p->bias,
+               .bias_sb = p->bias_sb,
+               .bias_sh = p->bias_sh,
+               .dbias = g->dbias,
+               .dbias_sb = g->dbias_sb,
+               .dbias_sh = g->dbias_sh,
+               .talk = p->talk,
+               .ctalk = p->ctalk,
+               .want_dqk = g->dqk != NULL,
+               .want_dv = g->dv != NULL};
+    xa_bt_plan(&t, J, g->dbias && g->dbias_sb == 0);
+    const int64_t BHI = B * H * I, BHJ = B * H * J, nT = t.nunit * H * H;
     int64_t n;
-    if (xa_mul_ok(BHI, c.G * (2 * dh + 1) + 2, &n) ||
-        xa_mul_ok(n + 2 * BHJ + 2 * c.nunit * H * H, 4, &n))
+    if (xa_mul_ok(BHI, t.G * (2 * dh + 1) + 2, &n) || xa_mul_ok(n + 2 * BHJ + 4 * nT, 4, &n))
         return xa_error(XATTN_ERR_NOMEM, "%s: sizes overflow", fn);
     float *mem = xa_alloc(sizeof(float) * (size_t)(n / 4 + 64));
     if (!mem) return xa_error(XATTN_ERR_NOMEM, "%s: out of memory", fn);
     memset(mem, 0, sizeof(float) * (size_t)(n / 4 + 64));
-    float *q = mem;
-    c.Lr = q, q += BHI;
-    c.Lc = q, q += BHJ;
-    c.Dr = q, q += BHI;
-    c.Dc = q, q += BHJ;
-    c.Drg = q, q += c.G * BHI;
-    c.dqkg = q, q += c.G * BHI * dh;
-    c.dvg = q, q += c.G * BHI * dh;
-    c.dTp = q, q += c.nunit * H * H;
-    c.dTcp = q;
+    double *dT = (double *)mem; /* the weights' gradients per task: dT, then dTc */
+    float *q = mem + 4 * nT, *Lr = q, *Lc = q + BHI, *Dr = q + BHI + BHJ;
+    q += 2 * BHI + BHJ;
+    xa_bt_keys k = {.J = J,
+                    .cqk = p->cqk,
+                    .cqk_sb = p->cqk_sb,
+                    .cqk_sh = p->cqk_sh,
+                    .cqk_sj = p->cqk_sj,
+                    .cv = p->cv,
+                    .cv_sb = p->cv_sb,
+                    .cv_sh = p->cv_sh,
+                    .cv_sj = p->cv_sj,
+                    .dco = g->dcout,
+                    .dco_sb = g->dco_sb,
+                    .dco_sh = g->dco_sh,
+                    .dco_sj = g->dco_sj,
+                    .Lc = Lc,
+                    .keep = p->cmask,
+                    .keep_sb = p->cmask_sb,
+                    .Dc_acc = q,
+                    .Dc = q,
+                    .dcqk = g->dcqk,
+                    .dcqk_sb = g->dcqk_sb,
+                    .dcqk_sh = g->dcqk_sh,
+                    .dcqk_sj = g->dcqk_sj,
+                    .dcv = g->dcv,
+                    .dcv_sb = g->dcv_sb,
+                    .dcv_sh = g->dcv_sh,
+                    .dcv_sj = g->dcv_sj};
+    q += BHJ;
+    t.Lr = Lr, t.Dr = Dr, t.dTp = dT, t.dTcp = dT + nT;
+    t.Drg = q, q += t.G * BHI;
+    t.dqkg = q, q += t.G * BHI * dh;
+    t.dvg = q;
     xattn_status s = XATTN_OK;
     if (g->lse && g->clse) { /* the forward's */
-        memcpy(c.Lr, g->lse, sizeof(float) * (size_t)BHI);
-        memcpy(c.Lc, g->clse, sizeof(float) * (size_t)BHJ);
+        memcpy(Lr, g->lse, sizeof(float) * (size_t)BHI);
+        memcpy(Lc, g->clse, sizeof(float) * (size_t)BHJ);
     } else {
-        s = mb_lse(p, c.Lr, c.Lc);
+        s = mb_lse(p, Lr, Lc);
     }
     /* the key-owned gradients start at zero unless accumulating */
     if (!s && !g->accumulate) {
@@ -442,43 +294,16 @@ static xattn_status xa_bidir_backward_mixed(const xa_bidir *p, const xa_bidir_gr
                     memset(g->dbias + b * g->dbias_sb + h * g->dbias_sh, 0,
                            sizeof(float) * (size_t)(I * J));
     }
-    int failed = 0;
-    for (int pass = 1; pass <= 2 && !s; pass++) {
-#ifdef _OPENMP
-#pragma omp parallel num_threads(xa_threads())
-#endif
-        {
-            const size_t tl = (size_t)(4 * H * T * T + T * T + T * dh + H * T * T);
-            float *tm = xa_alloc(sizeof(float) * tl);
-            mb_tile t;
-            memset(&t, 0, sizeof t);
-            if (tm) {
-                t.S = tm, t.C = tm + H * T * T, t.dA = tm + 2 * H * T * T,
-                t.dC = tm + 3 * H * T * T;
-                t.M = tm + 4 * H * T * T, t.acc = t.M + T * T;
-            } else {
-#ifdef _OPENMP
-#pragma omp atomic write
-#endif
-                failed = 1;
-            }
-#ifdef _OPENMP
-#pragma omp for schedule(dynamic, 1)
-#endif
-            for (int64_t w = 0; w < c.nunit; w++)
-                if (tm) mb_task(&c, &t, t.acc + T * dh, pass, w);
-            xa_free(tm);
-        }
-        if (failed) s = xa_error(XATTN_ERR_NOMEM, "%s: out of memory for tiles", fn);
-        if (!s && pass == 1) /* the row terms: groups summed in order */
-            for (int64_t x = 0; x < BHI; x++) {
-                float v = 0.0f;
-                for (int64_t k = 0; k < c.G; k++) v += c.Drg[k * BHI + x];
-                c.Dr[x] = v;
-            }
+    if (!s) s = xa_bt_pass(&t, &k, 1);
+    if (!s) { /* the row terms: groups summed in order */
+        xa_bt_sum_groups(t.Drg, t.G, BHI, Dr);
+        s = xa_bt_pass(&t, &k, 2);
     }
     if (!s) {
-        for (int64_t b = 0; b < B; b++) /* query-owned gradients: groups summed in order */
+        /* query-owned gradients: groups summed in order (into the first group's) */
+        xa_bt_sum_groups(t.dqkg, t.G, BHI * dh, t.dqkg);
+        xa_bt_sum_groups(t.dvg, t.G, BHI * dh, t.dvg);
+        for (int64_t b = 0; b < B; b++)
             for (int64_t h = 0; h < H; h++)
                 for (int64_t i = 0; i < I; i++) {
                     const int64_t x = ((b * H + h) * I + i) * dh;
@@ -486,23 +311,18 @@ static xattn_status xa_bidir_backward_mixed(const xa_bidir *p, const xa_bidir_gr
                         g->dqk ? g->dqk + b * g->dqk_sb + h * g->dqk_sh + i * g->dqk_si : NULL;
                     float *ov = g->dv ? g->dv + b * g->dv_sb + h * g->dv_sh + i * g->dv_si : NULL;
                     for (int64_t d = 0; d < dh; d++) {
-                        float sq = 0.0f, sv = 0.0f;
-                        for (int64_t k = 0; k < c.G; k++) {
-                            sq += c.dqkg[k * BHI * dh + x + d];
-                            sv += c.dvg[k * BHI * dh + x + d];
-                        }
-                        if (oq) oq[d] = g->accumulate ? oq[d] + sq : sq;
-                        if (ov) ov[d] = g->accumulate ? ov[d] + sv : sv;
+                        if (oq) oq[d] = g->accumulate ? oq[d] + t.dqkg[x + d] : t.dqkg[x + d];
+                        if (ov) ov[d] = g->accumulate ? ov[d] + t.dvg[x + d] : t.dvg[x + d];
                     }
                 }
         for (int64_t x = 0; x < H * H; x++) { /* the weights: tasks summed in order */
-            float st = 0.0f, sc = 0.0f;
-            for (int64_t u = 0; u < c.nunit; u++) {
-                st += c.dTp[u * H * H + x];
-                sc += c.dTcp[u * H * H + x];
+            double st = 0.0, sc = 0.0;
+            for (int64_t u = 0; u < t.nunit; u++) {
+                st += t.dTp[u * H * H + x];
+                sc += t.dTcp[u * H * H + x];
             }
-            if (g->dtalk) g->dtalk[x] = g->accumulate ? g->dtalk[x] + st : st;
-            if (g->dctalk) g->dctalk[x] = g->accumulate ? g->dctalk[x] + sc : sc;
+            if (g->dtalk) g->dtalk[x] = (float)(g->accumulate ? g->dtalk[x] + st : st);
+            if (g->dctalk) g->dctalk[x] = (float)(g->accumulate ? g->dctalk[x] + sc : sc);
         }
     }
     xa_free(mem);
