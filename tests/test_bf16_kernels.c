@@ -338,6 +338,66 @@ static void attention_cases(const char *name, const xa_kernels *kt, uint64_t *st
     CHECK_OK(xattn_set_compute(XATTN_COMPUTE_F32));
 }
 
+/* Bidirectional attention under compute bf16 (xa_op_bidir_attention): both sides' logits on
+ * the table's bf16 kernel, with and without talking heads, masks and a bias; against the
+ * CPU's best float32 table. */
+static void bidir_cases(const char *name, const xa_kernels *kt, uint64_t *st)
+{
+    const int64_t B = 2, H = 3, I = 45, J = 70, dh = 24;
+    const int64_t ni = B * H * I * dh, nj = B * H * J * dh;
+    float *qk = malloc(sizeof(float) * (size_t)ni), *v = malloc(sizeof(float) * (size_t)ni);
+    float *cqk = malloc(sizeof(float) * (size_t)nj), *cv = malloc(sizeof(float) * (size_t)nj);
+    float *bias = malloc(sizeof(float) * (size_t)(H * I * J)), *talk = malloc(sizeof(float) * 9);
+    float *ctalk = malloc(sizeof(float) * 9);
+    uint8_t *mask = malloc((size_t)(B * I)), *cmask = malloc((size_t)(B * J));
+    tu_fill_uniform(qk, ni, -2.0f, 2.0f, st);
+    tu_fill_uniform(v, ni, -1.0f, 1.0f, st);
+    tu_fill_uniform(cqk, nj, -2.0f, 2.0f, st);
+    tu_fill_uniform(cv, nj, -1.0f, 1.0f, st);
+    tu_fill_uniform(bias, H * I * J, -1.0f, 1.0f, st);
+    tu_fill_uniform(talk, 9, -1.0f, 1.0f, st);
+    tu_fill_uniform(ctalk, 9, -1.0f, 1.0f, st);
+    for (int64_t x = 0; x < B * I; x++) mask[x] = (uint8_t)(x % 7 != 3);
+    for (int64_t x = 0; x < B * J; x++) cmask[x] = (uint8_t)(x % 5 != 1);
+    CHECK_OK(xattn_set_compute(XATTN_COMPUTE_BF16));
+    for (int variant = 0; variant < 2; variant++) {
+        float *o[2], *co[2];
+        for (int r = 0; r < 2; r++) {
+            o[r] = calloc((size_t)ni, sizeof(float));
+            co[r] = calloc((size_t)nj, sizeof(float));
+            xa_bidir p;
+            memset(&p, 0, sizeof p);
+            p.B = B, p.H = H, p.I = I, p.J = J, p.dh = dh, p.scale = 1.0f / sqrtf((float)dh);
+            p.qk = qk, p.qk_sb = H * I * dh, p.qk_sh = I * dh, p.qk_si = dh;
+            p.v = v, p.v_sb = H * I * dh, p.v_sh = I * dh, p.v_si = dh;
+            p.cqk = cqk, p.cqk_sb = H * J * dh, p.cqk_sh = J * dh, p.cqk_sj = dh;
+            p.cv = cv, p.cv_sb = H * J * dh, p.cv_sh = J * dh, p.cv_sj = dh;
+            p.out = o[r], p.o_sb = H * I * dh, p.o_sh = I * dh, p.o_si = dh;
+            p.cout = co[r], p.co_sb = H * J * dh, p.co_sh = J * dh, p.co_sj = dh;
+            if (variant) {
+                p.talk = talk, p.ctalk = ctalk;
+                p.mask = mask, p.mask_sb = I, p.cmask = cmask, p.cmask_sb = J;
+                p.bias = bias, p.bias_sb = 0, p.bias_sh = I * J;
+            }
+            const long before = calls;
+            if (!r) xa_ctx_set_kern(NULL, kt);
+            CHECK_OK(xa_op_bidir_attention(&p));
+            xa_ctx_set_kern(NULL, NULL);
+            if (!r) CHECK(calls > before);
+        }
+        char what[128];
+        snprintf(what, sizeof what, "%s bidir %s out", name, variant ? "talking heads" : "plain");
+        tu_check_close(what, o[0], o[1], ni, 2e-5);
+        snprintf(what, sizeof what, "%s bidir %s context out", name,
+                 variant ? "talking heads" : "plain");
+        tu_check_close(what, co[0], co[1], nj, 2e-5);
+        for (int r = 0; r < 2; r++) free(o[r]), free(co[r]);
+    }
+    CHECK_OK(xattn_set_compute(XATTN_COMPUTE_F32));
+    free(qk), free(v), free(cqk), free(cv), free(bias), free(talk), free(ctalk), free(mask),
+        free(cmask);
+}
+
 static void run_table(const char *name, const xa_kernels *kt)
 {
     uint64_t st = 2024;
@@ -360,6 +420,7 @@ static void run_table(const char *name, const xa_kernels *kt)
                 tu_max(worst, weights_case(name, kt, dt, 41, 70, 300, mode & 1, mode >> 1, &st));
     ops_case(name, kt, &st);
     attention_cases(name, kt, &st);
+    bidir_cases(name, kt, &st);
     printf("%s: micro-kernel, GEMM and weights within %.2f of the float32 summation bound\n", name,
            worst);
 }

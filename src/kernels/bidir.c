@@ -33,6 +33,7 @@ static void side(const xa_bidir *p, int transposed, xa_attn *a)
     a->dh = a->dv = p->dh;
     a->scale = p->scale;
     a->fill = XATTN_FILL_MIN_FLOAT;
+    a->bf16 = p->bf16;
     const int64_t HIJ = p->H * p->I * p->J, IJ = p->I * p->J;
     if (!transposed) {
         a->I = p->I;

@@ -314,6 +314,7 @@ typedef struct xa_bidir {
     float *attn, *cattn;       /* (B, H, I, J) contiguous, or NULL      */
     float *lse,
         *clse; /* optional (B, H, I), (B, H, J): each side's log-sum-exp, for the backward */
+    int bf16;  /* compute bf16: qk and cqk hold bf16 values (xa_attn.bf16 for both sides) */
 } xa_bidir;
 
 xattn_status xa_bidir_attention(const xa_bidir *p);

@@ -449,6 +449,7 @@ xattn_status xa_op_bidir_attention(const xa_bidir *p)
     a.v = rounded_heads(p->v, p->B, p->H, p->I, p->dh, &a.v_sb, &a.v_sh, &a.v_si, buf + ni + nj);
     a.cv = rounded_heads(p->cv, p->B, p->H, p->J, p->dh, &a.cv_sb, &a.cv_sh, &a.cv_sj,
                          buf + 2 * ni + nj);
+    a.bf16 = 1;
     xattn_status s = c ? xd_op_bidir(c, &a) : xa_bidir_attention(&a);
     xa_ws_put(ws);
     return s;
