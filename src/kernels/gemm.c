@@ -592,7 +592,7 @@ static void gemm_scale_only(const gemm_job *g)
 
 /* Bytes of the per-core L1 data and L2 caches (sysconf where the C library reports them),
  * else 32 KB and 512 KB, the smallest of the x86-64 cores of the last years. */
-static void cache_sizes(int64_t *l1, int64_t *l2)
+void xa_cache_sizes(int64_t *l1, int64_t *l2)
 {
     *l1 = 32 * 1024;
     *l2 = 512 * 1024;
@@ -619,7 +619,7 @@ static void block_sizes(int64_t mr, int64_t nr, int64_t ka, int64_t K, int64_t *
                         int64_t *NC)
 {
     int64_t l1, l2;
-    cache_sizes(&l1, &l2);
+    xa_cache_sizes(&l1, &l2);
     int64_t kmax = XA_MIN((int64_t)512, (l1 / 2) / (mr * 4));
     kmax = XA_MAX((int64_t)64, kmax / ka * ka);
     const int64_t nkb = (K + kmax - 1) / kmax;

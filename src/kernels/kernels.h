@@ -347,6 +347,9 @@ typedef struct xa_bidir_grad {
 xattn_status xa_bidir_backward(const xa_bidir *p, const xa_bidir_grad *g);
 
 /* ---- GEMM framework (gemm.c): packing, cache blocking, threads over the kernel table. ---- */
+/* Bytes of the per-core L1 data and L2 caches (sysconf where the C library reports them, else
+ * 32 KB and 512 KB); the GEMM's and the fused attention's block sizes come from them. */
+void xa_cache_sizes(int64_t *l1, int64_t *l2);
 /* C (M,N) = alpha * op(A) * op(B) + beta * C using table `kt` (NULL = current). */
 void xa_sgemm(const xa_kernels *kt, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
               float alpha, const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
