@@ -86,34 +86,49 @@ static inline double hsum4d(__m256d v)
 /* ---- exp -------------------------------------------------------------------------------- */
 
 /*
- * Same reduction and polynomial as the AVX-512 version (see there). Without vscalefps, 2^n
- * (n in [-150, 128]) is applied as two exact powers of two 2^(n>>1) and 2^(n - (n>>1)), each a
- * normal float, so the product rounds once: overflow gives +inf and the subnormal range is
- * handled. NaN survives the clamps and the polynomial.
+ * exp(x) = 2^n exp(r), n = round(x / ln2), r = x - n ln2 in [-ln2/2, ln2/2] (the Cody-Waite
+ * split of ln2 of the AVX-512 version); n by the 1.5 * 2^23 shift inside one FMA (the integer
+ * lands in the low mantissa bits, rounded to nearest from the exact product). exp(r) = 1 + r +
+ * r^2 P(r), P of degree 4 (a near-minimax fit on [-ln2/2, ln2/2]: 1.2 ulp in float32). Without
+ * vscalefps, 2^n is added into the exponent bits where that is exact: when every lane has n in
+ * [-125, 126] (what softmax arguments near their maximum give); a vector with another n (results
+ * in or near the subnormals or near overflow, -inf included) or a NaN applies it as two exact
+ * powers of two 2^(n>>1) and 2^(n - (n>>1)), each a normal float, so the product rounds once:
+ * overflow gives +inf and the subnormal range is handled. x is clamped to [-104, 89] first
+ * (the clamps keep NaN). Nine multiply-adds or multiplies on the FMA pipes, which the fused
+ * attention shares with its products.
  */
 static inline __m256 exp256(__m256 x)
 {
     x = _mm256_max_ps(_mm256_set1_ps(-104.0f), x); /* NaN (second operand) is kept */
     x = _mm256_min_ps(_mm256_set1_ps(89.0f), x);
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256 shift = _mm256_set1_ps(0x1.8p23f);
+    const __m256 t = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), shift);
+    const __m256 n = _mm256_sub_ps(t, shift);
     __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
     r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.989098087e-04f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.393364103e-03f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.333310934e-03f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.166646501e-02f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.666666668e-01f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.000000013e-01f));
+    __m256 p = _mm256_set1_ps(1.3814540579915047e-3f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.36874544620514e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.166838899254799e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.666652113199234e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.999999403953552e-1f));
     __m256 y = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
     y = _mm256_add_ps(y, _mm256_set1_ps(1.0f));
-    __m256i ni = _mm256_cvtps_epi32(n);
-    __m256i n1 = _mm256_srai_epi32(ni, 1);
-    __m256i n2 = _mm256_sub_epi32(ni, n1);
-    __m256i bias = _mm256_set1_epi32(127);
-    __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, bias), 23));
-    __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, bias), 23));
-    return _mm256_mul_ps(_mm256_mul_ps(y, s1), s2);
+    /* some lane with n < -125, n > 126 or NaN (the unordered compare is true for NaN) */
+    const __m256 out = _mm256_or_ps(_mm256_cmp_ps(n, _mm256_set1_ps(-125.0f), _CMP_NGE_UQ),
+                                    _mm256_cmp_ps(n, _mm256_set1_ps(126.0f), _CMP_GT_OQ));
+    if (_mm256_movemask_ps(out)) {
+        const __m256i ni = _mm256_cvtps_epi32(n);
+        const __m256i n1 = _mm256_srai_epi32(ni, 1);
+        const __m256i n2 = _mm256_sub_epi32(ni, n1);
+        const __m256i bias = _mm256_set1_epi32(127);
+        const __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, bias), 23));
+        const __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, bias), 23));
+        return _mm256_mul_ps(_mm256_mul_ps(y, s1), s2);
+    }
+    const __m256i e =
+        _mm256_slli_epi32(_mm256_sub_epi32(_mm256_castps_si256(t), _mm256_castps_si256(shift)), 23);
+    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(y), e));
 }
 
 static void vexp_avx2(float *x, int64_t n)
