@@ -17,6 +17,14 @@ ok "grad vjp" "$X" grad "$F/grad_bca.safetensors" --x "$F/grad_bx.npy" --context
     same "vjp d_context" "$D/g/d_context.npy" "$F/grad_vjp_dctx.npy" 1e-4 &&
     same "vjp d_rel_pos_bias" "$D/g/d_rel_pos_bias.npy" "$F/grad_vjp_dbias.npy" 1e-4
 
+ok "grad vjp --kernels scalar" "$X" grad "$F/grad_bca.safetensors" --x "$F/grad_bx.npy" \
+    --context "$F/grad_bctx.npy" --rel-pos-bias "$F/grad_bias.npy" --grad-out "$F/grad_dout.npy" \
+    --kernels scalar --out-dir gs &&
+    same "vjp params on the scalar kernels" "$D/gs/grads.safetensors" "$F/grad_vjp.safetensors" 1e-4 &&
+    same "vjp d_x on the scalar kernels" "$D/gs/d_x.npy" "$F/grad_vjp_dx.npy" 1e-4
+bad "grad --kernels sse9" 1 "unknown kernel set 'sse9'" "$X" grad "$F/grad_bca.safetensors" \
+    --x "$F/grad_bx.npy" --context "$F/grad_bctx.npy" --grad-out "$F/grad_dout.npy" --kernels sse9
+
 bad "grad --weights bf16" 2 "--weights bf16: gradients need float32 weights" "$X" grad \
     "$F/grad_bca.safetensors" --x "$F/grad_bx.npy" --context "$F/grad_bctx.npy" \
     --grad-out "$F/grad_dout.npy" --weights bf16

@@ -51,6 +51,9 @@ bad "resume a model" 1 "not an xattn train checkpoint" "$X" train "$F/grad_tf.sa
 
 B=("$X" train "$F/grad_tf.safetensors" "${IN[@]}")
 bad "no steps" 2 "missing --steps N" "${B[@]}" --out q.safetensors
+bad "train --kernels sse9" 1 "unknown kernel set 'sse9'" "${B[@]}" --steps 2 --out q.safetensors --kernels sse9
+ok "train --kernels scalar" "${B[@]}" --steps 2 --out ks.safetensors --kernels scalar &&
+    has "train names the set" "$D.out" "[scalar, "
 bad "no out" 2 "missing --out" "${B[@]}" --steps 2
 bad "bad optimizer" 2 "'adam' is not adamw or sgd" "${B[@]}" --steps 2 --out q.safetensors --optimizer adam
 bad "bad lr" 2 "optimizer option 'lr' is \"fast\"" "${B[@]}" --steps 2 --out q.safetensors --lr fast

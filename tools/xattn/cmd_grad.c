@@ -33,7 +33,7 @@ static void help(void)
            "                  [--OPTION VALUE ...]\n"
            "                  (--grad-out G.npy [--grad-context-out GC.npy] |\n"
            "                   --target T.npy [--context-target CT.npy])\n"
-           "                  [--out-dir DIR] [--threads N] [--allow-nonfinite]\n"
+           "                  [--out-dir DIR] [--threads N] [--kernels K] [--allow-nonfinite]\n"
            "\n"
            "Gradients of a module saved from PyTorch, on the inputs 'xattn run' takes.\n"
            "  --grad-out G.npy         the gradient of the output 'out' (any output: --grad-NAME,\n"
@@ -47,6 +47,7 @@ static void help(void)
            "name, the prefix included: it loads beside the model's own state dict) and\n"
            "DIR/d_INPUT.npy for every float input given (d_x.npy, d_context.npy,\n"
            "d_rel_pos_bias.npy, ...). --out-dir DIR defaults to '.', created if missing.\n"
+           "--kernels K forces a kernel set as 'xattn run' does.\n"
            "Kinds with a backward:");
     for (size_t i = 0; i < xattn_kind_count(); i++) {
         xattn_kind_desc k;
@@ -327,8 +328,10 @@ int reg_cmd_grad(const char *cmd, int argc, char **argv)
         }
         xattn_ctx *ctx = NULL;
         rc = cli_dist_agree(cmd, rc); /* under mpirun: every rank has its inputs */
-        if (!rc && (a.threads || cli_dist_active()) && !(ctx = cli_dist_ctx(cmd, a.threads)))
+        if (!rc && (a.threads || a.kernels || cli_dist_active()) &&
+            !(ctx = cli_dist_ctx(cmd, a.threads)))
             rc = CLI_EXIT_ERROR;
+        if (!rc && a.kernels && xattn_ctx_set_isa(ctx, a.kernels)) rc = cli_lib_error(cmd, NULL);
         if (!rc) rc = run_grad(cmd, &a, &s, req, nreq, ctx);
         if (!rc) reg_warn(cmd, &a, &s);
         xattn_ctx_free(ctx);

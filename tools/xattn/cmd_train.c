@@ -35,6 +35,7 @@ static void help(void)
         "                   [--nesterov] [--grad-clip C] [--schedule constant|cosine]\n"
         "                   [--warmup W] [--shuffle] [--seed S] [--checkpoint-every K]\n"
         "                   [--resume CKPT] [--stop-after K] [--log LOG.jsonl] [--threads N]\n"
+        "                   [--kernels K]\n"
         "\n"
         "Trains the module on the inputs 'xattn run' takes, against targets of its outputs:\n"
         "the loss is F.mse_loss(out, T) (+ F.mse_loss(context_out, CT)), reduction 'mean'.\n"
@@ -61,6 +62,7 @@ static void help(void)
         "  --out OUT             the trained module (float32), loadable by PyTorch's\n"
         "                        load_state_dict(strict=True) and by 'xattn run'\n"
         "  --log LOG.jsonl       one line per step: step, loss, lr, grad_norm, seconds\n"
+        "  --kernels K           the kernel set, as 'xattn run' takes it\n"
         "  --parallel MODE       under mpirun (MPI build): sequence (default: every rank reads\n"
         "                        its rows of the sequences and targets, the module runs\n"
         "                        sharded) or data (every rank a share of each step's\n"
@@ -670,9 +672,11 @@ int cmd_train(int argc, char **argv)
     if (!rc) {
         if (cli_dist_active() && cli_dist_rows)
             rc = (w.ctx = cli_dist_ctx(cmd, a.threads)) ? 0 : CLI_EXIT_ERROR;
-        else if (a.threads &&
-                 (xattn_ctx_new(&w.ctx) || xattn_ctx_set_threads(w.ctx, (int)a.threads)))
+        else if ((a.threads || a.kernels) &&
+                 (xattn_ctx_new(&w.ctx) ||
+                  (a.threads && xattn_ctx_set_threads(w.ctx, (int)a.threads))))
             rc = cli_lib_error(cmd, NULL);
+        if (!rc && a.kernels && xattn_ctx_set_isa(w.ctx, a.kernels)) rc = cli_lib_error(cmd, NULL);
         if (!rc) rc = run(&w);
         if (cli_dist_active() && !cli_dist_agreed()) rc = cli_dist_agree(cmd, rc);
         if (!rc) reg_warn(cmd, &a, &s);
