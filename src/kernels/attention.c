@@ -564,14 +564,14 @@ static void att_setup(att_ctx *c, const xa_attn *p)
     c->dhp = c->pairs ? (p->dh + kt->kb_bf16 - 1) / kt->kb_bf16 * kt->kb_bf16 : p->dh;
     /* from the core's caches: a query tile's packed queries (dh x IT) within half of L1, and
      * a key tile's logits (JT x IT), keys and values within half of L2 (64 and 336 with a
-     * 32 KB L1 and a 512 KB L2 at dh = dv = 64); never from the thread count */
+     * 32 KB L1 and a 512 KB L2 at dh = dv = 64), at most 128 and 512, multiples of the
+     * micro-tile (IT of nr, JT of mr); never from the thread count */
     int64_t l1, l2;
     xa_cache_sizes(&l1, &l2);
-    c->IT = XA_MIN((int64_t)128, XA_MAX(nr, (l1 / 2) / (4 * p->dh) / nr * nr));
+    c->IT = XA_MAX(nr, XA_MIN((int64_t)128, (l1 / 2) / (4 * p->dh)) / nr * nr);
     int64_t ipad = (p->I + nr - 1) / nr * nr;
     if (ipad < c->IT) c->IT = ipad;
-    c->JT = XA_MIN((int64_t)512 / mr * mr,
-                   XA_MAX(mr, (l2 / 2) / (4 * (c->IT + p->dh + p->dv)) / mr * mr));
+    c->JT = XA_MAX(mr, XA_MIN((int64_t)512, (l2 / 2) / (4 * (c->IT + p->dh + p->dv))) / mr * mr);
     c->ITP = c->IT;
     c->JTP = c->JT;
     c->DVP = (p->dv + kt->mr - 1) / kt->mr * kt->mr;
