@@ -59,7 +59,8 @@ typedef struct xa_kernels {
     /* Column-wise online-softmax helpers on a row-major (rows, cols) tile S with row stride ld:
      *   colmax:  m[c] = max(m[c], max_r S[r][c])
      *   expsub:  S[r][c] = exp(S[r][c] - m[c]); sum[c] += S[r][c]
-     * (cols a multiple of nothing; any size) */
+     * (cols a multiple of nothing; any size). expsub needs m[c] >= every S[r][c] (m from colmax
+     * over the same rows, or a larger max): the kernels may take the arguments to be <= 0. */
     void (*colmax)(const float *S, int64_t rows, int64_t cols, int64_t ld, float *m);
     void (*expsub)(float *S, int64_t rows, int64_t cols, int64_t ld, const float *m, float *sum);
 

@@ -98,10 +98,10 @@ static inline double hsum4d(__m256d v)
  * (the clamps keep NaN). Nine multiply-adds or multiplies on the FMA pipes, which the fused
  * attention shares with its products.
  */
-static inline __m256 exp256(__m256 x)
+static inline __m256 exp256_(__m256 x, int nonpos)
 {
     x = _mm256_max_ps(_mm256_set1_ps(-104.0f), x); /* NaN (second operand) is kept */
-    x = _mm256_min_ps(_mm256_set1_ps(89.0f), x);
+    if (!nonpos) x = _mm256_min_ps(_mm256_set1_ps(89.0f), x);
     const __m256 shift = _mm256_set1_ps(0x1.8p23f);
     const __m256 t = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), shift);
     const __m256 n = _mm256_sub_ps(t, shift);
@@ -115,8 +115,8 @@ static inline __m256 exp256(__m256 x)
     __m256 y = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
     y = _mm256_add_ps(y, _mm256_set1_ps(1.0f));
     /* some lane with n < -125, n > 126 or NaN (the unordered compare is true for NaN) */
-    const __m256 out = _mm256_or_ps(_mm256_cmp_ps(n, _mm256_set1_ps(-125.0f), _CMP_NGE_UQ),
-                                    _mm256_cmp_ps(n, _mm256_set1_ps(126.0f), _CMP_GT_OQ));
+    __m256 out = _mm256_cmp_ps(n, _mm256_set1_ps(-125.0f), _CMP_NGE_UQ);
+    if (!nonpos) out = _mm256_or_ps(out, _mm256_cmp_ps(n, _mm256_set1_ps(126.0f), _CMP_GT_OQ));
     if (_mm256_movemask_ps(out)) {
         const __m256i ni = _mm256_cvtps_epi32(n);
         const __m256i n1 = _mm256_srai_epi32(ni, 1);
@@ -130,6 +130,10 @@ static inline __m256 exp256(__m256 x)
         _mm256_slli_epi32(_mm256_sub_epi32(_mm256_castps_si256(t), _mm256_castps_si256(shift)), 23);
     return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(y), e));
 }
+
+static inline __m256 exp256(__m256 x) { return exp256_(x, 0); }
+/* exp256 for x <= 0 or NaN (the online softmax's x - max): no upper clamp or overflow check. */
+static inline __m256 exp256_nonpos(__m256 x) { return exp256_(x, 1); }
 
 static void vexp_avx2(float *x, int64_t n)
 {
@@ -183,8 +187,8 @@ static void expsub_avx2(float *S, int64_t rows, int64_t cols, int64_t ld, const 
         __m256 s0 = _mm256_loadu_ps(sum + c), s1 = _mm256_loadu_ps(sum + c + 8);
         for (int64_t r = 0; r < rows; r++) {
             float *s = S + r * ld + c;
-            __m256 e0 = exp256(_mm256_sub_ps(_mm256_loadu_ps(s), m0));
-            __m256 e1 = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + 8), m1));
+            __m256 e0 = exp256_nonpos(_mm256_sub_ps(_mm256_loadu_ps(s), m0));
+            __m256 e1 = exp256_nonpos(_mm256_sub_ps(_mm256_loadu_ps(s + 8), m1));
             _mm256_storeu_ps(s, e0);
             _mm256_storeu_ps(s + 8, e1);
             s0 = _mm256_add_ps(s0, e0);
@@ -198,7 +202,7 @@ static void expsub_avx2(float *S, int64_t rows, int64_t cols, int64_t ld, const 
         __m256 mv = load_m(m + c, k), sv = load_m(sum + c, k);
         for (int64_t r = 0; r < rows; r++) {
             float *s = S + r * ld + c;
-            __m256 e = exp256(_mm256_sub_ps(load_m(s, k), mv));
+            __m256 e = exp256_nonpos(_mm256_sub_ps(load_m(s, k), mv));
             store_m(s, k, e);
             sv = _mm256_add_ps(sv, e);
         }
