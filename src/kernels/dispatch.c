@@ -25,6 +25,7 @@ static int has_f16c(void)
     return __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29)) != 0;
 }
 
+#if defined(XATTN_HAVE_BF16_KERNELS)
 /* AVX512_BF16: CPUID.(7,1):EAX bit 5. */
 static int has_avx512bf16(void)
 {
@@ -58,6 +59,7 @@ static int has_amx_bf16(void)
 #endif
 }
 #endif
+#endif
 
 static int cpu_has(const char *isa)
 {
@@ -69,6 +71,8 @@ static int cpu_has(const char *isa)
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
                __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
                __builtin_cpu_supports("fma");
+#endif
+#if defined(XATTN_HAVE_BF16_KERNELS)
     if (!strcmp(isa, "avx512bf16")) return cpu_has("avx512") && has_avx512bf16();
     if (!strcmp(isa, "amx")) return cpu_has("avx512bf16") && has_amx_bf16();
 #endif
@@ -91,6 +95,8 @@ const xa_kernels *xa_kern_by_name(const char *name)
 #if defined(XATTN_HAVE_X86_KERNELS)
     if (!strcmp(name, "avx2") && cpu_has("avx2")) return &xa_kernels_avx2;
     if (!strcmp(name, "avx512") && cpu_has("avx512")) return &xa_kernels_avx512;
+#endif
+#if defined(XATTN_HAVE_BF16_KERNELS)
     if (!strcmp(name, "avx512bf16") && cpu_has("avx512bf16")) return &xa_kernels_avx512bf16;
     if (!strcmp(name, "amx") && cpu_has("amx")) return &xa_kernels_amx;
 #endif

@@ -59,8 +59,8 @@ typedef struct xa_kernels {
     /* Column-wise online-softmax helpers on a row-major (rows, cols) tile S with row stride ld:
      *   colmax:  m[c] = max(m[c], max_r S[r][c])
      *   expsub:  S[r][c] = exp(S[r][c] - m[c]); sum[c] += S[r][c]
-     * (cols a multiple of nothing; any size). expsub needs m[c] >= every S[r][c] (m from colmax
-     * over the same rows, or a larger max): the kernels may take the arguments to be <= 0. */
+     * (cols a multiple of nothing; any size). Callers pass m[c] >= every S[r][c] (m from colmax
+     * over the same rows, or a larger max); the kernels are fastest so, and exact either way. */
     void (*colmax)(const float *S, int64_t rows, int64_t cols, int64_t ld, float *m);
     void (*expsub)(float *S, int64_t rows, int64_t cols, int64_t ld, const float *m, float *sum);
 
@@ -170,6 +170,8 @@ extern const xa_kernels xa_kernels_scalar;
 #if defined(XATTN_HAVE_X86_KERNELS)
 extern const xa_kernels xa_kernels_avx2;
 extern const xa_kernels xa_kernels_avx512;
+#endif
+#if defined(XATTN_HAVE_BF16_KERNELS) /* 64-bit x86 with a compiler that knows the instructions */
 extern const xa_kernels xa_kernels_avx512bf16; /* avx512 + vdpbf16ps for compute bf16     */
 extern const xa_kernels xa_kernels_amx;        /* avx512 + AMX-BF16 tiles for compute bf16 */
 /* kernels_bf16.c */

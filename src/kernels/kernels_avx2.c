@@ -98,26 +98,48 @@ static inline double hsum4d(__m256d v)
  * (the clamps keep NaN). Nine multiply-adds or multiplies on the FMA pipes, which the fused
  * attention shares with its products.
  */
-static inline __m256 exp256_(__m256 x, int nonpos)
+
+/* exp(r) for x clamped to [-104, 89] (or NaN): y, with t (n in its low mantissa bits, after the
+ * shift) and n. */
+static inline __m256 exp256_y(__m256 x, __m256 *t, __m256 *n)
 {
-    x = _mm256_max_ps(_mm256_set1_ps(-104.0f), x); /* NaN (second operand) is kept */
-    if (!nonpos) x = _mm256_min_ps(_mm256_set1_ps(89.0f), x);
     const __m256 shift = _mm256_set1_ps(0x1.8p23f);
-    const __m256 t = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), shift);
-    const __m256 n = _mm256_sub_ps(t, shift);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    *t = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), shift);
+    *n = _mm256_sub_ps(*t, shift);
+    __m256 r = _mm256_fnmadd_ps(*n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(*n, _mm256_set1_ps(-2.12194440e-4f), r);
     __m256 p = _mm256_set1_ps(1.3814540579915047e-3f);
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.36874544620514e-3f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.166838899254799e-2f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.666652113199234e-1f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.999999403953552e-1f));
-    __m256 y = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
-    y = _mm256_add_ps(y, _mm256_set1_ps(1.0f));
-    /* some lane with n < -125, n > 126 or NaN (the unordered compare is true for NaN) */
-    __m256 out = _mm256_cmp_ps(n, _mm256_set1_ps(-125.0f), _CMP_NGE_UQ);
-    if (!nonpos) out = _mm256_or_ps(out, _mm256_cmp_ps(n, _mm256_set1_ps(126.0f), _CMP_GT_OQ));
-    if (_mm256_movemask_ps(out)) {
+    const __m256 y = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
+    return _mm256_add_ps(y, _mm256_set1_ps(1.0f));
+}
+
+/* Whether some lane has n < -125, n > 126 or NaN (the unordered compare is true for NaN). */
+static inline int exp256_outside(__m256 n)
+{
+    return _mm256_movemask_ps(_mm256_or_ps(_mm256_cmp_ps(n, _mm256_set1_ps(-125.0f), _CMP_NGE_UQ),
+                                           _mm256_cmp_ps(n, _mm256_set1_ps(126.0f), _CMP_GT_OQ)));
+}
+
+/* y 2^n by the exponent bits (n in [-125, 126] in every lane: exact). */
+static inline __m256 exp256_fast(__m256 y, __m256 t)
+{
+    const __m256i e = _mm256_slli_epi32(
+        _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_castps_si256(_mm256_set1_ps(0x1.8p23f))),
+        23);
+    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(y), e));
+}
+
+static inline __m256 exp256(__m256 x)
+{
+    x = _mm256_max_ps(_mm256_set1_ps(-104.0f), x); /* NaN (second operand) is kept */
+    x = _mm256_min_ps(_mm256_set1_ps(89.0f), x);
+    __m256 t, n;
+    const __m256 y = exp256_y(x, &t, &n);
+    if (exp256_outside(n)) { /* two exact powers of two, one rounding */
         const __m256i ni = _mm256_cvtps_epi32(n);
         const __m256i n1 = _mm256_srai_epi32(ni, 1);
         const __m256i n2 = _mm256_sub_epi32(ni, n1);
@@ -126,14 +148,19 @@ static inline __m256 exp256_(__m256 x, int nonpos)
         const __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, bias), 23));
         return _mm256_mul_ps(_mm256_mul_ps(y, s1), s2);
     }
-    const __m256i e =
-        _mm256_slli_epi32(_mm256_sub_epi32(_mm256_castps_si256(t), _mm256_castps_si256(shift)), 23);
-    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(y), e));
+    return exp256_fast(y, t);
 }
 
-static inline __m256 exp256(__m256 x) { return exp256_(x, 0); }
-/* exp256 for x <= 0 or NaN (the online softmax's x - max): no upper clamp or overflow check. */
-static inline __m256 exp256_nonpos(__m256 x) { return exp256_(x, 1); }
+/* exp256 for the online softmax's x - max, which is <= 0 (or NaN): without the upper clamp on
+ * the common path; a vector the fast path cannot take (also any x > 87, should a caller break
+ * the contract) goes through exp256 whole. */
+static inline __m256 exp256_nonpos(__m256 x)
+{
+    const __m256 xc = _mm256_max_ps(_mm256_set1_ps(-104.0f), x);
+    __m256 t, n;
+    const __m256 y = exp256_y(xc, &t, &n);
+    return exp256_outside(n) ? exp256(x) : exp256_fast(y, t);
+}
 
 static void vexp_avx2(float *x, int64_t n)
 {

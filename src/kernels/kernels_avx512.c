@@ -545,6 +545,7 @@ static void cvt_h_avx512(const uint16_t *src, float *dst, int64_t n, int f16)
 
 const xa_kernels xa_kernels_avx512 = {.name = "avx512", XA_AVX512_ENTRIES};
 
+#if defined(XATTN_HAVE_BF16_KERNELS)
 /* AVX512_BF16: compute bf16's products with vdpbf16ps (8 x 32 tiles, pairs along k). */
 const xa_kernels xa_kernels_avx512bf16 = {.name = "avx512bf16",
                                           XA_AVX512_ENTRIES,
@@ -560,3 +561,4 @@ const xa_kernels xa_kernels_amx = {.name = "amx",
                                    .mr_bf16 = 32,
                                    .nr_bf16 = 32,
                                    .kb_bf16 = 32};
+#endif
