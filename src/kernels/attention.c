@@ -266,6 +266,8 @@ static void logits_tile(const att_ctx *c, int64_t b, int64_t h, int64_t i0, int6
         for (int64_t c0 = 0; c0 < itp; c0 += nrb)
             for (int64_t r0 = 0; r0 < jtp; r0 += mrb)
                 kt->ukr_bf16(c->dhp, Kp + r0 * hq, Qp + c0 * hq, St + r0 * ITP + c0, ITP, 0);
+        /* scaled after the products (rounding scale * q to bf16 would change the numbers), so
+         * the unscaled sums overflow float32 a factor 1 / scale sooner than the float32 path's */
         if (p->scale != 1.0f)
             for (int64_t r = 0; r < jt; r++)
                 for (int64_t col = 0; col < itp; col++) St[r * ITP + col] *= p->scale;
