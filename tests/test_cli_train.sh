@@ -64,7 +64,7 @@ bad "target shape" 1 "the output 'out' has shape (2, 5, 16)" "$X" train "$F/grad
 IL=$FIX/interlaced_cli
 ok "interlaced" "$X" train "$IL/model.safetensors" --first x --x "$IL/x.npy" --context "$IL/context.npy" \
     --target "$IL/expected_out.npy" --context-target "$IL/expected_context_out.npy" --steps 2 --out il.safetensors &&
-    has "interlaced steps" "$D.out" "step 2/2" && "$X" run "$D/il.safetensors" --first x --x "$IL/x.npy" --context "$IL/context.npy" --out-dir ilr >/dev/null 2>&1 &&
+    has "interlaced steps" "$D.out" "step 2/2" && "$X" run "$D/il.safetensors" --first x --x "$IL/x.npy" --context "$IL/context.npy" --out-dir "$D/ilr" >/dev/null 2>&1 &&
     pass || fail "interlaced: the trained model runs"
 ok "help" "$X" train --help && has "help resume" "$D.out" "--resume CKPT"
 ok "command list" "$X" --help &&
