@@ -86,6 +86,13 @@ static inline uint16_t xa_f32_to_half(float x, int f16)
 /* x rounded to the nearest bfloat16 (ties to even), as a float. */
 static inline float xa_round_bf16(float x) { return xa_half_to_f32(xa_f32_to_half(x, 0), 0); }
 
+/* lo and hi rounded to bfloat16 in one word, lo in the low half: the operand layout of the bf16
+ * dot-product instructions (a pair along the sum). */
+static inline uint32_t xa_bf16_pair(float lo, float hi)
+{
+    return (uint32_t)xa_f32_to_half(lo, 0) | (uint32_t)xa_f32_to_half(hi, 0) << 16;
+}
+
 /* Whether the calling thread's current context computes in bf16 (xattn_ctx_set_compute). */
 int xa_compute_bf16(void);
 

@@ -102,27 +102,26 @@ static void scratch_bind(const att_ctx *c, float *base, att_scratch *s)
     s->orow = take(&base, p->dv);
 }
 
-/* bf16 bits of x (to nearest even) in the low half, of y in the high half. */
-static inline uint32_t bf16_pair(float x, float y)
+/* The dh values at src (NULL: zeros) as dhp / 2 bf16 pairs, zero past dh, pair x at
+ * dst[(x / hb) * w * hb + x % hb]: a row of a pair panel w lanes wide in blocks of hb pairs. */
+static void row_pairs(const att_ctx *c, const float *src, int64_t hb, int64_t w, uint32_t *dst)
 {
-    return (uint32_t)xa_f32_to_half(x, 0) | (uint32_t)xa_f32_to_half(y, 0) << 16;
+    const int64_t dh = c->p->dh;
+    for (int64_t x = 0; x < c->dhp / 2; x++) {
+        const float lo = src && 2 * x < dh ? src[2 * x] : 0.0f;
+        const float hi = src && 2 * x + 1 < dh ? src[2 * x + 1] : 0.0f;
+        dst[(x / hb) * w * hb + x % hb] = xa_bf16_pair(lo, hi);
+    }
 }
 
 /* Pairs: Qt as (ITP/nr_bf16, dhp/2, nr_bf16) pairs of q[b, h, i0 + c, :] (unscaled), zero for
  * it <= c < ITP and past dh. */
 static void pack_q_pairs(const att_ctx *c, const float *q, int64_t it, uint32_t *Qp)
 {
-    const xa_attn *p = c->p;
     const int64_t nrb = c->kt->nr_bf16, hq = c->dhp / 2;
-    for (int64_t col = 0; col < c->ITP; col++) {
-        uint32_t *d = Qp + (col / nrb) * hq * nrb + col % nrb;
-        const float *qr = q + col * p->q_si;
-        for (int64_t x = 0; x < hq; x++) {
-            const float lo = col < it && 2 * x < p->dh ? qr[2 * x] : 0.0f;
-            const float hi = col < it && 2 * x + 1 < p->dh ? qr[2 * x + 1] : 0.0f;
-            d[x * nrb] = bf16_pair(lo, hi);
-        }
-    }
+    for (int64_t col = 0; col < c->ITP; col++)
+        row_pairs(c, col < it ? q + col * c->p->q_si : NULL, 1, nrb,
+                  Qp + (col / nrb) * hq * nrb + col % nrb);
 }
 
 /* Qt (dh, ITP) = scale * q[b, h, i0 + c, :]^T for c < it, zero for it <= c < ITP (pairs:
@@ -155,27 +154,22 @@ static void pack_k(const att_ctx *c, int64_t b, int64_t h, int64_t jb, int64_t j
     const int64_t mr = c->kt->mr, dh = p->dh;
     const float *k = p->k + b * p->k_sb + h * p->k_sh;
     const int64_t jend = je == p->J ? c->JP : je;
-    if (c->pairs) { /* key j at panel j / mrb: pair x of lane j % mrb in blocks of hb pairs */
+    if (c->pairs) { /* key j at panel j / mrb, lane j % mrb, in blocks of hb pairs */
         const int64_t mrb = c->kt->mr_bf16, hb = c->kt->kb_bf16 / 2, hq = c->dhp / 2;
         uint32_t *Kp = (uint32_t *)c->Kt + (b * p->H + h) * hq * c->JP;
+        for (int64_t j = jb; j < jend; j++)
+            row_pairs(c, j < p->J ? k + j * p->k_sj : NULL, hb, mrb,
+                      Kp + (j / mrb) * hq * mrb + (j % mrb) * hb);
+    } else {
+        float *Kt = c->Kt + (b * p->H + h) * dh * c->JP;
         for (int64_t j = jb; j < jend; j++) {
-            uint32_t *dst = Kp + (j / mrb) * hq * mrb + (j % mrb) * hb;
-            const float *src = j < p->J ? k + j * p->k_sj : NULL;
-            for (int64_t x = 0; x < hq; x++) {
-                const float lo = src && 2 * x < dh ? src[2 * x] : 0.0f;
-                const float hi = src && 2 * x + 1 < dh ? src[2 * x + 1] : 0.0f;
-                dst[(x / hb) * mrb * hb + x % hb] = bf16_pair(lo, hi);
+            float *dst = Kt + (j / mr) * dh * mr + j % mr;
+            if (j < p->J) {
+                const float *src = k + j * p->k_sj;
+                for (int64_t d = 0; d < dh; d++) dst[d * mr] = src[d];
+            } else {
+                for (int64_t d = 0; d < dh; d++) dst[d * mr] = 0.0f;
             }
-        }
-    }
-    float *Kt = c->Kt + (b * p->H + h) * dh * c->JP;
-    for (int64_t j = jb; j < jend && !c->pairs; j++) {
-        float *dst = Kt + (j / mr) * dh * mr + j % mr;
-        if (j < p->J) {
-            const float *src = k + j * p->k_sj;
-            for (int64_t d = 0; d < dh; d++) dst[d * mr] = src[d];
-        } else {
-            for (int64_t d = 0; d < dh; d++) dst[d * mr] = 0.0f;
         }
     }
     if (!c->Vp) return;

@@ -243,25 +243,23 @@ static inline float c_init(const gemm_job *g, const float *c, int64_t j)
 /* ---- macro kernel ----------------------------------------------------------------------- */
 
 /* One micro-tile: A panel ir and B panel jr of the packed blocks (float32 panels, or bf16
- * pairs), K block of kc values, into c (row stride ldc). */
+ * pairs), kk packed values along K (kc, or kc padded to kb_bf16 in pairs), into c (row stride
+ * ldc). */
 static inline void tile(const gemm_job *g, const void *Ap, const void *Bp, int64_t ir, int64_t jr,
-                        int64_t kc, float *c, int64_t ldc, int acc)
+                        int64_t kk, float *c, int64_t ldc, int acc)
 {
-    const xa_kernels *kt = g->kt;
-    if (g->pairs) {
-        const int64_t kcp = (kc + kt->kb_bf16 - 1) / kt->kb_bf16 * kt->kb_bf16;
-        kt->ukr_bf16(kcp, (const uint32_t *)Ap + ir * kcp / 2, (const uint32_t *)Bp + jr * kcp / 2,
-                     c, ldc, acc);
-    } else {
-        kt->ukr(kc, (const float *)Ap + ir * kc, g->mr, (const float *)Bp + jr * kc, g->nr, c, ldc,
-                acc);
-    }
+    if (g->pairs)
+        g->kt->ukr_bf16(kk, (const uint32_t *)Ap + ir * kk / 2, (const uint32_t *)Bp + jr * kk / 2,
+                        c, ldc, acc);
+    else
+        g->kt->ukr(kk, (const float *)Ap + ir * kk, g->mr, (const float *)Bp + jr * kk, g->nr, c,
+                   ldc, acc);
 }
 
 /* Rows [i0, i0 + mc) of C (packed A block Ap) times columns [j0, j0 + nc) (packed B block
- * Bp), K block [pc, pc + kc). */
+ * Bp), the K block starting at pc, kk values long as packed. */
 static void macro_kernel(const gemm_job *g, const void *Ap, const void *Bp, int64_t i0, int64_t mc,
-                         int64_t j0, int64_t nc, int64_t pc, int64_t kc)
+                         int64_t j0, int64_t nc, int64_t pc, int64_t kk)
 {
     const int64_t mr = g->mr, nr = g->nr, ldc = g->ldc;
     const int first = pc == 0;
@@ -284,9 +282,9 @@ static void macro_kernel(const gemm_job *g, const void *Ap, const void *Bp, int6
                             for (int64_t j = 0; j < nr; j++) c[i * ldc + j] *= g->beta;
                     }
                 }
-                tile(g, Ap, Bp, ir, jr, kc, c, ldc, acc);
+                tile(g, Ap, Bp, ir, jr, kk, c, ldc, acc);
             } else {
-                tile(g, Ap, Bp, ir, jr, kc, tmp, nr, 0);
+                tile(g, Ap, Bp, ir, jr, kk, tmp, nr, 0);
                 for (int64_t i = 0; i < mrows; i++)
                     for (int64_t j = 0; j < ncols; j++) {
                         float *cij = c + i * ldc + j;
@@ -315,11 +313,8 @@ static void to_pairs(const float *src, int64_t n, int64_t w, int64_t kc, int64_t
             const float *r0 = 2 * q < kc ? src + 2 * q * w : NULL;
             const float *r1 = 2 * q + 1 < kc ? src + (2 * q + 1) * w : NULL;
             uint32_t *d = dst + (q / hb) * w * hb + q % hb;
-            for (int64_t i = 0; i < w; i++) {
-                const uint32_t lo = r0 ? xa_f32_to_half(r0[i], 0) : 0;
-                const uint32_t hi = r1 ? xa_f32_to_half(r1[i], 0) : 0;
-                d[i * hb] = lo | hi << 16;
-            }
+            for (int64_t i = 0; i < w; i++)
+                d[i * hb] = xa_bf16_pair(r0 ? r0[i] : 0.0f, r1 ? r1[i] : 0.0f);
         }
 }
 
@@ -345,10 +340,8 @@ static void gemm_rect(const gemm_job *g, float *Ap, float *Bp, uint32_t *Ap2, ui
                     to_pairs(Bp, ncp / nr, nr, kc, kcp, 1, Bp2);
                 else if (g->bf16)
                     round_bf16(Bp, ncp * kc);
-                if (g->pairs)
-                    macro_kernel(g, Ap2, Bp2, ic, mc, jc, nc, pc, kc);
-                else
-                    macro_kernel(g, Ap, Bp, ic, mc, jc, nc, pc, kc);
+                macro_kernel(g, g->pairs ? (const void *)Ap2 : Ap,
+                             g->pairs ? (const void *)Bp2 : Bp, ic, mc, jc, nc, pc, kcp);
             }
         }
     }
@@ -607,13 +600,13 @@ void xa_cache_sizes(int64_t *l1, int64_t *l2)
  * Block sizes for a table and K, from the core's caches:
  *   KC: K is cut into equal blocks of at most 512 and at most what keeps an A panel
  *       (mr x KC) within half of L1, so there is no thin last block; a multiple of ka (8, or
- *       the bf16 micro-kernel's k granularity when larger: 32 for AMX tiles); a K of up to KC is
- * one block, and with beta = 0 C is then written once and never read; NC: the B block KC x NC fills
- * half of L2, leaving room for the A and C streams (512 KB on the 1 MB L2 the sizes were first
- * tuned on; on a 512 KB L2, 1024^3 and 4096 x 512 x 512 run as fast with 256 KB as with 512 KB,
- * within this machine's noise); MC: bounds the A block (MC x KC, streamed from L3); B blocks are
- * packed once per MC rows. The shape and the CPU decide these, never the thread count, so results
- * do not depend on it.
+ *       the bf16 micro-kernel's k granularity when larger: 32 for AMX tiles); a K of up to
+ *       KC is one block, and with beta = 0 C is then written once and never read;
+ *   NC: the B block KC x NC fills half of L2, leaving room for the A and C streams (512 KB
+ *       on the 1 MB L2 the sizes were first tuned on; on a 512 KB L2, 1024^3 and
+ *       4096 x 512 x 512 run as fast with 256 KB as with 512 KB, within this machine's noise);
+ *   MC: bounds the A block (MC x KC, streamed from L3); B blocks are packed once per MC rows.
+ * The shape and the CPU decide these, never the thread count, so results do not depend on it.
  */
 static void block_sizes(int64_t mr, int64_t nr, int64_t ka, int64_t K, int64_t *MC, int64_t *KC,
                         int64_t *NC)
