@@ -174,7 +174,13 @@ extern const xa_kernels xa_kernels_avx512;
 #if defined(XATTN_HAVE_BF16_KERNELS) /* 64-bit x86 with a compiler that knows the instructions */
 extern const xa_kernels xa_kernels_avx512bf16; /* avx512 + vdpbf16ps for compute bf16     */
 extern const xa_kernels xa_kernels_amx;        /* avx512 + AMX-BF16 tiles for compute bf16 */
-/* kernels_bf16.c */
+/* kernels_bf16.c, with their micro-tiles (mr_bf16, nr_bf16, kb_bf16 of the tables) */
+#define XA_DPBF16_MR 8
+#define XA_DPBF16_NR 32
+#define XA_DPBF16_KB 2
+#define XA_AMX_MR    32
+#define XA_AMX_NR    32
+#define XA_AMX_KB    32
 void xa_ukr_dpbf16_avx512(int64_t k, const uint32_t *A, const uint32_t *B, float *C, int64_t ldc,
                           int accumulate);
 void xa_ukr_amx_bf16(int64_t k, const uint32_t *A, const uint32_t *B, float *C, int64_t ldc,

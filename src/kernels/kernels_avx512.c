@@ -550,15 +550,15 @@ const xa_kernels xa_kernels_avx512 = {.name = "avx512", XA_AVX512_ENTRIES};
 const xa_kernels xa_kernels_avx512bf16 = {.name = "avx512bf16",
                                           XA_AVX512_ENTRIES,
                                           .ukr_bf16 = xa_ukr_dpbf16_avx512,
-                                          .mr_bf16 = 8,
-                                          .nr_bf16 = 32,
-                                          .kb_bf16 = 2};
+                                          .mr_bf16 = XA_DPBF16_MR,
+                                          .nr_bf16 = XA_DPBF16_NR,
+                                          .kb_bf16 = XA_DPBF16_KB};
 
 /* AMX-BF16: compute bf16's products on 16 x 16 tiles (32 x 32 micro-tiles, k in 32s). */
 const xa_kernels xa_kernels_amx = {.name = "amx",
                                    XA_AVX512_ENTRIES,
                                    .ukr_bf16 = xa_ukr_amx_bf16,
-                                   .mr_bf16 = 32,
-                                   .nr_bf16 = 32,
-                                   .kb_bf16 = 32};
+                                   .mr_bf16 = XA_AMX_MR,
+                                   .nr_bf16 = XA_AMX_NR,
+                                   .kb_bf16 = XA_AMX_KB};
 #endif

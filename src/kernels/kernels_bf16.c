@@ -28,9 +28,6 @@
 
 /* ---- AVX512_BF16: 8 x 32 tile, 16 accumulators -------------------------------------------- */
 
-#define DP_MR 8
-#define DP_NR 32
-
 static inline __m512bh as_bh(__m512i v)
 {
     __m512bh r;
@@ -42,9 +39,9 @@ static inline __m512bh as_bh(__m512i v)
 void xa_ukr_dpbf16_avx512(int64_t k, const uint32_t *A, const uint32_t *B, float *C, int64_t ldc,
                           int accumulate)
 {
-    __m512 c0[DP_MR], c1[DP_MR];
+    __m512 c0[XA_DPBF16_MR], c1[XA_DPBF16_MR];
 #pragma GCC unroll 8
-    for (int i = 0; i < DP_MR; i++) {
+    for (int i = 0; i < XA_DPBF16_MR; i++) {
         c0[i] = _mm512_setzero_ps();
         c1[i] = _mm512_setzero_ps();
     }
@@ -53,16 +50,16 @@ void xa_ukr_dpbf16_avx512(int64_t k, const uint32_t *A, const uint32_t *B, float
         const __m512bh b0 = as_bh(_mm512_loadu_si512((const void *)B));
         const __m512bh b1 = as_bh(_mm512_loadu_si512((const void *)(B + 16)));
 #pragma GCC unroll 8
-        for (int i = 0; i < DP_MR; i++) {
+        for (int i = 0; i < XA_DPBF16_MR; i++) {
             const __m512bh a = as_bh(_mm512_set1_epi32((int)A[i]));
             c0[i] = _mm512_dpbf16_ps(c0[i], a, b0);
             c1[i] = _mm512_dpbf16_ps(c1[i], a, b1);
         }
-        A += DP_MR;
-        B += DP_NR;
+        A += XA_DPBF16_MR;
+        B += XA_DPBF16_NR;
     }
 #pragma GCC unroll 8
-    for (int i = 0; i < DP_MR; i++) {
+    for (int i = 0; i < XA_DPBF16_MR; i++) {
         float *c = C + i * ldc;
         if (accumulate) {
             c0[i] = _mm512_add_ps(_mm512_loadu_ps(c), c0[i]);
