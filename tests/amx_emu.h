@@ -16,6 +16,8 @@
 #ifndef XATTN_AMX_EMU_H
 #define XATTN_AMX_EMU_H
 
+#include "base/base.h"
+
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -72,14 +74,12 @@ static inline void xa_amx_stored(int t, void *base, int64_t stride)
         memcpy((char *)base + r * stride, xa_amx.reg[t][r], xa_amx.colsb[t]);
 }
 
+/* Element i of a tile row as bf16, widened to float (make_fp32: the 16 bits on top). */
 static inline float xa_amx_bf(const uint8_t *row, int i)
 {
     uint16_t h;
     memcpy(&h, row + 2 * i, 2);
-    const uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
+    return xa_half_to_f32(h, 0);
 }
 
 static inline void xa_amx_dpbf16ps(int d, int a, int b)

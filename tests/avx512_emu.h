@@ -12,6 +12,8 @@
 #include <simde/x86/avx512.h>
 #include <simde/x86/f16c.h>
 
+#include "base/base.h"
+
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -96,31 +98,12 @@ static inline simde__m512i xa_emu_cvtepu16_epi32(simde__m256i a)
 }
 #define _mm512_cvtepu16_epi32(a) xa_emu_cvtepu16_epi32(a)
 
-/* IEEE binary16 to float, exactly (vcvtph2ps). */
-static inline float xa_emu_half(uint16_t h)
-{
-    const uint32_t s = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
-    uint32_t u;
-    float f;
-    if (e == 0) {
-        f = (float)m * 0x1p-24f;
-        memcpy(&u, &f, 4);
-        u |= s;
-    } else if (e == 31) {
-        u = s | 0x7f800000u | (m << 13);
-    } else {
-        u = s | ((e + 112) << 23) | (m << 13);
-    }
-    memcpy(&f, &u, 4);
-    return f;
-}
-
 static inline simde__m512 xa_emu_cvtph_ps(simde__m256i a)
 {
     uint16_t x[16];
     float r[16];
     memcpy(x, &a, sizeof x);
-    for (int i = 0; i < 16; i++) r[i] = xa_emu_half(x[i]);
+    for (int i = 0; i < 16; i++) r[i] = xa_half_to_f32(x[i], 1); /* exact, as vcvtph2ps */
     return simde_mm512_loadu_ps(r);
 }
 #define _mm512_cvtph_ps(a) xa_emu_cvtph_ps(a)
